@@ -1,0 +1,57 @@
+//! The one place where errors become exit statuses. Documented in README.md and warden(8).
+//!
+//! | status | meaning |
+//! |---|---|
+//! | 0 | success (`stop` on a stopped daemon included) |
+//! | 1 | the operation failed: the daemon reported an error or died before it was ready, it is already running, `stop` timed out |
+//! | 2 | bad command-line usage |
+//! | 4 | permission denied |
+//! | 6 | the configuration is missing or invalid |
+//! | 7 | the daemon is not running (`reopen-logs`) |
+//!
+//! `status` answers with LSB codes instead: 0 running, 1 dead but the pidfile remains, 3 not
+//! running, 4 unknown (e.g. no permission to read the pidfile). `check` answers 0 or 1.
+
+use std::process::ExitCode;
+
+use warden::Error;
+
+pub const OK: u8 = 0;
+pub const FAILURE: u8 = 1;
+pub const NO_PERMISSION: u8 = 4;
+pub const CONFIG: u8 = 6;
+pub const NOT_RUNNING: u8 = 7;
+
+pub mod status {
+    pub const RUNNING: u8 = 0;
+    pub const DEAD_PIDFILE: u8 = 1;
+    pub const NOT_RUNNING: u8 = 3;
+    pub const UNKNOWN: u8 = 4;
+}
+
+/// Prints `err` (each configuration problem on its own line) and returns its exit status.
+pub fn report(err: &Error) -> ExitCode {
+    match err {
+        Error::Config(diags) => {
+            for d in diags.iter() {
+                eprintln!("warden: {d}");
+            }
+        }
+        other => eprintln!("warden: {other}"),
+    }
+    ExitCode::from(code(err))
+}
+
+/// The exit status for `err`.
+pub fn code(err: &Error) -> u8 {
+    match err {
+        Error::Config(_) | Error::UnknownUser(_) | Error::UnknownGroup(_) => CONFIG,
+        Error::Io { what: "cannot read configuration", source, .. }
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            CONFIG
+        }
+        e if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => NO_PERMISSION,
+        _ => FAILURE,
+    }
+}

@@ -1,0 +1,319 @@
+//! Configuration: `warden.toml` → validated, immutable specs.
+//!
+//! Two layers. [`read`] parses the TOML syntax (all syntax errors at once, with recovery) and
+//! reads typed values from tables, recording a diagnostic for every unknown key, wrong type or
+//! out-of-range value; this module then checks the meaning and builds [`Config`]. Nothing stops at
+//! the first problem: an operator sees every mistake in one run of `warden check`, each as
+//! `FILE:LINE:COLUMN: key: message`.
+//!
+//! This module reads the file and nothing else: it does not resolve users, open paths or look at
+//! the running system. Relative paths are resolved against the configuration file's directory.
+//! Runtime state never lives here.
+
+mod diag;
+mod read;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::de::DeTable;
+
+pub use diag::{Diagnostic, Diagnostics};
+use diag::Collector;
+use read::Section;
+
+use crate::error::{Error, Result};
+
+/// Where the configuration lives when neither `-c` nor `$WARDEN_CONFIG` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/warden/warden.toml";
+
+/// A whole, validated configuration file.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// The `[daemon]` table.
+    pub daemon: DaemonSpec,
+}
+
+/// Where the daemon's own log goes (`[daemon] log`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogSpec {
+    /// Not set: stderr in the foreground, syslog once daemonized.
+    Auto,
+    /// `"stderr"`.
+    Stderr,
+    /// `"syslog"`.
+    Syslog,
+    /// A file path, appended to and reopened on `SIGUSR1`.
+    File(PathBuf),
+}
+
+/// The syslog facilities accepted by `syslog_facility`.
+pub const SYSLOG_FACILITIES: &[&str] = &[
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
+    "ftp", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+];
+
+/// The `[daemon]` table: how warden itself runs.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct DaemonSpec {
+    /// `pidfile`: the locked pidfile (default `/run/warden/warden.pid`).
+    pub pidfile: PathBuf,
+    /// `directory`: the working directory (default `/`).
+    pub directory: PathBuf,
+    /// `umask`, an octal string such as `"027"` (default `"022"`).
+    pub umask: u32,
+    /// `user`: run as this user (name or numeric id).
+    pub user: Option<String>,
+    /// `group`: run as this group (default: the user's primary group).
+    pub group: Option<String>,
+    /// `stdout`: where the daemon's standard output goes (default `/dev/null`).
+    pub stdout: PathBuf,
+    /// `stderr`: where the daemon's standard error goes (default `/dev/null`).
+    pub stderr: PathBuf,
+    /// `log`: `"stderr"`, `"syslog"` or a file path.
+    pub log: LogSpec,
+    /// `log_level`: `error`, `warn`, `info` (default), `debug` or `trace`.
+    pub log_level: log::LevelFilter,
+    /// `syslog_facility` (default `daemon`).
+    pub syslog_facility: String,
+    /// `syslog_ident`: the tag in syslog lines (default `warden`).
+    pub syslog_ident: String,
+    /// `ready_timeout`: how long `warden start` waits for readiness (default 30 s).
+    pub ready_timeout: Duration,
+    /// `shutdown_timeout`: the deadline for a whole graceful shutdown, exit hooks included
+    /// (default 30 s).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for DaemonSpec {
+    fn default() -> Self {
+        DaemonSpec {
+            pidfile: PathBuf::from("/run/warden/warden.pid"),
+            directory: PathBuf::from("/"),
+            umask: 0o022,
+            user: None,
+            group: None,
+            stdout: PathBuf::from("/dev/null"),
+            stderr: PathBuf::from("/dev/null"),
+            log: LogSpec::Auto,
+            log_level: log::LevelFilter::Info,
+            syslog_facility: "daemon".into(),
+            syslog_ident: "warden".into(),
+            ready_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    ///
+    /// Errors: [`Error::Io`] when the file cannot be read, [`Error::Config`] listing every
+    /// problem found.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io("cannot read configuration", path, e))?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path` (used for messages and relative paths).
+    pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let mut c = Collector::new(path, text);
+        let (doc, syntax) = DeTable::parse_recoverable(text);
+        for e in &syntax {
+            c.at(e.span().unwrap_or(0..0), "", e.message().trim().to_string());
+        }
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        let base = std::path::absolute(&base).unwrap_or(base);
+        let mut root = Section::new("", doc.get_ref());
+        let daemon = match root.table(&mut c, "daemon") {
+            Some(t) => read_daemon(&mut c, t, &base),
+            None => DaemonSpec::default(),
+        };
+        if syntax.is_empty() {
+            // After a syntax error the recovered document is partial; unknown-key reports on it
+            // would only add noise.
+            root.finish(&mut c);
+        }
+        let diags = c.finish();
+        if !diags.is_empty() {
+            return Err(Error::Config(diags));
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            daemon,
+        })
+    }
+}
+
+fn read_daemon(c: &mut Collector<'_>, t: &DeTable<'_>, base: &Path) -> DaemonSpec {
+    let mut s = Section::new("daemon", t);
+    let mut d = DaemonSpec::default();
+    if let Some(p) = s.path(c, "pidfile", base) {
+        d.pidfile = p;
+    }
+    if let Some(p) = s.path(c, "directory", base) {
+        d.directory = p;
+    }
+    if let Some(u) = s.string(c, "umask") {
+        match parse_umask(u.get_ref()) {
+            Some(m) => d.umask = m,
+            None => c.at(
+                u.span(),
+                "daemon.umask",
+                format!("{:?} is not an octal mode between \"000\" and \"777\" (write it as a string, e.g. \"027\")", u.get_ref()),
+            ),
+        }
+    }
+    if let Some(u) = s.string(c, "user") {
+        if u.get_ref().is_empty() {
+            c.at(u.span(), "daemon.user", "must not be empty");
+        } else {
+            d.user = Some(u.into_inner());
+        }
+    }
+    if let Some(g) = s.string(c, "group") {
+        if g.get_ref().is_empty() {
+            c.at(g.span(), "daemon.group", "must not be empty");
+        } else {
+            d.group = Some(g.into_inner());
+        }
+    }
+    if let Some(p) = s.path(c, "stdout", base) {
+        d.stdout = p;
+    }
+    if let Some(p) = s.path(c, "stderr", base) {
+        d.stderr = p;
+    }
+    if let Some(l) = s.string(c, "log") {
+        d.log = match l.get_ref().as_str() {
+            "stderr" => LogSpec::Stderr,
+            "syslog" => LogSpec::Syslog,
+            "" => {
+                c.at(l.span(), "daemon.log", "must be \"stderr\", \"syslog\" or a file path");
+                LogSpec::Auto
+            }
+            path => LogSpec::File(base.join(path)),
+        };
+    }
+    if let Some(level) = s.choice(c, "log_level", &["off", "error", "warn", "info", "debug", "trace"]) {
+        d.log_level = level.parse().unwrap_or(log::LevelFilter::Info);
+    }
+    if let Some(f) = s.choice(c, "syslog_facility", SYSLOG_FACILITIES) {
+        d.syslog_facility = f.to_string();
+    }
+    if let Some(i) = s.string(c, "syslog_ident") {
+        d.syslog_ident = i.into_inner();
+    }
+    if let Some(t) = s.duration(c, "ready_timeout") {
+        d.ready_timeout = t;
+    }
+    if let Some(t) = s.duration(c, "shutdown_timeout") {
+        d.shutdown_timeout = t;
+    }
+    s.finish(c);
+    d
+}
+
+/// Parses an octal umask written as in systemd's `UMask=` (`"027"`, `"0027"`).
+pub fn parse_umask(s: &str) -> Option<u32> {
+    if s.is_empty() || s.len() > 4 || !s.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return None;
+    }
+    let m = u32::from_str_radix(s, 8).ok()?;
+    (m <= 0o777).then_some(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(Path::new("/etc/warden/warden.toml"), text)
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        match parse(text) {
+            Err(Error::Config(d)) => d.iter().map(ToString::to_string).collect(),
+            other => panic!("expected config errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.daemon, DaemonSpec::default());
+    }
+
+    #[test]
+    fn reads_every_daemon_key() {
+        let c = parse(
+            r#"[daemon]
+pidfile = "run/w.pid"
+directory = "/srv"
+umask = "027"
+user = "nobody"
+group = "nogroup"
+stdout = "/var/log/w.out"
+stderr = "/var/log/w.err"
+log = "/var/log/warden.log"
+log_level = "debug"
+syslog_facility = "local3"
+syslog_ident = "w"
+ready_timeout = "5s"
+shutdown_timeout = 7
+"#,
+        )
+        .unwrap();
+        let d = c.daemon;
+        assert_eq!(d.pidfile, PathBuf::from("/etc/warden/run/w.pid"));
+        assert_eq!(d.directory, PathBuf::from("/srv"));
+        assert_eq!(d.umask, 0o027);
+        assert_eq!(d.user.as_deref(), Some("nobody"));
+        assert_eq!(d.log, LogSpec::File("/var/log/warden.log".into()));
+        assert_eq!(d.log_level, log::LevelFilter::Debug);
+        assert_eq!(d.syslog_facility, "local3");
+        assert_eq!(d.ready_timeout, Duration::from_secs(5));
+        assert_eq!(d.shutdown_timeout, Duration::from_secs(7));
+    }
+
+    #[test]
+    fn reports_every_error_with_line_and_column() {
+        let errs = errors("[daemon]\numask = \"999\"\npidfil = \"/x\"\nlog_level = \"loud\"\n[bogus]\n");
+        assert_eq!(errs.len(), 4, "{errs:#?}");
+        assert!(errs[0].starts_with("/etc/warden/warden.toml:2:9: daemon.umask:"), "{}", errs[0]);
+        assert!(errs[1].contains(":3:1: daemon.pidfil: unknown key (did you mean \"pidfile\"?)"), "{}", errs[1]);
+        assert!(errs[2].contains(":4:13: daemon.log_level:"), "{}", errs[2]);
+        assert!(errs[3].contains(":5:2: bogus: unknown key"), "{}", errs[3]);
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        let errs = errors("[daemon]\numask = 22\nuser = 0\n");
+        assert!(errs[0].contains("daemon.umask: expected a string, found integer"), "{errs:?}");
+        assert!(errs[1].contains("daemon.user: expected a string, found integer"), "{errs:?}");
+    }
+
+    #[test]
+    fn syntax_errors_have_a_place() {
+        let errs = errors("[daemon]\npidfile = \n");
+        assert!(errs[0].starts_with("/etc/warden/warden.toml:2:"), "{errs:?}");
+    }
+
+    #[test]
+    fn umask_parsing() {
+        assert_eq!(parse_umask("022"), Some(0o22));
+        assert_eq!(parse_umask("0027"), Some(0o27));
+        assert_eq!(parse_umask("777"), Some(0o777));
+        assert_eq!(parse_umask("8"), None);
+        assert_eq!(parse_umask(""), None);
+        assert_eq!(parse_umask("07777"), None);
+    }
+}

@@ -1,0 +1,254 @@
+//! The locked pidfile: the lock proves there is one instance, the pid text is a courtesy.
+//!
+//! The file is opened `O_CREAT|O_RDWR|O_CLOEXEC|O_NOFOLLOW` (a symlink planted at the path is
+//! refused, never followed) and locked with `flock(2)` through [`std::fs::File::try_lock`]. The
+//! lock belongs to the open file description, so it survives both forks and is released by the
+//! kernel when the last process holding the descriptor dies, however it dies. A pidfile that no
+//! process holds locked is stale and is taken over.
+//!
+//! Race rule: after locking, the path must still name the inode we locked. Otherwise a previous
+//! daemon unlinked it between our `open` and our `flock`, and a third process may be creating a
+//! fresh file at the path right now: we retry on the new file rather than run a second instance
+//! on an orphaned inode.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::unistd::{Gid, Uid};
+
+use crate::error::{Error, Result};
+
+/// What a pidfile says about its daemon, judged from the lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidfileState {
+    /// A process holds the lock; the pid written in the file, if readable.
+    Running(Option<i32>),
+    /// The file exists with a pid in it but nobody holds the lock: the daemon died without
+    /// cleaning up (SIGKILL, a crash).
+    Stale(Option<i32>),
+    /// No file, or an empty unlocked one.
+    Absent,
+}
+
+/// A pidfile this process holds locked.
+#[derive(Debug)]
+pub struct Pidfile {
+    file: File,
+    path: PathBuf,
+    /// The process that removes the file at exit (the daemon, not the launcher).
+    owner: u32,
+}
+
+impl Pidfile {
+    /// Opens and locks the pidfile at `path`, creating it (and its parent directory, one level,
+    /// mode 0755) if missing.
+    ///
+    /// Fails with [`Error::AlreadyRunning`] when another process holds the lock, with
+    /// [`Error::UnsafePidfile`] when the path is a symlink or not a regular file, and with
+    /// [`Error::Io`] naming the path otherwise. A stale file is taken over and truncated.
+    pub fn acquire(path: &Path) -> Result<Pidfile> {
+        let mut busy_retries = 0;
+        for _ in 0..100 {
+            let file = open_pidfile(path)?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => {
+                    // A `probe` by `warden status` holds a shared lock for microseconds; only a
+                    // lock that persists means a running instance.
+                    if busy_retries < 3 && read_pid(&file).is_none() {
+                        busy_retries += 1;
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    }
+                    return Err(Error::AlreadyRunning {
+                        pid: read_pid(&file),
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(TryLockError::Error(e)) => return Err(Error::io("cannot lock pidfile", path, e)),
+            }
+            if !same_file(&file, path) {
+                continue;
+            }
+            file.set_len(0)
+                .map_err(|e| Error::io("cannot truncate pidfile", path, e))?;
+            return Ok(Pidfile {
+                file,
+                path: path.to_path_buf(),
+                owner: std::process::id(),
+            });
+        }
+        Err(Error::io(
+            "cannot lock pidfile",
+            path,
+            std::io::Error::other("the file kept being replaced while locking it"),
+        ))
+    }
+
+    /// Tells whether a daemon holds the pidfile at `path`, without disturbing it.
+    ///
+    /// The check takes a shared lock for an instant when nobody holds the exclusive one.
+    pub fn probe(path: &Path) -> Result<PidfileState> {
+        let mut file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(PidfileState::Absent),
+            Err(e) => return Err(open_error(path, e)),
+        };
+        let pid = {
+            let mut s = String::new();
+            let _ = file.read_to_string(&mut s);
+            s.trim().parse::<i32>().ok()
+        };
+        match file.try_lock_shared() {
+            Err(TryLockError::WouldBlock) => Ok(PidfileState::Running(pid)),
+            Err(TryLockError::Error(e)) => Err(Error::io("cannot test the lock of pidfile", path, e)),
+            Ok(()) => {
+                let _ = file.unlock();
+                Ok(match pid {
+                    Some(p) => PidfileState::Stale(Some(p)),
+                    None if file.metadata().map(|m| m.len() > 0).unwrap_or(false) => {
+                        PidfileState::Stale(None)
+                    }
+                    None => PidfileState::Absent,
+                })
+            }
+        }
+    }
+
+    /// Blocks until nobody holds the lock of the pidfile at `path`, or `timeout` passes.
+    ///
+    /// Event-driven: a blocking `flock` in a helper thread returns the moment the daemon's
+    /// descriptor is closed by the kernel. Returns `Ok(true)` when released.
+    pub fn wait_released(path: &Path, timeout: Duration) -> Result<bool> {
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(true),
+            Err(e) => return Err(open_error(path, e)),
+        };
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let r = file.lock_shared();
+            let _ = file.unlock();
+            let _ = tx.send(r);
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(e)) => Err(Error::io("cannot wait for the lock of pidfile", path, e)),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Truncates the file and writes `pid` and a newline through the locked descriptor, mode
+    /// 0644, owned by `owner` when given.
+    pub fn write_pid(&mut self, pid: u32, owner: Option<(Uid, Gid)>) -> Result<()> {
+        let err = |e| Error::io("cannot write pidfile", &self.path, e);
+        self.file.set_len(0).map_err(err)?;
+        self.file.write_all_at(format!("{pid}\n").as_bytes(), 0).map_err(err)?;
+        self.file
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(err)?;
+        if let Some((uid, gid)) = owner {
+            nix::unistd::fchown(&self.file, Some(uid), Some(gid))
+                .map_err(|e| Error::io("cannot chown pidfile", &self.path, e.into()))?;
+        }
+        self.owner = pid;
+        Ok(())
+    }
+
+    /// The path of the pidfile.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The locked descriptor, to keep open across the daemon's fd clean-up.
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.file.as_raw_fd()
+    }
+
+
+    /// Removes the pidfile, if this process owns it and the path still names our file.
+    ///
+    /// When the directory is not writable any more (privileges were dropped), the file is
+    /// emptied through the descriptor instead, which `probe` reports as [`PidfileState::Absent`].
+    /// The lock itself is never released explicitly: it goes with the process.
+    pub fn remove(&self) {
+        if self.owner != std::process::id() || !same_file(&self.file, &self.path) {
+            return;
+        }
+        if std::fs::remove_file(&self.path).is_err() {
+            let _ = self.file.set_len(0);
+        }
+    }
+}
+
+fn open_pidfile(path: &Path) -> Result<File> {
+    let open = || {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)
+    };
+    let file = match open() {
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            if let Some(parent) = path.parent().filter(|p| !p.exists()) {
+                std::fs::DirBuilder::new()
+                    .mode(0o755)
+                    .create(parent)
+                    .map_err(|e| Error::io("cannot create pidfile directory", parent, e))?;
+            }
+            open()
+        }
+        other => other,
+    }
+    .map_err(|e| open_error(path, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::io("cannot stat pidfile", path, e))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::UnsafePidfile {
+            path: path.to_path_buf(),
+            reason: "not a regular file",
+        });
+    }
+    Ok(file)
+}
+
+fn open_error(path: &Path, e: std::io::Error) -> Error {
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        Error::UnsafePidfile {
+            path: path.to_path_buf(),
+            reason: "it is a symbolic link, which is never followed",
+        }
+    } else {
+        Error::io("cannot open pidfile", path, e)
+    }
+}
+
+fn read_pid(file: &File) -> Option<i32> {
+    let mut buf = [0u8; 32];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
+}
+
+fn same_file(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}

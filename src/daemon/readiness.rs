@@ -1,0 +1,194 @@
+//! The readiness handshake between launcher and daemon, and the systemd notify protocol.
+//!
+//! The launcher creates a `CLOEXEC` pipe before forking and blocks on its read end; the daemon
+//! writes line messages into the write end:
+//!
+//! | message | meaning |
+//! |---|---|
+//! | `P<pid>` | the daemon's pid (first, so a timed-out launcher can kill it) |
+//! | `R` | ready: the launcher exits 0 |
+//! | `E<text>` | failed: the launcher prints the text and exits non-zero |
+//!
+//! End of file before `R` means the daemon died (its descriptor closed with it). The read is
+//! bounded by a deadline.
+//!
+//! [`Notifier`] speaks `sd_notify(3)` to `$NOTIFY_SOCKET`, which is read once, before threads.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+/// What the launcher learnt from the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// `R` arrived.
+    Ready { pid: Option<i32> },
+    /// `E<text>` arrived.
+    Failed { pid: Option<i32>, reason: String },
+    /// End of file before `R`.
+    Died { pid: Option<i32> },
+    /// The deadline passed.
+    TimedOut { pid: Option<i32> },
+}
+
+/// The daemon's end of the pipe.
+#[derive(Debug)]
+pub(crate) struct ReadyWriter(std::fs::File);
+
+impl ReadyWriter {
+    pub(crate) fn new(fd: OwnedFd) -> Self {
+        ReadyWriter(std::fs::File::from(fd))
+    }
+
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd()
+    }
+
+    fn send(&mut self, line: &str) {
+        // A vanished launcher (killed by its user) is not the daemon's problem: ignore EPIPE.
+        let _ = self.0.write_all(line.as_bytes());
+    }
+
+    pub(crate) fn pid(&mut self, pid: u32) {
+        self.send(&format!("P{pid}\n"));
+    }
+
+    pub(crate) fn ready(mut self) {
+        self.send("R\n");
+    }
+
+    pub(crate) fn fail(mut self, reason: &str) {
+        let one_line = reason.replace('\n', " / ");
+        self.send(&format!("E{one_line}\n"));
+    }
+}
+
+/// Reads the daemon's messages until a verdict or `timeout`.
+pub(crate) fn wait(fd: OwnedFd, timeout: Duration) -> Outcome {
+    let deadline = Instant::now() + timeout;
+    let mut file = std::fs::File::from(fd);
+    let mut buf = Vec::new();
+    let mut pid = None;
+    loop {
+        // Handle every complete line received so far.
+        while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+            match line.as_bytes().first() {
+                Some(b'P') => pid = line[1..].parse().ok(),
+                Some(b'R') => return Outcome::Ready { pid },
+                Some(b'E') => {
+                    return Outcome::Failed {
+                        pid,
+                        reason: line[1..].to_string(),
+                    };
+                }
+                _ => {}
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Outcome::TimedOut { pid };
+        }
+        let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return Outcome::Died { pid },
+        }
+        let mut chunk = [0u8; 4096];
+        match file.read(&mut chunk) {
+            Ok(0) => return Outcome::Died { pid },
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return Outcome::Died { pid },
+        }
+    }
+}
+
+/// A sender of `sd_notify(3)` messages to the service manager named by `$NOTIFY_SOCKET`.
+#[derive(Debug, Clone)]
+pub struct Notifier {
+    path: PathBuf,
+}
+
+impl Notifier {
+    /// Reads `$NOTIFY_SOCKET` (a path, or `@name` for the abstract namespace). Call it once,
+    /// before any thread exists, then remove the variable so children do not inherit it.
+    pub fn from_env() -> Option<Notifier> {
+        let v = std::env::var_os("NOTIFY_SOCKET")?;
+        if v.is_empty() {
+            return None;
+        }
+        Some(Notifier { path: v.into() })
+    }
+
+    /// A notifier for an explicit socket path (`@name` for the abstract namespace).
+    pub fn new(path: impl Into<PathBuf>) -> Notifier {
+        Notifier { path: path.into() }
+    }
+
+    /// Sends one datagram of newline-separated `KEY=VALUE` assignments, e.g. `"READY=1"`.
+    pub fn notify(&self, state: &str) -> std::io::Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let sock = UnixDatagram::unbound()?;
+        let bytes = self.path.as_os_str().as_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)?;
+        } else {
+            sock.send_to(state.as_bytes(), &self.path)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(messages: &[u8], close: bool, timeout_ms: u64) -> Outcome {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let mut w = std::fs::File::from(w);
+        w.write_all(messages).unwrap();
+        if close {
+            drop(w);
+            wait(r, Duration::from_millis(timeout_ms))
+        } else {
+            let o = wait(r, Duration::from_millis(timeout_ms));
+            drop(w);
+            o
+        }
+    }
+
+    #[test]
+    fn handshake_verdicts() {
+        assert_eq!(run(b"P42\nR\n", true, 1000), Outcome::Ready { pid: Some(42) });
+        assert_eq!(
+            run(b"P42\nEcannot chdir\n", true, 1000),
+            Outcome::Failed { pid: Some(42), reason: "cannot chdir".into() }
+        );
+        assert_eq!(run(b"P42\n", true, 1000), Outcome::Died { pid: Some(42) });
+        assert_eq!(run(b"P7\n", false, 50), Outcome::TimedOut { pid: Some(7) });
+    }
+
+    #[test]
+    fn notifier_sends_datagrams() {
+        let dir = std::env::temp_dir().join(format!("warden-notify-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let rx = UnixDatagram::bind(&dir).unwrap();
+        Notifier::new(&dir).notify("READY=1").unwrap();
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        let _ = std::fs::remove_file(&dir);
+    }
+}

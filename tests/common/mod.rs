@@ -1,0 +1,428 @@
+//! The integration-test harness: a sandbox directory per test, the real `warden` binary, bounded
+//! waits, and a clean-up that kills every process the test started — by pid, also when the test
+//! fails (on drop, during unwinding).
+//!
+//! Nothing here forks: processes are started with `std::process::Command` (posix_spawn/vfork+exec
+//! inside std), never with `fork()` in this multi-threaded harness.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The generous bound on any wait in the tests.
+pub const TIMEOUT: Duration = Duration::from_secs(20);
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The path of the binary under test.
+pub fn warden_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_warden"))
+}
+
+/// True when running as root; otherwise prints why the calling test is skipped.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        true
+    } else {
+        eprintln!("SKIPPED {test}: needs root (CI runs as root)");
+        false
+    }
+}
+
+/// A temporary directory holding one test's config, pidfile and logs, and the list of processes
+/// to kill when the test ends.
+pub struct Sandbox {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    /// Processes to kill at the end, each with its start time (field 22 of /proc/PID/stat) so
+    /// that a pid recycled by the kernel for someone else's process is never killed.
+    pids: Vec<(i32, u64)>,
+    children: Vec<Child>,
+}
+
+impl Sandbox {
+    /// A fresh sandbox with a config whose `[daemon]` table holds `pidfile` and `directory` in
+    /// the sandbox plus the `extra` lines.
+    pub fn new(name: &str, extra: &str) -> Sandbox {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir =
+            std::env::temp_dir().join(format!("warden-test-{}-{n}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Tests drop privileges to nobody: let them in.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let sb = Sandbox {
+            config: dir.join("warden.toml"),
+            dir,
+            pids: Vec::new(),
+            children: Vec::new(),
+        };
+        sb.write_config(extra);
+        sb
+    }
+
+    /// Rewrites the config with `extra` lines in `[daemon]` (after the sandbox defaults) and any
+    /// further tables after a line that is exactly `#TABLES`.
+    pub fn write_config(&self, extra: &str) {
+        let (daemon_extra, tables) = match extra.split_once("#TABLES\n") {
+            Some((a, b)) => (a, b),
+            None => (extra, ""),
+        };
+        let mut text = format!(
+            "[daemon]\npidfile = \"{}\"\ndirectory = \"{}\"\nlog = \"{}\"\n",
+            self.pidfile().display(),
+            self.dir.display(),
+            self.dir.join("warden.log").display()
+        );
+        // Later keys may not repeat earlier ones in TOML: let `extra` override by filtering.
+        for key in ["pidfile", "directory", "log"] {
+            if daemon_extra.lines().any(|l| {
+                l.trim_start().starts_with(&format!("{key} "))
+                    || l.trim_start().starts_with(&format!("{key}="))
+            }) {
+                text = text
+                    .lines()
+                    .filter(|l| !l.starts_with(&format!("{key} =")))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+            }
+        }
+        text.push_str(daemon_extra);
+        text.push('\n');
+        text.push_str(tables);
+        std::fs::write(&self.config, text).unwrap();
+        // Readable whatever the test runner's umask: some tests launch warden as `nobody`.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    pub fn pidfile(&self) -> PathBuf {
+        self.dir.join("warden.pid")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// `warden -c CONFIG ARGS…` ready to spawn.
+    pub fn warden(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(warden_bin());
+        c.arg("-c").arg(&self.config).args(args);
+        c.env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("JOURNAL_STREAM");
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `cmd` to completion (bounded by [`TIMEOUT`]), capturing its output.
+    pub fn output(&mut self, mut cmd: Command) -> Output {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let child = cmd.spawn().expect("spawn");
+        // Not tracked: `wait_output` reaps it (killing it first if it overstays), after which its
+        // pid may be recycled for an unrelated process.
+        wait_output(child, TIMEOUT)
+    }
+
+    /// `warden ARGS…` to completion.
+    pub fn run(&mut self, args: &[&str]) -> Output {
+        let cmd = self.warden(args);
+        self.output(cmd)
+    }
+
+    /// `warden start`, asserting success, and returns the daemon's pid (tracked for clean-up).
+    pub fn start(&mut self) -> i32 {
+        let out = self.run(&["start"]);
+        assert!(
+            out.status.success(),
+            "warden start failed: {:?}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid = self
+            .pidfile_pid()
+            .expect("pidfile names the daemon once start returns");
+        self.track(pid);
+        pid
+    }
+
+    /// Spawns a long-running process (e.g. `warden run`), tracked for clean-up.
+    pub fn spawn(&mut self, mut cmd: Command) -> i32 {
+        let child = cmd.spawn().expect("spawn");
+        let pid = child.id() as i32;
+        // Killed and reaped through its `Child` handle on drop.
+        self.children.push(child);
+        pid
+    }
+
+    /// Waits (bounded) for a spawned child to exit and returns its exit status.
+    pub fn wait_child(&mut self, pid: i32, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let idx = self.children.iter().position(|c| c.id() as i32 == pid)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.children[idx].try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Remembers `pid` so that it is killed when the sandbox goes.
+    pub fn track(&mut self, pid: i32) {
+        if let Some(t) = start_time(pid) {
+            self.pids.push((pid, t));
+        }
+    }
+
+    /// The pid written in the pidfile, if any.
+    pub fn pidfile_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.pidfile())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Every live process whose command line mentions this sandbox.
+    pub fn processes(&self) -> Vec<i32> {
+        let needle = self.dir.to_string_lossy().into_owned();
+        all_pids()
+            .into_iter()
+            .filter(|&p| {
+                p != std::process::id() as i32
+                    && std::fs::read(format!("/proc/{p}/cmdline"))
+                        .map(|c| String::from_utf8_lossy(&c).contains(&needle))
+                        .unwrap_or(false)
+                    && !is_zombie(p)
+            })
+            .collect()
+    }
+
+    /// Reads a file in the sandbox (empty string if missing).
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        // Tracked processes that are still the very process tracked (same start time), and any
+        // live process whose command line names this sandbox (the pidfile's daemon among them).
+        let mut victims: Vec<i32> = self
+            .pids
+            .iter()
+            .filter(|&&(pid, t)| start_time(pid) == Some(t))
+            .map(|&(pid, _)| pid)
+            .collect();
+        victims.extend(self.processes());
+        for pid in victims {
+            if pid > 1 {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        for mut c in self.children.drain(..) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("sandbox kept for inspection: {}", self.dir.display());
+        }
+    }
+}
+
+/// Waits for `child` with a bound, killing it when the bound passes.
+///
+/// The bound covers the output pipes too: a descendant that keeps the child's stdout or stderr
+/// open (a daemon that did not redirect its stdio) fails the test instead of hanging it.
+pub fn wait_output(mut child: Child, timeout: Duration) -> Output {
+    use std::io::Read;
+    use std::sync::mpsc;
+    let deadline = Instant::now() + timeout;
+    let reader = |pipe: Option<Box<dyn Read + Send>>| {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut s) = pipe {
+                let _ = s.read_to_end(&mut v);
+            }
+            let _ = tx.send(v);
+        });
+        rx
+    };
+    let out_rx = reader(
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let err_rx = reader(
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+    );
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let st = child.wait().expect("wait");
+            panic!("command did not finish within {timeout:?} (killed, {st:?})");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let collect = |rx: mpsc::Receiver<Vec<u8>>, name: &str| {
+        // At least a moment even when the child used up the whole bound.
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(1));
+        rx.recv_timeout(left).unwrap_or_else(|_| {
+            panic!("the command exited ({status:?}) but its {name} pipe stayed open for {left:?}: a process it started kept it")
+        })
+    };
+    Output {
+        status,
+        stdout: collect(out_rx, "stdout"),
+        stderr: collect(err_rx, "stderr"),
+    }
+}
+
+/// Polls `f` until it is true or `timeout` passes; returns whether it became true.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn all_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    std::fs::metadata(format!("/proc/{pid}")).is_ok() && !is_zombie(pid)
+}
+
+pub fn is_zombie(pid: i32) -> bool {
+    stat(pid)
+        .map(|s| s.state == 'Z' || s.state == 'X')
+        .unwrap_or(false)
+}
+
+/// The fields of /proc/PID/stat the tests look at.
+#[derive(Debug, Clone)]
+pub struct Stat {
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+    pub tty_nr: i32,
+}
+
+pub fn stat(pid: i32) -> Option<Stat> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain spaces: split after the last ')'.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(Stat {
+        state: f[0].chars().next()?,
+        ppid: f[1].parse().ok()?,
+        pgrp: f[2].parse().ok()?,
+        session: f[3].parse().ok()?,
+        tty_nr: f[4].parse().ok()?,
+    })
+}
+
+/// The start time of `pid` (field 22 of /proc/PID/stat, in clock ticks since boot): with the pid,
+/// it names one process even after the pid is recycled.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s[s.rfind(')')? + 2..]
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
+}
+
+/// /proc/PID/status as a map.
+pub fn status(pid: i32) -> HashMap<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// The open descriptors of `pid` and what they point at.
+pub fn fds(pid: i32) -> Vec<(i32, PathBuf)> {
+    let mut v: Vec<(i32, PathBuf)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| {
+                let e = e.ok()?;
+                let fd = e.file_name().to_str()?.parse().ok()?;
+                Some((fd, std::fs::read_link(e.path()).ok()?))
+            })
+            .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// The children of `pid` (by ppid).
+pub fn children_of(pid: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| stat(p).map(|s| s.ppid == pid).unwrap_or(false))
+        .collect()
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+pub fn stderr_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts that no process mentions the sandbox any more (bounded wait).
+pub fn assert_no_process(sb: &Sandbox) {
+    assert!(
+        wait_until(TIMEOUT, || sb.processes().is_empty()),
+        "processes left behind: {:?}",
+        sb.processes()
+    );
+}
+
+pub fn path_str(p: &Path) -> String {
+    p.to_string_lossy().into_owned()
+}

@@ -1,0 +1,242 @@
+//! Life cycle: exit hooks (once, LIFO, in the daemon only, on every orderly way out), the signal
+//! map, and the systemd notify protocol — all against real processes.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// The `lifecycle` example, built (once per test binary) if missing or stale.
+fn example() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let path = exe.parent().unwrap().parent().unwrap().join("examples/lifecycle");
+            // Always ask cargo: a stale example would test old code. Cheap when up to date.
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo.args(["build", "--quiet", "--example", "lifecycle"]);
+            if exe.components().any(|c| c.as_os_str() == "release") {
+                cargo.arg("--release");
+            }
+            let st = cargo.current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
+            assert!(st.success(), "cargo build --example lifecycle failed");
+            path
+        })
+        .clone()
+}
+
+fn lifecycle(sb: &Sandbox, args: &[&str]) -> Command {
+    let mut c = Command::new(example());
+    c.arg("--dir").arg(&sb.dir).args(args);
+    c.env_remove("NOTIFY_SOCKET").stdin(std::process::Stdio::null());
+    c
+}
+
+/// Starts the example as a daemon and returns its pid.
+fn start(sb: &mut Sandbox, args: &[&str]) -> i32 {
+    let cmd = lifecycle(sb, args);
+    let out = sb.output(cmd);
+    assert!(out.status.success(), "launcher failed: {}", stderr_of(&out));
+    let pid: i32 = sb.read("app.pid").trim().parse().expect("pidfile written before the launcher returns");
+    sb.track(pid);
+    pid
+}
+
+fn wait_gone(pid: i32) {
+    assert!(wait_until(TIMEOUT, || !alive(pid)), "pid {pid} still alive");
+}
+
+fn hook_lines(sb: &Sandbox) -> Vec<String> {
+    sb.read("hooks.log").lines().map(str::to_string).collect()
+}
+
+/// The hooks ran exactly once, last registered first, all in `pid`, before the pidfile went.
+fn assert_hooks_ran(sb: &Sandbox, pid: i32) {
+    let expected: Vec<String> =
+        ["C", "P", "B", "A"].iter().map(|n| format!("{n} {pid} pidfile=present")).collect();
+    assert_eq!(hook_lines(sb), expected);
+    assert!(!sb.path("app.pid").exists(), "pidfile removed, last");
+}
+
+fn wait_event(sb: &Sandbox, event: &str, count: usize) {
+    assert!(
+        wait_until(TIMEOUT, || sb.read("events.log").lines().filter(|l| *l == event).count() >= count),
+        "event {event} not seen; events.log: {:?}",
+        sb.read("events.log")
+    );
+}
+
+#[test]
+fn hooks_run_on_term_lifo_once_in_the_daemon_only() {
+    let mut sb = Sandbox::new("hooks-term", "");
+    let pid = start(&mut sb, &[]);
+    signal(pid, Signal::SIGTERM);
+    wait_gone(pid);
+    // Neither the launcher, nor the intermediate process, nor the forked child ran any hook:
+    // every line carries the daemon's pid and "launcher" never appears.
+    assert_hooks_ran(&sb, pid);
+}
+
+#[test]
+fn second_term_takes_the_fast_path_and_still_runs_hooks() {
+    let mut sb = Sandbox::new("hooks-fast", "");
+    let pid = start(&mut sb, &["--linger", "60s"]);
+    signal(pid, Signal::SIGTERM);
+    wait_event(&sb, "GracefulShutdown", 1);
+    assert!(alive(pid), "lingers during the graceful shutdown");
+    signal(pid, Signal::SIGTERM);
+    wait_gone(pid);
+    wait_event(&sb, "FastShutdown", 1);
+    assert_hooks_ran(&sb, pid);
+}
+
+#[test]
+fn quit_is_a_fast_shutdown_with_hooks() {
+    let mut sb = Sandbox::new("hooks-quit", "");
+    let pid = start(&mut sb, &["--linger", "60s"]);
+    signal(pid, Signal::SIGQUIT);
+    wait_gone(pid);
+    let events: Vec<String> =
+        sb.read("events.log").lines().filter(|l| *l != "ChildExited").map(str::to_string).collect();
+    assert_eq!(events, ["FastShutdown"]);
+    assert_hooks_ran(&sb, pid);
+}
+
+#[test]
+fn hooks_run_on_a_panic_in_the_main_thread() {
+    let mut sb = Sandbox::new("hooks-panic", "");
+    let pid = start(&mut sb, &[]);
+    signal(pid, Signal::SIGUSR2);
+    wait_gone(pid);
+    assert_hooks_ran(&sb, pid);
+    assert!(sb.read("stderr.log").contains("panic on SIGUSR2"));
+}
+
+#[test]
+fn hooks_run_on_return_exit_and_panic_modes() {
+    for mode in ["return", "exit", "panic"] {
+        let mut sb = Sandbox::new(&format!("hooks-{mode}"), "");
+        let cmd = lifecycle(&sb, &["--mode", mode]);
+        let out = sb.output(cmd);
+        assert!(out.status.success(), "{mode}: {}", stderr_of(&out));
+        // The daemon exits right after ready: wait for its last hook's effect.
+        assert!(wait_until(TIMEOUT, || !sb.path("app.pid").exists() && hook_lines(&sb).len() >= 4), "{mode}");
+        let pid: i32 = hook_lines(&sb)[0].split(' ').nth(1).unwrap().parse().unwrap();
+        wait_gone(pid);
+        assert_hooks_ran(&sb, pid);
+    }
+}
+
+#[test]
+fn a_panicking_hook_does_not_stop_the_others() {
+    // Hook P panics in every run above; here we also check the panic was logged.
+    let mut sb = Sandbox::new("hooks-log", "");
+    let pid = start(&mut sb, &[]);
+    signal(pid, Signal::SIGTERM);
+    wait_gone(pid);
+    assert_hooks_ran(&sb, pid);
+    assert!(sb.read("app.log").contains("exit hook \"P\" panicked: hook P panics on purpose"), "{}", sb.read("app.log"));
+}
+
+#[test]
+fn fail_reports_to_the_launcher_and_runs_hooks() {
+    let mut sb = Sandbox::new("hooks-fail", "");
+    let cmd = lifecycle(&sb, &["--mode", "fail"]);
+    let out = sb.output(cmd);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("initialisation failed on purpose"), "{}", stderr_of(&out));
+    // The launcher returns only after the daemon cleaned up.
+    let lines = hook_lines(&sb);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines.iter().all(|l| l.ends_with("pidfile=present")));
+    assert!(!sb.path("app.pid").exists());
+    assert_no_process(&sb);
+}
+
+#[test]
+fn each_signal_produces_its_event() {
+    let mut sb = Sandbox::new("signal-map", "");
+    let pid = start(&mut sb, &[]);
+    // The example forks a child at start: its exit is the first ChildExited.
+    wait_event(&sb, "ChildExited", 1);
+    for (sig, event) in [
+        (Signal::SIGHUP, "Reload"),
+        (Signal::SIGUSR1, "ReopenLogs"),
+        (Signal::SIGTTIN, "AddWorker"),
+        (Signal::SIGTTOU, "RemoveWorker"),
+        (Signal::SIGCHLD, "ChildExited"),
+    ] {
+        let before = sb.read("events.log").lines().filter(|l| *l == event).count();
+        signal(pid, sig);
+        wait_event(&sb, event, before + 1);
+    }
+    // PIPE is caught and dropped: no event, no death.
+    signal(pid, Signal::SIGPIPE);
+    signal(pid, Signal::SIGHUP);
+    wait_event(&sb, "Reload", 2);
+    assert!(alive(pid));
+    assert!(!sb.read("events.log").contains("Pipe") && !sb.read("events.log").contains("Other(13)"));
+    signal(pid, Signal::SIGINT);
+    wait_gone(pid);
+    wait_event(&sb, "GracefulShutdown", 1);
+    assert_hooks_ran(&sb, pid);
+}
+
+#[test]
+fn sd_notify_messages_arrive_in_order() {
+    let mut sb = Sandbox::new("sd-notify", "log = \"stderr\"");
+    let sock_path = sb.path("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut cmd = sb.warden(&["run"]);
+    cmd.env("NOTIFY_SOCKET", &sock_path).env("WATCHDOG_USEC", "200000");
+    cmd.stderr(std::fs::File::create(sb.path("stderr.log")).unwrap());
+    let pid = sb.spawn(cmd);
+    let mut buf = [0u8; 4096];
+    let mut recv = || {
+        let n = sock.recv(&mut buf).expect("a notify message within the timeout");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = recv();
+    assert!(first.starts_with("READY=1") && first.contains(&format!("MAINPID={pid}")), "{first}");
+    // At least two watchdog pings at half of WATCHDOG_USEC.
+    let mut pings = 0;
+    while pings < 2 {
+        let m = recv();
+        if m == "WATCHDOG=1" {
+            pings += 1;
+        }
+    }
+    signal(pid, Signal::SIGHUP);
+    let mut seen = Vec::new();
+    loop {
+        let m = recv();
+        if m == "WATCHDOG=1" || m.starts_with("STATUS=") {
+            continue;
+        }
+        seen.push(m.clone());
+        if m.starts_with("READY=1") {
+            break;
+        }
+    }
+    assert!(seen[0].starts_with("RELOADING=1\nMONOTONIC_USEC="), "{seen:?}");
+    let usec: u128 = seen[0].split("MONOTONIC_USEC=").nth(1).unwrap().trim().parse().unwrap();
+    assert!(usec > 0);
+    signal(pid, Signal::SIGTERM);
+    loop {
+        let m = recv();
+        if m.starts_with("STOPPING=1") {
+            break;
+        }
+        assert!(m == "WATCHDOG=1" || m.starts_with("STATUS="), "unexpected before STOPPING: {m}");
+    }
+    let st = sb.wait_child(pid, TIMEOUT).expect("warden run exits on TERM");
+    assert!(st.success());
+    assert!(!sb.pidfile().exists());
+}
