@@ -253,7 +253,8 @@ fn launchers(dir: &Path) -> Result<Vec<Launcher>, String> {
     }
 
     let pdir = make_dir(dir, "python")?;
-    let script = pdir.join("daemon.py");
+    // Not `daemon.py`: the script's directory comes first on sys.path and would shadow the module.
+    let script = pdir.join("start_daemon.py");
     fs::write(&script, PYTHON_SCRIPT)
         .map_err(|e| format!("cannot write {}: {e}", script.display()))?;
     let has_module = Command::new(PYTHON)
@@ -335,7 +336,9 @@ fn run_once(l: &Launcher, watchdog: &Watchdog) -> Result<Sample, String> {
     let mut daemon = None;
     if let Some(p) = &l.pidfile {
         daemon = complete_pid(p);
-        if daemon.is_none() {
+        // A launcher that failed is not waited for: the run is a failure anyway.
+        let failed = !status.as_ref().is_ok_and(ExitStatus::success);
+        if daemon.is_none() && !failed {
             sample.complete_at_exit = false;
             let deadline = t1 + PIDFILE_TIMEOUT;
             while daemon.is_none() && Instant::now() < deadline {
@@ -347,7 +350,7 @@ fn run_once(l: &Launcher, watchdog: &Watchdog) -> Result<Sample, String> {
     }
 
     // Measurement done: now judge the run and clean up after it, whatever happened.
-    let verdict = judge(l, status, daemon.is_some());
+    let verdict = judge(l, status, l.pidfile.is_none() || daemon.is_some());
     let cleanup = cleanup_run(l, daemon);
     verdict?;
     cleanup?;

@@ -24,12 +24,14 @@
 //! (typed errors), `sys` (the only `unsafe`).
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod log;
 pub mod hooks;
 pub mod process;
 pub mod signals;
+pub mod supervisor;
 mod sys;
 
 pub use daemon::{Credentials, Daemon, DaemonHandle, Notifier, Pidfile, PidfileState, ServiceManager, Stdio};

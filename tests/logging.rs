@@ -55,13 +55,15 @@ fn lifecycle_bin() -> &'static Path {
                 cargo.args(["--profile", other]);
             }
         }
-        let status = cargo
+        let out = cargo
             .stdin(Stdio::null())
-            .status()
+            .output()
             .expect("run cargo build --example lifecycle");
         assert!(
-            status.success(),
-            "cargo build --example lifecycle: {status}"
+            out.status.success(),
+            "cargo build --example lifecycle: {}\n{}",
+            out.status,
+            stderr_of(&out)
         );
         assert!(bin.exists(), "{} missing after the build", bin.display());
         bin
@@ -146,17 +148,15 @@ fn ticker_numbers(path: &Path, numbers: &mut Vec<u64>) {
         text.lines().last()
     );
     for line in text.lines() {
-        let msg = line
-            .split_at_checked(25)
-            .filter(|(ts, _)| has_timestamp(ts))
-            .map(|(_, msg)| msg)
-            .unwrap_or_else(|| panic!("{}: line without timestamp: {line:?}", path.display()));
+        let Some(msg) = line.get(25..).filter(|_| has_timestamp(line)) else {
+            panic!("{}: line without timestamp: {line:?}", path.display());
+        };
         if let Some(n) = msg.strip_prefix("INFO  line ") {
             let n = n
                 .parse()
                 .unwrap_or_else(|_| panic!("{}: split line: {line:?}", path.display()));
             numbers.push(n);
-        } else if !(msg.starts_with("INFO  ready (pid ") && msg.ends_with(')')
+        } else if !((msg.starts_with("INFO  ready (pid ") && msg.ends_with(')'))
             || msg.starts_with("ERROR exit hook \"P\" panicked"))
         {
             panic!("{}: unexpected line: {line:?}", path.display());
@@ -277,6 +277,7 @@ fn logrotate_loses_and_splits_no_line_across_three_rotations() {
         let rotated = sb.path(&format!("app.log.{i}"));
         let before = numbers.len();
         ticker_numbers(&rotated, &mut numbers);
+        eprintln!("app.log.{i}: {} ticker lines", numbers.len() - before);
         assert!(
             numbers.len() > before,
             "{} holds no ticker line: the rotation did not happen as expected",

@@ -7,10 +7,14 @@
 //! | 2 | bad command-line usage |
 //! | 4 | permission denied |
 //! | 6 | the configuration is missing or invalid |
-//! | 7 | the daemon is not running (`reopen-logs`) |
+//! | 5 | no such program |
+//! | 6 | the configuration is missing or invalid (`reload`: the new file is invalid; the daemon keeps the old one) |
+//! | 7 | the daemon is not running (commands that need it: `reload`, `scale`, program `start`/`stop`/`restart`, `reopen-logs`) |
 //!
 //! `status` answers with LSB codes instead: 0 running, 1 dead but the pidfile remains, 3 not
-//! running, 4 unknown (e.g. no permission to read the pidfile). `check` answers 0 or 1.
+//! running, 4 unknown (e.g. no permission). With program names: 0 when every instance of them is
+//! up, 150 when one is not (starting, stopping, backoff, exited), 151 when one is fatal, 152 when
+//! a name is unknown. `check` answers 0 or 1.
 
 use std::process::ExitCode;
 
@@ -18,7 +22,9 @@ use warden::Error;
 
 pub const OK: u8 = 0;
 pub const FAILURE: u8 = 1;
+pub const USAGE: u8 = 2;
 pub const NO_PERMISSION: u8 = 4;
+pub const NO_SUCH_PROGRAM: u8 = 5;
 pub const CONFIG: u8 = 6;
 pub const NOT_RUNNING: u8 = 7;
 
@@ -27,6 +33,9 @@ pub mod status {
     pub const DEAD_PIDFILE: u8 = 1;
     pub const NOT_RUNNING: u8 = 3;
     pub const UNKNOWN: u8 = 4;
+    pub const PROGRAM_DOWN: u8 = 150;
+    pub const PROGRAM_FATAL: u8 = 151;
+    pub const NO_SUCH_PROGRAM: u8 = 152;
 }
 
 /// Prints `err` (each configuration problem on its own line) and returns its exit status.

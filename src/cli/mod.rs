@@ -1,6 +1,7 @@
 //! The command line of the `warden` binary: parsing with clap, one function per command. Logic
 //! that a library user could want lives in the library, not here.
 
+mod control;
 mod exit;
 mod serve;
 
@@ -28,16 +29,59 @@ struct Cli {
 enum Command {
     /// Run in the foreground (for systemd Type=notify, containers, terminals).
     Run,
-    /// Start as a daemon; return once it is ready (0) or has failed (non-zero).
-    Start,
-    /// Stop the daemon (SIGTERM) and wait until it has exited.
+    /// Start the daemon, returning once it is ready (0) or has failed; with PROGRAMs, start
+    /// those programs in the running daemon.
+    Start {
+        /// Programs to start (none: the daemon itself).
+        programs: Vec<String>,
+        /// How long to wait for the programs to be up.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Stop the daemon (SIGTERM) and wait until it has exited; with PROGRAMs, stop those
+    /// programs and keep them down until started again.
     Stop {
+        /// Programs to stop (none: the daemon itself).
+        programs: Vec<String>,
         /// How long to wait, e.g. "30s".
         #[arg(long, default_value = "30s", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// Tell whether the daemon runs (LSB exit codes: 0 running, 1 dead with pidfile, 3 stopped, 4 unknown).
-    Status,
+    /// Rolling restart of PROGRAMs, one instance at a time; with none, restart the daemon.
+    Restart {
+        /// Programs to restart (none: the daemon itself).
+        programs: Vec<String>,
+        /// How long to wait.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Show the daemon and every worker (LSB exit codes for the daemon; see warden(8)).
+    Status {
+        /// Print the documented JSON schema instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Only these programs; the exit status then tells whether they are all up.
+        programs: Vec<String>,
+    },
+    /// Re-read the configuration and apply what changed; unchanged programs are not touched.
+    Reload {
+        /// Print the plan without applying it.
+        #[arg(long)]
+        dry_run: bool,
+        /// How long to wait for changed programs to be up.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Set the number of instances of a program.
+    Scale {
+        /// The program.
+        program: String,
+        /// The new number of instances.
+        instances: u32,
+        /// How long to wait for the new instances to be up.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
     /// Validate the configuration file, printing every problem.
     Check,
     /// Make the daemon reopen its log files (after rotation).
@@ -51,23 +95,78 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Runs the command line and returns the process's exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    use warden::control::Command as C;
     match cli.command {
         Command::Run => with_config(&cli.config, |c| serve::serve(c, true)),
-        Command::Start => with_config(&cli.config, |c| {
+        Command::Start { programs, .. } if programs.is_empty() => with_config(&cli.config, |c| {
             // Under systemd Type=notify the service manager already detached us (DESIGN.md).
             let foreground = std::env::var_os("NOTIFY_SOCKET").is_some();
             serve::serve(c, foreground)
         }),
-        Command::Stop { timeout } => with_config(&cli.config, |c| stop(&c, timeout)),
-        Command::Status => match Config::load(&cli.config) {
-            Ok(c) => status(&c),
+        Command::Start { programs, timeout } => {
+            with_config(&cli.config, |c| control::command(&c, C::Start { programs }, timeout))
+        }
+        Command::Stop { programs, timeout } if programs.is_empty() => {
+            with_located_config(&cli.config, |c| stop(&c, timeout))
+        }
+        Command::Stop { programs, timeout } => {
+            with_config(&cli.config, |c| control::command(&c, C::Stop { programs }, timeout))
+        }
+        Command::Restart { programs, timeout } if programs.is_empty() => with_config(&cli.config, |c| {
+            let code = stop(&c, timeout);
+            if code != ExitCode::from(exit::OK) {
+                return code;
+            }
+            let foreground = std::env::var_os("NOTIFY_SOCKET").is_some();
+            serve::serve(c, foreground)
+        }),
+        Command::Restart { programs, timeout } => {
+            with_config(&cli.config, |c| control::command(&c, C::Restart { programs }, timeout))
+        }
+        Command::Status { json, programs } => match located(&cli.config) {
+            Ok(c) => control::status(&c, json, programs),
             Err(e) => {
                 exit::report(&e);
                 ExitCode::from(exit::status::UNKNOWN)
             }
         },
+        Command::Reload { dry_run, timeout } => {
+            with_config(&cli.config, |c| control::command(&c, C::Reload { dry_run }, timeout))
+        }
+        Command::Scale { program, instances, timeout } => {
+            with_config(&cli.config, |c| control::command(&c, C::Scale { program, instances }, timeout))
+        }
         Command::Check => check(&cli.config),
-        Command::ReopenLogs => with_config(&cli.config, |c| signal_daemon(&c, nix::sys::signal::Signal::SIGUSR1)),
+        Command::ReopenLogs => with_config(&cli.config, |c| {
+            match control::command_quiet(&c, C::ReopenLogs, Duration::from_secs(10)) {
+                Some(code) => code,
+                // No control socket (an older daemon, or it is gone): the signal still works.
+                None => signal_daemon(&c, nix::sys::signal::Signal::SIGUSR1),
+            }
+        }),
+    }
+}
+
+/// The configuration for commands that must work even after a bad edit of the file: its
+/// problems are printed as warnings and the pidfile and control socket still located.
+fn located(path: &std::path::Path) -> Result<Config, Error> {
+    let (config, problems) = Config::load_for_control(path)?;
+    if let Some(d) = problems {
+        for p in d.iter() {
+            eprintln!("warden: warning: {p}");
+        }
+        eprintln!(
+            "warden: warning: the configuration has errors; using pidfile {}",
+            config.daemon.pidfile.display()
+        );
+    }
+    Ok(config)
+}
+
+fn with_located_config(path: &std::path::Path, f: impl FnOnce(Config) -> ExitCode) -> ExitCode {
+    match located(path) {
+        Ok(c) => f(c),
+        Err(e) => exit::report(&e),
     }
 }
 
@@ -96,7 +195,8 @@ fn check(path: &std::path::Path) -> ExitCode {
     ExitCode::from(exit::OK)
 }
 
-fn status(config: &Config) -> ExitCode {
+/// `status` from the pidfile alone, when the control socket cannot be reached.
+pub(crate) fn status_from_pidfile(config: &Config) -> ExitCode {
     let path = &config.daemon.pidfile;
     match Pidfile::probe(path) {
         Ok(PidfileState::Running(pid)) => {

@@ -2,11 +2,12 @@
 //! until asked to stop.
 
 use std::process::ExitCode;
-use std::time::Instant;
 
 use warden::config::{Config, LogSpec};
 use warden::log::{LogConfig, LogHandle, Target};
-use warden::{Daemon, DaemonHandle, ServiceManager, SignalEvent, Signals, Stdio};
+use warden::control::server::ControlServer;
+use warden::supervisor::{ProgramDef, ReloadSet, RunExit, Supervisor};
+use warden::{Daemon, DaemonHandle, ServiceManager, Signals, Stdio};
 
 use super::exit;
 
@@ -51,9 +52,15 @@ pub fn serve(config: Config, foreground: bool) -> ExitCode {
         Ok(l) => l,
         Err(e) => handle.fail(&format!("cannot start logging: {e}")),
     };
-    let signals = match Signals::new() {
+    let mut signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => handle.fail(&format!("cannot install signal handlers: {e}")),
+    };
+    // Everything that can fail because of the configuration fails here, before `ready`, so that
+    // `warden start` reports it and exits non-zero.
+    let mut sup = match supervisor(&config, &handle, &log) {
+        Ok(s) => s,
+        Err(e) => handle.fail(&e),
     };
     handle.ready();
     let _ = handle.notify("STATUS=running");
@@ -63,12 +70,75 @@ pub fn serve(config: Config, foreground: bool) -> ExitCode {
         std::process::id(),
         config.path.display()
     );
-    let code = event_loop(&config, &handle, signals, &log);
+    let code = event_loop(&mut sup, &mut signals);
     let _ = handle.notify("STOPPING=1\nSTATUS=stopping");
+    sup.close_control();
     drop(handle); // exit hooks, the pidfile last
     log::info!("warden stopped");
     log.flush();
     ExitCode::from(code)
+}
+
+/// Builds the supervisor: programs, control socket, reloader, service-manager links.
+fn supervisor(config: &Config, handle: &DaemonHandle, log: &LogHandle) -> Result<Supervisor, String> {
+    let d = &config.daemon;
+    let mut sup = Supervisor::new().map_err(|e| format!("cannot start the supervisor: {e}"))?;
+    sup.set_log(log.clone());
+    sup.set_scale_program(d.scale_program.clone());
+    sup.set_config_path(config.path.display().to_string());
+    let manager = handle.service_manager();
+    if let Some(n) = &manager.notifier {
+        sup.set_notifier(n.clone());
+        if let Some(w) = manager.watchdog {
+            sup.set_service_watchdog(n.clone(), w / 2);
+        }
+    }
+    let group = match &d.control_group {
+        None => None,
+        Some(name) => Some(lookup_group(name)?),
+    };
+    let server = ControlServer::bind(&d.control_socket, group).map_err(|e| e.to_string())?;
+    sup.set_control(server).map_err(|e| e.to_string())?;
+    for spec in &config.programs {
+        sup.add(ProgramDef::from_spec(spec)).map_err(|e| format!("program {}: {e}", spec.name))?;
+    }
+    let path = config.path.clone();
+    let running = config.daemon.clone();
+    sup.set_reloader(Box::new(move || {
+        let new = Config::load(&path).map_err(|e| e.to_string())?;
+        Ok(ReloadSet {
+            programs: new.programs.iter().map(ProgramDef::from_spec).collect(),
+            scale_program: new.daemon.scale_program.clone(),
+            notes: daemon_changes(&running, &new.daemon),
+        })
+    }));
+    Ok(sup)
+}
+
+fn lookup_group(name: &str) -> Result<nix::unistd::Gid, String> {
+    let found = match name.parse::<u32>() {
+        Ok(id) => nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(id)),
+        Err(_) => nix::unistd::Group::from_name(name),
+    };
+    match found {
+        Ok(Some(g)) => Ok(g.gid),
+        Ok(None) => Err(format!("control_group: unknown group {name:?}")),
+        Err(e) => Err(format!("control_group: cannot look up {name:?}: {e}")),
+    }
+}
+
+/// The `[daemon]` settings a reload cannot apply to a running daemon.
+fn daemon_changes(old: &warden::config::DaemonSpec, new: &warden::config::DaemonSpec) -> Vec<String> {
+    let mut keys = Vec::new();
+    macro_rules! cmp {
+        ($($field:ident),*) => {$(
+            if old.$field != new.$field {
+                keys.push(stringify!($field));
+            }
+        )*};
+    }
+    cmp!(pidfile, directory, umask, user, group, stdout, stderr, log, log_level, syslog_facility, syslog_ident, ready_timeout, shutdown_timeout, control_socket, control_group);
+    keys.into_iter().map(|k| format!("daemon.{k} changed: takes effect when warden restarts")).collect()
 }
 
 fn log_config(config: &Config, foreground: bool) -> LogConfig {
@@ -91,59 +161,18 @@ fn log_config(config: &Config, foreground: bool) -> LogConfig {
     }
 }
 
-fn event_loop(config: &Config, handle: &DaemonHandle, mut signals: Signals, log: &LogHandle) -> u8 {
-    // systemd's watchdog: ping at half the interval it asked for.
-    let watchdog = handle.service_manager().watchdog.map(|w| w / 2);
-    let mut next_ping = watchdog.map(|w| Instant::now() + w);
-    if watchdog.is_some() {
-        let _ = handle.notify("WATCHDOG=1");
-    }
+fn event_loop(sup: &mut Supervisor, signals: &mut Signals) -> u8 {
     loop {
-        let timeout = next_ping.map(|t| t.saturating_duration_since(Instant::now()));
-        let events = signals.wait(timeout);
-        if let (Some(interval), Some(at)) = (watchdog, next_ping) {
-            if Instant::now() >= at {
-                let _ = handle.notify("WATCHDOG=1");
-                next_ping = Some(Instant::now() + interval);
-            }
-        }
-        for event in events {
-            match event {
-                SignalEvent::GracefulShutdown => {
-                    log::info!("graceful shutdown requested");
-                    return exit::OK;
-                }
-                SignalEvent::FastShutdown => {
-                    log::info!("fast shutdown requested");
-                    return exit::OK;
-                }
-                SignalEvent::Reload => reload(config, handle),
-                SignalEvent::ReopenLogs => match log.reopen() {
-                    Ok(()) => log::info!("log files reopened"),
-                    Err(e) => log::error!("cannot reopen logs: {e}"),
-                },
-                SignalEvent::AddWorker | SignalEvent::RemoveWorker => {
-                    log::info!("no program to scale: this configuration has none");
-                }
-                SignalEvent::ChildExited | SignalEvent::Other(_) => {}
-                _ => {}
+        match sup.run(signals) {
+            Ok(RunExit::Shutdown) => return exit::OK,
+            // The reloader is set: SIGHUP is handled inside the loop.
+            Ok(RunExit::Reload) => {}
+            Err(e) => {
+                log::error!("supervisor failed: {e}; stopping every worker");
+                sup.shutdown(true);
+                let _ = sup.run(signals);
+                return exit::FAILURE;
             }
         }
     }
 }
-
-fn reload(config: &Config, handle: &DaemonHandle) {
-    let _ = handle.notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
-    match Config::load(&config.path) {
-        Ok(_) => log::info!("configuration {} re-read: valid", config.path.display()),
-        Err(e) => log::error!("reload rejected, keeping the running configuration: {e}"),
-    }
-    let _ = handle.notify("READY=1\nSTATUS=running");
-}
-
-fn monotonic_usec() -> u128 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u128 * 1_000_000 + t.tv_nsec() as u128 / 1_000)
-        .unwrap_or(0)
-}
-

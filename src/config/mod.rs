@@ -1,26 +1,34 @@
 //! Configuration: `warden.toml` → validated, immutable specs.
 //!
-//! Two layers. [`read`] parses the TOML syntax (all syntax errors at once, with recovery) and
+//! Two layers. `read` parses the TOML syntax (all syntax errors at once, with recovery) and
 //! reads typed values from tables, recording a diagnostic for every unknown key, wrong type or
-//! out-of-range value; this module then checks the meaning and builds [`Config`]. Nothing stops at
-//! the first problem: an operator sees every mistake in one run of `warden check`, each as
-//! `FILE:LINE:COLUMN: key: message`.
+//! out-of-range value; this module (`[daemon]`) and `program` (`[program.NAME]`, as
+//! [`ProgramSpec`]) then check the meaning and build [`Config`]. Nothing stops at the first
+//! problem: an operator sees every mistake in one run of `warden check`, each as
+//! `FILE:LINE:COLUMN: key: message`, in file order.
 //!
 //! This module reads the file and nothing else: it does not resolve users, open paths or look at
 //! the running system. Relative paths are resolved against the configuration file's directory.
 //! Runtime state never lives here.
 
 mod diag;
+mod program;
 mod read;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use toml::Spanned;
 use toml::de::DeTable;
 
-pub use diag::{Diagnostic, Diagnostics};
 use diag::Collector;
+pub use diag::{Diagnostic, Diagnostics};
+pub use program::{
+    Limits, MAX_INSTANCES, MAX_LOG_KEEP, MAX_PROGRAM_NAME, MAX_RESTARTS_LIMIT, OutputSpec,
+    ProgramSpec, Readiness, Restart, parse_signal, valid_program_name,
+};
 use read::Section;
+pub use read::parse_size;
 
 use crate::error::{Error, Result};
 
@@ -35,6 +43,8 @@ pub struct Config {
     pub path: PathBuf,
     /// The `[daemon]` table.
     pub daemon: DaemonSpec,
+    /// The `[program.NAME]` tables, in file order.
+    pub programs: Vec<ProgramSpec>,
 }
 
 /// Where the daemon's own log goes (`[daemon] log`).
@@ -87,6 +97,13 @@ pub struct DaemonSpec {
     /// `shutdown_timeout`: the deadline for a whole graceful shutdown, exit hooks included
     /// (default 30 s).
     pub shutdown_timeout: Duration,
+    /// `scale_program`: the program whose instance count `SIGTTIN`/`SIGTTOU` raise and lower
+    /// (default none: those signals are ignored). It names a `[program.NAME]` table of the file.
+    pub scale_program: Option<String>,
+    /// `control_socket`: the control socket (default `warden.sock` beside the pidfile).
+    pub control_socket: PathBuf,
+    /// `control_group`: members of this group may read status through the control socket.
+    pub control_group: Option<String>,
 }
 
 impl Default for DaemonSpec {
@@ -105,6 +122,9 @@ impl Default for DaemonSpec {
             syslog_ident: "warden".into(),
             ready_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
+            scale_program: None,
+            control_socket: PathBuf::from("/run/warden/warden.sock"),
+            control_group: None,
         }
     }
 }
@@ -120,6 +140,26 @@ impl Config {
         Config::parse(path, &text)
     }
 
+    /// Reads `path` for a command that only needs to reach a running daemon (`stop`,
+    /// `status`): when the file has errors, the pidfile and control socket are still located
+    /// (see [`locate`]) and the problems come back beside the configuration.
+    pub fn load_for_control(path: &Path) -> Result<(Config, Option<Diagnostics>)> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io("cannot read configuration", path, e))?;
+        match Config::parse(path, &text) {
+            Ok(c) => Ok((c, None)),
+            Err(Error::Config(d)) => Ok((
+                Config {
+                    path: path.to_path_buf(),
+                    daemon: locate(path, &text),
+                    programs: Vec::new(),
+                },
+                Some(d),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Validates `text` as if read from `path` (used for messages and relative paths).
     pub fn parse(path: &Path, text: &str) -> Result<Config> {
         let mut c = Collector::new(path, text);
@@ -133,10 +173,34 @@ impl Config {
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         let base = std::path::absolute(&base).unwrap_or(base);
         let mut root = Section::new("", doc.get_ref());
-        let daemon = match root.table(&mut c, "daemon") {
+        let (mut daemon, scale) = match root.table(&mut c, "daemon") {
             Some(t) => read_daemon(&mut c, t, &base),
-            None => DaemonSpec::default(),
+            None => (DaemonSpec::default(), None),
         };
+        let programs = match root.table(&mut c, "program") {
+            Some(t) => program::read_programs(&mut c, t, &base),
+            None => Vec::new(),
+        };
+        if let Some(name) = scale {
+            if programs.iter().any(|p| p.name == *name.get_ref()) {
+                daemon.scale_program = Some(name.into_inner());
+            } else {
+                let known = programs
+                    .iter()
+                    .map(|p| format!("{:?}", p.name))
+                    .collect::<Vec<_>>();
+                let hint = if known.is_empty() {
+                    "no program is defined".to_string()
+                } else {
+                    format!("the programs are {}", known.join(", "))
+                };
+                c.at(
+                    name.span(),
+                    "daemon.scale_program",
+                    format!("there is no [program.{}] table ({hint})", name.get_ref()),
+                );
+            }
+        }
         if syntax.is_empty() {
             // After a syntax error the recovered document is partial; unknown-key reports on it
             // would only add noise.
@@ -149,11 +213,18 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             daemon,
+            programs,
         })
     }
 }
 
-fn read_daemon(c: &mut Collector<'_>, t: &DeTable<'_>, base: &Path) -> DaemonSpec {
+/// Reads `[daemon]`; `scale_program` comes back apart, with its span, to be checked against the
+/// programs once they are read.
+fn read_daemon(
+    c: &mut Collector<'_>,
+    t: &DeTable<'_>,
+    base: &Path,
+) -> (DaemonSpec, Option<Spanned<String>>) {
     let mut s = Section::new("daemon", t);
     let mut d = DaemonSpec::default();
     if let Some(p) = s.path(c, "pidfile", base) {
@@ -197,13 +268,21 @@ fn read_daemon(c: &mut Collector<'_>, t: &DeTable<'_>, base: &Path) -> DaemonSpe
             "stderr" => LogSpec::Stderr,
             "syslog" => LogSpec::Syslog,
             "" => {
-                c.at(l.span(), "daemon.log", "must be \"stderr\", \"syslog\" or a file path");
+                c.at(
+                    l.span(),
+                    "daemon.log",
+                    "must be \"stderr\", \"syslog\" or a file path",
+                );
                 LogSpec::Auto
             }
             path => LogSpec::File(base.join(path)),
         };
     }
-    if let Some(level) = s.choice(c, "log_level", &["off", "error", "warn", "info", "debug", "trace"]) {
+    if let Some(level) = s.choice(
+        c,
+        "log_level",
+        &["off", "error", "warn", "info", "debug", "trace"],
+    ) {
         d.log_level = level.parse().unwrap_or(log::LevelFilter::Info);
     }
     if let Some(f) = s.choice(c, "syslog_facility", SYSLOG_FACILITIES) {
@@ -218,7 +297,52 @@ fn read_daemon(c: &mut Collector<'_>, t: &DeTable<'_>, base: &Path) -> DaemonSpe
     if let Some(t) = s.duration(c, "shutdown_timeout") {
         d.shutdown_timeout = t;
     }
+    let scale = s.string(c, "scale_program");
+    match s.path(c, "control_socket", base) {
+        Some(p) => d.control_socket = p,
+        None => {
+            d.control_socket = d
+                .pidfile
+                .parent()
+                .map_or_else(|| PathBuf::from("warden.sock"), |dir| dir.join("warden.sock"))
+        }
+    }
+    if let Some(g) = s.string(c, "control_group") {
+        if g.get_ref().is_empty() {
+            c.at(g.span(), "daemon.control_group", "must not be empty");
+        } else {
+            d.control_group = Some(g.into_inner());
+        }
+    }
     s.finish(c);
+    (d, scale)
+}
+
+/// Finds the pidfile and control socket of `path` even when the file has errors elsewhere, so
+/// that `warden stop` and `warden status` keep working after a bad edit. Returns the daemon
+/// defaults with just those two paths taken from the file (when they are readable strings).
+pub fn locate(path: &Path, text: &str) -> DaemonSpec {
+    let mut d = DaemonSpec::default();
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let base = std::path::absolute(&base).unwrap_or(base);
+    let (doc, _) = DeTable::parse_recoverable(text);
+    let daemon = doc.get_ref().get("daemon").and_then(|v| v.get_ref().as_table());
+    let get = |key: &str| {
+        daemon
+            .and_then(|t| t.get(key))
+            .and_then(|v| v.get_ref().as_str().map(|s| base.join(s)))
+    };
+    if let Some(p) = get("pidfile") {
+        d.pidfile = p;
+    }
+    d.control_socket = get("control_socket").unwrap_or_else(|| {
+        d.pidfile
+            .parent()
+            .map_or_else(|| PathBuf::from("warden.sock"), |dir| dir.join("warden.sock"))
+    });
     d
 }
 
@@ -286,10 +410,19 @@ shutdown_timeout = 7
 
     #[test]
     fn reports_every_error_with_line_and_column() {
-        let errs = errors("[daemon]\numask = \"999\"\npidfil = \"/x\"\nlog_level = \"loud\"\n[bogus]\n");
+        let errs =
+            errors("[daemon]\numask = \"999\"\npidfil = \"/x\"\nlog_level = \"loud\"\n[bogus]\n");
         assert_eq!(errs.len(), 4, "{errs:#?}");
-        assert!(errs[0].starts_with("/etc/warden/warden.toml:2:9: daemon.umask:"), "{}", errs[0]);
-        assert!(errs[1].contains(":3:1: daemon.pidfil: unknown key (did you mean \"pidfile\"?)"), "{}", errs[1]);
+        assert!(
+            errs[0].starts_with("/etc/warden/warden.toml:2:9: daemon.umask:"),
+            "{}",
+            errs[0]
+        );
+        assert!(
+            errs[1].contains(":3:1: daemon.pidfil: unknown key (did you mean \"pidfile\"?)"),
+            "{}",
+            errs[1]
+        );
         assert!(errs[2].contains(":4:13: daemon.log_level:"), "{}", errs[2]);
         assert!(errs[3].contains(":5:2: bogus: unknown key"), "{}", errs[3]);
     }
@@ -297,14 +430,23 @@ shutdown_timeout = 7
     #[test]
     fn wrong_types_are_named() {
         let errs = errors("[daemon]\numask = 22\nuser = 0\n");
-        assert!(errs[0].contains("daemon.umask: expected a string, found integer"), "{errs:?}");
-        assert!(errs[1].contains("daemon.user: expected a string, found integer"), "{errs:?}");
+        assert!(
+            errs[0].contains("daemon.umask: expected a string, found integer"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].contains("daemon.user: expected a string, found integer"),
+            "{errs:?}"
+        );
     }
 
     #[test]
     fn syntax_errors_have_a_place() {
         let errs = errors("[daemon]\npidfile = \n");
-        assert!(errs[0].starts_with("/etc/warden/warden.toml:2:"), "{errs:?}");
+        assert!(
+            errs[0].starts_with("/etc/warden/warden.toml:2:"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -63,24 +63,76 @@ pub fn _exit(code: i32) -> ! {
 /// Resets the signal mask to empty and every catchable signal's disposition to `SIG_DFL`.
 ///
 /// A daemon inherits both from whoever launched it (a shell that ignores `SIGHUP` under `nohup`,
-/// a supervisor that blocks `SIGCHLD`); daemon(7) step 2 and 3 say to reset them. Real-time
-/// signals reserved by the C library make `sigaction` fail with `EINVAL`; those are skipped.
+/// a supervisor that blocks `SIGCHLD`); daemon(7) step 2 and 3 say to reset them.
+///
+/// The real-time signals the C library reserves for itself (glibc's 32 and 33) make
+/// `sigaction(3)` fail with `EINVAL`, yet they can arrive ignored: glibc's `posix_spawn` — what
+/// `std::process::Command` uses — sets them to `SIG_IGN` in the child, and an ignored disposition
+/// survives `exec`, so any launcher that is a Rust or other multi-threaded glibc program hands
+/// them down. Those still ignored are reset with the raw `rt_sigaction` system call; a handler
+/// the C library installed itself is left alone (it needs it, e.g. for `setuid` across threads).
 pub fn reset_signals() -> Result<(), Error> {
     use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| Error::sys("sigprocmask", e))?;
+    let mut reserved = Vec::new();
     for signo in 1..=libc::SIGRTMAX() {
         if signo == libc::SIGKILL || signo == libc::SIGSTOP {
             continue;
         }
         // SAFETY: an all-zero `sigaction` is a valid value (empty mask, no flags) and
         // `sa_sigaction = SIG_DFL` installs no handler, so no Rust code can be called from it.
-        unsafe {
+        let rc = unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = libc::SIG_DFL;
             libc::sigemptyset(&mut action.sa_mask);
-            // EINVAL for signals the C library reserves; nothing to reset there.
-            libc::sigaction(signo, &action, std::ptr::null_mut());
+            libc::sigaction(signo, &action, std::ptr::null_mut())
+        };
+        if rc == -1 && Errno::last() == Errno::EINVAL {
+            reserved.push(signo);
+        }
+    }
+    if !reserved.is_empty() {
+        reset_reserved_ignored_signals(&reserved)?;
+    }
+    Ok(())
+}
+
+/// Sets those of `reserved` (signals the C library refuses in `sigaction`) that are currently
+/// ignored back to `SIG_DFL`, through the raw system call.
+fn reset_reserved_ignored_signals(reserved: &[i32]) -> Result<(), Error> {
+    // The ignored set as the kernel sees it: arch-neutral, unlike the kernel's `struct
+    // sigaction`, whose field order varies by architecture.
+    let status = std::fs::read_to_string("/proc/self/status")
+        .map_err(|e| Error::io("cannot read", "/proc/self/status", e))?;
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|v| u128::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    // The kernel's sigset size: one bit per signal, SIGRTMAX of them (64 on most architectures).
+    let sigsetsize = (libc::SIGRTMAX() as usize + 1) / 8;
+    for &signo in reserved {
+        if signo > 128 || ignored & (1u128 << (signo - 1)) == 0 {
+            continue;
+        }
+        // All zeros is `SIG_DFL` with no flags and an empty mask in the kernel's `struct
+        // sigaction` on every architecture; the buffer is larger than that struct anywhere.
+        let action = [0u64; 8];
+        // SAFETY: the kernel reads at most `sizeof(struct sigaction)` (≤ 64 bytes) from
+        // `action`, which is valid for that long; no old action is written (null); `SIG_DFL`
+        // installs no handler, so no code of ours can run from it.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signo,
+                action.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                sigsetsize,
+            )
+        };
+        if rc == -1 {
+            return Err(Error::sys("rt_sigaction", Errno::last()));
         }
     }
     Ok(())
@@ -169,6 +221,97 @@ pub fn clearenv_except(keep: &[&str]) -> Result<(), Error> {
             // SAFETY: single-threaded, as in `setenv`.
             unsafe { std::env::remove_var(&key) };
         }
+    }
+    Ok(())
+}
+
+/// What a spawned worker does to itself between `fork` and `exec`, all prepared in the parent.
+///
+/// Everything here is a plain value: the child only makes system calls with it (no allocation,
+/// no locks), as required after `fork` in a process that may have other threads.
+#[derive(Debug, Clone, Default)]
+pub struct ChildSetup {
+    /// The supervisor's pid: if the child's parent is already someone else when the death
+    /// signal is armed, the supervisor died in between and the child gives up.
+    pub parent: i32,
+    /// The signal the kernel sends the child when the supervisor thread dies.
+    pub pdeathsig: Option<i32>,
+    /// The file mode creation mask.
+    pub umask: Option<u32>,
+    /// Supplementary groups, then gid, then uid (in that order, while still root).
+    pub groups: Option<Vec<libc::gid_t>>,
+    /// The group id.
+    pub gid: Option<libc::gid_t>,
+    /// The user id.
+    pub uid: Option<libc::uid_t>,
+    /// Resource limits as (resource, soft = hard value; `u64::MAX` is unlimited).
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+}
+
+/// Arranges for `setup` to run in the child of `cmd` between `fork` and `exec`.
+///
+/// In order: empty signal mask and default dispositions (an ignored signal would survive
+/// `exec`), the parent-death signal with the `getppid` race check, umask, resource limits,
+/// groups/gid/uid, and `CLOEXEC` on every descriptor above 2 so that nothing but stdio is
+/// inherited, whatever the parent left open.
+pub fn pre_exec(cmd: &mut std::process::Command, setup: ChildSetup) {
+    use std::os::unix::process::CommandExt;
+    let hook = move || -> io::Result<()> {
+        child_setup(&setup)
+    };
+    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
+    // system calls (sigprocmask, sigaction, prctl, getppid, umask, setrlimit, setgroups, setgid,
+    // setuid, close_range) on values prepared before the fork; it allocates nothing (the groups
+    // vector was allocated in the parent and is only read) and takes no lock.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// The child side of [`pre_exec`], also used by forked function workers.
+pub fn child_setup(setup: &ChildSetup) -> io::Result<()> {
+    let check = |rc: libc::c_int| if rc == -1 { Err(io::Error::last_os_error()) } else { Ok(()) };
+    // SAFETY: every call below is an async-signal-safe system call taking either plain integers
+    // or pointers to stack values and to the parent-allocated `groups` buffer, which outlives the
+    // call; none of them allocates or locks.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        check(libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()))?;
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for signo in 1..libc::SIGRTMIN() {
+            if signo != libc::SIGKILL && signo != libc::SIGSTOP {
+                libc::sigaction(signo, &dfl, std::ptr::null_mut());
+            }
+        }
+        if let Some(sig) = setup.pdeathsig {
+            check(libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0))?;
+            // The supervisor may have died before the death signal was armed.
+            if libc::getppid() != setup.parent {
+                return Err(io::Error::other("the supervisor exited during spawn"));
+            }
+        }
+        if let Some(mask) = setup.umask {
+            libc::umask(mask as libc::mode_t);
+        }
+        for &(resource, value) in &setup.rlimits {
+            let v = if value == u64::MAX { libc::RLIM_INFINITY } else { value as libc::rlim_t };
+            let lim = libc::rlimit { rlim_cur: v, rlim_max: v };
+            check(libc::setrlimit(resource, &lim))?;
+        }
+        if let Some(groups) = &setup.groups {
+            check(libc::setgroups(groups.len(), groups.as_ptr()))?;
+        }
+        if let Some(gid) = setup.gid {
+            check(libc::setgid(gid))?;
+        }
+        if let Some(uid) = setup.uid {
+            check(libc::setuid(uid))?;
+        }
+        // CLOSE_RANGE_CLOEXEC (Linux 5.11): mark, don't close, so std's exec-error pipe keeps
+        // working until exec. Older kernels: every descriptor warden opens is CLOEXEC anyway.
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
     }
     Ok(())
 }

@@ -343,16 +343,20 @@ pub struct Stat {
 }
 
 pub fn stat(pid: i32) -> Option<Stat> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Parses one /proc/PID/stat line (e.g. printed by a process in another session).
+pub fn parse_stat(s: &str) -> Option<Stat> {
     // The command name is in parentheses and may contain spaces: split after the last ')'.
-    let rest = &s[s.rfind(')')? + 2..];
+    let rest = s.get(s.rfind(')')? + 2..)?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     Some(Stat {
-        state: f[0].chars().next()?,
-        ppid: f[1].parse().ok()?,
-        pgrp: f[2].parse().ok()?,
-        session: f[3].parse().ok()?,
-        tty_nr: f[4].parse().ok()?,
+        state: f.first()?.chars().next()?,
+        ppid: f.get(1)?.parse().ok()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        session: f.get(3)?.parse().ok()?,
+        tty_nr: f.get(4)?.parse().ok()?,
     })
 }
 

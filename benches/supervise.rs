@@ -1,0 +1,1292 @@
+//! `cargo bench --bench supervise [-- --quick | --kills N --rounds N --window SECS --settle SECS
+//! --seed S --only warden,runit,...]`: warden against runit, daemontools, s6 and supervisord on
+//! the same work, six figures, medians and ratios (issue 4, section 5).
+//!
+//! Every supervisor supervises the same tiny C child (`benches/child.c`, compiled here with
+//! `cc -O2` into a temp dir): at startup it reads CLOCK_MONOTONIC and publishes that time as the
+//! file `OUT/PID`, then sleeps in pause(). Start times are therefore self-reported by the child
+//! and carry no polling error; the bench reads the same clock with `clock_gettime`.
+//!
+//! Figures (each supervisor set to restart at once, no delay, otherwise at its defaults):
+//! 1. kill → replacement exec'd: one child per supervisor, all supervisors up side by side; each
+//!    round kills each supervisor's child in a fresh random order, the child having been up for
+//!    more than [`UP_BEFORE_KILL`]; latency = the new child's start time − the bench's clock read
+//!    just before `kill(SIGKILL)`. Median of `--kills` (20) per supervisor.
+//! 2. idle context switches/s, 16 workers: voluntary + nonvoluntary switches of every thread of
+//!    the supervisor's own processes (not the children), over `--window` (10 s) after a
+//!    `--settle` pause (2 s) once all 16 children are up.
+//! 3. memory, 16 workers: PSS (`/proc/PID/smaps_rollup`) summed over the same processes, read at
+//!    the end of that window.
+//! 4. 200 workers cold start → all up: from just before spawning the supervisor to the latest
+//!    self-reported start of 200 children (bounded 30 s).
+//! 5. SIGTERM to the supervisor → 16 children gone: from `kill(SIGTERM)` to the main supervisor
+//!    process until none of the children is alive (zombies count as gone), polled every 100 µs,
+//!    bounded 10 s ("never" beyond).
+//! 6. SIGKILL to the supervisor → children left running: children alive 1 s after `kill(SIGKILL)`
+//!    of the main supervisor process.
+//!
+//! Figures 2–6 are measured `--rounds` (3) times per supervisor, each round in a fresh random
+//! order (xorshift), each run from a clean directory; the table shows medians over the rounds.
+//!
+//! Cleanup: the bench makes itself a child subreaper, so everything the supervisors start stays
+//! in its process tree even when a supervisor dies; after every run, and when the bench ends
+//! (normally, on error, on panic or on Ctrl-C), it SIGKILLs by pid every descendant and every
+//! process whose argv holds the bench's marker (`wbsup-BENCHPID-`), then reaps.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::fs::{self, File};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::time::{ClockId, clock_gettime};
+use nix::unistd::Pid;
+
+/// How long a child has been up before it is killed (warden resets its backoff after 1 s up).
+const UP_BEFORE_KILL: Duration = Duration::from_millis(1200);
+/// How long to wait for the replacement of a killed child.
+const REPLACEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for the children of a run to be up (figures 1–3, 5, 6).
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// Figure 4's bound.
+const COLD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Figure 5's bound.
+const TERM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Figure 5's poll interval.
+const TERM_POLL: Duration = Duration::from_micros(100);
+/// Figure 6: how long after SIGKILL the survivors are counted.
+const KILL_GRACE: Duration = Duration::from_secs(1);
+/// Workers for figures 2, 3, 5 and 6.
+const POOL: usize = 16;
+/// Workers for figure 4.
+const COLD: usize = 200;
+
+fn main() {
+    let opts = Options::from_args();
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
+            eprintln!("bench: cannot handle signal {sig}: {e}");
+        }
+    }
+    let subreaper = nix::sys::prctl::set_child_subreaper(true);
+    let cleanup = Cleanup;
+    let code = match run(&opts, &stop, subreaper.is_ok()) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("bench: {e}");
+            1
+        }
+    };
+    drop(cleanup);
+    std::process::exit(code);
+}
+
+struct Options {
+    kills: usize,
+    rounds: usize,
+    window: Duration,
+    settle: Duration,
+    seed: u64,
+    only: Option<Vec<Kind>>,
+    quick: bool,
+    args: Vec<String>,
+}
+
+impl Options {
+    /// Anything not understood (cargo passes `--bench`) is ignored with a note if it looks like
+    /// an option of ours.
+    fn from_args() -> Options {
+        let mut opts = Options {
+            kills: 20,
+            rounds: 3,
+            window: Duration::from_secs(10),
+            settle: Duration::from_secs(2),
+            seed: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1,
+            only: None,
+            quick: false,
+            args: Vec::new(),
+        };
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        if args.iter().any(|a| a == "--quick") {
+            opts.quick = true;
+            opts.kills = 3;
+            opts.rounds = 1;
+            opts.window = Duration::from_secs(2);
+            opts.settle = Duration::from_secs(1);
+        }
+        let mut i = 0;
+        while i < args.len() {
+            let (key, inline) = match args[i].split_once('=') {
+                Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                None => (args[i].clone(), None),
+            };
+            let takes_value = [
+                "--kills", "--rounds", "--window", "--settle", "--seed", "--only",
+            ]
+            .contains(&key.as_str());
+            if key != "--bench" {
+                opts.args.push(args[i].clone());
+            }
+            if !takes_value {
+                i += 1;
+                continue;
+            }
+            let value = inline.or_else(|| {
+                i += 1;
+                let v = args.get(i).cloned();
+                if let Some(v) = &v {
+                    opts.args.push(v.clone());
+                }
+                v
+            });
+            let value = value.unwrap_or_default();
+            let secs = value
+                .parse::<f64>()
+                .ok()
+                .filter(|s| *s > 0.0 && s.is_finite());
+            let count = value.parse::<usize>().ok().filter(|n| *n > 0);
+            match key.as_str() {
+                "--kills" if count.is_some() => opts.kills = count.unwrap_or(1),
+                "--rounds" if count.is_some() => opts.rounds = count.unwrap_or(1),
+                "--window" if secs.is_some() => {
+                    opts.window = Duration::from_secs_f64(secs.unwrap_or(1.0))
+                }
+                "--settle" if secs.is_some() => {
+                    opts.settle = Duration::from_secs_f64(secs.unwrap_or(1.0))
+                }
+                "--seed" => match value.parse::<u64>() {
+                    Ok(s) => opts.seed = s | 1,
+                    Err(_) => eprintln!("bench: ignoring --seed {value:?}"),
+                },
+                "--only" => {
+                    let kinds: Vec<Kind> = value
+                        .split(',')
+                        .filter_map(|n| {
+                            let k = Kind::ALL.into_iter().find(|k| k.slug() == n.trim());
+                            if k.is_none() {
+                                eprintln!("bench: --only: unknown supervisor {n:?}");
+                            }
+                            k
+                        })
+                        .collect();
+                    opts.only = Some(kinds);
+                }
+                _ => eprintln!("bench: ignoring {key} {value:?}"),
+            }
+            i += 1;
+        }
+        opts
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Kind {
+    Warden,
+    Runit,
+    Daemontools,
+    S6,
+    Supervisord,
+}
+
+impl Kind {
+    const ALL: [Kind; 5] = [
+        Kind::Warden,
+        Kind::Runit,
+        Kind::Daemontools,
+        Kind::S6,
+        Kind::Supervisord,
+    ];
+
+    fn slug(self) -> &'static str {
+        match self {
+            Kind::Warden => "warden",
+            Kind::Runit => "runit",
+            Kind::Daemontools => "daemontools",
+            Kind::S6 => "s6",
+            Kind::Supervisord => "supervisord",
+        }
+    }
+
+    /// The program that is the supervisor's main process.
+    fn tool(self) -> &'static str {
+        match self {
+            Kind::Warden => "warden",
+            Kind::Runit => "runsvdir",
+            Kind::Daemontools => "svscan",
+            Kind::S6 => "s6-svscan",
+            Kind::Supervisord => "supervisord",
+        }
+    }
+
+    /// The Debian package to install, for notes and versions.
+    fn package(self) -> &'static str {
+        match self {
+            Kind::Warden => "-",
+            Kind::Runit => "runit",
+            Kind::Daemontools => "daemontools",
+            Kind::S6 => "s6",
+            Kind::Supervisord => "supervisor",
+        }
+    }
+}
+
+/// What every run needs.
+struct Ctx<'a> {
+    tmp: PathBuf,
+    child: PathBuf,
+    tools: HashMap<Kind, PathBuf>,
+    marker: String,
+    stop: &'a AtomicBool,
+    next_id: usize,
+}
+
+impl Ctx<'_> {
+    /// Sleeps, in slices, giving up when the bench is interrupted.
+    fn sleep(&self, d: Duration) -> Result<(), String> {
+        let end = Instant::now() + d;
+        loop {
+            self.check()?;
+            let now = Instant::now();
+            if now >= end {
+                return Ok(());
+            }
+            std::thread::sleep((end - now).min(Duration::from_millis(20)));
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.stop.load(Ordering::Relaxed) {
+            Err("interrupted".into())
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// One supervisor started by the bench, with `n` children to bring up.
+struct Run {
+    kind: Kind,
+    dir: PathBuf,
+    out: PathBuf,
+    marker: String,
+    main: i32,
+    /// CLOCK_MONOTONIC just before the spawn, in ns.
+    t0: i64,
+}
+
+fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String> {
+    let tmp = TempDir::new()?;
+    let child = compile_child(tmp.path())?;
+    let mut tools = HashMap::new();
+    tools.insert(Kind::Warden, PathBuf::from(env!("CARGO_BIN_EXE_warden")));
+    let wanted: Vec<Kind> = opts.only.clone().unwrap_or_else(|| Kind::ALL.to_vec());
+    for k in Kind::ALL.into_iter().filter(|k| *k != Kind::Warden) {
+        if !wanted.contains(&k) {
+            continue;
+        }
+        match find_tool(k.tool()) {
+            Some(p) => {
+                tools.insert(k, p);
+            }
+            None => println!(
+                "note: {} not found (apt-get install {}): {} skipped",
+                k.tool(),
+                k.package(),
+                k.slug()
+            ),
+        }
+    }
+    let kinds: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|k| wanted.contains(k) && tools.contains_key(k))
+        .collect();
+    if kinds.is_empty() {
+        return Err("no supervisor to measure".into());
+    }
+    let mut ctx = Ctx {
+        tmp: tmp.path().to_path_buf(),
+        child,
+        tools,
+        marker: format!("wbsup-{}-", std::process::id()),
+        stop,
+        next_id: 0,
+    };
+    print_header(opts, &ctx, &kinds, subreaper);
+    let mut rng = XorShift(opts.seed);
+    let mut results = Results::default();
+
+    // Figure 1: every supervisor up side by side, one child each.
+    eprintln!(
+        "bench: figure 1 (kill -> replacement), {} kills each",
+        opts.kills
+    );
+    let r = figure_kill(&mut ctx, &kinds, opts.kills, &mut rng, &mut results);
+    kill_everything(&ctx.marker);
+    r?;
+
+    // Figures 2-6: one supervisor at a time, rounds in random order.
+    let mut order = kinds.clone();
+    for round in 0..opts.rounds {
+        eprintln!("bench: figures 2-6, round {}/{}", round + 1, opts.rounds);
+        rng.shuffle(&mut order);
+        for &k in &order {
+            let r = pool_run(&mut ctx, opts, k, &mut results);
+            kill_everything(&ctx.marker);
+            if let Err(e) = r {
+                ctx.check()?;
+                results.note(k, format!("round {}: 16-worker run: {e}", round + 1));
+            }
+        }
+        rng.shuffle(&mut order);
+        for &k in &order {
+            let r = kill_run(&mut ctx, k, &mut results);
+            kill_everything(&ctx.marker);
+            if let Err(e) = r {
+                ctx.check()?;
+                results.note(k, format!("round {}: SIGKILL run: {e}", round + 1));
+            }
+        }
+        rng.shuffle(&mut order);
+        for &k in &order {
+            let r = cold_run(&mut ctx, k, &mut results);
+            kill_everything(&ctx.marker);
+            if let Err(e) = r {
+                ctx.check()?;
+                results.note(k, format!("round {}: cold start: {e}", round + 1));
+            }
+        }
+    }
+    print_table(opts, &kinds, &results);
+    Ok(())
+}
+
+/// Compiles `benches/child.c` into `dir/child` with `cc -O2`.
+fn compile_child(dir: &Path) -> Result<PathBuf, String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/child.c");
+    let out = dir.join("child");
+    let status = Command::new("cc")
+        .arg("-O2")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run cc: {e}"))?;
+    if !status.success() {
+        return Err(format!("cc -O2 {} failed: {status}", src.display()));
+    }
+    Ok(out)
+}
+
+/// Looks for an executable in `$PATH` and the sbin directories.
+fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}
+
+fn mono_ns() -> i64 {
+    clock_gettime(ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() * 1_000_000_000 + t.tv_nsec())
+        .unwrap_or(0)
+}
+
+/// Writes the supervisor's configuration for `n` children and starts it.
+fn start(ctx: &mut Ctx<'_>, kind: Kind, n: usize, label: &str) -> Result<Run, String> {
+    ctx.next_id += 1;
+    let id = ctx.next_id;
+    let dir = ctx.tmp.join(format!("{}-{label}-{id}", kind.slug()));
+    let out = dir.join("out");
+    mkdir(&dir)?;
+    mkdir(&out)?;
+    let marker = format!("{}{id}", ctx.marker);
+    let child = ctx.child.display().to_string();
+    let outs = out.display().to_string();
+    let tool = ctx.tools[&kind].clone();
+    let mut cmd = Command::new(&tool);
+    match kind {
+        Kind::Warden => {
+            let config = dir.join("warden.toml");
+            let text = format!(
+                "[daemon]\npidfile = {:?}\ndirectory = {:?}\nlog = {:?}\n\n\
+                 [program.child]\ncommand = [{child:?}, {outs:?}, {marker:?}]\ninstances = {n}\n",
+                dir.join("warden.pid"),
+                dir,
+                dir.join("warden.log"),
+            );
+            write(&config, &text)?;
+            cmd.arg("-c").arg(&config).arg("run");
+        }
+        Kind::Runit | Kind::Daemontools | Kind::S6 => {
+            let scan = dir.join("service");
+            mkdir(&scan)?;
+            let script = format!("#!/bin/sh\nexec '{child}' '{outs}' '{marker}'\n");
+            for i in 0..n {
+                let svc = scan.join(format!("c{i:03}"));
+                mkdir(&svc)?;
+                let run = svc.join("run");
+                write(&run, &script)?;
+                fs::set_permissions(&run, fs::Permissions::from_mode(0o755))
+                    .map_err(|e| format!("cannot chmod {}: {e}", run.display()))?;
+            }
+            cmd.arg(&scan);
+        }
+        Kind::Supervisord => {
+            let config = dir.join("supervisord.conf");
+            let logs = dir.join("childlog");
+            mkdir(&logs)?;
+            let text = format!(
+                "[supervisord]\nnodaemon=true\nlogfile={}\npidfile={}\nchildlogdir={}\nminfds=4096\n\n\
+                 [program:child]\ncommand={child} {outs} {marker}\nnumprocs={n}\n\
+                 process_name=%(program_name)s_%(process_num)03d\nstartsecs=0\nautorestart=true\n",
+                dir.join("supervisord.log").display(),
+                dir.join("supervisord.pid").display(),
+                logs.display(),
+            );
+            write(&config, &text)?;
+            cmd.arg("-n").arg("-c").arg(&config);
+        }
+    }
+    let stdout = File::create(dir.join("stdout")).map_err(|e| format!("cannot create: {e}"))?;
+    let stderr = File::create(dir.join("stderr")).map_err(|e| format!("cannot create: {e}"))?;
+    cmd.current_dir(&dir)
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("LISTEN_FDS")
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0);
+    let t0 = mono_ns();
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
+    // Reaped by pid (or by `reap`), never through `Child`.
+    let main = child.id() as i32;
+    drop(child);
+    Ok(Run {
+        kind,
+        dir,
+        out,
+        marker,
+        main,
+        t0,
+    })
+}
+
+fn mkdir(d: &Path) -> Result<(), String> {
+    fs::create_dir(d).map_err(|e| format!("cannot create {}: {e}", d.display()))
+}
+
+fn write(p: &Path, text: &str) -> Result<(), String> {
+    fs::write(p, text).map_err(|e| format!("cannot write {}: {e}", p.display()))
+}
+
+/// The children that have reported their start so far: (pid, start ns).
+fn reported(out: &Path) -> Vec<(i32, i64)> {
+    let Ok(dir) = fs::read_dir(out) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let ns: i64 = fs::read_to_string(e.path()).ok()?.trim().parse().ok()?;
+        Some((pid, ns))
+    })
+    .collect()
+}
+
+/// Waits until `n` children have reported; fails if the main process dies or after `timeout`.
+fn wait_up(
+    ctx: &Ctx<'_>,
+    run: &Run,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64)>, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        ctx.check()?;
+        reap();
+        let up = reported(&run.out);
+        if up.len() >= n {
+            return Ok(up);
+        }
+        if !alive(run.main) {
+            return Err(format!(
+                "{} (pid {}) exited with {}/{n} children up: {}",
+                run.kind.tool(),
+                run.main,
+                up.len(),
+                tail(&run.dir.join("stderr"))
+            ));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "only {}/{n} children up after {timeout:?}",
+                up.len()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn tail(p: &Path) -> String {
+    let text = fs::read_to_string(p).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(3).collect();
+    let mut lines: Vec<&str> = lines.into_iter().rev().collect();
+    if lines.is_empty() {
+        lines.push("(no output)");
+    }
+    lines.join(" | ")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Figures
+
+#[derive(Default)]
+struct Results {
+    /// Figure 1 latencies, ms.
+    kill_ms: HashMap<Kind, Vec<f64>>,
+    /// Figure 2, switches per second.
+    ctx_per_s: HashMap<Kind, Vec<f64>>,
+    /// Figure 3, MiB.
+    pss_mib: HashMap<Kind, Vec<f64>>,
+    /// Figure 4, seconds; infinity when not all up within the bound.
+    cold_s: HashMap<Kind, Vec<f64>>,
+    /// Figure 5, ms; infinity for "never".
+    term_ms: HashMap<Kind, Vec<f64>>,
+    /// Figure 6, children alive.
+    left: HashMap<Kind, Vec<f64>>,
+    /// Processes counted as the supervisor's own in figures 2 and 3 (last run).
+    own: HashMap<Kind, String>,
+    notes: Vec<(Kind, String)>,
+}
+
+impl Results {
+    fn note(&mut self, k: Kind, text: String) {
+        eprintln!("bench: {}: {text}", k.slug());
+        self.notes.push((k, text));
+    }
+}
+
+fn push(map: &mut HashMap<Kind, Vec<f64>>, k: Kind, v: f64) {
+    map.entry(k).or_default().push(v);
+}
+
+struct Tracked {
+    run: Run,
+    known: HashSet<i32>,
+    current: (i32, i64),
+    dead: bool,
+}
+
+/// Figure 1.
+fn figure_kill(
+    ctx: &mut Ctx<'_>,
+    kinds: &[Kind],
+    kills: usize,
+    rng: &mut XorShift,
+    results: &mut Results,
+) -> Result<(), String> {
+    let mut tracked: Vec<Tracked> = Vec::new();
+    for &k in kinds {
+        let run = start(ctx, k, 1, "kill")?;
+        tracked.push(Tracked {
+            run,
+            known: HashSet::new(),
+            current: (0, 0),
+            dead: false,
+        });
+    }
+    for t in &mut tracked {
+        match wait_up(ctx, &t.run, 1, START_TIMEOUT) {
+            Ok(up) => {
+                t.known.extend(up.iter().map(|c| c.0));
+                t.current = up[0];
+            }
+            Err(e) => {
+                t.dead = true;
+                results.note(t.run.kind, format!("kill run did not start: {e}"));
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..tracked.len()).collect();
+    for round in 0..kills {
+        rng.shuffle(&mut order);
+        for &i in &order {
+            let t = &mut tracked[i];
+            if t.dead {
+                continue;
+            }
+            // Up for long enough?
+            let age = mono_ns() - t.current.1;
+            let want = UP_BEFORE_KILL.as_nanos() as i64;
+            if age < want {
+                ctx.sleep(Duration::from_nanos((want - age) as u64))?;
+            }
+            let old = t.current.0;
+            if !alive(old) {
+                t.dead = true;
+                results.note(
+                    t.run.kind,
+                    format!("kill {}: child {old} died by itself", round + 1),
+                );
+                continue;
+            }
+            let t_kill = mono_ns();
+            if let Err(e) = kill(Pid::from_raw(old), Signal::SIGKILL) {
+                return Err(format!("kill -9 {old}: {e}"));
+            }
+            let deadline = Instant::now() + REPLACEMENT_TIMEOUT;
+            let replacement = loop {
+                ctx.check()?;
+                reap();
+                if let Some(&c) = reported(&t.run.out)
+                    .iter()
+                    .find(|c| !t.known.contains(&c.0))
+                {
+                    break Some(c);
+                }
+                if Instant::now() >= deadline {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            };
+            let _ = fs::remove_file(t.run.out.join(old.to_string()));
+            match replacement {
+                Some(c) => {
+                    t.known.insert(c.0);
+                    t.current = c;
+                    push(
+                        &mut results.kill_ms,
+                        t.run.kind,
+                        (c.1 - t_kill) as f64 / 1e6,
+                    );
+                }
+                None => {
+                    t.dead = true;
+                    results.note(
+                        t.run.kind,
+                        format!(
+                            "kill {}: no replacement within {REPLACEMENT_TIMEOUT:?}",
+                            round + 1
+                        ),
+                    );
+                }
+            }
+        }
+        eprint!("\rbench: figure 1: {}/{kills} kills", round + 1);
+    }
+    eprintln!();
+    Ok(())
+}
+
+/// Figures 2, 3 and 5 on one run of 16 workers.
+fn pool_run(
+    ctx: &mut Ctx<'_>,
+    opts: &Options,
+    k: Kind,
+    results: &mut Results,
+) -> Result<(), String> {
+    let run = start(ctx, k, POOL, "pool")?;
+    let up = wait_up(ctx, &run, POOL, START_TIMEOUT)?;
+    ctx.sleep(opts.settle)?;
+
+    // Figure 2: context switches of the supervisor's own processes over the window.
+    let own = own_pids(&run);
+    let before: Vec<Option<u64>> = own.iter().map(|&p| ctx_switches(p)).collect();
+    let w0 = Instant::now();
+    ctx.sleep(opts.window)?;
+    let secs = w0.elapsed().as_secs_f64();
+    let after: Vec<Option<u64>> = own.iter().map(|&p| ctx_switches(p)).collect();
+    let mut delta = 0u64;
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        match (b, a) {
+            (Some(b), Some(a)) => delta += a.saturating_sub(*b),
+            _ => results.note(k, format!("pid {} vanished during the window", own[i])),
+        }
+    }
+    push(&mut results.ctx_per_s, k, delta as f64 / secs);
+
+    // Figure 3: PSS of the same processes.
+    let pss: u64 = own.iter().filter_map(|&p| pss_kb(p)).sum();
+    push(&mut results.pss_mib, k, pss as f64 / 1024.0);
+    results.own.insert(k, describe(&own));
+
+    // Figure 5: SIGTERM to the main process, until no child is alive.
+    let mut watch: Vec<i32> = up.iter().map(|c| c.0).filter(|&p| alive(p)).collect();
+    if watch.len() != POOL {
+        results.note(
+            k,
+            format!(
+                "only {} of {POOL} children alive before SIGTERM",
+                watch.len()
+            ),
+        );
+    }
+    let t_term = mono_ns();
+    kill(Pid::from_raw(run.main), Signal::SIGTERM).map_err(|e| format!("kill -TERM: {e}"))?;
+    let deadline = Instant::now() + TERM_TIMEOUT;
+    let gone_at = loop {
+        watch.retain(|&p| alive(p));
+        if watch.is_empty() {
+            let t = mono_ns();
+            // Anything the supervisor started meanwhile counts too.
+            watch = marker_pids(&run.marker);
+            if watch.is_empty() {
+                break Some(t);
+            }
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        reap();
+        std::thread::sleep(TERM_POLL);
+    };
+    push(
+        &mut results.term_ms,
+        k,
+        gone_at.map_or(f64::INFINITY, |t| (t - t_term) as f64 / 1e6),
+    );
+    ctx.check()
+}
+
+/// Figure 6.
+fn kill_run(ctx: &mut Ctx<'_>, k: Kind, results: &mut Results) -> Result<(), String> {
+    let run = start(ctx, k, POOL, "sigkill")?;
+    wait_up(ctx, &run, POOL, START_TIMEOUT)?;
+    ctx.sleep(Duration::from_millis(500))?;
+    kill(Pid::from_raw(run.main), Signal::SIGKILL).map_err(|e| format!("kill -KILL: {e}"))?;
+    let end = Instant::now() + KILL_GRACE;
+    while Instant::now() < end {
+        reap();
+        ctx.sleep(Duration::from_millis(10))?;
+    }
+    let left = marker_pids(&run.marker).len();
+    push(&mut results.left, k, left as f64);
+    Ok(())
+}
+
+/// Figure 4.
+fn cold_run(ctx: &mut Ctx<'_>, k: Kind, results: &mut Results) -> Result<(), String> {
+    let run = start(ctx, k, COLD, "cold")?;
+    match wait_up(ctx, &run, COLD, COLD_TIMEOUT) {
+        Ok(up) => {
+            let last = up.iter().map(|c| c.1).max().unwrap_or(run.t0);
+            push(&mut results.cold_s, k, (last - run.t0) as f64 / 1e9);
+            Ok(())
+        }
+        Err(e) => {
+            ctx.check()?;
+            push(&mut results.cold_s, k, f64::INFINITY);
+            Err(e)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc
+
+struct Proc {
+    pid: i32,
+    ppid: i32,
+}
+
+/// State letter and parent pid from `/proc/PID/stat`.
+fn proc_stat(pid: i32) -> Option<(char, i32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((state, ppid))
+}
+
+/// Whether the process exists and is neither a zombie nor dead.
+fn alive(pid: i32) -> bool {
+    proc_stat(pid).is_some_and(|(s, _)| s != 'Z' && s != 'X')
+}
+
+/// Every live process.
+fn procs() -> Vec<Proc> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let (state, ppid) = proc_stat(pid)?;
+            (state != 'Z' && state != 'X').then_some(Proc { pid, ppid })
+        })
+        .collect()
+}
+
+fn cmdline(pid: i32) -> Vec<u8> {
+    fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()
+}
+
+fn has_marker(pid: i32, marker: &str) -> bool {
+    // A marker is followed by the end of its argument (NUL), so "…-1" does not match "…-12".
+    let mut needle = marker.as_bytes().to_vec();
+    needle.push(0);
+    cmdline(pid)
+        .windows(needle.len())
+        .any(|w| w == needle.as_slice())
+}
+
+fn has_prefix(pid: i32, prefix: &str) -> bool {
+    cmdline(pid)
+        .windows(prefix.len())
+        .any(|w| w == prefix.as_bytes())
+}
+
+/// Live processes whose argv holds `marker` as a whole argument: the children of one run.
+fn marker_pids(marker: &str) -> Vec<i32> {
+    procs()
+        .into_iter()
+        .map(|p| p.pid)
+        .filter(|&p| has_marker(p, marker))
+        .collect()
+}
+
+/// The supervisor's own processes: the main one and its descendants, minus the children (argv
+/// holding the marker) and whatever runs under them.
+fn own_pids(run: &Run) -> Vec<i32> {
+    let ps = procs();
+    let mut kids: HashMap<i32, Vec<i32>> = HashMap::new();
+    for p in &ps {
+        kids.entry(p.ppid).or_default().push(p.pid);
+    }
+    let mut own = Vec::new();
+    let mut todo = vec![run.main];
+    while let Some(p) = todo.pop() {
+        if has_marker(p, &run.marker) {
+            continue;
+        }
+        own.push(p);
+        todo.extend(kids.get(&p).into_iter().flatten());
+    }
+    own.sort_unstable();
+    own
+}
+
+/// "3× runsv, 1× runsvdir" for the notes.
+fn describe(pids: &[i32]) -> String {
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for &p in pids {
+        let name = fs::read_to_string(format!("/proc/{p}/comm"))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into());
+        match counts.iter_mut().find(|c| c.0 == name) {
+            Some(c) => c.1 += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    counts
+        .iter()
+        .map(|(n, c)| format!("{c}x {n}"))
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// Voluntary + nonvoluntary context switches over every thread of `pid`.
+fn ctx_switches(pid: i32) -> Option<u64> {
+    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut sum = 0;
+    for t in tasks.flatten() {
+        let status = fs::read_to_string(t.path().join("status")).ok()?;
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                sum += v.trim().parse::<u64>().ok()?;
+            }
+        }
+    }
+    Some(sum)
+}
+
+/// `Pss:` of `/proc/PID/smaps_rollup`, in kB.
+fn pss_kb(pid: i32) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Reaps every dead child of the bench (orphans come here: the bench is a subreaper).
+fn reap() {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// SIGKILLs, by pid, every descendant of the bench and every process whose argv holds `marker`
+/// (children that escaped the tree), until none is left (bounded), reaping as it goes.
+fn kill_everything(marker: &str) {
+    let me = std::process::id() as i32;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        reap();
+        let ps = procs();
+        let mut kids: HashMap<i32, Vec<i32>> = HashMap::new();
+        for p in &ps {
+            kids.entry(p.ppid).or_default().push(p.pid);
+        }
+        let mut targets: HashSet<i32> = HashSet::new();
+        let mut todo: Vec<i32> = kids.get(&me).cloned().unwrap_or_default();
+        while let Some(p) = todo.pop() {
+            if targets.insert(p) {
+                todo.extend(kids.get(&p).into_iter().flatten());
+            }
+        }
+        targets.extend(
+            ps.iter()
+                .map(|p| p.pid)
+                .filter(|&p| p != me && has_prefix(p, marker)),
+        );
+        if targets.is_empty() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            eprintln!("bench: could not kill every process: {targets:?} remain");
+            return;
+        }
+        for &p in &targets {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Kills whatever the bench started when it ends, however it ends.
+struct Cleanup;
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        kill_everything(&format!("wbsup-{}-", std::process::id()));
+        reap();
+    }
+}
+
+/// A private directory under `$TMPDIR`, removed at the end.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<TempDir, String> {
+        let base =
+            std::env::temp_dir().join(format!("warden-bench-supervise.{}", std::process::id()));
+        fs::create_dir(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+        Ok(TempDir(base))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Processes are gone first (Cleanup runs before): nothing writes here any more.
+        kill_everything(&format!("wbsup-{}-", std::process::id()));
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A small xorshift generator for the order of each round (no dependency needed).
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.next() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output
+
+fn print_header(opts: &Options, ctx: &Ctx<'_>, kinds: &[Kind], subreaper: bool) {
+    println!("warden supervise benchmark (issue 4, section 5)");
+    println!(
+        "  command: cargo bench --bench supervise{}{}",
+        if opts.args.is_empty() { "" } else { " -- " },
+        opts.args.join(" ")
+    );
+    println!(
+        "  kills {} per supervisor (child up > {:?} before each); rounds {} for figures 2-6; idle window {:?} after {:?} settle; seed {}{}",
+        opts.kills,
+        UP_BEFORE_KILL,
+        opts.rounds,
+        opts.window,
+        opts.settle,
+        opts.seed,
+        if opts.quick { " (--quick)" } else { "" }
+    );
+    println!(
+        "  machine: nproc {}, {}, kernel {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model(),
+        fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    println!("  child: {} (cc -O2 benches/child.c)", ctx.child.display());
+    for &k in kinds {
+        let version = match k {
+            Kind::Warden => format!("warden {} (release build)", env!("CARGO_PKG_VERSION")),
+            _ => package_version(k.package()),
+        };
+        let how = match k {
+            Kind::Warden => {
+                "warden -c DIR/warden.toml run; [program.child] command, instances = N, defaults otherwise"
+            }
+            Kind::Runit => {
+                "runsvdir DIR/service; per child a service dir whose run script execs the child"
+            }
+            Kind::Daemontools => {
+                "svscan DIR/service; per child a service dir whose run script execs the child"
+            }
+            Kind::S6 => {
+                "s6-svscan DIR/service; per child a service dir whose run script execs the child"
+            }
+            Kind::Supervisord => {
+                "supervisord -n -c DIR/supervisord.conf; numprocs = N, startsecs=0, autorestart=true"
+            }
+        };
+        println!("  {:<12} {} [{version}]", k.slug(), ctx.tools[&k].display());
+        println!("  {:<12} {how}", "");
+    }
+    if !subreaper {
+        println!("  note: could not become a child subreaper; orphans go to PID 1");
+    }
+    println!();
+}
+
+fn package_version(pkg: &str) -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", pkg])
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| format!("{pkg} {}", String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_else(|| format!("{pkg} (version unknown)"))
+}
+
+fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+/// Nearest-rank percentile; `None` for no data. Infinite values sort last.
+fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    Some(v[rank.clamp(1, v.len()) - 1])
+}
+
+struct Figure<'a> {
+    title: &'static str,
+    data: &'a HashMap<Kind, Vec<f64>>,
+    fmt: fn(f64) -> String,
+    target: &'static str,
+}
+
+fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
+    let figures = [
+        Figure {
+            title: "1 kill -> replacement exec'd, median",
+            data: &r.kill_ms,
+            fmt: |v| format!("{v:.2} ms"),
+            target: "< 2 ms and <= runit",
+        },
+        Figure {
+            title: "2 idle context switches/s, 16 workers",
+            data: &r.ctx_per_s,
+            fmt: |v| format!("{v:.2}/s"),
+            target: "0",
+        },
+        Figure {
+            title: "3 memory, 16 workers (PSS, own procs)",
+            data: &r.pss_mib,
+            fmt: |v| format!("{v:.2} MiB"),
+            target: "< 2 MB",
+        },
+        Figure {
+            title: "4 200 workers cold start -> all up",
+            data: &r.cold_s,
+            fmt: |v| {
+                if v.is_finite() {
+                    format!("{v:.3} s")
+                } else {
+                    "> 30 s".into()
+                }
+            },
+            target: "< 0.2 s",
+        },
+        Figure {
+            title: "5 SIGTERM to supervisor -> 16 gone",
+            data: &r.term_ms,
+            fmt: |v| {
+                if v.is_finite() {
+                    format!("{v:.1} ms")
+                } else {
+                    "never (>=10 s)".into()
+                }
+            },
+            target: "< 10 ms",
+        },
+        Figure {
+            title: "6 SIGKILL to supervisor -> left running",
+            data: &r.left,
+            fmt: |v| format!("{v:.0}"),
+            target: "0",
+        },
+    ];
+    let median = |f: &Figure<'_>, k: Kind| f.data.get(&k).and_then(|v| percentile(v, 50.0));
+    let peers: Vec<Kind> = kinds
+        .iter()
+        .copied()
+        .filter(|&k| k != Kind::Warden)
+        .collect();
+    let has_warden = kinds.contains(&Kind::Warden);
+
+    let mut header = vec!["figure (median)".to_string()];
+    header.extend(kinds.iter().map(|k| k.slug().to_string()));
+    if has_warden {
+        header.extend(peers.iter().map(|k| format!("w/{}", k.slug())));
+        header.push("warden target".into());
+        header.push("met".into());
+    }
+    let mut rows = vec![header];
+    for (i, f) in figures.iter().enumerate() {
+        let mut row = vec![f.title.to_string()];
+        for &k in kinds {
+            row.push(median(f, k).map_or_else(|| "-".into(), f.fmt));
+        }
+        if has_warden {
+            let w = median(f, Kind::Warden);
+            for &p in &peers {
+                row.push(ratio(w, median(f, p)));
+            }
+            row.push(f.target.into());
+            let met = w.map(|w| match i {
+                0 => w < 2.0 && median(f, Kind::Runit).is_none_or(|r| w <= r),
+                1 => w == 0.0,
+                2 => w < 2.0,
+                3 => w < 0.2,
+                4 => w < 10.0,
+                _ => w == 0.0,
+            });
+            row.push(match met {
+                Some(true) => "yes".into(),
+                Some(false) => "NO".into(),
+                None => "-".into(),
+            });
+        }
+        rows.push(row);
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    println!(
+        "results: medians ({} kills per supervisor for figure 1, {} round(s) for figures 2-6)",
+        opts.kills, opts.rounds
+    );
+    for (n, row) in rows.iter().enumerate() {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c == 0 {
+                let _ = write!(line, "{cell:<w$}", w = widths[c]);
+            } else {
+                let _ = write!(line, "  {cell:>w$}", w = widths[c]);
+            }
+        }
+        println!("{}", line.trim_end());
+        if n == 0 {
+            println!("{}", "-".repeat(line.trim_end().len()));
+        }
+    }
+    println!();
+    println!("w/PEER: warden's median divided by PEER's (< 1: warden lower); '-' when undefined");
+    println!("MiB = 1024 kB as /proc reports it; the target reads < 2 MB");
+    println!();
+
+    println!("details");
+    for &k in kinds {
+        if let Some(v) = r.kill_ms.get(&k) {
+            let p = |q| percentile(v, q).map_or_else(|| "-".into(), |x| format!("{x:.2}"));
+            println!(
+                "  figure 1 {:<12} n={:<3} min {} p10 {} median {} p90 {} max {} ms",
+                k.slug(),
+                v.len(),
+                p(0.0),
+                p(10.0),
+                p(50.0),
+                p(90.0),
+                p(100.0)
+            );
+        }
+    }
+    for f in &figures[1..] {
+        for &k in kinds {
+            if let Some(v) = f.data.get(&k) {
+                let all: Vec<String> = v.iter().map(|&x| (f.fmt)(x)).collect();
+                println!("  {:<42} {:<12} {}", f.title, k.slug(), all.join(", "));
+            }
+        }
+    }
+    for &k in kinds {
+        if let Some(own) = r.own.get(&k) {
+            println!("  own processes (figures 2, 3) {:<12} {own}", k.slug());
+        }
+    }
+    for (k, n) in &r.notes {
+        println!("  note {}: {n}", k.slug());
+    }
+}
+
+fn ratio(w: Option<f64>, p: Option<f64>) -> String {
+    match (w, p) {
+        (Some(w), Some(p)) if w.is_finite() && p.is_finite() && p > 0.0 => format!("{:.2}", w / p),
+        (Some(w), Some(p)) if w == 0.0 && p == 0.0 => "0/0".into(),
+        (Some(w), Some(p)) if w.is_finite() && p.is_infinite() => "0 (peer never)".into(),
+        _ => "-".into(),
+    }
+}

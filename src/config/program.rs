@@ -1,0 +1,652 @@
+//! `[program.NAME]` tables → [`ProgramSpec`]: the programs the `warden` binary supervises.
+//!
+//! This file reads and checks one table per program, recording a diagnostic for every problem
+//! (unknown keys, wrong types, bad values, inconsistent combinations) and never stopping at the
+//! first. Like the rest of [`crate::config`] it looks at the file only: it does not check that the
+//! command exists, that the user resolves or that the directory is there — those are the
+//! supervisor's business when it spawns. Relative `directory` and output file paths are resolved
+//! against the configuration file's directory; the command is kept as written (a bare name is
+//! looked up in `PATH` when the program is spawned).
+//!
+//! Defaults follow the supervisor's design: restart always, backoff from 100 ms doubling to 30 s,
+//! at most 5 restarts in 60 s, `SIGTERM` then `SIGKILL` after 10 s, ready as soon as exec'd.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::resource::Resource;
+use nix::sys::signal::Signal;
+use toml::de::{DeTable, DeValue};
+
+use super::diag::Collector;
+use super::parse_umask;
+use super::read::{Section, duration_value, size_value};
+
+pub use crate::supervisor::state::{Readiness, Restart};
+
+/// The longest program name accepted.
+pub const MAX_PROGRAM_NAME: usize = 64;
+/// The largest `instances` accepted.
+pub const MAX_INSTANCES: u32 = 10_000;
+/// The largest `max_restarts` accepted.
+pub const MAX_RESTARTS_LIMIT: u32 = 1_000_000;
+/// The largest `log_keep` accepted.
+pub const MAX_LOG_KEEP: u32 = 1_000;
+
+/// One `[program.NAME]` table: a command warden runs, keeps running and stops.
+///
+/// Build one with [`ProgramSpec::new`] (every other field at its default) and set the fields
+/// you need, or read it from `warden.toml` with [`crate::config::Config`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ProgramSpec {
+    /// The table's name (`NAME` in `[program.NAME]`): 1 to 64 of `A-Z a-z 0-9 _ . -`.
+    pub name: String,
+    /// `command`: the argv, never empty. Written as an array of strings, or as one string split
+    /// into words shell-style by `shlex`: quotes, backslashes and `#` comments are honoured, but
+    /// nothing is expanded (no `$VAR`, no globs). Kept as written: a name without `/` is looked
+    /// up in `PATH` when the program is spawned.
+    pub command: Vec<String>,
+    /// `instances`: how many copies run, each with its own `WARDEN_INSTANCE` (0-based). Default
+    /// 1; 0 defines the program without running it.
+    pub instances: u32,
+    /// `directory`: the working directory (default: warden's own).
+    pub directory: Option<PathBuf>,
+    /// `user`: run as this user (name or numeric id; default: warden's user).
+    pub user: Option<String>,
+    /// `group`: run as this group (default: the user's primary group).
+    pub group: Option<String>,
+    /// `umask`: an octal string such as `"027"` (default: warden's umask).
+    pub umask: Option<u32>,
+    /// `env`: variables to set, in the order written (`env = { KEY = "value" }`). warden's own
+    /// variables (`WARDEN_PROGRAM`, `WARDEN_INSTANCE`, `NOTIFY_SOCKET`) are set after these.
+    pub env: Vec<(String, String)>,
+    /// `clean_env`: start from an empty environment instead of warden's (default false). The
+    /// program then sees only [`env`](Self::env) and warden's own variables — `PATH` is *not*
+    /// added implicitly, so set it in `env` if the program needs it.
+    pub clean_env: bool,
+    /// `limits`: resource limits, set as both soft and hard limit before exec.
+    pub limits: Limits,
+    /// `restart`: `"always"` (default), `"on-failure"` or `"never"`.
+    pub restart: Restart,
+    /// `backoff_initial`: the first delay after a restart that was not immediate (default 100 ms).
+    pub backoff_initial: Duration,
+    /// `backoff_max`: the cap of the doubling backoff (default 30 s).
+    pub backoff_max: Duration,
+    /// `backoff_reset`: how long an instance must stay up (ready) for its backoff to reset
+    /// (default 1 s).
+    pub backoff_reset: Duration,
+    /// `max_restarts`: more restarts than this within [`restart_window`](Self::restart_window)
+    /// make the program fatal (default 5).
+    pub max_restarts: u32,
+    /// `restart_window`: the window `max_restarts` is counted in (default 60 s).
+    pub restart_window: Duration,
+    /// `stop_signal`: the signal number sent to the process group to stop it (default `SIGTERM`).
+    pub stop_signal: i32,
+    /// `stop_timeout`: how long after the stop signal `SIGKILL` follows (default 10 s).
+    pub stop_timeout: Duration,
+    /// `ready`: `"immediate"` (default), `"notify"` or a duration.
+    pub ready: Readiness,
+    /// `start_timeout`: how long a `notify` program may take to send `READY=1` (default 90 s;
+    /// `None` when written `"0"` or `"infinity"`). Ignored unless `ready = "notify"`.
+    pub start_timeout: Option<Duration>,
+    /// `watchdog`: a `notify` program that sends no `WATCHDOG=1` for this long is stopped and
+    /// restarted (default none; `"0"` also means none). Requires `ready = "notify"`.
+    pub watchdog: Option<Duration>,
+    /// `stdout`: where the program's standard output goes (default the daemon log).
+    pub stdout: OutputSpec,
+    /// `stderr`: where the program's standard error goes (default the daemon log).
+    pub stderr: OutputSpec,
+    /// `log_max_bytes`: an output file is rotated when it would grow past this (default 10 MiB).
+    pub log_max_bytes: u64,
+    /// `log_keep`: how many rotated output files are kept (default 5).
+    pub log_keep: u32,
+}
+
+impl ProgramSpec {
+    /// A program named `name` running `command`, every other setting at its default.
+    pub fn new(name: impl Into<String>, command: Vec<String>) -> ProgramSpec {
+        ProgramSpec {
+            name: name.into(),
+            command,
+            instances: 1,
+            directory: None,
+            user: None,
+            group: None,
+            umask: None,
+            env: Vec::new(),
+            clean_env: false,
+            limits: Limits::default(),
+            restart: Restart::Always,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+            backoff_reset: Duration::from_secs(1),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
+            stop_signal: Signal::SIGTERM as i32,
+            stop_timeout: Duration::from_secs(10),
+            ready: Readiness::Immediate,
+            start_timeout: Some(Duration::from_secs(90)),
+            watchdog: None,
+            stdout: OutputSpec::Log,
+            stderr: OutputSpec::Log,
+            log_max_bytes: 10 << 20,
+            log_keep: 5,
+        }
+    }
+}
+
+/// Where a program's standard output or error goes (`stdout`, `stderr`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputSpec {
+    /// `"log"`: lines tagged `NAME[INDEX]` into the daemon's log.
+    Log,
+    /// `"null"`: discarded (`/dev/null`).
+    Null,
+    /// A file path: lines appended by warden, rotated by size.
+    File(PathBuf),
+}
+
+/// Resource limits (`limits = { nofile = 4096, core = 0 }`), each `None` when not set.
+///
+/// A value is a number, or `"unlimited"` (also `"infinity"`), stored as `u64::MAX`, which is
+/// `RLIM_INFINITY`. The byte-valued limits (`core`, `memlock`, `as`, `fsize`, `stack`) also
+/// accept sizes such as `"64M"`; `cpu` counts seconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// `nofile` (`RLIMIT_NOFILE`): open file descriptors.
+    pub nofile: Option<u64>,
+    /// `core` (`RLIMIT_CORE`): core dump size in bytes.
+    pub core: Option<u64>,
+    /// `nproc` (`RLIMIT_NPROC`): processes of the user.
+    pub nproc: Option<u64>,
+    /// `memlock` (`RLIMIT_MEMLOCK`): locked memory in bytes.
+    pub memlock: Option<u64>,
+    /// `as` (`RLIMIT_AS`): address space in bytes.
+    pub address_space: Option<u64>,
+    /// `fsize` (`RLIMIT_FSIZE`): largest file created, in bytes.
+    pub fsize: Option<u64>,
+    /// `stack` (`RLIMIT_STACK`): stack size in bytes.
+    pub stack: Option<u64>,
+    /// `cpu` (`RLIMIT_CPU`): CPU time in seconds.
+    pub cpu: Option<u64>,
+}
+
+impl Limits {
+    /// The limits that are set, with their resource, in a fixed order.
+    pub fn iter(&self) -> impl Iterator<Item = (Resource, u64)> + use<> {
+        [
+            (Resource::RLIMIT_NOFILE, self.nofile),
+            (Resource::RLIMIT_CORE, self.core),
+            (Resource::RLIMIT_NPROC, self.nproc),
+            (Resource::RLIMIT_MEMLOCK, self.memlock),
+            (Resource::RLIMIT_AS, self.address_space),
+            (Resource::RLIMIT_FSIZE, self.fsize),
+            (Resource::RLIMIT_STACK, self.stack),
+            (Resource::RLIMIT_CPU, self.cpu),
+        ]
+        .into_iter()
+        .filter_map(|(r, v)| v.map(|v| (r, v)))
+    }
+
+    /// True when no limit is set.
+    pub fn is_empty(&self) -> bool {
+        self.iter().next().is_none()
+    }
+}
+
+/// Parses a signal name as `stop_signal` accepts it: `"TERM"` or `"SIGTERM"`, any case, any
+/// signal [`Signal`] knows.
+pub fn parse_signal(name: &str) -> Option<Signal> {
+    let upper = name.trim().to_ascii_uppercase();
+    if upper.is_empty() {
+        return None;
+    }
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    full.parse().ok()
+}
+
+/// True for a valid program name: 1 to 64 of `A-Z a-z 0-9 _ . -`, and not `.` or `..` (which
+/// would be trouble wherever a name becomes part of a path).
+pub fn valid_program_name(name: &str) -> bool {
+    (1..=MAX_PROGRAM_NAME).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        && name != "."
+        && name != ".."
+}
+
+/// Reads the `[program]` table: one [`ProgramSpec`] per sub-table, in file order.
+pub(super) fn read_programs(
+    c: &mut Collector<'_>,
+    table: &DeTable<'_>,
+    base: &Path,
+) -> Vec<ProgramSpec> {
+    let mut programs = Vec::new();
+    for (name, value) in table.iter() {
+        let key = format!("program.{}", name.get_ref());
+        if !valid_program_name(name.get_ref()) {
+            c.at(
+                name.span(),
+                &key,
+                format!(
+                    "invalid program name {:?}: use 1 to {MAX_PROGRAM_NAME} letters, digits, '_', '.' or '-'",
+                    name.get_ref()
+                ),
+            );
+        }
+        match value.get_ref() {
+            DeValue::Table(t) => {
+                programs.push(read_program(c, name.get_ref(), name.span(), t, base))
+            }
+            other => c.at(
+                value.span(),
+                &key,
+                format!("expected a table, found {}", other.type_str()),
+            ),
+        }
+    }
+    programs
+}
+
+fn read_program(
+    c: &mut Collector<'_>,
+    name: &str,
+    name_span: Range<usize>,
+    t: &DeTable<'_>,
+    base: &Path,
+) -> ProgramSpec {
+    let mut s = Section::new(format!("program.{name}"), t);
+    let mut p = ProgramSpec::new(name, Vec::new());
+
+    match read_command(c, &mut s) {
+        Some(argv) => p.command = argv,
+        None if !s.has("command") => c.at(
+            name_span.clone(),
+            &s.key("command"),
+            "required: the program to run, e.g. command = [\"/usr/bin/prog\", \"--flag\"]",
+        ),
+        None => {}
+    }
+    if let Some(n) = s.integer(c, "instances", 0, MAX_INSTANCES.into()) {
+        p.instances = n as u32;
+    }
+    if let Some(d) = s.path(c, "directory", base) {
+        p.directory = Some(d);
+    }
+    p.user = non_empty(c, &mut s, "user");
+    p.group = non_empty(c, &mut s, "group");
+    if let Some(u) = s.string(c, "umask") {
+        match parse_umask(u.get_ref()) {
+            Some(m) => p.umask = Some(m),
+            None => c.at(
+                u.span(),
+                &s.key("umask"),
+                format!(
+                    "{:?} is not an octal mode between \"000\" and \"777\" (write it as a string, e.g. \"027\")",
+                    u.get_ref()
+                ),
+            ),
+        }
+    }
+    if let Some(env) = s.table(c, "env") {
+        p.env = read_env(c, &s.key("env"), env);
+    }
+    if let Some(b) = s.boolean(c, "clean_env") {
+        p.clean_env = b;
+    }
+    if let Some(l) = s.table(c, "limits") {
+        p.limits = read_limits(c, &s.key("limits"), l);
+    }
+    if let Some(r) = s.choice(c, "restart", &["always", "on-failure", "never"]) {
+        p.restart = match r {
+            "always" => Restart::Always,
+            "on-failure" => Restart::OnFailure,
+            _ => Restart::Never,
+        };
+    }
+
+    let initial = s.duration(c, "backoff_initial");
+    let max = s.duration(c, "backoff_max");
+    p.backoff_initial = initial.unwrap_or(p.backoff_initial);
+    p.backoff_max = max.unwrap_or(p.backoff_max);
+    // Compare only values that were read well (or defaulted): a bad duration is reported once.
+    let initial_ok = initial.is_some() || !s.has("backoff_initial");
+    let max_ok = max.is_some() || !s.has("backoff_max");
+    if initial_ok && max_ok && p.backoff_initial > p.backoff_max {
+        let (at, msg) = if initial.is_some() {
+            (
+                "backoff_initial",
+                format!(
+                    "must not be longer than backoff_max ({})",
+                    fmt_duration(p.backoff_max)
+                ),
+            )
+        } else {
+            (
+                "backoff_max",
+                format!(
+                    "must not be shorter than backoff_initial ({})",
+                    fmt_duration(p.backoff_initial)
+                ),
+            )
+        };
+        c.at(s.span(at).unwrap_or(name_span.clone()), &s.key(at), msg);
+    }
+    if let Some(d) = s.duration(c, "backoff_reset") {
+        p.backoff_reset = d;
+    }
+    if let Some(n) = s.integer(c, "max_restarts", 0, MAX_RESTARTS_LIMIT.into()) {
+        p.max_restarts = n as u32;
+    }
+    if let Some(d) = s.duration(c, "restart_window") {
+        if d.is_zero() {
+            c.at(
+                s.span("restart_window").unwrap_or(name_span.clone()),
+                &s.key("restart_window"),
+                "must be longer than zero",
+            );
+        } else {
+            p.restart_window = d;
+        }
+    }
+    if let Some(sig) = s.string(c, "stop_signal") {
+        match parse_signal(sig.get_ref()) {
+            Some(signal) => p.stop_signal = signal as i32,
+            None => c.at(
+                sig.span(),
+                &s.key("stop_signal"),
+                format!(
+                    "unknown signal {:?} (write e.g. \"TERM\", \"SIGINT\", \"QUIT\")",
+                    sig.get_ref()
+                ),
+            ),
+        }
+    }
+    if let Some(d) = s.duration(c, "stop_timeout") {
+        p.stop_timeout = d;
+    }
+    let ready = read_ready(c, &mut s);
+    p.ready = ready.unwrap_or(p.ready);
+    if let Some(d) = optional_duration(c, &mut s, "start_timeout") {
+        p.start_timeout = d;
+    }
+    if let Some(d) = optional_duration(c, &mut s, "watchdog") {
+        p.watchdog = d;
+        // A `ready` that was itself wrong has been reported already.
+        let ready_ok = ready.is_some() || !s.has("ready");
+        if d.is_some() && ready_ok && p.ready != Readiness::Notify {
+            c.at(
+                s.span("watchdog").unwrap_or(name_span.clone()),
+                &s.key("watchdog"),
+                "requires ready = \"notify\" (the watchdog is fed by WATCHDOG=1 notify messages)",
+            );
+        }
+    }
+    if let Some(o) = read_output(c, &mut s, "stdout", base) {
+        p.stdout = o;
+    }
+    if let Some(o) = read_output(c, &mut s, "stderr", base) {
+        p.stderr = o;
+    }
+    if let Some(n) = s.size(c, "log_max_bytes") {
+        if n == 0 {
+            c.at(
+                s.span("log_max_bytes").unwrap_or(name_span.clone()),
+                &s.key("log_max_bytes"),
+                "must be at least 1 byte",
+            );
+        } else {
+            p.log_max_bytes = n;
+        }
+    }
+    if let Some(n) = s.integer(c, "log_keep", 0, MAX_LOG_KEEP.into()) {
+        p.log_keep = n as u32;
+    }
+    s.finish(c);
+    p
+}
+
+/// `command`: an array of strings, or one string split into words shell-style.
+fn read_command(c: &mut Collector<'_>, s: &mut Section<'_, '_>) -> Option<Vec<String>> {
+    let key = s.key("command");
+    let v = s.raw("command")?;
+    let argv = match v.get_ref() {
+        DeValue::String(text) => {
+            if text.contains('\0') {
+                c.at(v.span(), &key, "must not contain a NUL byte");
+                return None;
+            }
+            match shlex::split(text) {
+                Some(words) => words,
+                None => {
+                    c.at(v.span(), &key, format!("cannot split {text:?} into words: unbalanced quote or trailing backslash"));
+                    return None;
+                }
+            }
+        }
+        DeValue::Array(items) => {
+            let mut argv = Vec::with_capacity(items.len());
+            let mut ok = true;
+            for item in items.iter() {
+                match item.get_ref() {
+                    DeValue::String(arg) if arg.contains('\0') => {
+                        c.at(item.span(), &key, "must not contain a NUL byte");
+                        ok = false;
+                    }
+                    DeValue::String(arg) => argv.push(arg.to_string()),
+                    other => {
+                        c.at(
+                            item.span(),
+                            &key,
+                            format!("expected a string, found {}", other.type_str()),
+                        );
+                        ok = false;
+                    }
+                }
+            }
+            if !ok {
+                return None;
+            }
+            argv
+        }
+        other => {
+            c.at(
+                v.span(),
+                &key,
+                format!(
+                    "expected an array of strings or a string, found {}",
+                    other.type_str()
+                ),
+            );
+            return None;
+        }
+    };
+    match argv.first() {
+        None => {
+            c.at(v.span(), &key, "must not be empty");
+            None
+        }
+        Some(prog) if prog.is_empty() => {
+            c.at(
+                v.span(),
+                &key,
+                "the program to run must not be an empty string",
+            );
+            None
+        }
+        Some(_) => Some(argv),
+    }
+}
+
+/// A string key that must not be empty when present.
+fn non_empty(c: &mut Collector<'_>, s: &mut Section<'_, '_>, key: &'static str) -> Option<String> {
+    let v = s.string(c, key)?;
+    if v.get_ref().is_empty() {
+        c.at(v.span(), &s.key(key), "must not be empty");
+        None
+    } else {
+        Some(v.into_inner())
+    }
+}
+
+/// `env`: a table of strings, kept in the order written.
+fn read_env(c: &mut Collector<'_>, prefix: &str, t: &DeTable<'_>) -> Vec<(String, String)> {
+    let mut env = Vec::with_capacity(t.len());
+    for (k, v) in t.iter() {
+        let name = k.get_ref();
+        let key = format!("{prefix}.{name}");
+        if name.is_empty() || name.contains(['=', '\0']) {
+            c.at(
+                k.span(),
+                &key,
+                format!("{name:?} is not a valid environment variable name (it must be non-empty, without '=' or NUL)"),
+            );
+            continue;
+        }
+        match v.get_ref() {
+            DeValue::String(val) if val.contains('\0') => {
+                c.at(v.span(), &key, "must not contain a NUL byte")
+            }
+            DeValue::String(val) => env.push((name.to_string(), val.to_string())),
+            other => c.at(
+                v.span(),
+                &key,
+                format!("expected a string, found {}", other.type_str()),
+            ),
+        }
+    }
+    env
+}
+
+/// `limits`: a table of resource limits.
+fn read_limits(c: &mut Collector<'_>, prefix: &str, t: &DeTable<'_>) -> Limits {
+    let mut s = Section::new(prefix, t);
+    let limits = Limits {
+        nofile: limit(c, &mut s, "nofile", false),
+        core: limit(c, &mut s, "core", true),
+        nproc: limit(c, &mut s, "nproc", false),
+        memlock: limit(c, &mut s, "memlock", true),
+        address_space: limit(c, &mut s, "as", true),
+        fsize: limit(c, &mut s, "fsize", true),
+        stack: limit(c, &mut s, "stack", true),
+        cpu: limit(c, &mut s, "cpu", false),
+    };
+    s.finish(c);
+    limits
+}
+
+/// One resource limit: a non-negative integer, `"unlimited"`/`"infinity"`, or (for a byte-valued
+/// limit) a size such as `"64M"`.
+fn limit(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    key: &'static str,
+    bytes: bool,
+) -> Option<u64> {
+    let name = s.key(key);
+    let v = s.raw(key)?;
+    let result = match v.get_ref() {
+        DeValue::String(text) if text == "unlimited" || text == "infinity" => Ok(u64::MAX),
+        DeValue::String(_) if bytes => size_value(v.get_ref()),
+        DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix())
+            .map_err(|_| "must not be negative".to_string()),
+        DeValue::String(text) => Err(format!("{text:?} is not a number or \"unlimited\"")),
+        other => Err(format!(
+            "expected an integer or \"unlimited\", found {}",
+            other.type_str()
+        )),
+    };
+    match result {
+        Ok(n) => Some(n),
+        Err(msg) => {
+            c.at(v.span(), &name, msg);
+            None
+        }
+    }
+}
+
+/// `ready`: `"immediate"`, `"notify"` or a duration.
+fn read_ready(c: &mut Collector<'_>, s: &mut Section<'_, '_>) -> Option<Readiness> {
+    let key = s.key("ready");
+    let v = s.raw("ready")?;
+    let ready = match v.get_ref() {
+        DeValue::String(text) if text == "immediate" => Ok(Readiness::Immediate),
+        DeValue::String(text) if text == "notify" => Ok(Readiness::Notify),
+        DeValue::String(text) => humantime::parse_duration(text)
+            .map(Readiness::After)
+            .map_err(|_| {
+                format!("{text:?} is not \"immediate\", \"notify\" or a duration such as \"2s\"")
+            }),
+        other => duration_value(other).map(Readiness::After),
+    };
+    match ready {
+        Ok(r) => Some(r),
+        Err(msg) => {
+            c.at(v.span(), &key, msg);
+            None
+        }
+    }
+}
+
+/// A duration where zero and `"infinity"` mean none: `Some(None)` for those, `Some(Some(d))`
+/// otherwise, `None` when absent or wrong (reported).
+fn optional_duration(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    key: &'static str,
+) -> Option<Option<Duration>> {
+    let name = s.key(key);
+    let v = s.raw(key)?;
+    match v.get_ref() {
+        DeValue::String(text) if text == "infinity" => Some(None),
+        other => match duration_value(other) {
+            Ok(d) => Some((!d.is_zero()).then_some(d)),
+            Err(msg) => {
+                c.at(v.span(), &name, msg);
+                None
+            }
+        },
+    }
+}
+
+/// `stdout`/`stderr`: `"log"`, `"null"` or a file path.
+fn read_output(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    key: &'static str,
+    base: &Path,
+) -> Option<OutputSpec> {
+    let v = s.string(c, key)?;
+    match v.get_ref().as_str() {
+        "log" => Some(OutputSpec::Log),
+        "null" => Some(OutputSpec::Null),
+        "" => {
+            c.at(
+                v.span(),
+                &s.key(key),
+                "must be \"log\", \"null\" or a file path",
+            );
+            None
+        }
+        path if path.contains('\0') => {
+            c.at(v.span(), &s.key(key), "must not contain a NUL byte");
+            None
+        }
+        path => Some(OutputSpec::File(base.join(path))),
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests;

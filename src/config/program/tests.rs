@@ -1,0 +1,594 @@
+//! Tests of `[program.NAME]` reading: every key, the defaults, and every diagnostic at its
+//! exact line and column.
+
+use std::path::Path;
+
+use super::*;
+use crate::config::Config;
+use crate::error::Error;
+
+const FILE: &str = "/etc/warden/warden.toml";
+
+fn parse(text: &str) -> Config {
+    match Config::parse(Path::new(FILE), text) {
+        Ok(c) => c,
+        Err(e) => panic!("expected a valid configuration, got:\n{e}"),
+    }
+}
+
+/// Every diagnostic as `LINE:COLUMN: key: message` (the file name stripped).
+fn errors(text: &str) -> Vec<String> {
+    match Config::parse(Path::new(FILE), text) {
+        Err(Error::Config(d)) => d
+            .iter()
+            .map(|d| {
+                d.to_string()
+                    .trim_start_matches(FILE)
+                    .trim_start_matches(':')
+                    .to_string()
+            })
+            .collect(),
+        other => panic!("expected config errors, got {other:?}"),
+    }
+}
+
+fn one(text: &str) -> ProgramSpec {
+    let mut c = parse(text);
+    assert_eq!(c.programs.len(), 1, "{:?}", c.programs);
+    c.programs.remove(0)
+}
+
+fn argv(words: &[&str]) -> Vec<String> {
+    words.iter().map(ToString::to_string).collect()
+}
+
+/// Checks `errs` against `(prefix, fragment)` pairs, one per diagnostic, in order.
+fn check(errs: &[String], expected: &[(&str, &str)]) {
+    for (i, (prefix, fragment)) in expected.iter().enumerate() {
+        let Some(e) = errs.get(i) else {
+            panic!(
+                "missing diagnostic {i} {prefix:?}; got:\n{}",
+                errs.join("\n")
+            );
+        };
+        assert!(
+            e.starts_with(prefix) && e.contains(fragment),
+            "diagnostic {i}: expected {prefix:?} … {fragment:?}, got {e:?}; all:\n{}",
+            errs.join("\n")
+        );
+    }
+    assert_eq!(
+        errs.len(),
+        expected.len(),
+        "extra diagnostics:\n{}",
+        errs.join("\n")
+    );
+}
+
+#[test]
+fn reads_every_program_key() {
+    let p = one(r#"[program.web]
+command = ["/usr/bin/web", "--port", "8080"]
+instances = 3
+directory = "srv"
+user = "www-data"
+group = "adm"
+umask = "027"
+env = { RUST_LOG = "info", PATH = "/usr/bin:/bin", EMPTY = "" }
+clean_env = true
+limits = { nofile = 4096, core = 0, nproc = 100, memlock = "64K", as = "unlimited", fsize = "1G", stack = 8388608, cpu = "infinity" }
+restart = "on-failure"
+backoff_initial = "250ms"
+backoff_max = "1m"
+backoff_reset = "5s"
+max_restarts = 10
+restart_window = "2m"
+stop_signal = "SIGINT"
+stop_timeout = "3s"
+ready = "notify"
+start_timeout = "20s"
+watchdog = "30s"
+stdout = "/var/log/web.out"
+stderr = "null"
+log_max_bytes = "512K"
+log_keep = 2
+"#);
+    assert_eq!(p.name, "web");
+    assert_eq!(p.command, argv(&["/usr/bin/web", "--port", "8080"]));
+    assert_eq!(p.instances, 3);
+    assert_eq!(p.directory, Some(PathBuf::from("/etc/warden/srv")));
+    assert_eq!(p.user.as_deref(), Some("www-data"));
+    assert_eq!(p.group.as_deref(), Some("adm"));
+    assert_eq!(p.umask, Some(0o027));
+    assert_eq!(
+        p.env,
+        vec![
+            ("RUST_LOG".to_string(), "info".to_string()),
+            ("PATH".to_string(), "/usr/bin:/bin".to_string()),
+            ("EMPTY".to_string(), String::new()),
+        ]
+    );
+    assert!(p.clean_env);
+    assert_eq!(
+        p.limits,
+        Limits {
+            nofile: Some(4096),
+            core: Some(0),
+            nproc: Some(100),
+            memlock: Some(64 << 10),
+            address_space: Some(u64::MAX),
+            fsize: Some(1 << 30),
+            stack: Some(8 << 20),
+            cpu: Some(u64::MAX),
+        }
+    );
+    assert_eq!(p.restart, Restart::OnFailure);
+    assert_eq!(p.backoff_initial, Duration::from_millis(250));
+    assert_eq!(p.backoff_max, Duration::from_secs(60));
+    assert_eq!(p.backoff_reset, Duration::from_secs(5));
+    assert_eq!(p.max_restarts, 10);
+    assert_eq!(p.restart_window, Duration::from_secs(120));
+    assert_eq!(p.stop_signal, libc::SIGINT);
+    assert_eq!(p.stop_timeout, Duration::from_secs(3));
+    assert_eq!(p.ready, Readiness::Notify);
+    assert_eq!(p.start_timeout, Some(Duration::from_secs(20)));
+    assert_eq!(p.watchdog, Some(Duration::from_secs(30)));
+    assert_eq!(p.stdout, OutputSpec::File("/var/log/web.out".into()));
+    assert_eq!(p.stderr, OutputSpec::Null);
+    assert_eq!(p.log_max_bytes, 512 << 10);
+    assert_eq!(p.log_keep, 2);
+}
+
+#[test]
+fn defaults() {
+    let p = one("[program.a]\ncommand = [\"/bin/true\"]\n");
+    assert_eq!(p, ProgramSpec::new("a", argv(&["/bin/true"])));
+    assert_eq!(p.instances, 1);
+    assert_eq!(p.directory, None);
+    assert_eq!(p.umask, None);
+    assert!(p.env.is_empty() && !p.clean_env);
+    assert!(p.limits.is_empty());
+    assert_eq!(p.stop_signal, libc::SIGTERM);
+    assert_eq!((p.stdout, p.stderr), (OutputSpec::Log, OutputSpec::Log));
+    assert_eq!(p.log_max_bytes, 10 * 1024 * 1024);
+    assert_eq!(p.log_keep, 5);
+    // The config's defaults are the state machine's: they must not drift apart.
+    let d = crate::supervisor::state::Policy::default();
+    assert_eq!(p.restart, d.restart);
+    assert_eq!(p.backoff_initial, d.backoff_initial);
+    assert_eq!(p.backoff_max, d.backoff_max);
+    assert_eq!(p.backoff_reset, d.backoff_reset);
+    assert_eq!(p.max_restarts, d.max_restarts);
+    assert_eq!(p.restart_window, d.restart_window);
+    assert_eq!(p.stop_signal, d.stop_signal);
+    assert_eq!(p.stop_timeout, d.stop_timeout);
+    assert_eq!(p.ready, d.readiness);
+    assert_eq!(p.start_timeout, d.start_timeout);
+    assert_eq!(p.watchdog, d.watchdog);
+}
+
+#[test]
+fn programs_keep_file_order() {
+    let c = parse(
+        "[program.zeta]\ncommand = \"z\"\n[program.alpha]\ncommand = \"a\"\n[program.mid]\ncommand = \"m\"\n",
+    );
+    let names: Vec<_> = c.programs.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["zeta", "alpha", "mid"]);
+    assert!(parse("").programs.is_empty());
+    assert!(parse("[program]\n").programs.is_empty());
+}
+
+#[test]
+fn command_string_is_split_shell_style() {
+    let p = one(r#"[program.a]
+command = "/bin/prog 'a b' \"c d\" e\\ f $HOME *.txt # a comment"
+"#);
+    assert_eq!(
+        p.command,
+        argv(&["/bin/prog", "a b", "c d", "e f", "$HOME", "*.txt"])
+    );
+    let p = one("[program.a]\ncommand = '  /bin/sleep   10 '\n");
+    assert_eq!(p.command, argv(&["/bin/sleep", "10"]));
+}
+
+#[test]
+fn env_and_limits_as_sub_tables() {
+    let p = one(
+        "[program.a]\ncommand = [\"/bin/true\"]\n[program.a.env]\nB = \"2\"\nA = \"1\"\n[program.a.limits]\nnofile = \"unlimited\"\ncore = \"unlimited\"\n",
+    );
+    assert_eq!(
+        p.env,
+        vec![("B".into(), "2".into()), ("A".into(), "1".into())]
+    );
+    assert_eq!(p.limits.nofile, Some(libc::RLIM_INFINITY));
+    assert_eq!(
+        p.limits.iter().collect::<Vec<_>>(),
+        [
+            (Resource::RLIMIT_NOFILE, u64::MAX),
+            (Resource::RLIMIT_CORE, u64::MAX)
+        ]
+    );
+}
+
+#[test]
+fn limits_iterate_in_a_fixed_order() {
+    let l = Limits {
+        cpu: Some(10),
+        nofile: Some(1024),
+        address_space: Some(1 << 30),
+        ..Limits::default()
+    };
+    assert_eq!(
+        l.iter().collect::<Vec<_>>(),
+        [
+            (Resource::RLIMIT_NOFILE, 1024),
+            (Resource::RLIMIT_AS, 1 << 30),
+            (Resource::RLIMIT_CPU, 10)
+        ]
+    );
+    assert!(Limits::default().is_empty());
+}
+
+#[test]
+fn readiness_and_optional_durations() {
+    let p = |body: &str| one(&format!("[program.a]\ncommand = \"x\"\n{body}\n"));
+    assert_eq!(
+        p("ready = \"2s\"").ready,
+        Readiness::After(Duration::from_secs(2))
+    );
+    assert_eq!(
+        p("ready = 3").ready,
+        Readiness::After(Duration::from_secs(3))
+    );
+    assert_eq!(p("ready = \"immediate\"").ready, Readiness::Immediate);
+    assert_eq!(
+        p("ready = \"notify\"\nstart_timeout = \"0\"").start_timeout,
+        None
+    );
+    assert_eq!(p("start_timeout = \"0s\"").start_timeout, None);
+    assert_eq!(p("start_timeout = 0").start_timeout, None);
+    assert_eq!(p("start_timeout = \"infinity\"").start_timeout, None);
+    assert_eq!(
+        p("start_timeout = 5").start_timeout,
+        Some(Duration::from_secs(5))
+    );
+    // A disabled watchdog needs no notify.
+    assert_eq!(p("watchdog = \"0s\"").watchdog, None);
+    assert_eq!(
+        p("ready = \"notify\"\nwatchdog = \"1500ms\"").watchdog,
+        Some(Duration::from_millis(1500))
+    );
+}
+
+#[test]
+fn stop_signal_names() {
+    let sig = |name: &str| {
+        one(&format!(
+            "[program.a]\ncommand = \"x\"\nstop_signal = {name:?}\n"
+        ))
+        .stop_signal
+    };
+    assert_eq!(sig("TERM"), libc::SIGTERM);
+    assert_eq!(sig("SIGTERM"), libc::SIGTERM);
+    assert_eq!(sig("INT"), libc::SIGINT);
+    assert_eq!(sig("QUIT"), libc::SIGQUIT);
+    assert_eq!(sig("HUP"), libc::SIGHUP);
+    assert_eq!(sig("USR1"), libc::SIGUSR1);
+    assert_eq!(sig("SIGUSR2"), libc::SIGUSR2);
+    assert_eq!(sig("KILL"), libc::SIGKILL);
+    assert_eq!(sig("WINCH"), libc::SIGWINCH);
+    assert_eq!(sig("sigquit"), libc::SIGQUIT);
+    assert_eq!(parse_signal("TERMINATE"), None);
+    assert_eq!(parse_signal("SIG"), None);
+    assert_eq!(parse_signal(""), None);
+    assert_eq!(parse_signal("15"), None);
+}
+
+#[test]
+fn sizes() {
+    use crate::config::parse_size;
+    assert_eq!(parse_size("10M"), Some(10 << 20));
+    assert_eq!(parse_size("512K"), Some(512 << 10));
+    assert_eq!(parse_size("1G"), Some(1 << 30));
+    assert_eq!(parse_size("2T"), Some(2 << 40));
+    assert_eq!(parse_size("1024"), Some(1024));
+    assert_eq!(parse_size("10MiB"), Some(10 << 20));
+    assert_eq!(parse_size("10 mb"), Some(10 << 20));
+    assert_eq!(parse_size("0"), Some(0));
+    assert_eq!(parse_size(""), None);
+    assert_eq!(parse_size("M"), None);
+    assert_eq!(parse_size("10X"), None);
+    assert_eq!(parse_size("10iB"), None);
+    assert_eq!(parse_size("-1"), None);
+    assert_eq!(parse_size("1.5M"), None);
+    assert_eq!(parse_size("99999999999T"), None);
+    let p = |v: &str| {
+        one(&format!(
+            "[program.a]\ncommand = \"x\"\nlog_max_bytes = {v}\n"
+        ))
+        .log_max_bytes
+    };
+    assert_eq!(p("\"10M\""), 10 << 20);
+    assert_eq!(p("1_048_576"), 1 << 20);
+    assert_eq!(p("0x400"), 1024);
+}
+
+#[test]
+fn names() {
+    assert!(valid_program_name("web"));
+    assert!(valid_program_name("Web_1.2-x"));
+    assert!(valid_program_name(&"a".repeat(64)));
+    assert!(!valid_program_name(&"a".repeat(65)));
+    assert!(!valid_program_name(""));
+    assert!(!valid_program_name("a b"));
+    assert!(!valid_program_name("a/b"));
+    assert!(!valid_program_name("é"));
+    assert!(!valid_program_name(".."));
+    // A quoted dotted name is one name.
+    assert_eq!(one("[program.\"a.b\"]\ncommand = \"x\"\n").name, "a.b");
+    let long = "b".repeat(65);
+    check(
+        &errors(&format!(
+            "[program.{long}]\ncommand = \"x\"\n[program.\"\"]\ncommand = \"x\"\n"
+        )),
+        &[
+            ("1:10: program.bbbb", "invalid program name"),
+            ("3:10: program.: ", "invalid program name \"\""),
+        ],
+    );
+}
+
+#[test]
+fn scale_program_names_a_program() {
+    let c = parse("[daemon]\nscale_program = \"web\"\n[program.web]\ncommand = \"x\"\n");
+    assert_eq!(c.daemon.scale_program.as_deref(), Some("web"));
+    assert_eq!(parse("").daemon.scale_program, None);
+    check(
+        &errors(
+            "[daemon]\nscale_program = \"wbe\"\n[program.web]\ncommand = \"x\"\n[program.db]\ncommand = \"y\"\n",
+        ),
+        &[(
+            "2:17: daemon.scale_program: ",
+            "there is no [program.wbe] table (the programs are \"web\", \"db\")",
+        )],
+    );
+    check(
+        &errors("[daemon]\nscale_program = \"web\"\n"),
+        &[("2:17: daemon.scale_program: ", "(no program is defined)")],
+    );
+    check(
+        &errors("[daemon]\nscale_program = 1\n"),
+        &[(
+            "2:17: daemon.scale_program: ",
+            "expected a string, found integer",
+        )],
+    );
+}
+
+#[test]
+fn every_error_with_line_and_column() {
+    let text = r#"[program.web]
+command = []
+instances = 10001
+restart = "sometimes"
+backoff_initial = "1m"
+stop_signal = "TERMINATE"
+stop_timout = "5s"
+watchdog = "5s"
+max_restarts = -1
+[program."bad name"]
+command = "/bin/sh -c 'unbalanced"
+ready = "soon"
+start_timeout = "forever"
+log_max_bytes = "10 parsecs"
+log_keep = 1.5
+env = { "A=B" = "x", GOOD = 1 }
+limits = { nofile = -1, cores = 0, stack = "big" }
+umask = "999"
+stdout = ""
+directory = ""
+[program.c]
+command = ["/bin/x", 5]
+restart_window = "0s"
+backoff_max = "10ms"
+clean_env = "yes"
+user = ""
+log_max_bytes = 0
+[program.d]
+instances = 0
+[daemon]
+scale_program = "nope"
+"#;
+    check(
+        &errors(text),
+        &[
+            ("2:11: program.web.command: ", "must not be empty"),
+            (
+                "3:13: program.web.instances: ",
+                "must be between 0 and 10000",
+            ),
+            (
+                "4:11: program.web.restart: ",
+                "\"sometimes\" is not one of \"always\", \"on-failure\", \"never\"",
+            ),
+            (
+                "5:19: program.web.backoff_initial: ",
+                "must not be longer than backoff_max (30s)",
+            ),
+            (
+                "6:15: program.web.stop_signal: ",
+                "unknown signal \"TERMINATE\"",
+            ),
+            (
+                "7:1: program.web.stop_timout: ",
+                "unknown key (did you mean \"stop_timeout\"?)",
+            ),
+            (
+                "8:12: program.web.watchdog: ",
+                "requires ready = \"notify\"",
+            ),
+            (
+                "9:16: program.web.max_restarts: ",
+                "must be between 0 and 1000000",
+            ),
+            (
+                "10:10: program.bad name: ",
+                "invalid program name \"bad name\"",
+            ),
+            ("11:11: program.bad name.command: ", "unbalanced quote"),
+            (
+                "12:9: program.bad name.ready: ",
+                "\"soon\" is not \"immediate\", \"notify\" or a duration",
+            ),
+            (
+                "13:17: program.bad name.start_timeout: ",
+                "invalid duration \"forever\"",
+            ),
+            (
+                "14:17: program.bad name.log_max_bytes: ",
+                "\"10 parsecs\" is not a size",
+            ),
+            (
+                "15:12: program.bad name.log_keep: ",
+                "expected an integer, found float",
+            ),
+            (
+                "16:9: program.bad name.env.A=B: ",
+                "not a valid environment variable name",
+            ),
+            (
+                "16:29: program.bad name.env.GOOD: ",
+                "expected a string, found integer",
+            ),
+            (
+                "17:21: program.bad name.limits.nofile: ",
+                "must not be negative",
+            ),
+            (
+                "17:25: program.bad name.limits.cores: ",
+                "unknown key (did you mean \"core\"?)",
+            ),
+            (
+                "17:44: program.bad name.limits.stack: ",
+                "\"big\" is not a size",
+            ),
+            ("18:9: program.bad name.umask: ", "is not an octal mode"),
+            (
+                "19:10: program.bad name.stdout: ",
+                "must be \"log\", \"null\" or a file path",
+            ),
+            ("20:13: program.bad name.directory: ", "must not be empty"),
+            (
+                "22:22: program.c.command: ",
+                "expected a string, found integer",
+            ),
+            (
+                "23:18: program.c.restart_window: ",
+                "must be longer than zero",
+            ),
+            (
+                "24:15: program.c.backoff_max: ",
+                "must not be shorter than backoff_initial (100ms)",
+            ),
+            (
+                "25:13: program.c.clean_env: ",
+                "expected true or false, found string",
+            ),
+            ("26:8: program.c.user: ", "must not be empty"),
+            (
+                "27:17: program.c.log_max_bytes: ",
+                "must be at least 1 byte",
+            ),
+            ("28:10: program.d.command: ", "required"),
+            (
+                "31:17: daemon.scale_program: ",
+                "there is no [program.nope] table",
+            ),
+        ],
+    );
+}
+
+#[test]
+fn wrong_shapes() {
+    check(
+        &errors("program = 3\n"),
+        &[("1:11: program: ", "expected a table, found integer")],
+    );
+    check(
+        &errors("[program]\na = 1\n"),
+        &[("2:5: program.a: ", "expected a table, found integer")],
+    );
+    check(
+        &errors("[[program]]\ncommand = \"x\"\n"),
+        &[("1:", "program: expected a table, found array")],
+    );
+    check(
+        &errors("[program.a]\ncommand = 7\n"),
+        &[(
+            "2:11: program.a.command: ",
+            "expected an array of strings or a string, found integer",
+        )],
+    );
+    check(
+        &errors("[program.a]\ncommand = [\"\", \"x\"]\n"),
+        &[("2:11: program.a.command: ", "must not be an empty string")],
+    );
+    check(
+        &errors("[program.a]\ncommand = \"  \"\n"),
+        &[("2:11: program.a.command: ", "must not be empty")],
+    );
+    check(
+        &errors("[program.a]\ncommand = \"x\"\nenv = 1\n"),
+        &[("3:7: program.a.env: ", "expected a table, found integer")],
+    );
+    check(
+        &errors("[program.a]\ncommand = \"x\"\nlimits = { nofile = true }\n"),
+        &[(
+            "3:21: program.a.limits.nofile: ",
+            "expected an integer or \"unlimited\", found boolean",
+        )],
+    );
+    check(
+        &errors("[program.a]\ncommand = \"x\"\nlimits = { nproc = \"1K\" }\n"),
+        &[(
+            "3:20: program.a.limits.nproc: ",
+            "\"1K\" is not a number or \"unlimited\"",
+        )],
+    );
+    // A wrong `ready` is reported once, not again through `watchdog`.
+    check(
+        &errors("[program.a]\ncommand = \"x\"\nready = \"later\"\nwatchdog = \"1s\"\n"),
+        &[("3:9: program.a.ready: ", "is not \"immediate\"")],
+    );
+    // So is a wrong backoff.
+    check(
+        &errors(
+            "[program.a]\ncommand = \"x\"\nbackoff_initial = \"soon\"\nbackoff_max = \"1ms\"\n",
+        ),
+        &[("3:19: program.a.backoff_initial: ", "invalid duration")],
+    );
+    check(
+        &errors("[program.a]\ncommand = \"x\"\nwatchdog = \"1s\"\nready = \"3s\"\n"),
+        &[("3:12: program.a.watchdog: ", "requires ready = \"notify\"")],
+    );
+}
+
+#[test]
+fn duplicate_programs_are_a_syntax_error() {
+    let errs = errors("[program.a]\ncommand = \"x\"\n[program.a]\ncommand = \"y\"\n");
+    assert!(errs[0].starts_with("3:10: duplicate key"), "{errs:?}");
+}
+
+#[test]
+fn example_file_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/warden.toml");
+    let c = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let names: Vec<_> = c.programs.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["ticker", "notifier"]);
+    assert_eq!(c.programs[0].instances, 2);
+    assert_eq!(c.programs[1].ready, Readiness::Notify);
+    assert_eq!(c.daemon.scale_program.as_deref(), Some("ticker"));
+}

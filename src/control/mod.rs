@@ -1,0 +1,291 @@
+//! The control plane: a Unix stream socket speaking versioned, line-delimited JSON.
+//!
+//! [`server`] accepts connections inside the supervisor's event loop (never blocking it),
+//! authorises each peer by `SO_PEERCRED`, bounds every buffer, and turns well-formed lines into
+//! [`Request`]s that the supervisor carries out; it never changes supervisor state itself.
+//! [`client`] is what the `warden` command uses.
+//!
+//! # Protocol (version 1)
+//!
+//! One request per line, a JSON object with `"v": 1` and `"cmd"`:
+//!
+//! | `cmd` | fields | needs |
+//! |---|---|---|
+//! | `status` | `programs` (list, optional) | read |
+//! | `start`, `stop`, `restart` | `programs` (list) | write |
+//! | `scale` | `program`, `instances` | write |
+//! | `reload` | `dry_run` (bool, optional) | write |
+//! | `reopen-logs` | — | write |
+//!
+//! The server answers each request with zero or more progress lines
+//! `{"v":1,"progress":"…"}` followed by exactly one final line: `{"v":1,"ok":true,"result":…}` or
+//! `{"v":1,"ok":false,"error":"…","kind":"…"}` (`kind` is one of `bad-request`, `denied`,
+//! `no-such-program`, `invalid-config`, `failed`, `busy`). Lines are at most [`MAX_LINE`] bytes;
+//! a longer one is answered with an error and the connection closed.
+//!
+//! `status` results have the stable schema documented on [`StatusReport`].
+
+pub mod client;
+pub mod server;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version spoken by this build.
+pub const VERSION: u32 = 1;
+
+/// The longest request or response line, in bytes (newline excluded).
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// A control request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// The protocol version; must be [`VERSION`].
+    pub v: u32,
+    /// What to do.
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+/// The commands of protocol version 1.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Command {
+    /// Every instance, or those of the named programs.
+    Status {
+        /// Programs to report (all when empty).
+        #[serde(default)]
+        programs: Vec<String>,
+    },
+    /// Start the named programs (a manual start: resets backoff and crash-loop state).
+    Start {
+        /// Programs.
+        programs: Vec<String>,
+    },
+    /// Stop the named programs and keep them down until started again.
+    Stop {
+        /// Programs.
+        programs: Vec<String>,
+    },
+    /// Rolling restart of the named programs, one instance at a time.
+    Restart {
+        /// Programs.
+        programs: Vec<String>,
+    },
+    /// Set the number of instances of a program.
+    Scale {
+        /// The program.
+        program: String,
+        /// The new number of instances.
+        instances: u32,
+    },
+    /// Re-read the configuration and apply what changed.
+    Reload {
+        /// Only report the plan.
+        #[serde(default)]
+        dry_run: bool,
+    },
+    /// Reopen log files.
+    ReopenLogs,
+}
+
+impl Command {
+    /// Whether the command changes anything (and so needs write access).
+    pub fn writes(&self) -> bool {
+        !matches!(self, Command::Status { .. })
+    }
+}
+
+/// The kinds of errors a request can get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// Not JSON, wrong version, unknown command or fields, line too long.
+    BadRequest,
+    /// The peer may not do this.
+    Denied,
+    /// A named program does not exist.
+    NoSuchProgram,
+    /// The configuration file is invalid (reload).
+    InvalidConfig,
+    /// The operation failed.
+    Failed,
+    /// Too many connections or a conflicting operation in progress.
+    Busy,
+}
+
+/// One line sent by the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// An intermediate report while a command waits.
+    Progress {
+        /// The protocol version.
+        v: u32,
+        /// What is still being waited for.
+        progress: String,
+    },
+    /// The final answer: success.
+    Done {
+        /// The protocol version.
+        v: u32,
+        /// Always true.
+        ok: bool,
+        /// The command's result.
+        result: serde_json::Value,
+    },
+    /// The final answer: failure.
+    Failed {
+        /// The protocol version.
+        v: u32,
+        /// Always false.
+        ok: bool,
+        /// A message for humans.
+        error: String,
+        /// A kind for scripts.
+        kind: ErrorKind,
+    },
+}
+
+impl Reply {
+    /// A success carrying `result`.
+    pub fn done(result: serde_json::Value) -> Reply {
+        Reply::Done { v: VERSION, ok: true, result }
+    }
+
+    /// A failure.
+    pub fn failed(kind: ErrorKind, error: impl Into<String>) -> Reply {
+        Reply::Failed { v: VERSION, ok: false, error: error.into(), kind }
+    }
+
+    /// A progress report.
+    pub fn progress(text: impl Into<String>) -> Reply {
+        Reply::Progress { v: VERSION, progress: text.into() }
+    }
+
+    /// The reply as one line, newline included.
+    pub fn to_line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"v":1,"ok":false,"error":"unserialisable reply","kind":"failed"}"#.to_string()
+        });
+        s.push('\n');
+        s
+    }
+}
+
+/// The result of `status`: the daemon and every instance.
+///
+/// ```json
+/// {"daemon": {"pid": 812, "version": "0.1.0", "uptime_secs": 3600.2, "config": "/etc/warden/warden.toml"},
+///  "instances": [{"program": "web", "index": 0, "pid": 901, "state": "ready",
+///                 "uptime_secs": 3599.9, "restarts": 0, "last_exit": null, "status": "serving"}]}
+/// ```
+///
+/// `state` is one of `starting`, `running`, `ready`, `backoff`, `stopping`, `exited`, `fatal`;
+/// `pid`, `uptime_secs`, `last_exit` and `status` may be `null`; `last_exit` is
+/// `{"code": N}` or `{"signal": N, "name": "SIGKILL", "core_dumped": false}`. Fields may be added in
+/// later versions; none will be removed or change meaning within version 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The daemon itself.
+    pub daemon: DaemonInfo,
+    /// Every instance, programs in configuration order.
+    pub instances: Vec<InstanceInfo>,
+}
+
+/// The daemon part of a [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DaemonInfo {
+    /// The daemon's pid.
+    pub pid: u32,
+    /// warden's version.
+    pub version: String,
+    /// Seconds since the daemon started.
+    pub uptime_secs: f64,
+    /// The configuration file.
+    pub config: String,
+}
+
+/// One instance in a [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    /// The program.
+    pub program: String,
+    /// The instance index.
+    pub index: usize,
+    /// Its main pid, when up.
+    pub pid: Option<i32>,
+    /// Its state.
+    pub state: String,
+    /// Seconds since its process started, when up.
+    pub uptime_secs: Option<f64>,
+    /// Restarts so far.
+    pub restarts: u32,
+    /// How its last process ended.
+    pub last_exit: Option<LastExit>,
+    /// Its last `STATUS=` text.
+    pub status: Option<String>,
+}
+
+/// How a process ended, in a [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LastExit {
+    /// It exited with a code.
+    Code {
+        /// The exit code.
+        code: i32,
+    },
+    /// A signal ended it.
+    Signal {
+        /// The signal number.
+        signal: i32,
+        /// Its name.
+        name: String,
+        /// Whether it dumped core.
+        core_dumped: bool,
+    },
+}
+
+impl From<crate::supervisor::ExitStatus> for LastExit {
+    fn from(e: crate::supervisor::ExitStatus) -> Self {
+        match e {
+            crate::supervisor::ExitStatus::Code(code) => LastExit::Code { code },
+            crate::supervisor::ExitStatus::Signal { signal, core_dumped } => LastExit::Signal {
+                signal,
+                name: nix::sys::signal::Signal::try_from(signal)
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|_| format!("SIG{signal}")),
+                core_dumped,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let r: Request = serde_json::from_str(r#"{"v":1,"cmd":"scale","program":"web","instances":3}"#).unwrap();
+        assert_eq!(r.command, Command::Scale { program: "web".into(), instances: 3 });
+        let r: Request = serde_json::from_str(r#"{"v":1,"cmd":"status"}"#).unwrap();
+        assert_eq!(r.command, Command::Status { programs: vec![] });
+        let r: Request = serde_json::from_str(r#"{"v":1,"cmd":"reopen-logs"}"#).unwrap();
+        assert_eq!(r.command, Command::ReopenLogs);
+        assert!(serde_json::from_str::<Request>(r#"{"v":1,"cmd":"explode"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"v":1,"cmd":"stop","programs":["a"],"x":1}"#).is_err());
+        let line = serde_json::to_string(&Request { v: 1, command: Command::Reload { dry_run: true } }).unwrap();
+        assert_eq!(line, r#"{"v":1,"cmd":"reload","dry_run":true}"#);
+    }
+
+    #[test]
+    fn replies_are_one_line() {
+        let l = Reply::failed(ErrorKind::Denied, "no").to_line();
+        assert_eq!(l, "{\"v\":1,\"ok\":false,\"error\":\"no\",\"kind\":\"denied\"}\n");
+        let back: Reply = serde_json::from_str(l.trim()).unwrap();
+        assert_eq!(back, Reply::failed(ErrorKind::Denied, "no"));
+        let p: Reply = serde_json::from_str(r#"{"v":1,"progress":"web[0] stopping"}"#).unwrap();
+        assert_eq!(p, Reply::progress("web[0] stopping"));
+    }
+}

@@ -1,0 +1,518 @@
+//! The supervisor's side of the control plane: carrying out requests that arrive on the control
+//! socket, waiting (without blocking the loop) until they have taken effect, rolling restarts,
+//! and transactional reloads.
+//!
+//! A request that must wait — stop, start, restart, scale, reload — becomes a [`Waiter`] checked
+//! after every turn of the loop; while it waits, the client gets a progress line whenever the set
+//! of instances still pending changes. A rolling restart replaces one instance at a time and moves
+//! on only once the replacement is up (`ready` for notify or timed readiness, `running` for
+//! immediate), so at least N−1 instances serve throughout.
+//!
+//! A reload is computed as a [`ReloadPlan`] first; everything it needs (users, groups, output
+//! files) is resolved before anything changes, so an error leaves the running configuration
+//! untouched. Unchanged programs are not touched at all: same processes, same pids.
+
+use std::collections::VecDeque;
+
+
+use serde::Serialize;
+use serde_json::json;
+
+use super::{Output, ProgramDef, Readiness, Supervisor, Work, new_slot, output::RotatingFile, spawn::Prepared, state};
+use crate::control::server::{ConnId, Incoming};
+use crate::control::{Command, DaemonInfo, ErrorKind, InstanceInfo, Reply, StatusReport};
+use crate::error::{Error, Result};
+
+/// What a reloader produces: the new programs and daemon-level settings.
+#[derive(Debug, Clone)]
+pub struct ReloadSet {
+    /// Every program of the new configuration, in order.
+    pub programs: Vec<ProgramDef>,
+    /// The new `scale_program`.
+    pub scale_program: Option<String>,
+    /// Remarks about settings that cannot change while running.
+    pub notes: Vec<String>,
+}
+
+/// Re-reads the configuration: `Ok(set)`, or every problem found as one message.
+pub type Reloader = Box<dyn FnMut() -> std::result::Result<ReloadSet, String>>;
+
+/// What a reload does, program by program.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadPlan {
+    /// New programs, started.
+    pub added: Vec<String>,
+    /// Programs no longer configured, stopped.
+    pub removed: Vec<String>,
+    /// Programs whose settings changed, restarted one instance at a time.
+    pub changed: Vec<String>,
+    /// Programs whose only change is the number of instances: (name, from, to).
+    pub scaled: Vec<(String, u32, u32)>,
+    /// Programs left alone.
+    pub unchanged: Vec<String>,
+    /// Settings that take effect only when warden restarts.
+    pub notes: Vec<String>,
+}
+
+impl ReloadPlan {
+    /// One line per change, for logs and terminals.
+    pub fn lines(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        v.extend(self.added.iter().map(|n| format!("add {n}")));
+        v.extend(self.removed.iter().map(|n| format!("remove {n}")));
+        v.extend(self.changed.iter().map(|n| format!("restart {n} (changed)")));
+        v.extend(self.scaled.iter().map(|(n, a, b)| format!("scale {n} {a} -> {b}")));
+        v.extend(self.unchanged.iter().map(|n| format!("keep {n}")));
+        v.extend(self.notes.iter().cloned());
+        v
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Goal {
+    /// Every instance up (ready, or running when readiness is immediate).
+    Up,
+    /// Every instance down.
+    Down,
+}
+
+pub(super) struct Waiter {
+    conn: ConnId,
+    programs: Vec<usize>,
+    goal: Goal,
+    result: serde_json::Value,
+    last_progress: String,
+}
+
+pub(super) struct Rollout {
+    program: usize,
+    pending: VecDeque<usize>,
+    current: Option<usize>,
+}
+
+/// Whether an instance counts as serving.
+fn serving(state: &state::State, readiness: Readiness) -> bool {
+    match state {
+        state::State::Ready { .. } => true,
+        state::State::Running { .. } => readiness == Readiness::Immediate,
+        _ => false,
+    }
+}
+
+fn same_config(a: &ProgramDef, b: &ProgramDef) -> bool {
+    let work = match (&a.work, &b.work) {
+        (Work::Exec(x), Work::Exec(y)) => x == y,
+        (Work::Fn(x), Work::Fn(y)) => std::sync::Arc::ptr_eq(x, y),
+        _ => false,
+    };
+    work && a.policy == b.policy && a.stdout == b.stdout && a.stderr == b.stderr && a.log_max_bytes == b.log_max_bytes && a.log_keep == b.log_keep
+}
+
+impl Supervisor {
+    /// Handles what a control connection sent.
+    pub(super) fn handle_control(&mut self, incoming: Vec<Incoming>) {
+        for Incoming::Request(conn, peer, req) in incoming {
+            log::debug!("control: uid {} pid {}: {:?}", peer.uid, peer.pid, req.command);
+            if req.command.writes() {
+                log::info!("control: {} by uid {} (pid {})", describe(&req.command), peer.uid, peer.pid);
+            }
+            self.handle_command(conn, req.command);
+        }
+    }
+
+    fn reply(&mut self, conn: ConnId, reply: Reply) {
+        if let Some(c) = self.control.as_mut() {
+            c.reply(conn, &reply, self.poll.registry());
+        }
+    }
+
+    fn programs_named(&self, names: &[String]) -> std::result::Result<Vec<usize>, String> {
+        if names.is_empty() {
+            return Ok(self.live_programs());
+        }
+        let mut v = Vec::new();
+        for n in names {
+            match self.find(n) {
+                Ok(p) => v.push(p),
+                Err(_) => return Err(format!("no program named {n:?}")),
+            }
+        }
+        Ok(v)
+    }
+
+    pub(super) fn live_programs(&self) -> Vec<usize> {
+        (0..self.programs.len()).filter(|&p| !self.programs[p].removed).collect()
+    }
+
+    fn handle_command(&mut self, conn: ConnId, command: Command) {
+        match command {
+            Command::Status { programs } => match self.programs_named(&programs) {
+                Ok(ps) => {
+                    let report = self.status_report(&ps);
+                    self.reply(conn, Reply::done(serde_json::to_value(report).unwrap_or_default()));
+                }
+                Err(e) => self.reply(conn, Reply::failed(ErrorKind::NoSuchProgram, e)),
+            },
+            Command::Start { programs } | Command::Stop { programs } | Command::Restart { programs }
+                if programs.is_empty() =>
+            {
+                self.reply(conn, Reply::failed(ErrorKind::BadRequest, "name at least one program"))
+            }
+            Command::Start { programs } => match self.programs_named(&programs) {
+                Ok(ps) => {
+                    for &p in &ps {
+                        let name = self.programs[p].def.name.clone();
+                        let _ = self.start_program(&name);
+                    }
+                    self.wait(conn, ps, Goal::Up, json!({ "started": programs }));
+                }
+                Err(e) => self.reply(conn, Reply::failed(ErrorKind::NoSuchProgram, e)),
+            },
+            Command::Stop { programs } => match self.programs_named(&programs) {
+                Ok(ps) => {
+                    for &p in &ps {
+                        let name = self.programs[p].def.name.clone();
+                        let _ = self.stop_program(&name);
+                    }
+                    self.wait(conn, ps, Goal::Down, json!({ "stopped": programs }));
+                }
+                Err(e) => self.reply(conn, Reply::failed(ErrorKind::NoSuchProgram, e)),
+            },
+            Command::Restart { programs } => match self.programs_named(&programs) {
+                Ok(ps) => {
+                    for &p in &ps {
+                        self.begin_rollout(p);
+                    }
+                    self.wait(conn, ps, Goal::Up, json!({ "restarted": programs }));
+                }
+                Err(e) => self.reply(conn, Reply::failed(ErrorKind::NoSuchProgram, e)),
+            },
+            Command::Scale { program, instances } => match self.scale(&program, instances) {
+                Ok(()) => {
+                    let p = self.find(&program).expect("just scaled");
+                    self.wait(conn, vec![p], Goal::Up, json!({ "program": program, "instances": instances }));
+                }
+                Err(e) => self.reply(conn, Reply::failed(ErrorKind::NoSuchProgram, e.to_string())),
+            },
+            Command::Reload { dry_run } => match self.reload(dry_run) {
+                Ok((plan, touched)) => {
+                    let result = serde_json::to_value(&plan).unwrap_or_default();
+                    if dry_run || touched.is_empty() {
+                        self.reply(conn, Reply::done(result));
+                    } else {
+                        self.wait(conn, touched, Goal::Up, result);
+                    }
+                }
+                Err((kind, e)) => self.reply(conn, Reply::failed(kind, e)),
+            },
+            Command::ReopenLogs => {
+                self.reopen_logs();
+                self.reply(conn, Reply::done(json!({ "reopened": true })));
+            }
+        }
+    }
+
+    fn wait(&mut self, conn: ConnId, programs: Vec<usize>, goal: Goal, result: serde_json::Value) {
+        self.waiters.push(Waiter { conn, programs, goal, result, last_progress: String::new() });
+        self.check_waiters();
+    }
+
+    /// Answers the waiters whose goal is reached, and reports progress to the others.
+    pub(super) fn check_waiters(&mut self) {
+        let mut waiters = std::mem::take(&mut self.waiters);
+        waiters.retain_mut(|w| {
+            if !self.control.as_ref().is_some_and(|c| c.is_open(w.conn)) {
+                return false;
+            }
+            let mut pending = Vec::new();
+            let mut failed = Vec::new();
+            for &p in &w.programs {
+                let prog = &self.programs[p];
+                let rolling = self.rollouts.iter().any(|r| r.program == p);
+                for s in &prog.slots {
+                    let tag = format!("{}[{}]", prog.def.name, s.index);
+                    let st = &s.inst.state;
+                    match w.goal {
+                        Goal::Up if s.retiring => pending.push(format!("{tag} ({}, retiring)", st.name())),
+                        Goal::Up if matches!(st, state::State::Fatal) => failed.push(format!("{tag} is fatal")),
+                        Goal::Up if matches!(st, state::State::Exited) && s.inst.manual_stop => {
+                            failed.push(format!("{tag} is stopped"))
+                        }
+                        Goal::Up if matches!(st, state::State::Exited) => failed.push(format!("{tag} exited")),
+                        Goal::Up if !serving(st, prog.def.policy.readiness) => pending.push(format!("{tag} ({})", st.name())),
+                        Goal::Down if st.is_up() || matches!(st, state::State::Spawning) => {
+                            pending.push(format!("{tag} ({})", st.name()))
+                        }
+                        _ => {}
+                    }
+                }
+                if w.goal == Goal::Up && rolling && pending.is_empty() {
+                    pending.push(format!("{} (rolling restart)", prog.def.name));
+                }
+            }
+            let reply = if !failed.is_empty() && pending.is_empty() {
+                Some(Reply::failed(ErrorKind::Failed, failed.join("; ")))
+            } else if pending.is_empty() {
+                Some(Reply::done(w.result.clone()))
+            } else {
+                None
+            };
+            if let Some(r) = reply {
+                if let Some(c) = self.control.as_mut() {
+                    c.reply(w.conn, &r, self.poll.registry());
+                }
+                return false;
+            }
+            let text = format!("waiting for {}", pending.join(", "));
+            if text != w.last_progress {
+                if let Some(c) = self.control.as_mut() {
+                    c.progress(w.conn, &text, self.poll.registry());
+                }
+                w.last_progress = text;
+            }
+            true
+        });
+        waiters.append(&mut self.waiters);
+        self.waiters = waiters;
+    }
+
+    /// Starts (or restarts from the top) a rolling restart of program `p`.
+    pub(super) fn begin_rollout(&mut self, p: usize) {
+        self.rollouts.retain(|r| r.program != p);
+        let pending: VecDeque<usize> = self.programs[p].slots.iter().filter(|s| !s.retiring).map(|s| s.index).collect();
+        log::info!("{}: rolling restart of {} instance(s)", self.programs[p].def.name, pending.len());
+        self.rollouts.push(Rollout { program: p, pending, current: None });
+        self.advance_rollouts();
+    }
+
+    /// Moves every rolling restart forward: the next instance is restarted only once the
+    /// previous replacement serves.
+    pub(super) fn advance_rollouts(&mut self) {
+        let mut rollouts = std::mem::take(&mut self.rollouts);
+        rollouts.retain_mut(|r| loop {
+            let p = r.program;
+            if let Some(index) = r.current {
+                let Some(pos) = self.slot_pos(p, index) else {
+                    r.current = None;
+                    continue;
+                };
+                let prog = &self.programs[p];
+                let st = &prog.slots[pos].inst.state;
+                if serving(st, prog.def.policy.readiness) {
+                    r.current = None;
+                } else if matches!(st, state::State::Fatal | state::State::Exited) {
+                    log::error!("{}[{index}]: rolling restart stopped: the instance did not come back ({})", prog.def.name, st.name());
+                    return false;
+                } else {
+                    return true;
+                }
+            }
+            match r.pending.pop_front() {
+                Some(index) => {
+                    if let Some(pos) = self.slot_pos(p, index) {
+                        self.apply(p, pos, state::Event::Restart);
+                        r.current = Some(index);
+                    }
+                }
+                None => {
+                    log::info!("{}: rolling restart done", self.programs[p].def.name);
+                    return false;
+                }
+            }
+        });
+        rollouts.append(&mut self.rollouts);
+        self.rollouts = rollouts;
+    }
+
+    /// The `status` result for programs `ps`.
+    pub(super) fn status_report(&self, ps: &[usize]) -> StatusReport {
+        let names: Vec<&str> = ps.iter().map(|&p| self.programs[p].def.name.as_str()).collect();
+        StatusReport {
+            daemon: DaemonInfo {
+                pid: std::process::id(),
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                uptime_secs: self.started_at.elapsed().as_secs_f64(),
+                config: self.config_path.clone(),
+            },
+            instances: self
+                .status()
+                .into_iter()
+                .filter(|s| names.contains(&s.program.as_str()))
+                .map(|s| InstanceInfo {
+                    program: s.program,
+                    index: s.index,
+                    pid: s.pid,
+                    state: s.state.to_string(),
+                    uptime_secs: s.uptime.map(|d| d.as_secs_f64()),
+                    restarts: s.restarts,
+                    last_exit: s.last_exit.map(Into::into),
+                    status: s.status_text,
+                })
+                .collect(),
+        }
+    }
+
+    /// Re-reads the configuration through the reloader and applies the difference (unless
+    /// `dry_run`). Returns the plan and the programs to wait for.
+    pub(super) fn reload(&mut self, dry_run: bool) -> std::result::Result<(ReloadPlan, Vec<usize>), (ErrorKind, String)> {
+        if self.reloader.is_none() {
+            return Err((ErrorKind::Failed, "this supervisor has no configuration to reload".into()));
+        }
+        self.notify_manager(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        let result = (self.reloader.as_mut().expect("checked"))();
+        let set = match result {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("reload rejected, keeping the running configuration:\n{e}");
+                self.notify_manager("READY=1\nSTATUS=running (reload rejected)");
+                return Err((ErrorKind::InvalidConfig, e));
+            }
+        };
+        let plan = self.plan(&set);
+        if dry_run {
+            self.notify_manager("READY=1\nSTATUS=running");
+            return Ok((plan, Vec::new()));
+        }
+        let outcome = self.apply_reload(set, &plan);
+        self.notify_manager("READY=1\nSTATUS=running");
+        match outcome {
+            Ok(touched) => {
+                for line in plan.lines().iter().filter(|l| !l.starts_with("keep ")) {
+                    log::info!("reload: {line}");
+                }
+                log::info!("reload applied");
+                Ok((plan, touched))
+            }
+            Err(e) => {
+                log::error!("reload failed, nothing changed: {e}");
+                Err((ErrorKind::Failed, e.to_string()))
+            }
+        }
+    }
+
+    fn plan(&self, set: &ReloadSet) -> ReloadPlan {
+        let mut plan = ReloadPlan { notes: set.notes.clone(), ..ReloadPlan::default() };
+        for def in &set.programs {
+            match self.find(&def.name) {
+                Err(_) => plan.added.push(def.name.clone()),
+                Ok(p) => {
+                    let old = &self.programs[p].def;
+                    if !same_config(old, def) {
+                        plan.changed.push(def.name.clone());
+                    } else if old.instances != def.instances {
+                        plan.scaled.push((def.name.clone(), old.instances, def.instances));
+                    } else {
+                        plan.unchanged.push(def.name.clone());
+                    }
+                }
+            }
+        }
+        for p in self.live_programs() {
+            let name = &self.programs[p].def.name;
+            if !set.programs.iter().any(|d| &d.name == name) {
+                plan.removed.push(name.clone());
+            }
+        }
+        plan
+    }
+
+    fn apply_reload(&mut self, set: ReloadSet, plan: &ReloadPlan) -> Result<Vec<usize>> {
+        // Resolve everything first: a typo in a user name must not leave half a reload behind.
+        let mut prepared: Vec<(ProgramDef, Option<Prepared>, [Option<RotatingFile>; 2])> = Vec::new();
+        for def in set.programs.iter().filter(|d| plan.added.contains(&d.name) || plan.changed.contains(&d.name)) {
+            let prep = match &def.work {
+                Work::Exec(spec) => Some(Prepared::exec(spec).map_err(|e| Error::Invalid { what: "program", reason: format!("{}: {e}", def.name) })?),
+                Work::Fn(_) => None,
+            };
+            let files = open_files(def)?;
+            prepared.push((def.clone(), prep, files));
+        }
+        let mut touched = Vec::new();
+        for name in &plan.removed {
+            let p = self.find(name)?;
+            self.rollouts.retain(|r| r.program != p);
+            let _ = self.stop_program(name);
+            self.programs[p].removed = true;
+        }
+        for (def, prep, files) in prepared {
+            if plan.added.contains(&def.name) {
+                self.add_prepared(def, prep, files);
+                touched.push(self.programs.len() - 1);
+            } else {
+                let p = self.find(&def.name)?;
+                let instances = def.instances;
+                {
+                    let prog = &mut self.programs[p];
+                    prog.def = def;
+                    prog.prepared = prep;
+                    prog.files = files;
+                }
+                let name = self.programs[p].def.name.clone();
+                self.begin_rollout(p);
+                let live = self.programs[p].slots.iter().filter(|s| !s.retiring).count();
+                if live != instances as usize {
+                    self.scale(&name, instances)?;
+                }
+                touched.push(p);
+            }
+        }
+        for (name, _, to) in &plan.scaled {
+            self.scale(name, *to)?;
+            touched.push(self.find(name)?);
+        }
+        self.scale_program = set.scale_program;
+        Ok(touched)
+    }
+
+    /// Adds a program whose resources were already resolved, starting it if the loop runs.
+    pub(super) fn add_prepared(&mut self, def: ProgramDef, prepared: Option<Prepared>, files: [Option<RotatingFile>; 2]) {
+        let slots = (0..def.instances as usize).map(new_slot).collect();
+        self.programs.push(super::Program { def, prepared, slots, files, removed: false });
+        if self.started && self.shutdown.is_none() {
+            let p = self.programs.len() - 1;
+            for i in 0..self.programs[p].slots.len() {
+                self.apply(p, i, state::Event::Start);
+            }
+        }
+    }
+
+    /// Drops the instances of removed programs once they are down.
+    pub(super) fn sweep_removed(&mut self) {
+        for prog in self.programs.iter_mut().filter(|p| p.removed) {
+            prog.slots.retain(|s| s.inst.state.is_up() || matches!(s.inst.state, state::State::Spawning));
+        }
+    }
+}
+
+/// Opens the output files of `def`.
+pub(super) fn open_files(def: &ProgramDef) -> Result<[Option<RotatingFile>; 2]> {
+    let stdout = match &def.stdout {
+        Output::File(p) => Some(RotatingFile::open(p, def.log_max_bytes, def.log_keep)?),
+        _ => None,
+    };
+    let stderr = match &def.stderr {
+        Output::File(p) if def.stdout != def.stderr => Some(RotatingFile::open(p, def.log_max_bytes, def.log_keep)?),
+        _ => None,
+    };
+    Ok([stdout, stderr])
+}
+
+fn describe(c: &Command) -> String {
+    match c {
+        Command::Status { .. } => "status".into(),
+        Command::Start { programs } => format!("start {}", programs.join(" ")),
+        Command::Stop { programs } => format!("stop {}", programs.join(" ")),
+        Command::Restart { programs } => format!("restart {}", programs.join(" ")),
+        Command::Scale { program, instances } => format!("scale {program} {instances}"),
+        Command::Reload { dry_run: true } => "reload --dry-run".into(),
+        Command::Reload { dry_run: false } => "reload".into(),
+        Command::ReopenLogs => "reopen-logs".into(),
+    }
+}
+
+pub(super) fn monotonic_usec() -> u128 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u128 * 1_000_000 + t.tv_nsec() as u128 / 1_000)
+        .unwrap_or(0)
+}
+

@@ -1,0 +1,1008 @@
+//! The supervisor: one single-threaded event loop that owns every worker process, every timer
+//! and every pipe, and keeps a pool of workers alive by policy.
+//!
+//! Everything that happens reaches the loop as a readable descriptor — the signal self-pipe
+//! (`SIGCHLD` among others), the private notify socket, each worker's stdout and stderr pipes —
+//! through one `epoll` instance (mio). The poll timeout is the nearest deadline of any instance
+//! (a backoff, a stop timeout, a readiness or watchdog limit) and infinite when there is none: an
+//! idle supervisor makes no wakeups at all.
+//!
+//! Decisions are not made here: each instance's restart, backoff, crash-loop and stop logic is the
+//! pure function [`state::Instance::step`]; this loop only feeds it events and carries out the
+//! actions it returns (spawn, signal a process group, log a line).
+//!
+//! No zombies, no orphans: the supervisor is a child subreaper (`PR_SET_CHILD_SUBREAPER`), so
+//! grandchildren orphaned by a worker are re-parented to it, and on every `SIGCHLD` it reaps with
+//! `waitpid(-1, WNOHANG)` until nothing is left; stopping a worker signals its whole process group;
+//! workers die with the supervisor (`PR_SET_PDEATHSIG`). Spawn workers from the thread that runs
+//! the loop: the kernel sends the death signal when the *thread* that forked them exits.
+
+mod commands;
+pub mod notify;
+pub mod output;
+pub mod spawn;
+pub mod state;
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::Signal;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+use crate::log::LogHandle;
+use crate::signals::{SignalEvent, Signals};
+use notify::{NotifyMessage, NotifySocket};
+use output::{LineFramer, RotatingFile};
+use spawn::{Prepared, Sink};
+pub use spawn::{ExecSpec, WorkerContext, WorkerFn};
+use state::{Action, Event, Instance};
+pub use commands::{ReloadPlan, ReloadSet, Reloader};
+use crate::control::server::ControlServer;
+pub use state::{ExitStatus, Policy, Readiness, Restart};
+
+/// What a program's workers run.
+#[derive(Clone)]
+pub enum Work {
+    /// An exec'd program.
+    Exec(ExecSpec),
+    /// A Rust function in a forked child (only while the supervisor is single-threaded).
+    Fn(WorkerFn),
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Work::Exec(e) => f.debug_tuple("Exec").field(e).finish(),
+            Work::Fn(_) => f.write_str("Fn(..)"),
+        }
+    }
+}
+
+/// Where a worker's stdout or stderr goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Into the daemon's log, each line tagged `NAME[INDEX]`.
+    Log,
+    /// Discarded (`/dev/null`, no pipe).
+    Null,
+    /// Into a per-program file, size-rotated, each line timestamped and tagged.
+    File(PathBuf),
+}
+
+/// One supervised program: N instances of the same work under one policy.
+#[derive(Debug, Clone)]
+pub struct ProgramDef {
+    /// The name, unique in the supervisor.
+    pub name: String,
+    /// How many instances to run.
+    pub instances: u32,
+    /// What each instance runs.
+    pub work: Work,
+    /// Restart, backoff, stop and readiness policy.
+    pub policy: Policy,
+    /// Where stdout goes.
+    pub stdout: Output,
+    /// Where stderr goes.
+    pub stderr: Output,
+    /// Rotate output files beyond this size.
+    pub log_max_bytes: u64,
+    /// Keep this many rotated output files.
+    pub log_keep: u32,
+}
+
+impl ProgramDef {
+    /// A program with default policy and output to the log.
+    pub fn new(name: impl Into<String>, instances: u32, work: Work) -> ProgramDef {
+        ProgramDef {
+            name: name.into(),
+            instances,
+            work,
+            policy: Policy::default(),
+            stdout: Output::Log,
+            stderr: Output::Log,
+            log_max_bytes: 10 << 20,
+            log_keep: 5,
+        }
+    }
+}
+
+/// A read-only view of one instance, for `warden status` and library users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceStatus {
+    /// The program name.
+    pub program: String,
+    /// The instance index, from 0.
+    pub index: usize,
+    /// The main pid, when a process is up.
+    pub pid: Option<i32>,
+    /// `starting`, `running`, `ready`, `backoff`, `stopping`, `exited` or `fatal`.
+    pub state: &'static str,
+    /// How long the current process has been up.
+    pub uptime: Option<Duration>,
+    /// How many times it was restarted.
+    pub restarts: u32,
+    /// How the last process ended.
+    pub last_exit: Option<ExitStatus>,
+    /// The last `STATUS=` text it sent.
+    pub status_text: Option<String>,
+}
+
+/// Why [`Supervisor::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunExit {
+    /// Every worker has been stopped and reaped.
+    Shutdown,
+    /// `SIGHUP`: the caller should re-read its configuration, apply it, and call `run` again.
+    Reload,
+}
+
+const SIGNALS: Token = Token(0);
+const NOTIFY: Token = Token(1);
+const CONTROL: Token = Token(2);
+/// Control connections get tokens from here up.
+const FIRST_CONN: usize = 1 << 40;
+const FIRST_PIPE: usize = 16;
+/// Bytes read from one pipe per wake-up before serving the others.
+const READ_BUDGET: usize = 256 * 1024;
+/// Longest captured line; longer ones are split.
+const MAX_LINE: usize = 16 * 1024;
+
+struct Slot {
+    index: usize,
+    inst: Instance,
+    up_since: Option<Instant>,
+    status_text: Option<String>,
+    main_pid: Option<i32>,
+    /// Scaled away: removed once down.
+    retiring: bool,
+}
+
+struct Program {
+    def: ProgramDef,
+    prepared: Option<Prepared>,
+    slots: Vec<Slot>,
+    /// Output files: stdout's, and stderr's when it is another path.
+    files: [Option<RotatingFile>; 2],
+    /// Removed by a reload: stopping, then kept as an empty tombstone so indices stay stable.
+    removed: bool,
+}
+
+struct Pipe {
+    file: File,
+    framer: LineFramer,
+    program: usize,
+    index: usize,
+    stream: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shutdown {
+    /// Stopping programs from the last to the first; the value is how many remain.
+    Graceful(usize),
+    Fast,
+}
+
+/// The supervisor. See the module documentation.
+pub struct Supervisor {
+    poll: Poll,
+    programs: Vec<Program>,
+    by_pid: HashMap<i32, (usize, usize)>,
+    pipes: HashMap<Token, Pipe>,
+    backlog: VecDeque<Token>,
+    next_token: usize,
+    notify: NotifySocket,
+    log: Option<LogHandle>,
+    scale_program: Option<String>,
+    rng: u64,
+    shutdown: Option<Shutdown>,
+    started: bool,
+    registered_signals: Option<i32>,
+    /// Our own service manager's watchdog: (notifier, ping interval, next ping).
+    service_watchdog: Option<(crate::daemon::Notifier, Duration, Instant)>,
+    /// Our own service manager, told about reloads.
+    notifier: Option<crate::daemon::Notifier>,
+    control: Option<ControlServer>,
+    waiters: Vec<commands::Waiter>,
+    rollouts: Vec<commands::Rollout>,
+    reloader: Option<Reloader>,
+    started_at: Instant,
+    config_path: String,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("programs", &self.programs.iter().map(|p| &p.def.name).collect::<Vec<_>>())
+            .field("shutdown", &self.shutdown)
+            .finish()
+    }
+}
+
+impl Supervisor {
+    /// Creates the event loop and the notify socket and makes this process a child subreaper.
+    pub fn new() -> Result<Supervisor> {
+        nix::sys::prctl::set_child_subreaper(true).map_err(|e| Error::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))?;
+        let poll = Poll::new().map_err(|e| Error::Sys { call: "epoll_create", source: e })?;
+        let notify = NotifySocket::bind().map_err(|e| Error::Sys { call: "bind notify socket", source: e })?;
+        poll.registry()
+            .register(&mut SourceFd(&notify.as_raw_fd()), NOTIFY, Interest::READABLE)
+            .map_err(|e| Error::Sys { call: "epoll_ctl", source: e })?;
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            ^ u64::from(std::process::id()) << 32;
+        Ok(Supervisor {
+            poll,
+            programs: Vec::new(),
+            by_pid: HashMap::new(),
+            pipes: HashMap::new(),
+            backlog: VecDeque::new(),
+            next_token: FIRST_PIPE,
+            notify,
+            log: None,
+            scale_program: None,
+            rng: seed | 1,
+            shutdown: None,
+            started: false,
+            registered_signals: None,
+            service_watchdog: None,
+            notifier: None,
+            control: None,
+            waiters: Vec::new(),
+            rollouts: Vec::new(),
+            reloader: None,
+            started_at: Instant::now(),
+            config_path: String::new(),
+        })
+    }
+
+    /// Sends `Output::Log` lines through this log handle (default: the `log` facade).
+    pub fn set_log(&mut self, log: LogHandle) {
+        self.log = Some(log);
+    }
+
+    /// Pings our own service manager (`WATCHDOG=1`) every `interval` from the loop, as a
+    /// deadline like any other (systemd asks for half of `WATCHDOG_USEC`).
+    pub fn set_service_watchdog(&mut self, notifier: crate::daemon::Notifier, interval: Duration) {
+        let _ = notifier.notify("WATCHDOG=1");
+        self.service_watchdog = Some((notifier, interval, Instant::now() + interval));
+    }
+
+    /// Tells our own service manager (systemd) about reloads (`RELOADING=1`, `READY=1`).
+    pub fn set_notifier(&mut self, notifier: crate::daemon::Notifier) {
+        self.notifier = Some(notifier);
+    }
+
+    fn notify_manager(&self, msg: &str) {
+        if let Some(n) = &self.notifier {
+            let _ = n.notify(msg);
+        }
+    }
+
+    /// Serves the control socket from this loop.
+    pub fn set_control(&mut self, mut server: ControlServer) -> Result<()> {
+        server
+            .register(self.poll.registry(), CONTROL, FIRST_CONN)
+            .map_err(|e| Error::Sys { call: "epoll_ctl", source: e })?;
+        self.control = Some(server);
+        Ok(())
+    }
+
+    /// How `SIGHUP` and the `reload` command re-read the configuration. Without one, `SIGHUP`
+    /// makes [`Supervisor::run`] return [`RunExit::Reload`].
+    pub fn set_reloader(&mut self, reloader: Reloader) {
+        self.reloader = Some(reloader);
+    }
+
+    /// The configuration file named in status reports.
+    pub fn set_config_path(&mut self, path: impl Into<String>) {
+        self.config_path = path.into();
+    }
+
+    /// Applies a reload now, as `SIGHUP` does: the plan, or why nothing changed.
+    pub fn reload_now(&mut self, dry_run: bool) -> std::result::Result<ReloadPlan, String> {
+        self.reload(dry_run).map(|(plan, _)| plan).map_err(|(_, e)| e)
+    }
+
+    /// Stops serving the control socket and removes its file (at exit).
+    pub fn close_control(&mut self) {
+        if let Some(c) = self.control.take() {
+            c.remove_file();
+        }
+    }
+
+    /// The program that `SIGTTIN`/`SIGTTOU` scale up and down.
+    pub fn set_scale_program(&mut self, name: Option<String>) {
+        self.scale_program = name;
+    }
+
+    /// Adds a program; its instances start when [`Supervisor::run`] starts (or now, if it runs).
+    ///
+    /// Users, groups and output files are resolved and opened here, so mistakes surface at once.
+    pub fn add(&mut self, def: ProgramDef) -> Result<()> {
+        if self.find(&def.name).is_ok() {
+            return Err(Error::Invalid {
+                what: "program",
+                reason: format!("a program named {:?} already exists", def.name),
+            });
+        }
+        let prepared = match &def.work {
+            Work::Exec(spec) => Some(Prepared::exec(spec)?),
+            Work::Fn(_) => None,
+        };
+        let files = commands::open_files(&def)?;
+        self.add_prepared(def, prepared, files);
+        Ok(())
+    }
+
+    /// A snapshot of every instance, programs in start order.
+    pub fn status(&self) -> Vec<InstanceStatus> {
+        let now = Instant::now();
+        self.programs
+            .iter()
+            .filter(|p| !p.removed)
+            .flat_map(|p| {
+                p.slots.iter().map(move |s| InstanceStatus {
+                    program: p.def.name.clone(),
+                    index: s.index,
+                    pid: s.main_pid.or(s.inst.state.pid()),
+                    state: s.inst.state.name(),
+                    uptime: s.up_since.filter(|_| s.inst.state.is_up()).map(|t| now - t),
+                    restarts: s.inst.restarts,
+                    last_exit: s.inst.last_exit,
+                    status_text: s.status_text.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Runs the loop until a shutdown completes ([`RunExit::Shutdown`]) or a reload is asked
+    /// ([`RunExit::Reload`]). The first call starts every program, in order.
+    pub fn run(&mut self, signals: &mut Signals) -> Result<RunExit> {
+        let fd = signals.as_raw_fd();
+        if self.registered_signals != Some(fd) {
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&fd), SIGNALS, Interest::READABLE)
+                .map_err(|e| Error::Sys { call: "epoll_ctl", source: e })?;
+            self.registered_signals = Some(fd);
+        }
+        if !self.started {
+            self.started = true;
+            for p in 0..self.programs.len() {
+                for i in 0..self.programs[p].slots.len() {
+                    self.apply(p, i, Event::Start);
+                }
+            }
+        }
+        // Signals that arrived before registration would not wake an edge-triggered poll.
+        let mut reload = self.handle_signals(signals);
+        let mut events = Events::with_capacity(256);
+        loop {
+            self.tick();
+            self.advance_shutdown();
+            if self.shutdown.is_some() && self.all_down() {
+                self.drain_all_pipes();
+                return Ok(RunExit::Shutdown);
+            }
+            if reload && self.shutdown.is_none() {
+                return Ok(RunExit::Reload);
+            }
+            reload = false;
+            let timeout = if self.backlog.is_empty() { self.next_deadline().map(|d| d.saturating_duration_since(Instant::now())) } else { Some(Duration::ZERO) };
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::Sys { call: "epoll_wait", source: e }),
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    SIGNALS => reload |= self.handle_signals(signals),
+                    NOTIFY => self.handle_notify(),
+                    CONTROL => {
+                        if let Some(c) = self.control.as_mut() {
+                            c.accept(self.poll.registry());
+                        }
+                    }
+                    t if t.0 >= FIRST_CONN => self.control_event(t, ev.is_readable(), ev.is_writable()),
+                    t => self.read_pipe(t),
+                }
+            }
+            let backlog: Vec<Token> = self.backlog.drain(..).collect();
+            for t in backlog {
+                self.read_pipe(t);
+            }
+            self.advance_rollouts();
+            self.sweep_removed();
+            self.check_waiters();
+        }
+    }
+
+    /// Starts a graceful shutdown (as `SIGTERM` does); [`Supervisor::run`] returns once done.
+    pub fn shutdown(&mut self, fast: bool) {
+        if fast {
+            self.shutdown = Some(Shutdown::Fast);
+            for p in 0..self.programs.len() {
+                for i in 0..self.programs[p].slots.len() {
+                    self.apply(p, i, Event::Kill);
+                }
+            }
+        } else if self.shutdown.is_none() {
+            self.shutdown = Some(Shutdown::Graceful(self.programs.len()));
+        }
+    }
+
+    /// Sets the number of instances of `program`: new ones start, the highest indices stop.
+    pub fn scale(&mut self, program: &str, instances: u32) -> Result<()> {
+        let p = self.find(program)?;
+        let target = instances as usize;
+        let live: Vec<usize> = self.programs[p].slots.iter().filter(|s| !s.retiring).map(|s| s.index).collect();
+        if target > live.len() {
+            for index in live.len()..target {
+                // Reuse a retiring slot with this index, if one is still stopping.
+                if let Some(pos) = self.programs[p].slots.iter().position(|s| s.index == index) {
+                    self.programs[p].slots[pos].retiring = false;
+                    self.apply(p, pos, Event::Start);
+                } else {
+                    self.programs[p].slots.push(new_slot(index));
+                    let pos = self.programs[p].slots.len() - 1;
+                    self.apply(p, pos, Event::Start);
+                }
+            }
+        } else {
+            for &index in live.iter().filter(|&&i| i >= target) {
+                let pos = self.slot_pos(p, index).expect("live slot");
+                self.programs[p].slots[pos].retiring = true;
+                self.apply(p, pos, Event::Stop);
+            }
+            self.remove_retired(p);
+        }
+        self.programs[p].def.instances = instances;
+        log::info!("{program}: scaled to {instances} instance(s)");
+        Ok(())
+    }
+
+    /// Starts every instance of `program` (a manual start, resetting backoff and crash loops).
+    pub fn start_program(&mut self, program: &str) -> Result<()> {
+        self.each_instance(program, || Event::Start)
+    }
+
+    /// Stops every instance of `program` and keeps them down until started again.
+    pub fn stop_program(&mut self, program: &str) -> Result<()> {
+        self.each_instance(program, || Event::Stop)
+    }
+
+    /// Restarts every instance of `program` at once (not counted as failures).
+    pub fn restart_program(&mut self, program: &str) -> Result<()> {
+        self.each_instance(program, || Event::Restart)
+    }
+
+    fn each_instance(&mut self, program: &str, event: impl Fn() -> Event) -> Result<()> {
+        let p = self.find(program)?;
+        for pos in 0..self.programs[p].slots.len() {
+            if !self.programs[p].slots[pos].retiring {
+                self.apply(p, pos, event());
+            }
+        }
+        Ok(())
+    }
+
+    fn control_event(&mut self, token: Token, readable: bool, writable: bool) {
+        let Some(c) = self.control.as_mut() else { return };
+        let Some(id) = c.conn_of(token) else { return };
+        if writable {
+            c.flush(id, self.poll.registry());
+        }
+        if readable {
+            let incoming = c.readable(id, self.poll.registry());
+            self.handle_control(incoming);
+        }
+    }
+
+    fn find(&self, program: &str) -> Result<usize> {
+        self.programs.iter().position(|p| p.def.name == program && !p.removed).ok_or_else(|| Error::Invalid {
+            what: "program",
+            reason: format!("no program named {program:?}"),
+        })
+    }
+
+    fn slot_pos(&self, p: usize, index: usize) -> Option<usize> {
+        self.programs[p].slots.iter().position(|s| s.index == index)
+    }
+
+    fn all_down(&self) -> bool {
+        self.programs.iter().flat_map(|p| &p.slots).all(|s| !s.inst.state.is_up() && !matches!(s.inst.state, state::State::Stopping { .. } | state::State::Spawning))
+    }
+
+    fn program_down(&self, p: usize) -> bool {
+        self.programs[p].slots.iter().all(|s| !s.inst.state.is_up() && !matches!(s.inst.state, state::State::Stopping { .. } | state::State::Spawning))
+    }
+
+    fn advance_shutdown(&mut self) {
+        while let Some(Shutdown::Graceful(remaining)) = self.shutdown {
+            if remaining == 0 {
+                return;
+            }
+            let p = remaining - 1;
+            let needs_stop: Vec<usize> = (0..self.programs[p].slots.len())
+                .filter(|&i| {
+                    let s = &self.programs[p].slots[i];
+                    !matches!(s.inst.state, state::State::Stopping { .. } | state::State::Exited | state::State::Fatal)
+                })
+                .collect();
+            for i in needs_stop {
+                self.apply(p, i, Event::Stop);
+            }
+            if !self.program_down(p) {
+                return;
+            }
+            self.shutdown = Some(Shutdown::Graceful(p));
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.programs
+            .iter()
+            .flat_map(|p| p.slots.iter().filter_map(|s| s.inst.deadline(&p.def.policy)))
+            .chain(self.service_watchdog.as_ref().map(|w| w.2))
+            .min()
+    }
+
+    fn tick(&mut self) {
+        let now = Instant::now();
+        if let Some((notifier, interval, next)) = self.service_watchdog.as_mut().filter(|w| w.2 <= now) {
+            let _ = notifier.notify("WATCHDOG=1");
+            *next = now + *interval;
+        }
+        for p in 0..self.programs.len() {
+            for i in 0..self.programs[p].slots.len() {
+                let due = {
+                    let prog = &self.programs[p];
+                    prog.slots[i].inst.deadline(&prog.def.policy).is_some_and(|d| d <= now)
+                };
+                if due {
+                    self.apply(p, i, Event::Tick);
+                }
+            }
+        }
+    }
+
+    fn jitter(&mut self) -> f64 {
+        // xorshift64: good enough to spread restarts, and no dependency.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Feeds `event` to instance `pos` of program `p` and carries out the actions, including the
+    /// events they cause (a spawn's result).
+    fn apply(&mut self, p: usize, pos: usize, event: Event) {
+        let before = self.programs[p].slots[pos].inst.state.name();
+        let first_start = self.programs[p].slots[pos].inst.last_exit.is_none() && before == "exited";
+        let pid_before = self.programs[p].slots[pos].inst.state.pid();
+        let mut notes: Vec<(log::Level, String)> = Vec::new();
+        let mut queue = VecDeque::from([event]);
+        while let Some(event) = queue.pop_front() {
+            let now = Instant::now();
+            let jitter = self.jitter();
+            let old_pid = self.programs[p].slots[pos].inst.state.pid();
+            let actions = {
+                let prog = &mut self.programs[p];
+                prog.slots[pos].inst.step(&prog.def.policy, event, now, jitter)
+            };
+            for action in actions {
+                match action {
+                    Action::Spawn => match self.spawn(p, pos) {
+                        Ok(pid) => queue.push_back(Event::Spawned { pid }),
+                        Err(e) => {
+                            notes.push((log::Level::Error, format!("cannot start: {e}")));
+                            queue.push_back(Event::SpawnFailed);
+                        }
+                    },
+                    Action::Signal { pid, signal } => self.signal(p, pos, pid, signal),
+                    Action::Log { level, message } => notes.push((level, message)),
+                }
+            }
+            let slot = &mut self.programs[p].slots[pos];
+            let new_pid = slot.inst.state.pid();
+            if new_pid != old_pid {
+                if let Some(old) = old_pid {
+                    self.by_pid.remove(&old);
+                }
+                if let Some(pid) = new_pid {
+                    self.by_pid.insert(pid, (p, slot.index));
+                    slot.up_since = Some(now);
+                    slot.main_pid = None;
+                    slot.status_text = None;
+                }
+            }
+        }
+        // One grep-able line per state change: "NAME[INDEX]: OLD -> NEW (pid N): why".
+        let slot = &self.programs[p].slots[pos];
+        let after = slot.inst.state.name();
+        let tag = format!("{}[{}]", self.programs[p].def.name, slot.index);
+        let pid_note = slot.inst.state.pid().map(|p| format!(" (pid {p})")).unwrap_or_default();
+        // An exit followed by an immediate respawn leaves the state name as it was, but it is a
+        // change all the same (a new pid): log it as one, or the line would name the new pid
+        // as the one that exited.
+        if before != after || first_start || slot.inst.state.pid() != pid_before {
+            let level = notes.iter().map(|(l, _)| *l).min().unwrap_or(log::Level::Info);
+            let why: Vec<&str> = notes.iter().map(|(_, m)| m.as_str()).collect();
+            let why = if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) };
+            let from = if first_start { "new" } else { before };
+            log::log!(level, "{tag}: {from} -> {after}{pid_note}{why}");
+        } else {
+            for (level, message) in notes {
+                log::log!(level, "{tag}{pid_note}: {message}");
+            }
+        }
+    }
+
+    fn spawn(&mut self, p: usize, pos: usize) -> Result<i32> {
+        let prog = &self.programs[p];
+        let index = prog.slots[pos].index;
+        let def = &prog.def;
+        let sink = |o: &Output| if *o == Output::Null { Sink::Null } else { Sink::Pipe };
+        let notify_env = self.notify.env_value();
+        let instance = spawn::Instance {
+            program: &def.name,
+            index,
+            notify_socket: (def.policy.readiness == Readiness::Notify).then_some(notify_env.as_str()),
+            watchdog: def.policy.watchdog,
+            stdout: sink(&def.stdout),
+            stderr: sink(&def.stderr),
+        };
+        let started = match (&def.work, &prog.prepared) {
+            (Work::Exec(spec), Some(prepared)) => spawn::spawn_exec(prepared, &instance).map_err(|e| Error::Io {
+                what: "cannot execute",
+                path: PathBuf::from(&spec.command[0]),
+                source: e,
+            })?,
+            (Work::Fn(f), _) => spawn::spawn_fn(f, &instance)?,
+            (Work::Exec(_), None) => unreachable!("exec programs are prepared when added"),
+        };
+        for (stream, file) in [(1, started.stdout), (2, started.stderr)] {
+            if let Some(file) = file {
+                self.add_pipe(file, p, index, stream)?;
+            }
+        }
+        Ok(started.pid)
+    }
+
+    fn add_pipe(&mut self, file: File, program: usize, index: usize, stream: usize) -> Result<()> {
+        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).map_err(|e| Error::sys("fcntl", e))?;
+        let token = Token(self.next_token);
+        self.next_token += 1;
+        self.poll
+            .registry()
+            .register(&mut SourceFd(&file.as_raw_fd()), token, Interest::READABLE)
+            .map_err(|e| Error::Sys { call: "epoll_ctl", source: e })?;
+        self.pipes.insert(token, Pipe { file, framer: LineFramer::new(MAX_LINE), program, index, stream });
+        Ok(())
+    }
+
+    fn signal(&mut self, p: usize, pos: usize, pid: i32, signal: i32) {
+        let Ok(sig) = Signal::try_from(signal) else { return };
+        // The worker leads its own process group: signal the group, then the main pid in case it
+        // left the group (MAINPID= of a forking service).
+        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), sig);
+        let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+        if let Some(main) = self.programs[p].slots[pos].main_pid {
+            let _ = nix::sys::signal::kill(Pid::from_raw(main), sig);
+        }
+    }
+
+    /// Handles pending signal events; returns whether a reload was asked.
+    fn handle_signals(&mut self, signals: &mut Signals) -> bool {
+        let mut reload = false;
+        for event in signals.pending() {
+            match event {
+                SignalEvent::ChildExited => self.reap(),
+                SignalEvent::GracefulShutdown => {
+                    log::info!("graceful shutdown: stopping programs in reverse order");
+                    self.shutdown(false);
+                }
+                SignalEvent::FastShutdown => {
+                    log::info!("fast shutdown: killing every worker");
+                    self.shutdown(true);
+                }
+                SignalEvent::Reload if self.reloader.is_some() => {
+                    log::info!("SIGHUP: reloading the configuration");
+                    let _ = self.reload(false);
+                }
+                SignalEvent::Reload => reload = true,
+                SignalEvent::ReopenLogs => self.reopen_logs(),
+                SignalEvent::AddWorker | SignalEvent::RemoveWorker => {
+                    let up = event == SignalEvent::AddWorker;
+                    match self.scale_program.clone() {
+                        Some(name) => {
+                            let n = self.programs.iter().find(|p| p.def.name == name).map_or(0, |p| p.def.instances);
+                            let n = if up { n.saturating_add(1) } else { n.saturating_sub(1) };
+                            if let Err(e) = self.scale(&name, n) {
+                                log::error!("cannot scale {name}: {e}");
+                            }
+                        }
+                        None => log::warn!("SIGTTIN/SIGTTOU ignored: no scale_program is configured"),
+                    }
+                }
+                _ => {}
+            }
+        }
+        // A reaped exit may be pending without a fresh SIGCHLD (coalesced): reap anyway, cheaply.
+        reload
+    }
+
+    /// Reaps every exited child. Unknown pids are orphans re-parented to us (subreaper).
+    fn reap(&mut self) {
+        loop {
+            let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), ExitStatus::Code(code)),
+                Ok(WaitStatus::Signaled(pid, sig, core)) => (pid.as_raw(), ExitStatus::Signal { signal: sig as i32, core_dumped: core }),
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
+                Ok(_) => continue,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    log::error!("waitpid: {e}");
+                    return;
+                }
+            };
+            let Some(&(p, index)) = self.by_pid.get(&pid) else {
+                log::debug!("reaped orphan pid {pid} ({status})");
+                continue;
+            };
+            let Some(pos) = self.slot_pos(p, index) else {
+                self.by_pid.remove(&pid);
+                continue;
+            };
+            let slot = &self.programs[p].slots[pos];
+            if slot.main_pid == Some(pid) {
+                // The MAINPID= process ended: that is the worker's end.
+                self.by_pid.remove(&pid);
+                let spawned = slot.inst.state.pid();
+                self.programs[p].slots[pos].main_pid = None;
+                if spawned.is_some_and(|s| s != pid && crate::supervisor::pid_alive(s)) {
+                    continue;
+                }
+                self.apply(p, pos, Event::Exited { status });
+            } else if slot.inst.state.pid() == Some(pid) {
+                if slot.main_pid.is_some_and(pid_alive) {
+                    // A forking service's launcher exited after naming its main pid.
+                    log::debug!("{}[{index}]: launcher pid {pid} exited ({status}); main pid lives on", self.programs[p].def.name);
+                    continue;
+                }
+                self.apply(p, pos, Event::Exited { status });
+            } else {
+                self.by_pid.remove(&pid);
+            }
+            self.remove_retired(p);
+        }
+    }
+
+    fn remove_retired(&mut self, p: usize) {
+        self.programs[p].slots.retain(|s| !(s.retiring && !s.inst.state.is_up() && !matches!(s.inst.state, state::State::Stopping { .. })));
+    }
+
+    fn handle_notify(&mut self) {
+        loop {
+            match self.notify.recv() {
+                Ok(Some(msg)) => self.apply_notify(msg),
+                Ok(None) => return,
+                Err(e) => {
+                    log::error!("notify socket: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn attribute(&self, pid: i32) -> Option<(usize, usize)> {
+        if let Some(&k) = self.by_pid.get(&pid) {
+            return Some(k);
+        }
+        // The sender may be a helper in the worker's process group (systemd-notify from a shell)
+        // or a descendant that left it.
+        let mut cur = pid;
+        for _ in 0..32 {
+            let (pgrp, ppid) = notify::pgrp_and_parent(cur)?;
+            if let Some(&k) = self.by_pid.get(&pgrp) {
+                return Some(k);
+            }
+            if let Some(&k) = self.by_pid.get(&ppid) {
+                return Some(k);
+            }
+            if ppid <= 1 {
+                return None;
+            }
+            cur = ppid;
+        }
+        None
+    }
+
+    fn apply_notify(&mut self, msg: NotifyMessage) {
+        let Some((p, index)) = self.attribute(msg.pid) else {
+            log::debug!("notify message from pid {} ignored: not a worker", msg.pid);
+            return;
+        };
+        let Some(pos) = self.slot_pos(p, index) else { return };
+        if let Some(text) = &msg.status {
+            self.programs[p].slots[pos].status_text = Some(text.clone());
+        }
+        if let Some(main) = msg.main_pid {
+            self.programs[p].slots[pos].main_pid = Some(main);
+            self.by_pid.insert(main, (p, index));
+        }
+        if msg.watchdog {
+            self.apply(p, pos, Event::WatchdogPing);
+        }
+        if msg.ready {
+            self.apply(p, pos, Event::Ready);
+        }
+        if msg.stopping {
+            log::info!("{}[{index}]: reports STOPPING=1", self.programs[p].def.name);
+        }
+        if msg.watchdog_trigger {
+            log::warn!("{}[{index}]: WATCHDOG=trigger received; restarting", self.programs[p].def.name);
+            self.apply(p, pos, Event::Restart);
+        }
+    }
+
+    fn read_pipe(&mut self, token: Token) {
+        let Some(pipe) = self.pipes.get_mut(&token) else { return };
+        let mut buf = [0u8; 64 * 1024];
+        let mut total = 0;
+        let mut lines: Vec<String> = Vec::new();
+        let mut eof = false;
+        loop {
+            match pipe.file.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    pipe.framer.finish(&mut |l| lines.push(l.to_string()));
+                    break;
+                }
+                Ok(n) => {
+                    pipe.framer.push(&buf[..n], &mut |l| lines.push(l.to_string()));
+                    total += n;
+                    if total >= READ_BUDGET {
+                        self.backlog.push_back(token);
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        let (p, index, stream) = (pipe.program, pipe.index, pipe.stream);
+        if let Some(pipe) = eof.then(|| self.pipes.remove(&token)).flatten() {
+            let _ = self.poll.registry().deregister(&mut SourceFd(&pipe.file.as_raw_fd()));
+        }
+        self.write_lines(p, index, stream, &lines);
+    }
+
+    fn write_lines(&mut self, p: usize, index: usize, stream: usize, lines: &[String]) {
+        if lines.is_empty() {
+            return;
+        }
+        let prog = &mut self.programs[p];
+        let tag = format!("{}[{index}]", prog.def.name);
+        let target = if stream == 1 { &prog.def.stdout } else { &prog.def.stderr };
+        match target {
+            Output::Null => {}
+            Output::Log => {
+                for line in lines {
+                    match &self.log {
+                        Some(log) => log.write_line(&format!("{tag} {line}")),
+                        None => log::info!(target: "warden::output", "{tag} {line}"),
+                    }
+                }
+            }
+            Output::File(_) => {
+                let shared = prog.def.stdout == prog.def.stderr;
+                let slot = if stream == 1 || shared { 0 } else { 1 };
+                if let Some(file) = prog.files[slot].as_mut() {
+                    let now = SystemTime::now();
+                    for line in lines {
+                        if let Err(e) = file.write_line(&output::format_line(&tag, line, now)) {
+                            log::error!("{tag}: cannot write {}: {e}", file.path().display());
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain_all_pipes(&mut self) {
+        let tokens: Vec<Token> = self.pipes.keys().copied().collect();
+        for t in tokens {
+            self.read_pipe(t);
+        }
+    }
+
+    fn reopen_logs(&mut self) {
+        if let Some(log) = &self.log {
+            match log.reopen() {
+                Ok(()) => log::info!("log files reopened"),
+                Err(e) => log::error!("cannot reopen the log: {e}"),
+            }
+        }
+        for prog in &mut self.programs {
+            for file in prog.files.iter_mut().flatten() {
+                if let Err(e) = file.reopen() {
+                    log::error!("cannot reopen {}: {e}", file.path().display());
+                }
+            }
+        }
+    }
+}
+
+fn new_slot(index: usize) -> Slot {
+    Slot {
+        index,
+        inst: Instance::new(),
+        up_since: None,
+        status_text: None,
+        main_pid: None,
+        retiring: false,
+    }
+}
+
+fn pid_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
+}
+
+impl ProgramDef {
+    /// The supervisor's view of a `[program.NAME]` table.
+    pub fn from_spec(spec: &crate::config::ProgramSpec) -> ProgramDef {
+        use crate::config::OutputSpec;
+        let output = |o: &OutputSpec| match o {
+            OutputSpec::Log => Output::Log,
+            OutputSpec::Null => Output::Null,
+            OutputSpec::File(p) => Output::File(p.clone()),
+        };
+        ProgramDef {
+            name: spec.name.clone(),
+            instances: spec.instances,
+            work: Work::Exec(ExecSpec {
+                command: spec.command.clone(),
+                directory: spec.directory.clone(),
+                user: spec.user.clone(),
+                group: spec.group.clone(),
+                umask: spec.umask,
+                env: spec.env.clone(),
+                clean_env: spec.clean_env,
+                limits: spec.limits.iter().collect(),
+            }),
+            policy: Policy {
+                restart: spec.restart,
+                backoff_initial: spec.backoff_initial,
+                backoff_max: spec.backoff_max,
+                backoff_reset: spec.backoff_reset,
+                max_restarts: spec.max_restarts,
+                restart_window: spec.restart_window,
+                stop_signal: spec.stop_signal,
+                stop_timeout: spec.stop_timeout,
+                readiness: spec.ready,
+                start_timeout: spec.start_timeout,
+                watchdog: spec.watchdog,
+            },
+            stdout: output(&spec.stdout),
+            stderr: output(&spec.stderr),
+            log_max_bytes: spec.log_max_bytes,
+            log_keep: spec.log_keep,
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! warden as its workers' service manager: a private `NOTIFY_SOCKET` speaking systemd's notify
+//! protocol, so that any program that works under systemd `Type=notify` works under warden.
+//!
+//! One datagram socket in the abstract namespace (nothing to clean up on disk, reachable by
+//! workers running as any user), with `SO_PASSCRED` so the kernel stamps every message with the
+//! sender's pid. A message is attributed to a worker when the sender is the worker, or is in the
+//! worker's process group (a `systemd-notify` run by a shell script), or descends from it; anything
+//! else is ignored and logged. Messages are small (`KEY=VALUE` lines); longer ones are truncated.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+
+use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
+
+/// One parsed notify message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotifyMessage {
+    /// The sender's pid, as stamped by the kernel.
+    pub pid: i32,
+    /// `READY=1`.
+    pub ready: bool,
+    /// `STOPPING=1`.
+    pub stopping: bool,
+    /// `WATCHDOG=1`.
+    pub watchdog: bool,
+    /// `WATCHDOG=trigger`: the service asks to be treated as hung.
+    pub watchdog_trigger: bool,
+    /// `STATUS=…`.
+    pub status: Option<String>,
+    /// `MAINPID=…`.
+    pub main_pid: Option<i32>,
+}
+
+impl NotifyMessage {
+    /// Parses the `KEY=VALUE` lines of a datagram sent by `pid`.
+    pub fn parse(pid: i32, data: &[u8]) -> NotifyMessage {
+        let mut m = NotifyMessage {
+            pid,
+            ..NotifyMessage::default()
+        };
+        for line in String::from_utf8_lossy(data).lines() {
+            let Some((key, value)) = line.split_once('=') else { continue };
+            match key {
+                "READY" => m.ready = value == "1",
+                "STOPPING" => m.stopping = value == "1",
+                "WATCHDOG" if value == "1" => m.watchdog = true,
+                "WATCHDOG" if value == "trigger" => m.watchdog_trigger = true,
+                "STATUS" => m.status = Some(value.chars().take(256).collect()),
+                "MAINPID" => m.main_pid = value.parse().ok().filter(|&p: &i32| p > 1),
+                _ => {}
+            }
+        }
+        m
+    }
+}
+
+/// The supervisor's notify socket.
+#[derive(Debug)]
+pub struct NotifySocket {
+    sock: UnixDatagram,
+    name: String,
+}
+
+impl NotifySocket {
+    /// Binds `@warden/<pid>/<n>/notify` in the abstract namespace, non-blocking, with
+    /// `SO_PASSCRED`.
+    pub fn bind() -> io::Result<NotifySocket> {
+        use std::os::linux::net::SocketAddrExt;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let name = format!("warden/{}/{}/notify", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
+        let sock = UnixDatagram::bind_addr(&addr)?;
+        sock.set_nonblocking(true)?;
+        setsockopt(&sock, sockopt::PassCred, &true).map_err(io::Error::from)?;
+        // Room for bursts from many workers without losing READY=1.
+        let _ = setsockopt(&sock, sockopt::RcvBuf, &(1 << 20));
+        Ok(NotifySocket { sock, name })
+    }
+
+    /// The value for `$NOTIFY_SOCKET` (`@` marks the abstract namespace).
+    pub fn env_value(&self) -> String {
+        format!("@{}", self.name)
+    }
+
+    /// Receives one pending message; `Ok(None)` when none is pending.
+    pub fn recv(&self) -> io::Result<Option<NotifyMessage>> {
+        let mut buf = [0u8; 4096];
+        let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+        loop {
+            let mut iov = [io::IoSliceMut::new(&mut buf)];
+            let msg = match recvmsg::<()>(self.sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT) {
+                Ok(m) => m,
+                Err(nix::errno::Errno::EAGAIN) => return Ok(None),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let mut pid = 0;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmCredentials(cred) = c {
+                        pid = cred.pid();
+                    }
+                }
+            }
+            let n = msg.bytes;
+            if pid <= 0 {
+                // No credentials (cannot happen with SO_PASSCRED): unattributable, drop it.
+                continue;
+            }
+            return Ok(Some(NotifyMessage::parse(pid, &buf[..n])));
+        }
+    }
+}
+
+impl AsRawFd for NotifySocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.sock.as_raw_fd()
+    }
+}
+
+/// The process group and parent of `pid`, from `/proc/PID/stat`.
+pub fn pgrp_and_parent(pid: i32) -> Option<(i32, i32)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let mut f = rest.split_whitespace();
+    let _state = f.next()?;
+    let ppid = f.next()?.parse().ok()?;
+    let pgrp = f.next()?.parse().ok()?;
+    Some((pgrp, ppid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_systemd_keys() {
+        let m = NotifyMessage::parse(7, b"READY=1\nSTATUS=serving 3 clients\nMAINPID=42\nWATCHDOG=1\nX=y\nnonsense");
+        assert_eq!(m.pid, 7);
+        assert!(m.ready && m.watchdog && !m.stopping);
+        assert_eq!(m.status.as_deref(), Some("serving 3 clients"));
+        assert_eq!(m.main_pid, Some(42));
+        assert!(NotifyMessage::parse(1, b"WATCHDOG=trigger").watchdog_trigger);
+        assert!(!NotifyMessage::parse(1, b"READY=0").ready);
+    }
+
+    #[test]
+    fn receives_with_the_senders_pid() {
+        let s = NotifySocket::bind().unwrap();
+        let addr = s.env_value();
+        let client = UnixDatagram::unbound().unwrap();
+        use std::os::linux::net::SocketAddrExt;
+        let a = SocketAddr::from_abstract_name(&addr.as_bytes()[1..]).unwrap();
+        client.send_to_addr(b"READY=1\nSTATUS=ok", &a).unwrap();
+        let m = s.recv().unwrap().expect("a message");
+        assert_eq!(m.pid, std::process::id() as i32);
+        assert!(m.ready);
+        assert!(s.recv().unwrap().is_none());
+    }
+}

@@ -1,0 +1,287 @@
+//! Starting one worker: an exec'd program or a forked Rust function.
+//!
+//! Everything a child needs — argv, environment, credentials, limits, pipes — is prepared in the
+//! supervisor before the fork; between fork and exec the child runs only
+//! [`crate::sys::child_setup`] (async-signal-safe system calls). Each worker gets its own process
+//! group (so that stopping it reaches its helpers too), `PR_SET_PDEATHSIG` = `SIGKILL` with the
+//! `getppid` race check (so that it dies with the supervisor, even by `SIGKILL`), stdio as
+//! configured and no other descriptor.
+//!
+//! Function workers are forked without exec, which is only sound while the supervisor is
+//! single-threaded: [`crate::sys::fork`] checks and refuses otherwise.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::resource::Resource;
+
+use crate::daemon::Notifier;
+use crate::error::{Error, Result};
+use crate::sys::{self, ChildSetup};
+
+/// An exec'd program.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExecSpec {
+    /// The program and its arguments; the program is looked up in `$PATH` if it has no `/`.
+    pub command: Vec<String>,
+    /// The working directory (default: the supervisor's).
+    pub directory: Option<PathBuf>,
+    /// Run as this user (name or id); needs root.
+    pub user: Option<String>,
+    /// Run as this group (name or id); default the user's primary group.
+    pub group: Option<String>,
+    /// The file mode creation mask (default: the supervisor's).
+    pub umask: Option<u32>,
+    /// Extra environment variables.
+    pub env: Vec<(String, String)>,
+    /// Start from an empty environment.
+    pub clean_env: bool,
+    /// Resource limits (soft = hard; `u64::MAX` is unlimited).
+    pub limits: Vec<(Resource, u64)>,
+}
+
+/// A Rust function run as a worker in a forked child; its return value is the exit status.
+pub type WorkerFn = Arc<dyn Fn(&WorkerContext) -> i32 + Send + Sync>;
+
+/// What a function worker knows about itself, and its line to the supervisor.
+#[derive(Debug, Clone)]
+pub struct WorkerContext {
+    program: String,
+    index: usize,
+    notifier: Option<Notifier>,
+}
+
+impl WorkerContext {
+    /// The program name.
+    pub fn program(&self) -> &str {
+        &self.program
+    }
+
+    /// The instance index, from 0.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// Reports readiness (`READY=1`), for programs with `ready = notify`.
+    pub fn ready(&self) {
+        self.notify("READY=1");
+    }
+
+    /// Reports liveness (`WATCHDOG=1`), for programs with a `watchdog`.
+    pub fn heartbeat(&self) {
+        self.notify("WATCHDOG=1");
+    }
+
+    /// Sets the one-line status shown by `warden status` (`STATUS=`).
+    pub fn status(&self, text: &str) {
+        self.notify(&format!("STATUS={}", text.replace('\n', " ")));
+    }
+
+    fn notify(&self, msg: &str) {
+        if let Some(n) = &self.notifier {
+            let _ = n.notify(msg);
+        }
+    }
+}
+
+/// Where a worker's stdout or stderr goes at the process level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sink {
+    /// `/dev/null`.
+    Null,
+    /// A pipe read by the supervisor.
+    Pipe,
+}
+
+/// What every spawn of one instance shares, resolved once.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    argv: Vec<String>,
+    directory: Option<PathBuf>,
+    env: Vec<(OsString, OsString)>,
+    clean_env: bool,
+    setup: ChildSetup,
+}
+
+/// Environment variables a worker must not inherit from warden: they describe warden's own
+/// service manager and stderr, not the worker's.
+const NOT_INHERITED: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "JOURNAL_STREAM",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "INVOCATION_ID",
+];
+
+impl Prepared {
+    /// Resolves users, groups and limits of `spec`.
+    pub(crate) fn exec(spec: &ExecSpec) -> Result<Prepared> {
+        if spec.command.is_empty() {
+            return Err(Error::Invalid {
+                what: "command",
+                reason: "it is empty".into(),
+            });
+        }
+        let mut setup = base_setup();
+        setup.umask = spec.umask;
+        setup.rlimits = spec.limits.iter().map(|(r, v)| (*r as libc::__rlimit_resource_t, *v)).collect();
+        if let Some(creds) = crate::Credentials::resolve(spec.user.as_deref(), spec.group.as_deref())? {
+            let groups = match &creds.user {
+                Some((name, _)) => nix::unistd::getgrouplist(name, creds.gid)
+                    .map_err(|e| Error::sys("getgrouplist", e))?,
+                None => vec![creds.gid],
+            };
+            setup.groups = Some(groups.iter().map(|g| g.as_raw()).collect());
+            setup.gid = Some(creds.gid.as_raw());
+            setup.uid = Some(creds.uid().as_raw());
+        }
+        Ok(Prepared {
+            argv: spec.command.clone(),
+            directory: spec.directory.clone(),
+            env: spec.env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            clean_env: spec.clean_env,
+            setup,
+        })
+    }
+}
+
+fn base_setup() -> ChildSetup {
+    ChildSetup {
+        parent: std::process::id() as i32,
+        pdeathsig: Some(libc::SIGKILL),
+        ..ChildSetup::default()
+    }
+}
+
+/// A started worker: its pid and the supervisor's ends of its output pipes.
+#[derive(Debug)]
+pub(crate) struct Started {
+    pub(crate) pid: i32,
+    pub(crate) stdout: Option<File>,
+    pub(crate) stderr: Option<File>,
+}
+
+/// Per-spawn settings.
+#[derive(Debug, Clone)]
+pub(crate) struct Instance<'a> {
+    pub(crate) program: &'a str,
+    pub(crate) index: usize,
+    pub(crate) notify_socket: Option<&'a str>,
+    pub(crate) watchdog: Option<Duration>,
+    pub(crate) stdout: Sink,
+    pub(crate) stderr: Sink,
+}
+
+fn stdio(sink: Sink) -> Stdio {
+    match sink {
+        Sink::Null => Stdio::null(),
+        Sink::Pipe => Stdio::piped(),
+    }
+}
+
+/// Spawns an exec'd worker.
+pub(crate) fn spawn_exec(p: &Prepared, i: &Instance<'_>) -> io::Result<Started> {
+    let mut cmd = Command::new(&p.argv[0]);
+    cmd.args(&p.argv[1..]);
+    if p.clean_env {
+        cmd.env_clear();
+    } else {
+        for k in NOT_INHERITED {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(p.env.iter().map(|(k, v)| (k, v)));
+    cmd.env("WARDEN_PROGRAM", i.program).env("WARDEN_INSTANCE", i.index.to_string());
+    if let Some(s) = i.notify_socket {
+        cmd.env("NOTIFY_SOCKET", s);
+    }
+    if let Some(w) = i.watchdog {
+        cmd.env("WATCHDOG_USEC", w.as_micros().to_string());
+    }
+    if let Some(d) = &p.directory {
+        cmd.current_dir(d);
+    }
+    cmd.stdin(Stdio::null()).stdout(stdio(i.stdout)).stderr(stdio(i.stderr));
+    cmd.process_group(0);
+    sys::pre_exec(&mut cmd, p.setup.clone());
+    let mut child = cmd.spawn()?;
+    let started = Started {
+        pid: child.id() as i32,
+        stdout: child.stdout.take().map(|s| File::from(OwnedFd::from(s))),
+        stderr: child.stderr.take().map(|s| File::from(OwnedFd::from(s))),
+    };
+    // Dropping `Child` neither waits nor kills: the supervisor reaps by pid.
+    drop(child);
+    Ok(started)
+}
+
+/// Forks a function worker.
+pub(crate) fn spawn_fn(f: &WorkerFn, i: &Instance<'_>) -> Result<Started> {
+    let pipe = |sink: Sink| -> Result<Option<(OwnedFd, OwnedFd)>> {
+        match sink {
+            Sink::Null => Ok(None),
+            Sink::Pipe => nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map(Some)
+                .map_err(|e| Error::sys("pipe2", e)),
+        }
+    };
+    let out = pipe(i.stdout)?;
+    let err = pipe(i.stderr)?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Error::io("cannot open", "/dev/null", e))?;
+    let ctx = WorkerContext {
+        program: i.program.to_string(),
+        index: i.index,
+        notifier: i.notify_socket.map(Notifier::new),
+    };
+    let setup = base_setup();
+    match sys::fork()? {
+        sys::Fork::Parent(pid) => Ok(Started {
+            pid: pid.as_raw(),
+            stdout: out.map(|(r, _w)| File::from(r)),
+            stderr: err.map(|(r, _w)| File::from(r)),
+        }),
+        sys::Fork::Child => {
+            // The child of a single-threaded process: ordinary Rust is fine here.
+            let result = (|| -> io::Result<()> {
+                nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
+                sys::child_setup(&setup)?;
+                nix::unistd::dup2_stdin(&null)?;
+                match &out {
+                    Some((_, w)) => nix::unistd::dup2_stdout(w)?,
+                    None => nix::unistd::dup2_stdout(&null)?,
+                }
+                match &err {
+                    Some((_, w)) => nix::unistd::dup2_stderr(w)?,
+                    None => nix::unistd::dup2_stderr(&null)?,
+                }
+                Ok(())
+            })();
+            if let Err(e) = result {
+                eprintln!("warden: worker {}[{}] setup failed: {e}", i.program, i.index);
+                sys::_exit(127);
+            }
+            // Close everything the supervisor had open: epoll, sockets, other workers' pipes.
+            // Their owners are never used again here: the child leaves through exit.
+            let _ = sys::close_fds_except(&[]);
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ctx))).unwrap_or(101);
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            std::process::exit(code)
+        }
+    }
+}
+

@@ -1,0 +1,1056 @@
+//! The supervisor against real processes: restarts after kills and exits, crash-loop backoff
+//! and `fatal`, stop escalation to `SIGKILL`, subreaping of double-forked grandchildren, workers
+//! dying with a killed warden, readiness and watchdog over the notify protocol, complete output
+//! capture, a bounded chaos run, scaling by `SIGTTIN`/`SIGTTOU`, and the shutdown order.
+//!
+//! Every test looks from the outside: the children of the warden pid (`/proc/PID/stat`), their
+//! environment (`/proc/PID/environ`) and the daemon log, one line per state change
+//! (`NAME[INDEX]: OLD -> NEW (pid N): why`). Every worker command carries the sandbox path in
+//! its command line — `sleep` is run through a symlink inside the sandbox, scripts live there —
+//! so that `Sandbox::processes()` finds every worker and grandchild, and the sandbox kills them
+//! all at drop. Waits are bounded polls; the only fixed sleeps are short observation windows
+//! that assert an *absence* (no restart, no new process).
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// Serialises the CPU-heavy tests (100,000 lines, chaos) so that they do not starve the
+/// timing-sensitive ones of a 2-core runner all at once.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Prints how long the test took when it ends (also on failure).
+struct Timer(&'static str, Instant);
+
+impl Timer {
+    fn new(name: &'static str) -> Timer {
+        Timer(name, Instant::now())
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        println!("[timing] {}: {:.2?}", self.0, self.1.elapsed());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration helpers.
+
+/// A TOML basic string.
+fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A TOML array of strings: a `command`.
+fn argv(parts: &[&str]) -> String {
+    let items: Vec<String> = parts.iter().map(|p| toml_str(p)).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// The real python3 (not a version-manager shim that forks helpers on every start).
+fn python() -> String {
+    for p in ["/usr/bin/python3", "/usr/local/bin/python3"] {
+        if std::path::Path::new(p).exists() {
+            return p.to_string();
+        }
+    }
+    "python3".to_string()
+}
+
+/// A sandbox whose config has `daemon` lines in `[daemon]` and `tables` after them; `SANDBOX`
+/// in either is replaced by the sandbox directory. A `sleep` symlink is made in the sandbox so
+/// that `SANDBOX/sleep N` is a single process whose command line names the sandbox.
+fn sandbox(name: &str, daemon: &str, tables: &str) -> Sandbox {
+    let sb = Sandbox::new(name, "");
+    let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("sleep(1)");
+    std::os::unix::fs::symlink(sleep, sb.path("sleep")).unwrap();
+    let dir = sb.dir.to_string_lossy().into_owned();
+    sb.write_config(&format!(
+        "{}\n#TABLES\n{}",
+        daemon.replace("SANDBOX", &dir),
+        tables.replace("SANDBOX", &dir)
+    ));
+    sb
+}
+
+/// Writes a script into the sandbox and returns its path.
+fn script(sb: &Sandbox, name: &str, text: &str) -> String {
+    let path = sb.path(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn dir(sb: &Sandbox) -> String {
+    sb.dir.to_string_lossy().into_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Observation helpers.
+
+fn log(sb: &Sandbox) -> String {
+    sb.read("warden.log")
+}
+
+/// Waits (bounded) for a log line satisfying `pred` and returns it.
+fn wait_line(sb: &Sandbox, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let mut found = None;
+    let ok = wait_until(TIMEOUT, || {
+        found = log(sb).lines().find(|l| pred(l)).map(str::to_string);
+        found.is_some()
+    });
+    assert!(
+        ok,
+        "no log line {what} within {TIMEOUT:?}; log:\n{}",
+        log(sb)
+    );
+    found.unwrap()
+}
+
+/// Waits (bounded) until at least `n` log lines satisfy `pred`; returns them all.
+fn wait_lines(sb: &Sandbox, what: &str, n: usize, pred: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut found = Vec::new();
+    let ok = wait_until(TIMEOUT, || {
+        found = log(sb)
+            .lines()
+            .filter(|l| pred(l))
+            .map(str::to_string)
+            .collect();
+        found.len() >= n
+    });
+    assert!(ok, "fewer than {n} log lines {what}; log:\n{}", log(sb));
+    found
+}
+
+/// The live (non-zombie) children of `pid`.
+fn live_children(pid: i32) -> Vec<i32> {
+    let mut v: Vec<i32> = children_of(pid).into_iter().filter(|&c| alive(c)).collect();
+    v.sort();
+    v
+}
+
+/// Waits (bounded) until `warden` has exactly `n` live children and no zombie ones; tracks and
+/// returns them.
+fn wait_workers(sb: &mut Sandbox, warden: i32, n: usize) -> Vec<i32> {
+    let mut kids = Vec::new();
+    let ok = wait_until(TIMEOUT, || {
+        let all = children_of(warden);
+        kids = live_children(warden);
+        kids.len() == n && all.len() == n
+    });
+    assert!(
+        ok,
+        "warden {warden} has children {:?} (zombies {:?}), want {n} live; log:\n{}",
+        live_children(warden),
+        zombie_children(warden),
+        log(sb)
+    );
+    for &k in &kids {
+        sb.track(k);
+    }
+    kids
+}
+
+fn zombie_children(pid: i32) -> Vec<i32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|&c| is_zombie(c))
+        .collect()
+}
+
+/// `/proc/PID/environ` as a map.
+fn environ(pid: i32) -> HashMap<String, String> {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter_map(|kv| {
+            let kv = String::from_utf8_lossy(kv);
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// `WARDEN_INSTANCE` of a worker.
+fn instance_of(pid: i32) -> Option<usize> {
+    environ(pid).get("WARDEN_INSTANCE")?.parse().ok()
+}
+
+/// The argv of `pid`.
+fn cmdline(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+/// The live process of this sandbox whose argv is exactly `args`.
+fn find_process(sb: &Sandbox, args: &[&str]) -> Option<i32> {
+    sb.processes().into_iter().find(|&p| cmdline(p) == args)
+}
+
+/// The timestamp that starts a log line.
+fn line_time(line: &str) -> SystemTime {
+    let ts = line.split_whitespace().next().expect("timestamp");
+    humantime::parse_rfc3339(ts).unwrap_or_else(|e| panic!("bad timestamp in {line:?}: {e}"))
+}
+
+/// Parses a duration as the log prints it: `250µs`, `62ms`, `1.6s`.
+fn parse_log_duration(s: &str) -> Duration {
+    let s = s.trim_end_matches([')', ';', ',']);
+    if let Some(n) = s.strip_suffix("µs") {
+        Duration::from_secs_f64(n.parse::<f64>().unwrap() / 1e6)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        Duration::from_secs_f64(n.parse::<f64>().unwrap() / 1e3)
+    } else if let Some(n) = s.strip_suffix('s') {
+        Duration::from_secs_f64(n.parse::<f64>().unwrap())
+    } else {
+        panic!("unexpected duration {s:?}")
+    }
+}
+
+/// `warden stop`, asserting success; returns how long it took.
+fn stop(sb: &mut Sandbox) -> Duration {
+    let t = Instant::now();
+    let out = sb.run(&["stop"]);
+    let took = t.elapsed();
+    assert!(
+        out.status.success(),
+        "warden stop failed: {:?}\nstderr: {}\nlog:\n{}",
+        out.status,
+        stderr_of(&out),
+        log(sb)
+    );
+    took
+}
+
+/// The pid a state-change line names: `... (pid N)...`.
+fn pid_in(line: &str) -> Option<i32> {
+    let rest = &line[line.find("(pid ")? + 5..];
+    rest[..rest.find(')')?].parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. A killed worker is replaced.
+
+#[test]
+fn killed_worker_is_replaced_by_a_new_pid() {
+    let _t = Timer::new("killed_worker_is_replaced_by_a_new_pid");
+    let mut sb = sandbox(
+        "kill9",
+        "",
+        "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\n",
+    );
+    let warden = sb.start();
+    let before = wait_workers(&mut sb, warden, 2);
+    let victim = before[0];
+    let other = before[1];
+    let index = instance_of(victim).expect("WARDEN_INSTANCE");
+    let t = Instant::now();
+    signal(victim, Signal::SIGKILL);
+    let mut replacement = 0;
+    let ok = wait_until(TIMEOUT, || {
+        let now = live_children(warden);
+        match now.iter().find(|&&p| p != other && p != victim) {
+            Some(&p) if now.len() == 2 && now.contains(&other) => {
+                replacement = p;
+                true
+            }
+            _ => false,
+        }
+    });
+    assert!(
+        ok,
+        "no replacement for {victim}; children {:?}; log:\n{}",
+        live_children(warden),
+        log(&sb)
+    );
+    println!(
+        "kill -9 -> replacement seen by polling /proc: {:.1?}",
+        t.elapsed()
+    );
+    sb.track(replacement);
+    assert_eq!(instance_of(replacement), Some(index), "same instance index");
+    let tag = format!("w[{index}]");
+    // One state-change line: "w[I]: running -> running (pid NEW): exited (signal 9 …); …".
+    let change = format!("{tag}: running -> ");
+    let line = wait_line(&sb, "about the kill", |l| {
+        l.contains(&change) && l.contains("exited (signal 9") && l.contains("restarting")
+    });
+    println!("log: {line}");
+    assert_eq!(
+        pid_in(&line),
+        Some(replacement),
+        "the line names the new pid"
+    );
+    assert!(zombie_children(warden).is_empty());
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. `on-failure`: exit 0 stays down, exit 1 is restarted.
+
+#[test]
+fn on_failure_restarts_exit_1_but_not_exit_0() {
+    let _t = Timer::new("on_failure_restarts_exit_1_but_not_exit_0");
+    // `ok` exits 0 at once. `bad` exits 1 on its first run and stays up on the second (it
+    // leaves a mark in the sandbox to tell the runs apart).
+    let mut sb = sandbox(
+        "onfail",
+        "",
+        &format!(
+            "[program.ok]\ncommand = {}\nrestart = \"on-failure\"\n\n\
+             [program.bad]\ncommand = {}\nrestart = \"on-failure\"\n",
+            argv(&["sh", "-c", "exit 0", "SANDBOX"]),
+            argv(&[
+                "sh",
+                "-c",
+                "if [ -e \"$0/ran\" ]; then exec \"$0/sleep\" 1000; fi; : > \"$0/ran\"; exit 1",
+                "SANDBOX"
+            ]),
+        ),
+    );
+    let warden = sb.start();
+    // exit 0: exited, not restarted.
+    let line = wait_line(&sb, "ok[0] exited with 0", |l| {
+        l.contains("ok[0]") && l.contains("exit code 0") && l.contains("not restarted")
+    });
+    assert!(
+        line.contains("-> exited"),
+        "a state change to exited: {line}"
+    );
+    // exit 1: restarted, and the second run stays up.
+    let started = wait_lines(&sb, "bad[0] started twice", 2, |l| {
+        l.contains("bad[0]") && l.contains("started (pid")
+    });
+    wait_line(&sb, "bad[0] exited with 1", |l| {
+        l.contains("bad[0]") && l.contains("exit code 1") && l.contains("restarting")
+    });
+    let second = pid_in(started.last().unwrap()).expect("pid");
+    let kids = wait_workers(&mut sb, warden, 1);
+    assert_eq!(kids, vec![second], "only bad's second run is up");
+    assert_eq!(cmdline(second)[1], "1000");
+    // An absence: watch for a short while that nothing else is started.
+    std::thread::sleep(Duration::from_secs(1));
+    let ok_starts = log(&sb)
+        .lines()
+        .filter(|l| l.contains("ok[0]") && l.contains("started (pid"))
+        .count();
+    assert_eq!(ok_starts, 1, "ok[0] started once; log:\n{}", log(&sb));
+    let bad_starts = log(&sb)
+        .lines()
+        .filter(|l| l.contains("bad[0]") && l.contains("started (pid"))
+        .count();
+    assert_eq!(bad_starts, 2, "bad[0] started twice; log:\n{}", log(&sb));
+    assert_eq!(live_children(warden), vec![second]);
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. A crash loop backs off with growing delays, then goes fatal.
+
+#[test]
+fn crash_loop_backs_off_then_goes_fatal() {
+    let _t = Timer::new("crash_loop_backs_off_then_goes_fatal");
+    let mut sb = sandbox(
+        "crashloop",
+        "",
+        &format!(
+            "[program.c]\ncommand = {}\nbackoff_initial = \"50ms\"\nmax_restarts = 4\n\
+             restart_window = \"60s\"\n",
+            argv(&["sh", "-c", "exit 1", "SANDBOX"])
+        ),
+    );
+    let warden = sb.start();
+    let fatal = wait_line(&sb, "c[0] fatal", |l| {
+        l.contains("c[0]") && l.contains("fatal")
+    });
+    println!("log: {fatal}");
+    assert!(
+        fatal.contains("-> fatal"),
+        "a state change to fatal: {fatal}"
+    );
+    let text = log(&sb);
+    let delays: Vec<Duration> = text
+        .lines()
+        .filter(|l| l.contains("c[0]"))
+        .filter_map(|l| {
+            let rest = &l[l.find("restarting in ")? + "restarting in ".len()..];
+            Some(parse_log_duration(rest.split_whitespace().next()?))
+        })
+        .collect();
+    println!("backoff delays: {delays:?}");
+    // max_restarts = 4: the first failure restarts at once, the next three back off, the fifth
+    // is fatal.
+    assert_eq!(delays.len(), 3, "three backoff delays; log:\n{text}");
+    assert!(
+        delays.windows(2).all(|w| w[1] > w[0]),
+        "delays grow: {delays:?}"
+    );
+    assert!(
+        delays[0] >= Duration::from_millis(37) && delays[0] <= Duration::from_millis(63),
+        "the first delay is backoff_initial ± jitter: {delays:?}"
+    );
+    let fatal_at = text.find(&fatal).unwrap();
+    assert!(
+        !text[fatal_at..].contains("started"),
+        "nothing started after fatal"
+    );
+    // An absence: nothing is started again.
+    let starts = text.matches("started (pid").count();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(log(&sb).matches("started (pid").count(), starts);
+    assert!(children_of(warden).is_empty(), "no worker after fatal");
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A worker that ignores SIGTERM is killed after stop_timeout.
+
+#[test]
+fn sigterm_ignoring_worker_gets_sigkill_after_stop_timeout() {
+    let _t = Timer::new("sigterm_ignoring_worker_gets_sigkill_after_stop_timeout");
+    let mut sb = sandbox("stopkill", "", "");
+    let py = script(
+        &sb,
+        "ignore-term.py",
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(1000)\n",
+    );
+    sb.write_config(&format!(
+        "#TABLES\n[program.stubborn]\ncommand = {}\nstop_timeout = \"1s\"\n",
+        argv(&[&python(), &py])
+    ));
+    let warden = sb.start();
+    let worker = wait_workers(&mut sb, warden, 1)[0];
+    // Handshake: SIGTERM (bit 15) shows in SigIgn once the handler is installed.
+    let ignores_term = || {
+        status(worker)
+            .get("SigIgn")
+            .and_then(|m| u64::from_str_radix(m, 16).ok())
+            .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+    };
+    assert!(
+        wait_until(TIMEOUT, ignores_term),
+        "worker never ignored SIGTERM"
+    );
+    let took = stop(&mut sb);
+    println!("warden stop with a TERM-ignoring worker took {took:.2?}");
+    assert!(
+        took >= Duration::from_secs(1),
+        "stop waited for stop_timeout: {took:?}"
+    );
+    assert!(!alive(worker), "the worker is gone when stop returns");
+    let text = log(&sb);
+    assert!(
+        text.lines().any(
+            |l| l.contains("stubborn[0]") && l.contains("did not stop within 1s; sent SIGKILL")
+        ),
+        "SIGKILL logged; log:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("stubborn[0]") && l.contains("stopped (signal 9")),
+        "ended by SIGKILL; log:\n{text}"
+    );
+    assert_no_process(&sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Double-forked grandchildren are re-parented to warden, reaped, and killed with the group.
+
+#[test]
+fn double_forked_grandchildren_are_reaped_and_killed_with_the_group() {
+    let _t = Timer::new("double_forked_grandchildren_are_reaped_and_killed_with_the_group");
+    let mut sb = sandbox(
+        "doublefork",
+        "",
+        &format!(
+            "[program.forker]\ncommand = {}\n",
+            argv(&[
+                "sh",
+                "-c",
+                "(\"$0/sleep\" 1000 &); (\"$0/sleep\" 1002 &); exec \"$0/sleep\" 1001",
+                "SANDBOX"
+            ])
+        ),
+    );
+    let warden = sb.start();
+    let d = dir(&sb);
+    let sleep = format!("{d}/sleep");
+    let mut g1 = 0;
+    let mut g2 = 0;
+    let mut main = 0;
+    let ok = wait_until(TIMEOUT, || {
+        match (
+            find_process(&sb, &[&sleep, "1000"]),
+            find_process(&sb, &[&sleep, "1002"]),
+            find_process(&sb, &[&sleep, "1001"]),
+        ) {
+            (Some(a), Some(b), Some(m)) => {
+                (g1, g2, main) = (a, b, m);
+                [a, b, m]
+                    .iter()
+                    .all(|&p| stat(p).is_some_and(|s| s.ppid == warden))
+            }
+            _ => false,
+        }
+    });
+    assert!(
+        ok,
+        "grandchildren not re-parented to warden {warden}: {:?}",
+        sb.processes()
+            .iter()
+            .map(|&p| (p, cmdline(p), stat(p).map(|s| s.ppid)))
+            .collect::<Vec<_>>()
+    );
+    for p in [g1, g2, main] {
+        sb.track(p);
+    }
+    println!("worker {main}, grandchildren {g1} and {g2}: ppid = warden {warden}");
+    // Still in the worker's process group: a stop reaches them.
+    assert_eq!(stat(g1).unwrap().pgrp, main);
+    assert_eq!(stat(g2).unwrap().pgrp, main);
+
+    // A killed grandchild is reaped: its /proc entry goes, it does not stay a zombie.
+    let t = Instant::now();
+    signal(g1, Signal::SIGKILL);
+    let reaped = wait_until(TIMEOUT, || {
+        !std::path::Path::new(&format!("/proc/{g1}")).exists()
+    });
+    assert!(reaped, "grandchild {g1} not reaped: {:?}", stat(g1));
+    println!("killed grandchild reaped after {:.1?}", t.elapsed());
+    assert!(zombie_children(warden).is_empty(), "no zombie children");
+    assert_eq!(live_children(warden), {
+        let mut v = vec![g2, main];
+        v.sort();
+        v
+    });
+    // The worker itself was not affected.
+    assert!(
+        !log(&sb).contains("forker[0]: running ->"),
+        "the worker did not change state; log:\n{}",
+        log(&sb)
+    );
+
+    // Stop kills the whole group, the remaining grandchild included.
+    stop(&mut sb);
+    assert!(!alive(main), "worker gone when stop returns");
+    assert!(
+        wait_until(TIMEOUT, || !alive(g2)),
+        "grandchild {g2} survived the stop"
+    );
+    assert_no_process(&sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Workers die with a SIGKILLed warden.
+
+#[test]
+fn workers_die_with_a_sigkilled_warden() {
+    let _t = Timer::new("workers_die_with_a_sigkilled_warden");
+    let mut sb = sandbox(
+        "killwarden",
+        "",
+        "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 4\n",
+    );
+    let warden = sb.start();
+    let workers = wait_workers(&mut sb, warden, 4);
+    let t = Instant::now();
+    signal(warden, Signal::SIGKILL);
+    let gone = wait_until(Duration::from_secs(5), || {
+        workers.iter().all(|&w| !alive(w))
+    });
+    let took = t.elapsed();
+    println!("SIGKILL of warden -> all 4 workers gone in {took:.1?}");
+    assert!(gone, "workers survived warden: {workers:?}");
+    assert!(took < Duration::from_secs(1), "within a second: {took:?}");
+    // Nothing of this sandbox runs, re-parented to PID 1 or elsewhere.
+    let left: Vec<(i32, Vec<String>, Option<i32>)> = sb
+        .processes()
+        .into_iter()
+        .map(|p| (p, cmdline(p), stat(p).map(|s| s.ppid)))
+        .collect();
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Readiness and watchdog over the notify protocol; the workers' environment.
+
+const NOTIFY_WORKER: &str = r#"import os, socket, sys, time
+d = sys.argv[1]
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+# Held until the test says go, so that "not ready before READY=1" is observed, not raced.
+while not os.path.exists(os.path.join(d, "go")):
+    time.sleep(0.01)
+time.sleep(1)
+s.sendto(b"READY=1\nSTATUS=pinging", addr)
+for _ in range(10):
+    time.sleep(0.1)
+    s.sendto(b"WATCHDOG=1", addr)
+# Then silence: the watchdog must fire.
+time.sleep(1000)
+"#;
+
+#[test]
+fn notify_worker_is_ready_after_ready_1_and_restarted_when_pings_stop() {
+    let _t = Timer::new("notify_worker_is_ready_after_ready_1_and_restarted_when_pings_stop");
+    let mut sb = sandbox("notify", "", "");
+    let py = script(&sb, "notify.py", NOTIFY_WORKER);
+    let d = dir(&sb);
+    sb.write_config(&format!(
+        "#TABLES\n[program.n]\ncommand = {}\nready = \"notify\"\nwatchdog = \"500ms\"\n",
+        argv(&[&python(), &py, &d])
+    ));
+    let warden = sb.start();
+    let first = wait_workers(&mut sb, warden, 1)[0];
+    let starting = wait_line(&sb, "n[0] starting", |l| {
+        l.contains("n[0]: new -> starting")
+    });
+    assert_eq!(pid_in(&starting), Some(first));
+    let env = environ(first);
+    assert!(
+        env.get("NOTIFY_SOCKET").is_some_and(|s| s.starts_with('@')),
+        "an abstract NOTIFY_SOCKET: {env:?}"
+    );
+    assert_eq!(env.get("WATCHDOG_USEC").map(String::as_str), Some("500000"));
+    // An absence: held before READY=1, the worker stays `starting`.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !log(&sb).contains("-> ready"),
+        "ready before READY=1; log:\n{}",
+        log(&sb)
+    );
+    assert!(!log(&sb).contains("-> running"), "not `running` either");
+    std::fs::write(sb.path("go"), "").unwrap();
+    let ready = wait_line(&sb, "n[0] ready", |l| l.contains("n[0]: starting -> ready"));
+    assert_eq!(pid_in(&ready), Some(first));
+    let timeout = wait_line(&sb, "watchdog timeout", |l| {
+        l.contains("n[0]") && l.contains("watchdog timeout")
+    });
+    println!("log: {timeout}");
+    let alive_for = line_time(&timeout)
+        .duration_since(line_time(&ready))
+        .unwrap_or_default();
+    println!("ready -> watchdog timeout: {alive_for:.2?} (1 s of pings + 500 ms)");
+    assert!(
+        alive_for >= Duration::from_millis(1000),
+        "the pings kept it alive for their second: {alive_for:?}"
+    );
+    // Restarted: a new pid, starting again (and waiting for READY=1 again).
+    let restarted = wait_line(&sb, "n[0] started again", |l| {
+        l.contains("n[0]") && l.contains("-> starting") && pid_in(l).is_some_and(|p| p != first)
+    });
+    let second = pid_in(&restarted).unwrap();
+    sb.track(second);
+    assert!(!alive(first), "the silent worker was stopped");
+    assert!(
+        wait_until(TIMEOUT, || live_children(warden) == vec![second]),
+        "the new worker {second} runs; children {:?}",
+        live_children(warden)
+    );
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
+
+#[test]
+fn workers_get_their_identity_and_only_notify_workers_get_notify_socket() {
+    let _t = Timer::new("workers_get_their_identity_and_only_notify_workers_get_notify_socket");
+    let mut sb = sandbox(
+        "environ",
+        "",
+        &format!(
+            "[program.plain]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\n\n\
+             [program.notified]\ncommand = {}\nready = \"notify\"\n",
+            argv(&["sh", "-c", "exec \"$0/sleep\" 1001", "SANDBOX"])
+        ),
+    );
+    let warden = sb.start();
+    let workers = wait_workers(&mut sb, warden, 3);
+    let mut seen = BTreeSet::new();
+    for w in workers {
+        let env = environ(w);
+        let program = env.get("WARDEN_PROGRAM").cloned().unwrap_or_default();
+        let instance = env.get("WARDEN_INSTANCE").cloned().unwrap_or_default();
+        match program.as_str() {
+            "plain" => assert!(
+                !env.contains_key("NOTIFY_SOCKET"),
+                "a plain worker has no NOTIFY_SOCKET: {env:?}"
+            ),
+            "notified" => assert!(
+                env.get("NOTIFY_SOCKET").is_some_and(|s| s.starts_with('@')),
+                "{env:?}"
+            ),
+            other => panic!("unexpected WARDEN_PROGRAM {other:?} in {env:?}"),
+        }
+        seen.insert(format!("{program}[{instance}]"));
+    }
+    let want: BTreeSet<String> = ["plain[0]", "plain[1]", "notified[0]"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(seen, want);
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. 100,000 output lines arrive complete and in order.
+
+/// Checks that `lines` tagged `tag` carry 1..=100000 in order; returns how many were seen.
+fn assert_numbers_in_order(lines: impl Iterator<Item = String>, tag: &str) -> usize {
+    let needle = format!(" {tag} ");
+    let mut expected = 1u64;
+    for line in lines {
+        let Some((_, n)) = line.split_once(&needle) else {
+            continue;
+        };
+        let n: u64 = n
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("garbled line {line:?}"));
+        assert_eq!(n, expected, "line {line:?} out of order or missing lines");
+        expected += 1;
+    }
+    (expected - 1) as usize
+}
+
+#[test]
+fn hundred_thousand_lines_to_a_file_arrive_complete_and_in_order() {
+    let _t = Timer::new("hundred_thousand_lines_to_a_file_arrive_complete_and_in_order");
+    let _heavy = heavy();
+    let mut sb = sandbox(
+        "lines-file",
+        "",
+        &format!(
+            "[program.seq]\ncommand = {}\nrestart = \"never\"\nstdout = \"SANDBOX/out.log\"\n\
+             log_max_bytes = \"1G\"\n",
+            argv(&["sh", "-c", "seq 1 100000", "SANDBOX"])
+        ),
+    );
+    let t = Instant::now();
+    sb.start();
+    let complete = wait_until(TIMEOUT, || {
+        std::thread::sleep(Duration::from_millis(20));
+        sb.read("out.log").ends_with(" seq[0] 100000\n")
+    });
+    assert!(
+        complete,
+        "out.log incomplete: {} bytes; log:\n{}",
+        sb.read("out.log").len(),
+        log(&sb)
+    );
+    println!("100,000 lines into out.log in {:.2?}", t.elapsed());
+    let text = sb.read("out.log");
+    for line in text.lines() {
+        let ts = line.split_whitespace().next().unwrap();
+        assert!(
+            humantime::parse_rfc3339(ts).is_ok(),
+            "timestamped: {line:?}"
+        );
+        assert!(line.contains(" seq[0] "), "tagged: {line:?}");
+    }
+    assert_eq!(text.lines().count(), 100_000, "nothing else in the file");
+    assert_eq!(
+        assert_numbers_in_order(text.lines().map(str::to_string), "seq[0]"),
+        100_000
+    );
+    wait_line(&sb, "seq[0] exited", |l| {
+        l.contains("seq[0]") && l.contains("exit code 0")
+    });
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
+
+#[test]
+fn hundred_thousand_lines_to_the_log_arrive_complete_and_in_order() {
+    let _t = Timer::new("hundred_thousand_lines_to_the_log_arrive_complete_and_in_order");
+    let _heavy = heavy();
+    let mut sb = sandbox(
+        "lines-log",
+        "",
+        &format!(
+            "[program.seq]\ncommand = {}\nrestart = \"never\"\nstdout = \"log\"\n",
+            argv(&["sh", "-c", "seq 1 100000", "SANDBOX"])
+        ),
+    );
+    let t = Instant::now();
+    sb.start();
+    let complete = wait_until(TIMEOUT, || {
+        std::thread::sleep(Duration::from_millis(20));
+        log(&sb).contains(" seq[0] 100000\n")
+    });
+    assert!(complete, "warden.log incomplete");
+    println!("100,000 lines into warden.log in {:.2?}", t.elapsed());
+    assert_eq!(
+        assert_numbers_in_order(log(&sb).lines().map(str::to_string), "seq[0]"),
+        100_000
+    );
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. Chaos: random kills of random workers; no zombie lingers, every instance comes back.
+
+/// xorshift64*: a tiny PRNG, good enough to pick victims.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn chaos_secs() -> u64 {
+    std::env::var("WARDEN_CHAOS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60)
+}
+
+#[test]
+fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
+    let _t = Timer::new("chaos_random_kills_leave_every_instance_running_and_no_zombies");
+    let _heavy = heavy();
+    const N: usize = 16;
+    let mut sb = sandbox(
+        "chaos",
+        "",
+        "[program.c]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 16\n\
+         max_restarts = 1000\nbackoff_initial = \"10ms\"\nbackoff_max = \"100ms\"\n",
+    );
+    let warden = sb.start();
+    wait_workers(&mut sb, warden, N);
+    let duration = Duration::from_secs(chaos_secs());
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("chaos: {duration:?}, seed {seed:#x} (WARDEN_CHAOS_SECS to change the duration)");
+    let mut rng = XorShift(seed);
+    let kill_every = Duration::from_millis(20);
+    let sample_every = Duration::from_millis(100);
+    let start = Instant::now();
+    let mut next_kill = start;
+    let mut next_sample = start;
+    let mut kills = 0u64;
+    let mut samples = 0u64;
+    let mut zombie_sightings = 0u64;
+    let mut max_zombies = 0usize;
+    let mut last_zombies: HashSet<(i32, u64)> = HashSet::new();
+    let mut workers: Vec<i32> = Vec::new();
+    while start.elapsed() < duration {
+        let now = Instant::now();
+        if now >= next_sample {
+            // A zombie between SIGCHLD and waitpid is normal; the same one in two samples a
+            // sample apart is not.
+            let kids = children_of(warden);
+            let zombies: HashSet<(i32, u64)> = kids
+                .iter()
+                .filter(|&&p| is_zombie(p))
+                .filter_map(|&p| Some((p, start_time(p)?)))
+                .collect();
+            let lingering: Vec<_> = zombies.intersection(&last_zombies).collect();
+            assert!(
+                lingering.is_empty(),
+                "zombies lingered for more than {sample_every:?}: {lingering:?} (sample {samples})"
+            );
+            zombie_sightings += zombies.len() as u64;
+            max_zombies = max_zombies.max(zombies.len());
+            last_zombies = zombies;
+            workers = kids.into_iter().filter(|&p| alive(p)).collect();
+            assert!(
+                workers.len() <= N,
+                "more workers than instances: {workers:?}"
+            );
+            samples += 1;
+            next_sample = now + sample_every;
+        }
+        if now >= next_kill {
+            if !workers.is_empty() {
+                let victim = workers.swap_remove(rng.below(workers.len()));
+                // Only if it still is warden's child (never a recycled pid).
+                if stat(victim).is_some_and(|s| s.ppid == warden && s.state != 'Z') {
+                    signal(victim, Signal::SIGKILL);
+                    kills += 1;
+                }
+            }
+            next_kill = now + kill_every;
+        }
+        let wake = next_kill.min(next_sample);
+        std::thread::sleep(wake.saturating_duration_since(Instant::now()));
+    }
+    // Every instance comes back, once each, and nothing is left unreaped.
+    let t = Instant::now();
+    let workers = wait_workers(&mut sb, warden, N);
+    let instances: BTreeSet<usize> = workers.iter().filter_map(|&p| instance_of(p)).collect();
+    println!(
+        "chaos: {kills} kills, {samples} samples, {zombie_sightings} transient zombie sightings \
+         (max {max_zombies} at once), all {N} back {:.1?} after the last kill",
+        t.elapsed()
+    );
+    assert_eq!(
+        instances,
+        (0..N).collect::<BTreeSet<_>>(),
+        "one worker per instance"
+    );
+    assert!(kills > 0);
+    let text = log(&sb);
+    assert!(!text.contains("fatal"), "no instance gave up");
+    assert!(zombie_children(warden).is_empty());
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 10. SIGTTIN / SIGTTOU scale the scale_program.
+
+#[test]
+fn ttin_adds_a_worker_and_ttou_stops_the_highest_index() {
+    let _t = Timer::new("ttin_adds_a_worker_and_ttou_stops_the_highest_index");
+    let mut sb = sandbox(
+        "scale",
+        "scale_program = \"w\"",
+        "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\n",
+    );
+    let warden = sb.start();
+    let two = wait_workers(&mut sb, warden, 2);
+    signal(warden, Signal::SIGTTIN);
+    let three = wait_workers(&mut sb, warden, 3);
+    assert!(
+        two.iter().all(|p| three.contains(p)),
+        "the first two are untouched"
+    );
+    let added = *three.iter().find(|p| !two.contains(p)).unwrap();
+    assert_eq!(instance_of(added), Some(2));
+    wait_line(&sb, "w[2] started", |l| l.contains("w[2]: new -> running"));
+    wait_line(&sb, "scaled to 3", |l| l.contains("w: scaled to 3"));
+
+    signal(warden, Signal::SIGTTOU);
+    let back = wait_workers(&mut sb, warden, 2);
+    assert_eq!(back, two, "the highest index went, the others stayed");
+    assert!(!alive(added));
+    let stopping = wait_line(&sb, "w[2] stopping", |l| {
+        l.contains("w[2]: running -> stopping")
+    });
+    assert_eq!(pid_in(&stopping), Some(added));
+    wait_line(&sb, "scaled to 2", |l| l.contains("w: scaled to 2"));
+    assert!(
+        !log(&sb).contains("w[0]: running -> stopping")
+            && !log(&sb).contains("w[1]: running -> stopping"),
+        "only w[2] was stopped; log:\n{}",
+        log(&sb)
+    );
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. Graceful stop: reverse config order, and `warden stop` returns once every worker is gone.
+
+const SLOW_STOP: &str = r#"import signal, sys, time
+def term(*_):
+    time.sleep(0.3)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, term)
+while True:
+    time.sleep(1000)
+"#;
+
+#[test]
+fn stop_goes_in_reverse_config_order_and_waits_for_every_worker() {
+    let _t = Timer::new("stop_goes_in_reverse_config_order_and_waits_for_every_worker");
+    let mut sb = sandbox("order", "", "");
+    let py = script(&sb, "slow-stop.py", SLOW_STOP);
+    // Not alphabetical, so that config order is what is tested.
+    sb.write_config(&format!(
+        "#TABLES\n[program.zz]\ncommand = {}\n\n\
+         [program.mm]\ncommand = [\"{d}/sleep\", \"1001\"]\ninstances = 2\n\n\
+         [program.aa]\ncommand = [\"{d}/sleep\", \"1002\"]\n",
+        argv(&[&python(), &py]),
+        d = dir(&sb)
+    ));
+    let warden = sb.start();
+    let workers = wait_workers(&mut sb, warden, 4);
+    let slow = *workers
+        .iter()
+        .find(|&&p| environ(p).get("WARDEN_PROGRAM").map(String::as_str) == Some("zz"))
+        .expect("zz's worker");
+    let catches_term = || {
+        status(slow)
+            .get("SigCgt")
+            .and_then(|m| u64::from_str_radix(m, 16).ok())
+            .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+    };
+    assert!(wait_until(TIMEOUT, catches_term), "zz never caught SIGTERM");
+    let took = stop(&mut sb);
+    println!("warden stop (3 programs, the first takes 300 ms to exit) took {took:.2?}");
+    // Returned only once every worker was reaped.
+    for &w in &workers {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{w}")).exists(),
+            "worker {w} still exists when stop returns"
+        );
+    }
+    assert!(
+        took >= Duration::from_millis(300),
+        "waited for zz's slow exit"
+    );
+    let text = log(&sb);
+    let pos = |needle: &str| -> usize {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in log:\n{text}"))
+    };
+    let order = [
+        pos("aa[0]: running -> stopping"),
+        pos("aa[0]: stopping -> exited"),
+        pos("mm[0]: running -> stopping").min(pos("mm[1]: running -> stopping")),
+        pos("mm[0]: stopping -> exited").max(pos("mm[1]: stopping -> exited")),
+        pos("zz[0]: running -> stopping"),
+        pos("zz[0]: stopping -> exited"),
+    ];
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "programs stop last to first, each once the later one is down; log:\n{text}"
+    );
+    assert!(text.contains("zz[0]: stopping -> exited: stopped (exit code 0)"));
+    assert_no_process(&sb);
+}
