@@ -314,6 +314,8 @@ fn run_once(l: &Launcher, watchdog: &Watchdog) -> Result<Sample, String> {
     let stderr = File::create(&l.stderr)
         .map_err(|e| format!("cannot create {}: {e}", l.stderr.display()))?;
     let mut cmd = Command::new(&l.program);
+    // Under systemd, `warden start` would stay in the foreground and notify instead.
+    cmd.env_remove("NOTIFY_SOCKET");
     cmd.args(&l.args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -502,14 +504,14 @@ impl Watchdog {
             loop {
                 std::thread::sleep(Duration::from_millis(250));
                 let mut slot = shared.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some((pid, deadline)) = *slot {
-                    if Instant::now() >= deadline {
-                        eprintln!(
-                            "bench: launcher pid {pid} still running after {LAUNCHER_TIMEOUT:?}: killing it"
-                        );
-                        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                        *slot = None;
-                    }
+                if let Some((pid, deadline)) = *slot
+                    && Instant::now() >= deadline
+                {
+                    eprintln!(
+                        "bench: launcher pid {pid} still running after {LAUNCHER_TIMEOUT:?}: killing it"
+                    );
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                    *slot = None;
                 }
             }
         });

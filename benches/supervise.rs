@@ -520,26 +520,31 @@ fn wait_up(
     loop {
         ctx.check()?;
         reap();
-        let up = reported(&run.out);
-        if up.len() >= n {
-            return Ok(up);
+        // Count names only (cheap: the bench must not steal the CPU it measures) while
+        // waiting; read the start times once they are all there.
+        let count = fs::read_dir(&run.out).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| !e.file_name().as_encoded_bytes().starts_with(b"."))
+                .count()
+        });
+        if count >= n {
+            let up = reported(&run.out);
+            if up.len() >= n {
+                return Ok(up);
+            }
         }
         if !alive(run.main) {
             return Err(format!(
-                "{} (pid {}) exited with {}/{n} children up: {}",
+                "{} (pid {}) exited with {count}/{n} children up: {}",
                 run.kind.tool(),
                 run.main,
-                up.len(),
                 tail(&run.dir.join("stderr"))
             ));
         }
         if Instant::now() >= deadline {
-            return Err(format!(
-                "only {}/{n} children up after {timeout:?}",
-                up.len()
-            ));
+            return Err(format!("only {count}/{n} children up after {timeout:?}"));
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -1048,12 +1053,13 @@ fn print_header(opts: &Options, ctx: &Ctx<'_>, kinds: &[Kind], subreaper: bool) 
         if opts.quick { " (--quick)" } else { "" }
     );
     println!(
-        "  machine: nproc {}, {}, kernel {}",
+        "  machine: nproc {}, {}, kernel {}, load average {} at start",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         cpu_model(),
         fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
-            .trim()
+            .trim(),
+        loadavg()
     );
     println!("  child: {} (cc -O2 benches/child.c)", ctx.child.display());
     for &k in kinds {
@@ -1096,6 +1102,13 @@ fn package_version(pkg: &str) -> String {
         .filter(|o| o.status.success())
         .map(|o| format!("{pkg} {}", String::from_utf8_lossy(&o.stdout).trim()))
         .unwrap_or_else(|| format!("{pkg} (version unknown)"))
+}
+
+/// The three load averages of `/proc/loadavg`: other work on the machine skews every figure.
+fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn cpu_model() -> String {
@@ -1246,6 +1259,7 @@ fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
     println!();
     println!("w/PEER: warden's median divided by PEER's (< 1: warden lower); '-' when undefined");
     println!("MiB = 1024 kB as /proc reports it; the target reads < 2 MB");
+    println!("load average at the end: {}", loadavg());
     println!();
 
     println!("details");

@@ -28,6 +28,7 @@ pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod log;
+pub mod pool;
 pub mod hooks;
 pub mod process;
 pub mod signals;
@@ -39,3 +40,8 @@ pub use error::{Error, Result};
 pub use hooks::{exit, on_exit};
 pub use process::{Forked, fork};
 pub use signals::{SignalAction, SignalEvent, SignalMap, Signals};
+
+/// The README's examples, compiled as doctests so that they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

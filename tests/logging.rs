@@ -537,7 +537,7 @@ fn warden_reopen_logs_moves_logging_to_the_new_file() {
 
     signal(pid, Signal::SIGHUP);
     assert!(
-        wait_until(TIMEOUT, || sb.read("warden.log").contains("re-read")),
+        wait_until(TIMEOUT, || sb.read("warden.log").contains("reload applied")),
         "the reload line did not reach the new {}:\n{}",
         log.display(),
         sb.read("warden.log")
@@ -545,7 +545,7 @@ fn warden_reopen_logs_moves_logging_to_the_new_file() {
     let old = sb.read("warden.log.1");
     assert!(old.contains("started"), "{old}");
     assert!(
-        !old.contains("reopened") && !old.contains("re-read"),
+        !old.contains("reopened") && !old.contains("reload applied"),
         "lines after the reopen went to the rotated file:\n{old}"
     );
     for line in sb.read("warden.log").lines().chain(old.lines()) {

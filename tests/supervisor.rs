@@ -1054,3 +1054,52 @@ fn stop_goes_in_reverse_config_order_and_waits_for_every_worker() {
     assert!(text.contains("zz[0]: stopping -> exited: stopped (exit code 0)"));
     assert_no_process(&sb);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 12. A graceful stop that finds an instance stopping *for a restart* does not respawn it.
+
+const HUNG: &str = r#"import os, signal, socket, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", addr)
+time.sleep(1000)
+"#;
+
+#[test]
+fn stop_during_a_watchdog_restart_does_not_respawn() {
+    let _t = Timer::new("stop_during_a_watchdog_restart_does_not_respawn");
+    let mut sb = sandbox("stop-mid-restart", "", "");
+    let py = script(&sb, "hung.py", HUNG);
+    sb.write_config(&format!(
+        "#TABLES\n[program.hung]\ncommand = {}\nready = \"notify\"\nwatchdog = \"300ms\"\n\
+         stop_timeout = \"2s\"\n",
+        argv(&[&python(), &py])
+    ));
+    let warden = sb.start();
+    let worker = wait_workers(&mut sb, warden, 1)[0];
+    // It ignores SIGTERM, so the watchdog's stop hangs until SIGKILL, 2 s later: stop now.
+    wait_line(&sb, "watchdog timeout", |l| {
+        l.contains("hung[0]: ready -> stopping") && l.contains("watchdog timeout")
+    });
+    stop(&mut sb);
+    assert!(!alive(worker));
+    let text = log(&sb);
+    let shutdown = text
+        .find("graceful shutdown")
+        .unwrap_or_else(|| panic!("no shutdown line; log:\n{text}"));
+    let killed = text
+        .find("did not stop within 2s; sent SIGKILL")
+        .unwrap_or_else(|| panic!("no SIGKILL line; log:\n{text}"));
+    assert!(
+        shutdown < killed,
+        "precondition: the stop came while the restart was pending; log:\n{text}"
+    );
+    assert!(
+        !text[shutdown..].contains("started (pid"),
+        "nothing is spawned during the shutdown; log:\n{text}"
+    );
+    assert!(text.contains("hung[0]: stopping -> exited: stopped (signal 9"));
+    assert_no_process(&sb);
+}

@@ -331,6 +331,7 @@ impl Daemon {
 
     fn start_foreground(self, creds: Option<Credentials>, manager: ServiceManager) -> Result<DaemonHandle> {
         let mut pidfile = self.pidfile.as_deref().map(Pidfile::acquire).transpose()?;
+        let held = hold_signals()?;
         let result = (|| {
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(self.umask));
             std::env::set_current_dir(&self.directory)
@@ -348,9 +349,12 @@ impl Daemon {
             if let Some(p) = &pidfile {
                 p.remove();
             }
+            let _ = held.thread_set_mask();
             return Err(e);
         }
-        Ok(DaemonHandle::new(pidfile, manager, true))
+        let mut handle = DaemonHandle::new(pidfile, manager, true);
+        handle.held = Some(held);
+        Ok(handle)
     }
 
     /// The steps run in the daemon process, in daemon(7) order.
@@ -361,6 +365,7 @@ impl Daemon {
         writer: &ReadyWriter,
     ) -> Result<DaemonHandle> {
         sys::reset_signals()?;
+        let held = hold_signals()?;
         let mut keep = self.keep_fds.clone();
         keep.push(writer.raw_fd());
         if let Some(p) = &pidfile {
@@ -385,7 +390,9 @@ impl Daemon {
             c.drop_privileges()?;
         }
         self.apply_env()?;
-        Ok(DaemonHandle::new(pidfile, ServiceManager::default(), false))
+        let mut handle = DaemonHandle::new(pidfile, ServiceManager::default(), false);
+        handle.held = Some(held);
+        Ok(handle)
     }
 
     fn pidfile_owner(&self, creds: Option<&Credentials>) -> Option<(nix::unistd::Uid, nix::unistd::Gid)> {
@@ -429,6 +436,22 @@ impl Daemon {
     }
 }
 
+/// The signals an operator sends a daemon. They are held (blocked) from the moment the pidfile
+/// names the daemon until [`DaemonHandle::ready`]: someone who read the pidfile and sends
+/// `SIGTERM` during initialisation then reaches the handlers installed by then instead of
+/// killing the process with its pidfile and hooks left behind.
+const HELD_SIGNALS: [Signal; 6] =
+    [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2];
+
+/// Blocks [`HELD_SIGNALS`], returning the previous mask.
+fn hold_signals() -> Result<nix::sys::signal::SigSet> {
+    let mut set = nix::sys::signal::SigSet::empty();
+    for s in HELD_SIGNALS {
+        set.add(s);
+    }
+    set.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK).map_err(|e| Error::sys("sigprocmask", e))
+}
+
 /// Waits for the intermediate child, which exits right after its own fork.
 fn reap(child: Pid) {
     loop {
@@ -450,6 +473,8 @@ pub struct DaemonHandle {
     ready_writer: Option<ReadyWriter>,
     manager: ServiceManager,
     foreground: bool,
+    /// The signal mask to restore at `ready` (operator signals are held until then).
+    held: Option<nix::sys::signal::SigSet>,
 }
 
 impl DaemonHandle {
@@ -467,11 +492,19 @@ impl DaemonHandle {
             ready_writer: None,
             manager,
             foreground,
+            held: None,
         }
     }
 
     /// Reports readiness: the launcher exits 0; under systemd `READY=1` is sent. Idempotent.
+    ///
+    /// `SIGTERM`, `SIGINT`, `SIGQUIT`, `SIGHUP`, `SIGUSR1` and `SIGUSR2` are held (blocked) from
+    /// the moment the pidfile is written until this call, which releases them: install signal
+    /// handlers ([`crate::Signals`]) before calling it, and call it.
     pub fn ready(&mut self) {
+        if let Some(mask) = self.held.take() {
+            let _ = mask.thread_set_mask();
+        }
         if let Some(w) = self.ready_writer.take() {
             w.ready();
         }

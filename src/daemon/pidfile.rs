@@ -50,25 +50,27 @@ impl Pidfile {
     /// [`Error::UnsafePidfile`] when the path is a symlink or not a regular file, and with
     /// [`Error::Io`] naming the path otherwise. A stale file is taken over and truncated.
     pub fn acquire(path: &Path) -> Result<Pidfile> {
-        let mut busy_retries = 0;
-        for _ in 0..100 {
+        // A starting daemon holds the lock before its pid is written, and a `probe` holds a
+        // shared lock for an instant: give either a moment before concluding.
+        let patience = std::time::Instant::now() + Duration::from_millis(250);
+        for _ in 0..10_000 {
             let file = open_pidfile(path)?;
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
-                    // A `probe` by `warden status` holds a shared lock for microseconds; only a
-                    // lock that persists means a running instance.
-                    if busy_retries < 3 && read_pid(&file).is_none() {
-                        busy_retries += 1;
-                        std::thread::sleep(Duration::from_millis(2));
-                        continue;
+                    let pid = read_pid(&file);
+                    if pid.is_some() || std::time::Instant::now() >= patience {
+                        return Err(Error::AlreadyRunning {
+                            pid,
+                            path: path.to_path_buf(),
+                        });
                     }
-                    return Err(Error::AlreadyRunning {
-                        pid: read_pid(&file),
-                        path: path.to_path_buf(),
-                    });
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
                 }
-                Err(TryLockError::Error(e)) => return Err(Error::io("cannot lock pidfile", path, e)),
+                Err(TryLockError::Error(e)) => {
+                    return Err(Error::io("cannot lock pidfile", path, e));
+                }
             }
             if !same_file(&file, path) {
                 continue;

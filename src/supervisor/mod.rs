@@ -273,7 +273,6 @@ impl Supervisor {
     /// Pings our own service manager (`WATCHDOG=1`) every `interval` from the loop, as a
     /// deadline like any other (systemd asks for half of `WATCHDOG_USEC`).
     pub fn set_service_watchdog(&mut self, notifier: crate::daemon::Notifier, interval: Duration) {
-        let _ = notifier.notify("WATCHDOG=1");
         self.service_watchdog = Some((notifier, interval, Instant::now() + interval));
     }
 
@@ -536,7 +535,12 @@ impl Supervisor {
             let needs_stop: Vec<usize> = (0..self.programs[p].slots.len())
                 .filter(|&i| {
                     let s = &self.programs[p].slots[i];
-                    !matches!(s.inst.state, state::State::Stopping { .. } | state::State::Exited | state::State::Fatal)
+                    // An instance stopping *for a restart* (a watchdog or start timeout) gets the
+                    // Stop too, which makes it stay down: otherwise it is respawned mid-shutdown.
+                    !matches!(
+                        s.inst.state,
+                        state::State::Stopping { then: state::AfterStop::Stay, .. } | state::State::Exited | state::State::Fatal
+                    )
                 })
                 .collect();
             for i in needs_stop {

@@ -9,6 +9,8 @@
 //! allocator's, stdout's, a logger's) would stay locked forever in the child.
 #![allow(unsafe_code)]
 
+pub mod pool;
+
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::RawFd;

@@ -54,7 +54,7 @@ impl Sandbox {
         std::fs::create_dir_all(&dir).unwrap();
         // Tests drop privileges to nobody: let them in.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
         let sb = Sandbox {
             config: dir.join("warden.toml"),
             dir,

@@ -1,0 +1,256 @@
+//! The wire format between the pool and its workers, and the codec of job values.
+//!
+//! This module owns the frame layout — `u32` little-endian body length, one kind byte, then the
+//! body — the frame kinds, the receive buffer both sides parse frames out of, and the serde
+//! codec ([postcard](https://docs.rs/postcard)). It does no I/O of its own and knows nothing of
+//! processes. Bodies of job and result frames start with the job id (`u64` little-endian); the
+//! rest is postcard data. A worker answers jobs strictly in the order they arrive on its socket,
+//! one result frame per job (or per chunk), which is what lets the pool tell from the first
+//! unanswered job which one a dead worker was running.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Bytes before every frame body: the body length (`u32` LE) and the kind.
+pub(crate) const HEADER: usize = 5;
+/// Largest body accepted; a larger length means a corrupt stream.
+pub(crate) const MAX_BODY: usize = 1 << 30;
+
+/// Pool → worker: one job; body = id, postcard(J).
+pub(crate) const JOB: u8 = 1;
+/// Pool → worker: a chunk of jobs; body = id, item count (`u32` LE), postcard(Vec<J>).
+pub(crate) const CHUNK: u8 = 2;
+/// Pool → worker: finish and exit 0; empty body.
+pub(crate) const SHUTDOWN: u8 = 3;
+/// Worker → pool: the outcome of one job; body = id, postcard(Wire<O, E>).
+pub(crate) const RESULT: u8 = 4;
+/// Worker → pool: the outcomes of a chunk; body = id, postcard(Vec<Wire<O, E>>).
+pub(crate) const CHUNK_RESULT: u8 = 5;
+
+/// What a worker reports for one job: the handler's value or error, a caught panic, or a
+/// (de)serialization failure on the worker's side.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Wire<O, E> {
+    /// The handler returned `Ok`.
+    Ok(O),
+    /// The handler returned `Err`.
+    Err(E),
+    /// The handler panicked; the panic message.
+    Panicked(String),
+    /// The job could not be decoded or the result encoded.
+    Codec(String),
+}
+
+/// Appends a frame header for a body of `len` bytes.
+pub(crate) fn put_header(buf: &mut Vec<u8>, kind: u8, len: usize) {
+    buf.extend_from_slice(&(len as u32).to_le_bytes());
+    buf.push(kind);
+}
+
+/// Overwrites the header at `at` (written earlier as a placeholder) now that the frame ends at
+/// the end of `buf`.
+pub(crate) fn patch_header(buf: &mut [u8], at: usize, kind: u8) {
+    let len = buf.len() - at - HEADER;
+    buf[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
+    buf[at + 4] = kind;
+}
+
+/// Appends postcard(`value`) to `buf`.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut Vec<u8>,
+) -> Result<(), String> {
+    let taken = std::mem::take(buf);
+    match postcard::to_extend(value, taken) {
+        Ok(v) => {
+            *buf = v;
+            Ok(())
+        }
+        Err(e) => Err(format!("cannot encode: {e}")),
+    }
+}
+
+/// Decodes postcard data.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    postcard::from_bytes(bytes).map_err(|e| format!("cannot decode: {e}"))
+}
+
+/// The id at the start of a job or result body.
+pub(crate) fn read_id(body: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(body.get(..8)?.try_into().ok()?))
+}
+
+/// A frame found at the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Frame {
+    /// The kind byte.
+    pub(crate) kind: u8,
+    /// The body length.
+    pub(crate) len: usize,
+}
+
+/// A stream that cannot be a sequence of frames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Corrupt(pub(crate) String);
+
+/// Looks for a complete frame at the start of `buf`: `Ok(None)` when more bytes are needed.
+pub(crate) fn parse(buf: &[u8]) -> Result<Option<Frame>, Corrupt> {
+    let Some(head) = buf.get(..HEADER) else {
+        return Ok(None);
+    };
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len > MAX_BODY {
+        return Err(Corrupt(format!("frame of {len} bytes")));
+    }
+    let kind = head[4];
+    if !(JOB..=CHUNK_RESULT).contains(&kind) {
+        return Err(Corrupt(format!("unknown frame kind {kind}")));
+    }
+    Ok((buf.len() >= HEADER + len).then_some(Frame { kind, len }))
+}
+
+/// A receive buffer: bytes read but not yet parsed live in `buf[start..end]`.
+///
+/// Reads go into the spare room after `end`, which is kept initialised so that no read needs
+/// zeroing; room is made by moving the unparsed tail to the front, or by growing when one frame
+/// does not fit.
+#[derive(Debug)]
+pub(crate) struct InBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl InBuf {
+    /// An empty buffer with `capacity` bytes of room.
+    pub(crate) fn new(capacity: usize) -> InBuf {
+        InBuf {
+            buf: vec![0; capacity],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Room to read into: at least `min` bytes, and enough for the frame started at `start`.
+    pub(crate) fn spare(&mut self, min: usize) -> &mut [u8] {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let mut want = min;
+        if let Ok(Some(_)) | Err(_) = parse(self.data()) {
+            // A complete (or corrupt) frame is waiting: the caller parses it first.
+        } else if self.data().len() >= HEADER {
+            let d = self.data();
+            let len = u32::from_le_bytes([d[0], d[1], d[2], d[3]]) as usize;
+            want = want.max(HEADER + len - d.len());
+        }
+        if self.buf.len() - self.end < want {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.buf.len() - self.end < want {
+                let new = (self.end + want).next_power_of_two();
+                self.buf.resize(new, 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Records that `n` bytes were read into [`InBuf::spare`].
+    pub(crate) fn filled(&mut self, n: usize) {
+        self.end += n;
+    }
+
+    /// The bytes not parsed yet.
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Drops `n` parsed bytes from the front.
+    pub(crate) fn consume(&mut self, n: usize) {
+        self.start += n;
+        debug_assert!(self.start <= self.end);
+    }
+
+    /// Whether unparsed bytes remain.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        put_header(&mut v, kind, body.len());
+        v.extend_from_slice(body);
+        v
+    }
+
+    #[test]
+    fn parses_whole_frames_only() {
+        let f = frame(RESULT, b"0123456789");
+        for cut in 0..f.len() {
+            assert_eq!(parse(&f[..cut]), Ok(None), "cut at {cut}");
+        }
+        assert_eq!(parse(&f), Ok(Some(Frame { kind: RESULT, len: 10 })));
+        assert!(parse(&frame(0, b"")).is_err());
+        assert!(parse(&frame(9, b"")).is_err());
+        let mut huge = Vec::new();
+        put_header(&mut huge, JOB, MAX_BODY + 1);
+        assert!(parse(&huge).is_err());
+    }
+
+    #[test]
+    fn patch_header_matches_put_header() {
+        let mut a = vec![0u8; HEADER];
+        a.extend_from_slice(b"abc");
+        patch_header(&mut a, 0, SHUTDOWN);
+        assert_eq!(a, frame(SHUTDOWN, b"abc"));
+    }
+
+    #[test]
+    fn inbuf_reassembles_frames_across_reads_and_grows() {
+        let big = vec![7u8; 100_000];
+        let mut stream = frame(JOB, b"small");
+        stream.extend(frame(CHUNK, &big));
+        stream.extend(frame(RESULT, b""));
+        let mut buf = InBuf::new(16);
+        let mut got = Vec::new();
+        let mut pos = 0;
+        while pos < stream.len() {
+            let room = buf.spare(7);
+            let n = room.len().min(13).min(stream.len() - pos);
+            room[..n].copy_from_slice(&stream[pos..pos + n]);
+            buf.filled(n);
+            pos += n;
+            while let Some(f) = parse(buf.data()).unwrap() {
+                got.push((f.kind, buf.data()[HEADER..HEADER + f.len].to_vec()));
+                buf.consume(HEADER + f.len);
+            }
+        }
+        assert!(buf.is_empty());
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0], (JOB, b"small".to_vec()));
+        assert_eq!(got[1], (CHUNK, big));
+        assert_eq!(got[2], (RESULT, vec![]));
+    }
+
+    #[test]
+    fn wire_round_trips() {
+        let mut b = Vec::new();
+        encode_into(&Wire::<u64, String>::Ok(5), &mut b).unwrap();
+        encode_into(&Wire::<u64, String>::Err("no".into()), &mut b).unwrap();
+        let w: Wire<u64, String> = decode(&b[..2]).unwrap();
+        assert!(matches!(w, Wire::Ok(5)));
+        let w: Wire<u64, String> = decode(&b[2..]).unwrap();
+        assert!(matches!(w, Wire::Err(s) if s == "no"));
+        assert_eq!(read_id(&7u64.to_le_bytes()), Some(7));
+        assert_eq!(read_id(b"short"), None);
+    }
+}

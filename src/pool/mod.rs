@@ -1,0 +1,1 @@
+//! The job pool (being written).

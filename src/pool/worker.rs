@@ -1,0 +1,180 @@
+//! The worker side of the pool: the loop a worker process runs on its socket (descriptor 3).
+//!
+//! This module owns decoding jobs, running the handler under `catch_unwind`, and writing
+//! results. It runs in the worker process only, with blocking I/O and no thread of its own.
+//!
+//! **Ordering rule (the pool depends on it):** jobs are run one at a time in the order they
+//! arrived, and each result (or each chunk's results) is written with its own `send` as soon as
+//! it is computed, before the next job starts. So at any moment the pool knows: a received
+//! result means done, the first unanswered job is the one running, and later ones have not
+//! started. A worker must never batch results across jobs: a death would then look like the
+//! wrong job's.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, send};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::frame::{self, InBuf, Wire};
+
+/// Why [`serve`] returned, mapped to the worker's exit code.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// A `Shutdown` frame, or end of stream: exit 0.
+    Done,
+    /// The stream was corrupt or the socket failed: exit 3.
+    Broken(String),
+}
+
+impl Stop {
+    /// The exit code of a worker process that stopped this way.
+    pub(crate) fn code(&self) -> i32 {
+        match self {
+            Stop::Done => 0,
+            Stop::Broken(_) => 3,
+        }
+    }
+}
+
+/// Serves jobs from `sock` until `Shutdown` or end of stream.
+pub(crate) fn serve<J, O, E, F>(sock: &OwnedFd, handler: &F) -> Stop
+where
+    J: DeserializeOwned,
+    O: Serialize,
+    E: Serialize,
+    F: Fn(J) -> Result<O, E>,
+{
+    let fd = sock.as_raw_fd();
+    let mut inbuf = InBuf::new(64 * 1024);
+    let mut out = Vec::with_capacity(4096);
+    loop {
+        loop {
+            let f = match frame::parse(inbuf.data()) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return Stop::Broken(e.0),
+            };
+            let body = &inbuf.data()[frame::HEADER..frame::HEADER + f.len];
+            match f.kind {
+                frame::JOB => {
+                    let Some(id) = frame::read_id(body) else {
+                        return Stop::Broken("short job frame".into());
+                    };
+                    out.clear();
+                    out.resize(frame::HEADER, 0);
+                    out.extend_from_slice(&id.to_le_bytes());
+                    let wire = run_one(handler, &body[8..]);
+                    put_wire(&mut out, frame::HEADER + 8, &wire);
+                    frame::patch_header(&mut out, 0, frame::RESULT);
+                }
+                frame::CHUNK => {
+                    let (Some(id), Some(count)) = (frame::read_id(body), body.get(8..12)) else {
+                        return Stop::Broken("short chunk frame".into());
+                    };
+                    let count = u32::from_le_bytes(count.try_into().expect("4 bytes")) as usize;
+                    let wires = run_chunk(handler, &body[12..], count);
+                    out.clear();
+                    out.resize(frame::HEADER, 0);
+                    out.extend_from_slice(&id.to_le_bytes());
+                    put_wire(&mut out, frame::HEADER + 8, &wires);
+                    frame::patch_header(&mut out, 0, frame::CHUNK_RESULT);
+                }
+                frame::SHUTDOWN => return Stop::Done,
+                k => return Stop::Broken(format!("unexpected frame kind {k} from the pool")),
+            }
+            if let Err(e) = send_all(fd, &out) {
+                return Stop::Broken(format!("cannot send a result: {e}"));
+            }
+            inbuf.consume(frame::HEADER + f.len);
+        }
+        let room = inbuf.spare(16 * 1024);
+        match nix::unistd::read(sock, room) {
+            Ok(0) => return Stop::Done,
+            Ok(n) => inbuf.filled(n),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Stop::Broken(format!("cannot read jobs: {e}")),
+        }
+    }
+}
+
+/// Encodes `value` after `at` bytes of `out`; on failure, encodes a `Codec` outcome instead.
+fn put_wire<T: Serialize>(out: &mut Vec<u8>, at: usize, value: &T) {
+    if let Err(e) = frame::encode_into(value, out) {
+        out.truncate(at);
+        let fallback: Wire<(), ()> = Wire::Codec(format!("result {e}"));
+        frame::encode_into(&fallback, out).expect("a string always encodes");
+    }
+}
+
+/// Decodes and runs one job.
+fn run_one<J, O, E, F>(handler: &F, data: &[u8]) -> Wire<O, E>
+where
+    J: DeserializeOwned,
+    F: Fn(J) -> Result<O, E>,
+{
+    match frame::decode::<J>(data) {
+        Ok(job) => run(handler, job),
+        Err(e) => Wire::Codec(format!("job {e}")),
+    }
+}
+
+/// Decodes a chunk and runs its jobs in order, each under its own `catch_unwind`.
+fn run_chunk<J, O, E, F>(handler: &F, data: &[u8], count: usize) -> Vec<Wire<O, E>>
+where
+    J: DeserializeOwned,
+    F: Fn(J) -> Result<O, E>,
+{
+    match frame::decode::<Vec<J>>(data) {
+        Ok(jobs) if jobs.len() == count => jobs.into_iter().map(|j| run(handler, j)).collect(),
+        Ok(jobs) => {
+            let msg = format!("chunk of {} jobs announced as {count}", jobs.len());
+            (0..count).map(|_| Wire::Codec(msg.clone())).collect()
+        }
+        Err(e) => (0..count).map(|_| Wire::Codec(format!("job {e}"))).collect(),
+    }
+}
+
+fn run<J, O, E, F>(handler: &F, job: J) -> Wire<O, E>
+where
+    F: Fn(J) -> Result<O, E>,
+{
+    match catch_unwind(AssertUnwindSafe(|| handler(job))) {
+        Ok(Ok(o)) => Wire::Ok(o),
+        Ok(Err(e)) => Wire::Err(e),
+        Err(payload) => Wire::Panicked(panic_message(payload.as_ref())),
+    }
+}
+
+/// The text of a panic payload (`&str` or `String`, as `panic!` makes them).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+/// Writes all of `buf`; `MSG_NOSIGNAL` so that a vanished pool is an error, not a `SIGPIPE`.
+fn send_all(fd: i32, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match send(fd, buf, MsgFlags::MSG_NOSIGNAL) {
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Flushes stdout, so that a worker's last printed lines reach the pool before it leaves.
+pub(crate) fn flush_stdio() {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+}

@@ -1,0 +1,956 @@
+//! The control plane against a running daemon: `warden status` (table, JSON, LSB exit codes),
+//! authorisation by `SO_PEERCRED` (a client run as `nobody`), a socket that survives garbage,
+//! oversized lines and 500 idle connections, transactional `reload` (invalid files, add / remove /
+//! change, `--dry-run`), rolling `restart` with notify readiness, `scale` and `SIGTTIN`/`SIGTTOU`,
+//! program `stop`/`start`, and `stop`/`status` through the pidfile when the socket is gone.
+//!
+//! Every test looks from the outside: the `warden` command's exit status and output, the children
+//! of the daemon (`/proc/PID/stat`), its log, and `/proc/PID/status`. Worker commands carry the
+//! sandbox path in their command line (`SANDBOX/sleep` is a symlink to sleep(1); scripts live in
+//! the sandbox) so that the sandbox finds and kills every one of them at drop. Waits are bounded
+//! polls; the only fixed sleeps are short observation windows that assert an absence.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+/// Prints how long the test took when it ends (also on failure).
+struct Timer(&'static str, Instant);
+
+impl Timer {
+    fn new(name: &'static str) -> Timer {
+        Timer(name, Instant::now())
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        println!("[timing] {}: {:.2?}", self.0, self.1.elapsed());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Configuration helpers.
+
+/// A sandbox whose config has `daemon` lines in `[daemon]` and `tables` after them; `SANDBOX`
+/// in either is replaced by the sandbox directory, and `PYTHON` by the real python3.
+///
+/// The directory is made sticky: the harness opens it to everyone (some tests run commands as
+/// `nobody`), and warden rightly refuses to put its control socket in a directory where anyone
+/// may replace it — unless it is sticky, like /tmp.
+fn sandbox(name: &str, daemon: &str, tables: &str) -> Sandbox {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new(name, "");
+    std::fs::set_permissions(&sb.dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("sleep(1)");
+    std::os::unix::fs::symlink(sleep, sb.path("sleep")).unwrap();
+    write_config(&sb, daemon, tables);
+    sb
+}
+
+/// Rewrites the sandbox's config (see [`sandbox`] for the substitutions).
+fn write_config(sb: &Sandbox, daemon: &str, tables: &str) {
+    let dir = sb.dir.to_string_lossy().into_owned();
+    let fill = |s: &str| s.replace("SANDBOX", &dir).replace("PYTHON", &python());
+    sb.write_config(&format!("{}\n#TABLES\n{}", fill(daemon), fill(tables)));
+}
+
+/// The real python3 (not a version-manager shim that forks helpers on every start).
+fn python() -> String {
+    for p in ["/usr/bin/python3", "/usr/local/bin/python3"] {
+        if std::path::Path::new(p).exists() {
+            return p.to_string();
+        }
+    }
+    "python3".to_string()
+}
+
+/// A `[program.NAME]` table running `SANDBOX/sleep SECS` in `n` instances.
+fn sleeper(name: &str, n: u32, secs: u32) -> String {
+    format!("[program.{name}]\ncommand = [\"SANDBOX/sleep\", \"{secs}\"]\ninstances = {n}\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Observation helpers.
+
+fn log(sb: &Sandbox) -> String {
+    sb.read("warden.log")
+}
+
+fn code(o: &std::process::Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+/// `warden ARGS…`, asserting exit status `want`; returns stdout.
+fn expect(sb: &mut Sandbox, args: &[&str], want: i32) -> String {
+    let out = sb.run(args);
+    assert_eq!(
+        code(&out),
+        want,
+        "warden {args:?}: {:?}\nstdout: {}\nstderr: {}\nlog:\n{}",
+        out.status,
+        stdout_of(&out),
+        stderr_of(&out),
+        log(sb)
+    );
+    stdout_of(&out)
+}
+
+/// `warden status --json [PROGRAMS…]`: the exit status and the parsed report.
+fn status_json(sb: &mut Sandbox, programs: &[&str]) -> (i32, Value) {
+    let mut args = vec!["status", "--json"];
+    args.extend_from_slice(programs);
+    let out = sb.run(&args);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "status --json {programs:?} ({:?}) is not JSON: {e}\nstdout: {}\nstderr: {}",
+            out.status,
+            stdout_of(&out),
+            stderr_of(&out)
+        )
+    });
+    (code(&out), v)
+}
+
+/// One instance of a status report.
+#[derive(Debug, Clone, PartialEq)]
+struct Inst {
+    program: String,
+    index: u64,
+    pid: Option<i32>,
+    state: String,
+    restarts: u64,
+}
+
+fn instances(report: &Value) -> Vec<Inst> {
+    report["instances"]
+        .as_array()
+        .expect("instances is an array")
+        .iter()
+        .map(|i| Inst {
+            program: i["program"].as_str().expect("program").to_string(),
+            index: i["index"].as_u64().expect("index"),
+            pid: i["pid"].as_i64().map(|p| p as i32),
+            state: i["state"].as_str().expect("state").to_string(),
+            restarts: i["restarts"].as_u64().expect("restarts"),
+        })
+        .collect()
+}
+
+/// The instances of `program`, by index.
+fn of(report: &Value, program: &str) -> Vec<Inst> {
+    let mut v: Vec<Inst> = instances(report)
+        .into_iter()
+        .filter(|i| i.program == program)
+        .collect();
+    v.sort_by_key(|i| i.index);
+    v
+}
+
+fn pids(insts: &[Inst]) -> Vec<i32> {
+    insts.iter().filter_map(|i| i.pid).collect()
+}
+
+fn up(i: &Inst) -> bool {
+    i.state == "running" || i.state == "ready"
+}
+
+/// Polls `warden status --json` (bounded) until `pred` holds; returns that report.
+fn wait_status(sb: &mut Sandbox, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let (c, v) = status_json(sb, &[]);
+        if c == 0 && pred(&v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed {what} within {TIMEOUT:?}; last (exit {c}):\n{v:#}\nlog:\n{}",
+            log(sb)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until every instance of `program` is up, `n` of them; returns them (pids tracked).
+fn wait_up(sb: &mut Sandbox, program: &str, n: usize) -> Vec<Inst> {
+    let v = wait_status(sb, &format!("{n} instances of {program} up"), |v| {
+        let is = of(v, program);
+        is.len() == n && is.iter().all(up)
+    });
+    let is = of(&v, program);
+    for p in pids(&is) {
+        sb.track(p);
+    }
+    is
+}
+
+/// The live (non-zombie) children of `pid`.
+fn live_children(pid: i32) -> BTreeSet<i32> {
+    children_of(pid).into_iter().filter(|&c| alive(c)).collect()
+}
+
+/// Waits (bounded) until the daemon's live children are exactly `want`.
+fn wait_children(sb: &Sandbox, warden: i32, want: &BTreeSet<i32>) {
+    assert!(
+        wait_until(TIMEOUT, || live_children(warden) == *want),
+        "children of {warden}: {:?}, want {want:?}; log:\n{}",
+        live_children(warden),
+        log(sb)
+    );
+}
+
+/// `warden stop`, asserting success and that nothing of the sandbox is left.
+fn stop(sb: &mut Sandbox) {
+    expect(sb, &["stop"], 0);
+    assert_no_process(sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. `warden status`: table, JSON schema, LSB exit codes.
+
+#[test]
+fn status_table_json_and_exit_codes() {
+    let _t = Timer::new("status_table_json_and_exit_codes");
+    let tables = format!(
+        "{}{}[program.once]\ncommand = [\"/bin/sh\", \"-c\", \"exit 0\", \"SANDBOX\"]\nrestart = \"never\"\n",
+        sleeper("web", 3, 1000),
+        sleeper("api", 2, 1000),
+    );
+    let mut sb = sandbox("status", "", &tables);
+    let warden = sb.start();
+    let web = wait_up(&mut sb, "web", 3);
+    let api = wait_up(&mut sb, "api", 2);
+    let report = wait_status(&mut sb, "once exited", |v| {
+        of(v, "once").first().is_some_and(|i| i.state == "exited")
+    });
+    let children = live_children(warden);
+    let listed: BTreeSet<i32> = pids(&web).into_iter().chain(pids(&api)).collect();
+    assert_eq!(listed, children, "status pids are the daemon's children");
+
+    // JSON: the documented schema.
+    assert_eq!(report["daemon"]["pid"].as_i64(), Some(warden.into()));
+    assert_eq!(
+        report["daemon"]["version"].as_str(),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    assert!(report["daemon"]["uptime_secs"].is_f64(), "{report:#}");
+    assert_eq!(
+        report["daemon"]["config"].as_str(),
+        Some(path_str(&sb.config).as_str())
+    );
+    let all = report["instances"].as_array().unwrap();
+    assert_eq!(all.len(), 6, "3 web + 2 api + 1 once: {report:#}");
+    let states = [
+        "starting", "running", "ready", "backoff", "stopping", "exited", "fatal",
+    ];
+    for i in all {
+        let keys: BTreeSet<&str> = i.as_object().unwrap().keys().map(String::as_str).collect();
+        for k in [
+            "program",
+            "index",
+            "pid",
+            "state",
+            "uptime_secs",
+            "restarts",
+            "last_exit",
+            "status",
+        ] {
+            assert!(keys.contains(k), "instance without {k}: {i}");
+        }
+        assert!(i["program"].is_string() && i["index"].is_u64() && i["restarts"].is_u64());
+        assert!(states.contains(&i["state"].as_str().unwrap()), "{i}");
+        assert!(i["pid"].is_null() || i["pid"].is_i64(), "{i}");
+        assert!(i["uptime_secs"].is_null() || i["uptime_secs"].is_f64(), "{i}");
+        assert!(i["status"].is_null() || i["status"].is_string(), "{i}");
+        if i["program"] == "once" {
+            assert!(i["pid"].is_null() && i["uptime_secs"].is_null(), "{i}");
+            assert_eq!(i["last_exit"], serde_json::json!({"code": 0}), "{i}");
+        } else {
+            assert_eq!(i["state"], "running", "{i}");
+            assert!(i["pid"].is_i64() && i["uptime_secs"].is_f64(), "{i}");
+            assert!(i["last_exit"].is_null(), "{i}");
+        }
+    }
+    let order: Vec<(String, u64)> = instances(&report)
+        .into_iter()
+        .map(|i| (i.program, i.index))
+        .collect();
+    let want: Vec<(String, u64)> = [("web", 0), ("web", 1), ("web", 2), ("api", 0), ("api", 1)]
+        .into_iter()
+        .chain([("once", 0)])
+        .map(|(p, i)| (p.to_string(), i))
+        .collect();
+    assert_eq!(order, want, "programs in configuration order, then by index");
+
+    // The table: a header, one aligned row per instance, the right pids.
+    let table = expect(&mut sb, &["status"], 0);
+    println!("{table}");
+    let mut lines = table.lines();
+    let first = lines.next().unwrap();
+    assert!(
+        first.contains(&format!("pid {warden}")) && first.contains("running"),
+        "{first}"
+    );
+    let header = lines.next().unwrap();
+    assert_eq!(
+        header.split_whitespace().collect::<Vec<_>>(),
+        [
+            "PROGRAM", "INDEX", "PID", "STATE", "UPTIME", "RESTARTS", "LAST", "EXIT", "STATUS"
+        ],
+        "{table}"
+    );
+    let rows: Vec<&str> = lines.collect();
+    assert_eq!(rows.len(), 6, "one row per instance:\n{table}");
+    let col = |name: &str| header.find(name).unwrap();
+    let mut table_pids = BTreeSet::new();
+    let mut seen = Vec::new();
+    for r in &rows {
+        assert!(!r.contains('\x1b'), "no colour when not on a terminal: {r:?}");
+        let cell = |name: &str| r[col(name)..].split_whitespace().next().unwrap();
+        seen.push((cell("PROGRAM").to_string(), cell("INDEX").parse::<u64>().unwrap()));
+        if let Ok(p) = cell("PID").parse::<i32>() {
+            table_pids.insert(p);
+        }
+        let state = cell("STATE");
+        if cell("PROGRAM") == "once" {
+            assert_eq!((cell("PID"), state), ("-", "exited"), "{r}");
+            assert!(r[col("LAST EXIT")..].starts_with("exit 0"), "{r}");
+        } else {
+            assert_eq!(state, "running", "{r}");
+        }
+    }
+    assert_eq!(seen, want, "rows in configuration order:\n{table}");
+    assert_eq!(table_pids, children, "table pids are the daemon's children");
+
+    // Exit statuses.
+    expect(&mut sb, &["status", "web", "api"], 0);
+    expect(&mut sb, &["status", "--json", "web"], 0);
+    expect(&mut sb, &["status", "once"], 150);
+    expect(&mut sb, &["status", "web", "once"], 150);
+    let out = sb.run(&["status", "nosuch"]);
+    assert_eq!(code(&out), 152, "{}", stderr_of(&out));
+    assert!(stderr_of(&out).contains("nosuch"), "{}", stderr_of(&out));
+
+    // Stopped: 3. Killed with its pidfile left behind: 1.
+    stop(&mut sb);
+    let out = sb.run(&["status"]);
+    assert_eq!(code(&out), 3, "{}{}", stdout_of(&out), stderr_of(&out));
+    let warden = sb.start();
+    wait_up(&mut sb, "web", 3);
+    signal(warden, Signal::SIGKILL);
+    assert!(wait_until(TIMEOUT, || !alive(warden)));
+    let out = sb.run(&["status"]);
+    assert_eq!(code(&out), 1, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert!(stdout_of(&out).contains("pidfile"), "{}", stdout_of(&out));
+    assert_no_process(&sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Authorisation by SO_PEERCRED.
+
+/// nobody's uid, from /etc/passwd.
+fn nobody_uid() -> u32 {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"nobody")).then(|| f[2].parse().unwrap())
+        })
+        .expect("a nobody user")
+}
+
+/// `warden ARGS…` run as nobody:nogroup without supplementary groups.
+fn as_nobody(sb: &mut Sandbox, args: &[&str]) -> std::process::Output {
+    let mut c = std::process::Command::new("setpriv");
+    c.args([
+        "--reuid=nobody",
+        "--regid=nogroup",
+        "--clear-groups",
+        "--",
+    ])
+    .arg(warden_bin())
+    .arg("-c")
+    .arg(&sb.config)
+    .args(args)
+    .env_remove("NOTIFY_SOCKET")
+    .stdin(Stdio::null());
+    sb.output(c)
+}
+
+#[test]
+fn unauthorised_uid_is_refused_and_control_group_reads_only() {
+    let _t = Timer::new("unauthorised_uid_is_refused_and_control_group_reads_only");
+    if !require_root("unauthorised_uid_is_refused_and_control_group_reads_only") {
+        return;
+    }
+    if std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED unauthorised_uid_is_refused…: no setpriv (util-linux)");
+        return;
+    }
+    let uid = nobody_uid();
+    let mut sb = sandbox("auth", "", &sleeper("w", 1, 1000));
+    let warden = sb.start();
+    let w = wait_up(&mut sb, "w", 1);
+    let sock = sb.path("warden.sock");
+    let meta = std::fs::metadata(&sock).expect("the control socket beside the pidfile");
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    // Default 0600 socket: nobody cannot even connect.
+    let out = as_nobody(&mut sb, &["status"]);
+    assert_eq!(code(&out), 4, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("permission denied"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = as_nobody(&mut sb, &["stop", "w"]);
+    assert_eq!(code(&out), 4, "{}{}", stdout_of(&out), stderr_of(&out));
+    stop(&mut sb);
+    assert!(!alive(warden));
+
+    // A control group: its members may read status, nothing more.
+    write_config(&sb, "control_group = \"nogroup\"", &sleeper("w", 1, 1000));
+    let warden = sb.start();
+    let w2 = wait_up(&mut sb, "w", 1);
+    assert_ne!(w, w2);
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), 65534, "group nogroup");
+    let out = as_nobody(&mut sb, &["status"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert!(stdout_of(&out).contains(&format!("pid {warden}")));
+    let out = as_nobody(&mut sb, &["status", "--json", "w"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout_of(&out), stderr_of(&out));
+    let out = as_nobody(&mut sb, &["stop", "w"]);
+    assert_eq!(code(&out), 4, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("may only read status"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = as_nobody(&mut sb, &["reload"]);
+    assert_eq!(code(&out), 4, "{}{}", stdout_of(&out), stderr_of(&out));
+    let line = log(&sb)
+        .lines()
+        .find(|l| l.contains(&format!("uid {uid}")) && l.contains("refused"))
+        .map(str::to_string);
+    assert!(line.is_some(), "no log line naming uid {uid}:\n{}", log(&sb));
+    println!("log: {}", line.unwrap());
+    // Untouched by the refused requests.
+    let (_, v) = status_json(&mut sb, &["w"]);
+    assert_eq!(of(&v, "w"), w2);
+    stop(&mut sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Garbage, oversized lines and 500 idle connections.
+
+/// The soft RLIMIT_NOFILE, raised to the hard limit when below `want`; false (with a printed
+/// reason) when even the hard limit is too low.
+fn enough_descriptors(test: &str, want: u64) -> bool {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if soft >= want {
+        return true;
+    }
+    if hard < want {
+        eprintln!("SKIPPED {test}: RLIMIT_NOFILE hard limit {hard} < {want}");
+        return false;
+    }
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    true
+}
+
+fn vm_rss_kib(pid: i32) -> u64 {
+    status(pid)["VmRSS"]
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Reads one line (bounded by a read timeout).
+fn read_line(r: &mut BufReader<UnixStream>) -> std::io::Result<String> {
+    let mut s = String::new();
+    r.read_line(&mut s)?;
+    Ok(s)
+}
+
+#[test]
+fn garbage_oversized_lines_and_500_idle_connections_leave_warden_serving() {
+    let _t = Timer::new("garbage_oversized_lines_and_500_idle_connections_leave_warden_serving");
+    let name = "garbage_oversized_lines_and_500_idle_connections_leave_warden_serving";
+    if !enough_descriptors(name, 1100) {
+        return;
+    }
+    let mut sb = sandbox("garbage", "", &sleeper("w", 2, 1000));
+    let warden = sb.start();
+    let w = wait_up(&mut sb, "w", 2);
+    let rss_before = vm_rss_kib(warden);
+    let sock = sb.path("warden.sock");
+    let fds_before = fds(warden).len();
+
+    let mut idle: Vec<UnixStream> = (0..500)
+        .map(|i| UnixStream::connect(&sock).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    // Every one is accepted (held by the daemon), none left in the backlog.
+    assert!(
+        wait_until(TIMEOUT, || fds(warden).len() >= fds_before + 500),
+        "the daemon holds {} descriptors, want {} + 500",
+        fds(warden).len(),
+        fds_before
+    );
+
+    // Garbage: a bad-request line; the connection stays usable.
+    let garbage = UnixStream::connect(&sock).unwrap();
+    garbage.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut g = BufReader::new(garbage);
+    g.get_mut().write_all(b"\x00\xffthis is not json\n").unwrap();
+    let reply: Value = serde_json::from_str(&read_line(&mut g).unwrap()).unwrap();
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["kind"], "bad-request", "{reply}");
+    g.get_mut().write_all(b"{\"v\":7,\"cmd\":\"status\"}\n").unwrap();
+    let reply: Value = serde_json::from_str(&read_line(&mut g).unwrap()).unwrap();
+    assert_eq!(reply["kind"], "bad-request", "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("version"), "{reply}");
+    g.get_mut()
+        .write_all(b"{\"v\":1,\"cmd\":\"status\",\"programs\":[\"w\"]}\n")
+        .unwrap();
+    let reply: Value = serde_json::from_str(&read_line(&mut g).unwrap()).unwrap();
+    assert_eq!(reply["ok"], true, "still served after garbage: {reply}");
+    assert_eq!(reply["result"]["instances"].as_array().unwrap().len(), 2);
+
+    // 100 KiB without a newline, then the newline: a bad-request error, then the connection is
+    // closed. The daemon may close before we finish writing: a failed write is fine.
+    let big = UnixStream::connect(&sock).unwrap();
+    big.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut b = BufReader::new(big);
+    let line = vec![b'x'; 100 * 1024];
+    let _ = b.get_mut().write_all(&line);
+    let _ = b.get_mut().write_all(b"\n");
+    let reply: Value = serde_json::from_str(&read_line(&mut b).unwrap()).unwrap();
+    assert_eq!(reply["ok"], false, "{reply}");
+    assert_eq!(reply["kind"], "bad-request", "{reply}");
+    assert!(reply["error"].as_str().unwrap().contains("longer"), "{reply}");
+    let mut rest = Vec::new();
+    match b.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "nothing after the error: {rest:?}"),
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "closed, not timed out: {e}"
+        ),
+    }
+
+    // While all 500 are open: status answers, quickly.
+    let t = Instant::now();
+    let table = expect(&mut sb, &["status"], 0);
+    let took = t.elapsed();
+    assert!(table.contains("PROGRAM"), "{table}");
+    let (c, v) = status_json(&mut sb, &["w"]);
+    assert_eq!(c, 0);
+    assert_eq!(of(&v, "w"), w, "the workers are untouched");
+    let rss_after = vm_rss_kib(warden);
+    println!(
+        "status with 500 idle connections: {took:.1?}; daemon VmRSS {rss_before} kB -> {rss_after} kB"
+    );
+    assert!(took < Duration::from_secs(2), "status took {took:?}");
+    assert!(
+        rss_after < rss_before + 16 * 1024,
+        "VmRSS grew from {rss_before} kB to {rss_after} kB"
+    );
+    // Idle connections closed by their clients are dropped by the daemon.
+    idle.clear();
+    drop(g);
+    assert!(
+        wait_until(TIMEOUT, || fds(warden).len() <= fds_before),
+        "the daemon still holds {} descriptors (had {fds_before})",
+        fds(warden).len()
+    );
+    expect(&mut sb, &["status"], 0);
+    stop(&mut sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Reload with an invalid file.
+
+#[test]
+fn reload_with_an_invalid_file_keeps_every_pid_and_reports_file_line() {
+    let _t = Timer::new("reload_with_an_invalid_file_keeps_every_pid_and_reports_file_line");
+    let tables = format!("{}{}", sleeper("a", 2, 1000), sleeper("b", 1, 1000));
+    let mut sb = sandbox("badreload", "", &tables);
+    let warden = sb.start();
+    wait_up(&mut sb, "a", 2);
+    wait_up(&mut sb, "b", 1);
+    let (_, before) = status_json(&mut sb, &[]);
+    let children = live_children(warden);
+
+    let bad = format!(
+        "{}[program.b]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = \"three\"\n",
+        sleeper("a", 2, 1000)
+    );
+    write_config(&sb, "", &bad);
+    let text = std::fs::read_to_string(&sb.config).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.contains("\"three\""))
+        .expect("the bad line")
+        + 1;
+    let out = sb.run(&["reload"]);
+    let err = stderr_of(&out);
+    assert_eq!(code(&out), 6, "{}{err}", stdout_of(&out));
+    let at = format!("warden.toml:{line}:");
+    let located = |s: &str| {
+        s.lines().any(|l| {
+            l.find(&at).is_some_and(|i| {
+                let rest = &l[i + at.len()..];
+                let digits = rest.chars().take_while(char::is_ascii_digit).count();
+                digits > 0 && rest[digits..].starts_with(':')
+            })
+        })
+    };
+    assert!(located(&err), "no `{at}COL:` in stderr:\n{err}");
+    assert!(err.contains("instances"), "{err}");
+    assert!(
+        wait_until(TIMEOUT, || located(&log(&sb))),
+        "the daemon log does not report `{at}COL:`:\n{}",
+        log(&sb)
+    );
+    // Nothing changed.
+    let (c, after) = status_json(&mut sb, &[]);
+    assert_eq!(c, 0);
+    assert_eq!(instances(&after), instances(&before));
+    assert_eq!(live_children(warden), children);
+    // The dry run says the same.
+    let out = sb.run(&["reload", "--dry-run"]);
+    assert_eq!(code(&out), 6, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert!(located(&stderr_of(&out)), "{}", stderr_of(&out));
+    assert_eq!(live_children(warden), children);
+    stop(&mut sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Reload that adds, removes and changes programs; --dry-run.
+
+#[test]
+fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing() {
+    let _t = Timer::new("reload_adds_removes_and_changes_only_what_changed");
+    let old = format!(
+        "{}{}{}",
+        sleeper("keep", 2, 1000),
+        sleeper("gone", 2, 1000),
+        sleeper("change", 2, 1000)
+    );
+    let mut sb = sandbox("reload", "", &old);
+    let warden = sb.start();
+    let keep = wait_up(&mut sb, "keep", 2);
+    let gone = wait_up(&mut sb, "gone", 2);
+    let change = wait_up(&mut sb, "change", 2);
+    let children = live_children(warden);
+    let (_, before) = status_json(&mut sb, &[]);
+
+    let new = format!(
+        "{}{}{}",
+        sleeper("keep", 2, 1000),
+        sleeper("change", 2, 1001),
+        sleeper("added", 1, 1000)
+    );
+    write_config(&sb, "", &new);
+
+    // The plan, and nothing else.
+    let plan = expect(&mut sb, &["reload", "--dry-run"], 0);
+    println!("{plan}");
+    for l in [
+        "would add added",
+        "would remove gone",
+        "would restart (changed) change",
+        "would keep keep",
+    ] {
+        assert!(plan.lines().any(|x| x == l), "no line {l:?} in:\n{plan}");
+    }
+    assert_eq!(plan.lines().count(), 4, "{plan}");
+    let (_, after) = status_json(&mut sb, &[]);
+    assert_eq!(instances(&after), instances(&before), "dry run changed status");
+    assert_eq!(live_children(warden), children, "dry run changed processes");
+
+    // Applied.
+    let out = expect(&mut sb, &["reload"], 0);
+    println!("{out}");
+    assert!(out.lines().any(|l| l == "added added"), "{out}");
+    let (_, v) = status_json(&mut sb, &[]);
+    assert_eq!(of(&v, "keep"), keep, "unchanged program untouched");
+    assert!(of(&v, "gone").is_empty(), "removed program still listed: {v:#}");
+    let programs: BTreeSet<String> = instances(&v).into_iter().map(|i| i.program).collect();
+    assert_eq!(
+        programs,
+        ["keep", "change", "added"]
+            .map(String::from)
+            .into_iter()
+            .collect()
+    );
+    // `reload` returns once the touched programs are up.
+    let added = of(&v, "added");
+    assert_eq!(added.len(), 1);
+    assert!(up(&added[0]), "{added:?}");
+    let changed = of(&v, "change");
+    assert_eq!(changed.len(), 2);
+    for (new, old) in changed.iter().zip(&change) {
+        assert!(up(new), "{new:?}");
+        assert_ne!(new.pid, old.pid, "changed program restarted: {new:?}");
+        let cmd = std::fs::read_to_string(format!("/proc/{}/cmdline", new.pid.unwrap()))
+            .unwrap_or_default();
+        assert!(cmd.contains("1001"), "runs the new command: {cmd:?}");
+    }
+    for p in pids(&gone).into_iter().chain(pids(&change)) {
+        assert!(
+            wait_until(TIMEOUT, || !alive(p)),
+            "{p} of a removed/changed program still runs"
+        );
+    }
+    let want: BTreeSet<i32> = pids(&keep)
+        .into_iter()
+        .chain(pids(&changed))
+        .chain(pids(&added))
+        .collect();
+    wait_children(&sb, warden, &want);
+    stop(&mut sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. Rolling restart with notify readiness.
+
+const NOTIFY_WORKER: &str = r#"import os, socket, time
+time.sleep(0.3)
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", addr)
+while True:
+    time.sleep(1000)
+"#;
+
+#[test]
+fn rolling_restart_keeps_n_minus_1_ready_at_every_sample() {
+    let _t = Timer::new("rolling_restart_keeps_n_minus_1_ready_at_every_sample");
+    let mut sb = sandbox("rolling", "", "");
+    std::fs::write(sb.path("notify.py"), NOTIFY_WORKER).unwrap();
+    write_config(
+        &sb,
+        "",
+        "[program.n]\ncommand = [\"PYTHON\", \"SANDBOX/notify.py\"]\ninstances = 4\nready = \"notify\"\n",
+    );
+    let warden = sb.start();
+    let before = wait_status(&mut sb, "4 ready", |v| {
+        let is = of(v, "n");
+        is.len() == 4 && is.iter().all(|i| i.state == "ready")
+    });
+    let before = of(&before, "n");
+    assert!(before.iter().all(|i| i.restarts == 0), "{before:?}");
+
+    let mut cmd = sb.warden(&["restart", "n"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let restart = std::thread::spawn(move || wait_output(cmd.spawn().unwrap(), TIMEOUT));
+    let mut samples = 0;
+    let mut least = usize::MAX;
+    let mut seen_pids = BTreeSet::new();
+    while !restart.is_finished() {
+        let (c, v) = status_json(&mut sb, &["n"]);
+        let is = of(&v, "n");
+        let ready = is.iter().filter(|i| i.state == "ready").count();
+        assert!(
+            ready >= 3,
+            "only {ready} of 4 ready during the rolling restart (exit {c}): {is:?}"
+        );
+        seen_pids.extend(pids(&is));
+        least = least.min(ready);
+        samples += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = restart.join().unwrap();
+    assert_eq!(code(&out), 0, "restart: {}", stderr_of(&out));
+    println!("{samples} samples, at least {least} of 4 ready in each");
+    assert!(samples >= 5, "too few samples to mean anything: {samples}");
+    assert_eq!(least, 3, "an instance was replaced while sampled");
+
+    let (c, v) = status_json(&mut sb, &["n"]);
+    assert_eq!(c, 0);
+    let after = of(&v, "n");
+    assert_eq!(after.len(), 4);
+    for (a, b) in after.iter().zip(&before) {
+        assert_eq!(a.state, "ready", "{a:?}");
+        assert_eq!(a.restarts, 1, "{a:?}");
+        assert_ne!(a.pid, b.pid, "{a:?} was not replaced");
+        assert!(!alive(b.pid.unwrap()), "old {b:?} still runs");
+    }
+    for p in pids(&after) {
+        sb.track(p);
+    }
+    wait_children(&sb, warden, &pids(&after).into_iter().collect());
+    stop(&mut sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7. Scale, SIGTTIN and SIGTTOU.
+
+#[test]
+fn scale_and_ttin_ttou_follow_in_status_and_stop_the_highest_indices() {
+    let _t = Timer::new("scale_and_ttin_ttou_follow_in_status");
+    let tables = format!("{}{}", sleeper("w", 2, 1000), sleeper("other", 1, 1000));
+    let mut sb = sandbox("scale", "scale_program = \"w\"", &tables);
+    let warden = sb.start();
+    let two = wait_up(&mut sb, "w", 2);
+    let other = wait_up(&mut sb, "other", 1);
+
+    expect(&mut sb, &["scale", "w", "4"], 0);
+    let (_, v) = status_json(&mut sb, &["w"]);
+    let four = of(&v, "w");
+    assert_eq!(
+        four.iter().map(|i| i.index).collect::<Vec<_>>(),
+        [0, 1, 2, 3],
+        "{four:?}"
+    );
+    assert!(four.iter().all(up), "scale returns once they are up: {four:?}");
+    assert_eq!(&four[..2], &two[..], "the first two untouched");
+    for p in pids(&four) {
+        sb.track(p);
+    }
+
+    expect(&mut sb, &["scale", "w", "1"], 0);
+    let (_, v) = status_json(&mut sb, &["w"]);
+    let one = of(&v, "w");
+    assert_eq!(one, vec![two[0].clone()], "the highest indices went");
+    for i in &four[1..] {
+        assert!(
+            wait_until(TIMEOUT, || !alive(i.pid.unwrap())),
+            "{i:?} still runs"
+        );
+    }
+
+    // SIGTTIN / SIGTTOU: one more, one less, on the scale_program.
+    signal(warden, Signal::SIGTTIN);
+    let v = wait_status(&mut sb, "w scaled to 2", |v| {
+        let is = of(v, "w");
+        is.len() == 2 && is.iter().all(up)
+    });
+    let again = of(&v, "w");
+    assert_eq!(again[0], two[0]);
+    assert_eq!(again[1].index, 1);
+    let added = again[1].pid.unwrap();
+    sb.track(added);
+    signal(warden, Signal::SIGTTIN);
+    wait_up(&mut sb, "w", 3);
+    signal(warden, Signal::SIGTTOU);
+    signal(warden, Signal::SIGTTOU);
+    let v = wait_status(&mut sb, "w scaled back to 1", |v| of(v, "w").len() == 1);
+    assert_eq!(of(&v, "w"), vec![two[0].clone()]);
+    assert!(wait_until(TIMEOUT, || !alive(added)));
+    assert_eq!(of(&v, "other"), other, "the other program untouched");
+    wait_children(&sb, warden, &[two[0].pid.unwrap(), other[0].pid.unwrap()].into());
+
+    // Unknown program; scaling to zero is allowed and leaves nothing running.
+    let out = sb.run(&["scale", "nosuch", "2"]);
+    assert_eq!(code(&out), 5, "{}", stderr_of(&out));
+    expect(&mut sb, &["scale", "w", "0"], 0);
+    let (_, v) = status_json(&mut sb, &["w"]);
+    assert!(of(&v, "w").is_empty(), "{v:#}");
+    wait_children(&sb, warden, &[other[0].pid.unwrap()].into());
+    stop(&mut sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 8. Program stop and start.
+
+#[test]
+fn program_stop_stays_down_until_started_and_leaves_others_alone() {
+    let _t = Timer::new("program_stop_stays_down_until_started");
+    let tables = format!("{}{}", sleeper("a", 2, 1000), sleeper("b", 2, 1000));
+    let mut sb = sandbox("stopstart", "", &tables);
+    let warden = sb.start();
+    let a = wait_up(&mut sb, "a", 2);
+    let b = wait_up(&mut sb, "b", 2);
+
+    expect(&mut sb, &["stop", "a"], 0);
+    let (_, v) = status_json(&mut sb, &[]);
+    let stopped = of(&v, "a");
+    assert_eq!(stopped.len(), 2);
+    for i in &stopped {
+        assert_eq!((i.state.as_str(), i.pid), ("exited", None), "{i:?}");
+    }
+    assert_eq!(of(&v, "b"), b, "the other program untouched");
+    for p in pids(&a) {
+        assert!(!alive(p), "{p} of a still runs after stop returned");
+    }
+    expect(&mut sb, &["status", "a"], 150);
+    // An absence: a stays down (no restart) for an observation window.
+    let b_pids: BTreeSet<i32> = pids(&b).into_iter().collect();
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        assert_eq!(live_children(warden), b_pids, "a came back; log:\n{}", log(&sb));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, v) = status_json(&mut sb, &["a"]);
+    assert!(of(&v, "a").iter().all(|i| i.state == "exited"), "{v:#}");
+    // Stopping again is fine.
+    expect(&mut sb, &["stop", "a"], 0);
+
+    expect(&mut sb, &["start", "a"], 0);
+    let (c, v) = status_json(&mut sb, &[]);
+    assert_eq!(c, 0);
+    let started = of(&v, "a");
+    assert_eq!(started.len(), 2);
+    assert!(started.iter().all(up), "{started:?}");
+    for (n, o) in started.iter().zip(&a) {
+        assert_ne!(n.pid, o.pid);
+        sb.track(n.pid.unwrap());
+    }
+    assert_eq!(of(&v, "b"), b, "the other program untouched");
+    expect(&mut sb, &["status", "a", "b"], 0);
+    let out = sb.run(&["stop", "nosuch"]);
+    assert_eq!(code(&out), 5, "{}", stderr_of(&out));
+    stop(&mut sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. stop and status through the pidfile when the socket is gone.
+
+#[test]
+fn stop_and_status_work_through_the_pidfile_without_the_socket() {
+    let _t = Timer::new("stop_and_status_work_through_the_pidfile_without_the_socket");
+    let mut sb = sandbox("nosocket", "", &sleeper("w", 2, 1000));
+    let warden = sb.start();
+    let w = wait_up(&mut sb, "w", 2);
+    std::fs::remove_file(sb.path("warden.sock")).unwrap();
+    let out = expect(&mut sb, &["status"], 0);
+    assert!(
+        out.contains("running") && out.contains(&warden.to_string()),
+        "{out}"
+    );
+    // Nothing to ask the daemon about its programs: not running as far as we can tell.
+    let out = sb.run(&["status", "w"]);
+    assert_ne!(code(&out), 0, "{}", stdout_of(&out));
+    expect(&mut sb, &["stop"], 0);
+    assert!(!alive(warden));
+    for p in pids(&w) {
+        assert!(wait_until(TIMEOUT, || !alive(p)));
+    }
+    expect(&mut sb, &["status"], 3);
+    assert_no_process(&sb);
+}
