@@ -21,7 +21,7 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::ErrorKind;
+use std::io::{ErrorKind, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -150,6 +150,7 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
     let watchdog = Watchdog::start();
     let mut rng = XorShift(opts.seed);
     let mut order: Vec<usize> = (0..launchers.len()).collect();
+    let progress = std::io::stderr().is_terminal();
     // One untimed round first, so that every binary and library is in the page cache.
     for l in &mut launchers {
         if let Err(e) = run_once(l, &watchdog) {
@@ -168,11 +169,13 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
                 Err(e) => l.failures.push(e),
             }
         }
-        if (round + 1) % 10 == 0 {
+        if progress && (round + 1) % 10 == 0 {
             eprint!("\rbench: {}/{} rounds", round + 1, opts.runs);
         }
     }
-    eprintln!();
+    if progress {
+        eprintln!();
+    }
     print_table(opts, nproc, &launchers);
     Ok(())
 }
@@ -582,9 +585,14 @@ fn print_header(opts: &Options, nproc: usize, launchers: &[Launcher], subreaper:
         opts.runs, opts.seed
     );
     println!(
-        "  machine: nproc {nproc}, {}, kernel {}",
+        "  machine: nproc {nproc}, {}, kernel {}, load average at start {}",
         cpu_model(),
-        read_trim("/proc/sys/kernel/osrelease")
+        read_trim("/proc/sys/kernel/osrelease"),
+        read_trim("/proc/loadavg")
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     for l in launchers {
         let version = match l.kind {

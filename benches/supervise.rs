@@ -289,7 +289,11 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
     let tmp = TempDir::new()?;
     let child = compile_child(tmp.path())?;
     let mut tools = HashMap::new();
-    tools.insert(Kind::Warden, PathBuf::from(env!("CARGO_BIN_EXE_warden")));
+    // A private copy: other work on the tree may rebuild target/release/warden mid-run.
+    let warden = tmp.path().join("warden");
+    fs::copy(env!("CARGO_BIN_EXE_warden"), &warden)
+        .map_err(|e| format!("cannot copy {}: {e}", env!("CARGO_BIN_EXE_warden")))?;
+    tools.insert(Kind::Warden, warden);
     let wanted: Vec<Kind> = opts.only.clone().unwrap_or_else(|| Kind::ALL.to_vec());
     for k in Kind::ALL.into_iter().filter(|k| *k != Kind::Warden) {
         if !wanted.contains(&k) {
@@ -1064,7 +1068,11 @@ fn print_header(opts: &Options, ctx: &Ctx<'_>, kinds: &[Kind], subreaper: bool) 
     println!("  child: {} (cc -O2 benches/child.c)", ctx.child.display());
     for &k in kinds {
         let version = match k {
-            Kind::Warden => format!("warden {} (release build)", env!("CARGO_PKG_VERSION")),
+            Kind::Warden => format!(
+                "warden {}, release build, copied from {}",
+                env!("CARGO_PKG_VERSION"),
+                env!("CARGO_BIN_EXE_warden")
+            ),
             _ => package_version(k.package()),
         };
         let how = match k {

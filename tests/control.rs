@@ -857,7 +857,9 @@ fn scale_and_ttin_ttou_follow_in_status_and_stop_the_highest_indices() {
     sb.track(added);
     signal(warden, Signal::SIGTTIN);
     wait_up(&mut sb, "w", 3);
+    // One signal at a time: two pending SIGTTOUs are one.
     signal(warden, Signal::SIGTTOU);
+    wait_status(&mut sb, "w scaled back to 2", |v| of(v, "w").len() == 2);
     signal(warden, Signal::SIGTTOU);
     let v = wait_status(&mut sb, "w scaled back to 1", |v| of(v, "w").len() == 1);
     assert_eq!(of(&v, "w"), vec![two[0].clone()]);

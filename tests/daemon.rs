@@ -754,12 +754,11 @@ fn privilege_drop_to_nobody_leaves_no_supplementary_groups() {
     );
     assert_eq!(st["CapEff"], "0000000000000000", "capabilities kept");
     assert_eq!(st["CapPrm"], "0000000000000000", "capabilities kept");
+    // The pidfile stays root's: a daemon that could rewrite it could aim root's `warden stop`
+    // at any pid. (Its directory, created by warden, is the run user's, for the socket.)
     let meta = std::fs::metadata(sb.pidfile()).unwrap();
-    assert_eq!(
-        (meta.uid(), meta.gid()),
-        (uid, gid),
-        "pidfile not chowned to nobody"
-    );
+    assert_eq!(meta.uid(), 0, "pidfile must not be given to nobody");
+    let _ = (uid, gid);
     assert_locked(&sb.pidfile());
 
     let out = sb.run(&["stop"]);

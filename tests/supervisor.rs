@@ -20,8 +20,9 @@ use std::time::{Duration, Instant, SystemTime};
 use common::*;
 use nix::sys::signal::Signal;
 
-/// Serialises the CPU-heavy tests (100,000 lines, chaos) so that they do not starve the
-/// timing-sensitive ones of a 2-core runner all at once.
+/// Serialises the two CPU-heavy tests (100,000 lines each through warden) so that together they
+/// do not starve the timing-sensitive ones on a 2-core runner. The chaos test is not among them:
+/// it mostly sleeps, and holding the lock for its minute would only lengthen the run.
 static HEAVY: Mutex<()> = Mutex::new(());
 
 fn heavy() -> std::sync::MutexGuard<'static, ()> {
@@ -845,10 +846,38 @@ fn chaos_secs() -> u64 {
         .unwrap_or(60)
 }
 
+/// What a process is doing, from `/proc/PID/{stat,wchan,syscall}`.
+fn activity(pid: i32) -> String {
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+    let state = stat(pid).map_or('?', |s| s.state);
+    format!(
+        "state {state}, wchan {wchan:?}, syscall {:?}",
+        syscall.trim()
+    )
+}
+
+/// Whether `pid` sleeps in `epoll_wait`: idle, with nothing pending (a pending `SIGCHLD` would
+/// have woken it).
+fn idle_in_epoll(pid: i32) -> bool {
+    let sleeping = stat(pid).is_some_and(|s| s.state == 'S');
+    let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+    let syscall = std::fs::read_to_string(format!("/proc/{pid}/syscall")).unwrap_or_default();
+    // epoll_wait, epoll_pwait, epoll_pwait2 on x86_64.
+    let nr = syscall.split_whitespace().next().unwrap_or("");
+    let in_epoll = wchan.contains("epoll")
+        || wchan == "ep_poll"
+        || (cfg!(target_arch = "x86_64") && matches!(nr, "232" | "281" | "441"));
+    sleeping && in_epoll
+}
+
+fn still_zombie(&(pid, t0): &(i32, u64)) -> bool {
+    start_time(pid) == Some(t0) && is_zombie(pid)
+}
+
 #[test]
 fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
     let _t = Timer::new("chaos_random_kills_leave_every_instance_running_and_no_zombies");
-    let _heavy = heavy();
     const N: usize = 16;
     let mut sb = sandbox(
         "chaos",
@@ -875,24 +904,47 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
     let mut samples = 0u64;
     let mut zombie_sightings = 0u64;
     let mut max_zombies = 0usize;
+    let mut slow_reaps: Vec<String> = Vec::new();
     let mut last_zombies: HashSet<(i32, u64)> = HashSet::new();
     let mut workers: Vec<i32> = Vec::new();
     while start.elapsed() < duration {
         let now = Instant::now();
         if now >= next_sample {
-            // A zombie between SIGCHLD and waitpid is normal; the same one in two samples a
-            // sample apart is not.
             let kids = children_of(warden);
             let zombies: HashSet<(i32, u64)> = kids
                 .iter()
                 .filter(|&&p| is_zombie(p))
                 .filter_map(|&p| Some((p, start_time(p)?)))
                 .collect();
-            let lingering: Vec<_> = zombies.intersection(&last_zombies).collect();
-            assert!(
-                lingering.is_empty(),
-                "zombies lingered for more than {sample_every:?}: {lingering:?} (sample {samples})"
-            );
+            // A zombie between SIGCHLD and waitpid is normal; the same one two samples running
+            // is not — unless warden had no chance to reap it: on a loaded runner it may wait
+            // for a CPU, or sit in a spawn (std waits there for the child's exec). So: warden
+            // asleep in epoll_wait beside a zombie that old is a missed reap, a failure at
+            // once; a busy or starved warden must still reap it within a bound.
+            let lingering: Vec<(i32, u64)> = zombies.intersection(&last_zombies).copied().collect();
+            if !lingering.is_empty() {
+                let doing = activity(warden);
+                let idle = idle_in_epoll(warden);
+                let missed: Vec<_> = lingering.iter().filter(|z| still_zombie(z)).collect();
+                assert!(
+                    !idle || missed.is_empty(),
+                    "missed reap: warden idle in epoll_wait ({doing}) beside zombies {missed:?} \
+                     seen in two samples (sample {samples})"
+                );
+                let t = Instant::now();
+                let reaped = wait_until(Duration::from_secs(5), || {
+                    !lingering.iter().any(still_zombie)
+                });
+                assert!(
+                    reaped,
+                    "zombies {lingering:?} not reaped for 5 s; warden: {}",
+                    activity(warden)
+                );
+                slow_reaps.push(format!(
+                    "{lingering:?} (warden {doing}; reaped {:.0?} later)",
+                    t.elapsed()
+                ));
+            }
             zombie_sightings += zombies.len() as u64;
             max_zombies = max_zombies.max(zombies.len());
             last_zombies = zombies;
@@ -902,7 +954,7 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
                 "more workers than instances: {workers:?}"
             );
             samples += 1;
-            next_sample = now + sample_every;
+            next_sample = Instant::now() + sample_every;
         }
         if now >= next_kill {
             if !workers.is_empty() {
@@ -926,6 +978,11 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
         "chaos: {kills} kills, {samples} samples, {zombie_sightings} transient zombie sightings \
          (max {max_zombies} at once), all {N} back {:.1?} after the last kill",
         t.elapsed()
+    );
+    println!(
+        "chaos: {} zombie(s) outlived a sample while warden was busy or starved, none while it \
+         was idle: {slow_reaps:?}",
+        slow_reaps.len()
     );
     assert_eq!(
         instances,

@@ -143,6 +143,47 @@ fn print_plan(result: &serde_json::Value, dry_run: bool) {
     }
 }
 
+/// Shows, on a terminal, which instances a stopping daemon still waits for.
+pub struct StopProgress {
+    socket: Option<std::path::PathBuf>,
+    progress: Progress,
+}
+
+impl StopProgress {
+    /// Progress for stopping the daemon of `config` (silent unless stderr is a terminal).
+    pub fn new(config: &Config) -> StopProgress {
+        let progress = Progress::new();
+        let socket = progress.tty.then(|| config.daemon.control_socket.clone());
+        StopProgress { socket, progress }
+    }
+
+    /// Asks the daemon what is still up and shows it.
+    pub fn tick(&mut self) {
+        let Some(path) = &self.socket else { return };
+        let Ok(mut c) = Client::connect(path) else { return };
+        let Ok(Reply::Done { result, .. }) =
+            c.request(Command::Status { programs: vec![] }, Duration::from_millis(200), |_| {})
+        else {
+            return;
+        };
+        let Ok(report) = serde_json::from_value::<StatusReport>(result) else { return };
+        let left: Vec<String> = report
+            .instances
+            .iter()
+            .filter(|i| i.pid.is_some())
+            .map(|i| format!("{}[{}] ({})", i.program, i.index, i.state))
+            .collect();
+        if !left.is_empty() {
+            self.progress.show(&format!("stopping: waiting for {}", left.join(", ")));
+        }
+    }
+
+    /// Clears the progress line.
+    pub fn finish(&mut self) {
+        self.progress.clear();
+    }
+}
+
 /// `warden status [--json] [PROGRAM…]`.
 pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
     let mut client = match connect(config, true) {

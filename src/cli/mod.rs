@@ -130,9 +130,12 @@ pub fn main() -> ExitCode {
                 ExitCode::from(exit::status::UNKNOWN)
             }
         },
-        Command::Reload { dry_run, timeout } => {
-            with_config(&cli.config, |c| control::command(&c, C::Reload { dry_run }, timeout))
-        }
+        // An invalid file is the daemon's to judge: it reports every error to us and to its log,
+        // and keeps the running configuration. Judging it here would hide it from the log.
+        Command::Reload { dry_run, timeout } => match Config::load_for_control(&cli.config) {
+            Ok((c, _)) => control::command(&c, C::Reload { dry_run }, timeout),
+            Err(e) => exit::report(&e),
+        },
         Command::Scale { program, instances, timeout } => {
             with_config(&cli.config, |c| control::command(&c, C::Scale { program, instances }, timeout))
         }
@@ -185,14 +188,40 @@ fn check(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let d = &config.daemon;
-    if let Err(e) = Credentials::resolve(d.user.as_deref(), d.group.as_deref()) {
-        let key = if matches!(e, Error::UnknownGroup(_)) { "daemon.group" } else { "daemon.user" };
-        eprintln!("warden: {}: {key}: {e}", path.display());
+    let problems = unresolvable_accounts(&config);
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("warden: {p}");
+        }
         return ExitCode::from(exit::FAILURE);
     }
     println!("{}: configuration is valid", path.display());
     ExitCode::from(exit::OK)
+}
+
+/// Users and groups named in `config` (daemon, programs, control group) that do not resolve on
+/// this machine, as `FILE: key: message` lines. The file itself cannot know: this is the check
+/// `warden check` and `warden start` add before anything runs.
+pub(crate) fn unresolvable_accounts(config: &Config) -> Vec<String> {
+    let file = config.path.display();
+    let mut out = Vec::new();
+    let mut check = |section: String, user: Option<&str>, group: Option<&str>| {
+        if let Err(e) = Credentials::resolve(user, group) {
+            let key = if matches!(e, Error::UnknownGroup(_)) { "group" } else { "user" };
+            out.push(format!("{file}: {section}.{key}: {e}"));
+        }
+    };
+    let d = &config.daemon;
+    check("daemon".into(), d.user.as_deref(), d.group.as_deref());
+    for p in &config.programs {
+        check(format!("program.{}", p.name), p.user.as_deref(), p.group.as_deref());
+    }
+    if let Some(g) = &d.control_group {
+        if let Err(e) = Credentials::resolve(None, Some(g)) {
+            out.push(format!("{file}: daemon.control_group: {e}"));
+        }
+    }
+    out
 }
 
 /// `status` from the pidfile alone, when the control socket cannot be reached.
@@ -231,7 +260,13 @@ fn running_pid(path: &std::path::Path) -> Result<Option<i32>, Error> {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     loop {
         match Pidfile::probe(path)? {
-            PidfileState::Running(Some(pid)) => return Ok(Some(pid)),
+            PidfileState::Running(Some(pid)) if Pidfile::held_by(path, pid) => return Ok(Some(pid)),
+            PidfileState::Running(Some(pid)) => {
+                return Err(Error::DaemonFailed(format!(
+                    "pidfile {} names pid {pid}, which does not hold it open; not signalling it",
+                    path.display()
+                )));
+            }
             PidfileState::Running(None) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));
             }
@@ -262,7 +297,10 @@ fn stop(config: &Config, timeout: Duration) -> ExitCode {
             return exit::report(&Error::sys("kill", e));
         }
     }
-    match Pidfile::wait_released(path, timeout) {
+    let mut progress = control::StopProgress::new(config);
+    let released = Pidfile::wait_released_ticking(path, timeout, Duration::from_millis(250), || progress.tick());
+    progress.finish();
+    match released {
         Ok(true) => ExitCode::from(exit::OK),
         Ok(false) => {
             eprintln!("warden: pid {pid} is still running {timeout:?} after SIGTERM");

@@ -16,6 +16,15 @@ pub fn serve(config: Config, foreground: bool) -> ExitCode {
     // Read systemd's variables once, before any thread exists, and keep them from children.
     let manager = ServiceManager::from_env();
     let d = &config.daemon;
+    // Accounts named in the file must exist before anything starts (exit 6, like any other
+    // configuration error), not fail a program later inside the daemon.
+    let problems = super::unresolvable_accounts(&config);
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("warden: {p}");
+        }
+        return ExitCode::from(exit::CONFIG);
+    }
     let stdio = |p: &std::path::Path| {
         if foreground {
             Stdio::Inherit
@@ -31,7 +40,6 @@ pub fn serve(config: Config, foreground: bool) -> ExitCode {
         .umask(d.umask)
         .stdout(stdio(&d.stdout))
         .stderr(stdio(&d.stderr))
-        .chown_pidfile(true)
         .foreground(foreground)
         .ready_timeout(d.ready_timeout)
         .service_manager(manager);
@@ -84,6 +92,7 @@ fn supervisor(config: &Config, handle: &DaemonHandle, log: &LogHandle) -> Result
     let d = &config.daemon;
     let mut sup = Supervisor::new().map_err(|e| format!("cannot start the supervisor: {e}"))?;
     sup.set_log(log.clone());
+    sup.set_kill_strays(true);
     sup.set_scale_program(d.scale_program.clone());
     sup.set_config_path(config.path.display().to_string());
     let manager = handle.service_manager();

@@ -21,7 +21,9 @@
 //! `{"v":1,"progress":"…"}` followed by exactly one final line: `{"v":1,"ok":true,"result":…}` or
 //! `{"v":1,"ok":false,"error":"…","kind":"…"}` (`kind` is one of `bad-request`, `denied`,
 //! `no-such-program`, `invalid-config`, `failed`, `busy`). Lines are at most [`MAX_LINE`] bytes;
-//! a longer one is answered with an error and the connection closed.
+//! a longer one is answered with an error and the connection closed. A client must keep its side
+//! of the connection open until the final reply: closing it (or shutting down its write side)
+//! cancels the wait — the operation itself goes on.
 //!
 //! `status` results have the stable schema documented on [`StatusReport`].
 

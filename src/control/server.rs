@@ -326,6 +326,19 @@ impl ControlServer {
         self.flush(id, registry);
     }
 
+    /// Whether the peer of `id` closed its side (a client that gave up waiting). The protocol
+    /// asks clients to keep their side open until the final reply.
+    pub fn peer_gone(&self, id: ConnId) -> bool {
+        self.conns.get(&id).is_some_and(|c| c.read_closed)
+    }
+
+    /// Closes `id` now.
+    pub fn close(&mut self, id: ConnId, registry: &Registry) {
+        if let Some(conn) = self.conns.remove(&id) {
+            let _ = registry.deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
+        }
+    }
+
     /// Whether connection `id` is still open.
     pub fn is_open(&self, id: ConnId) -> bool {
         self.conns.contains_key(&id)

@@ -171,7 +171,9 @@ impl Daemon {
         self
     }
 
-    /// `fchown`s the pidfile to the run user and group before dropping privileges.
+    /// `fchown`s the pidfile to the run user and group before dropping privileges (default no:
+    /// a daemon that can rewrite its pidfile could make root's `stop` signal any pid; removal at
+    /// exit needs only the directory, which warden gives to the run user when it creates it).
     pub fn chown_pidfile(mut self, yes: bool) -> Self {
         self.chown_pidfile = yes;
         self
@@ -255,7 +257,8 @@ impl Daemon {
         if threads != 1 {
             return Err(Error::MultiThreaded(threads));
         }
-        let pidfile = self.pidfile.as_deref().map(Pidfile::acquire).transpose()?;
+        let owner = creds.as_ref().map(|c| (c.uid(), c.gid));
+        let pidfile = self.pidfile.as_deref().map(|p| Pidfile::acquire_for(p, owner)).transpose()?;
         let (read_end, write_end) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
         match sys::fork()? {
@@ -330,7 +333,8 @@ impl Daemon {
     }
 
     fn start_foreground(self, creds: Option<Credentials>, manager: ServiceManager) -> Result<DaemonHandle> {
-        let mut pidfile = self.pidfile.as_deref().map(Pidfile::acquire).transpose()?;
+        let owner = creds.as_ref().map(|c| (c.uid(), c.gid));
+        let mut pidfile = self.pidfile.as_deref().map(|p| Pidfile::acquire_for(p, owner)).transpose()?;
         let held = hold_signals()?;
         let result = (|| {
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(self.umask));

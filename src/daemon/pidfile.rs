@@ -50,11 +50,18 @@ impl Pidfile {
     /// [`Error::UnsafePidfile`] when the path is a symlink or not a regular file, and with
     /// [`Error::Io`] naming the path otherwise. A stale file is taken over and truncated.
     pub fn acquire(path: &Path) -> Result<Pidfile> {
+        Pidfile::acquire_for(path, None)
+    }
+
+    /// Like [`Pidfile::acquire`]; a parent directory created here is given to `owner` (like
+    /// systemd's `RuntimeDirectory=`), so that a daemon that drops privileges can still create
+    /// its control socket there and remove its pidfile at exit.
+    pub fn acquire_for(path: &Path, owner: Option<(Uid, Gid)>) -> Result<Pidfile> {
         // A starting daemon holds the lock before its pid is written, and a `probe` holds a
         // shared lock for an instant: give either a moment before concluding.
         let patience = std::time::Instant::now() + Duration::from_millis(250);
         for _ in 0..10_000 {
-            let file = open_pidfile(path)?;
+            let file = open_pidfile(path, owner)?;
             match file.try_lock() {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
@@ -129,6 +136,17 @@ impl Pidfile {
     /// Event-driven: a blocking `flock` in a helper thread returns the moment the daemon's
     /// descriptor is closed by the kernel. Returns `Ok(true)` when released.
     pub fn wait_released(path: &Path, timeout: Duration) -> Result<bool> {
+        Pidfile::wait_released_ticking(path, timeout, timeout, || {})
+    }
+
+    /// Like [`Pidfile::wait_released`], calling `tick` every `every` while it waits (to show
+    /// progress).
+    pub fn wait_released_ticking(
+        path: &Path,
+        timeout: Duration,
+        every: Duration,
+        mut tick: impl FnMut(),
+    ) -> Result<bool> {
         let file = match OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
@@ -139,16 +157,39 @@ impl Pidfile {
             Err(e) => return Err(open_error(path, e)),
         };
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        let waiter = std::thread::spawn(move || {
             let r = file.lock_shared();
             let _ = file.unlock();
             let _ = tx.send(r);
         });
-        match rx.recv_timeout(timeout) {
-            Ok(Ok(())) => Ok(true),
-            Ok(Err(e)) => Err(Error::io("cannot wait for the lock of pidfile", path, e)),
-            Err(_) => Ok(false),
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left.min(every)) {
+                // Join the helper: a caller may fork next (`warden restart`), which it refuses
+                // to do with a second thread alive.
+                Ok(Ok(())) => {
+                    let _ = waiter.join();
+                    return Ok(true);
+                }
+                Ok(Err(e)) => {
+                    let _ = waiter.join();
+                    return Err(Error::io("cannot wait for the lock of pidfile", path, e));
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !left.is_zero() => tick(),
+                Err(_) => return Ok(false),
+            }
         }
+    }
+
+    /// Whether process `pid` has the pidfile at `path` open — the check to make before
+    /// signalling a pid read from a pidfile, so that whoever can write the file cannot aim
+    /// `warden stop` at another process. Reads `/proc/PID/fd`.
+    pub fn held_by(path: &Path, pid: i32) -> bool {
+        let Ok(target) = std::fs::metadata(path) else { return false };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+        fds.filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+            .any(|m| m.dev() == target.dev() && m.ino() == target.ino())
     }
 
     /// Truncates the file and writes `pid` and a newline through the locked descriptor, mode
@@ -195,7 +236,7 @@ impl Pidfile {
     }
 }
 
-fn open_pidfile(path: &Path) -> Result<File> {
+fn open_pidfile(path: &Path, owner: Option<(Uid, Gid)>) -> Result<File> {
     let open = || {
         OpenOptions::new()
             .read(true)
@@ -213,6 +254,11 @@ fn open_pidfile(path: &Path) -> Result<File> {
                     .mode(0o755)
                     .create(parent)
                     .map_err(|e| Error::io("cannot create pidfile directory", parent, e))?;
+                if let Some((uid, gid)) = owner {
+                    nix::unistd::chown(parent, Some(uid), Some(gid)).map_err(|e| {
+                        Error::io("cannot chown pidfile directory", parent, e.into())
+                    })?;
+                }
             }
             open()
         }

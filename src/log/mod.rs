@@ -78,6 +78,7 @@ pub fn init(cfg: &LogConfig) -> Result<LogHandle> {
     let logger = GlobalLogger {
         backend: Arc::clone(&backend),
         level: cfg.level,
+        owner: std::process::id(),
     };
     log::set_boxed_logger(Box::new(logger)).map_err(|_| Error::Invalid {
         what: "log backend",
@@ -242,6 +243,10 @@ impl Backend {
 struct GlobalLogger {
     backend: Arc<Backend>,
     level: LevelFilter,
+    /// The process that installed the logger. A child forked from it (a function worker) writes
+    /// its records to its own stderr instead — which the supervisor captures — rather than into
+    /// descriptors it inherited and must not use.
+    owner: u32,
 }
 
 impl Log for GlobalLogger {
@@ -250,10 +255,16 @@ impl Log for GlobalLogger {
     }
 
     fn log(&self, record: &Record<'_>) {
-        if self.enabled(record.metadata()) {
-            self.backend
-                .log(record.level(), record.target(), record.args());
+        if !self.enabled(record.metadata()) {
+            return;
         }
+        if std::process::id() != self.owner {
+            let line = format!("{:<5} {}\n", record.level(), record.args());
+            let _ = std::io::stderr().write_all(line.as_bytes());
+            return;
+        }
+        self.backend
+            .log(record.level(), record.target(), record.args());
     }
 
     fn flush(&self) {

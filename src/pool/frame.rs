@@ -176,6 +176,7 @@ impl InBuf {
     }
 
     /// Whether unparsed bytes remain.
+    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.start == self.end
     }

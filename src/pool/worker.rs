@@ -11,7 +11,7 @@
 //! wrong job's.
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use nix::errno::Errno;
@@ -91,11 +91,23 @@ where
             }
             inbuf.consume(frame::HEADER + f.len);
         }
+        // Read without blocking first; only when nothing is there, sleep in poll(POLLIN) rather
+        // than in read(2): a unix socket wakes a reader sleeping in read(2) every time the pool
+        // consumes this worker's results (the write-space wake-up shares the wait queue), while
+        // poll filters wake-ups by event, so an idle worker sleeps through them.
         let room = inbuf.spare(16 * 1024);
-        match nix::unistd::read(sock, room) {
+        let flags = if std::env::var_os("XX_BLOCKING_READ").is_some() { MsgFlags::empty() } else { MsgFlags::MSG_DONTWAIT };
+        match nix::sys::socket::recv(fd, room, flags) {
             Ok(0) => return Stop::Done,
             Ok(n) => inbuf.filled(n),
             Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) => {
+                let mut pfd = [nix::poll::PollFd::new(sock.as_fd(), nix::poll::PollFlags::POLLIN)];
+                match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::NONE) {
+                    Ok(_) | Err(Errno::EINTR) => {}
+                    Err(e) => return Stop::Broken(format!("cannot wait for jobs: {e}")),
+                }
+            }
             Err(e) => return Stop::Broken(format!("cannot read jobs: {e}")),
         }
     }

@@ -145,6 +145,11 @@ impl Supervisor {
     }
 
     fn handle_command(&mut self, conn: ConnId, command: Command) {
+        if self.shutdown.is_some() && command.writes() {
+            // A program started now would outlive the reverse-order stop already past it.
+            self.reply(conn, Reply::failed(ErrorKind::Busy, "warden is shutting down"));
+            return;
+        }
         match command {
             Command::Status { programs } => match self.programs_named(&programs) {
                 Ok(ps) => {
@@ -222,6 +227,13 @@ impl Supervisor {
         let mut waiters = std::mem::take(&mut self.waiters);
         waiters.retain_mut(|w| {
             if !self.control.as_ref().is_some_and(|c| c.is_open(w.conn)) {
+                return false;
+            }
+            if self.control.as_ref().is_some_and(|c| c.peer_gone(w.conn)) {
+                // The client gave up (its timeout) or closed: stop reporting to it.
+                if let Some(c) = self.control.as_mut() {
+                    c.close(w.conn, self.poll.registry());
+                }
                 return false;
             }
             let mut pending = Vec::new();
@@ -480,6 +492,11 @@ impl Supervisor {
     pub(super) fn sweep_removed(&mut self) {
         for prog in self.programs.iter_mut().filter(|p| p.removed) {
             prog.slots.retain(|s| s.inst.state.is_up() || matches!(s.inst.state, state::State::Spawning));
+            if prog.slots.is_empty() {
+                // A tombstone keeps only its name: no open output file, no resolved spec.
+                prog.files = [None, None];
+                prog.prepared = None;
+            }
         }
     }
 }

@@ -161,6 +161,9 @@ struct Slot {
     up_since: Option<Instant>,
     status_text: Option<String>,
     main_pid: Option<i32>,
+    /// The spawned process (a forking service's launcher) exited and was reaped while its
+    /// `MAINPID=` lives on: its pid may be reused and must never be signalled again.
+    launcher_gone: bool,
     /// Scaled away: removed once down.
     retiring: bool,
 }
@@ -215,6 +218,7 @@ pub struct Supervisor {
     reloader: Option<Reloader>,
     started_at: Instant,
     config_path: String,
+    kill_strays: bool,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -262,6 +266,7 @@ impl Supervisor {
             reloader: None,
             started_at: Instant::now(),
             config_path: String::new(),
+            kill_strays: false,
         })
     }
 
@@ -310,6 +315,13 @@ impl Supervisor {
     /// Applies a reload now, as `SIGHUP` does: the plan, or why nothing changed.
     pub fn reload_now(&mut self, dry_run: bool) -> std::result::Result<ReloadPlan, String> {
         self.reload(dry_run).map(|(plan, _)| plan).map_err(|(_, e)| e)
+    }
+
+    /// Whether a finished shutdown kills every remaining child of this process — descendants
+    /// that escaped their worker's process group and were re-parented here (default off: a
+    /// library user's process may have children of its own; the `warden` binary turns it on).
+    pub fn set_kill_strays(&mut self, yes: bool) {
+        self.kill_strays = yes;
     }
 
     /// Stops serving the control socket and removes its file (at exit).
@@ -390,6 +402,9 @@ impl Supervisor {
             self.tick();
             self.advance_shutdown();
             if self.shutdown.is_some() && self.all_down() {
+                if self.kill_strays {
+                    self.kill_strays();
+                }
                 self.drain_all_pipes();
                 return Ok(RunExit::Shutdown);
             }
@@ -442,6 +457,12 @@ impl Supervisor {
 
     /// Sets the number of instances of `program`: new ones start, the highest indices stop.
     pub fn scale(&mut self, program: &str, instances: u32) -> Result<()> {
+        if instances > crate::config::MAX_INSTANCES {
+            return Err(Error::Invalid {
+                what: "instances",
+                reason: format!("{instances} is more than {}", crate::config::MAX_INSTANCES),
+            });
+        }
         let p = self.find(program)?;
         let target = instances as usize;
         let live: Vec<usize> = self.programs[p].slots.iter().filter(|s| !s.retiring).map(|s| s.index).collect();
@@ -627,6 +648,7 @@ impl Supervisor {
                     self.by_pid.insert(pid, (p, slot.index));
                     slot.up_since = Some(now);
                     slot.main_pid = None;
+                    slot.launcher_gone = false;
                     slot.status_text = None;
                 }
             }
@@ -697,11 +719,19 @@ impl Supervisor {
 
     fn signal(&mut self, p: usize, pos: usize, pid: i32, signal: i32) {
         let Ok(sig) = Signal::try_from(signal) else { return };
+        let slot = &self.programs[p].slots[pos];
         // The worker leads its own process group: signal the group, then the main pid in case it
-        // left the group (MAINPID= of a forking service).
-        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), sig);
-        let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
-        if let Some(main) = self.programs[p].slots[pos].main_pid {
+        // left the group (MAINPID= of a forking service). Once the launcher is reaped its pid is
+        // free for reuse: only the main pid, and the group while the main pid is in it, remain.
+        let group_alive = !slot.launcher_gone
+            || slot.main_pid.is_some_and(|m| nix::unistd::getpgid(Some(Pid::from_raw(m))).ok() == Some(Pid::from_raw(pid)));
+        if group_alive {
+            let _ = nix::sys::signal::killpg(Pid::from_raw(pid), sig);
+        }
+        if !slot.launcher_gone {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+        }
+        if let Some(main) = slot.main_pid {
             let _ = nix::sys::signal::kill(Pid::from_raw(main), sig);
         }
     }
@@ -719,6 +749,11 @@ impl Supervisor {
                 SignalEvent::FastShutdown => {
                     log::info!("fast shutdown: killing every worker");
                     self.shutdown(true);
+                }
+                SignalEvent::Reload | SignalEvent::AddWorker | SignalEvent::RemoveWorker
+                    if self.shutdown.is_some() =>
+                {
+                    log::warn!("{event:?} ignored: warden is shutting down");
                 }
                 SignalEvent::Reload if self.reloader.is_some() => {
                     log::info!("SIGHUP: reloading the configuration");
@@ -772,9 +807,10 @@ impl Supervisor {
             if slot.main_pid == Some(pid) {
                 // The MAINPID= process ended: that is the worker's end.
                 self.by_pid.remove(&pid);
-                let spawned = slot.inst.state.pid();
+                let launcher_running = !slot.launcher_gone && slot.inst.state.pid().is_some_and(|s| s != pid);
                 self.programs[p].slots[pos].main_pid = None;
-                if spawned.is_some_and(|s| s != pid && crate::supervisor::pid_alive(s)) {
+                if launcher_running {
+                    // The launcher is still ours to reap; its exit ends the instance.
                     continue;
                 }
                 self.apply(p, pos, Event::Exited { status });
@@ -782,6 +818,8 @@ impl Supervisor {
                 if slot.main_pid.is_some_and(pid_alive) {
                     // A forking service's launcher exited after naming its main pid.
                     log::debug!("{}[{index}]: launcher pid {pid} exited ({status}); main pid lives on", self.programs[p].def.name);
+                    self.by_pid.remove(&pid);
+                    self.programs[p].slots[pos].launcher_gone = true;
                     continue;
                 }
                 self.apply(p, pos, Event::Exited { status });
@@ -789,6 +827,35 @@ impl Supervisor {
                 self.by_pid.remove(&pid);
             }
             self.remove_retired(p);
+        }
+    }
+
+    /// At the end of a shutdown, kills the descendants that escaped their worker's process
+    /// group (a `setsid` daemon inside a worker) and were re-parented to us: no orphan outlives
+    /// warden's orderly exit.
+    fn kill_strays(&mut self) {
+        let me = std::process::id() as i32;
+        let strays: Vec<i32> = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                    .filter(|&pid| notify::pgrp_and_parent(pid).is_some_and(|(_, ppid)| ppid == me))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if strays.is_empty() {
+            return;
+        }
+        log::warn!("killing {} stray descendant(s) left behind by workers: {strays:?}", strays.len());
+        for &pid in &strays {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut left = strays;
+        while !left.is_empty() && Instant::now() < deadline {
+            left.retain(|&pid| matches!(waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)), Ok(WaitStatus::StillAlive)));
+            if !left.is_empty() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 
@@ -842,8 +909,16 @@ impl Supervisor {
             self.programs[p].slots[pos].status_text = Some(text.clone());
         }
         if let Some(main) = msg.main_pid {
-            self.programs[p].slots[pos].main_pid = Some(main);
-            self.by_pid.insert(main, (p, index));
+            let worker = self.programs[p].slots[pos].inst.state.pid();
+            if worker.is_some_and(|w| w == main || descends_from(main, w)) {
+                self.programs[p].slots[pos].main_pid = Some(main);
+                self.by_pid.insert(main, (p, index));
+            } else {
+                log::warn!(
+                    "{}[{index}]: MAINPID={main} ignored: not the worker or one of its descendants",
+                    self.programs[p].def.name
+                );
+            }
         }
         if msg.watchdog {
             self.apply(p, pos, Event::WatchdogPing);
@@ -960,8 +1035,22 @@ fn new_slot(index: usize) -> Slot {
         up_since: None,
         status_text: None,
         main_pid: None,
+        launcher_gone: false,
         retiring: false,
     }
+}
+
+/// Whether `pid` descends from `ancestor`, walking parents in `/proc` (bounded).
+fn descends_from(pid: i32, ancestor: i32) -> bool {
+    let mut cur = pid;
+    for _ in 0..64 {
+        match notify::pgrp_and_parent(cur) {
+            Some((_, ppid)) if ppid == ancestor => return true,
+            Some((_, ppid)) if ppid > 1 => cur = ppid,
+            _ => return false,
+        }
+    }
+    false
 }
 
 fn pid_alive(pid: i32) -> bool {

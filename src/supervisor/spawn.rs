@@ -274,9 +274,11 @@ pub(crate) fn spawn_fn(f: &WorkerFn, i: &Instance<'_>) -> Result<Started> {
                 eprintln!("warden: worker {}[{}] setup failed: {e}", i.program, i.index);
                 sys::_exit(127);
             }
-            // Close everything the supervisor had open: epoll, sockets, other workers' pipes.
-            // Their owners are never used again here: the child leaves through exit.
-            let _ = sys::close_fds_except(&[]);
+            // Everything the supervisor had open (epoll, sockets, the pidfile, other workers'
+            // pipes, log files) is pointed at /dev/null rather than closed: Rust objects in this
+            // copy of the process still own those numbers, and a closed number would be reused by
+            // the worker's next open() — and written to by whoever owned it.
+            let _ = sys::neutralise_fds();
             let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ctx))).unwrap_or(101);
             use std::io::Write;
             let _ = std::io::stdout().flush();

@@ -190,6 +190,33 @@ fn close_fds_by_listing(keep: &[RawFd]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Points every descriptor above 2 at `/dev/null` (`dup2`), dropping the files they referred to
+/// without freeing their numbers. For a forked child whose inherited Rust objects still think
+/// they own those descriptors.
+pub fn neutralise_fds() -> Result<(), Error> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| Error::io("cannot open", "/dev/null", e))?;
+    let null_fd = {
+        use std::os::fd::AsRawFd;
+        null.as_raw_fd()
+    };
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")
+        .map_err(|e| Error::io("cannot list", "/proc/self/fd", e))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds.into_iter().filter(|&fd| fd > 2 && fd != null_fd) {
+        // SAFETY: dup2 onto an open descriptor atomically replaces what it refers to; the number
+        // stays allocated, so whoever owns it in this process keeps a valid (if now inert)
+        // descriptor. EBADF for the directory listing's own, already closed descriptor is
+        // harmless.
+        unsafe { libc::dup2(null_fd, fd) };
+    }
+    Ok(())
+}
+
 fn require_single_thread() -> Result<(), Error> {
     let threads = thread_count().map_err(|e| Error::io("cannot read", "/proc/self/task", e))?;
     if threads != 1 {
@@ -291,7 +318,8 @@ pub fn child_setup(setup: &ChildSetup) -> io::Result<()> {
             check(libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0))?;
             // The supervisor may have died before the death signal was armed.
             if libc::getppid() != setup.parent {
-                return Err(io::Error::other("the supervisor exited during spawn"));
+                // ESRCH: the supervisor is gone. No message: `Error::other` would allocate.
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
             }
         }
         if let Some(mask) = setup.umask {

@@ -1,0 +1,755 @@
+//! The job pool, scenario by scenario: `pool --scenario NAME [--dir DIR]`.
+//!
+//! Each scenario builds a pool, drives it the way a user would (including killing workers from
+//! the outside), checks what it sees, and prints `key=value` lines on stdout for
+//! `tests/pool.rs`, ending with `pids=...` (every worker and fork server pid it saw, which must
+//! all be gone once this program has exited) and `result=ok` (or `result=FAIL ...`). Pool logs
+//! (restarts, captured worker output) go to stderr. `pool --list` lists the scenarios.
+//!
+//! The pools here are built as the first thing their scenario does — before any thread — which
+//! is what [`StartMethod::Fork`] requires, and what [`StartMethod::ExecSelf`] advises: its
+//! workers re-run this `main` with the same arguments up to the same `build()` call.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use warden::pool::{ExitStatus, JobError, JobOptions, Outcome, Policy, Pool, StartMethod};
+
+/// What the test handler can be asked to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum Task {
+    /// `x * x + 1`.
+    Square(u64),
+    /// Sleep, then return `id`.
+    Sleep { ms: u64, id: u64 },
+    /// Write our pid to `path` (atomically), sleep, then return `id`.
+    SleepPid { ms: u64, id: u64, path: String },
+    /// Return our pid.
+    Pid,
+    /// Panic with "boom".
+    Panic,
+    /// Leave the process with this code, mid-job.
+    Exit(i32),
+    /// Print a line on stdout, then return our pid.
+    Print(String),
+    /// Fail with the handler's error.
+    Fail(String),
+}
+
+fn handle(task: Task) -> Result<u64, String> {
+    match task {
+        Task::Square(x) => Ok(x * x + 1),
+        Task::Sleep { ms, id } => {
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(id)
+        }
+        Task::SleepPid { ms, id, path } => {
+            let tmp = format!("{path}.tmp");
+            std::fs::write(&tmp, std::process::id().to_string()).map_err(|e| e.to_string())?;
+            std::fs::rename(&tmp, &path).map_err(|e| e.to_string())?;
+            std::thread::sleep(Duration::from_millis(ms));
+            Ok(id)
+        }
+        Task::Pid => Ok(u64::from(std::process::id())),
+        Task::Panic => panic!("boom"),
+        Task::Exit(code) => std::process::exit(code),
+        Task::Print(s) => {
+            println!("{s}");
+            Ok(u64::from(std::process::id()))
+        }
+        Task::Fail(s) => Err(s),
+    }
+}
+
+type TaskPool = Pool<Task, u64, String>;
+
+/// What a scenario reports.
+struct Report {
+    pids: BTreeSet<i32>,
+    failures: Vec<String>,
+}
+
+impl Report {
+    fn new() -> Report {
+        Report {
+            pids: BTreeSet::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    fn kv(&self, key: &str, value: impl std::fmt::Display) {
+        println!("{key}={value}");
+    }
+
+    fn check(&mut self, ok: bool, what: impl Into<String>) {
+        if !ok {
+            let what = what.into();
+            eprintln!("CHECK FAILED: {what}");
+            self.failures.push(what);
+        }
+    }
+
+    /// Records every pid the pool shows now.
+    fn see<J, O, E>(&mut self, pool: &Pool<J, O, E>)
+    where
+        J: Serialize + for<'de> Deserialize<'de> + Send + 'static,
+        O: Serialize + for<'de> Deserialize<'de> + Send + 'static,
+        E: Serialize + for<'de> Deserialize<'de> + Send + 'static,
+    {
+        let s = pool.stats();
+        self.pids.extend(s.worker_pids.iter().flatten());
+        self.pids.extend(s.fork_server_pid);
+    }
+
+    fn finish(self) -> ! {
+        let pids: Vec<String> = self.pids.iter().map(|p| p.to_string()).collect();
+        println!("pids={}", pids.join(","));
+        if self.failures.is_empty() {
+            println!("result=ok");
+            std::process::exit(0)
+        } else {
+            println!("result=FAIL {}", self.failures.join("; "));
+            std::process::exit(1)
+        }
+    }
+}
+
+fn builder(name: &str) -> warden::pool::PoolBuilder<Task, u64, String, fn(Task) -> Result<u64, String>> {
+    Pool::builder(name, handle as fn(Task) -> Result<u64, String>)
+}
+
+fn build(b: warden::pool::PoolBuilder<Task, u64, String, fn(Task) -> Result<u64, String>>) -> TaskPool {
+    match b.build() {
+        Ok(p) => p,
+        Err(e) => {
+            println!("result=FAIL build: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// Waits for `f` to hold, at most `limit`.
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    f()
+}
+
+fn read_pid(path: &str, limit: Duration) -> Option<i32> {
+    let mut pid = None;
+    wait_until(limit, || {
+        pid = std::fs::read_to_string(path).ok().and_then(|s| s.parse().ok());
+        pid.is_some()
+    });
+    pid
+}
+
+fn kill9(pid: i32) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+}
+
+fn sigkill() -> ExitStatus {
+    ExitStatus::Signal {
+        signal: 9,
+        core_dumped: false,
+    }
+}
+
+fn wait_ok(h: warden::pool::JobHandle<u64, String>) -> Outcome<u64, String> {
+    match h.wait_timeout(Duration::from_secs(20)) {
+        Ok(o) => o,
+        Err(_) => Err(JobError::Fatal("example: no outcome within 20 s".into())),
+    }
+}
+
+/// Results equal a sequential run, for 100,000 jobs, through `map` and `imap_unordered`.
+fn sequential(mut r: Report) -> Report {
+    let pool = build(builder("seq").workers(2));
+    let n = 100_000u64;
+    let expect: Vec<u64> = (0..n).map(|x| x * x + 1).collect();
+    let t = Instant::now();
+    let got = pool.map((0..n).map(Task::Square)).expect("open");
+    r.kv("map_ms", t.elapsed().as_millis());
+    let bad = got
+        .iter()
+        .zip(&expect)
+        .filter(|(g, e)| g.as_ref().ok() != Some(e))
+        .count();
+    r.kv("map_mismatches", bad);
+    r.check(got.len() == n as usize && bad == 0, "map results differ from a sequential run");
+    let mut by_index = vec![None; n as usize];
+    let mut count = 0;
+    for (i, o) in pool.imap_unordered((0..n).map(Task::Square)).expect("open") {
+        by_index[i] = o.ok();
+        count += 1;
+    }
+    let bad = by_index
+        .iter()
+        .zip(&expect)
+        .filter(|(g, e)| g.as_ref() != Some(e))
+        .count();
+    r.kv("imap_count", count);
+    r.kv("imap_mismatches", bad);
+    r.check(count == n && bad == 0, "imap_unordered results differ");
+    let s = pool.stats();
+    r.kv("completed", s.completed);
+    r.check(s.worker_deaths == 0, "no worker should die");
+    r.see(&pool);
+    pool.close();
+    pool.join();
+    r
+}
+
+/// `map` keeps input order although jobs finish out of order; so does `map_chunked`.
+fn map_order(mut r: Report) -> Report {
+    let pool = build(builder("order").workers(2).pipeline(4));
+    // Varying durations so that completion order differs from input order.
+    let jobs: Vec<Task> = (0..60u64)
+        .map(|i| Task::Sleep {
+            ms: (i * 7) % 11,
+            id: i,
+        })
+        .collect();
+    let got = pool.map(jobs.clone()).expect("open");
+    let ids: Vec<u64> = got.iter().map(|o| *o.as_ref().unwrap_or(&u64::MAX)).collect();
+    r.check(ids == (0..60).collect::<Vec<_>>(), format!("map order: {ids:?}"));
+    for chunk in [0usize, 1, 7, 100] {
+        let got = pool.map_chunked(jobs.clone(), chunk).expect("open");
+        let ids: Vec<u64> = got.iter().map(|o| *o.as_ref().unwrap_or(&u64::MAX)).collect();
+        r.check(
+            ids == (0..60).collect::<Vec<_>>(),
+            format!("map_chunked({chunk}) order: {ids:?}"),
+        );
+    }
+    let big = pool
+        .map_chunked((0..10_000u64).map(Task::Square), 0)
+        .expect("open");
+    r.check(
+        big.iter()
+            .enumerate()
+            .all(|(i, o)| *o == Ok((i as u64) * (i as u64) + 1)),
+        "map_chunked of 10,000",
+    );
+    // Handler errors and panics inside a chunk stay per job.
+    let mixed = vec![
+        Task::Square(2),
+        Task::Fail("nope".into()),
+        Task::Panic,
+        Task::Square(3),
+    ];
+    let got = pool.map_chunked(mixed, 4).expect("open");
+    r.check(got[0] == Ok(5), "chunk item 0");
+    r.check(got[1] == Err(JobError::Handler("nope".into())), "chunk item 1");
+    r.check(matches!(&got[2], Err(JobError::Panicked(m)) if m.contains("boom")), "chunk item 2");
+    r.check(got[3] == Ok(10), "chunk item 3");
+    r.kv("checked", "order");
+    r.see(&pool);
+    r
+}
+
+/// SIGKILL of a worker in the middle of a job: that job alone fails, every callback fires once.
+fn kill_busy(mut r: Report, dir: &str) -> Report {
+    let pool = build(builder("killbusy").workers(2).pipeline(8));
+    pool.start();
+    let total = 40u64;
+    let victim = 5u64;
+    let path = format!("{dir}/victim.pid");
+    let calls: Arc<Vec<AtomicU32>> = Arc::new((0..total + 20).map(|_| AtomicU32::new(0)).collect());
+    let outcomes: Arc<Mutex<Vec<Option<Outcome<u64, String>>>>> =
+        Arc::new(Mutex::new(vec![None; (total + 20) as usize]));
+    let resolved_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
+    let submit = |i: u64, task: Task| {
+        let (calls, outcomes, resolved_at) = (calls.clone(), outcomes.clone(), resolved_at.clone());
+        pool.apply_async(task, move |o| {
+            calls[i as usize].fetch_add(1, Ordering::SeqCst);
+            if i == victim {
+                *resolved_at.lock().unwrap() = Some(Instant::now());
+            }
+            outcomes.lock().unwrap()[i as usize] = Some(o);
+        })
+        .expect("open");
+    };
+    for i in 0..total {
+        let task = if i == victim {
+            Task::SleepPid {
+                ms: 30_000,
+                id: i,
+                path: path.clone(),
+            }
+        } else {
+            Task::Sleep { ms: 40, id: i }
+        };
+        submit(i, task);
+    }
+    let Some(pid) = read_pid(&path, Duration::from_secs(10)) else {
+        r.check(false, "the victim job never started");
+        return r;
+    };
+    r.pids.insert(pid);
+    r.see(&pool);
+    let killed_at = Instant::now();
+    kill9(pid);
+    let all = wait_until(Duration::from_secs(20), || {
+        (0..total).all(|i| calls[i as usize].load(Ordering::SeqCst) >= 1)
+    });
+    r.check(all, "not every callback fired");
+    if let Some(t) = *resolved_at.lock().unwrap() {
+        r.kv("resolve_us", t.duration_since(killed_at).as_micros());
+    }
+    // Later jobs succeed.
+    for i in total..total + 20 {
+        submit(i, Task::Square(i));
+    }
+    let later = wait_until(Duration::from_secs(20), || {
+        (total..total + 20).all(|i| calls[i as usize].load(Ordering::SeqCst) >= 1)
+    });
+    r.check(later, "later jobs did not all complete");
+    pool.close();
+    pool.join();
+    let outcomes = outcomes.lock().unwrap();
+    for i in 0..total + 20 {
+        let n = calls[i as usize].load(Ordering::SeqCst);
+        r.check(n == 1, format!("callback of job {i} fired {n} times"));
+        let o = &outcomes[i as usize];
+        if i == victim {
+            r.kv("victim", format!("{o:?}"));
+            r.check(*o == Some(Err(JobError::WorkerDied(sigkill()))), "victim outcome");
+        } else if i < total {
+            r.check(*o == Some(Ok(i)), format!("job {i}: {o:?}"));
+        } else {
+            r.check(*o == Some(Ok(i * i + 1)), format!("later job {i}: {o:?}"));
+        }
+    }
+    let s = pool.stats();
+    r.kv("requeued", s.requeued);
+    r.kv("worker_deaths", s.worker_deaths);
+    r.check(s.worker_deaths == 1, "exactly one worker death");
+    r.check(s.requeued >= 1, "jobs behind the victim should have been requeued");
+    r
+}
+
+/// SIGKILL of an idle worker: nothing is lost, nothing hangs, the worker is replaced.
+fn kill_idle(mut r: Report) -> Report {
+    let pool = build(builder("killidle").workers(2));
+    let warm = pool.map((0..10).map(Task::Square)).expect("open");
+    r.check(warm.iter().all(|o| o.is_ok()), "warm-up");
+    let before = pool.stats().worker_pids;
+    r.see(&pool);
+    let victim = before[0].expect("worker 0 is up");
+    kill9(victim);
+    let replaced = wait_until(Duration::from_secs(10), || {
+        let s = pool.stats();
+        s.worker_deaths == 1 && s.worker_pids[0].is_some_and(|p| p != victim)
+    });
+    r.check(replaced, "the idle worker was not replaced");
+    r.see(&pool);
+    let got = pool.map((0..100).map(Task::Square)).expect("open");
+    let lost = got.iter().filter(|o| o.is_err()).count();
+    r.kv("lost", lost);
+    r.check(lost == 0, "jobs failed after an idle worker died");
+    r.kv("worker_deaths", pool.stats().worker_deaths);
+    r.see(&pool);
+    r
+}
+
+/// A panicking handler: the job's outcome is `Panicked`, the same worker serves the next job.
+fn panic(mut r: Report) -> Report {
+    let pool = build(builder("panic").workers(1).pipeline(1));
+    let before = wait_ok(pool.submit(Task::Pid).expect("open"));
+    let p = wait_ok(pool.submit(Task::Panic).expect("open"));
+    let after = wait_ok(pool.submit(Task::Pid).expect("open"));
+    r.kv("panic", format!("{p:?}"));
+    r.check(matches!(&p, Err(JobError::Panicked(m)) if m == "boom"), "panic outcome");
+    r.check(before.is_ok() && before == after, format!("same worker: {before:?} {after:?}"));
+    let e = wait_ok(pool.submit(Task::Fail("bad input".into())).expect("open"));
+    r.check(e == Err(JobError::Handler("bad input".into())), "handler error");
+    r.check(pool.stats().worker_deaths == 0, "no death");
+    r.see(&pool);
+    r
+}
+
+/// Per-job timeouts (pool default and per-submit override); the pool carries on.
+fn timeout(mut r: Report) -> Report {
+    let pool = build(
+        builder("timeout")
+            .workers(1)
+            .pipeline(4)
+            .job_timeout(Some(Duration::from_millis(300))),
+    );
+    let t = Instant::now();
+    let slow = pool.submit(Task::Sleep { ms: 20_000, id: 1 }).expect("open");
+    let next = pool.submit(Task::Square(4)).expect("open");
+    let o = wait_ok(slow);
+    let took = t.elapsed();
+    r.kv("timed_out_ms", took.as_millis());
+    r.check(o == Err(JobError::TimedOut), format!("slow job: {o:?}"));
+    r.check(took < Duration::from_secs(5), "the timeout fired late");
+    r.check(wait_ok(next) == Ok(17), "the job queued behind the slow one");
+    // Per-job override: shorter and none.
+    let short = pool
+        .submit_with(
+            Task::Sleep { ms: 5_000, id: 2 },
+            JobOptions::new().timeout(Some(Duration::from_millis(100))),
+        )
+        .expect("open");
+    r.check(wait_ok(short) == Err(JobError::TimedOut), "override: shorter");
+    let none = pool
+        .submit_with(Task::Sleep { ms: 500, id: 3 }, JobOptions::new().timeout(None))
+        .expect("open");
+    r.check(wait_ok(none) == Ok(3), "override: no timeout");
+    r.check(wait_ok(pool.submit(Task::Square(2)).expect("open")) == Ok(5), "carries on");
+    let s = pool.stats();
+    r.kv("timed_out", s.timed_out);
+    r.check(s.timed_out == 2 && s.fatal.is_none(), format!("stats: {s:?}"));
+    r.see(&pool);
+    r
+}
+
+/// `close` + `join` return after the last job; submitting after `close` gives the job back.
+fn close_join(mut r: Report) -> Report {
+    let pool = build(builder("closejoin").workers(2).pipeline(2));
+    let done = Arc::new(AtomicU32::new(0));
+    for i in 0..50 {
+        let done = done.clone();
+        pool.apply_async(Task::Sleep { ms: 10, id: i }, move |o| {
+            if o.is_ok() {
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .expect("open");
+    }
+    r.see(&pool);
+    pool.close();
+    match pool.submit(Task::Square(1)) {
+        Err(warden::pool::Closed(Task::Square(1))) => {}
+        other => r.check(false, format!("submit after close: {other:?}")),
+    }
+    let t = Instant::now();
+    pool.join();
+    r.kv("join_ms", t.elapsed().as_millis());
+    let n = done.load(Ordering::SeqCst);
+    r.kv("done_at_join", n);
+    r.check(n == 50, "join returned before every job");
+    let s = pool.stats();
+    r.check(s.worker_pids.iter().all(Option::is_none), "workers still up after join");
+    r
+}
+
+/// `terminate` cancels every unfinished job and leaves no worker.
+fn terminate(mut r: Report) -> Report {
+    let pool = build(builder("terminate").workers(1).pipeline(2));
+    let handles: Vec<_> = (0..10)
+        .map(|i| pool.submit(Task::Sleep { ms: 2_000, id: i }).expect("open"))
+        .collect();
+    wait_until(Duration::from_secs(10), || pool.stats().busy == 1);
+    r.see(&pool);
+    let t = Instant::now();
+    pool.terminate();
+    r.kv("terminate_ms", t.elapsed().as_millis());
+    r.check(t.elapsed() < Duration::from_secs(2), "terminate was slow");
+    let mut cancelled = 0;
+    for h in handles {
+        match h.try_get() {
+            Ok(Err(JobError::Cancelled)) => cancelled += 1,
+            other => r.check(false, format!("after terminate: {other:?}")),
+        }
+    }
+    r.kv("cancelled", cancelled);
+    r.check(matches!(pool.submit(Task::Square(1)), Err(_)), "closed after terminate");
+    let s = pool.stats();
+    r.check(s.worker_pids.iter().all(Option::is_none), "workers up after terminate");
+    r.check(s.fork_server_pid.is_none(), "fork server up after terminate");
+    r
+}
+
+/// A full queue: `submit` blocks (bounded) and `try_submit` gives the job back.
+fn backpressure(mut r: Report) -> Report {
+    let pool = build(builder("backpressure").workers(1).pipeline(1).queue_capacity(2));
+    let first = pool.submit(Task::Sleep { ms: 400, id: 1 }).expect("open");
+    r.check(
+        wait_until(Duration::from_secs(10), || pool.stats().in_flight == 1),
+        "first job never sent",
+    );
+    r.see(&pool);
+    let second = pool.submit(Task::Sleep { ms: 10, id: 2 }).expect("open");
+    let third = pool.submit(Task::Sleep { ms: 10, id: 3 }).expect("open");
+    match pool.try_submit(Task::Square(7)) {
+        Err(warden::pool::TrySubmitError::Full(Task::Square(7))) => r.kv("try_submit", "full"),
+        other => r.check(false, format!("try_submit on a full queue: {other:?}")),
+    }
+    let t = Instant::now();
+    let fourth = pool.submit(Task::Square(7)).expect("open");
+    let blocked = t.elapsed();
+    r.kv("blocked_ms", blocked.as_millis());
+    r.check(
+        blocked >= Duration::from_millis(150) && blocked < Duration::from_secs(10),
+        "submit did not block until there was room",
+    );
+    r.check(wait_ok(first) == Ok(1), "first");
+    r.check(wait_ok(second) == Ok(2), "second");
+    r.check(wait_ok(third) == Ok(3), "third");
+    r.check(wait_ok(fourth) == Ok(50), "fourth");
+    r
+}
+
+/// Recycling by job count: worker pids change, no job fails, no death counted.
+fn recycle(mut r: Report) -> Report {
+    let pool = build(builder("recycle").workers(2).pipeline(4).max_jobs_per_worker(Some(10)));
+    let got = pool.map((0..100).map(|_| Task::Pid)).expect("open");
+    let failed = got.iter().filter(|o| o.is_err()).count();
+    let pids: BTreeSet<u64> = got.iter().filter_map(|o| o.as_ref().ok().copied()).collect();
+    r.pids.extend(pids.iter().map(|&p| p as i32));
+    r.kv("failed", failed);
+    r.kv("distinct_pids", pids.len());
+    r.check(failed == 0, "jobs failed while recycling");
+    r.check(pids.len() >= 10, "pids did not change every 10 jobs");
+    // Every pid answered at most 10 jobs.
+    let most = pids
+        .iter()
+        .map(|p| got.iter().filter(|o| o.as_ref().ok() == Some(p)).count())
+        .max()
+        .unwrap_or(0);
+    r.check(most <= 10, format!("a worker answered {most} jobs"));
+    let s = pool.stats();
+    r.kv("recycled", s.recycled);
+    r.check(s.worker_deaths == 0 && s.fatal.is_none(), format!("stats: {s:?}"));
+    r.see(&pool);
+    r
+}
+
+/// An idempotent job whose worker is killed is run again and succeeds.
+fn retries(mut r: Report, dir: &str) -> Report {
+    let pool = build(builder("retries").workers(1));
+    let path = format!("{dir}/retry.pid");
+    let h = pool
+        .submit_with(
+            Task::SleepPid {
+                ms: 300,
+                id: 9,
+                path: path.clone(),
+            },
+            JobOptions::new().retries(1),
+        )
+        .expect("open");
+    let Some(pid) = read_pid(&path, Duration::from_secs(10)) else {
+        r.check(false, "the job never started");
+        return r;
+    };
+    r.pids.insert(pid);
+    r.see(&pool);
+    let _ = std::fs::remove_file(&path);
+    kill9(pid);
+    let o = wait_ok(h);
+    r.kv("outcome", format!("{o:?}"));
+    r.check(o == Ok(9), "the retried job");
+    let s = pool.stats();
+    r.kv("retried", s.retried);
+    r.check(s.retried == 1, "one retry");
+    r.see(&pool);
+    r
+}
+
+/// A crash loop ends in `Fatal` outcomes for new jobs, not in a hang.
+fn crash_loop(mut r: Report) -> Report {
+    let policy = Policy {
+        max_restarts: 2,
+        backoff_initial: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        ..Policy::default()
+    };
+    let pool = build(builder("crashloop").workers(1).policy(policy));
+    let t = Instant::now();
+    let mut outcomes = Vec::new();
+    for _ in 0..3 {
+        r.see(&pool);
+        outcomes.push(wait_ok(pool.submit(Task::Exit(3)).expect("open")));
+    }
+    for o in &outcomes {
+        r.check(*o == Err(JobError::WorkerDied(ExitStatus::Code(3))), format!("{o:?}"));
+    }
+    let o = wait_ok(pool.submit(Task::Square(1)).expect("open"));
+    r.kv("after", format!("{o:?}"));
+    r.check(matches!(&o, Err(JobError::Fatal(m)) if m.contains("crash loop")), "fatal outcome");
+    r.kv("ms", t.elapsed().as_millis());
+    r.check(
+        wait_until(Duration::from_secs(5), || pool.stats().fatal.is_some()),
+        "stats.fatal",
+    );
+    r
+}
+
+/// Worker output is captured into the pool's log, tagged `NAME[INDEX]`.
+fn output(mut r: Report) -> Report {
+    let pool = build(builder("output").workers(1));
+    let o = wait_ok(pool.submit(Task::Print("hello from a worker".into())).expect("open"));
+    r.check(o.is_ok(), "print job");
+    r.see(&pool);
+    pool.close();
+    pool.join(); // the worker exits, its pipe reaches EOF and is drained
+    r
+}
+
+/// Several `Fork` pools built in a row (their I/O threads start at first use).
+fn two_pools(mut r: Report) -> Report {
+    let a = build(builder("first").workers(1));
+    let b = Pool::builder("second", |s: String| -> Result<usize, ()> { Ok(s.len()) })
+        .workers(1)
+        .build();
+    let b = match b {
+        Ok(b) => b,
+        Err(e) => {
+            r.check(false, format!("second pool: {e}"));
+            return r;
+        }
+    };
+    r.check(wait_ok(a.submit(Task::Square(3)).expect("open")) == Ok(10), "first pool");
+    let n = b.submit("four".to_string()).expect("open").wait();
+    r.check(n == Ok(4), "second pool");
+    r.see(&a);
+    r.see(&b);
+    r
+}
+
+/// `ExecSelf` from a program that already runs several threads; kill a busy exec'd worker.
+fn exec_threads(mut r: Report, dir: &str) -> Report {
+    // Side effects before build() happen in every worker too: these threads just park.
+    for _ in 0..3 {
+        std::thread::spawn(|| {
+            loop {
+                std::thread::park();
+            }
+        });
+    }
+    let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0);
+    let pool = build(builder("exec").workers(2).start_method(StartMethod::ExecSelf));
+    r.kv("threads_at_build", threads);
+    r.check(threads >= 4, "the program should have several threads");
+    let got = pool.map((0..2000).map(Task::Square)).expect("open");
+    r.check(
+        got.iter()
+            .enumerate()
+            .all(|(i, o)| *o == Ok((i as u64) * (i as u64) + 1)),
+        "exec-self results",
+    );
+    let me = std::process::id() as u64;
+    let pid = wait_ok(pool.submit(Task::Pid).expect("open"));
+    r.check(pid.as_ref().is_ok_and(|&p| p != me), "the job ran in another process");
+    r.see(&pool);
+    let path = format!("{dir}/exec.pid");
+    let h = pool
+        .submit(Task::SleepPid {
+            ms: 30_000,
+            id: 1,
+            path: path.clone(),
+        })
+        .expect("open");
+    let Some(victim) = read_pid(&path, Duration::from_secs(10)) else {
+        r.check(false, "the victim job never started");
+        return r;
+    };
+    r.pids.insert(victim);
+    kill9(victim);
+    let o = wait_ok(h);
+    r.kv("victim", format!("{o:?}"));
+    r.check(o == Err(JobError::WorkerDied(sigkill())), "exec-self victim");
+    let after = pool.map((0..100).map(Task::Square)).expect("open");
+    r.check(after.iter().all(|o| o.is_ok()), "after the kill");
+    r.see(&pool);
+    pool.close();
+    pool.join();
+    r
+}
+
+/// `Fork` from a multi-threaded program is refused with a clear error.
+fn fork_threads(mut r: Report) -> Report {
+    std::thread::spawn(|| {
+        loop {
+            std::thread::park();
+        }
+    });
+    match builder("forkthreads").workers(1).build() {
+        Ok(_) => r.check(false, "Fork was accepted in a multi-threaded process"),
+        Err(e) => {
+            let msg = e.to_string();
+            r.kv("error", &msg);
+            r.check(msg.contains("ExecSelf") && msg.contains("threads"), "error names the way out");
+        }
+    }
+    r
+}
+
+const SCENARIOS: &[&str] = &[
+    "sequential",
+    "map_order",
+    "kill_busy",
+    "kill_idle",
+    "panic",
+    "timeout",
+    "close_join",
+    "terminate",
+    "backpressure",
+    "recycle",
+    "retries",
+    "crash_loop",
+    "output",
+    "two_pools",
+    "exec_threads",
+    "fork_threads",
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        for s in SCENARIOS {
+            println!("{s}");
+        }
+        return;
+    }
+    let opt = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let Some(scenario) = opt("--scenario") else {
+        eprintln!("usage: pool --scenario NAME [--dir DIR] | --list");
+        std::process::exit(2);
+    };
+    let dir = opt("--dir").unwrap_or_else(|| std::env::temp_dir().display().to_string());
+    let _ = warden::log::init(&warden::log::LogConfig {
+        target: warden::log::Target::Stderr,
+        level: log::LevelFilter::Info,
+    });
+    let r = Report::new();
+    // Each scenario drops its pool before returning: what `pids=` lists must then be gone.
+    let r = match scenario.as_str() {
+        "sequential" => sequential(r),
+        "map_order" => map_order(r),
+        "kill_busy" => kill_busy(r, &dir),
+        "kill_idle" => kill_idle(r),
+        "panic" => panic(r),
+        "timeout" => timeout(r),
+        "close_join" => close_join(r),
+        "terminate" => terminate(r),
+        "backpressure" => backpressure(r),
+        "recycle" => recycle(r),
+        "retries" => retries(r, &dir),
+        "crash_loop" => crash_loop(r),
+        "output" => output(r),
+        "two_pools" => two_pools(r),
+        "exec_threads" => exec_threads(r, &dir),
+        "fork_threads" => fork_threads(r),
+        other => {
+            eprintln!("unknown scenario {other:?}; try --list");
+            std::process::exit(2);
+        }
+    };
+    r.finish()
+}

@@ -1,0 +1,1667 @@
+//! The pool's I/O thread: one mio event loop that owns every worker socket, output pipe, pidfd,
+//! timer and per-worker [`Instance`], and the only code that talks to workers.
+//!
+//! It is not generic: jobs arrive already encoded, with a type-erased completion ([`Sink`]) that
+//! decodes the result in the typed layer. The API threads and this thread share only
+//! [`Shared`]: the bounded queue of jobs not yet sent, the flags (`closed`, `stop`), counters
+//! and a stats snapshot, under one mutex, plus a `mio::Waker`.
+//!
+//! **Ordering rules.**
+//! - Each job's sink is called exactly once, on this thread: it is moved out of the job when
+//!   called, and a job is always in exactly one place — the shared queue, a worker's in-flight
+//!   list, or the requeue list.
+//! - A worker's in-flight list is in send order; results must arrive in that order (the worker
+//!   runs jobs one at a time, see `worker`), so the first unanswered job is the running one, and
+//!   its running time starts when its predecessor's result arrives (or when it was sent to an
+//!   idle worker). The job timeout is measured from there.
+//! - A worker is finalized (its jobs resolved) only once its exit status is known, and only after
+//!   what is left in its socket has been read: results written just before death still count.
+//!   Then the running job fails (`WorkerDied`, `TimedOut`) or is retried, and the jobs behind it,
+//!   which never started, go back to the *front* of the queue.
+//! - Jobs are taken from the shared queue only when some worker has pipeline room, so the queue's
+//!   bound is real backpressure. Counters are published (and waiters woken) once per loop turn,
+//!   after the sinks of that turn have run, so `join` returns only after every callback.
+//! - Exit statuses come from the fork server (its `X` messages) or from a pidfd per exec'd worker
+//!   followed by `waitpid(pid)`: never `waitpid(-1)`, which would steal the host's children.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::PoolStats;
+use super::frame::{self, InBuf};
+use super::zygote::{self, Reply, Request, Zygote};
+use crate::supervisor::output::LineFramer;
+use crate::supervisor::state::{Action, Event, ExitStatus, Instance, Policy, State};
+use crate::sys::{self, ChildSetup};
+
+/// Where a job's outcome goes; called exactly once, on the I/O thread.
+pub(crate) type Sink = Box<dyn FnOnce(Raw<'_>) + Send>;
+
+/// A job's outcome before decoding.
+pub(crate) enum Raw<'a> {
+    /// The worker's answer: postcard of `Wire<O, E>` (or `Vec<Wire<O, E>>` for a chunk).
+    Done(&'a [u8]),
+    /// The job did not get an answer.
+    Failed(Failure),
+    /// The job could not be encoded; it never reached the pool.
+    Codec(String),
+}
+
+/// Why a job got no answer from a worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// The worker died while running it.
+    WorkerDied(ExitStatus),
+    /// It ran longer than its timeout; the worker was killed.
+    TimedOut,
+    /// `terminate()` came first.
+    Cancelled,
+    /// The pool cannot run jobs any more; why.
+    Fatal(String),
+}
+
+/// One job (or chunk), encoded, with its completion.
+pub(crate) struct Job {
+    /// [`frame::JOB`] or [`frame::CHUNK`].
+    pub(crate) kind: u8,
+    /// The frame body after the id.
+    pub(crate) body: Vec<u8>,
+    /// How many jobs this is (a chunk's length, else 1).
+    pub(crate) items: u32,
+    /// A per-job timeout: `None` uses the pool's, `Some(None)` means none.
+    pub(crate) timeout: Option<Option<Duration>>,
+    /// Retries left after a worker death or timeout.
+    pub(crate) retries: u32,
+    /// The completion.
+    pub(crate) sink: Sink,
+}
+
+/// How the I/O thread is asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StopMode {
+    /// Every job is done: stop the workers gracefully, then leave.
+    Graceful,
+    /// Cancel every unfinished job, kill the workers, leave.
+    Terminate,
+}
+
+/// What the API threads and the I/O thread share.
+pub(crate) struct Shared {
+    inner: Mutex<Inner>,
+    /// Submitters blocked on a full queue wait here.
+    pub(crate) not_full: Condvar,
+    /// `join` and `terminate` wait here for progress and for the I/O thread's end.
+    pub(crate) changed: Condvar,
+    waker: Waker,
+    wake_pending: AtomicBool,
+}
+
+/// The shared state under [`Shared`]'s mutex.
+pub(crate) struct Inner {
+    /// Jobs accepted but not yet sent to a worker (requeued ones at the front).
+    pub(crate) queue: VecDeque<Job>,
+    /// The queue's bound for `submit`.
+    pub(crate) capacity: usize,
+    /// Submitters waiting on `not_full`.
+    pub(crate) blocked: usize,
+    /// Threads waiting on `changed`.
+    pub(crate) waiting: usize,
+    /// No new jobs are accepted.
+    pub(crate) closed: bool,
+    /// The I/O thread is asked to stop.
+    pub(crate) stop: Option<StopMode>,
+    /// Jobs accepted (each chunk counts once).
+    pub(crate) accepted: u64,
+    /// Jobs whose sink has run.
+    pub(crate) finished: u64,
+    /// The I/O thread has ended (or never could start).
+    pub(crate) io_done: bool,
+    /// The latest snapshot, published by the I/O thread.
+    pub(crate) stats: PoolStats,
+}
+
+impl Shared {
+    /// The shared state and the waker of `poll`.
+    pub(crate) fn new(poll: &Poll, capacity: usize) -> std::io::Result<Shared> {
+        Ok(Shared {
+            inner: Mutex::new(Inner {
+                queue: VecDeque::new(),
+                capacity,
+                blocked: 0,
+                waiting: 0,
+                closed: false,
+                stop: None,
+                accepted: 0,
+                finished: 0,
+                io_done: false,
+                stats: PoolStats::default(),
+            }),
+            not_full: Condvar::new(),
+            changed: Condvar::new(),
+            waker: Waker::new(poll.registry(), WAKER)?,
+            wake_pending: AtomicBool::new(false),
+        })
+    }
+
+    /// Locks the shared state (a panic elsewhere does not poison the pool).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Wakes the I/O thread, at most once per turn of its loop.
+    pub(crate) fn wake(&self) {
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// The frozen settings of the loop.
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) name: String,
+    pub(crate) workers: usize,
+    pub(crate) pipeline: usize,
+    pub(crate) job_timeout: Option<Duration>,
+    pub(crate) max_jobs_per_worker: Option<u64>,
+    pub(crate) max_rss_bytes: Option<u64>,
+    pub(crate) policy: Policy,
+}
+
+/// How workers are started.
+pub(crate) enum Spawner {
+    /// Forked by the fork server.
+    Fork {
+        zygote: Option<Zygote>,
+        /// Requests not sent yet (the socket was full).
+        outq: VecDeque<Request>,
+        writable: bool,
+        /// Spawns asked for, by token.
+        pending: HashMap<u64, Pending>,
+        next_token: u64,
+    },
+    /// `/proc/self/exe` re-executed in the worker role.
+    ExecSelf {
+        arg0: OsString,
+        args: Vec<OsString>,
+    },
+    /// A pool built inside another pool's exec-self worker: it never runs anything.
+    Inert(String),
+}
+
+/// The pool's ends of a worker being forked by the fork server.
+pub(crate) struct Pending {
+    slot: usize,
+    sock: std::os::unix::net::UnixStream,
+    out: File,
+    err: File,
+}
+
+const WAKER: Token = Token(0);
+const ZYGOTE: Token = Token(1);
+const FIRST_TOKEN: usize = 2;
+/// Bytes read from one output pipe per turn before serving others.
+const PIPE_BUDGET: usize = 256 * 1024;
+/// Longest captured output line; longer ones are split.
+const MAX_LINE: usize = 16 * 1024;
+/// How long a stopping pool waits for its workers before giving up on them.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// RSS is read at most this often per worker…
+const RSS_PERIOD: Duration = Duration::from_millis(100);
+/// …or after this many results, whichever comes first.
+const RSS_RESULTS: u32 = 64;
+
+/// What a token belongs to.
+enum Owner {
+    Sock { slot: usize, generation: u64 },
+    Pidfd { slot: usize, generation: u64 },
+    Pipe(Pipe),
+}
+
+/// A worker's stdout or stderr, read into the log line by line.
+struct Pipe {
+    file: File,
+    framer: LineFramer,
+    slot: usize,
+}
+
+/// A job on its way through a worker.
+struct Sent {
+    id: u64,
+    job: Job,
+}
+
+/// One live worker process and the pool's ends of it.
+struct Proc {
+    generation: u64,
+    pid: i32,
+    sock: mio::net::UnixStream,
+    sock_token: Token,
+    sock_open: bool,
+    pidfd: Option<(OwnedFd, Token)>,
+    out: Vec<u8>,
+    out_pos: usize,
+    writable: bool,
+    inbuf: InBuf,
+    inflight: VecDeque<Sent>,
+    /// When the first in-flight job started running.
+    running_since: Instant,
+    jobs_done: u64,
+    jobs_sent: u64,
+    results_since_rss: u32,
+    rss_checked: Instant,
+    /// No new jobs: it is being recycled or stopped.
+    draining: bool,
+    /// Recycle once idle.
+    recycle: bool,
+    shutdown_sent: bool,
+    killed: bool,
+    /// The pool asked it to go: its exit is not a death.
+    expected: bool,
+    /// The id of the job whose timeout killed it.
+    timed_out: Option<u64>,
+    /// Poll `waitpid` (no pidfd on this kernel).
+    reap_poll: bool,
+}
+
+struct Slot {
+    inst: Instance,
+    proc: Option<Proc>,
+}
+
+/// Counters of this thread, published into [`PoolStats`].
+#[derive(Debug, Default, Clone)]
+struct Counters {
+    finished_delta: u64,
+    completed: u64,
+    worker_deaths: u64,
+    recycled: u64,
+    timed_out: u64,
+    requeued: u64,
+    retried: u64,
+}
+
+/// The I/O thread's state. See the module documentation.
+pub(crate) struct Engine {
+    cfg: Config,
+    shared: Arc<Shared>,
+    poll: Poll,
+    spawner: Spawner,
+    slots: Vec<Slot>,
+    owners: HashMap<Token, Owner>,
+    pipe_backlog: Vec<Token>,
+    next_token: usize,
+    next_id: u64,
+    next_gen: u64,
+    requeue: Vec<Job>,
+    intake: Vec<Job>,
+    counters: Counters,
+    fatal: Option<String>,
+    stopping: Option<StopMode>,
+    stop_deadline: Option<Instant>,
+    rng: u64,
+    now: Instant,
+    pids_dirty: bool,
+    page_size: u64,
+    /// `(sent SIGTERM)` for the policy's stop signal, as the state machine logs it.
+    stop_words: String,
+}
+
+impl Engine {
+    /// The loop's state; nothing runs until [`Engine::run`].
+    pub(crate) fn new(cfg: Config, shared: Arc<Shared>, poll: Poll, spawner: Spawner) -> Engine {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            ^ (u64::from(std::process::id()) << 32);
+        let fatal = match &spawner {
+            Spawner::Inert(why) => Some(why.clone()),
+            _ => None,
+        };
+        let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+            .ok()
+            .flatten()
+            .unwrap_or(4096) as u64;
+        let stop_words = match nix::sys::signal::Signal::try_from(cfg.policy.stop_signal) {
+            Ok(sig) => format!("(sent {})", sig.as_str()),
+            Err(_) => format!("(sent signal {})", cfg.policy.stop_signal),
+        };
+        let slots = (0..cfg.workers)
+            .map(|_| Slot {
+                inst: Instance::new(),
+                proc: None,
+            })
+            .collect();
+        Engine {
+            cfg,
+            shared,
+            poll,
+            spawner,
+            slots,
+            owners: HashMap::new(),
+            pipe_backlog: Vec::new(),
+            next_token: FIRST_TOKEN,
+            next_id: 1,
+            next_gen: 1,
+            requeue: Vec::new(),
+            intake: Vec::new(),
+            counters: Counters::default(),
+            fatal,
+            stopping: None,
+            stop_deadline: None,
+            rng: seed | 1,
+            now: Instant::now(),
+            pids_dirty: true,
+            page_size,
+            stop_words,
+        }
+    }
+
+    /// Runs the loop until the pool is stopped and every worker is gone.
+    pub(crate) fn run(mut self) {
+        ON_IO_THREAD.with(|f| f.set(true));
+        if let Spawner::Fork { zygote: Some(z), .. } = &self.spawner {
+            let fd = z.ctl.as_raw_fd();
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if let Err(e) = self.poll.registry().register(&mut SourceFd(&fd), ZYGOTE, interest) {
+                self.fatal = Some(format!("cannot watch the fork server: {e}"));
+            }
+        }
+        if self.fatal.is_none() {
+            for i in 0..self.slots.len() {
+                self.apply(i, Event::Start);
+            }
+        }
+        let mut events = Events::with_capacity(256);
+        loop {
+            self.now = Instant::now();
+            self.take_jobs();
+            self.assign();
+            self.flush_all();
+            self.check_timers();
+            self.publish();
+            if self.finished() {
+                break;
+            }
+            let timeout = if self.pipe_backlog.is_empty() {
+                self.next_deadline()
+                    .map(|d| d.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != ErrorKind::Interrupted
+            {
+                log::error!("pool {}: epoll_wait failed: {e}", self.cfg.name);
+                self.fatal.get_or_insert_with(|| format!("epoll_wait failed: {e}"));
+                self.stopping = Some(StopMode::Terminate);
+            }
+            self.now = Instant::now();
+            for ev in events.iter() {
+                self.dispatch(ev);
+            }
+            self.drain_pipe_backlog();
+        }
+        self.cleanup();
+        self.publish();
+        let mut inner = self.shared.lock();
+        inner.io_done = true;
+        drop(inner);
+        self.shared.changed.notify_all();
+        self.shared.not_full.notify_all();
+    }
+
+    // ----- the shared queue -------------------------------------------------------------
+
+    /// Reads the flags, puts requeued jobs back at the front, and takes as many jobs as the
+    /// workers have room for.
+    fn take_jobs(&mut self) {
+        self.shared.wake_pending.store(false, Ordering::Release);
+        let room: usize = if self.fatal.is_some() || self.stopping.is_some() {
+            0
+        } else {
+            self.slots
+                .iter()
+                .filter_map(|s| s.proc.as_ref())
+                .filter(|p| eligible(p))
+                .map(|p| self.cfg.pipeline.saturating_sub(p.inflight.len()))
+                .sum()
+        };
+        let mut failed: Vec<(Job, Failure)> = Vec::new();
+        let mut inner = self.shared.lock();
+        for job in self.requeue.drain(..).rev() {
+            inner.queue.push_front(job);
+        }
+        let asked = inner.stop;
+        let fail = match (&self.fatal, self.stopping.or(asked)) {
+            (_, Some(StopMode::Terminate)) => Some(Failure::Cancelled),
+            (Some(why), _) => Some(Failure::Fatal(why.clone())),
+            _ => None,
+        };
+        if let Some(f) = fail {
+            failed.extend(inner.queue.drain(..).map(|j| (j, f.clone())));
+        } else {
+            let n = room.min(inner.queue.len());
+            self.intake.extend(inner.queue.drain(..n));
+        }
+        // Blocked submitters are woken once the queue is down to half (not on every job taken),
+        // so that a producer faster than the workers refills in batches instead of being woken
+        // and put back to sleep for each job.
+        if inner.blocked > 0
+            && (inner.queue.len() <= inner.capacity / 2 || inner.closed)
+            && (n_taken(&self.intake, &failed) || inner.closed)
+        {
+            self.shared.not_full.notify_all();
+        }
+        drop(inner);
+        for (job, f) in failed {
+            self.complete(job.sink, Raw::Failed(f));
+        }
+        if let Some(mode) = asked
+            && self.stopping != Some(StopMode::Terminate)
+            && self.stopping != Some(mode)
+        {
+            self.begin_stop(mode);
+        }
+    }
+
+    /// Sends taken jobs to the eligible workers with the fewest in flight.
+    fn assign(&mut self) {
+        if self.intake.is_empty() {
+            return;
+        }
+        let mut jobs = std::mem::take(&mut self.intake);
+        for job in jobs.drain(..) {
+            let best = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.proc.as_ref().map(|p| (i, p)))
+                .filter(|(_, p)| eligible(p) && p.inflight.len() < self.cfg.pipeline)
+                .min_by_key(|(_, p)| p.inflight.len())
+                .map(|(i, _)| i);
+            match best {
+                Some(i) => self.send_job(i, job),
+                None => self.requeue.push(job),
+            }
+        }
+        self.intake = jobs;
+    }
+
+    fn send_job(&mut self, slot: usize, job: Job) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let now = self.now;
+        let p = self.slots[slot].proc.as_mut().expect("eligible worker");
+        frame::put_header(&mut p.out, job.kind, 8 + job.body.len());
+        p.out.extend_from_slice(&id.to_le_bytes());
+        p.out.extend_from_slice(&job.body);
+        if p.inflight.is_empty() {
+            p.running_since = now;
+        }
+        p.inflight.push_back(Sent { id, job });
+        p.jobs_sent += 1;
+        if self.cfg.max_jobs_per_worker.is_some_and(|m| p.jobs_sent >= m) {
+            // Its quota is in flight: no more jobs; recycled once they are answered, so that a
+            // worker never runs more than `max_jobs_per_worker` jobs even with pipelining.
+            p.recycle = true;
+            p.draining = true;
+            log::info!(
+                "{}[{slot}]: recycling worker (pid {}) after {} jobs",
+                self.cfg.name,
+                p.pid,
+                p.jobs_sent
+            );
+        }
+    }
+
+    /// Publishes counters and the stats snapshot, and wakes whoever waits for them.
+    fn publish(&mut self) {
+        let pids = if self.pids_dirty {
+            self.pids_dirty = false;
+            Some(
+                self.slots
+                    .iter()
+                    .map(|s| s.proc.as_ref().map(|p| p.pid))
+                    .collect::<Vec<_>>(),
+            )
+        } else {
+            None
+        };
+        let workers = self.slots.iter().filter(|s| s.proc.is_some()).count();
+        let busy = self
+            .slots
+            .iter()
+            .filter(|s| s.proc.as_ref().is_some_and(|p| !p.inflight.is_empty()))
+            .count();
+        let in_flight: usize = self
+            .slots
+            .iter()
+            .filter_map(|s| s.proc.as_ref())
+            .map(|p| p.inflight.len())
+            .sum();
+        let restarts: u64 = self.slots.iter().map(|s| u64::from(s.inst.restarts)).sum();
+        let zygote = match &self.spawner {
+            Spawner::Fork {
+                zygote: Some(z), ..
+            } => Some(z.pid),
+            _ => None,
+        };
+        let delta = std::mem::take(&mut self.counters.finished_delta);
+        let mut guard = self.shared.lock();
+        let inner = &mut *guard;
+        inner.finished += delta;
+        let s = &mut inner.stats;
+        if let Some(pids) = pids {
+            s.worker_pids = pids;
+        }
+        s.workers = workers;
+        s.busy = busy;
+        s.in_flight = in_flight;
+        s.completed = self.counters.completed;
+        s.worker_deaths = self.counters.worker_deaths;
+        s.restarts = restarts;
+        s.recycled = self.counters.recycled;
+        s.timed_out = self.counters.timed_out;
+        s.requeued = self.counters.requeued;
+        s.retried = self.counters.retried;
+        s.fatal.clone_from(&self.fatal);
+        s.fork_server_pid = zygote;
+        s.queued = inner.queue.len();
+        s.accepted = inner.accepted;
+        let notify = inner.waiting > 0 && (delta > 0 || self.fatal.is_some());
+        drop(guard);
+        if notify {
+            self.shared.changed.notify_all();
+        }
+    }
+
+    fn complete(&mut self, sink: Sink, raw: Raw<'_>) {
+        call_sink(&self.cfg.name, sink, raw);
+        self.counters.finished_delta += 1;
+    }
+
+    // ----- events -----------------------------------------------------------------------
+
+    fn dispatch(&mut self, ev: &mio::event::Event) {
+        let token = ev.token();
+        match token {
+            WAKER => {}
+            ZYGOTE => {
+                if ev.is_writable() {
+                    self.flush_zygote();
+                }
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    self.read_zygote();
+                }
+            }
+            _ => match self.owners.get(&token) {
+                Some(&Owner::Sock { slot, generation }) => {
+                    if !self.is_current(slot, generation) {
+                        return;
+                    }
+                    if ev.is_writable() {
+                        self.flush(slot);
+                    }
+                    if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                        self.read_sock(slot);
+                    }
+                }
+                Some(&Owner::Pidfd { slot, generation }) => {
+                    if self.is_current(slot, generation) {
+                        self.try_reap(slot);
+                    }
+                }
+                Some(Owner::Pipe(_)) => self.read_pipe(token),
+                None => {}
+            },
+        }
+    }
+
+    fn is_current(&self, slot: usize, generation: u64) -> bool {
+        self.slots[slot].proc.as_ref().is_some_and(|p| p.generation == generation)
+    }
+
+    /// Reads results until the socket is drained; handles end of stream.
+    fn read_sock(&mut self, slot: usize) {
+        let mut eof = false;
+        loop {
+            let Some(p) = self.slots[slot].proc.as_mut() else {
+                return;
+            };
+            if !p.sock_open {
+                return;
+            }
+            let room = p.inbuf.spare(64 * 1024);
+            let cap = room.len();
+            match (&p.sock).read(room) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    p.inbuf.filled(n);
+                    if !self.take_results(slot) {
+                        return;
+                    }
+                    if n < cap {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof {
+            self.sock_closed(slot);
+        } else {
+            self.after_results(slot);
+        }
+    }
+
+    /// Completes the jobs whose results are in the buffer; `false` after a protocol error
+    /// (the worker is being killed).
+    fn take_results(&mut self, slot: usize) -> bool {
+        let name = &self.cfg.name;
+        let now = self.now;
+        let p = self.slots[slot].proc.as_mut().expect("live worker");
+        let mut done = 0u64;
+        let mut bad = None;
+        loop {
+            let f = match frame::parse(p.inbuf.data()) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(c) => {
+                    bad = Some(c.0);
+                    break;
+                }
+            };
+            if f.kind != frame::RESULT && f.kind != frame::CHUNK_RESULT {
+                bad = Some(format!("unexpected frame kind {}", f.kind));
+                break;
+            }
+            let body = &p.inbuf.data()[frame::HEADER..frame::HEADER + f.len];
+            let id = frame::read_id(body);
+            if id.is_none() || p.inflight.front().map(|s| s.id) != id {
+                bad = Some(format!("result for job {id:?} out of order"));
+                break;
+            }
+            let sent = p.inflight.pop_front().expect("checked above");
+            self.counters.completed += u64::from(sent.job.items);
+            call_sink(name, sent.job.sink, Raw::Done(&body[8..]));
+            done += 1;
+            p.inbuf.consume(frame::HEADER + f.len);
+            p.jobs_done += 1;
+            p.results_since_rss += 1;
+            p.running_since = now;
+        }
+        self.counters.finished_delta += done;
+        if let Some(why) = bad {
+            log::error!(
+                "{}[{slot}]: protocol error from worker (pid {}): {why}; killing it",
+                self.cfg.name,
+                p.pid
+            );
+            self.kill(slot);
+            return false;
+        }
+        true
+    }
+
+    /// Recycling checks and graceful stops once results came in.
+    fn after_results(&mut self, slot: usize) {
+        let now = self.now;
+        let max_rss = self.cfg.max_rss_bytes;
+        let page = self.page_size;
+        let Some(p) = self.slots[slot].proc.as_mut() else {
+            return;
+        };
+        if !p.draining {
+            if let Some(limit) = max_rss
+                && p.results_since_rss > 0
+                && (p.results_since_rss >= RSS_RESULTS
+                    || now.saturating_duration_since(p.rss_checked) >= RSS_PERIOD)
+            {
+                p.results_since_rss = 0;
+                p.rss_checked = now;
+                if let Some(rss) = rss_bytes(p.pid, page)
+                    && rss > limit
+                {
+                    p.recycle = true;
+                    p.draining = true;
+                    log::info!(
+                        "{}[{slot}]: recycling worker (pid {}): RSS {rss} bytes > {limit}",
+                        self.cfg.name,
+                        p.pid
+                    );
+                }
+            }
+        }
+        if p.draining && p.inflight.is_empty() && !p.shutdown_sent && !p.killed {
+            if p.recycle {
+                // Idle now: a manual-restart step (not a failure); its stop action sends the
+                // Shutdown frame through `ask_stop`.
+                p.recycle = false;
+                p.expected = true;
+                self.counters.recycled += 1;
+                self.apply(slot, Event::Restart);
+            }
+            if self.slots[slot]
+                .proc
+                .as_ref()
+                .is_some_and(|p| !p.shutdown_sent && !p.killed)
+            {
+                self.send_shutdown(slot);
+            }
+        }
+    }
+
+    /// The worker's socket reached end of stream: make sure the process is gone, then wait for
+    /// its exit status (or finalize now if no status will ever come).
+    fn sock_closed(&mut self, slot: usize) {
+        let fork_server_gone = matches!(self.spawner, Spawner::Fork { zygote: None, .. });
+        let Some(p) = self.slots[slot].proc.as_mut() else {
+            return;
+        };
+        p.sock_open = false;
+        let _ = self.poll.registry().deregister(&mut p.sock);
+        self.owners.remove(&p.sock_token);
+        let no_pidfd = p.pidfd.is_none();
+        if !p.shutdown_sent && !p.killed {
+            self.kill(slot);
+        }
+        if fork_server_gone {
+            // Its workers died with it (PDEATHSIG = SIGKILL); nobody will report them.
+            let status = ExitStatus::Signal {
+                signal: libc::SIGKILL,
+                core_dumped: false,
+            };
+            self.finalize(slot, status);
+        } else if no_pidfd && let Spawner::ExecSelf { .. } = self.spawner {
+            if let Some(p) = self.slots[slot].proc.as_mut() {
+                p.reap_poll = true;
+            }
+            self.try_reap(slot);
+        }
+    }
+
+    /// `waitpid(pid, WNOHANG)` for an exec'd worker; finalizes it if it has exited.
+    fn try_reap(&mut self, slot: usize) {
+        let Some(p) = self.slots[slot].proc.as_ref() else {
+            return;
+        };
+        let status = match waitpid(Pid::from_raw(p.pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
+            Ok(WaitStatus::Signaled(_, sig, core)) => ExitStatus::Signal {
+                signal: sig as i32,
+                core_dumped: core,
+            },
+            Err(nix::errno::Errno::ECHILD) => {
+                // Someone else (the host's own `waitpid(-1)`) reaped it.
+                log::warn!(
+                    "{}[{slot}]: worker (pid {}) was reaped by someone else",
+                    self.cfg.name,
+                    p.pid
+                );
+                ExitStatus::Signal {
+                    signal: libc::SIGKILL,
+                    core_dumped: false,
+                }
+            }
+            _ => return,
+        };
+        self.finalize(slot, status);
+    }
+
+    /// The worker has exited with `status`: read what it left, resolve its jobs, feed the
+    /// state machine.
+    fn finalize(&mut self, slot: usize, status: ExitStatus) {
+        if self.slots[slot].proc.as_ref().is_some_and(|p| p.sock_open) {
+            // Results written just before the exit are still in the socket.
+            loop {
+                let p = self.slots[slot].proc.as_mut().expect("live worker");
+                let room = p.inbuf.spare(64 * 1024);
+                match (&p.sock).read(room) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        p.inbuf.filled(n);
+                        if !self.take_results(slot) {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        let Some(mut p) = self.slots[slot].proc.take() else {
+            return;
+        };
+        self.pids_dirty = true;
+        if p.sock_open {
+            let _ = self.poll.registry().deregister(&mut p.sock);
+            self.owners.remove(&p.sock_token);
+        }
+        if let Some((fd, token)) = p.pidfd.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&fd.as_raw_fd()));
+            self.owners.remove(&token);
+        }
+        if !p.expected {
+            self.counters.worker_deaths += 1;
+        }
+        let mut jobs = std::mem::take(&mut p.inflight);
+        if let Some(front) = jobs.pop_front() {
+            let failure = if self.stopping == Some(StopMode::Terminate) {
+                Failure::Cancelled
+            } else if p.timed_out == Some(front.id) {
+                Failure::TimedOut
+            } else {
+                Failure::WorkerDied(status)
+            };
+            let retry = failure != Failure::Cancelled && front.job.retries > 0;
+            if failure != Failure::TimedOut {
+                log::warn!(
+                    "{}[{slot}]: worker (pid {}) died ({status}) while running a job{}",
+                    self.cfg.name,
+                    p.pid,
+                    if retry { "; retrying it" } else { "" }
+                );
+            }
+            if retry {
+                let mut job = front.job;
+                job.retries -= 1;
+                self.counters.retried += 1;
+                self.requeue.push(job);
+            } else {
+                self.complete(front.job.sink, Raw::Failed(failure));
+            }
+        }
+        for sent in jobs {
+            if self.stopping == Some(StopMode::Terminate) {
+                self.complete(sent.job.sink, Raw::Failed(Failure::Cancelled));
+            } else {
+                self.counters.requeued += 1;
+                self.requeue.push(sent.job);
+            }
+        }
+        drop(p);
+        self.apply(slot, Event::Exited { status });
+    }
+
+    // ----- writing ----------------------------------------------------------------------
+
+    fn flush_all(&mut self) {
+        for i in 0..self.slots.len() {
+            if self.slots[i]
+                .proc
+                .as_ref()
+                .is_some_and(|p| p.out_pos < p.out.len() && !p.writable)
+            {
+                self.flush(i);
+            }
+        }
+    }
+
+    /// Writes what the worker's outgoing buffer holds, without blocking; asks for a writable
+    /// event when the socket is full.
+    fn flush(&mut self, slot: usize) {
+        let Some(p) = self.slots[slot].proc.as_mut() else {
+            return;
+        };
+        if !p.sock_open {
+            p.out.clear();
+            p.out_pos = 0;
+            return;
+        }
+        while p.out_pos < p.out.len() {
+            match (&p.sock).write(&p.out[p.out_pos..]) {
+                Ok(n) => p.out_pos += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                // A dead peer: the read side sees end of stream and handles it.
+                Err(_) => {
+                    p.out_pos = p.out.len();
+                }
+            }
+        }
+        let pending = p.out_pos < p.out.len();
+        if !pending {
+            p.out.clear();
+            p.out_pos = 0;
+        } else if p.out_pos > (1 << 20) {
+            p.out.drain(..p.out_pos);
+            p.out_pos = 0;
+        }
+        if pending != p.writable {
+            p.writable = pending;
+            let interest = if pending {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let token = p.sock_token;
+            let _ = self.poll.registry().reregister(&mut p.sock, token, interest);
+        }
+    }
+
+    fn send_shutdown(&mut self, slot: usize) {
+        if let Some(p) = self.slots[slot].proc.as_mut() {
+            frame::put_header(&mut p.out, frame::SHUTDOWN, 0);
+            p.shutdown_sent = true;
+            p.draining = true;
+            p.expected = true;
+        }
+        self.flush(slot);
+    }
+
+    // ----- timers -----------------------------------------------------------------------
+
+    fn job_deadline(&self, p: &Proc) -> Option<Instant> {
+        if p.killed {
+            return None;
+        }
+        let front = p.inflight.front()?;
+        let per_job = front.job.timeout.unwrap_or(self.cfg.job_timeout)?;
+        let limit = per_job.saturating_mul(front.job.items.max(1));
+        p.running_since.checked_add(limit)
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = self.stop_deadline;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        for s in &self.slots {
+            consider(s.inst.deadline(&self.cfg.policy));
+            if let Some(p) = &s.proc {
+                consider(self.job_deadline(p));
+                if p.reap_poll {
+                    consider(Some(self.now + Duration::from_millis(5)));
+                }
+            }
+        }
+        next
+    }
+
+    fn check_timers(&mut self) {
+        let now = self.now;
+        for i in 0..self.slots.len() {
+            if self.slots[i]
+                .inst
+                .deadline(&self.cfg.policy)
+                .is_some_and(|d| d <= now)
+            {
+                self.apply(i, Event::Tick);
+            }
+            let Some(p) = self.slots[i].proc.as_ref() else {
+                continue;
+            };
+            if p.reap_poll {
+                self.try_reap(i);
+                continue;
+            }
+            if self.job_deadline(p).is_some_and(|d| d <= now) {
+                self.time_out(i);
+            }
+        }
+        if self.stop_deadline.is_some_and(|d| d <= now) {
+            self.stop_deadline = None;
+            for i in 0..self.slots.len() {
+                if let Some(p) = self.slots[i].proc.take() {
+                    log::error!(
+                        "{}[{i}]: worker (pid {}) did not go away after SIGKILL; abandoning it",
+                        self.cfg.name,
+                        p.pid
+                    );
+                    for sent in p.inflight {
+                        self.complete(sent.job.sink, Raw::Failed(Failure::Cancelled));
+                    }
+                    self.slots[i].inst = Instance::new();
+                }
+            }
+        }
+    }
+
+    /// The running job of `slot` ran out of time: kill the worker; the job fails `TimedOut`
+    /// once the worker is reaped.
+    fn time_out(&mut self, slot: usize) {
+        let Some(p) = self.slots[slot].proc.as_mut() else {
+            return;
+        };
+        let front = p.inflight.front().expect("a running job");
+        p.timed_out = Some(front.id);
+        p.expected = true;
+        p.draining = true;
+        log::warn!(
+            "{}[{slot}]: a job ran out of time after {}; killing worker (pid {})",
+            self.cfg.name,
+            crate::supervisor::state::fmt_duration(self.now.saturating_duration_since(p.running_since)),
+            p.pid
+        );
+        self.counters.timed_out += 1;
+        self.kill(slot);
+        // Replaced like a manual restart: a job's timeout is not the worker's crash loop.
+        self.apply(slot, Event::Restart);
+    }
+
+    // ----- the state machine ------------------------------------------------------------
+
+    fn jitter(&mut self) -> f64 {
+        // xorshift64*: plenty for spreading restarts.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Feeds `event` to the slot's instance and carries out the actions, including the events
+    /// they cause in turn (a synchronous spawn's `Spawned`).
+    fn apply(&mut self, slot: usize, event: Event) {
+        let mut events = vec![event];
+        while let Some(ev) = events.pop() {
+            let jitter = self.jitter();
+            let actions = self.slots[slot]
+                .inst
+                .step(&self.cfg.policy, ev, self.now, jitter);
+            for action in actions {
+                match action {
+                    Action::Spawn => match self.spawn(slot) {
+                        Ok(Some(pid)) => events.push(Event::Spawned { pid }),
+                        Ok(None) => {}
+                        Err(e) => {
+                            log::error!("{}[{slot}]: cannot start a worker: {e}", self.cfg.name);
+                            events.push(Event::SpawnFailed);
+                        }
+                    },
+                    Action::Signal { pid, signal } => {
+                        if self.slots[slot].proc.as_ref().is_some_and(|p| p.pid == pid) {
+                            if signal == libc::SIGKILL {
+                                self.kill(slot);
+                            } else {
+                                self.ask_stop(slot);
+                            }
+                        }
+                    }
+                    Action::Log { level, message } => {
+                        // A pool worker's stop signal is a Shutdown frame, not a signal.
+                        let message = message.replace(&self.stop_words, "(asked to shut down)");
+                        log::log!(level, "{}[{slot}]: {message}", self.cfg.name);
+                    }
+                }
+            }
+        }
+        self.check_fatal();
+    }
+
+    /// A graceful stop: the worker's "stop signal" is a `Shutdown` frame once it is idle.
+    fn ask_stop(&mut self, slot: usize) {
+        if self.stopping == Some(StopMode::Terminate) {
+            self.kill(slot);
+            return;
+        }
+        let Some(p) = self.slots[slot].proc.as_mut() else {
+            return;
+        };
+        p.draining = true;
+        p.expected = true;
+        if !p.killed && !p.shutdown_sent && p.inflight.is_empty() {
+            self.send_shutdown(slot);
+        }
+    }
+
+    /// `SIGKILL` to the worker's process group, through the fork server for forked workers
+    /// (it alone knows whether the pid is still theirs).
+    fn kill(&mut self, slot: usize) {
+        let Some(p) = self.slots[slot].proc.as_mut() else {
+            return;
+        };
+        p.killed = true;
+        p.draining = true;
+        let pid = p.pid;
+        match &mut self.spawner {
+            Spawner::Fork { outq, .. } => {
+                outq.push_back(Request::kill(pid, libc::SIGKILL));
+                self.flush_zygote();
+            }
+            _ => {
+                // Not reaped yet (we reap only after the pidfd says it exited), so the pid and
+                // its process group cannot have been reused.
+                let _ = nix::sys::signal::killpg(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+            }
+        }
+    }
+
+    fn check_fatal(&mut self) {
+        if self.fatal.is_some() || self.stopping.is_some() || self.slots.is_empty() {
+            return;
+        }
+        let all_down = self
+            .slots
+            .iter()
+            .all(|s| s.proc.is_none() && matches!(s.inst.state, State::Fatal | State::Exited));
+        if !all_down {
+            return;
+        }
+        let last = self.slots.iter().filter_map(|s| s.inst.last_exit).last();
+        let last = last.map(|s| format!(" (last: {s})")).unwrap_or_default();
+        let why = if self.slots.iter().any(|s| s.inst.state == State::Fatal) {
+            format!(
+                "pool {}: every worker is down after a crash loop{last}: more than {} restarts \
+                 within {}; the pool gave up",
+                self.cfg.name,
+                self.cfg.policy.max_restarts,
+                crate::supervisor::state::fmt_duration(self.cfg.policy.restart_window)
+            )
+        } else {
+            format!(
+                "pool {}: no worker left{last} (restart = {})",
+                self.cfg.name,
+                self.cfg.policy.restart.name()
+            )
+        };
+        log::error!("{why}");
+        self.fatal = Some(why);
+    }
+
+    fn begin_stop(&mut self, mode: StopMode) {
+        self.stopping = Some(mode);
+        self.stop_deadline = None;
+        if mode == StopMode::Terminate {
+            // Unfinished jobs are cancelled now; results that still arrive find no job.
+            for i in 0..self.slots.len() {
+                if let Some(p) = self.slots[i].proc.as_mut() {
+                    let jobs = std::mem::take(&mut p.inflight);
+                    for sent in jobs {
+                        self.complete(sent.job.sink, Raw::Failed(Failure::Cancelled));
+                    }
+                }
+            }
+            for job in std::mem::take(&mut self.requeue) {
+                self.complete(job.sink, Raw::Failed(Failure::Cancelled));
+            }
+            for job in std::mem::take(&mut self.intake) {
+                self.complete(job.sink, Raw::Failed(Failure::Cancelled));
+            }
+            self.stop_deadline = Some(self.now + STOP_GRACE);
+        }
+        let event = match mode {
+            StopMode::Graceful => Event::Stop,
+            StopMode::Terminate => Event::Kill,
+        };
+        for i in 0..self.slots.len() {
+            self.apply(i, event.clone());
+        }
+    }
+
+    /// Whether the loop can end: stopped, and no worker left or coming.
+    fn finished(&self) -> bool {
+        if self.stopping.is_none() {
+            return false;
+        }
+        let pending = match &self.spawner {
+            Spawner::Fork { pending, .. } => !pending.is_empty(),
+            _ => false,
+        };
+        !pending && self.slots.iter().all(|s| s.proc.is_none())
+    }
+
+    // ----- spawning ---------------------------------------------------------------------
+
+    /// Starts a worker for `slot`: `Ok(Some(pid))` when it is up now, `Ok(None)` when the fork
+    /// server will answer later.
+    fn spawn(&mut self, slot: usize) -> std::io::Result<Option<i32>> {
+        if let Some(why) = &self.fatal {
+            return Err(std::io::Error::other(why.clone()));
+        }
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        let (out_r, out_w) = output_pipe()?;
+        let (err_r, err_w) = output_pipe()?;
+        match &mut self.spawner {
+            Spawner::Fork {
+                zygote,
+                outq,
+                pending,
+                next_token,
+                ..
+            } => {
+                if zygote.is_none() {
+                    return Err(std::io::Error::other("the fork server is gone"));
+                }
+                let token = *next_token;
+                *next_token += 1;
+                pending.insert(
+                    token,
+                    Pending {
+                        slot,
+                        sock: ours,
+                        out: out_r,
+                        err: err_r,
+                    },
+                );
+                outq.push_back(Request::spawn(token, theirs.into(), out_w, err_w));
+                self.flush_zygote();
+                Ok(None)
+            }
+            Spawner::ExecSelf { arg0, args } => {
+                use std::os::unix::process::CommandExt;
+                let mut cmd = std::process::Command::new("/proc/self/exe");
+                cmd.arg0(&*arg0)
+                    .args(args.iter())
+                    .env(super::WORKER_ENV, &self.cfg.name)
+                    .env(super::INDEX_ENV, slot.to_string())
+                    .stdin(std::process::Stdio::null())
+                    .stdout(out_w)
+                    .stderr(err_w)
+                    .process_group(0);
+                sys::pre_exec(
+                    &mut cmd,
+                    ChildSetup {
+                        parent: std::process::id() as i32,
+                        pdeathsig: Some(libc::SIGKILL),
+                        ..ChildSetup::default()
+                    },
+                );
+                sys::pool::pre_exec_fd(&mut cmd, theirs.as_raw_fd(), 3);
+                let child = cmd.spawn()?;
+                let pid = child.id() as i32;
+                // Dropping `Child` neither waits nor kills: we reap by pid after the pidfd.
+                drop(child);
+                drop(cmd);
+                drop(theirs);
+                let pidfd = match sys::pool::pidfd_open(pid) {
+                    Ok(fd) => Some(fd),
+                    Err(e) => {
+                        log::debug!("pidfd_open: {e}; polling waitpid instead");
+                        None
+                    }
+                };
+                self.attach(slot, pid, ours, out_r, err_r, pidfd);
+                Ok(Some(pid))
+            }
+            Spawner::Inert(why) => Err(std::io::Error::other(why.clone())),
+        }
+    }
+
+    fn token(&mut self) -> Token {
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        t
+    }
+
+    /// Takes a started worker into the loop.
+    fn attach(
+        &mut self,
+        slot: usize,
+        pid: i32,
+        sock: std::os::unix::net::UnixStream,
+        out: File,
+        err: File,
+        pidfd: Option<OwnedFd>,
+    ) {
+        let generation = self.next_gen;
+        self.next_gen += 1;
+        let mut sock = mio::net::UnixStream::from_std(sock);
+        let sock_token = self.token();
+        let reg = self.poll.registry();
+        if let Err(e) = reg.register(&mut sock, sock_token, Interest::READABLE) {
+            log::error!("{}[{slot}]: epoll_ctl: {e}", self.cfg.name);
+        }
+        self.owners.insert(sock_token, Owner::Sock { slot, generation });
+        for file in [out, err] {
+            let t = self.token();
+            let fd = file.as_raw_fd();
+            if self
+                .poll
+                .registry()
+                .register(&mut SourceFd(&fd), t, Interest::READABLE)
+                .is_ok()
+            {
+                let pipe = Pipe {
+                    file,
+                    framer: LineFramer::new(MAX_LINE),
+                    slot,
+                };
+                self.owners.insert(t, Owner::Pipe(pipe));
+            }
+        }
+        let pidfd = pidfd.and_then(|fd| {
+            let t = self.token();
+            let raw = fd.as_raw_fd();
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&raw), t, Interest::READABLE)
+                .ok()?;
+            self.owners.insert(t, Owner::Pidfd { slot, generation });
+            Some((fd, t))
+        });
+        let reap_poll = pidfd.is_none() && matches!(self.spawner, Spawner::ExecSelf { .. });
+        self.slots[slot].proc = Some(Proc {
+            generation,
+            pid,
+            sock,
+            sock_token,
+            sock_open: true,
+            pidfd,
+            out: Vec::new(),
+            out_pos: 0,
+            writable: false,
+            inbuf: InBuf::new(64 * 1024),
+            inflight: VecDeque::new(),
+            running_since: self.now,
+            jobs_done: 0,
+            jobs_sent: 0,
+            results_since_rss: 0,
+            rss_checked: self.now,
+            draining: self.stopping.is_some(),
+            recycle: false,
+            shutdown_sent: false,
+            killed: false,
+            expected: false,
+            timed_out: None,
+            reap_poll,
+        });
+        self.pids_dirty = true;
+    }
+
+    // ----- the fork server --------------------------------------------------------------
+
+    fn flush_zygote(&mut self) {
+        let Spawner::Fork {
+            zygote: Some(z),
+            outq,
+            writable,
+            ..
+        } = &mut self.spawner
+        else {
+            return;
+        };
+        while let Some(req) = outq.front() {
+            match req.send(z.ctl.as_fd()) {
+                Ok(()) => {
+                    outq.pop_front();
+                }
+                Err(nix::errno::Errno::EAGAIN) => {
+                    *writable = true;
+                    return;
+                }
+                Err(e) => {
+                    log::error!("pool {}: cannot reach the fork server: {e}", self.cfg.name);
+                    outq.clear();
+                    return;
+                }
+            }
+        }
+        *writable = false;
+    }
+
+    fn read_zygote(&mut self) {
+        loop {
+            let Spawner::Fork {
+                zygote: Some(z), ..
+            } = &self.spawner
+            else {
+                return;
+            };
+            match zygote::receive(z.ctl.as_fd()) {
+                Ok(None) => return,
+                Ok(Some(reply)) => self.on_reply(reply),
+                Err(_) => {
+                    self.zygote_died();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_reply(&mut self, reply: Reply) {
+        match reply {
+            Reply::Spawned { token, pid } => {
+                let Spawner::Fork { pending, .. } = &mut self.spawner else {
+                    return;
+                };
+                if let Some(p) = pending.remove(&token) {
+                    self.attach(p.slot, pid, p.sock, p.out, p.err, None);
+                    self.apply(p.slot, Event::Spawned { pid });
+                }
+            }
+            Reply::Failed { token, errno } => {
+                let Spawner::Fork { pending, .. } = &mut self.spawner else {
+                    return;
+                };
+                if let Some(p) = pending.remove(&token) {
+                    let e = std::io::Error::from_raw_os_error(errno);
+                    log::error!("{}[{}]: fork failed: {e}", self.cfg.name, p.slot);
+                    self.apply(p.slot, Event::SpawnFailed);
+                }
+            }
+            Reply::Exited { pid, status } => {
+                let slot = self
+                    .slots
+                    .iter()
+                    .position(|s| s.proc.as_ref().is_some_and(|p| p.pid == pid));
+                if let Some(slot) = slot {
+                    self.finalize(slot, status);
+                }
+            }
+        }
+    }
+
+    /// The fork server is gone: no worker can be started any more, and the live ones died
+    /// with it. The pool fails every job from now on.
+    fn zygote_died(&mut self) {
+        let Spawner::Fork {
+            zygote, pending, ..
+        } = &mut self.spawner
+        else {
+            return;
+        };
+        let Some(z) = zygote.take() else {
+            return;
+        };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&z.ctl.as_raw_fd()));
+        let pending: Vec<usize> = pending.drain().map(|(_, p)| p.slot).collect();
+        let status = reap_child(z.pid, Duration::ZERO);
+        let why = format!(
+            "pool {}: the fork server (pid {}) exited{}; no worker can be started",
+            self.cfg.name,
+            z.pid,
+            status.map(|s| format!(" ({s})")).unwrap_or_default()
+        );
+        if self.stopping.is_none() {
+            log::error!("{why}");
+            self.fatal.get_or_insert(why);
+        }
+        drop(z);
+        self.pids_dirty = true;
+        for slot in pending {
+            self.apply(slot, Event::SpawnFailed);
+        }
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].proc.is_some() {
+                let status = ExitStatus::Signal {
+                    signal: libc::SIGKILL,
+                    core_dumped: false,
+                };
+                self.finalize(slot, status);
+            }
+            self.apply(slot, Event::Stop);
+        }
+    }
+
+    // ----- output capture ---------------------------------------------------------------
+
+    fn read_pipe(&mut self, token: Token) {
+        let name = &self.cfg.name;
+        let Some(Owner::Pipe(pipe)) = self.owners.get_mut(&token) else {
+            return;
+        };
+        let mut buf = [0u8; 16 * 1024];
+        let mut total = 0;
+        let mut eof = false;
+        loop {
+            match pipe.file.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    let slot = pipe.slot;
+                    pipe.framer
+                        .push(&buf[..n], &mut |line| log::info!("{name}[{slot}] {line}"));
+                    total += n;
+                    if total >= PIPE_BUDGET {
+                        self.pipe_backlog.push(token);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof && let Some(Owner::Pipe(mut pipe)) = self.owners.remove(&token) {
+            let slot = pipe.slot;
+            pipe.framer
+                .finish(&mut |line| log::info!("{name}[{slot}] {line}"));
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pipe.file.as_raw_fd()));
+        }
+    }
+
+    fn drain_pipe_backlog(&mut self) {
+        for token in std::mem::take(&mut self.pipe_backlog) {
+            self.read_pipe(token);
+        }
+    }
+
+    /// After the loop: output drained, fork server closed and reaped.
+    fn cleanup(&mut self) {
+        let tokens: Vec<Token> = self
+            .owners
+            .iter()
+            .filter(|(_, o)| matches!(o, Owner::Pipe(_)))
+            .map(|(t, _)| *t)
+            .collect();
+        for t in tokens {
+            self.read_pipe(t);
+        }
+        self.stop_zygote();
+    }
+
+    fn stop_zygote(&mut self) {
+        if let Spawner::Fork { zygote, .. } = &mut self.spawner
+            && let Some(z) = zygote.take()
+        {
+            let pid = z.pid;
+            drop(z); // end of stream: it kills and reaps its workers, then exits
+            if reap_child(pid, Duration::from_secs(3)).is_none() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                reap_child(pid, Duration::from_secs(3));
+            }
+            self.pids_dirty = true;
+        }
+    }
+}
+
+impl Drop for Engine {
+    /// An engine that never ran (the pool was dropped unused) still has a fork server to stop.
+    fn drop(&mut self) {
+        self.stop_zygote();
+    }
+}
+
+thread_local! {
+    /// Set on the I/O thread: a callback that submits must not block on a full queue (only
+    /// this thread could make room).
+    pub(crate) static ON_IO_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn n_taken(intake: &[Job], failed: &[(Job, Failure)]) -> bool {
+    !intake.is_empty() || !failed.is_empty()
+}
+
+/// Whether a worker may be given new jobs.
+fn eligible(p: &Proc) -> bool {
+    p.sock_open && !p.draining && !p.killed
+}
+
+/// Calls a sink, containing a panic of the user's callback so that the I/O thread survives.
+fn call_sink(name: &str, sink: Sink, raw: Raw<'_>) {
+    if catch_unwind(AssertUnwindSafe(|| sink(raw))).is_err() {
+        log::error!("pool {name}: a job callback panicked (the pool carries on)");
+    }
+}
+
+/// A pipe for a worker's stdout or stderr: our end non-blocking, theirs blocking (a worker's
+/// `println!` must wait, not fail, when the pipe is full).
+fn output_pipe() -> std::io::Result<(File, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(
+        &r,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    Ok((File::from(r), w))
+}
+
+/// Resident set size of `pid` from `/proc/PID/statm` (its second field, in pages).
+fn rss_bytes(pid: i32, page: u64) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page)
+}
+
+/// Reaps our direct child `pid`, waiting at most `wait`; its status, or `None` if it is still
+/// running (or was not ours).
+pub(crate) fn reap_child(pid: i32, wait: Duration) -> Option<ExitStatus> {
+    let until = Instant::now() + wait;
+    loop {
+        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Some(ExitStatus::Code(code)),
+            Ok(WaitStatus::Signaled(_, sig, core)) => {
+                return Some(ExitStatus::Signal {
+                    signal: sig as i32,
+                    core_dumped: core,
+                });
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+            Ok(_) => {}
+        }
+        if Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}

@@ -1,0 +1,243 @@
+//! The job pool, from the outside: each test runs one scenario of `examples/pool.rs` as a real
+//! program (the pool's `Fork` start method must be built in a single-threaded process, which
+//! this multi-threaded test harness is not), under a hard timeout, then checks the `key=value`
+//! lines it printed and that every worker and fork server pid it reported is gone.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The longest any scenario may take before it is killed and the test fails.
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+fn example() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().unwrap();
+            let path = exe.parent().unwrap().parent().unwrap().join("examples/pool");
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo.args(["build", "--quiet", "--example", "pool"]);
+            if exe.components().any(|c| c.as_os_str() == "release") {
+                cargo.arg("--release");
+            }
+            let st = cargo.current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
+            assert!(st.success(), "cargo build --example pool failed");
+            path
+        })
+        .clone()
+}
+
+/// What a scenario printed.
+struct Run {
+    kv: HashMap<String, String>,
+    stderr: String,
+}
+
+impl Run {
+    fn get(&self, key: &str) -> &str {
+        self.kv
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key}= in the output; stderr:\n{}", self.stderr))
+    }
+
+    fn num(&self, key: &str) -> u64 {
+        self.get(key).parse().unwrap()
+    }
+}
+
+/// Runs `pool --scenario NAME` with a watchdog; asserts `result=ok` and that no pid it reported
+/// survives it.
+fn scenario(name: &str) -> Run {
+    let dir = std::env::temp_dir().join(format!("warden-pool-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let start = Instant::now();
+    let mut child = Command::new(example())
+        .args(["--scenario", name, "--dir"])
+        .arg(&dir)
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("scenario {name} hung for {TIMEOUT:?}; killed");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = reader.join().unwrap();
+    let stderr = err_reader.join().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    eprintln!("scenario {name}: {:?}, {status}", start.elapsed());
+    let kv: HashMap<String, String> = stdout
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let run = Run { kv, stderr };
+    assert_eq!(
+        run.get("result"),
+        "ok",
+        "scenario {name} failed ({status}); stdout:\n{stdout}\nstderr:\n{}",
+        run.stderr
+    );
+    assert!(status.success(), "scenario {name}: {status}");
+    let pids: Vec<i32> = run
+        .get("pids")
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().unwrap())
+        .collect();
+    let ours = example();
+    let ours = ours.file_name().unwrap().to_str().unwrap();
+    let survivors = |pids: &[i32]| -> Vec<i32> {
+        pids.iter()
+            .copied()
+            .filter(|p| {
+                // A pid still there and still running our program (not reused by another).
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.trim() == ours)
+            })
+            .collect()
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    while !survivors(&pids).is_empty() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(survivors(&pids), Vec::<i32>::new(), "pool processes survived {name}");
+    run
+}
+
+#[test]
+fn results_equal_a_sequential_run_for_100k_jobs() {
+    let r = scenario("sequential");
+    assert_eq!(r.num("map_mismatches"), 0);
+    assert_eq!(r.num("imap_count"), 100_000);
+    assert_eq!(r.num("imap_mismatches"), 0);
+}
+
+#[test]
+fn map_keeps_input_order_also_chunked() {
+    scenario("map_order");
+}
+
+#[test]
+fn sigkill_mid_job_fails_that_job_alone_and_callbacks_fire_once() {
+    let r = scenario("kill_busy");
+    assert!(r.get("victim").contains("WorkerDied"), "{}", r.get("victim"));
+    assert_eq!(r.num("worker_deaths"), 1);
+    assert!(r.num("requeued") >= 1);
+    // The target is 10 ms; allow for a loaded CI machine running tests in parallel.
+    assert!(r.num("resolve_us") < 200_000, "resolved after {} µs", r.num("resolve_us"));
+}
+
+#[test]
+fn sigkill_of_an_idle_worker_loses_nothing() {
+    let r = scenario("kill_idle");
+    assert_eq!(r.num("lost"), 0);
+    assert_eq!(r.num("worker_deaths"), 1);
+}
+
+#[test]
+fn a_panicking_handler_fails_its_job_and_the_worker_serves_the_next() {
+    let r = scenario("panic");
+    assert!(r.get("panic").contains("Panicked(\"boom\")"));
+}
+
+#[test]
+fn a_job_timeout_kills_the_worker_and_the_pool_continues() {
+    let r = scenario("timeout");
+    assert_eq!(r.num("timed_out"), 2);
+    let ms = r.num("timed_out_ms");
+    assert!((300..5000).contains(&ms), "timed out after {ms} ms (timeout 300 ms)");
+}
+
+#[test]
+fn close_then_join_returns_after_the_last_job() {
+    let r = scenario("close_join");
+    assert_eq!(r.num("done_at_join"), 50);
+}
+
+#[test]
+fn terminate_cancels_unfinished_jobs_and_leaves_no_worker() {
+    let r = scenario("terminate");
+    assert_eq!(r.num("cancelled"), 10);
+}
+
+#[test]
+fn a_full_queue_blocks_submit_and_try_submit_gives_the_job_back() {
+    let r = scenario("backpressure");
+    assert_eq!(r.get("try_submit"), "full");
+    assert!(r.num("blocked_ms") >= 150);
+}
+
+#[test]
+fn workers_are_recycled_by_job_count_without_failures() {
+    let r = scenario("recycle");
+    assert_eq!(r.num("failed"), 0);
+    assert!(r.num("distinct_pids") >= 10);
+    assert!(r.num("recycled") >= 8);
+}
+
+#[test]
+fn an_idempotent_job_is_retried_after_its_worker_dies() {
+    let r = scenario("retries");
+    assert_eq!(r.get("outcome"), "Ok(9)");
+}
+
+#[test]
+fn a_crash_loop_fails_new_jobs_as_fatal_instead_of_hanging() {
+    let r = scenario("crash_loop");
+    assert!(r.get("after").contains("crash loop"));
+}
+
+#[test]
+fn worker_output_is_captured_into_the_log() {
+    let r = scenario("output");
+    assert!(
+        r.stderr.contains("output[0] hello from a worker"),
+        "stderr:\n{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn several_fork_pools_can_be_built_in_a_row() {
+    scenario("two_pools");
+}
+
+#[test]
+fn exec_self_works_from_a_program_with_several_threads() {
+    let r = scenario("exec_threads");
+    assert!(r.num("threads_at_build") >= 4);
+    assert!(r.get("victim").contains("WorkerDied"));
+}
+
+#[test]
+fn fork_from_a_multi_threaded_program_is_refused_clearly() {
+    let r = scenario("fork_threads");
+    let e = r.get("error");
+    assert!(e.contains("single-threaded") && e.contains("ExecSelf"), "{e}");
+}
