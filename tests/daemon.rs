@@ -754,11 +754,12 @@ fn privilege_drop_to_nobody_leaves_no_supplementary_groups() {
     );
     assert_eq!(st["CapEff"], "0000000000000000", "capabilities kept");
     assert_eq!(st["CapPrm"], "0000000000000000", "capabilities kept");
-    // The pidfile stays root's: a daemon that could rewrite it could aim root's `warden stop`
-    // at any pid. (Its directory, created by warden, is the run user's, for the socket.)
     let meta = std::fs::metadata(sb.pidfile()).unwrap();
-    assert_eq!(meta.uid(), 0, "pidfile must not be given to nobody");
-    let _ = (uid, gid);
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (uid, gid),
+        "pidfile not chowned to nobody"
+    );
     assert_locked(&sb.pidfile());
 
     let out = sb.run(&["stop"]);
@@ -911,4 +912,41 @@ fn run_stays_in_the_foreground_and_exits_0_on_sigterm() {
     );
     assert!(!sb.pidfile().exists(), "pidfile left behind");
     assert_no_process(&sb);
+}
+
+#[test]
+fn stop_refuses_a_pid_that_does_not_hold_the_pidfile() {
+    // Whoever can write the pidfile must not be able to aim `warden stop` at another process.
+    let mut sb = Sandbox::new("forged-pid", "");
+    let daemon = sb.start();
+    let victim = sb.spawn({
+        let mut c = std::process::Command::new("/bin/sleep");
+        c.arg("1000");
+        c
+    });
+    std::fs::write(sb.pidfile(), format!("{victim}\n")).unwrap();
+    let out = sb.run(&["stop", "--timeout", "2s"]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(stderr_of(&out).contains("does not hold it"), "{}", stderr_of(&out));
+    assert!(alive(victim), "the victim was signalled");
+    assert!(alive(daemon), "the daemon was stopped through a forged pid");
+    std::fs::write(sb.pidfile(), format!("{daemon}\n")).unwrap();
+    let out = sb.run(&["stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(wait_until(TIMEOUT, || !alive(daemon)));
+}
+
+#[test]
+fn restart_replaces_the_daemon() {
+    let mut sb = Sandbox::new("restart-daemon", "");
+    let old = sb.start();
+    let out = sb.run(&["restart"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let new = sb.pidfile_pid().expect("a new pidfile");
+    sb.track(new);
+    assert_ne!(new, old);
+    assert!(!alive(old));
+    assert!(alive(new));
+    let out = sb.run(&["stop"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
 }

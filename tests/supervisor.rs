@@ -857,6 +857,18 @@ fn activity(pid: i32) -> String {
     )
 }
 
+/// The children of `warden` that are forked but not yet exec'd (still running warden's
+/// image), and what they are doing: who a spawn is waiting for.
+fn unexecd_children(warden: i32) -> Vec<String> {
+    let exe = |p: i32| std::fs::read_link(format!("/proc/{p}/exe")).ok();
+    let own = exe(warden);
+    children_of(warden)
+        .into_iter()
+        .filter(|&c| own.is_some() && exe(c) == own)
+        .map(|c| format!("{c}: {}", activity(c)))
+        .collect()
+}
+
 /// Whether `pid` sleeps in `epoll_wait`: idle, with nothing pending (a pending `SIGCHLD` would
 /// have woken it).
 fn idle_in_epoll(pid: i32) -> bool {
@@ -923,7 +935,11 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
             // once; a busy or starved warden must still reap it within a bound.
             let lingering: Vec<(i32, u64)> = zombies.intersection(&last_zombies).copied().collect();
             if !lingering.is_empty() {
-                let doing = activity(warden);
+                let doing = format!(
+                    "{}; forked, not yet exec'd: {:?}",
+                    activity(warden),
+                    unexecd_children(warden)
+                );
                 let idle = idle_in_epoll(warden);
                 let missed: Vec<_> = lingering.iter().filter(|z| still_zombie(z)).collect();
                 assert!(

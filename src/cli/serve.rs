@@ -38,6 +38,9 @@ pub fn serve(config: Config, foreground: bool) -> ExitCode {
         .pidfile(&d.pidfile)
         .directory(&d.directory)
         .umask(d.umask)
+        // The run user may then remove its pidfile (also in a sticky directory); `stop` never
+        // trusts the pid it reads without checking that process holds the file (`held_by`).
+        .chown_pidfile(true)
         .stdout(stdio(&d.stdout))
         .stderr(stdio(&d.stderr))
         .foreground(foreground)

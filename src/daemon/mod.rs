@@ -171,9 +171,10 @@ impl Daemon {
         self
     }
 
-    /// `fchown`s the pidfile to the run user and group before dropping privileges (default no:
-    /// a daemon that can rewrite its pidfile could make root's `stop` signal any pid; removal at
-    /// exit needs only the directory, which warden gives to the run user when it creates it).
+    /// `fchown`s the pidfile to the run user and group before dropping privileges, so that the
+    /// daemon can remove it at exit even from a sticky directory. A daemon that can rewrite its
+    /// pidfile could then write another pid into it: whoever signals a pid read from a pidfile
+    /// must first check that process holds the file ([`Pidfile::held_by`]), as `warden` does.
     pub fn chown_pidfile(mut self, yes: bool) -> Self {
         self.chown_pidfile = yes;
         self
