@@ -14,21 +14,56 @@
  *
  * SIGTERM is reset to its default action and unblocked, so the child always "obeys TERM" whatever
  * mask or disposition a supervisor leaked into it.
+ *
+ * usage: child --supervise N DIR MARKER
+ *
+ * The floor the benchmark compares against: the least a supervisor can do. It fork+execs N
+ * copies of itself as `child DIR MARKER` (argv[0] must be a path), then blocks in waitpid() and
+ * respawns each child the moment it is reaped. No configuration, no state, no output.
  */
 #define _GNU_SOURCE
+#include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+static void spawn(char *self, char *dir, char *marker)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        char *args[] = {self, dir, marker, NULL};
+        execv(self, args);
+        _exit(127);
+    }
+}
+
+static _Noreturn void supervise(char **argv)
+{
+    int n = atoi(argv[2]);
+    for (int i = 0; i < n; i++)
+        spawn(argv[0], argv[3], argv[4]);
+    for (;;) {
+        pid_t pid = waitpid(-1, NULL, 0);
+        if (pid > 0)
+            spawn(argv[0], argv[3], argv[4]);
+        else if (errno == ECHILD)
+            pause();
+    }
+}
 
 int main(int argc, char **argv)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    if (argc >= 5 && strcmp(argv[1], "--supervise") == 0)
+        supervise(argv);
     if (argc < 3) {
-        static const char usage[] = "usage: child DIR MARKER\n";
+        static const char usage[] = "usage: child DIR MARKER | child --supervise N DIR MARKER\n";
         (void)!write(2, usage, sizeof usage - 1);
         return 2;
     }

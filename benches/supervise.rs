@@ -96,11 +96,16 @@ struct Options {
     settle: Duration,
     seed: u64,
     only: Option<Vec<Kind>>,
+    figures: Vec<u8>,
     quick: bool,
     args: Vec<String>,
 }
 
 impl Options {
+    fn figure(&self, n: u8) -> bool {
+        self.figures.contains(&n)
+    }
+
     /// Anything not understood (cargo passes `--bench`) is ignored with a note if it looks like
     /// an option of ours.
     fn from_args() -> Options {
@@ -114,6 +119,7 @@ impl Options {
                 .map_or(1, |d| d.as_nanos() as u64)
                 | 1,
             only: None,
+            figures: (1..=6).collect(),
             quick: false,
             args: Vec::new(),
         };
@@ -132,7 +138,13 @@ impl Options {
                 None => (args[i].clone(), None),
             };
             let takes_value = [
-                "--kills", "--rounds", "--window", "--settle", "--seed", "--only",
+                "--kills",
+                "--rounds",
+                "--window",
+                "--settle",
+                "--seed",
+                "--only",
+                "--figures",
             ]
             .contains(&key.as_str());
             if key != "--bench" {
@@ -182,6 +194,18 @@ impl Options {
                         .collect();
                     opts.only = Some(kinds);
                 }
+                "--figures" => {
+                    opts.figures = value
+                        .split(',')
+                        .filter_map(|f| match f.trim().parse::<u8>() {
+                            Ok(n @ 1..=6) => Some(n),
+                            _ => {
+                                eprintln!("bench: --figures: no figure {f:?} (1 to 6)");
+                                None
+                            }
+                        })
+                        .collect();
+                }
                 _ => eprintln!("bench: ignoring {key} {value:?}"),
             }
             i += 1;
@@ -197,15 +221,18 @@ enum Kind {
     Daemontools,
     S6,
     Supervisord,
+    /// The baseline: `child --supervise N` (benches/child.c), fork+exec and waitpid, nothing else.
+    Floor,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 6] = [
         Kind::Warden,
         Kind::Runit,
         Kind::Daemontools,
         Kind::S6,
         Kind::Supervisord,
+        Kind::Floor,
     ];
 
     fn slug(self) -> &'static str {
@@ -215,7 +242,13 @@ impl Kind {
             Kind::Daemontools => "daemontools",
             Kind::S6 => "s6",
             Kind::Supervisord => "supervisord",
+            Kind::Floor => "floor",
         }
+    }
+
+    /// A real supervisor, with a ratio column (not the baseline).
+    fn is_peer(self) -> bool {
+        !matches!(self, Kind::Warden | Kind::Floor)
     }
 
     /// The program that is the supervisor's main process.
@@ -226,6 +259,7 @@ impl Kind {
             Kind::Daemontools => "svscan",
             Kind::S6 => "s6-svscan",
             Kind::Supervisord => "supervisord",
+            Kind::Floor => "child",
         }
     }
 
@@ -237,6 +271,7 @@ impl Kind {
             Kind::Daemontools => "daemontools",
             Kind::S6 => "s6",
             Kind::Supervisord => "supervisor",
+            Kind::Floor => "-",
         }
     }
 }
@@ -294,8 +329,9 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
     fs::copy(env!("CARGO_BIN_EXE_warden"), &warden)
         .map_err(|e| format!("cannot copy {}: {e}", env!("CARGO_BIN_EXE_warden")))?;
     tools.insert(Kind::Warden, warden);
+    tools.insert(Kind::Floor, child.clone());
     let wanted: Vec<Kind> = opts.only.clone().unwrap_or_else(|| Kind::ALL.to_vec());
-    for k in Kind::ALL.into_iter().filter(|k| *k != Kind::Warden) {
+    for k in Kind::ALL.into_iter().filter(|k| k.is_peer()) {
         if !wanted.contains(&k) {
             continue;
         }
@@ -331,20 +367,29 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
     let mut results = Results::default();
 
     // Figure 1: every supervisor up side by side, one child each.
-    eprintln!(
-        "bench: figure 1 (kill -> replacement), {} kills each",
-        opts.kills
-    );
-    let r = figure_kill(&mut ctx, &kinds, opts.kills, &mut rng, &mut results);
-    kill_everything(&ctx.marker);
-    r?;
+    if opts.figure(1) {
+        eprintln!(
+            "bench: figure 1 (kill -> replacement), {} kills each",
+            opts.kills
+        );
+        let r = figure_kill(&mut ctx, &kinds, opts.kills, &mut rng, &mut results);
+        kill_everything(&ctx.marker);
+        r?;
+    }
 
-    // Figures 2-6: one supervisor at a time, rounds in random order.
+    // Figures 2-6: one supervisor at a time, rounds in random order. The floor only has a
+    // meaning for figure 4 (how fast can 200 processes start here at all).
     let mut order = kinds.clone();
+    let mut peers: Vec<Kind> = kinds
+        .iter()
+        .copied()
+        .filter(|&k| k != Kind::Floor)
+        .collect();
+    let pool = opts.figure(2) || opts.figure(3) || opts.figure(5);
     for round in 0..opts.rounds {
         eprintln!("bench: figures 2-6, round {}/{}", round + 1, opts.rounds);
-        rng.shuffle(&mut order);
-        for &k in &order {
+        rng.shuffle(&mut peers);
+        for &k in peers.iter().filter(|_| pool) {
             let r = pool_run(&mut ctx, opts, k, &mut results);
             kill_everything(&ctx.marker);
             if let Err(e) = r {
@@ -352,8 +397,8 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
                 results.note(k, format!("round {}: 16-worker run: {e}", round + 1));
             }
         }
-        rng.shuffle(&mut order);
-        for &k in &order {
+        rng.shuffle(&mut peers);
+        for &k in peers.iter().filter(|_| opts.figure(6)) {
             let r = kill_run(&mut ctx, k, &mut results);
             kill_everything(&ctx.marker);
             if let Err(e) = r {
@@ -362,7 +407,7 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
             }
         }
         rng.shuffle(&mut order);
-        for &k in &order {
+        for &k in order.iter().filter(|_| opts.figure(4)) {
             let r = cold_run(&mut ctx, k, &mut results);
             kill_everything(&ctx.marker);
             if let Err(e) = r {
@@ -447,6 +492,12 @@ fn start(ctx: &mut Ctx<'_>, kind: Kind, n: usize, label: &str) -> Result<Run, St
                     .map_err(|e| format!("cannot chmod {}: {e}", run.display()))?;
             }
             cmd.arg(&scan);
+        }
+        Kind::Floor => {
+            cmd.arg("--supervise")
+                .arg(n.to_string())
+                .arg(&out)
+                .arg(&marker);
         }
         Kind::Supervisord => {
             let config = dir.join("supervisord.conf");
@@ -1073,6 +1124,7 @@ fn print_header(opts: &Options, ctx: &Ctx<'_>, kinds: &[Kind], subreaper: bool) 
                 env!("CARGO_PKG_VERSION"),
                 env!("CARGO_BIN_EXE_warden")
             ),
+            Kind::Floor => "benches/child.c, cc -O2".to_string(),
             _ => package_version(k.package()),
         };
         let how = match k {
@@ -1090,6 +1142,9 @@ fn print_header(opts: &Options, ctx: &Ctx<'_>, kinds: &[Kind], subreaper: bool) 
             }
             Kind::Supervisord => {
                 "supervisord -n -c DIR/supervisord.conf; numprocs = N, startsecs=0, autorestart=true"
+            }
+            Kind::Floor => {
+                "baseline, not a peer: child --supervise N DIR MARKER forks+execs N children and respawns on waitpid (figures 1 and 4 only)"
             }
         };
         println!("  {:<12} {} [{version}]", k.slug(), ctx.tools[&k].display());
@@ -1201,11 +1256,7 @@ fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
         },
     ];
     let median = |f: &Figure<'_>, k: Kind| f.data.get(&k).and_then(|v| percentile(v, 50.0));
-    let peers: Vec<Kind> = kinds
-        .iter()
-        .copied()
-        .filter(|&k| k != Kind::Warden)
-        .collect();
+    let peers: Vec<Kind> = kinds.iter().copied().filter(|&k| k.is_peer()).collect();
     let has_warden = kinds.contains(&Kind::Warden);
 
     let mut header = vec!["figure (median)".to_string()];
@@ -1266,6 +1317,11 @@ fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
     }
     println!();
     println!("w/PEER: warden's median divided by PEER's (< 1: warden lower); '-' when undefined");
+    if kinds.contains(&Kind::Floor) {
+        println!(
+            "floor: a C loop that only fork+execs and respawns on waitpid (benches/child.c --supervise): what process creation costs on this machine"
+        );
+    }
     println!("MiB = 1024 kB as /proc reports it; the target reads < 2 MB");
     println!("load average at the end: {}", loadavg());
     println!();

@@ -65,6 +65,9 @@ fn handle(task: Task) -> Result<u64, String> {
 }
 
 type TaskPool = Pool<Task, u64, String>;
+type Handler = fn(Task) -> Result<u64, String>;
+type TaskBuilder = warden::pool::PoolBuilder<Task, u64, String, Handler>;
+type Outcomes = Arc<Mutex<Vec<Option<Outcome<u64, String>>>>>;
 
 /// What a scenario reports.
 struct Report {
@@ -117,11 +120,11 @@ impl Report {
     }
 }
 
-fn builder(name: &str) -> warden::pool::PoolBuilder<Task, u64, String, fn(Task) -> Result<u64, String>> {
-    Pool::builder(name, handle as fn(Task) -> Result<u64, String>)
+fn builder(name: &str) -> TaskBuilder {
+    Pool::builder(name, handle as Handler)
 }
 
-fn build(b: warden::pool::PoolBuilder<Task, u64, String, fn(Task) -> Result<u64, String>>) -> TaskPool {
+fn build(b: TaskBuilder) -> TaskPool {
     match b.build() {
         Ok(p) => p,
         Err(e) => {
@@ -146,7 +149,9 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
 fn read_pid(path: &str, limit: Duration) -> Option<i32> {
     let mut pid = None;
     wait_until(limit, || {
-        pid = std::fs::read_to_string(path).ok().and_then(|s| s.parse().ok());
+        pid = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.parse().ok());
         pid.is_some()
     });
     pid
@@ -184,7 +189,10 @@ fn sequential(mut r: Report) -> Report {
         .filter(|(g, e)| g.as_ref().ok() != Some(e))
         .count();
     r.kv("map_mismatches", bad);
-    r.check(got.len() == n as usize && bad == 0, "map results differ from a sequential run");
+    r.check(
+        got.len() == n as usize && bad == 0,
+        "map results differ from a sequential run",
+    );
     let mut by_index = vec![None; n as usize];
     let mut count = 0;
     for (i, o) in pool.imap_unordered((0..n).map(Task::Square)).expect("open") {
@@ -219,11 +227,20 @@ fn map_order(mut r: Report) -> Report {
         })
         .collect();
     let got = pool.map(jobs.clone()).expect("open");
-    let ids: Vec<u64> = got.iter().map(|o| *o.as_ref().unwrap_or(&u64::MAX)).collect();
-    r.check(ids == (0..60).collect::<Vec<_>>(), format!("map order: {ids:?}"));
+    let ids: Vec<u64> = got
+        .iter()
+        .map(|o| *o.as_ref().unwrap_or(&u64::MAX))
+        .collect();
+    r.check(
+        ids == (0..60).collect::<Vec<_>>(),
+        format!("map order: {ids:?}"),
+    );
     for chunk in [0usize, 1, 7, 100] {
         let got = pool.map_chunked(jobs.clone(), chunk).expect("open");
-        let ids: Vec<u64> = got.iter().map(|o| *o.as_ref().unwrap_or(&u64::MAX)).collect();
+        let ids: Vec<u64> = got
+            .iter()
+            .map(|o| *o.as_ref().unwrap_or(&u64::MAX))
+            .collect();
         r.check(
             ids == (0..60).collect::<Vec<_>>(),
             format!("map_chunked({chunk}) order: {ids:?}"),
@@ -247,8 +264,14 @@ fn map_order(mut r: Report) -> Report {
     ];
     let got = pool.map_chunked(mixed, 4).expect("open");
     r.check(got[0] == Ok(5), "chunk item 0");
-    r.check(got[1] == Err(JobError::Handler("nope".into())), "chunk item 1");
-    r.check(matches!(&got[2], Err(JobError::Panicked(m)) if m.contains("boom")), "chunk item 2");
+    r.check(
+        got[1] == Err(JobError::Handler("nope".into())),
+        "chunk item 1",
+    );
+    r.check(
+        matches!(&got[2], Err(JobError::Panicked(m)) if m.contains("boom")),
+        "chunk item 2",
+    );
     r.check(got[3] == Ok(10), "chunk item 3");
     r.kv("checked", "order");
     r.see(&pool);
@@ -263,8 +286,7 @@ fn kill_busy(mut r: Report, dir: &str) -> Report {
     let victim = 5u64;
     let path = format!("{dir}/victim.pid");
     let calls: Arc<Vec<AtomicU32>> = Arc::new((0..total + 20).map(|_| AtomicU32::new(0)).collect());
-    let outcomes: Arc<Mutex<Vec<Option<Outcome<u64, String>>>>> =
-        Arc::new(Mutex::new(vec![None; (total + 20) as usize]));
+    let outcomes: Outcomes = Arc::new(Mutex::new(vec![None; (total + 20) as usize]));
     let resolved_at: Arc<Mutex<Option<Instant>>> = Arc::new(Mutex::new(None));
     let submit = |i: u64, task: Task| {
         let (calls, outcomes, resolved_at) = (calls.clone(), outcomes.clone(), resolved_at.clone());
@@ -321,7 +343,10 @@ fn kill_busy(mut r: Report, dir: &str) -> Report {
         let o = &outcomes[i as usize];
         if i == victim {
             r.kv("victim", format!("{o:?}"));
-            r.check(*o == Some(Err(JobError::WorkerDied(sigkill()))), "victim outcome");
+            r.check(
+                *o == Some(Err(JobError::WorkerDied(sigkill()))),
+                "victim outcome",
+            );
         } else if i < total {
             r.check(*o == Some(Ok(i)), format!("job {i}: {o:?}"));
         } else {
@@ -332,7 +357,10 @@ fn kill_busy(mut r: Report, dir: &str) -> Report {
     r.kv("requeued", s.requeued);
     r.kv("worker_deaths", s.worker_deaths);
     r.check(s.worker_deaths == 1, "exactly one worker death");
-    r.check(s.requeued >= 1, "jobs behind the victim should have been requeued");
+    r.check(
+        s.requeued >= 1,
+        "jobs behind the victim should have been requeued",
+    );
     r
 }
 
@@ -367,10 +395,19 @@ fn panic(mut r: Report) -> Report {
     let p = wait_ok(pool.submit(Task::Panic).expect("open"));
     let after = wait_ok(pool.submit(Task::Pid).expect("open"));
     r.kv("panic", format!("{p:?}"));
-    r.check(matches!(&p, Err(JobError::Panicked(m)) if m == "boom"), "panic outcome");
-    r.check(before.is_ok() && before == after, format!("same worker: {before:?} {after:?}"));
+    r.check(
+        matches!(&p, Err(JobError::Panicked(m)) if m == "boom"),
+        "panic outcome",
+    );
+    r.check(
+        before.is_ok() && before == after,
+        format!("same worker: {before:?} {after:?}"),
+    );
     let e = wait_ok(pool.submit(Task::Fail("bad input".into())).expect("open"));
-    r.check(e == Err(JobError::Handler("bad input".into())), "handler error");
+    r.check(
+        e == Err(JobError::Handler("bad input".into())),
+        "handler error",
+    );
     r.check(pool.stats().worker_deaths == 0, "no death");
     r.see(&pool);
     r
@@ -385,14 +422,19 @@ fn timeout(mut r: Report) -> Report {
             .job_timeout(Some(Duration::from_millis(300))),
     );
     let t = Instant::now();
-    let slow = pool.submit(Task::Sleep { ms: 20_000, id: 1 }).expect("open");
+    let slow = pool
+        .submit(Task::Sleep { ms: 20_000, id: 1 })
+        .expect("open");
     let next = pool.submit(Task::Square(4)).expect("open");
     let o = wait_ok(slow);
     let took = t.elapsed();
     r.kv("timed_out_ms", took.as_millis());
     r.check(o == Err(JobError::TimedOut), format!("slow job: {o:?}"));
     r.check(took < Duration::from_secs(5), "the timeout fired late");
-    r.check(wait_ok(next) == Ok(17), "the job queued behind the slow one");
+    r.check(
+        wait_ok(next) == Ok(17),
+        "the job queued behind the slow one",
+    );
     // Per-job override: shorter and none.
     let short = pool
         .submit_with(
@@ -400,15 +442,27 @@ fn timeout(mut r: Report) -> Report {
             JobOptions::new().timeout(Some(Duration::from_millis(100))),
         )
         .expect("open");
-    r.check(wait_ok(short) == Err(JobError::TimedOut), "override: shorter");
+    r.check(
+        wait_ok(short) == Err(JobError::TimedOut),
+        "override: shorter",
+    );
     let none = pool
-        .submit_with(Task::Sleep { ms: 500, id: 3 }, JobOptions::new().timeout(None))
+        .submit_with(
+            Task::Sleep { ms: 500, id: 3 },
+            JobOptions::new().timeout(None),
+        )
         .expect("open");
     r.check(wait_ok(none) == Ok(3), "override: no timeout");
-    r.check(wait_ok(pool.submit(Task::Square(2)).expect("open")) == Ok(5), "carries on");
+    r.check(
+        wait_ok(pool.submit(Task::Square(2)).expect("open")) == Ok(5),
+        "carries on",
+    );
     let s = pool.stats();
     r.kv("timed_out", s.timed_out);
-    r.check(s.timed_out == 2 && s.fatal.is_none(), format!("stats: {s:?}"));
+    r.check(
+        s.timed_out == 2 && s.fatal.is_none(),
+        format!("stats: {s:?}"),
+    );
     r.see(&pool);
     r
 }
@@ -439,7 +493,10 @@ fn close_join(mut r: Report) -> Report {
     r.kv("done_at_join", n);
     r.check(n == 50, "join returned before every job");
     let s = pool.stats();
-    r.check(s.worker_pids.iter().all(Option::is_none), "workers still up after join");
+    r.check(
+        s.worker_pids.iter().all(Option::is_none),
+        "workers still up after join",
+    );
     r
 }
 
@@ -463,16 +520,30 @@ fn terminate(mut r: Report) -> Report {
         }
     }
     r.kv("cancelled", cancelled);
-    r.check(matches!(pool.submit(Task::Square(1)), Err(_)), "closed after terminate");
+    r.check(
+        pool.submit(Task::Square(1)).is_err(),
+        "closed after terminate",
+    );
     let s = pool.stats();
-    r.check(s.worker_pids.iter().all(Option::is_none), "workers up after terminate");
-    r.check(s.fork_server_pid.is_none(), "fork server up after terminate");
+    r.check(
+        s.worker_pids.iter().all(Option::is_none),
+        "workers up after terminate",
+    );
+    r.check(
+        s.fork_server_pid.is_none(),
+        "fork server up after terminate",
+    );
     r
 }
 
 /// A full queue: `submit` blocks (bounded) and `try_submit` gives the job back.
 fn backpressure(mut r: Report) -> Report {
-    let pool = build(builder("backpressure").workers(1).pipeline(1).queue_capacity(2));
+    let pool = build(
+        builder("backpressure")
+            .workers(1)
+            .pipeline(1)
+            .queue_capacity(2),
+    );
     let first = pool.submit(Task::Sleep { ms: 400, id: 1 }).expect("open");
     r.check(
         wait_until(Duration::from_secs(10), || pool.stats().in_flight == 1),
@@ -502,10 +573,18 @@ fn backpressure(mut r: Report) -> Report {
 
 /// Recycling by job count: worker pids change, no job fails, no death counted.
 fn recycle(mut r: Report) -> Report {
-    let pool = build(builder("recycle").workers(2).pipeline(4).max_jobs_per_worker(Some(10)));
+    let pool = build(
+        builder("recycle")
+            .workers(2)
+            .pipeline(4)
+            .max_jobs_per_worker(Some(10)),
+    );
     let got = pool.map((0..100).map(|_| Task::Pid)).expect("open");
     let failed = got.iter().filter(|o| o.is_err()).count();
-    let pids: BTreeSet<u64> = got.iter().filter_map(|o| o.as_ref().ok().copied()).collect();
+    let pids: BTreeSet<u64> = got
+        .iter()
+        .filter_map(|o| o.as_ref().ok().copied())
+        .collect();
     r.pids.extend(pids.iter().map(|&p| p as i32));
     r.kv("failed", failed);
     r.kv("distinct_pids", pids.len());
@@ -520,7 +599,10 @@ fn recycle(mut r: Report) -> Report {
     r.check(most <= 10, format!("a worker answered {most} jobs"));
     let s = pool.stats();
     r.kv("recycled", s.recycled);
-    r.check(s.worker_deaths == 0 && s.fatal.is_none(), format!("stats: {s:?}"));
+    r.check(
+        s.worker_deaths == 0 && s.fatal.is_none(),
+        format!("stats: {s:?}"),
+    );
     r.see(&pool);
     r
 }
@@ -573,11 +655,17 @@ fn crash_loop(mut r: Report) -> Report {
         outcomes.push(wait_ok(pool.submit(Task::Exit(3)).expect("open")));
     }
     for o in &outcomes {
-        r.check(*o == Err(JobError::WorkerDied(ExitStatus::Code(3))), format!("{o:?}"));
+        r.check(
+            *o == Err(JobError::WorkerDied(ExitStatus::Code(3))),
+            format!("{o:?}"),
+        );
     }
     let o = wait_ok(pool.submit(Task::Square(1)).expect("open"));
     r.kv("after", format!("{o:?}"));
-    r.check(matches!(&o, Err(JobError::Fatal(m)) if m.contains("crash loop")), "fatal outcome");
+    r.check(
+        matches!(&o, Err(JobError::Fatal(m)) if m.contains("crash loop")),
+        "fatal outcome",
+    );
     r.kv("ms", t.elapsed().as_millis());
     r.check(
         wait_until(Duration::from_secs(5), || pool.stats().fatal.is_some()),
@@ -589,7 +677,10 @@ fn crash_loop(mut r: Report) -> Report {
 /// Worker output is captured into the pool's log, tagged `NAME[INDEX]`.
 fn output(mut r: Report) -> Report {
     let pool = build(builder("output").workers(1));
-    let o = wait_ok(pool.submit(Task::Print("hello from a worker".into())).expect("open"));
+    let o = wait_ok(
+        pool.submit(Task::Print("hello from a worker".into()))
+            .expect("open"),
+    );
     r.check(o.is_ok(), "print job");
     r.see(&pool);
     pool.close();
@@ -610,7 +701,10 @@ fn two_pools(mut r: Report) -> Report {
             return r;
         }
     };
-    r.check(wait_ok(a.submit(Task::Square(3)).expect("open")) == Ok(10), "first pool");
+    r.check(
+        wait_ok(a.submit(Task::Square(3)).expect("open")) == Ok(10),
+        "first pool",
+    );
     let n = b.submit("four".to_string()).expect("open").wait();
     r.check(n == Ok(4), "second pool");
     r.see(&a);
@@ -628,8 +722,14 @@ fn exec_threads(mut r: Report, dir: &str) -> Report {
             }
         });
     }
-    let threads = std::fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0);
-    let pool = build(builder("exec").workers(2).start_method(StartMethod::ExecSelf));
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let pool = build(
+        builder("exec")
+            .workers(2)
+            .start_method(StartMethod::ExecSelf),
+    );
     r.kv("threads_at_build", threads);
     r.check(threads >= 4, "the program should have several threads");
     let got = pool.map((0..2000).map(Task::Square)).expect("open");
@@ -641,7 +741,10 @@ fn exec_threads(mut r: Report, dir: &str) -> Report {
     );
     let me = std::process::id() as u64;
     let pid = wait_ok(pool.submit(Task::Pid).expect("open"));
-    r.check(pid.as_ref().is_ok_and(|&p| p != me), "the job ran in another process");
+    r.check(
+        pid.as_ref().is_ok_and(|&p| p != me),
+        "the job ran in another process",
+    );
     r.see(&pool);
     let path = format!("{dir}/exec.pid");
     let h = pool
@@ -659,7 +762,10 @@ fn exec_threads(mut r: Report, dir: &str) -> Report {
     kill9(victim);
     let o = wait_ok(h);
     r.kv("victim", format!("{o:?}"));
-    r.check(o == Err(JobError::WorkerDied(sigkill())), "exec-self victim");
+    r.check(
+        o == Err(JobError::WorkerDied(sigkill())),
+        "exec-self victim",
+    );
     let after = pool.map((0..100).map(Task::Square)).expect("open");
     r.check(after.iter().all(|o| o.is_ok()), "after the kill");
     r.see(&pool);
@@ -680,7 +786,10 @@ fn fork_threads(mut r: Report) -> Report {
         Err(e) => {
             let msg = e.to_string();
             r.kv("error", &msg);
-            r.check(msg.contains("ExecSelf") && msg.contains("threads"), "error names the way out");
+            r.check(
+                msg.contains("ExecSelf") && msg.contains("threads"),
+                "error names the way out",
+            );
         }
     }
     r

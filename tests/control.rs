@@ -42,14 +42,8 @@ impl Drop for Timer {
 
 /// A sandbox whose config has `daemon` lines in `[daemon]` and `tables` after them; `SANDBOX`
 /// in either is replaced by the sandbox directory, and `PYTHON` by the real python3.
-///
-/// The directory is made sticky: the harness opens it to everyone (some tests run commands as
-/// `nobody`), and warden rightly refuses to put its control socket in a directory where anyone
-/// may replace it — unless it is sticky, like /tmp.
 fn sandbox(name: &str, daemon: &str, tables: &str) -> Sandbox {
-    use std::os::unix::fs::PermissionsExt;
     let sb = Sandbox::new(name, "");
-    std::fs::set_permissions(&sb.dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let sleep = ["/bin/sleep", "/usr/bin/sleep"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())
@@ -272,7 +266,10 @@ fn status_table_json_and_exit_codes() {
         assert!(i["program"].is_string() && i["index"].is_u64() && i["restarts"].is_u64());
         assert!(states.contains(&i["state"].as_str().unwrap()), "{i}");
         assert!(i["pid"].is_null() || i["pid"].is_i64(), "{i}");
-        assert!(i["uptime_secs"].is_null() || i["uptime_secs"].is_f64(), "{i}");
+        assert!(
+            i["uptime_secs"].is_null() || i["uptime_secs"].is_f64(),
+            "{i}"
+        );
         assert!(i["status"].is_null() || i["status"].is_string(), "{i}");
         if i["program"] == "once" {
             assert!(i["pid"].is_null() && i["uptime_secs"].is_null(), "{i}");
@@ -292,7 +289,10 @@ fn status_table_json_and_exit_codes() {
         .chain([("once", 0)])
         .map(|(p, i)| (p.to_string(), i))
         .collect();
-    assert_eq!(order, want, "programs in configuration order, then by index");
+    assert_eq!(
+        order, want,
+        "programs in configuration order, then by index"
+    );
 
     // The table: a header, one aligned row per instance, the right pids.
     let table = expect(&mut sb, &["status"], 0);
@@ -317,9 +317,15 @@ fn status_table_json_and_exit_codes() {
     let mut table_pids = BTreeSet::new();
     let mut seen = Vec::new();
     for r in &rows {
-        assert!(!r.contains('\x1b'), "no colour when not on a terminal: {r:?}");
+        assert!(
+            !r.contains('\x1b'),
+            "no colour when not on a terminal: {r:?}"
+        );
         let cell = |name: &str| r[col(name)..].split_whitespace().next().unwrap();
-        seen.push((cell("PROGRAM").to_string(), cell("INDEX").parse::<u64>().unwrap()));
+        seen.push((
+            cell("PROGRAM").to_string(),
+            cell("INDEX").parse::<u64>().unwrap(),
+        ));
         if let Ok(p) = cell("PID").parse::<i32>() {
             table_pids.insert(p);
         }
@@ -375,18 +381,13 @@ fn nobody_uid() -> u32 {
 /// `warden ARGS…` run as nobody:nogroup without supplementary groups.
 fn as_nobody(sb: &mut Sandbox, args: &[&str]) -> std::process::Output {
     let mut c = std::process::Command::new("setpriv");
-    c.args([
-        "--reuid=nobody",
-        "--regid=nogroup",
-        "--clear-groups",
-        "--",
-    ])
-    .arg(warden_bin())
-    .arg("-c")
-    .arg(&sb.config)
-    .args(args)
-    .env_remove("NOTIFY_SOCKET")
-    .stdin(Stdio::null());
+    c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(warden_bin())
+        .arg("-c")
+        .arg(&sb.config)
+        .args(args)
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null());
     sb.output(c)
 }
 
@@ -452,7 +453,11 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
         .lines()
         .find(|l| l.contains(&format!("uid {uid}")) && l.contains("refused"))
         .map(str::to_string);
-    assert!(line.is_some(), "no log line naming uid {uid}:\n{}", log(&sb));
+    assert!(
+        line.is_some(),
+        "no log line naming uid {uid}:\n{}",
+        log(&sb)
+    );
     println!("log: {}", line.unwrap());
     // Untouched by the refused requests.
     let (_, v) = status_json(&mut sb, &["w"]);
@@ -461,7 +466,7 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 3. Garbage, oversized lines and 500 idle connections.
+// 3. Garbage, oversized lines, floods, half-closed clients and 500 idle connections.
 
 /// The soft RLIMIT_NOFILE, raised to the hard limit when below `want`; false (with a printed
 /// reason) when even the hard limit is too low.
@@ -479,77 +484,113 @@ fn enough_descriptors(test: &str, want: u64) -> bool {
     true
 }
 
-fn vm_rss_kib(pid: i32) -> u64 {
-    status(pid)["VmRSS"]
+/// A `kB` field of /proc/PID/status (`VmRSS`, `VmHWM`).
+fn kib(pid: i32, field: &str) -> u64 {
+    status(pid)[field]
         .trim_end_matches(" kB")
         .trim()
         .parse()
         .unwrap()
 }
 
-/// Reads one line (bounded by a read timeout).
-fn read_line(r: &mut BufReader<UnixStream>) -> std::io::Result<String> {
+/// How many of `pid`'s descriptors are sockets bound or accepted at `path` (the listener and
+/// every accepted connection; /proc/net/unix names the path for both).
+fn sockets_at(pid: i32, path: &std::path::Path) -> usize {
+    let path = path_str(path);
+    let inodes: BTreeSet<String> = std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(7) == Some(&path.as_str())).then(|| f[6].to_string())
+        })
+        .collect();
+    fds(pid)
+        .into_iter()
+        .filter(|(_, t)| {
+            let t = t.to_string_lossy();
+            t.strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .is_some_and(|i| inodes.contains(i))
+        })
+        .count()
+}
+
+/// Connects with a read timeout.
+fn connect(path: &std::path::Path) -> BufReader<UnixStream> {
+    let s = UnixStream::connect(path).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    BufReader::new(s)
+}
+
+/// Sends `line` (newline added) and parses the one reply line.
+fn ask(c: &mut BufReader<UnixStream>, line: &[u8]) -> Value {
+    c.get_mut().write_all(line).unwrap();
+    c.get_mut().write_all(b"\n").unwrap();
     let mut s = String::new();
-    r.read_line(&mut s)?;
-    Ok(s)
+    c.read_line(&mut s).unwrap();
+    serde_json::from_str(&s).unwrap_or_else(|e| panic!("reply {s:?}: {e}"))
 }
 
 #[test]
 fn garbage_oversized_lines_and_500_idle_connections_leave_warden_serving() {
-    let _t = Timer::new("garbage_oversized_lines_and_500_idle_connections_leave_warden_serving");
     let name = "garbage_oversized_lines_and_500_idle_connections_leave_warden_serving";
+    let _t = Timer::new(name);
     if !enough_descriptors(name, 1100) {
         return;
     }
     let mut sb = sandbox("garbage", "", &sleeper("w", 2, 1000));
     let warden = sb.start();
     let w = wait_up(&mut sb, "w", 2);
-    let rss_before = vm_rss_kib(warden);
+    let (rss_before, hwm_before) = (kib(warden, "VmRSS"), kib(warden, "VmHWM"));
     let sock = sb.path("warden.sock");
-    let fds_before = fds(warden).len();
 
     let mut idle: Vec<UnixStream> = (0..500)
         .map(|i| UnixStream::connect(&sock).unwrap_or_else(|e| panic!("connection {i}: {e}")))
         .collect();
-    // Every one is accepted (held by the daemon), none left in the backlog.
+    // Every one is accepted and held by the daemon, none left in the backlog (the listener
+    // itself is the one more).
     assert!(
-        wait_until(TIMEOUT, || fds(warden).len() >= fds_before + 500),
-        "the daemon holds {} descriptors, want {} + 500",
-        fds(warden).len(),
-        fds_before
+        wait_until(TIMEOUT, || sockets_at(warden, &sock) > 500),
+        "the daemon holds {} sockets at {}, want 500 connections and the listener",
+        sockets_at(warden, &sock),
+        sock.display()
     );
 
     // Garbage: a bad-request line; the connection stays usable.
-    let garbage = UnixStream::connect(&sock).unwrap();
-    garbage.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut g = BufReader::new(garbage);
-    g.get_mut().write_all(b"\x00\xffthis is not json\n").unwrap();
-    let reply: Value = serde_json::from_str(&read_line(&mut g).unwrap()).unwrap();
-    assert_eq!(reply["ok"], false, "{reply}");
+    let mut g = connect(&sock);
+    let reply = ask(&mut g, b"\x00\xffthis is not json");
+    assert_eq!(
+        (&reply["ok"], &reply["kind"]),
+        (&Value::Bool(false), &Value::from("bad-request")),
+        "{reply}"
+    );
+    let reply = ask(&mut g, br#"{"v":7,"cmd":"status"}"#);
     assert_eq!(reply["kind"], "bad-request", "{reply}");
-    g.get_mut().write_all(b"{\"v\":7,\"cmd\":\"status\"}\n").unwrap();
-    let reply: Value = serde_json::from_str(&read_line(&mut g).unwrap()).unwrap();
+    assert!(
+        reply["error"].as_str().unwrap().contains("version"),
+        "{reply}"
+    );
+    let reply = ask(&mut g, br#"{"v":1,"cmd":"explode"}"#);
     assert_eq!(reply["kind"], "bad-request", "{reply}");
-    assert!(reply["error"].as_str().unwrap().contains("version"), "{reply}");
-    g.get_mut()
-        .write_all(b"{\"v\":1,\"cmd\":\"status\",\"programs\":[\"w\"]}\n")
-        .unwrap();
-    let reply: Value = serde_json::from_str(&read_line(&mut g).unwrap()).unwrap();
+    let reply = ask(&mut g, br#"{"v":1,"cmd":"status","programs":["w"]}"#);
     assert_eq!(reply["ok"], true, "still served after garbage: {reply}");
     assert_eq!(reply["result"]["instances"].as_array().unwrap().len(), 2);
 
     // 100 KiB without a newline, then the newline: a bad-request error, then the connection is
     // closed. The daemon may close before we finish writing: a failed write is fine.
-    let big = UnixStream::connect(&sock).unwrap();
-    big.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let mut b = BufReader::new(big);
-    let line = vec![b'x'; 100 * 1024];
-    let _ = b.get_mut().write_all(&line);
+    let mut b = connect(&sock);
+    let _ = b.get_mut().write_all(&vec![b'x'; 100 * 1024]);
     let _ = b.get_mut().write_all(b"\n");
-    let reply: Value = serde_json::from_str(&read_line(&mut b).unwrap()).unwrap();
-    assert_eq!(reply["ok"], false, "{reply}");
+    let mut line = String::new();
+    b.read_line(&mut line).unwrap();
+    let reply: Value = serde_json::from_str(&line).unwrap();
     assert_eq!(reply["kind"], "bad-request", "{reply}");
-    assert!(reply["error"].as_str().unwrap().contains("longer"), "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("longer"),
+        "{reply}"
+    );
     let mut rest = Vec::new();
     match b.read_to_end(&mut rest) {
         Ok(_) => assert!(rest.is_empty(), "nothing after the error: {rest:?}"),
@@ -559,8 +600,67 @@ fn garbage_oversized_lines_and_500_idle_connections_leave_warden_serving() {
             "closed, not timed out: {e}"
         ),
     }
+    // The same after a newline: only the unfinished line counts.
+    let mut b = connect(&sock);
+    let mut big = b"\n".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 1 << 20));
+    let _ = b.get_mut().write_all(&big);
+    line.clear();
+    b.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("bad-request") && line.contains("longer"),
+        "{line}"
+    );
 
-    // While all 500 are open: status answers, quickly.
+    // A client writing newlines as fast as it can (a burst of short lines) neither holds the
+    // loop nor the daemon's memory: others are answered meanwhile, and then the flooder itself.
+    let flood = UnixStream::connect(&sock).unwrap();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let halt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let mut flood = flood.try_clone().unwrap();
+        let (sent, halt) = (sent.clone(), halt.clone());
+        std::thread::spawn(move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            let chunk = vec![b'\n'; 64 * 1024];
+            let until = Instant::now() + TIMEOUT;
+            while !halt.load(Relaxed) && Instant::now() < until {
+                flood.write_all(&chunk).unwrap();
+                sent.fetch_add(chunk.len(), Relaxed);
+            }
+        })
+    };
+    let flooding = wait_until(TIMEOUT, || {
+        sent.load(std::sync::atomic::Ordering::Relaxed) > 4 << 20
+    });
+    let t = Instant::now();
+    expect(&mut sb, &["status"], 0);
+    let took_flood = t.elapsed();
+    halt.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(flooding, "the flood never got going");
+    let mut f = BufReader::new(flood);
+    f.get_mut().set_read_timeout(Some(TIMEOUT)).unwrap();
+    let reply = ask(&mut f, br#"{"v":1,"cmd":"status"}"#);
+    assert_eq!(reply["ok"], true, "the flooder is answered too: {reply}");
+    let flooded = sent.load(std::sync::atomic::Ordering::Relaxed) >> 20;
+    println!("status during a flood of {flooded} MiB of newlines: {took_flood:.1?}");
+    assert!(
+        took_flood < Duration::from_secs(2),
+        "status took {took_flood:?} during the flood"
+    );
+
+    // A half-closed client (its write side shut) still gets its answer.
+    let mut h = connect(&sock);
+    h.get_mut()
+        .write_all(b"{\"v\":1,\"cmd\":\"status\"}\n")
+        .unwrap();
+    h.get_mut().shutdown(std::net::Shutdown::Write).unwrap();
+    let mut all = String::new();
+    h.read_to_string(&mut all).unwrap();
+    assert!(all.starts_with("{\"v\":1,\"ok\":true"), "{all}");
+
+    // While all 500 are still open: status answers, quickly, and nothing grew.
     let t = Instant::now();
     let table = expect(&mut sb, &["status"], 0);
     let took = t.elapsed();
@@ -568,22 +668,38 @@ fn garbage_oversized_lines_and_500_idle_connections_leave_warden_serving() {
     let (c, v) = status_json(&mut sb, &["w"]);
     assert_eq!(c, 0);
     assert_eq!(of(&v, "w"), w, "the workers are untouched");
-    let rss_after = vm_rss_kib(warden);
+    for s in &idle {
+        s.set_nonblocking(true).unwrap();
+        let e = (&*s)
+            .read(&mut [0u8; 16])
+            .expect_err("an idle connection got data or EOF");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock,
+            "idle connection: {e}"
+        );
+    }
+    let (rss, hwm) = (kib(warden, "VmRSS"), kib(warden, "VmHWM"));
     println!(
-        "status with 500 idle connections: {took:.1?}; daemon VmRSS {rss_before} kB -> {rss_after} kB"
+        "status with 500 idle connections: {took:.1?}; daemon VmRSS {rss_before} -> {rss} kB, VmHWM {hwm_before} -> {hwm} kB"
     );
     assert!(took < Duration::from_secs(2), "status took {took:?}");
     assert!(
-        rss_after < rss_before + 16 * 1024,
-        "VmRSS grew from {rss_before} kB to {rss_after} kB"
+        rss < rss_before + 8 * 1024,
+        "VmRSS grew from {rss_before} kB to {rss} kB"
     );
-    // Idle connections closed by their clients are dropped by the daemon.
-    idle.clear();
-    drop(g);
     assert!(
-        wait_until(TIMEOUT, || fds(warden).len() <= fds_before),
-        "the daemon still holds {} descriptors (had {fds_before})",
-        fds(warden).len()
+        hwm < hwm_before + 8 * 1024,
+        "VmHWM grew from {hwm_before} kB to {hwm} kB"
+    );
+    // Connections closed by their clients are dropped by the daemon.
+    idle.clear();
+    drop((g, f));
+    assert!(
+        wait_until(TIMEOUT, || sockets_at(warden, &sock) == 1),
+        "the daemon still holds {} sockets at {}",
+        sockets_at(warden, &sock),
+        sock.display()
     );
     expect(&mut sb, &["status"], 0);
     stop(&mut sb);
@@ -660,12 +776,31 @@ fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing
         sleeper("change", 2, 1000)
     );
     let mut sb = sandbox("reload", "", &old);
-    let warden = sb.start();
+    // Started with a relative `-c` from elsewhere: the daemon changes directory, and must still
+    // find its file to reload.
+    let parent = sb.dir.parent().unwrap().to_path_buf();
+    let relative = sb.config.strip_prefix(&parent).unwrap().to_path_buf();
+    let mut cmd = std::process::Command::new(warden_bin());
+    cmd.current_dir(&parent)
+        .arg("-c")
+        .arg(&relative)
+        .arg("start")
+        .env_remove("NOTIFY_SOCKET")
+        .stdin(Stdio::null());
+    let out = sb.output(cmd);
+    assert!(out.status.success(), "start: {}", stderr_of(&out));
+    let warden = sb.pidfile_pid().unwrap();
+    sb.track(warden);
     let keep = wait_up(&mut sb, "keep", 2);
     let gone = wait_up(&mut sb, "gone", 2);
     let change = wait_up(&mut sb, "change", 2);
     let children = live_children(warden);
     let (_, before) = status_json(&mut sb, &[]);
+    assert_eq!(
+        before["daemon"]["config"].as_str(),
+        Some(path_str(&sb.config).as_str()),
+        "the config path is absolute"
+    );
 
     let new = format!(
         "{}{}{}",
@@ -688,7 +823,11 @@ fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing
     }
     assert_eq!(plan.lines().count(), 4, "{plan}");
     let (_, after) = status_json(&mut sb, &[]);
-    assert_eq!(instances(&after), instances(&before), "dry run changed status");
+    assert_eq!(
+        instances(&after),
+        instances(&before),
+        "dry run changed status"
+    );
     assert_eq!(live_children(warden), children, "dry run changed processes");
 
     // Applied.
@@ -697,7 +836,10 @@ fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing
     assert!(out.lines().any(|l| l == "added added"), "{out}");
     let (_, v) = status_json(&mut sb, &[]);
     assert_eq!(of(&v, "keep"), keep, "unchanged program untouched");
-    assert!(of(&v, "gone").is_empty(), "removed program still listed: {v:#}");
+    assert!(
+        of(&v, "gone").is_empty(),
+        "removed program still listed: {v:#}"
+    );
     let programs: BTreeSet<String> = instances(&v).into_iter().map(|i| i.program).collect();
     assert_eq!(
         programs,
@@ -827,7 +969,10 @@ fn scale_and_ttin_ttou_follow_in_status_and_stop_the_highest_indices() {
         [0, 1, 2, 3],
         "{four:?}"
     );
-    assert!(four.iter().all(up), "scale returns once they are up: {four:?}");
+    assert!(
+        four.iter().all(up),
+        "scale returns once they are up: {four:?}"
+    );
     assert_eq!(&four[..2], &two[..], "the first two untouched");
     for p in pids(&four) {
         sb.track(p);
@@ -865,7 +1010,11 @@ fn scale_and_ttin_ttou_follow_in_status_and_stop_the_highest_indices() {
     assert_eq!(of(&v, "w"), vec![two[0].clone()]);
     assert!(wait_until(TIMEOUT, || !alive(added)));
     assert_eq!(of(&v, "other"), other, "the other program untouched");
-    wait_children(&sb, warden, &[two[0].pid.unwrap(), other[0].pid.unwrap()].into());
+    wait_children(
+        &sb,
+        warden,
+        &[two[0].pid.unwrap(), other[0].pid.unwrap()].into(),
+    );
 
     // Unknown program; scaling to zero is allowed and leaves nothing running.
     let out = sb.run(&["scale", "nosuch", "2"]);
@@ -905,7 +1054,12 @@ fn program_stop_stays_down_until_started_and_leaves_others_alone() {
     let b_pids: BTreeSet<i32> = pids(&b).into_iter().collect();
     let until = Instant::now() + Duration::from_secs(1);
     while Instant::now() < until {
-        assert_eq!(live_children(warden), b_pids, "a came back; log:\n{}", log(&sb));
+        assert_eq!(
+            live_children(warden),
+            b_pids,
+            "a came back; log:\n{}",
+            log(&sb)
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let (_, v) = status_json(&mut sb, &["a"]);

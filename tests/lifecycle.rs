@@ -6,7 +6,6 @@ mod common;
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;

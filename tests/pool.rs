@@ -17,13 +17,21 @@ fn example() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let exe = std::env::current_exe().unwrap();
-            let path = exe.parent().unwrap().parent().unwrap().join("examples/pool");
+            let path = exe
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("examples/pool");
             let mut cargo = Command::new(env!("CARGO"));
             cargo.args(["build", "--quiet", "--example", "pool"]);
             if exe.components().any(|c| c.as_os_str() == "release") {
                 cargo.arg("--release");
             }
-            let st = cargo.current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
+            let st = cargo
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .unwrap();
             assert!(st.success(), "cargo build --example pool failed");
             path
         })
@@ -117,8 +125,7 @@ fn scenario(name: &str) -> Run {
             .copied()
             .filter(|p| {
                 // A pid still there and still running our program (not reused by another).
-                std::fs::read_to_string(format!("/proc/{p}/comm"))
-                    .is_ok_and(|c| c.trim() == ours)
+                std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == ours)
             })
             .collect()
     };
@@ -126,7 +133,11 @@ fn scenario(name: &str) -> Run {
     while !survivors(&pids).is_empty() && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(survivors(&pids), Vec::<i32>::new(), "pool processes survived {name}");
+    assert_eq!(
+        survivors(&pids),
+        Vec::<i32>::new(),
+        "pool processes survived {name}"
+    );
     run
 }
 
@@ -146,11 +157,19 @@ fn map_keeps_input_order_also_chunked() {
 #[test]
 fn sigkill_mid_job_fails_that_job_alone_and_callbacks_fire_once() {
     let r = scenario("kill_busy");
-    assert!(r.get("victim").contains("WorkerDied"), "{}", r.get("victim"));
+    assert!(
+        r.get("victim").contains("WorkerDied"),
+        "{}",
+        r.get("victim")
+    );
     assert_eq!(r.num("worker_deaths"), 1);
     assert!(r.num("requeued") >= 1);
     // The target is 10 ms; allow for a loaded CI machine running tests in parallel.
-    assert!(r.num("resolve_us") < 200_000, "resolved after {} µs", r.num("resolve_us"));
+    assert!(
+        r.num("resolve_us") < 200_000,
+        "resolved after {} µs",
+        r.num("resolve_us")
+    );
 }
 
 #[test]
@@ -171,7 +190,10 @@ fn a_job_timeout_kills_the_worker_and_the_pool_continues() {
     let r = scenario("timeout");
     assert_eq!(r.num("timed_out"), 2);
     let ms = r.num("timed_out_ms");
-    assert!((300..5000).contains(&ms), "timed out after {ms} ms (timeout 300 ms)");
+    assert!(
+        (300..5000).contains(&ms),
+        "timed out after {ms} ms (timeout 300 ms)"
+    );
 }
 
 #[test]
@@ -239,5 +261,8 @@ fn exec_self_works_from_a_program_with_several_threads() {
 fn fork_from_a_multi_threaded_program_is_refused_clearly() {
     let r = scenario("fork_threads");
     let e = r.get("error");
-    assert!(e.contains("single-threaded") && e.contains("ExecSelf"), "{e}");
+    assert!(
+        e.contains("single-threaded") && e.contains("ExecSelf"),
+        "{e}"
+    );
 }

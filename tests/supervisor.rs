@@ -987,9 +987,33 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
         std::thread::sleep(wake.saturating_duration_since(Instant::now()));
     }
     // Every instance comes back, once each, and nothing is left unreaped.
+    // (A child counts once it has exec'd and carries its WARDEN_INSTANCE: a child just forked
+    // for the last respawn still runs warden's image.)
     let t = Instant::now();
-    let workers = wait_workers(&mut sb, warden, N);
-    let instances: BTreeSet<usize> = workers.iter().filter_map(|&p| instance_of(p)).collect();
+    let all_instances: BTreeSet<usize> = (0..N).collect();
+    let mut seen: Vec<(i32, Option<usize>, Vec<String>)> = Vec::new();
+    let back = wait_until(TIMEOUT, || {
+        let kids = children_of(warden);
+        seen = kids
+            .iter()
+            .map(|&p| (p, instance_of(p), cmdline(p)))
+            .collect();
+        let instances: BTreeSet<usize> = seen.iter().filter_map(|s| s.1).collect();
+        kids.len() == N && kids.iter().all(|&p| alive(p)) && instances == all_instances
+    });
+    assert!(
+        back,
+        "not one live worker per instance: (pid, WARDEN_INSTANCE, argv) = {seen:?}; log tail:\n{}",
+        log(&sb)
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for s in &seen {
+        sb.track(s.0);
+    }
     println!(
         "chaos: {kills} kills, {samples} samples, {zombie_sightings} transient zombie sightings \
          (max {max_zombies} at once), all {N} back {:.1?} after the last kill",
@@ -999,11 +1023,6 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
         "chaos: {} zombie(s) outlived a sample while warden was busy or starved, none while it \
          was idle: {slow_reaps:?}",
         slow_reaps.len()
-    );
-    assert_eq!(
-        instances,
-        (0..N).collect::<BTreeSet<_>>(),
-        "one worker per instance"
     );
     assert!(kills > 0);
     let text = log(&sb);

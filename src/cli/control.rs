@@ -282,7 +282,7 @@ fn print_table(report: &StatusReport) {
     };
     println!("{}", line(&header.map(str::to_string), None));
     for (r, inst) in rows.iter().zip(&report.instances) {
-        let c = colour.then(|| match inst.state.as_str() {
+        let c = colour.then_some(match inst.state.as_str() {
             "ready" | "running" => "32",
             "starting" | "stopping" | "backoff" => "33",
             "fatal" => "31;1",

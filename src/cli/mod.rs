@@ -216,10 +216,8 @@ pub(crate) fn unresolvable_accounts(config: &Config) -> Vec<String> {
     for p in &config.programs {
         check(format!("program.{}", p.name), p.user.as_deref(), p.group.as_deref());
     }
-    if let Some(g) = &d.control_group {
-        if let Err(e) = Credentials::resolve(None, Some(g)) {
-            out.push(format!("{file}: daemon.control_group: {e}"));
-        }
+    if let Some(Err(e)) = d.control_group.as_ref().map(|g| Credentials::resolve(None, Some(g))) {
+        out.push(format!("{file}: daemon.control_group: {e}"));
     }
     out
 }
@@ -292,10 +290,9 @@ fn stop(config: &Config, timeout: Duration) -> ExitCode {
         }
         Err(e) => return exit::report(&e),
     };
-    if let Err(e) = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM) {
-        if e != nix::errno::Errno::ESRCH {
-            return exit::report(&Error::sys("kill", e));
-        }
+    match kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM) {
+        Err(e) if e != nix::errno::Errno::ESRCH => return exit::report(&Error::sys("kill", e)),
+        _ => {}
     }
     let mut progress = control::StopProgress::new(config);
     let released = Pidfile::wait_released_ticking(path, timeout, Duration::from_millis(250), || progress.tick());

@@ -12,9 +12,14 @@ use warden::{Daemon, DaemonHandle, ServiceManager, Signals, Stdio};
 use super::exit;
 
 /// Becomes the daemon (or stays in the foreground) and runs its event loop.
-pub fn serve(config: Config, foreground: bool) -> ExitCode {
+pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     // Read systemd's variables once, before any thread exists, and keep them from children.
     let manager = ServiceManager::from_env();
+    // The daemon changes directory: a relative `-c` must be made absolute now, while it still
+    // means what the caller meant, or `reload` and SIGHUP would look for the file elsewhere.
+    if let Ok(p) = std::path::absolute(&config.path) {
+        config.path = p;
+    }
     let d = &config.daemon;
     // Accounts named in the file must exist before anything starts (exit 6, like any other
     // configuration error), not fail a program later inside the daemon.

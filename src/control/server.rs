@@ -31,6 +31,9 @@ use crate::error::{Error, Result};
 pub const MAX_CONNECTIONS: usize = 900;
 /// At most this many bytes wait to be sent to one client.
 pub const MAX_OUTPUT: usize = 4 << 20;
+/// At most this many bytes are read from one connection per wake-up; the rest waits for the next
+/// turn of the loop, so a client that writes as fast as we read holds neither the loop nor memory.
+pub const READ_BUDGET: usize = 64 * 1024;
 
 /// Identifies one connection.
 pub type ConnId = u64;
@@ -242,15 +245,26 @@ impl ControlServer {
         let mut out = Vec::new();
         let Some(conn) = self.conns.get_mut(&id) else { return out };
         let mut buf = [0u8; 16 * 1024];
+        let mut budget = READ_BUDGET;
+        let mut more = false;
         loop {
-            match conn.stream.read(&mut buf) {
+            if budget == 0 {
+                more = true;
+                break;
+            }
+            let want = budget.min(buf.len());
+            match conn.stream.read(&mut buf[..want]) {
                 Ok(0) => {
                     conn.read_closed = true;
                     break;
                 }
                 Ok(n) => {
+                    budget -= n;
                     conn.input.extend_from_slice(&buf[..n]);
-                    if conn.input.len() > MAX_LINE + 1 && !conn.input[..MAX_LINE + 1].contains(&b'\n') {
+                    // Only the unfinished last line is bounded here: a newline early in the buffer
+                    // must not let the rest of it grow without limit.
+                    let partial = conn.input.iter().rposition(|&b| b == b'\n').map_or(conn.input.len(), |nl| conn.input.len() - nl - 1);
+                    if partial > MAX_LINE {
                         break;
                     }
                 }
@@ -263,9 +277,13 @@ impl ControlServer {
             }
         }
         let mut replies = Vec::new();
-        while let Some(nl) = conn.input.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = conn.input.drain(..=nl).collect();
-            let line = &line[..line.len() - 1];
+        // Lines are taken by index and the buffer drained once: draining line by line moves the
+        // rest of the buffer each time, quadratic in a burst of short lines (megabytes of
+        // newlines would hold the event loop for seconds).
+        let mut start = 0;
+        while let Some(len) = conn.input[start..].iter().position(|&b| b == b'\n') {
+            let line = &conn.input[start..start + len];
+            start += len + 1;
             if line.len() > MAX_LINE {
                 replies.push(Reply::failed(ErrorKind::BadRequest, format!("line longer than {MAX_LINE} bytes")));
                 conn.close_after_flush = true;
@@ -286,7 +304,8 @@ impl ControlServer {
                 }
             }
         }
-        if conn.input.len() > MAX_LINE {
+        conn.input.drain(..start);
+        if conn.input.len() > MAX_LINE && !conn.close_after_flush {
             replies.push(Reply::failed(ErrorKind::BadRequest, format!("line longer than {MAX_LINE} bytes")));
             conn.input.clear();
             conn.close_after_flush = true;
@@ -295,6 +314,14 @@ impl ControlServer {
             self.queue(id, &r);
         }
         self.flush(id, registry);
+        if more {
+            // Edge-triggered: nothing would wake us for what is already buffered. Re-arming
+            // (EPOLL_CTL_MOD) reports the connection again on the next turn if still readable.
+            if let Some(conn) = self.conns.get(&id) {
+                let token = Token(self.conn_token_base + id as usize);
+                let _ = registry.reregister(&mut SourceFd(&conn.stream.as_raw_fd()), token, Interest::READABLE | Interest::WRITABLE);
+            }
+        }
         out
     }
 
@@ -365,9 +392,7 @@ impl ControlServer {
         }
         let done = conn.output.is_empty() && (conn.close_after_flush || (conn.read_closed && conn.pending == 0));
         if done {
-            if let Some(conn) = self.conns.remove(&id) {
-                let _ = registry.deregister(&mut SourceFd(&conn.stream.as_raw_fd()));
-            }
+            self.close(id, registry);
         }
     }
 

@@ -307,6 +307,7 @@ fn global_logger_filters_by_level_without_being_installed() {
     let logger = GlobalLogger {
         backend: Arc::new(build(&file_config(&path)).unwrap()),
         level: LevelFilter::Info,
+        owner: std::process::id(),
     };
     for (level, text) in [
         (Level::Debug, "hidden"),

@@ -22,7 +22,12 @@
 //!   bound is real backpressure. Counters are published (and waiters woken) once per loop turn,
 //!   after the sinks of that turn have run, so `join` returns only after every callback.
 //! - Exit statuses come from the fork server (its `X` messages) or from a pidfd per exec'd worker
-//!   followed by `waitpid(pid)`: never `waitpid(-1)`, which would steal the host's children.
+//!   followed by `waitpid(pid)`: never `waitpid(-1)`, which would steal the host's children. A
+//!   worker whose socket reaches end of stream unasked is `SIGKILL`ed (its process group) so
+//!   that the status always comes; if the fork server itself dies, its workers died with it
+//!   (`PR_SET_PDEATHSIG`) and are finalized at once as killed, and the pool turns fatal.
+//! - `terminate` cancels every unfinished job at once (sinks called with `Cancelled`) before the
+//!   workers are killed, so results that still arrive find no job and are dropped.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -193,10 +198,7 @@ pub(crate) enum Spawner {
         next_token: u64,
     },
     /// `/proc/self/exe` re-executed in the worker role.
-    ExecSelf {
-        arg0: OsString,
-        args: Vec<OsString>,
-    },
+    ExecSelf { arg0: OsString, args: Vec<OsString> },
     /// A pool built inside another pool's exec-self worker: it never runs anything.
     Inert(String),
 }
@@ -373,10 +375,19 @@ impl Engine {
     /// Runs the loop until the pool is stopped and every worker is gone.
     pub(crate) fn run(mut self) {
         ON_IO_THREAD.with(|f| f.set(true));
-        if let Spawner::Fork { zygote: Some(z), .. } = &self.spawner {
+        // Short naps (see `deep_backlog`) should be short: default timer slack is 50 µs.
+        let _ = nix::sys::prctl::set_timerslack(5_000);
+        if let Spawner::Fork {
+            zygote: Some(z), ..
+        } = &self.spawner
+        {
             let fd = z.ctl.as_raw_fd();
             let interest = Interest::READABLE | Interest::WRITABLE;
-            if let Err(e) = self.poll.registry().register(&mut SourceFd(&fd), ZYGOTE, interest) {
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(&mut SourceFd(&fd), ZYGOTE, interest)
+            {
                 self.fatal = Some(format!("cannot watch the fork server: {e}"));
             }
         }
@@ -396,6 +407,10 @@ impl Engine {
             if self.finished() {
                 break;
             }
+            let co: u64 = std::env::var("XX_COALESCE").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+            if co > 0 && self.deep_backlog() {
+                std::thread::sleep(Duration::from_micros(co));
+            }
             let timeout = if self.pipe_backlog.is_empty() {
                 self.next_deadline()
                     .map(|d| d.saturating_duration_since(Instant::now()))
@@ -406,7 +421,8 @@ impl Engine {
                 && e.kind() != ErrorKind::Interrupted
             {
                 log::error!("pool {}: epoll_wait failed: {e}", self.cfg.name);
-                self.fatal.get_or_insert_with(|| format!("epoll_wait failed: {e}"));
+                self.fatal
+                    .get_or_insert_with(|| format!("epoll_wait failed: {e}"));
                 self.stopping = Some(StopMode::Terminate);
             }
             self.now = Instant::now();
@@ -422,6 +438,22 @@ impl Engine {
         drop(inner);
         self.shared.changed.notify_all();
         self.shared.not_full.notify_all();
+    }
+
+    /// Whether every worker with jobs in flight has at least half its pipeline queued: then a
+    /// short nap loses no throughput and saves a wake-up per result.
+    fn deep_backlog(&self) -> bool {
+        let mut any = false;
+        for p in self.slots.iter().filter_map(|s| s.proc.as_ref()) {
+            if p.inflight.is_empty() {
+                continue;
+            }
+            if p.inflight.len() * 2 < self.cfg.pipeline || p.writable || p.killed {
+                return false;
+            }
+            any = true;
+        }
+        any && self.pipe_backlog.is_empty()
     }
 
     // ----- the shared queue -------------------------------------------------------------
@@ -514,7 +546,11 @@ impl Engine {
         }
         p.inflight.push_back(Sent { id, job });
         p.jobs_sent += 1;
-        if self.cfg.max_jobs_per_worker.is_some_and(|m| p.jobs_sent >= m) {
+        if self
+            .cfg
+            .max_jobs_per_worker
+            .is_some_and(|m| p.jobs_sent >= m)
+        {
             // Its quota is in flight: no more jobs; recycled once they are answered, so that a
             // worker never runs more than `max_jobs_per_worker` jobs even with pipelining.
             p.recycle = true;
@@ -620,11 +656,10 @@ impl Engine {
                         self.read_sock(slot);
                     }
                 }
-                Some(&Owner::Pidfd { slot, generation }) => {
-                    if self.is_current(slot, generation) {
-                        self.try_reap(slot);
-                    }
+                Some(&Owner::Pidfd { slot, generation }) if self.is_current(slot, generation) => {
+                    self.try_reap(slot);
                 }
+                Some(Owner::Pidfd { .. }) => {}
                 Some(Owner::Pipe(_)) => self.read_pipe(token),
                 None => {}
             },
@@ -632,7 +667,10 @@ impl Engine {
     }
 
     fn is_current(&self, slot: usize, generation: u64) -> bool {
-        self.slots[slot].proc.as_ref().is_some_and(|p| p.generation == generation)
+        self.slots[slot]
+            .proc
+            .as_ref()
+            .is_some_and(|p| p.generation == generation)
     }
 
     /// Reads results until the socket is drained; handles end of stream.
@@ -733,25 +771,24 @@ impl Engine {
         let Some(p) = self.slots[slot].proc.as_mut() else {
             return;
         };
-        if !p.draining {
-            if let Some(limit) = max_rss
-                && p.results_since_rss > 0
-                && (p.results_since_rss >= RSS_RESULTS
-                    || now.saturating_duration_since(p.rss_checked) >= RSS_PERIOD)
+        if !p.draining
+            && let Some(limit) = max_rss
+            && p.results_since_rss > 0
+            && (p.results_since_rss >= RSS_RESULTS
+                || now.saturating_duration_since(p.rss_checked) >= RSS_PERIOD)
+        {
+            p.results_since_rss = 0;
+            p.rss_checked = now;
+            if let Some(rss) = rss_bytes(p.pid, page)
+                && rss > limit
             {
-                p.results_since_rss = 0;
-                p.rss_checked = now;
-                if let Some(rss) = rss_bytes(p.pid, page)
-                    && rss > limit
-                {
-                    p.recycle = true;
-                    p.draining = true;
-                    log::info!(
-                        "{}[{slot}]: recycling worker (pid {}): RSS {rss} bytes > {limit}",
-                        self.cfg.name,
-                        p.pid
-                    );
-                }
+                p.recycle = true;
+                p.draining = true;
+                log::info!(
+                    "{}[{slot}]: recycling worker (pid {}): RSS {rss} bytes > {limit}",
+                    self.cfg.name,
+                    p.pid
+                );
             }
         }
         if p.draining && p.inflight.is_empty() && !p.shutdown_sent && !p.killed {
@@ -960,7 +997,10 @@ impl Engine {
                 Interest::READABLE
             };
             let token = p.sock_token;
-            let _ = self.poll.registry().reregister(&mut p.sock, token, interest);
+            let _ = self
+                .poll
+                .registry()
+                .reregister(&mut p.sock, token, interest);
         }
     }
 
@@ -1057,7 +1097,9 @@ impl Engine {
         log::warn!(
             "{}[{slot}]: a job ran out of time after {}; killing worker (pid {})",
             self.cfg.name,
-            crate::supervisor::state::fmt_duration(self.now.saturating_duration_since(p.running_since)),
+            crate::supervisor::state::fmt_duration(
+                self.now.saturating_duration_since(p.running_since)
+            ),
             p.pid
         );
         self.counters.timed_out += 1;
@@ -1330,7 +1372,8 @@ impl Engine {
         if let Err(e) = reg.register(&mut sock, sock_token, Interest::READABLE) {
             log::error!("{}[{slot}]: epoll_ctl: {e}", self.cfg.name);
         }
-        self.owners.insert(sock_token, Owner::Sock { slot, generation });
+        self.owners
+            .insert(sock_token, Owner::Sock { slot, generation });
         for file in [out, err] {
             let t = self.token();
             let fd = file.as_raw_fd();

@@ -199,7 +199,13 @@ mod tests {
         for cut in 0..f.len() {
             assert_eq!(parse(&f[..cut]), Ok(None), "cut at {cut}");
         }
-        assert_eq!(parse(&f), Ok(Some(Frame { kind: RESULT, len: 10 })));
+        assert_eq!(
+            parse(&f),
+            Ok(Some(Frame {
+                kind: RESULT,
+                len: 10
+            }))
+        );
         assert!(parse(&frame(0, b"")).is_err());
         assert!(parse(&frame(9, b"")).is_err());
         let mut huge = Vec::new();

@@ -390,10 +390,12 @@ where
             call: "epoll_create",
             source: e,
         })?;
-        let shared = Arc::new(Shared::new(&poll, self.queue_capacity).map_err(|e| Error::Sys {
-            call: "eventfd",
-            source: e,
-        })?);
+        let shared = Arc::new(
+            Shared::new(&poll, self.queue_capacity).map_err(|e| Error::Sys {
+                call: "eventfd",
+                source: e,
+            })?,
+        );
         let mut policy = self.policy.clone();
         policy.readiness = crate::supervisor::state::Readiness::Immediate;
         policy.watchdog = None;
@@ -437,7 +439,10 @@ where
             return invalid("pool pipeline", "at least one job in flight per worker");
         }
         if self.queue_capacity == 0 {
-            return invalid("pool queue_capacity", "the queue must hold at least one job");
+            return invalid(
+                "pool queue_capacity",
+                "the queue must hold at least one job",
+            );
         }
         if self.max_jobs_per_worker == Some(0) {
             return invalid("pool max_jobs_per_worker", "must be at least 1");
@@ -668,7 +673,10 @@ where
             let sink: Sink = Box::new(move |raw| {
                 let _ = tx.send((i, decode_one(raw)));
             });
-            if self.enqueue(job, JobOptions::default(), sink, true).is_err() {
+            if self
+                .enqueue(job, JobOptions::default(), sink, true)
+                .is_err()
+            {
                 if sent == 0 {
                     return Err(Closed(()));
                 }
@@ -723,7 +731,12 @@ where
             if let Err(e) = frame::encode_into(chunk, &mut body) {
                 // Reported at once: this chunk never reaches the pool.
                 let why = format!("job {e}");
-                let _ = tx.send((start, (0..count).map(|_| Err(JobError::Codec(why.clone()))).collect()));
+                let _ = tx.send((
+                    start,
+                    (0..count)
+                        .map(|_| Err(JobError::Codec(why.clone())))
+                        .collect(),
+                ));
                 sent = start + count;
                 continue;
             }
@@ -804,7 +817,12 @@ where
     /// Waits until every job accepted so far has its outcome delivered (callbacks included).
     /// If the pool is closed, then also stops the workers gracefully and waits until they, the
     /// fork server and the I/O thread are gone.
+    ///
+    /// # Panics
+    ///
+    /// When called from a pool callback (it would wait for the thread running it).
     pub fn join(&self) {
+        assert_not_io_thread("join");
         if self.shared.lock().accepted > 0 {
             self.start();
         }
@@ -828,7 +846,12 @@ where
 
     /// Stops now: unfinished jobs (queued or running) get [`JobError::Cancelled`], the workers
     /// are killed, and this returns once they, the fork server and the I/O thread are gone.
+    ///
+    /// # Panics
+    ///
+    /// When called from a pool callback (it would wait for the thread running it).
     pub fn terminate(&self) {
+        assert_not_io_thread("terminate");
         let mut inner = self.shared.lock();
         inner.closed = true;
         inner.stop = Some(StopMode::Terminate);
@@ -881,6 +904,9 @@ where
     }
 
     /// A snapshot of the pool's state and counters.
+    ///
+    /// The I/O thread publishes it once per turn of its loop, after that turn's outcomes were
+    /// delivered: right after an outcome arrives, the snapshot may still show the state before.
     pub fn stats(&self) -> PoolStats {
         let inner = self.shared.lock();
         let mut s = inner.stats.clone();
@@ -897,12 +923,14 @@ where
         sink: Sink,
         block: bool,
     ) -> std::result::Result<(), TrySubmitError<J>> {
-        let mut body = Vec::new();
-        if let Err(e) = frame::encode_into(&job, &mut body) {
-            // Reported at once, on this thread: the job never reaches the pool.
-            sink(Raw::Codec(format!("job {e}")));
-            return Ok(());
-        }
+        let body = match encode_exact(&job) {
+            Ok(body) => body,
+            Err(e) => {
+                // Reported at once, on this thread: the job never reaches the pool.
+                sink(Raw::Codec(format!("job {e}")));
+                return Ok(());
+            }
+        };
         let job_ = Job {
             kind: frame::JOB,
             body,
@@ -974,6 +1002,40 @@ impl<J, O, E> Drop for Pool<J, O, E> {
     }
 }
 
+/// Encodes `value` into an exactly-sized `Vec`, through a per-thread scratch buffer that keeps
+/// its capacity: a large job costs one allocation and one copy instead of a buffer grown by
+/// doubling (a reallocation and copy per step).
+fn encode_exact<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Vec<u8>, String> {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            frame::encode_into(value, &mut buf)?;
+            let out = buf.to_vec();
+            if buf.capacity() > 4 << 20 {
+                *buf = Vec::new(); // don't keep a huge buffer forever
+            }
+            Ok(out)
+        }
+        // Re-entered (a Serialize impl that submits): fall back to a fresh buffer.
+        Err(_) => {
+            let mut buf = Vec::new();
+            frame::encode_into(value, &mut buf)?;
+            Ok(buf)
+        }
+    })
+}
+
+fn assert_not_io_thread(what: &str) {
+    assert!(
+        !engine::ON_IO_THREAD.with(|f| f.get()),
+        "Pool::{what} called from a pool callback, which runs on the pool's I/O thread and \
+         would wait for itself"
+    );
+}
+
 /// Decodes one job's outcome.
 fn decode_one<O: DeserializeOwned, E: DeserializeOwned>(raw: Raw<'_>) -> Outcome<O, E> {
     match raw {
@@ -996,14 +1058,18 @@ fn decode_chunk<O: DeserializeOwned, E: DeserializeOwned>(
             Ok(ws) if ws.len() == count => ws.into_iter().map(from_wire).collect(),
             Ok(ws) => {
                 let why = format!("chunk of {count} jobs answered with {} results", ws.len());
-                (0..count).map(|_| Err(JobError::Codec(why.clone()))).collect()
+                (0..count)
+                    .map(|_| Err(JobError::Codec(why.clone())))
+                    .collect()
             }
             Err(e) => (0..count)
                 .map(|_| Err(JobError::Codec(format!("result {e}"))))
                 .collect(),
         },
         Raw::Failed(f) => (0..count).map(|_| Err(f.clone().into())).collect(),
-        Raw::Codec(m) => (0..count).map(|_| Err(JobError::Codec(m.clone()))).collect(),
+        Raw::Codec(m) => (0..count)
+            .map(|_| Err(JobError::Codec(m.clone())))
+            .collect(),
     }
 }
 
@@ -1071,13 +1137,21 @@ where
 impl<O, E> JobHandle<O, E> {
     /// Waits for the outcome.
     pub fn wait(self) -> Outcome<O, E> {
-        let mut st = self.slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut st = self
+            .slot
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(o) = st.outcome.take() {
                 return o;
             }
             st.waiting = true;
-            st = self.slot.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st = self
+                .slot
+                .cv
+                .wait(st)
+                .unwrap_or_else(PoisonError::into_inner);
         }
     }
 
@@ -1085,7 +1159,11 @@ impl<O, E> JobHandle<O, E> {
     pub fn wait_timeout(self, timeout: Duration) -> std::result::Result<Outcome<O, E>, Self> {
         let deadline = Instant::now() + timeout;
         {
-            let mut st = self.slot.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut st = self
+                .slot
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             loop {
                 if let Some(o) = st.outcome.take() {
                     return Ok(o);

@@ -1,7 +1,8 @@
 //! The worker side of the pool: the loop a worker process runs on its socket (descriptor 3).
 //!
 //! This module owns decoding jobs, running the handler under `catch_unwind`, and writing
-//! results. It runs in the worker process only, with blocking I/O and no thread of its own.
+//! results. It runs in the worker process only, single-threaded: it reads whatever jobs are
+//! waiting without blocking, runs them, and sleeps in `poll(POLLIN)` when none are left.
 //!
 //! **Ordering rule (the pool depends on it):** jobs are run one at a time in the order they
 //! arrived, and each result (or each chunk's results) is written with its own `send` as soon as
@@ -96,13 +97,15 @@ where
         // consumes this worker's results (the write-space wake-up shares the wait queue), while
         // poll filters wake-ups by event, so an idle worker sleeps through them.
         let room = inbuf.spare(16 * 1024);
-        let flags = if std::env::var_os("XX_BLOCKING_READ").is_some() { MsgFlags::empty() } else { MsgFlags::MSG_DONTWAIT };
-        match nix::sys::socket::recv(fd, room, flags) {
+        match nix::sys::socket::recv(fd, room, MsgFlags::MSG_DONTWAIT) {
             Ok(0) => return Stop::Done,
             Ok(n) => inbuf.filled(n),
             Err(Errno::EINTR) => {}
             Err(Errno::EAGAIN) => {
-                let mut pfd = [nix::poll::PollFd::new(sock.as_fd(), nix::poll::PollFlags::POLLIN)];
+                let mut pfd = [nix::poll::PollFd::new(
+                    sock.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
                 match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::NONE) {
                     Ok(_) | Err(Errno::EINTR) => {}
                     Err(e) => return Stop::Broken(format!("cannot wait for jobs: {e}")),
@@ -146,7 +149,9 @@ where
             let msg = format!("chunk of {} jobs announced as {count}", jobs.len());
             (0..count).map(|_| Wire::Codec(msg.clone())).collect()
         }
-        Err(e) => (0..count).map(|_| Wire::Codec(format!("job {e}"))).collect(),
+        Err(e) => (0..count)
+            .map(|_| Wire::Codec(format!("job {e}")))
+            .collect(),
     }
 }
 

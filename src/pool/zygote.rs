@@ -372,12 +372,7 @@ fn shutdown(live: &mut HashSet<i32>) {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
     for pid in live.drain() {
-        loop {
-            match waitpid(Pid::from_raw(pid), None) {
-                Err(Errno::EINTR) => continue,
-                _ => break,
-            }
-        }
+        while let Err(Errno::EINTR) = waitpid(Pid::from_raw(pid), None) {}
     }
 }
 
@@ -393,9 +388,7 @@ fn worker_child(mut fds: Vec<OwnedFd>, zygote: i32, entry: Entry<'_>) -> ! {
             ..ChildSetup::default()
         };
         sys::child_setup(&setup)?;
-        let null = std::fs::OpenOptions::new()
-            .read(true)
-            .open("/dev/null")?;
+        let null = std::fs::OpenOptions::new().read(true).open("/dev/null")?;
         nix::unistd::dup2_stdin(&null)?;
         nix::unistd::dup2_stdout(&fds[0])?;
         nix::unistd::dup2_stderr(&fds[1])?;

@@ -777,7 +777,6 @@ impl Supervisor {
                 _ => {}
             }
         }
-        // A reaped exit may be pending without a fresh SIGCHLD (coalesced): reap anyway, cheaply.
         reload
     }
 

@@ -56,7 +56,10 @@ pub fn move_to_fd(fd: OwnedFd, target: RawFd) -> io::Result<()> {
 /// with it (`SCM_RIGHTS`, installed close-on-exec).
 ///
 /// Returns `Ok(None)` when nothing is waiting, `Ok(Some((0, _)))` at end of stream.
-pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+pub fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
     use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
     let mut cmsg = nix::cmsg_space!([RawFd; 4]);
     loop {
@@ -90,7 +93,11 @@ fn dup2_raw(fd: RawFd, target: RawFd) -> io::Result<()> {
     if fd == target {
         // SAFETY: fcntl on an integer descriptor with integer arguments; no memory is passed.
         let rc = unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
-        return if rc == -1 { Err(io::Error::last_os_error()) } else { Ok(()) };
+        return if rc == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        };
     }
     loop {
         // SAFETY: dup2 takes two integers; it only changes the descriptor table.
@@ -130,7 +137,9 @@ pub fn claim_inherited_socket(fd: RawFd) -> io::Result<OwnedFd> {
     use std::sync::atomic::{AtomicBool, Ordering};
     static CLAIMED: AtomicBool = AtomicBool::new(false);
     if CLAIMED.swap(true, Ordering::SeqCst) {
-        return Err(io::Error::other("the inherited pool socket was already claimed"));
+        return Err(io::Error::other(
+            "the inherited pool socket was already claimed",
+        ));
     }
     // SAFETY: fstat writes into a stack value of the right type; fd is just an integer.
     let mode = unsafe {
