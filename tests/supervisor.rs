@@ -1195,3 +1195,27 @@ fn stop_during_a_watchdog_restart_does_not_respawn() {
     assert!(text.contains("hung[0]: stopping -> exited: stopped (signal 9"));
     assert_no_process(&sb);
 }
+
+#[test]
+fn a_program_that_cannot_be_executed_is_reported_then_fatal() {
+    // The exec happens after the loop moved on (it never waits for a child's exec): its failure
+    // comes back through the exec-report pipe and the exit 127 takes the ordinary failure path.
+    let mut sb = sandbox(
+        "noexec",
+        "",
+        "[program.missing]\ncommand = [\"/nonexistent/prog\"]\nbackoff_initial = \"10ms\"\nmax_restarts = 2\n\
+         [program.nopath]\ncommand = \"no-such-command-warden\"\nbackoff_initial = \"10ms\"\nmax_restarts = 2\n",
+    );
+    let _warden = sb.start();
+    wait_line(&sb, "naming the exec error", |l| {
+        l.contains("missing[0]: cannot execute /nonexistent/prog: No such file or directory")
+    });
+    wait_line(&sb, "missing goes fatal", |l| l.contains("missing[0]:") && l.contains("-> fatal"));
+    wait_line(&sb, "naming the PATH search", |l| {
+        l.contains("nopath[0]") && l.contains("no-such-command-warden not found in PATH")
+    });
+    wait_line(&sb, "nopath goes fatal", |l| l.contains("nopath[0]:") && l.contains("-> fatal"));
+    let out = sb.run(&["status", "missing"]);
+    assert_eq!(out.status.code(), Some(151), "{}", stdout_of(&out));
+    assert!(stdout_of(&out).contains("exit 127"), "{}", stdout_of(&out));
+}

@@ -199,6 +199,8 @@ pub struct Supervisor {
     programs: Vec<Program>,
     by_pid: HashMap<i32, (usize, usize)>,
     pipes: HashMap<Token, Pipe>,
+    /// Exec reports of workers still on their way to `exec`: (fd, program, index, program path).
+    exec_reports: HashMap<Token, (std::os::fd::OwnedFd, usize, usize)>,
     backlog: VecDeque<Token>,
     next_token: usize,
     notify: NotifySocket,
@@ -249,6 +251,7 @@ impl Supervisor {
             programs: Vec::new(),
             by_pid: HashMap::new(),
             pipes: HashMap::new(),
+            exec_reports: HashMap::new(),
             backlog: VecDeque::new(),
             next_token: FIRST_PIPE,
             notify,
@@ -428,6 +431,7 @@ impl Supervisor {
                         }
                     }
                     t if t.0 >= FIRST_CONN => self.control_event(t, ev.is_readable(), ev.is_writable()),
+                    t if self.exec_reports.contains_key(&t) => self.read_exec_report(t),
                     t => self.read_pipe(t),
                 }
             }
@@ -702,7 +706,35 @@ impl Supervisor {
                 self.add_pipe(file, p, index, stream)?;
             }
         }
+        if let Some(report) = started.exec_report {
+            let token = Token(self.next_token);
+            self.next_token += 1;
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&report.as_raw_fd()), token, Interest::READABLE)
+                .map_err(|e| Error::Sys { call: "epoll_ctl", source: e })?;
+            self.exec_reports.insert(token, (report, p, index));
+        }
         Ok(started.pid)
+    }
+
+    /// A worker's exec happened (nothing to do) or failed: say why. The child then exits 127,
+    /// which the ordinary exit path handles (restart, backoff, crash-loop limit).
+    fn read_exec_report(&mut self, token: Token) {
+        let Some((fd, p, index)) = self.exec_reports.remove(&token) else { return };
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
+        if let Ok(Some((errno, step))) = crate::sys::spawn::read_exec_report(&fd) {
+            let def = &self.programs[p].def;
+            let what = match (&def.work, step) {
+                (Work::Exec(spec), crate::sys::spawn::ExecStep::Exec) => format!("cannot execute {}", spec.command[0]),
+                (Work::Exec(spec), crate::sys::spawn::ExecStep::Chdir) => {
+                    format!("cannot change directory to {}", spec.directory.as_deref().unwrap_or(std::path::Path::new("?")).display())
+                }
+                (_, crate::sys::spawn::ExecStep::Stdio) => "cannot set up stdio".to_string(),
+                _ => "cannot set up the process (limits, credentials, process group)".to_string(),
+            };
+            log::error!("{}[{index}]: {what}: {}", def.name, std::io::Error::from_raw_os_error(errno));
+        }
     }
 
     fn add_pipe(&mut self, file: File, program: usize, index: usize, stream: usize) -> Result<()> {

@@ -14,9 +14,7 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,6 +167,9 @@ pub(crate) struct Started {
     pub(crate) pid: i32,
     pub(crate) stdout: Option<File>,
     pub(crate) stderr: Option<File>,
+    /// For exec'd workers: readable once the exec happened or failed (see
+    /// [`sys::spawn::read_exec_report`]).
+    pub(crate) exec_report: Option<OwnedFd>,
 }
 
 /// Per-spawn settings.
@@ -182,47 +183,75 @@ pub(crate) struct Instance<'a> {
     pub(crate) stderr: Sink,
 }
 
-fn stdio(sink: Sink) -> Stdio {
-    match sink {
-        Sink::Null => Stdio::null(),
-        Sink::Pipe => Stdio::piped(),
-    }
-}
-
-/// Spawns an exec'd worker.
-pub(crate) fn spawn_exec(p: &Prepared, i: &Instance<'_>) -> io::Result<Started> {
-    let mut cmd = Command::new(&p.argv[0]);
-    cmd.args(&p.argv[1..]);
-    if p.clean_env {
-        cmd.env_clear();
+/// The environment of one instance: warden's own (unless `clean_env`) without what describes
+/// warden's service manager, then the program's `env`, then warden's variables.
+fn environment(p: &Prepared, i: &Instance<'_>) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = if p.clean_env {
+        Vec::new()
     } else {
-        for k in NOT_INHERITED {
-            cmd.env_remove(k);
-        }
+        std::env::vars_os().filter(|(k, _)| !NOT_INHERITED.iter().any(|n| k == n)).collect()
+    };
+    let mut set = |k: OsString, v: OsString| match env.iter_mut().find(|(key, _)| *key == k) {
+        Some(slot) => slot.1 = v,
+        None => env.push((k, v)),
+    };
+    for (k, v) in &p.env {
+        set(k.clone(), v.clone());
     }
-    cmd.envs(p.env.iter().map(|(k, v)| (k, v)));
-    cmd.env("WARDEN_PROGRAM", i.program).env("WARDEN_INSTANCE", i.index.to_string());
+    set("WARDEN_PROGRAM".into(), i.program.into());
+    set("WARDEN_INSTANCE".into(), i.index.to_string().into());
     if let Some(s) = i.notify_socket {
-        cmd.env("NOTIFY_SOCKET", s);
+        set("NOTIFY_SOCKET".into(), s.into());
     }
     if let Some(w) = i.watchdog {
-        cmd.env("WATCHDOG_USEC", w.as_micros().to_string());
+        set("WATCHDOG_USEC".into(), w.as_micros().to_string().into());
     }
-    if let Some(d) = &p.directory {
-        cmd.current_dir(d);
+    env
+}
+
+/// Finds `program` the way `execvp` would — in the parent, since a PATH search is no work for a
+/// forked child.
+fn resolve(program: &str, env: &[(OsString, OsString)]) -> io::Result<PathBuf> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
     }
-    cmd.stdin(Stdio::null()).stdout(stdio(i.stdout)).stderr(stdio(i.stderr));
-    cmd.process_group(0);
-    sys::pre_exec(&mut cmd, p.setup.clone());
-    let mut child = cmd.spawn()?;
-    let started = Started {
-        pid: child.id() as i32,
-        stdout: child.stdout.take().map(|s| File::from(OwnedFd::from(s))),
-        stderr: child.stderr.take().map(|s| File::from(OwnedFd::from(s))),
+    let path = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    for dir in std::env::split_paths(&path) {
+        let candidate = dir.join(program);
+        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok() && candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(io::Error::new(io::ErrorKind::NotFound, format!("{program} not found in PATH")))
+}
+
+/// Spawns an exec'd worker without waiting for its exec (see [`sys::spawn`]).
+pub(crate) fn spawn_exec(p: &Prepared, i: &Instance<'_>) -> io::Result<Started> {
+    let env = environment(p, i);
+    let path = resolve(&p.argv[0], &env)?;
+    let plan = sys::spawn::ExecPlan::new(&path, &p.argv, &env, p.directory.as_deref(), p.setup.clone())?;
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let pipe = |sink: Sink| -> io::Result<Option<(OwnedFd, OwnedFd)>> {
+        match sink {
+            Sink::Null => Ok(None),
+            Sink::Pipe => nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map(Some).map_err(io::Error::from),
+        }
     };
-    // Dropping `Child` neither waits nor kills: the supervisor reaps by pid.
-    drop(child);
-    Ok(started)
+    let out = pipe(i.stdout)?;
+    let err = pipe(i.stderr)?;
+    use std::os::fd::AsRawFd;
+    let fd_of = |p: &Option<(OwnedFd, OwnedFd)>| p.as_ref().map_or(null.as_raw_fd(), |(_, w)| w.as_raw_fd());
+    let forked = sys::spawn::spawn_nowait(&plan, [null.as_raw_fd(), fd_of(&out), fd_of(&err)])?;
+    Ok(Started {
+        pid: forked.pid,
+        stdout: out.map(|(r, _w)| File::from(r)),
+        stderr: err.map(|(r, _w)| File::from(r)),
+        exec_report: Some(forked.exec_report),
+    })
 }
 
 /// Forks a function worker.
@@ -253,6 +282,7 @@ pub(crate) fn spawn_fn(f: &WorkerFn, i: &Instance<'_>) -> Result<Started> {
             pid: pid.as_raw(),
             stdout: out.map(|(r, _w)| File::from(r)),
             stderr: err.map(|(r, _w)| File::from(r)),
+            exec_report: None,
         }),
         sys::Fork::Child => {
             // The child of a single-threaded process: ordinary Rust is fine here.

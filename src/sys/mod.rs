@@ -20,6 +20,8 @@ use nix::unistd::Pid;
 
 use crate::error::Error;
 
+pub mod spawn;
+
 /// Who we are after [`fork`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fork {

@@ -1,0 +1,200 @@
+//! `fork` + `exec` without waiting for the `exec`.
+//!
+//! `std::process::Command::spawn` blocks its caller until the child has exec'd (it reads a
+//! close-on-exec pipe); on a loaded machine the child may wait for a CPU for hundreds of
+//! milliseconds, and a supervisor's event loop would stall with it — no reaping, late timers.
+//! Here the parent returns at once with the read end of that pipe: the event loop polls it and
+//! learns, later, that the exec succeeded (end of file) or why it failed (errno and step).
+//!
+//! Everything the child needs is allocated before the fork (the C strings and the pointer arrays
+//! of argv and envp); the child makes only async-signal-safe system calls, so this is sound in a
+//! multi-threaded process too.
+
+use std::ffi::{CString, OsStr};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use super::ChildSetup;
+
+/// Which step of the child failed, as reported through the exec-report pipe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecStep {
+    /// Process group, signals, death signal, limits, credentials.
+    Setup,
+    /// Redirecting stdio.
+    Stdio,
+    /// Changing directory.
+    Chdir,
+    /// `execve` itself.
+    Exec,
+}
+
+impl ExecStep {
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// Decodes a step code.
+    pub fn from_code(c: u8) -> ExecStep {
+        match c {
+            0 => ExecStep::Setup,
+            1 => ExecStep::Stdio,
+            2 => ExecStep::Chdir,
+            _ => ExecStep::Exec,
+        }
+    }
+}
+
+/// A prepared `execve`: the program, argv, envp and working directory as C strings.
+#[derive(Debug)]
+pub struct ExecPlan {
+    path: CString,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: Option<CString>,
+    /// What the child does to itself first.
+    pub setup: ChildSetup,
+}
+
+fn cstring(s: &OsStr, what: &str) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{what} contains a NUL byte")))
+}
+
+impl ExecPlan {
+    /// Prepares running `path` with `argv` (argv\[0\] included) and exactly the environment `env`.
+    pub fn new<A, K, V>(path: &Path, argv: &[A], env: &[(K, V)], cwd: Option<&Path>, setup: ChildSetup) -> io::Result<ExecPlan>
+    where
+        A: AsRef<OsStr>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        let mut envp = Vec::with_capacity(env.len());
+        for (k, v) in env {
+            let mut kv = k.as_ref().as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_ref().as_bytes());
+            envp.push(CString::new(kv).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "an environment variable contains a NUL byte"))?);
+        }
+        Ok(ExecPlan {
+            path: cstring(path.as_os_str(), "the program path")?,
+            argv: argv.iter().map(|a| cstring(a.as_ref(), "an argument")).collect::<io::Result<_>>()?,
+            envp,
+            cwd: cwd.map(|d| cstring(d.as_os_str(), "the directory")).transpose()?,
+            setup,
+        })
+    }
+}
+
+/// A child that has been forked and is on its way to `exec`.
+#[derive(Debug)]
+pub struct Forked {
+    /// Its pid.
+    pub pid: i32,
+    /// Readable when the exec happened (end of file) or failed (5 bytes: errno, step).
+    pub exec_report: OwnedFd,
+}
+
+/// Forks a child that sets itself up, leads a new process group, takes `stdio[i]` as its
+/// descriptor `i`, and execs `plan` — and returns without waiting for any of that.
+///
+/// The descriptors in `stdio` must be open in the caller; they may be close-on-exec.
+pub fn spawn_nowait(plan: &ExecPlan, stdio: [RawFd; 3]) -> io::Result<Forked> {
+    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let report_fd = report_w.as_raw_fd();
+    // SAFETY: after fork the child runs only async-signal-safe system calls (setpgid,
+    // child_setup's calls, dup2, fcntl, chdir, execve, write, _exit) on memory allocated before
+    // the fork (`plan`, `argv`, `envp`, the stack); it never returns into Rust code that could
+    // allocate or lock, leaving only through execve or _exit.
+    let pid = unsafe { libc::fork() };
+    if pid == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: see above; `fail` writes a fixed 5-byte record and calls _exit.
+        unsafe { child(plan, stdio, &argv, &envp, report_fd) }
+    }
+    drop(report_w);
+    Ok(Forked { pid, exec_report: report_r })
+}
+
+/// The child side. Never returns.
+///
+/// # Safety
+/// Must only run in a freshly forked child, with `argv` and `envp` null-terminated arrays of
+/// pointers into `plan`.
+unsafe fn child(plan: &ExecPlan, stdio: [RawFd; 3], argv: &[*const libc::c_char], envp: &[*const libc::c_char], report: RawFd) -> ! {
+    let fail = |step: ExecStep, errno: i32| -> ! {
+        let b = errno.to_le_bytes();
+        let rec = [b[0], b[1], b[2], b[3], step.code()];
+        // SAFETY: write and _exit are async-signal-safe; `rec` is on the stack.
+        unsafe {
+            libc::write(report, rec.as_ptr().cast(), rec.len());
+            libc::_exit(127)
+        }
+    };
+    // SAFETY: plain system calls with integer arguments.
+    if unsafe { libc::setpgid(0, 0) } == -1 {
+        fail(ExecStep::Setup, errno());
+    }
+    if let Err(e) = super::child_setup(&plan.setup) {
+        fail(ExecStep::Setup, e.raw_os_error().unwrap_or(libc::EINVAL));
+    }
+    for (target, &fd) in stdio.iter().enumerate() {
+        let target = target as RawFd;
+        // SAFETY: dup2/fcntl on descriptors the caller guaranteed open.
+        let rc = unsafe {
+            if fd == target {
+                libc::fcntl(fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, target)
+            }
+        };
+        if rc == -1 {
+            fail(ExecStep::Stdio, errno());
+        }
+    }
+    if let Some(dir) = &plan.cwd {
+        // SAFETY: `dir` is a valid C string allocated before the fork.
+        if unsafe { libc::chdir(dir.as_ptr()) } == -1 {
+            fail(ExecStep::Chdir, errno());
+        }
+    }
+    // SAFETY: null-terminated arrays of pointers to C strings that live in `plan`.
+    unsafe { libc::execve(plan.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    fail(ExecStep::Exec, errno())
+}
+
+fn errno() -> i32 {
+    // SAFETY: __errno_location returns this thread's errno slot; reading it is always sound.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Reads the child's exec report: `Ok(None)` for a successful exec, `Ok(Some((errno, step)))`
+/// for a failure, `Err(WouldBlock)` if it has not happened yet (for a non-blocking descriptor).
+pub fn read_exec_report(fd: &OwnedFd) -> io::Result<Option<(i32, ExecStep)>> {
+    let mut rec = [0u8; 5];
+    let mut got = 0;
+    while got < rec.len() {
+        // SAFETY: reading into a stack buffer of the given length from an owned descriptor.
+        let n = unsafe { libc::read(fd.as_raw_fd(), rec[got..].as_mut_ptr().cast(), rec.len() - got) };
+        match n {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short exec report")),
+            -1 => {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            n => got += n as usize,
+        }
+    }
+    Ok(Some((i32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]), ExecStep::from_code(rec[4]))))
+}
