@@ -795,7 +795,44 @@ fn fork_threads(mut r: Report) -> Report {
     r
 }
 
+/// Dropping a busy pool: every callback still fires exactly once (`Cancelled` for unfinished
+/// jobs), the drop is quick, and nothing is left behind; an unused pool's fork server is reaped.
+fn drop_busy(mut r: Report) -> Report {
+    let unused = build(builder("unused").workers(2));
+    r.see(&unused);
+    let pool = build(builder("dropbusy").workers(2).pipeline(4));
+    let calls: Arc<Vec<AtomicU32>> = Arc::new((0..100).map(|_| AtomicU32::new(0)).collect());
+    let cancelled = Arc::new(AtomicU32::new(0));
+    for i in 0..100u64 {
+        let (calls, cancelled) = (calls.clone(), cancelled.clone());
+        pool.apply_async(Task::Sleep { ms: 50, id: i }, move |o| {
+            calls[i as usize].fetch_add(1, Ordering::SeqCst);
+            if o == Err(JobError::Cancelled) {
+                cancelled.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+        .expect("open");
+    }
+    wait_until(Duration::from_secs(10), || pool.stats().busy == 2);
+    r.see(&pool);
+    let t = Instant::now();
+    drop(pool);
+    drop(unused);
+    r.kv("drop_ms", t.elapsed().as_millis());
+    r.check(
+        t.elapsed() < Duration::from_secs(3),
+        "dropping the pool was slow",
+    );
+    let once = (0..100).all(|i| calls[i].load(Ordering::SeqCst) == 1);
+    r.check(once, "every callback fires exactly once, even on drop");
+    let c = cancelled.load(Ordering::SeqCst);
+    r.kv("cancelled", c);
+    r.check(c >= 90, "the unfinished jobs are cancelled");
+    r
+}
+
 const SCENARIOS: &[&str] = &[
+    "drop_busy",
     "sequential",
     "map_order",
     "kill_busy",
@@ -840,6 +877,7 @@ fn main() {
     // Each scenario drops its pool before returning: what `pids=` lists must then be gone.
     let r = match scenario.as_str() {
         "sequential" => sequential(r),
+        "drop_busy" => drop_busy(r),
         "map_order" => map_order(r),
         "kill_busy" => kill_busy(r, &dir),
         "kill_idle" => kill_idle(r),

@@ -266,3 +266,9 @@ fn fork_from_a_multi_threaded_program_is_refused_clearly() {
         "{e}"
     );
 }
+
+#[test]
+fn dropping_a_busy_pool_cancels_its_jobs_once_and_leaves_nothing() {
+    let r = scenario("drop_busy");
+    assert!(r.num("cancelled") >= 90);
+}

@@ -195,11 +195,19 @@ pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
             );
             return ExitCode::from(exit::status::UNKNOWN);
         }
-        // No socket: the pidfile still tells whether the daemon runs.
-        Err(_) if programs.is_empty() => return super::status_from_pidfile(config),
+        // No socket: the pidfile still tells whether the daemon runs, though not how its
+        // programs do — a running daemon must not be reported "not running" (3) for that.
         Err(_) => {
-            eprintln!("warden: not running");
-            return ExitCode::from(exit::status::NOT_RUNNING);
+            let code = super::status_from_pidfile(config);
+            if programs.is_empty() || code != ExitCode::from(exit::status::RUNNING) {
+                return code;
+            }
+            eprintln!(
+                "warden: the control socket {} cannot be reached: the state of {} is unknown",
+                config.daemon.control_socket.display(),
+                programs.join(", ")
+            );
+            return ExitCode::from(exit::status::UNKNOWN);
         }
     };
     let named = !programs.is_empty();

@@ -52,7 +52,42 @@ use crate::supervisor::state::{Action, Event, ExitStatus, Instance, Policy, Stat
 use crate::sys::{self, ChildSetup};
 
 /// Where a job's outcome goes; called exactly once, on the I/O thread.
-pub(crate) type Sink = Box<dyn FnOnce(Raw<'_>) + Send>;
+///
+/// A sink dropped without being called (a job lost to a bug, e.g. a panic of the I/O thread)
+/// delivers [`Failure::Fatal`] from its destructor, so that a waiter never waits forever.
+pub(crate) struct Sink(Option<Deliver>);
+
+/// The boxed completion inside a [`Sink`].
+type Deliver = Box<dyn FnOnce(Raw<'_>) + Send>;
+
+impl Sink {
+    /// A sink running `f` with the outcome.
+    pub(crate) fn new(f: impl FnOnce(Raw<'_>) + Send + 'static) -> Sink {
+        Sink(Some(Box::new(f)))
+    }
+
+    /// For a job that was refused (its submitter gets it back): it will never have an outcome.
+    pub(crate) fn defuse(&mut self) {
+        self.0 = None;
+    }
+
+    /// Delivers the outcome.
+    pub(crate) fn call(mut self, raw: Raw<'_>) {
+        if let Some(f) = self.0.take() {
+            f(raw);
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            let why = "the pool stopped before this job had an outcome".to_string();
+            // May run while unwinding: a second panic must not abort the process.
+            let _ = catch_unwind(AssertUnwindSafe(|| f(Raw::Failed(Failure::Fatal(why)))));
+        }
+    }
+}
 
 /// A job's outcome before decoding.
 pub(crate) enum Raw<'a> {
@@ -372,11 +407,19 @@ impl Engine {
         }
     }
 
+    /// The fork server's pid, if there is one.
+    pub(crate) fn fork_server_pid(&self) -> Option<i32> {
+        match &self.spawner {
+            Spawner::Fork {
+                zygote: Some(z), ..
+            } => Some(z.pid),
+            _ => None,
+        }
+    }
+
     /// Runs the loop until the pool is stopped and every worker is gone.
     pub(crate) fn run(mut self) {
         ON_IO_THREAD.with(|f| f.set(true));
-        // Short naps (see `deep_backlog`) should be short: default timer slack is 50 µs.
-        let _ = nix::sys::prctl::set_timerslack(5_000);
         if let Spawner::Fork {
             zygote: Some(z), ..
         } = &self.spawner
@@ -407,10 +450,6 @@ impl Engine {
             if self.finished() {
                 break;
             }
-            let co: u64 = std::env::var("XX_COALESCE").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-            if co > 0 && self.deep_backlog() {
-                std::thread::sleep(Duration::from_micros(co));
-            }
             let timeout = if self.pipe_backlog.is_empty() {
                 self.next_deadline()
                     .map(|d| d.saturating_duration_since(Instant::now()))
@@ -438,22 +477,6 @@ impl Engine {
         drop(inner);
         self.shared.changed.notify_all();
         self.shared.not_full.notify_all();
-    }
-
-    /// Whether every worker with jobs in flight has at least half its pipeline queued: then a
-    /// short nap loses no throughput and saves a wake-up per result.
-    fn deep_backlog(&self) -> bool {
-        let mut any = false;
-        for p in self.slots.iter().filter_map(|s| s.proc.as_ref()) {
-            if p.inflight.is_empty() {
-                continue;
-            }
-            if p.inflight.len() * 2 < self.cfg.pipeline || p.writable || p.killed {
-                return false;
-            }
-            any = true;
-        }
-        any && self.pipe_backlog.is_empty()
     }
 
     // ----- the shared queue -------------------------------------------------------------
@@ -1662,7 +1685,7 @@ fn eligible(p: &Proc) -> bool {
 
 /// Calls a sink, containing a panic of the user's callback so that the I/O thread survives.
 fn call_sink(name: &str, sink: Sink, raw: Raw<'_>) {
-    if catch_unwind(AssertUnwindSafe(|| sink(raw))).is_err() {
+    if catch_unwind(AssertUnwindSafe(|| sink.call(raw))).is_err() {
         log::error!("pool {name}: a job callback panicked (the pool carries on)");
     }
 }

@@ -409,6 +409,11 @@ where
             policy,
         };
         let engine = Engine::new(cfg, Arc::clone(&shared), poll, spawner);
+        {
+            let mut inner = shared.lock();
+            inner.stats.fork_server_pid = engine.fork_server_pid();
+            inner.stats.worker_pids = vec![None; self.workers];
+        }
         Ok(Pool {
             name: self.name,
             workers: self.workers,
@@ -650,7 +655,7 @@ where
     where
         C: FnOnce(Outcome<O, E>) + Send + 'static,
     {
-        let sink: Sink = Box::new(move |raw| callback(decode_one(raw)));
+        let sink = Sink::new(move |raw: Raw<'_>| callback(decode_one(raw)));
         self.enqueue(job, options, sink, true)
             .map_err(|e| Closed(e.into_job()))
     }
@@ -670,7 +675,7 @@ where
         let mut sent = 0;
         for (i, job) in jobs.into_iter().enumerate() {
             let tx = tx.clone();
-            let sink: Sink = Box::new(move |raw| {
+            let sink = Sink::new(move |raw: Raw<'_>| {
                 let _ = tx.send((i, decode_one(raw)));
             });
             if self
@@ -741,7 +746,7 @@ where
                 continue;
             }
             let tx = tx.clone();
-            let sink: Sink = Box::new(move |raw| {
+            let sink = Sink::new(move |raw: Raw<'_>| {
                 let _ = tx.send((start, decode_chunk(raw, count)));
             });
             let job = Job {
@@ -873,8 +878,9 @@ where
             drop(engine);
             let mut inner = self.shared.lock();
             inner.io_done = true;
+            inner.stats.fork_server_pid = None;
             for job in inner.queue.drain(..) {
-                (job.sink)(Raw::Failed(Failure::Cancelled));
+                job.sink.call(Raw::Failed(Failure::Cancelled));
             }
             drop(inner);
             self.shared.not_full.notify_all();
@@ -927,7 +933,7 @@ where
             Ok(body) => body,
             Err(e) => {
                 // Reported at once, on this thread: the job never reaches the pool.
-                sink(Raw::Codec(format!("job {e}")));
+                sink.call(Raw::Codec(format!("job {e}")));
                 return Ok(());
             }
         };
@@ -946,8 +952,17 @@ where
         }
     }
 
-    /// Puts an encoded job on the queue: `Err((job, full))` when it was not taken.
+    /// Puts an encoded job on the queue: `Err((job, full))` when it was not taken (its sink then
+    /// defused: a refused job has no outcome, its submitter gets it back).
     fn enqueue_job(&self, job: Job, block: bool) -> std::result::Result<(), (Job, bool)> {
+        let refused = self.try_enqueue(job, block);
+        refused.map_err(|(mut job, full)| {
+            job.sink.defuse();
+            (job, full)
+        })
+    }
+
+    fn try_enqueue(&self, job: Job, block: bool) -> std::result::Result<(), (Job, bool)> {
         self.start();
         let on_io = engine::ON_IO_THREAD.with(|f| f.get());
         let mut inner = self.shared.lock();
@@ -1120,7 +1135,7 @@ where
             cv: Condvar::new(),
         });
         let theirs = Arc::clone(&slot);
-        let sink: Sink = Box::new(move |raw| {
+        let sink = Sink::new(move |raw: Raw<'_>| {
             let outcome = decode_one(raw);
             let mut st = theirs.state.lock().unwrap_or_else(PoisonError::into_inner);
             st.outcome = Some(outcome);
@@ -1250,7 +1265,7 @@ where
             let i = self.next;
             self.next += 1;
             let tx = self.tx.clone();
-            let sink: Sink = Box::new(move |raw| {
+            let sink = Sink::new(move |raw: Raw<'_>| {
                 let _ = tx.send((i, decode_one(raw)));
             });
             if self

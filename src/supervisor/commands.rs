@@ -18,7 +18,7 @@ use std::collections::VecDeque;
 use serde::Serialize;
 use serde_json::json;
 
-use super::{Output, ProgramDef, Readiness, Supervisor, Work, new_slot, output::RotatingFile, spawn::Prepared, state};
+use super::{ExecState, Output, ProgramDef, Readiness, Supervisor, Work, new_slot, output::RotatingFile, spawn::Prepared, state};
 use crate::control::server::{ConnId, Incoming};
 use crate::control::{Command, DaemonInfo, ErrorKind, InstanceInfo, Reply, StatusReport};
 use crate::error::{Error, Result};
@@ -250,8 +250,14 @@ impl Supervisor {
                         Goal::Up if matches!(st, state::State::Exited) && s.inst.manual_stop => {
                             failed.push(format!("{tag} is stopped"))
                         }
+                        Goal::Up if matches!(&s.exec, ExecState::Failed(_)) => {
+                            if let ExecState::Failed(why) = &s.exec {
+                                failed.push(format!("{tag}: {why}"));
+                            }
+                        }
                         Goal::Up if matches!(st, state::State::Exited) => failed.push(format!("{tag} exited")),
                         Goal::Up if !serving(st, prog.def.policy.readiness) => pending.push(format!("{tag} ({})", st.name())),
+                        Goal::Up if s.exec == ExecState::Pending => pending.push(format!("{tag} (exec)")),
                         Goal::Down if st.is_up() || matches!(st, state::State::Spawning) => {
                             pending.push(format!("{tag} ({})", st.name()))
                         }
@@ -309,8 +315,13 @@ impl Supervisor {
                     continue;
                 };
                 let prog = &self.programs[p];
-                let st = &prog.slots[pos].inst.state;
-                if serving(st, prog.def.policy.readiness) {
+                let slot = &prog.slots[pos];
+                let st = &slot.inst.state;
+                if let ExecState::Failed(why) = &slot.exec {
+                    log::error!("{}[{index}]: rolling restart stopped: {why}", prog.def.name);
+                    return false;
+                }
+                if serving(st, prog.def.policy.readiness) && slot.exec == ExecState::Done {
                     r.current = None;
                 } else if matches!(st, state::State::Fatal | state::State::Exited) {
                     log::error!("{}[{index}]: rolling restart stopped: the instance did not come back ({})", prog.def.name, st.name());

@@ -166,6 +166,20 @@ struct Slot {
     launcher_gone: bool,
     /// Scaled away: removed once down.
     retiring: bool,
+    /// Whether the current process has exec'd: an instance is not "up" for waiting commands
+    /// and rolling restarts until it has.
+    exec: ExecState,
+}
+
+/// What is known of the current process's `exec`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ExecState {
+    /// Forked, exec not yet confirmed.
+    Pending,
+    /// Exec'd (or a function worker, which has nothing to exec).
+    Done,
+    /// The exec (or the set-up before it) failed: why.
+    Failed(String),
 }
 
 struct Program {
@@ -200,7 +214,7 @@ pub struct Supervisor {
     by_pid: HashMap<i32, (usize, usize)>,
     pipes: HashMap<Token, Pipe>,
     /// Exec reports of workers still on their way to `exec`: (fd, program, index, program path).
-    exec_reports: HashMap<Token, (std::os::fd::OwnedFd, usize, usize)>,
+    exec_reports: HashMap<Token, (std::os::fd::OwnedFd, usize, usize, i32)>,
     backlog: VecDeque<Token>,
     next_token: usize,
     notify: NotifySocket,
@@ -706,6 +720,7 @@ impl Supervisor {
                 self.add_pipe(file, p, index, stream)?;
             }
         }
+        self.programs[p].slots[pos].exec = if started.exec_report.is_some() { ExecState::Pending } else { ExecState::Done };
         if let Some(report) = started.exec_report {
             let token = Token(self.next_token);
             self.next_token += 1;
@@ -713,7 +728,7 @@ impl Supervisor {
                 .registry()
                 .register(&mut SourceFd(&report.as_raw_fd()), token, Interest::READABLE)
                 .map_err(|e| Error::Sys { call: "epoll_ctl", source: e })?;
-            self.exec_reports.insert(token, (report, p, index));
+            self.exec_reports.insert(token, (report, p, index, started.pid));
         }
         Ok(started.pid)
     }
@@ -721,9 +736,14 @@ impl Supervisor {
     /// A worker's exec happened (nothing to do) or failed: say why. The child then exits 127,
     /// which the ordinary exit path handles (restart, backoff, crash-loop limit).
     fn read_exec_report(&mut self, token: Token) {
-        let Some((fd, p, index)) = self.exec_reports.remove(&token) else { return };
+        let Some((fd, p, index, pid)) = self.exec_reports.remove(&token) else { return };
         let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
-        if let Ok(Some((errno, step))) = crate::sys::spawn::read_exec_report(&fd) {
+        let report = crate::sys::spawn::read_exec_report(&fd);
+        let current = self.slot_pos(p, index).filter(|&pos| self.programs[p].slots[pos].inst.state.pid() == Some(pid));
+        if let (Some(pos), Ok(None)) = (current, &report) {
+            self.programs[p].slots[pos].exec = ExecState::Done;
+        }
+        if let Ok(Some((errno, step))) = report {
             let def = &self.programs[p].def;
             let what = match (&def.work, step) {
                 (Work::Exec(spec), crate::sys::spawn::ExecStep::Exec) => format!("cannot execute {}", spec.command[0]),
@@ -733,7 +753,11 @@ impl Supervisor {
                 (_, crate::sys::spawn::ExecStep::Stdio) => "cannot set up stdio".to_string(),
                 _ => "cannot set up the process (limits, credentials, process group)".to_string(),
             };
-            log::error!("{}[{index}]: {what}: {}", def.name, std::io::Error::from_raw_os_error(errno));
+            let why = format!("{what}: {}", std::io::Error::from_raw_os_error(errno));
+            log::error!("{}[{index}]: {why}", def.name);
+            if let Some(pos) = current {
+                self.programs[p].slots[pos].exec = ExecState::Failed(why);
+            }
         }
     }
 
@@ -1068,6 +1092,7 @@ fn new_slot(index: usize) -> Slot {
         main_pid: None,
         launcher_gone: false,
         retiring: false,
+        exec: ExecState::Done,
     }
 }
 
