@@ -259,6 +259,12 @@ fn fmt_rate(r: f64) -> String {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs benchmark binaries too, without `--bench`: a benchmark is
+    // not a test, so say so and leave.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("this is a benchmark: run it with `cargo bench --bench NAME`");
+        return;
+    }
     // Build every pool first, while single-threaded.
     let inc = Pool::builder("inc", |x: u64| -> Result<u64, ()> { Ok(x + 1) })
         .workers(WORKERS)
@@ -383,109 +389,128 @@ fn main() {
         }
     }
     let med = |v: &[Figure], f: fn(&Figure) -> f64| median(v.iter().map(f).collect());
+    let best = |v: &[Figure]| v.iter().map(|f| f.rate).fold(0.0, f64::max);
     println!();
     println!(
-        "warden pool vs Python {} multiprocessing.Pool, {WORKERS} workers, median of {rounds} interleaved rounds",
+        "warden pool vs Python {} multiprocessing.Pool, {WORKERS} workers, {rounds} interleaved rounds",
         python_version()
     );
+    println!("(median of the rounds, and best = each side's least disturbed round)");
     println!(
-        "{:<32} {:>12} {:>12} {:>9}   latency (warden | python)",
-        "figure", "warden", "python", "ratio"
+        "{:<31} {:>10} {:>10} {:>6} | {:>10} {:>10} {:>6} | latency median (warden | python)",
+        "figure", "warden", "python", "ratio", "best", "py best", "ratio"
     );
     for (k, (name, _, _)) in figures.iter().enumerate() {
-        let w = med(&ours[k], |f| f.rate);
-        let p = med(&theirs[k], |f| f.rate);
-        let ratio = if p > 0.0 {
-            format!("{:.1}×", w / p)
-        } else {
-            "-".into()
-        };
-        let lat = if med(&ours[k], |f| f.p50_us) > 0.0 {
-            let mut s = format!(
-                "p50 {:.1} µs, p99 {:.1} µs",
+        let (w, p) = (med(&ours[k], |f| f.rate), med(&theirs[k], |f| f.rate));
+        let (wb, pb) = (best(&ours[k]), best(&theirs[k]));
+        let or_dash = |v: f64, s: String| if v > 0.0 { s } else { "-".to_string() };
+        let mut lat = String::new();
+        if med(&ours[k], |f| f.p50_us) > 0.0 {
+            lat = format!(
+                "p50 {:.0} µs, p99 {:.0} µs",
                 med(&ours[k], |f| f.p50_us),
                 med(&ours[k], |f| f.p99_us)
             );
             if p > 0.0 {
-                s += &format!(
-                    " | p50 {:.1} µs, p99 {:.1} µs",
+                lat += &format!(
+                    " | p50 {:.0} µs, p99 {:.0} µs",
                     med(&theirs[k], |f| f.p50_us),
                     med(&theirs[k], |f| f.p99_us)
                 );
             }
-            s
-        } else {
-            String::new()
-        };
-        let pys = if p > 0.0 { fmt_rate(p) } else { "-".into() };
+        }
         println!(
-            "{name:<32} {:>12} {pys:>12} {ratio:>9}   {lat}",
-            fmt_rate(w)
+            "{name:<31} {:>10} {:>10} {:>6} | {:>10} {:>10} {:>6} | {lat}",
+            fmt_rate(w),
+            or_dash(p, fmt_rate(p)),
+            or_dash(p, format!("{:.1}×", w / p)),
+            fmt_rate(wb),
+            or_dash(pb, fmt_rate(pb)),
+            or_dash(pb, format!("{:.1}×", wb / pb)),
         );
+    }
+    if only.is_some() {
+        return;
     }
     let kill_med = median(kills.clone());
     let kill_max = kills.iter().cloned().fold(0.0, f64::max);
     println!(
-        "{:<32} median {:.2} ms, max {:.2} ms over {} kills (python: the job is lost, join() hangs)",
+        "{:<31} median {:.2} ms, max {:.2} ms over {} kills (Python: the job is lost, join() hangs)",
         "killed worker's job resolved",
         kill_med / 1e3,
         kill_max / 1e3,
         kills.len()
     );
-    if only.is_some() {
-        return;
+    if let Ok(l) = std::fs::read_to_string("/proc/loadavg") {
+        let l: Vec<&str> = l.split_whitespace().take(3).collect();
+        println!(
+            "load average at the end: {} on {} CPUs (other load on a shared machine skews the medians)",
+            l.join(" "),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
     }
-    let rate = |name: &str| {
-        let k = figures.iter().position(|f| f.0 == name).unwrap();
-        (
-            med(&ours[k], |f| f.rate),
-            med(&theirs[k], |f| f.rate),
-            med(&ours[k], |f| f.p99_us),
-        )
-    };
-    let (one, _, one_p99) = rate("one job in flight");
-    let (many, _, _) = rate("many in flight (apply_async)");
-    let (map, map_py, _) = rate("map, default chunking");
-    let (big, big_py, _) = rate("64 KiB payload, one in flight");
-    let (pp, _, _) = rate("raw socketpair ping-pong");
-    let (pipe, _, _) = rate("raw socketpair pipelined");
+    let at = |name: &str| figures.iter().position(|f| f.0 == name).unwrap();
+    let (one, many) = (at("one job in flight"), at("many in flight (apply_async)"));
+    let (map, big) = (
+        at("map, default chunking"),
+        at("64 KiB payload, one in flight"),
+    );
+    let (pp, pipe) = (
+        at("raw socketpair ping-pong"),
+        at("raw socketpair pipelined"),
+    );
+    let rate = |k: usize| med(&ours[k], |f| f.rate);
+    let py = |k: usize| med(&theirs[k], |f| f.rate);
+    // The least disturbed one-in-flight round, with its own p99.
+    let one_best = ours[one]
+        .iter()
+        .copied()
+        .max_by(|a, b| a.rate.total_cmp(&b.rate))
+        .unwrap_or_default();
     println!();
-    println!("fraction of the physical limit measured in this run:");
+    println!("fraction of the physical limit measured in this run (medians):");
     println!(
-        "  one in flight / raw ping-pong:        {:.0} %",
-        100.0 * one / pp
+        "  one in flight / raw ping-pong:          {:.0} %",
+        100.0 * rate(one) / rate(pp)
     );
     println!(
-        "  many in flight / raw pipelined writes: {:.0} %",
-        100.0 * many / pipe
+        "  many in flight / raw pipelined writes:  {:.0} %",
+        100.0 * rate(many) / rate(pipe)
     );
     println!();
-    println!("targets (issue 5):");
+    println!("targets (issue 5): median [best round]");
     let check = |ok: bool| if ok { "met" } else { "MISSED" };
     println!(
-        "  one in flight >= 20 k/s, p99 <= 200 µs: {} / {:.0} µs  {}",
-        fmt_rate(one),
-        one_p99,
-        check(one >= 20e3 && one_p99 <= 200.0)
+        "  one in flight >= 20 k/s, p99 <= 200 µs: {} p99 {:.0} µs [{} p99 {:.0} µs]  {} [{}]",
+        fmt_rate(rate(one)),
+        med(&ours[one], |f| f.p99_us),
+        fmt_rate(one_best.rate),
+        one_best.p99_us,
+        check(rate(one) >= 20e3 && med(&ours[one], |f| f.p99_us) <= 200.0),
+        check(one_best.rate >= 20e3 && one_best.p99_us <= 200.0),
     );
     println!(
-        "  many in flight >= 500 k/s:              {}  {}",
-        fmt_rate(many),
-        check(many >= 500e3)
+        "  many in flight >= 500 k/s:              {} [{}]  {} [{}]",
+        fmt_rate(rate(many)),
+        fmt_rate(best(&ours[many])),
+        check(rate(many) >= 500e3),
+        check(best(&ours[many]) >= 500e3),
     );
     println!(
         "  map >= Python's default-chunked map:    {} vs {}  {}",
-        fmt_rate(map),
-        fmt_rate(map_py),
-        check(map >= map_py)
+        fmt_rate(rate(map)),
+        fmt_rate(py(map)),
+        check(rate(map) >= py(map))
     );
     println!(
-        "  64 KiB >= 3x Python:                    {:.1}x  {}",
-        big / big_py.max(1e-9),
-        check(big >= 3.0 * big_py)
+        "  64 KiB payloads >= 3x Python:           {:.1}x [{:.1}x]  {}",
+        rate(big) / py(big).max(1e-9),
+        best(&ours[big]) / best(&theirs[big]).max(1e-9),
+        check(rate(big) >= 3.0 * py(big))
     );
     println!(
-        "  killed job resolved <= 10 ms:           max {:.2} ms  {}",
+        "  killed job resolved <= 10 ms:           median {:.2} ms, max {:.2} ms  {}",
+        kill_med / 1e3,
         kill_max / 1e3,
         check(kill_max <= 10_000.0)
     );

@@ -50,6 +50,12 @@ with daemon.DaemonContext(detach_process=True,
 ";
 
 fn main() {
+    // `cargo test --all-targets` runs benchmark binaries too, without `--bench`: a benchmark is
+    // not a test, so say so and leave.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("this is a benchmark: run it with `cargo bench --bench NAME`");
+        return;
+    }
     let opts = Options::from_args();
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -43,12 +43,21 @@ fn worker(ctx: &WorkerContext) -> i32 {
 fn main() -> Result<(), warden::Error> {
     let args = Args::parse();
     let dir = std::path::absolute(&args.dir).unwrap();
-    let mut daemon = Daemon::new().pidfile(dir.join("app.pid")).directory(&dir).foreground(true).start()?;
-    let log = warden::log::init(&LogConfig { target: Target::File(dir.join("app.log")), level: log::LevelFilter::Info })?;
+    let mut daemon = Daemon::new()
+        .pidfile(dir.join("app.pid"))
+        .directory(&dir)
+        .foreground(true)
+        .start()?;
+    let log = warden::log::init(&LogConfig {
+        target: Target::File(dir.join("app.log")),
+        level: log::LevelFilter::Info,
+    })?;
     let mut signals = Signals::new()?;
     if args.thread {
-        std::thread::spawn(|| loop {
-            std::thread::park();
+        std::thread::spawn(|| {
+            loop {
+                std::thread::park();
+            }
         });
     }
     let mut sup = Supervisor::new()?;
@@ -65,7 +74,12 @@ fn main() -> Result<(), warden::Error> {
         for s in sup.status() {
             let pid = s.pid.map_or("-".into(), |p| p.to_string());
             let text = s.status_text.unwrap_or_default();
-            writeln!(f, "{} {} {pid} {} {} {text}", s.program, s.index, s.state, s.restarts).unwrap();
+            writeln!(
+                f,
+                "{} {} {pid} {} {} {text}",
+                s.program, s.index, s.state, s.restarts
+            )
+            .unwrap();
         }
         std::fs::rename(dir.join("status.txt.tmp"), dir.join("status.txt")).unwrap();
     }

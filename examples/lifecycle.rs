@@ -56,7 +56,11 @@ struct Args {
 }
 
 fn append(path: &Path, line: &str) {
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
     f.write_all(format!("{line}\n").as_bytes()).unwrap();
 }
 
@@ -68,7 +72,9 @@ fn main() -> Result<(), warden::Error> {
 
     // Registered in the launcher: must never run, neither here nor in the daemon.
     let l = hooks_log.clone();
-    warden::on_exit("launcher", move || append(&l, &format!("launcher {}", std::process::id())));
+    warden::on_exit("launcher", move || {
+        append(&l, &format!("launcher {}", std::process::id()))
+    });
 
     let mut daemon = Daemon::new()
         .pidfile(&pidfile)
@@ -82,7 +88,10 @@ fn main() -> Result<(), warden::Error> {
         let (log, pf) = (hooks_log.clone(), pidfile.clone());
         daemon.on_exit(name, move || {
             let state = if pf.exists() { "present" } else { "absent" };
-            append(&log, &format!("{name} {} pidfile={state}", std::process::id()));
+            append(
+                &log,
+                &format!("{name} {} pidfile={state}", std::process::id()),
+            );
             if name == "P" {
                 panic!("hook P panics on purpose");
             }
@@ -99,12 +108,18 @@ fn main() -> Result<(), warden::Error> {
         _ if args.log == "stderr" => Target::Stderr,
         _ => Target::File(dir.join("app.log")),
     };
-    let log = match warden::log::init(&LogConfig { target, level: log::LevelFilter::Info }) {
+    let log = match warden::log::init(&LogConfig {
+        target,
+        level: log::LevelFilter::Info,
+    }) {
         Ok(l) => l,
         Err(e) => daemon.fail(&format!("cannot log: {e}")),
     };
     // The default map, plus USR2 to let the tests provoke a panic in the main thread.
-    let map = SignalMap::default().set(libc::SIGUSR2, SignalAction::Event(SignalEvent::Other(libc::SIGUSR2)));
+    let map = SignalMap::default().set(
+        libc::SIGUSR2,
+        SignalAction::Event(SignalEvent::Other(libc::SIGUSR2)),
+    );
     let mut signals = match Signals::with_map(map) {
         Ok(s) => s,
         Err(e) => daemon.fail(&format!("cannot install signal handlers: {e}")),

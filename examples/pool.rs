@@ -37,6 +37,8 @@ enum Task {
     Print(String),
     /// Fail with the handler's error.
     Fail(String),
+    /// Leak this many MiB (touched, so resident), sleep 20 ms, return our pid.
+    Leak(usize),
 }
 
 fn handle(task: Task) -> Result<u64, String> {
@@ -61,6 +63,11 @@ fn handle(task: Task) -> Result<u64, String> {
             Ok(u64::from(std::process::id()))
         }
         Task::Fail(s) => Err(s),
+        Task::Leak(mib) => {
+            std::mem::forget(vec![1u8; mib << 20]);
+            std::thread::sleep(Duration::from_millis(20));
+            Ok(u64::from(std::process::id()))
+        }
     }
 }
 
@@ -607,6 +614,35 @@ fn recycle(mut r: Report) -> Report {
     r
 }
 
+/// Recycling by RSS: a leaking worker is replaced between jobs, no job fails.
+fn recycle_rss(mut r: Report) -> Report {
+    let pool = build(
+        builder("recyclerss")
+            .workers(1)
+            .pipeline(2) // jobs already sent still run on the worker before it is replaced
+            .max_rss_bytes(Some(48 << 20)),
+    );
+    let got = pool.map((0..40).map(|_| Task::Leak(4))).expect("open");
+    let failed = got.iter().filter(|o| o.is_err()).count();
+    let pids: BTreeSet<u64> = got
+        .iter()
+        .filter_map(|o| o.as_ref().ok().copied())
+        .collect();
+    r.pids.extend(pids.iter().map(|&p| p as i32));
+    r.kv("failed", failed);
+    r.kv("distinct_pids", pids.len());
+    let s = pool.stats();
+    r.kv("recycled", s.recycled);
+    r.check(failed == 0, "jobs failed while recycling by RSS");
+    r.check(
+        s.recycled >= 1 && pids.len() >= 2,
+        "the leaking worker was not replaced",
+    );
+    r.check(s.worker_deaths == 0, "a recycle is not a death");
+    r.see(&pool);
+    r
+}
+
 /// An idempotent job whose worker is killed is run again and succeeds.
 fn retries(mut r: Report, dir: &str) -> Report {
     let pool = build(builder("retries").workers(1));
@@ -843,6 +879,7 @@ const SCENARIOS: &[&str] = &[
     "terminate",
     "backpressure",
     "recycle",
+    "recycle_rss",
     "retries",
     "crash_loop",
     "output",
@@ -887,6 +924,7 @@ fn main() {
         "terminate" => terminate(r),
         "backpressure" => backpressure(r),
         "recycle" => recycle(r),
+        "recycle_rss" => recycle_rss(r),
         "retries" => retries(r, &dir),
         "crash_loop" => crash_loop(r),
         "output" => output(r),

@@ -121,7 +121,11 @@ pub fn set_total_deadline(total: Duration) {
 pub fn pending() -> usize {
     let me = std::process::id();
     let r = registry();
-    r.hooks.iter().chain(&r.last).filter(|h| h.owner == me).count()
+    r.hooks
+        .iter()
+        .chain(&r.last)
+        .filter(|h| h.owner == me)
+        .count()
 }
 
 /// Runs this process's hooks, last registered first, then the built-in final ones. Each runs
@@ -130,7 +134,11 @@ pub fn run_exit_hooks() {
     let me = std::process::id();
     let (mut hooks, mut last, total) = {
         let mut r = registry();
-        (std::mem::take(&mut r.hooks), std::mem::take(&mut r.last), r.total)
+        (
+            std::mem::take(&mut r.hooks),
+            std::mem::take(&mut r.last),
+            r.total,
+        )
     };
     hooks.retain(|h| h.owner == me);
     last.retain(|h| h.owner == me);
@@ -138,7 +146,10 @@ pub fn run_exit_hooks() {
     for hook in hooks.into_iter().rev() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            log::error!("exit hook {:?} skipped: shutdown deadline of {total:?} passed", hook.name);
+            log::error!(
+                "exit hook {:?} skipped: shutdown deadline of {total:?} passed",
+                hook.name
+            );
             continue;
         }
         run_one(hook, left);

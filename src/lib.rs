@@ -27,15 +27,17 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod error;
+pub mod hooks;
 pub mod log;
 pub mod pool;
-pub mod hooks;
 pub mod process;
 pub mod signals;
 pub mod supervisor;
 mod sys;
 
-pub use daemon::{Credentials, Daemon, DaemonHandle, Notifier, Pidfile, PidfileState, ServiceManager, Stdio};
+pub use daemon::{
+    Credentials, Daemon, DaemonHandle, Notifier, Pidfile, PidfileState, ServiceManager, Stdio,
+};
 pub use error::{Error, Result};
 pub use hooks::{exit, on_exit};
 pub use process::{Forked, fork};

@@ -141,16 +141,22 @@ impl Signals {
 
     /// Installs handlers for every signal in `map`.
     pub fn with_map(map: SignalMap) -> Result<Signals> {
-        let (read, write) =
-            UnixStream::pair().map_err(|e| Error::Sys { call: "socketpair", source: e })?;
-        read.set_nonblocking(true)
-            .map_err(|e| Error::Sys { call: "fcntl", source: e })?;
+        let (read, write) = UnixStream::pair().map_err(|e| Error::Sys {
+            call: "socketpair",
+            source: e,
+        })?;
+        read.set_nonblocking(true).map_err(|e| Error::Sys {
+            call: "fcntl",
+            source: e,
+        })?;
         let mut signals: Vec<i32> = map.map.keys().copied().collect();
         signals.sort_unstable();
-        let delivery = SignalDelivery::with_pipe(read, write, SignalOnly, &signals)
-            .map_err(|e| Error::Invalid {
-                what: "signal map",
-                reason: e.to_string(),
+        let delivery =
+            SignalDelivery::with_pipe(read, write, SignalOnly, &signals).map_err(|e| {
+                Error::Invalid {
+                    what: "signal map",
+                    reason: e.to_string(),
+                }
             })?;
         Ok(Signals {
             delivery,
@@ -181,7 +187,10 @@ impl Signals {
                 SignalEvent::GracefulShutdown if self.shutting_down => SignalEvent::FastShutdown,
                 e => e,
             };
-            if matches!(event, SignalEvent::GracefulShutdown | SignalEvent::FastShutdown) {
+            if matches!(
+                event,
+                SignalEvent::GracefulShutdown | SignalEvent::FastShutdown
+            ) {
                 self.shutting_down = true;
             }
             if !events.contains(&event) {

@@ -927,7 +927,11 @@ fn stop_refuses_a_pid_that_does_not_hold_the_pidfile() {
     std::fs::write(sb.pidfile(), format!("{victim}\n")).unwrap();
     let out = sb.run(&["stop", "--timeout", "2s"]);
     assert_ne!(out.status.code(), Some(0));
-    assert!(stderr_of(&out).contains("does not hold it"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("does not hold it"),
+        "{}",
+        stderr_of(&out)
+    );
     assert!(alive(victim), "the victim was signalled");
     assert!(alive(daemon), "the daemon was stopped through a forged pid");
     std::fs::write(sb.pidfile(), format!("{daemon}\n")).unwrap();

@@ -15,13 +15,21 @@ fn example() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let exe = std::env::current_exe().unwrap();
-            let path = exe.parent().unwrap().parent().unwrap().join("examples/fn_workers");
+            let path = exe
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("examples/fn_workers");
             let mut cargo = Command::new(env!("CARGO"));
             cargo.args(["build", "--quiet", "--example", "fn_workers"]);
             if exe.components().any(|c| c.as_os_str() == "release") {
                 cargo.arg("--release");
             }
-            let st = cargo.current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
+            let st = cargo
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .unwrap();
             assert!(st.success(), "cargo build --example fn_workers failed");
             path
         })
@@ -32,7 +40,10 @@ fn example() -> PathBuf {
 fn snapshot(sb: &Sandbox, pid: i32, previous: &str) -> Vec<Vec<String>> {
     let _ = std::fs::remove_file(sb.path("status.txt"));
     signal(pid, Signal::SIGHUP);
-    assert!(wait_until(TIMEOUT, || sb.path("status.txt").exists()), "no snapshot after {previous}");
+    assert!(
+        wait_until(TIMEOUT, || sb.path("status.txt").exists()),
+        "no snapshot after {previous}"
+    );
     sb.read("status.txt")
         .lines()
         .map(|l| l.split(' ').map(str::to_string).collect())
@@ -43,10 +54,13 @@ fn snapshot(sb: &Sandbox, pid: i32, previous: &str) -> Vec<Vec<String>> {
 fn function_workers_are_supervised() {
     let mut sb = Sandbox::new("fn-workers", "");
     let mut cmd = Command::new(example());
-    cmd.arg("--dir").arg(&sb.dir).stdin(std::process::Stdio::null());
+    cmd.arg("--dir")
+        .arg(&sb.dir)
+        .stdin(std::process::Stdio::null());
     let pid = sb.spawn(cmd);
     assert!(
-        wait_until(TIMEOUT, || sb.read("app.log").matches("-> ready").count() >= 3),
+        wait_until(TIMEOUT, || sb.read("app.log").matches("-> ready").count()
+            >= 3),
         "three workers ready: {}",
         sb.read("app.log")
     );
@@ -69,9 +83,16 @@ fn function_workers_are_supervised() {
         // pidfile, its log) is pointed at /dev/null, keeping the numbers that Rust objects in
         // the forked copy still own from being reused behind their backs.
         let fds = fds(wpid);
-        assert_eq!(fds.iter().take(3).map(|(fd, _)| *fd).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(
+            fds.iter().take(3).map(|(fd, _)| *fd).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
         for (fd, target) in fds.iter().skip(3) {
-            assert_eq!(target, std::path::Path::new("/dev/null"), "fd {fd} of worker {wpid}: {fds:?}");
+            assert_eq!(
+                target,
+                std::path::Path::new("/dev/null"),
+                "fd {fd} of worker {wpid}: {fds:?}"
+            );
         }
         workers.push(wpid);
     }
@@ -89,7 +110,9 @@ fn function_workers_are_supervised() {
     assert!(sb.read("app.log").contains("exited (signal 9 (SIGKILL))"));
 
     signal(pid, Signal::SIGTERM);
-    let st = sb.wait_child(pid, TIMEOUT).expect("exits after stopping its workers");
+    let st = sb
+        .wait_child(pid, TIMEOUT)
+        .expect("exits after stopping its workers");
     assert!(st.success());
     for w in workers {
         assert!(!alive(w), "worker {w} stopped");
@@ -100,14 +123,21 @@ fn function_workers_are_supervised() {
 fn forking_from_a_multithreaded_process_is_refused_clearly() {
     let mut sb = Sandbox::new("fn-threads", "");
     let mut cmd = Command::new(example());
-    cmd.arg("--dir").arg(&sb.dir).arg("--thread").stdin(std::process::Stdio::null());
+    cmd.arg("--dir")
+        .arg(&sb.dir)
+        .arg("--thread")
+        .stdin(std::process::Stdio::null());
     let pid = sb.spawn(cmd);
     assert!(
-        wait_until(TIMEOUT, || sb.read("app.log").matches("-> fatal").count() >= 3),
+        wait_until(TIMEOUT, || sb.read("app.log").matches("-> fatal").count()
+            >= 3),
         "{}",
         sb.read("app.log")
     );
-    assert!(sb.read("app.log").contains("refusing to fork: this process has 2 threads"));
+    assert!(
+        sb.read("app.log")
+            .contains("refusing to fork: this process has 2 threads")
+    );
     assert!(children_of(pid).is_empty(), "no worker was forked");
     signal(pid, Signal::SIGTERM);
     assert!(sb.wait_child(pid, TIMEOUT).expect("exits").success());

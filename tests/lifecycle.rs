@@ -16,14 +16,22 @@ fn example() -> PathBuf {
     BUILT
         .get_or_init(|| {
             let exe = std::env::current_exe().unwrap();
-            let path = exe.parent().unwrap().parent().unwrap().join("examples/lifecycle");
+            let path = exe
+                .parent()
+                .unwrap()
+                .parent()
+                .unwrap()
+                .join("examples/lifecycle");
             // Always ask cargo: a stale example would test old code. Cheap when up to date.
             let mut cargo = Command::new(env!("CARGO"));
             cargo.args(["build", "--quiet", "--example", "lifecycle"]);
             if exe.components().any(|c| c.as_os_str() == "release") {
                 cargo.arg("--release");
             }
-            let st = cargo.current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
+            let st = cargo
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .unwrap();
             assert!(st.success(), "cargo build --example lifecycle failed");
             path
         })
@@ -33,7 +41,8 @@ fn example() -> PathBuf {
 fn lifecycle(sb: &Sandbox, args: &[&str]) -> Command {
     let mut c = Command::new(example());
     c.arg("--dir").arg(&sb.dir).args(args);
-    c.env_remove("NOTIFY_SOCKET").stdin(std::process::Stdio::null());
+    c.env_remove("NOTIFY_SOCKET")
+        .stdin(std::process::Stdio::null());
     c
 }
 
@@ -42,7 +51,11 @@ fn start(sb: &mut Sandbox, args: &[&str]) -> i32 {
     let cmd = lifecycle(sb, args);
     let out = sb.output(cmd);
     assert!(out.status.success(), "launcher failed: {}", stderr_of(&out));
-    let pid: i32 = sb.read("app.pid").trim().parse().expect("pidfile written before the launcher returns");
+    let pid: i32 = sb
+        .read("app.pid")
+        .trim()
+        .parse()
+        .expect("pidfile written before the launcher returns");
     sb.track(pid);
     pid
 }
@@ -57,15 +70,22 @@ fn hook_lines(sb: &Sandbox) -> Vec<String> {
 
 /// The hooks ran exactly once, last registered first, all in `pid`, before the pidfile went.
 fn assert_hooks_ran(sb: &Sandbox, pid: i32) {
-    let expected: Vec<String> =
-        ["C", "P", "B", "A"].iter().map(|n| format!("{n} {pid} pidfile=present")).collect();
+    let expected: Vec<String> = ["C", "P", "B", "A"]
+        .iter()
+        .map(|n| format!("{n} {pid} pidfile=present"))
+        .collect();
     assert_eq!(hook_lines(sb), expected);
     assert!(!sb.path("app.pid").exists(), "pidfile removed, last");
 }
 
 fn wait_event(sb: &Sandbox, event: &str, count: usize) {
     assert!(
-        wait_until(TIMEOUT, || sb.read("events.log").lines().filter(|l| *l == event).count() >= count),
+        wait_until(TIMEOUT, || sb
+            .read("events.log")
+            .lines()
+            .filter(|l| *l == event)
+            .count()
+            >= count),
         "event {event} not seen; events.log: {:?}",
         sb.read("events.log")
     );
@@ -101,8 +121,12 @@ fn quit_is_a_fast_shutdown_with_hooks() {
     let pid = start(&mut sb, &["--linger", "60s"]);
     signal(pid, Signal::SIGQUIT);
     wait_gone(pid);
-    let events: Vec<String> =
-        sb.read("events.log").lines().filter(|l| *l != "ChildExited").map(str::to_string).collect();
+    let events: Vec<String> = sb
+        .read("events.log")
+        .lines()
+        .filter(|l| *l != "ChildExited")
+        .map(str::to_string)
+        .collect();
     assert_eq!(events, ["FastShutdown"]);
     assert_hooks_ran(&sb, pid);
 }
@@ -125,8 +149,17 @@ fn hooks_run_on_return_exit_and_panic_modes() {
         let out = sb.output(cmd);
         assert!(out.status.success(), "{mode}: {}", stderr_of(&out));
         // The daemon exits right after ready: wait for its last hook's effect.
-        assert!(wait_until(TIMEOUT, || !sb.path("app.pid").exists() && hook_lines(&sb).len() >= 4), "{mode}");
-        let pid: i32 = hook_lines(&sb)[0].split(' ').nth(1).unwrap().parse().unwrap();
+        assert!(
+            wait_until(TIMEOUT, || !sb.path("app.pid").exists()
+                && hook_lines(&sb).len() >= 4),
+            "{mode}"
+        );
+        let pid: i32 = hook_lines(&sb)[0]
+            .split(' ')
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
         wait_gone(pid);
         assert_hooks_ran(&sb, pid);
     }
@@ -140,7 +173,12 @@ fn a_panicking_hook_does_not_stop_the_others() {
     signal(pid, Signal::SIGTERM);
     wait_gone(pid);
     assert_hooks_ran(&sb, pid);
-    assert!(sb.read("app.log").contains("exit hook \"P\" panicked: hook P panics on purpose"), "{}", sb.read("app.log"));
+    assert!(
+        sb.read("app.log")
+            .contains("exit hook \"P\" panicked: hook P panics on purpose"),
+        "{}",
+        sb.read("app.log")
+    );
 }
 
 #[test]
@@ -149,7 +187,11 @@ fn fail_reports_to_the_launcher_and_runs_hooks() {
     let cmd = lifecycle(&sb, &["--mode", "fail"]);
     let out = sb.output(cmd);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr_of(&out).contains("initialisation failed on purpose"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("initialisation failed on purpose"),
+        "{}",
+        stderr_of(&out)
+    );
     // The launcher returns only after the daemon cleaned up.
     let lines = hook_lines(&sb);
     assert_eq!(lines.len(), 4, "{lines:?}");
@@ -171,7 +213,11 @@ fn each_signal_produces_its_event() {
         (Signal::SIGTTOU, "RemoveWorker"),
         (Signal::SIGCHLD, "ChildExited"),
     ] {
-        let before = sb.read("events.log").lines().filter(|l| *l == event).count();
+        let before = sb
+            .read("events.log")
+            .lines()
+            .filter(|l| *l == event)
+            .count();
         signal(pid, sig);
         wait_event(&sb, event, before + 1);
     }
@@ -180,7 +226,9 @@ fn each_signal_produces_its_event() {
     signal(pid, Signal::SIGHUP);
     wait_event(&sb, "Reload", 2);
     assert!(alive(pid));
-    assert!(!sb.read("events.log").contains("Pipe") && !sb.read("events.log").contains("Other(13)"));
+    assert!(
+        !sb.read("events.log").contains("Pipe") && !sb.read("events.log").contains("Other(13)")
+    );
     signal(pid, Signal::SIGINT);
     wait_gone(pid);
     wait_event(&sb, "GracefulShutdown", 1);
@@ -194,16 +242,22 @@ fn sd_notify_messages_arrive_in_order() {
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut cmd = sb.warden(&["run"]);
-    cmd.env("NOTIFY_SOCKET", &sock_path).env("WATCHDOG_USEC", "200000");
+    cmd.env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000");
     cmd.stderr(std::fs::File::create(sb.path("stderr.log")).unwrap());
     let pid = sb.spawn(cmd);
     let mut buf = [0u8; 4096];
     let mut recv = || {
-        let n = sock.recv(&mut buf).expect("a notify message within the timeout");
+        let n = sock
+            .recv(&mut buf)
+            .expect("a notify message within the timeout");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     let first = recv();
-    assert!(first.starts_with("READY=1") && first.contains(&format!("MAINPID={pid}")), "{first}");
+    assert!(
+        first.starts_with("READY=1") && first.contains(&format!("MAINPID={pid}")),
+        "{first}"
+    );
     // At least two watchdog pings at half of WATCHDOG_USEC.
     let mut pings = 0;
     while pings < 2 {
@@ -224,8 +278,17 @@ fn sd_notify_messages_arrive_in_order() {
             break;
         }
     }
-    assert!(seen[0].starts_with("RELOADING=1\nMONOTONIC_USEC="), "{seen:?}");
-    let usec: u128 = seen[0].split("MONOTONIC_USEC=").nth(1).unwrap().trim().parse().unwrap();
+    assert!(
+        seen[0].starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{seen:?}"
+    );
+    let usec: u128 = seen[0]
+        .split("MONOTONIC_USEC=")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(usec > 0);
     signal(pid, Signal::SIGTERM);
     loop {
@@ -233,9 +296,14 @@ fn sd_notify_messages_arrive_in_order() {
         if m.starts_with("STOPPING=1") {
             break;
         }
-        assert!(m == "WATCHDOG=1" || m.starts_with("STATUS="), "unexpected before STOPPING: {m}");
+        assert!(
+            m == "WATCHDOG=1" || m.starts_with("STATUS="),
+            "unexpected before STOPPING: {m}"
+        );
     }
-    let st = sb.wait_child(pid, TIMEOUT).expect("warden run exits on TERM");
+    let st = sb
+        .wait_child(pid, TIMEOUT)
+        .expect("warden run exits on TERM");
     assert!(st.success());
     assert!(!sb.pidfile().exists());
 }

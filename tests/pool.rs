@@ -224,6 +224,13 @@ fn workers_are_recycled_by_job_count_without_failures() {
 }
 
 #[test]
+fn workers_are_recycled_by_rss_without_failures() {
+    let r = scenario("recycle_rss");
+    assert_eq!(r.num("failed"), 0);
+    assert!(r.num("recycled") >= 1);
+}
+
+#[test]
 fn an_idempotent_job_is_retried_after_its_worker_dies() {
     let r = scenario("retries");
     assert_eq!(r.get("outcome"), "Ok(9)");

@@ -1210,11 +1210,15 @@ fn a_program_that_cannot_be_executed_is_reported_then_fatal() {
     wait_line(&sb, "naming the exec error", |l| {
         l.contains("missing[0]: cannot execute /nonexistent/prog: No such file or directory")
     });
-    wait_line(&sb, "missing goes fatal", |l| l.contains("missing[0]:") && l.contains("-> fatal"));
+    wait_line(&sb, "missing goes fatal", |l| {
+        l.contains("missing[0]:") && l.contains("-> fatal")
+    });
     wait_line(&sb, "naming the PATH search", |l| {
         l.contains("nopath[0]") && l.contains("no-such-command-warden not found in PATH")
     });
-    wait_line(&sb, "nopath goes fatal", |l| l.contains("nopath[0]:") && l.contains("-> fatal"));
+    wait_line(&sb, "nopath goes fatal", |l| {
+        l.contains("nopath[0]:") && l.contains("-> fatal")
+    });
     let out = sb.run(&["status", "missing"]);
     assert_eq!(out.status.code(), Some(151), "{}", stdout_of(&out));
     assert!(stdout_of(&out).contains("exit 127"), "{}", stdout_of(&out));

@@ -45,7 +45,10 @@ struct Progress {
 
 impl Progress {
     fn new() -> Progress {
-        Progress { tty: std::io::stderr().is_terminal(), shown: false }
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+            shown: false,
+        }
     }
 
     fn show(&mut self, text: &str) {
@@ -117,7 +120,11 @@ fn print_plan(result: &serde_json::Value, dry_run: bool) {
     let list = |key: &str| -> Vec<String> {
         result[key]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let verb = |now: &'static str, would: &'static str| if dry_run { would } else { now };
@@ -128,11 +135,20 @@ fn print_plan(result: &serde_json::Value, dry_run: bool) {
         println!("{} {n}", verb("removed", "would remove"));
     }
     for n in list("changed") {
-        println!("{} {n}", verb("restarted (changed)", "would restart (changed)"));
+        println!(
+            "{} {n}",
+            verb("restarted (changed)", "would restart (changed)")
+        );
     }
     if let Some(scaled) = result["scaled"].as_array() {
         for s in scaled {
-            println!("{} {} {} -> {}", verb("scaled", "would scale"), s[0].as_str().unwrap_or("?"), s[1], s[2]);
+            println!(
+                "{} {} {} -> {}",
+                verb("scaled", "would scale"),
+                s[0].as_str().unwrap_or("?"),
+                s[1],
+                s[2]
+            );
         }
     }
     for n in list("unchanged") {
@@ -160,13 +176,19 @@ impl StopProgress {
     /// Asks the daemon what is still up and shows it.
     pub fn tick(&mut self) {
         let Some(path) = &self.socket else { return };
-        let Ok(mut c) = Client::connect(path) else { return };
-        let Ok(Reply::Done { result, .. }) =
-            c.request(Command::Status { programs: vec![] }, Duration::from_millis(200), |_| {})
-        else {
+        let Ok(mut c) = Client::connect(path) else {
             return;
         };
-        let Ok(report) = serde_json::from_value::<StatusReport>(result) else { return };
+        let Ok(Reply::Done { result, .. }) = c.request(
+            Command::Status { programs: vec![] },
+            Duration::from_millis(200),
+            |_| {},
+        ) else {
+            return;
+        };
+        let Ok(report) = serde_json::from_value::<StatusReport>(result) else {
+            return;
+        };
         let left: Vec<String> = report
             .instances
             .iter()
@@ -174,7 +196,8 @@ impl StopProgress {
             .map(|i| format!("{}[{}] ({})", i.program, i.index, i.state))
             .collect();
         if !left.is_empty() {
-            self.progress.show(&format!("stopping: waiting for {}", left.join(", ")));
+            self.progress
+                .show(&format!("stopping: waiting for {}", left.join(", ")));
         }
     }
 
@@ -211,7 +234,11 @@ pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
         }
     };
     let named = !programs.is_empty();
-    let reply = match client.request(Command::Status { programs }, Duration::from_secs(10), |_| {}) {
+    let reply = match client.request(
+        Command::Status { programs },
+        Duration::from_secs(10),
+        |_| {},
+    ) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("warden: {e}");
@@ -237,7 +264,10 @@ pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
         Reply::Progress { .. } => return ExitCode::from(exit::status::UNKNOWN),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         print_table(&report);
     }
@@ -246,7 +276,11 @@ pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
     }
     if report.instances.iter().any(|i| i.state == "fatal") {
         ExitCode::from(exit::status::PROGRAM_FATAL)
-    } else if report.instances.iter().all(|i| i.state == "ready" || i.state == "running") {
+    } else if report
+        .instances
+        .iter()
+        .all(|i| i.state == "ready" || i.state == "running")
+    {
         ExitCode::from(exit::status::RUNNING)
     } else {
         ExitCode::from(exit::status::PROGRAM_DOWN)
@@ -265,7 +299,16 @@ fn print_table(report: &StatusReport) {
         println!("no programs");
         return;
     }
-    let header = ["PROGRAM", "INDEX", "PID", "STATE", "UPTIME", "RESTARTS", "LAST EXIT", "STATUS"];
+    let header = [
+        "PROGRAM",
+        "INDEX",
+        "PID",
+        "STATE",
+        "UPTIME",
+        "RESTARTS",
+        "LAST EXIT",
+        "STATUS",
+    ];
     let rows: Vec<[String; 8]> = report.instances.iter().map(row).collect();
     let mut widths = header.map(str::len);
     for r in &rows {
@@ -311,7 +354,11 @@ fn row(i: &InstanceInfo) -> [String; 8] {
         match &i.last_exit {
             None => "-".into(),
             Some(LastExit::Code { code }) => format!("exit {code}"),
-            Some(LastExit::Signal { name, core_dumped: true, .. }) => format!("{name} (core)"),
+            Some(LastExit::Signal {
+                name,
+                core_dumped: true,
+                ..
+            }) => format!("{name} (core)"),
             Some(LastExit::Signal { name, .. }) => name.clone(),
         },
         i.status.clone().unwrap_or_else(|| "-".into()),

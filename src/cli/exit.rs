@@ -55,11 +55,11 @@ pub fn report(err: &Error) -> ExitCode {
 pub fn code(err: &Error) -> u8 {
     match err {
         Error::Config(_) | Error::UnknownUser(_) | Error::UnknownGroup(_) => CONFIG,
-        Error::Io { what: "cannot read configuration", source, .. }
-            if source.kind() == std::io::ErrorKind::NotFound =>
-        {
-            CONFIG
-        }
+        Error::Io {
+            what: "cannot read configuration",
+            source,
+            ..
+        } if source.kind() == std::io::ErrorKind::NotFound => CONFIG,
         e if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => NO_PERMISSION,
         _ => FAILURE,
     }

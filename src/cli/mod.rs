@@ -103,26 +103,28 @@ pub fn main() -> ExitCode {
             let foreground = std::env::var_os("NOTIFY_SOCKET").is_some();
             serve::serve(c, foreground)
         }),
-        Command::Start { programs, timeout } => {
-            with_config(&cli.config, |c| control::command(&c, C::Start { programs }, timeout))
-        }
+        Command::Start { programs, timeout } => with_config(&cli.config, |c| {
+            control::command(&c, C::Start { programs }, timeout)
+        }),
         Command::Stop { programs, timeout } if programs.is_empty() => {
             with_located_config(&cli.config, |c| stop(&c, timeout))
         }
-        Command::Stop { programs, timeout } => {
-            with_config(&cli.config, |c| control::command(&c, C::Stop { programs }, timeout))
-        }
-        Command::Restart { programs, timeout } if programs.is_empty() => with_config(&cli.config, |c| {
-            let code = stop(&c, timeout);
-            if code != ExitCode::from(exit::OK) {
-                return code;
-            }
-            let foreground = std::env::var_os("NOTIFY_SOCKET").is_some();
-            serve::serve(c, foreground)
+        Command::Stop { programs, timeout } => with_config(&cli.config, |c| {
+            control::command(&c, C::Stop { programs }, timeout)
         }),
-        Command::Restart { programs, timeout } => {
-            with_config(&cli.config, |c| control::command(&c, C::Restart { programs }, timeout))
+        Command::Restart { programs, timeout } if programs.is_empty() => {
+            with_config(&cli.config, |c| {
+                let code = stop(&c, timeout);
+                if code != ExitCode::from(exit::OK) {
+                    return code;
+                }
+                let foreground = std::env::var_os("NOTIFY_SOCKET").is_some();
+                serve::serve(c, foreground)
+            })
         }
+        Command::Restart { programs, timeout } => with_config(&cli.config, |c| {
+            control::command(&c, C::Restart { programs }, timeout)
+        }),
         Command::Status { json, programs } => match located(&cli.config) {
             Ok(c) => control::status(&c, json, programs),
             Err(e) => {
@@ -136,9 +138,13 @@ pub fn main() -> ExitCode {
             Ok((c, _)) => control::command(&c, C::Reload { dry_run }, timeout),
             Err(e) => exit::report(&e),
         },
-        Command::Scale { program, instances, timeout } => {
-            with_config(&cli.config, |c| control::command(&c, C::Scale { program, instances }, timeout))
-        }
+        Command::Scale {
+            program,
+            instances,
+            timeout,
+        } => with_config(&cli.config, |c| {
+            control::command(&c, C::Scale { program, instances }, timeout)
+        }),
         Command::Check => check(&cli.config),
         Command::ReopenLogs => with_config(&cli.config, |c| {
             match control::command_quiet(&c, C::ReopenLogs, Duration::from_secs(10)) {
@@ -207,16 +213,28 @@ pub(crate) fn unresolvable_accounts(config: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let mut check = |section: String, user: Option<&str>, group: Option<&str>| {
         if let Err(e) = Credentials::resolve(user, group) {
-            let key = if matches!(e, Error::UnknownGroup(_)) { "group" } else { "user" };
+            let key = if matches!(e, Error::UnknownGroup(_)) {
+                "group"
+            } else {
+                "user"
+            };
             out.push(format!("{file}: {section}.{key}: {e}"));
         }
     };
     let d = &config.daemon;
     check("daemon".into(), d.user.as_deref(), d.group.as_deref());
     for p in &config.programs {
-        check(format!("program.{}", p.name), p.user.as_deref(), p.group.as_deref());
+        check(
+            format!("program.{}", p.name),
+            p.user.as_deref(),
+            p.group.as_deref(),
+        );
     }
-    if let Some(Err(e)) = d.control_group.as_ref().map(|g| Credentials::resolve(None, Some(g))) {
+    if let Some(Err(e)) = d
+        .control_group
+        .as_ref()
+        .map(|g| Credentials::resolve(None, Some(g)))
+    {
         out.push(format!("{file}: daemon.control_group: {e}"));
     }
     out
@@ -258,7 +276,9 @@ fn running_pid(path: &std::path::Path) -> Result<Option<i32>, Error> {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     loop {
         match Pidfile::probe(path)? {
-            PidfileState::Running(Some(pid)) if Pidfile::held_by(path, pid) => return Ok(Some(pid)),
+            PidfileState::Running(Some(pid)) if Pidfile::held_by(path, pid) => {
+                return Ok(Some(pid));
+            }
             PidfileState::Running(Some(pid)) => {
                 return Err(Error::DaemonFailed(format!(
                     "pidfile {} names pid {pid}, which does not hold it open; not signalling it",
@@ -295,7 +315,10 @@ fn stop(config: &Config, timeout: Duration) -> ExitCode {
         _ => {}
     }
     let mut progress = control::StopProgress::new(config);
-    let released = Pidfile::wait_released_ticking(path, timeout, Duration::from_millis(250), || progress.tick());
+    let released =
+        Pidfile::wait_released_ticking(path, timeout, Duration::from_millis(250), || {
+            progress.tick()
+        });
     progress.finish();
     match released {
         Ok(true) => ExitCode::from(exit::OK),

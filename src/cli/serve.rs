@@ -4,8 +4,8 @@
 use std::process::ExitCode;
 
 use warden::config::{Config, LogSpec};
-use warden::log::{LogConfig, LogHandle, Target};
 use warden::control::server::ControlServer;
+use warden::log::{LogConfig, LogHandle, Target};
 use warden::supervisor::{ProgramDef, ReloadSet, RunExit, Supervisor};
 use warden::{Daemon, DaemonHandle, ServiceManager, Signals, Stdio};
 
@@ -96,7 +96,11 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
 }
 
 /// Builds the supervisor: programs, control socket, reloader, service-manager links.
-fn supervisor(config: &Config, handle: &DaemonHandle, log: &LogHandle) -> Result<Supervisor, String> {
+fn supervisor(
+    config: &Config,
+    handle: &DaemonHandle,
+    log: &LogHandle,
+) -> Result<Supervisor, String> {
     let d = &config.daemon;
     let mut sup = Supervisor::new().map_err(|e| format!("cannot start the supervisor: {e}"))?;
     sup.set_log(log.clone());
@@ -117,7 +121,8 @@ fn supervisor(config: &Config, handle: &DaemonHandle, log: &LogHandle) -> Result
     let server = ControlServer::bind(&d.control_socket, group).map_err(|e| e.to_string())?;
     sup.set_control(server).map_err(|e| e.to_string())?;
     for spec in &config.programs {
-        sup.add(ProgramDef::from_spec(spec)).map_err(|e| format!("program {}: {e}", spec.name))?;
+        sup.add(ProgramDef::from_spec(spec))
+            .map_err(|e| format!("program {}: {e}", spec.name))?;
     }
     let path = config.path.clone();
     let running = config.daemon.clone();
@@ -145,7 +150,10 @@ fn lookup_group(name: &str) -> Result<nix::unistd::Gid, String> {
 }
 
 /// The `[daemon]` settings a reload cannot apply to a running daemon.
-fn daemon_changes(old: &warden::config::DaemonSpec, new: &warden::config::DaemonSpec) -> Vec<String> {
+fn daemon_changes(
+    old: &warden::config::DaemonSpec,
+    new: &warden::config::DaemonSpec,
+) -> Vec<String> {
     let mut keys = Vec::new();
     macro_rules! cmp {
         ($($field:ident),*) => {$(
@@ -154,8 +162,26 @@ fn daemon_changes(old: &warden::config::DaemonSpec, new: &warden::config::Daemon
             }
         )*};
     }
-    cmp!(pidfile, directory, umask, user, group, stdout, stderr, log, log_level, syslog_facility, syslog_ident, ready_timeout, shutdown_timeout, control_socket, control_group);
-    keys.into_iter().map(|k| format!("daemon.{k} changed: takes effect when warden restarts")).collect()
+    cmp!(
+        pidfile,
+        directory,
+        umask,
+        user,
+        group,
+        stdout,
+        stderr,
+        log,
+        log_level,
+        syslog_facility,
+        syslog_ident,
+        ready_timeout,
+        shutdown_timeout,
+        control_socket,
+        control_group
+    );
+    keys.into_iter()
+        .map(|k| format!("daemon.{k} changed: takes effect when warden restarts"))
+        .collect()
 }
 
 fn log_config(config: &Config, foreground: bool) -> LogConfig {

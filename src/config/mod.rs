@@ -301,10 +301,10 @@ fn read_daemon(
     match s.path(c, "control_socket", base) {
         Some(p) => d.control_socket = p,
         None => {
-            d.control_socket = d
-                .pidfile
-                .parent()
-                .map_or_else(|| PathBuf::from("warden.sock"), |dir| dir.join("warden.sock"))
+            d.control_socket = d.pidfile.parent().map_or_else(
+                || PathBuf::from("warden.sock"),
+                |dir| dir.join("warden.sock"),
+            )
         }
     }
     if let Some(g) = s.string(c, "control_group") {
@@ -329,7 +329,10 @@ pub fn locate(path: &Path, text: &str) -> DaemonSpec {
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     let base = std::path::absolute(&base).unwrap_or(base);
     let (doc, _) = DeTable::parse_recoverable(text);
-    let daemon = doc.get_ref().get("daemon").and_then(|v| v.get_ref().as_table());
+    let daemon = doc
+        .get_ref()
+        .get("daemon")
+        .and_then(|v| v.get_ref().as_table());
     let get = |key: &str| {
         daemon
             .and_then(|t| t.get(key))
@@ -339,9 +342,10 @@ pub fn locate(path: &Path, text: &str) -> DaemonSpec {
         d.pidfile = p;
     }
     d.control_socket = get("control_socket").unwrap_or_else(|| {
-        d.pidfile
-            .parent()
-            .map_or_else(|| PathBuf::from("warden.sock"), |dir| dir.join("warden.sock"))
+        d.pidfile.parent().map_or_else(
+            || PathBuf::from("warden.sock"),
+            |dir| dir.join("warden.sock"),
+        )
     });
     d
 }

@@ -46,7 +46,9 @@ impl Client {
             path: path.display().to_string(),
             source,
         })?;
-        Ok(Client { reader: BufReader::new(stream) })
+        Ok(Client {
+            reader: BufReader::new(stream),
+        })
     }
 
     /// Sends `command` and waits up to `timeout` for its final reply, passing progress lines to
@@ -58,7 +60,11 @@ impl Client {
         mut progress: impl FnMut(&str),
     ) -> Result<Reply, ClientError> {
         let deadline = Instant::now() + timeout;
-        let mut line = serde_json::to_string(&Request { v: VERSION, command }).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut line = serde_json::to_string(&Request {
+            v: VERSION,
+            command,
+        })
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
         line.push('\n');
         self.reader.get_mut().write_all(line.as_bytes())?;
         loop {
@@ -71,12 +77,18 @@ impl Client {
             match self.reader.read_line(&mut buf) {
                 Ok(0) => return Err(ClientError::Closed),
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Err(ClientError::Timeout(timeout));
                 }
                 Err(e) => return Err(e.into()),
             }
-            let reply: Reply = serde_json::from_str(buf.trim()).map_err(|_| ClientError::Protocol(buf.trim().to_string()))?;
+            let reply: Reply = serde_json::from_str(buf.trim())
+                .map_err(|_| ClientError::Protocol(buf.trim().to_string()))?;
             match reply {
                 Reply::Progress { progress: p, .. } => progress(&p),
                 other => return Ok(other),

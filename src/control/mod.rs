@@ -151,17 +151,29 @@ pub enum Reply {
 impl Reply {
     /// A success carrying `result`.
     pub fn done(result: serde_json::Value) -> Reply {
-        Reply::Done { v: VERSION, ok: true, result }
+        Reply::Done {
+            v: VERSION,
+            ok: true,
+            result,
+        }
     }
 
     /// A failure.
     pub fn failed(kind: ErrorKind, error: impl Into<String>) -> Reply {
-        Reply::Failed { v: VERSION, ok: false, error: error.into(), kind }
+        Reply::Failed {
+            v: VERSION,
+            ok: false,
+            error: error.into(),
+            kind,
+        }
     }
 
     /// A progress report.
     pub fn progress(text: impl Into<String>) -> Reply {
-        Reply::Progress { v: VERSION, progress: text.into() }
+        Reply::Progress {
+            v: VERSION,
+            progress: text.into(),
+        }
     }
 
     /// The reply as one line, newline included.
@@ -252,7 +264,10 @@ impl From<crate::supervisor::ExitStatus> for LastExit {
     fn from(e: crate::supervisor::ExitStatus) -> Self {
         match e {
             crate::supervisor::ExitStatus::Code(code) => LastExit::Code { code },
-            crate::supervisor::ExitStatus::Signal { signal, core_dumped } => LastExit::Signal {
+            crate::supervisor::ExitStatus::Signal {
+                signal,
+                core_dumped,
+            } => LastExit::Signal {
                 signal,
                 name: nix::sys::signal::Signal::try_from(signal)
                     .map(|s| s.as_str().to_string())
@@ -269,22 +284,39 @@ mod tests {
 
     #[test]
     fn requests_round_trip() {
-        let r: Request = serde_json::from_str(r#"{"v":1,"cmd":"scale","program":"web","instances":3}"#).unwrap();
-        assert_eq!(r.command, Command::Scale { program: "web".into(), instances: 3 });
+        let r: Request =
+            serde_json::from_str(r#"{"v":1,"cmd":"scale","program":"web","instances":3}"#).unwrap();
+        assert_eq!(
+            r.command,
+            Command::Scale {
+                program: "web".into(),
+                instances: 3
+            }
+        );
         let r: Request = serde_json::from_str(r#"{"v":1,"cmd":"status"}"#).unwrap();
         assert_eq!(r.command, Command::Status { programs: vec![] });
         let r: Request = serde_json::from_str(r#"{"v":1,"cmd":"reopen-logs"}"#).unwrap();
         assert_eq!(r.command, Command::ReopenLogs);
         assert!(serde_json::from_str::<Request>(r#"{"v":1,"cmd":"explode"}"#).is_err());
-        assert!(serde_json::from_str::<Request>(r#"{"v":1,"cmd":"stop","programs":["a"],"x":1}"#).is_err());
-        let line = serde_json::to_string(&Request { v: 1, command: Command::Reload { dry_run: true } }).unwrap();
+        assert!(
+            serde_json::from_str::<Request>(r#"{"v":1,"cmd":"stop","programs":["a"],"x":1}"#)
+                .is_err()
+        );
+        let line = serde_json::to_string(&Request {
+            v: 1,
+            command: Command::Reload { dry_run: true },
+        })
+        .unwrap();
         assert_eq!(line, r#"{"v":1,"cmd":"reload","dry_run":true}"#);
     }
 
     #[test]
     fn replies_are_one_line() {
         let l = Reply::failed(ErrorKind::Denied, "no").to_line();
-        assert_eq!(l, "{\"v\":1,\"ok\":false,\"error\":\"no\",\"kind\":\"denied\"}\n");
+        assert_eq!(
+            l,
+            "{\"v\":1,\"ok\":false,\"error\":\"no\",\"kind\":\"denied\"}\n"
+        );
         let back: Reply = serde_json::from_str(l.trim()).unwrap();
         assert_eq!(back, Reply::failed(ErrorKind::Denied, "no"));
         let p: Reply = serde_json::from_str(r#"{"v":1,"progress":"web[0] stopping"}"#).unwrap();

@@ -96,7 +96,10 @@ pub struct ControlServer {
 
 impl std::fmt::Debug for ControlServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ControlServer").field("path", &self.path).field("connections", &self.conns.len()).finish()
+        f.debug_struct("ControlServer")
+            .field("path", &self.path)
+            .field("connections", &self.conns.len())
+            .finish()
     }
 }
 
@@ -106,37 +109,55 @@ impl ControlServer {
     /// The caller must hold the daemon's pidfile lock: that is what proves an existing socket is
     /// stale. `group` lets its members connect and read status.
     pub fn bind(path: &Path, group: Option<Gid>) -> Result<ControlServer> {
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let meta = std::fs::metadata(dir).map_err(|e| Error::io("cannot use control socket directory", dir, e))?;
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| Error::io("cannot use control socket directory", dir, e))?;
         if !meta.is_dir() {
-            return Err(Error::Invalid { what: "control_socket", reason: format!("{} is not a directory", dir.display()) });
+            return Err(Error::Invalid {
+                what: "control_socket",
+                reason: format!("{} is not a directory", dir.display()),
+            });
         }
         if meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0 {
             return Err(Error::Invalid {
                 what: "control_socket",
-                reason: format!("its directory {} is writable by everyone and not sticky", dir.display()),
+                reason: format!(
+                    "its directory {} is writable by everyone and not sticky",
+                    dir.display()
+                ),
             });
         }
         match std::fs::symlink_metadata(path) {
             Ok(m) if m.file_type().is_socket() => {
-                std::fs::remove_file(path).map_err(|e| Error::io("cannot remove stale control socket", path, e))?;
+                std::fs::remove_file(path)
+                    .map_err(|e| Error::io("cannot remove stale control socket", path, e))?;
             }
             Ok(_) => {
                 return Err(Error::Invalid {
                     what: "control_socket",
-                    reason: format!("{} exists and is not a socket; refusing to replace it", path.display()),
+                    reason: format!(
+                        "{} exists and is not a socket; refusing to replace it",
+                        path.display()
+                    ),
                 });
             }
             Err(_) => {}
         }
-        let listener = UnixListener::bind(path).map_err(|e| Error::io("cannot bind control socket", path, e))?;
+        let listener = UnixListener::bind(path)
+            .map_err(|e| Error::io("cannot bind control socket", path, e))?;
         let mode = if group.is_some() { 0o660 } else { 0o600 };
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
             .map_err(|e| Error::io("cannot chmod control socket", path, e))?;
         if let Some(g) = group {
-            nix::unistd::chown(path, None, Some(g)).map_err(|e| Error::io("cannot chown control socket", path, e.into()))?;
+            nix::unistd::chown(path, None, Some(g))
+                .map_err(|e| Error::io("cannot chown control socket", path, e.into()))?;
         }
-        listener.set_nonblocking(true).map_err(|e| Error::io("cannot configure control socket", path, e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("cannot configure control socket", path, e))?;
         Ok(ControlServer {
             listener,
             path: path.to_path_buf(),
@@ -156,15 +177,27 @@ impl ControlServer {
 
     /// Registers the listener with `registry` under `listener_token`; connections get tokens
     /// from `conn_token_base` upwards.
-    pub fn register(&mut self, registry: &Registry, listener_token: Token, conn_token_base: usize) -> std::io::Result<()> {
+    pub fn register(
+        &mut self,
+        registry: &Registry,
+        listener_token: Token,
+        conn_token_base: usize,
+    ) -> std::io::Result<()> {
         self.listener_token = listener_token;
         self.conn_token_base = conn_token_base;
-        registry.register(&mut SourceFd(&self.listener.as_raw_fd()), listener_token, Interest::READABLE)
+        registry.register(
+            &mut SourceFd(&self.listener.as_raw_fd()),
+            listener_token,
+            Interest::READABLE,
+        )
     }
 
     /// The connection a token belongs to, if it is one of ours.
     pub fn conn_of(&self, token: Token) -> Option<ConnId> {
-        token.0.checked_sub(self.conn_token_base).map(|id| id as ConnId)
+        token
+            .0
+            .checked_sub(self.conn_token_base)
+            .map(|id| id as ConnId)
     }
 
     /// Accepts every pending connection.
@@ -190,32 +223,60 @@ impl ControlServer {
                 }
             };
             let access = self.access_of(cred.uid(), cred.gid());
-            let peer = Peer { pid: cred.pid(), uid: cred.uid(), gid: cred.gid(), access };
+            let peer = Peer {
+                pid: cred.pid(),
+                uid: cred.uid(),
+                gid: cred.gid(),
+                access,
+            };
             if self.conns.len() >= MAX_CONNECTIONS {
                 let mut s = stream;
-                let _ = s.write_all(Reply::failed(ErrorKind::Busy, "too many control connections").to_line().as_bytes());
+                let _ = s.write_all(
+                    Reply::failed(ErrorKind::Busy, "too many control connections")
+                        .to_line()
+                        .as_bytes(),
+                );
                 continue;
             }
             if access == Access::Denied {
-                log::warn!("control: refused connection from uid {} (pid {})", peer.uid, peer.pid);
+                log::warn!(
+                    "control: refused connection from uid {} (pid {})",
+                    peer.uid,
+                    peer.pid
+                );
                 let mut s = stream;
                 let _ = s.write_all(
-                    Reply::failed(ErrorKind::Denied, format!("uid {} may not use this control socket", peer.uid))
-                        .to_line()
-                        .as_bytes(),
+                    Reply::failed(
+                        ErrorKind::Denied,
+                        format!("uid {} may not use this control socket", peer.uid),
+                    )
+                    .to_line()
+                    .as_bytes(),
                 );
                 continue;
             }
             let id = self.next;
             self.next += 1;
             let token = Token(self.conn_token_base + id as usize);
-            if let Err(e) = registry.register(&mut SourceFd(&stream.as_raw_fd()), token, Interest::READABLE | Interest::WRITABLE) {
+            if let Err(e) = registry.register(
+                &mut SourceFd(&stream.as_raw_fd()),
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
                 log::warn!("control: cannot register a connection: {e}");
                 continue;
             }
             self.conns.insert(
                 id,
-                Conn { stream, peer, input: Vec::new(), output: Vec::new(), read_closed: false, close_after_flush: false, pending: 0 },
+                Conn {
+                    stream,
+                    peer,
+                    input: Vec::new(),
+                    output: Vec::new(),
+                    read_closed: false,
+                    close_after_flush: false,
+                    pending: 0,
+                },
             );
         }
     }
@@ -224,7 +285,9 @@ impl ControlServer {
         if uid == 0 || uid == self.owner.as_raw() {
             return Access::Full;
         }
-        let Some(group) = self.group else { return Access::Denied };
+        let Some(group) = self.group else {
+            return Access::Denied;
+        };
         if gid == group.as_raw() {
             return Access::ReadOnly;
         }
@@ -236,14 +299,20 @@ impl ControlServer {
                 nix::unistd::getgrouplist(&name, u.gid).ok()
             })
             .is_some_and(|groups| groups.contains(&group));
-        if member { Access::ReadOnly } else { Access::Denied }
+        if member {
+            Access::ReadOnly
+        } else {
+            Access::Denied
+        }
     }
 
     /// Reads what connection `id` sent; returns the complete, authorised requests. Bad lines are
     /// answered here.
     pub fn readable(&mut self, id: ConnId, registry: &Registry) -> Vec<Incoming> {
         let mut out = Vec::new();
-        let Some(conn) = self.conns.get_mut(&id) else { return out };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return out;
+        };
         let mut buf = [0u8; 16 * 1024];
         let mut budget = READ_BUDGET;
         let mut more = false;
@@ -263,7 +332,11 @@ impl ControlServer {
                     conn.input.extend_from_slice(&buf[..n]);
                     // Only the unfinished last line is bounded here: a newline early in the buffer
                     // must not let the rest of it grow without limit.
-                    let partial = conn.input.iter().rposition(|&b| b == b'\n').map_or(conn.input.len(), |nl| conn.input.len() - nl - 1);
+                    let partial = conn
+                        .input
+                        .iter()
+                        .rposition(|&b| b == b'\n')
+                        .map_or(conn.input.len(), |nl| conn.input.len() - nl - 1);
                     if partial > MAX_LINE {
                         break;
                     }
@@ -285,7 +358,10 @@ impl ControlServer {
             let line = &conn.input[start..start + len];
             start += len + 1;
             if line.len() > MAX_LINE {
-                replies.push(Reply::failed(ErrorKind::BadRequest, format!("line longer than {MAX_LINE} bytes")));
+                replies.push(Reply::failed(
+                    ErrorKind::BadRequest,
+                    format!("line longer than {MAX_LINE} bytes"),
+                ));
                 conn.close_after_flush = true;
                 break;
             }
@@ -295,8 +371,16 @@ impl ControlServer {
             match parse(line) {
                 Err(reply) => replies.push(reply),
                 Ok(req) if req.command.writes() && conn.peer.access != Access::Full => {
-                    log::warn!("control: uid {} (pid {}) may only read status; refused {:?}", conn.peer.uid, conn.peer.pid, req.command);
-                    replies.push(Reply::failed(ErrorKind::Denied, format!("uid {} may only read status", conn.peer.uid)));
+                    log::warn!(
+                        "control: uid {} (pid {}) may only read status; refused {:?}",
+                        conn.peer.uid,
+                        conn.peer.pid,
+                        req.command
+                    );
+                    replies.push(Reply::failed(
+                        ErrorKind::Denied,
+                        format!("uid {} may only read status", conn.peer.uid),
+                    ));
                 }
                 Ok(req) => {
                     conn.pending += 1;
@@ -306,7 +390,10 @@ impl ControlServer {
         }
         conn.input.drain(..start);
         if conn.input.len() > MAX_LINE && !conn.close_after_flush {
-            replies.push(Reply::failed(ErrorKind::BadRequest, format!("line longer than {MAX_LINE} bytes")));
+            replies.push(Reply::failed(
+                ErrorKind::BadRequest,
+                format!("line longer than {MAX_LINE} bytes"),
+            ));
             conn.input.clear();
             conn.close_after_flush = true;
         }
@@ -319,14 +406,20 @@ impl ControlServer {
             // (EPOLL_CTL_MOD) reports the connection again on the next turn if still readable.
             if let Some(conn) = self.conns.get(&id) {
                 let token = Token(self.conn_token_base + id as usize);
-                let _ = registry.reregister(&mut SourceFd(&conn.stream.as_raw_fd()), token, Interest::READABLE | Interest::WRITABLE);
+                let _ = registry.reregister(
+                    &mut SourceFd(&conn.stream.as_raw_fd()),
+                    token,
+                    Interest::READABLE | Interest::WRITABLE,
+                );
             }
         }
         out
     }
 
     fn queue(&mut self, id: ConnId, reply: &Reply) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         let line = reply.to_line();
         if conn.output.len() + line.len() > MAX_OUTPUT {
             // A client that does not read its answers loses its connection, not our memory.
@@ -373,7 +466,9 @@ impl ControlServer {
 
     /// Writes what is buffered for `id`; closes it when done and due.
     pub fn flush(&mut self, id: ConnId, registry: &Registry) {
-        let Some(conn) = self.conns.get_mut(&id) else { return };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         while !conn.output.is_empty() {
             match conn.stream.write(&conn.output) {
                 Ok(0) => break,
@@ -390,7 +485,8 @@ impl ControlServer {
                 }
             }
         }
-        let done = conn.output.is_empty() && (conn.close_after_flush || (conn.read_closed && conn.pending == 0));
+        let done = conn.output.is_empty()
+            && (conn.close_after_flush || (conn.read_closed && conn.pending == 0));
         if done {
             self.close(id, registry);
         }
@@ -417,10 +513,21 @@ fn parse(line: &[u8]) -> std::result::Result<Request, Reply> {
         .map_err(|e| Reply::failed(ErrorKind::BadRequest, format!("not JSON: {e}")))?;
     match value.get("v").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(VERSION) => {}
-        Some(v) => return Err(Reply::failed(ErrorKind::BadRequest, format!("protocol version {v} is not supported (this warden speaks {VERSION})"))),
-        None => return Err(Reply::failed(ErrorKind::BadRequest, "missing protocol version \"v\"")),
+        Some(v) => {
+            return Err(Reply::failed(
+                ErrorKind::BadRequest,
+                format!("protocol version {v} is not supported (this warden speaks {VERSION})"),
+            ));
+        }
+        None => {
+            return Err(Reply::failed(
+                ErrorKind::BadRequest,
+                "missing protocol version \"v\"",
+            ));
+        }
     }
-    serde_json::from_value(value).map_err(|e| Reply::failed(ErrorKind::BadRequest, format!("bad request: {e}")))
+    serde_json::from_value(value)
+        .map_err(|e| Reply::failed(ErrorKind::BadRequest, format!("bad request: {e}")))
 }
 
 #[cfg(test)]
@@ -430,9 +537,33 @@ mod tests {
     #[test]
     fn parse_checks_version_and_shape() {
         assert!(parse(br#"{"v":1,"cmd":"status"}"#).is_ok());
-        assert!(matches!(parse(b"garbage"), Err(Reply::Failed { kind: ErrorKind::BadRequest, .. })));
-        assert!(matches!(parse(br#"{"v":2,"cmd":"status"}"#), Err(Reply::Failed { kind: ErrorKind::BadRequest, .. })));
-        assert!(matches!(parse(br#"{"cmd":"status"}"#), Err(Reply::Failed { kind: ErrorKind::BadRequest, .. })));
-        assert!(matches!(parse(br#"{"v":1,"cmd":"nope"}"#), Err(Reply::Failed { kind: ErrorKind::BadRequest, .. })));
+        assert!(matches!(
+            parse(b"garbage"),
+            Err(Reply::Failed {
+                kind: ErrorKind::BadRequest,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(br#"{"v":2,"cmd":"status"}"#),
+            Err(Reply::Failed {
+                kind: ErrorKind::BadRequest,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(br#"{"cmd":"status"}"#),
+            Err(Reply::Failed {
+                kind: ErrorKind::BadRequest,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(br#"{"v":1,"cmd":"nope"}"#),
+            Err(Reply::Failed {
+                kind: ErrorKind::BadRequest,
+                ..
+            })
+        ));
     }
 }

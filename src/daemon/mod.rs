@@ -71,9 +71,7 @@ impl ServiceManager {
             .and_then(|v| v.parse::<u64>().ok())
             .filter(|&us| us > 0 && for_us)
             .map(Duration::from_micros);
-        for key in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"] {
-            let _ = sys::unsetenv(key.as_ref());
-        }
+        let _ = sys::unsetenv_all(&["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"]);
         ServiceManager { notifier, watchdog }
     }
 }
@@ -254,15 +252,21 @@ impl Daemon {
         if self.foreground {
             return self.start_foreground(creds, manager);
         }
-        let threads = sys::thread_count().map_err(|e| Error::io("cannot read", "/proc/self/task", e))?;
+        let threads =
+            sys::thread_count().map_err(|e| Error::io("cannot read", "/proc/self/task", e))?;
         if threads != 1 {
             return Err(Error::MultiThreaded(threads));
         }
         let owner = creds.as_ref().map(|c| (c.uid(), c.gid));
-        let pidfile = self.pidfile.as_deref().map(|p| Pidfile::acquire_for(p, owner)).transpose()?;
+        let pidfile = self
+            .pidfile
+            .as_deref()
+            .map(|p| Pidfile::acquire_for(p, owner))
+            .transpose()?;
         let (read_end, write_end) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
-        match sys::fork()? {
+        // Checked just above: one thread. Both forks skip the re-check.
+        match sys::fork_checked_already()? {
             Fork::Parent(child) => {
                 drop(write_end);
                 reap(child);
@@ -293,7 +297,7 @@ impl Daemon {
                     writer.fail(&Error::sys("setsid", e).to_string());
                     sys::_exit(1);
                 }
-                match sys::fork() {
+                match sys::fork_checked_already() {
                     Ok(Fork::Parent(_)) => sys::_exit(0),
                     Ok(Fork::Child) => {}
                     Err(e) => {
@@ -318,9 +322,8 @@ impl Daemon {
     }
 
     fn make_paths_absolute(&mut self) -> Result<()> {
-        let abs = |p: &Path| {
-            std::path::absolute(p).map_err(|e| Error::io("cannot resolve path", p, e))
-        };
+        let abs =
+            |p: &Path| std::path::absolute(p).map_err(|e| Error::io("cannot resolve path", p, e));
         if let Some(p) = &self.pidfile {
             self.pidfile = Some(abs(p)?);
         }
@@ -333,9 +336,17 @@ impl Daemon {
         Ok(())
     }
 
-    fn start_foreground(self, creds: Option<Credentials>, manager: ServiceManager) -> Result<DaemonHandle> {
+    fn start_foreground(
+        self,
+        creds: Option<Credentials>,
+        manager: ServiceManager,
+    ) -> Result<DaemonHandle> {
         let owner = creds.as_ref().map(|c| (c.uid(), c.gid));
-        let mut pidfile = self.pidfile.as_deref().map(|p| Pidfile::acquire_for(p, owner)).transpose()?;
+        let mut pidfile = self
+            .pidfile
+            .as_deref()
+            .map(|p| Pidfile::acquire_for(p, owner))
+            .transpose()?;
         let held = hold_signals()?;
         let result = (|| {
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(self.umask));
@@ -400,8 +411,13 @@ impl Daemon {
         Ok(handle)
     }
 
-    fn pidfile_owner(&self, creds: Option<&Credentials>) -> Option<(nix::unistd::Uid, nix::unistd::Gid)> {
-        creds.filter(|_| self.chown_pidfile).map(|c| (c.uid(), c.gid))
+    fn pidfile_owner(
+        &self,
+        creds: Option<&Credentials>,
+    ) -> Option<(nix::unistd::Uid, nix::unistd::Gid)> {
+        creds
+            .filter(|_| self.chown_pidfile)
+            .map(|c| (c.uid(), c.gid))
     }
 
     fn redirect_stdio(&self) -> Result<()> {
@@ -445,8 +461,14 @@ impl Daemon {
 /// names the daemon until [`DaemonHandle::ready`]: someone who read the pidfile and sends
 /// `SIGTERM` during initialisation then reaches the handlers installed by then instead of
 /// killing the process with its pidfile and hooks left behind.
-const HELD_SIGNALS: [Signal; 6] =
-    [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2];
+const HELD_SIGNALS: [Signal; 6] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
 
 /// Blocks [`HELD_SIGNALS`], returning the previous mask.
 fn hold_signals() -> Result<nix::sys::signal::SigSet> {
@@ -454,7 +476,8 @@ fn hold_signals() -> Result<nix::sys::signal::SigSet> {
     for s in HELD_SIGNALS {
         set.add(s);
     }
-    set.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK).map_err(|e| Error::sys("sigprocmask", e))
+    set.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
+        .map_err(|e| Error::sys("sigprocmask", e))
 }
 
 /// Waits for the intermediate child, which exits right after its own fork.

@@ -117,7 +117,9 @@ impl Pidfile {
         };
         match file.try_lock_shared() {
             Err(TryLockError::WouldBlock) => Ok(PidfileState::Running(pid)),
-            Err(TryLockError::Error(e)) => Err(Error::io("cannot test the lock of pidfile", path, e)),
+            Err(TryLockError::Error(e)) => {
+                Err(Error::io("cannot test the lock of pidfile", path, e))
+            }
             Ok(()) => {
                 let _ = file.unlock();
                 Ok(match pid {
@@ -186,8 +188,12 @@ impl Pidfile {
     /// signalling a pid read from a pidfile, so that whoever can write the file cannot aim
     /// `warden stop` at another process. Reads `/proc/PID/fd`.
     pub fn held_by(path: &Path, pid: i32) -> bool {
-        let Ok(target) = std::fs::metadata(path) else { return false };
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+        let Ok(target) = std::fs::metadata(path) else {
+            return false;
+        };
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            return false;
+        };
         fds.filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
             .any(|m| m.dev() == target.dev() && m.ino() == target.ino())
     }
@@ -197,7 +203,9 @@ impl Pidfile {
     pub fn write_pid(&mut self, pid: u32, owner: Option<(Uid, Gid)>) -> Result<()> {
         let err = |e| Error::io("cannot write pidfile", &self.path, e);
         self.file.set_len(0).map_err(err)?;
-        self.file.write_all_at(format!("{pid}\n").as_bytes(), 0).map_err(err)?;
+        self.file
+            .write_all_at(format!("{pid}\n").as_bytes(), 0)
+            .map_err(err)?;
         self.file
             .set_permissions(std::fs::Permissions::from_mode(0o644))
             .map_err(err)?;
@@ -219,7 +227,6 @@ impl Pidfile {
         use std::os::fd::AsRawFd;
         self.file.as_raw_fd()
     }
-
 
     /// Removes the pidfile, if this process owns it and the path still names our file.
     ///

@@ -49,7 +49,9 @@ impl Credentials {
 
     /// The uid the daemon will have.
     pub fn uid(&self) -> Uid {
-        self.user.as_ref().map_or_else(Uid::current, |(_, uid)| *uid)
+        self.user
+            .as_ref()
+            .map_or_else(Uid::current, |(_, uid)| *uid)
     }
 
     /// Drops to these credentials and checks that root cannot be regained.
@@ -68,8 +70,9 @@ impl Credentials {
             )));
         }
         match &self.user {
-            Some((name, _)) => nix::unistd::initgroups(name, self.gid)
-                .map_err(|e| Error::sys("initgroups", e))?,
+            Some((name, _)) => {
+                nix::unistd::initgroups(name, self.gid).map_err(|e| Error::sys("initgroups", e))?
+            }
             None => nix::unistd::setgroups(&[self.gid]).map_err(|e| Error::sys("setgroups", e))?,
         }
         nix::unistd::setgid(self.gid).map_err(|e| Error::sys("setgid", e))?;

@@ -97,7 +97,10 @@ pub(crate) fn wait(fd: OwnedFd, timeout: Duration) -> Outcome {
         }
         let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
         let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+        ) {
             Ok(0) => continue,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
@@ -171,10 +174,16 @@ mod tests {
 
     #[test]
     fn handshake_verdicts() {
-        assert_eq!(run(b"P42\nR\n", true, 1000), Outcome::Ready { pid: Some(42) });
+        assert_eq!(
+            run(b"P42\nR\n", true, 1000),
+            Outcome::Ready { pid: Some(42) }
+        );
         assert_eq!(
             run(b"P42\nEcannot chdir\n", true, 1000),
-            Outcome::Failed { pid: Some(42), reason: "cannot chdir".into() }
+            Outcome::Failed {
+                pid: Some(42),
+                reason: "cannot chdir".into()
+            }
         );
         assert_eq!(run(b"P42\n", true, 1000), Outcome::Died { pid: Some(42) });
         assert_eq!(run(b"P7\n", false, 50), Outcome::TimedOut { pid: Some(7) });

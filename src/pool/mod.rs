@@ -334,7 +334,8 @@ where
     }
 
     /// Replace a worker (gracefully, between jobs) once its resident memory exceeds this many
-    /// bytes; checked at most every 100 ms or 64 results.
+    /// bytes; checked at most every 100 ms or 64 results. The jobs already sent to it (at most
+    /// [`PoolBuilder::pipeline`]) still run there first: lower the pipeline for a tighter bound.
     pub fn max_rss_bytes(mut self, bytes: Option<u64>) -> Self {
         self.max_rss_bytes = bytes;
         self
@@ -637,7 +638,9 @@ where
     }
 
     /// Submits a job whose outcome is passed to `callback`, exactly once, on the pool's I/O
-    /// thread (keep it short; it must not block). Blocks while the queue is full.
+    /// thread (keep it short; it must not block). Blocks while the queue is full. (A job that
+    /// cannot be serialized never reaches the pool: its `Codec` outcome is delivered at once,
+    /// on the calling thread.)
     pub fn apply_async<C>(&self, job: J, callback: C) -> std::result::Result<(), Closed<J>>
     where
         C: FnOnce(Outcome<O, E>) + Send + 'static,
@@ -1042,6 +1045,14 @@ fn encode_exact<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Vec<u8>
         }
     })
 }
+
+/// `Pool` is shared across threads by reference or `Arc`; handles move to other threads.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    const fn send<T: Send>() {}
+    send_sync::<Pool<u64, u64, String>>();
+    send::<JobHandle<u64, String>>();
+};
 
 fn assert_not_io_thread(what: &str) {
     assert!(

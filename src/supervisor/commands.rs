@@ -14,11 +14,13 @@
 
 use std::collections::VecDeque;
 
-
 use serde::Serialize;
 use serde_json::json;
 
-use super::{ExecState, Output, ProgramDef, Readiness, Supervisor, Work, new_slot, output::RotatingFile, spawn::Prepared, state};
+use super::{
+    ExecState, Output, ProgramDef, Readiness, Supervisor, Work, new_slot, output::RotatingFile,
+    spawn::Prepared, state,
+};
 use crate::control::server::{ConnId, Incoming};
 use crate::control::{Command, DaemonInfo, ErrorKind, InstanceInfo, Reply, StatusReport};
 use crate::error::{Error, Result};
@@ -60,8 +62,16 @@ impl ReloadPlan {
         let mut v = Vec::new();
         v.extend(self.added.iter().map(|n| format!("add {n}")));
         v.extend(self.removed.iter().map(|n| format!("remove {n}")));
-        v.extend(self.changed.iter().map(|n| format!("restart {n} (changed)")));
-        v.extend(self.scaled.iter().map(|(n, a, b)| format!("scale {n} {a} -> {b}")));
+        v.extend(
+            self.changed
+                .iter()
+                .map(|n| format!("restart {n} (changed)")),
+        );
+        v.extend(
+            self.scaled
+                .iter()
+                .map(|(n, a, b)| format!("scale {n} {a} -> {b}")),
+        );
         v.extend(self.unchanged.iter().map(|n| format!("keep {n}")));
         v.extend(self.notes.iter().cloned());
         v
@@ -105,16 +115,30 @@ fn same_config(a: &ProgramDef, b: &ProgramDef) -> bool {
         (Work::Fn(x), Work::Fn(y)) => std::sync::Arc::ptr_eq(x, y),
         _ => false,
     };
-    work && a.policy == b.policy && a.stdout == b.stdout && a.stderr == b.stderr && a.log_max_bytes == b.log_max_bytes && a.log_keep == b.log_keep
+    work && a.policy == b.policy
+        && a.stdout == b.stdout
+        && a.stderr == b.stderr
+        && a.log_max_bytes == b.log_max_bytes
+        && a.log_keep == b.log_keep
 }
 
 impl Supervisor {
     /// Handles what a control connection sent.
     pub(super) fn handle_control(&mut self, incoming: Vec<Incoming>) {
         for Incoming::Request(conn, peer, req) in incoming {
-            log::debug!("control: uid {} pid {}: {:?}", peer.uid, peer.pid, req.command);
+            log::debug!(
+                "control: uid {} pid {}: {:?}",
+                peer.uid,
+                peer.pid,
+                req.command
+            );
             if req.command.writes() {
-                log::info!("control: {} by uid {} (pid {})", describe(&req.command), peer.uid, peer.pid);
+                log::info!(
+                    "control: {} by uid {} (pid {})",
+                    describe(&req.command),
+                    peer.uid,
+                    peer.pid
+                );
             }
             self.handle_command(conn, req.command);
         }
@@ -141,27 +165,40 @@ impl Supervisor {
     }
 
     pub(super) fn live_programs(&self) -> Vec<usize> {
-        (0..self.programs.len()).filter(|&p| !self.programs[p].removed).collect()
+        (0..self.programs.len())
+            .filter(|&p| !self.programs[p].removed)
+            .collect()
     }
 
     fn handle_command(&mut self, conn: ConnId, command: Command) {
         if self.shutdown.is_some() && command.writes() {
             // A program started now would outlive the reverse-order stop already past it.
-            self.reply(conn, Reply::failed(ErrorKind::Busy, "warden is shutting down"));
+            self.reply(
+                conn,
+                Reply::failed(ErrorKind::Busy, "warden is shutting down"),
+            );
             return;
         }
         match command {
             Command::Status { programs } => match self.programs_named(&programs) {
                 Ok(ps) => {
                     let report = self.status_report(&ps);
-                    self.reply(conn, Reply::done(serde_json::to_value(report).unwrap_or_default()));
+                    self.reply(
+                        conn,
+                        Reply::done(serde_json::to_value(report).unwrap_or_default()),
+                    );
                 }
                 Err(e) => self.reply(conn, Reply::failed(ErrorKind::NoSuchProgram, e)),
             },
-            Command::Start { programs } | Command::Stop { programs } | Command::Restart { programs }
+            Command::Start { programs }
+            | Command::Stop { programs }
+            | Command::Restart { programs }
                 if programs.is_empty() =>
             {
-                self.reply(conn, Reply::failed(ErrorKind::BadRequest, "name at least one program"))
+                self.reply(
+                    conn,
+                    Reply::failed(ErrorKind::BadRequest, "name at least one program"),
+                )
             }
             Command::Start { programs } => match self.programs_named(&programs) {
                 Ok(ps) => {
@@ -195,7 +232,12 @@ impl Supervisor {
             Command::Scale { program, instances } => match self.scale(&program, instances) {
                 Ok(()) => {
                     let p = self.find(&program).expect("just scaled");
-                    self.wait(conn, vec![p], Goal::Up, json!({ "program": program, "instances": instances }));
+                    self.wait(
+                        conn,
+                        vec![p],
+                        Goal::Up,
+                        json!({ "program": program, "instances": instances }),
+                    );
                 }
                 Err(e) => self.reply(conn, Reply::failed(ErrorKind::NoSuchProgram, e.to_string())),
             },
@@ -218,7 +260,13 @@ impl Supervisor {
     }
 
     fn wait(&mut self, conn: ConnId, programs: Vec<usize>, goal: Goal, result: serde_json::Value) {
-        self.waiters.push(Waiter { conn, programs, goal, result, last_progress: String::new() });
+        self.waiters.push(Waiter {
+            conn,
+            programs,
+            goal,
+            result,
+            last_progress: String::new(),
+        });
         self.check_waiters();
     }
 
@@ -245,8 +293,12 @@ impl Supervisor {
                     let tag = format!("{}[{}]", prog.def.name, s.index);
                     let st = &s.inst.state;
                     match w.goal {
-                        Goal::Up if s.retiring => pending.push(format!("{tag} ({}, retiring)", st.name())),
-                        Goal::Up if matches!(st, state::State::Fatal) => failed.push(format!("{tag} is fatal")),
+                        Goal::Up if s.retiring => {
+                            pending.push(format!("{tag} ({}, retiring)", st.name()))
+                        }
+                        Goal::Up if matches!(st, state::State::Fatal) => {
+                            failed.push(format!("{tag} is fatal"))
+                        }
                         Goal::Up if matches!(st, state::State::Exited) && s.inst.manual_stop => {
                             failed.push(format!("{tag} is stopped"))
                         }
@@ -255,9 +307,15 @@ impl Supervisor {
                                 failed.push(format!("{tag}: {why}"));
                             }
                         }
-                        Goal::Up if matches!(st, state::State::Exited) => failed.push(format!("{tag} exited")),
-                        Goal::Up if !serving(st, prog.def.policy.readiness) => pending.push(format!("{tag} ({})", st.name())),
-                        Goal::Up if s.exec == ExecState::Pending => pending.push(format!("{tag} (exec)")),
+                        Goal::Up if matches!(st, state::State::Exited) => {
+                            failed.push(format!("{tag} exited"))
+                        }
+                        Goal::Up if !serving(st, prog.def.policy.readiness) => {
+                            pending.push(format!("{tag} ({})", st.name()))
+                        }
+                        Goal::Up if s.exec == ExecState::Pending => {
+                            pending.push(format!("{tag} (exec)"))
+                        }
                         Goal::Down if st.is_up() || matches!(st, state::State::Spawning) => {
                             pending.push(format!("{tag} ({})", st.name()))
                         }
@@ -297,9 +355,22 @@ impl Supervisor {
     /// Starts (or restarts from the top) a rolling restart of program `p`.
     pub(super) fn begin_rollout(&mut self, p: usize) {
         self.rollouts.retain(|r| r.program != p);
-        let pending: VecDeque<usize> = self.programs[p].slots.iter().filter(|s| !s.retiring).map(|s| s.index).collect();
-        log::info!("{}: rolling restart of {} instance(s)", self.programs[p].def.name, pending.len());
-        self.rollouts.push(Rollout { program: p, pending, current: None });
+        let pending: VecDeque<usize> = self.programs[p]
+            .slots
+            .iter()
+            .filter(|s| !s.retiring)
+            .map(|s| s.index)
+            .collect();
+        log::info!(
+            "{}: rolling restart of {} instance(s)",
+            self.programs[p].def.name,
+            pending.len()
+        );
+        self.rollouts.push(Rollout {
+            program: p,
+            pending,
+            current: None,
+        });
         self.advance_rollouts();
     }
 
@@ -349,7 +420,10 @@ impl Supervisor {
 
     /// The `status` result for programs `ps`.
     pub(super) fn status_report(&self, ps: &[usize]) -> StatusReport {
-        let names: Vec<&str> = ps.iter().map(|&p| self.programs[p].def.name.as_str()).collect();
+        let names: Vec<&str> = ps
+            .iter()
+            .map(|&p| self.programs[p].def.name.as_str())
+            .collect();
         StatusReport {
             daemon: DaemonInfo {
                 pid: std::process::id(),
@@ -377,9 +451,15 @@ impl Supervisor {
 
     /// Re-reads the configuration through the reloader and applies the difference (unless
     /// `dry_run`). Returns the plan and the programs to wait for.
-    pub(super) fn reload(&mut self, dry_run: bool) -> std::result::Result<(ReloadPlan, Vec<usize>), (ErrorKind, String)> {
+    pub(super) fn reload(
+        &mut self,
+        dry_run: bool,
+    ) -> std::result::Result<(ReloadPlan, Vec<usize>), (ErrorKind, String)> {
         if self.reloader.is_none() {
-            return Err((ErrorKind::Failed, "this supervisor has no configuration to reload".into()));
+            return Err((
+                ErrorKind::Failed,
+                "this supervisor has no configuration to reload".into(),
+            ));
         }
         self.notify_manager(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
         let result = (self.reloader.as_mut().expect("checked"))();
@@ -414,7 +494,10 @@ impl Supervisor {
     }
 
     fn plan(&self, set: &ReloadSet) -> ReloadPlan {
-        let mut plan = ReloadPlan { notes: set.notes.clone(), ..ReloadPlan::default() };
+        let mut plan = ReloadPlan {
+            notes: set.notes.clone(),
+            ..ReloadPlan::default()
+        };
         for def in &set.programs {
             match self.find(&def.name) {
                 Err(_) => plan.added.push(def.name.clone()),
@@ -423,7 +506,8 @@ impl Supervisor {
                     if !same_config(old, def) {
                         plan.changed.push(def.name.clone());
                     } else if old.instances != def.instances {
-                        plan.scaled.push((def.name.clone(), old.instances, def.instances));
+                        plan.scaled
+                            .push((def.name.clone(), old.instances, def.instances));
                     } else {
                         plan.unchanged.push(def.name.clone());
                     }
@@ -441,10 +525,18 @@ impl Supervisor {
 
     fn apply_reload(&mut self, set: ReloadSet, plan: &ReloadPlan) -> Result<Vec<usize>> {
         // Resolve everything first: a typo in a user name must not leave half a reload behind.
-        let mut prepared: Vec<(ProgramDef, Option<Prepared>, [Option<RotatingFile>; 2])> = Vec::new();
-        for def in set.programs.iter().filter(|d| plan.added.contains(&d.name) || plan.changed.contains(&d.name)) {
+        let mut prepared: Vec<(ProgramDef, Option<Prepared>, [Option<RotatingFile>; 2])> =
+            Vec::new();
+        for def in set
+            .programs
+            .iter()
+            .filter(|d| plan.added.contains(&d.name) || plan.changed.contains(&d.name))
+        {
             let prep = match &def.work {
-                Work::Exec(spec) => Some(Prepared::exec(spec).map_err(|e| Error::Invalid { what: "program", reason: format!("{}: {e}", def.name) })?),
+                Work::Exec(spec) => Some(Prepared::exec(spec).map_err(|e| Error::Invalid {
+                    what: "program",
+                    reason: format!("{}: {e}", def.name),
+                })?),
                 Work::Fn(_) => None,
             };
             let files = open_files(def)?;
@@ -472,7 +564,11 @@ impl Supervisor {
                 }
                 let name = self.programs[p].def.name.clone();
                 self.begin_rollout(p);
-                let live = self.programs[p].slots.iter().filter(|s| !s.retiring).count();
+                let live = self.programs[p]
+                    .slots
+                    .iter()
+                    .filter(|s| !s.retiring)
+                    .count();
                 if live != instances as usize {
                     self.scale(&name, instances)?;
                 }
@@ -488,9 +584,20 @@ impl Supervisor {
     }
 
     /// Adds a program whose resources were already resolved, starting it if the loop runs.
-    pub(super) fn add_prepared(&mut self, def: ProgramDef, prepared: Option<Prepared>, files: [Option<RotatingFile>; 2]) {
+    pub(super) fn add_prepared(
+        &mut self,
+        def: ProgramDef,
+        prepared: Option<Prepared>,
+        files: [Option<RotatingFile>; 2],
+    ) {
         let slots = (0..def.instances as usize).map(new_slot).collect();
-        self.programs.push(super::Program { def, prepared, slots, files, removed: false });
+        self.programs.push(super::Program {
+            def,
+            prepared,
+            slots,
+            files,
+            removed: false,
+        });
         if self.started && self.shutdown.is_none() {
             let p = self.programs.len() - 1;
             for i in 0..self.programs[p].slots.len() {
@@ -502,7 +609,8 @@ impl Supervisor {
     /// Drops the instances of removed programs once they are down.
     pub(super) fn sweep_removed(&mut self) {
         for prog in self.programs.iter_mut().filter(|p| p.removed) {
-            prog.slots.retain(|s| s.inst.state.is_up() || matches!(s.inst.state, state::State::Spawning));
+            prog.slots
+                .retain(|s| s.inst.state.is_up() || matches!(s.inst.state, state::State::Spawning));
             if prog.slots.is_empty() {
                 // A tombstone keeps only its name: no open output file, no resolved spec.
                 prog.files = [None, None];
@@ -519,7 +627,9 @@ pub(super) fn open_files(def: &ProgramDef) -> Result<[Option<RotatingFile>; 2]> 
         _ => None,
     };
     let stderr = match &def.stderr {
-        Output::File(p) if def.stdout != def.stderr => Some(RotatingFile::open(p, def.log_max_bytes, def.log_keep)?),
+        Output::File(p) if def.stdout != def.stderr => {
+            Some(RotatingFile::open(p, def.log_max_bytes, def.log_keep)?)
+        }
         _ => None,
     };
     Ok([stdout, stderr])
@@ -543,4 +653,3 @@ pub(super) fn monotonic_usec() -> u128 {
         .map(|t| t.tv_sec() as u128 * 1_000_000 + t.tv_nsec() as u128 / 1_000)
         .unwrap_or(0)
 }
-

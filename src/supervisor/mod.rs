@@ -36,16 +36,16 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use crate::control::server::ControlServer;
 use crate::error::{Error, Result};
 use crate::log::LogHandle;
 use crate::signals::{SignalEvent, Signals};
+pub use commands::{ReloadPlan, ReloadSet, Reloader};
 use notify::{NotifyMessage, NotifySocket};
 use output::{LineFramer, RotatingFile};
-use spawn::{Prepared, Sink};
 pub use spawn::{ExecSpec, WorkerContext, WorkerFn};
+use spawn::{Prepared, Sink};
 use state::{Action, Event, Instance};
-pub use commands::{ReloadPlan, ReloadSet, Reloader};
-use crate::control::server::ControlServer;
 pub use state::{ExitStatus, Policy, Readiness, Restart};
 
 /// What a program's workers run.
@@ -240,7 +240,14 @@ pub struct Supervisor {
 impl std::fmt::Debug for Supervisor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Supervisor")
-            .field("programs", &self.programs.iter().map(|p| &p.def.name).collect::<Vec<_>>())
+            .field(
+                "programs",
+                &self
+                    .programs
+                    .iter()
+                    .map(|p| &p.def.name)
+                    .collect::<Vec<_>>(),
+            )
             .field("shutdown", &self.shutdown)
             .finish()
     }
@@ -249,12 +256,26 @@ impl std::fmt::Debug for Supervisor {
 impl Supervisor {
     /// Creates the event loop and the notify socket and makes this process a child subreaper.
     pub fn new() -> Result<Supervisor> {
-        nix::sys::prctl::set_child_subreaper(true).map_err(|e| Error::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))?;
-        let poll = Poll::new().map_err(|e| Error::Sys { call: "epoll_create", source: e })?;
-        let notify = NotifySocket::bind().map_err(|e| Error::Sys { call: "bind notify socket", source: e })?;
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| Error::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))?;
+        let poll = Poll::new().map_err(|e| Error::Sys {
+            call: "epoll_create",
+            source: e,
+        })?;
+        let notify = NotifySocket::bind().map_err(|e| Error::Sys {
+            call: "bind notify socket",
+            source: e,
+        })?;
         poll.registry()
-            .register(&mut SourceFd(&notify.as_raw_fd()), NOTIFY, Interest::READABLE)
-            .map_err(|e| Error::Sys { call: "epoll_ctl", source: e })?;
+            .register(
+                &mut SourceFd(&notify.as_raw_fd()),
+                NOTIFY,
+                Interest::READABLE,
+            )
+            .map_err(|e| Error::Sys {
+                call: "epoll_ctl",
+                source: e,
+            })?;
         let seed = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -313,7 +334,10 @@ impl Supervisor {
     pub fn set_control(&mut self, mut server: ControlServer) -> Result<()> {
         server
             .register(self.poll.registry(), CONTROL, FIRST_CONN)
-            .map_err(|e| Error::Sys { call: "epoll_ctl", source: e })?;
+            .map_err(|e| Error::Sys {
+                call: "epoll_ctl",
+                source: e,
+            })?;
         self.control = Some(server);
         Ok(())
     }
@@ -331,7 +355,9 @@ impl Supervisor {
 
     /// Applies a reload now, as `SIGHUP` does: the plan, or why nothing changed.
     pub fn reload_now(&mut self, dry_run: bool) -> std::result::Result<ReloadPlan, String> {
-        self.reload(dry_run).map(|(plan, _)| plan).map_err(|(_, e)| e)
+        self.reload(dry_run)
+            .map(|(plan, _)| plan)
+            .map_err(|(_, e)| e)
     }
 
     /// Whether a finished shutdown kills every remaining child of this process — descendants
@@ -401,7 +427,10 @@ impl Supervisor {
             self.poll
                 .registry()
                 .register(&mut SourceFd(&fd), SIGNALS, Interest::READABLE)
-                .map_err(|e| Error::Sys { call: "epoll_ctl", source: e })?;
+                .map_err(|e| Error::Sys {
+                    call: "epoll_ctl",
+                    source: e,
+                })?;
             self.registered_signals = Some(fd);
         }
         if !self.started {
@@ -429,11 +458,21 @@ impl Supervisor {
                 return Ok(RunExit::Reload);
             }
             reload = false;
-            let timeout = if self.backlog.is_empty() { self.next_deadline().map(|d| d.saturating_duration_since(Instant::now())) } else { Some(Duration::ZERO) };
+            let timeout = if self.backlog.is_empty() {
+                self.next_deadline()
+                    .map(|d| d.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(Error::Sys { call: "epoll_wait", source: e }),
+                Err(e) => {
+                    return Err(Error::Sys {
+                        call: "epoll_wait",
+                        source: e,
+                    });
+                }
             }
             for ev in events.iter() {
                 match ev.token() {
@@ -444,7 +483,9 @@ impl Supervisor {
                             c.accept(self.poll.registry());
                         }
                     }
-                    t if t.0 >= FIRST_CONN => self.control_event(t, ev.is_readable(), ev.is_writable()),
+                    t if t.0 >= FIRST_CONN => {
+                        self.control_event(t, ev.is_readable(), ev.is_writable())
+                    }
                     t if self.exec_reports.contains_key(&t) => self.read_exec_report(t),
                     t => self.read_pipe(t),
                 }
@@ -483,7 +524,12 @@ impl Supervisor {
         }
         let p = self.find(program)?;
         let target = instances as usize;
-        let live: Vec<usize> = self.programs[p].slots.iter().filter(|s| !s.retiring).map(|s| s.index).collect();
+        let live: Vec<usize> = self.programs[p]
+            .slots
+            .iter()
+            .filter(|s| !s.retiring)
+            .map(|s| s.index)
+            .collect();
         if target > live.len() {
             for index in live.len()..target {
                 // Reuse a retiring slot with this index, if one is still stopping.
@@ -535,7 +581,9 @@ impl Supervisor {
     }
 
     fn control_event(&mut self, token: Token, readable: bool, writable: bool) {
-        let Some(c) = self.control.as_mut() else { return };
+        let Some(c) = self.control.as_mut() else {
+            return;
+        };
         let Some(id) = c.conn_of(token) else { return };
         if writable {
             c.flush(id, self.poll.registry());
@@ -547,10 +595,13 @@ impl Supervisor {
     }
 
     fn find(&self, program: &str) -> Result<usize> {
-        self.programs.iter().position(|p| p.def.name == program && !p.removed).ok_or_else(|| Error::Invalid {
-            what: "program",
-            reason: format!("no program named {program:?}"),
-        })
+        self.programs
+            .iter()
+            .position(|p| p.def.name == program && !p.removed)
+            .ok_or_else(|| Error::Invalid {
+                what: "program",
+                reason: format!("no program named {program:?}"),
+            })
     }
 
     fn slot_pos(&self, p: usize, index: usize) -> Option<usize> {
@@ -558,11 +609,23 @@ impl Supervisor {
     }
 
     fn all_down(&self) -> bool {
-        self.programs.iter().flat_map(|p| &p.slots).all(|s| !s.inst.state.is_up() && !matches!(s.inst.state, state::State::Stopping { .. } | state::State::Spawning))
+        self.programs.iter().flat_map(|p| &p.slots).all(|s| {
+            !s.inst.state.is_up()
+                && !matches!(
+                    s.inst.state,
+                    state::State::Stopping { .. } | state::State::Spawning
+                )
+        })
     }
 
     fn program_down(&self, p: usize) -> bool {
-        self.programs[p].slots.iter().all(|s| !s.inst.state.is_up() && !matches!(s.inst.state, state::State::Stopping { .. } | state::State::Spawning))
+        self.programs[p].slots.iter().all(|s| {
+            !s.inst.state.is_up()
+                && !matches!(
+                    s.inst.state,
+                    state::State::Stopping { .. } | state::State::Spawning
+                )
+        })
     }
 
     fn advance_shutdown(&mut self) {
@@ -578,7 +641,11 @@ impl Supervisor {
                     // Stop too, which makes it stay down: otherwise it is respawned mid-shutdown.
                     !matches!(
                         s.inst.state,
-                        state::State::Stopping { then: state::AfterStop::Stay, .. } | state::State::Exited | state::State::Fatal
+                        state::State::Stopping {
+                            then: state::AfterStop::Stay,
+                            ..
+                        } | state::State::Exited
+                            | state::State::Fatal
                     )
                 })
                 .collect();
@@ -595,14 +662,20 @@ impl Supervisor {
     fn next_deadline(&self) -> Option<Instant> {
         self.programs
             .iter()
-            .flat_map(|p| p.slots.iter().filter_map(|s| s.inst.deadline(&p.def.policy)))
+            .flat_map(|p| {
+                p.slots
+                    .iter()
+                    .filter_map(|s| s.inst.deadline(&p.def.policy))
+            })
             .chain(self.service_watchdog.as_ref().map(|w| w.2))
             .min()
     }
 
     fn tick(&mut self) {
         let now = Instant::now();
-        if let Some((notifier, interval, next)) = self.service_watchdog.as_mut().filter(|w| w.2 <= now) {
+        if let Some((notifier, interval, next)) =
+            self.service_watchdog.as_mut().filter(|w| w.2 <= now)
+        {
             let _ = notifier.notify("WATCHDOG=1");
             *next = now + *interval;
         }
@@ -610,7 +683,10 @@ impl Supervisor {
             for i in 0..self.programs[p].slots.len() {
                 let due = {
                     let prog = &self.programs[p];
-                    prog.slots[i].inst.deadline(&prog.def.policy).is_some_and(|d| d <= now)
+                    prog.slots[i]
+                        .inst
+                        .deadline(&prog.def.policy)
+                        .is_some_and(|d| d <= now)
                 };
                 if due {
                     self.apply(p, i, Event::Tick);
@@ -631,7 +707,8 @@ impl Supervisor {
     /// events they cause (a spawn's result).
     fn apply(&mut self, p: usize, pos: usize, event: Event) {
         let before = self.programs[p].slots[pos].inst.state.name();
-        let first_start = self.programs[p].slots[pos].inst.last_exit.is_none() && before == "exited";
+        let first_start =
+            self.programs[p].slots[pos].inst.last_exit.is_none() && before == "exited";
         let pid_before = self.programs[p].slots[pos].inst.state.pid();
         let mut notes: Vec<(log::Level, String)> = Vec::new();
         let mut queue = VecDeque::from([event]);
@@ -641,7 +718,9 @@ impl Supervisor {
             let old_pid = self.programs[p].slots[pos].inst.state.pid();
             let actions = {
                 let prog = &mut self.programs[p];
-                prog.slots[pos].inst.step(&prog.def.policy, event, now, jitter)
+                prog.slots[pos]
+                    .inst
+                    .step(&prog.def.policy, event, now, jitter)
             };
             for action in actions {
                 match action {
@@ -675,14 +754,27 @@ impl Supervisor {
         let slot = &self.programs[p].slots[pos];
         let after = slot.inst.state.name();
         let tag = format!("{}[{}]", self.programs[p].def.name, slot.index);
-        let pid_note = slot.inst.state.pid().map(|p| format!(" (pid {p})")).unwrap_or_default();
+        let pid_note = slot
+            .inst
+            .state
+            .pid()
+            .map(|p| format!(" (pid {p})"))
+            .unwrap_or_default();
         // An exit followed by an immediate respawn leaves the state name as it was, but it is a
         // change all the same (a new pid): log it as one, or the line would name the new pid
         // as the one that exited.
         if before != after || first_start || slot.inst.state.pid() != pid_before {
-            let level = notes.iter().map(|(l, _)| *l).min().unwrap_or(log::Level::Info);
+            let level = notes
+                .iter()
+                .map(|(l, _)| *l)
+                .min()
+                .unwrap_or(log::Level::Info);
             let why: Vec<&str> = notes.iter().map(|(_, m)| m.as_str()).collect();
-            let why = if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) };
+            let why = if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", why.join("; "))
+            };
             let from = if first_start { "new" } else { before };
             log::log!(level, "{tag}: {from} -> {after}{pid_note}{why}");
         } else {
@@ -696,22 +788,31 @@ impl Supervisor {
         let prog = &self.programs[p];
         let index = prog.slots[pos].index;
         let def = &prog.def;
-        let sink = |o: &Output| if *o == Output::Null { Sink::Null } else { Sink::Pipe };
+        let sink = |o: &Output| {
+            if *o == Output::Null {
+                Sink::Null
+            } else {
+                Sink::Pipe
+            }
+        };
         let notify_env = self.notify.env_value();
         let instance = spawn::Instance {
             program: &def.name,
             index,
-            notify_socket: (def.policy.readiness == Readiness::Notify).then_some(notify_env.as_str()),
+            notify_socket: (def.policy.readiness == Readiness::Notify)
+                .then_some(notify_env.as_str()),
             watchdog: def.policy.watchdog,
             stdout: sink(&def.stdout),
             stderr: sink(&def.stderr),
         };
         let started = match (&def.work, &prog.prepared) {
-            (Work::Exec(spec), Some(prepared)) => spawn::spawn_exec(prepared, &instance).map_err(|e| Error::Io {
-                what: "cannot execute",
-                path: PathBuf::from(&spec.command[0]),
-                source: e,
-            })?,
+            (Work::Exec(spec), Some(prepared)) => {
+                spawn::spawn_exec(prepared, &instance).map_err(|e| Error::Io {
+                    what: "cannot execute",
+                    path: PathBuf::from(&spec.command[0]),
+                    source: e,
+                })?
+            }
             (Work::Fn(f), _) => spawn::spawn_fn(f, &instance)?,
             (Work::Exec(_), None) => unreachable!("exec programs are prepared when added"),
         };
@@ -720,15 +821,27 @@ impl Supervisor {
                 self.add_pipe(file, p, index, stream)?;
             }
         }
-        self.programs[p].slots[pos].exec = if started.exec_report.is_some() { ExecState::Pending } else { ExecState::Done };
+        self.programs[p].slots[pos].exec = if started.exec_report.is_some() {
+            ExecState::Pending
+        } else {
+            ExecState::Done
+        };
         if let Some(report) = started.exec_report {
             let token = Token(self.next_token);
             self.next_token += 1;
             self.poll
                 .registry()
-                .register(&mut SourceFd(&report.as_raw_fd()), token, Interest::READABLE)
-                .map_err(|e| Error::Sys { call: "epoll_ctl", source: e })?;
-            self.exec_reports.insert(token, (report, p, index, started.pid));
+                .register(
+                    &mut SourceFd(&report.as_raw_fd()),
+                    token,
+                    Interest::READABLE,
+                )
+                .map_err(|e| Error::Sys {
+                    call: "epoll_ctl",
+                    source: e,
+                })?;
+            self.exec_reports
+                .insert(token, (report, p, index, started.pid));
         }
         Ok(started.pid)
     }
@@ -736,19 +849,34 @@ impl Supervisor {
     /// A worker's exec happened (nothing to do) or failed: say why. The child then exits 127,
     /// which the ordinary exit path handles (restart, backoff, crash-loop limit).
     fn read_exec_report(&mut self, token: Token) {
-        let Some((fd, p, index, pid)) = self.exec_reports.remove(&token) else { return };
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd.as_raw_fd()));
+        let Some((fd, p, index, pid)) = self.exec_reports.remove(&token) else {
+            return;
+        };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&fd.as_raw_fd()));
         let report = crate::sys::spawn::read_exec_report(&fd);
-        let current = self.slot_pos(p, index).filter(|&pos| self.programs[p].slots[pos].inst.state.pid() == Some(pid));
+        let current = self
+            .slot_pos(p, index)
+            .filter(|&pos| self.programs[p].slots[pos].inst.state.pid() == Some(pid));
         if let (Some(pos), Ok(None)) = (current, &report) {
             self.programs[p].slots[pos].exec = ExecState::Done;
         }
         if let Ok(Some((errno, step))) = report {
             let def = &self.programs[p].def;
             let what = match (&def.work, step) {
-                (Work::Exec(spec), crate::sys::spawn::ExecStep::Exec) => format!("cannot execute {}", spec.command[0]),
+                (Work::Exec(spec), crate::sys::spawn::ExecStep::Exec) => {
+                    format!("cannot execute {}", spec.command[0])
+                }
                 (Work::Exec(spec), crate::sys::spawn::ExecStep::Chdir) => {
-                    format!("cannot change directory to {}", spec.directory.as_deref().unwrap_or(std::path::Path::new("?")).display())
+                    format!(
+                        "cannot change directory to {}",
+                        spec.directory
+                            .as_deref()
+                            .unwrap_or(std::path::Path::new("?"))
+                            .display()
+                    )
                 }
                 (_, crate::sys::spawn::ExecStep::Stdio) => "cannot set up stdio".to_string(),
                 _ => "cannot set up the process (limits, credentials, process group)".to_string(),
@@ -762,25 +890,45 @@ impl Supervisor {
     }
 
     fn add_pipe(&mut self, file: File, program: usize, index: usize, stream: usize) -> Result<()> {
-        nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).map_err(|e| Error::sys("fcntl", e))?;
+        nix::fcntl::fcntl(
+            &file,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| Error::sys("fcntl", e))?;
         let token = Token(self.next_token);
         self.next_token += 1;
         self.poll
             .registry()
             .register(&mut SourceFd(&file.as_raw_fd()), token, Interest::READABLE)
-            .map_err(|e| Error::Sys { call: "epoll_ctl", source: e })?;
-        self.pipes.insert(token, Pipe { file, framer: LineFramer::new(MAX_LINE), program, index, stream });
+            .map_err(|e| Error::Sys {
+                call: "epoll_ctl",
+                source: e,
+            })?;
+        self.pipes.insert(
+            token,
+            Pipe {
+                file,
+                framer: LineFramer::new(MAX_LINE),
+                program,
+                index,
+                stream,
+            },
+        );
         Ok(())
     }
 
     fn signal(&mut self, p: usize, pos: usize, pid: i32, signal: i32) {
-        let Ok(sig) = Signal::try_from(signal) else { return };
+        let Ok(sig) = Signal::try_from(signal) else {
+            return;
+        };
         let slot = &self.programs[p].slots[pos];
         // The worker leads its own process group: signal the group, then the main pid in case it
         // left the group (MAINPID= of a forking service). Once the launcher is reaped its pid is
         // free for reuse: only the main pid, and the group while the main pid is in it, remain.
         let group_alive = !slot.launcher_gone
-            || slot.main_pid.is_some_and(|m| nix::unistd::getpgid(Some(Pid::from_raw(m))).ok() == Some(Pid::from_raw(pid)));
+            || slot.main_pid.is_some_and(|m| {
+                nix::unistd::getpgid(Some(Pid::from_raw(m))).ok() == Some(Pid::from_raw(pid))
+            });
         if group_alive {
             let _ = nix::sys::signal::killpg(Pid::from_raw(pid), sig);
         }
@@ -821,13 +969,23 @@ impl Supervisor {
                     let up = event == SignalEvent::AddWorker;
                     match self.scale_program.clone() {
                         Some(name) => {
-                            let n = self.programs.iter().find(|p| p.def.name == name).map_or(0, |p| p.def.instances);
-                            let n = if up { n.saturating_add(1) } else { n.saturating_sub(1) };
+                            let n = self
+                                .programs
+                                .iter()
+                                .find(|p| p.def.name == name)
+                                .map_or(0, |p| p.def.instances);
+                            let n = if up {
+                                n.saturating_add(1)
+                            } else {
+                                n.saturating_sub(1)
+                            };
                             if let Err(e) = self.scale(&name, n) {
                                 log::error!("cannot scale {name}: {e}");
                             }
                         }
-                        None => log::warn!("SIGTTIN/SIGTTOU ignored: no scale_program is configured"),
+                        None => {
+                            log::warn!("SIGTTIN/SIGTTOU ignored: no scale_program is configured")
+                        }
                     }
                 }
                 _ => {}
@@ -841,7 +999,13 @@ impl Supervisor {
         loop {
             let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), ExitStatus::Code(code)),
-                Ok(WaitStatus::Signaled(pid, sig, core)) => (pid.as_raw(), ExitStatus::Signal { signal: sig as i32, core_dumped: core }),
+                Ok(WaitStatus::Signaled(pid, sig, core)) => (
+                    pid.as_raw(),
+                    ExitStatus::Signal {
+                        signal: sig as i32,
+                        core_dumped: core,
+                    },
+                ),
                 Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
                 Ok(_) => continue,
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -862,7 +1026,8 @@ impl Supervisor {
             if slot.main_pid == Some(pid) {
                 // The MAINPID= process ended: that is the worker's end.
                 self.by_pid.remove(&pid);
-                let launcher_running = !slot.launcher_gone && slot.inst.state.pid().is_some_and(|s| s != pid);
+                let launcher_running =
+                    !slot.launcher_gone && slot.inst.state.pid().is_some_and(|s| s != pid);
                 self.programs[p].slots[pos].main_pid = None;
                 if launcher_running {
                     // The launcher is still ours to reap; its exit ends the instance.
@@ -872,7 +1037,10 @@ impl Supervisor {
             } else if slot.inst.state.pid() == Some(pid) {
                 if slot.main_pid.is_some_and(pid_alive) {
                     // A forking service's launcher exited after naming its main pid.
-                    log::debug!("{}[{index}]: launcher pid {pid} exited ({status}); main pid lives on", self.programs[p].def.name);
+                    log::debug!(
+                        "{}[{index}]: launcher pid {pid} exited ({status}); main pid lives on",
+                        self.programs[p].def.name
+                    );
                     self.by_pid.remove(&pid);
                     self.programs[p].slots[pos].launcher_gone = true;
                     continue;
@@ -889,25 +1057,26 @@ impl Supervisor {
     /// group (a `setsid` daemon inside a worker) and were re-parented to us: no orphan outlives
     /// warden's orderly exit.
     fn kill_strays(&mut self) {
-        let me = std::process::id() as i32;
-        let strays: Vec<i32> = std::fs::read_dir("/proc")
-            .map(|d| {
-                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-                    .filter(|&pid| notify::pgrp_and_parent(pid).is_some_and(|(_, ppid)| ppid == me))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let strays = children_of_self();
         if strays.is_empty() {
             return;
         }
-        log::warn!("killing {} stray descendant(s) left behind by workers: {strays:?}", strays.len());
+        log::warn!(
+            "killing {} stray descendant(s) left behind by workers: {strays:?}",
+            strays.len()
+        );
         for &pid in &strays {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut left = strays;
         while !left.is_empty() && Instant::now() < deadline {
-            left.retain(|&pid| matches!(waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)), Ok(WaitStatus::StillAlive)));
+            left.retain(|&pid| {
+                matches!(
+                    waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)),
+                    Ok(WaitStatus::StillAlive)
+                )
+            });
             if !left.is_empty() {
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -915,7 +1084,11 @@ impl Supervisor {
     }
 
     fn remove_retired(&mut self, p: usize) {
-        self.programs[p].slots.retain(|s| !(s.retiring && !s.inst.state.is_up() && !matches!(s.inst.state, state::State::Stopping { .. })));
+        self.programs[p].slots.retain(|s| {
+            !(s.retiring
+                && !s.inst.state.is_up()
+                && !matches!(s.inst.state, state::State::Stopping { .. }))
+        });
     }
 
     fn handle_notify(&mut self) {
@@ -959,7 +1132,9 @@ impl Supervisor {
             log::debug!("notify message from pid {} ignored: not a worker", msg.pid);
             return;
         };
-        let Some(pos) = self.slot_pos(p, index) else { return };
+        let Some(pos) = self.slot_pos(p, index) else {
+            return;
+        };
         if let Some(text) = &msg.status {
             self.programs[p].slots[pos].status_text = Some(text.clone());
         }
@@ -985,13 +1160,18 @@ impl Supervisor {
             log::info!("{}[{index}]: reports STOPPING=1", self.programs[p].def.name);
         }
         if msg.watchdog_trigger {
-            log::warn!("{}[{index}]: WATCHDOG=trigger received; restarting", self.programs[p].def.name);
+            log::warn!(
+                "{}[{index}]: WATCHDOG=trigger received; restarting",
+                self.programs[p].def.name
+            );
             self.apply(p, pos, Event::Restart);
         }
     }
 
     fn read_pipe(&mut self, token: Token) {
-        let Some(pipe) = self.pipes.get_mut(&token) else { return };
+        let Some(pipe) = self.pipes.get_mut(&token) else {
+            return;
+        };
         let mut buf = [0u8; 64 * 1024];
         let mut total = 0;
         let mut lines: Vec<String> = Vec::new();
@@ -1004,7 +1184,8 @@ impl Supervisor {
                     break;
                 }
                 Ok(n) => {
-                    pipe.framer.push(&buf[..n], &mut |l| lines.push(l.to_string()));
+                    pipe.framer
+                        .push(&buf[..n], &mut |l| lines.push(l.to_string()));
                     total += n;
                     if total >= READ_BUDGET {
                         self.backlog.push_back(token);
@@ -1021,7 +1202,10 @@ impl Supervisor {
         }
         let (p, index, stream) = (pipe.program, pipe.index, pipe.stream);
         if let Some(pipe) = eof.then(|| self.pipes.remove(&token)).flatten() {
-            let _ = self.poll.registry().deregister(&mut SourceFd(&pipe.file.as_raw_fd()));
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pipe.file.as_raw_fd()));
         }
         self.write_lines(p, index, stream, &lines);
     }
@@ -1032,7 +1216,11 @@ impl Supervisor {
         }
         let prog = &mut self.programs[p];
         let tag = format!("{}[{index}]", prog.def.name);
-        let target = if stream == 1 { &prog.def.stdout } else { &prog.def.stderr };
+        let target = if stream == 1 {
+            &prog.def.stdout
+        } else {
+            &prog.def.stderr
+        };
         match target {
             Output::Null => {}
             Output::Log => {
@@ -1094,6 +1282,32 @@ fn new_slot(index: usize) -> Slot {
         retiring: false,
         exec: ExecState::Done,
     }
+}
+
+/// The children of this process: `/proc/self/task/*/children` (one small read per thread),
+/// falling back to scanning `/proc/*/stat` on kernels built without it.
+fn children_of_self() -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut found_interface = false;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            if let Ok(s) = std::fs::read_to_string(t.path().join("children")) {
+                found_interface = true;
+                out.extend(s.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+    if !found_interface {
+        let me = std::process::id() as i32;
+        out = std::fs::read_dir("/proc")
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                    .filter(|&pid| notify::pgrp_and_parent(pid).is_some_and(|(_, ppid)| ppid == me))
+                    .collect()
+            })
+            .unwrap_or_default();
+    }
+    out
 }
 
 /// Whether `pid` descends from `ancestor`, walking parents in `/proc` (bounded).

@@ -40,7 +40,9 @@ impl NotifyMessage {
             ..NotifyMessage::default()
         };
         for line in String::from_utf8_lossy(data).lines() {
-            let Some((key, value)) = line.split_once('=') else { continue };
+            let Some((key, value)) = line.split_once('=') else {
+                continue;
+            };
             match key {
                 "READY" => m.ready = value == "1",
                 "STOPPING" => m.stopping = value == "1",
@@ -69,7 +71,11 @@ impl NotifySocket {
         use std::os::linux::net::SocketAddrExt;
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("warden/{}/{}/notify", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+        let name = format!(
+            "warden/{}/{}/notify",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
         let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
         let sock = UnixDatagram::bind_addr(&addr)?;
         sock.set_nonblocking(true)?;
@@ -90,7 +96,12 @@ impl NotifySocket {
         let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
         loop {
             let mut iov = [io::IoSliceMut::new(&mut buf)];
-            let msg = match recvmsg::<()>(self.sock.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_DONTWAIT) {
+            let msg = match recvmsg::<()>(
+                self.sock.as_raw_fd(),
+                &mut iov,
+                Some(&mut cmsg),
+                MsgFlags::MSG_DONTWAIT,
+            ) {
                 Ok(m) => m,
                 Err(nix::errno::Errno::EAGAIN) => return Ok(None),
                 Err(nix::errno::Errno::EINTR) => continue,
@@ -137,7 +148,10 @@ mod tests {
 
     #[test]
     fn parses_the_systemd_keys() {
-        let m = NotifyMessage::parse(7, b"READY=1\nSTATUS=serving 3 clients\nMAINPID=42\nWATCHDOG=1\nX=y\nnonsense");
+        let m = NotifyMessage::parse(
+            7,
+            b"READY=1\nSTATUS=serving 3 clients\nMAINPID=42\nWATCHDOG=1\nX=y\nnonsense",
+        );
         assert_eq!(m.pid, 7);
         assert!(m.ready && m.watchdog && !m.stopping);
         assert_eq!(m.status.as_deref(), Some("serving 3 clients"));

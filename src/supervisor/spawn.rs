@@ -131,9 +131,17 @@ impl Prepared {
             });
         }
         let mut setup = base_setup();
+        // exec resets caught signals; only ignored ones would survive it.
+        setup.reset_signals = Some(sys::ignored_signals());
         setup.umask = spec.umask;
-        setup.rlimits = spec.limits.iter().map(|(r, v)| (*r as libc::__rlimit_resource_t, *v)).collect();
-        if let Some(creds) = crate::Credentials::resolve(spec.user.as_deref(), spec.group.as_deref())? {
+        setup.rlimits = spec
+            .limits
+            .iter()
+            .map(|(r, v)| (*r as libc::__rlimit_resource_t, *v))
+            .collect();
+        if let Some(creds) =
+            crate::Credentials::resolve(spec.user.as_deref(), spec.group.as_deref())?
+        {
             let groups = match &creds.user {
                 Some((name, _)) => nix::unistd::getgrouplist(name, creds.gid)
                     .map_err(|e| Error::sys("getgrouplist", e))?,
@@ -189,7 +197,9 @@ fn environment(p: &Prepared, i: &Instance<'_>) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = if p.clean_env {
         Vec::new()
     } else {
-        std::env::vars_os().filter(|(k, _)| !NOT_INHERITED.iter().any(|n| k == n)).collect()
+        std::env::vars_os()
+            .filter(|(k, _)| !NOT_INHERITED.iter().any(|n| k == n))
+            .collect()
     };
     let mut set = |k: OsString, v: OsString| match env.iter_mut().find(|(key, _)| *key == k) {
         Some(slot) => slot.1 = v,
@@ -222,29 +232,47 @@ fn resolve(program: &str, env: &[(OsString, OsString)]) -> io::Result<PathBuf> {
         .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     for dir in std::env::split_paths(&path) {
         let candidate = dir.join(program);
-        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok() && candidate.is_file() {
+        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+            && candidate.is_file()
+        {
             return Ok(candidate);
         }
     }
-    Err(io::Error::new(io::ErrorKind::NotFound, format!("{program} not found in PATH")))
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{program} not found in PATH"),
+    ))
 }
 
 /// Spawns an exec'd worker without waiting for its exec (see [`sys::spawn`]).
 pub(crate) fn spawn_exec(p: &Prepared, i: &Instance<'_>) -> io::Result<Started> {
     let env = environment(p, i);
     let path = resolve(&p.argv[0], &env)?;
-    let plan = sys::spawn::ExecPlan::new(&path, &p.argv, &env, p.directory.as_deref(), p.setup.clone())?;
-    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let plan = sys::spawn::ExecPlan::new(
+        &path,
+        &p.argv,
+        &env,
+        p.directory.as_deref(),
+        p.setup.clone(),
+    )?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
     let pipe = |sink: Sink| -> io::Result<Option<(OwnedFd, OwnedFd)>> {
         match sink {
             Sink::Null => Ok(None),
-            Sink::Pipe => nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map(Some).map_err(io::Error::from),
+            Sink::Pipe => nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map(Some)
+                .map_err(io::Error::from),
         }
     };
     let out = pipe(i.stdout)?;
     let err = pipe(i.stderr)?;
     use std::os::fd::AsRawFd;
-    let fd_of = |p: &Option<(OwnedFd, OwnedFd)>| p.as_ref().map_or(null.as_raw_fd(), |(_, w)| w.as_raw_fd());
+    let fd_of = |p: &Option<(OwnedFd, OwnedFd)>| {
+        p.as_ref().map_or(null.as_raw_fd(), |(_, w)| w.as_raw_fd())
+    };
     let forked = sys::spawn::spawn_nowait(&plan, [null.as_raw_fd(), fd_of(&out), fd_of(&err)])?;
     Ok(Started {
         pid: forked.pid,
@@ -301,7 +329,10 @@ pub(crate) fn spawn_fn(f: &WorkerFn, i: &Instance<'_>) -> Result<Started> {
                 Ok(())
             })();
             if let Err(e) = result {
-                eprintln!("warden: worker {}[{}] setup failed: {e}", i.program, i.index);
+                eprintln!(
+                    "warden: worker {}[{}] setup failed: {e}",
+                    i.program, i.index
+                );
                 sys::_exit(127);
             }
             // Everything the supervisor had open (epoll, sockets, the pidfile, other workers'
@@ -309,11 +340,11 @@ pub(crate) fn spawn_fn(f: &WorkerFn, i: &Instance<'_>) -> Result<Started> {
             // copy of the process still own those numbers, and a closed number would be reused by
             // the worker's next open() — and written to by whoever owned it.
             let _ = sys::neutralise_fds();
-            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ctx))).unwrap_or(101);
+            let code =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ctx))).unwrap_or(101);
             use std::io::Write;
             let _ = std::io::stdout().flush();
             std::process::exit(code)
         }
     }
 }
-

@@ -55,6 +55,18 @@ pub fn fork() -> Result<Fork, Error> {
     }
 }
 
+/// `fork(2)` for a caller that has just checked that the process is single-threaded (the
+/// daemon sequence checks once, then forks twice).
+pub(crate) fn fork_checked_already() -> Result<Fork, Error> {
+    // SAFETY: the caller verified the process has one thread, as in `fork`; a forked child of a
+    // single-threaded process is itself single-threaded.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Fork::Parent(child)),
+        Ok(nix::unistd::ForkResult::Child) => Ok(Fork::Child),
+        Err(e) => Err(Error::sys("fork", e)),
+    }
+}
+
 /// `_exit(2)`: leave now, running no atexit handler, no destructor and no stdio flush.
 ///
 /// This is how intermediate fork children and failed daemon steps leave, so that nothing the
@@ -79,9 +91,15 @@ pub fn reset_signals() -> Result<(), Error> {
     use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
     sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| Error::sys("sigprocmask", e))?;
+    // Only signals that are ignored or caught need resetting: one read of /proc/self/status
+    // instead of a sigaction per signal (this is on the path `warden start` waits for).
+    let not_default = ignored_or_caught().unwrap_or(u128::MAX);
     let mut reserved = Vec::new();
     for signo in 1..=libc::SIGRTMAX() {
-        if signo == libc::SIGKILL || signo == libc::SIGSTOP {
+        if signo == libc::SIGKILL
+            || signo == libc::SIGSTOP
+            || not_default & (1u128 << (signo - 1)) == 0
+        {
             continue;
         }
         // SAFETY: an all-zero `sigaction` is a valid value (empty mask, no flags) and
@@ -100,6 +118,32 @@ pub fn reset_signals() -> Result<(), Error> {
         reset_reserved_ignored_signals(&reserved)?;
     }
     Ok(())
+}
+
+/// The signals whose disposition is not the default (`SigIgn | SigCgt` of /proc/self/status),
+/// bit `n - 1` for signal `n`.
+pub fn ignored_or_caught() -> Option<u128> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u128::from_str_radix(v.trim(), 16).ok())
+    };
+    Some(field("SigIgn:")? | field("SigCgt:")?)
+}
+
+/// The signals this process ignores (`SigIgn`), as numbers.
+pub fn ignored_signals() -> Vec<i32> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|v| u128::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    (1..=libc::SIGRTMAX())
+        .filter(|&s| s <= 128 && mask & (1u128 << (s - 1)) != 0)
+        .collect()
 }
 
 /// Sets those of `reserved` (signals the C library refuses in `sigaction`) that are currently
@@ -236,11 +280,20 @@ pub fn setenv(key: &OsStr, value: &OsStr) -> Result<(), Error> {
     Ok(())
 }
 
-/// `unsetenv(3)`, only while single-threaded.
-pub fn unsetenv(key: &OsStr) -> Result<(), Error> {
+/// `unsetenv(3)` of each of `keys` that is set, only while single-threaded (checked once).
+pub fn unsetenv_all(keys: &[&str]) -> Result<(), Error> {
+    let present: Vec<&&str> = keys
+        .iter()
+        .filter(|k| std::env::var_os(k).is_some())
+        .collect();
+    if present.is_empty() {
+        return Ok(());
+    }
     require_single_thread()?;
-    // SAFETY: single-threaded, as in `setenv`.
-    unsafe { std::env::remove_var(key) };
+    for key in present {
+        // SAFETY: single-threaded, as in `setenv`.
+        unsafe { std::env::remove_var(key) };
+    }
     Ok(())
 }
 
@@ -277,6 +330,9 @@ pub struct ChildSetup {
     pub uid: Option<libc::uid_t>,
     /// Resource limits as (resource, soft = hard value; `u64::MAX` is unlimited).
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// The signals to set back to `SIG_DFL`; `None`: every one. Before an `exec` only ignored
+    /// signals matter (the kernel resets caught ones), so the parent lists those.
+    pub reset_signals: Option<Vec<i32>>,
 }
 
 /// Arranges for `setup` to run in the child of `cmd` between `fork` and `exec`.
@@ -287,9 +343,7 @@ pub struct ChildSetup {
 /// inherited, whatever the parent left open.
 pub fn pre_exec(cmd: &mut std::process::Command, setup: ChildSetup) {
     use std::os::unix::process::CommandExt;
-    let hook = move || -> io::Result<()> {
-        child_setup(&setup)
-    };
+    let hook = move || -> io::Result<()> { child_setup(&setup) };
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
     // system calls (sigprocmask, sigaction, prctl, getppid, umask, setrlimit, setgroups, setgid,
     // setuid, close_range) on values prepared before the fork; it allocates nothing (the groups
@@ -301,23 +355,48 @@ pub fn pre_exec(cmd: &mut std::process::Command, setup: ChildSetup) {
 
 /// The child side of [`pre_exec`], also used by forked function workers.
 pub fn child_setup(setup: &ChildSetup) -> io::Result<()> {
-    let check = |rc: libc::c_int| if rc == -1 { Err(io::Error::last_os_error()) } else { Ok(()) };
+    let check = |rc: libc::c_int| {
+        if rc == -1 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    };
     // SAFETY: every call below is an async-signal-safe system call taking either plain integers
     // or pointers to stack values and to the parent-allocated `groups` buffer, which outlives the
     // call; none of them allocates or locks.
     unsafe {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
-        check(libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()))?;
+        check(libc::sigprocmask(
+            libc::SIG_SETMASK,
+            &empty,
+            std::ptr::null_mut(),
+        ))?;
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
-        for signo in 1..libc::SIGRTMIN() {
-            if signo != libc::SIGKILL && signo != libc::SIGSTOP {
-                libc::sigaction(signo, &dfl, std::ptr::null_mut());
+        match &setup.reset_signals {
+            Some(list) => {
+                for &signo in list {
+                    libc::sigaction(signo, &dfl, std::ptr::null_mut());
+                }
+            }
+            None => {
+                for signo in 1..libc::SIGRTMIN() {
+                    if signo != libc::SIGKILL && signo != libc::SIGSTOP {
+                        libc::sigaction(signo, &dfl, std::ptr::null_mut());
+                    }
+                }
             }
         }
         if let Some(sig) = setup.pdeathsig {
-            check(libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0))?;
+            check(libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                sig as libc::c_ulong,
+                0,
+                0,
+                0,
+            ))?;
             // The supervisor may have died before the death signal was armed.
             if libc::getppid() != setup.parent {
                 // ESRCH: the supervisor is gone. No message: `Error::other` would allocate.
@@ -328,8 +407,15 @@ pub fn child_setup(setup: &ChildSetup) -> io::Result<()> {
             libc::umask(mask as libc::mode_t);
         }
         for &(resource, value) in &setup.rlimits {
-            let v = if value == u64::MAX { libc::RLIM_INFINITY } else { value as libc::rlim_t };
-            let lim = libc::rlimit { rlim_cur: v, rlim_max: v };
+            let v = if value == u64::MAX {
+                libc::RLIM_INFINITY
+            } else {
+                value as libc::rlim_t
+            };
+            let lim = libc::rlimit {
+                rlim_cur: v,
+                rlim_max: v,
+            };
             check(libc::setrlimit(resource, &lim))?;
         }
         if let Some(groups) = &setup.groups {
@@ -343,7 +429,12 @@ pub fn child_setup(setup: &ChildSetup) -> io::Result<()> {
         }
         // CLOSE_RANGE_CLOEXEC (Linux 5.11): mark, don't close, so std's exec-error pipe keeps
         // working until exec. Older kernels: every descriptor warden opens is CLOEXEC anyway.
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC);
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
     }
     Ok(())
 }

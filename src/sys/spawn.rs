@@ -59,12 +59,23 @@ pub struct ExecPlan {
 }
 
 fn cstring(s: &OsStr, what: &str) -> io::Result<CString> {
-    CString::new(s.as_bytes()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{what} contains a NUL byte")))
+    CString::new(s.as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what} contains a NUL byte"),
+        )
+    })
 }
 
 impl ExecPlan {
     /// Prepares running `path` with `argv` (argv\[0\] included) and exactly the environment `env`.
-    pub fn new<A, K, V>(path: &Path, argv: &[A], env: &[(K, V)], cwd: Option<&Path>, setup: ChildSetup) -> io::Result<ExecPlan>
+    pub fn new<A, K, V>(
+        path: &Path,
+        argv: &[A],
+        env: &[(K, V)],
+        cwd: Option<&Path>,
+        setup: ChildSetup,
+    ) -> io::Result<ExecPlan>
     where
         A: AsRef<OsStr>,
         K: AsRef<OsStr>,
@@ -75,13 +86,23 @@ impl ExecPlan {
             let mut kv = k.as_ref().as_bytes().to_vec();
             kv.push(b'=');
             kv.extend_from_slice(v.as_ref().as_bytes());
-            envp.push(CString::new(kv).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "an environment variable contains a NUL byte"))?);
+            envp.push(CString::new(kv).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "an environment variable contains a NUL byte",
+                )
+            })?);
         }
         Ok(ExecPlan {
             path: cstring(path.as_os_str(), "the program path")?,
-            argv: argv.iter().map(|a| cstring(a.as_ref(), "an argument")).collect::<io::Result<_>>()?,
+            argv: argv
+                .iter()
+                .map(|a| cstring(a.as_ref(), "an argument"))
+                .collect::<io::Result<_>>()?,
             envp,
-            cwd: cwd.map(|d| cstring(d.as_os_str(), "the directory")).transpose()?,
+            cwd: cwd
+                .map(|d| cstring(d.as_os_str(), "the directory"))
+                .transpose()?,
             setup,
         })
     }
@@ -101,7 +122,8 @@ pub struct Forked {
 ///
 /// The descriptors in `stdio` must be open in the caller; they may be close-on-exec.
 pub fn spawn_nowait(plan: &ExecPlan, stdio: [RawFd; 3]) -> io::Result<Forked> {
-    let (report_r, report_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    let (report_r, report_w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|e| e.as_ptr()).collect();
@@ -120,7 +142,10 @@ pub fn spawn_nowait(plan: &ExecPlan, stdio: [RawFd; 3]) -> io::Result<Forked> {
         unsafe { child(plan, stdio, &argv, &envp, report_fd) }
     }
     drop(report_w);
-    Ok(Forked { pid, exec_report: report_r })
+    Ok(Forked {
+        pid,
+        exec_report: report_r,
+    })
 }
 
 /// The child side. Never returns.
@@ -128,7 +153,13 @@ pub fn spawn_nowait(plan: &ExecPlan, stdio: [RawFd; 3]) -> io::Result<Forked> {
 /// # Safety
 /// Must only run in a freshly forked child, with `argv` and `envp` null-terminated arrays of
 /// pointers into `plan`.
-unsafe fn child(plan: &ExecPlan, stdio: [RawFd; 3], argv: &[*const libc::c_char], envp: &[*const libc::c_char], report: RawFd) -> ! {
+unsafe fn child(
+    plan: &ExecPlan,
+    stdio: [RawFd; 3],
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    report: RawFd,
+) -> ! {
     let fail = |step: ExecStep, errno: i32| -> ! {
         let b = errno.to_le_bytes();
         let rec = [b[0], b[1], b[2], b[3], step.code()];
@@ -182,10 +213,21 @@ pub fn read_exec_report(fd: &OwnedFd) -> io::Result<Option<(i32, ExecStep)>> {
     let mut got = 0;
     while got < rec.len() {
         // SAFETY: reading into a stack buffer of the given length from an owned descriptor.
-        let n = unsafe { libc::read(fd.as_raw_fd(), rec[got..].as_mut_ptr().cast(), rec.len() - got) };
+        let n = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                rec[got..].as_mut_ptr().cast(),
+                rec.len() - got,
+            )
+        };
         match n {
             0 if got == 0 => return Ok(None),
-            0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short exec report")),
+            0 => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "short exec report",
+                ));
+            }
             -1 => {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -196,5 +238,8 @@ pub fn read_exec_report(fd: &OwnedFd) -> io::Result<Option<(i32, ExecStep)>> {
             n => got += n as usize,
         }
     }
-    Ok(Some((i32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]), ExecStep::from_code(rec[4]))))
+    Ok(Some((
+        i32::from_le_bytes([rec[0], rec[1], rec[2], rec[3]]),
+        ExecStep::from_code(rec[4]),
+    )))
 }
