@@ -11,29 +11,7 @@ use common::*;
 use nix::sys::signal::Signal;
 
 fn example() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let path = exe
-                .parent()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .join("examples/fn_workers");
-            let mut cargo = Command::new(env!("CARGO"));
-            cargo.args(["build", "--quiet", "--example", "fn_workers"]);
-            if exe.components().any(|c| c.as_os_str() == "release") {
-                cargo.arg("--release");
-            }
-            let st = cargo
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .unwrap();
-            assert!(st.success(), "cargo build --example fn_workers failed");
-            path
-        })
-        .clone()
+    common::example("fn_workers")
 }
 
 /// Asks for a snapshot (SIGHUP) and returns its lines once written.

@@ -10,32 +10,8 @@ use std::process::Command;
 use common::*;
 use nix::sys::signal::Signal;
 
-/// The `lifecycle` example, built (once per test binary) if missing or stale.
 fn example() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let path = exe
-                .parent()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .join("examples/lifecycle");
-            // Always ask cargo: a stale example would test old code. Cheap when up to date.
-            let mut cargo = Command::new(env!("CARGO"));
-            cargo.args(["build", "--quiet", "--example", "lifecycle"]);
-            if exe.components().any(|c| c.as_os_str() == "release") {
-                cargo.arg("--release");
-            }
-            let st = cargo
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .unwrap();
-            assert!(st.success(), "cargo build --example lifecycle failed");
-            path
-        })
-        .clone()
+    common::example("lifecycle")
 }
 
 fn lifecycle(sb: &Sandbox, args: &[&str]) -> Command {

@@ -22,52 +22,10 @@ use nix::sys::signal::Signal;
 
 /// The lifecycle example, built once per test binary.
 ///
-/// Cargo has no `CARGO_BIN_EXE_` for examples: the binary sits in `examples/` next to `deps/`,
-/// where this test binary lives. `cargo test --all-targets` has built it already; under
-/// `cargo test --test logging` it may be missing or stale, so it is (re)built here once, with the
-/// profile this test binary was built with — a no-op when it is up to date.
+/// The `lifecycle` example (Cargo has no `CARGO_BIN_EXE_` for examples; see common::example).
 fn lifecycle_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current_exe");
-        // target/<profile>/deps/logging-HASH → target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary lives in target/<profile>/deps");
-        let bin = profile_dir.join("examples/lifecycle");
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo.current_dir(env!("CARGO_MANIFEST_DIR")).args([
-            "build",
-            "--quiet",
-            "--example",
-            "lifecycle",
-        ]);
-        if let Some(target_dir) = profile_dir.parent() {
-            cargo.arg("--target-dir").arg(target_dir);
-        }
-        match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => {}
-            Some("release") => {
-                cargo.arg("--release");
-            }
-            Some(other) => {
-                cargo.args(["--profile", other]);
-            }
-        }
-        let out = cargo
-            .stdin(Stdio::null())
-            .output()
-            .expect("run cargo build --example lifecycle");
-        assert!(
-            out.status.success(),
-            "cargo build --example lifecycle: {}\n{}",
-            out.status,
-            stderr_of(&out)
-        );
-        assert!(bin.exists(), "{} missing after the build", bin.display());
-        bin
-    })
+    BIN.get_or_init(|| common::example("lifecycle"))
 }
 
 /// `lifecycle --dir SANDBOX ARGS…`, ready to run.

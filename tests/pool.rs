@@ -3,6 +3,8 @@
 //! this multi-threaded test harness is not), under a hard timeout, then checks the `key=value`
 //! lines it printed and that every worker and fork server pid it reported is gone.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
@@ -13,29 +15,7 @@ use std::time::{Duration, Instant};
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 fn example() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let path = exe
-                .parent()
-                .unwrap()
-                .parent()
-                .unwrap()
-                .join("examples/pool");
-            let mut cargo = Command::new(env!("CARGO"));
-            cargo.args(["build", "--quiet", "--example", "pool"]);
-            if exe.components().any(|c| c.as_os_str() == "release") {
-                cargo.arg("--release");
-            }
-            let st = cargo
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .unwrap();
-            assert!(st.success(), "cargo build --example pool failed");
-            path
-        })
-        .clone()
+    common::example("pool")
 }
 
 /// What a scenario printed.

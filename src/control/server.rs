@@ -1,7 +1,7 @@
 //! The control socket's server side, driven by the supervisor's event loop.
 //!
 //! Every descriptor is non-blocking and registered edge-triggered; reads stop at `EAGAIN`, input
-//! is cut into lines bounded by [`MAX_LINE`](super::MAX_LINE), output is buffered up to
+//! is cut into lines bounded by [`super::MAX_LINE`], output is buffered up to
 //! [`MAX_OUTPUT`] per connection (a client that does not read is disconnected, never waited for).
 //! At most [`MAX_CONNECTIONS`] are served; one more is told `busy` and closed. A peer is
 //! authorised once, at accept time, from `SO_PEERCRED`: root and the daemon's own uid may do

@@ -2,13 +2,13 @@
 //!
 //! Everything a child needs — argv, environment, credentials, limits, pipes — is prepared in the
 //! supervisor before the fork; between fork and exec the child runs only
-//! [`crate::sys::child_setup`] (async-signal-safe system calls). Each worker gets its own process
+//! `sys::child_setup` (async-signal-safe system calls). Each worker gets its own process
 //! group (so that stopping it reaches its helpers too), `PR_SET_PDEATHSIG` = `SIGKILL` with the
 //! `getppid` race check (so that it dies with the supervisor, even by `SIGKILL`), stdio as
 //! configured and no other descriptor.
 //!
 //! Function workers are forked without exec, which is only sound while the supervisor is
-//! single-threaded: [`crate::sys::fork`] checks and refuses otherwise.
+//! single-threaded: `sys::fork` checks and refuses otherwise.
 
 use std::ffi::OsString;
 use std::fs::File;

@@ -430,3 +430,34 @@ pub fn assert_no_process(sb: &Sandbox) {
 pub fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
+
+/// The example program `name` of this package, built once per test binary with the test's own
+/// profile: cargo is asked every time (cheap when up to date) so that a stale example is never
+/// what gets tested.
+pub fn example(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo.args(["build", "--quiet", "--example", name]);
+    if exe.components().any(|c| c.as_os_str() == "release") {
+        cargo.arg("--release");
+    }
+    let st = cargo
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "cargo build --example {name} failed");
+    built.push((name.to_string(), path.clone()));
+    path
+}
