@@ -259,3 +259,73 @@ fn dropping_a_busy_pool_cancels_its_jobs_once_and_leaves_nothing() {
     let r = scenario("drop_busy");
     assert!(r.num("cancelled") >= 90);
 }
+
+/// The pool inside a real warden daemon: daemonize, build the pool (its fork server forked while
+/// the daemon is single-threaded), serve jobs on SIGHUP, survive a worker's SIGKILL, and leave
+/// nothing behind on SIGTERM.
+#[test]
+fn pool_inside_a_warden_daemon() {
+    use common::{Sandbox, alive, signal, wait_until};
+    use nix::sys::signal::Signal;
+    let mut sb = Sandbox::new("pool-daemon", "");
+    let mut cmd = Command::new(common::example("pool_daemon"));
+    cmd.arg("--dir").arg(&sb.dir).stdin(Stdio::null());
+    let out = sb.output(cmd);
+    assert!(
+        out.status.success(),
+        "launcher: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pid: i32 = sb
+        .read("app.pid")
+        .trim()
+        .parse()
+        .expect("pidfile written before the launcher returns");
+    sb.track(pid);
+    let run = |sb: &Sandbox| -> HashMap<String, String> {
+        let _ = std::fs::remove_file(sb.path("result.txt"));
+        signal(pid, Signal::SIGHUP);
+        assert!(
+            wait_until(common::TIMEOUT, || sb.path("result.txt").exists()),
+            "no result"
+        );
+        sb.read("result.txt")
+            .split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let expected: u64 = (0..10_000u64).map(|x| x * x).sum();
+    let first = run(&sb);
+    assert_eq!(first["sum"], expected.to_string());
+    assert_eq!(first["errors"], "0");
+    let workers: Vec<i32> = first["pids"]
+        .split(',')
+        .map(|p| p.parse().unwrap())
+        .collect();
+    let fork_server: i32 = first["fork_server"].parse().unwrap();
+    assert_eq!(workers.len(), 2);
+    for &w in workers.iter().chain([&fork_server]) {
+        sb.track(w);
+    }
+    signal(workers[0], Signal::SIGKILL);
+    let second = run(&sb);
+    assert_eq!(second["sum"], expected.to_string(), "{second:?}");
+    assert_eq!(second["errors"], "0");
+    signal(pid, Signal::SIGTERM);
+    assert!(
+        wait_until(common::TIMEOUT, || !alive(pid)),
+        "daemon still alive"
+    );
+    for p in second["pids"]
+        .split(',')
+        .map(|p| p.parse::<i32>().unwrap())
+        .chain([fork_server])
+    {
+        assert!(
+            wait_until(common::TIMEOUT, || !alive(p)),
+            "pool process {p} survived the daemon"
+        );
+    }
+    assert!(!sb.path("app.pid").exists(), "pidfile removed");
+}
