@@ -50,6 +50,9 @@ struct State {
     conn: Option<Connection>,
     /// Messages lost since the last one that got through, announced when one gets through again.
     unreported: u64,
+    /// After a failure, messages are dropped without trying until then: a syslog daemon that is
+    /// gone or not reading costs each caller nothing, not a send timeout per message.
+    quiet_until: Option<std::time::Instant>,
 }
 
 /// The syslog severity of a log level.
@@ -84,6 +87,7 @@ impl SyslogSink {
             state: Mutex::new(State {
                 conn,
                 unreported: 0,
+                quiet_until: None,
             }),
             dropped: AtomicU64::new(0),
         })
@@ -92,19 +96,30 @@ impl SyslogSink {
     /// Sends one message, reconnecting once if needed; counts it as dropped if it cannot be sent.
     pub(crate) fn send(&self, severity: Severity, msg: &str) {
         let mut state = lock(&self.state);
+        if state
+            .quiet_until
+            .is_some_and(|t| std::time::Instant::now() < t)
+        {
+            self.count_dropped(&mut state, Delivery::Failed);
+            return;
+        }
+        state.quiet_until = None;
         if state.unreported > 0 {
             let notice = format!(
                 "warden: {} log messages dropped while syslog was unreachable",
                 state.unreported
             );
-            if !self.deliver(&mut state.conn, Severity::LOG_WARNING, &notice) {
-                self.count_dropped(&mut state);
-                return;
+            match self.deliver(&mut state.conn, Severity::LOG_WARNING, &notice) {
+                Delivery::Sent => state.unreported = 0,
+                failed => {
+                    self.count_dropped(&mut state, failed);
+                    return;
+                }
             }
-            state.unreported = 0;
         }
-        if !self.deliver(&mut state.conn, severity, msg) {
-            self.count_dropped(&mut state);
+        match self.deliver(&mut state.conn, severity, msg) {
+            Delivery::Sent => {}
+            failed => self.count_dropped(&mut state, failed),
         }
     }
 
@@ -120,17 +135,22 @@ impl SyslogSink {
         }
     }
 
-    fn count_dropped(&self, state: &mut State) {
+    fn count_dropped(&self, state: &mut State, why: Delivery) {
         state.unreported += 1;
         self.dropped.fetch_add(1, Ordering::Relaxed);
+        // A daemon that is there but not reading made this call wait SEND_TIMEOUT: do not make
+        // every following call wait too. (A missing daemon fails at once and costs nothing.)
+        if why == Delivery::TimedOut {
+            state.quiet_until = Some(std::time::Instant::now() + RETRY_AFTER);
+        }
     }
 
     /// Sends on the current connection; on a broken one, reconnects and sends once more.
     /// Returns whether the message went out.
-    fn deliver(&self, conn: &mut Option<Connection>, severity: Severity, msg: &str) -> bool {
+    fn deliver(&self, conn: &mut Option<Connection>, severity: Severity, msg: &str) -> Delivery {
         if let Some(c) = conn.as_mut() {
             match c.formatter.format(&mut c.backend, severity, msg) {
-                Ok(()) => return true,
+                Ok(()) => return Delivery::Sent,
                 // The daemon is there but its queue is full: a new connection would wait on the
                 // same queue, so do not retry. A stream may have taken part of the message, which
                 // would garble the next one: that connection is let go.
@@ -138,20 +158,25 @@ impl SyslogSink {
                     if matches!(c.backend, LoggerBackend::UnixStream(_)) {
                         *conn = None;
                     }
-                    return false;
+                    return Delivery::TimedOut;
                 }
                 Err(_) => {}
             }
         }
         *conn = connect(&self.formatter, &self.path).ok();
         let Some(c) = conn.as_mut() else {
-            return false;
+            return Delivery::Failed;
         };
-        if c.formatter.format(&mut c.backend, severity, msg).is_ok() {
-            true
-        } else {
-            *conn = None;
-            false
+        match c.formatter.format(&mut c.backend, severity, msg) {
+            Ok(()) => Delivery::Sent,
+            Err(e) => {
+                *conn = None;
+                if is_timeout(&e) {
+                    Delivery::TimedOut
+                } else {
+                    Delivery::Failed
+                }
+            }
         }
     }
 }
@@ -168,19 +193,56 @@ fn parse_facility(name: &str) -> Result<Facility> {
     Facility::from_str(name).map_err(|()| invalid())
 }
 
-/// Connects to the syslog socket at `path` (datagram, or stream if that is what listens there)
-/// with a bounded send time.
+/// How one message fared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivery {
+    Sent,
+    /// No daemon, or the connection broke: fails fast, retried with the next message.
+    Failed,
+    /// The daemon's queue stayed full for [`SEND_TIMEOUT`].
+    TimedOut,
+}
+
+/// How long messages are dropped unsent after a send timed out before syslog is tried again.
+pub(crate) const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Connects to the syslog socket at `path` — a datagram socket, or a stream if that is what
+/// listens there — without ever blocking: a stream listener whose backlog is full makes a
+/// blocking `connect(2)` wait for good, so the stream is connected non-blocking (failing at once
+/// with `EAGAIN`) and only then given a bounded send time.
 fn connect(formatter: &Formatter3164, path: &Path) -> io::Result<Connection> {
-    let conn = ::syslog::unix_custom(formatter.clone(), path)
-        .map_err(|e| io::Error::new(io::ErrorKind::NotConnected, e.to_string()))?;
-    match &conn.backend {
-        LoggerBackend::Unix(sock) => sock.set_write_timeout(Some(SEND_TIMEOUT))?,
-        LoggerBackend::UnixStream(stream) => {
-            stream.get_ref().set_write_timeout(Some(SEND_TIMEOUT))?
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    let dgram = UnixDatagram::unbound()?;
+    match dgram.connect(path) {
+        Ok(()) => {
+            dgram.set_write_timeout(Some(SEND_TIMEOUT))?;
+            Ok(::syslog::Logger::new(
+                LoggerBackend::Unix(dgram),
+                formatter.clone(),
+            ))
         }
-        _ => {}
+        Err(e) if e.raw_os_error() == Some(libc::EPROTOTYPE) => {
+            use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, socket};
+            let fd = socket(
+                AddressFamily::Unix,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                None,
+            )
+            .map_err(io::Error::from)?;
+            let addr = UnixAddr::new(path).map_err(io::Error::from)?;
+            nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)
+                .map_err(io::Error::from)?;
+            let stream = UnixStream::from(fd);
+            stream.set_nonblocking(false)?;
+            stream.set_write_timeout(Some(SEND_TIMEOUT))?;
+            Ok(::syslog::Logger::new(
+                LoggerBackend::UnixStream(io::BufWriter::new(stream)),
+                formatter.clone(),
+            ))
+        }
+        Err(e) => Err(e),
     }
-    Ok(conn)
 }
 
 /// Whether a send failed because the receiver's queue stayed full for [`SEND_TIMEOUT`].

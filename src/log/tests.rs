@@ -500,15 +500,69 @@ fn syslog_that_does_not_read_stalls_a_send_only_briefly() {
     );
     assert_eq!(backend.dropped(), 1);
 
-    // The daemon catches up: everything sent before the drop is there, then the notice.
+    // The daemon catches up: everything sent before the drop is there, then the notice. After a
+    // timeout, messages are dropped unsent for RETRY_AFTER (so that a stuck daemon does not cost
+    // every caller a timeout): wait that policy period out, then log again.
     for n in 0..sent - 1 {
         assert_syslog(&recv(&syslogd), 3 * 8 + 6, &format!("flood {n}"));
     }
+    backend.log(Level::Info, "warden", &format_args!("dropped unsent"));
+    assert_eq!(
+        backend.dropped(),
+        2,
+        "dropped without waiting during the quiet period"
+    );
+    std::thread::sleep(super::syslog::RETRY_AFTER + Duration::from_millis(50));
     backend.log(Level::Info, "warden", &format_args!("caught up"));
     assert_syslog(
         &recv(&syslogd),
         3 * 8 + 4,
-        "warden: 1 log messages dropped while syslog was unreachable",
+        "warden: 2 log messages dropped while syslog was unreachable",
     );
     assert_syslog(&recv(&syslogd), 3 * 8 + 6, "caught up");
+}
+
+#[test]
+fn syslog_stream_with_a_full_backlog_never_blocks_the_caller() {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, connect, listen, socket,
+    };
+    use std::os::fd::AsRawFd;
+    let dir = TempDir::new("backlog");
+    let path = dir.join("log.sock");
+    // A stream "syslog daemon" that never accepts, with the smallest backlog, filled up.
+    let listener = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    let addr = UnixAddr::new(&path).unwrap();
+    bind(listener.as_raw_fd(), &addr).unwrap();
+    listen(&listener, Backlog::new(0).unwrap()).unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        let s = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .unwrap();
+        let _ = connect(s.as_raw_fd(), &addr);
+        fillers.push(s);
+    }
+    let backend = syslog_backend(&path, "daemon").unwrap();
+    let start = std::time::Instant::now();
+    for i in 0..50 {
+        backend.log(Level::Info, "warden", &format_args!("m {i}"));
+    }
+    // A blocking connect(2) would wait here for good; each message fails at once instead.
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "logging blocked for {:?}",
+        start.elapsed()
+    );
+    assert_eq!(backend.dropped(), 50);
 }

@@ -760,6 +760,12 @@ impl Engine {
             }
             let body = &p.inbuf.data()[frame::HEADER..frame::HEADER + f.len];
             let id = frame::read_id(body);
+            if id.is_some() && p.inflight.is_empty() {
+                // The result of a job cancelled by terminate() while the worker ran it: dropped,
+                // as the module says — not a protocol error.
+                p.inbuf.consume(frame::HEADER + f.len);
+                continue;
+            }
             if id.is_none() || p.inflight.front().map(|s| s.id) != id {
                 bad = Some(format!("result for job {id:?} out of order"));
                 break;

@@ -15,6 +15,8 @@ use serde::de::DeserializeOwned;
 pub(crate) const HEADER: usize = 5;
 /// Largest body accepted; a larger length means a corrupt stream.
 pub(crate) const MAX_BODY: usize = 1 << 30;
+/// A receive buffer larger than this is shrunk once it is empty again.
+const SHRINK_ABOVE: usize = 4 << 20;
 
 /// Pool → worker: one job; body = id, postcard(J).
 pub(crate) const JOB: u8 = 1;
@@ -136,6 +138,11 @@ impl InBuf {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+            // A large frame passed: give the memory back rather than keep it for the worker's life.
+            if self.buf.len() > SHRINK_ABOVE {
+                self.buf.truncate(min.max(64 * 1024));
+                self.buf.shrink_to_fit();
+            }
         }
         let mut want = min;
         if let Ok(Some(_)) | Err(_) = parse(self.data()) {
@@ -143,7 +150,10 @@ impl InBuf {
         } else if self.data().len() >= HEADER {
             let d = self.data();
             let len = u32::from_le_bytes([d[0], d[1], d[2], d[3]]) as usize;
-            want = want.max(HEADER + len - d.len());
+            // Grow towards the announced length only as fast as bytes arrive (at most doubling
+            // what is here): five bytes announcing a gigabyte must not allocate a gigabyte.
+            let missing = HEADER + len - d.len();
+            want = want.max(missing.min(d.len().max(64 * 1024)));
         }
         if self.buf.len() - self.end < want {
             if self.start > 0 {

@@ -388,6 +388,10 @@ fn worker_child(mut fds: Vec<OwnedFd>, zygote: i32, entry: Entry<'_>) -> ! {
             ..ChildSetup::default()
         };
         sys::child_setup(&setup)?;
+        // A Rust program runs with SIGPIPE ignored (std sets it at start-up); the handler runs
+        // Rust code with no exec in between, so restore that: a broken pipe is an error to the
+        // handler, not a death.
+        sys::ignore_sigpipe();
         let null = std::fs::OpenOptions::new().read(true).open("/dev/null")?;
         nix::unistd::dup2_stdin(&null)?;
         nix::unistd::dup2_stdout(&fds[0])?;

@@ -131,8 +131,9 @@ impl Prepared {
             });
         }
         let mut setup = base_setup();
-        // exec resets caught signals; only ignored ones would survive it.
-        setup.reset_signals = Some(sys::ignored_signals());
+        // The child resets whatever is not default here (our handlers and ignores) before it
+        // unblocks signals: the parent blocks them all around the fork.
+        setup.reset_signals = Some(sys::non_default_signals());
         setup.umask = spec.umask;
         setup.rlimits = spec
             .limits

@@ -133,16 +133,13 @@ pub fn ignored_or_caught() -> Option<u128> {
     Some(field("SigIgn:")? | field("SigCgt:")?)
 }
 
-/// The signals this process ignores (`SigIgn`), as numbers.
-pub fn ignored_signals() -> Vec<i32> {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let mask = status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
-        .and_then(|v| u128::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
+/// The signals whose disposition is not the default (ignored or caught), as numbers; every
+/// catchable signal when /proc cannot tell.
+pub fn non_default_signals() -> Vec<i32> {
+    let mask = ignored_or_caught().unwrap_or(u128::MAX);
     (1..=libc::SIGRTMAX())
-        .filter(|&s| s <= 128 && mask & (1u128 << (s - 1)) != 0)
+        .filter(|&s| s <= 128 && s != libc::SIGKILL && s != libc::SIGSTOP)
+        .filter(|&s| mask & (1u128 << (s - 1)) != 0)
         .collect()
 }
 
@@ -366,13 +363,8 @@ pub fn child_setup(setup: &ChildSetup) -> io::Result<()> {
     // or pointers to stack values and to the parent-allocated `groups` buffer, which outlives the
     // call; none of them allocates or locks.
     unsafe {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        check(libc::sigprocmask(
-            libc::SIG_SETMASK,
-            &empty,
-            std::ptr::null_mut(),
-        ))?;
+        // Dispositions first, mask second: a signal arriving in between must find the default
+        // action, not the copy of the parent's handler (which would swallow it).
         let mut dfl: libc::sigaction = std::mem::zeroed();
         dfl.sa_sigaction = libc::SIG_DFL;
         match &setup.reset_signals {
@@ -389,6 +381,13 @@ pub fn child_setup(setup: &ChildSetup) -> io::Result<()> {
                 }
             }
         }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        check(libc::sigprocmask(
+            libc::SIG_SETMASK,
+            &empty,
+            std::ptr::null_mut(),
+        ))?;
         if let Some(sig) = setup.pdeathsig {
             check(libc::prctl(
                 libc::PR_SET_PDEATHSIG,
@@ -437,4 +436,13 @@ pub fn child_setup(setup: &ChildSetup) -> io::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Sets `SIGPIPE` to `SIG_IGN`, as the Rust runtime does at start-up: a write to a closed pipe
+/// then fails with `EPIPE` instead of killing the process.
+pub fn ignore_sigpipe() {
+    // SAFETY: SIG_IGN installs no handler, so no code of ours can run from a signal.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
 }

@@ -129,13 +129,24 @@ pub fn spawn_nowait(plan: &ExecPlan, stdio: [RawFd; 3]) -> io::Result<Forked> {
     let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
     let report_fd = report_w.as_raw_fd();
+    // Every signal is blocked across the fork: until the child has reset the dispositions it
+    // inherited (the parent's handlers), a signal sent to it must wait rather than run them.
+    let all = filled_sigset();
+    let mut old = filled_sigset();
+    // SAFETY: pthread_sigmask with pointers to initialised sigsets on the stack.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) };
     // SAFETY: after fork the child runs only async-signal-safe system calls (setpgid,
     // child_setup's calls, dup2, fcntl, chdir, execve, write, _exit) on memory allocated before
     // the fork (`plan`, `argv`, `envp`, the stack); it never returns into Rust code that could
     // allocate or lock, leaving only through execve or _exit.
     let pid = unsafe { libc::fork() };
-    if pid == -1 {
-        return Err(io::Error::last_os_error());
+    let fork_error = (pid == -1).then(io::Error::last_os_error);
+    if pid != 0 {
+        // SAFETY: restores the mask saved above, from a valid sigset.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    }
+    if let Some(e) = fork_error {
+        return Err(e);
     }
     if pid == 0 {
         // SAFETY: see above; `fail` writes a fixed 5-byte record and calls _exit.
@@ -199,6 +210,15 @@ unsafe fn child(
     // SAFETY: null-terminated arrays of pointers to C strings that live in `plan`.
     unsafe { libc::execve(plan.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     fail(ExecStep::Exec, errno())
+}
+
+fn filled_sigset() -> libc::sigset_t {
+    // SAFETY: sigfillset initialises the (zeroed) set it is given; no other memory is touched.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        set
+    }
 }
 
 fn errno() -> i32 {
