@@ -1223,3 +1223,81 @@ fn a_program_that_cannot_be_executed_is_reported_then_fatal() {
     assert_eq!(out.status.code(), Some(151), "{}", stdout_of(&out));
     assert!(stdout_of(&out).contains("exit 127"), "{}", stdout_of(&out));
 }
+
+#[test]
+fn per_program_limits_umask_directory_environment_and_user_apply() {
+    // Everything a program table says about its process, checked in /proc of the worker.
+    let root = nix::unistd::Uid::effective().is_root();
+    let user = if root { "user = \"nobody\"\n" } else { "" };
+    let mut sb = sandbox(
+        "settings",
+        "",
+        &format!(
+            "[program.w]\ncommand = [\"/bin/sleep\", \"1000\"]\ndirectory = \"SANDBOX\"\numask = \"027\"\n\
+             limits = {{ nofile = 123, core = 0 }}\nclean_env = true\nenv = {{ ONLY = \"this\" }}\n{user}"
+        ),
+    );
+    let warden = sb.start();
+    let w = wait_workers(&mut sb, warden, 1)[0];
+    // exec'd: the command is sleep, not a copy of warden.
+    assert!(wait_until(TIMEOUT, || std::fs::read_to_string(format!(
+        "/proc/{w}/comm"
+    ))
+    .is_ok_and(|c| c.trim() == "sleep")));
+    let limits = std::fs::read_to_string(format!("/proc/{w}/limits")).unwrap();
+    let limit = |name: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| {
+                l.split_whitespace()
+                    .rev()
+                    .skip(1)
+                    .take(2)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap()
+    };
+    assert_eq!(limit("Max open files"), ["123", "123"], "{limits}");
+    assert_eq!(limit("Max core file size"), ["0", "0"], "{limits}");
+    let st = status(w);
+    assert_eq!(st["Umask"], "0027");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{w}/cwd")).unwrap(),
+        sb.dir
+    );
+    let env = environ(w);
+    let mut keys: Vec<&str> = env.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["ONLY", "WARDEN_INSTANCE", "WARDEN_PROGRAM"],
+        "clean_env keeps only env and warden's own"
+    );
+    if root {
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        assert!(
+            st["Uid"]
+                .split_whitespace()
+                .all(|u| u == nobody.uid.to_string()),
+            "{:?}",
+            st["Uid"]
+        );
+        assert!(
+            st["Groups"].split_whitespace().all(|g| g != "0"),
+            "root's group kept: {:?}",
+            st["Groups"]
+        );
+    } else {
+        eprintln!("SKIPPED the user part of per_program_limits_…: needs root");
+    }
+    // Nothing but stdio is inherited from warden.
+    let fds: Vec<i32> = fds(w).into_iter().map(|(fd, _)| fd).collect();
+    assert_eq!(fds, [0, 1, 2], "{:?}", common::fds(w));
+    let st = stat(w).unwrap();
+    assert_eq!(st.ppid, warden);
+    assert_eq!(st.pgrp, w, "own process group");
+    // Signal mask and dispositions default.
+    assert_eq!(status(w)["SigBlk"], "0000000000000000");
+    assert_eq!(status(w)["SigIgn"], "0000000000000000");
+}
