@@ -420,6 +420,9 @@ impl Engine {
     /// Runs the loop until the pool is stopped and every worker is gone.
     pub(crate) fn run(mut self) {
         ON_IO_THREAD.with(|f| f.set(true));
+        // Whatever way this thread ends — a panic included — waiters in join(), wait() and
+        // imap_unordered must learn that it did, or they would wait for ever.
+        let _done = IoDoneOnExit(Arc::clone(&self.shared));
         if let Spawner::Fork {
             zygote: Some(z), ..
         } = &self.spawner
@@ -1663,6 +1666,21 @@ impl Engine {
                 reap_child(pid, Duration::from_secs(3));
             }
             self.pids_dirty = true;
+        }
+    }
+}
+
+/// Marks the I/O thread finished when dropped (see [`Engine::run`]).
+struct IoDoneOnExit(Arc<Shared>);
+
+impl Drop for IoDoneOnExit {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock();
+        if !inner.io_done {
+            inner.io_done = true;
+            drop(inner);
+            self.0.changed.notify_all();
+            self.0.not_full.notify_all();
         }
     }
 }
