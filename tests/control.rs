@@ -22,21 +22,6 @@ use common::*;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-/// Prints how long the test took when it ends (also on failure).
-struct Timer(&'static str, Instant);
-
-impl Timer {
-    fn new(name: &'static str) -> Timer {
-        Timer(name, Instant::now())
-    }
-}
-
-impl Drop for Timer {
-    fn drop(&mut self) {
-        println!("[timing] {}: {:.2?}", self.0, self.1.elapsed());
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Configuration helpers.
 

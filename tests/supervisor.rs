@@ -29,21 +29,6 @@ fn heavy() -> std::sync::MutexGuard<'static, ()> {
     HEAVY.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Prints how long the test took when it ends (also on failure).
-struct Timer(&'static str, Instant);
-
-impl Timer {
-    fn new(name: &'static str) -> Timer {
-        Timer(name, Instant::now())
-    }
-}
-
-impl Drop for Timer {
-    fn drop(&mut self) {
-        println!("[timing] {}: {:.2?}", self.0, self.1.elapsed());
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Configuration helpers.
 

@@ -697,17 +697,7 @@ where
         for (i, o) in rx.iter() {
             out[i] = Some(o);
         }
-        Ok(out
-            .into_iter()
-            .enumerate()
-            .map(|(i, o)| {
-                o.unwrap_or(Err(if i < sent {
-                    JobError::Fatal("the pool's I/O thread is gone".into())
-                } else {
-                    JobError::Cancelled
-                }))
-            })
-            .collect())
+        Ok(fill_missing(out, sent))
     }
 
     /// Like [`Pool::map`], but sends jobs in chunks of `chunksize` (0: Python's default,
@@ -775,17 +765,7 @@ where
                 out[start + k] = Some(o);
             }
         }
-        Ok(out
-            .into_iter()
-            .enumerate()
-            .map(|(i, o)| {
-                o.unwrap_or(Err(if i < sent {
-                    JobError::Fatal("the pool's I/O thread is gone".into())
-                } else {
-                    JobError::Cancelled
-                }))
-            })
-            .collect())
+        Ok(fill_missing(out, sent))
     }
 
     /// Runs every job and yields `(input index, outcome)` as jobs finish, keeping a bounded
@@ -1312,4 +1292,19 @@ where
             }
         }
     }
+}
+
+/// The outcomes of a `map`, input order: a job with no outcome was sent (index below `sent`) and
+/// lost with the I/O thread, or never sent because the pool closed meanwhile.
+fn fill_missing<O, E>(out: Vec<Option<Outcome<O, E>>>, sent: usize) -> Vec<Outcome<O, E>> {
+    out.into_iter()
+        .enumerate()
+        .map(|(i, o)| {
+            o.unwrap_or(Err(if i < sent {
+                JobError::Fatal("the pool's I/O thread is gone".into())
+            } else {
+                JobError::Cancelled
+            }))
+        })
+        .collect()
 }

@@ -461,3 +461,19 @@ pub fn example(name: &str) -> PathBuf {
     built.push((name.to_string(), path.clone()));
     path
 }
+
+/// Prints how long the test took when it ends (also on failure).
+pub struct Timer(&'static str, Instant);
+
+impl Timer {
+    /// Starts timing the test `name`.
+    pub fn new(name: &'static str) -> Timer {
+        Timer(name, Instant::now())
+    }
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        println!("[timing] {}: {:.2?}", self.0, self.1.elapsed());
+    }
+}
