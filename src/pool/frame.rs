@@ -63,7 +63,18 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     buf: &mut Vec<u8>,
 ) -> Result<(), String> {
     let taken = std::mem::take(buf);
+    let before = taken.len();
     match postcard::to_extend(value, taken) {
+        // A frame length is a u32 and bodies are capped at MAX_BODY: a larger value would wrap
+        // the header or be refused by the reader as a corrupt stream.
+        Ok(v) if v.len() - before > MAX_BODY => {
+            let size = v.len() - before;
+            *buf = v;
+            buf.truncate(before);
+            Err(format!(
+                "of {size} bytes exceeds the {MAX_BODY}-byte frame limit"
+            ))
+        }
         Ok(v) => {
             *buf = v;
             Ok(())
