@@ -116,7 +116,13 @@ fn supervisor(
     }
     let group = match &d.control_group {
         None => None,
-        Some(name) => Some(lookup_group(name)?),
+        // Resolved like every other group name (names or numeric ids), in one place.
+        Some(name) => Some(
+            warden::Credentials::resolve(None, Some(name))
+                .map_err(|e| format!("control_group: {e}"))?
+                .map(|c| c.gid)
+                .expect("a group was given"),
+        ),
     };
     let server = ControlServer::bind(&d.control_socket, group).map_err(|e| e.to_string())?;
     sup.set_control(server).map_err(|e| e.to_string())?;
@@ -135,18 +141,6 @@ fn supervisor(
         })
     }));
     Ok(sup)
-}
-
-fn lookup_group(name: &str) -> Result<nix::unistd::Gid, String> {
-    let found = match name.parse::<u32>() {
-        Ok(id) => nix::unistd::Group::from_gid(nix::unistd::Gid::from_raw(id)),
-        Err(_) => nix::unistd::Group::from_name(name),
-    };
-    match found {
-        Ok(Some(g)) => Ok(g.gid),
-        Ok(None) => Err(format!("control_group: unknown group {name:?}")),
-        Err(e) => Err(format!("control_group: cannot look up {name:?}: {e}")),
-    }
 }
 
 /// The `[daemon]` settings a reload cannot apply to a running daemon.

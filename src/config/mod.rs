@@ -24,7 +24,7 @@ use toml::de::DeTable;
 use diag::Collector;
 pub use diag::{Diagnostic, Diagnostics};
 pub use program::{
-    Limits, MAX_INSTANCES, MAX_LOG_KEEP, MAX_PROGRAM_NAME, MAX_RESTARTS_LIMIT, OutputSpec,
+    Limits, MAX_INSTANCES, MAX_LOG_KEEP, MAX_PROGRAM_NAME, MAX_RESTARTS_LIMIT, OutputSpec, Policy,
     ProgramSpec, Readiness, Restart, parse_signal, valid_program_name,
 };
 use read::Section;

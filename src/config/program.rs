@@ -23,7 +23,7 @@ use super::diag::Collector;
 use super::parse_umask;
 use super::read::{Section, duration_value, size_value};
 
-pub use crate::supervisor::state::{Readiness, Restart};
+pub use crate::supervisor::state::{Policy, Readiness, Restart};
 
 /// The longest program name accepted.
 pub const MAX_PROGRAM_NAME: usize = 64;
@@ -68,32 +68,12 @@ pub struct ProgramSpec {
     pub clean_env: bool,
     /// `limits`: resource limits, set as both soft and hard limit before exec.
     pub limits: Limits,
-    /// `restart`: `"always"` (default), `"on-failure"` or `"never"`.
-    pub restart: Restart,
-    /// `backoff_initial`: the first delay after a restart that was not immediate (default 100 ms).
-    pub backoff_initial: Duration,
-    /// `backoff_max`: the cap of the doubling backoff (default 30 s).
-    pub backoff_max: Duration,
-    /// `backoff_reset`: how long an instance must stay up (ready) for its backoff to reset
-    /// (default 1 s).
-    pub backoff_reset: Duration,
-    /// `max_restarts`: more restarts than this within [`restart_window`](Self::restart_window)
-    /// make the program fatal (default 5).
-    pub max_restarts: u32,
-    /// `restart_window`: the window `max_restarts` is counted in (default 60 s).
-    pub restart_window: Duration,
-    /// `stop_signal`: the signal number sent to the process group to stop it (default `SIGTERM`).
-    pub stop_signal: i32,
-    /// `stop_timeout`: how long after the stop signal `SIGKILL` follows (default 10 s).
-    pub stop_timeout: Duration,
-    /// `ready`: `"immediate"` (default), `"notify"` or a duration.
-    pub ready: Readiness,
-    /// `start_timeout`: how long a `notify` program may take to send `READY=1` (default 90 s;
-    /// `None` when written `"0"` or `"infinity"`). Ignored unless `ready = "notify"`.
-    pub start_timeout: Option<Duration>,
-    /// `watchdog`: a `notify` program that sends no `WATCHDOG=1` for this long is stopped and
-    /// restarted (default none; `"0"` also means none). Requires `ready = "notify"`.
-    pub watchdog: Option<Duration>,
+    /// Restart, backoff, crash-loop, stop and readiness settings, with the supervisor's
+    /// defaults: `restart`, `backoff_initial`, `backoff_max`, `backoff_reset`, `max_restarts`,
+    /// `restart_window`, `stop_signal`, `stop_timeout`, `ready` (→ `readiness`),
+    /// `start_timeout` (`"0"` or `"infinity"`: none; only with `ready = "notify"`) and
+    /// `watchdog` (requires `ready = "notify"`).
+    pub policy: Policy,
     /// `stdout`: where the program's standard output goes (default the daemon log).
     pub stdout: OutputSpec,
     /// `stderr`: where the program's standard error goes (default the daemon log).
@@ -118,17 +98,7 @@ impl ProgramSpec {
             env: Vec::new(),
             clean_env: false,
             limits: Limits::default(),
-            restart: Restart::Always,
-            backoff_initial: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(30),
-            backoff_reset: Duration::from_secs(1),
-            max_restarts: 5,
-            restart_window: Duration::from_secs(60),
-            stop_signal: Signal::SIGTERM as i32,
-            stop_timeout: Duration::from_secs(10),
-            ready: Readiness::Immediate,
-            start_timeout: Some(Duration::from_secs(90)),
-            watchdog: None,
+            policy: Policy::default(),
             stdout: OutputSpec::Log,
             stderr: OutputSpec::Log,
             log_max_bytes: 10 << 20,
@@ -306,7 +276,7 @@ fn read_program(
         p.limits = read_limits(c, &s.key("limits"), l);
     }
     if let Some(r) = s.choice(c, "restart", &["always", "on-failure", "never"]) {
-        p.restart = match r {
+        p.policy.restart = match r {
             "always" => Restart::Always,
             "on-failure" => Restart::OnFailure,
             _ => Restart::Never,
@@ -315,18 +285,18 @@ fn read_program(
 
     let initial = s.duration(c, "backoff_initial");
     let max = s.duration(c, "backoff_max");
-    p.backoff_initial = initial.unwrap_or(p.backoff_initial);
-    p.backoff_max = max.unwrap_or(p.backoff_max);
+    p.policy.backoff_initial = initial.unwrap_or(p.policy.backoff_initial);
+    p.policy.backoff_max = max.unwrap_or(p.policy.backoff_max);
     // Compare only values that were read well (or defaulted): a bad duration is reported once.
     let initial_ok = initial.is_some() || !s.has("backoff_initial");
     let max_ok = max.is_some() || !s.has("backoff_max");
-    if initial_ok && max_ok && p.backoff_initial > p.backoff_max {
+    if initial_ok && max_ok && p.policy.backoff_initial > p.policy.backoff_max {
         let (at, msg) = if initial.is_some() {
             (
                 "backoff_initial",
                 format!(
                     "must not be longer than backoff_max ({})",
-                    fmt_duration(p.backoff_max)
+                    fmt_duration(p.policy.backoff_max)
                 ),
             )
         } else {
@@ -334,17 +304,17 @@ fn read_program(
                 "backoff_max",
                 format!(
                     "must not be shorter than backoff_initial ({})",
-                    fmt_duration(p.backoff_initial)
+                    fmt_duration(p.policy.backoff_initial)
                 ),
             )
         };
         c.at(s.span(at).unwrap_or(name_span.clone()), &s.key(at), msg);
     }
     if let Some(d) = s.duration(c, "backoff_reset") {
-        p.backoff_reset = d;
+        p.policy.backoff_reset = d;
     }
     if let Some(n) = s.integer(c, "max_restarts", 0, MAX_RESTARTS_LIMIT.into()) {
-        p.max_restarts = n as u32;
+        p.policy.max_restarts = n as u32;
     }
     if let Some(d) = s.duration(c, "restart_window") {
         if d.is_zero() {
@@ -354,12 +324,12 @@ fn read_program(
                 "must be longer than zero",
             );
         } else {
-            p.restart_window = d;
+            p.policy.restart_window = d;
         }
     }
     if let Some(sig) = s.string(c, "stop_signal") {
         match parse_signal(sig.get_ref()) {
-            Some(signal) => p.stop_signal = signal as i32,
+            Some(signal) => p.policy.stop_signal = signal as i32,
             None => c.at(
                 sig.span(),
                 &s.key("stop_signal"),
@@ -371,18 +341,18 @@ fn read_program(
         }
     }
     if let Some(d) = s.duration(c, "stop_timeout") {
-        p.stop_timeout = d;
+        p.policy.stop_timeout = d;
     }
     let ready = read_ready(c, &mut s);
-    p.ready = ready.unwrap_or(p.ready);
+    p.policy.readiness = ready.unwrap_or(p.policy.readiness);
     if let Some(d) = optional_duration(c, &mut s, "start_timeout") {
-        p.start_timeout = d;
+        p.policy.start_timeout = d;
     }
     if let Some(d) = optional_duration(c, &mut s, "watchdog") {
-        p.watchdog = d;
+        p.policy.watchdog = d;
         // A `ready` that was itself wrong has been reported already.
         let ready_ok = ready.is_some() || !s.has("ready");
-        if d.is_some() && ready_ok && p.ready != Readiness::Notify {
+        if d.is_some() && ready_ok && p.policy.readiness != Readiness::Notify {
             c.at(
                 s.span("watchdog").unwrap_or(name_span.clone()),
                 &s.key("watchdog"),

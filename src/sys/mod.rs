@@ -93,7 +93,8 @@ pub fn reset_signals() -> Result<(), Error> {
         .map_err(|e| Error::sys("sigprocmask", e))?;
     // Only signals that are ignored or caught need resetting: one read of /proc/self/status
     // instead of a sigaction per signal (this is on the path `warden start` waits for).
-    let not_default = ignored_or_caught().unwrap_or(u128::MAX);
+    let masks = signal_masks();
+    let not_default = masks.map_or(u128::MAX, |(ignored, caught)| ignored | caught);
     let mut reserved = Vec::new();
     for signo in 1..=libc::SIGRTMAX() {
         if signo == libc::SIGKILL
@@ -115,7 +116,14 @@ pub fn reset_signals() -> Result<(), Error> {
         }
     }
     if !reserved.is_empty() {
-        reset_reserved_ignored_signals(&reserved)?;
+        let (ignored, _) = masks.ok_or_else(|| {
+            Error::io(
+                "cannot read",
+                "/proc/self/status",
+                std::io::Error::other("no signal masks"),
+            )
+        })?;
+        reset_reserved_ignored_signals(&reserved, ignored)?;
     }
     Ok(())
 }
@@ -123,6 +131,12 @@ pub fn reset_signals() -> Result<(), Error> {
 /// The signals whose disposition is not the default (`SigIgn | SigCgt` of /proc/self/status),
 /// bit `n - 1` for signal `n`.
 pub fn ignored_or_caught() -> Option<u128> {
+    signal_masks().map(|(ignored, caught)| ignored | caught)
+}
+
+/// `SigIgn` and `SigCgt` of /proc/self/status: the ignored and caught signals, bit `n - 1` for
+/// signal `n`. Arch-neutral, unlike the kernel's `struct sigaction`.
+fn signal_masks() -> Option<(u128, u128)> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let field = |name: &str| {
         status
@@ -130,7 +144,7 @@ pub fn ignored_or_caught() -> Option<u128> {
             .find_map(|l| l.strip_prefix(name))
             .and_then(|v| u128::from_str_radix(v.trim(), 16).ok())
     };
-    Some(field("SigIgn:")? | field("SigCgt:")?)
+    Some((field("SigIgn:")?, field("SigCgt:")?))
 }
 
 /// The signals whose disposition is not the default (ignored or caught), as numbers; every
@@ -145,16 +159,7 @@ pub fn non_default_signals() -> Vec<i32> {
 
 /// Sets those of `reserved` (signals the C library refuses in `sigaction`) that are currently
 /// ignored back to `SIG_DFL`, through the raw system call.
-fn reset_reserved_ignored_signals(reserved: &[i32]) -> Result<(), Error> {
-    // The ignored set as the kernel sees it: arch-neutral, unlike the kernel's `struct
-    // sigaction`, whose field order varies by architecture.
-    let status = std::fs::read_to_string("/proc/self/status")
-        .map_err(|e| Error::io("cannot read", "/proc/self/status", e))?;
-    let ignored = status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigIgn:"))
-        .and_then(|v| u128::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
+fn reset_reserved_ignored_signals(reserved: &[i32], ignored: u128) -> Result<(), Error> {
     // The kernel's sigset size: one bit per signal, SIGRTMAX of them (64 on most architectures).
     let sigsetsize = (libc::SIGRTMAX() as usize + 1) / 8;
     for &signo in reserved {

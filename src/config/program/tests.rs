@@ -122,17 +122,17 @@ log_keep = 2
             cpu: Some(u64::MAX),
         }
     );
-    assert_eq!(p.restart, Restart::OnFailure);
-    assert_eq!(p.backoff_initial, Duration::from_millis(250));
-    assert_eq!(p.backoff_max, Duration::from_secs(60));
-    assert_eq!(p.backoff_reset, Duration::from_secs(5));
-    assert_eq!(p.max_restarts, 10);
-    assert_eq!(p.restart_window, Duration::from_secs(120));
-    assert_eq!(p.stop_signal, libc::SIGINT);
-    assert_eq!(p.stop_timeout, Duration::from_secs(3));
-    assert_eq!(p.ready, Readiness::Notify);
-    assert_eq!(p.start_timeout, Some(Duration::from_secs(20)));
-    assert_eq!(p.watchdog, Some(Duration::from_secs(30)));
+    assert_eq!(p.policy.restart, Restart::OnFailure);
+    assert_eq!(p.policy.backoff_initial, Duration::from_millis(250));
+    assert_eq!(p.policy.backoff_max, Duration::from_secs(60));
+    assert_eq!(p.policy.backoff_reset, Duration::from_secs(5));
+    assert_eq!(p.policy.max_restarts, 10);
+    assert_eq!(p.policy.restart_window, Duration::from_secs(120));
+    assert_eq!(p.policy.stop_signal, libc::SIGINT);
+    assert_eq!(p.policy.stop_timeout, Duration::from_secs(3));
+    assert_eq!(p.policy.readiness, Readiness::Notify);
+    assert_eq!(p.policy.start_timeout, Some(Duration::from_secs(20)));
+    assert_eq!(p.policy.watchdog, Some(Duration::from_secs(30)));
     assert_eq!(p.stdout, OutputSpec::File("/var/log/web.out".into()));
     assert_eq!(p.stderr, OutputSpec::Null);
     assert_eq!(p.log_max_bytes, 512 << 10);
@@ -148,23 +148,12 @@ fn defaults() {
     assert_eq!(p.umask, None);
     assert!(p.env.is_empty() && !p.clean_env);
     assert!(p.limits.is_empty());
-    assert_eq!(p.stop_signal, libc::SIGTERM);
+    assert_eq!(p.policy.stop_signal, libc::SIGTERM);
     assert_eq!((p.stdout, p.stderr), (OutputSpec::Log, OutputSpec::Log));
     assert_eq!(p.log_max_bytes, 10 * 1024 * 1024);
     assert_eq!(p.log_keep, 5);
-    // The config's defaults are the state machine's: they must not drift apart.
-    let d = crate::supervisor::state::Policy::default();
-    assert_eq!(p.restart, d.restart);
-    assert_eq!(p.backoff_initial, d.backoff_initial);
-    assert_eq!(p.backoff_max, d.backoff_max);
-    assert_eq!(p.backoff_reset, d.backoff_reset);
-    assert_eq!(p.max_restarts, d.max_restarts);
-    assert_eq!(p.restart_window, d.restart_window);
-    assert_eq!(p.stop_signal, d.stop_signal);
-    assert_eq!(p.stop_timeout, d.stop_timeout);
-    assert_eq!(p.ready, d.readiness);
-    assert_eq!(p.start_timeout, d.start_timeout);
-    assert_eq!(p.watchdog, d.watchdog);
+    // The config's defaults are the state machine's, by construction.
+    assert_eq!(p.policy, crate::supervisor::state::Policy::default());
 }
 
 #[test]
@@ -233,29 +222,36 @@ fn limits_iterate_in_a_fixed_order() {
 fn readiness_and_optional_durations() {
     let p = |body: &str| one(&format!("[program.a]\ncommand = \"x\"\n{body}\n"));
     assert_eq!(
-        p("ready = \"2s\"").ready,
+        p("ready = \"2s\"").policy.readiness,
         Readiness::After(Duration::from_secs(2))
     );
     assert_eq!(
-        p("ready = 3").ready,
+        p("ready = 3").policy.readiness,
         Readiness::After(Duration::from_secs(3))
     );
-    assert_eq!(p("ready = \"immediate\"").ready, Readiness::Immediate);
     assert_eq!(
-        p("ready = \"notify\"\nstart_timeout = \"0\"").start_timeout,
+        p("ready = \"immediate\"").policy.readiness,
+        Readiness::Immediate
+    );
+    assert_eq!(
+        p("ready = \"notify\"\nstart_timeout = \"0\"")
+            .policy
+            .start_timeout,
         None
     );
-    assert_eq!(p("start_timeout = \"0s\"").start_timeout, None);
-    assert_eq!(p("start_timeout = 0").start_timeout, None);
-    assert_eq!(p("start_timeout = \"infinity\"").start_timeout, None);
+    assert_eq!(p("start_timeout = \"0s\"").policy.start_timeout, None);
+    assert_eq!(p("start_timeout = 0").policy.start_timeout, None);
+    assert_eq!(p("start_timeout = \"infinity\"").policy.start_timeout, None);
     assert_eq!(
-        p("start_timeout = 5").start_timeout,
+        p("start_timeout = 5").policy.start_timeout,
         Some(Duration::from_secs(5))
     );
     // A disabled watchdog needs no notify.
-    assert_eq!(p("watchdog = \"0s\"").watchdog, None);
+    assert_eq!(p("watchdog = \"0s\"").policy.watchdog, None);
     assert_eq!(
-        p("ready = \"notify\"\nwatchdog = \"1500ms\"").watchdog,
+        p("ready = \"notify\"\nwatchdog = \"1500ms\"")
+            .policy
+            .watchdog,
         Some(Duration::from_millis(1500))
     );
 }
@@ -266,6 +262,7 @@ fn stop_signal_names() {
         one(&format!(
             "[program.a]\ncommand = \"x\"\nstop_signal = {name:?}\n"
         ))
+        .policy
         .stop_signal
     };
     assert_eq!(sig("TERM"), libc::SIGTERM);
@@ -589,6 +586,6 @@ fn example_file_parses() {
     let names: Vec<_> = c.programs.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["ticker", "notifier"]);
     assert_eq!(c.programs[0].instances, 2);
-    assert_eq!(c.programs[1].ready, Readiness::Notify);
+    assert_eq!(c.programs[1].policy.readiness, Readiness::Notify);
     assert_eq!(c.daemon.scale_program.as_deref(), Some("ticker"));
 }
