@@ -11,9 +11,10 @@
 //! Launchers, interleaved in a fresh random order every round so that machine noise hits all of
 //! them alike: `warden -c CFG start` (this package's binary), `daemonize -p P -l P /bin/sleep 1000`
 //! (Debian `daemonize`), `start-stop-daemon --start --background --make-pidfile` (dpkg),
-//! python-daemon (`daemon.DaemonContext` with a `TimeoutPIDLockFile`, Debian `python3-daemon`)
-//! and, as a baseline, spawning `/bin/true` and waiting for it. A peer whose tool is missing is
-//! skipped with a note.
+//! python-daemon (`daemon.DaemonContext` with a `TimeoutPIDLockFile`, Debian `python3-daemon`),
+//! the floor — `benches/handshake.c`, the least a C launcher can do and still wait for its
+//! daemon: lock, fork, setsid, fork, write the pid, hand "R" back — and, as a baseline, spawning
+//! `/bin/true` and waiting for it. A peer whose tool is missing is skipped with a note.
 //!
 //! The bench makes itself a child subreaper, so every daemon and every orphaned intermediate
 //! process becomes its child: it can reap them (PID 1 in containers often does not) and, when it
@@ -122,6 +123,7 @@ enum Kind {
     Daemonize,
     StartStopDaemon,
     PythonDaemon,
+    Floor,
     True,
 }
 
@@ -287,6 +289,15 @@ fn launchers(dir: &Path) -> Result<Vec<Launcher>, String> {
         println!("note: {PYTHON} cannot import daemon (apt-get install python3-daemon): skipped");
     }
 
+    match compile_handshake(dir) {
+        Ok(bin) => {
+            let pidfile = make_dir(dir, "floor")?.join("floor.pid");
+            let args = vec![pidfile.clone().into()];
+            add(Kind::Floor, "C handshake (floor)", bin, args, Some(pidfile));
+        }
+        Err(e) => println!("note: {e}: the C handshake floor is skipped"),
+    }
+
     add(
         Kind::True,
         "/bin/true (baseline)",
@@ -294,6 +305,24 @@ fn launchers(dir: &Path) -> Result<Vec<Launcher>, String> {
         Vec::new(),
         None,
     );
+    Ok(out)
+}
+
+/// Compiles `benches/handshake.c` into `dir/handshake` with `cc -O2`.
+fn compile_handshake(dir: &Path) -> Result<PathBuf, String> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/handshake.c");
+    let out = dir.join("handshake");
+    let status = Command::new("cc")
+        .arg("-O2")
+        .arg("-o")
+        .arg(&out)
+        .arg(&src)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("cannot run cc: {e}"))?;
+    if !status.success() {
+        return Err(format!("cc -O2 {} failed: {status}", src.display()));
+    }
     Ok(out)
 }
 
@@ -606,6 +635,7 @@ fn print_header(opts: &Options, nproc: usize, launchers: &[Launcher], subreaper:
             Kind::Daemonize => package_version("daemonize"),
             Kind::StartStopDaemon => package_version("dpkg"),
             Kind::PythonDaemon => package_version("python3-daemon"),
+            Kind::Floor => "benches/handshake.c, cc -O2".to_string(),
             Kind::True => package_version("coreutils"),
         };
         let args: Vec<String> = l

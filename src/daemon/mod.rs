@@ -26,7 +26,6 @@ use std::time::Duration;
 
 use nix::fcntl::OFlag;
 use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 pub use pidfile::{Pidfile, PidfileState};
 pub use privs::Credentials;
@@ -35,7 +34,7 @@ use readiness::{Outcome, ReadyWriter};
 
 use crate::error::{Error, Result};
 use crate::hooks;
-use crate::sys::{self, Fork};
+use crate::sys::{self, Detached};
 
 /// Where one of the daemon's standard streams goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -265,22 +264,27 @@ impl Daemon {
             .transpose()?;
         let (read_end, write_end) =
             nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe2", e))?;
-        // Checked just above: one thread. Both forks skip the re-check.
-        match sys::fork_checked_already()? {
-            Fork::Parent(child) => {
+        // Checked just above: one thread.
+        let detached = match sys::detach() {
+            Ok(d) => d,
+            Err(e) => {
+                if let Some(p) = &pidfile {
+                    p.remove();
+                }
+                return Err(e);
+            }
+        };
+        match detached {
+            Detached::Launcher(daemon) => {
                 drop(write_end);
-                reap(child);
-                let outcome = readiness::wait(read_end, self.ready_timeout);
-                let err = match outcome {
-                    Outcome::Ready { .. } => std::process::exit(0),
-                    Outcome::Failed { reason, .. } => Error::DaemonFailed(reason),
-                    Outcome::Died { .. } => Error::DaemonDied { status: None },
-                    Outcome::TimedOut { pid } => {
-                        if let Some(pid) = pid {
-                            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                        }
+                let err = match readiness::wait(read_end, self.ready_timeout) {
+                    Outcome::Ready => std::process::exit(0),
+                    Outcome::Failed(reason) => Error::DaemonFailed(reason),
+                    Outcome::Died => Error::DaemonDied { status: None },
+                    Outcome::TimedOut => {
+                        let _ = kill(daemon, Signal::SIGKILL);
                         Error::ReadyTimeout {
-                            pid: pid.unwrap_or(-1),
+                            pid: daemon.as_raw(),
                             timeout: self.ready_timeout,
                         }
                     }
@@ -290,22 +294,9 @@ impl Daemon {
                 }
                 Err(err)
             }
-            Fork::Child => {
+            Detached::Daemon => {
                 drop(read_end);
-                let mut writer = ReadyWriter::new(write_end);
-                if let Err(e) = nix::unistd::setsid() {
-                    writer.fail(&Error::sys("setsid", e).to_string());
-                    sys::_exit(1);
-                }
-                match sys::fork_checked_already() {
-                    Ok(Fork::Parent(_)) => sys::_exit(0),
-                    Ok(Fork::Child) => {}
-                    Err(e) => {
-                        writer.fail(&e.to_string());
-                        sys::_exit(1);
-                    }
-                }
-                writer.pid(std::process::id());
+                let writer = ReadyWriter::new(write_end);
                 match self.become_daemon(pidfile, creds, &writer) {
                     Ok(mut handle) => {
                         handle.ready_writer = Some(writer);
@@ -352,7 +343,7 @@ impl Daemon {
             nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(self.umask));
             std::env::set_current_dir(&self.directory)
                 .map_err(|e| Error::io("cannot change directory to", &self.directory, e))?;
-            self.redirect_stdio()?;
+            self.redirect_stdio(None)?;
             if let Some(p) = &mut pidfile {
                 p.write_pid(std::process::id(), self.pidfile_owner(creds.as_ref()))?;
             }
@@ -397,8 +388,8 @@ impl Daemon {
             .open("/dev/null")
             .map_err(|e| Error::io("cannot open", "/dev/null", e))?;
         nix::unistd::dup2_stdin(&null).map_err(|e| Error::sys("dup2", e))?;
+        self.redirect_stdio(Some(&null))?;
         drop(null);
-        self.redirect_stdio()?;
         if let Some(p) = &mut pidfile {
             p.write_pid(std::process::id(), self.pidfile_owner(creds.as_ref()))?;
         }
@@ -420,25 +411,34 @@ impl Daemon {
             .map(|c| (c.uid(), c.gid))
     }
 
-    fn redirect_stdio(&self) -> Result<()> {
+    /// Points stdout and stderr where configured; `null`, if given, is an open `/dev/null`.
+    fn redirect_stdio(&self, null: Option<&std::fs::File>) -> Result<()> {
         for (target, fd) in [(&self.stdout, 1), (&self.stderr, 2)] {
-            let file = match target {
-                Stdio::Inherit if self.foreground => continue,
-                Stdio::Inherit | Stdio::Null => std::fs::OpenOptions::new()
-                    .write(true)
-                    .open("/dev/null")
-                    .map_err(|e| Error::io("cannot open", "/dev/null", e))?,
-                Stdio::File(path) => std::fs::OpenOptions::new()
-                    .append(true)
-                    .create(true)
-                    .mode(0o644)
-                    .open(path)
-                    .map_err(|e| Error::io("cannot open output file", path, e))?,
+            let opened;
+            let file = match (target, null) {
+                (Stdio::Inherit, _) if self.foreground => continue,
+                (Stdio::Inherit | Stdio::Null, Some(null)) => null,
+                (Stdio::Inherit | Stdio::Null, None) => {
+                    opened = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open("/dev/null")
+                        .map_err(|e| Error::io("cannot open", "/dev/null", e))?;
+                    &opened
+                }
+                (Stdio::File(path), _) => {
+                    opened = std::fs::OpenOptions::new()
+                        .append(true)
+                        .create(true)
+                        .mode(0o644)
+                        .open(path)
+                        .map_err(|e| Error::io("cannot open output file", path, e))?;
+                    &opened
+                }
             };
             if fd == 1 {
-                nix::unistd::dup2_stdout(&file)
+                nix::unistd::dup2_stdout(file)
             } else {
-                nix::unistd::dup2_stderr(&file)
+                nix::unistd::dup2_stderr(file)
             }
             .map_err(|e| Error::sys("dup2", e))?;
         }
@@ -478,16 +478,6 @@ fn hold_signals() -> Result<nix::sys::signal::SigSet> {
     }
     set.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)
         .map_err(|e| Error::sys("sigprocmask", e))
-}
-
-/// Waits for the intermediate child, which exits right after its own fork.
-fn reap(child: Pid) {
-    loop {
-        match nix::sys::wait::waitpid(child, None) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            _ => return,
-        }
-    }
 }
 
 /// The running daemon: readiness, service-manager notifications and exit hooks.

@@ -5,12 +5,12 @@
 //!
 //! | message | meaning |
 //! |---|---|
-//! | `P<pid>` | the daemon's pid (first, so a timed-out launcher can kill it) |
 //! | `R` | ready: the launcher exits 0 |
 //! | `E<text>` | failed: the launcher prints the text and exits non-zero |
 //!
 //! End of file before `R` means the daemon died (its descriptor closed with it). The read is
-//! bounded by a deadline.
+//! bounded by a deadline. The launcher learns the daemon's pid from the fork itself
+//! (`sys::detach`), not from the pipe.
 //!
 //! [`Notifier`] speaks `sd_notify(3)` to `$NOTIFY_SOCKET`, which is read once, before threads.
 
@@ -26,13 +26,13 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// `R` arrived.
-    Ready { pid: Option<i32> },
+    Ready,
     /// `E<text>` arrived.
-    Failed { pid: Option<i32>, reason: String },
+    Failed(String),
     /// End of file before `R`.
-    Died { pid: Option<i32> },
+    Died,
     /// The deadline passed.
-    TimedOut { pid: Option<i32> },
+    TimedOut,
 }
 
 /// The daemon's end of the pipe.
@@ -54,10 +54,6 @@ impl ReadyWriter {
         let _ = self.0.write_all(line.as_bytes());
     }
 
-    pub(crate) fn pid(&mut self, pid: u32) {
-        self.send(&format!("P{pid}\n"));
-    }
-
     pub(crate) fn ready(mut self) {
         self.send("R\n");
     }
@@ -73,27 +69,20 @@ pub(crate) fn wait(fd: OwnedFd, timeout: Duration) -> Outcome {
     let deadline = Instant::now() + timeout;
     let mut file = std::fs::File::from(fd);
     let mut buf = Vec::new();
-    let mut pid = None;
     loop {
         // Handle every complete line received so far.
         while let Some(nl) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=nl).collect();
             let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
             match line.as_bytes().first() {
-                Some(b'P') => pid = line[1..].parse().ok(),
-                Some(b'R') => return Outcome::Ready { pid },
-                Some(b'E') => {
-                    return Outcome::Failed {
-                        pid,
-                        reason: line[1..].to_string(),
-                    };
-                }
+                Some(b'R') => return Outcome::Ready,
+                Some(b'E') => return Outcome::Failed(line[1..].to_string()),
                 _ => {}
             }
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Outcome::TimedOut { pid };
+            return Outcome::TimedOut;
         }
         let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
         let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
@@ -104,14 +93,14 @@ pub(crate) fn wait(fd: OwnedFd, timeout: Duration) -> Outcome {
             Ok(0) => continue,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return Outcome::Died { pid },
+            Err(_) => return Outcome::Died,
         }
         let mut chunk = [0u8; 4096];
         match file.read(&mut chunk) {
-            Ok(0) => return Outcome::Died { pid },
+            Ok(0) => return Outcome::Died,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return Outcome::Died { pid },
+            Err(_) => return Outcome::Died,
         }
     }
 }
@@ -174,19 +163,16 @@ mod tests {
 
     #[test]
     fn handshake_verdicts() {
+        assert_eq!(run(b"R\n", true, 1000), Outcome::Ready);
         assert_eq!(
-            run(b"P42\nR\n", true, 1000),
-            Outcome::Ready { pid: Some(42) }
+            run(b"Ecannot chdir\n", true, 1000),
+            Outcome::Failed("cannot chdir".into())
         );
-        assert_eq!(
-            run(b"P42\nEcannot chdir\n", true, 1000),
-            Outcome::Failed {
-                pid: Some(42),
-                reason: "cannot chdir".into()
-            }
-        );
-        assert_eq!(run(b"P42\n", true, 1000), Outcome::Died { pid: Some(42) });
-        assert_eq!(run(b"P7\n", false, 50), Outcome::TimedOut { pid: Some(7) });
+        assert_eq!(run(b"", true, 1000), Outcome::Died);
+        assert_eq!(run(b"", false, 50), Outcome::TimedOut);
+        // A line split across writes and an unknown line before the verdict.
+        assert_eq!(run(b"X\nR", true, 1000), Outcome::Died);
+        assert_eq!(run(b"X\nR\n", true, 1000), Outcome::Ready);
     }
 
     #[test]

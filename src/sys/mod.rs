@@ -9,7 +9,10 @@
 //! allocator's, stdout's, a logger's) would stay locked forever in the child.
 #![allow(unsafe_code)]
 
+mod detach;
 pub mod pool;
+
+pub(crate) use detach::{Detached, detach};
 
 use std::ffi::OsStr;
 use std::io;
@@ -48,18 +51,6 @@ pub fn fork() -> Result<Fork, Error> {
     // SAFETY: the process is single-threaded (checked just above; no thread can be started
     // between the check and the call because this very thread is the only one), so the child
     // inherits no lock held by another thread and may run arbitrary code.
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Fork::Parent(child)),
-        Ok(nix::unistd::ForkResult::Child) => Ok(Fork::Child),
-        Err(e) => Err(Error::sys("fork", e)),
-    }
-}
-
-/// `fork(2)` for a caller that has just checked that the process is single-threaded (the
-/// daemon sequence checks once, then forks twice).
-pub(crate) fn fork_checked_already() -> Result<Fork, Error> {
-    // SAFETY: the caller verified the process has one thread, as in `fork`; a forked child of a
-    // single-threaded process is itself single-threaded.
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Parent { child }) => Ok(Fork::Parent(child)),
         Ok(nix::unistd::ForkResult::Child) => Ok(Fork::Child),
@@ -137,7 +128,20 @@ pub fn ignored_or_caught() -> Option<u128> {
 /// `SigIgn` and `SigCgt` of /proc/self/status: the ignored and caught signals, bit `n - 1` for
 /// signal `n`. Arch-neutral, unlike the kernel's `struct sigaction`.
 fn signal_masks() -> Option<(u128, u128)> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    use std::io::Read;
+    // One read: the file is about 1.5 KiB and is generated whole on the first read.
+    let mut buf = [0u8; 8192];
+    let mut file = std::fs::File::open("/proc/self/status").ok()?;
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    let status = std::str::from_utf8(&buf[..len]).ok()?;
     let field = |name: &str| {
         status
             .lines()
