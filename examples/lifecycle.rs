@@ -31,6 +31,8 @@ enum Mode {
     Fail,
     /// Log a numbered line every `--interval`, until stopped.
     Ticker,
+    /// Never report readiness: the launcher's `--ready-timeout` must kill the daemon.
+    Hang,
 }
 
 #[derive(Debug, Parser)]
@@ -50,6 +52,9 @@ struct Args {
     /// Period of the ticker.
     #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
     interval: Duration,
+    /// How long the launcher waits for readiness.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    ready_timeout: Duration,
     /// On a graceful shutdown, linger this long (a second TERM cuts it short).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     linger: Duration,
@@ -64,7 +69,18 @@ fn append(path: &Path, line: &str) {
     f.write_all(format!("{line}\n").as_bytes()).unwrap();
 }
 
-fn main() -> Result<(), warden::Error> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // Reached in the launcher when the daemon failed, died or timed out.
+            eprintln!("lifecycle: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), warden::Error> {
     let args = Args::parse();
     let dir = std::path::absolute(&args.dir).unwrap();
     let pidfile = dir.join("app.pid");
@@ -81,6 +97,7 @@ fn main() -> Result<(), warden::Error> {
         .directory(&dir)
         .stderr(Stdio::File(dir.join("stderr.log")))
         .foreground(args.foreground)
+        .ready_timeout(args.ready_timeout)
         .start()?;
 
     // In the daemon: hooks A, B, P (panics), C — they must run C, P, B, A, then the pidfile goes.
@@ -148,6 +165,9 @@ fn main() -> Result<(), warden::Error> {
             daemon.ready();
             panic!("main panics on purpose");
         }
+        Mode::Hang => loop {
+            std::thread::sleep(Duration::from_secs(1));
+        },
         Mode::Events | Mode::Ticker => daemon.ready(),
     }
     log::info!("ready (pid {})", std::process::id());

@@ -177,6 +177,28 @@ fn fail_reports_to_the_launcher_and_runs_hooks() {
 }
 
 #[test]
+fn a_daemon_never_ready_is_killed_at_the_launchers_timeout() {
+    let mut sb = Sandbox::new("hooks-hang", "");
+    let cmd = lifecycle(&sb, &["--mode", "hang", "--ready-timeout", "300ms"]);
+    let out = sb.output(cmd);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not become ready within 300ms"), "{err}");
+    // The launcher names the daemon it killed, and removed the pidfile it had created.
+    let pid: i32 = err
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {err:?}"));
+    assert!(pid > 0, "{err}");
+    sb.track(pid);
+    wait_gone(pid);
+    assert!(!sb.path("app.pid").exists());
+    assert_no_process(&sb);
+}
+
+#[test]
 fn each_signal_produces_its_event() {
     let mut sb = Sandbox::new("signal-map", "");
     let pid = start(&mut sb, &[]);

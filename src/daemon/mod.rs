@@ -282,9 +282,18 @@ impl Daemon {
                     Outcome::Failed(reason) => Error::DaemonFailed(reason),
                     Outcome::Died => Error::DaemonDied { status: None },
                     Outcome::TimedOut => {
-                        let _ = kill(daemon, Signal::SIGKILL);
+                        // Without a report from the intermediate, the pidfile (written early by
+                        // the daemon, through the descriptor it shares with us) names it.
+                        let daemon = daemon.or_else(|| {
+                            let path = self.pidfile.as_deref()?;
+                            let pid = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+                            Pidfile::held_by(path, pid).then(|| nix::unistd::Pid::from_raw(pid))
+                        });
+                        if let Some(pid) = daemon {
+                            let _ = kill(pid, Signal::SIGKILL);
+                        }
                         Error::ReadyTimeout {
-                            pid: daemon.as_raw(),
+                            pid: daemon.map_or(-1, |p| p.as_raw()),
                             timeout: self.ready_timeout,
                         }
                     }

@@ -1,14 +1,14 @@
 //! The double fork of daemon(7): `fork` → `setsid` → `fork`, the intermediate leaving at once.
 //!
-//! The intermediate process lives for two system calls, so on x86-64 Linux it is not a copy of
-//! the launcher at all: it is a `vfork`-style child (`clone(CLONE_VM | CLONE_VFORK)`) that
-//! borrows the launcher's memory while the launcher is suspended, calls `setsid` and `fork`, and
-//! leaves with `_exit`. Only the daemon is a real copy. That saves a full copy of the address
-//! space and its teardown on the path `warden start` waits for. Elsewhere both forks are real.
+//! The intermediate tells the launcher the daemon's pid (or the step that failed and its `errno`)
+//! through a [`Report`] in a `MAP_SHARED` page, so the launcher needs no message from the daemon
+//! to know whom to kill on a timeout.
 //!
-//! The intermediate tells the launcher the daemon's pid (or the step that failed and its
-//! `errno`) through a [`Report`] in a `MAP_SHARED` page, which works the same whether or not it
-//! shares the launcher's memory.
+//! Both forks are real `fork(2)`s. A `vfork`-style intermediate (`clone(CLONE_VM | CLONE_VFORK)`)
+//! would save one copy of the launcher, about 0.1 ms, but the kernel drops the restartable
+//! sequences (rseq) registration of a `CLONE_VM` child, the daemon would inherit that missing
+//! registration while glibc believes it registered, and `sched_getcpu` and every rseq user in
+//! the daemon's main thread would be silently wrong.
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
@@ -18,9 +18,10 @@ use crate::error::Error;
 /// Who we are after [`detach`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Detached {
-    /// The launcher; the daemon has this pid.
-    Launcher(Pid),
-    /// The daemon: in a new session, not its leader, and its parent has exited.
+    /// The launcher; the daemon has this pid. `None` only if the intermediate process was
+    /// killed before it could report (the daemon may exist: the readiness pipe tells).
+    Launcher(Option<Pid>),
+    /// The daemon: in a new session, not its leader; its parent is leaving with `_exit`.
     Daemon,
 }
 
@@ -94,7 +95,7 @@ pub(crate) fn detach() -> Result<Detached, Error> {
         unmap(page);
         return Err(Error::sys("fork", Errno::from_raw(-first as i32)));
     }
-    // The intermediate has exited (vfork) or is about to (fork); reap it.
+    // The intermediate leaves right after its fork; reap it.
     let intermediate = Pid::from_raw(first as i32);
     while let Err(Errno::EINTR) = nix::sys::wait::waitpid(intermediate, None) {}
     // SAFETY: the intermediate has exited, so nothing writes the report any more; `report` is
@@ -106,9 +107,12 @@ pub(crate) fn detach() -> Result<Detached, Error> {
     } = unsafe { report.read() };
     unmap(page);
     match step {
-        0 if daemon > 0 => Ok(Detached::Launcher(Pid::from_raw(daemon))),
+        0 if daemon > 0 => Ok(Detached::Launcher(Some(Pid::from_raw(daemon)))),
         STEP_SETSID => Err(Error::sys("setsid", Errno::from_raw(errno))),
-        _ => Err(Error::sys("fork", Errno::from_raw(errno))),
+        STEP_FORK => Err(Error::sys("fork", Errno::from_raw(errno))),
+        // Killed before reporting (or reaped by someone else): whether a daemon exists is for
+        // the readiness pipe to tell — it ends at once if nobody else holds its write end.
+        _ => Ok(Detached::Launcher(None)),
     }
 }
 
@@ -119,12 +123,8 @@ fn unmap(page: *mut libc::c_void) {
 }
 
 /// The intermediate process: `setsid`, `fork`, report, `_exit`. Returns only in the daemon
-/// (with 0).
-///
-/// It may run in a `vfork`-style child that shares the launcher's memory and stack (below the
-/// launcher's stack pointer), so it must not allocate, take a lock, unwind or return anywhere
-/// but in the daemon: it only makes system calls and writes `report`.
-extern "C" fn intermediate(report: *mut Report) -> i64 {
+/// (with 0). It makes system calls and writes `report`, nothing else.
+fn intermediate(report: *mut Report) -> i64 {
     // SAFETY: `setsid`, `fork` and `_exit` are async-signal-safe and take no pointers; `report`
     // points at the shared page `detach` mapped, alive until the launcher unmaps it after
     // reaping this process; `__errno_location` returns this thread's errno slot.
@@ -150,52 +150,6 @@ extern "C" fn intermediate(report: *mut Report) -> i64 {
 
 /// Starts the intermediate process. Returns its pid (or `-errno`) in the launcher and 0 in the
 /// daemon.
-///
-/// x86-64: `clone(CLONE_VM | CLONE_VFORK | SIGCHLD)` with no new stack, in one `asm!` block, so
-/// that the compiler never sees a function that returns twice. The child moves its stack pointer
-/// below the launcher's red zone before calling [`intermediate`]; the launcher is suspended by
-/// the kernel until the child exits, and its registers are its own. The daemon, a real copy made
-/// inside `intermediate`, returns from the call with the launcher's callee-saved registers
-/// (preserved by `intermediate`, as the C ABI requires), restores the stack pointer and leaves
-/// the block with 0.
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-fn spawn_intermediate(report: *mut Report) -> i64 {
-    let flags = (libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD) as u64;
-    let ret: i64;
-    // SAFETY: see the function's documentation. All signals are blocked (no handler can run on
-    // the shared stack); the child writes memory only below the launcher's stack pointer minus
-    // the 128-byte red zone, and `report`. Every caller-saved register is declared clobbered
-    // (`clobber_abi`), r12 is saved and restored by the block itself, and r13 carries `report`
-    // (callee-saved, so `intermediate` preserves it).
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            "test rax, rax",
-            "jnz 2f",
-            "mov r12, rsp",
-            "sub rsp, 128",
-            "and rsp, -16",
-            "mov rdi, r13",
-            "call {intermediate}",
-            "mov rsp, r12",
-            "2:",
-            intermediate = sym intermediate,
-            inlateout("rax") libc::SYS_clone => ret,
-            in("rsi") 0u64,
-            in("rdx") 0u64,
-            in("r10") 0u64,
-            in("r8") 0u64,
-            in("r13") report,
-            inlateout("rdi") flags => _,
-            out("r12") _,
-            clobber_abi("C"),
-        );
-    }
-    ret
-}
-
-/// Elsewhere: a plain `fork`; the intermediate is a real copy.
-#[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
 fn spawn_intermediate(report: *mut Report) -> i64 {
     // SAFETY: the caller checked the process is single-threaded; the child only calls
     // `intermediate` (async-signal-safe) and returns from it only as the daemon.

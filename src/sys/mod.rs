@@ -4,8 +4,8 @@
 //! `EINTR` handled once here. They hold no state and do not log. Wrappers that may run in a forked
 //! child before `exec` (see [`pre_exec_child`]) neither allocate nor lock.
 //!
-//! Forking is only offered through [`fork`], which refuses when the process has more than one
-//! thread: `fork(2)` copies only the calling thread, so a lock held by another thread (the
+//! Forking is only offered through [`fork`] (and the daemon's double fork, `detach`, whose caller
+//! checks first), which refuses when the process has more than one thread: `fork(2)` copies only the calling thread, so a lock held by another thread (the
 //! allocator's, stdout's, a logger's) would stay locked forever in the child.
 #![allow(unsafe_code)]
 
