@@ -543,6 +543,41 @@ fn terminate(mut r: Report) -> Report {
     r
 }
 
+/// `imap_unordered` blocked on unfinished jobs ends when another thread terminates the pool:
+/// every job comes out once (cancelled), and the iterator ends without polling for the end.
+fn imap_terminate(mut r: Report) -> Report {
+    let pool = build(builder("imap_terminate").workers(1).pipeline(2));
+    let (seen, cancelled, elapsed) = std::thread::scope(|s| {
+        let pool = &pool;
+        let t = s.spawn(move || {
+            wait_until(Duration::from_secs(10), || pool.stats().busy == 1);
+            pool.terminate();
+            Instant::now()
+        });
+        let mut ids = BTreeSet::new();
+        let mut cancelled = 0;
+        let jobs = (0..10).map(|id| Task::Sleep { ms: 2_000, id });
+        for (i, o) in pool.imap_unordered(jobs).expect("open") {
+            ids.insert(i);
+            if matches!(o, Err(JobError::Cancelled)) {
+                cancelled += 1;
+            }
+        }
+        let ended = Instant::now();
+        let terminated = t.join().expect("terminating thread");
+        (
+            ids.len(),
+            cancelled,
+            ended.saturating_duration_since(terminated),
+        )
+    });
+    r.kv("seen", seen);
+    r.kv("cancelled", cancelled);
+    r.kv("end_after_terminate_ms", elapsed.as_millis());
+    r.check(seen == 10, format!("{seen} of 10 jobs came out"));
+    r
+}
+
 /// A full queue: `submit` blocks (bounded) and `try_submit` gives the job back.
 fn backpressure(mut r: Report) -> Report {
     let pool = build(
@@ -876,6 +911,7 @@ const SCENARIOS: &[&str] = &[
     "panic",
     "timeout",
     "close_join",
+    "imap_terminate",
     "terminate",
     "backpressure",
     "recycle",
@@ -922,6 +958,7 @@ fn main() {
         "timeout" => timeout(r),
         "close_join" => close_join(r),
         "terminate" => terminate(r),
+        "imap_terminate" => imap_terminate(r),
         "backpressure" => backpressure(r),
         "recycle" => recycle(r),
         "recycle_rss" => recycle_rss(r),

@@ -189,6 +189,13 @@ fn terminate_cancels_unfinished_jobs_and_leaves_no_worker() {
 }
 
 #[test]
+fn imap_unordered_ends_when_another_thread_terminates_the_pool() {
+    let r = scenario("imap_terminate");
+    assert_eq!(r.num("seen"), 10);
+    assert!(r.num("cancelled") >= 9, "cancelled={}", r.num("cancelled"));
+}
+
+#[test]
 fn a_full_queue_blocks_submit_and_try_submit_gives_the_job_back() {
     let r = scenario("backpressure");
     assert_eq!(r.get("try_submit"), "full");

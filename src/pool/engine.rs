@@ -170,6 +170,9 @@ pub(crate) struct Inner {
     pub(crate) io_done: bool,
     /// The latest snapshot, published by the I/O thread.
     pub(crate) stats: PoolStats,
+    /// Run once when the I/O thread ends (see [`Shared::on_io_done`]), by id.
+    io_done_wakers: Vec<(u64, Box<dyn FnOnce() + Send>)>,
+    next_waker: u64,
 }
 
 impl Shared {
@@ -187,12 +190,67 @@ impl Shared {
                 finished: 0,
                 io_done: false,
                 stats: PoolStats::default(),
+                io_done_wakers: Vec::new(),
+                next_waker: 0,
             }),
             not_full: Condvar::new(),
             changed: Condvar::new(),
             waker: Waker::new(poll.registry(), WAKER)?,
             wake_pending: AtomicBool::new(false),
         })
+    }
+
+    /// Marks the I/O thread as ended (after `update`, under the lock), wakes every thread waiting
+    /// on the condition variables and runs the registered wakers. Idempotent.
+    pub(crate) fn mark_io_done(&self, update: impl FnOnce(&mut Inner)) {
+        let mut inner = self.lock();
+        update(&mut inner);
+        let first = !inner.io_done;
+        inner.io_done = true;
+        let wakers = std::mem::take(&mut inner.io_done_wakers);
+        drop(inner);
+        if first {
+            self.changed.notify_all();
+            self.not_full.notify_all();
+        }
+        for (_, wake) in wakers {
+            wake();
+        }
+    }
+
+    /// Ends the pool's I/O: closes the pool, applies `update` (under the lock), fails every job
+    /// still queued with `failure()` (outside the lock: a sink may run a user's callback), then
+    /// marks the I/O thread ended — so that woken waiters find every outcome delivered.
+    pub(crate) fn finish_io(&self, failure: impl Fn() -> Failure, update: impl FnOnce(&mut Inner)) {
+        let orphans: Vec<Job> = {
+            let mut inner = self.lock();
+            inner.closed = true;
+            update(&mut inner);
+            inner.queue.drain(..).collect()
+        };
+        for job in orphans {
+            job.sink.call(Raw::Failed(failure()));
+        }
+        self.mark_io_done(|_| {});
+    }
+
+    /// Registers `wake` to run once when the I/O thread ends, for a waiter that cannot sleep on
+    /// the condition variables (`imap_unordered` sleeps on its channel). Returns `None`, without
+    /// registering, if it has ended already.
+    pub(crate) fn on_io_done(&self, wake: Box<dyn FnOnce() + Send>) -> Option<u64> {
+        let mut inner = self.lock();
+        if inner.io_done {
+            return None;
+        }
+        let id = inner.next_waker;
+        inner.next_waker += 1;
+        inner.io_done_wakers.push((id, wake));
+        Some(id)
+    }
+
+    /// Unregisters a waker that is no longer needed.
+    pub(crate) fn forget_io_done(&self, id: u64) {
+        self.lock().io_done_wakers.retain(|(i, _)| *i != id);
     }
 
     /// Locks the shared state (a panic elsewhere does not poison the pool).
@@ -418,11 +476,18 @@ impl Engine {
     }
 
     /// Runs the loop until the pool is stopped and every worker is gone.
-    pub(crate) fn run(mut self) {
+    pub(crate) fn run(self) {
         ON_IO_THREAD.with(|f| f.set(true));
         // Whatever way this thread ends — a panic included — waiters in join(), wait() and
-        // imap_unordered must learn that it did, or they would wait for ever.
+        // imap_unordered must learn that it did, or they would wait for ever. The guard is
+        // dropped after `serve`'s frame, hence after the engine and every sink it still held
+        // (a dropped sink delivers its outcome): by the time waiters are woken, every outcome
+        // that will ever exist has been delivered.
         let _done = IoDoneOnExit(Arc::clone(&self.shared));
+        self.serve();
+    }
+
+    fn serve(mut self) {
         if let Spawner::Fork {
             zygote: Some(z), ..
         } = &self.spawner
@@ -475,11 +540,6 @@ impl Engine {
         }
         self.cleanup();
         self.publish();
-        let mut inner = self.shared.lock();
-        inner.io_done = true;
-        drop(inner);
-        self.shared.changed.notify_all();
-        self.shared.not_full.notify_all();
     }
 
     // ----- the shared queue -------------------------------------------------------------
@@ -1220,10 +1280,24 @@ impl Engine {
                 self.flush_zygote();
             }
             _ => {
-                // Not reaped yet (we reap only after the pidfd says it exited), so the pid and
-                // its process group cannot have been reused.
-                let _ = nix::sys::signal::killpg(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-                let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                // We reap only after the pidfd says the worker exited, so normally the pid and
+                // its process group are still the worker's. But a host program's `waitpid(-1)`
+                // may have reaped it behind our back: signal through the pidfd first, which can
+                // only reach the worker, and the group only while the worker still holds the
+                // pid (a zombie does too), so that neither can have been reused.
+                let alive = match &p.pidfd {
+                    Some((fd, _)) => {
+                        sys::pool::pidfd_send_signal(fd.as_fd(), libc::SIGKILL).is_ok()
+                    }
+                    None => {
+                        // No pidfds (kernel before 5.3): by pid, as before them.
+                        nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::SIGKILL)
+                            .is_ok()
+                    }
+                };
+                if alive {
+                    let _ = nix::sys::signal::killpg(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                }
             }
         }
     }
@@ -1674,14 +1748,13 @@ impl Engine {
 struct IoDoneOnExit(Arc<Shared>);
 
 impl Drop for IoDoneOnExit {
+    /// Jobs still queued (only after a panic of the I/O thread: a normal end has resolved them)
+    /// fail, the pool closes, and waiters learn that the thread ended.
     fn drop(&mut self) {
-        let mut inner = self.0.lock();
-        if !inner.io_done {
-            inner.io_done = true;
-            drop(inner);
-            self.0.changed.notify_all();
-            self.0.not_full.notify_all();
-        }
+        self.0.finish_io(
+            || Failure::Fatal("the pool's I/O thread ended before this job ran".into()),
+            |_| {},
+        );
     }
 }
 

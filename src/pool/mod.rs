@@ -603,9 +603,11 @@ where
                 Ok(h) => *self.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(h),
                 Err(e) => {
                     log::error!("pool {}: cannot start its I/O thread: {e}", self.name);
-                    let mut inner = self.shared.lock();
-                    inner.io_done = true;
-                    inner.stats.fatal = Some(format!("cannot start the I/O thread: {e}"));
+                    let why = format!("cannot start the I/O thread: {e}");
+                    self.shared.finish_io(
+                        || Failure::Fatal(why.clone()),
+                        |inner| inner.stats.fatal = Some(why.clone()),
+                    );
                 }
             }
         });
@@ -781,6 +783,11 @@ where
             return Err(Closed(()));
         }
         let (tx, rx) = mpsc::channel();
+        // Woken (a `None` on the channel) when the I/O thread ends, instead of polling for it.
+        let end = tx.clone();
+        let waker = self.shared.on_io_done(Box::new(move || {
+            let _ = end.send(None);
+        }));
         Ok(ImapUnordered {
             pool: self,
             input: jobs.into_iter(),
@@ -791,6 +798,8 @@ where
             rx,
             exhausted: false,
             closed_at: None,
+            waker,
+            ended: waker.is_none(),
         })
     }
 
@@ -859,14 +868,10 @@ where
             // Never started: no worker exists; dropping it stops the fork server. Later calls to
             // `start` find nothing to run.
             drop(engine);
-            let mut inner = self.shared.lock();
-            inner.io_done = true;
-            inner.stats.fork_server_pid = None;
-            for job in inner.queue.drain(..) {
-                job.sink.call(Raw::Failed(Failure::Cancelled));
-            }
-            drop(inner);
-            self.shared.not_full.notify_all();
+            self.shared.finish_io(
+                || Failure::Cancelled,
+                |inner| inner.stats.fork_server_pid = None,
+            );
             return;
         }
         let handle = self
@@ -1220,10 +1225,23 @@ pub struct ImapUnordered<'p, J, O, E, I> {
     next: usize,
     outstanding: usize,
     window: usize,
-    tx: mpsc::Sender<(usize, Outcome<O, E>)>,
-    rx: mpsc::Receiver<(usize, Outcome<O, E>)>,
+    /// `Some` per outcome; `None` once, when the I/O thread has ended.
+    tx: mpsc::Sender<Option<(usize, Outcome<O, E>)>>,
+    rx: mpsc::Receiver<Option<(usize, Outcome<O, E>)>>,
     exhausted: bool,
     closed_at: Option<usize>,
+    /// The registration of the end-of-I/O-thread waker.
+    waker: Option<u64>,
+    /// The I/O thread has ended: no outcome will come that is not already on the channel.
+    ended: bool,
+}
+
+impl<J, O, E, I> Drop for ImapUnordered<'_, J, O, E, I> {
+    fn drop(&mut self) {
+        if let Some(id) = self.waker.take() {
+            self.pool.shared.forget_io_done(id);
+        }
+    }
 }
 
 impl<J, O, E, I> fmt::Debug for ImapUnordered<'_, J, O, E, I> {
@@ -1257,7 +1275,7 @@ where
             self.next += 1;
             let tx = self.tx.clone();
             let sink = Sink::new(move |raw: Raw<'_>| {
-                let _ = tx.send((i, decode_one(raw)));
+                let _ = tx.send(Some((i, decode_one(raw))));
             });
             if self
                 .pool
@@ -1278,17 +1296,20 @@ where
             return self.closed_at.take().map(|i| (i, Err(JobError::Cancelled)));
         }
         loop {
-            match self.rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(item) => {
+            let got = if self.ended {
+                // Every sink runs (or is dropped) before the I/O thread ends: what is not on
+                // the channel now never will be.
+                self.rx.try_recv().ok()
+            } else {
+                self.rx.recv().ok()
+            };
+            match got {
+                Some(Some(item)) => {
                     self.outstanding -= 1;
                     return Some(item);
                 }
-                // Every sink runs (or is dropped) before the I/O thread ends: if it has ended
-                // and nothing came, nothing will.
-                Err(_) if self.pool.shared.lock().io_done => {
-                    return self.rx.try_recv().ok().inspect(|_| self.outstanding -= 1);
-                }
-                Err(_) => {}
+                Some(None) => self.ended = true,
+                None => return None,
             }
         }
     }

@@ -33,6 +33,32 @@ pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     }
 }
 
+/// `pidfd_send_signal(2)`: sends `signal` to the process `pidfd` refers to. Unlike `kill(2)` by
+/// pid, this can never reach another process: once the process has been reaped (by anyone), the
+/// call fails with `ESRCH`.
+pub fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    loop {
+        // SAFETY: the descriptor is borrowed, so open for the call; no siginfo is passed (null)
+        // and the flags are 0.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0u32,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let errno = Errno::last();
+        if errno != Errno::EINTR {
+            return Err(errno.into());
+        }
+    }
+}
+
 /// Moves `fd` onto descriptor number `target` (`dup2`, then closing the original), without
 /// close-on-exec on `target`; when `fd` already is `target`, only clears its close-on-exec flag
 /// (where `dup2` would be a no-op leaving the flag set).
