@@ -365,8 +365,18 @@ fn nobody_uid() -> u32 {
 
 /// `warden ARGS…` run as nobody:nogroup without supplementary groups.
 fn as_nobody(sb: &mut Sandbox, args: &[&str]) -> std::process::Output {
+    as_user(
+        sb,
+        &["--reuid=nobody", "--regid=nogroup", "--clear-groups"],
+        args,
+    )
+}
+
+/// `warden ARGS…` run with the credentials `setpriv` is given.
+fn as_user(sb: &mut Sandbox, creds: &[&str], args: &[&str]) -> std::process::Output {
     let mut c = std::process::Command::new("setpriv");
-    c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+    c.args(creds)
+        .arg("--")
         .arg(warden_bin())
         .arg("-c")
         .arg(&sb.config)
@@ -434,6 +444,19 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
     );
     let out = as_nobody(&mut sb, &["reload"]);
     assert_eq!(code(&out), 4, "{}{}", stdout_of(&out), stderr_of(&out));
+    // Membership is the connecting process's own groups, as the kernel recorded them at
+    // connect (SO_PEERGROUPS): user `daemon` is not in nogroup by /etc/group, but a process of
+    // it holding nogroup as a supplementary group may read; it still may not write.
+    let daemon = ["--reuid=daemon", "--regid=daemon", "--groups=nogroup"];
+    let out = as_user(&mut sb, &daemon, &["status"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout_of(&out), stderr_of(&out));
+    let out = as_user(&mut sb, &daemon, &["stop", "w"]);
+    assert_eq!(code(&out), 4, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("may only read status"),
+        "{}",
+        stderr_of(&out)
+    );
     let refused = || {
         log(&sb)
             .lines()

@@ -6,7 +6,8 @@
 //! At most [`MAX_CONNECTIONS`] are served; one more is told `busy` and closed. A peer is
 //! authorised once, at accept time, from `SO_PEERCRED`: root and the daemon's own uid may do
 //! everything, members of the optional control group may read status, anyone else is refused and
-//! logged with their uid.
+//! logged with their uid. Membership is the peer process's groups from `SO_PEERGROUPS` (what the
+//! kernel recorded at connect), so no name-service lookup ever runs in the event loop.
 //!
 //! The socket file is created mode 0600 (0660 with a control group) in a directory that must not
 //! be writable by others unless sticky; an existing socket at the path is removed only by the
@@ -14,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::io::{ErrorKind as IoKind, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -222,7 +223,10 @@ impl ControlServer {
                     continue;
                 }
             };
-            let access = self.access_of(cred.uid(), cred.gid());
+            // The kernel's record of the peer's groups, so that deciding never waits on the
+            // name service (LDAP, sssd…) inside the event loop.
+            let groups = crate::sys::peer_groups(stream.as_fd()).ok().flatten();
+            let access = self.access_of(cred.uid(), cred.gid(), groups.as_deref());
             let peer = Peer {
                 pid: cred.pid(),
                 uid: cred.uid(),
@@ -281,7 +285,11 @@ impl ControlServer {
         }
     }
 
-    fn access_of(&self, uid: u32, gid: u32) -> Access {
+    /// What a peer may do: full for root and the daemon's own user, read-only for members of
+    /// `control_group`. Membership is the peer process's own groups when the kernel reports
+    /// them (`groups`, `SO_PEERGROUPS`); only on kernels that cannot is the user's group list
+    /// looked up.
+    fn access_of(&self, uid: u32, gid: u32, groups: Option<&[u32]>) -> Access {
         if uid == 0 || uid == self.owner.as_raw() {
             return Access::Full;
         }
@@ -290,6 +298,13 @@ impl ControlServer {
         };
         if gid == group.as_raw() {
             return Access::ReadOnly;
+        }
+        if let Some(groups) = groups {
+            return if groups.contains(&group.as_raw()) {
+                Access::ReadOnly
+            } else {
+                Access::Denied
+            };
         }
         let member = nix::unistd::User::from_uid(Uid::from_raw(uid))
             .ok()
