@@ -4,8 +4,9 @@
 //! Order matters and follows systemd's daemon(7) "SysV daemons" list. In the **launcher**, while
 //! still attached to the caller's terminal and able to report errors: resolve the user and group,
 //! open and lock the pidfile, create the readiness pipe. Then `fork`; the child calls `setsid` and
-//! forks again, and both intermediate processes leave with `_exit` so that nothing registered
-//! before (atexit handlers, stdio buffers, Rust destructors) runs twice. In the **daemon**: reset
+//! forks again, tells the launcher the daemon's pid and leaves with `_exit`, so that nothing
+//! registered before (atexit handlers, stdio buffers, Rust destructors) runs twice. In the
+//! **daemon**: reset
 //! signal mask and dispositions, close every inherited descriptor but the keep-list, set the
 //! umask, `chdir`, point stdio at `/dev/null` or files, write the pid through the locked
 //! descriptor, drop privileges, sanitise the environment. Every failure in the daemon travels back
