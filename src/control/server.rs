@@ -225,7 +225,13 @@ impl ControlServer {
             };
             // The kernel's record of the peer's groups, so that deciding never waits on the
             // name service (LDAP, sssd…) inside the event loop.
-            let groups = crate::sys::peer_groups(stream.as_fd()).ok().flatten();
+            let groups = match crate::sys::peer_groups(stream.as_fd()) {
+                Ok(g) => g,
+                Err(e) => {
+                    log::debug!("control: no peer groups ({e}); asking the name service");
+                    None
+                }
+            };
             let access = self.access_of(cred.uid(), cred.gid(), groups.as_deref());
             let peer = Peer {
                 pid: cred.pid(),

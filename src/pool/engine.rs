@@ -229,7 +229,13 @@ impl Shared {
             inner.queue.drain(..).collect()
         };
         for job in orphans {
-            job.sink.call(Raw::Failed(failure()));
+            // May run while the I/O thread unwinds: a panicking callback must neither abort
+            // the process nor keep the end from being marked.
+            let sink = job.sink;
+            let raw = Raw::Failed(failure());
+            if catch_unwind(AssertUnwindSafe(|| sink.call(raw))).is_err() {
+                log::error!("pool: a job callback panicked (its job failed with the pool's end)");
+            }
         }
         self.mark_io_done(|_| {});
     }
@@ -1281,22 +1287,29 @@ impl Engine {
             }
             _ => {
                 // We reap only after the pidfd says the worker exited, so normally the pid and
-                // its process group are still the worker's. But a host program's `waitpid(-1)`
-                // may have reaped it behind our back: signal through the pidfd first, which can
-                // only reach the worker, and the group only while the worker still holds the
-                // pid (a zombie does too), so that neither can have been reused.
-                let alive = match &p.pidfd {
+                // its process group are still the worker's; but a host program's `waitpid(-1)`
+                // may have reaped it behind our back.
+                match &p.pidfd {
                     Some((fd, _)) => {
-                        sys::pool::pidfd_send_signal(fd.as_fd(), libc::SIGKILL).is_ok()
+                        // Probe first: while the worker still holds its pid (a zombie does
+                        // too), neither the pid nor its group id can have been reused, so the
+                        // group may be signalled; then the worker itself, through the pidfd.
+                        match sys::pool::pidfd_send_signal(fd.as_fd(), 0) {
+                            Ok(()) => {
+                                let _ = nix::sys::signal::killpg(
+                                    Pid::from_raw(pid),
+                                    nix::sys::signal::SIGKILL,
+                                );
+                                let _ = sys::pool::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+                            }
+                            // Reaped by someone else: nothing of ours to signal.
+                            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                            // The call itself is refused (a seccomp filter): by pid, as before.
+                            Err(_) => kill_by_pid(pid),
+                        }
                     }
-                    None => {
-                        // No pidfds (kernel before 5.3): by pid, as before them.
-                        nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::SIGKILL)
-                            .is_ok()
-                    }
-                };
-                if alive {
-                    let _ = nix::sys::signal::killpg(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+                    // No pidfds (kernel before 5.3): by pid, as before them.
+                    None => kill_by_pid(pid),
                 }
             }
         }
@@ -1785,6 +1798,12 @@ fn call_sink(name: &str, sink: Sink, raw: Raw<'_>) {
     if catch_unwind(AssertUnwindSafe(|| sink.call(raw))).is_err() {
         log::error!("pool {name}: a job callback panicked (the pool carries on)");
     }
+}
+
+/// `SIGKILL` to worker `pid`'s process group and to the worker, by number.
+fn kill_by_pid(pid: i32) {
+    let _ = nix::sys::signal::killpg(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
 }
 
 /// A pipe for a worker's stdout or stderr: our end non-blocking, theirs blocking (a worker's
