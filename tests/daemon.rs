@@ -649,6 +649,44 @@ fn unknown_user_fails_start() {
     assert_failed_cleanly(&sb, &out);
 }
 
+/// A fork the kernel refuses — the first one, or the intermediate's — fails `start` with the
+/// reason, removes the pidfile and leaves no process. `RLIMIT_NPROC` binds only unprivileged
+/// users, so the launcher runs as a uid nothing else uses (root in CI; skipped elsewhere).
+#[test]
+fn a_refused_fork_fails_start_cleanly() {
+    if !require_root("a_refused_fork_fails_start_cleanly") {
+        return;
+    }
+    // 1: the launcher alone reaches the limit, so the first fork fails; 2: the intermediate's.
+    for nproc in [1, 2] {
+        let mut sb = Sandbox::new(&format!("nproc{nproc}"), "");
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nproc={nproc}"))
+            .args([
+                "--",
+                "setpriv",
+                "--reuid=54321",
+                "--regid=54321",
+                "--clear-groups",
+            ])
+            .arg("--")
+            .arg(warden_bin())
+            .arg("-c")
+            .arg(&sb.config)
+            .arg("start")
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null());
+        let out = sb.output(cmd);
+        let err = stderr_of(&out);
+        assert_eq!(code(&out), Some(1), "nproc {nproc}: {err}");
+        assert!(
+            err.contains("fork failed: Resource temporarily unavailable"),
+            "nproc {nproc}: {err}"
+        );
+        assert_failed_cleanly(&sb, &out);
+    }
+}
+
 /// A symlink planted at the pidfile path is refused, never followed: the file it points at is
 /// not touched, and a dangling one does not create its target.
 #[test]
