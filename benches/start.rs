@@ -217,7 +217,7 @@ fn launchers(dir: &Path) -> Result<Vec<Launcher>, String> {
     add(
         Kind::Warden,
         "warden start",
-        PathBuf::from(env!("CARGO_BIN_EXE_warden")),
+        warden_bin(),
         vec!["-c".into(), config.into(), "start".into()],
         Some(wdir.join("warden.pid")),
     );
@@ -306,6 +306,17 @@ fn launchers(dir: &Path) -> Result<Vec<Launcher>, String> {
         None,
     );
     Ok(out)
+}
+
+/// Names another `warden` binary to time instead of this package's release build, to compare
+/// builds (a static one, another linker, an older version) in one interleaved run.
+const WARDEN_BIN_VAR: &str = "WARDEN_BENCH_BIN";
+
+/// The `warden` binary to time: `$WARDEN_BENCH_BIN`, or this package's.
+fn warden_bin() -> PathBuf {
+    std::env::var_os(WARDEN_BIN_VAR)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_warden")))
 }
 
 /// Compiles `benches/handshake.c` into `dir/handshake` with `cc -O2`.
@@ -631,6 +642,9 @@ fn print_header(opts: &Options, nproc: usize, launchers: &[Launcher], subreaper:
     );
     for l in launchers {
         let version = match l.kind {
+            Kind::Warden if std::env::var_os(WARDEN_BIN_VAR).is_some() => {
+                format!("${WARDEN_BIN_VAR}")
+            }
             Kind::Warden => format!("warden {} (release build)", env!("CARGO_PKG_VERSION")),
             Kind::Daemonize => package_version("daemonize"),
             Kind::StartStopDaemon => package_version("dpkg"),
