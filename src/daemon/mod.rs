@@ -278,23 +278,25 @@ impl Daemon {
         match detached {
             Detached::Launcher(daemon) => {
                 drop(write_end);
+                // Only needed if the intermediate died before naming the daemon.
+                let pipe = daemon.is_none().then(|| file_id(&read_end)).flatten();
                 let err = match readiness::wait(read_end, self.ready_timeout) {
                     Outcome::Ready => std::process::exit(0),
                     Outcome::Failed(reason) => Error::DaemonFailed(reason),
                     Outcome::Died => Error::DaemonDied { status: None },
                     Outcome::TimedOut => {
-                        // Without a report from the intermediate, the pidfile (written early by
-                        // the daemon, through the descriptor it shares with us) names it.
-                        let daemon = daemon.or_else(|| {
-                            let path = self.pidfile.as_deref()?;
-                            let pid = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
-                            Pidfile::held_by(path, pid).then(|| nix::unistd::Pid::from_raw(pid))
-                        });
-                        if let Some(pid) = daemon {
-                            let _ = kill(pid, Signal::SIGKILL);
+                        // Without a report from the intermediate, the daemon is whoever else
+                        // holds the readiness pipe.
+                        let pids = match (daemon, &pipe) {
+                            (Some(pid), _) => vec![pid.as_raw()],
+                            (None, Some((dev, ino))) => holders_of(*dev, *ino),
+                            (None, None) => Vec::new(),
+                        };
+                        for &pid in &pids {
+                            let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
                         }
                         Error::ReadyTimeout {
-                            pid: daemon.map_or(-1, |p| p.as_raw()),
+                            pid: pids.first().copied().unwrap_or(-1),
                             timeout: self.ready_timeout,
                         }
                     }
@@ -490,6 +492,33 @@ fn hold_signals() -> Result<nix::sys::signal::SigSet> {
         .map_err(|e| Error::sys("sigprocmask", e))
 }
 
+/// The device and inode numbers of an open descriptor's file.
+fn file_id(fd: &impl std::os::fd::AsRawFd) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    Some((m.dev(), m.ino()))
+}
+
+/// The processes other than this one that have the file `(dev, ino)` (here: a pipe) open,
+/// from `/proc/*/fd`.
+fn holders_of(dev: u64, ino: u64) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let me = std::process::id() as i32;
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&pid| pid != me)
+        .filter(|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+                    .any(|m| m.dev() == dev && m.ino() == ino)
+            })
+        })
+        .collect()
+}
+
 /// The running daemon: readiness, service-manager notifications and exit hooks.
 ///
 /// Dropping the handle runs the exit hooks of this process (see [`crate::hooks`]), the last of
@@ -595,5 +624,29 @@ impl Drop for DaemonHandle {
             w.fail("the daemon stopped before it was ready");
         }
         hooks::run_exit_hooks();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The processes holding a pipe are found, this one excluded.
+    #[test]
+    fn holders_of_a_pipe() {
+        // Close-on-exec, so that no other test's child inherits it; ours gets it as stdin.
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).unwrap();
+        let (dev, ino) = file_id(&r).unwrap();
+        assert_eq!(holders_of(dev, ino), Vec::<i32>::new());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .stdin(std::process::Stdio::from(r))
+            .spawn()
+            .unwrap();
+        let found = holders_of(dev, ino);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(found, vec![child.id() as i32]);
+        drop(w);
     }
 }
