@@ -5,8 +5,9 @@
 //! child before `exec` (see [`pre_exec_child`]) neither allocate nor lock.
 //!
 //! Forking is only offered through [`fork`] (and the daemon's double fork, `detach`, whose caller
-//! checks first), which refuses when the process has more than one thread: `fork(2)` copies only the calling thread, so a lock held by another thread (the
-//! allocator's, stdout's, a logger's) would stay locked forever in the child.
+//! checks first), which refuses when the process has more than one thread: `fork(2)` copies
+//! only the calling thread, so a lock held by another thread (the allocator's, stdout's, a
+//! logger's) would stay locked forever in the child.
 #![allow(unsafe_code)]
 
 mod detach;
@@ -129,7 +130,8 @@ pub fn ignored_or_caught() -> Option<u128> {
 /// signal `n`. Arch-neutral, unlike the kernel's `struct sigaction`.
 fn signal_masks() -> Option<(u128, u128)> {
     use std::io::Read;
-    // One read: the file is about 1.5 KiB and is generated whole on the first read.
+    // Into a stack buffer, not a growing String: the file is about 1.5 KiB, generated whole on
+    // the first read.
     let mut buf = [0u8; 8192];
     let mut file = std::fs::File::open("/proc/self/status").ok()?;
     let mut len = 0;
