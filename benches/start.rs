@@ -20,6 +20,8 @@
 //! process becomes its child: it can reap them (PID 1 in containers often does not) and, when it
 //! ends — normally, on error, on panic or on Ctrl-C — kill whatever is left by pid.
 
+mod common;
+
 use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{ErrorKind, IsTerminal};
@@ -222,7 +224,7 @@ fn launchers(dir: &Path) -> Result<Vec<Launcher>, String> {
         Some(wdir.join("warden.pid")),
     );
 
-    match find_tool("daemonize") {
+    match common::find_tool("daemonize") {
         Some(p) => {
             let pidfile = make_dir(dir, "daemonize")?.join("sleep.pid");
             let args = vec![
@@ -238,7 +240,7 @@ fn launchers(dir: &Path) -> Result<Vec<Launcher>, String> {
         None => println!("note: daemonize not found (apt-get install daemonize): skipped"),
     }
 
-    match find_tool("start-stop-daemon") {
+    match common::find_tool("start-stop-daemon") {
         Some(p) => {
             let pidfile = make_dir(dir, "ssd")?.join("sleep.pid");
             let args = vec![
@@ -289,7 +291,7 @@ fn launchers(dir: &Path) -> Result<Vec<Launcher>, String> {
         println!("note: {PYTHON} cannot import daemon (apt-get install python3-daemon): skipped");
     }
 
-    match compile_handshake(dir) {
+    match common::compile_c("handshake", dir) {
         Ok(bin) => {
             let pidfile = make_dir(dir, "floor")?.join("floor.pid");
             let args = vec![pidfile.clone().into()];
@@ -319,40 +321,10 @@ fn warden_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_warden")))
 }
 
-/// Compiles `benches/handshake.c` into `dir/handshake` with `cc -O2`.
-fn compile_handshake(dir: &Path) -> Result<PathBuf, String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/handshake.c");
-    let out = dir.join("handshake");
-    let status = Command::new("cc")
-        .arg("-O2")
-        .arg("-o")
-        .arg(&out)
-        .arg(&src)
-        .stdin(Stdio::null())
-        .status()
-        .map_err(|e| format!("cannot run cc: {e}"))?;
-    if !status.success() {
-        return Err(format!("cc -O2 {} failed: {status}", src.display()));
-    }
-    Ok(out)
-}
-
 fn make_dir(parent: &Path, name: &str) -> Result<PathBuf, String> {
     let d = parent.join(name);
     fs::create_dir(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
     Ok(d)
-}
-
-/// Looks for an executable in `$PATH` and the sbin directories (not always on a user's PATH).
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| {
-            use std::os::unix::fs::PermissionsExt;
-            fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        })
 }
 
 /// One timed start of `l`, followed by stopping its daemon. Errors describe a failed run.

@@ -38,6 +38,8 @@
 //! (normally, on error, on panic or on Ctrl-C), it SIGKILLs by pid every descendant and every
 //! process whose argv holds the bench's marker (`wbsup-BENCHPID-`), then reaps.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -335,7 +337,7 @@ struct Run {
 
 fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String> {
     let tmp = TempDir::new()?;
-    let child = compile_child(tmp.path())?;
+    let child = common::compile_c("child", tmp.path())?;
     let mut tools = HashMap::new();
     // A private copy: other work on the tree may rebuild target/release/warden mid-run.
     let warden = tmp.path().join("warden");
@@ -348,7 +350,7 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
         if !wanted.contains(&k) {
             continue;
         }
-        match find_tool(k.tool()) {
+        match common::find_tool(k.tool()) {
             Some(p) => {
                 tools.insert(k, p);
             }
@@ -431,33 +433,6 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
     }
     print_table(opts, &kinds, &results);
     Ok(())
-}
-
-/// Compiles `benches/child.c` into `dir/child` with `cc -O2`.
-fn compile_child(dir: &Path) -> Result<PathBuf, String> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/child.c");
-    let out = dir.join("child");
-    let status = Command::new("cc")
-        .arg("-O2")
-        .arg("-o")
-        .arg(&out)
-        .arg(&src)
-        .stdin(Stdio::null())
-        .status()
-        .map_err(|e| format!("cannot run cc: {e}"))?;
-    if !status.success() {
-        return Err(format!("cc -O2 {} failed: {status}", src.display()));
-    }
-    Ok(out)
-}
-
-/// Looks for an executable in `$PATH` and the sbin directories.
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 fn mono_ns() -> i64 {

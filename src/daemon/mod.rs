@@ -502,20 +502,13 @@ fn file_id(fd: &impl std::os::fd::AsRawFd) -> Option<(u64, u64)> {
 /// The processes other than this one that have the file `(dev, ino)` (here: a pipe) open,
 /// from `/proc/*/fd`.
 fn holders_of(dev: u64, ino: u64) -> Vec<i32> {
-    use std::os::unix::fs::MetadataExt;
     let me = std::process::id() as i32;
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
     procs
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| pid != me)
-        .filter(|pid| {
-            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-                fds.filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
-                    .any(|m| m.dev() == dev && m.ino() == ino)
-            })
-        })
+        .filter(|&pid| pid != me && pidfile::has_open(pid, dev, ino))
         .collect()
 }
 

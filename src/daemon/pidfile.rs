@@ -188,14 +188,7 @@ impl Pidfile {
     /// signalling a pid read from a pidfile, so that whoever can write the file cannot aim
     /// `warden stop` at another process. Reads `/proc/PID/fd`.
     pub fn held_by(path: &Path, pid: i32) -> bool {
-        let Ok(target) = std::fs::metadata(path) else {
-            return false;
-        };
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            return false;
-        };
-        fds.filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
-            .any(|m| m.dev() == target.dev() && m.ino() == target.ino())
+        std::fs::metadata(path).is_ok_and(|m| has_open(pid, m.dev(), m.ino()))
     }
 
     /// Truncates the file and writes `pid` and a newline through the locked descriptor, mode
@@ -306,4 +299,12 @@ fn same_file(file: &File, path: &Path) -> bool {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
+}
+
+/// Whether process `pid` has the file `(dev, ino)` open, from `/proc/PID/fd`.
+pub(crate) fn has_open(pid: i32, dev: u64, ino: u64) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+            .any(|m| m.dev() == dev && m.ino() == ino)
+    })
 }

@@ -200,11 +200,10 @@ impl Shared {
         })
     }
 
-    /// Marks the I/O thread as ended (after `update`, under the lock), wakes every thread waiting
-    /// on the condition variables and runs the registered wakers. Idempotent.
-    pub(crate) fn mark_io_done(&self, update: impl FnOnce(&mut Inner)) {
+    /// Marks the I/O thread as ended, wakes every thread waiting on the condition variables and
+    /// runs the registered wakers. Idempotent.
+    fn mark_io_done(&self) {
         let mut inner = self.lock();
-        update(&mut inner);
         let first = !inner.io_done;
         inner.io_done = true;
         let wakers = std::mem::take(&mut inner.io_done_wakers);
@@ -237,7 +236,7 @@ impl Shared {
                 log::error!("pool: a job callback panicked (its job failed with the pool's end)");
             }
         }
-        self.mark_io_done(|_| {});
+        self.mark_io_done();
     }
 
     /// Registers `wake` to run once when the I/O thread ends, for a waiter that cannot sleep on

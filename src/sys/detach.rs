@@ -83,21 +83,23 @@ pub(crate) fn detach() -> Result<Detached, Error> {
         }
     };
 
-    let first = spawn_intermediate(report);
-
+    // SAFETY: the caller checked the process is single-threaded; the child only runs
+    // `intermediate` (async-signal-safe system calls), which returns only in the daemon.
+    let first = unsafe { libc::fork() };
     if first == 0 {
+        intermediate(report);
         // The daemon: the intermediate's `fork` returned 0 here.
         unmap(page);
         return Ok(Detached::Daemon);
     }
+    let fork_errno = Errno::last();
     let _ = old.thread_set_mask();
     if first < 0 {
         unmap(page);
-        return Err(Error::sys("fork", Errno::from_raw(-first as i32)));
+        return Err(Error::sys("fork", fork_errno));
     }
     // The intermediate leaves right after its fork; reap it.
-    let intermediate = Pid::from_raw(first as i32);
-    while let Err(Errno::EINTR) = nix::sys::wait::waitpid(intermediate, None) {}
+    while let Err(Errno::EINTR) = nix::sys::wait::waitpid(Pid::from_raw(first), None) {}
     // SAFETY: the intermediate has exited, so nothing writes the report any more; `report` is
     // valid until `unmap`.
     let Report {
@@ -122,9 +124,9 @@ fn unmap(page: *mut libc::c_void) {
     unsafe { libc::munmap(page, std::mem::size_of::<Report>()) };
 }
 
-/// The intermediate process: `setsid`, `fork`, report, `_exit`. Returns only in the daemon
-/// (with 0). It makes system calls and writes `report`, nothing else.
-fn intermediate(report: *mut Report) -> i64 {
+/// The intermediate process: `setsid`, `fork`, report, `_exit`. Returns only in the daemon. It
+/// makes system calls and writes `report`, nothing else.
+fn intermediate(report: *mut Report) {
     // SAFETY: `setsid`, `fork` and `_exit` are async-signal-safe and take no pointers; `report`
     // points at the shared page `detach` mapped, alive until the launcher unmaps it after
     // reaping this process; `__errno_location` returns this thread's errno slot.
@@ -136,7 +138,7 @@ fn intermediate(report: *mut Report) -> i64 {
         }
         let pid = libc::fork();
         if pid == 0 {
-            return 0;
+            return;
         }
         if pid < 0 {
             (*report).step = STEP_FORK;
@@ -145,17 +147,5 @@ fn intermediate(report: *mut Report) -> i64 {
         }
         (*report).daemon = pid;
         libc::_exit(0)
-    }
-}
-
-/// Starts the intermediate process. Returns its pid (or `-errno`) in the launcher and 0 in the
-/// daemon.
-fn spawn_intermediate(report: *mut Report) -> i64 {
-    // SAFETY: the caller checked the process is single-threaded; the child only calls
-    // `intermediate` (async-signal-safe) and returns from it only as the daemon.
-    match unsafe { libc::fork() } {
-        -1 => -(Errno::last() as i64),
-        0 => intermediate(report),
-        pid => pid as i64,
     }
 }

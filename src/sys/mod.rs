@@ -460,7 +460,7 @@ pub fn ignore_sigpipe() {
 
 /// `SO_PEERGROUPS` (Linux 4.13) where its value is the generic one; elsewhere it is not asked
 /// for and callers fall back.
-#[cfg(any(
+const SO_PEERGROUPS: Option<libc::c_int> = if cfg!(any(
     target_arch = "x86_64",
     target_arch = "x86",
     target_arch = "aarch64",
@@ -469,19 +469,11 @@ pub fn ignore_sigpipe() {
     target_arch = "powerpc64",
     target_arch = "s390x",
     target_arch = "loongarch64"
-))]
-const SO_PEERGROUPS: Option<libc::c_int> = Some(59);
-#[cfg(not(any(
-    target_arch = "x86_64",
-    target_arch = "x86",
-    target_arch = "aarch64",
-    target_arch = "arm",
-    target_arch = "riscv64",
-    target_arch = "powerpc64",
-    target_arch = "s390x",
-    target_arch = "loongarch64"
-)))]
-const SO_PEERGROUPS: Option<libc::c_int> = None;
+)) {
+    Some(59)
+} else {
+    None
+};
 
 /// The supplementary groups the peer of a connected Unix socket had when it connected
 /// (`SO_PEERGROUPS`), from the kernel, without asking the name service. `Ok(None)` when this
