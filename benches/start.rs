@@ -1,4 +1,4 @@
-//! `cargo bench --bench start [-- --runs N]`: how long until a daemon is really started.
+//! `cargo bench --bench start [-- --runs N] [--nofile N]`: how long until a daemon is really started.
 //!
 //! For each launcher, one run is: take t0, spawn the launcher, wait for it to exit (t1), then
 //! check at once whether its pidfile is complete — it exists, holds a pid, and that pid is a live
@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
@@ -83,10 +84,13 @@ fn main() {
 struct Options {
     runs: usize,
     seed: u64,
+    /// `--nofile N`: the `RLIMIT_NOFILE` every launcher inherits (`None`: leave it as it is).
+    nofile: Option<u64>,
 }
 
 impl Options {
-    /// `--runs N` (default 100) and `--seed S`; anything else (cargo passes `--bench`) is ignored.
+    /// `--runs N` (default 100), `--seed S` and `--nofile N`; anything else (cargo passes
+    /// `--bench`) is ignored.
     fn from_args() -> Options {
         let mut opts = Options {
             runs: 100,
@@ -94,6 +98,7 @@ impl Options {
                 .duration_since(UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64)
                 | 1,
+            nofile: None,
         };
         let args: Vec<String> = std::env::args().skip(1).collect();
         let mut i = 0;
@@ -102,7 +107,7 @@ impl Options {
                 Some((k, v)) => (k, Some(v.to_string())),
                 None => (args[i].as_str(), None),
             };
-            if key == "--runs" || key == "--seed" {
+            if key == "--runs" || key == "--seed" || key == "--nofile" {
                 let value = inline.or_else(|| {
                     i += 1;
                     args.get(i).cloned()
@@ -110,6 +115,7 @@ impl Options {
                 match value.as_deref().map(str::parse::<u64>) {
                     Some(Ok(n)) if n > 0 && key == "--runs" => opts.runs = n as usize,
                     Some(Ok(n)) if key == "--seed" => opts.seed = n | 1,
+                    Some(Ok(n)) if n > 0 && key == "--nofile" => opts.nofile = Some(n),
                     _ => eprintln!("bench: ignoring {key} without a positive number"),
                 }
             }
@@ -152,6 +158,15 @@ struct Sample {
 }
 
 fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String> {
+    if let Some(n) = opts.nofile {
+        // Soft and hard alike (raising the hard limit needs root), so every launcher and daemon
+        // starts with this many possible descriptors, as under a container runtime's default.
+        setrlimit(Resource::RLIMIT_NOFILE, n, n).map_err(|e| {
+            format!(
+                "cannot set RLIMIT_NOFILE to {n}: {e} (above the hard limit needs CAP_SYS_RESOURCE)"
+            )
+        })?;
+    }
     let tmp = TempDir::new()?;
     let mut launchers = launchers(tmp.path())?;
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -612,6 +627,12 @@ fn print_header(opts: &Options, nproc: usize, launchers: &[Launcher], subreaper:
             .collect::<Vec<_>>()
             .join(" ")
     );
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            println!("  RLIMIT_NOFILE: soft {soft}, hard {hard} (--nofile N sets both)")
+        }
+        Err(e) => println!("  RLIMIT_NOFILE: unknown ({e})"),
+    }
     for l in launchers {
         let version = match l.kind {
             Kind::Warden if std::env::var_os(WARDEN_BIN_VAR).is_some() => {
