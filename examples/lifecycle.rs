@@ -33,6 +33,18 @@ enum Mode {
     Ticker,
     /// Never report readiness: the launcher's `--ready-timeout` must kill the daemon.
     Hang,
+    /// No signal handling at all: after `--ready-delay`, report ready, write `after-ready` to
+    /// events.log, then sleep until killed (a library daemon that leaves signals alone).
+    Bare,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Child {
+    /// The child forked before readiness leaves at once through `warden::exit`.
+    Exit,
+    /// The child drops its copy of the handle (as returning from `main` would), writes its pid
+    /// to child.pid and lingers 60 s; the daemon waits for child.pid before going on.
+    Linger,
 }
 
 #[derive(Debug, Parser)]
@@ -55,6 +67,12 @@ struct Args {
     /// How long the launcher waits for readiness.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     ready_timeout: Duration,
+    /// What the child forked before readiness does.
+    #[arg(long, value_enum, default_value = "exit")]
+    child: Child,
+    /// Wait this long before reporting readiness (`--mode bare`).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    ready_delay: Duration,
     /// On a graceful shutdown, linger this long (a second TERM cuts it short).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     linger: Duration,
@@ -137,16 +155,33 @@ fn run() -> Result<(), warden::Error> {
         libc::SIGUSR2,
         SignalAction::Event(SignalEvent::Other(libc::SIGUSR2)),
     );
-    let mut signals = match Signals::with_map(map) {
-        Ok(s) => s,
-        Err(e) => daemon.fail(&format!("cannot install signal handlers: {e}")),
+    let signals = match args.mode {
+        Mode::Bare => None,
+        _ => match Signals::with_map(map) {
+            Ok(s) => Some(s),
+            Err(e) => daemon.fail(&format!("cannot install signal handlers: {e}")),
+        },
     };
 
-    // A forked child that exits normally must not run the daemon's hooks.
+    // A forked child that exits normally must not run the daemon's hooks; one that drops its
+    // copy of the handle must not fail the start, nor keep the instance lock.
+    let child_pid = dir.join("child.pid");
     match warden::fork() {
-        Ok(Forked::Child) => warden::exit(0),
-        Ok(Forked::Parent(pid)) => {
+        Ok(Forked::Child) if args.child == Child::Exit => warden::exit(0),
+        Ok(Forked::Child) => {
+            drop(daemon);
+            std::fs::write(&child_pid, format!("{}\n", std::process::id())).unwrap();
+            std::thread::sleep(Duration::from_secs(60));
+            std::process::exit(0);
+        }
+        Ok(Forked::Parent(pid)) if args.child == Child::Exit => {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        }
+        Ok(Forked::Parent(_)) => {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !child_pid.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
         Err(e) => daemon.fail(&format!("fork: {e}")),
     }
@@ -168,8 +203,17 @@ fn run() -> Result<(), warden::Error> {
         Mode::Hang => loop {
             std::thread::sleep(Duration::from_secs(1));
         },
+        Mode::Bare => {
+            std::thread::sleep(args.ready_delay);
+            daemon.ready();
+            append(&dir.join("events.log"), "after-ready");
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
         Mode::Events | Mode::Ticker => daemon.ready(),
     }
+    let mut signals = signals.expect("installed in every mode that gets here");
     log::info!("ready (pid {})", std::process::id());
 
     let events_log = dir.join("events.log");

@@ -36,6 +36,11 @@ fn start(sb: &mut Sandbox, args: &[&str]) -> i32 {
     pid
 }
 
+/// The pid in the example's pidfile, if any.
+fn app_pid(sb: &Sandbox) -> Option<i32> {
+    sb.read("app.pid").trim().parse().ok()
+}
+
 fn wait_gone(pid: i32) {
     assert!(wait_until(TIMEOUT, || !alive(pid)), "pid {pid} still alive");
 }
@@ -196,6 +201,53 @@ fn a_daemon_never_ready_is_killed_at_the_launchers_timeout() {
     wait_gone(pid);
     assert!(!sb.path("app.pid").exists());
     assert_no_process(&sb);
+}
+
+/// A child the daemon forks before `ready` and that drops its copy of the handle (as returning
+/// from `main` would) neither tells the launcher the daemon failed nor keeps the instance lock
+/// once the daemon is gone.
+#[test]
+fn a_child_forked_before_ready_speaks_not_for_the_daemon_nor_holds_its_lock() {
+    let mut sb = Sandbox::new("fork-linger", "");
+    let pid = start(&mut sb, &["--child", "linger"]);
+    let child: i32 = sb.read("child.pid").trim().parse().expect("child.pid");
+    sb.track(child);
+    assert_ne!(child, pid);
+    assert_eq!(app_pid(&sb), Some(pid), "the pidfile still names the daemon");
+    assert!(alive(pid));
+
+    // The daemon dies hard; its child lives on, and must not keep the daemon's lock.
+    signal(pid, Signal::SIGKILL);
+    wait_gone(pid);
+    assert!(alive(child), "the forked child lingers");
+    let again = start(&mut sb, &[]);
+    assert_ne!(again, pid);
+    assert!(alive(again));
+}
+
+/// A library daemon that installs no signal handling, whose launcher is killed before `ready`,
+/// survives writing its verdict into the broken readiness pipe.
+#[test]
+fn a_daemon_outlives_its_launcher_killed_before_ready() {
+    let mut sb = Sandbox::new("bare-orphan", "");
+    let mut cmd = lifecycle(&sb, &["--mode", "bare", "--ready-delay", "1s"]);
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let launcher = sb.spawn(cmd);
+    assert!(
+        wait_until(TIMEOUT, || app_pid(&sb).is_some()),
+        "the daemon wrote its pid"
+    );
+    let pid = app_pid(&sb).unwrap();
+    sb.track(pid);
+    signal(launcher, Signal::SIGKILL);
+    assert!(sb.wait_child(launcher, TIMEOUT).is_some(), "launcher reaped");
+    assert!(
+        wait_until(TIMEOUT, || sb.read("events.log").contains("after-ready")),
+        "the daemon got past ready(); alive: {}",
+        alive(pid)
+    );
+    assert!(alive(pid), "still running after ready()");
 }
 
 #[test]

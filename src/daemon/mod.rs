@@ -7,7 +7,8 @@
 //! forks again, tells the launcher the daemon's pid and leaves with `_exit`, so that nothing
 //! registered before (atexit handlers, stdio buffers, Rust destructors) runs twice. In the
 //! **daemon**: reset
-//! signal mask and dispositions, close every inherited descriptor but the keep-list, set the
+//! signal mask and dispositions (`SIGPIPE` is then caught by a no-op handler, so that writes to a
+//! closed pipe fail with `EPIPE` as Rust code expects), close every inherited descriptor but the keep-list, set the
 //! umask, `chdir`, point stdio at `/dev/null` or files, write the pid through the locked
 //! descriptor, drop privileges, sanitise the environment. Every failure in the daemon travels back
 //! to the launcher through the readiness pipe, which prints it and exits non-zero; the launcher
@@ -36,6 +37,28 @@ use readiness::{Outcome, ReadyWriter};
 use crate::error::{Error, Result};
 use crate::hooks;
 use crate::sys::{self, Detached};
+
+/// Descriptors that belong to the daemon process alone: the readiness pipe's write end (only the
+/// daemon speaks to its launcher) and the locked pidfile (the instance lock, which a child that
+/// outlives the daemon must not keep). A child made by [`crate::fork`] points them at `/dev/null`.
+static PRIVATE_FDS: std::sync::Mutex<Vec<RawFd>> = std::sync::Mutex::new(Vec::new());
+
+fn private_fds_lock() -> std::sync::MutexGuard<'static, Vec<RawFd>> {
+    PRIVATE_FDS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn mark_private(fd: RawFd) {
+    private_fds_lock().push(fd);
+}
+
+pub(crate) fn unmark_private(fd: RawFd) {
+    private_fds_lock().retain(|&f| f != fd);
+}
+
+/// The descriptors a forked child must not keep (see [`PRIVATE_FDS`]).
+pub(crate) fn private_fds() -> Vec<RawFd> {
+    private_fds_lock().clone()
+}
 
 /// Where one of the daemon's standard streams goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -384,6 +407,9 @@ impl Daemon {
         writer: &ReadyWriter,
     ) -> Result<DaemonHandle> {
         sys::reset_signals()?;
+        // Not SIG_DFL: a daemon whose launcher has gone would die writing its readiness verdict,
+        // and Rust code expects EPIPE, not death, from a closed pipe (std ignores it at start).
+        sys::catch_sigpipe()?;
         let held = hold_signals()?;
         let mut keep = self.keep_fds.clone();
         keep.push(writer.raw_fd());
@@ -531,6 +557,8 @@ impl DaemonHandle {
     fn new(pidfile: Option<Pidfile>, manager: ServiceManager, foreground: bool) -> DaemonHandle {
         let pidfile_path = pidfile.as_ref().map(|p| p.path().to_path_buf());
         if let Some(p) = pidfile {
+            // Never closed (see the hook), so the number stays ours for the life of the process.
+            mark_private(p.raw_fd());
             hooks::on_exit_last("remove pidfile", move || {
                 p.remove();
                 // The lock is never released explicitly: it goes with the process.

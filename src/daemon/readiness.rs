@@ -15,7 +15,7 @@
 //! [`Notifier`] speaks `sd_notify(3)` to `$NOTIFY_SOCKET`, which is read once, before threads.
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -35,23 +35,36 @@ pub(crate) enum Outcome {
     TimedOut,
 }
 
-/// The daemon's end of the pipe.
+/// The daemon's end of the pipe. Only the process that created it writes: a child the daemon
+/// forks before [`super::DaemonHandle::ready`] inherits a copy of the handle, and whatever that
+/// child does with it (drop it on return from `main`, panic) must not speak for the daemon.
 #[derive(Debug)]
-pub(crate) struct ReadyWriter(std::fs::File);
+pub(crate) struct ReadyWriter {
+    file: std::fs::File,
+    owner: u32,
+}
 
 impl ReadyWriter {
     pub(crate) fn new(fd: OwnedFd) -> Self {
-        ReadyWriter(std::fs::File::from(fd))
+        let file = std::fs::File::from(fd);
+        super::mark_private(file.as_raw_fd());
+        ReadyWriter {
+            file,
+            owner: std::process::id(),
+        }
     }
 
     pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
-        self.0.as_raw_fd()
+        self.file.as_raw_fd()
     }
 
     fn send(&mut self, line: &str) {
-        // A vanished launcher (killed by its user) is not the daemon's problem: ignore EPIPE.
-        let _ = self.0.write_all(line.as_bytes());
+        if std::process::id() != self.owner {
+            return;
+        }
+        // A vanished launcher (killed by its user) is not the daemon's problem: EPIPE is ignored
+        // (`SIGPIPE` is caught from the start of the daemon, see `sys::catch_sigpipe`).
+        let _ = self.file.write_all(line.as_bytes());
     }
 
     pub(crate) fn ready(mut self) {
@@ -61,6 +74,13 @@ impl ReadyWriter {
     pub(crate) fn fail(mut self, reason: &str) {
         let one_line = reason.replace('\n', " / ");
         self.send(&format!("E{one_line}\n"));
+    }
+}
+
+impl Drop for ReadyWriter {
+    fn drop(&mut self) {
+        // Before the descriptor closes and its number can be reused.
+        super::unmark_private(self.file.as_raw_fd());
     }
 }
 

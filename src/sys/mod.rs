@@ -458,6 +458,57 @@ pub fn ignore_sigpipe() {
     }
 }
 
+extern "C" fn ignore_signal(_: libc::c_int) {}
+
+/// Catches `SIGPIPE` with a handler that does nothing: a write to a closed pipe or socket then
+/// fails with `EPIPE`, as Rust code expects, instead of killing the process. Unlike `SIG_IGN`
+/// (what the Rust runtime sets at start-up), a caught signal goes back to its default at `exec`,
+/// so programs this process starts do not inherit an ignored `SIGPIPE`.
+pub fn catch_sigpipe() -> Result<(), Error> {
+    // SAFETY: an all-zero `sigaction` is a valid empty value; the handler is an `extern "C"`
+    // function that does nothing, so it is trivially async-signal-safe; `sigaction` only reads
+    // the struct we pass and writes nothing back (old action pointer is null).
+    let rc = unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGPIPE, &sa, std::ptr::null_mut())
+    };
+    if rc == -1 {
+        return Err(Error::sys("sigaction(SIGPIPE)", Errno::last()));
+    }
+    Ok(())
+}
+
+/// Points each of `fds` at `/dev/null` (`dup2`), dropping the files they referred to without
+/// freeing their numbers, for a forked child in which Rust objects still own those descriptors.
+/// If `/dev/null` cannot be opened, they are closed instead.
+pub fn point_at_null(fds: &[RawFd]) {
+    use std::os::fd::AsRawFd;
+    if fds.is_empty() {
+        return;
+    }
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null");
+    for &fd in fds {
+        match &null {
+            // SAFETY: dup2 onto a descriptor atomically replaces what it refers to and keeps the
+            // number allocated; it takes no pointer.
+            Ok(n) => unsafe {
+                libc::dup2(n.as_raw_fd(), fd);
+            },
+            // SAFETY: close takes no pointer; its owner in this process will get EBADF (or, at
+            // worst, close a reused number) — better than keeping the file alive here.
+            Err(_) => unsafe {
+                libc::close(fd);
+            },
+        }
+    }
+}
+
 /// `SO_PEERGROUPS` (Linux 4.13) where its value is the generic one; elsewhere it is not asked
 /// for and callers fall back.
 const SO_PEERGROUPS: Option<libc::c_int> = if cfg!(any(
