@@ -73,6 +73,18 @@ struct Args {
     /// Wait this long before reporting readiness (`--mode bare`).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     ready_delay: Duration,
+    /// Start a thread before daemonizing (which must then be refused).
+    #[arg(long)]
+    thread_first: bool,
+    /// Also register hook `S`, with a deadline of its own (300 ms), that sleeps 60 s.
+    #[arg(long)]
+    slow_hook: bool,
+    /// Also register hook `T`, without a deadline of its own, that sleeps 60 s.
+    #[arg(long)]
+    stuck_hook: bool,
+    /// The deadline for all exit hooks together.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    hooks_deadline: Duration,
     /// On a graceful shutdown, linger this long (a second TERM cuts it short).
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     linger: Duration,
@@ -110,6 +122,9 @@ fn run() -> Result<(), warden::Error> {
         append(&l, &format!("launcher {}", std::process::id()))
     });
 
+    if args.thread_first {
+        std::thread::spawn(|| std::thread::sleep(Duration::from_secs(60)));
+    }
     let mut daemon = Daemon::new()
         .pidfile(&pidfile)
         .directory(&dir)
@@ -131,6 +146,21 @@ fn run() -> Result<(), warden::Error> {
                 panic!("hook P panics on purpose");
             }
         });
+    }
+
+    warden::hooks::set_total_deadline(args.hooks_deadline);
+    let sleeper = |name: &'static str| {
+        let log = hooks_log.clone();
+        move || {
+            std::thread::sleep(Duration::from_secs(60));
+            append(&log, &format!("{name} {}", std::process::id()));
+        }
+    };
+    if args.slow_hook {
+        warden::hooks::on_exit_with_deadline("S", Duration::from_millis(300), sleeper("S"));
+    }
+    if args.stuck_hook {
+        daemon.on_exit("T", sleeper("T"));
     }
 
     let target = match args.log.split_once(':') {

@@ -203,6 +203,45 @@ fn a_daemon_never_ready_is_killed_at_the_launchers_timeout() {
     assert_no_process(&sb);
 }
 
+/// A hook that overruns its own deadline is abandoned; the others and the pidfile removal run.
+#[test]
+fn a_hook_past_its_deadline_is_abandoned_and_the_rest_run() {
+    let mut sb = Sandbox::new("hooks-slow", "");
+    let pid = start(&mut sb, &["--slow-hook"]);
+    signal(pid, Signal::SIGTERM);
+    wait_gone(pid);
+    assert_hooks_ran(&sb, pid);
+}
+
+/// Once the total deadline has passed, the remaining hooks are skipped but the pidfile still
+/// goes.
+#[test]
+fn the_total_hook_deadline_skips_the_rest_but_removes_the_pidfile() {
+    let mut sb = Sandbox::new("hooks-stuck", "");
+    let pid = start(&mut sb, &["--stuck-hook", "--hooks-deadline", "500ms"]);
+    signal(pid, Signal::SIGTERM);
+    wait_gone(pid);
+    assert_eq!(
+        hook_lines(&sb),
+        Vec::<String>::new(),
+        "T abandoned, C P B A skipped"
+    );
+    assert!(!sb.path("app.pid").exists(), "pidfile removed");
+}
+
+/// `Daemon::start` refuses a process that already runs a second thread (fork keeps only one).
+#[test]
+fn a_multi_threaded_process_is_refused_before_any_fork() {
+    let mut sb = Sandbox::new("threads", "");
+    let cmd = lifecycle(&sb, &["--thread-first"]);
+    let out = sb.output(cmd);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("has 2 threads"), "{err}");
+    assert!(!sb.path("app.pid").exists(), "no pidfile");
+    assert_no_process(&sb);
+}
+
 /// A child the daemon forks before `ready` and that drops its copy of the handle (as returning
 /// from `main` would) neither tells the launcher the daemon failed nor keeps the instance lock
 /// once the daemon is gone.
@@ -213,7 +252,11 @@ fn a_child_forked_before_ready_speaks_not_for_the_daemon_nor_holds_its_lock() {
     let child: i32 = sb.read("child.pid").trim().parse().expect("child.pid");
     sb.track(child);
     assert_ne!(child, pid);
-    assert_eq!(app_pid(&sb), Some(pid), "the pidfile still names the daemon");
+    assert_eq!(
+        app_pid(&sb),
+        Some(pid),
+        "the pidfile still names the daemon"
+    );
     assert!(alive(pid));
 
     // The daemon dies hard; its child lives on, and must not keep the daemon's lock.
@@ -241,7 +284,10 @@ fn a_daemon_outlives_its_launcher_killed_before_ready() {
     let pid = app_pid(&sb).unwrap();
     sb.track(pid);
     signal(launcher, Signal::SIGKILL);
-    assert!(sb.wait_child(launcher, TIMEOUT).is_some(), "launcher reaped");
+    assert!(
+        sb.wait_child(launcher, TIMEOUT).is_some(),
+        "launcher reaped"
+    );
     assert!(
         wait_until(TIMEOUT, || sb.read("events.log").contains("after-ready")),
         "the daemon got past ready(); alive: {}",
