@@ -1129,3 +1129,383 @@ fn stop_and_status_work_through_the_pidfile_without_the_socket() {
     expect(&mut sb, &["status"], 3);
     assert_no_process(&sb);
 }
+
+// ---------------------------------------------------------------------------------------------
+// 10. Review fixes: a rollout meets a scale-down; a reload meets a program stopped by hand; exit
+// statuses of reload, scale and status; reopen-logs that fails, after a bad edit, and by
+// another user.
+
+/// A worker that takes `secs` seconds to stop after SIGTERM (its sleep child dies with the
+/// group; the trap then sleeps and exits 0).
+fn slow_stopper(name: &str, n: u32, secs: u32) -> String {
+    format!(
+        "[program.{name}]\ncommand = [\"/bin/sh\", \"-c\", \"trap 'SANDBOX/sleep {secs}; exit 0' TERM; SANDBOX/sleep 1000 & wait\"]\ninstances = {n}\nstop_timeout = \"20s\"\n"
+    )
+}
+
+#[test]
+fn rolling_restart_leaves_instances_scaled_away_mid_rollout_down() {
+    let _t = Timer::new("rolling_restart_leaves_instances_scaled_away_mid_rollout_down");
+    let mut sb = sandbox("rollscale", "", &slow_stopper("w", 4, 2));
+    let warden = sb.start();
+    let before = wait_up(&mut sb, "w", 4);
+
+    let mut cmd = sb.warden(&["restart", "w", "--timeout", "15s"]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let restart = std::thread::spawn(move || wait_output(cmd.spawn().unwrap(), TIMEOUT));
+    // Index 0 is back and index 1 is being replaced: 2 and 3 are still to come.
+    let first = before[0].pid;
+    wait_status(&mut sb, "w[0] replaced and w[1] stopping", |v| {
+        let is = of(v, "w");
+        is.len() == 4 && up(&is[0]) && is[0].pid != first && is[1].state == "stopping"
+    });
+    // Scaled down while the rollout has not reached 2 and 3; they stop for 2 s, so they are
+    // still stopping when the rollout is done with 1.
+    let out = sb.run(&["scale", "w", "2", "--timeout", "15s"]);
+    assert_eq!(
+        code(&out),
+        0,
+        "scale: {}{}\nlog:\n{}",
+        stdout_of(&out),
+        stderr_of(&out),
+        log(&sb)
+    );
+    let out = restart.join().unwrap();
+    assert_eq!(
+        code(&out),
+        0,
+        "restart: {}{}\nlog:\n{}",
+        stdout_of(&out),
+        stderr_of(&out),
+        log(&sb)
+    );
+    let (c, v) = status_json(&mut sb, &["w"]);
+    assert_eq!(c, 0, "{v:#}");
+    let after = of(&v, "w");
+    assert_eq!(
+        after.iter().map(|i| i.index).collect::<Vec<_>>(),
+        [0, 1],
+        "{v:#}"
+    );
+    assert!(after.iter().all(up), "{after:?}");
+    for (a, b) in after.iter().zip(&before) {
+        assert_ne!(a.pid, b.pid, "{a:?} was not replaced");
+    }
+    for p in pids(&after) {
+        sb.track(p);
+    }
+    for i in &before[2..] {
+        assert!(
+            wait_until(TIMEOUT, || !alive(i.pid.unwrap())),
+            "{i:?} still runs"
+        );
+    }
+    wait_children(&sb, warden, &pids(&after).into_iter().collect());
+    let log = log(&sb);
+    assert!(
+        !log.lines()
+            .skip_while(|l| !l.contains("control: scale w 2"))
+            .any(|l| (l.contains("w[2]: ") || l.contains("w[3]: ")) && l.contains("-> running")),
+        "an instance scaled away came back:\n{log}"
+    );
+    stop(&mut sb);
+}
+
+#[test]
+fn reload_leaves_a_program_stopped_by_hand_stopped() {
+    let _t = Timer::new("reload_leaves_a_program_stopped_by_hand_stopped");
+    let tables = format!("{}{}", sleeper("a", 2, 1000), sleeper("b", 1, 1000));
+    let mut sb = sandbox("reloadstopped", "", &tables);
+    let warden = sb.start();
+    wait_up(&mut sb, "a", 2);
+    let b = wait_up(&mut sb, "b", 1);
+    expect(&mut sb, &["stop", "a"], 0);
+    let b_pids: BTreeSet<i32> = pids(&b).into_iter().collect();
+    wait_children(&sb, warden, &b_pids);
+
+    write_config(
+        &sb,
+        "",
+        &format!("{}{}", sleeper("a", 2, 1001), sleeper("b", 1, 1000)),
+    );
+    let plan = expect(&mut sb, &["reload", "--dry-run"], 0);
+    assert!(
+        plan.lines().any(|l| l == "would change (stays stopped) a"),
+        "{plan}"
+    );
+    let out = expect(&mut sb, &["reload"], 0);
+    assert!(
+        out.lines().any(|l| l == "changed (stays stopped) a"),
+        "{out}"
+    );
+    assert!(!out.contains("restarted (changed) a"), "{out}");
+    // An absence: a stays down for an observation window.
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        assert_eq!(
+            live_children(warden),
+            b_pids,
+            "a came back; log:\n{}",
+            log(&sb)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (c, v) = status_json(&mut sb, &["a"]);
+    assert_eq!(c, 150, "{v:#}");
+    for i in of(&v, "a") {
+        assert_eq!((i.state.as_str(), i.pid), ("exited", None), "{i:?}");
+    }
+    // Its next start runs the new settings.
+    expect(&mut sb, &["start", "a"], 0);
+    let a = wait_up(&mut sb, "a", 2);
+    for i in &a {
+        let cmdline = || {
+            std::fs::read_to_string(format!("/proc/{}/cmdline", i.pid.unwrap())).unwrap_or_default()
+        };
+        assert!(
+            wait_until(TIMEOUT, || cmdline().contains("1001")),
+            "{i:?} runs {:?}",
+            cmdline()
+        );
+    }
+    stop(&mut sb);
+}
+
+#[test]
+fn reload_with_an_unknown_user_scale_beyond_the_limit_and_status_of_an_empty_program() {
+    let _t = Timer::new("reload_unknown_user_scale_limit_status_empty");
+    let tables = format!(
+        "{}[program.z]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 0\n",
+        sleeper("a", 1, 1000)
+    );
+    let mut sb = sandbox("exitcodes", "", &tables);
+    let warden = sb.start();
+    let a = wait_up(&mut sb, "a", 1);
+
+    // A program scaled to 0 is shown, and is as configured (0).
+    let out = expect(&mut sb, &["status", "z"], 0);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("z ") && l.ends_with("0 instances")),
+        "{out}"
+    );
+    assert!(!out.contains("no programs"), "{out}");
+    let out = expect(&mut sb, &["status"], 0);
+    assert!(out.lines().any(|l| l.starts_with("z ")), "{out}");
+    let (c, v) = status_json(&mut sb, &["z"]);
+    assert_eq!(c, 0);
+    assert_eq!(
+        v["programs"],
+        serde_json::json!([{"program": "z", "instances": 0}]),
+        "{v:#}"
+    );
+    assert_eq!(v["instances"], serde_json::json!([]), "{v:#}");
+
+    // A count beyond the limit is a bad request (2), not an unknown program (5).
+    let out = sb.run(&["scale", "a", "20000"]);
+    assert_eq!(code(&out), 2, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert!(stderr_of(&out).contains("20000"), "{}", stderr_of(&out));
+
+    // An unknown user on reload: a configuration error (6) with the file and key, as `check`
+    // reports it; nothing changes.
+    write_config(
+        &sb,
+        "",
+        &format!("{}user = \"nosuchuser\"\n", sleeper("a", 1, 1001)),
+    );
+    let out = sb.run(&["check"]);
+    println!("check: {}", stderr_of(&out));
+    let out = sb.run(&["reload"]);
+    let err = stderr_of(&out);
+    assert_eq!(code(&out), 6, "{}{err}", stdout_of(&out));
+    assert!(
+        err.contains("warden.toml: program.a.user: ") && err.contains("nosuchuser"),
+        "{err}"
+    );
+    let (_, v) = status_json(&mut sb, &[]);
+    assert_eq!(of(&v, "a"), a, "nothing changed");
+    assert_eq!(live_children(warden), pids(&a).into_iter().collect());
+    stop(&mut sb);
+}
+
+/// Creates directory `name` in the sandbox, owned by `owner` when given.
+fn mkdir_owned(sb: &Sandbox, name: &str, owner: Option<u32>) {
+    std::fs::create_dir(sb.path(name)).unwrap();
+    if let Some(uid) = owner {
+        nix::unistd::chown(
+            &sb.path(name),
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(65534)),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn reopen_logs_reports_a_reopen_that_failed() {
+    let _t = Timer::new("reopen_logs_reports_a_reopen_that_failed");
+    // As root the daemon runs as nobody, so that a directory it may not write gives EACCES.
+    let root = nix::unistd::Uid::effective().is_root();
+    if !root {
+        eprintln!("reopen_logs_reports_a_reopen_that_failed: not root, the EACCES part is skipped");
+    }
+    let owner = root.then(nobody_uid);
+    let user = if root {
+        "user = \"nobody\"\ngroup = \"nogroup\"\n"
+    } else {
+        ""
+    };
+    let daemon = format!("{user}log = \"SANDBOX/ld/w.log\"");
+    let tables = format!("{}stdout = \"SANDBOX/pd/out.log\"\n", sleeper("p", 1, 1000));
+    let mut sb = sandbox("reopenfail", &daemon, &tables);
+    mkdir_owned(&sb, "ld", owner);
+    mkdir_owned(&sb, "pd", owner);
+    sb.start();
+    wait_up(&mut sb, "p", 1);
+    let wlog = |sb: &Sandbox| sb.read("ld/w.log") + &sb.read("ld.old/w.log");
+    expect(&mut sb, &["reopen-logs"], 0);
+
+    // The log's directory rotated away: the reopen fails, and says where and why.
+    std::fs::rename(sb.path("ld"), sb.path("ld.old")).unwrap();
+    let out = sb.run(&["reopen-logs"]);
+    let err = stderr_of(&out);
+    assert_eq!(
+        code(&out),
+        1,
+        "{}{err}\nlog:\n{}",
+        stdout_of(&out),
+        wlog(&sb)
+    );
+    assert!(
+        err.contains(&path_str(&sb.path("ld/w.log"))) && err.contains("No such file"),
+        "{err}"
+    );
+    mkdir_owned(&sb, "ld", owner);
+    // The same for a program's output file.
+    std::fs::rename(sb.path("pd"), sb.path("pd.old")).unwrap();
+    let out = sb.run(&["reopen-logs"]);
+    let err = stderr_of(&out);
+    assert_eq!(
+        code(&out),
+        1,
+        "{}{err}\nlog:\n{}",
+        stdout_of(&out),
+        wlog(&sb)
+    );
+    assert!(
+        err.contains(&path_str(&sb.path("pd/out.log"))) && !err.contains("w.log"),
+        "{err}"
+    );
+    mkdir_owned(&sb, "pd", owner);
+    expect(&mut sb, &["reopen-logs"], 0);
+    assert!(sb.path("ld/w.log").exists() && sb.path("pd/out.log").exists());
+    assert!(
+        wait_until(TIMEOUT, || sb
+            .read("ld/w.log")
+            .contains("log files reopened")),
+        "{}",
+        wlog(&sb)
+    );
+
+    if root {
+        // A directory the daemon (nobody) may not write: permission denied, 4.
+        std::fs::rename(sb.path("ld"), sb.path("ld.2")).unwrap();
+        mkdir_owned(&sb, "ld", None);
+        let out = sb.run(&["reopen-logs"]);
+        let err = stderr_of(&out);
+        assert_eq!(
+            code(&out),
+            4,
+            "{}{err}\nlog:\n{}",
+            stdout_of(&out),
+            wlog(&sb)
+        );
+        assert!(
+            err.contains(&path_str(&sb.path("ld/w.log"))) && err.contains("ermission denied"),
+            "{err}"
+        );
+    }
+    stop(&mut sb);
+}
+
+#[test]
+fn reopen_logs_works_after_a_bad_edit_of_the_configuration() {
+    let _t = Timer::new("reopen_logs_works_after_a_bad_edit_of_the_configuration");
+    let mut sb = sandbox("reopenbad", "", &sleeper("w", 1, 1000));
+    sb.start();
+    wait_up(&mut sb, "w", 1);
+    write_config(
+        &sb,
+        "",
+        "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = \"three\"\n",
+    );
+    std::fs::rename(sb.path("warden.log"), sb.path("warden.log.1")).unwrap();
+    let out = sb.run(&["reopen-logs"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert!(stderr_of(&out).contains("warning"), "{}", stderr_of(&out));
+    assert!(
+        wait_until(TIMEOUT, || log(&sb).contains("log files reopened")),
+        "nothing in the new log file; the old one:\n{}",
+        sb.read("warden.log.1")
+    );
+    stop(&mut sb);
+}
+
+/// A uid with no account on this machine.
+fn unused_uid() -> u32 {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let used: BTreeSet<u32> = passwd
+        .lines()
+        .filter_map(|l| l.split(':').nth(2)?.parse().ok())
+        .collect();
+    (40_000..60_000)
+        .find(|u| !used.contains(u))
+        .expect("a free uid")
+}
+
+#[test]
+fn stop_and_reopen_logs_by_another_user_are_refused_with_permission_denied() {
+    let _t = Timer::new("stop_and_reopen_logs_by_another_user");
+    if !require_root("stop_and_reopen_logs_by_another_user_are_refused_with_permission_denied") {
+        return;
+    }
+    if std::process::Command::new("setpriv")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED stop_and_reopen_logs_by_another_user…: no setpriv (util-linux)");
+        return;
+    }
+    let mut sb = sandbox("otheruser", "", &sleeper("w", 1, 1000));
+    let warden = sb.start();
+    let w = wait_up(&mut sb, "w", 1);
+    let uid = unused_uid().to_string();
+    let creds = [
+        format!("--reuid={uid}"),
+        format!("--regid={uid}"),
+        "--clear-groups".to_string(),
+    ];
+    let creds: Vec<&str> = creds.iter().map(String::as_str).collect();
+
+    let out = as_user(&mut sb, &creds, &["stop"]);
+    let err = stderr_of(&out);
+    assert_eq!(code(&out), 4, "{}{err}", stdout_of(&out));
+    assert!(
+        err.contains(&format!(
+            "permission denied: cannot inspect /proc/{warden}/fd"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("does not hold"), "{err}");
+    let out = as_user(&mut sb, &creds, &["reopen-logs"]);
+    let err = stderr_of(&out);
+    assert_eq!(code(&out), 4, "{}{err}", stdout_of(&out));
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(!err.contains("does not hold"), "{err}");
+    // Nothing happened to the daemon.
+    assert!(alive(warden));
+    let (_, v) = status_json(&mut sb, &["w"]);
+    assert_eq!(of(&v, "w"), w);
+    stop(&mut sb);
+}

@@ -71,10 +71,10 @@ impl Progress {
 fn kind_code(kind: ErrorKind) -> u8 {
     match kind {
         ErrorKind::BadRequest => exit::USAGE,
-        ErrorKind::Denied => exit::NO_PERMISSION,
+        ErrorKind::Denied | ErrorKind::IoDenied => exit::NO_PERMISSION,
         ErrorKind::NoSuchProgram => exit::NO_SUCH_PROGRAM,
         ErrorKind::InvalidConfig => exit::CONFIG,
-        ErrorKind::Failed | ErrorKind::Busy => exit::FAILURE,
+        ErrorKind::Failed | ErrorKind::Busy | ErrorKind::Io => exit::FAILURE,
     }
 }
 
@@ -83,9 +83,10 @@ pub fn command(config: &Config, command: Command, timeout: Duration) -> ExitCode
     run(config, command, timeout, false).unwrap_or_else(ExitCode::from)
 }
 
-/// Like [`command`], but `None` when the daemon cannot be reached (nothing printed).
-pub fn command_quiet(config: &Config, command: Command, timeout: Duration) -> Option<ExitCode> {
-    run(config, command, timeout, true).ok()
+/// Like [`command`], but when the daemon cannot be reached nothing is printed and the error is
+/// the exit status that says why ([`exit::NOT_RUNNING`] or [`exit::NO_PERMISSION`]).
+pub fn command_quiet(config: &Config, command: Command, timeout: Duration) -> Result<ExitCode, u8> {
+    run(config, command, timeout, true)
 }
 
 fn run(config: &Config, command: Command, timeout: Duration, quiet: bool) -> Result<ExitCode, u8> {
@@ -138,6 +139,12 @@ fn print_plan(result: &serde_json::Value, dry_run: bool) {
         println!(
             "{} {n}",
             verb("restarted (changed)", "would restart (changed)")
+        );
+    }
+    for n in list("changed_stopped") {
+        println!(
+            "{} {n}",
+            verb("changed (stays stopped)", "would change (stays stopped)")
         );
     }
     if let Some(scaled) = result["scaled"].as_array() {
@@ -274,6 +281,8 @@ pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
     if !named {
         return ExitCode::from(exit::status::RUNNING);
     }
+    // Every instance configured is up: a program scaled to 0 is as asked (0), like `scale P 0`
+    // itself, which succeeds once nothing runs.
     if report.instances.iter().any(|i| i.state == "fatal") {
         ExitCode::from(exit::status::PROGRAM_FATAL)
     } else if report
@@ -295,7 +304,7 @@ fn print_table(report: &StatusReport) {
         report.daemon.pid,
         fmt_uptime(report.daemon.uptime_secs)
     );
-    if report.instances.is_empty() {
+    if report.instances.is_empty() && report.programs.is_empty() {
         println!("no programs");
         return;
     }
@@ -309,9 +318,28 @@ fn print_table(report: &StatusReport) {
         "LAST EXIT",
         "STATUS",
     ];
-    let rows: Vec<[String; 8]> = report.instances.iter().map(row).collect();
+    // One row per instance, programs in configuration order; a program scaled to 0 instances
+    // gets one row saying so. (An older daemon sends no program list: instances only.)
+    let mut rows: Vec<([String; 8], Option<&str>)> = Vec::new();
+    if report.programs.is_empty() {
+        rows.extend(
+            report
+                .instances
+                .iter()
+                .map(|i| (row(i), Some(i.state.as_str()))),
+        );
+    }
+    for p in &report.programs {
+        let before = rows.len();
+        for i in report.instances.iter().filter(|i| i.program == p.program) {
+            rows.push((row(i), Some(i.state.as_str())));
+        }
+        if rows.len() == before {
+            rows.push((empty_row(&p.program, p.instances), None));
+        }
+    }
     let mut widths = header.map(str::len);
-    for r in &rows {
+    for (r, _) in &rows {
         for (w, cell) in widths.iter_mut().zip(r.iter()) {
             *w = (*w).max(cell.chars().count());
         }
@@ -332,8 +360,8 @@ fn print_table(report: &StatusReport) {
         out.trim_end().to_string()
     };
     println!("{}", line(&header.map(str::to_string), None));
-    for (r, inst) in rows.iter().zip(&report.instances) {
-        let c = colour.then_some(match inst.state.as_str() {
+    for (r, state) in &rows {
+        let c = colour.then_some(match state.unwrap_or("") {
             "ready" | "running" => "32",
             "starting" | "stopping" | "backoff" => "33",
             "fatal" => "31;1",
@@ -341,6 +369,14 @@ fn print_table(report: &StatusReport) {
         });
         println!("{}", line(r, c));
     }
+}
+
+/// The row of a program without instances (scaled to 0).
+fn empty_row(program: &str, instances: u32) -> [String; 8] {
+    let mut r: [String; 8] = std::array::from_fn(|_| "-".to_string());
+    r[0] = program.to_string();
+    r[7] = format!("{instances} instances");
+    r
 }
 
 fn row(i: &InstanceInfo) -> [String; 8] {

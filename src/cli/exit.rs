@@ -3,10 +3,9 @@
 //! | status | meaning |
 //! |---|---|
 //! | 0 | success (`stop` on a stopped daemon included) |
-//! | 1 | the operation failed: the daemon reported an error or died before it was ready, it is already running, `stop` timed out |
-//! | 2 | bad command-line usage |
-//! | 4 | permission denied |
-//! | 6 | the configuration is missing or invalid |
+//! | 1 | the operation failed: the daemon reported an error or died before it was ready, it is already running, `stop` timed out, `reopen-logs` could not reopen a file |
+//! | 2 | bad command-line usage, or a value the daemon refuses (`scale` beyond the limit) |
+//! | 4 | permission denied (control socket, another user's `/proc/PID/fd`, a log file) |
 //! | 5 | no such program |
 //! | 6 | the configuration is missing or invalid (`reload`: the new file is invalid; the daemon keeps the old one) |
 //! | 7 | the daemon is not running (commands that need it: `reload`, `scale`, program `start`/`stop`/`restart`, `reopen-logs`) |
@@ -14,7 +13,7 @@
 //! `status` answers with LSB codes instead: 0 running, 1 dead but the pidfile remains, 3 not
 //! running, 4 unknown (e.g. no permission). With program names: 0 when every instance of them is
 //! up, 150 when one is not (starting, stopping, backoff, exited), 151 when one is fatal, 152 when
-//! a name is unknown. `check` answers 0 or 1.
+//! a name is unknown; a program scaled to 0 instances counts as up. `check` answers 0 or 1.
 
 use std::process::ExitCode;
 

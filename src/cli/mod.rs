@@ -146,11 +146,21 @@ pub fn main() -> ExitCode {
             control::command(&c, C::Scale { program, instances }, timeout)
         }),
         Command::Check => check(&cli.config),
-        Command::ReopenLogs => with_config(&cli.config, |c| {
+        // Like `stop`, this must work after a bad edit of the file: logrotate's postrotate does
+        // not wait for someone to finish editing warden.toml.
+        Command::ReopenLogs => with_located_config(&cli.config, |c| {
             match control::command_quiet(&c, C::ReopenLogs, Duration::from_secs(10)) {
-                Some(code) => code,
-                // No control socket (an older daemon, or it is gone): the signal still works.
-                None => signal_daemon(&c, nix::sys::signal::Signal::SIGUSR1),
+                Ok(code) => code,
+                Err(code) if code == exit::NO_PERMISSION => {
+                    eprintln!(
+                        "warden: permission denied on the control socket {}",
+                        c.daemon.control_socket.display()
+                    );
+                    ExitCode::from(code)
+                }
+                // No control socket (an older daemon, or it is gone): the signal still works,
+                // though nobody can then tell whether the reopen succeeded.
+                Err(_) => signal_daemon(&c, nix::sys::signal::Signal::SIGUSR1),
             }
         }),
     }
@@ -272,18 +282,28 @@ fn show_pid(pid: Option<i32>) -> String {
 }
 
 /// The pid of the running daemon, waiting briefly for a starting one to write it.
+///
+/// A pid read from the pidfile is trusted only if that process holds the file open. A caller
+/// who may not look at the daemon's descriptors (another user than root or the daemon's) gets
+/// the permission error (exit 4), not an accusation of a forged pidfile.
 fn running_pid(path: &std::path::Path) -> Result<Option<i32>, Error> {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     loop {
         match Pidfile::probe(path)? {
-            PidfileState::Running(Some(pid)) if Pidfile::held_by(path, pid) => {
-                return Ok(Some(pid));
-            }
             PidfileState::Running(Some(pid)) => {
-                return Err(Error::DaemonFailed(format!(
-                    "pidfile {} names pid {pid}, which does not hold it open; not signalling it",
-                    path.display()
-                )));
+                if Pidfile::held_by(path, pid)? {
+                    return Ok(Some(pid));
+                }
+                // Unless the daemon exited between the two looks (then the loop sees it gone),
+                // the pid is not the lock holder's.
+                let same =
+                    matches!(Pidfile::probe(path)?, PidfileState::Running(Some(p)) if p == pid);
+                if same || std::time::Instant::now() >= deadline {
+                    return Err(Error::DaemonFailed(format!(
+                        "pidfile {} names pid {pid}, which does not hold it open; not signalling it",
+                        path.display()
+                    )));
+                }
             }
             PidfileState::Running(None) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10));

@@ -134,6 +134,12 @@ fn supervisor(
     let running = config.daemon.clone();
     sup.set_reloader(Box::new(move || {
         let new = Config::load(&path).map_err(|e| e.to_string())?;
+        // The same account check as `start` and `check`: an unknown user is a configuration
+        // error with its key (exit 6), found before anything changes.
+        let problems = super::unresolvable_accounts(&new);
+        if !problems.is_empty() {
+            return Err(problems.join("\n"));
+        }
         Ok(ReloadSet {
             programs: new.programs.iter().map(ProgramDef::from_spec).collect(),
             scale_program: new.daemon.scale_program.clone(),

@@ -20,7 +20,7 @@
 //! The server answers each request with zero or more progress lines
 //! `{"v":1,"progress":"…"}` followed by exactly one final line: `{"v":1,"ok":true,"result":…}` or
 //! `{"v":1,"ok":false,"error":"…","kind":"…"}` (`kind` is one of `bad-request`, `denied`,
-//! `no-such-program`, `invalid-config`, `failed`, `busy`). Lines are at most [`MAX_LINE`] bytes;
+//! `no-such-program`, `invalid-config`, `failed`, `busy`, `io`, `io-denied`). Lines are at most [`MAX_LINE`] bytes;
 //! a longer one is answered with an error and the connection closed. A client must keep its side
 //! of the connection open until the final reply: closing it (or shutting down its write side)
 //! cancels the wait — the operation itself goes on.
@@ -113,6 +113,10 @@ pub enum ErrorKind {
     Failed,
     /// Too many connections or a conflicting operation in progress.
     Busy,
+    /// An I/O operation of the daemon failed (e.g. `reopen-logs` could not open a log file).
+    Io,
+    /// Like [`ErrorKind::Io`], and the OS said permission denied (`EACCES`/`EPERM`).
+    IoDenied,
 }
 
 /// One line sent by the server.
@@ -191,8 +195,12 @@ impl Reply {
 /// ```json
 /// {"daemon": {"pid": 812, "version": "0.1.0", "uptime_secs": 3600.2, "config": "/etc/warden/warden.toml"},
 ///  "instances": [{"program": "web", "index": 0, "pid": 901, "state": "ready",
-///                 "uptime_secs": 3599.9, "restarts": 0, "last_exit": null, "status": "serving"}]}
+///                 "uptime_secs": 3599.9, "restarts": 0, "last_exit": null, "status": "serving"}],
+///  "programs": [{"program": "web", "instances": 1}, {"program": "spare", "instances": 0}]}
 /// ```
+///
+/// `programs` lists every program reported, with its configured number of instances — also
+/// those scaled to 0, which have no entry in `instances`.
 ///
 /// `state` is one of `starting`, `running`, `ready`, `backoff`, `stopping`, `exited`, `fatal`;
 /// `pid`, `uptime_secs`, `last_exit` and `status` may be `null`; `last_exit` is
@@ -204,6 +212,18 @@ pub struct StatusReport {
     pub daemon: DaemonInfo,
     /// Every instance, programs in configuration order.
     pub instances: Vec<InstanceInfo>,
+    /// Every program reported, in configuration order (empty when an older daemon left it out).
+    #[serde(default)]
+    pub programs: Vec<ProgramInfo>,
+}
+
+/// One program in a [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgramInfo {
+    /// The program.
+    pub program: String,
+    /// How many instances it is configured (or scaled) to run.
+    pub instances: u32,
 }
 
 /// The daemon part of a [`StatusReport`].

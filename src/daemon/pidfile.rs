@@ -187,8 +187,25 @@ impl Pidfile {
     /// Whether process `pid` has the pidfile at `path` open — the check to make before
     /// signalling a pid read from a pidfile, so that whoever can write the file cannot aim
     /// `warden stop` at another process. Reads `/proc/PID/fd`.
-    pub fn held_by(path: &Path, pid: i32) -> bool {
-        std::fs::metadata(path).is_ok_and(|m| has_open(pid, m.dev(), m.ino()))
+    ///
+    /// `Ok(true)`: it holds the file. `Ok(false)`: it does not (its descriptors were read and
+    /// the file is not among them, or there is no such process or no such file). `Err`: this
+    /// process cannot tell — typically `EACCES` on `/proc/PID/fd` because the daemon runs as
+    /// another user and the caller is not root; the error names that path.
+    pub fn held_by(path: &Path, pid: i32) -> Result<bool> {
+        let meta = match std::fs::metadata(path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(Error::io("cannot stat pidfile", path, e)),
+        };
+        fd_table_has(pid, meta.dev(), meta.ino()).map_err(|e| {
+            let what = if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+                "permission denied: cannot inspect"
+            } else {
+                "cannot inspect"
+            };
+            Error::io(what, format!("/proc/{pid}/fd"), e)
+        })
     }
 
     /// Truncates the file and writes `pid` and a newline through the locked descriptor, mode
@@ -301,10 +318,55 @@ fn same_file(file: &File, path: &Path) -> bool {
     }
 }
 
-/// Whether process `pid` has the file `(dev, ino)` open, from `/proc/PID/fd`.
+/// Whether process `pid` has the file `(dev, ino)` open, from `/proc/PID/fd`; `false` also
+/// when that cannot be read (for scans of every process, where unreadable ones are not ours).
 pub(crate) fn has_open(pid: i32, dev: u64, ino: u64) -> bool {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
-        fds.filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
-            .any(|m| m.dev() == dev && m.ino() == ino)
-    })
+    fd_table_has(pid, dev, ino).unwrap_or(false)
+}
+
+/// Whether process `pid` has the file `(dev, ino)` open: `Ok(false)` when its descriptor list
+/// was read without it or the process does not exist, `Err` when the list cannot be read
+/// (`EACCES` for another user's process).
+fn fd_table_has(pid: i32, dev: u64, ino: u64) -> std::io::Result<bool> {
+    let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(fds) => fds,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    // A descriptor closed between the listing and the stat is simply not there.
+    Ok(fds
+        .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+        .any(|m| m.dev() == dev && m.ino() == ino))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `held_by` tells the holder from a process that does not hold the file and from no
+    /// process at all. (Cannot tell — another user's process — is covered by the integration
+    /// test that runs `warden stop` under another uid.)
+    #[test]
+    fn held_by_tells_the_holder_from_others() {
+        let path = std::env::temp_dir().join(format!("warden-held-by-{}.pid", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let file = open_pidfile(&path, None).unwrap();
+        let me = std::process::id() as i32;
+        assert!(Pidfile::held_by(&path, me).unwrap());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let other = child.id() as i32;
+        let not_held = Pidfile::held_by(&path, other);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!not_held.unwrap());
+        // Reaped: no such process any more.
+        assert!(!Pidfile::held_by(&path, other).unwrap());
+        drop(file);
+        assert!(!Pidfile::held_by(&path, me).unwrap());
+        std::fs::remove_file(&path).unwrap();
+        assert!(!Pidfile::held_by(&path, me).unwrap());
+    }
 }

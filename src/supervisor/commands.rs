@@ -22,7 +22,9 @@ use super::{
     spawn::Prepared, state,
 };
 use crate::control::server::{ConnId, Incoming};
-use crate::control::{Command, DaemonInfo, ErrorKind, InstanceInfo, Reply, StatusReport};
+use crate::control::{
+    Command, DaemonInfo, ErrorKind, InstanceInfo, ProgramInfo, Reply, StatusReport,
+};
 use crate::error::{Error, Result};
 
 /// What a reloader produces: the new programs and daemon-level settings.
@@ -48,6 +50,9 @@ pub struct ReloadPlan {
     pub removed: Vec<String>,
     /// Programs whose settings changed, restarted one instance at a time.
     pub changed: Vec<String>,
+    /// Programs whose settings changed while stopped by hand (`warden stop PROG`): they stay
+    /// stopped, and the new settings apply at their next start.
+    pub changed_stopped: Vec<String>,
     /// Programs whose only change is the number of instances: (name, from, to).
     pub scaled: Vec<(String, u32, u32)>,
     /// Programs left alone.
@@ -68,6 +73,11 @@ impl ReloadPlan {
                 .map(|n| format!("restart {n} (changed)")),
         );
         v.extend(
+            self.changed_stopped
+                .iter()
+                .map(|n| format!("update {n} (changed; stays stopped)")),
+        );
+        v.extend(
             self.scaled
                 .iter()
                 .map(|(n, a, b)| format!("scale {n} {a} -> {b}")),
@@ -84,6 +94,8 @@ pub(super) enum Goal {
     Up,
     /// Every instance down.
     Down,
+    /// What a reload asked for: like `Up`, except that instances stopped by hand stay down.
+    Applied,
 }
 
 pub(super) struct Waiter {
@@ -98,6 +110,9 @@ pub(super) struct Rollout {
     program: usize,
     pending: VecDeque<usize>,
     current: Option<usize>,
+    /// Leave instances stopped by hand alone (a reload), instead of starting them again (an
+    /// operator's `restart`).
+    keep_stopped: bool,
 }
 
 /// Whether an instance counts as serving.
@@ -213,6 +228,15 @@ impl Supervisor {
             Command::Stop { programs } => match self.programs_named(&programs) {
                 Ok(ps) => {
                     for &p in &ps {
+                        // A stop beats a rolling restart in progress: the rollout would start
+                        // the instances it has not reached yet again.
+                        if self.rollouts.iter().any(|r| r.program == p) {
+                            log::info!(
+                                "{}: rolling restart cancelled by stop",
+                                self.programs[p].def.name
+                            );
+                            self.rollouts.retain(|r| r.program != p);
+                        }
                         let name = self.programs[p].def.name.clone();
                         let _ = self.stop_program(&name);
                     }
@@ -223,7 +247,7 @@ impl Supervisor {
             Command::Restart { programs } => match self.programs_named(&programs) {
                 Ok(ps) => {
                     for &p in &ps {
-                        self.begin_rollout(p);
+                        self.begin_rollout(p, false);
                     }
                     self.wait(conn, ps, Goal::Up, json!({ "restarted": programs }));
                 }
@@ -239,7 +263,14 @@ impl Supervisor {
                         json!({ "program": program, "instances": instances }),
                     );
                 }
-                Err(e) => self.reply(conn, Reply::failed(ErrorKind::NoSuchProgram, e.to_string())),
+                // `scale` fails for an unknown name or a count beyond the limit (a bad request).
+                Err(e) => {
+                    let kind = match self.find(&program) {
+                        Err(_) => ErrorKind::NoSuchProgram,
+                        Ok(_) => ErrorKind::BadRequest,
+                    };
+                    self.reply(conn, Reply::failed(kind, e.to_string()))
+                }
             },
             Command::Reload { dry_run } => match self.reload(dry_run) {
                 Ok((plan, touched)) => {
@@ -247,15 +278,26 @@ impl Supervisor {
                     if dry_run || touched.is_empty() {
                         self.reply(conn, Reply::done(result));
                     } else {
-                        self.wait(conn, touched, Goal::Up, result);
+                        self.wait(conn, touched, Goal::Applied, result);
                     }
                 }
                 Err((kind, e)) => self.reply(conn, Reply::failed(kind, e)),
             },
-            Command::ReopenLogs => {
-                self.reopen_logs();
-                self.reply(conn, Reply::done(json!({ "reopened": true })));
-            }
+            Command::ReopenLogs => match self.reopen_logs() {
+                Ok(()) => self.reply(conn, Reply::done(json!({ "reopened": true }))),
+                Err(errors) => {
+                    let denied = errors
+                        .iter()
+                        .any(|e| matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)));
+                    let kind = if denied {
+                        ErrorKind::IoDenied
+                    } else {
+                        ErrorKind::Io
+                    };
+                    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    self.reply(conn, Reply::failed(kind, text.join("\n")));
+                }
+            },
         }
     }
 
@@ -286,6 +328,7 @@ impl Supervisor {
             }
             let mut pending = Vec::new();
             let mut failed = Vec::new();
+            let up = matches!(w.goal, Goal::Up | Goal::Applied);
             for &p in &w.programs {
                 let prog = &self.programs[p];
                 let rolling = self.rollouts.iter().any(|r| r.program == p);
@@ -293,27 +336,29 @@ impl Supervisor {
                     let tag = format!("{}[{}]", prog.def.name, s.index);
                     let st = &s.inst.state;
                     match w.goal {
-                        Goal::Up if s.retiring => {
+                        _ if up && s.retiring => {
                             pending.push(format!("{tag} ({}, retiring)", st.name()))
                         }
-                        Goal::Up if matches!(st, state::State::Fatal) => {
+                        // Stopped by hand, and a reload keeps it so.
+                        Goal::Applied if s.inst.manual_stop => {}
+                        _ if up && matches!(st, state::State::Fatal) => {
                             failed.push(format!("{tag} is fatal"))
                         }
-                        Goal::Up if matches!(st, state::State::Exited) && s.inst.manual_stop => {
+                        _ if up && matches!(st, state::State::Exited) && s.inst.manual_stop => {
                             failed.push(format!("{tag} is stopped"))
                         }
-                        Goal::Up if matches!(&s.exec, ExecState::Failed(_)) => {
+                        _ if up && matches!(&s.exec, ExecState::Failed(_)) => {
                             if let ExecState::Failed(why) = &s.exec {
                                 failed.push(format!("{tag}: {why}"));
                             }
                         }
-                        Goal::Up if matches!(st, state::State::Exited) => {
+                        _ if up && matches!(st, state::State::Exited) => {
                             failed.push(format!("{tag} exited"))
                         }
-                        Goal::Up if !serving(st, prog.def.policy.readiness) => {
+                        _ if up && !serving(st, prog.def.policy.readiness) => {
                             pending.push(format!("{tag} ({})", st.name()))
                         }
-                        Goal::Up if s.exec == ExecState::Pending => {
+                        _ if up && s.exec == ExecState::Pending => {
                             pending.push(format!("{tag} (exec)"))
                         }
                         Goal::Down if st.is_up() || matches!(st, state::State::Spawning) => {
@@ -322,7 +367,7 @@ impl Supervisor {
                         _ => {}
                     }
                 }
-                if w.goal == Goal::Up && rolling && pending.is_empty() {
+                if up && rolling && pending.is_empty() {
                     pending.push(format!("{} (rolling restart)", prog.def.name));
                 }
             }
@@ -352,8 +397,9 @@ impl Supervisor {
         self.waiters = waiters;
     }
 
-    /// Starts (or restarts from the top) a rolling restart of program `p`.
-    pub(super) fn begin_rollout(&mut self, p: usize) {
+    /// Starts (or restarts from the top) a rolling restart of program `p`. With `keep_stopped`
+    /// (a reload), instances stopped by hand are left down; an operator's `restart` starts them.
+    pub(super) fn begin_rollout(&mut self, p: usize, keep_stopped: bool) {
         self.rollouts.retain(|r| r.program != p);
         let pending: VecDeque<usize> = self.programs[p]
             .slots
@@ -370,6 +416,7 @@ impl Supervisor {
             program: p,
             pending,
             current: None,
+            keep_stopped,
         });
         self.advance_rollouts();
     }
@@ -388,6 +435,11 @@ impl Supervisor {
                 let prog = &self.programs[p];
                 let slot = &prog.slots[pos];
                 let st = &slot.inst.state;
+                if slot.retiring {
+                    // Scaled away while being replaced: nothing left to wait for.
+                    r.current = None;
+                    continue;
+                }
                 if let ExecState::Failed(why) = &slot.exec {
                     log::error!("{}[{index}]: rolling restart stopped: {why}", prog.def.name);
                     return false;
@@ -403,10 +455,24 @@ impl Supervisor {
             }
             match r.pending.pop_front() {
                 Some(index) => {
-                    if let Some(pos) = self.slot_pos(p, index) {
-                        self.apply(p, pos, state::Event::Restart);
-                        r.current = Some(index);
+                    let Some(pos) = self.slot_pos(p, index) else {
+                        continue;
+                    };
+                    let slot = &self.programs[p].slots[pos];
+                    // A slot scaled away since the rollout began is stopping for good: a
+                    // `Restart` would bring it back (and keep `scale` waiting for ever).
+                    if slot.retiring {
+                        continue;
                     }
+                    if r.keep_stopped && slot.inst.manual_stop {
+                        log::info!(
+                            "{}[{index}]: stopped by hand; stays stopped (new settings apply at its next start)",
+                            self.programs[p].def.name
+                        );
+                        continue;
+                    }
+                    self.apply(p, pos, state::Event::Restart);
+                    r.current = Some(index);
                 }
                 None => {
                     log::info!("{}: rolling restart done", self.programs[p].def.name);
@@ -444,6 +510,14 @@ impl Supervisor {
                     restarts: s.restarts,
                     last_exit: s.last_exit.map(Into::into),
                     status: s.status_text,
+                })
+                .collect(),
+            // A program scaled to 0 has no instance to show, but it is there all the same.
+            programs: ps
+                .iter()
+                .map(|&p| ProgramInfo {
+                    program: self.programs[p].def.name.clone(),
+                    instances: self.programs[p].def.instances,
                 })
                 .collect(),
         }
@@ -486,9 +560,9 @@ impl Supervisor {
                 log::info!("reload applied");
                 Ok((plan, touched))
             }
-            Err(e) => {
+            Err((kind, e)) => {
                 log::error!("reload failed, nothing changed: {e}");
-                Err((ErrorKind::Failed, e.to_string()))
+                Err((kind, e))
             }
         }
     }
@@ -503,7 +577,9 @@ impl Supervisor {
                 Err(_) => plan.added.push(def.name.clone()),
                 Ok(p) => {
                     let old = &self.programs[p].def;
-                    if !same_config(old, def) {
+                    if !same_config(old, def) && self.stopped_by_hand(p) {
+                        plan.changed_stopped.push(def.name.clone());
+                    } else if !same_config(old, def) {
                         plan.changed.push(def.name.clone());
                     } else if old.instances != def.instances {
                         plan.scaled
@@ -523,28 +599,43 @@ impl Supervisor {
         plan
     }
 
-    fn apply_reload(&mut self, set: ReloadSet, plan: &ReloadPlan) -> Result<Vec<usize>> {
+    /// Whether every instance of program `p` was stopped by hand (`warden stop PROG`) and is
+    /// kept down: a reload must not start it again.
+    fn stopped_by_hand(&self, p: usize) -> bool {
+        let mut live = self.programs[p].slots.iter().filter(|s| !s.retiring);
+        let mut any = false;
+        live.all(|s| {
+            any = true;
+            s.inst.manual_stop
+        }) && any
+    }
+
+    fn apply_reload(
+        &mut self,
+        set: ReloadSet,
+        plan: &ReloadPlan,
+    ) -> std::result::Result<Vec<usize>, (ErrorKind, String)> {
         // Resolve everything first: a typo in a user name must not leave half a reload behind.
         let mut prepared: Vec<(ProgramDef, Option<Prepared>, [Option<RotatingFile>; 2])> =
             Vec::new();
-        for def in set
-            .programs
-            .iter()
-            .filter(|d| plan.added.contains(&d.name) || plan.changed.contains(&d.name))
-        {
+        for def in set.programs.iter().filter(|d| {
+            plan.added.contains(&d.name)
+                || plan.changed.contains(&d.name)
+                || plan.changed_stopped.contains(&d.name)
+        }) {
             let prep = match &def.work {
-                Work::Exec(spec) => Some(Prepared::exec(spec).map_err(|e| Error::Invalid {
-                    what: "program",
-                    reason: format!("{}: {e}", def.name),
-                })?),
+                Work::Exec(spec) => {
+                    Some(Prepared::exec(spec).map_err(|e| self.reload_error(&def.name, &e))?)
+                }
                 Work::Fn(_) => None,
             };
-            let files = open_files(def)?;
+            let files = open_files(def).map_err(|e| self.reload_error(&def.name, &e))?;
             prepared.push((def.clone(), prep, files));
         }
+        let internal = |e: Error| (ErrorKind::Failed, e.to_string());
         let mut touched = Vec::new();
         for name in &plan.removed {
-            let p = self.find(name)?;
+            let p = self.find(name).map_err(internal)?;
             self.rollouts.retain(|r| r.program != p);
             let _ = self.stop_program(name);
             self.programs[p].removed = true;
@@ -553,34 +644,73 @@ impl Supervisor {
             if plan.added.contains(&def.name) {
                 self.add_prepared(def, prep, files);
                 touched.push(self.programs.len() - 1);
-            } else {
-                let p = self.find(&def.name)?;
-                let instances = def.instances;
-                {
-                    let prog = &mut self.programs[p];
-                    prog.def = def;
-                    prog.prepared = prep;
-                    prog.files = files;
-                }
-                let name = self.programs[p].def.name.clone();
-                self.begin_rollout(p);
-                let live = self.programs[p]
-                    .slots
-                    .iter()
-                    .filter(|s| !s.retiring)
-                    .count();
-                if live != instances as usize {
-                    self.scale(&name, instances)?;
-                }
+                continue;
+            }
+            let p = self.find(&def.name).map_err(internal)?;
+            let instances = def.instances;
+            {
+                let prog = &mut self.programs[p];
+                prog.def = def;
+                prog.prepared = prep;
+                prog.files = files;
+            }
+            let name = self.programs[p].def.name.clone();
+            let live = self.programs[p]
+                .slots
+                .iter()
+                .filter(|s| !s.retiring)
+                .count();
+            // Fewer instances first, so that the rollout does not replace the ones about to go.
+            if (instances as usize) < live {
+                self.scale(&name, instances).map_err(internal)?;
+            }
+            let stays_stopped = plan.changed_stopped.contains(&name);
+            if !stays_stopped {
+                self.begin_rollout(p, true);
+            }
+            if (instances as usize) > live {
+                self.scale(&name, instances).map_err(internal)?;
+            }
+            if !stays_stopped || instances as usize != live {
                 touched.push(p);
             }
         }
         for (name, _, to) in &plan.scaled {
-            self.scale(name, *to)?;
-            touched.push(self.find(name)?);
+            self.scale(name, *to).map_err(internal)?;
+            touched.push(self.find(name).map_err(internal)?);
         }
         self.scale_program = set.scale_program;
         Ok(touched)
+    }
+
+    /// How a reload reports what stopped it before anything changed: a name that does not
+    /// resolve is the configuration's fault (`FILE: program.NAME.KEY: …`), an output file that
+    /// cannot be opened is an I/O error.
+    fn reload_error(&self, program: &str, e: &Error) -> (ErrorKind, String) {
+        let file = if self.config_path.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", self.config_path)
+        };
+        match e {
+            Error::UnknownUser(_) => (
+                ErrorKind::InvalidConfig,
+                format!("{file}program.{program}.user: {e}"),
+            ),
+            Error::UnknownGroup(_) => (
+                ErrorKind::InvalidConfig,
+                format!("{file}program.{program}.group: {e}"),
+            ),
+            Error::Invalid { what, reason } => (
+                ErrorKind::InvalidConfig,
+                format!("{file}program.{program}.{what}: {reason}"),
+            ),
+            Error::Io { .. } if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
+                (ErrorKind::IoDenied, format!("program {program}: {e}"))
+            }
+            Error::Io { .. } => (ErrorKind::Io, format!("program {program}: {e}")),
+            _ => (ErrorKind::Failed, format!("program {program}: {e}")),
+        }
     }
 
     /// Adds a program whose resources were already resolved, starting it if the loop runs.

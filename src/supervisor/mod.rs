@@ -964,7 +964,9 @@ impl Supervisor {
                     let _ = self.reload(false);
                 }
                 SignalEvent::Reload => reload = true,
-                SignalEvent::ReopenLogs => self.reopen_logs(),
+                SignalEvent::ReopenLogs => {
+                    let _ = self.reopen_logs(); // each failure is logged
+                }
                 SignalEvent::AddWorker | SignalEvent::RemoveWorker => {
                     let up = event == SignalEvent::AddWorker;
                     match self.scale_program.clone() {
@@ -1254,19 +1256,31 @@ impl Supervisor {
         }
     }
 
-    fn reopen_logs(&mut self) {
+    /// Reopens the daemon's log file and every program's output file; each failure is logged
+    /// and returned (a file that failed keeps being written where it was).
+    fn reopen_logs(&mut self) -> std::result::Result<(), Vec<Error>> {
+        let mut failed = Vec::new();
         if let Some(log) = &self.log {
             match log.reopen() {
                 Ok(()) => log::info!("log files reopened"),
-                Err(e) => log::error!("cannot reopen the log: {e}"),
+                Err(e) => {
+                    log::error!("cannot reopen the log: {e}");
+                    failed.push(e);
+                }
             }
         }
         for prog in &mut self.programs {
             for file in prog.files.iter_mut().flatten() {
                 if let Err(e) = file.reopen() {
                     log::error!("cannot reopen {}: {e}", file.path().display());
+                    failed.push(Error::io("cannot reopen output file", file.path(), e));
                 }
             }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(failed)
         }
     }
 }
