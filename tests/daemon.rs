@@ -506,12 +506,42 @@ fn stale_pidfile_after_kill_9_is_taken_over() {
     assert_eq!(status_code(&mut sb), Some(3), "after a clean stop");
 }
 
+/// An empty `NOTIFY_SOCKET` names no service manager: `start` still detaches and returns.
+#[test]
+fn an_empty_notify_socket_does_not_keep_start_in_the_foreground() {
+    let mut sb = Sandbox::new("empty-notify", "");
+    let mut cmd = sb.warden(&["start"]);
+    cmd.env("NOTIFY_SOCKET", "");
+    let out = sb.output(cmd);
+    if let Some(pid) = sb.pidfile_pid() {
+        sb.track(pid);
+    }
+    assert_eq!(code(&out), Some(0), "{}", stderr_of(&out));
+    let pid = sb.pidfile_pid().expect("pidfile names the daemon");
+    assert_detached(&sb, pid);
+}
+
 /// 50 `warden start` at once: exactly one succeeds, the 49 others fail with `already running`,
 /// and exactly one daemon is left.
 #[test]
 fn fifty_concurrent_starts_yield_exactly_one_daemon() {
-    const N: usize = 50;
     let mut sb = Sandbox::new("race", "");
+    let pidfile = sb.pidfile();
+    concurrent_starts(&mut sb, &pidfile);
+}
+
+/// The same race when the pidfile's directory does not exist yet: the starts that lose the race
+/// to create it still say `already running`.
+#[test]
+fn fifty_concurrent_starts_creating_the_pidfile_directory_yield_one_daemon() {
+    let mut sb = Sandbox::new("race-dir", "");
+    let pidfile = sb.path("run").join("warden.pid");
+    sb.write_config(&format!("pidfile = \"{}\"", pidfile.display()));
+    concurrent_starts(&mut sb, &pidfile);
+}
+
+fn concurrent_starts(sb: &mut Sandbox, pidfile: &Path) {
+    const N: usize = 50;
     let mut children = Vec::with_capacity(N);
     for _ in 0..N {
         let mut c = sb.warden(&["start"]);
@@ -526,6 +556,12 @@ fn fifty_concurrent_starts_yield_exactly_one_daemon() {
     let outs: Vec<Output> = waiters.into_iter().map(|w| w.join().unwrap()).collect();
 
     let winners: Vec<&Output> = outs.iter().filter(|o| o.status.success()).collect();
+    let pid: Option<i32> = std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    if let Some(pid) = pid {
+        sb.track(pid);
+    }
     assert_eq!(
         winners.len(),
         1,
@@ -536,8 +572,7 @@ fn fifty_concurrent_starts_yield_exactly_one_daemon() {
             .map(stderr_of)
             .collect::<Vec<_>>()
     );
-    let pid = sb.pidfile_pid().expect("the winner's pidfile");
-    sb.track(pid);
+    let pid = pid.expect("the winner's pidfile");
     for o in outs.iter().filter(|o| !o.status.success()) {
         let err = stderr_of(o);
         assert_eq!(code(o), Some(1), "{err}");
@@ -554,7 +589,7 @@ fn fifty_concurrent_starts_yield_exactly_one_daemon() {
         vec![pid],
         "not exactly one warden process left"
     );
-    assert_locked(&sb.pidfile());
+    assert_locked(pidfile);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -736,7 +771,8 @@ fn symlink_at_pidfile_path_is_not_followed() {
 
 /// With `user = "nobody"` the daemon runs as nobody's uid and gid with no group but nobody's
 /// own, although its launcher had root's group and supplementary groups; root cannot come back
-/// (no effective capabilities); the pidfile belongs to nobody and is still removed on stop.
+/// (no effective capabilities); the pidfile belongs to nobody and is still removed on stop,
+/// which nobody itself may run.
 #[test]
 fn privilege_drop_to_nobody_leaves_no_supplementary_groups() {
     if !require_root("privilege_drop_to_nobody_leaves_no_supplementary_groups") {
@@ -800,8 +836,17 @@ fn privilege_drop_to_nobody_leaves_no_supplementary_groups() {
     );
     assert_locked(&sb.pidfile());
 
-    let out = sb.run(&["stop"]);
-    assert_eq!(code(&out), Some(0), "{}", stderr_of(&out));
+    // Its own user can stop it, although a daemon that dropped privileges is not dumpable and
+    // nobody may not read its /proc/PID/fd.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(warden_bin())
+        .arg("-c")
+        .arg(&sb.config)
+        .arg("stop")
+        .stdin(Stdio::null());
+    let out = sb.output(cmd);
+    assert_eq!(code(&out), Some(0), "stop as nobody: {}", stderr_of(&out));
     assert!(
         !sb.pidfile().exists(),
         "the unprivileged daemon left its pidfile"

@@ -92,6 +92,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. \"10s\", \"500ms\")"))
 }
 
+/// Whether a service manager waits for `READY=1` (a non-empty `$NOTIFY_SOCKET`, as the
+/// notifier reads it): then `start` stays in the foreground, already detached by the manager.
+fn under_notify_manager() -> bool {
+    std::env::var_os("NOTIFY_SOCKET").is_some_and(|v| !v.is_empty())
+}
+
 /// Runs the command line and returns the process's exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -100,8 +106,7 @@ pub fn main() -> ExitCode {
         Command::Run => with_config(&cli.config, |c| serve::serve(c, true)),
         Command::Start { programs, .. } if programs.is_empty() => with_config(&cli.config, |c| {
             // Under systemd Type=notify the service manager already detached us (DESIGN.md).
-            let foreground = std::env::var_os("NOTIFY_SOCKET").is_some();
-            serve::serve(c, foreground)
+            serve::serve(c, under_notify_manager())
         }),
         Command::Start { programs, timeout } => with_config(&cli.config, |c| {
             control::command(&c, C::Start { programs }, timeout)
@@ -118,8 +123,7 @@ pub fn main() -> ExitCode {
                 if code != ExitCode::from(exit::OK) {
                     return code;
                 }
-                let foreground = std::env::var_os("NOTIFY_SOCKET").is_some();
-                serve::serve(c, foreground)
+                serve::serve(c, under_notify_manager())
             })
         }
         Command::Restart { programs, timeout } => with_config(&cli.config, |c| {
@@ -283,16 +287,24 @@ fn show_pid(pid: Option<i32>) -> String {
 
 /// The pid of the running daemon, waiting briefly for a starting one to write it.
 ///
-/// A pid read from the pidfile is trusted only if that process holds the file open. A caller
-/// who may not look at the daemon's descriptors (another user than root or the daemon's) gets
-/// the permission error (exit 4), not an accusation of a forged pidfile.
+/// A pid read from the pidfile is trusted only if that process holds the file open — the check
+/// that keeps whoever can write the pidfile from aiming root's `stop` at another process.
+///
+/// A caller other than root who may not look at the daemon's descriptors (a daemon that dropped
+/// privileges is not dumpable, so even its own user cannot) gets the pid unchecked: `kill(2)`
+/// then lets it signal only what it could signal by hand, and refuses the rest (exit 4). Root
+/// that cannot tell (no `CAP_SYS_PTRACE`, say) gets the permission error.
 fn running_pid(path: &std::path::Path) -> Result<Option<i32>, Error> {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let root = nix::unistd::geteuid().is_root();
     loop {
         match Pidfile::probe(path)? {
             PidfileState::Running(Some(pid)) => {
-                if Pidfile::held_by(path, pid)? {
-                    return Ok(Some(pid));
+                match Pidfile::held_by(path, pid) {
+                    Ok(true) => return Ok(Some(pid)),
+                    Ok(false) => {}
+                    Err(_) if !root => return Ok(Some(pid)),
+                    Err(e) => return Err(e),
                 }
                 // Unless the daemon exited between the two looks (then the loop sees it gone),
                 // the pid is not the lock holder's.
@@ -331,7 +343,7 @@ fn stop(config: &Config, timeout: Duration) -> ExitCode {
         Err(e) => return exit::report(&e),
     };
     match kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM) {
-        Err(e) if e != nix::errno::Errno::ESRCH => return exit::report(&Error::sys("kill", e)),
+        Err(e) if e != nix::errno::Errno::ESRCH => return exit::report(&kill_error(pid, e)),
         _ => {}
     }
     let mut progress = control::StopProgress::new(config);
@@ -350,11 +362,21 @@ fn stop(config: &Config, timeout: Duration) -> ExitCode {
     }
 }
 
+/// `kill(pid)` failed: exit 4 with "permission denied" for `EPERM`, 1 otherwise.
+fn kill_error(pid: i32, e: nix::errno::Errno) -> Error {
+    let what = if e == nix::errno::Errno::EPERM {
+        "permission denied: cannot signal the daemon,"
+    } else {
+        "cannot signal the daemon,"
+    };
+    Error::io(what, format!("pid {pid}"), e.into())
+}
+
 fn signal_daemon(config: &Config, signal: nix::sys::signal::Signal) -> ExitCode {
     match running_pid(&config.daemon.pidfile) {
         Ok(Some(pid)) => match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
             Ok(()) => ExitCode::from(exit::OK),
-            Err(e) => exit::report(&Error::sys("kill", e)),
+            Err(e) => exit::report(&kill_error(pid, e)),
         },
         Ok(None) => {
             eprintln!("warden: not running");

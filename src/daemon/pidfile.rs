@@ -58,7 +58,8 @@ impl Pidfile {
     /// its control socket there and remove its pidfile at exit.
     pub fn acquire_for(path: &Path, owner: Option<(Uid, Gid)>) -> Result<Pidfile> {
         // A starting daemon holds the lock before its pid is written, and a `probe` holds a
-        // shared lock for an instant: give either a moment before concluding.
+        // shared lock for an instant (also on a stale file that names a dead pid): give either
+        // a moment before concluding. A live pid in a locked file is the answer at once.
         let patience = std::time::Instant::now() + Duration::from_millis(250);
         for _ in 0..10_000 {
             let file = open_pidfile(path, owner)?;
@@ -66,7 +67,11 @@ impl Pidfile {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
                     let pid = read_pid(&file);
-                    if pid.is_some() || std::time::Instant::now() >= patience {
+                    let live = pid.is_some_and(|p| {
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
+                            != Err(nix::errno::Errno::ESRCH)
+                    });
+                    if live || std::time::Instant::now() >= patience {
                         return Err(Error::AlreadyRunning {
                             pid,
                             path: path.to_path_buf(),
@@ -193,7 +198,11 @@ impl Pidfile {
     /// process cannot tell — typically `EACCES` on `/proc/PID/fd` because the daemon runs as
     /// another user and the caller is not root; the error names that path.
     pub fn held_by(path: &Path, pid: i32) -> Result<bool> {
-        let meta = match std::fs::metadata(path) {
+        // Not `metadata`: a symlink swapped in at the path after the caller's `probe` (opened
+        // `O_NOFOLLOW`) must not lend the check another file's identity (`/dev/null` is open
+        // in nearly every process).
+        let meta = match std::fs::symlink_metadata(path) {
+            Ok(m) if !m.file_type().is_file() => return Ok(false),
             Ok(m) => m,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(Error::io("cannot stat pidfile", path, e)),
@@ -267,11 +276,13 @@ fn open_pidfile(path: &Path, owner: Option<(Uid, Gid)>) -> Result<File> {
     let file = match open() {
         Err(e) if e.kind() == ErrorKind::NotFound => {
             if let Some(parent) = path.parent().filter(|p| !p.exists()) {
-                std::fs::DirBuilder::new()
-                    .mode(0o755)
-                    .create(parent)
-                    .map_err(|e| Error::io("cannot create pidfile directory", parent, e))?;
-                if let Some((uid, gid)) = owner {
+                let created = match std::fs::DirBuilder::new().mode(0o755).create(parent) {
+                    Ok(()) => true,
+                    // A concurrent start made it first: theirs to chown; open in it all the same.
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
+                    Err(e) => return Err(Error::io("cannot create pidfile directory", parent, e)),
+                };
+                if let Some((uid, gid)) = owner.filter(|_| created) {
                     nix::unistd::chown(parent, Some(uid), Some(gid)).map_err(|e| {
                         Error::io("cannot chown pidfile directory", parent, e.into())
                     })?;
@@ -343,6 +354,41 @@ fn fd_table_has(pid: i32, dev: u64, ino: u64) -> std::io::Result<bool> {
 mod tests {
     use super::*;
 
+    /// A stale pidfile naming a dead pid is taken over although a `probe` holds its shared lock
+    /// at that moment; a live pid in a locked file is refused.
+    #[test]
+    fn takeover_waits_out_a_probe_on_a_stale_file() {
+        let path = std::env::temp_dir().join(format!("warden-stale-{}.pid", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut dead = std::process::Command::new("true").spawn().unwrap();
+        let dead_pid = dead.id();
+        dead.wait().unwrap();
+        std::fs::write(&path, format!("{dead_pid}\n")).unwrap();
+        // A slow probe: the shared lock held for 50 ms.
+        let prober = File::open(&path).unwrap();
+        prober.lock_shared().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(prober);
+        });
+        let taken = Pidfile::acquire(&path);
+        release.join().unwrap();
+        let taken = taken.expect("stale file taken over once the probe let go");
+        drop(taken);
+
+        // Locked by a process that is alive (this one): refused without waiting.
+        std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
+        let holder = File::open(&path).unwrap();
+        holder.lock_shared().unwrap();
+        let refused = Pidfile::acquire(&path);
+        assert!(
+            matches!(refused, Err(Error::AlreadyRunning { .. })),
+            "{refused:?}"
+        );
+        drop(holder);
+        std::fs::remove_file(&path).unwrap();
+    }
+
     /// `held_by` tells the holder from a process that does not hold the file and from no
     /// process at all. (Cannot tell — another user's process — is covered by the integration
     /// test that runs `warden stop` under another uid.)
@@ -353,6 +399,13 @@ mod tests {
         let file = open_pidfile(&path, None).unwrap();
         let me = std::process::id() as i32;
         assert!(Pidfile::held_by(&path, me).unwrap());
+        // A symlink at the path lends no identity, even to a file the process holds.
+        let link = path.with_extension("link");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let through_link = Pidfile::held_by(&link, me);
+        std::fs::remove_file(&link).unwrap();
+        assert!(!through_link.unwrap());
         let mut child = std::process::Command::new("sleep")
             .arg("30")
             .spawn()
