@@ -577,13 +577,350 @@ fn workers_die_with_a_sigkilled_warden() {
     println!("SIGKILL of warden -> all 4 workers gone in {took:.1?}");
     assert!(gone, "workers survived warden: {workers:?}");
     assert!(took < Duration::from_secs(1), "within a second: {took:?}");
-    // Nothing of this sandbox runs, re-parented to PID 1 or elsewhere.
-    let left: Vec<(i32, Vec<String>, Option<i32>)> = sb
-        .processes()
-        .into_iter()
-        .map(|p| (p, cmdline(p), stat(p).map(|s| s.ppid)))
-        .collect();
-    assert!(left.is_empty(), "left running: {left:?}");
+    // Nothing of this sandbox runs, re-parented to PID 1 or elsewhere (the guard process, whose
+    // command line is warden's, leaves right after its kills: a bounded wait).
+    assert_nothing_left(&sb);
+}
+
+/// Waits (bounded) until no process of the sandbox runs; names what is left otherwise.
+fn assert_nothing_left(sb: &Sandbox) {
+    let left = || -> Vec<(i32, Vec<String>, Option<i32>)> {
+        sb.processes()
+            .into_iter()
+            .map(|p| (p, cmdline(p), stat(p).map(|s| s.ppid)))
+            .collect()
+    };
+    assert!(
+        wait_until(TIMEOUT, || left().is_empty()),
+        "left running: {:?}",
+        left()
+    );
+}
+
+/// The sandbox's guard process (`comm` is `warden-guard`; its command line is warden's).
+fn guard_of(sb: &Sandbox) -> Option<i32> {
+    sb.processes().into_iter().find(|&p| {
+        std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "warden-guard")
+    })
+}
+
+/// Finding: PR_SET_PDEATHSIG reaches only a worker's main process, so the children of shell
+/// workers that do not `exec` ran on under PID 1 after a SIGKILL of warden. The guard process
+/// kills every worker process group — also after it was itself killed and replaced.
+#[test]
+fn a_sigkilled_warden_takes_the_children_of_its_workers_along() {
+    let _t = Timer::new("a_sigkilled_warden_takes_the_children_of_its_workers_along");
+    let mut sb = sandbox(
+        "killwarden-tree",
+        "",
+        &format!(
+            "[program.sh]
+command = {}
+instances = 2
+",
+            argv(&["sh", "-c", "\"$0/sleep\" 1001; true", "SANDBOX"])
+        ),
+    );
+    let warden = sb.start();
+    let shells = wait_workers(&mut sb, warden, 2);
+    let sleep = format!("{}/sleep", dir(&sb));
+    let mut sleeps = Vec::new();
+    assert!(
+        wait_until(TIMEOUT, || {
+            sleeps = sb
+                .processes()
+                .into_iter()
+                .filter(|&p| cmdline(p) == [sleep.as_str(), "1001"])
+                .collect();
+            sleeps.len() == 2
+        }),
+        "two grandchildren `sleep 1001`: {sleeps:?}"
+    );
+    for &p in &sleeps {
+        sb.track(p);
+        let st = stat(p).unwrap();
+        assert!(shells.contains(&st.ppid), "{p} is a shell's child: {st:?}");
+    }
+    // The guard runs outside warden's tree: warden's children are exactly its workers.
+    let guard = guard_of(&sb).expect("a guard process");
+    assert!(!shells.contains(&guard));
+    assert_ne!(
+        stat(guard).unwrap().ppid,
+        warden,
+        "the guard is not warden's child"
+    );
+    // A guard that dies is replaced, and the new one knows every worker group.
+    signal(guard, Signal::SIGKILL);
+    wait_line(&sb, "guard replaced", |l| {
+        l.contains(&format!(
+            "the guard process (pid {guard}) is gone; starting another"
+        ))
+    });
+    let second = wait_lines(&sb, "a second guard", 2, |l| {
+        l.contains("guard process started (pid")
+    });
+    println!("{}", second[1]);
+    assert!(
+        wait_until(TIMEOUT, || guard_of(&sb).is_some_and(|g| g != guard)),
+        "no new guard process"
+    );
+
+    signal(warden, Signal::SIGKILL);
+    let all: Vec<i32> = shells.iter().chain(&sleeps).copied().collect();
+    let t = Instant::now();
+    assert!(
+        wait_until(TIMEOUT, || all.iter().all(|&p| !alive(p))),
+        "survived warden: {:?}",
+        all.iter()
+            .filter(|&&p| alive(p))
+            .map(|&p| (p, cmdline(p), stat(p).map(|s| s.ppid)))
+            .collect::<Vec<_>>()
+    );
+    println!(
+        "SIGKILL of warden -> shells and their children gone in {:.1?}",
+        t.elapsed()
+    );
+    assert_nothing_left(&sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6b. An instance is down only when its whole process group is: stop, restart, exit, shutdown.
+
+/// A worker whose background child ignores SIGTERM: `sleep 1005` (the child, in the worker's
+/// group) and `sleep 1006` (the worker itself, which obeys).
+const TERM_IGNORING_CHILD: &str = "(trap '' TERM; exec \"$0/sleep\" 1005) & exec \"$0/sleep\" 1006";
+
+/// Waits (bounded) until exactly `n` processes of the sandbox have argv `args`; returns them.
+fn wait_count(sb: &Sandbox, args: &[&str], n: usize) -> Vec<i32> {
+    let mut found = Vec::new();
+    let ok = wait_until(TIMEOUT, || {
+        found = sb
+            .processes()
+            .into_iter()
+            .filter(|&p| cmdline(p) == args)
+            .collect();
+        found.len() == n
+    });
+    assert!(ok, "{args:?}: {found:?}, want {n}; log:\n{}", log(sb));
+    found
+}
+
+/// `warden ARGS`, asserting exit status 0.
+fn expect_ok(sb: &mut Sandbox, args: &[&str]) {
+    let out = sb.run(args);
+    assert!(
+        out.status.success(),
+        "warden {args:?}: {:?}\nstderr: {}\nlog:\n{}",
+        out.status,
+        stderr_of(&out),
+        log(sb)
+    );
+}
+
+/// Finding: an instance left `stopping` as soon as its main process was reaped, so the SIGKILL
+/// planned at stop_timeout never reached group members that ignore the stop signal; they piled
+/// up with each restart.
+#[test]
+fn stop_and_restart_kill_group_members_that_ignore_the_stop_signal() {
+    let _t = Timer::new("stop_and_restart_kill_group_members_that_ignore_the_stop_signal");
+    let mut sb = sandbox(
+        "group-stop",
+        "",
+        &format!(
+            "[program.g]\ncommand = {}\nstop_timeout = \"1s\"\n",
+            argv(&["sh", "-c", TERM_IGNORING_CHILD, "SANDBOX"])
+        ),
+    );
+    sb.start();
+    let sleep = format!("{}/sleep", dir(&sb));
+    let child = [sleep.as_str(), "1005"];
+    let first = wait_count(&sb, &child, 1)[0];
+    sb.track(first);
+
+    expect_ok(&mut sb, &["stop", "g"]);
+    assert!(
+        !alive(first),
+        "`stop g` returned with {first} of its group still running; log:\n{}",
+        log(&sb)
+    );
+    let text = log(&sb);
+    assert!(
+        text.contains("g[0] (pid ") && text.contains("waiting for the rest of its process group"),
+        "log:\n{text}"
+    );
+    assert!(
+        text.contains("did not stop within 1s; sent SIGKILL"),
+        "log:\n{text}"
+    );
+
+    expect_ok(&mut sb, &["start", "g"]);
+    let mut previous = wait_count(&sb, &child, 1)[0];
+    sb.track(previous);
+    for round in 0..2 {
+        expect_ok(&mut sb, &["restart", "g"]);
+        assert!(
+            !alive(previous),
+            "restart {round}: the old group's {previous} still runs; log:\n{}",
+            log(&sb)
+        );
+        let now = wait_count(&sb, &child, 1)[0];
+        sb.track(now);
+        assert_ne!(now, previous);
+        previous = now;
+    }
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
+
+/// Finding: at shutdown only warden's direct children were killed, one level deep: a TERM-ignoring
+/// grandchild of a worker whose main process obeyed ran on under PID 1.
+#[test]
+fn daemon_stop_leaves_no_member_of_a_worker_group() {
+    let _t = Timer::new("daemon_stop_leaves_no_member_of_a_worker_group");
+    let mut sb = sandbox(
+        "group-shutdown",
+        "",
+        &format!(
+            "[program.g]\ncommand = {}\nstop_timeout = \"1s\"\n",
+            argv(&[
+                "sh",
+                "-c",
+                "(trap '' TERM; \"$0/sleep\" 1010; true) & exec \"$0/sleep\" 1011",
+                "SANDBOX"
+            ])
+        ),
+    );
+    sb.start();
+    let sleep = format!("{}/sleep", dir(&sb));
+    let grandchild = wait_count(&sb, &[&sleep, "1010"], 1)[0];
+    sb.track(grandchild);
+    stop(&mut sb);
+    assert!(
+        !alive(grandchild),
+        "{grandchild} outlived warden: {:?}; log:\n{}",
+        stat(grandchild),
+        log(&sb)
+    );
+    assert_no_process(&sb);
+}
+
+/// An unexpected exit of the main process stops what is left of its group (stop signal, then
+/// SIGKILL after stop_timeout) before the restart: the new worker never runs next to the old
+/// one's remnants.
+#[test]
+fn an_exited_worker_group_is_cleaned_up_before_the_respawn() {
+    let _t = Timer::new("an_exited_worker_group_is_cleaned_up_before_the_respawn");
+    let mut sb = sandbox(
+        "group-exit",
+        "",
+        &format!(
+            "[program.e]\ncommand = {}\nstop_timeout = \"1s\"\n",
+            argv(&[
+                "sh",
+                "-c",
+                "(trap '' TERM; exec \"$0/sleep\" 1020) & \"$0/sleep\" 0.2; exit 3",
+                "SANDBOX"
+            ])
+        ),
+    );
+    sb.start();
+    let sleep = format!("{}/sleep", dir(&sb));
+    let remnant = [sleep.as_str(), "1020"];
+    let first = wait_count(&sb, &remnant, 1)[0];
+    sb.track(first);
+    let mut second = 0;
+    assert!(
+        wait_until(TIMEOUT, || {
+            second = sb
+                .processes()
+                .into_iter()
+                .find(|&p| p != first && cmdline(p) == remnant)
+                .unwrap_or(0);
+            second != 0
+        }),
+        "no respawn; log:\n{}",
+        log(&sb)
+    );
+    sb.track(second);
+    assert!(
+        !alive(first),
+        "the respawned worker runs next to {first}, left by its predecessor; log:\n{}",
+        log(&sb)
+    );
+    let text = log(&sb);
+    assert!(
+        text.contains("e[0]: running -> stopping (pid ")
+            && text.contains(
+                "exited (exit code 3); stopping the rest of its process group (sent SIGTERM)"
+            ),
+        "log:\n{text}"
+    );
+    assert!(
+        text.contains("exited (exit code 3), its process group gone; restarting"),
+        "log:\n{text}"
+    );
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
+
+/// Finding: `shutdown_timeout` did not bound the graceful shutdown, which waited for every
+/// program's stop_timeout in turn. Here stop_timeout (120 s) is far beyond both the daemon's
+/// shutdown_timeout (1 s) and `warden stop --timeout` (10 s): `stop` succeeds only if the
+/// shutdown escalated to SIGKILL at shutdown_timeout.
+#[test]
+fn shutdown_timeout_bounds_a_graceful_shutdown() {
+    let _t = Timer::new("shutdown_timeout_bounds_a_graceful_shutdown");
+    let mut sb = sandbox(
+        "shutdown-timeout",
+        "shutdown_timeout = \"1s\"",
+        &format!(
+            "[program.deaf]\ncommand = {}\nstop_timeout = \"120s\"\n\n\
+             [program.deaf2]\ncommand = {}\nstop_timeout = \"120s\"\n",
+            argv(&[
+                "sh",
+                "-c",
+                "trap '' TERM; exec \"$0/sleep\" 1030",
+                "SANDBOX"
+            ]),
+            argv(&[
+                "sh",
+                "-c",
+                "trap '' TERM; exec \"$0/sleep\" 1031",
+                "SANDBOX"
+            ])
+        ),
+    );
+    let warden = sb.start();
+    let workers = wait_workers(&mut sb, warden, 2);
+    // Handshake: both ignore SIGTERM (bit 15 of SigIgn) before the stop.
+    for &w in &workers {
+        assert!(
+            wait_until(TIMEOUT, || status(w)
+                .get("SigIgn")
+                .and_then(|m| u64::from_str_radix(m, 16).ok())
+                .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)),
+            "worker {w} never ignored SIGTERM"
+        );
+    }
+    let t = Instant::now();
+    let out = sb.run(&["stop", "--timeout", "10s"]);
+    println!("warden stop took {:.2?}", t.elapsed());
+    assert!(
+        out.status.success(),
+        "warden stop: {:?}\nstderr: {}\nlog:\n{}",
+        out.status,
+        stderr_of(&out),
+        log(&sb)
+    );
+    for &w in &workers {
+        assert!(!alive(w), "{w} outlived warden");
+    }
+    let text = log(&sb);
+    assert!(
+        text.contains("shutdown_timeout (1s) passed: killing every remaining worker (SIGKILL)"),
+        "log:\n{text}"
+    );
+    assert_no_process(&sb);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -105,6 +105,7 @@ fn supervisor(
     let mut sup = Supervisor::new().map_err(|e| format!("cannot start the supervisor: {e}"))?;
     sup.set_log(log.clone());
     sup.set_kill_strays(true);
+    sup.set_shutdown_timeout(d.shutdown_timeout);
     sup.set_scale_program(d.scale_program.clone());
     sup.set_config_path(config.path.display().to_string());
     let manager = handle.service_manager();

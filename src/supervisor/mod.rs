@@ -13,11 +13,15 @@
 //!
 //! No zombies, no orphans: the supervisor is a child subreaper (`PR_SET_CHILD_SUBREAPER`), so
 //! grandchildren orphaned by a worker are re-parented to it, and on every `SIGCHLD` it reaps with
-//! `waitpid(-1, WNOHANG)` until nothing is left; stopping a worker signals its whole process group;
-//! workers die with the supervisor (`PR_SET_PDEATHSIG`). Spawn workers from the thread that runs
+//! `waitpid(-1, WNOHANG)` until nothing is left; stopping a worker signals its whole process group,
+//! and an instance is down only once that group is empty (see [`state`]); workers die with the
+//! supervisor (`PR_SET_PDEATHSIG`), and their process groups with it through a guard process
+//! (`groups`, `sys::guard`) — even when the supervisor is killed with `SIGKILL`, and when a
+//! supervisor is dropped without a completed shutdown. Spawn workers from the thread that runs
 //! the loop: the kernel sends the death signal when the *thread* that forked them exits.
 
 mod commands;
+mod groups;
 pub mod notify;
 pub mod output;
 pub mod spawn;
@@ -147,6 +151,7 @@ pub enum RunExit {
 const SIGNALS: Token = Token(0);
 const NOTIFY: Token = Token(1);
 const CONTROL: Token = Token(2);
+const GUARD: Token = Token(3);
 /// Control connections get tokens from here up.
 const FIRST_CONN: usize = 1 << 40;
 const FIRST_PIPE: usize = 16;
@@ -235,6 +240,13 @@ pub struct Supervisor {
     started_at: Instant,
     config_path: String,
     kill_strays: bool,
+    /// Every worker process group not yet known to be empty, and the guard process.
+    groups: groups::Groups,
+    /// The bound of a graceful shutdown ([`Supervisor::set_shutdown_timeout`]).
+    shutdown_timeout: Option<Duration>,
+    /// When the current shutdown began, and when a graceful one escalates to SIGKILL.
+    shutdown_began: Option<Instant>,
+    shutdown_deadline: Option<Instant>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -305,6 +317,10 @@ impl Supervisor {
             started_at: Instant::now(),
             config_path: String::new(),
             kill_strays: false,
+            groups: groups::Groups::new(GUARD),
+            shutdown_timeout: None,
+            shutdown_began: None,
+            shutdown_deadline: None,
         })
     }
 
@@ -365,6 +381,17 @@ impl Supervisor {
     /// library user's process may have children of its own; the `warden` binary turns it on).
     pub fn set_kill_strays(&mut self, yes: bool) {
         self.kill_strays = yes;
+    }
+
+    /// Bounds a graceful shutdown: once `total` has passed since it began, every worker still
+    /// running gets `SIGKILL` (its whole process group), as in a fast shutdown. When the shutdown
+    /// completes, what is left of `total` becomes the exit hooks' total deadline
+    /// ([`crate::hooks::set_total_deadline`]), so that the whole graceful shutdown, hooks
+    /// included, takes about `total` at most (the final hooks, such as the pidfile removal, still
+    /// run after it). Default: no bound; each stop still ends with `SIGKILL` after its program's
+    /// `stop_timeout`.
+    pub fn set_shutdown_timeout(&mut self, total: Duration) {
+        self.shutdown_timeout = Some(total);
     }
 
     /// Stops serving the control socket and removes its file (at exit).
@@ -447,10 +474,9 @@ impl Supervisor {
         loop {
             self.tick();
             self.advance_shutdown();
+            self.enforce_shutdown_deadline();
             if self.shutdown.is_some() && self.all_down() {
-                if self.kill_strays {
-                    self.kill_strays();
-                }
+                self.finish_shutdown();
                 self.drain_all_pipes();
                 return Ok(RunExit::Shutdown);
             }
@@ -478,6 +504,11 @@ impl Supervisor {
                 match ev.token() {
                     SIGNALS => reload |= self.handle_signals(signals),
                     NOTIFY => self.handle_notify(),
+                    GUARD => self.groups.guard_event(
+                        self.poll.registry(),
+                        ev.is_readable() || ev.is_read_closed() || ev.is_error(),
+                        ev.is_writable(),
+                    ),
                     CONTROL => {
                         if let Some(c) = self.control.as_mut() {
                             c.accept(self.poll.registry());
@@ -502,6 +533,14 @@ impl Supervisor {
 
     /// Starts a graceful shutdown (as `SIGTERM` does); [`Supervisor::run`] returns once done.
     pub fn shutdown(&mut self, fast: bool) {
+        if self.shutdown.is_none() {
+            let now = Instant::now();
+            self.shutdown_began = Some(now);
+            self.shutdown_deadline = self
+                .shutdown_timeout
+                .filter(|_| !fast)
+                .and_then(|t| now.checked_add(t));
+        }
         if fast {
             self.shutdown = Some(Shutdown::Fast);
             for p in 0..self.programs.len() {
@@ -668,10 +707,53 @@ impl Supervisor {
                     .filter_map(|s| s.inst.deadline(&p.def.policy))
             })
             .chain(self.service_watchdog.as_ref().map(|w| w.2))
+            .chain(self.shutdown_deadline)
             .min()
     }
 
+    /// A graceful shutdown that ran out of `shutdown_timeout` becomes a fast one: SIGKILL to
+    /// every instance's process group, and to groups no instance waits for any more.
+    fn enforce_shutdown_deadline(&mut self) {
+        let Some(deadline) = self.shutdown_deadline else {
+            return;
+        };
+        if !matches!(self.shutdown, Some(Shutdown::Graceful(_))) {
+            self.shutdown_deadline = None;
+            return;
+        }
+        if Instant::now() < deadline || self.all_down() {
+            return;
+        }
+        self.shutdown_deadline = None;
+        let waited = self
+            .shutdown_timeout
+            .map(state::fmt_duration)
+            .unwrap_or_default();
+        log::warn!("shutdown_timeout ({waited}) passed: killing every remaining worker (SIGKILL)");
+        self.shutdown(true);
+        self.groups.signal_all(Signal::SIGKILL);
+    }
+
+    /// The last step of a shutdown, every instance down: SIGKILL for groups still known to have
+    /// members (an instance stops waiting for members that outlive SIGKILL), the strays if asked,
+    /// then the guard is let go; the exit hooks get what is left of `shutdown_timeout`.
+    fn finish_shutdown(&mut self) {
+        let left = self.groups.signal_all(Signal::SIGKILL);
+        if left > 0 {
+            log::warn!("{left} worker process group(s) still had members: sent SIGKILL");
+        }
+        if self.kill_strays {
+            self.kill_strays();
+        }
+        self.groups.close_guard(self.poll.registry());
+        if let (Some(total), Some(began)) = (self.shutdown_timeout, self.shutdown_began) {
+            crate::hooks::set_total_deadline(total.saturating_sub(began.elapsed()));
+        }
+        self.shutdown_deadline = None;
+    }
+
     fn tick(&mut self) {
+        self.sweep_groups();
         let now = Instant::now();
         if let Some((notifier, interval, next)) =
             self.service_watchdog.as_mut().filter(|w| w.2 <= now)
@@ -785,6 +867,8 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, p: usize, pos: usize) -> Result<i32> {
+        // The guard exists before the first worker does (and again after it died).
+        self.groups.ensure_guard(self.poll.registry());
         let prog = &self.programs[p];
         let index = prog.slots[pos].index;
         let def = &prog.def;
@@ -816,6 +900,9 @@ impl Supervisor {
             (Work::Fn(f), _) => spawn::spawn_fn(f, &instance)?,
             (Work::Exec(_), None) => unreachable!("exec programs are prepared when added"),
         };
+        // The worker leads a new process group (set up in the child before anything else).
+        self.groups
+            .add(self.poll.registry(), started.pid, (p, index));
         for (stream, file) in [(1, started.stdout), (2, started.stderr)] {
             if let Some(file) = file {
                 self.add_pipe(file, p, index, stream)?;
@@ -922,17 +1009,14 @@ impl Supervisor {
             return;
         };
         let slot = &self.programs[p].slots[pos];
-        // The worker leads its own process group: signal the group, then the main pid in case it
-        // left the group (MAINPID= of a forking service). Once the launcher is reaped its pid is
-        // free for reuse: only the main pid, and the group while the main pid is in it, remain.
-        let group_alive = !slot.launcher_gone
-            || slot.main_pid.is_some_and(|m| {
-                nix::unistd::getpgid(Some(Pid::from_raw(m))).ok() == Some(Pid::from_raw(pid))
-            });
-        if group_alive {
+        // The worker leads its own process group: signal the group while it is known to exist
+        // (its id cannot be reused while members remain, even after the leader was reaped), then
+        // the process itself until it is reaped, in case it left the group, and the MAINPID= of
+        // a forking service. A reaped pid is free for reuse and is never signalled.
+        if self.groups.contains(pid) {
             let _ = nix::sys::signal::killpg(Pid::from_raw(pid), sig);
         }
-        if !slot.launcher_gone {
+        if self.by_pid.get(&pid) == Some(&(p, slot.index)) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
         }
         if let Some(main) = slot.main_pid {
@@ -1008,14 +1092,17 @@ impl Supervisor {
                         core_dumped: core,
                     },
                 ),
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
                 Ok(_) => continue,
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => {
                     log::error!("waitpid: {e}");
-                    return;
+                    break;
                 }
             };
+            // A worker's main process (or a process the state machine refused): its group is now
+            // checked for members like any group whose leader is gone.
+            self.groups.leader_reaped(pid);
             let Some(&(p, index)) = self.by_pid.get(&pid) else {
                 log::debug!("reaped orphan pid {pid} ({status})");
                 continue;
@@ -1035,7 +1122,7 @@ impl Supervisor {
                     // The launcher is still ours to reap; its exit ends the instance.
                     continue;
                 }
-                self.apply(p, pos, Event::Exited { status });
+                self.main_exited(p, pos, status);
             } else if slot.inst.state.pid() == Some(pid) {
                 if slot.main_pid.is_some_and(pid_alive) {
                     // A forking service's launcher exited after naming its main pid.
@@ -1047,41 +1134,85 @@ impl Supervisor {
                     self.programs[p].slots[pos].launcher_gone = true;
                     continue;
                 }
-                self.apply(p, pos, Event::Exited { status });
+                self.by_pid.remove(&pid);
+                self.main_exited(p, pos, status);
             } else {
                 self.by_pid.remove(&pid);
             }
             self.remove_retired(p);
         }
+        self.sweep_groups();
+    }
+
+    /// The worker's main process ended: the instance is down if nothing else is left of its
+    /// process group (`Exited`); otherwise it stops the rest first (`LeaderExited`).
+    fn main_exited(&mut self, p: usize, pos: usize, status: ExitStatus) {
+        let pgid = self.programs[p].slots[pos].inst.state.pid();
+        let members = pgid.is_some_and(|g| self.groups.has_members(self.poll.registry(), g));
+        let event = if members {
+            Event::LeaderExited { status }
+        } else {
+            Event::Exited { status }
+        };
+        self.apply(p, pos, event);
+    }
+
+    /// Forgets the groups whose members are all gone, and tells the instances waiting for them.
+    fn sweep_groups(&mut self) {
+        for (pgid, (p, index)) in self.groups.sweep(self.poll.registry()) {
+            let Some(pos) = self.slot_pos(p, index) else {
+                continue;
+            };
+            if matches!(
+                self.programs[p].slots[pos].inst.state,
+                state::State::Stopping { pid, reaped: true, .. } if pid == pgid
+            ) {
+                self.apply(p, pos, Event::GroupEmpty);
+                self.remove_retired(p);
+            }
+        }
     }
 
     /// At the end of a shutdown, kills the descendants that escaped their worker's process
-    /// group (a `setsid` daemon inside a worker) and were re-parented to us: no orphan outlives
-    /// warden's orderly exit.
+    /// group (a `setsid` daemon inside a worker) and were re-parented to us — and those that are
+    /// re-parented to us when their own parent dies — until no child is left (bounded): no
+    /// orphan outlives warden's orderly exit.
     fn kill_strays(&mut self) {
-        let strays = children_of_self();
-        if strays.is_empty() {
-            return;
-        }
-        log::warn!(
-            "killing {} stray descendant(s) left behind by workers: {strays:?}",
-            strays.len()
-        );
-        for &pid in &strays {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
         let deadline = Instant::now() + Duration::from_secs(2);
-        let mut left = strays;
-        while !left.is_empty() && Instant::now() < deadline {
-            left.retain(|&pid| {
-                matches!(
-                    waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)),
-                    Ok(WaitStatus::StillAlive)
-                )
-            });
-            if !left.is_empty() {
-                std::thread::sleep(Duration::from_millis(1));
+        let mut killed: Vec<i32> = Vec::new();
+        loop {
+            loop {
+                match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::StillAlive) => break,
+                    Err(nix::errno::Errno::ECHILD) => return,
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                    Err(e) => {
+                        log::error!("waitpid: {e}");
+                        return;
+                    }
+                }
             }
+            let live = children_of_self();
+            let fresh: Vec<i32> = live
+                .iter()
+                .copied()
+                .filter(|p| !killed.contains(p))
+                .collect();
+            if !fresh.is_empty() {
+                log::warn!(
+                    "killing {} stray descendant(s) left behind by workers: {fresh:?}",
+                    fresh.len()
+                );
+                for &pid in &fresh {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                killed.extend(fresh);
+            }
+            if Instant::now() >= deadline {
+                log::error!("children still running after SIGKILL: {live:?}");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 

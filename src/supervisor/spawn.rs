@@ -5,7 +5,9 @@
 //! `sys::child_setup` (async-signal-safe system calls). Each worker gets its own process
 //! group (so that stopping it reaches its helpers too), `PR_SET_PDEATHSIG` = `SIGKILL` with the
 //! `getppid` race check (so that it dies with the supervisor, even by `SIGKILL`), stdio as
-//! configured and no other descriptor.
+//! configured and no other descriptor. The death signal is not inherited by the worker's own
+//! children; those die with the supervisor through the guard process, which kills the worker's
+//! whole group (see `supervisor::groups` and `sys::guard`).
 //!
 //! Function workers are forked without exec, which is only sound while the supervisor is
 //! single-threaded: `sys::fork` checks and refuses otherwise.

@@ -14,12 +14,25 @@
 //! so a healthy worker needs no timer. `recent` holds the instants of unhealthy failures inside
 //! `restart_window`; more than `max_restarts` of them mark the instance `fatal`. Manual restarts
 //! count in neither.
+//!
+//! An instance is down only when its whole process group is gone, not merely its main process:
+//! the loop reports the main process's end as `Exited` when nothing else of its group is left,
+//! and as `LeaderExited` (followed later by `GroupEmpty`) when members remain. Those members get
+//! the stop signal, then `SIGKILL` at the stop's `kill_at` — also after an unexpected exit, before
+//! the restart policy decides (systemd's `KillMode=control-group`) — so a respawn never runs
+//! next to the remnants of its predecessor and nothing piles up across restarts. Members that
+//! outlive even `SIGKILL` by [`KILL_GRACE`] (stuck in the kernel) are no longer waited for.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use log::Level;
+
+/// How long a stopping instance whose main process is gone waits, after `SIGKILL`, for the rest
+/// of its process group before it is treated as down anyway (members stuck in uninterruptible
+/// sleep). The loop keeps killing and tracking that group; only the instance stops waiting.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// When an instance that exited on its own is started again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,16 +165,25 @@ impl fmt::Display for ExitStatus {
     }
 }
 
-/// What a stopping instance does once its process has been reaped.
+/// What a stopping instance does once its process group is gone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AfterStop {
     /// Stay down (`exited`).
     Stay,
-    /// Spawn again; `failure` says whether the stop was a failure (a start or watchdog timeout)
-    /// that counts towards backoff and the crash-loop limit, or a manual restart that does not.
-    Restart {
-        /// Whether this restart counts as a failure.
-        failure: bool,
+    /// Spawn again at once, not counted as a failure (a manual restart).
+    Restart,
+    /// The process hung (a start or watchdog timeout): a failure whatever its exit status, which
+    /// the restart policy handles as after a failed exit.
+    Failed {
+        /// It had been ready for `backoff_reset` (judged up to its last `WATCHDOG=1`): the
+        /// backoff resets and the failure does not count towards the crash-loop limit.
+        healthy: bool,
+    },
+    /// The main process exited on its own while other members of its process group remained;
+    /// they are being stopped, and then the restart policy judges the exit status.
+    Exited {
+        /// It had been up (or ready) for `backoff_reset`.
+        healthy: bool,
     },
 }
 
@@ -200,18 +222,22 @@ pub enum State {
         /// When the next spawn is due.
         until: Instant,
     },
-    /// The stop signal was sent at `since`; SIGKILL follows at `kill_at` unless `killed`.
+    /// The stop signal was sent at `since` to the process group; SIGKILL follows at `kill_at`
+    /// unless `killed`. Down once the main process is reaped *and* its group is empty.
     Stopping {
-        /// The main pid.
+        /// The main pid, which is also the process group id.
         pid: i32,
         /// When the stop began.
         since: Instant,
-        /// When SIGKILL is due.
+        /// When SIGKILL is due (or was sent).
         kill_at: Instant,
         /// Whether SIGKILL was already sent.
         killed: bool,
-        /// What happens once the process is reaped.
+        /// What happens once the process group is gone.
         then: AfterStop,
+        /// The main process was reaped; other members of its group remain (its pid now names
+        /// only the group, and must not be signalled as a process).
+        reaped: bool,
     },
     /// Gave up after a crash loop; kept visible, not retried until a manual start.
     Fatal,
@@ -267,11 +293,19 @@ pub enum Event {
     },
     /// The loop could not spawn; counts as a failure exit before ready.
     SpawnFailed,
-    /// The main pid was reaped.
+    /// The main pid was reaped and nothing else is left of its process group.
     Exited {
         /// How it ended.
         status: ExitStatus,
     },
+    /// The main pid was reaped, but other members of its process group remain: the instance
+    /// stops them (or goes on stopping them) before it is down. `GroupEmpty` follows.
+    LeaderExited {
+        /// How the main process ended.
+        status: ExitStatus,
+    },
+    /// The process group of a main process reported by `LeaderExited` is now empty.
+    GroupEmpty,
     /// `READY=1` arrived on the notify socket.
     Ready,
     /// `WATCHDOG=1` arrived on the notify socket.
@@ -285,7 +319,7 @@ pub enum Event {
 pub enum Action {
     /// Spawn the process, then feed `Event::Spawned` or `Event::SpawnFailed` back.
     Spawn,
-    /// Send `signal` to the process group of `pid` (and to `pid`).
+    /// Send `signal` to the process group of `pid` (and to `pid`, until it has been reaped).
     Signal {
         /// The main pid.
         pid: i32,
@@ -367,6 +401,12 @@ impl Instance {
                 }
             }
             Event::Exited { status } => self.on_exited(policy, status, now, jitter, &mut out),
+            Event::LeaderExited { status } => self.on_leader_exited(policy, status, now, &mut out),
+            Event::GroupEmpty => {
+                if let State::Stopping { reaped: true, .. } = self.state {
+                    self.finish_stop(policy, now, jitter, &mut out);
+                }
+            }
             Event::Ready => {
                 if let State::Starting { pid, since } = self.state
                     && policy.readiness == Readiness::Notify
@@ -381,7 +421,7 @@ impl Instance {
                 }
             }
             Event::WatchdogPing => self.last_ping = Some(now),
-            Event::Tick => self.on_tick(policy, now, &mut out),
+            Event::Tick => self.on_tick(policy, now, jitter, &mut out),
         }
         out
     }
@@ -405,6 +445,12 @@ impl Instance {
                 kill_at,
                 ..
             } => Some(kill_at),
+            State::Stopping {
+                killed: true,
+                reaped: true,
+                kill_at,
+                ..
+            } => Some(later(kill_at, KILL_GRACE)),
             _ => None,
         }
     }
@@ -421,7 +467,7 @@ impl Instance {
             State::Stopping { .. } => {
                 self.reset_failures();
                 self.manual_stop = false;
-                self.set_then(AfterStop::Restart { failure: false });
+                self.set_then(AfterStop::Restart);
             }
             _ => {}
         }
@@ -450,7 +496,7 @@ impl Instance {
         match self.state {
             State::Starting { .. } | State::Running { .. } | State::Ready { .. } => {
                 self.manual_stop = false;
-                self.begin_stop(policy, now, AfterStop::Restart { failure: false }, out);
+                self.begin_stop(policy, now, AfterStop::Restart, out);
                 let signal = signal_name(policy.stop_signal);
                 log(out, Level::Info, format!("restarting (sent {signal})"));
             }
@@ -465,7 +511,7 @@ impl Instance {
             State::Backoff { .. } => self.on_start(out),
             State::Stopping { .. } => {
                 self.manual_stop = false;
-                self.set_then(AfterStop::Restart { failure: false });
+                self.set_then(AfterStop::Restart);
             }
             State::Spawning => {}
         }
@@ -482,6 +528,7 @@ impl Instance {
                     kill_at: now,
                     killed: true,
                     then: AfterStop::Stay,
+                    reaped: false,
                 };
                 out.push(Action::Signal {
                     pid,
@@ -493,14 +540,17 @@ impl Instance {
                 pid,
                 since,
                 kill_at,
+                reaped,
                 ..
             } => {
+                // SIGKILL goes now: the grace for stuck members counts from here.
                 self.state = State::Stopping {
                     pid,
                     since,
-                    kill_at,
+                    kill_at: kill_at.min(now),
                     killed: true,
                     then: AfterStop::Stay,
+                    reaped,
                 };
                 out.push(Action::Signal {
                     pid,
@@ -537,6 +587,7 @@ impl Instance {
                     kill_at: later(now, policy.stop_timeout),
                     killed: false,
                     then: AfterStop::Stay,
+                    reaped: false,
                 };
                 out.push(Action::Signal {
                     pid,
@@ -563,7 +614,7 @@ impl Instance {
     }
 
     /// `Exited`: an unexpected exit goes through the restart decision; an exit while stopping
-    /// does what the stop planned.
+    /// does what the stop planned. Either way the process group is already empty.
     fn on_exited(
         &mut self,
         policy: &Policy,
@@ -575,15 +626,7 @@ impl Instance {
         match self.state {
             State::Starting { .. } | State::Running { .. } | State::Ready { .. } => {
                 self.last_exit = Some(status);
-                let healthy = match self.state {
-                    State::Running { since, .. } => {
-                        now.saturating_duration_since(since) >= policy.backoff_reset
-                    }
-                    State::Ready { ready_at, .. } => {
-                        now.saturating_duration_since(ready_at) >= policy.backoff_reset
-                    }
-                    _ => false,
-                };
+                let healthy = self.up_healthy(policy, now);
                 if healthy {
                     self.attempt = 0;
                 }
@@ -594,35 +637,138 @@ impl Instance {
                     self.not_restarted(policy, &cause, out);
                 }
             }
-            State::Stopping { then, .. } => {
+            State::Stopping { reaped: false, .. } => {
                 self.last_exit = Some(status);
-                match then {
-                    AfterStop::Stay => {
-                        self.state = State::Exited;
-                        log(out, Level::Info, format!("stopped ({status})"));
-                    }
-                    AfterStop::Restart { failure: false } => {
-                        self.attempt = 0;
-                        self.restarts = self.restarts.saturating_add(1);
-                        log(out, Level::Info, format!("stopped ({status}); restarting"));
-                        self.spawn(out);
-                    }
-                    AfterStop::Restart { failure: true } => {
-                        let cause = format!("exited ({status})");
-                        if policy.restart.wants(true) {
-                            self.after_failure(policy, now, jitter, false, &cause, out);
-                        } else {
-                            self.not_restarted(policy, &cause, out);
-                        }
-                    }
-                }
+                self.finish_stop(policy, now, jitter, out);
             }
             _ => {}
         }
     }
 
+    /// `LeaderExited`: the main process is gone but members of its group remain. An unexpected
+    /// exit becomes a stop of those members (the policy decides once they are gone); a stop in
+    /// progress goes on, its `SIGKILL` still due at `kill_at`.
+    fn on_leader_exited(
+        &mut self,
+        policy: &Policy,
+        status: ExitStatus,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        match self.state {
+            State::Starting { pid, .. } | State::Running { pid, .. } | State::Ready { pid, .. } => {
+                self.last_exit = Some(status);
+                let healthy = self.up_healthy(policy, now);
+                if healthy {
+                    self.attempt = 0;
+                }
+                self.state = State::Stopping {
+                    pid,
+                    since: now,
+                    kill_at: later(now, policy.stop_timeout),
+                    killed: false,
+                    then: AfterStop::Exited { healthy },
+                    reaped: true,
+                };
+                out.push(Action::Signal {
+                    pid,
+                    signal: policy.stop_signal,
+                });
+                let signal = signal_name(policy.stop_signal);
+                log(
+                    out,
+                    Level::Info,
+                    format!(
+                        "exited ({status}); stopping the rest of its process group (sent {signal})"
+                    ),
+                );
+            }
+            State::Stopping {
+                pid,
+                since,
+                kill_at,
+                killed,
+                then,
+                reaped: false,
+            } => {
+                self.last_exit = Some(status);
+                self.state = State::Stopping {
+                    pid,
+                    since,
+                    kill_at,
+                    killed,
+                    then,
+                    reaped: true,
+                };
+                log(
+                    out,
+                    Level::Info,
+                    format!(
+                        "main process exited ({status}); waiting for the rest of its process group"
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the live process had been up (`running`) or ready for `backoff_reset` by `now`.
+    fn up_healthy(&self, policy: &Policy, now: Instant) -> bool {
+        match self.state {
+            State::Running { since, .. } => {
+                now.saturating_duration_since(since) >= policy.backoff_reset
+            }
+            State::Ready { ready_at, .. } => {
+                now.saturating_duration_since(ready_at) >= policy.backoff_reset
+            }
+            _ => false,
+        }
+    }
+
+    /// The process group of a stopping instance is gone: do what the stop planned.
+    fn finish_stop(&mut self, policy: &Policy, now: Instant, jitter: f64, out: &mut Vec<Action>) {
+        let State::Stopping { then, .. } = self.state else {
+            return;
+        };
+        let status = self
+            .last_exit
+            .map_or_else(|| "gone".to_string(), |s| s.to_string());
+        match then {
+            AfterStop::Stay => {
+                self.state = State::Exited;
+                log(out, Level::Info, format!("stopped ({status})"));
+            }
+            AfterStop::Restart => {
+                self.attempt = 0;
+                self.restarts = self.restarts.saturating_add(1);
+                log(out, Level::Info, format!("stopped ({status}); restarting"));
+                self.spawn(out);
+            }
+            AfterStop::Failed { healthy } => {
+                if healthy {
+                    self.attempt = 0;
+                }
+                let cause = format!("exited ({status})");
+                if policy.restart.wants(true) {
+                    self.after_failure(policy, now, jitter, healthy, &cause, out);
+                } else {
+                    self.not_restarted(policy, &cause, out);
+                }
+            }
+            AfterStop::Exited { healthy } => {
+                let failed = !self.last_exit.is_some_and(|s| s.success());
+                let cause = format!("exited ({status}), its process group gone");
+                if policy.restart.wants(failed) {
+                    self.after_failure(policy, now, jitter, healthy, &cause, out);
+                } else {
+                    self.not_restarted(policy, &cause, out);
+                }
+            }
+        }
+    }
+
     /// `Tick`: act on whichever deadline has passed.
-    fn on_tick(&mut self, policy: &Policy, now: Instant, out: &mut Vec<Action>) {
+    fn on_tick(&mut self, policy: &Policy, now: Instant, jitter: f64, out: &mut Vec<Action>) {
         match self.state {
             State::Backoff { until } if now >= until => self.spawn(out),
             State::Starting { pid, since } => {
@@ -651,15 +797,17 @@ impl Instance {
                                 fmt_duration(t)
                             );
                             log(out, Level::Warn, msg);
-                            self.begin_stop(policy, now, AfterStop::Restart { failure: true }, out);
+                            let then = AfterStop::Failed { healthy: false };
+                            self.begin_stop(policy, now, then, out);
                         }
                     }
                     _ => {}
                 }
             }
             State::Ready { ready_at, .. } => {
+                let last_ping = self.last_ping.unwrap_or(ready_at);
                 if let Some(w) = policy.watchdog
-                    && now.saturating_duration_since(self.last_ping.unwrap_or(ready_at)) >= w
+                    && now.saturating_duration_since(last_ping) >= w
                 {
                     let what = restart_word(policy);
                     let msg = format!(
@@ -667,7 +815,12 @@ impl Instance {
                         fmt_duration(w)
                     );
                     log(out, Level::Warn, msg);
-                    self.begin_stop(policy, now, AfterStop::Restart { failure: true }, out);
+                    // Healthy if it kept pinging for backoff_reset after it became ready: a hang
+                    // after a long good run is not a crash loop, and restarts at once. Judged up
+                    // to the last ping, so a worker that hangs right after READY=1 is not.
+                    let healthy =
+                        last_ping.saturating_duration_since(ready_at) >= policy.backoff_reset;
+                    self.begin_stop(policy, now, AfterStop::Failed { healthy }, out);
                 }
             }
             State::Stopping {
@@ -676,6 +829,7 @@ impl Instance {
                 kill_at,
                 killed: false,
                 then,
+                reaped,
             } if now >= kill_at => {
                 self.state = State::Stopping {
                     pid,
@@ -683,6 +837,7 @@ impl Instance {
                     kill_at,
                     killed: true,
                     then,
+                    reaped,
                 };
                 out.push(Action::Signal {
                     pid,
@@ -694,6 +849,24 @@ impl Instance {
                     Level::Warn,
                     format!("did not stop within {waited}; sent SIGKILL"),
                 );
+            }
+            State::Stopping {
+                pid,
+                killed: true,
+                reaped: true,
+                kill_at,
+                ..
+            } if now >= later(kill_at, KILL_GRACE) => {
+                let grace = fmt_duration(KILL_GRACE);
+                log(
+                    out,
+                    Level::Warn,
+                    format!(
+                        "process group {pid} still has members {grace} after SIGKILL; \
+                         no longer waiting for them"
+                    ),
+                );
+                self.finish_stop(policy, now, jitter, out);
             }
             _ => {}
         }
@@ -789,6 +962,7 @@ impl Instance {
                 kill_at: later(now, policy.stop_timeout),
                 killed: false,
                 then,
+                reaped: false,
             };
             out.push(Action::Signal {
                 pid,
@@ -1259,7 +1433,8 @@ mod tests {
                 since: t0 + secs(1),
                 kill_at,
                 killed: false,
-                then: AfterStop::Stay
+                then: AfterStop::Stay,
+                reaped: false,
             }
         );
         assert_eq!(i.deadline(&p), Some(kill_at));
@@ -1329,7 +1504,7 @@ mod tests {
         assert!(matches!(
             i.state,
             State::Stopping {
-                then: AfterStop::Restart { failure: false },
+                then: AfterStop::Restart,
                 ..
             }
         ));
@@ -1508,7 +1683,7 @@ mod tests {
         assert!(matches!(
             i.state,
             State::Stopping {
-                then: AfterStop::Restart { failure: true },
+                then: AfterStop::Failed { healthy: false },
                 ..
             }
         ));
@@ -1539,11 +1714,11 @@ mod tests {
         let t0 = Instant::now();
         let mut i = Instance::new();
         up(&mut i, &p, t0, 9);
-        // No watchdog before ready.
+        // No watchdog before ready. Pings for less than backoff_reset (1 s): not healthy.
         i.step(&p, Event::Ready, t0 + secs(1), 0.5);
         assert_eq!(i.deadline(&p), Some(t0 + secs(4)));
-        i.step(&p, Event::WatchdogPing, t0 + secs(2), 0.5);
-        assert_eq!(i.deadline(&p), Some(t0 + secs(5)));
+        i.step(&p, Event::WatchdogPing, t0 + secs(2) - ms(1), 0.5);
+        assert_eq!(i.deadline(&p), Some(t0 + secs(5) - ms(1)));
         assert!(i.step(&p, Event::Tick, t0 + secs(4), 0.5).is_empty());
         let a = i.step(&p, Event::Tick, t0 + secs(5), 0.5);
         assert_eq!(signals(&a), vec![(9, TERM)]);
@@ -1554,7 +1729,7 @@ mod tests {
         assert!(matches!(
             i.state,
             State::Stopping {
-                then: AfterStop::Restart { failure: true },
+                then: AfterStop::Failed { healthy: false },
                 ..
             }
         ));
@@ -1651,17 +1826,26 @@ mod tests {
             ..p.clone()
         };
         assert_eq!(i.deadline(&no_watchdog), None);
-        let stopping = |killed| State::Stopping {
+        let stopping = |killed, reaped| State::Stopping {
             pid: 1,
             since: t0,
             kill_at: t0 + secs(10),
             killed,
             then: AfterStop::Stay,
+            reaped,
         };
-        i.state = stopping(false);
+        i.state = stopping(false, false);
         assert_eq!(i.deadline(&p), Some(t0 + secs(10)));
-        i.state = stopping(true);
-        assert_eq!(i.deadline(&p), None);
+        i.state = stopping(false, true);
+        assert_eq!(i.deadline(&p), Some(t0 + secs(10)));
+        i.state = stopping(true, false);
+        assert_eq!(
+            i.deadline(&p),
+            None,
+            "the main process is ours to reap: no give-up"
+        );
+        i.state = stopping(true, true);
+        assert_eq!(i.deadline(&p), Some(t0 + secs(10) + KILL_GRACE));
     }
 
     #[test]
@@ -1861,6 +2045,7 @@ mod tests {
                     kill_at: t0,
                     killed: false,
                     then: AfterStop::Stay,
+                    reaped: false,
                 },
                 "stopping",
                 Some(4),
@@ -1933,5 +2118,231 @@ mod tests {
                 .is_empty()
         );
         assert!(!fmt_duration(Duration::MAX).is_empty());
+    }
+
+    /// Finding: a watchdog restart after a long healthy run was backed off and counted as a
+    /// crash. Health is judged from `ready_at` up to the last ping, as for an exit.
+    #[test]
+    fn watchdog_restart_after_a_long_healthy_run_is_immediate_and_not_counted() {
+        let p = Policy {
+            readiness: Readiness::Notify,
+            watchdog: Some(secs(3)),
+            ..Policy::default()
+        };
+        let t0 = Instant::now();
+        let mut i = Instance::new();
+        up(&mut i, &p, t0, 1);
+        // Three early crashes: attempt 3, three entries in the crash-loop window.
+        let mut now = t0;
+        for k in 0..3 {
+            now += ms(10);
+            exit(&mut i, &p, now, 1);
+            now = respawn(&mut i, &p, now, 2 + k);
+        }
+        assert_eq!((i.attempt, i.recent.len()), (3, 3));
+        // Then an hour ready, pinging every second.
+        i.step(&p, Event::Ready, now, 0.5);
+        let ready_at = now;
+        while now < ready_at + secs(3600) {
+            now += secs(1);
+            i.step(&p, Event::WatchdogPing, now, 0.5);
+        }
+        let hang = now + secs(3);
+        let a = i.step(&p, Event::Tick, hang, 0.5);
+        assert!(logged(&a, "watchdog timeout"));
+        assert!(matches!(
+            i.state,
+            State::Stopping {
+                then: AfterStop::Failed { healthy: true },
+                ..
+            }
+        ));
+        let status = ExitStatus::Signal {
+            signal: TERM,
+            core_dumped: false,
+        };
+        let a = i.step(&p, Event::Exited { status }, hang + ms(5), 0.5);
+        assert!(has_spawn(&a), "restarted at once, not backed off: {a:?}");
+        assert!(logged(&a, "; restarting"), "{a:?}");
+        assert_eq!(i.recent.len(), 3, "not counted towards the crash loop");
+        assert_eq!(i.attempt, 1, "the backoff was reset");
+
+        // A worker that hangs right after READY=1 is not healthy, however long the watchdog.
+        let q = Policy {
+            watchdog: Some(secs(60)),
+            ..p.clone()
+        };
+        let mut j = Instance::new();
+        up(&mut j, &q, t0, 1);
+        j.step(&q, Event::Ready, t0, 0.5);
+        j.step(&q, Event::Tick, t0 + secs(60), 0.5);
+        assert!(matches!(
+            j.state,
+            State::Stopping {
+                then: AfterStop::Failed { healthy: false },
+                ..
+            }
+        ));
+        exit(&mut j, &q, t0 + secs(61), 0);
+        assert_eq!(j.recent.len(), 1, "counted");
+    }
+
+    /// Finding: a stop ended when the main pid was reaped, dropping the planned SIGKILL of group
+    /// members that ignore the stop signal.
+    #[test]
+    fn a_stop_waits_for_the_whole_group_and_kills_it_at_kill_at() {
+        let (p, t0) = (Policy::default(), Instant::now());
+        let kill_at = t0 + secs(11);
+        for then in [Event::Stop, Event::Restart] {
+            let mut i = Instance::new();
+            up(&mut i, &p, t0, 7);
+            let restart = then == Event::Restart;
+            let a = i.step(&p, then, t0 + secs(1), 0.5);
+            assert_eq!(signals(&a), vec![(7, TERM)]);
+            // The main process obeys; a member of its group does not.
+            let status = ExitStatus::Signal {
+                signal: TERM,
+                core_dumped: false,
+            };
+            let a = i.step(&p, Event::LeaderExited { status }, t0 + secs(2), 0.5);
+            assert!(signals(&a).is_empty() && !has_spawn(&a), "{a:?}");
+            assert!(logged(&a, "waiting for the rest of its process group"));
+            assert!(matches!(
+                i.state,
+                State::Stopping {
+                    pid: 7,
+                    reaped: true,
+                    killed: false,
+                    ..
+                }
+            ));
+            assert_eq!(i.state.name(), "stopping");
+            assert_eq!(i.last_exit, Some(status));
+            assert_eq!(i.deadline(&p), Some(kill_at), "SIGKILL still planned");
+            // An Exited for the reaped pid cannot end it early.
+            assert!(exit(&mut i, &p, t0 + secs(3), 0).is_empty());
+            let a = i.step(&p, Event::Tick, kill_at, 0.5);
+            assert_eq!(signals(&a), vec![(7, KILL)]);
+            assert_eq!(i.deadline(&p), Some(kill_at + KILL_GRACE));
+            let a = i.step(&p, Event::GroupEmpty, kill_at + ms(1), 0.5);
+            assert_eq!(has_spawn(&a), restart, "{a:?}");
+            if restart {
+                assert_eq!(i.state, State::Spawning);
+                assert!(logged(&a, "stopped (signal 15 (SIGTERM)); restarting"));
+                assert!(i.recent.is_empty(), "a manual restart is no failure");
+            } else {
+                assert_eq!(i.state, State::Exited);
+                assert!(logged(&a, "stopped (signal 15 (SIGTERM))"));
+            }
+        }
+    }
+
+    #[test]
+    fn group_members_that_survive_sigkill_are_waited_for_a_bounded_time() {
+        let (p, t0) = (Policy::default(), Instant::now());
+        let mut i = Instance::new();
+        up(&mut i, &p, t0, 7);
+        i.step(&p, Event::Stop, t0, 0.5);
+        let status = ExitStatus::Code(0);
+        i.step(&p, Event::LeaderExited { status }, t0, 0.5);
+        // Fast shutdown while waiting: SIGKILL now, and the grace counts from now.
+        let a = i.step(&p, Event::Kill, t0 + secs(1), 0.5);
+        assert_eq!(signals(&a), vec![(7, KILL)]);
+        assert!(matches!(
+            i.state,
+            State::Stopping {
+                reaped: true,
+                killed: true,
+                ..
+            }
+        ));
+        let give_up = t0 + secs(1) + KILL_GRACE;
+        assert_eq!(i.deadline(&p), Some(give_up));
+        assert!(i.step(&p, Event::Tick, give_up - ms(1), 0.5).is_empty());
+        let a = i.step(&p, Event::Tick, give_up, 0.5);
+        assert!(logged(
+            &a,
+            "process group 7 still has members 5s after SIGKILL"
+        ));
+        assert_eq!(i.state, State::Exited);
+        assert_eq!(i.deadline(&p), None);
+        // A late GroupEmpty changes nothing.
+        assert!(i.step(&p, Event::GroupEmpty, give_up, 0.5).is_empty());
+    }
+
+    /// An unexpected exit that leaves members in the group stops them first (stop signal, then
+    /// SIGKILL at stop_timeout); the restart policy decides once the group is gone.
+    #[test]
+    fn an_unexpected_exit_stops_the_rest_of_the_group_before_the_policy_decides() {
+        let p = Policy {
+            stop_timeout: secs(2),
+            ..Policy::default()
+        };
+        let t0 = Instant::now();
+        let mut i = Instance::new();
+        up(&mut i, &p, t0, 5);
+        let status = ExitStatus::Code(1);
+        let a = i.step(&p, Event::LeaderExited { status }, t0 + ms(10), 0.5);
+        assert_eq!(signals(&a), vec![(5, TERM)]);
+        assert!(!has_spawn(&a));
+        assert!(logged(
+            &a,
+            "exited (exit code 1); stopping the rest of its process group (sent SIGTERM)"
+        ));
+        assert!(matches!(
+            i.state,
+            State::Stopping {
+                reaped: true,
+                then: AfterStop::Exited { healthy: false },
+                ..
+            }
+        ));
+        assert_eq!(i.last_exit, Some(status));
+        assert!(!i.manual_stop);
+        let a = i.step(&p, Event::Tick, t0 + ms(2010), 0.5);
+        assert_eq!(signals(&a), vec![(5, KILL)]);
+        let a = i.step(&p, Event::GroupEmpty, t0 + ms(2020), 0.5);
+        assert!(has_spawn(&a), "first failure: immediate");
+        assert!(logged(
+            &a,
+            "exited (exit code 1), its process group gone; restarting"
+        ));
+        assert_eq!((i.restarts, i.recent.len(), i.attempt), (1, 1, 1));
+
+        // A healthy run resets the backoff, as for a plain exit.
+        respawn(&mut i, &p, t0 + ms(2020), 6);
+        let later = t0 + secs(100);
+        i.step(&p, Event::LeaderExited { status }, later, 0.5);
+        assert_eq!(i.attempt, 0);
+        assert!(has_spawn(&i.step(&p, Event::GroupEmpty, later, 0.5)));
+        assert_eq!(i.recent.len(), 1, "healthy: not counted");
+
+        // Exit 0 under on-failure: the members are stopped, then it stays down.
+        let q = Policy {
+            restart: Restart::OnFailure,
+            ..p.clone()
+        };
+        let mut j = Instance::new();
+        up(&mut j, &q, t0, 8);
+        let ok = ExitStatus::Code(0);
+        j.step(&q, Event::LeaderExited { status: ok }, t0, 0.5);
+        let a = j.step(&q, Event::GroupEmpty, t0 + ms(1), 0.5);
+        assert!(!has_spawn(&a));
+        assert_eq!(j.state, State::Exited);
+
+        // A stop while the members are being stopped keeps it down; a start restarts it, not
+        // as a failure.
+        let mut k = Instance::new();
+        up(&mut k, &p, t0, 9);
+        k.step(&p, Event::LeaderExited { status }, t0, 0.5);
+        assert!(k.step(&p, Event::Stop, t0, 0.5).is_empty());
+        assert!(!has_spawn(&k.step(&p, Event::GroupEmpty, t0, 0.5)));
+        assert_eq!(k.state, State::Exited);
+        up(&mut k, &p, t0, 10);
+        k.step(&p, Event::LeaderExited { status }, t0, 0.5);
+        k.step(&p, Event::Start, t0, 0.5);
+        let a = k.step(&p, Event::GroupEmpty, t0, 0.5);
+        assert!(has_spawn(&a));
+        assert!(k.recent.is_empty(), "{:?}", k.recent);
     }
 }
