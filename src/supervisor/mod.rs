@@ -166,6 +166,10 @@ struct Slot {
     up_since: Option<Instant>,
     status_text: Option<String>,
     main_pid: Option<i32>,
+    /// A pidfd for `main_pid` (Linux 5.3), taken when `MAINPID=` is accepted: that process is
+    /// not necessarily our child (its launcher may reap it), so its pid alone could be recycled
+    /// under us; the pidfd cannot.
+    main_pidfd: Option<std::os::fd::OwnedFd>,
     /// The spawned process (a forking service's launcher) exited and was reaped while its
     /// `MAINPID=` lives on: its pid may be reused and must never be signalled again.
     launcher_gone: bool,
@@ -824,9 +828,15 @@ impl Supervisor {
                     self.by_pid.remove(&old);
                 }
                 if let Some(pid) = new_pid {
-                    self.by_pid.insert(pid, (p, slot.index));
+                    let key = (p, slot.index);
+                    if let Some(main) = slot.main_pid.take()
+                        && self.by_pid.get(&main) == Some(&key)
+                    {
+                        self.by_pid.remove(&main);
+                    }
+                    slot.main_pidfd = None;
+                    self.by_pid.insert(pid, key);
                     slot.up_since = Some(now);
-                    slot.main_pid = None;
                     slot.launcher_gone = false;
                     slot.status_text = None;
                 }
@@ -1019,9 +1029,7 @@ impl Supervisor {
         if self.by_pid.get(&pid) == Some(&(p, slot.index)) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
         }
-        if let Some(main) = slot.main_pid {
-            let _ = nix::sys::signal::kill(Pid::from_raw(main), sig);
-        }
+        slot.signal_main(sig);
     }
 
     /// Handles pending signal events; returns whether a reload was asked.
@@ -1118,13 +1126,14 @@ impl Supervisor {
                 let launcher_running =
                     !slot.launcher_gone && slot.inst.state.pid().is_some_and(|s| s != pid);
                 self.programs[p].slots[pos].main_pid = None;
+                self.programs[p].slots[pos].main_pidfd = None;
                 if launcher_running {
                     // The launcher is still ours to reap; its exit ends the instance.
                     continue;
                 }
                 self.main_exited(p, pos, status);
             } else if slot.inst.state.pid() == Some(pid) {
-                if slot.main_pid.is_some_and(pid_alive) {
+                if slot.main_alive() {
                     // A forking service's launcher exited after naming its main pid.
                     log::debug!(
                         "{}[{index}]: launcher pid {pid} exited ({status}); main pid lives on",
@@ -1274,7 +1283,18 @@ impl Supervisor {
         if let Some(main) = msg.main_pid {
             let worker = self.programs[p].slots[pos].inst.state.pid();
             if worker.is_some_and(|w| w == main || descends_from(main, w)) {
-                self.programs[p].slots[pos].main_pid = Some(main);
+                // Taken before the checks' result can go stale for long; a kernel without
+                // pidfd_open (before 5.3) falls back to the pid.
+                let fd = crate::sys::pool::pidfd_open(main).ok();
+                let slot = &mut self.programs[p].slots[pos];
+                if let Some(old) = slot.main_pid.replace(main)
+                    && old != main
+                    && Some(old) != worker
+                    && self.by_pid.get(&old) == Some(&(p, index))
+                {
+                    self.by_pid.remove(&old);
+                }
+                slot.main_pidfd = fd;
                 self.by_pid.insert(main, (p, index));
             } else {
                 log::warn!(
@@ -1423,9 +1443,38 @@ fn new_slot(index: usize) -> Slot {
         up_since: None,
         status_text: None,
         main_pid: None,
+        main_pidfd: None,
         launcher_gone: false,
         retiring: false,
         exec: ExecState::Done,
+    }
+}
+
+impl Slot {
+    /// Whether the `MAINPID=` process still exists (through its pidfd when there is one).
+    fn main_alive(&self) -> bool {
+        match (&self.main_pidfd, self.main_pid) {
+            (Some(fd), _) => {
+                use std::os::fd::AsFd;
+                crate::sys::pool::pidfd_send_signal(fd.as_fd(), 0).is_ok()
+            }
+            (None, Some(pid)) => pid_alive(pid),
+            (None, None) => false,
+        }
+    }
+
+    /// Signals the `MAINPID=` process, if any (through its pidfd when there is one).
+    fn signal_main(&self, sig: Signal) {
+        match (&self.main_pidfd, self.main_pid) {
+            (Some(fd), _) => {
+                use std::os::fd::AsFd;
+                let _ = crate::sys::pool::pidfd_send_signal(fd.as_fd(), sig as i32);
+            }
+            (None, Some(pid)) => {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+            }
+            (None, None) => {}
+        }
     }
 }
 
