@@ -668,11 +668,15 @@ impl Supervisor {
                     .filter_map(|s| s.inst.deadline(&p.def.policy))
             })
             .chain(self.service_watchdog.as_ref().map(|w| w.2))
+            .chain(self.control.as_ref().and_then(ControlServer::next_deadline))
             .min()
     }
 
     fn tick(&mut self) {
         let now = Instant::now();
+        if let Some(c) = self.control.as_mut() {
+            c.expire_idle(now, self.poll.registry());
+        }
         if let Some((notifier, interval, next)) =
             self.service_watchdog.as_mut().filter(|w| w.2 <= now)
         {
