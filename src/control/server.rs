@@ -24,10 +24,10 @@
 //!   reply pending or being sent) is closed. The supervisor's poll timeout includes
 //!   [`ControlServer::next_deadline`], so this costs no periodic wake-up: with no connection
 //!   there is no deadline;
-//! * one spare descriptor (`/dev/null`) is kept open: when `accept` fails with `EMFILE` or
-//!   `ENFILE`, it is closed to accept the waiting client, which is answered `busy` and closed,
-//!   then reopened. Without it the client would wait in the backlog for an answer that never
-//!   comes, and nothing would report the listener again (edge-triggered).
+//! * one spare descriptor (an unbound datagram socket) is kept open: when `accept` fails with
+//!   `EMFILE` or `ENFILE`, it is closed to accept the waiting client, which is answered `busy`
+//!   and closed, then reopened. Without it the client would wait in the backlog for an answer
+//!   that never comes, and nothing would report the listener again (edge-triggered).
 //!
 //! # The socket file
 //!
@@ -40,7 +40,6 @@
 //! [`bind`]: ControlServer::bind
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::{ErrorKind as IoKind, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
@@ -184,7 +183,7 @@ pub struct ControlServer {
     /// No idle connection expires before this; `None` when no connection is idle.
     sweep_at: Option<Instant>,
     /// Closed to accept (and turn away) a client when out of descriptors, then reopened.
-    spare: Option<File>,
+    spare: Option<std::os::unix::net::UnixDatagram>,
 }
 
 impl std::fmt::Debug for ControlServer {
@@ -296,7 +295,7 @@ impl ControlServer {
             limits: ConnectionLimits::for_nofile(nofile),
             idle_timeout: IDLE_TIMEOUT,
             sweep_at: None,
-            spare: File::open("/dev/null").ok(),
+            spare: spare_fd(),
         })
     }
 
@@ -412,7 +411,7 @@ impl ControlServer {
             Err(e) if e.kind() == IoKind::WouldBlock => None,
             Err(_) => Some(false),
         };
-        self.spare = File::open("/dev/null").ok();
+        self.spare = spare_fd();
         shed
     }
 
@@ -821,6 +820,12 @@ impl ControlServer {
     pub fn listener_token(&self) -> Token {
         self.listener_token
     }
+}
+
+/// The descriptor kept in reserve for `EMFILE`: any will do; an unbound datagram socket is
+/// cheap and, like every other descriptor of the daemon, a socket.
+fn spare_fd() -> Option<std::os::unix::net::UnixDatagram> {
+    std::os::unix::net::UnixDatagram::unbound().ok()
 }
 
 /// Whether somebody answers on the socket at `path`: a non-blocking `connect` (a listener with
