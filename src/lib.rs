@@ -20,8 +20,21 @@
 //! }
 //! ```
 //!
-//! The module map: [`daemon`] (the daemon(7) sequence), [`config`] (warden.toml), [`error`]
-//! (typed errors), `sys` (the only `unsafe`).
+//! The module map:
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`daemon`] | the daemon(7) sequence: detach, pidfile, privilege drop, readiness handshake, `RLIMIT_NOFILE` |
+//! | [`config`] | `warden.toml` → validated, immutable specs, every error with file:line:column |
+//! | [`error`] | typed errors naming their path, errno or key |
+//! | [`signals`] | OS signals as typed events (handlers only record and wake) |
+//! | [`hooks`] | exit hooks: LIFO, exactly once, in the registering process |
+//! | [`log`] | the `log` backend: stderr (journald-aware), syslog (reconnecting), reopenable file |
+//! | [`supervisor`] | the event loop, the child table, restart policy, readiness and output capture |
+//! | [`pool`] | typed job pools on supervised worker processes |
+//! | [`control`] | the control socket: protocol, authorisation, the server and the client |
+//! | [`process`] | a `fork` that refuses to lose threads |
+//! | `sys` | the only `unsafe` and raw libc, thin wrappers named after their syscalls |
 
 pub mod config;
 pub mod control;

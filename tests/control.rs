@@ -479,19 +479,20 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
 // ---------------------------------------------------------------------------------------------
 // 3. Garbage, oversized lines, floods, half-closed clients and 500 idle connections.
 
-/// The soft RLIMIT_NOFILE, raised to the hard limit when below `want`; false (with a printed
-/// reason) when even the hard limit is too low.
-fn enough_descriptors(test: &str, want: u64) -> bool {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
-    if soft >= want {
-        return true;
-    }
-    if hard < want {
-        eprintln!("SKIPPED {test}: RLIMIT_NOFILE hard limit {hard} < {want}");
+/// Whether a daemon started from here may serve `connections` at once: it raises its soft
+/// RLIMIT_NOFILE to the hard one and serves a quarter of that (plus a reserve for root and its
+/// own uid). False, with a printed reason, when the hard limit is too low. The test process
+/// keeps its own limit: only the daemon's raise may make room.
+fn enough_descriptors(test: &str, connections: u64) -> bool {
+    use nix::sys::resource::{Resource, getrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    if hard / 4 < connections {
+        eprintln!(
+            "SKIPPED {test}: RLIMIT_NOFILE hard limit {hard} lets a daemon serve fewer than \
+             {connections} connections"
+        );
         return false;
     }
-    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
     true
 }
 
@@ -548,11 +549,12 @@ fn ask(c: &mut BufReader<UnixStream>, line: &[u8]) -> Value {
 fn garbage_oversized_lines_and_500_idle_connections_leave_warden_serving() {
     let name = "garbage_oversized_lines_and_500_idle_connections_leave_warden_serving";
     let _t = Timer::new(name);
-    if !enough_descriptors(name, 1100) {
+    if !enough_descriptors(name, 510) {
         return;
     }
     let mut sb = sandbox("garbage", "", &sleeper("w", 2, 1000));
-    let warden = sb.start();
+    // Started with the soft limit systemd gives services: the daemon makes its own room.
+    let warden = start_with_ulimit(&mut sb, "-Sn 1024");
     let w = wait_up(&mut sb, "w", 2);
     let (rss_before, hwm_before) = (kib(warden, "VmRSS"), kib(warden, "VmHWM"));
     let sock = sb.path("warden.sock");
@@ -1508,5 +1510,334 @@ fn stop_and_reopen_logs_by_another_user_are_refused_with_permission_denied() {
     assert!(alive(warden));
     let (_, v) = status_json(&mut sb, &["w"]);
     assert_eq!(of(&v, "w"), w);
+    stop(&mut sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 11. Descriptors: the daemon's RLIMIT_NOFILE, connection limits, idle connections, EMFILE; a
+//     control socket shared by two configurations; a syslog that is not there.
+
+/// `warden start` with the RLIMIT_NOFILE the shell sets first (`ulimit ULIMIT`, e.g. `-Sn
+/// 1024`), asserting success; returns the daemon's pid (tracked for clean-up).
+fn start_with_ulimit(sb: &mut Sandbox, ulimit: &str) -> i32 {
+    let mut c = std::process::Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(format!("ulimit {ulimit} && exec \"$0\" \"$@\""))
+        .arg(warden_bin())
+        .arg("-c")
+        .arg(&sb.config)
+        .arg("start")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("JOURNAL_STREAM")
+        .stdin(Stdio::null());
+    let out = sb.output(c);
+    assert!(
+        out.status.success(),
+        "ulimit {ulimit}; warden start: {:?}\nstderr: {}",
+        out.status,
+        stderr_of(&out)
+    );
+    let pid = sb.pidfile_pid().expect("pidfile names the daemon");
+    sb.track(pid);
+    pid
+}
+
+/// The soft and hard "Max open files" of a process, from /proc/PID/limits.
+fn nofile_of(pid: i32) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[3].parse().unwrap(), f[4].parse().unwrap())
+}
+
+fn hard_nofile() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .unwrap()
+        .1
+}
+
+#[test]
+fn nofile_is_raised_for_warden_and_left_alone_for_its_workers() {
+    let name = "nofile_is_raised_for_warden_and_left_alone_for_its_workers";
+    let _t = Timer::new(name);
+    let hard = hard_nofile();
+    if hard <= 256 {
+        eprintln!("SKIPPED {name}: RLIMIT_NOFILE hard limit {hard} leaves nothing to raise");
+        return;
+    }
+    let tables = format!(
+        "{}[program.limited]\ncommand = [\"SANDBOX/sleep\", \"1001\"]\nlimits = {{ nofile = 200 }}\n",
+        sleeper("plain", 1, 1000)
+    );
+    let mut sb = sandbox("nofile", "", &tables);
+    let warden = start_with_ulimit(&mut sb, "-Sn 256");
+    assert_eq!(nofile_of(warden), (hard, hard), "the daemon's own limit");
+    let plain = wait_up(&mut sb, "plain", 1)[0].pid.unwrap();
+    let limited = wait_up(&mut sb, "limited", 1)[0].pid.unwrap();
+    // A select(2)-based program must not find itself above 1024: workers get what the daemon
+    // was started with, unless configured.
+    assert_eq!(nofile_of(plain), (256, hard), "a worker without limits");
+    assert_eq!(nofile_of(limited), (200, 200), "a worker with nofile = 200");
+    stop(&mut sb);
+}
+
+#[test]
+fn idle_control_connections_starve_neither_workers_nor_root() {
+    let name = "idle_control_connections_starve_neither_workers_nor_root";
+    let _t = Timer::new(name);
+    if !require_root(name) {
+        return;
+    }
+    if hard_nofile() < 1024 {
+        eprintln!("SKIPPED {name}: RLIMIT_NOFILE hard limit below 1024");
+        return;
+    }
+    // As reported: 1024 descriptors, 60 workers, and a read-only member of the control group
+    // holding 900 idle connections.
+    let mut sb = sandbox(
+        "starve",
+        "control_group = \"nogroup\"",
+        &sleeper("w", 60, 1000),
+    );
+    let warden = start_with_ulimit(&mut sb, "-n 1024");
+    let before = wait_up(&mut sb, "w", 60);
+    let sock = sb.path("warden.sock");
+    std::fs::write(
+        sb.path("hold.py"),
+        "import socket, sys, time\n\
+         path, n, done = sys.argv[1], int(sys.argv[2]), sys.argv[3]\n\
+         held = []\n\
+         for _ in range(n):\n    \
+             s = socket.socket(socket.AF_UNIX)\n    \
+             s.connect(path)\n    \
+             held.append(s)\n\
+         open(done, 'w').close()\n\
+         time.sleep(600)\n",
+    )
+    .unwrap();
+    let mut holder = std::process::Command::new("setpriv");
+    holder
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(python())
+        .arg(sb.path("hold.py"))
+        .arg(&sock)
+        .arg("900")
+        .arg(sb.path("held"))
+        .stdin(Stdio::null());
+    let holder = sb.spawn(holder);
+    assert!(
+        wait_until(TIMEOUT, || sb.path("held").exists()),
+        "the holder never finished connecting"
+    );
+    // A quarter of 1024 for all connections, an eighth of that per read-only uid.
+    let held = sockets_at(warden, &sock) - 1;
+    println!("connections the daemon keeps for the holder: {held}");
+    assert!((1..=32).contains(&held), "{held} connections held");
+
+    // Every worker killed at once: every one comes back (descriptors to spare).
+    for p in pids(&before) {
+        signal(p, Signal::SIGKILL);
+    }
+    let old: BTreeSet<i32> = pids(&before).into_iter().collect();
+    wait_status(&mut sb, "60 new workers up", |v| {
+        let is = of(v, "w");
+        is.len() == 60
+            && is
+                .iter()
+                .all(|i| up(i) && i.pid.is_some_and(|p| !old.contains(&p)))
+    });
+    let text = log(&sb);
+    assert!(!text.contains("Too many open files"), "{text}");
+    // Root gets in.
+    expect(&mut sb, &["status"], 0);
+
+    // The holder's connections have nothing in progress: closed after the idle timeout.
+    assert!(
+        wait_until(Duration::from_secs(30) + TIMEOUT, || sockets_at(
+            warden, &sock
+        ) == 1),
+        "the daemon still holds {} sockets at {}",
+        sockets_at(warden, &sock),
+        sock.display()
+    );
+    signal(holder, Signal::SIGKILL);
+    assert!(sb.wait_child(holder, TIMEOUT).is_some());
+    stop(&mut sb);
+}
+
+#[test]
+fn out_of_descriptors_a_client_is_answered_not_left_waiting() {
+    let name = "out_of_descriptors_a_client_is_answered_not_left_waiting";
+    let _t = Timer::new(name);
+    if std::process::Command::new("prlimit")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED {name}: no prlimit(1) (util-linux)");
+        return;
+    }
+    let mut sb = sandbox("emfile", "", &sleeper("w", 2, 1000));
+    let warden = sb.start();
+    wait_up(&mut sb, "w", 2);
+    let sock = sb.path("warden.sock");
+    // The soft limit lowered to just above the highest descriptor: once the gaps below it are
+    // used, every new descriptor fails with EMFILE.
+    let open: Vec<i32> = fds(warden).into_iter().map(|(fd, _)| fd).collect();
+    let limit = *open.last().unwrap() + 1;
+    let gaps = limit as usize - open.len();
+    let (_, hard) = nofile_of(warden);
+    let prlimit = |soft: String| {
+        let out = std::process::Command::new("prlimit")
+            .arg("--pid")
+            .arg(warden.to_string())
+            .arg(format!("--nofile={soft}:"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "prlimit: {}", stderr_of(&out));
+    };
+    prlimit(limit.to_string());
+    let status = |c: &mut BufReader<UnixStream>| {
+        // The daemon may answer and close before the request is written: a failed write is
+        // fine, the answer is read all the same.
+        let _ = c.get_mut().write_all(b"{\"v\":1,\"cmd\":\"status\"}\n");
+        let mut line = String::new();
+        c.read_line(&mut line)
+            .unwrap_or_else(|e| panic!("no answer (the client was left waiting): {e}"));
+        serde_json::from_str::<Value>(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    };
+    let mut served = Vec::new();
+    let mut refused = None;
+    for _ in 0..gaps + 3 {
+        let mut c = connect(&sock);
+        let reply = status(&mut c);
+        if reply["ok"] == false {
+            refused = Some(reply);
+            break;
+        }
+        served.push(c);
+    }
+    let reply = refused.expect("never out of descriptors");
+    assert_eq!(reply["kind"], "busy", "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("out of file descriptors"),
+        "{reply}"
+    );
+    // Again: the spare descriptor is back for the next one.
+    let reply = status(&mut connect(&sock));
+    assert_eq!(reply["kind"], "busy", "{reply}");
+    println!(
+        "{} connections served below the limit, then: {reply}",
+        served.len()
+    );
+    prlimit(hard.to_string());
+    drop(served);
+    expect(&mut sb, &["status"], 0);
+    stop(&mut sb);
+}
+
+#[test]
+fn a_control_socket_in_use_is_neither_taken_over_nor_removed() {
+    let _t = Timer::new("a_control_socket_in_use_is_neither_taken_over_nor_removed");
+    let mut sb = sandbox("shared", "", &sleeper("one", 1, 1000));
+    let first = sb.start();
+    let one = wait_up(&mut sb, "one", 1);
+    let sock = sb.path("warden.sock");
+    // A second configuration: its own pidfile and log, the same control socket.
+    let other = sb.path("other.toml");
+    std::fs::write(
+        &other,
+        format!(
+            "[daemon]\npidfile = \"{}\"\ndirectory = \"{}\"\nlog = \"{}\"\ncontrol_socket = \"{}\"\n\
+             [program.two]\ncommand = [\"{}\", \"1000\"]\n",
+            sb.path("other.pid").display(),
+            sb.dir.display(),
+            sb.path("other.log").display(),
+            sock.display(),
+            sb.path("sleep").display()
+        ),
+    )
+    .unwrap();
+    let start_other = |sb: &mut Sandbox| {
+        let mut c = std::process::Command::new(warden_bin());
+        c.arg("-c").arg(&other).arg("start").stdin(Stdio::null());
+        sb.output(c)
+    };
+    let out = start_other(&mut sb);
+    assert_eq!(code(&out), 1, "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains(&format!("{} is in use", sock.display())),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!sb.path("other.pid").exists(), "the refused daemon is gone");
+    let (c, v) = status_json(&mut sb, &[]);
+    assert_eq!(c, 0);
+    assert_eq!(v["daemon"]["pid"].as_i64(), Some(first.into()), "{v:#}");
+    assert_eq!(of(&v, "one"), one);
+
+    // The file removed by hand: the second daemon binds a new socket there, and the first one,
+    // stopping, leaves it alone.
+    std::fs::remove_file(&sock).unwrap();
+    let out = start_other(&mut sb);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let second: i32 = std::fs::read_to_string(sb.path("other.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    sb.track(second);
+    expect(&mut sb, &["stop"], 0);
+    assert!(!alive(first));
+    assert!(
+        sock.exists(),
+        "stopping the first daemon removed the second's socket"
+    );
+    let reply = ask(&mut connect(&sock), br#"{"v":1,"cmd":"status"}"#);
+    assert_eq!(
+        reply["result"]["daemon"]["pid"].as_i64(),
+        Some(second.into()),
+        "{reply}"
+    );
+    let two = of(&reply["result"], "two")[0].pid.unwrap();
+    sb.track(two);
+
+    // A socket left behind by a daemon killed with SIGKILL answers nobody: it is replaced.
+    signal(second, Signal::SIGKILL);
+    assert!(wait_until(TIMEOUT, || !alive(second) && !alive(two)));
+    assert!(sock.exists());
+    let first = sb.start();
+    let (c, v) = status_json(&mut sb, &[]);
+    assert_eq!(c, 0);
+    assert_eq!(v["daemon"]["pid"].as_i64(), Some(first.into()), "{v:#}");
+    stop(&mut sb);
+}
+
+#[test]
+fn start_warns_when_syslog_cannot_be_reached() {
+    let name = "start_warns_when_syslog_cannot_be_reached";
+    let _t = Timer::new(name);
+    if std::path::Path::new("/dev/log").exists() {
+        eprintln!("SKIPPED {name}: /dev/log exists here");
+        return;
+    }
+    let mut sb = sandbox("nosyslog", "log = \"syslog\"", &sleeper("w", 1, 1000));
+    let out = sb.run(&["start"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let pid = sb.pidfile_pid().expect("pidfile names the daemon");
+    sb.track(pid);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("warning: syslog socket /dev/log cannot be reached (")
+            && err.contains("log messages are dropped until it can"),
+        "{err}"
+    );
     stop(&mut sb);
 }

@@ -272,7 +272,7 @@ fn dropping_a_busy_pool_cancels_its_jobs_once_and_leaves_nothing() {
 /// nothing behind on SIGTERM.
 #[test]
 fn pool_inside_a_warden_daemon() {
-    use common::{Sandbox, alive, signal, wait_until};
+    use common::{Sandbox, alive, children_of, signal, wait_until};
     use nix::sys::signal::Signal;
     let mut sb = Sandbox::new("pool-daemon", "");
     let mut cmd = Command::new(common::example("pool_daemon"));
@@ -315,10 +315,31 @@ fn pool_inside_a_warden_daemon() {
     for &w in workers.iter().chain([&fork_server]) {
         sb.track(w);
     }
-    signal(workers[0], Signal::SIGKILL);
+    let victim = workers[0];
+    signal(victim, Signal::SIGKILL);
+    // The pool learns of the death asynchronously (end of stream on the worker's socket, the fork
+    // server's report): a job sent before that goes to the dying worker and fails with
+    // `WorkerDied`, as documented. So the next run waits until the pool has dealt with it, which
+    // it shows by asking its fork server (the workers' parent) for a replacement.
+    let replaced = || {
+        let live: Vec<i32> = children_of(fork_server)
+            .into_iter()
+            .filter(|&c| alive(c))
+            .collect();
+        !alive(victim) && live.len() == 2 && !live.contains(&victim)
+    };
+    assert!(
+        wait_until(common::TIMEOUT, replaced),
+        "worker {victim} not replaced; the fork server's children: {:?}",
+        children_of(fork_server)
+    );
     let second = run(&sb);
     assert_eq!(second["sum"], expected.to_string(), "{second:?}");
     assert_eq!(second["errors"], "0");
+    assert!(
+        !second["pids"].split(',').any(|p| p == victim.to_string()),
+        "{second:?}"
+    );
     signal(pid, Signal::SIGTERM);
     assert!(
         wait_until(common::TIMEOUT, || !alive(pid)),

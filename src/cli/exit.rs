@@ -7,13 +7,14 @@
 //! | 2 | bad command-line usage, or a value the daemon refuses (`scale` beyond the limit) |
 //! | 4 | permission denied (control socket, another user's `/proc/PID/fd`, a log file) |
 //! | 5 | no such program |
-//! | 6 | the configuration is missing or invalid (`reload`: the new file is invalid; the daemon keeps the old one) |
+//! | 6 | the configuration is missing or invalid: no such file, a directory, not UTF-8, errors in it (`reload`: the new file is invalid; the daemon keeps the old one) |
 //! | 7 | the daemon is not running (commands that need it: `reload`, `scale`, program `start`/`stop`/`restart`, `reopen-logs`) |
 //!
 //! `status` answers with LSB codes instead: 0 running, 1 dead but the pidfile remains, 3 not
-//! running, 4 unknown (e.g. no permission). With program names: 0 when every instance of them is
-//! up, 150 when one is not (starting, stopping, backoff, exited), 151 when one is fatal, 152 when
-//! a name is unknown; a program scaled to 0 instances counts as up. `check` answers 0 or 1.
+//! running, 4 unknown (e.g. no permission, or no configuration file to find the daemon by). With
+//! program names: 0 when every instance of them is up, 150 when one is not (starting, stopping,
+//! backoff, exited), 151 when one is fatal, 152 when a name is unknown; a program scaled to 0
+//! instances counts as up. `check` answers 0 or 1.
 
 use std::process::ExitCode;
 
@@ -54,11 +55,13 @@ pub fn report(err: &Error) -> ExitCode {
 pub fn code(err: &Error) -> u8 {
     match err {
         Error::Config(_) | Error::UnknownUser(_) | Error::UnknownGroup(_) => CONFIG,
+        // Missing, a directory, unreadable for a reason other than permissions: no usable
+        // configuration (a file that is not UTF-8 is an `Error::Config`).
         Error::Io {
             what: "cannot read configuration",
             source,
             ..
-        } if source.kind() == std::io::ErrorKind::NotFound => CONFIG,
+        } if !matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => CONFIG,
         e if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => NO_PERMISSION,
         _ => FAILURE,
     }

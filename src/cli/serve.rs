@@ -68,6 +68,16 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
         Ok(l) => l,
         Err(e) => handle.fail(&format!("cannot start logging: {e}")),
     };
+    if let Some(w) = log.unreachable() {
+        handle.warn(&w);
+    }
+    // An epoll daemon is not bound by select(2)'s 1024 descriptors (systemd.exec(5),
+    // LimitNOFILE=): the soft limit goes up to the hard one; workers keep the original.
+    match warden::daemon::raise_nofile() {
+        Ok(r) if r.after > r.before => log::debug!("RLIMIT_NOFILE {} -> {}", r.before, r.after),
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot raise RLIMIT_NOFILE: {e}"),
+    }
     let mut signals = match Signals::new() {
         Ok(s) => s,
         Err(e) => handle.fail(&format!("cannot install signal handlers: {e}")),

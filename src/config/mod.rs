@@ -28,7 +28,7 @@ pub use program::{
     ProgramSpec, Readiness, Restart, parse_signal, valid_program_name,
 };
 use read::Section;
-pub use read::parse_size;
+pub use read::{MAX_DURATION, parse_size};
 
 use crate::error::{Error, Result};
 
@@ -56,7 +56,8 @@ pub enum LogSpec {
     Stderr,
     /// `"syslog"`.
     Syslog,
-    /// A file path, appended to and reopened on `SIGUSR1`.
+    /// A file path, appended to and reopened on `SIGUSR1`. In the file it must contain a `/`
+    /// (`"./warden.log"`): a bare word is taken for a misspelt `"stderr"` or `"syslog"`.
     File(PathBuf),
 }
 
@@ -80,19 +81,21 @@ pub struct DaemonSpec {
     pub user: Option<String>,
     /// `group`: run as this group (default: the user's primary group).
     pub group: Option<String>,
-    /// `stdout`: where the daemon's standard output goes (default `/dev/null`).
+    /// `stdout`: where the daemon's standard output goes (default `/dev/null`). Opened once, at
+    /// start, and not reopened on `SIGUSR1`: rotate it with `copytruncate`.
     pub stdout: PathBuf,
-    /// `stderr`: where the daemon's standard error goes (default `/dev/null`).
+    /// `stderr`: where the daemon's standard error goes (default `/dev/null`); like `stdout`.
     pub stderr: PathBuf,
-    /// `log`: `"stderr"`, `"syslog"` or a file path.
+    /// `log`: `"stderr"`, `"syslog"` or a file path (see [`LogSpec::File`]).
     pub log: LogSpec,
-    /// `log_level`: `error`, `warn`, `info` (default), `debug` or `trace`.
+    /// `log_level`: `off`, `error`, `warn`, `info` (default), `debug` or `trace`.
     pub log_level: log::LevelFilter,
     /// `syslog_facility` (default `daemon`).
     pub syslog_facility: String,
     /// `syslog_ident`: the tag in syslog lines (default `warden`).
     pub syslog_ident: String,
-    /// `ready_timeout`: how long `warden start` waits for readiness (default 30 s).
+    /// `ready_timeout`: how long `warden start` waits for readiness (default 30 s; more than
+    /// zero, at most [`MAX_DURATION`] like every duration).
     pub ready_timeout: Duration,
     /// `shutdown_timeout`: the deadline for a whole graceful shutdown, exit hooks included
     /// (default 30 s).
@@ -135,8 +138,7 @@ impl Config {
     /// Errors: [`Error::Io`] when the file cannot be read, [`Error::Config`] listing every
     /// problem found.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io("cannot read configuration", path, e))?;
+        let text = read_utf8(path)?.map_err(Error::Config)?;
         Config::parse(path, &text)
     }
 
@@ -144,8 +146,21 @@ impl Config {
     /// `status`): when the file has errors, the pidfile and control socket are still located
     /// (see [`locate`]) and the problems come back beside the configuration.
     pub fn load_for_control(path: &Path) -> Result<(Config, Option<Diagnostics>)> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io("cannot read configuration", path, e))?;
+        let text = match read_utf8(path)? {
+            Ok(text) => text,
+            Err(d) => {
+                let lossy =
+                    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+                return Ok((
+                    Config {
+                        path: path.to_path_buf(),
+                        daemon: locate(path, &lossy),
+                        programs: Vec::new(),
+                    },
+                    Some(d),
+                ));
+            }
+        };
         match Config::parse(path, &text) {
             Ok(c) => Ok((c, None)),
             Err(Error::Config(d)) => Ok((
@@ -164,9 +179,7 @@ impl Config {
     pub fn parse(path: &Path, text: &str) -> Result<Config> {
         let mut c = Collector::new(path, text);
         let (doc, syntax) = DeTable::parse_recoverable(text);
-        for e in &syntax {
-            c.at(e.span().unwrap_or(0..0), "", e.message().trim().to_string());
-        }
+        syntax_errors(&mut c, text, &syntax);
         let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -218,6 +231,66 @@ impl Config {
     }
 }
 
+/// Reads the file at `path` as text: `Err(Error)` when it cannot be read, `Ok(Err(_))` with the
+/// place of the first byte that is not UTF-8 (TOML files are UTF-8).
+fn read_utf8(path: &Path) -> Result<std::result::Result<String, Diagnostics>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read configuration", path, e))?;
+    Ok(String::from_utf8(bytes).map_err(|e| {
+        let good = e.utf8_error().valid_up_to();
+        let bytes = e.into_bytes();
+        let prefix = std::str::from_utf8(&bytes[..good]).expect("valid up to here");
+        let mut c = Collector::new(path, prefix);
+        c.at(
+            good..good,
+            "",
+            format!(
+                "byte {good} is not UTF-8 (0x{:02x}): a TOML file must be UTF-8",
+                bytes[good]
+            ),
+        );
+        c.finish()
+    }))
+}
+
+/// Records TOML syntax errors. The parser reports a duplicate key or table without naming it,
+/// and a duplicated table once for its header and again for each of its keys: each is named
+/// here from the source, and the keys of a duplicated table are reported once, with it.
+fn syntax_errors(c: &mut Collector<'_>, text: &str, syntax: &[toml::de::Error]) {
+    let mut tables: Vec<String> = Vec::new();
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    for e in syntax {
+        let span = e.span().unwrap_or(0..0);
+        let message = e.message().trim();
+        if message != "duplicate key" {
+            c.at(span, "", message.to_string());
+            continue;
+        }
+        let Some((key, header)) = read::key_at(text, span.start) else {
+            c.at(span, "", message.to_string());
+            continue;
+        };
+        let line = diag::line_column(text, span.start).0;
+        if tables.iter().any(|t| {
+            key.strip_prefix(t.as_str())
+                .is_some_and(|r| r.starts_with('.'))
+        }) || seen.contains(&(key.clone(), line))
+        {
+            continue;
+        }
+        seen.push((key.clone(), line));
+        if header {
+            c.at(
+                span,
+                &key,
+                format!("duplicate table: [{key}] may appear only once (put all its keys under the first one)"),
+            );
+            tables.push(key);
+        } else {
+            c.at(span, &key, "duplicate key: it is already set in this table");
+        }
+    }
+}
+
 /// Reads `[daemon]`; `scale_program` comes back apart, with its span, to be checked against the
 /// programs once they are read.
 fn read_daemon(
@@ -264,19 +337,14 @@ fn read_daemon(
         d.stderr = p;
     }
     if let Some(l) = s.string(c, "log") {
-        d.log = match l.get_ref().as_str() {
-            "stderr" => LogSpec::Stderr,
-            "syslog" => LogSpec::Syslog,
-            "" => {
-                c.at(
-                    l.span(),
-                    "daemon.log",
-                    "must be \"stderr\", \"syslog\" or a file path",
-                );
-                LogSpec::Auto
-            }
-            path => LogSpec::File(base.join(path)),
-        };
+        match l.get_ref().as_str() {
+            "stderr" => d.log = LogSpec::Stderr,
+            "syslog" => d.log = LogSpec::Syslog,
+            other => match file_value(other, &["stderr", "syslog"]) {
+                Ok(()) => d.log = LogSpec::File(base.join(other)),
+                Err(msg) => c.at(l.span(), "daemon.log", msg),
+            },
+        }
     }
     if let Some(level) = s.choice(
         c,
@@ -292,7 +360,15 @@ fn read_daemon(
         d.syslog_ident = i.into_inner();
     }
     if let Some(t) = s.duration(c, "ready_timeout") {
-        d.ready_timeout = t;
+        if t.is_zero() {
+            c.at(
+                s.span("ready_timeout").unwrap_or(0..0),
+                "daemon.ready_timeout",
+                "must be more than zero (no daemon is ready at once)",
+            );
+        } else {
+            d.ready_timeout = t;
+        }
     }
     if let Some(t) = s.duration(c, "shutdown_timeout") {
         d.shutdown_timeout = t;
@@ -316,6 +392,32 @@ fn read_daemon(
     }
     s.finish(c);
     (d, scale)
+}
+
+/// Checks a value that is either one of the `words` or a file path. A file must be written as a
+/// path, with a `/` (`"./out.log"`, `"/var/log/warden.log"`): a bare word is taken for a
+/// misspelt keyword, not silently turned into a file beside the configuration. The error is the
+/// message for the diagnostic.
+pub(crate) fn file_value(value: &str, words: &[&'static str]) -> std::result::Result<(), String> {
+    let quoted: Vec<String> = words.iter().map(|w| format!("{w:?}")).collect();
+    let choices = match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{}, {last}", rest.join(", ")),
+        _ => quoted.join(""),
+    };
+    if value.contains('\0') {
+        return Err("must not contain a NUL byte".into());
+    }
+    if value.is_empty() {
+        return Err(format!("must be {choices} or a file path"));
+    }
+    if !value.contains('/') {
+        let hint = match read::closest(value, words) {
+            Some(w) => format!("did you mean {w:?}?"),
+            None => format!("for a file, write a path such as \"./{value}\""),
+        };
+        return Err(format!("{value:?} is not {choices} or a path ({hint})"));
+    }
+    Ok(())
 }
 
 /// Finds the pidfile and control socket of `path` even when the file has errors elsewhere, so
@@ -451,6 +553,126 @@ shutdown_timeout = 7
             errs[0].starts_with("/etc/warden/warden.toml:2:"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn ready_timeout_must_fit_and_be_positive() {
+        // Accepted by `check` once, then `warden start` panicked adding it to the clock.
+        let errs = errors("[daemon]\nready_timeout = 18446744073709551615\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("/etc/warden/warden.toml:2:17: daemon.ready_timeout:"),
+            "{errs:?}"
+        );
+        let errs = errors("[daemon]\nready_timeout = 9223372036854775807\n");
+        assert!(
+            errs[0].contains("daemon.ready_timeout: is too long: at most 365 days"),
+            "{errs:?}"
+        );
+        let errs = errors("[daemon]\nshutdown_timeout = \"1000years\"\n");
+        assert!(
+            errs[0].contains(":2:20: daemon.shutdown_timeout: is too long"),
+            "{errs:?}"
+        );
+        let errs = errors("[daemon]\nready_timeout = \"0s\"\n");
+        assert_eq!(
+            errs,
+            [
+                "/etc/warden/warden.toml:2:17: daemon.ready_timeout: must be more than zero (no daemon is ready at once)"
+            ]
+        );
+        assert_eq!(
+            parse("[daemon]\nready_timeout = \"365days\"\n")
+                .unwrap()
+                .daemon
+                .ready_timeout,
+            MAX_DURATION
+        );
+    }
+
+    #[test]
+    fn log_is_a_keyword_or_a_path() {
+        let errs = errors("[daemon]\nlog = \"a\\u0000b\"\n");
+        assert_eq!(
+            errs,
+            ["/etc/warden/warden.toml:2:7: daemon.log: must not contain a NUL byte"]
+        );
+        let errs = errors("[daemon]\nlog = \"sylog\"\n");
+        assert_eq!(
+            errs,
+            [
+                "/etc/warden/warden.toml:2:7: daemon.log: \"sylog\" is not \"stderr\", \"syslog\" or a path (did you mean \"syslog\"?)"
+            ]
+        );
+        let errs = errors("[daemon]\nlog = \"warden.log\"\n");
+        assert!(
+            errs[0].ends_with("(for a file, write a path such as \"./warden.log\")"),
+            "{errs:?}"
+        );
+        assert!(errors("[daemon]\nlog = \"\"\n")[0].contains("daemon.log: must be"));
+        let c = parse("[daemon]\nlog = \"logs/warden.log\"\n").unwrap();
+        assert_eq!(
+            c.daemon.log,
+            LogSpec::File("/etc/warden/logs/warden.log".into())
+        );
+        assert_eq!(
+            parse("[daemon]\nlog = \"syslog\"\n").unwrap().daemon.log,
+            LogSpec::Syslog
+        );
+    }
+
+    #[test]
+    fn duplicates_are_named_once() {
+        let errs = errors("[daemon]\nlog_level = \"info\"\nlog_level = \"warn\"\n");
+        assert_eq!(
+            errs,
+            [
+                "/etc/warden/warden.toml:3:1: daemon.log_level: duplicate key: it is already set in this table"
+            ]
+        );
+        let errs = errors("[daemon]\nuser = \"x\"\n\n[daemon]\ngroup = \"y\"\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].starts_with("/etc/warden/warden.toml:4:2: daemon: duplicate table"),
+            "{errs:?}"
+        );
+        // A table made by a dotted key, then its header: one error, not one more per key.
+        let errs = errors("daemon.user = \"x\"\n[daemon]\nuser = \"y\"\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains(":2:2: daemon: duplicate table"),
+            "{errs:?}"
+        );
+        let errs = errors("[program.\"web\"]\ncommand = \"x\"\nenv = { X = \"1\", X = \"2\" }\n");
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains(":3:18: program.web.env.X: duplicate key"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_utf8_has_a_place() {
+        let path = std::env::temp_dir().join(format!("warden-utf8-{}.toml", std::process::id()));
+        std::fs::write(&path, b"[daemon]\n# caf\xe9\n").unwrap();
+        let loaded = Config::load(&path);
+        let for_control = Config::load_for_control(&path);
+        let _ = std::fs::remove_file(&path);
+        match loaded {
+            Err(Error::Config(d)) => {
+                let d: Vec<String> = d.iter().map(ToString::to_string).collect();
+                assert_eq!(d.len(), 1, "{d:?}");
+                assert!(
+                    d[0].ends_with(":2:6: byte 14 is not UTF-8 (0xe9): a TOML file must be UTF-8"),
+                    "{d:?}"
+                );
+            }
+            other => panic!("expected a diagnostic, got {other:?}"),
+        }
+        // `status` and `stop` still find the daemon (with the problem as a warning).
+        let (c, problems) = for_control.unwrap();
+        assert_eq!(c.daemon.pidfile, DaemonSpec::default().pidfile);
+        assert!(problems.is_some());
     }
 
     #[test]

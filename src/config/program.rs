@@ -114,7 +114,8 @@ pub enum OutputSpec {
     Log,
     /// `"null"`: discarded (`/dev/null`).
     Null,
-    /// A file path: lines appended by warden, rotated by size.
+    /// A file path: lines appended by warden, rotated by size. In the file it must contain a
+    /// `/` (`"./web.out"`): a bare word is taken for a misspelt `"log"` or `"null"`.
     File(PathBuf),
 }
 
@@ -551,10 +552,11 @@ fn read_ready(c: &mut Collector<'_>, s: &mut Section<'_, '_>) -> Option<Readines
         DeValue::String(text) if text == "immediate" => Ok(Readiness::Immediate),
         DeValue::String(text) if text == "notify" => Ok(Readiness::Notify),
         DeValue::String(text) => humantime::parse_duration(text)
-            .map(Readiness::After)
             .map_err(|_| {
                 format!("{text:?} is not \"immediate\", \"notify\" or a duration such as \"2s\"")
-            }),
+            })
+            .and_then(super::read::bounded_duration)
+            .map(Readiness::After),
         other => duration_value(other).map(Readiness::After),
     };
     match ready {
@@ -598,19 +600,13 @@ fn read_output(
     match v.get_ref().as_str() {
         "log" => Some(OutputSpec::Log),
         "null" => Some(OutputSpec::Null),
-        "" => {
-            c.at(
-                v.span(),
-                &s.key(key),
-                "must be \"log\", \"null\" or a file path",
-            );
-            None
-        }
-        path if path.contains('\0') => {
-            c.at(v.span(), &s.key(key), "must not contain a NUL byte");
-            None
-        }
-        path => Some(OutputSpec::File(base.join(path))),
+        path => match super::file_value(path, &["log", "null"]) {
+            Ok(()) => Some(OutputSpec::File(base.join(path))),
+            Err(msg) => {
+                c.at(v.span(), &s.key(key), msg);
+                None
+            }
+        },
     }
 }
 

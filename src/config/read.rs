@@ -234,20 +234,38 @@ impl<'t, 'i> Section<'t, 'i> {
     }
 }
 
+/// The longest duration any key accepts: a year. Deadlines are computed as `now + duration`,
+/// and microsecond counts (`WATCHDOG_USEC`) from it; a larger value would overflow them (and
+/// means "never", which the keys that allow it spell `"infinity"`).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// A duration value: a string `humantime` understands (`"2s"`, `"150ms"`, `"1m 30s"`) or a bare
-/// integer counting seconds. The error is the message for the diagnostic.
+/// integer counting seconds, at most [`MAX_DURATION`]. The error is the message for the
+/// diagnostic.
 pub(crate) fn duration_value(v: &DeValue<'_>) -> Result<Duration, String> {
     match v {
-        DeValue::String(s) => humantime::parse_duration(s).map_err(|e| {
-            format!("invalid duration {s:?}: {e} (write e.g. \"500ms\", \"10s\", \"1m 30s\")")
-        }),
+        DeValue::String(s) => humantime::parse_duration(s)
+            .map_err(|e| {
+                format!("invalid duration {s:?}: {e} (write e.g. \"500ms\", \"10s\", \"1m 30s\")")
+            })
+            .and_then(bounded_duration),
         DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix())
             .map(Duration::from_secs)
-            .map_err(|_| "must be a non-negative number of seconds".to_string()),
+            .map_err(|_| "must be a non-negative number of seconds".to_string())
+            .and_then(bounded_duration),
         other => Err(format!(
             "expected a duration string such as \"10s\", found {}",
             other.type_str()
         )),
+    }
+}
+
+/// `d`, or the message saying it is above [`MAX_DURATION`].
+pub(crate) fn bounded_duration(d: Duration) -> Result<Duration, String> {
+    if d > MAX_DURATION {
+        Err("is too long: at most 365 days (8760h)".to_string())
+    } else {
+        Ok(d)
     }
 }
 
@@ -289,8 +307,131 @@ pub fn parse_size(s: &str) -> Option<u64> {
     n.checked_mul(1u64 << shift)
 }
 
+/// The dotted key a syntax error at byte `offset` of `source` is about (TOML's parser reports
+/// "duplicate key" with the place only), and whether it names a table header (`[a.b]`).
+///
+/// A small reading of TOML keys — bare, `"basic"` or `'literal'` segments joined by dots — on
+/// the error's line: in a header, the segments up to the one at `offset`; in a `key = value`
+/// line, the key prefixed by the table of the closest header above (and, for an error inside
+/// an inline table, followed by the inner key at `offset`). `None` when nothing there reads as
+/// a key.
+pub(crate) fn key_at(source: &str, offset: usize) -> Option<(String, bool)> {
+    let offset = offset.min(source.len());
+    let line_start = source[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = source[offset..]
+        .find('\n')
+        .map_or(source.len(), |i| offset + i);
+    let line = &source[line_start..line_end];
+    let at = offset - line_start;
+    let first = line.len() - line.trim_start().len();
+    if line[first..].starts_with('[') {
+        let open = if line[first..].starts_with("[[") {
+            2
+        } else {
+            1
+        };
+        let (segs, _) = dotted_key(line, first + open);
+        let segs = upto(segs, at);
+        return (!segs.is_empty()).then(|| (segs.join("."), true));
+    }
+    let (segs, end) = dotted_key(line, first);
+    if segs.is_empty() {
+        return None;
+    }
+    let mut key: Vec<String> = table_above(source, line_start);
+    if at < end {
+        key.extend(upto(segs, at));
+    } else {
+        key.extend(segs.into_iter().map(|(s, _)| s));
+        key.extend(dotted_key(line, at).0.into_iter().map(|(s, _)| s));
+    }
+    Some((key.join("."), false))
+}
+
+/// The segments up to and including the one that contains `at` (all when none does).
+fn upto(segs: Vec<(String, Range<usize>)>, at: usize) -> Vec<String> {
+    let n = segs
+        .iter()
+        .position(|(_, r)| r.contains(&at))
+        .map_or(segs.len(), |i| i + 1);
+    segs.into_iter().take(n).map(|(s, _)| s).collect()
+}
+
+/// The key of the closest table header (`[a.b]` or `[[a.b]]`) before byte `before`; empty for
+/// the root table. A line that starts with `[` but does not end its key with `]` (a line of a
+/// multi-line array) is not a header.
+fn table_above(source: &str, before: usize) -> Vec<String> {
+    for line in source[..before].lines().rev() {
+        let first = line.len() - line.trim_start().len();
+        if !line[first..].starts_with('[') {
+            continue;
+        }
+        let open = if line[first..].starts_with("[[") {
+            2
+        } else {
+            1
+        };
+        let (segs, end) = dotted_key(line, first + open);
+        if !segs.is_empty() && line[end..].trim_start().starts_with(']') {
+            return segs.into_iter().map(|(s, _)| s).collect();
+        }
+    }
+    Vec::new()
+}
+
+/// Reads a dotted key starting at byte `i` of `line`: its segments (unquoted) with their byte
+/// ranges, and where the key ends.
+fn dotted_key(line: &str, mut i: usize) -> (Vec<(String, Range<usize>)>, usize) {
+    let b = line.as_bytes();
+    let skip = |mut i: usize| {
+        while i < b.len() && (b[i] == b' ' || b[i] == b'\t') {
+            i += 1;
+        }
+        i
+    };
+    let mut segs = Vec::new();
+    loop {
+        i = skip(i);
+        let start = i;
+        let seg = match b.get(i) {
+            Some(&q @ (b'"' | b'\'')) => {
+                let mut j = i + 1;
+                let mut text = String::new();
+                while j < b.len() && b[j] != q {
+                    if q == b'"' && b[j] == b'\\' && j + 1 < b.len() {
+                        j += 1;
+                    }
+                    let ch = line[j..].chars().next().expect("in bounds");
+                    text.push(ch);
+                    j += ch.len_utf8();
+                }
+                i = (j + 1).min(b.len());
+                text
+            }
+            _ => {
+                while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'-')
+                {
+                    i += 1;
+                }
+                line[start..i].to_string()
+            }
+        };
+        if i == start {
+            break;
+        }
+        segs.push((seg, start..i));
+        let after = skip(i);
+        if b.get(after) == Some(&b'.') {
+            i = after + 1;
+        } else {
+            break;
+        }
+    }
+    (segs, i)
+}
+
 /// The known key closest to a misspelt one, if any is close.
-fn closest(word: &str, known: &[&'static str]) -> Option<&'static str> {
+pub(crate) fn closest(word: &str, known: &[&'static str]) -> Option<&'static str> {
     known
         .iter()
         .map(|k| (edit_distance(word, k), *k))
@@ -317,6 +458,52 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_at_names_the_key_of_a_place() {
+        let src = "a = 1\n[daemon]\numask = \"022\"\n[program.\"we b\"]\nx.y = { z = 1 }\n";
+        let at = |needle: &str| key_at(src, src.find(needle).unwrap());
+        assert_eq!(at("a ="), Some(("a".into(), false)));
+        assert_eq!(at("daemon]"), Some(("daemon".into(), true)));
+        assert_eq!(at("umask"), Some(("daemon.umask".into(), false)));
+        assert_eq!(at("program."), Some(("program".into(), true)));
+        assert_eq!(at("\"we b\""), Some(("program.we b".into(), true)));
+        assert_eq!(at("y ="), Some(("program.we b.x.y".into(), false)));
+        assert_eq!(at("z ="), Some(("program.we b.x.y.z".into(), false)));
+        // A multi-line array's line is not a header.
+        let src = "[t]\nv = [\n  [1, 2],\n]\nw = 1\n";
+        assert_eq!(
+            key_at(src, src.find("w =").unwrap()),
+            Some(("t.w".into(), false))
+        );
+        assert_eq!(key_at("= 1\n", 0), None);
+    }
+
+    #[test]
+    fn durations_are_bounded() {
+        let int = |n: u64| {
+            let text = format!("x = {n}");
+            let doc = DeTable::parse(&text).unwrap();
+            duration_value(doc.get_ref().get("x").unwrap().get_ref())
+        };
+        assert_eq!(int(5), Ok(Duration::from_secs(5)));
+        assert_eq!(int(365 * 24 * 3600), Ok(MAX_DURATION));
+        assert_eq!(
+            int(365 * 24 * 3600 + 1),
+            Err("is too long: at most 365 days (8760h)".to_string())
+        );
+        let err = DeTable::parse("x = 18446744073709551615");
+        // Beyond i64: TOML itself refuses it, or it reads and is refused here.
+        if let Ok(doc) = err {
+            assert!(duration_value(doc.get_ref().get("x").unwrap().get_ref()).is_err());
+        }
+        let doc = DeTable::parse("x = \"400days\"").unwrap();
+        assert!(
+            duration_value(doc.get_ref().get("x").unwrap().get_ref())
+                .unwrap_err()
+                .contains("at most")
+        );
+    }
 
     #[test]
     fn suggests_close_keys_only() {

@@ -23,7 +23,9 @@
 //! `no-such-program`, `invalid-config`, `failed`, `busy`, `io`, `io-denied`). Lines are at most [`MAX_LINE`] bytes;
 //! a longer one is answered with an error and the connection closed. A client must keep its side
 //! of the connection open until the final reply: closing it (or shutting down its write side)
-//! cancels the wait — the operation itself goes on.
+//! cancels the wait — the operation itself goes on. A connection with no request in progress
+//! for [`server::IDLE_TIMEOUT`] is closed, and the number of connections is bounded (see
+//! [`server`]): a connection over a limit gets one `busy` error line and is closed.
 //!
 //! `status` results have the stable schema documented on [`StatusReport`].
 
@@ -111,7 +113,8 @@ pub enum ErrorKind {
     InvalidConfig,
     /// The operation failed.
     Failed,
-    /// Too many connections or a conflicting operation in progress.
+    /// Too many connections, warden out of file descriptors, or a conflicting operation in
+    /// progress.
     Busy,
     /// An I/O operation of the daemon failed (e.g. `reopen-logs` could not open a log file).
     Io,

@@ -16,6 +16,7 @@
 //!
 //! This module knows nothing of programs, pools or configuration files.
 
+mod nofile;
 mod pidfile;
 mod privs;
 mod readiness;
@@ -29,6 +30,7 @@ use std::time::Duration;
 use nix::fcntl::OFlag;
 use nix::sys::signal::{Signal, kill};
 
+pub use nofile::{NofileRaise, raise_nofile, worker_nofile};
 pub use pidfile::{Pidfile, PidfileState};
 pub use privs::Credentials;
 pub use readiness::Notifier;
@@ -587,6 +589,17 @@ impl DaemonHandle {
             w.ready();
         }
         let _ = self.notify(&format!("READY=1\nMAINPID={}", std::process::id()));
+    }
+
+    /// Passes a warning to whoever started the daemon, before [`DaemonHandle::ready`]: the
+    /// launcher prints `warning: TEXT` to its stderr and goes on waiting. In the foreground it
+    /// is printed to stderr here; in a daemon after `ready` it is dropped (log it instead).
+    pub fn warn(&mut self, text: &str) {
+        match self.ready_writer.as_mut() {
+            Some(w) => w.warn(text),
+            None if self.foreground => eprintln!("warning: {text}"),
+            None => {}
+        }
     }
 
     /// Reports that initialisation failed: exit hooks run (removing the pidfile), then the

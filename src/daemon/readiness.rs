@@ -7,10 +7,11 @@
 //! |---|---|
 //! | `R` | ready: the launcher exits 0 |
 //! | `E<text>` | failed: the launcher prints the text and exits non-zero |
+//! | `W<text>` | a warning: the launcher prints `warning: <text>` to its stderr and goes on waiting |
 //!
 //! End of file before `R` means the daemon died (its descriptor closed with it). The read is
-//! bounded by a deadline. The launcher learns the daemon's pid from the fork itself
-//! (`sys::detach`), not from the pipe.
+//! bounded by a deadline (none when the timeout is too large to add to the clock). The launcher
+//! learns the daemon's pid from the fork itself (`sys::detach`), not from the pipe.
 //!
 //! [`Notifier`] speaks `sd_notify(3)` to `$NOTIFY_SOCKET`, which is read once, before threads.
 
@@ -67,6 +68,11 @@ impl ReadyWriter {
         let _ = self.file.write_all(line.as_bytes());
     }
 
+    pub(crate) fn warn(&mut self, text: &str) {
+        let one_line = text.replace('\n', " / ");
+        self.send(&format!("W{one_line}\n"));
+    }
+
     pub(crate) fn ready(mut self) {
         self.send("R\n");
     }
@@ -86,7 +92,9 @@ impl Drop for ReadyWriter {
 
 /// Reads the daemon's messages until a verdict or `timeout`.
 pub(crate) fn wait(fd: OwnedFd, timeout: Duration) -> Outcome {
-    let deadline = Instant::now() + timeout;
+    // `ready_timeout` comes from a configuration file: a huge one means "no deadline", not a
+    // panic of the launcher with the daemon left running.
+    let deadline = Instant::now().checked_add(timeout);
     let mut file = std::fs::File::from(fd);
     let mut buf = Vec::new();
     loop {
@@ -97,10 +105,14 @@ pub(crate) fn wait(fd: OwnedFd, timeout: Duration) -> Outcome {
             match line.as_bytes().first() {
                 Some(b'R') => return Outcome::Ready,
                 Some(b'E') => return Outcome::Failed(line[1..].to_string()),
+                Some(b'W') => eprintln!("warning: {}", &line[1..]),
                 _ => {}
             }
         }
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()),
+            None => Duration::MAX,
+        };
         if left.is_zero() {
             return Outcome::TimedOut;
         }
@@ -193,6 +205,25 @@ mod tests {
         // A line split across writes and an unknown line before the verdict.
         assert_eq!(run(b"X\nR", true, 1000), Outcome::Died);
         assert_eq!(run(b"X\nR\n", true, 1000), Outcome::Ready);
+        // A warning does not end the wait.
+        assert_eq!(run(b"Wno syslog\nR\n", true, 1000), Outcome::Ready);
+    }
+
+    #[test]
+    fn a_timeout_beyond_the_clock_means_no_deadline() {
+        // `ready_timeout = 18446744073709551615` once made `Instant + Duration` panic.
+        assert_eq!(run(b"R\n", true, u64::MAX), Outcome::Ready);
+        assert_eq!(
+            wait(
+                {
+                    let (r, w) = nix::unistd::pipe().unwrap();
+                    drop(w);
+                    r
+                },
+                Duration::MAX
+            ),
+            Outcome::Died
+        );
     }
 
     #[test]

@@ -119,6 +119,16 @@ impl LogHandle {
         self.backend.flush();
     }
 
+    /// For syslog: why the connection made by [`init`] failed (for example `/dev/log` missing
+    /// in a container), so that start-up can warn whoever started the daemon — the log itself
+    /// cannot say it. `None` when it connected, and for stderr and files.
+    pub fn unreachable(&self) -> Option<String> {
+        match &*self.backend {
+            Backend::Syslog(sink) => sink.unreachable(),
+            Backend::Stderr(_) | Backend::File(_) => None,
+        }
+    }
+
     /// Writes one already-formatted line (a child's output, e.g. `web[0]: listening on :80`)
     /// to the destination, without a level.
     ///

@@ -42,6 +42,8 @@ pub(crate) struct SyslogSink {
     state: Mutex<State>,
     /// Messages lost since the sink was built.
     dropped: AtomicU64,
+    /// Why the connection made when the sink was built failed, if it did.
+    first_error: Option<io::Error>,
 }
 
 /// What the lock protects.
@@ -80,7 +82,10 @@ impl SyslogSink {
             pid: std::process::id(),
         };
         let path = socket.map_or_else(|| PathBuf::from(DEFAULT_SOCKET), Path::to_path_buf);
-        let conn = connect(&formatter, &path).ok();
+        let (conn, first_error) = match connect(&formatter, &path) {
+            Ok(c) => (Some(c), None),
+            Err(e) => (None, Some(e)),
+        };
         Ok(SyslogSink {
             formatter,
             path,
@@ -90,6 +95,18 @@ impl SyslogSink {
                 quiet_until: None,
             }),
             dropped: AtomicU64::new(0),
+            first_error,
+        })
+    }
+
+    /// Why the first connection, made when the sink was built, failed (`None` if it did not):
+    /// until the socket can be reached, every message is dropped.
+    pub(crate) fn unreachable(&self) -> Option<String> {
+        self.first_error.as_ref().map(|e| {
+            format!(
+                "syslog socket {} cannot be reached ({e}): log messages are dropped until it can",
+                self.path.display()
+            )
         })
     }
 

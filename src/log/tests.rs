@@ -435,10 +435,26 @@ fn syslog_unreachable_at_start_is_not_an_error() {
     let dir = TempDir::new("late");
     let path = dir.join("log.sock");
     let backend = syslog_backend(&path, "local7").unwrap();
+    // What start-up passes on to the launcher's stderr, since the log itself cannot say it.
+    let handle = LogHandle {
+        backend: Arc::new(syslog_backend(&path, "local7").unwrap()),
+    };
+    let warning = handle.unreachable().expect("a warning");
+    assert!(
+        warning.starts_with(&format!(
+            "syslog socket {} cannot be reached (",
+            path.display()
+        )) && warning.ends_with("): log messages are dropped until it can"),
+        "{warning}"
+    );
     backend.log(Level::Warn, "warden", &format_args!("early"));
     assert_eq!(backend.dropped(), 1);
 
     let syslogd = bind_syslogd(&path);
+    let reached = LogHandle {
+        backend: Arc::new(syslog_backend(&path, "local7").unwrap()),
+    };
+    assert_eq!(reached.unreachable(), None);
     backend.log(Level::Info, "warden", &format_args!("late"));
     assert_syslog(
         &recv(&syslogd),
@@ -473,6 +489,7 @@ fn log_handle_delegates_to_its_backend() {
     handle.write_line("b");
     handle.flush();
     assert_eq!(handle.dropped(), 0);
+    assert_eq!(handle.unreachable(), None);
     assert_eq!(format!("{handle:?}"), r#"LogHandle { target: "file" }"#);
     assert_eq!(after_timestamp(&read_lines(&dir.join("old"))[0]), "a");
     assert_eq!(after_timestamp(&read_lines(&path)[0]), "b");

@@ -712,6 +712,7 @@ impl Supervisor {
             })
             .chain(self.service_watchdog.as_ref().map(|w| w.2))
             .chain(self.shutdown_deadline)
+            .chain(self.control.as_ref().and_then(ControlServer::next_deadline))
             .min()
     }
 
@@ -759,6 +760,9 @@ impl Supervisor {
     fn tick(&mut self) {
         self.sweep_groups();
         let now = Instant::now();
+        if let Some(c) = self.control.as_mut() {
+            c.expire_idle(now, self.poll.registry());
+        }
         if let Some((notifier, interval, next)) =
             self.service_watchdog.as_mut().filter(|w| w.2 <= now)
         {

@@ -168,6 +168,7 @@ fn base_setup() -> ChildSetup {
     ChildSetup {
         parent: std::process::id() as i32,
         pdeathsig: Some(libc::SIGKILL),
+        nofile: crate::daemon::worker_nofile(),
         ..ChildSetup::default()
     }
 }

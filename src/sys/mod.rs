@@ -339,6 +339,10 @@ pub struct ChildSetup {
     pub gid: Option<libc::gid_t>,
     /// The user id.
     pub uid: Option<libc::uid_t>,
+    /// `RLIMIT_NOFILE` as (soft, hard), set before `rlimits`: the soft limit the daemon was
+    /// started with, when it raised its own (`daemon::raise_nofile`), so that children do not
+    /// inherit a soft limit above 1024 that `select(2)`-based programs cannot use.
+    pub nofile: Option<(u64, u64)>,
     /// Resource limits as (resource, soft = hard value; `u64::MAX` is unlimited).
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
     /// The signals to set back to `SIG_DFL`; `None`: every one. Before an `exec` only ignored
@@ -418,6 +422,13 @@ pub fn child_setup(setup: &ChildSetup) -> io::Result<()> {
         }
         if let Some(mask) = setup.umask {
             libc::umask(mask as libc::mode_t);
+        }
+        if let Some((soft, hard)) = setup.nofile {
+            let lim = libc::rlimit {
+                rlim_cur: soft as libc::rlim_t,
+                rlim_max: hard as libc::rlim_t,
+            };
+            check(libc::setrlimit(libc::RLIMIT_NOFILE, &lim))?;
         }
         for &(resource, value) in &setup.rlimits {
             let v = if value == u64::MAX {

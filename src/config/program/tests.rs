@@ -573,7 +573,51 @@ fn wrong_shapes() {
 #[test]
 fn duplicate_programs_are_a_syntax_error() {
     let errs = errors("[program.a]\ncommand = \"x\"\n[program.a]\ncommand = \"y\"\n");
-    assert!(errs[0].starts_with("3:10: duplicate key"), "{errs:?}");
+    // Named, and once: not again for the `command` under the second header.
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].starts_with("3:10: program.a: duplicate table"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn output_files_are_paths_and_keywords_are_not_misread() {
+    check(
+        &errors("[program.a]\ncommand = \"x\"\nstdout = \"nul\"\nstderr = \"a\\u0000b\"\n"),
+        &[
+            ("3:10: program.a.stdout: ", "(did you mean \"null\"?)"),
+            ("4:10: program.a.stderr: ", "must not contain a NUL byte"),
+        ],
+    );
+    check(
+        &errors("[program.a]\ncommand = \"x\"\nstdout = \"web.out\"\n"),
+        &[(
+            "3:10: program.a.stdout: ",
+            "write a path such as \"./web.out\"",
+        )],
+    );
+    let c = Config::parse(
+        Path::new(FILE),
+        "[program.a]\ncommand = \"x\"\nstdout = \"./web.out\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.programs[0].stdout,
+        OutputSpec::File(Path::new(FILE).parent().unwrap().join("./web.out"))
+    );
+}
+
+#[test]
+fn ready_durations_are_bounded() {
+    check(
+        &errors("[program.a]\ncommand = \"x\"\nready = \"2years\"\n"),
+        &[("3:9: program.a.ready: ", "at most 365 days")],
+    );
+    check(
+        &errors("[program.a]\ncommand = \"x\"\nstop_timeout = 9223372036854775807\n"),
+        &[("3:16: program.a.stop_timeout: ", "at most 365 days")],
+    );
 }
 
 #[test]
