@@ -142,9 +142,10 @@ pub fn run_exit_hooks() {
     };
     hooks.retain(|h| h.owner == me);
     last.retain(|h| h.owner == me);
-    let deadline = Instant::now() + total;
+    // A deadline too far to represent is no deadline.
+    let deadline = Instant::now().checked_add(total);
     for hook in hooks.into_iter().rev() {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.map_or(total, |d| d.saturating_duration_since(Instant::now()));
         if left.is_zero() {
             log::error!(
                 "exit hook {:?} skipped: shutdown deadline of {total:?} passed",
@@ -195,4 +196,24 @@ pub fn exit(code: i32) -> ! {
     run_exit_hooks();
     log::logger().flush();
     std::process::exit(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A total deadline too far to represent as an `Instant` means no deadline, not a panic.
+    #[test]
+    fn an_unrepresentable_total_deadline_is_no_deadline() {
+        let ran = Arc::new(AtomicBool::new(false));
+        let r = Arc::clone(&ran);
+        on_exit("flag", move || r.store(true, Ordering::SeqCst));
+        set_total_deadline(Duration::MAX);
+        run_exit_hooks();
+        set_total_deadline(Duration::from_secs(30));
+        assert!(ran.load(Ordering::SeqCst));
+        assert_eq!(pending(), 0);
+    }
 }

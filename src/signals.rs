@@ -25,6 +25,14 @@ use signal_hook::iterator::exfiltrator::SignalOnly;
 
 use crate::error::{Error, Result};
 
+/// Puts `SIGPIPE` back to its default disposition in a command-line program (the Rust runtime
+/// ignores it): when the program's output is a pipe whose reader has gone (`prog | head -1`),
+/// the program then ends quietly, as Unix filters do, instead of `println!` panicking on
+/// `EPIPE`. Not for a daemon: [`crate::Daemon::start`] and [`Signals`] catch `SIGPIPE` there.
+pub fn default_sigpipe() {
+    crate::sys::default_sigpipe();
+}
+
 /// What a signal asks of the daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -506,6 +506,29 @@ fn stale_pidfile_after_kill_9_is_taken_over() {
     assert_eq!(status_code(&mut sb), Some(3), "after a clean stop");
 }
 
+/// `warden status` into a pipe nobody reads ends by SIGPIPE, like any filter, not with a panic.
+#[test]
+fn status_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let mut sb = Sandbox::new("closed-pipe", "");
+    let pid = sb.start();
+    let (r, w) = nix::unistd::pipe().unwrap();
+    drop(r);
+    let mut cmd = sb.warden(&["status"]);
+    cmd.stdout(Stdio::from(w)).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn warden status");
+    let out = wait_output(child, TIMEOUT);
+    let err = stderr_of(&out);
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {err}",
+        out.status
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(alive(pid));
+}
+
 /// An empty `NOTIFY_SOCKET` names no service manager: `start` still detaches and returns.
 #[test]
 fn an_empty_notify_socket_does_not_keep_start_in_the_foreground() {

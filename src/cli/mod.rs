@@ -101,6 +101,15 @@ fn under_notify_manager() -> bool {
 /// Runs the command line and returns the process's exit status.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The commands that only report (`status | head -1`): a closed output pipe ends them
+    // quietly. Those that may become the daemon keep the runtime's setting until `Signals`
+    // catches SIGPIPE.
+    if !matches!(
+        cli.command,
+        Command::Run | Command::Start { .. } | Command::Restart { .. }
+    ) {
+        warden::signals::default_sigpipe();
+    }
     use warden::control::Command as C;
     match cli.command {
         Command::Run => with_config(&cli.config, |c| serve::serve(c, true)),

@@ -472,6 +472,16 @@ pub fn ignore_sigpipe() {
     }
 }
 
+/// Puts `SIGPIPE` back to its default, which the Rust runtime set to `SIG_IGN`: for a command
+/// whose output goes to a pipe (`warden status | head -1`), a reader that has gone then ends the
+/// process quietly, as it does any Unix filter, instead of making `println!` panic.
+pub fn default_sigpipe() {
+    // SAFETY: SIG_DFL installs no handler, so no code of ours can run from a signal.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 extern "C" fn ignore_signal(_: libc::c_int) {}
 
 /// Catches `SIGPIPE` with a handler that does nothing: a write to a closed pipe or socket then
