@@ -392,12 +392,7 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
     if !require_root("unauthorised_uid_is_refused_and_control_group_reads_only") {
         return;
     }
-    if std::process::Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED unauthorised_uid_is_refused…: no setpriv (util-linux)");
+    if !require_tool("unauthorised_uid_is_refused", "setpriv", "util-linux") {
         return;
     }
     let uid = nobody_uid();
@@ -1471,12 +1466,11 @@ fn stop_and_reopen_logs_by_another_user_are_refused_with_permission_denied() {
     if !require_root("stop_and_reopen_logs_by_another_user_are_refused_with_permission_denied") {
         return;
     }
-    if std::process::Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED stop_and_reopen_logs_by_another_user…: no setpriv (util-linux)");
+    if !require_tool(
+        "stop_and_reopen_logs_by_another_user",
+        "setpriv",
+        "util-linux",
+    ) {
         return;
     }
     let mut sb = sandbox("otheruser", "", &sleeper("w", 1, 1000));
@@ -1673,12 +1667,7 @@ fn idle_control_connections_starve_neither_workers_nor_root() {
 fn out_of_descriptors_a_client_is_answered_not_left_waiting() {
     let name = "out_of_descriptors_a_client_is_answered_not_left_waiting";
     let _t = Timer::new(name);
-    if std::process::Command::new("prlimit")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED {name}: no prlimit(1) (util-linux)");
+    if !require_tool(name, "prlimit", "util-linux") {
         return;
     }
     let mut sb = sandbox("emfile", "", &sleeper("w", 2, 1000));

@@ -31,6 +31,7 @@
 //! **Limit.** A descendant that leaves its worker's process group (`setsid`, `setpgid`) is not in
 //! any registered group and survives a `SIGKILL` of the supervisor.
 
+use super::{errno, filled_sigset};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
@@ -357,18 +358,4 @@ fn close_all_but(keep: RawFd) {
             unsafe { libc::close(fd as RawFd) };
         }
     }
-}
-
-fn filled_sigset() -> libc::sigset_t {
-    // SAFETY: sigfillset initialises the (zeroed) set it is given; no other memory is touched.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        set
-    }
-}
-
-fn errno() -> i32 {
-    // SAFETY: __errno_location returns this thread's errno slot; reading it is always sound.
-    unsafe { *libc::__errno_location() }
 }

@@ -585,3 +585,19 @@ pub fn peer_groups(sock: std::os::fd::BorrowedFd<'_>) -> io::Result<Option<Vec<u
         }
     }
 }
+
+/// A signal set with every signal (for blocking all of them around a fork).
+fn filled_sigset() -> libc::sigset_t {
+    // SAFETY: sigfillset initialises the (zeroed) set it is given; no other memory is touched.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        set
+    }
+}
+
+/// This thread's `errno`, async-signal-safe (for forked children before `exec`).
+fn errno() -> i32 {
+    // SAFETY: __errno_location returns this thread's errno slot; reading it is always sound.
+    unsafe { *libc::__errno_location() }
+}

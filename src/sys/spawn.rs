@@ -10,6 +10,7 @@
 //! of argv and envp); the child makes only async-signal-safe system calls, so this is sound in a
 //! multi-threaded process too.
 
+use super::{errno, filled_sigset};
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -210,20 +211,6 @@ unsafe fn child(
     // SAFETY: null-terminated arrays of pointers to C strings that live in `plan`.
     unsafe { libc::execve(plan.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     fail(ExecStep::Exec, errno())
-}
-
-fn filled_sigset() -> libc::sigset_t {
-    // SAFETY: sigfillset initialises the (zeroed) set it is given; no other memory is touched.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        set
-    }
-}
-
-fn errno() -> i32 {
-    // SAFETY: __errno_location returns this thread's errno slot; reading it is always sound.
-    unsafe { *libc::__errno_location() }
 }
 
 /// Reads the child's exec report: `Ok(None)` for a successful exec, `Ok(Some((errno, step)))`

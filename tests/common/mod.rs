@@ -32,6 +32,21 @@ pub fn require_root(test: &str) -> bool {
     }
 }
 
+/// True when `tool --version` runs; otherwise prints why the calling test is skipped (`package`
+/// is the Debian package that has it).
+pub fn require_tool(test: &str, tool: &str, package: &str) -> bool {
+    let found = std::process::Command::new(tool)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        eprintln!("SKIPPED {test}: no {tool} ({package})");
+    }
+    found
+}
+
 /// A temporary directory holding one test's config, pidfile and logs, and the list of processes
 /// to kill when the test ends.
 pub struct Sandbox {
