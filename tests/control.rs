@@ -1360,19 +1360,24 @@ fn reopen_logs_reports_a_reopen_that_failed() {
     sb.start();
     wait_up(&mut sb, "p", 1);
     let wlog = |sb: &Sandbox| sb.read("ld/w.log") + &sb.read("ld.old/w.log");
+    // `reopen-logs` must exit with `expected`; its stderr.
+    let reopen_fails = |sb: &mut Sandbox, expected: i32| {
+        let out = sb.run(&["reopen-logs"]);
+        let err = stderr_of(&out);
+        assert_eq!(
+            code(&out),
+            expected,
+            "{}{err}\nlog:\n{}",
+            stdout_of(&out),
+            wlog(sb)
+        );
+        err
+    };
     expect(&mut sb, &["reopen-logs"], 0);
 
     // The log's directory rotated away: the reopen fails, and says where and why.
     std::fs::rename(sb.path("ld"), sb.path("ld.old")).unwrap();
-    let out = sb.run(&["reopen-logs"]);
-    let err = stderr_of(&out);
-    assert_eq!(
-        code(&out),
-        1,
-        "{}{err}\nlog:\n{}",
-        stdout_of(&out),
-        wlog(&sb)
-    );
+    let err = reopen_fails(&mut sb, 1);
     assert!(
         err.contains(&path_str(&sb.path("ld/w.log"))) && err.contains("No such file"),
         "{err}"
@@ -1380,15 +1385,7 @@ fn reopen_logs_reports_a_reopen_that_failed() {
     mkdir_owned(&sb, "ld", owner);
     // The same for a program's output file.
     std::fs::rename(sb.path("pd"), sb.path("pd.old")).unwrap();
-    let out = sb.run(&["reopen-logs"]);
-    let err = stderr_of(&out);
-    assert_eq!(
-        code(&out),
-        1,
-        "{}{err}\nlog:\n{}",
-        stdout_of(&out),
-        wlog(&sb)
-    );
+    let err = reopen_fails(&mut sb, 1);
     assert!(
         err.contains(&path_str(&sb.path("pd/out.log"))) && !err.contains("w.log"),
         "{err}"
@@ -1408,15 +1405,7 @@ fn reopen_logs_reports_a_reopen_that_failed() {
         // A directory the daemon (nobody) may not write: permission denied, 4.
         std::fs::rename(sb.path("ld"), sb.path("ld.2")).unwrap();
         mkdir_owned(&sb, "ld", None);
-        let out = sb.run(&["reopen-logs"]);
-        let err = stderr_of(&out);
-        assert_eq!(
-            code(&out),
-            4,
-            "{}{err}\nlog:\n{}",
-            stdout_of(&out),
-            wlog(&sb)
-        );
+        let err = reopen_fails(&mut sb, 4);
         assert!(
             err.contains(&path_str(&sb.path("ld/w.log"))) && err.contains("ermission denied"),
             "{err}"
