@@ -597,11 +597,11 @@ fn assert_nothing_left(sb: &Sandbox) {
     );
 }
 
-/// The sandbox's guard process (`comm` is `warden-guard`; its command line is warden's).
-fn guard_of(sb: &Sandbox) -> Option<i32> {
-    sb.processes().into_iter().find(|&p| {
-        std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "warden-guard")
-    })
+/// The guard process of the warden `warden` (its child, argv[0] `warden-guard`).
+fn guard_of(warden: i32) -> Option<i32> {
+    all_pids()
+        .into_iter()
+        .find(|&p| is_guard(p) && stat(p).is_some_and(|s| s.ppid == warden))
 }
 
 /// Finding: PR_SET_PDEATHSIG reaches only a worker's main process, so the children of shell
@@ -641,13 +641,16 @@ instances = 2
         let st = stat(p).unwrap();
         assert!(shells.contains(&st.ppid), "{p} is a shell's child: {st:?}");
     }
-    // The guard runs outside warden's tree: warden's children are exactly its workers.
-    let guard = guard_of(&sb).expect("a guard process");
+    // The guard is warden's child, in a process group of its own, and holds none of warden's
+    // memory (it is an exec'd shell).
+    let guard = guard_of(warden).expect("a guard process");
     assert!(!shells.contains(&guard));
+    let st = stat(guard).unwrap();
+    assert_eq!(st.pgrp, guard, "own process group: {st:?}");
     assert_ne!(
-        stat(guard).unwrap().ppid,
-        warden,
-        "the guard is not warden's child"
+        std::fs::read_link(format!("/proc/{guard}/exe")).ok(),
+        std::fs::read_link(format!("/proc/{warden}/exe")).ok(),
+        "not a copy of warden"
     );
     // A guard that dies is replaced, and the new one knows every worker group.
     signal(guard, Signal::SIGKILL);
@@ -661,7 +664,7 @@ instances = 2
     });
     println!("{}", second[1]);
     assert!(
-        wait_until(TIMEOUT, || guard_of(&sb).is_some_and(|g| g != guard)),
+        wait_until(TIMEOUT, || guard_of(warden).is_some_and(|g| g != guard)),
         "no new guard process"
     );
 
@@ -679,6 +682,31 @@ instances = 2
     println!(
         "SIGKILL of warden -> shells and their children gone in {:.1?}",
         t.elapsed()
+    );
+    assert_nothing_left(&sb);
+}
+
+/// A guard stopped with SIGSTOP neither holds up an orderly stop nor outlives it (a guard that
+/// is not reading is killed, never left to act later on what it was last told).
+#[test]
+fn a_stopped_guard_does_not_outlive_an_orderly_stop() {
+    let _t = Timer::new("a_stopped_guard_does_not_outlive_an_orderly_stop");
+    let mut sb = sandbox(
+        "stopped-guard",
+        "",
+        &format!(
+            "[program.sh]\ncommand = {}\ninstances = 2\n",
+            argv(&["sh", "-c", "\"$0/sleep\" 1001; true", "SANDBOX"])
+        ),
+    );
+    let warden = sb.start();
+    wait_workers(&mut sb, warden, 2);
+    let guard = guard_of(warden).expect("a guard process");
+    signal(guard, Signal::SIGSTOP);
+    stop(&mut sb);
+    assert!(
+        wait_until(TIMEOUT, || !alive(guard)),
+        "the stopped guard {guard} outlived warden"
     );
     assert_nothing_left(&sb);
 }

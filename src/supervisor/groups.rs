@@ -9,21 +9,62 @@
 //! members orphaned by the leader are re-parented to the supervisor, a subreaper, so their end
 //! is an event; and at the loop's deadlines), and forgotten once that fails with `ESRCH`.
 //!
-//! Every tracked group is registered with the guard process (`crate::sys::guard`), which
-//! `SIGKILL`s them all when the supervisor dies, and forgotten there when found empty. A guard
-//! that dies is replaced at once and told every group again. A guard that stops reading (stopped
-//! by `SIGSTOP`) never blocks the loop: records wait in memory until its socket is writable.
+//! Every tracked group is registered with the guard process, which `SIGKILL`s them all when the
+//! supervisor dies — however it dies, `SIGKILL` included, which no code of the supervisor
+//! survives — and is told when a group is found empty. `PR_SET_PDEATHSIG` reaches only a
+//! worker's main process (the kernel clears it on `fork`), so without the guard a worker's own
+//! children (a shell's commands, a server's helpers) would run on under PID 1.
+//!
+//! **The guard** is `/bin/sh` running [`GUARD_SCRIPT`] (argv[0] `warden-guard`), spawned with
+//! `exec` — so it holds none of the supervisor's memory — as the supervisor's child, in a process
+//! group of its own, with every catchable signal ignored. Its standard input is one end of a
+//! stream socket pair whose other end only the supervisor holds (close-on-exec; a child forked
+//! without `exec` points it at `/dev/null`). Records are lines, `+PGID` when a worker group
+//! appears and `-PGID` once it is known to be empty. At end of file — the supervisor is gone —
+//! the guard kills every group it still holds and exits. The supervisor in turn sees the guard
+//! die as end of file on its end, and starts another that it tells every tracked group.
+//!
+//! A guard that stops reading (stopped by `SIGSTOP`) never blocks the loop: records wait in
+//! memory, a `+` and a later `-` of the same group cancelling out; past [`MAX_PENDING`] waiting
+//! records, or when the supervisor lets the guard go with records still waiting, that guard is
+//! killed (it is our child, not yet reaped, so its pid is still its own) and, if needed, replaced
+//! — a guard never acts on a table that lags behind the supervisor's.
+//!
+//! **Limit.** A descendant that leaves its worker's process group (`setsid`, `setpgid`) is in no
+//! registered group and survives a `SIGKILL` of the supervisor.
 
 use std::collections::{HashMap, VecDeque};
-use std::os::fd::{AsFd, AsRawFd};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::errno::Errno;
-use nix::sys::signal::{Signal, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use crate::sys::guard::{self, ADD, Guard, REMOVE};
+/// The guard's program, for `/bin/sh -c` (POSIX shell; builtins only, so it forks nothing).
+/// `g` holds the registered groups as " 12 34 ".
+pub(crate) const GUARD_SCRIPT: &str = r#"trap '' HUP INT QUIT TERM PIPE USR1 USR2 ALRM TSTP TTIN TTOU
+set -f
+g=' '
+while read -r r; do
+  id=${r#?}
+  case $id in ''|*[!0-9]*) continue ;; esac
+  case $r in
+    +*) case $g in *" $id "*) ;; *) g="$g$id " ;; esac ;;
+    -*) case $g in *" $id "*) g="${g%% $id *} ${g#* $id }" ;; esac ;;
+  esac
+done
+for id in $g; do kill -s KILL -- "-$id" 2>/dev/null; done
+"#;
+
+/// How many records may wait for a guard that does not read before it is replaced.
+const MAX_PENDING: usize = 4096;
 
 /// One tracked process group.
 #[derive(Debug, Clone, Copy)]
@@ -37,9 +78,16 @@ struct Tracked {
 /// The guard, as far as the loop is concerned.
 #[derive(Debug)]
 struct Link {
-    guard: Guard,
-    /// Records the guard's socket could not take yet.
-    pending: VecDeque<(i32, i32)>,
+    /// The guard's pid: our child; never signalled once `reaped`.
+    pid: i32,
+    /// A pidfd for it (Linux 5.3), so that a host program's `waitpid(-1)` reaping it behind our
+    /// back cannot make us signal a recycled pid.
+    pidfd: Option<OwnedFd>,
+    reaped: bool,
+    /// Our end of the socket pair (non-blocking, close-on-exec).
+    sock: UnixStream,
+    /// Records the socket could not take yet: `(true, pgid)` adds, `(false, pgid)` removes.
+    pending: VecDeque<(bool, i32)>,
     /// Registered with `WRITABLE` interest too (while `pending` is not empty).
     writable: bool,
 }
@@ -71,8 +119,8 @@ impl Groups {
         if self.link.is_some() {
             return;
         }
-        let guard = match guard::spawn_guard() {
-            Ok(g) => g,
+        let link = match spawn_guard() {
+            Ok(l) => l,
             Err(e) => {
                 if !self.guard_failed {
                     log::error!(
@@ -85,32 +133,28 @@ impl Groups {
             }
         };
         if let Err(e) = registry.register(
-            &mut SourceFd(&guard.link.as_raw_fd()),
+            &mut SourceFd(&link.sock.as_raw_fd()),
             self.token,
             Interest::READABLE,
         ) {
             log::error!(
                 "cannot watch the guard process (pid {}): epoll_ctl: {e}",
-                guard.pid
+                link.pid
             );
             // Dropping the link makes the guard kill the groups it knows (none) and leave.
             return;
         }
-        log::info!(
-            "guard process started (pid {}): it kills every worker process group if warden dies",
-            guard.pid
-        );
+        crate::daemon::mark_private(link.sock.as_raw_fd());
         self.guard_failed = false;
-        let mut link = Link {
-            guard,
-            pending: VecDeque::new(),
-            writable: false,
-        };
-        for &pgid in self.tracked.keys() {
-            link.pending.push_back((ADD, pgid));
-        }
+        let pid = link.pid;
+        let mut link = link;
+        link.pending
+            .extend(self.tracked.keys().map(|&pgid| (true, pgid)));
         self.link = Some(link);
         self.flush(registry);
+        log::info!(
+            "guard process started (pid {pid}): it kills every worker process group if warden dies"
+        );
     }
 
     /// A worker leading group `pgid` was spawned for `owner`.
@@ -122,7 +166,7 @@ impl Groups {
                 leader_reaped: false,
             },
         );
-        self.send(registry, ADD, pgid);
+        self.send(registry, true, pgid);
     }
 
     /// Whether `pgid` is a tracked group: its leader lives, or members were there at the last
@@ -131,10 +175,14 @@ impl Groups {
         self.tracked.contains_key(&pgid)
     }
 
-    /// `pid` was reaped: if it led a tracked group, that group is now checked like the others.
+    /// `pid` was reaped: if it led a tracked group, that group is now checked like the others;
+    /// if it was the guard, its pid is no longer ours to signal.
     pub(crate) fn leader_reaped(&mut self, pid: i32) {
         if let Some(t) = self.tracked.get_mut(&pid) {
             t.leader_reaped = true;
+        }
+        if let Some(link) = self.link.as_mut().filter(|l| l.pid == pid) {
+            link.reaped = true;
         }
     }
 
@@ -179,13 +227,13 @@ impl Groups {
 
     /// The guard's socket is ready: flush waiting records, or replace a guard that is gone.
     pub(crate) fn guard_event(&mut self, registry: &Registry, readable: bool, writable: bool) {
-        let Some(link) = &self.link else { return };
-        if readable && guard::guard_gone(link.guard.link.as_fd()) {
+        let Some(link) = &mut self.link else { return };
+        if readable && guard_gone(&mut link.sock) {
             log::warn!(
                 "the guard process (pid {}) is gone; starting another",
-                link.guard.pid
+                link.pid
             );
-            self.drop_link(registry);
+            self.end_guard(Some(registry), false);
             self.ensure_guard(registry);
             return;
         }
@@ -194,40 +242,65 @@ impl Groups {
         }
     }
 
-    /// Lets the guard go: it kills the groups still registered (none, after a completed
-    /// shutdown) and exits. A later spawn starts a new one.
+    /// Lets the guard go and reaps it: it kills the groups still registered (none, after a
+    /// completed shutdown) and exits — or, if records still wait for it, it is killed first, so
+    /// that it never acts on a table older than ours. A later spawn starts a new one.
     pub(crate) fn close_guard(&mut self, registry: &Registry) {
         self.flush(registry);
-        self.drop_link(registry);
+        let lagging = self.link.as_ref().is_some_and(|l| !l.pending.is_empty());
+        self.end_guard(Some(registry), lagging);
     }
 
     fn forget(&mut self, registry: &Registry, pgid: i32) {
         if self.tracked.remove(&pgid).is_some() {
-            self.send(registry, REMOVE, pgid);
+            self.send(registry, false, pgid);
         }
     }
 
-    fn send(&mut self, registry: &Registry, op: i32, pgid: i32) {
-        if let Some(link) = &mut self.link {
-            link.pending.push_back((op, pgid));
-            self.flush(registry);
+    fn send(&mut self, registry: &Registry, add: bool, pgid: i32) {
+        let Some(link) = &mut self.link else { return };
+        // A removal cancels an addition the guard has not been sent yet.
+        let unsent_add = (!add)
+            .then(|| link.pending.iter().rposition(|&r| r == (true, pgid)))
+            .flatten();
+        match unsent_add {
+            Some(i) => {
+                link.pending.remove(i);
+            }
+            None => link.pending.push_back((add, pgid)),
         }
+        if link.pending.len() > MAX_PENDING {
+            log::warn!(
+                "the guard process (pid {}) does not read its records; replacing it",
+                link.pid
+            );
+            self.end_guard(Some(registry), true);
+            self.ensure_guard(registry);
+            return;
+        }
+        self.flush(registry);
     }
 
     /// Writes waiting records until done or the socket is full; watches for writability while
     /// records wait.
     fn flush(&mut self, registry: &Registry) {
         let Some(link) = &mut self.link else { return };
-        while let Some(&(op, pgid)) = link.pending.front() {
-            match guard::send_record(link.guard.link.as_fd(), op, pgid) {
-                Ok(()) => {
+        while let Some(&(add, pgid)) = link.pending.front() {
+            let line = format!("{}{pgid}\n", if add { '+' } else { '-' });
+            // A stream socket of a few hundred kilobytes takes a short line whole or not at all
+            // (a partial write would need the rest kept; it does not happen below the buffer's
+            // size, and is treated as the guard gone if it ever does).
+            match link.sock.write(line.as_bytes()) {
+                Ok(n) if n == line.len() => {
                     link.pending.pop_front();
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                // The guard is gone: its end of file is (or will be) readable and replaces it;
-                // the new one is told every tracked group.
-                Err(_) => {
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                // Gone (its end of file is readable, and replaces it), or a torn record: the
+                // guard's table can no longer be trusted.
+                _ => {
                     link.pending.clear();
+                    let _ = link.sock.shutdown(std::net::Shutdown::Write);
                     break;
                 }
             }
@@ -239,7 +312,7 @@ impl Groups {
             } else {
                 Interest::READABLE
             };
-            let fd = link.guard.link.as_raw_fd();
+            let fd = link.sock.as_raw_fd();
             if registry
                 .reregister(&mut SourceFd(&fd), self.token, interest)
                 .is_ok()
@@ -249,11 +322,95 @@ impl Groups {
         }
     }
 
-    fn drop_link(&mut self, registry: &Registry) {
-        if let Some(link) = self.link.take() {
-            let _ = registry.deregister(&mut SourceFd(&link.guard.link.as_raw_fd()));
+    /// Closes the link (the guard reads end of file) and reaps the guard, killing it first if
+    /// `kill_it` (bounded: a guard that has not left within a second is killed too).
+    fn end_guard(&mut self, registry: Option<&Registry>, kill_it: bool) {
+        let Some(link) = self.link.take() else { return };
+        if let Some(r) = registry {
+            let _ = r.deregister(&mut SourceFd(&link.sock.as_raw_fd()));
+        }
+        crate::daemon::unmark_private(link.sock.as_raw_fd());
+        let pid = Pid::from_raw(link.pid);
+        if link.reaped {
+            return;
+        }
+        if kill_it {
+            kill_guard(link.pid, link.pidfd.as_ref());
+        }
+        drop(link.sock);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Ok(WaitStatus::StillAlive) => {
+                    kill_guard(link.pid, link.pidfd.as_ref());
+                    let _ = waitpid(pid, None);
+                    return;
+                }
+                Err(Errno::EINTR) => {}
+                // Reaped (or reaped already by someone's `waitpid(-1)`: then it is gone too).
+                _ => return,
+            }
         }
     }
+}
+
+impl Drop for Groups {
+    /// A supervisor dropped without a completed shutdown: the guard kills the groups still
+    /// registered, and is reaped.
+    fn drop(&mut self) {
+        self.end_guard(None, false);
+    }
+}
+
+/// Spawns the guard (see the module documentation).
+fn spawn_guard() -> std::io::Result<Link> {
+    let (ours, theirs) = UnixStream::pair()?;
+    ours.set_nonblocking(true)?;
+    let child = std::process::Command::new("/bin/sh")
+        .arg0("warden-guard")
+        // Through the environment, so that `ps` shows a short command line.
+        .args(["-c", "eval \"$WARDEN_GUARD_SCRIPT\""])
+        .stdin(std::process::Stdio::from(OwnedFd::from(theirs)))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .env_clear()
+        .env("LC_ALL", "C")
+        .env("WARDEN_GUARD_SCRIPT", GUARD_SCRIPT)
+        .current_dir("/")
+        .process_group(0)
+        .spawn()?;
+    let pid = child.id() as i32;
+    Ok(Link {
+        pid,
+        pidfd: crate::sys::pool::pidfd_open(pid).ok(),
+        reaped: false,
+        sock: ours,
+        pending: VecDeque::new(),
+        writable: false,
+    })
+}
+
+/// `SIGKILL` to the guard: through its pidfd, or by pid (it is our child, not known reaped).
+fn kill_guard(pid: i32, pidfd: Option<&OwnedFd>) {
+    use std::os::fd::AsFd;
+    match pidfd {
+        Some(fd) => {
+            let _ = crate::sys::pool::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+        }
+        None => {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Whether the guard's end of the socket pair reached end of file (or failed): it is gone. It
+/// never writes, so anything readable is the end.
+fn guard_gone(sock: &mut UnixStream) -> bool {
+    let mut b = [0u8; 16];
+    !matches!(sock.read(&mut b), Err(e) if e.kind() == ErrorKind::WouldBlock)
 }
 
 /// Whether process group `pgid` has any member (zombies included). `EPERM` means it has one we

@@ -16,7 +16,8 @@
 //! `waitpid(-1, WNOHANG)` until nothing is left; stopping a worker signals its whole process group,
 //! and an instance is down only once that group is empty (see [`state`]); workers die with the
 //! supervisor (`PR_SET_PDEATHSIG`), and their process groups with it through a guard process
-//! (`groups`, `sys::guard`) — even when the supervisor is killed with `SIGKILL`, and when a
+//! (`groups`: a small shell script, exec'd) — even when the supervisor is killed with `SIGKILL`,
+//! and when a
 //! supervisor is dropped without a completed shutdown. Spawn workers from the thread that runs
 //! the loop: the kernel sends the death signal when the *thread* that forked them exits.
 
@@ -747,10 +748,11 @@ impl Supervisor {
         if left > 0 {
             log::warn!("{left} worker process group(s) still had members: sent SIGKILL");
         }
+        // The guard first: it is our child, and no stray.
+        self.groups.close_guard(self.poll.registry());
         if self.kill_strays {
             self.kill_strays();
         }
-        self.groups.close_guard(self.poll.registry());
         if let (Some(total), Some(began)) = (self.shutdown_timeout, self.shutdown_began) {
             crate::hooks::set_total_deadline(total.saturating_sub(began.elapsed()));
         }

@@ -7,13 +7,12 @@
 //! Forking is only offered through [`fork`] (and the daemon's double fork, `detach`, whose caller
 //! checks first), which refuses when the process has more than one thread: `fork(2)` copies
 //! only the calling thread, so a lock held by another thread (the allocator's, stdout's, a
-//! logger's) would stay locked forever in the child. The exceptions fork from any process
-//! because their children make only async-signal-safe system calls until `exec` or `_exit`:
-//! [`spawn::spawn_nowait`] and [`guard::spawn_guard`].
+//! logger's) would stay locked forever in the child. The exception forks from any process
+//! because its children make only async-signal-safe system calls until `exec` or `_exit`:
+//! [`spawn::spawn_nowait`].
 #![allow(unsafe_code)]
 
 mod detach;
-pub mod guard;
 pub mod pool;
 
 pub(crate) use detach::{Detached, detach};

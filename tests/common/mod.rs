@@ -412,12 +412,18 @@ pub fn fds(pid: i32) -> Vec<(i32, PathBuf)> {
     v
 }
 
-/// The children of `pid` (by ppid).
+/// The children of `pid` (by ppid), a supervisor's guard process excepted.
 pub fn children_of(pid: i32) -> Vec<i32> {
     all_pids()
         .into_iter()
-        .filter(|&p| stat(p).map(|s| s.ppid == pid).unwrap_or(false))
+        .filter(|&p| stat(p).map(|s| s.ppid == pid).unwrap_or(false) && !is_guard(p))
         .collect()
+}
+
+/// Whether `pid` is a supervisor's guard process (`/bin/sh` with argv[0] `warden-guard`).
+pub fn is_guard(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|&b| b == 0).next() == Some(b"warden-guard".as_slice()))
 }
 
 /// Sends `sig` to `pid`.
