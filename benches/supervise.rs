@@ -913,8 +913,7 @@ fn marker_pids(marker: &str) -> Vec<i32> {
 }
 
 /// The supervisor's own processes: the main one and its descendants, minus the children (argv
-/// holding the marker) and whatever runs under them, plus any process with the main one's exact
-/// command line (warden's guard).
+/// holding the marker) and whatever runs under them (warden's guard process among them).
 fn own_pids(run: &Run) -> Vec<i32> {
     let ps = procs();
     let mut kids: HashMap<i32, Vec<i32>> = HashMap::new();
@@ -929,14 +928,6 @@ fn own_pids(run: &Run) -> Vec<i32> {
         }
         own.push(p);
         todo.extend(kids.get(&p).into_iter().flatten());
-    }
-    // Helpers forked from the main process but re-parented away from it (warden's guard) carry
-    // its very command line.
-    let main_cmd = cmdline(run.main);
-    for p in &ps {
-        if !own.contains(&p.pid) && !main_cmd.is_empty() && cmdline(p.pid) == main_cmd {
-            own.push(p.pid);
-        }
     }
     own.sort_unstable();
     own
