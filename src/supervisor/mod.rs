@@ -17,9 +17,11 @@
 //! and an instance is down only once that group is empty (see [`state`]); workers die with the
 //! supervisor (`PR_SET_PDEATHSIG`), and their process groups with it through a guard process
 //! (`groups`: a small shell script, exec'd) — even when the supervisor is killed with `SIGKILL`,
-//! and when a
-//! supervisor is dropped without a completed shutdown. Spawn workers from the thread that runs
-//! the loop: the kernel sends the death signal when the *thread* that forked them exits.
+//! and when a supervisor is dropped without a completed shutdown. Spawn workers from the thread
+//! that runs the loop: the kernel sends the death signal when the *thread* that forked them
+//! exits. The guard is a child of this process (`/bin/sh`, argv[0] `warden-guard`): a host
+//! program that reaps children with `waitpid(-1)` may reap it too, and the supervisor then
+//! starts another.
 
 mod commands;
 mod groups;
