@@ -19,7 +19,7 @@
 //! (`groups`: a small shell script, exec'd) — even when the supervisor is killed with `SIGKILL`,
 //! and when a supervisor is dropped without a completed shutdown. Spawn workers from the thread
 //! that runs the loop: the kernel sends the death signal when the *thread* that forked them
-//! exits. The guard is a child of this process (`/bin/sh`, argv[0] `warden-guard`): a host
+//! exits. The guard is a child of this process (`/bin/sh`, `argv[0]` `warden-guard`): a host
 //! program that reaps children with `waitpid(-1)` may reap it too, and the supervisor then
 //! starts another.
 
