@@ -15,7 +15,7 @@
 //! worker's main process (the kernel clears it on `fork`), so without the guard a worker's own
 //! children (a shell's commands, a server's helpers) would run on under PID 1.
 //!
-//! **The guard** is `/bin/sh` running [`GUARD_SCRIPT`] (argv[0] `warden-guard`), spawned with
+//! **The guard** is `/bin/sh` running [`GUARD_SCRIPT`] (`argv[0]` `warden-guard`), spawned with
 //! `exec` — so it holds none of the supervisor's memory — as the supervisor's child, in a process
 //! group of its own, with every catchable signal ignored. Its standard input is one end of a
 //! stream socket pair whose other end only the supervisor holds (close-on-exec; a child forked
