@@ -1060,3 +1060,47 @@ fn restart_replaces_the_daemon() {
     let out = sb.run(&["stop"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
 }
+
+/// Root without `CAP_SYS_PTRACE` (Docker's default capability set) may list another user's
+/// `/proc/PID/fd` but not follow its entries: `warden stop` cannot tell whether the pid holds the
+/// pidfile, and says so (exit 4, "permission denied: cannot inspect /proc/PID/fd") instead of
+/// calling it a forged pid; the daemon is left alone, and a root with the capability stops it.
+#[test]
+fn stop_as_root_without_ptrace_cannot_tell_and_says_so() {
+    let test = "stop_as_root_without_ptrace_cannot_tell_and_says_so";
+    if !require_root(test) || !require_tool(test, "setpriv", "util-linux") {
+        return;
+    }
+    let mut sb = Sandbox::new("no-ptrace", "user = \"nobody\"");
+    let pid = sb.start();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace", "--"])
+        .arg(warden_bin())
+        .arg("-c")
+        .arg(&sb.config)
+        .args(["stop", "--timeout", "2s"])
+        .stdin(Stdio::null());
+    let out = sb.output(cmd);
+    let err = stderr_of(&out);
+    if err.starts_with("setpriv:") {
+        // No CAP_SETPCAP here, so the bounding set cannot shrink.
+        eprintln!("SKIPPED {test}: setpriv cannot drop cap_sys_ptrace: {err}");
+        return;
+    }
+    assert_eq!(code(&out), Some(4), "stop without CAP_SYS_PTRACE: {err}");
+    let want = format!("permission denied: cannot inspect /proc/{pid}/fd");
+    assert!(err.contains(&want), "missing {want:?} in: {err}");
+    assert!(!err.contains("does not hold it"), "false refusal: {err}");
+    assert!(alive(pid), "the daemon was signalled although unchecked");
+    assert_eq!(sb.pidfile_pid(), Some(pid));
+
+    let out = sb.run(&["stop"]);
+    assert_eq!(
+        code(&out),
+        Some(0),
+        "stop as full root: {}",
+        stderr_of(&out)
+    );
+    assert!(wait_until(TIMEOUT, || !alive(pid)), "daemon still alive");
+    assert_no_process(&sb);
+}

@@ -26,8 +26,9 @@
 //!   there is no deadline;
 //! * one spare descriptor (an unbound datagram socket) is kept open: when `accept` fails with
 //!   `EMFILE` or `ENFILE`, it is closed to accept the waiting client, which is answered `busy`
-//!   and closed, then reopened. Without it the client would wait in the backlog for an answer
-//!   that never comes, and nothing would report the listener again (edge-triggered).
+//!   and closed, then reopened (if that fails, it is tried again at the listener's next
+//!   wake-up). Without it the client would wait in the backlog for an answer that never comes,
+//!   and nothing would report the listener again (edge-triggered).
 //!
 //! # The socket file
 //!
@@ -347,6 +348,12 @@ impl ControlServer {
 
     /// Accepts every pending connection.
     pub fn accept(&mut self, registry: &Registry) {
+        // A spare that could not be made earlier (`ENFILE` for a moment, say) is tried again on
+        // every wake-up: one failure must not leave the listener without one for good, every
+        // later `EMFILE` leaving its clients waiting.
+        if self.spare.is_none() {
+            self.spare = spare_fd();
+        }
         let (mut over, mut shed) = (0usize, 0usize);
         loop {
             let stream = match self.listener.accept() {
@@ -970,6 +977,27 @@ mod tests {
         assert_eq!(server.connections(), 0);
         assert_eq!(server.next_deadline(), None);
         drop(clients);
+        server.remove_file();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A spare descriptor that could not be made (or remade after shedding) is made again at
+    /// the next wake-up of the listener.
+    #[test]
+    fn a_missing_spare_descriptor_is_made_again() {
+        let dir = temp_dir("spare");
+        let path = dir.join("c.sock");
+        let poll = mio::Poll::new().unwrap();
+        let mut server = ControlServer::bind(&path, None).unwrap();
+        server.register(poll.registry(), Token(1), 1 << 20).unwrap();
+        assert!(server.spare.is_some(), "bind keeps a spare");
+        // As if `spare_fd` had failed with ENFILE after the last shedding.
+        server.spare = None;
+        let client = UnixStream::connect(&path).unwrap();
+        server.accept(poll.registry());
+        assert_eq!(server.connections(), 1);
+        assert!(server.spare.is_some(), "the spare was not made again");
+        drop(client);
         server.remove_file();
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -196,7 +196,9 @@ impl Pidfile {
     /// `Ok(true)`: it holds the file. `Ok(false)`: it does not (its descriptors were read and
     /// the file is not among them, or there is no such process or no such file). `Err`: this
     /// process cannot tell — typically `EACCES` on `/proc/PID/fd` because the daemon runs as
-    /// another user and the caller is not root; the error names that path.
+    /// another user and the caller is not root, or because the caller is root without
+    /// `CAP_SYS_PTRACE` (as in a container with Docker's default capabilities), which may list
+    /// the descriptors but not follow them; the error names that path.
     pub fn held_by(path: &Path, pid: i32) -> Result<bool> {
         // Not `metadata`: a symlink swapped in at the path after the caller's `probe` (opened
         // `O_NOFOLLOW`) must not lend the check another file's identity (`/dev/null` is open
@@ -336,18 +338,32 @@ pub(crate) fn has_open(pid: i32, dev: u64, ino: u64) -> bool {
 }
 
 /// Whether process `pid` has the file `(dev, ino)` open: `Ok(false)` when its descriptor list
-/// was read without it or the process does not exist, `Err` when the list cannot be read
-/// (`EACCES` for another user's process).
+/// was read without it or the process does not exist, `Err` when this process cannot tell —
+/// the list cannot be read (`EACCES` for another user's process), or it can but its entries
+/// cannot be followed (`EACCES` for root without `CAP_SYS_PTRACE`, the default in containers:
+/// `CAP_DAC_OVERRIDE` opens the directory, but each link needs ptrace access).
 fn fd_table_has(pid: i32, dev: u64, ino: u64) -> std::io::Result<bool> {
     let fds = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
         Ok(fds) => fds,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    // A descriptor closed between the listing and the stat is simply not there.
-    Ok(fds
-        .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
-        .any(|m| m.dev() == dev && m.ino() == ino))
+    let mut unknown = None;
+    for entry in fds {
+        match entry.and_then(|e| std::fs::metadata(e.path())) {
+            Ok(m) if m.dev() == dev && m.ino() == ino => return Ok(true),
+            Ok(_) => {}
+            // A descriptor closed between the listing and the stat (or a process gone
+            // meanwhile) is simply not there.
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            // Any other failure leaves this descriptor unknown: it may be the file. A later
+            // entry that is the file still answers; otherwise the answer is "cannot tell".
+            Err(e) => {
+                unknown.get_or_insert(e);
+            }
+        }
+    }
+    unknown.map_or(Ok(false), Err)
 }
 
 #[cfg(test)]

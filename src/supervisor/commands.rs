@@ -668,19 +668,58 @@ impl Supervisor {
             if !stays_stopped {
                 self.begin_rollout(p, true);
             }
-            if (instances as usize) > live {
+            if (instances as usize) > live && stays_stopped {
+                self.add_stopped_instances(p, instances);
+            } else if (instances as usize) > live {
                 self.scale(&name, instances).map_err(internal)?;
             }
             if !stays_stopped || instances as usize != live {
                 touched.push(p);
             }
         }
-        for (name, _, to) in &plan.scaled {
-            self.scale(name, *to).map_err(internal)?;
-            touched.push(self.find(name).map_err(internal)?);
+        for (name, from, to) in &plan.scaled {
+            let p = self.find(name).map_err(internal)?;
+            // A program stopped by hand stays stopped: its new instances too.
+            if to > from && self.stopped_by_hand(p) {
+                self.add_stopped_instances(p, *to);
+            } else {
+                self.scale(name, *to).map_err(internal)?;
+            }
+            touched.push(p);
         }
         self.scale_program = set.scale_program;
         Ok(touched)
+    }
+
+    /// Scales program `p`, kept down by hand, up to `instances` without starting anything:
+    /// each new instance is exited and stopped by hand, as if `warden stop PROG` had been run
+    /// after it was created, so that it starts with the others at the next `start PROG`. An
+    /// instance with that index still stopping after an earlier scale-down is kept instead,
+    /// and stays down once stopped.
+    fn add_stopped_instances(&mut self, p: usize, instances: u32) {
+        let live = self.programs[p]
+            .slots
+            .iter()
+            .filter(|s| !s.retiring)
+            .count();
+        for index in live..instances as usize {
+            let pos = match self.programs[p].slots.iter().position(|s| s.index == index) {
+                Some(pos) => {
+                    self.programs[p].slots[pos].retiring = false;
+                    pos
+                }
+                None => {
+                    self.programs[p].slots.push(new_slot(index));
+                    self.programs[p].slots.len() - 1
+                }
+            };
+            // From `exited` a stop only marks the instance stopped by hand; from `stopping`
+            // it turns a pending restart into staying down.
+            self.apply(p, pos, state::Event::Stop);
+        }
+        self.programs[p].def.instances = instances;
+        let name = &self.programs[p].def.name;
+        log::info!("{name}: scaled to {instances} instance(s), kept stopped");
     }
 
     /// How a reload reports what stopped it before anything changed: a name that does not
