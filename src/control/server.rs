@@ -197,6 +197,12 @@ impl std::fmt::Debug for ControlServer {
     }
 }
 
+impl Drop for ControlServer {
+    fn drop(&mut self) {
+        crate::daemon::unmark_private(self.listener.as_raw_fd());
+    }
+}
+
 impl ControlServer {
     /// Binds the socket at `path`, replacing a stale socket there.
     ///
@@ -282,6 +288,10 @@ impl ControlServer {
             .map_err(|e| Error::io("cannot configure control socket", path, e))?;
         let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map_or(1024, |(soft, _)| soft);
+        // A child forked without exec (`warden::fork`) that outlived us would hold the listening
+        // socket open: clients would hang in its backlog, and the next daemon would find the
+        // socket in use. Such a child points it at /dev/null instead.
+        crate::daemon::mark_private(listener.as_raw_fd());
         Ok(ControlServer {
             listener,
             path: path.to_path_buf(),
