@@ -47,20 +47,39 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-/// The guard's program, for `/bin/sh -c` (POSIX shell; builtins only, so it forks nothing).
-/// `g` holds the registered groups as " 12 34 ".
-pub(crate) const GUARD_SCRIPT: &str = r#"trap '' HUP INT QUIT TERM PIPE USR1 USR2 ALRM TSTP TTIN TTOU
+/// The guard's program, for `/bin/sh -c` (POSIX shell; builtins only, so it forks nothing). It
+/// ignores every signal it may (all but `KILL` and `STOP`, and the C library's 32 and 33). A
+/// registered group `PGID` is the variable `hPGID`, so adding and removing cost the same
+/// whatever the table's size; `ids` lists the groups for the final kill (entries of removed
+/// groups are skipped then, and compacted away every 4096 additions).
+pub(crate) const GUARD_SCRIPT: &str = r#"s=1
+while [ $s -le 64 ]; do
+  case $s in 9|19|32|33) ;; *) trap '' $s 2>/dev/null ;; esac
+  s=$((s + 1))
+done
 set -f
-g=' '
+ids=''
+n=0
 while read -r r; do
   id=${r#?}
   case $id in ''|*[!0-9]*) continue ;; esac
   case $r in
-    +*) case $g in *" $id "*) ;; *) g="$g$id " ;; esac ;;
-    -*) case $g in *" $id "*) g="${g%% $id *} ${g#* $id }" ;; esac ;;
+    +*) eval "case \${h$id-} in '') h$id=1; ids=\"\$ids \$id\"; n=\$((n + 1)) ;; esac" ;;
+    -*) unset "h$id" ;;
   esac
+  if [ $n -ge 4096 ]; then
+    new=''
+    for x in $ids; do
+      eval "if [ -n \"\${h$x-}\" ] && [ -z \"\${s$x-}\" ]; then s$x=1; new=\"\$new \$x\"; fi"
+    done
+    for x in $new; do unset "s$x"; done
+    ids=$new
+    n=0
+  fi
 done
-for id in $g; do kill -s KILL -- "-$id" 2>/dev/null; done
+for id in $ids; do
+  eval "if [ -n \"\${h$id-}\" ]; then unset h$id; kill -s KILL -- -$id 2>/dev/null; fi"
+done
 "#;
 
 /// How many records may wait for a guard that does not read before it is replaced.
@@ -86,8 +105,12 @@ struct Link {
     reaped: bool,
     /// Our end of the socket pair (non-blocking, close-on-exec).
     sock: UnixStream,
-    /// Records the socket could not take yet: `(true, pgid)` adds, `(false, pgid)` removes.
+    /// Records not written yet: `(true, pgid)` adds, `(false, pgid)` removes.
     pending: VecDeque<(bool, i32)>,
+    /// Bytes of records taken from `pending` that the socket has not accepted yet (written in
+    /// batches, so the kernel holds many records per buffer, and a partial write keeps its
+    /// tail here).
+    out: Vec<u8>,
     /// Registered with `WRITABLE` interest too (while `pending` is not empty).
     writable: bool,
 }
@@ -247,7 +270,10 @@ impl Groups {
     /// that it never acts on a table older than ours. A later spawn starts a new one.
     pub(crate) fn close_guard(&mut self, registry: &Registry) {
         self.flush(registry);
-        let lagging = self.link.as_ref().is_some_and(|l| !l.pending.is_empty());
+        let lagging = self
+            .link
+            .as_ref()
+            .is_some_and(|l| !l.pending.is_empty() || !l.out.is_empty());
         self.end_guard(Some(registry), lagging);
     }
 
@@ -285,27 +311,45 @@ impl Groups {
     /// records wait.
     fn flush(&mut self, registry: &Registry) {
         let Some(link) = &mut self.link else { return };
-        while let Some(&(add, pgid)) = link.pending.front() {
-            let line = format!("{}{pgid}\n", if add { '+' } else { '-' });
-            // A stream socket of a few hundred kilobytes takes a short line whole or not at all
-            // (a partial write would need the rest kept; it does not happen below the buffer's
-            // size, and is treated as the guard gone if it ever does).
-            match link.sock.write(line.as_bytes()) {
-                Ok(n) if n == line.len() => {
-                    link.pending.pop_front();
+        loop {
+            if link.out.is_empty() {
+                while link.out.len() < 16 * 1024 {
+                    let Some((add, pgid)) = link.pending.pop_front() else {
+                        break;
+                    };
+                    let op = if add { '+' } else { '-' };
+                    link.out
+                        .extend_from_slice(format!("{op}{pgid}\n").as_bytes());
+                }
+                if link.out.is_empty() {
+                    break;
+                }
+            }
+            match link.sock.write(&link.out) {
+                Ok(n) => {
+                    link.out.drain(..n);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                // Gone (its end of file is readable, and replaces it), or a torn record: the
-                // guard's table can no longer be trusted.
-                _ => {
+                // The guard is gone (its end of file is readable and replaces it), or the
+                // socket failed otherwise: this guard cannot be kept up to date, so it must not
+                // act on what it has — kill it; its end of file then brings a new one, told
+                // every tracked group.
+                Err(e) => {
+                    log::warn!(
+                        "cannot write to the guard process (pid {}): {e}; replacing it",
+                        link.pid
+                    );
+                    if !link.reaped {
+                        kill_guard(link.pid, link.pidfd.as_ref());
+                    }
                     link.pending.clear();
-                    let _ = link.sock.shutdown(std::net::Shutdown::Write);
+                    link.out.clear();
                     break;
                 }
             }
         }
-        let want = !link.pending.is_empty();
+        let want = !link.pending.is_empty() || !link.out.is_empty();
         if want != link.writable {
             let interest = if want {
                 Interest::READABLE | Interest::WRITABLE
@@ -389,6 +433,7 @@ fn spawn_guard() -> std::io::Result<Link> {
         reaped: false,
         sock: ours,
         pending: VecDeque::new(),
+        out: Vec::new(),
         writable: false,
     })
 }
