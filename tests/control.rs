@@ -1255,16 +1255,7 @@ fn reload_leaves_a_program_stopped_by_hand_stopped() {
     // Its next start runs the new settings.
     expect(&mut sb, &["start", "a"], 0);
     let a = wait_up(&mut sb, "a", 2);
-    for i in &a {
-        let cmdline = || {
-            std::fs::read_to_string(format!("/proc/{}/cmdline", i.pid.unwrap())).unwrap_or_default()
-        };
-        assert!(
-            wait_until(TIMEOUT, || cmdline().contains("1001")),
-            "{i:?} runs {:?}",
-            cmdline()
-        );
-    }
+    assert_all_run(&a, "1001");
     stop(&mut sb);
 }
 
@@ -1438,6 +1429,20 @@ fn reopen_logs_works_after_a_bad_edit_of_the_configuration() {
 }
 
 /// A uid with no account on this machine.
+/// Waits (bounded) until every instance in `is` runs a command line containing `word`.
+fn assert_all_run(is: &[Inst], word: &str) {
+    for i in is {
+        let cmdline = || {
+            std::fs::read_to_string(format!("/proc/{}/cmdline", i.pid.unwrap())).unwrap_or_default()
+        };
+        assert!(
+            wait_until(TIMEOUT, || cmdline().contains(word)),
+            "{i:?} runs {:?}",
+            cmdline()
+        );
+    }
+}
+
 fn unused_uid() -> u32 {
     let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
     let used: BTreeSet<u32> = passwd
@@ -1893,15 +1898,6 @@ fn reload_adding_instances_to_a_program_stopped_by_hand_starts_none() {
 
     expect(&mut sb, &["start", "a"], 0);
     let a = wait_up(&mut sb, "a", 4);
-    for i in &a {
-        let cmdline = || {
-            std::fs::read_to_string(format!("/proc/{}/cmdline", i.pid.unwrap())).unwrap_or_default()
-        };
-        assert!(
-            wait_until(TIMEOUT, || cmdline().contains("1002")),
-            "{i:?} runs {:?}",
-            cmdline()
-        );
-    }
+    assert_all_run(&a, "1002");
     stop(&mut sb);
 }
