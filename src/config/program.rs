@@ -11,6 +11,7 @@
 //! Defaults follow the supervisor's design: restart always, backoff from 100 ms doubling to 30 s,
 //! at most 5 restarts in 60 s, `SIGTERM` then `SIGKILL` after 10 s, ready as soon as exec'd.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -201,6 +202,7 @@ pub(super) fn read_programs(
     base: &Path,
 ) -> Vec<ProgramSpec> {
     let mut programs = Vec::new();
+    let mut files = HashMap::new();
     for (name, value) in table.iter() {
         let key = format!("program.{}", name.get_ref());
         if !valid_program_name(name.get_ref()) {
@@ -214,9 +216,14 @@ pub(super) fn read_programs(
             );
         }
         match value.get_ref() {
-            DeValue::Table(t) => {
-                programs.push(read_program(c, name.get_ref(), name.span(), t, base))
-            }
+            DeValue::Table(t) => programs.push(read_program(
+                c,
+                name.get_ref(),
+                name.span(),
+                t,
+                base,
+                &mut files,
+            )),
             other => c.at(
                 value.span(),
                 &key,
@@ -233,6 +240,7 @@ fn read_program(
     name_span: Range<usize>,
     t: &DeTable<'_>,
     base: &Path,
+    files: &mut HashMap<PathBuf, String>,
 ) -> ProgramSpec {
     let mut s = Section::new(format!("program.{name}"), t);
     let mut p = ProgramSpec::new(name, Vec::new());
@@ -346,13 +354,21 @@ fn read_program(
     }
     let ready = read_ready(c, &mut s);
     p.policy.readiness = ready.unwrap_or(p.policy.readiness);
+    // A `ready` that was itself wrong has been reported already.
+    let ready_ok = ready.is_some() || !s.has("ready");
     if let Some(d) = optional_duration(c, &mut s, "start_timeout") {
         p.policy.start_timeout = d;
+        if d.is_some() && ready_ok && p.policy.readiness != Readiness::Notify {
+            c.at(
+                s.span("start_timeout").unwrap_or(name_span.clone()),
+                &s.key("start_timeout"),
+                "requires ready = \"notify\" (it bounds the wait for READY=1; other readiness \
+                 modes have no such wait)",
+            );
+        }
     }
     if let Some(d) = optional_duration(c, &mut s, "watchdog") {
         p.policy.watchdog = d;
-        // A `ready` that was itself wrong has been reported already.
-        let ready_ok = ready.is_some() || !s.has("ready");
         if d.is_some() && ready_ok && p.policy.readiness != Readiness::Notify {
             c.at(
                 s.span("watchdog").unwrap_or(name_span.clone()),
@@ -366,6 +382,32 @@ fn read_program(
     }
     if let Some(o) = read_output(c, &mut s, "stderr", base) {
         p.stderr = o;
+    }
+    // One writer per output file: two programs would each rotate it on their own. (A program's
+    // stdout and stderr may share one file: they share its writer.)
+    for key in ["stdout", "stderr"] {
+        let out = if key == "stdout" {
+            &p.stdout
+        } else {
+            &p.stderr
+        };
+        let OutputSpec::File(path) = out else {
+            continue;
+        };
+        match files.get(path) {
+            Some(other) if *other != name => c.at(
+                s.span(key).unwrap_or(name_span.clone()),
+                &s.key(key),
+                format!(
+                    "{} is also program.{other}'s output file; give each program its own \
+                     (each rotates its files on its own)",
+                    path.display()
+                ),
+            ),
+            _ => {
+                files.insert(path.clone(), name.to_string());
+            }
+        }
     }
     if let Some(n) = s.size(c, "log_max_bytes") {
         if n == 0 {

@@ -243,10 +243,12 @@ fn readiness_and_optional_durations() {
     assert_eq!(p("start_timeout = 0").policy.start_timeout, None);
     assert_eq!(p("start_timeout = \"infinity\"").policy.start_timeout, None);
     assert_eq!(
-        p("start_timeout = 5").policy.start_timeout,
+        p("ready = \"notify\"\nstart_timeout = 5")
+            .policy
+            .start_timeout,
         Some(Duration::from_secs(5))
     );
-    // A disabled watchdog needs no notify.
+    // A disabled watchdog needs no notify; nor does a disabled start_timeout (above).
     assert_eq!(p("watchdog = \"0s\"").policy.watchdog, None);
     assert_eq!(
         p("ready = \"notify\"\nwatchdog = \"1500ms\"")
@@ -632,4 +634,25 @@ fn example_file_parses() {
     assert_eq!(c.programs[0].instances, 2);
     assert_eq!(c.programs[1].policy.readiness, Readiness::Notify);
     assert_eq!(c.daemon.scale_program.as_deref(), Some("ticker"));
+}
+
+/// `start_timeout` set without `ready = "notify"` would be ignored: an error, like `watchdog`.
+/// Two programs writing the same output file: an error at the second.
+#[test]
+fn start_timeout_needs_notify_and_output_files_are_not_shared() {
+    let errs = errors("[program.a]\ncommand = \"x\"\nstart_timeout = \"5s\"\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("3:17: program.a.start_timeout: requires ready = \"notify\""),
+        "{errs:?}"
+    );
+    let errs = errors(
+        "[program.a]\ncommand = \"x\"\nstdout = \"/var/log/x.log\"\nstderr = \"/var/log/x.log\"\n\
+         [program.b]\ncommand = \"y\"\nstderr = \"/var/log/x.log\"\n",
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert!(
+        errs[0].contains("7:10: program.b.stderr: /var/log/x.log is also program.a's output file"),
+        "{errs:?}"
+    );
 }
