@@ -1067,16 +1067,7 @@ fn program_stop_stays_down_until_started_and_leaves_others_alone() {
     expect(&mut sb, &["status", "a"], 150);
     // An absence: a stays down (no restart) for an observation window.
     let b_pids: BTreeSet<i32> = pids(&b).into_iter().collect();
-    let until = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < until {
-        assert_eq!(
-            live_children(warden),
-            b_pids,
-            "a came back; log:\n{}",
-            log(&sb)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_children_stay(&sb, warden, &b_pids);
     let (_, v) = status_json(&mut sb, &["a"]);
     assert!(of(&v, "a").iter().all(|i| i.state == "exited"), "{v:#}");
     // Stopping again is fine.
@@ -1237,16 +1228,7 @@ fn reload_leaves_a_program_stopped_by_hand_stopped() {
     );
     assert!(!out.contains("restarted (changed) a"), "{out}");
     // An absence: a stays down for an observation window.
-    let until = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < until {
-        assert_eq!(
-            live_children(warden),
-            b_pids,
-            "a came back; log:\n{}",
-            log(&sb)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_children_stay(&sb, warden, &b_pids);
     let (c, v) = status_json(&mut sb, &["a"]);
     assert_eq!(c, 150, "{v:#}");
     for i in of(&v, "a") {
@@ -1429,6 +1411,21 @@ fn reopen_logs_works_after_a_bad_edit_of_the_configuration() {
 }
 
 /// A uid with no account on this machine.
+/// For a one-second observation window, warden's live children stay exactly `expected`: a
+/// program that must stay down does not come back.
+fn assert_children_stay(sb: &Sandbox, warden: i32, expected: &BTreeSet<i32>) {
+    let until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < until {
+        assert_eq!(
+            &live_children(warden),
+            expected,
+            "a came back; log:\n{}",
+            log(sb)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits (bounded) until every instance in `is` runs a command line containing `word`.
 fn assert_all_run(is: &[Inst], word: &str) {
     for i in is {
