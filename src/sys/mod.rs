@@ -263,14 +263,23 @@ pub fn neutralise_fds() -> Result<(), Error> {
         .map_err(|e| Error::io("cannot list", "/proc/self/fd", e))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
         .collect();
-    for fd in fds.into_iter().filter(|&fd| fd > 2 && fd != null_fd) {
-        // SAFETY: dup2 onto an open descriptor atomically replaces what it refers to; the number
-        // stays allocated, so whoever owns it in this process keeps a valid (if now inert)
-        // descriptor. EBADF for the directory listing's own, already closed descriptor is
-        // harmless.
-        unsafe { libc::dup2(null_fd, fd) };
-    }
+    let fds: Vec<RawFd> = fds
+        .into_iter()
+        .filter(|&fd| fd > 2 && fd != null_fd)
+        .collect();
+    dup_onto(&null, &fds);
     Ok(())
+}
+
+/// `dup2(null, fd)` for each of `fds`: each number stays allocated, so whoever owns it in this
+/// process keeps a valid (if now inert) descriptor.
+fn dup_onto(null: &std::fs::File, fds: &[RawFd]) {
+    use std::os::fd::AsRawFd;
+    for &fd in fds {
+        // SAFETY: dup2 takes two integers and atomically replaces what `fd` refers to. A number
+        // that is not open (the directory listing's own, already closed) is harmless.
+        unsafe { libc::dup2(null.as_raw_fd(), fd) };
+    }
 }
 
 fn require_single_thread() -> Result<(), Error> {
@@ -508,26 +517,21 @@ pub fn catch_sigpipe() -> Result<(), Error> {
 /// freeing their numbers, for a forked child in which Rust objects still own those descriptors.
 /// If `/dev/null` cannot be opened, they are closed instead.
 pub fn point_at_null(fds: &[RawFd]) {
-    use std::os::fd::AsRawFd;
     if fds.is_empty() {
         return;
     }
-    let null = std::fs::OpenOptions::new()
+    match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/null");
-    for &fd in fds {
-        match &null {
-            // SAFETY: dup2 onto a descriptor atomically replaces what it refers to and keeps the
-            // number allocated; it takes no pointer.
-            Ok(n) => unsafe {
-                libc::dup2(n.as_raw_fd(), fd);
-            },
-            // SAFETY: close takes no pointer; its owner in this process will get EBADF (or, at
-            // worst, close a reused number) — better than keeping the file alive here.
-            Err(_) => unsafe {
-                libc::close(fd);
-            },
+        .open("/dev/null")
+    {
+        Ok(null) => dup_onto(&null, fds),
+        Err(_) => {
+            for &fd in fds {
+                // SAFETY: close takes no pointer; its owner in this process will get EBADF (or,
+                // at worst, close a reused number) — better than keeping the file alive here.
+                unsafe { libc::close(fd) };
+            }
         }
     }
 }
