@@ -86,6 +86,11 @@ enum Command {
     Check,
     /// Make the daemon reopen its log files (after rotation).
     ReopenLogs,
+    /// Print a shell completion script for SHELL to standard output.
+    Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -112,6 +117,11 @@ pub fn main() -> ExitCode {
     }
     use warden::control::Command as C;
     match cli.command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "warden", &mut std::io::stdout());
+            ExitCode::from(exit::OK)
+        }
         Command::Run => with_config(&cli.config, |c| serve::serve(c, true)),
         Command::Start { programs, .. } if programs.is_empty() => with_config(&cli.config, |c| {
             // Under systemd Type=notify the service manager already detached us (DESIGN.md).
