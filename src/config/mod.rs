@@ -12,6 +12,7 @@
 //! Runtime state never lives here.
 
 mod diag;
+mod keys;
 mod program;
 mod read;
 
@@ -23,6 +24,7 @@ use toml::de::DeTable;
 
 use diag::Collector;
 pub use diag::{Diagnostic, Diagnostics};
+pub use keys::{KEYS, KeyTable};
 pub use program::{
     Limits, MAX_INSTANCES, MAX_LOG_KEEP, MAX_PROGRAM_NAME, MAX_RESTARTS_LIMIT, OutputSpec, Policy,
     ProgramSpec, Readiness, Restart, parse_signal, valid_program_name,
@@ -185,7 +187,7 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
         let base = std::path::absolute(&base).unwrap_or(base);
-        let mut root = Section::new("", doc.get_ref());
+        let mut root = Section::new("", doc.get_ref(), keys::TOP);
         let (mut daemon, scale) = match root.table(&mut c, "daemon") {
             Some(t) => read_daemon(&mut c, t, &base),
             None => (DaemonSpec::default(), None),
@@ -298,7 +300,7 @@ fn read_daemon(
     t: &DeTable<'_>,
     base: &Path,
 ) -> (DaemonSpec, Option<Spanned<String>>) {
-    let mut s = Section::new("daemon", t);
+    let mut s = Section::new("daemon", t, keys::DAEMON);
     let mut d = DaemonSpec::default();
     if let Some(p) = s.path(c, "pidfile", base) {
         d.pidfile = p;

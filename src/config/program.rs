@@ -242,7 +242,7 @@ fn read_program(
     base: &Path,
     files: &mut HashMap<PathBuf, String>,
 ) -> ProgramSpec {
-    let mut s = Section::new(format!("program.{name}"), t);
+    let mut s = Section::new(format!("program.{name}"), t, super::keys::PROGRAM);
     let mut p = ProgramSpec::new(name, Vec::new());
 
     match read_command(c, &mut s) {
@@ -541,7 +541,7 @@ fn read_env(c: &mut Collector<'_>, prefix: &str, t: &DeTable<'_>) -> Vec<(String
 
 /// `limits`: a table of resource limits.
 fn read_limits(c: &mut Collector<'_>, prefix: &str, t: &DeTable<'_>) -> Limits {
-    let mut s = Section::new(prefix, t);
+    let mut s = Section::new(prefix, t, super::keys::LIMITS);
     let limits = Limits {
         nofile: limit(c, &mut s, "nofile", false),
         core: limit(c, &mut s, "core", true),

@@ -9,6 +9,7 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::diag::Collector;
+use super::keys::KeyTable;
 
 pub(crate) type Table<'i> = DeTable<'i>;
 pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
@@ -17,14 +18,17 @@ pub(crate) type Value<'i> = Spanned<DeValue<'i>>;
 pub(crate) struct Section<'t, 'i> {
     pub(crate) name: String,
     table: &'t Table<'i>,
+    /// The keys this table may have ([`super::keys`]): reading any other is a bug.
+    allowed: KeyTable,
     known: Vec<&'static str>,
 }
 
 impl<'t, 'i> Section<'t, 'i> {
-    pub(crate) fn new(name: impl Into<String>, table: &'t Table<'i>) -> Self {
+    pub(crate) fn new(name: impl Into<String>, table: &'t Table<'i>, allowed: KeyTable) -> Self {
         Section {
             name: name.into(),
             table,
+            allowed,
             known: Vec::new(),
         }
     }
@@ -38,7 +42,16 @@ impl<'t, 'i> Section<'t, 'i> {
     }
 
     /// The raw value of `key`, marking it known.
+    ///
+    /// # Panics
+    /// When `key` is not in the section's key table: the table is what warden.toml(5) is
+    /// checked against, so a key the reader accepts must be listed there.
     pub(crate) fn raw(&mut self, key: &'static str) -> Option<&'t Value<'i>> {
+        assert!(
+            self.allowed.keys.contains(&key),
+            "config key {key:?} is read but missing from config::keys for [{}]",
+            self.allowed.table
+        );
         self.known.push(key);
         self.table.get(key)
     }
