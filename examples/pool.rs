@@ -902,7 +902,93 @@ fn drop_busy(mut r: Report) -> Report {
     r
 }
 
+/// An output postcard cannot encode: a `#[serde(flatten)]` field is written as a map of unknown
+/// length, which postcard refuses.
+#[derive(Debug, Serialize, Deserialize)]
+struct Flat {
+    #[serde(flatten)]
+    extra: std::collections::BTreeMap<String, u64>,
+}
+
+/// What the `codec` scenario's handler returns: a plain value, or one that cannot be encoded.
+#[derive(Debug, Serialize, Deserialize)]
+enum Shape {
+    Plain(u64),
+    Flat(Flat),
+}
+
+/// An output that fails to serialize is that job's `Codec` outcome: the worker lives on (the
+/// same pid answers the next job), no death is counted, and more such jobs than the crash-loop
+/// limit never make the pool fatal. In a chunk, only the bad items fail.
+fn codec(mut r: Report) -> Report {
+    let handler = |x: u64| -> Result<Shape, String> {
+        if x % 2 == 1 {
+            Ok(Shape::Flat(Flat {
+                extra: [("x".to_string(), x)].into(),
+            }))
+        } else if x == 1000 {
+            Ok(Shape::Plain(u64::from(std::process::id())))
+        } else {
+            Ok(Shape::Plain(x))
+        }
+    };
+    let pool = match Pool::builder("codec", handler)
+        .workers(1)
+        .policy(Policy {
+            max_restarts: 2,
+            ..Policy::default()
+        })
+        .build()
+    {
+        Ok(p) => p,
+        Err(e) => {
+            println!("result=FAIL build: {e}");
+            std::process::exit(1)
+        }
+    };
+    let pid = |pool: &Pool<u64, Shape, String>| match pool.submit(1000).expect("open").wait() {
+        Ok(Shape::Plain(p)) => Some(p),
+        _ => None,
+    };
+    let before = pid(&pool);
+    let mut codec = 0;
+    for x in 0..10u64 {
+        match pool.submit(2 * x + 1).expect("open").wait() {
+            Err(JobError::Codec(m)) if m.contains("cannot encode") => codec += 1,
+            other => r.check(false, format!("job {}: {other:?}", 2 * x + 1)),
+        }
+    }
+    let after = pid(&pool);
+    r.kv("codec_errors", codec);
+    r.check(
+        before.is_some() && before == after,
+        format!("same worker: {before:?} {after:?}"),
+    );
+    let mapped = pool.map_chunked(0..40u64, 8).expect("open");
+    let bad = mapped
+        .iter()
+        .filter(|o| matches!(o, Err(JobError::Codec(_))))
+        .count();
+    let good = mapped
+        .iter()
+        .enumerate()
+        .filter(|(i, o)| matches!(o, Ok(Shape::Plain(v)) if *v == *i as u64))
+        .count();
+    r.kv("chunk_codec", bad);
+    r.kv("chunk_ok", good);
+    let s = pool.stats();
+    r.kv("deaths", s.worker_deaths);
+    r.check(s.worker_deaths == 0, "no worker died");
+    r.check(
+        matches!(pool.submit(2).expect("open").wait(), Ok(Shape::Plain(2))),
+        "the pool still serves jobs",
+    );
+    r.see(&pool);
+    r
+}
+
 const SCENARIOS: &[&str] = &[
+    "codec",
     "drop_busy",
     "sequential",
     "map_order",
@@ -951,6 +1037,7 @@ fn main() {
     let r = match scenario.as_str() {
         "sequential" => sequential(r),
         "drop_busy" => drop_busy(r),
+        "codec" => codec(r),
         "map_order" => map_order(r),
         "kill_busy" => kill_busy(r, &dir),
         "kill_idle" => kill_idle(r),

@@ -166,6 +166,16 @@ fn a_panicking_handler_fails_its_job_and_the_worker_serves_the_next() {
 }
 
 #[test]
+fn an_output_that_cannot_be_serialized_is_a_codec_error_not_a_crash() {
+    let r = scenario("codec");
+    assert_eq!(r.num("codec_errors"), 10);
+    assert_eq!(r.num("deaths"), 0);
+    // In a chunk only the odd (unencodable) items fail.
+    assert_eq!(r.num("chunk_codec"), 20);
+    assert_eq!(r.num("chunk_ok"), 20);
+}
+
+#[test]
 fn a_job_timeout_kills_the_worker_and_the_pool_continues() {
     let r = scenario("timeout");
     assert_eq!(r.num("timed_out"), 2);

@@ -57,29 +57,57 @@ pub(crate) fn patch_header(buf: &mut [u8], at: usize, kind: u8) {
     buf[at + 4] = kind;
 }
 
-/// Appends postcard(`value`) to `buf`.
+/// Appends postcard(`value`) to `buf`. On failure `buf` is left exactly as it was: a value
+/// postcard refuses (a `#[serde(flatten)]` field, a sequence of unknown length) or one over the
+/// frame limit costs the caller nothing it had already written, such as a frame header.
 pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     buf: &mut Vec<u8>,
 ) -> Result<(), String> {
-    let taken = std::mem::take(buf);
-    let before = taken.len();
-    match postcard::to_extend(value, taken) {
+    let before = buf.len();
+    match postcard::to_extend(value, Tail(buf)) {
         // A frame length is a u32 and bodies are capped at MAX_BODY: a larger value would wrap
         // the header or be refused by the reader as a corrupt stream.
-        Ok(v) if v.len() - before > MAX_BODY => {
-            let size = v.len() - before;
-            *buf = v;
+        Ok(Tail(buf)) if buf.len() - before > MAX_BODY => {
+            let size = buf.len() - before;
             buf.truncate(before);
             Err(format!(
                 "of {size} bytes exceeds the {MAX_BODY}-byte frame limit"
             ))
         }
-        Ok(v) => {
-            *buf = v;
-            Ok(())
+        Ok(_) => Ok(()),
+        Err(e) => {
+            buf.truncate(before);
+            Err(format!("cannot encode: {e}"))
         }
-        Err(e) => Err(format!("cannot encode: {e}")),
+    }
+}
+
+/// Appends the postcard encoding of a sequence of `items`, one at a time: an item that does not
+/// encode is replaced by `fallback(reason)` (which must encode), so one bad value spoils only
+/// itself, not its neighbours. The result decodes as a `Vec` of the items' type.
+pub(crate) fn encode_seq_into<T: Serialize>(
+    items: &[T],
+    buf: &mut Vec<u8>,
+    fallback: impl Fn(String) -> T,
+) {
+    // postcard writes a sequence as its length (a varint, as it writes a `usize`), then each
+    // element in turn.
+    encode_into(&items.len(), buf).expect("a usize always encodes");
+    for item in items {
+        if let Err(e) = encode_into(item, buf) {
+            encode_into(&fallback(e), buf).expect("the fallback always encodes");
+        }
+    }
+}
+
+/// A borrowed `Vec` that postcard can extend: `to_extend` takes its writer by value, and a
+/// `Vec` moved in is dropped, with everything already in it, when serialization fails.
+struct Tail<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Tail<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, iter: I) {
+        self.0.extend(iter);
     }
 }
 
@@ -212,6 +240,50 @@ mod tests {
         put_header(&mut v, kind, body.len());
         v.extend_from_slice(body);
         v
+    }
+
+    /// A value postcard refuses: a map of unknown length.
+    struct Unsized;
+    impl Serialize for Unsized {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            s.serialize_map(None)?.end()
+        }
+    }
+
+    #[test]
+    fn a_failed_encode_leaves_the_buffer_as_it_was() {
+        let mut buf = b"header".to_vec();
+        assert!(encode_into(&Unsized, &mut buf).is_err());
+        assert_eq!(buf, b"header");
+        encode_into(&7u32, &mut buf).unwrap();
+        assert_eq!(&buf[..6], b"header");
+        assert_eq!(decode::<u32>(&buf[6..]), Ok(7));
+    }
+
+    #[test]
+    fn a_sequence_replaces_only_the_items_that_fail() {
+        #[derive(Serialize)]
+        enum Item {
+            Good(u32),
+            Bad(Unsized),
+            Failed(String),
+        }
+        #[derive(Debug, PartialEq, serde::Deserialize)]
+        enum Back {
+            Good(u32),
+            Bad(()),
+            Failed(String),
+        }
+        let mut buf = vec![9];
+        let items = [Item::Good(1), Item::Bad(Unsized), Item::Good(3)];
+        encode_seq_into(&items, &mut buf, Item::Failed);
+        let back: Vec<Back> = decode(&buf[1..]).unwrap();
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[0], Back::Good(1));
+        assert!(matches!(&back[1], Back::Failed(m) if m.contains("cannot encode")));
+        assert_eq!(back[2], Back::Good(3));
+        let _ = Back::Bad(());
     }
 
     #[test]

@@ -69,7 +69,7 @@ where
                     out.resize(frame::HEADER, 0);
                     out.extend_from_slice(&id.to_le_bytes());
                     let wire = run_one(handler, &body[8..]);
-                    put_wire(&mut out, frame::HEADER + 8, &wire);
+                    put_wire(&mut out, &wire);
                     frame::patch_header(&mut out, 0, frame::RESULT);
                 }
                 frame::CHUNK => {
@@ -81,7 +81,9 @@ where
                     out.clear();
                     out.resize(frame::HEADER, 0);
                     out.extend_from_slice(&id.to_le_bytes());
-                    put_wire(&mut out, frame::HEADER + 8, &wires);
+                    frame::encode_seq_into(&wires, &mut out, |e| {
+                        Wire::Codec(format!("result {e}"))
+                    });
                     frame::patch_header(&mut out, 0, frame::CHUNK_RESULT);
                 }
                 frame::SHUTDOWN => return Stop::Done,
@@ -116,10 +118,10 @@ where
     }
 }
 
-/// Encodes `value` after `at` bytes of `out`; on failure, encodes a `Codec` outcome instead.
-fn put_wire<T: Serialize>(out: &mut Vec<u8>, at: usize, value: &T) {
+/// Encodes `value` at the end of `out`; on failure, encodes a `Codec` outcome instead (the
+/// variant's index and payload do not depend on `O` and `E`, so it decodes as any `Wire<O, E>`).
+fn put_wire<T: Serialize>(out: &mut Vec<u8>, value: &T) {
     if let Err(e) = frame::encode_into(value, out) {
-        out.truncate(at);
         let fallback: Wire<(), ()> = Wire::Codec(format!("result {e}"));
         frame::encode_into(&fallback, out).expect("a string always encodes");
     }
