@@ -871,25 +871,104 @@ fn probe(path: &Path) -> SocketUse {
 }
 
 fn parse(line: &[u8]) -> std::result::Result<Request, Reply> {
-    let value: serde_json::Value = serde_json::from_slice(line)
-        .map_err(|e| Reply::failed(ErrorKind::BadRequest, format!("not JSON: {e}")))?;
-    match value.get("v").and_then(serde_json::Value::as_u64) {
-        Some(v) if v == u64::from(VERSION) => {}
-        Some(v) => {
-            return Err(Reply::failed(
-                ErrorKind::BadRequest,
-                format!("protocol version {v} is not supported (this warden speaks {VERSION})"),
-            ));
+    let bad = |msg: String| Reply::failed(ErrorKind::BadRequest, msg);
+    let Strict(value) = serde_json::from_slice(line).map_err(|e| bad(format!("not JSON: {e}")))?;
+    match value.get("v") {
+        None => return Err(bad("missing protocol version \"v\"".into())),
+        Some(v) if v.as_u64() == Some(u64::from(VERSION)) => {}
+        Some(serde_json::Value::Number(n)) => {
+            return Err(bad(format!(
+                "protocol version {n} is not supported (this warden speaks {VERSION})"
+            )));
         }
-        None => {
-            return Err(Reply::failed(
-                ErrorKind::BadRequest,
-                "missing protocol version \"v\"",
-            ));
+        Some(other) => {
+            return Err(bad(format!(
+                "protocol version \"v\" must be the integer {VERSION}, found {other}"
+            )));
         }
     }
-    serde_json::from_value(value)
-        .map_err(|e| Reply::failed(ErrorKind::BadRequest, format!("bad request: {e}")))
+    serde_json::from_value(value).map_err(|e| bad(format!("bad request: {e}")))
+}
+
+/// A JSON value in which no object has a key twice. serde_json keeps the last of duplicate keys,
+/// so `{"cmd":"status","cmd":"stop"}` would run a stop that a reader of the line (a log, an
+/// audit, a proxy that checks the first key) takes for a status: such a request is refused.
+struct Strict(serde_json::Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(
+        self,
+        mut map: A,
+    ) -> std::result::Result<Strict, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            let Strict(value) = map.next_value()?;
+            out.insert(key, value);
+        }
+        Ok(Strict(serde_json::Value::Object(out)))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Strict, A::Error> {
+        let mut out = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            out.push(v);
+        }
+        Ok(Strict(serde_json::Value::Array(out)))
+    }
+
+    fn visit_bool<E>(self, v: bool) -> std::result::Result<Strict, E> {
+        Ok(Strict(v.into()))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> std::result::Result<Strict, E> {
+        Ok(Strict(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> std::result::Result<Strict, E> {
+        Ok(Strict(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> std::result::Result<Strict, E> {
+        Ok(Strict(
+            serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into),
+        ))
+    }
+
+    fn visit_str<E>(self, v: &str) -> std::result::Result<Strict, E> {
+        Ok(Strict(v.into()))
+    }
+
+    fn visit_string<E>(self, v: String) -> std::result::Result<Strict, E> {
+        Ok(Strict(v.into()))
+    }
+
+    fn visit_unit<E>(self) -> std::result::Result<Strict, E> {
+        Ok(Strict(serde_json::Value::Null))
+    }
+
+    fn visit_none<E>(self) -> std::result::Result<Strict, E> {
+        Ok(Strict(serde_json::Value::Null))
+    }
 }
 
 #[cfg(test)]
@@ -904,6 +983,60 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
         dir
+    }
+
+    fn refused(line: &str) -> String {
+        match parse(line.as_bytes()) {
+            Ok(r) => panic!("{line} was accepted: {r:?}"),
+            Err(Reply::Failed { error, .. }) => error,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_at_every_depth() {
+        let e = refused(r#"{"v":1,"cmd":"status","cmd":"stop"}"#);
+        assert!(e.contains("duplicate key \"cmd\""), "{e}");
+        let e = refused(r#"{"v":1,"v":1,"cmd":"status"}"#);
+        assert!(e.contains("duplicate key \"v\""), "{e}");
+        let e = refused(r#"{"v":1,"cmd":"stop","programs":[{"a":1,"a":2}]}"#);
+        assert!(e.contains("duplicate key \"a\""), "{e}");
+        assert!(parse(br#"{"v":1,"cmd":"scale","program":"w","instances":2}"#).is_ok());
+        assert!(parse(br#"{"v":1,"cmd":"stop","programs":["a","a"]}"#).is_ok());
+    }
+
+    #[test]
+    fn a_bad_version_says_what_is_wrong() {
+        for (line, want) in [
+            (r#"{"cmd":"status"}"#, "missing protocol version"),
+            (
+                r#"{"v":2,"cmd":"status"}"#,
+                "protocol version 2 is not supported",
+            ),
+            (
+                r#"{"v":-1,"cmd":"status"}"#,
+                "protocol version -1 is not supported",
+            ),
+            (
+                r#"{"v":1.5,"cmd":"status"}"#,
+                "protocol version 1.5 is not supported",
+            ),
+            (
+                r#"{"v":99999999999999999999,"cmd":"status"}"#,
+                "is not supported",
+            ),
+            (
+                r#"{"v":"1","cmd":"status"}"#,
+                "must be the integer 1, found \"1\"",
+            ),
+            (
+                r#"{"v":null,"cmd":"status"}"#,
+                "must be the integer 1, found null",
+            ),
+        ] {
+            let e = refused(line);
+            assert!(e.contains(want), "{line}: {e}");
+        }
     }
 
     #[test]
