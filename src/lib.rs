@@ -40,6 +40,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod error;
+mod files;
 pub mod hooks;
 pub mod log;
 pub mod pool;

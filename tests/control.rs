@@ -1118,6 +1118,61 @@ fn stop_and_status_work_through_the_pidfile_without_the_socket() {
     assert_no_process(&sb);
 }
 
+/// `status` and `stop` with a pidfile that lies: deleted under a running daemon, or a FIFO planted
+/// at its path (with and without a daemon). Nothing may say "not running" while the daemon
+/// answers on its socket, and nothing may hang.
+#[test]
+fn stop_and_status_see_through_a_deleted_or_planted_pidfile() {
+    let _t = Timer::new("stop_and_status_see_through_a_deleted_or_planted_pidfile");
+    let mut sb = sandbox("pidfilelies", "", &sleeper("w", 1, 1000));
+    let plant_fifo = |sb: &Sandbox| {
+        let _ = std::fs::remove_file(sb.pidfile());
+        nix::unistd::mkfifo(
+            &sb.pidfile(),
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+    };
+    for fifo in [false, true] {
+        let warden = sb.start();
+        let w = wait_up(&mut sb, "w", 1);
+        if fifo {
+            plant_fifo(&sb);
+        } else {
+            std::fs::remove_file(sb.pidfile()).unwrap();
+        }
+        let out = expect(&mut sb, &["status"], 0);
+        assert!(out.contains(&warden.to_string()), "{out}");
+        let out = sb.run(&["stop", "--timeout", "10s"]);
+        assert_eq!(
+            code(&out),
+            0,
+            "fifo={fifo}: {}{}",
+            stdout_of(&out),
+            stderr_of(&out)
+        );
+        assert!(
+            stderr_of(&out).contains(&format!("pid {warden} answers")),
+            "{}",
+            stderr_of(&out)
+        );
+        assert!(!alive(warden), "fifo={fifo}: warden still runs");
+        for p in pids(&w) {
+            assert!(wait_until(TIMEOUT, || !alive(p)));
+        }
+    }
+    // A FIFO and no daemon: both commands answer at once (neither opens it blocking), status
+    // with "unknown" (4), stop with an error naming what is there, never "not running".
+    let out = sb.run(&["status"]);
+    assert_eq!(code(&out), 4, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert!(stderr_of(&out).contains("FIFO"), "{}", stderr_of(&out));
+    let out = sb.run(&["stop", "--timeout", "3s"]);
+    assert_eq!(code(&out), 1, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert!(stderr_of(&out).contains("FIFO"), "{}", stderr_of(&out));
+    assert!(!stdout_of(&out).contains("not running"));
+    assert_no_process(&sb);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 10. Review fixes: a rollout meets a scale-down; a reload meets a program stopped by hand; exit
 // statuses of reload, scale and status; reopen-logs that fails, after a bad edit, and by
@@ -1896,5 +1951,39 @@ fn reload_adding_instances_to_a_program_stopped_by_hand_starts_none() {
     expect(&mut sb, &["start", "a"], 0);
     let a = wait_up(&mut sb, "a", 4);
     assert_all_run(&a, "1002");
+    stop(&mut sb);
+}
+
+#[test]
+fn reload_to_a_command_that_cannot_run_answers_when_the_instance_goes_fatal() {
+    let _t = Timer::new("reload_to_a_command_that_cannot_run_answers_when_the_instance_goes_fatal");
+    let mut sb = sandbox("reloadfatal", "", &sleeper("a", 2, 1000));
+    sb.start();
+    wait_up(&mut sb, "a", 2);
+    write_config(
+        &sb,
+        "",
+        "[program.a]\ncommand = \"no-such-program --flag\"\ninstances = 2\n",
+    );
+    // The instance goes fatal after its crash-loop limit (about 1.5 s of backoff): the reload
+    // must be answered then, well within its timeout, not at a later unrelated wake-up.
+    let out = sb.run(&["reload", "--timeout", "20s"]);
+    let err = stderr_of(&out);
+    assert_eq!(code(&out), 1, "{err}\nlog:\n{}", log(&sb));
+    assert!(err.contains("a[0]") && !err.contains("no answer"), "{err}");
+
+    // A client that gives up says what the daemon was still waiting for.
+    write_config(
+        &sb,
+        "",
+        "[program.a]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\nready = \"1h\"\n",
+    );
+    let out = sb.run(&["reload", "--timeout", "1s"]);
+    let err = stderr_of(&out);
+    assert_eq!(code(&out), 1, "{err}");
+    assert!(
+        err.contains("timed out after 1s (waiting for a[0] (starting)"),
+        "{err}"
+    );
     stop(&mut sb);
 }

@@ -313,8 +313,8 @@ fn show_pid(pid: Option<i32>) -> String {
 /// privileges is not dumpable, so even its own user cannot) gets the pid unchecked: `kill(2)`
 /// then lets it signal only what it could signal by hand, and refuses the rest (exit 4). Root
 /// that cannot tell (no `CAP_SYS_PTRACE`, say) gets the permission error.
-fn running_pid(path: &std::path::Path) -> Result<Option<i32>, Error> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+fn running_pid(path: &std::path::Path, deadline: std::time::Instant) -> Result<Option<i32>, Error> {
+    let deadline = deadline.min(std::time::Instant::now() + Duration::from_secs(2));
     let root = nix::unistd::geteuid().is_root();
     loop {
         match Pidfile::probe(path)? {
@@ -350,26 +350,28 @@ fn running_pid(path: &std::path::Path) -> Result<Option<i32>, Error> {
     }
 }
 
+/// `warden stop`: SIGTERM to the daemon, then wait until it has gone, all within `timeout`.
+///
+/// The pidfile is the first witness, the control socket the second: a daemon whose pidfile was
+/// deleted (or replaced by something that is not one) still answers on its socket, and is then
+/// stopped through it — never reported "not running" while it runs.
 fn stop(config: &Config, timeout: Duration) -> ExitCode {
     use nix::sys::signal::{Signal, kill};
+    let deadline = std::time::Instant::now() + timeout;
     let path = &config.daemon.pidfile;
-    let pid = match running_pid(path) {
+    let pid = match running_pid(path, deadline) {
         Ok(Some(pid)) => pid,
-        Ok(None) => {
-            println!("not running");
-            return ExitCode::from(exit::OK);
-        }
-        Err(e) => return exit::report(&e),
+        Ok(None) => return stop_through_socket(config, deadline, None),
+        Err(e) => return stop_through_socket(config, deadline, Some(e)),
     };
     match kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM) {
         Err(e) if e != nix::errno::Errno::ESRCH => return exit::report(&kill_error(pid, e)),
         _ => {}
     }
     let mut progress = control::StopProgress::new(config);
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
     let released =
-        Pidfile::wait_released_ticking(path, timeout, Duration::from_millis(250), || {
-            progress.tick()
-        });
+        Pidfile::wait_released_ticking(path, left, Duration::from_millis(250), || progress.tick());
     progress.finish();
     match released {
         Ok(true) => ExitCode::from(exit::OK),
@@ -378,6 +380,99 @@ fn stop(config: &Config, timeout: Duration) -> ExitCode {
             ExitCode::from(exit::FAILURE)
         }
         Err(e) => exit::report(&e),
+    }
+}
+
+/// `stop` when the pidfile names no running daemon (`pidfile_error`: it could not be read): the
+/// control socket decides. A daemon that answers there is stopped through a pidfd on the peer
+/// of that connection; with nobody answering, the daemon is not running — unless the pidfile
+/// could not be read, which is then the error.
+fn stop_through_socket(
+    config: &Config,
+    deadline: std::time::Instant,
+    pidfile_error: Option<Error>,
+) -> ExitCode {
+    let socket = &config.daemon.control_socket;
+    let not_running = |pidfile_error: Option<Error>| match pidfile_error {
+        Some(e) => exit::report(&e),
+        None => {
+            println!("not running");
+            ExitCode::from(exit::OK)
+        }
+    };
+    let mut client = match warden::control::client::Client::connect(socket) {
+        Ok(c) => c,
+        Err(warden::control::client::ClientError::Connect { source, .. })
+            if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
+        {
+            eprintln!(
+                "warden: permission denied on the control socket {}: cannot tell whether warden runs",
+                socket.display()
+            );
+            return ExitCode::from(exit::NO_PERMISSION);
+        }
+        Err(_) => return not_running(pidfile_error),
+    };
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    match client.request(
+        warden::control::Command::Status { programs: vec![] },
+        left,
+        |_| {},
+    ) {
+        Ok(warden::control::Reply::Done { .. }) => {}
+        Ok(other) => {
+            eprintln!(
+                "warden: the daemon on {} answered {other:?}",
+                socket.display()
+            );
+            return ExitCode::from(exit::FAILURE);
+        }
+        Err(e) => {
+            eprintln!(
+                "warden: a daemon holds the control socket {} but did not answer: {e}",
+                socket.display()
+            );
+            return ExitCode::from(exit::FAILURE);
+        }
+    }
+    let daemon = match client.daemon_process() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!(
+                "warden: cannot identify the daemon on {}: {e}",
+                socket.display()
+            );
+            return ExitCode::from(exit::FAILURE);
+        }
+    };
+    let pid = daemon.pid();
+    drop(client);
+    eprintln!(
+        "warden: the pidfile {} names no running daemon, but pid {pid} answers on {}: stopping it",
+        config.daemon.pidfile.display(),
+        socket.display()
+    );
+    if let Err(e) = daemon.signal(nix::sys::signal::Signal::SIGTERM)
+        && e.raw_os_error() != Some(libc::ESRCH)
+    {
+        return exit::report(&Error::io(
+            "cannot signal the daemon,",
+            format!("pid {pid}"),
+            e,
+        ));
+    }
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    match daemon.wait_exit(left) {
+        Ok(true) => ExitCode::from(exit::OK),
+        Ok(false) => {
+            eprintln!("warden: pid {pid} is still running after SIGTERM");
+            ExitCode::from(exit::FAILURE)
+        }
+        Err(e) => exit::report(&Error::io(
+            "cannot wait for the daemon,",
+            format!("pid {pid}"),
+            e,
+        )),
     }
 }
 
@@ -392,7 +487,10 @@ fn kill_error(pid: i32, e: nix::errno::Errno) -> Error {
 }
 
 fn signal_daemon(config: &Config, signal: nix::sys::signal::Signal) -> ExitCode {
-    match running_pid(&config.daemon.pidfile) {
+    match running_pid(
+        &config.daemon.pidfile,
+        std::time::Instant::now() + Duration::from_secs(2),
+    ) {
         Ok(Some(pid)) => match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal) {
             Ok(()) => ExitCode::from(exit::OK),
             Err(e) => exit::report(&kill_error(pid, e)),

@@ -1,6 +1,7 @@
 //! The control socket's client side, used by the `warden` command.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -22,9 +23,15 @@ pub enum ClientError {
     /// The connection failed mid-way.
     #[error("control connection failed: {0}")]
     Io(#[from] std::io::Error),
-    /// No final reply within the timeout.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
+    /// No final reply within the timeout. The daemon carries on with the request; `waiting` is
+    /// what it last said it was waiting for.
+    #[error("timed out after {after:?}{}", waiting.as_ref().map(|w| format!(" ({w}); the daemon carries on")).unwrap_or_default())]
+    Timeout {
+        /// The timeout.
+        after: Duration,
+        /// The last progress line, if any (`waiting for web[0] (backoff)`).
+        waiting: Option<String>,
+    },
     /// The daemon closed the connection without a final reply.
     #[error("the daemon closed the connection without answering")]
     Closed,
@@ -51,6 +58,33 @@ impl Client {
         })
     }
 
+    /// The process that answers on this connection — the daemon — from `SO_PEERCRED`, held by a
+    /// pidfd so that a signal can reach no other process, however late it is sent.
+    ///
+    /// Call it once the daemon has answered a request on this connection: the pid is then the
+    /// daemon's, and the pidfd is opened while the connection is checked still open on the
+    /// daemon's side (a daemon that exited in between closes it, and its pid may be reused).
+    /// This is how `warden stop` stops a daemon whose pidfile was deleted.
+    pub fn daemon_process(&self) -> std::io::Result<DaemonProcess> {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        let cred =
+            getsockopt(self.reader.get_ref(), PeerCredentials).map_err(std::io::Error::from)?;
+        let pid = cred.pid();
+        let pidfd = crate::sys::pool::pidfd_open(pid)?;
+        // Still connected after the pidfd was opened: the pidfd is the daemon's.
+        let mut pfd = [nix::poll::PollFd::new(
+            self.reader.get_ref().as_fd(),
+            nix::poll::PollFlags::from_bits_retain(libc::POLLRDHUP),
+        )];
+        nix::poll::poll(&mut pfd, nix::poll::PollTimeout::ZERO).map_err(std::io::Error::from)?;
+        if pfd[0].any().unwrap_or(true) {
+            return Err(std::io::Error::other(
+                "the daemon closed the connection; it may have exited",
+            ));
+        }
+        Ok(DaemonProcess { pid, pidfd })
+    }
+
     /// Sends `command` and waits up to `timeout` for its final reply, passing progress lines to
     /// `progress` as they come.
     pub fn request(
@@ -60,6 +94,11 @@ impl Client {
         mut progress: impl FnMut(&str),
     ) -> Result<Reply, ClientError> {
         let deadline = Instant::now() + timeout;
+        let mut last = None;
+        let timed_out = |last: &mut Option<String>| ClientError::Timeout {
+            after: timeout,
+            waiting: last.take(),
+        };
         let mut line = serde_json::to_string(&Request {
             v: VERSION,
             command,
@@ -70,7 +109,7 @@ impl Client {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Err(ClientError::Timeout(timeout));
+                return Err(timed_out(&mut last));
             }
             self.reader.get_mut().set_read_timeout(Some(left))?;
             let mut buf = String::new();
@@ -83,15 +122,57 @@ impl Client {
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) =>
                 {
-                    return Err(ClientError::Timeout(timeout));
+                    return Err(timed_out(&mut last));
                 }
                 Err(e) => return Err(e.into()),
             }
             let reply: Reply = serde_json::from_str(buf.trim())
                 .map_err(|_| ClientError::Protocol(buf.trim().to_string()))?;
             match reply {
-                Reply::Progress { progress: p, .. } => progress(&p),
+                Reply::Progress { progress: p, .. } => {
+                    progress(&p);
+                    last = Some(p);
+                }
                 other => return Ok(other),
+            }
+        }
+    }
+}
+
+/// The daemon process at the other end of a [`Client`], held by a pidfd
+/// ([`Client::daemon_process`]).
+#[derive(Debug)]
+pub struct DaemonProcess {
+    pid: i32,
+    pidfd: OwnedFd,
+}
+
+impl DaemonProcess {
+    /// Its pid.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Sends `signal` to it (`pidfd_send_signal(2)`: never to a process that reused its pid).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
+        crate::sys::pool::pidfd_send_signal(self.pidfd.as_fd(), signal as i32)
+    }
+
+    /// Waits until it has exited, at most `timeout`: `Ok(true)` once it has.
+    pub fn wait_exit(&self, timeout: Duration) -> std::io::Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let mut pfd = [nix::poll::PollFd::new(
+                self.pidfd.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::from(ms)) {
+                Ok(n) if n > 0 => return Ok(true),
+                Ok(_) if left.is_zero() => return Ok(false),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }

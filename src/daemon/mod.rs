@@ -23,7 +23,6 @@ mod readiness;
 
 use std::ffi::OsString;
 use std::os::fd::RawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -466,12 +465,12 @@ impl Daemon {
                     &opened
                 }
                 (Stdio::File(path), _) => {
-                    opened = std::fs::OpenOptions::new()
-                        .append(true)
-                        .create(true)
-                        .mode(0o644)
-                        .open(path)
-                        .map_err(|e| Error::io("cannot open output file", path, e))?;
+                    opened = crate::files::open_append(
+                        path,
+                        0o644,
+                        crate::files::Allow::RegularOrTerminal,
+                    )
+                    .map_err(|e| Error::io("cannot open output file", path, e))?;
                     &opened
                 }
             };

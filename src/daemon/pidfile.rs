@@ -106,11 +106,7 @@ impl Pidfile {
     ///
     /// The check takes a shared lock for an instant when nobody holds the exclusive one.
     pub fn probe(path: &Path) -> Result<PidfileState> {
-        let mut file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-        {
+        let mut file = match crate::files::open_read_nofollow(path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(PidfileState::Absent),
             Err(e) => return Err(open_error(path, e)),
@@ -154,11 +150,7 @@ impl Pidfile {
         every: Duration,
         mut tick: impl FnMut(),
     ) -> Result<bool> {
-        let file = match OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
-        {
+        let file = match crate::files::open_read_nofollow(path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(true),
             Err(e) => return Err(open_error(path, e)),

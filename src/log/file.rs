@@ -5,9 +5,8 @@
 //! across the two. The file is opened with `O_APPEND` (lines from anyone else appending to the
 //! same file are not overwritten) and `O_CLOEXEC` (children never inherit it).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -48,15 +47,11 @@ impl FileSink {
     }
 }
 
-/// `open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644)`.
+/// `open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK, 0644)`, a regular file or a
+/// character device.
 fn open_append(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o644)
-        // std sets O_CLOEXEC on every file already; said here because a leaked log fd in a child
-        // would keep a rotated file alive.
-        .custom_flags(libc::O_CLOEXEC)
-        .open(path)
+    // O_CLOEXEC (a leaked log fd in a child would keep a rotated file alive) and O_NONBLOCK with
+    // a type check (a FIFO planted at the path must not hang warden): see `crate::files`.
+    crate::files::open_append(path, 0o644, crate::files::Allow::RegularOrTerminal)
         .map_err(|e| Error::io("cannot open log file", path, e))
 }

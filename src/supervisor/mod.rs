@@ -480,6 +480,13 @@ impl Supervisor {
         let mut events = Events::with_capacity(256);
         loop {
             self.tick();
+            // Every change of state is judged before the loop sleeps, whichever path made it: an
+            // event below (judged at the top of the next turn, with no wait in between) or a
+            // timer in `tick` (a respawn that fails at once and ends in `fatal`). A waiter or a
+            // rollout left for the next wake-up would answer at some unrelated later event.
+            self.advance_rollouts();
+            self.sweep_removed();
+            self.check_waiters();
             self.advance_shutdown();
             self.enforce_shutdown_deadline();
             if self.shutdown.is_some() && self.all_down() {
@@ -532,9 +539,6 @@ impl Supervisor {
             for t in backlog {
                 self.read_pipe(t);
             }
-            self.advance_rollouts();
-            self.sweep_removed();
-            self.check_waiters();
         }
     }
 

@@ -14,9 +14,8 @@
 
 use std::borrow::Cow;
 use std::ffi::OsString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
@@ -253,11 +252,9 @@ impl RotatingFile {
 /// Opens `path` for appending (O_CLOEXEC, std's default), creating it with mode 0644; returns the
 /// file and its current size.
 fn open_append(path: &Path) -> io::Result<(File, u64)> {
-    let file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o644)
-        .open(path)?;
+    // Non-blocking open and a type check: a FIFO planted at the path must not hang the loop,
+    // and only a regular file can be rotated.
+    let file = crate::files::open_append(path, 0o644, crate::files::Allow::Regular)?;
     let size = file.metadata()?.len();
     Ok((file, size))
 }

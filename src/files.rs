@@ -1,0 +1,129 @@
+//! Opening paths that someone other than warden may have put there.
+//!
+//! A pidfile, a log file or a program's output file lives in a directory that an unprivileged
+//! user may be able to write (or that an operator may have got wrong). Whatever is found at such
+//! a path must neither hang warden nor be written as if it were a file: every open here is
+//! `O_NONBLOCK` (a FIFO with no reader at the other end would otherwise block the open, and with
+//! it the whole event loop or a `warden status`), `O_CLOEXEC`, and followed by a check of the
+//! file type on the descriptor itself (no window between a `stat` and the `open`). Blocking mode
+//! is restored once the type is known to be safe.
+//!
+//! This module only opens; it does not create directories, take locks or log.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::Path;
+
+/// Which kinds of file a path may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Allow {
+    /// A regular file only (pidfiles, rotated output files).
+    Regular,
+    /// A regular file or a character device (`/dev/console`, `/dev/null`): a log target.
+    RegularOrTerminal,
+}
+
+/// `open(path, O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK | O_CLOEXEC, mode)`, then the type
+/// check. A symbolic link is followed (log paths are the operator's to choose).
+pub(crate) fn open_append(path: &Path, mode: u32, allow: Allow) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.append(true).create(true).mode(mode);
+    open(&o, path, 0, allow)
+}
+
+/// `open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)` of a regular file, then the type
+/// check: how a pidfile is read by commands that only look at it.
+pub(crate) fn open_read_nofollow(path: &Path) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    open(&o, path, libc::O_NOFOLLOW, Allow::Regular)
+}
+
+fn open(o: &OpenOptions, path: &Path, flags: i32, allow: Allow) -> io::Result<File> {
+    let file = match o
+        .clone()
+        .custom_flags(flags | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        // A FIFO opened for writing with nobody reading it.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            return Err(not_allowed("a FIFO", allow));
+        }
+        Err(e) => return Err(e),
+    };
+    let t = file.metadata()?.file_type();
+    let kind = if t.is_file() {
+        None
+    } else if t.is_char_device() {
+        (allow == Allow::Regular).then_some("a character device")
+    } else if t.is_fifo() {
+        Some("a FIFO")
+    } else if t.is_socket() {
+        Some("a socket")
+    } else if t.is_dir() {
+        Some("a directory")
+    } else if t.is_block_device() {
+        Some("a block device")
+    } else {
+        Some("not a file")
+    };
+    if let Some(kind) = kind {
+        return Err(not_allowed(kind, allow));
+    }
+    let fl = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GETFL)?;
+    let fl = nix::fcntl::OFlag::from_bits_retain(fl) & !nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_SETFL(fl))?;
+    Ok(file)
+}
+
+fn not_allowed(kind: &str, allow: Allow) -> io::Error {
+    let want = match allow {
+        Allow::Regular => "a regular file",
+        Allow::RegularOrTerminal => "a regular file or a character device",
+    };
+    io::Error::other(format!("it is {kind}, not {want}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("warden-files-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let d = dir("fifo");
+        let p = d.join("f");
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Neither open would return if it blocked (nobody holds the other end).
+        let e = open_append(&p, 0o644, Allow::RegularOrTerminal).unwrap_err();
+        assert!(e.to_string().contains("it is a FIFO"), "{e}");
+        let e = open_read_nofollow(&p).unwrap_err();
+        assert!(e.to_string().contains("it is a FIFO"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn files_and_devices_as_allowed() {
+        let d = dir("kinds");
+        let p = d.join("log");
+        let f = open_append(&p, 0o644, Allow::Regular).unwrap();
+        let fl = nix::fcntl::fcntl(&f, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        assert_eq!(fl & libc::O_NONBLOCK, 0, "blocking mode is restored");
+        assert!(open_read_nofollow(&p).is_ok());
+        let null = Path::new("/dev/null");
+        assert!(open_append(null, 0o644, Allow::RegularOrTerminal).is_ok());
+        let e = open_append(null, 0o644, Allow::Regular).unwrap_err();
+        assert!(e.to_string().contains("character device"), "{e}");
+        let e = open_append(&d, 0o644, Allow::Regular).unwrap_err();
+        assert!(e.raw_os_error() == Some(libc::EISDIR), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+}
