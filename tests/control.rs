@@ -465,6 +465,14 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
     );
     let line = refused();
     println!("log: {}", line.unwrap());
+    // A client refused in a loop does not flood the log: the first refusal is logged, the
+    // rest are counted (and summarised at most once a minute).
+    for _ in 0..10 {
+        let out = as_nobody(&mut sb, &["stop", "w"]);
+        assert_eq!(code(&out), 4);
+    }
+    let l = log(&sb);
+    assert_eq!(l.matches("may only read status").count(), 1, "{l}");
     // Untouched by the refused requests.
     let (_, v) = status_json(&mut sb, &["w"]);
     assert_eq!(of(&v, "w"), w2);
@@ -1985,5 +1993,69 @@ fn reload_to_a_command_that_cannot_run_answers_when_the_instance_goes_fatal() {
         err.contains("timed out after 1s (waiting for a[0] (starting)"),
         "{err}"
     );
+    stop(&mut sb);
+}
+
+/// A program's output file on a full disk: warden says so once, summarises the dropped lines at
+/// most every 10 s, and says once when the file can be written again — not one log line per
+/// dropped line. The full disk is a 64 KiB tmpfs mounted in a mount namespace of warden's own
+/// (`unshare`), so nothing is left mounted when warden is gone.
+#[test]
+fn a_full_disk_under_an_output_file_is_logged_once_then_summarised() {
+    let _t = Timer::new("a_full_disk_under_an_output_file_is_logged_once_then_summarised");
+    if !common::require_root("a_full_disk_under_an_output_file_is_logged_once_then_summarised")
+        || !common::require_tool("a_full_disk…", "unshare", "util-linux")
+    {
+        return;
+    }
+    let tables = "[program.w]\ncommand = [\"/bin/sh\", \"-c\", \"i=0; while :; do echo \
+                  \\\"line $i of a program that writes a lot\\\"; i=$((i+1)); SANDBOX/sleep \
+                  0.002; done\"]\nstdout = \"SANDBOX/full/out.log\"\nlog_max_bytes = \"100M\"\n";
+    let mut sb = sandbox("fulldisk", "", tables);
+    std::fs::create_dir(sb.path("full")).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=64k tmpfs {full} && exec {warden} -c {config} start",
+        full = sb.path("full").display(),
+        warden = common::warden_bin().display(),
+        config = sb.path("warden.toml").display(),
+    );
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script]);
+    let out = sb.output(cmd);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let warden = sb.pidfile_pid().expect("pidfile");
+    sb.track(warden);
+    let errors = |sb: &Sandbox| {
+        log(sb)
+            .lines()
+            .filter(|l| l.contains("cannot write") || l.contains("dropped for w[0]"))
+            .count()
+    };
+    assert!(
+        wait_until(TIMEOUT, || errors(&sb) > 0),
+        "the disk never filled:\n{}",
+        log(&sb)
+    );
+    // About 1,000 more lines are dropped in the next two seconds: none of them is a log line.
+    std::thread::sleep(Duration::from_secs(2));
+    let first = log(&sb);
+    assert_eq!(errors(&sb), 1, "{first}");
+    assert!(first.contains("No space left on device"), "{first}");
+    // Free the space (through warden's own view of the mount): the recovery is said once.
+    let inside = std::path::PathBuf::from(format!("/proc/{warden}/root"))
+        .join(sb.path("full/out.log").strip_prefix("/").unwrap());
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&inside)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    assert!(
+        wait_until(TIMEOUT, || log(&sb).contains("w[0]: writing")),
+        "no recovery line:\n{}",
+        log(&sb)
+    );
+    let again = log(&sb);
+    assert_eq!(again.matches("w[0]: writing").count(), 1, "{again}");
     stop(&mut sb);
 }

@@ -56,6 +56,7 @@ use nix::unistd::{Gid, Uid};
 
 use super::{ErrorKind, MAX_LINE, Reply, Request, VERSION};
 use crate::error::{Error, Result};
+use crate::log::repeat::{Repeated, Verdict};
 
 /// The most connections served at once, however high `RLIMIT_NOFILE` is (see
 /// [`ConnectionLimits`]).
@@ -185,6 +186,46 @@ pub struct ControlServer {
     sweep_at: Option<Instant>,
     /// Closed to accept (and turn away) a client when out of descriptors, then reopened.
     spare: Option<std::os::unix::net::UnixDatagram>,
+    /// Refusals (unauthorised uids, read-only uids asking to write, connections over the
+    /// limits): logged once, then summarised, so that a client in a loop cannot flood the log.
+    refusals: Refusals,
+}
+
+/// The log state of each kind of refusal ([`crate::log::repeat`]).
+struct Refusals {
+    denied: Repeated,
+    read_only: Repeated,
+    over_limit: Repeated,
+    out_of_fds: Repeated,
+}
+
+/// How often repeated refusals are summarised, at most.
+const REFUSALS_SUMMARY_EVERY: Duration = Duration::from_secs(60);
+
+impl Refusals {
+    fn new() -> Refusals {
+        let r = || Repeated::new(REFUSALS_SUMMARY_EVERY);
+        Refusals {
+            denied: r(),
+            read_only: r(),
+            over_limit: r(),
+            out_of_fds: r(),
+        }
+    }
+}
+
+/// Logs `count` refusals of one kind through `state`: the first in full (`first`), then a
+/// summary at most once per [`REFUSALS_SUMMARY_EVERY`].
+fn log_refusal(state: &mut Repeated, count: u64, first: impl FnOnce() -> String, what: &str) {
+    match state.failed("refused", count, Instant::now()) {
+        Verdict::First { .. } => log::warn!(
+            "{} (repeats are summarised every {}s)",
+            first(),
+            REFUSALS_SUMMARY_EVERY.as_secs()
+        ),
+        Verdict::Summary { count } => log::warn!("control: refused {count} more {what}"),
+        Verdict::Quiet => {}
+    }
 }
 
 impl std::fmt::Debug for ControlServer {
@@ -307,6 +348,7 @@ impl ControlServer {
             idle_timeout: IDLE_TIMEOUT,
             sweep_at: None,
             spare: spare_fd(),
+            refusals: Refusals::new(),
         })
     }
 
@@ -395,16 +437,27 @@ impl ControlServer {
             }
         }
         if over > 0 {
-            log::warn!(
-                "control: refused {over} connection(s) over the limits ({} in all, {} per \
-                 read-only uid, {} more for root and warden's uid)",
-                self.limits.total,
-                self.limits.per_uid,
-                self.limits.reserved
+            let limits = self.limits;
+            log_refusal(
+                &mut self.refusals.over_limit,
+                over as u64,
+                || {
+                    format!(
+                        "control: refused {over} connection(s) over the limits ({} in all, {} \
+                         per read-only uid, {} more for root and warden's uid)",
+                        limits.total, limits.per_uid, limits.reserved
+                    )
+                },
+                "connection(s) over the limits",
             );
         }
         if shed > 0 {
-            log::warn!("control: out of file descriptors: refused {shed} connection(s)");
+            log_refusal(
+                &mut self.refusals.out_of_fds,
+                shed as u64,
+                || format!("control: out of file descriptors: refused {shed} connection(s)"),
+                "connection(s) for want of file descriptors",
+            );
         }
     }
 
@@ -463,10 +516,16 @@ impl ControlServer {
             let _ = s.write_all(reply.to_line().as_bytes());
         };
         if access == Access::Denied {
-            log::warn!(
-                "control: refused connection from uid {} (pid {})",
-                peer.uid,
-                peer.pid
+            log_refusal(
+                &mut self.refusals.denied,
+                1,
+                || {
+                    format!(
+                        "control: refused connection from uid {} (pid {})",
+                        peer.uid, peer.pid
+                    )
+                },
+                "connection(s) from unauthorised uids",
             );
             refuse(
                 stream,
@@ -671,11 +730,17 @@ impl ControlServer {
             match parse(line) {
                 Err(reply) => replies.push(reply),
                 Ok(req) if req.command.writes() && conn.peer.access != Access::Full => {
-                    log::warn!(
-                        "control: uid {} (pid {}) may only read status; refused {:?}",
-                        conn.peer.uid,
-                        conn.peer.pid,
-                        req.command
+                    let peer = conn.peer;
+                    log_refusal(
+                        &mut self.refusals.read_only,
+                        1,
+                        || {
+                            format!(
+                                "control: uid {} (pid {}) may only read status; refused {:?}",
+                                peer.uid, peer.pid, req.command
+                            )
+                        },
+                        "request(s) to change something from read-only uids",
                     );
                     replies.push(Reply::failed(
                         ErrorKind::Denied,

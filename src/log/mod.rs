@@ -19,6 +19,7 @@
 //! (for lines up to `PIPE_BUF` on a pipe) by another process writing to the same stderr.
 
 mod file;
+pub(crate) mod repeat;
 mod stderr;
 mod syslog;
 

@@ -1401,12 +1401,15 @@ impl Supervisor {
                 let slot = if stream == 1 || shared { 0 } else { 1 };
                 if let Some(file) = prog.files[slot].as_mut() {
                     let now = SystemTime::now();
-                    for line in lines {
+                    let mut failed = None;
+                    for (i, line) in lines.iter().enumerate() {
                         if let Err(e) = file.write_line(&output::format_line(&tag, line, now)) {
-                            log::error!("{tag}: cannot write {}: {e}", file.path().display());
+                            // The rest of the batch would fail the same way: dropped with it.
+                            failed = Some((e, lines.len() - i));
                             break;
                         }
                     }
+                    report_output_write(&tag, file, failed);
                 }
             }
         }
@@ -1561,5 +1564,48 @@ impl ProgramDef {
             log_max_bytes: spec.log_max_bytes,
             log_keep: spec.log_keep,
         }
+    }
+}
+
+/// Logs what a batch of writes to a program's output file came to, through its [`Repeated`]
+/// state: the first failure of a kind in full, then at most one summary of the dropped lines per
+/// [`output::FAILURE_SUMMARY_EVERY`], and the recovery once. `failed`: the error and how many
+/// lines it dropped.
+///
+/// [`Repeated`]: crate::log::repeat::Repeated
+fn report_output_write(
+    tag: &str,
+    file: &mut output::RotatingFile,
+    failed: Option<(std::io::Error, usize)>,
+) {
+    use crate::log::repeat::Verdict;
+    let path = file.path().display().to_string();
+    let Some((e, dropped)) = failed else {
+        if let Some(untold) = file.failures.succeeded() {
+            log::info!("{tag}: writing {path} again ({untold} more line(s) were dropped)");
+        }
+        return;
+    };
+    let kind = e.raw_os_error().map_or_else(
+        || e.kind().to_string(),
+        |n| nix::errno::Errno::from_raw(n).to_string(),
+    );
+    match file.failures.failed(&kind, dropped as u64, Instant::now()) {
+        Verdict::First { untold } => {
+            let before = if untold > 0 {
+                format!(" ({untold} more line(s) were dropped for another error)")
+            } else {
+                String::new()
+            };
+            log::error!(
+                "{tag}: cannot write {path}: {e}; dropping its output until it can be written \
+                 (summarised every {}s){before}",
+                output::FAILURE_SUMMARY_EVERY.as_secs()
+            );
+        }
+        Verdict::Summary { count } => {
+            log::error!("{count} more line(s) dropped for {tag}: cannot write {path}: {kind}");
+        }
+        Verdict::Quiet => {}
     }
 }

@@ -153,6 +153,9 @@ pub fn format_line(tag: &str, line: &str, now: SystemTime) -> String {
     format!("{} {tag} {line}\n", humantime::format_rfc3339_millis(now))
 }
 
+/// How often lines dropped by a failing output file are summarised in warden's log, at most.
+pub(crate) const FAILURE_SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A size-rotated output file, the only writer of its path (so rotation never races).
 ///
 /// Rotated files are named `PATH.1` (newest) to `PATH.KEEP` (oldest), like logrotate's default.
@@ -164,6 +167,8 @@ pub struct RotatingFile {
     file: File,
     /// Bytes in `file`, tracked by us as its only writer.
     size: u64,
+    /// Failed writes, reported once and then summarised (a full disk must not flood the log).
+    pub(crate) failures: crate::log::repeat::Repeated,
 }
 
 impl RotatingFile {
@@ -179,6 +184,7 @@ impl RotatingFile {
             keep,
             file,
             size,
+            failures: crate::log::repeat::Repeated::new(FAILURE_SUMMARY_EVERY),
         })
     }
 
