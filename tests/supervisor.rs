@@ -167,7 +167,21 @@ fn zombie_children(pid: i32) -> Vec<i32> {
 }
 
 /// `/proc/PID/environ` as a map.
+/// Waits (bounded) until worker `pid` has called `execve`: a spawned worker is visible as
+/// warden's child before its exec, and until then its `/proc/PID/environ` and `cmdline` are
+/// still warden's. The exec is seen as `/proc/PID/exe` no longer naming warden's binary (only
+/// for exec workers: a function worker never execs). A process that is gone has no exe link:
+/// nothing to wait for.
+fn wait_exec(pid: i32) {
+    let warden = std::fs::canonicalize(warden_bin()).ok();
+    let exe = || std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let done = wait_until(TIMEOUT, || exe().is_none() || exe() != warden);
+    assert!(done, "worker {pid} never called execve");
+}
+
+/// The environment of worker `pid`, read once it has exec'd ([`wait_exec`]).
 fn environ(pid: i32) -> HashMap<String, String> {
+    wait_exec(pid);
     std::fs::read(format!("/proc/{pid}/environ"))
         .unwrap_or_default()
         .split(|&b| b == 0)
@@ -177,6 +191,20 @@ fn environ(pid: i32) -> HashMap<String, String> {
             Some((k.to_string(), v.to_string()))
         })
         .collect()
+}
+
+/// The variables warden sets, for an assertion's message (never the whole environment: it
+/// may hold secrets of whoever runs the tests).
+fn shown(env: &HashMap<String, String>) -> String {
+    let mut keys: Vec<_> = env
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("WARDEN_") || ["NOTIFY_SOCKET", "WATCHDOG_USEC"].contains(&k.as_str())
+        })
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    keys.sort();
+    format!("{} variables, of which {}", env.len(), keys.join(" "))
 }
 
 /// `WARDEN_INSTANCE` of a worker.
@@ -340,6 +368,7 @@ fn on_failure_restarts_exit_1_but_not_exit_0() {
     let second = pid_in(started.last().unwrap()).expect("pid");
     let kids = wait_workers(&mut sb, warden, 1);
     assert_eq!(kids, vec![second], "only bad's second run is up");
+    wait_exec(second);
     assert_eq!(cmdline(second)[1], "1000");
     // An absence: watch for a short while that nothing else is started.
     std::thread::sleep(Duration::from_secs(1));
@@ -991,7 +1020,8 @@ fn notify_worker_is_ready_after_ready_1_and_restarted_when_pings_stop() {
     let env = environ(first);
     assert!(
         env.get("NOTIFY_SOCKET").is_some_and(|s| s.starts_with('@')),
-        "an abstract NOTIFY_SOCKET: {env:?}"
+        "an abstract NOTIFY_SOCKET: {}",
+        shown(&env)
     );
     assert_eq!(env.get("WATCHDOG_USEC").map(String::as_str), Some("500000"));
     // An absence: held before READY=1, the worker stays `starting`.
@@ -1055,13 +1085,15 @@ fn workers_get_their_identity_and_only_notify_workers_get_notify_socket() {
         match program.as_str() {
             "plain" => assert!(
                 !env.contains_key("NOTIFY_SOCKET"),
-                "a plain worker has no NOTIFY_SOCKET: {env:?}"
+                "a plain worker has no NOTIFY_SOCKET: {}",
+                shown(&env)
             ),
             "notified" => assert!(
                 env.get("NOTIFY_SOCKET").is_some_and(|s| s.starts_with('@')),
-                "{env:?}"
+                "{}",
+                shown(&env)
             ),
-            other => panic!("unexpected WARDEN_PROGRAM {other:?} in {env:?}"),
+            other => panic!("unexpected WARDEN_PROGRAM {other:?} in {}", shown(&env)),
         }
         seen.insert(format!("{program}[{instance}]"));
     }
