@@ -277,3 +277,38 @@ fn scale_program_may_name_a_drop_in_program() {
         .unwrap();
     assert_eq!(c.daemon.scale_program.as_deref(), Some("w"));
 }
+
+#[test]
+fn preflight_reports_accounts_among_the_files_own_errors_in_load_order() {
+    let d = Dir::new("preflight");
+    d.write(
+        "conf.d/b.toml",
+        "[program.b]\ncommand = \"/bin/true\"\nuser = \"warden-no-such-user\"\n",
+    );
+    std::fs::write(d.path("conf.d/a.toml"), b"# caf\xe9\n").unwrap();
+    let main = d.write(
+        "warden.toml",
+        "include = [\"conf.d/*.toml\"]\n[daemon]\ngroup = \"warden-no-such-group\"\numask = \"9\"\n",
+    );
+    let r = preflight::check(&main).unwrap();
+    let errs: Vec<String> = r
+        .errors
+        .iter()
+        .map(|e| e.to_string().replace(&d.0.display().to_string(), "DIR"))
+        .collect();
+    let want = [
+        "DIR/warden.toml:3:9: daemon.group: unknown group \"warden-no-such-group\"",
+        "DIR/warden.toml:4:9: daemon.umask:",
+        // In load order, also a file that could not be read (and so defines nothing).
+        "DIR/conf.d/a.toml:1:6: byte 5 is not UTF-8",
+        "DIR/conf.d/b.toml:3:8: program.b.user: unknown user \"warden-no-such-user\"",
+    ];
+    assert_eq!(errs.len(), want.len(), "{errs:#?}");
+    for (e, w) in errs.iter().zip(want) {
+        assert!(
+            e.starts_with(w),
+            "{e:?} does not start with {w:?}; all: {errs:#?}"
+        );
+    }
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+}

@@ -78,6 +78,9 @@ pub struct Config {
     /// (`daemon.user`, `program.web.command`; `[program.web]` for the table's name), for
     /// [`preflight`].
     places: BTreeMap<String, Place>,
+    /// Every file the patterns matched, in load order, also those that could not be read: the
+    /// order [`preflight`] reports in.
+    matched: Vec<PathBuf>,
 }
 
 /// Where the daemon's own log goes (`[daemon] log`).
@@ -202,6 +205,7 @@ impl Config {
             programs: Vec::new(),
             included: Vec::new(),
             places: BTreeMap::new(),
+            matched: Vec::new(),
         }
     }
 
@@ -242,8 +246,9 @@ impl Config {
 
         let mut included = Vec::new();
         let mut drop_in_diags = Vec::new();
-        for file in expand(&mut c, &patterns, &base, &source) {
-            let text = match read_drop_in(&file, &source) {
+        let matched = expand(&mut c, &patterns, &base, &source);
+        for file in &matched {
+            let text = match read_drop_in(file, &source) {
                 DropIn::Text(t) => t,
                 DropIn::Skip => continue,
                 DropIn::Problem(d) => {
@@ -252,7 +257,7 @@ impl Config {
                 }
             };
             included.push(file.clone());
-            let mut dc = Collector::new(&file, &text);
+            let mut dc = Collector::new(file, &text);
             let found = read_drop_in_programs(&mut dc, &text, path, &mut files);
             let mut dplaces = dc.take_places();
             for (p, span) in found {
@@ -313,6 +318,7 @@ impl Config {
             programs,
             included,
             places,
+            matched,
         };
         (config, diags)
     }
@@ -320,6 +326,11 @@ impl Config {
     /// Where the value of `key` (a dotted key such as `program.web.user`) was written, if it was.
     pub(crate) fn place(&self, key: &str) -> Option<&Place> {
         self.places.get(key)
+    }
+
+    /// The main file, then every file the `include` patterns matched, in load order.
+    pub(crate) fn files(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(self.path.as_path()).chain(self.matched.iter().map(PathBuf::as_path))
     }
 }
 

@@ -191,28 +191,13 @@ fn command_problem(program: &str, spec: &super::ProgramSpec, warden_dir: &Path) 
 }
 
 /// `diags` sorted file by file in load order (the main file, then the drop-ins), each file's by
-/// line and column. A file the configuration does not list (a drop-in that could not be read)
-/// stays after the file it followed.
+/// line and column.
 fn in_load_order(config: &Config, diags: Diagnostics) -> Diagnostics {
-    let rank_of = |file: &Path| {
-        std::iter::once(config.path.as_path())
-            .chain(config.included.iter().map(PathBuf::as_path))
-            .position(|f| f == file)
-    };
-    let mut last = 0;
+    let rank_of = |file: &Path| config.files().position(|f| f == file).unwrap_or(usize::MAX);
     let mut keyed: Vec<((usize, usize, usize), Diagnostic)> = diags
         .0
         .into_iter()
-        .map(|d| {
-            let key = match rank_of(&d.file) {
-                Some(r) => {
-                    last = r;
-                    (2 * r, d.line, d.column)
-                }
-                None => (2 * last + 1, 0, 0),
-            };
-            (key, d)
-        })
+        .map(|d| ((rank_of(&d.file), d.line, d.column), d))
         .collect();
     keyed.sort_by_key(|(k, _)| *k);
     Diagnostics(keyed.into_iter().map(|(_, d)| d).collect())
