@@ -899,6 +899,110 @@ fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing
     stop(&mut sb);
 }
 
+/// `include` drop-ins are globbed anew on every reload: an added file starts its program, a
+/// changed one restarts it one instance at a time, a program moved unchanged to another file
+/// keeps its processes (only its `file` changes), a removed file stops its program, and
+/// `--dry-run` prints the plan and changes nothing. `status --json` names each program's file.
+#[test]
+fn reload_sees_added_changed_moved_and_removed_drop_ins_and_status_names_each_file() {
+    let _t = Timer::new("reload_sees_drop_ins");
+    let mut sb = sandbox("dropins", "", &sleeper("main", 1, 1000));
+    // `include` is a top-level key: it goes before the `[daemon]` table.
+    let text = std::fs::read_to_string(&sb.config).unwrap();
+    std::fs::write(&sb.config, format!("include = [\"conf.d/*.toml\"]\n{text}")).unwrap();
+    std::fs::create_dir(sb.path("conf.d")).unwrap();
+    let dir = sb.dir.clone();
+    let drop_in = |file: &str, tables: &str| {
+        let text = tables.replace("SANDBOX", &dir.to_string_lossy());
+        std::fs::write(dir.join(file), text).unwrap();
+    };
+    let warden = sb.start();
+    let main = wait_up(&mut sb, "main", 1);
+    let file_of = |v: &Value, program: &str| -> Option<String> {
+        v["programs"]
+            .as_array()
+            .expect("programs is an array")
+            .iter()
+            .find(|p| p["program"] == program)
+            .map(|p| p["file"].as_str().expect("file is a string").to_string())
+    };
+    let (_, v) = status_json(&mut sb, &[]);
+    assert_eq!(file_of(&v, "main"), Some(path_str(&sb.config)), "{v:#}");
+
+    // Added: the dry run only tells.
+    drop_in("conf.d/a.toml", &sleeper("a", 2, 1000));
+    let children = live_children(warden);
+    let plan = expect(&mut sb, &["reload", "--dry-run"], 0);
+    assert_eq!(
+        plan.lines().collect::<Vec<_>>(),
+        ["would add a", "would keep main"],
+        "{plan}"
+    );
+    assert_children_stay(&sb, warden, &children);
+    let out = expect(&mut sb, &["reload"], 0);
+    assert!(out.lines().any(|l| l == "added a"), "{out}");
+    let a = wait_up(&mut sb, "a", 2);
+    let a_file = path_str(&sb.path("conf.d/a.toml"));
+    let (_, v) = status_json(&mut sb, &[]);
+    assert_eq!(file_of(&v, "a"), Some(a_file.clone()), "{v:#}");
+    assert_eq!(of(&v, "main"), main, "main untouched");
+
+    // Changed: a rolling restart of a alone.
+    drop_in("conf.d/a.toml", &sleeper("a", 2, 1001));
+    let plan = expect(&mut sb, &["reload", "--dry-run"], 0);
+    assert!(
+        plan.lines().any(|l| l == "would restart (changed) a"),
+        "{plan}"
+    );
+    let out = expect(&mut sb, &["reload"], 0);
+    assert!(out.lines().any(|l| l == "restarted (changed) a"), "{out}");
+    let (_, v) = status_json(&mut sb, &[]);
+    let a2 = of(&v, "a");
+    assert_eq!(a2.len(), 2, "{v:#}");
+    for (new, old) in a2.iter().zip(&a) {
+        assert!(up(new), "{new:?}");
+        assert_ne!(new.pid, old.pid, "a changed program is restarted");
+        sb.track(new.pid.unwrap());
+    }
+    assert_eq!(of(&v, "main"), main, "main untouched");
+
+    // Moved unchanged to another file: kept, same pids, its new file shown.
+    std::fs::rename(sb.path("conf.d/a.toml"), sb.path("conf.d/b.toml")).unwrap();
+    let out = expect(&mut sb, &["reload"], 0);
+    assert!(out.lines().any(|l| l == "unchanged a"), "{out}");
+    let (_, v) = status_json(&mut sb, &[]);
+    assert_eq!(
+        pids(&of(&v, "a")),
+        pids(&a2),
+        "a moved program is not restarted"
+    );
+    assert_eq!(
+        file_of(&v, "a"),
+        Some(path_str(&sb.path("conf.d/b.toml"))),
+        "{v:#}"
+    );
+
+    // Removed: its program stops, the others stay.
+    std::fs::remove_file(sb.path("conf.d/b.toml")).unwrap();
+    let plan = expect(&mut sb, &["reload", "--dry-run"], 0);
+    assert!(plan.lines().any(|l| l == "would remove a"), "{plan}");
+    expect(&mut sb, &["reload"], 0);
+    for p in pids(&a2) {
+        assert!(
+            wait_until(TIMEOUT, || !alive(p)),
+            "{p} of a removed drop-in still runs"
+        );
+    }
+    let (_, v) = status_json(&mut sb, &[]);
+    assert!(
+        of(&v, "a").is_empty() && file_of(&v, "a").is_none(),
+        "{v:#}"
+    );
+    assert_eq!(of(&v, "main"), main, "main untouched");
+    wait_children(&sb, warden, &pids(&main).into_iter().collect());
+    stop(&mut sb);
+}
+
 // ---------------------------------------------------------------------------------------------
 // 6. Rolling restart with notify readiness.
 
@@ -1329,7 +1433,7 @@ fn reload_with_an_unknown_user_scale_beyond_the_limit_and_status_of_an_empty_pro
     assert_eq!(c, 0);
     assert_eq!(
         v["programs"],
-        serde_json::json!([{"program": "z", "instances": 0}]),
+        serde_json::json!([{"program": "z", "instances": 0, "file": path_str(&sb.config)}]),
         "{v:#}"
     );
     assert_eq!(v["instances"], serde_json::json!([]), "{v:#}");
@@ -1352,7 +1456,7 @@ fn reload_with_an_unknown_user_scale_beyond_the_limit_and_status_of_an_empty_pro
     let err = stderr_of(&out);
     assert_eq!(code(&out), 6, "{}{err}", stdout_of(&out));
     assert!(
-        err.contains("warden.toml: program.a.user: ") && err.contains("nosuchuser"),
+        err.contains("warden.toml:10:8: program.a.user: ") && err.contains("nosuchuser"),
         "{err}"
     );
     let (_, v) = status_json(&mut sb, &[]);

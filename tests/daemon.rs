@@ -961,6 +961,110 @@ fn check_reports_every_error_with_its_position() {
     assert_eq!(err.lines().count(), 4, "one line per error:\n{err}");
 }
 
+/// `warden check` reports in one pass: the file's own errors, those of its drop-ins, users and
+/// groups that do not resolve (each at its file:line:column, in file order, main file first),
+/// then warnings about what will fail later. Warnings alone exit 0; `start` still refuses an
+/// unknown account (exit 6), also one named in a drop-in.
+#[test]
+fn check_reports_everything_in_one_pass_with_warnings() {
+    let mut sb = Sandbox::new("check-all", "");
+    let dir = path_str(&sb.dir);
+    std::fs::create_dir(sb.path("conf.d")).unwrap();
+    std::fs::write(sb.path("notexec"), "#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(sb.path("notexec"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let drop_in = sb.path("conf.d/q.toml");
+    let main = |umask: &str, user: &str, group: &str| {
+        format!(
+            "include = [\"conf.d/*.toml\"]\n\
+             [daemon]\n\
+             pidfile = \"{dir}/a/b/warden.pid\"\n\
+             directory = \"{dir}\"\n\
+             log = \"stderr\"\n\
+             umask = \"{umask}\"\n\
+             user = \"{user}\"\n\
+             [program.p]\n\
+             command = [\"warden-no-such-command\", \"x\"]\n\
+             group = \"{group}\"\n"
+        )
+    };
+    let q = |extra: &str, user: &str| {
+        format!(
+            "{extra}[program.q]\ncommand = \"./notexec\"\nuser = \"{user}\"\ndirectory = \"{dir}\"\n"
+        )
+    };
+    std::fs::write(&sb.config, main("999", "warden-no-user", "warden-no-group")).unwrap();
+    std::fs::write(
+        &drop_in,
+        q("[daemon]\nuser = \"root\"\n", "warden-no-user-2"),
+    )
+    .unwrap();
+    let out = sb.run(&["check"]);
+    let err = stderr_of(&out);
+    assert_eq!(code(&out), Some(1), "{err}");
+    let file = path_str(&sb.config);
+    let q_file = path_str(&drop_in);
+    let want = [
+        format!("warden: {file}:6:9: daemon.umask: "),
+        format!("warden: {file}:7:8: daemon.user: unknown user \"warden-no-user\""),
+        format!("warden: {file}:10:9: program.p.group: unknown group \"warden-no-group\""),
+        format!("warden: {q_file}:1:2: daemon: a drop-in file holds [program.NAME] tables only"),
+        format!("warden: {q_file}:5:8: program.q.user: unknown user \"warden-no-user-2\""),
+        format!(
+            "warden: warning: {file}:3:11: daemon.pidfile: neither {dir}/a/b nor {dir}/a exists"
+        ),
+        format!(
+            "warden: warning: {file}:5:7: daemon.log: log = \"stderr\" while [daemon] stderr is /dev/null"
+        ),
+        format!(
+            "warden: warning: {file}:9:11: program.p.command: \"warden-no-such-command\" is not found in PATH"
+        ),
+        format!(
+            "warden: warning: {q_file}:4:11: program.q.command: {dir}/./notexec is not executable"
+        ),
+    ];
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), want.len(), "one line per problem:\n{err}");
+    for (line, want) in lines.iter().zip(&want) {
+        assert!(
+            line.starts_with(want.as_str()),
+            "{line:?}\ndoes not start with\n{want:?}; all:\n{err}"
+        );
+    }
+
+    // A valid file with the same warnings: exit 0, the warnings still printed.
+    std::fs::write(&sb.config, main("022", "root", "root")).unwrap();
+    std::fs::write(&drop_in, q("", "root")).unwrap();
+    let out = sb.run(&["check"]);
+    let err = stderr_of(&out);
+    assert_eq!(code(&out), Some(0), "{err}");
+    assert!(
+        stdout_of(&out).contains("configuration is valid"),
+        "{}",
+        stdout_of(&out)
+    );
+    assert_eq!(err.lines().count(), 4, "{err}");
+    assert!(
+        err.lines().all(|l| l.starts_with("warden: warning: ")),
+        "{err}"
+    );
+
+    // `start` refuses an unknown account named in a drop-in, at its place, before anything runs.
+    sb.write_config("");
+    let text = std::fs::read_to_string(&sb.config).unwrap();
+    std::fs::write(&sb.config, format!("include = [\"conf.d/*.toml\"]\n{text}")).unwrap();
+    std::fs::write(&drop_in, q("", "warden-no-user-3")).unwrap();
+    let out = sb.run(&["start"]);
+    let err = stderr_of(&out);
+    assert_eq!(code(&out), Some(6), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{q_file}:3:8: program.q.user: unknown user \"warden-no-user-3\""
+        )),
+        "{err}"
+    );
+    assert_failed_cleanly(&sb, &out);
+}
+
 /// `warden run` stays in the foreground (the spawned process is the daemon: same pid as in the
 /// pidfile, still our child, in our session), holds the lock, reports readiness on
 /// `NOTIFY_SOCKET`, and exits 0 on SIGTERM, removing its pidfile.

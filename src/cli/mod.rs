@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use warden::config::{Config, DEFAULT_PATH};
-use warden::{Credentials, Error, Pidfile, PidfileState};
+use warden::{Error, Pidfile, PidfileState};
 
 /// warden — a Unix daemon and process supervisor.
 #[derive(Debug, Parser)]
@@ -219,19 +219,24 @@ fn with_config(path: &std::path::Path, f: impl FnOnce(Config) -> ExitCode) -> Ex
     }
 }
 
+/// `warden check`: every problem of the file and its drop-ins, every account that does not
+/// resolve, then every warning, in one pass; 1 when there is an error, 0 otherwise (warnings
+/// alone do not fail it).
 fn check(path: &std::path::Path) -> ExitCode {
-    let config = match Config::load(path) {
-        Ok(c) => c,
+    let report = match warden::config::preflight::check(path) {
+        Ok(r) => r,
         Err(e) => {
             exit::report(&e);
             return ExitCode::from(exit::FAILURE);
         }
     };
-    let problems = unresolvable_accounts(&config);
-    if !problems.is_empty() {
-        for p in problems {
-            eprintln!("warden: {p}");
-        }
+    for e in report.errors.iter() {
+        eprintln!("warden: {e}");
+    }
+    for w in report.warnings.iter() {
+        eprintln!("warden: warning: {w}");
+    }
+    if !report.errors.is_empty() {
         return ExitCode::from(exit::FAILURE);
     }
     println!("{}: configuration is valid", path.display());
@@ -239,38 +244,14 @@ fn check(path: &std::path::Path) -> ExitCode {
 }
 
 /// Users and groups named in `config` (daemon, programs, control group) that do not resolve on
-/// this machine, as `FILE: key: message` lines. The file itself cannot know: this is the check
-/// `warden check` and `warden start` add before anything runs.
+/// this machine, as `FILE:LINE:COLUMN: key: message` lines. The file itself cannot know: this
+/// is the check `warden start` and `reload` add before anything runs (`check` reports it with
+/// everything else).
 pub(crate) fn unresolvable_accounts(config: &Config) -> Vec<String> {
-    let file = config.path.display();
-    let mut out = Vec::new();
-    let mut check = |section: String, user: Option<&str>, group: Option<&str>| {
-        if let Err(e) = Credentials::resolve(user, group) {
-            let key = if matches!(e, Error::UnknownGroup(_)) {
-                "group"
-            } else {
-                "user"
-            };
-            out.push(format!("{file}: {section}.{key}: {e}"));
-        }
-    };
-    let d = &config.daemon;
-    check("daemon".into(), d.user.as_deref(), d.group.as_deref());
-    for p in &config.programs {
-        check(
-            format!("program.{}", p.name),
-            p.user.as_deref(),
-            p.group.as_deref(),
-        );
-    }
-    if let Some(Err(e)) = d
-        .control_group
-        .as_ref()
-        .map(|g| Credentials::resolve(None, Some(g)))
-    {
-        out.push(format!("{file}: daemon.control_group: {e}"));
-    }
-    out
+    warden::config::preflight::accounts(config)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
 }
 
 /// `status` from the pidfile alone, when the control socket cannot be reached.

@@ -1,4 +1,6 @@
-//! Configuration diagnostics: every problem found in a file, each with its line and column.
+//! Configuration diagnostics: every problem found in the configuration, each with its file, line
+//! and column. A [`Collector`] works on one file (the main file, or one drop-in read through
+//! `include`); the reader runs one per file and concatenates their results in load order.
 
 use std::fmt;
 use std::ops::Range;
@@ -19,6 +21,28 @@ pub struct Diagnostic {
     pub message: String,
 }
 
+impl Diagnostic {
+    /// A problem with `key` at `place`, or in `file` without a place when `place` is `None`.
+    pub(crate) fn new(
+        place: Option<&Place>,
+        file: &Path,
+        key: &str,
+        message: impl Into<String>,
+    ) -> Diagnostic {
+        let (file, line, column) = match place {
+            Some(p) => (p.file.clone(), p.line, p.column),
+            None => (file.to_path_buf(), 0, 0),
+        };
+        Diagnostic {
+            file,
+            line,
+            column,
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.file.display())?;
@@ -33,7 +57,8 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// Every problem found in one configuration file, in file order.
+/// Every problem found in a configuration: file by file (the main file first, then the drop-ins
+/// in load order), each file's in file order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
@@ -46,6 +71,11 @@ impl Diagnostics {
     /// The problems, in file order.
     pub fn iter(&self) -> std::slice::Iter<'_, Diagnostic> {
         self.0.iter()
+    }
+
+    /// How many problems there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
     }
 }
 
@@ -61,11 +91,22 @@ impl fmt::Display for Diagnostics {
     }
 }
 
+/// Where a value was written: file, 1-based line and column. The reader records one for each
+/// value that only the running system can judge (`user`, `command`, `pidfile`, …), so that
+/// [`super::preflight`] can name the place of what it finds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Place {
+    pub(crate) file: PathBuf,
+    pub(crate) line: usize,
+    pub(crate) column: usize,
+}
+
 /// Collects diagnostics for one source text, turning byte spans into lines and columns.
 pub(crate) struct Collector<'a> {
     file: &'a Path,
     source: &'a str,
     found: Vec<(usize, Diagnostic)>,
+    places: Vec<(String, Place)>,
 }
 
 impl<'a> Collector<'a> {
@@ -74,7 +115,34 @@ impl<'a> Collector<'a> {
             file,
             source,
             found: Vec::new(),
+            places: Vec::new(),
         }
+    }
+
+    /// The file this collector reports in.
+    pub(crate) fn file(&self) -> &'a Path {
+        self.file
+    }
+
+    /// The place of byte offset `offset` of the source.
+    pub(crate) fn place(&self, offset: usize) -> Place {
+        let (line, column) = line_column(self.source, offset);
+        Place {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+        }
+    }
+
+    /// Remembers where the value of `key` (a dotted key) starts.
+    pub(crate) fn note(&mut self, key: &str, span: Range<usize>) {
+        let place = self.place(span.start);
+        self.places.push((key.to_string(), place));
+    }
+
+    /// Takes the places noted so far.
+    pub(crate) fn take_places(&mut self) -> Vec<(String, Place)> {
+        std::mem::take(&mut self.places)
     }
 
     /// Records a problem at `span` (a byte range of the source).

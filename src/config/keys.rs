@@ -16,7 +16,14 @@ pub struct KeyTable {
 /// The top level of the file.
 pub(crate) const TOP: KeyTable = KeyTable {
     table: "",
-    keys: &["daemon", "program"],
+    keys: &["include", "daemon", "program"],
+};
+
+/// The top level of a drop-in file read through `include`: `[program.NAME]` tables only. Not in
+/// [`KEYS`]: it is a subset of [`TOP`], not a table of its own.
+pub(crate) const DROP_IN: KeyTable = KeyTable {
+    table: "",
+    keys: &["program"],
 };
 
 /// `[daemon]`.

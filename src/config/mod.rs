@@ -1,28 +1,51 @@
-//! Configuration: `warden.toml` → validated, immutable specs.
+//! Configuration: `warden.toml` and its drop-ins → validated, immutable specs.
 //!
 //! Two layers. `read` parses the TOML syntax (all syntax errors at once, with recovery) and
 //! reads typed values from tables, recording a diagnostic for every unknown key, wrong type or
-//! out-of-range value; this module (`[daemon]`) and `program` (`[program.NAME]`, as
+//! out-of-range value; this module (`[daemon]`, `include`) and `program` (`[program.NAME]`, as
 //! [`ProgramSpec`]) then check the meaning and build [`Config`]. Nothing stops at the first
 //! problem: an operator sees every mistake in one run of `warden check`, each as
-//! `FILE:LINE:COLUMN: key: message`, in file order.
+//! `FILE:LINE:COLUMN: key: message`, the main file first, then each drop-in in load order.
 //!
-//! This module reads the file and nothing else: it does not resolve users, open paths or look at
-//! the running system. Relative paths are resolved against the configuration file's directory.
-//! Runtime state never lives here.
+//! # Drop-ins (`include`)
+//!
+//! The main file's top-level `include = ["conf.d/*.toml"]` lists glob patterns (the `glob`
+//! crate's syntax: `*`, `?`, `[a-z]`, `**`), relative to the main file's directory unless
+//! absolute. The patterns are expanded in the order written, each one's matches sorted by path
+//! (byte order, as `ls` in the C locale); a file matched twice is read once, where first
+//! matched, and the main file itself is never read as its own drop-in. A pattern that matches
+//! nothing is not an error (an empty `conf.d` is normal); a malformed pattern is. `*` and `?`
+//! do not match a `/`, nor a leading `.` in the last part (editor and package-manager leftovers
+//! such as `.web.toml.swp` stay out). A matched directory is skipped; any other file that is
+//! not a regular file (a FIFO, a socket) is an error, and so is one that cannot be read or is
+//! not UTF-8. A drop-in holds `[program.NAME]` tables only; its relative paths are resolved
+//! against its own directory. Its programs come after the main file's, file by file, in load
+//! order — the order they start in. A program defined in two files is an error naming both
+//! places. The patterns are expanded anew on every load, so `reload` sees added, changed and
+//! removed drop-ins.
+//!
+//! This module and its readers look at the configuration files and nothing else: they do not
+//! resolve users, look commands up or check paths of the running system. The one exception is
+//! [`preflight`], which does exactly that, and only when called (`warden check`, `start`,
+//! `reload`). Relative paths are resolved against the directory of the file they are written
+//! in. Runtime state never lives here.
 
 mod diag;
 mod keys;
+pub mod preflight;
 mod program;
 mod read;
 
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read as _;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Spanned;
-use toml::de::DeTable;
+use toml::de::{DeTable, DeValue};
 
-use diag::Collector;
+use diag::{Collector, Place};
 pub use diag::{Diagnostic, Diagnostics};
 pub use keys::{KEYS, KeyTable};
 pub use program::{
@@ -45,8 +68,19 @@ pub struct Config {
     pub path: PathBuf,
     /// The `[daemon]` table.
     pub daemon: DaemonSpec,
-    /// The `[program.NAME]` tables, in file order.
+    /// The `[program.NAME]` tables: the main file's in file order, then each drop-in's (see
+    /// [`included`](Self::included)). Each program's [`ProgramSpec::source`] names its file.
     pub programs: Vec<ProgramSpec>,
+    /// The drop-in files read through `include`, absolute, in load order (directories and
+    /// files that could not be read left out).
+    pub included: Vec<PathBuf>,
+    /// Where the values that only the running system can judge were written, by dotted key
+    /// (`daemon.user`, `program.web.command`; `[program.web]` for the table's name), for
+    /// [`preflight`].
+    places: BTreeMap<String, Place>,
+    /// Every file the patterns matched, in load order, also those that could not be read: the
+    /// order [`preflight`] reports in.
+    matched: Vec<PathBuf>,
 }
 
 /// Where the daemon's own log goes (`[daemon] log`).
@@ -153,49 +187,103 @@ impl Config {
             Err(d) => {
                 let lossy =
                     String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
-                return Ok((
-                    Config {
-                        path: path.to_path_buf(),
-                        daemon: locate(path, &lossy),
-                        programs: Vec::new(),
-                    },
-                    Some(d),
-                ));
+                return Ok((Config::located(path, &lossy), Some(d)));
             }
         };
         match Config::parse(path, &text) {
             Ok(c) => Ok((c, None)),
-            Err(Error::Config(d)) => Ok((
-                Config {
-                    path: path.to_path_buf(),
-                    daemon: locate(path, &text),
-                    programs: Vec::new(),
-                },
-                Some(d),
-            )),
+            Err(Error::Config(d)) => Ok((Config::located(path, &text), Some(d))),
             Err(e) => Err(e),
         }
     }
 
-    /// Validates `text` as if read from `path` (used for messages and relative paths).
+    /// A configuration with no programs and the daemon paths [`locate`]d in `text`.
+    fn located(path: &Path, text: &str) -> Config {
+        Config {
+            path: path.to_path_buf(),
+            daemon: locate(path, text),
+            programs: Vec::new(),
+            included: Vec::new(),
+            places: BTreeMap::new(),
+            matched: Vec::new(),
+        }
+    }
+
+    /// Validates `text` as if read from `path` (used for messages and relative paths); the
+    /// drop-ins it includes are read from disk, relative to `path`'s directory.
     pub fn parse(path: &Path, text: &str) -> Result<Config> {
+        let (config, diags) = Config::read(path, text);
+        if diags.is_empty() {
+            Ok(config)
+        } else {
+            Err(Error::Config(diags))
+        }
+    }
+
+    /// Reads the main file at `path` (whose content is `text`) and its drop-ins: all that could
+    /// be read, even when there were problems, and every problem found.
+    pub(crate) fn read(path: &Path, text: &str) -> (Config, Diagnostics) {
         let mut c = Collector::new(path, text);
         let (doc, syntax) = DeTable::parse_recoverable(text);
         syntax_errors(&mut c, text, &syntax);
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-        let base = std::path::absolute(&base).unwrap_or(base);
+        let base = base_dir(path);
+        let source = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let mut root = Section::new("", doc.get_ref(), keys::TOP);
+        let patterns = read_include(&mut c, &mut root);
         let (mut daemon, scale) = match root.table(&mut c, "daemon") {
             Some(t) => read_daemon(&mut c, t, &base),
             None => (DaemonSpec::default(), None),
         };
-        let programs = match root.table(&mut c, "program") {
-            Some(t) => program::read_programs(&mut c, t, &base),
+        let mut files = HashMap::new();
+        let mut programs: Vec<ProgramSpec> = match root.table(&mut c, "program") {
+            Some(t) => program::read_programs(&mut c, t, &base, &source, &mut files)
+                .into_iter()
+                .map(|(p, _)| p)
+                .collect(),
             None => Vec::new(),
         };
+        let mut places: BTreeMap<String, Place> = c.take_places().into_iter().collect();
+
+        let mut included = Vec::new();
+        let mut drop_in_diags = Vec::new();
+        let matched = expand(&mut c, &patterns, &base, &source);
+        for file in &matched {
+            let text = match read_drop_in(file, &source) {
+                DropIn::Text(t) => t,
+                DropIn::Skip => continue,
+                DropIn::Problem(d) => {
+                    drop_in_diags.extend(d.0);
+                    continue;
+                }
+            };
+            included.push(file.clone());
+            let mut dc = Collector::new(file, &text);
+            let found = read_drop_in_programs(&mut dc, &text, path, &mut files);
+            let mut dplaces = dc.take_places();
+            for (p, span) in found {
+                let table = format!("[program.{}]", p.name);
+                if let Some(first) = places.get(&table) {
+                    dc.at(
+                        span,
+                        &format!("program.{}", p.name),
+                        format!(
+                            "defined twice: [program.{}] is already defined at {}:{}:{} (a program \
+                             is defined in one file only)",
+                            p.name,
+                            first.file.display(),
+                            first.line,
+                            first.column
+                        ),
+                    );
+                    dplaces.retain(|(k, _)| !of_program(k, &p.name));
+                    continue;
+                }
+                programs.push(p);
+            }
+            places.extend(dplaces);
+            drop_in_diags.extend(dc.finish().0);
+        }
+
         if let Some(name) = scale {
             if programs.iter().any(|p| p.name == *name.get_ref()) {
                 daemon.scale_program = Some(name.into_inner());
@@ -221,23 +309,271 @@ impl Config {
             // would only add noise.
             root.finish(&mut c);
         }
-        let diags = c.finish();
-        if !diags.is_empty() {
-            return Err(Error::Config(diags));
-        }
-        Ok(Config {
+        places.extend(c.take_places());
+        let mut diags = c.finish();
+        diags.0.extend(drop_in_diags);
+        let config = Config {
             path: path.to_path_buf(),
             daemon,
             programs,
-        })
+            included,
+            places,
+            matched,
+        };
+        (config, diags)
     }
+
+    /// Where the value of `key` (a dotted key such as `program.web.user`) was written, if it was.
+    pub(crate) fn place(&self, key: &str) -> Option<&Place> {
+        self.places.get(key)
+    }
+
+    /// The main file, then every file the `include` patterns matched, in load order.
+    pub(crate) fn files(&self) -> impl Iterator<Item = &Path> {
+        std::iter::once(self.path.as_path()).chain(self.matched.iter().map(PathBuf::as_path))
+    }
+}
+
+/// The directory relative paths of the file at `path` are resolved against, absolute.
+fn base_dir(path: &Path) -> PathBuf {
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    std::path::absolute(&base).unwrap_or(base)
+}
+
+/// Whether the noted place `key` belongs to program `name` (its table or one of its keys).
+fn of_program(key: &str, name: &str) -> bool {
+    key == format!("[program.{name}]")
+        || key
+            .strip_prefix("program.")
+            .and_then(|k| k.strip_prefix(name))
+            .and_then(|k| k.strip_prefix('.'))
+            .is_some_and(|k| !k.contains('.'))
+}
+
+/// Reads the top-level `include`: an array of non-empty glob patterns, each with its span.
+fn read_include(c: &mut Collector<'_>, root: &mut Section<'_, '_>) -> Vec<Spanned<String>> {
+    let Some(v) = root.raw("include") else {
+        return Vec::new();
+    };
+    let DeValue::Array(items) = v.get_ref() else {
+        c.at(
+            v.span(),
+            "include",
+            format!(
+                "expected an array of glob patterns such as [\"conf.d/*.toml\"], found {}",
+                v.get_ref().type_str()
+            ),
+        );
+        return Vec::new();
+    };
+    let mut patterns = Vec::new();
+    for item in items.iter() {
+        match item.get_ref() {
+            DeValue::String(s) if s.is_empty() => {
+                c.at(item.span(), "include", "a pattern must not be empty")
+            }
+            DeValue::String(s) if s.contains('\0') => {
+                c.at(item.span(), "include", "must not contain a NUL byte")
+            }
+            DeValue::String(s) => patterns.push(Spanned::new(item.span(), s.to_string())),
+            other => c.at(
+                item.span(),
+                "include",
+                format!("expected a string, found {}", other.type_str()),
+            ),
+        }
+    }
+    patterns
+}
+
+/// Expands the `include` patterns: each pattern's matches sorted by path, pattern by pattern,
+/// every path once (where first matched), the main file (`main`) left out. A malformed pattern
+/// or a directory that cannot be searched is reported at the pattern.
+fn expand(
+    c: &mut Collector<'_>,
+    patterns: &[Spanned<String>],
+    base: &Path,
+    main: &Path,
+) -> Vec<PathBuf> {
+    // `*` must not cross a `/`. Leading dots are filtered below rather than by the glob crate,
+    // whose own filter panics on a file name that is not UTF-8.
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    let mut out: Vec<PathBuf> = Vec::new();
+    for pattern in patterns {
+        let text = pattern.get_ref();
+        if let Err(e) = glob::Pattern::new(text) {
+            c.at(
+                pattern.span(),
+                "include",
+                format!(
+                    "{text:?} is not a valid glob pattern: {} (at character {})",
+                    e.msg,
+                    e.pos + 1
+                ),
+            );
+            continue;
+        }
+        let full = if Path::new(text).is_absolute() {
+            text.clone()
+        } else {
+            let Some(dir) = base.to_str() else {
+                c.at(
+                    pattern.span(),
+                    "include",
+                    format!(
+                        "the directory {} is not UTF-8, so a relative pattern cannot be \
+                         expanded in it: write an absolute one",
+                        base.display()
+                    ),
+                );
+                continue;
+            };
+            let dir = glob::Pattern::escape(dir);
+            format!("{}/{text}", dir.trim_end_matches('/'))
+        };
+        let last_dot = text.rsplit('/').next().is_some_and(|l| l.starts_with('.'));
+        let paths = match glob::glob_with(&full, options) {
+            Ok(p) => p,
+            Err(e) => {
+                c.at(
+                    pattern.span(),
+                    "include",
+                    format!("{text:?} is not a valid glob pattern: {}", e.msg),
+                );
+                continue;
+            }
+        };
+        let mut matched = Vec::new();
+        for entry in paths {
+            match entry {
+                Ok(p) => {
+                    let hidden = p
+                        .file_name()
+                        .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+                    if !hidden || last_dot {
+                        matched.push(p);
+                    }
+                }
+                Err(e) => c.at(
+                    pattern.span(),
+                    "include",
+                    format!("cannot search {}: {}", e.path().display(), e.error()),
+                ),
+            }
+        }
+        matched.sort();
+        for p in matched {
+            if !out.contains(&p) && p != main {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// What reading one matched drop-in gave.
+enum DropIn {
+    /// Its text.
+    Text(String),
+    /// A directory, or the main file under another name: not read.
+    Skip,
+    /// It could not be read, is not a regular file, or is not UTF-8.
+    Problem(Diagnostics),
+}
+
+/// Reads the drop-in at `path`. It is opened without blocking (a FIFO matched by a pattern must
+/// not hang the reader) and judged by what was opened, not by an earlier look at the path.
+fn read_drop_in(path: &Path, main: &Path) -> DropIn {
+    let problem = |message: String| {
+        DropIn::Problem(Diagnostics(vec![Diagnostic::new(None, path, "", message)]))
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    let mut file = match file {
+        Ok(f) => f,
+        Err(e) => return problem(format!("cannot read this included file: {e}")),
+    };
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return problem(format!("cannot read this included file: {e}")),
+    };
+    if meta.is_dir() {
+        return DropIn::Skip;
+    }
+    if !meta.is_file() {
+        return problem(
+            "an included file must be a regular file (this is a FIFO, socket or device)".into(),
+        );
+    }
+    if std::fs::metadata(main).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino()) {
+        return DropIn::Skip;
+    }
+    let mut bytes = Vec::new();
+    if let Err(e) = file.read_to_end(&mut bytes) {
+        return problem(format!("cannot read this included file: {e}"));
+    }
+    match utf8(path, bytes) {
+        Ok(text) => DropIn::Text(text),
+        Err(d) => DropIn::Problem(d),
+    }
+}
+
+/// Reads the programs of a drop-in (`c` reports in it), refusing anything else at its top
+/// level. `main` is the including file, for messages.
+fn read_drop_in_programs(
+    c: &mut Collector<'_>,
+    text: &str,
+    main: &Path,
+    files: &mut HashMap<PathBuf, String>,
+) -> Vec<(ProgramSpec, std::ops::Range<usize>)> {
+    let file = c.file();
+    let (doc, syntax) = DeTable::parse_recoverable(text);
+    syntax_errors(c, text, &syntax);
+    let mut root = Section::new("", doc.get_ref(), keys::DROP_IN);
+    let programs = match root.table(c, "program") {
+        Some(t) => program::read_programs(c, t, &base_dir(file), file, files),
+        None => Vec::new(),
+    };
+    if syntax.is_empty() {
+        for (k, _) in doc.get_ref().iter() {
+            let key: &str = k.get_ref();
+            let message = match key {
+                "program" => continue,
+                "daemon" => format!(
+                    "a drop-in file holds [program.NAME] tables only: [daemon] belongs in {}",
+                    main.display()
+                ),
+                "include" => format!(
+                    "a drop-in file cannot include others: include is read in {} only",
+                    main.display()
+                ),
+                _ => "unknown key: a drop-in file holds [program.NAME] tables only".to_string(),
+            };
+            c.at(k.span(), key, message);
+        }
+    }
+    programs
 }
 
 /// Reads the file at `path` as text: `Err(Error)` when it cannot be read, `Ok(Err(_))` with the
 /// place of the first byte that is not UTF-8 (TOML files are UTF-8).
 fn read_utf8(path: &Path) -> Result<std::result::Result<String, Diagnostics>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read configuration", path, e))?;
-    Ok(String::from_utf8(bytes).map_err(|e| {
+    Ok(utf8(path, bytes))
+}
+
+/// The text of the file at `path`, or the place of its first byte that is not UTF-8.
+fn utf8(path: &Path, bytes: Vec<u8>) -> std::result::Result<String, Diagnostics> {
+    String::from_utf8(bytes).map_err(|e| {
         let good = e.utf8_error().valid_up_to();
         let bytes = e.into_bytes();
         let prefix = std::str::from_utf8(&bytes[..good]).expect("valid up to here");
@@ -251,7 +587,7 @@ fn read_utf8(path: &Path) -> Result<std::result::Result<String, Diagnostics>> {
             ),
         );
         c.finish()
-    }))
+    })
 }
 
 /// Records TOML syntax errors. The parser reports a duplicate key or table without naming it,
@@ -392,6 +728,12 @@ fn read_daemon(
             d.control_group = Some(g.into_inner());
         }
     }
+    // What only the running system can judge (`warden check`): where it was written.
+    for key in ["user", "group", "control_group", "pidfile", "log", "stderr"] {
+        if let Some(span) = s.span(key) {
+            c.note(&s.key(key), span);
+        }
+    }
     s.finish(c);
     (d, scale)
 }
@@ -462,6 +804,9 @@ pub fn parse_umask(s: &str) -> Option<u32> {
     let m = u32::from_str_radix(s, 8).ok()?;
     (m <= 0o777).then_some(m)
 }
+
+#[cfg(test)]
+mod include_tests;
 
 #[cfg(test)]
 mod tests {

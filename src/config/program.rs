@@ -4,8 +4,9 @@
 //! (unknown keys, wrong types, bad values, inconsistent combinations) and never stopping at the
 //! first. Like the rest of [`crate::config`] it looks at the file only: it does not check that the
 //! command exists, that the user resolves or that the directory is there — those are the
-//! supervisor's business when it spawns. Relative `directory` and output file paths are resolved
-//! against the configuration file's directory; the command is kept as written (a bare name is
+//! supervisor's business when it spawns, and [`super::preflight`]'s for `warden check` (the
+//! places of `command`, `user` and `group` are noted for it). Relative `directory` and output
+//! file paths are resolved against the directory of the file the table is in; the command is kept as written (a bare name is
 //! looked up in `PATH` when the program is spawned).
 //!
 //! Defaults follow the supervisor's design: restart always, backoff from 100 ms doubling to 30 s,
@@ -83,6 +84,10 @@ pub struct ProgramSpec {
     pub log_max_bytes: u64,
     /// `log_keep`: how many rotated output files are kept (default 5).
     pub log_keep: u32,
+    /// The configuration file that defines it, as an absolute path: the main file or a drop-in
+    /// read through `include`. `None` for a program built in code. Where a program is defined
+    /// is not one of its settings: moving its table to another file changes nothing on reload.
+    pub source: Option<PathBuf>,
 }
 
 impl ProgramSpec {
@@ -104,6 +109,7 @@ impl ProgramSpec {
             stderr: OutputSpec::Log,
             log_max_bytes: 10 << 20,
             log_keep: 5,
+            source: None,
         }
     }
 }
@@ -195,14 +201,18 @@ pub fn valid_program_name(name: &str) -> bool {
         && name != ".."
 }
 
-/// Reads the `[program]` table: one [`ProgramSpec`] per sub-table, in file order.
+/// Reads the `[program]` table of the file `c` reports in (`source`, absolute): one
+/// [`ProgramSpec`] per sub-table, in file order, with the span of its name. `files` maps each
+/// output file to the program writing it, across every file of the configuration. The place of
+/// each program's name is noted as `[program.NAME]`.
 pub(super) fn read_programs(
     c: &mut Collector<'_>,
     table: &DeTable<'_>,
     base: &Path,
-) -> Vec<ProgramSpec> {
+    source: &Path,
+    files: &mut HashMap<PathBuf, String>,
+) -> Vec<(ProgramSpec, Range<usize>)> {
     let mut programs = Vec::new();
-    let mut files = HashMap::new();
     for (name, value) in table.iter() {
         let key = format!("program.{}", name.get_ref());
         if !valid_program_name(name.get_ref()) {
@@ -215,15 +225,13 @@ pub(super) fn read_programs(
                 ),
             );
         }
+        c.note(&format!("[{key}]"), name.span());
         match value.get_ref() {
-            DeValue::Table(t) => programs.push(read_program(
-                c,
-                name.get_ref(),
-                name.span(),
-                t,
-                base,
-                &mut files,
-            )),
+            DeValue::Table(t) => {
+                let mut p = read_program(c, name.get_ref(), name.span(), t, base, files);
+                p.source = Some(source.to_path_buf());
+                programs.push((p, name.span()));
+            }
             other => c.at(
                 value.span(),
                 &key,
@@ -262,6 +270,12 @@ fn read_program(
     }
     p.user = non_empty(c, &mut s, "user");
     p.group = non_empty(c, &mut s, "group");
+    // What only the running system can judge (`warden check`): where it was written.
+    for key in ["command", "user", "group"] {
+        if let Some(span) = s.span(key) {
+            c.note(&s.key(key), span);
+        }
+    }
     if let Some(u) = s.string(c, "umask") {
         match parse_umask(u.get_ref()) {
             Some(m) => p.umask = Some(m),

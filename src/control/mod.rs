@@ -199,11 +199,14 @@ impl Reply {
 /// {"daemon": {"pid": 812, "version": "0.1.0", "uptime_secs": 3600.2, "config": "/etc/warden/warden.toml"},
 ///  "instances": [{"program": "web", "index": 0, "pid": 901, "state": "ready",
 ///                 "uptime_secs": 3599.9, "restarts": 0, "last_exit": null, "status": "serving"}],
-///  "programs": [{"program": "web", "instances": 1}, {"program": "spare", "instances": 0}]}
+///  "programs": [{"program": "web", "instances": 1, "file": "/etc/warden/warden.toml"},
+///               {"program": "spare", "instances": 0, "file": "/etc/warden/conf.d/spare.toml"}]}
 /// ```
 ///
 /// `programs` lists every program reported, with its configured number of instances — also
-/// those scaled to 0, which have no entry in `instances`.
+/// those scaled to 0, which have no entry in `instances` — and `file`, the absolute path of the
+/// configuration file that defines it (the main file or a drop-in read through `include`;
+/// `null` for a program a library user built in code).
 ///
 /// `state` is one of `starting`, `running`, `ready`, `backoff`, `stopping`, `exited`, `fatal`;
 /// `pid`, `uptime_secs`, `last_exit` and `status` may be `null`; `last_exit` is
@@ -227,6 +230,10 @@ pub struct ProgramInfo {
     pub program: String,
     /// How many instances it is configured (or scaled) to run.
     pub instances: u32,
+    /// The configuration file that defines it, absolute; `None` for a program built in code
+    /// (and from a daemon older than this field).
+    #[serde(default)]
+    pub file: Option<String>,
 }
 
 /// The daemon part of a [`StatusReport`].

@@ -124,6 +124,9 @@ fn serving(state: &state::State, readiness: Readiness) -> bool {
     }
 }
 
+/// Whether `a` and `b` run the same way. `instances` is compared apart (a change of count
+/// alone is a scale, not a restart), and `source` not at all: the file a program is defined in
+/// is no setting of it.
 fn same_config(a: &ProgramDef, b: &ProgramDef) -> bool {
     let work = match (&a.work, &b.work) {
         (Work::Exec(x), Work::Exec(y)) => x == y,
@@ -518,6 +521,11 @@ impl Supervisor {
                 .map(|&p| ProgramInfo {
                     program: self.programs[p].def.name.clone(),
                     instances: self.programs[p].def.instances,
+                    file: self.programs[p]
+                        .def
+                        .source
+                        .as_ref()
+                        .map(|f| f.display().to_string()),
                 })
                 .collect(),
         }
@@ -686,6 +694,13 @@ impl Supervisor {
                 self.scale(name, *to).map_err(internal)?;
             }
             touched.push(p);
+        }
+        // Where each program is defined is not a setting (`same_config` ignores it), so an
+        // unchanged program whose table moved to another file is only told its new file.
+        for def in &set.programs {
+            if let Ok(p) = self.find(&def.name) {
+                self.programs[p].def.source.clone_from(&def.source);
+            }
         }
         self.scale_program = set.scale_program;
         Ok(touched)

@@ -103,6 +103,10 @@ pub struct ProgramDef {
     pub log_max_bytes: u64,
     /// Keep this many rotated output files.
     pub log_keep: u32,
+    /// The configuration file that defines it (`status --json` shows it as `file`); `None` for
+    /// a program built in code. Not a setting: a reload that only moves a program to another
+    /// file leaves it running and updates this.
+    pub source: Option<PathBuf>,
 }
 
 impl ProgramDef {
@@ -117,6 +121,7 @@ impl ProgramDef {
             stderr: Output::Log,
             log_max_bytes: 10 << 20,
             log_keep: 5,
+            source: None,
         }
     }
 }
@@ -1563,6 +1568,7 @@ impl ProgramDef {
             stderr: output(&spec.stderr),
             log_max_bytes: spec.log_max_bytes,
             log_keep: spec.log_keep,
+            source: spec.source.clone(),
         }
     }
 }

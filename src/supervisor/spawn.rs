@@ -223,18 +223,29 @@ fn environment(p: &Prepared, i: &Instance<'_>) -> Vec<(OsString, OsString)> {
     env
 }
 
+/// The search path for a program name when its environment has no `PATH`.
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Finds `program` the way `execvp` would — in the parent, since a PATH search is no work for a
 /// forked child.
 fn resolve(program: &str, env: &[(OsString, OsString)]) -> io::Result<PathBuf> {
-    if program.contains('/') {
-        return Ok(PathBuf::from(program));
-    }
     let path = env
         .iter()
         .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    for dir in std::env::split_paths(&path) {
+        .map(|(_, v)| v.as_os_str());
+    find_program(program, path)
+}
+
+/// Finds `program` in `path` (a `PATH` value; [`DEFAULT_PATH`] when `None`): the first
+/// executable regular file of that name. A name with a `/` is returned as it is. Also used by
+/// `warden check` ([`crate::config::preflight`]), so that it looks a command up as a spawn does.
+pub(crate) fn find_program(program: &str, path: Option<&std::ffi::OsStr>) -> io::Result<PathBuf> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = path.unwrap_or(DEFAULT_PATH.as_ref());
+    for dir in std::env::split_paths(path) {
         let candidate = dir.join(program);
         if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
             && candidate.is_file()

@@ -142,7 +142,9 @@ log_keep = 2
 #[test]
 fn defaults() {
     let p = one("[program.a]\ncommand = [\"/bin/true\"]\n");
-    assert_eq!(p, ProgramSpec::new("a", argv(&["/bin/true"])));
+    let mut expected = ProgramSpec::new("a", argv(&["/bin/true"]));
+    expected.source = Some(FILE.into());
+    assert_eq!(p, expected);
     assert_eq!(p.instances, 1);
     assert_eq!(p.directory, None);
     assert_eq!(p.umask, None);

@@ -1,0 +1,204 @@
+//! A configuration against the running system: the one part of [`crate::config`] that looks
+//! beyond the files, and only when called.
+//!
+//! [`accounts`] finds users and groups that do not resolve — errors: `warden start` and
+//! `reload` refuse such a file (exit 6), as a spawn would fail later. [`warnings`] finds what
+//! will fail later without making the file wrong: a pidfile directory warden cannot create, a
+//! command that is not found or not executable, warden's own log going nowhere. [`check`] is
+//! `warden check`: the file's own problems, the accounts and the warnings, in one pass, each at
+//! the file, line and column of the value concerned.
+//!
+//! What is seen here is the system of whoever runs the check, now: a command found by `check`
+//! may be missing when the daemon runs with another `PATH`, and an account may be created later.
+//! That is why the command and path checks only warn.
+
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{AccessFlags, access};
+
+use super::{Config, Diagnostic, Diagnostics, LogSpec};
+use crate::Credentials;
+use crate::error::Result;
+use crate::supervisor::spawn::{DEFAULT_PATH, find_program};
+
+/// What [`check`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Report {
+    /// Problems that make the configuration invalid: the file's own, and accounts that do not
+    /// resolve. Main file first, then the drop-ins in load order; each file's in file order.
+    pub errors: Diagnostics,
+    /// What will fail later (see [`warnings`]), in the same order.
+    pub warnings: Diagnostics,
+}
+
+/// Everything `warden check` reports about the configuration at `path`: its problems, the
+/// accounts that do not resolve and the warnings, all in one pass — an unknown user is reported
+/// beside a typo elsewhere, not after it is fixed.
+///
+/// Errors: [`crate::Error::Io`] when the main file cannot be read (a drop-in that cannot be read
+/// is one of the report's errors).
+pub fn check(path: &Path) -> Result<Report> {
+    let text = match super::read_utf8(path)? {
+        Ok(text) => text,
+        Err(d) => {
+            return Ok(Report {
+                errors: d,
+                warnings: Diagnostics::default(),
+            });
+        }
+    };
+    let (config, mut errors) = Config::read(path, &text);
+    errors.0.extend(accounts(&config).0);
+    Ok(Report {
+        errors: in_load_order(&config, errors),
+        warnings: in_load_order(&config, warnings(&config)),
+    })
+}
+
+/// The users and groups named in `config` (`[daemon]` `user`, `group` and `control_group`, and
+/// each program's `user` and `group`) that do not resolve on this machine, each at its place.
+pub fn accounts(config: &Config) -> Diagnostics {
+    let mut out = Vec::new();
+    let mut resolve = |key: String, file: &Path, user: Option<&str>, group: Option<&str>| {
+        if let Err(e) = Credentials::resolve(user, group) {
+            out.push(Diagnostic::new(
+                config.place(&key),
+                file,
+                &key,
+                e.to_string(),
+            ));
+        }
+    };
+    let d = &config.daemon;
+    // Each name alone, so that a wrong user and a wrong group are both reported.
+    if let Some(u) = &d.user {
+        resolve("daemon.user".into(), &config.path, Some(u), None);
+    }
+    if let Some(g) = &d.group {
+        resolve("daemon.group".into(), &config.path, None, Some(g));
+    }
+    if let Some(g) = &d.control_group {
+        resolve("daemon.control_group".into(), &config.path, None, Some(g));
+    }
+    for p in &config.programs {
+        let file = p.source.as_deref().unwrap_or(&config.path);
+        if let Some(u) = &p.user {
+            resolve(format!("program.{}.user", p.name), file, Some(u), None);
+        }
+        if let Some(g) = &p.group {
+            resolve(format!("program.{}.group", p.name), file, None, Some(g));
+        }
+    }
+    Diagnostics(out)
+}
+
+/// What will fail later, though the file is valid:
+///
+/// - the pidfile's directory is missing and so is its parent (warden creates one level only);
+/// - a program's command is not found in its `PATH` (the program's `env` `PATH`, else warden's
+///   own unless `clean_env`, else the default search path — as a spawn looks it up), or names a
+///   file that does not exist, is a directory or is not executable (a relative one is taken
+///   from the program's working directory, as `execve` does after the `chdir`);
+/// - warden's own log goes nowhere: `log = "stderr"` while `[daemon] stderr` is `/dev/null`
+///   (the default), which loses every line once `warden start` has detached.
+pub fn warnings(config: &Config) -> Diagnostics {
+    let mut out = Vec::new();
+    let d = &config.daemon;
+    let mut warn = |key: &str, file: &Path, message: String| {
+        out.push(Diagnostic::new(config.place(key), file, key, message));
+    };
+    if let Some(dir) = d.pidfile.parent().filter(|p| !p.as_os_str().is_empty())
+        && !dir.exists()
+        && dir.parent().is_some_and(|up| !up.exists())
+    {
+        warn(
+            "daemon.pidfile",
+            &config.path,
+            format!(
+                "neither {} nor {} exists: warden creates one directory level only, so \
+                 start will fail",
+                dir.display(),
+                dir.parent()
+                    .map_or_else(String::new, |p| p.display().to_string()),
+            ),
+        );
+    }
+    if d.log == LogSpec::Stderr && d.stderr == Path::new("/dev/null") {
+        warn(
+            "daemon.log",
+            &config.path,
+            "log = \"stderr\" while [daemon] stderr is /dev/null: once `warden start` has \
+             detached, warden's own log goes nowhere (set stderr to a file, or log to syslog or \
+             a file; `warden run` keeps the terminal's stderr)"
+                .into(),
+        );
+    }
+    for p in &config.programs {
+        let Some(program) = p.command.first() else {
+            continue;
+        };
+        let key = format!("program.{}.command", p.name);
+        let file = p.source.as_deref().unwrap_or(&config.path);
+        if let Some(message) = command_problem(program, p, &d.directory) {
+            warn(&key, file, message);
+        }
+    }
+    Diagnostics(out)
+}
+
+/// Why `program` (argv\[0\] of `spec`) will not start, if it will not.
+fn command_problem(program: &str, spec: &super::ProgramSpec, warden_dir: &Path) -> Option<String> {
+    if !program.contains('/') {
+        let from_env = spec
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.into());
+        let path: Option<std::ffi::OsString> = match from_env {
+            Some(p) => Some(p),
+            None if spec.clean_env => None,
+            None => std::env::var_os("PATH"),
+        };
+        return find_program(program, path.as_deref()).err().map(|_| {
+            let shown = path.as_deref().map_or_else(
+                || format!("{DEFAULT_PATH}, the default"),
+                |p| p.to_string_lossy().into_owned(),
+            );
+            format!(
+                "{program:?} is not found in PATH ({shown}) as an executable file: the program \
+                 will fail to start"
+            )
+        });
+    }
+    let full: PathBuf = spec
+        .directory
+        .as_deref()
+        .unwrap_or(warden_dir)
+        .join(program);
+    let why = match std::fs::metadata(&full) {
+        Err(e) => format!("cannot be run: {e}"),
+        Ok(m) if m.is_dir() => "is a directory".to_string(),
+        Ok(m) if !m.is_file() => "is not a regular file".to_string(),
+        Ok(_) if access(&full, AccessFlags::X_OK).is_err() => "is not executable".to_string(),
+        Ok(_) => return None,
+    };
+    Some(format!(
+        "{} {why}: the program will fail to start",
+        full.display()
+    ))
+}
+
+/// `diags` sorted file by file in load order (the main file, then the drop-ins), each file's by
+/// line and column.
+fn in_load_order(config: &Config, diags: Diagnostics) -> Diagnostics {
+    let rank_of = |file: &Path| config.files().position(|f| f == file).unwrap_or(usize::MAX);
+    let mut keyed: Vec<((usize, usize, usize), Diagnostic)> = diags
+        .0
+        .into_iter()
+        .map(|d| ((rank_of(&d.file), d.line, d.column), d))
+        .collect();
+    keyed.sort_by_key(|(k, _)| *k);
+    Diagnostics(keyed.into_iter().map(|(_, d)| d).collect())
+}
