@@ -32,6 +32,17 @@ pub(crate) fn open_append(path: &Path, mode: u32, allow: Allow) -> io::Result<Fi
     open(&o, path, 0, allow)
 }
 
+/// The whole of the regular file at `path` (a symbolic link is followed), read without blocking
+/// on whatever else may be there: a configuration file or a drop-in.
+pub(crate) fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    let mut file = open(&o, path, libc::O_NOCTTY, Allow::Regular)?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut file, &mut bytes)?;
+    Ok(bytes)
+}
+
 /// `open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)` of a regular file, then the type
 /// check: how a pidfile is read by commands that only look at it.
 pub(crate) fn open_read_nofollow(path: &Path) -> io::Result<File> {
@@ -106,6 +117,8 @@ mod tests {
         let e = open_append(&p, 0o644, Allow::RegularOrTerminal).unwrap_err();
         assert!(e.to_string().contains("it is a FIFO"), "{e}");
         let e = open_read_nofollow(&p).unwrap_err();
+        assert!(e.to_string().contains("it is a FIFO"), "{e}");
+        let e = read_regular(&p).unwrap_err();
         assert!(e.to_string().contains("it is a FIFO"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }

@@ -186,7 +186,8 @@ impl Config {
             Ok(text) => text,
             Err(d) => {
                 let lossy =
-                    String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned();
+                    String::from_utf8_lossy(&crate::files::read_regular(path).unwrap_or_default())
+                        .into_owned();
                 return Ok((Config::located(path, &lossy), Some(d)));
             }
         };
@@ -567,7 +568,9 @@ fn read_drop_in_programs(
 /// Reads the file at `path` as text: `Err(Error)` when it cannot be read, `Ok(Err(_))` with the
 /// place of the first byte that is not UTF-8 (TOML files are UTF-8).
 fn read_utf8(path: &Path) -> Result<std::result::Result<String, Diagnostics>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("cannot read configuration", path, e))?;
+    // Not `fs::read`: a FIFO at the path would hang `check`, `reload` and the daemon's SIGHUP.
+    let bytes = crate::files::read_regular(path)
+        .map_err(|e| Error::io("cannot read configuration", path, e))?;
     Ok(utf8(path, bytes))
 }
 
