@@ -20,22 +20,39 @@ use std::process::ExitCode;
 
 use warden::Error;
 
-pub const OK: u8 = 0;
-pub const FAILURE: u8 = 1;
-pub const USAGE: u8 = 2;
-pub const NO_PERMISSION: u8 = 4;
-pub const NO_SUCH_PROGRAM: u8 = 5;
-pub const CONFIG: u8 = 6;
-pub const NOT_RUNNING: u8 = 7;
+/// Defines exit statuses as `pub const`s together with `ALL`, the list of every one of them, so
+/// that no status can be defined without being listed: warden(8)'s EXIT STATUS is checked
+/// against `ALL` (src/cli/man_tests.rs).
+macro_rules! statuses {
+    ($($name:ident = $value:literal;)*) => {
+        $(pub const $name: u8 = $value;)*
+        /// Every status defined here, with its name.
+        #[cfg(test)]
+        pub const ALL: &[(&str, u8)] = &[$((stringify!($name), $name)),*];
+    };
+}
 
+statuses! {
+    OK = 0;
+    FAILURE = 1;
+    USAGE = 2;
+    NO_PERMISSION = 4;
+    NO_SUCH_PROGRAM = 5;
+    CONFIG = 6;
+    NOT_RUNNING = 7;
+}
+
+/// The statuses of `warden status` (LSB, then per program).
 pub mod status {
-    pub const RUNNING: u8 = 0;
-    pub const DEAD_PIDFILE: u8 = 1;
-    pub const NOT_RUNNING: u8 = 3;
-    pub const UNKNOWN: u8 = 4;
-    pub const PROGRAM_DOWN: u8 = 150;
-    pub const PROGRAM_FATAL: u8 = 151;
-    pub const NO_SUCH_PROGRAM: u8 = 152;
+    statuses! {
+        RUNNING = 0;
+        DEAD_PIDFILE = 1;
+        NOT_RUNNING = 3;
+        UNKNOWN = 4;
+        PROGRAM_DOWN = 150;
+        PROGRAM_FATAL = 151;
+        NO_SUCH_PROGRAM = 152;
+    }
 }
 
 /// Prints `err` (each configuration problem on its own line) and returns its exit status.

@@ -3,6 +3,8 @@
 
 mod control;
 mod exit;
+#[cfg(test)]
+mod man_tests;
 mod serve;
 
 use std::path::PathBuf;
