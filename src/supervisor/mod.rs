@@ -130,7 +130,8 @@ pub struct InstanceStatus {
     pub index: usize,
     /// The main pid, when a process is up.
     pub pid: Option<i32>,
-    /// `starting`, `running`, `ready`, `backoff`, `stopping`, `exited` or `fatal`.
+    /// `starting`, `running`, `ready`, `backoff`, `stopping`, `exited`, `stopped` (by hand, kept
+    /// down until started again) or `fatal`.
     pub state: &'static str,
     /// How long the current process has been up.
     pub uptime: Option<Duration>,
@@ -447,7 +448,11 @@ impl Supervisor {
                     uptime: s.up_since.filter(|_| s.inst.state.is_up()).map(|t| now - t),
                     restarts: s.inst.restarts,
                     last_exit: s.inst.last_exit,
-                    status_text: s.status_text.clone(),
+                    // Its last `STATUS=` line described a process stopped by hand since.
+                    status_text: s
+                        .status_text
+                        .clone()
+                        .filter(|_| s.inst.state != state::State::Stopped),
                 })
             })
             .collect()
@@ -480,6 +485,12 @@ impl Supervisor {
         let mut events = Events::with_capacity(256);
         loop {
             self.tick();
+            // After the deadlines too, not only after I/O: a timed readiness (`ready = "2s"`)
+            // becomes `ready` on a tick, and the rollout and the client waiting for it must
+            // see that now, not at the next unrelated wake-up.
+            self.advance_rollouts();
+            self.sweep_removed();
+            self.check_waiters();
             self.advance_shutdown();
             self.enforce_shutdown_deadline();
             if self.shutdown.is_some() && self.all_down() {
@@ -532,9 +543,6 @@ impl Supervisor {
             for t in backlog {
                 self.read_pipe(t);
             }
-            self.advance_rollouts();
-            self.sweep_removed();
-            self.check_waiters();
         }
     }
 
@@ -691,6 +699,7 @@ impl Supervisor {
                             then: state::AfterStop::Stay,
                             ..
                         } | state::State::Exited
+                            | state::State::Stopped
                             | state::State::Fatal
                     )
                 })
