@@ -139,7 +139,7 @@ fn the_bundled_example_runs_and_answers_a_second_terminal() {
     let mut run = command(&config, &["run"]);
     run.stdout(Stdio::null()).stderr(Stdio::null());
     let warden = sb.spawn(run);
-    let mut status = |sb: &mut Sandbox, args: &[&str]| {
+    let status = |sb: &mut Sandbox, args: &[&str]| {
         let o = sb.output(command(&config, args));
         (o.status.code().unwrap_or(-1), o)
     };
