@@ -198,3 +198,40 @@ fn the_bundled_example_runs_and_answers_a_second_terminal() {
     assert!(!sb.path("warden.pid").exists() && !sb.path("warden.sock").exists());
     assert_no_process(&sb);
 }
+
+/// `examples/minimal.rs`, the daemon a developer copies: it starts, says why it cannot start in
+/// words (Display, not Debug), logs, answers signals and runs its exit hook.
+#[test]
+fn the_minimal_example_daemonizes_logs_and_reports_errors_in_words() {
+    let _t = Timer::new("the_minimal_example_daemonizes_logs_and_reports_errors_in_words");
+    let mut sb = Sandbox::new("minimal", "");
+    let bin = example("minimal");
+    let start = |sb: &mut Sandbox| {
+        let mut c = Command::new(&bin);
+        c.arg(&sb.dir).stdin(Stdio::null());
+        sb.output(c)
+    };
+    let out = start(&mut sb);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    let pid: i32 = sb.read("minimal.pid").trim().parse().unwrap();
+    sb.track(pid);
+    let out = start(&mut sb);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr_of(&out),
+        format!("minimal: already running (pid {pid})\n")
+    );
+    assert!(
+        sb.read("minimal.log")
+            .contains(&format!("ready (pid {pid})"))
+    );
+    signal(pid, nix::sys::signal::Signal::SIGHUP);
+    assert!(wait_until(TIMEOUT, || sb
+        .read("minimal.log")
+        .contains("reload")));
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+    assert!(wait_until(TIMEOUT, || !alive(pid)));
+    assert_eq!(sb.read("state"), "saved\n", "the exit hook ran");
+    assert!(!sb.path("minimal.pid").exists(), "the pidfile is removed");
+    assert!(sb.read("minimal.log").contains("stopping"));
+}
