@@ -1109,6 +1109,14 @@ fn stop_and_status_work_through_the_pidfile_without_the_socket() {
     let out = sb.run(&["status", "w"]);
     assert_eq!(code(&out), 4, "{}{}", stdout_of(&out), stderr_of(&out));
     assert!(stderr_of(&out).contains("unknown"), "{}", stderr_of(&out));
+    // The same in JSON: running (from the pidfile), its instances absent (unknown).
+    let out = sb.run(&["status", "--json", "w"]);
+    assert_eq!(code(&out), 4, "{}", stderr_of(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["daemon"]["running"], true, "{v:#}");
+    assert_eq!(v["daemon"]["state"], "running", "{v:#}");
+    assert_eq!(v["daemon"]["pid"].as_i64(), Some(warden.into()), "{v:#}");
+    assert!(v.get("instances").is_none(), "{v:#}");
     expect(&mut sb, &["stop"], 0);
     assert!(!alive(warden));
     for p in pids(&w) {

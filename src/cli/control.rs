@@ -313,6 +313,8 @@ pub struct Unreached {
     pid: Option<i32>,
     /// For humans: stdout without `--json` (stderr when unknown), stderr with it.
     message: String,
+    /// A warning for humans, on stderr in either case.
+    warning: Option<String>,
 }
 
 impl Unreached {
@@ -324,6 +326,7 @@ impl Unreached {
             running: None,
             pid: None,
             message: format!("warden: {why}"),
+            warning: None,
         }
     }
 
@@ -338,6 +341,7 @@ impl Unreached {
                 running: Some(true),
                 pid,
                 message: format!("warden is running (pid {})", show(pid)),
+                warning: None,
             },
             Ok(PidfileState::Stale(pid)) => Unreached {
                 code: exit::status::DEAD_PIDFILE,
@@ -349,6 +353,7 @@ impl Unreached {
                     path.display(),
                     show(pid)
                 ),
+                warning: None,
             },
             Ok(PidfileState::Absent) => Unreached {
                 code: exit::status::NOT_RUNNING,
@@ -356,6 +361,7 @@ impl Unreached {
                 running: Some(false),
                 pid: None,
                 message: "warden is not running".to_string(),
+                warning: None,
             },
             Err(e) => Unreached::unknown(e.to_string()),
         }
@@ -364,15 +370,17 @@ impl Unreached {
     /// Prints the outcome — as text, or as the JSON object documented in `warden::control`
     /// with the text on stderr — and returns the exit status.
     pub fn report(&self, config_path: &Path, json: bool) -> ExitCode {
+        if !json && self.state != "unknown" {
+            println!("{}", self.message);
+        } else {
+            eprintln!("{}", self.message);
+        }
+        if let Some(w) = &self.warning {
+            eprintln!("{w}");
+        }
         if !json {
-            if self.state == "unknown" {
-                eprintln!("{}", self.message);
-            } else {
-                println!("{}", self.message);
-            }
             return ExitCode::from(self.code);
         }
-        eprintln!("{}", self.message);
         let config = std::path::absolute(config_path).unwrap_or_else(|_| config_path.into());
         let mut v = serde_json::json!({
             "daemon": {
@@ -409,12 +417,11 @@ pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
             let mut found = Unreached::from_pidfile(config);
             if !programs.is_empty() && found.code == exit::status::RUNNING {
                 found.code = exit::status::UNKNOWN;
-                found.message = format!(
-                    "{}\nwarden: the control socket {} cannot be reached: the state of {} is unknown",
-                    found.message,
+                found.warning = Some(format!(
+                    "warden: the control socket {} cannot be reached: the state of {} is unknown",
                     config.daemon.control_socket.display(),
                     programs.join(", ")
-                );
+                ));
             }
             return found.report(&config.path, json);
         }
