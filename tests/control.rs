@@ -232,7 +232,7 @@ fn status_table_json_and_exit_codes() {
     let all = report["instances"].as_array().unwrap();
     assert_eq!(all.len(), 6, "3 web + 2 api + 1 once: {report:#}");
     let states = [
-        "starting", "running", "ready", "backoff", "stopping", "exited", "fatal",
+        "starting", "running", "ready", "backoff", "stopping", "exited", "stopped", "fatal",
     ];
     for i in all {
         let keys: BTreeSet<&str> = i.as_object().unwrap().keys().map(String::as_str).collect();
@@ -1170,7 +1170,7 @@ fn program_stop_stays_down_until_started_and_leaves_others_alone() {
     let stopped = of(&v, "a");
     assert_eq!(stopped.len(), 2);
     for i in &stopped {
-        assert_eq!((i.state.as_str(), i.pid), ("exited", None), "{i:?}");
+        assert_eq!((i.state.as_str(), i.pid), ("stopped", None), "{i:?}");
     }
     assert_eq!(of(&v, "b"), b, "the other program untouched");
     for p in pids(&a) {
@@ -1181,7 +1181,7 @@ fn program_stop_stays_down_until_started_and_leaves_others_alone() {
     let b_pids: BTreeSet<i32> = pids(&b).into_iter().collect();
     assert_children_stay(&sb, warden, &b_pids);
     let (_, v) = status_json(&mut sb, &["a"]);
-    assert!(of(&v, "a").iter().all(|i| i.state == "exited"), "{v:#}");
+    assert!(of(&v, "a").iter().all(|i| i.state == "stopped"), "{v:#}");
     // Stopping again is fine.
     expect(&mut sb, &["stop", "a"], 0);
 
@@ -1221,6 +1221,14 @@ fn stop_and_status_work_through_the_pidfile_without_the_socket() {
     let out = sb.run(&["status", "w"]);
     assert_eq!(code(&out), 4, "{}{}", stdout_of(&out), stderr_of(&out));
     assert!(stderr_of(&out).contains("unknown"), "{}", stderr_of(&out));
+    // The same in JSON: running (from the pidfile), its instances absent (unknown).
+    let out = sb.run(&["status", "--json", "w"]);
+    assert_eq!(code(&out), 4, "{}", stderr_of(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["daemon"]["running"], true, "{v:#}");
+    assert_eq!(v["daemon"]["state"], "running", "{v:#}");
+    assert_eq!(v["daemon"]["pid"].as_i64(), Some(warden.into()), "{v:#}");
+    assert!(v.get("instances").is_none(), "{v:#}");
     expect(&mut sb, &["stop"], 0);
     assert!(!alive(warden));
     for p in pids(&w) {
@@ -1399,7 +1407,7 @@ fn reload_leaves_a_program_stopped_by_hand_stopped() {
     let (c, v) = status_json(&mut sb, &["a"]);
     assert_eq!(c, 150, "{v:#}");
     for i in of(&v, "a") {
-        assert_eq!((i.state.as_str(), i.pid), ("exited", None), "{i:?}");
+        assert_eq!((i.state.as_str(), i.pid), ("stopped", None), "{i:?}");
     }
     // Its next start runs the new settings.
     expect(&mut sb, &["start", "a"], 0);
@@ -1999,7 +2007,7 @@ fn start_warns_when_syslog_cannot_be_reached() {
 }
 
 /// A program stopped by hand stays stopped through reloads that give it more instances: the
-/// new ones are created exited and stopped by hand, whether the reload also changes its command
+/// new ones are created `stopped` (by hand), whether the reload also changes its command
 /// (`changed (stays stopped)`) or only its count (`scaled`); a later change still finds the
 /// whole program stopped by hand, and `start PROG` starts every instance on the new settings.
 #[test]
@@ -2024,7 +2032,7 @@ fn reload_adding_instances_to_a_program_stopped_by_hand_starts_none() {
         for i in &a {
             assert_eq!(
                 (i.state.as_str(), i.pid),
-                ("exited", None),
+                ("stopped", None),
                 "after {after}: {i:?}; log:\n{}",
                 log(sb)
             );
@@ -2161,5 +2169,322 @@ fn a_full_disk_under_an_output_file_is_logged_once_then_summarised() {
     );
     let again = log(&sb);
     assert_eq!(again.matches("w[0]: writing").count(), 1, "{again}");
+    stop(&mut sb);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 12. What a new operator meets (issue 11): a state of its own for a program stopped by hand,
+// one line of confirmation per successful command, refusals logged with their reason,
+// `start PROG` and `restart PROG` waiting for timed readiness, `--timeout` in bare seconds,
+// `status --json` without a daemon, and `reload -c` naming another file.
+
+/// A notify worker that reports `READY=1` with a status line.
+const NOTIFY_STATUS_WORKER: &str = r#"import os, socket, time
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1\nSTATUS=serving", addr)
+while True:
+    time.sleep(1000)
+"#;
+
+/// The cells of the table row of `program[index]` in `warden status` output, by header.
+fn table_row(table: &str, program: &str, index: u64) -> std::collections::HashMap<String, String> {
+    let mut lines = table.lines().skip(1);
+    let header = lines.next().expect("a header");
+    let names = [
+        "PROGRAM",
+        "INDEX",
+        "PID",
+        "STATE",
+        "UPTIME",
+        "RESTARTS",
+        "LAST EXIT",
+        "STATUS",
+    ];
+    let cols: Vec<usize> = names.iter().map(|n| header.find(n).unwrap()).collect();
+    for r in lines {
+        let cell = |i: usize| -> String {
+            let end = cols.get(i + 1).copied().unwrap_or(r.len()).min(r.len());
+            r.get(cols[i]..end).unwrap_or("").trim().to_string()
+        };
+        if cell(0) == program && cell(1) == index.to_string() {
+            return names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.to_string(), cell(i)))
+                .collect();
+        }
+    }
+    panic!("no row for {program}[{index}] in:\n{table}");
+}
+
+#[test]
+fn a_program_stopped_by_hand_is_stopped_and_every_command_confirms() {
+    let _t = Timer::new("a_program_stopped_by_hand_is_stopped_and_every_command_confirms");
+    let mut sb = sandbox("confirm", "", "");
+    std::fs::write(sb.path("notify.py"), NOTIFY_STATUS_WORKER).unwrap();
+    write_config(
+        &sb,
+        "",
+        &format!(
+            "[program.n]\ncommand = [\"PYTHON\", \"SANDBOX/notify.py\"]\nready = \"notify\"\n{}",
+            sleeper("other", 1, 1000)
+        ),
+    );
+    sb.start();
+    wait_status(&mut sb, "n ready, serving", |v| {
+        v["instances"][0]["state"] == "ready" && v["instances"][0]["status"] == "serving"
+    });
+    wait_up(&mut sb, "other", 1);
+
+    // stop PROG: one line, and a state of its own, without the dead process's status line.
+    let out = expect(&mut sb, &["stop", "n"], 0);
+    assert_eq!(out, "n: stopped\n");
+    let (c, v) = status_json(&mut sb, &[]);
+    assert_eq!(c, 0);
+    let n = &v["instances"][0];
+    assert_eq!(n["state"], "stopped", "{v:#}");
+    assert!(n["pid"].is_null() && n["status"].is_null(), "{v:#}");
+    let table = expect(&mut sb, &["status"], 0);
+    let row = table_row(&table, "n", 0);
+    assert_eq!(
+        (row["STATE"].as_str(), row["STATUS"].as_str()),
+        ("stopped", "-"),
+        "{table}"
+    );
+    // Not up: 150, like any instance that is down.
+    expect(&mut sb, &["status", "n"], 150);
+    expect(&mut sb, &["status", "other"], 0);
+
+    // start PROG: as before, and says so once the instance is up.
+    let out = expect(&mut sb, &["start", "n"], 0);
+    assert_eq!(out, "n: started\n");
+    let (c, v) = status_json(&mut sb, &["n"]);
+    assert_eq!(c, 0, "start returned before n was up: {v:#}");
+    sb.track(v["instances"][0]["pid"].as_i64().unwrap() as i32);
+
+    assert_eq!(expect(&mut sb, &["restart", "n"], 0), "n: restarted\n");
+    let (_, v) = status_json(&mut sb, &["n"]);
+    sb.track(v["instances"][0]["pid"].as_i64().unwrap() as i32);
+    assert_eq!(
+        expect(&mut sb, &["scale", "n", "2"], 0),
+        "n: scaled to 2 instances\n"
+    );
+    assert_eq!(
+        expect(&mut sb, &["scale", "n", "1"], 0),
+        "n: scaled to 1 instance\n"
+    );
+    assert_eq!(expect(&mut sb, &["reopen-logs"], 0), "log files reopened\n");
+
+    // Refusals print nothing on stdout, their reason on stderr, and the log says why.
+    let out = sb.run(&["scale", "n", "20000"]);
+    assert_eq!(code(&out), 2, "{}", stderr_of(&out));
+    assert!(stdout_of(&out).is_empty(), "{}", stdout_of(&out));
+    let out = sb.run(&["start", "nosuch"]);
+    assert_eq!(code(&out), 5, "{}", stderr_of(&out));
+    assert!(stdout_of(&out).is_empty(), "{}", stdout_of(&out));
+    let text = log(&sb);
+    let refused = |what: &str, why: &str| {
+        text.lines().any(|l| {
+            l.contains(&format!("control: {what} by uid"))
+                && l.contains(" failed: ")
+                && l.contains(why)
+        })
+    };
+    assert!(
+        refused("scale n 20000", "10000"),
+        "no reason logged:\n{text}"
+    );
+    assert!(
+        refused("start nosuch", "no program named \"nosuch\""),
+        "no reason logged:\n{text}"
+    );
+    stop(&mut sb);
+}
+
+#[test]
+fn start_and_restart_of_a_program_wait_for_timed_readiness_and_take_bare_seconds() {
+    let _t = Timer::new("start_and_restart_of_a_program_wait_for_timed_readiness");
+    let tables =
+        "[program.t]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\nready = \"1s\"\n";
+    let mut sb = sandbox("timedready", "", tables);
+    sb.start();
+    wait_status(&mut sb, "t ready", |v| {
+        of(v, "t").iter().filter(|i| i.state == "ready").count() == 2
+    });
+    expect(&mut sb, &["stop", "t"], 0);
+
+    // Bare seconds, as in warden.toml. The instances become ready on a timer, not on I/O:
+    // `start` must see that when it happens (about 1 s), not at some later wake-up.
+    let began = Instant::now();
+    let out = expect(&mut sb, &["start", "--timeout", "15", "t"], 0);
+    let took = began.elapsed();
+    assert_eq!(out, "t: started\n");
+    println!("start t (ready = 1s): {took:.2?}");
+    assert!(took < Duration::from_secs(5), "start t took {took:?}");
+    let (c, v) = status_json(&mut sb, &["t"]);
+    assert_eq!(c, 0, "{v:#}");
+    assert!(of(&v, "t").iter().all(|i| i.state == "ready"), "{v:#}");
+    for p in pids(&of(&v, "t")) {
+        sb.track(p);
+    }
+
+    // A rolling restart of 2 waits for each replacement's readiness in turn: about 2 s.
+    let began = Instant::now();
+    let out = expect(&mut sb, &["restart", "--timeout", "1m 30s", "t"], 0);
+    let took = began.elapsed();
+    assert_eq!(out, "t: restarted\n");
+    println!("restart t (2 instances, ready = 1s): {took:.2?}");
+    assert!(took < Duration::from_secs(8), "restart t took {took:?}");
+    let (_, v) = status_json(&mut sb, &["t"]);
+    for p in pids(&of(&v, "t")) {
+        sb.track(p);
+    }
+
+    // Not a duration: a usage error naming the value.
+    let out = sb.run(&["start", "--timeout", "5 parsecs", "t"]);
+    assert_eq!(code(&out), 2);
+    assert!(
+        stderr_of(&out).contains("invalid duration \"5 parsecs\""),
+        "{}",
+        stderr_of(&out)
+    );
+    stop(&mut sb);
+}
+
+/// `status --json` answers in JSON whatever happened to the daemon, with the exit status
+/// `status` has without `--json`, and the message for humans on stderr.
+#[test]
+fn status_json_without_a_daemon_is_json_with_the_same_exit_status() {
+    let _t = Timer::new("status_json_without_a_daemon_is_json_with_the_same_exit_status");
+    let mut sb = sandbox("statusjson", "", &sleeper("s", 1, 1000));
+    let config = path_str(&sb.config);
+    let daemon = |v: &Value| {
+        (
+            v["daemon"]["running"].clone(),
+            v["daemon"]["state"].as_str().unwrap_or("?").to_string(),
+        )
+    };
+
+    // Never started: 3.
+    let out = sb.run(&["status", "--json"]);
+    assert_eq!(code(&out), 3, "{}", stderr_of(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(
+        daemon(&v),
+        (Value::Bool(false), "not running".into()),
+        "{v:#}"
+    );
+    assert!(v["daemon"]["pid"].is_null(), "{v:#}");
+    assert_eq!(v["daemon"]["config"], config.as_str(), "{v:#}");
+    assert_eq!(v["instances"], serde_json::json!([]), "{v:#}");
+    assert_eq!(v["programs"], serde_json::json!([]), "{v:#}");
+    assert!(
+        stderr_of(&out).contains("not running"),
+        "{}",
+        stderr_of(&out)
+    );
+    // Without --json: as before, the text on stdout.
+    let out = sb.run(&["status"]);
+    assert_eq!(code(&out), 3);
+    assert_eq!(stdout_of(&out), "warden is not running\n");
+    // With program names too.
+    let out = sb.run(&["status", "--json", "s"]);
+    assert_eq!(code(&out), 3);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(daemon(&v).1, "not running");
+
+    // Running: the same two fields, from the daemon.
+    let warden = sb.start();
+    wait_up(&mut sb, "s", 1);
+    let (c, v) = status_json(&mut sb, &[]);
+    assert_eq!(c, 0);
+    assert_eq!(daemon(&v), (Value::Bool(true), "running".into()), "{v:#}");
+    assert_eq!(v["daemon"]["pid"].as_i64(), Some(warden.into()));
+
+    // Killed, its pidfile left behind: 1, "dead", and the pid the pidfile names.
+    signal(warden, Signal::SIGKILL);
+    assert!(wait_until(TIMEOUT, || !alive(warden)));
+    let out = sb.run(&["status", "--json"]);
+    assert_eq!(code(&out), 1, "{}", stderr_of(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(daemon(&v), (Value::Bool(false), "dead".into()), "{v:#}");
+    assert_eq!(v["daemon"]["pid"].as_i64(), Some(warden.into()), "{v:#}");
+    assert!(stderr_of(&out).contains("pidfile"), "{}", stderr_of(&out));
+    assert_no_process(&sb);
+
+    // Unknown: no configuration file to find the daemon by: 4, `running` null.
+    let mut cmd = sb.warden(&["status", "--json"]);
+    cmd.arg("-c").arg(sb.path("missing.toml"));
+    let out = sb.output(cmd);
+    assert_eq!(code(&out), 4, "{}", stderr_of(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(daemon(&v), (Value::Null, "unknown".into()), "{v:#}");
+    assert!(
+        stderr_of(&out).contains("missing.toml"),
+        "{}",
+        stderr_of(&out)
+    );
+}
+
+/// `reload -c OTHER` would re-read the daemon's own file while looking applied: refused (2),
+/// naming both; the same file by a relative path or through a symlink is the same file.
+#[test]
+fn reload_naming_another_file_than_the_daemons_is_refused() {
+    let _t = Timer::new("reload_naming_another_file_than_the_daemons_is_refused");
+    let mut sb = sandbox("reloadother", "", &sleeper("a", 1, 1000));
+    let warden = sb.start();
+    let a = wait_up(&mut sb, "a", 1);
+    // Another file that shares the daemon's pidfile and socket, with one program more.
+    let other = sb.path("other.toml");
+    let text = std::fs::read_to_string(&sb.config).unwrap();
+    std::fs::write(
+        &other,
+        format!(
+            "{text}{}",
+            sleeper("b", 1, 1000).replace("SANDBOX", &path_str(&sb.dir))
+        ),
+    )
+    .unwrap();
+    for dry in [false, true] {
+        let mut args = vec!["reload"];
+        if dry {
+            args.push("--dry-run");
+        }
+        let mut cmd = sb.warden(&args);
+        cmd.arg("-c").arg(&other);
+        let out = sb.output(cmd);
+        assert_eq!(code(&out), 2, "{args:?}: {}", stderr_of(&out));
+        let err = stderr_of(&out);
+        assert!(
+            err.contains(&path_str(&sb.config)) && err.contains(&path_str(&other)),
+            "both files named: {err}"
+        );
+        assert!(stdout_of(&out).is_empty(), "{}", stdout_of(&out));
+    }
+    let (_, v) = status_json(&mut sb, &[]);
+    assert!(of(&v, "b").is_empty(), "b was added: {v:#}");
+    assert_eq!(of(&v, "a"), a);
+
+    // The daemon's own file, by a relative path and through a symlink: applied.
+    std::fs::write(&sb.config, std::fs::read(&other).unwrap()).unwrap();
+    let mut cmd = sb.warden(&["reload", "--dry-run"]);
+    cmd.arg("-c").arg("./warden.toml").current_dir(&sb.dir);
+    let out = sb.output(cmd);
+    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    assert!(
+        stdout_of(&out).contains("would add b"),
+        "{}",
+        stdout_of(&out)
+    );
+    std::os::unix::fs::symlink(&sb.config, sb.path("link.toml")).unwrap();
+    let mut cmd = sb.warden(&["reload"]);
+    cmd.arg("-c").arg(sb.path("link.toml"));
+    let out = sb.output(cmd);
+    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    assert!(stdout_of(&out).contains("added b"), "{}", stdout_of(&out));
+    let b = wait_up(&mut sb, "b", 1);
+    wait_children(&sb, warden, &pids(&a).into_iter().chain(pids(&b)).collect());
     stop(&mut sb);
 }

@@ -1515,17 +1515,17 @@ fn stop_goes_in_reverse_config_order_and_waits_for_every_worker() {
     };
     let order = [
         pos("aa[0]: running -> stopping"),
-        pos("aa[0]: stopping -> exited"),
+        pos("aa[0]: stopping -> stopped"),
         pos("mm[0]: running -> stopping").min(pos("mm[1]: running -> stopping")),
-        pos("mm[0]: stopping -> exited").max(pos("mm[1]: stopping -> exited")),
+        pos("mm[0]: stopping -> stopped").max(pos("mm[1]: stopping -> stopped")),
         pos("zz[0]: running -> stopping"),
-        pos("zz[0]: stopping -> exited"),
+        pos("zz[0]: stopping -> stopped"),
     ];
     assert!(
         order.windows(2).all(|w| w[0] < w[1]),
         "programs stop last to first, each once the later one is down; log:\n{text}"
     );
-    assert!(text.contains("zz[0]: stopping -> exited: stopped (exit code 0)"));
+    assert!(text.contains("zz[0]: stopping -> stopped: stopped (exit code 0)"));
     assert_no_process(&sb);
 }
 
@@ -1574,7 +1574,7 @@ fn stop_during_a_watchdog_restart_does_not_respawn() {
         !text[shutdown..].contains("started (pid"),
         "nothing is spawned during the shutdown; log:\n{text}"
     );
-    assert!(text.contains("hung[0]: stopping -> exited: stopped (signal 9"));
+    assert!(text.contains("hung[0]: stopping -> stopped: stopped (signal 9"));
     assert_no_process(&sb);
 }
 

@@ -3,12 +3,14 @@
 //! terminal while a command waits; scripts get silence and exit statuses.
 
 use std::io::IsTerminal;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use warden::config::Config;
 use warden::control::client::{Client, ClientError};
 use warden::control::{Command, ErrorKind, InstanceInfo, LastExit, Reply, StatusReport};
+use warden::{Pidfile, PidfileState};
 
 use super::exit;
 
@@ -91,8 +93,14 @@ pub fn command_quiet(config: &Config, command: Command, timeout: Duration) -> Re
 
 fn run(config: &Config, command: Command, timeout: Duration, quiet: bool) -> Result<ExitCode, u8> {
     let mut client = connect(config, quiet)?;
+    if matches!(command, Command::Reload { .. })
+        && let Err(code) = same_file(&mut client, config)
+    {
+        return Ok(ExitCode::from(code));
+    }
     let dry_run = matches!(command, Command::Reload { dry_run: true });
     let is_reload = matches!(command, Command::Reload { .. });
+    let confirmation = confirmation(&command);
     let mut progress = Progress::new();
     let reply = client.request(command, timeout, |p| progress.show(p));
     progress.clear();
@@ -100,6 +108,9 @@ fn run(config: &Config, command: Command, timeout: Duration, quiet: bool) -> Res
         Ok(Reply::Done { result, .. }) => {
             if is_reload {
                 print_plan(&result, dry_run);
+            }
+            for line in confirmation {
+                println!("{line}");
             }
             Ok(ExitCode::from(exit::OK))
         }
@@ -114,6 +125,81 @@ fn run(config: &Config, command: Command, timeout: Duration, quiet: bool) -> Res
             eprintln!("warden: {e}");
             Ok(ExitCode::from(exit::FAILURE))
         }
+    }
+}
+
+/// Whether the daemon behind `client` runs the file `config` was read from — a reload re-reads
+/// the daemon's own file, so `-c` naming another one (which merely shares its control socket)
+/// would otherwise look applied while nothing of it is. Both paths are compared after
+/// resolving symlinks, `.` and `..` (`-c ./warden.toml` is the daemon's absolute path); the
+/// daemon's as it reports it in `status`, which works with any daemon of protocol 1. On a
+/// mismatch it prints both and returns exit 2 (usage: the command line names the wrong file).
+fn same_file(client: &mut Client, config: &Config) -> Result<(), u8> {
+    let reply = client.request(
+        Command::Status { programs: vec![] },
+        Duration::from_secs(10),
+        |_| {},
+    );
+    let running = match reply {
+        Ok(Reply::Done { result, .. }) => serde_json::from_value::<StatusReport>(result)
+            .map(|r| r.daemon.config)
+            .map_err(|e| format!("unexpected status reply: {e}")),
+        Ok(Reply::Failed { error, kind, .. }) => {
+            eprintln!("warden: {error}");
+            return Err(kind_code(kind));
+        }
+        Ok(Reply::Progress { .. }) => Err("unexpected progress reply".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let running = match running {
+        Ok(r) => std::path::PathBuf::from(r),
+        Err(e) => {
+            eprintln!("warden: cannot ask the daemon which file it runs: {e}");
+            return Err(exit::FAILURE);
+        }
+    };
+    // A library user's supervisor reports no file: nothing to compare.
+    if running.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let resolve = |p: &Path| {
+        std::fs::canonicalize(p)
+            .or_else(|_| std::path::absolute(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    let ours = resolve(&config.path);
+    if resolve(&running) == ours {
+        return Ok(());
+    }
+    eprintln!(
+        "warden: the running daemon's configuration is {}, not {}: reload re-reads the daemon's \
+         own file; name that one with -c, or restart warden to run another file",
+        running.display(),
+        ours.display()
+    );
+    Err(exit::USAGE)
+}
+
+/// What a command that succeeded prints on stdout, one line per program: the daemon answers
+/// only once the change took effect (instances up, or down), so the line states a fact.
+fn confirmation(command: &Command) -> Vec<String> {
+    let each = |programs: &[String], done: &str| -> Vec<String> {
+        programs.iter().map(|p| format!("{p}: {done}")).collect()
+    };
+    match command {
+        Command::Start { programs } => each(programs, "started"),
+        Command::Stop { programs } => each(programs, "stopped"),
+        Command::Restart { programs } => each(programs, "restarted"),
+        Command::Scale {
+            program,
+            instances: 1,
+        } => vec![format!("{program}: scaled to 1 instance")],
+        Command::Scale { program, instances } => {
+            vec![format!("{program}: scaled to {instances} instances")]
+        }
+        Command::ReopenLogs => vec!["log files reopened".to_string()],
+        // `reload` prints its plan; `status` its report.
+        Command::Reload { .. } | Command::Status { .. } => Vec::new(),
     }
 }
 
@@ -214,30 +300,130 @@ impl StopProgress {
     }
 }
 
+/// What `status` tells when no daemon answers on the control socket: from the pidfile alone,
+/// or that it cannot know.
+pub struct Unreached {
+    /// The LSB exit status.
+    code: u8,
+    /// `daemon.state` in JSON: `running`, `not running`, `dead` or `unknown`.
+    state: &'static str,
+    /// `daemon.running` in JSON (`None`: unknown).
+    running: Option<bool>,
+    /// The pid the pidfile names.
+    pid: Option<i32>,
+    /// For humans: stdout without `--json` (stderr when unknown), stderr with it.
+    message: String,
+    /// A warning for humans, on stderr in either case.
+    warning: Option<String>,
+}
+
+impl Unreached {
+    /// The daemon's state cannot be known (exit 4), for `why`.
+    pub fn unknown(why: String) -> Unreached {
+        Unreached {
+            code: exit::status::UNKNOWN,
+            state: "unknown",
+            running: None,
+            pid: None,
+            message: format!("warden: {why}"),
+            warning: None,
+        }
+    }
+
+    /// What the pidfile of `config` says.
+    fn from_pidfile(config: &Config) -> Unreached {
+        let path = &config.daemon.pidfile;
+        let show = |pid: Option<i32>| pid.map_or_else(|| "unknown".into(), |p| p.to_string());
+        match Pidfile::probe(path) {
+            Ok(PidfileState::Running(pid)) => Unreached {
+                code: exit::status::RUNNING,
+                state: "running",
+                running: Some(true),
+                pid,
+                message: format!("warden is running (pid {})", show(pid)),
+                warning: None,
+            },
+            Ok(PidfileState::Stale(pid)) => Unreached {
+                code: exit::status::DEAD_PIDFILE,
+                state: "dead",
+                running: Some(false),
+                pid,
+                message: format!(
+                    "warden is not running, but its pidfile {} remains (pid {})",
+                    path.display(),
+                    show(pid)
+                ),
+                warning: None,
+            },
+            Ok(PidfileState::Absent) => Unreached {
+                code: exit::status::NOT_RUNNING,
+                state: "not running",
+                running: Some(false),
+                pid: None,
+                message: "warden is not running".to_string(),
+                warning: None,
+            },
+            Err(e) => Unreached::unknown(e.to_string()),
+        }
+    }
+
+    /// Prints the outcome — as text, or as the JSON object documented in `warden::control`
+    /// with the text on stderr — and returns the exit status.
+    pub fn report(&self, config_path: &Path, json: bool) -> ExitCode {
+        if !json && self.state != "unknown" {
+            println!("{}", self.message);
+        } else {
+            eprintln!("{}", self.message);
+        }
+        if let Some(w) = &self.warning {
+            eprintln!("{w}");
+        }
+        if !json {
+            return ExitCode::from(self.code);
+        }
+        let config = std::path::absolute(config_path).unwrap_or_else(|_| config_path.into());
+        let mut v = serde_json::json!({
+            "daemon": {
+                "running": self.running,
+                "state": self.state,
+                "pid": self.pid,
+                "config": config.display().to_string(),
+            }
+        });
+        // Nothing runs without a daemon; with one that does not answer, nobody knows.
+        if self.running == Some(false) {
+            v["instances"] = serde_json::json!([]);
+            v["programs"] = serde_json::json!([]);
+        }
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        ExitCode::from(self.code)
+    }
+}
+
 /// `warden status [--json] [PROGRAM…]`.
 pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
+    let unknown = |why: String| Unreached::unknown(why).report(&config.path, json);
     let mut client = match connect(config, true) {
         Ok(c) => c,
         Err(code) if code == exit::NO_PERMISSION => {
-            eprintln!(
-                "warden: permission denied on the control socket {}",
+            return unknown(format!(
+                "permission denied on the control socket {}",
                 config.daemon.control_socket.display()
-            );
-            return ExitCode::from(exit::status::UNKNOWN);
+            ));
         }
         // No socket: the pidfile still tells whether the daemon runs, though not how its
         // programs do — a running daemon must not be reported "not running" (3) for that.
         Err(_) => {
-            let code = super::status_from_pidfile(config);
-            if programs.is_empty() || code != ExitCode::from(exit::status::RUNNING) {
-                return code;
+            let mut found = Unreached::from_pidfile(config);
+            if !programs.is_empty() && found.code == exit::status::RUNNING {
+                found.code = exit::status::UNKNOWN;
+                found.warning = Some(format!(
+                    "warden: the control socket {} cannot be reached: the state of {} is unknown",
+                    config.daemon.control_socket.display(),
+                    programs.join(", ")
+                ));
             }
-            eprintln!(
-                "warden: the control socket {} cannot be reached: the state of {} is unknown",
-                config.daemon.control_socket.display(),
-                programs.join(", ")
-            );
-            return ExitCode::from(exit::status::UNKNOWN);
+            return found.report(&config.path, json);
         }
     };
     let named = !programs.is_empty();
@@ -247,28 +433,23 @@ pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
         |_| {},
     ) {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("warden: {e}");
-            return ExitCode::from(exit::status::UNKNOWN);
-        }
+        Err(e) => return unknown(e.to_string()),
     };
     let report: StatusReport = match reply {
         Reply::Done { result, .. } => match serde_json::from_value(result) {
             Ok(r) => r,
-            Err(e) => {
-                eprintln!("warden: unexpected status reply: {e}");
-                return ExitCode::from(exit::status::UNKNOWN);
-            }
+            Err(e) => return unknown(format!("unexpected status reply: {e}")),
         },
-        Reply::Failed { error, kind, .. } => {
+        Reply::Failed {
+            error,
+            kind: ErrorKind::NoSuchProgram,
+            ..
+        } => {
             eprintln!("warden: {error}");
-            return ExitCode::from(match kind {
-                ErrorKind::NoSuchProgram => exit::status::NO_SUCH_PROGRAM,
-                ErrorKind::Denied => exit::status::UNKNOWN,
-                _ => exit::status::UNKNOWN,
-            });
+            return ExitCode::from(exit::status::NO_SUCH_PROGRAM);
         }
-        Reply::Progress { .. } => return ExitCode::from(exit::status::UNKNOWN),
+        Reply::Failed { error, .. } => return unknown(error),
+        Reply::Progress { .. } => return unknown("unexpected progress reply".to_string()),
     };
     if json {
         println!(

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | 0 | success (`stop` on a stopped daemon included) |
 //! | 1 | the operation failed: the daemon reported an error or died before it was ready, it is already running, `stop` timed out, `reopen-logs` could not reopen a file |
-//! | 2 | bad command-line usage, or a value the daemon refuses (`scale` beyond the limit) |
+//! | 2 | bad command-line usage (a `--timeout` that is no duration; `reload -c FILE` naming another file than the running daemon's), or a value the daemon refuses (`scale` beyond the limit) |
 //! | 4 | permission denied (control socket, another user's `/proc/PID/fd`, a log file) |
 //! | 5 | no such program |
 //! | 6 | the configuration is missing or invalid: no such file, a directory, not UTF-8, errors in it (`reload`: the new file is invalid; the daemon keeps the old one) |
@@ -13,8 +13,10 @@
 //! `status` answers with LSB codes instead: 0 running, 1 dead but the pidfile remains, 3 not
 //! running, 4 unknown (e.g. no permission, or no configuration file to find the daemon by). With
 //! program names: 0 when every instance of them is up, 150 when one is not (starting, stopping,
-//! backoff, exited), 151 when one is fatal, 152 when a name is unknown; a program scaled to 0
-//! instances counts as up. `check` answers 0 or 1.
+//! backoff, exited, stopped), 151 when one is fatal, 152 when a name is unknown; a program scaled to 0
+//! instances counts as up. `check` answers 0 or 1. `status --json` prints JSON on stdout
+//! whatever the outcome but an unknown program name (its message on stderr), with these same
+//! statuses.
 
 use std::process::ExitCode;
 

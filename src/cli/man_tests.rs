@@ -393,7 +393,9 @@ fn every_config_key_is_in_warden_toml_5() {
         // And the other way: a documented key the reader refuses is a lie in the page.
         for d in &documented {
             if !table.keys.contains(&d.as_str()) {
-                missing.push(format!("{title}: documents {d}, which the reader does not accept"));
+                missing.push(format!(
+                    "{title}: documents {d}, which the reader does not accept"
+                ));
             }
         }
     }

@@ -15,12 +15,28 @@ use clap::{Parser, Subcommand};
 use warden::config::{Config, DEFAULT_PATH};
 use warden::{Error, Pidfile, PidfileState};
 
-/// warden — a Unix daemon and process supervisor.
+/// Run programs under a supervising Unix daemon, and control that daemon while it runs.
 #[derive(Debug, Parser)]
-#[command(name = "warden", version, about, long_about = None)]
+#[command(
+    name = "warden",
+    version,
+    long_about = None,
+    after_help = "Durations (--timeout) are written as in warden.toml: \"500ms\", \"30s\", \"1m 30s\", \
+                  or bare seconds (\"30\").\nSee warden(8) for every command, exit status and signal, \
+                  and warden.toml(5) for the configuration."
+)]
 struct Cli {
     /// Configuration file.
-    #[arg(short, long, global = true, env = "WARDEN_CONFIG", default_value = DEFAULT_PATH)]
+    // `hide_env_values`: clap would show `[env: WARDEN_CONFIG=]`, an empty value, when the
+    // variable is unset; the name alone says where the path may come from.
+    #[arg(
+        short,
+        long,
+        global = true,
+        env = "WARDEN_CONFIG",
+        hide_env_values = true,
+        default_value = DEFAULT_PATH
+    )]
     config: PathBuf,
 
     #[command(subcommand)]
@@ -31,12 +47,14 @@ struct Cli {
 enum Command {
     /// Run in the foreground (for systemd Type=notify, containers, terminals).
     Run,
-    /// Start the daemon, returning once it is ready (0) or has failed; with PROGRAMs, start
-    /// those programs in the running daemon.
+    /// Start the daemon, returning once it is ready (0) or has failed (its reason on stderr);
+    /// with PROGRAMs, start those programs in the running daemon and wait until every instance
+    /// of them is up.
     Start {
         /// Programs to start (none: the daemon itself).
         programs: Vec<String>,
-        /// How long to wait for the programs to be up.
+        /// With PROGRAMs: how long to wait for their instances to be up. (The daemon's own start
+        /// waits up to `ready_timeout` of warden.toml.)
         #[arg(long, default_value = "60s", value_parser = parse_duration)]
         timeout: Duration,
     },
@@ -95,8 +113,9 @@ enum Command {
     },
 }
 
+/// `--timeout` values: the configuration's own syntax (`"30s"`, `"1m 30s"`, bare seconds).
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (write e.g. \"10s\", \"500ms\")"))
+    warden::config::parse_duration(s)
 }
 
 /// Whether a service manager waits for `READY=1` (a non-empty `$NOTIFY_SOCKET`, as the
@@ -152,9 +171,18 @@ pub fn main() -> ExitCode {
         }),
         Command::Status { json, programs } => match located(&cli.config) {
             Ok(c) => control::status(&c, json, programs),
+            // No configuration, no pidfile to look at: LSB's "unknown" (4), whatever the file's
+            // problem; with --json, still an answer on stdout.
             Err(e) => {
-                exit::report(&e);
-                ExitCode::from(exit::status::UNKNOWN)
+                let why = match &e {
+                    Error::Config(d) => d
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join("\nwarden: "),
+                    other => other.to_string(),
+                };
+                control::Unreached::unknown(why).report(&cli.config, json)
             }
         },
         // An invalid file is the daemon's to judge: it reports every error to us and to its log,
@@ -254,37 +282,6 @@ pub(crate) fn unresolvable_accounts(config: &Config) -> Vec<String> {
         .iter()
         .map(ToString::to_string)
         .collect()
-}
-
-/// `status` from the pidfile alone, when the control socket cannot be reached.
-pub(crate) fn status_from_pidfile(config: &Config) -> ExitCode {
-    let path = &config.daemon.pidfile;
-    match Pidfile::probe(path) {
-        Ok(PidfileState::Running(pid)) => {
-            println!("warden is running (pid {})", show_pid(pid));
-            ExitCode::from(exit::status::RUNNING)
-        }
-        Ok(PidfileState::Stale(pid)) => {
-            println!(
-                "warden is not running, but its pidfile {} remains (pid {})",
-                path.display(),
-                show_pid(pid)
-            );
-            ExitCode::from(exit::status::DEAD_PIDFILE)
-        }
-        Ok(PidfileState::Absent) => {
-            println!("warden is not running");
-            ExitCode::from(exit::status::NOT_RUNNING)
-        }
-        Err(e) => {
-            eprintln!("warden: {e}");
-            ExitCode::from(exit::status::UNKNOWN)
-        }
-    }
-}
-
-fn show_pid(pid: Option<i32>) -> String {
-    pid.map_or_else(|| "unknown".into(), |p| p.to_string())
 }
 
 /// The pid of the running daemon, waiting briefly for a starting one to write it.

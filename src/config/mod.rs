@@ -53,7 +53,7 @@ pub use program::{
     ProgramSpec, Readiness, Restart, parse_signal, valid_program_name,
 };
 use read::Section;
-pub use read::{MAX_DURATION, parse_size};
+pub use read::{MAX_DURATION, parse_duration, parse_size};
 
 use crate::error::{Error, Result};
 

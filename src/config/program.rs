@@ -607,12 +607,14 @@ fn read_ready(c: &mut Collector<'_>, s: &mut Section<'_, '_>) -> Option<Readines
     let ready = match v.get_ref() {
         DeValue::String(text) if text == "immediate" => Ok(Readiness::Immediate),
         DeValue::String(text) if text == "notify" => Ok(Readiness::Notify),
-        DeValue::String(text) => humantime::parse_duration(text)
-            .map_err(|_| {
-                format!("{text:?} is not \"immediate\", \"notify\" or a duration such as \"2s\"")
-            })
-            .and_then(super::read::bounded_duration)
-            .map(Readiness::After),
+        DeValue::String(text) => match super::read::parse_duration(text) {
+            Ok(d) => Ok(Readiness::After(d)),
+            // A duration, but too long: say that, not that it is no duration.
+            Err(e) if e.starts_with("is too long") => Err(e),
+            Err(_) => Err(format!(
+                "{text:?} is not \"immediate\", \"notify\" or a duration such as \"2s\""
+            )),
+        },
         other => duration_value(other).map(Readiness::After),
     };
     match ready {

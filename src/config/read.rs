@@ -252,16 +252,42 @@ impl<'t, 'i> Section<'t, 'i> {
 /// means "never", which the keys that allow it spell `"infinity"`).
 pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
-/// A duration value: a string `humantime` understands (`"2s"`, `"150ms"`, `"1m 30s"`) or a bare
-/// integer counting seconds, at most [`MAX_DURATION`]. The error is the message for the
-/// diagnostic.
+/// Parses a duration as every duration key of the configuration does, and as the command
+/// line's `--timeout` does: a string `humantime` understands (`"2s"`, `"150ms"`, `"1m 30s"`,
+/// `"2h"`), or bare digits counting seconds (`"30"`, as a TOML integer `30` is), at most
+/// [`MAX_DURATION`]. The error is a message for humans, naming the text.
+///
+/// ```
+/// use std::time::Duration;
+/// use warden::config::parse_duration;
+///
+/// assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+/// assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+/// assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+/// assert!(parse_duration("5 parsecs").is_err());
+/// assert!(parse_duration("400days").is_err()); // above MAX_DURATION
+/// ```
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t
+            .parse::<u64>()
+            .map(Duration::from_secs)
+            .map_err(|_| format!("invalid duration {s:?}: too many seconds"))
+            .and_then(bounded_duration);
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| {
+            format!("invalid duration {s:?}: {e} (write e.g. \"500ms\", \"10s\", \"1m 30s\")")
+        })
+        .and_then(bounded_duration)
+}
+
+/// A duration value: a string [`parse_duration`] accepts or a bare integer counting seconds, at
+/// most [`MAX_DURATION`]. The error is the message for the diagnostic.
 pub(crate) fn duration_value(v: &DeValue<'_>) -> Result<Duration, String> {
     match v {
-        DeValue::String(s) => humantime::parse_duration(s)
-            .map_err(|e| {
-                format!("invalid duration {s:?}: {e} (write e.g. \"500ms\", \"10s\", \"1m 30s\")")
-            })
-            .and_then(bounded_duration),
+        DeValue::String(s) => parse_duration(s),
         DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix())
             .map(Duration::from_secs)
             .map_err(|_| "must be a non-negative number of seconds".to_string())
@@ -500,6 +526,22 @@ mod tests {
             duration_value(doc.get_ref().get("x").unwrap().get_ref())
         };
         assert_eq!(int(5), Ok(Duration::from_secs(5)));
+        // A string of digits means seconds too, as on the command line (`--timeout 5`).
+        let doc = DeTable::parse("x = \"5\"").unwrap();
+        assert_eq!(
+            duration_value(doc.get_ref().get("x").unwrap().get_ref()),
+            Ok(Duration::from_secs(5))
+        );
+        assert_eq!(parse_duration(" 90 "), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("").is_err());
+        assert!(parse_duration("-5").is_err());
+        assert!(
+            parse_duration("5x")
+                .unwrap_err()
+                .contains("invalid duration \"5x\"")
+        );
+        assert!(parse_duration("99999999999999999999").is_err());
         assert_eq!(int(365 * 24 * 3600), Ok(MAX_DURATION));
         assert_eq!(
             int(365 * 24 * 3600 + 1),

@@ -28,6 +28,32 @@
 //! [`server`]): a connection over a limit gets one `busy` error line and is closed.
 //!
 //! `status` results have the stable schema documented on [`StatusReport`].
+//!
+//! # `warden status --json`
+//!
+//! With a daemon that answers, `warden status --json` prints its [`StatusReport`], in which
+//! `daemon.running` is `true` and `daemon.state` is `"running"`. When no daemon answers it still
+//! prints one JSON object on stdout (its message for humans goes to stderr), with the same exit
+//! status as without `--json`, and in the same shape, so that `jq .daemon.running` works on
+//! every answer:
+//!
+//! ```json
+//! {"daemon": {"running": false, "state": "not running", "pid": null,
+//!             "config": "/etc/warden/warden.toml"},
+//!  "instances": [], "programs": []}
+//! ```
+//!
+//! | `daemon.state` | `daemon.running` | `pid` | `instances`, `programs` | exit status |
+//! |---|---|---|---|---|
+//! | `"running"`, the daemon answered | `true` | its pid | as in [`StatusReport`] | 0 (or 150–152 with program names) |
+//! | `"running"`, its pidfile is locked but its control socket cannot be reached | `true` | its pid, `null` if it wrote none yet | absent: unknown | 0 (4 with program names) |
+//! | `"not running"` | `false` | `null` | `[]` | 3 |
+//! | `"dead"`: not running, its pidfile remains | `false` | the pid the pidfile names, or `null` | `[]` | 1 |
+//! | `"unknown"`: no permission, no configuration to find the daemon by, a daemon that does not answer | `null` | `null` | absent | 4 |
+//!
+//! `config` is the absolute path of the configuration file (the one the daemon runs when it
+//! answered; the one named by `-c` otherwise). A program name the daemon does not know (exit
+//! 152) prints nothing on stdout.
 
 pub mod client;
 pub mod server;
@@ -196,7 +222,8 @@ impl Reply {
 /// The result of `status`: the daemon and every instance.
 ///
 /// ```json
-/// {"daemon": {"pid": 812, "version": "0.1.0", "uptime_secs": 3600.2, "config": "/etc/warden/warden.toml"},
+/// {"daemon": {"running": true, "state": "running", "pid": 812, "version": "0.1.0",
+///             "uptime_secs": 3600.2, "config": "/etc/warden/warden.toml"},
 ///  "instances": [{"program": "web", "index": 0, "pid": 901, "state": "ready",
 ///                 "uptime_secs": 3599.9, "restarts": 0, "last_exit": null, "status": "serving"}],
 ///  "programs": [{"program": "web", "instances": 1, "file": "/etc/warden/warden.toml"},
@@ -208,7 +235,8 @@ impl Reply {
 /// configuration file that defines it (the main file or a drop-in read through `include`;
 /// `null` for a program a library user built in code).
 ///
-/// `state` is one of `starting`, `running`, `ready`, `backoff`, `stopping`, `exited`, `fatal`;
+/// `state` is one of `starting`, `running`, `ready`, `backoff`, `stopping`, `exited` (ended on
+/// its own and not restarted), `stopped` (stopped by hand, kept down until started), `fatal`;
 /// `pid`, `uptime_secs`, `last_exit` and `status` may be `null`; `last_exit` is
 /// `{"code": N}` or `{"signal": N, "name": "SIGKILL", "core_dumped": false}`. Fields may be added in
 /// later versions; none will be removed or change meaning within version 1.
@@ -239,6 +267,14 @@ pub struct ProgramInfo {
 /// The daemon part of a [`StatusReport`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DaemonInfo {
+    /// Always `true` from a daemon: it answered. (`warden status --json` prints `false` or
+    /// `null` here when none answers: see the [module documentation](self).)
+    #[serde(default = "DaemonInfo::answered")]
+    pub running: bool,
+    /// Always `"running"` from a daemon (`"not running"`, `"dead"` or `"unknown"` when
+    /// `warden status --json` finds none).
+    #[serde(default = "DaemonInfo::running_state")]
+    pub state: String,
     /// The daemon's pid.
     pub pid: u32,
     /// warden's version.
@@ -247,6 +283,18 @@ pub struct DaemonInfo {
     pub uptime_secs: f64,
     /// The configuration file.
     pub config: String,
+}
+
+impl DaemonInfo {
+    /// What a daemon that answers is: running (also the default for an older daemon's reply).
+    pub fn answered() -> bool {
+        true
+    }
+
+    /// The `state` of a daemon that answers: `"running"`.
+    pub fn running_state() -> String {
+        "running".to_string()
+    }
 }
 
 /// One instance in a [`StatusReport`].

@@ -516,12 +516,18 @@ impl ControlServer {
             let _ = s.write_all(reply.to_line().as_bytes());
         };
         if access == Access::Denied {
+            // The reason, so that the log answers "why was I refused" by itself.
+            let who = match self.group {
+                Some(g) => format!("root, warden's own uid and (to read) members of group {g}"),
+                None => "root and warden's own uid".to_string(),
+            };
             log_refusal(
                 &mut self.refusals.denied,
                 1,
                 || {
                     format!(
-                        "control: refused connection from uid {} (pid {})",
+                        "control: refused connection from uid {} (pid {}): only {who} may use \
+                         the control socket",
                         peer.uid, peer.pid
                     )
                 },

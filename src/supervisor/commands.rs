@@ -100,6 +100,8 @@ pub(super) enum Goal {
 
 pub(super) struct Waiter {
     conn: ConnId,
+    /// The request, as logged when it failed (`None`: not logged).
+    what: Option<String>,
     programs: Vec<usize>,
     goal: Goal,
     result: serde_json::Value,
@@ -150,19 +152,30 @@ impl Supervisor {
                 peer.pid,
                 req.command
             );
+            // A write is logged when asked and, if it fails, again with the reason: an operator
+            // reading the log must see that `scale web 20000` was refused, and why. A reload
+            // logs its own outcome; a status that fails changes nothing and is not logged.
+            let mut what = None;
             if req.command.writes() {
-                log::info!(
-                    "control: {} by uid {} (pid {})",
+                let asked = format!(
+                    "{} by uid {} (pid {})",
                     describe(&req.command),
                     peer.uid,
                     peer.pid
                 );
+                log::info!("control: {asked}");
+                if !matches!(req.command, Command::Reload { .. }) {
+                    what = Some(asked);
+                }
             }
-            self.handle_command(conn, req.command);
+            self.handle_command(conn, what, req.command);
         }
     }
 
-    fn reply(&mut self, conn: ConnId, reply: Reply) {
+    /// Sends the final `reply` to a request; a failure is logged with its reason when `what`
+    /// names the request.
+    fn reply(&mut self, conn: ConnId, what: Option<&str>, reply: Reply) {
+        log_refusal(what, &reply);
         if let Some(c) = self.control.as_mut() {
             c.reply(conn, &reply, self.poll.registry());
         }
@@ -188,11 +201,13 @@ impl Supervisor {
             .collect()
     }
 
-    fn handle_command(&mut self, conn: ConnId, command: Command) {
+    fn handle_command(&mut self, conn: ConnId, what: Option<String>, command: Command) {
+        let what = what.as_deref();
         if self.shutdown.is_some() && command.writes() {
             // A program started now would outlive the reverse-order stop already past it.
             self.reply(
                 conn,
+                what,
                 Reply::failed(ErrorKind::Busy, "warden is shutting down"),
             );
             return;
@@ -203,10 +218,11 @@ impl Supervisor {
                     let report = self.status_report(&ps);
                     self.reply(
                         conn,
+                        what,
                         Reply::done(serde_json::to_value(report).unwrap_or_default()),
                     );
                 }
-                Err(e) => self.reply(conn, Reply::failed(ErrorKind::NoSuchProgram, e)),
+                Err(e) => self.reply(conn, what, Reply::failed(ErrorKind::NoSuchProgram, e)),
             },
             Command::Start { programs }
             | Command::Stop { programs }
@@ -215,6 +231,7 @@ impl Supervisor {
             {
                 self.reply(
                     conn,
+                    what,
                     Reply::failed(ErrorKind::BadRequest, "name at least one program"),
                 )
             }
@@ -224,9 +241,9 @@ impl Supervisor {
                         let name = self.programs[p].def.name.clone();
                         let _ = self.start_program(&name);
                     }
-                    self.wait(conn, ps, Goal::Up, json!({ "started": programs }));
+                    self.wait(conn, what, ps, Goal::Up, json!({ "started": programs }));
                 }
-                Err(e) => self.reply(conn, Reply::failed(ErrorKind::NoSuchProgram, e)),
+                Err(e) => self.reply(conn, what, Reply::failed(ErrorKind::NoSuchProgram, e)),
             },
             Command::Stop { programs } => match self.programs_named(&programs) {
                 Ok(ps) => {
@@ -243,24 +260,25 @@ impl Supervisor {
                         let name = self.programs[p].def.name.clone();
                         let _ = self.stop_program(&name);
                     }
-                    self.wait(conn, ps, Goal::Down, json!({ "stopped": programs }));
+                    self.wait(conn, what, ps, Goal::Down, json!({ "stopped": programs }));
                 }
-                Err(e) => self.reply(conn, Reply::failed(ErrorKind::NoSuchProgram, e)),
+                Err(e) => self.reply(conn, what, Reply::failed(ErrorKind::NoSuchProgram, e)),
             },
             Command::Restart { programs } => match self.programs_named(&programs) {
                 Ok(ps) => {
                     for &p in &ps {
                         self.begin_rollout(p, false);
                     }
-                    self.wait(conn, ps, Goal::Up, json!({ "restarted": programs }));
+                    self.wait(conn, what, ps, Goal::Up, json!({ "restarted": programs }));
                 }
-                Err(e) => self.reply(conn, Reply::failed(ErrorKind::NoSuchProgram, e)),
+                Err(e) => self.reply(conn, what, Reply::failed(ErrorKind::NoSuchProgram, e)),
             },
             Command::Scale { program, instances } => match self.scale(&program, instances) {
                 Ok(()) => {
                     let p = self.find(&program).expect("just scaled");
                     self.wait(
                         conn,
+                        what,
                         vec![p],
                         Goal::Up,
                         json!({ "program": program, "instances": instances }),
@@ -272,22 +290,22 @@ impl Supervisor {
                         Err(_) => ErrorKind::NoSuchProgram,
                         Ok(_) => ErrorKind::BadRequest,
                     };
-                    self.reply(conn, Reply::failed(kind, e.to_string()))
+                    self.reply(conn, what, Reply::failed(kind, e.to_string()))
                 }
             },
             Command::Reload { dry_run } => match self.reload(dry_run) {
                 Ok((plan, touched)) => {
                     let result = serde_json::to_value(&plan).unwrap_or_default();
                     if dry_run || touched.is_empty() {
-                        self.reply(conn, Reply::done(result));
+                        self.reply(conn, what, Reply::done(result));
                     } else {
-                        self.wait(conn, touched, Goal::Applied, result);
+                        self.wait(conn, what, touched, Goal::Applied, result);
                     }
                 }
-                Err((kind, e)) => self.reply(conn, Reply::failed(kind, e)),
+                Err((kind, e)) => self.reply(conn, what, Reply::failed(kind, e)),
             },
             Command::ReopenLogs => match self.reopen_logs() {
-                Ok(()) => self.reply(conn, Reply::done(json!({ "reopened": true }))),
+                Ok(()) => self.reply(conn, what, Reply::done(json!({ "reopened": true }))),
                 Err(errors) => {
                     let denied = errors
                         .iter()
@@ -298,15 +316,23 @@ impl Supervisor {
                         ErrorKind::Io
                     };
                     let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                    self.reply(conn, Reply::failed(kind, text.join("\n")));
+                    self.reply(conn, what, Reply::failed(kind, text.join("\n")));
                 }
             },
         }
     }
 
-    fn wait(&mut self, conn: ConnId, programs: Vec<usize>, goal: Goal, result: serde_json::Value) {
+    fn wait(
+        &mut self,
+        conn: ConnId,
+        what: Option<&str>,
+        programs: Vec<usize>,
+        goal: Goal,
+        result: serde_json::Value,
+    ) {
         self.waiters.push(Waiter {
             conn,
+            what: what.map(str::to_string),
             programs,
             goal,
             result,
@@ -347,7 +373,7 @@ impl Supervisor {
                         _ if up && matches!(st, state::State::Fatal) => {
                             failed.push(format!("{tag} is fatal"))
                         }
-                        _ if up && matches!(st, state::State::Exited) && s.inst.manual_stop => {
+                        _ if up && matches!(st, state::State::Stopped) => {
                             failed.push(format!("{tag} is stopped"))
                         }
                         _ if up && matches!(&s.exec, ExecState::Failed(_)) => {
@@ -382,6 +408,7 @@ impl Supervisor {
                 None
             };
             if let Some(r) = reply {
+                log_refusal(w.what.as_deref(), &r);
                 if let Some(c) = self.control.as_mut() {
                     c.reply(w.conn, &r, self.poll.registry());
                 }
@@ -449,7 +476,10 @@ impl Supervisor {
                 }
                 if serving(st, prog.def.policy.readiness) && slot.exec == ExecState::Done {
                     r.current = None;
-                } else if matches!(st, state::State::Fatal | state::State::Exited) {
+                } else if matches!(
+                    st,
+                    state::State::Fatal | state::State::Exited | state::State::Stopped
+                ) {
                     log::error!("{}[{index}]: rolling restart stopped: the instance did not come back ({})", prog.def.name, st.name());
                     return false;
                 } else {
@@ -495,6 +525,8 @@ impl Supervisor {
             .collect();
         StatusReport {
             daemon: DaemonInfo {
+                running: DaemonInfo::answered(),
+                state: DaemonInfo::running_state(),
                 pid: std::process::id(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
                 uptime_secs: self.started_at.elapsed().as_secs_f64(),
@@ -707,7 +739,7 @@ impl Supervisor {
     }
 
     /// Scales program `p`, kept down by hand, up to `instances` without starting anything:
-    /// each new instance is exited and stopped by hand, as if `warden stop PROG` had been run
+    /// each new instance is `stopped` (by hand), as if `warden stop PROG` had been run
     /// after it was created, so that it starts with the others at the next `start PROG`. An
     /// instance with that index still stopping after an earlier scale-down is kept instead,
     /// and stays down once stopped.
@@ -728,8 +760,8 @@ impl Supervisor {
                     self.programs[p].slots.len() - 1
                 }
             };
-            // From `exited` a stop only marks the instance stopped by hand; from `stopping`
-            // it turns a pending restart into staying down.
+            // From `exited` a stop makes the instance `stopped` (by hand); from `stopping` it
+            // turns a pending restart into staying down.
             self.apply(p, pos, state::Event::Stop);
         }
         self.programs[p].def.instances = instances;
@@ -817,6 +849,13 @@ pub(super) fn open_files(def: &ProgramDef) -> Result<[Option<RotatingFile>; 2]> 
         _ => None,
     };
     Ok([stdout, stderr])
+}
+
+/// Logs a failed `reply` to the request `what` (when named), with the daemon's reason.
+fn log_refusal(what: Option<&str>, reply: &Reply) {
+    if let (Some(what), Reply::Failed { error, .. }) = (what, reply) {
+        log::warn!("control: {what} failed: {}", error.replace('\n', "; "));
+    }
 }
 
 fn describe(c: &Command) -> String {

@@ -135,7 +135,8 @@ pub struct InstanceStatus {
     pub index: usize,
     /// The main pid, when a process is up.
     pub pid: Option<i32>,
-    /// `starting`, `running`, `ready`, `backoff`, `stopping`, `exited` or `fatal`.
+    /// `starting`, `running`, `ready`, `backoff`, `stopping`, `exited`, `stopped` (by hand, kept
+    /// down until started again) or `fatal`.
     pub state: &'static str,
     /// How long the current process has been up.
     pub uptime: Option<Duration>,
@@ -452,7 +453,11 @@ impl Supervisor {
                     uptime: s.up_since.filter(|_| s.inst.state.is_up()).map(|t| now - t),
                     restarts: s.inst.restarts,
                     last_exit: s.inst.last_exit,
-                    status_text: s.status_text.clone(),
+                    // Its last `STATUS=` line described a process stopped by hand since.
+                    status_text: s
+                        .status_text
+                        .clone()
+                        .filter(|_| s.inst.state != state::State::Stopped),
                 })
             })
             .collect()
@@ -487,8 +492,9 @@ impl Supervisor {
             self.tick();
             // Every change of state is judged before the loop sleeps, whichever path made it: an
             // event below (judged at the top of the next turn, with no wait in between) or a
-            // timer in `tick` (a respawn that fails at once and ends in `fatal`). A waiter or a
-            // rollout left for the next wake-up would answer at some unrelated later event.
+            // timer in `tick` (a respawn that fails at once and ends in `fatal`, a timed
+            // readiness that becomes `ready`). A waiter or a rollout left for the next wake-up
+            // would answer at some unrelated later event.
             self.advance_rollouts();
             self.sweep_removed();
             self.check_waiters();
@@ -700,6 +706,7 @@ impl Supervisor {
                             then: state::AfterStop::Stay,
                             ..
                         } | state::State::Exited
+                            | state::State::Stopped
                             | state::State::Fatal
                     )
                 })

@@ -190,8 +190,13 @@ pub enum AfterStop {
 /// Where one instance is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum State {
-    /// Never started, stopped, or exited without restart.
+    /// Never started, or exited and not restarted (its restart policy, or a stray process
+    /// stopped).
     Exited,
+    /// Stopped by hand ([`Event::Stop`] or [`Event::Kill`]: `warden stop PROG`, a shutdown) and
+    /// kept down until the next [`Event::Start`] or [`Event::Restart`]. Its own state, not
+    /// [`State::Exited`], so that an operator tells "I stopped it" from "it exited".
+    Stopped,
     /// `Action::Spawn` was emitted; waiting for `Event::Spawned` or `Event::SpawnFailed`.
     Spawning,
     /// Up since `since`, readiness pending ([`Readiness::Notify`] or [`Readiness::After`]).
@@ -244,11 +249,12 @@ pub enum State {
 }
 
 impl State {
-    /// The status name: `exited`, `starting` (also for `Spawning`), `running`, `ready`,
-    /// `backoff`, `stopping` or `fatal`.
+    /// The status name: `exited`, `stopped`, `starting` (also for `Spawning`), `running`,
+    /// `ready`, `backoff`, `stopping` or `fatal`.
     pub fn name(&self) -> &'static str {
         match self {
             State::Exited => "exited",
+            State::Stopped => "stopped",
             State::Spawning | State::Starting { .. } => "starting",
             State::Running { .. } => "running",
             State::Ready { .. } => "ready",
@@ -459,7 +465,7 @@ impl Instance {
     /// start is remembered as a restart once the process is gone.
     fn on_start(&mut self, out: &mut Vec<Action>) {
         match self.state {
-            State::Exited | State::Fatal | State::Backoff { .. } => {
+            State::Exited | State::Stopped | State::Fatal | State::Backoff { .. } => {
                 self.reset_failures();
                 self.manual_stop = false;
                 self.spawn(out);
@@ -473,7 +479,8 @@ impl Instance {
         }
     }
 
-    /// `Stop`: ask the live process to stop, or cancel a pending spawn.
+    /// `Stop`: ask the live process to stop, or cancel a pending spawn. An instance already
+    /// down (exited, or fatal) becomes `stopped`: it was asked to, and stays down.
     fn on_stop(&mut self, policy: &Policy, now: Instant, out: &mut Vec<Action>) {
         self.manual_stop = true;
         match self.state {
@@ -483,11 +490,15 @@ impl Instance {
                 log(out, Level::Info, format!("stopping (sent {signal})"));
             }
             State::Backoff { .. } | State::Spawning => {
-                self.state = State::Exited;
+                self.state = State::Stopped;
                 log(out, Level::Info, "stopped (restart cancelled)".to_string());
             }
             State::Stopping { .. } => self.set_then(AfterStop::Stay),
-            State::Exited | State::Fatal => {}
+            State::Exited | State::Fatal => {
+                self.state = State::Stopped;
+                log(out, Level::Info, "stopped".to_string());
+            }
+            State::Stopped => {}
         }
     }
 
@@ -500,7 +511,7 @@ impl Instance {
                 let signal = signal_name(policy.stop_signal);
                 log(out, Level::Info, format!("restarting (sent {signal})"));
             }
-            State::Exited | State::Fatal => {
+            State::Exited | State::Stopped | State::Fatal => {
                 // A respawn after an earlier run counts; the very first start does not.
                 if self.last_exit.is_some() {
                     self.restarts = self.restarts.saturating_add(1);
@@ -559,10 +570,10 @@ impl Instance {
                 log(out, Level::Info, "killing (sent SIGKILL)".to_string());
             }
             State::Backoff { .. } | State::Spawning => {
-                self.state = State::Exited;
+                self.state = State::Stopped;
                 log(out, Level::Info, "stopped (restart cancelled)".to_string());
             }
-            State::Exited | State::Fatal => {}
+            State::Exited | State::Stopped | State::Fatal => {}
         }
     }
 
@@ -578,7 +589,7 @@ impl Instance {
                 };
                 log(out, Level::Info, format!("started (pid {pid})"));
             }
-            State::Exited | State::Fatal | State::Backoff { .. } => {
+            State::Exited | State::Stopped | State::Fatal | State::Backoff { .. } => {
                 // Track it as stopping so a graceful shutdown waits for it to be reaped.
                 let was = self.state.name();
                 self.state = State::Stopping {
@@ -734,6 +745,12 @@ impl Instance {
             .last_exit
             .map_or_else(|| "gone".to_string(), |s| s.to_string());
         match then {
+            // Stopped by hand; or a stray process (spawned after a stop) gone, which leaves
+            // the instance as down as it was.
+            AfterStop::Stay if self.manual_stop => {
+                self.state = State::Stopped;
+                log(out, Level::Info, format!("stopped ({status})"));
+            }
             AfterStop::Stay => {
                 self.state = State::Exited;
                 log(out, Level::Info, format!("stopped ({status})"));
@@ -1450,7 +1467,7 @@ mod tests {
             core_dumped: false,
         };
         let a = i.step(&p, Event::Exited { status }, kill_at + secs(5), 0.5);
-        assert_eq!(i.state, State::Exited);
+        assert_eq!(i.state, State::Stopped);
         assert!(!has_spawn(&a));
         assert!(logged(&a, "stopped (signal 9 (SIGKILL))"));
         assert_eq!(i.last_exit, Some(status));
@@ -1488,11 +1505,11 @@ mod tests {
         let a = i.step(&p, Event::Stop, t0 + ms(3), 0.5);
         assert!(!has_spawn(&a));
         assert!(signals(&a).is_empty());
-        assert_eq!(i.state, State::Exited);
+        assert_eq!(i.state, State::Stopped);
         assert!(i.manual_stop);
         assert_eq!(i.deadline(&p), None);
         assert!(i.step(&p, Event::Tick, t0 + secs(60), 0.5).is_empty());
-        assert_eq!(i.state, State::Exited);
+        assert_eq!(i.state, State::Stopped);
     }
 
     #[test]
@@ -1512,7 +1529,7 @@ mod tests {
         assert!(a.is_empty(), "the stop signal was already sent");
         let a = exit(&mut i, &p, t0 + secs(3), 0);
         assert!(!has_spawn(&a));
-        assert_eq!(i.state, State::Exited);
+        assert_eq!(i.state, State::Stopped);
         assert!(i.manual_stop);
     }
 
@@ -1558,7 +1575,7 @@ mod tests {
         i.step(&p, Event::Spawned { pid: 1 }, t0, 0.5);
         i.step(&p, Event::Stop, t0, 0.5);
         exit(&mut i, &p, t0 + ms(1), 0);
-        assert_eq!(i.state, State::Exited);
+        assert_eq!(i.state, State::Stopped);
         // After a run: counted.
         let a = i.step(&p, Event::Restart, t0 + ms(2), 0.5);
         assert_eq!(a, vec![Action::Spawn]);
@@ -1597,7 +1614,7 @@ mod tests {
         assert!(i.manual_stop);
         assert_eq!(i.deadline(&p), None);
         exit(&mut i, &p, t0 + secs(1), 0);
-        assert_eq!(i.state, State::Exited);
+        assert_eq!(i.state, State::Stopped);
 
         // Kill during a graceful stop escalates and cancels a restart.
         up(&mut i, &p, t0 + secs(2), 5);
@@ -1622,7 +1639,7 @@ mod tests {
         assert!(matches!(i.state, State::Backoff { .. }));
         let a = i.step(&p, Event::Kill, t0 + secs(5), 0.5);
         assert!(signals(&a).is_empty() && !has_spawn(&a));
-        assert_eq!(i.state, State::Exited);
+        assert_eq!(i.state, State::Stopped);
     }
 
     #[test]
@@ -1982,7 +1999,7 @@ mod tests {
         i.step(&p, Event::Start, t0, 0.5);
         let a = i.step(&p, Event::Stop, t0, 0.5);
         assert!(!has_spawn(&a));
-        assert_eq!(i.state, State::Exited);
+        assert_eq!(i.state, State::Stopped);
         let a = i.step(&p, Event::Spawned { pid: 5 }, t0, 0.5);
         assert_eq!(signals(&a), vec![(5, TERM)]);
         assert!(matches!(
@@ -1994,7 +2011,7 @@ mod tests {
             }
         ));
         exit(&mut i, &p, t0, 0);
-        assert_eq!(i.state, State::Exited);
+        assert_eq!(i.state, State::Stopped);
 
         // A second pid while one is up is killed and not tracked.
         up(&mut i, &p, t0, 6);
@@ -2004,11 +2021,77 @@ mod tests {
     }
 
     #[test]
+    fn stopped_by_hand_is_its_own_state_until_started_again() {
+        let p = Policy {
+            restart: Restart::Never,
+            max_restarts: 0,
+            ..Policy::default()
+        };
+        let t0 = Instant::now();
+        // From up: `stopping`, then `stopped` (not `exited`) once the process is gone.
+        let mut i = Instance::new();
+        up(&mut i, &p, t0, 1);
+        i.step(&p, Event::Stop, t0, 0.5);
+        assert_eq!(i.state.name(), "stopping");
+        let a = exit(&mut i, &p, t0 + ms(1), 0);
+        assert_eq!(i.state, State::Stopped);
+        assert_eq!(i.state.name(), "stopped");
+        assert!(logged(&a, "stopped (exit code 0)"));
+        assert_eq!(i.deadline(&p), None);
+        // Nothing but a start or restart moves it.
+        for e in [
+            Event::Tick,
+            Event::Stop,
+            Event::Kill,
+            Event::GroupEmpty,
+            Event::Ready,
+        ] {
+            assert!(i.step(&p, e, t0 + secs(1), 0.5).is_empty());
+            assert_eq!(i.state, State::Stopped);
+        }
+        assert_eq!(
+            i.step(&p, Event::Start, t0 + secs(2), 0.5),
+            vec![Action::Spawn]
+        );
+        assert!(!i.manual_stop);
+        i.step(&p, Event::Spawned { pid: 2 }, t0 + secs(2), 0.5);
+        assert_eq!(i.state.name(), "running");
+        // An exit the policy does not restart is `exited`, not `stopped`.
+        exit(&mut i, &p, t0 + secs(3), 0);
+        assert_eq!(i.state, State::Exited);
+        // Stopping what is already down (exited, or fatal) makes it `stopped`, without signals.
+        let a = i.step(&p, Event::Stop, t0 + secs(4), 0.5);
+        assert!(signals(&a).is_empty() && !has_spawn(&a));
+        assert!(logged(&a, "stopped"));
+        assert_eq!(i.state, State::Stopped);
+        i.state = State::Fatal;
+        i.step(&p, Event::Stop, t0 + secs(4), 0.5);
+        assert_eq!(i.state, State::Stopped);
+        // A manual restart from `stopped` spawns and counts as a restart (it ran before).
+        let before = i.restarts;
+        assert_eq!(
+            i.step(&p, Event::Restart, t0 + secs(5), 0.5),
+            vec![Action::Spawn]
+        );
+        assert_eq!(i.restarts, before + 1);
+        // A process that turns up while stopped (a racing spawn) is stopped; the instance is
+        // `stopped` again after it, not `exited`.
+        let mut j = Instance::new();
+        j.step(&p, Event::Stop, t0, 0.5);
+        assert_eq!(j.state, State::Stopped);
+        j.step(&p, Event::Spawned { pid: 9 }, t0, 0.5);
+        assert_eq!(j.state.name(), "stopping");
+        exit(&mut j, &p, t0, 0);
+        assert_eq!(j.state, State::Stopped);
+    }
+
+    #[test]
     fn exits_in_down_states_are_ignored() {
         let (p, t0) = (Policy::default(), Instant::now());
         let mut i = Instance::new();
         for s in [
             State::Exited,
+            State::Stopped,
             State::Spawning,
             State::Fatal,
             State::Backoff { until: t0 },
@@ -2025,6 +2108,7 @@ mod tests {
         let t0 = Instant::now();
         let cases = [
             (State::Exited, "exited", None),
+            (State::Stopped, "stopped", None),
             (State::Spawning, "starting", None),
             (State::Starting { pid: 1, since: t0 }, "starting", Some(1)),
             (State::Running { pid: 2, since: t0 }, "running", Some(2)),
@@ -2231,7 +2315,7 @@ mod tests {
                 assert!(logged(&a, "stopped (signal 15 (SIGTERM)); restarting"));
                 assert!(i.recent.is_empty(), "a manual restart is no failure");
             } else {
-                assert_eq!(i.state, State::Exited);
+                assert_eq!(i.state, State::Stopped);
                 assert!(logged(&a, "stopped (signal 15 (SIGTERM))"));
             }
         }
@@ -2264,7 +2348,7 @@ mod tests {
             &a,
             "process group 7 still has members 5s after SIGKILL"
         ));
-        assert_eq!(i.state, State::Exited);
+        assert_eq!(i.state, State::Stopped);
         assert_eq!(i.deadline(&p), None);
         // A late GroupEmpty changes nothing.
         assert!(i.step(&p, Event::GroupEmpty, give_up, 0.5).is_empty());
@@ -2337,7 +2421,7 @@ mod tests {
         k.step(&p, Event::LeaderExited { status }, t0, 0.5);
         assert!(k.step(&p, Event::Stop, t0, 0.5).is_empty());
         assert!(!has_spawn(&k.step(&p, Event::GroupEmpty, t0, 0.5)));
-        assert_eq!(k.state, State::Exited);
+        assert_eq!(k.state, State::Stopped);
         up(&mut k, &p, t0, 10);
         k.step(&p, Event::LeaderExited { status }, t0, 0.5);
         k.step(&p, Event::Start, t0, 0.5);
