@@ -1135,6 +1135,8 @@ fn stop_refuses_a_pid_that_does_not_hold_the_pidfile() {
         c
     });
     std::fs::write(sb.pidfile(), format!("{victim}\n")).unwrap();
+    // With the control socket gone, the forged pid is refused and nothing is signalled.
+    std::fs::rename(sb.path("warden.sock"), sb.path("moved.sock")).unwrap();
     let out = sb.run(&["stop", "--timeout", "2s"]);
     assert_ne!(out.status.code(), Some(0));
     assert!(
@@ -1144,10 +1146,19 @@ fn stop_refuses_a_pid_that_does_not_hold_the_pidfile() {
     );
     assert!(alive(victim), "the victim was signalled");
     assert!(alive(daemon), "the daemon was stopped through a forged pid");
-    std::fs::write(sb.pidfile(), format!("{daemon}\n")).unwrap();
-    let out = sb.run(&["stop"]);
+    // With the socket there, the daemon that answers on it is stopped (its pid is the socket
+    // peer's, from the kernel), the forged pid named as a warning and left alone.
+    std::fs::rename(sb.path("moved.sock"), sb.path("warden.sock")).unwrap();
+    let out = sb.run(&["stop", "--timeout", "10s"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("does not hold it")
+            && stderr_of(&out).contains(&format!("pid {daemon} answers")),
+        "{}",
+        stderr_of(&out)
+    );
     assert!(wait_until(TIMEOUT, || !alive(daemon)));
+    assert!(alive(victim), "the victim was signalled");
 }
 
 #[test]
@@ -1167,8 +1178,10 @@ fn restart_replaces_the_daemon() {
 
 /// Root without `CAP_SYS_PTRACE` (Docker's default capability set) may list another user's
 /// `/proc/PID/fd` but not follow its entries: `warden stop` cannot tell whether the pid holds the
-/// pidfile, and says so (exit 4, "permission denied: cannot inspect /proc/PID/fd") instead of
-/// calling it a forged pid; the daemon is left alone, and a root with the capability stops it.
+/// pidfile. Without the control socket it says so (exit 4, "permission denied: cannot inspect
+/// /proc/PID/fd") instead of calling it a forged pid, and leaves the daemon alone; with the
+/// socket, the daemon that answers there is stopped through a pidfd on the socket's peer (a pid
+/// the kernel vouches for), the pidfile's problem shown as a warning.
 #[test]
 fn stop_as_root_without_ptrace_cannot_tell_and_says_so() {
     let test = "stop_as_root_without_ptrace_cannot_tell_and_says_so";
@@ -1177,18 +1190,23 @@ fn stop_as_root_without_ptrace_cannot_tell_and_says_so() {
     }
     let mut sb = Sandbox::new("no-ptrace", "user = \"nobody\"");
     let pid = sb.start();
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace", "--"])
-        .arg(warden_bin())
-        .arg("-c")
-        .arg(&sb.config)
-        .args(["stop", "--timeout", "2s"])
-        .stdin(Stdio::null());
-    let out = sb.output(cmd);
+    let stop_without_ptrace = |sb: &mut Sandbox| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace", "--"])
+            .arg(warden_bin())
+            .arg("-c")
+            .arg(&sb.config)
+            .args(["stop", "--timeout", "5s"])
+            .stdin(Stdio::null());
+        sb.output(cmd)
+    };
+    std::fs::rename(sb.path("warden.sock"), sb.path("moved.sock")).unwrap();
+    let out = stop_without_ptrace(&mut sb);
     let err = stderr_of(&out);
     if err.starts_with("setpriv:") {
         // No CAP_SETPCAP here, so the bounding set cannot shrink.
         eprintln!("SKIPPED {test}: setpriv cannot drop cap_sys_ptrace: {err}");
+        std::fs::rename(sb.path("moved.sock"), sb.path("warden.sock")).unwrap();
         return;
     }
     assert_eq!(code(&out), Some(4), "stop without CAP_SYS_PTRACE: {err}");
@@ -1198,12 +1216,13 @@ fn stop_as_root_without_ptrace_cannot_tell_and_says_so() {
     assert!(alive(pid), "the daemon was signalled although unchecked");
     assert_eq!(sb.pidfile_pid(), Some(pid));
 
-    let out = sb.run(&["stop"]);
-    assert_eq!(
-        code(&out),
-        Some(0),
-        "stop as full root: {}",
-        stderr_of(&out)
+    std::fs::rename(sb.path("moved.sock"), sb.path("warden.sock")).unwrap();
+    let out = stop_without_ptrace(&mut sb);
+    let err = stderr_of(&out);
+    assert_eq!(code(&out), Some(0), "stop through the socket: {err}");
+    assert!(
+        err.contains(&want) && err.contains(&format!("pid {pid} answers")),
+        "{err}"
     );
     assert!(wait_until(TIMEOUT, || !alive(pid)), "daemon still alive");
     assert_no_process(&sb);

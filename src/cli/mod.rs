@@ -363,10 +363,12 @@ fn stop(config: &Config, timeout: Duration) -> ExitCode {
     }
 }
 
-/// `stop` when the pidfile names no running daemon (`pidfile_error`: it could not be read): the
-/// control socket decides. A daemon that answers there is stopped through a pidfd on the peer
-/// of that connection; with nobody answering, the daemon is not running — unless the pidfile
-/// could not be read, which is then the error.
+/// `stop` when the pidfile names no running daemon, or names one that cannot be trusted
+/// (`pidfile_error`: unreadable, not a regular file, a pid that does not hold it, a holder
+/// this process may not inspect): the control socket decides. A daemon that answers there is
+/// stopped through a pidfd on the peer of that connection — a pid from the kernel, not from a
+/// file — and the pidfile's problem is shown as a warning; with nobody answering, the daemon is
+/// not running, unless the pidfile had a problem, which is then the error.
 fn stop_through_socket(
     config: &Config,
     deadline: std::time::Instant,
@@ -427,9 +429,17 @@ fn stop_through_socket(
     };
     let pid = daemon.pid();
     drop(client);
+    // The pid comes from the kernel (the socket's peer), not from a file anyone may have
+    // written: stopping it is what was asked, whatever the pidfile says.
+    match &pidfile_error {
+        Some(e) => eprintln!("warden: warning: {e}"),
+        None => eprintln!(
+            "warden: the pidfile {} names no running daemon",
+            config.daemon.pidfile.display()
+        ),
+    }
     eprintln!(
-        "warden: the pidfile {} names no running daemon, but pid {pid} answers on {}: stopping it",
-        config.daemon.pidfile.display(),
+        "warden: pid {pid} answers on the control socket {}: stopping it",
         socket.display()
     );
     if let Err(e) = daemon.signal(nix::sys::signal::Signal::SIGTERM)
