@@ -28,7 +28,7 @@ complete -c warden -n "__fish_warden_needs_command" -s c -l config -d 'Configura
 complete -c warden -n "__fish_warden_needs_command" -s h -l help -d 'Print help'
 complete -c warden -n "__fish_warden_needs_command" -s V -l version -d 'Print version'
 complete -c warden -n "__fish_warden_needs_command" -f -a "run" -d 'Run in the foreground (for systemd Type=notify, containers, terminals)'
-complete -c warden -n "__fish_warden_needs_command" -f -a "start" -d 'Start the daemon, returning once it is ready (0) or has failed; with PROGRAMs, start those programs in the running daemon'
+complete -c warden -n "__fish_warden_needs_command" -f -a "start" -d 'Start the daemon, returning once it is ready (0) or has failed (its reason on stderr); with PROGRAMs, start those programs in the running daemon and wait until every instance of them is up'
 complete -c warden -n "__fish_warden_needs_command" -f -a "stop" -d 'Stop the daemon (SIGTERM) and wait until it has exited; with PROGRAMs, stop those programs and keep them down until started again'
 complete -c warden -n "__fish_warden_needs_command" -f -a "restart" -d 'Rolling restart of PROGRAMs, one instance at a time; with none, restart the daemon'
 complete -c warden -n "__fish_warden_needs_command" -f -a "status" -d 'Show the daemon and every worker (LSB exit codes for the daemon; see warden(8))'
@@ -40,7 +40,7 @@ complete -c warden -n "__fish_warden_needs_command" -f -a "completions" -d 'Prin
 complete -c warden -n "__fish_warden_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c warden -n "__fish_warden_using_subcommand run" -s c -l config -d 'Configuration file' -r -F
 complete -c warden -n "__fish_warden_using_subcommand run" -s h -l help -d 'Print help'
-complete -c warden -n "__fish_warden_using_subcommand start" -l timeout -d 'How long to wait for the programs to be up' -r
+complete -c warden -n "__fish_warden_using_subcommand start" -l timeout -d 'With PROGRAMs: how long to wait for their instances to be up. (The daemon\'s own start waits up to `ready_timeout` of warden.toml.)' -r
 complete -c warden -n "__fish_warden_using_subcommand start" -s c -l config -d 'Configuration file' -r -F
 complete -c warden -n "__fish_warden_using_subcommand start" -s h -l help -d 'Print help'
 complete -c warden -n "__fish_warden_using_subcommand stop" -l timeout -d 'How long to wait, e.g. "30s"' -r
@@ -66,7 +66,7 @@ complete -c warden -n "__fish_warden_using_subcommand reopen-logs" -s h -l help 
 complete -c warden -n "__fish_warden_using_subcommand completions" -s c -l config -d 'Configuration file' -r -F
 complete -c warden -n "__fish_warden_using_subcommand completions" -s h -l help -d 'Print help'
 complete -c warden -n "__fish_warden_using_subcommand help; and not __fish_seen_subcommand_from run start stop restart status reload scale check reopen-logs completions help" -f -a "run" -d 'Run in the foreground (for systemd Type=notify, containers, terminals)'
-complete -c warden -n "__fish_warden_using_subcommand help; and not __fish_seen_subcommand_from run start stop restart status reload scale check reopen-logs completions help" -f -a "start" -d 'Start the daemon, returning once it is ready (0) or has failed; with PROGRAMs, start those programs in the running daemon'
+complete -c warden -n "__fish_warden_using_subcommand help; and not __fish_seen_subcommand_from run start stop restart status reload scale check reopen-logs completions help" -f -a "start" -d 'Start the daemon, returning once it is ready (0) or has failed (its reason on stderr); with PROGRAMs, start those programs in the running daemon and wait until every instance of them is up'
 complete -c warden -n "__fish_warden_using_subcommand help; and not __fish_seen_subcommand_from run start stop restart status reload scale check reopen-logs completions help" -f -a "stop" -d 'Stop the daemon (SIGTERM) and wait until it has exited; with PROGRAMs, stop those programs and keep them down until started again'
 complete -c warden -n "__fish_warden_using_subcommand help; and not __fish_seen_subcommand_from run start stop restart status reload scale check reopen-logs completions help" -f -a "restart" -d 'Rolling restart of PROGRAMs, one instance at a time; with none, restart the daemon'
 complete -c warden -n "__fish_warden_using_subcommand help; and not __fish_seen_subcommand_from run start stop restart status reload scale check reopen-logs completions help" -f -a "status" -d 'Show the daemon and every worker (LSB exit codes for the daemon; see warden(8))'
