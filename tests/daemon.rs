@@ -377,6 +377,14 @@ fn daemon_inherits_no_descriptor_signal_state_or_umask_from_its_launcher() {
         std::fs::canonicalize(&work).unwrap()
     );
 
+    // The daemon closes its end of the readiness pipe right after writing its verdict, and the
+    // launcher may return between the two: wait (bounded) for that close before judging.
+    let pipe_open = || {
+        fds(pid)
+            .iter()
+            .any(|(_, t)| path_str(t).starts_with("pipe:"))
+    };
+    wait_until(TIMEOUT, || !pipe_open());
     let f = fds(pid);
     let by_fd: HashMap<i32, PathBuf> = f.iter().cloned().collect();
     assert_eq!(by_fd[&0], Path::new("/dev/null"), "{f:?}");
