@@ -277,6 +277,13 @@ fn dropping_a_busy_pool_cancels_its_jobs_once_and_leaves_nothing() {
     assert!(r.num("cancelled") >= 90);
 }
 
+#[test]
+fn a_killed_fork_server_is_reaped_not_left_a_zombie() {
+    let r = scenario("zygote_reaped");
+    assert_eq!(r.num("fatal"), 6);
+    assert_eq!(r.num("zombies"), 0);
+}
+
 /// The pool inside a real warden daemon: daemonize, build the pool (its fork server forked while
 /// the daemon is single-threaded), serve jobs on SIGHUP, survive a worker's SIGKILL, and leave
 /// nothing behind on SIGTERM.

@@ -25,7 +25,9 @@
 //!   followed by `waitpid(pid)`: never `waitpid(-1)`, which would steal the host's children. A
 //!   worker whose socket reaches end of stream unasked is `SIGKILL`ed (its process group) so
 //!   that the status always comes; if the fork server itself dies, its workers died with it
-//!   (`PR_SET_PDEATHSIG`) and are finalized at once as killed, and the pool turns fatal.
+//!   (`PR_SET_PDEATHSIG`) and are finalized at once as killed, and the pool turns fatal. The
+//!   fork server itself is reaped when its pidfd turns readable, not when its socket closes:
+//!   a dying process closes its descriptors before it becomes a zombie.
 //! - `terminate` cancels every unfinished job at once (sinks called with `Cancelled`) before the
 //!   workers are killed, so results that still arrive find no job and are dropped.
 
@@ -311,7 +313,9 @@ pub(crate) struct Pending {
 
 const WAKER: Token = Token(0);
 const ZYGOTE: Token = Token(1);
-const FIRST_TOKEN: usize = 2;
+/// The pidfd of a fork server whose socket closed but that was not reaped yet.
+const ZYGOTE_PIDFD: Token = Token(2);
+const FIRST_TOKEN: usize = 3;
 /// Bytes read from one output pipe per turn before serving others.
 const PIPE_BUDGET: usize = 256 * 1024;
 /// Longest captured output line; longer ones are split.
@@ -414,6 +418,9 @@ pub(crate) struct Engine {
     rng: u64,
     now: Instant,
     pids_dirty: bool,
+    /// A fork server whose control socket closed before it could be reaped (its exit is not
+    /// complete when its descriptors close): reaped when its pidfd turns readable.
+    dead_zygote: Option<(i32, Option<OwnedFd>)>,
     page_size: u64,
     /// `(sent SIGTERM)` for the policy's stop signal, as the state machine logs it.
     stop_words: String,
@@ -465,6 +472,7 @@ impl Engine {
             rng: seed | 1,
             now: Instant::now(),
             pids_dirty: true,
+            dead_zygote: None,
             page_size,
             stop_words,
         }
@@ -727,6 +735,7 @@ impl Engine {
         let token = ev.token();
         match token {
             WAKER => {}
+            ZYGOTE_PIDFD => self.reap_dead_zygote(Duration::ZERO),
             ZYGOTE => {
                 if ev.is_writable() {
                     self.flush_zygote();
@@ -1125,6 +1134,11 @@ impl Engine {
 
     fn next_deadline(&self) -> Option<Instant> {
         let mut next: Option<Instant> = self.stop_deadline;
+        if let Some((_, None)) = self.dead_zygote {
+            // No pidfd for it (Linux < 5.3): retry the reap shortly.
+            let soon = self.now + Duration::from_millis(5);
+            next = Some(next.map_or(soon, |n| n.min(soon)));
+        }
         let mut consider = |t: Option<Instant>| {
             if let Some(t) = t {
                 next = Some(next.map_or(t, |n| n.min(t)));
@@ -1144,6 +1158,9 @@ impl Engine {
 
     fn check_timers(&mut self) {
         let now = self.now;
+        if let Some((_, None)) = self.dead_zygote {
+            self.reap_dead_zygote(Duration::ZERO);
+        }
         for i in 0..self.slots.len() {
             if self.slots[i]
                 .inst
@@ -1648,6 +1665,8 @@ impl Engine {
             .registry()
             .deregister(&mut SourceFd(&z.ctl.as_raw_fd()));
         let pending: Vec<usize> = pending.drain().map(|(_, p)| p.slot).collect();
+        // Its socket closes while it exits, before it is a zombie: a reap now may come too
+        // early. If so, its pidfd says when; without one (Linux < 5.3), the timers retry.
         let status = reap_child(z.pid, Duration::ZERO);
         let why = format!(
             "pool {}: the fork server (pid {}) exited{}; no worker can be started",
@@ -1659,7 +1678,21 @@ impl Engine {
             log::error!("{why}");
             self.fatal.get_or_insert(why);
         }
-        drop(z);
+        let Zygote { ctl, pid, pidfd } = z;
+        drop(ctl);
+        if status.is_none() {
+            let pidfd = pidfd.filter(|fd| {
+                self.poll
+                    .registry()
+                    .register(
+                        &mut SourceFd(&fd.as_raw_fd()),
+                        ZYGOTE_PIDFD,
+                        Interest::READABLE,
+                    )
+                    .is_ok()
+            });
+            self.dead_zygote = Some((pid, pidfd));
+        }
         self.pids_dirty = true;
         for slot in pending {
             self.apply(slot, Event::SpawnFailed);
@@ -1741,7 +1774,34 @@ impl Engine {
         self.stop_zygote();
     }
 
+    /// Reaps the fork server whose socket closed earlier, waiting at most `wait`.
+    fn reap_dead_zygote(&mut self, wait: Duration) {
+        let Some((pid, pidfd)) = &self.dead_zygote else {
+            return;
+        };
+        let pid = *pid;
+        if let Some(status) = reap_child(pid, wait) {
+            log::debug!(
+                "pool {}: fork server (pid {pid}) reaped ({status})",
+                self.cfg.name
+            );
+        } else if matches!(
+            waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)),
+            Ok(WaitStatus::StillAlive)
+        ) {
+            return; // not exited yet: its pidfd (or the timers) will say when
+        }
+        if let Some(fd) = pidfd {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&fd.as_raw_fd()));
+        }
+        self.dead_zygote = None;
+    }
+
     fn stop_zygote(&mut self) {
+        self.reap_dead_zygote(Duration::from_secs(3));
         if let Spawner::Fork { zygote, .. } = &mut self.spawner
             && let Some(z) = zygote.take()
         {

@@ -197,6 +197,9 @@ pub(crate) struct Zygote {
     pub(crate) ctl: OwnedFd,
     /// The zygote's pid.
     pub(crate) pid: i32,
+    /// A pidfd on the zygote (`None` before Linux 5.3): readable once it has exited, so that the
+    /// pool reaps it when it really is a zombie, not when its socket closes (which comes first).
+    pub(crate) pidfd: Option<OwnedFd>,
 }
 
 /// What a forked worker runs: serves the socket on descriptor 3, returns the exit code.
@@ -221,9 +224,12 @@ pub(crate) fn start(entry: Entry<'_>) -> Result<Zygote> {
                 nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
             )
             .map_err(|e| Error::sys("fcntl(O_NONBLOCK)", e))?;
+            // Our unreaped child: its pid cannot be reused, so the pidfd is surely its own.
+            let pidfd = sys::pool::pidfd_open(pid.as_raw()).ok();
             Ok(Zygote {
                 ctl: ours,
                 pid: pid.as_raw(),
+                pidfd,
             })
         }
         sys::Fork::Child => {
