@@ -1035,6 +1035,51 @@ fn zygote_reaped(mut r: Report) -> Report {
     r
 }
 
+/// Jobs submitted right after an idle worker is SIGKILLed: the pool may write them to the dying
+/// worker's socket before it learns of the death, but that worker never started them, so they
+/// are sent again, never failed with `WorkerDied`. Five rounds of 40 jobs.
+fn kill_idle_submit(mut r: Report) -> Report {
+    let pool = build(builder("killidlesubmit").workers(2));
+    let mut lost = 0;
+    let mut deaths = 0;
+    for round in 0..5u64 {
+        let warm = pool.map((0..10).map(Task::Square)).expect("open");
+        r.check(warm.iter().all(|o| o.is_ok()), "warm-up");
+        r.see(&pool);
+        let Some(victim) = pool.stats().worker_pids[(round % 2) as usize] else {
+            r.check(false, "worker not up");
+            continue;
+        };
+        kill9(victim);
+        let handles: Vec<_> = (0..40)
+            .map(|i| pool.submit(Task::Square(i)).expect("open"))
+            .collect();
+        for (i, h) in handles.into_iter().enumerate() {
+            let o = wait_ok(h);
+            if o != Ok((i * i + 1) as u64) {
+                lost += 1;
+                eprintln!("round {round} job {i}: {o:?}");
+            }
+        }
+        deaths += 1;
+        r.check(
+            wait_until(Duration::from_secs(10), || {
+                let s = pool.stats();
+                s.worker_deaths == deaths && s.workers == 2
+            }),
+            "the killed worker was not replaced",
+        );
+    }
+    r.see(&pool);
+    let s = pool.stats();
+    r.kv("lost", lost);
+    r.kv("worker_deaths", s.worker_deaths);
+    r.kv("requeued", s.requeued);
+    r.check(lost == 0, "jobs failed after an idle worker was killed");
+    r.check(s.worker_deaths == 5, "one death per round");
+    r
+}
+
 const SCENARIOS: &[&str] = &[
     "codec",
     "drop_busy",
@@ -1057,6 +1102,7 @@ const SCENARIOS: &[&str] = &[
     "exec_threads",
     "fork_threads",
     "zygote_reaped",
+    "kill_idle_submit",
 ];
 
 fn main() {
@@ -1105,6 +1151,7 @@ fn main() {
         "exec_threads" => exec_threads(r, &dir),
         "fork_threads" => fork_threads(r),
         "zygote_reaped" => zygote_reaped(r),
+        "kill_idle_submit" => kill_idle_submit(r),
         other => {
             eprintln!("unknown scenario {other:?}; try --list");
             std::process::exit(2);

@@ -160,6 +160,13 @@ fn sigkill_of_an_idle_worker_loses_nothing() {
 }
 
 #[test]
+fn jobs_submitted_right_after_an_idle_worker_is_killed_are_sent_again_not_failed() {
+    let r = scenario("kill_idle_submit");
+    assert_eq!(r.num("lost"), 0);
+    assert_eq!(r.num("worker_deaths"), 5);
+}
+
+#[test]
 fn a_panicking_handler_fails_its_job_and_the_worker_serves_the_next() {
     let r = scenario("panic");
     assert!(r.get("panic").contains("Panicked(\"boom\")"));

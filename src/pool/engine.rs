@@ -16,8 +16,10 @@
 //!   idle worker). The job timeout is measured from there.
 //! - A worker is finalized (its jobs resolved) only once its exit status is known, and only after
 //!   what is left in its socket has been read: results written just before death still count.
-//!   Then the running job fails (`WorkerDied`, `TimedOut`) or is retried, and the jobs behind it,
-//!   which never started, go back to the *front* of the queue.
+//!   Then the job it was running — the one its claim word says it started (`claim`), none if
+//!   it died idle — fails (`WorkerDied`, `TimedOut`) or is retried, and every other job it held,
+//!   which never started, goes back to the *front* of the queue: jobs written to a worker that
+//!   was already dying are sent again, never failed.
 //! - Jobs are taken from the shared queue only when some worker has pipeline room, so the queue's
 //!   bound is real backpressure. Counters are published (and waiters woken) once per loop turn,
 //!   after the sinks of that turn have run, so `join` returns only after every callback.
@@ -47,10 +49,12 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::PoolStats;
+use super::claim::{self, Claim};
 use super::frame::{self, InBuf};
 use super::zygote::{self, Reply, Request, Zygote};
 use crate::supervisor::output::LineFramer;
 use crate::supervisor::state::{Action, Event, ExitStatus, Instance, Policy, State};
+use crate::sys::pool::SharedWords;
 use crate::sys::{self, ChildSetup};
 
 /// Where a job's outcome goes; called exactly once, on the I/O thread.
@@ -303,9 +307,10 @@ pub(crate) enum Spawner {
     Inert(String),
 }
 
-/// The pool's ends of a worker being forked by the fork server.
+/// The pool's ends of a worker being started (forked by the fork server, or exec'd).
 pub(crate) struct Pending {
     slot: usize,
+    claims: SharedWords,
     sock: std::os::unix::net::UnixStream,
     out: File,
     err: File,
@@ -344,6 +349,8 @@ struct Pipe {
 /// A job on its way through a worker.
 struct Sent {
     id: u64,
+    /// Its claim word.
+    word: u32,
     job: Job,
 }
 
@@ -360,6 +367,9 @@ struct Proc {
     writable: bool,
     inbuf: InBuf,
     inflight: VecDeque<Sent>,
+    /// The claim words shared with the worker, and those not holding an in-flight job.
+    claims: SharedWords,
+    free_words: Vec<u32>,
     /// When the first in-flight job started running.
     running_since: Instant,
     jobs_done: u64,
@@ -637,13 +647,19 @@ impl Engine {
         self.next_id += 1;
         let now = self.now;
         let p = self.slots[slot].proc.as_mut().expect("eligible worker");
-        frame::put_header(&mut p.out, job.kind, 8 + job.body.len());
+        let word = p
+            .free_words
+            .pop()
+            .expect("a free claim word per job in flight");
+        claim::queue(p.claims.words(), word as usize, id);
+        frame::put_header(&mut p.out, job.kind, 12 + job.body.len());
         p.out.extend_from_slice(&id.to_le_bytes());
+        p.out.extend_from_slice(&word.to_le_bytes());
         p.out.extend_from_slice(&job.body);
         if p.inflight.is_empty() {
             p.running_since = now;
         }
-        p.inflight.push_back(Sent { id, job });
+        p.inflight.push_back(Sent { id, word, job });
         p.jobs_sent += 1;
         if self
             .cfg
@@ -848,6 +864,7 @@ impl Engine {
                 break;
             }
             let sent = p.inflight.pop_front().expect("checked above");
+            p.free_words.push(sent.word);
             self.counters.completed += u64::from(sent.job.items);
             call_sink(name, sent.job.sink, Raw::Done(&body[8..]));
             done += 1;
@@ -1012,8 +1029,14 @@ impl Engine {
         if !p.expected {
             self.counters.worker_deaths += 1;
         }
+        // The job it was running is the one its claim word says it started (or the one it timed
+        // out on); every other job it held never started: sent again, first.
         let mut jobs = std::mem::take(&mut p.inflight);
-        if let Some(front) = jobs.pop_front() {
+        let running = jobs.iter().position(|s| {
+            p.timed_out == Some(s.id)
+                || claim::state(p.claims.words(), s.word as usize, s.id) == Claim::Started
+        });
+        if let Some(front) = running.and_then(|i| jobs.remove(i)) {
             let failure = if self.stopping == Some(StopMode::Terminate) {
                 Failure::Cancelled
             } else if p.timed_out == Some(front.id) {
@@ -1417,6 +1440,7 @@ impl Engine {
         ours.set_nonblocking(true)?;
         let (out_r, out_w) = output_pipe()?;
         let (err_r, err_w) = output_pipe()?;
+        let (claims, claims_fd) = SharedWords::create(self.cfg.pipeline)?;
         match &mut self.spawner {
             Spawner::Fork {
                 zygote,
@@ -1434,12 +1458,19 @@ impl Engine {
                     token,
                     Pending {
                         slot,
+                        claims,
                         sock: ours,
                         out: out_r,
                         err: err_r,
                     },
                 );
-                outq.push_back(Request::spawn(token, theirs.into(), out_w, err_w));
+                outq.push_back(Request::spawn(
+                    token,
+                    theirs.into(),
+                    out_w,
+                    err_w,
+                    claims_fd,
+                ));
                 self.flush_zygote();
                 Ok(None)
             }
@@ -1462,13 +1493,17 @@ impl Engine {
                         ..ChildSetup::default()
                     },
                 );
+                // The socket goes to 3 first: the claim words must not sit on 3 then.
+                let claims_fd = sys::pool::dup_at_least(claims_fd.as_fd(), 5)?;
                 sys::pool::pre_exec_fd(&mut cmd, theirs.as_raw_fd(), 3);
+                sys::pool::pre_exec_fd(&mut cmd, claims_fd.as_raw_fd(), 4);
                 let child = cmd.spawn()?;
                 let pid = child.id() as i32;
                 // Dropping `Child` neither waits nor kills: we reap by pid after the pidfd.
                 drop(child);
                 drop(cmd);
                 drop(theirs);
+                drop(claims_fd);
                 let pidfd = match sys::pool::pidfd_open(pid) {
                     Ok(fd) => Some(fd),
                     Err(e) => {
@@ -1476,7 +1511,14 @@ impl Engine {
                         None
                     }
                 };
-                self.attach(slot, pid, ours, out_r, err_r, pidfd);
+                let ends = Pending {
+                    slot,
+                    claims,
+                    sock: ours,
+                    out: out_r,
+                    err: err_r,
+                };
+                self.attach(ends, pid, pidfd);
                 Ok(Some(pid))
             }
             Spawner::Inert(why) => Err(std::io::Error::other(why.clone())),
@@ -1490,15 +1532,14 @@ impl Engine {
     }
 
     /// Takes a started worker into the loop.
-    fn attach(
-        &mut self,
-        slot: usize,
-        pid: i32,
-        sock: std::os::unix::net::UnixStream,
-        out: File,
-        err: File,
-        pidfd: Option<OwnedFd>,
-    ) {
+    fn attach(&mut self, ends: Pending, pid: i32, pidfd: Option<OwnedFd>) {
+        let Pending {
+            slot,
+            claims,
+            sock,
+            out,
+            err,
+        } = ends;
         let generation = self.next_gen;
         self.next_gen += 1;
         let mut sock = mio::net::UnixStream::from_std(sock);
@@ -1549,6 +1590,8 @@ impl Engine {
             writable: false,
             inbuf: InBuf::new(64 * 1024),
             inflight: VecDeque::new(),
+            claims,
+            free_words: (0..self.cfg.pipeline as u32).rev().collect(),
             running_since: self.now,
             jobs_done: 0,
             jobs_sent: 0,
@@ -1622,8 +1665,9 @@ impl Engine {
                     return;
                 };
                 if let Some(p) = pending.remove(&token) {
-                    self.attach(p.slot, pid, p.sock, p.out, p.err, None);
-                    self.apply(p.slot, Event::Spawned { pid });
+                    let slot = p.slot;
+                    self.attach(p, pid, None);
+                    self.apply(slot, Event::Spawned { pid });
                 }
             }
             Reply::Failed { token, errno } => {

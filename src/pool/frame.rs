@@ -18,9 +18,10 @@ pub(crate) const MAX_BODY: usize = 1 << 30;
 /// A receive buffer larger than this is shrunk once it is empty again.
 const SHRINK_ABOVE: usize = 4 << 20;
 
-/// Pool → worker: one job; body = id, postcard(J).
+/// Pool → worker: one job; body = id, claim word index (`u32` LE), postcard(J).
 pub(crate) const JOB: u8 = 1;
-/// Pool → worker: a chunk of jobs; body = id, item count (`u32` LE), postcard(Vec<J>).
+/// Pool → worker: a chunk of jobs; body = id, claim word index (`u32` LE), item count (`u32`
+/// LE), postcard(Vec<J>).
 pub(crate) const CHUNK: u8 = 2;
 /// Pool → worker: finish and exit 0; empty body.
 pub(crate) const SHUTDOWN: u8 = 3;
@@ -119,6 +120,11 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
 /// The id at the start of a job or result body.
 pub(crate) fn read_id(body: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(body.get(..8)?.try_into().ok()?))
+}
+
+/// The `u32` (little-endian) at `at` in a body.
+pub(crate) fn read_u32(body: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?))
 }
 
 /// A frame found at the start of a buffer.

@@ -35,7 +35,8 @@
 //! Every accepted job gets exactly one [`Outcome`], exactly once: the handler's value, its error
 //! ([`JobError::Handler`]), a panic caught in the worker (which survives and serves the next
 //! job), [`JobError::WorkerDied`] when the worker died while running it (the pool replaces the
-//! worker; jobs queued behind it on that worker never started and are sent again, first),
+//! worker; the other jobs it held had not started — each worker marks a job started in memory
+//! shared with the pool before running it — and are sent again, first),
 //! [`JobError::TimedOut`], [`JobError::Cancelled`] after [`Pool::terminate`], or
 //! [`JobError::Fatal`] when the pool can no longer run anything (every worker in a crash loop,
 //! the fork server gone). Jobs marked idempotent ([`JobOptions::retries`]) are retried after a
@@ -73,6 +74,7 @@
 //! queue is full; `join` returns only after every accepted job's outcome has been delivered,
 //! callbacks included.
 
+mod claim;
 mod engine;
 mod frame;
 mod worker;
@@ -472,13 +474,14 @@ where
             });
         }
         let handler = &self.handler;
-        let entry = move |sock: std::os::fd::OwnedFd| -> i32 {
-            let stop = worker::serve::<J, O, E, F>(&sock, handler);
-            if let worker::Stop::Broken(why) = &stop {
-                eprintln!("warden pool worker: {why}");
-            }
-            stop.code()
-        };
+        let entry =
+            move |sock: std::os::fd::OwnedFd, claims: crate::sys::pool::SharedWords| -> i32 {
+                let stop = worker::serve::<J, O, E, F>(&sock, &claims, handler);
+                if let worker::Stop::Broken(why) = &stop {
+                    eprintln!("warden pool worker: {why}");
+                }
+                stop.code()
+            };
         let z = zygote::start(&entry).map_err(|e| match e {
             Error::MultiThreaded(n) => Error::Invalid {
                 what: "pool start method",
@@ -501,9 +504,11 @@ where
 
     /// This process is an exec-self worker of this pool: serve descriptor 3, then exit.
     fn become_worker(&self) -> ! {
-        let code = match crate::sys::pool::claim_inherited_socket(3) {
-            Ok(sock) => {
-                let stop = worker::serve::<J, O, E, F>(&sock, &self.handler);
+        let inherited = crate::sys::pool::claim_inherited_socket(3)
+            .and_then(|sock| Ok((sock, crate::sys::pool::SharedWords::map_inherited(4)?)));
+        let code = match inherited {
+            Ok((sock, claims)) => {
+                let stop = worker::serve::<J, O, E, F>(&sock, &claims, &self.handler);
                 if let worker::Stop::Broken(why) = &stop {
                     eprintln!("warden pool {} worker: {why}", self.name);
                 }
