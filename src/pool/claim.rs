@@ -62,7 +62,6 @@ pub(crate) fn start(words: &[AtomicU64], i: usize, id: u64) -> bool {
 }
 
 /// The pool: takes job `id` of word `i` back; `false` if the worker started it first.
-#[allow(dead_code)]
 pub(crate) fn revoke(words: &[AtomicU64], i: usize, id: u64) -> bool {
     words[i]
         .compare_exchange(

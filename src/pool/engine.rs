@@ -20,8 +20,13 @@
 //!   it died idle — fails (`WorkerDied`, `TimedOut`) or is retried, and every other job it held,
 //!   which never started, goes back to the *front* of the queue: jobs written to a worker that
 //!   was already dying are sent again, never failed.
-//! - Jobs are taken from the shared queue only when some worker has pipeline room, so the queue's
-//!   bound is real backpressure. Counters are published (and waiters woken) once per loop turn,
+//! - Jobs are taken from the shared queue only when some worker has room in the window (`pace`:
+//!   1 for jobs longer than a round trip, up to the pipeline for tiny ones), so the queue's
+//!   bound is real backpressure, and jobs wait in the one parent-side queue, not bound to a
+//!   worker. When the queue is empty and a worker idles while another holds jobs it has not
+//!   started, those are taken back through their claim words (`claim::revoke`, which fails for
+//!   a job just started) and sent to the idle one: a job waits behind another only while every
+//!   worker is busy. Counters are published (and waiters woken) once per loop turn,
 //!   after the sinks of that turn have run, so `join` returns only after every callback.
 //! - Exit statuses come from the fork server (its `X` messages) or from a pidfd per exec'd worker
 //!   followed by `waitpid(pid)`: never `waitpid(-1)`, which would steal the host's children. A
@@ -51,6 +56,7 @@ use nix::unistd::Pid;
 use super::PoolStats;
 use super::claim::{self, Claim};
 use super::frame::{self, InBuf};
+use super::pace::Pace;
 use super::zygote::{self, Reply, Request, Zygote};
 use crate::supervisor::output::LineFramer;
 use crate::supervisor::state::{Action, Event, ExitStatus, Instance, Policy, State};
@@ -351,6 +357,10 @@ struct Sent {
     id: u64,
     /// Its claim word.
     word: u32,
+    /// When it was written.
+    sent_at: Instant,
+    /// The worker held other jobs then: it starts when the one before it is answered.
+    behind: bool,
     job: Job,
 }
 
@@ -405,6 +415,7 @@ struct Counters {
     timed_out: u64,
     requeued: u64,
     retried: u64,
+    moved: u64,
 }
 
 /// The I/O thread's state. See the module documentation.
@@ -421,6 +432,10 @@ pub(crate) struct Engine {
     next_gen: u64,
     requeue: Vec<Job>,
     intake: Vec<Job>,
+    /// The shared queue was empty after the last intake.
+    queue_empty: bool,
+    /// Observed job latencies: the pipeline window.
+    pace: Pace,
     counters: Counters,
     fatal: Option<String>,
     stopping: Option<StopMode>,
@@ -475,6 +490,8 @@ impl Engine {
             next_gen: 1,
             requeue: Vec::new(),
             intake: Vec::new(),
+            queue_empty: true,
+            pace: Pace::default(),
             counters: Counters::default(),
             fatal,
             stopping: None,
@@ -571,6 +588,7 @@ impl Engine {
     /// workers have room for.
     fn take_jobs(&mut self) {
         self.shared.wake_pending.store(false, Ordering::Release);
+        let window = self.window();
         let room: usize = if self.fatal.is_some() || self.stopping.is_some() {
             0
         } else {
@@ -578,7 +596,7 @@ impl Engine {
                 .iter()
                 .filter_map(|s| s.proc.as_ref())
                 .filter(|p| eligible(p))
-                .map(|p| self.cfg.pipeline.saturating_sub(p.inflight.len()))
+                .map(|p| window.saturating_sub(p.inflight.len()))
                 .sum()
         };
         let mut failed: Vec<(Job, Failure)> = Vec::new();
@@ -598,6 +616,7 @@ impl Engine {
             let n = room.min(inner.queue.len());
             self.intake.extend(inner.queue.drain(..n));
         }
+        self.queue_empty = inner.queue.is_empty();
         // Blocked submitters are woken once the queue is down to half (not on every job taken),
         // so that a producer faster than the workers refills in batches instead of being woken
         // and put back to sleep for each job.
@@ -619,27 +638,91 @@ impl Engine {
         }
     }
 
-    /// Sends taken jobs to the eligible workers with the fewest in flight.
+    /// Jobs a worker may hold now (see `pace`).
+    fn window(&self) -> usize {
+        self.pace.window(self.cfg.pipeline)
+    }
+
+    /// Sends taken jobs to the eligible workers with the fewest in flight, idle ones first,
+    /// each up to the window; then lets idle workers take back jobs waiting in busy ones.
     fn assign(&mut self) {
-        if self.intake.is_empty() {
-            return;
-        }
+        let window = self.window();
         let mut jobs = std::mem::take(&mut self.intake);
         for job in jobs.drain(..) {
-            let best = self
-                .slots
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| s.proc.as_ref().map(|p| (i, p)))
-                .filter(|(_, p)| eligible(p) && p.inflight.len() < self.cfg.pipeline)
-                .min_by_key(|(_, p)| p.inflight.len())
-                .map(|(i, _)| i);
-            match best {
+            match self.least_loaded(window) {
                 Some(i) => self.send_job(i, job),
                 None => self.requeue.push(job),
             }
         }
         self.intake = jobs;
+        if self.queue_empty && self.requeue.is_empty() && self.stopping.is_none() {
+            self.rebalance(window);
+        }
+    }
+
+    /// The eligible worker with the fewest jobs, if it holds fewer than `window`.
+    fn least_loaded(&self, window: usize) -> Option<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.proc.as_ref().map(|p| (i, p)))
+            .filter(|(_, p)| eligible(p) && p.inflight.len() < window)
+            .min_by_key(|(_, p)| p.inflight.len())
+            .map(|(i, _)| i)
+    }
+
+    /// Nothing is left to send, yet a worker is idle while another holds jobs it has not
+    /// started (behind a long one, or given to the first worker up at start-up): take them
+    /// back (revoke their claim words, which fails for a job the worker has just started) and
+    /// send them to the idle worker — half of what the busiest holder waits on, up to the
+    /// window. So a job waits behind another only while every worker is busy.
+    fn rebalance(&mut self, window: usize) {
+        loop {
+            let Some(idle) = self.slots.iter().position(|s| {
+                s.proc
+                    .as_ref()
+                    .is_some_and(|p| eligible(p) && p.inflight.is_empty())
+            }) else {
+                return;
+            };
+            // The holder with the most jobs waiting behind its first one.
+            let Some(victim) = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.proc.as_ref().map(|p| (i, p)))
+                .filter(|(i, p)| *i != idle && p.sock_open && !p.killed && p.inflight.len() > 1)
+                .max_by_key(|(_, p)| p.inflight.len())
+                .map(|(i, _)| i)
+            else {
+                return;
+            };
+            // Within the idle worker's quota of jobs, if it is recycled by job count.
+            let quota = match (self.cfg.max_jobs_per_worker, &self.slots[idle].proc) {
+                (Some(m), Some(p)) => m.saturating_sub(p.jobs_sent) as usize,
+                _ => usize::MAX,
+            };
+            let p = self.slots[victim].proc.as_mut().expect("checked above");
+            let want = (p.inflight.len() / 2).clamp(1, window).min(quota);
+            let mut taken = Vec::new();
+            // Never the first: it is running, or about to.
+            while taken.len() < want && p.inflight.len() > 1 {
+                let s = &p.inflight[1];
+                if !claim::revoke(p.claims.words(), s.word as usize, s.id) {
+                    break; // the worker got there first: it is moving on by itself
+                }
+                let sent = p.inflight.remove(1).expect("checked above");
+                p.free_words.push(sent.word);
+                taken.push(sent.job);
+            }
+            if taken.is_empty() {
+                return;
+            }
+            self.counters.moved += taken.len() as u64;
+            for job in taken {
+                self.send_job(idle, job);
+            }
+        }
     }
 
     fn send_job(&mut self, slot: usize, job: Job) {
@@ -656,10 +739,17 @@ impl Engine {
         p.out.extend_from_slice(&id.to_le_bytes());
         p.out.extend_from_slice(&word.to_le_bytes());
         p.out.extend_from_slice(&job.body);
-        if p.inflight.is_empty() {
+        let behind = !p.inflight.is_empty();
+        if !behind {
             p.running_since = now;
         }
-        p.inflight.push_back(Sent { id, word, job });
+        p.inflight.push_back(Sent {
+            id,
+            word,
+            sent_at: now,
+            behind,
+            job,
+        });
         p.jobs_sent += 1;
         if self
             .cfg
@@ -729,6 +819,7 @@ impl Engine {
         s.timed_out = self.counters.timed_out;
         s.requeued = self.counters.requeued;
         s.retried = self.counters.retried;
+        s.moved = self.counters.moved;
         s.fatal.clone_from(&self.fatal);
         s.fork_server_pid = zygote;
         s.queued = inner.queue.len();
@@ -865,6 +956,12 @@ impl Engine {
             }
             let sent = p.inflight.pop_front().expect("checked above");
             p.free_words.push(sent.word);
+            if sent.behind {
+                self.pace
+                    .gap(now.saturating_duration_since(p.running_since));
+            } else {
+                self.pace.turn(now.saturating_duration_since(sent.sent_at));
+            }
             self.counters.completed += u64::from(sent.job.items);
             call_sink(name, sent.job.sink, Raw::Done(&body[8..]));
             done += 1;

@@ -77,6 +77,7 @@
 mod claim;
 mod engine;
 mod frame;
+mod pace;
 mod worker;
 mod zygote;
 
@@ -258,6 +259,9 @@ pub struct PoolStats {
     pub requeued: u64,
     /// Idempotent jobs run again after a death or timeout.
     pub retried: u64,
+    /// Jobs taken back from a worker before it started them (it was busy with a longer job, or
+    /// got more than its share at start-up) and sent to an idle one.
+    pub moved: u64,
     /// Each worker slot's pid, when it has a live process.
     pub worker_pids: Vec<Option<i32>>,
     /// The fork server's pid ([`StartMethod::Fork`]).
@@ -310,7 +314,13 @@ where
         self
     }
 
-    /// Jobs in flight per worker, to hide the round trip (default 32; 1 disables pipelining).
+    /// The most jobs in flight per worker, to hide the round trip (default 32; 1 disables
+    /// pipelining).
+    ///
+    /// The pool uses this much only for jobs shorter than a round trip: the window adapts to
+    /// observed job latency (1 job at a time for jobs of a millisecond or more, like Python's
+    /// pool), and a job a worker has not started is moved to a worker that falls idle. So a job
+    /// never waits behind a long one while another worker is free.
     pub fn pipeline(mut self, n: usize) -> Self {
         self.pipeline = n;
         self
