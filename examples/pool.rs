@@ -1158,6 +1158,45 @@ fn head_of_line(mut r: Report) -> Report {
     r
 }
 
+/// The start-up burst: jobs submitted right after `build()` (the workers still starting) must
+/// not all land on the first worker up. Eight pools of 2 workers, four 0.5 s jobs each: every
+/// worker runs two of them (1.0 s per pool, where one worker running all four took 2.0 s).
+fn startup_burst(mut r: Report) -> Report {
+    let pools: Vec<TaskPool> = (0..8)
+        .map(|i| build(builder(&format!("burst{i}")).workers(2)))
+        .collect();
+    let mut unbalanced = 0;
+    for (n, pool) in pools.iter().enumerate() {
+        let t = Instant::now();
+        let handles: Vec<_> = (0..4)
+            .map(|_| pool.submit(Task::SleepThenPid(500)).expect("open"))
+            .collect();
+        let pids: Vec<u64> = handles
+            .into_iter()
+            .filter_map(|h| wait_ok(h).ok())
+            .collect();
+        r.check(pids.len() == 4, format!("pool {n}: a job failed"));
+        let most = pids
+            .iter()
+            .map(|p| pids.iter().filter(|q| *q == p).count())
+            .max()
+            .unwrap_or(0);
+        eprintln!("pool {n}: {} ms, pids {pids:?}", t.elapsed().as_millis());
+        if most > 2 {
+            unbalanced += 1;
+        }
+        r.see(pool);
+        pool.close();
+        pool.join();
+    }
+    r.kv("unbalanced", unbalanced);
+    r.check(
+        unbalanced == 0,
+        format!("{unbalanced} of 8 pools ran 3 or 4 jobs on one worker"),
+    );
+    r
+}
+
 const SCENARIOS: &[&str] = &[
     "codec",
     "drop_busy",
@@ -1182,6 +1221,7 @@ const SCENARIOS: &[&str] = &[
     "zygote_reaped",
     "kill_idle_submit",
     "head_of_line",
+    "startup_burst",
 ];
 
 fn main() {
@@ -1232,6 +1272,7 @@ fn main() {
         "zygote_reaped" => zygote_reaped(r),
         "kill_idle_submit" => kill_idle_submit(r),
         "head_of_line" => head_of_line(r),
+        "startup_burst" => startup_burst(r),
         other => {
             eprintln!("unknown scenario {other:?}; try --list");
             std::process::exit(2);

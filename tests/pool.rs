@@ -177,6 +177,14 @@ fn short_jobs_do_not_wait_behind_a_long_one_while_a_worker_is_free() {
     }
 }
 
+/// Jobs submitted right after `build()` are shared by the workers as they come up, not all given
+/// to the first one up.
+#[test]
+fn a_burst_right_after_build_is_shared_by_the_workers() {
+    let r = scenario("startup_burst");
+    assert_eq!(r.num("unbalanced"), 0);
+}
+
 #[test]
 fn a_panicking_handler_fails_its_job_and_the_worker_serves_the_next() {
     let r = scenario("panic");
