@@ -1197,6 +1197,108 @@ fn startup_burst(mut r: Report) -> Report {
     r
 }
 
+/// Kills slot `slot`'s worker from outside until the slot is retired; `true` once it is.
+fn kill_until_retired(r: &mut Report, pool: &TaskPool, slot: usize) -> bool {
+    for _ in 0..10 {
+        let s = pool.stats();
+        if s.retired.contains(&slot) {
+            return true;
+        }
+        let Some(pid) = s.worker_pids[slot] else {
+            wait_until(Duration::from_secs(10), || {
+                let s = pool.stats();
+                s.worker_pids[slot].is_some() || s.retired.contains(&slot)
+            });
+            continue;
+        };
+        r.pids.insert(pid);
+        kill9(pid);
+        wait_until(Duration::from_secs(10), || {
+            let s = pool.stats();
+            s.worker_pids[slot].is_some_and(|p| p != pid) || s.retired.contains(&slot)
+        });
+    }
+    pool.stats().retired.contains(&slot)
+}
+
+/// A slot whose worker is killed from outside more than `max_restarts` times within the window
+/// is retired for good: `stats().retired` shows it, the other slot carries on, and `revive()`
+/// brings it back; with every slot retired the pool is fatal, and `revive()` makes it run jobs
+/// again.
+fn retire_revive(mut r: Report) -> Report {
+    let policy = Policy {
+        max_restarts: 2,
+        restart_window: Duration::from_secs(60),
+        backoff_initial: Duration::from_millis(10),
+        backoff_max: Duration::from_millis(50),
+        ..Policy::default()
+    };
+    let pool = build(builder("retire").workers(2).policy(policy));
+    r.check(
+        wait_ok(pool.submit(Task::Square(1)).expect("open")) == Ok(2),
+        "first job",
+    );
+    r.see(&pool);
+    let retired = kill_until_retired(&mut r, &pool, 0);
+    r.check(retired, "slot 0 never retired");
+    let s = pool.stats();
+    r.kv("retired_one", format!("{:?}", s.retired));
+    r.check(s.retired == vec![0] && s.fatal.is_none(), format!("{s:?}"));
+    let got = pool
+        .map((0..20).map(|_| Task::SleepThenPid(5)))
+        .expect("open");
+    r.check(got.iter().all(Result::is_ok), "slot 1 carries the load");
+    pool.revive();
+    r.check(
+        wait_until(Duration::from_secs(10), || {
+            let s = pool.stats();
+            s.retired.is_empty() && s.workers == 2
+        }),
+        "slot 0 not revived",
+    );
+    r.see(&pool);
+    let got = pool
+        .map((0..20).map(|_| Task::SleepThenPid(20)))
+        .expect("open");
+    let pids: BTreeSet<u64> = got
+        .iter()
+        .filter_map(|o| o.as_ref().ok().copied())
+        .collect();
+    r.kv("pids_after_revive", pids.len());
+    r.check(
+        got.iter().all(Result::is_ok) && pids.len() == 2,
+        format!("both slots serve jobs after revive: {pids:?}"),
+    );
+    // Every slot retired: fatal, then revived.
+    for slot in [0, 1] {
+        let retired = kill_until_retired(&mut r, &pool, slot);
+        r.check(retired, format!("slot {slot} never retired"));
+    }
+    r.check(
+        wait_until(Duration::from_secs(10), || pool.stats().fatal.is_some()),
+        "fatal with every slot retired",
+    );
+    let o = wait_ok(pool.submit(Task::Square(2)).expect("open"));
+    r.kv("all_retired", format!("{o:?}"));
+    r.check(
+        matches!(o, Err(JobError::Fatal(_))),
+        "jobs fail while every slot is retired",
+    );
+    pool.revive();
+    r.check(
+        wait_until(Duration::from_secs(10), || {
+            let s = pool.stats();
+            s.retired.is_empty() && s.fatal.is_none() && s.workers == 2
+        }),
+        "the pool was not revived",
+    );
+    let o = wait_ok(pool.submit(Task::Square(3)).expect("open"));
+    r.kv("after_revive", format!("{o:?}"));
+    r.check(o == Ok(10), "jobs run again after revive");
+    r.see(&pool);
+    r
+}
+
 const SCENARIOS: &[&str] = &[
     "codec",
     "drop_busy",
@@ -1222,6 +1324,7 @@ const SCENARIOS: &[&str] = &[
     "kill_idle_submit",
     "head_of_line",
     "startup_burst",
+    "retire_revive",
 ];
 
 fn main() {
@@ -1273,6 +1376,7 @@ fn main() {
         "kill_idle_submit" => kill_idle_submit(r),
         "head_of_line" => head_of_line(r),
         "startup_burst" => startup_burst(r),
+        "retire_revive" => retire_revive(r),
         other => {
             eprintln!("unknown scenario {other:?}; try --list");
             std::process::exit(2);

@@ -265,6 +265,21 @@ fn a_crash_loop_fails_new_jobs_as_fatal_instead_of_hanging() {
     assert!(r.get("after").contains("crash loop"));
 }
 
+/// A slot whose worker is killed from outside too often is retired: visible in the stats, and
+/// brought back by `revive()` (also from a pool that had turned fatal that way).
+#[test]
+fn a_retired_slot_is_listed_and_revive_brings_it_back() {
+    let r = scenario("retire_revive");
+    assert_eq!(r.get("retired_one"), "[0]");
+    assert_eq!(r.num("pids_after_revive"), 2);
+    assert!(
+        r.get("all_retired").contains("Fatal"),
+        "{}",
+        r.get("all_retired")
+    );
+    assert_eq!(r.get("after_revive"), "Ok(10)");
+}
+
 #[test]
 fn worker_output_is_captured_into_the_log() {
     let r = scenario("output");

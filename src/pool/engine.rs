@@ -158,6 +158,8 @@ pub(crate) struct Shared {
     pub(crate) changed: Condvar,
     waker: Waker,
     wake_pending: AtomicBool,
+    /// [`crate::pool::Pool::revive`] was called: restart the retired worker slots.
+    pub(crate) revive: AtomicBool,
 }
 
 /// The shared state under [`Shared`]'s mutex.
@@ -209,6 +211,7 @@ impl Shared {
             changed: Condvar::new(),
             waker: Waker::new(poll.registry(), WAKER)?,
             wake_pending: AtomicBool::new(false),
+            revive: AtomicBool::new(false),
         })
     }
 
@@ -438,6 +441,8 @@ pub(crate) struct Engine {
     pace: Pace,
     counters: Counters,
     fatal: Option<String>,
+    /// `fatal` is set only because every slot is retired: [`Engine::revive`] may clear it.
+    fatal_from_slots: bool,
     stopping: Option<StopMode>,
     stop_deadline: Option<Instant>,
     rng: u64,
@@ -494,6 +499,7 @@ impl Engine {
             pace: Pace::default(),
             counters: Counters::default(),
             fatal,
+            fatal_from_slots: false,
             stopping: None,
             stop_deadline: None,
             rng: seed | 1,
@@ -588,6 +594,11 @@ impl Engine {
     /// workers have room for.
     fn take_jobs(&mut self) {
         self.shared.wake_pending.store(false, Ordering::Release);
+        if self.shared.revive.load(Ordering::Relaxed)
+            && self.shared.revive.swap(false, Ordering::AcqRel)
+        {
+            self.revive();
+        }
         let window = self.window();
         let room: usize = if self.fatal.is_some() || self.stopping.is_some() {
             0
@@ -783,6 +794,14 @@ impl Engine {
             None
         };
         let workers = self.slots.iter().filter(|s| s.proc.is_some()).count();
+        let retired_slots: Vec<usize> =
+            if self.stopping.is_some() || (self.fatal.is_some() && !self.fatal_from_slots) {
+                Vec::new()
+            } else {
+                (0..self.slots.len())
+                    .filter(|&i| retired(&self.slots[i]))
+                    .collect()
+            };
         let busy = self
             .slots
             .iter()
@@ -810,6 +829,7 @@ impl Engine {
             s.worker_pids = pids;
         }
         s.workers = workers;
+        s.retired = retired_slots;
         s.busy = busy;
         s.in_flight = in_flight;
         s.completed = self.counters.completed;
@@ -1451,6 +1471,29 @@ impl Engine {
         }
     }
 
+    /// Restarts every retired slot — stopped after a crash loop, or by a restart policy that
+    /// does not restart — with its crash-loop count reset; and if the pool had turned fatal only
+    /// because every slot was retired, it runs jobs again.
+    fn revive(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        if self.fatal_from_slots {
+            log::info!("pool {}: revived; accepting jobs again", self.cfg.name);
+            self.fatal = None;
+            self.fatal_from_slots = false;
+        }
+        if self.fatal.is_some() {
+            return; // the fork server is gone (or worse): nothing can be started
+        }
+        for i in 0..self.slots.len() {
+            if retired(&self.slots[i]) {
+                log::info!("{}[{i}]: reviving the retired worker slot", self.cfg.name);
+                self.apply(i, Event::Start);
+            }
+        }
+    }
+
     fn check_fatal(&mut self) {
         if self.fatal.is_some() || self.stopping.is_some() || self.slots.is_empty() {
             return;
@@ -1481,6 +1524,7 @@ impl Engine {
         };
         log::error!("{why}");
         self.fatal = Some(why);
+        self.fatal_from_slots = true;
     }
 
     fn begin_stop(&mut self, mode: StopMode) {
@@ -1819,6 +1863,8 @@ impl Engine {
             log::error!("{why}");
             self.fatal.get_or_insert(why);
         }
+        // Whatever made the pool fatal before, revive() cannot undo this.
+        self.fatal_from_slots = false;
         let Zygote { ctl, pid, pidfd } = z;
         drop(ctl);
         if status.is_none() {
@@ -1986,6 +2032,12 @@ thread_local! {
 
 fn n_taken(intake: &[Job], failed: &[(Job, Failure)]) -> bool {
     !intake.is_empty() || !failed.is_empty()
+}
+
+/// Whether a slot is retired: no worker and none coming (a crash loop, or a policy that does
+/// not restart), until [`crate::pool::Pool::revive`].
+fn retired(s: &Slot) -> bool {
+    s.proc.is_none() && matches!(s.inst.state, State::Fatal | State::Exited)
 }
 
 /// Whether a worker may be given new jobs.

@@ -68,6 +68,19 @@
 //! stopped gracefully with a `Shutdown` frame once idle, not with `policy.stop_signal`;
 //! `policy.stop_timeout` bounds it before `SIGKILL`.
 //!
+//! # Retired slots
+//!
+//! A worker slot whose worker dies more than `policy.max_restarts` times within
+//! `policy.restart_window` — whatever the cause: a crashing handler, or someone killing the
+//! worker from outside (the OOM killer, an operator's `kill -9`) — is **retired for good**: no
+//! worker runs in it again, and the other slots carry the load. (A policy that does not restart,
+//! `Restart::Never`, retires a slot at its worker's first exit.) [`PoolStats::retired`] lists
+//! retired slots; the log says `NAME[INDEX]: ... fatal` when it happens. When every slot is
+//! retired, jobs fail with [`JobError::Fatal`]. [`Pool::revive`] brings retired slots back
+//! (fresh crash-loop counts) and, if the pool had turned fatal only for that reason, makes it
+//! run jobs again: for example after the cause (a bad input, memory pressure) is gone. Jobs
+//! that failed meanwhile are not re-run.
+//!
 //! **Threads and ordering.** [`Pool`] is `Send + Sync`: share it by reference or `Arc`. Callbacks
 //! ([`Pool::apply_async`]) run on the I/O thread: keep them short and never block in them (they
 //! may submit: a submission from a callback never waits for room). `submit` blocks while the
@@ -264,6 +277,11 @@ pub struct PoolStats {
     pub moved: u64,
     /// Each worker slot's pid, when it has a live process.
     pub worker_pids: Vec<Option<i32>>,
+    /// Worker slots retired for good (see "Retired slots" in the module documentation): their
+    /// worker died more than `policy.max_restarts` times within `policy.restart_window` — killed
+    /// from outside counts too — or exited under a policy that does not restart it. Empty
+    /// again after [`Pool::revive`].
+    pub retired: Vec<usize>,
     /// The fork server's pid ([`StartMethod::Fork`]).
     pub fork_server_pid: Option<i32>,
     /// Why the pool can no longer run jobs, if so.
@@ -816,6 +834,21 @@ where
             waker,
             ended: waker.is_none(),
         })
+    }
+
+    /// Brings retired worker slots back (see "Retired slots" in the module documentation): each
+    /// gets a new worker with its crash-loop count reset, and a pool that had turned
+    /// [`JobError::Fatal`] only because every slot was retired runs jobs again. Does nothing for
+    /// a pool whose fork server is gone, or once the pool is stopping.
+    ///
+    /// Asynchronous: the pool's I/O thread carries it out at its next turn; `stats().retired`
+    /// is empty (and `stats().fatal` cleared) once it has.
+    pub fn revive(&self) {
+        self.start();
+        self.shared
+            .revive
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.wake();
     }
 
     /// Stops accepting jobs; the accepted ones still run. Blocked submitters get their job back.
