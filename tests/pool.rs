@@ -376,9 +376,10 @@ fn pool_inside_a_warden_daemon() {
     let victim = workers[0];
     signal(victim, Signal::SIGKILL);
     // The pool learns of the death asynchronously (end of stream on the worker's socket, the fork
-    // server's report): a job sent before that goes to the dying worker and fails with
-    // `WorkerDied`, as documented. So the next run waits until the pool has dealt with it, which
-    // it shows by asking its fork server (the workers' parent) for a replacement.
+    // server's report); jobs written to the dying worker meanwhile never started there and are
+    // sent again (see the `kill_idle_submit` scenario). Here the next run waits until the pool
+    // has replaced the worker, which it shows by asking its fork server (the workers' parent)
+    // for one, so that the replacement is checked too.
     let replaced = || {
         let live: Vec<i32> = children_of(fork_server)
             .into_iter()

@@ -2,7 +2,8 @@
 //! (a `memfd` mapped by the pool and the worker), putting a worker's socket on a fixed
 //! descriptor, and claiming that descriptor in the worker.
 //!
-//! Like the rest of `sys`, these wrappers hold no state and do not log. [`pre_exec_fd`] registers
+//! Like the rest of `sys`, these wrappers do not log, and hold no state but the mapping a
+//! [`SharedWords`] owns. [`pre_exec_fd`] registers
 //! a hook that runs in a forked child between `fork` and `exec` and therefore only makes
 //! async-signal-safe system calls on integers prepared in the parent. **Ordering:** register it
 //! *after* [`super::pre_exec`], whose last step marks every descriptor above 2 close-on-exec:
