@@ -5,7 +5,7 @@
 //! ([`crate::sys::pool::SharedWords`], one array per worker, one word per job in flight). It does
 //! no I/O and knows nothing of sockets or processes. A word holds a job id and a state:
 //!
-//! - the pool *queues* job `id` in a free word before it writes the job's frame (the frame names
+//! - the pool *queues* job `id` in a free word before it writes the job's frame (the id names
 //!   the word);
 //! - the worker *starts* it — queued → started, one compare-and-swap — before it runs the
 //!   handler, and skips the job if that fails;

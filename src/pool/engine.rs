@@ -737,7 +737,7 @@ impl Engine {
     }
 
     fn send_job(&mut self, slot: usize, job: Job) {
-        let id = self.next_id;
+        let seq = self.next_id;
         self.next_id += 1;
         let now = self.now;
         let p = self.slots[slot].proc.as_mut().expect("eligible worker");
@@ -745,10 +745,10 @@ impl Engine {
             .free_words
             .pop()
             .expect("a free claim word per job in flight");
+        let id = frame::job_id(seq, word);
         claim::queue(p.claims.words(), word as usize, id);
-        frame::put_header(&mut p.out, job.kind, 12 + job.body.len());
+        frame::put_header(&mut p.out, job.kind, 8 + job.body.len());
         p.out.extend_from_slice(&id.to_le_bytes());
-        p.out.extend_from_slice(&word.to_le_bytes());
         p.out.extend_from_slice(&job.body);
         let behind = !p.inflight.is_empty();
         if !behind {

@@ -3,8 +3,8 @@
 //! This module owns the frame layout — `u32` little-endian body length, one kind byte, then the
 //! body — the frame kinds, the receive buffer both sides parse frames out of, and the serde
 //! codec ([postcard](https://docs.rs/postcard)). It does no I/O of its own and knows nothing of
-//! processes. Bodies of job and result frames start with the job id (`u64` little-endian); the
-//! rest is postcard data. A worker answers jobs strictly in the order they arrive on its socket,
+//! processes. Bodies of job and result frames start with the job id (`u64` little-endian; its
+//! low bits name the job's claim word, see [`job_id`]); the rest is postcard data. A worker answers jobs strictly in the order they arrive on its socket,
 //! one result frame per job (or per chunk), which is what lets the pool tell from the first
 //! unanswered job which one a dead worker was running.
 
@@ -18,10 +18,9 @@ pub(crate) const MAX_BODY: usize = 1 << 30;
 /// A receive buffer larger than this is shrunk once it is empty again.
 const SHRINK_ABOVE: usize = 4 << 20;
 
-/// Pool → worker: one job; body = id, claim word index (`u32` LE), postcard(J).
+/// Pool → worker: one job; body = id, postcard(J).
 pub(crate) const JOB: u8 = 1;
-/// Pool → worker: a chunk of jobs; body = id, claim word index (`u32` LE), item count (`u32`
-/// LE), postcard(Vec<J>).
+/// Pool → worker: a chunk of jobs; body = id, item count (`u32` LE), postcard(Vec<J>).
 pub(crate) const CHUNK: u8 = 2;
 /// Pool → worker: finish and exit 0; empty body.
 pub(crate) const SHUTDOWN: u8 = 3;
@@ -125,6 +124,23 @@ pub(crate) fn read_id(body: &[u8]) -> Option<u64> {
 /// The `u32` (little-endian) at `at` in a body.
 pub(crate) fn read_u32(body: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Bits of a job id that name the job's claim word in its worker (see `claim`): a job id is
+/// `sequence << WORD_BITS | word`, unique as the sequence is. Carrying the word in the id keeps
+/// the frame as it was: no byte more per job.
+pub(crate) const WORD_BITS: u32 = 16;
+/// The most claim words per worker, hence the largest pipeline.
+pub(crate) const MAX_WORDS: usize = 1 << WORD_BITS;
+
+/// The id of the job numbered `seq` sent in claim word `word`.
+pub(crate) fn job_id(seq: u64, word: u32) -> u64 {
+    (seq << WORD_BITS) | u64::from(word)
+}
+
+/// The claim word named by a job id.
+pub(crate) fn word_of(id: u64) -> usize {
+    (id & (MAX_WORDS as u64 - 1)) as usize
 }
 
 /// A frame found at the start of a buffer.
@@ -240,6 +256,15 @@ impl InBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_id_names_its_claim_word_and_stays_unique() {
+        let last = (MAX_WORDS - 1) as u32;
+        for (seq, word) in [(1u64, 0u32), (1, last), (2, 0), (1 << 40, 7)] {
+            assert_eq!(word_of(job_id(seq, word)), word as usize);
+        }
+        assert_ne!(job_id(1, last), job_id(2, 0));
+    }
 
     fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();

@@ -332,8 +332,8 @@ where
         self
     }
 
-    /// The most jobs in flight per worker, to hide the round trip (default 32; 1 disables
-    /// pipelining).
+    /// The most jobs in flight per worker, to hide the round trip (default 32, at most 65536; 1
+    /// disables pipelining).
     ///
     /// The pool uses this much only for jobs shorter than a round trip: the window adapts to
     /// observed job latency (1 job at a time for jobs of a millisecond or more, like Python's
@@ -471,8 +471,11 @@ where
         if self.workers == 0 {
             return invalid("pool workers", "at least one worker is needed");
         }
-        if self.pipeline == 0 {
-            return invalid("pool pipeline", "at least one job in flight per worker");
+        if self.pipeline == 0 || self.pipeline > frame::MAX_WORDS {
+            return invalid(
+                "pool pipeline",
+                "between 1 and 65536 jobs in flight per worker",
+            );
         }
         if self.queue_capacity == 0 {
             return invalid(

@@ -67,11 +67,10 @@ where
             let body = &inbuf.data()[frame::HEADER..frame::HEADER + f.len];
             match f.kind {
                 frame::JOB => {
-                    let (Some(id), Some(w)) = (frame::read_id(body), frame::read_u32(body, 8))
-                    else {
+                    let Some(id) = frame::read_id(body) else {
                         return Stop::Broken("short job frame".into());
                     };
-                    if !claim::start(words, w as usize, id) {
+                    if !claim::start(words, frame::word_of(id), id) {
                         // Revoked: the pool sent it to another worker.
                         inbuf.consume(frame::HEADER + f.len);
                         continue;
@@ -79,23 +78,20 @@ where
                     out.clear();
                     out.resize(frame::HEADER, 0);
                     out.extend_from_slice(&id.to_le_bytes());
-                    let wire = run_one(handler, &body[12..]);
+                    let wire = run_one(handler, &body[8..]);
                     put_wire(&mut out, &wire);
                     frame::patch_header(&mut out, 0, frame::RESULT);
                 }
                 frame::CHUNK => {
-                    let (Some(id), Some(w), Some(count)) = (
-                        frame::read_id(body),
-                        frame::read_u32(body, 8),
-                        frame::read_u32(body, 12),
-                    ) else {
+                    let (Some(id), Some(count)) = (frame::read_id(body), frame::read_u32(body, 8))
+                    else {
                         return Stop::Broken("short chunk frame".into());
                     };
-                    if !claim::start(words, w as usize, id) {
+                    if !claim::start(words, frame::word_of(id), id) {
                         inbuf.consume(frame::HEADER + f.len);
                         continue;
                     }
-                    let wires = run_chunk(handler, &body[16..], count as usize);
+                    let wires = run_chunk(handler, &body[12..], count as usize);
                     out.clear();
                     out.resize(frame::HEADER, 0);
                     out.extend_from_slice(&id.to_le_bytes());
