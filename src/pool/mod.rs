@@ -50,7 +50,8 @@
 //!   runtime, a logger thread...). Build every `Fork` pool first thing in `main`: the pool's I/O
 //!   thread starts at its first use (or [`Pool::start`]), so several pools can be built in a row.
 //! - [`StartMethod::ExecSelf`]: each worker re-executes the current binary (`/proc/self/exe`,
-//!   same arguments) with `WARDEN_POOL_WORKER=<pool name>` and its socket on descriptor 3. Works
+//!   same arguments) with `WARDEN_POOL_WORKER=<pool name>`, its socket on descriptor 3 and the
+//!   claim words it shares with the pool (a `memfd`) on descriptor 4. Works
 //!   from a multi-threaded program. **In the worker process your `main` runs again up to the
 //!   same `Pool::builder(name, ..).build()` call, which then serves jobs and exits instead of
 //!   returning** — like Python's `if __name__ == "__main__"`. So build the pool early in `main`,
@@ -533,7 +534,8 @@ where
         })
     }
 
-    /// This process is an exec-self worker of this pool: serve descriptor 3, then exit.
+    /// This process is an exec-self worker of this pool: serve descriptor 3 (with the claim
+    /// words of descriptor 4), then exit.
     fn become_worker(&self) -> ! {
         let inherited = crate::sys::pool::claim_inherited_socket(3)
             .and_then(|sock| Ok((sock, crate::sys::pool::SharedWords::map_inherited(4)?)));

@@ -391,8 +391,8 @@ fn shutdown(live: &mut HashSet<i32>) {
     }
 }
 
-/// The forked worker: socket to descriptor 3, output to the pipes, everything else closed, then
-/// serve. Never returns.
+/// The forked worker: socket to descriptor 3, claim words to 4, output to the pipes, everything
+/// else closed, then serve. Never returns.
 fn worker_child(mut fds: Vec<OwnedFd>, zygote: i32, entry: Entry<'_>) -> ! {
     let sock = fds.remove(0);
     let result = (|| -> std::io::Result<()> {
