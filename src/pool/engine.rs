@@ -1852,7 +1852,7 @@ impl Engine {
         let pending: Vec<usize> = pending.drain().map(|(_, p)| p.slot).collect();
         // Its socket closes while it exits, before it is a zombie: a reap now may come too
         // early. If so, its pidfd says when; without one (Linux < 5.3), the timers retry.
-        let status = reap_child(z.pid, Duration::ZERO);
+        let status = reap_child(z.pid, None, Duration::ZERO);
         let why = format!(
             "pool {}: the fork server (pid {}) exited{}; no worker can be started",
             self.cfg.name,
@@ -1967,7 +1967,7 @@ impl Engine {
             return;
         };
         let pid = *pid;
-        if let Some(status) = reap_child(pid, wait) {
+        if let Some(status) = reap_child(pid, pidfd.as_ref().map(|fd| fd.as_fd()), wait) {
             log::debug!(
                 "pool {}: fork server (pid {pid}) reaped ({status})",
                 self.cfg.name
@@ -1992,11 +1992,12 @@ impl Engine {
         if let Spawner::Fork { zygote, .. } = &mut self.spawner
             && let Some(z) = zygote.take()
         {
-            let pid = z.pid;
-            drop(z); // end of stream: it kills and reaps its workers, then exits
-            if reap_child(pid, Duration::from_secs(3)).is_none() {
+            let Zygote { ctl, pid, pidfd } = z;
+            drop(ctl); // end of stream: it kills and reaps its workers, then exits
+            let pidfd = pidfd.as_ref().map(|fd| fd.as_fd());
+            if reap_child(pid, pidfd, Duration::from_secs(3)).is_none() {
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-                reap_child(pid, Duration::from_secs(3));
+                reap_child(pid, pidfd, Duration::from_secs(3));
             }
             self.pids_dirty = true;
         }
@@ -2076,9 +2077,14 @@ fn rss_bytes(pid: i32, page: u64) -> Option<u64> {
     Some(pages * page)
 }
 
-/// Reaps our direct child `pid`, waiting at most `wait`; its status, or `None` if it is still
+/// Reaps our direct child `pid`, waiting at most `wait` — asleep on its pidfd until it exits
+/// when there is one, else in 1 ms steps (Linux < 5.3); its status, or `None` if it is still
 /// running (or was not ours).
-pub(crate) fn reap_child(pid: i32, wait: Duration) -> Option<ExitStatus> {
+pub(crate) fn reap_child(
+    pid: i32,
+    pidfd: Option<std::os::fd::BorrowedFd<'_>>,
+    wait: Duration,
+) -> Option<ExitStatus> {
     let until = Instant::now() + wait;
     loop {
         match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
@@ -2093,9 +2099,17 @@ pub(crate) fn reap_child(pid: i32, wait: Duration) -> Option<ExitStatus> {
             Err(_) => return None,
             Ok(_) => {}
         }
-        if Instant::now() >= until {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        match pidfd {
+            Some(fd) => {
+                let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+                let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
     }
 }
