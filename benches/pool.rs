@@ -131,6 +131,42 @@ fn bytes_one_in_flight(pool: &Pool<ByteBuf, ByteBuf, ()>, n: u64) -> Figure {
     }
 }
 
+/// One 1.5 s job, then forty 20 ms jobs, on 2 workers (issue 12's head-of-line case): jobs/s
+/// over the wall time from the first submit to the last outcome. With no head-of-line blocking
+/// the wall time is the long job's, 1.5 s (41 jobs / 1.5 s = 27 /s).
+fn long_and_short(pool: &Pool<u64, u64, ()>) -> Figure {
+    let t0 = Instant::now();
+    let mut handles = vec![pool.submit(1500).unwrap()];
+    handles.extend((0..40).map(|_| pool.submit(20).unwrap()));
+    for h in handles {
+        assert!(h.wait().is_ok());
+    }
+    Figure {
+        rate: 41.0 / t0.elapsed().as_secs_f64(),
+        ..Figure::default()
+    }
+}
+
+/// Four 0.5 s jobs submitted to a pool at its first use, while its 2 workers are still
+/// starting (issue 12's start-up burst): jobs/s over the wall time from the first submit to
+/// the last outcome; balanced, that is about 1.0 s (4 /s).
+fn startup_burst(pools: &Mutex<Vec<Pool<u64, u64, ()>>>) -> Figure {
+    let Some(pool) = pools.lock().unwrap().pop() else {
+        return Figure::default();
+    };
+    let t0 = Instant::now();
+    let handles: Vec<_> = (0..4).map(|_| pool.submit(500).unwrap()).collect();
+    for h in handles {
+        assert!(h.wait().is_ok());
+    }
+    let el = t0.elapsed();
+    drop(pool);
+    Figure {
+        rate: 4.0 / el.as_secs_f64(),
+        ..Figure::default()
+    }
+}
+
 /// From SIGKILL of the worker running a job to that job's outcome, in µs.
 fn killed_job_resolution(pool: &Pool<u64, u64, ()>, last: &mut i32) -> f64 {
     let h = pool.submit(60_000).unwrap();
@@ -287,8 +323,32 @@ fn main() {
     .start_method(StartMethod::Fork)
     .build()
     .expect("sleepy pool");
+    let sleeper = |ms: u64| -> Result<u64, ()> {
+        std::thread::sleep(Duration::from_millis(ms));
+        Ok(ms)
+    };
+    let mixed = Pool::builder("mixed", sleeper)
+        .workers(WORKERS)
+        .build()
+        .expect("mixed pool");
+    let rounds: usize = std::env::var("POOL_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    // One fresh pool per round for the start-up burst (built now, first used in its round).
+    let bursts = Mutex::new(
+        (0..rounds)
+            .map(|i| {
+                Pool::builder(format!("burst{i}"), sleeper)
+                    .workers(WORKERS)
+                    .build()
+                    .expect("burst pool")
+            })
+            .collect::<Vec<_>>(),
+    );
     // Warm up: workers started.
     inc.map(0..1000).unwrap();
+    mixed.map([1, 1]).unwrap();
     bytes
         .submit(ByteBuf::from(vec![0u8; 16]))
         .unwrap()
@@ -296,10 +356,6 @@ fn main() {
         .unwrap();
     sleepy.submit(0).unwrap().wait().unwrap();
 
-    let rounds: usize = std::env::var("POOL_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
     let quick = std::env::var_os("POOL_BENCH_QUICK").is_some();
     let scale = |n: u64| if quick { (n / 10).max(100) } else { n };
     type Run<'a> = Box<dyn Fn() -> Figure + 'a>;
@@ -335,6 +391,16 @@ fn main() {
             "64 KiB payload, one in flight",
             Box::new(|| bytes_one_in_flight(&bytes, scale(3_000))),
             Some(("bytes", scale(1_000))),
+        ),
+        (
+            "1.5 s + 40 x 20 ms jobs",
+            Box::new(|| long_and_short(&mixed)),
+            Some(("mixed", 40)),
+        ),
+        (
+            "4 x 0.5 s at start-up",
+            Box::new(|| startup_burst(&bursts)),
+            Some(("burst", 4)),
         ),
         (
             "raw socketpair ping-pong",
@@ -432,6 +498,25 @@ fn main() {
     if only.is_some() {
         return;
     }
+    for (name, jobs) in [
+        ("1.5 s + 40 x 20 ms jobs", 41.0),
+        ("4 x 0.5 s at start-up", 4.0),
+    ] {
+        if let Some(k) = figures.iter().position(|f| f.0 == name) {
+            let wall = |r: f64| {
+                if r > 0.0 {
+                    format!("{:.2} s", jobs / r)
+                } else {
+                    "-".into()
+                }
+            };
+            println!(
+                "{name:<31} wall time: warden {}, python {} (median)",
+                wall(med(&ours[k], |f| f.rate)),
+                wall(med(&theirs[k], |f| f.rate))
+            );
+        }
+    }
     let kill_med = median(kills.clone());
     let kill_max = kills.iter().cloned().fold(0.0, f64::max);
     println!(
@@ -518,6 +603,7 @@ fn main() {
     drop(inc);
     drop(bytes);
     drop(sleepy);
+    drop(mixed);
 }
 
 fn python_version() -> String {

@@ -11,6 +11,8 @@ Figures (job: x + 1, or an echo of 64 KiB of bytes):
   imap   imap_unordered with chunksize 1
   map    map with its default chunking (ceil(len / (4 * workers)))
   bytes  64 KiB payload echoed, one in flight
+  mixed  one 1.5 s job, then N 20 ms jobs (apply_async); jobs/s over the wall time
+  burst  N 0.5 s jobs submitted as the pool is created; jobs/s from Pool() to the last result
 """
 
 import json
@@ -28,6 +30,11 @@ def echo(b):
     return b
 
 
+def sleep_ms(ms):
+    time.sleep(ms / 1000)
+    return ms
+
+
 def pct(samples, p):
     s = sorted(samples)
     return s[min(len(s) - 1, int(len(s) * p))]
@@ -36,6 +43,15 @@ def pct(samples, p):
 def main():
     figure, n = sys.argv[1], int(sys.argv[2])
     workers = int(sys.argv[3]) if len(sys.argv) > 3 else 2
+    if figure == "burst":
+        t0 = time.perf_counter()
+        with mp.Pool(workers) as pool:
+            rs = [pool.apply_async(sleep_ms, (500,)) for _ in range(n)]
+            for r in rs:
+                r.get()
+            el = time.perf_counter() - t0
+        print(json.dumps({"figure": figure, "n": n, "rate": n / el}), flush=True)
+        return
     with mp.Pool(workers) as pool:
         pool.map(inc, range(1000))  # warm up: workers started and importing done
         out = {"figure": figure, "n": n}
@@ -75,6 +91,13 @@ def main():
             el = time.perf_counter() - t0
             assert r[-1] == n
             out.update(rate=n / el)
+        elif figure == "mixed":
+            t0 = time.perf_counter()
+            rs = [pool.apply_async(sleep_ms, (1500,))]
+            rs += [pool.apply_async(sleep_ms, (20,)) for _ in range(n)]
+            for r in rs:
+                r.get()
+            out.update(rate=(n + 1) / (time.perf_counter() - t0))
         elif figure == "bytes":
             payload = bytes(range(256)) * 256  # 64 KiB
             t0 = time.perf_counter()

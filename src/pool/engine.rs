@@ -16,16 +16,25 @@
 //!   idle worker). The job timeout is measured from there.
 //! - A worker is finalized (its jobs resolved) only once its exit status is known, and only after
 //!   what is left in its socket has been read: results written just before death still count.
-//!   Then the running job fails (`WorkerDied`, `TimedOut`) or is retried, and the jobs behind it,
-//!   which never started, go back to the *front* of the queue.
-//! - Jobs are taken from the shared queue only when some worker has pipeline room, so the queue's
-//!   bound is real backpressure. Counters are published (and waiters woken) once per loop turn,
+//!   Then the job it was running — the one its claim word says it started (`claim`), none if
+//!   it died idle — fails (`WorkerDied`, `TimedOut`) or is retried, and every other job it held,
+//!   which never started, goes back to the *front* of the queue: jobs written to a worker that
+//!   was already dying are sent again, never failed.
+//! - Jobs are taken from the shared queue only when some worker has room in the window (`pace`:
+//!   1 for jobs longer than a round trip, up to the pipeline for tiny ones), so the queue's
+//!   bound is real backpressure, and jobs wait in the one parent-side queue, not bound to a
+//!   worker. When the queue is empty and a worker idles while another holds jobs it has not
+//!   started, those are taken back through their claim words (`claim::revoke`, which fails for
+//!   a job just started) and sent to the idle one: a job waits behind another only while every
+//!   worker is busy. Counters are published (and waiters woken) once per loop turn,
 //!   after the sinks of that turn have run, so `join` returns only after every callback.
 //! - Exit statuses come from the fork server (its `X` messages) or from a pidfd per exec'd worker
 //!   followed by `waitpid(pid)`: never `waitpid(-1)`, which would steal the host's children. A
 //!   worker whose socket reaches end of stream unasked is `SIGKILL`ed (its process group) so
 //!   that the status always comes; if the fork server itself dies, its workers died with it
-//!   (`PR_SET_PDEATHSIG`) and are finalized at once as killed, and the pool turns fatal.
+//!   (`PR_SET_PDEATHSIG`) and are finalized at once as killed, and the pool turns fatal. The
+//!   fork server itself is reaped when its pidfd turns readable, not when its socket closes:
+//!   a dying process closes its descriptors before it becomes a zombie.
 //! - `terminate` cancels every unfinished job at once (sinks called with `Cancelled`) before the
 //!   workers are killed, so results that still arrive find no job and are dropped.
 
@@ -45,10 +54,13 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::PoolStats;
+use super::claim::{self, Claim};
 use super::frame::{self, InBuf};
+use super::pace::Pace;
 use super::zygote::{self, Reply, Request, Zygote};
 use crate::supervisor::output::LineFramer;
 use crate::supervisor::state::{Action, Event, ExitStatus, Instance, Policy, State};
+use crate::sys::pool::SharedWords;
 use crate::sys::{self, ChildSetup};
 
 /// Where a job's outcome goes; called exactly once, on the I/O thread.
@@ -146,6 +158,8 @@ pub(crate) struct Shared {
     pub(crate) changed: Condvar,
     waker: Waker,
     wake_pending: AtomicBool,
+    /// [`crate::pool::Pool::revive`] was called: restart the retired worker slots.
+    pub(crate) revive: AtomicBool,
 }
 
 /// The shared state under [`Shared`]'s mutex.
@@ -197,6 +211,7 @@ impl Shared {
             changed: Condvar::new(),
             waker: Waker::new(poll.registry(), WAKER)?,
             wake_pending: AtomicBool::new(false),
+            revive: AtomicBool::new(false),
         })
     }
 
@@ -301,9 +316,10 @@ pub(crate) enum Spawner {
     Inert(String),
 }
 
-/// The pool's ends of a worker being forked by the fork server.
+/// The pool's ends of a worker being started (forked by the fork server, or exec'd).
 pub(crate) struct Pending {
     slot: usize,
+    claims: SharedWords,
     sock: std::os::unix::net::UnixStream,
     out: File,
     err: File,
@@ -311,7 +327,9 @@ pub(crate) struct Pending {
 
 const WAKER: Token = Token(0);
 const ZYGOTE: Token = Token(1);
-const FIRST_TOKEN: usize = 2;
+/// The pidfd of a fork server whose socket closed but that was not reaped yet.
+const ZYGOTE_PIDFD: Token = Token(2);
+const FIRST_TOKEN: usize = 3;
 /// Bytes read from one output pipe per turn before serving others.
 const PIPE_BUDGET: usize = 256 * 1024;
 /// Longest captured output line; longer ones are split.
@@ -340,6 +358,12 @@ struct Pipe {
 /// A job on its way through a worker.
 struct Sent {
     id: u64,
+    /// Its claim word.
+    word: u32,
+    /// When it was written.
+    sent_at: Instant,
+    /// The worker held other jobs then: it starts when the one before it is answered.
+    behind: bool,
     job: Job,
 }
 
@@ -356,6 +380,9 @@ struct Proc {
     writable: bool,
     inbuf: InBuf,
     inflight: VecDeque<Sent>,
+    /// The claim words shared with the worker, and those not holding an in-flight job.
+    claims: SharedWords,
+    free_words: Vec<u32>,
     /// When the first in-flight job started running.
     running_since: Instant,
     jobs_done: u64,
@@ -391,6 +418,7 @@ struct Counters {
     timed_out: u64,
     requeued: u64,
     retried: u64,
+    moved: u64,
 }
 
 /// The I/O thread's state. See the module documentation.
@@ -407,13 +435,22 @@ pub(crate) struct Engine {
     next_gen: u64,
     requeue: Vec<Job>,
     intake: Vec<Job>,
+    /// The shared queue was empty after the last intake.
+    queue_empty: bool,
+    /// Observed job latencies: the pipeline window.
+    pace: Pace,
     counters: Counters,
     fatal: Option<String>,
+    /// `fatal` is set only because every slot is retired: [`Engine::revive`] may clear it.
+    fatal_from_slots: bool,
     stopping: Option<StopMode>,
     stop_deadline: Option<Instant>,
     rng: u64,
     now: Instant,
     pids_dirty: bool,
+    /// A fork server whose control socket closed before it could be reaped (its exit is not
+    /// complete when its descriptors close): reaped when its pidfd turns readable.
+    dead_zygote: Option<(i32, Option<OwnedFd>)>,
     page_size: u64,
     /// `(sent SIGTERM)` for the policy's stop signal, as the state machine logs it.
     stop_words: String,
@@ -458,13 +495,17 @@ impl Engine {
             next_gen: 1,
             requeue: Vec::new(),
             intake: Vec::new(),
+            queue_empty: true,
+            pace: Pace::default(),
             counters: Counters::default(),
             fatal,
+            fatal_from_slots: false,
             stopping: None,
             stop_deadline: None,
             rng: seed | 1,
             now: Instant::now(),
             pids_dirty: true,
+            dead_zygote: None,
             page_size,
             stop_words,
         }
@@ -553,6 +594,12 @@ impl Engine {
     /// workers have room for.
     fn take_jobs(&mut self) {
         self.shared.wake_pending.store(false, Ordering::Release);
+        if self.shared.revive.load(Ordering::Relaxed)
+            && self.shared.revive.swap(false, Ordering::AcqRel)
+        {
+            self.revive();
+        }
+        let window = self.window();
         let room: usize = if self.fatal.is_some() || self.stopping.is_some() {
             0
         } else {
@@ -560,7 +607,7 @@ impl Engine {
                 .iter()
                 .filter_map(|s| s.proc.as_ref())
                 .filter(|p| eligible(p))
-                .map(|p| self.cfg.pipeline.saturating_sub(p.inflight.len()))
+                .map(|p| window.saturating_sub(p.inflight.len()))
                 .sum()
         };
         let mut failed: Vec<(Job, Failure)> = Vec::new();
@@ -580,6 +627,7 @@ impl Engine {
             let n = room.min(inner.queue.len());
             self.intake.extend(inner.queue.drain(..n));
         }
+        self.queue_empty = inner.queue.is_empty();
         // Blocked submitters are woken once the queue is down to half (not on every job taken),
         // so that a producer faster than the workers refills in batches instead of being woken
         // and put back to sleep for each job.
@@ -601,41 +649,118 @@ impl Engine {
         }
     }
 
-    /// Sends taken jobs to the eligible workers with the fewest in flight.
+    /// Jobs a worker may hold now (see `pace`).
+    fn window(&self) -> usize {
+        self.pace.window(self.cfg.pipeline)
+    }
+
+    /// Sends taken jobs to the eligible workers with the fewest in flight, idle ones first,
+    /// each up to the window; then lets idle workers take back jobs waiting in busy ones.
     fn assign(&mut self) {
-        if self.intake.is_empty() {
-            return;
-        }
+        let window = self.window();
         let mut jobs = std::mem::take(&mut self.intake);
         for job in jobs.drain(..) {
-            let best = self
-                .slots
-                .iter()
-                .enumerate()
-                .filter_map(|(i, s)| s.proc.as_ref().map(|p| (i, p)))
-                .filter(|(_, p)| eligible(p) && p.inflight.len() < self.cfg.pipeline)
-                .min_by_key(|(_, p)| p.inflight.len())
-                .map(|(i, _)| i);
-            match best {
+            match self.least_loaded(window) {
                 Some(i) => self.send_job(i, job),
                 None => self.requeue.push(job),
             }
         }
         self.intake = jobs;
+        if self.queue_empty && self.requeue.is_empty() && self.stopping.is_none() {
+            self.rebalance(window);
+        }
+    }
+
+    /// The eligible worker with the fewest jobs, if it holds fewer than `window`.
+    fn least_loaded(&self, window: usize) -> Option<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.proc.as_ref().map(|p| (i, p)))
+            .filter(|(_, p)| eligible(p) && p.inflight.len() < window)
+            .min_by_key(|(_, p)| p.inflight.len())
+            .map(|(i, _)| i)
+    }
+
+    /// Nothing is left to send, yet a worker is idle while another holds jobs it has not
+    /// started (behind a long one, or given to the first worker up at start-up): take them
+    /// back (revoke their claim words, which fails for a job the worker has just started) and
+    /// send them to the idle worker — half of what the busiest holder waits on, up to the
+    /// window. So a job waits behind another only while every worker is busy.
+    fn rebalance(&mut self, window: usize) {
+        loop {
+            let Some(idle) = self.slots.iter().position(|s| {
+                s.proc
+                    .as_ref()
+                    .is_some_and(|p| eligible(p) && p.inflight.is_empty())
+            }) else {
+                return;
+            };
+            // The holder with the most jobs waiting behind its first one.
+            let Some(victim) = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.proc.as_ref().map(|p| (i, p)))
+                .filter(|(i, p)| *i != idle && p.sock_open && !p.killed && p.inflight.len() > 1)
+                .max_by_key(|(_, p)| p.inflight.len())
+                .map(|(i, _)| i)
+            else {
+                return;
+            };
+            // Within the idle worker's quota of jobs, if it is recycled by job count.
+            let quota = match (self.cfg.max_jobs_per_worker, &self.slots[idle].proc) {
+                (Some(m), Some(p)) => m.saturating_sub(p.jobs_sent) as usize,
+                _ => usize::MAX,
+            };
+            let p = self.slots[victim].proc.as_mut().expect("checked above");
+            let want = (p.inflight.len() / 2).clamp(1, window).min(quota);
+            let mut taken = Vec::new();
+            // Never the first: it is running, or about to.
+            while taken.len() < want && p.inflight.len() > 1 {
+                let s = &p.inflight[1];
+                if !claim::revoke(p.claims.words(), s.word as usize, s.id) {
+                    break; // the worker got there first: it is moving on by itself
+                }
+                let sent = p.inflight.remove(1).expect("checked above");
+                p.free_words.push(sent.word);
+                taken.push(sent.job);
+            }
+            if taken.is_empty() {
+                return;
+            }
+            self.counters.moved += taken.len() as u64;
+            for job in taken {
+                self.send_job(idle, job);
+            }
+        }
     }
 
     fn send_job(&mut self, slot: usize, job: Job) {
-        let id = self.next_id;
+        let seq = self.next_id;
         self.next_id += 1;
         let now = self.now;
         let p = self.slots[slot].proc.as_mut().expect("eligible worker");
+        let word = p
+            .free_words
+            .pop()
+            .expect("a free claim word per job in flight");
+        let id = frame::job_id(seq, word);
+        claim::queue(p.claims.words(), word as usize, id);
         frame::put_header(&mut p.out, job.kind, 8 + job.body.len());
         p.out.extend_from_slice(&id.to_le_bytes());
         p.out.extend_from_slice(&job.body);
-        if p.inflight.is_empty() {
+        let behind = !p.inflight.is_empty();
+        if !behind {
             p.running_since = now;
         }
-        p.inflight.push_back(Sent { id, job });
+        p.inflight.push_back(Sent {
+            id,
+            word,
+            sent_at: now,
+            behind,
+            job,
+        });
         p.jobs_sent += 1;
         if self
             .cfg
@@ -669,6 +794,14 @@ impl Engine {
             None
         };
         let workers = self.slots.iter().filter(|s| s.proc.is_some()).count();
+        let retired_slots: Vec<usize> =
+            if self.stopping.is_some() || (self.fatal.is_some() && !self.fatal_from_slots) {
+                Vec::new()
+            } else {
+                (0..self.slots.len())
+                    .filter(|&i| retired(&self.slots[i]))
+                    .collect()
+            };
         let busy = self
             .slots
             .iter()
@@ -696,6 +829,7 @@ impl Engine {
             s.worker_pids = pids;
         }
         s.workers = workers;
+        s.retired = retired_slots;
         s.busy = busy;
         s.in_flight = in_flight;
         s.completed = self.counters.completed;
@@ -705,6 +839,7 @@ impl Engine {
         s.timed_out = self.counters.timed_out;
         s.requeued = self.counters.requeued;
         s.retried = self.counters.retried;
+        s.moved = self.counters.moved;
         s.fatal.clone_from(&self.fatal);
         s.fork_server_pid = zygote;
         s.queued = inner.queue.len();
@@ -727,6 +862,7 @@ impl Engine {
         let token = ev.token();
         match token {
             WAKER => {}
+            ZYGOTE_PIDFD => self.reap_dead_zygote(Duration::ZERO),
             ZYGOTE => {
                 if ev.is_writable() {
                     self.flush_zygote();
@@ -839,6 +975,13 @@ impl Engine {
                 break;
             }
             let sent = p.inflight.pop_front().expect("checked above");
+            p.free_words.push(sent.word);
+            if sent.behind {
+                self.pace
+                    .gap(now.saturating_duration_since(p.running_since));
+            } else {
+                self.pace.turn(now.saturating_duration_since(sent.sent_at));
+            }
             self.counters.completed += u64::from(sent.job.items);
             call_sink(name, sent.job.sink, Raw::Done(&body[8..]));
             done += 1;
@@ -1003,8 +1146,14 @@ impl Engine {
         if !p.expected {
             self.counters.worker_deaths += 1;
         }
+        // The job it was running is the one its claim word says it started (or the one it timed
+        // out on); every other job it held never started: sent again, first.
         let mut jobs = std::mem::take(&mut p.inflight);
-        if let Some(front) = jobs.pop_front() {
+        let running = jobs.iter().position(|s| {
+            p.timed_out == Some(s.id)
+                || claim::state(p.claims.words(), s.word as usize, s.id) == Claim::Started
+        });
+        if let Some(front) = running.and_then(|i| jobs.remove(i)) {
             let failure = if self.stopping == Some(StopMode::Terminate) {
                 Failure::Cancelled
             } else if p.timed_out == Some(front.id) {
@@ -1125,6 +1274,11 @@ impl Engine {
 
     fn next_deadline(&self) -> Option<Instant> {
         let mut next: Option<Instant> = self.stop_deadline;
+        if let Some((_, None)) = self.dead_zygote {
+            // No pidfd for it (Linux < 5.3): retry the reap shortly.
+            let soon = self.now + Duration::from_millis(5);
+            next = Some(next.map_or(soon, |n| n.min(soon)));
+        }
         let mut consider = |t: Option<Instant>| {
             if let Some(t) = t {
                 next = Some(next.map_or(t, |n| n.min(t)));
@@ -1144,6 +1298,9 @@ impl Engine {
 
     fn check_timers(&mut self) {
         let now = self.now;
+        if let Some((_, None)) = self.dead_zygote {
+            self.reap_dead_zygote(Duration::ZERO);
+        }
         for i in 0..self.slots.len() {
             if self.slots[i]
                 .inst
@@ -1314,6 +1471,29 @@ impl Engine {
         }
     }
 
+    /// Restarts every retired slot — stopped after a crash loop, or by a restart policy that
+    /// does not restart — with its crash-loop count reset; and if the pool had turned fatal only
+    /// because every slot was retired, it runs jobs again.
+    fn revive(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        if self.fatal_from_slots {
+            log::info!("pool {}: revived; accepting jobs again", self.cfg.name);
+            self.fatal = None;
+            self.fatal_from_slots = false;
+        }
+        if self.fatal.is_some() {
+            return; // the fork server is gone (or worse): nothing can be started
+        }
+        for i in 0..self.slots.len() {
+            if retired(&self.slots[i]) {
+                log::info!("{}[{i}]: reviving the retired worker slot", self.cfg.name);
+                self.apply(i, Event::Start);
+            }
+        }
+    }
+
     fn check_fatal(&mut self) {
         if self.fatal.is_some() || self.stopping.is_some() || self.slots.is_empty() {
             return;
@@ -1344,6 +1524,7 @@ impl Engine {
         };
         log::error!("{why}");
         self.fatal = Some(why);
+        self.fatal_from_slots = true;
     }
 
     fn begin_stop(&mut self, mode: StopMode) {
@@ -1400,6 +1581,7 @@ impl Engine {
         ours.set_nonblocking(true)?;
         let (out_r, out_w) = output_pipe()?;
         let (err_r, err_w) = output_pipe()?;
+        let (claims, claims_fd) = SharedWords::create(self.cfg.pipeline)?;
         match &mut self.spawner {
             Spawner::Fork {
                 zygote,
@@ -1417,12 +1599,19 @@ impl Engine {
                     token,
                     Pending {
                         slot,
+                        claims,
                         sock: ours,
                         out: out_r,
                         err: err_r,
                     },
                 );
-                outq.push_back(Request::spawn(token, theirs.into(), out_w, err_w));
+                outq.push_back(Request::spawn(
+                    token,
+                    theirs.into(),
+                    out_w,
+                    err_w,
+                    claims_fd,
+                ));
                 self.flush_zygote();
                 Ok(None)
             }
@@ -1445,13 +1634,17 @@ impl Engine {
                         ..ChildSetup::default()
                     },
                 );
+                // The socket goes to 3 first: the claim words must not sit on 3 then.
+                let claims_fd = sys::pool::dup_at_least(claims_fd.as_fd(), 5)?;
                 sys::pool::pre_exec_fd(&mut cmd, theirs.as_raw_fd(), 3);
+                sys::pool::pre_exec_fd(&mut cmd, claims_fd.as_raw_fd(), 4);
                 let child = cmd.spawn()?;
                 let pid = child.id() as i32;
                 // Dropping `Child` neither waits nor kills: we reap by pid after the pidfd.
                 drop(child);
                 drop(cmd);
                 drop(theirs);
+                drop(claims_fd);
                 let pidfd = match sys::pool::pidfd_open(pid) {
                     Ok(fd) => Some(fd),
                     Err(e) => {
@@ -1459,7 +1652,14 @@ impl Engine {
                         None
                     }
                 };
-                self.attach(slot, pid, ours, out_r, err_r, pidfd);
+                let ends = Pending {
+                    slot,
+                    claims,
+                    sock: ours,
+                    out: out_r,
+                    err: err_r,
+                };
+                self.attach(ends, pid, pidfd);
                 Ok(Some(pid))
             }
             Spawner::Inert(why) => Err(std::io::Error::other(why.clone())),
@@ -1473,15 +1673,14 @@ impl Engine {
     }
 
     /// Takes a started worker into the loop.
-    fn attach(
-        &mut self,
-        slot: usize,
-        pid: i32,
-        sock: std::os::unix::net::UnixStream,
-        out: File,
-        err: File,
-        pidfd: Option<OwnedFd>,
-    ) {
+    fn attach(&mut self, ends: Pending, pid: i32, pidfd: Option<OwnedFd>) {
+        let Pending {
+            slot,
+            claims,
+            sock,
+            out,
+            err,
+        } = ends;
         let generation = self.next_gen;
         self.next_gen += 1;
         let mut sock = mio::net::UnixStream::from_std(sock);
@@ -1532,6 +1731,8 @@ impl Engine {
             writable: false,
             inbuf: InBuf::new(64 * 1024),
             inflight: VecDeque::new(),
+            claims,
+            free_words: (0..self.cfg.pipeline as u32).rev().collect(),
             running_since: self.now,
             jobs_done: 0,
             jobs_sent: 0,
@@ -1605,8 +1806,9 @@ impl Engine {
                     return;
                 };
                 if let Some(p) = pending.remove(&token) {
-                    self.attach(p.slot, pid, p.sock, p.out, p.err, None);
-                    self.apply(p.slot, Event::Spawned { pid });
+                    let slot = p.slot;
+                    self.attach(p, pid, None);
+                    self.apply(slot, Event::Spawned { pid });
                 }
             }
             Reply::Failed { token, errno } => {
@@ -1648,7 +1850,9 @@ impl Engine {
             .registry()
             .deregister(&mut SourceFd(&z.ctl.as_raw_fd()));
         let pending: Vec<usize> = pending.drain().map(|(_, p)| p.slot).collect();
-        let status = reap_child(z.pid, Duration::ZERO);
+        // Its socket closes while it exits, before it is a zombie: a reap now may come too
+        // early. If so, its pidfd says when; without one (Linux < 5.3), the timers retry.
+        let status = reap_child(z.pid, None, Duration::ZERO);
         let why = format!(
             "pool {}: the fork server (pid {}) exited{}; no worker can be started",
             self.cfg.name,
@@ -1659,7 +1863,23 @@ impl Engine {
             log::error!("{why}");
             self.fatal.get_or_insert(why);
         }
-        drop(z);
+        // Whatever made the pool fatal before, revive() cannot undo this.
+        self.fatal_from_slots = false;
+        let Zygote { ctl, pid, pidfd } = z;
+        drop(ctl);
+        if status.is_none() {
+            let pidfd = pidfd.filter(|fd| {
+                self.poll
+                    .registry()
+                    .register(
+                        &mut SourceFd(&fd.as_raw_fd()),
+                        ZYGOTE_PIDFD,
+                        Interest::READABLE,
+                    )
+                    .is_ok()
+            });
+            self.dead_zygote = Some((pid, pidfd));
+        }
         self.pids_dirty = true;
         for slot in pending {
             self.apply(slot, Event::SpawnFailed);
@@ -1741,15 +1961,43 @@ impl Engine {
         self.stop_zygote();
     }
 
+    /// Reaps the fork server whose socket closed earlier, waiting at most `wait`.
+    fn reap_dead_zygote(&mut self, wait: Duration) {
+        let Some((pid, pidfd)) = &self.dead_zygote else {
+            return;
+        };
+        let pid = *pid;
+        if let Some(status) = reap_child(pid, pidfd.as_ref().map(|fd| fd.as_fd()), wait) {
+            log::debug!(
+                "pool {}: fork server (pid {pid}) reaped ({status})",
+                self.cfg.name
+            );
+        } else if matches!(
+            waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)),
+            Ok(WaitStatus::StillAlive)
+        ) {
+            return; // not exited yet: its pidfd (or the timers) will say when
+        }
+        if let Some(fd) = pidfd {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&fd.as_raw_fd()));
+        }
+        self.dead_zygote = None;
+    }
+
     fn stop_zygote(&mut self) {
+        self.reap_dead_zygote(Duration::from_secs(3));
         if let Spawner::Fork { zygote, .. } = &mut self.spawner
             && let Some(z) = zygote.take()
         {
-            let pid = z.pid;
-            drop(z); // end of stream: it kills and reaps its workers, then exits
-            if reap_child(pid, Duration::from_secs(3)).is_none() {
+            let Zygote { ctl, pid, pidfd } = z;
+            drop(ctl); // end of stream: it kills and reaps its workers, then exits
+            let pidfd = pidfd.as_ref().map(|fd| fd.as_fd());
+            if reap_child(pid, pidfd, Duration::from_secs(3)).is_none() {
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
-                reap_child(pid, Duration::from_secs(3));
+                reap_child(pid, pidfd, Duration::from_secs(3));
             }
             self.pids_dirty = true;
         }
@@ -1785,6 +2033,12 @@ thread_local! {
 
 fn n_taken(intake: &[Job], failed: &[(Job, Failure)]) -> bool {
     !intake.is_empty() || !failed.is_empty()
+}
+
+/// Whether a slot is retired: no worker and none coming (a crash loop, or a policy that does
+/// not restart), until [`crate::pool::Pool::revive`].
+fn retired(s: &Slot) -> bool {
+    s.proc.is_none() && matches!(s.inst.state, State::Fatal | State::Exited)
 }
 
 /// Whether a worker may be given new jobs.
@@ -1823,9 +2077,14 @@ fn rss_bytes(pid: i32, page: u64) -> Option<u64> {
     Some(pages * page)
 }
 
-/// Reaps our direct child `pid`, waiting at most `wait`; its status, or `None` if it is still
+/// Reaps our direct child `pid`, waiting at most `wait` — asleep on its pidfd until it exits
+/// when there is one, else in 1 ms steps (Linux < 5.3); its status, or `None` if it is still
 /// running (or was not ours).
-pub(crate) fn reap_child(pid: i32, wait: Duration) -> Option<ExitStatus> {
+pub(crate) fn reap_child(
+    pid: i32,
+    pidfd: Option<std::os::fd::BorrowedFd<'_>>,
+    wait: Duration,
+) -> Option<ExitStatus> {
     let until = Instant::now() + wait;
     loop {
         match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
@@ -1840,9 +2099,17 @@ pub(crate) fn reap_child(pid: i32, wait: Duration) -> Option<ExitStatus> {
             Err(_) => return None,
             Ok(_) => {}
         }
-        if Instant::now() >= until {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        match pidfd {
+            Some(fd) => {
+                let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+                let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
     }
 }

@@ -3,8 +3,8 @@
 //! This module owns the frame layout — `u32` little-endian body length, one kind byte, then the
 //! body — the frame kinds, the receive buffer both sides parse frames out of, and the serde
 //! codec ([postcard](https://docs.rs/postcard)). It does no I/O of its own and knows nothing of
-//! processes. Bodies of job and result frames start with the job id (`u64` little-endian); the
-//! rest is postcard data. A worker answers jobs strictly in the order they arrive on its socket,
+//! processes. Bodies of job and result frames start with the job id (`u64` little-endian; its
+//! low bits name the job's claim word, see [`job_id`]); the rest is postcard data. A worker answers jobs strictly in the order they arrive on its socket,
 //! one result frame per job (or per chunk), which is what lets the pool tell from the first
 //! unanswered job which one a dead worker was running.
 
@@ -121,6 +121,28 @@ pub(crate) fn read_id(body: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(body.get(..8)?.try_into().ok()?))
 }
 
+/// The `u32` (little-endian) at `at` in a body.
+pub(crate) fn read_u32(body: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(body.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Bits of a job id that name the job's claim word in its worker (see `claim`): a job id is
+/// `sequence << WORD_BITS | word`, unique as the sequence is. Carrying the word in the id keeps
+/// the frame as it was: no byte more per job.
+pub(crate) const WORD_BITS: u32 = 16;
+/// The most claim words per worker, hence the largest pipeline.
+pub(crate) const MAX_WORDS: usize = 1 << WORD_BITS;
+
+/// The id of the job numbered `seq` sent in claim word `word`.
+pub(crate) fn job_id(seq: u64, word: u32) -> u64 {
+    (seq << WORD_BITS) | u64::from(word)
+}
+
+/// The claim word named by a job id.
+pub(crate) fn word_of(id: u64) -> usize {
+    (id & (MAX_WORDS as u64 - 1)) as usize
+}
+
 /// A frame found at the start of a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Frame {
@@ -234,6 +256,15 @@ impl InBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_job_id_names_its_claim_word_and_stays_unique() {
+        let last = (MAX_WORDS - 1) as u32;
+        for (seq, word) in [(1u64, 0u32), (1, last), (2, 0), (1 << 40, 7)] {
+            assert_eq!(word_of(job_id(seq, word)), word as usize);
+        }
+        assert_ne!(job_id(1, last), job_id(2, 0));
+    }
 
     fn frame(kind: u8, body: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();

@@ -35,7 +35,8 @@
 //! Every accepted job gets exactly one [`Outcome`], exactly once: the handler's value, its error
 //! ([`JobError::Handler`]), a panic caught in the worker (which survives and serves the next
 //! job), [`JobError::WorkerDied`] when the worker died while running it (the pool replaces the
-//! worker; jobs queued behind it on that worker never started and are sent again, first),
+//! worker; the other jobs it held had not started — each worker marks a job started in memory
+//! shared with the pool before running it — and are sent again, first),
 //! [`JobError::TimedOut`], [`JobError::Cancelled`] after [`Pool::terminate`], or
 //! [`JobError::Fatal`] when the pool can no longer run anything (every worker in a crash loop,
 //! the fork server gone). Jobs marked idempotent ([`JobOptions::retries`]) are retried after a
@@ -49,7 +50,8 @@
 //!   runtime, a logger thread...). Build every `Fork` pool first thing in `main`: the pool's I/O
 //!   thread starts at its first use (or [`Pool::start`]), so several pools can be built in a row.
 //! - [`StartMethod::ExecSelf`]: each worker re-executes the current binary (`/proc/self/exe`,
-//!   same arguments) with `WARDEN_POOL_WORKER=<pool name>` and its socket on descriptor 3. Works
+//!   same arguments) with `WARDEN_POOL_WORKER=<pool name>`, its socket on descriptor 3 and the
+//!   claim words it shares with the pool (a `memfd`) on descriptor 4. Works
 //!   from a multi-threaded program. **In the worker process your `main` runs again up to the
 //!   same `Pool::builder(name, ..).build()` call, which then serves jobs and exits instead of
 //!   returning** — like Python's `if __name__ == "__main__"`. So build the pool early in `main`,
@@ -67,14 +69,29 @@
 //! stopped gracefully with a `Shutdown` frame once idle, not with `policy.stop_signal`;
 //! `policy.stop_timeout` bounds it before `SIGKILL`.
 //!
+//! # Retired slots
+//!
+//! A worker slot whose worker dies more than `policy.max_restarts` times within
+//! `policy.restart_window` — whatever the cause: a crashing handler, or someone killing the
+//! worker from outside (the OOM killer, an operator's `kill -9`) — is **retired for good**: no
+//! worker runs in it again, and the other slots carry the load. (A policy that does not restart,
+//! `Restart::Never`, retires a slot at its worker's first exit.) [`PoolStats::retired`] lists
+//! retired slots; the log says `NAME[INDEX]: ... fatal` when it happens. When every slot is
+//! retired, jobs fail with [`JobError::Fatal`]. [`Pool::revive`] brings retired slots back
+//! (fresh crash-loop counts) and, if the pool had turned fatal only for that reason, makes it
+//! run jobs again: for example after the cause (a bad input, memory pressure) is gone. Jobs
+//! that failed meanwhile are not re-run.
+//!
 //! **Threads and ordering.** [`Pool`] is `Send + Sync`: share it by reference or `Arc`. Callbacks
 //! ([`Pool::apply_async`]) run on the I/O thread: keep them short and never block in them (they
 //! may submit: a submission from a callback never waits for room). `submit` blocks while the
 //! queue is full; `join` returns only after every accepted job's outcome has been delivered,
 //! callbacks included.
 
+mod claim;
 mod engine;
 mod frame;
+mod pace;
 mod worker;
 mod zygote;
 
@@ -256,8 +273,16 @@ pub struct PoolStats {
     pub requeued: u64,
     /// Idempotent jobs run again after a death or timeout.
     pub retried: u64,
+    /// Jobs taken back from a worker before it started them (it was busy with a longer job, or
+    /// got more than its share at start-up) and sent to an idle one.
+    pub moved: u64,
     /// Each worker slot's pid, when it has a live process.
     pub worker_pids: Vec<Option<i32>>,
+    /// Worker slots retired for good (see "Retired slots" in the module documentation): their
+    /// worker died more than `policy.max_restarts` times within `policy.restart_window` — killed
+    /// from outside counts too — or exited under a policy that does not restart it. Empty
+    /// again after [`Pool::revive`].
+    pub retired: Vec<usize>,
     /// The fork server's pid ([`StartMethod::Fork`]).
     pub fork_server_pid: Option<i32>,
     /// Why the pool can no longer run jobs, if so.
@@ -308,7 +333,13 @@ where
         self
     }
 
-    /// Jobs in flight per worker, to hide the round trip (default 32; 1 disables pipelining).
+    /// The most jobs in flight per worker, to hide the round trip (default 32, at most 65536; 1
+    /// disables pipelining).
+    ///
+    /// The pool uses this much only for jobs shorter than a round trip: the window adapts to
+    /// observed job latency (1 job at a time for jobs of a millisecond or more, like Python's
+    /// pool), and a job a worker has not started is moved to a worker that falls idle. So a job
+    /// never waits behind a long one while another worker is free.
     pub fn pipeline(mut self, n: usize) -> Self {
         self.pipeline = n;
         self
@@ -441,8 +472,11 @@ where
         if self.workers == 0 {
             return invalid("pool workers", "at least one worker is needed");
         }
-        if self.pipeline == 0 {
-            return invalid("pool pipeline", "at least one job in flight per worker");
+        if self.pipeline == 0 || self.pipeline > frame::MAX_WORDS {
+            return invalid(
+                "pool pipeline",
+                "between 1 and 65536 jobs in flight per worker",
+            );
         }
         if self.queue_capacity == 0 {
             return invalid(
@@ -472,13 +506,14 @@ where
             });
         }
         let handler = &self.handler;
-        let entry = move |sock: std::os::fd::OwnedFd| -> i32 {
-            let stop = worker::serve::<J, O, E, F>(&sock, handler);
-            if let worker::Stop::Broken(why) = &stop {
-                eprintln!("warden pool worker: {why}");
-            }
-            stop.code()
-        };
+        let entry =
+            move |sock: std::os::fd::OwnedFd, claims: crate::sys::pool::SharedWords| -> i32 {
+                let stop = worker::serve::<J, O, E, F>(&sock, &claims, handler);
+                if let worker::Stop::Broken(why) = &stop {
+                    eprintln!("warden pool worker: {why}");
+                }
+                stop.code()
+            };
         let z = zygote::start(&entry).map_err(|e| match e {
             Error::MultiThreaded(n) => Error::Invalid {
                 what: "pool start method",
@@ -499,11 +534,14 @@ where
         })
     }
 
-    /// This process is an exec-self worker of this pool: serve descriptor 3, then exit.
+    /// This process is an exec-self worker of this pool: serve descriptor 3 (with the claim
+    /// words of descriptor 4), then exit.
     fn become_worker(&self) -> ! {
-        let code = match crate::sys::pool::claim_inherited_socket(3) {
-            Ok(sock) => {
-                let stop = worker::serve::<J, O, E, F>(&sock, &self.handler);
+        let inherited = crate::sys::pool::claim_inherited_socket(3)
+            .and_then(|sock| Ok((sock, crate::sys::pool::SharedWords::map_inherited(4)?)));
+        let code = match inherited {
+            Ok((sock, claims)) => {
+                let stop = worker::serve::<J, O, E, F>(&sock, &claims, &self.handler);
                 if let worker::Stop::Broken(why) = &stop {
                     eprintln!("warden pool {} worker: {why}", self.name);
                 }
@@ -801,6 +839,21 @@ where
             waker,
             ended: waker.is_none(),
         })
+    }
+
+    /// Brings retired worker slots back (see "Retired slots" in the module documentation): each
+    /// gets a new worker with its crash-loop count reset, and a pool that had turned
+    /// [`JobError::Fatal`] only because every slot was retired runs jobs again. Does nothing for
+    /// a pool whose fork server is gone, or once the pool is stopping.
+    ///
+    /// Asynchronous: the pool's I/O thread carries it out at its next turn; `stats().retired`
+    /// is empty (and `stats().fatal` cleared) once it has.
+    pub fn revive(&self) {
+        self.start();
+        self.shared
+            .revive
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.shared.wake();
     }
 
     /// Stops accepting jobs; the accepted ones still run. Blocked submitters get their job back.

@@ -5,8 +5,9 @@
 //! waiting without blocking, runs them, and sleeps in `poll(POLLIN)` when none are left.
 //!
 //! **Ordering rule (the pool depends on it):** jobs are run one at a time in the order they
-//! arrived, and each result (or each chunk's results) is written with its own `send` as soon as
-//! it is computed, before the next job starts. So at any moment the pool knows: a received
+//! arrived, each started through its claim word first (`claim::start`; a job the pool revoked
+//! is skipped without an answer), and each result (or each chunk's results) is written with its
+//! own `send` as soon as it is computed, before the next job starts. So at any moment the pool knows: a received
 //! result means done, the first unanswered job is the one running, and later ones have not
 //! started. A worker must never batch results across jobs: a death would then look like the
 //! wrong job's.
@@ -20,7 +21,9 @@ use nix::sys::socket::{MsgFlags, send};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::claim;
 use super::frame::{self, InBuf, Wire};
+use crate::sys::pool::SharedWords;
 
 /// Why [`serve`] returned, mapped to the worker's exit code.
 #[derive(Debug)]
@@ -41,8 +44,9 @@ impl Stop {
     }
 }
 
-/// Serves jobs from `sock` until `Shutdown` or end of stream.
-pub(crate) fn serve<J, O, E, F>(sock: &OwnedFd, handler: &F) -> Stop
+/// Serves jobs from `sock` until `Shutdown` or end of stream; `claims` are the claim words
+/// shared with the pool (see `claim`).
+pub(crate) fn serve<J, O, E, F>(sock: &OwnedFd, claims: &SharedWords, handler: &F) -> Stop
 where
     J: DeserializeOwned,
     O: Serialize,
@@ -50,6 +54,7 @@ where
     F: Fn(J) -> Result<O, E>,
 {
     let fd = sock.as_raw_fd();
+    let words = claims.words();
     let mut inbuf = InBuf::new(64 * 1024);
     let mut out = Vec::with_capacity(4096);
     loop {
@@ -65,6 +70,11 @@ where
                     let Some(id) = frame::read_id(body) else {
                         return Stop::Broken("short job frame".into());
                     };
+                    if !claim::start(words, frame::word_of(id), id) {
+                        // Revoked: the pool sent it to another worker.
+                        inbuf.consume(frame::HEADER + f.len);
+                        continue;
+                    }
                     out.clear();
                     out.resize(frame::HEADER, 0);
                     out.extend_from_slice(&id.to_le_bytes());
@@ -73,11 +83,15 @@ where
                     frame::patch_header(&mut out, 0, frame::RESULT);
                 }
                 frame::CHUNK => {
-                    let (Some(id), Some(count)) = (frame::read_id(body), body.get(8..12)) else {
+                    let (Some(id), Some(count)) = (frame::read_id(body), frame::read_u32(body, 8))
+                    else {
                         return Stop::Broken("short chunk frame".into());
                     };
-                    let count = u32::from_le_bytes(count.try_into().expect("4 bytes")) as usize;
-                    let wires = run_chunk(handler, &body[12..], count);
+                    if !claim::start(words, frame::word_of(id), id) {
+                        inbuf.consume(frame::HEADER + f.len);
+                        continue;
+                    }
+                    let wires = run_chunk(handler, &body[12..], count as usize);
                     out.clear();
                     out.resize(frame::HEADER, 0);
                     out.extend_from_slice(&id.to_le_bytes());

@@ -8,7 +8,7 @@
 //!
 //! | direction | message | attached descriptors |
 //! |---|---|---|
-//! | pool → zygote | `S` token u64: fork a worker | its socket end, stdout and stderr pipe write ends |
+//! | pool → zygote | `S` token u64: fork a worker | its socket end, stdout and stderr pipe write ends, claim words (`memfd`) |
 //! | pool → zygote | `K` pid i32, signal i32: signal a worker's process group | — |
 //! | zygote → pool | `P` token u64, pid i32: forked | — |
 //! | zygote → pool | `F` token u64, errno i32: fork failed | — |
@@ -37,6 +37,7 @@ use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
 use crate::supervisor::state::ExitStatus;
+use crate::sys::pool::SharedWords;
 use crate::sys::{self, ChildSetup};
 
 /// A message from the zygote to the pool.
@@ -134,13 +135,20 @@ pub(crate) struct Request {
 }
 
 impl Request {
-    /// Fork a worker on `sock` with its output on `stdout` and `stderr`.
-    pub(crate) fn spawn(token: u64, sock: OwnedFd, stdout: OwnedFd, stderr: OwnedFd) -> Request {
+    /// Fork a worker on `sock` with its output on `stdout` and `stderr` and its claim words
+    /// in the `memfd` `claims`.
+    pub(crate) fn spawn(
+        token: u64,
+        sock: OwnedFd,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+        claims: OwnedFd,
+    ) -> Request {
         let mut bytes = vec![b'S'];
         bytes.extend_from_slice(&token.to_le_bytes());
         Request {
             bytes,
-            fds: vec![sock, stdout, stderr],
+            fds: vec![sock, stdout, stderr, claims],
         }
     }
 
@@ -197,10 +205,14 @@ pub(crate) struct Zygote {
     pub(crate) ctl: OwnedFd,
     /// The zygote's pid.
     pub(crate) pid: i32,
+    /// A pidfd on the zygote (`None` before Linux 5.3): readable once it has exited, so that the
+    /// pool reaps it when it really is a zombie, not when its socket closes (which comes first).
+    pub(crate) pidfd: Option<OwnedFd>,
 }
 
-/// What a forked worker runs: serves the socket on descriptor 3, returns the exit code.
-pub(crate) type Entry<'a> = &'a dyn Fn(OwnedFd) -> i32;
+/// What a forked worker runs: serves the socket on descriptor 3 with the claim words of
+/// descriptor 4, returns the exit code.
+pub(crate) type Entry<'a> = &'a dyn Fn(OwnedFd, SharedWords) -> i32;
 
 /// Forks the zygote. Must be called while the process is single-threaded (checked by
 /// [`sys::fork`]); the zygote never returns from here.
@@ -221,9 +233,12 @@ pub(crate) fn start(entry: Entry<'_>) -> Result<Zygote> {
                 nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
             )
             .map_err(|e| Error::sys("fcntl(O_NONBLOCK)", e))?;
+            // Our unreaped child: its pid cannot be reused, so the pidfd is surely its own.
+            let pidfd = sys::pool::pidfd_open(pid.as_raw()).ok();
             Ok(Zygote {
                 ctl: ours,
                 pid: pid.as_raw(),
+                pidfd,
             })
         }
         sys::Fork::Child => {
@@ -288,7 +303,7 @@ fn zygote_main(ctl: OwnedFd, parent: i32, entry: Entry<'_>) -> std::result::Resu
                 }
                 let msg = &buf[..n];
                 match msg[0] {
-                    b'S' if n == 9 && fds.len() == 3 => {
+                    b'S' if n == 9 && fds.len() == 4 => {
                         let token = u64::from_le_bytes(msg[1..9].try_into().expect("8 bytes"));
                         let reply = match sys::fork() {
                             Ok(sys::Fork::Child) => worker_child(fds, me, entry),
@@ -376,8 +391,8 @@ fn shutdown(live: &mut HashSet<i32>) {
     }
 }
 
-/// The forked worker: socket to descriptor 3, output to the pipes, everything else closed, then
-/// serve. Never returns.
+/// The forked worker: socket to descriptor 3, claim words to 4, output to the pipes, everything
+/// else closed, then serve. Never returns.
 fn worker_child(mut fds: Vec<OwnedFd>, zygote: i32, entry: Entry<'_>) -> ! {
     let sock = fds.remove(0);
     let result = (|| -> std::io::Result<()> {
@@ -396,8 +411,18 @@ fn worker_child(mut fds: Vec<OwnedFd>, zygote: i32, entry: Entry<'_>) -> ! {
         nix::unistd::dup2_stdin(&null)?;
         nix::unistd::dup2_stdout(&fds[0])?;
         nix::unistd::dup2_stderr(&fds[1])?;
-        // Stdio is in place, so overwriting descriptor 3, whatever it was, loses nothing.
-        sys::pool::move_to_fd(sock, 3)
+        // Stdio is in place, so overwriting descriptors 3 and 4, whatever they were, loses
+        // nothing; the claim words go first, as the socket may sit on descriptor 4.
+        let claims = fds.pop().expect("four descriptors");
+        let claims = if claims.as_raw_fd() == 3 {
+            let moved = nix::unistd::dup(&claims)?;
+            drop(claims);
+            moved
+        } else {
+            claims
+        };
+        sys::pool::move_to_fd(sock, 3)?;
+        sys::pool::move_to_fd(claims, 4)
     })();
     if let Err(e) = result {
         eprintln!("warden pool worker: setup failed: {e}");
@@ -407,9 +432,11 @@ fn worker_child(mut fds: Vec<OwnedFd>, zygote: i32, entry: Entry<'_>) -> ! {
     for fd in fds {
         let _ = fd.into_raw_fd();
     }
-    let _ = sys::close_fds_except(&[3]);
-    let code = match sys::pool::claim_inherited_socket(3) {
-        Ok(sock) => entry(sock),
+    let _ = sys::close_fds_except(&[3, 4]);
+    let claimed = sys::pool::claim_inherited_socket(3)
+        .and_then(|sock| Ok((sock, SharedWords::map_inherited(4)?)));
+    let code = match claimed {
+        Ok((sock, claims)) => entry(sock, claims),
         Err(e) => {
             eprintln!("warden pool worker: {e}");
             127
