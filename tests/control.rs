@@ -2488,3 +2488,34 @@ fn reload_naming_another_file_than_the_daemons_is_refused() {
     wait_children(&sb, warden, &pids(&a).into_iter().chain(pids(&b)).collect());
     stop(&mut sb);
 }
+
+/// A control socket whose holder takes a connection and drops it unanswered (what a copy of a
+/// killed warden does — a worker forked but not yet exec'd — for an instant) does not make
+/// `status` answer "unknown" nor `stop` fail: the pidfile decides, and says "not running".
+#[test]
+fn a_socket_that_drops_connections_unanswered_defers_to_the_pidfile() {
+    let _t = Timer::new("a_socket_that_drops_connections_unanswered_defers_to_the_pidfile");
+    let mut sb = sandbox("dropsock", "", &sleeper("w", 1, 1000));
+    let sock = sb.path("warden.sock");
+    let script = format!(
+        "import socket,os\ns=socket.socket(socket.AF_UNIX)\ns.bind({:?})\ns.listen(8)\n\
+         open({:?},'w').close()\nwhile True:\n    c,_=s.accept()\n    c.close()\n",
+        path_str(&sock),
+        path_str(&sb.path("listening"))
+    );
+    let mut cmd = std::process::Command::new(python());
+    cmd.args(["-c", &script]).stdin(Stdio::null());
+    sb.spawn(cmd);
+    assert!(wait_until(TIMEOUT, || sb.path("listening").exists()));
+    let out = sb.run(&["status"]);
+    assert_eq!(code(&out), 3, "{}{}", stdout_of(&out), stderr_of(&out));
+    let out = sb.run(&["status", "--json"]);
+    assert_eq!(code(&out), 3, "{}{}", stdout_of(&out), stderr_of(&out));
+    let out = sb.run(&["stop", "--timeout", "5s"]);
+    assert_eq!(code(&out), 0, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert!(
+        stdout_of(&out).contains("not running"),
+        "{}",
+        stdout_of(&out)
+    );
+}

@@ -137,14 +137,16 @@ fn live_children(pid: i32) -> Vec<i32> {
     v
 }
 
-/// Waits (bounded) until `warden` has exactly `n` live children and no zombie ones; tracks and
-/// returns them.
+/// Waits (bounded) until `warden` has exactly `n` live children, no zombie ones, and every one
+/// of them has exec'd; tracks and returns them. (Before its exec a child is a copy of warden: the
+/// guard process cannot be told from a worker until it runs as `warden-guard`, nor a worker's
+/// argv and environment read.)
 fn wait_workers(sb: &mut Sandbox, warden: i32, n: usize) -> Vec<i32> {
     let mut kids = Vec::new();
     let ok = wait_until(TIMEOUT, || {
         let all = children_of(warden);
         kids = live_children(warden);
-        kids.len() == n && all.len() == n
+        kids.len() == n && all.len() == n && all.iter().all(|&p| has_exec(p))
     });
     assert!(
         ok,
@@ -173,10 +175,16 @@ fn zombie_children(pid: i32) -> Vec<i32> {
 /// for exec workers: a function worker never execs). A process that is gone has no exe link:
 /// nothing to wait for.
 fn wait_exec(pid: i32) {
-    let warden = std::fs::canonicalize(warden_bin()).ok();
-    let exe = || std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let done = wait_until(TIMEOUT, || exe().is_none() || exe() != warden);
+    let done = wait_until(TIMEOUT, || has_exec(pid));
     assert!(done, "worker {pid} never called execve");
+}
+
+/// Whether child `pid` of warden has exec'd (or is gone): its `/proc/PID/exe` no longer names
+/// warden's binary.
+fn has_exec(pid: i32) -> bool {
+    let warden = std::fs::canonicalize(warden_bin()).ok();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    exe.is_none() || exe != warden
 }
 
 /// The environment of worker `pid`, read once it has exec'd ([`wait_exec`]).

@@ -400,6 +400,22 @@ impl Unreached {
     }
 }
 
+/// `status` when no daemon answers on the control socket: the pidfile still tells whether the
+/// daemon runs, though not how its programs do — a running daemon must not be reported "not
+/// running" (3) for that.
+fn status_without_socket(config: &Config, json: bool, programs: &[String]) -> ExitCode {
+    let mut found = Unreached::from_pidfile(config);
+    if !programs.is_empty() && found.code == exit::status::RUNNING {
+        found.code = exit::status::UNKNOWN;
+        found.warning = Some(format!(
+            "warden: the control socket {} cannot be reached: the state of {} is unknown",
+            config.daemon.control_socket.display(),
+            programs.join(", ")
+        ));
+    }
+    found.report(&config.path, json)
+}
+
 /// `warden status [--json] [PROGRAM…]`.
 pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
     let unknown = |why: String| Unreached::unknown(why).report(&config.path, json);
@@ -411,28 +427,26 @@ pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
                 config.daemon.control_socket.display()
             ));
         }
-        // No socket: the pidfile still tells whether the daemon runs, though not how its
-        // programs do — a running daemon must not be reported "not running" (3) for that.
-        Err(_) => {
-            let mut found = Unreached::from_pidfile(config);
-            if !programs.is_empty() && found.code == exit::status::RUNNING {
-                found.code = exit::status::UNKNOWN;
-                found.warning = Some(format!(
-                    "warden: the control socket {} cannot be reached: the state of {} is unknown",
-                    config.daemon.control_socket.display(),
-                    programs.join(", ")
-                ));
-            }
-            return found.report(&config.path, json);
-        }
+        Err(_) => return status_without_socket(config, json, &programs),
     };
     let named = !programs.is_empty();
     let reply = match client.request(
-        Command::Status { programs },
+        Command::Status {
+            programs: programs.clone(),
+        },
         Duration::from_secs(10),
         |_| {},
     ) {
         Ok(r) => r,
+        // The connection was taken but dropped unanswered: whoever held the listener is gone
+        // (a daemon killed while a copy of it, a worker forked but not yet exec'd, still held
+        // the socket). The pidfile's lock tells the rest.
+        Err(ClientError::Closed) => return status_without_socket(config, json, &programs),
+        Err(ClientError::Io(e))
+            if matches!(e.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE)) =>
+        {
+            return status_without_socket(config, json, &programs);
+        }
         Err(e) => return unknown(e.to_string()),
     };
     let report: StatusReport = match reply {

@@ -402,6 +402,14 @@ fn stop_through_socket(
         |_| {},
     ) {
         Ok(warden::control::Reply::Done { .. }) => {}
+        // Taken but dropped unanswered: the listener's holder is gone (a killed daemon's copy,
+        // a worker forked but not yet exec'd, held it for an instant). Nobody runs there.
+        Err(warden::control::client::ClientError::Closed) => return not_running(pidfile_error),
+        Err(warden::control::client::ClientError::Io(e))
+            if matches!(e.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE)) =>
+        {
+            return not_running(pidfile_error);
+        }
         Ok(other) => {
             eprintln!(
                 "warden: the daemon on {} answered {other:?}",
