@@ -30,6 +30,7 @@
 //! `status` results have the stable schema documented on [`StatusReport`].
 
 pub mod client;
+mod request;
 pub mod server;
 
 use serde::{Deserialize, Serialize};
