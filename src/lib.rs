@@ -41,6 +41,8 @@ pub mod control;
 pub mod daemon;
 pub mod error;
 mod files;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hooks;
 pub mod log;
 pub mod pool;

@@ -74,7 +74,7 @@
 //! callbacks included.
 
 mod engine;
-mod frame;
+pub(crate) mod frame;
 mod worker;
 mod zygote;
 
