@@ -415,11 +415,11 @@ mod config {
 
     fn fmt_dur(ms: u64, style: u8) -> String {
         match style {
-            2 if ms % 1000 == 0 => format!("{}", ms / 1000),
-            1 if ms >= 1000 && ms % 1000 != 0 => {
+            2 if ms.is_multiple_of(1000) => format!("{}", ms / 1000),
+            1 if ms >= 1000 && !ms.is_multiple_of(1000) => {
                 format!("\"{}s {}ms\"", ms / 1000, ms % 1000)
             }
-            1 if ms % 60_000 == 0 && ms > 0 => format!("\"{}m\"", ms / 60_000),
+            1 if ms.is_multiple_of(60_000) && ms > 0 => format!("\"{}m\"", ms / 60_000),
             _ => format!("\"{ms}ms\""),
         }
     }
@@ -1154,18 +1154,19 @@ mod machine {
         )
             .prop_map(
                 |(restart, initial, extra, reset, max_restarts, window, stop, ready, start, wd)| {
-                    let mut p = Policy::default();
-                    p.restart = restart;
-                    p.backoff_initial = initial;
-                    p.backoff_max = initial + extra;
-                    p.backoff_reset = reset;
-                    p.max_restarts = max_restarts;
-                    p.restart_window = window;
-                    p.stop_timeout = stop;
-                    p.readiness = ready;
-                    p.start_timeout = start;
-                    p.watchdog = wd;
-                    p
+                    Policy {
+                        restart,
+                        backoff_initial: initial,
+                        backoff_max: initial + extra,
+                        backoff_reset: reset,
+                        max_restarts,
+                        restart_window: window,
+                        stop_timeout: stop,
+                        readiness: ready,
+                        start_timeout: start,
+                        watchdog: wd,
+                        ..Policy::default()
+                    }
                 },
             )
     }
