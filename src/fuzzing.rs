@@ -30,7 +30,8 @@ pub const CONFIG_PATH: &str = "/etc/warden/fuzz.toml";
 /// [`locate`](crate::config::locate), which `warden stop` and `status` run on a file with errors.
 ///
 /// Asserts: a valid file has valid program names and commands; an invalid one gets at least one
-/// diagnostic, each with a non-empty message and a line and column inside the text.
+/// diagnostic, each with a non-empty message and a line and column inside the text, and each
+/// naming its key unless the file is not even TOML.
 pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -51,7 +52,10 @@ pub fn config(data: &[u8]) {
         Err(crate::Error::Config(d)) => {
             assert!(!d.is_empty(), "an error without a diagnostic");
             let lines = text.split('\n').count();
+            // Only a TOML syntax error may leave the key out; everything else names its key.
+            let syntax_ok = toml::de::DeTable::parse_recoverable(text).1.is_empty();
             for diag in d.iter() {
+                assert!(!syntax_ok || !diag.key.is_empty(), "no key: {diag:?}");
                 assert!(!diag.message.is_empty(), "{diag:?}");
                 assert_eq!(diag.file, path, "{diag:?}");
                 assert!(
