@@ -75,8 +75,9 @@ pub fn config(data: &[u8]) {
 /// [`Request::parse_line`](crate::control::Request::parse_line), as the server calls it for
 /// every line.
 ///
-/// Asserts: an accepted request speaks version 1 and reads back, from the line the client
-/// would write for it, as an equal request; a refusal says why.
+/// Asserts: an accepted request speaks version 1, has every field of the line with the value
+/// written there, and reads back, from the line the client would write for it, as an equal
+/// request; a refusal says why.
 pub fn control(data: &[u8]) {
     use crate::control::{Request, VERSION};
     match Request::parse_line(data) {
@@ -86,6 +87,19 @@ pub fn control(data: &[u8]) {
             let back = Request::parse_line(line.as_bytes())
                 .unwrap_or_else(|e| panic!("{line} does not read back: {e}"));
             assert_eq!(back, r, "{line}");
+            // What was accepted means what it says: every field of the line is in the request,
+            // with the same value (serde would also take a variant's index for its name).
+            let sent: serde_json::Value = serde_json::from_slice(data).expect("accepted JSON");
+            let meant: serde_json::Value = serde_json::from_str(&line).expect("JSON");
+            let (Some(sent), Some(meant)) = (sent.as_object(), meant.as_object()) else {
+                panic!(
+                    "a request that is not an object: {}",
+                    String::from_utf8_lossy(data)
+                );
+            };
+            for (k, v) in sent {
+                assert_eq!(meant.get(k), Some(v), "{k:?} was read as {line}");
+            }
         }
         Err(e) => assert!(!e.is_empty()),
     }

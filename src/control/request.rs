@@ -25,7 +25,13 @@ impl Request {
     /// ```
     pub fn parse_line(line: &[u8]) -> Result<Request, String> {
         let Strict(value) = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
-        match value.get("v") {
+        let Some(object) = value.as_object() else {
+            return Err(format!(
+                "a request must be a JSON object, found {}",
+                json_kind(&value)
+            ));
+        };
+        match object.get("v") {
             None => return Err("missing protocol version \"v\"".into()),
             Some(v) if v.as_u64() == Some(u64::from(VERSION)) => {}
             Some(serde_json::Value::Number(n)) => {
@@ -39,7 +45,29 @@ impl Request {
                 ));
             }
         }
+        // serde reads an enum's tag from a variant's index as well as from its name, so
+        // `"cmd": 2` would run a stop: the command must be written as its name.
+        match object.get("cmd") {
+            None | Some(serde_json::Value::String(_)) => {}
+            Some(other) => {
+                return Err(format!(
+                    "command \"cmd\" must be a string such as \"status\", found {other}"
+                ));
+            }
+        }
         serde_json::from_value(value).map_err(|e| format!("bad request: {e}"))
+    }
+}
+
+/// What a JSON value is, for a message: "an array", "a number", ...
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 
@@ -121,5 +149,61 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
 
     fn visit_none<E>(self) -> std::result::Result<Strict, E> {
         Ok(Strict(serde_json::Value::Null))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::Command;
+
+    /// Found by the `control_request` fuzz target: `{"v":1,"cmd":0}` was a `status` and
+    /// `{"v":1,"cmd":2,"programs":["web"]}` a stop, serde taking the variant's index for its
+    /// name; a log, an audit or a proxy's filter that reads "cmd" sees no command there.
+    #[test]
+    fn a_command_is_named_never_numbered() {
+        for (line, found) in [
+            (r#"{"v":1,"cmd":0}"#, "0"),
+            (r#"{"v":1,"cmd":2,"programs":["web"]}"#, "2"),
+            (r#"{"v":1,"cmd":5,"dry_run":true}"#, "5"),
+            (
+                r#"{"v":1,"cmd":["stop"],"programs":["web"]}"#,
+                r#"["stop"]"#,
+            ),
+            (r#"{"v":1,"cmd":null}"#, "null"),
+        ] {
+            let e = Request::parse_line(line.as_bytes()).unwrap_err();
+            assert_eq!(
+                e,
+                format!(r#"command "cmd" must be a string such as "status", found {found}"#),
+                "{line}"
+            );
+        }
+        let r = Request::parse_line(br#"{"v":1,"cmd":"stop","programs":["web"]}"#).unwrap();
+        assert_eq!(
+            r.command,
+            Command::Stop {
+                programs: vec!["web".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn a_request_that_is_not_an_object_says_so() {
+        for (line, kind) in [
+            ("[]", "an array"),
+            ("5", "a number"),
+            (r#""status""#, "a string"),
+            ("null", "null"),
+            ("true", "a boolean"),
+        ] {
+            assert_eq!(
+                Request::parse_line(line.as_bytes()).unwrap_err(),
+                format!("a request must be a JSON object, found {kind}"),
+                "{line}"
+            );
+        }
+        let e = Request::parse_line(br#"{"v":1}"#).unwrap_err();
+        assert!(e.contains("cmd"), "{e}");
     }
 }
