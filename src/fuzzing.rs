@@ -10,8 +10,8 @@
 //! [`Request::parse_line`](crate::control::Request::parse_line) and
 //! [`NotifyMessage::parse`](crate::supervisor::notify::NotifyMessage::parse). The pool's wire
 //! format is crate-private (`pool::frame`), so [`pool`] wraps it thinly: each function here
-//! calls the crate's own frame functions and adds nothing but the plumbing a test needs. This
-//! module must hold no logic of its own that the daemon does not run.
+//! calls the crate's own frame functions and adds nothing but the plumbing a test needs. Nothing
+//! here parses or encodes on its own: a finding must be a finding in the daemon's code.
 //!
 //! What a target *asserts* lives here too, in one function per target ([`config`],
 //! [`control`], [`notify`], [`pool::stream`]): a fuzz target is that function and nothing else,
