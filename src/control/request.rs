@@ -5,6 +5,8 @@
 //! `control_request` (in `fuzz/`) and the property tests call the very same function. It does
 //! no I/O and must never panic, whatever the bytes.
 
+use serde::Deserialize;
+
 use super::{Request, VERSION};
 
 impl Request {
@@ -55,7 +57,24 @@ impl Request {
                 ));
             }
         }
-        serde_json::from_value(value).map_err(|e| format!("bad request: {e}"))
+        let request = Request::deserialize(&value).map_err(|e| format!("bad request: {e}"))?;
+        // serde ignores unknown fields beside a command without fields (`deny_unknown_fields`
+        // does not reach a unit variant of an internally tagged enum): every field of the line
+        // must be one the request has, holding the value written.
+        let meant = serde_json::to_value(&request).map_err(|e| format!("bad request: {e}"))?;
+        for (key, v) in object {
+            match meant.get(key) {
+                Some(m) if m == v => {}
+                Some(m) => return Err(format!("bad request: field `{key}` read as {m}")),
+                None => {
+                    let cmd = meant.get("cmd").unwrap_or(&serde_json::Value::Null);
+                    return Err(format!(
+                        "bad request: unknown field `{key}` for command {cmd}"
+                    ));
+                }
+            }
+        }
+        Ok(request)
     }
 }
 
@@ -186,6 +205,37 @@ mod tests {
                 programs: vec!["web".into()]
             }
         );
+    }
+
+    /// Found by the `control_request` fuzz target: `{"v":1,"mv":1,"cmd":"reopen-logs"}` was
+    /// accepted, the unknown field ignored, where every other command refuses one.
+    #[test]
+    fn unknown_fields_are_refused_for_every_command() {
+        for line in [
+            r#"{"v":1,"mv":1,"cmd":"reopen-logs"}"#,
+            r#"{"v":1,"cmd":"reopen-logs","programs":["web"]}"#,
+            r#"{"v":1,"cmd":"status","x":null}"#,
+            r#"{"v":1,"cmd":"reload","dry_run":false,"force":true}"#,
+            r#"{"v":1,"cmd":"scale","program":"w","instances":2,"x":1}"#,
+        ] {
+            let e = Request::parse_line(line.as_bytes()).unwrap_err();
+            assert!(e.contains("unknown field"), "{line}: {e}");
+        }
+        let e = Request::parse_line(br#"{"v":1,"mv":1,"cmd":"reopen-logs"}"#).unwrap_err();
+        assert_eq!(
+            e,
+            r#"bad request: unknown field `mv` for command "reopen-logs""#
+        );
+        // Fields left to their defaults may be written or not.
+        for line in [
+            r#"{"v":1,"cmd":"reopen-logs"}"#,
+            r#"{"v":1,"cmd":"status"}"#,
+            r#"{"v":1,"cmd":"status","programs":[]}"#,
+            r#"{"v":1,"cmd":"reload"}"#,
+            r#"{"v":1,"cmd":"reload","dry_run":false}"#,
+        ] {
+            assert!(Request::parse_line(line.as_bytes()).is_ok(), "{line}");
+        }
     }
 
     #[test]
