@@ -780,6 +780,17 @@ proptest! {
         prop_assert!(e.contains("duplicate key"), "{} -> {}", doubled, e);
     }
 
+    /// A field the command does not have is refused, beside every command.
+    #[test]
+    fn an_unknown_field_is_always_refused(r in control::request(), key in "[a-z_]{1,10}", value in 0u32..3) {
+        let mut v = serde_json::to_value(&r).unwrap();
+        prop_assume!(v.get(&key).is_none());
+        prop_assume!(!["programs", "program", "instances", "dry_run"].contains(&key.as_str()));
+        v[&key] = value.into();
+        let e = warden::control::Request::parse_line(v.to_string().as_bytes()).unwrap_err();
+        prop_assert!(e.contains("unknown field"), "{} -> {}", v, e);
+    }
+
     /// A command written as a number (serde would take it for a variant's index) is refused.
     #[test]
     fn a_command_written_as_a_number_is_refused(r in control::request(), n in 0u64..10) {
