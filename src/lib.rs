@@ -41,6 +41,9 @@ pub mod control;
 pub mod daemon;
 pub mod error;
 mod files;
+// The fuzz targets' entry points and checks (fuzz/, tests/fuzz_regressions.rs): not API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hooks;
 pub mod log;
 pub mod pool;

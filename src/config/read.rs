@@ -33,9 +33,21 @@ impl<'t, 'i> Section<'t, 'i> {
         }
     }
 
+    /// The dotted name of `key` in this section, for diagnostics. A key that is not a bare TOML
+    /// key is shown quoted: an empty key (legal TOML, `"" = 1`) would otherwise be named by
+    /// nothing at all, and `"log file"` or `"a.b"` would read as something else.
     pub(crate) fn key(&self, key: &str) -> String {
-        if self.name.is_empty() {
+        let bare = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let key = if bare {
             key.to_string()
+        } else {
+            format!("{key:?}")
+        };
+        if self.name.is_empty() {
+            key
         } else {
             format!("{}.{key}", self.name)
         }
@@ -497,6 +509,26 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `config` fuzz target: `"" = 21` was reported as `FILE:1:1: unknown key`,
+    /// naming no key at all.
+    #[test]
+    fn unknown_keys_that_are_not_bare_are_named_quoted() {
+        let text = "\"\" = 21\n[daemon]\n\"log file\" = 1\n\"a.b\" = 2\n";
+        let d = match crate::config::Config::parse(Path::new("/w.toml"), text) {
+            Err(crate::Error::Config(d)) => d,
+            other => panic!("{other:?}"),
+        };
+        let got: Vec<String> = d.iter().map(|d| d.to_string()).collect();
+        assert_eq!(
+            got,
+            [
+                "/w.toml:1:1: \"\": unknown key",
+                "/w.toml:3:1: daemon.\"log file\": unknown key",
+                "/w.toml:4:1: daemon.\"a.b\": unknown key",
+            ]
+        );
+    }
 
     #[test]
     fn key_at_names_the_key_of_a_place() {

@@ -7,7 +7,9 @@
 //!
 //! # Protocol (version 1)
 //!
-//! One request per line, a JSON object with `"v": 1` and `"cmd"`:
+//! One request per line, a JSON object with `"v": 1` and `"cmd"` (the command's name, a string),
+//! read by [`Request::parse_line`]: a key written twice, or a field the command does not have,
+//! makes the line a `bad-request`.
 //!
 //! | `cmd` | fields | needs |
 //! |---|---|---|
@@ -56,6 +58,7 @@
 //! 152) prints nothing on stdout.
 
 pub mod client;
+mod request;
 pub mod server;
 
 use serde::{Deserialize, Serialize};

@@ -54,7 +54,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Uid};
 
-use super::{ErrorKind, MAX_LINE, Reply, Request, VERSION};
+use super::{ErrorKind, MAX_LINE, Reply, Request};
 use crate::error::{Error, Result};
 use crate::log::repeat::{Repeated, Verdict};
 
@@ -941,105 +941,9 @@ fn probe(path: &Path) -> SocketUse {
     }
 }
 
+/// One request line, as [`Request::parse_line`] reads it, refused with a `bad-request` reply.
 fn parse(line: &[u8]) -> std::result::Result<Request, Reply> {
-    let bad = |msg: String| Reply::failed(ErrorKind::BadRequest, msg);
-    let Strict(value) = serde_json::from_slice(line).map_err(|e| bad(format!("not JSON: {e}")))?;
-    match value.get("v") {
-        None => return Err(bad("missing protocol version \"v\"".into())),
-        Some(v) if v.as_u64() == Some(u64::from(VERSION)) => {}
-        Some(serde_json::Value::Number(n)) => {
-            return Err(bad(format!(
-                "protocol version {n} is not supported (this warden speaks {VERSION})"
-            )));
-        }
-        Some(other) => {
-            return Err(bad(format!(
-                "protocol version \"v\" must be the integer {VERSION}, found {other}"
-            )));
-        }
-    }
-    serde_json::from_value(value).map_err(|e| bad(format!("bad request: {e}")))
-}
-
-/// A JSON value in which no object has a key twice. serde_json keeps the last of duplicate keys,
-/// so `{"cmd":"status","cmd":"stop"}` would run a stop that a reader of the line (a log, an
-/// audit, a proxy that checks the first key) takes for a status: such a request is refused.
-struct Strict(serde_json::Value);
-
-impl<'de> serde::Deserialize<'de> for Strict {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = Strict;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(
-        self,
-        mut map: A,
-    ) -> std::result::Result<Strict, A::Error> {
-        let mut out = serde_json::Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(serde::de::Error::custom(format!("duplicate key {key:?}")));
-            }
-            let Strict(value) = map.next_value()?;
-            out.insert(key, value);
-        }
-        Ok(Strict(serde_json::Value::Object(out)))
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(
-        self,
-        mut seq: A,
-    ) -> std::result::Result<Strict, A::Error> {
-        let mut out = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
-            out.push(v);
-        }
-        Ok(Strict(serde_json::Value::Array(out)))
-    }
-
-    fn visit_bool<E>(self, v: bool) -> std::result::Result<Strict, E> {
-        Ok(Strict(v.into()))
-    }
-
-    fn visit_i64<E>(self, v: i64) -> std::result::Result<Strict, E> {
-        Ok(Strict(v.into()))
-    }
-
-    fn visit_u64<E>(self, v: u64) -> std::result::Result<Strict, E> {
-        Ok(Strict(v.into()))
-    }
-
-    fn visit_f64<E>(self, v: f64) -> std::result::Result<Strict, E> {
-        Ok(Strict(
-            serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, Into::into),
-        ))
-    }
-
-    fn visit_str<E>(self, v: &str) -> std::result::Result<Strict, E> {
-        Ok(Strict(v.into()))
-    }
-
-    fn visit_string<E>(self, v: String) -> std::result::Result<Strict, E> {
-        Ok(Strict(v.into()))
-    }
-
-    fn visit_unit<E>(self) -> std::result::Result<Strict, E> {
-        Ok(Strict(serde_json::Value::Null))
-    }
-
-    fn visit_none<E>(self) -> std::result::Result<Strict, E> {
-        Ok(Strict(serde_json::Value::Null))
-    }
+    Request::parse_line(line).map_err(|e| Reply::failed(ErrorKind::BadRequest, e))
 }
 
 #[cfg(test)]

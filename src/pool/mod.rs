@@ -90,7 +90,7 @@
 
 mod claim;
 mod engine;
-mod frame;
+pub(crate) mod frame;
 mod pace;
 mod worker;
 mod zygote;
