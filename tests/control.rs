@@ -2519,3 +2519,60 @@ fn a_socket_that_drops_connections_unanswered_defers_to_the_pidfile() {
         stdout_of(&out)
     );
 }
+
+/// A daemon that is stopped (SIGSTOP) with its listener's backlog full: `connect(2)` would wait
+/// for ever, and every `--timeout` must still bound the whole command. `reload --timeout 2s`
+/// gives up with an error that says so (not "not running"), `status` answers "unknown" (4).
+#[test]
+fn a_stopped_daemon_with_a_full_backlog_cannot_hang_a_command() {
+    let _t = Timer::new("a_stopped_daemon_with_a_full_backlog_cannot_hang_a_command");
+    let mut sb = sandbox("fullbacklog", "", &sleeper("w", 1, 1000));
+    let warden = sb.start();
+    wait_up(&mut sb, "w", 1);
+    signal(warden, Signal::SIGSTOP);
+    let script = format!(
+        "import socket,resource,time\n\
+         h=resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n\
+         resource.setrlimit(resource.RLIMIT_NOFILE,(h,h))\n\
+         conns=[]\n\
+         while True:\n\
+         \x20   s=socket.socket(socket.AF_UNIX)\n\
+         \x20   s.setblocking(False)\n\
+         \x20   try:\n\
+         \x20       s.connect({sock:?})\n\
+         \x20   except BlockingIOError:\n\
+         \x20       break\n\
+         \x20   conns.append(s)\n\
+         open({flag:?},'w').write(str(len(conns)))\n\
+         time.sleep(1000)\n",
+        sock = path_str(&sb.path("warden.sock")),
+        flag = path_str(&sb.path("full")),
+    );
+    let mut cmd = std::process::Command::new(python());
+    cmd.args(["-c", &script]).stdin(Stdio::null());
+    let filler = sb.spawn(cmd);
+    let filled = wait_until(TIMEOUT, || sb.path("full").exists());
+    if !filled {
+        signal(warden, Signal::SIGCONT);
+        panic!("the backlog was never filled");
+    }
+    println!("backlog full after {} connections", sb.read("full"));
+    let reload = sb.run(&["reload", "--timeout", "2s"]);
+    let status = sb.run(&["status"]);
+    signal(warden, Signal::SIGCONT);
+    signal(filler, Signal::SIGKILL);
+    assert_eq!(code(&reload), 1, "{}", stderr_of(&reload));
+    assert!(
+        stderr_of(&reload).contains("accepts no connection"),
+        "{}",
+        stderr_of(&reload)
+    );
+    assert_eq!(
+        code(&status),
+        4,
+        "{}{}",
+        stdout_of(&status),
+        stderr_of(&status)
+    );
+    stop(&mut sb);
+}

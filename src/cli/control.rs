@@ -16,9 +16,16 @@ use super::exit;
 
 /// Connects, reporting why not; `None` when the daemon is not reachable (message printed unless
 /// `quiet`), with the exit status to use.
-fn connect(config: &Config, quiet: bool) -> Result<Client, u8> {
-    match Client::connect(&config.daemon.control_socket) {
+fn connect(config: &Config, quiet: bool, timeout: Duration) -> Result<Client, u8> {
+    match Client::connect_timeout(&config.daemon.control_socket, timeout) {
         Ok(c) => Ok(c),
+        // Somebody holds the socket but accepts nothing (stopped, flooded): not "not running".
+        Err(e @ ClientError::Connect { .. }) if connect_timed_out(&e) => {
+            if !quiet {
+                eprintln!("warden: {e}");
+            }
+            Err(exit::FAILURE)
+        }
         Err(ClientError::Connect { source, .. })
             if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
         {
@@ -37,6 +44,11 @@ fn connect(config: &Config, quiet: bool) -> Result<Client, u8> {
             Err(exit::NOT_RUNNING)
         }
     }
+}
+
+/// Whether `e` is a connect that gave up waiting for room in a full backlog.
+pub(crate) fn connect_timed_out(e: &ClientError) -> bool {
+    matches!(e, ClientError::Connect { source, .. } if source.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// Shows what a waiting command is waiting for, on one rewritten terminal line.
@@ -92,12 +104,17 @@ pub fn command_quiet(config: &Config, command: Command, timeout: Duration) -> Re
 }
 
 fn run(config: &Config, command: Command, timeout: Duration, quiet: bool) -> Result<ExitCode, u8> {
-    let mut client = connect(config, quiet)?;
+    // `--timeout` bounds the whole command: connecting, the reload's file check, the request.
+    let deadline = std::time::Instant::now() + timeout;
+    let left = || deadline.saturating_duration_since(std::time::Instant::now());
+    let mut client = connect(config, quiet, left())?;
     if matches!(command, Command::Reload { .. })
-        && let Err(code) = same_file(&mut client, config)
+        && let Err(code) = same_file(&mut client, config, left())
     {
         return Ok(ExitCode::from(code));
     }
+    let asked = timeout;
+    let timeout = left();
     let dry_run = matches!(command, Command::Reload { dry_run: true });
     let is_reload = matches!(command, Command::Reload { .. });
     let confirmation = confirmation(&command);
@@ -121,6 +138,15 @@ fn run(config: &Config, command: Command, timeout: Duration, quiet: bool) -> Res
             Ok(ExitCode::from(kind_code(kind)))
         }
         Ok(Reply::Progress { .. }) => unreachable!("the client returns final replies only"),
+        // Said with the `--timeout` the operator gave, not what was left of it for this step.
+        Err(ClientError::Timeout { waiting, .. }) => {
+            let e = ClientError::Timeout {
+                after: asked,
+                waiting,
+            };
+            eprintln!("warden: {e}");
+            Ok(ExitCode::from(exit::FAILURE))
+        }
         Err(e) => {
             eprintln!("warden: {e}");
             Ok(ExitCode::from(exit::FAILURE))
@@ -134,12 +160,8 @@ fn run(config: &Config, command: Command, timeout: Duration, quiet: bool) -> Res
 /// resolving symlinks, `.` and `..` (`-c ./warden.toml` is the daemon's absolute path); the
 /// daemon's as it reports it in `status`, which works with any daemon of protocol 1. On a
 /// mismatch it prints both and returns exit 2 (usage: the command line names the wrong file).
-fn same_file(client: &mut Client, config: &Config) -> Result<(), u8> {
-    let reply = client.request(
-        Command::Status { programs: vec![] },
-        Duration::from_secs(10),
-        |_| {},
-    );
+fn same_file(client: &mut Client, config: &Config, timeout: Duration) -> Result<(), u8> {
+    let reply = client.request(Command::Status { programs: vec![] }, timeout, |_| {});
     let running = match reply {
         Ok(Reply::Done { result, .. }) => serde_json::from_value::<StatusReport>(result)
             .map(|r| r.daemon.config)
@@ -269,7 +291,7 @@ impl StopProgress {
     /// Asks the daemon what is still up and shows it.
     pub fn tick(&mut self) {
         let Some(path) = &self.socket else { return };
-        let Ok(mut c) = Client::connect(path) else {
+        let Ok(mut c) = Client::connect_timeout(path, Duration::from_millis(200)) else {
             return;
         };
         let Ok(Reply::Done { result, .. }) = c.request(
@@ -416,17 +438,26 @@ fn status_without_socket(config: &Config, json: bool, programs: &[String]) -> Ex
     found.report(&config.path, json)
 }
 
+/// How long `status` waits for the daemon, connecting and answering together.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `warden status [--json] [PROGRAM…]`.
 pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
     let unknown = |why: String| Unreached::unknown(why).report(&config.path, json);
-    let mut client = match connect(config, true) {
+    // The whole command is bounded: a daemon that is stopped (SIGSTOP) or flooded gets this
+    // long to take the connection and answer.
+    let deadline = std::time::Instant::now() + STATUS_TIMEOUT;
+    let mut client = match Client::connect_timeout(&config.daemon.control_socket, STATUS_TIMEOUT) {
         Ok(c) => c,
-        Err(code) if code == exit::NO_PERMISSION => {
+        Err(ClientError::Connect { source, .. })
+            if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
+        {
             return unknown(format!(
                 "permission denied on the control socket {}",
                 config.daemon.control_socket.display()
             ));
         }
+        Err(e) if connect_timed_out(&e) => return unknown(e.to_string()),
         Err(_) => return status_without_socket(config, json, &programs),
     };
     let named = !programs.is_empty();
@@ -434,7 +465,7 @@ pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
         Command::Status {
             programs: programs.clone(),
         },
-        Duration::from_secs(10),
+        deadline.saturating_duration_since(std::time::Instant::now()),
         |_| {},
     ) {
         Ok(r) => r,

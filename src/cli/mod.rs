@@ -382,8 +382,16 @@ fn stop_through_socket(
             ExitCode::from(exit::OK)
         }
     };
-    let mut client = match warden::control::client::Client::connect(socket) {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    let mut client = match warden::control::client::Client::connect_timeout(socket, left) {
         Ok(c) => c,
+        Err(e) if control::connect_timed_out(&e) => {
+            eprintln!(
+                "warden: a daemon holds the control socket {} but accepts no connection: {e}",
+                socket.display()
+            );
+            return ExitCode::from(exit::FAILURE);
+        }
         Err(warden::control::client::ClientError::Connect { source, .. })
             if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
         {

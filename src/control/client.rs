@@ -48,11 +48,58 @@ pub struct Client {
 
 impl Client {
     /// Connects to the control socket at `path`.
+    ///
+    /// Like `connect(2)` on a Unix stream socket, this waits while the listener's backlog is
+    /// full (a daemon that is stopped, or flooded): use [`Client::connect_timeout`] to bound it.
     pub fn connect(path: &Path) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
             path: path.display().to_string(),
             source,
         })?;
+        Ok(Client {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// Connects to the control socket at `path`, waiting at most `timeout` for room in the
+    /// listener's backlog. A non-blocking `connect(2)` on a Unix socket fails with `EAGAIN`
+    /// (never `EINPROGRESS`) while the backlog is full, and nothing signals when room appears:
+    /// it is retried every 10 ms until the deadline, then fails with `ETIMEDOUT`.
+    pub fn connect_timeout(path: &Path, timeout: Duration) -> Result<Client, ClientError> {
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
+        let failed = |source: std::io::Error| ClientError::Connect {
+            path: path.display().to_string(),
+            source,
+        };
+        let addr = UnixAddr::new(path).map_err(|e| failed(e.into()))?;
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| failed(e.into()))?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            match connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr) {
+                Ok(()) => break,
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(nix::errno::Errno::EAGAIN) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(nix::errno::Errno::EAGAIN) => {
+                    return Err(failed(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "the daemon accepts no connection (its backlog stayed full for {timeout:?})"
+                        ),
+                    )));
+                }
+                Err(e) => return Err(failed(e.into())),
+            }
+        }
+        let stream = UnixStream::from(fd);
+        stream.set_nonblocking(false).map_err(failed)?;
         Ok(Client {
             reader: BufReader::new(stream),
         })
