@@ -22,6 +22,9 @@ pub(crate) enum Allow {
     Regular,
     /// A regular file or a character device (`/dev/console`, `/dev/null`): a log target.
     RegularOrTerminal,
+    /// A regular file or a directory (a drop-in pattern may match directories, which the
+    /// caller skips).
+    RegularOrDirectory,
 }
 
 /// `open(path, O_WRONLY | O_APPEND | O_CREAT | O_NONBLOCK | O_CLOEXEC, mode)`, then the type
@@ -35,12 +38,18 @@ pub(crate) fn open_append(path: &Path, mode: u32, allow: Allow) -> io::Result<Fi
 /// The whole of the regular file at `path` (a symbolic link is followed), read without blocking
 /// on whatever else may be there: a configuration file or a drop-in.
 pub(crate) fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
-    let mut o = OpenOptions::new();
-    o.read(true);
-    let mut file = open(&o, path, libc::O_NOCTTY, Allow::Regular)?;
+    let mut file = open_read(path, Allow::Regular)?;
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut file, &mut bytes)?;
     Ok(bytes)
+}
+
+/// `open(path, O_RDONLY | O_NOCTTY | O_NONBLOCK | O_CLOEXEC)` (a symbolic link is followed),
+/// then the type check.
+pub(crate) fn open_read(path: &Path, allow: Allow) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.read(true);
+    open(&o, path, libc::O_NOCTTY, allow)
 }
 
 /// `open(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)` of a regular file, then the type
@@ -74,7 +83,7 @@ fn open(o: &OpenOptions, path: &Path, flags: i32, allow: Allow) -> io::Result<Fi
     } else if t.is_socket() {
         Some("a socket")
     } else if t.is_dir() {
-        Some("a directory")
+        (allow != Allow::RegularOrDirectory).then_some("a directory")
     } else if t.is_block_device() {
         Some("a block device")
     } else {
@@ -93,6 +102,7 @@ fn not_allowed(kind: &str, allow: Allow) -> io::Error {
     let want = match allow {
         Allow::Regular => "a regular file",
         Allow::RegularOrTerminal => "a regular file or a character device",
+        Allow::RegularOrDirectory => "a regular file",
     };
     io::Error::other(format!("it is {kind}, not {want}"))
 }

@@ -20,7 +20,7 @@ fn connect(config: &Config, quiet: bool, timeout: Duration) -> Result<Client, u8
     match Client::connect_timeout(&config.daemon.control_socket, timeout) {
         Ok(c) => Ok(c),
         // Somebody holds the socket but accepts nothing (stopped, flooded): not "not running".
-        Err(e @ ClientError::Connect { .. }) if connect_timed_out(&e) => {
+        Err(e) if e.is_connect_timeout() => {
             if !quiet {
                 eprintln!("warden: {e}");
             }
@@ -44,11 +44,6 @@ fn connect(config: &Config, quiet: bool, timeout: Duration) -> Result<Client, u8
             Err(exit::NOT_RUNNING)
         }
     }
-}
-
-/// Whether `e` is a connect that gave up waiting for room in a full backlog.
-pub(crate) fn connect_timed_out(e: &ClientError) -> bool {
-    matches!(e, ClientError::Connect { source, .. } if source.kind() == std::io::ErrorKind::TimedOut)
 }
 
 /// Shows what a waiting command is waiting for, on one rewritten terminal line.
@@ -457,7 +452,7 @@ pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
                 config.daemon.control_socket.display()
             ));
         }
-        Err(e) if connect_timed_out(&e) => return unknown(e.to_string()),
+        Err(e) if e.is_connect_timeout() => return unknown(e.to_string()),
         Err(_) => return status_without_socket(config, json, &programs),
     };
     let named = !programs.is_empty();
@@ -469,13 +464,8 @@ pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
         |_| {},
     ) {
         Ok(r) => r,
-        // The connection was taken but dropped unanswered: whoever held the listener is gone
-        // (a daemon killed while a copy of it, a worker forked but not yet exec'd, still held
-        // the socket). The pidfile's lock tells the rest.
-        Err(ClientError::Closed) => return status_without_socket(config, json, &programs),
-        Err(ClientError::Io(e))
-            if matches!(e.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE)) =>
-        {
+        // Nobody serves there after all: the pidfile's lock tells the rest.
+        Err(e) if e.is_dropped_unanswered() => {
             return status_without_socket(config, json, &programs);
         }
         Err(e) => return unknown(e.to_string()),

@@ -385,7 +385,7 @@ fn stop_through_socket(
     let left = deadline.saturating_duration_since(std::time::Instant::now());
     let mut client = match warden::control::client::Client::connect_timeout(socket, left) {
         Ok(c) => c,
-        Err(e) if control::connect_timed_out(&e) => {
+        Err(e) if e.is_connect_timeout() => {
             eprintln!(
                 "warden: a daemon holds the control socket {} but accepts no connection: {e}",
                 socket.display()
@@ -410,14 +410,8 @@ fn stop_through_socket(
         |_| {},
     ) {
         Ok(warden::control::Reply::Done { .. }) => {}
-        // Taken but dropped unanswered: the listener's holder is gone (a killed daemon's copy,
-        // a worker forked but not yet exec'd, held it for an instant). Nobody runs there.
-        Err(warden::control::client::ClientError::Closed) => return not_running(pidfile_error),
-        Err(warden::control::client::ClientError::Io(e))
-            if matches!(e.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE)) =>
-        {
-            return not_running(pidfile_error);
-        }
+        // Nobody serves there after all.
+        Err(e) if e.is_dropped_unanswered() => return not_running(pidfile_error),
         Ok(other) => {
             eprintln!(
                 "warden: the daemon on {} answered {other:?}",

@@ -233,7 +233,7 @@ fn every_problem_of_every_file_at_its_place_main_file_first() {
         "DIR/conf.d/b.toml:1:10: program.b.command: required",
         "DIR/conf.d/b.toml:1:11: unclosed table",
         "DIR/conf.d/c.toml:1:6: byte 5 is not UTF-8",
-        "DIR/conf.d/d.toml: an included file must be a regular file",
+        "DIR/conf.d/d.toml: cannot read this included file: it is a FIFO, not a regular file",
         "DIR/conf.d/e.toml:3:10: program.e.stdout: DIR/shared.out is also program.m's output file",
     ];
     assert_eq!(errs.len(), want.len(), "{errs:#?}");

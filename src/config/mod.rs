@@ -38,7 +38,7 @@ mod read;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read as _;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -495,11 +495,8 @@ fn read_drop_in(path: &Path, main: &Path) -> DropIn {
     let problem = |message: String| {
         DropIn::Problem(Diagnostics(vec![Diagnostic::new(None, path, "", message)]))
     };
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path);
-    let mut file = match file {
+    let opened = crate::files::open_read(path, crate::files::Allow::RegularOrDirectory);
+    let mut file = match opened {
         Ok(f) => f,
         Err(e) => return problem(format!("cannot read this included file: {e}")),
     };
@@ -509,11 +506,6 @@ fn read_drop_in(path: &Path, main: &Path) -> DropIn {
     };
     if meta.is_dir() {
         return DropIn::Skip;
-    }
-    if !meta.is_file() {
-        return problem(
-            "an included file must be a regular file (this is a FIFO, socket or device)".into(),
-        );
     }
     if std::fs::metadata(main).is_ok_and(|m| m.dev() == meta.dev() && m.ino() == meta.ino()) {
         return DropIn::Skip;

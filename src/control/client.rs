@@ -40,6 +40,25 @@ pub enum ClientError {
     Protocol(String),
 }
 
+impl ClientError {
+    /// A connect that gave up waiting for room in a full backlog ([`Client::connect_timeout`]):
+    /// somebody holds the socket but accepts nothing (a stopped or flooded daemon).
+    pub fn is_connect_timeout(&self) -> bool {
+        matches!(self, ClientError::Connect { source, .. } if source.kind() == std::io::ErrorKind::TimedOut)
+    }
+
+    /// The connection was taken but dropped without an answer (closed, reset): whoever held the
+    /// listener is gone — a killed daemon's copy, a worker forked but not yet exec'd, holds it
+    /// for an instant. Nobody serves there.
+    pub fn is_dropped_unanswered(&self) -> bool {
+        match self {
+            ClientError::Closed => true,
+            ClientError::Io(e) => matches!(e.raw_os_error(), Some(libc::ECONNRESET | libc::EPIPE)),
+            _ => false,
+        }
+    }
+}
+
 /// A connection to a running warden.
 #[derive(Debug)]
 pub struct Client {
