@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use warden::log::{LogConfig, Target};
-use warden::supervisor::{Output, ProgramDef, Readiness, RunExit, Supervisor, Work, WorkerContext};
+use warden::supervisor::{
+    OutputSpec, ProgramDef, Readiness, RunExit, Supervisor, Work, WorkerContext,
+};
 use warden::{Daemon, Signals};
 
 #[derive(Debug, Parser)]
@@ -66,7 +68,7 @@ fn main() -> Result<(), warden::Error> {
     def.policy.readiness = Readiness::Notify;
     def.policy.watchdog = Some(Duration::from_secs(2));
     def.policy.max_restarts = 3;
-    def.stdout = Output::Log;
+    def.stdout = OutputSpec::Log;
     sup.add(def)?;
     daemon.ready();
     while sup.run(&mut signals)? == RunExit::Reload {

@@ -8,12 +8,15 @@
 //! file type on the descriptor itself (no window between a `stat` and the `open`). Blocking mode
 //! is restored once the type is known to be safe.
 //!
-//! This module only opens; it does not create directories, take locks or log.
+//! It also finds a command in `PATH` the way `execvp` would ([`find_program`]), for the
+//! supervisor's spawn and for `warden check` alike.
+//!
+//! This module only opens and looks up; it does not create directories, take locks or log.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Which kinds of file a path may be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +108,32 @@ fn not_allowed(kind: &str, allow: Allow) -> io::Error {
         Allow::RegularOrDirectory => "a regular file",
     };
     io::Error::other(format!("it is {kind}, not {want}"))
+}
+
+/// The search path for a program name when its environment has no `PATH`.
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Finds `program` in `path` (a `PATH` value; [`DEFAULT_PATH`] when `None`): the first
+/// executable regular file of that name. A name with a `/` is returned as it is. Also used by
+/// `warden check` (`config::preflight`) as well as by the supervisor's spawn, so that it looks a command up as a spawn does.
+pub(crate) fn find_program(program: &str, path: Option<&std::ffi::OsStr>) -> io::Result<PathBuf> {
+    if program.contains('/') {
+        return Ok(PathBuf::from(program));
+    }
+    let path = path.unwrap_or(DEFAULT_PATH.as_ref());
+    for dir in std::env::split_paths(path) {
+        let candidate = dir.join(program);
+        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
+            && candidate.is_file()
+        {
+            return Ok(candidate);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{program} not found in PATH"),
+    ))
 }
 
 #[cfg(test)]

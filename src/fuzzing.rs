@@ -43,9 +43,9 @@ pub fn config(data: &[u8]) {
             for p in &c.programs {
                 assert!(crate::config::valid_program_name(&p.name), "{:?}", p.name);
                 assert!(
-                    p.command.first().is_some_and(|a| !a.is_empty()),
+                    p.exec.command.first().is_some_and(|a| !a.is_empty()),
                     "{:?}",
-                    p.command
+                    p.exec.command
                 );
             }
         }

@@ -45,10 +45,13 @@ mod files;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hooks;
+pub mod lifecycle;
 pub mod log;
+pub mod policy;
 pub mod pool;
 pub mod process;
 pub mod signals;
+mod stream;
 pub mod supervisor;
 mod sys;
 

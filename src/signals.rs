@@ -149,14 +149,9 @@ impl Signals {
 
     /// Installs handlers for every signal in `map`.
     pub fn with_map(map: SignalMap) -> Result<Signals> {
-        let (read, write) = UnixStream::pair().map_err(|e| Error::Sys {
-            call: "socketpair",
-            source: e,
-        })?;
-        read.set_nonblocking(true).map_err(|e| Error::Sys {
-            call: "fcntl",
-            source: e,
-        })?;
+        let (read, write) = UnixStream::pair().map_err(|e| Error::os("socketpair", e))?;
+        read.set_nonblocking(true)
+            .map_err(|e| Error::os("fcntl", e))?;
         let mut signals: Vec<i32> = map.map.keys().copied().collect();
         signals.sort_unstable();
         let delivery =

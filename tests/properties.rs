@@ -611,27 +611,27 @@ mod config {
                 p.source = Some(PathBuf::from(FILE));
                 for (k, v) in keys {
                     match (*k, v) {
-                        ("command", Val::Argv(a)) => p.command = a.clone(),
-                        ("command", Val::Words(w)) => p.command = w.clone(),
+                        ("command", Val::Argv(a)) => p.exec.command = a.clone(),
+                        ("command", Val::Words(w)) => p.exec.command = w.clone(),
                         ("instances", Val::Int(n)) => p.instances = *n as u32,
-                        ("directory", Val::Str(s)) => p.directory = Some(base.join(s)),
-                        ("user", Val::Str(s)) => p.user = Some(s.clone()),
-                        ("group", Val::Str(s)) => p.group = Some(s.clone()),
-                        ("umask", Val::Umask(_, m)) => p.umask = Some(*m),
-                        ("env", Val::Env(pairs, _)) => p.env = pairs.clone(),
-                        ("clean_env", Val::Bool(b)) => p.clean_env = *b,
+                        ("directory", Val::Str(s)) => p.exec.directory = Some(base.join(s)),
+                        ("user", Val::Str(s)) => p.exec.user = Some(s.clone()),
+                        ("group", Val::Str(s)) => p.exec.group = Some(s.clone()),
+                        ("umask", Val::Umask(_, m)) => p.exec.umask = Some(*m),
+                        ("env", Val::Env(pairs, _)) => p.exec.env = pairs.clone(),
+                        ("clean_env", Val::Bool(b)) => p.exec.clean_env = *b,
                         ("limits", Val::Limits(l, _)) => {
                             for (lk, lv) in l {
                                 let n = Some(limit_value(lv));
                                 match *lk {
-                                    "nofile" => p.limits.nofile = n,
-                                    "core" => p.limits.core = n,
-                                    "nproc" => p.limits.nproc = n,
-                                    "memlock" => p.limits.memlock = n,
-                                    "as" => p.limits.address_space = n,
-                                    "fsize" => p.limits.fsize = n,
-                                    "stack" => p.limits.stack = n,
-                                    "cpu" => p.limits.cpu = n,
+                                    "nofile" => p.exec.limits.nofile = n,
+                                    "core" => p.exec.limits.core = n,
+                                    "nproc" => p.exec.limits.nproc = n,
+                                    "memlock" => p.exec.limits.memlock = n,
+                                    "as" => p.exec.limits.address_space = n,
+                                    "fsize" => p.exec.limits.fsize = n,
+                                    "stack" => p.exec.limits.stack = n,
+                                    "cpu" => p.exec.limits.cpu = n,
                                     other => panic!("limits.{other} has no expectation"),
                                 }
                             }
@@ -648,7 +648,11 @@ mod config {
                         ("backoff_reset", v) => p.policy.backoff_reset = dur_of(v),
                         ("max_restarts", Val::Int(n)) => p.policy.max_restarts = *n as u32,
                         ("restart_window", v) => p.policy.restart_window = dur_of(v),
-                        ("stop_signal", Val::Signal(_, n)) => p.policy.stop_signal = *n,
+                        ("stop_signal", Val::Signal(_, n)) => {
+                            p.policy.stop = warden::policy::StopWith::Signal(
+                                nix::sys::signal::Signal::try_from(*n).unwrap(),
+                            )
+                        }
                         ("stop_timeout", v) => p.policy.stop_timeout = dur_of(v),
                         ("ready", Val::Ready(r, _)) => p.policy.readiness = *r,
                         ("start_timeout", Val::OptDur(d, _)) => {
@@ -1091,9 +1095,8 @@ proptest! {
 mod machine {
     use super::*;
     use std::time::Instant;
-    use warden::supervisor::state::{
-        Action, AfterStop, Event, ExitStatus, Instance, Policy, Readiness, Restart, State,
-    };
+    use warden::lifecycle::{Action, AfterStop, Event, Instance, State};
+    use warden::policy::{ExitStatus, Policy, Readiness, Restart};
 
     /// An event as generated: `Spawned` gets a fresh pid when it is applied.
     #[derive(Debug, Clone)]
@@ -1270,13 +1273,14 @@ mod machine {
                 _ => {}
             }
             for a in &actions {
-                if let Action::Signal { pid, signal } = a {
+                if let Action::Stop { pid } | Action::Kill { pid } = a {
                     prop_assert!(
                         pids.contains(pid),
                         "signal to a pid never spawned; {}",
                         at()
                     );
-                    if *signal == 9 {
+                    let kill = warden::policy::StopWith::Signal(nix::sys::signal::Signal::SIGKILL);
+                    if matches!(a, Action::Kill { .. }) || policy.stop == kill {
                         sigkilled.push(*pid);
                     }
                 }

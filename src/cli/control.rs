@@ -27,7 +27,7 @@ fn connect(config: &Config, quiet: bool, timeout: Duration) -> Result<Client, u8
             Err(exit::FAILURE)
         }
         Err(ClientError::Connect { source, .. })
-            if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
+            if warden::error::is_permission_denied(&source) =>
         {
             if !quiet {
                 eprintln!(
@@ -445,7 +445,7 @@ pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
     let mut client = match Client::connect_timeout(&config.daemon.control_socket, STATUS_TIMEOUT) {
         Ok(c) => c,
         Err(ClientError::Connect { source, .. })
-            if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
+            if warden::error::is_permission_denied(&source) =>
         {
             return unknown(format!(
                 "permission denied on the control socket {}",

@@ -80,8 +80,8 @@ pub fn code(err: &Error) -> u8 {
             what: "cannot read configuration",
             source,
             ..
-        } if !matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => CONFIG,
-        e if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => NO_PERMISSION,
+        } if !warden::error::is_permission_denied(source) => CONFIG,
+        e if e.is_permission_denied() => NO_PERMISSION,
         _ => FAILURE,
     }
 }

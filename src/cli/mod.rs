@@ -393,7 +393,7 @@ fn stop_through_socket(
             return ExitCode::from(exit::FAILURE);
         }
         Err(warden::control::client::ClientError::Connect { source, .. })
-            if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
+            if warden::error::is_permission_denied(&source) =>
         {
             eprintln!(
                 "warden: permission denied on the control socket {}: cannot tell whether warden runs",

@@ -122,7 +122,7 @@ fn patterns_and_paths_are_relative_to_the_file_they_are_written_in() {
         .unwrap();
     assert_eq!(names(&c), ["web", "abs"]);
     let web = &c.programs[0];
-    assert_eq!(web.directory, Some(d.path("conf.d/work")));
+    assert_eq!(web.exec.directory, Some(d.path("conf.d/work")));
     assert_eq!(web.stdout, OutputSpec::File(d.path("conf.d/web.out")));
     assert_eq!(c.daemon.pidfile, d.path("run/w.pid"));
 }

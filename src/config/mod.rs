@@ -30,7 +30,6 @@
 //! `reload`). Relative paths are resolved against the directory of the file they are written
 //! in. Runtime state never lives here.
 
-mod diag;
 mod keys;
 pub mod preflight;
 mod program;
@@ -45,12 +44,12 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use diag::{Collector, Place};
-pub use diag::{Diagnostic, Diagnostics};
+use crate::error::diag::{self, Collector, Place};
+pub use crate::error::diag::{Diagnostic, Diagnostics};
 pub use keys::{KEYS, KeyTable};
 pub use program::{
-    Limits, MAX_INSTANCES, MAX_LOG_KEEP, MAX_PROGRAM_NAME, MAX_RESTARTS_LIMIT, OutputSpec, Policy,
-    ProgramSpec, Readiness, Restart, parse_signal, valid_program_name,
+    ExecSpec, Limits, MAX_INSTANCES, MAX_LOG_KEEP, MAX_PROGRAM_NAME, MAX_RESTARTS_LIMIT,
+    OutputSpec, Policy, ProgramSpec, Readiness, Restart, parse_signal, valid_program_name,
 };
 use read::Section;
 pub use read::{MAX_DURATION, parse_duration, parse_size};
@@ -97,11 +96,7 @@ pub enum LogSpec {
     File(PathBuf),
 }
 
-/// The syslog facilities accepted by `syslog_facility`.
-pub const SYSLOG_FACILITIES: &[&str] = &[
-    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
-    "ftp", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
-];
+pub use crate::log::SYSLOG_FACILITIES;
 
 /// The `[daemon]` table: how warden itself runs.
 #[derive(Debug, Clone, PartialEq)]

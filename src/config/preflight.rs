@@ -19,7 +19,7 @@ use nix::unistd::{AccessFlags, access};
 use super::{Config, Diagnostic, Diagnostics, LogSpec};
 use crate::Credentials;
 use crate::error::Result;
-use crate::supervisor::spawn::{DEFAULT_PATH, find_program};
+use crate::files::{DEFAULT_PATH, find_program};
 
 /// What [`check`] found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,10 +83,10 @@ pub fn accounts(config: &Config) -> Diagnostics {
     }
     for p in &config.programs {
         let file = p.source.as_deref().unwrap_or(&config.path);
-        if let Some(u) = &p.user {
+        if let Some(u) = &p.exec.user {
             resolve(format!("program.{}.user", p.name), file, Some(u), None);
         }
-        if let Some(g) = &p.group {
+        if let Some(g) = &p.exec.group {
             resolve(format!("program.{}.group", p.name), file, None, Some(g));
         }
     }
@@ -135,7 +135,7 @@ pub fn warnings(config: &Config) -> Diagnostics {
         );
     }
     for p in &config.programs {
-        let Some(program) = p.command.first() else {
+        let Some(program) = p.exec.command.first() else {
             continue;
         };
         let key = format!("program.{}.command", p.name);
@@ -151,6 +151,7 @@ pub fn warnings(config: &Config) -> Diagnostics {
 fn command_problem(program: &str, spec: &super::ProgramSpec, warden_dir: &Path) -> Option<String> {
     if !program.contains('/') {
         let from_env = spec
+            .exec
             .env
             .iter()
             .rev()
@@ -158,7 +159,7 @@ fn command_problem(program: &str, spec: &super::ProgramSpec, warden_dir: &Path) 
             .map(|(_, v)| v.into());
         let path: Option<std::ffi::OsString> = match from_env {
             Some(p) => Some(p),
-            None if spec.clean_env => None,
+            None if spec.exec.clean_env => None,
             None => std::env::var_os("PATH"),
         };
         return find_program(program, path.as_deref()).err().map(|_| {
@@ -173,6 +174,7 @@ fn command_problem(program: &str, spec: &super::ProgramSpec, warden_dir: &Path) 
         });
     }
     let full: PathBuf = spec
+        .exec
         .directory
         .as_deref()
         .unwrap_or(warden_dir)

@@ -21,11 +21,11 @@ use nix::sys::resource::Resource;
 use nix::sys::signal::Signal;
 use toml::de::{DeTable, DeValue};
 
-use super::diag::Collector;
 use super::parse_umask;
 use super::read::{Section, duration_value, size_value};
+use crate::error::diag::Collector;
 
-pub use crate::supervisor::state::{Policy, Readiness, Restart};
+pub use crate::policy::{Policy, Readiness, Restart, StopWith};
 
 /// The longest program name accepted.
 pub const MAX_PROGRAM_NAME: usize = 64;
@@ -45,31 +45,12 @@ pub const MAX_LOG_KEEP: u32 = 1_000;
 pub struct ProgramSpec {
     /// The table's name (`NAME` in `[program.NAME]`): 1 to 64 of `A-Z a-z 0-9 _ . -`.
     pub name: String,
-    /// `command`: the argv, never empty. Written as an array of strings, or as one string split
-    /// into words shell-style by `shlex`: quotes, backslashes and `#` comments are honoured, but
-    /// nothing is expanded (no `$VAR`, no globs). Kept as written: a name without `/` is looked
-    /// up in `PATH` when the program is spawned.
-    pub command: Vec<String>,
     /// `instances`: how many copies run, each with its own `WARDEN_INSTANCE` (0-based). Default
     /// 1; 0 defines the program without running it.
     pub instances: u32,
-    /// `directory`: the working directory (default: warden's own).
-    pub directory: Option<PathBuf>,
-    /// `user`: run as this user (name or numeric id; default: warden's user).
-    pub user: Option<String>,
-    /// `group`: run as this group (default: the user's primary group).
-    pub group: Option<String>,
-    /// `umask`: an octal string such as `"027"` (default: warden's umask).
-    pub umask: Option<u32>,
-    /// `env`: variables to set, in the order written (`env = { KEY = "value" }`). warden's own
-    /// variables (`WARDEN_PROGRAM`, `WARDEN_INSTANCE`, `NOTIFY_SOCKET`) are set after these.
-    pub env: Vec<(String, String)>,
-    /// `clean_env`: start from an empty environment instead of warden's (default false). The
-    /// program then sees only [`env`](Self::env) and warden's own variables — `PATH` is *not*
-    /// added implicitly, so set it in `env` if the program needs it.
-    pub clean_env: bool,
-    /// `limits`: resource limits, set as both soft and hard limit before exec.
-    pub limits: Limits,
+    /// What runs: `command`, `directory`, `user`, `group`, `umask`, `env`, `clean_env` and
+    /// `limits`.
+    pub exec: ExecSpec,
     /// Restart, backoff, crash-loop, stop and readiness settings, with the supervisor's
     /// defaults: `restart`, `backoff_initial`, `backoff_max`, `backoff_reset`, `max_restarts`,
     /// `restart_window`, `stop_signal`, `stop_timeout`, `ready` (→ `readiness`),
@@ -95,21 +76,55 @@ impl ProgramSpec {
     pub fn new(name: impl Into<String>, command: Vec<String>) -> ProgramSpec {
         ProgramSpec {
             name: name.into(),
-            command,
+            exec: ExecSpec::new(command),
             instances: 1,
-            directory: None,
-            user: None,
-            group: None,
-            umask: None,
-            env: Vec::new(),
-            clean_env: false,
-            limits: Limits::default(),
             policy: Policy::default(),
             stdout: OutputSpec::Log,
             stderr: OutputSpec::Log,
             log_max_bytes: 10 << 20,
             log_keep: 5,
             source: None,
+        }
+    }
+}
+
+/// How to run a command: the part of a program that is about one process, shared by the
+/// configuration ([`ProgramSpec::exec`]) and programs built in code
+/// (`warden::supervisor::Work::Exec`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ExecSpec {
+    /// `command`: the argv, never empty. Written as an array of strings, or as one string split
+    /// into words shell-style by `shlex`: quotes, backslashes and `#` comments are honoured, but
+    /// nothing is expanded (no `$VAR`, no globs). Kept as written: a name without `/` is looked
+    /// up in `PATH` when the program is spawned.
+    pub command: Vec<String>,
+    /// `directory`: the working directory (default: warden's own).
+    pub directory: Option<PathBuf>,
+    /// `user`: run as this user (name or numeric id; default: warden's user).
+    pub user: Option<String>,
+    /// `group`: run as this group (default: the user's primary group).
+    pub group: Option<String>,
+    /// `umask`: an octal string such as `"027"` (default: warden's umask).
+    pub umask: Option<u32>,
+    /// `env`: variables to set, in the order written (`env = { KEY = "value" }`). warden's own
+    /// variables (`WARDEN_PROGRAM`, `WARDEN_INSTANCE`, `NOTIFY_SOCKET`) are set after these.
+    pub env: Vec<(String, String)>,
+    /// `clean_env`: start from an empty environment instead of warden's (default false). The
+    /// program then sees only [`env`](Self::env) and warden's own variables — `PATH` is *not*
+    /// added implicitly, so set it in `env` if the program needs it.
+    pub clean_env: bool,
+    /// `limits`: resource limits, set as both soft and hard limit before exec.
+    pub limits: Limits,
+}
+
+impl ExecSpec {
+    /// `command` with every other setting at its default (warden's own directory, user,
+    /// umask and environment; no limits).
+    pub fn new(command: Vec<String>) -> ExecSpec {
+        ExecSpec {
+            command,
+            ..ExecSpec::default()
         }
     }
 }
@@ -254,7 +269,7 @@ fn read_program(
     let mut p = ProgramSpec::new(name, Vec::new());
 
     match read_command(c, &mut s) {
-        Some(argv) => p.command = argv,
+        Some(argv) => p.exec.command = argv,
         None if !s.has("command") => c.at(
             name_span.clone(),
             &s.key("command"),
@@ -266,10 +281,10 @@ fn read_program(
         p.instances = n as u32;
     }
     if let Some(d) = s.path(c, "directory", base) {
-        p.directory = Some(d);
+        p.exec.directory = Some(d);
     }
-    p.user = non_empty(c, &mut s, "user");
-    p.group = non_empty(c, &mut s, "group");
+    p.exec.user = non_empty(c, &mut s, "user");
+    p.exec.group = non_empty(c, &mut s, "group");
     // What only the running system can judge (`warden check`): where it was written.
     for key in ["command", "user", "group"] {
         if let Some(span) = s.span(key) {
@@ -278,7 +293,7 @@ fn read_program(
     }
     if let Some(u) = s.string(c, "umask") {
         match parse_umask(u.get_ref()) {
-            Some(m) => p.umask = Some(m),
+            Some(m) => p.exec.umask = Some(m),
             None => c.at(
                 u.span(),
                 &s.key("umask"),
@@ -290,13 +305,13 @@ fn read_program(
         }
     }
     if let Some(env) = s.table(c, "env") {
-        p.env = read_env(c, &s.key("env"), env);
+        p.exec.env = read_env(c, &s.key("env"), env);
     }
     if let Some(b) = s.boolean(c, "clean_env") {
-        p.clean_env = b;
+        p.exec.clean_env = b;
     }
     if let Some(l) = s.table(c, "limits") {
-        p.limits = read_limits(c, &s.key("limits"), l);
+        p.exec.limits = read_limits(c, &s.key("limits"), l);
     }
     if let Some(r) = s.choice(c, "restart", &["always", "on-failure", "never"]) {
         p.policy.restart = match r {
@@ -352,7 +367,7 @@ fn read_program(
     }
     if let Some(sig) = s.string(c, "stop_signal") {
         match parse_signal(sig.get_ref()) {
-            Some(signal) => p.policy.stop_signal = signal as i32,
+            Some(signal) => p.policy.stop = StopWith::Signal(signal),
             None => c.at(
                 sig.span(),
                 &s.key("stop_signal"),

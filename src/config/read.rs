@@ -8,8 +8,8 @@ use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::diag::Collector;
 use super::keys::KeyTable;
+use crate::error::diag::Collector;
 
 pub(crate) type Table<'i> = DeTable<'i>;
 pub(crate) type Value<'i> = Spanned<DeValue<'i>>;

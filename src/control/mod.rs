@@ -341,11 +341,11 @@ pub enum LastExit {
     },
 }
 
-impl From<crate::supervisor::ExitStatus> for LastExit {
-    fn from(e: crate::supervisor::ExitStatus) -> Self {
+impl From<crate::policy::ExitStatus> for LastExit {
+    fn from(e: crate::policy::ExitStatus) -> Self {
         match e {
-            crate::supervisor::ExitStatus::Code(code) => LastExit::Code { code },
-            crate::supervisor::ExitStatus::Signal {
+            crate::policy::ExitStatus::Code(code) => LastExit::Code { code },
+            crate::policy::ExitStatus::Signal {
                 signal,
                 core_dumped,
             } => LastExit::Signal {

@@ -276,11 +276,7 @@ impl Daemon {
         if self.foreground {
             return self.start_foreground(creds, manager);
         }
-        let threads =
-            sys::thread_count().map_err(|e| Error::io("cannot read", "/proc/self/task", e))?;
-        if threads != 1 {
-            return Err(Error::MultiThreaded(threads));
-        }
+        sys::require_single_thread()?;
         let owner = creds.as_ref().map(|c| (c.uid(), c.gid));
         let pidfile = self
             .pidfile

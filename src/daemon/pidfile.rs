@@ -202,7 +202,7 @@ impl Pidfile {
             Err(e) => return Err(Error::io("cannot stat pidfile", path, e)),
         };
         fd_table_has(pid, meta.dev(), meta.ino()).map_err(|e| {
-            let what = if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) {
+            let what = if crate::error::is_permission_denied(&e) {
                 "permission denied: cannot inspect"
             } else {
                 "cannot inspect"

@@ -37,6 +37,13 @@ use self::file::FileSink;
 use self::stderr::StderrSink;
 use self::syslog::SyslogSink;
 
+/// The syslog facilities accepted by `syslog_facility` in `warden.toml` and by
+/// [`Target::Syslog`].
+pub const SYSLOG_FACILITIES: &[&str] = &[
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
+    "ftp", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+];
+
 /// Where log records go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -44,7 +51,7 @@ pub enum Target {
     Stderr,
     /// The local syslog daemon, in RFC 3164 format.
     Syslog {
-        /// The facility name, one of [`crate::config::SYSLOG_FACILITIES`] (e.g. `"daemon"`).
+        /// The facility name, one of [`SYSLOG_FACILITIES`] (e.g. `"daemon"`).
         facility: String,
         /// The tag put before `[pid]` in every message, usually the program name.
         ident: String,

@@ -22,7 +22,7 @@ use std::time::Duration;
 use ::syslog::{Facility, Formatter3164, LogFormat as _, Logger, LoggerBackend, Severity};
 use log::Level;
 
-use crate::config::SYSLOG_FACILITIES;
+use super::SYSLOG_FACILITIES;
 use crate::error::{Error, Result};
 
 use super::lock;

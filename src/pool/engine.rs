@@ -58,8 +58,9 @@ use super::claim::{self, Claim};
 use super::frame::{self, InBuf};
 use super::pace::Pace;
 use super::zygote::{self, Reply, Request, Zygote};
-use crate::supervisor::output::LineFramer;
-use crate::supervisor::state::{Action, Event, ExitStatus, Instance, Policy, State};
+use crate::lifecycle::{Action, Event, Instance, State};
+use crate::policy::{ExitStatus, Jitter, Policy};
+use crate::stream::LineFramer;
 use crate::sys::pool::SharedWords;
 use crate::sys::{self, ChildSetup};
 
@@ -445,25 +446,19 @@ pub(crate) struct Engine {
     fatal_from_slots: bool,
     stopping: Option<StopMode>,
     stop_deadline: Option<Instant>,
-    rng: u64,
+    /// Spreads restart delays.
+    jitter: Jitter,
     now: Instant,
     pids_dirty: bool,
     /// A fork server whose control socket closed before it could be reaped (its exit is not
     /// complete when its descriptors close): reaped when its pidfd turns readable.
     dead_zygote: Option<(i32, Option<OwnedFd>)>,
     page_size: u64,
-    /// `(sent SIGTERM)` for the policy's stop signal, as the state machine logs it.
-    stop_words: String,
 }
 
 impl Engine {
     /// The loop's state; nothing runs until [`Engine::run`].
     pub(crate) fn new(cfg: Config, shared: Arc<Shared>, poll: Poll, spawner: Spawner) -> Engine {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            ^ (u64::from(std::process::id()) << 32);
         let fatal = match &spawner {
             Spawner::Inert(why) => Some(why.clone()),
             _ => None,
@@ -472,10 +467,6 @@ impl Engine {
             .ok()
             .flatten()
             .unwrap_or(4096) as u64;
-        let stop_words = match nix::sys::signal::Signal::try_from(cfg.policy.stop_signal) {
-            Ok(sig) => format!("(sent {})", sig.as_str()),
-            Err(_) => format!("(sent signal {})", cfg.policy.stop_signal),
-        };
         let slots = (0..cfg.workers)
             .map(|_| Slot {
                 inst: Instance::new(),
@@ -502,12 +493,11 @@ impl Engine {
             fatal_from_slots: false,
             stopping: None,
             stop_deadline: None,
-            rng: seed | 1,
+            jitter: Jitter::from_entropy(),
             now: Instant::now(),
             pids_dirty: true,
             dead_zygote: None,
             page_size,
-            stop_words,
         }
     }
 
@@ -1351,9 +1341,7 @@ impl Engine {
         log::warn!(
             "{}[{slot}]: a job ran out of time after {}; killing worker (pid {})",
             self.cfg.name,
-            crate::supervisor::state::fmt_duration(
-                self.now.saturating_duration_since(p.running_since)
-            ),
+            crate::policy::fmt_duration(self.now.saturating_duration_since(p.running_since)),
             p.pid
         );
         self.counters.timed_out += 1;
@@ -1364,20 +1352,12 @@ impl Engine {
 
     // ----- the state machine ------------------------------------------------------------
 
-    fn jitter(&mut self) -> f64 {
-        // xorshift64*: plenty for spreading restarts.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
-    }
-
     /// Feeds `event` to the slot's instance and carries out the actions, including the events
     /// they cause in turn (a synchronous spawn's `Spawned`).
     fn apply(&mut self, slot: usize, event: Event) {
         let mut events = vec![event];
         while let Some(ev) = events.pop() {
-            let jitter = self.jitter();
+            let jitter = self.jitter.next_unit();
             let actions = self.slots[slot]
                 .inst
                 .step(&self.cfg.policy, ev, self.now, jitter);
@@ -1391,18 +1371,17 @@ impl Engine {
                             events.push(Event::SpawnFailed);
                         }
                     },
-                    Action::Signal { pid, signal } => {
+                    Action::Stop { pid } => {
                         if self.slots[slot].proc.as_ref().is_some_and(|p| p.pid == pid) {
-                            if signal == libc::SIGKILL {
-                                self.kill(slot);
-                            } else {
-                                self.ask_stop(slot);
-                            }
+                            self.ask_stop(slot);
+                        }
+                    }
+                    Action::Kill { pid } => {
+                        if self.slots[slot].proc.as_ref().is_some_and(|p| p.pid == pid) {
+                            self.kill(slot);
                         }
                     }
                     Action::Log { level, message } => {
-                        // A pool worker's stop signal is a Shutdown frame, not a signal.
-                        let message = message.replace(&self.stop_words, "(asked to shut down)");
                         log::log!(level, "{}[{slot}]: {message}", self.cfg.name);
                     }
                 }
@@ -1513,7 +1492,7 @@ impl Engine {
                  within {}; the pool gave up",
                 self.cfg.name,
                 self.cfg.policy.max_restarts,
-                crate::supervisor::state::fmt_duration(self.cfg.policy.restart_window)
+                crate::policy::fmt_duration(self.cfg.policy.restart_window)
             )
         } else {
             format!(

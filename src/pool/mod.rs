@@ -66,7 +66,8 @@
 //! worker is stopped the pool fails all jobs with [`JobError::Fatal`] rather than hang. A job
 //! timeout, a recycle ([`PoolBuilder::max_jobs_per_worker`], [`PoolBuilder::max_rss_bytes`]) or a
 //! stop is a restart the pool asked for and never counts towards the crash loop. A worker is
-//! stopped gracefully with a `Shutdown` frame once idle, not with `policy.stop_signal`;
+//! stopped gracefully with a `Shutdown` frame once idle (`policy.stop` is set to
+//! [`StopWith::Request`](crate::policy::StopWith::Request));
 //! `policy.stop_timeout` bounds it before `SIGKILL`.
 //!
 //! # Retired slots
@@ -106,7 +107,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
-pub use crate::supervisor::state::{ExitStatus, Policy};
+pub use crate::policy::{ExitStatus, Policy};
 use engine::{Engine, Failure, Job, Raw, Shared, Sink, Spawner, StopMode};
 use frame::Wire;
 
@@ -418,19 +419,14 @@ where
                 }
             },
         };
-        let poll = mio::Poll::new().map_err(|e| Error::Sys {
-            call: "epoll_create",
-            source: e,
-        })?;
-        let shared = Arc::new(
-            Shared::new(&poll, self.queue_capacity).map_err(|e| Error::Sys {
-                call: "eventfd",
-                source: e,
-            })?,
-        );
+        let poll = mio::Poll::new().map_err(|e| Error::os("epoll_create", e))?;
+        let shared =
+            Arc::new(Shared::new(&poll, self.queue_capacity).map_err(|e| Error::os("eventfd", e))?);
         let mut policy = self.policy.clone();
-        policy.readiness = crate::supervisor::state::Readiness::Immediate;
+        policy.readiness = crate::policy::Readiness::Immediate;
         policy.watchdog = None;
+        // A worker is asked to stop with a Shutdown frame once idle, not with a signal.
+        policy.stop = crate::policy::StopWith::Request;
         let cfg = engine::Config {
             name: self.name.clone(),
             workers: self.workers,
@@ -492,18 +488,19 @@ where
 
     /// Forks the fork server, refusing (with the way out) in a multi-threaded process.
     fn fork_server(&self) -> Result<Spawner> {
-        let threads = crate::sys::thread_count()
-            .map_err(|e| Error::io("cannot read", "/proc/self/task", e))?;
-        if threads != 1 {
-            return Err(Error::Invalid {
-                what: "pool start method",
-                reason: format!(
-                    "StartMethod::Fork needs a single-threaded process, but this one has \
+        match crate::sys::require_single_thread() {
+            Err(Error::MultiThreaded(threads)) => {
+                return Err(Error::Invalid {
+                    what: "pool start method",
+                    reason: format!(
+                        "StartMethod::Fork needs a single-threaded process, but this one has \
                      {threads} threads (fork(2) would copy only the calling thread, with any \
                      lock another thread holds). Build the pool at the start of main, before \
                      any thread or async runtime starts, or use StartMethod::ExecSelf"
-                ),
-            });
+                    ),
+                });
+            }
+            other => other?,
         }
         let handler = &self.handler;
         let entry =

@@ -36,7 +36,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
-use crate::supervisor::state::ExitStatus;
+use crate::policy::ExitStatus;
 use crate::sys::pool::SharedWords;
 use crate::sys::{self, ChildSetup};
 

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{
-    ExecState, Output, ProgramDef, Readiness, Supervisor, Work, new_slot, output::RotatingFile,
+    ExecState, OutputSpec, ProgramDef, Readiness, Supervisor, Work, new_slot, output::RotatingFile,
     spawn::Prepared, state,
 };
 use crate::control::server::{ConnId, Incoming};
@@ -307,9 +307,7 @@ impl Supervisor {
             Command::ReopenLogs => match self.reopen_logs() {
                 Ok(()) => self.reply(conn, what, Reply::done(json!({ "reopened": true }))),
                 Err(errors) => {
-                    let denied = errors
-                        .iter()
-                        .any(|e| matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)));
+                    let denied = errors.iter().any(Error::is_permission_denied);
                     let kind = if denied {
                         ErrorKind::IoDenied
                     } else {
@@ -791,7 +789,7 @@ impl Supervisor {
                 ErrorKind::InvalidConfig,
                 format!("{file}program.{program}.{what}: {reason}"),
             ),
-            Error::Io { .. } if matches!(e.raw_os_error(), Some(libc::EACCES | libc::EPERM)) => {
+            Error::Io { .. } if e.is_permission_denied() => {
                 (ErrorKind::IoDenied, format!("program {program}: {e}"))
             }
             Error::Io { .. } => (ErrorKind::Io, format!("program {program}: {e}")),
@@ -839,11 +837,11 @@ impl Supervisor {
 /// Opens the output files of `def`.
 pub(super) fn open_files(def: &ProgramDef) -> Result<[Option<RotatingFile>; 2]> {
     let stdout = match &def.stdout {
-        Output::File(p) => Some(RotatingFile::open(p, def.log_max_bytes, def.log_keep)?),
+        OutputSpec::File(p) => Some(RotatingFile::open(p, def.log_max_bytes, def.log_keep)?),
         _ => None,
     };
     let stderr = match &def.stderr {
-        Output::File(p) if def.stdout != def.stderr => {
+        OutputSpec::File(p) if def.stdout != def.stderr => {
             Some(RotatingFile::open(p, def.log_max_bytes, def.log_keep)?)
         }
         _ => None,

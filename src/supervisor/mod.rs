@@ -28,7 +28,6 @@ mod groups;
 pub mod notify;
 pub mod output;
 pub mod spawn;
-pub mod state;
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -43,20 +42,26 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+pub use crate::config::OutputSpec;
 use crate::control::server::ControlServer;
 use crate::error::{Error, Result};
+use crate::lifecycle::{self as state, Action, Event, Instance};
 use crate::log::LogHandle;
+use crate::policy::Jitter;
+pub use crate::policy::{ExitStatus, Policy, Readiness, Restart, StopWith};
 use crate::signals::{SignalEvent, Signals};
+use crate::stream::{LineFramer, ReadEnd, read_nonblocking};
 pub use commands::{ReloadPlan, ReloadSet, Reloader};
 use notify::{NotifyMessage, NotifySocket};
-use output::{LineFramer, RotatingFile};
+use output::RotatingFile;
 pub use spawn::{ExecSpec, WorkerContext, WorkerFn};
 use spawn::{Prepared, Sink};
-use state::{Action, Event, Instance};
-pub use state::{ExitStatus, Policy, Readiness, Restart};
+use std::ops::ControlFlow;
 
 /// What a program's workers run.
 #[derive(Clone)]
+// One per program, built once: boxing the larger variant would save nothing that matters.
+#[allow(clippy::large_enum_variant)]
 pub enum Work {
     /// An exec'd program.
     Exec(ExecSpec),
@@ -73,17 +78,6 @@ impl std::fmt::Debug for Work {
     }
 }
 
-/// Where a worker's stdout or stderr goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Output {
-    /// Into the daemon's log, each line tagged `NAME[INDEX]`.
-    Log,
-    /// Discarded (`/dev/null`, no pipe).
-    Null,
-    /// Into a per-program file, size-rotated, each line timestamped and tagged.
-    File(PathBuf),
-}
-
 /// One supervised program: N instances of the same work under one policy.
 #[derive(Debug, Clone)]
 pub struct ProgramDef {
@@ -96,9 +90,9 @@ pub struct ProgramDef {
     /// Restart, backoff, stop and readiness policy.
     pub policy: Policy,
     /// Where stdout goes.
-    pub stdout: Output,
+    pub stdout: OutputSpec,
     /// Where stderr goes.
-    pub stderr: Output,
+    pub stderr: OutputSpec,
     /// Rotate output files beyond this size.
     pub log_max_bytes: u64,
     /// Keep this many rotated output files.
@@ -117,8 +111,8 @@ impl ProgramDef {
             instances,
             work,
             policy: Policy::default(),
-            stdout: Output::Log,
-            stderr: Output::Log,
+            stdout: OutputSpec::Log,
+            stderr: OutputSpec::Log,
             log_max_bytes: 10 << 20,
             log_keep: 5,
             source: None,
@@ -238,7 +232,8 @@ pub struct Supervisor {
     notify: NotifySocket,
     log: Option<LogHandle>,
     scale_program: Option<String>,
-    rng: u64,
+    /// Spreads restart delays.
+    jitter: Jitter,
     shutdown: Option<Shutdown>,
     started: bool,
     registered_signals: Option<i32>,
@@ -283,29 +278,15 @@ impl Supervisor {
     pub fn new() -> Result<Supervisor> {
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| Error::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))?;
-        let poll = Poll::new().map_err(|e| Error::Sys {
-            call: "epoll_create",
-            source: e,
-        })?;
-        let notify = NotifySocket::bind().map_err(|e| Error::Sys {
-            call: "bind notify socket",
-            source: e,
-        })?;
+        let poll = Poll::new().map_err(|e| Error::os("epoll_create", e))?;
+        let notify = NotifySocket::bind().map_err(|e| Error::os("bind notify socket", e))?;
         poll.registry()
             .register(
                 &mut SourceFd(&notify.as_raw_fd()),
                 NOTIFY,
                 Interest::READABLE,
             )
-            .map_err(|e| Error::Sys {
-                call: "epoll_ctl",
-                source: e,
-            })?;
-        let seed = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            ^ u64::from(std::process::id()) << 32;
+            .map_err(|e| Error::os("epoll_ctl", e))?;
         Ok(Supervisor {
             poll,
             programs: Vec::new(),
@@ -317,7 +298,7 @@ impl Supervisor {
             notify,
             log: None,
             scale_program: None,
-            rng: seed | 1,
+            jitter: Jitter::from_entropy(),
             shutdown: None,
             started: false,
             registered_signals: None,
@@ -337,7 +318,7 @@ impl Supervisor {
         })
     }
 
-    /// Sends `Output::Log` lines through this log handle (default: the `log` facade).
+    /// Sends `OutputSpec::Log` lines through this log handle (default: the `log` facade).
     pub fn set_log(&mut self, log: LogHandle) {
         self.log = Some(log);
     }
@@ -363,10 +344,7 @@ impl Supervisor {
     pub fn set_control(&mut self, mut server: ControlServer) -> Result<()> {
         server
             .register(self.poll.registry(), CONTROL, FIRST_CONN)
-            .map_err(|e| Error::Sys {
-                call: "epoll_ctl",
-                source: e,
-            })?;
+            .map_err(|e| Error::os("epoll_ctl", e))?;
         self.control = Some(server);
         Ok(())
     }
@@ -471,10 +449,7 @@ impl Supervisor {
             self.poll
                 .registry()
                 .register(&mut SourceFd(&fd), SIGNALS, Interest::READABLE)
-                .map_err(|e| Error::Sys {
-                    call: "epoll_ctl",
-                    source: e,
-                })?;
+                .map_err(|e| Error::os("epoll_ctl", e))?;
             self.registered_signals = Some(fd);
         }
         if !self.started {
@@ -751,7 +726,7 @@ impl Supervisor {
         self.shutdown_deadline = None;
         let waited = self
             .shutdown_timeout
-            .map(state::fmt_duration)
+            .map(crate::policy::fmt_duration)
             .unwrap_or_default();
         log::warn!("shutdown_timeout ({waited}) passed: killing every remaining worker (SIGKILL)");
         self.shutdown(true);
@@ -805,14 +780,6 @@ impl Supervisor {
         }
     }
 
-    fn jitter(&mut self) -> f64 {
-        // xorshift64: good enough to spread restarts, and no dependency.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        (self.rng >> 11) as f64 / (1u64 << 53) as f64
-    }
-
     /// Feeds `event` to instance `pos` of program `p` and carries out the actions, including the
     /// events they cause (a spawn's result).
     fn apply(&mut self, p: usize, pos: usize, event: Event) {
@@ -824,7 +791,7 @@ impl Supervisor {
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
             let now = Instant::now();
-            let jitter = self.jitter();
+            let jitter = self.jitter.next_unit();
             let old_pid = self.programs[p].slots[pos].inst.state.pid();
             let actions = {
                 let prog = &mut self.programs[p];
@@ -841,7 +808,15 @@ impl Supervisor {
                             queue.push_back(Event::SpawnFailed);
                         }
                     },
-                    Action::Signal { pid, signal } => self.signal(p, pos, pid, signal),
+                    Action::Stop { pid } => {
+                        let sig = match self.programs[p].def.policy.stop {
+                            StopWith::Signal(sig) => sig,
+                            // Not a supervisor setting: the pool's; a signal is what remains.
+                            StopWith::Request => Signal::SIGTERM,
+                        };
+                        self.signal(p, pos, pid, sig)
+                    }
+                    Action::Kill { pid } => self.signal(p, pos, pid, Signal::SIGKILL),
                     Action::Log { level, message } => notes.push((level, message)),
                 }
             }
@@ -906,8 +881,8 @@ impl Supervisor {
         let prog = &self.programs[p];
         let index = prog.slots[pos].index;
         let def = &prog.def;
-        let sink = |o: &Output| {
-            if *o == Output::Null {
+        let sink = |o: &OutputSpec| {
+            if *o == OutputSpec::Null {
                 Sink::Null
             } else {
                 Sink::Pipe
@@ -957,10 +932,7 @@ impl Supervisor {
                     token,
                     Interest::READABLE,
                 )
-                .map_err(|e| Error::Sys {
-                    call: "epoll_ctl",
-                    source: e,
-                })?;
+                .map_err(|e| Error::os("epoll_ctl", e))?;
             self.exec_reports
                 .insert(token, (report, p, index, started.pid));
         }
@@ -1021,10 +993,7 @@ impl Supervisor {
         self.poll
             .registry()
             .register(&mut SourceFd(&file.as_raw_fd()), token, Interest::READABLE)
-            .map_err(|e| Error::Sys {
-                call: "epoll_ctl",
-                source: e,
-            })?;
+            .map_err(|e| Error::os("epoll_ctl", e))?;
         self.pipes.insert(
             token,
             Pipe {
@@ -1038,10 +1007,7 @@ impl Supervisor {
         Ok(())
     }
 
-    fn signal(&mut self, p: usize, pos: usize, pid: i32, signal: i32) {
-        let Ok(sig) = Signal::try_from(signal) else {
-            return;
-        };
+    fn signal(&mut self, p: usize, pos: usize, pid: i32, sig: Signal) {
         let slot = &self.programs[p].slots[pos];
         // The worker leads its own process group: signal the group while it is known to exist
         // (its id cannot be reused while members remain, even after the leader was reaped), then
@@ -1352,30 +1318,25 @@ impl Supervisor {
         let mut buf = [0u8; 64 * 1024];
         let mut total = 0;
         let mut lines: Vec<String> = Vec::new();
-        let mut eof = false;
-        loop {
-            match pipe.file.read(&mut buf) {
-                Ok(0) => {
-                    eof = true;
-                    pipe.framer.finish(&mut |l| lines.push(l.to_string()));
-                    break;
+        let end = read_nonblocking(
+            &mut (&mut *pipe, &mut buf),
+            |(pipe, buf)| pipe.file.read(&mut buf[..]),
+            |(pipe, buf), n| {
+                pipe.framer
+                    .push(&buf[..n], &mut |l| lines.push(l.to_string()));
+                total += n;
+                if total >= READ_BUDGET {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
                 }
-                Ok(n) => {
-                    pipe.framer
-                        .push(&buf[..n], &mut |l| lines.push(l.to_string()));
-                    total += n;
-                    if total >= READ_BUDGET {
-                        self.backlog.push_back(token);
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
-            }
+            },
+        );
+        let eof = end == ReadEnd::Closed;
+        match end {
+            ReadEnd::Closed => pipe.framer.finish(&mut |l| lines.push(l.to_string())),
+            ReadEnd::Paused => self.backlog.push_back(token),
+            ReadEnd::Drained => {}
         }
         let (p, index, stream) = (pipe.program, pipe.index, pipe.stream);
         if let Some(pipe) = eof.then(|| self.pipes.remove(&token)).flatten() {
@@ -1399,8 +1360,8 @@ impl Supervisor {
             &prog.def.stderr
         };
         match target {
-            Output::Null => {}
-            Output::Log => {
+            OutputSpec::Null => {}
+            OutputSpec::Log => {
                 for line in lines {
                     match &self.log {
                         Some(log) => log.write_line(&format!("{tag} {line}")),
@@ -1408,7 +1369,7 @@ impl Supervisor {
                     }
                 }
             }
-            Output::File(_) => {
+            OutputSpec::File(_) => {
                 let shared = prog.def.stdout == prog.def.stderr;
                 let slot = if stream == 1 || shared { 0 } else { 1 };
                 if let Some(file) = prog.files[slot].as_mut() {
@@ -1551,28 +1512,13 @@ fn pid_alive(pid: i32) -> bool {
 impl ProgramDef {
     /// The supervisor's view of a `[program.NAME]` table.
     pub fn from_spec(spec: &crate::config::ProgramSpec) -> ProgramDef {
-        use crate::config::OutputSpec;
-        let output = |o: &OutputSpec| match o {
-            OutputSpec::Log => Output::Log,
-            OutputSpec::Null => Output::Null,
-            OutputSpec::File(p) => Output::File(p.clone()),
-        };
         ProgramDef {
             name: spec.name.clone(),
             instances: spec.instances,
-            work: Work::Exec(ExecSpec {
-                command: spec.command.clone(),
-                directory: spec.directory.clone(),
-                user: spec.user.clone(),
-                group: spec.group.clone(),
-                umask: spec.umask,
-                env: spec.env.clone(),
-                clean_env: spec.clean_env,
-                limits: spec.limits.iter().collect(),
-            }),
+            work: Work::Exec(spec.exec.clone()),
             policy: spec.policy.clone(),
-            stdout: output(&spec.stdout),
-            stderr: output(&spec.stderr),
+            stdout: spec.stdout.clone(),
+            stderr: spec.stderr.clone(),
             log_max_bytes: spec.log_max_bytes,
             log_keep: spec.log_keep,
             source: spec.source.clone(),

@@ -20,32 +20,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nix::sys::resource::Resource;
-
+pub use crate::config::ExecSpec;
 use crate::daemon::Notifier;
 use crate::error::{Error, Result};
 use crate::sys::{self, ChildSetup};
-
-/// An exec'd program.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ExecSpec {
-    /// The program and its arguments; the program is looked up in `$PATH` if it has no `/`.
-    pub command: Vec<String>,
-    /// The working directory (default: the supervisor's).
-    pub directory: Option<PathBuf>,
-    /// Run as this user (name or id); needs root.
-    pub user: Option<String>,
-    /// Run as this group (name or id); default the user's primary group.
-    pub group: Option<String>,
-    /// The file mode creation mask (default: the supervisor's).
-    pub umask: Option<u32>,
-    /// Extra environment variables.
-    pub env: Vec<(String, String)>,
-    /// Start from an empty environment.
-    pub clean_env: bool,
-    /// Resource limits (soft = hard; `u64::MAX` is unlimited).
-    pub limits: Vec<(Resource, u64)>,
-}
 
 /// A Rust function run as a worker in a forked child; its return value is the exit status.
 pub type WorkerFn = Arc<dyn Fn(&WorkerContext) -> i32 + Send + Sync>;
@@ -140,7 +118,7 @@ impl Prepared {
         setup.rlimits = spec
             .limits
             .iter()
-            .map(|(r, v)| (*r as libc::__rlimit_resource_t, *v))
+            .map(|(r, v)| (r as libc::__rlimit_resource_t, v))
             .collect();
         if let Some(creds) =
             crate::Credentials::resolve(spec.user.as_deref(), spec.group.as_deref())?
@@ -223,10 +201,6 @@ fn environment(p: &Prepared, i: &Instance<'_>) -> Vec<(OsString, OsString)> {
     env
 }
 
-/// The search path for a program name when its environment has no `PATH`.
-pub(crate) const DEFAULT_PATH: &str =
-    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
 /// Finds `program` the way `execvp` would — in the parent, since a PATH search is no work for a
 /// forked child.
 fn resolve(program: &str, env: &[(OsString, OsString)]) -> io::Result<PathBuf> {
@@ -234,29 +208,7 @@ fn resolve(program: &str, env: &[(OsString, OsString)]) -> io::Result<PathBuf> {
         .iter()
         .find(|(k, _)| k == "PATH")
         .map(|(_, v)| v.as_os_str());
-    find_program(program, path)
-}
-
-/// Finds `program` in `path` (a `PATH` value; [`DEFAULT_PATH`] when `None`): the first
-/// executable regular file of that name. A name with a `/` is returned as it is. Also used by
-/// `warden check` ([`crate::config::preflight`]), so that it looks a command up as a spawn does.
-pub(crate) fn find_program(program: &str, path: Option<&std::ffi::OsStr>) -> io::Result<PathBuf> {
-    if program.contains('/') {
-        return Ok(PathBuf::from(program));
-    }
-    let path = path.unwrap_or(DEFAULT_PATH.as_ref());
-    for dir in std::env::split_paths(path) {
-        let candidate = dir.join(program);
-        if nix::unistd::access(&candidate, nix::unistd::AccessFlags::X_OK).is_ok()
-            && candidate.is_file()
-        {
-            return Ok(candidate);
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{program} not found in PATH"),
-    ))
+    crate::files::find_program(program, path)
 }
 
 /// Spawns an exec'd worker without waiting for its exec (see [`sys::spawn`]).

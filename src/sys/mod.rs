@@ -38,7 +38,7 @@ pub enum Fork {
 }
 
 /// How many threads this process has, read from `/proc/self/task`.
-pub fn thread_count() -> io::Result<usize> {
+fn thread_count() -> io::Result<usize> {
     Ok(std::fs::read_dir("/proc/self/task")?.count())
 }
 
@@ -47,10 +47,7 @@ pub fn thread_count() -> io::Result<usize> {
 /// In a single-threaded process the child is an exact copy with no lock held by a vanished
 /// thread, so it may allocate and use std as usual.
 pub fn fork() -> Result<Fork, Error> {
-    let threads = thread_count().map_err(|e| Error::io("cannot read", "/proc/self/task", e))?;
-    if threads != 1 {
-        return Err(Error::MultiThreaded(threads));
-    }
+    require_single_thread()?;
     // SAFETY: the process is single-threaded (checked just above; no thread can be started
     // between the check and the call because this very thread is the only one), so the child
     // inherits no lock held by another thread and may run arbitrary code.
@@ -282,7 +279,9 @@ fn dup_onto(null: &std::fs::File, fds: &[RawFd]) {
     }
 }
 
-fn require_single_thread() -> Result<(), Error> {
+/// Refuses with [`Error::MultiThreaded`] unless this process has exactly one thread: the one
+/// check before every `fork` without `exec` and every change of the environment.
+pub(crate) fn require_single_thread() -> Result<(), Error> {
     let threads = thread_count().map_err(|e| Error::io("cannot read", "/proc/self/task", e))?;
     if threads != 1 {
         return Err(Error::MultiThreaded(threads));

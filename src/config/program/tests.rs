@@ -3,6 +3,8 @@
 
 use std::path::Path;
 
+use nix::sys::signal::Signal;
+
 use super::*;
 use crate::config::Config;
 use crate::error::Error;
@@ -94,23 +96,23 @@ log_max_bytes = "512K"
 log_keep = 2
 "#);
     assert_eq!(p.name, "web");
-    assert_eq!(p.command, argv(&["/usr/bin/web", "--port", "8080"]));
+    assert_eq!(p.exec.command, argv(&["/usr/bin/web", "--port", "8080"]));
     assert_eq!(p.instances, 3);
-    assert_eq!(p.directory, Some(PathBuf::from("/etc/warden/srv")));
-    assert_eq!(p.user.as_deref(), Some("www-data"));
-    assert_eq!(p.group.as_deref(), Some("adm"));
-    assert_eq!(p.umask, Some(0o027));
+    assert_eq!(p.exec.directory, Some(PathBuf::from("/etc/warden/srv")));
+    assert_eq!(p.exec.user.as_deref(), Some("www-data"));
+    assert_eq!(p.exec.group.as_deref(), Some("adm"));
+    assert_eq!(p.exec.umask, Some(0o027));
     assert_eq!(
-        p.env,
+        p.exec.env,
         vec![
             ("RUST_LOG".to_string(), "info".to_string()),
             ("PATH".to_string(), "/usr/bin:/bin".to_string()),
             ("EMPTY".to_string(), String::new()),
         ]
     );
-    assert!(p.clean_env);
+    assert!(p.exec.clean_env);
     assert_eq!(
-        p.limits,
+        p.exec.limits,
         Limits {
             nofile: Some(4096),
             core: Some(0),
@@ -128,7 +130,7 @@ log_keep = 2
     assert_eq!(p.policy.backoff_reset, Duration::from_secs(5));
     assert_eq!(p.policy.max_restarts, 10);
     assert_eq!(p.policy.restart_window, Duration::from_secs(120));
-    assert_eq!(p.policy.stop_signal, libc::SIGINT);
+    assert_eq!(p.policy.stop, StopWith::Signal(Signal::SIGINT));
     assert_eq!(p.policy.stop_timeout, Duration::from_secs(3));
     assert_eq!(p.policy.readiness, Readiness::Notify);
     assert_eq!(p.policy.start_timeout, Some(Duration::from_secs(20)));
@@ -146,16 +148,16 @@ fn defaults() {
     expected.source = Some(FILE.into());
     assert_eq!(p, expected);
     assert_eq!(p.instances, 1);
-    assert_eq!(p.directory, None);
-    assert_eq!(p.umask, None);
-    assert!(p.env.is_empty() && !p.clean_env);
-    assert!(p.limits.is_empty());
-    assert_eq!(p.policy.stop_signal, libc::SIGTERM);
+    assert_eq!(p.exec.directory, None);
+    assert_eq!(p.exec.umask, None);
+    assert!(p.exec.env.is_empty() && !p.exec.clean_env);
+    assert!(p.exec.limits.is_empty());
+    assert_eq!(p.policy.stop, StopWith::Signal(Signal::SIGTERM));
     assert_eq!((p.stdout, p.stderr), (OutputSpec::Log, OutputSpec::Log));
     assert_eq!(p.log_max_bytes, 10 * 1024 * 1024);
     assert_eq!(p.log_keep, 5);
     // The config's defaults are the state machine's, by construction.
-    assert_eq!(p.policy, crate::supervisor::state::Policy::default());
+    assert_eq!(p.policy, crate::policy::Policy::default());
 }
 
 #[test]
@@ -175,11 +177,11 @@ fn command_string_is_split_shell_style() {
 command = "/bin/prog 'a b' \"c d\" e\\ f $HOME *.txt # a comment"
 "#);
     assert_eq!(
-        p.command,
+        p.exec.command,
         argv(&["/bin/prog", "a b", "c d", "e f", "$HOME", "*.txt"])
     );
     let p = one("[program.a]\ncommand = '  /bin/sleep   10 '\n");
-    assert_eq!(p.command, argv(&["/bin/sleep", "10"]));
+    assert_eq!(p.exec.command, argv(&["/bin/sleep", "10"]));
 }
 
 #[test]
@@ -188,12 +190,12 @@ fn env_and_limits_as_sub_tables() {
         "[program.a]\ncommand = [\"/bin/true\"]\n[program.a.env]\nB = \"2\"\nA = \"1\"\n[program.a.limits]\nnofile = \"unlimited\"\ncore = \"unlimited\"\n",
     );
     assert_eq!(
-        p.env,
+        p.exec.env,
         vec![("B".into(), "2".into()), ("A".into(), "1".into())]
     );
-    assert_eq!(p.limits.nofile, Some(libc::RLIM_INFINITY));
+    assert_eq!(p.exec.limits.nofile, Some(libc::RLIM_INFINITY));
     assert_eq!(
-        p.limits.iter().collect::<Vec<_>>(),
+        p.exec.limits.iter().collect::<Vec<_>>(),
         [
             (Resource::RLIMIT_NOFILE, u64::MAX),
             (Resource::RLIMIT_CORE, u64::MAX)
@@ -267,18 +269,18 @@ fn stop_signal_names() {
             "[program.a]\ncommand = \"x\"\nstop_signal = {name:?}\n"
         ))
         .policy
-        .stop_signal
+        .stop
     };
-    assert_eq!(sig("TERM"), libc::SIGTERM);
-    assert_eq!(sig("SIGTERM"), libc::SIGTERM);
-    assert_eq!(sig("INT"), libc::SIGINT);
-    assert_eq!(sig("QUIT"), libc::SIGQUIT);
-    assert_eq!(sig("HUP"), libc::SIGHUP);
-    assert_eq!(sig("USR1"), libc::SIGUSR1);
-    assert_eq!(sig("SIGUSR2"), libc::SIGUSR2);
-    assert_eq!(sig("KILL"), libc::SIGKILL);
-    assert_eq!(sig("WINCH"), libc::SIGWINCH);
-    assert_eq!(sig("sigquit"), libc::SIGQUIT);
+    assert_eq!(sig("TERM"), StopWith::Signal(Signal::SIGTERM));
+    assert_eq!(sig("SIGTERM"), StopWith::Signal(Signal::SIGTERM));
+    assert_eq!(sig("INT"), StopWith::Signal(Signal::SIGINT));
+    assert_eq!(sig("QUIT"), StopWith::Signal(Signal::SIGQUIT));
+    assert_eq!(sig("HUP"), StopWith::Signal(Signal::SIGHUP));
+    assert_eq!(sig("USR1"), StopWith::Signal(Signal::SIGUSR1));
+    assert_eq!(sig("SIGUSR2"), StopWith::Signal(Signal::SIGUSR2));
+    assert_eq!(sig("KILL"), StopWith::Signal(Signal::SIGKILL));
+    assert_eq!(sig("WINCH"), StopWith::Signal(Signal::SIGWINCH));
+    assert_eq!(sig("sigquit"), StopWith::Signal(Signal::SIGQUIT));
     assert_eq!(parse_signal("TERMINATE"), None);
     assert_eq!(parse_signal("SIG"), None);
     assert_eq!(parse_signal(""), None);

@@ -3,14 +3,17 @@
 //! Every message names what it is about: the path and the OS error for I/O, the user or group name
 //! for lookups, the file, line and column for configuration. The library never decides exit codes;
 //! the binary maps these variants to its documented exit statuses in one place (`src/cli/exit.rs`).
-//! This module depends on no other warden module except for the configuration diagnostics type,
-//! which is plain data.
+//! This module is a leaf: it depends on no other warden module. Configuration diagnostics
+//! ([`diag`]), which [`Error::Config`] carries, live here for that reason and are re-exported
+//! by [`crate::config`].
 
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::config::Diagnostics;
+pub mod diag;
+
+pub use diag::Diagnostics;
 
 /// The result type of the warden library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -118,6 +121,11 @@ impl Error {
         }
     }
 
+    /// A failed system call `call` with its OS error, e.g. `Error::os("epoll_ctl", e)`.
+    pub fn os(call: &'static str, source: io::Error) -> Self {
+        Error::Sys { call, source }
+    }
+
     /// The OS error number behind this error, if there is one.
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
@@ -125,4 +133,19 @@ impl Error {
             _ => None,
         }
     }
+
+    /// Whether the OS refused for lack of permission (`EACCES` or `EPERM`).
+    pub fn is_permission_denied(&self) -> bool {
+        self.raw_os_error().is_some_and(denied)
+    }
+}
+
+/// Whether an I/O error is the OS refusing for lack of permission (`EACCES` or `EPERM`): what
+/// [`Error::is_permission_denied`] asks of a plain [`io::Error`].
+pub fn is_permission_denied(e: &io::Error) -> bool {
+    e.raw_os_error().is_some_and(denied)
+}
+
+fn denied(errno: i32) -> bool {
+    errno == libc::EACCES || errno == libc::EPERM
 }
