@@ -2,7 +2,7 @@
 //! lines in a size-rotated file.
 //!
 //! This module owns the line format ([`format_line`]) and the per-program output file
-//! ([`RotatingFile`]); line framing is [`crate::stream::LineFramer`], shared with the job pool.
+//! ([`RotatingFile`]); line framing is `crate::stream::LineFramer`, shared with the job pool.
 //! It does not read pipes, poll or know about workers: the supervisor's event loop reads each
 //! pipe non-blockingly, hands the bytes to that pipe's framer, and writes the lines it gets back. Memory is bounded per pipe by the framer's
 //! `max_line`, so a flooding worker is throttled by its full pipe, never by warden's memory.
