@@ -2,7 +2,7 @@
 //!
 //! Each scenario builds a pool, drives it the way a user would (including killing workers from
 //! the outside), checks what it sees, and prints `key=value` lines on stdout for
-//! `tests/pool.rs`, ending with `pids=...` (every worker and fork server pid it saw, which must
+//! `tests/it/pool.rs`, ending with `pids=...` (every worker and fork server pid it saw, which must
 //! all be gone once this program has exited) and `result=ok` (or `result=FAIL ...`). Pool logs
 //! (restarts, captured worker output) go to stderr. `pool --list` lists the scenarios.
 //!

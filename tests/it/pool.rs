@@ -3,8 +3,6 @@
 //! this multi-threaded test harness is not), under a hard timeout, then checks the `key=value`
 //! lines it printed and that every worker and fork server pid it reported is gone.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
@@ -15,7 +13,7 @@ use std::time::{Duration, Instant};
 const TIMEOUT: Duration = Duration::from_secs(90);
 
 fn example() -> PathBuf {
-    common::example("pool")
+    crate::common::example("pool")
 }
 
 /// What a scenario printed.
@@ -330,10 +328,10 @@ fn a_killed_fork_server_is_reaped_not_left_a_zombie() {
 /// nothing behind on SIGTERM.
 #[test]
 fn pool_inside_a_warden_daemon() {
-    use common::{Sandbox, alive, children_of, signal, wait_until};
+    use crate::common::{Sandbox, alive, children_of, signal, wait_until};
     use nix::sys::signal::Signal;
     let mut sb = Sandbox::new("pool-daemon", "");
-    let mut cmd = Command::new(common::example("pool_daemon"));
+    let mut cmd = Command::new(crate::common::example("pool_daemon"));
     cmd.arg("--dir").arg(&sb.dir).stdin(Stdio::null());
     let out = sb.output(cmd);
     assert!(
@@ -351,7 +349,7 @@ fn pool_inside_a_warden_daemon() {
         let _ = std::fs::remove_file(sb.path("result.txt"));
         signal(pid, Signal::SIGHUP);
         assert!(
-            wait_until(common::TIMEOUT, || sb.path("result.txt").exists()),
+            wait_until(crate::common::TIMEOUT, || sb.path("result.txt").exists()),
             "no result"
         );
         sb.read("result.txt")
@@ -388,7 +386,7 @@ fn pool_inside_a_warden_daemon() {
         !alive(victim) && live.len() == 2 && !live.contains(&victim)
     };
     assert!(
-        wait_until(common::TIMEOUT, replaced),
+        wait_until(crate::common::TIMEOUT, replaced),
         "worker {victim} not replaced; the fork server's children: {:?}",
         children_of(fork_server)
     );
@@ -401,7 +399,7 @@ fn pool_inside_a_warden_daemon() {
     );
     signal(pid, Signal::SIGTERM);
     assert!(
-        wait_until(common::TIMEOUT, || !alive(pid)),
+        wait_until(crate::common::TIMEOUT, || !alive(pid)),
         "daemon still alive"
     );
     for p in second["pids"]
@@ -410,7 +408,7 @@ fn pool_inside_a_warden_daemon() {
         .chain([fork_server])
     {
         assert!(
-            wait_until(common::TIMEOUT, || !alive(p)),
+            wait_until(crate::common::TIMEOUT, || !alive(p)),
             "pool process {p} survived the daemon"
         );
     }

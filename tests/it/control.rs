@@ -10,15 +10,13 @@
 //! the sandbox) so that the sandbox finds and kills every one of them at drop. Waits are bounded
 //! polls; the only fixed sleeps are short observation windows that assert an absence.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -2115,8 +2113,9 @@ fn reload_to_a_command_that_cannot_run_answers_when_the_instance_goes_fatal() {
 #[test]
 fn a_full_disk_under_an_output_file_is_logged_once_then_summarised() {
     let _t = Timer::new("a_full_disk_under_an_output_file_is_logged_once_then_summarised");
-    if !common::require_root("a_full_disk_under_an_output_file_is_logged_once_then_summarised")
-        || !common::require_tool("a_full_disk…", "unshare", "util-linux")
+    if !crate::common::require_root(
+        "a_full_disk_under_an_output_file_is_logged_once_then_summarised",
+    ) || !crate::common::require_tool("a_full_disk…", "unshare", "util-linux")
     {
         return;
     }
@@ -2128,7 +2127,7 @@ fn a_full_disk_under_an_output_file_is_logged_once_then_summarised() {
     let script = format!(
         "mount -t tmpfs -o size=64k tmpfs {full} && exec {warden} -c {config} start",
         full = sb.path("full").display(),
-        warden = common::warden_bin().display(),
+        warden = crate::common::warden_bin().display(),
         config = sb.path("warden.toml").display(),
     );
     let mut cmd = std::process::Command::new("unshare");

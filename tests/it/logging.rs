@@ -6,8 +6,6 @@
 //! Every process is started through the [`Sandbox`], which kills it by pid when the test ends,
 //! also on failure; every wait is bounded.
 
-mod common;
-
 use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
@@ -17,15 +15,15 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{Sandbox, TIMEOUT, alive, signal, stderr_of, wait_until};
+use crate::common::{Sandbox, TIMEOUT, alive, signal, stderr_of, wait_until};
 use nix::sys::signal::Signal;
 
 /// The lifecycle example, built once per test binary.
 ///
-/// The `lifecycle` example (Cargo has no `CARGO_BIN_EXE_` for examples; see common::example).
+/// The `lifecycle` example (Cargo has no `CARGO_BIN_EXE_` for examples; see crate::common::example).
 fn lifecycle_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| common::example("lifecycle"))
+    BIN.get_or_init(|| crate::common::example("lifecycle"))
 }
 
 /// `lifecycle --dir SANDBOX ARGS…`, ready to run.

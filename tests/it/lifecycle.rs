@@ -1,17 +1,15 @@
 //! Life cycle: exit hooks (once, LIFO, in the daemon only, on every orderly way out), the signal
 //! map, and the systemd notify protocol — all against real processes.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 
 fn example() -> PathBuf {
-    common::example("lifecycle")
+    crate::common::example("lifecycle")
 }
 
 fn lifecycle(sb: &Sandbox, args: &[&str]) -> Command {

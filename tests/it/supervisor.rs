@@ -11,13 +11,11 @@
 //! all at drop. Waits are bounded polls; the only fixed sleeps are short observation windows
 //! that assert an *absence* (no restart, no new process).
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 
 /// Serialises the two CPU-heavy tests (100,000 lines each through warden) so that together they
@@ -1683,7 +1681,7 @@ fn per_program_limits_umask_directory_environment_and_user_apply() {
     }
     // Nothing but stdio is inherited from warden.
     let fds: Vec<i32> = fds(w).into_iter().map(|(fd, _)| fd).collect();
-    assert_eq!(fds, [0, 1, 2], "{:?}", common::fds(w));
+    assert_eq!(fds, [0, 1, 2], "{:?}", crate::common::fds(w));
     let st = stat(w).unwrap();
     assert_eq!(st.ppid, warden);
     assert_eq!(st.pgrp, w, "own process group");

@@ -7,8 +7,6 @@
 //! pseudo-terminal, another user) are built with `python3`, `script` and `setpriv`, exec'ing the
 //! real binary, so that the test process itself never forks.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, TryLockError};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -17,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 
 // ---------------------------------------------------------------------------------------------

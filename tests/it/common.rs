@@ -4,7 +4,6 @@
 //!
 //! Nothing here forks: processes are started with `std::process::Command` (posix_spawn/vfork+exec
 //! inside std), never with `fork()` in this multi-threaded harness.
-#![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

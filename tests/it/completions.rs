@@ -4,11 +4,9 @@
 //! so that a change to the command line cannot leave them stale. `scripts/update-completions`
 //! rewrites them.
 
-mod common;
-
 use std::process::{Command, Stdio};
 
-use common::{TIMEOUT, stderr_of, wait_output, warden_bin};
+use crate::common::{TIMEOUT, stderr_of, wait_output, warden_bin};
 
 /// The shells the packages install completions for, and the file each one's is in.
 const SHIPPED: &[(&str, &str)] = &[

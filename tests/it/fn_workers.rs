@@ -2,16 +2,14 @@
 //! status snapshot, restart after a kill, captured output, and the refusal to fork from a
 //! multi-threaded process.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 
 fn example() -> PathBuf {
-    common::example("fn_workers")
+    crate::common::example("fn_workers")
 }
 
 /// Asks for a snapshot (SIGHUP) and returns its lines once written.

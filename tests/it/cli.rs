@@ -6,11 +6,9 @@
 //! relative pidfile then lands in the sandbox), as `nobody` when the tests run as root, so that
 //! the unprivileged case is the one tested; every process is killed by pid at the end.
 
-mod common;
-
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn manifest_dir() -> std::path::PathBuf {
