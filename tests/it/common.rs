@@ -2,10 +2,16 @@
 //! waits, and a clean-up that kills every process the test started — by pid, also when the test
 //! fails (on drop, during unwinding).
 //!
+//! # Naming
+//! Every test that starts processes is declared with [`wtest!`], which takes its name once, from
+//! the `fn` name: its sandbox directory, its `[timing]` line and its `SKIPPED` messages all come
+//! from the [`Test`] the macro hands it, so that no test name is ever typed as a string.
+//!
+//! # Forking
 //! Nothing here forks: processes are started with `std::process::Command` (posix_spawn/vfork+exec
 //! inside std), never with `fork()` in this multi-threaded harness.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +20,9 @@ use std::time::{Duration, Instant};
 /// The generous bound on any wait in the tests.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How much of a test's name its sandbox directory carries.
+const SANDBOX_NAME_CHARS: usize = 24;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// The path of the binary under test.
@@ -21,29 +30,95 @@ pub fn warden_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_warden"))
 }
 
-/// True when running as root; otherwise prints why the calling test is skipped.
-pub fn require_root(test: &str) -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        true
-    } else {
-        eprintln!("SKIPPED {test}: needs root (CI runs as root)");
-        false
+/// Declares an integration test that starts processes: `wtest!(name, |t| { … })` is
+/// `#[test] fn name()` whose body sees `t`, the [`Test`] named `name`. Its timing is printed
+/// when the test ends, also on failure.
+macro_rules! wtest {
+    ($name:ident, |$t:ident| $body:block) => {
+        #[test]
+        fn $name() {
+            let $t = crate::common::Test::start(stringify!($name));
+            $body
+        }
+    };
+}
+
+/// One running test, named by [`wtest!`]: it names the test's sandboxes and skip messages, and
+/// prints how long the test took when it is dropped (also on failure).
+pub struct Test {
+    name: &'static str,
+    started: Instant,
+}
+
+impl Test {
+    /// Starts the test `name` (called by [`wtest!`] only).
+    pub fn start(name: &'static str) -> Test {
+        Test {
+            name,
+            started: Instant::now(),
+        }
+    }
+
+    /// The test's name, for messages.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// A fresh [`Sandbox`] for this test whose `[daemon]` table holds the `extra` lines.
+    pub fn sandbox(&self, extra: &str) -> Sandbox {
+        Sandbox::new(self.name, extra)
+    }
+
+    /// A sandbox for a supervisor: its config has `daemon` lines in `[daemon]` and `tables`
+    /// after them, where `SANDBOX` is replaced by the sandbox directory and `PYTHON` by the real
+    /// python3 (see [`Sandbox::write_programs`]). A `sleep` symlink is made in the sandbox so
+    /// that `SANDBOX/sleep N` is a single process whose command line names the sandbox.
+    pub fn supervisor_sandbox(&self, daemon: &str, tables: &str) -> Sandbox {
+        let sb = self.sandbox("");
+        let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("sleep(1)");
+        std::os::unix::fs::symlink(sleep, sb.path("sleep")).unwrap();
+        sb.write_programs(daemon, tables);
+        sb
+    }
+
+    /// True when running as root; otherwise prints why this test is skipped.
+    pub fn require_root(&self) -> bool {
+        if nix::unistd::Uid::effective().is_root() {
+            true
+        } else {
+            self.skip("needs root (CI runs as root)");
+            false
+        }
+    }
+
+    /// True when `tool --version` runs; otherwise prints why this test is skipped (`package` is
+    /// the Debian package that has it).
+    pub fn require_tool(&self, tool: &str, package: &str) -> bool {
+        let found = Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            self.skip(&format!("no {tool} ({package})"));
+        }
+        found
+    }
+
+    /// Prints that this test is skipped, and why (the caller then returns).
+    pub fn skip(&self, why: &str) {
+        eprintln!("SKIPPED {}: {why}", self.name);
     }
 }
 
-/// True when `tool --version` runs; otherwise prints why the calling test is skipped (`package`
-/// is the Debian package that has it).
-pub fn require_tool(test: &str, tool: &str, package: &str) -> bool {
-    let found = std::process::Command::new(tool)
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        eprintln!("SKIPPED {test}: no {tool} ({package})");
+impl Drop for Test {
+    fn drop(&mut self) {
+        println!("[timing] {}: {:.2?}", self.name, self.started.elapsed());
     }
-    found
 }
 
 /// A temporary directory holding one test's config, pidfile and logs, and the list of processes
@@ -58,12 +133,15 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// A fresh sandbox with a config whose `[daemon]` table holds `pidfile` and `directory` in
-    /// the sandbox plus the `extra` lines.
+    /// A fresh sandbox for the test `name` (see [`Test::sandbox`]) with a config whose
+    /// `[daemon]` table holds `pidfile` and `directory` in the sandbox plus the `extra` lines.
     pub fn new(name: &str, extra: &str) -> Sandbox {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        // The start of the name is enough to recognise the test, and keeps the paths of sockets
+        // in the sandbox well within sun_path's 108 bytes.
+        let short: String = name.chars().take(SANDBOX_NAME_CHARS).collect();
         let dir =
-            std::env::temp_dir().join(format!("warden-test-{}-{n}-{name}", std::process::id()));
+            std::env::temp_dir().join(format!("warden-test-{}-{n}-{short}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         // Tests drop privileges to nobody: let them in.
@@ -112,6 +190,14 @@ impl Sandbox {
         // Readable whatever the test runner's umask: some tests launch warden as `nobody`.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&self.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    /// Rewrites the config with `daemon` lines in `[daemon]` and `tables` after them, `SANDBOX`
+    /// in either replaced by the sandbox directory and `PYTHON` by the real python3.
+    pub fn write_programs(&self, daemon: &str, tables: &str) {
+        let dir = path_str(&self.dir);
+        let fill = |s: &str| s.replace("SANDBOX", &dir).replace("PYTHON", &python());
+        self.write_config(&format!("{}\n#TABLES\n{}", fill(daemon), fill(tables)));
     }
 
     pub fn pidfile(&self) -> PathBuf {
@@ -425,9 +511,19 @@ pub fn is_guard(pid: i32) -> bool {
         .is_ok_and(|c| c.split(|&b| b == 0).next() == Some(b"warden-guard".as_slice()))
 }
 
+/// The live (non-zombie) children of `pid`, a supervisor's guard process excepted.
+pub fn live_children(pid: i32) -> BTreeSet<i32> {
+    children_of(pid).into_iter().filter(|&c| alive(c)).collect()
+}
+
 /// Sends `sig` to `pid`.
 pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+/// The exit code of a finished command (`None` when a signal ended it).
+pub fn exit_code(o: &Output) -> Option<i32> {
+    o.status.code()
 }
 
 pub fn stderr_of(o: &Output) -> String {
@@ -436,6 +532,54 @@ pub fn stderr_of(o: &Output) -> String {
 
 pub fn stdout_of(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The daemon log of the sandbox (`warden.log`; empty if missing).
+pub fn log(sb: &Sandbox) -> String {
+    sb.read("warden.log")
+}
+
+/// The sandbox directory as a string, for commands and configs.
+pub fn dir(sb: &Sandbox) -> String {
+    path_str(&sb.dir)
+}
+
+/// Writes a script into the sandbox and returns its path.
+pub fn script(sb: &Sandbox, name: &str, text: &str) -> String {
+    let path = sb.path(name);
+    std::fs::write(&path, text).unwrap();
+    path_str(&path)
+}
+
+/// The real python3 (not a version-manager shim that forks helpers on every start).
+pub fn python() -> String {
+    for p in ["/usr/bin/python3", "/usr/local/bin/python3"] {
+        if Path::new(p).exists() {
+            return p.to_string();
+        }
+    }
+    "python3".to_string()
+}
+
+/// A TOML basic string.
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A TOML array of strings: a `command`.
+pub fn argv(parts: &[&str]) -> String {
+    let items: Vec<String> = parts.iter().map(|p| toml_str(p)).collect();
+    format!("[{}]", items.join(", "))
 }
 
 /// Asserts that no process mentions the sandbox any more (bounded wait).
@@ -480,20 +624,4 @@ pub fn example(name: &str) -> PathBuf {
     assert!(st.success(), "cargo build --example {name} failed");
     built.push((name.to_string(), path.clone()));
     path
-}
-
-/// Prints how long the test took when it ends (also on failure).
-pub struct Timer(&'static str, Instant);
-
-impl Timer {
-    /// Starts timing the test `name`.
-    pub fn new(name: &'static str) -> Timer {
-        Timer(name, Instant::now())
-    }
-}
-
-impl Drop for Timer {
-    fn drop(&mut self) {
-        println!("[timing] {}: {:.2?}", self.0, self.1.elapsed());
-    }
 }

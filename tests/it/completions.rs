@@ -15,8 +15,7 @@ const SHIPPED: &[(&str, &str)] = &[
     ("fish", "contrib/completions/warden.fish"),
 ];
 
-#[test]
-fn shipped_completions_match_the_binary() {
+wtest!(shipped_completions_match_the_binary, |_t| {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut stale = Vec::new();
     for (shell, file) in SHIPPED {
@@ -49,4 +48,4 @@ fn shipped_completions_match_the_binary() {
         "{} differ from `warden completions SHELL`: run scripts/update-completions and commit",
         stale.join(", ")
     );
-}
+});

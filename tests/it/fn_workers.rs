@@ -26,9 +26,8 @@ fn snapshot(sb: &Sandbox, pid: i32, previous: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-#[test]
-fn function_workers_are_supervised() {
-    let mut sb = Sandbox::new("fn-workers", "");
+wtest!(function_workers_are_supervised, |t| {
+    let mut sb = t.sandbox("");
     let mut cmd = Command::new(example());
     cmd.arg("--dir")
         .arg(&sb.dir)
@@ -93,28 +92,30 @@ fn function_workers_are_supervised() {
     for w in workers {
         assert!(!alive(w), "worker {w} stopped");
     }
-}
+});
 
-#[test]
-fn forking_from_a_multithreaded_process_is_refused_clearly() {
-    let mut sb = Sandbox::new("fn-threads", "");
-    let mut cmd = Command::new(example());
-    cmd.arg("--dir")
-        .arg(&sb.dir)
-        .arg("--thread")
-        .stdin(std::process::Stdio::null());
-    let pid = sb.spawn(cmd);
-    assert!(
-        wait_until(TIMEOUT, || sb.read("app.log").matches("-> fatal").count()
-            >= 3),
-        "{}",
-        sb.read("app.log")
-    );
-    assert!(
-        sb.read("app.log")
-            .contains("refusing to fork: this process has 2 threads")
-    );
-    assert!(children_of(pid).is_empty(), "no worker was forked");
-    signal(pid, Signal::SIGTERM);
-    assert!(sb.wait_child(pid, TIMEOUT).expect("exits").success());
-}
+wtest!(
+    forking_from_a_multithreaded_process_is_refused_clearly,
+    |t| {
+        let mut sb = t.sandbox("");
+        let mut cmd = Command::new(example());
+        cmd.arg("--dir")
+            .arg(&sb.dir)
+            .arg("--thread")
+            .stdin(std::process::Stdio::null());
+        let pid = sb.spawn(cmd);
+        assert!(
+            wait_until(TIMEOUT, || sb.read("app.log").matches("-> fatal").count()
+                >= 3),
+            "{}",
+            sb.read("app.log")
+        );
+        assert!(
+            sb.read("app.log")
+                .contains("refusing to fork: this process has 2 threads")
+        );
+        assert!(children_of(pid).is_empty(), "no worker was forked");
+        signal(pid, Signal::SIGTERM);
+        assert!(sb.wait_child(pid, TIMEOUT).expect("exits").success());
+    }
+);

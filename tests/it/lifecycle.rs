@@ -70,20 +70,18 @@ fn wait_event(sb: &Sandbox, event: &str, count: usize) {
     );
 }
 
-#[test]
-fn hooks_run_on_term_lifo_once_in_the_daemon_only() {
-    let mut sb = Sandbox::new("hooks-term", "");
+wtest!(hooks_run_on_term_lifo_once_in_the_daemon_only, |t| {
+    let mut sb = t.sandbox("");
     let pid = start(&mut sb, &[]);
     signal(pid, Signal::SIGTERM);
     wait_gone(pid);
     // Neither the launcher, nor the intermediate process, nor the forked child ran any hook:
     // every line carries the daemon's pid and "launcher" never appears.
     assert_hooks_ran(&sb, pid);
-}
+});
 
-#[test]
-fn second_term_takes_the_fast_path_and_still_runs_hooks() {
-    let mut sb = Sandbox::new("hooks-fast", "");
+wtest!(second_term_takes_the_fast_path_and_still_runs_hooks, |t| {
+    let mut sb = t.sandbox("");
     let pid = start(&mut sb, &["--linger", "60s"]);
     signal(pid, Signal::SIGTERM);
     wait_event(&sb, "GracefulShutdown", 1);
@@ -92,11 +90,10 @@ fn second_term_takes_the_fast_path_and_still_runs_hooks() {
     wait_gone(pid);
     wait_event(&sb, "FastShutdown", 1);
     assert_hooks_ran(&sb, pid);
-}
+});
 
-#[test]
-fn quit_is_a_fast_shutdown_with_hooks() {
-    let mut sb = Sandbox::new("hooks-quit", "");
+wtest!(quit_is_a_fast_shutdown_with_hooks, |t| {
+    let mut sb = t.sandbox("");
     let pid = start(&mut sb, &["--linger", "60s"]);
     signal(pid, Signal::SIGQUIT);
     wait_gone(pid);
@@ -108,22 +105,20 @@ fn quit_is_a_fast_shutdown_with_hooks() {
         .collect();
     assert_eq!(events, ["FastShutdown"]);
     assert_hooks_ran(&sb, pid);
-}
+});
 
-#[test]
-fn hooks_run_on_a_panic_in_the_main_thread() {
-    let mut sb = Sandbox::new("hooks-panic", "");
+wtest!(hooks_run_on_a_panic_in_the_main_thread, |t| {
+    let mut sb = t.sandbox("");
     let pid = start(&mut sb, &[]);
     signal(pid, Signal::SIGUSR2);
     wait_gone(pid);
     assert_hooks_ran(&sb, pid);
     assert!(sb.read("stderr.log").contains("panic on SIGUSR2"));
-}
+});
 
-#[test]
-fn hooks_run_on_return_exit_and_panic_modes() {
+wtest!(hooks_run_on_return_exit_and_panic_modes, |t| {
     for mode in ["return", "exit", "panic"] {
-        let mut sb = Sandbox::new(&format!("hooks-{mode}"), "");
+        let mut sb = t.sandbox("");
         let cmd = lifecycle(&sb, &["--mode", mode]);
         let out = sb.output(cmd);
         assert!(out.status.success(), "{mode}: {}", stderr_of(&out));
@@ -142,12 +137,11 @@ fn hooks_run_on_return_exit_and_panic_modes() {
         wait_gone(pid);
         assert_hooks_ran(&sb, pid);
     }
-}
+});
 
-#[test]
-fn a_panicking_hook_does_not_stop_the_others() {
+wtest!(a_panicking_hook_does_not_stop_the_others, |t| {
     // Hook P panics in every run above; here we also check the panic was logged.
-    let mut sb = Sandbox::new("hooks-log", "");
+    let mut sb = t.sandbox("");
     let pid = start(&mut sb, &[]);
     signal(pid, Signal::SIGTERM);
     wait_gone(pid);
@@ -158,11 +152,10 @@ fn a_panicking_hook_does_not_stop_the_others() {
         "{}",
         sb.read("app.log")
     );
-}
+});
 
-#[test]
-fn fail_reports_to_the_launcher_and_runs_hooks() {
-    let mut sb = Sandbox::new("hooks-fail", "");
+wtest!(fail_reports_to_the_launcher_and_runs_hooks, |t| {
+    let mut sb = t.sandbox("");
     let cmd = lifecycle(&sb, &["--mode", "fail"]);
     let out = sb.output(cmd);
     assert_eq!(out.status.code(), Some(1));
@@ -177,60 +170,65 @@ fn fail_reports_to_the_launcher_and_runs_hooks() {
     assert!(lines.iter().all(|l| l.ends_with("pidfile=present")));
     assert!(!sb.path("app.pid").exists());
     assert_no_process(&sb);
-}
+});
 
-#[test]
-fn a_daemon_never_ready_is_killed_at_the_launchers_timeout() {
-    let mut sb = Sandbox::new("hooks-hang", "");
-    let cmd = lifecycle(&sb, &["--mode", "hang", "--ready-timeout", "300ms"]);
-    let out = sb.output(cmd);
-    let err = stderr_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("did not become ready within 300ms"), "{err}");
-    // The launcher names the daemon it killed, and removed the pidfile it had created.
-    let pid: i32 = err
-        .split("(pid ")
-        .nth(1)
-        .and_then(|r| r.split(')').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no pid in {err:?}"));
-    assert!(pid > 0, "{err}");
-    sb.track(pid);
-    wait_gone(pid);
-    assert!(!sb.path("app.pid").exists());
-    assert_no_process(&sb);
-}
+wtest!(
+    a_daemon_never_ready_is_killed_at_the_launchers_timeout,
+    |t| {
+        let mut sb = t.sandbox("");
+        let cmd = lifecycle(&sb, &["--mode", "hang", "--ready-timeout", "300ms"]);
+        let out = sb.output(cmd);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("did not become ready within 300ms"), "{err}");
+        // The launcher names the daemon it killed, and removed the pidfile it had created.
+        let pid: i32 = err
+            .split("(pid ")
+            .nth(1)
+            .and_then(|r| r.split(')').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("no pid in {err:?}"));
+        assert!(pid > 0, "{err}");
+        sb.track(pid);
+        wait_gone(pid);
+        assert!(!sb.path("app.pid").exists());
+        assert_no_process(&sb);
+    }
+);
 
-/// A hook that overruns its own deadline is abandoned; the others and the pidfile removal run.
-#[test]
-fn a_hook_past_its_deadline_is_abandoned_and_the_rest_run() {
-    let mut sb = Sandbox::new("hooks-slow", "");
-    let pid = start(&mut sb, &["--slow-hook"]);
-    signal(pid, Signal::SIGTERM);
-    wait_gone(pid);
-    assert_hooks_ran(&sb, pid);
-}
+// A hook that overruns its own deadline is abandoned; the others and the pidfile removal run.
+wtest!(
+    a_hook_past_its_deadline_is_abandoned_and_the_rest_run,
+    |t| {
+        let mut sb = t.sandbox("");
+        let pid = start(&mut sb, &["--slow-hook"]);
+        signal(pid, Signal::SIGTERM);
+        wait_gone(pid);
+        assert_hooks_ran(&sb, pid);
+    }
+);
 
-/// Once the total deadline has passed, the remaining hooks are skipped but the pidfile still
-/// goes.
-#[test]
-fn the_total_hook_deadline_skips_the_rest_but_removes_the_pidfile() {
-    let mut sb = Sandbox::new("hooks-stuck", "");
-    let pid = start(&mut sb, &["--stuck-hook", "--hooks-deadline", "500ms"]);
-    signal(pid, Signal::SIGTERM);
-    wait_gone(pid);
-    assert_eq!(
-        hook_lines(&sb),
-        Vec::<String>::new(),
-        "T abandoned, C P B A skipped"
-    );
-    assert!(!sb.path("app.pid").exists(), "pidfile removed");
-}
+// Once the total deadline has passed, the remaining hooks are skipped but the pidfile still
+// goes.
+wtest!(
+    the_total_hook_deadline_skips_the_rest_but_removes_the_pidfile,
+    |t| {
+        let mut sb = t.sandbox("");
+        let pid = start(&mut sb, &["--stuck-hook", "--hooks-deadline", "500ms"]);
+        signal(pid, Signal::SIGTERM);
+        wait_gone(pid);
+        assert_eq!(
+            hook_lines(&sb),
+            Vec::<String>::new(),
+            "T abandoned, C P B A skipped"
+        );
+        assert!(!sb.path("app.pid").exists(), "pidfile removed");
+    }
+);
 
-/// `Daemon::start` refuses a process that already runs a second thread (fork keeps only one).
-#[test]
-fn a_multi_threaded_process_is_refused_before_any_fork() {
-    let mut sb = Sandbox::new("threads", "");
+// `Daemon::start` refuses a process that already runs a second thread (fork keeps only one).
+wtest!(a_multi_threaded_process_is_refused_before_any_fork, |t| {
+    let mut sb = t.sandbox("");
     let cmd = lifecycle(&sb, &["--thread-first"]);
     let out = sb.output(cmd);
     let err = stderr_of(&out);
@@ -238,39 +236,40 @@ fn a_multi_threaded_process_is_refused_before_any_fork() {
     assert!(err.contains("has 2 threads"), "{err}");
     assert!(!sb.path("app.pid").exists(), "no pidfile");
     assert_no_process(&sb);
-}
+});
 
-/// A child the daemon forks before `ready` and that drops its copy of the handle (as returning
-/// from `main` would) neither tells the launcher the daemon failed nor keeps the instance lock
-/// once the daemon is gone.
-#[test]
-fn a_child_forked_before_ready_speaks_not_for_the_daemon_nor_holds_its_lock() {
-    let mut sb = Sandbox::new("fork-linger", "");
-    let pid = start(&mut sb, &["--child", "linger"]);
-    let child: i32 = sb.read("child.pid").trim().parse().expect("child.pid");
-    sb.track(child);
-    assert_ne!(child, pid);
-    assert_eq!(
-        app_pid(&sb),
-        Some(pid),
-        "the pidfile still names the daemon"
-    );
-    assert!(alive(pid));
+// A child the daemon forks before `ready` and that drops its copy of the handle (as returning
+// from `main` would) neither tells the launcher the daemon failed nor keeps the instance lock
+// once the daemon is gone.
+wtest!(
+    a_child_forked_before_ready_speaks_not_for_the_daemon_nor_holds_its_lock,
+    |t| {
+        let mut sb = t.sandbox("");
+        let pid = start(&mut sb, &["--child", "linger"]);
+        let child: i32 = sb.read("child.pid").trim().parse().expect("child.pid");
+        sb.track(child);
+        assert_ne!(child, pid);
+        assert_eq!(
+            app_pid(&sb),
+            Some(pid),
+            "the pidfile still names the daemon"
+        );
+        assert!(alive(pid));
 
-    // The daemon dies hard; its child lives on, and must not keep the daemon's lock.
-    signal(pid, Signal::SIGKILL);
-    wait_gone(pid);
-    assert!(alive(child), "the forked child lingers");
-    let again = start(&mut sb, &[]);
-    assert_ne!(again, pid);
-    assert!(alive(again));
-}
+        // The daemon dies hard; its child lives on, and must not keep the daemon's lock.
+        signal(pid, Signal::SIGKILL);
+        wait_gone(pid);
+        assert!(alive(child), "the forked child lingers");
+        let again = start(&mut sb, &[]);
+        assert_ne!(again, pid);
+        assert!(alive(again));
+    }
+);
 
-/// A library daemon that installs no signal handling, whose launcher is killed before `ready`,
-/// survives writing its verdict into the broken readiness pipe.
-#[test]
-fn a_daemon_outlives_its_launcher_killed_before_ready() {
-    let mut sb = Sandbox::new("bare-orphan", "");
+// A library daemon that installs no signal handling, whose launcher is killed before `ready`,
+// survives writing its verdict into the broken readiness pipe.
+wtest!(a_daemon_outlives_its_launcher_killed_before_ready, |t| {
+    let mut sb = t.sandbox("");
     let mut cmd = lifecycle(&sb, &["--mode", "bare", "--ready-delay", "1s"]);
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -292,11 +291,10 @@ fn a_daemon_outlives_its_launcher_killed_before_ready() {
         alive(pid)
     );
     assert!(alive(pid), "still running after ready()");
-}
+});
 
-#[test]
-fn each_signal_produces_its_event() {
-    let mut sb = Sandbox::new("signal-map", "");
+wtest!(each_signal_produces_its_event, |t| {
+    let mut sb = t.sandbox("");
     let pid = start(&mut sb, &[]);
     // The example forks a child at start: its exit is the first ChildExited.
     wait_event(&sb, "ChildExited", 1);
@@ -327,11 +325,10 @@ fn each_signal_produces_its_event() {
     wait_gone(pid);
     wait_event(&sb, "GracefulShutdown", 1);
     assert_hooks_ran(&sb, pid);
-}
+});
 
-#[test]
-fn sd_notify_messages_arrive_in_order() {
-    let mut sb = Sandbox::new("sd-notify", "log = \"stderr\"");
+wtest!(sd_notify_messages_arrive_in_order, |t| {
+    let mut sb = t.sandbox("log = \"stderr\"");
     let sock_path = sb.path("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -400,4 +397,4 @@ fn sd_notify_messages_arrive_in_order() {
         .expect("warden run exits on TERM");
     assert!(st.success());
     assert!(!sb.pidfile().exists());
-}
+});

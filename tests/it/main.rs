@@ -4,6 +4,7 @@
 
 /// The harness: sandboxes, the real `warden` binary, bounded waits, `/proc` observers, and the
 /// helpers several areas share (a program table in TOML, python, exit codes).
+#[macro_use]
 mod common;
 
 /// `--help`, the bundled example configuration run as the README says, the licence files.
