@@ -595,8 +595,8 @@ pub fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// The example program `name` of this package, built once per test binary with the test's own
-/// profile: cargo is asked every time (cheap when up to date) so that a stale example is never
+/// The `[[example]]` program `name` of this package (an example from `examples/` or a fixture
+/// from `tests/fixtures/`), built once per test binary with the test's own profile: cargo is asked every time (cheap when up to date) so that a stale example is never
 /// what gets tested.
 pub fn example(name: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
@@ -624,4 +624,35 @@ pub fn example(name: &str) -> PathBuf {
     assert!(st.success(), "cargo build --example {name} failed");
     built.push((name.to_string(), path.clone()));
     path
+}
+
+/// `lifecycle --dir SANDBOX ARGS…`: the life-cycle fixture (`tests/fixtures/lifecycle.rs`), ready
+/// to run.
+pub fn lifecycle(sb: &Sandbox, args: &[&str]) -> Command {
+    let mut c = Command::new(example("lifecycle"));
+    c.arg("--dir").arg(&sb.dir).args(args);
+    c.env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("JOURNAL_STREAM");
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Starts the life-cycle fixture as a daemon (the launcher returns once it is ready) and returns
+/// the daemon's pid from `app.pid`, tracked for clean-up.
+pub fn start_lifecycle(sb: &mut Sandbox, args: &[&str]) -> i32 {
+    let out = sb.output(lifecycle(sb, args));
+    assert!(
+        out.status.success(),
+        "lifecycle {args:?} failed: {:?}\nstderr: {}",
+        out.status,
+        stderr_of(&out)
+    );
+    let pid: i32 = sb
+        .read("app.pid")
+        .trim()
+        .parse()
+        .expect("app.pid names the daemon once the launcher returns");
+    sb.track(pid);
+    pid
 }

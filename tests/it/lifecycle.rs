@@ -2,39 +2,11 @@
 //! map, and the systemd notify protocol — all against real processes.
 
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
-use std::process::Command;
 
 use crate::common::*;
 use nix::sys::signal::Signal;
 
-fn example() -> PathBuf {
-    crate::common::example("lifecycle")
-}
-
-fn lifecycle(sb: &Sandbox, args: &[&str]) -> Command {
-    let mut c = Command::new(example());
-    c.arg("--dir").arg(&sb.dir).args(args);
-    c.env_remove("NOTIFY_SOCKET")
-        .stdin(std::process::Stdio::null());
-    c
-}
-
-/// Starts the example as a daemon and returns its pid.
-fn start(sb: &mut Sandbox, args: &[&str]) -> i32 {
-    let cmd = lifecycle(sb, args);
-    let out = sb.output(cmd);
-    assert!(out.status.success(), "launcher failed: {}", stderr_of(&out));
-    let pid: i32 = sb
-        .read("app.pid")
-        .trim()
-        .parse()
-        .expect("pidfile written before the launcher returns");
-    sb.track(pid);
-    pid
-}
-
-/// The pid in the example's pidfile, if any.
+/// The pid in the fixture's pidfile, if any.
 fn app_pid(sb: &Sandbox) -> Option<i32> {
     sb.read("app.pid").trim().parse().ok()
 }
@@ -72,7 +44,7 @@ fn wait_event(sb: &Sandbox, event: &str, count: usize) {
 
 wtest!(hooks_run_on_term_lifo_once_in_the_daemon_only, |t| {
     let mut sb = t.sandbox("");
-    let pid = start(&mut sb, &[]);
+    let pid = start_lifecycle(&mut sb, &[]);
     signal(pid, Signal::SIGTERM);
     wait_gone(pid);
     // Neither the launcher, nor the intermediate process, nor the forked child ran any hook:
@@ -82,7 +54,7 @@ wtest!(hooks_run_on_term_lifo_once_in_the_daemon_only, |t| {
 
 wtest!(second_term_takes_the_fast_path_and_still_runs_hooks, |t| {
     let mut sb = t.sandbox("");
-    let pid = start(&mut sb, &["--linger", "60s"]);
+    let pid = start_lifecycle(&mut sb, &["--linger", "60s"]);
     signal(pid, Signal::SIGTERM);
     wait_event(&sb, "GracefulShutdown", 1);
     assert!(alive(pid), "lingers during the graceful shutdown");
@@ -94,7 +66,7 @@ wtest!(second_term_takes_the_fast_path_and_still_runs_hooks, |t| {
 
 wtest!(quit_is_a_fast_shutdown_with_hooks, |t| {
     let mut sb = t.sandbox("");
-    let pid = start(&mut sb, &["--linger", "60s"]);
+    let pid = start_lifecycle(&mut sb, &["--linger", "60s"]);
     signal(pid, Signal::SIGQUIT);
     wait_gone(pid);
     let events: Vec<String> = sb
@@ -109,7 +81,7 @@ wtest!(quit_is_a_fast_shutdown_with_hooks, |t| {
 
 wtest!(hooks_run_on_a_panic_in_the_main_thread, |t| {
     let mut sb = t.sandbox("");
-    let pid = start(&mut sb, &[]);
+    let pid = start_lifecycle(&mut sb, &[]);
     signal(pid, Signal::SIGUSR2);
     wait_gone(pid);
     assert_hooks_ran(&sb, pid);
@@ -142,7 +114,7 @@ wtest!(hooks_run_on_return_exit_and_panic_modes, |t| {
 wtest!(a_panicking_hook_does_not_stop_the_others, |t| {
     // Hook P panics in every run above; here we also check the panic was logged.
     let mut sb = t.sandbox("");
-    let pid = start(&mut sb, &[]);
+    let pid = start_lifecycle(&mut sb, &[]);
     signal(pid, Signal::SIGTERM);
     wait_gone(pid);
     assert_hooks_ran(&sb, pid);
@@ -201,7 +173,7 @@ wtest!(
     a_hook_past_its_deadline_is_abandoned_and_the_rest_run,
     |t| {
         let mut sb = t.sandbox("");
-        let pid = start(&mut sb, &["--slow-hook"]);
+        let pid = start_lifecycle(&mut sb, &["--slow-hook"]);
         signal(pid, Signal::SIGTERM);
         wait_gone(pid);
         assert_hooks_ran(&sb, pid);
@@ -214,7 +186,7 @@ wtest!(
     the_total_hook_deadline_skips_the_rest_but_removes_the_pidfile,
     |t| {
         let mut sb = t.sandbox("");
-        let pid = start(&mut sb, &["--stuck-hook", "--hooks-deadline", "500ms"]);
+        let pid = start_lifecycle(&mut sb, &["--stuck-hook", "--hooks-deadline", "500ms"]);
         signal(pid, Signal::SIGTERM);
         wait_gone(pid);
         assert_eq!(
@@ -245,7 +217,7 @@ wtest!(
     a_child_forked_before_ready_speaks_not_for_the_daemon_nor_holds_its_lock,
     |t| {
         let mut sb = t.sandbox("");
-        let pid = start(&mut sb, &["--child", "linger"]);
+        let pid = start_lifecycle(&mut sb, &["--child", "linger"]);
         let child: i32 = sb.read("child.pid").trim().parse().expect("child.pid");
         sb.track(child);
         assert_ne!(child, pid);
@@ -260,7 +232,7 @@ wtest!(
         signal(pid, Signal::SIGKILL);
         wait_gone(pid);
         assert!(alive(child), "the forked child lingers");
-        let again = start(&mut sb, &[]);
+        let again = start_lifecycle(&mut sb, &[]);
         assert_ne!(again, pid);
         assert!(alive(again));
     }
@@ -295,8 +267,8 @@ wtest!(a_daemon_outlives_its_launcher_killed_before_ready, |t| {
 
 wtest!(each_signal_produces_its_event, |t| {
     let mut sb = t.sandbox("");
-    let pid = start(&mut sb, &[]);
-    // The example forks a child at start: its exit is the first ChildExited.
+    let pid = start_lifecycle(&mut sb, &[]);
+    // The fixture forks a child at start: its exit is the first ChildExited.
     wait_event(&sb, "ChildExited", 1);
     for (sig, event) in [
         (Signal::SIGHUP, "Reload"),

@@ -1,4 +1,4 @@
-//! Logging against real peers: a real `logrotate` run while the lifecycle example writes a line
+//! Logging against real peers: a real `logrotate` run while the lifecycle fixture writes a line
 //! every millisecond (no line lost, duplicated or split), a datagram syslog receiver that is
 //! restarted under the daemon, journald's `<N>` prefixes when `JOURNAL_STREAM` names stderr, and
 //! `warden reopen-logs` on the `warden` binary.
@@ -10,51 +10,14 @@ use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::common::{Sandbox, TIMEOUT, Test, alive, signal, stderr_of, wait_until};
+use crate::common::{
+    Sandbox, TIMEOUT, Test, alive, signal, start_lifecycle, stderr_of, wait_until,
+};
 use nix::sys::signal::Signal;
-
-/// The lifecycle example, built once per test binary.
-///
-/// The `lifecycle` example (Cargo has no `CARGO_BIN_EXE_` for examples; see crate::common::example).
-fn lifecycle_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| crate::common::example("lifecycle"))
-}
-
-/// `lifecycle --dir SANDBOX ARGS…`, ready to run.
-fn lifecycle(sb: &Sandbox, args: &[&str]) -> Command {
-    let mut c = Command::new(lifecycle_bin());
-    c.arg("--dir").arg(&sb.dir).args(args);
-    c.env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("JOURNAL_STREAM");
-    c.stdin(Stdio::null());
-    c
-}
-
-/// Starts the lifecycle example as a daemon (the launcher returns once it is ready) and returns
-/// the daemon's pid from `app.pid`, tracked for clean-up.
-fn start_lifecycle(sb: &mut Sandbox, args: &[&str]) -> i32 {
-    let out = sb.output(lifecycle(sb, args));
-    assert!(
-        out.status.success(),
-        "lifecycle {args:?} failed: {:?}\nstderr: {}",
-        out.status,
-        stderr_of(&out)
-    );
-    let pid: i32 = sb
-        .read("app.pid")
-        .trim()
-        .parse()
-        .expect("app.pid names the daemon once the launcher returns");
-    sb.track(pid);
-    pid
-}
 
 /// SIGTERM to `pid`, then a bounded wait for it to be gone (a zombie counts as gone: the
 /// daemon's parent is whatever reaps orphans here).
@@ -91,8 +54,8 @@ fn has_priority_prefix(line: &str) -> bool {
     b.len() >= 3 && b[0] == b'<' && b[1].is_ascii_digit() && b[2] == b'>'
 }
 
-/// Reads the ticker's numbers from one log file of the lifecycle example, checking that every
-/// line is complete: `<timestamp> INFO  line N`, or one of the few other messages the example
+/// Reads the ticker's numbers from one log file of the lifecycle fixture, checking that every
+/// line is complete: `<timestamp> INFO  line N`, or one of the few other messages the fixture
 /// writes (its ready line, and the error about its hook `P`, which panics on purpose).
 fn ticker_numbers(path: &Path, numbers: &mut Vec<u64>) {
     let text = std::fs::read_to_string(path)

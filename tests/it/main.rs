@@ -20,11 +20,11 @@ mod daemon;
 mod fn_workers;
 /// The fuzz targets' seeds and regressions replayed on stable.
 mod fuzz_regressions;
-/// Exit hooks, the signal map and the notify protocol, through `examples/lifecycle.rs`.
+/// Exit hooks, the signal map and the notify protocol, through `tests/fixtures/lifecycle.rs`.
 mod lifecycle;
 /// Logging against real peers: logrotate, a syslog receiver, journald prefixes, reopen-logs.
 mod logging;
-/// The job pool from the outside, one scenario of `examples/pool.rs` per test.
+/// The job pool from the outside, one scenario of `tests/fixtures/pool_scenarios.rs` per test.
 mod pool;
 /// Property tests (proptest) of the parsers and of the supervisor's state machine.
 mod properties;

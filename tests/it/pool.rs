@@ -1,4 +1,4 @@
-//! The job pool, from the outside: each test runs one scenario of `examples/pool.rs` as a real
+//! The job pool, from the outside: each test runs one scenario of `tests/fixtures/pool_scenarios.rs` as a real
 //! program (the pool's `Fork` start method must be built in a single-threaded process, which
 //! this multi-threaded test harness is not), under a hard timeout, then checks the `key=value`
 //! lines it printed and that every worker and fork server pid it reported is gone.
@@ -12,8 +12,9 @@ use std::time::{Duration, Instant};
 /// The longest any scenario may take before it is killed and the test fails.
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-fn example() -> PathBuf {
-    crate::common::example("pool")
+/// The scenario driver, `tests/fixtures/pool_scenarios.rs`.
+fn fixture() -> PathBuf {
+    crate::common::example("pool_scenarios")
 }
 
 /// What a scenario printed.
@@ -41,7 +42,7 @@ fn scenario(name: &str) -> Run {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let start = Instant::now();
-    let mut child = Command::new(example())
+    let mut child = Command::new(fixture())
         .args(["--scenario", name, "--dir"])
         .arg(&dir)
         .env_remove("RUST_BACKTRACE")
@@ -96,7 +97,7 @@ fn scenario(name: &str) -> Run {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().unwrap())
         .collect();
-    let ours = example();
+    let ours = fixture();
     let ours = ours.file_name().unwrap().to_str().unwrap();
     let survivors = |pids: &[i32]| -> Vec<i32> {
         pids.iter()
