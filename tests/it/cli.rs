@@ -17,7 +17,7 @@ fn manifest_dir() -> std::path::PathBuf {
 
 wtest!(
     help_describes_the_command_and_shows_the_environment_variable_right,
-    |_t| {
+    |_test| {
         for env in [None, Some("/somewhere/else.toml")] {
             let mut c = Command::new(warden_bin());
             c.arg("--help").env_remove("WARDEN_CONFIG");
@@ -59,7 +59,7 @@ wtest!(
     }
 );
 
-wtest!(timeouts_take_the_configuration_duration_syntax, |_t| {
+wtest!(timeouts_take_the_configuration_duration_syntax, |_test| {
     // Parsed before anything else happens: no configuration or daemon needed to see it.
     for (value, ok) in [
         ("5", true),
@@ -95,7 +95,7 @@ wtest!(timeouts_take_the_configuration_duration_syntax, |_t| {
     }
 });
 
-wtest!(the_licence_files_cargo_toml_declares_exist, |_t| {
+wtest!(the_licence_files_cargo_toml_declares_exist, |_test| {
     let manifest = std::fs::read_to_string(manifest_dir().join("Cargo.toml")).unwrap();
     assert!(manifest.contains("license = \"MIT OR Apache-2.0\""));
     let mit = std::fs::read_to_string(manifest_dir().join("LICENSE-MIT")).unwrap();
@@ -125,12 +125,12 @@ fn command(config: &std::path::Path, args: &[&str]) -> Command {
 
 wtest!(
     the_bundled_example_runs_and_answers_a_second_terminal,
-    |t| {
+    |test| {
         if !std::path::Path::new("/usr/bin/python3").exists() {
-            t.skip("no python3");
+            test.skip("no python3");
             return;
         }
-        let mut sb = t.sandbox("");
+        let mut sb = test.sandbox("");
         std::fs::copy(manifest_dir().join("examples/warden.toml"), &sb.config).unwrap();
         let config = sb.config.clone();
         // The first terminal: `warden -c examples/warden.toml run` (its log on stderr).
@@ -202,8 +202,8 @@ wtest!(
 // words (Display, not Debug), logs, answers signals and runs its exit hook.
 wtest!(
     the_minimal_example_daemonizes_logs_and_reports_errors_in_words,
-    |t| {
-        let mut sb = t.sandbox("");
+    |test| {
+        let mut sb = test.sandbox("");
         let bin = example("minimal");
         let start = |sb: &mut Sandbox| {
             let mut c = Command::new(&bin);

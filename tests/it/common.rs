@@ -30,8 +30,8 @@ pub fn warden_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_warden"))
 }
 
-/// Declares an integration test that starts processes: `wtest!(name, |t| { … })` is
-/// `#[test] fn name()` whose body sees `t`, the [`Test`] named `name`. Its timing is printed
+/// Declares an integration test that starts processes: `wtest!(name, |test| { … })` is
+/// `#[test] fn name()` whose body sees `test`, the [`Test`] named `name`. Its timing is printed
 /// when the test ends, also on failure.
 macro_rules! wtest {
     ($name:ident, |$t:ident| $body:block) => {

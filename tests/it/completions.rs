@@ -15,7 +15,7 @@ const SHIPPED: &[(&str, &str)] = &[
     ("fish", "contrib/completions/warden.fish"),
 ];
 
-wtest!(shipped_completions_match_the_binary, |_t| {
+wtest!(shipped_completions_match_the_binary, |_test| {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut stale = Vec::new();
     for (shell, file) in SHIPPED {

@@ -154,13 +154,13 @@ fn stop(sb: &mut Sandbox) {
 // ---------------------------------------------------------------------------------------------
 // 1. `warden status`: table, JSON schema, LSB exit codes.
 
-wtest!(status_table_json_and_exit_codes, |t| {
+wtest!(status_table_json_and_exit_codes, |test| {
     let tables = format!(
         "{}{}[program.once]\ncommand = [\"/bin/sh\", \"-c\", \"exit 0\", \"SANDBOX\"]\nrestart = \"never\"\n",
         sleeper("web", 3, 1000),
         sleeper("api", 2, 1000),
     );
-    let mut sb = t.supervisor_sandbox("", &tables);
+    let mut sb = test.supervisor_sandbox("", &tables);
     let warden = sb.start();
     let web = wait_up(&mut sb, "web", 3);
     let api = wait_up(&mut sb, "api", 2);
@@ -353,15 +353,15 @@ fn as_user(sb: &mut Sandbox, creds: &[&str], args: &[&str]) -> std::process::Out
 
 wtest!(
     unauthorised_uid_is_refused_and_control_group_reads_only,
-    |t| {
-        if !t.require_root() {
+    |test| {
+        if !test.require_root() {
             return;
         }
-        if !t.require_tool("setpriv", "util-linux") {
+        if !test.require_tool("setpriv", "util-linux") {
             return;
         }
         let uid = nobody_uid();
-        let mut sb = t.supervisor_sandbox("", &sleeper("w", 1, 1000));
+        let mut sb = test.supervisor_sandbox("", &sleeper("w", 1, 1000));
         let warden = sb.start();
         let w = wait_up(&mut sb, "w", 1);
         let sock = sb.path("warden.sock");
@@ -500,11 +500,11 @@ wtest!(
 /// RLIMIT_NOFILE to the hard one and serves a quarter of that (plus a reserve for root and its
 /// own uid). False, with a printed reason, when the hard limit is too low. The test process
 /// keeps its own limit: only the daemon's raise may make room.
-fn enough_descriptors(t: &Test, connections: u64) -> bool {
+fn enough_descriptors(test: &Test, connections: u64) -> bool {
     use nix::sys::resource::{Resource, getrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     if hard / 4 < connections {
-        t.skip(&format!(
+        test.skip(&format!(
             "RLIMIT_NOFILE hard limit {hard} lets a daemon serve fewer than {connections} \
              connections"
         ));
@@ -564,11 +564,11 @@ fn ask(c: &mut BufReader<UnixStream>, line: &[u8]) -> Value {
 
 wtest!(
     garbage_oversized_lines_and_500_idle_connections_leave_warden_serving,
-    |t| {
-        if !enough_descriptors(&t, 510) {
+    |test| {
+        if !enough_descriptors(&test, 510) {
             return;
         }
-        let mut sb = t.supervisor_sandbox("", &sleeper("w", 2, 1000));
+        let mut sb = test.supervisor_sandbox("", &sleeper("w", 2, 1000));
         // Started with the soft limit systemd gives services: the daemon makes its own room.
         let warden = start_with_ulimit(&mut sb, "-Sn 1024");
         let w = wait_up(&mut sb, "w", 2);
@@ -740,9 +740,9 @@ wtest!(
 
 wtest!(
     reload_with_an_invalid_file_keeps_every_pid_and_reports_file_line,
-    |t| {
+    |test| {
         let tables = format!("{}{}", sleeper("a", 2, 1000), sleeper("b", 1, 1000));
-        let mut sb = t.supervisor_sandbox("", &tables);
+        let mut sb = test.supervisor_sandbox("", &tables);
         let warden = sb.start();
         wait_up(&mut sb, "a", 2);
         wait_up(&mut sb, "b", 1);
@@ -805,14 +805,14 @@ wtest!(
 
 wtest!(
     reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing,
-    |t| {
+    |test| {
         let old = format!(
             "{}{}{}",
             sleeper("keep", 2, 1000),
             sleeper("gone", 2, 1000),
             sleeper("change", 2, 1000)
         );
-        let mut sb = t.supervisor_sandbox("", &old);
+        let mut sb = test.supervisor_sandbox("", &old);
         // Started with a relative `-c` from elsewhere: the daemon changes directory, and must still
         // find its file to reload.
         let parent = sb.dir.parent().unwrap().to_path_buf();
@@ -927,8 +927,8 @@ wtest!(
 // `--dry-run` prints the plan and changes nothing. `status --json` names each program's file.
 wtest!(
     reload_sees_added_changed_moved_and_removed_drop_ins_and_status_names_each_file,
-    |t| {
-        let mut sb = t.supervisor_sandbox("", &sleeper("main", 1, 1000));
+    |test| {
+        let mut sb = test.supervisor_sandbox("", &sleeper("main", 1, 1000));
         // `include` is a top-level key: it goes before the `[daemon]` table.
         let text = std::fs::read_to_string(&sb.config).unwrap();
         std::fs::write(&sb.config, format!("include = [\"conf.d/*.toml\"]\n{text}")).unwrap();
@@ -1039,70 +1039,73 @@ while True:
     time.sleep(1000)
 "#;
 
-wtest!(rolling_restart_keeps_n_minus_1_ready_at_every_sample, |t| {
-    let mut sb = t.supervisor_sandbox("", "");
-    std::fs::write(sb.path("notify.py"), NOTIFY_WORKER).unwrap();
-    sb.write_programs("",
+wtest!(
+    rolling_restart_keeps_n_minus_1_ready_at_every_sample,
+    |test| {
+        let mut sb = test.supervisor_sandbox("", "");
+        std::fs::write(sb.path("notify.py"), NOTIFY_WORKER).unwrap();
+        sb.write_programs("",
         "[program.n]\ncommand = [\"PYTHON\", \"SANDBOX/notify.py\"]\ninstances = 4\nready = \"notify\"\n",
     );
-    let warden = sb.start();
-    let before = wait_status(&mut sb, "4 ready", |v| {
-        let is = of(v, "n");
-        is.len() == 4 && is.iter().all(|i| i.state == "ready")
-    });
-    let before = of(&before, "n");
-    assert!(before.iter().all(|i| i.restarts == 0), "{before:?}");
+        let warden = sb.start();
+        let before = wait_status(&mut sb, "4 ready", |v| {
+            let is = of(v, "n");
+            is.len() == 4 && is.iter().all(|i| i.state == "ready")
+        });
+        let before = of(&before, "n");
+        assert!(before.iter().all(|i| i.restarts == 0), "{before:?}");
 
-    let mut cmd = sb.warden(&["restart", "n"]);
-    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let restart = std::thread::spawn(move || wait_output(cmd.spawn().unwrap(), TIMEOUT));
-    let mut samples = 0;
-    let mut least = usize::MAX;
-    let mut seen_pids = BTreeSet::new();
-    while !restart.is_finished() {
+        let mut cmd = sb.warden(&["restart", "n"]);
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let restart = std::thread::spawn(move || wait_output(cmd.spawn().unwrap(), TIMEOUT));
+        let mut samples = 0;
+        let mut least = usize::MAX;
+        let mut seen_pids = BTreeSet::new();
+        while !restart.is_finished() {
+            let (c, v) = status_json(&mut sb, &["n"]);
+            let is = of(&v, "n");
+            let ready = is.iter().filter(|i| i.state == "ready").count();
+            assert!(
+                ready >= 3,
+                "only {ready} of 4 ready during the rolling restart (exit {c}): {is:?}"
+            );
+            seen_pids.extend(pids(&is));
+            least = least.min(ready);
+            samples += 1;
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = restart.join().unwrap();
+        assert_eq!(exit_code(&out), Some(0), "restart: {}", stderr_of(&out));
+        println!("{samples} samples, at least {least} of 4 ready in each");
+        assert!(samples >= 5, "too few samples to mean anything: {samples}");
+        assert_eq!(least, 3, "an instance was replaced while sampled");
+
         let (c, v) = status_json(&mut sb, &["n"]);
-        let is = of(&v, "n");
-        let ready = is.iter().filter(|i| i.state == "ready").count();
-        assert!(
-            ready >= 3,
-            "only {ready} of 4 ready during the rolling restart (exit {c}): {is:?}"
-        );
-        seen_pids.extend(pids(&is));
-        least = least.min(ready);
-        samples += 1;
-        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(c, 0);
+        let after = of(&v, "n");
+        assert_eq!(after.len(), 4);
+        for (a, b) in after.iter().zip(&before) {
+            assert_eq!(a.state, "ready", "{a:?}");
+            assert_eq!(a.restarts, 1, "{a:?}");
+            assert_ne!(a.pid, b.pid, "{a:?} was not replaced");
+            assert!(!alive(b.pid.unwrap()), "old {b:?} still runs");
+        }
+        for p in pids(&after) {
+            sb.track(p);
+        }
+        wait_children(&sb, warden, &pids(&after).into_iter().collect());
+        stop(&mut sb);
     }
-    let out = restart.join().unwrap();
-    assert_eq!(exit_code(&out), Some(0), "restart: {}", stderr_of(&out));
-    println!("{samples} samples, at least {least} of 4 ready in each");
-    assert!(samples >= 5, "too few samples to mean anything: {samples}");
-    assert_eq!(least, 3, "an instance was replaced while sampled");
-
-    let (c, v) = status_json(&mut sb, &["n"]);
-    assert_eq!(c, 0);
-    let after = of(&v, "n");
-    assert_eq!(after.len(), 4);
-    for (a, b) in after.iter().zip(&before) {
-        assert_eq!(a.state, "ready", "{a:?}");
-        assert_eq!(a.restarts, 1, "{a:?}");
-        assert_ne!(a.pid, b.pid, "{a:?} was not replaced");
-        assert!(!alive(b.pid.unwrap()), "old {b:?} still runs");
-    }
-    for p in pids(&after) {
-        sb.track(p);
-    }
-    wait_children(&sb, warden, &pids(&after).into_iter().collect());
-    stop(&mut sb);
-});
+);
 
 // ---------------------------------------------------------------------------------------------
 // 7. Scale, SIGTTIN and SIGTTOU.
 
 wtest!(
     scale_and_ttin_ttou_follow_in_status_and_stop_the_highest_indices,
-    |t| {
+    |test| {
         let tables = format!("{}{}", sleeper("w", 2, 1000), sleeper("other", 1, 1000));
-        let mut sb = t.supervisor_sandbox("scale_program = \"w\"", &tables);
+        let mut sb = test.supervisor_sandbox("scale_program = \"w\"", &tables);
         let warden = sb.start();
         let two = wait_up(&mut sb, "w", 2);
         let other = wait_up(&mut sb, "other", 1);
@@ -1178,9 +1181,9 @@ wtest!(
 
 wtest!(
     program_stop_stays_down_until_started_and_leaves_others_alone,
-    |t| {
+    |test| {
         let tables = format!("{}{}", sleeper("a", 2, 1000), sleeper("b", 2, 1000));
-        let mut sb = t.supervisor_sandbox("", &tables);
+        let mut sb = test.supervisor_sandbox("", &tables);
         let warden = sb.start();
         let a = wait_up(&mut sb, "a", 2);
         let b = wait_up(&mut sb, "b", 2);
@@ -1228,8 +1231,8 @@ wtest!(
 
 wtest!(
     stop_and_status_work_through_the_pidfile_without_the_socket,
-    |t| {
-        let mut sb = t.supervisor_sandbox("", &sleeper("w", 2, 1000));
+    |test| {
+        let mut sb = test.supervisor_sandbox("", &sleeper("w", 2, 1000));
         let warden = sb.start();
         let w = wait_up(&mut sb, "w", 2);
         std::fs::remove_file(sb.path("warden.sock")).unwrap();
@@ -1271,8 +1274,8 @@ wtest!(
 // answers on its socket, and nothing may hang.
 wtest!(
     stop_and_status_see_through_a_deleted_or_planted_pidfile,
-    |t| {
-        let mut sb = t.supervisor_sandbox("", &sleeper("w", 1, 1000));
+    |test| {
+        let mut sb = test.supervisor_sandbox("", &sleeper("w", 1, 1000));
         let plant_fifo = |sb: &Sandbox| {
             let _ = std::fs::remove_file(sb.pidfile());
             nix::unistd::mkfifo(
@@ -1349,8 +1352,8 @@ fn slow_stopper(name: &str, n: u32, secs: u32) -> String {
 
 wtest!(
     rolling_restart_leaves_instances_scaled_away_mid_rollout_down,
-    |t| {
-        let mut sb = t.supervisor_sandbox("", &slow_stopper("w", 4, 2));
+    |test| {
+        let mut sb = test.supervisor_sandbox("", &slow_stopper("w", 4, 2));
         let warden = sb.start();
         let before = wait_up(&mut sb, "w", 4);
 
@@ -1416,9 +1419,9 @@ wtest!(
     }
 );
 
-wtest!(reload_leaves_a_program_stopped_by_hand_stopped, |t| {
+wtest!(reload_leaves_a_program_stopped_by_hand_stopped, |test| {
     let tables = format!("{}{}", sleeper("a", 2, 1000), sleeper("b", 1, 1000));
-    let mut sb = t.supervisor_sandbox("", &tables);
+    let mut sb = test.supervisor_sandbox("", &tables);
     let warden = sb.start();
     wait_up(&mut sb, "a", 2);
     let b = wait_up(&mut sb, "b", 1);
@@ -1457,12 +1460,12 @@ wtest!(reload_leaves_a_program_stopped_by_hand_stopped, |t| {
 
 wtest!(
     reload_with_an_unknown_user_scale_beyond_the_limit_and_status_of_an_empty_program,
-    |t| {
+    |test| {
         let tables = format!(
             "{}[program.z]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 0\n",
             sleeper("a", 1, 1000)
         );
-        let mut sb = t.supervisor_sandbox("", &tables);
+        let mut sb = test.supervisor_sandbox("", &tables);
         let warden = sb.start();
         let a = wait_up(&mut sb, "a", 1);
 
@@ -1531,7 +1534,7 @@ fn mkdir_owned(sb: &Sandbox, name: &str, owner: Option<u32>) {
     }
 }
 
-wtest!(reopen_logs_reports_a_reopen_that_failed, |t| {
+wtest!(reopen_logs_reports_a_reopen_that_failed, |test| {
     // As root the daemon runs as nobody, so that a directory it may not write gives EACCES.
     let root = nix::unistd::Uid::effective().is_root();
     if !root {
@@ -1545,7 +1548,7 @@ wtest!(reopen_logs_reports_a_reopen_that_failed, |t| {
     };
     let daemon = format!("{user}log = \"SANDBOX/ld/w.log\"");
     let tables = format!("{}stdout = \"SANDBOX/pd/out.log\"\n", sleeper("p", 1, 1000));
-    let mut sb = t.supervisor_sandbox(&daemon, &tables);
+    let mut sb = test.supervisor_sandbox(&daemon, &tables);
     mkdir_owned(&sb, "ld", owner);
     mkdir_owned(&sb, "pd", owner);
     sb.start();
@@ -1607,8 +1610,8 @@ wtest!(reopen_logs_reports_a_reopen_that_failed, |t| {
 
 wtest!(
     reopen_logs_works_after_a_bad_edit_of_the_configuration,
-    |t| {
-        let mut sb = t.supervisor_sandbox("", &sleeper("w", 1, 1000));
+    |test| {
+        let mut sb = test.supervisor_sandbox("", &sleeper("w", 1, 1000));
         sb.start();
         wait_up(&mut sb, "w", 1);
         sb.write_programs(
@@ -1677,14 +1680,14 @@ fn unused_uid() -> u32 {
 
 wtest!(
     stop_and_reopen_logs_by_another_user_are_refused_with_permission_denied,
-    |t| {
-        if !t.require_root() {
+    |test| {
+        if !test.require_root() {
             return;
         }
-        if !t.require_tool("setpriv", "util-linux") {
+        if !test.require_tool("setpriv", "util-linux") {
             return;
         }
-        let mut sb = t.supervisor_sandbox("", &sleeper("w", 1, 1000));
+        let mut sb = test.supervisor_sandbox("", &sleeper("w", 1, 1000));
         let warden = sb.start();
         let w = wait_up(&mut sb, "w", 1);
         let uid = unused_uid().to_string();
@@ -1768,10 +1771,10 @@ fn hard_nofile() -> u64 {
 
 wtest!(
     nofile_is_raised_for_warden_and_left_alone_for_its_workers,
-    |t| {
+    |test| {
         let hard = hard_nofile();
         if hard <= 256 {
-            t.skip(&format!(
+            test.skip(&format!(
                 "RLIMIT_NOFILE hard limit {hard} leaves nothing to raise"
             ));
             return;
@@ -1780,7 +1783,7 @@ wtest!(
             "{}[program.limited]\ncommand = [\"SANDBOX/sleep\", \"1001\"]\nlimits = {{ nofile = 200 }}\n",
             sleeper("plain", 1, 1000)
         );
-        let mut sb = t.supervisor_sandbox("", &tables);
+        let mut sb = test.supervisor_sandbox("", &tables);
         let warden = start_with_ulimit(&mut sb, "-Sn 256");
         assert_eq!(nofile_of(warden), (hard, hard), "the daemon's own limit");
         let plain = wait_up(&mut sb, "plain", 1)[0].pid.unwrap();
@@ -1795,17 +1798,18 @@ wtest!(
 
 wtest!(
     idle_control_connections_starve_neither_workers_nor_root,
-    |t| {
-        if !t.require_root() {
+    |test| {
+        if !test.require_root() {
             return;
         }
         if hard_nofile() < 1024 {
-            t.skip("RLIMIT_NOFILE hard limit below 1024");
+            test.skip("RLIMIT_NOFILE hard limit below 1024");
             return;
         }
         // As reported: 1024 descriptors, 60 workers, and a read-only member of the control group
         // holding 900 idle connections.
-        let mut sb = t.supervisor_sandbox("control_group = \"nogroup\"", &sleeper("w", 60, 1000));
+        let mut sb =
+            test.supervisor_sandbox("control_group = \"nogroup\"", &sleeper("w", 60, 1000));
         let warden = start_with_ulimit(&mut sb, "-n 1024");
         let before = wait_up(&mut sb, "w", 60);
         let sock = sb.path("warden.sock");
@@ -1884,11 +1888,11 @@ wtest!(
 
 wtest!(
     out_of_descriptors_a_client_is_answered_not_left_waiting,
-    |t| {
-        if !t.require_tool("prlimit", "util-linux") {
+    |test| {
+        if !test.require_tool("prlimit", "util-linux") {
             return;
         }
-        let mut sb = t.supervisor_sandbox("", &sleeper("w", 2, 1000));
+        let mut sb = test.supervisor_sandbox("", &sleeper("w", 2, 1000));
         let warden = sb.start();
         wait_up(&mut sb, "w", 2);
         let sock = sb.path("warden.sock");
@@ -1953,8 +1957,8 @@ wtest!(
 
 wtest!(
     a_control_socket_in_use_is_neither_taken_over_nor_removed,
-    |t| {
-        let mut sb = t.supervisor_sandbox("", &sleeper("one", 1, 1000));
+    |test| {
+        let mut sb = test.supervisor_sandbox("", &sleeper("one", 1, 1000));
         let first = sb.start();
         let one = wait_up(&mut sb, "one", 1);
         let sock = sb.path("warden.sock");
@@ -2029,12 +2033,12 @@ wtest!(
     }
 );
 
-wtest!(start_warns_when_syslog_cannot_be_reached, |t| {
+wtest!(start_warns_when_syslog_cannot_be_reached, |test| {
     if std::path::Path::new("/dev/log").exists() {
-        t.skip("/dev/log exists here");
+        test.skip("/dev/log exists here");
         return;
     }
-    let mut sb = t.supervisor_sandbox("log = \"syslog\"", &sleeper("w", 1, 1000));
+    let mut sb = test.supervisor_sandbox("log = \"syslog\"", &sleeper("w", 1, 1000));
     let out = sb.run(&["start"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let pid = sb.pidfile_pid().expect("pidfile names the daemon");
@@ -2054,10 +2058,10 @@ wtest!(start_warns_when_syslog_cannot_be_reached, |t| {
 // whole program stopped by hand, and `start PROG` starts every instance on the new settings.
 wtest!(
     reload_adding_instances_to_a_program_stopped_by_hand_starts_none,
-    |t| {
+    |test| {
         let tables =
             |a: u32, secs: u32| format!("{}{}", sleeper("a", a, secs), sleeper("b", 1, 1000));
-        let mut sb = t.supervisor_sandbox("", &tables(2, 1000));
+        let mut sb = test.supervisor_sandbox("", &tables(2, 1000));
         let warden = sb.start();
         wait_up(&mut sb, "a", 2);
         let b = wait_up(&mut sb, "b", 1);
@@ -2120,8 +2124,8 @@ wtest!(
 
 wtest!(
     reload_to_a_command_that_cannot_run_answers_when_the_instance_goes_fatal,
-    |t| {
-        let mut sb = t.supervisor_sandbox("", &sleeper("a", 2, 1000));
+    |test| {
+        let mut sb = test.supervisor_sandbox("", &sleeper("a", 2, 1000));
         sb.start();
         wait_up(&mut sb, "a", 2);
         sb.write_programs(
@@ -2157,14 +2161,14 @@ wtest!(
 // (`unshare`), so nothing is left mounted when warden is gone.
 wtest!(
     a_full_disk_under_an_output_file_is_logged_once_then_summarised,
-    |t| {
-        if !t.require_root() || !t.require_tool("unshare", "util-linux") {
+    |test| {
+        if !test.require_root() || !test.require_tool("unshare", "util-linux") {
             return;
         }
         let tables = "[program.w]\ncommand = [\"/bin/sh\", \"-c\", \"i=0; while :; do echo \
                   \\\"line $i of a program that writes a lot\\\"; i=$((i+1)); SANDBOX/sleep \
                   0.002; done\"]\nstdout = \"SANDBOX/full/out.log\"\nlog_max_bytes = \"100M\"\n";
-        let mut sb = t.supervisor_sandbox("", tables);
+        let mut sb = test.supervisor_sandbox("", tables);
         std::fs::create_dir(sb.path("full")).unwrap();
         let script = format!(
             "mount -t tmpfs -o size=64k tmpfs {full} && exec {warden} -c {config} start",
@@ -2263,8 +2267,8 @@ fn table_row(table: &str, program: &str, index: u64) -> std::collections::HashMa
 
 wtest!(
     a_program_stopped_by_hand_is_stopped_and_every_command_confirms,
-    |t| {
-        let mut sb = t.supervisor_sandbox("", "");
+    |test| {
+        let mut sb = test.supervisor_sandbox("", "");
         std::fs::write(sb.path("notify.py"), NOTIFY_STATUS_WORKER).unwrap();
         sb.write_programs("",
             &format!(
@@ -2346,10 +2350,10 @@ wtest!(
 
 wtest!(
     start_and_restart_of_a_program_wait_for_timed_readiness_and_take_bare_seconds,
-    |t| {
+    |test| {
         let tables =
             "[program.t]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\nready = \"1s\"\n";
-        let mut sb = t.supervisor_sandbox("", tables);
+        let mut sb = test.supervisor_sandbox("", tables);
         sb.start();
         wait_status(&mut sb, "t ready", |v| {
             of(v, "t").iter().filter(|i| i.state == "ready").count() == 2
@@ -2399,8 +2403,8 @@ wtest!(
 // `status` has without `--json`, and the message for humans on stderr.
 wtest!(
     status_json_without_a_daemon_is_json_with_the_same_exit_status,
-    |t| {
-        let mut sb = t.supervisor_sandbox("", &sleeper("s", 1, 1000));
+    |test| {
+        let mut sb = test.supervisor_sandbox("", &sleeper("s", 1, 1000));
         let config = path_str(&sb.config);
         let daemon = |v: &Value| {
             (
@@ -2475,8 +2479,8 @@ wtest!(
 // naming both; the same file by a relative path or through a symlink is the same file.
 wtest!(
     reload_naming_another_file_than_the_daemons_is_refused,
-    |t| {
-        let mut sb = t.supervisor_sandbox("", &sleeper("a", 1, 1000));
+    |test| {
+        let mut sb = test.supervisor_sandbox("", &sleeper("a", 1, 1000));
         let warden = sb.start();
         let a = wait_up(&mut sb, "a", 1);
         // Another file that shares the daemon's pidfile and socket, with one program more.
@@ -2538,8 +2542,8 @@ wtest!(
 // `status` answer "unknown" nor `stop` fail: the pidfile decides, and says "not running".
 wtest!(
     a_socket_that_drops_connections_unanswered_defers_to_the_pidfile,
-    |t| {
-        let mut sb = t.supervisor_sandbox("", &sleeper("w", 1, 1000));
+    |test| {
+        let mut sb = test.supervisor_sandbox("", &sleeper("w", 1, 1000));
         let sock = sb.path("warden.sock");
         let script = format!(
             "import socket,os\ns=socket.socket(socket.AF_UNIX)\ns.bind({:?})\ns.listen(8)\n\
@@ -2588,8 +2592,8 @@ wtest!(
 // gives up with an error that says so (not "not running"), `status` answers "unknown" (4).
 wtest!(
     a_stopped_daemon_with_a_full_backlog_cannot_hang_a_command,
-    |t| {
-        let mut sb = t.supervisor_sandbox("", &sleeper("w", 1, 1000));
+    |test| {
+        let mut sb = test.supervisor_sandbox("", &sleeper("w", 1, 1000));
         let warden = sb.start();
         wait_up(&mut sb, "w", 1);
         signal(warden, Signal::SIGSTOP);

@@ -135,8 +135,8 @@ fn assert_failed_cleanly(sb: &Sandbox, out: &Output) {
 
 // `warden start` returns only once the daemon is up, detached from the launcher's session and
 // terminal, with stdio on /dev/null by default and its pidfile written and locked.
-wtest!(start_detaches_writes_and_locks_the_pidfile, |t| {
-    let mut sb = t.sandbox("");
+wtest!(start_detaches_writes_and_locks_the_pidfile, |test| {
+    let mut sb = test.sandbox("");
     let pid = sb.start();
     assert!(alive(pid));
     assert_detached(&sb, pid);
@@ -163,8 +163,8 @@ wtest!(start_detaches_writes_and_locks_the_pidfile, |t| {
 // Launched from a pseudo-terminal (util-linux `script` gives the launcher a pty as its
 // controlling terminal, in a session of its own), the daemon is in neither that session nor any
 // terminal while the pty is still up, and it survives the pty's hang-up when `script` exits.
-wtest!(daemon_has_no_terminal_and_survives_the_pty_hangup, |t| {
-    let mut sb = t.sandbox("");
+wtest!(daemon_has_no_terminal_and_survives_the_pty_hangup, |test| {
+    let mut sb = test.sandbox("");
     // Inside the pty: show the terminal, start, then print the shell's and the daemon's stat
     // lines while the terminal is still there (once its session leader exits, the kernel takes
     // the terminal away from every process of the session, which would hide a missing setsid).
@@ -285,8 +285,8 @@ const DAEMON_ANON_INODES: &[&str] = &["anon_inode:[eventpoll]", "anon_inode:[eve
 // locked pidfile, its log file, its event loop, and sockets that are not the launcher's.
 wtest!(
     daemon_inherits_no_descriptor_signal_state_or_umask_from_its_launcher,
-    |t| {
-        let mut sb = t.sandbox("");
+    |test| {
+        let mut sb = test.sandbox("");
         let work = sb.path("work");
         std::fs::create_dir(&work).unwrap();
         sb.write_config(&format!(
@@ -436,8 +436,8 @@ wtest!(
 // running with its pidfile untouched.
 wtest!(
     second_start_is_refused_and_leaves_the_first_untouched,
-    |t| {
-        let mut sb = t.sandbox("");
+    |test| {
+        let mut sb = test.sandbox("");
         let pid = sb.start();
         let before = std::fs::metadata(sb.pidfile()).unwrap();
         let text = std::fs::read_to_string(sb.pidfile()).unwrap();
@@ -468,8 +468,8 @@ wtest!(
 // After `kill -9` the pidfile stays but nobody holds its lock: `status` says 1 (dead, pidfile
 // remains), `stop` says `not running`, and `start` takes the file over with the new pid. A
 // clean stop then leaves `status` 3.
-wtest!(stale_pidfile_after_kill_9_is_taken_over, |t| {
-    let mut sb = t.sandbox("");
+wtest!(stale_pidfile_after_kill_9_is_taken_over, |test| {
+    let mut sb = test.sandbox("");
     assert_eq!(status_code(&mut sb), Some(3), "before any start");
     let first = sb.start();
     assert_eq!(status_code(&mut sb), Some(0));
@@ -510,9 +510,9 @@ wtest!(stale_pidfile_after_kill_9_is_taken_over, |t| {
 });
 
 // `warden status` into a pipe nobody reads ends by SIGPIPE, like any filter, not with a panic.
-wtest!(status_into_a_closed_pipe_ends_quietly, |t| {
+wtest!(status_into_a_closed_pipe_ends_quietly, |test| {
     use std::os::unix::process::ExitStatusExt;
-    let mut sb = t.sandbox("");
+    let mut sb = test.sandbox("");
     let pid = sb.start();
     let (r, w) = nix::unistd::pipe().unwrap();
     drop(r);
@@ -534,8 +534,8 @@ wtest!(status_into_a_closed_pipe_ends_quietly, |t| {
 // An empty `NOTIFY_SOCKET` names no service manager: `start` still detaches and returns.
 wtest!(
     an_empty_notify_socket_does_not_keep_start_in_the_foreground,
-    |t| {
-        let mut sb = t.sandbox("");
+    |test| {
+        let mut sb = test.sandbox("");
         let mut cmd = sb.warden(&["start"]);
         cmd.env("NOTIFY_SOCKET", "");
         let out = sb.output(cmd);
@@ -550,8 +550,8 @@ wtest!(
 
 // 50 `warden start` at once: exactly one succeeds, the 49 others fail with `already running`,
 // and exactly one daemon is left.
-wtest!(fifty_concurrent_starts_yield_exactly_one_daemon, |t| {
-    let mut sb = t.sandbox("");
+wtest!(fifty_concurrent_starts_yield_exactly_one_daemon, |test| {
+    let mut sb = test.sandbox("");
     let pidfile = sb.pidfile();
     concurrent_starts(&mut sb, &pidfile);
 });
@@ -560,8 +560,8 @@ wtest!(fifty_concurrent_starts_yield_exactly_one_daemon, |t| {
 // to create it still say `already running`.
 wtest!(
     fifty_concurrent_starts_creating_the_pidfile_directory_yield_one_daemon,
-    |t| {
-        let mut sb = t.sandbox("");
+    |test| {
+        let mut sb = test.sandbox("");
         let pidfile = sb.path("run").join("warden.pid");
         sb.write_config(&format!("pidfile = \"{}\"", pidfile.display()));
         concurrent_starts(&mut sb, &pidfile);
@@ -628,9 +628,9 @@ fn concurrent_starts(sb: &mut Sandbox, pidfile: &Path) {
 // and the reason, and leaves nothing behind. Root ignores permission bits, so the directory is
 // made unusable with a regular file in the path (ENOTDIR), and, for permissions, warden runs as
 // `nobody` (through setpriv) when the test runs as root.
-wtest!(unwritable_pidfile_directory_fails_start, |t| {
+wtest!(unwritable_pidfile_directory_fails_start, |test| {
     // ENOTDIR: the pidfile's "directory" is a regular file.
-    let mut sb = t.sandbox("");
+    let mut sb = test.sandbox("");
     let notdir = sb.path("notdir");
     std::fs::write(&notdir, "a file\n").unwrap();
     let pidfile = notdir.join("warden.pid");
@@ -646,7 +646,7 @@ wtest!(unwritable_pidfile_directory_fails_start, |t| {
     assert_eq!(std::fs::read_to_string(&notdir).unwrap(), "a file\n");
 
     // EACCES: a root-owned 0755 directory, warden running as nobody.
-    let mut sb = t.sandbox("");
+    let mut sb = test.sandbox("");
     let locked = sb.path("locked");
     std::fs::create_dir(&locked).unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
@@ -684,8 +684,8 @@ wtest!(unwritable_pidfile_directory_fails_start, |t| {
 // A missing working directory fails in the daemon, after the forks: the launcher still reports
 // it (the reason travels through the readiness pipe), exits non-zero, and the pidfile it
 // created is gone.
-wtest!(missing_working_directory_fails_start, |t| {
-    let mut sb = t.sandbox("directory = \"/nonexistent/x\"");
+wtest!(missing_working_directory_fails_start, |test| {
+    let mut sb = test.sandbox("directory = \"/nonexistent/x\"");
     let out = sb.run(&["start"]);
     let err = stderr_of(&out);
     assert!(
@@ -698,8 +698,8 @@ wtest!(missing_working_directory_fails_start, |t| {
 });
 
 // An unknown user fails in the launcher, before anything is created.
-wtest!(unknown_user_fails_start, |t| {
-    let mut sb = t.sandbox("user = \"no-such-user\"");
+wtest!(unknown_user_fails_start, |test| {
+    let mut sb = test.sandbox("user = \"no-such-user\"");
     let out = sb.run(&["start"]);
     let err = stderr_of(&out);
     assert!(
@@ -712,13 +712,13 @@ wtest!(unknown_user_fails_start, |t| {
 // A fork the kernel refuses — the first one, or the intermediate's — fails `start` with the
 // reason, removes the pidfile and leaves no process. `RLIMIT_NPROC` binds only unprivileged
 // users, so the launcher runs as a uid nothing else uses (root in CI; skipped elsewhere).
-wtest!(a_refused_fork_fails_start_cleanly, |t| {
-    if !t.require_root() {
+wtest!(a_refused_fork_fails_start_cleanly, |test| {
+    if !test.require_root() {
         return;
     }
     // 1: the launcher alone reaches the limit, so the first fork fails; 2: the intermediate's.
     for nproc in [1, 2] {
-        let mut sb = t.sandbox("");
+        let mut sb = test.sandbox("");
         let mut cmd = Command::new("prlimit");
         cmd.arg(format!("--nproc={nproc}"))
             .args([
@@ -748,8 +748,8 @@ wtest!(a_refused_fork_fails_start_cleanly, |t| {
 
 // A symlink planted at the pidfile path is refused, never followed: the file it points at is
 // not touched, and a dangling one does not create its target.
-wtest!(symlink_at_pidfile_path_is_not_followed, |t| {
-    let mut sb = t.sandbox("");
+wtest!(symlink_at_pidfile_path_is_not_followed, |test| {
+    let mut sb = test.sandbox("");
     let victim = sb.path("victim");
     std::fs::write(&victim, "precious\n").unwrap();
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -798,8 +798,8 @@ wtest!(symlink_at_pidfile_path_is_not_followed, |t| {
 // which nobody itself may run.
 wtest!(
     privilege_drop_to_nobody_leaves_no_supplementary_groups,
-    |t| {
-        if !t.require_root() {
+    |test| {
+        if !test.require_root() {
             return;
         }
         let nobody = nix::unistd::User::from_name("nobody")
@@ -818,7 +818,7 @@ wtest!(
             }
         }
 
-        let mut sb = t.sandbox("user = \"nobody\"");
+        let mut sb = test.sandbox("user = \"nobody\"");
         // The launcher carries supplementary groups the daemon must lose.
         let mut cmd = Command::new("setpriv");
         cmd.args(["--groups=0,4,100", "--"]).arg(warden_bin());
@@ -889,8 +889,8 @@ wtest!(
 // ---------------------------------------------------------------------------------------------
 
 // SIGTERM: the daemon exits within a second (issue 2), its pidfile removed, nothing left.
-wtest!(sigterm_stops_the_daemon_and_removes_the_pidfile, |t| {
-    let mut sb = t.sandbox("");
+wtest!(sigterm_stops_the_daemon_and_removes_the_pidfile, |test| {
+    let mut sb = test.sandbox("");
     let pid = sb.start();
     let t0 = Instant::now();
     signal(pid, Signal::SIGTERM);
@@ -907,31 +907,34 @@ wtest!(sigterm_stops_the_daemon_and_removes_the_pidfile, |t| {
 
 // `warden stop` signals the daemon and returns 0 once it is gone — the pidfile already
 // removed; on a stopped daemon it says `not running` and returns 0.
-wtest!(stop_command_waits_for_the_daemon_and_is_idempotent, |t| {
-    let mut sb = t.sandbox("");
-    let pid = sb.start();
-    let out = sb.run(&["stop"]);
-    assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
-    // The lock is released only when the daemon's last descriptor closes, after its exit hooks.
-    assert!(
-        !sb.pidfile().exists(),
-        "stop returned before the pidfile was removed"
-    );
-    assert!(
-        wait_until(TIMEOUT, || !alive(pid)),
-        "daemon still alive after stop"
-    );
-    assert_no_process(&sb);
+wtest!(
+    stop_command_waits_for_the_daemon_and_is_idempotent,
+    |test| {
+        let mut sb = test.sandbox("");
+        let pid = sb.start();
+        let out = sb.run(&["stop"]);
+        assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
+        // The lock is released only when the daemon's last descriptor closes, after its exit hooks.
+        assert!(
+            !sb.pidfile().exists(),
+            "stop returned before the pidfile was removed"
+        );
+        assert!(
+            wait_until(TIMEOUT, || !alive(pid)),
+            "daemon still alive after stop"
+        );
+        assert_no_process(&sb);
 
-    let out = sb.run(&["stop"]);
-    assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
-    assert!(
-        stdout_of(&out).contains("not running"),
-        "stdout: {}",
-        stdout_of(&out)
-    );
-    assert_eq!(status_code(&mut sb), Some(3));
-});
+        let out = sb.run(&["stop"]);
+        assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
+        assert!(
+            stdout_of(&out).contains("not running"),
+            "stdout: {}",
+            stdout_of(&out)
+        );
+        assert_eq!(status_code(&mut sb), Some(3));
+    }
+);
 
 // ---------------------------------------------------------------------------------------------
 // check and run
@@ -939,8 +942,8 @@ wtest!(stop_command_waits_for_the_daemon_and_is_idempotent, |t| {
 
 // `warden check` lists every error of a file with file:line:column and exits 1; a valid file
 // exits 0.
-wtest!(check_reports_every_error_with_its_position, |t| {
-    let mut sb = t.sandbox("");
+wtest!(check_reports_every_error_with_its_position, |test| {
+    let mut sb = test.sandbox("");
     let out = sb.run(&["check"]);
     assert_eq!(
         exit_code(&out),
@@ -974,8 +977,8 @@ wtest!(check_reports_every_error_with_its_position, |t| {
 // groups that do not resolve (each at its file:line:column, in file order, main file first),
 // then warnings about what will fail later. Warnings alone exit 0; `start` still refuses an
 // unknown account (exit 6), also one named in a drop-in.
-wtest!(check_reports_everything_in_one_pass_with_warnings, |t| {
-    let mut sb = t.sandbox("");
+wtest!(check_reports_everything_in_one_pass_with_warnings, |test| {
+    let mut sb = test.sandbox("");
     let dir = path_str(&sb.dir);
     std::fs::create_dir(sb.path("conf.d")).unwrap();
     std::fs::write(sb.path("notexec"), "#!/bin/sh\n").unwrap();
@@ -1076,8 +1079,8 @@ wtest!(check_reports_everything_in_one_pass_with_warnings, |t| {
 // `warden run` stays in the foreground (the spawned process is the daemon: same pid as in the
 // pidfile, still our child, in our session), holds the lock, reports readiness on
 // `NOTIFY_SOCKET`, and exits 0 on SIGTERM, removing its pidfile.
-wtest!(run_stays_in_the_foreground_and_exits_0_on_sigterm, |t| {
-    let mut sb = t.sandbox("");
+wtest!(run_stays_in_the_foreground_and_exits_0_on_sigterm, |test| {
+    let mut sb = test.sandbox("");
     let notify = sb.path("notify.sock");
     let sock = UnixDatagram::bind(&notify).unwrap();
     sock.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -1131,9 +1134,9 @@ wtest!(run_stays_in_the_foreground_and_exits_0_on_sigterm, |t| {
     assert_no_process(&sb);
 });
 
-wtest!(stop_refuses_a_pid_that_does_not_hold_the_pidfile, |t| {
+wtest!(stop_refuses_a_pid_that_does_not_hold_the_pidfile, |test| {
     // Whoever can write the pidfile must not be able to aim `warden stop` at another process.
-    let mut sb = t.sandbox("");
+    let mut sb = test.sandbox("");
     let daemon = sb.start();
     let victim = sb.spawn({
         let mut c = std::process::Command::new("/bin/sleep");
@@ -1167,8 +1170,8 @@ wtest!(stop_refuses_a_pid_that_does_not_hold_the_pidfile, |t| {
     assert!(alive(victim), "the victim was signalled");
 });
 
-wtest!(restart_replaces_the_daemon, |t| {
-    let mut sb = t.sandbox("");
+wtest!(restart_replaces_the_daemon, |test| {
+    let mut sb = test.sandbox("");
     let old = sb.start();
     let out = sb.run(&["restart"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
@@ -1187,50 +1190,53 @@ wtest!(restart_replaces_the_daemon, |t| {
 // /proc/PID/fd") instead of calling it a forged pid, and leaves the daemon alone; with the
 // socket, the daemon that answers there is stopped through a pidfd on the socket's peer (a pid
 // the kernel vouches for), the pidfile's problem shown as a warning.
-wtest!(stop_as_root_without_ptrace_cannot_tell_and_says_so, |t| {
-    if !t.require_root() || !t.require_tool("setpriv", "util-linux") {
-        return;
-    }
-    let mut sb = t.sandbox("user = \"nobody\"");
-    let pid = sb.start();
-    let stop_without_ptrace = |sb: &mut Sandbox| {
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace", "--"])
-            .arg(warden_bin())
-            .arg("-c")
-            .arg(&sb.config)
-            .args(["stop", "--timeout", "5s"])
-            .stdin(Stdio::null());
-        sb.output(cmd)
-    };
-    std::fs::rename(sb.path("warden.sock"), sb.path("moved.sock")).unwrap();
-    let out = stop_without_ptrace(&mut sb);
-    let err = stderr_of(&out);
-    if err.starts_with("setpriv:") {
-        // No CAP_SETPCAP here, so the bounding set cannot shrink.
-        t.skip(&format!("setpriv cannot drop cap_sys_ptrace: {err}"));
-        std::fs::rename(sb.path("moved.sock"), sb.path("warden.sock")).unwrap();
-        return;
-    }
-    assert_eq!(
-        exit_code(&out),
-        Some(4),
-        "stop without CAP_SYS_PTRACE: {err}"
-    );
-    let want = format!("permission denied: cannot inspect /proc/{pid}/fd");
-    assert!(err.contains(&want), "missing {want:?} in: {err}");
-    assert!(!err.contains("does not hold it"), "false refusal: {err}");
-    assert!(alive(pid), "the daemon was signalled although unchecked");
-    assert_eq!(sb.pidfile_pid(), Some(pid));
+wtest!(
+    stop_as_root_without_ptrace_cannot_tell_and_says_so,
+    |test| {
+        if !test.require_root() || !test.require_tool("setpriv", "util-linux") {
+            return;
+        }
+        let mut sb = test.sandbox("user = \"nobody\"");
+        let pid = sb.start();
+        let stop_without_ptrace = |sb: &mut Sandbox| {
+            let mut cmd = Command::new("setpriv");
+            cmd.args(["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace", "--"])
+                .arg(warden_bin())
+                .arg("-c")
+                .arg(&sb.config)
+                .args(["stop", "--timeout", "5s"])
+                .stdin(Stdio::null());
+            sb.output(cmd)
+        };
+        std::fs::rename(sb.path("warden.sock"), sb.path("moved.sock")).unwrap();
+        let out = stop_without_ptrace(&mut sb);
+        let err = stderr_of(&out);
+        if err.starts_with("setpriv:") {
+            // No CAP_SETPCAP here, so the bounding set cannot shrink.
+            test.skip(&format!("setpriv cannot drop cap_sys_ptrace: {err}"));
+            std::fs::rename(sb.path("moved.sock"), sb.path("warden.sock")).unwrap();
+            return;
+        }
+        assert_eq!(
+            exit_code(&out),
+            Some(4),
+            "stop without CAP_SYS_PTRACE: {err}"
+        );
+        let want = format!("permission denied: cannot inspect /proc/{pid}/fd");
+        assert!(err.contains(&want), "missing {want:?} in: {err}");
+        assert!(!err.contains("does not hold it"), "false refusal: {err}");
+        assert!(alive(pid), "the daemon was signalled although unchecked");
+        assert_eq!(sb.pidfile_pid(), Some(pid));
 
-    std::fs::rename(sb.path("moved.sock"), sb.path("warden.sock")).unwrap();
-    let out = stop_without_ptrace(&mut sb);
-    let err = stderr_of(&out);
-    assert_eq!(exit_code(&out), Some(0), "stop through the socket: {err}");
-    assert!(
-        err.contains(&want) && err.contains(&format!("pid {pid} answers")),
-        "{err}"
-    );
-    assert!(wait_until(TIMEOUT, || !alive(pid)), "daemon still alive");
-    assert_no_process(&sb);
-});
+        std::fs::rename(sb.path("moved.sock"), sb.path("warden.sock")).unwrap();
+        let out = stop_without_ptrace(&mut sb);
+        let err = stderr_of(&out);
+        assert_eq!(exit_code(&out), Some(0), "stop through the socket: {err}");
+        assert!(
+            err.contains(&want) && err.contains(&format!("pid {pid} answers")),
+            "{err}"
+        );
+        assert!(wait_until(TIMEOUT, || !alive(pid)), "daemon still alive");
+        assert_no_process(&sb);
+    }
+);

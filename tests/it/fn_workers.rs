@@ -26,8 +26,8 @@ fn snapshot(sb: &Sandbox, pid: i32, previous: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-wtest!(function_workers_are_supervised, |t| {
-    let mut sb = t.sandbox("");
+wtest!(function_workers_are_supervised, |test| {
+    let mut sb = test.sandbox("");
     let mut cmd = Command::new(example());
     cmd.arg("--dir")
         .arg(&sb.dir)
@@ -96,8 +96,8 @@ wtest!(function_workers_are_supervised, |t| {
 
 wtest!(
     forking_from_a_multithreaded_process_is_refused_clearly,
-    |t| {
-        let mut sb = t.sandbox("");
+    |test| {
+        let mut sb = test.sandbox("");
         let mut cmd = Command::new(example());
         cmd.arg("--dir")
             .arg(&sb.dir)

@@ -42,8 +42,8 @@ fn wait_event(sb: &Sandbox, event: &str, count: usize) {
     );
 }
 
-wtest!(hooks_run_on_term_lifo_once_in_the_daemon_only, |t| {
-    let mut sb = t.sandbox("");
+wtest!(hooks_run_on_term_lifo_once_in_the_daemon_only, |test| {
+    let mut sb = test.sandbox("");
     let pid = start_lifecycle(&mut sb, &[]);
     signal(pid, Signal::SIGTERM);
     wait_gone(pid);
@@ -52,20 +52,23 @@ wtest!(hooks_run_on_term_lifo_once_in_the_daemon_only, |t| {
     assert_hooks_ran(&sb, pid);
 });
 
-wtest!(second_term_takes_the_fast_path_and_still_runs_hooks, |t| {
-    let mut sb = t.sandbox("");
-    let pid = start_lifecycle(&mut sb, &["--linger", "60s"]);
-    signal(pid, Signal::SIGTERM);
-    wait_event(&sb, "GracefulShutdown", 1);
-    assert!(alive(pid), "lingers during the graceful shutdown");
-    signal(pid, Signal::SIGTERM);
-    wait_gone(pid);
-    wait_event(&sb, "FastShutdown", 1);
-    assert_hooks_ran(&sb, pid);
-});
+wtest!(
+    second_term_takes_the_fast_path_and_still_runs_hooks,
+    |test| {
+        let mut sb = test.sandbox("");
+        let pid = start_lifecycle(&mut sb, &["--linger", "60s"]);
+        signal(pid, Signal::SIGTERM);
+        wait_event(&sb, "GracefulShutdown", 1);
+        assert!(alive(pid), "lingers during the graceful shutdown");
+        signal(pid, Signal::SIGTERM);
+        wait_gone(pid);
+        wait_event(&sb, "FastShutdown", 1);
+        assert_hooks_ran(&sb, pid);
+    }
+);
 
-wtest!(quit_is_a_fast_shutdown_with_hooks, |t| {
-    let mut sb = t.sandbox("");
+wtest!(quit_is_a_fast_shutdown_with_hooks, |test| {
+    let mut sb = test.sandbox("");
     let pid = start_lifecycle(&mut sb, &["--linger", "60s"]);
     signal(pid, Signal::SIGQUIT);
     wait_gone(pid);
@@ -79,8 +82,8 @@ wtest!(quit_is_a_fast_shutdown_with_hooks, |t| {
     assert_hooks_ran(&sb, pid);
 });
 
-wtest!(hooks_run_on_a_panic_in_the_main_thread, |t| {
-    let mut sb = t.sandbox("");
+wtest!(hooks_run_on_a_panic_in_the_main_thread, |test| {
+    let mut sb = test.sandbox("");
     let pid = start_lifecycle(&mut sb, &[]);
     signal(pid, Signal::SIGUSR2);
     wait_gone(pid);
@@ -88,9 +91,9 @@ wtest!(hooks_run_on_a_panic_in_the_main_thread, |t| {
     assert!(sb.read("stderr.log").contains("panic on SIGUSR2"));
 });
 
-wtest!(hooks_run_on_return_exit_and_panic_modes, |t| {
+wtest!(hooks_run_on_return_exit_and_panic_modes, |test| {
     for mode in ["return", "exit", "panic"] {
-        let mut sb = t.sandbox("");
+        let mut sb = test.sandbox("");
         let cmd = lifecycle(&sb, &["--mode", mode]);
         let out = sb.output(cmd);
         assert!(out.status.success(), "{mode}: {}", stderr_of(&out));
@@ -111,9 +114,9 @@ wtest!(hooks_run_on_return_exit_and_panic_modes, |t| {
     }
 });
 
-wtest!(a_panicking_hook_does_not_stop_the_others, |t| {
+wtest!(a_panicking_hook_does_not_stop_the_others, |test| {
     // Hook P panics in every run above; here we also check the panic was logged.
-    let mut sb = t.sandbox("");
+    let mut sb = test.sandbox("");
     let pid = start_lifecycle(&mut sb, &[]);
     signal(pid, Signal::SIGTERM);
     wait_gone(pid);
@@ -126,8 +129,8 @@ wtest!(a_panicking_hook_does_not_stop_the_others, |t| {
     );
 });
 
-wtest!(fail_reports_to_the_launcher_and_runs_hooks, |t| {
-    let mut sb = t.sandbox("");
+wtest!(fail_reports_to_the_launcher_and_runs_hooks, |test| {
+    let mut sb = test.sandbox("");
     let cmd = lifecycle(&sb, &["--mode", "fail"]);
     let out = sb.output(cmd);
     assert_eq!(out.status.code(), Some(1));
@@ -146,8 +149,8 @@ wtest!(fail_reports_to_the_launcher_and_runs_hooks, |t| {
 
 wtest!(
     a_daemon_never_ready_is_killed_at_the_launchers_timeout,
-    |t| {
-        let mut sb = t.sandbox("");
+    |test| {
+        let mut sb = test.sandbox("");
         let cmd = lifecycle(&sb, &["--mode", "hang", "--ready-timeout", "300ms"]);
         let out = sb.output(cmd);
         let err = stderr_of(&out);
@@ -171,8 +174,8 @@ wtest!(
 // A hook that overruns its own deadline is abandoned; the others and the pidfile removal run.
 wtest!(
     a_hook_past_its_deadline_is_abandoned_and_the_rest_run,
-    |t| {
-        let mut sb = t.sandbox("");
+    |test| {
+        let mut sb = test.sandbox("");
         let pid = start_lifecycle(&mut sb, &["--slow-hook"]);
         signal(pid, Signal::SIGTERM);
         wait_gone(pid);
@@ -184,8 +187,8 @@ wtest!(
 // goes.
 wtest!(
     the_total_hook_deadline_skips_the_rest_but_removes_the_pidfile,
-    |t| {
-        let mut sb = t.sandbox("");
+    |test| {
+        let mut sb = test.sandbox("");
         let pid = start_lifecycle(&mut sb, &["--stuck-hook", "--hooks-deadline", "500ms"]);
         signal(pid, Signal::SIGTERM);
         wait_gone(pid);
@@ -199,24 +202,27 @@ wtest!(
 );
 
 // `Daemon::start` refuses a process that already runs a second thread (fork keeps only one).
-wtest!(a_multi_threaded_process_is_refused_before_any_fork, |t| {
-    let mut sb = t.sandbox("");
-    let cmd = lifecycle(&sb, &["--thread-first"]);
-    let out = sb.output(cmd);
-    let err = stderr_of(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("has 2 threads"), "{err}");
-    assert!(!sb.path("app.pid").exists(), "no pidfile");
-    assert_no_process(&sb);
-});
+wtest!(
+    a_multi_threaded_process_is_refused_before_any_fork,
+    |test| {
+        let mut sb = test.sandbox("");
+        let cmd = lifecycle(&sb, &["--thread-first"]);
+        let out = sb.output(cmd);
+        let err = stderr_of(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("has 2 threads"), "{err}");
+        assert!(!sb.path("app.pid").exists(), "no pidfile");
+        assert_no_process(&sb);
+    }
+);
 
 // A child the daemon forks before `ready` and that drops its copy of the handle (as returning
 // from `main` would) neither tells the launcher the daemon failed nor keeps the instance lock
 // once the daemon is gone.
 wtest!(
     a_child_forked_before_ready_speaks_not_for_the_daemon_nor_holds_its_lock,
-    |t| {
-        let mut sb = t.sandbox("");
+    |test| {
+        let mut sb = test.sandbox("");
         let pid = start_lifecycle(&mut sb, &["--child", "linger"]);
         let child: i32 = sb.read("child.pid").trim().parse().expect("child.pid");
         sb.track(child);
@@ -240,8 +246,8 @@ wtest!(
 
 // A library daemon that installs no signal handling, whose launcher is killed before `ready`,
 // survives writing its verdict into the broken readiness pipe.
-wtest!(a_daemon_outlives_its_launcher_killed_before_ready, |t| {
-    let mut sb = t.sandbox("");
+wtest!(a_daemon_outlives_its_launcher_killed_before_ready, |test| {
+    let mut sb = test.sandbox("");
     let mut cmd = lifecycle(&sb, &["--mode", "bare", "--ready-delay", "1s"]);
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -265,8 +271,8 @@ wtest!(a_daemon_outlives_its_launcher_killed_before_ready, |t| {
     assert!(alive(pid), "still running after ready()");
 });
 
-wtest!(each_signal_produces_its_event, |t| {
-    let mut sb = t.sandbox("");
+wtest!(each_signal_produces_its_event, |test| {
+    let mut sb = test.sandbox("");
     let pid = start_lifecycle(&mut sb, &[]);
     // The fixture forks a child at start: its exit is the first ChildExited.
     wait_event(&sb, "ChildExited", 1);
@@ -299,8 +305,8 @@ wtest!(each_signal_produces_its_event, |t| {
     assert_hooks_ran(&sb, pid);
 });
 
-wtest!(sd_notify_messages_arrive_in_order, |t| {
-    let mut sb = t.sandbox("log = \"stderr\"");
+wtest!(sd_notify_messages_arrive_in_order, |test| {
+    let mut sb = test.sandbox("log = \"stderr\"");
     let sock_path = sb.path("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(TIMEOUT)).unwrap();

@@ -85,7 +85,7 @@ fn ticker_numbers(path: &Path, numbers: &mut Vec<u64>) {
 
 /// Makes sure `logrotate` is installed: installs the Debian package as root, otherwise says why
 /// the calling test is skipped.
-fn have_logrotate(t: &Test) -> bool {
+fn have_logrotate(test: &Test) -> bool {
     let found = || {
         Command::new("logrotate")
             .arg("--version")
@@ -98,7 +98,7 @@ fn have_logrotate(t: &Test) -> bool {
         return true;
     }
     if !nix::unistd::Uid::effective().is_root() {
-        t.skip("logrotate is not installed (apt-get install logrotate)");
+        test.skip("logrotate is not installed (apt-get install logrotate)");
         return false;
     }
     let install = || {
@@ -122,18 +122,18 @@ fn have_logrotate(t: &Test) -> bool {
     assert!(
         found(),
         "{}: cannot install logrotate with apt-get",
-        t.name()
+        test.name()
     );
     true
 }
 
 wtest!(
     logrotate_loses_and_splits_no_line_across_three_rotations,
-    |t| {
-        if !have_logrotate(&t) {
+    |test| {
+        if !have_logrotate(&test) {
             return;
         }
-        let mut sb = t.sandbox("");
+        let mut sb = test.sandbox("");
         // logrotate refuses to rotate in a world-writable directory (the sandbox is 0777 for tests
         // that drop privileges; this one does not).
         std::fs::set_permissions(&sb.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -257,8 +257,8 @@ fn syslog_line_number(msg: &str) -> Option<u64> {
 
 wtest!(
     syslog_messages_carry_pid_facility_severity_and_survive_a_receiver_restart,
-    |t| {
-        let mut sb = t.sandbox("");
+    |test| {
+        let mut sb = test.sandbox("");
         let sock_path = sb.path("log.sock");
         let receiver = syslog_receiver(&sock_path);
         let pid = start_lifecycle(
@@ -390,8 +390,8 @@ fn run_foreground(
 
 wtest!(
     stderr_speaks_journald_prefixes_only_when_journal_stream_matches,
-    |t| {
-        let mut sb = t.sandbox("log = \"stderr\"");
+    |test| {
+        let mut sb = test.sandbox("log = \"stderr\"");
 
         let journal = run_foreground(&mut sb, "journal.err", |m| {
             format!("{}:{}", m.dev(), m.ino())
@@ -436,8 +436,8 @@ wtest!(
     }
 );
 
-wtest!(warden_reopen_logs_moves_logging_to_the_new_file, |t| {
-    let mut sb = t.sandbox("");
+wtest!(warden_reopen_logs_moves_logging_to_the_new_file, |test| {
+    let mut sb = test.sandbox("");
     let log = sb.path("warden.log");
     let rotated = sb.path("warden.log.1");
     let pid = sb.start();

@@ -120,20 +120,20 @@ fn scenario(name: &str) -> Run {
     run
 }
 
-wtest!(results_equal_a_sequential_run_for_100k_jobs, |_t| {
+wtest!(results_equal_a_sequential_run_for_100k_jobs, |_test| {
     let r = scenario("sequential");
     assert_eq!(r.num("map_mismatches"), 0);
     assert_eq!(r.num("imap_count"), 100_000);
     assert_eq!(r.num("imap_mismatches"), 0);
 });
 
-wtest!(map_keeps_input_order_also_chunked, |_t| {
+wtest!(map_keeps_input_order_also_chunked, |_test| {
     scenario("map_order");
 });
 
 wtest!(
     sigkill_mid_job_fails_that_job_alone_and_callbacks_fire_once,
-    |_t| {
+    |_test| {
         let r = scenario("kill_busy");
         assert!(
             r.get("victim").contains("WorkerDied"),
@@ -150,7 +150,7 @@ wtest!(
     }
 );
 
-wtest!(sigkill_of_an_idle_worker_loses_nothing, |_t| {
+wtest!(sigkill_of_an_idle_worker_loses_nothing, |_test| {
     let r = scenario("kill_idle");
     assert_eq!(r.num("lost"), 0);
     assert_eq!(r.num("worker_deaths"), 1);
@@ -158,7 +158,7 @@ wtest!(sigkill_of_an_idle_worker_loses_nothing, |_t| {
 
 wtest!(
     jobs_submitted_right_after_an_idle_worker_is_killed_are_sent_again_not_failed,
-    |_t| {
+    |_test| {
         let r = scenario("kill_idle_submit");
         assert_eq!(r.num("lost"), 0);
         assert_eq!(r.num("worker_deaths"), 5);
@@ -170,7 +170,7 @@ wtest!(
 // once the pipeline has opened wide for tiny jobs.
 wtest!(
     short_jobs_do_not_wait_behind_a_long_one_while_a_worker_is_free,
-    |_t| {
+    |_test| {
         let r = scenario("head_of_line");
         for phase in ["fresh", "warm"] {
             assert_eq!(r.num(&format!("{phase}_after_long")), 0);
@@ -181,14 +181,17 @@ wtest!(
 
 // Jobs submitted right after `build()` are shared by the workers as they come up, not all given
 // to the first one up.
-wtest!(a_burst_right_after_build_is_shared_by_the_workers, |_t| {
-    let r = scenario("startup_burst");
-    assert_eq!(r.num("unbalanced"), 0);
-});
+wtest!(
+    a_burst_right_after_build_is_shared_by_the_workers,
+    |_test| {
+        let r = scenario("startup_burst");
+        assert_eq!(r.num("unbalanced"), 0);
+    }
+);
 
 wtest!(
     a_panicking_handler_fails_its_job_and_the_worker_serves_the_next,
-    |_t| {
+    |_test| {
         let r = scenario("panic");
         assert!(r.get("panic").contains("Panicked(\"boom\")"));
     }
@@ -196,7 +199,7 @@ wtest!(
 
 wtest!(
     an_output_that_cannot_be_serialized_is_a_codec_error_not_a_crash,
-    |_t| {
+    |_test| {
         let r = scenario("codec");
         assert_eq!(r.num("codec_errors"), 10);
         assert_eq!(r.num("deaths"), 0);
@@ -208,7 +211,7 @@ wtest!(
 
 wtest!(
     a_job_timeout_kills_the_worker_and_the_pool_continues,
-    |_t| {
+    |_test| {
         let r = scenario("timeout");
         assert_eq!(r.num("timed_out"), 2);
         let ms = r.num("timed_out_ms");
@@ -219,14 +222,14 @@ wtest!(
     }
 );
 
-wtest!(close_then_join_returns_after_the_last_job, |_t| {
+wtest!(close_then_join_returns_after_the_last_job, |_test| {
     let r = scenario("close_join");
     assert_eq!(r.num("done_at_join"), 50);
 });
 
 wtest!(
     terminate_cancels_unfinished_jobs_and_leaves_no_worker,
-    |_t| {
+    |_test| {
         let r = scenario("terminate");
         assert_eq!(r.num("cancelled"), 10);
     }
@@ -234,7 +237,7 @@ wtest!(
 
 wtest!(
     imap_unordered_ends_when_another_thread_terminates_the_pool,
-    |_t| {
+    |_test| {
         let r = scenario("imap_terminate");
         assert_eq!(r.num("seen"), 10);
         assert!(r.num("cancelled") >= 9, "cancelled={}", r.num("cancelled"));
@@ -243,34 +246,40 @@ wtest!(
 
 wtest!(
     a_full_queue_blocks_submit_and_try_submit_gives_the_job_back,
-    |_t| {
+    |_test| {
         let r = scenario("backpressure");
         assert_eq!(r.get("try_submit"), "full");
         assert!(r.num("blocked_ms") >= 150);
     }
 );
 
-wtest!(workers_are_recycled_by_job_count_without_failures, |_t| {
-    let r = scenario("recycle");
-    assert_eq!(r.num("failed"), 0);
-    assert!(r.num("distinct_pids") >= 10);
-    assert!(r.num("recycled") >= 8);
-});
+wtest!(
+    workers_are_recycled_by_job_count_without_failures,
+    |_test| {
+        let r = scenario("recycle");
+        assert_eq!(r.num("failed"), 0);
+        assert!(r.num("distinct_pids") >= 10);
+        assert!(r.num("recycled") >= 8);
+    }
+);
 
-wtest!(workers_are_recycled_by_rss_without_failures, |_t| {
+wtest!(workers_are_recycled_by_rss_without_failures, |_test| {
     let r = scenario("recycle_rss");
     assert_eq!(r.num("failed"), 0);
     assert!(r.num("recycled") >= 1);
 });
 
-wtest!(an_idempotent_job_is_retried_after_its_worker_dies, |_t| {
-    let r = scenario("retries");
-    assert_eq!(r.get("outcome"), "Ok(9)");
-});
+wtest!(
+    an_idempotent_job_is_retried_after_its_worker_dies,
+    |_test| {
+        let r = scenario("retries");
+        assert_eq!(r.get("outcome"), "Ok(9)");
+    }
+);
 
 wtest!(
     a_crash_loop_fails_new_jobs_as_fatal_instead_of_hanging,
-    |_t| {
+    |_test| {
         let r = scenario("crash_loop");
         assert!(r.get("after").contains("crash loop"));
     }
@@ -278,19 +287,22 @@ wtest!(
 
 // A slot whose worker is killed from outside too often is retired: visible in the stats, and
 // brought back by `revive()` (also from a pool that had turned fatal that way).
-wtest!(a_retired_slot_is_listed_and_revive_brings_it_back, |_t| {
-    let r = scenario("retire_revive");
-    assert_eq!(r.get("retired_one"), "[0]");
-    assert_eq!(r.num("pids_after_revive"), 2);
-    assert!(
-        r.get("all_retired").contains("Fatal"),
-        "{}",
-        r.get("all_retired")
-    );
-    assert_eq!(r.get("after_revive"), "Ok(10)");
-});
+wtest!(
+    a_retired_slot_is_listed_and_revive_brings_it_back,
+    |_test| {
+        let r = scenario("retire_revive");
+        assert_eq!(r.get("retired_one"), "[0]");
+        assert_eq!(r.num("pids_after_revive"), 2);
+        assert!(
+            r.get("all_retired").contains("Fatal"),
+            "{}",
+            r.get("all_retired")
+        );
+        assert_eq!(r.get("after_revive"), "Ok(10)");
+    }
+);
 
-wtest!(worker_output_is_captured_into_the_log, |_t| {
+wtest!(worker_output_is_captured_into_the_log, |_test| {
     let r = scenario("output");
     assert!(
         r.stderr.contains("output[0] hello from a worker"),
@@ -299,19 +311,22 @@ wtest!(worker_output_is_captured_into_the_log, |_t| {
     );
 });
 
-wtest!(several_fork_pools_can_be_built_in_a_row, |_t| {
+wtest!(several_fork_pools_can_be_built_in_a_row, |_test| {
     scenario("two_pools");
 });
 
-wtest!(exec_self_works_from_a_program_with_several_threads, |_t| {
-    let r = scenario("exec_threads");
-    assert!(r.num("threads_at_build") >= 4);
-    assert!(r.get("victim").contains("WorkerDied"));
-});
+wtest!(
+    exec_self_works_from_a_program_with_several_threads,
+    |_test| {
+        let r = scenario("exec_threads");
+        assert!(r.num("threads_at_build") >= 4);
+        assert!(r.get("victim").contains("WorkerDied"));
+    }
+);
 
 wtest!(
     fork_from_a_multi_threaded_program_is_refused_clearly,
-    |_t| {
+    |_test| {
         let r = scenario("fork_threads");
         let e = r.get("error");
         assert!(
@@ -323,13 +338,13 @@ wtest!(
 
 wtest!(
     dropping_a_busy_pool_cancels_its_jobs_once_and_leaves_nothing,
-    |_t| {
+    |_test| {
         let r = scenario("drop_busy");
         assert!(r.num("cancelled") >= 90);
     }
 );
 
-wtest!(a_killed_fork_server_is_reaped_not_left_a_zombie, |_t| {
+wtest!(a_killed_fork_server_is_reaped_not_left_a_zombie, |_test| {
     let r = scenario("zygote_reaped");
     assert_eq!(r.num("fatal"), 6);
     assert_eq!(r.num("zombies"), 0);
@@ -338,10 +353,10 @@ wtest!(a_killed_fork_server_is_reaped_not_left_a_zombie, |_t| {
 // The pool inside a real warden daemon: daemonize, build the pool (its fork server forked while
 // the daemon is single-threaded), serve jobs on SIGHUP, survive a worker's SIGKILL, and leave
 // nothing behind on SIGTERM.
-wtest!(pool_inside_a_warden_daemon, |t| {
+wtest!(pool_inside_a_warden_daemon, |test| {
     use crate::common::{Sandbox, alive, children_of, signal, wait_until};
     use nix::sys::signal::Signal;
-    let mut sb = t.sandbox("");
+    let mut sb = test.sandbox("");
     let mut cmd = Command::new(crate::common::example("pool_daemon"));
     cmd.arg("--dir").arg(&sb.dir).stdin(Stdio::null());
     let out = sb.output(cmd);

@@ -202,8 +202,8 @@ fn pid_in(line: &str) -> Option<i32> {
 // ---------------------------------------------------------------------------------------------
 // 1. A killed worker is replaced.
 
-wtest!(killed_worker_is_replaced_by_a_new_pid, |t| {
-    let mut sb = t.supervisor_sandbox(
+wtest!(killed_worker_is_replaced_by_a_new_pid, |test| {
+    let mut sb = test.supervisor_sandbox(
         "",
         "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\n",
     );
@@ -257,10 +257,10 @@ wtest!(killed_worker_is_replaced_by_a_new_pid, |t| {
 // ---------------------------------------------------------------------------------------------
 // 2. `on-failure`: exit 0 stays down, exit 1 is restarted.
 
-wtest!(on_failure_restarts_exit_1_but_not_exit_0, |t| {
+wtest!(on_failure_restarts_exit_1_but_not_exit_0, |test| {
     // `ok` exits 0 at once. `bad` exits 1 on its first run and stays up on the second (it
     // leaves a mark in the sandbox to tell the runs apart).
-    let mut sb = t.supervisor_sandbox(
+    let mut sb = test.supervisor_sandbox(
         "",
         &format!(
             "[program.ok]\ncommand = {}\nrestart = \"on-failure\"\n\n\
@@ -315,8 +315,8 @@ wtest!(on_failure_restarts_exit_1_but_not_exit_0, |t| {
 // ---------------------------------------------------------------------------------------------
 // 3. A crash loop backs off with growing delays, then goes fatal.
 
-wtest!(crash_loop_backs_off_then_goes_fatal, |t| {
-    let mut sb = t.supervisor_sandbox(
+wtest!(crash_loop_backs_off_then_goes_fatal, |test| {
+    let mut sb = test.supervisor_sandbox(
         "",
         &format!(
             "[program.c]\ncommand = {}\nbackoff_initial = \"50ms\"\nmax_restarts = 4\n\
@@ -373,8 +373,8 @@ wtest!(crash_loop_backs_off_then_goes_fatal, |t| {
 
 wtest!(
     sigterm_ignoring_worker_gets_sigkill_after_stop_timeout,
-    |t| {
-        let mut sb = t.supervisor_sandbox("", "");
+    |test| {
+        let mut sb = test.supervisor_sandbox("", "");
         let py = script(
             &sb,
             "ignore-term.py",
@@ -425,8 +425,8 @@ wtest!(
 
 wtest!(
     double_forked_grandchildren_are_reaped_and_killed_with_the_group,
-    |t| {
-        let mut sb = t.supervisor_sandbox(
+    |test| {
+        let mut sb = test.supervisor_sandbox(
             "",
             &format!(
                 "[program.forker]\ncommand = {}\n",
@@ -506,8 +506,8 @@ wtest!(
 // ---------------------------------------------------------------------------------------------
 // 6. Workers die with a SIGKILLed warden.
 
-wtest!(workers_die_with_a_sigkilled_warden, |t| {
-    let mut sb = t.supervisor_sandbox(
+wtest!(workers_die_with_a_sigkilled_warden, |test| {
+    let mut sb = test.supervisor_sandbox(
         "",
         "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 4\n",
     );
@@ -554,8 +554,8 @@ fn guard_of(warden: i32) -> Option<i32> {
 // kills every worker process group — also after it was itself killed and replaced.
 wtest!(
     a_sigkilled_warden_takes_the_children_of_its_workers_along,
-    |t| {
-        let mut sb = t.supervisor_sandbox(
+    |test| {
+        let mut sb = test.supervisor_sandbox(
             "",
             &format!(
                 "[program.sh]
@@ -633,8 +633,8 @@ instances = 2
 
 // A guard stopped with SIGSTOP neither holds up an orderly stop nor outlives it (a guard that
 // is not reading is killed, never left to act later on what it was last told).
-wtest!(a_stopped_guard_does_not_outlive_an_orderly_stop, |t| {
-    let mut sb = t.supervisor_sandbox(
+wtest!(a_stopped_guard_does_not_outlive_an_orderly_stop, |test| {
+    let mut sb = test.supervisor_sandbox(
         "",
         &format!(
             "[program.sh]\ncommand = {}\ninstances = 2\n",
@@ -692,8 +692,8 @@ fn expect_ok(sb: &mut Sandbox, args: &[&str]) {
 // up with each restart.
 wtest!(
     stop_and_restart_kill_group_members_that_ignore_the_stop_signal,
-    |t| {
-        let mut sb = t.supervisor_sandbox(
+    |test| {
+        let mut sb = test.supervisor_sandbox(
             "",
             &format!(
                 "[program.g]\ncommand = {}\nstop_timeout = \"1s\"\n",
@@ -745,8 +745,8 @@ wtest!(
 
 // Finding: at shutdown only warden's direct children were killed, one level deep: a TERM-ignoring
 // grandchild of a worker whose main process obeyed ran on under PID 1.
-wtest!(daemon_stop_leaves_no_member_of_a_worker_group, |t| {
-    let mut sb = t.supervisor_sandbox(
+wtest!(daemon_stop_leaves_no_member_of_a_worker_group, |test| {
+    let mut sb = test.supervisor_sandbox(
         "",
         &format!(
             "[program.g]\ncommand = {}\nstop_timeout = \"1s\"\n",
@@ -777,8 +777,8 @@ wtest!(daemon_stop_leaves_no_member_of_a_worker_group, |t| {
 // one's remnants.
 wtest!(
     an_exited_worker_group_is_cleaned_up_before_the_respawn,
-    |t| {
-        let mut sb = t.supervisor_sandbox(
+    |test| {
+        let mut sb = test.supervisor_sandbox(
             "",
             &format!(
                 "[program.e]\ncommand = {}\nstop_timeout = \"1s\"\n",
@@ -835,8 +835,8 @@ wtest!(
 // program's stop_timeout in turn. Here stop_timeout (120 s) is far beyond both the daemon's
 // shutdown_timeout (1 s) and `warden stop --timeout` (10 s): `stop` succeeds only if the
 // shutdown escalated to SIGKILL at shutdown_timeout.
-wtest!(shutdown_timeout_bounds_a_graceful_shutdown, |t| {
-    let mut sb = t.supervisor_sandbox(
+wtest!(shutdown_timeout_bounds_a_graceful_shutdown, |test| {
+    let mut sb = test.supervisor_sandbox(
         "shutdown_timeout = \"1s\"",
         &format!(
             "[program.deaf]\ncommand = {}\nstop_timeout = \"120s\"\n\n\
@@ -911,8 +911,8 @@ time.sleep(1000)
 
 wtest!(
     notify_worker_is_ready_after_ready_1_and_restarted_when_pings_stop,
-    |t| {
-        let mut sb = t.supervisor_sandbox("", "");
+    |test| {
+        let mut sb = test.supervisor_sandbox("", "");
         let py = script(&sb, "notify.py", NOTIFY_WORKER);
         let d = dir(&sb);
         sb.write_config(&format!(
@@ -975,8 +975,8 @@ wtest!(
 
 wtest!(
     workers_get_their_identity_and_only_notify_workers_get_notify_socket,
-    |t| {
-        let mut sb = t.supervisor_sandbox(
+    |test| {
+        let mut sb = test.supervisor_sandbox(
             "",
             &format!(
                 "[program.plain]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\n\n\
@@ -1039,9 +1039,9 @@ fn assert_numbers_in_order(lines: impl Iterator<Item = String>, tag: &str) -> us
 
 wtest!(
     hundred_thousand_lines_to_a_file_arrive_complete_and_in_order,
-    |t| {
+    |test| {
         let _heavy = heavy();
-        let mut sb = t.supervisor_sandbox(
+        let mut sb = test.supervisor_sandbox(
             "",
             &format!(
                 "[program.seq]\ncommand = {}\nrestart = \"never\"\nstdout = \"SANDBOX/out.log\"\n\
@@ -1086,9 +1086,9 @@ wtest!(
 
 wtest!(
     hundred_thousand_lines_to_the_log_arrive_complete_and_in_order,
-    |t| {
+    |test| {
         let _heavy = heavy();
-        let mut sb = t.supervisor_sandbox(
+        let mut sb = test.supervisor_sandbox(
             "",
             &format!(
                 "[program.seq]\ncommand = {}\nrestart = \"never\"\nstdout = \"log\"\n",
@@ -1181,9 +1181,9 @@ fn still_zombie(&(pid, t0): &(i32, u64)) -> bool {
 
 wtest!(
     chaos_random_kills_leave_every_instance_running_and_no_zombies,
-    |t| {
+    |test| {
         const N: usize = 16;
-        let mut sb = t.supervisor_sandbox(
+        let mut sb = test.supervisor_sandbox(
             "",
             "[program.c]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 16\n\
          max_restarts = 1000\nbackoff_initial = \"10ms\"\nbackoff_max = \"100ms\"\n",
@@ -1328,42 +1328,45 @@ wtest!(
 // ---------------------------------------------------------------------------------------------
 // 10. SIGTTIN / SIGTTOU scale the scale_program.
 
-wtest!(ttin_adds_a_worker_and_ttou_stops_the_highest_index, |t| {
-    let mut sb = t.supervisor_sandbox(
-        "scale_program = \"w\"",
-        "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\n",
-    );
-    let warden = sb.start();
-    let two = wait_workers(&mut sb, warden, 2);
-    signal(warden, Signal::SIGTTIN);
-    let three = wait_workers(&mut sb, warden, 3);
-    assert!(
-        two.iter().all(|p| three.contains(p)),
-        "the first two are untouched"
-    );
-    let added = *three.iter().find(|p| !two.contains(p)).unwrap();
-    assert_eq!(instance_of(added), Some(2));
-    wait_line(&sb, "w[2] started", |l| l.contains("w[2]: new -> running"));
-    wait_line(&sb, "scaled to 3", |l| l.contains("w: scaled to 3"));
+wtest!(
+    ttin_adds_a_worker_and_ttou_stops_the_highest_index,
+    |test| {
+        let mut sb = test.supervisor_sandbox(
+            "scale_program = \"w\"",
+            "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\n",
+        );
+        let warden = sb.start();
+        let two = wait_workers(&mut sb, warden, 2);
+        signal(warden, Signal::SIGTTIN);
+        let three = wait_workers(&mut sb, warden, 3);
+        assert!(
+            two.iter().all(|p| three.contains(p)),
+            "the first two are untouched"
+        );
+        let added = *three.iter().find(|p| !two.contains(p)).unwrap();
+        assert_eq!(instance_of(added), Some(2));
+        wait_line(&sb, "w[2] started", |l| l.contains("w[2]: new -> running"));
+        wait_line(&sb, "scaled to 3", |l| l.contains("w: scaled to 3"));
 
-    signal(warden, Signal::SIGTTOU);
-    let back = wait_workers(&mut sb, warden, 2);
-    assert_eq!(back, two, "the highest index went, the others stayed");
-    assert!(!alive(added));
-    let stopping = wait_line(&sb, "w[2] stopping", |l| {
-        l.contains("w[2]: running -> stopping")
-    });
-    assert_eq!(pid_in(&stopping), Some(added));
-    wait_line(&sb, "scaled to 2", |l| l.contains("w: scaled to 2"));
-    assert!(
-        !log(&sb).contains("w[0]: running -> stopping")
-            && !log(&sb).contains("w[1]: running -> stopping"),
-        "only w[2] was stopped; log:\n{}",
-        log(&sb)
-    );
-    stop(&mut sb);
-    assert_no_process(&sb);
-});
+        signal(warden, Signal::SIGTTOU);
+        let back = wait_workers(&mut sb, warden, 2);
+        assert_eq!(back, two, "the highest index went, the others stayed");
+        assert!(!alive(added));
+        let stopping = wait_line(&sb, "w[2] stopping", |l| {
+            l.contains("w[2]: running -> stopping")
+        });
+        assert_eq!(pid_in(&stopping), Some(added));
+        wait_line(&sb, "scaled to 2", |l| l.contains("w: scaled to 2"));
+        assert!(
+            !log(&sb).contains("w[0]: running -> stopping")
+                && !log(&sb).contains("w[1]: running -> stopping"),
+            "only w[2] was stopped; log:\n{}",
+            log(&sb)
+        );
+        stop(&mut sb);
+        assert_no_process(&sb);
+    }
+);
 
 // ---------------------------------------------------------------------------------------------
 // 11. Graceful stop: reverse config order, and `warden stop` returns once every worker is gone.
@@ -1379,8 +1382,8 @@ while True:
 
 wtest!(
     stop_goes_in_reverse_config_order_and_waits_for_every_worker,
-    |t| {
-        let mut sb = t.supervisor_sandbox("", "");
+    |test| {
+        let mut sb = test.supervisor_sandbox("", "");
         let py = script(&sb, "slow-stop.py", SLOW_STOP);
         // Not alphabetical, so that config order is what is tested.
         sb.write_config(&format!(
@@ -1450,8 +1453,8 @@ socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", addr)
 time.sleep(1000)
 "#;
 
-wtest!(stop_during_a_watchdog_restart_does_not_respawn, |t| {
-    let mut sb = t.supervisor_sandbox("", "");
+wtest!(stop_during_a_watchdog_restart_does_not_respawn, |test| {
+    let mut sb = test.supervisor_sandbox("", "");
     let py = script(&sb, "hung.py", HUNG);
     sb.write_config(&format!(
         "#TABLES\n[program.hung]\ncommand = {}\nready = \"notify\"\nwatchdog = \"300ms\"\n\
@@ -1487,10 +1490,10 @@ wtest!(stop_during_a_watchdog_restart_does_not_respawn, |t| {
 
 wtest!(
     a_program_that_cannot_be_executed_is_reported_then_fatal,
-    |t| {
+    |test| {
         // The exec happens after the loop moved on (it never waits for a child's exec): its failure
         // comes back through the exec-report pipe and the exit 127 takes the ordinary failure path.
-        let mut sb = t.supervisor_sandbox("",
+        let mut sb = test.supervisor_sandbox("",
         "[program.missing]\ncommand = [\"/nonexistent/prog\"]\nbackoff_initial = \"10ms\"\nmax_restarts = 2\n\
          [program.nopath]\ncommand = \"no-such-command-warden\"\nbackoff_initial = \"10ms\"\nmax_restarts = 2\n",
     );
@@ -1515,11 +1518,11 @@ wtest!(
 
 wtest!(
     per_program_limits_umask_directory_environment_and_user_apply,
-    |t| {
+    |test| {
         // Everything a program table says about its process, checked in /proc of the worker.
         let root = nix::unistd::Uid::effective().is_root();
         let user = if root { "user = \"nobody\"\n" } else { "" };
-        let mut sb = t.supervisor_sandbox("",
+        let mut sb = test.supervisor_sandbox("",
         &format!(
             "[program.w]\ncommand = [\"/bin/sleep\", \"1000\"]\ndirectory = \"SANDBOX\"\numask = \"027\"\n\
              limits = {{ nofile = 123, core = 0 }}\nclean_env = true\nenv = {{ ONLY = \"this\" }}\n{user}"
@@ -1577,7 +1580,7 @@ wtest!(
                 st["Groups"]
             );
         } else {
-            eprintln!("SKIPPED the user part of {}: needs root", t.name());
+            eprintln!("SKIPPED the user part of {}: needs root", test.name());
         }
         // Nothing but stdio is inherited from warden.
         let fds: Vec<i32> = fds(w).into_iter().map(|(fd, _)| fd).collect();
