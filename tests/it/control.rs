@@ -562,6 +562,140 @@ fn ask(c: &mut BufReader<UnixStream>, line: &[u8]) -> Value {
     serde_json::from_str(&s).unwrap_or_else(|e| panic!("reply {s:?}: {e}"))
 }
 
+/// Garbage, an unknown protocol version and an unknown command each get a `bad-request` reply on
+/// one connection, which still serves a good request after them; returns that connection.
+fn garbage_gets_bad_request_and_the_connection_stays_usable(
+    sock: &std::path::Path,
+) -> BufReader<UnixStream> {
+    let mut g = connect(sock);
+    let reply = ask(&mut g, b"\x00\xffthis is not json");
+    assert_eq!(
+        (&reply["ok"], &reply["kind"]),
+        (&Value::Bool(false), &Value::from("bad-request")),
+        "{reply}"
+    );
+    let reply = ask(&mut g, br#"{"v":7,"cmd":"status"}"#);
+    assert_eq!(reply["kind"], "bad-request", "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("version"),
+        "{reply}"
+    );
+    let reply = ask(&mut g, br#"{"v":1,"cmd":"explode"}"#);
+    assert_eq!(reply["kind"], "bad-request", "{reply}");
+    let reply = ask(&mut g, br#"{"v":1,"cmd":"status","programs":["w"]}"#);
+    assert_eq!(reply["ok"], true, "still served after garbage: {reply}");
+    assert_eq!(reply["result"]["instances"].as_array().unwrap().len(), 2);
+    g
+}
+
+/// 100 KiB without a newline, then the newline: a bad-request error, then the connection is
+/// closed. The daemon may close before we finish writing: a failed write is fine. The same after
+/// a newline: only the unfinished line counts.
+fn an_oversized_line_is_refused_then_closed(sock: &std::path::Path) {
+    let mut b = connect(sock);
+    let _ = b.get_mut().write_all(&vec![b'x'; 100 * 1024]);
+    let _ = b.get_mut().write_all(b"\n");
+    let mut line = String::new();
+    b.read_line(&mut line).unwrap();
+    let reply: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(reply["kind"], "bad-request", "{reply}");
+    assert!(
+        reply["error"].as_str().unwrap().contains("longer"),
+        "{reply}"
+    );
+    let mut rest = Vec::new();
+    match b.read_to_end(&mut rest) {
+        Ok(_) => assert!(rest.is_empty(), "nothing after the error: {rest:?}"),
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "closed, not timed out: {e}"
+        ),
+    }
+    let mut b = connect(sock);
+    let mut big = b"\n".to_vec();
+    big.extend(std::iter::repeat_n(b'x', 1 << 20));
+    let _ = b.get_mut().write_all(&big);
+    line.clear();
+    b.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("bad-request") && line.contains("longer"),
+        "{line}"
+    );
+}
+
+/// A client writing newlines as fast as it can (a burst of short lines) neither holds the loop
+/// nor the daemon's memory: others are answered meanwhile (`status` within 2 s), and then the
+/// flooder itself; returns the flooder's connection.
+fn a_newline_flood_starves_no_client(
+    sb: &mut Sandbox,
+    sock: &std::path::Path,
+) -> BufReader<UnixStream> {
+    let flood = UnixStream::connect(sock).unwrap();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let halt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let mut flood = flood.try_clone().unwrap();
+        let (sent, halt) = (sent.clone(), halt.clone());
+        std::thread::spawn(move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            let chunk = vec![b'\n'; 64 * 1024];
+            let until = Instant::now() + TIMEOUT;
+            while !halt.load(Relaxed) && Instant::now() < until {
+                flood.write_all(&chunk).unwrap();
+                sent.fetch_add(chunk.len(), Relaxed);
+            }
+        })
+    };
+    let flooding = wait_until(TIMEOUT, || {
+        sent.load(std::sync::atomic::Ordering::Relaxed) > 4 << 20
+    });
+    let asked = Instant::now();
+    expect(sb, &["status"], 0);
+    let took_flood = asked.elapsed();
+    halt.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert!(flooding, "the flood never got going");
+    let mut f = BufReader::new(flood);
+    f.get_mut().set_read_timeout(Some(TIMEOUT)).unwrap();
+    let reply = ask(&mut f, br#"{"v":1,"cmd":"status"}"#);
+    assert_eq!(reply["ok"], true, "the flooder is answered too: {reply}");
+    let flooded = sent.load(std::sync::atomic::Ordering::Relaxed) >> 20;
+    println!("status during a flood of {flooded} MiB of newlines: {took_flood:.1?}");
+    assert!(
+        took_flood < Duration::from_secs(2),
+        "status took {took_flood:?} during the flood"
+    );
+    f
+}
+
+/// A half-closed client (its write side shut) still gets its answer.
+fn a_half_closed_client_is_answered(sock: &std::path::Path) {
+    let mut h = connect(sock);
+    h.get_mut()
+        .write_all(b"{\"v\":1,\"cmd\":\"status\"}\n")
+        .unwrap();
+    h.get_mut().shutdown(std::net::Shutdown::Write).unwrap();
+    let mut all = String::new();
+    h.read_to_string(&mut all).unwrap();
+    assert!(all.starts_with("{\"v\":1,\"ok\":true"), "{all}");
+}
+
+/// Each idle connection has received neither data nor EOF.
+fn assert_idle(idle: &[UnixStream]) {
+    for s in idle {
+        s.set_nonblocking(true).unwrap();
+        let e = (&*s)
+            .read(&mut [0u8; 16])
+            .expect_err("an idle connection got data or EOF");
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock,
+            "idle connection: {e}"
+        );
+    }
+}
+
 wtest!(
     garbage_oversized_lines_and_500_idle_connections_leave_warden_serving,
     |test| {
@@ -587,127 +721,20 @@ wtest!(
             sock.display()
         );
 
-        // Garbage: a bad-request line; the connection stays usable.
-        let mut g = connect(&sock);
-        let reply = ask(&mut g, b"\x00\xffthis is not json");
-        assert_eq!(
-            (&reply["ok"], &reply["kind"]),
-            (&Value::Bool(false), &Value::from("bad-request")),
-            "{reply}"
-        );
-        let reply = ask(&mut g, br#"{"v":7,"cmd":"status"}"#);
-        assert_eq!(reply["kind"], "bad-request", "{reply}");
-        assert!(
-            reply["error"].as_str().unwrap().contains("version"),
-            "{reply}"
-        );
-        let reply = ask(&mut g, br#"{"v":1,"cmd":"explode"}"#);
-        assert_eq!(reply["kind"], "bad-request", "{reply}");
-        let reply = ask(&mut g, br#"{"v":1,"cmd":"status","programs":["w"]}"#);
-        assert_eq!(reply["ok"], true, "still served after garbage: {reply}");
-        assert_eq!(reply["result"]["instances"].as_array().unwrap().len(), 2);
-
-        // 100 KiB without a newline, then the newline: a bad-request error, then the connection is
-        // closed. The daemon may close before we finish writing: a failed write is fine.
-        let mut b = connect(&sock);
-        let _ = b.get_mut().write_all(&vec![b'x'; 100 * 1024]);
-        let _ = b.get_mut().write_all(b"\n");
-        let mut line = String::new();
-        b.read_line(&mut line).unwrap();
-        let reply: Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(reply["kind"], "bad-request", "{reply}");
-        assert!(
-            reply["error"].as_str().unwrap().contains("longer"),
-            "{reply}"
-        );
-        let mut rest = Vec::new();
-        match b.read_to_end(&mut rest) {
-            Ok(_) => assert!(rest.is_empty(), "nothing after the error: {rest:?}"),
-            Err(e) => assert_eq!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionReset,
-                "closed, not timed out: {e}"
-            ),
-        }
-        // The same after a newline: only the unfinished line counts.
-        let mut b = connect(&sock);
-        let mut big = b"\n".to_vec();
-        big.extend(std::iter::repeat_n(b'x', 1 << 20));
-        let _ = b.get_mut().write_all(&big);
-        line.clear();
-        b.read_line(&mut line).unwrap();
-        assert!(
-            line.contains("bad-request") && line.contains("longer"),
-            "{line}"
-        );
-
-        // A client writing newlines as fast as it can (a burst of short lines) neither holds the
-        // loop nor the daemon's memory: others are answered meanwhile, and then the flooder itself.
-        let flood = UnixStream::connect(&sock).unwrap();
-        let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let halt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writer = {
-            let mut flood = flood.try_clone().unwrap();
-            let (sent, halt) = (sent.clone(), halt.clone());
-            std::thread::spawn(move || {
-                use std::sync::atomic::Ordering::Relaxed;
-                let chunk = vec![b'\n'; 64 * 1024];
-                let until = Instant::now() + TIMEOUT;
-                while !halt.load(Relaxed) && Instant::now() < until {
-                    flood.write_all(&chunk).unwrap();
-                    sent.fetch_add(chunk.len(), Relaxed);
-                }
-            })
-        };
-        let flooding = wait_until(TIMEOUT, || {
-            sent.load(std::sync::atomic::Ordering::Relaxed) > 4 << 20
-        });
-        let t = Instant::now();
-        expect(&mut sb, &["status"], 0);
-        let took_flood = t.elapsed();
-        halt.store(true, std::sync::atomic::Ordering::Relaxed);
-        writer.join().unwrap();
-        assert!(flooding, "the flood never got going");
-        let mut f = BufReader::new(flood);
-        f.get_mut().set_read_timeout(Some(TIMEOUT)).unwrap();
-        let reply = ask(&mut f, br#"{"v":1,"cmd":"status"}"#);
-        assert_eq!(reply["ok"], true, "the flooder is answered too: {reply}");
-        let flooded = sent.load(std::sync::atomic::Ordering::Relaxed) >> 20;
-        println!("status during a flood of {flooded} MiB of newlines: {took_flood:.1?}");
-        assert!(
-            took_flood < Duration::from_secs(2),
-            "status took {took_flood:?} during the flood"
-        );
-
-        // A half-closed client (its write side shut) still gets its answer.
-        let mut h = connect(&sock);
-        h.get_mut()
-            .write_all(b"{\"v\":1,\"cmd\":\"status\"}\n")
-            .unwrap();
-        h.get_mut().shutdown(std::net::Shutdown::Write).unwrap();
-        let mut all = String::new();
-        h.read_to_string(&mut all).unwrap();
-        assert!(all.starts_with("{\"v\":1,\"ok\":true"), "{all}");
+        let g = garbage_gets_bad_request_and_the_connection_stays_usable(&sock);
+        an_oversized_line_is_refused_then_closed(&sock);
+        let f = a_newline_flood_starves_no_client(&mut sb, &sock);
+        a_half_closed_client_is_answered(&sock);
 
         // While all 500 are still open: status answers, quickly, and nothing grew.
-        let t = Instant::now();
+        let asked = Instant::now();
         let table = expect(&mut sb, &["status"], 0);
-        let took = t.elapsed();
+        let took = asked.elapsed();
         assert!(table.contains("PROGRAM"), "{table}");
         let (c, v) = status_json(&mut sb, &["w"]);
         assert_eq!(c, 0);
         assert_eq!(of(&v, "w"), w, "the workers are untouched");
-        for s in &idle {
-            s.set_nonblocking(true).unwrap();
-            let e = (&*s)
-                .read(&mut [0u8; 16])
-                .expect_err("an idle connection got data or EOF");
-            assert_eq!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock,
-                "idle connection: {e}"
-            );
-        }
+        assert_idle(&idle);
         let (rss, hwm) = (kib(warden, "VmRSS"), kib(warden, "VmHWM"));
         println!(
             "status with 500 idle connections: {took:.1?}; daemon VmRSS {rss_before} -> {rss} kB, VmHWM {hwm_before} -> {hwm} kB"
