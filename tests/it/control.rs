@@ -154,24 +154,10 @@ fn stop(sb: &mut Sandbox) {
 // ---------------------------------------------------------------------------------------------
 // 1. `warden status`: table, JSON schema, LSB exit codes.
 
-wtest!(status_table_json_and_exit_codes, |test| {
-    let tables = format!(
-        "{}{}[program.once]\ncommand = [\"/bin/sh\", \"-c\", \"exit 0\", \"SANDBOX\"]\nrestart = \"never\"\n",
-        sleeper("web", 3, 1000),
-        sleeper("api", 2, 1000),
-    );
-    let mut sb = test.supervisor_sandbox("", &tables);
-    let warden = sb.start();
-    let web = wait_up(&mut sb, "web", 3);
-    let api = wait_up(&mut sb, "api", 2);
-    let report = wait_status(&mut sb, "once exited", |v| {
-        of(v, "once").first().is_some_and(|i| i.state == "exited")
-    });
-    let children = live_children(warden);
-    let listed: BTreeSet<i32> = pids(&web).into_iter().chain(pids(&api)).collect();
-    assert_eq!(listed, children, "status pids are the daemon's children");
-
-    // JSON: the documented schema.
+/// The `status --json` report follows the documented schema: the daemon's pid, version, uptime
+/// and config; per instance every key, with the type its state allows (the program `once` has
+/// exited 0, every other instance is running).
+fn assert_report_follows_the_schema(report: &Value, warden: i32, config: &std::path::Path) {
     assert_eq!(report["daemon"]["pid"].as_i64(), Some(warden.into()));
     assert_eq!(
         report["daemon"]["version"].as_str(),
@@ -180,7 +166,7 @@ wtest!(status_table_json_and_exit_codes, |test| {
     assert!(report["daemon"]["uptime_secs"].is_f64(), "{report:#}");
     assert_eq!(
         report["daemon"]["config"].as_str(),
-        Some(path_str(&sb.config).as_str())
+        Some(path_str(config).as_str())
     );
     let all = report["instances"].as_array().unwrap();
     assert_eq!(all.len(), 6, "3 web + 2 api + 1 once: {report:#}");
@@ -218,22 +204,11 @@ wtest!(status_table_json_and_exit_codes, |test| {
             assert!(i["last_exit"].is_null(), "{i}");
         }
     }
-    let order: Vec<(String, u64)> = instances(&report)
-        .into_iter()
-        .map(|i| (i.program, i.index))
-        .collect();
-    let want: Vec<(String, u64)> = [("web", 0), ("web", 1), ("web", 2), ("api", 0), ("api", 1)]
-        .into_iter()
-        .chain([("once", 0)])
-        .map(|(p, i)| (p.to_string(), i))
-        .collect();
-    assert_eq!(
-        order, want,
-        "programs in configuration order, then by index"
-    );
+}
 
-    // The table: a header, one aligned row per instance, the right pids.
-    let table = expect(&mut sb, &["status"], 0);
+/// The `status` table: a header, one aligned row per instance in the order `want`, the pids
+/// `children`, no colour (the program `once` has exited 0, every other instance is running).
+fn assert_table_shows(table: &str, warden: i32, want: &[(String, u64)], children: &BTreeSet<i32>) {
     println!("{table}");
     let mut lines = table.lines();
     let first = lines.next().unwrap();
@@ -276,7 +251,47 @@ wtest!(status_table_json_and_exit_codes, |test| {
         }
     }
     assert_eq!(seen, want, "rows in configuration order:\n{table}");
-    assert_eq!(table_pids, children, "table pids are the daemon's children");
+    assert_eq!(
+        &table_pids, children,
+        "table pids are the daemon's children"
+    );
+}
+
+wtest!(status_table_json_and_exit_codes, |test| {
+    let tables = format!(
+        "{}{}[program.once]\ncommand = [\"/bin/sh\", \"-c\", \"exit 0\", \"SANDBOX\"]\nrestart = \"never\"\n",
+        sleeper("web", 3, 1000),
+        sleeper("api", 2, 1000),
+    );
+    let mut sb = test.supervisor_sandbox("", &tables);
+    let warden = sb.start();
+    let web = wait_up(&mut sb, "web", 3);
+    let api = wait_up(&mut sb, "api", 2);
+    let report = wait_status(&mut sb, "once exited", |v| {
+        of(v, "once").first().is_some_and(|i| i.state == "exited")
+    });
+    let children = live_children(warden);
+    let listed: BTreeSet<i32> = pids(&web).into_iter().chain(pids(&api)).collect();
+    assert_eq!(listed, children, "status pids are the daemon's children");
+
+    assert_report_follows_the_schema(&report, warden, &sb.config);
+    let order: Vec<(String, u64)> = instances(&report)
+        .into_iter()
+        .map(|i| (i.program, i.index))
+        .collect();
+    let want: Vec<(String, u64)> = [("web", 0), ("web", 1), ("web", 2), ("api", 0), ("api", 1)]
+        .into_iter()
+        .chain([("once", 0)])
+        .map(|(p, i)| (p.to_string(), i))
+        .collect();
+    assert_eq!(
+        order, want,
+        "programs in configuration order, then by index"
+    );
+
+    // The table: a header, one aligned row per instance, the right pids.
+    let table = expect(&mut sb, &["status"], 0);
+    assert_table_shows(&table, warden, &want, &children);
 
     // Exit statuses.
     expect(&mut sb, &["status", "web", "api"], 0);
