@@ -3,9 +3,9 @@
 //! fails (on drop, during unwinding).
 //!
 //! # Naming
-//! Every test that starts processes is declared with [`wtest!`], which takes its name once, from
-//! the `fn` name: its sandbox directory, its `[timing]` line and its `SKIPPED` messages all come
-//! from the [`Test`] the macro hands it, so that no test name is ever typed as a string.
+//! Every test that starts processes opens with `let test = this_test!();`, the [`Test`] named
+//! after its `fn`: its sandbox directory, its `[timing]` line and its `SKIPPED` messages all come
+//! from it, so that no test name is ever typed as a string.
 //!
 //! # Forking
 //! Nothing here forks: processes are started with `std::process::Command` (posix_spawn/vfork+exec
@@ -30,20 +30,35 @@ pub fn warden_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_warden"))
 }
 
-/// Declares an integration test that starts processes: `wtest!(name, |test| { … })` is
-/// `#[test] fn name()` whose body sees `test`, the [`Test`] named `name`. Its timing is printed
-/// when the test ends, also on failure.
-macro_rules! wtest {
-    ($name:ident, |$t:ident| $body:block) => {
-        #[test]
-        fn $name() {
-            let $t = crate::common::Test::start(stringify!($name));
-            $body
-        }
-    };
+/// The [`Test`] named after the test function it is called in: `let test = this_test!();` as
+/// the first line of a `#[test] fn`, so that the test's name is written once, as the `fn` name,
+/// and its sandbox, `[timing]` line and `SKIPPED` messages cannot drift from it.
+macro_rules! this_test {
+    () => {{
+        fn here() {}
+        crate::common::Test::start(crate::common::enclosing_fn(std::any::type_name_of_val(
+            &here,
+        )))
+    }};
 }
 
-/// One running test, named by [`wtest!`]: it names the test's sandboxes and skip messages, and
+/// The name of the function whose body declared the item at `path`, a
+/// [`std::any::type_name_of_val`] such as `integration::control::some_test::here`. Its format
+/// is not guaranteed by Rust: if it ever changes, this fails every test loudly rather than
+/// letting a name drift.
+pub fn enclosing_fn(path: &'static str) -> &'static str {
+    let name = path
+        .strip_suffix("::here")
+        .and_then(|p| p.rsplit("::").next())
+        .unwrap_or("");
+    assert!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "this_test!(): cannot tell the test's name from {path:?}"
+    );
+    name
+}
+
+/// One running test, named by [`this_test!`]: it names the test's sandboxes and skip messages, and
 /// prints how long the test took when it is dropped (also on failure).
 pub struct Test {
     name: &'static str,
@@ -51,7 +66,7 @@ pub struct Test {
 }
 
 impl Test {
-    /// Starts the test `name` (called by [`wtest!`] only).
+    /// Starts the test `name` (called by [`this_test!`] only).
     pub fn start(name: &'static str) -> Test {
         Test {
             name,

@@ -15,7 +15,9 @@ const SHIPPED: &[(&str, &str)] = &[
     ("fish", "contrib/completions/warden.fish"),
 ];
 
-wtest!(shipped_completions_match_the_binary, |_test| {
+#[test]
+fn shipped_completions_match_the_binary() {
+    let _test = this_test!();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut stale = Vec::new();
     for (shell, file) in SHIPPED {
@@ -48,4 +50,4 @@ wtest!(shipped_completions_match_the_binary, |_test| {
         "{} differ from `warden completions SHELL`: run scripts/update-completions and commit",
         stale.join(", ")
     );
-});
+}

@@ -133,9 +133,11 @@ fn assert_failed_cleanly(sb: &Sandbox, out: &Output) {
 // Detaching
 // ---------------------------------------------------------------------------------------------
 
-// `warden start` returns only once the daemon is up, detached from the launcher's session and
-// terminal, with stdio on /dev/null by default and its pidfile written and locked.
-wtest!(start_detaches_writes_and_locks_the_pidfile, |test| {
+/// `warden start` returns only once the daemon is up, detached from the launcher's session and
+/// terminal, with stdio on /dev/null by default and its pidfile written and locked.
+#[test]
+fn start_detaches_writes_and_locks_the_pidfile() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     let pid = sb.start();
     assert!(alive(pid));
@@ -158,12 +160,14 @@ wtest!(start_detaches_writes_and_locks_the_pidfile, |test| {
         assert_eq!(f[&fd], Path::new("/dev/null"), "fd {fd}: {f:?}");
     }
     assert_eq!(status_code(&mut sb), Some(0));
-});
+}
 
-// Launched from a pseudo-terminal (util-linux `script` gives the launcher a pty as its
-// controlling terminal, in a session of its own), the daemon is in neither that session nor any
-// terminal while the pty is still up, and it survives the pty's hang-up when `script` exits.
-wtest!(daemon_has_no_terminal_and_survives_the_pty_hangup, |test| {
+/// Launched from a pseudo-terminal (util-linux `script` gives the launcher a pty as its
+/// controlling terminal, in a session of its own), the daemon is in neither that session nor any
+/// terminal while the pty is still up, and it survives the pty's hang-up when `script` exits.
+#[test]
+fn daemon_has_no_terminal_and_survives_the_pty_hangup() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     // Inside the pty: show the terminal, start, then print the shell's and the daemon's stat
     // lines while the terminal is still there (once its session leader exits, the kernel takes
@@ -225,7 +229,7 @@ wtest!(daemon_has_no_terminal_and_survives_the_pty_hangup, |test| {
     assert!(alive(pid));
     let out = sb.run(&["stop"]);
     assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
-});
+}
 
 /// The launcher in `dirty_launcher`: python opens descriptors without CLOEXEC (a file, a pipe, a
 /// socketpair, and a copy at fd 100), blocks SIGUSR1, ignores SIGUSR2, sets umask 077, writes
@@ -279,196 +283,196 @@ fn manifest(path: &Path) -> BTreeSet<String> {
 /// told from the launcher's by their inode, in the manifest.)
 const DAEMON_ANON_INODES: &[&str] = &["anon_inode:[eventpoll]", "anon_inode:[eventfd]"];
 
-// A launcher that leaks descriptors, blocks SIGUSR1, ignores SIGUSR2 and has umask 077: the
-// daemon gets none of it. Its cwd and umask are the configured ones, fds 0/1/2 are /dev/null
-// and the configured stdout/stderr files, and every other descriptor is one of its own: the
-// locked pidfile, its log file, its event loop, and sockets that are not the launcher's.
-wtest!(
-    daemon_inherits_no_descriptor_signal_state_or_umask_from_its_launcher,
-    |test| {
-        let mut sb = test.sandbox("");
-        let work = sb.path("work");
-        std::fs::create_dir(&work).unwrap();
-        sb.write_config(&format!(
-            "directory = \"{}\"\numask = \"027\"\nstdout = \"{}\"\nstderr = \"{}\"",
-            work.display(),
-            sb.path("out.log").display(),
-            sb.path("err.log").display()
-        ));
+/// A launcher that leaks descriptors, blocks SIGUSR1, ignores SIGUSR2 and has umask 077: the
+/// daemon gets none of it. Its cwd and umask are the configured ones, fds 0/1/2 are /dev/null
+/// and the configured stdout/stderr files, and every other descriptor is one of its own: the
+/// locked pidfile, its log file, its event loop, and sockets that are not the launcher's.
+#[test]
+fn daemon_inherits_no_descriptor_signal_state_or_umask_from_its_launcher() {
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let work = sb.path("work");
+    std::fs::create_dir(&work).unwrap();
+    sb.write_config(&format!(
+        "directory = \"{}\"\numask = \"027\"\nstdout = \"{}\"\nstderr = \"{}\"",
+        work.display(),
+        sb.path("out.log").display(),
+        sb.path("err.log").display()
+    ));
 
-        // Control: a program exec'd by this launcher does inherit all of it. (Not a shell: dash
-        // clears the signal mask at start-up. Python leaves mask, dispositions and fds alone.)
-        let control_script = "import os\n\
-        for l in open('/proc/self/status'):\n\
-        \x20   if l.startswith(('SigBlk:', 'SigIgn:', 'Umask:')): print(l, end='')\n\
-        for fd in os.listdir('/proc/self/fd'):\n\
-        \x20   try: print(os.readlink('/proc/self/fd/' + fd))\n\
-        \x20   except OSError: pass\n";
-        let (cmd, control_manifest) =
-            dirty_launcher(&sb, "control", &["@python", "-c", control_script]);
-        let out = sb.output(cmd);
+    // Control: a program exec'd by this launcher does inherit all of it. (Not a shell: dash
+    // clears the signal mask at start-up. Python leaves mask, dispositions and fds alone.)
+    let control_script = "import os\n\
+    for l in open('/proc/self/status'):\n\
+    \x20   if l.startswith(('SigBlk:', 'SigIgn:', 'Umask:')): print(l, end='')\n\
+    for fd in os.listdir('/proc/self/fd'):\n\
+    \x20   try: print(os.readlink('/proc/self/fd/' + fd))\n\
+    \x20   except OSError: pass\n";
+    let (cmd, control_manifest) =
+        dirty_launcher(&sb, "control", &["@python", "-c", control_script]);
+    let out = sb.output(cmd);
+    assert!(
+        out.status.success(),
+        "control launcher: {:?} {}",
+        out.status,
+        stderr_of(&out)
+    );
+    let seen = stdout_of(&out);
+    let control: HashMap<&str, &str> = seen
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k, v.trim()))
+        .collect();
+    let sigblk = u64::from_str_radix(control["SigBlk"], 16).unwrap();
+    let sigign = u64::from_str_radix(control["SigIgn"], 16).unwrap();
+    assert_ne!(
+        sigblk & (1 << (libc::SIGUSR1 - 1)),
+        0,
+        "control: SIGUSR1 not blocked\n{seen}"
+    );
+    assert_ne!(
+        sigign & (1 << (libc::SIGUSR2 - 1)),
+        0,
+        "control: SIGUSR2 not ignored\n{seen}"
+    );
+    assert_eq!(control["Umask"], "0077", "control umask\n{seen}");
+    for leaked in manifest(&control_manifest) {
         assert!(
-            out.status.success(),
-            "control launcher: {:?} {}",
-            out.status,
-            stderr_of(&out)
+            seen.lines().any(|l| l == leaked),
+            "control: {leaked} not inherited\n{seen}"
         );
-        let seen = stdout_of(&out);
-        let control: HashMap<&str, &str> = seen
-            .lines()
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k, v.trim()))
-            .collect();
-        let sigblk = u64::from_str_radix(control["SigBlk"], 16).unwrap();
-        let sigign = u64::from_str_radix(control["SigIgn"], 16).unwrap();
-        assert_ne!(
-            sigblk & (1 << (libc::SIGUSR1 - 1)),
-            0,
-            "control: SIGUSR1 not blocked\n{seen}"
-        );
-        assert_ne!(
-            sigign & (1 << (libc::SIGUSR2 - 1)),
-            0,
-            "control: SIGUSR2 not ignored\n{seen}"
-        );
-        assert_eq!(control["Umask"], "0077", "control umask\n{seen}");
-        for leaked in manifest(&control_manifest) {
-            assert!(
-                seen.lines().any(|l| l == leaked),
-                "control: {leaked} not inherited\n{seen}"
-            );
-        }
-
-        // The real thing.
-        let bin = path_str(&warden_bin());
-        let config = path_str(&sb.config);
-        let (cmd, manifest_path) = dirty_launcher(&sb, "start", &[&bin, "-c", &config, "start"]);
-        let out = sb.output(cmd);
-        assert!(
-            out.status.success(),
-            "warden start: {:?} {}",
-            out.status,
-            stderr_of(&out)
-        );
-        let pid = sb.pidfile_pid().expect("pidfile written");
-        sb.track(pid);
-        let leaked = manifest(&manifest_path);
-        assert_detached(&sb, pid);
-
-        let st = status(pid);
-        assert_eq!(
-            st["SigBlk"], "0000000000000000",
-            "blocked signals inherited"
-        );
-        assert_eq!(
-            st["SigIgn"], "0000000000000000",
-            "ignored signals inherited"
-        );
-        assert_eq!(st["Umask"], "0027");
-        assert_eq!(
-            std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
-            std::fs::canonicalize(&work).unwrap()
-        );
-
-        // The daemon closes its end of the readiness pipe right after writing its verdict, and the
-        // launcher may return between the two: wait (bounded) for that close before judging.
-        let pipe_open = || {
-            fds(pid)
-                .iter()
-                .any(|(_, t)| path_str(t).starts_with("pipe:"))
-        };
-        wait_until(TIMEOUT, || !pipe_open());
-        let f = fds(pid);
-        let by_fd: HashMap<i32, PathBuf> = f.iter().cloned().collect();
-        assert_eq!(by_fd[&0], Path::new("/dev/null"), "{f:?}");
-        assert_eq!(
-            by_fd[&1],
-            std::fs::canonicalize(sb.path("out.log")).unwrap(),
-            "{f:?}"
-        );
-        assert_eq!(
-            by_fd[&2],
-            std::fs::canonicalize(sb.path("err.log")).unwrap(),
-            "{f:?}"
-        );
-        let pidfile = std::fs::canonicalize(sb.pidfile()).unwrap();
-        let logfile = std::fs::canonicalize(sb.path("warden.log")).unwrap();
-        let (mut n_pidfile, mut n_log) = (0, 0);
-        for (fd, target) in f.iter().filter(|(fd, _)| *fd > 2) {
-            let t = path_str(target);
-            assert!(
-                !leaked.contains(&t),
-                "fd {fd} inherited from the launcher: {t}\n{f:?}"
-            );
-            if *target == pidfile {
-                n_pidfile += 1;
-            } else if *target == logfile {
-                n_log += 1;
-            } else {
-                assert!(
-                    t.starts_with("socket:[") || DAEMON_ANON_INODES.contains(&t.as_str()),
-                    "fd {fd} -> {t} is not one of the daemon's own (pidfile, log file, sockets, \
-                 {DAEMON_ANON_INODES:?})\n{f:?}"
-                );
-            }
-        }
-        assert_eq!(
-            (n_pidfile, n_log),
-            (1, 1),
-            "pidfile and log file open once each: {f:?}"
-        );
-
-        // The pidfile's mode does not follow the launcher's umask 077 nor the configured 027.
-        assert_eq!(
-            std::fs::read_to_string(sb.pidfile()).unwrap(),
-            format!("{pid}\n")
-        );
-        assert_eq!(mode(&sb.pidfile()), 0o644);
-        assert_locked(&sb.pidfile());
     }
-);
+
+    // The real thing.
+    let bin = path_str(&warden_bin());
+    let config = path_str(&sb.config);
+    let (cmd, manifest_path) = dirty_launcher(&sb, "start", &[&bin, "-c", &config, "start"]);
+    let out = sb.output(cmd);
+    assert!(
+        out.status.success(),
+        "warden start: {:?} {}",
+        out.status,
+        stderr_of(&out)
+    );
+    let pid = sb.pidfile_pid().expect("pidfile written");
+    sb.track(pid);
+    let leaked = manifest(&manifest_path);
+    assert_detached(&sb, pid);
+
+    let st = status(pid);
+    assert_eq!(
+        st["SigBlk"], "0000000000000000",
+        "blocked signals inherited"
+    );
+    assert_eq!(
+        st["SigIgn"], "0000000000000000",
+        "ignored signals inherited"
+    );
+    assert_eq!(st["Umask"], "0027");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        std::fs::canonicalize(&work).unwrap()
+    );
+
+    // The daemon closes its end of the readiness pipe right after writing its verdict, and the
+    // launcher may return between the two: wait (bounded) for that close before judging.
+    let pipe_open = || {
+        fds(pid)
+            .iter()
+            .any(|(_, t)| path_str(t).starts_with("pipe:"))
+    };
+    wait_until(TIMEOUT, || !pipe_open());
+    let f = fds(pid);
+    let by_fd: HashMap<i32, PathBuf> = f.iter().cloned().collect();
+    assert_eq!(by_fd[&0], Path::new("/dev/null"), "{f:?}");
+    assert_eq!(
+        by_fd[&1],
+        std::fs::canonicalize(sb.path("out.log")).unwrap(),
+        "{f:?}"
+    );
+    assert_eq!(
+        by_fd[&2],
+        std::fs::canonicalize(sb.path("err.log")).unwrap(),
+        "{f:?}"
+    );
+    let pidfile = std::fs::canonicalize(sb.pidfile()).unwrap();
+    let logfile = std::fs::canonicalize(sb.path("warden.log")).unwrap();
+    let (mut n_pidfile, mut n_log) = (0, 0);
+    for (fd, target) in f.iter().filter(|(fd, _)| *fd > 2) {
+        let t = path_str(target);
+        assert!(
+            !leaked.contains(&t),
+            "fd {fd} inherited from the launcher: {t}\n{f:?}"
+        );
+        if *target == pidfile {
+            n_pidfile += 1;
+        } else if *target == logfile {
+            n_log += 1;
+        } else {
+            assert!(
+                t.starts_with("socket:[") || DAEMON_ANON_INODES.contains(&t.as_str()),
+                "fd {fd} -> {t} is not one of the daemon's own (pidfile, log file, sockets, \
+             {DAEMON_ANON_INODES:?})\n{f:?}"
+            );
+        }
+    }
+    assert_eq!(
+        (n_pidfile, n_log),
+        (1, 1),
+        "pidfile and log file open once each: {f:?}"
+    );
+
+    // The pidfile's mode does not follow the launcher's umask 077 nor the configured 027.
+    assert_eq!(
+        std::fs::read_to_string(sb.pidfile()).unwrap(),
+        format!("{pid}\n")
+    );
+    assert_eq!(mode(&sb.pidfile()), 0o644);
+    assert_locked(&sb.pidfile());
+}
 
 // ---------------------------------------------------------------------------------------------
 // One instance
 // ---------------------------------------------------------------------------------------------
 
-// A second `start` fails with `already running (pid N)` naming the first daemon, which keeps
-// running with its pidfile untouched.
-wtest!(
-    second_start_is_refused_and_leaves_the_first_untouched,
-    |test| {
-        let mut sb = test.sandbox("");
-        let pid = sb.start();
-        let before = std::fs::metadata(sb.pidfile()).unwrap();
-        let text = std::fs::read_to_string(sb.pidfile()).unwrap();
+/// A second `start` fails with `already running (pid N)` naming the first daemon, which keeps
+/// running with its pidfile untouched.
+#[test]
+fn second_start_is_refused_and_leaves_the_first_untouched() {
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let pid = sb.start();
+    let before = std::fs::metadata(sb.pidfile()).unwrap();
+    let text = std::fs::read_to_string(sb.pidfile()).unwrap();
 
-        let out = sb.run(&["start"]);
-        assert!(!out.status.success(), "second start succeeded");
-        let err = stderr_of(&out);
-        assert!(
-            err.contains(&format!("already running (pid {pid})")),
-            "stderr: {err}"
-        );
+    let out = sb.run(&["start"]);
+    assert!(!out.status.success(), "second start succeeded");
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&format!("already running (pid {pid})")),
+        "stderr: {err}"
+    );
 
-        assert!(alive(pid));
-        assert_eq!(sb.processes(), vec![pid], "a second daemon is around");
-        let after = std::fs::metadata(sb.pidfile()).unwrap();
-        assert_eq!(std::fs::read_to_string(sb.pidfile()).unwrap(), text);
-        assert_eq!((after.ino(), after.mode()), (before.ino(), before.mode()));
-        assert_eq!(
-            (after.mtime(), after.mtime_nsec()),
-            (before.mtime(), before.mtime_nsec()),
-            "the pidfile was written to"
-        );
-        assert_locked(&sb.pidfile());
-        assert_eq!(status_code(&mut sb), Some(0));
-    }
-);
+    assert!(alive(pid));
+    assert_eq!(sb.processes(), vec![pid], "a second daemon is around");
+    let after = std::fs::metadata(sb.pidfile()).unwrap();
+    assert_eq!(std::fs::read_to_string(sb.pidfile()).unwrap(), text);
+    assert_eq!((after.ino(), after.mode()), (before.ino(), before.mode()));
+    assert_eq!(
+        (after.mtime(), after.mtime_nsec()),
+        (before.mtime(), before.mtime_nsec()),
+        "the pidfile was written to"
+    );
+    assert_locked(&sb.pidfile());
+    assert_eq!(status_code(&mut sb), Some(0));
+}
 
-// After `kill -9` the pidfile stays but nobody holds its lock: `status` says 1 (dead, pidfile
-// remains), `stop` says `not running`, and `start` takes the file over with the new pid. A
-// clean stop then leaves `status` 3.
-wtest!(stale_pidfile_after_kill_9_is_taken_over, |test| {
+/// After `kill -9` the pidfile stays but nobody holds its lock: `status` says 1 (dead, pidfile
+/// remains), `stop` says `not running`, and `start` takes the file over with the new pid. A
+/// clean stop then leaves `status` 3.
+#[test]
+fn stale_pidfile_after_kill_9_is_taken_over() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     assert_eq!(status_code(&mut sb), Some(3), "before any start");
     let first = sb.start();
@@ -507,10 +511,12 @@ wtest!(stale_pidfile_after_kill_9_is_taken_over, |test| {
     let out = sb.run(&["stop"]);
     assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
     assert_eq!(status_code(&mut sb), Some(3), "after a clean stop");
-});
+}
 
-// `warden status` into a pipe nobody reads ends by SIGPIPE, like any filter, not with a panic.
-wtest!(status_into_a_closed_pipe_ends_quietly, |test| {
+/// `warden status` into a pipe nobody reads ends by SIGPIPE, like any filter, not with a panic.
+#[test]
+fn status_into_a_closed_pipe_ends_quietly() {
+    let test = this_test!();
     use std::os::unix::process::ExitStatusExt;
     let mut sb = test.sandbox("");
     let pid = sb.start();
@@ -529,44 +535,44 @@ wtest!(status_into_a_closed_pipe_ends_quietly, |test| {
     );
     assert!(!err.contains("panicked"), "{err}");
     assert!(alive(pid));
-});
+}
 
-// An empty `NOTIFY_SOCKET` names no service manager: `start` still detaches and returns.
-wtest!(
-    an_empty_notify_socket_does_not_keep_start_in_the_foreground,
-    |test| {
-        let mut sb = test.sandbox("");
-        let mut cmd = sb.warden(&["start"]);
-        cmd.env("NOTIFY_SOCKET", "");
-        let out = sb.output(cmd);
-        if let Some(pid) = sb.pidfile_pid() {
-            sb.track(pid);
-        }
-        assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
-        let pid = sb.pidfile_pid().expect("pidfile names the daemon");
-        assert_detached(&sb, pid);
+/// An empty `NOTIFY_SOCKET` names no service manager: `start` still detaches and returns.
+#[test]
+fn an_empty_notify_socket_does_not_keep_start_in_the_foreground() {
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let mut cmd = sb.warden(&["start"]);
+    cmd.env("NOTIFY_SOCKET", "");
+    let out = sb.output(cmd);
+    if let Some(pid) = sb.pidfile_pid() {
+        sb.track(pid);
     }
-);
+    assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
+    let pid = sb.pidfile_pid().expect("pidfile names the daemon");
+    assert_detached(&sb, pid);
+}
 
-// 50 `warden start` at once: exactly one succeeds, the 49 others fail with `already running`,
-// and exactly one daemon is left.
-wtest!(fifty_concurrent_starts_yield_exactly_one_daemon, |test| {
+/// 50 `warden start` at once: exactly one succeeds, the 49 others fail with `already running`,
+/// and exactly one daemon is left.
+#[test]
+fn fifty_concurrent_starts_yield_exactly_one_daemon() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     let pidfile = sb.pidfile();
     concurrent_starts(&mut sb, &pidfile);
-});
+}
 
-// The same race when the pidfile's directory does not exist yet: the starts that lose the race
-// to create it still say `already running`.
-wtest!(
-    fifty_concurrent_starts_creating_the_pidfile_directory_yield_one_daemon,
-    |test| {
-        let mut sb = test.sandbox("");
-        let pidfile = sb.path("run").join("warden.pid");
-        sb.write_config(&format!("pidfile = \"{}\"", pidfile.display()));
-        concurrent_starts(&mut sb, &pidfile);
-    }
-);
+/// The same race when the pidfile's directory does not exist yet: the starts that lose the race
+/// to create it still say `already running`.
+#[test]
+fn fifty_concurrent_starts_creating_the_pidfile_directory_yield_one_daemon() {
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let pidfile = sb.path("run").join("warden.pid");
+    sb.write_config(&format!("pidfile = \"{}\"", pidfile.display()));
+    concurrent_starts(&mut sb, &pidfile);
+}
 
 fn concurrent_starts(sb: &mut Sandbox, pidfile: &Path) {
     const N: usize = 50;
@@ -624,11 +630,13 @@ fn concurrent_starts(sb: &mut Sandbox, pidfile: &Path) {
 // Failing starts
 // ---------------------------------------------------------------------------------------------
 
-// A pidfile whose directory cannot be written fails `start` in the launcher, naming the path
-// and the reason, and leaves nothing behind. Root ignores permission bits, so the directory is
-// made unusable with a regular file in the path (ENOTDIR), and, for permissions, warden runs as
-// `nobody` (through setpriv) when the test runs as root.
-wtest!(unwritable_pidfile_directory_fails_start, |test| {
+/// A pidfile whose directory cannot be written fails `start` in the launcher, naming the path
+/// and the reason, and leaves nothing behind. Root ignores permission bits, so the directory is
+/// made unusable with a regular file in the path (ENOTDIR), and, for permissions, warden runs as
+/// `nobody` (through setpriv) when the test runs as root.
+#[test]
+fn unwritable_pidfile_directory_fails_start() {
+    let test = this_test!();
     // ENOTDIR: the pidfile's "directory" is a regular file.
     let mut sb = test.sandbox("");
     let notdir = sb.path("notdir");
@@ -679,12 +687,14 @@ wtest!(unwritable_pidfile_directory_fails_start, |test| {
     );
     assert_no_process(&sb);
     assert!(std::fs::symlink_metadata(&pidfile).is_err());
-});
+}
 
-// A missing working directory fails in the daemon, after the forks: the launcher still reports
-// it (the reason travels through the readiness pipe), exits non-zero, and the pidfile it
-// created is gone.
-wtest!(missing_working_directory_fails_start, |test| {
+/// A missing working directory fails in the daemon, after the forks: the launcher still reports
+/// it (the reason travels through the readiness pipe), exits non-zero, and the pidfile it
+/// created is gone.
+#[test]
+fn missing_working_directory_fails_start() {
+    let test = this_test!();
     let mut sb = test.sandbox("directory = \"/nonexistent/x\"");
     let out = sb.run(&["start"]);
     let err = stderr_of(&out);
@@ -695,10 +705,12 @@ wtest!(missing_working_directory_fails_start, |test| {
     assert!(err.contains("No such file or directory"), "{err}");
     assert_eq!(exit_code(&out), Some(1), "{err}");
     assert_failed_cleanly(&sb, &out);
-});
+}
 
-// An unknown user fails in the launcher, before anything is created.
-wtest!(unknown_user_fails_start, |test| {
+/// An unknown user fails in the launcher, before anything is created.
+#[test]
+fn unknown_user_fails_start() {
+    let test = this_test!();
     let mut sb = test.sandbox("user = \"no-such-user\"");
     let out = sb.run(&["start"]);
     let err = stderr_of(&out);
@@ -707,12 +719,14 @@ wtest!(unknown_user_fails_start, |test| {
         "stderr: {err}"
     );
     assert_failed_cleanly(&sb, &out);
-});
+}
 
-// A fork the kernel refuses — the first one, or the intermediate's — fails `start` with the
-// reason, removes the pidfile and leaves no process. `RLIMIT_NPROC` binds only unprivileged
-// users, so the launcher runs as a uid nothing else uses (root in CI; skipped elsewhere).
-wtest!(a_refused_fork_fails_start_cleanly, |test| {
+/// A fork the kernel refuses — the first one, or the intermediate's — fails `start` with the
+/// reason, removes the pidfile and leaves no process. `RLIMIT_NPROC` binds only unprivileged
+/// users, so the launcher runs as a uid nothing else uses (root in CI; skipped elsewhere).
+#[test]
+fn a_refused_fork_fails_start_cleanly() {
+    let test = this_test!();
     if !test.require_root() {
         return;
     }
@@ -744,11 +758,13 @@ wtest!(a_refused_fork_fails_start_cleanly, |test| {
         );
         assert_failed_cleanly(&sb, &out);
     }
-});
+}
 
-// A symlink planted at the pidfile path is refused, never followed: the file it points at is
-// not touched, and a dangling one does not create its target.
-wtest!(symlink_at_pidfile_path_is_not_followed, |test| {
+/// A symlink planted at the pidfile path is refused, never followed: the file it points at is
+/// not touched, and a dangling one does not create its target.
+#[test]
+fn symlink_at_pidfile_path_is_not_followed() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     let victim = sb.path("victim");
     std::fs::write(&victim, "precious\n").unwrap();
@@ -786,110 +802,111 @@ wtest!(symlink_at_pidfile_path_is_not_followed, |test| {
     assert!(!out.status.success(), "start followed the dangling symlink");
     assert!(!target.exists(), "the symlink's target was created");
     assert_no_process(&sb);
-});
+}
 
 // ---------------------------------------------------------------------------------------------
 // Privileges
 // ---------------------------------------------------------------------------------------------
 
-// With `user = "nobody"` the daemon runs as nobody's uid and gid with no group but nobody's
-// own, although its launcher had root's group and supplementary groups; root cannot come back
-// (no effective capabilities); the pidfile belongs to nobody and is still removed on stop,
-// which nobody itself may run.
-wtest!(
-    privilege_drop_to_nobody_leaves_no_supplementary_groups,
-    |test| {
-        if !test.require_root() {
-            return;
-        }
-        let nobody = nix::unistd::User::from_name("nobody")
-            .unwrap()
-            .expect("user nobody");
-        let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
-        // The groups initgroups(3) gives nobody: its primary group and any listing it as a member.
-        let mut expected: BTreeSet<u32> = BTreeSet::from([gid]);
-        for line in std::fs::read_to_string("/etc/group")
-            .unwrap_or_default()
-            .lines()
-        {
-            let f: Vec<&str> = line.split(':').collect();
-            if f.len() == 4 && f[3].split(',').any(|m| m == "nobody") {
-                expected.insert(f[2].parse().unwrap());
-            }
-        }
-
-        let mut sb = test.sandbox("user = \"nobody\"");
-        // The launcher carries supplementary groups the daemon must lose.
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--groups=0,4,100", "--"]).arg(warden_bin());
-        cmd.arg("-c")
-            .arg(&sb.config)
-            .arg("start")
-            .stdin(Stdio::null());
-        cmd.env_remove("NOTIFY_SOCKET");
-        let out = sb.output(cmd);
-        assert!(
-            out.status.success(),
-            "start as nobody: {:?} {}",
-            out.status,
-            stderr_of(&out)
-        );
-        let pid = sb.pidfile_pid().expect("pidfile written");
-        sb.track(pid);
-
-        let st = status(pid);
-        assert_eq!(ids(&st["Uid"]), vec![uid; 4], "Uid: {}", st["Uid"]);
-        assert_eq!(ids(&st["Gid"]), vec![gid; 4], "Gid: {}", st["Gid"]);
-        let groups: BTreeSet<u32> = ids(&st["Groups"]).into_iter().collect();
-        assert!(
-            groups.is_subset(&expected),
-            "supplementary groups kept: Groups: {} (nobody's: {expected:?})",
-            st["Groups"]
-        );
-        assert!(
-            !groups.contains(&0) || expected.contains(&0),
-            "root's group kept"
-        );
-        assert_eq!(st["CapEff"], "0000000000000000", "capabilities kept");
-        assert_eq!(st["CapPrm"], "0000000000000000", "capabilities kept");
-        let meta = std::fs::metadata(sb.pidfile()).unwrap();
-        assert_eq!(
-            (meta.uid(), meta.gid()),
-            (uid, gid),
-            "pidfile not chowned to nobody"
-        );
-        assert_locked(&sb.pidfile());
-
-        // Its own user can stop it, although a daemon that dropped privileges is not dumpable and
-        // nobody may not read its /proc/PID/fd.
-        let mut cmd = Command::new("setpriv");
-        cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
-            .arg(warden_bin())
-            .arg("-c")
-            .arg(&sb.config)
-            .arg("stop")
-            .stdin(Stdio::null());
-        let out = sb.output(cmd);
-        assert_eq!(
-            exit_code(&out),
-            Some(0),
-            "stop as nobody: {}",
-            stderr_of(&out)
-        );
-        assert!(
-            !sb.pidfile().exists(),
-            "the unprivileged daemon left its pidfile"
-        );
-        assert_no_process(&sb);
+/// With `user = "nobody"` the daemon runs as nobody's uid and gid with no group but nobody's
+/// own, although its launcher had root's group and supplementary groups; root cannot come back
+/// (no effective capabilities); the pidfile belongs to nobody and is still removed on stop,
+/// which nobody itself may run.
+#[test]
+fn privilege_drop_to_nobody_leaves_no_supplementary_groups() {
+    let test = this_test!();
+    if !test.require_root() {
+        return;
     }
-);
+    let nobody = nix::unistd::User::from_name("nobody")
+        .unwrap()
+        .expect("user nobody");
+    let (uid, gid) = (nobody.uid.as_raw(), nobody.gid.as_raw());
+    // The groups initgroups(3) gives nobody: its primary group and any listing it as a member.
+    let mut expected: BTreeSet<u32> = BTreeSet::from([gid]);
+    for line in std::fs::read_to_string("/etc/group")
+        .unwrap_or_default()
+        .lines()
+    {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() == 4 && f[3].split(',').any(|m| m == "nobody") {
+            expected.insert(f[2].parse().unwrap());
+        }
+    }
+
+    let mut sb = test.sandbox("user = \"nobody\"");
+    // The launcher carries supplementary groups the daemon must lose.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--groups=0,4,100", "--"]).arg(warden_bin());
+    cmd.arg("-c")
+        .arg(&sb.config)
+        .arg("start")
+        .stdin(Stdio::null());
+    cmd.env_remove("NOTIFY_SOCKET");
+    let out = sb.output(cmd);
+    assert!(
+        out.status.success(),
+        "start as nobody: {:?} {}",
+        out.status,
+        stderr_of(&out)
+    );
+    let pid = sb.pidfile_pid().expect("pidfile written");
+    sb.track(pid);
+
+    let st = status(pid);
+    assert_eq!(ids(&st["Uid"]), vec![uid; 4], "Uid: {}", st["Uid"]);
+    assert_eq!(ids(&st["Gid"]), vec![gid; 4], "Gid: {}", st["Gid"]);
+    let groups: BTreeSet<u32> = ids(&st["Groups"]).into_iter().collect();
+    assert!(
+        groups.is_subset(&expected),
+        "supplementary groups kept: Groups: {} (nobody's: {expected:?})",
+        st["Groups"]
+    );
+    assert!(
+        !groups.contains(&0) || expected.contains(&0),
+        "root's group kept"
+    );
+    assert_eq!(st["CapEff"], "0000000000000000", "capabilities kept");
+    assert_eq!(st["CapPrm"], "0000000000000000", "capabilities kept");
+    let meta = std::fs::metadata(sb.pidfile()).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (uid, gid),
+        "pidfile not chowned to nobody"
+    );
+    assert_locked(&sb.pidfile());
+
+    // Its own user can stop it, although a daemon that dropped privileges is not dumpable and
+    // nobody may not read its /proc/PID/fd.
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .arg(warden_bin())
+        .arg("-c")
+        .arg(&sb.config)
+        .arg("stop")
+        .stdin(Stdio::null());
+    let out = sb.output(cmd);
+    assert_eq!(
+        exit_code(&out),
+        Some(0),
+        "stop as nobody: {}",
+        stderr_of(&out)
+    );
+    assert!(
+        !sb.pidfile().exists(),
+        "the unprivileged daemon left its pidfile"
+    );
+    assert_no_process(&sb);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Stopping
 // ---------------------------------------------------------------------------------------------
 
-// SIGTERM: the daemon exits within a second (issue 2), its pidfile removed, nothing left.
-wtest!(sigterm_stops_the_daemon_and_removes_the_pidfile, |test| {
+/// SIGTERM: the daemon exits within a second (issue 2), its pidfile removed, nothing left.
+#[test]
+fn sigterm_stops_the_daemon_and_removes_the_pidfile() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     let pid = sb.start();
     let t0 = Instant::now();
@@ -903,46 +920,47 @@ wtest!(sigterm_stops_the_daemon_and_removes_the_pidfile, |test| {
     assert!(!sb.pidfile().exists(), "pidfile left behind");
     assert_no_process(&sb);
     assert_eq!(status_code(&mut sb), Some(3));
-});
+}
 
-// `warden stop` signals the daemon and returns 0 once it is gone — the pidfile already
-// removed; on a stopped daemon it says `not running` and returns 0.
-wtest!(
-    stop_command_waits_for_the_daemon_and_is_idempotent,
-    |test| {
-        let mut sb = test.sandbox("");
-        let pid = sb.start();
-        let out = sb.run(&["stop"]);
-        assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
-        // The lock is released only when the daemon's last descriptor closes, after its exit hooks.
-        assert!(
-            !sb.pidfile().exists(),
-            "stop returned before the pidfile was removed"
-        );
-        assert!(
-            wait_until(TIMEOUT, || !alive(pid)),
-            "daemon still alive after stop"
-        );
-        assert_no_process(&sb);
+/// `warden stop` signals the daemon and returns 0 once it is gone — the pidfile already
+/// removed; on a stopped daemon it says `not running` and returns 0.
+#[test]
+fn stop_command_waits_for_the_daemon_and_is_idempotent() {
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let pid = sb.start();
+    let out = sb.run(&["stop"]);
+    assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
+    // The lock is released only when the daemon's last descriptor closes, after its exit hooks.
+    assert!(
+        !sb.pidfile().exists(),
+        "stop returned before the pidfile was removed"
+    );
+    assert!(
+        wait_until(TIMEOUT, || !alive(pid)),
+        "daemon still alive after stop"
+    );
+    assert_no_process(&sb);
 
-        let out = sb.run(&["stop"]);
-        assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
-        assert!(
-            stdout_of(&out).contains("not running"),
-            "stdout: {}",
-            stdout_of(&out)
-        );
-        assert_eq!(status_code(&mut sb), Some(3));
-    }
-);
+    let out = sb.run(&["stop"]);
+    assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
+    assert!(
+        stdout_of(&out).contains("not running"),
+        "stdout: {}",
+        stdout_of(&out)
+    );
+    assert_eq!(status_code(&mut sb), Some(3));
+}
 
 // ---------------------------------------------------------------------------------------------
 // check and run
 // ---------------------------------------------------------------------------------------------
 
-// `warden check` lists every error of a file with file:line:column and exits 1; a valid file
-// exits 0.
-wtest!(check_reports_every_error_with_its_position, |test| {
+/// `warden check` lists every error of a file with file:line:column and exits 1; a valid file
+/// exits 0.
+#[test]
+fn check_reports_every_error_with_its_position() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     let out = sb.run(&["check"]);
     assert_eq!(
@@ -971,13 +989,15 @@ wtest!(check_reports_every_error_with_its_position, |test| {
         assert!(err.contains(&want), "missing {want:?} in:\n{err}");
     }
     assert_eq!(err.lines().count(), 4, "one line per error:\n{err}");
-});
+}
 
-// `warden check` reports in one pass: the file's own errors, those of its drop-ins, users and
-// groups that do not resolve (each at its file:line:column, in file order, main file first),
-// then warnings about what will fail later. Warnings alone exit 0; `start` still refuses an
-// unknown account (exit 6), also one named in a drop-in.
-wtest!(check_reports_everything_in_one_pass_with_warnings, |test| {
+/// `warden check` reports in one pass: the file's own errors, those of its drop-ins, users and
+/// groups that do not resolve (each at its file:line:column, in file order, main file first),
+/// then warnings about what will fail later. Warnings alone exit 0; `start` still refuses an
+/// unknown account (exit 6), also one named in a drop-in.
+#[test]
+fn check_reports_everything_in_one_pass_with_warnings() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     let dir = path_str(&sb.dir);
     std::fs::create_dir(sb.path("conf.d")).unwrap();
@@ -1074,12 +1094,14 @@ wtest!(check_reports_everything_in_one_pass_with_warnings, |test| {
         "{err}"
     );
     assert_failed_cleanly(&sb, &out);
-});
+}
 
-// `warden run` stays in the foreground (the spawned process is the daemon: same pid as in the
-// pidfile, still our child, in our session), holds the lock, reports readiness on
-// `NOTIFY_SOCKET`, and exits 0 on SIGTERM, removing its pidfile.
-wtest!(run_stays_in_the_foreground_and_exits_0_on_sigterm, |test| {
+/// `warden run` stays in the foreground (the spawned process is the daemon: same pid as in the
+/// pidfile, still our child, in our session), holds the lock, reports readiness on
+/// `NOTIFY_SOCKET`, and exits 0 on SIGTERM, removing its pidfile.
+#[test]
+fn run_stays_in_the_foreground_and_exits_0_on_sigterm() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     let notify = sb.path("notify.sock");
     let sock = UnixDatagram::bind(&notify).unwrap();
@@ -1132,9 +1154,11 @@ wtest!(run_stays_in_the_foreground_and_exits_0_on_sigterm, |test| {
     );
     assert!(!sb.pidfile().exists(), "pidfile left behind");
     assert_no_process(&sb);
-});
+}
 
-wtest!(stop_refuses_a_pid_that_does_not_hold_the_pidfile, |test| {
+#[test]
+fn stop_refuses_a_pid_that_does_not_hold_the_pidfile() {
+    let test = this_test!();
     // Whoever can write the pidfile must not be able to aim `warden stop` at another process.
     let mut sb = test.sandbox("");
     let daemon = sb.start();
@@ -1168,9 +1192,11 @@ wtest!(stop_refuses_a_pid_that_does_not_hold_the_pidfile, |test| {
     );
     assert!(wait_until(TIMEOUT, || !alive(daemon)));
     assert!(alive(victim), "the victim was signalled");
-});
+}
 
-wtest!(restart_replaces_the_daemon, |test| {
+#[test]
+fn restart_replaces_the_daemon() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     let old = sb.start();
     let out = sb.run(&["restart"]);
@@ -1182,61 +1208,60 @@ wtest!(restart_replaces_the_daemon, |test| {
     assert!(alive(new));
     let out = sb.run(&["stop"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
-});
+}
 
-// Root without `CAP_SYS_PTRACE` (Docker's default capability set) may list another user's
-// `/proc/PID/fd` but not follow its entries: `warden stop` cannot tell whether the pid holds the
-// pidfile. Without the control socket it says so (exit 4, "permission denied: cannot inspect
-// /proc/PID/fd") instead of calling it a forged pid, and leaves the daemon alone; with the
-// socket, the daemon that answers there is stopped through a pidfd on the socket's peer (a pid
-// the kernel vouches for), the pidfile's problem shown as a warning.
-wtest!(
-    stop_as_root_without_ptrace_cannot_tell_and_says_so,
-    |test| {
-        if !test.require_root() || !test.require_tool("setpriv", "util-linux") {
-            return;
-        }
-        let mut sb = test.sandbox("user = \"nobody\"");
-        let pid = sb.start();
-        let stop_without_ptrace = |sb: &mut Sandbox| {
-            let mut cmd = Command::new("setpriv");
-            cmd.args(["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace", "--"])
-                .arg(warden_bin())
-                .arg("-c")
-                .arg(&sb.config)
-                .args(["stop", "--timeout", "5s"])
-                .stdin(Stdio::null());
-            sb.output(cmd)
-        };
-        std::fs::rename(sb.path("warden.sock"), sb.path("moved.sock")).unwrap();
-        let out = stop_without_ptrace(&mut sb);
-        let err = stderr_of(&out);
-        if err.starts_with("setpriv:") {
-            // No CAP_SETPCAP here, so the bounding set cannot shrink.
-            test.skip(&format!("setpriv cannot drop cap_sys_ptrace: {err}"));
-            std::fs::rename(sb.path("moved.sock"), sb.path("warden.sock")).unwrap();
-            return;
-        }
-        assert_eq!(
-            exit_code(&out),
-            Some(4),
-            "stop without CAP_SYS_PTRACE: {err}"
-        );
-        let want = format!("permission denied: cannot inspect /proc/{pid}/fd");
-        assert!(err.contains(&want), "missing {want:?} in: {err}");
-        assert!(!err.contains("does not hold it"), "false refusal: {err}");
-        assert!(alive(pid), "the daemon was signalled although unchecked");
-        assert_eq!(sb.pidfile_pid(), Some(pid));
-
-        std::fs::rename(sb.path("moved.sock"), sb.path("warden.sock")).unwrap();
-        let out = stop_without_ptrace(&mut sb);
-        let err = stderr_of(&out);
-        assert_eq!(exit_code(&out), Some(0), "stop through the socket: {err}");
-        assert!(
-            err.contains(&want) && err.contains(&format!("pid {pid} answers")),
-            "{err}"
-        );
-        assert!(wait_until(TIMEOUT, || !alive(pid)), "daemon still alive");
-        assert_no_process(&sb);
+/// Root without `CAP_SYS_PTRACE` (Docker's default capability set) may list another user's
+/// `/proc/PID/fd` but not follow its entries: `warden stop` cannot tell whether the pid holds the
+/// pidfile. Without the control socket it says so (exit 4, "permission denied: cannot inspect
+/// /proc/PID/fd") instead of calling it a forged pid, and leaves the daemon alone; with the
+/// socket, the daemon that answers there is stopped through a pidfd on the socket's peer (a pid
+/// the kernel vouches for), the pidfile's problem shown as a warning.
+#[test]
+fn stop_as_root_without_ptrace_cannot_tell_and_says_so() {
+    let test = this_test!();
+    if !test.require_root() || !test.require_tool("setpriv", "util-linux") {
+        return;
     }
-);
+    let mut sb = test.sandbox("user = \"nobody\"");
+    let pid = sb.start();
+    let stop_without_ptrace = |sb: &mut Sandbox| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace", "--"])
+            .arg(warden_bin())
+            .arg("-c")
+            .arg(&sb.config)
+            .args(["stop", "--timeout", "5s"])
+            .stdin(Stdio::null());
+        sb.output(cmd)
+    };
+    std::fs::rename(sb.path("warden.sock"), sb.path("moved.sock")).unwrap();
+    let out = stop_without_ptrace(&mut sb);
+    let err = stderr_of(&out);
+    if err.starts_with("setpriv:") {
+        // No CAP_SETPCAP here, so the bounding set cannot shrink.
+        test.skip(&format!("setpriv cannot drop cap_sys_ptrace: {err}"));
+        std::fs::rename(sb.path("moved.sock"), sb.path("warden.sock")).unwrap();
+        return;
+    }
+    assert_eq!(
+        exit_code(&out),
+        Some(4),
+        "stop without CAP_SYS_PTRACE: {err}"
+    );
+    let want = format!("permission denied: cannot inspect /proc/{pid}/fd");
+    assert!(err.contains(&want), "missing {want:?} in: {err}");
+    assert!(!err.contains("does not hold it"), "false refusal: {err}");
+    assert!(alive(pid), "the daemon was signalled although unchecked");
+    assert_eq!(sb.pidfile_pid(), Some(pid));
+
+    std::fs::rename(sb.path("moved.sock"), sb.path("warden.sock")).unwrap();
+    let out = stop_without_ptrace(&mut sb);
+    let err = stderr_of(&out);
+    assert_eq!(exit_code(&out), Some(0), "stop through the socket: {err}");
+    assert!(
+        err.contains(&want) && err.contains(&format!("pid {pid} answers")),
+        "{err}"
+    );
+    assert!(wait_until(TIMEOUT, || !alive(pid)), "daemon still alive");
+    assert_no_process(&sb);
+}

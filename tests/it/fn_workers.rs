@@ -26,7 +26,9 @@ fn snapshot(sb: &Sandbox, pid: i32, previous: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-wtest!(function_workers_are_supervised, |test| {
+#[test]
+fn function_workers_are_supervised() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     let mut cmd = Command::new(example());
     cmd.arg("--dir")
@@ -92,30 +94,29 @@ wtest!(function_workers_are_supervised, |test| {
     for w in workers {
         assert!(!alive(w), "worker {w} stopped");
     }
-});
+}
 
-wtest!(
-    forking_from_a_multithreaded_process_is_refused_clearly,
-    |test| {
-        let mut sb = test.sandbox("");
-        let mut cmd = Command::new(example());
-        cmd.arg("--dir")
-            .arg(&sb.dir)
-            .arg("--thread")
-            .stdin(std::process::Stdio::null());
-        let pid = sb.spawn(cmd);
-        assert!(
-            wait_until(TIMEOUT, || sb.read("app.log").matches("-> fatal").count()
-                >= 3),
-            "{}",
-            sb.read("app.log")
-        );
-        assert!(
-            sb.read("app.log")
-                .contains("refusing to fork: this process has 2 threads")
-        );
-        assert!(children_of(pid).is_empty(), "no worker was forked");
-        signal(pid, Signal::SIGTERM);
-        assert!(sb.wait_child(pid, TIMEOUT).expect("exits").success());
-    }
-);
+#[test]
+fn forking_from_a_multithreaded_process_is_refused_clearly() {
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let mut cmd = Command::new(example());
+    cmd.arg("--dir")
+        .arg(&sb.dir)
+        .arg("--thread")
+        .stdin(std::process::Stdio::null());
+    let pid = sb.spawn(cmd);
+    assert!(
+        wait_until(TIMEOUT, || sb.read("app.log").matches("-> fatal").count()
+            >= 3),
+        "{}",
+        sb.read("app.log")
+    );
+    assert!(
+        sb.read("app.log")
+            .contains("refusing to fork: this process has 2 threads")
+    );
+    assert!(children_of(pid).is_empty(), "no worker was forked");
+    signal(pid, Signal::SIGTERM);
+    assert!(sb.wait_child(pid, TIMEOUT).expect("exits").success());
+}

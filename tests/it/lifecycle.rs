@@ -42,7 +42,9 @@ fn wait_event(sb: &Sandbox, event: &str, count: usize) {
     );
 }
 
-wtest!(hooks_run_on_term_lifo_once_in_the_daemon_only, |test| {
+#[test]
+fn hooks_run_on_term_lifo_once_in_the_daemon_only() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     let pid = start_lifecycle(&mut sb, &[]);
     signal(pid, Signal::SIGTERM);
@@ -50,24 +52,25 @@ wtest!(hooks_run_on_term_lifo_once_in_the_daemon_only, |test| {
     // Neither the launcher, nor the intermediate process, nor the forked child ran any hook:
     // every line carries the daemon's pid and "launcher" never appears.
     assert_hooks_ran(&sb, pid);
-});
+}
 
-wtest!(
-    second_term_takes_the_fast_path_and_still_runs_hooks,
-    |test| {
-        let mut sb = test.sandbox("");
-        let pid = start_lifecycle(&mut sb, &["--linger", "60s"]);
-        signal(pid, Signal::SIGTERM);
-        wait_event(&sb, "GracefulShutdown", 1);
-        assert!(alive(pid), "lingers during the graceful shutdown");
-        signal(pid, Signal::SIGTERM);
-        wait_gone(pid);
-        wait_event(&sb, "FastShutdown", 1);
-        assert_hooks_ran(&sb, pid);
-    }
-);
+#[test]
+fn second_term_takes_the_fast_path_and_still_runs_hooks() {
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let pid = start_lifecycle(&mut sb, &["--linger", "60s"]);
+    signal(pid, Signal::SIGTERM);
+    wait_event(&sb, "GracefulShutdown", 1);
+    assert!(alive(pid), "lingers during the graceful shutdown");
+    signal(pid, Signal::SIGTERM);
+    wait_gone(pid);
+    wait_event(&sb, "FastShutdown", 1);
+    assert_hooks_ran(&sb, pid);
+}
 
-wtest!(quit_is_a_fast_shutdown_with_hooks, |test| {
+#[test]
+fn quit_is_a_fast_shutdown_with_hooks() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     let pid = start_lifecycle(&mut sb, &["--linger", "60s"]);
     signal(pid, Signal::SIGQUIT);
@@ -80,18 +83,22 @@ wtest!(quit_is_a_fast_shutdown_with_hooks, |test| {
         .collect();
     assert_eq!(events, ["FastShutdown"]);
     assert_hooks_ran(&sb, pid);
-});
+}
 
-wtest!(hooks_run_on_a_panic_in_the_main_thread, |test| {
+#[test]
+fn hooks_run_on_a_panic_in_the_main_thread() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     let pid = start_lifecycle(&mut sb, &[]);
     signal(pid, Signal::SIGUSR2);
     wait_gone(pid);
     assert_hooks_ran(&sb, pid);
     assert!(sb.read("stderr.log").contains("panic on SIGUSR2"));
-});
+}
 
-wtest!(hooks_run_on_return_exit_and_panic_modes, |test| {
+#[test]
+fn hooks_run_on_return_exit_and_panic_modes() {
+    let test = this_test!();
     for mode in ["return", "exit", "panic"] {
         let mut sb = test.sandbox("");
         let cmd = lifecycle(&sb, &["--mode", mode]);
@@ -112,9 +119,11 @@ wtest!(hooks_run_on_return_exit_and_panic_modes, |test| {
         wait_gone(pid);
         assert_hooks_ran(&sb, pid);
     }
-});
+}
 
-wtest!(a_panicking_hook_does_not_stop_the_others, |test| {
+#[test]
+fn a_panicking_hook_does_not_stop_the_others() {
+    let test = this_test!();
     // Hook P panics in every run above; here we also check the panic was logged.
     let mut sb = test.sandbox("");
     let pid = start_lifecycle(&mut sb, &[]);
@@ -127,9 +136,11 @@ wtest!(a_panicking_hook_does_not_stop_the_others, |test| {
         "{}",
         sb.read("app.log")
     );
-});
+}
 
-wtest!(fail_reports_to_the_launcher_and_runs_hooks, |test| {
+#[test]
+fn fail_reports_to_the_launcher_and_runs_hooks() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     let cmd = lifecycle(&sb, &["--mode", "fail"]);
     let out = sb.output(cmd);
@@ -145,108 +156,105 @@ wtest!(fail_reports_to_the_launcher_and_runs_hooks, |test| {
     assert!(lines.iter().all(|l| l.ends_with("pidfile=present")));
     assert!(!sb.path("app.pid").exists());
     assert_no_process(&sb);
-});
+}
 
-wtest!(
-    a_daemon_never_ready_is_killed_at_the_launchers_timeout,
-    |test| {
-        let mut sb = test.sandbox("");
-        let cmd = lifecycle(&sb, &["--mode", "hang", "--ready-timeout", "300ms"]);
-        let out = sb.output(cmd);
-        let err = stderr_of(&out);
-        assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(err.contains("did not become ready within 300ms"), "{err}");
-        // The launcher names the daemon it killed, and removed the pidfile it had created.
-        let pid: i32 = err
-            .split("(pid ")
-            .nth(1)
-            .and_then(|r| r.split(')').next())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("no pid in {err:?}"));
-        assert!(pid > 0, "{err}");
-        sb.track(pid);
-        wait_gone(pid);
-        assert!(!sb.path("app.pid").exists());
-        assert_no_process(&sb);
-    }
-);
+#[test]
+fn a_daemon_never_ready_is_killed_at_the_launchers_timeout() {
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let cmd = lifecycle(&sb, &["--mode", "hang", "--ready-timeout", "300ms"]);
+    let out = sb.output(cmd);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not become ready within 300ms"), "{err}");
+    // The launcher names the daemon it killed, and removed the pidfile it had created.
+    let pid: i32 = err
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no pid in {err:?}"));
+    assert!(pid > 0, "{err}");
+    sb.track(pid);
+    wait_gone(pid);
+    assert!(!sb.path("app.pid").exists());
+    assert_no_process(&sb);
+}
 
-// A hook that overruns its own deadline is abandoned; the others and the pidfile removal run.
-wtest!(
-    a_hook_past_its_deadline_is_abandoned_and_the_rest_run,
-    |test| {
-        let mut sb = test.sandbox("");
-        let pid = start_lifecycle(&mut sb, &["--slow-hook"]);
-        signal(pid, Signal::SIGTERM);
-        wait_gone(pid);
-        assert_hooks_ran(&sb, pid);
-    }
-);
+/// A hook that overruns its own deadline is abandoned; the others and the pidfile removal run.
+#[test]
+fn a_hook_past_its_deadline_is_abandoned_and_the_rest_run() {
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let pid = start_lifecycle(&mut sb, &["--slow-hook"]);
+    signal(pid, Signal::SIGTERM);
+    wait_gone(pid);
+    assert_hooks_ran(&sb, pid);
+}
 
-// Once the total deadline has passed, the remaining hooks are skipped but the pidfile still
-// goes.
-wtest!(
-    the_total_hook_deadline_skips_the_rest_but_removes_the_pidfile,
-    |test| {
-        let mut sb = test.sandbox("");
-        let pid = start_lifecycle(&mut sb, &["--stuck-hook", "--hooks-deadline", "500ms"]);
-        signal(pid, Signal::SIGTERM);
-        wait_gone(pid);
-        assert_eq!(
-            hook_lines(&sb),
-            Vec::<String>::new(),
-            "T abandoned, C P B A skipped"
-        );
-        assert!(!sb.path("app.pid").exists(), "pidfile removed");
-    }
-);
+/// Once the total deadline has passed, the remaining hooks are skipped but the pidfile still
+/// goes.
+#[test]
+fn the_total_hook_deadline_skips_the_rest_but_removes_the_pidfile() {
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let pid = start_lifecycle(&mut sb, &["--stuck-hook", "--hooks-deadline", "500ms"]);
+    signal(pid, Signal::SIGTERM);
+    wait_gone(pid);
+    assert_eq!(
+        hook_lines(&sb),
+        Vec::<String>::new(),
+        "T abandoned, C P B A skipped"
+    );
+    assert!(!sb.path("app.pid").exists(), "pidfile removed");
+}
 
-// `Daemon::start` refuses a process that already runs a second thread (fork keeps only one).
-wtest!(
-    a_multi_threaded_process_is_refused_before_any_fork,
-    |test| {
-        let mut sb = test.sandbox("");
-        let cmd = lifecycle(&sb, &["--thread-first"]);
-        let out = sb.output(cmd);
-        let err = stderr_of(&out);
-        assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(err.contains("has 2 threads"), "{err}");
-        assert!(!sb.path("app.pid").exists(), "no pidfile");
-        assert_no_process(&sb);
-    }
-);
+/// `Daemon::start` refuses a process that already runs a second thread (fork keeps only one).
+#[test]
+fn a_multi_threaded_process_is_refused_before_any_fork() {
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let cmd = lifecycle(&sb, &["--thread-first"]);
+    let out = sb.output(cmd);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("has 2 threads"), "{err}");
+    assert!(!sb.path("app.pid").exists(), "no pidfile");
+    assert_no_process(&sb);
+}
 
-// A child the daemon forks before `ready` and that drops its copy of the handle (as returning
-// from `main` would) neither tells the launcher the daemon failed nor keeps the instance lock
-// once the daemon is gone.
-wtest!(
-    a_child_forked_before_ready_speaks_not_for_the_daemon_nor_holds_its_lock,
-    |test| {
-        let mut sb = test.sandbox("");
-        let pid = start_lifecycle(&mut sb, &["--child", "linger"]);
-        let child: i32 = sb.read("child.pid").trim().parse().expect("child.pid");
-        sb.track(child);
-        assert_ne!(child, pid);
-        assert_eq!(
-            app_pid(&sb),
-            Some(pid),
-            "the pidfile still names the daemon"
-        );
-        assert!(alive(pid));
+/// A child the daemon forks before `ready` and that drops its copy of the handle (as returning
+/// from `main` would) neither tells the launcher the daemon failed nor keeps the instance lock
+/// once the daemon is gone.
+#[test]
+fn a_child_forked_before_ready_speaks_not_for_the_daemon_nor_holds_its_lock() {
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let pid = start_lifecycle(&mut sb, &["--child", "linger"]);
+    let child: i32 = sb.read("child.pid").trim().parse().expect("child.pid");
+    sb.track(child);
+    assert_ne!(child, pid);
+    assert_eq!(
+        app_pid(&sb),
+        Some(pid),
+        "the pidfile still names the daemon"
+    );
+    assert!(alive(pid));
 
-        // The daemon dies hard; its child lives on, and must not keep the daemon's lock.
-        signal(pid, Signal::SIGKILL);
-        wait_gone(pid);
-        assert!(alive(child), "the forked child lingers");
-        let again = start_lifecycle(&mut sb, &[]);
-        assert_ne!(again, pid);
-        assert!(alive(again));
-    }
-);
+    // The daemon dies hard; its child lives on, and must not keep the daemon's lock.
+    signal(pid, Signal::SIGKILL);
+    wait_gone(pid);
+    assert!(alive(child), "the forked child lingers");
+    let again = start_lifecycle(&mut sb, &[]);
+    assert_ne!(again, pid);
+    assert!(alive(again));
+}
 
-// A library daemon that installs no signal handling, whose launcher is killed before `ready`,
-// survives writing its verdict into the broken readiness pipe.
-wtest!(a_daemon_outlives_its_launcher_killed_before_ready, |test| {
+/// A library daemon that installs no signal handling, whose launcher is killed before `ready`,
+/// survives writing its verdict into the broken readiness pipe.
+#[test]
+fn a_daemon_outlives_its_launcher_killed_before_ready() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     let mut cmd = lifecycle(&sb, &["--mode", "bare", "--ready-delay", "1s"]);
     cmd.stdout(std::process::Stdio::null())
@@ -269,9 +277,11 @@ wtest!(a_daemon_outlives_its_launcher_killed_before_ready, |test| {
         alive(pid)
     );
     assert!(alive(pid), "still running after ready()");
-});
+}
 
-wtest!(each_signal_produces_its_event, |test| {
+#[test]
+fn each_signal_produces_its_event() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     let pid = start_lifecycle(&mut sb, &[]);
     // The fixture forks a child at start: its exit is the first ChildExited.
@@ -303,9 +313,11 @@ wtest!(each_signal_produces_its_event, |test| {
     wait_gone(pid);
     wait_event(&sb, "GracefulShutdown", 1);
     assert_hooks_ran(&sb, pid);
-});
+}
 
-wtest!(sd_notify_messages_arrive_in_order, |test| {
+#[test]
+fn sd_notify_messages_arrive_in_order() {
+    let test = this_test!();
     let mut sb = test.sandbox("log = \"stderr\"");
     let sock_path = sb.path("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
@@ -375,4 +387,4 @@ wtest!(sd_notify_messages_arrive_in_order, |test| {
         .expect("warden run exits on TERM");
     assert!(st.success());
     assert!(!sb.pidfile().exists());
-});
+}

@@ -127,110 +127,109 @@ fn have_logrotate(test: &Test) -> bool {
     true
 }
 
-wtest!(
-    logrotate_loses_and_splits_no_line_across_three_rotations,
-    |test| {
-        if !have_logrotate(&test) {
-            return;
-        }
-        let mut sb = test.sandbox("");
-        // logrotate refuses to rotate in a world-writable directory (the sandbox is 0777 for tests
-        // that drop privileges; this one does not).
-        std::fs::set_permissions(&sb.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let log = sb.path("app.log");
-        let conf = sb.path("logrotate.conf");
-        let state = sb.path("logrotate.state");
-        std::fs::write(
-            &conf,
-            format!(
-                "{log} {{\n    rotate 10\n    nocompress\n    missingok\n    postrotate\n        \
-             kill -USR1 $(cat '{pidfile}')\n    endscript\n}}\n",
-                log = log.display(),
-                pidfile = sb.path("app.pid").display(),
-            ),
-        )
-        .unwrap();
-        let pid = start_lifecycle(
-            &mut sb,
-            &[
-                "--mode",
-                "ticker",
-                "--interval",
-                "1ms",
-                "--log",
-                &format!("file:{}", log.display()),
-            ],
+#[test]
+fn logrotate_loses_and_splits_no_line_across_three_rotations() {
+    let test = this_test!();
+    if !have_logrotate(&test) {
+        return;
+    }
+    let mut sb = test.sandbox("");
+    // logrotate refuses to rotate in a world-writable directory (the sandbox is 0777 for tests
+    // that drop privileges; this one does not).
+    std::fs::set_permissions(&sb.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log = sb.path("app.log");
+    let conf = sb.path("logrotate.conf");
+    let state = sb.path("logrotate.state");
+    std::fs::write(
+        &conf,
+        format!(
+            "{log} {{\n    rotate 10\n    nocompress\n    missingok\n    postrotate\n        \
+         kill -USR1 $(cat '{pidfile}')\n    endscript\n}}\n",
+            log = log.display(),
+            pidfile = sb.path("app.pid").display(),
+        ),
+    )
+    .unwrap();
+    let pid = start_lifecycle(
+        &mut sb,
+        &[
+            "--mode",
+            "ticker",
+            "--interval",
+            "1ms",
+            "--log",
+            &format!("file:{}", log.display()),
+        ],
+    );
+    let has_lines = |p: &Path| std::fs::read_to_string(p).is_ok_and(|t| t.contains(" line "));
+    assert!(
+        wait_until(TIMEOUT, || has_lines(&log)),
+        "the ticker writes no line into {}",
+        log.display()
+    );
+
+    for round in 1..=3 {
+        // Let lines accumulate, so that every file gets some.
+        std::thread::sleep(Duration::from_millis(200));
+        let mut cmd = Command::new("logrotate");
+        cmd.arg("-f").arg("-s").arg(&state).arg(&conf);
+        let out = sb.output(cmd);
+        assert!(
+            out.status.success(),
+            "logrotate round {round}: {:?}\nstderr: {}",
+            out.status,
+            stderr_of(&out)
         );
-        let has_lines = |p: &Path| std::fs::read_to_string(p).is_ok_and(|t| t.contains(" line "));
+        assert!(
+            sb.path(&format!("app.log.{round}")).exists(),
+            "logrotate round {round} rotated nothing\nstderr: {}",
+            stderr_of(&out)
+        );
+        // The daemon recreates app.log when it reopens on SIGUSR1 from postrotate; the next
+        // rotation must not find it missing.
         assert!(
             wait_until(TIMEOUT, || has_lines(&log)),
-            "the ticker writes no line into {}",
+            "the daemon did not reopen {} after rotation {round}",
             log.display()
         );
-
-        for round in 1..=3 {
-            // Let lines accumulate, so that every file gets some.
-            std::thread::sleep(Duration::from_millis(200));
-            let mut cmd = Command::new("logrotate");
-            cmd.arg("-f").arg("-s").arg(&state).arg(&conf);
-            let out = sb.output(cmd);
-            assert!(
-                out.status.success(),
-                "logrotate round {round}: {:?}\nstderr: {}",
-                out.status,
-                stderr_of(&out)
-            );
-            assert!(
-                sb.path(&format!("app.log.{round}")).exists(),
-                "logrotate round {round} rotated nothing\nstderr: {}",
-                stderr_of(&out)
-            );
-            // The daemon recreates app.log when it reopens on SIGUSR1 from postrotate; the next
-            // rotation must not find it missing.
-            assert!(
-                wait_until(TIMEOUT, || has_lines(&log)),
-                "the daemon did not reopen {} after rotation {round}",
-                log.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        terminate(pid);
-
-        let mut numbers = Vec::new();
-        for i in (1..=3).rev() {
-            let rotated = sb.path(&format!("app.log.{i}"));
-            let before = numbers.len();
-            ticker_numbers(&rotated, &mut numbers);
-            eprintln!("app.log.{i}: {} ticker lines", numbers.len() - before);
-            assert!(
-                numbers.len() > before,
-                "{} holds no ticker line: the rotation did not happen as expected",
-                rotated.display()
-            );
-        }
-        ticker_numbers(&log, &mut numbers);
-        assert!(
-            !sb.path("app.log.4").exists(),
-            "more rotations than logrotate runs"
-        );
-
-        let total = numbers.len();
-        numbers.sort_unstable();
-        let max = *numbers.last().expect("some lines");
-        let duplicates: Vec<u64> = numbers
-            .windows(2)
-            .filter(|w| w[0] == w[1])
-            .map(|w| w[0])
-            .collect();
-        assert!(duplicates.is_empty(), "duplicated lines: {duplicates:?}");
-        numbers.dedup();
-        let missing: Vec<u64> = (0..=max)
-            .filter(|n| numbers.binary_search(n).is_err())
-            .collect();
-        assert!(missing.is_empty(), "lost lines (of 0..={max}): {missing:?}");
-        assert_eq!(total as u64, max + 1);
     }
-);
+    std::thread::sleep(Duration::from_millis(50));
+    terminate(pid);
+
+    let mut numbers = Vec::new();
+    for i in (1..=3).rev() {
+        let rotated = sb.path(&format!("app.log.{i}"));
+        let before = numbers.len();
+        ticker_numbers(&rotated, &mut numbers);
+        eprintln!("app.log.{i}: {} ticker lines", numbers.len() - before);
+        assert!(
+            numbers.len() > before,
+            "{} holds no ticker line: the rotation did not happen as expected",
+            rotated.display()
+        );
+    }
+    ticker_numbers(&log, &mut numbers);
+    assert!(
+        !sb.path("app.log.4").exists(),
+        "more rotations than logrotate runs"
+    );
+
+    let total = numbers.len();
+    numbers.sort_unstable();
+    let max = *numbers.last().expect("some lines");
+    let duplicates: Vec<u64> = numbers
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    assert!(duplicates.is_empty(), "duplicated lines: {duplicates:?}");
+    numbers.dedup();
+    let missing: Vec<u64> = (0..=max)
+        .filter(|n| numbers.binary_search(n).is_err())
+        .collect();
+    assert!(missing.is_empty(), "lost lines (of 0..={max}): {missing:?}");
+    assert_eq!(total as u64, max + 1);
+}
 
 /// One syslog datagram, as text.
 fn recv_text(sock: &UnixDatagram) -> Option<String> {
@@ -255,102 +254,101 @@ fn syslog_line_number(msg: &str) -> Option<u64> {
     msg.rsplit_once(": line ")?.1.trim_end().parse().ok()
 }
 
-wtest!(
-    syslog_messages_carry_pid_facility_severity_and_survive_a_receiver_restart,
-    |test| {
-        let mut sb = test.sandbox("");
-        let sock_path = sb.path("log.sock");
-        let receiver = syslog_receiver(&sock_path);
-        let pid = start_lifecycle(
-            &mut sb,
-            &[
-                "--mode",
-                "ticker",
-                "--interval",
-                "10ms",
-                "--log",
-                &format!("syslog:{}", sock_path.display()),
-            ],
-        );
-        let tag = format!("lifecycle[{pid}]: ");
-        // local3 (19) × 8 + info (6); the dropped-messages notice is a warning (4).
-        let info = "<158>";
-        let warning = "<156>";
+#[test]
+fn syslog_messages_carry_pid_facility_severity_and_survive_a_receiver_restart() {
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let sock_path = sb.path("log.sock");
+    let receiver = syslog_receiver(&sock_path);
+    let pid = start_lifecycle(
+        &mut sb,
+        &[
+            "--mode",
+            "ticker",
+            "--interval",
+            "10ms",
+            "--log",
+            &format!("syslog:{}", sock_path.display()),
+        ],
+    );
+    let tag = format!("lifecycle[{pid}]: ");
+    // local3 (19) × 8 + info (6); the dropped-messages notice is a warning (4).
+    let info = "<158>";
+    let warning = "<156>";
 
-        // Before the restart: every message is well-formed and comes from the daemon.
-        let deadline = Instant::now() + TIMEOUT;
-        let mut lines = 0;
-        let mut last = None;
-        while lines < 5 {
-            assert!(
-                Instant::now() < deadline,
-                "only {lines} ticker messages within {TIMEOUT:?}"
-            );
-            let Some(msg) = recv_text(&receiver) else {
-                continue;
-            };
-            assert!(
-                msg.contains(&tag),
-                "not tagged with the daemon's pid {pid}: {msg:?}"
-            );
-            if msg.contains("dropped") {
-                // The receiver fell behind (a busy machine): reported as a warning.
-                assert!(msg.starts_with(warning), "{msg:?}");
-                continue;
-            }
-            assert!(msg.starts_with(info), "not local3.info: {msg:?}");
-            if let Some(n) = syslog_line_number(&msg) {
-                lines += 1;
-                last = Some(n);
-            }
-        }
-        let last = last.unwrap();
-
-        // The syslog daemon restarts: its socket goes away and comes back as a new one.
-        drop(receiver);
-        std::fs::remove_file(&sock_path).unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        let receiver = syslog_receiver(&sock_path);
-
-        let deadline = Instant::now() + TIMEOUT;
-        let mut notice = None;
-        let mut after = None;
-        while after.is_none() {
-            assert!(
-                Instant::now() < deadline,
-                "no ticker message within {TIMEOUT:?} after the receiver restarted (notice: {notice:?})"
-            );
-            let Some(msg) = recv_text(&receiver) else {
-                continue;
-            };
-            assert!(
-                msg.contains(&tag),
-                "not tagged with the daemon's pid {pid}: {msg:?}"
-            );
-            if msg.contains("dropped") {
-                assert!(
-                    msg.starts_with(warning),
-                    "the notice is not local3.warning: {msg:?}"
-                );
-                notice = Some(msg);
-                continue;
-            }
-            assert!(msg.starts_with(info), "not local3.info: {msg:?}");
-            after = syslog_line_number(&msg);
-        }
-        let after = after.unwrap();
+    // Before the restart: every message is well-formed and comes from the daemon.
+    let deadline = Instant::now() + TIMEOUT;
+    let mut lines = 0;
+    let mut last = None;
+    while lines < 5 {
         assert!(
-            after > last,
-            "line {after} after the restart, {last} before"
+            Instant::now() < deadline,
+            "only {lines} ticker messages within {TIMEOUT:?}"
         );
-        let notice = notice.expect("no notice about the messages dropped during the restart");
+        let Some(msg) = recv_text(&receiver) else {
+            continue;
+        };
         assert!(
-            notice.contains(&tag) && notice.contains(" log messages dropped"),
-            "{notice:?}"
+            msg.contains(&tag),
+            "not tagged with the daemon's pid {pid}: {msg:?}"
         );
-        terminate(pid);
+        if msg.contains("dropped") {
+            // The receiver fell behind (a busy machine): reported as a warning.
+            assert!(msg.starts_with(warning), "{msg:?}");
+            continue;
+        }
+        assert!(msg.starts_with(info), "not local3.info: {msg:?}");
+        if let Some(n) = syslog_line_number(&msg) {
+            lines += 1;
+            last = Some(n);
+        }
     }
-);
+    let last = last.unwrap();
+
+    // The syslog daemon restarts: its socket goes away and comes back as a new one.
+    drop(receiver);
+    std::fs::remove_file(&sock_path).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let receiver = syslog_receiver(&sock_path);
+
+    let deadline = Instant::now() + TIMEOUT;
+    let mut notice = None;
+    let mut after = None;
+    while after.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no ticker message within {TIMEOUT:?} after the receiver restarted (notice: {notice:?})"
+        );
+        let Some(msg) = recv_text(&receiver) else {
+            continue;
+        };
+        assert!(
+            msg.contains(&tag),
+            "not tagged with the daemon's pid {pid}: {msg:?}"
+        );
+        if msg.contains("dropped") {
+            assert!(
+                msg.starts_with(warning),
+                "the notice is not local3.warning: {msg:?}"
+            );
+            notice = Some(msg);
+            continue;
+        }
+        assert!(msg.starts_with(info), "not local3.info: {msg:?}");
+        after = syslog_line_number(&msg);
+    }
+    let after = after.unwrap();
+    assert!(
+        after > last,
+        "line {after} after the restart, {last} before"
+    );
+    let notice = notice.expect("no notice about the messages dropped during the restart");
+    assert!(
+        notice.contains(&tag) && notice.contains(" log messages dropped"),
+        "{notice:?}"
+    );
+    terminate(pid);
+}
 
 /// Runs `warden run` with stderr into `stderr_name` in the sandbox and `JOURNAL_STREAM` set to
 /// `journal_stream(stderr file's metadata)`, stops it with SIGTERM once it has logged that it
@@ -388,55 +386,56 @@ fn run_foreground(
     sb.read(stderr_name)
 }
 
-wtest!(
-    stderr_speaks_journald_prefixes_only_when_journal_stream_matches,
-    |test| {
-        let mut sb = test.sandbox("log = \"stderr\"");
+#[test]
+fn stderr_speaks_journald_prefixes_only_when_journal_stream_matches() {
+    let test = this_test!();
+    let mut sb = test.sandbox("log = \"stderr\"");
 
-        let journal = run_foreground(&mut sb, "journal.err", |m| {
-            format!("{}:{}", m.dev(), m.ino())
-        });
+    let journal = run_foreground(&mut sb, "journal.err", |m| {
+        format!("{}:{}", m.dev(), m.ino())
+    });
+    assert!(
+        journal.lines().count() >= 2,
+        "expected the start and stop lines:\n{journal}"
+    );
+    for line in journal.lines() {
         assert!(
-            journal.lines().count() >= 2,
-            "expected the start and stop lines:\n{journal}"
+            line.starts_with("<6>"),
+            "no info prefix under journald: {line:?}"
         );
-        for line in journal.lines() {
-            assert!(
-                line.starts_with("<6>"),
-                "no info prefix under journald: {line:?}"
-            );
-            assert!(
-                !line
-                    .char_indices()
-                    .any(|(i, _)| line.get(i..i + 24).is_some_and(is_timestamp)),
-                "a timestamp under journald (it adds its own): {line:?}"
-            );
-        }
-        assert!(journal.contains("<6>warden stopped"), "{journal}");
-
-        // A stale variable (inherited, stderr redirected since) names another file: plain lines.
-        let plain = run_foreground(&mut sb, "plain.err", |m| {
-            format!("{}:{}", m.dev(), m.ino() + 1)
-        });
         assert!(
-            plain.lines().count() >= 2,
-            "expected the start and stop lines:\n{plain}"
+            !line
+                .char_indices()
+                .any(|(i, _)| line.get(i..i + 24).is_some_and(is_timestamp)),
+            "a timestamp under journald (it adds its own): {line:?}"
         );
-        for line in plain.lines() {
-            assert!(
-                has_timestamp(line),
-                "no timestamp outside journald: {line:?}"
-            );
-            assert!(
-                !has_priority_prefix(line),
-                "a priority prefix outside journald: {line:?}"
-            );
-        }
-        assert!(plain.contains(" INFO  warden stopped"), "{plain}");
     }
-);
+    assert!(journal.contains("<6>warden stopped"), "{journal}");
 
-wtest!(warden_reopen_logs_moves_logging_to_the_new_file, |test| {
+    // A stale variable (inherited, stderr redirected since) names another file: plain lines.
+    let plain = run_foreground(&mut sb, "plain.err", |m| {
+        format!("{}:{}", m.dev(), m.ino() + 1)
+    });
+    assert!(
+        plain.lines().count() >= 2,
+        "expected the start and stop lines:\n{plain}"
+    );
+    for line in plain.lines() {
+        assert!(
+            has_timestamp(line),
+            "no timestamp outside journald: {line:?}"
+        );
+        assert!(
+            !has_priority_prefix(line),
+            "a priority prefix outside journald: {line:?}"
+        );
+    }
+    assert!(plain.contains(" INFO  warden stopped"), "{plain}");
+}
+
+#[test]
+fn warden_reopen_logs_moves_logging_to_the_new_file() {
+    let test = this_test!();
     let mut sb = test.sandbox("");
     let log = sb.path("warden.log");
     let rotated = sb.path("warden.log.1");
@@ -493,4 +492,4 @@ wtest!(warden_reopen_logs_moves_logging_to_the_new_file, |test| {
         "warden reopen-logs with no daemon: {}",
         stderr_of(&out)
     );
-});
+}

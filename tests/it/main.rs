@@ -2,9 +2,9 @@
 //! area, sharing the harness in [`common`]. Each module opens with what it covers and how it
 //! looks; the list below says where to find a test.
 //!
-//! A test that starts processes is written `wtest!(name, |test| { … })` (see [`common`]): the
-//! macro declares `#[test] fn name()` and hands the body a `test` named `name`, which names the
-//! test's sandbox, its `[timing]` line and its `SKIPPED` messages, so no name is typed twice.
+//! A test that starts processes opens with `let test = this_test!();` (see [`common`]): a `Test`
+//! named after the enclosing `#[test] fn`, which names the test's sandbox, its `[timing]` line
+//! and its `SKIPPED` messages, so that no test name is typed twice.
 //! Programs the tests run that are not examples to copy live in `tests/fixtures/`.
 
 /// The harness: sandboxes, the real `warden` binary, bounded waits, `/proc` observers, and the

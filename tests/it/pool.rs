@@ -120,240 +120,241 @@ fn scenario(name: &str) -> Run {
     run
 }
 
-wtest!(results_equal_a_sequential_run_for_100k_jobs, |_test| {
+#[test]
+fn results_equal_a_sequential_run_for_100k_jobs() {
+    let _test = this_test!();
     let r = scenario("sequential");
     assert_eq!(r.num("map_mismatches"), 0);
     assert_eq!(r.num("imap_count"), 100_000);
     assert_eq!(r.num("imap_mismatches"), 0);
-});
+}
 
-wtest!(map_keeps_input_order_also_chunked, |_test| {
+#[test]
+fn map_keeps_input_order_also_chunked() {
+    let _test = this_test!();
     scenario("map_order");
-});
+}
 
-wtest!(
-    sigkill_mid_job_fails_that_job_alone_and_callbacks_fire_once,
-    |_test| {
-        let r = scenario("kill_busy");
-        assert!(
-            r.get("victim").contains("WorkerDied"),
-            "{}",
-            r.get("victim")
-        );
-        assert_eq!(r.num("worker_deaths"), 1);
-        // The target is 10 ms; allow for a loaded CI machine running tests in parallel.
-        assert!(
-            r.num("resolve_us") < 200_000,
-            "resolved after {} µs",
-            r.num("resolve_us")
-        );
-    }
-);
+#[test]
+fn sigkill_mid_job_fails_that_job_alone_and_callbacks_fire_once() {
+    let _test = this_test!();
+    let r = scenario("kill_busy");
+    assert!(
+        r.get("victim").contains("WorkerDied"),
+        "{}",
+        r.get("victim")
+    );
+    assert_eq!(r.num("worker_deaths"), 1);
+    // The target is 10 ms; allow for a loaded CI machine running tests in parallel.
+    assert!(
+        r.num("resolve_us") < 200_000,
+        "resolved after {} µs",
+        r.num("resolve_us")
+    );
+}
 
-wtest!(sigkill_of_an_idle_worker_loses_nothing, |_test| {
+#[test]
+fn sigkill_of_an_idle_worker_loses_nothing() {
+    let _test = this_test!();
     let r = scenario("kill_idle");
     assert_eq!(r.num("lost"), 0);
     assert_eq!(r.num("worker_deaths"), 1);
-});
+}
 
-wtest!(
-    jobs_submitted_right_after_an_idle_worker_is_killed_are_sent_again_not_failed,
-    |_test| {
-        let r = scenario("kill_idle_submit");
-        assert_eq!(r.num("lost"), 0);
-        assert_eq!(r.num("worker_deaths"), 5);
+#[test]
+fn jobs_submitted_right_after_an_idle_worker_is_killed_are_sent_again_not_failed() {
+    let _test = this_test!();
+    let r = scenario("kill_idle_submit");
+    assert_eq!(r.num("lost"), 0);
+    assert_eq!(r.num("worker_deaths"), 5);
+}
+
+/// One long job and forty short ones on two workers: the short jobs never wait behind the long
+/// one (structural: they all finish first, none on the long job's worker), on a fresh pool and
+/// once the pipeline has opened wide for tiny jobs.
+#[test]
+fn short_jobs_do_not_wait_behind_a_long_one_while_a_worker_is_free() {
+    let _test = this_test!();
+    let r = scenario("head_of_line");
+    for phase in ["fresh", "warm"] {
+        assert_eq!(r.num(&format!("{phase}_after_long")), 0);
+        assert_eq!(r.num(&format!("{phase}_on_long_worker")), 0);
     }
-);
+}
 
-// One long job and forty short ones on two workers: the short jobs never wait behind the long
-// one (structural: they all finish first, none on the long job's worker), on a fresh pool and
-// once the pipeline has opened wide for tiny jobs.
-wtest!(
-    short_jobs_do_not_wait_behind_a_long_one_while_a_worker_is_free,
-    |_test| {
-        let r = scenario("head_of_line");
-        for phase in ["fresh", "warm"] {
-            assert_eq!(r.num(&format!("{phase}_after_long")), 0);
-            assert_eq!(r.num(&format!("{phase}_on_long_worker")), 0);
-        }
-    }
-);
+/// Jobs submitted right after `build()` are shared by the workers as they come up, not all given
+/// to the first one up.
+#[test]
+fn a_burst_right_after_build_is_shared_by_the_workers() {
+    let _test = this_test!();
+    let r = scenario("startup_burst");
+    assert_eq!(r.num("unbalanced"), 0);
+}
 
-// Jobs submitted right after `build()` are shared by the workers as they come up, not all given
-// to the first one up.
-wtest!(
-    a_burst_right_after_build_is_shared_by_the_workers,
-    |_test| {
-        let r = scenario("startup_burst");
-        assert_eq!(r.num("unbalanced"), 0);
-    }
-);
+#[test]
+fn a_panicking_handler_fails_its_job_and_the_worker_serves_the_next() {
+    let _test = this_test!();
+    let r = scenario("panic");
+    assert!(r.get("panic").contains("Panicked(\"boom\")"));
+}
 
-wtest!(
-    a_panicking_handler_fails_its_job_and_the_worker_serves_the_next,
-    |_test| {
-        let r = scenario("panic");
-        assert!(r.get("panic").contains("Panicked(\"boom\")"));
-    }
-);
+#[test]
+fn an_output_that_cannot_be_serialized_is_a_codec_error_not_a_crash() {
+    let _test = this_test!();
+    let r = scenario("codec");
+    assert_eq!(r.num("codec_errors"), 10);
+    assert_eq!(r.num("deaths"), 0);
+    // In a chunk only the odd (unencodable) items fail.
+    assert_eq!(r.num("chunk_codec"), 20);
+    assert_eq!(r.num("chunk_ok"), 20);
+}
 
-wtest!(
-    an_output_that_cannot_be_serialized_is_a_codec_error_not_a_crash,
-    |_test| {
-        let r = scenario("codec");
-        assert_eq!(r.num("codec_errors"), 10);
-        assert_eq!(r.num("deaths"), 0);
-        // In a chunk only the odd (unencodable) items fail.
-        assert_eq!(r.num("chunk_codec"), 20);
-        assert_eq!(r.num("chunk_ok"), 20);
-    }
-);
+#[test]
+fn a_job_timeout_kills_the_worker_and_the_pool_continues() {
+    let _test = this_test!();
+    let r = scenario("timeout");
+    assert_eq!(r.num("timed_out"), 2);
+    let ms = r.num("timed_out_ms");
+    assert!(
+        (300..5000).contains(&ms),
+        "timed out after {ms} ms (timeout 300 ms)"
+    );
+}
 
-wtest!(
-    a_job_timeout_kills_the_worker_and_the_pool_continues,
-    |_test| {
-        let r = scenario("timeout");
-        assert_eq!(r.num("timed_out"), 2);
-        let ms = r.num("timed_out_ms");
-        assert!(
-            (300..5000).contains(&ms),
-            "timed out after {ms} ms (timeout 300 ms)"
-        );
-    }
-);
-
-wtest!(close_then_join_returns_after_the_last_job, |_test| {
+#[test]
+fn close_then_join_returns_after_the_last_job() {
+    let _test = this_test!();
     let r = scenario("close_join");
     assert_eq!(r.num("done_at_join"), 50);
-});
+}
 
-wtest!(
-    terminate_cancels_unfinished_jobs_and_leaves_no_worker,
-    |_test| {
-        let r = scenario("terminate");
-        assert_eq!(r.num("cancelled"), 10);
-    }
-);
+#[test]
+fn terminate_cancels_unfinished_jobs_and_leaves_no_worker() {
+    let _test = this_test!();
+    let r = scenario("terminate");
+    assert_eq!(r.num("cancelled"), 10);
+}
 
-wtest!(
-    imap_unordered_ends_when_another_thread_terminates_the_pool,
-    |_test| {
-        let r = scenario("imap_terminate");
-        assert_eq!(r.num("seen"), 10);
-        assert!(r.num("cancelled") >= 9, "cancelled={}", r.num("cancelled"));
-    }
-);
+#[test]
+fn imap_unordered_ends_when_another_thread_terminates_the_pool() {
+    let _test = this_test!();
+    let r = scenario("imap_terminate");
+    assert_eq!(r.num("seen"), 10);
+    assert!(r.num("cancelled") >= 9, "cancelled={}", r.num("cancelled"));
+}
 
-wtest!(
-    a_full_queue_blocks_submit_and_try_submit_gives_the_job_back,
-    |_test| {
-        let r = scenario("backpressure");
-        assert_eq!(r.get("try_submit"), "full");
-        assert!(r.num("blocked_ms") >= 150);
-    }
-);
+#[test]
+fn a_full_queue_blocks_submit_and_try_submit_gives_the_job_back() {
+    let _test = this_test!();
+    let r = scenario("backpressure");
+    assert_eq!(r.get("try_submit"), "full");
+    assert!(r.num("blocked_ms") >= 150);
+}
 
-wtest!(
-    workers_are_recycled_by_job_count_without_failures,
-    |_test| {
-        let r = scenario("recycle");
-        assert_eq!(r.num("failed"), 0);
-        assert!(r.num("distinct_pids") >= 10);
-        assert!(r.num("recycled") >= 8);
-    }
-);
+#[test]
+fn workers_are_recycled_by_job_count_without_failures() {
+    let _test = this_test!();
+    let r = scenario("recycle");
+    assert_eq!(r.num("failed"), 0);
+    assert!(r.num("distinct_pids") >= 10);
+    assert!(r.num("recycled") >= 8);
+}
 
-wtest!(workers_are_recycled_by_rss_without_failures, |_test| {
+#[test]
+fn workers_are_recycled_by_rss_without_failures() {
+    let _test = this_test!();
     let r = scenario("recycle_rss");
     assert_eq!(r.num("failed"), 0);
     assert!(r.num("recycled") >= 1);
-});
+}
 
-wtest!(
-    an_idempotent_job_is_retried_after_its_worker_dies,
-    |_test| {
-        let r = scenario("retries");
-        assert_eq!(r.get("outcome"), "Ok(9)");
-    }
-);
+#[test]
+fn an_idempotent_job_is_retried_after_its_worker_dies() {
+    let _test = this_test!();
+    let r = scenario("retries");
+    assert_eq!(r.get("outcome"), "Ok(9)");
+}
 
-wtest!(
-    a_crash_loop_fails_new_jobs_as_fatal_instead_of_hanging,
-    |_test| {
-        let r = scenario("crash_loop");
-        assert!(r.get("after").contains("crash loop"));
-    }
-);
+#[test]
+fn a_crash_loop_fails_new_jobs_as_fatal_instead_of_hanging() {
+    let _test = this_test!();
+    let r = scenario("crash_loop");
+    assert!(r.get("after").contains("crash loop"));
+}
 
-// A slot whose worker is killed from outside too often is retired: visible in the stats, and
-// brought back by `revive()` (also from a pool that had turned fatal that way).
-wtest!(
-    a_retired_slot_is_listed_and_revive_brings_it_back,
-    |_test| {
-        let r = scenario("retire_revive");
-        assert_eq!(r.get("retired_one"), "[0]");
-        assert_eq!(r.num("pids_after_revive"), 2);
-        assert!(
-            r.get("all_retired").contains("Fatal"),
-            "{}",
-            r.get("all_retired")
-        );
-        assert_eq!(r.get("after_revive"), "Ok(10)");
-    }
-);
+/// A slot whose worker is killed from outside too often is retired: visible in the stats, and
+/// brought back by `revive()` (also from a pool that had turned fatal that way).
+#[test]
+fn a_retired_slot_is_listed_and_revive_brings_it_back() {
+    let _test = this_test!();
+    let r = scenario("retire_revive");
+    assert_eq!(r.get("retired_one"), "[0]");
+    assert_eq!(r.num("pids_after_revive"), 2);
+    assert!(
+        r.get("all_retired").contains("Fatal"),
+        "{}",
+        r.get("all_retired")
+    );
+    assert_eq!(r.get("after_revive"), "Ok(10)");
+}
 
-wtest!(worker_output_is_captured_into_the_log, |_test| {
+#[test]
+fn worker_output_is_captured_into_the_log() {
+    let _test = this_test!();
     let r = scenario("output");
     assert!(
         r.stderr.contains("output[0] hello from a worker"),
         "stderr:\n{}",
         r.stderr
     );
-});
+}
 
-wtest!(several_fork_pools_can_be_built_in_a_row, |_test| {
+#[test]
+fn several_fork_pools_can_be_built_in_a_row() {
+    let _test = this_test!();
     scenario("two_pools");
-});
+}
 
-wtest!(
-    exec_self_works_from_a_program_with_several_threads,
-    |_test| {
-        let r = scenario("exec_threads");
-        assert!(r.num("threads_at_build") >= 4);
-        assert!(r.get("victim").contains("WorkerDied"));
-    }
-);
+#[test]
+fn exec_self_works_from_a_program_with_several_threads() {
+    let _test = this_test!();
+    let r = scenario("exec_threads");
+    assert!(r.num("threads_at_build") >= 4);
+    assert!(r.get("victim").contains("WorkerDied"));
+}
 
-wtest!(
-    fork_from_a_multi_threaded_program_is_refused_clearly,
-    |_test| {
-        let r = scenario("fork_threads");
-        let e = r.get("error");
-        assert!(
-            e.contains("single-threaded") && e.contains("ExecSelf"),
-            "{e}"
-        );
-    }
-);
+#[test]
+fn fork_from_a_multi_threaded_program_is_refused_clearly() {
+    let _test = this_test!();
+    let r = scenario("fork_threads");
+    let e = r.get("error");
+    assert!(
+        e.contains("single-threaded") && e.contains("ExecSelf"),
+        "{e}"
+    );
+}
 
-wtest!(
-    dropping_a_busy_pool_cancels_its_jobs_once_and_leaves_nothing,
-    |_test| {
-        let r = scenario("drop_busy");
-        assert!(r.num("cancelled") >= 90);
-    }
-);
+#[test]
+fn dropping_a_busy_pool_cancels_its_jobs_once_and_leaves_nothing() {
+    let _test = this_test!();
+    let r = scenario("drop_busy");
+    assert!(r.num("cancelled") >= 90);
+}
 
-wtest!(a_killed_fork_server_is_reaped_not_left_a_zombie, |_test| {
+#[test]
+fn a_killed_fork_server_is_reaped_not_left_a_zombie() {
+    let _test = this_test!();
     let r = scenario("zygote_reaped");
     assert_eq!(r.num("fatal"), 6);
     assert_eq!(r.num("zombies"), 0);
-});
+}
 
-// The pool inside a real warden daemon: daemonize, build the pool (its fork server forked while
-// the daemon is single-threaded), serve jobs on SIGHUP, survive a worker's SIGKILL, and leave
-// nothing behind on SIGTERM.
-wtest!(pool_inside_a_warden_daemon, |test| {
+/// The pool inside a real warden daemon: daemonize, build the pool (its fork server forked while
+/// the daemon is single-threaded), serve jobs on SIGHUP, survive a worker's SIGKILL, and leave
+/// nothing behind on SIGTERM.
+#[test]
+fn pool_inside_a_warden_daemon() {
+    let test = this_test!();
     use crate::common::{Sandbox, alive, children_of, signal, wait_until};
     use nix::sys::signal::Signal;
     let mut sb = test.sandbox("");
@@ -439,4 +440,4 @@ wtest!(pool_inside_a_warden_daemon, |test| {
         );
     }
     assert!(!sb.path("app.pid").exists(), "pidfile removed");
-});
+}

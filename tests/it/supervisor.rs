@@ -202,7 +202,9 @@ fn pid_in(line: &str) -> Option<i32> {
 // ---------------------------------------------------------------------------------------------
 // 1. A killed worker is replaced.
 
-wtest!(killed_worker_is_replaced_by_a_new_pid, |test| {
+#[test]
+fn killed_worker_is_replaced_by_a_new_pid() {
+    let test = this_test!();
     let mut sb = test.supervisor_sandbox(
         "",
         "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\n",
@@ -252,12 +254,14 @@ wtest!(killed_worker_is_replaced_by_a_new_pid, |test| {
     assert!(zombie_children(warden).is_empty());
     stop(&mut sb);
     assert_no_process(&sb);
-});
+}
 
 // ---------------------------------------------------------------------------------------------
 // 2. `on-failure`: exit 0 stays down, exit 1 is restarted.
 
-wtest!(on_failure_restarts_exit_1_but_not_exit_0, |test| {
+#[test]
+fn on_failure_restarts_exit_1_but_not_exit_0() {
+    let test = this_test!();
     // `ok` exits 0 at once. `bad` exits 1 on its first run and stays up on the second (it
     // leaves a mark in the sandbox to tell the runs apart).
     let mut sb = test.supervisor_sandbox(
@@ -310,12 +314,14 @@ wtest!(on_failure_restarts_exit_1_but_not_exit_0, |test| {
     assert_eq!(live_children(warden), BTreeSet::from([second]));
     stop(&mut sb);
     assert_no_process(&sb);
-});
+}
 
 // ---------------------------------------------------------------------------------------------
 // 3. A crash loop backs off with growing delays, then goes fatal.
 
-wtest!(crash_loop_backs_off_then_goes_fatal, |test| {
+#[test]
+fn crash_loop_backs_off_then_goes_fatal() {
+    let test = this_test!();
     let mut sb = test.supervisor_sandbox(
         "",
         &format!(
@@ -366,147 +372,147 @@ wtest!(crash_loop_backs_off_then_goes_fatal, |test| {
     assert!(children_of(warden).is_empty(), "no worker after fatal");
     stop(&mut sb);
     assert_no_process(&sb);
-});
+}
 
 // ---------------------------------------------------------------------------------------------
 // 4. A worker that ignores SIGTERM is killed after stop_timeout.
 
-wtest!(
-    sigterm_ignoring_worker_gets_sigkill_after_stop_timeout,
-    |test| {
-        let mut sb = test.supervisor_sandbox("", "");
-        let py = script(
-            &sb,
-            "ignore-term.py",
-            "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(1000)\n",
-        );
-        sb.write_config(&format!(
-            "#TABLES\n[program.stubborn]\ncommand = {}\nstop_timeout = \"1s\"\n",
-            argv(&[&python(), &py])
-        ));
-        let warden = sb.start();
-        let worker = wait_workers(&mut sb, warden, 1)[0];
-        // Handshake: SIGTERM (bit 15) shows in SigIgn once the handler is installed.
-        let ignores_term = || {
-            status(worker)
-                .get("SigIgn")
-                .and_then(|m| u64::from_str_radix(m, 16).ok())
-                .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
-        };
-        assert!(
-            wait_until(TIMEOUT, ignores_term),
-            "worker never ignored SIGTERM"
-        );
-        let took = stop(&mut sb);
-        println!("warden stop with a TERM-ignoring worker took {took:.2?}");
-        assert!(
-            took >= Duration::from_secs(1),
-            "stop waited for stop_timeout: {took:?}"
-        );
-        assert!(!alive(worker), "the worker is gone when stop returns");
-        let text = log(&sb);
-        assert!(
-            text.lines()
-                .any(|l| l.contains("stubborn[0]")
-                    && l.contains("did not stop within 1s; sent SIGKILL")),
-            "SIGKILL logged; log:\n{text}"
-        );
-        assert!(
-            text.lines()
-                .any(|l| l.contains("stubborn[0]") && l.contains("stopped (signal 9")),
-            "ended by SIGKILL; log:\n{text}"
-        );
-        assert_no_process(&sb);
-    }
-);
+#[test]
+fn sigterm_ignoring_worker_gets_sigkill_after_stop_timeout() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", "");
+    let py = script(
+        &sb,
+        "ignore-term.py",
+        "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(1000)\n",
+    );
+    sb.write_config(&format!(
+        "#TABLES\n[program.stubborn]\ncommand = {}\nstop_timeout = \"1s\"\n",
+        argv(&[&python(), &py])
+    ));
+    let warden = sb.start();
+    let worker = wait_workers(&mut sb, warden, 1)[0];
+    // Handshake: SIGTERM (bit 15) shows in SigIgn once the handler is installed.
+    let ignores_term = || {
+        status(worker)
+            .get("SigIgn")
+            .and_then(|m| u64::from_str_radix(m, 16).ok())
+            .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+    };
+    assert!(
+        wait_until(TIMEOUT, ignores_term),
+        "worker never ignored SIGTERM"
+    );
+    let took = stop(&mut sb);
+    println!("warden stop with a TERM-ignoring worker took {took:.2?}");
+    assert!(
+        took >= Duration::from_secs(1),
+        "stop waited for stop_timeout: {took:?}"
+    );
+    assert!(!alive(worker), "the worker is gone when stop returns");
+    let text = log(&sb);
+    assert!(
+        text.lines().any(
+            |l| l.contains("stubborn[0]") && l.contains("did not stop within 1s; sent SIGKILL")
+        ),
+        "SIGKILL logged; log:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("stubborn[0]") && l.contains("stopped (signal 9")),
+        "ended by SIGKILL; log:\n{text}"
+    );
+    assert_no_process(&sb);
+}
 
 // ---------------------------------------------------------------------------------------------
 // 5. Double-forked grandchildren are re-parented to warden, reaped, and killed with the group.
 
-wtest!(
-    double_forked_grandchildren_are_reaped_and_killed_with_the_group,
-    |test| {
-        let mut sb = test.supervisor_sandbox(
-            "",
-            &format!(
-                "[program.forker]\ncommand = {}\n",
-                argv(&[
-                    "sh",
-                    "-c",
-                    "(\"$0/sleep\" 1000 &); (\"$0/sleep\" 1002 &); exec \"$0/sleep\" 1001",
-                    "SANDBOX"
-                ])
-            ),
-        );
-        let warden = sb.start();
-        let d = dir(&sb);
-        let sleep = format!("{d}/sleep");
-        let mut g1 = 0;
-        let mut g2 = 0;
-        let mut main = 0;
-        let ok = wait_until(TIMEOUT, || {
-            match (
-                find_process(&sb, &[&sleep, "1000"]),
-                find_process(&sb, &[&sleep, "1002"]),
-                find_process(&sb, &[&sleep, "1001"]),
-            ) {
-                (Some(a), Some(b), Some(m)) => {
-                    (g1, g2, main) = (a, b, m);
-                    [a, b, m]
-                        .iter()
-                        .all(|&p| stat(p).is_some_and(|s| s.ppid == warden))
-                }
-                _ => false,
+#[test]
+fn double_forked_grandchildren_are_reaped_and_killed_with_the_group() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
+        "",
+        &format!(
+            "[program.forker]\ncommand = {}\n",
+            argv(&[
+                "sh",
+                "-c",
+                "(\"$0/sleep\" 1000 &); (\"$0/sleep\" 1002 &); exec \"$0/sleep\" 1001",
+                "SANDBOX"
+            ])
+        ),
+    );
+    let warden = sb.start();
+    let d = dir(&sb);
+    let sleep = format!("{d}/sleep");
+    let mut g1 = 0;
+    let mut g2 = 0;
+    let mut main = 0;
+    let ok = wait_until(TIMEOUT, || {
+        match (
+            find_process(&sb, &[&sleep, "1000"]),
+            find_process(&sb, &[&sleep, "1002"]),
+            find_process(&sb, &[&sleep, "1001"]),
+        ) {
+            (Some(a), Some(b), Some(m)) => {
+                (g1, g2, main) = (a, b, m);
+                [a, b, m]
+                    .iter()
+                    .all(|&p| stat(p).is_some_and(|s| s.ppid == warden))
             }
-        });
-        assert!(
-            ok,
-            "grandchildren not re-parented to warden {warden}: {:?}",
-            sb.processes()
-                .iter()
-                .map(|&p| (p, cmdline(p), stat(p).map(|s| s.ppid)))
-                .collect::<Vec<_>>()
-        );
-        for p in [g1, g2, main] {
-            sb.track(p);
+            _ => false,
         }
-        println!("worker {main}, grandchildren {g1} and {g2}: ppid = warden {warden}");
-        // Still in the worker's process group: a stop reaches them.
-        assert_eq!(stat(g1).unwrap().pgrp, main);
-        assert_eq!(stat(g2).unwrap().pgrp, main);
-
-        // A killed grandchild is reaped: its /proc entry goes, it does not stay a zombie.
-        let t = Instant::now();
-        signal(g1, Signal::SIGKILL);
-        let reaped = wait_until(TIMEOUT, || {
-            !std::path::Path::new(&format!("/proc/{g1}")).exists()
-        });
-        assert!(reaped, "grandchild {g1} not reaped: {:?}", stat(g1));
-        println!("killed grandchild reaped after {:.1?}", t.elapsed());
-        assert!(zombie_children(warden).is_empty(), "no zombie children");
-        assert_eq!(live_children(warden), BTreeSet::from([g2, main]));
-        // The worker itself was not affected.
-        assert!(
-            !log(&sb).contains("forker[0]: running ->"),
-            "the worker did not change state; log:\n{}",
-            log(&sb)
-        );
-
-        // Stop kills the whole group, the remaining grandchild included.
-        stop(&mut sb);
-        assert!(!alive(main), "worker gone when stop returns");
-        assert!(
-            wait_until(TIMEOUT, || !alive(g2)),
-            "grandchild {g2} survived the stop"
-        );
-        assert_no_process(&sb);
+    });
+    assert!(
+        ok,
+        "grandchildren not re-parented to warden {warden}: {:?}",
+        sb.processes()
+            .iter()
+            .map(|&p| (p, cmdline(p), stat(p).map(|s| s.ppid)))
+            .collect::<Vec<_>>()
+    );
+    for p in [g1, g2, main] {
+        sb.track(p);
     }
-);
+    println!("worker {main}, grandchildren {g1} and {g2}: ppid = warden {warden}");
+    // Still in the worker's process group: a stop reaches them.
+    assert_eq!(stat(g1).unwrap().pgrp, main);
+    assert_eq!(stat(g2).unwrap().pgrp, main);
+
+    // A killed grandchild is reaped: its /proc entry goes, it does not stay a zombie.
+    let t = Instant::now();
+    signal(g1, Signal::SIGKILL);
+    let reaped = wait_until(TIMEOUT, || {
+        !std::path::Path::new(&format!("/proc/{g1}")).exists()
+    });
+    assert!(reaped, "grandchild {g1} not reaped: {:?}", stat(g1));
+    println!("killed grandchild reaped after {:.1?}", t.elapsed());
+    assert!(zombie_children(warden).is_empty(), "no zombie children");
+    assert_eq!(live_children(warden), BTreeSet::from([g2, main]));
+    // The worker itself was not affected.
+    assert!(
+        !log(&sb).contains("forker[0]: running ->"),
+        "the worker did not change state; log:\n{}",
+        log(&sb)
+    );
+
+    // Stop kills the whole group, the remaining grandchild included.
+    stop(&mut sb);
+    assert!(!alive(main), "worker gone when stop returns");
+    assert!(
+        wait_until(TIMEOUT, || !alive(g2)),
+        "grandchild {g2} survived the stop"
+    );
+    assert_no_process(&sb);
+}
 
 // ---------------------------------------------------------------------------------------------
 // 6. Workers die with a SIGKILLed warden.
 
-wtest!(workers_die_with_a_sigkilled_warden, |test| {
+#[test]
+fn workers_die_with_a_sigkilled_warden() {
+    let test = this_test!();
     let mut sb = test.supervisor_sandbox(
         "",
         "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 4\n",
@@ -525,7 +531,7 @@ wtest!(workers_die_with_a_sigkilled_warden, |test| {
     // Nothing of this sandbox runs, re-parented to PID 1 or elsewhere (the guard process, whose
     // command line is warden's, leaves right after its kills: a bounded wait).
     assert_nothing_left(&sb);
-});
+}
 
 /// Waits (bounded) until no process of the sandbox runs; names what is left otherwise.
 fn assert_nothing_left(sb: &Sandbox) {
@@ -549,91 +555,92 @@ fn guard_of(warden: i32) -> Option<i32> {
         .find(|&p| is_guard(p) && stat(p).is_some_and(|s| s.ppid == warden))
 }
 
-// Finding: PR_SET_PDEATHSIG reaches only a worker's main process, so the children of shell
-// workers that do not `exec` ran on under PID 1 after a SIGKILL of warden. The guard process
-// kills every worker process group — also after it was itself killed and replaced.
-wtest!(
-    a_sigkilled_warden_takes_the_children_of_its_workers_along,
-    |test| {
-        let mut sb = test.supervisor_sandbox(
-            "",
-            &format!(
-                "[program.sh]
+/// Finding: PR_SET_PDEATHSIG reaches only a worker's main process, so the children of shell
+/// workers that do not `exec` ran on under PID 1 after a SIGKILL of warden. The guard process
+/// kills every worker process group — also after it was itself killed and replaced.
+#[test]
+fn a_sigkilled_warden_takes_the_children_of_its_workers_along() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
+        "",
+        &format!(
+            "[program.sh]
 command = {}
 instances = 2
 ",
-                argv(&["sh", "-c", "\"$0/sleep\" 1001; true", "SANDBOX"])
-            ),
-        );
-        let warden = sb.start();
-        let shells = wait_workers(&mut sb, warden, 2);
-        let sleep = format!("{}/sleep", dir(&sb));
-        let mut sleeps = Vec::new();
-        assert!(
-            wait_until(TIMEOUT, || {
-                sleeps = sb
-                    .processes()
-                    .into_iter()
-                    .filter(|&p| cmdline(p) == [sleep.as_str(), "1001"])
-                    .collect();
-                sleeps.len() == 2
-            }),
-            "two grandchildren `sleep 1001`: {sleeps:?}"
-        );
-        for &p in &sleeps {
-            sb.track(p);
-            let st = stat(p).unwrap();
-            assert!(shells.contains(&st.ppid), "{p} is a shell's child: {st:?}");
-        }
-        // The guard is warden's child, in a process group of its own, and holds none of warden's
-        // memory (it is an exec'd shell).
-        let guard = guard_of(warden).expect("a guard process");
-        assert!(!shells.contains(&guard));
-        let st = stat(guard).unwrap();
-        assert_eq!(st.pgrp, guard, "own process group: {st:?}");
-        assert_ne!(
-            std::fs::read_link(format!("/proc/{guard}/exe")).ok(),
-            std::fs::read_link(format!("/proc/{warden}/exe")).ok(),
-            "not a copy of warden"
-        );
-        // A guard that dies is replaced, and the new one knows every worker group.
-        signal(guard, Signal::SIGKILL);
-        wait_line(&sb, "guard replaced", |l| {
-            l.contains(&format!(
-                "the guard process (pid {guard}) is gone; starting another"
-            ))
-        });
-        let second = wait_lines(&sb, "a second guard", 2, |l| {
-            l.contains("guard process started (pid")
-        });
-        println!("{}", second[1]);
-        assert!(
-            wait_until(TIMEOUT, || guard_of(warden).is_some_and(|g| g != guard)),
-            "no new guard process"
-        );
-
-        signal(warden, Signal::SIGKILL);
-        let all: Vec<i32> = shells.iter().chain(&sleeps).copied().collect();
-        let t = Instant::now();
-        assert!(
-            wait_until(TIMEOUT, || all.iter().all(|&p| !alive(p))),
-            "survived warden: {:?}",
-            all.iter()
-                .filter(|&&p| alive(p))
-                .map(|&p| (p, cmdline(p), stat(p).map(|s| s.ppid)))
-                .collect::<Vec<_>>()
-        );
-        println!(
-            "SIGKILL of warden -> shells and their children gone in {:.1?}",
-            t.elapsed()
-        );
-        assert_nothing_left(&sb);
+            argv(&["sh", "-c", "\"$0/sleep\" 1001; true", "SANDBOX"])
+        ),
+    );
+    let warden = sb.start();
+    let shells = wait_workers(&mut sb, warden, 2);
+    let sleep = format!("{}/sleep", dir(&sb));
+    let mut sleeps = Vec::new();
+    assert!(
+        wait_until(TIMEOUT, || {
+            sleeps = sb
+                .processes()
+                .into_iter()
+                .filter(|&p| cmdline(p) == [sleep.as_str(), "1001"])
+                .collect();
+            sleeps.len() == 2
+        }),
+        "two grandchildren `sleep 1001`: {sleeps:?}"
+    );
+    for &p in &sleeps {
+        sb.track(p);
+        let st = stat(p).unwrap();
+        assert!(shells.contains(&st.ppid), "{p} is a shell's child: {st:?}");
     }
-);
+    // The guard is warden's child, in a process group of its own, and holds none of warden's
+    // memory (it is an exec'd shell).
+    let guard = guard_of(warden).expect("a guard process");
+    assert!(!shells.contains(&guard));
+    let st = stat(guard).unwrap();
+    assert_eq!(st.pgrp, guard, "own process group: {st:?}");
+    assert_ne!(
+        std::fs::read_link(format!("/proc/{guard}/exe")).ok(),
+        std::fs::read_link(format!("/proc/{warden}/exe")).ok(),
+        "not a copy of warden"
+    );
+    // A guard that dies is replaced, and the new one knows every worker group.
+    signal(guard, Signal::SIGKILL);
+    wait_line(&sb, "guard replaced", |l| {
+        l.contains(&format!(
+            "the guard process (pid {guard}) is gone; starting another"
+        ))
+    });
+    let second = wait_lines(&sb, "a second guard", 2, |l| {
+        l.contains("guard process started (pid")
+    });
+    println!("{}", second[1]);
+    assert!(
+        wait_until(TIMEOUT, || guard_of(warden).is_some_and(|g| g != guard)),
+        "no new guard process"
+    );
 
-// A guard stopped with SIGSTOP neither holds up an orderly stop nor outlives it (a guard that
-// is not reading is killed, never left to act later on what it was last told).
-wtest!(a_stopped_guard_does_not_outlive_an_orderly_stop, |test| {
+    signal(warden, Signal::SIGKILL);
+    let all: Vec<i32> = shells.iter().chain(&sleeps).copied().collect();
+    let t = Instant::now();
+    assert!(
+        wait_until(TIMEOUT, || all.iter().all(|&p| !alive(p))),
+        "survived warden: {:?}",
+        all.iter()
+            .filter(|&&p| alive(p))
+            .map(|&p| (p, cmdline(p), stat(p).map(|s| s.ppid)))
+            .collect::<Vec<_>>()
+    );
+    println!(
+        "SIGKILL of warden -> shells and their children gone in {:.1?}",
+        t.elapsed()
+    );
+    assert_nothing_left(&sb);
+}
+
+/// A guard stopped with SIGSTOP neither holds up an orderly stop nor outlives it (a guard that
+/// is not reading is killed, never left to act later on what it was last told).
+#[test]
+fn a_stopped_guard_does_not_outlive_an_orderly_stop() {
+    let test = this_test!();
     let mut sb = test.supervisor_sandbox(
         "",
         &format!(
@@ -651,7 +658,7 @@ wtest!(a_stopped_guard_does_not_outlive_an_orderly_stop, |test| {
         "the stopped guard {guard} outlived warden"
     );
     assert_nothing_left(&sb);
-});
+}
 
 // ---------------------------------------------------------------------------------------------
 // 6b. An instance is down only when its whole process group is: stop, restart, exit, shutdown.
@@ -687,65 +694,65 @@ fn expect_ok(sb: &mut Sandbox, args: &[&str]) {
     );
 }
 
-// Finding: an instance left `stopping` as soon as its main process was reaped, so the SIGKILL
-// planned at stop_timeout never reached group members that ignore the stop signal; they piled
-// up with each restart.
-wtest!(
-    stop_and_restart_kill_group_members_that_ignore_the_stop_signal,
-    |test| {
-        let mut sb = test.supervisor_sandbox(
-            "",
-            &format!(
-                "[program.g]\ncommand = {}\nstop_timeout = \"1s\"\n",
-                argv(&["sh", "-c", TERM_IGNORING_CHILD, "SANDBOX"])
-            ),
-        );
-        sb.start();
-        let sleep = format!("{}/sleep", dir(&sb));
-        let child = [sleep.as_str(), "1005"];
-        let first = wait_count(&sb, &child, 1)[0];
-        sb.track(first);
+/// Finding: an instance left `stopping` as soon as its main process was reaped, so the SIGKILL
+/// planned at stop_timeout never reached group members that ignore the stop signal; they piled
+/// up with each restart.
+#[test]
+fn stop_and_restart_kill_group_members_that_ignore_the_stop_signal() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
+        "",
+        &format!(
+            "[program.g]\ncommand = {}\nstop_timeout = \"1s\"\n",
+            argv(&["sh", "-c", TERM_IGNORING_CHILD, "SANDBOX"])
+        ),
+    );
+    sb.start();
+    let sleep = format!("{}/sleep", dir(&sb));
+    let child = [sleep.as_str(), "1005"];
+    let first = wait_count(&sb, &child, 1)[0];
+    sb.track(first);
 
-        expect_ok(&mut sb, &["stop", "g"]);
+    expect_ok(&mut sb, &["stop", "g"]);
+    assert!(
+        !alive(first),
+        "`stop g` returned with {first} of its group still running; log:\n{}",
+        log(&sb)
+    );
+    let text = log(&sb);
+    assert!(
+        text.contains("g[0] (pid ") && text.contains("waiting for the rest of its process group"),
+        "log:\n{text}"
+    );
+    assert!(
+        text.contains("did not stop within 1s; sent SIGKILL"),
+        "log:\n{text}"
+    );
+
+    expect_ok(&mut sb, &["start", "g"]);
+    let mut previous = wait_count(&sb, &child, 1)[0];
+    sb.track(previous);
+    for round in 0..2 {
+        expect_ok(&mut sb, &["restart", "g"]);
         assert!(
-            !alive(first),
-            "`stop g` returned with {first} of its group still running; log:\n{}",
+            !alive(previous),
+            "restart {round}: the old group's {previous} still runs; log:\n{}",
             log(&sb)
         );
-        let text = log(&sb);
-        assert!(
-            text.contains("g[0] (pid ")
-                && text.contains("waiting for the rest of its process group"),
-            "log:\n{text}"
-        );
-        assert!(
-            text.contains("did not stop within 1s; sent SIGKILL"),
-            "log:\n{text}"
-        );
-
-        expect_ok(&mut sb, &["start", "g"]);
-        let mut previous = wait_count(&sb, &child, 1)[0];
-        sb.track(previous);
-        for round in 0..2 {
-            expect_ok(&mut sb, &["restart", "g"]);
-            assert!(
-                !alive(previous),
-                "restart {round}: the old group's {previous} still runs; log:\n{}",
-                log(&sb)
-            );
-            let now = wait_count(&sb, &child, 1)[0];
-            sb.track(now);
-            assert_ne!(now, previous);
-            previous = now;
-        }
-        stop(&mut sb);
-        assert_no_process(&sb);
+        let now = wait_count(&sb, &child, 1)[0];
+        sb.track(now);
+        assert_ne!(now, previous);
+        previous = now;
     }
-);
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
 
-// Finding: at shutdown only warden's direct children were killed, one level deep: a TERM-ignoring
-// grandchild of a worker whose main process obeyed ran on under PID 1.
-wtest!(daemon_stop_leaves_no_member_of_a_worker_group, |test| {
+/// Finding: at shutdown only warden's direct children were killed, one level deep: a TERM-ignoring
+/// grandchild of a worker whose main process obeyed ran on under PID 1.
+#[test]
+fn daemon_stop_leaves_no_member_of_a_worker_group() {
+    let test = this_test!();
     let mut sb = test.supervisor_sandbox(
         "",
         &format!(
@@ -770,72 +777,73 @@ wtest!(daemon_stop_leaves_no_member_of_a_worker_group, |test| {
         log(&sb)
     );
     assert_no_process(&sb);
-});
+}
 
-// An unexpected exit of the main process stops what is left of its group (stop signal, then
-// SIGKILL after stop_timeout) before the restart: the new worker never runs next to the old
-// one's remnants.
-wtest!(
-    an_exited_worker_group_is_cleaned_up_before_the_respawn,
-    |test| {
-        let mut sb = test.supervisor_sandbox(
-            "",
-            &format!(
-                "[program.e]\ncommand = {}\nstop_timeout = \"1s\"\n",
-                argv(&[
-                    "sh",
-                    "-c",
-                    "(trap '' TERM; exec \"$0/sleep\" 1020) & \"$0/sleep\" 0.2; exit 3",
-                    "SANDBOX"
-                ])
+/// An unexpected exit of the main process stops what is left of its group (stop signal, then
+/// SIGKILL after stop_timeout) before the restart: the new worker never runs next to the old
+/// one's remnants.
+#[test]
+fn an_exited_worker_group_is_cleaned_up_before_the_respawn() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
+        "",
+        &format!(
+            "[program.e]\ncommand = {}\nstop_timeout = \"1s\"\n",
+            argv(&[
+                "sh",
+                "-c",
+                "(trap '' TERM; exec \"$0/sleep\" 1020) & \"$0/sleep\" 0.2; exit 3",
+                "SANDBOX"
+            ])
+        ),
+    );
+    sb.start();
+    let sleep = format!("{}/sleep", dir(&sb));
+    let remnant = [sleep.as_str(), "1020"];
+    let first = wait_count(&sb, &remnant, 1)[0];
+    sb.track(first);
+    let mut second = 0;
+    assert!(
+        wait_until(TIMEOUT, || {
+            second = sb
+                .processes()
+                .into_iter()
+                .find(|&p| p != first && cmdline(p) == remnant)
+                .unwrap_or(0);
+            second != 0
+        }),
+        "no respawn; log:\n{}",
+        log(&sb)
+    );
+    sb.track(second);
+    assert!(
+        !alive(first),
+        "the respawned worker runs next to {first}, left by its predecessor; log:\n{}",
+        log(&sb)
+    );
+    let text = log(&sb);
+    assert!(
+        text.contains("e[0]: running -> stopping (pid ")
+            && text.contains(
+                "exited (exit code 3); stopping the rest of its process group (sent SIGTERM)"
             ),
-        );
-        sb.start();
-        let sleep = format!("{}/sleep", dir(&sb));
-        let remnant = [sleep.as_str(), "1020"];
-        let first = wait_count(&sb, &remnant, 1)[0];
-        sb.track(first);
-        let mut second = 0;
-        assert!(
-            wait_until(TIMEOUT, || {
-                second = sb
-                    .processes()
-                    .into_iter()
-                    .find(|&p| p != first && cmdline(p) == remnant)
-                    .unwrap_or(0);
-                second != 0
-            }),
-            "no respawn; log:\n{}",
-            log(&sb)
-        );
-        sb.track(second);
-        assert!(
-            !alive(first),
-            "the respawned worker runs next to {first}, left by its predecessor; log:\n{}",
-            log(&sb)
-        );
-        let text = log(&sb);
-        assert!(
-            text.contains("e[0]: running -> stopping (pid ")
-                && text.contains(
-                    "exited (exit code 3); stopping the rest of its process group (sent SIGTERM)"
-                ),
-            "log:\n{text}"
-        );
-        assert!(
-            text.contains("exited (exit code 3), its process group gone; restarting"),
-            "log:\n{text}"
-        );
-        stop(&mut sb);
-        assert_no_process(&sb);
-    }
-);
+        "log:\n{text}"
+    );
+    assert!(
+        text.contains("exited (exit code 3), its process group gone; restarting"),
+        "log:\n{text}"
+    );
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
 
-// Finding: `shutdown_timeout` did not bound the graceful shutdown, which waited for every
-// program's stop_timeout in turn. Here stop_timeout (120 s) is far beyond both the daemon's
-// shutdown_timeout (1 s) and `warden stop --timeout` (10 s): `stop` succeeds only if the
-// shutdown escalated to SIGKILL at shutdown_timeout.
-wtest!(shutdown_timeout_bounds_a_graceful_shutdown, |test| {
+/// Finding: `shutdown_timeout` did not bound the graceful shutdown, which waited for every
+/// program's stop_timeout in turn. Here stop_timeout (120 s) is far beyond both the daemon's
+/// shutdown_timeout (1 s) and `warden stop --timeout` (10 s): `stop` succeeds only if the
+/// shutdown escalated to SIGKILL at shutdown_timeout.
+#[test]
+fn shutdown_timeout_bounds_a_graceful_shutdown() {
+    let test = this_test!();
     let mut sb = test.supervisor_sandbox(
         "shutdown_timeout = \"1s\"",
         &format!(
@@ -886,7 +894,7 @@ wtest!(shutdown_timeout_bounds_a_graceful_shutdown, |test| {
         "log:\n{text}"
     );
     assert_no_process(&sb);
-});
+}
 
 // ---------------------------------------------------------------------------------------------
 // 7. Readiness and watchdog over the notify protocol; the workers' environment.
@@ -909,112 +917,110 @@ for _ in range(10):
 time.sleep(1000)
 "#;
 
-wtest!(
-    notify_worker_is_ready_after_ready_1_and_restarted_when_pings_stop,
-    |test| {
-        let mut sb = test.supervisor_sandbox("", "");
-        let py = script(&sb, "notify.py", NOTIFY_WORKER);
-        let d = dir(&sb);
-        sb.write_config(&format!(
-            "#TABLES\n[program.n]\ncommand = {}\nready = \"notify\"\nwatchdog = \"500ms\"\n",
-            argv(&[&python(), &py, &d])
-        ));
-        let warden = sb.start();
-        let first = wait_workers(&mut sb, warden, 1)[0];
-        let starting = wait_line(&sb, "n[0] starting", |l| {
-            l.contains("n[0]: new -> starting")
-        });
-        assert_eq!(pid_in(&starting), Some(first));
-        let env = environ(first);
-        assert!(
-            env.get("NOTIFY_SOCKET").is_some_and(|s| s.starts_with('@')),
-            "an abstract NOTIFY_SOCKET: {}",
-            shown(&env)
-        );
-        assert_eq!(env.get("WATCHDOG_USEC").map(String::as_str), Some("500000"));
-        // An absence: held before READY=1, the worker stays `starting`.
-        std::thread::sleep(Duration::from_millis(300));
-        assert!(
-            !log(&sb).contains("-> ready"),
-            "ready before READY=1; log:\n{}",
-            log(&sb)
-        );
-        assert!(!log(&sb).contains("-> running"), "not `running` either");
-        std::fs::write(sb.path("go"), "").unwrap();
-        let ready = wait_line(&sb, "n[0] ready", |l| l.contains("n[0]: starting -> ready"));
-        assert_eq!(pid_in(&ready), Some(first));
-        let timeout = wait_line(&sb, "watchdog timeout", |l| {
-            l.contains("n[0]") && l.contains("watchdog timeout")
-        });
-        println!("log: {timeout}");
-        let alive_for = line_time(&timeout)
-            .duration_since(line_time(&ready))
-            .unwrap_or_default();
-        println!("ready -> watchdog timeout: {alive_for:.2?} (1 s of pings + 500 ms)");
-        assert!(
-            alive_for >= Duration::from_millis(1000),
-            "the pings kept it alive for their second: {alive_for:?}"
-        );
-        // Restarted: a new pid, starting again (and waiting for READY=1 again).
-        let restarted = wait_line(&sb, "n[0] started again", |l| {
-            l.contains("n[0]") && l.contains("-> starting") && pid_in(l).is_some_and(|p| p != first)
-        });
-        let second = pid_in(&restarted).unwrap();
-        sb.track(second);
-        assert!(!alive(first), "the silent worker was stopped");
-        assert!(
-            wait_until(TIMEOUT, || live_children(warden)
-                == BTreeSet::from([second])),
-            "the new worker {second} runs; children {:?}",
-            live_children(warden)
-        );
-        stop(&mut sb);
-        assert_no_process(&sb);
-    }
-);
+#[test]
+fn notify_worker_is_ready_after_ready_1_and_restarted_when_pings_stop() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", "");
+    let py = script(&sb, "notify.py", NOTIFY_WORKER);
+    let d = dir(&sb);
+    sb.write_config(&format!(
+        "#TABLES\n[program.n]\ncommand = {}\nready = \"notify\"\nwatchdog = \"500ms\"\n",
+        argv(&[&python(), &py, &d])
+    ));
+    let warden = sb.start();
+    let first = wait_workers(&mut sb, warden, 1)[0];
+    let starting = wait_line(&sb, "n[0] starting", |l| {
+        l.contains("n[0]: new -> starting")
+    });
+    assert_eq!(pid_in(&starting), Some(first));
+    let env = environ(first);
+    assert!(
+        env.get("NOTIFY_SOCKET").is_some_and(|s| s.starts_with('@')),
+        "an abstract NOTIFY_SOCKET: {}",
+        shown(&env)
+    );
+    assert_eq!(env.get("WATCHDOG_USEC").map(String::as_str), Some("500000"));
+    // An absence: held before READY=1, the worker stays `starting`.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !log(&sb).contains("-> ready"),
+        "ready before READY=1; log:\n{}",
+        log(&sb)
+    );
+    assert!(!log(&sb).contains("-> running"), "not `running` either");
+    std::fs::write(sb.path("go"), "").unwrap();
+    let ready = wait_line(&sb, "n[0] ready", |l| l.contains("n[0]: starting -> ready"));
+    assert_eq!(pid_in(&ready), Some(first));
+    let timeout = wait_line(&sb, "watchdog timeout", |l| {
+        l.contains("n[0]") && l.contains("watchdog timeout")
+    });
+    println!("log: {timeout}");
+    let alive_for = line_time(&timeout)
+        .duration_since(line_time(&ready))
+        .unwrap_or_default();
+    println!("ready -> watchdog timeout: {alive_for:.2?} (1 s of pings + 500 ms)");
+    assert!(
+        alive_for >= Duration::from_millis(1000),
+        "the pings kept it alive for their second: {alive_for:?}"
+    );
+    // Restarted: a new pid, starting again (and waiting for READY=1 again).
+    let restarted = wait_line(&sb, "n[0] started again", |l| {
+        l.contains("n[0]") && l.contains("-> starting") && pid_in(l).is_some_and(|p| p != first)
+    });
+    let second = pid_in(&restarted).unwrap();
+    sb.track(second);
+    assert!(!alive(first), "the silent worker was stopped");
+    assert!(
+        wait_until(TIMEOUT, || live_children(warden)
+            == BTreeSet::from([second])),
+        "the new worker {second} runs; children {:?}",
+        live_children(warden)
+    );
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
 
-wtest!(
-    workers_get_their_identity_and_only_notify_workers_get_notify_socket,
-    |test| {
-        let mut sb = test.supervisor_sandbox(
-            "",
-            &format!(
-                "[program.plain]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\n\n\
-             [program.notified]\ncommand = {}\nready = \"notify\"\n",
-                argv(&["sh", "-c", "exec \"$0/sleep\" 1001", "SANDBOX"])
+#[test]
+fn workers_get_their_identity_and_only_notify_workers_get_notify_socket() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
+        "",
+        &format!(
+            "[program.plain]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\n\n\
+         [program.notified]\ncommand = {}\nready = \"notify\"\n",
+            argv(&["sh", "-c", "exec \"$0/sleep\" 1001", "SANDBOX"])
+        ),
+    );
+    let warden = sb.start();
+    let workers = wait_workers(&mut sb, warden, 3);
+    let mut seen = BTreeSet::new();
+    for w in workers {
+        let env = environ(w);
+        let program = env.get("WARDEN_PROGRAM").cloned().unwrap_or_default();
+        let instance = env.get("WARDEN_INSTANCE").cloned().unwrap_or_default();
+        match program.as_str() {
+            "plain" => assert!(
+                !env.contains_key("NOTIFY_SOCKET"),
+                "a plain worker has no NOTIFY_SOCKET: {}",
+                shown(&env)
             ),
-        );
-        let warden = sb.start();
-        let workers = wait_workers(&mut sb, warden, 3);
-        let mut seen = BTreeSet::new();
-        for w in workers {
-            let env = environ(w);
-            let program = env.get("WARDEN_PROGRAM").cloned().unwrap_or_default();
-            let instance = env.get("WARDEN_INSTANCE").cloned().unwrap_or_default();
-            match program.as_str() {
-                "plain" => assert!(
-                    !env.contains_key("NOTIFY_SOCKET"),
-                    "a plain worker has no NOTIFY_SOCKET: {}",
-                    shown(&env)
-                ),
-                "notified" => assert!(
-                    env.get("NOTIFY_SOCKET").is_some_and(|s| s.starts_with('@')),
-                    "{}",
-                    shown(&env)
-                ),
-                other => panic!("unexpected WARDEN_PROGRAM {other:?} in {}", shown(&env)),
-            }
-            seen.insert(format!("{program}[{instance}]"));
+            "notified" => assert!(
+                env.get("NOTIFY_SOCKET").is_some_and(|s| s.starts_with('@')),
+                "{}",
+                shown(&env)
+            ),
+            other => panic!("unexpected WARDEN_PROGRAM {other:?} in {}", shown(&env)),
         }
-        let want: BTreeSet<String> = ["plain[0]", "plain[1]", "notified[0]"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(seen, want);
-        stop(&mut sb);
-        assert_no_process(&sb);
+        seen.insert(format!("{program}[{instance}]"));
     }
-);
+    let want: BTreeSet<String> = ["plain[0]", "plain[1]", "notified[0]"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(seen, want);
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
 
 // ---------------------------------------------------------------------------------------------
 // 8. 100,000 output lines arrive complete and in order.
@@ -1037,80 +1043,78 @@ fn assert_numbers_in_order(lines: impl Iterator<Item = String>, tag: &str) -> us
     (expected - 1) as usize
 }
 
-wtest!(
-    hundred_thousand_lines_to_a_file_arrive_complete_and_in_order,
-    |test| {
-        let _heavy = heavy();
-        let mut sb = test.supervisor_sandbox(
-            "",
-            &format!(
-                "[program.seq]\ncommand = {}\nrestart = \"never\"\nstdout = \"SANDBOX/out.log\"\n\
-             log_max_bytes = \"1G\"\n",
-                argv(&["sh", "-c", "seq 1 100000", "SANDBOX"])
-            ),
-        );
-        let t = Instant::now();
-        sb.start();
-        let complete = wait_until(TIMEOUT, || {
-            std::thread::sleep(Duration::from_millis(20));
-            sb.read("out.log").ends_with(" seq[0] 100000\n")
-        });
+#[test]
+fn hundred_thousand_lines_to_a_file_arrive_complete_and_in_order() {
+    let test = this_test!();
+    let _heavy = heavy();
+    let mut sb = test.supervisor_sandbox(
+        "",
+        &format!(
+            "[program.seq]\ncommand = {}\nrestart = \"never\"\nstdout = \"SANDBOX/out.log\"\n\
+         log_max_bytes = \"1G\"\n",
+            argv(&["sh", "-c", "seq 1 100000", "SANDBOX"])
+        ),
+    );
+    let t = Instant::now();
+    sb.start();
+    let complete = wait_until(TIMEOUT, || {
+        std::thread::sleep(Duration::from_millis(20));
+        sb.read("out.log").ends_with(" seq[0] 100000\n")
+    });
+    assert!(
+        complete,
+        "out.log incomplete: {} bytes; log:\n{}",
+        sb.read("out.log").len(),
+        log(&sb)
+    );
+    println!("100,000 lines into out.log in {:.2?}", t.elapsed());
+    let text = sb.read("out.log");
+    for line in text.lines() {
+        let ts = line.split_whitespace().next().unwrap();
         assert!(
-            complete,
-            "out.log incomplete: {} bytes; log:\n{}",
-            sb.read("out.log").len(),
-            log(&sb)
+            humantime::parse_rfc3339(ts).is_ok(),
+            "timestamped: {line:?}"
         );
-        println!("100,000 lines into out.log in {:.2?}", t.elapsed());
-        let text = sb.read("out.log");
-        for line in text.lines() {
-            let ts = line.split_whitespace().next().unwrap();
-            assert!(
-                humantime::parse_rfc3339(ts).is_ok(),
-                "timestamped: {line:?}"
-            );
-            assert!(line.contains(" seq[0] "), "tagged: {line:?}");
-        }
-        assert_eq!(text.lines().count(), 100_000, "nothing else in the file");
-        assert_eq!(
-            assert_numbers_in_order(text.lines().map(str::to_string), "seq[0]"),
-            100_000
-        );
-        wait_line(&sb, "seq[0] exited", |l| {
-            l.contains("seq[0]") && l.contains("exit code 0")
-        });
-        stop(&mut sb);
-        assert_no_process(&sb);
+        assert!(line.contains(" seq[0] "), "tagged: {line:?}");
     }
-);
+    assert_eq!(text.lines().count(), 100_000, "nothing else in the file");
+    assert_eq!(
+        assert_numbers_in_order(text.lines().map(str::to_string), "seq[0]"),
+        100_000
+    );
+    wait_line(&sb, "seq[0] exited", |l| {
+        l.contains("seq[0]") && l.contains("exit code 0")
+    });
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
 
-wtest!(
-    hundred_thousand_lines_to_the_log_arrive_complete_and_in_order,
-    |test| {
-        let _heavy = heavy();
-        let mut sb = test.supervisor_sandbox(
-            "",
-            &format!(
-                "[program.seq]\ncommand = {}\nrestart = \"never\"\nstdout = \"log\"\n",
-                argv(&["sh", "-c", "seq 1 100000", "SANDBOX"])
-            ),
-        );
-        let t = Instant::now();
-        sb.start();
-        let complete = wait_until(TIMEOUT, || {
-            std::thread::sleep(Duration::from_millis(20));
-            log(&sb).contains(" seq[0] 100000\n")
-        });
-        assert!(complete, "warden.log incomplete");
-        println!("100,000 lines into warden.log in {:.2?}", t.elapsed());
-        assert_eq!(
-            assert_numbers_in_order(log(&sb).lines().map(str::to_string), "seq[0]"),
-            100_000
-        );
-        stop(&mut sb);
-        assert_no_process(&sb);
-    }
-);
+#[test]
+fn hundred_thousand_lines_to_the_log_arrive_complete_and_in_order() {
+    let test = this_test!();
+    let _heavy = heavy();
+    let mut sb = test.supervisor_sandbox(
+        "",
+        &format!(
+            "[program.seq]\ncommand = {}\nrestart = \"never\"\nstdout = \"log\"\n",
+            argv(&["sh", "-c", "seq 1 100000", "SANDBOX"])
+        ),
+    );
+    let t = Instant::now();
+    sb.start();
+    let complete = wait_until(TIMEOUT, || {
+        std::thread::sleep(Duration::from_millis(20));
+        log(&sb).contains(" seq[0] 100000\n")
+    });
+    assert!(complete, "warden.log incomplete");
+    println!("100,000 lines into warden.log in {:.2?}", t.elapsed());
+    assert_eq!(
+        assert_numbers_in_order(log(&sb).lines().map(str::to_string), "seq[0]"),
+        100_000
+    );
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
 
 // ---------------------------------------------------------------------------------------------
 // 9. Chaos: random kills of random workers; no zombie lingers, every instance comes back.
@@ -1179,194 +1183,191 @@ fn still_zombie(&(pid, t0): &(i32, u64)) -> bool {
     start_time(pid) == Some(t0) && is_zombie(pid)
 }
 
-wtest!(
-    chaos_random_kills_leave_every_instance_running_and_no_zombies,
-    |test| {
-        const N: usize = 16;
-        let mut sb = test.supervisor_sandbox(
-            "",
-            "[program.c]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 16\n\
-         max_restarts = 1000\nbackoff_initial = \"10ms\"\nbackoff_max = \"100ms\"\n",
-        );
-        let warden = sb.start();
-        wait_workers(&mut sb, warden, N);
-        let duration = Duration::from_secs(chaos_secs());
-        let seed = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-            | 1;
-        println!("chaos: {duration:?}, seed {seed:#x} (WARDEN_CHAOS_SECS to change the duration)");
-        let mut rng = XorShift(seed);
-        let kill_every = Duration::from_millis(20);
-        let sample_every = Duration::from_millis(100);
-        let start = Instant::now();
-        let mut next_kill = start;
-        let mut next_sample = start;
-        let mut kills = 0u64;
-        let mut samples = 0u64;
-        let mut zombie_sightings = 0u64;
-        let mut max_zombies = 0usize;
-        let mut slow_reaps: Vec<String> = Vec::new();
-        let mut last_zombies: HashSet<(i32, u64)> = HashSet::new();
-        let mut workers: Vec<i32> = Vec::new();
-        while start.elapsed() < duration {
-            let now = Instant::now();
-            if now >= next_sample {
-                let kids = children_of(warden);
-                let zombies: HashSet<(i32, u64)> = kids
-                    .iter()
-                    .filter(|&&p| is_zombie(p))
-                    .filter_map(|&p| Some((p, start_time(p)?)))
-                    .collect();
-                // A zombie between SIGCHLD and waitpid is normal; the same one two samples running
-                // is not — unless warden had no chance to reap it: on a loaded runner it may wait
-                // for a CPU, or sit in a spawn (std waits there for the child's exec). So: warden
-                // asleep in epoll_wait beside a zombie that old is a missed reap, a failure at
-                // once; a busy or starved warden must still reap it within a bound.
-                let lingering: Vec<(i32, u64)> =
-                    zombies.intersection(&last_zombies).copied().collect();
-                if !lingering.is_empty() {
-                    let doing = format!(
-                        "{}; forked, not yet exec'd: {:?}",
-                        activity(warden),
-                        unexecd_children(warden)
-                    );
-                    let idle = idle_in_epoll(warden);
-                    let missed: Vec<_> = lingering.iter().filter(|z| still_zombie(z)).collect();
-                    assert!(
-                        !idle || missed.is_empty(),
-                        "missed reap: warden idle in epoll_wait ({doing}) beside zombies {missed:?} \
-                     seen in two samples (sample {samples})"
-                    );
-                    let t = Instant::now();
-                    let reaped = wait_until(Duration::from_secs(5), || {
-                        !lingering.iter().any(still_zombie)
-                    });
-                    assert!(
-                        reaped,
-                        "zombies {lingering:?} not reaped for 5 s; warden: {}",
-                        activity(warden)
-                    );
-                    slow_reaps.push(format!(
-                        "{lingering:?} (warden {doing}; reaped {:.0?} later)",
-                        t.elapsed()
-                    ));
-                }
-                zombie_sightings += zombies.len() as u64;
-                max_zombies = max_zombies.max(zombies.len());
-                last_zombies = zombies;
-                workers = kids.into_iter().filter(|&p| alive(p)).collect();
-                assert!(
-                    workers.len() <= N,
-                    "more workers than instances: {workers:?}"
-                );
-                samples += 1;
-                next_sample = Instant::now() + sample_every;
-            }
-            if now >= next_kill {
-                if !workers.is_empty() {
-                    let victim = workers.swap_remove(rng.below(workers.len()));
-                    // Only if it still is warden's child (never a recycled pid).
-                    if stat(victim).is_some_and(|s| s.ppid == warden && s.state != 'Z') {
-                        signal(victim, Signal::SIGKILL);
-                        kills += 1;
-                    }
-                }
-                next_kill = now + kill_every;
-            }
-            let wake = next_kill.min(next_sample);
-            std::thread::sleep(wake.saturating_duration_since(Instant::now()));
-        }
-        // Every instance comes back, once each, and nothing is left unreaped.
-        // (A child counts once it has exec'd and carries its WARDEN_INSTANCE: a child just forked
-        // for the last respawn still runs warden's image.)
-        let t = Instant::now();
-        let all_instances: BTreeSet<usize> = (0..N).collect();
-        let mut seen: Vec<(i32, Option<usize>, Vec<String>)> = Vec::new();
-        let back = wait_until(TIMEOUT, || {
+#[test]
+fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
+    let test = this_test!();
+    const N: usize = 16;
+    let mut sb = test.supervisor_sandbox(
+        "",
+        "[program.c]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 16\n\
+     max_restarts = 1000\nbackoff_initial = \"10ms\"\nbackoff_max = \"100ms\"\n",
+    );
+    let warden = sb.start();
+    wait_workers(&mut sb, warden, N);
+    let duration = Duration::from_secs(chaos_secs());
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("chaos: {duration:?}, seed {seed:#x} (WARDEN_CHAOS_SECS to change the duration)");
+    let mut rng = XorShift(seed);
+    let kill_every = Duration::from_millis(20);
+    let sample_every = Duration::from_millis(100);
+    let start = Instant::now();
+    let mut next_kill = start;
+    let mut next_sample = start;
+    let mut kills = 0u64;
+    let mut samples = 0u64;
+    let mut zombie_sightings = 0u64;
+    let mut max_zombies = 0usize;
+    let mut slow_reaps: Vec<String> = Vec::new();
+    let mut last_zombies: HashSet<(i32, u64)> = HashSet::new();
+    let mut workers: Vec<i32> = Vec::new();
+    while start.elapsed() < duration {
+        let now = Instant::now();
+        if now >= next_sample {
             let kids = children_of(warden);
-            seen = kids
+            let zombies: HashSet<(i32, u64)> = kids
                 .iter()
-                .map(|&p| (p, instance_of(p), cmdline(p)))
+                .filter(|&&p| is_zombie(p))
+                .filter_map(|&p| Some((p, start_time(p)?)))
                 .collect();
-            let instances: BTreeSet<usize> = seen.iter().filter_map(|s| s.1).collect();
-            kids.len() == N && kids.iter().all(|&p| alive(p)) && instances == all_instances
-        });
-        assert!(
-            back,
-            "not one live worker per instance: (pid, WARDEN_INSTANCE, argv) = {seen:?}; log tail:\n{}",
-            log(&sb)
-                .lines()
-                .rev()
-                .take(40)
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        for s in &seen {
-            sb.track(s.0);
+            // A zombie between SIGCHLD and waitpid is normal; the same one two samples running
+            // is not — unless warden had no chance to reap it: on a loaded runner it may wait
+            // for a CPU, or sit in a spawn (std waits there for the child's exec). So: warden
+            // asleep in epoll_wait beside a zombie that old is a missed reap, a failure at
+            // once; a busy or starved warden must still reap it within a bound.
+            let lingering: Vec<(i32, u64)> = zombies.intersection(&last_zombies).copied().collect();
+            if !lingering.is_empty() {
+                let doing = format!(
+                    "{}; forked, not yet exec'd: {:?}",
+                    activity(warden),
+                    unexecd_children(warden)
+                );
+                let idle = idle_in_epoll(warden);
+                let missed: Vec<_> = lingering.iter().filter(|z| still_zombie(z)).collect();
+                assert!(
+                    !idle || missed.is_empty(),
+                    "missed reap: warden idle in epoll_wait ({doing}) beside zombies {missed:?} \
+                 seen in two samples (sample {samples})"
+                );
+                let t = Instant::now();
+                let reaped = wait_until(Duration::from_secs(5), || {
+                    !lingering.iter().any(still_zombie)
+                });
+                assert!(
+                    reaped,
+                    "zombies {lingering:?} not reaped for 5 s; warden: {}",
+                    activity(warden)
+                );
+                slow_reaps.push(format!(
+                    "{lingering:?} (warden {doing}; reaped {:.0?} later)",
+                    t.elapsed()
+                ));
+            }
+            zombie_sightings += zombies.len() as u64;
+            max_zombies = max_zombies.max(zombies.len());
+            last_zombies = zombies;
+            workers = kids.into_iter().filter(|&p| alive(p)).collect();
+            assert!(
+                workers.len() <= N,
+                "more workers than instances: {workers:?}"
+            );
+            samples += 1;
+            next_sample = Instant::now() + sample_every;
         }
-        println!(
-            "chaos: {kills} kills, {samples} samples, {zombie_sightings} transient zombie sightings \
-         (max {max_zombies} at once), all {N} back {:.1?} after the last kill",
-            t.elapsed()
-        );
-        println!(
-            "chaos: {} zombie(s) outlived a sample while warden was busy or starved, none while it \
-         was idle: {slow_reaps:?}",
-            slow_reaps.len()
-        );
-        assert!(kills > 0);
-        let text = log(&sb);
-        assert!(!text.contains("fatal"), "no instance gave up");
-        assert!(zombie_children(warden).is_empty());
-        stop(&mut sb);
-        assert_no_process(&sb);
+        if now >= next_kill {
+            if !workers.is_empty() {
+                let victim = workers.swap_remove(rng.below(workers.len()));
+                // Only if it still is warden's child (never a recycled pid).
+                if stat(victim).is_some_and(|s| s.ppid == warden && s.state != 'Z') {
+                    signal(victim, Signal::SIGKILL);
+                    kills += 1;
+                }
+            }
+            next_kill = now + kill_every;
+        }
+        let wake = next_kill.min(next_sample);
+        std::thread::sleep(wake.saturating_duration_since(Instant::now()));
     }
-);
+    // Every instance comes back, once each, and nothing is left unreaped.
+    // (A child counts once it has exec'd and carries its WARDEN_INSTANCE: a child just forked
+    // for the last respawn still runs warden's image.)
+    let t = Instant::now();
+    let all_instances: BTreeSet<usize> = (0..N).collect();
+    let mut seen: Vec<(i32, Option<usize>, Vec<String>)> = Vec::new();
+    let back = wait_until(TIMEOUT, || {
+        let kids = children_of(warden);
+        seen = kids
+            .iter()
+            .map(|&p| (p, instance_of(p), cmdline(p)))
+            .collect();
+        let instances: BTreeSet<usize> = seen.iter().filter_map(|s| s.1).collect();
+        kids.len() == N && kids.iter().all(|&p| alive(p)) && instances == all_instances
+    });
+    assert!(
+        back,
+        "not one live worker per instance: (pid, WARDEN_INSTANCE, argv) = {seen:?}; log tail:\n{}",
+        log(&sb)
+            .lines()
+            .rev()
+            .take(40)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for s in &seen {
+        sb.track(s.0);
+    }
+    println!(
+        "chaos: {kills} kills, {samples} samples, {zombie_sightings} transient zombie sightings \
+     (max {max_zombies} at once), all {N} back {:.1?} after the last kill",
+        t.elapsed()
+    );
+    println!(
+        "chaos: {} zombie(s) outlived a sample while warden was busy or starved, none while it \
+     was idle: {slow_reaps:?}",
+        slow_reaps.len()
+    );
+    assert!(kills > 0);
+    let text = log(&sb);
+    assert!(!text.contains("fatal"), "no instance gave up");
+    assert!(zombie_children(warden).is_empty());
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
 
 // ---------------------------------------------------------------------------------------------
 // 10. SIGTTIN / SIGTTOU scale the scale_program.
 
-wtest!(
-    ttin_adds_a_worker_and_ttou_stops_the_highest_index,
-    |test| {
-        let mut sb = test.supervisor_sandbox(
-            "scale_program = \"w\"",
-            "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\n",
-        );
-        let warden = sb.start();
-        let two = wait_workers(&mut sb, warden, 2);
-        signal(warden, Signal::SIGTTIN);
-        let three = wait_workers(&mut sb, warden, 3);
-        assert!(
-            two.iter().all(|p| three.contains(p)),
-            "the first two are untouched"
-        );
-        let added = *three.iter().find(|p| !two.contains(p)).unwrap();
-        assert_eq!(instance_of(added), Some(2));
-        wait_line(&sb, "w[2] started", |l| l.contains("w[2]: new -> running"));
-        wait_line(&sb, "scaled to 3", |l| l.contains("w: scaled to 3"));
+#[test]
+fn ttin_adds_a_worker_and_ttou_stops_the_highest_index() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
+        "scale_program = \"w\"",
+        "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\n",
+    );
+    let warden = sb.start();
+    let two = wait_workers(&mut sb, warden, 2);
+    signal(warden, Signal::SIGTTIN);
+    let three = wait_workers(&mut sb, warden, 3);
+    assert!(
+        two.iter().all(|p| three.contains(p)),
+        "the first two are untouched"
+    );
+    let added = *three.iter().find(|p| !two.contains(p)).unwrap();
+    assert_eq!(instance_of(added), Some(2));
+    wait_line(&sb, "w[2] started", |l| l.contains("w[2]: new -> running"));
+    wait_line(&sb, "scaled to 3", |l| l.contains("w: scaled to 3"));
 
-        signal(warden, Signal::SIGTTOU);
-        let back = wait_workers(&mut sb, warden, 2);
-        assert_eq!(back, two, "the highest index went, the others stayed");
-        assert!(!alive(added));
-        let stopping = wait_line(&sb, "w[2] stopping", |l| {
-            l.contains("w[2]: running -> stopping")
-        });
-        assert_eq!(pid_in(&stopping), Some(added));
-        wait_line(&sb, "scaled to 2", |l| l.contains("w: scaled to 2"));
-        assert!(
-            !log(&sb).contains("w[0]: running -> stopping")
-                && !log(&sb).contains("w[1]: running -> stopping"),
-            "only w[2] was stopped; log:\n{}",
-            log(&sb)
-        );
-        stop(&mut sb);
-        assert_no_process(&sb);
-    }
-);
+    signal(warden, Signal::SIGTTOU);
+    let back = wait_workers(&mut sb, warden, 2);
+    assert_eq!(back, two, "the highest index went, the others stayed");
+    assert!(!alive(added));
+    let stopping = wait_line(&sb, "w[2] stopping", |l| {
+        l.contains("w[2]: running -> stopping")
+    });
+    assert_eq!(pid_in(&stopping), Some(added));
+    wait_line(&sb, "scaled to 2", |l| l.contains("w: scaled to 2"));
+    assert!(
+        !log(&sb).contains("w[0]: running -> stopping")
+            && !log(&sb).contains("w[1]: running -> stopping"),
+        "only w[2] was stopped; log:\n{}",
+        log(&sb)
+    );
+    stop(&mut sb);
+    assert_no_process(&sb);
+}
 
 // ---------------------------------------------------------------------------------------------
 // 11. Graceful stop: reverse config order, and `warden stop` returns once every worker is gone.
@@ -1380,66 +1381,65 @@ while True:
     time.sleep(1000)
 "#;
 
-wtest!(
-    stop_goes_in_reverse_config_order_and_waits_for_every_worker,
-    |test| {
-        let mut sb = test.supervisor_sandbox("", "");
-        let py = script(&sb, "slow-stop.py", SLOW_STOP);
-        // Not alphabetical, so that config order is what is tested.
-        sb.write_config(&format!(
-            "#TABLES\n[program.zz]\ncommand = {}\n\n\
-         [program.mm]\ncommand = [\"{d}/sleep\", \"1001\"]\ninstances = 2\n\n\
-         [program.aa]\ncommand = [\"{d}/sleep\", \"1002\"]\n",
-            argv(&[&python(), &py]),
-            d = dir(&sb)
-        ));
-        let warden = sb.start();
-        let workers = wait_workers(&mut sb, warden, 4);
-        let slow = *workers
-            .iter()
-            .find(|&&p| environ(p).get("WARDEN_PROGRAM").map(String::as_str) == Some("zz"))
-            .expect("zz's worker");
-        let catches_term = || {
-            status(slow)
-                .get("SigCgt")
-                .and_then(|m| u64::from_str_radix(m, 16).ok())
-                .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
-        };
-        assert!(wait_until(TIMEOUT, catches_term), "zz never caught SIGTERM");
-        let took = stop(&mut sb);
-        println!("warden stop (3 programs, the first takes 300 ms to exit) took {took:.2?}");
-        // Returned only once every worker was reaped.
-        for &w in &workers {
-            assert!(
-                !std::path::Path::new(&format!("/proc/{w}")).exists(),
-                "worker {w} still exists when stop returns"
-            );
-        }
+#[test]
+fn stop_goes_in_reverse_config_order_and_waits_for_every_worker() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", "");
+    let py = script(&sb, "slow-stop.py", SLOW_STOP);
+    // Not alphabetical, so that config order is what is tested.
+    sb.write_config(&format!(
+        "#TABLES\n[program.zz]\ncommand = {}\n\n\
+     [program.mm]\ncommand = [\"{d}/sleep\", \"1001\"]\ninstances = 2\n\n\
+     [program.aa]\ncommand = [\"{d}/sleep\", \"1002\"]\n",
+        argv(&[&python(), &py]),
+        d = dir(&sb)
+    ));
+    let warden = sb.start();
+    let workers = wait_workers(&mut sb, warden, 4);
+    let slow = *workers
+        .iter()
+        .find(|&&p| environ(p).get("WARDEN_PROGRAM").map(String::as_str) == Some("zz"))
+        .expect("zz's worker");
+    let catches_term = || {
+        status(slow)
+            .get("SigCgt")
+            .and_then(|m| u64::from_str_radix(m, 16).ok())
+            .is_some_and(|m| m & (1 << (libc::SIGTERM - 1)) != 0)
+    };
+    assert!(wait_until(TIMEOUT, catches_term), "zz never caught SIGTERM");
+    let took = stop(&mut sb);
+    println!("warden stop (3 programs, the first takes 300 ms to exit) took {took:.2?}");
+    // Returned only once every worker was reaped.
+    for &w in &workers {
         assert!(
-            took >= Duration::from_millis(300),
-            "waited for zz's slow exit"
+            !std::path::Path::new(&format!("/proc/{w}")).exists(),
+            "worker {w} still exists when stop returns"
         );
-        let text = log(&sb);
-        let pos = |needle: &str| -> usize {
-            text.find(needle)
-                .unwrap_or_else(|| panic!("no {needle:?} in log:\n{text}"))
-        };
-        let order = [
-            pos("aa[0]: running -> stopping"),
-            pos("aa[0]: stopping -> stopped"),
-            pos("mm[0]: running -> stopping").min(pos("mm[1]: running -> stopping")),
-            pos("mm[0]: stopping -> stopped").max(pos("mm[1]: stopping -> stopped")),
-            pos("zz[0]: running -> stopping"),
-            pos("zz[0]: stopping -> stopped"),
-        ];
-        assert!(
-            order.windows(2).all(|w| w[0] < w[1]),
-            "programs stop last to first, each once the later one is down; log:\n{text}"
-        );
-        assert!(text.contains("zz[0]: stopping -> stopped: stopped (exit code 0)"));
-        assert_no_process(&sb);
     }
-);
+    assert!(
+        took >= Duration::from_millis(300),
+        "waited for zz's slow exit"
+    );
+    let text = log(&sb);
+    let pos = |needle: &str| -> usize {
+        text.find(needle)
+            .unwrap_or_else(|| panic!("no {needle:?} in log:\n{text}"))
+    };
+    let order = [
+        pos("aa[0]: running -> stopping"),
+        pos("aa[0]: stopping -> stopped"),
+        pos("mm[0]: running -> stopping").min(pos("mm[1]: running -> stopping")),
+        pos("mm[0]: stopping -> stopped").max(pos("mm[1]: stopping -> stopped")),
+        pos("zz[0]: running -> stopping"),
+        pos("zz[0]: stopping -> stopped"),
+    ];
+    assert!(
+        order.windows(2).all(|w| w[0] < w[1]),
+        "programs stop last to first, each once the later one is down; log:\n{text}"
+    );
+    assert!(text.contains("zz[0]: stopping -> stopped: stopped (exit code 0)"));
+    assert_no_process(&sb);
+}
 
 // ---------------------------------------------------------------------------------------------
 // 12. A graceful stop that finds an instance stopping *for a restart* does not respawn it.
@@ -1453,7 +1453,9 @@ socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", addr)
 time.sleep(1000)
 "#;
 
-wtest!(stop_during_a_watchdog_restart_does_not_respawn, |test| {
+#[test]
+fn stop_during_a_watchdog_restart_does_not_respawn() {
+    let test = this_test!();
     let mut sb = test.supervisor_sandbox("", "");
     let py = script(&sb, "hung.py", HUNG);
     sb.write_config(&format!(
@@ -1486,110 +1488,108 @@ wtest!(stop_during_a_watchdog_restart_does_not_respawn, |test| {
     );
     assert!(text.contains("hung[0]: stopping -> stopped: stopped (signal 9"));
     assert_no_process(&sb);
-});
+}
 
-wtest!(
-    a_program_that_cannot_be_executed_is_reported_then_fatal,
-    |test| {
-        // The exec happens after the loop moved on (it never waits for a child's exec): its failure
-        // comes back through the exec-report pipe and the exit 127 takes the ordinary failure path.
-        let mut sb = test.supervisor_sandbox("",
-        "[program.missing]\ncommand = [\"/nonexistent/prog\"]\nbackoff_initial = \"10ms\"\nmax_restarts = 2\n\
-         [program.nopath]\ncommand = \"no-such-command-warden\"\nbackoff_initial = \"10ms\"\nmax_restarts = 2\n",
-    );
-        let _warden = sb.start();
-        wait_line(&sb, "naming the exec error", |l| {
-            l.contains("missing[0]: cannot execute /nonexistent/prog: No such file or directory")
-        });
-        wait_line(&sb, "missing goes fatal", |l| {
-            l.contains("missing[0]:") && l.contains("-> fatal")
-        });
-        wait_line(&sb, "naming the PATH search", |l| {
-            l.contains("nopath[0]") && l.contains("no-such-command-warden not found in PATH")
-        });
-        wait_line(&sb, "nopath goes fatal", |l| {
-            l.contains("nopath[0]:") && l.contains("-> fatal")
-        });
-        let out = sb.run(&["status", "missing"]);
-        assert_eq!(out.status.code(), Some(151), "{}", stdout_of(&out));
-        assert!(stdout_of(&out).contains("exit 127"), "{}", stdout_of(&out));
-    }
+#[test]
+fn a_program_that_cannot_be_executed_is_reported_then_fatal() {
+    let test = this_test!();
+    // The exec happens after the loop moved on (it never waits for a child's exec): its failure
+    // comes back through the exec-report pipe and the exit 127 takes the ordinary failure path.
+    let mut sb = test.supervisor_sandbox("",
+    "[program.missing]\ncommand = [\"/nonexistent/prog\"]\nbackoff_initial = \"10ms\"\nmax_restarts = 2\n\
+     [program.nopath]\ncommand = \"no-such-command-warden\"\nbackoff_initial = \"10ms\"\nmax_restarts = 2\n",
 );
+    let _warden = sb.start();
+    wait_line(&sb, "naming the exec error", |l| {
+        l.contains("missing[0]: cannot execute /nonexistent/prog: No such file or directory")
+    });
+    wait_line(&sb, "missing goes fatal", |l| {
+        l.contains("missing[0]:") && l.contains("-> fatal")
+    });
+    wait_line(&sb, "naming the PATH search", |l| {
+        l.contains("nopath[0]") && l.contains("no-such-command-warden not found in PATH")
+    });
+    wait_line(&sb, "nopath goes fatal", |l| {
+        l.contains("nopath[0]:") && l.contains("-> fatal")
+    });
+    let out = sb.run(&["status", "missing"]);
+    assert_eq!(out.status.code(), Some(151), "{}", stdout_of(&out));
+    assert!(stdout_of(&out).contains("exit 127"), "{}", stdout_of(&out));
+}
 
-wtest!(
-    per_program_limits_umask_directory_environment_and_user_apply,
-    |test| {
-        // Everything a program table says about its process, checked in /proc of the worker.
-        let root = nix::unistd::Uid::effective().is_root();
-        let user = if root { "user = \"nobody\"\n" } else { "" };
-        let mut sb = test.supervisor_sandbox("",
-        &format!(
-            "[program.w]\ncommand = [\"/bin/sleep\", \"1000\"]\ndirectory = \"SANDBOX\"\numask = \"027\"\n\
-             limits = {{ nofile = 123, core = 0 }}\nclean_env = true\nenv = {{ ONLY = \"this\" }}\n{user}"
-        ),
-    );
-        let warden = sb.start();
-        let w = wait_workers(&mut sb, warden, 1)[0];
-        // exec'd: the command is sleep, not a copy of warden.
-        assert!(wait_until(TIMEOUT, || std::fs::read_to_string(format!(
-            "/proc/{w}/comm"
-        ))
-        .is_ok_and(|c| c.trim() == "sleep")));
-        let limits = std::fs::read_to_string(format!("/proc/{w}/limits")).unwrap();
-        let limit = |name: &str| {
-            limits
-                .lines()
-                .find(|l| l.starts_with(name))
-                .map(|l| {
-                    l.split_whitespace()
-                        .rev()
-                        .skip(1)
-                        .take(2)
-                        .collect::<Vec<_>>()
-                })
-                .unwrap()
-        };
-        assert_eq!(limit("Max open files"), ["123", "123"], "{limits}");
-        assert_eq!(limit("Max core file size"), ["0", "0"], "{limits}");
-        let st = status(w);
-        assert_eq!(st["Umask"], "0027");
-        assert_eq!(
-            std::fs::read_link(format!("/proc/{w}/cwd")).unwrap(),
-            sb.dir
-        );
-        let env = environ(w);
-        let mut keys: Vec<&str> = env.keys().map(String::as_str).collect();
-        keys.sort_unstable();
-        assert_eq!(
-            keys,
-            ["ONLY", "WARDEN_INSTANCE", "WARDEN_PROGRAM"],
-            "clean_env keeps only env and warden's own"
-        );
-        if root {
-            let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
-            assert!(
-                st["Uid"]
-                    .split_whitespace()
-                    .all(|u| u == nobody.uid.to_string()),
-                "{:?}",
-                st["Uid"]
-            );
-            assert!(
-                st["Groups"].split_whitespace().all(|g| g != "0"),
-                "root's group kept: {:?}",
-                st["Groups"]
-            );
-        } else {
-            eprintln!("SKIPPED the user part of {}: needs root", test.name());
-        }
-        // Nothing but stdio is inherited from warden.
-        let fds: Vec<i32> = fds(w).into_iter().map(|(fd, _)| fd).collect();
-        assert_eq!(fds, [0, 1, 2], "{:?}", crate::common::fds(w));
-        let st = stat(w).unwrap();
-        assert_eq!(st.ppid, warden);
-        assert_eq!(st.pgrp, w, "own process group");
-        // Signal mask and dispositions default.
-        assert_eq!(status(w)["SigBlk"], "0000000000000000");
-        assert_eq!(status(w)["SigIgn"], "0000000000000000");
-    }
+#[test]
+fn per_program_limits_umask_directory_environment_and_user_apply() {
+    let test = this_test!();
+    // Everything a program table says about its process, checked in /proc of the worker.
+    let root = nix::unistd::Uid::effective().is_root();
+    let user = if root { "user = \"nobody\"\n" } else { "" };
+    let mut sb = test.supervisor_sandbox("",
+    &format!(
+        "[program.w]\ncommand = [\"/bin/sleep\", \"1000\"]\ndirectory = \"SANDBOX\"\numask = \"027\"\n\
+         limits = {{ nofile = 123, core = 0 }}\nclean_env = true\nenv = {{ ONLY = \"this\" }}\n{user}"
+    ),
 );
+    let warden = sb.start();
+    let w = wait_workers(&mut sb, warden, 1)[0];
+    // exec'd: the command is sleep, not a copy of warden.
+    assert!(wait_until(TIMEOUT, || std::fs::read_to_string(format!(
+        "/proc/{w}/comm"
+    ))
+    .is_ok_and(|c| c.trim() == "sleep")));
+    let limits = std::fs::read_to_string(format!("/proc/{w}/limits")).unwrap();
+    let limit = |name: &str| {
+        limits
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| {
+                l.split_whitespace()
+                    .rev()
+                    .skip(1)
+                    .take(2)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap()
+    };
+    assert_eq!(limit("Max open files"), ["123", "123"], "{limits}");
+    assert_eq!(limit("Max core file size"), ["0", "0"], "{limits}");
+    let st = status(w);
+    assert_eq!(st["Umask"], "0027");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{w}/cwd")).unwrap(),
+        sb.dir
+    );
+    let env = environ(w);
+    let mut keys: Vec<&str> = env.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        ["ONLY", "WARDEN_INSTANCE", "WARDEN_PROGRAM"],
+        "clean_env keeps only env and warden's own"
+    );
+    if root {
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        assert!(
+            st["Uid"]
+                .split_whitespace()
+                .all(|u| u == nobody.uid.to_string()),
+            "{:?}",
+            st["Uid"]
+        );
+        assert!(
+            st["Groups"].split_whitespace().all(|g| g != "0"),
+            "root's group kept: {:?}",
+            st["Groups"]
+        );
+    } else {
+        eprintln!("SKIPPED the user part of {}: needs root", test.name());
+    }
+    // Nothing but stdio is inherited from warden.
+    let fds: Vec<i32> = fds(w).into_iter().map(|(fd, _)| fd).collect();
+    assert_eq!(fds, [0, 1, 2], "{:?}", crate::common::fds(w));
+    let st = stat(w).unwrap();
+    assert_eq!(st.ppid, warden);
+    assert_eq!(st.pgrp, w, "own process group");
+    // Signal mask and dispositions default.
+    assert_eq!(status(w)["SigBlk"], "0000000000000000");
+    assert_eq!(status(w)["SigIgn"], "0000000000000000");
+}
