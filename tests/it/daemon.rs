@@ -283,25 +283,10 @@ fn manifest(path: &Path) -> BTreeSet<String> {
 /// told from the launcher's by their inode, in the manifest.)
 const DAEMON_ANON_INODES: &[&str] = &["anon_inode:[eventpoll]", "anon_inode:[eventfd]"];
 
-/// A launcher that leaks descriptors, blocks SIGUSR1, ignores SIGUSR2 and has umask 077: the
-/// daemon gets none of it. Its cwd and umask are the configured ones, fds 0/1/2 are /dev/null
-/// and the configured stdout/stderr files, and every other descriptor is one of its own: the
-/// locked pidfile, its log file, its event loop, and sockets that are not the launcher's.
-#[test]
-fn daemon_inherits_no_descriptor_signal_state_or_umask_from_its_launcher() {
-    let test = this_test!();
-    let mut sb = test.sandbox("");
-    let work = sb.path("work");
-    std::fs::create_dir(&work).unwrap();
-    sb.write_config(&format!(
-        "directory = \"{}\"\numask = \"027\"\nstdout = \"{}\"\nstderr = \"{}\"",
-        work.display(),
-        sb.path("out.log").display(),
-        sb.path("err.log").display()
-    ));
-
-    // Control: a program exec'd by this launcher does inherit all of it. (Not a shell: dash
-    // clears the signal mask at start-up. Python leaves mask, dispositions and fds alone.)
+/// The control for the launcher test: a program exec'd by the dirty launcher does inherit all of
+/// it: SIGUSR1 blocked, SIGUSR2 ignored, umask 077 and the leaked descriptors. (Not a shell: dash
+/// clears the signal mask at start-up. Python leaves mask, dispositions and fds alone.)
+fn assert_the_launcher_passes_on_its_state(sb: &mut Sandbox) {
     let control_script = "import os\n\
     for l in open('/proc/self/status'):\n\
     \x20   if l.startswith(('SigBlk:', 'SigIgn:', 'Umask:')): print(l, end='')\n\
@@ -342,38 +327,12 @@ fn daemon_inherits_no_descriptor_signal_state_or_umask_from_its_launcher() {
             "control: {leaked} not inherited\n{seen}"
         );
     }
+}
 
-    // The real thing.
-    let bin = path_str(&warden_bin());
-    let config = path_str(&sb.config);
-    let (cmd, manifest_path) = dirty_launcher(&sb, "start", &[&bin, "-c", &config, "start"]);
-    let out = sb.output(cmd);
-    assert!(
-        out.status.success(),
-        "warden start: {:?} {}",
-        out.status,
-        stderr_of(&out)
-    );
-    let pid = sb.pidfile_pid().expect("pidfile written");
-    sb.track(pid);
-    let leaked = manifest(&manifest_path);
-    assert_detached(&sb, pid);
-
-    let st = status(pid);
-    assert_eq!(
-        st["SigBlk"], "0000000000000000",
-        "blocked signals inherited"
-    );
-    assert_eq!(
-        st["SigIgn"], "0000000000000000",
-        "ignored signals inherited"
-    );
-    assert_eq!(st["Umask"], "0027");
-    assert_eq!(
-        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
-        std::fs::canonicalize(&work).unwrap()
-    );
-
+/// `pid`'s descriptors are its own: stdin `/dev/null`, stdout and stderr the configured files,
+/// the pidfile and the log file once each, sockets and [`DAEMON_ANON_INODES`]; none of the
+/// `leaked` ones its launcher had.
+fn assert_only_its_own_descriptors(sb: &Sandbox, pid: i32, leaked: &BTreeSet<String>) {
     // The daemon closes its end of the readiness pipe right after writing its verdict, and the
     // launcher may return between the two: wait (bounded) for that close before judging.
     let pipe_open = || {
@@ -421,6 +380,60 @@ fn daemon_inherits_no_descriptor_signal_state_or_umask_from_its_launcher() {
         (1, 1),
         "pidfile and log file open once each: {f:?}"
     );
+}
+
+/// A launcher that leaks descriptors, blocks SIGUSR1, ignores SIGUSR2 and has umask 077: the
+/// daemon gets none of it. Its cwd and umask are the configured ones, fds 0/1/2 are /dev/null
+/// and the configured stdout/stderr files, and every other descriptor is one of its own: the
+/// locked pidfile, its log file, its event loop, and sockets that are not the launcher's.
+#[test]
+fn daemon_inherits_no_descriptor_signal_state_or_umask_from_its_launcher() {
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let work = sb.path("work");
+    std::fs::create_dir(&work).unwrap();
+    sb.write_config(&format!(
+        "directory = \"{}\"\numask = \"027\"\nstdout = \"{}\"\nstderr = \"{}\"",
+        work.display(),
+        sb.path("out.log").display(),
+        sb.path("err.log").display()
+    ));
+
+    // Control: a program exec'd by the same launcher does inherit all of it.
+    assert_the_launcher_passes_on_its_state(&mut sb);
+
+    // The real thing.
+    let bin = path_str(&warden_bin());
+    let config = path_str(&sb.config);
+    let (cmd, manifest_path) = dirty_launcher(&sb, "start", &[&bin, "-c", &config, "start"]);
+    let out = sb.output(cmd);
+    assert!(
+        out.status.success(),
+        "warden start: {:?} {}",
+        out.status,
+        stderr_of(&out)
+    );
+    let pid = sb.pidfile_pid().expect("pidfile written");
+    sb.track(pid);
+    let leaked = manifest(&manifest_path);
+    assert_detached(&sb, pid);
+
+    let st = status(pid);
+    assert_eq!(
+        st["SigBlk"], "0000000000000000",
+        "blocked signals inherited"
+    );
+    assert_eq!(
+        st["SigIgn"], "0000000000000000",
+        "ignored signals inherited"
+    );
+    assert_eq!(st["Umask"], "0027");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        std::fs::canonicalize(&work).unwrap()
+    );
+
+    assert_only_its_own_descriptors(&sb, pid, &leaked);
 
     // The pidfile's mode does not follow the launcher's umask 077 nor the configured 027.
     assert_eq!(
