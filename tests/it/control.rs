@@ -1083,9 +1083,10 @@ fn rolling_restart_keeps_n_minus_1_ready_at_every_sample() {
     let test = this_test!();
     let mut sb = test.supervisor_sandbox("", "");
     std::fs::write(sb.path("notify.py"), NOTIFY_WORKER).unwrap();
-    sb.write_programs("",
-    "[program.n]\ncommand = [\"PYTHON\", \"SANDBOX/notify.py\"]\ninstances = 4\nready = \"notify\"\n",
-);
+    sb.write_programs(
+        "",
+        "[program.n]\ncommand = [\"PYTHON\", \"SANDBOX/notify.py\"]\ninstances = 4\nready = \"notify\"\n",
+    );
     let warden = sb.start();
     let before = wait_status(&mut sb, "4 ready", |v| {
         let is = of(v, "n");
@@ -1848,14 +1849,14 @@ fn idle_control_connections_starve_neither_workers_nor_root() {
     std::fs::write(
         sb.path("hold.py"),
         "import socket, sys, time\n\
-     path, n, done = sys.argv[1], int(sys.argv[2]), sys.argv[3]\n\
-     held = []\n\
-     for _ in range(n):\n    \
-         s = socket.socket(socket.AF_UNIX)\n    \
-         s.connect(path)\n    \
-         held.append(s)\n\
-     open(done, 'w').close()\n\
-     time.sleep(600)\n",
+         path, n, done = sys.argv[1], int(sys.argv[2]), sys.argv[3]\n\
+         held = []\n\
+         for _ in range(n):\n    \
+             s = socket.socket(socket.AF_UNIX)\n    \
+             s.connect(path)\n    \
+             held.append(s)\n\
+         open(done, 'w').close()\n\
+         time.sleep(600)\n",
     )
     .unwrap();
     let mut holder = std::process::Command::new("setpriv");
@@ -1995,18 +1996,18 @@ fn a_control_socket_in_use_is_neither_taken_over_nor_removed() {
     // A second configuration: its own pidfile and log, the same control socket.
     let other = sb.path("other.toml");
     std::fs::write(
-    &other,
-    format!(
-        "[daemon]\npidfile = \"{}\"\ndirectory = \"{}\"\nlog = \"{}\"\ncontrol_socket = \"{}\"\n\
-         [program.two]\ncommand = [\"{}\", \"1000\"]\n",
-        sb.path("other.pid").display(),
-        sb.dir.display(),
-        sb.path("other.log").display(),
-        sock.display(),
-        sb.path("sleep").display()
-    ),
-)
-.unwrap();
+        &other,
+        format!(
+            "[daemon]\npidfile = \"{}\"\ndirectory = \"{}\"\nlog = \"{}\"\ncontrol_socket = \"{}\"\n\
+             [program.two]\ncommand = [\"{}\", \"1000\"]\n",
+            sb.path("other.pid").display(),
+            sb.dir.display(),
+            sb.path("other.log").display(),
+            sock.display(),
+            sb.path("sleep").display()
+        ),
+    )
+    .unwrap();
     let start_other = |sb: &mut Sandbox| {
         let mut c = std::process::Command::new(warden_bin());
         c.arg("-c").arg(&other).arg("start").stdin(Stdio::null());
@@ -2194,8 +2195,8 @@ fn a_full_disk_under_an_output_file_is_logged_once_then_summarised() {
         return;
     }
     let tables = "[program.w]\ncommand = [\"/bin/sh\", \"-c\", \"i=0; while :; do echo \
-              \\\"line $i of a program that writes a lot\\\"; i=$((i+1)); SANDBOX/sleep \
-              0.002; done\"]\nstdout = \"SANDBOX/full/out.log\"\nlog_max_bytes = \"100M\"\n";
+                  \\\"line $i of a program that writes a lot\\\"; i=$((i+1)); SANDBOX/sleep \
+                  0.002; done\"]\nstdout = \"SANDBOX/full/out.log\"\nlog_max_bytes = \"100M\"\n";
     let mut sb = test.supervisor_sandbox("", tables);
     std::fs::create_dir(sb.path("full")).unwrap();
     let script = format!(
@@ -2571,7 +2572,7 @@ fn a_socket_that_drops_connections_unanswered_defers_to_the_pidfile() {
     let sock = sb.path("warden.sock");
     let script = format!(
         "import socket,os\ns=socket.socket(socket.AF_UNIX)\ns.bind({:?})\ns.listen(8)\n\
-     open({:?},'w').close()\nwhile True:\n    c,_=s.accept()\n    c.close()\n",
+         open({:?},'w').close()\nwhile True:\n    c,_=s.accept()\n    c.close()\n",
         path_str(&sock),
         path_str(&sb.path("listening"))
     );
@@ -2622,19 +2623,19 @@ fn a_stopped_daemon_with_a_full_backlog_cannot_hang_a_command() {
     signal(warden, Signal::SIGSTOP);
     let script = format!(
         "import socket,resource,time\n\
-     h=resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n\
-     resource.setrlimit(resource.RLIMIT_NOFILE,(h,h))\n\
-     conns=[]\n\
-     while True:\n\
-     \x20   s=socket.socket(socket.AF_UNIX)\n\
-     \x20   s.setblocking(False)\n\
-     \x20   try:\n\
-     \x20       s.connect({sock:?})\n\
-     \x20   except BlockingIOError:\n\
-     \x20       break\n\
-     \x20   conns.append(s)\n\
-     open({flag:?},'w').write(str(len(conns)))\n\
-     time.sleep(1000)\n",
+         h=resource.getrlimit(resource.RLIMIT_NOFILE)[1]\n\
+         resource.setrlimit(resource.RLIMIT_NOFILE,(h,h))\n\
+         conns=[]\n\
+         while True:\n\
+         \x20   s=socket.socket(socket.AF_UNIX)\n\
+         \x20   s.setblocking(False)\n\
+         \x20   try:\n\
+         \x20       s.connect({sock:?})\n\
+         \x20   except BlockingIOError:\n\
+         \x20       break\n\
+         \x20   conns.append(s)\n\
+         open({flag:?},'w').write(str(len(conns)))\n\
+         time.sleep(1000)\n",
         sock = path_str(&sb.path("warden.sock")),
         flag = path_str(&sb.path("full")),
     );

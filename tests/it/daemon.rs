@@ -288,11 +288,11 @@ const DAEMON_ANON_INODES: &[&str] = &["anon_inode:[eventpoll]", "anon_inode:[eve
 /// clears the signal mask at start-up. Python leaves mask, dispositions and fds alone.)
 fn assert_the_launcher_passes_on_its_state(sb: &mut Sandbox) {
     let control_script = "import os\n\
-    for l in open('/proc/self/status'):\n\
-    \x20   if l.startswith(('SigBlk:', 'SigIgn:', 'Umask:')): print(l, end='')\n\
-    for fd in os.listdir('/proc/self/fd'):\n\
-    \x20   try: print(os.readlink('/proc/self/fd/' + fd))\n\
-    \x20   except OSError: pass\n";
+        for l in open('/proc/self/status'):\n\
+        \x20   if l.startswith(('SigBlk:', 'SigIgn:', 'Umask:')): print(l, end='')\n\
+        for fd in os.listdir('/proc/self/fd'):\n\
+        \x20   try: print(os.readlink('/proc/self/fd/' + fd))\n\
+        \x20   except OSError: pass\n";
     let (cmd, control_manifest) =
         dirty_launcher(&sb, "control", &["@python", "-c", control_script]);
     let out = sb.output(cmd);
@@ -371,7 +371,7 @@ fn assert_only_its_own_descriptors(sb: &Sandbox, pid: i32, leaked: &BTreeSet<Str
             assert!(
                 t.starts_with("socket:[") || DAEMON_ANON_INODES.contains(&t.as_str()),
                 "fd {fd} -> {t} is not one of the daemon's own (pidfile, log file, sockets, \
-             {DAEMON_ANON_INODES:?})\n{f:?}"
+                 {DAEMON_ANON_INODES:?})\n{f:?}"
             );
         }
     }

@@ -144,7 +144,7 @@ fn logrotate_loses_and_splits_no_line_across_three_rotations() {
         &conf,
         format!(
             "{log} {{\n    rotate 10\n    nocompress\n    missingok\n    postrotate\n        \
-         kill -USR1 $(cat '{pidfile}')\n    endscript\n}}\n",
+             kill -USR1 $(cat '{pidfile}')\n    endscript\n}}\n",
             log = log.display(),
             pidfile = sb.path("app.pid").display(),
         ),

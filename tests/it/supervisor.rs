@@ -987,7 +987,7 @@ fn workers_get_their_identity_and_only_notify_workers_get_notify_socket() {
         "",
         &format!(
             "[program.plain]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\n\n\
-         [program.notified]\ncommand = {}\nready = \"notify\"\n",
+             [program.notified]\ncommand = {}\nready = \"notify\"\n",
             argv(&["sh", "-c", "exec \"$0/sleep\" 1001", "SANDBOX"])
         ),
     );
@@ -1051,7 +1051,7 @@ fn hundred_thousand_lines_to_a_file_arrive_complete_and_in_order() {
         "",
         &format!(
             "[program.seq]\ncommand = {}\nrestart = \"never\"\nstdout = \"SANDBOX/out.log\"\n\
-         log_max_bytes = \"1G\"\n",
+             log_max_bytes = \"1G\"\n",
             argv(&["sh", "-c", "seq 1 100000", "SANDBOX"])
         ),
     );
@@ -1190,7 +1190,7 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
     let mut sb = test.supervisor_sandbox(
         "",
         "[program.c]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 16\n\
-     max_restarts = 1000\nbackoff_initial = \"10ms\"\nbackoff_max = \"100ms\"\n",
+         max_restarts = 1000\nbackoff_initial = \"10ms\"\nbackoff_max = \"100ms\"\n",
     );
     let warden = sb.start();
     wait_workers(&mut sb, warden, N);
@@ -1240,7 +1240,7 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
                 assert!(
                     !idle || missed.is_empty(),
                     "missed reap: warden idle in epoll_wait ({doing}) beside zombies {missed:?} \
-                 seen in two samples (sample {samples})"
+                     seen in two samples (sample {samples})"
                 );
                 let t = Instant::now();
                 let reaped = wait_until(Duration::from_secs(5), || {
@@ -1311,12 +1311,12 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
     }
     println!(
         "chaos: {kills} kills, {samples} samples, {zombie_sightings} transient zombie sightings \
-     (max {max_zombies} at once), all {N} back {:.1?} after the last kill",
+         (max {max_zombies} at once), all {N} back {:.1?} after the last kill",
         t.elapsed()
     );
     println!(
         "chaos: {} zombie(s) outlived a sample while warden was busy or starved, none while it \
-     was idle: {slow_reaps:?}",
+         was idle: {slow_reaps:?}",
         slow_reaps.len()
     );
     assert!(kills > 0);
@@ -1389,8 +1389,8 @@ fn stop_goes_in_reverse_config_order_and_waits_for_every_worker() {
     // Not alphabetical, so that config order is what is tested.
     sb.write_config(&format!(
         "#TABLES\n[program.zz]\ncommand = {}\n\n\
-     [program.mm]\ncommand = [\"{d}/sleep\", \"1001\"]\ninstances = 2\n\n\
-     [program.aa]\ncommand = [\"{d}/sleep\", \"1002\"]\n",
+         [program.mm]\ncommand = [\"{d}/sleep\", \"1001\"]\ninstances = 2\n\n\
+         [program.aa]\ncommand = [\"{d}/sleep\", \"1002\"]\n",
         argv(&[&python(), &py]),
         d = dir(&sb)
     ));
@@ -1495,10 +1495,11 @@ fn a_program_that_cannot_be_executed_is_reported_then_fatal() {
     let test = this_test!();
     // The exec happens after the loop moved on (it never waits for a child's exec): its failure
     // comes back through the exec-report pipe and the exit 127 takes the ordinary failure path.
-    let mut sb = test.supervisor_sandbox("",
-    "[program.missing]\ncommand = [\"/nonexistent/prog\"]\nbackoff_initial = \"10ms\"\nmax_restarts = 2\n\
-     [program.nopath]\ncommand = \"no-such-command-warden\"\nbackoff_initial = \"10ms\"\nmax_restarts = 2\n",
-);
+    let mut sb = test.supervisor_sandbox(
+        "",
+        "[program.missing]\ncommand = [\"/nonexistent/prog\"]\nbackoff_initial = \"10ms\"\nmax_restarts = 2\n\
+         [program.nopath]\ncommand = \"no-such-command-warden\"\nbackoff_initial = \"10ms\"\nmax_restarts = 2\n",
+    );
     let _warden = sb.start();
     wait_line(&sb, "naming the exec error", |l| {
         l.contains("missing[0]: cannot execute /nonexistent/prog: No such file or directory")
@@ -1523,12 +1524,13 @@ fn per_program_limits_umask_directory_environment_and_user_apply() {
     // Everything a program table says about its process, checked in /proc of the worker.
     let root = nix::unistd::Uid::effective().is_root();
     let user = if root { "user = \"nobody\"\n" } else { "" };
-    let mut sb = test.supervisor_sandbox("",
-    &format!(
-        "[program.w]\ncommand = [\"/bin/sleep\", \"1000\"]\ndirectory = \"SANDBOX\"\numask = \"027\"\n\
-         limits = {{ nofile = 123, core = 0 }}\nclean_env = true\nenv = {{ ONLY = \"this\" }}\n{user}"
-    ),
-);
+    let mut sb = test.supervisor_sandbox(
+        "",
+        &format!(
+            "[program.w]\ncommand = [\"/bin/sleep\", \"1000\"]\ndirectory = \"SANDBOX\"\numask = \"027\"\n\
+             limits = {{ nofile = 123, core = 0 }}\nclean_env = true\nenv = {{ ONLY = \"this\" }}\n{user}"
+        ),
+    );
     let warden = sb.start();
     let w = wait_workers(&mut sb, warden, 1)[0];
     // exec'd: the command is sleep, not a copy of warden.
