@@ -1183,25 +1183,19 @@ fn still_zombie(&(pid, t0): &(i32, u64)) -> bool {
     start_time(pid) == Some(t0) && is_zombie(pid)
 }
 
-#[test]
-fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
-    let test = this_test!();
-    const N: usize = 16;
-    let mut sb = test.supervisor_sandbox(
-        "",
-        "[program.c]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 16\n\
-         max_restarts = 1000\nbackoff_initial = \"10ms\"\nbackoff_max = \"100ms\"\n",
-    );
-    let warden = sb.start();
-    wait_workers(&mut sb, warden, N);
-    let duration = Duration::from_secs(chaos_secs());
-    let seed = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    println!("chaos: {duration:?}, seed {seed:#x} (WARDEN_CHAOS_SECS to change the duration)");
-    let mut rng = XorShift(seed);
+/// What a chaos run saw.
+struct Chaos {
+    kills: u64,
+    samples: u64,
+    zombie_sightings: u64,
+    max_zombies: usize,
+    slow_reaps: Vec<String>,
+}
+
+/// For `duration`, SIGKILLs a random worker of `warden` every 20 ms and samples its children
+/// every 100 ms, asserting at each sample that there are at most `n` workers and that no zombie
+/// outlives a sample while warden idles in epoll_wait (nor outlives 5 s at all).
+fn kill_at_random(warden: i32, n: usize, duration: Duration, rng: &mut XorShift) -> Chaos {
     let kill_every = Duration::from_millis(20);
     let sample_every = Duration::from_millis(100);
     let start = Instant::now();
@@ -1261,7 +1255,7 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
             last_zombies = zombies;
             workers = kids.into_iter().filter(|&p| alive(p)).collect();
             assert!(
-                workers.len() <= N,
+                workers.len() <= n,
                 "more workers than instances: {workers:?}"
             );
             samples += 1;
@@ -1281,11 +1275,21 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
         let wake = next_kill.min(next_sample);
         std::thread::sleep(wake.saturating_duration_since(Instant::now()));
     }
-    // Every instance comes back, once each, and nothing is left unreaped.
-    // (A child counts once it has exec'd and carries its WARDEN_INSTANCE: a child just forked
-    // for the last respawn still runs warden's image.)
+    Chaos {
+        kills,
+        samples,
+        zombie_sightings,
+        max_zombies,
+        slow_reaps,
+    }
+}
+
+/// Waits (bounded) until `warden` has one live, exec'd worker per instance `0..n`, tracks them,
+/// and returns how long that took. (A child counts once it has exec'd and carries its
+/// WARDEN_INSTANCE: a child just forked for the last respawn still runs warden's image.)
+fn wait_one_worker_per_instance(sb: &mut Sandbox, warden: i32, n: usize) -> Duration {
     let t = Instant::now();
-    let all_instances: BTreeSet<usize> = (0..N).collect();
+    let all_instances: BTreeSet<usize> = (0..n).collect();
     let mut seen: Vec<(i32, Option<usize>, Vec<String>)> = Vec::new();
     let back = wait_until(TIMEOUT, || {
         let kids = children_of(warden);
@@ -1294,12 +1298,12 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
             .map(|&p| (p, instance_of(p), cmdline(p)))
             .collect();
         let instances: BTreeSet<usize> = seen.iter().filter_map(|s| s.1).collect();
-        kids.len() == N && kids.iter().all(|&p| alive(p)) && instances == all_instances
+        kids.len() == n && kids.iter().all(|&p| alive(p)) && instances == all_instances
     });
     assert!(
         back,
         "not one live worker per instance: (pid, WARDEN_INSTANCE, argv) = {seen:?}; log tail:\n{}",
-        log(&sb)
+        log(sb)
             .lines()
             .rev()
             .take(40)
@@ -1309,10 +1313,41 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
     for s in &seen {
         sb.track(s.0);
     }
+    t.elapsed()
+}
+
+#[test]
+fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
+    let test = this_test!();
+    const N: usize = 16;
+    let mut sb = test.supervisor_sandbox(
+        "",
+        "[program.c]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 16\n\
+         max_restarts = 1000\nbackoff_initial = \"10ms\"\nbackoff_max = \"100ms\"\n",
+    );
+    let warden = sb.start();
+    wait_workers(&mut sb, warden, N);
+    let duration = Duration::from_secs(chaos_secs());
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("chaos: {duration:?}, seed {seed:#x} (WARDEN_CHAOS_SECS to change the duration)");
+    let mut rng = XorShift(seed);
+    let Chaos {
+        kills,
+        samples,
+        zombie_sightings,
+        max_zombies,
+        slow_reaps,
+    } = kill_at_random(warden, N, duration, &mut rng);
+    // Every instance comes back, once each, and nothing is left unreaped.
+    let back_after = wait_one_worker_per_instance(&mut sb, warden, N);
     println!(
         "chaos: {kills} kills, {samples} samples, {zombie_sightings} transient zombie sightings \
          (max {max_zombies} at once), all {N} back {:.1?} after the last kill",
-        t.elapsed()
+        back_after
     );
     println!(
         "chaos: {} zombie(s) outlived a sample while warden was busy or starved, none while it \
