@@ -844,18 +844,9 @@ fn reload_with_an_invalid_file_keeps_every_pid_and_reports_file_line() {
 // ---------------------------------------------------------------------------------------------
 // 5. Reload that adds, removes and changes programs; --dry-run.
 
-#[test]
-fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing() {
-    let test = this_test!();
-    let old = format!(
-        "{}{}{}",
-        sleeper("keep", 2, 1000),
-        sleeper("gone", 2, 1000),
-        sleeper("change", 2, 1000)
-    );
-    let mut sb = test.supervisor_sandbox("", &old);
-    // Started with a relative `-c` from elsewhere: the daemon changes directory, and must still
-    // find its file to reload.
+/// Starts warden with a relative `-c` from the sandbox's parent directory (the daemon changes
+/// directory, and must still find its file to reload); returns its pid.
+fn start_with_a_relative_config(sb: &mut Sandbox) -> i32 {
     let parent = sb.dir.parent().unwrap().to_path_buf();
     let relative = sb.config.strip_prefix(&parent).unwrap().to_path_buf();
     let mut cmd = std::process::Command::new(warden_bin());
@@ -869,6 +860,72 @@ fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing
     assert!(out.status.success(), "start: {}", stderr_of(&out));
     let warden = sb.pidfile_pid().unwrap();
     sb.track(warden);
+    warden
+}
+
+/// `reload --dry-run` prints the plan for the edited config (add `added`, remove `gone`, restart
+/// `change`, keep `keep`) and changes nothing: neither the `before` status nor the daemon's
+/// `children`.
+fn assert_dry_run_only_plans(
+    sb: &mut Sandbox,
+    warden: i32,
+    before: &Value,
+    children: &BTreeSet<i32>,
+) {
+    let plan = expect(sb, &["reload", "--dry-run"], 0);
+    println!("{plan}");
+    for l in [
+        "would add added",
+        "would remove gone",
+        "would restart (changed) change",
+        "would keep keep",
+    ] {
+        assert!(plan.lines().any(|x| x == l), "no line {l:?} in:\n{plan}");
+    }
+    assert_eq!(plan.lines().count(), 4, "{plan}");
+    let (_, after) = status_json(sb, &[]);
+    assert_eq!(
+        instances(&after),
+        instances(before),
+        "dry run changed status"
+    );
+    assert_eq!(
+        &live_children(warden),
+        children,
+        "dry run changed processes"
+    );
+}
+
+/// Each instance of the changed program is up with a new pid, running the new command.
+fn assert_restarted_on_the_new_command(changed: &[Inst], old: &[Inst]) {
+    for (new, old) in changed.iter().zip(old) {
+        assert!(up(new), "{new:?}");
+        assert_ne!(new.pid, old.pid, "changed program restarted: {new:?}");
+        // `running` may come a moment before the exec (the spawn does not wait for it).
+        let cmdline = || {
+            std::fs::read_to_string(format!("/proc/{}/cmdline", new.pid.unwrap()))
+                .unwrap_or_default()
+        };
+        assert!(
+            wait_until(TIMEOUT, || cmdline().contains("1001")),
+            "runs the new command: {:?}",
+            cmdline()
+        );
+    }
+}
+
+#[test]
+fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing() {
+    let test = this_test!();
+    let old = format!(
+        "{}{}{}",
+        sleeper("keep", 2, 1000),
+        sleeper("gone", 2, 1000),
+        sleeper("change", 2, 1000)
+    );
+    let mut sb = test.supervisor_sandbox("", &old);
+    // Started with a relative `-c` from elsewhere.
+    let warden = start_with_a_relative_config(&mut sb);
     let keep = wait_up(&mut sb, "keep", 2);
     let gone = wait_up(&mut sb, "gone", 2);
     let change = wait_up(&mut sb, "change", 2);
@@ -889,24 +946,7 @@ fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing
     sb.write_programs("", &new);
 
     // The plan, and nothing else.
-    let plan = expect(&mut sb, &["reload", "--dry-run"], 0);
-    println!("{plan}");
-    for l in [
-        "would add added",
-        "would remove gone",
-        "would restart (changed) change",
-        "would keep keep",
-    ] {
-        assert!(plan.lines().any(|x| x == l), "no line {l:?} in:\n{plan}");
-    }
-    assert_eq!(plan.lines().count(), 4, "{plan}");
-    let (_, after) = status_json(&mut sb, &[]);
-    assert_eq!(
-        instances(&after),
-        instances(&before),
-        "dry run changed status"
-    );
-    assert_eq!(live_children(warden), children, "dry run changed processes");
+    assert_dry_run_only_plans(&mut sb, warden, &before, &children);
 
     // Applied.
     let out = expect(&mut sb, &["reload"], 0);
@@ -932,20 +972,7 @@ fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing
     assert!(up(&added[0]), "{added:?}");
     let changed = of(&v, "change");
     assert_eq!(changed.len(), 2);
-    for (new, old) in changed.iter().zip(&change) {
-        assert!(up(new), "{new:?}");
-        assert_ne!(new.pid, old.pid, "changed program restarted: {new:?}");
-        // `running` may come a moment before the exec (the spawn does not wait for it).
-        let cmdline = || {
-            std::fs::read_to_string(format!("/proc/{}/cmdline", new.pid.unwrap()))
-                .unwrap_or_default()
-        };
-        assert!(
-            wait_until(TIMEOUT, || cmdline().contains("1001")),
-            "runs the new command: {:?}",
-            cmdline()
-        );
-    }
+    assert_restarted_on_the_new_command(&changed, &change);
     for p in pids(&gone).into_iter().chain(pids(&change)) {
         assert!(
             wait_until(TIMEOUT, || !alive(p)),

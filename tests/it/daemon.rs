@@ -293,8 +293,7 @@ fn assert_the_launcher_passes_on_its_state(sb: &mut Sandbox) {
         for fd in os.listdir('/proc/self/fd'):\n\
         \x20   try: print(os.readlink('/proc/self/fd/' + fd))\n\
         \x20   except OSError: pass\n";
-    let (cmd, control_manifest) =
-        dirty_launcher(&sb, "control", &["@python", "-c", control_script]);
+    let (cmd, control_manifest) = dirty_launcher(sb, "control", &["@python", "-c", control_script]);
     let out = sb.output(cmd);
     assert!(
         out.status.success(),
