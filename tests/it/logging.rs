@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::os::unix::net::UnixDatagram;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -127,6 +127,74 @@ fn have_logrotate(test: &Test) -> bool {
     true
 }
 
+/// Whether the log file `p` holds a ticker line.
+fn has_lines(p: &Path) -> bool {
+    std::fs::read_to_string(p).is_ok_and(|t| t.contains(" line "))
+}
+
+/// Writes a logrotate configuration rotating `log` (its `postrotate` sends SIGUSR1 to the
+/// daemon in the sandbox's `app.pid`) and returns its path.
+fn logrotate_config(sb: &Sandbox, log: &Path) -> PathBuf {
+    let path = sb.path("logrotate.conf");
+    std::fs::write(
+        &path,
+        format!(
+            "{log} {{\n    rotate 10\n    nocompress\n    missingok\n    postrotate\n        \
+             kill -USR1 $(cat '{pidfile}')\n    endscript\n}}\n",
+            log = log.display(),
+            pidfile = sb.path("app.pid").display(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Runs `logrotate -f` (round `round`) and waits until the daemon has reopened `log`.
+fn rotate(sb: &mut Sandbox, round: u32, conf: &Path, log: &Path) {
+    let state = sb.path("logrotate.state");
+    let mut cmd = Command::new("logrotate");
+    cmd.arg("-f").arg("-s").arg(&state).arg(conf);
+    let out = sb.output(cmd);
+    assert!(
+        out.status.success(),
+        "logrotate round {round}: {:?}\nstderr: {}",
+        out.status,
+        stderr_of(&out)
+    );
+    assert!(
+        sb.path(&format!("app.log.{round}")).exists(),
+        "logrotate round {round} rotated nothing\nstderr: {}",
+        stderr_of(&out)
+    );
+    // The daemon recreates app.log when it reopens on SIGUSR1 from postrotate; the next
+    // rotation must not find it missing.
+    assert!(
+        wait_until(TIMEOUT, || has_lines(log)),
+        "the daemon did not reopen {} after rotation {round}",
+        log.display()
+    );
+}
+
+/// Every number from 0 to the highest appears exactly once in `numbers` (no line lost nor
+/// duplicated).
+fn assert_each_number_once(mut numbers: Vec<u64>) {
+    let total = numbers.len();
+    numbers.sort_unstable();
+    let max = *numbers.last().expect("some lines");
+    let duplicates: Vec<u64> = numbers
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    assert!(duplicates.is_empty(), "duplicated lines: {duplicates:?}");
+    numbers.dedup();
+    let missing: Vec<u64> = (0..=max)
+        .filter(|n| numbers.binary_search(n).is_err())
+        .collect();
+    assert!(missing.is_empty(), "lost lines (of 0..={max}): {missing:?}");
+    assert_eq!(total as u64, max + 1);
+}
+
 #[test]
 fn logrotate_loses_and_splits_no_line_across_three_rotations() {
     let test = this_test!();
@@ -138,18 +206,7 @@ fn logrotate_loses_and_splits_no_line_across_three_rotations() {
     // that drop privileges; this one does not).
     std::fs::set_permissions(&sb.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let log = sb.path("app.log");
-    let conf = sb.path("logrotate.conf");
-    let state = sb.path("logrotate.state");
-    std::fs::write(
-        &conf,
-        format!(
-            "{log} {{\n    rotate 10\n    nocompress\n    missingok\n    postrotate\n        \
-             kill -USR1 $(cat '{pidfile}')\n    endscript\n}}\n",
-            log = log.display(),
-            pidfile = sb.path("app.pid").display(),
-        ),
-    )
-    .unwrap();
+    let conf = logrotate_config(&sb, &log);
     let pid = start_lifecycle(
         &mut sb,
         &[
@@ -161,7 +218,6 @@ fn logrotate_loses_and_splits_no_line_across_three_rotations() {
             &format!("file:{}", log.display()),
         ],
     );
-    let has_lines = |p: &Path| std::fs::read_to_string(p).is_ok_and(|t| t.contains(" line "));
     assert!(
         wait_until(TIMEOUT, || has_lines(&log)),
         "the ticker writes no line into {}",
@@ -171,27 +227,7 @@ fn logrotate_loses_and_splits_no_line_across_three_rotations() {
     for round in 1..=3 {
         // Let lines accumulate, so that every file gets some.
         std::thread::sleep(Duration::from_millis(200));
-        let mut cmd = Command::new("logrotate");
-        cmd.arg("-f").arg("-s").arg(&state).arg(&conf);
-        let out = sb.output(cmd);
-        assert!(
-            out.status.success(),
-            "logrotate round {round}: {:?}\nstderr: {}",
-            out.status,
-            stderr_of(&out)
-        );
-        assert!(
-            sb.path(&format!("app.log.{round}")).exists(),
-            "logrotate round {round} rotated nothing\nstderr: {}",
-            stderr_of(&out)
-        );
-        // The daemon recreates app.log when it reopens on SIGUSR1 from postrotate; the next
-        // rotation must not find it missing.
-        assert!(
-            wait_until(TIMEOUT, || has_lines(&log)),
-            "the daemon did not reopen {} after rotation {round}",
-            log.display()
-        );
+        rotate(&mut sb, round, &conf, &log);
     }
     std::thread::sleep(Duration::from_millis(50));
     terminate(pid);
@@ -214,21 +250,7 @@ fn logrotate_loses_and_splits_no_line_across_three_rotations() {
         "more rotations than logrotate runs"
     );
 
-    let total = numbers.len();
-    numbers.sort_unstable();
-    let max = *numbers.last().expect("some lines");
-    let duplicates: Vec<u64> = numbers
-        .windows(2)
-        .filter(|w| w[0] == w[1])
-        .map(|w| w[0])
-        .collect();
-    assert!(duplicates.is_empty(), "duplicated lines: {duplicates:?}");
-    numbers.dedup();
-    let missing: Vec<u64> = (0..=max)
-        .filter(|n| numbers.binary_search(n).is_err())
-        .collect();
-    assert!(missing.is_empty(), "lost lines (of 0..={max}): {missing:?}");
-    assert_eq!(total as u64, max + 1);
+    assert_each_number_once(numbers);
 }
 
 /// One syslog datagram, as text.
