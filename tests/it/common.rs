@@ -541,6 +541,25 @@ pub fn exit_code(o: &Output) -> Option<i32> {
     o.status.code()
 }
 
+/// Asserts that the command behind `out` exited with `code`, showing its stdout and stderr
+/// otherwise.
+#[track_caller]
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        exit_code(out),
+        Some(code),
+        "{}{}",
+        stdout_of(out),
+        stderr_of(out)
+    );
+}
+
+/// Asserts that the stderr of the command behind `out` contains `text`.
+#[track_caller]
+pub fn assert_stderr_has(out: &Output, text: &str) {
+    assert!(stderr_of(out).contains(text), "{}", stderr_of(out));
+}
+
 pub fn stderr_of(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

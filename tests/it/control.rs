@@ -302,30 +302,18 @@ fn status_table_json_and_exit_codes() {
     expect(&mut sb, &["status", "web", "once"], 150);
     let out = sb.run(&["status", "nosuch"]);
     assert_eq!(exit_code(&out), Some(152), "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("nosuch"), "{}", stderr_of(&out));
+    assert_stderr_has(&out, "nosuch");
 
     // Stopped: 3. Killed with its pidfile left behind: 1.
     stop(&mut sb);
     let out = sb.run(&["status"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(3),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
+    assert_exit(&out, 3);
     let warden = sb.start();
     wait_up(&mut sb, "web", 3);
     signal(warden, Signal::SIGKILL);
     assert!(wait_until(TIMEOUT, || !alive(warden)));
     let out = sb.run(&["status"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(1),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
+    assert_exit(&out, 1);
     assert!(stdout_of(&out).contains("pidfile"), "{}", stdout_of(&out));
     assert_no_process(&sb);
 }
@@ -388,26 +376,10 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
 
     // Default 0600 socket: nobody cannot even connect.
     let out = as_nobody(&mut sb, &["status"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(4),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
-    assert!(
-        stderr_of(&out).contains("permission denied"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_exit(&out, 4);
+    assert_stderr_has(&out, "permission denied");
     let out = as_nobody(&mut sb, &["stop", "w"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(4),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
+    assert_exit(&out, 4);
     stop(&mut sb);
     assert!(!alive(warden));
 
@@ -420,68 +392,24 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     assert_eq!(meta.gid(), 65534, "group nogroup");
     let out = as_nobody(&mut sb, &["status"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(0),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
+    assert_exit(&out, 0);
     assert!(stdout_of(&out).contains(&format!("pid {warden}")));
     let out = as_nobody(&mut sb, &["status", "--json", "w"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(0),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
+    assert_exit(&out, 0);
     let out = as_nobody(&mut sb, &["stop", "w"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(4),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
-    assert!(
-        stderr_of(&out).contains("may only read status"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_exit(&out, 4);
+    assert_stderr_has(&out, "may only read status");
     let out = as_nobody(&mut sb, &["reload"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(4),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
+    assert_exit(&out, 4);
     // Membership is the connecting process's own groups, as the kernel recorded them at
     // connect (SO_PEERGROUPS): user `daemon` is not in nogroup by /etc/group, but a process of
     // it holding nogroup as a supplementary group may read; it still may not write.
     let daemon = ["--reuid=daemon", "--regid=daemon", "--groups=nogroup"];
     let out = as_user(&mut sb, &daemon, &["status"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(0),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
+    assert_exit(&out, 0);
     let out = as_user(&mut sb, &daemon, &["stop", "w"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(4),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
-    assert!(
-        stderr_of(&out).contains("may only read status"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_exit(&out, 4);
+    assert_stderr_has(&out, "may only read status");
     let refused = || {
         log(&sb)
             .lines()
@@ -829,13 +757,7 @@ fn reload_with_an_invalid_file_keeps_every_pid_and_reports_file_line() {
     assert_eq!(live_children(warden), children);
     // The dry run says the same.
     let out = sb.run(&["reload", "--dry-run"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(6),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
+    assert_exit(&out, 6);
     assert!(located(&stderr_of(&out)), "{}", stderr_of(&out));
     assert_eq!(live_children(warden), children);
     stop(&mut sb);
@@ -1307,14 +1229,8 @@ fn stop_and_status_work_through_the_pidfile_without_the_socket() {
     );
     // Nobody to ask about its programs: running, but their state unknown (LSB 4), not 3.
     let out = sb.run(&["status", "w"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(4),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
-    assert!(stderr_of(&out).contains("unknown"), "{}", stderr_of(&out));
+    assert_exit(&out, 4);
+    assert_stderr_has(&out, "unknown");
     // The same in JSON: running (from the pidfile), its instances absent (unknown).
     let out = sb.run(&["status", "--json", "w"]);
     assert_eq!(exit_code(&out), Some(4), "{}", stderr_of(&out));
@@ -1378,23 +1294,11 @@ fn stop_and_status_see_through_a_deleted_or_planted_pidfile() {
     // A FIFO and no daemon: both commands answer at once (neither opens it blocking), status
     // with "unknown" (4), stop with an error naming what is there, never "not running".
     let out = sb.run(&["status"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(4),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
-    assert!(stderr_of(&out).contains("FIFO"), "{}", stderr_of(&out));
+    assert_exit(&out, 4);
+    assert_stderr_has(&out, "FIFO");
     let out = sb.run(&["stop", "--timeout", "3s"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(1),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
-    assert!(stderr_of(&out).contains("FIFO"), "{}", stderr_of(&out));
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "FIFO");
     assert!(!stdout_of(&out).contains("not running"));
     assert_no_process(&sb);
 }
@@ -1553,14 +1457,8 @@ fn reload_with_an_unknown_user_scale_beyond_the_limit_and_status_of_an_empty_pro
 
     // A count beyond the limit is a bad request (2), not an unknown program (5).
     let out = sb.run(&["scale", "a", "20000"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(2),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
-    assert!(stderr_of(&out).contains("20000"), "{}", stderr_of(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "20000");
 
     // An unknown user on reload: a configuration error (6) with the file and key, as `check`
     // reports it; nothing changes.
@@ -1684,14 +1582,8 @@ fn reopen_logs_works_after_a_bad_edit_of_the_configuration() {
     );
     std::fs::rename(sb.path("warden.log"), sb.path("warden.log.1")).unwrap();
     let out = sb.run(&["reopen-logs"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(0),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
-    assert!(stderr_of(&out).contains("warning"), "{}", stderr_of(&out));
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "warning");
     assert!(
         wait_until(TIMEOUT, || log(&sb).contains("log files reopened")),
         "nothing in the new log file; the old one:\n{}",
@@ -2480,11 +2372,7 @@ fn status_json_without_a_daemon_is_json_with_the_same_exit_status() {
     assert_eq!(v["daemon"]["config"], config.as_str(), "{v:#}");
     assert_eq!(v["instances"], serde_json::json!([]), "{v:#}");
     assert_eq!(v["programs"], serde_json::json!([]), "{v:#}");
-    assert!(
-        stderr_of(&out).contains("not running"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_stderr_has(&out, "not running");
     // Without --json: as before, the text on stdout.
     let out = sb.run(&["status"]);
     assert_eq!(exit_code(&out), Some(3));
@@ -2511,7 +2399,7 @@ fn status_json_without_a_daemon_is_json_with_the_same_exit_status() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(daemon(&v), (Value::Bool(false), "dead".into()), "{v:#}");
     assert_eq!(v["daemon"]["pid"].as_i64(), Some(warden.into()), "{v:#}");
-    assert!(stderr_of(&out).contains("pidfile"), "{}", stderr_of(&out));
+    assert_stderr_has(&out, "pidfile");
     assert_no_process(&sb);
 
     // Unknown: no configuration file to find the daemon by: 4, `running` null.
@@ -2521,11 +2409,7 @@ fn status_json_without_a_daemon_is_json_with_the_same_exit_status() {
     assert_eq!(exit_code(&out), Some(4), "{}", stderr_of(&out));
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(daemon(&v), (Value::Null, "unknown".into()), "{v:#}");
-    assert!(
-        stderr_of(&out).contains("missing.toml"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_stderr_has(&out, "missing.toml");
 }
 
 /// `reload -c OTHER` would re-read the daemon's own file while looking applied: refused (2),
@@ -2608,29 +2492,11 @@ fn a_socket_that_drops_connections_unanswered_defers_to_the_pidfile() {
     sb.spawn(cmd);
     assert!(wait_until(TIMEOUT, || sb.path("listening").exists()));
     let out = sb.run(&["status"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(3),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
+    assert_exit(&out, 3);
     let out = sb.run(&["status", "--json"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(3),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
+    assert_exit(&out, 3);
     let out = sb.run(&["stop", "--timeout", "5s"]);
-    assert_eq!(
-        exit_code(&out),
-        Some(0),
-        "{}{}",
-        stdout_of(&out),
-        stderr_of(&out)
-    );
+    assert_exit(&out, 0);
     assert!(
         stdout_of(&out).contains("not running"),
         "{}",
@@ -2680,17 +2546,7 @@ fn a_stopped_daemon_with_a_full_backlog_cannot_hang_a_command() {
     signal(warden, Signal::SIGCONT);
     signal(filler, Signal::SIGKILL);
     assert_eq!(exit_code(&reload), Some(1), "{}", stderr_of(&reload));
-    assert!(
-        stderr_of(&reload).contains("accepts no connection"),
-        "{}",
-        stderr_of(&reload)
-    );
-    assert_eq!(
-        exit_code(&status),
-        Some(4),
-        "{}{}",
-        stdout_of(&status),
-        stderr_of(&status)
-    );
+    assert_stderr_has(&reload, "accepts no connection");
+    assert_exit(&status, 4);
     stop(&mut sb);
 }

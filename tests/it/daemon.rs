@@ -1184,11 +1184,7 @@ fn stop_refuses_a_pid_that_does_not_hold_the_pidfile() {
     std::fs::rename(sb.path("warden.sock"), sb.path("moved.sock")).unwrap();
     let out = sb.run(&["stop", "--timeout", "2s"]);
     assert_ne!(out.status.code(), Some(0));
-    assert!(
-        stderr_of(&out).contains("does not hold it"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_stderr_has(&out, "does not hold it");
     assert!(alive(victim), "the victim was signalled");
     assert!(alive(daemon), "the daemon was stopped through a forged pid");
     // With the socket there, the daemon that answers on it is stopped (its pid is the socket

@@ -145,11 +145,7 @@ fn fail_reports_to_the_launcher_and_runs_hooks() {
     let cmd = lifecycle(&sb, &["--mode", "fail"]);
     let out = sb.output(cmd);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr_of(&out).contains("initialisation failed on purpose"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_stderr_has(&out, "initialisation failed on purpose");
     // The launcher returns only after the daemon cleaned up.
     let lines = hook_lines(&sb);
     assert_eq!(lines.len(), 4, "{lines:?}");
