@@ -560,6 +560,15 @@ pub fn assert_stderr_has(out: &Output, text: &str) {
     assert!(stderr_of(out).contains(text), "{}", stderr_of(out));
 }
 
+/// Asserts that `text` has a line that is exactly `line`.
+#[track_caller]
+pub fn assert_has_line(text: &str, line: &str) {
+    assert!(
+        text.lines().any(|l| l == line),
+        "no line {line:?} in:\n{text}"
+    );
+}
+
 pub fn stderr_of(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

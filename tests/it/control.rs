@@ -873,7 +873,7 @@ fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing
     // Applied.
     let out = expect(&mut sb, &["reload"], 0);
     println!("{out}");
-    assert!(out.lines().any(|l| l == "added added"), "{out}");
+    assert_has_line(&out, "added added");
     let (_, v) = status_json(&mut sb, &[]);
     assert_eq!(of(&v, "keep"), keep, "unchanged program untouched");
     assert!(
@@ -910,6 +910,22 @@ fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing
     stop(&mut sb);
 }
 
+/// Writes the drop-in `file` of the sandbox with `tables` (`SANDBOX` replaced by its path).
+fn drop_in(sb: &Sandbox, file: &str, tables: &str) {
+    let text = tables.replace("SANDBOX", &dir(sb));
+    std::fs::write(sb.path(file), text).unwrap();
+}
+
+/// The file that defines `program`, as `status --json` reports it.
+fn file_of(v: &Value, program: &str) -> Option<String> {
+    v["programs"]
+        .as_array()
+        .expect("programs is an array")
+        .iter()
+        .find(|p| p["program"] == program)
+        .map(|p| p["file"].as_str().expect("file is a string").to_string())
+}
+
 /// `include` drop-ins are globbed anew on every reload: an added file starts its program, a
 /// changed one restarts it one instance at a time, a program moved unchanged to another file
 /// keeps its processes (only its `file` changes), a removed file stops its program, and
@@ -922,26 +938,13 @@ fn reload_sees_added_changed_moved_and_removed_drop_ins_and_status_names_each_fi
     let text = std::fs::read_to_string(&sb.config).unwrap();
     std::fs::write(&sb.config, format!("include = [\"conf.d/*.toml\"]\n{text}")).unwrap();
     std::fs::create_dir(sb.path("conf.d")).unwrap();
-    let dir = sb.dir.clone();
-    let drop_in = |file: &str, tables: &str| {
-        let text = tables.replace("SANDBOX", &dir.to_string_lossy());
-        std::fs::write(dir.join(file), text).unwrap();
-    };
     let warden = sb.start();
     let main = wait_up(&mut sb, "main", 1);
-    let file_of = |v: &Value, program: &str| -> Option<String> {
-        v["programs"]
-            .as_array()
-            .expect("programs is an array")
-            .iter()
-            .find(|p| p["program"] == program)
-            .map(|p| p["file"].as_str().expect("file is a string").to_string())
-    };
     let (_, v) = status_json(&mut sb, &[]);
     assert_eq!(file_of(&v, "main"), Some(path_str(&sb.config)), "{v:#}");
 
     // Added: the dry run only tells.
-    drop_in("conf.d/a.toml", &sleeper("a", 2, 1000));
+    drop_in(&sb, "conf.d/a.toml", &sleeper("a", 2, 1000));
     let children = live_children(warden);
     let plan = expect(&mut sb, &["reload", "--dry-run"], 0);
     assert_eq!(
@@ -951,7 +954,7 @@ fn reload_sees_added_changed_moved_and_removed_drop_ins_and_status_names_each_fi
     );
     assert_children_stay(&sb, warden, &children);
     let out = expect(&mut sb, &["reload"], 0);
-    assert!(out.lines().any(|l| l == "added a"), "{out}");
+    assert_has_line(&out, "added a");
     let a = wait_up(&mut sb, "a", 2);
     let a_file = path_str(&sb.path("conf.d/a.toml"));
     let (_, v) = status_json(&mut sb, &[]);
@@ -959,14 +962,11 @@ fn reload_sees_added_changed_moved_and_removed_drop_ins_and_status_names_each_fi
     assert_eq!(of(&v, "main"), main, "main untouched");
 
     // Changed: a rolling restart of a alone.
-    drop_in("conf.d/a.toml", &sleeper("a", 2, 1001));
+    drop_in(&sb, "conf.d/a.toml", &sleeper("a", 2, 1001));
     let plan = expect(&mut sb, &["reload", "--dry-run"], 0);
-    assert!(
-        plan.lines().any(|l| l == "would restart (changed) a"),
-        "{plan}"
-    );
+    assert_has_line(&plan, "would restart (changed) a");
     let out = expect(&mut sb, &["reload"], 0);
-    assert!(out.lines().any(|l| l == "restarted (changed) a"), "{out}");
+    assert_has_line(&out, "restarted (changed) a");
     let (_, v) = status_json(&mut sb, &[]);
     let a2 = of(&v, "a");
     assert_eq!(a2.len(), 2, "{v:#}");
@@ -980,7 +980,7 @@ fn reload_sees_added_changed_moved_and_removed_drop_ins_and_status_names_each_fi
     // Moved unchanged to another file: kept, same pids, its new file shown.
     std::fs::rename(sb.path("conf.d/a.toml"), sb.path("conf.d/b.toml")).unwrap();
     let out = expect(&mut sb, &["reload"], 0);
-    assert!(out.lines().any(|l| l == "unchanged a"), "{out}");
+    assert_has_line(&out, "unchanged a");
     let (_, v) = status_json(&mut sb, &[]);
     assert_eq!(
         pids(&of(&v, "a")),
@@ -996,7 +996,7 @@ fn reload_sees_added_changed_moved_and_removed_drop_ins_and_status_names_each_fi
     // Removed: its program stops, the others stay.
     std::fs::remove_file(sb.path("conf.d/b.toml")).unwrap();
     let plan = expect(&mut sb, &["reload", "--dry-run"], 0);
-    assert!(plan.lines().any(|l| l == "would remove a"), "{plan}");
+    assert_has_line(&plan, "would remove a");
     expect(&mut sb, &["reload"], 0);
     for p in pids(&a2) {
         assert!(
@@ -1401,15 +1401,9 @@ fn reload_leaves_a_program_stopped_by_hand_stopped() {
         &format!("{}{}", sleeper("a", 2, 1001), sleeper("b", 1, 1000)),
     );
     let plan = expect(&mut sb, &["reload", "--dry-run"], 0);
-    assert!(
-        plan.lines().any(|l| l == "would change (stays stopped) a"),
-        "{plan}"
-    );
+    assert_has_line(&plan, "would change (stays stopped) a");
     let out = expect(&mut sb, &["reload"], 0);
-    assert!(
-        out.lines().any(|l| l == "changed (stays stopped) a"),
-        "{out}"
-    );
+    assert_has_line(&out, "changed (stays stopped) a");
     assert!(!out.contains("restarted (changed) a"), "{out}");
     // An absence: a stays down for an observation window.
     assert_children_stay(&sb, warden, &b_pids);
@@ -2045,10 +2039,7 @@ fn reload_adding_instances_to_a_program_stopped_by_hand_starts_none() {
     // Changed and grown: 2 -> 3 instances, new command.
     sb.write_programs("", &tables(3, 1001));
     let out = expect(&mut sb, &["reload"], 0);
-    assert!(
-        out.lines().any(|l| l == "changed (stays stopped) a"),
-        "{out}"
-    );
+    assert_has_line(&out, "changed (stays stopped) a");
     assert_a_down(&mut sb, 3, "a changed reload");
 
     // Only grown: 3 -> 4 instances.
@@ -2059,10 +2050,7 @@ fn reload_adding_instances_to_a_program_stopped_by_hand_starts_none() {
     // The new instances were stopped by hand too: a change still leaves the program stopped.
     sb.write_programs("", &tables(4, 1002));
     let out = expect(&mut sb, &["reload"], 0);
-    assert!(
-        out.lines().any(|l| l == "changed (stays stopped) a"),
-        "{out}"
-    );
+    assert_has_line(&out, "changed (stays stopped) a");
     assert_a_down(&mut sb, 4, "a second changed reload");
 
     expect(&mut sb, &["start", "a"], 0);
