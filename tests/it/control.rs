@@ -1743,22 +1743,9 @@ fn nofile_is_raised_for_warden_and_left_alone_for_its_workers() {
     stop(&mut sb);
 }
 
-#[test]
-fn idle_control_connections_starve_neither_workers_nor_root() {
-    let test = this_test!();
-    if !test.require_root() {
-        return;
-    }
-    if hard_nofile() < 1024 {
-        test.skip("RLIMIT_NOFILE hard limit below 1024");
-        return;
-    }
-    // As reported: 1024 descriptors, 60 workers, and a read-only member of the control group
-    // holding 900 idle connections.
-    let mut sb = test.supervisor_sandbox("control_group = \"nogroup\"", &sleeper("w", 60, 1000));
-    let warden = start_with_ulimit(&mut sb, "-n 1024");
-    let before = wait_up(&mut sb, "w", 60);
-    let sock = sb.path("warden.sock");
+/// Starts a client run as `nobody` (group `nogroup`) that opens `n` connections to `sock` and
+/// holds them idle; returns its pid once every connect has returned.
+fn hold_idle_connections(sb: &mut Sandbox, sock: &std::path::Path, n: u32) -> i32 {
     std::fs::write(
         sb.path("hold.py"),
         "import socket, sys, time\n\
@@ -1777,8 +1764,8 @@ fn idle_control_connections_starve_neither_workers_nor_root() {
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
         .arg(python())
         .arg(sb.path("hold.py"))
-        .arg(&sock)
-        .arg("900")
+        .arg(sock)
+        .arg(n.to_string())
         .arg(sb.path("held"))
         .stdin(Stdio::null());
     let holder = sb.spawn(holder);
@@ -1786,6 +1773,26 @@ fn idle_control_connections_starve_neither_workers_nor_root() {
         wait_until(TIMEOUT, || sb.path("held").exists()),
         "the holder never finished connecting"
     );
+    holder
+}
+
+#[test]
+fn idle_control_connections_starve_neither_workers_nor_root() {
+    let test = this_test!();
+    if !test.require_root() {
+        return;
+    }
+    if hard_nofile() < 1024 {
+        test.skip("RLIMIT_NOFILE hard limit below 1024");
+        return;
+    }
+    // As reported: 1024 descriptors, 60 workers, and a read-only member of the control group
+    // holding 900 idle connections.
+    let mut sb = test.supervisor_sandbox("control_group = \"nogroup\"", &sleeper("w", 60, 1000));
+    let warden = start_with_ulimit(&mut sb, "-n 1024");
+    let before = wait_up(&mut sb, "w", 60);
+    let sock = sb.path("warden.sock");
+    let holder = hold_idle_connections(&mut sb, &sock, 900);
     // The holder's connects return once queued in the listener's backlog: the daemon may not
     // have accepted (and kept or refused) them all yet, and one it is refusing is open for a
     // moment. A connection of ours, queued after all of them, is answered only once the daemon
