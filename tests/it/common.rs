@@ -2,6 +2,12 @@
 //! waits, and a clean-up that kills every process the test started — by pid, also when the test
 //! fails (on drop, during unwinding).
 //!
+//! # What lives here
+//! What more than one area's module needs: the [`Sandbox`], the [`Test`] naming and timing, the
+//! `/proc` observers, config builders (`python`, `toml_str`, `argv`, `script`), the command
+//! assertions (`assert_exit`, `assert_stderr_has`, `assert_has_line`) and the launchers of the
+//! fixtures in `tests/fixtures/`. A helper one module alone uses stays in that module.
+//!
 //! # Naming
 //! Every test that starts processes opens with `let test = this_test!();`, the [`Test`] named
 //! after its `fn`: its sandbox directory, its `[timing]` line and its `SKIPPED` messages all come
