@@ -3,8 +3,8 @@
 //! may change or go in any release.
 //!
 //! The fuzz targets (`fuzz/fuzz_targets/`, run with `scripts/fuzz`) and the stable tests that
-//! replay their corpora and findings (`tests/fuzz_regressions.rs`) and check round trips
-//! (`tests/properties.rs`) must drive the *same* code the daemon runs, not a copy. Three of the
+//! replay their corpora and findings (`tests/it/fuzz_regressions.rs`) and check round trips
+//! (`tests/it/properties.rs`) must drive the *same* code the daemon runs, not a copy. Three of the
 //! four parsers are public already and are called directly:
 //! [`Config::parse`](crate::config::Config::parse),
 //! [`Request::parse_line`](crate::control::Request::parse_line) and

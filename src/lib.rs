@@ -82,7 +82,7 @@ pub mod control;
 pub mod daemon;
 pub mod error;
 mod files;
-// The fuzz targets' entry points and checks (fuzz/, tests/fuzz_regressions.rs): not API.
+// The fuzz targets' entry points and checks (fuzz/, tests/it/fuzz_regressions.rs): not API.
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hooks;
