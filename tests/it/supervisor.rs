@@ -297,8 +297,12 @@ fn on_failure_restarts_exit_1_but_not_exit_0() {
     let second = pid_in(started.last().unwrap()).expect("pid");
     let kids = wait_workers(&mut sb, warden, 1);
     assert_eq!(kids, vec![second], "only bad's second run is up");
-    wait_exec(second);
-    assert_eq!(cmdline(second)[1], "1000");
+    // `sh` execs `sleep` after its own exec: wait for the second one, not just the first.
+    assert!(
+        wait_until(TIMEOUT, || cmdline(second).get(1).map(String::as_str) == Some("1000")),
+        "bad's second run never exec'd sleep: {:?}",
+        cmdline(second)
+    );
     // An absence: watch for a short while that nothing else is started.
     std::thread::sleep(Duration::from_secs(1));
     let ok_starts = log(&sb)
