@@ -48,6 +48,37 @@ pub struct ReloadPlan {
 }
 
 impl ReloadPlan {
+    /// What a reload from `old` (the running programs, in order) to `new` does. A program is
+    /// matched by name: new ones are added, missing ones removed; a change of settings
+    /// restarts it (or only updates it, when it is stopped by hand); a change of count alone
+    /// scales it; a move to another file alone changes nothing.
+    pub(super) fn diff(old: &[Running<'_>], new: &ReloadSet) -> ReloadPlan {
+        let mut plan = ReloadPlan {
+            notes: new.notes.clone(),
+            ..ReloadPlan::default()
+        };
+        for def in &new.programs {
+            let name = def.name.clone();
+            match old.iter().find(|r| r.def.name == def.name) {
+                None => plan.added.push(name),
+                Some(r) if !same_config(r.def, def) && r.stopped_by_hand => {
+                    plan.changed_stopped.push(name)
+                }
+                Some(r) if !same_config(r.def, def) => plan.changed.push(name),
+                Some(r) if r.def.instances != def.instances => {
+                    plan.scaled.push((name, r.def.instances, def.instances))
+                }
+                Some(_) => plan.unchanged.push(name),
+            }
+        }
+        for r in old {
+            if !new.programs.iter().any(|d| d.name == r.def.name) {
+                plan.removed.push(r.def.name.clone());
+            }
+        }
+        plan
+    }
+
     /// One line per change, for logs and terminals.
     pub fn lines(&self) -> Vec<String> {
         let mut v = Vec::new();
@@ -72,6 +103,35 @@ impl ReloadPlan {
         v.extend(self.notes.iter().cloned());
         v
     }
+}
+
+/// A program of the running configuration, as [`ReloadPlan::diff`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Running<'a> {
+    /// Its settings.
+    pub def: &'a ProgramDef,
+    /// Every instance of it was stopped by hand and is kept down (see [`all_stopped_by_hand`]).
+    pub stopped_by_hand: bool,
+}
+
+/// A program of the new configuration, resolved: its settings, its prepared exec and its
+/// output files.
+type Resolved = (ProgramDef, Option<Prepared>, [Option<RotatingFile>; 2]);
+
+/// A failure past the point where everything was resolved (a program that vanished): the
+/// supervisor's fault, not the configuration's.
+fn internal(e: Error) -> (ErrorKind, String) {
+    (ErrorKind::Failed, e.to_string())
+}
+
+/// Whether a program whose live instances were `stopped by hand` (one flag each) counts as
+/// stopped by hand: it has at least one instance, and each was.
+pub(super) fn all_stopped_by_hand(mut instances: impl Iterator<Item = bool>) -> bool {
+    let mut any = false;
+    instances.all(|manual| {
+        any = true;
+        manual
+    }) && any
 }
 
 /// Whether `a` and `b` run the same way. `instances` is compared apart (a change of count
@@ -113,7 +173,7 @@ impl Supervisor {
                 return Err((ErrorKind::InvalidConfig, e));
             }
         };
-        let plan = self.plan(&set);
+        let plan = ReloadPlan::diff(&self.running(), &set);
         if dry_run {
             self.notify_manager("READY=1\nSTATUS=running");
             return Ok((plan, Vec::new()));
@@ -135,72 +195,37 @@ impl Supervisor {
         }
     }
 
-    fn plan(&self, set: &ReloadSet) -> ReloadPlan {
-        let mut plan = ReloadPlan {
-            notes: set.notes.clone(),
-            ..ReloadPlan::default()
-        };
-        for def in &set.programs {
-            match self.find(&def.name) {
-                Err(_) => plan.added.push(def.name.clone()),
-                Ok(p) => {
-                    let old = &self.programs[p].def;
-                    if !same_config(old, def) && self.stopped_by_hand(p) {
-                        plan.changed_stopped.push(def.name.clone());
-                    } else if !same_config(old, def) {
-                        plan.changed.push(def.name.clone());
-                    } else if old.instances != def.instances {
-                        plan.scaled
-                            .push((def.name.clone(), old.instances, def.instances));
-                    } else {
-                        plan.unchanged.push(def.name.clone());
-                    }
-                }
-            }
-        }
-        for p in self.live_programs() {
-            let name = &self.programs[p].def.name;
-            if !set.programs.iter().any(|d| &d.name == name) {
-                plan.removed.push(name.clone());
-            }
-        }
-        plan
+    /// The live programs as [`ReloadPlan::diff`] sees them, in order.
+    fn running(&self) -> Vec<Running<'_>> {
+        self.live_programs()
+            .into_iter()
+            .map(|p| Running {
+                def: &self.programs[p].def,
+                stopped_by_hand: self.stopped_by_hand(p),
+            })
+            .collect()
     }
 
     /// Whether every instance of program `p` was stopped by hand (`warden stop PROG`) and is
     /// kept down: a reload must not start it again.
     fn stopped_by_hand(&self, p: usize) -> bool {
-        let mut live = self.programs[p].slots.iter().filter(|s| !s.retiring);
-        let mut any = false;
-        live.all(|s| {
-            any = true;
-            s.inst.manual_stop
-        }) && any
+        all_stopped_by_hand(
+            self.programs[p]
+                .slots
+                .iter()
+                .filter(|s| !s.retiring)
+                .map(|s| s.inst.manual_stop),
+        )
     }
 
+    /// Carries out `plan`, computed from `set`: resolves every new or changed program first,
+    /// then removes, replaces, scales. Returns the programs to wait for.
     fn apply_reload(
         &mut self,
         set: ReloadSet,
         plan: &ReloadPlan,
     ) -> std::result::Result<Vec<usize>, (ErrorKind, String)> {
-        // Resolve everything first: a typo in a user name must not leave half a reload behind.
-        let mut prepared: Vec<(ProgramDef, Option<Prepared>, [Option<RotatingFile>; 2])> =
-            Vec::new();
-        for def in set.programs.iter().filter(|d| {
-            plan.added.contains(&d.name)
-                || plan.changed.contains(&d.name)
-                || plan.changed_stopped.contains(&d.name)
-        }) {
-            let prep = match &def.work {
-                Work::Exec(spec) => {
-                    Some(Prepared::exec(spec).map_err(|e| self.reload_error(&def.name, &e))?)
-                }
-                Work::Fn(_) => None,
-            };
-            let files = open_files(def).map_err(|e| self.reload_error(&def.name, &e))?;
-            prepared.push((def.clone(), prep, files));
-        }
-        let internal = |e: Error| (ErrorKind::Failed, e.to_string());
+        let prepared = self.prepare_reload(&set, plan)?;
         let mut touched = Vec::new();
         for name in &plan.removed {
             let p = self.find(name).map_err(internal)?;
@@ -214,34 +239,8 @@ impl Supervisor {
                 touched.push(self.programs.len() - 1);
                 continue;
             }
-            let p = self.find(&def.name).map_err(internal)?;
-            let instances = def.instances;
-            {
-                let prog = &mut self.programs[p];
-                prog.def = def;
-                prog.prepared = prep;
-                prog.files = files;
-            }
-            let name = self.programs[p].def.name.clone();
-            let live = self.programs[p]
-                .slots
-                .iter()
-                .filter(|s| !s.retiring)
-                .count();
-            // Fewer instances first, so that the rollout does not replace the ones about to go.
-            if (instances as usize) < live {
-                self.scale(&name, instances).map_err(internal)?;
-            }
-            let stays_stopped = plan.changed_stopped.contains(&name);
-            if !stays_stopped {
-                self.begin_rollout(p, true);
-            }
-            if (instances as usize) > live && stays_stopped {
-                self.add_stopped_instances(p, instances);
-            } else if (instances as usize) > live {
-                self.scale(&name, instances).map_err(internal)?;
-            }
-            if !stays_stopped || instances as usize != live {
+            let stays_stopped = plan.changed_stopped.contains(&def.name);
+            if let Some(p) = self.replace_program(def, prep, files, stays_stopped)? {
                 touched.push(p);
             }
         }
@@ -264,6 +263,71 @@ impl Supervisor {
         }
         self.scale_program = set.scale_program;
         Ok(touched)
+    }
+
+    /// Resolves users and groups and opens the output files of every program `plan` adds or
+    /// changes, before anything changes: a typo in a user name must not leave half a reload
+    /// behind.
+    fn prepare_reload(
+        &self,
+        set: &ReloadSet,
+        plan: &ReloadPlan,
+    ) -> std::result::Result<Vec<Resolved>, (ErrorKind, String)> {
+        let mut prepared = Vec::new();
+        for def in set.programs.iter().filter(|d| {
+            plan.added.contains(&d.name)
+                || plan.changed.contains(&d.name)
+                || plan.changed_stopped.contains(&d.name)
+        }) {
+            let prep = match &def.work {
+                Work::Exec(spec) => {
+                    Some(Prepared::exec(spec).map_err(|e| self.reload_error(&def.name, &e))?)
+                }
+                Work::Fn(_) => None,
+            };
+            let files = open_files(def).map_err(|e| self.reload_error(&def.name, &e))?;
+            prepared.push((def.clone(), prep, files));
+        }
+        Ok(prepared)
+    }
+
+    /// Gives a changed program its new settings and count: fewer instances first, then a
+    /// rolling restart (unless it `stays_stopped`), then more instances. Returns the program
+    /// when there is something to wait for.
+    fn replace_program(
+        &mut self,
+        def: ProgramDef,
+        prep: Option<Prepared>,
+        files: [Option<RotatingFile>; 2],
+        stays_stopped: bool,
+    ) -> std::result::Result<Option<usize>, (ErrorKind, String)> {
+        let p = self.find(&def.name).map_err(internal)?;
+        let instances = def.instances;
+        let name = def.name.clone();
+        {
+            let prog = &mut self.programs[p];
+            prog.def = def;
+            prog.prepared = prep;
+            prog.files = files;
+        }
+        let live = self.programs[p]
+            .slots
+            .iter()
+            .filter(|s| !s.retiring)
+            .count();
+        // Fewer instances first, so that the rollout does not replace the ones about to go.
+        if (instances as usize) < live {
+            self.scale(&name, instances).map_err(internal)?;
+        }
+        if !stays_stopped {
+            self.begin_rollout(p, true);
+        }
+        if (instances as usize) > live && stays_stopped {
+            self.add_stopped_instances(p, instances);
+        } else if (instances as usize) > live {
+            self.scale(&name, instances).map_err(internal)?;
+        }
+        Ok((!stays_stopped || instances as usize != live).then_some(p))
     }
 
     /// Scales program `p`, kept down by hand, up to `instances` without starting anything:
@@ -332,4 +396,170 @@ pub(super) fn monotonic_usec() -> u128 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .map(|t| t.tv_sec() as u128 * 1_000_000 + t.tv_nsec() as u128 / 1_000)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The reload diff's specification: one test per kind of change.
+
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::supervisor::{ExecSpec, Restart};
+
+    fn program(name: &str, instances: u32, command: &str) -> ProgramDef {
+        let spec = ExecSpec::new(vec![command.to_string()]);
+        ProgramDef::new(name, instances, Work::Exec(spec))
+    }
+
+    fn running(def: &ProgramDef) -> Running<'_> {
+        Running {
+            def,
+            stopped_by_hand: false,
+        }
+    }
+
+    fn stopped(def: &ProgramDef) -> Running<'_> {
+        Running {
+            def,
+            stopped_by_hand: true,
+        }
+    }
+
+    fn set(programs: &[&ProgramDef]) -> ReloadSet {
+        ReloadSet {
+            programs: programs.iter().map(|&d| d.clone()).collect(),
+            scale_program: None,
+            notes: Vec::new(),
+        }
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_same_configuration_keeps_every_program() {
+        let (web, db) = (program("web", 2, "web"), program("db", 1, "db"));
+        let plan = ReloadPlan::diff(&[running(&web), running(&db)], &set(&[&web, &db]));
+        assert_eq!(plan.unchanged, names(&["web", "db"]));
+        assert_eq!(plan.lines(), vec!["keep web", "keep db"]);
+    }
+
+    #[test]
+    fn a_new_program_is_added_and_a_missing_one_removed() {
+        let (web, db) = (program("web", 1, "web"), program("db", 1, "db"));
+        let plan = ReloadPlan::diff(&[running(&web)], &set(&[&db]));
+        assert_eq!(plan.added, names(&["db"]));
+        assert_eq!(plan.removed, names(&["web"]));
+        assert_eq!(plan.lines(), vec!["add db", "remove web"]);
+    }
+
+    #[test]
+    fn a_changed_command_restarts_the_program() {
+        let old = program("web", 2, "web-v1");
+        let new = program("web", 2, "web-v2");
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&new]));
+        assert_eq!(plan.changed, names(&["web"]));
+        assert_eq!(plan.lines(), vec!["restart web (changed)"]);
+    }
+
+    #[test]
+    fn a_changed_policy_restarts_the_program() {
+        let old = program("web", 1, "web");
+        let mut new = old.clone();
+        new.policy.restart = Restart::Never;
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&new]));
+        assert_eq!(plan.changed, names(&["web"]));
+    }
+
+    #[test]
+    fn a_change_to_a_program_stopped_by_hand_only_updates_it() {
+        let old = program("web", 1, "web-v1");
+        let new = program("web", 1, "web-v2");
+        let plan = ReloadPlan::diff(&[stopped(&old)], &set(&[&new]));
+        assert_eq!(plan.changed_stopped, names(&["web"]));
+        assert!(plan.changed.is_empty());
+        assert_eq!(plan.lines(), vec!["update web (changed; stays stopped)"]);
+    }
+
+    #[test]
+    fn a_new_instance_count_alone_scales_the_program() {
+        let old = program("web", 2, "web");
+        let new = program("web", 5, "web");
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&new]));
+        assert_eq!(plan.scaled, vec![("web".to_string(), 2, 5)]);
+        assert_eq!(plan.lines(), vec!["scale web 2 -> 5"]);
+    }
+
+    #[test]
+    fn a_program_stopped_by_hand_is_scaled_too() {
+        let old = program("web", 2, "web");
+        let new = program("web", 1, "web");
+        let plan = ReloadPlan::diff(&[stopped(&old)], &set(&[&new]));
+        assert_eq!(plan.scaled, vec![("web".to_string(), 2, 1)]);
+    }
+
+    #[test]
+    fn a_changed_command_with_a_new_count_is_a_restart_not_a_scale() {
+        let old = program("web", 2, "web-v1");
+        let new = program("web", 3, "web-v2");
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&new]));
+        assert_eq!(plan.changed, names(&["web"]));
+        assert!(plan.scaled.is_empty());
+    }
+
+    #[test]
+    fn a_program_moved_to_another_drop_in_file_is_kept_running() {
+        let mut old = program("web", 2, "web");
+        old.source = Some(PathBuf::from("/etc/warden/warden.toml"));
+        let mut new = old.clone();
+        new.source = Some(PathBuf::from("/etc/warden/conf.d/web.toml"));
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&new]));
+        assert_eq!(plan.unchanged, names(&["web"]));
+        assert_eq!(plan.lines(), vec!["keep web"]);
+    }
+
+    #[test]
+    fn a_moved_program_with_a_new_count_is_only_scaled() {
+        let mut old = program("web", 2, "web");
+        old.source = Some(PathBuf::from("/etc/warden/warden.toml"));
+        let mut new = program("web", 4, "web");
+        new.source = Some(PathBuf::from("/etc/warden/conf.d/web.toml"));
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&new]));
+        assert_eq!(plan.scaled, vec![("web".to_string(), 2, 4)]);
+    }
+
+    #[test]
+    fn the_plan_follows_the_new_order_then_the_old_for_removals() {
+        let (a, b, c, d) = (
+            program("a", 1, "a"),
+            program("b", 1, "b"),
+            program("c", 1, "c"),
+            program("d", 1, "d"),
+        );
+        let plan = ReloadPlan::diff(&[running(&a), running(&b), running(&c)], &set(&[&d, &b]));
+        assert_eq!(plan.added, names(&["d"]));
+        assert_eq!(plan.unchanged, names(&["b"]));
+        assert_eq!(plan.removed, names(&["a", "c"]));
+    }
+
+    #[test]
+    fn notes_are_passed_through_last() {
+        let web = program("web", 1, "web");
+        let mut new = set(&[&web]);
+        new.notes = names(&["pidfile takes effect when warden restarts"]);
+        let plan = ReloadPlan::diff(&[running(&web)], &new);
+        assert_eq!(
+            plan.lines(),
+            vec!["keep web", "pidfile takes effect when warden restarts"]
+        );
+    }
+
+    #[test]
+    fn stopped_by_hand_means_every_live_instance_and_at_least_one() {
+        assert!(all_stopped_by_hand([true, true].into_iter()));
+        assert!(!all_stopped_by_hand([true, false].into_iter()));
+        assert!(!all_stopped_by_hand(std::iter::empty()));
+    }
 }
