@@ -123,12 +123,11 @@ impl Supervisor {
                     for &p in &ps {
                         // A stop beats a rolling restart in progress: the rollout would start
                         // the instances it has not reached yet again.
-                        if self.rollouts.iter().any(|r| r.program == p) {
+                        if self.cancel_rollout(p) {
                             log::info!(
                                 "{}: rolling restart cancelled by stop",
                                 self.programs[p].def.name
                             );
-                            self.rollouts.retain(|r| r.program != p);
                         }
                         let name = self.programs[p].def.name.clone();
                         let _ = self.stop_program(&name);

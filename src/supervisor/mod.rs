@@ -30,6 +30,7 @@ pub mod output;
 mod programs;
 mod reload;
 mod rollout;
+mod snapshot;
 pub mod spawn;
 mod status;
 mod waiters;

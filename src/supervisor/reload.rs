@@ -229,7 +229,7 @@ impl Supervisor {
         let mut touched = Vec::new();
         for name in &plan.removed {
             let p = self.find(name).map_err(internal)?;
-            self.rollouts.retain(|r| r.program != p);
+            self.cancel_rollout(p);
             let _ = self.stop_program(name);
             self.programs[p].removed = true;
         }
