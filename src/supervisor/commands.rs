@@ -10,10 +10,18 @@
 use serde_json::json;
 
 use super::Supervisor;
-use super::waiters::Goal;
+use super::waiters::{Goal, Waiter};
 use crate::control::server::{ConnId, Incoming};
 use crate::control::{Command, ErrorKind, Reply};
 use crate::error::Error;
+
+/// Who asked: the connection to answer, and the request as logged when it fails (`None`: a
+/// failure is not logged).
+#[derive(Debug, Clone, Copy)]
+struct Caller<'a> {
+    conn: ConnId,
+    what: Option<&'a str>,
+}
 
 impl Supervisor {
     /// Handles what a control connection sent.
@@ -41,31 +49,55 @@ impl Supervisor {
                     what = Some(asked);
                 }
             }
-            self.handle_command(conn, what, req.command);
+            let caller = Caller {
+                conn,
+                what: what.as_deref(),
+            };
+            self.handle_command(caller, req.command);
         }
     }
 
-    /// Sends the final `reply` to a request; a failure is logged with its reason when `what`
-    /// names the request.
-    fn reply(&mut self, conn: ConnId, what: Option<&str>, reply: Reply) {
-        log_refusal(what, &reply);
+    /// Sends the final `reply` to `caller`; a failure is logged with its reason when the
+    /// caller's request is named.
+    fn reply(&mut self, caller: Caller<'_>, reply: Reply) {
+        log_refusal(caller.what, &reply);
         if let Some(c) = self.control.as_mut() {
-            c.reply(conn, &reply, self.poll.registry());
+            c.reply(caller.conn, &reply, self.poll.registry());
         }
     }
 
-    fn programs_named(&self, names: &[String]) -> std::result::Result<Vec<usize>, String> {
+    /// Makes `caller` wait for `goal` on `programs`, answered with `result` once met.
+    fn wait_for(
+        &mut self,
+        caller: Caller<'_>,
+        programs: Vec<usize>,
+        goal: Goal,
+        result: serde_json::Value,
+    ) {
+        let waiter = Waiter::new(caller.conn, caller.what, programs, goal, result);
+        self.waiters.push(waiter);
+        self.check_waiters();
+    }
+
+    /// The programs `names` (every live one when empty); an unknown name answers `caller`
+    /// with `NoSuchProgram` and gives `None`.
+    fn programs_named(&mut self, caller: Caller<'_>, names: &[String]) -> Option<Vec<usize>> {
         if names.is_empty() {
-            return Ok(self.live_programs());
+            return Some(self.live_programs());
         }
         let mut v = Vec::new();
         for n in names {
             match self.find(n) {
                 Ok(p) => v.push(p),
-                Err(_) => return Err(format!("no program named {n:?}")),
+                Err(_) => {
+                    let reply =
+                        Reply::failed(ErrorKind::NoSuchProgram, format!("no program named {n:?}"));
+                    self.reply(caller, reply);
+                    return None;
+                }
             }
         }
-        Ok(v)
+        Some(v)
     }
 
     pub(super) fn live_programs(&self) -> Vec<usize> {
@@ -74,121 +106,130 @@ impl Supervisor {
             .collect()
     }
 
-    fn handle_command(&mut self, conn: ConnId, what: Option<String>, command: Command) {
-        let what = what.as_deref();
+    fn handle_command(&mut self, caller: Caller<'_>, command: Command) {
         if self.shutdown.is_some() && command.writes() {
             // A program started now would outlive the reverse-order stop already past it.
-            self.reply(
-                conn,
-                what,
-                Reply::failed(ErrorKind::Busy, "warden is shutting down"),
-            );
+            let reply = Reply::failed(ErrorKind::Busy, "warden is shutting down");
+            self.reply(caller, reply);
             return;
         }
         match command {
-            Command::Status { programs } => match self.programs_named(&programs) {
-                Ok(ps) => {
-                    let report = self.status_report(&ps);
-                    self.reply(
-                        conn,
-                        what,
-                        Reply::done(serde_json::to_value(report).unwrap_or_default()),
-                    );
-                }
-                Err(e) => self.reply(conn, what, Reply::failed(ErrorKind::NoSuchProgram, e)),
-            },
+            Command::Status { programs } => self.on_status(caller, &programs),
             Command::Start { programs }
             | Command::Stop { programs }
             | Command::Restart { programs }
                 if programs.is_empty() =>
             {
-                self.reply(
-                    conn,
-                    what,
-                    Reply::failed(ErrorKind::BadRequest, "name at least one program"),
-                )
+                let reply = Reply::failed(ErrorKind::BadRequest, "name at least one program");
+                self.reply(caller, reply);
             }
-            Command::Start { programs } => match self.programs_named(&programs) {
-                Ok(ps) => {
-                    for &p in &ps {
-                        let name = self.programs[p].def.name.clone();
-                        let _ = self.start_program(&name);
-                    }
-                    self.wait(conn, what, ps, Goal::Up, json!({ "started": programs }));
+            Command::Start { programs } => self.on_start(caller, programs),
+            Command::Stop { programs } => self.on_stop(caller, programs),
+            Command::Restart { programs } => self.on_restart(caller, programs),
+            Command::Scale { program, instances } => self.on_scale(caller, program, instances),
+            Command::Reload { dry_run } => self.on_reload(caller, dry_run),
+            Command::ReopenLogs => self.on_reopen_logs(caller),
+        }
+    }
+
+    /// `status [PROG…]`: answered at once.
+    fn on_status(&mut self, caller: Caller<'_>, programs: &[String]) {
+        let Some(ps) = self.programs_named(caller, programs) else {
+            return;
+        };
+        let report = self.status_report(&ps);
+        let result = serde_json::to_value(report).unwrap_or_default();
+        self.reply(caller, Reply::done(result));
+    }
+
+    /// `start PROG…`: answered once every instance is up.
+    fn on_start(&mut self, caller: Caller<'_>, programs: Vec<String>) {
+        let Some(ps) = self.programs_named(caller, &programs) else {
+            return;
+        };
+        for &p in &ps {
+            let name = self.programs[p].def.name.clone();
+            let _ = self.start_program(&name);
+        }
+        self.wait_for(caller, ps, Goal::Up, json!({ "started": programs }));
+    }
+
+    /// `stop PROG…`: answered once every instance is down.
+    fn on_stop(&mut self, caller: Caller<'_>, programs: Vec<String>) {
+        let Some(ps) = self.programs_named(caller, &programs) else {
+            return;
+        };
+        for &p in &ps {
+            // A stop beats a rolling restart in progress: the rollout would start the instances
+            // it has not reached yet again.
+            if self.cancel_rollout(p) {
+                let name = &self.programs[p].def.name;
+                log::info!("{name}: rolling restart cancelled by stop");
+            }
+            let name = self.programs[p].def.name.clone();
+            let _ = self.stop_program(&name);
+        }
+        self.wait_for(caller, ps, Goal::Down, json!({ "stopped": programs }));
+    }
+
+    /// `restart PROG…`: a rolling restart of each, answered once all are done.
+    fn on_restart(&mut self, caller: Caller<'_>, programs: Vec<String>) {
+        let Some(ps) = self.programs_named(caller, &programs) else {
+            return;
+        };
+        for &p in &ps {
+            self.begin_rollout(p, false);
+        }
+        self.wait_for(caller, ps, Goal::Up, json!({ "restarted": programs }));
+    }
+
+    /// `scale PROG N`: answered once the instances kept are up and the others gone.
+    fn on_scale(&mut self, caller: Caller<'_>, program: String, instances: u32) {
+        match self.scale(&program, instances) {
+            Ok(()) => {
+                let p = self.find(&program).expect("just scaled");
+                let result = json!({ "program": program, "instances": instances });
+                self.wait_for(caller, vec![p], Goal::Up, result);
+            }
+            // `scale` fails for an unknown name or a count beyond the limit (a bad request).
+            Err(e) => {
+                let kind = match self.find(&program) {
+                    Err(_) => ErrorKind::NoSuchProgram,
+                    Ok(_) => ErrorKind::BadRequest,
+                };
+                self.reply(caller, Reply::failed(kind, e.to_string()));
+            }
+        }
+    }
+
+    /// `reload [--dry-run]`: answered with the plan, once it is applied.
+    fn on_reload(&mut self, caller: Caller<'_>, dry_run: bool) {
+        match self.reload(dry_run) {
+            Ok((plan, touched)) => {
+                let result = serde_json::to_value(&plan).unwrap_or_default();
+                if dry_run || touched.is_empty() {
+                    self.reply(caller, Reply::done(result));
+                } else {
+                    self.wait_for(caller, touched, Goal::Applied, result);
                 }
-                Err(e) => self.reply(conn, what, Reply::failed(ErrorKind::NoSuchProgram, e)),
-            },
-            Command::Stop { programs } => match self.programs_named(&programs) {
-                Ok(ps) => {
-                    for &p in &ps {
-                        // A stop beats a rolling restart in progress: the rollout would start
-                        // the instances it has not reached yet again.
-                        if self.cancel_rollout(p) {
-                            log::info!(
-                                "{}: rolling restart cancelled by stop",
-                                self.programs[p].def.name
-                            );
-                        }
-                        let name = self.programs[p].def.name.clone();
-                        let _ = self.stop_program(&name);
-                    }
-                    self.wait(conn, what, ps, Goal::Down, json!({ "stopped": programs }));
-                }
-                Err(e) => self.reply(conn, what, Reply::failed(ErrorKind::NoSuchProgram, e)),
-            },
-            Command::Restart { programs } => match self.programs_named(&programs) {
-                Ok(ps) => {
-                    for &p in &ps {
-                        self.begin_rollout(p, false);
-                    }
-                    self.wait(conn, what, ps, Goal::Up, json!({ "restarted": programs }));
-                }
-                Err(e) => self.reply(conn, what, Reply::failed(ErrorKind::NoSuchProgram, e)),
-            },
-            Command::Scale { program, instances } => match self.scale(&program, instances) {
-                Ok(()) => {
-                    let p = self.find(&program).expect("just scaled");
-                    self.wait(
-                        conn,
-                        what,
-                        vec![p],
-                        Goal::Up,
-                        json!({ "program": program, "instances": instances }),
-                    );
-                }
-                // `scale` fails for an unknown name or a count beyond the limit (a bad request).
-                Err(e) => {
-                    let kind = match self.find(&program) {
-                        Err(_) => ErrorKind::NoSuchProgram,
-                        Ok(_) => ErrorKind::BadRequest,
-                    };
-                    self.reply(conn, what, Reply::failed(kind, e.to_string()))
-                }
-            },
-            Command::Reload { dry_run } => match self.reload(dry_run) {
-                Ok((plan, touched)) => {
-                    let result = serde_json::to_value(&plan).unwrap_or_default();
-                    if dry_run || touched.is_empty() {
-                        self.reply(conn, what, Reply::done(result));
-                    } else {
-                        self.wait(conn, what, touched, Goal::Applied, result);
-                    }
-                }
-                Err((kind, e)) => self.reply(conn, what, Reply::failed(kind, e)),
-            },
-            Command::ReopenLogs => match self.reopen_logs() {
-                Ok(()) => self.reply(conn, what, Reply::done(json!({ "reopened": true }))),
-                Err(errors) => {
-                    let denied = errors.iter().any(Error::is_permission_denied);
-                    let kind = if denied {
-                        ErrorKind::IoDenied
-                    } else {
-                        ErrorKind::Io
-                    };
-                    let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                    self.reply(conn, what, Reply::failed(kind, text.join("\n")));
-                }
-            },
+            }
+            Err((kind, e)) => self.reply(caller, Reply::failed(kind, e)),
+        }
+    }
+
+    /// `reopen-logs`: answered at once, with every file that could not be reopened.
+    fn on_reopen_logs(&mut self, caller: Caller<'_>) {
+        match self.reopen_logs() {
+            Ok(()) => self.reply(caller, Reply::done(json!({ "reopened": true }))),
+            Err(errors) => {
+                let kind = if errors.iter().any(Error::is_permission_denied) {
+                    ErrorKind::IoDenied
+                } else {
+                    ErrorKind::Io
+                };
+                let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                self.reply(caller, Reply::failed(kind, text.join("\n")));
+            }
         }
     }
 }

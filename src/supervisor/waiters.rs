@@ -178,20 +178,6 @@ impl Waiter {
 }
 
 impl Supervisor {
-    /// Makes the request from `conn` wait for `goal` on `programs` (see [`Waiter::new`]).
-    pub(super) fn wait(
-        &mut self,
-        conn: ConnId,
-        what: Option<&str>,
-        programs: Vec<usize>,
-        goal: Goal,
-        result: serde_json::Value,
-    ) {
-        let waiter = Waiter::new(conn, what, programs, goal, result);
-        self.waiters.push(waiter);
-        self.check_waiters();
-    }
-
     /// Answers the waiters whose goal is reached, and reports progress to the others.
     pub(super) fn check_waiters(&mut self) {
         let mut waiters = std::mem::take(&mut self.waiters);
