@@ -2,10 +2,9 @@
 //! a program whose resources are resolved, opening its output files, and dropping the
 //! instances of removed programs once they are down. It decides no policy of its own.
 
-use super::{
-    OutputSpec, ProgramDef, Supervisor, new_slot, output::RotatingFile, spawn::Prepared, state,
-};
+use super::{OutputSpec, ProgramDef, Supervisor, new_slot, output::RotatingFile, spawn::Prepared};
 use crate::error::Result;
+use crate::lifecycle::{Event, State};
 
 impl Supervisor {
     /// Adds a program whose resources were already resolved, starting it if the loop runs.
@@ -26,7 +25,7 @@ impl Supervisor {
         if self.started && self.shutdown.is_none() {
             let p = self.programs.len() - 1;
             for i in 0..self.programs[p].slots.len() {
-                self.apply(p, i, state::Event::Start);
+                self.apply(p, i, Event::Start);
             }
         }
     }
@@ -35,7 +34,7 @@ impl Supervisor {
     pub(super) fn sweep_removed(&mut self) {
         for prog in self.programs.iter_mut().filter(|p| p.removed) {
             prog.slots
-                .retain(|s| s.inst.state.is_up() || matches!(s.inst.state, state::State::Spawning));
+                .retain(|s| s.inst.state.is_up() || matches!(s.inst.state, State::Spawning));
             if prog.slots.is_empty() {
                 // A tombstone keeps only its name: no open output file, no resolved spec.
                 prog.files = [None, None];

@@ -9,9 +9,10 @@
 use serde::Serialize;
 
 use super::programs::open_files;
-use super::{ProgramDef, Supervisor, Work, new_slot, output::RotatingFile, spawn::Prepared, state};
+use super::{ProgramDef, Supervisor, Work, new_slot, output::RotatingFile, spawn::Prepared};
 use crate::control::ErrorKind;
 use crate::error::Error;
+use crate::lifecycle::Event;
 
 /// What a reloader produces: the new programs and daemon-level settings.
 #[derive(Debug, Clone)]
@@ -354,7 +355,7 @@ impl Supervisor {
             };
             // From `exited` a stop makes the instance `stopped` (by hand); from `stopping` it
             // turns a pending restart into staying down.
-            self.apply(p, pos, state::Event::Stop);
+            self.apply(p, pos, Event::Stop);
         }
         self.programs[p].def.instances = instances;
         let name = &self.programs[p].def.name;
