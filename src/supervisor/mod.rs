@@ -27,7 +27,13 @@ mod commands;
 mod groups;
 pub mod notify;
 pub mod output;
+mod programs;
+mod reload;
+mod rollout;
+mod snapshot;
 pub mod spawn;
+mod status;
+mod waiters;
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
@@ -51,9 +57,9 @@ use crate::policy::Jitter;
 pub use crate::policy::{ExitStatus, Policy, Readiness, Restart, StopWith};
 use crate::signals::{SignalEvent, Signals};
 use crate::stream::{LineFramer, ReadEnd, read_nonblocking};
-pub use commands::{ReloadPlan, ReloadSet, Reloader};
 use notify::{NotifyMessage, NotifySocket};
 use output::RotatingFile;
+pub use reload::{ReloadPlan, ReloadSet, Reloader};
 pub use spawn::{ExecSpec, WorkerContext, WorkerFn};
 use spawn::{Prepared, Sink};
 use std::ops::ControlFlow;
@@ -242,8 +248,8 @@ pub struct Supervisor {
     /// Our own service manager, told about reloads.
     notifier: Option<crate::daemon::Notifier>,
     control: Option<ControlServer>,
-    waiters: Vec<commands::Waiter>,
-    rollouts: Vec<commands::Rollout>,
+    waiters: Vec<waiters::Waiter>,
+    rollouts: Vec<rollout::Rollout>,
     reloader: Option<Reloader>,
     started_at: Instant,
     config_path: String,
@@ -411,7 +417,7 @@ impl Supervisor {
             Work::Exec(spec) => Some(Prepared::exec(spec)?),
             Work::Fn(_) => None,
         };
-        let files = commands::open_files(&def)?;
+        let files = programs::open_files(&def)?;
         self.add_prepared(def, prepared, files);
         Ok(())
     }
