@@ -19,13 +19,14 @@ use serde_json::json;
 
 use super::{
     ExecState, OutputSpec, ProgramDef, Readiness, Supervisor, Work, new_slot, output::RotatingFile,
-    spawn::Prepared, state,
+    spawn::Prepared,
 };
 use crate::control::server::{ConnId, Incoming};
 use crate::control::{
     Command, DaemonInfo, ErrorKind, InstanceInfo, ProgramInfo, Reply, StatusReport,
 };
 use crate::error::{Error, Result};
+use crate::lifecycle::{Event, State};
 
 /// What a reloader produces: the new programs and daemon-level settings.
 #[derive(Debug, Clone)]
@@ -118,10 +119,10 @@ pub(super) struct Rollout {
 }
 
 /// Whether an instance counts as serving.
-fn serving(state: &state::State, readiness: Readiness) -> bool {
+fn serving(state: &State, readiness: Readiness) -> bool {
     match state {
-        state::State::Ready { .. } => true,
-        state::State::Running { .. } => readiness == Readiness::Immediate,
+        State::Ready { .. } => true,
+        State::Running { .. } => readiness == Readiness::Immediate,
         _ => false,
     }
 }
@@ -368,10 +369,10 @@ impl Supervisor {
                         }
                         // Stopped by hand, and a reload keeps it so.
                         Goal::Applied if s.inst.manual_stop => {}
-                        _ if up && matches!(st, state::State::Fatal) => {
+                        _ if up && matches!(st, State::Fatal) => {
                             failed.push(format!("{tag} is fatal"))
                         }
-                        _ if up && matches!(st, state::State::Stopped) => {
+                        _ if up && matches!(st, State::Stopped) => {
                             failed.push(format!("{tag} is stopped"))
                         }
                         _ if up && matches!(&s.exec, ExecState::Failed(_)) => {
@@ -379,7 +380,7 @@ impl Supervisor {
                                 failed.push(format!("{tag}: {why}"));
                             }
                         }
-                        _ if up && matches!(st, state::State::Exited) => {
+                        _ if up && matches!(st, State::Exited) => {
                             failed.push(format!("{tag} exited"))
                         }
                         _ if up && !serving(st, prog.def.policy.readiness) => {
@@ -388,7 +389,7 @@ impl Supervisor {
                         _ if up && s.exec == ExecState::Pending => {
                             pending.push(format!("{tag} (exec)"))
                         }
-                        Goal::Down if st.is_up() || matches!(st, state::State::Spawning) => {
+                        Goal::Down if st.is_up() || matches!(st, State::Spawning) => {
                             pending.push(format!("{tag} ({})", st.name()))
                         }
                         _ => {}
@@ -476,7 +477,7 @@ impl Supervisor {
                     r.current = None;
                 } else if matches!(
                     st,
-                    state::State::Fatal | state::State::Exited | state::State::Stopped
+                    State::Fatal | State::Exited | State::Stopped
                 ) {
                     log::error!("{}[{index}]: rolling restart stopped: the instance did not come back ({})", prog.def.name, st.name());
                     return false;
@@ -502,7 +503,7 @@ impl Supervisor {
                         );
                         continue;
                     }
-                    self.apply(p, pos, state::Event::Restart);
+                    self.apply(p, pos, Event::Restart);
                     r.current = Some(index);
                 }
                 None => {
@@ -760,7 +761,7 @@ impl Supervisor {
             };
             // From `exited` a stop makes the instance `stopped` (by hand); from `stopping` it
             // turns a pending restart into staying down.
-            self.apply(p, pos, state::Event::Stop);
+            self.apply(p, pos, Event::Stop);
         }
         self.programs[p].def.instances = instances;
         let name = &self.programs[p].def.name;
@@ -815,7 +816,7 @@ impl Supervisor {
         if self.started && self.shutdown.is_none() {
             let p = self.programs.len() - 1;
             for i in 0..self.programs[p].slots.len() {
-                self.apply(p, i, state::Event::Start);
+                self.apply(p, i, Event::Start);
             }
         }
     }
@@ -824,7 +825,7 @@ impl Supervisor {
     pub(super) fn sweep_removed(&mut self) {
         for prog in self.programs.iter_mut().filter(|p| p.removed) {
             prog.slots
-                .retain(|s| s.inst.state.is_up() || matches!(s.inst.state, state::State::Spawning));
+                .retain(|s| s.inst.state.is_up() || matches!(s.inst.state, State::Spawning));
             if prog.slots.is_empty() {
                 // A tombstone keeps only its name: no open output file, no resolved spec.
                 prog.files = [None, None];

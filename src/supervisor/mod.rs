@@ -8,13 +8,13 @@
 //! idle supervisor makes no wakeups at all.
 //!
 //! Decisions are not made here: each instance's restart, backoff, crash-loop and stop logic is the
-//! pure function [`state::Instance::step`]; this loop only feeds it events and carries out the
+//! pure function [`Instance::step`]; this loop only feeds it events and carries out the
 //! actions it returns (spawn, signal a process group, log a line).
 //!
 //! No zombies, no orphans: the supervisor is a child subreaper (`PR_SET_CHILD_SUBREAPER`), so
 //! grandchildren orphaned by a worker are re-parented to it, and on every `SIGCHLD` it reaps with
 //! `waitpid(-1, WNOHANG)` until nothing is left; stopping a worker signals its whole process group,
-//! and an instance is down only once that group is empty (see [`state`]); workers die with the
+//! and an instance is down only once that group is empty (see [`crate::lifecycle`]); workers die with the
 //! supervisor (`PR_SET_PDEATHSIG`), and their process groups with it through a guard process
 //! (`groups`: a small shell script, exec'd) — even when the supervisor is killed with `SIGKILL`,
 //! and when a supervisor is dropped without a completed shutdown. Spawn workers from the thread
@@ -25,8 +25,9 @@
 
 mod commands;
 mod groups;
-pub mod notify;
-pub mod output;
+pub(crate) mod notify;
+pub(crate) mod output;
+mod program;
 pub mod spawn;
 
 use std::collections::{HashMap, VecDeque};
@@ -45,7 +46,7 @@ use nix::unistd::Pid;
 pub use crate::config::OutputSpec;
 use crate::control::server::ControlServer;
 use crate::error::{Error, Result};
-use crate::lifecycle::{self as state, Action, Event, Instance};
+use crate::lifecycle::{Action, AfterStop, Event, Instance, State};
 use crate::log::LogHandle;
 use crate::policy::Jitter;
 pub use crate::policy::{ExitStatus, Policy, Readiness, Restart, StopWith};
@@ -54,102 +55,10 @@ use crate::stream::{LineFramer, ReadEnd, read_nonblocking};
 pub use commands::{ReloadPlan, ReloadSet, Reloader};
 use notify::{NotifyMessage, NotifySocket};
 use output::RotatingFile;
+pub use program::{InstanceStatus, ProgramDef, RunExit, Work};
 pub use spawn::{ExecSpec, WorkerContext, WorkerFn};
 use spawn::{Prepared, Sink};
 use std::ops::ControlFlow;
-
-/// What a program's workers run.
-#[derive(Clone)]
-// One per program, built once: boxing the larger variant would save nothing that matters.
-#[allow(clippy::large_enum_variant)]
-pub enum Work {
-    /// An exec'd program.
-    Exec(ExecSpec),
-    /// A Rust function in a forked child (only while the supervisor is single-threaded).
-    Fn(WorkerFn),
-}
-
-impl std::fmt::Debug for Work {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Work::Exec(e) => f.debug_tuple("Exec").field(e).finish(),
-            Work::Fn(_) => f.write_str("Fn(..)"),
-        }
-    }
-}
-
-/// One supervised program: N instances of the same work under one policy.
-#[derive(Debug, Clone)]
-pub struct ProgramDef {
-    /// The name, unique in the supervisor.
-    pub name: String,
-    /// How many instances to run.
-    pub instances: u32,
-    /// What each instance runs.
-    pub work: Work,
-    /// Restart, backoff, stop and readiness policy.
-    pub policy: Policy,
-    /// Where stdout goes.
-    pub stdout: OutputSpec,
-    /// Where stderr goes.
-    pub stderr: OutputSpec,
-    /// Rotate output files beyond this size.
-    pub log_max_bytes: u64,
-    /// Keep this many rotated output files.
-    pub log_keep: u32,
-    /// The configuration file that defines it (`status --json` shows it as `file`); `None` for
-    /// a program built in code. Not a setting: a reload that only moves a program to another
-    /// file leaves it running and updates this.
-    pub source: Option<PathBuf>,
-}
-
-impl ProgramDef {
-    /// A program with default policy and output to the log.
-    pub fn new(name: impl Into<String>, instances: u32, work: Work) -> ProgramDef {
-        ProgramDef {
-            name: name.into(),
-            instances,
-            work,
-            policy: Policy::default(),
-            stdout: OutputSpec::Log,
-            stderr: OutputSpec::Log,
-            log_max_bytes: 10 << 20,
-            log_keep: 5,
-            source: None,
-        }
-    }
-}
-
-/// A read-only view of one instance, for `warden status` and library users.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InstanceStatus {
-    /// The program name.
-    pub program: String,
-    /// The instance index, from 0.
-    pub index: usize,
-    /// The main pid, when a process is up.
-    pub pid: Option<i32>,
-    /// `starting`, `running`, `ready`, `backoff`, `stopping`, `exited`, `stopped` (by hand, kept
-    /// down until started again) or `fatal`.
-    pub state: &'static str,
-    /// How long the current process has been up.
-    pub uptime: Option<Duration>,
-    /// How many times it was restarted.
-    pub restarts: u32,
-    /// How the last process ended.
-    pub last_exit: Option<ExitStatus>,
-    /// The last `STATUS=` text it sent.
-    pub status_text: Option<String>,
-}
-
-/// Why [`Supervisor::run`] returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunExit {
-    /// Every worker has been stopped and reaped.
-    Shutdown,
-    /// `SIGHUP`: the caller should re-read its configuration, apply it, and call `run` again.
-    Reload,
-}
 
 const SIGNALS: Token = Token(0);
 const NOTIFY: Token = Token(1);
@@ -435,7 +344,7 @@ impl Supervisor {
                     status_text: s
                         .status_text
                         .clone()
-                        .filter(|_| s.inst.state != state::State::Stopped),
+                        .filter(|_| s.inst.state != State::Stopped),
                 })
             })
             .collect()
@@ -647,20 +556,14 @@ impl Supervisor {
     fn all_down(&self) -> bool {
         self.programs.iter().flat_map(|p| &p.slots).all(|s| {
             !s.inst.state.is_up()
-                && !matches!(
-                    s.inst.state,
-                    state::State::Stopping { .. } | state::State::Spawning
-                )
+                && !matches!(s.inst.state, State::Stopping { .. } | State::Spawning)
         })
     }
 
     fn program_down(&self, p: usize) -> bool {
         self.programs[p].slots.iter().all(|s| {
             !s.inst.state.is_up()
-                && !matches!(
-                    s.inst.state,
-                    state::State::Stopping { .. } | state::State::Spawning
-                )
+                && !matches!(s.inst.state, State::Stopping { .. } | State::Spawning)
         })
     }
 
@@ -677,12 +580,12 @@ impl Supervisor {
                     // Stop too, which makes it stay down: otherwise it is respawned mid-shutdown.
                     !matches!(
                         s.inst.state,
-                        state::State::Stopping {
-                            then: state::AfterStop::Stay,
+                        State::Stopping {
+                            then: AfterStop::Stay,
                             ..
-                        } | state::State::Exited
-                            | state::State::Stopped
-                            | state::State::Fatal
+                        } | State::Exited
+                            | State::Stopped
+                            | State::Fatal
                     )
                 })
                 .collect();
@@ -1164,7 +1067,7 @@ impl Supervisor {
             };
             if matches!(
                 self.programs[p].slots[pos].inst.state,
-                state::State::Stopping { pid, reaped: true, .. } if pid == pgid
+                State::Stopping { pid, reaped: true, .. } if pid == pgid
             ) {
                 self.apply(p, pos, Event::GroupEmpty);
                 self.remove_retired(p);
@@ -1219,7 +1122,7 @@ impl Supervisor {
         self.programs[p].slots.retain(|s| {
             !(s.retiring
                 && !s.inst.state.is_up()
-                && !matches!(s.inst.state, state::State::Stopping { .. }))
+                && !matches!(s.inst.state, State::Stopping { .. }))
         });
     }
 
@@ -1507,23 +1410,6 @@ fn descends_from(pid: i32, ancestor: i32) -> bool {
 
 fn pid_alive(pid: i32) -> bool {
     nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
-}
-
-impl ProgramDef {
-    /// The supervisor's view of a `[program.NAME]` table.
-    pub fn from_spec(spec: &crate::config::ProgramSpec) -> ProgramDef {
-        ProgramDef {
-            name: spec.name.clone(),
-            instances: spec.instances,
-            work: Work::Exec(spec.exec.clone()),
-            policy: spec.policy.clone(),
-            stdout: spec.stdout.clone(),
-            stderr: spec.stderr.clone(),
-            log_max_bytes: spec.log_max_bytes,
-            log_keep: spec.log_keep,
-            source: spec.source.clone(),
-        }
-    }
 }
 
 /// Logs what a batch of writes to a program's output file came to, through its [`Repeated`]
