@@ -17,8 +17,9 @@ use std::collections::VecDeque;
 use serde::Serialize;
 use serde_json::json;
 
+use super::table::{InstanceIndex, Program, ProgramId};
 use super::{
-    ExecState, OutputSpec, ProgramDef, Readiness, Supervisor, Work, new_slot, output::RotatingFile,
+    ExecState, OutputSpec, ProgramDef, Readiness, Supervisor, Work, output::RotatingFile,
     spawn::Prepared,
 };
 use crate::control::server::{ConnId, Incoming};
@@ -103,16 +104,16 @@ pub(super) struct Waiter {
     conn: ConnId,
     /// The request, as logged when it failed (`None`: not logged).
     what: Option<String>,
-    programs: Vec<usize>,
+    programs: Vec<ProgramId>,
     goal: Goal,
     result: serde_json::Value,
     last_progress: String,
 }
 
 pub(super) struct Rollout {
-    program: usize,
-    pending: VecDeque<usize>,
-    current: Option<usize>,
+    program: ProgramId,
+    pending: VecDeque<InstanceIndex>,
+    current: Option<InstanceIndex>,
     /// Leave instances stopped by hand alone (a reload), instead of starting them again (an
     /// operator's `restart`).
     keep_stopped: bool,
@@ -182,13 +183,13 @@ impl Supervisor {
         }
     }
 
-    fn programs_named(&self, names: &[String]) -> std::result::Result<Vec<usize>, String> {
+    fn programs_named(&self, names: &[String]) -> std::result::Result<Vec<ProgramId>, String> {
         if names.is_empty() {
-            return Ok(self.live_programs());
+            return Ok(self.table.live_programs());
         }
         let mut v = Vec::new();
         for n in names {
-            match self.find(n) {
+            match self.table.find(n) {
                 Ok(p) => v.push(p),
                 Err(_) => return Err(format!("no program named {n:?}")),
             }
@@ -196,15 +197,9 @@ impl Supervisor {
         Ok(v)
     }
 
-    pub(super) fn live_programs(&self) -> Vec<usize> {
-        (0..self.programs.len())
-            .filter(|&p| !self.programs[p].removed)
-            .collect()
-    }
-
     fn handle_command(&mut self, conn: ConnId, what: Option<String>, command: Command) {
         let what = what.as_deref();
-        if self.shutdown.is_some() && command.writes() {
+        if self.shutdown.active() && command.writes() {
             // A program started now would outlive the reverse-order stop already past it.
             self.reply(
                 conn,
@@ -239,7 +234,7 @@ impl Supervisor {
             Command::Start { programs } => match self.programs_named(&programs) {
                 Ok(ps) => {
                     for &p in &ps {
-                        let name = self.programs[p].def.name.clone();
+                        let name = self.table[p].def.name.clone();
                         let _ = self.start_program(&name);
                     }
                     self.wait(conn, what, ps, Goal::Up, json!({ "started": programs }));
@@ -254,11 +249,11 @@ impl Supervisor {
                         if self.rollouts.iter().any(|r| r.program == p) {
                             log::info!(
                                 "{}: rolling restart cancelled by stop",
-                                self.programs[p].def.name
+                                self.table[p].def.name
                             );
                             self.rollouts.retain(|r| r.program != p);
                         }
-                        let name = self.programs[p].def.name.clone();
+                        let name = self.table[p].def.name.clone();
                         let _ = self.stop_program(&name);
                     }
                     self.wait(conn, what, ps, Goal::Down, json!({ "stopped": programs }));
@@ -276,7 +271,7 @@ impl Supervisor {
             },
             Command::Scale { program, instances } => match self.scale(&program, instances) {
                 Ok(()) => {
-                    let p = self.find(&program).expect("just scaled");
+                    let p = self.table.find(&program).expect("just scaled");
                     self.wait(
                         conn,
                         what,
@@ -287,7 +282,7 @@ impl Supervisor {
                 }
                 // `scale` fails for an unknown name or a count beyond the limit (a bad request).
                 Err(e) => {
-                    let kind = match self.find(&program) {
+                    let kind = match self.table.find(&program) {
                         Err(_) => ErrorKind::NoSuchProgram,
                         Ok(_) => ErrorKind::BadRequest,
                     };
@@ -325,7 +320,7 @@ impl Supervisor {
         &mut self,
         conn: ConnId,
         what: Option<&str>,
-        programs: Vec<usize>,
+        programs: Vec<ProgramId>,
         goal: Goal,
         result: serde_json::Value,
     ) {
@@ -358,9 +353,9 @@ impl Supervisor {
             let mut failed = Vec::new();
             let up = matches!(w.goal, Goal::Up | Goal::Applied);
             for &p in &w.programs {
-                let prog = &self.programs[p];
+                let prog = &self.table[p];
                 let rolling = self.rollouts.iter().any(|r| r.program == p);
-                for s in &prog.slots {
+                for s in prog.slots() {
                     let tag = format!("{}[{}]", prog.def.name, s.index);
                     let st = &s.inst.state;
                     match w.goal {
@@ -428,17 +423,12 @@ impl Supervisor {
 
     /// Starts (or restarts from the top) a rolling restart of program `p`. With `keep_stopped`
     /// (a reload), instances stopped by hand are left down; an operator's `restart` starts them.
-    pub(super) fn begin_rollout(&mut self, p: usize, keep_stopped: bool) {
+    pub(super) fn begin_rollout(&mut self, p: ProgramId, keep_stopped: bool) {
         self.rollouts.retain(|r| r.program != p);
-        let pending: VecDeque<usize> = self.programs[p]
-            .slots
-            .iter()
-            .filter(|s| !s.retiring)
-            .map(|s| s.index)
-            .collect();
+        let pending: VecDeque<InstanceIndex> = self.table[p].live_indices().into();
         log::info!(
             "{}: rolling restart of {} instance(s)",
-            self.programs[p].def.name,
+            self.table[p].def.name,
             pending.len()
         );
         self.rollouts.push(Rollout {
@@ -457,12 +447,12 @@ impl Supervisor {
         rollouts.retain_mut(|r| loop {
             let p = r.program;
             if let Some(index) = r.current {
-                let Some(pos) = self.slot_pos(p, index) else {
+                let Some(pos) = self.table.slot_pos(p, index) else {
                     r.current = None;
                     continue;
                 };
-                let prog = &self.programs[p];
-                let slot = &prog.slots[pos];
+                let prog = &self.table[p];
+                let slot = &prog[pos];
                 let st = &slot.inst.state;
                 if slot.retiring {
                     // Scaled away while being replaced: nothing left to wait for.
@@ -487,10 +477,10 @@ impl Supervisor {
             }
             match r.pending.pop_front() {
                 Some(index) => {
-                    let Some(pos) = self.slot_pos(p, index) else {
+                    let Some(pos) = self.table.slot_pos(p, index) else {
                         continue;
                     };
-                    let slot = &self.programs[p].slots[pos];
+                    let slot = &self.table[p][pos];
                     // A slot scaled away since the rollout began is stopping for good: a
                     // `Restart` would bring it back (and keep `scale` waiting for ever).
                     if slot.retiring {
@@ -499,7 +489,7 @@ impl Supervisor {
                     if r.keep_stopped && slot.inst.manual_stop {
                         log::info!(
                             "{}[{index}]: stopped by hand; stays stopped (new settings apply at its next start)",
-                            self.programs[p].def.name
+                            self.table[p].def.name
                         );
                         continue;
                     }
@@ -507,7 +497,7 @@ impl Supervisor {
                     r.current = Some(index);
                 }
                 None => {
-                    log::info!("{}: rolling restart done", self.programs[p].def.name);
+                    log::info!("{}: rolling restart done", self.table[p].def.name);
                     return false;
                 }
             }
@@ -517,10 +507,10 @@ impl Supervisor {
     }
 
     /// The `status` result for programs `ps`.
-    pub(super) fn status_report(&self, ps: &[usize]) -> StatusReport {
+    pub(super) fn status_report(&self, ps: &[ProgramId]) -> StatusReport {
         let names: Vec<&str> = ps
             .iter()
-            .map(|&p| self.programs[p].def.name.as_str())
+            .map(|&p| self.table[p].def.name.as_str())
             .collect();
         StatusReport {
             daemon: DaemonInfo {
@@ -550,9 +540,9 @@ impl Supervisor {
             programs: ps
                 .iter()
                 .map(|&p| ProgramInfo {
-                    program: self.programs[p].def.name.clone(),
-                    instances: self.programs[p].def.instances,
-                    file: self.programs[p]
+                    program: self.table[p].def.name.clone(),
+                    instances: self.table[p].def.instances,
+                    file: self.table[p]
                         .def
                         .source
                         .as_ref()
@@ -567,7 +557,7 @@ impl Supervisor {
     pub(super) fn reload(
         &mut self,
         dry_run: bool,
-    ) -> std::result::Result<(ReloadPlan, Vec<usize>), (ErrorKind, String)> {
+    ) -> std::result::Result<(ReloadPlan, Vec<ProgramId>), (ErrorKind, String)> {
         if self.reloader.is_none() {
             return Err((
                 ErrorKind::Failed,
@@ -612,10 +602,10 @@ impl Supervisor {
             ..ReloadPlan::default()
         };
         for def in &set.programs {
-            match self.find(&def.name) {
+            match self.table.find(&def.name) {
                 Err(_) => plan.added.push(def.name.clone()),
                 Ok(p) => {
-                    let old = &self.programs[p].def;
+                    let old = &self.table[p].def;
                     if !same_config(old, def) && self.stopped_by_hand(p) {
                         plan.changed_stopped.push(def.name.clone());
                     } else if !same_config(old, def) {
@@ -629,8 +619,8 @@ impl Supervisor {
                 }
             }
         }
-        for p in self.live_programs() {
-            let name = &self.programs[p].def.name;
+        for p in self.table.live_programs() {
+            let name = &self.table[p].def.name;
             if !set.programs.iter().any(|d| &d.name == name) {
                 plan.removed.push(name.clone());
             }
@@ -640,8 +630,8 @@ impl Supervisor {
 
     /// Whether every instance of program `p` was stopped by hand (`warden stop PROG`) and is
     /// kept down: a reload must not start it again.
-    fn stopped_by_hand(&self, p: usize) -> bool {
-        let mut live = self.programs[p].slots.iter().filter(|s| !s.retiring);
+    fn stopped_by_hand(&self, p: ProgramId) -> bool {
+        let mut live = self.table[p].slots().iter().filter(|s| !s.retiring);
         let mut any = false;
         live.all(|s| {
             any = true;
@@ -653,7 +643,7 @@ impl Supervisor {
         &mut self,
         set: ReloadSet,
         plan: &ReloadPlan,
-    ) -> std::result::Result<Vec<usize>, (ErrorKind, String)> {
+    ) -> std::result::Result<Vec<ProgramId>, (ErrorKind, String)> {
         // Resolve everything first: a typo in a user name must not leave half a reload behind.
         let mut prepared: Vec<(ProgramDef, Option<Prepared>, [Option<RotatingFile>; 2])> =
             Vec::new();
@@ -674,31 +664,26 @@ impl Supervisor {
         let internal = |e: Error| (ErrorKind::Failed, e.to_string());
         let mut touched = Vec::new();
         for name in &plan.removed {
-            let p = self.find(name).map_err(internal)?;
+            let p = self.table.find(name).map_err(internal)?;
             self.rollouts.retain(|r| r.program != p);
             let _ = self.stop_program(name);
-            self.programs[p].removed = true;
+            self.table[p].removed = true;
         }
         for (def, prep, files) in prepared {
             if plan.added.contains(&def.name) {
-                self.add_prepared(def, prep, files);
-                touched.push(self.programs.len() - 1);
+                touched.push(self.add_prepared(def, prep, files));
                 continue;
             }
-            let p = self.find(&def.name).map_err(internal)?;
+            let p = self.table.find(&def.name).map_err(internal)?;
             let instances = def.instances;
             {
-                let prog = &mut self.programs[p];
+                let prog = &mut self.table[p];
                 prog.def = def;
                 prog.prepared = prep;
                 prog.files = files;
             }
-            let name = self.programs[p].def.name.clone();
-            let live = self.programs[p]
-                .slots
-                .iter()
-                .filter(|s| !s.retiring)
-                .count();
+            let name = self.table[p].def.name.clone();
+            let live = self.table[p].live_indices().len();
             // Fewer instances first, so that the rollout does not replace the ones about to go.
             if (instances as usize) < live {
                 self.scale(&name, instances).map_err(internal)?;
@@ -717,7 +702,7 @@ impl Supervisor {
             }
         }
         for (name, from, to) in &plan.scaled {
-            let p = self.find(name).map_err(internal)?;
+            let p = self.table.find(name).map_err(internal)?;
             // A program stopped by hand stays stopped: its new instances too.
             if to > from && self.stopped_by_hand(p) {
                 self.add_stopped_instances(p, *to);
@@ -729,8 +714,8 @@ impl Supervisor {
         // Where each program is defined is not a setting (`same_config` ignores it), so an
         // unchanged program whose table moved to another file is only told its new file.
         for def in &set.programs {
-            if let Ok(p) = self.find(&def.name) {
-                self.programs[p].def.source.clone_from(&def.source);
+            if let Ok(p) = self.table.find(&def.name) {
+                self.table[p].def.source.clone_from(&def.source);
             }
         }
         self.scale_program = set.scale_program;
@@ -742,29 +727,16 @@ impl Supervisor {
     /// after it was created, so that it starts with the others at the next `start PROG`. An
     /// instance with that index still stopping after an earlier scale-down is kept instead,
     /// and stays down once stopped.
-    fn add_stopped_instances(&mut self, p: usize, instances: u32) {
-        let live = self.programs[p]
-            .slots
-            .iter()
-            .filter(|s| !s.retiring)
-            .count();
+    fn add_stopped_instances(&mut self, p: ProgramId, instances: u32) {
+        let live = self.table[p].live_indices().len();
         for index in live..instances as usize {
-            let pos = match self.programs[p].slots.iter().position(|s| s.index == index) {
-                Some(pos) => {
-                    self.programs[p].slots[pos].retiring = false;
-                    pos
-                }
-                None => {
-                    self.programs[p].slots.push(new_slot(index));
-                    self.programs[p].slots.len() - 1
-                }
-            };
+            let pos = self.table[p].slot_for_index(InstanceIndex(index));
             // From `exited` a stop makes the instance `stopped` (by hand); from `stopping` it
             // turns a pending restart into staying down.
             self.apply(p, pos, Event::Stop);
         }
-        self.programs[p].def.instances = instances;
-        let name = &self.programs[p].def.name;
+        self.table[p].def.instances = instances;
+        let name = &self.table[p].def.name;
         log::info!("{name}: scaled to {instances} instance(s), kept stopped");
     }
 
@@ -804,29 +776,21 @@ impl Supervisor {
         def: ProgramDef,
         prepared: Option<Prepared>,
         files: [Option<RotatingFile>; 2],
-    ) {
-        let slots = (0..def.instances as usize).map(new_slot).collect();
-        self.programs.push(super::Program {
-            def,
-            prepared,
-            slots,
-            files,
-            removed: false,
-        });
-        if self.started && self.shutdown.is_none() {
-            let p = self.programs.len() - 1;
-            for i in 0..self.programs[p].slots.len() {
+    ) -> ProgramId {
+        let p = self.table.push(Program::new(def, prepared, files));
+        if self.started && !self.shutdown.active() {
+            for i in self.table[p].positions() {
                 self.apply(p, i, Event::Start);
             }
         }
+        p
     }
 
     /// Drops the instances of removed programs once they are down.
     pub(super) fn sweep_removed(&mut self) {
-        for prog in self.programs.iter_mut().filter(|p| p.removed) {
-            prog.slots
-                .retain(|s| s.inst.state.is_up() || matches!(s.inst.state, State::Spawning));
-            if prog.slots.is_empty() {
+        for prog in self.table.programs_mut().iter_mut().filter(|p| p.removed) {
+            prog.retain_slots(|s| s.inst.state.is_up() || matches!(s.inst.state, State::Spawning));
+            if prog.slots().is_empty() {
                 // A tombstone keeps only its name: no open output file, no resolved spec.
                 prog.files = [None, None];
                 prog.prepared = None;

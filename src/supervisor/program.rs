@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::config::OutputSpec;
+use crate::lifecycle::State;
 use crate::policy::{ExitStatus, Policy};
 
 use super::spawn::{ExecSpec, WorkerFn};
@@ -84,9 +85,8 @@ pub struct InstanceStatus {
     pub index: usize,
     /// The main pid, when a process is up.
     pub pid: Option<i32>,
-    /// `starting`, `running`, `ready`, `backoff`, `stopping`, `exited`, `stopped` (by hand, kept
-    /// down until started again) or `fatal`.
-    pub state: &'static str,
+    /// Where the instance is (its [`InstanceState::name`] is what `warden status` shows).
+    pub state: InstanceState,
     /// How long the current process has been up.
     pub uptime: Option<Duration>,
     /// How many times it was restarted.
@@ -97,7 +97,66 @@ pub struct InstanceStatus {
     pub status_text: Option<String>,
 }
 
-/// Why [`Supervisor::run`] returned.
+/// Where an instance is, as `warden status` shows it: the state machine's state without its
+/// data (a spawn under way shows as `starting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InstanceState {
+    /// Spawned, not yet running or ready.
+    Starting,
+    /// Up (not yet ready, for a program with a readiness check).
+    Running,
+    /// Up and ready.
+    Ready,
+    /// Waiting to restart.
+    Backoff,
+    /// Being stopped.
+    Stopping,
+    /// Never started, or exited and not restarted.
+    Exited,
+    /// Stopped by hand, kept down until started again.
+    Stopped,
+    /// Gave up restarting (crash loop, or a start that cannot succeed).
+    Fatal,
+}
+
+impl InstanceState {
+    /// The name `warden status` and its JSON show: `starting`, `running`, `ready`, `backoff`,
+    /// `stopping`, `exited`, `stopped` or `fatal`.
+    pub fn name(self) -> &'static str {
+        match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Running => "running",
+            InstanceState::Ready => "ready",
+            InstanceState::Backoff => "backoff",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Exited => "exited",
+            InstanceState::Stopped => "stopped",
+            InstanceState::Fatal => "fatal",
+        }
+    }
+
+    /// The state `state` shows as.
+    pub fn of(state: &State) -> InstanceState {
+        match state {
+            State::Exited => InstanceState::Exited,
+            State::Stopped => InstanceState::Stopped,
+            State::Spawning | State::Starting { .. } => InstanceState::Starting,
+            State::Running { .. } => InstanceState::Running,
+            State::Ready { .. } => InstanceState::Ready,
+            State::Backoff { .. } => InstanceState::Backoff,
+            State::Stopping { .. } => InstanceState::Stopping,
+            State::Fatal => InstanceState::Fatal,
+        }
+    }
+}
+
+impl std::fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why [`Supervisor::run`](super::Supervisor::run) returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunExit {
     /// Every worker has been stopped and reaped.
