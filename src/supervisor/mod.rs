@@ -4,7 +4,7 @@
 //! Everything that happens reaches the loop as a readable descriptor — the signal self-pipe
 //! (`SIGCHLD` among others), the private notify socket, the control socket, each worker's exec
 //! report and stdout and stderr pipes — through one `epoll` instance (mio), each token mapped to
-//! its [`Source`](sources::Source). The poll timeout is the nearest deadline of any instance (a
+//! its `Source` (`sources.rs`). The poll timeout is the nearest deadline of any instance (a
 //! backoff, a stop timeout, a readiness or watchdog limit) and infinite when there is none: an
 //! idle supervisor makes no wakeups at all.
 //!
@@ -12,7 +12,7 @@
 //!
 //! Each instance's restart, backoff, crash-loop and stop logic is the pure function
 //! [`Instance::step`](crate::lifecycle::Instance::step); `apply` here feeds it events and carries out the actions it returns
-//! (spawn, signal a process group, log one line per change, [`transition_line`]). Loop-level
+//! (spawn, signal a process group, log one line per change, `transition_line`). Loop-level
 //! decisions are made in the parts, each on its own data: the shutdown order and deadline
 //! (`shutdown.rs`, pure), what a reaped pid means and `MAINPID=` bookkeeping (`table.rs`),
 //! `MAINPID=` attribution (`notify.rs`), stray killing (`reap.rs`), output routing
@@ -41,7 +41,7 @@ mod program;
 mod reap;
 mod shutdown;
 mod sources;
-pub mod spawn;
+mod spawn;
 mod table;
 #[cfg(test)]
 mod tests;
