@@ -107,10 +107,8 @@ pub struct Supervisor {
     jitter: Jitter,
     started: bool,
     registered_signals: Option<i32>,
-    /// Our own service manager's watchdog: (notifier, ping interval, next ping).
-    service_watchdog: Option<(crate::daemon::Notifier, Duration, Instant)>,
-    /// Our own service manager, told about reloads.
-    notifier: Option<crate::daemon::Notifier>,
+    /// Our own service manager (systemd).
+    manager: ServiceManager,
     control: Option<ControlServer>,
     waiters: Vec<commands::Waiter>,
     rollouts: Vec<commands::Rollout>,
@@ -156,8 +154,7 @@ impl Supervisor {
             jitter: Jitter::from_entropy(),
             started: false,
             registered_signals: None,
-            service_watchdog: None,
-            notifier: None,
+            manager: ServiceManager::default(),
             control: None,
             waiters: Vec::new(),
             rollouts: Vec::new(),
@@ -175,16 +172,20 @@ impl Supervisor {
     /// Pings our own service manager (`WATCHDOG=1`) every `interval` from the loop, as a
     /// deadline like any other (systemd asks for half of `WATCHDOG_USEC`).
     pub fn set_service_watchdog(&mut self, notifier: crate::daemon::Notifier, interval: Duration) {
-        self.service_watchdog = Some((notifier, interval, Instant::now() + interval));
+        self.manager.watchdog = Some(ManagerWatchdog {
+            notifier,
+            interval,
+            next: Instant::now() + interval,
+        });
     }
 
     /// Tells our own service manager (systemd) about reloads (`RELOADING=1`, `READY=1`).
     pub fn set_notifier(&mut self, notifier: crate::daemon::Notifier) {
-        self.notifier = Some(notifier);
+        self.manager.notifier = Some(notifier);
     }
 
     fn notify_manager(&self, msg: &str) {
-        if let Some(n) = &self.notifier {
+        if let Some(n) = &self.manager.notifier {
             let _ = n.notify(msg);
         }
     }
@@ -471,7 +472,7 @@ impl Supervisor {
                     .iter()
                     .filter_map(|s| s.inst.deadline(&p.def.policy))
             })
-            .chain(self.service_watchdog.as_ref().map(|w| w.2))
+            .chain(self.manager.watchdog.as_ref().map(|w| w.next))
             .chain(self.shutdown.deadline)
             .chain(self.control.as_ref().and_then(ControlServer::next_deadline))
             .min()
@@ -483,11 +484,9 @@ impl Supervisor {
         if let Some(c) = self.control.as_mut() {
             c.expire_idle(now, self.poll.registry());
         }
-        if let Some((notifier, interval, next)) =
-            self.service_watchdog.as_mut().filter(|w| w.2 <= now)
-        {
-            let _ = notifier.notify("WATCHDOG=1");
-            *next = now + *interval;
+        if let Some(w) = self.manager.watchdog.as_mut().filter(|w| w.next <= now) {
+            let _ = w.notifier.notify("WATCHDOG=1");
+            w.next = now + w.interval;
         }
         for p in self.table.ids() {
             for i in self.table[p].positions() {
@@ -732,6 +731,21 @@ impl Supervisor {
             log::error!("cannot scale {name}: {e}");
         }
     }
+}
+
+/// Our own service manager: told about reloads (`RELOADING=1`, `READY=1`), and pinged for its
+/// watchdog from the loop.
+#[derive(Default)]
+struct ServiceManager {
+    notifier: Option<crate::daemon::Notifier>,
+    watchdog: Option<ManagerWatchdog>,
+}
+
+/// Our own service manager's watchdog (`WATCHDOG=1` every `interval`).
+struct ManagerWatchdog {
+    notifier: crate::daemon::Notifier,
+    interval: Duration,
+    next: Instant,
 }
 
 /// Why a worker's exec (or the set-up before it) failed, from its report: the failed `step` and
