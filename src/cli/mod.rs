@@ -351,9 +351,9 @@ fn stop(config: &Config, timeout: Duration) -> ExitCode {
         .ok()
         .filter(|_| matches!(Pidfile::held_by(path, pid), Ok(true)));
     let sent = match &process {
-        Some(p) => p.signal(Signal::SIGTERM).map_err(|e| {
-            nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
-        }),
+        Some(p) => p
+            .signal(Signal::SIGTERM)
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
         None => kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM),
     };
     match sent {

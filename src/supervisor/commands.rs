@@ -10,6 +10,7 @@
 use serde_json::json;
 
 use super::Supervisor;
+use super::table::ProgramId;
 use super::waiters::{Goal, Waiter};
 use crate::control::server::{ConnId, Incoming};
 use crate::control::{Command, ErrorKind, Reply};
@@ -70,7 +71,7 @@ impl Supervisor {
     fn wait_for(
         &mut self,
         caller: Caller<'_>,
-        programs: Vec<usize>,
+        programs: Vec<ProgramId>,
         goal: Goal,
         result: serde_json::Value,
     ) {
@@ -81,13 +82,13 @@ impl Supervisor {
 
     /// The programs `names` (every live one when empty); an unknown name answers `caller`
     /// with `NoSuchProgram` and gives `None`.
-    fn programs_named(&mut self, caller: Caller<'_>, names: &[String]) -> Option<Vec<usize>> {
+    fn programs_named(&mut self, caller: Caller<'_>, names: &[String]) -> Option<Vec<ProgramId>> {
         if names.is_empty() {
-            return Some(self.live_programs());
+            return Some(self.table.live_programs());
         }
         let mut v = Vec::new();
         for n in names {
-            match self.find(n) {
+            match self.table.find(n) {
                 Ok(p) => v.push(p),
                 Err(_) => {
                     let reply =
@@ -100,14 +101,8 @@ impl Supervisor {
         Some(v)
     }
 
-    pub(super) fn live_programs(&self) -> Vec<usize> {
-        (0..self.programs.len())
-            .filter(|&p| !self.programs[p].removed)
-            .collect()
-    }
-
     fn handle_command(&mut self, caller: Caller<'_>, command: Command) {
-        if self.shutdown.is_some() && command.writes() {
+        if self.shutdown.active() && command.writes() {
             // A program started now would outlive the reverse-order stop already past it.
             let reply = Reply::failed(ErrorKind::Busy, "warden is shutting down");
             self.reply(caller, reply);
@@ -148,7 +143,7 @@ impl Supervisor {
             return;
         };
         for &p in &ps {
-            let name = self.programs[p].def.name.clone();
+            let name = self.table[p].def.name.clone();
             let _ = self.start_program(&name);
         }
         self.wait_for(caller, ps, Goal::Up, json!({ "started": programs }));
@@ -163,10 +158,10 @@ impl Supervisor {
             // A stop beats a rolling restart in progress: the rollout would start the instances
             // it has not reached yet again.
             if self.cancel_rollout(p) {
-                let name = &self.programs[p].def.name;
+                let name = &self.table[p].def.name;
                 log::info!("{name}: rolling restart cancelled by stop");
             }
-            let name = self.programs[p].def.name.clone();
+            let name = self.table[p].def.name.clone();
             let _ = self.stop_program(&name);
         }
         self.wait_for(caller, ps, Goal::Down, json!({ "stopped": programs }));
@@ -187,13 +182,13 @@ impl Supervisor {
     fn on_scale(&mut self, caller: Caller<'_>, program: String, instances: u32) {
         match self.scale(&program, instances) {
             Ok(()) => {
-                let p = self.find(&program).expect("just scaled");
+                let p = self.table.find(&program).expect("just scaled");
                 let result = json!({ "program": program, "instances": instances });
                 self.wait_for(caller, vec![p], Goal::Up, result);
             }
             // `scale` fails for an unknown name or a count beyond the limit (a bad request).
             Err(e) => {
-                let kind = match self.find(&program) {
+                let kind = match self.table.find(&program) {
                     Err(_) => ErrorKind::NoSuchProgram,
                     Ok(_) => ErrorKind::BadRequest,
                 };

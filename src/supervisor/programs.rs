@@ -2,7 +2,8 @@
 //! a program whose resources are resolved, opening its output files, and dropping the
 //! instances of removed programs once they are down. It decides no policy of its own.
 
-use super::{OutputSpec, ProgramDef, Supervisor, new_slot, output::RotatingFile, spawn::Prepared};
+use super::table::{Program, ProgramId};
+use super::{OutputSpec, ProgramDef, Supervisor, output::RotatingFile, spawn::Prepared};
 use crate::error::Result;
 use crate::lifecycle::{Event, State};
 
@@ -13,29 +14,21 @@ impl Supervisor {
         def: ProgramDef,
         prepared: Option<Prepared>,
         files: [Option<RotatingFile>; 2],
-    ) {
-        let slots = (0..def.instances as usize).map(new_slot).collect();
-        self.programs.push(super::Program {
-            def,
-            prepared,
-            slots,
-            files,
-            removed: false,
-        });
-        if self.started && self.shutdown.is_none() {
-            let p = self.programs.len() - 1;
-            for i in 0..self.programs[p].slots.len() {
+    ) -> ProgramId {
+        let p = self.table.push(Program::new(def, prepared, files));
+        if self.started && !self.shutdown.active() {
+            for i in self.table[p].positions() {
                 self.apply(p, i, Event::Start);
             }
         }
+        p
     }
 
     /// Drops the instances of removed programs once they are down.
     pub(super) fn sweep_removed(&mut self) {
-        for prog in self.programs.iter_mut().filter(|p| p.removed) {
-            prog.slots
-                .retain(|s| s.inst.state.is_up() || matches!(s.inst.state, State::Spawning));
-            if prog.slots.is_empty() {
+        for prog in self.table.programs_mut().iter_mut().filter(|p| p.removed) {
+            prog.retain_slots(|s| s.inst.state.is_up() || matches!(s.inst.state, State::Spawning));
+            if prog.slots().is_empty() {
                 // A tombstone keeps only its name: no open output file, no resolved spec.
                 prog.files = [None, None];
                 prog.prepared = None;

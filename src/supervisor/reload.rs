@@ -9,7 +9,8 @@
 use serde::Serialize;
 
 use super::programs::open_files;
-use super::{ProgramDef, Supervisor, Work, new_slot, output::RotatingFile, spawn::Prepared};
+use super::table::{InstanceIndex, ProgramId};
+use super::{ProgramDef, Supervisor, Work, output::RotatingFile, spawn::Prepared};
 use crate::control::ErrorKind;
 use crate::error::Error;
 use crate::lifecycle::Event;
@@ -157,7 +158,7 @@ impl Supervisor {
     pub(super) fn reload(
         &mut self,
         dry_run: bool,
-    ) -> std::result::Result<(ReloadPlan, Vec<usize>), (ErrorKind, String)> {
+    ) -> std::result::Result<(ReloadPlan, Vec<ProgramId>), (ErrorKind, String)> {
         if self.reloader.is_none() {
             return Err((
                 ErrorKind::Failed,
@@ -198,10 +199,11 @@ impl Supervisor {
 
     /// The live programs as [`ReloadPlan::diff`] sees them, in order.
     fn running(&self) -> Vec<Running<'_>> {
-        self.live_programs()
+        self.table
+            .live_programs()
             .into_iter()
             .map(|p| Running {
-                def: &self.programs[p].def,
+                def: &self.table[p].def,
                 stopped_by_hand: self.stopped_by_hand(p),
             })
             .collect()
@@ -209,10 +211,10 @@ impl Supervisor {
 
     /// Whether every instance of program `p` was stopped by hand (`warden stop PROG`) and is
     /// kept down: a reload must not start it again.
-    fn stopped_by_hand(&self, p: usize) -> bool {
+    fn stopped_by_hand(&self, p: ProgramId) -> bool {
         all_stopped_by_hand(
-            self.programs[p]
-                .slots
+            self.table[p]
+                .slots()
                 .iter()
                 .filter(|s| !s.retiring)
                 .map(|s| s.inst.manual_stop),
@@ -225,19 +227,18 @@ impl Supervisor {
         &mut self,
         set: ReloadSet,
         plan: &ReloadPlan,
-    ) -> std::result::Result<Vec<usize>, (ErrorKind, String)> {
+    ) -> std::result::Result<Vec<ProgramId>, (ErrorKind, String)> {
         let prepared = self.prepare_reload(&set, plan)?;
         let mut touched = Vec::new();
         for name in &plan.removed {
-            let p = self.find(name).map_err(internal)?;
+            let p = self.table.find(name).map_err(internal)?;
             self.cancel_rollout(p);
             let _ = self.stop_program(name);
-            self.programs[p].removed = true;
+            self.table[p].removed = true;
         }
         for (def, prep, files) in prepared {
             if plan.added.contains(&def.name) {
-                self.add_prepared(def, prep, files);
-                touched.push(self.programs.len() - 1);
+                touched.push(self.add_prepared(def, prep, files));
                 continue;
             }
             let stays_stopped = plan.changed_stopped.contains(&def.name);
@@ -246,7 +247,7 @@ impl Supervisor {
             }
         }
         for (name, from, to) in &plan.scaled {
-            let p = self.find(name).map_err(internal)?;
+            let p = self.table.find(name).map_err(internal)?;
             // A program stopped by hand stays stopped: its new instances too.
             if to > from && self.stopped_by_hand(p) {
                 self.add_stopped_instances(p, *to);
@@ -258,8 +259,8 @@ impl Supervisor {
         // Where each program is defined is not a setting (`same_config` ignores it), so an
         // unchanged program whose table moved to another file is only told its new file.
         for def in &set.programs {
-            if let Ok(p) = self.find(&def.name) {
-                self.programs[p].def.source.clone_from(&def.source);
+            if let Ok(p) = self.table.find(&def.name) {
+                self.table[p].def.source.clone_from(&def.source);
             }
         }
         self.scale_program = set.scale_program;
@@ -301,21 +302,17 @@ impl Supervisor {
         prep: Option<Prepared>,
         files: [Option<RotatingFile>; 2],
         stays_stopped: bool,
-    ) -> std::result::Result<Option<usize>, (ErrorKind, String)> {
-        let p = self.find(&def.name).map_err(internal)?;
+    ) -> std::result::Result<Option<ProgramId>, (ErrorKind, String)> {
+        let p = self.table.find(&def.name).map_err(internal)?;
         let instances = def.instances;
         let name = def.name.clone();
         {
-            let prog = &mut self.programs[p];
+            let prog = &mut self.table[p];
             prog.def = def;
             prog.prepared = prep;
             prog.files = files;
         }
-        let live = self.programs[p]
-            .slots
-            .iter()
-            .filter(|s| !s.retiring)
-            .count();
+        let live = self.table[p].live_indices().len();
         // Fewer instances first, so that the rollout does not replace the ones about to go.
         if (instances as usize) < live {
             self.scale(&name, instances).map_err(internal)?;
@@ -336,29 +333,16 @@ impl Supervisor {
     /// after it was created, so that it starts with the others at the next `start PROG`. An
     /// instance with that index still stopping after an earlier scale-down is kept instead,
     /// and stays down once stopped.
-    fn add_stopped_instances(&mut self, p: usize, instances: u32) {
-        let live = self.programs[p]
-            .slots
-            .iter()
-            .filter(|s| !s.retiring)
-            .count();
+    fn add_stopped_instances(&mut self, p: ProgramId, instances: u32) {
+        let live = self.table[p].live_indices().len();
         for index in live..instances as usize {
-            let pos = match self.programs[p].slots.iter().position(|s| s.index == index) {
-                Some(pos) => {
-                    self.programs[p].slots[pos].retiring = false;
-                    pos
-                }
-                None => {
-                    self.programs[p].slots.push(new_slot(index));
-                    self.programs[p].slots.len() - 1
-                }
-            };
+            let pos = self.table[p].slot_for_index(InstanceIndex(index));
             // From `exited` a stop makes the instance `stopped` (by hand); from `stopping` it
             // turns a pending restart into staying down.
             self.apply(p, pos, Event::Stop);
         }
-        self.programs[p].def.instances = instances;
-        let name = &self.programs[p].def.name;
+        self.table[p].def.instances = instances;
+        let name = &self.table[p].def.name;
         log::info!("{name}: scaled to {instances} instance(s), kept stopped");
     }
 

@@ -9,17 +9,18 @@
 use std::collections::VecDeque;
 
 use super::snapshot::ProgramView;
+use super::table::{InstanceIndex, ProgramId};
 use super::{ExecState, Supervisor};
 use crate::lifecycle::{Event, State};
 
 /// One rolling restart under way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Rollout {
-    program: usize,
+    program: ProgramId,
     /// The indices still to restart, in order.
-    pending: VecDeque<usize>,
+    pending: VecDeque<InstanceIndex>,
     /// The index restarted last, until its replacement serves.
-    current: Option<usize>,
+    current: Option<InstanceIndex>,
     /// Leave instances stopped by hand alone (a reload), instead of starting them again (an
     /// operator's `restart`).
     keep_stopped: bool,
@@ -29,9 +30,9 @@ pub(super) struct Rollout {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Next {
     /// Restart instance `index` now, then ask again.
-    Restart(usize),
+    Restart(InstanceIndex),
     /// Instance `index` is stopped by hand and a reload leaves it so; ask again.
-    LeaveStopped(usize),
+    LeaveStopped(InstanceIndex),
     /// The replacement restarted last does not serve yet.
     Wait,
     /// Every instance was replaced: the rollout is over.
@@ -39,7 +40,7 @@ pub(super) enum Next {
     /// Instance `index` did not come back, for `reason`: the rollout is over.
     Failed {
         /// The instance.
-        index: usize,
+        index: InstanceIndex,
         /// Why, as logged after `rolling restart stopped: `.
         reason: String,
     },
@@ -48,7 +49,7 @@ pub(super) enum Next {
 impl Rollout {
     /// A rolling restart of program `p` (seen as `program`): every instance not retiring, in
     /// slot order.
-    pub fn new(p: usize, program: &ProgramView<'_>, keep_stopped: bool) -> Rollout {
+    pub fn new(p: ProgramId, program: &ProgramView<'_>, keep_stopped: bool) -> Rollout {
         Rollout {
             program: p,
             pending: program
@@ -116,12 +117,12 @@ impl Rollout {
 impl Supervisor {
     /// Starts (or restarts from the top) a rolling restart of program `p`. With `keep_stopped`
     /// (a reload), instances stopped by hand are left down; an operator's `restart` starts them.
-    pub(super) fn begin_rollout(&mut self, p: usize, keep_stopped: bool) {
+    pub(super) fn begin_rollout(&mut self, p: ProgramId, keep_stopped: bool) {
         self.cancel_rollout(p);
         let rollout = Rollout::new(p, &self.program_view(p), keep_stopped);
         log::info!(
             "{}: rolling restart of {} instance(s)",
-            self.programs[p].def.name,
+            self.table[p].def.name,
             rollout.remaining()
         );
         self.rollouts.push(rollout);
@@ -129,12 +130,12 @@ impl Supervisor {
     }
 
     /// Whether a rolling restart of program `p` is under way.
-    pub(super) fn rolling(&self, p: usize) -> bool {
+    pub(super) fn rolling(&self, p: ProgramId) -> bool {
         self.rollouts.iter().any(|r| r.program == p)
     }
 
     /// Ends the rolling restart of program `p`, if any; whether there was one.
-    pub(super) fn cancel_rollout(&mut self, p: usize) -> bool {
+    pub(super) fn cancel_rollout(&mut self, p: ProgramId) -> bool {
         let before = self.rollouts.len();
         self.rollouts.retain(|r| r.program != p);
         self.rollouts.len() != before
@@ -154,10 +155,10 @@ impl Supervisor {
         let p = r.program;
         loop {
             let next = r.next(&self.program_view(p));
-            let name = &self.programs[p].def.name;
+            let name = &self.table[p].def.name;
             match next {
                 Next::Restart(index) => {
-                    let pos = self.slot_pos(p, index).expect("in the snapshot");
+                    let pos = self.table.slot_pos(p, index).expect("in the snapshot");
                     self.apply(p, pos, Event::Restart);
                 }
                 Next::LeaveStopped(index) => log::info!(
@@ -188,7 +189,7 @@ mod tests {
     use crate::supervisor::snapshot::serving;
 
     fn begin(program: &Program, keep_stopped: bool) -> Rollout {
-        Rollout::new(0, &program.view(), keep_stopped)
+        Rollout::new(ProgramId(0), &program.view(), keep_stopped)
     }
 
     /// Plays the supervisor: asks for the next step, carries out `Restart` (the instance is
@@ -199,8 +200,8 @@ mod tests {
         loop {
             match r.next(&program.view()) {
                 Next::Restart(index) => {
-                    program.at(index).state = fake::restarting();
-                    restarted.push(index);
+                    program.at(index.0).state = fake::restarting();
+                    restarted.push(index.0);
                 }
                 Next::LeaveStopped(_) => {}
                 other => return (restarted, other),
@@ -287,7 +288,7 @@ mod tests {
         web.at(0).state = fake::starting();
         web.at(0).exec = ExecState::Failed("exec ./web: No such file".into());
         let failed = Next::Failed {
-            index: 0,
+            index: InstanceIndex(0),
             reason: "exec ./web: No such file".into(),
         };
         assert_eq!(run(&mut r, &mut web), (vec![], failed));
@@ -307,7 +308,13 @@ mod tests {
             let reason = format!("the instance did not come back ({name})");
             assert_eq!(
                 run(&mut r, &mut web),
-                (vec![], Next::Failed { index: 0, reason })
+                (
+                    vec![],
+                    Next::Failed {
+                        index: InstanceIndex(0),
+                        reason
+                    }
+                )
             );
         }
     }
@@ -351,8 +358,8 @@ mod tests {
         web.at(0).state = State::Stopped;
         web.at(0).manual_stop = true;
         let mut r = begin(&web, true);
-        assert_eq!(r.next(&web.view()), Next::LeaveStopped(0));
-        assert_eq!(r.next(&web.view()), Next::Restart(1));
+        assert_eq!(r.next(&web.view()), Next::LeaveStopped(InstanceIndex(0)));
+        assert_eq!(r.next(&web.view()), Next::Restart(InstanceIndex(1)));
     }
 
     #[test]
@@ -361,7 +368,7 @@ mod tests {
         web.at(0).state = State::Stopped;
         web.at(0).manual_stop = true;
         let mut r = begin(&web, false);
-        assert_eq!(r.next(&web.view()), Next::Restart(0));
+        assert_eq!(r.next(&web.view()), Next::Restart(InstanceIndex(0)));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! so that they can be tested without a supervisor. This file builds snapshots and answers
 //! questions about them; it must not change anything.
 
+use super::table::{InstanceIndex, ProgramId};
 use super::{ExecState, Readiness, Supervisor};
 use crate::lifecycle::State;
 
@@ -25,7 +26,7 @@ pub(super) struct ProgramView<'a> {
 #[derive(Debug, Clone)]
 pub(super) struct InstanceView<'a> {
     /// Its index (`web[2]`).
-    pub index: usize,
+    pub index: InstanceIndex,
     /// Its state.
     pub state: &'a State,
     /// Whether its current process has exec'd.
@@ -38,7 +39,7 @@ pub(super) struct InstanceView<'a> {
 
 impl ProgramView<'_> {
     /// The instance with `index`, if the program still has one.
-    pub fn instance(&self, index: usize) -> Option<&InstanceView<'_>> {
+    pub fn instance(&self, index: InstanceIndex) -> Option<&InstanceView<'_>> {
         self.instances.iter().find(|i| i.index == index)
     }
 }
@@ -62,14 +63,14 @@ pub(super) fn serving(state: &State, readiness: Readiness) -> bool {
 
 impl Supervisor {
     /// A snapshot of program `p`.
-    pub(super) fn program_view(&self, p: usize) -> ProgramView<'_> {
-        let prog = &self.programs[p];
+    pub(super) fn program_view(&self, p: ProgramId) -> ProgramView<'_> {
+        let prog = &self.table[p];
         ProgramView {
             name: &prog.def.name,
             readiness: prog.def.policy.readiness,
             rolling: self.rolling(p),
             instances: prog
-                .slots
+                .slots()
                 .iter()
                 .map(|s| InstanceView {
                     index: s.index,
@@ -88,7 +89,7 @@ impl Supervisor {
 pub(super) mod fake {
     use std::time::Instant;
 
-    use super::{ExecState, InstanceView, ProgramView, Readiness};
+    use super::{ExecState, InstanceIndex, InstanceView, ProgramView, Readiness};
     use crate::lifecycle::{AfterStop, State};
 
     /// An instance: what [`InstanceView`] borrows.
@@ -138,7 +139,7 @@ pub(super) mod fake {
                     .instances
                     .iter()
                     .map(|i| InstanceView {
-                        index: i.index,
+                        index: InstanceIndex(i.index),
                         state: &i.state,
                         exec: &i.exec,
                         retiring: i.retiring,

@@ -1,15 +1,16 @@
 //! The `status` report: the daemon, every instance and every program asked about, as the
 //! control protocol describes them. Read-only: it must not change anything it reports.
 
+use super::table::ProgramId;
 use super::{InstanceStatus, Supervisor};
 use crate::control::{DaemonInfo, InstanceInfo, ProgramInfo, StatusReport};
 
 impl Supervisor {
     /// The `status` result for programs `ps`.
-    pub(super) fn status_report(&self, ps: &[usize]) -> StatusReport {
+    pub(super) fn status_report(&self, ps: &[ProgramId]) -> StatusReport {
         let names: Vec<&str> = ps
             .iter()
-            .map(|&p| self.programs[p].def.name.as_str())
+            .map(|&p| self.table[p].def.name.as_str())
             .collect();
         StatusReport {
             daemon: self.daemon_info(),
@@ -37,8 +38,8 @@ impl Supervisor {
     }
 
     /// Program `p`, as `status` shows it.
-    fn program_info(&self, p: usize) -> ProgramInfo {
-        let def = &self.programs[p].def;
+    fn program_info(&self, p: ProgramId) -> ProgramInfo {
+        let def = &self.table[p].def;
         ProgramInfo {
             program: def.name.clone(),
             instances: def.instances,

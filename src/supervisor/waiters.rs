@@ -8,6 +8,7 @@
 
 use super::commands::log_refusal;
 use super::snapshot::{InstanceView, ProgramView, serving};
+use super::table::ProgramId;
 use super::{ExecState, Supervisor};
 use crate::control::server::ConnId;
 use crate::control::{ErrorKind, Reply};
@@ -30,7 +31,7 @@ pub(super) struct Waiter {
     conn: ConnId,
     /// The request, as logged when it failed (`None`: not logged).
     what: Option<String>,
-    programs: Vec<usize>,
+    programs: Vec<ProgramId>,
     goal: Goal,
     /// The reply's result once the goal is met.
     result: serde_json::Value,
@@ -143,7 +144,7 @@ impl Waiter {
     pub fn new(
         conn: ConnId,
         what: Option<&str>,
-        programs: Vec<usize>,
+        programs: Vec<ProgramId>,
         goal: Goal,
         result: serde_json::Value,
     ) -> Waiter {
@@ -187,7 +188,7 @@ impl Supervisor {
                 w.programs.iter().map(|&p| self.program_view(p)).collect();
             let decision = w.check(link, &programs);
             drop(programs);
-            self.carry_out(w, decision)
+            self.carry_out_decision(w, decision)
         });
         waiters.append(&mut self.waiters);
         self.waiters = waiters;
@@ -203,7 +204,7 @@ impl Supervisor {
     }
 
     /// Carries out `decision` for waiter `w`; whether it keeps waiting.
-    fn carry_out(&mut self, w: &Waiter, decision: Decision) -> bool {
+    fn carry_out_decision(&mut self, w: &Waiter, decision: Decision) -> bool {
         let registry = self.poll.registry();
         match decision {
             Decision::Forget => false,
@@ -418,7 +419,7 @@ mod tests {
         Waiter::new(
             7,
             Some("start web"),
-            vec![0],
+            vec![ProgramId(0)],
             goal,
             json!({ "started": ["web"] }),
         )

@@ -1066,7 +1066,7 @@ proptest! {
         if trailing {
             data.extend_from_slice(sep);
         }
-        let m = warden::supervisor::notify::NotifyMessage::parse(pid, &data);
+        let m = warden::fuzzing::NotifyMessage::parse(pid, &data);
         prop_assert_eq!(m.pid, pid);
         prop_assert_eq!(m.ready, says.ready == Some(true));
         prop_assert_eq!(m.stopping, says.stopping == Some(true));

@@ -299,7 +299,8 @@ fn on_failure_restarts_exit_1_but_not_exit_0() {
     assert_eq!(kids, vec![second], "only bad's second run is up");
     // `sh` execs `sleep` after its own exec: wait for the second one, not just the first.
     assert!(
-        wait_until(TIMEOUT, || cmdline(second).get(1).map(String::as_str) == Some("1000")),
+        wait_until(TIMEOUT, || cmdline(second).get(1).map(String::as_str)
+            == Some("1000")),
         "bad's second run never exec'd sleep: {:?}",
         cmdline(second)
     );
