@@ -62,7 +62,7 @@ impl Supervisor {
     /// caller's request is named.
     fn reply(&mut self, caller: Caller<'_>, reply: Reply) {
         log_refusal(caller.what, &reply);
-        if let Some(c) = self.control.as_mut() {
+        if let Some(c) = self.plane.server.as_mut() {
             c.reply(caller.conn, &reply, self.poll.registry());
         }
     }
@@ -76,7 +76,7 @@ impl Supervisor {
         result: serde_json::Value,
     ) {
         let waiter = Waiter::new(caller.conn, caller.what, programs, goal, result);
-        self.waiters.push(waiter);
+        self.plane.waiters.push(waiter);
         self.check_waiters();
     }
 

@@ -115,11 +115,22 @@ pub struct Supervisor {
     registered_signals: Option<i32>,
     /// Our own service manager (systemd).
     manager: ServiceManager,
-    control: Option<ControlServer>,
+    /// The control socket and what its requests left in progress.
+    plane: ControlPlane,
+}
+
+/// The control side of the supervisor: the socket server, the requests waiting for their
+/// effect, rolling restarts under way and what a reload needs. The files that answer control
+/// requests (`commands.rs`, `waiters.rs`, `rollout.rs`, `reload.rs`, `status.rs`) work on this
+/// part and on the [`Table`]; the loop's other parts are not theirs.
+struct ControlPlane {
+    server: Option<ControlServer>,
     waiters: Vec<waiters::Waiter>,
     rollouts: Vec<rollout::Rollout>,
     reloader: Option<Reloader>,
+    /// When the supervisor was built (status: warden's uptime).
     started_at: Instant,
+    /// The configuration file, for error messages (`FILE: program.NAME.KEY: …`); empty if none.
     config_path: String,
 }
 
@@ -161,12 +172,14 @@ impl Supervisor {
             started: false,
             registered_signals: None,
             manager: ServiceManager::default(),
-            control: None,
-            waiters: Vec::new(),
-            rollouts: Vec::new(),
-            reloader: None,
-            started_at: Instant::now(),
-            config_path: String::new(),
+            plane: ControlPlane {
+                server: None,
+                waiters: Vec::new(),
+                rollouts: Vec::new(),
+                reloader: None,
+                started_at: Instant::now(),
+                config_path: String::new(),
+            },
         })
     }
 
@@ -201,19 +214,19 @@ impl Supervisor {
         server
             .register(self.poll.registry(), sources::CONTROL, sources::FIRST_CONN)
             .map_err(|e| Error::os("epoll_ctl", e))?;
-        self.control = Some(server);
+        self.plane.server = Some(server);
         Ok(())
     }
 
     /// How `SIGHUP` and the `reload` command re-read the configuration. Without one, `SIGHUP`
     /// makes [`Supervisor::run`] return [`RunExit::Reload`].
     pub fn set_reloader(&mut self, reloader: Reloader) {
-        self.reloader = Some(reloader);
+        self.plane.reloader = Some(reloader);
     }
 
     /// The configuration file named in status reports.
     pub fn set_config_path(&mut self, path: impl Into<String>) {
-        self.config_path = path.into();
+        self.plane.config_path = path.into();
     }
 
     /// Applies a reload now, as `SIGHUP` does: the plan, or why nothing changed.
@@ -243,7 +256,7 @@ impl Supervisor {
 
     /// Stops serving the control socket and removes its file (at exit).
     pub fn close_control(&mut self) {
-        if let Some(c) = self.control.take() {
+        if let Some(c) = self.plane.server.take() {
             c.remove_file();
         }
     }
@@ -373,7 +386,7 @@ impl Supervisor {
     /// Hands one readiness event to the part that owns its source; returns whether a reload
     /// was asked.
     fn dispatch(&mut self, ev: &PollEvent, signals: &mut Signals) -> bool {
-        let Some(source) = self.sources.get(ev.token(), self.control.as_ref()) else {
+        let Some(source) = self.sources.get(ev.token(), self.plane.server.as_ref()) else {
             return false;
         };
         match source {
@@ -385,7 +398,7 @@ impl Supervisor {
                 ev.is_writable(),
             ),
             Source::Control => {
-                if let Some(c) = self.control.as_mut() {
+                if let Some(c) = self.plane.server.as_mut() {
                     c.accept(self.poll.registry());
                 }
             }
@@ -457,7 +470,7 @@ impl Supervisor {
         readable: bool,
         writable: bool,
     ) {
-        let Some(c) = self.control.as_mut() else {
+        let Some(c) = self.plane.server.as_mut() else {
             return;
         };
         if writable {
@@ -480,14 +493,19 @@ impl Supervisor {
             })
             .chain(self.manager.watchdog.as_ref().map(|w| w.next))
             .chain(self.shutdown.deadline)
-            .chain(self.control.as_ref().and_then(ControlServer::next_deadline))
+            .chain(
+                self.plane
+                    .server
+                    .as_ref()
+                    .and_then(ControlServer::next_deadline),
+            )
             .min()
     }
 
     fn tick(&mut self) {
         self.sweep_groups();
         let now = Instant::now();
-        if let Some(c) = self.control.as_mut() {
+        if let Some(c) = self.plane.server.as_mut() {
             c.expire_idle(now, self.poll.registry());
         }
         if let Some(w) = self.manager.watchdog.as_mut().filter(|w| w.next <= now) {
@@ -700,7 +718,7 @@ impl Supervisor {
                 {
                     log::warn!("{event:?} ignored: warden is shutting down");
                 }
-                SignalEvent::Reload if self.reloader.is_some() => {
+                SignalEvent::Reload if self.plane.reloader.is_some() => {
                     log::info!("SIGHUP: reloading the configuration");
                     let _ = self.reload(false);
                 }

@@ -159,14 +159,14 @@ impl Supervisor {
         &mut self,
         dry_run: bool,
     ) -> std::result::Result<(ReloadPlan, Vec<ProgramId>), (ErrorKind, String)> {
-        if self.reloader.is_none() {
+        if self.plane.reloader.is_none() {
             return Err((
                 ErrorKind::Failed,
                 "this supervisor has no configuration to reload".into(),
             ));
         }
         self.notify_manager(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
-        let result = (self.reloader.as_mut().expect("checked"))();
+        let result = (self.plane.reloader.as_mut().expect("checked"))();
         let set = match result {
             Ok(s) => s,
             Err(e) => {
@@ -350,10 +350,10 @@ impl Supervisor {
     /// resolve is the configuration's fault (`FILE: program.NAME.KEY: …`), an output file that
     /// cannot be opened is an I/O error.
     fn reload_error(&self, program: &str, e: &Error) -> (ErrorKind, String) {
-        let file = if self.config_path.is_empty() {
+        let file = if self.plane.config_path.is_empty() {
             String::new()
         } else {
-            format!("{}: ", self.config_path)
+            format!("{}: ", self.plane.config_path)
         };
         match e {
             Error::UnknownUser(_) => (

@@ -125,29 +125,29 @@ impl Supervisor {
             self.table[p].def.name,
             rollout.remaining()
         );
-        self.rollouts.push(rollout);
+        self.plane.rollouts.push(rollout);
         self.advance_rollouts();
     }
 
     /// Whether a rolling restart of program `p` is under way.
     pub(super) fn rolling(&self, p: ProgramId) -> bool {
-        self.rollouts.iter().any(|r| r.program == p)
+        self.plane.rollouts.iter().any(|r| r.program == p)
     }
 
     /// Ends the rolling restart of program `p`, if any; whether there was one.
     pub(super) fn cancel_rollout(&mut self, p: ProgramId) -> bool {
-        let before = self.rollouts.len();
-        self.rollouts.retain(|r| r.program != p);
-        self.rollouts.len() != before
+        let before = self.plane.rollouts.len();
+        self.plane.rollouts.retain(|r| r.program != p);
+        self.plane.rollouts.len() != before
     }
 
     /// Moves every rolling restart forward: the next instance is restarted only once the
     /// previous replacement serves.
     pub(super) fn advance_rollouts(&mut self) {
-        let mut rollouts = std::mem::take(&mut self.rollouts);
+        let mut rollouts = std::mem::take(&mut self.plane.rollouts);
         rollouts.retain_mut(|r| self.advance_rollout(r));
-        rollouts.append(&mut self.rollouts);
-        self.rollouts = rollouts;
+        rollouts.append(&mut self.plane.rollouts);
+        self.plane.rollouts = rollouts;
     }
 
     /// Carries out the steps of rollout `r` until it must wait (`true`) or is over (`false`).

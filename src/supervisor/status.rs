@@ -32,8 +32,8 @@ impl Supervisor {
             state: DaemonInfo::running_state(),
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
-            uptime_secs: self.started_at.elapsed().as_secs_f64(),
-            config: self.config_path.clone(),
+            uptime_secs: self.plane.started_at.elapsed().as_secs_f64(),
+            config: self.plane.config_path.clone(),
         }
     }
 

@@ -181,7 +181,7 @@ impl Waiter {
 impl Supervisor {
     /// Answers the waiters whose goal is reached, and reports progress to the others.
     pub(super) fn check_waiters(&mut self) {
-        let mut waiters = std::mem::take(&mut self.waiters);
+        let mut waiters = std::mem::take(&mut self.plane.waiters);
         waiters.retain_mut(|w| {
             let link = self.link(w.conn);
             let programs: Vec<ProgramView<'_>> =
@@ -190,13 +190,13 @@ impl Supervisor {
             drop(programs);
             self.carry_out_decision(w, decision)
         });
-        waiters.append(&mut self.waiters);
-        self.waiters = waiters;
+        waiters.append(&mut self.plane.waiters);
+        self.plane.waiters = waiters;
     }
 
     /// Where the client on `conn` stands.
     fn link(&self, conn: ConnId) -> Link {
-        match &self.control {
+        match &self.plane.server {
             Some(c) if c.is_open(conn) && c.peer_gone(conn) => Link::Gone,
             Some(c) if c.is_open(conn) => Link::Open,
             _ => Link::Closed,
@@ -209,20 +209,20 @@ impl Supervisor {
         match decision {
             Decision::Forget => false,
             Decision::Close => {
-                if let Some(c) = self.control.as_mut() {
+                if let Some(c) = self.plane.server.as_mut() {
                     c.close(w.conn, registry);
                 }
                 false
             }
             Decision::Answer(reply) => {
                 log_refusal(w.what.as_deref(), &reply);
-                if let Some(c) = self.control.as_mut() {
+                if let Some(c) = self.plane.server.as_mut() {
                     c.reply(w.conn, &reply, registry);
                 }
                 false
             }
             Decision::Progress(line) => {
-                if let Some(c) = self.control.as_mut() {
+                if let Some(c) = self.plane.server.as_mut() {
                     c.progress(w.conn, &line, registry);
                 }
                 true
