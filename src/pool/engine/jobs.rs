@@ -1,0 +1,349 @@
+//! Job scheduling: taking jobs from the shared queue as workers have room, assigning them to
+//! the least-loaded worker, moving unstarted ones to idle workers, writing them to the sockets,
+//! and publishing counters for the API threads.
+//!
+//! It must not decide a worker's fate (see `workers`) nor decode results (see `results`).
+
+use std::io::{ErrorKind, Write};
+use std::sync::atomic::Ordering;
+
+use mio::Interest;
+
+use super::shared::{Failure, Job, Raw};
+use super::{Engine, Sent, Spawner, StopMode, eligible, retired};
+use crate::pool::claim;
+use crate::pool::frame;
+
+impl Engine {
+    /// Reads the flags, puts requeued jobs back at the front, and takes as many jobs as the
+    /// workers have room for.
+    pub(super) fn take_jobs(&mut self) {
+        self.shared.rearm_wake();
+        if self.shared.revive.load(Ordering::Relaxed)
+            && self.shared.revive.swap(false, Ordering::AcqRel)
+        {
+            self.revive();
+        }
+        let window = self.window();
+        let room: usize = if self.fatal.is_some() || self.stopping.is_some() {
+            0
+        } else {
+            self.slots
+                .iter()
+                .filter_map(|s| s.proc.as_ref())
+                .filter(|p| eligible(p))
+                .map(|p| window.saturating_sub(p.inflight.len()))
+                .sum()
+        };
+        let mut failed: Vec<(Job, Failure)> = Vec::new();
+        let mut inner = self.shared.lock();
+        for job in self.requeue.drain(..).rev() {
+            inner.queue.push_front(job);
+        }
+        let asked = inner.stop;
+        let fail = match (&self.fatal, self.stopping.or(asked)) {
+            (_, Some(StopMode::Terminate)) => Some(Failure::Cancelled),
+            (Some(why), _) => Some(Failure::Fatal(why.clone())),
+            _ => None,
+        };
+        if let Some(f) = fail {
+            failed.extend(inner.queue.drain(..).map(|j| (j, f.clone())));
+        } else {
+            let n = room.min(inner.queue.len());
+            self.intake.extend(inner.queue.drain(..n));
+        }
+        self.queue_empty = inner.queue.is_empty();
+        // Blocked submitters are woken once the queue is down to half (not on every job taken),
+        // so that a producer faster than the workers refills in batches instead of being woken
+        // and put back to sleep for each job.
+        if inner.blocked > 0
+            && (inner.queue.len() <= inner.capacity / 2 || inner.closed)
+            && (n_taken(&self.intake, &failed) || inner.closed)
+        {
+            self.shared.not_full.notify_all();
+        }
+        drop(inner);
+        for (job, f) in failed {
+            self.complete(job.sink, Raw::Failed(f));
+        }
+        if let Some(mode) = asked
+            && self.stopping != Some(StopMode::Terminate)
+            && self.stopping != Some(mode)
+        {
+            self.begin_stop(mode);
+        }
+    }
+
+    /// Jobs a worker may hold now (see `pace`).
+    pub(super) fn window(&self) -> usize {
+        self.pace.window(self.cfg.pipeline)
+    }
+
+    /// Sends taken jobs to the eligible workers with the fewest in flight, idle ones first,
+    /// each up to the window; then lets idle workers take back jobs waiting in busy ones.
+    pub(super) fn assign(&mut self) {
+        let window = self.window();
+        let mut jobs = std::mem::take(&mut self.intake);
+        for job in jobs.drain(..) {
+            match self.least_loaded(window) {
+                Some(i) => self.send_job(i, job),
+                None => self.requeue.push(job),
+            }
+        }
+        self.intake = jobs;
+        if self.queue_empty && self.requeue.is_empty() && self.stopping.is_none() {
+            self.rebalance(window);
+        }
+    }
+
+    /// The eligible worker with the fewest jobs, if it holds fewer than `window`.
+    pub(super) fn least_loaded(&self, window: usize) -> Option<usize> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.proc.as_ref().map(|p| (i, p)))
+            .filter(|(_, p)| eligible(p) && p.inflight.len() < window)
+            .min_by_key(|(_, p)| p.inflight.len())
+            .map(|(i, _)| i)
+    }
+
+    /// Nothing is left to send, yet a worker is idle while another holds jobs it has not
+    /// started (behind a long one, or given to the first worker up at start-up): take them
+    /// back (revoke their claim words, which fails for a job the worker has just started) and
+    /// send them to the idle worker — half of what the busiest holder waits on, up to the
+    /// window. So a job waits behind another only while every worker is busy.
+    pub(super) fn rebalance(&mut self, window: usize) {
+        loop {
+            let Some(idle) = self.slots.iter().position(|s| {
+                s.proc
+                    .as_ref()
+                    .is_some_and(|p| eligible(p) && p.inflight.is_empty())
+            }) else {
+                return;
+            };
+            // The holder with the most jobs waiting behind its first one.
+            let Some(victim) = self
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.proc.as_ref().map(|p| (i, p)))
+                .filter(|(i, p)| *i != idle && p.sock_open && !p.killed && p.inflight.len() > 1)
+                .max_by_key(|(_, p)| p.inflight.len())
+                .map(|(i, _)| i)
+            else {
+                return;
+            };
+            // Within the idle worker's quota of jobs, if it is recycled by job count.
+            let quota = match (self.cfg.max_jobs_per_worker, &self.slots[idle].proc) {
+                (Some(m), Some(p)) => m.saturating_sub(p.jobs_sent) as usize,
+                _ => usize::MAX,
+            };
+            let p = self.slots[victim].proc.as_mut().expect("checked above");
+            let want = (p.inflight.len() / 2).clamp(1, window).min(quota);
+            let mut taken = Vec::new();
+            // Never the first: it is running, or about to.
+            while taken.len() < want && p.inflight.len() > 1 {
+                let s = &p.inflight[1];
+                if !claim::revoke(p.claims.words(), s.word as usize, s.id) {
+                    break; // the worker got there first: it is moving on by itself
+                }
+                let sent = p.inflight.remove(1).expect("checked above");
+                p.free_words.push(sent.word);
+                taken.push(sent.job);
+            }
+            if taken.is_empty() {
+                return;
+            }
+            self.counters.moved += taken.len() as u64;
+            for job in taken {
+                self.send_job(idle, job);
+            }
+        }
+    }
+
+    pub(super) fn send_job(&mut self, slot: usize, job: Job) {
+        let seq = self.next_id;
+        self.next_id += 1;
+        let now = self.now;
+        let p = self.slots[slot].proc.as_mut().expect("eligible worker");
+        let word = p
+            .free_words
+            .pop()
+            .expect("a free claim word per job in flight");
+        let id = frame::job_id(seq, word);
+        claim::queue(p.claims.words(), word as usize, id);
+        frame::put_header(&mut p.out, job.kind, 8 + job.body.len());
+        p.out.extend_from_slice(&id.to_le_bytes());
+        p.out.extend_from_slice(&job.body);
+        let behind = !p.inflight.is_empty();
+        if !behind {
+            p.running_since = now;
+        }
+        p.inflight.push_back(Sent {
+            id,
+            word,
+            sent_at: now,
+            behind,
+            job,
+        });
+        p.jobs_sent += 1;
+        if self
+            .cfg
+            .max_jobs_per_worker
+            .is_some_and(|m| p.jobs_sent >= m)
+        {
+            // Its quota is in flight: no more jobs; recycled once they are answered, so that a
+            // worker never runs more than `max_jobs_per_worker` jobs even with pipelining.
+            p.recycle = true;
+            p.draining = true;
+            log::info!(
+                "{}[{slot}]: recycling worker (pid {}) after {} jobs",
+                self.cfg.name,
+                p.pid,
+                p.jobs_sent
+            );
+        }
+    }
+
+    /// Publishes counters and the stats snapshot, and wakes whoever waits for them.
+    pub(super) fn publish(&mut self) {
+        let pids = if self.pids_dirty {
+            self.pids_dirty = false;
+            Some(
+                self.slots
+                    .iter()
+                    .map(|s| s.proc.as_ref().map(|p| p.pid))
+                    .collect::<Vec<_>>(),
+            )
+        } else {
+            None
+        };
+        let workers = self.slots.iter().filter(|s| s.proc.is_some()).count();
+        let retired_slots: Vec<usize> =
+            if self.stopping.is_some() || (self.fatal.is_some() && !self.fatal_from_slots) {
+                Vec::new()
+            } else {
+                (0..self.slots.len())
+                    .filter(|&i| retired(&self.slots[i]))
+                    .collect()
+            };
+        let busy = self
+            .slots
+            .iter()
+            .filter(|s| s.proc.as_ref().is_some_and(|p| !p.inflight.is_empty()))
+            .count();
+        let in_flight: usize = self
+            .slots
+            .iter()
+            .filter_map(|s| s.proc.as_ref())
+            .map(|p| p.inflight.len())
+            .sum();
+        let restarts: u64 = self.slots.iter().map(|s| u64::from(s.inst.restarts)).sum();
+        let zygote = match &self.spawner {
+            Spawner::Fork {
+                zygote: Some(z), ..
+            } => Some(z.pid),
+            _ => None,
+        };
+        let delta = std::mem::take(&mut self.counters.finished_delta);
+        let mut guard = self.shared.lock();
+        let inner = &mut *guard;
+        inner.finished += delta;
+        let s = &mut inner.stats;
+        if let Some(pids) = pids {
+            s.worker_pids = pids;
+        }
+        s.workers = workers;
+        s.retired = retired_slots;
+        s.busy = busy;
+        s.in_flight = in_flight;
+        s.completed = self.counters.completed;
+        s.worker_deaths = self.counters.worker_deaths;
+        s.restarts = restarts;
+        s.recycled = self.counters.recycled;
+        s.timed_out = self.counters.timed_out;
+        s.requeued = self.counters.requeued;
+        s.retried = self.counters.retried;
+        s.moved = self.counters.moved;
+        s.fatal.clone_from(&self.fatal);
+        s.fork_server_pid = zygote;
+        s.queued = inner.queue.len();
+        s.accepted = inner.accepted;
+        let notify = inner.waiting > 0 && (delta > 0 || self.fatal.is_some());
+        drop(guard);
+        if notify {
+            self.shared.changed.notify_all();
+        }
+    }
+
+    pub(super) fn flush_all(&mut self) {
+        for i in 0..self.slots.len() {
+            if self.slots[i]
+                .proc
+                .as_ref()
+                .is_some_and(|p| p.out_pos < p.out.len() && !p.writable)
+            {
+                self.flush(i);
+            }
+        }
+    }
+
+    /// Writes what the worker's outgoing buffer holds, without blocking; asks for a writable
+    /// event when the socket is full.
+    pub(super) fn flush(&mut self, slot: usize) {
+        let Some(p) = self.slots[slot].proc.as_mut() else {
+            return;
+        };
+        if !p.sock_open {
+            p.out.clear();
+            p.out_pos = 0;
+            return;
+        }
+        while p.out_pos < p.out.len() {
+            match (&p.sock).write(&p.out[p.out_pos..]) {
+                Ok(n) => p.out_pos += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                // A dead peer: the read side sees end of stream and handles it.
+                Err(_) => {
+                    p.out_pos = p.out.len();
+                }
+            }
+        }
+        let pending = p.out_pos < p.out.len();
+        if !pending {
+            p.out.clear();
+            p.out_pos = 0;
+        } else if p.out_pos > (1 << 20) {
+            p.out.drain(..p.out_pos);
+            p.out_pos = 0;
+        }
+        if pending != p.writable {
+            p.writable = pending;
+            let interest = if pending {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let token = p.sock_token;
+            let _ = self
+                .poll
+                .registry()
+                .reregister(&mut p.sock, token, interest);
+        }
+    }
+
+    pub(super) fn send_shutdown(&mut self, slot: usize) {
+        if let Some(p) = self.slots[slot].proc.as_mut() {
+            frame::put_header(&mut p.out, frame::SHUTDOWN, 0);
+            p.shutdown_sent = true;
+            p.draining = true;
+            p.expected = true;
+        }
+        self.flush(slot);
+    }
+}
+
+fn n_taken(intake: &[Job], failed: &[(Job, Failure)]) -> bool {
+    !intake.is_empty() || !failed.is_empty()
+}

@@ -1,0 +1,88 @@
+//! Output capture: a worker's stdout and stderr, read without blocking and logged line by line
+//! under the worker's name, with a per-turn budget so that a flooding worker cannot hold the loop.
+//!
+//! It must not touch a worker's socket or state: a pipe outlives its worker until end of stream.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use mio::Token;
+use mio::unix::SourceFd;
+
+use super::{Engine, Owner};
+use crate::stream::LineFramer;
+
+/// Bytes read from one output pipe per turn before serving others.
+const PIPE_BUDGET: usize = 256 * 1024;
+/// Longest captured output line; longer ones are split.
+pub(super) const MAX_LINE: usize = 16 * 1024;
+
+/// A worker's stdout or stderr, read into the log line by line.
+pub(super) struct Pipe {
+    pub(super) file: File,
+    pub(super) framer: LineFramer,
+    pub(super) slot: usize,
+}
+
+impl Engine {
+    pub(super) fn read_pipe(&mut self, token: Token) {
+        let name = &self.cfg.name;
+        let Some(Owner::Pipe(pipe)) = self.owners.get_mut(&token) else {
+            return;
+        };
+        let mut buf = [0u8; 16 * 1024];
+        let mut total = 0;
+        let mut eof = false;
+        loop {
+            match pipe.file.read(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    let slot = pipe.slot;
+                    pipe.framer
+                        .push(&buf[..n], &mut |line| log::info!("{name}[{slot}] {line}"));
+                    total += n;
+                    if total >= PIPE_BUDGET {
+                        self.pipe_backlog.push(token);
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof && let Some(Owner::Pipe(mut pipe)) = self.owners.remove(&token) {
+            let slot = pipe.slot;
+            pipe.framer
+                .finish(&mut |line| log::info!("{name}[{slot}] {line}"));
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&pipe.file.as_raw_fd()));
+        }
+    }
+
+    pub(super) fn drain_pipe_backlog(&mut self) {
+        for token in std::mem::take(&mut self.pipe_backlog) {
+            self.read_pipe(token);
+        }
+    }
+}
+
+/// A pipe for a worker's stdout or stderr: our end non-blocking, theirs blocking (a worker's
+/// `println!` must wait, not fail, when the pipe is full).
+pub(super) fn output_pipe() -> std::io::Result<(File, OwnedFd)> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    nix::fcntl::fcntl(
+        &r,
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    Ok((File::from(r), w))
+}

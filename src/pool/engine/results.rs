@@ -1,0 +1,176 @@
+//! Result decoding: reading a worker's socket, completing its jobs in send order, and the
+//! checks that follow results (recycling by RSS, a graceful stop once idle).
+//!
+//! It must not write to workers except through `send_shutdown`, nor reap them.
+
+use std::io::{ErrorKind, Read};
+use std::time::Duration;
+
+use super::shared::Raw;
+use super::{Engine, call_sink};
+use crate::lifecycle::Event;
+use crate::pool::frame;
+
+/// RSS is read at most this often per worker…
+const RSS_PERIOD: Duration = Duration::from_millis(100);
+/// …or after this many results, whichever comes first.
+const RSS_RESULTS: u32 = 64;
+
+impl Engine {
+    /// Reads results until the socket is drained; handles end of stream.
+    pub(super) fn read_sock(&mut self, slot: usize) {
+        let mut eof = false;
+        loop {
+            let Some(p) = self.slots[slot].proc.as_mut() else {
+                return;
+            };
+            if !p.sock_open {
+                return;
+            }
+            let room = p.inbuf.spare(64 * 1024);
+            let cap = room.len();
+            match (&p.sock).read(room) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    p.inbuf.filled(n);
+                    if !self.take_results(slot) {
+                        return;
+                    }
+                    if n < cap {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        if eof {
+            self.sock_closed(slot);
+        } else {
+            self.after_results(slot);
+        }
+    }
+
+    /// Completes the jobs whose results are in the buffer; `false` after a protocol error
+    /// (the worker is being killed).
+    pub(super) fn take_results(&mut self, slot: usize) -> bool {
+        let name = &self.cfg.name;
+        let now = self.now;
+        let p = self.slots[slot].proc.as_mut().expect("live worker");
+        let mut done = 0u64;
+        let mut bad = None;
+        loop {
+            let f = match frame::parse(p.inbuf.data()) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(c) => {
+                    bad = Some(c.0);
+                    break;
+                }
+            };
+            if f.kind != frame::RESULT && f.kind != frame::CHUNK_RESULT {
+                bad = Some(format!("unexpected frame kind {}", f.kind));
+                break;
+            }
+            let body = &p.inbuf.data()[frame::HEADER..frame::HEADER + f.len];
+            let id = frame::read_id(body);
+            if id.is_some() && p.inflight.is_empty() {
+                // The result of a job cancelled by terminate() while the worker ran it: dropped,
+                // as the module says — not a protocol error.
+                p.inbuf.consume(frame::HEADER + f.len);
+                continue;
+            }
+            if id.is_none() || p.inflight.front().map(|s| s.id) != id {
+                bad = Some(format!("result for job {id:?} out of order"));
+                break;
+            }
+            let sent = p.inflight.pop_front().expect("checked above");
+            p.free_words.push(sent.word);
+            if sent.behind {
+                self.pace
+                    .gap(now.saturating_duration_since(p.running_since));
+            } else {
+                self.pace.turn(now.saturating_duration_since(sent.sent_at));
+            }
+            self.counters.completed += u64::from(sent.job.items);
+            call_sink(name, sent.job.sink, Raw::Done(&body[8..]));
+            done += 1;
+            p.inbuf.consume(frame::HEADER + f.len);
+            p.jobs_done += 1;
+            p.results_since_rss += 1;
+            p.running_since = now;
+        }
+        self.counters.finished_delta += done;
+        if let Some(why) = bad {
+            log::error!(
+                "{}[{slot}]: protocol error from worker (pid {}): {why}; killing it",
+                self.cfg.name,
+                p.pid
+            );
+            self.kill(slot);
+            return false;
+        }
+        true
+    }
+
+    /// Recycling checks and graceful stops once results came in.
+    pub(super) fn after_results(&mut self, slot: usize) {
+        let now = self.now;
+        let max_rss = self.cfg.max_rss_bytes;
+        let page = self.page_size;
+        let Some(p) = self.slots[slot].proc.as_mut() else {
+            return;
+        };
+        if !p.draining
+            && let Some(limit) = max_rss
+            && p.results_since_rss > 0
+            && (p.results_since_rss >= RSS_RESULTS
+                || now.saturating_duration_since(p.rss_checked) >= RSS_PERIOD)
+        {
+            p.results_since_rss = 0;
+            p.rss_checked = now;
+            if let Some(rss) = rss_bytes(p.pid, page)
+                && rss > limit
+            {
+                p.recycle = true;
+                p.draining = true;
+                log::info!(
+                    "{}[{slot}]: recycling worker (pid {}): RSS {rss} bytes > {limit}",
+                    self.cfg.name,
+                    p.pid
+                );
+            }
+        }
+        if p.draining && p.inflight.is_empty() && !p.shutdown_sent && !p.killed {
+            if p.recycle {
+                // Idle now: a manual-restart step (not a failure); its stop action sends the
+                // Shutdown frame through `ask_stop`.
+                p.recycle = false;
+                p.expected = true;
+                self.counters.recycled += 1;
+                self.apply(slot, Event::Restart);
+            }
+            if self.slots[slot]
+                .proc
+                .as_ref()
+                .is_some_and(|p| !p.shutdown_sent && !p.killed)
+            {
+                self.send_shutdown(slot);
+            }
+        }
+    }
+}
+
+/// Resident set size of `pid` from `/proc/PID/statm` (its second field, in pages).
+fn rss_bytes(pid: i32, page: u64) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * page)
+}

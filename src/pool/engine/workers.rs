@@ -1,0 +1,533 @@
+//! Worker lifecycle: spawning (exec'd or through the fork server), attaching a started worker to
+//! the loop, its timers, killing, reaping and finalizing (resolving the jobs it held).
+//!
+//! It must not talk the fork server's protocol itself (see `zygote_link`) nor decode results.
+
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use super::output::{MAX_LINE, Pipe, output_pipe};
+use super::shared::{Failure, Raw};
+use super::zygote_link::Pending;
+use super::{Engine, Owner, Proc, Spawner, StopMode};
+use crate::lifecycle::{Event, Instance};
+use crate::policy::ExitStatus;
+use crate::pool::claim::{self, Claim};
+use crate::pool::frame::InBuf;
+use crate::pool::zygote::Request;
+use crate::stream::LineFramer;
+use crate::sys::pool::SharedWords;
+use crate::sys::{self, ChildSetup};
+
+impl Engine {
+    /// The worker's socket reached end of stream: make sure the process is gone, then wait for
+    /// its exit status (or finalize now if no status will ever come).
+    pub(super) fn sock_closed(&mut self, slot: usize) {
+        let fork_server_gone = matches!(self.spawner, Spawner::Fork { zygote: None, .. });
+        let Some(p) = self.slots[slot].proc.as_mut() else {
+            return;
+        };
+        p.sock_open = false;
+        let _ = self.poll.registry().deregister(&mut p.sock);
+        self.owners.remove(&p.sock_token);
+        let no_pidfd = p.pidfd.is_none();
+        if !p.shutdown_sent && !p.killed {
+            self.kill(slot);
+        }
+        if fork_server_gone {
+            // Its workers died with it (PDEATHSIG = SIGKILL); nobody will report them.
+            let status = ExitStatus::Signal {
+                signal: libc::SIGKILL,
+                core_dumped: false,
+            };
+            self.finalize(slot, status);
+        } else if no_pidfd && let Spawner::ExecSelf { .. } = self.spawner {
+            if let Some(p) = self.slots[slot].proc.as_mut() {
+                p.reap_poll = true;
+            }
+            self.try_reap(slot);
+        }
+    }
+
+    /// `waitpid(pid, WNOHANG)` for an exec'd worker; finalizes it if it has exited.
+    pub(super) fn try_reap(&mut self, slot: usize) {
+        let Some(p) = self.slots[slot].proc.as_ref() else {
+            return;
+        };
+        let status = match waitpid(Pid::from_raw(p.pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
+            Ok(WaitStatus::Signaled(_, sig, core)) => ExitStatus::Signal {
+                signal: sig as i32,
+                core_dumped: core,
+            },
+            Err(nix::errno::Errno::ECHILD) => {
+                // Someone else (the host's own `waitpid(-1)`) reaped it.
+                log::warn!(
+                    "{}[{slot}]: worker (pid {}) was reaped by someone else",
+                    self.cfg.name,
+                    p.pid
+                );
+                ExitStatus::Signal {
+                    signal: libc::SIGKILL,
+                    core_dumped: false,
+                }
+            }
+            _ => return,
+        };
+        self.finalize(slot, status);
+    }
+
+    /// The worker has exited with `status`: read what it left, resolve its jobs, feed the
+    /// state machine.
+    pub(super) fn finalize(&mut self, slot: usize, status: ExitStatus) {
+        if self.slots[slot].proc.as_ref().is_some_and(|p| p.sock_open) {
+            // Results written just before the exit are still in the socket.
+            loop {
+                let p = self.slots[slot].proc.as_mut().expect("live worker");
+                let room = p.inbuf.spare(64 * 1024);
+                match (&p.sock).read(room) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        p.inbuf.filled(n);
+                        if !self.take_results(slot) {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        let Some(mut p) = self.slots[slot].proc.take() else {
+            return;
+        };
+        self.pids_dirty = true;
+        if p.sock_open {
+            let _ = self.poll.registry().deregister(&mut p.sock);
+            self.owners.remove(&p.sock_token);
+        }
+        if let Some((fd, token)) = p.pidfd.take() {
+            let _ = self
+                .poll
+                .registry()
+                .deregister(&mut SourceFd(&fd.as_raw_fd()));
+            self.owners.remove(&token);
+        }
+        if !p.expected {
+            self.counters.worker_deaths += 1;
+        }
+        // The job it was running is the one its claim word says it started (or the one it timed
+        // out on); every other job it held never started: sent again, first.
+        let mut jobs = std::mem::take(&mut p.inflight);
+        let running = jobs.iter().position(|s| {
+            p.timed_out == Some(s.id)
+                || claim::state(p.claims.words(), s.word as usize, s.id) == Claim::Started
+        });
+        if let Some(front) = running.and_then(|i| jobs.remove(i)) {
+            let failure = if self.stopping == Some(StopMode::Terminate) {
+                Failure::Cancelled
+            } else if p.timed_out == Some(front.id) {
+                Failure::TimedOut
+            } else {
+                Failure::WorkerDied(status)
+            };
+            let retry = failure != Failure::Cancelled && front.job.retries > 0;
+            if failure != Failure::TimedOut {
+                log::warn!(
+                    "{}[{slot}]: worker (pid {}) died ({status}) while running a job{}",
+                    self.cfg.name,
+                    p.pid,
+                    if retry { "; retrying it" } else { "" }
+                );
+            }
+            if retry {
+                let mut job = front.job;
+                job.retries -= 1;
+                self.counters.retried += 1;
+                self.requeue.push(job);
+            } else {
+                self.complete(front.job.sink, Raw::Failed(failure));
+            }
+        }
+        for sent in jobs {
+            if self.stopping == Some(StopMode::Terminate) {
+                self.complete(sent.job.sink, Raw::Failed(Failure::Cancelled));
+            } else {
+                self.counters.requeued += 1;
+                self.requeue.push(sent.job);
+            }
+        }
+        drop(p);
+        self.apply(slot, Event::Exited { status });
+    }
+
+    pub(super) fn job_deadline(&self, p: &Proc) -> Option<Instant> {
+        if p.killed {
+            return None;
+        }
+        let front = p.inflight.front()?;
+        let per_job = front.job.timeout.unwrap_or(self.cfg.job_timeout)?;
+        let limit = per_job.saturating_mul(front.job.items.max(1));
+        p.running_since.checked_add(limit)
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = self.stop_deadline;
+        if let Some((_, None)) = self.dead_zygote {
+            // No pidfd for it (Linux < 5.3): retry the reap shortly.
+            let soon = self.now + Duration::from_millis(5);
+            next = Some(next.map_or(soon, |n| n.min(soon)));
+        }
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
+        for s in &self.slots {
+            consider(s.inst.deadline(&self.cfg.policy));
+            if let Some(p) = &s.proc {
+                consider(self.job_deadline(p));
+                if p.reap_poll {
+                    consider(Some(self.now + Duration::from_millis(5)));
+                }
+            }
+        }
+        next
+    }
+
+    pub(super) fn check_timers(&mut self) {
+        let now = self.now;
+        if let Some((_, None)) = self.dead_zygote {
+            self.reap_dead_zygote(Duration::ZERO);
+        }
+        for i in 0..self.slots.len() {
+            if self.slots[i]
+                .inst
+                .deadline(&self.cfg.policy)
+                .is_some_and(|d| d <= now)
+            {
+                self.apply(i, Event::Tick);
+            }
+            let Some(p) = self.slots[i].proc.as_ref() else {
+                continue;
+            };
+            if p.reap_poll {
+                self.try_reap(i);
+                continue;
+            }
+            if self.job_deadline(p).is_some_and(|d| d <= now) {
+                self.time_out(i);
+            }
+        }
+        if self.stop_deadline.is_some_and(|d| d <= now) {
+            self.stop_deadline = None;
+            for i in 0..self.slots.len() {
+                if let Some(p) = self.slots[i].proc.take() {
+                    log::error!(
+                        "{}[{i}]: worker (pid {}) did not go away after SIGKILL; abandoning it",
+                        self.cfg.name,
+                        p.pid
+                    );
+                    for sent in p.inflight {
+                        self.complete(sent.job.sink, Raw::Failed(Failure::Cancelled));
+                    }
+                    self.slots[i].inst = Instance::new();
+                }
+            }
+        }
+    }
+
+    /// The running job of `slot` ran out of time: kill the worker; the job fails `TimedOut`
+    /// once the worker is reaped.
+    pub(super) fn time_out(&mut self, slot: usize) {
+        let Some(p) = self.slots[slot].proc.as_mut() else {
+            return;
+        };
+        let front = p.inflight.front().expect("a running job");
+        p.timed_out = Some(front.id);
+        p.expected = true;
+        p.draining = true;
+        log::warn!(
+            "{}[{slot}]: a job ran out of time after {}; killing worker (pid {})",
+            self.cfg.name,
+            crate::policy::fmt_duration(self.now.saturating_duration_since(p.running_since)),
+            p.pid
+        );
+        self.counters.timed_out += 1;
+        self.kill(slot);
+        // Replaced like a manual restart: a job's timeout is not the worker's crash loop.
+        self.apply(slot, Event::Restart);
+    }
+
+    /// `SIGKILL` to the worker's process group, through the fork server for forked workers
+    /// (it alone knows whether the pid is still theirs).
+    pub(super) fn kill(&mut self, slot: usize) {
+        let Some(p) = self.slots[slot].proc.as_mut() else {
+            return;
+        };
+        p.killed = true;
+        p.draining = true;
+        let pid = p.pid;
+        match &mut self.spawner {
+            Spawner::Fork { outq, .. } => {
+                outq.push_back(Request::kill(pid, libc::SIGKILL));
+                self.flush_zygote();
+            }
+            _ => {
+                // We reap only after the pidfd says the worker exited, so normally the pid and
+                // its process group are still the worker's; but a host program's `waitpid(-1)`
+                // may have reaped it behind our back.
+                match &p.pidfd {
+                    Some((fd, _)) => {
+                        // Probe first: while the worker still holds its pid (a zombie does
+                        // too), neither the pid nor its group id can have been reused, so the
+                        // group may be signalled; then the worker itself, through the pidfd.
+                        match sys::pool::pidfd_send_signal(fd.as_fd(), 0) {
+                            Ok(()) => {
+                                let _ = nix::sys::signal::killpg(
+                                    Pid::from_raw(pid),
+                                    nix::sys::signal::SIGKILL,
+                                );
+                                let _ = sys::pool::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+                            }
+                            // Reaped by someone else: nothing of ours to signal.
+                            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                            // The call itself is refused (a seccomp filter): by pid, as before.
+                            Err(_) => kill_by_pid(pid),
+                        }
+                    }
+                    // No pidfds (kernel before 5.3): by pid, as before them.
+                    None => kill_by_pid(pid),
+                }
+            }
+        }
+    }
+
+    /// Starts a worker for `slot`: `Ok(Some(pid))` when it is up now, `Ok(None)` when the fork
+    /// server will answer later.
+    pub(super) fn spawn(&mut self, slot: usize) -> std::io::Result<Option<i32>> {
+        if let Some(why) = &self.fatal {
+            return Err(std::io::Error::other(why.clone()));
+        }
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        ours.set_nonblocking(true)?;
+        let (out_r, out_w) = output_pipe()?;
+        let (err_r, err_w) = output_pipe()?;
+        let (claims, claims_fd) = SharedWords::create(self.cfg.pipeline)?;
+        match &mut self.spawner {
+            Spawner::Fork {
+                zygote,
+                outq,
+                pending,
+                next_token,
+                ..
+            } => {
+                if zygote.is_none() {
+                    return Err(std::io::Error::other("the fork server is gone"));
+                }
+                let token = *next_token;
+                *next_token += 1;
+                pending.insert(
+                    token,
+                    Pending {
+                        slot,
+                        claims,
+                        sock: ours,
+                        out: out_r,
+                        err: err_r,
+                    },
+                );
+                outq.push_back(Request::spawn(
+                    token,
+                    theirs.into(),
+                    out_w,
+                    err_w,
+                    claims_fd,
+                ));
+                self.flush_zygote();
+                Ok(None)
+            }
+            Spawner::ExecSelf { arg0, args } => {
+                use std::os::unix::process::CommandExt;
+                let mut cmd = std::process::Command::new("/proc/self/exe");
+                cmd.arg0(&*arg0)
+                    .args(args.iter())
+                    .env(crate::pool::WORKER_ENV, &self.cfg.name)
+                    .env(crate::pool::INDEX_ENV, slot.to_string())
+                    .stdin(std::process::Stdio::null())
+                    .stdout(out_w)
+                    .stderr(err_w)
+                    .process_group(0);
+                sys::pre_exec(
+                    &mut cmd,
+                    ChildSetup {
+                        parent: std::process::id() as i32,
+                        pdeathsig: Some(libc::SIGKILL),
+                        ..ChildSetup::default()
+                    },
+                );
+                // The socket goes to 3 first: the claim words must not sit on 3 then.
+                let claims_fd = sys::pool::dup_at_least(claims_fd.as_fd(), 5)?;
+                sys::pool::pre_exec_fd(&mut cmd, theirs.as_raw_fd(), 3);
+                sys::pool::pre_exec_fd(&mut cmd, claims_fd.as_raw_fd(), 4);
+                let child = cmd.spawn()?;
+                let pid = child.id() as i32;
+                // Dropping `Child` neither waits nor kills: we reap by pid after the pidfd.
+                drop(child);
+                drop(cmd);
+                drop(theirs);
+                drop(claims_fd);
+                let pidfd = match sys::pool::pidfd_open(pid) {
+                    Ok(fd) => Some(fd),
+                    Err(e) => {
+                        log::debug!("pidfd_open: {e}; polling waitpid instead");
+                        None
+                    }
+                };
+                let ends = Pending {
+                    slot,
+                    claims,
+                    sock: ours,
+                    out: out_r,
+                    err: err_r,
+                };
+                self.attach(ends, pid, pidfd);
+                Ok(Some(pid))
+            }
+            Spawner::Inert(why) => Err(std::io::Error::other(why.clone())),
+        }
+    }
+
+    pub(super) fn token(&mut self) -> Token {
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        t
+    }
+
+    /// Takes a started worker into the loop.
+    pub(super) fn attach(&mut self, ends: Pending, pid: i32, pidfd: Option<OwnedFd>) {
+        let Pending {
+            slot,
+            claims,
+            sock,
+            out,
+            err,
+        } = ends;
+        let generation = self.next_gen;
+        self.next_gen += 1;
+        let mut sock = mio::net::UnixStream::from_std(sock);
+        let sock_token = self.token();
+        let reg = self.poll.registry();
+        if let Err(e) = reg.register(&mut sock, sock_token, Interest::READABLE) {
+            log::error!("{}[{slot}]: epoll_ctl: {e}", self.cfg.name);
+        }
+        self.owners
+            .insert(sock_token, Owner::Sock { slot, generation });
+        for file in [out, err] {
+            let t = self.token();
+            let fd = file.as_raw_fd();
+            if self
+                .poll
+                .registry()
+                .register(&mut SourceFd(&fd), t, Interest::READABLE)
+                .is_ok()
+            {
+                let pipe = Pipe {
+                    file,
+                    framer: LineFramer::new(MAX_LINE),
+                    slot,
+                };
+                self.owners.insert(t, Owner::Pipe(pipe));
+            }
+        }
+        let pidfd = pidfd.and_then(|fd| {
+            let t = self.token();
+            let raw = fd.as_raw_fd();
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&raw), t, Interest::READABLE)
+                .ok()?;
+            self.owners.insert(t, Owner::Pidfd { slot, generation });
+            Some((fd, t))
+        });
+        let reap_poll = pidfd.is_none() && matches!(self.spawner, Spawner::ExecSelf { .. });
+        self.slots[slot].proc = Some(Proc {
+            generation,
+            pid,
+            sock,
+            sock_token,
+            sock_open: true,
+            pidfd,
+            out: Vec::new(),
+            out_pos: 0,
+            writable: false,
+            inbuf: InBuf::new(64 * 1024),
+            inflight: VecDeque::new(),
+            claims,
+            free_words: (0..self.cfg.pipeline as u32).rev().collect(),
+            running_since: self.now,
+            jobs_done: 0,
+            jobs_sent: 0,
+            results_since_rss: 0,
+            rss_checked: self.now,
+            draining: self.stopping.is_some(),
+            recycle: false,
+            shutdown_sent: false,
+            killed: false,
+            expected: false,
+            timed_out: None,
+            reap_poll,
+        });
+        self.pids_dirty = true;
+    }
+}
+
+/// `SIGKILL` to worker `pid`'s process group and to the worker, by number.
+fn kill_by_pid(pid: i32) {
+    let _ = nix::sys::signal::killpg(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+    let _ = nix::sys::signal::kill(Pid::from_raw(pid), nix::sys::signal::SIGKILL);
+}
+
+/// Reaps our direct child `pid`, waiting at most `wait` — asleep on its pidfd until it exits
+/// when there is one, else in 1 ms steps (Linux < 5.3); its status, or `None` if it is still
+/// running (or was not ours).
+pub(super) fn reap_child(
+    pid: i32,
+    pidfd: Option<std::os::fd::BorrowedFd<'_>>,
+    wait: Duration,
+) -> Option<ExitStatus> {
+    let until = Instant::now() + wait;
+    loop {
+        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(_, code)) => return Some(ExitStatus::Code(code)),
+            Ok(WaitStatus::Signaled(_, sig, core)) => {
+                return Some(ExitStatus::Signal {
+                    signal: sig as i32,
+                    core_dumped: core,
+                });
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return None,
+            Ok(_) => {}
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        match pidfd {
+            Some(fd) => {
+                let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+                let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
+}
