@@ -127,7 +127,9 @@ impl Engine {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, s)| s.proc.as_ref().map(|p| (i, p)))
-                .filter(|(i, p)| *i != idle && p.sock_open && !p.killed && p.inflight.len() > 1)
+                .filter(|(i, p)| {
+                    *i != idle && p.sock_open && !p.phase.is_killed() && p.inflight.len() > 1
+                })
                 .max_by_key(|(_, p)| p.inflight.len())
                 .map(|(i, _)| i)
             else {
@@ -194,8 +196,7 @@ impl Engine {
         {
             // Its quota is in flight: no more jobs; recycled once they are answered, so that a
             // worker never runs more than `max_jobs_per_worker` jobs even with pipelining.
-            p.recycle = true;
-            p.draining = true;
+            p.phase = p.phase.recycle();
             log::info!(
                 "{}[{slot}]: recycling worker (pid {}) after {} jobs",
                 self.cfg.name,
@@ -281,7 +282,7 @@ impl Engine {
             if self.slots[i]
                 .proc
                 .as_ref()
-                .is_some_and(|p| p.out_pos < p.out.len() && !p.writable)
+                .is_some_and(|p| p.out_pos < p.out.len() && !p.write_interest)
             {
                 self.flush(i);
             }
@@ -318,8 +319,8 @@ impl Engine {
             p.out.drain(..p.out_pos);
             p.out_pos = 0;
         }
-        if pending != p.writable {
-            p.writable = pending;
+        if pending != p.write_interest {
+            p.write_interest = pending;
             let interest = if pending {
                 Interest::READABLE | Interest::WRITABLE
             } else {
@@ -336,9 +337,7 @@ impl Engine {
     pub(super) fn send_shutdown(&mut self, slot: usize) {
         if let Some(p) = self.slots[slot].proc.as_mut() {
             frame::put_header(&mut p.out, frame::SHUTDOWN, 0);
-            p.shutdown_sent = true;
-            p.draining = true;
-            p.expected = true;
+            p.phase = p.phase.shutdown_sent();
         }
         self.flush(slot);
     }

@@ -40,6 +40,7 @@
 
 mod jobs;
 mod output;
+mod phase;
 mod results;
 mod shared;
 mod workers;
@@ -57,6 +58,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
 use self::output::Pipe;
+use self::phase::Phase;
 pub(crate) use self::shared::{Failure, Job, Raw, Shared, Sink, StopMode};
 pub(crate) use self::zygote_link::Pending;
 use super::frame::InBuf;
@@ -129,11 +131,17 @@ struct Proc {
     pid: i32,
     sock: mio::net::UnixStream,
     sock_token: Token,
+    /// The socket has not reached end of stream (and is registered). Independent of `phase`:
+    /// a worker may die, and its socket close, in any phase.
     sock_open: bool,
-    pidfd: Option<(OwnedFd, Token)>,
+    /// How its exit status will come.
+    reaper: Reaper,
+    /// Bytes for the worker not written yet, from `out_pos`.
     out: Vec<u8>,
     out_pos: usize,
-    writable: bool,
+    /// The socket is registered for writable events (`out` has bytes the socket refused).
+    /// Independent of `phase`: it mirrors the outgoing buffer, which any phase may fill.
+    write_interest: bool,
     inbuf: InBuf,
     inflight: VecDeque<Sent>,
     /// The claim words shared with the worker, and those not holding an in-flight job.
@@ -145,18 +153,20 @@ struct Proc {
     jobs_sent: u64,
     results_since_rss: u32,
     rss_checked: Instant,
-    /// No new jobs: it is being recycled or stopped.
-    draining: bool,
-    /// Recycle once idle.
-    recycle: bool,
-    shutdown_sent: bool,
-    killed: bool,
-    /// The pool asked it to go: its exit is not a death.
-    expected: bool,
+    /// Serving, on its way out, or killed (see `phase`).
+    phase: Phase,
     /// The id of the job whose timeout killed it.
     timed_out: Option<u64>,
-    /// Poll `waitpid` (no pidfd on this kernel).
-    reap_poll: bool,
+}
+
+/// How a worker's exit status comes.
+enum Reaper {
+    /// The fork server reports it (its `X` message).
+    ForkServer,
+    /// An exec'd worker's pidfd turns readable; then `waitpid(pid)`.
+    Pidfd(OwnedFd, Token),
+    /// An exec'd worker without a pidfd (Linux < 5.3): `waitpid(pid, WNOHANG)` on a short timer.
+    PollWaitpid,
 }
 
 struct Slot {
@@ -427,9 +437,8 @@ impl Engine {
         let Some(p) = self.slots[slot].proc.as_mut() else {
             return;
         };
-        p.draining = true;
-        p.expected = true;
-        if !p.killed && !p.shutdown_sent && p.inflight.is_empty() {
+        p.phase = p.phase.stop();
+        if p.phase == Phase::Stopping && p.inflight.is_empty() {
             self.send_shutdown(slot);
         }
     }
@@ -582,7 +591,7 @@ fn retired(s: &Slot) -> bool {
 
 /// Whether a worker may be given new jobs.
 fn eligible(p: &Proc) -> bool {
-    p.sock_open && !p.draining && !p.killed
+    p.sock_open && p.phase.takes_jobs()
 }
 
 /// Calls a sink, containing a panic of the user's callback so that the I/O thread survives.

@@ -6,6 +6,7 @@
 use std::io::{ErrorKind, Read};
 use std::time::Duration;
 
+use super::phase::Phase;
 use super::shared::Raw;
 use super::{Engine, call_sink};
 use crate::lifecycle::Event;
@@ -128,7 +129,7 @@ impl Engine {
         let Some(p) = self.slots[slot].proc.as_mut() else {
             return;
         };
-        if !p.draining
+        if p.phase.takes_jobs()
             && let Some(limit) = max_rss
             && p.results_since_rss > 0
             && (p.results_since_rss >= RSS_RESULTS
@@ -139,8 +140,7 @@ impl Engine {
             if let Some(rss) = rss_bytes(p.pid, page)
                 && rss > limit
             {
-                p.recycle = true;
-                p.draining = true;
+                p.phase = p.phase.recycle();
                 log::info!(
                     "{}[{slot}]: recycling worker (pid {}): RSS {rss} bytes > {limit}",
                     self.cfg.name,
@@ -148,19 +148,18 @@ impl Engine {
                 );
             }
         }
-        if p.draining && p.inflight.is_empty() && !p.shutdown_sent && !p.killed {
-            if p.recycle {
+        if p.phase.shuts_down_when_idle() && p.inflight.is_empty() {
+            if p.phase == Phase::Recycling {
                 // Idle now: a manual-restart step (not a failure); its stop action sends the
                 // Shutdown frame through `ask_stop`.
-                p.recycle = false;
-                p.expected = true;
+                p.phase = p.phase.stop();
                 self.counters.recycled += 1;
                 self.apply(slot, Event::Restart);
             }
             if self.slots[slot]
                 .proc
                 .as_ref()
-                .is_some_and(|p| !p.shutdown_sent && !p.killed)
+                .is_some_and(|p| !p.phase.is_going())
             {
                 self.send_shutdown(slot);
             }

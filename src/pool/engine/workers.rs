@@ -14,9 +14,10 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::output::{MAX_LINE, Pipe, output_pipe};
+use super::phase::Phase;
 use super::shared::{Failure, Raw};
 use super::zygote_link::Pending;
-use super::{Engine, Owner, Proc, Spawner, StopMode};
+use super::{Engine, Owner, Proc, Reaper, Spawner, StopMode};
 use crate::lifecycle::{Event, Instance};
 use crate::policy::ExitStatus;
 use crate::pool::claim::{self, Claim};
@@ -37,8 +38,8 @@ impl Engine {
         p.sock_open = false;
         let _ = self.poll.registry().deregister(&mut p.sock);
         self.owners.remove(&p.sock_token);
-        let no_pidfd = p.pidfd.is_none();
-        if !p.shutdown_sent && !p.killed {
+        let poll_waitpid = matches!(p.reaper, Reaper::PollWaitpid);
+        if !p.phase.is_going() {
             self.kill(slot);
         }
         if fork_server_gone {
@@ -48,10 +49,7 @@ impl Engine {
                 core_dumped: false,
             };
             self.finalize(slot, status);
-        } else if no_pidfd && let Spawner::ExecSelf { .. } = self.spawner {
-            if let Some(p) = self.slots[slot].proc.as_mut() {
-                p.reap_poll = true;
-            }
+        } else if poll_waitpid {
             self.try_reap(slot);
         }
     }
@@ -113,14 +111,14 @@ impl Engine {
             let _ = self.poll.registry().deregister(&mut p.sock);
             self.owners.remove(&p.sock_token);
         }
-        if let Some((fd, token)) = p.pidfd.take() {
+        if let Reaper::Pidfd(fd, token) = std::mem::replace(&mut p.reaper, Reaper::PollWaitpid) {
             let _ = self
                 .poll
                 .registry()
                 .deregister(&mut SourceFd(&fd.as_raw_fd()));
             self.owners.remove(&token);
         }
-        if !p.expected {
+        if !p.phase.is_expected() {
             self.counters.worker_deaths += 1;
         }
         // The job it was running is the one its claim word says it started (or the one it timed
@@ -169,7 +167,7 @@ impl Engine {
     }
 
     pub(super) fn job_deadline(&self, p: &Proc) -> Option<Instant> {
-        if p.killed {
+        if p.phase.is_killed() {
             return None;
         }
         let front = p.inflight.front()?;
@@ -194,7 +192,7 @@ impl Engine {
             consider(s.inst.deadline(&self.cfg.policy));
             if let Some(p) = &s.proc {
                 consider(self.job_deadline(p));
-                if p.reap_poll {
+                if matches!(p.reaper, Reaper::PollWaitpid) {
                     consider(Some(self.now + Duration::from_millis(5)));
                 }
             }
@@ -218,7 +216,7 @@ impl Engine {
             let Some(p) = self.slots[i].proc.as_ref() else {
                 continue;
             };
-            if p.reap_poll {
+            if matches!(p.reaper, Reaper::PollWaitpid) {
                 self.try_reap(i);
                 continue;
             }
@@ -252,8 +250,7 @@ impl Engine {
         };
         let front = p.inflight.front().expect("a running job");
         p.timed_out = Some(front.id);
-        p.expected = true;
-        p.draining = true;
+        p.phase = Phase::Killed { expected: true };
         log::warn!(
             "{}[{slot}]: a job ran out of time after {}; killing worker (pid {})",
             self.cfg.name,
@@ -272,8 +269,7 @@ impl Engine {
         let Some(p) = self.slots[slot].proc.as_mut() else {
             return;
         };
-        p.killed = true;
-        p.draining = true;
+        p.phase = p.phase.kill();
         let pid = p.pid;
         match &mut self.spawner {
             Spawner::Fork { outq, .. } => {
@@ -284,8 +280,8 @@ impl Engine {
                 // We reap only after the pidfd says the worker exited, so normally the pid and
                 // its process group are still the worker's; but a host program's `waitpid(-1)`
                 // may have reaped it behind our back.
-                match &p.pidfd {
-                    Some((fd, _)) => {
+                match &p.reaper {
+                    Reaper::Pidfd(fd, _) => {
                         // Probe first: while the worker still holds its pid (a zombie does
                         // too), neither the pid nor its group id can have been reused, so the
                         // group may be signalled; then the worker itself, through the pidfd.
@@ -304,7 +300,7 @@ impl Engine {
                         }
                     }
                     // No pidfds (kernel before 5.3): by pid, as before them.
-                    None => kill_by_pid(pid),
+                    Reaper::PollWaitpid | Reaper::ForkServer => kill_by_pid(pid),
                 }
             }
         }
@@ -447,7 +443,7 @@ impl Engine {
                 self.owners.insert(t, Owner::Pipe(pipe));
             }
         }
-        let pidfd = pidfd.and_then(|fd| {
+        let reaper = pidfd.and_then(|fd| {
             let t = self.token();
             let raw = fd.as_raw_fd();
             self.poll
@@ -455,19 +451,23 @@ impl Engine {
                 .register(&mut SourceFd(&raw), t, Interest::READABLE)
                 .ok()?;
             self.owners.insert(t, Owner::Pidfd { slot, generation });
-            Some((fd, t))
+            Some(Reaper::Pidfd(fd, t))
         });
-        let reap_poll = pidfd.is_none() && matches!(self.spawner, Spawner::ExecSelf { .. });
+        let reaper = match (reaper, &self.spawner) {
+            (Some(r), _) => r,
+            (None, Spawner::ExecSelf { .. }) => Reaper::PollWaitpid,
+            (None, _) => Reaper::ForkServer,
+        };
         self.slots[slot].proc = Some(Proc {
             generation,
             pid,
             sock,
             sock_token,
             sock_open: true,
-            pidfd,
+            reaper,
             out: Vec::new(),
             out_pos: 0,
-            writable: false,
+            write_interest: false,
             inbuf: InBuf::new(64 * 1024),
             inflight: VecDeque::new(),
             claims,
@@ -477,13 +477,8 @@ impl Engine {
             jobs_sent: 0,
             results_since_rss: 0,
             rss_checked: self.now,
-            draining: self.stopping.is_some(),
-            recycle: false,
-            shutdown_sent: false,
-            killed: false,
-            expected: false,
+            phase: Phase::attached(self.stopping.is_some()),
             timed_out: None,
-            reap_poll,
         });
         self.pids_dirty = true;
     }
