@@ -169,7 +169,7 @@ where
         policy.watchdog = None;
         // A worker is asked to stop with a Shutdown frame once idle, not with a signal.
         policy.stop = crate::policy::StopWith::Request;
-        let cfg = engine::Config {
+        let settings = engine::Settings {
             name: self.name.clone(),
             workers: self.workers,
             pipeline: self.pipeline,
@@ -178,7 +178,7 @@ where
             max_rss_bytes: self.max_rss_bytes,
             policy,
         };
-        let engine = Engine::new(cfg, Arc::clone(&shared), poll, spawner);
+        let engine = Engine::new(settings, Arc::clone(&shared), poll, spawner);
         {
             let mut inner = shared.lock();
             inner.stats.fork_server_pid = engine.fork_server_pid();

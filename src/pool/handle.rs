@@ -13,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::codec::decode_one;
-use super::engine::{Raw, Sink};
+use super::engine::{Completion, Raw};
 use super::{JobError, JobOptions, Outcome, Pool};
 
 /// The state of a [`JobHandle`]'s slot.
@@ -45,7 +45,7 @@ where
     O: DeserializeOwned + Send + 'static,
     E: DeserializeOwned + Send + 'static,
 {
-    pub(super) fn new() -> (JobHandle<O, E>, Sink) {
+    pub(super) fn new() -> (JobHandle<O, E>, Completion) {
         let slot = Arc::new(HandleSlot {
             state: Mutex::new(HandleState {
                 outcome: None,
@@ -54,7 +54,7 @@ where
             cv: Condvar::new(),
         });
         let theirs = Arc::clone(&slot);
-        let sink = Sink::new(move |raw: Raw<'_>| {
+        let completion = Completion::new(move |raw: Raw<'_>| {
             let outcome = decode_one(raw);
             let mut st = theirs.state.lock().unwrap_or_else(PoisonError::into_inner);
             st.outcome = Some(outcome);
@@ -64,7 +64,7 @@ where
                 theirs.cv.notify_all();
             }
         });
-        (JobHandle { slot }, sink)
+        (JobHandle { slot }, completion)
     }
 }
 
@@ -226,12 +226,12 @@ where
             let i = self.next;
             self.next += 1;
             let tx = self.tx.clone();
-            let sink = Sink::new(move |raw: Raw<'_>| {
+            let completion = Completion::new(move |raw: Raw<'_>| {
                 let _ = tx.send(Some((i, decode_one(raw))));
             });
             if self
                 .pool
-                .enqueue(job, JobOptions::default(), sink, true)
+                .enqueue(job, JobOptions::default(), completion, true)
                 .is_err()
             {
                 // Closed midway: this job is reported cancelled, the rest are not taken.
@@ -249,7 +249,7 @@ where
         }
         loop {
             let got = if self.ended {
-                // Every sink runs (or is dropped) before the I/O thread ends: what is not on
+                // Every completion runs (or is dropped) before the I/O thread ends: what is not on
                 // the channel now never will be.
                 self.rx.try_recv().ok()
             } else {

@@ -112,7 +112,7 @@ use serde::de::DeserializeOwned;
 
 pub use self::builder::PoolBuilder;
 use self::codec::{decode_chunk, decode_one, encode_exact};
-use self::engine::{Engine, Failure, Job, Raw, Shared, Sink, StopMode};
+use self::engine::{Completion, Engine, Failure, Job, Raw, Shared, StopMode};
 pub use self::error::{Closed, JobError, Outcome, TrySubmitError};
 pub use self::handle::{ImapUnordered, JobHandle};
 pub use crate::policy::{ExitStatus, Policy};
@@ -295,8 +295,8 @@ where
         job: J,
         options: JobOptions,
     ) -> std::result::Result<JobHandle<O, E>, Closed<J>> {
-        let (handle, sink) = JobHandle::new();
-        match self.enqueue(job, options, sink, true) {
+        let (handle, completion) = JobHandle::new();
+        match self.enqueue(job, options, completion, true) {
             Ok(()) => Ok(handle),
             Err(TrySubmitError::Closed(j) | TrySubmitError::Full(j)) => Err(Closed(j)),
         }
@@ -304,8 +304,8 @@ where
 
     /// Submits a job unless the queue is full or the pool closed, giving the job back then.
     pub fn try_submit(&self, job: J) -> std::result::Result<JobHandle<O, E>, TrySubmitError<J>> {
-        let (handle, sink) = JobHandle::new();
-        self.enqueue(job, JobOptions::default(), sink, false)?;
+        let (handle, completion) = JobHandle::new();
+        self.enqueue(job, JobOptions::default(), completion, false)?;
         Ok(handle)
     }
 
@@ -330,8 +330,8 @@ where
     where
         C: FnOnce(Outcome<O, E>) + Send + 'static,
     {
-        let sink = Sink::new(move |raw: Raw<'_>| callback(decode_one(raw)));
-        self.enqueue(job, options, sink, true)
+        let completion = Completion::new(move |raw: Raw<'_>| callback(decode_one(raw)));
+        self.enqueue(job, options, completion, true)
             .map_err(|e| Closed(e.into_job()))
     }
 
@@ -350,11 +350,11 @@ where
         let mut sent = 0;
         for (i, job) in jobs.into_iter().enumerate() {
             let tx = tx.clone();
-            let sink = Sink::new(move |raw: Raw<'_>| {
+            let completion = Completion::new(move |raw: Raw<'_>| {
                 let _ = tx.send((i, decode_one(raw)));
             });
             if self
-                .enqueue(job, JobOptions::default(), sink, true)
+                .enqueue(job, JobOptions::default(), completion, true)
                 .is_err()
             {
                 if sent == 0 {
@@ -411,7 +411,7 @@ where
                 continue;
             }
             let tx = tx.clone();
-            let sink = Sink::new(move |raw: Raw<'_>| {
+            let completion = Completion::new(move |raw: Raw<'_>| {
                 let _ = tx.send((start, decode_chunk(raw, count)));
             });
             let job = Job {
@@ -420,7 +420,7 @@ where
                 items: count as u32,
                 timeout: None,
                 retries: 0,
-                sink,
+                completion,
             };
             if self.enqueue_job(job, true).is_err() {
                 if sent == 0 {
@@ -581,14 +581,14 @@ where
         &self,
         job: J,
         options: JobOptions,
-        sink: Sink,
+        completion: Completion,
         block: bool,
     ) -> std::result::Result<(), TrySubmitError<J>> {
         let body = match encode_exact(&job) {
             Ok(body) => body,
             Err(e) => {
                 // Reported at once, on this thread: the job never reaches the pool.
-                sink.call(Raw::Codec(format!("job {e}")));
+                completion.call(Raw::Codec(format!("job {e}")));
                 return Ok(());
             }
         };
@@ -598,7 +598,7 @@ where
             items: 1,
             timeout: options.timeout,
             retries: options.retries,
-            sink,
+            completion,
         };
         match self.enqueue_job(job_, block) {
             Ok(()) => Ok(()),
@@ -607,12 +607,12 @@ where
         }
     }
 
-    /// Puts an encoded job on the queue: `Err((job, full))` when it was not taken (its sink then
+    /// Puts an encoded job on the queue: `Err((job, full))` when it was not taken (its completion then
     /// defused: a refused job has no outcome, its submitter gets it back).
     fn enqueue_job(&self, job: Job, block: bool) -> std::result::Result<(), (Job, bool)> {
         let refused = self.try_enqueue(job, block);
         refused.map_err(|(mut job, full)| {
-            job.sink.defuse();
+            job.completion.defuse();
             (job, full)
         })
     }

@@ -42,7 +42,7 @@ use crate::sys::{self, ChildSetup};
 
 /// A message from the zygote to the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reply {
+pub(crate) enum FromZygote {
     /// The worker of request `token` was forked as `pid`.
     Spawned {
         /// The request's token.
@@ -66,21 +66,21 @@ pub(crate) enum Reply {
     },
 }
 
-impl Reply {
+impl FromZygote {
     fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(16);
         match *self {
-            Reply::Spawned { token, pid } => {
+            FromZygote::Spawned { token, pid } => {
                 v.push(b'P');
                 v.extend_from_slice(&token.to_le_bytes());
                 v.extend_from_slice(&pid.to_le_bytes());
             }
-            Reply::Failed { token, errno } => {
+            FromZygote::Failed { token, errno } => {
                 v.push(b'F');
                 v.extend_from_slice(&token.to_le_bytes());
                 v.extend_from_slice(&errno.to_le_bytes());
             }
-            Reply::Exited { pid, status } => {
+            FromZygote::Exited { pid, status } => {
                 v.push(b'X');
                 v.extend_from_slice(&pid.to_le_bytes());
                 let (kind, value) = match status {
@@ -98,15 +98,15 @@ impl Reply {
     }
 
     /// Decodes one datagram from the zygote.
-    pub(crate) fn decode(b: &[u8]) -> Option<Reply> {
+    pub(crate) fn decode(b: &[u8]) -> Option<FromZygote> {
         let u64_at = |i: usize| Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?));
         let i32_at = |i: usize| Some(i32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?));
         match *b.first()? {
-            b'P' => Some(Reply::Spawned {
+            b'P' => Some(FromZygote::Spawned {
                 token: u64_at(1)?,
                 pid: i32_at(9)?,
             }),
-            b'F' => Some(Reply::Failed {
+            b'F' => Some(FromZygote::Failed {
                 token: u64_at(1)?,
                 errno: i32_at(9)?,
             }),
@@ -120,7 +120,7 @@ impl Reply {
                         core_dumped: k == 2,
                     },
                 };
-                Some(Reply::Exited { pid, status })
+                Some(FromZygote::Exited { pid, status })
             }
             _ => None,
         }
@@ -129,12 +129,12 @@ impl Reply {
 
 /// A request from the pool to the zygote, with the descriptors it carries.
 #[derive(Debug)]
-pub(crate) struct Request {
+pub(crate) struct ToZygote {
     bytes: Vec<u8>,
     fds: Vec<OwnedFd>,
 }
 
-impl Request {
+impl ToZygote {
     /// Fork a worker on `sock` with its output on `stdout` and `stderr` and its claim words
     /// in the `memfd` `claims`.
     pub(crate) fn spawn(
@@ -143,21 +143,21 @@ impl Request {
         stdout: OwnedFd,
         stderr: OwnedFd,
         claims: OwnedFd,
-    ) -> Request {
+    ) -> ToZygote {
         let mut bytes = vec![b'S'];
         bytes.extend_from_slice(&token.to_le_bytes());
-        Request {
+        ToZygote {
             bytes,
             fds: vec![sock, stdout, stderr, claims],
         }
     }
 
     /// Send `signal` to worker `pid`'s process group, if it is still unreaped.
-    pub(crate) fn kill(pid: i32, signal: i32) -> Request {
+    pub(crate) fn kill(pid: i32, signal: i32) -> ToZygote {
         let mut bytes = vec![b'K'];
         bytes.extend_from_slice(&pid.to_le_bytes());
         bytes.extend_from_slice(&signal.to_le_bytes());
-        Request {
+        ToZygote {
             bytes,
             fds: Vec::new(),
         }
@@ -181,7 +181,7 @@ impl Request {
 
 /// Receives one datagram from the zygote without blocking: `Ok(None)` when none is waiting,
 /// `Err(Errno::ECONNRESET)` at end of stream (the zygote is gone).
-pub(crate) fn receive(ctl: BorrowedFd<'_>) -> nix::Result<Option<Reply>> {
+pub(crate) fn receive(ctl: BorrowedFd<'_>) -> nix::Result<Option<FromZygote>> {
     let mut buf = [0u8; 64];
     loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
@@ -189,7 +189,7 @@ pub(crate) fn receive(ctl: BorrowedFd<'_>) -> nix::Result<Option<Reply>> {
             Ok(msg) if msg.bytes == 0 => return Err(Errno::ECONNRESET),
             Ok(msg) => {
                 let n = msg.bytes;
-                return Ok(Reply::decode(&buf[..n]));
+                return Ok(FromZygote::decode(&buf[..n]));
             }
             Err(Errno::EINTR) => continue,
             Err(Errno::EAGAIN) => return Ok(None),
@@ -309,12 +309,12 @@ fn zygote_main(ctl: OwnedFd, parent: i32, entry: Entry<'_>) -> std::result::Resu
                             Ok(sys::Fork::Child) => worker_child(fds, me, entry),
                             Ok(sys::Fork::Parent(pid)) => {
                                 live.insert(pid.as_raw());
-                                Reply::Spawned {
+                                FromZygote::Spawned {
                                     token,
                                     pid: pid.as_raw(),
                                 }
                             }
-                            Err(e) => Reply::Failed {
+                            Err(e) => FromZygote::Failed {
                                 token,
                                 errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
                             },
@@ -341,7 +341,7 @@ fn zygote_main(ctl: OwnedFd, parent: i32, entry: Entry<'_>) -> std::result::Resu
 
 /// Sends one reply; blocking is fine here (the pool reads promptly, and if it is gone the
 /// send fails and the zygote leaves).
-fn reply_to(ctl: &OwnedFd, reply: Reply) -> std::result::Result<(), String> {
+fn reply_to(ctl: &OwnedFd, reply: FromZygote) -> std::result::Result<(), String> {
     let bytes = reply.encode();
     loop {
         match nix::sys::socket::send(ctl.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL) {
@@ -372,7 +372,7 @@ fn reap(ctl: &OwnedFd, live: &mut HashSet<i32>) -> std::result::Result<(), Strin
         live.remove(&pid.as_raw());
         reply_to(
             ctl,
-            Reply::Exited {
+            FromZygote::Exited {
                 pid: pid.as_raw(),
                 status,
             },
@@ -453,23 +453,23 @@ mod tests {
     #[test]
     fn replies_round_trip() {
         let all = [
-            Reply::Spawned { token: 7, pid: 42 },
-            Reply::Failed {
+            FromZygote::Spawned { token: 7, pid: 42 },
+            FromZygote::Failed {
                 token: u64::MAX,
                 errno: 11,
             },
-            Reply::Exited {
+            FromZygote::Exited {
                 pid: 9,
                 status: ExitStatus::Code(3),
             },
-            Reply::Exited {
+            FromZygote::Exited {
                 pid: 9,
                 status: ExitStatus::Signal {
                     signal: 9,
                     core_dumped: false,
                 },
             },
-            Reply::Exited {
+            FromZygote::Exited {
                 pid: 9,
                 status: ExitStatus::Signal {
                     signal: 11,
@@ -478,9 +478,9 @@ mod tests {
             },
         ];
         for r in all {
-            assert_eq!(Reply::decode(&r.encode()), Some(r));
+            assert_eq!(FromZygote::decode(&r.encode()), Some(r));
         }
-        assert_eq!(Reply::decode(b""), None);
-        assert_eq!(Reply::decode(b"P12"), None);
+        assert_eq!(FromZygote::decode(b""), None);
+        assert_eq!(FromZygote::decode(b"P12"), None);
     }
 }

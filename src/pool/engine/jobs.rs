@@ -64,7 +64,7 @@ impl Engine {
         }
         drop(inner);
         for (job, f) in failed {
-            self.complete(job.sink, Raw::Failed(f));
+            self.complete(job.completion, Raw::Failed(f));
         }
         if let Some(mode) = asked
             && self.stopping != Some(StopMode::Terminate)
@@ -76,7 +76,7 @@ impl Engine {
 
     /// Jobs a worker may hold now (see `pace`).
     pub(super) fn window(&self) -> usize {
-        self.pace.window(self.cfg.pipeline)
+        self.pace.window(self.settings.pipeline)
     }
 
     /// Sends taken jobs to the eligible workers with the fewest in flight, idle ones first,
@@ -136,7 +136,7 @@ impl Engine {
                 return;
             };
             // Within the idle worker's quota of jobs, if it is recycled by job count.
-            let quota = match (self.cfg.max_jobs_per_worker, &self.slots[idle].proc) {
+            let quota = match (self.settings.max_jobs_per_worker, &self.slots[idle].proc) {
                 (Some(m), Some(p)) => m.saturating_sub(p.jobs_sent) as usize,
                 _ => usize::MAX,
             };
@@ -190,7 +190,7 @@ impl Engine {
         });
         p.jobs_sent += 1;
         if self
-            .cfg
+            .settings
             .max_jobs_per_worker
             .is_some_and(|m| p.jobs_sent >= m)
         {
@@ -199,7 +199,7 @@ impl Engine {
             p.phase = p.phase.recycle();
             log::info!(
                 "{}[{slot}]: recycling worker (pid {}) after {} jobs",
-                self.cfg.name,
+                self.settings.name,
                 p.pid,
                 p.jobs_sent
             );

@@ -1,13 +1,13 @@
 //! The pool's I/O thread: one mio event loop that owns every worker socket, output pipe, pidfd,
 //! timer and per-worker [`Instance`], and the only code that talks to workers.
 //!
-//! It is not generic: jobs arrive already encoded, with a type-erased completion ([`Sink`]) that
+//! It is not generic: jobs arrive already encoded, with a type-erased completion ([`Completion`]) that
 //! decodes the result in the typed layer. The API threads and this thread share only
 //! [`Shared`]: the bounded queue of jobs not yet sent, the flags (`closed`, `stop`), counters
 //! and a stats snapshot, under one mutex, plus a `mio::Waker`.
 //!
 //! **Ordering rules.**
-//! - Each job's sink is called exactly once, on this thread: it is moved out of the job when
+//! - Each job's completion is called exactly once, on this thread: it is moved out of the job when
 //!   called, and a job is always in exactly one place — the shared queue, a worker's in-flight
 //!   list, or the requeue list.
 //! - A worker's in-flight list is in send order; results must arrive in that order (the worker
@@ -27,7 +27,7 @@
 //!   started, those are taken back through their claim words (`claim::revoke`, which fails for
 //!   a job just started) and sent to the idle one: a job waits behind another only while every
 //!   worker is busy. Counters are published (and waiters woken) once per loop turn,
-//!   after the sinks of that turn have run, so `join` returns only after every callback.
+//!   after the completions of that turn have run, so `join` returns only after every callback.
 //! - Exit statuses come from the fork server (its `X` messages) or from a pidfd per exec'd worker
 //!   followed by `waitpid(pid)`: never `waitpid(-1)`, which would steal the host's children. A
 //!   worker whose socket reaches end of stream unasked is `SIGKILL`ed (its process group) so
@@ -35,7 +35,7 @@
 //!   (`PR_SET_PDEATHSIG`) and are finalized at once as killed, and the pool turns fatal. The
 //!   fork server itself is reaped when its pidfd turns readable, not when its socket closes:
 //!   a dying process closes its descriptors before it becomes a zombie.
-//! - `terminate` cancels every unfinished job at once (sinks called with `Cancelled`) before the
+//! - `terminate` cancels every unfinished job at once (completions called with `Cancelled`) before the
 //!   workers are killed, so results that still arrive find no job and are dropped.
 
 mod jobs;
@@ -57,20 +57,20 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use self::output::Pipe;
+use self::output::OutputPipe;
 use self::phase::Phase;
-pub(crate) use self::shared::{Failure, Job, Raw, Shared, Sink, StopMode};
+pub(crate) use self::shared::{Completion, Failure, Job, Raw, Shared, StopMode};
 pub(crate) use self::zygote_link::Pending;
 use super::frame::InBuf;
 use super::pace::Pace;
-use super::zygote::{Request, Zygote};
+use super::zygote::{ToZygote, Zygote};
 use crate::lifecycle::{Action, Event, Instance, State};
 use crate::policy::{Jitter, Policy};
 use crate::sys::pool::SharedWords;
 
 /// The frozen settings of the loop.
 #[derive(Debug, Clone)]
-pub(crate) struct Config {
+pub(crate) struct Settings {
     pub(crate) name: String,
     pub(crate) workers: usize,
     pub(crate) pipeline: usize,
@@ -86,7 +86,7 @@ pub(crate) enum Spawner {
     Fork {
         zygote: Option<Zygote>,
         /// Requests not sent yet (the socket was full).
-        outq: VecDeque<Request>,
+        outq: VecDeque<ToZygote>,
         writable: bool,
         /// Spawns asked for, by token.
         pending: HashMap<u64, Pending>,
@@ -110,7 +110,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 enum Owner {
     Sock { slot: usize, generation: u64 },
     Pidfd { slot: usize, generation: u64 },
-    Pipe(Pipe),
+    OutputPipe(OutputPipe),
 }
 
 /// A job on its way through a worker.
@@ -169,7 +169,7 @@ enum Reaper {
     PollWaitpid,
 }
 
-struct Slot {
+struct WorkerSlot {
     inst: Instance,
     proc: Option<Proc>,
 }
@@ -189,11 +189,11 @@ struct Counters {
 
 /// The I/O thread's state. See the module documentation.
 pub(crate) struct Engine {
-    cfg: Config,
+    settings: Settings,
     shared: Arc<Shared>,
     poll: Poll,
     spawner: Spawner,
-    slots: Vec<Slot>,
+    slots: Vec<WorkerSlot>,
     owners: HashMap<Token, Owner>,
     pipe_backlog: Vec<Token>,
     next_token: usize,
@@ -223,7 +223,12 @@ pub(crate) struct Engine {
 
 impl Engine {
     /// The loop's state; nothing runs until [`Engine::run`].
-    pub(crate) fn new(cfg: Config, shared: Arc<Shared>, poll: Poll, spawner: Spawner) -> Engine {
+    pub(crate) fn new(
+        settings: Settings,
+        shared: Arc<Shared>,
+        poll: Poll,
+        spawner: Spawner,
+    ) -> Engine {
         let fatal = match &spawner {
             Spawner::Inert(why) => Some(why.clone()),
             _ => None,
@@ -232,14 +237,14 @@ impl Engine {
             .ok()
             .flatten()
             .unwrap_or(4096) as u64;
-        let slots = (0..cfg.workers)
-            .map(|_| Slot {
+        let slots = (0..settings.workers)
+            .map(|_| WorkerSlot {
                 inst: Instance::new(),
                 proc: None,
             })
             .collect();
         Engine {
-            cfg,
+            settings,
             shared,
             poll,
             spawner,
@@ -281,8 +286,8 @@ impl Engine {
         ON_IO_THREAD.with(|f| f.set(true));
         // Whatever way this thread ends — a panic included — waiters in join(), wait() and
         // imap_unordered must learn that it did, or they would wait for ever. The guard is
-        // dropped after `serve`'s frame, hence after the engine and every sink it still held
-        // (a dropped sink delivers its outcome): by the time waiters are woken, every outcome
+        // dropped after `serve`'s frame, hence after the engine and every completion it still held
+        // (a dropped completion delivers its outcome): by the time waiters are woken, every outcome
         // that will ever exist has been delivered.
         let _done = IoDoneOnExit(Arc::clone(&self.shared));
         self.serve();
@@ -328,7 +333,7 @@ impl Engine {
             if let Err(e) = self.poll.poll(&mut events, timeout)
                 && e.kind() != ErrorKind::Interrupted
             {
-                log::error!("pool {}: epoll_wait failed: {e}", self.cfg.name);
+                log::error!("pool {}: epoll_wait failed: {e}", self.settings.name);
                 self.fatal
                     .get_or_insert_with(|| format!("epoll_wait failed: {e}"));
                 self.stopping = Some(StopMode::Terminate);
@@ -343,8 +348,8 @@ impl Engine {
         self.publish();
     }
 
-    fn complete(&mut self, sink: Sink, raw: Raw<'_>) {
-        call_sink(&self.cfg.name, sink, raw);
+    fn complete(&mut self, completion: Completion, raw: Raw<'_>) {
+        call_completion(&self.settings.name, completion, raw);
         self.counters.finished_delta += 1;
     }
 
@@ -377,7 +382,7 @@ impl Engine {
                     self.try_reap(slot);
                 }
                 Some(Owner::Pidfd { .. }) => {}
-                Some(Owner::Pipe(_)) => self.read_pipe(token),
+                Some(Owner::OutputPipe(_)) => self.read_pipe(token),
                 None => {}
             },
         }
@@ -398,14 +403,17 @@ impl Engine {
             let jitter = self.jitter.next_unit();
             let actions = self.slots[slot]
                 .inst
-                .step(&self.cfg.policy, ev, self.now, jitter);
+                .step(&self.settings.policy, ev, self.now, jitter);
             for action in actions {
                 match action {
                     Action::Spawn => match self.spawn(slot) {
                         Ok(Some(pid)) => events.push(Event::Spawned { pid }),
                         Ok(None) => {}
                         Err(e) => {
-                            log::error!("{}[{slot}]: cannot start a worker: {e}", self.cfg.name);
+                            log::error!(
+                                "{}[{slot}]: cannot start a worker: {e}",
+                                self.settings.name
+                            );
                             events.push(Event::SpawnFailed);
                         }
                     },
@@ -420,7 +428,7 @@ impl Engine {
                         }
                     }
                     Action::Log { level, message } => {
-                        log::log!(level, "{}[{slot}]: {message}", self.cfg.name);
+                        log::log!(level, "{}[{slot}]: {message}", self.settings.name);
                     }
                 }
             }
@@ -451,7 +459,7 @@ impl Engine {
             return;
         }
         if self.fatal_from_slots {
-            log::info!("pool {}: revived; accepting jobs again", self.cfg.name);
+            log::info!("pool {}: revived; accepting jobs again", self.settings.name);
             self.fatal = None;
             self.fatal_from_slots = false;
         }
@@ -460,7 +468,10 @@ impl Engine {
         }
         for i in 0..self.slots.len() {
             if retired(&self.slots[i]) {
-                log::info!("{}[{i}]: reviving the retired worker slot", self.cfg.name);
+                log::info!(
+                    "{}[{i}]: reviving the retired worker slot",
+                    self.settings.name
+                );
                 self.apply(i, Event::Start);
             }
         }
@@ -483,15 +494,15 @@ impl Engine {
             format!(
                 "pool {}: every worker is down after a crash loop{last}: more than {} restarts \
                  within {}; the pool gave up",
-                self.cfg.name,
-                self.cfg.policy.max_restarts,
-                crate::policy::fmt_duration(self.cfg.policy.restart_window)
+                self.settings.name,
+                self.settings.policy.max_restarts,
+                crate::policy::fmt_duration(self.settings.policy.restart_window)
             )
         } else {
             format!(
                 "pool {}: no worker left{last} (restart = {})",
-                self.cfg.name,
-                self.cfg.policy.restart.name()
+                self.settings.name,
+                self.settings.policy.restart.name()
             )
         };
         log::error!("{why}");
@@ -508,15 +519,15 @@ impl Engine {
                 if let Some(p) = self.slots[i].proc.as_mut() {
                     let jobs = std::mem::take(&mut p.inflight);
                     for sent in jobs {
-                        self.complete(sent.job.sink, Raw::Failed(Failure::Cancelled));
+                        self.complete(sent.job.completion, Raw::Failed(Failure::Cancelled));
                     }
                 }
             }
             for job in std::mem::take(&mut self.requeue) {
-                self.complete(job.sink, Raw::Failed(Failure::Cancelled));
+                self.complete(job.completion, Raw::Failed(Failure::Cancelled));
             }
             for job in std::mem::take(&mut self.intake) {
-                self.complete(job.sink, Raw::Failed(Failure::Cancelled));
+                self.complete(job.completion, Raw::Failed(Failure::Cancelled));
             }
             self.stop_deadline = Some(self.now + STOP_GRACE);
         }
@@ -546,7 +557,7 @@ impl Engine {
         let tokens: Vec<Token> = self
             .owners
             .iter()
-            .filter(|(_, o)| matches!(o, Owner::Pipe(_)))
+            .filter(|(_, o)| matches!(o, Owner::OutputPipe(_)))
             .map(|(t, _)| *t)
             .collect();
         for t in tokens {
@@ -585,7 +596,7 @@ thread_local! {
 
 /// Whether a slot is retired: no worker and none coming (a crash loop, or a policy that does
 /// not restart), until [`crate::pool::Pool::revive`].
-fn retired(s: &Slot) -> bool {
+fn retired(s: &WorkerSlot) -> bool {
     s.proc.is_none() && matches!(s.inst.state, State::Fatal | State::Exited)
 }
 
@@ -594,9 +605,9 @@ fn eligible(p: &Proc) -> bool {
     p.sock_open && p.phase.takes_jobs()
 }
 
-/// Calls a sink, containing a panic of the user's callback so that the I/O thread survives.
-fn call_sink(name: &str, sink: Sink, raw: Raw<'_>) {
-    if catch_unwind(AssertUnwindSafe(|| sink.call(raw))).is_err() {
+/// Calls a completion, containing a panic of the user's callback so that the I/O thread survives.
+fn call_completion(name: &str, completion: Completion, raw: Raw<'_>) {
+    if catch_unwind(AssertUnwindSafe(|| completion.call(raw))).is_err() {
         log::error!("pool {name}: a job callback panicked (the pool carries on)");
     }
 }

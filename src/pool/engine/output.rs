@@ -19,7 +19,7 @@ const PIPE_BUDGET: usize = 256 * 1024;
 pub(super) const MAX_LINE: usize = 16 * 1024;
 
 /// A worker's stdout or stderr, read into the log line by line.
-pub(super) struct Pipe {
+pub(super) struct OutputPipe {
     pub(super) file: File,
     pub(super) framer: LineFramer,
     pub(super) slot: usize,
@@ -27,8 +27,8 @@ pub(super) struct Pipe {
 
 impl Engine {
     pub(super) fn read_pipe(&mut self, token: Token) {
-        let name = &self.cfg.name;
-        let Some(Owner::Pipe(pipe)) = self.owners.get_mut(&token) else {
+        let name = &self.settings.name;
+        let Some(Owner::OutputPipe(pipe)) = self.owners.get_mut(&token) else {
             return;
         };
         let mut buf = [0u8; 16 * 1024];
@@ -58,7 +58,7 @@ impl Engine {
                 }
             }
         }
-        if eof && let Some(Owner::Pipe(mut pipe)) = self.owners.remove(&token) {
+        if eof && let Some(Owner::OutputPipe(mut pipe)) = self.owners.remove(&token) {
             let slot = pipe.slot;
             pipe.framer
                 .finish(&mut |line| log::info!("{name}[{slot}] {line}"));

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::phase::Phase;
 use super::shared::Raw;
-use super::{Engine, call_sink};
+use super::{Engine, call_completion};
 use crate::lifecycle::Event;
 use crate::pool::frame;
 
@@ -62,7 +62,7 @@ impl Engine {
     /// Completes the jobs whose results are in the buffer; `false` after a protocol error
     /// (the worker is being killed).
     pub(super) fn take_results(&mut self, slot: usize) -> bool {
-        let name = &self.cfg.name;
+        let name = &self.settings.name;
         let now = self.now;
         let p = self.slots[slot].proc.as_mut().expect("live worker");
         let mut done = 0u64;
@@ -101,7 +101,7 @@ impl Engine {
                 self.pace.turn(now.saturating_duration_since(sent.sent_at));
             }
             self.counters.completed += u64::from(sent.job.items);
-            call_sink(name, sent.job.sink, Raw::Done(&body[8..]));
+            call_completion(name, sent.job.completion, Raw::Done(&body[8..]));
             done += 1;
             p.inbuf.consume(frame::HEADER + f.len);
             p.jobs_done += 1;
@@ -112,7 +112,7 @@ impl Engine {
         if let Some(why) = bad {
             log::error!(
                 "{}[{slot}]: protocol error from worker (pid {}): {why}; killing it",
-                self.cfg.name,
+                self.settings.name,
                 p.pid
             );
             self.kill(slot);
@@ -124,7 +124,7 @@ impl Engine {
     /// Recycling checks and graceful stops once results came in.
     pub(super) fn after_results(&mut self, slot: usize) {
         let now = self.now;
-        let max_rss = self.cfg.max_rss_bytes;
+        let max_rss = self.settings.max_rss_bytes;
         let page = self.page_size;
         let Some(p) = self.slots[slot].proc.as_mut() else {
             return;
@@ -143,7 +143,7 @@ impl Engine {
                 p.phase = p.phase.recycle();
                 log::info!(
                     "{}[{slot}]: recycling worker (pid {}): RSS {rss} bytes > {limit}",
-                    self.cfg.name,
+                    self.settings.name,
                     p.pid
                 );
             }

@@ -18,17 +18,17 @@ use crate::pool::PoolStats;
 
 /// Where a job's outcome goes; called exactly once, on the I/O thread.
 ///
-/// A sink dropped without being called (a job lost to a bug, e.g. a panic of the I/O thread)
+/// A completion dropped without being called (a job lost to a bug, e.g. a panic of the I/O thread)
 /// delivers [`Failure::Fatal`] from its destructor, so that a waiter never waits forever.
-pub(crate) struct Sink(Option<Deliver>);
+pub(crate) struct Completion(Option<Deliver>);
 
-/// The boxed completion inside a [`Sink`].
+/// The boxed completion inside a [`Completion`].
 type Deliver = Box<dyn FnOnce(Raw<'_>) + Send>;
 
-impl Sink {
-    /// A sink running `f` with the outcome.
-    pub(crate) fn new(f: impl FnOnce(Raw<'_>) + Send + 'static) -> Sink {
-        Sink(Some(Box::new(f)))
+impl Completion {
+    /// A completion running `f` with the outcome.
+    pub(crate) fn new(f: impl FnOnce(Raw<'_>) + Send + 'static) -> Completion {
+        Completion(Some(Box::new(f)))
     }
 
     /// For a job that was refused (its submitter gets it back): it will never have an outcome.
@@ -44,7 +44,7 @@ impl Sink {
     }
 }
 
-impl Drop for Sink {
+impl Drop for Completion {
     fn drop(&mut self) {
         if let Some(f) = self.0.take() {
             let why = "the pool stopped before this job had an outcome".to_string();
@@ -90,7 +90,7 @@ pub(crate) struct Job {
     /// Retries left after a worker death or timeout.
     pub(crate) retries: u32,
     /// The completion.
-    pub(crate) sink: Sink,
+    pub(crate) completion: Completion,
 }
 
 /// How the I/O thread is asked to stop.
@@ -131,7 +131,7 @@ pub(crate) struct Inner {
     pub(crate) stop: Option<StopMode>,
     /// Jobs accepted (each chunk counts once).
     pub(crate) accepted: u64,
-    /// Jobs whose sink has run.
+    /// Jobs whose completion has run.
     pub(crate) finished: u64,
     /// The I/O thread has ended (or never could start).
     pub(crate) io_done: bool,
@@ -186,7 +186,7 @@ impl Shared {
     }
 
     /// Ends the pool's I/O: closes the pool, applies `update` (under the lock), fails every job
-    /// still queued with `failure()` (outside the lock: a sink may run a user's callback), then
+    /// still queued with `failure()` (outside the lock: a completion may run a user's callback), then
     /// marks the I/O thread ended — so that woken waiters find every outcome delivered.
     pub(crate) fn finish_io(&self, failure: impl Fn() -> Failure, update: impl FnOnce(&mut Inner)) {
         let orphans: Vec<Job> = {
@@ -198,9 +198,9 @@ impl Shared {
         for job in orphans {
             // May run while the I/O thread unwinds: a panicking callback must neither abort
             // the process nor keep the end from being marked.
-            let sink = job.sink;
+            let completion = job.completion;
             let raw = Raw::Failed(failure());
-            if catch_unwind(AssertUnwindSafe(|| sink.call(raw))).is_err() {
+            if catch_unwind(AssertUnwindSafe(|| completion.call(raw))).is_err() {
                 log::error!("pool: a job callback panicked (its job failed with the pool's end)");
             }
         }

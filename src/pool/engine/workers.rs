@@ -13,7 +13,7 @@ use mio::{Interest, Token};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use super::output::{MAX_LINE, Pipe, output_pipe};
+use super::output::{MAX_LINE, OutputPipe, output_pipe};
 use super::phase::Phase;
 use super::shared::{Failure, Raw};
 use super::zygote_link::Pending;
@@ -22,7 +22,7 @@ use crate::lifecycle::{Event, Instance};
 use crate::policy::ExitStatus;
 use crate::pool::claim::{self, Claim};
 use crate::pool::frame::InBuf;
-use crate::pool::zygote::Request;
+use crate::pool::zygote::ToZygote;
 use crate::stream::LineFramer;
 use crate::sys::pool::SharedWords;
 use crate::sys::{self, ChildSetup};
@@ -69,7 +69,7 @@ impl Engine {
                 // Someone else (the host's own `waitpid(-1)`) reaped it.
                 log::warn!(
                     "{}[{slot}]: worker (pid {}) was reaped by someone else",
-                    self.cfg.name,
+                    self.settings.name,
                     p.pid
                 );
                 ExitStatus::Signal {
@@ -140,7 +140,7 @@ impl Engine {
             if failure != Failure::TimedOut {
                 log::warn!(
                     "{}[{slot}]: worker (pid {}) died ({status}) while running a job{}",
-                    self.cfg.name,
+                    self.settings.name,
                     p.pid,
                     if retry { "; retrying it" } else { "" }
                 );
@@ -151,12 +151,12 @@ impl Engine {
                 self.counters.retried += 1;
                 self.requeue.push(job);
             } else {
-                self.complete(front.job.sink, Raw::Failed(failure));
+                self.complete(front.job.completion, Raw::Failed(failure));
             }
         }
         for sent in jobs {
             if self.stopping == Some(StopMode::Terminate) {
-                self.complete(sent.job.sink, Raw::Failed(Failure::Cancelled));
+                self.complete(sent.job.completion, Raw::Failed(Failure::Cancelled));
             } else {
                 self.counters.requeued += 1;
                 self.requeue.push(sent.job);
@@ -171,7 +171,7 @@ impl Engine {
             return None;
         }
         let front = p.inflight.front()?;
-        let per_job = front.job.timeout.unwrap_or(self.cfg.job_timeout)?;
+        let per_job = front.job.timeout.unwrap_or(self.settings.job_timeout)?;
         let limit = per_job.saturating_mul(front.job.items.max(1));
         p.running_since.checked_add(limit)
     }
@@ -189,7 +189,7 @@ impl Engine {
             }
         };
         for s in &self.slots {
-            consider(s.inst.deadline(&self.cfg.policy));
+            consider(s.inst.deadline(&self.settings.policy));
             if let Some(p) = &s.proc {
                 consider(self.job_deadline(p));
                 if matches!(p.reaper, Reaper::PollWaitpid) {
@@ -208,7 +208,7 @@ impl Engine {
         for i in 0..self.slots.len() {
             if self.slots[i]
                 .inst
-                .deadline(&self.cfg.policy)
+                .deadline(&self.settings.policy)
                 .is_some_and(|d| d <= now)
             {
                 self.apply(i, Event::Tick);
@@ -230,11 +230,11 @@ impl Engine {
                 if let Some(p) = self.slots[i].proc.take() {
                     log::error!(
                         "{}[{i}]: worker (pid {}) did not go away after SIGKILL; abandoning it",
-                        self.cfg.name,
+                        self.settings.name,
                         p.pid
                     );
                     for sent in p.inflight {
-                        self.complete(sent.job.sink, Raw::Failed(Failure::Cancelled));
+                        self.complete(sent.job.completion, Raw::Failed(Failure::Cancelled));
                     }
                     self.slots[i].inst = Instance::new();
                 }
@@ -253,7 +253,7 @@ impl Engine {
         p.phase = Phase::Killed { expected: true };
         log::warn!(
             "{}[{slot}]: a job ran out of time after {}; killing worker (pid {})",
-            self.cfg.name,
+            self.settings.name,
             crate::policy::fmt_duration(self.now.saturating_duration_since(p.running_since)),
             p.pid
         );
@@ -273,7 +273,7 @@ impl Engine {
         let pid = p.pid;
         match &mut self.spawner {
             Spawner::Fork { outq, .. } => {
-                outq.push_back(Request::kill(pid, libc::SIGKILL));
+                outq.push_back(ToZygote::kill(pid, libc::SIGKILL));
                 self.flush_zygote();
             }
             _ => {
@@ -316,7 +316,7 @@ impl Engine {
         ours.set_nonblocking(true)?;
         let (out_r, out_w) = output_pipe()?;
         let (err_r, err_w) = output_pipe()?;
-        let (claims, claims_fd) = SharedWords::create(self.cfg.pipeline)?;
+        let (claims, claims_fd) = SharedWords::create(self.settings.pipeline)?;
         match &mut self.spawner {
             Spawner::Fork {
                 zygote,
@@ -340,7 +340,7 @@ impl Engine {
                         err: err_r,
                     },
                 );
-                outq.push_back(Request::spawn(
+                outq.push_back(ToZygote::spawn(
                     token,
                     theirs.into(),
                     out_w,
@@ -355,7 +355,7 @@ impl Engine {
                 let mut cmd = std::process::Command::new("/proc/self/exe");
                 cmd.arg0(&*arg0)
                     .args(args.iter())
-                    .env(crate::pool::WORKER_ENV, &self.cfg.name)
+                    .env(crate::pool::WORKER_ENV, &self.settings.name)
                     .env(crate::pool::INDEX_ENV, slot.to_string())
                     .stdin(std::process::Stdio::null())
                     .stdout(out_w)
@@ -422,7 +422,7 @@ impl Engine {
         let sock_token = self.token();
         let reg = self.poll.registry();
         if let Err(e) = reg.register(&mut sock, sock_token, Interest::READABLE) {
-            log::error!("{}[{slot}]: epoll_ctl: {e}", self.cfg.name);
+            log::error!("{}[{slot}]: epoll_ctl: {e}", self.settings.name);
         }
         self.owners
             .insert(sock_token, Owner::Sock { slot, generation });
@@ -435,12 +435,12 @@ impl Engine {
                 .register(&mut SourceFd(&fd), t, Interest::READABLE)
                 .is_ok()
             {
-                let pipe = Pipe {
+                let pipe = OutputPipe {
                     file,
                     framer: LineFramer::new(MAX_LINE),
                     slot,
                 };
-                self.owners.insert(t, Owner::Pipe(pipe));
+                self.owners.insert(t, Owner::OutputPipe(pipe));
             }
         }
         let reaper = pidfd.and_then(|fd| {
@@ -471,7 +471,7 @@ impl Engine {
             inbuf: InBuf::new(64 * 1024),
             inflight: VecDeque::new(),
             claims,
-            free_words: (0..self.cfg.pipeline as u32).rev().collect(),
+            free_words: (0..self.settings.pipeline as u32).rev().collect(),
             running_since: self.now,
             jobs_done: 0,
             jobs_sent: 0,

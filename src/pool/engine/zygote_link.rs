@@ -17,7 +17,7 @@ use super::workers::reap_child;
 use super::{Engine, Spawner, ZYGOTE_PIDFD};
 use crate::lifecycle::Event;
 use crate::policy::ExitStatus;
-use crate::pool::zygote::{self, Reply, Zygote};
+use crate::pool::zygote::{self, FromZygote, Zygote};
 use crate::sys::pool::SharedWords;
 
 /// The pool's ends of a worker being started (forked by the fork server, or exec'd).
@@ -50,7 +50,10 @@ impl Engine {
                     return;
                 }
                 Err(e) => {
-                    log::error!("pool {}: cannot reach the fork server: {e}", self.cfg.name);
+                    log::error!(
+                        "pool {}: cannot reach the fork server: {e}",
+                        self.settings.name
+                    );
                     outq.clear();
                     return;
                 }
@@ -78,9 +81,9 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_reply(&mut self, reply: Reply) {
+    pub(super) fn on_reply(&mut self, reply: FromZygote) {
         match reply {
-            Reply::Spawned { token, pid } => {
+            FromZygote::Spawned { token, pid } => {
                 let Spawner::Fork { pending, .. } = &mut self.spawner else {
                     return;
                 };
@@ -90,17 +93,17 @@ impl Engine {
                     self.apply(slot, Event::Spawned { pid });
                 }
             }
-            Reply::Failed { token, errno } => {
+            FromZygote::Failed { token, errno } => {
                 let Spawner::Fork { pending, .. } = &mut self.spawner else {
                     return;
                 };
                 if let Some(p) = pending.remove(&token) {
                     let e = std::io::Error::from_raw_os_error(errno);
-                    log::error!("{}[{}]: fork failed: {e}", self.cfg.name, p.slot);
+                    log::error!("{}[{}]: fork failed: {e}", self.settings.name, p.slot);
                     self.apply(p.slot, Event::SpawnFailed);
                 }
             }
-            Reply::Exited { pid, status } => {
+            FromZygote::Exited { pid, status } => {
                 let slot = self
                     .slots
                     .iter()
@@ -134,7 +137,7 @@ impl Engine {
         let status = reap_child(z.pid, None, Duration::ZERO);
         let why = format!(
             "pool {}: the fork server (pid {}) exited{}; no worker can be started",
-            self.cfg.name,
+            self.settings.name,
             z.pid,
             status.map(|s| format!(" ({s})")).unwrap_or_default()
         );
@@ -184,7 +187,7 @@ impl Engine {
         if let Some(status) = reap_child(pid, pidfd.as_ref().map(|fd| fd.as_fd()), wait) {
             log::debug!(
                 "pool {}: fork server (pid {pid}) reaped ({status})",
-                self.cfg.name
+                self.settings.name
             );
         } else if matches!(
             waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)),
