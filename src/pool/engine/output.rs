@@ -4,14 +4,15 @@
 //! It must not touch a worker's socket or state: a pipe outlives its worker until end of stream.
 
 use std::fs::File;
-use std::io::{ErrorKind, Read};
+use std::io::Read;
+use std::ops::ControlFlow;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 use mio::Token;
 use mio::unix::SourceFd;
 
 use super::{Engine, Owner};
-use crate::stream::LineFramer;
+use crate::stream::{LineFramer, ReadEnd, read_nonblocking};
 
 /// Bytes read from one output pipe per turn before serving others.
 const PIPE_BUDGET: usize = 256 * 1024;
@@ -26,6 +27,8 @@ pub(super) struct OutputPipe {
 }
 
 impl Engine {
+    /// Logs what the pipe of `token` holds, line by line, up to the per-turn budget (then it is
+    /// put on the backlog, read again next turn); at end of stream, the last partial line too.
     pub(super) fn read_pipe(&mut self, token: Token) {
         let name = &self.settings.name;
         let Some(Owner::OutputPipe(pipe)) = self.owners.get_mut(&token) else {
@@ -33,32 +36,26 @@ impl Engine {
         };
         let mut buf = [0u8; 16 * 1024];
         let mut total = 0;
-        let mut eof = false;
-        loop {
-            match pipe.file.read(&mut buf) {
-                Ok(0) => {
-                    eof = true;
-                    break;
+        let end = read_nonblocking(
+            &mut (&mut *pipe, &mut buf),
+            |(pipe, buf)| pipe.file.read(&mut buf[..]),
+            |(pipe, buf), n| {
+                let slot = pipe.slot;
+                pipe.framer
+                    .push(&buf[..n], &mut |line| log::info!("{name}[{slot}] {line}"));
+                total += n;
+                if total >= PIPE_BUDGET {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
                 }
-                Ok(n) => {
-                    let slot = pipe.slot;
-                    pipe.framer
-                        .push(&buf[..n], &mut |line| log::info!("{name}[{slot}] {line}"));
-                    total += n;
-                    if total >= PIPE_BUDGET {
-                        self.pipe_backlog.push(token);
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
-            }
-        }
-        if eof && let Some(Owner::OutputPipe(mut pipe)) = self.owners.remove(&token) {
+            },
+        );
+        if end == ReadEnd::Paused {
+            self.pipe_backlog.push(token);
+        } else if end == ReadEnd::Closed
+            && let Some(Owner::OutputPipe(mut pipe)) = self.owners.remove(&token)
+        {
             let slot = pipe.slot;
             pipe.framer
                 .finish(&mut |line| log::info!("{name}[{slot}] {line}"));

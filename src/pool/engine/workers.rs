@@ -4,7 +4,6 @@
 //! It must not talk the fork server's protocol itself (see `zygote_link`) nor decode results.
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -87,21 +86,7 @@ impl Engine {
     pub(super) fn finalize(&mut self, slot: usize, status: ExitStatus) {
         if self.slots[slot].proc.as_ref().is_some_and(|p| p.sock_open) {
             // Results written just before the exit are still in the socket.
-            loop {
-                let p = self.slots[slot].proc.as_mut().expect("live worker");
-                let room = p.inbuf.spare(64 * 1024);
-                match (&p.sock).read(room) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        p.inbuf.filled(n);
-                        if !self.take_results(slot) {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
+            let _ = self.drain_sock(slot, false);
         }
         let Some(mut p) = self.slots[slot].proc.take() else {
             return;
