@@ -10,7 +10,8 @@ use std::sync::atomic::Ordering;
 use mio::Interest;
 
 use super::shared::{Failure, Job, Raw};
-use super::{Engine, Sent, Spawner, StopMode, eligible, retired};
+use super::{Engine, Sent, StopMode, eligible, retired};
+use crate::pool::PoolStats;
 use crate::pool::claim;
 use crate::pool::frame;
 
@@ -219,33 +220,8 @@ impl Engine {
         } else {
             None
         };
-        let workers = self.slots.iter().filter(|s| s.proc.is_some()).count();
-        let retired_slots: Vec<usize> =
-            if self.stopping.is_some() || (self.fatal.is_some() && !self.fatal_from_slots) {
-                Vec::new()
-            } else {
-                (0..self.slots.len())
-                    .filter(|&i| retired(&self.slots[i]))
-                    .collect()
-            };
-        let busy = self
-            .slots
-            .iter()
-            .filter(|s| s.proc.as_ref().is_some_and(|p| !p.inflight.is_empty()))
-            .count();
-        let in_flight: usize = self
-            .slots
-            .iter()
-            .filter_map(|s| s.proc.as_ref())
-            .map(|p| p.inflight.len())
-            .sum();
-        let restarts: u64 = self.slots.iter().map(|s| u64::from(s.inst.restarts)).sum();
-        let zygote = match &self.spawner {
-            Spawner::Fork {
-                zygote: Some(z), ..
-            } => Some(z.pid),
-            _ => None,
-        };
+        let figures = self.slot_figures();
+        let zygote = self.fork_server_pid();
         let delta = std::mem::take(&mut self.counters.finished_delta);
         let mut guard = self.shared.lock();
         let inner = &mut *guard;
@@ -254,19 +230,7 @@ impl Engine {
         if let Some(pids) = pids {
             s.worker_pids = pids;
         }
-        s.workers = workers;
-        s.retired = retired_slots;
-        s.busy = busy;
-        s.in_flight = in_flight;
-        s.completed = self.counters.completed;
-        s.worker_deaths = self.counters.worker_deaths;
-        s.restarts = restarts;
-        s.recycled = self.counters.recycled;
-        s.timed_out = self.counters.timed_out;
-        s.requeued = self.counters.requeued;
-        s.retried = self.counters.retried;
-        s.moved = self.counters.moved;
-        s.fatal.clone_from(&self.fatal);
+        self.write_stats(s, figures);
         s.fork_server_pid = zygote;
         s.queued = inner.queue.len();
         s.accepted = inner.accepted;
@@ -275,6 +239,44 @@ impl Engine {
         if notify {
             self.shared.changed.notify_all();
         }
+    }
+
+    /// What the worker slots look like now, for the stats snapshot.
+    fn slot_figures(&self) -> SlotFigures {
+        let retired_slots: Vec<usize> =
+            if self.stopping.is_some() || (self.fatal.is_some() && !self.fatal_from_slots) {
+                Vec::new()
+            } else {
+                (0..self.slots.len())
+                    .filter(|&i| retired(&self.slots[i]))
+                    .collect()
+            };
+        let procs = || self.slots.iter().filter_map(|s| s.proc.as_ref());
+        SlotFigures {
+            workers: procs().count(),
+            retired: retired_slots,
+            busy: procs().filter(|p| !p.inflight.is_empty()).count(),
+            in_flight: procs().map(|p| p.inflight.len()).sum(),
+            restarts: self.slots.iter().map(|s| u64::from(s.inst.restarts)).sum(),
+        }
+    }
+
+    /// Writes the slot figures, this thread's counters and the fatal error into `s` (under the
+    /// lock: plain stores).
+    fn write_stats(&self, s: &mut PoolStats, figures: SlotFigures) {
+        s.workers = figures.workers;
+        s.retired = figures.retired;
+        s.busy = figures.busy;
+        s.in_flight = figures.in_flight;
+        s.completed = self.counters.completed;
+        s.worker_deaths = self.counters.worker_deaths;
+        s.restarts = figures.restarts;
+        s.recycled = self.counters.recycled;
+        s.timed_out = self.counters.timed_out;
+        s.requeued = self.counters.requeued;
+        s.retried = self.counters.retried;
+        s.moved = self.counters.moved;
+        s.fatal.clone_from(&self.fatal);
     }
 
     pub(super) fn flush_all(&mut self) {
@@ -345,4 +347,13 @@ impl Engine {
 
 fn n_taken(intake: &[Job], failed: &[(Job, Failure)]) -> bool {
     !intake.is_empty() || !failed.is_empty()
+}
+
+/// The worker slots' part of [`PoolStats`], computed before the lock is taken.
+struct SlotFigures {
+    workers: usize,
+    retired: Vec<usize>,
+    busy: usize,
+    in_flight: usize,
+    restarts: u64,
 }

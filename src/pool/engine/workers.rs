@@ -4,6 +4,8 @@
 //! It must not talk the fork server's protocol itself (see `zygote_link`) nor decode results.
 
 use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
@@ -106,21 +108,24 @@ impl Engine {
         if !p.phase.is_expected() {
             self.counters.worker_deaths += 1;
         }
-        // The job it was running is the one its claim word says it started (or the one it timed
-        // out on); every other job it held never started: sent again, first.
+        self.resolve_jobs(slot, &mut p, status);
+        drop(p);
+        self.apply(slot, Event::Exited { status });
+    }
+
+    /// Resolves the jobs a dead worker held: the one it was running — the one its claim word
+    /// says it started, or the one it timed out on — fails or is retried; every other one never
+    /// started and is sent again, first (cancelled instead when the pool terminates).
+    fn resolve_jobs(&mut self, slot: usize, p: &mut Proc, status: ExitStatus) {
+        let terminating = self.stopping == Some(StopMode::Terminate);
         let mut jobs = std::mem::take(&mut p.inflight);
         let running = jobs.iter().position(|s| {
             p.timed_out == Some(s.id)
                 || claim::state(p.claims.words(), s.word as usize, s.id) == Claim::Started
         });
         if let Some(front) = running.and_then(|i| jobs.remove(i)) {
-            let failure = if self.stopping == Some(StopMode::Terminate) {
-                Failure::Cancelled
-            } else if p.timed_out == Some(front.id) {
-                Failure::TimedOut
-            } else {
-                Failure::WorkerDied(status)
-            };
+            let timed_out = p.timed_out == Some(front.id);
+            let failure = running_job_failure(terminating, timed_out, status);
             let retry = failure != Failure::Cancelled && front.job.retries > 0;
             if failure != Failure::TimedOut {
                 log::warn!(
@@ -140,15 +145,13 @@ impl Engine {
             }
         }
         for sent in jobs {
-            if self.stopping == Some(StopMode::Terminate) {
+            if terminating {
                 self.complete(sent.job.completion, Raw::Failed(Failure::Cancelled));
             } else {
                 self.counters.requeued += 1;
                 self.requeue.push(sent.job);
             }
         }
-        drop(p);
-        self.apply(slot, Event::Exited { status });
     }
 
     pub(super) fn job_deadline(&self, p: &Proc) -> Option<Instant> {
@@ -297,11 +300,7 @@ impl Engine {
         if let Some(why) = &self.fatal {
             return Err(std::io::Error::other(why.clone()));
         }
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
-        ours.set_nonblocking(true)?;
-        let (out_r, out_w) = output_pipe()?;
-        let (err_r, err_w) = output_pipe()?;
-        let (claims, claims_fd) = SharedWords::create(self.settings.pipeline)?;
+        let (ours, theirs) = worker_ends(slot, self.settings.pipeline)?;
         match &mut self.spawner {
             Spawner::Fork {
                 zygote,
@@ -315,56 +314,19 @@ impl Engine {
                 }
                 let token = *next_token;
                 *next_token += 1;
-                pending.insert(
-                    token,
-                    Pending {
-                        slot,
-                        claims,
-                        sock: ours,
-                        out: out_r,
-                        err: err_r,
-                    },
-                );
-                outq.push_back(ToZygote::spawn(
-                    token,
-                    theirs.into(),
-                    out_w,
-                    err_w,
-                    claims_fd,
-                ));
+                pending.insert(token, ours);
+                let TheirEnds {
+                    sock,
+                    out,
+                    err,
+                    claims,
+                } = theirs;
+                outq.push_back(ToZygote::spawn(token, sock.into(), out, err, claims));
                 self.flush_zygote();
                 Ok(None)
             }
             Spawner::ExecSelf { arg0, args } => {
-                use std::os::unix::process::CommandExt;
-                let mut cmd = std::process::Command::new("/proc/self/exe");
-                cmd.arg0(&*arg0)
-                    .args(args.iter())
-                    .env(crate::pool::WORKER_ENV, &self.settings.name)
-                    .env(crate::pool::INDEX_ENV, slot.to_string())
-                    .stdin(std::process::Stdio::null())
-                    .stdout(out_w)
-                    .stderr(err_w)
-                    .process_group(0);
-                sys::pre_exec(
-                    &mut cmd,
-                    ChildSetup {
-                        parent: std::process::id() as i32,
-                        pdeathsig: Some(libc::SIGKILL),
-                        ..ChildSetup::default()
-                    },
-                );
-                // The socket goes to 3 first: the claim words must not sit on 3 then.
-                let claims_fd = sys::pool::dup_at_least(claims_fd.as_fd(), 5)?;
-                sys::pool::pre_exec_fd(&mut cmd, theirs.as_raw_fd(), 3);
-                sys::pool::pre_exec_fd(&mut cmd, claims_fd.as_raw_fd(), 4);
-                let child = cmd.spawn()?;
-                let pid = child.id() as i32;
-                // Dropping `Child` neither waits nor kills: we reap by pid after the pidfd.
-                drop(child);
-                drop(cmd);
-                drop(theirs);
-                drop(claims_fd);
+                let pid = exec_worker(arg0, args, &self.settings.name, slot, theirs)?;
                 let pidfd = match sys::pool::pidfd_open(pid) {
                     Ok(fd) => Some(fd),
                     Err(e) => {
@@ -372,14 +334,7 @@ impl Engine {
                         None
                     }
                 };
-                let ends = Pending {
-                    slot,
-                    claims,
-                    sock: ours,
-                    out: out_r,
-                    err: err_r,
-                };
-                self.attach(ends, pid, pidfd);
+                self.attach(ours, pid, pidfd);
                 Ok(Some(pid))
             }
             Spawner::Inert(why) => Err(std::io::Error::other(why.clone())),
@@ -412,37 +367,9 @@ impl Engine {
         self.owners
             .insert(sock_token, Owner::Sock { slot, generation });
         for file in [out, err] {
-            let t = self.token();
-            let fd = file.as_raw_fd();
-            if self
-                .poll
-                .registry()
-                .register(&mut SourceFd(&fd), t, Interest::READABLE)
-                .is_ok()
-            {
-                let pipe = OutputPipe {
-                    file,
-                    framer: LineFramer::new(MAX_LINE),
-                    slot,
-                };
-                self.owners.insert(t, Owner::OutputPipe(pipe));
-            }
+            self.watch_output(slot, file);
         }
-        let reaper = pidfd.and_then(|fd| {
-            let t = self.token();
-            let raw = fd.as_raw_fd();
-            self.poll
-                .registry()
-                .register(&mut SourceFd(&raw), t, Interest::READABLE)
-                .ok()?;
-            self.owners.insert(t, Owner::Pidfd { slot, generation });
-            Some(Reaper::Pidfd(fd, t))
-        });
-        let reaper = match (reaper, &self.spawner) {
-            (Some(r), _) => r,
-            (None, Spawner::ExecSelf { .. }) => Reaper::PollWaitpid,
-            (None, _) => Reaper::ForkServer,
-        };
+        let reaper = self.watch_exit(slot, generation, pidfd);
         self.slots[slot].proc = Some(Proc {
             generation,
             pid,
@@ -467,6 +394,123 @@ impl Engine {
         });
         self.pids_dirty = true;
     }
+
+    /// Watches a worker's stdout or stderr (not at all if it cannot be registered).
+    fn watch_output(&mut self, slot: usize, file: File) {
+        let t = self.token();
+        let fd = file.as_raw_fd();
+        if self
+            .poll
+            .registry()
+            .register(&mut SourceFd(&fd), t, Interest::READABLE)
+            .is_ok()
+        {
+            let pipe = OutputPipe {
+                file,
+                framer: LineFramer::new(MAX_LINE),
+                slot,
+            };
+            self.owners.insert(t, Owner::OutputPipe(pipe));
+        }
+    }
+
+    /// How the exit of a worker just attached will be learnt: its pidfd if it has one that can
+    /// be watched, else polling `waitpid` for an exec'd worker, else the fork server.
+    fn watch_exit(&mut self, slot: usize, generation: u64, pidfd: Option<OwnedFd>) -> Reaper {
+        let watched = pidfd.and_then(|fd| {
+            let t = self.token();
+            let raw = fd.as_raw_fd();
+            self.poll
+                .registry()
+                .register(&mut SourceFd(&raw), t, Interest::READABLE)
+                .ok()?;
+            self.owners.insert(t, Owner::Pidfd { slot, generation });
+            Some(Reaper::Pidfd(fd, t))
+        });
+        match (watched, &self.spawner) {
+            (Some(r), _) => r,
+            (None, Spawner::ExecSelf { .. }) => Reaper::PollWaitpid,
+            (None, _) => Reaper::ForkServer,
+        }
+    }
+}
+
+/// The worker's ends of a worker being started: what it gets as fd 3 (socket), stdout, stderr
+/// and fd 4 (claim words).
+struct TheirEnds {
+    sock: std::os::unix::net::UnixStream,
+    out: OwnedFd,
+    err: OwnedFd,
+    claims: OwnedFd,
+}
+
+/// The socket pair, output pipes and claim words of a new worker for `slot`: the pool's ends
+/// and the worker's.
+fn worker_ends(slot: usize, pipeline: usize) -> std::io::Result<(Pending, TheirEnds)> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    ours.set_nonblocking(true)?;
+    let (out_r, out_w) = output_pipe()?;
+    let (err_r, err_w) = output_pipe()?;
+    let (claims, claims_fd) = SharedWords::create(pipeline)?;
+    let ours = Pending {
+        slot,
+        claims,
+        sock: ours,
+        out: out_r,
+        err: err_r,
+    };
+    let theirs = TheirEnds {
+        sock: theirs,
+        out: out_w,
+        err: err_w,
+        claims: claims_fd,
+    };
+    Ok((ours, theirs))
+}
+
+/// Re-executes `/proc/self/exe` as worker `slot` of pool `name`, in its own process group, with
+/// `theirs` on fds 3 and 4 and stdout/stderr; its pid.
+fn exec_worker(
+    arg0: &OsStr,
+    args: &[OsString],
+    name: &str,
+    slot: usize,
+    theirs: TheirEnds,
+) -> std::io::Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let TheirEnds {
+        sock,
+        out,
+        err,
+        claims,
+    } = theirs;
+    let mut cmd = std::process::Command::new("/proc/self/exe");
+    cmd.arg0(arg0)
+        .args(args.iter())
+        .env(crate::pool::WORKER_ENV, name)
+        .env(crate::pool::INDEX_ENV, slot.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    sys::pre_exec(
+        &mut cmd,
+        ChildSetup {
+            parent: std::process::id() as i32,
+            pdeathsig: Some(libc::SIGKILL),
+            ..ChildSetup::default()
+        },
+    );
+    // The socket goes to 3 first: the claim words must not sit on 3 then.
+    let claims = sys::pool::dup_at_least(claims.as_fd(), 5)?;
+    sys::pool::pre_exec_fd(&mut cmd, sock.as_raw_fd(), 3);
+    sys::pool::pre_exec_fd(&mut cmd, claims.as_raw_fd(), 4);
+    let child = cmd.spawn()?;
+    let pid = child.id() as i32;
+    // Dropping `Child` neither waits nor kills: we reap by pid after the pidfd. The command (our
+    // copies of the worker's ends) is dropped on return.
+    drop(child);
+    Ok(pid)
 }
 
 /// `SIGKILL` to worker `pid`'s process group and to the worker, by number.
@@ -509,5 +553,47 @@ pub(super) fn reap_child(
             }
             None => std::thread::sleep(Duration::from_millis(1)),
         }
+    }
+}
+
+/// Why the job a worker was running when it died has no answer: cancelled while the pool
+/// terminates, else timed out if its timeout killed the worker, else the worker's death.
+fn running_job_failure(terminating: bool, timed_out: bool, status: ExitStatus) -> Failure {
+    if terminating {
+        Failure::Cancelled
+    } else if timed_out {
+        Failure::TimedOut
+    } else {
+        Failure::WorkerDied(status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KILLED: ExitStatus = ExitStatus::Signal {
+        signal: libc::SIGKILL,
+        core_dumped: false,
+    };
+
+    #[test]
+    fn a_terminating_pool_cancels_the_running_job_even_if_it_timed_out() {
+        assert_eq!(running_job_failure(true, true, KILLED), Failure::Cancelled);
+        assert_eq!(running_job_failure(true, false, KILLED), Failure::Cancelled);
+    }
+
+    #[test]
+    fn a_job_whose_timeout_killed_the_worker_timed_out() {
+        assert_eq!(running_job_failure(false, true, KILLED), Failure::TimedOut);
+    }
+
+    #[test]
+    fn otherwise_the_job_failed_with_the_workers_death() {
+        let status = ExitStatus::Code(3);
+        assert_eq!(
+            running_job_failure(false, false, status),
+            Failure::WorkerDied(status)
+        );
     }
 }
