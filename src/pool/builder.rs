@@ -135,49 +135,11 @@ where
     /// already has threads ([`Error::Invalid`] saying so), or a failed system call.
     pub fn build(self) -> Result<Pool<J, O, E>> {
         self.validate()?;
-        let mut spawner = None;
-        if let Some(role) = std::env::var_os(WORKER_ENV) {
-            if role == *self.name {
-                self.become_worker();
-            }
-            spawner = Some(Spawner::Inert(format!(
-                "pool {}: this process is an exec-self worker of pool {:?}; pools built in a \
-                 worker do not run",
-                self.name,
-                role.to_string_lossy()
-            )));
-        }
-        let spawner = match spawner {
-            Some(s) => s,
-            None => match self.start_method {
-                StartMethod::Fork => self.fork_server()?,
-                StartMethod::ExecSelf => {
-                    let mut args = std::env::args_os();
-                    let arg0 = args.next().unwrap_or_else(|| "warden-pool-worker".into());
-                    Spawner::ExecSelf {
-                        arg0,
-                        args: args.collect(),
-                    }
-                }
-            },
-        };
+        let spawner = self.spawner()?;
         let poll = mio::Poll::new().map_err(|e| Error::os("epoll_create", e))?;
         let shared =
             Arc::new(Shared::new(&poll, self.queue_capacity).map_err(|e| Error::os("eventfd", e))?);
-        let mut policy = self.policy.clone();
-        policy.readiness = crate::policy::Readiness::Immediate;
-        policy.watchdog = None;
-        // A worker is asked to stop with a Shutdown frame once idle, not with a signal.
-        policy.stop = crate::policy::StopWith::Request;
-        let settings = engine::Settings {
-            name: self.name.clone(),
-            workers: self.workers,
-            pipeline: self.pipeline,
-            job_timeout: self.job_timeout,
-            max_jobs_per_worker: self.max_jobs_per_worker,
-            max_rss_bytes: self.max_rss_bytes,
-            policy,
-        };
+        let settings = self.settings();
         let engine = Engine::new(settings, Arc::clone(&shared), poll, spawner);
         {
             let mut inner = shared.lock();
@@ -195,6 +157,52 @@ where
             started: Once::new(),
             _types: PhantomData,
         })
+    }
+
+    /// How this pool's workers will be started: not at all in an exec-self worker of another
+    /// pool (in a worker of this one, it serves jobs and never returns), else by the start method.
+    fn spawner(&self) -> Result<Spawner> {
+        if let Some(role) = std::env::var_os(WORKER_ENV) {
+            if role == *self.name {
+                self.become_worker();
+            }
+            return Ok(Spawner::Inert(format!(
+                "pool {}: this process is an exec-self worker of pool {:?}; pools built in a \
+                 worker do not run",
+                self.name,
+                role.to_string_lossy()
+            )));
+        }
+        Ok(match self.start_method {
+            StartMethod::Fork => self.fork_server()?,
+            StartMethod::ExecSelf => {
+                let mut args = std::env::args_os();
+                let arg0 = args.next().unwrap_or_else(|| "warden-pool-worker".into());
+                Spawner::ExecSelf {
+                    arg0,
+                    args: args.collect(),
+                }
+            }
+        })
+    }
+
+    /// The engine's frozen settings; the worker policy with what a pool worker cannot use
+    /// (readiness, watchdog, stop signal) replaced.
+    fn settings(&self) -> engine::Settings {
+        let mut policy = self.policy.clone();
+        policy.readiness = crate::policy::Readiness::Immediate;
+        policy.watchdog = None;
+        // A worker is asked to stop with a Shutdown frame once idle, not with a signal.
+        policy.stop = crate::policy::StopWith::Request;
+        engine::Settings {
+            name: self.name.clone(),
+            workers: self.workers,
+            pipeline: self.pipeline,
+            job_timeout: self.job_timeout,
+            max_jobs_per_worker: self.max_jobs_per_worker,
+            max_rss_bytes: self.max_rss_bytes,
+            policy,
+        }
     }
 
     fn validate(&self) -> Result<()> {

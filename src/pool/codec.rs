@@ -60,18 +60,12 @@ pub(super) fn decode_chunk<O: DeserializeOwned, E: DeserializeOwned>(
             Ok(ws) if ws.len() == count => ws.into_iter().map(from_wire).collect(),
             Ok(ws) => {
                 let why = format!("chunk of {count} jobs answered with {} results", ws.len());
-                (0..count)
-                    .map(|_| Err(JobError::Codec(why.clone())))
-                    .collect()
+                codec_errors(&why, count)
             }
-            Err(e) => (0..count)
-                .map(|_| Err(JobError::Codec(format!("result {e}"))))
-                .collect(),
+            Err(e) => codec_errors(&format!("result {e}"), count),
         },
         Raw::Failed(f) => (0..count).map(|_| Err(f.clone().into())).collect(),
-        Raw::Codec(m) => (0..count)
-            .map(|_| Err(JobError::Codec(m.clone())))
-            .collect(),
+        Raw::Codec(m) => codec_errors(&m, count),
     }
 }
 
@@ -82,4 +76,20 @@ fn from_wire<O, E>(w: Wire<O, E>) -> Outcome<O, E> {
         Wire::Panicked(m) => Err(JobError::Panicked(m)),
         Wire::Codec(m) => Err(JobError::Codec(m)),
     }
+}
+
+/// The body of a chunk frame after the id: the job count, then the jobs.
+pub(super) fn encode_chunk<J: Serialize>(chunk: &[J]) -> std::result::Result<Vec<u8>, String> {
+    let count = chunk.len();
+    let mut body = Vec::with_capacity(4 + count * 4);
+    body.extend_from_slice(&(count as u32).to_le_bytes());
+    frame::encode_into(chunk, &mut body).map_err(|e| format!("job {e}"))?;
+    Ok(body)
+}
+
+/// `count` outcomes failing with the codec error `why`.
+pub(super) fn codec_errors<O, E>(why: &str, count: usize) -> Vec<Outcome<O, E>> {
+    (0..count)
+        .map(|_| Err(JobError::Codec(why.to_string())))
+        .collect()
 }

@@ -111,7 +111,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use self::builder::PoolBuilder;
-use self::codec::{decode_chunk, decode_one, encode_exact};
+use self::codec::{codec_errors, decode_chunk, decode_one, encode_chunk, encode_exact};
 use self::engine::{Completion, Engine, Failure, Job, Raw, Shared, StopMode};
 pub use self::error::{Closed, JobError, Outcome, TrySubmitError};
 pub use self::handle::{ImapUnordered, JobHandle};
@@ -396,20 +396,15 @@ where
         for (c, chunk) in jobs.chunks(size).enumerate() {
             let start = c * size;
             let count = chunk.len();
-            let mut body = Vec::with_capacity(4 + count * 4);
-            body.extend_from_slice(&(count as u32).to_le_bytes());
-            if let Err(e) = frame::encode_into(chunk, &mut body) {
-                // Reported at once: this chunk never reaches the pool.
-                let why = format!("job {e}");
-                let _ = tx.send((
-                    start,
-                    (0..count)
-                        .map(|_| Err(JobError::Codec(why.clone())))
-                        .collect(),
-                ));
-                sent = start + count;
-                continue;
-            }
+            let body = match encode_chunk(chunk) {
+                Ok(body) => body,
+                Err(why) => {
+                    // Reported at once: this chunk never reaches the pool.
+                    let _ = tx.send((start, codec_errors(&why, count)));
+                    sent = start + count;
+                    continue;
+                }
+            };
             let tx = tx.clone();
             let completion = Completion::new(move |raw: Raw<'_>| {
                 let _ = tx.send((start, decode_chunk(raw, count)));
