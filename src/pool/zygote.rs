@@ -24,6 +24,7 @@
 
 use std::collections::HashSet;
 use std::io::{IoSlice, IoSliceMut};
+use std::ops::ControlFlow;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
@@ -257,21 +258,7 @@ pub(crate) fn start(entry: Entry<'_>) -> Result<Zygote> {
 
 /// The zygote's life: serve requests, reap workers, leave at end of stream.
 fn zygote_main(ctl: OwnedFd, parent: i32, entry: Entry<'_>) -> std::result::Result<(), String> {
-    // Own process group: a terminal's Ctrl-C to the host's group must not take the pool down
-    // behind the host's back; the zygote dies with its creator through PDEATHSIG instead.
-    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
-    let setup = ChildSetup {
-        parent,
-        pdeathsig: Some(libc::SIGKILL),
-        ..ChildSetup::default()
-    };
-    sys::child_setup(&setup).map_err(|e| format!("setup: {e}"))?;
-    sys::close_fds_except(&[ctl.as_raw_fd()]).map_err(|e| e.to_string())?;
-    let mut chld = SigSet::empty();
-    chld.add(Signal::SIGCHLD);
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None).map_err(|e| e.to_string())?;
-    let sfd = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| format!("signalfd: {e}"))?;
+    let sfd = become_zygote(&ctl, parent)?;
     let me = std::process::id() as i32;
     let mut live: HashSet<i32> = HashSet::new();
     loop {
@@ -289,53 +276,98 @@ fn zygote_main(ctl: OwnedFd, parent: i32, entry: Entry<'_>) -> std::result::Resu
             while let Ok(Some(_)) = sfd.read_signal() {}
             reap(&ctl, &mut live)?;
         }
-        if ctl_ready {
-            loop {
-                let mut buf = [0u8; 64];
-                let (n, fds) = match sys::pool::recv_with_fds(ctl.as_fd(), &mut buf) {
-                    Ok(Some(got)) => got,
-                    Ok(None) => break,
-                    Err(e) => return Err(format!("recvmsg: {e}")),
-                };
-                if n == 0 {
-                    shutdown(&mut live);
-                    return Ok(());
-                }
-                let msg = &buf[..n];
-                match msg[0] {
-                    b'S' if n == 9 && fds.len() == 4 => {
-                        let token = u64::from_le_bytes(msg[1..9].try_into().expect("8 bytes"));
-                        let reply = match sys::fork() {
-                            Ok(sys::Fork::Child) => worker_child(fds, me, entry),
-                            Ok(sys::Fork::Parent(pid)) => {
-                                live.insert(pid.as_raw());
-                                FromZygote::Spawned {
-                                    token,
-                                    pid: pid.as_raw(),
-                                }
-                            }
-                            Err(e) => FromZygote::Failed {
-                                token,
-                                errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
-                            },
-                        };
-                        drop(fds);
-                        reply_to(&ctl, reply)?;
-                    }
-                    b'K' if n == 9 => {
-                        let pid = i32::from_le_bytes(msg[1..5].try_into().expect("4 bytes"));
-                        let sig = i32::from_le_bytes(msg[5..9].try_into().expect("4 bytes"));
-                        if live.contains(&pid)
-                            && let Ok(sig) = Signal::try_from(sig)
-                        {
-                            let _ = nix::sys::signal::killpg(Pid::from_raw(pid), sig);
-                            let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
-                        }
-                    }
-                    _ => return Err(format!("bad request {msg:?}")),
-                }
-            }
+        if ctl_ready && serve_requests(&ctl, &mut live, me, entry)?.is_break() {
+            return Ok(());
         }
+    }
+}
+
+/// Sets up the zygote process: its own process group, death with `parent`, no descriptor but
+/// `ctl`, and `SIGCHLD` blocked and read through the returned `signalfd`.
+fn become_zygote(ctl: &OwnedFd, parent: i32) -> std::result::Result<SignalFd, String> {
+    // Own process group: a terminal's Ctrl-C to the host's group must not take the pool down
+    // behind the host's back; the zygote dies with its creator through PDEATHSIG instead.
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    let setup = ChildSetup {
+        parent,
+        pdeathsig: Some(libc::SIGKILL),
+        ..ChildSetup::default()
+    };
+    sys::child_setup(&setup).map_err(|e| format!("setup: {e}"))?;
+    sys::close_fds_except(&[ctl.as_raw_fd()]).map_err(|e| e.to_string())?;
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None).map_err(|e| e.to_string())?;
+    SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("signalfd: {e}"))
+}
+
+/// Serves the requests waiting on `ctl`; `Break` at end of stream, once every worker is killed
+/// and reaped.
+fn serve_requests(
+    ctl: &OwnedFd,
+    live: &mut HashSet<i32>,
+    me: i32,
+    entry: Entry<'_>,
+) -> std::result::Result<ControlFlow<()>, String> {
+    loop {
+        let mut buf = [0u8; 64];
+        let (n, fds) = match sys::pool::recv_with_fds(ctl.as_fd(), &mut buf) {
+            Ok(Some(got)) => got,
+            Ok(None) => return Ok(ControlFlow::Continue(())),
+            Err(e) => return Err(format!("recvmsg: {e}")),
+        };
+        if n == 0 {
+            shutdown(live);
+            return Ok(ControlFlow::Break(()));
+        }
+        handle_request(ctl, &buf[..n], fds, live, me, entry)?;
+    }
+}
+
+/// Carries out one request: `S` forks a worker (the child never returns from here), `K`
+/// signals a live worker's process group.
+fn handle_request(
+    ctl: &OwnedFd,
+    msg: &[u8],
+    fds: Vec<OwnedFd>,
+    live: &mut HashSet<i32>,
+    me: i32,
+    entry: Entry<'_>,
+) -> std::result::Result<(), String> {
+    let n = msg.len();
+    match msg[0] {
+        b'S' if n == 9 && fds.len() == 4 => {
+            let token = u64::from_le_bytes(msg[1..9].try_into().expect("8 bytes"));
+            let reply = match sys::fork() {
+                Ok(sys::Fork::Child) => worker_child(fds, me, entry),
+                Ok(sys::Fork::Parent(pid)) => {
+                    live.insert(pid.as_raw());
+                    FromZygote::Spawned {
+                        token,
+                        pid: pid.as_raw(),
+                    }
+                }
+                Err(e) => FromZygote::Failed {
+                    token,
+                    errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
+                },
+            };
+            drop(fds);
+            reply_to(ctl, reply)
+        }
+        b'K' if n == 9 => {
+            let pid = i32::from_le_bytes(msg[1..5].try_into().expect("4 bytes"));
+            let sig = i32::from_le_bytes(msg[5..9].try_into().expect("4 bytes"));
+            if live.contains(&pid)
+                && let Ok(sig) = Signal::try_from(sig)
+            {
+                let _ = nix::sys::signal::killpg(Pid::from_raw(pid), sig);
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+            }
+            Ok(())
+        }
+        _ => Err(format!("bad request {msg:?}")),
     }
 }
 
