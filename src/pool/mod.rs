@@ -4,8 +4,8 @@
 //! This module owns the public API ([`Pool`], [`PoolBuilder`], [`JobHandle`], outcomes and
 //! stats) and the typed layer that encodes jobs and decodes results. Everything that touches
 //! workers lives on the pool's **I/O thread** (`engine`), which owns every worker socket, output
-//! pipe, timer and per-worker restart state machine ([`crate::supervisor::state::Instance`], the
-//! same policy as supervised programs). The API hands jobs over through a bounded queue and a
+//! pipe, timer and per-worker restart state machine ([`crate::lifecycle::Instance`], the same
+//! policy as supervised programs). The API hands jobs over through a bounded queue and a
 //! waker; outcomes come back through per-job handles, callbacks (run on the I/O thread) or
 //! channels.
 //!
@@ -83,11 +83,12 @@
 //! run jobs again: for example after the cause (a bad input, memory pressure) is gone. Jobs
 //! that failed meanwhile are not re-run.
 //!
-//! **Threads and ordering.** [`Pool`] is `Send + Sync`: share it by reference or `Arc`. Callbacks
-//! ([`Pool::apply_async`]) run on the I/O thread: keep them short and never block in them (they
-//! may submit: a submission from a callback never waits for room). `submit` blocks while the
-//! queue is full; `join` returns only after every accepted job's outcome has been delivered,
-//! callbacks included.
+//! # Threads and ordering
+//!
+//! [`Pool`] is `Send + Sync`: share it by reference or `Arc`. Callbacks ([`Pool::apply_async`]) run
+//! on the I/O thread: keep them short and never block in them (they may submit: a submission from a
+//! callback never waits for room). `submit` blocks while the queue is full; `join` returns only
+//! after every accepted job's outcome has been delivered, callbacks included.
 
 mod builder;
 mod claim;

@@ -4,13 +4,14 @@
 //! results. It runs in the worker process only, single-threaded: it reads whatever jobs are
 //! waiting without blocking, runs them, and sleeps in `poll(POLLIN)` when none are left.
 //!
-//! **Ordering rule (the pool depends on it):** jobs are run one at a time in the order they
-//! arrived, each started through its claim word first (`claim::start`; a job the pool revoked
-//! is skipped without an answer), and each result (or each chunk's results) is written with its
-//! own `send` as soon as it is computed, before the next job starts. So at any moment the pool knows: a received
-//! result means done, the first unanswered job is the one running, and later ones have not
-//! started. A worker must never batch results across jobs: a death would then look like the
-//! wrong job's.
+//! # Ordering rule (the pool depends on it)
+//!
+//! Jobs are run one at a time in the order they arrived, each started through its claim word first
+//! (`claim::start`; a job the pool revoked is skipped without an answer), and each result (or each
+//! chunk's results) is written with its own `send` as soon as it is computed, before the next job
+//! starts. So at any moment the pool knows: a received result means done, the first unanswered job
+//! is the one running, and later ones have not started. A worker must never batch results across
+//! jobs: a death would then look like the wrong job's.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

@@ -14,13 +14,15 @@
 //! | zygote → pool | `F` token u64, errno i32: fork failed | — |
 //! | zygote → pool | `X` pid i32, kind u8, value i32: a worker was reaped | — |
 //!
-//! **Races and ordering.** The zygote is the workers' parent, so it alone reaps them (on
-//! `SIGCHLD`, through a `signalfd`, `waitpid(-1)` — its only children are workers) and it alone
-//! signals them: a `K` for a pid it has already reaped is ignored, so a recycled pid is never hit.
-//! The zygote dies with the thread that built the pool (`PR_SET_PDEATHSIG`), and exits — after
-//! `SIGKILL`ing and reaping every worker — when its control socket reaches end of stream; the
-//! workers die with the zygote. Nothing of the pool's parent-side state is touched here: a forked
-//! worker closes every descriptor but its own socket before it runs the handler.
+//! # Races and ordering
+//!
+//! The zygote is the workers' parent, so it alone reaps them (on `SIGCHLD`, through a `signalfd`,
+//! `waitpid(-1)` — its only children are workers) and it alone signals them: a `K` for a pid it has
+//! already reaped is ignored, so a recycled pid is never hit. The zygote dies with the thread that
+//! built the pool (`PR_SET_PDEATHSIG`), and exits — after `SIGKILL`ing and reaping every worker —
+//! when its control socket reaches end of stream; the workers die with the zygote. Nothing of the
+//! pool's parent-side state is touched here: a forked worker closes every descriptor but its own
+//! socket before it runs the handler.
 
 use std::collections::HashSet;
 use std::io::{IoSlice, IoSliceMut};

@@ -1,14 +1,28 @@
 //! The pool's I/O thread: one mio event loop that owns every worker socket, output pipe, pidfd,
 //! timer and per-worker [`Instance`], and the only code that talks to workers.
 //!
-//! It is not generic: jobs arrive already encoded, with a type-erased completion ([`Completion`]) that
+//! It is not generic: jobs arrive already encoded, with a type-erased [`Completion`] that
 //! decodes the result in the typed layer. The API threads and this thread share only
 //! [`Shared`]: the bounded queue of jobs not yet sent, the flags (`closed`, `stop`), counters
 //! and a stats snapshot, under one mutex, plus a `mio::Waker`.
 //!
-//! **Ordering rules.**
-//! - Each job's completion is called exactly once, on this thread: it is moved out of the job when
-//!   called, and a job is always in exactly one place — the shared queue, a worker's in-flight
+//! # Files
+//!
+//! This file keeps the loop (`serve`), event dispatch, the state-machine glue (`apply`) and the
+//! stop; it must not hold the pieces below, and they must not call each other's internals
+//! except through the `Engine` methods named here.
+//! - `shared`: the hand-off with the API threads ([`Shared`], [`Job`], [`Completion`]).
+//! - `jobs`: scheduling — take, assign, rebalance, write jobs, publish stats.
+//! - `results`: reading a worker's socket and completing its jobs; recycling checks.
+//! - `workers`: spawn, attach, timers, kill, reap, finalize.
+//! - `phase`: a live worker's [`Phase`](phase::Phase) and its pure transitions.
+//! - `zygote_link`: the fork server's requests, replies, death and reaping.
+//! - `output`: capture of the workers' stdout and stderr into the log.
+//!
+//! # Ordering rules
+//!
+//! - Each job's completion is called exactly once, on this thread: it is moved out of the job
+//!   when called, and a job is always in exactly one place — the shared queue, a worker's in-flight
 //!   list, or the requeue list.
 //! - A worker's in-flight list is in send order; results must arrive in that order (the worker
 //!   runs jobs one at a time, see `worker`), so the first unanswered job is the running one, and
@@ -35,8 +49,8 @@
 //!   (`PR_SET_PDEATHSIG`) and are finalized at once as killed, and the pool turns fatal. The
 //!   fork server itself is reaped when its pidfd turns readable, not when its socket closes:
 //!   a dying process closes its descriptors before it becomes a zombie.
-//! - `terminate` cancels every unfinished job at once (completions called with `Cancelled`) before the
-//!   workers are killed, so results that still arrive find no job and are dropped.
+//! - `terminate` cancels every unfinished job at once (completions called with `Cancelled`)
+//!   before the workers are killed, so results that still arrive find no job and are dropped.
 
 mod jobs;
 mod output;
