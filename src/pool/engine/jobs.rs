@@ -42,25 +42,21 @@ impl Engine {
             inner.queue.push_front(job);
         }
         let asked = inner.stop;
-        let fail = match (&self.fatal, self.stopping.or(asked)) {
-            (_, Some(StopMode::Terminate)) => Some(Failure::Cancelled),
-            (Some(why), _) => Some(Failure::Fatal(why.clone())),
-            _ => None,
-        };
-        if let Some(f) = fail {
+        if let Some(f) = queue_refusal(self.fatal.as_deref(), self.stopping.or(asked)) {
             failed.extend(inner.queue.drain(..).map(|j| (j, f.clone())));
         } else {
             let n = room.min(inner.queue.len());
             self.intake.extend(inner.queue.drain(..n));
         }
         self.queue_empty = inner.queue.is_empty();
-        // Blocked submitters are woken once the queue is down to half (not on every job taken),
-        // so that a producer faster than the workers refills in batches instead of being woken
-        // and put back to sleep for each job.
-        if inner.blocked > 0
-            && (inner.queue.len() <= inner.capacity / 2 || inner.closed)
-            && (n_taken(&self.intake, &failed) || inner.closed)
-        {
+        let took_any = !self.intake.is_empty() || !failed.is_empty();
+        if wake_submitters(
+            inner.blocked,
+            inner.queue.len(),
+            inner.capacity,
+            inner.closed,
+            took_any,
+        ) {
             self.shared.not_full.notify_all();
         }
         drop(inner);
@@ -142,7 +138,7 @@ impl Engine {
                 _ => usize::MAX,
             };
             let p = self.slots[victim].proc.as_mut().expect("checked above");
-            let want = (p.inflight.len() / 2).clamp(1, window).min(quota);
+            let want = jobs_to_move(p.inflight.len(), window, quota);
             let mut taken = Vec::new();
             // Never the first: it is running, or about to.
             while taken.len() < want && p.inflight.len() > 1 {
@@ -345,10 +341,6 @@ impl Engine {
     }
 }
 
-fn n_taken(intake: &[Job], failed: &[(Job, Failure)]) -> bool {
-    !intake.is_empty() || !failed.is_empty()
-}
-
 /// The worker slots' part of [`PoolStats`], computed before the lock is taken.
 struct SlotFigures {
     workers: usize,
@@ -356,4 +348,87 @@ struct SlotFigures {
     busy: usize,
     in_flight: usize,
     restarts: u64,
+}
+
+/// What becomes of the jobs in the shared queue when none may be sent: all cancelled while the
+/// pool terminates (even a fatal one), all failed with the reason once it is fatal; `None`
+/// while it runs jobs.
+fn queue_refusal(fatal: Option<&str>, stop: Option<StopMode>) -> Option<Failure> {
+    match (fatal, stop) {
+        (_, Some(StopMode::Terminate)) => Some(Failure::Cancelled),
+        (Some(why), _) => Some(Failure::Fatal(why.to_string())),
+        _ => None,
+    }
+}
+
+/// Whether submitters blocked on a full queue are woken after an intake that left `queued` of
+/// `capacity` jobs and took (or failed) some, `took_any`. Only once the queue is down to half,
+/// not on every job taken, so that a producer faster than the workers refills in batches
+/// instead of being woken and put back to sleep for each job; always once the pool is closed.
+fn wake_submitters(
+    blocked: usize,
+    queued: usize,
+    capacity: usize,
+    closed: bool,
+    took_any: bool,
+) -> bool {
+    blocked > 0 && (closed || (queued <= capacity / 2 && took_any))
+}
+
+/// How many of the `held` jobs of the busiest worker an idle one takes over: half, at least one,
+/// at most a `window` and the idle worker's remaining job `quota`.
+fn jobs_to_move(held: usize, window: usize, quota: usize) -> usize {
+    (held / 2).clamp(1, window).min(quota)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_terminating_pool_cancels_the_queue_even_when_fatal() {
+        let stop = Some(StopMode::Terminate);
+        assert_eq!(queue_refusal(Some("gone"), stop), Some(Failure::Cancelled));
+        assert_eq!(queue_refusal(None, stop), Some(Failure::Cancelled));
+    }
+
+    #[test]
+    fn a_fatal_pool_fails_the_queue_with_its_reason() {
+        let fatal = Some(Failure::Fatal("gone".into()));
+        assert_eq!(queue_refusal(Some("gone"), None), fatal);
+        assert_eq!(queue_refusal(Some("gone"), Some(StopMode::Graceful)), fatal);
+    }
+
+    #[test]
+    fn a_running_or_gracefully_stopping_pool_refuses_nothing() {
+        assert_eq!(queue_refusal(None, None), None);
+        assert_eq!(queue_refusal(None, Some(StopMode::Graceful)), None);
+    }
+
+    #[test]
+    fn submitters_are_woken_once_the_queue_is_down_to_half() {
+        assert!(!wake_submitters(1, 6, 10, false, true));
+        assert!(wake_submitters(1, 5, 10, false, true));
+        assert!(wake_submitters(1, 0, 10, false, true));
+    }
+
+    #[test]
+    fn submitters_are_not_woken_by_an_intake_that_took_nothing() {
+        assert!(!wake_submitters(1, 0, 10, false, false));
+    }
+
+    #[test]
+    fn a_closed_pool_wakes_every_blocked_submitter() {
+        assert!(wake_submitters(1, 10, 10, true, false));
+        assert!(!wake_submitters(0, 10, 10, true, false));
+    }
+
+    #[test]
+    fn an_idle_worker_takes_half_of_the_busiest_ones_jobs_within_window_and_quota() {
+        assert_eq!(jobs_to_move(8, 32, usize::MAX), 4);
+        assert_eq!(jobs_to_move(2, 32, usize::MAX), 1);
+        assert_eq!(jobs_to_move(100, 8, usize::MAX), 8);
+        assert_eq!(jobs_to_move(8, 32, 3), 3);
+        assert_eq!(jobs_to_move(8, 32, 0), 0);
+    }
 }
