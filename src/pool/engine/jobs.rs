@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use mio::Interest;
 
 use super::shared::{Failure, Job, Raw};
-use super::{Engine, Sent, StopMode, eligible, retired};
+use super::{Engine, Sent, SlotIndex, StopMode, eligible, retired};
 use crate::pool::PoolStats;
 use crate::pool::claim;
 use crate::pool::frame;
@@ -94,14 +94,14 @@ impl Engine {
     }
 
     /// The eligible worker with the fewest jobs, if it holds fewer than `window`.
-    pub(super) fn least_loaded(&self, window: usize) -> Option<usize> {
+    pub(super) fn least_loaded(&self, window: usize) -> Option<SlotIndex> {
         self.slots
             .iter()
             .enumerate()
             .filter_map(|(i, s)| s.proc.as_ref().map(|p| (i, p)))
             .filter(|(_, p)| eligible(p) && p.inflight.len() < window)
             .min_by_key(|(_, p)| p.inflight.len())
-            .map(|(i, _)| i)
+            .map(|(i, _)| SlotIndex(i))
     }
 
     /// Nothing is left to send, yet a worker is idle while another holds jobs it has not
@@ -111,11 +111,12 @@ impl Engine {
     /// window. So a job waits behind another only while every worker is busy.
     pub(super) fn rebalance(&mut self, window: usize) {
         loop {
-            let Some(idle) = self.slots.iter().position(|s| {
+            let idle = self.slots.iter().position(|s| {
                 s.proc
                     .as_ref()
                     .is_some_and(|p| eligible(p) && p.inflight.is_empty())
-            }) else {
+            });
+            let Some(idle) = idle.map(SlotIndex) else {
                 return;
             };
             // The holder with the most jobs waiting behind its first one.
@@ -125,7 +126,7 @@ impl Engine {
                 .enumerate()
                 .filter_map(|(i, s)| s.proc.as_ref().map(|p| (i, p)))
                 .filter(|(i, p)| {
-                    *i != idle && p.sock_open && !p.phase.is_killed() && p.inflight.len() > 1
+                    *i != idle.0 && p.sock_open && !p.phase.is_killed() && p.inflight.len() > 1
                 })
                 .max_by_key(|(_, p)| p.inflight.len())
                 .map(|(i, _)| i)
@@ -160,7 +161,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn send_job(&mut self, slot: usize, job: Job) {
+    pub(super) fn send_job(&mut self, slot: SlotIndex, job: Job) {
         let seq = self.next_id;
         self.next_id += 1;
         let now = self.now;
@@ -276,7 +277,7 @@ impl Engine {
     }
 
     pub(super) fn flush_all(&mut self) {
-        for i in 0..self.slots.len() {
+        for i in SlotIndex::all(self.slots.len()) {
             if self.slots[i]
                 .proc
                 .as_ref()
@@ -289,7 +290,7 @@ impl Engine {
 
     /// Writes what the worker's outgoing buffer holds, without blocking; asks for a writable
     /// event when the socket is full.
-    pub(super) fn flush(&mut self, slot: usize) {
+    pub(super) fn flush(&mut self, slot: SlotIndex) {
         let Some(p) = self.slots[slot].proc.as_mut() else {
             return;
         };
@@ -332,7 +333,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn send_shutdown(&mut self, slot: usize) {
+    pub(super) fn send_shutdown(&mut self, slot: SlotIndex) {
         if let Some(p) = self.slots[slot].proc.as_mut() {
             frame::put_header(&mut p.out, frame::SHUTDOWN, 0);
             p.phase = p.phase.shutdown_sent();

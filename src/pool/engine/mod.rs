@@ -122,8 +122,8 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// What a token belongs to.
 enum Owner {
-    Sock { slot: usize, generation: u64 },
-    Pidfd { slot: usize, generation: u64 },
+    Sock { slot: SlotIndex, generation: u64 },
+    Pidfd { slot: SlotIndex, generation: u64 },
     OutputPipe(OutputPipe),
 }
 
@@ -186,6 +186,37 @@ enum Reaper {
 struct WorkerSlot {
     inst: Instance,
     proc: Option<Proc>,
+}
+
+/// A worker slot's position in [`Engine`]'s slots: the `N` of `pool[N]` in log lines and of
+/// [`crate::pool::INDEX_ENV`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct SlotIndex(pub(crate) usize);
+
+impl SlotIndex {
+    /// Every slot of a pool of `n`, in order.
+    fn all(n: usize) -> impl Iterator<Item = SlotIndex> {
+        (0..n).map(SlotIndex)
+    }
+}
+
+impl std::fmt::Display for SlotIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::ops::Index<SlotIndex> for Vec<WorkerSlot> {
+    type Output = WorkerSlot;
+    fn index(&self, i: SlotIndex) -> &WorkerSlot {
+        &self[i.0]
+    }
+}
+
+impl std::ops::IndexMut<SlotIndex> for Vec<WorkerSlot> {
+    fn index_mut(&mut self, i: SlotIndex) -> &mut WorkerSlot {
+        &mut self[i.0]
+    }
 }
 
 /// Counters of this thread, published into [`PoolStats`].
@@ -323,7 +354,7 @@ impl Engine {
             }
         }
         if self.fatal.is_none() {
-            for i in 0..self.slots.len() {
+            for i in SlotIndex::all(self.slots.len()) {
                 self.apply(i, Event::Start);
             }
         }
@@ -402,7 +433,7 @@ impl Engine {
         }
     }
 
-    fn is_current(&self, slot: usize, generation: u64) -> bool {
+    fn is_current(&self, slot: SlotIndex, generation: u64) -> bool {
         self.slots[slot]
             .proc
             .as_ref()
@@ -411,7 +442,7 @@ impl Engine {
 
     /// Feeds `event` to the slot's instance and carries out the actions, including the events
     /// they cause in turn (a synchronous spawn's `Spawned`).
-    fn apply(&mut self, slot: usize, event: Event) {
+    fn apply(&mut self, slot: SlotIndex, event: Event) {
         let mut events = vec![event];
         while let Some(ev) = events.pop() {
             let jitter = self.jitter.next_unit();
@@ -451,7 +482,7 @@ impl Engine {
     }
 
     /// A graceful stop: the worker's "stop signal" is a `Shutdown` frame once it is idle.
-    fn ask_stop(&mut self, slot: usize) {
+    fn ask_stop(&mut self, slot: SlotIndex) {
         if self.stopping == Some(StopMode::Terminate) {
             self.kill(slot);
             return;
@@ -480,7 +511,7 @@ impl Engine {
         if self.fatal.is_some() {
             return; // the fork server is gone (or worse): nothing can be started
         }
-        for i in 0..self.slots.len() {
+        for i in SlotIndex::all(self.slots.len()) {
             if retired(&self.slots[i]) {
                 log::info!(
                     "{}[{i}]: reviving the retired worker slot",
@@ -529,7 +560,7 @@ impl Engine {
         self.stop_deadline = None;
         if mode == StopMode::Terminate {
             // Unfinished jobs are cancelled now; results that still arrive find no job.
-            for i in 0..self.slots.len() {
+            for i in SlotIndex::all(self.slots.len()) {
                 if let Some(p) = self.slots[i].proc.as_mut() {
                     let jobs = std::mem::take(&mut p.inflight);
                     for sent in jobs {
@@ -549,7 +580,7 @@ impl Engine {
             StopMode::Graceful => Event::Stop,
             StopMode::Terminate => Event::Kill,
         };
-        for i in 0..self.slots.len() {
+        for i in SlotIndex::all(self.slots.len()) {
             self.apply(i, event.clone());
         }
     }

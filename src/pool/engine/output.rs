@@ -11,7 +11,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use mio::Token;
 use mio::unix::SourceFd;
 
-use super::{Engine, Owner};
+use super::{Engine, Owner, SlotIndex};
 use crate::stream::{LineFramer, ReadEnd, read_nonblocking};
 
 /// Bytes read from one output pipe per turn before serving others.
@@ -23,7 +23,7 @@ pub(super) const MAX_LINE: usize = 16 * 1024;
 pub(super) struct OutputPipe {
     pub(super) file: File,
     pub(super) framer: LineFramer,
-    pub(super) slot: usize,
+    pub(super) slot: SlotIndex,
 }
 
 impl Engine {

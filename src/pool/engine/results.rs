@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::phase::Phase;
 use super::shared::Raw;
-use super::{Engine, call_completion};
+use super::{Engine, SlotIndex, call_completion};
 use crate::lifecycle::Event;
 use crate::pool::frame;
 use crate::stream::{ReadEnd, read_nonblocking};
@@ -24,7 +24,7 @@ const SOCK_READ: usize = 64 * 1024;
 
 impl Engine {
     /// Reads results until the socket is drained; handles end of stream.
-    pub(super) fn read_sock(&mut self, slot: usize) {
+    pub(super) fn read_sock(&mut self, slot: SlotIndex) {
         if !self.slots[slot].proc.as_ref().is_some_and(|p| p.sock_open) {
             return;
         }
@@ -39,7 +39,7 @@ impl Engine {
     /// answered, until it would block or ends — or, with `until_short`, until a read comes back
     /// short of the buffer (the socket is drained then: one `read(2)` saved per wakeup on the hot
     /// path). `None` after a protocol error (the worker is being killed).
-    pub(super) fn drain_sock(&mut self, slot: usize, until_short: bool) -> Option<ReadEnd> {
+    pub(super) fn drain_sock(&mut self, slot: SlotIndex, until_short: bool) -> Option<ReadEnd> {
         let room = Cell::new(0);
         let mut broken = false;
         let end = read_nonblocking(
@@ -68,7 +68,7 @@ impl Engine {
 
     /// Completes the jobs whose results are in the buffer; `false` after a protocol error
     /// (the worker is being killed).
-    pub(super) fn take_results(&mut self, slot: usize) -> bool {
+    pub(super) fn take_results(&mut self, slot: SlotIndex) -> bool {
         let name = &self.settings.name;
         let now = self.now;
         let p = self.slots[slot].proc.as_mut().expect("live worker");
@@ -129,7 +129,7 @@ impl Engine {
     }
 
     /// Recycling checks and graceful stops once results came in.
-    pub(super) fn after_results(&mut self, slot: usize) {
+    pub(super) fn after_results(&mut self, slot: SlotIndex) {
         let now = self.now;
         let max_rss = self.settings.max_rss_bytes;
         let page = self.page_size;

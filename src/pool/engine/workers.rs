@@ -18,7 +18,7 @@ use super::output::{MAX_LINE, OutputPipe, output_pipe};
 use super::phase::Phase;
 use super::shared::{Failure, Raw};
 use super::zygote_link::Pending;
-use super::{Engine, Owner, Proc, Reaper, Spawner, StopMode};
+use super::{Engine, Owner, Proc, Reaper, SlotIndex, Spawner, StopMode};
 use crate::lifecycle::{Event, Instance};
 use crate::policy::ExitStatus;
 use crate::pool::claim::{self, Claim};
@@ -31,7 +31,7 @@ use crate::sys::{self, ChildSetup};
 impl Engine {
     /// The worker's socket reached end of stream: make sure the process is gone, then wait for
     /// its exit status (or finalize now if no status will ever come).
-    pub(super) fn sock_closed(&mut self, slot: usize) {
+    pub(super) fn sock_closed(&mut self, slot: SlotIndex) {
         let fork_server_gone = matches!(self.spawner, Spawner::Fork { zygote: None, .. });
         let Some(p) = self.slots[slot].proc.as_mut() else {
             return;
@@ -56,7 +56,7 @@ impl Engine {
     }
 
     /// `waitpid(pid, WNOHANG)` for an exec'd worker; finalizes it if it has exited.
-    pub(super) fn try_reap(&mut self, slot: usize) {
+    pub(super) fn try_reap(&mut self, slot: SlotIndex) {
         let Some(p) = self.slots[slot].proc.as_ref() else {
             return;
         };
@@ -85,7 +85,7 @@ impl Engine {
 
     /// The worker has exited with `status`: read what it left, resolve its jobs, feed the
     /// state machine.
-    pub(super) fn finalize(&mut self, slot: usize, status: ExitStatus) {
+    pub(super) fn finalize(&mut self, slot: SlotIndex, status: ExitStatus) {
         if self.slots[slot].proc.as_ref().is_some_and(|p| p.sock_open) {
             // Results written just before the exit are still in the socket.
             let _ = self.drain_sock(slot, false);
@@ -116,7 +116,7 @@ impl Engine {
     /// Resolves the jobs a dead worker held: the one it was running — the one its claim word
     /// says it started, or the one it timed out on — fails or is retried; every other one never
     /// started and is sent again, first (cancelled instead when the pool terminates).
-    fn resolve_jobs(&mut self, slot: usize, p: &mut Proc, status: ExitStatus) {
+    fn resolve_jobs(&mut self, slot: SlotIndex, p: &mut Proc, status: ExitStatus) {
         let terminating = self.stopping == Some(StopMode::Terminate);
         let mut jobs = std::mem::take(&mut p.inflight);
         let running = jobs.iter().position(|s| {
@@ -193,7 +193,7 @@ impl Engine {
         if let Some((_, None)) = self.dead_zygote {
             self.reap_dead_zygote(Duration::ZERO);
         }
-        for i in 0..self.slots.len() {
+        for i in SlotIndex::all(self.slots.len()) {
             if self.slots[i]
                 .inst
                 .deadline(&self.settings.policy)
@@ -214,7 +214,7 @@ impl Engine {
         }
         if self.stop_deadline.is_some_and(|d| d <= now) {
             self.stop_deadline = None;
-            for i in 0..self.slots.len() {
+            for i in SlotIndex::all(self.slots.len()) {
                 if let Some(p) = self.slots[i].proc.take() {
                     log::error!(
                         "{}[{i}]: worker (pid {}) did not go away after SIGKILL; abandoning it",
@@ -232,7 +232,7 @@ impl Engine {
 
     /// The running job of `slot` ran out of time: kill the worker; the job fails `TimedOut`
     /// once the worker is reaped.
-    pub(super) fn time_out(&mut self, slot: usize) {
+    pub(super) fn time_out(&mut self, slot: SlotIndex) {
         let Some(p) = self.slots[slot].proc.as_mut() else {
             return;
         };
@@ -253,7 +253,7 @@ impl Engine {
 
     /// `SIGKILL` to the worker's process group, through the fork server for forked workers
     /// (it alone knows whether the pid is still theirs).
-    pub(super) fn kill(&mut self, slot: usize) {
+    pub(super) fn kill(&mut self, slot: SlotIndex) {
         let Some(p) = self.slots[slot].proc.as_mut() else {
             return;
         };
@@ -296,7 +296,7 @@ impl Engine {
 
     /// Starts a worker for `slot`: `Ok(Some(pid))` when it is up now, `Ok(None)` when the fork
     /// server will answer later.
-    pub(super) fn spawn(&mut self, slot: usize) -> std::io::Result<Option<i32>> {
+    pub(super) fn spawn(&mut self, slot: SlotIndex) -> std::io::Result<Option<i32>> {
         if let Some(why) = &self.fatal {
             return Err(std::io::Error::other(why.clone()));
         }
@@ -396,7 +396,7 @@ impl Engine {
     }
 
     /// Watches a worker's stdout or stderr (not at all if it cannot be registered).
-    fn watch_output(&mut self, slot: usize, file: File) {
+    fn watch_output(&mut self, slot: SlotIndex, file: File) {
         let t = self.token();
         let fd = file.as_raw_fd();
         if self
@@ -416,7 +416,7 @@ impl Engine {
 
     /// How the exit of a worker just attached will be learnt: its pidfd if it has one that can
     /// be watched, else polling `waitpid` for an exec'd worker, else the fork server.
-    fn watch_exit(&mut self, slot: usize, generation: u64, pidfd: Option<OwnedFd>) -> Reaper {
+    fn watch_exit(&mut self, slot: SlotIndex, generation: u64, pidfd: Option<OwnedFd>) -> Reaper {
         let watched = pidfd.and_then(|fd| {
             let t = self.token();
             let raw = fd.as_raw_fd();
@@ -446,7 +446,7 @@ struct TheirEnds {
 
 /// The socket pair, output pipes and claim words of a new worker for `slot`: the pool's ends
 /// and the worker's.
-fn worker_ends(slot: usize, pipeline: usize) -> std::io::Result<(Pending, TheirEnds)> {
+fn worker_ends(slot: SlotIndex, pipeline: usize) -> std::io::Result<(Pending, TheirEnds)> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
     ours.set_nonblocking(true)?;
     let (out_r, out_w) = output_pipe()?;
@@ -474,7 +474,7 @@ fn exec_worker(
     arg0: &OsStr,
     args: &[OsString],
     name: &str,
-    slot: usize,
+    slot: SlotIndex,
     theirs: TheirEnds,
 ) -> std::io::Result<i32> {
     use std::os::unix::process::CommandExt;

@@ -14,7 +14,7 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::workers::reap_child;
-use super::{Engine, Spawner, ZYGOTE_PIDFD};
+use super::{Engine, SlotIndex, Spawner, ZYGOTE_PIDFD};
 use crate::lifecycle::Event;
 use crate::policy::ExitStatus;
 use crate::pool::zygote::{self, FromZygote, Zygote};
@@ -22,7 +22,7 @@ use crate::sys::pool::SharedWords;
 
 /// The pool's ends of a worker being started (forked by the fork server, or exec'd).
 pub(crate) struct Pending {
-    pub(super) slot: usize,
+    pub(super) slot: SlotIndex,
     pub(super) claims: SharedWords,
     pub(super) sock: std::os::unix::net::UnixStream,
     pub(super) out: File,
@@ -107,7 +107,8 @@ impl Engine {
                 let slot = self
                     .slots
                     .iter()
-                    .position(|s| s.proc.as_ref().is_some_and(|p| p.pid == pid));
+                    .position(|s| s.proc.as_ref().is_some_and(|p| p.pid == pid))
+                    .map(SlotIndex);
                 if let Some(slot) = slot {
                     self.finalize(slot, status);
                 }
@@ -131,7 +132,7 @@ impl Engine {
             .poll
             .registry()
             .deregister(&mut SourceFd(&z.ctl.as_raw_fd()));
-        let pending: Vec<usize> = pending.drain().map(|(_, p)| p.slot).collect();
+        let pending: Vec<SlotIndex> = pending.drain().map(|(_, p)| p.slot).collect();
         // Its socket closes while it exits, before it is a zombie: a reap now may come too
         // early. If so, its pidfd says when; without one (Linux < 5.3), the timers retry.
         let status = reap_child(z.pid, None, Duration::ZERO);
@@ -166,7 +167,7 @@ impl Engine {
         for slot in pending {
             self.apply(slot, Event::SpawnFailed);
         }
-        for slot in 0..self.slots.len() {
+        for slot in SlotIndex::all(self.slots.len()) {
             if self.slots[slot].proc.is_some() {
                 let status = ExitStatus::Signal {
                     signal: libc::SIGKILL,
