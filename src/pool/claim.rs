@@ -12,11 +12,13 @@
 //! - the pool may *revoke* a job the worker has not started — queued → revoked, the same
 //!   compare-and-swap — and send it to another worker.
 //!
-//! **Why it is race-free.** Start and revoke are compare-and-swaps from the same queued value, so
-//! exactly one of them wins: a job runs at most once, even when the pool moves it while the
-//! worker reaches it. When a worker dies, a job whose word says *started* is the one it was
-//! running (it runs one job at a time); every other job it held never started and is sent again.
-//! A word reused for a later job holds that job's id, so a stale frame never matches it.
+//! # Why it is race-free
+//!
+//! Start and revoke are compare-and-swaps from the same queued value, so exactly one of them wins:
+//! a job runs at most once, even when the pool moves it while the worker reaches it. When a worker
+//! dies, a job whose word says *started* is the one it was running (it runs one job at a time);
+//! every other job it held never started and is sent again. A word reused for a later job holds
+//! that job's id, so a stale frame never matches it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -4,8 +4,8 @@
 //! This module owns the public API ([`Pool`], [`PoolBuilder`], [`JobHandle`], outcomes and
 //! stats) and the typed layer that encodes jobs and decodes results. Everything that touches
 //! workers lives on the pool's **I/O thread** (`engine`), which owns every worker socket, output
-//! pipe, timer and per-worker restart state machine ([`crate::lifecycle::Instance`], the
-//! same policy as supervised programs). The API hands jobs over through a bounded queue and a
+//! pipe, timer and per-worker restart state machine ([`crate::lifecycle::Instance`], the same
+//! policy as supervised programs). The API hands jobs over through a bounded queue and a
 //! waker; outcomes come back through per-job handles, callbacks (run on the I/O thread) or
 //! channels.
 //!
@@ -83,15 +83,20 @@
 //! run jobs again: for example after the cause (a bad input, memory pressure) is gone. Jobs
 //! that failed meanwhile are not re-run.
 //!
-//! **Threads and ordering.** [`Pool`] is `Send + Sync`: share it by reference or `Arc`. Callbacks
-//! ([`Pool::apply_async`]) run on the I/O thread: keep them short and never block in them (they
-//! may submit: a submission from a callback never waits for room). `submit` blocks while the
-//! queue is full; `join` returns only after every accepted job's outcome has been delivered,
-//! callbacks included.
+//! # Threads and ordering
+//!
+//! [`Pool`] is `Send + Sync`: share it by reference or `Arc`. Callbacks ([`Pool::apply_async`]) run
+//! on the I/O thread: keep them short and never block in them (they may submit: a submission from a
+//! callback never waits for room). `submit` blocks while the queue is full; `join` returns only
+//! after every accepted job's outcome has been delivered, callbacks included.
 
+mod builder;
 mod claim;
+mod codec;
 mod engine;
+mod error;
 pub(crate) mod frame;
+mod handle;
 mod pace;
 mod worker;
 mod zygote;
@@ -99,72 +104,24 @@ mod zygote;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, Once, PoisonError};
+use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, Result};
+pub use self::builder::PoolBuilder;
+use self::codec::{codec_errors, decode_chunk, decode_one, encode_chunk, encode_exact};
+use self::engine::{Completion, Engine, Failure, Job, Raw, Shared, StopMode};
+pub use self::error::{Closed, JobError, Outcome, TrySubmitError};
+pub use self::handle::{ImapUnordered, JobHandle};
 pub use crate::policy::{ExitStatus, Policy};
-use engine::{Engine, Failure, Job, Raw, Shared, Sink, Spawner, StopMode};
-use frame::Wire;
 
 /// The environment variable that makes a process an exec-self worker of the pool it names.
 pub const WORKER_ENV: &str = "WARDEN_POOL_WORKER";
 /// The environment variable holding an exec-self worker's index (informational).
 pub const INDEX_ENV: &str = "WARDEN_POOL_INDEX";
-
-/// A job's outcome: the handler's output, or why there is none.
-pub type Outcome<O, E> = std::result::Result<O, JobError<E>>;
-
-/// Why a job has no output.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum JobError<E> {
-    /// The handler returned this error.
-    Handler(E),
-    /// The handler panicked with this message; the worker caught it and carries on.
-    Panicked(String),
-    /// The worker died while running this job (it was the one running); the pool replaced it.
-    WorkerDied(ExitStatus),
-    /// The job ran longer than its timeout; its worker was killed and replaced.
-    TimedOut,
-    /// [`Pool::terminate`] was called before the job finished.
-    Cancelled,
-    /// The pool cannot run jobs any more; the reason.
-    Fatal(String),
-    /// The job or its result could not be (de)serialized.
-    Codec(String),
-}
-
-impl<E: fmt::Display> fmt::Display for JobError<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            JobError::Handler(e) => write!(f, "the job failed: {e}"),
-            JobError::Panicked(m) => write!(f, "the job panicked: {m}"),
-            JobError::WorkerDied(s) => write!(f, "the worker died running the job ({s})"),
-            JobError::TimedOut => f.write_str("the job timed out; its worker was killed"),
-            JobError::Cancelled => f.write_str("the job was cancelled (pool terminated)"),
-            JobError::Fatal(m) => write!(f, "the pool cannot run jobs: {m}"),
-            JobError::Codec(m) => write!(f, "serialization failed: {m}"),
-        }
-    }
-}
-
-impl<E: fmt::Debug + fmt::Display> std::error::Error for JobError<E> {}
-
-impl<E> From<Failure> for JobError<E> {
-    fn from(f: Failure) -> JobError<E> {
-        match f {
-            Failure::WorkerDied(s) => JobError::WorkerDied(s),
-            Failure::TimedOut => JobError::TimedOut,
-            Failure::Cancelled => JobError::Cancelled,
-            Failure::Fatal(m) => JobError::Fatal(m),
-        }
-    }
-}
 
 /// How workers are started; see the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -202,48 +159,6 @@ impl JobOptions {
         self
     }
 }
-
-/// The pool no longer accepts jobs ([`Pool::close`] or [`Pool::terminate`] was called); the job
-/// is given back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Closed<T = ()>(pub T);
-
-impl<T> fmt::Display for Closed<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the pool is closed to new jobs")
-    }
-}
-
-impl<T: fmt::Debug> std::error::Error for Closed<T> {}
-
-/// Why [`Pool::try_submit`] did not take the job; the job is given back.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TrySubmitError<J> {
-    /// The queue is full.
-    Full(J),
-    /// The pool is closed.
-    Closed(J),
-}
-
-impl<J> TrySubmitError<J> {
-    /// The job that was not taken.
-    pub fn into_job(self) -> J {
-        match self {
-            TrySubmitError::Full(j) | TrySubmitError::Closed(j) => j,
-        }
-    }
-}
-
-impl<J> fmt::Display for TrySubmitError<J> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TrySubmitError::Full(_) => f.write_str("the pool's queue is full"),
-            TrySubmitError::Closed(_) => f.write_str("the pool is closed to new jobs"),
-        }
-    }
-}
-
-impl<J: fmt::Debug> std::error::Error for TrySubmitError<J> {}
 
 /// A snapshot of the pool, from [`Pool::stats`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -290,273 +205,6 @@ pub struct PoolStats {
     pub fatal: Option<String>,
 }
 
-/// Builds a [`Pool`]; from [`Pool::builder`].
-pub struct PoolBuilder<J, O, E, F> {
-    name: String,
-    handler: F,
-    workers: usize,
-    pipeline: usize,
-    queue_capacity: usize,
-    job_timeout: Option<Duration>,
-    max_jobs_per_worker: Option<u64>,
-    max_rss_bytes: Option<u64>,
-    start_method: StartMethod,
-    policy: Policy,
-    _types: PhantomData<fn(J) -> (O, E)>,
-}
-
-impl<J, O, E, F> fmt::Debug for PoolBuilder<J, O, E, F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PoolBuilder")
-            .field("name", &self.name)
-            .field("workers", &self.workers)
-            .field("pipeline", &self.pipeline)
-            .field("queue_capacity", &self.queue_capacity)
-            .field("job_timeout", &self.job_timeout)
-            .field("max_jobs_per_worker", &self.max_jobs_per_worker)
-            .field("max_rss_bytes", &self.max_rss_bytes)
-            .field("start_method", &self.start_method)
-            .field("policy", &self.policy)
-            .finish()
-    }
-}
-
-impl<J, O, E, F> PoolBuilder<J, O, E, F>
-where
-    J: Serialize + DeserializeOwned + Send + 'static,
-    O: Serialize + DeserializeOwned + Send + 'static,
-    E: Serialize + DeserializeOwned + Send + 'static,
-    F: Fn(J) -> std::result::Result<O, E> + Send + Sync + 'static,
-{
-    /// Number of worker processes (default: the number of CPUs).
-    pub fn workers(mut self, n: usize) -> Self {
-        self.workers = n;
-        self
-    }
-
-    /// The most jobs in flight per worker, to hide the round trip (default 32, at most 65536; 1
-    /// disables pipelining).
-    ///
-    /// The pool uses this much only for jobs shorter than a round trip: the window adapts to
-    /// observed job latency (1 job at a time for jobs of a millisecond or more, like Python's
-    /// pool), and a job a worker has not started is moved to a worker that falls idle. So a job
-    /// never waits behind a long one while another worker is free.
-    pub fn pipeline(mut self, n: usize) -> Self {
-        self.pipeline = n;
-        self
-    }
-
-    /// Jobs accepted but not yet sent before `submit` blocks (default 1024).
-    pub fn queue_capacity(mut self, n: usize) -> Self {
-        self.queue_capacity = n;
-        self
-    }
-
-    /// The default per-job timeout, from when the job starts running (default none). A chunk
-    /// of `map_chunked` gets this much per job in it.
-    pub fn job_timeout(mut self, timeout: Option<Duration>) -> Self {
-        self.job_timeout = timeout;
-        self
-    }
-
-    /// Replace a worker (gracefully, between jobs) after it has answered this many jobs.
-    pub fn max_jobs_per_worker(mut self, n: Option<u64>) -> Self {
-        self.max_jobs_per_worker = n;
-        self
-    }
-
-    /// Replace a worker (gracefully, between jobs) once its resident memory exceeds this many
-    /// bytes; checked at most every 100 ms or 64 results. The jobs already sent to it (at most
-    /// [`PoolBuilder::pipeline`]) still run there first: lower the pipeline for a tighter bound.
-    pub fn max_rss_bytes(mut self, bytes: Option<u64>) -> Self {
-        self.max_rss_bytes = bytes;
-        self
-    }
-
-    /// How workers are started (default [`StartMethod::Fork`]).
-    pub fn start_method(mut self, method: StartMethod) -> Self {
-        self.start_method = method;
-        self
-    }
-
-    /// The restart policy of each worker: backoff and crash-loop limit (readiness is always
-    /// immediate and there is no watchdog for pool workers).
-    pub fn policy(mut self, policy: Policy) -> Self {
-        self.policy = policy;
-        self
-    }
-
-    /// Builds the pool. In an exec-self worker process of this pool, serves jobs and exits
-    /// instead of returning.
-    ///
-    /// Errors: an invalid setting ([`Error::Invalid`]), [`StartMethod::Fork`] in a process that
-    /// already has threads ([`Error::Invalid`] saying so), or a failed system call.
-    pub fn build(self) -> Result<Pool<J, O, E>> {
-        self.validate()?;
-        let mut spawner = None;
-        if let Some(role) = std::env::var_os(WORKER_ENV) {
-            if role == *self.name {
-                self.become_worker();
-            }
-            spawner = Some(Spawner::Inert(format!(
-                "pool {}: this process is an exec-self worker of pool {:?}; pools built in a \
-                 worker do not run",
-                self.name,
-                role.to_string_lossy()
-            )));
-        }
-        let spawner = match spawner {
-            Some(s) => s,
-            None => match self.start_method {
-                StartMethod::Fork => self.fork_server()?,
-                StartMethod::ExecSelf => {
-                    let mut args = std::env::args_os();
-                    let arg0 = args.next().unwrap_or_else(|| "warden-pool-worker".into());
-                    Spawner::ExecSelf {
-                        arg0,
-                        args: args.collect(),
-                    }
-                }
-            },
-        };
-        let poll = mio::Poll::new().map_err(|e| Error::os("epoll_create", e))?;
-        let shared =
-            Arc::new(Shared::new(&poll, self.queue_capacity).map_err(|e| Error::os("eventfd", e))?);
-        let mut policy = self.policy.clone();
-        policy.readiness = crate::policy::Readiness::Immediate;
-        policy.watchdog = None;
-        // A worker is asked to stop with a Shutdown frame once idle, not with a signal.
-        policy.stop = crate::policy::StopWith::Request;
-        let cfg = engine::Config {
-            name: self.name.clone(),
-            workers: self.workers,
-            pipeline: self.pipeline,
-            job_timeout: self.job_timeout,
-            max_jobs_per_worker: self.max_jobs_per_worker,
-            max_rss_bytes: self.max_rss_bytes,
-            policy,
-        };
-        let engine = Engine::new(cfg, Arc::clone(&shared), poll, spawner);
-        {
-            let mut inner = shared.lock();
-            inner.stats.fork_server_pid = engine.fork_server_pid();
-            inner.stats.worker_pids = vec![None; self.workers];
-        }
-        Ok(Pool {
-            name: self.name,
-            workers: self.workers,
-            pipeline: self.pipeline,
-            queue_capacity: self.queue_capacity,
-            shared,
-            engine: Mutex::new(Some(engine)),
-            thread: Mutex::new(None),
-            started: Once::new(),
-            _types: PhantomData,
-        })
-    }
-
-    fn validate(&self) -> Result<()> {
-        let invalid = |what, reason: &str| {
-            Err(Error::Invalid {
-                what,
-                reason: reason.to_string(),
-            })
-        };
-        if self.name.is_empty() || self.name.contains(['\0', '=']) {
-            return invalid("pool name", "it must be non-empty, without '=' or NUL");
-        }
-        if self.workers == 0 {
-            return invalid("pool workers", "at least one worker is needed");
-        }
-        if self.pipeline == 0 || self.pipeline > frame::MAX_WORDS {
-            return invalid(
-                "pool pipeline",
-                "between 1 and 65536 jobs in flight per worker",
-            );
-        }
-        if self.queue_capacity == 0 {
-            return invalid(
-                "pool queue_capacity",
-                "the queue must hold at least one job",
-            );
-        }
-        if self.max_jobs_per_worker == Some(0) {
-            return invalid("pool max_jobs_per_worker", "must be at least 1");
-        }
-        Ok(())
-    }
-
-    /// Forks the fork server, refusing (with the way out) in a multi-threaded process.
-    fn fork_server(&self) -> Result<Spawner> {
-        match crate::sys::require_single_thread() {
-            Err(Error::MultiThreaded(threads)) => {
-                return Err(Error::Invalid {
-                    what: "pool start method",
-                    reason: format!(
-                        "StartMethod::Fork needs a single-threaded process, but this one has \
-                     {threads} threads (fork(2) would copy only the calling thread, with any \
-                     lock another thread holds). Build the pool at the start of main, before \
-                     any thread or async runtime starts, or use StartMethod::ExecSelf"
-                    ),
-                });
-            }
-            other => other?,
-        }
-        let handler = &self.handler;
-        let entry =
-            move |sock: std::os::fd::OwnedFd, claims: crate::sys::pool::SharedWords| -> i32 {
-                let stop = worker::serve::<J, O, E, F>(&sock, &claims, handler);
-                if let worker::Stop::Broken(why) = &stop {
-                    eprintln!("warden pool worker: {why}");
-                }
-                stop.code()
-            };
-        let z = zygote::start(&entry).map_err(|e| match e {
-            Error::MultiThreaded(n) => Error::Invalid {
-                what: "pool start method",
-                reason: format!(
-                    "StartMethod::Fork needs a single-threaded process, but this one has {n} \
-                     threads; build the pool before starting threads, or use \
-                     StartMethod::ExecSelf"
-                ),
-            },
-            e => e,
-        })?;
-        Ok(Spawner::Fork {
-            zygote: Some(z),
-            outq: Default::default(),
-            writable: false,
-            pending: Default::default(),
-            next_token: 1,
-        })
-    }
-
-    /// This process is an exec-self worker of this pool: serve descriptor 3 (with the claim
-    /// words of descriptor 4), then exit.
-    fn become_worker(&self) -> ! {
-        let inherited = crate::sys::pool::claim_inherited_socket(3)
-            .and_then(|sock| Ok((sock, crate::sys::pool::SharedWords::map_inherited(4)?)));
-        let code = match inherited {
-            Ok((sock, claims)) => {
-                let stop = worker::serve::<J, O, E, F>(&sock, &claims, &self.handler);
-                if let worker::Stop::Broken(why) = &stop {
-                    eprintln!("warden pool {} worker: {why}", self.name);
-                }
-                stop.code()
-            }
-            Err(e) => {
-                eprintln!(
-                    "warden pool {}: started as a worker ({WORKER_ENV}={}) but {e}",
-                    self.name, self.name
-                );
-                2
-            }
-        };
-        worker::flush_stdio();
-        std::process::exit(code)
-    }
-}
-
 /// A pool of worker processes running one handler; see the module documentation.
 ///
 /// Dropping the pool terminates it: unfinished jobs are cancelled, workers and the fork server
@@ -597,19 +245,7 @@ where
     where
         F: Fn(J) -> std::result::Result<O, E> + Send + Sync + 'static,
     {
-        PoolBuilder {
-            name: name.into(),
-            handler,
-            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            pipeline: 32,
-            queue_capacity: 1024,
-            job_timeout: None,
-            max_jobs_per_worker: None,
-            max_rss_bytes: None,
-            start_method: StartMethod::Fork,
-            policy: Policy::default(),
-            _types: PhantomData,
-        }
+        PoolBuilder::new(name.into(), handler)
     }
 
     /// The pool's name.
@@ -660,8 +296,8 @@ where
         job: J,
         options: JobOptions,
     ) -> std::result::Result<JobHandle<O, E>, Closed<J>> {
-        let (handle, sink) = JobHandle::new();
-        match self.enqueue(job, options, sink, true) {
+        let (handle, completion) = JobHandle::new();
+        match self.enqueue(job, options, completion, true) {
             Ok(()) => Ok(handle),
             Err(TrySubmitError::Closed(j) | TrySubmitError::Full(j)) => Err(Closed(j)),
         }
@@ -669,8 +305,8 @@ where
 
     /// Submits a job unless the queue is full or the pool closed, giving the job back then.
     pub fn try_submit(&self, job: J) -> std::result::Result<JobHandle<O, E>, TrySubmitError<J>> {
-        let (handle, sink) = JobHandle::new();
-        self.enqueue(job, JobOptions::default(), sink, false)?;
+        let (handle, completion) = JobHandle::new();
+        self.enqueue(job, JobOptions::default(), completion, false)?;
         Ok(handle)
     }
 
@@ -695,8 +331,8 @@ where
     where
         C: FnOnce(Outcome<O, E>) + Send + 'static,
     {
-        let sink = Sink::new(move |raw: Raw<'_>| callback(decode_one(raw)));
-        self.enqueue(job, options, sink, true)
+        let completion = Completion::new(move |raw: Raw<'_>| callback(decode_one(raw)));
+        self.enqueue(job, options, completion, true)
             .map_err(|e| Closed(e.into_job()))
     }
 
@@ -715,11 +351,11 @@ where
         let mut sent = 0;
         for (i, job) in jobs.into_iter().enumerate() {
             let tx = tx.clone();
-            let sink = Sink::new(move |raw: Raw<'_>| {
+            let completion = Completion::new(move |raw: Raw<'_>| {
                 let _ = tx.send((i, decode_one(raw)));
             });
             if self
-                .enqueue(job, JobOptions::default(), sink, true)
+                .enqueue(job, JobOptions::default(), completion, true)
                 .is_err()
             {
                 if sent == 0 {
@@ -761,22 +397,17 @@ where
         for (c, chunk) in jobs.chunks(size).enumerate() {
             let start = c * size;
             let count = chunk.len();
-            let mut body = Vec::with_capacity(4 + count * 4);
-            body.extend_from_slice(&(count as u32).to_le_bytes());
-            if let Err(e) = frame::encode_into(chunk, &mut body) {
-                // Reported at once: this chunk never reaches the pool.
-                let why = format!("job {e}");
-                let _ = tx.send((
-                    start,
-                    (0..count)
-                        .map(|_| Err(JobError::Codec(why.clone())))
-                        .collect(),
-                ));
-                sent = start + count;
-                continue;
-            }
+            let body = match encode_chunk(chunk) {
+                Ok(body) => body,
+                Err(why) => {
+                    // Reported at once: this chunk never reaches the pool.
+                    let _ = tx.send((start, codec_errors(&why, count)));
+                    sent = start + count;
+                    continue;
+                }
+            };
             let tx = tx.clone();
-            let sink = Sink::new(move |raw: Raw<'_>| {
+            let completion = Completion::new(move |raw: Raw<'_>| {
                 let _ = tx.send((start, decode_chunk(raw, count)));
             });
             let job = Job {
@@ -785,7 +416,7 @@ where
                 items: count as u32,
                 timeout: None,
                 retries: 0,
-                sink,
+                completion,
             };
             if self.enqueue_job(job, true).is_err() {
                 if sent == 0 {
@@ -817,25 +448,7 @@ where
         if self.shared.lock().closed {
             return Err(Closed(()));
         }
-        let (tx, rx) = mpsc::channel();
-        // Woken (a `None` on the channel) when the I/O thread ends, instead of polling for it.
-        let end = tx.clone();
-        let waker = self.shared.on_io_done(Box::new(move || {
-            let _ = end.send(None);
-        }));
-        Ok(ImapUnordered {
-            pool: self,
-            input: jobs.into_iter(),
-            next: 0,
-            outstanding: 0,
-            window: self.queue_capacity.max(2 * self.workers * self.pipeline),
-            tx,
-            rx,
-            exhausted: false,
-            closed_at: None,
-            waker,
-            ended: waker.is_none(),
-        })
+        Ok(ImapUnordered::new(self, jobs.into_iter()))
     }
 
     /// Brings retired worker slots back (see "Retired slots" in the module documentation): each
@@ -964,14 +577,14 @@ where
         &self,
         job: J,
         options: JobOptions,
-        sink: Sink,
+        completion: Completion,
         block: bool,
     ) -> std::result::Result<(), TrySubmitError<J>> {
         let body = match encode_exact(&job) {
             Ok(body) => body,
             Err(e) => {
                 // Reported at once, on this thread: the job never reaches the pool.
-                sink.call(Raw::Codec(format!("job {e}")));
+                completion.call(Raw::Codec(format!("job {e}")));
                 return Ok(());
             }
         };
@@ -981,7 +594,7 @@ where
             items: 1,
             timeout: options.timeout,
             retries: options.retries,
-            sink,
+            completion,
         };
         match self.enqueue_job(job_, block) {
             Ok(()) => Ok(()),
@@ -990,12 +603,12 @@ where
         }
     }
 
-    /// Puts an encoded job on the queue: `Err((job, full))` when it was not taken (its sink then
+    /// Puts an encoded job on the queue: `Err((job, full))` when it was not taken (its completion then
     /// defused: a refused job has no outcome, its submitter gets it back).
     fn enqueue_job(&self, job: Job, block: bool) -> std::result::Result<(), (Job, bool)> {
         let refused = self.try_enqueue(job, block);
         refused.map_err(|(mut job, full)| {
-            job.sink.defuse();
+            job.completion.defuse();
             (job, full)
         })
     }
@@ -1055,32 +668,6 @@ impl<J, O, E> Drop for Pool<J, O, E> {
     }
 }
 
-/// Encodes `value` into an exactly-sized `Vec`, through a per-thread scratch buffer that keeps
-/// its capacity: a large job costs one allocation and one copy instead of a buffer grown by
-/// doubling (a reallocation and copy per step).
-fn encode_exact<T: Serialize + ?Sized>(value: &T) -> std::result::Result<Vec<u8>, String> {
-    thread_local! {
-        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            buf.clear();
-            frame::encode_into(value, &mut buf)?;
-            let out = buf.to_vec();
-            if buf.capacity() > 4 << 20 {
-                *buf = Vec::new(); // don't keep a huge buffer forever
-            }
-            Ok(out)
-        }
-        // Re-entered (a Serialize impl that submits): fall back to a fresh buffer.
-        Err(_) => {
-            let mut buf = Vec::new();
-            frame::encode_into(value, &mut buf)?;
-            Ok(buf)
-        }
-    })
-}
-
 /// `Pool` is shared across threads by reference or `Arc`; handles move to other threads.
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
@@ -1095,274 +682,6 @@ fn assert_not_io_thread(what: &str) {
         "Pool::{what} called from a pool callback, which runs on the pool's I/O thread and \
          would wait for itself"
     );
-}
-
-/// Decodes one job's outcome.
-fn decode_one<O: DeserializeOwned, E: DeserializeOwned>(raw: Raw<'_>) -> Outcome<O, E> {
-    match raw {
-        Raw::Done(bytes) => match frame::decode::<Wire<O, E>>(bytes) {
-            Ok(w) => from_wire(w),
-            Err(e) => Err(JobError::Codec(format!("result {e}"))),
-        },
-        Raw::Failed(f) => Err(f.into()),
-        Raw::Codec(m) => Err(JobError::Codec(m)),
-    }
-}
-
-/// Decodes the outcomes of a chunk of `count` jobs.
-fn decode_chunk<O: DeserializeOwned, E: DeserializeOwned>(
-    raw: Raw<'_>,
-    count: usize,
-) -> Vec<Outcome<O, E>> {
-    match raw {
-        Raw::Done(bytes) => match frame::decode::<Vec<Wire<O, E>>>(bytes) {
-            Ok(ws) if ws.len() == count => ws.into_iter().map(from_wire).collect(),
-            Ok(ws) => {
-                let why = format!("chunk of {count} jobs answered with {} results", ws.len());
-                (0..count)
-                    .map(|_| Err(JobError::Codec(why.clone())))
-                    .collect()
-            }
-            Err(e) => (0..count)
-                .map(|_| Err(JobError::Codec(format!("result {e}"))))
-                .collect(),
-        },
-        Raw::Failed(f) => (0..count).map(|_| Err(f.clone().into())).collect(),
-        Raw::Codec(m) => (0..count)
-            .map(|_| Err(JobError::Codec(m.clone())))
-            .collect(),
-    }
-}
-
-fn from_wire<O, E>(w: Wire<O, E>) -> Outcome<O, E> {
-    match w {
-        Wire::Ok(o) => Ok(o),
-        Wire::Err(e) => Err(JobError::Handler(e)),
-        Wire::Panicked(m) => Err(JobError::Panicked(m)),
-        Wire::Codec(m) => Err(JobError::Codec(m)),
-    }
-}
-
-/// The state of a [`JobHandle`]'s slot.
-struct HandleState<O, E> {
-    outcome: Option<Outcome<O, E>>,
-    waiting: bool,
-}
-
-struct HandleSlot<O, E> {
-    state: Mutex<HandleState<O, E>>,
-    cv: Condvar,
-}
-
-/// The outcome of a submitted job, to come. Dropping it does not cancel the job.
-pub struct JobHandle<O, E> {
-    slot: Arc<HandleSlot<O, E>>,
-}
-
-impl<O, E> fmt::Debug for JobHandle<O, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobHandle")
-            .field("finished", &self.is_finished())
-            .finish()
-    }
-}
-
-impl<O, E> JobHandle<O, E>
-where
-    O: DeserializeOwned + Send + 'static,
-    E: DeserializeOwned + Send + 'static,
-{
-    fn new() -> (JobHandle<O, E>, Sink) {
-        let slot = Arc::new(HandleSlot {
-            state: Mutex::new(HandleState {
-                outcome: None,
-                waiting: false,
-            }),
-            cv: Condvar::new(),
-        });
-        let theirs = Arc::clone(&slot);
-        let sink = Sink::new(move |raw: Raw<'_>| {
-            let outcome = decode_one(raw);
-            let mut st = theirs.state.lock().unwrap_or_else(PoisonError::into_inner);
-            st.outcome = Some(outcome);
-            let notify = st.waiting;
-            drop(st);
-            if notify {
-                theirs.cv.notify_all();
-            }
-        });
-        (JobHandle { slot }, sink)
-    }
-}
-
-impl<O, E> JobHandle<O, E> {
-    /// Waits for the outcome.
-    pub fn wait(self) -> Outcome<O, E> {
-        let mut st = self
-            .slot
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(o) = st.outcome.take() {
-                return o;
-            }
-            st.waiting = true;
-            st = self
-                .slot
-                .cv
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
-    }
-
-    /// Waits at most `timeout`; gives the handle back if the outcome is not there yet.
-    pub fn wait_timeout(self, timeout: Duration) -> std::result::Result<Outcome<O, E>, Self> {
-        let deadline = Instant::now() + timeout;
-        {
-            let mut st = self
-                .slot
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            loop {
-                if let Some(o) = st.outcome.take() {
-                    return Ok(o);
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                st.waiting = true;
-                st = self
-                    .slot
-                    .cv
-                    .wait_timeout(st, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
-        }
-        Err(self)
-    }
-
-    /// The outcome if it is there, else the handle back.
-    pub fn try_get(self) -> std::result::Result<Outcome<O, E>, Self> {
-        let taken = self
-            .slot
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .outcome
-            .take();
-        taken.ok_or(self)
-    }
-
-    /// Whether the outcome is there.
-    pub fn is_finished(&self) -> bool {
-        self.slot
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .outcome
-            .is_some()
-    }
-}
-
-/// Outcomes as jobs finish, with their input index; from [`Pool::imap_unordered`].
-pub struct ImapUnordered<'p, J, O, E, I> {
-    pool: &'p Pool<J, O, E>,
-    input: I,
-    next: usize,
-    outstanding: usize,
-    window: usize,
-    /// `Some` per outcome; `None` once, when the I/O thread has ended.
-    tx: mpsc::Sender<Option<(usize, Outcome<O, E>)>>,
-    rx: mpsc::Receiver<Option<(usize, Outcome<O, E>)>>,
-    exhausted: bool,
-    closed_at: Option<usize>,
-    /// The registration of the end-of-I/O-thread waker.
-    waker: Option<u64>,
-    /// The I/O thread has ended: no outcome will come that is not already on the channel.
-    ended: bool,
-}
-
-impl<J, O, E, I> Drop for ImapUnordered<'_, J, O, E, I> {
-    fn drop(&mut self) {
-        if let Some(id) = self.waker.take() {
-            self.pool.shared.forget_io_done(id);
-        }
-    }
-}
-
-impl<J, O, E, I> fmt::Debug for ImapUnordered<'_, J, O, E, I> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ImapUnordered")
-            .field("submitted", &self.next)
-            .field("outstanding", &self.outstanding)
-            .finish()
-    }
-}
-
-impl<J, O, E, I> Iterator for ImapUnordered<'_, J, O, E, I>
-where
-    J: Serialize + DeserializeOwned + Send + 'static,
-    O: Serialize + DeserializeOwned + Send + 'static,
-    E: Serialize + DeserializeOwned + Send + 'static,
-    I: Iterator<Item = J>,
-{
-    type Item = (usize, Outcome<O, E>);
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if let Some(i) = self.closed_at.take() {
-            return Some((i, Err(JobError::Cancelled)));
-        }
-        while !self.exhausted && self.outstanding < self.window {
-            let Some(job) = self.input.next() else {
-                self.exhausted = true;
-                break;
-            };
-            let i = self.next;
-            self.next += 1;
-            let tx = self.tx.clone();
-            let sink = Sink::new(move |raw: Raw<'_>| {
-                let _ = tx.send(Some((i, decode_one(raw))));
-            });
-            if self
-                .pool
-                .enqueue(job, JobOptions::default(), sink, true)
-                .is_err()
-            {
-                // Closed midway: this job is reported cancelled, the rest are not taken.
-                self.exhausted = true;
-                if self.outstanding == 0 {
-                    return Some((i, Err(JobError::Cancelled)));
-                }
-                self.closed_at = Some(i);
-                break;
-            }
-            self.outstanding += 1;
-        }
-        if self.outstanding == 0 {
-            return self.closed_at.take().map(|i| (i, Err(JobError::Cancelled)));
-        }
-        loop {
-            let got = if self.ended {
-                // Every sink runs (or is dropped) before the I/O thread ends: what is not on
-                // the channel now never will be.
-                self.rx.try_recv().ok()
-            } else {
-                self.rx.recv().ok()
-            };
-            match got {
-                Some(Some(item)) => {
-                    self.outstanding -= 1;
-                    return Some(item);
-                }
-                Some(None) => self.ended = true,
-                None => return None,
-            }
-        }
-    }
 }
 
 /// The outcomes of a `map`, input order: a job with no outcome was sent (index below `sent`) and

@@ -4,14 +4,16 @@
 //! This module owns that decision only, as a pure value fed with durations; it knows nothing of
 //! workers, sockets or clocks.
 //!
-//! **Why a window, and why adaptive.** Pipelining hides the round trip between a result and the
-//! next job (two wake-ups, tens of microseconds here): a worker that already holds its next job
-//! starts it at once. For jobs shorter than a round trip, that is most of the throughput. But a
-//! job held by a worker is bound to it until that worker gets to it (or the pool takes it back:
-//! see `claim`), so for jobs longer than a round trip a deep pipeline gains nothing and costs
-//! balance. So a worker holds `round trip / job time` jobs, rounded down, at least 1 and at most
-//! [`crate::pool::PoolBuilder::pipeline`]: 1 (no pipelining, like Python's pool) for jobs of a
-//! millisecond, the full pipeline for jobs of a few microseconds.
+//! # Why a window, and why adaptive
+//!
+//! Pipelining hides the round trip between a result and the next job (two wake-ups, tens of
+//! microseconds here): a worker that already holds its next job starts it at once. For jobs shorter
+//! than a round trip, that is most of the throughput. But a job held by a worker is bound to it
+//! until that worker gets to it (or the pool takes it back: see `claim`), so for jobs longer than a
+//! round trip a deep pipeline gains nothing and costs balance. So a worker holds `round trip / job
+//! time` jobs, rounded down, at least 1 and at most [`crate::pool::PoolBuilder::pipeline`]: 1 (no
+//! pipelining, like Python's pool) for jobs of a millisecond, the full pipeline for jobs of a few
+//! microseconds.
 //!
 //! Two moving averages are kept, both from results as they arrive:
 //! - **turn**: from sending a job to an idle worker to its result — one job time plus the round

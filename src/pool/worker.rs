@@ -4,17 +4,19 @@
 //! results. It runs in the worker process only, single-threaded: it reads whatever jobs are
 //! waiting without blocking, runs them, and sleeps in `poll(POLLIN)` when none are left.
 //!
-//! **Ordering rule (the pool depends on it):** jobs are run one at a time in the order they
-//! arrived, each started through its claim word first (`claim::start`; a job the pool revoked
-//! is skipped without an answer), and each result (or each chunk's results) is written with its
-//! own `send` as soon as it is computed, before the next job starts. So at any moment the pool knows: a received
-//! result means done, the first unanswered job is the one running, and later ones have not
-//! started. A worker must never batch results across jobs: a death would then look like the
-//! wrong job's.
+//! # Ordering rule (the pool depends on it)
+//!
+//! Jobs are run one at a time in the order they arrived, each started through its claim word first
+//! (`claim::start`; a job the pool revoked is skipped without an answer), and each result (or each
+//! chunk's results) is written with its own `send` as soon as it is computed, before the next job
+//! starts. So at any moment the pool knows: a received result means done, the first unanswered job
+//! is the one running, and later ones have not started. A worker must never batch results across
+//! jobs: a death would then look like the wrong job's.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::AtomicU64;
 
 use nix::errno::Errno;
 use nix::sys::socket::{MsgFlags, send};
@@ -65,71 +67,112 @@ where
                 Err(e) => return Stop::Broken(e.0),
             };
             let body = &inbuf.data()[frame::HEADER..frame::HEADER + f.len];
-            match f.kind {
-                frame::JOB => {
-                    let Some(id) = frame::read_id(body) else {
-                        return Stop::Broken("short job frame".into());
-                    };
-                    if !claim::start(words, frame::word_of(id), id) {
-                        // Revoked: the pool sent it to another worker.
-                        inbuf.consume(frame::HEADER + f.len);
-                        continue;
+            match answer(handler, words, f.kind, body, &mut out) {
+                Step::Answered => {
+                    if let Err(e) = send_all(fd, &out) {
+                        return Stop::Broken(format!("cannot send a result: {e}"));
                     }
-                    out.clear();
-                    out.resize(frame::HEADER, 0);
-                    out.extend_from_slice(&id.to_le_bytes());
-                    let wire = run_one(handler, &body[8..]);
-                    put_wire(&mut out, &wire);
-                    frame::patch_header(&mut out, 0, frame::RESULT);
                 }
-                frame::CHUNK => {
-                    let (Some(id), Some(count)) = (frame::read_id(body), frame::read_u32(body, 8))
-                    else {
-                        return Stop::Broken("short chunk frame".into());
-                    };
-                    if !claim::start(words, frame::word_of(id), id) {
-                        inbuf.consume(frame::HEADER + f.len);
-                        continue;
-                    }
-                    let wires = run_chunk(handler, &body[12..], count as usize);
-                    out.clear();
-                    out.resize(frame::HEADER, 0);
-                    out.extend_from_slice(&id.to_le_bytes());
-                    frame::encode_seq_into(&wires, &mut out, |e| {
-                        Wire::Codec(format!("result {e}"))
-                    });
-                    frame::patch_header(&mut out, 0, frame::CHUNK_RESULT);
-                }
-                frame::SHUTDOWN => return Stop::Done,
-                k => return Stop::Broken(format!("unexpected frame kind {k} from the pool")),
-            }
-            if let Err(e) = send_all(fd, &out) {
-                return Stop::Broken(format!("cannot send a result: {e}"));
+                Step::Revoked => {}
+                Step::Stop(stop) => return stop,
             }
             inbuf.consume(frame::HEADER + f.len);
         }
-        // Read without blocking first; only when nothing is there, sleep in poll(POLLIN) rather
-        // than in read(2): a unix socket wakes a reader sleeping in read(2) every time the pool
-        // consumes this worker's results (the write-space wake-up shares the wait queue), while
-        // poll filters wake-ups by event, so an idle worker sleeps through them.
-        let room = inbuf.spare(16 * 1024);
-        match nix::sys::socket::recv(fd, room, MsgFlags::MSG_DONTWAIT) {
-            Ok(0) => return Stop::Done,
-            Ok(n) => inbuf.filled(n),
-            Err(Errno::EINTR) => {}
-            Err(Errno::EAGAIN) => {
-                let mut pfd = [nix::poll::PollFd::new(
-                    sock.as_fd(),
-                    nix::poll::PollFlags::POLLIN,
-                )];
-                match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::NONE) {
-                    Ok(_) | Err(Errno::EINTR) => {}
-                    Err(e) => return Stop::Broken(format!("cannot wait for jobs: {e}")),
-                }
-            }
-            Err(e) => return Stop::Broken(format!("cannot read jobs: {e}")),
+        if let Some(stop) = read_jobs(sock, &mut inbuf) {
+            return stop;
         }
     }
+}
+
+/// What [`answer`] did with one frame from the pool.
+enum Step {
+    /// The job ran; its result frame is in `out`.
+    Answered,
+    /// The pool revoked the job (sent it to another worker): skipped without an answer.
+    Revoked,
+    /// Stop serving.
+    Stop(Stop),
+}
+
+/// Runs the job (or chunk) of one frame of `kind` through its claim word and encodes its result
+/// frame into `out`.
+#[inline]
+fn answer<J, O, E, F>(
+    handler: &F,
+    words: &[AtomicU64],
+    kind: u8,
+    body: &[u8],
+    out: &mut Vec<u8>,
+) -> Step
+where
+    J: DeserializeOwned,
+    O: Serialize,
+    E: Serialize,
+    F: Fn(J) -> Result<O, E>,
+{
+    match kind {
+        frame::JOB => {
+            let Some(id) = frame::read_id(body) else {
+                return Step::Stop(Stop::Broken("short job frame".into()));
+            };
+            if !claim::start(words, frame::word_of(id), id) {
+                return Step::Revoked;
+            }
+            out.clear();
+            out.resize(frame::HEADER, 0);
+            out.extend_from_slice(&id.to_le_bytes());
+            let wire = run_one(handler, &body[8..]);
+            put_wire(out, &wire);
+            frame::patch_header(out, 0, frame::RESULT);
+        }
+        frame::CHUNK => {
+            let (Some(id), Some(count)) = (frame::read_id(body), frame::read_u32(body, 8)) else {
+                return Step::Stop(Stop::Broken("short chunk frame".into()));
+            };
+            if !claim::start(words, frame::word_of(id), id) {
+                return Step::Revoked;
+            }
+            let wires = run_chunk(handler, &body[12..], count as usize);
+            out.clear();
+            out.resize(frame::HEADER, 0);
+            out.extend_from_slice(&id.to_le_bytes());
+            frame::encode_seq_into(&wires, out, |e| Wire::Codec(format!("result {e}")));
+            frame::patch_header(out, 0, frame::CHUNK_RESULT);
+        }
+        frame::SHUTDOWN => return Step::Stop(Stop::Done),
+        k => {
+            return Step::Stop(Stop::Broken(format!(
+                "unexpected frame kind {k} from the pool"
+            )));
+        }
+    }
+    Step::Answered
+}
+
+/// Reads more jobs into `inbuf`: without blocking first; only when nothing is there, sleeps in
+/// poll(POLLIN) rather than in read(2): a unix socket wakes a reader sleeping in read(2) every
+/// time the pool consumes this worker's results (the write-space wake-up shares the wait queue),
+/// while poll filters wake-ups by event, so an idle worker sleeps through them. `Some` when the
+/// worker must stop.
+fn read_jobs(sock: &OwnedFd, inbuf: &mut InBuf) -> Option<Stop> {
+    let room = inbuf.spare(16 * 1024);
+    match nix::sys::socket::recv(sock.as_raw_fd(), room, MsgFlags::MSG_DONTWAIT) {
+        Ok(0) => return Some(Stop::Done),
+        Ok(n) => inbuf.filled(n),
+        Err(Errno::EINTR) => {}
+        Err(Errno::EAGAIN) => {
+            let mut pfd = [nix::poll::PollFd::new(
+                sock.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            match nix::poll::poll(&mut pfd, nix::poll::PollTimeout::NONE) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Some(Stop::Broken(format!("cannot wait for jobs: {e}"))),
+            }
+        }
+        Err(e) => return Some(Stop::Broken(format!("cannot read jobs: {e}"))),
+    }
+    None
 }
 
 /// Encodes `value` at the end of `out`; on failure, encodes a `Codec` outcome instead (the

@@ -14,16 +14,19 @@
 //! | zygote → pool | `F` token u64, errno i32: fork failed | — |
 //! | zygote → pool | `X` pid i32, kind u8, value i32: a worker was reaped | — |
 //!
-//! **Races and ordering.** The zygote is the workers' parent, so it alone reaps them (on
-//! `SIGCHLD`, through a `signalfd`, `waitpid(-1)` — its only children are workers) and it alone
-//! signals them: a `K` for a pid it has already reaped is ignored, so a recycled pid is never hit.
-//! The zygote dies with the thread that built the pool (`PR_SET_PDEATHSIG`), and exits — after
-//! `SIGKILL`ing and reaping every worker — when its control socket reaches end of stream; the
-//! workers die with the zygote. Nothing of the pool's parent-side state is touched here: a forked
-//! worker closes every descriptor but its own socket before it runs the handler.
+//! # Races and ordering
+//!
+//! The zygote is the workers' parent, so it alone reaps them (on `SIGCHLD`, through a `signalfd`,
+//! `waitpid(-1)` — its only children are workers) and it alone signals them: a `K` for a pid it has
+//! already reaped is ignored, so a recycled pid is never hit. The zygote dies with the thread that
+//! built the pool (`PR_SET_PDEATHSIG`), and exits — after `SIGKILL`ing and reaping every worker —
+//! when its control socket reaches end of stream; the workers die with the zygote. Nothing of the
+//! pool's parent-side state is touched here: a forked worker closes every descriptor but its own
+//! socket before it runs the handler.
 
 use std::collections::HashSet;
 use std::io::{IoSlice, IoSliceMut};
+use std::ops::ControlFlow;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
@@ -42,7 +45,7 @@ use crate::sys::{self, ChildSetup};
 
 /// A message from the zygote to the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reply {
+pub(crate) enum FromZygote {
     /// The worker of request `token` was forked as `pid`.
     Spawned {
         /// The request's token.
@@ -66,21 +69,21 @@ pub(crate) enum Reply {
     },
 }
 
-impl Reply {
+impl FromZygote {
     fn encode(&self) -> Vec<u8> {
         let mut v = Vec::with_capacity(16);
         match *self {
-            Reply::Spawned { token, pid } => {
+            FromZygote::Spawned { token, pid } => {
                 v.push(b'P');
                 v.extend_from_slice(&token.to_le_bytes());
                 v.extend_from_slice(&pid.to_le_bytes());
             }
-            Reply::Failed { token, errno } => {
+            FromZygote::Failed { token, errno } => {
                 v.push(b'F');
                 v.extend_from_slice(&token.to_le_bytes());
                 v.extend_from_slice(&errno.to_le_bytes());
             }
-            Reply::Exited { pid, status } => {
+            FromZygote::Exited { pid, status } => {
                 v.push(b'X');
                 v.extend_from_slice(&pid.to_le_bytes());
                 let (kind, value) = match status {
@@ -98,15 +101,15 @@ impl Reply {
     }
 
     /// Decodes one datagram from the zygote.
-    pub(crate) fn decode(b: &[u8]) -> Option<Reply> {
+    pub(crate) fn decode(b: &[u8]) -> Option<FromZygote> {
         let u64_at = |i: usize| Some(u64::from_le_bytes(b.get(i..i + 8)?.try_into().ok()?));
         let i32_at = |i: usize| Some(i32::from_le_bytes(b.get(i..i + 4)?.try_into().ok()?));
         match *b.first()? {
-            b'P' => Some(Reply::Spawned {
+            b'P' => Some(FromZygote::Spawned {
                 token: u64_at(1)?,
                 pid: i32_at(9)?,
             }),
-            b'F' => Some(Reply::Failed {
+            b'F' => Some(FromZygote::Failed {
                 token: u64_at(1)?,
                 errno: i32_at(9)?,
             }),
@@ -120,7 +123,7 @@ impl Reply {
                         core_dumped: k == 2,
                     },
                 };
-                Some(Reply::Exited { pid, status })
+                Some(FromZygote::Exited { pid, status })
             }
             _ => None,
         }
@@ -129,12 +132,12 @@ impl Reply {
 
 /// A request from the pool to the zygote, with the descriptors it carries.
 #[derive(Debug)]
-pub(crate) struct Request {
+pub(crate) struct ToZygote {
     bytes: Vec<u8>,
     fds: Vec<OwnedFd>,
 }
 
-impl Request {
+impl ToZygote {
     /// Fork a worker on `sock` with its output on `stdout` and `stderr` and its claim words
     /// in the `memfd` `claims`.
     pub(crate) fn spawn(
@@ -143,21 +146,21 @@ impl Request {
         stdout: OwnedFd,
         stderr: OwnedFd,
         claims: OwnedFd,
-    ) -> Request {
+    ) -> ToZygote {
         let mut bytes = vec![b'S'];
         bytes.extend_from_slice(&token.to_le_bytes());
-        Request {
+        ToZygote {
             bytes,
             fds: vec![sock, stdout, stderr, claims],
         }
     }
 
     /// Send `signal` to worker `pid`'s process group, if it is still unreaped.
-    pub(crate) fn kill(pid: i32, signal: i32) -> Request {
+    pub(crate) fn kill(pid: i32, signal: i32) -> ToZygote {
         let mut bytes = vec![b'K'];
         bytes.extend_from_slice(&pid.to_le_bytes());
         bytes.extend_from_slice(&signal.to_le_bytes());
-        Request {
+        ToZygote {
             bytes,
             fds: Vec::new(),
         }
@@ -181,7 +184,7 @@ impl Request {
 
 /// Receives one datagram from the zygote without blocking: `Ok(None)` when none is waiting,
 /// `Err(Errno::ECONNRESET)` at end of stream (the zygote is gone).
-pub(crate) fn receive(ctl: BorrowedFd<'_>) -> nix::Result<Option<Reply>> {
+pub(crate) fn receive(ctl: BorrowedFd<'_>) -> nix::Result<Option<FromZygote>> {
     let mut buf = [0u8; 64];
     loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
@@ -189,7 +192,7 @@ pub(crate) fn receive(ctl: BorrowedFd<'_>) -> nix::Result<Option<Reply>> {
             Ok(msg) if msg.bytes == 0 => return Err(Errno::ECONNRESET),
             Ok(msg) => {
                 let n = msg.bytes;
-                return Ok(Reply::decode(&buf[..n]));
+                return Ok(FromZygote::decode(&buf[..n]));
             }
             Err(Errno::EINTR) => continue,
             Err(Errno::EAGAIN) => return Ok(None),
@@ -257,21 +260,7 @@ pub(crate) fn start(entry: Entry<'_>) -> Result<Zygote> {
 
 /// The zygote's life: serve requests, reap workers, leave at end of stream.
 fn zygote_main(ctl: OwnedFd, parent: i32, entry: Entry<'_>) -> std::result::Result<(), String> {
-    // Own process group: a terminal's Ctrl-C to the host's group must not take the pool down
-    // behind the host's back; the zygote dies with its creator through PDEATHSIG instead.
-    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
-    let setup = ChildSetup {
-        parent,
-        pdeathsig: Some(libc::SIGKILL),
-        ..ChildSetup::default()
-    };
-    sys::child_setup(&setup).map_err(|e| format!("setup: {e}"))?;
-    sys::close_fds_except(&[ctl.as_raw_fd()]).map_err(|e| e.to_string())?;
-    let mut chld = SigSet::empty();
-    chld.add(Signal::SIGCHLD);
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None).map_err(|e| e.to_string())?;
-    let sfd = SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-        .map_err(|e| format!("signalfd: {e}"))?;
+    let sfd = become_zygote(&ctl, parent)?;
     let me = std::process::id() as i32;
     let mut live: HashSet<i32> = HashSet::new();
     loop {
@@ -289,59 +278,104 @@ fn zygote_main(ctl: OwnedFd, parent: i32, entry: Entry<'_>) -> std::result::Resu
             while let Ok(Some(_)) = sfd.read_signal() {}
             reap(&ctl, &mut live)?;
         }
-        if ctl_ready {
-            loop {
-                let mut buf = [0u8; 64];
-                let (n, fds) = match sys::pool::recv_with_fds(ctl.as_fd(), &mut buf) {
-                    Ok(Some(got)) => got,
-                    Ok(None) => break,
-                    Err(e) => return Err(format!("recvmsg: {e}")),
-                };
-                if n == 0 {
-                    shutdown(&mut live);
-                    return Ok(());
-                }
-                let msg = &buf[..n];
-                match msg[0] {
-                    b'S' if n == 9 && fds.len() == 4 => {
-                        let token = u64::from_le_bytes(msg[1..9].try_into().expect("8 bytes"));
-                        let reply = match sys::fork() {
-                            Ok(sys::Fork::Child) => worker_child(fds, me, entry),
-                            Ok(sys::Fork::Parent(pid)) => {
-                                live.insert(pid.as_raw());
-                                Reply::Spawned {
-                                    token,
-                                    pid: pid.as_raw(),
-                                }
-                            }
-                            Err(e) => Reply::Failed {
-                                token,
-                                errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
-                            },
-                        };
-                        drop(fds);
-                        reply_to(&ctl, reply)?;
-                    }
-                    b'K' if n == 9 => {
-                        let pid = i32::from_le_bytes(msg[1..5].try_into().expect("4 bytes"));
-                        let sig = i32::from_le_bytes(msg[5..9].try_into().expect("4 bytes"));
-                        if live.contains(&pid)
-                            && let Ok(sig) = Signal::try_from(sig)
-                        {
-                            let _ = nix::sys::signal::killpg(Pid::from_raw(pid), sig);
-                            let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
-                        }
-                    }
-                    _ => return Err(format!("bad request {msg:?}")),
-                }
-            }
+        if ctl_ready && serve_requests(&ctl, &mut live, me, entry)?.is_break() {
+            return Ok(());
         }
+    }
+}
+
+/// Sets up the zygote process: its own process group, death with `parent`, no descriptor but
+/// `ctl`, and `SIGCHLD` blocked and read through the returned `signalfd`.
+fn become_zygote(ctl: &OwnedFd, parent: i32) -> std::result::Result<SignalFd, String> {
+    // Own process group: a terminal's Ctrl-C to the host's group must not take the pool down
+    // behind the host's back; the zygote dies with its creator through PDEATHSIG instead.
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    let setup = ChildSetup {
+        parent,
+        pdeathsig: Some(libc::SIGKILL),
+        ..ChildSetup::default()
+    };
+    sys::child_setup(&setup).map_err(|e| format!("setup: {e}"))?;
+    sys::close_fds_except(&[ctl.as_raw_fd()]).map_err(|e| e.to_string())?;
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None).map_err(|e| e.to_string())?;
+    SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(|e| format!("signalfd: {e}"))
+}
+
+/// Serves the requests waiting on `ctl`; `Break` at end of stream, once every worker is killed
+/// and reaped.
+fn serve_requests(
+    ctl: &OwnedFd,
+    live: &mut HashSet<i32>,
+    me: i32,
+    entry: Entry<'_>,
+) -> std::result::Result<ControlFlow<()>, String> {
+    loop {
+        let mut buf = [0u8; 64];
+        let (n, fds) = match sys::pool::recv_with_fds(ctl.as_fd(), &mut buf) {
+            Ok(Some(got)) => got,
+            Ok(None) => return Ok(ControlFlow::Continue(())),
+            Err(e) => return Err(format!("recvmsg: {e}")),
+        };
+        if n == 0 {
+            shutdown(live);
+            return Ok(ControlFlow::Break(()));
+        }
+        handle_request(ctl, &buf[..n], fds, live, me, entry)?;
+    }
+}
+
+/// Carries out one request: `S` forks a worker (the child never returns from here), `K`
+/// signals a live worker's process group.
+fn handle_request(
+    ctl: &OwnedFd,
+    msg: &[u8],
+    fds: Vec<OwnedFd>,
+    live: &mut HashSet<i32>,
+    me: i32,
+    entry: Entry<'_>,
+) -> std::result::Result<(), String> {
+    let n = msg.len();
+    match msg[0] {
+        b'S' if n == 9 && fds.len() == 4 => {
+            let token = u64::from_le_bytes(msg[1..9].try_into().expect("8 bytes"));
+            let reply = match sys::fork() {
+                Ok(sys::Fork::Child) => worker_child(fds, me, entry),
+                Ok(sys::Fork::Parent(pid)) => {
+                    live.insert(pid.as_raw());
+                    FromZygote::Spawned {
+                        token,
+                        pid: pid.as_raw(),
+                    }
+                }
+                Err(e) => FromZygote::Failed {
+                    token,
+                    errno: e.raw_os_error().unwrap_or(libc::EAGAIN),
+                },
+            };
+            drop(fds);
+            reply_to(ctl, reply)
+        }
+        b'K' if n == 9 => {
+            let pid = i32::from_le_bytes(msg[1..5].try_into().expect("4 bytes"));
+            let sig = i32::from_le_bytes(msg[5..9].try_into().expect("4 bytes"));
+            if live.contains(&pid)
+                && let Ok(sig) = Signal::try_from(sig)
+            {
+                let _ = nix::sys::signal::killpg(Pid::from_raw(pid), sig);
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+            }
+            Ok(())
+        }
+        _ => Err(format!("bad request {msg:?}")),
     }
 }
 
 /// Sends one reply; blocking is fine here (the pool reads promptly, and if it is gone the
 /// send fails and the zygote leaves).
-fn reply_to(ctl: &OwnedFd, reply: Reply) -> std::result::Result<(), String> {
+fn reply_to(ctl: &OwnedFd, reply: FromZygote) -> std::result::Result<(), String> {
     let bytes = reply.encode();
     loop {
         match nix::sys::socket::send(ctl.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL) {
@@ -372,7 +406,7 @@ fn reap(ctl: &OwnedFd, live: &mut HashSet<i32>) -> std::result::Result<(), Strin
         live.remove(&pid.as_raw());
         reply_to(
             ctl,
-            Reply::Exited {
+            FromZygote::Exited {
                 pid: pid.as_raw(),
                 status,
             },
@@ -453,23 +487,23 @@ mod tests {
     #[test]
     fn replies_round_trip() {
         let all = [
-            Reply::Spawned { token: 7, pid: 42 },
-            Reply::Failed {
+            FromZygote::Spawned { token: 7, pid: 42 },
+            FromZygote::Failed {
                 token: u64::MAX,
                 errno: 11,
             },
-            Reply::Exited {
+            FromZygote::Exited {
                 pid: 9,
                 status: ExitStatus::Code(3),
             },
-            Reply::Exited {
+            FromZygote::Exited {
                 pid: 9,
                 status: ExitStatus::Signal {
                     signal: 9,
                     core_dumped: false,
                 },
             },
-            Reply::Exited {
+            FromZygote::Exited {
                 pid: 9,
                 status: ExitStatus::Signal {
                     signal: 11,
@@ -478,9 +512,9 @@ mod tests {
             },
         ];
         for r in all {
-            assert_eq!(Reply::decode(&r.encode()), Some(r));
+            assert_eq!(FromZygote::decode(&r.encode()), Some(r));
         }
-        assert_eq!(Reply::decode(b""), None);
-        assert_eq!(Reply::decode(b"P12"), None);
+        assert_eq!(FromZygote::decode(b""), None);
+        assert_eq!(FromZygote::decode(b"P12"), None);
     }
 }

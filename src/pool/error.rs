@@ -1,0 +1,101 @@
+//! What a job or a submission can fail with: [`Outcome`] and [`JobError`] for a job,
+//! [`Closed`] and [`TrySubmitError`] for a submission the pool refused.
+//!
+//! Plain data and its `Display`: nothing here runs jobs or talks to the I/O thread.
+
+use std::fmt;
+
+use super::engine::Failure;
+use crate::policy::ExitStatus;
+
+/// A job's outcome: the handler's output, or why there is none.
+pub type Outcome<O, E> = std::result::Result<O, JobError<E>>;
+
+/// Why a job has no output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum JobError<E> {
+    /// The handler returned this error.
+    Handler(E),
+    /// The handler panicked with this message; the worker caught it and carries on.
+    Panicked(String),
+    /// The worker died while running this job (it was the one running); the pool replaced it.
+    WorkerDied(ExitStatus),
+    /// The job ran longer than its timeout; its worker was killed and replaced.
+    TimedOut,
+    /// [`Pool::terminate`](super::Pool::terminate) was called before the job finished.
+    Cancelled,
+    /// The pool cannot run jobs any more; the reason.
+    Fatal(String),
+    /// The job or its result could not be (de)serialized.
+    Codec(String),
+}
+
+impl<E: fmt::Display> fmt::Display for JobError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobError::Handler(e) => write!(f, "the job failed: {e}"),
+            JobError::Panicked(m) => write!(f, "the job panicked: {m}"),
+            JobError::WorkerDied(s) => write!(f, "the worker died running the job ({s})"),
+            JobError::TimedOut => f.write_str("the job timed out; its worker was killed"),
+            JobError::Cancelled => f.write_str("the job was cancelled (pool terminated)"),
+            JobError::Fatal(m) => write!(f, "the pool cannot run jobs: {m}"),
+            JobError::Codec(m) => write!(f, "serialization failed: {m}"),
+        }
+    }
+}
+
+impl<E: fmt::Debug + fmt::Display> std::error::Error for JobError<E> {}
+
+impl<E> From<Failure> for JobError<E> {
+    fn from(f: Failure) -> JobError<E> {
+        match f {
+            Failure::WorkerDied(s) => JobError::WorkerDied(s),
+            Failure::TimedOut => JobError::TimedOut,
+            Failure::Cancelled => JobError::Cancelled,
+            Failure::Fatal(m) => JobError::Fatal(m),
+        }
+    }
+}
+
+/// The pool no longer accepts jobs ([`Pool::close`](super::Pool::close) or
+/// [`Pool::terminate`](super::Pool::terminate) was called); the job is given back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed<T = ()>(pub T);
+
+impl<T> fmt::Display for Closed<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the pool is closed to new jobs")
+    }
+}
+
+impl<T: fmt::Debug> std::error::Error for Closed<T> {}
+
+/// Why [`Pool::try_submit`](super::Pool::try_submit) did not take the job; the job is given back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrySubmitError<J> {
+    /// The queue is full.
+    Full(J),
+    /// The pool is closed.
+    Closed(J),
+}
+
+impl<J> TrySubmitError<J> {
+    /// The job that was not taken.
+    pub fn into_job(self) -> J {
+        match self {
+            TrySubmitError::Full(j) | TrySubmitError::Closed(j) => j,
+        }
+    }
+}
+
+impl<J> fmt::Display for TrySubmitError<J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TrySubmitError::Full(_) => f.write_str("the pool's queue is full"),
+            TrySubmitError::Closed(_) => f.write_str("the pool is closed to new jobs"),
+        }
+    }
+}
+
+impl<J: fmt::Debug> std::error::Error for TrySubmitError<J> {}
