@@ -1275,7 +1275,7 @@ impl Supervisor {
             if worker.is_some_and(|w| w == main || descends_from(main, w)) {
                 // Taken before the checks' result can go stale for long; a kernel without
                 // pidfd_open (before 5.3) falls back to the pid.
-                let fd = crate::sys::pool::pidfd_open(main).ok();
+                let fd = crate::sys::pidfd::pidfd_open(main).ok();
                 let slot = &mut self.programs[p].slots[pos];
                 if let Some(old) = slot.main_pid.replace(main)
                     && old != main
@@ -1444,7 +1444,7 @@ impl Slot {
         match (&self.main_pidfd, self.main_pid) {
             (Some(fd), _) => {
                 use std::os::fd::AsFd;
-                crate::sys::pool::pidfd_send_signal(fd.as_fd(), 0).is_ok()
+                crate::sys::pidfd::pidfd_send_signal(fd.as_fd(), 0).is_ok()
             }
             (None, Some(pid)) => pid_alive(pid),
             (None, None) => false,
@@ -1456,7 +1456,7 @@ impl Slot {
         match (&self.main_pidfd, self.main_pid) {
             (Some(fd), _) => {
                 use std::os::fd::AsFd;
-                let _ = crate::sys::pool::pidfd_send_signal(fd.as_fd(), sig as i32);
+                let _ = crate::sys::pidfd::pidfd_send_signal(fd.as_fd(), sig as i32);
             }
             (None, Some(pid)) => {
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);

@@ -10,7 +10,8 @@
 //! of argv and envp); the child makes only async-signal-safe system calls, so this is sound in a
 //! multi-threaded process too.
 
-use super::{errno, filled_sigset};
+use super::errno;
+use super::signal::filled_sigset;
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
