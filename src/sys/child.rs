@@ -54,91 +54,124 @@ pub fn pre_exec(cmd: &mut std::process::Command, setup: ChildSetup) {
     }
 }
 
-/// The child side of [`pre_exec`], also used by forked function workers.
+/// The child side of [`pre_exec`], also used by forked function workers: a linear list of
+/// async-signal-safe steps, in the order the module documentation gives.
 pub fn child_setup(setup: &ChildSetup) -> io::Result<()> {
-    let check = |rc: libc::c_int| {
-        if rc == -1 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
+    // Dispositions first, mask second: a signal arriving in between must find the default
+    // action, not the copy of the parent's handler (which would swallow it).
+    child_default_dispositions(setup.reset_signals.as_deref());
+    child_empty_mask()?;
+    if let Some(sig) = setup.pdeathsig {
+        child_parent_death_signal(sig, setup.parent)?;
+    }
+    if let Some(mask) = setup.umask {
+        // SAFETY: umask takes and returns an integer and cannot fail.
+        unsafe { libc::umask(mask as libc::mode_t) };
+    }
+    if let Some((soft, hard)) = setup.nofile {
+        child_setrlimit(libc::RLIMIT_NOFILE, soft, hard)?;
+    }
+    for &(resource, value) in &setup.rlimits {
+        child_setrlimit(resource, value, value)?;
+    }
+    child_identity(setup)?;
+    child_cloexec_above_stdio();
+    Ok(())
+}
+
+/// `Err(errno)` when a system call returned -1; no allocation.
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Sets `list`'s signals (every catchable one below `SIGRTMIN` when `None`) to `SIG_DFL`.
+fn child_default_dispositions(list: Option<&[i32]>) {
+    let set_default = |signo: libc::c_int| {
+        // SAFETY: an all-zero `sigaction` with `SIG_DFL` is a valid value that installs no
+        // handler; the struct lives on the stack for the call and no old action is written.
+        unsafe {
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            libc::sigaction(signo, &dfl, std::ptr::null_mut());
         }
     };
-    // SAFETY: every call below is an async-signal-safe system call taking either plain integers
-    // or pointers to stack values and to the parent-allocated `groups` buffer, which outlives the
-    // call; none of them allocates or locks.
-    unsafe {
-        // Dispositions first, mask second: a signal arriving in between must find the default
-        // action, not the copy of the parent's handler (which would swallow it).
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        match &setup.reset_signals {
-            Some(list) => {
-                for &signo in list {
-                    libc::sigaction(signo, &dfl, std::ptr::null_mut());
-                }
-            }
-            None => {
-                for signo in 1..libc::SIGRTMIN() {
-                    if signo != libc::SIGKILL && signo != libc::SIGSTOP {
-                        libc::sigaction(signo, &dfl, std::ptr::null_mut());
-                    }
-                }
-            }
-        }
+    match list {
+        Some(list) => list.iter().for_each(|&signo| set_default(signo)),
+        None => (1..libc::SIGRTMIN())
+            .filter(|&signo| signo != libc::SIGKILL && signo != libc::SIGSTOP)
+            .for_each(set_default),
+    }
+}
+
+/// Empties the signal mask.
+fn child_empty_mask() -> io::Result<()> {
+    // SAFETY: the set is a zeroed stack value that sigemptyset initialises; sigprocmask only
+    // reads it and writes no old mask (null).
+    check(unsafe {
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);
-        check(libc::sigprocmask(
-            libc::SIG_SETMASK,
-            &empty,
-            std::ptr::null_mut(),
-        ))?;
-        if let Some(sig) = setup.pdeathsig {
-            check(libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                sig as libc::c_ulong,
-                0,
-                0,
-                0,
-            ))?;
-            // The supervisor may have died before the death signal was armed.
-            if libc::getppid() != setup.parent {
-                // ESRCH: the supervisor is gone. No message: `Error::other` would allocate.
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut())
+    })
+}
+
+/// Arms `PR_SET_PDEATHSIG`, then fails with `ESRCH` if the parent is no longer `parent`: the
+/// supervisor may have died before the death signal was armed.
+fn child_parent_death_signal(sig: i32, parent: i32) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments only.
+    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) })?;
+    // SAFETY: getppid takes nothing and cannot fail.
+    if unsafe { libc::getppid() } != parent {
+        // ESRCH: the supervisor is gone. No message: `Error::other` would allocate.
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok(())
+}
+
+/// `setrlimit(resource, soft, hard)`, `u64::MAX` meaning unlimited.
+fn child_setrlimit(resource: libc::__rlimit_resource_t, soft: u64, hard: u64) -> io::Result<()> {
+    let value = |v: u64| {
+        if v == u64::MAX {
+            libc::RLIM_INFINITY
+        } else {
+            v as libc::rlim_t
         }
-        if let Some(mask) = setup.umask {
-            libc::umask(mask as libc::mode_t);
-        }
-        if let Some((soft, hard)) = setup.nofile {
-            let lim = libc::rlimit {
-                rlim_cur: soft as libc::rlim_t,
-                rlim_max: hard as libc::rlim_t,
-            };
-            check(libc::setrlimit(libc::RLIMIT_NOFILE, &lim))?;
-        }
-        for &(resource, value) in &setup.rlimits {
-            let v = if value == u64::MAX {
-                libc::RLIM_INFINITY
-            } else {
-                value as libc::rlim_t
-            };
-            let lim = libc::rlimit {
-                rlim_cur: v,
-                rlim_max: v,
-            };
-            check(libc::setrlimit(resource, &lim))?;
-        }
-        if let Some(groups) = &setup.groups {
-            check(libc::setgroups(groups.len(), groups.as_ptr()))?;
-        }
-        if let Some(gid) = setup.gid {
-            check(libc::setgid(gid))?;
-        }
-        if let Some(uid) = setup.uid {
-            check(libc::setuid(uid))?;
-        }
-        // CLOSE_RANGE_CLOEXEC (Linux 5.11): mark, don't close, so std's exec-error pipe keeps
-        // working until exec. Older kernels: every descriptor warden opens is CLOEXEC anyway.
+    };
+    let lim = libc::rlimit {
+        rlim_cur: value(soft),
+        rlim_max: value(hard),
+    };
+    // SAFETY: setrlimit reads the stack value `lim` for the duration of the call.
+    check(unsafe { libc::setrlimit(resource, &lim) })
+}
+
+/// Supplementary groups, then gid, then uid: in that order, while still root.
+fn child_identity(setup: &ChildSetup) -> io::Result<()> {
+    if let Some(groups) = &setup.groups {
+        // SAFETY: setgroups reads `len` ids from the parent-allocated buffer, which outlives the
+        // call and is only read.
+        check(unsafe { libc::setgroups(groups.len(), groups.as_ptr()) })?;
+    }
+    if let Some(gid) = setup.gid {
+        // SAFETY: setgid takes an integer.
+        check(unsafe { libc::setgid(gid) })?;
+    }
+    if let Some(uid) = setup.uid {
+        // SAFETY: setuid takes an integer.
+        check(unsafe { libc::setuid(uid) })?;
+    }
+    Ok(())
+}
+
+/// Marks every descriptor above 2 close-on-exec (`CLOSE_RANGE_CLOEXEC`, Linux 5.11): mark, don't
+/// close, so std's exec-error pipe keeps working until exec. Older kernels: every descriptor
+/// warden opens is CLOEXEC anyway, so the failure is ignored.
+fn child_cloexec_above_stdio() {
+    // SAFETY: close_range with integer arguments only changes descriptor flags.
+    unsafe {
         libc::syscall(
             libc::SYS_close_range,
             3u32,
@@ -146,5 +179,4 @@ pub fn child_setup(setup: &ChildSetup) -> io::Result<()> {
             libc::CLOSE_RANGE_CLOEXEC,
         );
     }
-    Ok(())
 }
