@@ -27,7 +27,7 @@
 //! of the connection open until the final reply: closing it (or shutting down its write side)
 //! cancels the wait — the operation itself goes on. A connection with no request in progress
 //! for [`server::IDLE_TIMEOUT`] is closed, and the number of connections is bounded (see
-//! [`server`]): a connection over a limit gets one `busy` error line and is closed.
+//! [`admission`]): a connection over a limit gets one `busy` error line and is closed.
 //!
 //! `status` results have the stable schema documented on [`StatusReport`].
 //!
@@ -57,9 +57,11 @@
 //! answered; the one named by `-c` otherwise). A program name the daemon does not know (exit
 //! 152) prints nothing on stdout.
 
+pub mod admission;
 pub mod client;
 mod request;
 pub mod server;
+mod socket_file;
 
 use serde::{Deserialize, Serialize};
 
