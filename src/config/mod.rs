@@ -681,6 +681,26 @@ fn read_daemon(
 ) -> (DaemonSpec, Option<Spanned<String>>) {
     let mut s = Section::new("daemon", t, keys::DAEMON);
     let mut d = DaemonSpec::default();
+    read_daemon_process(c, &mut s, &mut d, base);
+    read_daemon_logging(c, &mut s, &mut d, base);
+    let scale = read_daemon_control(c, &mut s, &mut d, base);
+    // What only the running system can judge (`warden check`): where it was written.
+    for key in ["user", "group", "control_group", "pidfile", "log", "stderr"] {
+        if let Some(span) = s.span(key) {
+            c.note(&s.key(key), span);
+        }
+    }
+    s.finish(c);
+    (d, scale)
+}
+
+/// `[daemon]`'s process: pidfile, directory, umask, identity, stdout and stderr.
+fn read_daemon_process(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    d: &mut DaemonSpec,
+    base: &Path,
+) {
     if let Some(p) = s.path(c, "pidfile", base) {
         d.pidfile = p;
     }
@@ -717,6 +737,15 @@ fn read_daemon(
     if let Some(p) = s.path(c, "stderr", base) {
         d.stderr = p;
     }
+}
+
+/// `[daemon]`'s logging: `log`, `log_level` and the syslog settings.
+fn read_daemon_logging(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    d: &mut DaemonSpec,
+    base: &Path,
+) {
     if let Some(l) = s.string(c, "log") {
         match l.get_ref().as_str() {
             "stderr" => d.log = LogSpec::Stderr,
@@ -740,6 +769,15 @@ fn read_daemon(
     if let Some(i) = s.string(c, "syslog_ident") {
         d.syslog_ident = i.into_inner();
     }
+}
+
+/// `[daemon]`'s timeouts and control socket; returns `scale_program`, to be checked later.
+fn read_daemon_control(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    d: &mut DaemonSpec,
+    base: &Path,
+) -> Option<Spanned<String>> {
     if let Some(t) = s.duration(c, "ready_timeout") {
         if t.is_zero() {
             c.at(
@@ -771,14 +809,7 @@ fn read_daemon(
             d.control_group = Some(g.into_inner());
         }
     }
-    // What only the running system can judge (`warden check`): where it was written.
-    for key in ["user", "group", "control_group", "pidfile", "log", "stderr"] {
-        if let Some(span) = s.span(key) {
-            c.note(&s.key(key), span);
-        }
-    }
-    s.finish(c);
-    (d, scale)
+    scale
 }
 
 /// Checks a value that is either one of the `words` or a file path. A file must be written as a
