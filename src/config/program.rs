@@ -6,8 +6,8 @@
 //! command exists, that the user resolves or that the directory is there — those are the
 //! supervisor's business when it spawns, and [`super::preflight`]'s for `warden check` (the
 //! places of `command`, `user` and `group` are noted for it). Relative `directory` and output
-//! file paths are resolved against the directory of the file the table is in; the command is kept as written (a bare name is
-//! looked up in `PATH` when the program is spawned).
+//! file paths are resolved against the directory of the file the table is in; the command is
+//! kept as written (a bare name is looked up in `PATH` when the program is spawned).
 //!
 //! Defaults follow the supervisor's design: restart always, backoff from 100 ms doubling to 30 s,
 //! at most 5 restarts in 60 s, `SIGTERM` then `SIGKILL` after 10 s, ready as soon as exec'd.
