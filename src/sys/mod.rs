@@ -25,12 +25,12 @@
 mod child;
 mod detach;
 mod env;
-pub mod fd;
-pub mod memfd;
-pub mod pidfd;
+pub(crate) mod fd;
+pub(crate) mod memfd;
+pub(crate) mod pidfd;
 mod signal;
 mod socket;
-pub mod spawn;
+pub(crate) mod spawn;
 
 pub(crate) use child::{ChildSetup, child_setup, pre_exec};
 pub(crate) use detach::{Detached, detach};
