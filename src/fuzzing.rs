@@ -3,12 +3,12 @@
 //! may change or go in any release.
 //!
 //! The fuzz targets (`fuzz/fuzz_targets/`, run with `scripts/fuzz`) and the stable tests that
-//! replay their corpora and findings (`tests/fuzz_regressions.rs`) and check round trips
-//! (`tests/properties.rs`) must drive the *same* code the daemon runs, not a copy. Three of the
+//! replay their corpora and findings (`tests/it/fuzz_regressions.rs`) and check round trips
+//! (`tests/it/properties.rs`) must drive the *same* code the daemon runs, not a copy. Three of the
 //! four parsers are public already and are called directly:
 //! [`Config::parse`](crate::config::Config::parse),
 //! [`Request::parse_line`](crate::control::Request::parse_line) and
-//! [`NotifyMessage::parse`](crate::supervisor::notify::NotifyMessage::parse). The pool's wire
+//! [`NotifyMessage::parse`]. The pool's wire
 //! format is crate-private (`pool::frame`), so [`pool`] wraps it thinly: each function here
 //! calls the crate's own frame functions and adds nothing but the plumbing a test needs. Nothing
 //! here parses or encodes on its own: a finding must be a finding in the daemon's code.
@@ -105,14 +105,17 @@ pub fn control(data: &[u8]) {
     }
 }
 
+/// One parsed notify datagram (the supervisor's `notify` module is internal; the property tests
+/// read its fields through this path).
+pub use crate::supervisor::notify::NotifyMessage;
+
 /// The notify datagram parser on arbitrary bytes:
-/// [`NotifyMessage::parse`](crate::supervisor::notify::NotifyMessage::parse), as the supervisor
+/// [`NotifyMessage::parse`], as the supervisor
 /// calls it for every datagram.
 ///
 /// Asserts: the sender's pid is kept, `STATUS=` is cut at 256 characters, `MAINPID=` is a pid
 /// above 1, and a flag is set only when its line is in the datagram.
 pub fn notify(data: &[u8]) {
-    use crate::supervisor::notify::NotifyMessage;
     let m = NotifyMessage::parse(4242, data);
     assert_eq!(m.pid, 4242);
     if let Some(s) = &m.status {

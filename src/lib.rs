@@ -20,28 +20,69 @@
 //! }
 //! ```
 //!
-//! The module map:
+//! # Anatomy of the crate
 //!
-//! | module | owns |
-//! |---|---|
-//! | [`daemon`] | the daemon(7) sequence: detach, pidfile, privilege drop, readiness handshake, `RLIMIT_NOFILE` |
-//! | [`config`] | `warden.toml` → validated, immutable specs, every error with file:line:column |
-//! | [`error`] | typed errors naming their path, errno or key |
-//! | [`signals`] | OS signals as typed events (handlers only record and wake) |
-//! | [`hooks`] | exit hooks: LIFO, exactly once, in the registering process |
-//! | [`log`] | the `log` backend: stderr (journald-aware), syslog (reconnecting), reopenable file |
-//! | [`supervisor`] | the event loop, the child table, restart policy, readiness and output capture |
-//! | [`pool`] | typed job pools on supervised worker processes |
-//! | [`control`] | the control socket: protocol, authorisation, the server and the client |
-//! | [`process`] | a `fork` that refuses to lose threads |
-//! | `sys` | the only `unsafe` and raw libc, thin wrappers named after their syscalls |
+//! | module | owns | must not |
+//! |---|---|---|
+//! | [`daemon`] | the daemon(7) sequence: detach, pidfile, privilege drop, readiness handshake, `RLIMIT_NOFILE` | know about programs, pools or the configuration file |
+//! | [`supervisor`] | the event loop, the child table, spawning, reaping, output capture, control commands, reload, rolling restarts | parse configuration text, block |
+//! | [`pool`] | typed job pools on worker processes, with its own I/O thread and fork server | import the supervisor |
+//! | [`lifecycle`] | the pure per-instance state machine (restart, backoff, crash loop, stop, readiness), shared by supervisor and pool | do I/O, read clocks, draw random numbers |
+//! | [`policy`] | plain policy data: [`Policy`](policy::Policy), [`ExitStatus`](policy::ExitStatus), jitter, durations in log lines | import any warden module |
+//! | [`config`] | `warden.toml` → validated, frozen specs, every error with file:line:column | resolve users, import the supervisor |
+//! | [`control`] | the control socket: protocol, admission, authorisation, the server and the client | import or mutate the supervisor |
+//! | [`signals`] | OS signals as typed events (handlers only record and wake) | decide policy |
+//! | [`hooks`] | exit hooks: LIFO, exactly once, in the registering process | exit the process |
+//! | [`log`] | the `log` backend: stderr (journald-aware), syslog (reconnecting), reopenable file | run between `fork` and `exec` |
+//! | [`error`] | typed errors naming their path, errno or key; configuration diagnostics | import any warden module |
+//! | [`process`] | a `fork` that refuses to lose threads | |
+//! | `stream` | the one non-blocking read loop and line framing | poll, log |
+//! | `files` | non-blocking, type-checked opens of paths others may have planted; `PATH` lookup | create directories, lock, log |
+//! | `sys` | the only `unsafe` and raw libc, thin wrappers named after their system calls | hold state, log, allocate between `fork` and `exec` |
+//!
+//! Data flows one way: configuration is frozen and passed down, runtime state lives in one
+//! event loop (the supervisor's, or a pool's I/O thread), and every event reaches that loop as
+//! readiness on one of its descriptors:
+//!
+//! ```text
+//! warden.toml ─▶ config ─▶ Daemon::start ─▶ Supervisor::run ─▶ Instance::step ─▶ actions
+//!                                              ▲ epoll: signals (self-pipe), notify socket,
+//!                                              │ control socket, guard, exec reports, pipes
+//! ```
+//!
+//! Imports between these modules follow a table with no circle (`ARCHITECTURE.md` in the
+//! repository, checked by `scripts/check-imports`): the leaves `error`, `policy` and `stream`
+//! import nothing from warden, `lifecycle` only `policy`, and neither `config`, `control` nor
+//! `pool` imports the supervisor.
+//!
+//! Process-global state, in one list: the descriptors that children must not inherit (`daemon`),
+//! the `RLIMIT_NOFILE` warden started with (`daemon`, handed back to workers), the exit hooks and
+//! their total deadline ([`hooks`]), the global logger ([`log`]), the signal handlers
+//! ([`signals`]), and the pool's worker environment (`WARDEN_POOL_WORKER`, `WARDEN_POOL_INDEX`).
+//!
+//! # Limitations
+//!
+//! - **Linux only.** warden uses `epoll` (through mio), `pidfd`, `close_range`,
+//!   `PR_SET_PDEATHSIG`, `PR_SET_CHILD_SUBREAPER`, `SO_PEERCRED`/`SO_PEERGROUPS` and `/proc`.
+//! - **Fork without exec needs a single thread.** [`Daemon::start`], [`fork`], function workers
+//!   ([`supervisor::Work::Fn`]) and the pool's `Fork` start method refuse in a multi-threaded
+//!   process ([`Error::MultiThreaded`]): daemonize first, then start threads and runtimes, or use
+//!   the pool's `ExecSelf` start method.
+//! - **Exit hooks run on every orderly way out** ([`exit`], the drop of the
+//!   [`DaemonHandle`], a signal-initiated shutdown that ends in one of those); nothing can run
+//!   them on `SIGKILL`, `abort()`, a crash, or with `panic = "abort"` (the pidfile's lock dies
+//!   with the process, and the next start takes the stale file over).
+//! - **Cgroups are not used yet**: a worker's process group and the guard process contain it; a
+//!   grandchild that calls `setsid` leaves its worker's group (it is still killed at warden's
+//!   shutdown through the subreaper, but not after a `SIGKILL` of warden).
+//! - **One global logger per process**: [`log::init`] can be called once.
 
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod error;
 mod files;
-// The fuzz targets' entry points and checks (fuzz/, tests/fuzz_regressions.rs): not API.
+// The fuzz targets' entry points and checks (fuzz/, tests/it/fuzz_regressions.rs): not API.
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hooks;

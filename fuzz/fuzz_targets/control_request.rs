@@ -1,6 +1,6 @@
 //! Fuzz target `control_request`: arbitrary bytes into `warden::fuzzing::control`, which feeds them to the
 //! parser the daemon runs and asserts what it must guarantee (see its documentation). The
-//! regression test `tests/fuzz_regressions.rs` replays every saved input through the same
+//! regression test `tests/it/fuzz_regressions.rs` replays every saved input through the same
 //! function on stable.
 #![no_main]
 

@@ -369,7 +369,19 @@ fn stop(config: &Config, timeout: Duration) -> ExitCode {
         Ok(None) => return stop_through_socket(config, deadline, None),
         Err(e) => return stop_through_socket(config, deadline, Some(e)),
     };
-    match kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM) {
+    // Held by a pidfd, checked to be the lock holder after it was opened: `stop` returns once
+    // that very process is gone, not merely once its lock is released (closing its files comes
+    // before the end of its exit), and no signal can reach a process that reused the pid.
+    let process = warden::control::client::DaemonProcess::open(pid)
+        .ok()
+        .filter(|_| matches!(Pidfile::held_by(path, pid), Ok(true)));
+    let sent = match &process {
+        Some(p) => p
+            .signal(Signal::SIGTERM)
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
+        None => kill(nix::unistd::Pid::from_raw(pid), Signal::SIGTERM),
+    };
+    match sent {
         Err(e) if e != nix::errno::Errno::ESRCH => return exit::report(&kill_error(pid, e)),
         _ => {}
     }
@@ -378,6 +390,14 @@ fn stop(config: &Config, timeout: Duration) -> ExitCode {
     let released =
         Pidfile::wait_released_ticking(path, left, Duration::from_millis(250), || progress.tick());
     progress.finish();
+    let released = match (released, &process) {
+        (Ok(true), Some(p)) => {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            p.wait_exit(left.max(Duration::from_secs(1)))
+                .map_err(|e| Error::io("cannot wait for", path.clone(), e))
+        }
+        (other, _) => other,
+    };
     match released {
         Ok(true) => ExitCode::from(exit::OK),
         Ok(false) => {

@@ -214,6 +214,14 @@ pub struct DaemonProcess {
 }
 
 impl DaemonProcess {
+    /// The process `pid`, held by a pidfd from now on. Only as sure as the caller's knowledge
+    /// that `pid` is the daemon: check that *after* this call (e.g. that it still holds the
+    /// pidfile's lock), so that the pidfd cannot be a process that reused the pid.
+    pub fn open(pid: i32) -> std::io::Result<DaemonProcess> {
+        let pidfd = crate::sys::pidfd::pidfd_open(pid)?;
+        Ok(DaemonProcess { pid, pidfd })
+    }
+
     /// Its pid.
     pub fn pid(&self) -> i32 {
         self.pid

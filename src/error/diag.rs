@@ -1,5 +1,5 @@
 //! Configuration diagnostics: every problem found in the configuration, each with its file, line
-//! and column. A [`Collector`] works on one file (the main file, or one drop-in read through
+//! and column. A `Collector` works on one file (the main file, or one drop-in read through
 //! `include`); the reader runs one per file and concatenates their results in load order.
 
 use std::fmt;

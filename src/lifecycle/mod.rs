@@ -549,23 +549,11 @@ impl Instance {
                     format!("exited ({status}); stopping the rest of its process group ({stop})"),
                 );
             }
-            State::Stopping {
-                pid,
-                since,
-                kill_at,
-                killed,
-                then,
-                reaped: false,
-            } => {
+            State::Stopping { reaped: false, .. } => {
                 self.last_exit = Some(status);
-                self.state = State::Stopping {
-                    pid,
-                    since,
-                    kill_at,
-                    killed,
-                    then,
-                    reaped: true,
-                };
+                if let State::Stopping { reaped, .. } = &mut self.state {
+                    *reaped = true;
+                }
                 log(
                     out,
                     Level::Info,
@@ -643,82 +631,15 @@ impl Instance {
     fn on_tick(&mut self, policy: &Policy, now: Instant, jitter: f64, out: &mut Vec<Action>) {
         match self.state {
             State::Backoff { until } if now >= until => self.spawn(out),
-            State::Starting { pid, since } => {
-                let up = now.saturating_duration_since(since);
-                match policy.readiness {
-                    Readiness::After(d) if up >= d => {
-                        self.state = State::Ready {
-                            pid,
-                            since,
-                            ready_at: now,
-                        };
-                        self.last_ping = Some(now);
-                        log(
-                            out,
-                            Level::Info,
-                            format!("ready (up for {})", fmt_duration(d)),
-                        );
-                    }
-                    Readiness::Notify => {
-                        if let Some(t) = policy.start_timeout
-                            && up >= t
-                        {
-                            let what = restart_word(policy);
-                            let msg = format!(
-                                "did not report READY=1 within {}; {what}",
-                                fmt_duration(t)
-                            );
-                            log(out, Level::Warn, msg);
-                            let then = AfterStop::Failed { healthy: false };
-                            self.begin_stop(policy, now, then, out);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            State::Ready { ready_at, .. } => {
-                let last_ping = self.last_ping.unwrap_or(ready_at);
-                if let Some(w) = policy.watchdog
-                    && now.saturating_duration_since(last_ping) >= w
-                {
-                    let what = restart_word(policy);
-                    let msg = format!(
-                        "watchdog timeout (no WATCHDOG=1 for {}); {what}",
-                        fmt_duration(w)
-                    );
-                    log(out, Level::Warn, msg);
-                    // Healthy if it kept pinging for backoff_reset after it became ready: a hang
-                    // after a long good run is not a crash loop, and restarts at once. Judged up
-                    // to the last ping, so a worker that hangs right after READY=1 is not.
-                    let healthy =
-                        last_ping.saturating_duration_since(ready_at) >= policy.backoff_reset;
-                    self.begin_stop(policy, now, AfterStop::Failed { healthy }, out);
-                }
-            }
+            State::Starting { pid, since } => self.tick_starting(policy, pid, since, now, out),
+            State::Ready { ready_at, .. } => self.tick_ready(policy, ready_at, now, out),
             State::Stopping {
                 pid,
                 since,
                 kill_at,
                 killed: false,
-                then,
-                reaped,
-            } if now >= kill_at => {
-                self.state = State::Stopping {
-                    pid,
-                    since,
-                    kill_at,
-                    killed: true,
-                    then,
-                    reaped,
-                };
-                out.push(Action::Kill { pid });
-                let waited = fmt_duration(kill_at.saturating_duration_since(since));
-                log(
-                    out,
-                    Level::Warn,
-                    format!("did not stop within {waited}; sent SIGKILL"),
-                );
-            }
+                ..
+            } if now >= kill_at => self.tick_kill_due(pid, since, kill_at, out),
             State::Stopping {
                 pid,
                 killed: true,
@@ -739,6 +660,85 @@ impl Instance {
             }
             _ => {}
         }
+    }
+
+    /// A tick while starting: ready after `Readiness::After`, or a missed `start_timeout`.
+    fn tick_starting(
+        &mut self,
+        policy: &Policy,
+        pid: i32,
+        since: Instant,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let up = now.saturating_duration_since(since);
+        match policy.readiness {
+            Readiness::After(d) if up >= d => {
+                self.state = State::Ready {
+                    pid,
+                    since,
+                    ready_at: now,
+                };
+                self.last_ping = Some(now);
+                log(
+                    out,
+                    Level::Info,
+                    format!("ready (up for {})", fmt_duration(d)),
+                );
+            }
+            Readiness::Notify => {
+                if let Some(t) = policy.start_timeout
+                    && up >= t
+                {
+                    let what = restart_word(policy);
+                    let msg = format!("did not report READY=1 within {}; {what}", fmt_duration(t));
+                    log(out, Level::Warn, msg);
+                    let then = AfterStop::Failed { healthy: false };
+                    self.begin_stop(policy, now, then, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A tick while ready: a missed watchdog ping stops the instance as failed.
+    fn tick_ready(
+        &mut self,
+        policy: &Policy,
+        ready_at: Instant,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let last_ping = self.last_ping.unwrap_or(ready_at);
+        if let Some(w) = policy.watchdog
+            && now.saturating_duration_since(last_ping) >= w
+        {
+            let what = restart_word(policy);
+            let msg = format!(
+                "watchdog timeout (no WATCHDOG=1 for {}); {what}",
+                fmt_duration(w)
+            );
+            log(out, Level::Warn, msg);
+            // Healthy if it kept pinging for backoff_reset after it became ready: a hang after a
+            // long good run is not a crash loop, and restarts at once. Judged up to the last
+            // ping, so a worker that hangs right after READY=1 is not.
+            let healthy = last_ping.saturating_duration_since(ready_at) >= policy.backoff_reset;
+            self.begin_stop(policy, now, AfterStop::Failed { healthy }, out);
+        }
+    }
+
+    /// A tick when a stop's `kill_at` has passed: `SIGKILL`, and the stop goes on.
+    fn tick_kill_due(&mut self, pid: i32, since: Instant, kill_at: Instant, out: &mut Vec<Action>) {
+        if let State::Stopping { killed, .. } = &mut self.state {
+            *killed = true;
+        }
+        out.push(Action::Kill { pid });
+        let waited = fmt_duration(kill_at.saturating_duration_since(since));
+        log(
+            out,
+            Level::Warn,
+            format!("did not stop within {waited}; sent SIGKILL"),
+        );
     }
 
     /// The failure path: count the failure unless `healthy`, give up on a crash loop, otherwise

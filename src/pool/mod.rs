@@ -4,7 +4,7 @@
 //! This module owns the public API ([`Pool`], [`PoolBuilder`], [`JobHandle`], outcomes and
 //! stats) and the typed layer that encodes jobs and decodes results. Everything that touches
 //! workers lives on the pool's **I/O thread** (`engine`), which owns every worker socket, output
-//! pipe, timer and per-worker restart state machine ([`crate::supervisor::state::Instance`], the
+//! pipe, timer and per-worker restart state machine ([`crate::lifecycle::Instance`], the
 //! same policy as supervised programs). The API hands jobs over through a bounded queue and a
 //! waker; outcomes come back through per-job handles, callbacks (run on the I/O thread) or
 //! channels.

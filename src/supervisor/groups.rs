@@ -15,7 +15,9 @@
 //! worker's main process (the kernel clears it on `fork`), so without the guard a worker's own
 //! children (a shell's commands, a server's helpers) would run on under PID 1.
 //!
-//! **The guard** is `/bin/sh` running [`GUARD_SCRIPT`] (`argv[0]` `warden-guard`), spawned with
+//! # The guard
+//!
+//! The guard is `/bin/sh` running [`GUARD_SCRIPT`] (`argv[0]` `warden-guard`), spawned with
 //! `exec` — so it holds none of the supervisor's memory — as the supervisor's child, in a process
 //! group of its own, with every catchable signal ignored. Its standard input is one end of a
 //! stream socket pair whose other end only the supervisor holds (close-on-exec; a child forked
@@ -30,7 +32,9 @@
 //! killed (it is our child, not yet reaped, so its pid is still its own) and, if needed, replaced
 //! — a guard never acts on a table that lags behind the supervisor's.
 //!
-//! **Limit.** A descendant that leaves its worker's process group (`setsid`, `setpgid`) is in no
+//! # Limit
+//!
+//! A descendant that leaves its worker's process group (`setsid`, `setpgid`) is in no
 //! registered group and survives a `SIGKILL` of the supervisor.
 
 use std::collections::{HashMap, VecDeque};
@@ -46,6 +50,8 @@ use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
+
+use super::table::Owner;
 
 /// The guard's program, for `/bin/sh -c` (POSIX shell; builtins only, so it forks nothing). It
 /// ignores every signal it may (all but `KILL` and `STOP`, and the C library's 32 and 33). A
@@ -89,7 +95,7 @@ const MAX_PENDING: usize = 4096;
 #[derive(Debug, Clone, Copy)]
 struct Tracked {
     /// The instance it belongs to: (program position, instance index).
-    owner: (usize, usize),
+    owner: Owner,
     /// Whether its leader (the worker's main process) was reaped.
     leader_reaped: bool,
 }
@@ -181,7 +187,7 @@ impl Groups {
     }
 
     /// A worker leading group `pgid` was spawned for `owner`.
-    pub(crate) fn add(&mut self, registry: &Registry, pgid: i32, owner: (usize, usize)) {
+    pub(crate) fn add(&mut self, registry: &Registry, pgid: i32, owner: Owner) {
         self.tracked.insert(
             pgid,
             Tracked {
@@ -227,8 +233,8 @@ impl Groups {
 
     /// Checks every group whose leader is gone; forgets and returns those now empty, with their
     /// owners.
-    pub(crate) fn sweep(&mut self, registry: &Registry) -> Vec<(i32, (usize, usize))> {
-        let empty: Vec<(i32, (usize, usize))> = self
+    pub(crate) fn sweep(&mut self, registry: &Registry) -> Vec<(i32, Owner)> {
+        let empty: Vec<(i32, Owner)> = self
             .tracked
             .iter()
             .filter(|(pgid, t)| t.leader_reaped && !group_exists(**pgid))

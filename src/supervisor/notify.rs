@@ -6,12 +6,23 @@
 //! sender's pid. A message is attributed to a worker when the sender is the worker, or is in the
 //! worker's process group (a `systemd-notify` run by a shell script), or descends from it; anything
 //! else is ignored and logged. Messages are small (`KEY=VALUE` lines); longer ones are truncated.
+//!
+//! # The loop's side
+//!
+//! [`Supervisor::handle_notify`] attributes each message (through the table's pid index and
+//! `/proc`) and turns it into the instance's events (`Ready`, `WatchdogPing`, `Restart`), its
+//! status text and its accepted `MAINPID=` (checked to descend from the worker; recorded by
+//! [`Table::set_main_pid`](super::table::Table::set_main_pid)). It never signals or spawns.
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
+
+use super::Supervisor;
+use super::table::{Owner, Table};
+use crate::lifecycle::Event;
 
 /// One parsed notify message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -132,7 +143,7 @@ impl AsRawFd for NotifySocket {
 }
 
 /// The process group and parent of `pid`, from `/proc/PID/stat`.
-pub fn pgrp_and_parent(pid: i32) -> Option<(i32, i32)> {
+pub(crate) fn pgrp_and_parent(pid: i32) -> Option<(i32, i32)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &s[s.rfind(')')? + 2..];
     let mut f = rest.split_whitespace();
@@ -140,6 +151,98 @@ pub fn pgrp_and_parent(pid: i32) -> Option<(i32, i32)> {
     let ppid = f.next()?.parse().ok()?;
     let pgrp = f.next()?.parse().ok()?;
     Some((pgrp, ppid))
+}
+
+impl Supervisor {
+    /// Receives and acts on every pending notify message.
+    pub(super) fn handle_notify(&mut self) {
+        loop {
+            match self.notify.recv() {
+                Ok(Some(msg)) => self.on_notify_message(msg),
+                Ok(None) => return,
+                Err(e) => {
+                    log::error!("notify socket: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_notify_message(&mut self, msg: NotifyMessage) {
+        let Some((p, index)) = attribute(&self.table, msg.pid) else {
+            log::debug!("notify message from pid {} ignored: not a worker", msg.pid);
+            return;
+        };
+        let Some(pos) = self.table.slot_pos(p, index) else {
+            return;
+        };
+        let tag = format!("{}[{index}]", self.table[p].def.name);
+        if let Some(text) = &msg.status {
+            self.table[p][pos].status_text = Some(text.clone());
+        }
+        if let Some(main) = msg.main_pid {
+            let worker = self.table[p][pos].inst.state.pid();
+            if worker.is_some_and(|w| w == main || descends_from(main, w)) {
+                // Taken before the checks' result can go stale for long; a kernel without
+                // pidfd_open (before 5.3) falls back to the pid.
+                let fd = crate::sys::pidfd::pidfd_open(main).ok();
+                self.table.set_main_pid(p, pos, main, fd);
+            } else {
+                log::warn!(
+                    "{tag}: MAINPID={main} ignored: not the worker or one of its descendants"
+                );
+            }
+        }
+        if msg.watchdog {
+            self.apply(p, pos, Event::WatchdogPing);
+        }
+        if msg.ready {
+            self.apply(p, pos, Event::Ready);
+        }
+        if msg.stopping {
+            log::info!("{tag}: reports STOPPING=1");
+        }
+        if msg.watchdog_trigger {
+            log::warn!("{tag}: WATCHDOG=trigger received; restarting");
+            self.apply(p, pos, Event::Restart);
+        }
+    }
+}
+
+/// The instance a message from `pid` is about: the worker or `MAINPID=` itself, or a helper in
+/// its process group (systemd-notify from a shell), or a descendant that left it.
+fn attribute(table: &Table, pid: i32) -> Option<Owner> {
+    if let Some(k) = table.owner(pid) {
+        return Some(k);
+    }
+    let mut cur = pid;
+    for _ in 0..32 {
+        let (pgrp, ppid) = pgrp_and_parent(cur)?;
+        if let Some(k) = table.owner(pgrp) {
+            return Some(k);
+        }
+        if let Some(k) = table.owner(ppid) {
+            return Some(k);
+        }
+        if ppid <= 1 {
+            return None;
+        }
+        cur = ppid;
+    }
+    None
+}
+
+/// Whether `pid` descends from `ancestor`, walking parents in `/proc` (bounded).
+fn descends_from(pid: i32, ancestor: i32) -> bool {
+    let mut cur = pid;
+    for _ in 0..64 {
+        match pgrp_and_parent(cur) {
+            Some((_, ppid)) if ppid == ancestor => return true,
+            Some((_, ppid)) if ppid > 1 => cur = ppid,
+            _ => return false,
+        }
+    }
+    false
 }
 
 #[cfg(test)]

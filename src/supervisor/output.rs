@@ -1,16 +1,18 @@
-//! Captured worker output: bytes from a worker's stdout/stderr pipe become tagged, timestamped
-//! lines in a size-rotated file.
+//! Captured worker output's storage: the line format and the size-rotated output file.
 //!
 //! This module owns the line format ([`format_line`]) and the per-program output file
-//! ([`RotatingFile`]); line framing is [`crate::stream::LineFramer`], shared with the job pool.
-//! It does not read pipes, poll or know about workers: the supervisor's event loop reads each
-//! pipe non-blockingly, hands the bytes to that pipe's framer, and writes the lines it gets back. Memory is bounded per pipe by the framer's
-//! `max_line`, so a flooding worker is throttled by its full pipe, never by warden's memory.
+//! ([`RotatingFile`]); line framing is `crate::stream::LineFramer`, shared with the job pool.
+//! It does not read pipes, poll or know about workers: `capture.rs` reads each pipe
+//! non-blockingly, hands the bytes to that pipe's framer, and writes the lines it gets back.
+//! Memory is bounded per pipe by the framer's `max_line`, so a flooding worker is throttled by
+//! its full pipe, never by warden's memory.
 //!
-//! **One writer.** A [`RotatingFile`] must be the only writer of its path: rotation is a series of
-//! renames done between two writes by the same (single-threaded) owner, so no line can land in a
-//! file while it is being moved, and no other process races the renames (the multi-process
-//! rotation race of supervisord's per-process log files does not exist here).
+//! # One writer
+//!
+//! A [`RotatingFile`] must be the only writer of its path: rotation is a series of renames done
+//! between two writes by the same (single-threaded) owner, so no line can land in a file while
+//! it is being moved, and no other process races the renames (the multi-process rotation race
+//! of supervisord's per-process log files does not exist here).
 
 use std::ffi::OsString;
 use std::fs::File;

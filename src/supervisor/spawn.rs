@@ -7,7 +7,7 @@
 //! `getppid` race check (so that it dies with the supervisor, even by `SIGKILL`), stdio as
 //! configured and no other descriptor. The death signal is not inherited by the worker's own
 //! children; those die with the supervisor through the guard process, which kills the worker's
-//! whole group (see `supervisor::groups` and `sys::guard`).
+//! whole group (see `supervisor::groups`).
 //!
 //! Function workers are forked without exec, which is only sound while the supervisor is
 //! single-threaded: `sys::fork` checks and refuses otherwise.
@@ -24,6 +24,8 @@ pub use crate::config::ExecSpec;
 use crate::daemon::Notifier;
 use crate::error::{Error, Result};
 use crate::sys::{self, ChildSetup};
+
+use super::table::InstanceIndex;
 
 /// A Rust function run as a worker in a forked child; its return value is the exit status.
 pub type WorkerFn = Arc<dyn Fn(&WorkerContext) -> i32 + Send + Sync>;
@@ -71,7 +73,7 @@ impl WorkerContext {
 
 /// Where a worker's stdout or stderr goes at the process level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Sink {
+pub(crate) enum StdioPlan {
     /// `/dev/null`.
     Null,
     /// A pipe read by the supervisor.
@@ -162,20 +164,36 @@ pub(crate) struct Started {
     pub(crate) exec_report: Option<OwnedFd>,
 }
 
-/// Per-spawn settings.
+/// What one spawn of one instance needs besides its program's [`Prepared`] settings.
 #[derive(Debug, Clone)]
-pub(crate) struct Instance<'a> {
+pub(crate) struct SpawnRequest<'a> {
     pub(crate) program: &'a str,
-    pub(crate) index: usize,
+    pub(crate) index: InstanceIndex,
     pub(crate) notify_socket: Option<&'a str>,
     pub(crate) watchdog: Option<Duration>,
-    pub(crate) stdout: Sink,
-    pub(crate) stderr: Sink,
+    pub(crate) stdout: StdioPlan,
+    pub(crate) stderr: StdioPlan,
+}
+
+/// The two ends of a close-on-exec pipe for an output stream, or none for `/dev/null`.
+fn output_pipe(plan: StdioPlan) -> nix::Result<Option<(OwnedFd, OwnedFd)>> {
+    match plan {
+        StdioPlan::Null => Ok(None),
+        StdioPlan::Pipe => nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map(Some),
+    }
+}
+
+/// `/dev/null`, read-write: stdin of every worker, and its stdout or stderr when not captured.
+fn dev_null() -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
 }
 
 /// The environment of one instance: warden's own (unless `clean_env`) without what describes
 /// warden's service manager, then the program's `env`, then warden's variables.
-fn environment(p: &Prepared, i: &Instance<'_>) -> Vec<(OsString, OsString)> {
+fn environment(p: &Prepared, i: &SpawnRequest<'_>) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = if p.clean_env {
         Vec::new()
     } else {
@@ -212,7 +230,7 @@ fn resolve(program: &str, env: &[(OsString, OsString)]) -> io::Result<PathBuf> {
 }
 
 /// Spawns an exec'd worker without waiting for its exec (see [`sys::spawn`]).
-pub(crate) fn spawn_exec(p: &Prepared, i: &Instance<'_>) -> io::Result<Started> {
+pub(crate) fn spawn_exec(p: &Prepared, i: &SpawnRequest<'_>) -> io::Result<Started> {
     let env = environment(p, i);
     let path = resolve(&p.argv[0], &env)?;
     let plan = sys::spawn::ExecPlan::new(
@@ -222,20 +240,9 @@ pub(crate) fn spawn_exec(p: &Prepared, i: &Instance<'_>) -> io::Result<Started> 
         p.directory.as_deref(),
         p.setup.clone(),
     )?;
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")?;
-    let pipe = |sink: Sink| -> io::Result<Option<(OwnedFd, OwnedFd)>> {
-        match sink {
-            Sink::Null => Ok(None),
-            Sink::Pipe => nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map(Some)
-                .map_err(io::Error::from),
-        }
-    };
-    let out = pipe(i.stdout)?;
-    let err = pipe(i.stderr)?;
+    let null = dev_null()?;
+    let out = output_pipe(i.stdout)?;
+    let err = output_pipe(i.stderr)?;
     use std::os::fd::AsRawFd;
     let fd_of = |p: &Option<(OwnedFd, OwnedFd)>| {
         p.as_ref().map_or(null.as_raw_fd(), |(_, w)| w.as_raw_fd())
@@ -250,27 +257,16 @@ pub(crate) fn spawn_exec(p: &Prepared, i: &Instance<'_>) -> io::Result<Started> 
 }
 
 /// Forks a function worker.
-pub(crate) fn spawn_fn(f: &WorkerFn, i: &Instance<'_>) -> Result<Started> {
-    let pipe = |sink: Sink| -> Result<Option<(OwnedFd, OwnedFd)>> {
-        match sink {
-            Sink::Null => Ok(None),
-            Sink::Pipe => nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-                .map(Some)
-                .map_err(|e| Error::sys("pipe2", e)),
-        }
-    };
-    let out = pipe(i.stdout)?;
-    let err = pipe(i.stderr)?;
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| Error::io("cannot open", "/dev/null", e))?;
+pub(crate) fn spawn_fn(f: &WorkerFn, i: &SpawnRequest<'_>) -> Result<Started> {
+    let out = output_pipe(i.stdout).map_err(|e| Error::sys("pipe2", e))?;
+    let err = output_pipe(i.stderr).map_err(|e| Error::sys("pipe2", e))?;
+    let null = dev_null().map_err(|e| Error::io("cannot open", "/dev/null", e))?;
     let ctx = WorkerContext {
         program: i.program.to_string(),
-        index: i.index,
+        index: i.index.0,
         notifier: i.notify_socket.map(Notifier::new),
     };
+    // Taken in the parent: it names the parent (for the death-signal race check).
     let setup = base_setup();
     match sys::fork()? {
         sys::Fork::Parent(pid) => Ok(Started {
@@ -280,38 +276,56 @@ pub(crate) fn spawn_fn(f: &WorkerFn, i: &Instance<'_>) -> Result<Started> {
             exec_report: None,
         }),
         sys::Fork::Child => {
-            // The child of a single-threaded process: ordinary Rust is fine here.
-            let result = (|| -> io::Result<()> {
-                nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
-                sys::child_setup(&setup)?;
-                nix::unistd::dup2_stdin(&null)?;
-                match &out {
-                    Some((_, w)) => nix::unistd::dup2_stdout(w)?,
-                    None => nix::unistd::dup2_stdout(&null)?,
-                }
-                match &err {
-                    Some((_, w)) => nix::unistd::dup2_stderr(w)?,
-                    None => nix::unistd::dup2_stderr(&null)?,
-                }
-                Ok(())
-            })();
-            if let Err(e) = result {
-                eprintln!(
-                    "warden: worker {}[{}] setup failed: {e}",
-                    i.program, i.index
-                );
-                sys::_exit(127);
-            }
-            // Everything the supervisor had open (epoll, sockets, the pidfile, other workers'
-            // pipes, log files) is pointed at /dev/null rather than closed: Rust objects in this
-            // copy of the process still own those numbers, and a closed number would be reused by
-            // the worker's next open() — and written to by whoever owned it.
-            let _ = sys::neutralise_fds();
-            let code =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&ctx))).unwrap_or(101);
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
-            std::process::exit(code)
+            let stdio = FnStdio {
+                null: &null,
+                out: out.as_ref().map(|(_, w)| w),
+                err: err.as_ref().map(|(_, w)| w),
+            };
+            run_fn_child(f, &ctx, &setup, stdio)
         }
     }
+}
+
+/// A function worker's stdio, in the child: `/dev/null` and the pipes' write ends.
+struct FnStdio<'a> {
+    null: &'a File,
+    out: Option<&'a OwnedFd>,
+    err: Option<&'a OwnedFd>,
+}
+
+/// The child side of [`spawn_fn`]: its own process group, the common set-up, stdio, then the
+/// function; never returns.
+fn run_fn_child(f: &WorkerFn, ctx: &WorkerContext, setup: &ChildSetup, stdio: FnStdio<'_>) -> ! {
+    // The child of a single-threaded process: ordinary Rust is fine here.
+    let FnStdio { null, out, err } = stdio;
+    let result = (|| -> io::Result<()> {
+        nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0))?;
+        sys::child_setup(setup)?;
+        nix::unistd::dup2_stdin(null)?;
+        match &out {
+            Some(w) => nix::unistd::dup2_stdout(w)?,
+            None => nix::unistd::dup2_stdout(null)?,
+        }
+        match &err {
+            Some(w) => nix::unistd::dup2_stderr(w)?,
+            None => nix::unistd::dup2_stderr(null)?,
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        eprintln!(
+            "warden: worker {}[{}] setup failed: {e}",
+            ctx.program, ctx.index
+        );
+        sys::_exit(127);
+    }
+    // Everything the supervisor had open (epoll, sockets, the pidfile, other workers' pipes, log
+    // files) is pointed at /dev/null rather than closed: Rust objects in this copy of the process
+    // still own those numbers, and a closed number would be reused by the worker's next open() —
+    // and written to by whoever owned it.
+    let _ = sys::neutralise_fds();
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx))).unwrap_or(101);
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
 }

@@ -2,11 +2,22 @@
 //! waits, and a clean-up that kills every process the test started — by pid, also when the test
 //! fails (on drop, during unwinding).
 //!
+//! # What lives here
+//! What more than one area's module needs: the [`Sandbox`], the [`Test`] naming and timing, the
+//! `/proc` observers, config builders (`python`, `toml_str`, `argv`, `script`), the command
+//! assertions (`assert_exit`, `assert_stderr_has`, `assert_has_line`) and the launchers of the
+//! fixtures in `tests/fixtures/`. A helper one module alone uses stays in that module.
+//!
+//! # Naming
+//! Every test that starts processes opens with `let test = this_test!();`, the [`Test`] named
+//! after its `fn`: its sandbox directory, its `[timing]` line and its `SKIPPED` messages all come
+//! from it, so that no test name is ever typed as a string.
+//!
+//! # Forking
 //! Nothing here forks: processes are started with `std::process::Command` (posix_spawn/vfork+exec
 //! inside std), never with `fork()` in this multi-threaded harness.
-#![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,6 +26,9 @@ use std::time::{Duration, Instant};
 /// The generous bound on any wait in the tests.
 pub const TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How much of a test's name its sandbox directory carries.
+const SANDBOX_NAME_CHARS: usize = 24;
+
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 /// The path of the binary under test.
@@ -22,29 +36,110 @@ pub fn warden_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_warden"))
 }
 
-/// True when running as root; otherwise prints why the calling test is skipped.
-pub fn require_root(test: &str) -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        true
-    } else {
-        eprintln!("SKIPPED {test}: needs root (CI runs as root)");
-        false
+/// The [`Test`] named after the test function it is called in: `let test = this_test!();` as
+/// the first line of a `#[test] fn`, so that the test's name is written once, as the `fn` name,
+/// and its sandbox, `[timing]` line and `SKIPPED` messages cannot drift from it.
+macro_rules! this_test {
+    () => {{
+        fn here() {}
+        crate::common::Test::start(crate::common::enclosing_fn(std::any::type_name_of_val(
+            &here,
+        )))
+    }};
+}
+
+/// The name of the function whose body declared the item at `path`, a
+/// [`std::any::type_name_of_val`] such as `integration::control::some_test::here`. Its format
+/// is not guaranteed by Rust: if it ever changes, this fails every test loudly rather than
+/// letting a name drift.
+pub fn enclosing_fn(path: &'static str) -> &'static str {
+    let name = path
+        .strip_suffix("::here")
+        .and_then(|p| p.rsplit("::").next())
+        .unwrap_or("");
+    assert!(
+        !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+        "this_test!(): cannot tell the test's name from {path:?}"
+    );
+    name
+}
+
+/// One running test, named by [`this_test!`]: it names the test's sandboxes and skip messages, and
+/// prints how long the test took when it is dropped (also on failure).
+pub struct Test {
+    name: &'static str,
+    started: Instant,
+}
+
+impl Test {
+    /// Starts the test `name` (called by [`this_test!`] only).
+    pub fn start(name: &'static str) -> Test {
+        Test {
+            name,
+            started: Instant::now(),
+        }
+    }
+
+    /// The test's name, for messages.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// A fresh [`Sandbox`] for this test whose `[daemon]` table holds the `extra` lines.
+    pub fn sandbox(&self, extra: &str) -> Sandbox {
+        Sandbox::new(self.name, extra)
+    }
+
+    /// A sandbox for a supervisor: its config has `daemon` lines in `[daemon]` and `tables`
+    /// after them, where `SANDBOX` is replaced by the sandbox directory and `PYTHON` by the real
+    /// python3 (see [`Sandbox::write_programs`]). A `sleep` symlink is made in the sandbox so
+    /// that `SANDBOX/sleep N` is a single process whose command line names the sandbox.
+    pub fn supervisor_sandbox(&self, daemon: &str, tables: &str) -> Sandbox {
+        let sb = self.sandbox("");
+        let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("sleep(1)");
+        std::os::unix::fs::symlink(sleep, sb.path("sleep")).unwrap();
+        sb.write_programs(daemon, tables);
+        sb
+    }
+
+    /// True when running as root; otherwise prints why this test is skipped.
+    pub fn require_root(&self) -> bool {
+        if nix::unistd::Uid::effective().is_root() {
+            true
+        } else {
+            self.skip("needs root (CI runs as root)");
+            false
+        }
+    }
+
+    /// True when `tool --version` runs; otherwise prints why this test is skipped (`package` is
+    /// the Debian package that has it).
+    pub fn require_tool(&self, tool: &str, package: &str) -> bool {
+        let found = Command::new(tool)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            self.skip(&format!("no {tool} ({package})"));
+        }
+        found
+    }
+
+    /// Prints that this test is skipped, and why (the caller then returns).
+    pub fn skip(&self, why: &str) {
+        eprintln!("SKIPPED {}: {why}", self.name);
     }
 }
 
-/// True when `tool --version` runs; otherwise prints why the calling test is skipped (`package`
-/// is the Debian package that has it).
-pub fn require_tool(test: &str, tool: &str, package: &str) -> bool {
-    let found = std::process::Command::new(tool)
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        eprintln!("SKIPPED {test}: no {tool} ({package})");
+impl Drop for Test {
+    fn drop(&mut self) {
+        println!("[timing] {}: {:.2?}", self.name, self.started.elapsed());
     }
-    found
 }
 
 /// A temporary directory holding one test's config, pidfile and logs, and the list of processes
@@ -59,12 +154,15 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// A fresh sandbox with a config whose `[daemon]` table holds `pidfile` and `directory` in
-    /// the sandbox plus the `extra` lines.
+    /// A fresh sandbox for the test `name` (see [`Test::sandbox`]) with a config whose
+    /// `[daemon]` table holds `pidfile` and `directory` in the sandbox plus the `extra` lines.
     pub fn new(name: &str, extra: &str) -> Sandbox {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        // The start of the name is enough to recognise the test, and keeps the paths of sockets
+        // in the sandbox well within sun_path's 108 bytes.
+        let short: String = name.chars().take(SANDBOX_NAME_CHARS).collect();
         let dir =
-            std::env::temp_dir().join(format!("warden-test-{}-{n}-{name}", std::process::id()));
+            std::env::temp_dir().join(format!("warden-test-{}-{n}-{short}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         // Tests drop privileges to nobody: let them in.
@@ -113,6 +211,14 @@ impl Sandbox {
         // Readable whatever the test runner's umask: some tests launch warden as `nobody`.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&self.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+
+    /// Rewrites the config with `daemon` lines in `[daemon]` and `tables` after them, `SANDBOX`
+    /// in either replaced by the sandbox directory and `PYTHON` by the real python3.
+    pub fn write_programs(&self, daemon: &str, tables: &str) {
+        let dir = path_str(&self.dir);
+        let fill = |s: &str| s.replace("SANDBOX", &dir).replace("PYTHON", &python());
+        self.write_config(&format!("{}\n#TABLES\n{}", fill(daemon), fill(tables)));
     }
 
     pub fn pidfile(&self) -> PathBuf {
@@ -426,9 +532,47 @@ pub fn is_guard(pid: i32) -> bool {
         .is_ok_and(|c| c.split(|&b| b == 0).next() == Some(b"warden-guard".as_slice()))
 }
 
+/// The live (non-zombie) children of `pid`, a supervisor's guard process excepted.
+pub fn live_children(pid: i32) -> BTreeSet<i32> {
+    children_of(pid).into_iter().filter(|&c| alive(c)).collect()
+}
+
 /// Sends `sig` to `pid`.
 pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+}
+
+/// The exit code of a finished command (`None` when a signal ended it).
+pub fn exit_code(o: &Output) -> Option<i32> {
+    o.status.code()
+}
+
+/// Asserts that the command behind `out` exited with `code`, showing its stdout and stderr
+/// otherwise.
+#[track_caller]
+pub fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        exit_code(out),
+        Some(code),
+        "{}{}",
+        stdout_of(out),
+        stderr_of(out)
+    );
+}
+
+/// Asserts that the stderr of the command behind `out` contains `text`.
+#[track_caller]
+pub fn assert_stderr_has(out: &Output, text: &str) {
+    assert!(stderr_of(out).contains(text), "{}", stderr_of(out));
+}
+
+/// Asserts that `text` has a line that is exactly `line`.
+#[track_caller]
+pub fn assert_has_line(text: &str, line: &str) {
+    assert!(
+        text.lines().any(|l| l == line),
+        "no line {line:?} in:\n{text}"
+    );
 }
 
 pub fn stderr_of(o: &Output) -> String {
@@ -437,6 +581,54 @@ pub fn stderr_of(o: &Output) -> String {
 
 pub fn stdout_of(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The daemon log of the sandbox (`warden.log`; empty if missing).
+pub fn log(sb: &Sandbox) -> String {
+    sb.read("warden.log")
+}
+
+/// The sandbox directory as a string, for commands and configs.
+pub fn dir(sb: &Sandbox) -> String {
+    path_str(&sb.dir)
+}
+
+/// Writes a script into the sandbox and returns its path.
+pub fn script(sb: &Sandbox, name: &str, text: &str) -> String {
+    let path = sb.path(name);
+    std::fs::write(&path, text).unwrap();
+    path_str(&path)
+}
+
+/// The real python3 (not a version-manager shim that forks helpers on every start).
+pub fn python() -> String {
+    for p in ["/usr/bin/python3", "/usr/local/bin/python3"] {
+        if Path::new(p).exists() {
+            return p.to_string();
+        }
+    }
+    "python3".to_string()
+}
+
+/// A TOML basic string.
+pub fn toml_str(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A TOML array of strings: a `command`.
+pub fn argv(parts: &[&str]) -> String {
+    let items: Vec<String> = parts.iter().map(|p| toml_str(p)).collect();
+    format!("[{}]", items.join(", "))
 }
 
 /// Asserts that no process mentions the sandbox any more (bounded wait).
@@ -452,8 +644,8 @@ pub fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
 
-/// The example program `name` of this package, built once per test binary with the test's own
-/// profile: cargo is asked every time (cheap when up to date) so that a stale example is never
+/// The `[[example]]` program `name` of this package (an example from `examples/` or a fixture
+/// from `tests/fixtures/`), built once per test binary with the test's own profile: cargo is asked every time (cheap when up to date) so that a stale example is never
 /// what gets tested.
 pub fn example(name: &str) -> PathBuf {
     static BUILT: std::sync::Mutex<Vec<(String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
@@ -483,18 +675,33 @@ pub fn example(name: &str) -> PathBuf {
     path
 }
 
-/// Prints how long the test took when it ends (also on failure).
-pub struct Timer(&'static str, Instant);
-
-impl Timer {
-    /// Starts timing the test `name`.
-    pub fn new(name: &'static str) -> Timer {
-        Timer(name, Instant::now())
-    }
+/// `lifecycle --dir SANDBOX ARGS…`: the life-cycle fixture (`tests/fixtures/lifecycle.rs`), ready
+/// to run.
+pub fn lifecycle(sb: &Sandbox, args: &[&str]) -> Command {
+    let mut c = Command::new(example("lifecycle"));
+    c.arg("--dir").arg(&sb.dir).args(args);
+    c.env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC")
+        .env_remove("JOURNAL_STREAM");
+    c.stdin(Stdio::null());
+    c
 }
 
-impl Drop for Timer {
-    fn drop(&mut self) {
-        println!("[timing] {}: {:.2?}", self.0, self.1.elapsed());
-    }
+/// Starts the life-cycle fixture as a daemon (the launcher returns once it is ready) and returns
+/// the daemon's pid from `app.pid`, tracked for clean-up.
+pub fn start_lifecycle(sb: &mut Sandbox, args: &[&str]) -> i32 {
+    let out = sb.output(lifecycle(sb, args));
+    assert!(
+        out.status.success(),
+        "lifecycle {args:?} failed: {:?}\nstderr: {}",
+        out.status,
+        stderr_of(&out)
+    );
+    let pid: i32 = sb
+        .read("app.pid")
+        .trim()
+        .parse()
+        .expect("app.pid names the daemon once the launcher returns");
+    sb.track(pid);
+    pid
 }

@@ -4,11 +4,9 @@
 //! so that a change to the command line cannot leave them stale. `scripts/update-completions`
 //! rewrites them.
 
-mod common;
-
 use std::process::{Command, Stdio};
 
-use common::{TIMEOUT, stderr_of, wait_output, warden_bin};
+use crate::common::{TIMEOUT, stderr_of, wait_output, warden_bin};
 
 /// The shells the packages install completions for, and the file each one's is in.
 const SHIPPED: &[(&str, &str)] = &[
@@ -19,6 +17,7 @@ const SHIPPED: &[(&str, &str)] = &[
 
 #[test]
 fn shipped_completions_match_the_binary() {
+    let _test = this_test!();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut stale = Vec::new();
     for (shell, file) in SHIPPED {

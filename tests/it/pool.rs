@@ -1,9 +1,7 @@
-//! The job pool, from the outside: each test runs one scenario of `examples/pool.rs` as a real
+//! The job pool, from the outside: each test runs one scenario of `tests/fixtures/pool_scenarios.rs` as a real
 //! program (the pool's `Fork` start method must be built in a single-threaded process, which
 //! this multi-threaded test harness is not), under a hard timeout, then checks the `key=value`
 //! lines it printed and that every worker and fork server pid it reported is gone.
-
-mod common;
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -14,8 +12,9 @@ use std::time::{Duration, Instant};
 /// The longest any scenario may take before it is killed and the test fails.
 const TIMEOUT: Duration = Duration::from_secs(90);
 
-fn example() -> PathBuf {
-    common::example("pool")
+/// The scenario driver, `tests/fixtures/pool_scenarios.rs`.
+fn fixture() -> PathBuf {
+    crate::common::example("pool_scenarios")
 }
 
 /// What a scenario printed.
@@ -43,7 +42,7 @@ fn scenario(name: &str) -> Run {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let start = Instant::now();
-    let mut child = Command::new(example())
+    let mut child = Command::new(fixture())
         .args(["--scenario", name, "--dir"])
         .arg(&dir)
         .env_remove("RUST_BACKTRACE")
@@ -98,7 +97,7 @@ fn scenario(name: &str) -> Run {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().unwrap())
         .collect();
-    let ours = example();
+    let ours = fixture();
     let ours = ours.file_name().unwrap().to_str().unwrap();
     let survivors = |pids: &[i32]| -> Vec<i32> {
         pids.iter()
@@ -123,6 +122,7 @@ fn scenario(name: &str) -> Run {
 
 #[test]
 fn results_equal_a_sequential_run_for_100k_jobs() {
+    let _test = this_test!();
     let r = scenario("sequential");
     assert_eq!(r.num("map_mismatches"), 0);
     assert_eq!(r.num("imap_count"), 100_000);
@@ -131,11 +131,13 @@ fn results_equal_a_sequential_run_for_100k_jobs() {
 
 #[test]
 fn map_keeps_input_order_also_chunked() {
+    let _test = this_test!();
     scenario("map_order");
 }
 
 #[test]
 fn sigkill_mid_job_fails_that_job_alone_and_callbacks_fire_once() {
+    let _test = this_test!();
     let r = scenario("kill_busy");
     assert!(
         r.get("victim").contains("WorkerDied"),
@@ -153,6 +155,7 @@ fn sigkill_mid_job_fails_that_job_alone_and_callbacks_fire_once() {
 
 #[test]
 fn sigkill_of_an_idle_worker_loses_nothing() {
+    let _test = this_test!();
     let r = scenario("kill_idle");
     assert_eq!(r.num("lost"), 0);
     assert_eq!(r.num("worker_deaths"), 1);
@@ -160,6 +163,7 @@ fn sigkill_of_an_idle_worker_loses_nothing() {
 
 #[test]
 fn jobs_submitted_right_after_an_idle_worker_is_killed_are_sent_again_not_failed() {
+    let _test = this_test!();
     let r = scenario("kill_idle_submit");
     assert_eq!(r.num("lost"), 0);
     assert_eq!(r.num("worker_deaths"), 5);
@@ -170,6 +174,7 @@ fn jobs_submitted_right_after_an_idle_worker_is_killed_are_sent_again_not_failed
 /// once the pipeline has opened wide for tiny jobs.
 #[test]
 fn short_jobs_do_not_wait_behind_a_long_one_while_a_worker_is_free() {
+    let _test = this_test!();
     let r = scenario("head_of_line");
     for phase in ["fresh", "warm"] {
         assert_eq!(r.num(&format!("{phase}_after_long")), 0);
@@ -181,18 +186,21 @@ fn short_jobs_do_not_wait_behind_a_long_one_while_a_worker_is_free() {
 /// to the first one up.
 #[test]
 fn a_burst_right_after_build_is_shared_by_the_workers() {
+    let _test = this_test!();
     let r = scenario("startup_burst");
     assert_eq!(r.num("unbalanced"), 0);
 }
 
 #[test]
 fn a_panicking_handler_fails_its_job_and_the_worker_serves_the_next() {
+    let _test = this_test!();
     let r = scenario("panic");
     assert!(r.get("panic").contains("Panicked(\"boom\")"));
 }
 
 #[test]
 fn an_output_that_cannot_be_serialized_is_a_codec_error_not_a_crash() {
+    let _test = this_test!();
     let r = scenario("codec");
     assert_eq!(r.num("codec_errors"), 10);
     assert_eq!(r.num("deaths"), 0);
@@ -203,6 +211,7 @@ fn an_output_that_cannot_be_serialized_is_a_codec_error_not_a_crash() {
 
 #[test]
 fn a_job_timeout_kills_the_worker_and_the_pool_continues() {
+    let _test = this_test!();
     let r = scenario("timeout");
     assert_eq!(r.num("timed_out"), 2);
     let ms = r.num("timed_out_ms");
@@ -214,18 +223,21 @@ fn a_job_timeout_kills_the_worker_and_the_pool_continues() {
 
 #[test]
 fn close_then_join_returns_after_the_last_job() {
+    let _test = this_test!();
     let r = scenario("close_join");
     assert_eq!(r.num("done_at_join"), 50);
 }
 
 #[test]
 fn terminate_cancels_unfinished_jobs_and_leaves_no_worker() {
+    let _test = this_test!();
     let r = scenario("terminate");
     assert_eq!(r.num("cancelled"), 10);
 }
 
 #[test]
 fn imap_unordered_ends_when_another_thread_terminates_the_pool() {
+    let _test = this_test!();
     let r = scenario("imap_terminate");
     assert_eq!(r.num("seen"), 10);
     assert!(r.num("cancelled") >= 9, "cancelled={}", r.num("cancelled"));
@@ -233,6 +245,7 @@ fn imap_unordered_ends_when_another_thread_terminates_the_pool() {
 
 #[test]
 fn a_full_queue_blocks_submit_and_try_submit_gives_the_job_back() {
+    let _test = this_test!();
     let r = scenario("backpressure");
     assert_eq!(r.get("try_submit"), "full");
     assert!(r.num("blocked_ms") >= 150);
@@ -240,6 +253,7 @@ fn a_full_queue_blocks_submit_and_try_submit_gives_the_job_back() {
 
 #[test]
 fn workers_are_recycled_by_job_count_without_failures() {
+    let _test = this_test!();
     let r = scenario("recycle");
     assert_eq!(r.num("failed"), 0);
     assert!(r.num("distinct_pids") >= 10);
@@ -248,6 +262,7 @@ fn workers_are_recycled_by_job_count_without_failures() {
 
 #[test]
 fn workers_are_recycled_by_rss_without_failures() {
+    let _test = this_test!();
     let r = scenario("recycle_rss");
     assert_eq!(r.num("failed"), 0);
     assert!(r.num("recycled") >= 1);
@@ -255,12 +270,14 @@ fn workers_are_recycled_by_rss_without_failures() {
 
 #[test]
 fn an_idempotent_job_is_retried_after_its_worker_dies() {
+    let _test = this_test!();
     let r = scenario("retries");
     assert_eq!(r.get("outcome"), "Ok(9)");
 }
 
 #[test]
 fn a_crash_loop_fails_new_jobs_as_fatal_instead_of_hanging() {
+    let _test = this_test!();
     let r = scenario("crash_loop");
     assert!(r.get("after").contains("crash loop"));
 }
@@ -269,6 +286,7 @@ fn a_crash_loop_fails_new_jobs_as_fatal_instead_of_hanging() {
 /// brought back by `revive()` (also from a pool that had turned fatal that way).
 #[test]
 fn a_retired_slot_is_listed_and_revive_brings_it_back() {
+    let _test = this_test!();
     let r = scenario("retire_revive");
     assert_eq!(r.get("retired_one"), "[0]");
     assert_eq!(r.num("pids_after_revive"), 2);
@@ -282,6 +300,7 @@ fn a_retired_slot_is_listed_and_revive_brings_it_back() {
 
 #[test]
 fn worker_output_is_captured_into_the_log() {
+    let _test = this_test!();
     let r = scenario("output");
     assert!(
         r.stderr.contains("output[0] hello from a worker"),
@@ -292,11 +311,13 @@ fn worker_output_is_captured_into_the_log() {
 
 #[test]
 fn several_fork_pools_can_be_built_in_a_row() {
+    let _test = this_test!();
     scenario("two_pools");
 }
 
 #[test]
 fn exec_self_works_from_a_program_with_several_threads() {
+    let _test = this_test!();
     let r = scenario("exec_threads");
     assert!(r.num("threads_at_build") >= 4);
     assert!(r.get("victim").contains("WorkerDied"));
@@ -304,6 +325,7 @@ fn exec_self_works_from_a_program_with_several_threads() {
 
 #[test]
 fn fork_from_a_multi_threaded_program_is_refused_clearly() {
+    let _test = this_test!();
     let r = scenario("fork_threads");
     let e = r.get("error");
     assert!(
@@ -314,12 +336,14 @@ fn fork_from_a_multi_threaded_program_is_refused_clearly() {
 
 #[test]
 fn dropping_a_busy_pool_cancels_its_jobs_once_and_leaves_nothing() {
+    let _test = this_test!();
     let r = scenario("drop_busy");
     assert!(r.num("cancelled") >= 90);
 }
 
 #[test]
 fn a_killed_fork_server_is_reaped_not_left_a_zombie() {
+    let _test = this_test!();
     let r = scenario("zygote_reaped");
     assert_eq!(r.num("fatal"), 6);
     assert_eq!(r.num("zombies"), 0);
@@ -330,10 +354,11 @@ fn a_killed_fork_server_is_reaped_not_left_a_zombie() {
 /// nothing behind on SIGTERM.
 #[test]
 fn pool_inside_a_warden_daemon() {
-    use common::{Sandbox, alive, children_of, signal, wait_until};
+    let test = this_test!();
+    use crate::common::{Sandbox, alive, children_of, signal, wait_until};
     use nix::sys::signal::Signal;
-    let mut sb = Sandbox::new("pool-daemon", "");
-    let mut cmd = Command::new(common::example("pool_daemon"));
+    let mut sb = test.sandbox("");
+    let mut cmd = Command::new(crate::common::example("pool_daemon"));
     cmd.arg("--dir").arg(&sb.dir).stdin(Stdio::null());
     let out = sb.output(cmd);
     assert!(
@@ -351,7 +376,7 @@ fn pool_inside_a_warden_daemon() {
         let _ = std::fs::remove_file(sb.path("result.txt"));
         signal(pid, Signal::SIGHUP);
         assert!(
-            wait_until(common::TIMEOUT, || sb.path("result.txt").exists()),
+            wait_until(crate::common::TIMEOUT, || sb.path("result.txt").exists()),
             "no result"
         );
         sb.read("result.txt")
@@ -388,7 +413,7 @@ fn pool_inside_a_warden_daemon() {
         !alive(victim) && live.len() == 2 && !live.contains(&victim)
     };
     assert!(
-        wait_until(common::TIMEOUT, replaced),
+        wait_until(crate::common::TIMEOUT, replaced),
         "worker {victim} not replaced; the fork server's children: {:?}",
         children_of(fork_server)
     );
@@ -401,7 +426,7 @@ fn pool_inside_a_warden_daemon() {
     );
     signal(pid, Signal::SIGTERM);
     assert!(
-        wait_until(common::TIMEOUT, || !alive(pid)),
+        wait_until(crate::common::TIMEOUT, || !alive(pid)),
         "daemon still alive"
     );
     for p in second["pids"]
@@ -410,7 +435,7 @@ fn pool_inside_a_warden_daemon() {
         .chain([fork_server])
     {
         assert!(
-            wait_until(common::TIMEOUT, || !alive(p)),
+            wait_until(crate::common::TIMEOUT, || !alive(p)),
             "pool process {p} survived the daemon"
         );
     }

@@ -2,16 +2,14 @@
 //! status snapshot, restart after a kill, captured output, and the refusal to fork from a
 //! multi-threaded process.
 
-mod common;
-
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 
 fn example() -> PathBuf {
-    common::example("fn_workers")
+    crate::common::example("fn_workers")
 }
 
 /// Asks for a snapshot (SIGHUP) and returns its lines once written.
@@ -30,7 +28,8 @@ fn snapshot(sb: &Sandbox, pid: i32, previous: &str) -> Vec<Vec<String>> {
 
 #[test]
 fn function_workers_are_supervised() {
-    let mut sb = Sandbox::new("fn-workers", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let mut cmd = Command::new(example());
     cmd.arg("--dir")
         .arg(&sb.dir)
@@ -99,7 +98,8 @@ fn function_workers_are_supervised() {
 
 #[test]
 fn forking_from_a_multithreaded_process_is_refused_clearly() {
-    let mut sb = Sandbox::new("fn-threads", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let mut cmd = Command::new(example());
     cmd.arg("--dir")
         .arg(&sb.dir)

@@ -1,4 +1,4 @@
-//! Logging against real peers: a real `logrotate` run while the lifecycle example writes a line
+//! Logging against real peers: a real `logrotate` run while the lifecycle fixture writes a line
 //! every millisecond (no line lost, duplicated or split), a datagram syslog receiver that is
 //! restarted under the daemon, journald's `<N>` prefixes when `JOURNAL_STREAM` names stderr, and
 //! `warden reopen-logs` on the `warden` binary.
@@ -6,57 +6,18 @@
 //! Every process is started through the [`Sandbox`], which kills it by pid when the test ends,
 //! also on failure; every wait is bounded.
 
-mod common;
-
 use std::fs::File;
 use std::io::ErrorKind;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{Sandbox, TIMEOUT, alive, signal, stderr_of, wait_until};
+use crate::common::{
+    Sandbox, TIMEOUT, Test, alive, signal, start_lifecycle, stderr_of, wait_until,
+};
 use nix::sys::signal::Signal;
-
-/// The lifecycle example, built once per test binary.
-///
-/// The `lifecycle` example (Cargo has no `CARGO_BIN_EXE_` for examples; see common::example).
-fn lifecycle_bin() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| common::example("lifecycle"))
-}
-
-/// `lifecycle --dir SANDBOX ARGS…`, ready to run.
-fn lifecycle(sb: &Sandbox, args: &[&str]) -> Command {
-    let mut c = Command::new(lifecycle_bin());
-    c.arg("--dir").arg(&sb.dir).args(args);
-    c.env_remove("NOTIFY_SOCKET")
-        .env_remove("WATCHDOG_USEC")
-        .env_remove("JOURNAL_STREAM");
-    c.stdin(Stdio::null());
-    c
-}
-
-/// Starts the lifecycle example as a daemon (the launcher returns once it is ready) and returns
-/// the daemon's pid from `app.pid`, tracked for clean-up.
-fn start_lifecycle(sb: &mut Sandbox, args: &[&str]) -> i32 {
-    let out = sb.output(lifecycle(sb, args));
-    assert!(
-        out.status.success(),
-        "lifecycle {args:?} failed: {:?}\nstderr: {}",
-        out.status,
-        stderr_of(&out)
-    );
-    let pid: i32 = sb
-        .read("app.pid")
-        .trim()
-        .parse()
-        .expect("app.pid names the daemon once the launcher returns");
-    sb.track(pid);
-    pid
-}
 
 /// SIGTERM to `pid`, then a bounded wait for it to be gone (a zombie counts as gone: the
 /// daemon's parent is whatever reaps orphans here).
@@ -93,8 +54,8 @@ fn has_priority_prefix(line: &str) -> bool {
     b.len() >= 3 && b[0] == b'<' && b[1].is_ascii_digit() && b[2] == b'>'
 }
 
-/// Reads the ticker's numbers from one log file of the lifecycle example, checking that every
-/// line is complete: `<timestamp> INFO  line N`, or one of the few other messages the example
+/// Reads the ticker's numbers from one log file of the lifecycle fixture, checking that every
+/// line is complete: `<timestamp> INFO  line N`, or one of the few other messages the fixture
 /// writes (its ready line, and the error about its hook `P`, which panics on purpose).
 fn ticker_numbers(path: &Path, numbers: &mut Vec<u64>) {
     let text = std::fs::read_to_string(path)
@@ -124,7 +85,7 @@ fn ticker_numbers(path: &Path, numbers: &mut Vec<u64>) {
 
 /// Makes sure `logrotate` is installed: installs the Debian package as root, otherwise says why
 /// the calling test is skipped.
-fn have_logrotate(test: &str) -> bool {
+fn have_logrotate(test: &Test) -> bool {
     let found = || {
         Command::new("logrotate")
             .arg("--version")
@@ -137,7 +98,7 @@ fn have_logrotate(test: &str) -> bool {
         return true;
     }
     if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("SKIPPED {test}: logrotate is not installed (apt-get install logrotate)");
+        test.skip("logrotate is not installed (apt-get install logrotate)");
         return false;
     }
     let install = || {
@@ -158,24 +119,25 @@ fn have_logrotate(test: &str) -> bool {
             .status();
         install();
     }
-    assert!(found(), "{test}: cannot install logrotate with apt-get");
+    assert!(
+        found(),
+        "{}: cannot install logrotate with apt-get",
+        test.name()
+    );
     true
 }
 
-#[test]
-fn logrotate_loses_and_splits_no_line_across_three_rotations() {
-    if !have_logrotate("logrotate_loses_and_splits_no_line_across_three_rotations") {
-        return;
-    }
-    let mut sb = Sandbox::new("logrotate", "");
-    // logrotate refuses to rotate in a world-writable directory (the sandbox is 0777 for tests
-    // that drop privileges; this one does not).
-    std::fs::set_permissions(&sb.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let log = sb.path("app.log");
-    let conf = sb.path("logrotate.conf");
-    let state = sb.path("logrotate.state");
+/// Whether the log file `p` holds a ticker line.
+fn has_lines(p: &Path) -> bool {
+    std::fs::read_to_string(p).is_ok_and(|t| t.contains(" line "))
+}
+
+/// Writes a logrotate configuration rotating `log` (its `postrotate` sends SIGUSR1 to the
+/// daemon in the sandbox's `app.pid`) and returns its path.
+fn logrotate_config(sb: &Sandbox, log: &Path) -> PathBuf {
+    let path = sb.path("logrotate.conf");
     std::fs::write(
-        &conf,
+        &path,
         format!(
             "{log} {{\n    rotate 10\n    nocompress\n    missingok\n    postrotate\n        \
              kill -USR1 $(cat '{pidfile}')\n    endscript\n}}\n",
@@ -184,6 +146,67 @@ fn logrotate_loses_and_splits_no_line_across_three_rotations() {
         ),
     )
     .unwrap();
+    path
+}
+
+/// Runs `logrotate -f` (round `round`) and waits until the daemon has reopened `log`.
+fn rotate(sb: &mut Sandbox, round: u32, conf: &Path, log: &Path) {
+    let state = sb.path("logrotate.state");
+    let mut cmd = Command::new("logrotate");
+    cmd.arg("-f").arg("-s").arg(&state).arg(conf);
+    let out = sb.output(cmd);
+    assert!(
+        out.status.success(),
+        "logrotate round {round}: {:?}\nstderr: {}",
+        out.status,
+        stderr_of(&out)
+    );
+    assert!(
+        sb.path(&format!("app.log.{round}")).exists(),
+        "logrotate round {round} rotated nothing\nstderr: {}",
+        stderr_of(&out)
+    );
+    // The daemon recreates app.log when it reopens on SIGUSR1 from postrotate; the next
+    // rotation must not find it missing.
+    assert!(
+        wait_until(TIMEOUT, || has_lines(log)),
+        "the daemon did not reopen {} after rotation {round}",
+        log.display()
+    );
+}
+
+/// Every number from 0 to the highest appears exactly once in `numbers` (no line lost nor
+/// duplicated).
+fn assert_each_number_once(mut numbers: Vec<u64>) {
+    let total = numbers.len();
+    numbers.sort_unstable();
+    let max = *numbers.last().expect("some lines");
+    let duplicates: Vec<u64> = numbers
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    assert!(duplicates.is_empty(), "duplicated lines: {duplicates:?}");
+    numbers.dedup();
+    let missing: Vec<u64> = (0..=max)
+        .filter(|n| numbers.binary_search(n).is_err())
+        .collect();
+    assert!(missing.is_empty(), "lost lines (of 0..={max}): {missing:?}");
+    assert_eq!(total as u64, max + 1);
+}
+
+#[test]
+fn logrotate_loses_and_splits_no_line_across_three_rotations() {
+    let test = this_test!();
+    if !have_logrotate(&test) {
+        return;
+    }
+    let mut sb = test.sandbox("");
+    // logrotate refuses to rotate in a world-writable directory (the sandbox is 0777 for tests
+    // that drop privileges; this one does not).
+    std::fs::set_permissions(&sb.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let log = sb.path("app.log");
+    let conf = logrotate_config(&sb, &log);
     let pid = start_lifecycle(
         &mut sb,
         &[
@@ -195,7 +218,6 @@ fn logrotate_loses_and_splits_no_line_across_three_rotations() {
             &format!("file:{}", log.display()),
         ],
     );
-    let has_lines = |p: &Path| std::fs::read_to_string(p).is_ok_and(|t| t.contains(" line "));
     assert!(
         wait_until(TIMEOUT, || has_lines(&log)),
         "the ticker writes no line into {}",
@@ -205,27 +227,7 @@ fn logrotate_loses_and_splits_no_line_across_three_rotations() {
     for round in 1..=3 {
         // Let lines accumulate, so that every file gets some.
         std::thread::sleep(Duration::from_millis(200));
-        let mut cmd = Command::new("logrotate");
-        cmd.arg("-f").arg("-s").arg(&state).arg(&conf);
-        let out = sb.output(cmd);
-        assert!(
-            out.status.success(),
-            "logrotate round {round}: {:?}\nstderr: {}",
-            out.status,
-            stderr_of(&out)
-        );
-        assert!(
-            sb.path(&format!("app.log.{round}")).exists(),
-            "logrotate round {round} rotated nothing\nstderr: {}",
-            stderr_of(&out)
-        );
-        // The daemon recreates app.log when it reopens on SIGUSR1 from postrotate; the next
-        // rotation must not find it missing.
-        assert!(
-            wait_until(TIMEOUT, || has_lines(&log)),
-            "the daemon did not reopen {} after rotation {round}",
-            log.display()
-        );
+        rotate(&mut sb, round, &conf, &log);
     }
     std::thread::sleep(Duration::from_millis(50));
     terminate(pid);
@@ -248,21 +250,7 @@ fn logrotate_loses_and_splits_no_line_across_three_rotations() {
         "more rotations than logrotate runs"
     );
 
-    let total = numbers.len();
-    numbers.sort_unstable();
-    let max = *numbers.last().expect("some lines");
-    let duplicates: Vec<u64> = numbers
-        .windows(2)
-        .filter(|w| w[0] == w[1])
-        .map(|w| w[0])
-        .collect();
-    assert!(duplicates.is_empty(), "duplicated lines: {duplicates:?}");
-    numbers.dedup();
-    let missing: Vec<u64> = (0..=max)
-        .filter(|n| numbers.binary_search(n).is_err())
-        .collect();
-    assert!(missing.is_empty(), "lost lines (of 0..={max}): {missing:?}");
-    assert_eq!(total as u64, max + 1);
+    assert_each_number_once(numbers);
 }
 
 /// One syslog datagram, as text.
@@ -290,7 +278,8 @@ fn syslog_line_number(msg: &str) -> Option<u64> {
 
 #[test]
 fn syslog_messages_carry_pid_facility_severity_and_survive_a_receiver_restart() {
-    let mut sb = Sandbox::new("syslog", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let sock_path = sb.path("log.sock");
     let receiver = syslog_receiver(&sock_path);
     let pid = start_lifecycle(
@@ -421,7 +410,8 @@ fn run_foreground(
 
 #[test]
 fn stderr_speaks_journald_prefixes_only_when_journal_stream_matches() {
-    let mut sb = Sandbox::new("journal", "log = \"stderr\"");
+    let test = this_test!();
+    let mut sb = test.sandbox("log = \"stderr\"");
 
     let journal = run_foreground(&mut sb, "journal.err", |m| {
         format!("{}:{}", m.dev(), m.ino())
@@ -467,7 +457,8 @@ fn stderr_speaks_journald_prefixes_only_when_journal_stream_matches() {
 
 #[test]
 fn warden_reopen_logs_moves_logging_to_the_new_file() {
-    let mut sb = Sandbox::new("reopen", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let log = sb.path("warden.log");
     let rotated = sb.path("warden.log.1");
     let pid = sb.start();

@@ -11,13 +11,11 @@
 //! all at drop. Waits are bounded polls; the only fixed sleeps are short observation windows
 //! that assert an *absence* (no restart, no new process).
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 
 /// Serialises the two CPU-heavy tests (100,000 lines each through warden) so that together they
@@ -30,75 +28,7 @@ fn heavy() -> std::sync::MutexGuard<'static, ()> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Configuration helpers.
-
-/// A TOML basic string.
-fn toml_str(s: &str) -> String {
-    let mut out = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A TOML array of strings: a `command`.
-fn argv(parts: &[&str]) -> String {
-    let items: Vec<String> = parts.iter().map(|p| toml_str(p)).collect();
-    format!("[{}]", items.join(", "))
-}
-
-/// The real python3 (not a version-manager shim that forks helpers on every start).
-fn python() -> String {
-    for p in ["/usr/bin/python3", "/usr/local/bin/python3"] {
-        if std::path::Path::new(p).exists() {
-            return p.to_string();
-        }
-    }
-    "python3".to_string()
-}
-
-/// A sandbox whose config has `daemon` lines in `[daemon]` and `tables` after them; `SANDBOX`
-/// in either is replaced by the sandbox directory. A `sleep` symlink is made in the sandbox so
-/// that `SANDBOX/sleep N` is a single process whose command line names the sandbox.
-fn sandbox(name: &str, daemon: &str, tables: &str) -> Sandbox {
-    let sb = Sandbox::new(name, "");
-    let sleep = ["/bin/sleep", "/usr/bin/sleep"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("sleep(1)");
-    std::os::unix::fs::symlink(sleep, sb.path("sleep")).unwrap();
-    let dir = sb.dir.to_string_lossy().into_owned();
-    sb.write_config(&format!(
-        "{}\n#TABLES\n{}",
-        daemon.replace("SANDBOX", &dir),
-        tables.replace("SANDBOX", &dir)
-    ));
-    sb
-}
-
-/// Writes a script into the sandbox and returns its path.
-fn script(sb: &Sandbox, name: &str, text: &str) -> String {
-    let path = sb.path(name);
-    std::fs::write(&path, text).unwrap();
-    path.to_string_lossy().into_owned()
-}
-
-fn dir(sb: &Sandbox) -> String {
-    sb.dir.to_string_lossy().into_owned()
-}
-
-// ---------------------------------------------------------------------------------------------
 // Observation helpers.
-
-fn log(sb: &Sandbox) -> String {
-    sb.read("warden.log")
-}
 
 /// Waits (bounded) for a log line satisfying `pred` and returns it.
 fn wait_line(sb: &Sandbox, what: &str, pred: impl Fn(&str) -> bool) -> String {
@@ -130,13 +60,6 @@ fn wait_lines(sb: &Sandbox, what: &str, n: usize, pred: impl Fn(&str) -> bool) -
     found
 }
 
-/// The live (non-zombie) children of `pid`.
-fn live_children(pid: i32) -> Vec<i32> {
-    let mut v: Vec<i32> = children_of(pid).into_iter().filter(|&c| alive(c)).collect();
-    v.sort();
-    v
-}
-
 /// Waits (bounded) until `warden` has exactly `n` live children, no zombie ones, and every one
 /// of them has exec'd; tracks and returns them. (Before its exec a child is a copy of warden: the
 /// guard process cannot be told from a worker until it runs as `warden-guard`, nor a worker's
@@ -145,7 +68,7 @@ fn wait_workers(sb: &mut Sandbox, warden: i32, n: usize) -> Vec<i32> {
     let mut kids = Vec::new();
     let ok = wait_until(TIMEOUT, || {
         let all = children_of(warden);
-        kids = live_children(warden);
+        kids = live_children(warden).into_iter().collect();
         kids.len() == n && all.len() == n && all.iter().all(|&p| has_exec(p))
     });
     assert!(
@@ -281,9 +204,8 @@ fn pid_in(line: &str) -> Option<i32> {
 
 #[test]
 fn killed_worker_is_replaced_by_a_new_pid() {
-    let _t = Timer::new("killed_worker_is_replaced_by_a_new_pid");
-    let mut sb = sandbox(
-        "kill9",
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
         "",
         "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\n",
     );
@@ -339,11 +261,10 @@ fn killed_worker_is_replaced_by_a_new_pid() {
 
 #[test]
 fn on_failure_restarts_exit_1_but_not_exit_0() {
-    let _t = Timer::new("on_failure_restarts_exit_1_but_not_exit_0");
+    let test = this_test!();
     // `ok` exits 0 at once. `bad` exits 1 on its first run and stays up on the second (it
     // leaves a mark in the sandbox to tell the runs apart).
-    let mut sb = sandbox(
-        "onfail",
+    let mut sb = test.supervisor_sandbox(
         "",
         &format!(
             "[program.ok]\ncommand = {}\nrestart = \"on-failure\"\n\n\
@@ -376,8 +297,13 @@ fn on_failure_restarts_exit_1_but_not_exit_0() {
     let second = pid_in(started.last().unwrap()).expect("pid");
     let kids = wait_workers(&mut sb, warden, 1);
     assert_eq!(kids, vec![second], "only bad's second run is up");
-    wait_exec(second);
-    assert_eq!(cmdline(second)[1], "1000");
+    // `sh` execs `sleep` after its own exec: wait for the second one, not just the first.
+    assert!(
+        wait_until(TIMEOUT, || cmdline(second).get(1).map(String::as_str)
+            == Some("1000")),
+        "bad's second run never exec'd sleep: {:?}",
+        cmdline(second)
+    );
     // An absence: watch for a short while that nothing else is started.
     std::thread::sleep(Duration::from_secs(1));
     let ok_starts = log(&sb)
@@ -390,7 +316,7 @@ fn on_failure_restarts_exit_1_but_not_exit_0() {
         .filter(|l| l.contains("bad[0]") && l.contains("started (pid"))
         .count();
     assert_eq!(bad_starts, 2, "bad[0] started twice; log:\n{}", log(&sb));
-    assert_eq!(live_children(warden), vec![second]);
+    assert_eq!(live_children(warden), BTreeSet::from([second]));
     stop(&mut sb);
     assert_no_process(&sb);
 }
@@ -400,9 +326,8 @@ fn on_failure_restarts_exit_1_but_not_exit_0() {
 
 #[test]
 fn crash_loop_backs_off_then_goes_fatal() {
-    let _t = Timer::new("crash_loop_backs_off_then_goes_fatal");
-    let mut sb = sandbox(
-        "crashloop",
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
         "",
         &format!(
             "[program.c]\ncommand = {}\nbackoff_initial = \"50ms\"\nmax_restarts = 4\n\
@@ -459,8 +384,8 @@ fn crash_loop_backs_off_then_goes_fatal() {
 
 #[test]
 fn sigterm_ignoring_worker_gets_sigkill_after_stop_timeout() {
-    let _t = Timer::new("sigterm_ignoring_worker_gets_sigkill_after_stop_timeout");
-    let mut sb = sandbox("stopkill", "", "");
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", "");
     let py = script(
         &sb,
         "ignore-term.py",
@@ -510,9 +435,8 @@ fn sigterm_ignoring_worker_gets_sigkill_after_stop_timeout() {
 
 #[test]
 fn double_forked_grandchildren_are_reaped_and_killed_with_the_group() {
-    let _t = Timer::new("double_forked_grandchildren_are_reaped_and_killed_with_the_group");
-    let mut sb = sandbox(
-        "doublefork",
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
         "",
         &format!(
             "[program.forker]\ncommand = {}\n",
@@ -570,11 +494,7 @@ fn double_forked_grandchildren_are_reaped_and_killed_with_the_group() {
     assert!(reaped, "grandchild {g1} not reaped: {:?}", stat(g1));
     println!("killed grandchild reaped after {:.1?}", t.elapsed());
     assert!(zombie_children(warden).is_empty(), "no zombie children");
-    assert_eq!(live_children(warden), {
-        let mut v = vec![g2, main];
-        v.sort();
-        v
-    });
+    assert_eq!(live_children(warden), BTreeSet::from([g2, main]));
     // The worker itself was not affected.
     assert!(
         !log(&sb).contains("forker[0]: running ->"),
@@ -597,9 +517,8 @@ fn double_forked_grandchildren_are_reaped_and_killed_with_the_group() {
 
 #[test]
 fn workers_die_with_a_sigkilled_warden() {
-    let _t = Timer::new("workers_die_with_a_sigkilled_warden");
-    let mut sb = sandbox(
-        "killwarden",
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
         "",
         "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 4\n",
     );
@@ -646,9 +565,8 @@ fn guard_of(warden: i32) -> Option<i32> {
 /// kills every worker process group — also after it was itself killed and replaced.
 #[test]
 fn a_sigkilled_warden_takes_the_children_of_its_workers_along() {
-    let _t = Timer::new("a_sigkilled_warden_takes_the_children_of_its_workers_along");
-    let mut sb = sandbox(
-        "killwarden-tree",
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
         "",
         &format!(
             "[program.sh]
@@ -727,9 +645,8 @@ instances = 2
 /// is not reading is killed, never left to act later on what it was last told).
 #[test]
 fn a_stopped_guard_does_not_outlive_an_orderly_stop() {
-    let _t = Timer::new("a_stopped_guard_does_not_outlive_an_orderly_stop");
-    let mut sb = sandbox(
-        "stopped-guard",
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
         "",
         &format!(
             "[program.sh]\ncommand = {}\ninstances = 2\n",
@@ -787,9 +704,8 @@ fn expect_ok(sb: &mut Sandbox, args: &[&str]) {
 /// up with each restart.
 #[test]
 fn stop_and_restart_kill_group_members_that_ignore_the_stop_signal() {
-    let _t = Timer::new("stop_and_restart_kill_group_members_that_ignore_the_stop_signal");
-    let mut sb = sandbox(
-        "group-stop",
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
         "",
         &format!(
             "[program.g]\ncommand = {}\nstop_timeout = \"1s\"\n",
@@ -841,9 +757,8 @@ fn stop_and_restart_kill_group_members_that_ignore_the_stop_signal() {
 /// grandchild of a worker whose main process obeyed ran on under PID 1.
 #[test]
 fn daemon_stop_leaves_no_member_of_a_worker_group() {
-    let _t = Timer::new("daemon_stop_leaves_no_member_of_a_worker_group");
-    let mut sb = sandbox(
-        "group-shutdown",
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
         "",
         &format!(
             "[program.g]\ncommand = {}\nstop_timeout = \"1s\"\n",
@@ -874,9 +789,8 @@ fn daemon_stop_leaves_no_member_of_a_worker_group() {
 /// one's remnants.
 #[test]
 fn an_exited_worker_group_is_cleaned_up_before_the_respawn() {
-    let _t = Timer::new("an_exited_worker_group_is_cleaned_up_before_the_respawn");
-    let mut sb = sandbox(
-        "group-exit",
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
         "",
         &format!(
             "[program.e]\ncommand = {}\nstop_timeout = \"1s\"\n",
@@ -934,9 +848,8 @@ fn an_exited_worker_group_is_cleaned_up_before_the_respawn() {
 /// shutdown escalated to SIGKILL at shutdown_timeout.
 #[test]
 fn shutdown_timeout_bounds_a_graceful_shutdown() {
-    let _t = Timer::new("shutdown_timeout_bounds_a_graceful_shutdown");
-    let mut sb = sandbox(
-        "shutdown-timeout",
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
         "shutdown_timeout = \"1s\"",
         &format!(
             "[program.deaf]\ncommand = {}\nstop_timeout = \"120s\"\n\n\
@@ -1011,8 +924,8 @@ time.sleep(1000)
 
 #[test]
 fn notify_worker_is_ready_after_ready_1_and_restarted_when_pings_stop() {
-    let _t = Timer::new("notify_worker_is_ready_after_ready_1_and_restarted_when_pings_stop");
-    let mut sb = sandbox("notify", "", "");
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", "");
     let py = script(&sb, "notify.py", NOTIFY_WORKER);
     let d = dir(&sb);
     sb.write_config(&format!(
@@ -1063,7 +976,8 @@ fn notify_worker_is_ready_after_ready_1_and_restarted_when_pings_stop() {
     sb.track(second);
     assert!(!alive(first), "the silent worker was stopped");
     assert!(
-        wait_until(TIMEOUT, || live_children(warden) == vec![second]),
+        wait_until(TIMEOUT, || live_children(warden)
+            == BTreeSet::from([second])),
         "the new worker {second} runs; children {:?}",
         live_children(warden)
     );
@@ -1073,9 +987,8 @@ fn notify_worker_is_ready_after_ready_1_and_restarted_when_pings_stop() {
 
 #[test]
 fn workers_get_their_identity_and_only_notify_workers_get_notify_socket() {
-    let _t = Timer::new("workers_get_their_identity_and_only_notify_workers_get_notify_socket");
-    let mut sb = sandbox(
-        "environ",
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
         "",
         &format!(
             "[program.plain]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\n\n\
@@ -1137,10 +1050,9 @@ fn assert_numbers_in_order(lines: impl Iterator<Item = String>, tag: &str) -> us
 
 #[test]
 fn hundred_thousand_lines_to_a_file_arrive_complete_and_in_order() {
-    let _t = Timer::new("hundred_thousand_lines_to_a_file_arrive_complete_and_in_order");
+    let test = this_test!();
     let _heavy = heavy();
-    let mut sb = sandbox(
-        "lines-file",
+    let mut sb = test.supervisor_sandbox(
         "",
         &format!(
             "[program.seq]\ncommand = {}\nrestart = \"never\"\nstdout = \"SANDBOX/out.log\"\n\
@@ -1184,10 +1096,9 @@ fn hundred_thousand_lines_to_a_file_arrive_complete_and_in_order() {
 
 #[test]
 fn hundred_thousand_lines_to_the_log_arrive_complete_and_in_order() {
-    let _t = Timer::new("hundred_thousand_lines_to_the_log_arrive_complete_and_in_order");
+    let test = this_test!();
     let _heavy = heavy();
-    let mut sb = sandbox(
-        "lines-log",
+    let mut sb = test.supervisor_sandbox(
         "",
         &format!(
             "[program.seq]\ncommand = {}\nrestart = \"never\"\nstdout = \"log\"\n",
@@ -1277,26 +1188,19 @@ fn still_zombie(&(pid, t0): &(i32, u64)) -> bool {
     start_time(pid) == Some(t0) && is_zombie(pid)
 }
 
-#[test]
-fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
-    let _t = Timer::new("chaos_random_kills_leave_every_instance_running_and_no_zombies");
-    const N: usize = 16;
-    let mut sb = sandbox(
-        "chaos",
-        "",
-        "[program.c]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 16\n\
-         max_restarts = 1000\nbackoff_initial = \"10ms\"\nbackoff_max = \"100ms\"\n",
-    );
-    let warden = sb.start();
-    wait_workers(&mut sb, warden, N);
-    let duration = Duration::from_secs(chaos_secs());
-    let seed = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    println!("chaos: {duration:?}, seed {seed:#x} (WARDEN_CHAOS_SECS to change the duration)");
-    let mut rng = XorShift(seed);
+/// What a chaos run saw.
+struct Chaos {
+    kills: u64,
+    samples: u64,
+    zombie_sightings: u64,
+    max_zombies: usize,
+    slow_reaps: Vec<String>,
+}
+
+/// For `duration`, SIGKILLs a random worker of `warden` every 20 ms and samples its children
+/// every 100 ms, asserting at each sample that there are at most `n` workers and that no zombie
+/// outlives a sample while warden idles in epoll_wait (nor outlives 5 s at all).
+fn kill_at_random(warden: i32, n: usize, duration: Duration, rng: &mut XorShift) -> Chaos {
     let kill_every = Duration::from_millis(20);
     let sample_every = Duration::from_millis(100);
     let start = Instant::now();
@@ -1356,7 +1260,7 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
             last_zombies = zombies;
             workers = kids.into_iter().filter(|&p| alive(p)).collect();
             assert!(
-                workers.len() <= N,
+                workers.len() <= n,
                 "more workers than instances: {workers:?}"
             );
             samples += 1;
@@ -1376,11 +1280,21 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
         let wake = next_kill.min(next_sample);
         std::thread::sleep(wake.saturating_duration_since(Instant::now()));
     }
-    // Every instance comes back, once each, and nothing is left unreaped.
-    // (A child counts once it has exec'd and carries its WARDEN_INSTANCE: a child just forked
-    // for the last respawn still runs warden's image.)
+    Chaos {
+        kills,
+        samples,
+        zombie_sightings,
+        max_zombies,
+        slow_reaps,
+    }
+}
+
+/// Waits (bounded) until `warden` has one live, exec'd worker per instance `0..n`, tracks them,
+/// and returns how long that took. (A child counts once it has exec'd and carries its
+/// WARDEN_INSTANCE: a child just forked for the last respawn still runs warden's image.)
+fn wait_one_worker_per_instance(sb: &mut Sandbox, warden: i32, n: usize) -> Duration {
     let t = Instant::now();
-    let all_instances: BTreeSet<usize> = (0..N).collect();
+    let all_instances: BTreeSet<usize> = (0..n).collect();
     let mut seen: Vec<(i32, Option<usize>, Vec<String>)> = Vec::new();
     let back = wait_until(TIMEOUT, || {
         let kids = children_of(warden);
@@ -1389,12 +1303,12 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
             .map(|&p| (p, instance_of(p), cmdline(p)))
             .collect();
         let instances: BTreeSet<usize> = seen.iter().filter_map(|s| s.1).collect();
-        kids.len() == N && kids.iter().all(|&p| alive(p)) && instances == all_instances
+        kids.len() == n && kids.iter().all(|&p| alive(p)) && instances == all_instances
     });
     assert!(
         back,
         "not one live worker per instance: (pid, WARDEN_INSTANCE, argv) = {seen:?}; log tail:\n{}",
-        log(&sb)
+        log(sb)
             .lines()
             .rev()
             .take(40)
@@ -1404,10 +1318,41 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
     for s in &seen {
         sb.track(s.0);
     }
+    t.elapsed()
+}
+
+#[test]
+fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
+    let test = this_test!();
+    const N: usize = 16;
+    let mut sb = test.supervisor_sandbox(
+        "",
+        "[program.c]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 16\n\
+         max_restarts = 1000\nbackoff_initial = \"10ms\"\nbackoff_max = \"100ms\"\n",
+    );
+    let warden = sb.start();
+    wait_workers(&mut sb, warden, N);
+    let duration = Duration::from_secs(chaos_secs());
+    let seed = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    println!("chaos: {duration:?}, seed {seed:#x} (WARDEN_CHAOS_SECS to change the duration)");
+    let mut rng = XorShift(seed);
+    let Chaos {
+        kills,
+        samples,
+        zombie_sightings,
+        max_zombies,
+        slow_reaps,
+    } = kill_at_random(warden, N, duration, &mut rng);
+    // Every instance comes back, once each, and nothing is left unreaped.
+    let back_after = wait_one_worker_per_instance(&mut sb, warden, N);
     println!(
         "chaos: {kills} kills, {samples} samples, {zombie_sightings} transient zombie sightings \
          (max {max_zombies} at once), all {N} back {:.1?} after the last kill",
-        t.elapsed()
+        back_after
     );
     println!(
         "chaos: {} zombie(s) outlived a sample while warden was busy or starved, none while it \
@@ -1427,9 +1372,8 @@ fn chaos_random_kills_leave_every_instance_running_and_no_zombies() {
 
 #[test]
 fn ttin_adds_a_worker_and_ttou_stops_the_highest_index() {
-    let _t = Timer::new("ttin_adds_a_worker_and_ttou_stops_the_highest_index");
-    let mut sb = sandbox(
-        "scale",
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
         "scale_program = \"w\"",
         "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\n",
     );
@@ -1479,8 +1423,8 @@ while True:
 
 #[test]
 fn stop_goes_in_reverse_config_order_and_waits_for_every_worker() {
-    let _t = Timer::new("stop_goes_in_reverse_config_order_and_waits_for_every_worker");
-    let mut sb = sandbox("order", "", "");
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", "");
     let py = script(&sb, "slow-stop.py", SLOW_STOP);
     // Not alphabetical, so that config order is what is tested.
     sb.write_config(&format!(
@@ -1551,8 +1495,8 @@ time.sleep(1000)
 
 #[test]
 fn stop_during_a_watchdog_restart_does_not_respawn() {
-    let _t = Timer::new("stop_during_a_watchdog_restart_does_not_respawn");
-    let mut sb = sandbox("stop-mid-restart", "", "");
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", "");
     let py = script(&sb, "hung.py", HUNG);
     sb.write_config(&format!(
         "#TABLES\n[program.hung]\ncommand = {}\nready = \"notify\"\nwatchdog = \"300ms\"\n\
@@ -1588,10 +1532,10 @@ fn stop_during_a_watchdog_restart_does_not_respawn() {
 
 #[test]
 fn a_program_that_cannot_be_executed_is_reported_then_fatal() {
+    let test = this_test!();
     // The exec happens after the loop moved on (it never waits for a child's exec): its failure
     // comes back through the exec-report pipe and the exit 127 takes the ordinary failure path.
-    let mut sb = sandbox(
-        "noexec",
+    let mut sb = test.supervisor_sandbox(
         "",
         "[program.missing]\ncommand = [\"/nonexistent/prog\"]\nbackoff_initial = \"10ms\"\nmax_restarts = 2\n\
          [program.nopath]\ncommand = \"no-such-command-warden\"\nbackoff_initial = \"10ms\"\nmax_restarts = 2\n",
@@ -1616,11 +1560,11 @@ fn a_program_that_cannot_be_executed_is_reported_then_fatal() {
 
 #[test]
 fn per_program_limits_umask_directory_environment_and_user_apply() {
+    let test = this_test!();
     // Everything a program table says about its process, checked in /proc of the worker.
     let root = nix::unistd::Uid::effective().is_root();
     let user = if root { "user = \"nobody\"\n" } else { "" };
-    let mut sb = sandbox(
-        "settings",
+    let mut sb = test.supervisor_sandbox(
         "",
         &format!(
             "[program.w]\ncommand = [\"/bin/sleep\", \"1000\"]\ndirectory = \"SANDBOX\"\numask = \"027\"\n\
@@ -1679,11 +1623,11 @@ fn per_program_limits_umask_directory_environment_and_user_apply() {
             st["Groups"]
         );
     } else {
-        eprintln!("SKIPPED the user part of per_program_limits_…: needs root");
+        eprintln!("SKIPPED the user part of {}: needs root", test.name());
     }
     // Nothing but stdio is inherited from warden.
     let fds: Vec<i32> = fds(w).into_iter().map(|(fd, _)| fd).collect();
-    assert_eq!(fds, [0, 1, 2], "{:?}", common::fds(w));
+    assert_eq!(fds, [0, 1, 2], "{:?}", crate::common::fds(w));
     let st = stat(w).unwrap();
     assert_eq!(st.ppid, warden);
     assert_eq!(st.pgrp, w, "own process group");

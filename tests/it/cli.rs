@@ -6,11 +6,9 @@
 //! relative pidfile then lands in the sandbox), as `nobody` when the tests run as root, so that
 //! the unprivileged case is the one tested; every process is killed by pid at the end.
 
-mod common;
-
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn manifest_dir() -> std::path::PathBuf {
@@ -19,6 +17,7 @@ fn manifest_dir() -> std::path::PathBuf {
 
 #[test]
 fn help_describes_the_command_and_shows_the_environment_variable_right() {
+    let _test = this_test!();
     for env in [None, Some("/somewhere/else.toml")] {
         let mut c = Command::new(warden_bin());
         c.arg("--help").env_remove("WARDEN_CONFIG");
@@ -61,6 +60,7 @@ fn help_describes_the_command_and_shows_the_environment_variable_right() {
 
 #[test]
 fn timeouts_take_the_configuration_duration_syntax() {
+    let _test = this_test!();
     // Parsed before anything else happens: no configuration or daemon needed to see it.
     for (value, ok) in [
         ("5", true),
@@ -98,6 +98,7 @@ fn timeouts_take_the_configuration_duration_syntax() {
 
 #[test]
 fn the_licence_files_cargo_toml_declares_exist() {
+    let _test = this_test!();
     let manifest = std::fs::read_to_string(manifest_dir().join("Cargo.toml")).unwrap();
     assert!(manifest.contains("license = \"MIT OR Apache-2.0\""));
     let mit = std::fs::read_to_string(manifest_dir().join("LICENSE-MIT")).unwrap();
@@ -127,12 +128,12 @@ fn command(config: &std::path::Path, args: &[&str]) -> Command {
 
 #[test]
 fn the_bundled_example_runs_and_answers_a_second_terminal() {
-    let _t = Timer::new("the_bundled_example_runs_and_answers_a_second_terminal");
+    let test = this_test!();
     if !std::path::Path::new("/usr/bin/python3").exists() {
-        eprintln!("SKIPPED the_bundled_example_runs_and_answers_a_second_terminal: no python3");
+        test.skip("no python3");
         return;
     }
-    let mut sb = Sandbox::new("example", "");
+    let mut sb = test.sandbox("");
     std::fs::copy(manifest_dir().join("examples/warden.toml"), &sb.config).unwrap();
     let config = sb.config.clone();
     // The first terminal: `warden -c examples/warden.toml run` (its log on stderr).
@@ -203,8 +204,8 @@ fn the_bundled_example_runs_and_answers_a_second_terminal() {
 /// words (Display, not Debug), logs, answers signals and runs its exit hook.
 #[test]
 fn the_minimal_example_daemonizes_logs_and_reports_errors_in_words() {
-    let _t = Timer::new("the_minimal_example_daemonizes_logs_and_reports_errors_in_words");
-    let mut sb = Sandbox::new("minimal", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let bin = example("minimal");
     let start = |sb: &mut Sandbox| {
         let mut c = Command::new(&bin);

@@ -1,42 +1,12 @@
 //! Life cycle: exit hooks (once, LIFO, in the daemon only, on every orderly way out), the signal
 //! map, and the systemd notify protocol — all against real processes.
 
-mod common;
-
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
-use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 
-fn example() -> PathBuf {
-    common::example("lifecycle")
-}
-
-fn lifecycle(sb: &Sandbox, args: &[&str]) -> Command {
-    let mut c = Command::new(example());
-    c.arg("--dir").arg(&sb.dir).args(args);
-    c.env_remove("NOTIFY_SOCKET")
-        .stdin(std::process::Stdio::null());
-    c
-}
-
-/// Starts the example as a daemon and returns its pid.
-fn start(sb: &mut Sandbox, args: &[&str]) -> i32 {
-    let cmd = lifecycle(sb, args);
-    let out = sb.output(cmd);
-    assert!(out.status.success(), "launcher failed: {}", stderr_of(&out));
-    let pid: i32 = sb
-        .read("app.pid")
-        .trim()
-        .parse()
-        .expect("pidfile written before the launcher returns");
-    sb.track(pid);
-    pid
-}
-
-/// The pid in the example's pidfile, if any.
+/// The pid in the fixture's pidfile, if any.
 fn app_pid(sb: &Sandbox) -> Option<i32> {
     sb.read("app.pid").trim().parse().ok()
 }
@@ -74,8 +44,9 @@ fn wait_event(sb: &Sandbox, event: &str, count: usize) {
 
 #[test]
 fn hooks_run_on_term_lifo_once_in_the_daemon_only() {
-    let mut sb = Sandbox::new("hooks-term", "");
-    let pid = start(&mut sb, &[]);
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let pid = start_lifecycle(&mut sb, &[]);
     signal(pid, Signal::SIGTERM);
     wait_gone(pid);
     // Neither the launcher, nor the intermediate process, nor the forked child ran any hook:
@@ -85,8 +56,9 @@ fn hooks_run_on_term_lifo_once_in_the_daemon_only() {
 
 #[test]
 fn second_term_takes_the_fast_path_and_still_runs_hooks() {
-    let mut sb = Sandbox::new("hooks-fast", "");
-    let pid = start(&mut sb, &["--linger", "60s"]);
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let pid = start_lifecycle(&mut sb, &["--linger", "60s"]);
     signal(pid, Signal::SIGTERM);
     wait_event(&sb, "GracefulShutdown", 1);
     assert!(alive(pid), "lingers during the graceful shutdown");
@@ -98,8 +70,9 @@ fn second_term_takes_the_fast_path_and_still_runs_hooks() {
 
 #[test]
 fn quit_is_a_fast_shutdown_with_hooks() {
-    let mut sb = Sandbox::new("hooks-quit", "");
-    let pid = start(&mut sb, &["--linger", "60s"]);
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let pid = start_lifecycle(&mut sb, &["--linger", "60s"]);
     signal(pid, Signal::SIGQUIT);
     wait_gone(pid);
     let events: Vec<String> = sb
@@ -114,8 +87,9 @@ fn quit_is_a_fast_shutdown_with_hooks() {
 
 #[test]
 fn hooks_run_on_a_panic_in_the_main_thread() {
-    let mut sb = Sandbox::new("hooks-panic", "");
-    let pid = start(&mut sb, &[]);
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let pid = start_lifecycle(&mut sb, &[]);
     signal(pid, Signal::SIGUSR2);
     wait_gone(pid);
     assert_hooks_ran(&sb, pid);
@@ -124,8 +98,9 @@ fn hooks_run_on_a_panic_in_the_main_thread() {
 
 #[test]
 fn hooks_run_on_return_exit_and_panic_modes() {
+    let test = this_test!();
     for mode in ["return", "exit", "panic"] {
-        let mut sb = Sandbox::new(&format!("hooks-{mode}"), "");
+        let mut sb = test.sandbox("");
         let cmd = lifecycle(&sb, &["--mode", mode]);
         let out = sb.output(cmd);
         assert!(out.status.success(), "{mode}: {}", stderr_of(&out));
@@ -148,9 +123,10 @@ fn hooks_run_on_return_exit_and_panic_modes() {
 
 #[test]
 fn a_panicking_hook_does_not_stop_the_others() {
+    let test = this_test!();
     // Hook P panics in every run above; here we also check the panic was logged.
-    let mut sb = Sandbox::new("hooks-log", "");
-    let pid = start(&mut sb, &[]);
+    let mut sb = test.sandbox("");
+    let pid = start_lifecycle(&mut sb, &[]);
     signal(pid, Signal::SIGTERM);
     wait_gone(pid);
     assert_hooks_ran(&sb, pid);
@@ -164,15 +140,12 @@ fn a_panicking_hook_does_not_stop_the_others() {
 
 #[test]
 fn fail_reports_to_the_launcher_and_runs_hooks() {
-    let mut sb = Sandbox::new("hooks-fail", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let cmd = lifecycle(&sb, &["--mode", "fail"]);
     let out = sb.output(cmd);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr_of(&out).contains("initialisation failed on purpose"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_stderr_has(&out, "initialisation failed on purpose");
     // The launcher returns only after the daemon cleaned up.
     let lines = hook_lines(&sb);
     assert_eq!(lines.len(), 4, "{lines:?}");
@@ -183,7 +156,8 @@ fn fail_reports_to_the_launcher_and_runs_hooks() {
 
 #[test]
 fn a_daemon_never_ready_is_killed_at_the_launchers_timeout() {
-    let mut sb = Sandbox::new("hooks-hang", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let cmd = lifecycle(&sb, &["--mode", "hang", "--ready-timeout", "300ms"]);
     let out = sb.output(cmd);
     let err = stderr_of(&out);
@@ -206,8 +180,9 @@ fn a_daemon_never_ready_is_killed_at_the_launchers_timeout() {
 /// A hook that overruns its own deadline is abandoned; the others and the pidfile removal run.
 #[test]
 fn a_hook_past_its_deadline_is_abandoned_and_the_rest_run() {
-    let mut sb = Sandbox::new("hooks-slow", "");
-    let pid = start(&mut sb, &["--slow-hook"]);
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let pid = start_lifecycle(&mut sb, &["--slow-hook"]);
     signal(pid, Signal::SIGTERM);
     wait_gone(pid);
     assert_hooks_ran(&sb, pid);
@@ -217,8 +192,9 @@ fn a_hook_past_its_deadline_is_abandoned_and_the_rest_run() {
 /// goes.
 #[test]
 fn the_total_hook_deadline_skips_the_rest_but_removes_the_pidfile() {
-    let mut sb = Sandbox::new("hooks-stuck", "");
-    let pid = start(&mut sb, &["--stuck-hook", "--hooks-deadline", "500ms"]);
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let pid = start_lifecycle(&mut sb, &["--stuck-hook", "--hooks-deadline", "500ms"]);
     signal(pid, Signal::SIGTERM);
     wait_gone(pid);
     assert_eq!(
@@ -232,7 +208,8 @@ fn the_total_hook_deadline_skips_the_rest_but_removes_the_pidfile() {
 /// `Daemon::start` refuses a process that already runs a second thread (fork keeps only one).
 #[test]
 fn a_multi_threaded_process_is_refused_before_any_fork() {
-    let mut sb = Sandbox::new("threads", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let cmd = lifecycle(&sb, &["--thread-first"]);
     let out = sb.output(cmd);
     let err = stderr_of(&out);
@@ -247,8 +224,9 @@ fn a_multi_threaded_process_is_refused_before_any_fork() {
 /// once the daemon is gone.
 #[test]
 fn a_child_forked_before_ready_speaks_not_for_the_daemon_nor_holds_its_lock() {
-    let mut sb = Sandbox::new("fork-linger", "");
-    let pid = start(&mut sb, &["--child", "linger"]);
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let pid = start_lifecycle(&mut sb, &["--child", "linger"]);
     let child: i32 = sb.read("child.pid").trim().parse().expect("child.pid");
     sb.track(child);
     assert_ne!(child, pid);
@@ -263,7 +241,7 @@ fn a_child_forked_before_ready_speaks_not_for_the_daemon_nor_holds_its_lock() {
     signal(pid, Signal::SIGKILL);
     wait_gone(pid);
     assert!(alive(child), "the forked child lingers");
-    let again = start(&mut sb, &[]);
+    let again = start_lifecycle(&mut sb, &[]);
     assert_ne!(again, pid);
     assert!(alive(again));
 }
@@ -272,7 +250,8 @@ fn a_child_forked_before_ready_speaks_not_for_the_daemon_nor_holds_its_lock() {
 /// survives writing its verdict into the broken readiness pipe.
 #[test]
 fn a_daemon_outlives_its_launcher_killed_before_ready() {
-    let mut sb = Sandbox::new("bare-orphan", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let mut cmd = lifecycle(&sb, &["--mode", "bare", "--ready-delay", "1s"]);
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -298,9 +277,10 @@ fn a_daemon_outlives_its_launcher_killed_before_ready() {
 
 #[test]
 fn each_signal_produces_its_event() {
-    let mut sb = Sandbox::new("signal-map", "");
-    let pid = start(&mut sb, &[]);
-    // The example forks a child at start: its exit is the first ChildExited.
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let pid = start_lifecycle(&mut sb, &[]);
+    // The fixture forks a child at start: its exit is the first ChildExited.
     wait_event(&sb, "ChildExited", 1);
     for (sig, event) in [
         (Signal::SIGHUP, "Reload"),
@@ -333,7 +313,8 @@ fn each_signal_produces_its_event() {
 
 #[test]
 fn sd_notify_messages_arrive_in_order() {
-    let mut sb = Sandbox::new("sd-notify", "log = \"stderr\"");
+    let test = this_test!();
+    let mut sb = test.sandbox("log = \"stderr\"");
     let sock_path = sb.path("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(TIMEOUT)).unwrap();

@@ -10,50 +10,18 @@
 //! the sandbox) so that the sandbox finds and kills every one of them at drop. Waits are bounded
 //! polls; the only fixed sleeps are short observation windows that assert an absence.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration helpers.
-
-/// A sandbox whose config has `daemon` lines in `[daemon]` and `tables` after them; `SANDBOX`
-/// in either is replaced by the sandbox directory, and `PYTHON` by the real python3.
-fn sandbox(name: &str, daemon: &str, tables: &str) -> Sandbox {
-    let sb = Sandbox::new(name, "");
-    let sleep = ["/bin/sleep", "/usr/bin/sleep"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("sleep(1)");
-    std::os::unix::fs::symlink(sleep, sb.path("sleep")).unwrap();
-    write_config(&sb, daemon, tables);
-    sb
-}
-
-/// Rewrites the sandbox's config (see [`sandbox`] for the substitutions).
-fn write_config(sb: &Sandbox, daemon: &str, tables: &str) {
-    let dir = sb.dir.to_string_lossy().into_owned();
-    let fill = |s: &str| s.replace("SANDBOX", &dir).replace("PYTHON", &python());
-    sb.write_config(&format!("{}\n#TABLES\n{}", fill(daemon), fill(tables)));
-}
-
-/// The real python3 (not a version-manager shim that forks helpers on every start).
-fn python() -> String {
-    for p in ["/usr/bin/python3", "/usr/local/bin/python3"] {
-        if std::path::Path::new(p).exists() {
-            return p.to_string();
-        }
-    }
-    "python3".to_string()
-}
 
 /// A `[program.NAME]` table running `SANDBOX/sleep SECS` in `n` instances.
 fn sleeper(name: &str, n: u32, secs: u32) -> String {
@@ -63,20 +31,12 @@ fn sleeper(name: &str, n: u32, secs: u32) -> String {
 // ---------------------------------------------------------------------------------------------
 // Observation helpers.
 
-fn log(sb: &Sandbox) -> String {
-    sb.read("warden.log")
-}
-
-fn code(o: &std::process::Output) -> i32 {
-    o.status.code().unwrap_or(-1)
-}
-
 /// `warden ARGS…`, asserting exit status `want`; returns stdout.
 fn expect(sb: &mut Sandbox, args: &[&str], want: i32) -> String {
     let out = sb.run(args);
     assert_eq!(
-        code(&out),
-        want,
+        exit_code(&out),
+        Some(want),
         "warden {args:?}: {:?}\nstdout: {}\nstderr: {}\nlog:\n{}",
         out.status,
         stdout_of(&out),
@@ -99,7 +59,7 @@ fn status_json(sb: &mut Sandbox, programs: &[&str]) -> (i32, Value) {
             stderr_of(&out)
         )
     });
-    (code(&out), v)
+    (exit_code(&out).unwrap_or(-1), v)
 }
 
 /// One instance of a status report.
@@ -175,11 +135,6 @@ fn wait_up(sb: &mut Sandbox, program: &str, n: usize) -> Vec<Inst> {
     is
 }
 
-/// The live (non-zombie) children of `pid`.
-fn live_children(pid: i32) -> BTreeSet<i32> {
-    children_of(pid).into_iter().filter(|&c| alive(c)).collect()
-}
-
 /// Waits (bounded) until the daemon's live children are exactly `want`.
 fn wait_children(sb: &Sandbox, warden: i32, want: &BTreeSet<i32>) {
     assert!(
@@ -199,26 +154,10 @@ fn stop(sb: &mut Sandbox) {
 // ---------------------------------------------------------------------------------------------
 // 1. `warden status`: table, JSON schema, LSB exit codes.
 
-#[test]
-fn status_table_json_and_exit_codes() {
-    let _t = Timer::new("status_table_json_and_exit_codes");
-    let tables = format!(
-        "{}{}[program.once]\ncommand = [\"/bin/sh\", \"-c\", \"exit 0\", \"SANDBOX\"]\nrestart = \"never\"\n",
-        sleeper("web", 3, 1000),
-        sleeper("api", 2, 1000),
-    );
-    let mut sb = sandbox("status", "", &tables);
-    let warden = sb.start();
-    let web = wait_up(&mut sb, "web", 3);
-    let api = wait_up(&mut sb, "api", 2);
-    let report = wait_status(&mut sb, "once exited", |v| {
-        of(v, "once").first().is_some_and(|i| i.state == "exited")
-    });
-    let children = live_children(warden);
-    let listed: BTreeSet<i32> = pids(&web).into_iter().chain(pids(&api)).collect();
-    assert_eq!(listed, children, "status pids are the daemon's children");
-
-    // JSON: the documented schema.
+/// The `status --json` report follows the documented schema: the daemon's pid, version, uptime
+/// and config; per instance every key, with the type its state allows (the program `once` has
+/// exited 0, every other instance is running).
+fn assert_report_follows_the_schema(report: &Value, warden: i32, config: &std::path::Path) {
     assert_eq!(report["daemon"]["pid"].as_i64(), Some(warden.into()));
     assert_eq!(
         report["daemon"]["version"].as_str(),
@@ -227,7 +166,7 @@ fn status_table_json_and_exit_codes() {
     assert!(report["daemon"]["uptime_secs"].is_f64(), "{report:#}");
     assert_eq!(
         report["daemon"]["config"].as_str(),
-        Some(path_str(&sb.config).as_str())
+        Some(path_str(config).as_str())
     );
     let all = report["instances"].as_array().unwrap();
     assert_eq!(all.len(), 6, "3 web + 2 api + 1 once: {report:#}");
@@ -265,22 +204,11 @@ fn status_table_json_and_exit_codes() {
             assert!(i["last_exit"].is_null(), "{i}");
         }
     }
-    let order: Vec<(String, u64)> = instances(&report)
-        .into_iter()
-        .map(|i| (i.program, i.index))
-        .collect();
-    let want: Vec<(String, u64)> = [("web", 0), ("web", 1), ("web", 2), ("api", 0), ("api", 1)]
-        .into_iter()
-        .chain([("once", 0)])
-        .map(|(p, i)| (p.to_string(), i))
-        .collect();
-    assert_eq!(
-        order, want,
-        "programs in configuration order, then by index"
-    );
+}
 
-    // The table: a header, one aligned row per instance, the right pids.
-    let table = expect(&mut sb, &["status"], 0);
+/// The `status` table: a header, one aligned row per instance in the order `want`, the pids
+/// `children`, no colour (the program `once` has exited 0, every other instance is running).
+fn assert_table_shows(table: &str, warden: i32, want: &[(String, u64)], children: &BTreeSet<i32>) {
     println!("{table}");
     let mut lines = table.lines();
     let first = lines.next().unwrap();
@@ -323,7 +251,49 @@ fn status_table_json_and_exit_codes() {
         }
     }
     assert_eq!(seen, want, "rows in configuration order:\n{table}");
-    assert_eq!(table_pids, children, "table pids are the daemon's children");
+    assert_eq!(
+        &table_pids, children,
+        "table pids are the daemon's children"
+    );
+}
+
+#[test]
+fn status_table_json_and_exit_codes() {
+    let test = this_test!();
+    let tables = format!(
+        "{}{}[program.once]\ncommand = [\"/bin/sh\", \"-c\", \"exit 0\", \"SANDBOX\"]\nrestart = \"never\"\n",
+        sleeper("web", 3, 1000),
+        sleeper("api", 2, 1000),
+    );
+    let mut sb = test.supervisor_sandbox("", &tables);
+    let warden = sb.start();
+    let web = wait_up(&mut sb, "web", 3);
+    let api = wait_up(&mut sb, "api", 2);
+    let report = wait_status(&mut sb, "once exited", |v| {
+        of(v, "once").first().is_some_and(|i| i.state == "exited")
+    });
+    let children = live_children(warden);
+    let listed: BTreeSet<i32> = pids(&web).into_iter().chain(pids(&api)).collect();
+    assert_eq!(listed, children, "status pids are the daemon's children");
+
+    assert_report_follows_the_schema(&report, warden, &sb.config);
+    let order: Vec<(String, u64)> = instances(&report)
+        .into_iter()
+        .map(|i| (i.program, i.index))
+        .collect();
+    let want: Vec<(String, u64)> = [("web", 0), ("web", 1), ("web", 2), ("api", 0), ("api", 1)]
+        .into_iter()
+        .chain([("once", 0)])
+        .map(|(p, i)| (p.to_string(), i))
+        .collect();
+    assert_eq!(
+        order, want,
+        "programs in configuration order, then by index"
+    );
+
+    // The table: a header, one aligned row per instance, the right pids.
+    let table = expect(&mut sb, &["status"], 0);
+    assert_table_shows(&table, warden, &want, &children);
 
     // Exit statuses.
     expect(&mut sb, &["status", "web", "api"], 0);
@@ -331,19 +301,19 @@ fn status_table_json_and_exit_codes() {
     expect(&mut sb, &["status", "once"], 150);
     expect(&mut sb, &["status", "web", "once"], 150);
     let out = sb.run(&["status", "nosuch"]);
-    assert_eq!(code(&out), 152, "{}", stderr_of(&out));
-    assert!(stderr_of(&out).contains("nosuch"), "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(152), "{}", stderr_of(&out));
+    assert_stderr_has(&out, "nosuch");
 
     // Stopped: 3. Killed with its pidfile left behind: 1.
     stop(&mut sb);
     let out = sb.run(&["status"]);
-    assert_eq!(code(&out), 3, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert_exit(&out, 3);
     let warden = sb.start();
     wait_up(&mut sb, "web", 3);
     signal(warden, Signal::SIGKILL);
     assert!(wait_until(TIMEOUT, || !alive(warden)));
     let out = sb.run(&["status"]);
-    assert_eq!(code(&out), 1, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert_exit(&out, 1);
     assert!(stdout_of(&out).contains("pidfile"), "{}", stdout_of(&out));
     assert_no_process(&sb);
 }
@@ -388,15 +358,15 @@ fn as_user(sb: &mut Sandbox, creds: &[&str], args: &[&str]) -> std::process::Out
 
 #[test]
 fn unauthorised_uid_is_refused_and_control_group_reads_only() {
-    let _t = Timer::new("unauthorised_uid_is_refused_and_control_group_reads_only");
-    if !require_root("unauthorised_uid_is_refused_and_control_group_reads_only") {
+    let test = this_test!();
+    if !test.require_root() {
         return;
     }
-    if !require_tool("unauthorised_uid_is_refused", "setpriv", "util-linux") {
+    if !test.require_tool("setpriv", "util-linux") {
         return;
     }
     let uid = nobody_uid();
-    let mut sb = sandbox("auth", "", &sleeper("w", 1, 1000));
+    let mut sb = test.supervisor_sandbox("", &sleeper("w", 1, 1000));
     let warden = sb.start();
     let w = wait_up(&mut sb, "w", 1);
     let sock = sb.path("warden.sock");
@@ -406,19 +376,15 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
 
     // Default 0600 socket: nobody cannot even connect.
     let out = as_nobody(&mut sb, &["status"]);
-    assert_eq!(code(&out), 4, "{}{}", stdout_of(&out), stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("permission denied"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_exit(&out, 4);
+    assert_stderr_has(&out, "permission denied");
     let out = as_nobody(&mut sb, &["stop", "w"]);
-    assert_eq!(code(&out), 4, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert_exit(&out, 4);
     stop(&mut sb);
     assert!(!alive(warden));
 
     // A control group: its members may read status, nothing more.
-    write_config(&sb, "control_group = \"nogroup\"", &sleeper("w", 1, 1000));
+    sb.write_programs("control_group = \"nogroup\"", &sleeper("w", 1, 1000));
     let warden = sb.start();
     let w2 = wait_up(&mut sb, "w", 1);
     assert_ne!(w, w2);
@@ -426,32 +392,24 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
     assert_eq!(meta.permissions().mode() & 0o777, 0o660);
     assert_eq!(meta.gid(), 65534, "group nogroup");
     let out = as_nobody(&mut sb, &["status"]);
-    assert_eq!(code(&out), 0, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert_exit(&out, 0);
     assert!(stdout_of(&out).contains(&format!("pid {warden}")));
     let out = as_nobody(&mut sb, &["status", "--json", "w"]);
-    assert_eq!(code(&out), 0, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert_exit(&out, 0);
     let out = as_nobody(&mut sb, &["stop", "w"]);
-    assert_eq!(code(&out), 4, "{}{}", stdout_of(&out), stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("may only read status"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_exit(&out, 4);
+    assert_stderr_has(&out, "may only read status");
     let out = as_nobody(&mut sb, &["reload"]);
-    assert_eq!(code(&out), 4, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert_exit(&out, 4);
     // Membership is the connecting process's own groups, as the kernel recorded them at
     // connect (SO_PEERGROUPS): user `daemon` is not in nogroup by /etc/group, but a process of
     // it holding nogroup as a supplementary group may read; it still may not write.
     let daemon = ["--reuid=daemon", "--regid=daemon", "--groups=nogroup"];
     let out = as_user(&mut sb, &daemon, &["status"]);
-    assert_eq!(code(&out), 0, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert_exit(&out, 0);
     let out = as_user(&mut sb, &daemon, &["stop", "w"]);
-    assert_eq!(code(&out), 4, "{}{}", stdout_of(&out), stderr_of(&out));
-    assert!(
-        stderr_of(&out).contains("may only read status"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_exit(&out, 4);
+    assert_stderr_has(&out, "may only read status");
     let refused = || {
         log(&sb)
             .lines()
@@ -469,7 +427,7 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
     // rest are counted (and summarised at most once a minute).
     for _ in 0..10 {
         let out = as_nobody(&mut sb, &["stop", "w"]);
-        assert_eq!(code(&out), 4);
+        assert_eq!(exit_code(&out), Some(4));
     }
     let l = log(&sb);
     assert_eq!(l.matches("may only read status").count(), 1, "{l}");
@@ -486,14 +444,14 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
 /// RLIMIT_NOFILE to the hard one and serves a quarter of that (plus a reserve for root and its
 /// own uid). False, with a printed reason, when the hard limit is too low. The test process
 /// keeps its own limit: only the daemon's raise may make room.
-fn enough_descriptors(test: &str, connections: u64) -> bool {
+fn enough_descriptors(test: &Test, connections: u64) -> bool {
     use nix::sys::resource::{Resource, getrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     if hard / 4 < connections {
-        eprintln!(
-            "SKIPPED {test}: RLIMIT_NOFILE hard limit {hard} lets a daemon serve fewer than \
-             {connections} connections"
-        );
+        test.skip(&format!(
+            "RLIMIT_NOFILE hard limit {hard} lets a daemon serve fewer than {connections} \
+             connections"
+        ));
         return false;
     }
     true
@@ -548,34 +506,12 @@ fn ask(c: &mut BufReader<UnixStream>, line: &[u8]) -> Value {
     serde_json::from_str(&s).unwrap_or_else(|e| panic!("reply {s:?}: {e}"))
 }
 
-#[test]
-fn garbage_oversized_lines_and_500_idle_connections_leave_warden_serving() {
-    let name = "garbage_oversized_lines_and_500_idle_connections_leave_warden_serving";
-    let _t = Timer::new(name);
-    if !enough_descriptors(name, 510) {
-        return;
-    }
-    let mut sb = sandbox("garbage", "", &sleeper("w", 2, 1000));
-    // Started with the soft limit systemd gives services: the daemon makes its own room.
-    let warden = start_with_ulimit(&mut sb, "-Sn 1024");
-    let w = wait_up(&mut sb, "w", 2);
-    let (rss_before, hwm_before) = (kib(warden, "VmRSS"), kib(warden, "VmHWM"));
-    let sock = sb.path("warden.sock");
-
-    let mut idle: Vec<UnixStream> = (0..500)
-        .map(|i| UnixStream::connect(&sock).unwrap_or_else(|e| panic!("connection {i}: {e}")))
-        .collect();
-    // Every one is accepted and held by the daemon, none left in the backlog (the listener
-    // itself is the one more).
-    assert!(
-        wait_until(TIMEOUT, || sockets_at(warden, &sock) > 500),
-        "the daemon holds {} sockets at {}, want 500 connections and the listener",
-        sockets_at(warden, &sock),
-        sock.display()
-    );
-
-    // Garbage: a bad-request line; the connection stays usable.
-    let mut g = connect(&sock);
+/// Garbage, an unknown protocol version and an unknown command each get a `bad-request` reply on
+/// one connection, which still serves a good request after them; returns that connection.
+fn garbage_gets_bad_request_and_the_connection_stays_usable(
+    sock: &std::path::Path,
+) -> BufReader<UnixStream> {
+    let mut g = connect(sock);
     let reply = ask(&mut g, b"\x00\xffthis is not json");
     assert_eq!(
         (&reply["ok"], &reply["kind"]),
@@ -593,10 +529,14 @@ fn garbage_oversized_lines_and_500_idle_connections_leave_warden_serving() {
     let reply = ask(&mut g, br#"{"v":1,"cmd":"status","programs":["w"]}"#);
     assert_eq!(reply["ok"], true, "still served after garbage: {reply}");
     assert_eq!(reply["result"]["instances"].as_array().unwrap().len(), 2);
+    g
+}
 
-    // 100 KiB without a newline, then the newline: a bad-request error, then the connection is
-    // closed. The daemon may close before we finish writing: a failed write is fine.
-    let mut b = connect(&sock);
+/// 100 KiB without a newline, then the newline: a bad-request error, then the connection is
+/// closed. The daemon may close before we finish writing: a failed write is fine. The same after
+/// a newline: only the unfinished line counts.
+fn an_oversized_line_is_refused_then_closed(sock: &std::path::Path) {
+    let mut b = connect(sock);
     let _ = b.get_mut().write_all(&vec![b'x'; 100 * 1024]);
     let _ = b.get_mut().write_all(b"\n");
     let mut line = String::new();
@@ -616,8 +556,7 @@ fn garbage_oversized_lines_and_500_idle_connections_leave_warden_serving() {
             "closed, not timed out: {e}"
         ),
     }
-    // The same after a newline: only the unfinished line counts.
-    let mut b = connect(&sock);
+    let mut b = connect(sock);
     let mut big = b"\n".to_vec();
     big.extend(std::iter::repeat_n(b'x', 1 << 20));
     let _ = b.get_mut().write_all(&big);
@@ -627,10 +566,16 @@ fn garbage_oversized_lines_and_500_idle_connections_leave_warden_serving() {
         line.contains("bad-request") && line.contains("longer"),
         "{line}"
     );
+}
 
-    // A client writing newlines as fast as it can (a burst of short lines) neither holds the
-    // loop nor the daemon's memory: others are answered meanwhile, and then the flooder itself.
-    let flood = UnixStream::connect(&sock).unwrap();
+/// A client writing newlines as fast as it can (a burst of short lines) neither holds the loop
+/// nor the daemon's memory: others are answered meanwhile (`status` within 2 s), and then the
+/// flooder itself; returns the flooder's connection.
+fn a_newline_flood_starves_no_client(
+    sb: &mut Sandbox,
+    sock: &std::path::Path,
+) -> BufReader<UnixStream> {
+    let flood = UnixStream::connect(sock).unwrap();
     let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let halt = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -649,9 +594,9 @@ fn garbage_oversized_lines_and_500_idle_connections_leave_warden_serving() {
     let flooding = wait_until(TIMEOUT, || {
         sent.load(std::sync::atomic::Ordering::Relaxed) > 4 << 20
     });
-    let t = Instant::now();
-    expect(&mut sb, &["status"], 0);
-    let took_flood = t.elapsed();
+    let asked = Instant::now();
+    expect(sb, &["status"], 0);
+    let took_flood = asked.elapsed();
     halt.store(true, std::sync::atomic::Ordering::Relaxed);
     writer.join().unwrap();
     assert!(flooding, "the flood never got going");
@@ -665,9 +610,12 @@ fn garbage_oversized_lines_and_500_idle_connections_leave_warden_serving() {
         took_flood < Duration::from_secs(2),
         "status took {took_flood:?} during the flood"
     );
+    f
+}
 
-    // A half-closed client (its write side shut) still gets its answer.
-    let mut h = connect(&sock);
+/// A half-closed client (its write side shut) still gets its answer.
+fn a_half_closed_client_is_answered(sock: &std::path::Path) {
+    let mut h = connect(sock);
     h.get_mut()
         .write_all(b"{\"v\":1,\"cmd\":\"status\"}\n")
         .unwrap();
@@ -675,16 +623,11 @@ fn garbage_oversized_lines_and_500_idle_connections_leave_warden_serving() {
     let mut all = String::new();
     h.read_to_string(&mut all).unwrap();
     assert!(all.starts_with("{\"v\":1,\"ok\":true"), "{all}");
+}
 
-    // While all 500 are still open: status answers, quickly, and nothing grew.
-    let t = Instant::now();
-    let table = expect(&mut sb, &["status"], 0);
-    let took = t.elapsed();
-    assert!(table.contains("PROGRAM"), "{table}");
-    let (c, v) = status_json(&mut sb, &["w"]);
-    assert_eq!(c, 0);
-    assert_eq!(of(&v, "w"), w, "the workers are untouched");
-    for s in &idle {
+/// Each idle connection has received neither data nor EOF.
+fn assert_idle(idle: &[UnixStream]) {
+    for s in idle {
         s.set_nonblocking(true).unwrap();
         let e = (&*s)
             .read(&mut [0u8; 16])
@@ -695,6 +638,47 @@ fn garbage_oversized_lines_and_500_idle_connections_leave_warden_serving() {
             "idle connection: {e}"
         );
     }
+}
+
+#[test]
+fn garbage_oversized_lines_and_500_idle_connections_leave_warden_serving() {
+    let test = this_test!();
+    if !enough_descriptors(&test, 510) {
+        return;
+    }
+    let mut sb = test.supervisor_sandbox("", &sleeper("w", 2, 1000));
+    // Started with the soft limit systemd gives services: the daemon makes its own room.
+    let warden = start_with_ulimit(&mut sb, "-Sn 1024");
+    let w = wait_up(&mut sb, "w", 2);
+    let (rss_before, hwm_before) = (kib(warden, "VmRSS"), kib(warden, "VmHWM"));
+    let sock = sb.path("warden.sock");
+
+    let mut idle: Vec<UnixStream> = (0..500)
+        .map(|i| UnixStream::connect(&sock).unwrap_or_else(|e| panic!("connection {i}: {e}")))
+        .collect();
+    // Every one is accepted and held by the daemon, none left in the backlog (the listener
+    // itself is the one more).
+    assert!(
+        wait_until(TIMEOUT, || sockets_at(warden, &sock) > 500),
+        "the daemon holds {} sockets at {}, want 500 connections and the listener",
+        sockets_at(warden, &sock),
+        sock.display()
+    );
+
+    let g = garbage_gets_bad_request_and_the_connection_stays_usable(&sock);
+    an_oversized_line_is_refused_then_closed(&sock);
+    let f = a_newline_flood_starves_no_client(&mut sb, &sock);
+    a_half_closed_client_is_answered(&sock);
+
+    // While all 500 are still open: status answers, quickly, and nothing grew.
+    let asked = Instant::now();
+    let table = expect(&mut sb, &["status"], 0);
+    let took = asked.elapsed();
+    assert!(table.contains("PROGRAM"), "{table}");
+    let (c, v) = status_json(&mut sb, &["w"]);
+    assert_eq!(c, 0);
+    assert_eq!(of(&v, "w"), w, "the workers are untouched");
+    assert_idle(&idle);
     let (rss, hwm) = (kib(warden, "VmRSS"), kib(warden, "VmHWM"));
     println!(
         "status with 500 idle connections: {took:.1?}; daemon VmRSS {rss_before} -> {rss} kB, VmHWM {hwm_before} -> {hwm} kB"
@@ -726,9 +710,9 @@ fn garbage_oversized_lines_and_500_idle_connections_leave_warden_serving() {
 
 #[test]
 fn reload_with_an_invalid_file_keeps_every_pid_and_reports_file_line() {
-    let _t = Timer::new("reload_with_an_invalid_file_keeps_every_pid_and_reports_file_line");
+    let test = this_test!();
     let tables = format!("{}{}", sleeper("a", 2, 1000), sleeper("b", 1, 1000));
-    let mut sb = sandbox("badreload", "", &tables);
+    let mut sb = test.supervisor_sandbox("", &tables);
     let warden = sb.start();
     wait_up(&mut sb, "a", 2);
     wait_up(&mut sb, "b", 1);
@@ -739,7 +723,7 @@ fn reload_with_an_invalid_file_keeps_every_pid_and_reports_file_line() {
         "{}[program.b]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = \"three\"\n",
         sleeper("a", 2, 1000)
     );
-    write_config(&sb, "", &bad);
+    sb.write_programs("", &bad);
     let text = std::fs::read_to_string(&sb.config).unwrap();
     let line = text
         .lines()
@@ -748,7 +732,7 @@ fn reload_with_an_invalid_file_keeps_every_pid_and_reports_file_line() {
         + 1;
     let out = sb.run(&["reload"]);
     let err = stderr_of(&out);
-    assert_eq!(code(&out), 6, "{}{err}", stdout_of(&out));
+    assert_eq!(exit_code(&out), Some(6), "{}{err}", stdout_of(&out));
     let at = format!("warden.toml:{line}:");
     let located = |s: &str| {
         s.lines().any(|l| {
@@ -773,7 +757,7 @@ fn reload_with_an_invalid_file_keeps_every_pid_and_reports_file_line() {
     assert_eq!(live_children(warden), children);
     // The dry run says the same.
     let out = sb.run(&["reload", "--dry-run"]);
-    assert_eq!(code(&out), 6, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert_exit(&out, 6);
     assert!(located(&stderr_of(&out)), "{}", stderr_of(&out));
     assert_eq!(live_children(warden), children);
     stop(&mut sb);
@@ -782,18 +766,9 @@ fn reload_with_an_invalid_file_keeps_every_pid_and_reports_file_line() {
 // ---------------------------------------------------------------------------------------------
 // 5. Reload that adds, removes and changes programs; --dry-run.
 
-#[test]
-fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing() {
-    let _t = Timer::new("reload_adds_removes_and_changes_only_what_changed");
-    let old = format!(
-        "{}{}{}",
-        sleeper("keep", 2, 1000),
-        sleeper("gone", 2, 1000),
-        sleeper("change", 2, 1000)
-    );
-    let mut sb = sandbox("reload", "", &old);
-    // Started with a relative `-c` from elsewhere: the daemon changes directory, and must still
-    // find its file to reload.
+/// Starts warden with a relative `-c` from the sandbox's parent directory (the daemon changes
+/// directory, and must still find its file to reload); returns its pid.
+fn start_with_a_relative_config(sb: &mut Sandbox) -> i32 {
     let parent = sb.dir.parent().unwrap().to_path_buf();
     let relative = sb.config.strip_prefix(&parent).unwrap().to_path_buf();
     let mut cmd = std::process::Command::new(warden_bin());
@@ -807,6 +782,72 @@ fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing
     assert!(out.status.success(), "start: {}", stderr_of(&out));
     let warden = sb.pidfile_pid().unwrap();
     sb.track(warden);
+    warden
+}
+
+/// `reload --dry-run` prints the plan for the edited config (add `added`, remove `gone`, restart
+/// `change`, keep `keep`) and changes nothing: neither the `before` status nor the daemon's
+/// `children`.
+fn assert_dry_run_only_plans(
+    sb: &mut Sandbox,
+    warden: i32,
+    before: &Value,
+    children: &BTreeSet<i32>,
+) {
+    let plan = expect(sb, &["reload", "--dry-run"], 0);
+    println!("{plan}");
+    for l in [
+        "would add added",
+        "would remove gone",
+        "would restart (changed) change",
+        "would keep keep",
+    ] {
+        assert!(plan.lines().any(|x| x == l), "no line {l:?} in:\n{plan}");
+    }
+    assert_eq!(plan.lines().count(), 4, "{plan}");
+    let (_, after) = status_json(sb, &[]);
+    assert_eq!(
+        instances(&after),
+        instances(before),
+        "dry run changed status"
+    );
+    assert_eq!(
+        &live_children(warden),
+        children,
+        "dry run changed processes"
+    );
+}
+
+/// Each instance of the changed program is up with a new pid, running the new command.
+fn assert_restarted_on_the_new_command(changed: &[Inst], old: &[Inst]) {
+    for (new, old) in changed.iter().zip(old) {
+        assert!(up(new), "{new:?}");
+        assert_ne!(new.pid, old.pid, "changed program restarted: {new:?}");
+        // `running` may come a moment before the exec (the spawn does not wait for it).
+        let cmdline = || {
+            std::fs::read_to_string(format!("/proc/{}/cmdline", new.pid.unwrap()))
+                .unwrap_or_default()
+        };
+        assert!(
+            wait_until(TIMEOUT, || cmdline().contains("1001")),
+            "runs the new command: {:?}",
+            cmdline()
+        );
+    }
+}
+
+#[test]
+fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing() {
+    let test = this_test!();
+    let old = format!(
+        "{}{}{}",
+        sleeper("keep", 2, 1000),
+        sleeper("gone", 2, 1000),
+        sleeper("change", 2, 1000)
+    );
+    let mut sb = test.supervisor_sandbox("", &old);
+    // Started with a relative `-c` from elsewhere.
+    let warden = start_with_a_relative_config(&mut sb);
     let keep = wait_up(&mut sb, "keep", 2);
     let gone = wait_up(&mut sb, "gone", 2);
     let change = wait_up(&mut sb, "change", 2);
@@ -824,32 +865,15 @@ fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing
         sleeper("change", 2, 1001),
         sleeper("added", 1, 1000)
     );
-    write_config(&sb, "", &new);
+    sb.write_programs("", &new);
 
     // The plan, and nothing else.
-    let plan = expect(&mut sb, &["reload", "--dry-run"], 0);
-    println!("{plan}");
-    for l in [
-        "would add added",
-        "would remove gone",
-        "would restart (changed) change",
-        "would keep keep",
-    ] {
-        assert!(plan.lines().any(|x| x == l), "no line {l:?} in:\n{plan}");
-    }
-    assert_eq!(plan.lines().count(), 4, "{plan}");
-    let (_, after) = status_json(&mut sb, &[]);
-    assert_eq!(
-        instances(&after),
-        instances(&before),
-        "dry run changed status"
-    );
-    assert_eq!(live_children(warden), children, "dry run changed processes");
+    assert_dry_run_only_plans(&mut sb, warden, &before, &children);
 
     // Applied.
     let out = expect(&mut sb, &["reload"], 0);
     println!("{out}");
-    assert!(out.lines().any(|l| l == "added added"), "{out}");
+    assert_has_line(&out, "added added");
     let (_, v) = status_json(&mut sb, &[]);
     assert_eq!(of(&v, "keep"), keep, "unchanged program untouched");
     assert!(
@@ -870,20 +894,7 @@ fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing
     assert!(up(&added[0]), "{added:?}");
     let changed = of(&v, "change");
     assert_eq!(changed.len(), 2);
-    for (new, old) in changed.iter().zip(&change) {
-        assert!(up(new), "{new:?}");
-        assert_ne!(new.pid, old.pid, "changed program restarted: {new:?}");
-        // `running` may come a moment before the exec (the spawn does not wait for it).
-        let cmdline = || {
-            std::fs::read_to_string(format!("/proc/{}/cmdline", new.pid.unwrap()))
-                .unwrap_or_default()
-        };
-        assert!(
-            wait_until(TIMEOUT, || cmdline().contains("1001")),
-            "runs the new command: {:?}",
-            cmdline()
-        );
-    }
+    assert_restarted_on_the_new_command(&changed, &change);
     for p in pids(&gone).into_iter().chain(pids(&change)) {
         assert!(
             wait_until(TIMEOUT, || !alive(p)),
@@ -899,38 +910,41 @@ fn reload_adds_removes_and_changes_only_what_changed_and_dry_run_changes_nothing
     stop(&mut sb);
 }
 
+/// Writes the drop-in `file` of the sandbox with `tables` (`SANDBOX` replaced by its path).
+fn drop_in(sb: &Sandbox, file: &str, tables: &str) {
+    let text = tables.replace("SANDBOX", &dir(sb));
+    std::fs::write(sb.path(file), text).unwrap();
+}
+
+/// The file that defines `program`, as `status --json` reports it.
+fn file_of(v: &Value, program: &str) -> Option<String> {
+    v["programs"]
+        .as_array()
+        .expect("programs is an array")
+        .iter()
+        .find(|p| p["program"] == program)
+        .map(|p| p["file"].as_str().expect("file is a string").to_string())
+}
+
 /// `include` drop-ins are globbed anew on every reload: an added file starts its program, a
 /// changed one restarts it one instance at a time, a program moved unchanged to another file
 /// keeps its processes (only its `file` changes), a removed file stops its program, and
 /// `--dry-run` prints the plan and changes nothing. `status --json` names each program's file.
 #[test]
 fn reload_sees_added_changed_moved_and_removed_drop_ins_and_status_names_each_file() {
-    let _t = Timer::new("reload_sees_drop_ins");
-    let mut sb = sandbox("dropins", "", &sleeper("main", 1, 1000));
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", &sleeper("main", 1, 1000));
     // `include` is a top-level key: it goes before the `[daemon]` table.
     let text = std::fs::read_to_string(&sb.config).unwrap();
     std::fs::write(&sb.config, format!("include = [\"conf.d/*.toml\"]\n{text}")).unwrap();
     std::fs::create_dir(sb.path("conf.d")).unwrap();
-    let dir = sb.dir.clone();
-    let drop_in = |file: &str, tables: &str| {
-        let text = tables.replace("SANDBOX", &dir.to_string_lossy());
-        std::fs::write(dir.join(file), text).unwrap();
-    };
     let warden = sb.start();
     let main = wait_up(&mut sb, "main", 1);
-    let file_of = |v: &Value, program: &str| -> Option<String> {
-        v["programs"]
-            .as_array()
-            .expect("programs is an array")
-            .iter()
-            .find(|p| p["program"] == program)
-            .map(|p| p["file"].as_str().expect("file is a string").to_string())
-    };
     let (_, v) = status_json(&mut sb, &[]);
     assert_eq!(file_of(&v, "main"), Some(path_str(&sb.config)), "{v:#}");
 
     // Added: the dry run only tells.
-    drop_in("conf.d/a.toml", &sleeper("a", 2, 1000));
+    drop_in(&sb, "conf.d/a.toml", &sleeper("a", 2, 1000));
     let children = live_children(warden);
     let plan = expect(&mut sb, &["reload", "--dry-run"], 0);
     assert_eq!(
@@ -940,7 +954,7 @@ fn reload_sees_added_changed_moved_and_removed_drop_ins_and_status_names_each_fi
     );
     assert_children_stay(&sb, warden, &children);
     let out = expect(&mut sb, &["reload"], 0);
-    assert!(out.lines().any(|l| l == "added a"), "{out}");
+    assert_has_line(&out, "added a");
     let a = wait_up(&mut sb, "a", 2);
     let a_file = path_str(&sb.path("conf.d/a.toml"));
     let (_, v) = status_json(&mut sb, &[]);
@@ -948,14 +962,11 @@ fn reload_sees_added_changed_moved_and_removed_drop_ins_and_status_names_each_fi
     assert_eq!(of(&v, "main"), main, "main untouched");
 
     // Changed: a rolling restart of a alone.
-    drop_in("conf.d/a.toml", &sleeper("a", 2, 1001));
+    drop_in(&sb, "conf.d/a.toml", &sleeper("a", 2, 1001));
     let plan = expect(&mut sb, &["reload", "--dry-run"], 0);
-    assert!(
-        plan.lines().any(|l| l == "would restart (changed) a"),
-        "{plan}"
-    );
+    assert_has_line(&plan, "would restart (changed) a");
     let out = expect(&mut sb, &["reload"], 0);
-    assert!(out.lines().any(|l| l == "restarted (changed) a"), "{out}");
+    assert_has_line(&out, "restarted (changed) a");
     let (_, v) = status_json(&mut sb, &[]);
     let a2 = of(&v, "a");
     assert_eq!(a2.len(), 2, "{v:#}");
@@ -969,7 +980,7 @@ fn reload_sees_added_changed_moved_and_removed_drop_ins_and_status_names_each_fi
     // Moved unchanged to another file: kept, same pids, its new file shown.
     std::fs::rename(sb.path("conf.d/a.toml"), sb.path("conf.d/b.toml")).unwrap();
     let out = expect(&mut sb, &["reload"], 0);
-    assert!(out.lines().any(|l| l == "unchanged a"), "{out}");
+    assert_has_line(&out, "unchanged a");
     let (_, v) = status_json(&mut sb, &[]);
     assert_eq!(
         pids(&of(&v, "a")),
@@ -985,7 +996,7 @@ fn reload_sees_added_changed_moved_and_removed_drop_ins_and_status_names_each_fi
     // Removed: its program stops, the others stay.
     std::fs::remove_file(sb.path("conf.d/b.toml")).unwrap();
     let plan = expect(&mut sb, &["reload", "--dry-run"], 0);
-    assert!(plan.lines().any(|l| l == "would remove a"), "{plan}");
+    assert_has_line(&plan, "would remove a");
     expect(&mut sb, &["reload"], 0);
     for p in pids(&a2) {
         assert!(
@@ -1018,11 +1029,10 @@ while True:
 
 #[test]
 fn rolling_restart_keeps_n_minus_1_ready_at_every_sample() {
-    let _t = Timer::new("rolling_restart_keeps_n_minus_1_ready_at_every_sample");
-    let mut sb = sandbox("rolling", "", "");
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", "");
     std::fs::write(sb.path("notify.py"), NOTIFY_WORKER).unwrap();
-    write_config(
-        &sb,
+    sb.write_programs(
         "",
         "[program.n]\ncommand = [\"PYTHON\", \"SANDBOX/notify.py\"]\ninstances = 4\nready = \"notify\"\n",
     );
@@ -1054,7 +1064,7 @@ fn rolling_restart_keeps_n_minus_1_ready_at_every_sample() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let out = restart.join().unwrap();
-    assert_eq!(code(&out), 0, "restart: {}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(0), "restart: {}", stderr_of(&out));
     println!("{samples} samples, at least {least} of 4 ready in each");
     assert!(samples >= 5, "too few samples to mean anything: {samples}");
     assert_eq!(least, 3, "an instance was replaced while sampled");
@@ -1081,9 +1091,9 @@ fn rolling_restart_keeps_n_minus_1_ready_at_every_sample() {
 
 #[test]
 fn scale_and_ttin_ttou_follow_in_status_and_stop_the_highest_indices() {
-    let _t = Timer::new("scale_and_ttin_ttou_follow_in_status");
+    let test = this_test!();
     let tables = format!("{}{}", sleeper("w", 2, 1000), sleeper("other", 1, 1000));
-    let mut sb = sandbox("scale", "scale_program = \"w\"", &tables);
+    let mut sb = test.supervisor_sandbox("scale_program = \"w\"", &tables);
     let warden = sb.start();
     let two = wait_up(&mut sb, "w", 2);
     let other = wait_up(&mut sb, "other", 1);
@@ -1145,7 +1155,7 @@ fn scale_and_ttin_ttou_follow_in_status_and_stop_the_highest_indices() {
 
     // Unknown program; scaling to zero is allowed and leaves nothing running.
     let out = sb.run(&["scale", "nosuch", "2"]);
-    assert_eq!(code(&out), 5, "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(5), "{}", stderr_of(&out));
     expect(&mut sb, &["scale", "w", "0"], 0);
     let (_, v) = status_json(&mut sb, &["w"]);
     assert!(of(&v, "w").is_empty(), "{v:#}");
@@ -1158,9 +1168,9 @@ fn scale_and_ttin_ttou_follow_in_status_and_stop_the_highest_indices() {
 
 #[test]
 fn program_stop_stays_down_until_started_and_leaves_others_alone() {
-    let _t = Timer::new("program_stop_stays_down_until_started");
+    let test = this_test!();
     let tables = format!("{}{}", sleeper("a", 2, 1000), sleeper("b", 2, 1000));
-    let mut sb = sandbox("stopstart", "", &tables);
+    let mut sb = test.supervisor_sandbox("", &tables);
     let warden = sb.start();
     let a = wait_up(&mut sb, "a", 2);
     let b = wait_up(&mut sb, "b", 2);
@@ -1198,7 +1208,7 @@ fn program_stop_stays_down_until_started_and_leaves_others_alone() {
     assert_eq!(of(&v, "b"), b, "the other program untouched");
     expect(&mut sb, &["status", "a", "b"], 0);
     let out = sb.run(&["stop", "nosuch"]);
-    assert_eq!(code(&out), 5, "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(5), "{}", stderr_of(&out));
     stop(&mut sb);
 }
 
@@ -1207,8 +1217,8 @@ fn program_stop_stays_down_until_started_and_leaves_others_alone() {
 
 #[test]
 fn stop_and_status_work_through_the_pidfile_without_the_socket() {
-    let _t = Timer::new("stop_and_status_work_through_the_pidfile_without_the_socket");
-    let mut sb = sandbox("nosocket", "", &sleeper("w", 2, 1000));
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", &sleeper("w", 2, 1000));
     let warden = sb.start();
     let w = wait_up(&mut sb, "w", 2);
     std::fs::remove_file(sb.path("warden.sock")).unwrap();
@@ -1219,11 +1229,11 @@ fn stop_and_status_work_through_the_pidfile_without_the_socket() {
     );
     // Nobody to ask about its programs: running, but their state unknown (LSB 4), not 3.
     let out = sb.run(&["status", "w"]);
-    assert_eq!(code(&out), 4, "{}{}", stdout_of(&out), stderr_of(&out));
-    assert!(stderr_of(&out).contains("unknown"), "{}", stderr_of(&out));
+    assert_exit(&out, 4);
+    assert_stderr_has(&out, "unknown");
     // The same in JSON: running (from the pidfile), its instances absent (unknown).
     let out = sb.run(&["status", "--json", "w"]);
-    assert_eq!(code(&out), 4, "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(4), "{}", stderr_of(&out));
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(v["daemon"]["running"], true, "{v:#}");
     assert_eq!(v["daemon"]["state"], "running", "{v:#}");
@@ -1243,8 +1253,8 @@ fn stop_and_status_work_through_the_pidfile_without_the_socket() {
 /// answers on its socket, and nothing may hang.
 #[test]
 fn stop_and_status_see_through_a_deleted_or_planted_pidfile() {
-    let _t = Timer::new("stop_and_status_see_through_a_deleted_or_planted_pidfile");
-    let mut sb = sandbox("pidfilelies", "", &sleeper("w", 1, 1000));
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", &sleeper("w", 1, 1000));
     let plant_fifo = |sb: &Sandbox| {
         let _ = std::fs::remove_file(sb.pidfile());
         nix::unistd::mkfifo(
@@ -1265,8 +1275,8 @@ fn stop_and_status_see_through_a_deleted_or_planted_pidfile() {
         assert!(out.contains(&warden.to_string()), "{out}");
         let out = sb.run(&["stop", "--timeout", "10s"]);
         assert_eq!(
-            code(&out),
-            0,
+            exit_code(&out),
+            Some(0),
             "fifo={fifo}: {}{}",
             stdout_of(&out),
             stderr_of(&out)
@@ -1284,11 +1294,11 @@ fn stop_and_status_see_through_a_deleted_or_planted_pidfile() {
     // A FIFO and no daemon: both commands answer at once (neither opens it blocking), status
     // with "unknown" (4), stop with an error naming what is there, never "not running".
     let out = sb.run(&["status"]);
-    assert_eq!(code(&out), 4, "{}{}", stdout_of(&out), stderr_of(&out));
-    assert!(stderr_of(&out).contains("FIFO"), "{}", stderr_of(&out));
+    assert_exit(&out, 4);
+    assert_stderr_has(&out, "FIFO");
     let out = sb.run(&["stop", "--timeout", "3s"]);
-    assert_eq!(code(&out), 1, "{}{}", stdout_of(&out), stderr_of(&out));
-    assert!(stderr_of(&out).contains("FIFO"), "{}", stderr_of(&out));
+    assert_exit(&out, 1);
+    assert_stderr_has(&out, "FIFO");
     assert!(!stdout_of(&out).contains("not running"));
     assert_no_process(&sb);
 }
@@ -1308,8 +1318,8 @@ fn slow_stopper(name: &str, n: u32, secs: u32) -> String {
 
 #[test]
 fn rolling_restart_leaves_instances_scaled_away_mid_rollout_down() {
-    let _t = Timer::new("rolling_restart_leaves_instances_scaled_away_mid_rollout_down");
-    let mut sb = sandbox("rollscale", "", &slow_stopper("w", 4, 2));
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", &slow_stopper("w", 4, 2));
     let warden = sb.start();
     let before = wait_up(&mut sb, "w", 4);
 
@@ -1326,8 +1336,8 @@ fn rolling_restart_leaves_instances_scaled_away_mid_rollout_down() {
     // still stopping when the rollout is done with 1.
     let out = sb.run(&["scale", "w", "2", "--timeout", "15s"]);
     assert_eq!(
-        code(&out),
-        0,
+        exit_code(&out),
+        Some(0),
         "scale: {}{}\nlog:\n{}",
         stdout_of(&out),
         stderr_of(&out),
@@ -1335,8 +1345,8 @@ fn rolling_restart_leaves_instances_scaled_away_mid_rollout_down() {
     );
     let out = restart.join().unwrap();
     assert_eq!(
-        code(&out),
-        0,
+        exit_code(&out),
+        Some(0),
         "restart: {}{}\nlog:\n{}",
         stdout_of(&out),
         stderr_of(&out),
@@ -1376,9 +1386,9 @@ fn rolling_restart_leaves_instances_scaled_away_mid_rollout_down() {
 
 #[test]
 fn reload_leaves_a_program_stopped_by_hand_stopped() {
-    let _t = Timer::new("reload_leaves_a_program_stopped_by_hand_stopped");
+    let test = this_test!();
     let tables = format!("{}{}", sleeper("a", 2, 1000), sleeper("b", 1, 1000));
-    let mut sb = sandbox("reloadstopped", "", &tables);
+    let mut sb = test.supervisor_sandbox("", &tables);
     let warden = sb.start();
     wait_up(&mut sb, "a", 2);
     let b = wait_up(&mut sb, "b", 1);
@@ -1386,21 +1396,14 @@ fn reload_leaves_a_program_stopped_by_hand_stopped() {
     let b_pids: BTreeSet<i32> = pids(&b).into_iter().collect();
     wait_children(&sb, warden, &b_pids);
 
-    write_config(
-        &sb,
+    sb.write_programs(
         "",
         &format!("{}{}", sleeper("a", 2, 1001), sleeper("b", 1, 1000)),
     );
     let plan = expect(&mut sb, &["reload", "--dry-run"], 0);
-    assert!(
-        plan.lines().any(|l| l == "would change (stays stopped) a"),
-        "{plan}"
-    );
+    assert_has_line(&plan, "would change (stays stopped) a");
     let out = expect(&mut sb, &["reload"], 0);
-    assert!(
-        out.lines().any(|l| l == "changed (stays stopped) a"),
-        "{out}"
-    );
+    assert_has_line(&out, "changed (stays stopped) a");
     assert!(!out.contains("restarted (changed) a"), "{out}");
     // An absence: a stays down for an observation window.
     assert_children_stay(&sb, warden, &b_pids);
@@ -1418,12 +1421,12 @@ fn reload_leaves_a_program_stopped_by_hand_stopped() {
 
 #[test]
 fn reload_with_an_unknown_user_scale_beyond_the_limit_and_status_of_an_empty_program() {
-    let _t = Timer::new("reload_unknown_user_scale_limit_status_empty");
+    let test = this_test!();
     let tables = format!(
         "{}[program.z]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 0\n",
         sleeper("a", 1, 1000)
     );
-    let mut sb = sandbox("exitcodes", "", &tables);
+    let mut sb = test.supervisor_sandbox("", &tables);
     let warden = sb.start();
     let a = wait_up(&mut sb, "a", 1);
 
@@ -1448,13 +1451,12 @@ fn reload_with_an_unknown_user_scale_beyond_the_limit_and_status_of_an_empty_pro
 
     // A count beyond the limit is a bad request (2), not an unknown program (5).
     let out = sb.run(&["scale", "a", "20000"]);
-    assert_eq!(code(&out), 2, "{}{}", stdout_of(&out), stderr_of(&out));
-    assert!(stderr_of(&out).contains("20000"), "{}", stderr_of(&out));
+    assert_exit(&out, 2);
+    assert_stderr_has(&out, "20000");
 
     // An unknown user on reload: a configuration error (6) with the file and key, as `check`
     // reports it; nothing changes.
-    write_config(
-        &sb,
+    sb.write_programs(
         "",
         &format!("{}user = \"nosuchuser\"\n", sleeper("a", 1, 1001)),
     );
@@ -1462,7 +1464,7 @@ fn reload_with_an_unknown_user_scale_beyond_the_limit_and_status_of_an_empty_pro
     println!("check: {}", stderr_of(&out));
     let out = sb.run(&["reload"]);
     let err = stderr_of(&out);
-    assert_eq!(code(&out), 6, "{}{err}", stdout_of(&out));
+    assert_eq!(exit_code(&out), Some(6), "{}{err}", stdout_of(&out));
     assert!(
         err.contains("warden.toml:10:8: program.a.user: ") && err.contains("nosuchuser"),
         "{err}"
@@ -1488,7 +1490,7 @@ fn mkdir_owned(sb: &Sandbox, name: &str, owner: Option<u32>) {
 
 #[test]
 fn reopen_logs_reports_a_reopen_that_failed() {
-    let _t = Timer::new("reopen_logs_reports_a_reopen_that_failed");
+    let test = this_test!();
     // As root the daemon runs as nobody, so that a directory it may not write gives EACCES.
     let root = nix::unistd::Uid::effective().is_root();
     if !root {
@@ -1502,7 +1504,7 @@ fn reopen_logs_reports_a_reopen_that_failed() {
     };
     let daemon = format!("{user}log = \"SANDBOX/ld/w.log\"");
     let tables = format!("{}stdout = \"SANDBOX/pd/out.log\"\n", sleeper("p", 1, 1000));
-    let mut sb = sandbox("reopenfail", &daemon, &tables);
+    let mut sb = test.supervisor_sandbox(&daemon, &tables);
     mkdir_owned(&sb, "ld", owner);
     mkdir_owned(&sb, "pd", owner);
     sb.start();
@@ -1513,8 +1515,8 @@ fn reopen_logs_reports_a_reopen_that_failed() {
         let out = sb.run(&["reopen-logs"]);
         let err = stderr_of(&out);
         assert_eq!(
-            code(&out),
-            expected,
+            exit_code(&out),
+            Some(expected),
             "{}{err}\nlog:\n{}",
             stdout_of(&out),
             wlog(sb)
@@ -1564,19 +1566,18 @@ fn reopen_logs_reports_a_reopen_that_failed() {
 
 #[test]
 fn reopen_logs_works_after_a_bad_edit_of_the_configuration() {
-    let _t = Timer::new("reopen_logs_works_after_a_bad_edit_of_the_configuration");
-    let mut sb = sandbox("reopenbad", "", &sleeper("w", 1, 1000));
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", &sleeper("w", 1, 1000));
     sb.start();
     wait_up(&mut sb, "w", 1);
-    write_config(
-        &sb,
+    sb.write_programs(
         "",
         "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = \"three\"\n",
     );
     std::fs::rename(sb.path("warden.log"), sb.path("warden.log.1")).unwrap();
     let out = sb.run(&["reopen-logs"]);
-    assert_eq!(code(&out), 0, "{}{}", stdout_of(&out), stderr_of(&out));
-    assert!(stderr_of(&out).contains("warning"), "{}", stderr_of(&out));
+    assert_exit(&out, 0);
+    assert_stderr_has(&out, "warning");
     assert!(
         wait_until(TIMEOUT, || log(&sb).contains("log files reopened")),
         "nothing in the new log file; the old one:\n{}",
@@ -1628,18 +1629,14 @@ fn unused_uid() -> u32 {
 
 #[test]
 fn stop_and_reopen_logs_by_another_user_are_refused_with_permission_denied() {
-    let _t = Timer::new("stop_and_reopen_logs_by_another_user");
-    if !require_root("stop_and_reopen_logs_by_another_user_are_refused_with_permission_denied") {
+    let test = this_test!();
+    if !test.require_root() {
         return;
     }
-    if !require_tool(
-        "stop_and_reopen_logs_by_another_user",
-        "setpriv",
-        "util-linux",
-    ) {
+    if !test.require_tool("setpriv", "util-linux") {
         return;
     }
-    let mut sb = sandbox("otheruser", "", &sleeper("w", 1, 1000));
+    let mut sb = test.supervisor_sandbox("", &sleeper("w", 1, 1000));
     let warden = sb.start();
     let w = wait_up(&mut sb, "w", 1);
     let uid = unused_uid().to_string();
@@ -1653,7 +1650,7 @@ fn stop_and_reopen_logs_by_another_user_are_refused_with_permission_denied() {
     // It may not look at root's descriptors, so it gets the pid unchecked, and kill(2) refuses.
     let out = as_user(&mut sb, &creds, &["stop"]);
     let err = stderr_of(&out);
-    assert_eq!(code(&out), 4, "{}{err}", stdout_of(&out));
+    assert_eq!(exit_code(&out), Some(4), "{}{err}", stdout_of(&out));
     assert!(
         err.contains(&format!(
             "permission denied: cannot signal the daemon, pid {warden}"
@@ -1663,7 +1660,7 @@ fn stop_and_reopen_logs_by_another_user_are_refused_with_permission_denied() {
     assert!(!err.contains("does not hold"), "{err}");
     let out = as_user(&mut sb, &creds, &["reopen-logs"]);
     let err = stderr_of(&out);
-    assert_eq!(code(&out), 4, "{}{err}", stdout_of(&out));
+    assert_eq!(exit_code(&out), Some(4), "{}{err}", stdout_of(&out));
     assert!(err.contains("permission denied"), "{err}");
     assert!(!err.contains("does not hold"), "{err}");
     // Nothing happened to the daemon.
@@ -1722,18 +1719,19 @@ fn hard_nofile() -> u64 {
 
 #[test]
 fn nofile_is_raised_for_warden_and_left_alone_for_its_workers() {
-    let name = "nofile_is_raised_for_warden_and_left_alone_for_its_workers";
-    let _t = Timer::new(name);
+    let test = this_test!();
     let hard = hard_nofile();
     if hard <= 256 {
-        eprintln!("SKIPPED {name}: RLIMIT_NOFILE hard limit {hard} leaves nothing to raise");
+        test.skip(&format!(
+            "RLIMIT_NOFILE hard limit {hard} leaves nothing to raise"
+        ));
         return;
     }
     let tables = format!(
         "{}[program.limited]\ncommand = [\"SANDBOX/sleep\", \"1001\"]\nlimits = {{ nofile = 200 }}\n",
         sleeper("plain", 1, 1000)
     );
-    let mut sb = sandbox("nofile", "", &tables);
+    let mut sb = test.supervisor_sandbox("", &tables);
     let warden = start_with_ulimit(&mut sb, "-Sn 256");
     assert_eq!(nofile_of(warden), (hard, hard), "the daemon's own limit");
     let plain = wait_up(&mut sb, "plain", 1)[0].pid.unwrap();
@@ -1745,27 +1743,9 @@ fn nofile_is_raised_for_warden_and_left_alone_for_its_workers() {
     stop(&mut sb);
 }
 
-#[test]
-fn idle_control_connections_starve_neither_workers_nor_root() {
-    let name = "idle_control_connections_starve_neither_workers_nor_root";
-    let _t = Timer::new(name);
-    if !require_root(name) {
-        return;
-    }
-    if hard_nofile() < 1024 {
-        eprintln!("SKIPPED {name}: RLIMIT_NOFILE hard limit below 1024");
-        return;
-    }
-    // As reported: 1024 descriptors, 60 workers, and a read-only member of the control group
-    // holding 900 idle connections.
-    let mut sb = sandbox(
-        "starve",
-        "control_group = \"nogroup\"",
-        &sleeper("w", 60, 1000),
-    );
-    let warden = start_with_ulimit(&mut sb, "-n 1024");
-    let before = wait_up(&mut sb, "w", 60);
-    let sock = sb.path("warden.sock");
+/// Starts a client run as `nobody` (group `nogroup`) that opens `n` connections to `sock` and
+/// holds them idle; returns its pid once every connect has returned.
+fn hold_idle_connections(sb: &mut Sandbox, sock: &std::path::Path, n: u32) -> i32 {
     std::fs::write(
         sb.path("hold.py"),
         "import socket, sys, time\n\
@@ -1784,8 +1764,8 @@ fn idle_control_connections_starve_neither_workers_nor_root() {
         .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
         .arg(python())
         .arg(sb.path("hold.py"))
-        .arg(&sock)
-        .arg("900")
+        .arg(sock)
+        .arg(n.to_string())
         .arg(sb.path("held"))
         .stdin(Stdio::null());
     let holder = sb.spawn(holder);
@@ -1793,6 +1773,26 @@ fn idle_control_connections_starve_neither_workers_nor_root() {
         wait_until(TIMEOUT, || sb.path("held").exists()),
         "the holder never finished connecting"
     );
+    holder
+}
+
+#[test]
+fn idle_control_connections_starve_neither_workers_nor_root() {
+    let test = this_test!();
+    if !test.require_root() {
+        return;
+    }
+    if hard_nofile() < 1024 {
+        test.skip("RLIMIT_NOFILE hard limit below 1024");
+        return;
+    }
+    // As reported: 1024 descriptors, 60 workers, and a read-only member of the control group
+    // holding 900 idle connections.
+    let mut sb = test.supervisor_sandbox("control_group = \"nogroup\"", &sleeper("w", 60, 1000));
+    let warden = start_with_ulimit(&mut sb, "-n 1024");
+    let before = wait_up(&mut sb, "w", 60);
+    let sock = sb.path("warden.sock");
+    let holder = hold_idle_connections(&mut sb, &sock, 900);
     // The holder's connects return once queued in the listener's backlog: the daemon may not
     // have accepted (and kept or refused) them all yet, and one it is refusing is open for a
     // moment. A connection of ours, queued after all of them, is answered only once the daemon
@@ -1840,12 +1840,11 @@ fn idle_control_connections_starve_neither_workers_nor_root() {
 
 #[test]
 fn out_of_descriptors_a_client_is_answered_not_left_waiting() {
-    let name = "out_of_descriptors_a_client_is_answered_not_left_waiting";
-    let _t = Timer::new(name);
-    if !require_tool(name, "prlimit", "util-linux") {
+    let test = this_test!();
+    if !test.require_tool("prlimit", "util-linux") {
         return;
     }
-    let mut sb = sandbox("emfile", "", &sleeper("w", 2, 1000));
+    let mut sb = test.supervisor_sandbox("", &sleeper("w", 2, 1000));
     let warden = sb.start();
     wait_up(&mut sb, "w", 2);
     let sock = sb.path("warden.sock");
@@ -1909,8 +1908,8 @@ fn out_of_descriptors_a_client_is_answered_not_left_waiting() {
 
 #[test]
 fn a_control_socket_in_use_is_neither_taken_over_nor_removed() {
-    let _t = Timer::new("a_control_socket_in_use_is_neither_taken_over_nor_removed");
-    let mut sb = sandbox("shared", "", &sleeper("one", 1, 1000));
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", &sleeper("one", 1, 1000));
     let first = sb.start();
     let one = wait_up(&mut sb, "one", 1);
     let sock = sb.path("warden.sock");
@@ -1935,7 +1934,7 @@ fn a_control_socket_in_use_is_neither_taken_over_nor_removed() {
         sb.output(c)
     };
     let out = start_other(&mut sb);
-    assert_eq!(code(&out), 1, "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(1), "{}", stderr_of(&out));
     assert!(
         stderr_of(&out).contains(&format!("{} is in use", sock.display())),
         "{}",
@@ -1986,13 +1985,12 @@ fn a_control_socket_in_use_is_neither_taken_over_nor_removed() {
 
 #[test]
 fn start_warns_when_syslog_cannot_be_reached() {
-    let name = "start_warns_when_syslog_cannot_be_reached";
-    let _t = Timer::new(name);
+    let test = this_test!();
     if std::path::Path::new("/dev/log").exists() {
-        eprintln!("SKIPPED {name}: /dev/log exists here");
+        test.skip("/dev/log exists here");
         return;
     }
-    let mut sb = sandbox("nosyslog", "log = \"syslog\"", &sleeper("w", 1, 1000));
+    let mut sb = test.supervisor_sandbox("log = \"syslog\"", &sleeper("w", 1, 1000));
     let out = sb.run(&["start"]);
     assert!(out.status.success(), "{}", stderr_of(&out));
     let pid = sb.pidfile_pid().expect("pidfile names the daemon");
@@ -2012,9 +2010,9 @@ fn start_warns_when_syslog_cannot_be_reached() {
 /// whole program stopped by hand, and `start PROG` starts every instance on the new settings.
 #[test]
 fn reload_adding_instances_to_a_program_stopped_by_hand_starts_none() {
-    let _t = Timer::new("reload_adding_instances_to_a_program_stopped_by_hand_starts_none");
+    let test = this_test!();
     let tables = |a: u32, secs: u32| format!("{}{}", sleeper("a", a, secs), sleeper("b", 1, 1000));
-    let mut sb = sandbox("reloadstoppedgrow", "", &tables(2, 1000));
+    let mut sb = test.supervisor_sandbox("", &tables(2, 1000));
     let warden = sb.start();
     wait_up(&mut sb, "a", 2);
     let b = wait_up(&mut sb, "b", 1);
@@ -2046,26 +2044,20 @@ fn reload_adding_instances_to_a_program_stopped_by_hand_starts_none() {
     };
 
     // Changed and grown: 2 -> 3 instances, new command.
-    write_config(&sb, "", &tables(3, 1001));
+    sb.write_programs("", &tables(3, 1001));
     let out = expect(&mut sb, &["reload"], 0);
-    assert!(
-        out.lines().any(|l| l == "changed (stays stopped) a"),
-        "{out}"
-    );
+    assert_has_line(&out, "changed (stays stopped) a");
     assert_a_down(&mut sb, 3, "a changed reload");
 
     // Only grown: 3 -> 4 instances.
-    write_config(&sb, "", &tables(4, 1001));
+    sb.write_programs("", &tables(4, 1001));
     expect(&mut sb, &["reload"], 0);
     assert_a_down(&mut sb, 4, "a scaling reload");
 
     // The new instances were stopped by hand too: a change still leaves the program stopped.
-    write_config(&sb, "", &tables(4, 1002));
+    sb.write_programs("", &tables(4, 1002));
     let out = expect(&mut sb, &["reload"], 0);
-    assert!(
-        out.lines().any(|l| l == "changed (stays stopped) a"),
-        "{out}"
-    );
+    assert_has_line(&out, "changed (stays stopped) a");
     assert_a_down(&mut sb, 4, "a second changed reload");
 
     expect(&mut sb, &["start", "a"], 0);
@@ -2076,12 +2068,11 @@ fn reload_adding_instances_to_a_program_stopped_by_hand_starts_none() {
 
 #[test]
 fn reload_to_a_command_that_cannot_run_answers_when_the_instance_goes_fatal() {
-    let _t = Timer::new("reload_to_a_command_that_cannot_run_answers_when_the_instance_goes_fatal");
-    let mut sb = sandbox("reloadfatal", "", &sleeper("a", 2, 1000));
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", &sleeper("a", 2, 1000));
     sb.start();
     wait_up(&mut sb, "a", 2);
-    write_config(
-        &sb,
+    sb.write_programs(
         "",
         "[program.a]\ncommand = \"no-such-program --flag\"\ninstances = 2\n",
     );
@@ -2089,18 +2080,17 @@ fn reload_to_a_command_that_cannot_run_answers_when_the_instance_goes_fatal() {
     // must be answered then, well within its timeout, not at a later unrelated wake-up.
     let out = sb.run(&["reload", "--timeout", "20s"]);
     let err = stderr_of(&out);
-    assert_eq!(code(&out), 1, "{err}\nlog:\n{}", log(&sb));
+    assert_eq!(exit_code(&out), Some(1), "{err}\nlog:\n{}", log(&sb));
     assert!(err.contains("a[0]") && !err.contains("no answer"), "{err}");
 
     // A client that gives up says what the daemon was still waiting for.
-    write_config(
-        &sb,
+    sb.write_programs(
         "",
         "[program.a]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\nready = \"1h\"\n",
     );
     let out = sb.run(&["reload", "--timeout", "1s"]);
     let err = stderr_of(&out);
-    assert_eq!(code(&out), 1, "{err}");
+    assert_eq!(exit_code(&out), Some(1), "{err}");
     assert!(
         err.contains("timed out after 1s (waiting for a[0] (starting)"),
         "{err}"
@@ -2114,21 +2104,19 @@ fn reload_to_a_command_that_cannot_run_answers_when_the_instance_goes_fatal() {
 /// (`unshare`), so nothing is left mounted when warden is gone.
 #[test]
 fn a_full_disk_under_an_output_file_is_logged_once_then_summarised() {
-    let _t = Timer::new("a_full_disk_under_an_output_file_is_logged_once_then_summarised");
-    if !common::require_root("a_full_disk_under_an_output_file_is_logged_once_then_summarised")
-        || !common::require_tool("a_full_disk…", "unshare", "util-linux")
-    {
+    let test = this_test!();
+    if !test.require_root() || !test.require_tool("unshare", "util-linux") {
         return;
     }
     let tables = "[program.w]\ncommand = [\"/bin/sh\", \"-c\", \"i=0; while :; do echo \
                   \\\"line $i of a program that writes a lot\\\"; i=$((i+1)); SANDBOX/sleep \
                   0.002; done\"]\nstdout = \"SANDBOX/full/out.log\"\nlog_max_bytes = \"100M\"\n";
-    let mut sb = sandbox("fulldisk", "", tables);
+    let mut sb = test.supervisor_sandbox("", tables);
     std::fs::create_dir(sb.path("full")).unwrap();
     let script = format!(
         "mount -t tmpfs -o size=64k tmpfs {full} && exec {warden} -c {config} start",
         full = sb.path("full").display(),
-        warden = common::warden_bin().display(),
+        warden = crate::common::warden_bin().display(),
         config = sb.path("warden.toml").display(),
     );
     let mut cmd = std::process::Command::new("unshare");
@@ -2221,11 +2209,10 @@ fn table_row(table: &str, program: &str, index: u64) -> std::collections::HashMa
 
 #[test]
 fn a_program_stopped_by_hand_is_stopped_and_every_command_confirms() {
-    let _t = Timer::new("a_program_stopped_by_hand_is_stopped_and_every_command_confirms");
-    let mut sb = sandbox("confirm", "", "");
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", "");
     std::fs::write(sb.path("notify.py"), NOTIFY_STATUS_WORKER).unwrap();
-    write_config(
-        &sb,
+    sb.write_programs(
         "",
         &format!(
             "[program.n]\ncommand = [\"PYTHON\", \"SANDBOX/notify.py\"]\nready = \"notify\"\n{}",
@@ -2279,10 +2266,10 @@ fn a_program_stopped_by_hand_is_stopped_and_every_command_confirms() {
 
     // Refusals print nothing on stdout, their reason on stderr, and the log says why.
     let out = sb.run(&["scale", "n", "20000"]);
-    assert_eq!(code(&out), 2, "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(2), "{}", stderr_of(&out));
     assert!(stdout_of(&out).is_empty(), "{}", stdout_of(&out));
     let out = sb.run(&["start", "nosuch"]);
-    assert_eq!(code(&out), 5, "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(5), "{}", stderr_of(&out));
     assert!(stdout_of(&out).is_empty(), "{}", stdout_of(&out));
     let text = log(&sb);
     let refused = |what: &str, why: &str| {
@@ -2305,10 +2292,10 @@ fn a_program_stopped_by_hand_is_stopped_and_every_command_confirms() {
 
 #[test]
 fn start_and_restart_of_a_program_wait_for_timed_readiness_and_take_bare_seconds() {
-    let _t = Timer::new("start_and_restart_of_a_program_wait_for_timed_readiness");
+    let test = this_test!();
     let tables =
         "[program.t]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 2\nready = \"1s\"\n";
-    let mut sb = sandbox("timedready", "", tables);
+    let mut sb = test.supervisor_sandbox("", tables);
     sb.start();
     wait_status(&mut sb, "t ready", |v| {
         of(v, "t").iter().filter(|i| i.state == "ready").count() == 2
@@ -2344,7 +2331,7 @@ fn start_and_restart_of_a_program_wait_for_timed_readiness_and_take_bare_seconds
 
     // Not a duration: a usage error naming the value.
     let out = sb.run(&["start", "--timeout", "5 parsecs", "t"]);
-    assert_eq!(code(&out), 2);
+    assert_eq!(exit_code(&out), Some(2));
     assert!(
         stderr_of(&out).contains("invalid duration \"5 parsecs\""),
         "{}",
@@ -2357,8 +2344,8 @@ fn start_and_restart_of_a_program_wait_for_timed_readiness_and_take_bare_seconds
 /// `status` has without `--json`, and the message for humans on stderr.
 #[test]
 fn status_json_without_a_daemon_is_json_with_the_same_exit_status() {
-    let _t = Timer::new("status_json_without_a_daemon_is_json_with_the_same_exit_status");
-    let mut sb = sandbox("statusjson", "", &sleeper("s", 1, 1000));
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", &sleeper("s", 1, 1000));
     let config = path_str(&sb.config);
     let daemon = |v: &Value| {
         (
@@ -2369,7 +2356,7 @@ fn status_json_without_a_daemon_is_json_with_the_same_exit_status() {
 
     // Never started: 3.
     let out = sb.run(&["status", "--json"]);
-    assert_eq!(code(&out), 3, "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(3), "{}", stderr_of(&out));
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(
         daemon(&v),
@@ -2380,18 +2367,14 @@ fn status_json_without_a_daemon_is_json_with_the_same_exit_status() {
     assert_eq!(v["daemon"]["config"], config.as_str(), "{v:#}");
     assert_eq!(v["instances"], serde_json::json!([]), "{v:#}");
     assert_eq!(v["programs"], serde_json::json!([]), "{v:#}");
-    assert!(
-        stderr_of(&out).contains("not running"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_stderr_has(&out, "not running");
     // Without --json: as before, the text on stdout.
     let out = sb.run(&["status"]);
-    assert_eq!(code(&out), 3);
+    assert_eq!(exit_code(&out), Some(3));
     assert_eq!(stdout_of(&out), "warden is not running\n");
     // With program names too.
     let out = sb.run(&["status", "--json", "s"]);
-    assert_eq!(code(&out), 3);
+    assert_eq!(exit_code(&out), Some(3));
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(daemon(&v).1, "not running");
 
@@ -2407,33 +2390,29 @@ fn status_json_without_a_daemon_is_json_with_the_same_exit_status() {
     signal(warden, Signal::SIGKILL);
     assert!(wait_until(TIMEOUT, || !alive(warden)));
     let out = sb.run(&["status", "--json"]);
-    assert_eq!(code(&out), 1, "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(1), "{}", stderr_of(&out));
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(daemon(&v), (Value::Bool(false), "dead".into()), "{v:#}");
     assert_eq!(v["daemon"]["pid"].as_i64(), Some(warden.into()), "{v:#}");
-    assert!(stderr_of(&out).contains("pidfile"), "{}", stderr_of(&out));
+    assert_stderr_has(&out, "pidfile");
     assert_no_process(&sb);
 
     // Unknown: no configuration file to find the daemon by: 4, `running` null.
     let mut cmd = sb.warden(&["status", "--json"]);
     cmd.arg("-c").arg(sb.path("missing.toml"));
     let out = sb.output(cmd);
-    assert_eq!(code(&out), 4, "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(4), "{}", stderr_of(&out));
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
     assert_eq!(daemon(&v), (Value::Null, "unknown".into()), "{v:#}");
-    assert!(
-        stderr_of(&out).contains("missing.toml"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_stderr_has(&out, "missing.toml");
 }
 
 /// `reload -c OTHER` would re-read the daemon's own file while looking applied: refused (2),
 /// naming both; the same file by a relative path or through a symlink is the same file.
 #[test]
 fn reload_naming_another_file_than_the_daemons_is_refused() {
-    let _t = Timer::new("reload_naming_another_file_than_the_daemons_is_refused");
-    let mut sb = sandbox("reloadother", "", &sleeper("a", 1, 1000));
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", &sleeper("a", 1, 1000));
     let warden = sb.start();
     let a = wait_up(&mut sb, "a", 1);
     // Another file that shares the daemon's pidfile and socket, with one program more.
@@ -2455,7 +2434,7 @@ fn reload_naming_another_file_than_the_daemons_is_refused() {
         let mut cmd = sb.warden(&args);
         cmd.arg("-c").arg(&other);
         let out = sb.output(cmd);
-        assert_eq!(code(&out), 2, "{args:?}: {}", stderr_of(&out));
+        assert_eq!(exit_code(&out), Some(2), "{args:?}: {}", stderr_of(&out));
         let err = stderr_of(&out);
         assert!(
             err.contains(&path_str(&sb.config)) && err.contains(&path_str(&other)),
@@ -2472,7 +2451,7 @@ fn reload_naming_another_file_than_the_daemons_is_refused() {
     let mut cmd = sb.warden(&["reload", "--dry-run"]);
     cmd.arg("-c").arg("./warden.toml").current_dir(&sb.dir);
     let out = sb.output(cmd);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
     assert!(
         stdout_of(&out).contains("would add b"),
         "{}",
@@ -2482,7 +2461,7 @@ fn reload_naming_another_file_than_the_daemons_is_refused() {
     let mut cmd = sb.warden(&["reload"]);
     cmd.arg("-c").arg(sb.path("link.toml"));
     let out = sb.output(cmd);
-    assert_eq!(code(&out), 0, "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
     assert!(stdout_of(&out).contains("added b"), "{}", stdout_of(&out));
     let b = wait_up(&mut sb, "b", 1);
     wait_children(&sb, warden, &pids(&a).into_iter().chain(pids(&b)).collect());
@@ -2494,8 +2473,8 @@ fn reload_naming_another_file_than_the_daemons_is_refused() {
 /// `status` answer "unknown" nor `stop` fail: the pidfile decides, and says "not running".
 #[test]
 fn a_socket_that_drops_connections_unanswered_defers_to_the_pidfile() {
-    let _t = Timer::new("a_socket_that_drops_connections_unanswered_defers_to_the_pidfile");
-    let mut sb = sandbox("dropsock", "", &sleeper("w", 1, 1000));
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", &sleeper("w", 1, 1000));
     let sock = sb.path("warden.sock");
     let script = format!(
         "import socket,os\ns=socket.socket(socket.AF_UNIX)\ns.bind({:?})\ns.listen(8)\n\
@@ -2508,11 +2487,11 @@ fn a_socket_that_drops_connections_unanswered_defers_to_the_pidfile() {
     sb.spawn(cmd);
     assert!(wait_until(TIMEOUT, || sb.path("listening").exists()));
     let out = sb.run(&["status"]);
-    assert_eq!(code(&out), 3, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert_exit(&out, 3);
     let out = sb.run(&["status", "--json"]);
-    assert_eq!(code(&out), 3, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert_exit(&out, 3);
     let out = sb.run(&["stop", "--timeout", "5s"]);
-    assert_eq!(code(&out), 0, "{}{}", stdout_of(&out), stderr_of(&out));
+    assert_exit(&out, 0);
     assert!(
         stdout_of(&out).contains("not running"),
         "{}",
@@ -2525,8 +2504,8 @@ fn a_socket_that_drops_connections_unanswered_defers_to_the_pidfile() {
 /// gives up with an error that says so (not "not running"), `status` answers "unknown" (4).
 #[test]
 fn a_stopped_daemon_with_a_full_backlog_cannot_hang_a_command() {
-    let _t = Timer::new("a_stopped_daemon_with_a_full_backlog_cannot_hang_a_command");
-    let mut sb = sandbox("fullbacklog", "", &sleeper("w", 1, 1000));
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", &sleeper("w", 1, 1000));
     let warden = sb.start();
     wait_up(&mut sb, "w", 1);
     signal(warden, Signal::SIGSTOP);
@@ -2561,18 +2540,8 @@ fn a_stopped_daemon_with_a_full_backlog_cannot_hang_a_command() {
     let status = sb.run(&["status"]);
     signal(warden, Signal::SIGCONT);
     signal(filler, Signal::SIGKILL);
-    assert_eq!(code(&reload), 1, "{}", stderr_of(&reload));
-    assert!(
-        stderr_of(&reload).contains("accepts no connection"),
-        "{}",
-        stderr_of(&reload)
-    );
-    assert_eq!(
-        code(&status),
-        4,
-        "{}{}",
-        stdout_of(&status),
-        stderr_of(&status)
-    );
+    assert_eq!(exit_code(&reload), Some(1), "{}", stderr_of(&reload));
+    assert_stderr_has(&reload, "accepts no connection");
+    assert_exit(&status, 4);
     stop(&mut sb);
 }

@@ -7,8 +7,6 @@
 //! pseudo-terminal, another user) are built with `python3`, `script` and `setpriv`, exec'ing the
 //! real binary, so that the test process itself never forks.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, TryLockError};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -17,16 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::Signal;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------
-
-fn code(o: &Output) -> Option<i32> {
-    o.status.code()
-}
 
 /// Shell-quotes `s` in single quotes.
 fn sh_quote(s: &str) -> String {
@@ -49,7 +43,7 @@ fn assert_locked(path: &Path) {
 
 /// `warden status` and its exit code.
 fn status_code(sb: &mut Sandbox) -> Option<i32> {
-    code(&sb.run(&["status"]))
+    exit_code(&sb.run(&["status"]))
 }
 
 /// The pids from this process up to PID 1 (this process excluded): the only processes an
@@ -143,7 +137,8 @@ fn assert_failed_cleanly(sb: &Sandbox, out: &Output) {
 /// terminal, with stdio on /dev/null by default and its pidfile written and locked.
 #[test]
 fn start_detaches_writes_and_locks_the_pidfile() {
-    let mut sb = Sandbox::new("detach", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let pid = sb.start();
     assert!(alive(pid));
     assert_detached(&sb, pid);
@@ -172,7 +167,8 @@ fn start_detaches_writes_and_locks_the_pidfile() {
 /// terminal while the pty is still up, and it survives the pty's hang-up when `script` exits.
 #[test]
 fn daemon_has_no_terminal_and_survives_the_pty_hangup() {
-    let mut sb = Sandbox::new("pty", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     // Inside the pty: show the terminal, start, then print the shell's and the daemon's stat
     // lines while the terminal is still there (once its session leader exits, the kernel takes
     // the terminal away from every process of the session, which would hide a missing setsid).
@@ -232,7 +228,7 @@ fn daemon_has_no_terminal_and_survives_the_pty_hangup() {
     assert_eq!(status_code(&mut sb), Some(0));
     assert!(alive(pid));
     let out = sb.run(&["stop"]);
-    assert_eq!(code(&out), Some(0), "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
 }
 
 /// The launcher in `dirty_launcher`: python opens descriptors without CLOEXEC (a file, a pipe, a
@@ -287,32 +283,17 @@ fn manifest(path: &Path) -> BTreeSet<String> {
 /// told from the launcher's by their inode, in the manifest.)
 const DAEMON_ANON_INODES: &[&str] = &["anon_inode:[eventpoll]", "anon_inode:[eventfd]"];
 
-/// A launcher that leaks descriptors, blocks SIGUSR1, ignores SIGUSR2 and has umask 077: the
-/// daemon gets none of it. Its cwd and umask are the configured ones, fds 0/1/2 are /dev/null
-/// and the configured stdout/stderr files, and every other descriptor is one of its own: the
-/// locked pidfile, its log file, its event loop, and sockets that are not the launcher's.
-#[test]
-fn daemon_inherits_no_descriptor_signal_state_or_umask_from_its_launcher() {
-    let mut sb = Sandbox::new("hygiene", "");
-    let work = sb.path("work");
-    std::fs::create_dir(&work).unwrap();
-    sb.write_config(&format!(
-        "directory = \"{}\"\numask = \"027\"\nstdout = \"{}\"\nstderr = \"{}\"",
-        work.display(),
-        sb.path("out.log").display(),
-        sb.path("err.log").display()
-    ));
-
-    // Control: a program exec'd by this launcher does inherit all of it. (Not a shell: dash
-    // clears the signal mask at start-up. Python leaves mask, dispositions and fds alone.)
+/// The control for the launcher test: a program exec'd by the dirty launcher does inherit all of
+/// it: SIGUSR1 blocked, SIGUSR2 ignored, umask 077 and the leaked descriptors. (Not a shell: dash
+/// clears the signal mask at start-up. Python leaves mask, dispositions and fds alone.)
+fn assert_the_launcher_passes_on_its_state(sb: &mut Sandbox) {
     let control_script = "import os\n\
         for l in open('/proc/self/status'):\n\
         \x20   if l.startswith(('SigBlk:', 'SigIgn:', 'Umask:')): print(l, end='')\n\
         for fd in os.listdir('/proc/self/fd'):\n\
         \x20   try: print(os.readlink('/proc/self/fd/' + fd))\n\
         \x20   except OSError: pass\n";
-    let (cmd, control_manifest) =
-        dirty_launcher(&sb, "control", &["@python", "-c", control_script]);
+    let (cmd, control_manifest) = dirty_launcher(sb, "control", &["@python", "-c", control_script]);
     let out = sb.output(cmd);
     assert!(
         out.status.success(),
@@ -345,38 +326,12 @@ fn daemon_inherits_no_descriptor_signal_state_or_umask_from_its_launcher() {
             "control: {leaked} not inherited\n{seen}"
         );
     }
+}
 
-    // The real thing.
-    let bin = path_str(&warden_bin());
-    let config = path_str(&sb.config);
-    let (cmd, manifest_path) = dirty_launcher(&sb, "start", &[&bin, "-c", &config, "start"]);
-    let out = sb.output(cmd);
-    assert!(
-        out.status.success(),
-        "warden start: {:?} {}",
-        out.status,
-        stderr_of(&out)
-    );
-    let pid = sb.pidfile_pid().expect("pidfile written");
-    sb.track(pid);
-    let leaked = manifest(&manifest_path);
-    assert_detached(&sb, pid);
-
-    let st = status(pid);
-    assert_eq!(
-        st["SigBlk"], "0000000000000000",
-        "blocked signals inherited"
-    );
-    assert_eq!(
-        st["SigIgn"], "0000000000000000",
-        "ignored signals inherited"
-    );
-    assert_eq!(st["Umask"], "0027");
-    assert_eq!(
-        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
-        std::fs::canonicalize(&work).unwrap()
-    );
-
+/// `pid`'s descriptors are its own: stdin `/dev/null`, stdout and stderr the configured files,
+/// the pidfile and the log file once each, sockets and [`DAEMON_ANON_INODES`]; none of the
+/// `leaked` ones its launcher had.
+fn assert_only_its_own_descriptors(sb: &Sandbox, pid: i32, leaked: &BTreeSet<String>) {
     // The daemon closes its end of the readiness pipe right after writing its verdict, and the
     // launcher may return between the two: wait (bounded) for that close before judging.
     let pipe_open = || {
@@ -424,6 +379,60 @@ fn daemon_inherits_no_descriptor_signal_state_or_umask_from_its_launcher() {
         (1, 1),
         "pidfile and log file open once each: {f:?}"
     );
+}
+
+/// A launcher that leaks descriptors, blocks SIGUSR1, ignores SIGUSR2 and has umask 077: the
+/// daemon gets none of it. Its cwd and umask are the configured ones, fds 0/1/2 are /dev/null
+/// and the configured stdout/stderr files, and every other descriptor is one of its own: the
+/// locked pidfile, its log file, its event loop, and sockets that are not the launcher's.
+#[test]
+fn daemon_inherits_no_descriptor_signal_state_or_umask_from_its_launcher() {
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    let work = sb.path("work");
+    std::fs::create_dir(&work).unwrap();
+    sb.write_config(&format!(
+        "directory = \"{}\"\numask = \"027\"\nstdout = \"{}\"\nstderr = \"{}\"",
+        work.display(),
+        sb.path("out.log").display(),
+        sb.path("err.log").display()
+    ));
+
+    // Control: a program exec'd by the same launcher does inherit all of it.
+    assert_the_launcher_passes_on_its_state(&mut sb);
+
+    // The real thing.
+    let bin = path_str(&warden_bin());
+    let config = path_str(&sb.config);
+    let (cmd, manifest_path) = dirty_launcher(&sb, "start", &[&bin, "-c", &config, "start"]);
+    let out = sb.output(cmd);
+    assert!(
+        out.status.success(),
+        "warden start: {:?} {}",
+        out.status,
+        stderr_of(&out)
+    );
+    let pid = sb.pidfile_pid().expect("pidfile written");
+    sb.track(pid);
+    let leaked = manifest(&manifest_path);
+    assert_detached(&sb, pid);
+
+    let st = status(pid);
+    assert_eq!(
+        st["SigBlk"], "0000000000000000",
+        "blocked signals inherited"
+    );
+    assert_eq!(
+        st["SigIgn"], "0000000000000000",
+        "ignored signals inherited"
+    );
+    assert_eq!(st["Umask"], "0027");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+        std::fs::canonicalize(&work).unwrap()
+    );
+
+    assert_only_its_own_descriptors(&sb, pid, &leaked);
 
     // The pidfile's mode does not follow the launcher's umask 077 nor the configured 027.
     assert_eq!(
@@ -442,7 +451,8 @@ fn daemon_inherits_no_descriptor_signal_state_or_umask_from_its_launcher() {
 /// running with its pidfile untouched.
 #[test]
 fn second_start_is_refused_and_leaves_the_first_untouched() {
-    let mut sb = Sandbox::new("second", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let pid = sb.start();
     let before = std::fs::metadata(sb.pidfile()).unwrap();
     let text = std::fs::read_to_string(sb.pidfile()).unwrap();
@@ -474,7 +484,8 @@ fn second_start_is_refused_and_leaves_the_first_untouched() {
 /// clean stop then leaves `status` 3.
 #[test]
 fn stale_pidfile_after_kill_9_is_taken_over() {
-    let mut sb = Sandbox::new("stale", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     assert_eq!(status_code(&mut sb), Some(3), "before any start");
     let first = sb.start();
     assert_eq!(status_code(&mut sb), Some(0));
@@ -490,10 +501,10 @@ fn stale_pidfile_after_kill_9_is_taken_over() {
         "SIGKILL cannot remove the pidfile"
     );
     let out = sb.run(&["status"]);
-    assert_eq!(code(&out), Some(1), "stale: {}", stdout_of(&out));
+    assert_eq!(exit_code(&out), Some(1), "stale: {}", stdout_of(&out));
 
     let out = sb.run(&["stop"]);
-    assert_eq!(code(&out), Some(0), "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
     assert!(
         stdout_of(&out).contains("not running"),
         "{}",
@@ -510,15 +521,16 @@ fn stale_pidfile_after_kill_9_is_taken_over() {
     assert_eq!(status_code(&mut sb), Some(0));
 
     let out = sb.run(&["stop"]);
-    assert_eq!(code(&out), Some(0), "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
     assert_eq!(status_code(&mut sb), Some(3), "after a clean stop");
 }
 
 /// `warden status` into a pipe nobody reads ends by SIGPIPE, like any filter, not with a panic.
 #[test]
 fn status_into_a_closed_pipe_ends_quietly() {
+    let test = this_test!();
     use std::os::unix::process::ExitStatusExt;
-    let mut sb = Sandbox::new("closed-pipe", "");
+    let mut sb = test.sandbox("");
     let pid = sb.start();
     let (r, w) = nix::unistd::pipe().unwrap();
     drop(r);
@@ -540,14 +552,15 @@ fn status_into_a_closed_pipe_ends_quietly() {
 /// An empty `NOTIFY_SOCKET` names no service manager: `start` still detaches and returns.
 #[test]
 fn an_empty_notify_socket_does_not_keep_start_in_the_foreground() {
-    let mut sb = Sandbox::new("empty-notify", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let mut cmd = sb.warden(&["start"]);
     cmd.env("NOTIFY_SOCKET", "");
     let out = sb.output(cmd);
     if let Some(pid) = sb.pidfile_pid() {
         sb.track(pid);
     }
-    assert_eq!(code(&out), Some(0), "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
     let pid = sb.pidfile_pid().expect("pidfile names the daemon");
     assert_detached(&sb, pid);
 }
@@ -556,7 +569,8 @@ fn an_empty_notify_socket_does_not_keep_start_in_the_foreground() {
 /// and exactly one daemon is left.
 #[test]
 fn fifty_concurrent_starts_yield_exactly_one_daemon() {
-    let mut sb = Sandbox::new("race", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let pidfile = sb.pidfile();
     concurrent_starts(&mut sb, &pidfile);
 }
@@ -565,7 +579,8 @@ fn fifty_concurrent_starts_yield_exactly_one_daemon() {
 /// to create it still say `already running`.
 #[test]
 fn fifty_concurrent_starts_creating_the_pidfile_directory_yield_one_daemon() {
-    let mut sb = Sandbox::new("race-dir", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let pidfile = sb.path("run").join("warden.pid");
     sb.write_config(&format!("pidfile = \"{}\"", pidfile.display()));
     concurrent_starts(&mut sb, &pidfile);
@@ -606,7 +621,7 @@ fn concurrent_starts(sb: &mut Sandbox, pidfile: &Path) {
     let pid = pid.expect("the winner's pidfile");
     for o in outs.iter().filter(|o| !o.status.success()) {
         let err = stderr_of(o);
-        assert_eq!(code(o), Some(1), "{err}");
+        assert_eq!(exit_code(o), Some(1), "{err}");
         assert!(err.contains("already running (pid "), "{err}");
         // A loser that read a pid read the winner's.
         assert!(
@@ -633,8 +648,9 @@ fn concurrent_starts(sb: &mut Sandbox, pidfile: &Path) {
 /// `nobody` (through setpriv) when the test runs as root.
 #[test]
 fn unwritable_pidfile_directory_fails_start() {
+    let test = this_test!();
     // ENOTDIR: the pidfile's "directory" is a regular file.
-    let mut sb = Sandbox::new("notdir", "");
+    let mut sb = test.sandbox("");
     let notdir = sb.path("notdir");
     std::fs::write(&notdir, "a file\n").unwrap();
     let pidfile = notdir.join("warden.pid");
@@ -650,7 +666,7 @@ fn unwritable_pidfile_directory_fails_start() {
     assert_eq!(std::fs::read_to_string(&notdir).unwrap(), "a file\n");
 
     // EACCES: a root-owned 0755 directory, warden running as nobody.
-    let mut sb = Sandbox::new("eacces", "");
+    let mut sb = test.sandbox("");
     let locked = sb.path("locked");
     std::fs::create_dir(&locked).unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
@@ -677,7 +693,7 @@ fn unwritable_pidfile_directory_fails_start() {
         "stderr does not name the pidfile and the reason: {err}"
     );
     assert_eq!(
-        code(&out),
+        exit_code(&out),
         Some(4),
         "permission denied is exit status 4: {err}"
     );
@@ -690,7 +706,8 @@ fn unwritable_pidfile_directory_fails_start() {
 /// created is gone.
 #[test]
 fn missing_working_directory_fails_start() {
-    let mut sb = Sandbox::new("nodir", "directory = \"/nonexistent/x\"");
+    let test = this_test!();
+    let mut sb = test.sandbox("directory = \"/nonexistent/x\"");
     let out = sb.run(&["start"]);
     let err = stderr_of(&out);
     assert!(
@@ -698,14 +715,15 @@ fn missing_working_directory_fails_start() {
         "stderr does not name the directory: {err}"
     );
     assert!(err.contains("No such file or directory"), "{err}");
-    assert_eq!(code(&out), Some(1), "{err}");
+    assert_eq!(exit_code(&out), Some(1), "{err}");
     assert_failed_cleanly(&sb, &out);
 }
 
 /// An unknown user fails in the launcher, before anything is created.
 #[test]
 fn unknown_user_fails_start() {
-    let mut sb = Sandbox::new("nouser", "user = \"no-such-user\"");
+    let test = this_test!();
+    let mut sb = test.sandbox("user = \"no-such-user\"");
     let out = sb.run(&["start"]);
     let err = stderr_of(&out);
     assert!(
@@ -720,12 +738,13 @@ fn unknown_user_fails_start() {
 /// users, so the launcher runs as a uid nothing else uses (root in CI; skipped elsewhere).
 #[test]
 fn a_refused_fork_fails_start_cleanly() {
-    if !require_root("a_refused_fork_fails_start_cleanly") {
+    let test = this_test!();
+    if !test.require_root() {
         return;
     }
     // 1: the launcher alone reaches the limit, so the first fork fails; 2: the intermediate's.
     for nproc in [1, 2] {
-        let mut sb = Sandbox::new(&format!("nproc{nproc}"), "");
+        let mut sb = test.sandbox("");
         let mut cmd = Command::new("prlimit");
         cmd.arg(format!("--nproc={nproc}"))
             .args([
@@ -744,7 +763,7 @@ fn a_refused_fork_fails_start_cleanly() {
             .stdin(Stdio::null());
         let out = sb.output(cmd);
         let err = stderr_of(&out);
-        assert_eq!(code(&out), Some(1), "nproc {nproc}: {err}");
+        assert_eq!(exit_code(&out), Some(1), "nproc {nproc}: {err}");
         assert!(
             err.contains("fork failed: Resource temporarily unavailable"),
             "nproc {nproc}: {err}"
@@ -757,7 +776,8 @@ fn a_refused_fork_fails_start_cleanly() {
 /// not touched, and a dangling one does not create its target.
 #[test]
 fn symlink_at_pidfile_path_is_not_followed() {
-    let mut sb = Sandbox::new("symlink", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let victim = sb.path("victim");
     std::fs::write(&victim, "precious\n").unwrap();
     std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -806,7 +826,8 @@ fn symlink_at_pidfile_path_is_not_followed() {
 /// which nobody itself may run.
 #[test]
 fn privilege_drop_to_nobody_leaves_no_supplementary_groups() {
-    if !require_root("privilege_drop_to_nobody_leaves_no_supplementary_groups") {
+    let test = this_test!();
+    if !test.require_root() {
         return;
     }
     let nobody = nix::unistd::User::from_name("nobody")
@@ -825,7 +846,7 @@ fn privilege_drop_to_nobody_leaves_no_supplementary_groups() {
         }
     }
 
-    let mut sb = Sandbox::new("nobody", "user = \"nobody\"");
+    let mut sb = test.sandbox("user = \"nobody\"");
     // The launcher carries supplementary groups the daemon must lose.
     let mut cmd = Command::new("setpriv");
     cmd.args(["--groups=0,4,100", "--"]).arg(warden_bin());
@@ -877,7 +898,12 @@ fn privilege_drop_to_nobody_leaves_no_supplementary_groups() {
         .arg("stop")
         .stdin(Stdio::null());
     let out = sb.output(cmd);
-    assert_eq!(code(&out), Some(0), "stop as nobody: {}", stderr_of(&out));
+    assert_eq!(
+        exit_code(&out),
+        Some(0),
+        "stop as nobody: {}",
+        stderr_of(&out)
+    );
     assert!(
         !sb.pidfile().exists(),
         "the unprivileged daemon left its pidfile"
@@ -892,7 +918,8 @@ fn privilege_drop_to_nobody_leaves_no_supplementary_groups() {
 /// SIGTERM: the daemon exits within a second (issue 2), its pidfile removed, nothing left.
 #[test]
 fn sigterm_stops_the_daemon_and_removes_the_pidfile() {
-    let mut sb = Sandbox::new("sigterm", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let pid = sb.start();
     let t0 = Instant::now();
     signal(pid, Signal::SIGTERM);
@@ -911,10 +938,11 @@ fn sigterm_stops_the_daemon_and_removes_the_pidfile() {
 /// removed; on a stopped daemon it says `not running` and returns 0.
 #[test]
 fn stop_command_waits_for_the_daemon_and_is_idempotent() {
-    let mut sb = Sandbox::new("stop", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let pid = sb.start();
     let out = sb.run(&["stop"]);
-    assert_eq!(code(&out), Some(0), "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
     // The lock is released only when the daemon's last descriptor closes, after its exit hooks.
     assert!(
         !sb.pidfile().exists(),
@@ -927,7 +955,7 @@ fn stop_command_waits_for_the_daemon_and_is_idempotent() {
     assert_no_process(&sb);
 
     let out = sb.run(&["stop"]);
-    assert_eq!(code(&out), Some(0), "{}", stderr_of(&out));
+    assert_eq!(exit_code(&out), Some(0), "{}", stderr_of(&out));
     assert!(
         stdout_of(&out).contains("not running"),
         "stdout: {}",
@@ -944,9 +972,15 @@ fn stop_command_waits_for_the_daemon_and_is_idempotent() {
 /// exits 0.
 #[test]
 fn check_reports_every_error_with_its_position() {
-    let mut sb = Sandbox::new("check", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let out = sb.run(&["check"]);
-    assert_eq!(code(&out), Some(0), "valid config: {}", stderr_of(&out));
+    assert_eq!(
+        exit_code(&out),
+        Some(0),
+        "valid config: {}",
+        stderr_of(&out)
+    );
 
     std::fs::write(
         &sb.config,
@@ -955,7 +989,7 @@ fn check_reports_every_error_with_its_position() {
     .unwrap();
     let out = sb.run(&["check"]);
     let err = stderr_of(&out);
-    assert_eq!(code(&out), Some(1), "{err}");
+    assert_eq!(exit_code(&out), Some(1), "{err}");
     let file = path_str(&sb.config);
     for (pos, key) in [
         ("2:9", "daemon.umask"),
@@ -975,7 +1009,8 @@ fn check_reports_every_error_with_its_position() {
 /// unknown account (exit 6), also one named in a drop-in.
 #[test]
 fn check_reports_everything_in_one_pass_with_warnings() {
-    let mut sb = Sandbox::new("check-all", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let dir = path_str(&sb.dir);
     std::fs::create_dir(sb.path("conf.d")).unwrap();
     std::fs::write(sb.path("notexec"), "#!/bin/sh\n").unwrap();
@@ -1008,7 +1043,7 @@ fn check_reports_everything_in_one_pass_with_warnings() {
     .unwrap();
     let out = sb.run(&["check"]);
     let err = stderr_of(&out);
-    assert_eq!(code(&out), Some(1), "{err}");
+    assert_eq!(exit_code(&out), Some(1), "{err}");
     let file = path_str(&sb.config);
     let q_file = path_str(&drop_in);
     let want = [
@@ -1044,7 +1079,7 @@ fn check_reports_everything_in_one_pass_with_warnings() {
     std::fs::write(&drop_in, q("", "root")).unwrap();
     let out = sb.run(&["check"]);
     let err = stderr_of(&out);
-    assert_eq!(code(&out), Some(0), "{err}");
+    assert_eq!(exit_code(&out), Some(0), "{err}");
     assert!(
         stdout_of(&out).contains("configuration is valid"),
         "{}",
@@ -1063,7 +1098,7 @@ fn check_reports_everything_in_one_pass_with_warnings() {
     std::fs::write(&drop_in, q("", "warden-no-user-3")).unwrap();
     let out = sb.run(&["start"]);
     let err = stderr_of(&out);
-    assert_eq!(code(&out), Some(6), "{err}");
+    assert_eq!(exit_code(&out), Some(6), "{err}");
     assert!(
         err.contains(&format!(
             "{q_file}:3:8: program.q.user: unknown user \"warden-no-user-3\""
@@ -1078,7 +1113,8 @@ fn check_reports_everything_in_one_pass_with_warnings() {
 /// `NOTIFY_SOCKET`, and exits 0 on SIGTERM, removing its pidfile.
 #[test]
 fn run_stays_in_the_foreground_and_exits_0_on_sigterm() {
-    let mut sb = Sandbox::new("run", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let notify = sb.path("notify.sock");
     let sock = UnixDatagram::bind(&notify).unwrap();
     sock.set_read_timeout(Some(TIMEOUT)).unwrap();
@@ -1134,8 +1170,9 @@ fn run_stays_in_the_foreground_and_exits_0_on_sigterm() {
 
 #[test]
 fn stop_refuses_a_pid_that_does_not_hold_the_pidfile() {
+    let test = this_test!();
     // Whoever can write the pidfile must not be able to aim `warden stop` at another process.
-    let mut sb = Sandbox::new("forged-pid", "");
+    let mut sb = test.sandbox("");
     let daemon = sb.start();
     let victim = sb.spawn({
         let mut c = std::process::Command::new("/bin/sleep");
@@ -1147,11 +1184,7 @@ fn stop_refuses_a_pid_that_does_not_hold_the_pidfile() {
     std::fs::rename(sb.path("warden.sock"), sb.path("moved.sock")).unwrap();
     let out = sb.run(&["stop", "--timeout", "2s"]);
     assert_ne!(out.status.code(), Some(0));
-    assert!(
-        stderr_of(&out).contains("does not hold it"),
-        "{}",
-        stderr_of(&out)
-    );
+    assert_stderr_has(&out, "does not hold it");
     assert!(alive(victim), "the victim was signalled");
     assert!(alive(daemon), "the daemon was stopped through a forged pid");
     // With the socket there, the daemon that answers on it is stopped (its pid is the socket
@@ -1171,7 +1204,8 @@ fn stop_refuses_a_pid_that_does_not_hold_the_pidfile() {
 
 #[test]
 fn restart_replaces_the_daemon() {
-    let mut sb = Sandbox::new("restart-daemon", "");
+    let test = this_test!();
+    let mut sb = test.sandbox("");
     let old = sb.start();
     let out = sb.run(&["restart"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
@@ -1192,11 +1226,11 @@ fn restart_replaces_the_daemon() {
 /// the kernel vouches for), the pidfile's problem shown as a warning.
 #[test]
 fn stop_as_root_without_ptrace_cannot_tell_and_says_so() {
-    let test = "stop_as_root_without_ptrace_cannot_tell_and_says_so";
-    if !require_root(test) || !require_tool(test, "setpriv", "util-linux") {
+    let test = this_test!();
+    if !test.require_root() || !test.require_tool("setpriv", "util-linux") {
         return;
     }
-    let mut sb = Sandbox::new("no-ptrace", "user = \"nobody\"");
+    let mut sb = test.sandbox("user = \"nobody\"");
     let pid = sb.start();
     let stop_without_ptrace = |sb: &mut Sandbox| {
         let mut cmd = Command::new("setpriv");
@@ -1213,11 +1247,15 @@ fn stop_as_root_without_ptrace_cannot_tell_and_says_so() {
     let err = stderr_of(&out);
     if err.starts_with("setpriv:") {
         // No CAP_SETPCAP here, so the bounding set cannot shrink.
-        eprintln!("SKIPPED {test}: setpriv cannot drop cap_sys_ptrace: {err}");
+        test.skip(&format!("setpriv cannot drop cap_sys_ptrace: {err}"));
         std::fs::rename(sb.path("moved.sock"), sb.path("warden.sock")).unwrap();
         return;
     }
-    assert_eq!(code(&out), Some(4), "stop without CAP_SYS_PTRACE: {err}");
+    assert_eq!(
+        exit_code(&out),
+        Some(4),
+        "stop without CAP_SYS_PTRACE: {err}"
+    );
     let want = format!("permission denied: cannot inspect /proc/{pid}/fd");
     assert!(err.contains(&want), "missing {want:?} in: {err}");
     assert!(!err.contains("does not hold it"), "false refusal: {err}");
@@ -1227,7 +1265,7 @@ fn stop_as_root_without_ptrace_cannot_tell_and_says_so() {
     std::fs::rename(sb.path("moved.sock"), sb.path("warden.sock")).unwrap();
     let out = stop_without_ptrace(&mut sb);
     let err = stderr_of(&out);
-    assert_eq!(code(&out), Some(0), "stop through the socket: {err}");
+    assert_eq!(exit_code(&out), Some(0), "stop through the socket: {err}");
     assert!(
         err.contains(&want) && err.contains(&format!("pid {pid} answers")),
         "{err}"

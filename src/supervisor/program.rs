@@ -1,0 +1,183 @@
+//! The supervisor's public model: what a program is ([`ProgramDef`], [`Work`]), what an
+//! instance looks like from outside ([`InstanceStatus`], [`InstanceState`]), and why the loop
+//! returned ([`RunExit`]).
+//!
+//! Plain data and conversions only: no process, descriptor or loop state lives here, and nothing
+//! here decides anything.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::OutputSpec;
+use crate::lifecycle::State;
+use crate::policy::{ExitStatus, Policy};
+
+use super::spawn::{ExecSpec, WorkerFn};
+
+/// What a program's workers run.
+#[derive(Clone)]
+// One per program, built once: boxing the larger variant would save nothing that matters.
+#[allow(clippy::large_enum_variant)]
+pub enum Work {
+    /// An exec'd program.
+    Exec(ExecSpec),
+    /// A Rust function in a forked child (only while the supervisor is single-threaded).
+    Fn(WorkerFn),
+}
+
+impl std::fmt::Debug for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Work::Exec(e) => f.debug_tuple("Exec").field(e).finish(),
+            Work::Fn(_) => f.write_str("Fn(..)"),
+        }
+    }
+}
+
+/// One supervised program: N instances of the same work under one policy.
+#[derive(Debug, Clone)]
+pub struct ProgramDef {
+    /// The name, unique in the supervisor.
+    pub name: String,
+    /// How many instances to run.
+    pub instances: u32,
+    /// What each instance runs.
+    pub work: Work,
+    /// Restart, backoff, stop and readiness policy.
+    pub policy: Policy,
+    /// Where stdout goes.
+    pub stdout: OutputSpec,
+    /// Where stderr goes.
+    pub stderr: OutputSpec,
+    /// Rotate output files beyond this size.
+    pub log_max_bytes: u64,
+    /// Keep this many rotated output files.
+    pub log_keep: u32,
+    /// The configuration file that defines it (`status --json` shows it as `file`); `None` for
+    /// a program built in code. Not a setting: a reload that only moves a program to another
+    /// file leaves it running and updates this.
+    pub source: Option<PathBuf>,
+}
+
+impl ProgramDef {
+    /// A program with default policy and output to the log.
+    pub fn new(name: impl Into<String>, instances: u32, work: Work) -> ProgramDef {
+        ProgramDef {
+            name: name.into(),
+            instances,
+            work,
+            policy: Policy::default(),
+            stdout: OutputSpec::Log,
+            stderr: OutputSpec::Log,
+            log_max_bytes: 10 << 20,
+            log_keep: 5,
+            source: None,
+        }
+    }
+}
+
+/// A read-only view of one instance, for `warden status` and library users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceStatus {
+    /// The program name.
+    pub program: String,
+    /// The instance index, from 0.
+    pub index: usize,
+    /// The main pid, when a process is up.
+    pub pid: Option<i32>,
+    /// Where the instance is (its [`InstanceState::name`] is what `warden status` shows).
+    pub state: InstanceState,
+    /// How long the current process has been up.
+    pub uptime: Option<Duration>,
+    /// How many times it was restarted.
+    pub restarts: u32,
+    /// How the last process ended.
+    pub last_exit: Option<ExitStatus>,
+    /// The last `STATUS=` text it sent.
+    pub status_text: Option<String>,
+}
+
+/// Where an instance is, as `warden status` shows it: the state machine's state without its
+/// data (a spawn under way shows as `starting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InstanceState {
+    /// Spawned, not yet running or ready.
+    Starting,
+    /// Up (not yet ready, for a program with a readiness check).
+    Running,
+    /// Up and ready.
+    Ready,
+    /// Waiting to restart.
+    Backoff,
+    /// Being stopped.
+    Stopping,
+    /// Never started, or exited and not restarted.
+    Exited,
+    /// Stopped by hand, kept down until started again.
+    Stopped,
+    /// Gave up restarting (crash loop, or a start that cannot succeed).
+    Fatal,
+}
+
+impl InstanceState {
+    /// The name `warden status` and its JSON show: `starting`, `running`, `ready`, `backoff`,
+    /// `stopping`, `exited`, `stopped` or `fatal`.
+    pub fn name(self) -> &'static str {
+        match self {
+            InstanceState::Starting => "starting",
+            InstanceState::Running => "running",
+            InstanceState::Ready => "ready",
+            InstanceState::Backoff => "backoff",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Exited => "exited",
+            InstanceState::Stopped => "stopped",
+            InstanceState::Fatal => "fatal",
+        }
+    }
+
+    /// The state `state` shows as.
+    pub fn of(state: &State) -> InstanceState {
+        match state {
+            State::Exited => InstanceState::Exited,
+            State::Stopped => InstanceState::Stopped,
+            State::Spawning | State::Starting { .. } => InstanceState::Starting,
+            State::Running { .. } => InstanceState::Running,
+            State::Ready { .. } => InstanceState::Ready,
+            State::Backoff { .. } => InstanceState::Backoff,
+            State::Stopping { .. } => InstanceState::Stopping,
+            State::Fatal => InstanceState::Fatal,
+        }
+    }
+}
+
+impl std::fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why [`Supervisor::run`](super::Supervisor::run) returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunExit {
+    /// Every worker has been stopped and reaped.
+    Shutdown,
+    /// `SIGHUP`: the caller should re-read its configuration, apply it, and call `run` again.
+    Reload,
+}
+
+impl ProgramDef {
+    /// The supervisor's view of a `[program.NAME]` table.
+    pub fn from_spec(spec: &crate::config::ProgramSpec) -> ProgramDef {
+        ProgramDef {
+            name: spec.name.clone(),
+            instances: spec.instances,
+            work: Work::Exec(spec.exec.clone()),
+            policy: spec.policy.clone(),
+            stdout: spec.stdout.clone(),
+            stderr: spec.stderr.clone(),
+            log_max_bytes: spec.log_max_bytes,
+            log_keep: spec.log_keep,
+            source: spec.source.clone(),
+        }
+    }
+}

@@ -1,0 +1,550 @@
+//! Transactional reloads: what changed between the running configuration and the new one (a
+//! [`ReloadPlan`]), and carrying it out.
+//!
+//! Everything a reload needs (users, groups, output files) is resolved before anything changes,
+//! so an error leaves the running configuration untouched. Unchanged programs are not touched at
+//! all: same processes, same pids. Changed programs are restarted by a rollout
+//! ([`super::rollout`]); programs stopped by hand stay stopped.
+
+use serde::Serialize;
+
+use super::programs::open_files;
+use super::table::{InstanceIndex, ProgramId};
+use super::{ProgramDef, Supervisor, Work, output::RotatingFile, spawn::Prepared};
+use crate::control::ErrorKind;
+use crate::error::Error;
+use crate::lifecycle::Event;
+
+/// What a reloader produces: the new programs and daemon-level settings.
+#[derive(Debug, Clone)]
+pub struct ReloadSet {
+    /// Every program of the new configuration, in order.
+    pub programs: Vec<ProgramDef>,
+    /// The new `scale_program`.
+    pub scale_program: Option<String>,
+    /// Remarks about settings that cannot change while running.
+    pub notes: Vec<String>,
+}
+
+/// Re-reads the configuration: `Ok(set)`, or every problem found as one message.
+pub type Reloader = Box<dyn FnMut() -> std::result::Result<ReloadSet, String>>;
+
+/// What a reload does, program by program.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ReloadPlan {
+    /// New programs, started.
+    pub added: Vec<String>,
+    /// Programs no longer configured, stopped.
+    pub removed: Vec<String>,
+    /// Programs whose settings changed, restarted one instance at a time.
+    pub changed: Vec<String>,
+    /// Programs whose settings changed while stopped by hand (`warden stop PROG`): they stay
+    /// stopped, and the new settings apply at their next start.
+    pub changed_stopped: Vec<String>,
+    /// Programs whose only change is the number of instances: (name, from, to).
+    pub scaled: Vec<(String, u32, u32)>,
+    /// Programs left alone.
+    pub unchanged: Vec<String>,
+    /// Settings that take effect only when warden restarts.
+    pub notes: Vec<String>,
+}
+
+impl ReloadPlan {
+    /// What a reload from `old` (the running programs, in order) to `new` does. A program is
+    /// matched by name: new ones are added, missing ones removed; a change of settings
+    /// restarts it (or only updates it, when it is stopped by hand); a change of count alone
+    /// scales it; a move to another file alone changes nothing.
+    pub(super) fn diff(old: &[Running<'_>], new: &ReloadSet) -> ReloadPlan {
+        let mut plan = ReloadPlan {
+            notes: new.notes.clone(),
+            ..ReloadPlan::default()
+        };
+        for def in &new.programs {
+            let name = def.name.clone();
+            match old.iter().find(|r| r.def.name == def.name) {
+                None => plan.added.push(name),
+                Some(r) if !same_config(r.def, def) && r.stopped_by_hand => {
+                    plan.changed_stopped.push(name)
+                }
+                Some(r) if !same_config(r.def, def) => plan.changed.push(name),
+                Some(r) if r.def.instances != def.instances => {
+                    plan.scaled.push((name, r.def.instances, def.instances))
+                }
+                Some(_) => plan.unchanged.push(name),
+            }
+        }
+        for r in old {
+            if !new.programs.iter().any(|d| d.name == r.def.name) {
+                plan.removed.push(r.def.name.clone());
+            }
+        }
+        plan
+    }
+
+    /// One line per change, for logs and terminals.
+    pub fn lines(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        v.extend(self.added.iter().map(|n| format!("add {n}")));
+        v.extend(self.removed.iter().map(|n| format!("remove {n}")));
+        v.extend(
+            self.changed
+                .iter()
+                .map(|n| format!("restart {n} (changed)")),
+        );
+        v.extend(
+            self.changed_stopped
+                .iter()
+                .map(|n| format!("update {n} (changed; stays stopped)")),
+        );
+        v.extend(
+            self.scaled
+                .iter()
+                .map(|(n, a, b)| format!("scale {n} {a} -> {b}")),
+        );
+        v.extend(self.unchanged.iter().map(|n| format!("keep {n}")));
+        v.extend(self.notes.iter().cloned());
+        v
+    }
+}
+
+/// A program of the running configuration, as [`ReloadPlan::diff`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Running<'a> {
+    /// Its settings.
+    pub def: &'a ProgramDef,
+    /// Every instance of it was stopped by hand and is kept down (see [`all_stopped_by_hand`]).
+    pub stopped_by_hand: bool,
+}
+
+/// A program of the new configuration, resolved: its settings, its prepared exec and its
+/// output files.
+type Resolved = (ProgramDef, Option<Prepared>, [Option<RotatingFile>; 2]);
+
+/// A failure past the point where everything was resolved (a program that vanished): the
+/// supervisor's fault, not the configuration's.
+fn internal(e: Error) -> (ErrorKind, String) {
+    (ErrorKind::Failed, e.to_string())
+}
+
+/// Whether a program whose live instances were `stopped by hand` (one flag each) counts as
+/// stopped by hand: it has at least one instance, and each was.
+pub(super) fn all_stopped_by_hand(mut instances: impl Iterator<Item = bool>) -> bool {
+    let mut any = false;
+    instances.all(|manual| {
+        any = true;
+        manual
+    }) && any
+}
+
+/// Whether `a` and `b` run the same way. `instances` is compared apart (a change of count
+/// alone is a scale, not a restart), and `source` not at all: the file a program is defined in
+/// is no setting of it.
+fn same_config(a: &ProgramDef, b: &ProgramDef) -> bool {
+    let work = match (&a.work, &b.work) {
+        (Work::Exec(x), Work::Exec(y)) => x == y,
+        (Work::Fn(x), Work::Fn(y)) => std::sync::Arc::ptr_eq(x, y),
+        _ => false,
+    };
+    work && a.policy == b.policy
+        && a.stdout == b.stdout
+        && a.stderr == b.stderr
+        && a.log_max_bytes == b.log_max_bytes
+        && a.log_keep == b.log_keep
+}
+
+impl Supervisor {
+    /// Re-reads the configuration through the reloader and applies the difference (unless
+    /// `dry_run`). Returns the plan and the programs to wait for.
+    pub(super) fn reload(
+        &mut self,
+        dry_run: bool,
+    ) -> std::result::Result<(ReloadPlan, Vec<ProgramId>), (ErrorKind, String)> {
+        if self.reloader.is_none() {
+            return Err((
+                ErrorKind::Failed,
+                "this supervisor has no configuration to reload".into(),
+            ));
+        }
+        self.notify_manager(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        let result = (self.reloader.as_mut().expect("checked"))();
+        let set = match result {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("reload rejected, keeping the running configuration:\n{e}");
+                self.notify_manager("READY=1\nSTATUS=running (reload rejected)");
+                return Err((ErrorKind::InvalidConfig, e));
+            }
+        };
+        let plan = ReloadPlan::diff(&self.running(), &set);
+        if dry_run {
+            self.notify_manager("READY=1\nSTATUS=running");
+            return Ok((plan, Vec::new()));
+        }
+        let outcome = self.apply_reload(set, &plan);
+        self.notify_manager("READY=1\nSTATUS=running");
+        match outcome {
+            Ok(touched) => {
+                for line in plan.lines().iter().filter(|l| !l.starts_with("keep ")) {
+                    log::info!("reload: {line}");
+                }
+                log::info!("reload applied");
+                Ok((plan, touched))
+            }
+            Err((kind, e)) => {
+                log::error!("reload failed, nothing changed: {e}");
+                Err((kind, e))
+            }
+        }
+    }
+
+    /// The live programs as [`ReloadPlan::diff`] sees them, in order.
+    fn running(&self) -> Vec<Running<'_>> {
+        self.table
+            .live_programs()
+            .into_iter()
+            .map(|p| Running {
+                def: &self.table[p].def,
+                stopped_by_hand: self.stopped_by_hand(p),
+            })
+            .collect()
+    }
+
+    /// Whether every instance of program `p` was stopped by hand (`warden stop PROG`) and is
+    /// kept down: a reload must not start it again.
+    fn stopped_by_hand(&self, p: ProgramId) -> bool {
+        all_stopped_by_hand(
+            self.table[p]
+                .slots()
+                .iter()
+                .filter(|s| !s.retiring)
+                .map(|s| s.inst.manual_stop),
+        )
+    }
+
+    /// Carries out `plan`, computed from `set`: resolves every new or changed program first,
+    /// then removes, replaces, scales. Returns the programs to wait for.
+    fn apply_reload(
+        &mut self,
+        set: ReloadSet,
+        plan: &ReloadPlan,
+    ) -> std::result::Result<Vec<ProgramId>, (ErrorKind, String)> {
+        let prepared = self.prepare_reload(&set, plan)?;
+        let mut touched = Vec::new();
+        for name in &plan.removed {
+            let p = self.table.find(name).map_err(internal)?;
+            self.cancel_rollout(p);
+            let _ = self.stop_program(name);
+            self.table[p].removed = true;
+        }
+        for (def, prep, files) in prepared {
+            if plan.added.contains(&def.name) {
+                touched.push(self.add_prepared(def, prep, files));
+                continue;
+            }
+            let stays_stopped = plan.changed_stopped.contains(&def.name);
+            if let Some(p) = self.replace_program(def, prep, files, stays_stopped)? {
+                touched.push(p);
+            }
+        }
+        for (name, from, to) in &plan.scaled {
+            let p = self.table.find(name).map_err(internal)?;
+            // A program stopped by hand stays stopped: its new instances too.
+            if to > from && self.stopped_by_hand(p) {
+                self.add_stopped_instances(p, *to);
+            } else {
+                self.scale(name, *to).map_err(internal)?;
+            }
+            touched.push(p);
+        }
+        // Where each program is defined is not a setting (`same_config` ignores it), so an
+        // unchanged program whose table moved to another file is only told its new file.
+        for def in &set.programs {
+            if let Ok(p) = self.table.find(&def.name) {
+                self.table[p].def.source.clone_from(&def.source);
+            }
+        }
+        self.scale_program = set.scale_program;
+        Ok(touched)
+    }
+
+    /// Resolves users and groups and opens the output files of every program `plan` adds or
+    /// changes, before anything changes: a typo in a user name must not leave half a reload
+    /// behind.
+    fn prepare_reload(
+        &self,
+        set: &ReloadSet,
+        plan: &ReloadPlan,
+    ) -> std::result::Result<Vec<Resolved>, (ErrorKind, String)> {
+        let mut prepared = Vec::new();
+        for def in set.programs.iter().filter(|d| {
+            plan.added.contains(&d.name)
+                || plan.changed.contains(&d.name)
+                || plan.changed_stopped.contains(&d.name)
+        }) {
+            let prep = match &def.work {
+                Work::Exec(spec) => {
+                    Some(Prepared::exec(spec).map_err(|e| self.reload_error(&def.name, &e))?)
+                }
+                Work::Fn(_) => None,
+            };
+            let files = open_files(def).map_err(|e| self.reload_error(&def.name, &e))?;
+            prepared.push((def.clone(), prep, files));
+        }
+        Ok(prepared)
+    }
+
+    /// Gives a changed program its new settings and count: fewer instances first, then a
+    /// rolling restart (unless it `stays_stopped`), then more instances. Returns the program
+    /// when there is something to wait for.
+    fn replace_program(
+        &mut self,
+        def: ProgramDef,
+        prep: Option<Prepared>,
+        files: [Option<RotatingFile>; 2],
+        stays_stopped: bool,
+    ) -> std::result::Result<Option<ProgramId>, (ErrorKind, String)> {
+        let p = self.table.find(&def.name).map_err(internal)?;
+        let instances = def.instances;
+        let name = def.name.clone();
+        {
+            let prog = &mut self.table[p];
+            prog.def = def;
+            prog.prepared = prep;
+            prog.files = files;
+        }
+        let live = self.table[p].live_indices().len();
+        // Fewer instances first, so that the rollout does not replace the ones about to go.
+        if (instances as usize) < live {
+            self.scale(&name, instances).map_err(internal)?;
+        }
+        if !stays_stopped {
+            self.begin_rollout(p, true);
+        }
+        if (instances as usize) > live && stays_stopped {
+            self.add_stopped_instances(p, instances);
+        } else if (instances as usize) > live {
+            self.scale(&name, instances).map_err(internal)?;
+        }
+        Ok((!stays_stopped || instances as usize != live).then_some(p))
+    }
+
+    /// Scales program `p`, kept down by hand, up to `instances` without starting anything:
+    /// each new instance is `stopped` (by hand), as if `warden stop PROG` had been run
+    /// after it was created, so that it starts with the others at the next `start PROG`. An
+    /// instance with that index still stopping after an earlier scale-down is kept instead,
+    /// and stays down once stopped.
+    fn add_stopped_instances(&mut self, p: ProgramId, instances: u32) {
+        let live = self.table[p].live_indices().len();
+        for index in live..instances as usize {
+            let pos = self.table[p].slot_for_index(InstanceIndex(index));
+            // From `exited` a stop makes the instance `stopped` (by hand); from `stopping` it
+            // turns a pending restart into staying down.
+            self.apply(p, pos, Event::Stop);
+        }
+        self.table[p].def.instances = instances;
+        let name = &self.table[p].def.name;
+        log::info!("{name}: scaled to {instances} instance(s), kept stopped");
+    }
+
+    /// How a reload reports what stopped it before anything changed: a name that does not
+    /// resolve is the configuration's fault (`FILE: program.NAME.KEY: …`), an output file that
+    /// cannot be opened is an I/O error.
+    fn reload_error(&self, program: &str, e: &Error) -> (ErrorKind, String) {
+        let file = if self.config_path.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", self.config_path)
+        };
+        match e {
+            Error::UnknownUser(_) => (
+                ErrorKind::InvalidConfig,
+                format!("{file}program.{program}.user: {e}"),
+            ),
+            Error::UnknownGroup(_) => (
+                ErrorKind::InvalidConfig,
+                format!("{file}program.{program}.group: {e}"),
+            ),
+            Error::Invalid { what, reason } => (
+                ErrorKind::InvalidConfig,
+                format!("{file}program.{program}.{what}: {reason}"),
+            ),
+            Error::Io { .. } if e.is_permission_denied() => {
+                (ErrorKind::IoDenied, format!("program {program}: {e}"))
+            }
+            Error::Io { .. } => (ErrorKind::Io, format!("program {program}: {e}")),
+            _ => (ErrorKind::Failed, format!("program {program}: {e}")),
+        }
+    }
+}
+
+pub(super) fn monotonic_usec() -> u128 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u128 * 1_000_000 + t.tv_nsec() as u128 / 1_000)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The reload diff's specification: one test per kind of change.
+
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::supervisor::{ExecSpec, Restart};
+
+    fn program(name: &str, instances: u32, command: &str) -> ProgramDef {
+        let spec = ExecSpec::new(vec![command.to_string()]);
+        ProgramDef::new(name, instances, Work::Exec(spec))
+    }
+
+    fn running(def: &ProgramDef) -> Running<'_> {
+        Running {
+            def,
+            stopped_by_hand: false,
+        }
+    }
+
+    fn stopped(def: &ProgramDef) -> Running<'_> {
+        Running {
+            def,
+            stopped_by_hand: true,
+        }
+    }
+
+    fn set(programs: &[&ProgramDef]) -> ReloadSet {
+        ReloadSet {
+            programs: programs.iter().map(|&d| d.clone()).collect(),
+            scale_program: None,
+            notes: Vec::new(),
+        }
+    }
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_same_configuration_keeps_every_program() {
+        let (web, db) = (program("web", 2, "web"), program("db", 1, "db"));
+        let plan = ReloadPlan::diff(&[running(&web), running(&db)], &set(&[&web, &db]));
+        assert_eq!(plan.unchanged, names(&["web", "db"]));
+        assert_eq!(plan.lines(), vec!["keep web", "keep db"]);
+    }
+
+    #[test]
+    fn a_new_program_is_added_and_a_missing_one_removed() {
+        let (web, db) = (program("web", 1, "web"), program("db", 1, "db"));
+        let plan = ReloadPlan::diff(&[running(&web)], &set(&[&db]));
+        assert_eq!(plan.added, names(&["db"]));
+        assert_eq!(plan.removed, names(&["web"]));
+        assert_eq!(plan.lines(), vec!["add db", "remove web"]);
+    }
+
+    #[test]
+    fn a_changed_command_restarts_the_program() {
+        let old = program("web", 2, "web-v1");
+        let new = program("web", 2, "web-v2");
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&new]));
+        assert_eq!(plan.changed, names(&["web"]));
+        assert_eq!(plan.lines(), vec!["restart web (changed)"]);
+    }
+
+    #[test]
+    fn a_changed_policy_restarts_the_program() {
+        let old = program("web", 1, "web");
+        let mut new = old.clone();
+        new.policy.restart = Restart::Never;
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&new]));
+        assert_eq!(plan.changed, names(&["web"]));
+    }
+
+    #[test]
+    fn a_change_to_a_program_stopped_by_hand_only_updates_it() {
+        let old = program("web", 1, "web-v1");
+        let new = program("web", 1, "web-v2");
+        let plan = ReloadPlan::diff(&[stopped(&old)], &set(&[&new]));
+        assert_eq!(plan.changed_stopped, names(&["web"]));
+        assert!(plan.changed.is_empty());
+        assert_eq!(plan.lines(), vec!["update web (changed; stays stopped)"]);
+    }
+
+    #[test]
+    fn a_new_instance_count_alone_scales_the_program() {
+        let old = program("web", 2, "web");
+        let new = program("web", 5, "web");
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&new]));
+        assert_eq!(plan.scaled, vec![("web".to_string(), 2, 5)]);
+        assert_eq!(plan.lines(), vec!["scale web 2 -> 5"]);
+    }
+
+    #[test]
+    fn a_program_stopped_by_hand_is_scaled_too() {
+        let old = program("web", 2, "web");
+        let new = program("web", 1, "web");
+        let plan = ReloadPlan::diff(&[stopped(&old)], &set(&[&new]));
+        assert_eq!(plan.scaled, vec![("web".to_string(), 2, 1)]);
+    }
+
+    #[test]
+    fn a_changed_command_with_a_new_count_is_a_restart_not_a_scale() {
+        let old = program("web", 2, "web-v1");
+        let new = program("web", 3, "web-v2");
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&new]));
+        assert_eq!(plan.changed, names(&["web"]));
+        assert!(plan.scaled.is_empty());
+    }
+
+    #[test]
+    fn a_program_moved_to_another_drop_in_file_is_kept_running() {
+        let mut old = program("web", 2, "web");
+        old.source = Some(PathBuf::from("/etc/warden/warden.toml"));
+        let mut new = old.clone();
+        new.source = Some(PathBuf::from("/etc/warden/conf.d/web.toml"));
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&new]));
+        assert_eq!(plan.unchanged, names(&["web"]));
+        assert_eq!(plan.lines(), vec!["keep web"]);
+    }
+
+    #[test]
+    fn a_moved_program_with_a_new_count_is_only_scaled() {
+        let mut old = program("web", 2, "web");
+        old.source = Some(PathBuf::from("/etc/warden/warden.toml"));
+        let mut new = program("web", 4, "web");
+        new.source = Some(PathBuf::from("/etc/warden/conf.d/web.toml"));
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&new]));
+        assert_eq!(plan.scaled, vec![("web".to_string(), 2, 4)]);
+    }
+
+    #[test]
+    fn the_plan_follows_the_new_order_then_the_old_for_removals() {
+        let (a, b, c, d) = (
+            program("a", 1, "a"),
+            program("b", 1, "b"),
+            program("c", 1, "c"),
+            program("d", 1, "d"),
+        );
+        let plan = ReloadPlan::diff(&[running(&a), running(&b), running(&c)], &set(&[&d, &b]));
+        assert_eq!(plan.added, names(&["d"]));
+        assert_eq!(plan.unchanged, names(&["b"]));
+        assert_eq!(plan.removed, names(&["a", "c"]));
+    }
+
+    #[test]
+    fn notes_are_passed_through_last() {
+        let web = program("web", 1, "web");
+        let mut new = set(&[&web]);
+        new.notes = names(&["pidfile takes effect when warden restarts"]);
+        let plan = ReloadPlan::diff(&[running(&web)], &new);
+        assert_eq!(
+            plan.lines(),
+            vec!["keep web", "pidfile takes effect when warden restarts"]
+        );
+    }
+
+    #[test]
+    fn stopped_by_hand_means_every_live_instance_and_at_least_one() {
+        assert!(all_stopped_by_hand([true, true].into_iter()));
+        assert!(!all_stopped_by_hand([true, false].into_iter()));
+        assert!(!all_stopped_by_hand(std::iter::empty()));
+    }
+}

@@ -1,0 +1,232 @@
+//! Shutdown: graceful (programs stopped from the last to the first, each waited for) or fast
+//! (everything killed at once), bounded by `shutdown_timeout`, then the final clean-up.
+//!
+//! # Policy and execution
+//!
+//! The order and the deadline are pure functions of a snapshot of the instances' states and
+//! `now` ([`graceful_step`], [`on_deadline`], [`deadline_for`]), unit-tested in
+//! `shutdown/tests.rs`; the `impl Supervisor` here only feeds them and carries out their answer
+//! through `apply`. It owns [`ShutdownState`]; it does not step instances by itself or reap.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use super::Supervisor;
+use super::table::{ProgramId, SlotPos, is_down};
+use crate::lifecycle::{AfterStop, Event, State};
+
+/// Which shutdown is under way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shutdown {
+    /// Stopping programs from the last to the first; the value is how many remain.
+    Graceful(usize),
+    /// Every instance killed at once.
+    Fast,
+}
+
+/// The supervisor's shutdown part.
+#[derive(Debug, Default)]
+pub(crate) struct ShutdownState {
+    /// The shutdown under way, if any.
+    pub(crate) mode: Option<Shutdown>,
+    /// The bound of a graceful shutdown ([`Supervisor::set_shutdown_timeout`]).
+    pub(crate) timeout: Option<Duration>,
+    /// When the current shutdown began.
+    began: Option<Instant>,
+    /// When a graceful shutdown escalates to SIGKILL.
+    pub(crate) deadline: Option<Instant>,
+    /// Whether the end of a shutdown kills the strays ([`Supervisor::set_kill_strays`]).
+    pub(crate) kill_strays: bool,
+}
+
+impl ShutdownState {
+    /// Whether a shutdown is under way.
+    pub(crate) fn active(&self) -> bool {
+        self.mode.is_some()
+    }
+}
+
+/// What a graceful shutdown does next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Send `Stop` to these instances of this program.
+    Stop(ProgramId, Vec<SlotPos>),
+    /// Wait for this program to be down.
+    Wait(ProgramId),
+    /// Every program is down.
+    Done,
+}
+
+/// Whether an instance in `state` still needs a `Stop` to stay down during a shutdown. An
+/// instance stopping *for a restart* (a watchdog or start timeout) gets the Stop too, which makes
+/// it stay down: otherwise it is respawned mid-shutdown.
+pub(crate) fn needs_stop(state: &State) -> bool {
+    !matches!(
+        state,
+        State::Stopping {
+            then: AfterStop::Stay,
+            ..
+        } | State::Exited
+            | State::Stopped
+            | State::Fatal
+    )
+}
+
+/// The next step of a graceful shutdown. `programs`: the instances' states of the programs not
+/// yet passed, in start order (the last is handled first): the last program with an instance
+/// that needs a stop gets it; one not yet down is waited for; one that is down is passed.
+pub(crate) fn graceful_step(programs: &[Vec<State>]) -> Step {
+    for (p, states) in programs.iter().enumerate().rev() {
+        let stops: Vec<SlotPos> = (0..states.len())
+            .filter(|&i| needs_stop(&states[i]))
+            .map(SlotPos)
+            .collect();
+        if !stops.is_empty() {
+            return Step::Stop(ProgramId(p), stops);
+        }
+        if !states.iter().all(is_down) {
+            return Step::Wait(ProgramId(p));
+        }
+    }
+    Step::Done
+}
+
+/// When a shutdown beginning at `now` escalates to SIGKILL: `timeout` after, for a graceful one.
+pub(crate) fn deadline_for(now: Instant, timeout: Option<Duration>, fast: bool) -> Option<Instant> {
+    timeout.filter(|_| !fast).and_then(|t| now.checked_add(t))
+}
+
+/// What the shutdown deadline asks at `now`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deadline {
+    /// Nothing to do (none set, not yet due, or everything already down).
+    Keep,
+    /// The deadline no longer applies (the shutdown is not graceful any more): forget it.
+    Drop,
+    /// Due: the graceful shutdown becomes a fast one, and every group gets SIGKILL.
+    Escalate,
+}
+
+/// The deadline's verdict for a shutdown in `mode` with `deadline`, at `now`.
+pub(crate) fn on_deadline(
+    mode: Option<Shutdown>,
+    deadline: Option<Instant>,
+    now: Instant,
+    all_down: bool,
+) -> Deadline {
+    let Some(deadline) = deadline else {
+        return Deadline::Keep;
+    };
+    if !matches!(mode, Some(Shutdown::Graceful(_))) {
+        return Deadline::Drop;
+    }
+    if now < deadline || all_down {
+        return Deadline::Keep;
+    }
+    Deadline::Escalate
+}
+
+impl Supervisor {
+    /// Starts a graceful shutdown (as `SIGTERM` does); [`Supervisor::run`] returns once done.
+    pub fn shutdown(&mut self, fast: bool) {
+        if !self.shutdown.active() {
+            let now = Instant::now();
+            self.shutdown.began = Some(now);
+            self.shutdown.deadline = deadline_for(now, self.shutdown.timeout, fast);
+        }
+        if fast {
+            self.shutdown.mode = Some(Shutdown::Fast);
+            for p in self.table.ids() {
+                for i in self.table[p].positions() {
+                    self.apply(p, i, Event::Kill);
+                }
+            }
+        } else if !self.shutdown.active() {
+            self.shutdown.mode = Some(Shutdown::Graceful(self.table.programs().len()));
+        }
+    }
+
+    /// Moves a graceful shutdown on: stops what [`graceful_step`] says, as far as it goes.
+    pub(super) fn advance_shutdown(&mut self) {
+        let mut stopped = None;
+        while let Some(Shutdown::Graceful(remaining)) = self.shutdown.mode {
+            let snapshot: Vec<Vec<State>> = self.table.programs()[..remaining]
+                .iter()
+                .map(|p| p.slots().iter().map(|s| s.inst.state.clone()).collect())
+                .collect();
+            match graceful_step(&snapshot) {
+                // Each program's stops are sent once per turn; then it is waited for.
+                Step::Stop(p, _) | Step::Wait(p) if stopped == Some(p) => {
+                    self.shutdown.mode = Some(Shutdown::Graceful(p.0 + 1));
+                    return;
+                }
+                Step::Stop(p, slots) => {
+                    for pos in slots {
+                        self.apply(p, pos, Event::Stop);
+                    }
+                    stopped = Some(p);
+                    self.shutdown.mode = Some(Shutdown::Graceful(p.0 + 1));
+                }
+                Step::Wait(p) => {
+                    self.shutdown.mode = Some(Shutdown::Graceful(p.0 + 1));
+                    return;
+                }
+                Step::Done => {
+                    self.shutdown.mode = Some(Shutdown::Graceful(0));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// A graceful shutdown that ran out of `shutdown_timeout` becomes a fast one: SIGKILL to
+    /// every instance's process group, and to groups no instance waits for any more.
+    pub(super) fn enforce_shutdown_deadline(&mut self) {
+        let verdict = on_deadline(
+            self.shutdown.mode,
+            self.shutdown.deadline,
+            Instant::now(),
+            self.table.all_down(),
+        );
+        match verdict {
+            Deadline::Keep => {}
+            Deadline::Drop => self.shutdown.deadline = None,
+            Deadline::Escalate => {
+                self.shutdown.deadline = None;
+                let waited = self
+                    .shutdown
+                    .timeout
+                    .map(crate::policy::fmt_duration)
+                    .unwrap_or_default();
+                log::warn!(
+                    "shutdown_timeout ({waited}) passed: killing every remaining worker (SIGKILL)"
+                );
+                self.shutdown(true);
+                self.groups.signal_all(Signal::SIGKILL);
+            }
+        }
+    }
+
+    /// The last step of a shutdown, every instance down: SIGKILL for groups still known to have
+    /// members (an instance stops waiting for members that outlive SIGKILL), the strays if asked,
+    /// then the guard is let go; the exit hooks get what is left of `shutdown_timeout`.
+    pub(super) fn finish_shutdown(&mut self) {
+        let left = self.groups.signal_all(Signal::SIGKILL);
+        if left > 0 {
+            log::warn!("{left} worker process group(s) still had members: sent SIGKILL");
+        }
+        // The guard first: it is our child, and no stray.
+        self.groups.close_guard(self.poll.registry());
+        if self.shutdown.kill_strays {
+            self.kill_strays();
+        }
+        if let (Some(total), Some(began)) = (self.shutdown.timeout, self.shutdown.began) {
+            crate::hooks::set_total_deadline(total.saturating_sub(began.elapsed()));
+        }
+        self.shutdown.deadline = None;
+    }
+}
+
+#[cfg(test)]
+mod tests;

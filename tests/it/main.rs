@@ -1,0 +1,38 @@
+//! warden's integration tests: one test binary (`cargo test --test integration`), one module per
+//! area, sharing the harness in [`common`]. Each module opens with what it covers and how it
+//! looks; the list below says where to find a test.
+//!
+//! A test that starts processes opens with `let test = this_test!();` (see [`common`]): a `Test`
+//! named after the enclosing `#[test] fn`, which names the test's sandbox, its `[timing]` line
+//! and its `SKIPPED` messages, so that no test name is typed twice.
+//! Programs the tests run that are not examples to copy live in `tests/fixtures/`.
+
+/// The harness: sandboxes, the real `warden` binary, bounded waits, `/proc` observers, and the
+/// helpers several areas share (a program table in TOML, python, exit codes).
+#[macro_use]
+mod common;
+
+/// `--help`, the bundled example configuration run as the README says, the licence files.
+mod cli;
+/// The shipped shell completions are what `warden completions SHELL` prints.
+mod completions;
+/// The control plane against a running daemon: status, authorisation, reload, rolling restart,
+/// scale, stop/start of programs, the pidfile when the socket is gone.
+mod control;
+/// The daemon(7) sequence of `warden start`, `stop`, `status`, `check` and `run`.
+mod daemon;
+/// Function workers through the library (`examples/fn_workers.rs`).
+mod fn_workers;
+/// The fuzz targets' seeds and regressions replayed on stable.
+mod fuzz_regressions;
+/// Exit hooks, the signal map and the notify protocol, through `tests/fixtures/lifecycle.rs`.
+mod lifecycle;
+/// Logging against real peers: logrotate, a syslog receiver, journald prefixes, reopen-logs.
+mod logging;
+/// The job pool from the outside, one scenario of `tests/fixtures/pool_scenarios.rs` per test.
+mod pool;
+/// Property tests (proptest) of the parsers and of the supervisor's state machine.
+mod properties;
+/// The supervisor against real processes: restarts, backoff, stop escalation, reaping, readiness,
+/// output capture, chaos, scaling and the shutdown order.
+mod supervisor;
