@@ -115,8 +115,9 @@ pub(crate) const DEFAULT_PATH: &str =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Finds `program` in `path` (a `PATH` value; [`DEFAULT_PATH`] when `None`): the first
-/// executable regular file of that name. A name with a `/` is returned as it is. Also used by
-/// `warden check` (`config::preflight`) as well as by the supervisor's spawn, so that it looks a command up as a spawn does.
+/// executable regular file of that name. A name with a `/` is returned as it is. Used by the
+/// supervisor's spawn and by `warden check` (`config::preflight`), so that the check looks a
+/// command up as a spawn does.
 pub(crate) fn find_program(program: &str, path: Option<&std::ffi::OsStr>) -> io::Result<PathBuf> {
     if program.contains('/') {
         return Ok(PathBuf::from(program));

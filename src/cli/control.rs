@@ -438,53 +438,10 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `warden status [--json] [PROGRAM…]`.
 pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
-    let unknown = |why: String| Unreached::unknown(why).report(&config.path, json);
-    // The whole command is bounded: a daemon that is stopped (SIGSTOP) or flooded gets this
-    // long to take the connection and answer.
-    let deadline = std::time::Instant::now() + STATUS_TIMEOUT;
-    let mut client = match Client::connect_timeout(&config.daemon.control_socket, STATUS_TIMEOUT) {
-        Ok(c) => c,
-        Err(ClientError::Connect { source, .. })
-            if warden::error::is_permission_denied(&source) =>
-        {
-            return unknown(format!(
-                "permission denied on the control socket {}",
-                config.daemon.control_socket.display()
-            ));
-        }
-        Err(e) if e.is_connect_timeout() => return unknown(e.to_string()),
-        Err(_) => return status_without_socket(config, json, &programs),
-    };
     let named = !programs.is_empty();
-    let reply = match client.request(
-        Command::Status {
-            programs: programs.clone(),
-        },
-        deadline.saturating_duration_since(std::time::Instant::now()),
-        |_| {},
-    ) {
-        Ok(r) => r,
-        // Nobody serves there after all: the pidfile's lock tells the rest.
-        Err(e) if e.is_dropped_unanswered() => {
-            return status_without_socket(config, json, &programs);
-        }
-        Err(e) => return unknown(e.to_string()),
-    };
-    let report: StatusReport = match reply {
-        Reply::Done { result, .. } => match serde_json::from_value(result) {
-            Ok(r) => r,
-            Err(e) => return unknown(format!("unexpected status reply: {e}")),
-        },
-        Reply::Failed {
-            error,
-            kind: ErrorKind::NoSuchProgram,
-            ..
-        } => {
-            eprintln!("warden: {error}");
-            return ExitCode::from(exit::status::NO_SUCH_PROGRAM);
-        }
-        Reply::Failed { error, .. } => return unknown(error),
-        Reply::Progress { .. } => return unknown("unexpected progress reply".to_string()),
+    let report = match fetch_status(config, json, programs) {
+        Ok(report) => report,
+        Err(code) => return code,
     };
     if json {
         println!(
@@ -494,11 +451,16 @@ pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
     } else {
         print_table(&report);
     }
+    status_exit(&report, named)
+}
+
+/// The exit status of `status` for a daemon that answered with `report`: with program names,
+/// whether every instance configured is up. A program scaled to 0 is as asked (0), like `scale P
+/// 0` itself, which succeeds once nothing runs.
+fn status_exit(report: &StatusReport, named: bool) -> ExitCode {
     if !named {
         return ExitCode::from(exit::status::RUNNING);
     }
-    // Every instance configured is up: a program scaled to 0 is as asked (0), like `scale P 0`
-    // itself, which succeeds once nothing runs.
     if report.instances.iter().any(|i| i.state == "fatal") {
         ExitCode::from(exit::status::PROGRAM_FATAL)
     } else if report
@@ -512,6 +474,84 @@ pub fn status(config: &Config, json: bool, programs: Vec<String>) -> ExitCode {
     }
 }
 
+/// Asks the daemon for its status report; when it cannot answer, the exit status of what was
+/// printed instead (the pidfile's verdict, or "unknown").
+fn fetch_status(
+    config: &Config,
+    json: bool,
+    programs: Vec<String>,
+) -> Result<StatusReport, ExitCode> {
+    let unknown = |why: String| Unreached::unknown(why).report(&config.path, json);
+    // The whole command is bounded: a daemon that is stopped (SIGSTOP) or flooded gets this
+    // long to take the connection and answer.
+    let deadline = std::time::Instant::now() + STATUS_TIMEOUT;
+    let mut client = match Client::connect_timeout(&config.daemon.control_socket, STATUS_TIMEOUT) {
+        Ok(c) => c,
+        Err(ClientError::Connect { source, .. })
+            if warden::error::is_permission_denied(&source) =>
+        {
+            return Err(unknown(format!(
+                "permission denied on the control socket {}",
+                config.daemon.control_socket.display()
+            )));
+        }
+        Err(e) if e.is_connect_timeout() => return Err(unknown(e.to_string())),
+        Err(_) => return Err(status_without_socket(config, json, &programs)),
+    };
+    let reply = match client.request(
+        Command::Status {
+            programs: programs.clone(),
+        },
+        deadline.saturating_duration_since(std::time::Instant::now()),
+        |_| {},
+    ) {
+        Ok(r) => r,
+        // Nobody serves there after all: the pidfile's lock tells the rest.
+        Err(e) if e.is_dropped_unanswered() => {
+            return Err(status_without_socket(config, json, &programs));
+        }
+        Err(e) => return Err(unknown(e.to_string())),
+    };
+    decode_status(reply, unknown)
+}
+
+/// The report in a `status` reply; else the exit status of what was printed: `unknown(why)`,
+/// or a program the daemon does not know.
+fn decode_status(
+    reply: Reply,
+    unknown: impl FnOnce(String) -> ExitCode,
+) -> Result<StatusReport, ExitCode> {
+    match reply {
+        Reply::Done { result, .. } => serde_json::from_value(result)
+            .map_err(|e| unknown(format!("unexpected status reply: {e}"))),
+        Reply::Failed {
+            error,
+            kind: ErrorKind::NoSuchProgram,
+            ..
+        } => {
+            eprintln!("warden: {error}");
+            Err(ExitCode::from(exit::status::NO_SUCH_PROGRAM))
+        }
+        Reply::Failed { error, .. } => Err(unknown(error)),
+        Reply::Progress { .. } => Err(unknown("unexpected progress reply".to_string())),
+    }
+}
+
+/// One row of the status table and the instance's state, for its colour.
+type Row<'a> = ([String; 8], Option<&'a str>);
+
+/// The table's column titles.
+const HEADER: [&str; 8] = [
+    "PROGRAM",
+    "INDEX",
+    "PID",
+    "STATE",
+    "UPTIME",
+    "RESTARTS",
+    "LAST EXIT",
+    "STATUS",
+];
+
 fn print_table(report: &StatusReport) {
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     println!(
@@ -524,19 +564,24 @@ fn print_table(report: &StatusReport) {
         println!("no programs");
         return;
     }
-    let header = [
-        "PROGRAM",
-        "INDEX",
-        "PID",
-        "STATE",
-        "UPTIME",
-        "RESTARTS",
-        "LAST EXIT",
-        "STATUS",
-    ];
-    // One row per instance, programs in configuration order; a program scaled to 0 instances
-    // gets one row saying so. (An older daemon sends no program list: instances only.)
-    let mut rows: Vec<([String; 8], Option<&str>)> = Vec::new();
+    let rows = table_rows(report);
+    let mut widths = HEADER.map(str::len);
+    for (r, _) in &rows {
+        for (w, cell) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    println!("{}", table_line(&HEADER.map(str::to_string), &widths, None));
+    for (r, state) in &rows {
+        let c = colour.then_some(state_colour(state.unwrap_or("")));
+        println!("{}", table_line(r, &widths, c));
+    }
+}
+
+/// One row per instance, programs in configuration order; a program scaled to 0 instances gets
+/// one row saying so. (An older daemon sends no program list: instances only.)
+fn table_rows(report: &StatusReport) -> Vec<Row<'_>> {
+    let mut rows: Vec<Row<'_>> = Vec::new();
     if report.programs.is_empty() {
         rows.extend(
             report
@@ -554,37 +599,34 @@ fn print_table(report: &StatusReport) {
             rows.push((empty_row(&p.program, p.instances), None));
         }
     }
-    let mut widths = header.map(str::len);
-    for (r, _) in &rows {
-        for (w, cell) in widths.iter_mut().zip(r.iter()) {
-            *w = (*w).max(cell.chars().count());
+    rows
+}
+
+/// The ANSI colour of a state in the STATE column.
+fn state_colour(state: &str) -> &'static str {
+    match state {
+        "ready" | "running" => "32",
+        "starting" | "stopping" | "backoff" => "33",
+        "fatal" => "31;1",
+        _ => "2",
+    }
+}
+
+/// `cells` padded to `widths` two spaces apart, the STATE cell in `state_colour` if given.
+fn table_line(cells: &[String; 8], widths: &[usize; 8], state_colour: Option<&str>) -> String {
+    let mut out = String::new();
+    for (i, cell) in cells.iter().enumerate() {
+        let pad = widths[i] - cell.chars().count();
+        let text = match (i, state_colour) {
+            (3, Some(c)) => format!("\x1b[{c}m{cell}\x1b[0m"),
+            _ => cell.clone(),
+        };
+        out.push_str(&text);
+        if i + 1 < cells.len() {
+            out.push_str(&" ".repeat(pad + 2));
         }
     }
-    let line = |cells: &[String; 8], state_colour: Option<&str>| {
-        let mut out = String::new();
-        for (i, cell) in cells.iter().enumerate() {
-            let pad = widths[i] - cell.chars().count();
-            let text = match (i, state_colour) {
-                (3, Some(c)) => format!("\x1b[{c}m{cell}\x1b[0m"),
-                _ => cell.clone(),
-            };
-            out.push_str(&text);
-            if i + 1 < cells.len() {
-                out.push_str(&" ".repeat(pad + 2));
-            }
-        }
-        out.trim_end().to_string()
-    };
-    println!("{}", line(&header.map(str::to_string), None));
-    for (r, state) in &rows {
-        let c = colour.then_some(match state.unwrap_or("") {
-            "ready" | "running" => "32",
-            "starting" | "stopping" | "backoff" => "33",
-            "fatal" => "31;1",
-            _ => "2",
-        });
-        println!("{}", line(r, c));
-    }
+    out.trim_end().to_string()
 }
 
 /// The row of a program without instances (scaled to 0).

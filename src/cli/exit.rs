@@ -13,8 +13,8 @@
 //! `status` answers with LSB codes instead: 0 running, 1 dead but the pidfile remains, 3 not
 //! running, 4 unknown (e.g. no permission, or no configuration file to find the daemon by). With
 //! program names: 0 when every instance of them is up, 150 when one is not (starting, stopping,
-//! backoff, exited, stopped), 151 when one is fatal, 152 when a name is unknown; a program scaled to 0
-//! instances counts as up. `check` answers 0 or 1. `status --json` prints JSON on stdout
+//! backoff, exited, stopped), 151 when one is fatal, 152 when a name is unknown; a program scaled
+//! to 0 instances counts as up. `check` answers 0 or 1. `status --json` prints JSON on stdout
 //! whatever the outcome but an unknown program name (its message on stderr), with these same
 //! statuses.
 

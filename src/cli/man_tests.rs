@@ -1,5 +1,5 @@
 //! Drift tests: the man pages against the code. The lists come from the code itself — clap's
-//! `Command` for warden(8)'s commands and options, [`warden::config::KEYS`] for warden.toml(5)'s
+//! `Verb` for warden(8)'s commands and options, [`warden::config::KEYS`] for warden.toml(5)'s
 //! keys, [`super::exit`]'s `ALL` lists for the exit statuses — so that a subcommand, option, key
 //! or status added to the code and not to the page fails the suite.
 //!

@@ -40,11 +40,13 @@ struct Cli {
     config: PathBuf,
 
     #[command(subcommand)]
-    command: Command,
+    verb: Verb,
 }
 
+/// A `warden` subcommand (`warden VERB`); what goes over the control socket is
+/// [`warden::control::Command`].
 #[derive(Debug, Subcommand)]
-enum Command {
+enum Verb {
     /// Run in the foreground (for systemd Type=notify, containers, terminals).
     Run,
     /// Start the daemon, returning once it is ready (0) or has failed (its reason on stderr);
@@ -131,91 +133,114 @@ pub fn main() -> ExitCode {
     // quietly. Those that may become the daemon keep the runtime's setting until `Signals`
     // catches SIGPIPE.
     if !matches!(
-        cli.command,
-        Command::Run | Command::Start { .. } | Command::Restart { .. }
+        cli.verb,
+        Verb::Run | Verb::Start { .. } | Verb::Restart { .. }
     ) {
         warden::signals::default_sigpipe();
     }
+    run(cli.verb, &cli.config)
+}
+
+/// One function per command: `config` is the `-c` path, loaded as each command needs it.
+fn run(verb: Verb, config: &std::path::Path) -> ExitCode {
     use warden::control::Command as C;
-    match cli.command {
-        Command::Completions { shell } => {
-            let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "warden", &mut std::io::stdout());
-            ExitCode::from(exit::OK)
-        }
-        Command::Run => with_config(&cli.config, |c| serve::serve(c, true)),
-        Command::Start { programs, .. } if programs.is_empty() => with_config(&cli.config, |c| {
+    match verb {
+        Verb::Completions { shell } => completions(shell),
+        Verb::Run => with_config(config, |c| serve::serve(c, true)),
+        Verb::Start { programs, .. } if programs.is_empty() => with_config(config, |c| {
             // Under systemd Type=notify the service manager already detached us (DESIGN.md).
             serve::serve(c, under_notify_manager())
         }),
-        Command::Start { programs, timeout } => with_config(&cli.config, |c| {
+        Verb::Start { programs, timeout } => with_config(config, |c| {
             control::command(&c, C::Start { programs }, timeout)
         }),
-        Command::Stop { programs, timeout } if programs.is_empty() => {
-            with_located_config(&cli.config, |c| stop(&c, timeout))
+        Verb::Stop { programs, timeout } if programs.is_empty() => {
+            with_located_config(config, |c| stop(&c, timeout))
         }
-        Command::Stop { programs, timeout } => with_config(&cli.config, |c| {
+        Verb::Stop { programs, timeout } => with_config(config, |c| {
             control::command(&c, C::Stop { programs }, timeout)
         }),
-        Command::Restart { programs, timeout } if programs.is_empty() => {
-            with_config(&cli.config, |c| {
-                let code = stop(&c, timeout);
-                if code != ExitCode::from(exit::OK) {
-                    return code;
-                }
-                serve::serve(c, under_notify_manager())
-            })
+        Verb::Restart { programs, timeout } if programs.is_empty() => {
+            with_config(config, |c| restart_daemon(c, timeout))
         }
-        Command::Restart { programs, timeout } => with_config(&cli.config, |c| {
+        Verb::Restart { programs, timeout } => with_config(config, |c| {
             control::command(&c, C::Restart { programs }, timeout)
         }),
-        Command::Status { json, programs } => match located(&cli.config) {
-            Ok(c) => control::status(&c, json, programs),
-            // No configuration, no pidfile to look at: LSB's "unknown" (4), whatever the file's
-            // problem; with --json, still an answer on stdout.
-            Err(e) => {
-                let why = match &e {
-                    Error::Config(d) => d
-                        .iter()
-                        .map(|d| d.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\nwarden: "),
-                    other => other.to_string(),
-                };
-                control::Unreached::unknown(why).report(&cli.config, json)
-            }
-        },
+        Verb::Status { json, programs } => status_or_unknown(config, json, programs),
         // An invalid file is the daemon's to judge: it reports every error to us and to its log,
         // and keeps the running configuration. Judging it here would hide it from the log.
-        Command::Reload { dry_run, timeout } => match Config::load_for_control(&cli.config) {
+        Verb::Reload { dry_run, timeout } => match Config::load_for_control(config) {
             Ok((c, _)) => control::command(&c, C::Reload { dry_run }, timeout),
             Err(e) => exit::report(&e),
         },
-        Command::Scale {
+        Verb::Scale {
             program,
             instances,
             timeout,
-        } => with_config(&cli.config, |c| {
+        } => with_config(config, |c| {
             control::command(&c, C::Scale { program, instances }, timeout)
         }),
-        Command::Check => check(&cli.config),
+        Verb::Check => check(config),
         // Like `stop`, this must work after a bad edit of the file: logrotate's postrotate does
         // not wait for someone to finish editing warden.toml.
-        Command::ReopenLogs => with_located_config(&cli.config, |c| {
-            match control::command_quiet(&c, C::ReopenLogs, Duration::from_secs(10)) {
-                Ok(code) => code,
-                Err(code) if code == exit::NO_PERMISSION => {
-                    eprintln!(
-                        "warden: permission denied on the control socket {}",
-                        c.daemon.control_socket.display()
-                    );
-                    ExitCode::from(code)
-                }
-                // No control socket (an older daemon, or it is gone): the signal still works,
-                // though nobody can then tell whether the reopen succeeded.
-                Err(_) => signal_daemon(&c, nix::sys::signal::Signal::SIGUSR1),
-            }
-        }),
+        Verb::ReopenLogs => with_located_config(config, |c| reopen_logs(&c)),
+    }
+}
+
+/// `warden completions SHELL`.
+fn completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    clap_complete::generate(shell, &mut cmd, "warden", &mut std::io::stdout());
+    ExitCode::from(exit::OK)
+}
+
+/// `warden restart` without programs: stop the daemon, then start it again.
+fn restart_daemon(config: Config, timeout: Duration) -> ExitCode {
+    let code = stop(&config, timeout);
+    if code != ExitCode::from(exit::OK) {
+        return code;
+    }
+    serve::serve(config, under_notify_manager())
+}
+
+/// `warden status`, also without a usable configuration.
+fn status_or_unknown(path: &std::path::Path, json: bool, programs: Vec<String>) -> ExitCode {
+    match located(path) {
+        Ok(c) => control::status(&c, json, programs),
+        // No configuration, no pidfile to look at: LSB's "unknown" (4), whatever the file's
+        // problem; with --json, still an answer on stdout.
+        Err(e) => {
+            let why = match &e {
+                Error::Config(d) => d
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\nwarden: "),
+                other => other.to_string(),
+            };
+            control::Unreached::unknown(why).report(path, json)
+        }
+    }
+}
+
+/// `warden reopen-logs`: through the control socket, else by `SIGUSR1`.
+fn reopen_logs(c: &Config) -> ExitCode {
+    match control::command_quiet(
+        c,
+        warden::control::Command::ReopenLogs,
+        Duration::from_secs(10),
+    ) {
+        Ok(code) => code,
+        Err(code) if code == exit::NO_PERMISSION => {
+            eprintln!(
+                "warden: permission denied on the control socket {}",
+                c.daemon.control_socket.display()
+            );
+            ExitCode::from(code)
+        }
+        // No control socket (an older daemon, or it is gone): the signal still works,
+        // though nobody can then tell whether the reopen succeeded.
+        Err(_) => signal_daemon(c, nix::sys::signal::Signal::SIGUSR1),
     }
 }
 
@@ -394,71 +419,20 @@ fn stop_through_socket(
     deadline: std::time::Instant,
     pidfile_error: Option<Error>,
 ) -> ExitCode {
-    let socket = &config.daemon.control_socket;
-    let not_running = |pidfile_error: Option<Error>| match pidfile_error {
-        Some(e) => exit::report(&e),
-        None => {
-            println!("not running");
-            ExitCode::from(exit::OK)
+    let daemon = match daemon_on_socket(config, deadline) {
+        Ok(Some(daemon)) => daemon,
+        Ok(None) => {
+            return match pidfile_error {
+                Some(e) => exit::report(&e),
+                None => {
+                    println!("not running");
+                    ExitCode::from(exit::OK)
+                }
+            };
         }
+        Err(code) => return code,
     };
-    let left = deadline.saturating_duration_since(std::time::Instant::now());
-    let mut client = match warden::control::client::Client::connect_timeout(socket, left) {
-        Ok(c) => c,
-        Err(e) if e.is_connect_timeout() => {
-            eprintln!(
-                "warden: a daemon holds the control socket {} but accepts no connection: {e}",
-                socket.display()
-            );
-            return ExitCode::from(exit::FAILURE);
-        }
-        Err(warden::control::client::ClientError::Connect { source, .. })
-            if warden::error::is_permission_denied(&source) =>
-        {
-            eprintln!(
-                "warden: permission denied on the control socket {}: cannot tell whether warden runs",
-                socket.display()
-            );
-            return ExitCode::from(exit::NO_PERMISSION);
-        }
-        Err(_) => return not_running(pidfile_error),
-    };
-    let left = deadline.saturating_duration_since(std::time::Instant::now());
-    match client.request(
-        warden::control::Command::Status { programs: vec![] },
-        left,
-        |_| {},
-    ) {
-        Ok(warden::control::Reply::Done { .. }) => {}
-        // Nobody serves there after all.
-        Err(e) if e.is_dropped_unanswered() => return not_running(pidfile_error),
-        Ok(other) => {
-            eprintln!(
-                "warden: the daemon on {} answered {other:?}",
-                socket.display()
-            );
-            return ExitCode::from(exit::FAILURE);
-        }
-        Err(e) => {
-            eprintln!(
-                "warden: a daemon holds the control socket {} but did not answer: {e}",
-                socket.display()
-            );
-            return ExitCode::from(exit::FAILURE);
-        }
-    }
-    let daemon = match client.daemon_process() {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!(
-                "warden: cannot identify the daemon on {}: {e}",
-                socket.display()
-            );
-            return ExitCode::from(exit::FAILURE);
-        }
-    };
-    let pid = daemon.pid();
-    drop(client);
+    let (pid, socket) = (daemon.pid(), &config.daemon.control_socket);
     // The pid comes from the kernel (the socket's peer), not from a file anyone may have
     // written: stopping it is what was asked, whatever the pidfile says.
     match &pidfile_error {
@@ -493,6 +467,77 @@ fn stop_through_socket(
             format!("pid {pid}"),
             e,
         )),
+    }
+}
+
+/// The daemon answering `status` on the control socket, as a process (pidfd) to stop; `None`
+/// when nobody serves there; the exit status when the socket cannot tell (reported).
+fn daemon_on_socket(
+    config: &Config,
+    deadline: std::time::Instant,
+) -> Result<Option<warden::control::client::DaemonProcess>, ExitCode> {
+    let socket = &config.daemon.control_socket;
+    let Some(mut client) = connect_for_stop(socket, deadline)? else {
+        return Ok(None);
+    };
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    match client.request(
+        warden::control::Command::Status { programs: vec![] },
+        left,
+        |_| {},
+    ) {
+        Ok(warden::control::Reply::Done { .. }) => {}
+        // Nobody serves there after all.
+        Err(e) if e.is_dropped_unanswered() => return Ok(None),
+        Ok(other) => {
+            eprintln!(
+                "warden: the daemon on {} answered {other:?}",
+                socket.display()
+            );
+            return Err(ExitCode::from(exit::FAILURE));
+        }
+        Err(e) => {
+            eprintln!(
+                "warden: a daemon holds the control socket {} but did not answer: {e}",
+                socket.display()
+            );
+            return Err(ExitCode::from(exit::FAILURE));
+        }
+    }
+    client.daemon_process().map(Some).map_err(|e| {
+        eprintln!(
+            "warden: cannot identify the daemon on {}: {e}",
+            socket.display()
+        );
+        ExitCode::from(exit::FAILURE)
+    })
+}
+
+/// A connection to the control socket for `stop`; `None` when nobody listens there.
+fn connect_for_stop(
+    socket: &std::path::Path,
+    deadline: std::time::Instant,
+) -> Result<Option<warden::control::client::Client>, ExitCode> {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    match warden::control::client::Client::connect_timeout(socket, left) {
+        Ok(c) => Ok(Some(c)),
+        Err(e) if e.is_connect_timeout() => {
+            eprintln!(
+                "warden: a daemon holds the control socket {} but accepts no connection: {e}",
+                socket.display()
+            );
+            Err(ExitCode::from(exit::FAILURE))
+        }
+        Err(warden::control::client::ClientError::Connect { source, .. })
+            if warden::error::is_permission_denied(&source) =>
+        {
+            eprintln!(
+                "warden: permission denied on the control socket {}: cannot tell whether warden runs",
+                socket.display()
+            );
+            Err(ExitCode::from(exit::NO_PERMISSION))
+        }
+        Err(_) => Ok(None),
     }
 }
 

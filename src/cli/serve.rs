@@ -11,7 +11,8 @@ use warden::{Daemon, DaemonHandle, ServiceManager, Signals, Stdio};
 
 use super::exit;
 
-/// Becomes the daemon (or stays in the foreground) and runs its event loop.
+/// Becomes the daemon (or stays in the foreground) and runs its event loop: build the daemon,
+/// start it, set up what the daemon process needs, build the supervisor, run until stopped.
 pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     // Read systemd's variables once, before any thread exists, and keep them from children.
     let manager = ServiceManager::from_env();
@@ -20,7 +21,6 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     if let Ok(p) = std::path::absolute(&config.path) {
         config.path = p;
     }
-    let d = &config.daemon;
     // Accounts named in the file must exist before anything starts (exit 6, like any other
     // configuration error), not fail a program later inside the daemon.
     let problems = super::unresolvable_accounts(&config);
@@ -30,6 +30,42 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
         }
         return ExitCode::from(exit::CONFIG);
     }
+    let mut handle = match daemon_from(&config, foreground, manager).start() {
+        Ok(h) => h,
+        Err(e) => return exit::report(&e),
+    };
+    // From here on we are the daemon: everything that fails is reported through the handle,
+    // which carries it back to the launcher.
+    let (log, mut signals) = match after_fork(&config, &mut handle, foreground) {
+        Ok(set_up) => set_up,
+        Err(e) => handle.fail(&e),
+    };
+    // Everything that can fail because of the configuration fails here, before `ready`, so that
+    // `warden start` reports it and exits non-zero.
+    let mut sup = match supervisor(&config, &handle, &log) {
+        Ok(s) => s,
+        Err(e) => handle.fail(&e),
+    };
+    handle.ready();
+    let _ = handle.notify("STATUS=running");
+    log::info!(
+        "warden {} started (pid {}, config {})",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        config.path.display()
+    );
+    let code = event_loop(&mut sup, &mut signals);
+    let _ = handle.notify("STOPPING=1\nSTATUS=stopping");
+    sup.close_control();
+    drop(handle); // exit hooks, the pidfile last
+    log::info!("warden stopped");
+    log.flush();
+    ExitCode::from(code)
+}
+
+/// The daemon `[daemon]` describes, not started yet.
+fn daemon_from(config: &Config, foreground: bool, manager: ServiceManager) -> Daemon {
+    let d = &config.daemon;
     let stdio = |p: &std::path::Path| {
         if foreground {
             Stdio::Inherit
@@ -57,16 +93,21 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     if let Some(g) = &d.group {
         daemon = daemon.group(g);
     }
-    let mut handle = match daemon.start() {
-        Ok(h) => h,
-        Err(e) => return exit::report(&e),
-    };
-    // From here on we are the daemon: everything that fails is reported through the handle,
-    // which carries it back to the launcher.
-    warden::hooks::set_total_deadline(d.shutdown_timeout);
-    let log = match warden::log::init(&log_config(&config, foreground)) {
+    daemon
+}
+
+/// What the daemon process sets up first: the shutdown deadline, logging, the descriptor
+/// limit, signal handlers. Warnings go through `handle` to the launcher; a failure is the
+/// reason to report.
+fn after_fork(
+    config: &Config,
+    handle: &mut DaemonHandle,
+    foreground: bool,
+) -> Result<(LogHandle, Signals), String> {
+    warden::hooks::set_total_deadline(config.daemon.shutdown_timeout);
+    let log = match warden::log::init(&log_config(config, foreground)) {
         Ok(l) => l,
-        Err(e) => handle.fail(&format!("cannot start logging: {e}")),
+        Err(e) => return Err(format!("cannot start logging: {e}")),
     };
     if let Some(w) = log.unreachable() {
         handle.warn(&w);
@@ -78,31 +119,8 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
         Ok(_) => {}
         Err(e) => log::warn!("cannot raise RLIMIT_NOFILE: {e}"),
     }
-    let mut signals = match Signals::new() {
-        Ok(s) => s,
-        Err(e) => handle.fail(&format!("cannot install signal handlers: {e}")),
-    };
-    // Everything that can fail because of the configuration fails here, before `ready`, so that
-    // `warden start` reports it and exits non-zero.
-    let mut sup = match supervisor(&config, &handle, &log) {
-        Ok(s) => s,
-        Err(e) => handle.fail(&e),
-    };
-    handle.ready();
-    let _ = handle.notify("STATUS=running");
-    log::info!(
-        "warden {} started (pid {}, config {})",
-        env!("CARGO_PKG_VERSION"),
-        std::process::id(),
-        config.path.display()
-    );
-    let code = event_loop(&mut sup, &mut signals);
-    let _ = handle.notify("STOPPING=1\nSTATUS=stopping");
-    sup.close_control();
-    drop(handle); // exit hooks, the pidfile last
-    log::info!("warden stopped");
-    log.flush();
-    ExitCode::from(code)
+    let signals = Signals::new().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    Ok((log, signals))
 }
 
 /// Builds the supervisor: programs, control socket, reloader, service-manager links.

@@ -240,65 +240,17 @@ impl Config {
         };
         let mut places: BTreeMap<String, Place> = c.take_places().into_iter().collect();
 
-        let mut included = Vec::new();
-        let mut drop_in_diags = Vec::new();
         let matched = expand(&mut c, &patterns, &base, &source);
-        for file in &matched {
-            let text = match read_drop_in(file, &source) {
-                DropIn::Text(t) => t,
-                DropIn::Skip => continue,
-                DropIn::Problem(d) => {
-                    drop_in_diags.extend(d.0);
-                    continue;
-                }
-            };
-            included.push(file.clone());
-            let mut dc = Collector::new(file, &text);
-            let found = read_drop_in_programs(&mut dc, &text, path, &mut files);
-            let mut dplaces = dc.take_places();
-            for (p, span) in found {
-                let table = format!("[program.{}]", p.name);
-                if let Some(first) = places.get(&table) {
-                    dc.at(
-                        span,
-                        &format!("program.{}", p.name),
-                        format!(
-                            "defined twice: [program.{}] is already defined at {}:{}:{} (a program \
-                             is defined in one file only)",
-                            p.name,
-                            first.file.display(),
-                            first.line,
-                            first.column
-                        ),
-                    );
-                    dplaces.retain(|(k, _)| !of_program(k, &p.name));
-                    continue;
-                }
-                programs.push(p);
-            }
-            places.extend(dplaces);
-            drop_in_diags.extend(dc.finish().0);
-        }
-
+        let (included, drop_in_diags) = read_drop_ins(
+            &matched,
+            path,
+            &source,
+            &mut files,
+            &mut programs,
+            &mut places,
+        );
         if let Some(name) = scale {
-            if programs.iter().any(|p| p.name == *name.get_ref()) {
-                daemon.scale_program = Some(name.into_inner());
-            } else {
-                let known = programs
-                    .iter()
-                    .map(|p| format!("{:?}", p.name))
-                    .collect::<Vec<_>>();
-                let hint = if known.is_empty() {
-                    "no program is defined".to_string()
-                } else {
-                    format!("the programs are {}", known.join(", "))
-                };
-                c.at(
-                    name.span(),
-                    "daemon.scale_program",
-                    format!("there is no [program.{}] table ({hint})", name.get_ref()),
-                );
-            }
+            resolve_scale_program(&mut c, name, &programs, &mut daemon);
         }
         if syntax.is_empty() {
             // After a syntax error the recovered document is partial; unknown-key reports on it
@@ -385,6 +337,85 @@ fn read_include(c: &mut Collector<'_>, root: &mut Section<'_, '_>) -> Vec<Spanne
     patterns
 }
 
+/// Reads each matched drop-in: the programs it defines join `programs` (one already defined is
+/// reported in the drop-in instead), its places join `places`. Returns the files read and the
+/// drop-ins' diagnostics.
+fn read_drop_ins(
+    matched: &[PathBuf],
+    main: &Path,
+    source: &Path,
+    files: &mut HashMap<PathBuf, String>,
+    programs: &mut Vec<ProgramSpec>,
+    places: &mut BTreeMap<String, Place>,
+) -> (Vec<PathBuf>, Vec<diag::Diagnostic>) {
+    let mut included = Vec::new();
+    let mut drop_in_diags = Vec::new();
+    for file in matched {
+        let text = match read_drop_in(file, source) {
+            DropIn::Text(t) => t,
+            DropIn::Skip => continue,
+            DropIn::Problem(d) => {
+                drop_in_diags.extend(d.0);
+                continue;
+            }
+        };
+        included.push(file.clone());
+        let mut dc = Collector::new(file, &text);
+        let found = read_drop_in_programs(&mut dc, &text, main, files);
+        let mut dplaces = dc.take_places();
+        for (p, span) in found {
+            let table = format!("[program.{}]", p.name);
+            if let Some(first) = places.get(&table) {
+                dc.at(
+                    span,
+                    &format!("program.{}", p.name),
+                    format!(
+                        "defined twice: [program.{}] is already defined at {}:{}:{} (a program \
+                         is defined in one file only)",
+                        p.name,
+                        first.file.display(),
+                        first.line,
+                        first.column
+                    ),
+                );
+                dplaces.retain(|(k, _)| !of_program(k, &p.name));
+                continue;
+            }
+            programs.push(p);
+        }
+        places.extend(dplaces);
+        drop_in_diags.extend(dc.finish().0);
+    }
+    (included, drop_in_diags)
+}
+
+/// `daemon.scale_program` must name a program of the configuration (main file or drop-in).
+fn resolve_scale_program(
+    c: &mut Collector<'_>,
+    name: Spanned<String>,
+    programs: &[ProgramSpec],
+    daemon: &mut DaemonSpec,
+) {
+    if programs.iter().any(|p| p.name == *name.get_ref()) {
+        daemon.scale_program = Some(name.into_inner());
+        return;
+    }
+    let known = programs
+        .iter()
+        .map(|p| format!("{:?}", p.name))
+        .collect::<Vec<_>>();
+    let hint = if known.is_empty() {
+        "no program is defined".to_string()
+    } else {
+        format!("the programs are {}", known.join(", "))
+    };
+    c.at(
+        name.span(),
+        "daemon.scale_program",
+        format!("there is no [program.{}] table ({hint})", name.get_ref()),
+    );
+}
+
 /// Expands the `include` patterns: each pattern's matches sorted by path, pattern by pattern,
 /// every path once (where first matched), the main file (`main`) left out. A malformed pattern
 /// or a directory that cannot be searched is reported at the pattern.
@@ -394,77 +425,11 @@ fn expand(
     base: &Path,
     main: &Path,
 ) -> Vec<PathBuf> {
-    // `*` must not cross a `/`. Leading dots are filtered below rather than by the glob crate,
-    // whose own filter panics on a file name that is not UTF-8.
-    let options = glob::MatchOptions {
-        case_sensitive: true,
-        require_literal_separator: true,
-        require_literal_leading_dot: false,
-    };
     let mut out: Vec<PathBuf> = Vec::new();
     for pattern in patterns {
-        let text = pattern.get_ref();
-        if let Err(e) = glob::Pattern::new(text) {
-            c.at(
-                pattern.span(),
-                "include",
-                format!(
-                    "{text:?} is not a valid glob pattern: {} (at character {})",
-                    e.msg,
-                    e.pos + 1
-                ),
-            );
+        let Some(matched) = matches_of(c, pattern, base) else {
             continue;
-        }
-        let full = if Path::new(text).is_absolute() {
-            text.clone()
-        } else {
-            let Some(dir) = base.to_str() else {
-                c.at(
-                    pattern.span(),
-                    "include",
-                    format!(
-                        "the directory {} is not UTF-8, so a relative pattern cannot be \
-                         expanded in it: write an absolute one",
-                        base.display()
-                    ),
-                );
-                continue;
-            };
-            let dir = glob::Pattern::escape(dir);
-            format!("{}/{text}", dir.trim_end_matches('/'))
         };
-        let last_dot = text.rsplit('/').next().is_some_and(|l| l.starts_with('.'));
-        let paths = match glob::glob_with(&full, options) {
-            Ok(p) => p,
-            Err(e) => {
-                c.at(
-                    pattern.span(),
-                    "include",
-                    format!("{text:?} is not a valid glob pattern: {}", e.msg),
-                );
-                continue;
-            }
-        };
-        let mut matched = Vec::new();
-        for entry in paths {
-            match entry {
-                Ok(p) => {
-                    let hidden = p
-                        .file_name()
-                        .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
-                    if !hidden || last_dot {
-                        matched.push(p);
-                    }
-                }
-                Err(e) => c.at(
-                    pattern.span(),
-                    "include",
-                    format!("cannot search {}: {}", e.path().display(), e.error()),
-                ),
-            }
-        }
-        matched.sort();
         for p in matched {
             if !out.contains(&p) && p != main {
                 out.push(p);
@@ -472,6 +437,94 @@ fn expand(
         }
     }
     out
+}
+
+/// The paths one `include` pattern matches, sorted; `None` (reported) when it is malformed.
+fn matches_of(
+    c: &mut Collector<'_>,
+    pattern: &Spanned<String>,
+    base: &Path,
+) -> Option<Vec<PathBuf>> {
+    // `*` must not cross a `/`. Leading dots are filtered below rather than by the glob crate,
+    // whose own filter panics on a file name that is not UTF-8.
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    let text = pattern.get_ref();
+    let full = absolute_pattern(c, pattern, base)?;
+    let last_dot = text.rsplit('/').next().is_some_and(|l| l.starts_with('.'));
+    let paths = match glob::glob_with(&full, options) {
+        Ok(p) => p,
+        Err(e) => {
+            c.at(
+                pattern.span(),
+                "include",
+                format!("{text:?} is not a valid glob pattern: {}", e.msg),
+            );
+            return None;
+        }
+    };
+    let mut matched = Vec::new();
+    for entry in paths {
+        match entry {
+            Ok(p) => {
+                let hidden = p
+                    .file_name()
+                    .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+                if !hidden || last_dot {
+                    matched.push(p);
+                }
+            }
+            Err(e) => c.at(
+                pattern.span(),
+                "include",
+                format!("cannot search {}: {}", e.path().display(), e.error()),
+            ),
+        }
+    }
+    matched.sort();
+    Some(matched)
+}
+
+/// A valid `include` pattern made absolute (a relative one is taken from `base`, escaped);
+/// `None` (reported) when it is not a valid pattern or `base` is not UTF-8.
+fn absolute_pattern(
+    c: &mut Collector<'_>,
+    pattern: &Spanned<String>,
+    base: &Path,
+) -> Option<String> {
+    let text = pattern.get_ref();
+    if let Err(e) = glob::Pattern::new(text) {
+        c.at(
+            pattern.span(),
+            "include",
+            format!(
+                "{text:?} is not a valid glob pattern: {} (at character {})",
+                e.msg,
+                e.pos + 1
+            ),
+        );
+        return None;
+    }
+    if Path::new(text).is_absolute() {
+        return Some(text.clone());
+    }
+    let Some(dir) = base.to_str() else {
+        c.at(
+            pattern.span(),
+            "include",
+            format!(
+                "the directory {} is not UTF-8, so a relative pattern cannot be \
+                 expanded in it: write an absolute one",
+                base.display()
+            ),
+        );
+        return None;
+    };
+    let dir = glob::Pattern::escape(dir);
+    Some(format!("{}/{text}", dir.trim_end_matches('/')))
 }
 
 /// What reading one matched drop-in gave.
@@ -628,6 +681,26 @@ fn read_daemon(
 ) -> (DaemonSpec, Option<Spanned<String>>) {
     let mut s = Section::new("daemon", t, keys::DAEMON);
     let mut d = DaemonSpec::default();
+    read_daemon_process(c, &mut s, &mut d, base);
+    read_daemon_logging(c, &mut s, &mut d, base);
+    let scale = read_daemon_control(c, &mut s, &mut d, base);
+    // What only the running system can judge (`warden check`): where it was written.
+    for key in ["user", "group", "control_group", "pidfile", "log", "stderr"] {
+        if let Some(span) = s.span(key) {
+            c.note(&s.key(key), span);
+        }
+    }
+    s.finish(c);
+    (d, scale)
+}
+
+/// `[daemon]`'s process: pidfile, directory, umask, identity, stdout and stderr.
+fn read_daemon_process(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    d: &mut DaemonSpec,
+    base: &Path,
+) {
     if let Some(p) = s.path(c, "pidfile", base) {
         d.pidfile = p;
     }
@@ -664,6 +737,15 @@ fn read_daemon(
     if let Some(p) = s.path(c, "stderr", base) {
         d.stderr = p;
     }
+}
+
+/// `[daemon]`'s logging: `log`, `log_level` and the syslog settings.
+fn read_daemon_logging(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    d: &mut DaemonSpec,
+    base: &Path,
+) {
     if let Some(l) = s.string(c, "log") {
         match l.get_ref().as_str() {
             "stderr" => d.log = LogSpec::Stderr,
@@ -687,6 +769,15 @@ fn read_daemon(
     if let Some(i) = s.string(c, "syslog_ident") {
         d.syslog_ident = i.into_inner();
     }
+}
+
+/// `[daemon]`'s timeouts and control socket; returns `scale_program`, to be checked later.
+fn read_daemon_control(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    d: &mut DaemonSpec,
+    base: &Path,
+) -> Option<Spanned<String>> {
     if let Some(t) = s.duration(c, "ready_timeout") {
         if t.is_zero() {
             c.at(
@@ -718,14 +809,7 @@ fn read_daemon(
             d.control_group = Some(g.into_inner());
         }
     }
-    // What only the running system can judge (`warden check`): where it was written.
-    for key in ["user", "group", "control_group", "pidfile", "log", "stderr"] {
-        if let Some(span) = s.span(key) {
-            c.note(&s.key(key), span);
-        }
-    }
-    s.finish(c);
-    (d, scale)
+    scale
 }
 
 /// Checks a value that is either one of the `words` or a file path. A file must be written as a

@@ -6,8 +6,8 @@
 //! command exists, that the user resolves or that the directory is there — those are the
 //! supervisor's business when it spawns, and [`super::preflight`]'s for `warden check` (the
 //! places of `command`, `user` and `group` are noted for it). Relative `directory` and output
-//! file paths are resolved against the directory of the file the table is in; the command is kept as written (a bare name is
-//! looked up in `PATH` when the program is spawned).
+//! file paths are resolved against the directory of the file the table is in; the command is
+//! kept as written (a bare name is looked up in `PATH` when the program is spawned).
 //!
 //! Defaults follow the supervisor's design: restart always, backoff from 100 ms doubling to 30 s,
 //! at most 5 restarts in 60 s, `SIGTERM` then `SIGKILL` after 10 s, ready as soon as exec'd.
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use nix::sys::resource::Resource;
 use nix::sys::signal::Signal;
-use toml::de::{DeTable, DeValue};
+use toml::de::{DeArray, DeTable, DeValue};
 
 use super::parse_umask;
 use super::read::{Section, duration_value, size_value};
@@ -257,6 +257,8 @@ pub(super) fn read_programs(
     programs
 }
 
+/// One `[program.NAME]` table, read section by section in the order of the reference:
+/// process, policy, outputs.
 fn read_program(
     c: &mut Collector<'_>,
     name: &str,
@@ -267,8 +269,22 @@ fn read_program(
 ) -> ProgramSpec {
     let mut s = Section::new(format!("program.{name}"), t, super::keys::PROGRAM);
     let mut p = ProgramSpec::new(name, Vec::new());
+    read_process(c, &mut s, &mut p, &name_span, base);
+    read_policy(c, &mut s, &mut p.policy, &name_span);
+    read_outputs(c, &mut s, &mut p, &name_span, base, files);
+    s.finish(c);
+    p
+}
 
-    match read_command(c, &mut s) {
+/// What the process is: command, instances, directory, identity, umask, environment, limits.
+fn read_process(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    p: &mut ProgramSpec,
+    name_span: &Range<usize>,
+    base: &Path,
+) {
+    match read_command(c, s) {
         Some(argv) => p.exec.command = argv,
         None if !s.has("command") => c.at(
             name_span.clone(),
@@ -283,8 +299,8 @@ fn read_program(
     if let Some(d) = s.path(c, "directory", base) {
         p.exec.directory = Some(d);
     }
-    p.exec.user = non_empty(c, &mut s, "user");
-    p.exec.group = non_empty(c, &mut s, "group");
+    p.exec.user = non_empty(c, s, "user");
+    p.exec.group = non_empty(c, s, "group");
     // What only the running system can judge (`warden check`): where it was written.
     for key in ["command", "user", "group"] {
         if let Some(span) = s.span(key) {
@@ -313,46 +329,28 @@ fn read_program(
     if let Some(l) = s.table(c, "limits") {
         p.exec.limits = read_limits(c, &s.key("limits"), l);
     }
+}
+
+/// When it is restarted and how it is stopped: restart, backoff, limits, stop, readiness.
+fn read_policy(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    policy: &mut Policy,
+    name_span: &Range<usize>,
+) {
     if let Some(r) = s.choice(c, "restart", &["always", "on-failure", "never"]) {
-        p.policy.restart = match r {
+        policy.restart = match r {
             "always" => Restart::Always,
             "on-failure" => Restart::OnFailure,
             _ => Restart::Never,
         };
     }
-
-    let initial = s.duration(c, "backoff_initial");
-    let max = s.duration(c, "backoff_max");
-    p.policy.backoff_initial = initial.unwrap_or(p.policy.backoff_initial);
-    p.policy.backoff_max = max.unwrap_or(p.policy.backoff_max);
-    // Compare only values that were read well (or defaulted): a bad duration is reported once.
-    let initial_ok = initial.is_some() || !s.has("backoff_initial");
-    let max_ok = max.is_some() || !s.has("backoff_max");
-    if initial_ok && max_ok && p.policy.backoff_initial > p.policy.backoff_max {
-        let (at, msg) = if initial.is_some() {
-            (
-                "backoff_initial",
-                format!(
-                    "must not be longer than backoff_max ({})",
-                    fmt_duration(p.policy.backoff_max)
-                ),
-            )
-        } else {
-            (
-                "backoff_max",
-                format!(
-                    "must not be shorter than backoff_initial ({})",
-                    fmt_duration(p.policy.backoff_initial)
-                ),
-            )
-        };
-        c.at(s.span(at).unwrap_or(name_span.clone()), &s.key(at), msg);
-    }
+    read_backoff(c, s, policy, name_span);
     if let Some(d) = s.duration(c, "backoff_reset") {
-        p.policy.backoff_reset = d;
+        policy.backoff_reset = d;
     }
     if let Some(n) = s.integer(c, "max_restarts", 0, MAX_RESTARTS_LIMIT.into()) {
-        p.policy.max_restarts = n as u32;
+        policy.max_restarts = n as u32;
     }
     if let Some(d) = s.duration(c, "restart_window") {
         if d.is_zero() {
@@ -362,12 +360,12 @@ fn read_program(
                 "must be longer than zero",
             );
         } else {
-            p.policy.restart_window = d;
+            policy.restart_window = d;
         }
     }
     if let Some(sig) = s.string(c, "stop_signal") {
         match parse_signal(sig.get_ref()) {
-            Some(signal) => p.policy.stop = StopWith::Signal(signal),
+            Some(signal) => policy.stop = StopWith::Signal(signal),
             None => c.at(
                 sig.span(),
                 &s.key("stop_signal"),
@@ -379,15 +377,61 @@ fn read_program(
         }
     }
     if let Some(d) = s.duration(c, "stop_timeout") {
-        p.policy.stop_timeout = d;
+        policy.stop_timeout = d;
     }
-    let ready = read_ready(c, &mut s);
-    p.policy.readiness = ready.unwrap_or(p.policy.readiness);
+    read_readiness(c, s, policy, name_span);
+}
+
+/// `backoff_initial` and `backoff_max`, and that the first is not longer than the second.
+fn read_backoff(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    policy: &mut Policy,
+    name_span: &Range<usize>,
+) {
+    let initial = s.duration(c, "backoff_initial");
+    let max = s.duration(c, "backoff_max");
+    policy.backoff_initial = initial.unwrap_or(policy.backoff_initial);
+    policy.backoff_max = max.unwrap_or(policy.backoff_max);
+    // Compare only values that were read well (or defaulted): a bad duration is reported once.
+    let initial_ok = initial.is_some() || !s.has("backoff_initial");
+    let max_ok = max.is_some() || !s.has("backoff_max");
+    if initial_ok && max_ok && policy.backoff_initial > policy.backoff_max {
+        let (at, msg) = if initial.is_some() {
+            (
+                "backoff_initial",
+                format!(
+                    "must not be longer than backoff_max ({})",
+                    fmt_duration(policy.backoff_max)
+                ),
+            )
+        } else {
+            (
+                "backoff_max",
+                format!(
+                    "must not be shorter than backoff_initial ({})",
+                    fmt_duration(policy.backoff_initial)
+                ),
+            )
+        };
+        c.at(s.span(at).unwrap_or(name_span.clone()), &s.key(at), msg);
+    }
+}
+
+/// `ready`, and `start_timeout` and `watchdog`, which only `ready = "notify"` allows.
+fn read_readiness(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    policy: &mut Policy,
+    name_span: &Range<usize>,
+) {
+    let ready = read_ready(c, s);
+    policy.readiness = ready.unwrap_or(policy.readiness);
     // A `ready` that was itself wrong has been reported already.
     let ready_ok = ready.is_some() || !s.has("ready");
-    if let Some(d) = optional_duration(c, &mut s, "start_timeout") {
-        p.policy.start_timeout = d;
-        if d.is_some() && ready_ok && p.policy.readiness != Readiness::Notify {
+    if let Some(d) = optional_duration(c, s, "start_timeout") {
+        policy.start_timeout = d;
+        if d.is_some() && ready_ok && policy.readiness != Readiness::Notify {
             c.at(
                 s.span("start_timeout").unwrap_or(name_span.clone()),
                 &s.key("start_timeout"),
@@ -396,9 +440,9 @@ fn read_program(
             );
         }
     }
-    if let Some(d) = optional_duration(c, &mut s, "watchdog") {
-        p.policy.watchdog = d;
-        if d.is_some() && ready_ok && p.policy.readiness != Readiness::Notify {
+    if let Some(d) = optional_duration(c, s, "watchdog") {
+        policy.watchdog = d;
+        if d.is_some() && ready_ok && policy.readiness != Readiness::Notify {
             c.at(
                 s.span("watchdog").unwrap_or(name_span.clone()),
                 &s.key("watchdog"),
@@ -406,10 +450,21 @@ fn read_program(
             );
         }
     }
-    if let Some(o) = read_output(c, &mut s, "stdout", base) {
+}
+
+/// Where output goes: stdout, stderr (one writer per file), rotation.
+fn read_outputs(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    p: &mut ProgramSpec,
+    name_span: &Range<usize>,
+    base: &Path,
+    files: &mut HashMap<PathBuf, String>,
+) {
+    if let Some(o) = read_output(c, s, "stdout", base) {
         p.stdout = o;
     }
-    if let Some(o) = read_output(c, &mut s, "stderr", base) {
+    if let Some(o) = read_output(c, s, "stderr", base) {
         p.stderr = o;
     }
     // One writer per output file: two programs would each rotate it on their own. (A program's
@@ -424,7 +479,7 @@ fn read_program(
             continue;
         };
         match files.get(path) {
-            Some(other) if *other != name => c.at(
+            Some(other) if *other != p.name => c.at(
                 s.span(key).unwrap_or(name_span.clone()),
                 &s.key(key),
                 format!(
@@ -434,7 +489,7 @@ fn read_program(
                 ),
             ),
             _ => {
-                files.insert(path.clone(), name.to_string());
+                files.insert(path.clone(), p.name.clone());
             }
         }
     }
@@ -452,8 +507,6 @@ fn read_program(
     if let Some(n) = s.integer(c, "log_keep", 0, MAX_LOG_KEEP.into()) {
         p.log_keep = n as u32;
     }
-    s.finish(c);
-    p
 }
 
 /// `command`: an array of strings, or one string split into words shell-style.
@@ -461,44 +514,8 @@ fn read_command(c: &mut Collector<'_>, s: &mut Section<'_, '_>) -> Option<Vec<St
     let key = s.key("command");
     let v = s.raw("command")?;
     let argv = match v.get_ref() {
-        DeValue::String(text) => {
-            if text.contains('\0') {
-                c.at(v.span(), &key, "must not contain a NUL byte");
-                return None;
-            }
-            match shlex::split(text) {
-                Some(words) => words,
-                None => {
-                    c.at(v.span(), &key, format!("cannot split {text:?} into words: unbalanced quote or trailing backslash"));
-                    return None;
-                }
-            }
-        }
-        DeValue::Array(items) => {
-            let mut argv = Vec::with_capacity(items.len());
-            let mut ok = true;
-            for item in items.iter() {
-                match item.get_ref() {
-                    DeValue::String(arg) if arg.contains('\0') => {
-                        c.at(item.span(), &key, "must not contain a NUL byte");
-                        ok = false;
-                    }
-                    DeValue::String(arg) => argv.push(arg.to_string()),
-                    other => {
-                        c.at(
-                            item.span(),
-                            &key,
-                            format!("expected a string, found {}", other.type_str()),
-                        );
-                        ok = false;
-                    }
-                }
-            }
-            if !ok {
-                return None;
-            }
-            argv
-        }
+        DeValue::String(text) => split_command(c, &key, v.span(), text)?,
+        DeValue::Array(items) => command_words(c, &key, items)?,
         other => {
             c.at(
                 v.span(),
@@ -526,6 +543,52 @@ fn read_command(c: &mut Collector<'_>, s: &mut Section<'_, '_>) -> Option<Vec<St
         }
         Some(_) => Some(argv),
     }
+}
+
+/// A `command` string split into words shell-style (`shlex`).
+fn split_command(
+    c: &mut Collector<'_>,
+    key: &str,
+    span: Range<usize>,
+    text: &str,
+) -> Option<Vec<String>> {
+    if text.contains('\0') {
+        c.at(span, key, "must not contain a NUL byte");
+        return None;
+    }
+    let words = shlex::split(text);
+    if words.is_none() {
+        c.at(
+            span,
+            key,
+            format!("cannot split {text:?} into words: unbalanced quote or trailing backslash"),
+        );
+    }
+    words
+}
+
+/// A `command` array: every item a string without NUL; each bad item is reported.
+fn command_words(c: &mut Collector<'_>, key: &str, items: &DeArray<'_>) -> Option<Vec<String>> {
+    let mut argv = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for item in items.iter() {
+        match item.get_ref() {
+            DeValue::String(arg) if arg.contains('\0') => {
+                c.at(item.span(), key, "must not contain a NUL byte");
+                ok = false;
+            }
+            DeValue::String(arg) => argv.push(arg.to_string()),
+            other => {
+                c.at(
+                    item.span(),
+                    key,
+                    format!("expected a string, found {}", other.type_str()),
+                );
+                ok = false;
+            }
+        }
+    }
+    ok.then_some(argv)
 }
 
 /// A string key that must not be empty when present.

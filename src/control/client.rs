@@ -136,7 +136,7 @@ impl Client {
         let cred =
             getsockopt(self.reader.get_ref(), PeerCredentials).map_err(std::io::Error::from)?;
         let pid = cred.pid();
-        let pidfd = crate::sys::pool::pidfd_open(pid)?;
+        let pidfd = crate::sys::pidfd::pidfd_open(pid)?;
         // Still connected after the pidfd was opened: the pidfd is the daemon's.
         let mut pfd = [nix::poll::PollFd::new(
             self.reader.get_ref().as_fd(),
@@ -218,7 +218,7 @@ impl DaemonProcess {
     /// that `pid` is the daemon: check that *after* this call (e.g. that it still holds the
     /// pidfile's lock), so that the pidfd cannot be a process that reused the pid.
     pub fn open(pid: i32) -> std::io::Result<DaemonProcess> {
-        let pidfd = crate::sys::pool::pidfd_open(pid)?;
+        let pidfd = crate::sys::pidfd::pidfd_open(pid)?;
         Ok(DaemonProcess { pid, pidfd })
     }
 
@@ -229,7 +229,7 @@ impl DaemonProcess {
 
     /// Sends `signal` to it (`pidfd_send_signal(2)`: never to a process that reused its pid).
     pub fn signal(&self, signal: nix::sys::signal::Signal) -> std::io::Result<()> {
-        crate::sys::pool::pidfd_send_signal(self.pidfd.as_fd(), signal as i32)
+        crate::sys::pidfd::pidfd_send_signal(self.pidfd.as_fd(), signal as i32)
     }
 
     /// Waits until it has exited, at most `timeout`: `Ok(true)` once it has.

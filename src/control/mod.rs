@@ -19,15 +19,15 @@
 //! | `reload` | `dry_run` (bool, optional) | write |
 //! | `reopen-logs` | — | write |
 //!
-//! The server answers each request with zero or more progress lines
-//! `{"v":1,"progress":"…"}` followed by exactly one final line: `{"v":1,"ok":true,"result":…}` or
+//! The server answers each request with zero or more progress lines `{"v":1,"progress":"…"}`
+//! followed by exactly one final line: `{"v":1,"ok":true,"result":…}` or
 //! `{"v":1,"ok":false,"error":"…","kind":"…"}` (`kind` is one of `bad-request`, `denied`,
-//! `no-such-program`, `invalid-config`, `failed`, `busy`, `io`, `io-denied`). Lines are at most [`MAX_LINE`] bytes;
-//! a longer one is answered with an error and the connection closed. A client must keep its side
-//! of the connection open until the final reply: closing it (or shutting down its write side)
-//! cancels the wait — the operation itself goes on. A connection with no request in progress
-//! for [`server::IDLE_TIMEOUT`] is closed, and the number of connections is bounded (see
-//! [`server`]): a connection over a limit gets one `busy` error line and is closed.
+//! `no-such-program`, `invalid-config`, `failed`, `busy`, `io`, `io-denied`). Lines are at most
+//! [`MAX_LINE`] bytes; a longer one is answered with an error and the connection closed. A client
+//! must keep its side of the connection open until the final reply: closing it (or shutting down
+//! its write side) cancels the wait — the operation itself goes on. A connection with no request in
+//! progress for [`server::IDLE_TIMEOUT`] is closed, and the number of connections is bounded (see
+//! [`admission`]): a connection over a limit gets one `busy` error line and is closed.
 //!
 //! `status` results have the stable schema documented on [`StatusReport`].
 //!
@@ -57,9 +57,11 @@
 //! answered; the one named by `-c` otherwise). A program name the daemon does not know (exit
 //! 152) prints nothing on stdout.
 
+pub mod admission;
 pub mod client;
 mod request;
 pub mod server;
+mod socket_file;
 
 use serde::{Deserialize, Serialize};
 
@@ -241,8 +243,8 @@ impl Reply {
 /// `state` is one of `starting`, `running`, `ready`, `backoff`, `stopping`, `exited` (ended on
 /// its own and not restarted), `stopped` (stopped by hand, kept down until started), `fatal`;
 /// `pid`, `uptime_secs`, `last_exit` and `status` may be `null`; `last_exit` is
-/// `{"code": N}` or `{"signal": N, "name": "SIGKILL", "core_dumped": false}`. Fields may be added in
-/// later versions; none will be removed or change meaning within version 1.
+/// `{"code": N}` or `{"signal": N, "name": "SIGKILL", "core_dumped": false}`. Fields may be
+/// added in later versions; none will be removed or change meaning within version 1.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     /// The daemon itself.

@@ -1,68 +1,43 @@
-//! The control socket's server side, driven by the supervisor's event loop.
+//! The control socket's connection I/O, driven by the supervisor's event loop: reading request
+//! lines, answering them, closing idle connections.
 //!
-//! Every descriptor is non-blocking and registered edge-triggered; reads stop at `EAGAIN`, input
-//! is cut into lines bounded by [`super::MAX_LINE`], output is buffered up to
-//! [`MAX_OUTPUT`] per connection (a client that does not read is disconnected, never waited for).
-//! A peer is authorised once, at accept time, from `SO_PEERCRED`: root and the daemon's own uid
-//! may do everything, members of the optional control group may read status, anyone else is
-//! refused and logged with their uid. Membership is the peer process's groups from
-//! `SO_PEERGROUPS` (what the kernel recorded at connect), so no name-service lookup ever runs in
-//! the event loop.
+//! Every descriptor is non-blocking and registered edge-triggered; reads stop at `EAGAIN` or
+//! after [`READ_BUDGET`] bytes, input is cut into lines bounded by [`super::MAX_LINE`], output
+//! is buffered up to [`MAX_OUTPUT`] per connection (a client that does not read is
+//! disconnected, never waited for). A request that needs write access from a read-only peer is
+//! answered `denied` here; the others go to the supervisor as [`Incoming`], which carries them
+//! out and answers through [`ControlServer::reply`]. This file never changes supervisor state.
 //!
-//! # Descriptors are shared with the workers
+//! # Neighbours
 //!
-//! Every connection costs the daemon a file descriptor, from the same `RLIMIT_NOFILE` that its
-//! workers' output pipes need: a client holding connections open must not make workers fail to
-//! start, nor lock root out. So (see [`ConnectionLimits`]):
+//! Who may connect, and how many, is [`super::admission`]'s; the socket file (directory checks,
+//! stale sockets, removal at exit) is `socket_file`'s.
 //!
-//! * connections are capped at a quarter of the soft `RLIMIT_NOFILE` found at [`bind`] (at most
-//!   [`MAX_CONNECTIONS`]); a read-only peer (control group) may hold an eighth of that per uid;
-//!   root and the daemon's uid may go [`RESERVED_CONNECTIONS`] beyond the cap, so that they get
-//!   in when read-only peers have used it up. A connection over a limit is answered `busy` and
-//!   closed;
-//! * a connection with nothing in progress for [`IDLE_TIMEOUT`] (no request line received, no
-//!   reply pending or being sent) is closed. The supervisor's poll timeout includes
-//!   [`ControlServer::next_deadline`], so this costs no periodic wake-up: with no connection
-//!   there is no deadline;
-//! * one spare descriptor (an unbound datagram socket) is kept open: when `accept` fails with
-//!   `EMFILE` or `ENFILE`, it is closed to accept the waiting client, which is answered `busy`
-//!   and closed, then reopened (if that fails, it is tried again at the listener's next
-//!   wake-up). Without it the client would wait in the backlog for an answer that never comes,
-//!   and nothing would report the listener again (edge-triggered).
+//! # Idle connections
 //!
-//! # The socket file
-//!
-//! It is created mode 0600 (0660 with a control group) in a directory that must not be writable
-//! by others unless sticky. A socket already at the path is replaced only when nobody answers on
-//! it (`connect` refused): two daemons configured with the same path do not take it from each
-//! other — the second refuses to start, naming the path. At exit the file is removed only if it
-//! is still the one this server bound (same device and inode).
-//!
-//! [`bind`]: ControlServer::bind
+//! A connection with nothing in progress for [`IDLE_TIMEOUT`] (no request line received, no
+//! reply pending or being sent) is closed. The supervisor's poll timeout includes
+//! [`ControlServer::next_deadline`], so this costs no periodic wake-up: with no connection
+//! there is no deadline.
 
 use std::collections::HashMap;
 use std::io::{ErrorKind as IoKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::ops::ControlFlow;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use nix::errno::Errno;
-use nix::sys::socket::{getsockopt, sockopt};
 use nix::unistd::{Gid, Uid};
 
+use super::admission::{Access, ConnectionLimits, Peer, Refusals, log_refusal, spare_fd};
+use super::socket_file::{self, FileIdent};
 use super::{ErrorKind, MAX_LINE, Reply, Request};
-use crate::error::{Error, Result};
-use crate::log::repeat::{Repeated, Verdict};
+use crate::error::Result;
+use crate::stream::{ReadEnd, read_nonblocking};
 
-/// The most connections served at once, however high `RLIMIT_NOFILE` is (see
-/// [`ConnectionLimits`]).
-pub const MAX_CONNECTIONS: usize = 4096;
-/// Connections root and the daemon's own uid may open beyond [`ConnectionLimits::total`].
-pub const RESERVED_CONNECTIONS: usize = 16;
 /// A connection with no request in progress and nothing received or sent for this long is
 /// closed.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -75,57 +50,8 @@ pub const READ_BUDGET: usize = 64 * 1024;
 /// Identifies one connection.
 pub type ConnId = u64;
 
-/// How many connections the server accepts, derived from the soft `RLIMIT_NOFILE`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionLimits {
-    /// All connections together: a quarter of the descriptor limit, at least 4 and at most
-    /// [`MAX_CONNECTIONS`]; the other three quarters stay for workers, log files and the rest.
-    pub total: usize,
-    /// The connections one read-only peer uid may hold: an eighth of `total`, at least 1.
-    pub per_uid: usize,
-    /// How far beyond `total` root and the daemon's uid may go ([`RESERVED_CONNECTIONS`]).
-    pub reserved: usize,
-}
-
-impl ConnectionLimits {
-    /// The limits for a soft `RLIMIT_NOFILE` of `nofile`.
-    pub fn for_nofile(nofile: u64) -> ConnectionLimits {
-        let total = usize::try_from(nofile / 4)
-            .unwrap_or(usize::MAX)
-            .clamp(4, MAX_CONNECTIONS);
-        ConnectionLimits {
-            total,
-            per_uid: (total / 8).max(1),
-            reserved: RESERVED_CONNECTIONS,
-        }
-    }
-}
-
-/// Who may do what.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    /// Root or the daemon's uid.
-    Full,
-    /// A member of the control group: `status` only.
-    ReadOnly,
-    /// Nobody we know.
-    Denied,
-}
-
-/// The credentials of a connected peer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Peer {
-    /// The peer's pid.
-    pub pid: i32,
-    /// The peer's uid.
-    pub uid: u32,
-    /// The peer's gid.
-    pub gid: u32,
-    /// What it may do.
-    pub access: Access,
-}
-
-struct Conn {
+/// One open connection.
+pub(super) struct Conn {
     stream: UnixStream,
     peer: Peer,
     input: Vec<u8>,
@@ -140,92 +66,123 @@ struct Conn {
     last_active: Instant,
 }
 
-/// A request that arrived, or a line that was answered at once.
+impl Conn {
+    /// Reads into `input` until `EAGAIN`, end of stream, an unfinished line longer than
+    /// [`MAX_LINE`], or [`READ_BUDGET`] bytes. Returns whether the budget ran out, data perhaps
+    /// left unread: the caller must then come back by itself.
+    fn fill_input(&mut self) -> bool {
+        let mut buf = [0u8; 16 * 1024];
+        let mut state = (&mut *self, &mut buf, READ_BUDGET, false);
+        let end = read_nonblocking(
+            &mut state,
+            |(conn, buf, budget, _)| {
+                let want = (*budget).min(buf.len());
+                conn.stream.read(&mut buf[..want])
+            },
+            |(conn, buf, budget, too_long), n| {
+                *budget -= n;
+                conn.input.extend_from_slice(&buf[..n]);
+                // Only the unfinished last line is bounded here: a newline early in the buffer
+                // must not let the rest of it grow without limit.
+                let partial = conn
+                    .input
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(conn.input.len(), |nl| conn.input.len() - nl - 1);
+                *too_long = partial > MAX_LINE;
+                if *too_long || *budget == 0 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        );
+        let too_long = state.3;
+        match end {
+            ReadEnd::Closed => {
+                self.read_closed = true;
+                false
+            }
+            ReadEnd::Paused => !too_long,
+            ReadEnd::Drained => false,
+        }
+    }
+
+    /// Takes the complete lines out of `input`: each a request or the reply refusing it. Blank
+    /// lines are skipped; a line over [`MAX_LINE`] (complete or not) is refused and the
+    /// connection closed once that is sent.
+    fn take_lines(&mut self) -> Vec<std::result::Result<Request, Reply>> {
+        let too_long = || {
+            Reply::failed(
+                ErrorKind::BadRequest,
+                format!("line longer than {MAX_LINE} bytes"),
+            )
+        };
+        let mut lines = Vec::new();
+        // Lines are taken by index and the buffer drained once: draining line by line moves the
+        // rest of the buffer each time, quadratic in a burst of short lines (megabytes of
+        // newlines would hold the event loop for seconds).
+        let mut start = 0;
+        while let Some(len) = self.input[start..].iter().position(|&b| b == b'\n') {
+            let line = &self.input[start..start + len];
+            start += len + 1;
+            if line.len() > MAX_LINE {
+                lines.push(Err(too_long()));
+                self.close_after_flush = true;
+                break;
+            }
+            if !line.iter().all(u8::is_ascii_whitespace) {
+                lines.push(parse(line));
+            }
+        }
+        if start > 0 {
+            self.last_active = Instant::now();
+        }
+        self.input.drain(..start);
+        if self.input.len() > MAX_LINE && !self.close_after_flush {
+            lines.push(Err(too_long()));
+            self.input.clear();
+            self.close_after_flush = true;
+        }
+        lines
+    }
+}
+
+/// A well-formed request from a peer allowed to make it, for the supervisor to carry out and
+/// answer with [`ControlServer::reply`].
 #[derive(Debug)]
-pub enum Incoming {
-    /// A well-formed, authorised request.
-    Request(ConnId, Peer, Request),
-}
-
-/// What became of one accepted connection.
-enum Admission {
-    Served,
-    Denied,
-    OverLimit,
-}
-
-/// Whether somebody answers on a socket path.
-enum SocketUse {
-    /// A listener accepted (or its backlog is full).
-    Live,
-    /// Nobody listens: a socket left behind by a daemon that died.
-    Stale,
-    /// It disappeared meanwhile.
-    Gone,
-    /// We cannot tell (no permission to connect, …).
-    Unknown(std::io::Error),
+pub struct Incoming {
+    /// The connection to answer on.
+    pub conn: ConnId,
+    /// Who asked.
+    pub peer: Peer,
+    /// What was asked.
+    pub request: Request,
 }
 
 /// The listening socket and its connections.
 pub struct ControlServer {
-    listener: UnixListener,
-    path: PathBuf,
+    pub(super) listener: UnixListener,
+    pub(super) path: PathBuf,
     /// Device and inode of the socket file we bound, so that exit removes only ours.
-    ident: Option<(u64, u64)>,
-    conns: HashMap<ConnId, Conn>,
+    pub(super) ident: Option<FileIdent>,
+    pub(super) conns: HashMap<ConnId, Conn>,
     /// Open connections per peer uid.
-    per_uid: HashMap<u32, usize>,
-    next: ConnId,
-    owner: Uid,
-    group: Option<Gid>,
-    listener_token: Token,
-    conn_token_base: usize,
-    limits: ConnectionLimits,
-    idle_timeout: Duration,
+    pub(super) per_uid: HashMap<u32, usize>,
+    pub(super) next: ConnId,
+    pub(super) owner: Uid,
+    pub(super) group: Option<Gid>,
+    pub(super) listener_token: Token,
+    pub(super) conn_token_base: usize,
+    pub(super) limits: ConnectionLimits,
+    pub(super) idle_timeout: Duration,
     /// No idle connection expires before this; `None` when no connection is idle.
-    sweep_at: Option<Instant>,
+    pub(super) sweep_at: Option<Instant>,
     /// Closed to accept (and turn away) a client when out of descriptors, then reopened.
-    spare: Option<std::os::unix::net::UnixDatagram>,
+    pub(super) spare: Option<std::os::unix::net::UnixDatagram>,
     /// Refusals (unauthorised uids, read-only uids asking to write, connections over the
     /// limits): logged once, then summarised, so that a client in a loop cannot flood the log.
-    refusals: Refusals,
-}
-
-/// The log state of each kind of refusal ([`crate::log::repeat`]).
-struct Refusals {
-    denied: Repeated,
-    read_only: Repeated,
-    over_limit: Repeated,
-    out_of_fds: Repeated,
-}
-
-/// How often repeated refusals are summarised, at most.
-const REFUSALS_SUMMARY_EVERY: Duration = Duration::from_secs(60);
-
-impl Refusals {
-    fn new() -> Refusals {
-        let r = || Repeated::new(REFUSALS_SUMMARY_EVERY);
-        Refusals {
-            denied: r(),
-            read_only: r(),
-            over_limit: r(),
-            out_of_fds: r(),
-        }
-    }
-}
-
-/// Logs `count` refusals of one kind through `state`: the first in full (`first`), then a
-/// summary at most once per [`REFUSALS_SUMMARY_EVERY`].
-fn log_refusal(state: &mut Repeated, count: u64, first: impl FnOnce() -> String, what: &str) {
-    match state.failed("refused", count, Instant::now()) {
-        Verdict::First { .. } => log::warn!(
-            "{} (repeats are summarised every {}s)",
-            first(),
-            REFUSALS_SUMMARY_EVERY.as_secs()
-        ),
-        Verdict::Summary { count } => log::warn!("control: refused {count} more {what}"),
-        Verdict::Quiet => {}
-    }
+    pub(super) refusals: Refusals,
 }
 
 impl std::fmt::Debug for ControlServer {
@@ -253,80 +210,7 @@ impl ControlServer {
     /// the soft `RLIMIT_NOFILE` at this moment (raise it first, see
     /// [`crate::daemon::raise_nofile`]).
     pub fn bind(path: &Path, group: Option<Gid>) -> Result<ControlServer> {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let meta = std::fs::metadata(dir)
-            .map_err(|e| Error::io("cannot use control socket directory", dir, e))?;
-        if !meta.is_dir() {
-            return Err(Error::Invalid {
-                what: "control_socket",
-                reason: format!("{} is not a directory", dir.display()),
-            });
-        }
-        if meta.mode() & 0o002 != 0 && meta.mode() & 0o1000 == 0 {
-            return Err(Error::Invalid {
-                what: "control_socket",
-                reason: format!(
-                    "its directory {} is writable by everyone and not sticky",
-                    dir.display()
-                ),
-            });
-        }
-        match std::fs::symlink_metadata(path) {
-            Ok(m) if m.file_type().is_socket() => match probe(path) {
-                SocketUse::Stale => std::fs::remove_file(path)
-                    .or_else(|e| match e.kind() {
-                        IoKind::NotFound => Ok(()),
-                        _ => Err(e),
-                    })
-                    .map_err(|e| Error::io("cannot remove stale control socket", path, e))?,
-                SocketUse::Gone => {}
-                SocketUse::Live => {
-                    return Err(Error::Invalid {
-                        what: "control_socket",
-                        reason: format!(
-                            "{} is in use: another running daemon answers on it (give each \
-                             configuration its own control_socket)",
-                            path.display()
-                        ),
-                    });
-                }
-                SocketUse::Unknown(e) => {
-                    return Err(Error::io(
-                        "cannot tell whether another daemon uses control socket",
-                        path,
-                        e,
-                    ));
-                }
-            },
-            Ok(_) => {
-                return Err(Error::Invalid {
-                    what: "control_socket",
-                    reason: format!(
-                        "{} exists and is not a socket; refusing to replace it",
-                        path.display()
-                    ),
-                });
-            }
-            Err(_) => {}
-        }
-        let listener = UnixListener::bind(path)
-            .map_err(|e| Error::io("cannot bind control socket", path, e))?;
-        let ident = std::fs::symlink_metadata(path)
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
-        let mode = if group.is_some() { 0o660 } else { 0o600 };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-            .map_err(|e| Error::io("cannot chmod control socket", path, e))?;
-        if let Some(g) = group {
-            nix::unistd::chown(path, None, Some(g))
-                .map_err(|e| Error::io("cannot chown control socket", path, e.into()))?;
-        }
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| Error::io("cannot configure control socket", path, e))?;
+        let (listener, ident) = socket_file::bind(path, group)?;
         let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map_or(1024, |(soft, _)| soft);
         // A child forked without exec (`warden::fork`) that outlived us would hold the listening
@@ -398,166 +282,9 @@ impl ControlServer {
             .map(|id| id as ConnId)
     }
 
-    /// Accepts every pending connection.
-    pub fn accept(&mut self, registry: &Registry) {
-        // A spare that could not be made earlier (`ENFILE` for a moment, say) is tried again on
-        // every wake-up: one failure must not leave the listener without one for good, every
-        // later `EMFILE` leaving its clients waiting.
-        if self.spare.is_none() {
-            self.spare = spare_fd();
-        }
-        let (mut over, mut shed) = (0usize, 0usize);
-        loop {
-            let stream = match self.listener.accept() {
-                Ok((s, _)) => s,
-                Err(e) if e.kind() == IoKind::WouldBlock => break,
-                Err(e) if e.kind() == IoKind::Interrupted => continue,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    match self.shed_one() {
-                        Some(true) => {
-                            shed += 1;
-                            continue;
-                        }
-                        // Nobody was waiting after all.
-                        None => break,
-                        Some(false) => {
-                            log::warn!("control: cannot accept: {e}");
-                            break;
-                        }
-                    }
-                }
-                Err(e) => {
-                    log::warn!("control: cannot accept: {e}");
-                    break;
-                }
-            };
-            match self.admit(stream, registry) {
-                Admission::Served | Admission::Denied => {}
-                Admission::OverLimit => over += 1,
-            }
-        }
-        if over > 0 {
-            let limits = self.limits;
-            log_refusal(
-                &mut self.refusals.over_limit,
-                over as u64,
-                || {
-                    format!(
-                        "control: refused {over} connection(s) over the limits ({} in all, {} \
-                         per read-only uid, {} more for root and warden's uid)",
-                        limits.total, limits.per_uid, limits.reserved
-                    )
-                },
-                "connection(s) over the limits",
-            );
-        }
-        if shed > 0 {
-            log_refusal(
-                &mut self.refusals.out_of_fds,
-                shed as u64,
-                || format!("control: out of file descriptors: refused {shed} connection(s)"),
-                "connection(s) for want of file descriptors",
-            );
-        }
-    }
-
-    /// Out of descriptors: closes the spare one to accept the first waiting client, tells it we
-    /// are busy, closes it and takes the spare again. `Some(false)` when there is no spare or the
-    /// accept fails all the same, `None` when no client was waiting.
-    fn shed_one(&mut self) -> Option<bool> {
-        if self.spare.take().is_none() {
-            return Some(false);
-        }
-        let shed = match self.listener.accept() {
-            Ok((mut s, _)) => {
-                let _ = s.set_nonblocking(true);
-                let _ = s.write_all(
-                    Reply::failed(ErrorKind::Busy, "warden is out of file descriptors")
-                        .to_line()
-                        .as_bytes(),
-                );
-                Some(true)
-            } // closed here, before the spare takes its number back
-            Err(e) if e.kind() == IoKind::WouldBlock => None,
-            Err(_) => Some(false),
-        };
-        self.spare = spare_fd();
-        shed
-    }
-
-    /// Authorises and counts one accepted connection: served, or answered and closed.
-    fn admit(&mut self, stream: UnixStream, registry: &Registry) -> Admission {
-        let _ = stream.set_nonblocking(true);
-        let cred = match getsockopt(&stream, sockopt::PeerCredentials) {
-            Ok(c) => c,
-            Err(e) => {
-                log::warn!("control: no peer credentials: {e}");
-                return Admission::Denied;
-            }
-        };
-        // The kernel's record of the peer's groups, so that deciding never waits on the
-        // name service (LDAP, sssd…) inside the event loop.
-        let groups = match crate::sys::peer_groups(stream.as_fd()) {
-            Ok(g) => g,
-            Err(e) => {
-                log::debug!("control: no peer groups ({e}); asking the name service");
-                None
-            }
-        };
-        let access = self.access_of(cred.uid(), cred.gid(), groups.as_deref());
-        let peer = Peer {
-            pid: cred.pid(),
-            uid: cred.uid(),
-            gid: cred.gid(),
-            access,
-        };
-        let refuse = |stream: UnixStream, reply: Reply| {
-            let mut s = stream;
-            let _ = s.write_all(reply.to_line().as_bytes());
-        };
-        if access == Access::Denied {
-            // The reason, so that the log answers "why was I refused" by itself.
-            let who = match self.group {
-                Some(g) => format!("root, warden's own uid and (to read) members of group {g}"),
-                None => "root and warden's own uid".to_string(),
-            };
-            log_refusal(
-                &mut self.refusals.denied,
-                1,
-                || {
-                    format!(
-                        "control: refused connection from uid {} (pid {}): only {who} may use \
-                         the control socket",
-                        peer.uid, peer.pid
-                    )
-                },
-                "connection(s) from unauthorised uids",
-            );
-            refuse(
-                stream,
-                Reply::failed(
-                    ErrorKind::Denied,
-                    format!("uid {} may not use this control socket", peer.uid),
-                ),
-            );
-            return Admission::Denied;
-        }
-        let open = self.conns.len();
-        let of_uid = self.per_uid.get(&peer.uid).copied().unwrap_or(0);
-        let over = match access {
-            Access::Full => (open >= self.limits.total + self.limits.reserved)
-                .then(|| "too many control connections".to_string()),
-            _ if open >= self.limits.total => Some("too many control connections".to_string()),
-            _ if of_uid >= self.limits.per_uid => Some(format!(
-                "too many control connections from uid {} (at most {})",
-                peer.uid, self.limits.per_uid
-            )),
-            _ => None,
-        };
-        if let Some(why) = over {
-            refuse(stream, Reply::failed(ErrorKind::Busy, why));
-            return Admission::OverLimit;
-        }
+    /// Registers an admitted connection and starts its idle clock; `false` (logged) when it
+    /// cannot be registered.
+    pub(super) fn serve(&mut self, stream: UnixStream, peer: Peer, registry: &Registry) -> bool {
         let id = self.next;
         self.next += 1;
         let token = Token(self.conn_token_base + id as usize);
@@ -567,7 +294,7 @@ impl ControlServer {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             log::warn!("control: cannot register a connection: {e}");
-            return Admission::Denied;
+            return false;
         }
         let now = Instant::now();
         self.conns.insert(
@@ -585,7 +312,7 @@ impl ControlServer {
         );
         *self.per_uid.entry(peer.uid).or_insert(0) += 1;
         self.idle_from(now);
-        Admission::Served
+        true
     }
 
     /// A connection became idle at `now`: make sure a sweep is due by its deadline (an earlier
@@ -635,161 +362,76 @@ impl ControlServer {
             .min();
     }
 
-    /// What a peer may do: full for root and the daemon's own user, read-only for members of
-    /// `control_group`. Membership is the peer process's own groups when the kernel reports
-    /// them (`groups`, `SO_PEERGROUPS`); only on kernels that cannot is the user's group list
-    /// looked up.
-    fn access_of(&self, uid: u32, gid: u32, groups: Option<&[u32]>) -> Access {
-        if uid == 0 || uid == self.owner.as_raw() {
-            return Access::Full;
-        }
-        let Some(group) = self.group else {
-            return Access::Denied;
-        };
-        if gid == group.as_raw() {
-            return Access::ReadOnly;
-        }
-        if let Some(groups) = groups {
-            return if groups.contains(&group.as_raw()) {
-                Access::ReadOnly
-            } else {
-                Access::Denied
-            };
-        }
-        let member = nix::unistd::User::from_uid(Uid::from_raw(uid))
-            .ok()
-            .flatten()
-            .and_then(|u| {
-                let name = std::ffi::CString::new(u.name).ok()?;
-                nix::unistd::getgrouplist(&name, u.gid).ok()
-            })
-            .is_some_and(|groups| groups.contains(&group));
-        if member {
-            Access::ReadOnly
-        } else {
-            Access::Denied
-        }
-    }
-
-    /// Reads what connection `id` sent; returns the complete, authorised requests. Bad lines are
-    /// answered here.
+    /// Reads what connection `id` sent; returns the complete, authorised requests. Bad lines and
+    /// refused requests are answered here, in the order they came.
     pub fn readable(&mut self, id: ConnId, registry: &Registry) -> Vec<Incoming> {
-        let mut out = Vec::new();
         let Some(conn) = self.conns.get_mut(&id) else {
-            return out;
+            return Vec::new();
         };
-        let mut buf = [0u8; 16 * 1024];
-        let mut budget = READ_BUDGET;
-        let mut more = false;
-        loop {
-            if budget == 0 {
-                more = true;
-                break;
-            }
-            let want = budget.min(buf.len());
-            match conn.stream.read(&mut buf[..want]) {
-                Ok(0) => {
-                    conn.read_closed = true;
-                    break;
-                }
-                Ok(n) => {
-                    budget -= n;
-                    conn.input.extend_from_slice(&buf[..n]);
-                    // Only the unfinished last line is bounded here: a newline early in the buffer
-                    // must not let the rest of it grow without limit.
-                    let partial = conn
-                        .input
-                        .iter()
-                        .rposition(|&b| b == b'\n')
-                        .map_or(conn.input.len(), |nl| conn.input.len() - nl - 1);
-                    if partial > MAX_LINE {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == IoKind::WouldBlock => break,
-                Err(e) if e.kind() == IoKind::Interrupted => {}
-                Err(_) => {
-                    conn.read_closed = true;
-                    break;
-                }
-            }
-        }
-        let mut replies = Vec::new();
-        // Lines are taken by index and the buffer drained once: draining line by line moves the
-        // rest of the buffer each time, quadratic in a burst of short lines (megabytes of
-        // newlines would hold the event loop for seconds).
-        let mut start = 0;
-        while let Some(len) = conn.input[start..].iter().position(|&b| b == b'\n') {
-            let line = &conn.input[start..start + len];
-            start += len + 1;
-            if line.len() > MAX_LINE {
-                replies.push(Reply::failed(
-                    ErrorKind::BadRequest,
-                    format!("line longer than {MAX_LINE} bytes"),
-                ));
-                conn.close_after_flush = true;
-                break;
-            }
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match parse(line) {
+        let more = conn.fill_input();
+        let peer = conn.peer;
+        let lines = conn.take_lines();
+        let (mut out, mut replies) = (Vec::new(), Vec::new());
+        for line in lines {
+            match line.and_then(|request| self.authorise(peer, request)) {
+                Ok(request) => out.push(Incoming {
+                    conn: id,
+                    peer,
+                    request,
+                }),
                 Err(reply) => replies.push(reply),
-                Ok(req) if req.command.writes() && conn.peer.access != Access::Full => {
-                    let peer = conn.peer;
-                    log_refusal(
-                        &mut self.refusals.read_only,
-                        1,
-                        || {
-                            format!(
-                                "control: uid {} (pid {}) may only read status; refused {:?}",
-                                peer.uid, peer.pid, req.command
-                            )
-                        },
-                        "request(s) to change something from read-only uids",
-                    );
-                    replies.push(Reply::failed(
-                        ErrorKind::Denied,
-                        format!("uid {} may only read status", conn.peer.uid),
-                    ));
-                }
-                Ok(req) => {
-                    conn.pending += 1;
-                    out.push(Incoming::Request(id, conn.peer, req));
-                }
             }
         }
-        if start > 0 {
-            conn.last_active = Instant::now();
-        }
-        conn.input.drain(..start);
-        if conn.input.len() > MAX_LINE && !conn.close_after_flush {
-            replies.push(Reply::failed(
-                ErrorKind::BadRequest,
-                format!("line longer than {MAX_LINE} bytes"),
-            ));
-            conn.input.clear();
-            conn.close_after_flush = true;
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.pending += out.len();
         }
         for r in replies {
             self.queue(id, &r);
         }
         self.flush(id, registry);
         if more {
-            // Edge-triggered: nothing would wake us for what is already buffered. Re-arming
-            // (EPOLL_CTL_MOD) reports the connection again on the next turn if still readable.
-            if let Some(conn) = self.conns.get(&id) {
-                let token = Token(self.conn_token_base + id as usize);
-                let _ = registry.reregister(
-                    &mut SourceFd(&conn.stream.as_raw_fd()),
-                    token,
-                    Interest::READABLE | Interest::WRITABLE,
-                );
-            }
+            self.rearm(id, registry);
         }
         out
     }
 
+    /// `request` if `peer` may make it; else the `denied` reply, and the refusal logged.
+    fn authorise(&mut self, peer: Peer, request: Request) -> std::result::Result<Request, Reply> {
+        if !request.command.writes() || peer.access == Access::Full {
+            return Ok(request);
+        }
+        log_refusal(
+            &mut self.refusals.read_only,
+            1,
+            || {
+                format!(
+                    "control: uid {} (pid {}) may only read status; refused {:?}",
+                    peer.uid, peer.pid, request.command
+                )
+            },
+            "request(s) to change something from read-only uids",
+        );
+        Err(Reply::failed(
+            ErrorKind::Denied,
+            format!("uid {} may only read status", peer.uid),
+        ))
+    }
+
+    /// Edge-triggered: nothing would wake us for what is already buffered. Re-arming
+    /// (`EPOLL_CTL_MOD`) reports the connection again on the next turn if still readable.
+    fn rearm(&self, id: ConnId, registry: &Registry) {
+        if let Some(conn) = self.conns.get(&id) {
+            let token = Token(self.conn_token_base + id as usize);
+            let _ = registry.reregister(
+                &mut SourceFd(&conn.stream.as_raw_fd()),
+                token,
+                Interest::READABLE | Interest::WRITABLE,
+            );
+        }
+    }
+
+    /// Buffers `reply` for `id`; a client whose buffer would pass [`MAX_OUTPUT`] loses its
+    /// connection instead.
     fn queue(&mut self, id: ConnId, reply: &Reply) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
@@ -886,17 +528,7 @@ impl ControlServer {
     /// daemon may have replaced a socket it found stale (or an operator removed ours), and its
     /// socket is not ours to delete.
     pub fn remove_file(&self) {
-        let current = std::fs::symlink_metadata(&self.path)
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
-        if current.is_some() && current == self.ident {
-            let _ = std::fs::remove_file(&self.path);
-        } else if current.is_some() {
-            log::info!(
-                "control: {} is no longer the socket this daemon bound; left in place",
-                self.path.display()
-            );
-        }
+        socket_file::remove_if_ours(&self.path, self.ident);
     }
 
     /// How many connections are open.
@@ -910,37 +542,6 @@ impl ControlServer {
     }
 }
 
-/// The descriptor kept in reserve for `EMFILE`: any will do; an unbound datagram socket is
-/// cheap and, like every other descriptor of the daemon, a socket.
-fn spare_fd() -> Option<std::os::unix::net::UnixDatagram> {
-    std::os::unix::net::UnixDatagram::unbound().ok()
-}
-
-/// Whether somebody answers on the socket at `path`: a non-blocking `connect` (a listener with
-/// a full backlog answers `EAGAIN` instead of making us wait).
-fn probe(path: &Path) -> SocketUse {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr, connect, socket};
-    let fd = match socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
-    ) {
-        Ok(fd) => fd,
-        Err(e) => return SocketUse::Unknown(e.into()),
-    };
-    let addr = match UnixAddr::new(path) {
-        Ok(a) => a,
-        Err(e) => return SocketUse::Unknown(e.into()),
-    };
-    match connect(fd.as_raw_fd(), &addr) {
-        Ok(()) | Err(Errno::EAGAIN | Errno::EINPROGRESS) => SocketUse::Live,
-        Err(Errno::ECONNREFUSED) => SocketUse::Stale,
-        Err(Errno::ENOENT) => SocketUse::Gone,
-        Err(e) => SocketUse::Unknown(e.into()),
-    }
-}
-
 /// One request line, as [`Request::parse_line`] reads it, refused with a `bad-request` reply.
 fn parse(line: &[u8]) -> std::result::Result<Request, Reply> {
     Request::parse_line(line).map_err(|e| Reply::failed(ErrorKind::BadRequest, e))
@@ -949,6 +550,7 @@ fn parse(line: &[u8]) -> std::result::Result<Request, Reply> {
 #[cfg(test)]
 mod tests {
     use std::io::BufRead;
+    use std::os::unix::fs::PermissionsExt;
 
     use super::*;
 
@@ -1012,18 +614,6 @@ mod tests {
             let e = refused(line);
             assert!(e.contains(want), "{line}: {e}");
         }
-    }
-
-    #[test]
-    fn limits_follow_the_descriptor_limit() {
-        let l = ConnectionLimits::for_nofile(1024);
-        assert_eq!(
-            (l.total, l.per_uid, l.reserved),
-            (256, 32, RESERVED_CONNECTIONS)
-        );
-        assert_eq!(ConnectionLimits::for_nofile(524_288).total, MAX_CONNECTIONS);
-        assert_eq!(ConnectionLimits::for_nofile(8).total, 4);
-        assert_eq!(ConnectionLimits::for_nofile(8).per_uid, 1);
     }
 
     #[test]

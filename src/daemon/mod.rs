@@ -1,20 +1,28 @@
 //! The daemon(7) sequence: from an ordinary process to a detached, locked, unprivileged daemon
 //! that tells its launcher when it is ready.
 //!
-//! Order matters and follows systemd's daemon(7) "SysV daemons" list. In the **launcher**, while
-//! still attached to the caller's terminal and able to report errors: resolve the user and group,
-//! open and lock the pidfile, create the readiness pipe. Then `fork`; the child calls `setsid` and
-//! forks again, tells the launcher the daemon's pid and leaves with `_exit`, so that nothing
-//! registered before (atexit handlers, stdio buffers, Rust destructors) runs twice. In the
-//! **daemon**: reset
-//! signal mask and dispositions (`SIGPIPE` is then caught by a no-op handler, so that writes to a
-//! closed pipe fail with `EPIPE` as Rust code expects), close every inherited descriptor but the keep-list, set the
-//! umask, `chdir`, point stdio at `/dev/null` or files, write the pid through the locked
-//! descriptor, drop privileges, sanitise the environment. Every failure in the daemon travels back
-//! to the launcher through the readiness pipe, which prints it and exits non-zero; the launcher
-//! exits 0 only once the application calls [`DaemonHandle::ready`].
+//! Order matters and follows systemd's daemon(7) "SysV daemons" list. This module knows nothing
+//! of programs, pools or configuration files.
 //!
-//! This module knows nothing of programs, pools or configuration files.
+//! # In the launcher
+//!
+//! While still attached to the caller's terminal and able to report errors: resolve the user
+//! and group, open and lock the pidfile, create the readiness pipe. Then `fork`; the child calls
+//! `setsid` and forks again, tells the launcher the daemon's pid and leaves with `_exit`, so
+//! that nothing registered before (atexit handlers, stdio buffers, Rust destructors) runs twice.
+//!
+//! # In the daemon
+//!
+//! Reset signal mask and dispositions (`SIGPIPE` is then caught by a no-op handler, so that
+//! writes to a closed pipe fail with `EPIPE` as Rust code expects), close every inherited
+//! descriptor but the keep-list, set the umask, `chdir`, point stdio at `/dev/null` or files,
+//! write the pid through the locked descriptor, drop privileges, sanitise the environment.
+//!
+//! # Failures
+//!
+//! Every failure in the daemon travels back to the launcher through the readiness pipe, which
+//! prints it and exits non-zero; the launcher exits 0 only once the application calls
+//! [`DaemonHandle::ready`].
 
 mod nofile;
 mod pidfile;
@@ -22,7 +30,7 @@ mod privs;
 mod readiness;
 
 use std::ffi::OsString;
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -33,7 +41,7 @@ pub use nofile::{NofileRaise, raise_nofile, worker_nofile};
 pub use pidfile::{Pidfile, PidfileState};
 pub use privs::Credentials;
 pub use readiness::Notifier;
-use readiness::{Outcome, ReadyWriter};
+use readiness::{ReadyWait, ReadyWriter};
 
 use crate::error::{Error, Result};
 use crate::hooks;
@@ -298,29 +306,7 @@ impl Daemon {
         match detached {
             Detached::Launcher(daemon) => {
                 drop(write_end);
-                // Only needed if the intermediate died before naming the daemon.
-                let pipe = daemon.is_none().then(|| file_id(&read_end)).flatten();
-                let err = match readiness::wait(read_end, self.ready_timeout) {
-                    Outcome::Ready => std::process::exit(0),
-                    Outcome::Failed(reason) => Error::DaemonFailed(reason),
-                    Outcome::Died => Error::DaemonDied { status: None },
-                    Outcome::TimedOut => {
-                        // Without a report from the intermediate, the daemon is whoever else
-                        // holds the readiness pipe.
-                        let pids = match (daemon, &pipe) {
-                            (Some(pid), _) => vec![pid.as_raw()],
-                            (None, Some((dev, ino))) => holders_of(*dev, *ino),
-                            (None, None) => Vec::new(),
-                        };
-                        for &pid in &pids {
-                            let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-                        }
-                        Error::ReadyTimeout {
-                            pid: pids.first().copied().unwrap_or(-1),
-                            timeout: self.ready_timeout,
-                        }
-                    }
-                };
+                let err = self.wait_for_daemon(read_end, daemon);
                 if let Some(p) = &pidfile {
                     p.remove();
                 }
@@ -339,6 +325,35 @@ impl Daemon {
                         writer.fail(&e.to_string());
                         sys::_exit(1);
                     }
+                }
+            }
+        }
+    }
+
+    /// The launcher's side: waits for the daemon's verdict on the readiness pipe and exits 0 when
+    /// it is ready; otherwise returns why not, after killing a daemon that did not get ready in
+    /// time. `daemon` is its pid, as the intermediate process reported it.
+    fn wait_for_daemon(&self, read_end: OwnedFd, daemon: Option<nix::unistd::Pid>) -> Error {
+        // Only needed if the intermediate died before naming the daemon.
+        let pipe = daemon.is_none().then(|| file_id(&read_end)).flatten();
+        match readiness::wait(read_end, self.ready_timeout) {
+            ReadyWait::Ready => std::process::exit(0),
+            ReadyWait::Failed(reason) => Error::DaemonFailed(reason),
+            ReadyWait::Died => Error::DaemonDied { status: None },
+            ReadyWait::TimedOut => {
+                // Without a report from the intermediate, the daemon is whoever else holds the
+                // readiness pipe.
+                let pids = match (daemon, &pipe) {
+                    (Some(pid), _) => vec![pid.as_raw()],
+                    (None, Some((dev, ino))) => holders_of(*dev, *ino),
+                    (None, None) => Vec::new(),
+                };
+                for &pid in &pids {
+                    let _ = kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                }
+                Error::ReadyTimeout {
+                    pid: pids.first().copied().unwrap_or(-1),
+                    timeout: self.ready_timeout,
                 }
             }
         }

@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
-/// What the launcher learnt from the daemon.
+/// How the launcher's wait for the daemon's readiness ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum ReadyWait {
     /// `R` arrived.
     Ready,
     /// `E<text>` arrived.
@@ -91,7 +91,7 @@ impl Drop for ReadyWriter {
 }
 
 /// Reads the daemon's messages until a verdict or `timeout`.
-pub(crate) fn wait(fd: OwnedFd, timeout: Duration) -> Outcome {
+pub(crate) fn wait(fd: OwnedFd, timeout: Duration) -> ReadyWait {
     // `ready_timeout` comes from a configuration file: a huge one means "no deadline", not a
     // panic of the launcher with the daemon left running.
     let deadline = Instant::now().checked_add(timeout);
@@ -103,8 +103,8 @@ pub(crate) fn wait(fd: OwnedFd, timeout: Duration) -> Outcome {
             let line: Vec<u8> = buf.drain(..=nl).collect();
             let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
             match line.as_bytes().first() {
-                Some(b'R') => return Outcome::Ready,
-                Some(b'E') => return Outcome::Failed(line[1..].to_string()),
+                Some(b'R') => return ReadyWait::Ready,
+                Some(b'E') => return ReadyWait::Failed(line[1..].to_string()),
                 Some(b'W') => eprintln!("warning: {}", &line[1..]),
                 _ => {}
             }
@@ -114,7 +114,7 @@ pub(crate) fn wait(fd: OwnedFd, timeout: Duration) -> Outcome {
             None => Duration::MAX,
         };
         if left.is_zero() {
-            return Outcome::TimedOut;
+            return ReadyWait::TimedOut;
         }
         let ms = left.as_millis().clamp(1, i32::MAX as u128) as i32;
         let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
@@ -125,14 +125,14 @@ pub(crate) fn wait(fd: OwnedFd, timeout: Duration) -> Outcome {
             Ok(0) => continue,
             Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) => return Outcome::Died,
+            Err(_) => return ReadyWait::Died,
         }
         let mut chunk = [0u8; 4096];
         match file.read(&mut chunk) {
-            Ok(0) => return Outcome::Died,
+            Ok(0) => return ReadyWait::Died,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => return Outcome::Died,
+            Err(_) => return ReadyWait::Died,
         }
     }
 }
@@ -179,7 +179,7 @@ impl Notifier {
 mod tests {
     use super::*;
 
-    fn run(messages: &[u8], close: bool, timeout_ms: u64) -> Outcome {
+    fn run(messages: &[u8], close: bool, timeout_ms: u64) -> ReadyWait {
         let (r, w) = nix::unistd::pipe().unwrap();
         let mut w = std::fs::File::from(w);
         w.write_all(messages).unwrap();
@@ -195,24 +195,24 @@ mod tests {
 
     #[test]
     fn handshake_verdicts() {
-        assert_eq!(run(b"R\n", true, 1000), Outcome::Ready);
+        assert_eq!(run(b"R\n", true, 1000), ReadyWait::Ready);
         assert_eq!(
             run(b"Ecannot chdir\n", true, 1000),
-            Outcome::Failed("cannot chdir".into())
+            ReadyWait::Failed("cannot chdir".into())
         );
-        assert_eq!(run(b"", true, 1000), Outcome::Died);
-        assert_eq!(run(b"", false, 50), Outcome::TimedOut);
+        assert_eq!(run(b"", true, 1000), ReadyWait::Died);
+        assert_eq!(run(b"", false, 50), ReadyWait::TimedOut);
         // A line split across writes and an unknown line before the verdict.
-        assert_eq!(run(b"X\nR", true, 1000), Outcome::Died);
-        assert_eq!(run(b"X\nR\n", true, 1000), Outcome::Ready);
+        assert_eq!(run(b"X\nR", true, 1000), ReadyWait::Died);
+        assert_eq!(run(b"X\nR\n", true, 1000), ReadyWait::Ready);
         // A warning does not end the wait.
-        assert_eq!(run(b"Wno syslog\nR\n", true, 1000), Outcome::Ready);
+        assert_eq!(run(b"Wno syslog\nR\n", true, 1000), ReadyWait::Ready);
     }
 
     #[test]
     fn a_timeout_beyond_the_clock_means_no_deadline() {
         // `ready_timeout = 18446744073709551615` once made `Instant + Duration` panic.
-        assert_eq!(run(b"R\n", true, u64::MAX), Outcome::Ready);
+        assert_eq!(run(b"R\n", true, u64::MAX), ReadyWait::Ready);
         assert_eq!(
             wait(
                 {
@@ -222,7 +222,7 @@ mod tests {
                 },
                 Duration::MAX
             ),
-            Outcome::Died
+            ReadyWait::Died
         );
     }
 

@@ -1,22 +1,27 @@
 //! The backend of the `log` facade: where warden's own messages and its children's output go.
 //!
-//! This module owns the one global logger and its three destinations: stderr (for the foreground,
-//! speaking journald's `<N>` priority prefixes when `JOURNAL_STREAM` says fd 2 is the journal),
-//! syslog (RFC 3164 over a Unix socket, reconnecting after a syslog daemon restart) and a file
-//! (appended to, reopened on request after logrotate moved it). It also writes already-formatted
-//! child output lines to the same destination through [`LogHandle::write_line`]. It knows nothing
-//! about configuration files, signals or programs: the caller chooses a [`Target`] and calls
-//! [`LogHandle::reopen`] when it sees `SIGUSR1` (from the event loop, never from a signal handler).
+//! This module owns the one global logger and its three destinations: stderr (for the
+//! foreground, speaking journald's `<N>` priority prefixes when `JOURNAL_STREAM` says fd 2 is
+//! the journal), syslog (RFC 3164 over a Unix socket, reconnecting after a syslog daemon
+//! restart) and a file (appended to, reopened on request after logrotate moved it). It also
+//! writes already-formatted child output lines to the same destination through
+//! [`LogHandle::write_line`]. It knows nothing about configuration files, signals or programs:
+//! the caller chooses a [`Target`] and calls [`LogHandle::reopen`] when it sees `SIGUSR1` (from
+//! the event loop, never from a signal handler).
 //!
-//! **Ordering.** Call [`init`] once, in the daemon, *after the final fork* and after stdio has
-//! been redirected: the syslog connection records the PID it was built with, and `JOURNAL_STREAM`
-//! is compared with fd 2 as it is at that moment. Never log between `fork` and `exec` in a child:
+//! # Ordering
+//!
+//! Call [`init`] once, in the daemon, *after the final fork* and after stdio has been
+//! redirected: the syslog connection records the PID it was built with, and `JOURNAL_STREAM` is
+//! compared with fd 2 as it is at that moment. Never log between `fork` and `exec` in a child:
 //! every destination takes a lock, and a lock held by another thread at fork time stays held
 //! forever in the child.
 //!
-//! **Atomicity.** Each record is formatted into one buffer and written with one `write_all` while
-//! holding the destination's lock, so a line is never split by another thread, by a reopen, or
-//! (for lines up to `PIPE_BUF` on a pipe) by another process writing to the same stderr.
+//! # Atomicity
+//!
+//! Each record is formatted into one buffer and written with one `write_all` while holding the
+//! destination's lock, so a line is never split by another thread, by a reopen, or (for lines
+//! up to `PIPE_BUF` on a pipe) by another process writing to the same stderr.
 
 mod file;
 pub(crate) mod repeat;

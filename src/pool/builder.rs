@@ -254,7 +254,7 @@ where
         }
         let handler = &self.handler;
         let entry =
-            move |sock: std::os::fd::OwnedFd, claims: crate::sys::pool::SharedWords| -> i32 {
+            move |sock: std::os::fd::OwnedFd, claims: crate::sys::memfd::SharedWords| -> i32 {
                 let stop = worker::serve::<J, O, E, F>(&sock, &claims, handler);
                 if let worker::Stop::Broken(why) = &stop {
                     eprintln!("warden pool worker: {why}");
@@ -284,8 +284,8 @@ where
     /// This process is an exec-self worker of this pool: serve descriptor 3 (with the claim
     /// words of descriptor 4), then exit.
     fn become_worker(&self) -> ! {
-        let inherited = crate::sys::pool::claim_inherited_socket(3)
-            .and_then(|sock| Ok((sock, crate::sys::pool::SharedWords::map_inherited(4)?)));
+        let inherited = crate::sys::fd::claim_inherited_socket(3)
+            .and_then(|sock| Ok((sock, crate::sys::memfd::SharedWords::map_inherited(4)?)));
         let code = match inherited {
             Ok((sock, claims)) => {
                 let stop = worker::serve::<J, O, E, F>(&sock, &claims, &self.handler);

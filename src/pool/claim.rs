@@ -2,7 +2,7 @@
 //! message.
 //!
 //! This module owns the meaning of the words a worker shares with the pool
-//! ([`crate::sys::pool::SharedWords`], one array per worker, one word per job in flight). It does
+//! ([`crate::sys::memfd::SharedWords`], one array per worker, one word per job in flight). It does
 //! no I/O and knows nothing of sockets or processes. A word holds a job id and a state:
 //!
 //! - the pool *queues* job `id` in a free word before it writes the job's frame (the id names

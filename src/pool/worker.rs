@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 
 use super::claim;
 use super::frame::{self, InBuf, Wire};
-use crate::sys::pool::SharedWords;
+use crate::sys::memfd::SharedWords;
 
 /// Why [`serve`] returned, mapped to the worker's exit code.
 #[derive(Debug)]

@@ -40,7 +40,7 @@ use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
 use crate::policy::ExitStatus;
-use crate::sys::pool::SharedWords;
+use crate::sys::memfd::SharedWords;
 use crate::sys::{self, ChildSetup};
 
 /// A message from the zygote to the pool.
@@ -237,7 +237,7 @@ pub(crate) fn start(entry: Entry<'_>) -> Result<Zygote> {
             )
             .map_err(|e| Error::sys("fcntl(O_NONBLOCK)", e))?;
             // Our unreaped child: its pid cannot be reused, so the pidfd is surely its own.
-            let pidfd = sys::pool::pidfd_open(pid.as_raw()).ok();
+            let pidfd = sys::pidfd::pidfd_open(pid.as_raw()).ok();
             Ok(Zygote {
                 ctl: ours,
                 pid: pid.as_raw(),
@@ -314,7 +314,7 @@ fn serve_requests(
 ) -> std::result::Result<ControlFlow<()>, String> {
     loop {
         let mut buf = [0u8; 64];
-        let (n, fds) = match sys::pool::recv_with_fds(ctl.as_fd(), &mut buf) {
+        let (n, fds) = match sys::recv_with_fds(ctl.as_fd(), &mut buf) {
             Ok(Some(got)) => got,
             Ok(None) => return Ok(ControlFlow::Continue(())),
             Err(e) => return Err(format!("recvmsg: {e}")),
@@ -455,8 +455,8 @@ fn worker_child(mut fds: Vec<OwnedFd>, zygote: i32, entry: Entry<'_>) -> ! {
         } else {
             claims
         };
-        sys::pool::move_to_fd(sock, 3)?;
-        sys::pool::move_to_fd(claims, 4)
+        sys::fd::move_to_fd(sock, 3)?;
+        sys::fd::move_to_fd(claims, 4)
     })();
     if let Err(e) = result {
         eprintln!("warden pool worker: setup failed: {e}");
@@ -467,7 +467,7 @@ fn worker_child(mut fds: Vec<OwnedFd>, zygote: i32, entry: Entry<'_>) -> ! {
         let _ = fd.into_raw_fd();
     }
     let _ = sys::close_fds_except(&[3, 4]);
-    let claimed = sys::pool::claim_inherited_socket(3)
+    let claimed = sys::fd::claim_inherited_socket(3)
         .and_then(|sock| Ok((sock, SharedWords::map_inherited(4)?)));
     let code = match claimed {
         Ok((sock, claims)) => entry(sock, claims),

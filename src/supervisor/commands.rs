@@ -27,7 +27,12 @@ struct Caller<'a> {
 impl Supervisor {
     /// Handles what a control connection sent.
     pub(super) fn handle_control(&mut self, incoming: Vec<Incoming>) {
-        for Incoming::Request(conn, peer, req) in incoming {
+        for Incoming {
+            conn,
+            peer,
+            request: req,
+        } in incoming
+        {
             log::debug!(
                 "control: uid {} pid {}: {:?}",
                 peer.uid,

@@ -435,7 +435,7 @@ fn spawn_guard() -> std::io::Result<Link> {
     let pid = child.id() as i32;
     Ok(Link {
         pid,
-        pidfd: crate::sys::pool::pidfd_open(pid).ok(),
+        pidfd: crate::sys::pidfd::pidfd_open(pid).ok(),
         reaped: false,
         sock: ours,
         pending: VecDeque::new(),
@@ -449,7 +449,7 @@ fn kill_guard(pid: i32, pidfd: Option<&OwnedFd>) {
     use std::os::fd::AsFd;
     match pidfd {
         Some(fd) => {
-            let _ = crate::sys::pool::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+            let _ = crate::sys::pidfd::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
         }
         None => {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);

@@ -185,7 +185,7 @@ impl Supervisor {
             if worker.is_some_and(|w| w == main || descends_from(main, w)) {
                 // Taken before the checks' result can go stale for long; a kernel without
                 // pidfd_open (before 5.3) falls back to the pid.
-                let fd = crate::sys::pool::pidfd_open(main).ok();
+                let fd = crate::sys::pidfd::pidfd_open(main).ok();
                 self.table.set_main_pid(p, pos, main, fd);
             } else {
                 log::warn!(

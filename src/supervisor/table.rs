@@ -108,7 +108,7 @@ impl Slot {
         match (&self.main_pidfd, self.main_pid) {
             (Some(fd), _) => {
                 use std::os::fd::AsFd;
-                crate::sys::pool::pidfd_send_signal(fd.as_fd(), 0).is_ok()
+                crate::sys::pidfd::pidfd_send_signal(fd.as_fd(), 0).is_ok()
             }
             (None, Some(pid)) => nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok(),
             (None, None) => false,
@@ -120,7 +120,7 @@ impl Slot {
         match (&self.main_pidfd, self.main_pid) {
             (Some(fd), _) => {
                 use std::os::fd::AsFd;
-                let _ = crate::sys::pool::pidfd_send_signal(fd.as_fd(), sig as i32);
+                let _ = crate::sys::pidfd::pidfd_send_signal(fd.as_fd(), sig as i32);
             }
             (None, Some(pid)) => {
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);

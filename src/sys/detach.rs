@@ -46,68 +46,36 @@ const STEP_FORK: i32 = 2;
 /// Every signal is blocked across the forks (the launcher's mask is restored afterwards; the
 /// daemon starts with everything blocked and resets its mask as daemon(7) says).
 pub(crate) fn detach() -> Result<Detached, Error> {
-    // SAFETY: an anonymous shared mapping of one page; no existing memory is touched and the
-    // result is checked before use.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            std::mem::size_of::<Report>(),
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if page == libc::MAP_FAILED {
-        return Err(Error::sys("mmap", Errno::last()));
-    }
-    let report = page.cast::<Report>();
-    // SAFETY: `report` points at a fresh, writable, suitably aligned page.
-    unsafe {
-        report.write(Report {
-            daemon: 0,
-            step: 0,
-            errno: 0,
-        })
-    };
-
-    let all = nix::sys::signal::SigSet::all();
-    let old = all
+    let page = ReportPage::map()?;
+    let old = nix::sys::signal::SigSet::all()
         .thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_SETMASK)
-        .map_err(|e| Error::sys("sigprocmask", e));
-    let old = match old {
-        Ok(o) => o,
-        Err(e) => {
-            unmap(page);
-            return Err(e);
-        }
-    };
-
+        .map_err(|e| Error::sys("sigprocmask", e))?;
     // SAFETY: the caller checked the process is single-threaded; the child only runs
     // `intermediate` (async-signal-safe system calls), which returns only in the daemon.
     let first = unsafe { libc::fork() };
     if first == 0 {
-        intermediate(report);
+        intermediate(page.report);
         // The daemon: the intermediate's `fork` returned 0 here.
-        unmap(page);
         return Ok(Detached::Daemon);
     }
     let fork_errno = Errno::last();
     let _ = old.thread_set_mask();
     if first < 0 {
-        unmap(page);
         return Err(Error::sys("fork", fork_errno));
     }
     // The intermediate leaves right after its fork; reap it.
     while let Err(Errno::EINTR) = nix::sys::wait::waitpid(Pid::from_raw(first), None) {}
-    // SAFETY: the intermediate has exited, so nothing writes the report any more; `report` is
-    // valid until `unmap`.
+    // The intermediate has exited, so nothing writes the report any more.
+    launcher_outcome(page.read())
+}
+
+/// What the launcher makes of the intermediate's report.
+fn launcher_outcome(report: Report) -> Result<Detached, Error> {
     let Report {
         daemon,
         step,
         errno,
-    } = unsafe { report.read() };
-    unmap(page);
+    } = report;
     match step {
         0 if daemon > 0 => Ok(Detached::Launcher(Some(Pid::from_raw(daemon)))),
         STEP_SETSID => Err(Error::sys("setsid", Errno::from_raw(errno))),
@@ -118,17 +86,62 @@ pub(crate) fn detach() -> Result<Detached, Error> {
     }
 }
 
-fn unmap(page: *mut libc::c_void) {
-    // SAFETY: `page` is the mapping made in `detach`, of this length, and no reference into it
-    // outlives this call.
-    unsafe { libc::munmap(page, std::mem::size_of::<Report>()) };
+/// The `MAP_SHARED` page holding the [`Report`], unmapped on drop (in the launcher and in the
+/// daemon; the intermediate leaves with `_exit`).
+struct ReportPage {
+    report: *mut Report,
+}
+
+impl ReportPage {
+    /// Maps a fresh page holding an empty report.
+    fn map() -> Result<ReportPage, Error> {
+        // SAFETY: an anonymous shared mapping of one page; no existing memory is touched and the
+        // result is checked before use.
+        let page = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                std::mem::size_of::<Report>(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if page == libc::MAP_FAILED {
+            return Err(Error::sys("mmap", Errno::last()));
+        }
+        let report = page.cast::<Report>();
+        // SAFETY: `report` points at a fresh, writable, suitably aligned page.
+        unsafe {
+            report.write(Report {
+                daemon: 0,
+                step: 0,
+                errno: 0,
+            })
+        };
+        Ok(ReportPage { report })
+    }
+
+    /// The report as it stands; the caller makes sure nobody writes it any more.
+    fn read(&self) -> Report {
+        // SAFETY: `report` is valid until drop, and nothing writes it concurrently (above).
+        unsafe { self.report.read() }
+    }
+}
+
+impl Drop for ReportPage {
+    fn drop(&mut self) {
+        // SAFETY: `report` is the mapping made in `map`, of this length, and no reference into
+        // it outlives this call.
+        unsafe { libc::munmap(self.report.cast(), std::mem::size_of::<Report>()) };
+    }
 }
 
 /// The intermediate process: `setsid`, `fork`, report, `_exit`. Returns only in the daemon. It
 /// makes system calls and writes `report`, nothing else.
 fn intermediate(report: *mut Report) {
     // SAFETY: `setsid`, `fork` and `_exit` are async-signal-safe and take no pointers; `report`
-    // points at the shared page `detach` mapped, alive until the launcher unmaps it after
+    // points at the shared page `ReportPage::map` mapped, alive until the launcher unmaps it after
     // reaping this process; `__errno_location` returns this thread's errno slot.
     unsafe {
         if libc::setsid() == -1 {

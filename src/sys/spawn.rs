@@ -10,7 +10,8 @@
 //! of argv and envp); the child makes only async-signal-safe system calls, so this is sound in a
 //! multi-threaded process too.
 
-use super::{errno, filled_sigset};
+use super::errno;
+use super::signal::filled_sigset;
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -111,7 +112,7 @@ impl ExecPlan {
 
 /// A child that has been forked and is on its way to `exec`.
 #[derive(Debug)]
-pub struct Forked {
+pub struct Spawned {
     /// Its pid.
     pub pid: i32,
     /// Readable when the exec happened (end of file) or failed (5 bytes: errno, step).
@@ -122,7 +123,7 @@ pub struct Forked {
 /// descriptor `i`, and execs `plan` — and returns without waiting for any of that.
 ///
 /// The descriptors in `stdio` must be open in the caller; they may be close-on-exec.
-pub fn spawn_nowait(plan: &ExecPlan, stdio: [RawFd; 3]) -> io::Result<Forked> {
+pub fn spawn_nowait(plan: &ExecPlan, stdio: [RawFd; 3]) -> io::Result<Spawned> {
     let (report_r, report_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
     let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
@@ -154,7 +155,7 @@ pub fn spawn_nowait(plan: &ExecPlan, stdio: [RawFd; 3]) -> io::Result<Forked> {
         unsafe { child(plan, stdio, &argv, &envp, report_fd) }
     }
     drop(report_w);
-    Ok(Forked {
+    Ok(Spawned {
         pid,
         exec_report: report_r,
     })

@@ -80,7 +80,7 @@ use super::pace::Pace;
 use super::zygote::{ToZygote, Zygote};
 use crate::lifecycle::{Action, Event, Instance, State};
 use crate::policy::{Jitter, Policy};
-use crate::sys::pool::SharedWords;
+use crate::sys::memfd::SharedWords;
 
 /// The frozen settings of the loop.
 #[derive(Debug, Clone)]

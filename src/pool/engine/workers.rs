@@ -25,7 +25,7 @@ use crate::pool::claim::{self, Claim};
 use crate::pool::frame::InBuf;
 use crate::pool::zygote::ToZygote;
 use crate::stream::LineFramer;
-use crate::sys::pool::SharedWords;
+use crate::sys::memfd::SharedWords;
 use crate::sys::{self, ChildSetup};
 
 impl Engine {
@@ -273,13 +273,13 @@ impl Engine {
                         // Probe first: while the worker still holds its pid (a zombie does
                         // too), neither the pid nor its group id can have been reused, so the
                         // group may be signalled; then the worker itself, through the pidfd.
-                        match sys::pool::pidfd_send_signal(fd.as_fd(), 0) {
+                        match sys::pidfd::pidfd_send_signal(fd.as_fd(), 0) {
                             Ok(()) => {
                                 let _ = nix::sys::signal::killpg(
                                     Pid::from_raw(pid),
                                     nix::sys::signal::SIGKILL,
                                 );
-                                let _ = sys::pool::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+                                let _ = sys::pidfd::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
                             }
                             // Reaped by someone else: nothing of ours to signal.
                             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
@@ -327,7 +327,7 @@ impl Engine {
             }
             Spawner::ExecSelf { arg0, args } => {
                 let pid = exec_worker(arg0, args, &self.settings.name, slot, theirs)?;
-                let pidfd = match sys::pool::pidfd_open(pid) {
+                let pidfd = match sys::pidfd::pidfd_open(pid) {
                     Ok(fd) => Some(fd),
                     Err(e) => {
                         log::debug!("pidfd_open: {e}; polling waitpid instead");
@@ -502,9 +502,9 @@ fn exec_worker(
         },
     );
     // The socket goes to 3 first: the claim words must not sit on 3 then.
-    let claims = sys::pool::dup_at_least(claims.as_fd(), 5)?;
-    sys::pool::pre_exec_fd(&mut cmd, sock.as_raw_fd(), 3);
-    sys::pool::pre_exec_fd(&mut cmd, claims.as_raw_fd(), 4);
+    let claims = sys::fd::dup_at_least(claims.as_fd(), 5)?;
+    sys::fd::pre_exec_fd(&mut cmd, sock.as_raw_fd(), 3);
+    sys::fd::pre_exec_fd(&mut cmd, claims.as_raw_fd(), 4);
     let child = cmd.spawn()?;
     let pid = child.id() as i32;
     // Dropping `Child` neither waits nor kills: we reap by pid after the pidfd. The command (our

@@ -18,7 +18,7 @@ use super::{Engine, SlotIndex, Spawner, ZYGOTE_PIDFD};
 use crate::lifecycle::Event;
 use crate::policy::ExitStatus;
 use crate::pool::zygote::{self, FromZygote, Zygote};
-use crate::sys::pool::SharedWords;
+use crate::sys::memfd::SharedWords;
 
 /// The pool's ends of a worker being started (forked by the fork server, or exec'd).
 pub(crate) struct Pending {
