@@ -95,6 +95,8 @@ pub mod signals;
 mod stream;
 pub mod supervisor;
 mod sys;
+#[cfg(test)]
+mod test_support;
 
 pub use daemon::{
     Credentials, Daemon, DaemonHandle, Notifier, Pidfile, PidfileState, ServiceManager, Stdio,

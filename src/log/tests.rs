@@ -6,39 +6,12 @@
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use super::stderr::{StderrSink, journal_stream_matches};
 use super::*;
-
-/// A directory removed (with its contents) on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        static SEQ: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "warden-log-{tag}-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn join(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::test_support::TempDir;
 
 /// 2027-01-15T08:00:00.123Z.
 fn fixed_time() -> SystemTime {
@@ -195,7 +168,7 @@ fn after_timestamp(line: &str) -> &str {
 
 #[test]
 fn file_reopen_after_rename_moves_new_lines_to_new_file() {
-    let dir = TempDir::new("rotate");
+    let dir = TempDir::new("log-rotate");
     let path = dir.join("warden.log");
     let backend = build(&file_config(&path)).unwrap();
 
@@ -223,7 +196,7 @@ fn file_reopen_under_concurrent_writers_loses_and_splits_nothing() {
     const THREADS: usize = 4;
     const LINES: usize = 400;
     const ROTATIONS: usize = 20;
-    let dir = TempDir::new("race");
+    let dir = TempDir::new("log-race");
     let path = dir.join("warden.log");
     let backend = build(&file_config(&path)).unwrap();
 
@@ -268,7 +241,7 @@ fn file_reopen_under_concurrent_writers_loses_and_splits_nothing() {
 
 #[test]
 fn file_is_created_without_exec_or_world_write_bits() {
-    let dir = TempDir::new("mode");
+    let dir = TempDir::new("log-mode");
     let path = dir.join("warden.log");
     build(&file_config(&path)).unwrap();
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
@@ -282,7 +255,7 @@ fn file_is_created_without_exec_or_world_write_bits() {
 
 #[test]
 fn file_errors_name_the_path() {
-    let dir = TempDir::new("err");
+    let dir = TempDir::new("log-err");
     let path = dir.join("missing-dir/warden.log");
     let err = build(&file_config(&path)).err().expect("open must fail");
     assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
@@ -302,7 +275,7 @@ fn file_errors_name_the_path() {
 
 #[test]
 fn global_logger_filters_by_level_without_being_installed() {
-    let dir = TempDir::new("level");
+    let dir = TempDir::new("log-level");
     let path = dir.join("warden.log");
     let logger = GlobalLogger {
         backend: Arc::new(build(&file_config(&path)).unwrap()),
@@ -365,7 +338,7 @@ fn syslog_backend(socket: &Path, facility: &str) -> Result<Backend> {
 
 #[test]
 fn syslog_messages_carry_priority_ident_and_pid() {
-    let dir = TempDir::new("syslog");
+    let dir = TempDir::new("log-syslog");
     let path = dir.join("log.sock");
     let syslogd = bind_syslogd(&path);
     let backend = syslog_backend(&path, "local0").unwrap();
@@ -392,7 +365,7 @@ fn syslog_messages_carry_priority_ident_and_pid() {
 
 #[test]
 fn syslog_reconnects_after_restart_and_reports_drops() {
-    let dir = TempDir::new("restart");
+    let dir = TempDir::new("log-restart");
     let path = dir.join("log.sock");
     let syslogd = bind_syslogd(&path);
     let backend = syslog_backend(&path, "daemon").unwrap();
@@ -432,7 +405,7 @@ fn syslog_reconnects_after_restart_and_reports_drops() {
 
 #[test]
 fn syslog_unreachable_at_start_is_not_an_error() {
-    let dir = TempDir::new("late");
+    let dir = TempDir::new("log-late");
     let path = dir.join("log.sock");
     let backend = syslog_backend(&path, "local7").unwrap();
     // What start-up passes on to the launcher's stderr, since the log itself cannot say it.
@@ -466,7 +439,7 @@ fn syslog_unreachable_at_start_is_not_an_error() {
 
 #[test]
 fn syslog_rejects_unknown_facility() {
-    let dir = TempDir::new("facility");
+    let dir = TempDir::new("log-facility");
     let path = dir.join("log.sock");
     for bad in ["local8", "LOG_DAEMON", "ntp", ""] {
         let err = syslog_backend(&path, bad).err().expect("must fail");
@@ -477,7 +450,7 @@ fn syslog_rejects_unknown_facility() {
 
 #[test]
 fn log_handle_delegates_to_its_backend() {
-    let dir = TempDir::new("handle");
+    let dir = TempDir::new("log-handle");
     let path = dir.join("warden.log");
     let handle = LogHandle {
         backend: Arc::new(build(&file_config(&path)).unwrap()),
@@ -497,7 +470,7 @@ fn log_handle_delegates_to_its_backend() {
 
 #[test]
 fn syslog_that_does_not_read_stalls_a_send_only_briefly() {
-    let dir = TempDir::new("full");
+    let dir = TempDir::new("log-full");
     let path = dir.join("log.sock");
     let syslogd = bind_syslogd(&path);
     let backend = syslog_backend(&path, "daemon").unwrap();
@@ -545,7 +518,7 @@ fn syslog_stream_with_a_full_backlog_never_blocks_the_caller() {
         AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, connect, listen, socket,
     };
     use std::os::fd::AsRawFd;
-    let dir = TempDir::new("backlog");
+    let dir = TempDir::new("log-backlog");
     let path = dir.join("log.sock");
     // A stream "syslog daemon" that never accepts, with the smallest backlog, filled up.
     let listener = socket(

@@ -486,16 +486,9 @@ where
         if self.shared.lock().accepted > 0 {
             self.start();
         }
-        let mut inner = self.shared.lock();
-        while inner.finished < inner.accepted && !inner.io_done {
-            inner.waiting += 1;
-            inner = self
-                .shared
-                .changed
-                .wait(inner)
-                .unwrap_or_else(PoisonError::into_inner);
-            inner.waiting -= 1;
-        }
+        let mut inner = self.shared.wait_while(self.shared.lock(), |i| {
+            i.finished < i.accepted && !i.io_done
+        });
         if inner.closed {
             inner.stop.get_or_insert(StopMode::Graceful);
             drop(inner);
@@ -547,16 +540,7 @@ where
                 log::error!("pool {}: the I/O thread panicked", self.name);
             }
         } else {
-            let mut inner = self.shared.lock();
-            while !inner.io_done {
-                inner.waiting += 1;
-                inner = self
-                    .shared
-                    .changed
-                    .wait(inner)
-                    .unwrap_or_else(PoisonError::into_inner);
-                inner.waiting -= 1;
-            }
+            drop(self.shared.wait_while(self.shared.lock(), |i| !i.io_done));
         }
     }
 

@@ -160,38 +160,8 @@ fn rename_if_exists(from: &Path, to: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU32, Ordering};
+    use crate::test_support::TempDir;
     use std::time::{Duration, UNIX_EPOCH};
-
-    /// A unique directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            static COUNTER: AtomicU32 = AtomicU32::new(0);
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos();
-            let dir = std::env::temp_dir().join(format!(
-                "warden-output-{name}-{}-{n}-{nanos}",
-                std::process::id()
-            ));
-            std::fs::create_dir(&dir).unwrap();
-            TempDir(dir)
-        }
-
-        fn join(&self, name: &str) -> PathBuf {
-            self.0.join(name)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 
     #[test]
     fn format_line_shape() {
@@ -217,7 +187,7 @@ mod tests {
 
     #[test]
     fn rotation_keeps_the_newest_files_in_order() {
-        let dir = TempDir::new("rotate");
+        let dir = TempDir::new("output-rotate");
         let path = dir.join("out.log");
         let max_bytes = 200;
         let mut file = RotatingFile::open(&path, max_bytes, 3).unwrap();
@@ -226,7 +196,7 @@ mod tests {
         for i in 0..total {
             file.write_line(&numbered(i)).unwrap();
         }
-        let mut names: Vec<_> = std::fs::read_dir(&dir.0)
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
@@ -247,7 +217,7 @@ mod tests {
 
     #[test]
     fn a_line_larger_than_max_bytes_gets_a_file_of_its_own() {
-        let dir = TempDir::new("big");
+        let dir = TempDir::new("output-big");
         let path = dir.join("out.log");
         let mut file = RotatingFile::open(&path, 10, 2).unwrap();
         let big = format!("{}\n", "b".repeat(30));
@@ -264,7 +234,7 @@ mod tests {
 
     #[test]
     fn open_appends_to_an_existing_file_and_counts_its_size() {
-        let dir = TempDir::new("existing");
+        let dir = TempDir::new("output-existing");
         let path = dir.join("out.log");
         std::fs::write(&path, "0123456789\n").unwrap();
         let mut file = RotatingFile::open(&path, 20, 1).unwrap();
@@ -282,7 +252,7 @@ mod tests {
 
     #[test]
     fn keep_zero_truncates_in_place() {
-        let dir = TempDir::new("truncate");
+        let dir = TempDir::new("output-truncate");
         let path = dir.join("out.log");
         let mut file = RotatingFile::open(&path, 50, 0).unwrap();
         for i in 0..7 {
@@ -290,13 +260,13 @@ mod tests {
         }
         // 19-byte lines, 2 per file: after 7 lines only the 7th remains.
         assert_eq!(read_numbers(&path), [6]);
-        let names: Vec<_> = std::fs::read_dir(&dir.0).unwrap().collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 1);
     }
 
     #[test]
     fn reopen_after_an_external_rename_writes_to_the_new_file() {
-        let dir = TempDir::new("reopen");
+        let dir = TempDir::new("output-reopen");
         let path = dir.join("out.log");
         let moved = dir.join("out.log.old");
         let mut file = RotatingFile::open(&path, 1 << 20, 3).unwrap();
@@ -314,7 +284,7 @@ mod tests {
 
     #[test]
     fn rotation_after_an_external_move_does_not_shift_kept_files() {
-        let dir = TempDir::new("moved");
+        let dir = TempDir::new("output-moved");
         let path = dir.join("out.log");
         let mut file = RotatingFile::open(&path, 10, 2).unwrap();
         file.write_line("first\n").unwrap();
@@ -331,7 +301,7 @@ mod tests {
 
     #[test]
     fn open_error_names_the_path() {
-        let dir = TempDir::new("error");
+        let dir = TempDir::new("output-error");
         let path = dir.join("missing-dir").join("out.log");
         let err = RotatingFile::open(&path, 10, 1).unwrap_err().to_string();
         assert!(err.contains("cannot open output file"), "{err}");

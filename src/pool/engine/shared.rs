@@ -231,6 +231,24 @@ impl Shared {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Waits on [`Shared::changed`] while `blocked` holds, counted in `waiting` (so that the
+    /// I/O thread knows someone waits for progress), and returns the guard.
+    pub(crate) fn wait_while<'a>(
+        &'a self,
+        mut inner: MutexGuard<'a, Inner>,
+        mut blocked: impl FnMut(&Inner) -> bool,
+    ) -> MutexGuard<'a, Inner> {
+        while blocked(&inner) {
+            inner.waiting += 1;
+            inner = self
+                .changed
+                .wait(inner)
+                .unwrap_or_else(PoisonError::into_inner);
+            inner.waiting -= 1;
+        }
+        inner
+    }
+
     /// Called by the I/O thread at the start of each turn: the next [`Shared::wake`] wakes it
     /// again.
     pub(super) fn rearm_wake(&self) {
