@@ -60,6 +60,7 @@ pub(crate) const PROGRAM: KeyTable = KeyTable {
         "group",
         "umask",
         "env",
+        "env_file",
         "clean_env",
         "limits",
         "restart",
@@ -110,6 +111,7 @@ mod tests {
                         "instances" | "max_restarts" | "log_keep" | "nofile" | "core" | "nproc"
                         | "memlock" | "as" | "fsize" | "stack" | "cpu" => "1",
                         "env" => "{ A = \"b\" }",
+                        "env_file" => "[\"-./a.env\"]",
                         "limits" => return String::new(),
                         "clean_env" => "false",
                         "restart" => "\"always\"",

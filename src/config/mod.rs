@@ -30,6 +30,7 @@
 //! `reload`). Relative paths are resolved against the directory of the file they are written
 //! in. Runtime state never lives here.
 
+mod env_file;
 mod keys;
 pub mod preflight;
 mod program;
@@ -46,6 +47,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::error::diag::{self, Collector, Place};
 pub use crate::error::diag::{Diagnostic, Diagnostics};
+pub use env_file::EnvFile;
 pub use keys::{KEYS, KeyTable};
 pub use program::{
     ExecSpec, Limits, MAX_INSTANCES, MAX_LOG_KEEP, MAX_PROGRAM_NAME, MAX_RESTARTS_LIMIT,

@@ -4,13 +4,14 @@
 //! [`accounts`] finds users and groups that do not resolve — errors: `warden start` and
 //! `reload` refuse such a file (exit 6), as a spawn would fail later. [`warnings`] finds what
 //! will fail later without making the file wrong: a pidfile directory warden cannot create, a
-//! command that is not found or not executable, warden's own log going nowhere. [`check`] is
+//! command that is not found or not executable, an environment file that is missing or broken,
+//! warden's own log going nowhere. [`check`] is
 //! `warden check`: the file's own problems, the accounts and the warnings, in one pass, each at
 //! the file, line and column of the value concerned.
 //!
 //! What is seen here is the system of whoever runs the check, now: a command found by `check`
 //! may be missing when the daemon runs with another `PATH`, and an account may be created later.
-//! That is why the command and path checks only warn.
+//! That is why the command, path and environment-file checks only warn.
 
 use std::path::{Path, PathBuf};
 
@@ -100,6 +101,8 @@ pub fn accounts(config: &Config) -> Diagnostics {
 ///   own unless `clean_env`, else the default search path — as a spawn looks it up), or names a
 ///   file that does not exist, is a directory or is not executable (a relative one is taken
 ///   from the program's working directory, as `execve` does after the `chdir`);
+/// - a program's `env_file` names a required file that cannot be read, or a file with a syntax
+///   error (each file is read now, as a spawn would; it may be created or fixed before then);
 /// - warden's own log goes nowhere: `log = "stderr"` while `[daemon] stderr` is `/dev/null`
 ///   (the default), which loses every line once `warden start` has detached.
 pub fn warnings(config: &Config) -> Diagnostics {
@@ -142,6 +145,10 @@ pub fn warnings(config: &Config) -> Diagnostics {
         let file = p.source.as_deref().unwrap_or(&config.path);
         if let Some(message) = command_problem(program, p, &d.directory) {
             warn(&key, file, message);
+        }
+        for e in p.exec.env_files.iter().filter_map(|f| f.load().err()) {
+            let key = format!("program.{}.env_file", p.name);
+            warn(&key, file, format!("{e}: the program will fail to start"));
         }
     }
     Diagnostics(out)

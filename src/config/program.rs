@@ -21,6 +21,7 @@ use nix::sys::resource::Resource;
 use nix::sys::signal::Signal;
 use toml::de::{DeArray, DeTable, DeValue};
 
+use super::env_file::EnvFile;
 use super::parse_umask;
 use super::read::{Section, duration_value, size_value};
 use crate::error::diag::Collector;
@@ -48,8 +49,8 @@ pub struct ProgramSpec {
     /// `instances`: how many copies run, each with its own `WARDEN_INSTANCE` (0-based). Default
     /// 1; 0 defines the program without running it.
     pub instances: u32,
-    /// What runs: `command`, `directory`, `user`, `group`, `umask`, `env`, `clean_env` and
-    /// `limits`.
+    /// What runs: `command`, `directory`, `user`, `group`, `umask`, `env`, `env_file`,
+    /// `clean_env` and `limits`.
     pub exec: ExecSpec,
     /// Restart, backoff, crash-loop, stop and readiness settings, with the supervisor's
     /// defaults: `restart`, `backoff_initial`, `backoff_max`, `backoff_reset`, `max_restarts`,
@@ -110,8 +111,12 @@ pub struct ExecSpec {
     /// `env`: variables to set, in the order written (`env = { KEY = "value" }`). warden's own
     /// variables (`WARDEN_PROGRAM`, `WARDEN_INSTANCE`, `NOTIFY_SOCKET`) are set after these.
     pub env: Vec<(String, String)>,
+    /// `env_file`: environment files in systemd's `EnvironmentFile=` syntax, read at each spawn
+    /// in this order (a later file overrides an earlier one; [`env`](Self::env) overrides them
+    /// all). See [`EnvFile`].
+    pub env_files: Vec<EnvFile>,
     /// `clean_env`: start from an empty environment instead of warden's (default false). The
-    /// program then sees only [`env`](Self::env) and warden's own variables — `PATH` is *not*
+    /// program then sees only [`env_files`](Self::env_files), [`env`](Self::env) and warden's own variables — `PATH` is *not*
     /// added implicitly, so set it in `env` if the program needs it.
     pub clean_env: bool,
     /// `limits`: resource limits, set as both soft and hard limit before exec.
@@ -322,6 +327,9 @@ fn read_process(
     }
     if let Some(env) = s.table(c, "env") {
         p.exec.env = read_env(c, &s.key("env"), env);
+    }
+    if let Some(files) = read_env_files(c, s, base) {
+        p.exec.env_files = files;
     }
     if let Some(b) = s.boolean(c, "clean_env") {
         p.exec.clean_env = b;
@@ -629,6 +637,37 @@ fn read_env(c: &mut Collector<'_>, prefix: &str, t: &DeTable<'_>) -> Vec<(String
         }
     }
     env
+}
+
+/// `env_file`: an array of paths, each optional when written with a leading `-`; relative to
+/// `base`. Its place is noted for `warden check`, which reads the files.
+fn read_env_files(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    base: &Path,
+) -> Option<Vec<EnvFile>> {
+    let key = s.key("env_file");
+    let v = s.raw("env_file")?;
+    c.note(&key, v.span());
+    let DeValue::Array(items) = v.get_ref() else {
+        let found = v.get_ref().type_str();
+        c.at(
+            v.span(),
+            &key,
+            format!("expected an array of paths, found {found}"),
+        );
+        return None;
+    };
+    let entries = command_words(c, &key, items)?;
+    let mut files = Vec::with_capacity(entries.len());
+    for (entry, item) in entries.iter().zip(items.iter()) {
+        if entry.is_empty() || entry == "-" {
+            c.at(item.span(), &key, "a path must not be empty");
+        } else {
+            files.push(EnvFile::from_entry(entry, base));
+        }
+    }
+    (files.len() == entries.len()).then_some(files)
 }
 
 /// `limits`: a table of resource limits.

@@ -55,7 +55,6 @@ mod waiters;
 use std::collections::{HashMap, VecDeque};
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mio::event::Event as PollEvent;
@@ -534,6 +533,8 @@ impl Supervisor {
         let first_start = slot.inst.last_exit.is_none() && slot.inst.state == State::Exited;
         let pid_before = slot.inst.state.pid();
         let mut notes: Vec<(log::Level, String)> = Vec::new();
+        // Only a spawn failure the log has already told, and nothing else new: said at debug.
+        let mut repeated = false;
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
             let now = Instant::now();
@@ -541,7 +542,7 @@ impl Supervisor {
             let old_pid = self.table[p][pos].inst.state.pid();
             let actions = self.table[p].step(pos, event, now, jitter);
             for action in actions {
-                if let Some(next) = self.carry_out(p, pos, action, &mut notes) {
+                if let Some(next) = self.carry_out(p, pos, action, &mut notes, &mut repeated) {
                     queue.push_back(next);
                 }
             }
@@ -557,7 +558,9 @@ impl Supervisor {
             pid_after: slot.inst.state.pid(),
             first_start,
         };
+        let quiet = repeated && change.after != InstanceState::Fatal;
         for (level, line) in transition_line(&change, &notes) {
+            let level = if quiet { log::Level::Debug } else { level };
             log::log!(level, "{line}");
         }
     }
@@ -569,12 +572,17 @@ impl Supervisor {
         pos: SlotPos,
         action: Action,
         notes: &mut Vec<(log::Level, String)>,
+        repeated: &mut bool,
     ) -> Option<Event> {
         match action {
             Action::Spawn => match self.spawn(p, pos) {
                 Ok(pid) => return Some(Event::Spawned { pid }),
                 Err(e) => {
-                    notes.push((log::Level::Error, format!("cannot start: {e}")));
+                    let slot = &mut self.table[p][pos];
+                    match slot.spawn_failed(format!("cannot start: {e}"), Instant::now()) {
+                        Some(note) => notes.push((log::Level::Error, note)),
+                        None => *repeated = true,
+                    }
                     return Some(Event::SpawnFailed);
                 }
             },
@@ -649,8 +657,7 @@ impl Supervisor {
             stderr: plan(&def.stderr),
         };
         match (&def.work, &prog.prepared) {
-            (Work::Exec(spec), Some(prepared)) => spawn::spawn_exec(prepared, &request)
-                .map_err(|e| Error::io("cannot execute", PathBuf::from(&spec.command[0]), e)),
+            (Work::Exec(_), Some(prepared)) => spawn::spawn_exec(prepared, &request),
             (Work::Fn(f), _) => spawn::spawn_fn(f, &request),
             (Work::Exec(_), None) => unreachable!("exec programs are prepared when added"),
         }

@@ -459,6 +459,17 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_env_file_list_restarts_the_program() {
+        let old = program("web", 1, "web");
+        let mut new = old.clone();
+        if let Work::Exec(spec) = &mut new.work {
+            spec.env_files = vec![crate::config::EnvFile::new("/etc/default/web")];
+        }
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&new]));
+        assert_eq!(plan.changed, names(&["web"]));
+    }
+
+    #[test]
     fn a_change_to_a_program_stopped_by_hand_only_updates_it() {
         let old = program("web", 1, "web-v1");
         let new = program("web", 1, "web-v2");

@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::EnvFile;
 pub use crate::config::ExecSpec;
 use crate::daemon::Notifier;
 use crate::error::{Error, Result};
@@ -86,6 +87,8 @@ pub(crate) struct Prepared {
     argv: Vec<String>,
     directory: Option<PathBuf>,
     env: Vec<(OsString, OsString)>,
+    /// Read anew at each spawn: an edit applies at the next start.
+    env_files: Vec<EnvFile>,
     clean_env: bool,
     setup: ChildSetup,
 }
@@ -138,6 +141,7 @@ impl Prepared {
             argv: spec.command.clone(),
             directory: spec.directory.clone(),
             env: spec.env.iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            env_files: spec.env_files.clone(),
             clean_env: spec.clean_env,
             setup,
         })
@@ -192,8 +196,11 @@ fn dev_null() -> io::Result<File> {
 }
 
 /// The environment of one instance: warden's own (unless `clean_env`) without what describes
-/// warden's service manager, then the program's `env`, then warden's variables.
-fn environment(p: &Prepared, i: &SpawnRequest<'_>) -> Vec<(OsString, OsString)> {
+/// warden's service manager, then the program's `env_file`s in order (read now), then its `env`,
+/// then warden's variables; a later setting replaces an earlier one.
+///
+/// Errors: an environment file that cannot be read or parsed (see [`EnvFile::load`]).
+fn environment(p: &Prepared, i: &SpawnRequest<'_>) -> Result<Vec<(OsString, OsString)>> {
     let mut env: Vec<(OsString, OsString)> = if p.clean_env {
         Vec::new()
     } else {
@@ -205,6 +212,11 @@ fn environment(p: &Prepared, i: &SpawnRequest<'_>) -> Vec<(OsString, OsString)> 
         Some(slot) => slot.1 = v,
         None => env.push((k, v)),
     };
+    for file in &p.env_files {
+        for (k, v) in file.load()? {
+            set(k.into(), v.into());
+        }
+    }
     for (k, v) in &p.env {
         set(k.clone(), v.clone());
     }
@@ -216,7 +228,7 @@ fn environment(p: &Prepared, i: &SpawnRequest<'_>) -> Vec<(OsString, OsString)> 
     if let Some(w) = i.watchdog {
         set("WATCHDOG_USEC".into(), w.as_micros().to_string().into());
     }
-    env
+    Ok(env)
 }
 
 /// Finds `program` the way `execvp` would — in the parent, since a PATH search is no work for a
@@ -230,16 +242,23 @@ fn resolve(program: &str, env: &[(OsString, OsString)]) -> io::Result<PathBuf> {
 }
 
 /// Spawns an exec'd worker without waiting for its exec (see [`sys::spawn`]).
-pub(crate) fn spawn_exec(p: &Prepared, i: &SpawnRequest<'_>) -> io::Result<Started> {
-    let env = environment(p, i);
-    let path = resolve(&p.argv[0], &env)?;
-    let plan = sys::spawn::ExecPlan::new(
-        &path,
-        &p.argv,
-        &env,
-        p.directory.as_deref(),
-        p.setup.clone(),
-    )?;
+///
+/// Errors: an environment file that cannot be read or parsed; otherwise [`Error::Io`] naming
+/// the command.
+pub(crate) fn spawn_exec(p: &Prepared, i: &SpawnRequest<'_>) -> Result<Started> {
+    let env = environment(p, i)?;
+    fork_exec(p, i, &env).map_err(|e| Error::io("cannot execute", PathBuf::from(&p.argv[0]), e))
+}
+
+/// [`spawn_exec`] once the environment is known.
+fn fork_exec(
+    p: &Prepared,
+    i: &SpawnRequest<'_>,
+    env: &[(OsString, OsString)],
+) -> io::Result<Started> {
+    let path = resolve(&p.argv[0], env)?;
+    let plan =
+        sys::spawn::ExecPlan::new(&path, &p.argv, env, p.directory.as_deref(), p.setup.clone())?;
     let null = dev_null()?;
     let out = output_pipe(i.stdout)?;
     let err = output_pipe(i.stderr)?;

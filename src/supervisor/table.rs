@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::ops::{Index, IndexMut};
 use std::os::fd::OwnedFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -28,6 +28,7 @@ use super::program::ProgramDef;
 use super::spawn::Prepared;
 use crate::error::{Error, Result};
 use crate::lifecycle::{Action, Event, Instance, State};
+use crate::log::repeat::{Repeated, Verdict};
 
 /// A program's place in the table, in start order; never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,7 +81,13 @@ pub(crate) struct Slot {
     /// Whether the current process has exec'd: an instance is not "up" for waiting commands
     /// and rolling restarts until it has.
     pub(crate) exec: ExecState,
+    /// Failed spawns (an environment file missing, a command not found): each reason is logged
+    /// once, then summarised, until a spawn succeeds.
+    pub(crate) spawn_failures: Repeated,
 }
+
+/// How often a spawn failure that keeps repeating with the same reason is summarised in the log.
+const SPAWN_FAILURE_SUMMARY_EVERY: Duration = Duration::from_secs(600);
 
 impl Slot {
     /// A fresh slot, never started.
@@ -95,7 +102,27 @@ impl Slot {
             launcher_gone: false,
             retiring: false,
             exec: ExecState::Done,
+            spawn_failures: Repeated::new(SPAWN_FAILURE_SUMMARY_EVERY),
         }
+    }
+
+    /// Records a failed spawn at `now`: `reason` becomes the instance's status text (shown by
+    /// `warden status` until a spawn succeeds). Returns the note to log when the failure is news
+    /// (the first of this reason, or a summary once per interval); `None` when it only repeats
+    /// what the log already says.
+    pub(crate) fn spawn_failed(&mut self, reason: String, now: Instant) -> Option<String> {
+        let note = match self.spawn_failures.failed(&reason, 1, now) {
+            Verdict::First { .. } => Some(reason.clone()),
+            Verdict::Summary { count } => {
+                let starts = if count == 1 { "start" } else { "starts" };
+                Some(format!(
+                    "{reason} ({count} failed {starts} since the last report)"
+                ))
+            }
+            Verdict::Quiet => None,
+        };
+        self.status_text = Some(reason);
+        note
     }
 
     /// Whether nothing of this instance runs: not up, not stopping, not about to spawn.
@@ -350,6 +377,7 @@ impl Table {
         slot.up_since = Some(now);
         slot.launcher_gone = false;
         slot.status_text = None;
+        slot.spawn_failures.succeeded();
     }
 
     /// Records an accepted `MAINPID=` (already checked to be the worker or a descendant), with

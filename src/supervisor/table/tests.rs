@@ -163,3 +163,33 @@ fn a_pid_the_instance_no_longer_owns_is_stale() {
     run(&mut t, p, pos, 100);
     assert_eq!(t.reaped(p, pos, 99), Reaped::Stale);
 }
+
+#[test]
+fn a_spawn_failure_is_told_once_per_reason_and_shown_as_status_until_a_spawn_succeeds() {
+    let (mut t, p) = table_with(1);
+    let pos = SlotPos(0);
+    let t0 = Instant::now();
+    let missing = "cannot start: cannot read env_file /etc/a: No such file or directory";
+    let slot = &mut t[p][pos];
+    assert_eq!(slot.spawn_failed(missing.into(), t0), Some(missing.into()));
+    for s in 1..10 {
+        let now = t0 + std::time::Duration::from_secs(s);
+        assert_eq!(slot.spawn_failed(missing.into(), now), None);
+    }
+    assert_eq!(slot.status_text.as_deref(), Some(missing));
+    // Another reason is news.
+    let other = "cannot start: /etc/a:2:1: \"export A\" is not a variable name";
+    assert_eq!(slot.spawn_failed(other.into(), t0), Some(other.into()));
+    // Past the summary interval, the count of repeats.
+    let later = t0 + SPAWN_FAILURE_SUMMARY_EVERY;
+    let summary = slot.spawn_failed(other.into(), later).expect("a summary");
+    assert!(
+        summary.ends_with("(1 failed start since the last report)"),
+        "{summary}"
+    );
+    // A spawn that succeeds clears the status, and the same reason is news again after it.
+    t.track_pid_change(p, pos, None, Some(100), later);
+    assert_eq!(t[p][pos].status_text, None);
+    let again = t[p][pos].spawn_failed(missing.into(), later);
+    assert_eq!(again, Some(missing.into()));
+}
