@@ -194,6 +194,21 @@ fn step(
     out: &mut Vec<(String, String)>,
 ) -> std::result::Result<State, SyntaxError> {
     Ok(match state {
+        State::PreKey | State::Key | State::Comment => step_key(state, c, pos, cur),
+        State::PreValue | State::Value if is_newline(c) => {
+            finish(cur, out)?;
+            State::PreKey
+        }
+        State::PreValue | State::Value | State::ValueEscape => step_unquoted(state, c, pos, cur),
+        State::SingleQuote | State::DoubleQuote | State::DoubleQuoteEscape => {
+            step_quoted(state, c, cur)
+        }
+    })
+}
+
+/// Before the `=`: blanks, comments, the key.
+fn step_key(state: State, c: u8, pos: Pos, cur: &mut Pending) -> State {
+    match state {
         State::PreKey if c == b'#' || c == b';' => State::Comment,
         State::PreKey if is_blank(c) => State::PreKey,
         State::PreKey => {
@@ -215,10 +230,14 @@ fn step(
             cur.key.push(c);
             State::Key
         }
-        State::PreValue | State::Value if is_newline(c) => {
-            finish(cur, out)?;
-            State::PreKey
-        }
+        State::Comment if is_newline(c) => State::PreKey,
+        _ => State::Comment,
+    }
+}
+
+/// After the `=`, outside quotes (a newline is handled by [`step`]).
+fn step_unquoted(state: State, c: u8, pos: Pos, cur: &mut Pending) -> State {
+    match state {
         State::PreValue if c == b'\'' || c == b'"' => {
             cur.quote = pos;
             if c == b'\'' {
@@ -227,12 +246,18 @@ fn step(
                 State::DoubleQuote
             }
         }
-        State::PreValue | State::Value if c == b'\\' => {
+        State::ValueEscape => {
+            if !is_newline(c) {
+                cur.value.push(c);
+            }
+            State::Value
+        }
+        _ if c == b'\\' => {
             cur.trailing_blank = None;
             State::ValueEscape
         }
         State::PreValue if is_blank(c) => State::PreValue,
-        State::PreValue | State::Value => {
+        _ => {
             if !is_blank(c) {
                 cur.trailing_blank = None;
             } else if cur.trailing_blank.is_none() {
@@ -241,19 +266,15 @@ fn step(
             cur.value.push(c);
             State::Value
         }
-        State::ValueEscape => {
-            if !is_newline(c) {
-                cur.value.push(c);
-            }
-            State::Value
-        }
+    }
+}
+
+/// Inside single or double quotes.
+fn step_quoted(state: State, c: u8, cur: &mut Pending) -> State {
+    match state {
         State::SingleQuote if c == b'\'' => State::PreValue,
         State::DoubleQuote if c == b'"' => State::PreValue,
         State::DoubleQuote if c == b'\\' => State::DoubleQuoteEscape,
-        State::SingleQuote | State::DoubleQuote => {
-            cur.value.push(c);
-            state
-        }
         State::DoubleQuoteEscape => {
             if b"\"\\`$".contains(&c) {
                 cur.value.push(c);
@@ -262,9 +283,11 @@ fn step(
             }
             State::DoubleQuote
         }
-        State::Comment if is_newline(c) => State::PreKey,
-        State::Comment => State::Comment,
-    })
+        _ => {
+            cur.value.push(c);
+            state
+        }
+    }
 }
 
 /// Stores the assignment read so far (trailing blanks of the key and of an unquoted value
