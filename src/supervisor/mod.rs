@@ -533,8 +533,7 @@ impl Supervisor {
         let first_start = slot.inst.last_exit.is_none() && slot.inst.state == State::Exited;
         let pid_before = slot.inst.state.pid();
         let mut notes: Vec<(log::Level, String)> = Vec::new();
-        // Only a spawn failure the log has already told, and nothing else new: said at debug.
-        let mut repeated = false;
+        let mut news = FailureNews::Nothing;
         let mut queue = VecDeque::from([event]);
         while let Some(event) = queue.pop_front() {
             let now = Instant::now();
@@ -542,7 +541,7 @@ impl Supervisor {
             let old_pid = self.table[p][pos].inst.state.pid();
             let actions = self.table[p].step(pos, event, now, jitter);
             for action in actions {
-                if let Some(next) = self.carry_out(p, pos, action, &mut notes, &mut repeated) {
+                if let Some(next) = self.carry_out(p, pos, action, &mut notes, &mut news) {
                     queue.push_back(next);
                 }
             }
@@ -558,7 +557,8 @@ impl Supervisor {
             pid_after: slot.inst.state.pid(),
             first_start,
         };
-        let quiet = repeated && change.after != InstanceState::Fatal;
+        // Only a spawn failure the log has already told: said at debug, unless it gives up.
+        let quiet = news == FailureNews::Repeated && change.after != InstanceState::Fatal;
         for (level, line) in transition_line(&change, &notes) {
             let level = if quiet { log::Level::Debug } else { level };
             log::log!(level, "{line}");
@@ -572,7 +572,7 @@ impl Supervisor {
         pos: SlotPos,
         action: Action,
         notes: &mut Vec<(log::Level, String)>,
-        repeated: &mut bool,
+        news: &mut FailureNews,
     ) -> Option<Event> {
         match action {
             Action::Spawn => match self.spawn(p, pos) {
@@ -580,8 +580,12 @@ impl Supervisor {
                 Err(e) => {
                     let slot = &mut self.table[p][pos];
                     match slot.spawn_failed(format!("cannot start: {e}"), Instant::now()) {
-                        Some(note) => notes.push((log::Level::Error, note)),
-                        None => *repeated = true,
+                        Some(note) => {
+                            notes.push((log::Level::Error, note));
+                            *news = FailureNews::Told;
+                        }
+                        None if *news == FailureNews::Nothing => *news = FailureNews::Repeated,
+                        None => {}
                     }
                     return Some(Event::SpawnFailed);
                 }
@@ -809,6 +813,17 @@ struct Change {
     pid_after: Option<i32>,
     /// Its very first start (never exited before, and `exited` before): shown as `new`.
     first_start: bool,
+}
+
+/// What the failed spawns of one `apply` (a spawn and its immediate retry) were worth saying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailureNews {
+    /// No spawn failed.
+    Nothing,
+    /// Every failure repeated a reason the log has told already.
+    Repeated,
+    /// At least one failure is told in full (or summarised).
+    Told,
 }
 
 /// The log lines for one `apply`: one grep-able line per state change, `NAME[INDEX]: OLD -> NEW

@@ -21,6 +21,9 @@ mod completions;
 mod control;
 /// The daemon(7) sequence of `warden start`, `stop`, `status`, `check` and `run`.
 mod daemon;
+/// Environment files: order under `env`, optional and missing files, edits applied by restart,
+/// a missing file reported once and in status, `check` naming a broken file's line.
+mod env_file;
 /// Function workers through the library (`examples/fn_workers.rs`).
 mod fn_workers;
 /// The fuzz targets' seeds and regressions replayed on stable.
