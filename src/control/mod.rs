@@ -319,7 +319,7 @@ pub struct InstanceInfo {
     pub restarts: u32,
     /// How its last process ended.
     pub last_exit: Option<LastExit>,
-    /// Its last `STATUS=` text.
+    /// Its last `STATUS=` text, or why it cannot be started (until a start succeeds).
     pub status: Option<String>,
 }
 

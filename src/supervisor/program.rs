@@ -93,7 +93,8 @@ pub struct InstanceStatus {
     pub restarts: u32,
     /// How the last process ended.
     pub last_exit: Option<ExitStatus>,
-    /// The last `STATUS=` text it sent.
+    /// The last `STATUS=` text it sent or, after a failed start (a missing `env_file`, a
+    /// command not found), why it failed — until a start succeeds.
     pub status_text: Option<String>,
 }
 
