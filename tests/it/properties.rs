@@ -36,7 +36,7 @@ fn cases(default: u32) -> u32 {
 mod config {
     use super::*;
     use warden::config::{
-        Config, DaemonSpec, KEYS, LogSpec, OutputSpec, ProgramSpec, Readiness, Restart,
+        Config, DaemonSpec, EnvFile, KEYS, LogSpec, OutputSpec, ProgramSpec, Readiness, Restart,
         SYSLOG_FACILITIES,
     };
 
@@ -210,6 +210,20 @@ mod config {
                         .prop_map(move |p| Val::Env(p, sub))
                 })
                 .boxed(),
+            ("program.NAME", "env_file") => proptest::collection::vec(
+                (
+                    any::<bool>(),
+                    path().prop_filter("no dash", |p| !p.starts_with('-')),
+                ),
+                0..4,
+            )
+            .prop_map(|v| {
+                let entries =
+                    v.into_iter()
+                        .map(|(optional, p)| if optional { format!("-{p}") } else { p });
+                Val::Argv(entries.collect())
+            })
+            .boxed(),
             ("program.NAME", "clean_env") => any::<bool>().prop_map(Val::Bool).boxed(),
             ("program.NAME", "limits") => {
                 let limit_keys = KEYS
@@ -271,6 +285,17 @@ mod config {
                  tests/it/properties.rs its values"
             ),
         }
+    }
+
+    /// An `env_file` entry as the reader takes it: `-PATH` is optional, relative to `base`.
+    fn env_file(base: &Path, entry: &str) -> EnvFile {
+        let (optional, path) = match entry.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, entry),
+        };
+        let mut f = EnvFile::new(base.join(path));
+        f.optional = optional;
+        f
     }
 
     fn limit(key: &'static str) -> BoxedStrategy<Limit> {
@@ -619,6 +644,9 @@ mod config {
                         ("group", Val::Str(s)) => p.exec.group = Some(s.clone()),
                         ("umask", Val::Umask(_, m)) => p.exec.umask = Some(*m),
                         ("env", Val::Env(pairs, _)) => p.exec.env = pairs.clone(),
+                        ("env_file", Val::Argv(a)) => {
+                            p.exec.env_files = a.iter().map(|e| env_file(&base, e)).collect()
+                        }
                         ("clean_env", Val::Bool(b)) => p.exec.clean_env = *b,
                         ("limits", Val::Limits(l, _)) => {
                             for (lk, lv) in l {
