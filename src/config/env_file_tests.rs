@@ -251,3 +251,63 @@ fn arbitrary_bytes_never_panic_and_names_are_valid() {
         }
     }
 }
+
+/// `value` written as a systemd environment file would carry it, in `style`: 0 single-quoted,
+/// 1 double-quoted, 2 unquoted with backslashes; `None` where the style cannot carry it (a `'`
+/// in single quotes, a line break unquoted).
+fn render(value: &str, style: u8) -> Option<String> {
+    match style {
+        0 if value.contains('\'') => None,
+        0 => Some(format!("'{value}'")),
+        1 => {
+            let mut s = String::from("\"");
+            for c in value.chars() {
+                if "\"\\`$".contains(c) {
+                    s.push('\\');
+                }
+                s.push(c);
+            }
+            Some(s + "\"")
+        }
+        _ if value.contains(['\n', '\r']) => None,
+        _ => Some(
+            value
+                .chars()
+                .map(|c| {
+                    if c.is_alphanumeric() {
+                        c.to_string()
+                    } else {
+                        format!("\\{c}")
+                    }
+                })
+                .collect(),
+        ),
+    }
+}
+
+proptest::proptest! {
+    /// Any names and values, written in any of systemd's three styles among blank lines,
+    /// comments and blanks around `=`, read back as written.
+    #[test]
+    fn generated_files_read_back_as_generated(
+        vars in proptest::collection::btree_map(
+            "[A-Za-z_][A-Za-z0-9_]{0,6}",
+            "[ a\\\\'\"$`#;=\n\r\té]{0,8}",
+            0..6,
+        ),
+        styles in proptest::collection::vec(0u8..3, 6),
+        padded in proptest::collection::vec(proptest::bool::ANY, 6),
+    ) {
+        let mut text = String::from("# generated\n\n");
+        let mut want = Vec::new();
+        for (i, (k, v)) in vars.iter().enumerate() {
+            let Some(r) = (0..3).find_map(|n| render(v, (styles[i] + n) % 3)) else {
+                continue;
+            };
+            let sep = if padded[i] { " = " } else { "=" };
+            text.push_str(&format!("{k}{sep}{r}\n; between\n"));
+            want.push((k.clone(), v.clone()));
+        }
+        proptest::prop_assert_eq!(parse(text.as_bytes()).map_err(|e| e.message), Ok(want), "{}", text);
+    }
+}

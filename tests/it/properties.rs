@@ -218,9 +218,9 @@ mod config {
                 0..4,
             )
             .prop_map(|v| {
-                let entries =
-                    v.into_iter()
-                        .map(|(optional, p)| if optional { format!("-{p}") } else { p });
+                let entries = v
+                    .into_iter()
+                    .map(|(optional, p)| if optional { format!("-{p}") } else { p });
                 Val::Argv(entries.collect())
             })
             .boxed(),
