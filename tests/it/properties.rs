@@ -645,7 +645,7 @@ mod config {
                         ("umask", Val::Umask(_, m)) => p.exec.umask = Some(*m),
                         ("env", Val::Env(pairs, _)) => p.exec.env = pairs.clone(),
                         ("env_file", Val::Argv(a)) => {
-                            p.exec.env_files = a.iter().map(|e| env_file(&base, e)).collect()
+                            p.exec.env_files = a.iter().map(|e| env_file(base, e)).collect()
                         }
                         ("clean_env", Val::Bool(b)) => p.exec.clean_env = *b,
                         ("limits", Val::Limits(l, _)) => {
