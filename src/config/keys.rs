@@ -62,6 +62,8 @@ pub(crate) const PROGRAM: KeyTable = KeyTable {
         "env",
         "clean_env",
         "limits",
+        "after",
+        "requires",
         "restart",
         "backoff_initial",
         "backoff_max",
@@ -110,6 +112,7 @@ mod tests {
                         "instances" | "max_restarts" | "log_keep" | "nofile" | "core" | "nproc"
                         | "memlock" | "as" | "fsize" | "stack" | "cpu" => "1",
                         "env" => "{ A = \"b\" }",
+                        "after" | "requires" => "[]",
                         "limits" => return String::new(),
                         "clean_env" => "false",
                         "restart" => "\"always\"",
