@@ -81,32 +81,45 @@ fn visit(deps: &Deps, i: usize, mark: &mut [u8], path: &mut Vec<usize>) -> Optio
     None
 }
 
-/// The programs that start after `of` (directly), given `deps`.
-pub(crate) fn dependents(deps: &Deps, of: usize) -> Vec<usize> {
-    (0..deps.len()).filter(|&i| deps[i].contains(&of)).collect()
-}
-
 /// Every edge of `programs` as indices: `after` and `requires` together (unknown names left
 /// out: [`check`] reports them).
 pub(crate) fn edges(programs: &[ProgramSpec]) -> Vec<Vec<usize>> {
-    let index: BTreeMap<&str, usize> = programs
-        .iter()
-        .enumerate()
-        .map(|(i, p)| (p.name.as_str(), i))
-        .collect();
-    programs
+    let names: Vec<&str> = programs.iter().map(|p| p.name.as_str()).collect();
+    let named: Vec<Vec<&str>> = programs
         .iter()
         .map(|p| {
-            let mut v: Vec<usize> = p
-                .after
+            p.after
                 .iter()
                 .chain(&p.requires)
-                .filter_map(|n| index.get(n.as_str()).copied())
-                .collect();
+                .map(String::as_str)
+                .collect()
+        })
+        .collect();
+    index_edges(&names, &named)
+}
+
+/// Edges by name (`named[i]`: what `names[i]` starts after) as indices into `names`, each list
+/// sorted and without repeats; a name not in `names` is left out.
+pub(crate) fn index_edges(names: &[&str], named: &[Vec<&str>]) -> Vec<Vec<usize>> {
+    let index: BTreeMap<&str, usize> = names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    named
+        .iter()
+        .map(|deps| {
+            let mut v: Vec<usize> = deps.iter().filter_map(|n| index.get(n).copied()).collect();
             v.sort_unstable();
             v.dedup();
             v
         })
+        .collect()
+}
+
+/// The start order of `names` with edges `named` (see [`index_edges`]) in levels of names;
+/// empty when there is a cycle.
+pub fn start_order(names: &[&str], named: &[Vec<&str>]) -> Vec<Vec<String>> {
+    levels(&index_edges(names, named))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|l| l.into_iter().map(|i| names[i].to_string()).collect())
         .collect()
 }
 
@@ -215,12 +228,5 @@ mod tests {
         let deps = [vec![], vec![0], vec![0], vec![1, 2]];
         assert_eq!(find_cycle(&deps), None);
         assert_eq!(levels(&deps), Ok(vec![vec![0], vec![1, 2], vec![3]]));
-    }
-
-    #[test]
-    fn dependents_are_the_programs_that_start_after_one() {
-        let deps = [vec![], vec![0], vec![0], vec![1]];
-        assert_eq!(dependents(&deps, 0), vec![1, 2]);
-        assert_eq!(dependents(&deps, 3), Vec::<usize>::new());
     }
 }

@@ -281,7 +281,11 @@ impl Config {
         graph::levels(&deps)
             .unwrap_or_default()
             .into_iter()
-            .map(|l| l.into_iter().map(|i| self.programs[i].name.clone()).collect())
+            .map(|l| {
+                l.into_iter()
+                    .map(|i| self.programs[i].name.clone())
+                    .collect()
+            })
             .collect()
     }
 
@@ -931,9 +935,8 @@ mod tests {
 
     #[test]
     fn unknown_and_self_dependencies_are_named() {
-        let errs = errors(
-            "[program.a]\ncommand = \"x\"\nafter = [\"a\", \"nope\"]\nrequires = 3\n",
-        );
+        let errs =
+            errors("[program.a]\ncommand = \"x\"\nafter = [\"a\", \"nope\"]\nrequires = 3\n");
         assert_eq!(
             errs,
             [

@@ -44,6 +44,8 @@ impl Supervisor {
             program: def.name.clone(),
             instances: def.instances,
             file: def.source.as_ref().map(|f| f.display().to_string()),
+            after: def.after.clone(),
+            requires: def.requires.clone(),
         }
     }
 }
@@ -59,5 +61,7 @@ fn instance_info(s: InstanceStatus) -> InstanceInfo {
         restarts: s.restarts,
         last_exit: s.last_exit.map(Into::into),
         status: s.status_text,
+        waiting_for: s.waiting_for,
+        waiting_reason: s.waiting_reason,
     }
 }

@@ -80,6 +80,16 @@ pub(crate) struct Slot {
     /// Whether the current process has exec'd: an instance is not "up" for waiting commands
     /// and rolling restarts until it has.
     pub(crate) exec: ExecState,
+    /// Held down (`waiting`) until the programs it starts after are ready (`deps.rs`).
+    pub(crate) hold: Option<Hold>,
+}
+
+/// Why an instance is held down by its dependencies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hold {
+    /// A required program was stopped by hand or went `fatal` (`db stopped`, `db fatal`);
+    /// `None` for an instance that has simply not started yet.
+    pub(crate) reason: Option<String>,
 }
 
 impl Slot {
@@ -95,6 +105,7 @@ impl Slot {
             launcher_gone: false,
             retiring: false,
             exec: ExecState::Done,
+            hold: None,
         }
     }
 
