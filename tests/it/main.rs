@@ -21,6 +21,9 @@ mod completions;
 mod control;
 /// The daemon(7) sequence of `warden start`, `stop`, `status`, `check` and `run`.
 mod daemon;
+/// Dependencies between programs: start order gated on readiness, `waiting`, the `requires`
+/// cascade, cycles, the shutdown in reverse dependency order.
+mod deps;
 /// Function workers through the library (`examples/fn_workers.rs`).
 mod fn_workers;
 /// The fuzz targets' seeds and regressions replayed on stable.
