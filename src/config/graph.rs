@@ -85,7 +85,12 @@ fn visit(deps: &Deps, i: usize, mark: &mut [u8], path: &mut Vec<usize>) -> Optio
 /// out: [`check`] reports them).
 pub(crate) fn edges(programs: &[ProgramSpec]) -> Vec<Vec<usize>> {
     let names: Vec<&str> = programs.iter().map(|p| p.name.as_str()).collect();
-    let named: Vec<Vec<&str>> = programs
+    index_edges(&names, &named_edges(programs))
+}
+
+/// Every program's `after` and `requires` together, by name.
+fn named_edges(programs: &[ProgramSpec]) -> Vec<Vec<&str>> {
+    programs
         .iter()
         .map(|p| {
             p.after
@@ -94,8 +99,13 @@ pub(crate) fn edges(programs: &[ProgramSpec]) -> Vec<Vec<usize>> {
                 .map(String::as_str)
                 .collect()
         })
-        .collect();
-    index_edges(&names, &named)
+        .collect()
+}
+
+/// The start order of `programs` in levels of names; empty when there is a cycle.
+pub(crate) fn spec_order(programs: &[ProgramSpec]) -> Vec<Vec<String>> {
+    let names: Vec<&str> = programs.iter().map(|p| p.name.as_str()).collect();
+    start_order(&names, &named_edges(programs))
 }
 
 /// Edges by name (`named[i]`: what `names[i]` starts after) as indices into `names`, each list

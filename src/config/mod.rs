@@ -277,16 +277,7 @@ impl Config {
     /// programs start in parallel once every program of the levels before is ready, and stop in
     /// the reverse order. Empty when the edges have a cycle (a configuration error).
     pub fn start_order(&self) -> Vec<Vec<String>> {
-        let deps = graph::edges(&self.programs);
-        graph::levels(&deps)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|l| {
-                l.into_iter()
-                    .map(|i| self.programs[i].name.clone())
-                    .collect()
-            })
-            .collect()
+        graph::spec_order(&self.programs)
     }
 
     /// Where the value of `key` (a dotted key such as `program.web.user`) was written, if it was.
