@@ -267,11 +267,11 @@ pub struct ProgramInfo {
     /// (and from a daemon older than this field).
     #[serde(default)]
     pub file: Option<String>,
-    /// The programs it starts after (`after`).
-    #[serde(default)]
+    /// The programs it starts after (`after`; left out of the JSON when empty, as the next).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub after: Vec<String>,
     /// The programs it requires (`requires`; they are started after too).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requires: Vec<String>,
 }
 
@@ -327,12 +327,13 @@ pub struct InstanceInfo {
     pub last_exit: Option<LastExit>,
     /// Its last `STATUS=` text.
     pub status: Option<String>,
-    /// While `waiting`: the programs it starts after that are not ready yet.
-    #[serde(default)]
+    /// While `waiting`: the programs it starts after that are not ready yet (left out of the
+    /// JSON when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_for: Vec<String>,
     /// While `waiting` because a program it requires was stopped by hand or went `fatal`: why
-    /// (`db stopped`, `db fatal`).
-    #[serde(default)]
+    /// (`db stopped`, `db fatal`); left out of the JSON when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_reason: Option<String>,
 }
 

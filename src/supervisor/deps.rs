@@ -229,7 +229,9 @@ impl Supervisor {
         if self.shutdown.active() {
             return;
         }
-        for p in self.table.live_programs() {
+        let live = self.table.live_programs();
+        let requiring = live.iter().any(|&p| !self.table[p].def.requires.is_empty());
+        for p in live.into_iter().filter(|_| requiring) {
             if let Some(how) = gone(&self.program_view(p)) {
                 let name = self.table[p].def.name.clone();
                 self.cascade(p, &format!("{name} {how}"));

@@ -62,6 +62,9 @@ pub struct ProgramDef {
     pub after: Vec<String>,
     /// As `after`, and held `waiting` while one of these is stopped by hand or `fatal`, started
     /// again once it is ready (`requires`).
+    ///
+    /// The supervisor does not check these edges: a name of no program is ignored, and programs
+    /// that wait for each other wait for ever (`warden.toml` is checked when read).
     pub requires: Vec<String>,
 }
 
