@@ -267,6 +267,11 @@ fn print_plan(result: &serde_json::Value, dry_run: bool) {
     for n in list("notes") {
         println!("note: {n}");
     }
+    let levels: Vec<Vec<String>> =
+        serde_json::from_value(result["start_order"].clone()).unwrap_or_default();
+    if let Some(line) = super::order_line(&levels) {
+        println!("{line}");
+    }
 }
 
 /// Shows, on a terminal, which instances a stopping daemon still waits for.
@@ -606,7 +611,7 @@ fn table_rows(report: &StatusReport) -> Vec<Row<'_>> {
 fn state_colour(state: &str) -> &'static str {
     match state {
         "ready" | "running" => "32",
-        "starting" | "stopping" | "backoff" => "33",
+        "starting" | "stopping" | "backoff" | "waiting" => "33",
         "fatal" => "31;1",
         _ => "2",
     }
@@ -642,7 +647,7 @@ fn row(i: &InstanceInfo) -> [String; 8] {
         i.program.clone(),
         i.index.to_string(),
         i.pid.map_or_else(|| "-".into(), |p| p.to_string()),
-        i.state.clone(),
+        i.state_text(),
         i.uptime_secs.map_or_else(|| "-".into(), fmt_uptime),
         i.restarts.to_string(),
         match &i.last_exit {

@@ -295,7 +295,21 @@ fn check(path: &std::path::Path) -> ExitCode {
         return ExitCode::from(exit::FAILURE);
     }
     println!("{}: configuration is valid", path.display());
+    if let Ok(config) = Config::load(path)
+        && let Some(line) = order_line(&config.start_order())
+    {
+        println!("{line}");
+    }
     ExitCode::from(exit::OK)
+}
+
+/// `start order: db, cache -> api -> web`: the start order's levels (`after`, `requires`), or
+/// nothing when every program starts at once (no dependencies).
+pub(crate) fn order_line(levels: &[Vec<String>]) -> Option<String> {
+    (levels.len() > 1).then(|| {
+        let levels: Vec<String> = levels.iter().map(|l| l.join(", ")).collect();
+        format!("start order: {}", levels.join(" -> "))
+    })
 }
 
 /// Users and groups named in `config` (daemon, programs, control group) that do not resolve on

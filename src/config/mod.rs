@@ -31,6 +31,7 @@
 //! in. Runtime state never lives here.
 
 mod env_file;
+pub(crate) mod graph;
 mod keys;
 pub mod preflight;
 mod program;
@@ -262,6 +263,7 @@ impl Config {
         places.extend(c.take_places());
         let mut diags = c.finish();
         diags.0.extend(drop_in_diags);
+        diags.0.extend(graph::check(&programs, &places, path));
         let config = Config {
             path: path.to_path_buf(),
             daemon,
@@ -271,6 +273,13 @@ impl Config {
             matched,
         };
         (config, diags)
+    }
+
+    /// The start order of the programs, in levels (`after` and `requires`): each level's
+    /// programs start in parallel once every program of the levels before is ready, and stop in
+    /// the reverse order. Empty when the edges have a cycle (a configuration error).
+    pub fn start_order(&self) -> Vec<Vec<String>> {
+        graph::spec_order(&self.programs)
     }
 
     /// Where the value of `key` (a dotted key such as `program.web.user`) was written, if it was.
@@ -897,6 +906,53 @@ mod tests {
             Err(Error::Config(d)) => d.iter().map(ToString::to_string).collect(),
             other => panic!("expected config errors, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_dependency_cycle_names_every_member_at_its_edge() {
+        let errs = errors(
+            "[program.a]\ncommand = \"x\"\nafter = [\"c\"]\n\
+             [program.b]\ncommand = \"x\"\nrequires = [\"a\"]\n\
+             [program.c]\ncommand = \"x\"\nafter = [\"b\"]\n",
+        );
+        let cycle = "dependency cycle: a -> c -> b -> a (each starts after the next)";
+        assert_eq!(
+            errs,
+            [
+                format!("/etc/warden/warden.toml:3:10: program.a.after: {cycle}"),
+                format!("/etc/warden/warden.toml:9:10: program.c.after: {cycle}"),
+                format!("/etc/warden/warden.toml:6:13: program.b.requires: {cycle}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_and_self_dependencies_are_named() {
+        let errs =
+            errors("[program.a]\ncommand = \"x\"\nafter = [\"a\", \"nope\"]\nrequires = 3\n");
+        assert_eq!(
+            errs,
+            [
+                "/etc/warden/warden.toml:4:12: program.a.requires: expected an array of program names, found integer",
+                "/etc/warden/warden.toml:3:10: program.a.after: a program cannot depend on itself",
+                "/etc/warden/warden.toml:3:15: program.a.after: there is no [program.nope] table",
+            ]
+        );
+    }
+
+    #[test]
+    fn start_order_is_in_levels() {
+        let c = parse(
+            "[program.web]\ncommand = \"x\"\nrequires = [\"api\"]\n\
+             [program.api]\ncommand = \"x\"\nafter = [\"db\"]\n\
+             [program.db]\ncommand = \"x\"\n[program.cron]\ncommand = \"x\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.start_order(),
+            [vec!["db", "cron"], vec!["api"], vec!["web"]]
+        );
+        assert_eq!(c.programs[0].requires, ["api"]);
     }
 
     #[test]

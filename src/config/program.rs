@@ -70,6 +70,12 @@ pub struct ProgramSpec {
     /// read through `include`. `None` for a program built in code. Where a program is defined
     /// is not one of its settings: moving its table to another file changes nothing on reload.
     pub source: Option<PathBuf>,
+    /// `after`: the programs whose every instance must be ready before this program's instances
+    /// start; this program stops before them.
+    pub after: Vec<String>,
+    /// `requires`: as `after`, and in addition this program is stopped (and held `waiting`)
+    /// while one of these is stopped by hand or `fatal`, and started again once it is ready.
+    pub requires: Vec<String>,
 }
 
 impl ProgramSpec {
@@ -85,6 +91,8 @@ impl ProgramSpec {
             log_max_bytes: 10 << 20,
             log_keep: 5,
             source: None,
+            after: Vec::new(),
+            requires: Vec::new(),
         }
     }
 }
@@ -337,6 +345,43 @@ fn read_process(
     if let Some(l) = s.table(c, "limits") {
         p.exec.limits = read_limits(c, &s.key("limits"), l);
     }
+    p.after = read_names(c, s, "after");
+    p.requires = read_names(c, s, "requires");
+}
+
+/// `after` or `requires`: an array of program names, each noted at its place as
+/// `program.NAME.KEY[DEP]` for the graph check ([`super::graph::check`]), which judges the
+/// names themselves once every file is read. A name written twice is kept once.
+fn read_names(c: &mut Collector<'_>, s: &mut Section<'_, '_>, key: &'static str) -> Vec<String> {
+    let dotted = s.key(key);
+    let Some(v) = s.raw(key) else {
+        return Vec::new();
+    };
+    let DeValue::Array(items) = v.get_ref() else {
+        let found = v.get_ref().type_str();
+        c.at(
+            v.span(),
+            &dotted,
+            format!("expected an array of program names, found {found}"),
+        );
+        return Vec::new();
+    };
+    let mut names: Vec<String> = Vec::new();
+    for item in items.iter() {
+        match item.get_ref() {
+            DeValue::String(n) if !names.iter().any(|m| m == n.as_ref()) => {
+                c.note(&format!("{dotted}[{n}]"), item.span());
+                names.push(n.to_string());
+            }
+            DeValue::String(_) => {}
+            other => c.at(
+                item.span(),
+                &dotted,
+                format!("expected a program name, found {}", other.type_str()),
+            ),
+        }
+    }
+    names
 }
 
 /// When it is restarted and how it is stopped: restart, backoff, limits, stop, readiness.

@@ -267,6 +267,12 @@ pub struct ProgramInfo {
     /// (and from a daemon older than this field).
     #[serde(default)]
     pub file: Option<String>,
+    /// The programs it starts after (`after`; left out of the JSON when empty, as the next).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<String>,
+    /// The programs it requires (`requires`; they are started after too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<String>,
 }
 
 /// The daemon part of a [`StatusReport`].
@@ -321,6 +327,26 @@ pub struct InstanceInfo {
     pub last_exit: Option<LastExit>,
     /// Its last `STATUS=` text, or why it cannot be started (until a start succeeds).
     pub status: Option<String>,
+    /// While `waiting`: the programs it starts after that are not ready yet (left out of the
+    /// JSON when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
+    /// While `waiting` because a program it requires was stopped by hand or went `fatal`: why
+    /// (`db stopped`, `db fatal`); left out of the JSON when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_reason: Option<String>,
+}
+
+impl InstanceInfo {
+    /// The STATE column of `warden status`: the state, and for a `waiting` instance what it
+    /// waits for (`waiting (for db)`) or why (`waiting (db stopped)`).
+    pub fn state_text(&self) -> String {
+        match (&self.waiting_reason, self.waiting_for.is_empty()) {
+            (Some(why), _) => format!("{} ({why})", self.state),
+            (None, false) => format!("{} (for {})", self.state, self.waiting_for.join(", ")),
+            (None, true) => self.state.clone(),
+        }
+    }
 }
 
 /// How a process ended, in a [`StatusReport`].

@@ -142,7 +142,7 @@ impl Supervisor {
         self.reply(caller, Reply::done(result));
     }
 
-    /// `start PROG…`: answered once every instance is up.
+    /// `start PROG…` (and what they require): answered once every instance is up.
     fn on_start(&mut self, caller: Caller<'_>, programs: Vec<String>) {
         let Some(ps) = self.programs_named(caller, &programs) else {
             return;
@@ -151,6 +151,8 @@ impl Supervisor {
             let name = self.table[p].def.name.clone();
             let _ = self.start_program(&name);
         }
+        // What they require is started too: a requirement that cannot come up fails the start.
+        let ps = self.with_requirements(&ps);
         self.wait_for(caller, ps, Goal::Up, json!({ "started": programs }));
     }
 

@@ -34,6 +34,7 @@
 
 mod capture;
 mod commands;
+mod deps;
 mod groups;
 pub(crate) mod notify;
 pub(crate) mod output;
@@ -116,6 +117,8 @@ pub struct Supervisor {
     manager: ServiceManager,
     /// The control socket and what its requests left in progress.
     plane: ControlPlane,
+    /// Stops waiting for what requires their program to be down (`deps.rs`).
+    deps_deferred: Vec<deps::DeferredStop>,
 }
 
 /// The control side of the supervisor: the socket server, the requests waiting for their
@@ -179,6 +182,7 @@ impl Supervisor {
                 started_at: Instant::now(),
                 config_path: String::new(),
             },
+            deps_deferred: Vec::new(),
         })
     }
 
@@ -284,32 +288,6 @@ impl Supervisor {
         Ok(())
     }
 
-    /// A snapshot of every instance, programs in start order.
-    pub fn status(&self) -> Vec<InstanceStatus> {
-        let now = Instant::now();
-        self.table
-            .programs()
-            .iter()
-            .filter(|p| !p.removed)
-            .flat_map(|p| {
-                p.slots().iter().map(move |s| InstanceStatus {
-                    program: p.def.name.clone(),
-                    index: s.index.0,
-                    pid: s.main_pid.or(s.inst.state.pid()),
-                    state: InstanceState::of(&s.inst.state),
-                    uptime: s.up_since.filter(|_| s.inst.state.is_up()).map(|t| now - t),
-                    restarts: s.inst.restarts,
-                    last_exit: s.inst.last_exit,
-                    // Its last `STATUS=` line described a process stopped by hand since.
-                    status_text: s
-                        .status_text
-                        .clone()
-                        .filter(|_| s.inst.state != State::Stopped),
-                })
-            })
-            .collect()
-    }
-
     /// Runs the loop until a shutdown completes ([`RunExit::Shutdown`]) or a reload is asked
     /// ([`RunExit::Reload`]). The first call starts every program, in order.
     pub fn run(&mut self, signals: &mut Signals) -> Result<RunExit> {
@@ -371,6 +349,7 @@ impl Supervisor {
         self.tick();
         self.advance_rollouts();
         self.sweep_removed();
+        self.advance_deps();
         self.check_waiters();
         self.advance_shutdown();
         self.enforce_shutdown_deadline();
@@ -438,14 +417,31 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Starts every instance of `program` (a manual start, resetting backoff and crash loops).
+    /// Starts every instance of `program` (a manual start, resetting backoff and crash loops),
+    /// and first what it requires, transitively; an instance whose dependencies are not ready
+    /// yet waits for them (`waiting`).
     pub fn start_program(&mut self, program: &str) -> Result<()> {
-        self.each_instance(program, || Event::Start)
+        let p = self.table.find(program)?;
+        for q in self.with_requirements(&[p]) {
+            self.cancel_stops_for(q);
+            for pos in self.table[q].positions() {
+                if !self.table[q][pos].retiring {
+                    self.apply(q, pos, Event::Start);
+                }
+            }
+        }
+        Ok(())
     }
 
-    /// Stops every instance of `program` and keeps them down until started again.
+    /// Stops every instance of `program` and keeps them down until started again; what
+    /// requires it (transitively) is stopped first and waits for it (`waiting`).
     pub fn stop_program(&mut self, program: &str) -> Result<()> {
-        self.each_instance(program, || Event::Stop)
+        let p = self.table.find(program)?;
+        for pos in self.table[p].positions() {
+            self.table[p][pos].hold = None;
+        }
+        self.stop_with_requirers(p);
+        Ok(())
     }
 
     /// Restarts every instance of `program` at once (not counted as failures).
@@ -528,6 +524,9 @@ impl Supervisor {
     /// Feeds `event` to instance `pos` of program `p` and carries out the actions, including the
     /// events they cause (a spawn's result); then logs the change ([`transition_line`]).
     fn apply(&mut self, p: ProgramId, pos: SlotPos, event: Event) {
+        if self.hold_start(p, pos, &event) {
+            return;
+        }
         let slot = &self.table[p][pos];
         let before = InstanceState::of(&slot.inst.state);
         let first_start = slot.inst.last_exit.is_none() && slot.inst.state == State::Exited;
@@ -717,7 +716,7 @@ impl Supervisor {
             match event {
                 SignalEvent::ChildExited => self.reap(),
                 SignalEvent::GracefulShutdown => {
-                    log::info!("graceful shutdown: stopping programs in reverse order");
+                    log::info!("graceful shutdown: stopping programs in reverse dependency order");
                     self.shutdown(false);
                 }
                 SignalEvent::FastShutdown => {

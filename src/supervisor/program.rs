@@ -57,6 +57,15 @@ pub struct ProgramDef {
     /// a program built in code. Not a setting: a reload that only moves a program to another
     /// file leaves it running and updates this.
     pub source: Option<PathBuf>,
+    /// Start only once every instance of each of these programs is ready; stop before them
+    /// (`after`). Not a setting that a reload restarts for: new edges apply to future starts.
+    pub after: Vec<String>,
+    /// As `after`, and held `waiting` while one of these is stopped by hand or `fatal`, started
+    /// again once it is ready (`requires`).
+    ///
+    /// The supervisor does not check these edges: a name of no program is ignored, and programs
+    /// that wait for each other wait for ever (`warden.toml` is checked when read).
+    pub requires: Vec<String>,
 }
 
 impl ProgramDef {
@@ -72,6 +81,8 @@ impl ProgramDef {
             log_max_bytes: 10 << 20,
             log_keep: 5,
             source: None,
+            after: Vec::new(),
+            requires: Vec::new(),
         }
     }
 }
@@ -96,6 +107,11 @@ pub struct InstanceStatus {
     /// The last `STATUS=` text it sent or, after a failed start (a missing `env_file`, a
     /// command not found), why it failed — until a start succeeds.
     pub status_text: Option<String>,
+    /// While [`InstanceState::Waiting`]: the programs it waits for that are not ready yet.
+    pub waiting_for: Vec<String>,
+    /// While [`InstanceState::Waiting`] because a required program was stopped by hand or went
+    /// `fatal`: why (`db stopped`, `db fatal`).
+    pub waiting_reason: Option<String>,
 }
 
 /// Where an instance is, as `warden status` shows it: the state machine's state without its
@@ -118,11 +134,13 @@ pub enum InstanceState {
     Stopped,
     /// Gave up restarting (crash loop, or a start that cannot succeed).
     Fatal,
+    /// Held down until the programs it starts after (`after`, `requires`) are ready.
+    Waiting,
 }
 
 impl InstanceState {
     /// The name `warden status` and its JSON show: `starting`, `running`, `ready`, `backoff`,
-    /// `stopping`, `exited`, `stopped` or `fatal`.
+    /// `stopping`, `exited`, `stopped`, `fatal` or `waiting`.
     pub fn name(self) -> &'static str {
         match self {
             InstanceState::Starting => "starting",
@@ -133,6 +151,7 @@ impl InstanceState {
             InstanceState::Exited => "exited",
             InstanceState::Stopped => "stopped",
             InstanceState::Fatal => "fatal",
+            InstanceState::Waiting => "waiting",
         }
     }
 
@@ -179,6 +198,8 @@ impl ProgramDef {
             log_max_bytes: spec.log_max_bytes,
             log_keep: spec.log_keep,
             source: spec.source.clone(),
+            after: spec.after.clone(),
+            requires: spec.requires.clone(),
         }
     }
 }

@@ -47,6 +47,10 @@ pub struct ReloadPlan {
     pub unchanged: Vec<String>,
     /// Settings that take effect only when warden restarts.
     pub notes: Vec<String>,
+    /// The new configuration's start order, in levels (`after`, `requires`): each level's
+    /// programs start in parallel once the levels before are ready. Edges are not settings a
+    /// program restarts for: they apply to future starts.
+    pub start_order: Vec<Vec<String>>,
 }
 
 impl ReloadPlan {
@@ -55,8 +59,21 @@ impl ReloadPlan {
     /// restarts it (or only updates it, when it is stopped by hand); a change of count alone
     /// scales it; a move to another file alone changes nothing.
     pub(super) fn diff(old: &[Running<'_>], new: &ReloadSet) -> ReloadPlan {
+        let names: Vec<&str> = new.programs.iter().map(|d| d.name.as_str()).collect();
+        let edges: Vec<Vec<&str>> = new
+            .programs
+            .iter()
+            .map(|d| {
+                d.after
+                    .iter()
+                    .chain(&d.requires)
+                    .map(String::as_str)
+                    .collect()
+            })
+            .collect();
         let mut plan = ReloadPlan {
             notes: new.notes.clone(),
+            start_order: crate::config::graph::start_order(&names, &edges),
             ..ReloadPlan::default()
         };
         for def in &new.programs {
@@ -257,10 +274,15 @@ impl Supervisor {
             touched.push(p);
         }
         // Where each program is defined is not a setting (`same_config` ignores it), so an
-        // unchanged program whose table moved to another file is only told its new file.
+        // unchanged program whose table moved to another file is only told its new file; and
+        // so are its edges.
         for def in &set.programs {
             if let Ok(p) = self.table.find(&def.name) {
-                self.table[p].def.source.clone_from(&def.source);
+                let running = &mut self.table[p].def;
+                running.source.clone_from(&def.source);
+                // Edges apply to future starts: a new edge restarts nothing.
+                running.after.clone_from(&def.after);
+                running.requires.clone_from(&def.requires);
             }
         }
         self.scale_program = set.scale_program;

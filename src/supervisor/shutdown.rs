@@ -1,5 +1,6 @@
-//! Shutdown: graceful (programs stopped from the last to the first, each waited for) or fast
-//! (everything killed at once), bounded by `shutdown_timeout`, then the final clean-up.
+//! Shutdown: graceful (programs stopped in reverse dependency order, independent ones in
+//! parallel) or fast (everything killed at once), bounded by `shutdown_timeout`, then the final
+//! clean-up.
 //!
 //! # Policy and execution
 //!
@@ -19,8 +20,8 @@ use crate::lifecycle::{AfterStop, Event, State};
 /// Which shutdown is under way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Shutdown {
-    /// Stopping programs from the last to the first; the value is how many remain.
-    Graceful(usize),
+    /// Stopping each program once every program that starts after it is down.
+    Graceful,
     /// Every instance killed at once.
     Fast,
 }
@@ -50,12 +51,21 @@ impl ShutdownState {
 /// What a graceful shutdown does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Step {
-    /// Send `Stop` to these instances of this program.
-    Stop(ProgramId, Vec<SlotPos>),
-    /// Wait for this program to be down.
-    Wait(ProgramId),
+    /// Send `Stop` to these instances of these programs (all at once).
+    Stop(Vec<(ProgramId, Vec<SlotPos>)>),
+    /// Wait for programs still stopping.
+    Wait,
     /// Every program is down.
     Done,
+}
+
+/// One program as the shutdown order sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stopping {
+    /// Its instances' states.
+    pub(crate) states: Vec<State>,
+    /// The programs that start after it (`after` or `requires`), as indices of the same list.
+    pub(crate) dependents: Vec<usize>,
 }
 
 /// Whether an instance in `state` still needs a `Stop` to stay down during a shutdown. An
@@ -73,23 +83,29 @@ pub(crate) fn needs_stop(state: &State) -> bool {
     )
 }
 
-/// The next step of a graceful shutdown. `programs`: the instances' states of the programs not
-/// yet passed, in start order (the last is handled first): the last program with an instance
-/// that needs a stop gets it; one not yet down is waited for; one that is down is passed.
-pub(crate) fn graceful_step(programs: &[Vec<State>]) -> Step {
-    for (p, states) in programs.iter().enumerate().rev() {
-        let stops: Vec<SlotPos> = (0..states.len())
-            .filter(|&i| needs_stop(&states[i]))
+/// The next step of a graceful shutdown. `programs`: every program (indices are
+/// [`ProgramId`]s): each program with an instance that needs a stop gets it once every program
+/// that starts after it is down, all such programs at once; otherwise what is not yet down is
+/// waited for.
+pub(crate) fn graceful_step(programs: &[Stopping]) -> Step {
+    let down = |i: usize| programs[i].states.iter().all(is_down);
+    let mut stops = Vec::new();
+    for (p, prog) in programs.iter().enumerate() {
+        let slots: Vec<SlotPos> = (0..prog.states.len())
+            .filter(|&i| needs_stop(&prog.states[i]))
             .map(SlotPos)
             .collect();
-        if !stops.is_empty() {
-            return Step::Stop(ProgramId(p), stops);
-        }
-        if !states.iter().all(is_down) {
-            return Step::Wait(ProgramId(p));
+        if !slots.is_empty() && prog.dependents.iter().all(|&d| down(d)) {
+            stops.push((ProgramId(p), slots));
         }
     }
-    Step::Done
+    if !stops.is_empty() {
+        Step::Stop(stops)
+    } else if (0..programs.len()).all(down) {
+        Step::Done
+    } else {
+        Step::Wait
+    }
 }
 
 /// When a shutdown beginning at `now` escalates to SIGKILL: `timeout` after, for a graceful one.
@@ -118,7 +134,7 @@ pub(crate) fn on_deadline(
     let Some(deadline) = deadline else {
         return Deadline::Keep;
     };
-    if !matches!(mode, Some(Shutdown::Graceful(_))) {
+    if !matches!(mode, Some(Shutdown::Graceful)) {
         return Deadline::Drop;
     }
     if now < deadline || all_down {
@@ -143,39 +159,42 @@ impl Supervisor {
                 }
             }
         } else if !self.shutdown.active() {
-            self.shutdown.mode = Some(Shutdown::Graceful(self.table.programs().len()));
+            self.shutdown.mode = Some(Shutdown::Graceful);
         }
     }
 
-    /// Moves a graceful shutdown on: stops what [`graceful_step`] says, as far as it goes.
+    /// Moves a graceful shutdown on: stops what [`graceful_step`] says, as far as it goes
+    /// (each program's stops are sent once per turn).
     pub(super) fn advance_shutdown(&mut self) {
-        let mut stopped = None;
-        while let Some(Shutdown::Graceful(remaining)) = self.shutdown.mode {
-            let snapshot: Vec<Vec<State>> = self.table.programs()[..remaining]
-                .iter()
-                .map(|p| p.slots().iter().map(|s| s.inst.state.clone()).collect())
+        let mut stopped: Vec<ProgramId> = Vec::new();
+        while self.shutdown.mode == Some(Shutdown::Graceful) {
+            let snapshot: Vec<Stopping> = self
+                .table
+                .ids()
+                .map(|p| Stopping {
+                    states: self.table[p]
+                        .slots()
+                        .iter()
+                        .map(|s| s.inst.state.clone())
+                        .collect(),
+                    dependents: self.dependents(p).into_iter().map(|d| d.0).collect(),
+                })
                 .collect();
-            match graceful_step(&snapshot) {
-                // Each program's stops are sent once per turn; then it is waited for.
-                Step::Stop(p, _) | Step::Wait(p) if stopped == Some(p) => {
-                    self.shutdown.mode = Some(Shutdown::Graceful(p.0 + 1));
-                    return;
+            let Step::Stop(stops) = graceful_step(&snapshot) else {
+                return;
+            };
+            let fresh: Vec<_> = stops
+                .into_iter()
+                .filter(|(p, _)| !stopped.contains(p))
+                .collect();
+            if fresh.is_empty() {
+                return;
+            }
+            for (p, slots) in fresh {
+                for pos in slots {
+                    self.apply(p, pos, Event::Stop);
                 }
-                Step::Stop(p, slots) => {
-                    for pos in slots {
-                        self.apply(p, pos, Event::Stop);
-                    }
-                    stopped = Some(p);
-                    self.shutdown.mode = Some(Shutdown::Graceful(p.0 + 1));
-                }
-                Step::Wait(p) => {
-                    self.shutdown.mode = Some(Shutdown::Graceful(p.0 + 1));
-                    return;
-                }
-                Step::Done => {
-                    self.shutdown.mode = Some(Shutdown::Graceful(0));
-                    return;
-                }
+                stopped.push(p);
             }
         }
     }

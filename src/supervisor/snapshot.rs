@@ -35,6 +35,8 @@ pub(super) struct InstanceView<'a> {
     pub retiring: bool,
     /// Stopped by hand, and kept down until started again.
     pub manual_stop: bool,
+    /// Held down until its dependencies are ready (`waiting`).
+    pub held: bool,
 }
 
 impl ProgramView<'_> {
@@ -78,6 +80,7 @@ impl Supervisor {
                     exec: &s.exec,
                     retiring: s.retiring,
                     manual_stop: s.inst.manual_stop,
+                    held: s.hold.is_some() && s.is_down(),
                 })
                 .collect(),
         }
@@ -100,6 +103,7 @@ pub(super) mod fake {
         pub exec: ExecState,
         pub retiring: bool,
         pub manual_stop: bool,
+        pub held: bool,
     }
 
     /// A program: what [`ProgramView`] borrows.
@@ -125,6 +129,7 @@ pub(super) mod fake {
                         exec: ExecState::Done,
                         retiring: false,
                         manual_stop: false,
+                        held: false,
                     })
                     .collect(),
             }
@@ -144,6 +149,7 @@ pub(super) mod fake {
                         exec: &i.exec,
                         retiring: i.retiring,
                         manual_stop: i.manual_stop,
+                        held: i.held,
                     })
                     .collect(),
             }

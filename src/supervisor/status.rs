@@ -1,11 +1,55 @@
 //! The `status` report: the daemon, every instance and every program asked about, as the
-//! control protocol describes them. Read-only: it must not change anything it reports.
+//! control protocol describes them, and the library's own snapshot ([`Supervisor::status`]).
+//! Read-only: it must not change anything it reports.
+
+use std::time::Instant;
 
 use super::table::ProgramId;
-use super::{InstanceStatus, Supervisor};
+use super::{InstanceState, InstanceStatus, Supervisor};
 use crate::control::{DaemonInfo, InstanceInfo, ProgramInfo, StatusReport};
+use crate::lifecycle::State;
 
 impl Supervisor {
+    /// A snapshot of every instance, programs in the order they were added.
+    pub fn status(&self) -> Vec<InstanceStatus> {
+        let now = Instant::now();
+        self.table
+            .live_programs()
+            .into_iter()
+            .flat_map(|id| {
+                let p = &self.table[id];
+                let unready = self.unready_deps(id);
+                p.slots().iter().map(move |s| {
+                    let waiting = s.hold.is_some() && s.is_down();
+                    let state = if waiting {
+                        InstanceState::Waiting
+                    } else {
+                        InstanceState::of(&s.inst.state)
+                    };
+                    (p, s, state, waiting.then(|| unready.clone()))
+                })
+            })
+            .map(|(p, s, state, waiting)| InstanceStatus {
+                program: p.def.name.clone(),
+                index: s.index.0,
+                pid: s.main_pid.or(s.inst.state.pid()),
+                state,
+                waiting_reason: waiting
+                    .as_ref()
+                    .and_then(|_| s.hold.as_ref()?.reason.clone()),
+                waiting_for: waiting.unwrap_or_default(),
+                uptime: s.up_since.filter(|_| s.inst.state.is_up()).map(|t| now - t),
+                restarts: s.inst.restarts,
+                last_exit: s.inst.last_exit,
+                // Its last `STATUS=` line described a process stopped by hand since.
+                status_text: s
+                    .status_text
+                    .clone()
+                    .filter(|_| s.inst.state != State::Stopped),
+            })
+            .collect()
+    }
+
     /// The `status` result for programs `ps`.
     pub(super) fn status_report(&self, ps: &[ProgramId]) -> StatusReport {
         let names: Vec<&str> = ps
@@ -44,6 +88,8 @@ impl Supervisor {
             program: def.name.clone(),
             instances: def.instances,
             file: def.source.as_ref().map(|f| f.display().to_string()),
+            after: def.after.clone(),
+            requires: def.requires.clone(),
         }
     }
 }
@@ -59,5 +105,7 @@ fn instance_info(s: InstanceStatus) -> InstanceInfo {
         restarts: s.restarts,
         last_exit: s.last_exit.map(Into::into),
         status: s.status_text,
+        waiting_for: s.waiting_for,
+        waiting_reason: s.waiting_reason,
     }
 }

@@ -84,6 +84,16 @@ pub(crate) struct Slot {
     /// Failed spawns (an environment file missing, a command not found): each reason is logged
     /// once, then summarised, until a spawn succeeds.
     pub(crate) spawn_failures: Repeated,
+    /// Held down (`waiting`) until the programs it starts after are ready (`deps.rs`).
+    pub(crate) hold: Option<Hold>,
+}
+
+/// Why an instance is held down by its dependencies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hold {
+    /// A required program was stopped by hand or went `fatal` (`db stopped`, `db fatal`);
+    /// `None` for an instance that has simply not started yet.
+    pub(crate) reason: Option<String>,
 }
 
 /// How often a spawn failure that keeps repeating with the same reason is summarised in the log.
@@ -103,6 +113,7 @@ impl Slot {
             retiring: false,
             exec: ExecState::Done,
             spawn_failures: Repeated::new(SPAWN_FAILURE_SUMMARY_EVERY),
+            hold: None,
         }
     }
 

@@ -118,6 +118,9 @@ fn standing(goal: Goal, program: &ProgramView<'_>, instance: &InstanceView<'_>) 
         _ if instance.retiring => Standing::Pending(format!("{tag} ({}, retiring)", state.name())),
         // Stopped by hand, and a reload keeps it so.
         Goal::Applied if instance.manual_stop => Standing::Met,
+        // A reload applies edges to future starts; it does not wait for them.
+        Goal::Applied if instance.held => Standing::Met,
+        _ if instance.held => Standing::Pending(format!("{tag} (waiting)")),
         _ => standing_up(program, instance, tag),
     }
 }

@@ -21,6 +21,9 @@ mod completions;
 mod control;
 /// The daemon(7) sequence of `warden start`, `stop`, `status`, `check` and `run`.
 mod daemon;
+/// Dependencies between programs: start order gated on readiness, `waiting`, the `requires`
+/// cascade, cycles, the shutdown in reverse dependency order.
+mod deps;
 /// Environment files: order under `env`, optional and missing files, edits applied by restart,
 /// a missing file reported once and in status, `check` naming a broken file's line.
 mod env_file;

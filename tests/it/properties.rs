@@ -76,6 +76,11 @@ mod config {
         Umask(String, u32),
         /// `stdout`/`stderr` of a program.
         Output(Out),
+        /// `after`/`requires` as generated: picks among the programs before this one (so that
+        /// the graph has no cycle), resolved by [`file`] into [`Val::Names`].
+        Deps(Vec<prop::sample::Index>),
+        /// `after`/`requires`: program names.
+        Names(Vec<String>),
     }
 
     /// One resource limit.
@@ -225,6 +230,11 @@ mod config {
             })
             .boxed(),
             ("program.NAME", "clean_env") => any::<bool>().prop_map(Val::Bool).boxed(),
+            ("program.NAME", "after" | "requires") => {
+                proptest::collection::vec(any::<prop::sample::Index>(), 0..3)
+                    .prop_map(Val::Deps)
+                    .boxed()
+            }
             ("program.NAME", "limits") => {
                 let limit_keys = KEYS
                     .iter()
@@ -351,10 +361,12 @@ mod config {
             any::<prop::sample::Index>(),
         )
             .prop_map(|(daemon, names, tables, pick)| {
+                let names: Vec<String> = names.into_iter().collect();
                 let programs: Vec<(String, Vec<(&'static str, Val)>)> = names
-                    .into_iter()
+                    .iter()
                     .zip(tables)
-                    .map(|(name, t)| (name, consistent(t)))
+                    .enumerate()
+                    .map(|(i, (name, t))| (name.clone(), resolve_deps(consistent(t), &names[..i])))
                     .collect();
                 let daemon = daemon.map(|mut d| {
                     d.retain(|(k, _)| *k != "scale_program" || !programs.is_empty());
@@ -367,6 +379,26 @@ mod config {
                 });
                 File { daemon, programs }
             })
+    }
+
+    /// `after`/`requires` name programs among `before` (those earlier in the file: no cycle),
+    /// each once, in the order picked.
+    fn resolve_deps(t: Vec<(&'static str, Val)>, before: &[String]) -> Vec<(&'static str, Val)> {
+        t.into_iter()
+            .map(|(k, v)| match v {
+                Val::Deps(picks) => {
+                    let mut names: Vec<String> = Vec::new();
+                    for i in picks.iter().filter(|_| !before.is_empty()) {
+                        let n = &before[i.index(before.len())];
+                        if !names.contains(n) {
+                            names.push(n.clone());
+                        }
+                    }
+                    (k, Val::Names(names))
+                }
+                other => (k, other),
+            })
+            .collect()
     }
 
     /// Makes one program's keys agree with each other.
@@ -508,6 +540,15 @@ mod config {
             Val::Output(Out::Log) => "\"log\"".into(),
             Val::Output(Out::Null) => "\"null\"".into(),
             Val::Output(Out::File(stem)) => quote(&out_file(program, stem)),
+            Val::Names(names) => format!(
+                "[{}]",
+                names
+                    .iter()
+                    .map(|n| quote(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Val::Deps(_) => unreachable!("resolved by file()"),
         }
     }
 
@@ -648,6 +689,8 @@ mod config {
                             p.exec.env_files = a.iter().map(|e| env_file(base, e)).collect()
                         }
                         ("clean_env", Val::Bool(b)) => p.exec.clean_env = *b,
+                        ("after", Val::Names(n)) => p.after = n.clone(),
+                        ("requires", Val::Names(n)) => p.requires = n.clone(),
                         ("limits", Val::Limits(l, _)) => {
                             for (lk, lv) in l {
                                 let n = Some(limit_value(lv));

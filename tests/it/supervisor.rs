@@ -1410,7 +1410,8 @@ fn ttin_adds_a_worker_and_ttou_stops_the_highest_index() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 11. Graceful stop: reverse config order, and `warden stop` returns once every worker is gone.
+// 11. Graceful stop: reverse dependency order, and `warden stop` returns once every worker is
+// gone. (Programs without dependencies stop in parallel: tests/it/deps.rs.)
 
 const SLOW_STOP: &str = r#"import signal, sys, time
 def term(*_):
@@ -1422,15 +1423,15 @@ while True:
 "#;
 
 #[test]
-fn stop_goes_in_reverse_config_order_and_waits_for_every_worker() {
+fn stop_goes_in_reverse_dependency_order_and_waits_for_every_worker() {
     let test = this_test!();
     let mut sb = test.supervisor_sandbox("", "");
     let py = script(&sb, "slow-stop.py", SLOW_STOP);
-    // Not alphabetical, so that config order is what is tested.
+    // aa starts after mm, mm after zz: stopped aa, then mm, then zz. Not alphabetical.
     sb.write_config(&format!(
         "#TABLES\n[program.zz]\ncommand = {}\n\n\
-         [program.mm]\ncommand = [\"{d}/sleep\", \"1001\"]\ninstances = 2\n\n\
-         [program.aa]\ncommand = [\"{d}/sleep\", \"1002\"]\n",
+         [program.mm]\ncommand = [\"{d}/sleep\", \"1001\"]\ninstances = 2\nafter = [\"zz\"]\n\n\
+         [program.aa]\ncommand = [\"{d}/sleep\", \"1002\"]\nafter = [\"mm\"]\n",
         argv(&[&python(), &py]),
         d = dir(&sb)
     ));
@@ -1475,7 +1476,7 @@ fn stop_goes_in_reverse_config_order_and_waits_for_every_worker() {
     ];
     assert!(
         order.windows(2).all(|w| w[0] < w[1]),
-        "programs stop last to first, each once the later one is down; log:\n{text}"
+        "programs stop in reverse dependency order, each once its dependents are down; log:\n{text}"
     );
     assert!(text.contains("zz[0]: stopping -> stopped: stopped (exit code 0)"));
     assert_no_process(&sb);

@@ -47,60 +47,100 @@ fn live_backing_off_and_restarting_instances_need_a_stop() {
     }
 }
 
+/// Programs without dependencies.
+fn independent(programs: Vec<Vec<State>>) -> Vec<Stopping> {
+    programs
+        .into_iter()
+        .map(|states| Stopping {
+            states,
+            dependents: Vec::new(),
+        })
+        .collect()
+}
+
 #[test]
-fn the_last_program_is_stopped_first() {
+fn independent_programs_are_stopped_all_at_once() {
     let now = Instant::now();
-    let programs = vec![
+    let programs = independent(vec![
         vec![running(10, now)],
         vec![running(20, now), running(21, now)],
-    ];
+    ]);
     assert_eq!(
         graceful_step(&programs),
-        Step::Stop(ProgramId(1), vec![SlotPos(0), SlotPos(1)])
+        Step::Stop(vec![
+            (ProgramId(0), vec![SlotPos(0)]),
+            (ProgramId(1), vec![SlotPos(0), SlotPos(1)])
+        ])
+    );
+}
+
+#[test]
+fn a_program_is_stopped_only_once_its_dependents_are_down() {
+    let now = Instant::now();
+    // 0 <- 1 <- 2 (2 starts after 1, 1 after 0), 3 independent.
+    let mut programs = independent(vec![
+        vec![running(10, now)],
+        vec![running(20, now)],
+        vec![running(30, now)],
+        vec![running(40, now)],
+    ]);
+    programs[0].dependents = vec![1];
+    programs[1].dependents = vec![2];
+    assert_eq!(
+        graceful_step(&programs),
+        Step::Stop(vec![
+            (ProgramId(2), vec![SlotPos(0)]),
+            (ProgramId(3), vec![SlotPos(0)])
+        ])
+    );
+    programs[2].states = vec![stopping(30, now, AfterStop::Stay)];
+    programs[3].states = vec![stopping(40, now, AfterStop::Stay)];
+    assert_eq!(graceful_step(&programs), Step::Wait);
+    programs[2].states = vec![State::Stopped];
+    assert_eq!(
+        graceful_step(&programs),
+        Step::Stop(vec![(ProgramId(1), vec![SlotPos(0)])])
+    );
+}
+
+#[test]
+fn a_dependent_that_never_started_does_not_hold_the_stop() {
+    let now = Instant::now();
+    let mut programs = independent(vec![vec![running(10, now)], vec![State::Exited]]);
+    programs[0].dependents = vec![1];
+    assert_eq!(
+        graceful_step(&programs),
+        Step::Stop(vec![(ProgramId(0), vec![SlotPos(0)])])
     );
 }
 
 #[test]
 fn only_the_instances_that_need_it_are_stopped() {
     let now = Instant::now();
-    let programs = vec![vec![
+    let programs = independent(vec![vec![
         State::Exited,
         running(20, now),
         stopping(21, now, AfterStop::Stay),
-    ]];
+    ]]);
     assert_eq!(
         graceful_step(&programs),
-        Step::Stop(ProgramId(0), vec![SlotPos(1)])
+        Step::Stop(vec![(ProgramId(0), vec![SlotPos(1)])])
     );
 }
 
 #[test]
-fn a_program_still_stopping_is_waited_for_before_the_one_before_it() {
+fn programs_still_stopping_are_waited_for() {
     let now = Instant::now();
-    let programs = vec![
-        vec![running(10, now)],
+    let programs = independent(vec![
+        vec![State::Stopped],
         vec![stopping(20, now, AfterStop::Stay)],
-    ];
-    assert_eq!(graceful_step(&programs), Step::Wait(ProgramId(1)));
-}
-
-#[test]
-fn programs_already_down_are_passed() {
-    let now = Instant::now();
-    let programs = vec![
-        vec![running(10, now)],
-        vec![State::Stopped, State::Exited],
-        vec![State::Fatal],
-    ];
-    assert_eq!(
-        graceful_step(&programs),
-        Step::Stop(ProgramId(0), vec![SlotPos(0)])
-    );
+    ]);
+    assert_eq!(graceful_step(&programs), Step::Wait);
 }
 
 #[test]
 fn the_shutdown_is_done_when_every_program_is_down() {
-    let programs = vec![vec![State::Stopped], vec![], vec![State::Exited]];
+    let programs = independent(vec![vec![State::Stopped], vec![], vec![State::Exited]]);
     assert_eq!(graceful_step(&programs), Step::Done);
     assert_eq!(graceful_step(&[]), Step::Done);
 }
@@ -119,7 +159,7 @@ fn the_deadline_escalates_only_when_due_and_something_is_still_up() {
     let now = Instant::now();
     let due = Some(now);
     let later = Some(now + Duration::from_secs(1));
-    let graceful = Some(Shutdown::Graceful(2));
+    let graceful = Some(Shutdown::Graceful);
     assert_eq!(on_deadline(graceful, due, now, false), Deadline::Escalate);
     assert_eq!(on_deadline(graceful, later, now, false), Deadline::Keep);
     assert_eq!(on_deadline(graceful, due, now, true), Deadline::Keep);
