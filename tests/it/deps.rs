@@ -202,8 +202,10 @@ fn a_stack_starts_level_by_level_never_before_its_dependencies_are_ready() {
     );
     sb.start();
     // While db gets ready, api and web wait, and say what for.
-    let (text, v) = wait_status(&mut sb, "api waiting for db", |text, _| {
+    // The table and the JSON are two requests: wait until both show it.
+    let (text, v) = wait_status(&mut sb, "api waiting for db", |text, v| {
         state_cell(text, "api", 1).as_deref() == Some("waiting (for db)")
+            && insts(v, "api")[0]["state"] == "waiting"
     });
     assert_eq!(
         state_cell(&text, "web", 0).as_deref(),
@@ -281,8 +283,11 @@ fn stopping_a_required_program_stops_its_dependents_first_and_restarts_them_once
         log(&sb)
     );
     assert!(times(&evs, "term", "cron").is_empty(), "{evs:#?}");
-    let (text, v) = wait_status(&mut sb, "api and web waiting", |_, v| {
-        insts(v, "web")[0]["state"] == "waiting" && insts(v, "api")[0]["state"] == "waiting"
+    // The table and the JSON are two requests: wait until both show it.
+    let (text, v) = wait_status(&mut sb, "api and web waiting", |text, v| {
+        insts(v, "web")[0]["state"] == "waiting"
+            && insts(v, "api")[0]["state"] == "waiting"
+            && state_cell(text, "web", 0).as_deref() == Some("waiting (db stopped)")
     });
     assert_eq!(insts(&v, "db")[0]["state"], "stopped", "{v:#}");
     assert_eq!(insts(&v, "api")[0]["waiting_reason"], "db stopped", "{v:#}");
@@ -335,10 +340,12 @@ fn a_fatal_requirement_holds_its_dependents_until_it_is_ready_again() {
     // db dies and cannot come back: fatal.
     std::fs::write(sb.path("db.broken"), "").unwrap();
     signal(db, nix::sys::signal::Signal::SIGKILL);
-    let (text, v) = wait_status(&mut sb, "web waiting after db fatal", |_, v| {
+    // The table and the JSON are two requests: wait until both show it.
+    let (text, v) = wait_status(&mut sb, "web waiting after db fatal", |text, v| {
         insts(v, "db")[0]["state"] == "fatal"
             && insts(v, "web")[0]["state"] == "waiting"
             && insts(v, "api")[0]["state"] == "waiting"
+            && text.contains("waiting (db fatal)")
     });
     assert_eq!(insts(&v, "api")[0]["waiting_reason"], "db fatal", "{v:#}");
     assert!(text.contains("waiting (db fatal)"), "{text}");
