@@ -149,7 +149,13 @@ fn the_bundled_example_runs_and_answers_a_second_terminal() {
         "warden -c examples/warden.toml status never answered 0"
     );
     // Its pidfile and control socket are beside the configuration, where its user may write.
-    assert!(sb.path("warden.pid").exists() && sb.path("warden.sock").exists());
+    // `status` answers 0 from the pidfile's lock as soon as it is taken, which is before the
+    // control socket is bound: wait for the socket.
+    assert!(
+        wait_until(TIMEOUT, || sb.path("warden.sock").exists()),
+        "no control socket beside the configuration"
+    );
+    assert!(sb.path("warden.pid").exists());
     assert!(
         wait_until(TIMEOUT, || status(
             &mut sb,
