@@ -26,6 +26,8 @@
 use super::Supervisor;
 use super::snapshot::ProgramView;
 use super::table::{Hold, ProgramId};
+use crate::config::graph;
+use crate::error::{Error, Result};
 use crate::lifecycle::{Event, State};
 
 /// A stop waiting for what requires the program to be down first.
@@ -77,7 +79,55 @@ pub(super) fn closure(start: &[usize], next: impl Fn(usize) -> Vec<usize>) -> Ve
     out
 }
 
+/// What makes the edges `named` (`named[i]`: what `names[i]` starts after) impossible to meet:
+/// a name of no program, or programs that wait for each other (named in cycle order).
+fn edge_problem(names: &[&str], named: &[Vec<&str>]) -> Option<String> {
+    for (name, deps) in names.iter().zip(named) {
+        if let Some(unknown) = deps.iter().find(|d| !names.contains(d)) {
+            return Some(format!(
+                "program {name} starts after {unknown:?}, which is no program"
+            ));
+        }
+    }
+    let cycle = graph::find_cycle(&graph::index_edges(names, named))?;
+    let mut path: Vec<&str> = cycle.iter().map(|&i| names[i]).collect();
+    path.push(path[0]);
+    Some(format!(
+        "programs wait for each other: {}",
+        path.join(" -> ")
+    ))
+}
+
 impl Supervisor {
+    /// Refuses edges that could never be met, before anything starts: a name of no program
+    /// and programs that wait for each other (`warden.toml` is checked when it is read; this
+    /// is for programs built in code).
+    pub(super) fn check_edges(&self) -> Result<()> {
+        let ids = self.table.live_programs();
+        let names: Vec<&str> = ids
+            .iter()
+            .map(|&p| self.table[p].def.name.as_str())
+            .collect();
+        let named: Vec<Vec<&str>> = ids
+            .iter()
+            .map(|&p| {
+                let def = &self.table[p].def;
+                def.after
+                    .iter()
+                    .chain(&def.requires)
+                    .map(String::as_str)
+                    .collect()
+            })
+            .collect();
+        match edge_problem(&names, &named) {
+            Some(reason) => Err(Error::Invalid {
+                what: "program dependencies",
+                reason,
+            }),
+            None => Ok(()),
+        }
+    }
+
     /// The live programs named in `names`.
     fn named(&self, names: &[String]) -> Vec<ProgramId> {
         names
@@ -341,5 +391,27 @@ mod tests {
         c.sort_unstable();
         assert_eq!(c, [0, 1, 2]);
         assert_eq!(closure(&[3], next), [3]);
+    }
+
+    #[test]
+    fn edges_built_in_code_are_refused_when_they_can_never_be_met() {
+        let names = ["db", "api", "web"];
+        let ok = [vec![], vec!["db"], vec!["api", "db"]];
+        assert_eq!(super::edge_problem(&names, &ok), None);
+        let unknown = [vec![], vec!["dbx"], vec![]];
+        assert_eq!(
+            super::edge_problem(&names, &unknown).as_deref(),
+            Some("program api starts after \"dbx\", which is no program")
+        );
+        let cycle = [vec!["web"], vec!["db"], vec!["api"]];
+        assert_eq!(
+            super::edge_problem(&names, &cycle).as_deref(),
+            Some("programs wait for each other: db -> web -> api -> db")
+        );
+        let itself = [vec![], vec!["api"], vec![]];
+        assert_eq!(
+            super::edge_problem(&names, &itself).as_deref(),
+            Some("programs wait for each other: api -> api")
+        );
     }
 }

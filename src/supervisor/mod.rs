@@ -293,6 +293,7 @@ impl Supervisor {
     pub fn run(&mut self, signals: &mut Signals) -> Result<RunExit> {
         self.register_signals(signals)?;
         if !self.started {
+            self.check_edges()?;
             self.started = true;
             for p in self.table.ids() {
                 for i in self.table[p].positions() {

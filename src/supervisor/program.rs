@@ -63,8 +63,8 @@ pub struct ProgramDef {
     /// As `after`, and held `waiting` while one of these is stopped by hand or `fatal`, started
     /// again once it is ready (`requires`).
     ///
-    /// The supervisor does not check these edges: a name of no program is ignored, and programs
-    /// that wait for each other wait for ever (`warden.toml` is checked when read).
+    /// [`Supervisor::run`](super::Supervisor::run) refuses, before starting anything, a name of
+    /// no program and programs that wait for each other ([`Error::Invalid`](crate::Error)).
     pub requires: Vec<String>,
 }
 
