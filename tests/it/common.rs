@@ -705,3 +705,18 @@ pub fn start_lifecycle(sb: &mut Sandbox, args: &[&str]) -> i32 {
     sb.track(pid);
     pid
 }
+
+/// `warden ARGS…`, asserting exit status `want`; returns stdout.
+pub fn expect(sb: &mut Sandbox, args: &[&str], want: i32) -> String {
+    let out = sb.run(args);
+    assert_eq!(
+        exit_code(&out),
+        Some(want),
+        "warden {args:?}: {:?}\nstdout: {}\nstderr: {}\nlog:\n{}",
+        out.status,
+        stdout_of(&out),
+        stderr_of(&out),
+        log(sb)
+    );
+    stdout_of(&out)
+}

@@ -31,21 +31,6 @@ fn sleeper(name: &str, n: u32, secs: u32) -> String {
 // ---------------------------------------------------------------------------------------------
 // Observation helpers.
 
-/// `warden ARGS…`, asserting exit status `want`; returns stdout.
-fn expect(sb: &mut Sandbox, args: &[&str], want: i32) -> String {
-    let out = sb.run(args);
-    assert_eq!(
-        exit_code(&out),
-        Some(want),
-        "warden {args:?}: {:?}\nstdout: {}\nstderr: {}\nlog:\n{}",
-        out.status,
-        stdout_of(&out),
-        stderr_of(&out),
-        log(sb)
-    );
-    stdout_of(&out)
-}
-
 /// `warden status --json [PROGRAMS…]`: the exit status and the parsed report.
 fn status_json(sb: &mut Sandbox, programs: &[&str]) -> (i32, Value) {
     let mut args = vec!["status", "--json"];

@@ -107,20 +107,6 @@ fn stack_program(py: &str, name: &str, ready: f64, stop: f64, extra: &str) -> St
     )
 }
 
-/// `warden ARGS…`, asserting success; returns stdout.
-fn ok(sb: &mut Sandbox, args: &[&str]) -> String {
-    let out = sb.run(args);
-    assert!(
-        out.status.success(),
-        "warden {args:?}: {:?}\nstdout: {}\nstderr: {}\nlog:\n{}",
-        out.status,
-        stdout_of(&out),
-        stderr_of(&out),
-        log(sb)
-    );
-    stdout_of(&out)
-}
-
 fn status_json(sb: &mut Sandbox) -> Value {
     let out = sb.run(&["status", "--json"]);
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON: {e}"))
@@ -195,7 +181,7 @@ fn a_stack_starts_level_by_level_never_before_its_dependencies_are_ready() {
         stack_program(&py, "cron", 0.0, 0.0, ""),
     ];
     sb.write_config(&format!("#TABLES\n{}", tables.concat()));
-    let check = ok(&mut sb, &["check"]);
+    let check = expect(&mut sb, &["check"], 0);
     assert!(
         check.contains("start order: db, cron -> api -> web"),
         "{check}"
@@ -241,7 +227,7 @@ fn a_stack_starts_level_by_level_never_before_its_dependencies_are_ready() {
         "{evs:#?}"
     );
     assert_eq!(times(&evs, "start", "api").len(), 2, "{evs:#?}");
-    ok(&mut sb, &["stop"]);
+    expect(&mut sb, &["stop"], 0);
     assert_no_process(&sb);
 }
 
@@ -265,7 +251,7 @@ fn stopping_a_required_program_stops_its_dependents_first_and_restarts_them_once
     let cron = evs.iter().find(|e| e.tag == "cron[0]").expect("cron").pid;
     sb.track(cron);
 
-    ok(&mut sb, &["stop", "db"]);
+    expect(&mut sb, &["stop", "db"], 0);
     let evs = events(&sb);
     // Reverse dependency order: web, then api, then db, each once the one above is gone.
     assert!(
@@ -299,7 +285,7 @@ fn stopping_a_required_program_stops_its_dependents_first_and_restarts_them_once
     let stopped_at = last(&events(&sb), "exit", "db");
 
     // Back up: db, then api once db is ready, then web.
-    ok(&mut sb, &["start", "db"]);
+    expect(&mut sb, &["start", "db"], 0);
     let evs = wait_events(&sb, "ready", "web", 2);
     let again = |what: &str, name: &str| {
         times(&evs, what, name)
@@ -310,7 +296,7 @@ fn stopping_a_required_program_stops_its_dependents_first_and_restarts_them_once
     assert!(again("ready", "db") <= again("start", "api"), "{evs:#?}");
     assert!(again("ready", "api") <= again("start", "web"), "{evs:#?}");
     assert!(alive(cron));
-    ok(&mut sb, &["stop"]);
+    expect(&mut sb, &["stop"], 0);
     assert_no_process(&sb);
 }
 
@@ -362,7 +348,7 @@ fn a_fatal_requirement_holds_its_dependents_until_it_is_ready_again() {
 
     // Repaired; starting web starts db (which web requires through api), then api, then web.
     std::fs::remove_file(sb.path("db.broken")).unwrap();
-    ok(&mut sb, &["start", "web"]);
+    expect(&mut sb, &["start", "web"], 0);
     let evs = events(&sb);
     assert_eq!(
         times(&evs, "ready", "web").len(),
@@ -378,7 +364,7 @@ fn a_fatal_requirement_holds_its_dependents_until_it_is_ready_again() {
         "{evs:#?}"
     );
     assert!(alive(cron));
-    ok(&mut sb, &["stop"]);
+    expect(&mut sb, &["stop"], 0);
     assert_no_process(&sb);
 }
 
@@ -444,7 +430,7 @@ fn shutdown_stops_in_reverse_dependency_order_and_independent_programs_in_parall
     wait_events(&sb, "ready", "x", 1);
     wait_events(&sb, "ready", "y", 1);
     let t = Instant::now();
-    ok(&mut sb, &["stop"]);
+    expect(&mut sb, &["stop"], 0);
     let took = t.elapsed();
     let evs = events(&sb);
     // Independent: web, x and y are all asked to stop before any of them has exited.
