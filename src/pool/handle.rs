@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -56,7 +56,7 @@ where
         let theirs = Arc::clone(&slot);
         let completion = Completion::new(move |raw: Raw<'_>| {
             let outcome = decode_one(raw);
-            let mut st = theirs.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut st = theirs.lock();
             st.outcome = Some(outcome);
             let notify = st.waiting;
             drop(st);
@@ -68,76 +68,62 @@ where
     }
 }
 
+impl<O, E> HandleSlot<O, E> {
+    fn lock(&self) -> MutexGuard<'_, HandleState<O, E>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the outcome, waiting for it until `deadline` (with `None`, for as long as it takes);
+    /// `None` once the deadline passed without it.
+    fn take(&self, deadline: Option<Instant>) -> Option<Outcome<O, E>> {
+        let mut st = self.lock();
+        loop {
+            if let Some(o) = st.outcome.take() {
+                return Some(o);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                return None;
+            }
+            st.waiting = true;
+            st = match left {
+                None => self.cv.wait(st).unwrap_or_else(PoisonError::into_inner),
+                Some(left) => {
+                    self.cv
+                        .wait_timeout(st, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+}
+
 impl<O, E> JobHandle<O, E> {
     /// Waits for the outcome.
     pub fn wait(self) -> Outcome<O, E> {
-        let mut st = self
-            .slot
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        loop {
-            if let Some(o) = st.outcome.take() {
-                return o;
-            }
-            st.waiting = true;
-            st = self
-                .slot
-                .cv
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
-        }
+        self.slot
+            .take(None)
+            .expect("a wait without a deadline ends only with the outcome")
     }
 
     /// Waits at most `timeout`; gives the handle back if the outcome is not there yet.
     pub fn wait_timeout(self, timeout: Duration) -> std::result::Result<Outcome<O, E>, Self> {
-        let deadline = Instant::now() + timeout;
-        {
-            let mut st = self
-                .slot
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            loop {
-                if let Some(o) = st.outcome.take() {
-                    return Ok(o);
-                }
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                st.waiting = true;
-                st = self
-                    .slot
-                    .cv
-                    .wait_timeout(st, left)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-            }
+        match self.slot.take(Some(Instant::now() + timeout)) {
+            Some(o) => Ok(o),
+            None => Err(self),
         }
-        Err(self)
     }
 
     /// The outcome if it is there, else the handle back.
     pub fn try_get(self) -> std::result::Result<Outcome<O, E>, Self> {
-        let taken = self
-            .slot
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .outcome
-            .take();
+        let taken = self.slot.lock().outcome.take();
         taken.ok_or(self)
     }
 
     /// Whether the outcome is there.
     pub fn is_finished(&self) -> bool {
-        self.slot
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .outcome
-            .is_some()
+        self.slot.lock().outcome.is_some()
     }
 }
 
