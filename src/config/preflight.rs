@@ -171,33 +171,41 @@ pub fn warnings(config: &Config) -> Diagnostics {
         );
     }
     for p in &config.programs {
-        let Some(program) = p.exec.command.first() else {
-            continue;
-        };
-        let key = format!("program.{}.command", p.name);
-        let file = p.source.as_deref().unwrap_or(&config.path);
-        if let Some(message) = command_problem(program, p, &d.directory) {
-            warn(&key, file, message);
-        }
-        if let Some(super::HealthSpec {
-            probe: super::Probe::Exec(argv),
-            ..
-        }) = &p.health
-            && let Some(message) = command_problem(&argv[0], p, &d.directory)
-        {
-            let key = format!("program.{}.health.exec", p.name);
-            warn(
-                &key,
-                file,
-                message.replace("the program will fail", "the check will fail"),
-            );
-        }
-        for e in p.exec.env_files.iter().filter_map(|f| f.load().err()) {
-            let key = format!("program.{}.env_file", p.name);
-            warn(&key, file, format!("{e}: the program will fail to start"));
-        }
+        program_warnings(p, &d.directory, &config.path, &mut warn);
     }
     Diagnostics(out)
+}
+
+/// The warnings about one program: its command, its health check's command, its environment
+/// files.
+fn program_warnings(
+    p: &super::ProgramSpec,
+    warden_dir: &Path,
+    main_file: &Path,
+    warn: &mut impl FnMut(&str, &Path, String),
+) {
+    let Some(program) = p.exec.command.first() else {
+        return;
+    };
+    let file = p.source.as_deref().unwrap_or(main_file);
+    let key = format!("program.{}.command", p.name);
+    if let Some(message) = command_problem(program, p, warden_dir) {
+        warn(&key, file, message);
+    }
+    if let Some(super::HealthSpec {
+        probe: super::Probe::Exec(argv),
+        ..
+    }) = &p.health
+        && let Some(message) = command_problem(&argv[0], p, warden_dir)
+    {
+        let key = format!("program.{}.health.exec", p.name);
+        let message = message.replace("the program will fail", "the check will fail");
+        warn(&key, file, message);
+    }
+    for e in p.exec.env_files.iter().filter_map(|f| f.load().err()) {
+        let key = format!("program.{}.env_file", p.name);
+        warn(&key, file, format!("{e}: the program will fail to start"));
+    }
 }
 
 /// Why `program` (argv\[0\] of `spec`) will not start, if it will not.
