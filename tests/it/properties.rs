@@ -110,11 +110,14 @@ mod config {
 
     /// One generated file.
     #[derive(Debug, Clone)]
+    /// A generated `[socket.NAME]` table: its name, its keys, and what they mean.
+    pub type GenSocket = (String, Vec<(&'static str, Val)>, SocketSpec);
+
     pub struct File {
         pub daemon: Option<Vec<(&'static str, Val)>>,
         pub programs: Vec<(String, Vec<(&'static str, Val)>)>,
         /// `[socket.NAME]` tables: the name, its keys, and what they mean.
-        pub sockets: Vec<(String, Vec<(&'static str, Val)>, SocketSpec)>,
+        pub sockets: Vec<GenSocket>,
     }
 
     fn text() -> impl Strategy<Value = String> {
@@ -312,7 +315,7 @@ mod config {
 
     /// The `[socket.NAME]` table number `i`: a Unix socket (with its optional file keys) or a
     /// TCP one, at an address no other table of the file uses.
-    fn socket(i: usize) -> BoxedStrategy<(String, Vec<(&'static str, Val)>, SocketSpec)> {
+    fn socket(i: usize) -> BoxedStrategy<GenSocket> {
         let name = format!("s{i}");
         let unix = (
             proptest::option::of(1u64..=65_535),
