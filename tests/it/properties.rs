@@ -108,11 +108,11 @@ mod config {
         File(String),
     }
 
-    /// One generated file.
-    #[derive(Debug, Clone)]
     /// A generated `[socket.NAME]` table: its name, its keys, and what they mean.
     pub type GenSocket = (String, Vec<(&'static str, Val)>, SocketSpec);
 
+    /// One generated file.
+    #[derive(Debug, Clone)]
     pub struct File {
         pub daemon: Option<Vec<(&'static str, Val)>>,
         pub programs: Vec<(String, Vec<(&'static str, Val)>)>,
