@@ -49,9 +49,9 @@
 //!
 //! # The environment stays
 //!
-//! Unlike `sd_listen_fds(3)` asked to (`unset_environment`), this never unsets the variables: changing the environment is
-//! unsound once a program has more than one thread (`std::env::remove_var` is `unsafe`). That is
-//! harmless: the descriptors are made close-on-exec when taken, so the programs this process
+//! Unlike `sd_listen_fds(3)` asked to (`unset_environment`), this never unsets the variables:
+//! changing the environment is unsound once a program has more than one thread
+//! (`std::env::remove_var` is `unsafe`). That is harmless: the descriptors are made close-on-exec when taken, so the programs this process
 //! runs do not inherit them, and `LISTEN_PID` names this process, not theirs, so an
 //! `sd_listen_fds` in a child finds nothing. Clear the three variables in a child's
 //! [`Command`](std::process::Command) (`env_remove`) if it should not see them at all.
