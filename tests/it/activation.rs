@@ -14,7 +14,6 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
@@ -309,6 +308,26 @@ fn malformed_variables_fail_with_the_variable_named() {
 }
 
 #[test]
+fn a_descriptor_the_program_opened_itself_is_not_taken() {
+    let test = this_test!();
+    let mut sb = test.sandbox("");
+    // Nothing on descriptor 3, but LISTEN_FDS=1: the fixture's own /dev/null lands there.
+    let out = run(&mut sb, &["--fds", "1"], &["--open-first"]);
+    assert_exit(&out, 2);
+    assert_stderr_has(
+        &out,
+        "activated: descriptor 3 is close-on-exec, so this process opened it itself",
+    );
+    let _ = std::fs::remove_file(sb.path("launch.out"));
+    let out = run(&mut sb, &["--fds", "1"], &[]);
+    assert_exit(&out, 2);
+    assert_stderr_has(
+        &out,
+        "activated: descriptor 3 is not open, but LISTEN_FDS=1 announces it",
+    );
+}
+
+#[test]
 fn a_socket_that_is_not_a_listening_stream_is_refused_with_what_it_is() {
     let test = this_test!();
     let mut sb = test.sandbox("");
@@ -374,19 +393,28 @@ fn term_finishes_the_request_under_way_then_exits_0() {
     let mut sb = test.sandbox("");
     let (pid, passed) = serve(&mut sb, &["--socket", "tcp"], &[]);
     assert_eq!(get(&passed[0].addr, "/").status, 200, "serving");
+    // One thread per connection being answered, beside the main one.
+    let tasks = || std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count());
+    assert!(
+        wait_until(TIMEOUT, || tasks() == 1),
+        "the first answer's thread never ended"
+    );
     // Accepted, half a request sent: then TERM.
     let mut conn = std::net::TcpStream::connect(&passed[0].addr).unwrap();
     conn.set_read_timeout(Some(TIMEOUT)).unwrap();
     conn.write_all(b"GET / HTTP/1.1\r\n").unwrap();
     assert!(
-        wait_until(TIMEOUT, || {
-            // The fixture's connection thread: a second task beside the main one.
-            std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count()) >= 2
-        }),
+        wait_until(TIMEOUT, || tasks() == 2),
         "the connection was never accepted"
     );
     signal(pid, Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        wait_until(TIMEOUT, || sb
+            .read("out.log")
+            .contains("activated: stopping, 1 connection(s) open")),
+        "no stopping line: {}",
+        sb.read("out.log")
+    );
     conn.write_all(b"Host: test\r\n\r\n").unwrap();
     let mut raw = Vec::new();
     conn.read_to_end(&mut raw).unwrap();
