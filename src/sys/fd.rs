@@ -1,5 +1,6 @@
-//! File descriptors (`unistd.h`, `fcntl.h`): closing or neutralising every inherited one, and
-//! moving one onto a fixed number, in the parent or between `fork` and `exec`.
+//! File descriptors (`unistd.h`, `fcntl.h`): closing or neutralising every inherited one,
+//! moving one onto a fixed number, in the parent or between `fork` and `exec`, and taking
+//! ownership of those a launcher passed on purpose (the pool's socket, socket activation's).
 //!
 //! Like the rest of `sys`, no state and no logging; [`pre_exec_fd`] and [`move_to_fd`] run in a
 //! forked child and only make async-signal-safe system calls on integers.
