@@ -245,9 +245,9 @@ impl Config {
             Some(t) => read_daemon(&mut c, t, &base),
             None => (DaemonSpec::default(), None),
         };
-        let sockets = match root.table(&mut c, "socket") {
+        let (sockets, socket_names) = match root.table(&mut c, "socket") {
             Some(t) => socket::read_sockets(&mut c, t),
-            None => Vec::new(),
+            None => (Vec::new(), Vec::new()),
         };
         let mut files = HashMap::new();
         let mut programs: Vec<ProgramSpec> = match root.table(&mut c, "program") {
@@ -281,7 +281,7 @@ impl Config {
         diags.0.extend(drop_in_diags);
         diags
             .0
-            .extend(cross_checks(&programs, &sockets, &places, path));
+            .extend(cross_checks(&programs, &socket_names, &places, path));
         let config = Config {
             path: path.to_path_buf(),
             daemon,
@@ -316,7 +316,7 @@ impl Config {
 /// the sockets programs receive.
 fn cross_checks(
     programs: &[ProgramSpec],
-    sockets: &[SocketSpec],
+    sockets: &[String],
     places: &BTreeMap<String, Place>,
     path: &Path,
 ) -> Vec<diag::Diagnostic> {

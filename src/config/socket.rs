@@ -98,9 +98,15 @@ pub fn parse_listen(text: &str) -> Result<Listen, String> {
     }
 }
 
-/// Reads the `[socket]` table: one [`SocketSpec`] per sub-table, in file order.
-pub(super) fn read_sockets(c: &mut Collector<'_>, table: &DeTable<'_>) -> Vec<SocketSpec> {
+/// Reads the `[socket]` table: one [`SocketSpec`] per valid sub-table, in file order, and the
+/// name of every sub-table (valid or not, so that a program naming one with a mistake is not
+/// also told it does not exist).
+pub(super) fn read_sockets(
+    c: &mut Collector<'_>,
+    table: &DeTable<'_>,
+) -> (Vec<SocketSpec>, Vec<String>) {
     let mut sockets: Vec<SocketSpec> = Vec::new();
+    let names: Vec<String> = table.iter().map(|(n, _)| n.get_ref().to_string()).collect();
     let mut seen: Vec<(Listen, String)> = Vec::new();
     for (name, value) in table.iter() {
         let key = format!("socket.{}", name.get_ref());
@@ -123,9 +129,8 @@ pub(super) fn read_sockets(c: &mut Collector<'_>, table: &DeTable<'_>) -> Vec<So
             );
             continue;
         };
-        let Some(spec) = read_socket(c, name.get_ref(), name.span(), t) else {
-            continue;
-        };
+        let spec = read_socket(c, name.get_ref(), name.span(), t);
+        let Some(spec) = spec else { continue };
         if let Some((_, other)) = seen.iter().find(|(l, _)| *l == spec.listen) {
             let span = t.get("listen").map_or(name.span(), |v| v.span());
             let msg = format!("{} is already the address of [socket.{other}]", spec.listen);
@@ -135,7 +140,7 @@ pub(super) fn read_sockets(c: &mut Collector<'_>, table: &DeTable<'_>) -> Vec<So
         seen.push((spec.listen.clone(), spec.name.clone()));
         sockets.push(spec);
     }
-    sockets
+    (sockets, names)
 }
 
 /// One `[socket.NAME]` table; `None` when it has an error (reported).
@@ -215,14 +220,14 @@ fn read_file_owner(c: &mut Collector<'_>, s: &mut Section<'_, '_>, spec: &mut So
 /// Every name a program's `sockets` lists that has no `[socket.NAME]` table, at its place.
 pub(super) fn check_names(
     programs: &[ProgramSpec],
-    sockets: &[SocketSpec],
+    sockets: &[String],
     places: &BTreeMap<String, Place>,
     main: &Path,
 ) -> Vec<Diagnostic> {
     let mut out = Vec::new();
     for p in programs {
         for name in &p.sockets {
-            if sockets.iter().any(|s| s.name == *name) {
+            if sockets.contains(name) {
                 continue;
             }
             let key = format!("program.{}.sockets", p.name);

@@ -42,6 +42,9 @@ mod logging;
 mod pool;
 /// Property tests (proptest) of the parsers and of the supervisor's state machine.
 mod properties;
+/// Sockets held by warden and passed to programs (socket activation), through
+/// `tests/fixtures/activated.rs`.
+mod sockets;
 /// The supervisor against real processes: restarts, backoff, stop escalation, reaping, readiness,
 /// output capture, chaos, scaling and the shutdown order.
 mod supervisor;
