@@ -33,7 +33,7 @@ impl HeldSocket {
     /// Binds and listens as `spec` says: a TCP socket with `SO_REUSEADDR`, or a Unix stream
     /// socket whose file gets `mode` and, when given, `user` and `group` (a stale socket file
     /// nobody listens on is replaced; a live one is an error). Close-on-exec: it reaches a
-    /// program only through [`Supervisor`](super::Supervisor)'s spawns.
+    /// program only through [`Supervisor`]'s spawns.
     ///
     /// Errors: [`Error::Io`] naming the address, the socket and the errno (`EADDRINUSE`,
     /// `EACCES`), or an unknown user or group.

@@ -107,6 +107,11 @@ const NOT_INHERITED: &[&str] = &[
 ];
 
 impl Prepared {
+    /// The program it runs, as written (argv\[0\]).
+    pub(crate) fn program(&self) -> &str {
+        &self.argv[0]
+    }
+
     /// Resolves users, groups and limits of `spec`.
     pub(crate) fn exec(spec: &ExecSpec) -> Result<Prepared> {
         if spec.command.is_empty() {
