@@ -168,6 +168,15 @@ fn is_failing(health: Option<String>, retries: u32, error: &str) -> bool {
     })
 }
 
+/// `warden run` (in the foreground, its output dropped: the log is `warden.log`), for a test
+/// whose programs never become ready, which `warden start` would wait for.
+fn foreground(sb: &Sandbox) -> std::process::Command {
+    let mut run = sb.warden(&["run"]);
+    run.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    run
+}
+
 /// Every live process in process group `pgrp`.
 fn group_members(pgrp: i32) -> Vec<i32> {
     all_pids()
@@ -480,7 +489,9 @@ fn an_exec_check_runs_as_its_program_reports_its_last_line_and_leaves_nothing_be
     let tables = format!(
         "[program.w]\ncommand = \"SANDBOX/sleep 999\"\ndirectory = \"SANDBOX/sub\"\n\
          env = {{ FROM_PROGRAM = \"yes\" }}\n\
-         [program.w.health]\nexec = [\"/bin/sh\", \"-c\", {}]\ninterval = \"1s\"\nretries = 3\n",
+         [program.w.health]\nexec = [\"/bin/sh\", \"-c\", {}]\ninterval = \"1s\"\nretries = 3\n\
+         [program.nocheck]\ncommand = \"SANDBOX/sleep 998\"\n\
+         [program.nocheck.health]\nexec = \"SANDBOX/no-such-check --flag\"\ninterval = \"1s\"\n",
         toml_str(check)
     );
     let mut sb = health_sandbox(&test, &tables);
@@ -498,6 +509,15 @@ fn an_exec_check_runs_as_its_program_reports_its_last_line_and_leaves_nothing_be
         "exit code 1: not ready yet",
         "{v:#}"
     );
+    // A check that cannot run says why.
+    let missing = format!("cannot execute {}: ", path_str(&sb.path("no-such-check")));
+    wait_status(&mut sb, "nocheck failing", |text, v| {
+        cell(text, "nocheck", 0, "HEALTH")
+            .is_some_and(|h| h.starts_with("failing 1/3: ") && h.contains(&missing))
+            && inst(v, "nocheck", 0)["health"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with(&missing))
+    });
     // The program's environment and directory, plus who it checks.
     let env = sb.read("check.env");
     for line in ["FROM_PROGRAM=yes", "WARDEN_PROGRAM=w", "WARDEN_INSTANCE=0"] {
@@ -672,6 +692,106 @@ fn a_stack_with_notify_and_health_readiness_starts_each_level_only_once_the_one_
 }
 
 // ---------------------------------------------------------------------------------------------
+// Which instances are checked, start_timeout with ready = "health", reload.
+
+#[test]
+fn a_starting_instance_is_checked_only_when_its_readiness_is_the_check() {
+    let test = this_test!();
+    // notify never comes: `starting` throughout, so its check must not run; the same check on
+    // a ready = "health" program runs while it starts.
+    let check = |name: &str| {
+        format!(
+            "exec = [\"/bin/sh\", \"-c\", \"echo $$ >> SANDBOX/{name}.runs; exit 1\"]\n\
+             interval = \"200ms\"\nstart_period = \"30s\"\n"
+        )
+    };
+    let tables = format!(
+        "[program.notify]\ncommand = \"SANDBOX/sleep 1000\"\nready = \"notify\"\nstart_timeout = \"60s\"\n\
+         [program.notify.health]\n{}\n\
+         [program.bycheck]\ncommand = \"SANDBOX/sleep 1001\"\nready = \"health\"\nstart_timeout = \"60s\"\n\
+         [program.bycheck.health]\n{}\n",
+        check("notify"),
+        check("bycheck"),
+    );
+    let mut sb = health_sandbox(&test, &tables);
+    // `start` waits for readiness: run the daemon in the foreground instead.
+    sb.spawn(foreground(&sb));
+    assert!(
+        wait_until(TIMEOUT, || sb.read("bycheck.runs").lines().count() >= 3),
+        "the ready = \"health\" check did not run while starting; log:\n{}",
+        log(&sb)
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    let v = status_json(&mut sb);
+    assert_eq!(inst(&v, "notify", 0)["state"], "starting", "{v:#}");
+    assert_eq!(inst(&v, "bycheck", 0)["state"], "starting", "{v:#}");
+    assert_eq!(
+        sb.read("notify.runs"),
+        "",
+        "a starting instance of ready = \"notify\" was checked"
+    );
+    expect(&mut sb, &["stop"], 0);
+    assert_no_process(&sb);
+}
+
+#[test]
+fn start_timeout_bounds_the_wait_for_a_first_passing_check() {
+    let test = this_test!();
+    let dead = free_port();
+    let tables = format!(
+        "[program.never]\ncommand = \"SANDBOX/sleep 1000\"\nready = \"health\"\nstart_timeout = \"1s\"\n\
+         [program.never.health]\ntcp = \"127.0.0.1:{dead}\"\nstart_period = \"60s\"\ninterval = \"200ms\"\n"
+    );
+    let mut sb = health_sandbox(&test, &tables);
+    sb.spawn(foreground(&sb));
+    let line = "never[0]: did not pass a health check within 1s; restarting";
+    assert!(
+        wait_until(TIMEOUT, || log(&sb).contains(line)),
+        "no {line:?} in:\n{}",
+        log(&sb)
+    );
+    let (_, v) = wait_status(&mut sb, "never restarted", |_, v| {
+        inst(v, "never", 0)["restarts"].as_u64() >= Some(1)
+    });
+    assert_ne!(inst(&v, "never", 0)["state"], "ready", "{v:#}");
+    expect(&mut sb, &["stop"], 0);
+    assert_no_process(&sb);
+}
+
+#[test]
+fn reload_applies_a_changed_health_table_to_future_checks_and_restarts_nothing() {
+    let test = this_test!();
+    let dead = free_port();
+    let open = TcpListener::bind("127.0.0.1:0").unwrap();
+    let open_port = open.local_addr().unwrap().port();
+    let tables = |port: u16| {
+        format!(
+            "[program.w]\ncommand = \"SANDBOX/sleep 1000\"\n\
+             [program.w.health]\ntcp = \"127.0.0.1:{port}\"\ninterval = \"300ms\"\nretries = 1000\n"
+        )
+    };
+    let mut sb = health_sandbox(&test, &tables(dead));
+    sb.start();
+    let (_, v) = wait_status(&mut sb, "w failing", |text, v| {
+        is_failing(cell(text, "w", 0, "HEALTH"), 1000, "connect: ECONNREFUSED")
+            && inst(v, "w", 0)["health"]["state"] == "failing"
+    });
+    let pid = inst(&v, "w", 0)["pid"].clone();
+    sb.write_programs("", &tables(open_port));
+    expect(&mut sb, &["reload"], 0);
+    let (_, v) = wait_status(&mut sb, "w passing after reload", |text, v| {
+        cell(text, "w", 0, "HEALTH").as_deref() == Some("passing")
+            && inst(v, "w", 0)["health"]["state"] == "passing"
+    });
+    let w = inst(&v, "w", 0);
+    assert_eq!(w["pid"], pid, "reload restarted w: {w:#}");
+    assert_eq!(w["restarts"], 0, "{w:#}");
+    expect(&mut sb, &["stop"], 0);
+    assert_no_process(&sb);
+    drop(open);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Configuration errors: each named with its file:line:column and key, all at once.
 
 #[test]
@@ -824,10 +944,7 @@ fn the_example_stack_runs_comes_up_in_order_and_passes_its_checks() {
         sb.path("public/healthz"),
     )
     .unwrap();
-    let mut run = sb.warden(&["run"]);
-    run.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let warden = sb.spawn(run);
+    let warden = sb.spawn(foreground(&sb));
     let (_, v) = wait_status(&mut sb, "the stack up and passing", |_, v| {
         inst(v, "db", 0)["state"] == "ready"
             && ["db", "api", "web"]
