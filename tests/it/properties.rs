@@ -533,6 +533,7 @@ mod config {
             ),
             Val::Ready(Readiness::Immediate, _) => "\"immediate\"".into(),
             Val::Ready(Readiness::Notify, _) => "\"notify\"".into(),
+            Val::Ready(Readiness::Health, _) => "\"health\"".into(),
             Val::Ready(Readiness::After(d), style) => fmt_dur(d.as_millis() as u64, *style),
             Val::Size(n, shift) => fmt_size(*n, *shift),
             Val::Signal(name, _) => quote(name),
