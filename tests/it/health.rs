@@ -153,6 +153,18 @@ fn wait_status(
     }
 }
 
+/// The error of a check that timed out after `after` (`500ms`, `1s`): the spec's text
+/// (health-spec.md, "Error texts"), for TCP, HTTP and exec checks alike.
+fn timed_out(after: &str) -> String {
+    format!("timed out after {after}")
+}
+
+/// The start of the error of an exec check whose program `path` cannot be executed (the spec's
+/// `cannot execute X: ...`, as a program's own exec failure is reported).
+fn cannot_execute(path: &str) -> String {
+    format!("cannot execute {path}: ")
+}
+
 /// Whether `health` is `failing N/R: ERROR` with 1 <= N <= R.
 fn is_failing(health: Option<String>, retries: u32, error: &str) -> bool {
     health.is_some_and(|h| {
@@ -264,7 +276,7 @@ fn a_hung_http_server_is_restarted_by_its_liveness_check_within_interval_times_r
         .find(|l| l.contains("web[0]: health check failed 3 times ("))
         .unwrap_or_else(|| panic!("no health line in the log:\n{log}"));
     assert!(
-        line.ends_with("(timed out after 500ms); restarting"),
+        line.ends_with(&format!("({}); restarting", timed_out("500ms"))),
         "{line}"
     );
     expect(&mut sb, &["stop"], 0);
@@ -472,8 +484,8 @@ fn an_exec_check_that_hangs_is_killed_with_its_whole_process_group_on_timeout() 
     println!("[timing] exec check seen → its group gone: {took:.2?}");
     assert!(took < Duration::from_millis(2500), "took {took:?}");
     let (text, v) = wait_status(&mut sb, "w failing with a timeout", |text, v| {
-        is_failing(cell(text, "w", 0, "HEALTH"), 5, "timed out after 1s")
-            && inst(v, "w", 0)["health"]["last_error"] == "timed out after 1s"
+        is_failing(cell(text, "w", 0, "HEALTH"), 5, &timed_out("1s"))
+            && inst(v, "w", 0)["health"]["last_error"] == timed_out("1s").as_str()
     });
     assert_eq!(inst(&v, "w", 0)["restarts"], 0, "{v:#}\n{text}");
     expect(&mut sb, &["stop"], 0);
@@ -510,7 +522,7 @@ fn an_exec_check_runs_as_its_program_reports_its_last_line_and_leaves_nothing_be
         "{v:#}"
     );
     // A check that cannot run says why.
-    let missing = format!("cannot execute {}: ", path_str(&sb.path("no-such-check")));
+    let missing = cannot_execute(&path_str(&sb.path("no-such-check")));
     wait_status(&mut sb, "nocheck failing", |text, v| {
         cell(text, "nocheck", 0, "HEALTH")
             .is_some_and(|h| h.starts_with("failing 1/3: ") && h.contains(&missing))
@@ -744,10 +756,16 @@ fn start_timeout_bounds_the_wait_for_a_first_passing_check() {
     );
     let mut sb = health_sandbox(&test, &tables);
     sb.spawn(foreground(&sb));
-    let line = "never[0]: did not pass a health check within 1s; restarting";
+    // The log line says the instance and the reason (the state change sits between them).
+    let said = |sb: &Sandbox| {
+        log(sb).lines().any(|l| {
+            l.contains("never[0]: ")
+                && l.ends_with("did not pass a health check within 1s; restarting")
+        })
+    };
     assert!(
-        wait_until(TIMEOUT, || log(&sb).contains(line)),
-        "no {line:?} in:\n{}",
+        wait_until(TIMEOUT, || said(&sb)),
+        "no start_timeout line in:\n{}",
         log(&sb)
     );
     let (_, v) = wait_status(&mut sb, "never restarted", |_, v| {
@@ -843,7 +861,7 @@ retries = 0
     let config = path_str(&sb.config);
     let place = |line: usize, key: &str| {
         err.lines().any(|l| {
-            l.strip_prefix(&format!("{config}:{line}:"))
+            l.strip_prefix(&format!("warden: {config}:{line}:"))
                 .and_then(|rest| rest.split_once(": "))
                 .is_some_and(|(col, msg)| {
                     col.parse::<u32>().is_ok() && msg.starts_with(&format!("{key}: "))
