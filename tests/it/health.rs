@@ -404,10 +404,12 @@ fn a_refused_tcp_check_fails_with_econnrefused_and_restarts_or_stops_the_program
             && inst(v, "open", 0)["health"]["state"] == "passing"
     });
     // Three failures: restarted (another pid), or stopped for good under restart = "never".
-    let (text, v) = wait_status(&mut sb, "refused restarted, never stopped", |_, v| {
+    // The table and the JSON are two requests: wait until both show it.
+    let (text, v) = wait_status(&mut sb, "refused restarted, never stopped", |text, v| {
         inst(v, "refused", 0)["restarts"].as_u64() >= Some(1)
             && inst(v, "never", 0)["pid"].is_null()
             && inst(v, "never", 0)["last_exit"]["reason"] == "health"
+            && cell(text, "never", 0, "LAST EXIT").as_deref() == Some("health")
     });
     let log = log(&sb);
     assert!(
@@ -650,6 +652,7 @@ fn a_stack_with_notify_and_health_readiness_starts_each_level_only_once_the_one_
             && inst(v, "api", 0)["health"]["state"] == "starting"
             && cell(text, "api", 0, "HEALTH").as_deref() == Some("starting")
             && inst(v, "web", 0)["state"] == "waiting"
+            && cell(text, "web", 0, "STATE").is_some_and(|s| s.starts_with("waiting"))
     });
     assert_eq!(
         cell(&text, "web", 0, "STATE").as_deref(),
