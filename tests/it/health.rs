@@ -563,16 +563,27 @@ fn failures_inside_the_start_period_are_ignored_and_counted_after_it() {
     );
     let mut sb = health_sandbox(&test, &tables);
     sb.start();
-    let started = Instant::now();
     let starts = |sb: &Sandbox| -> Vec<f64> {
         sb.read("slow.starts")
             .lines()
             .filter_map(|l| l.trim().parse::<f64>().ok().map(|n| n / 1e9))
             .collect()
     };
-    // Well inside the start period: `starting`, no restart, whatever the ramped checks found.
+    assert!(
+        wait_until(TIMEOUT, || !starts(&sb).is_empty()),
+        "slow never started"
+    );
+    let spawned = starts(&sb)[0];
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    // Well inside the start period (up to 2.3 s after the spawn, by the program's own clock):
+    // `starting`, no restart, whatever the ramped checks found.
     let mut polls = 0;
-    while started.elapsed() < Duration::from_millis(2300) {
+    while now() < spawned + 2.3 {
         let text = stdout_of(&sb.run(&["status"]));
         let v = status_json(&mut sb);
         let i = inst(&v, "slow", 0);
