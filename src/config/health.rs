@@ -303,6 +303,12 @@ fn read_probe(c: &mut Collector<'_>, s: &mut Section<'_, '_>, at: &Range<usize>)
         .into_iter()
         .filter(|k| s.has(k))
         .collect();
+    // What only the running system can judge (`warden check`): where it was written.
+    for key in &present {
+        if let Some(span) = s.span(key) {
+            c.note(&s.key(key), span);
+        }
+    }
     match present.as_slice() {
         [] => {
             // Mark the keys known, so that a misspelt one is reported with a suggestion.

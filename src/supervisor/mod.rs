@@ -75,7 +75,7 @@ pub use crate::policy::{ExitStatus, Policy, Readiness, Restart, StopWith};
 use crate::signals::{SignalEvent, Signals};
 use capture::{Capture, Stream};
 use notify::NotifySocket;
-pub use program::{InstanceState, InstanceStatus, ProgramDef, RunExit, Work};
+pub use program::{HealthStatus, InstanceState, InstanceStatus, ProgramDef, RunExit, Work};
 pub use reload::{ReloadPlan, ReloadSet, Reloader};
 use shutdown::ShutdownState;
 use sources::{Source, Sources};

@@ -532,6 +532,35 @@ mod tests {
     }
 
     #[test]
+    fn a_changed_health_check_restarts_nothing() {
+        use crate::config::{HealthSpec, Probe, parse_host_port};
+        let old = program("web", 1, "web");
+        let mut new = old.clone();
+        new.health = Some(HealthSpec::new(Probe::Tcp(
+            parse_host_port("127.0.0.1:80").unwrap(),
+        )));
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&new]));
+        assert_eq!(plan.health_changed, names(&["web"]));
+        assert!(plan.changed.is_empty() && plan.unchanged.is_empty());
+        assert_eq!(
+            plan.lines(),
+            vec!["update web (health check; restarts nothing)"]
+        );
+        // With a new count too: scaled, and the check updated.
+        let mut more = new.clone();
+        more.instances = 3;
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&more]));
+        assert_eq!(plan.health_changed, names(&["web"]));
+        assert_eq!(plan.scaled, vec![("web".to_string(), 1, 3)]);
+        // With a changed command: one restart, which takes the new check along.
+        let mut both = new.clone();
+        both.work = Work::Exec(ExecSpec::new(vec!["web2".into()]));
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&both]));
+        assert_eq!(plan.changed, names(&["web"]));
+        assert!(plan.health_changed.is_empty());
+    }
+
+    #[test]
     fn a_changed_env_file_list_restarts_the_program() {
         let old = program("web", 1, "web");
         let mut new = old.clone();

@@ -134,7 +134,7 @@ fn resolve(hp: &HostPort) -> Result<SocketAddr> {
         return Ok(SocketAddr::new(ip, hp.port));
     }
     let invalid = |reason: String| Error::Invalid {
-        what: "health check",
+        what: "health",
         reason,
     };
     let mut addrs = (hp.host.as_str(), hp.port)
