@@ -284,24 +284,26 @@ fn a_hung_http_server_is_restarted_by_its_liveness_check_within_interval_times_r
 }
 
 // ---------------------------------------------------------------------------------------------
-// HTTP: 500 fails, 200 passes, over TCP and over a Unix socket; a program without a check shows
-// `-` and `null`.
+// HTTP: 500 fails, 200 and 302 pass, over TCP and over a Unix socket; a program without a check
+// shows `-` and `null`.
 
 #[test]
-fn an_http_check_fails_on_500_and_passes_on_200_over_tcp_and_unix_sockets() {
+fn an_http_check_fails_on_500_and_passes_on_200_and_302_over_tcp_and_unix_sockets() {
     let test = this_test!();
-    let (bad, good) = (free_port(), free_port());
+    let (bad, good, moved) = (free_port(), free_port(), free_port());
     let check = "interval = \"1s\"\ntimeout = \"1s\"\nretries = 3\n";
     let tables = format!(
         "[program.bad]\n{}\n[program.bad.health]\nhttp = \"http://127.0.0.1:{bad}/\"\n{check}\n\
          [program.good]\n{}\n[program.good.health]\nhttp = \"http://127.0.0.1:{good}/healthz\"\n{check}\n\
          [program.sock]\n{}\n[program.sock.health]\nhttp = \"http+unix://SANDBOX/sock.sock:/healthz\"\n{check}\n\
          [program.pct]\n{}\n[program.pct.health]\nhttp = \"http+unix://PCT/healthz\"\n{check}\n\
+         [program.moved]\n{}\n[program.moved.health]\nhttp = \"http://127.0.0.1:{moved}/\"\n{check}\n\
          [program.plain]\ncommand = \"SANDBOX/sleep 1000\"\n",
         httpd("bad", &format!("--listen 127.0.0.1:{bad} --mode 500")),
         httpd("good", &format!("--listen 127.0.0.1:{good}")),
         httpd("sock", "--unix SANDBOX/sock.sock"),
         httpd("pct", "--unix SANDBOX/pct.sock"),
+        httpd("moved", &format!("--listen 127.0.0.1:{moved} --mode 302")),
     );
     let mut sb = health_sandbox(&test, "");
     // The percent-encoded spelling of the socket path (`requests-unixsocket`'s).
@@ -310,11 +312,11 @@ fn an_http_check_fails_on_500_and_passes_on_200_over_tcp_and_unix_sockets() {
     sb.start();
     let (text, v) = wait_status(&mut sb, "bad failing, the others passing", |text, v| {
         is_failing(cell(text, "bad", 0, "HEALTH"), 3, "HTTP 500")
-            && ["good", "sock", "pct"]
+            && ["good", "sock", "pct", "moved"]
                 .iter()
                 .all(|p| cell(text, p, 0, "HEALTH").as_deref() == Some("passing"))
             && inst(v, "bad", 0)["health"]["state"] == "failing"
-            && ["good", "sock", "pct"]
+            && ["good", "sock", "pct", "moved"]
                 .iter()
                 .all(|p| inst(v, p, 0)["health"]["state"] == "passing")
     });
@@ -325,14 +327,14 @@ fn an_http_check_fails_on_500_and_passes_on_200_over_tcp_and_unix_sockets() {
         (1..=3).contains(&bad["failures"].as_u64().unwrap_or(0)),
         "{v:#}"
     );
-    for p in ["good", "sock", "pct"] {
+    for p in ["good", "sock", "pct", "moved"] {
         assert_eq!(
             inst(&v, p, 0)["health"],
             serde_json::json!({"state": "passing", "failures": 0, "retries": 3, "last_error": null}),
             "{p}: {v:#}"
         );
         assert!(
-            !stamped(&sb, p, "answer 200").is_empty(),
+            stamps(&sb, p).iter().any(|s| s.what.starts_with("answer ")),
             "{p} was never asked"
         );
     }
@@ -810,7 +812,20 @@ fn reload_applies_a_changed_health_table_to_future_checks_and_restarts_nothing()
     });
     let pid = inst(&v, "w", 0)["pid"].clone();
     sb.write_programs("", &tables(open_port));
-    expect(&mut sb, &["reload"], 0);
+    // The plan names w, dry or not (no line at all would read as "nothing changed"); the daemon
+    // logs it.
+    let says_w = |plan: &str| {
+        plan.lines()
+            .any(|l| l.contains("health check") && l.split_whitespace().any(|w| w == "w"))
+    };
+    let dry = expect(&mut sb, &["reload", "--dry-run"], 0);
+    let plan = expect(&mut sb, &["reload"], 0);
+    assert!(
+        wait_until(TIMEOUT, || log(&sb)
+            .contains("update w (health check; restarts nothing)")),
+        "{}",
+        log(&sb)
+    );
     let (_, v) = wait_status(&mut sb, "w passing after reload", |text, v| {
         cell(text, "w", 0, "HEALTH").as_deref() == Some("passing")
             && inst(v, "w", 0)["health"]["state"] == "passing"
@@ -818,6 +833,8 @@ fn reload_applies_a_changed_health_table_to_future_checks_and_restarts_nothing()
     let w = inst(&v, "w", 0);
     assert_eq!(w["pid"], pid, "reload restarted w: {w:#}");
     assert_eq!(w["restarts"], 0, "{w:#}");
+    assert!(says_w(&dry), "reload --dry-run printed:\n{dry}");
+    assert!(says_w(&plan), "reload printed:\n{plan}");
     expect(&mut sb, &["stop"], 0);
     assert_no_process(&sb);
     drop(open);
@@ -916,6 +933,24 @@ retries = 0
     // And `start` refuses it (6: not configured).
     let out = sb.run(&["start"]);
     assert_exit(&out, 6);
+
+    // A host name that does not resolve (.invalid never does, RFC 2606), when the file is
+    // otherwise valid.
+    sb.write_programs(
+        "",
+        "[program.dns]\ncommand = \"/bin/true\"\n[program.dns.health]\ntcp = \"no-such-host.invalid:5432\"\n",
+    );
+    let out = sb.run(&["check"]);
+    let err = stderr_of(&out);
+    assert_exit(&out, 1);
+    let text = std::fs::read_to_string(&sb.config).unwrap();
+    let tcp = text.lines().position(|l| l.starts_with("tcp")).unwrap() + 1;
+    assert!(
+        err.contains(&format!("{config}:{tcp}:"))
+            && err.contains("program.dns.health.tcp: ")
+            && err.contains("no-such-host.invalid"),
+        "{err}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
