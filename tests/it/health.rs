@@ -1,8 +1,10 @@
 //! Health checks (`[program.NAME.health]`) against real processes: a hung HTTP server restarted
-//! by its liveness check in time, HTTP 500 failing and 200 passing, HTTP over a Unix socket, TCP
-//! refused, an exec check that hangs killed with its whole process group (and what a finished
-//! one leaves behind), `start_period`, `ready = "health"` gating a 3-level stack, the
-//! configuration errors, and the worked example stack in `examples/stack/`.
+//! by its liveness check in time; HTTP 500 failing, 200 and 302 passing, over TCP and Unix
+//! sockets; TCP refused (restart, or stop under `restart = "never"`); an exec check that hangs
+//! killed with its whole process group, and one that finishes running as its program runs and
+//! leaving nothing behind; `start_period`; which instances are checked; `ready = "health"`
+//! gating a 3-level stack and bounded by `start_timeout`; reload of a changed check; the
+//! configuration errors; and the worked example stack in `examples/stack/`.
 //!
 //! The servers are `tests/fixtures/httpd.rs`, linked into the sandbox as `SANDBOX/httpd` so that
 //! its command line names the sandbox (the sandbox kills it at drop, also on failure). With

@@ -32,8 +32,8 @@ mod fn_workers;
 /// The fuzz targets' seeds and regressions replayed on stable.
 mod fuzz_regressions;
 /// Health checks against real servers (`tests/fixtures/httpd.rs`): liveness restarts in time,
-/// HTTP/TCP/exec probes and their errors, `start_period`, `ready = "health"` in a stack, the
-/// configuration errors, the example stack in `examples/stack/`.
+/// HTTP/TCP/exec probes and their errors, `start_period`, `ready = "health"` in a stack, reload,
+/// the configuration errors, the example stack in `examples/stack/`.
 mod health;
 /// Exit hooks, the signal map and the notify protocol, through `tests/fixtures/lifecycle.rs`.
 mod lifecycle;
