@@ -765,6 +765,53 @@ fn a_starting_instance_is_checked_only_when_its_readiness_is_the_check() {
 }
 
 #[test]
+fn the_first_checks_of_many_instances_are_spread_over_their_interval() {
+    let test = this_test!();
+    let n = 20;
+    let tables = format!(
+        "[program.many]\ncommand = \"SANDBOX/sleep 1000\"\ninstances = {n}\n\
+         [program.many.health]\nexec = [\"/bin/sh\", \"-c\", \
+         \"echo $WARDEN_INSTANCE $(date +%s%N) >> SANDBOX/checks\"]\ninterval = \"2s\"\n"
+    );
+    let mut sb = health_sandbox(&test, &tables);
+    sb.start();
+    // Each instance's first check, in seconds.
+    let firsts = |sb: &Sandbox| -> Vec<f64> {
+        let mut seen = std::collections::BTreeMap::new();
+        for l in sb.read("checks").lines() {
+            if let Some((i, t)) = l.split_once(' ')
+                && let Ok(t) = t.trim().parse::<f64>()
+            {
+                seen.entry(i.to_string()).or_insert(t / 1e9);
+            }
+        }
+        seen.into_values().collect()
+    };
+    assert!(
+        wait_until(TIMEOUT, || firsts(&sb).len() == n),
+        "not every instance was checked: {:?}\nlog:\n{}",
+        sb.read("checks"),
+        log(&sb)
+    );
+    let mut t = firsts(&sb);
+    t.sort_by(f64::total_cmp);
+    let spread = t[n - 1] - t[0];
+    // The most first checks within any 100 ms.
+    let herd = (0..n)
+        .map(|i| t[i..].iter().take_while(|&&x| x - t[i] < 0.1).count())
+        .max()
+        .unwrap();
+    println!(
+        "[timing] first checks of {n} instances spread over {spread:.2}s, at most {herd} in 100 ms"
+    );
+    // Uniform over 2 s: a spread under 0.8 s has a chance below 1e-6.
+    assert!(spread >= 0.8, "{t:?}");
+    assert!(herd <= n / 2, "{t:?}");
+    expect(&mut sb, &["stop"], 0);
+    assert_no_process(&sb);
+}
+
+#[test]
 fn start_timeout_bounds_the_wait_for_a_first_passing_check() {
     let test = this_test!();
     let dead = free_port();
