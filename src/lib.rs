@@ -77,6 +77,7 @@
 //!   shutdown through the subreaper, but not after a `SIGKILL` of warden).
 //! - **One global logger per process**: [`log::init`] can be called once.
 
+pub mod activation;
 pub mod config;
 pub mod control;
 pub mod daemon;

@@ -58,8 +58,8 @@ pub fn check(path: &Path) -> Result<Report> {
     })
 }
 
-/// The users and groups named in `config` (`[daemon]` `user`, `group` and `control_group`, and
-/// each program's `user` and `group`) that do not resolve on this machine, each at its place.
+/// The users and groups named in `config` (`[daemon]` `user`, `group` and `control_group`, each
+/// Unix socket's and each program's `user` and `group`) that do not resolve on this machine, each at its place.
 pub fn accounts(config: &Config) -> Diagnostics {
     let mut out = Vec::new();
     let mut resolve = |key: String, file: &Path, user: Option<&str>, group: Option<&str>| {
@@ -82,6 +82,24 @@ pub fn accounts(config: &Config) -> Diagnostics {
     }
     if let Some(g) = &d.control_group {
         resolve("daemon.control_group".into(), &config.path, None, Some(g));
+    }
+    for s in &config.sockets {
+        if let Some(u) = &s.user {
+            resolve(
+                format!("socket.{}.user", s.name),
+                &config.path,
+                Some(u),
+                None,
+            );
+        }
+        if let Some(g) = &s.group {
+            resolve(
+                format!("socket.{}.group", s.name),
+                &config.path,
+                None,
+                Some(g),
+            );
+        }
     }
     for p in &config.programs {
         let file = p.source.as_deref().unwrap_or(&config.path);

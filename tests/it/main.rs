@@ -12,6 +12,9 @@
 #[macro_use]
 mod common;
 
+/// Socket activation from the program's side: `warden::activation` in the fixture
+/// `tests/fixtures/activated.rs`, started with hand-made `LISTEN_*` variables.
+mod activation;
 /// `--help`, the bundled example configuration run as the README says, the licence files.
 mod cli;
 /// The shipped shell completions are what `warden completions SHELL` prints.

@@ -184,6 +184,7 @@ impl Supervisor {
         let request = SpawnRequest {
             program: &self.table[p].def.name,
             index,
+            sockets: &[],
             notify_socket: None,
             watchdog: None,
             stdout: StdioPlan::Pipe,
