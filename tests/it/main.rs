@@ -34,6 +34,10 @@ mod env_file;
 mod fn_workers;
 /// The fuzz targets' seeds and regressions replayed on stable.
 mod fuzz_regressions;
+/// Health checks against real servers (`tests/fixtures/httpd.rs`): liveness restarts in time,
+/// HTTP/TCP/exec probes and their errors, `start_period`, `ready = "health"` in a stack, reload,
+/// the configuration errors, the example stack in `examples/stack/`.
+mod health;
 /// Exit hooks, the signal map and the notify protocol, through `tests/fixtures/lifecycle.rs`.
 mod lifecycle;
 /// Logging against real peers: logrotate, a syslog receiver, journald prefixes, reopen-logs.
