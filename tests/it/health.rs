@@ -155,10 +155,15 @@ fn wait_status(
     }
 }
 
-/// The error of a check that timed out after `after` (`500ms`, `1s`): the spec's text
-/// (health-spec.md, "Error texts"), for TCP, HTTP and exec checks alike.
+/// The error of an HTTP check that timed out after `after` (`500ms`, `1s`) waiting for the
+/// response.
 fn timed_out(after: &str) -> String {
-    format!("timed out after {after}")
+    format!("timed out after {after} waiting for a response")
+}
+
+/// The error of an exec check that outlived its timeout `after` (its group is killed).
+fn exec_timed_out(after: &str) -> String {
+    format!("timed out after {after}; process group killed")
 }
 
 /// The start of the error of an exec check whose program `path` cannot be executed (the spec's
@@ -490,8 +495,8 @@ fn an_exec_check_that_hangs_is_killed_with_its_whole_process_group_on_timeout() 
     println!("[timing] exec check seen → its group gone: {took:.2?}");
     assert!(took < Duration::from_millis(2500), "took {took:?}");
     let (text, v) = wait_status(&mut sb, "w failing with a timeout", |text, v| {
-        is_failing(cell(text, "w", 0, "HEALTH"), 5, &timed_out("1s"))
-            && inst(v, "w", 0)["health"]["last_error"] == timed_out("1s").as_str()
+        is_failing(cell(text, "w", 0, "HEALTH"), 5, &exec_timed_out("1s"))
+            && inst(v, "w", 0)["health"]["last_error"] == exec_timed_out("1s").as_str()
     });
     assert_eq!(inst(&v, "w", 0)["restarts"], 0, "{v:#}\n{text}");
     expect(&mut sb, &["stop"], 0);
