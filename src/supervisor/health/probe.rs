@@ -110,7 +110,16 @@ impl NetProbe {
         })
     }
 
-    /// The socket, for the loop to watch (readable and writable).
+    /// What the loop waits for next: writable while connecting or sending, readable while
+    /// waiting for the response (errors and hang-ups are reported either way).
+    pub(crate) fn interest(&self) -> mio::Interest {
+        match self.phase {
+            Phase::Connecting | Phase::Sending(_) => mio::Interest::WRITABLE,
+            Phase::Receiving => mio::Interest::READABLE,
+        }
+    }
+
+    /// The socket, for the loop to watch.
     pub(crate) fn fd(&self) -> RawFd {
         match &self.conn {
             Conn::Tcp(s) => s.as_raw_fd(),

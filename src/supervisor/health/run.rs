@@ -13,6 +13,7 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use mio::unix::SourceFd;
 use mio::{Interest, Token};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
@@ -140,13 +141,20 @@ impl Supervisor {
             }
             target => NetProbe::start(target).map(Work::Net),
         };
-        let work = match started {
+        let mut work = match started {
             Ok(w) => w,
             Err(error) => return self.check_done(owner, instance_pid, Err(error)),
         };
+        // As far as the socket allows now: a loopback connection is often made within the
+        // connect call, so a TCP check usually ends here, without a wake-up of its own.
+        if let Work::Net(probe) = &mut work
+            && let Some(outcome) = probe.ready()
+        {
+            return self.check_done(owner, instance_pid, outcome);
+        }
         let registry = self.poll.registry();
         let (fd, interest) = match &work {
-            Work::Net(probe) => (probe.fd(), Interest::READABLE | Interest::WRITABLE),
+            Work::Net(probe) => (probe.fd(), probe.interest()),
             Work::Exec(e) => match &e.output {
                 Some(f) => (f.as_raw_fd(), Interest::READABLE),
                 None => unreachable!("an exec check starts with its output pipe"),
@@ -216,8 +224,16 @@ impl Supervisor {
         };
         match &mut running.work {
             Work::Net(probe) => {
-                if let Some(outcome) = probe.ready() {
-                    self.end_check(token, outcome);
+                let before = probe.interest();
+                match probe.ready() {
+                    Some(outcome) => self.end_check(token, outcome),
+                    None if probe.interest() != before => {
+                        let fd = probe.fd();
+                        let interest = probe.interest();
+                        let registry = self.poll.registry();
+                        let _ = registry.reregister(&mut SourceFd(&fd), token, interest);
+                    }
+                    None => {}
                 }
             }
             Work::Exec(e) => {
