@@ -41,20 +41,20 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::time::{ClockId, clock_gettime};
 use nix::unistd::Pid;
+
+use common::procs::{
+    alive, ctx_switches, kill_everything, marker_pids, mono_ns, pss_kb, reap, tree_without_marked,
+};
+use common::{Arg, Stop, TempDir, XorShift, cpu_model, loadavg, percentile};
 
 /// How long a child has been up before it is killed (warden resets its backoff after 1 s up).
 const UP_BEFORE_KILL: Duration = Duration::from_millis(1200);
@@ -76,32 +76,10 @@ const POOL: usize = 16;
 const COLD: usize = 200;
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it.
-    // Minutes of benchmarking with 200-worker runs have no place in a test run.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "supervise: skipped (no --bench argument: run it with `cargo bench --bench supervise`)"
-        );
-        return;
-    }
-    let opts = Options::from_args();
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
-            eprintln!("bench: cannot handle signal {sig}: {e}");
-        }
-    }
-    let subreaper = nix::sys::prctl::set_child_subreaper(true);
-    let cleanup = Cleanup;
-    let code = match run(&opts, &stop, subreaper.is_ok()) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("bench: {e}");
-            1
-        }
-    };
-    drop(cleanup);
-    std::process::exit(code);
+    let marker = format!("wbsup-{}-", std::process::id());
+    common::bench_main("supervise", Some(marker), |stop, subreaper| {
+        run(&Options::from_args(), stop, subreaper)
+    })
 }
 
 struct Options {
@@ -129,54 +107,34 @@ impl Options {
             rounds: 3,
             window: Duration::from_secs(10),
             settle: Duration::from_secs(2),
-            seed: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1,
+            seed: common::clock_seed(),
             only: None,
             figures: (1..=6).collect(),
             quick: false,
             args: Vec::new(),
         };
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        if args.iter().any(|a| a == "--quick") {
+        const VALUED: [&str; 7] = [
+            "--kills",
+            "--rounds",
+            "--window",
+            "--settle",
+            "--seed",
+            "--only",
+            "--figures",
+        ];
+        let (args, given) = common::parse_args(&VALUED);
+        opts.args = given;
+        if args.iter().any(|a| a.key == "--quick") {
             opts.quick = true;
             opts.kills = 3;
             opts.rounds = 1;
             opts.window = Duration::from_secs(2);
             opts.settle = Duration::from_secs(1);
         }
-        let mut i = 0;
-        while i < args.len() {
-            let (key, inline) = match args[i].split_once('=') {
-                Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                None => (args[i].clone(), None),
-            };
-            let takes_value = [
-                "--kills",
-                "--rounds",
-                "--window",
-                "--settle",
-                "--seed",
-                "--only",
-                "--figures",
-            ]
-            .contains(&key.as_str());
-            if key != "--bench" {
-                opts.args.push(args[i].clone());
-            }
-            if !takes_value {
-                i += 1;
+        for Arg { key, value } in args {
+            if !VALUED.contains(&key.as_str()) {
                 continue;
             }
-            let value = inline.or_else(|| {
-                i += 1;
-                let v = args.get(i).cloned();
-                if let Some(v) = &v {
-                    opts.args.push(v.clone());
-                }
-                v
-            });
             let value = value.unwrap_or_default();
             let secs = value
                 .parse::<f64>()
@@ -223,7 +181,6 @@ impl Options {
                 }
                 _ => eprintln!("bench: ignoring {key} {value:?}"),
             }
-            i += 1;
         }
         opts
     }
@@ -297,7 +254,7 @@ struct Ctx<'a> {
     child: PathBuf,
     tools: HashMap<Kind, PathBuf>,
     marker: String,
-    stop: &'a AtomicBool,
+    stop: &'a Stop,
     next_id: usize,
 }
 
@@ -316,11 +273,7 @@ impl Ctx<'_> {
     }
 
     fn check(&self) -> Result<(), String> {
-        if self.stop.load(Ordering::Relaxed) {
-            Err("interrupted".into())
-        } else {
-            Ok(())
-        }
+        self.stop.check()
     }
 }
 
@@ -335,8 +288,9 @@ struct Run {
     t0: i64,
 }
 
-fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String> {
-    let tmp = TempDir::new()?;
+fn run(opts: &Options, stop: &Stop, subreaper: bool) -> Result<(), String> {
+    let marker = format!("wbsup-{}-", std::process::id());
+    let tmp = TempDir::new("supervise", Some(marker.clone()))?;
     let child = common::compile_c("child", tmp.path())?;
     let mut tools = HashMap::new();
     // A private copy: other work on the tree may rebuild target/release/warden mid-run.
@@ -373,7 +327,7 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
         tmp: tmp.path().to_path_buf(),
         child,
         tools,
-        marker: format!("wbsup-{}-", std::process::id()),
+        marker,
         stop,
         next_id: 0,
     };
@@ -388,7 +342,7 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
             opts.kills
         );
         let r = figure_kill(&mut ctx, &kinds, opts.kills, &mut rng, &mut results);
-        kill_everything(&ctx.marker);
+        kill_everything(Some(&ctx.marker));
         r?;
     }
 
@@ -406,7 +360,7 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
         rng.shuffle(&mut peers);
         for &k in peers.iter().filter(|_| pool) {
             let r = pool_run(&mut ctx, opts, k, &mut results);
-            kill_everything(&ctx.marker);
+            kill_everything(Some(&ctx.marker));
             if let Err(e) = r {
                 ctx.check()?;
                 results.note(k, format!("round {}: 16-worker run: {e}", round + 1));
@@ -415,7 +369,7 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
         rng.shuffle(&mut peers);
         for &k in peers.iter().filter(|_| opts.figure(6)) {
             let r = kill_run(&mut ctx, k, &mut results);
-            kill_everything(&ctx.marker);
+            kill_everything(Some(&ctx.marker));
             if let Err(e) = r {
                 ctx.check()?;
                 results.note(k, format!("round {}: SIGKILL run: {e}", round + 1));
@@ -424,7 +378,7 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
         rng.shuffle(&mut order);
         for &k in order.iter().filter(|_| opts.figure(4)) {
             let r = cold_run(&mut ctx, k, &mut results);
-            kill_everything(&ctx.marker);
+            kill_everything(Some(&ctx.marker));
             if let Err(e) = r {
                 ctx.check()?;
                 results.note(k, format!("round {}: cold start: {e}", round + 1));
@@ -433,12 +387,6 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
     }
     print_table(opts, &kinds, &results);
     Ok(())
-}
-
-fn mono_ns() -> i64 {
-    clock_gettime(ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() * 1_000_000_000 + t.tv_nsec())
-        .unwrap_or(0)
 }
 
 /// Writes the supervisor's configuration for `n` children and starts it.
@@ -852,85 +800,10 @@ fn cold_run(ctx: &mut Ctx<'_>, k: Kind, results: &mut Results) -> Result<(), Str
 // ---------------------------------------------------------------------------------------------
 // /proc
 
-struct Proc {
-    pid: i32,
-    ppid: i32,
-}
-
-/// State letter and parent pid from `/proc/PID/stat`.
-fn proc_stat(pid: i32) -> Option<(char, i32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-/// Whether the process exists and is neither a zombie nor dead.
-fn alive(pid: i32) -> bool {
-    proc_stat(pid).is_some_and(|(s, _)| s != 'Z' && s != 'X')
-}
-
-/// Every live process.
-fn procs() -> Vec<Proc> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let (state, ppid) = proc_stat(pid)?;
-            (state != 'Z' && state != 'X').then_some(Proc { pid, ppid })
-        })
-        .collect()
-}
-
-fn cmdline(pid: i32) -> Vec<u8> {
-    fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()
-}
-
-fn has_marker(pid: i32, marker: &str) -> bool {
-    // A marker is followed by the end of its argument (NUL), so "…-1" does not match "…-12".
-    let mut needle = marker.as_bytes().to_vec();
-    needle.push(0);
-    cmdline(pid)
-        .windows(needle.len())
-        .any(|w| w == needle.as_slice())
-}
-
-fn has_prefix(pid: i32, prefix: &str) -> bool {
-    cmdline(pid)
-        .windows(prefix.len())
-        .any(|w| w == prefix.as_bytes())
-}
-
-/// Live processes whose argv holds `marker` as a whole argument: the children of one run.
-fn marker_pids(marker: &str) -> Vec<i32> {
-    procs()
-        .into_iter()
-        .map(|p| p.pid)
-        .filter(|&p| has_marker(p, marker))
-        .collect()
-}
-
 /// The supervisor's own processes: the main one and its descendants, minus the children (argv
 /// holding the marker) and whatever runs under them (warden's guard process among them).
 fn own_pids(run: &Run) -> Vec<i32> {
-    let ps = procs();
-    let mut kids: HashMap<i32, Vec<i32>> = HashMap::new();
-    for p in &ps {
-        kids.entry(p.ppid).or_default().push(p.pid);
-    }
-    let mut own = Vec::new();
-    let mut todo = vec![run.main];
-    while let Some(p) = todo.pop() {
-        if has_marker(p, &run.marker) {
-            continue;
-        }
-        own.push(p);
-        todo.extend(kids.get(&p).into_iter().flatten());
-    }
-    own.sort_unstable();
-    own
+    tree_without_marked(run.main, &run.marker)
 }
 
 /// "3× runsv, 1× runsvdir" for the notes.
@@ -950,133 +823,6 @@ fn describe(pids: &[i32]) -> String {
         .map(|(n, c)| format!("{c}x {n}"))
         .collect::<Vec<_>>()
         .join(" + ")
-}
-
-/// Voluntary + nonvoluntary context switches over every thread of `pid`.
-fn ctx_switches(pid: i32) -> Option<u64> {
-    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut sum = 0;
-    for t in tasks.flatten() {
-        let status = fs::read_to_string(t.path().join("status")).ok()?;
-        for line in status.lines() {
-            if let Some(v) = line
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                sum += v.trim().parse::<u64>().ok()?;
-            }
-        }
-    }
-    Some(sum)
-}
-
-/// `Pss:` of `/proc/PID/smaps_rollup`, in kB.
-fn pss_kb(pid: i32) -> Option<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Reaps every dead child of the bench (orphans come here: the bench is a subreaper).
-fn reap() {
-    loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
-/// SIGKILLs, by pid, every descendant of the bench and every process whose argv holds `marker`
-/// (children that escaped the tree), until none is left (bounded), reaping as it goes.
-fn kill_everything(marker: &str) {
-    let me = std::process::id() as i32;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        reap();
-        let ps = procs();
-        let mut kids: HashMap<i32, Vec<i32>> = HashMap::new();
-        for p in &ps {
-            kids.entry(p.ppid).or_default().push(p.pid);
-        }
-        let mut targets: HashSet<i32> = HashSet::new();
-        let mut todo: Vec<i32> = kids.get(&me).cloned().unwrap_or_default();
-        while let Some(p) = todo.pop() {
-            if targets.insert(p) {
-                todo.extend(kids.get(&p).into_iter().flatten());
-            }
-        }
-        targets.extend(
-            ps.iter()
-                .map(|p| p.pid)
-                .filter(|&p| p != me && has_prefix(p, marker)),
-        );
-        if targets.is_empty() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            eprintln!("bench: could not kill every process: {targets:?} remain");
-            return;
-        }
-        for &p in &targets {
-            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Kills whatever the bench started when it ends, however it ends.
-struct Cleanup;
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        kill_everything(&format!("wbsup-{}-", std::process::id()));
-        reap();
-    }
-}
-
-/// A private directory under `$TMPDIR`, removed at the end.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir, String> {
-        let base =
-            std::env::temp_dir().join(format!("warden-bench-supervise.{}", std::process::id()));
-        fs::create_dir(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
-        Ok(TempDir(base))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // Processes are gone first (Cleanup runs before): nothing writes here any more.
-        kill_everything(&format!("wbsup-{}-", std::process::id()));
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A small xorshift generator for the order of each round (no dependency needed).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1117,7 +863,8 @@ fn print_header(opts: &Options, ctx: &Ctx<'_>, kinds: &[Kind], subreaper: bool) 
                 env!("CARGO_BIN_EXE_warden")
             ),
             Kind::Floor => "benches/child.c, cc -O2".to_string(),
-            _ => package_version(k.package()),
+            _ => common::package_version(k.package())
+                .unwrap_or_else(|| format!("{} (version unknown)", k.package())),
         };
         let how = match k {
             Kind::Warden => {
@@ -1146,47 +893,6 @@ fn print_header(opts: &Options, ctx: &Ctx<'_>, kinds: &[Kind], subreaper: bool) 
         println!("  note: could not become a child subreaper; orphans go to PID 1");
     }
     println!();
-}
-
-fn package_version(pkg: &str) -> String {
-    Command::new("dpkg-query")
-        .args(["-W", "-f", "${Version}", pkg])
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| format!("{pkg} {}", String::from_utf8_lossy(&o.stdout).trim()))
-        .unwrap_or_else(|| format!("{pkg} (version unknown)"))
-}
-
-/// The three load averages of `/proc/loadavg`: other work on the machine skews every figure.
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn cpu_model() -> String {
-    fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-/// Nearest-rank percentile; `None` for no data. Infinite values sort last.
-fn percentile(values: &[f64], p: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
-    Some(v[rank.clamp(1, v.len()) - 1])
 }
 
 struct Figure<'a> {
@@ -1286,27 +992,11 @@ fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
         }
         rows.push(row);
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
     println!(
         "results: medians ({} kills per supervisor for figure 1, {} round(s) for figures 2-6)",
         opts.kills, opts.rounds
     );
-    for (n, row) in rows.iter().enumerate() {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            if c == 0 {
-                let _ = write!(line, "{cell:<w$}", w = widths[c]);
-            } else {
-                let _ = write!(line, "  {cell:>w$}", w = widths[c]);
-            }
-        }
-        println!("{}", line.trim_end());
-        if n == 0 {
-            println!("{}", "-".repeat(line.trim_end().len()));
-        }
-    }
+    common::table::print_rows(&rows);
     println!();
     println!("w/PEER: warden's median divided by PEER's (< 1: warden lower); '-' when undefined");
     if kinds.contains(&Kind::Floor) {
