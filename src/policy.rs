@@ -52,6 +52,8 @@ pub enum Readiness {
     Notify,
     /// When it has stayed up this long (supervisord's `startsecs`).
     After(Duration),
+    /// At its first passing health check (`ready = "health"`; the supervisor runs the checks).
+    Health,
 }
 
 /// The frozen per-program policy the state machine applies; see [`Policy::default`].
@@ -77,7 +79,8 @@ pub struct Policy {
     pub stop_timeout: Duration,
     /// When a spawned instance counts as started.
     pub readiness: Readiness,
-    /// How long a [`Readiness::Notify`] instance may take to send `READY=1`; `None` waits forever.
+    /// How long a [`Readiness::Notify`] instance may take to send `READY=1`, or a
+    /// [`Readiness::Health`] instance to pass its first health check; `None` waits forever.
     pub start_timeout: Option<Duration>,
     /// Once `ready`, an instance silent on `WATCHDOG=1` for this long is stopped and restarted.
     pub watchdog: Option<Duration>,
@@ -141,6 +144,29 @@ impl fmt::Display for ExitStatus {
                 }
             }
         }
+    }
+}
+
+/// Why warden ended a process that would otherwise have gone on running: recorded beside the
+/// exit status it ended with, and shown as its last exit (`health`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// Its health check failed `retries` times in a row.
+    Health,
+}
+
+impl ExitReason {
+    /// The name status shows: `health`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ExitReason::Health => "health",
+        }
+    }
+}
+
+impl fmt::Display for ExitReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 

@@ -543,19 +543,17 @@ fn decode_status(
 }
 
 /// One row of the status table and the instance's state, for its colour.
-type Row<'a> = ([String; 8], Option<&'a str>);
+type Row<'a> = (Vec<String>, Option<&'a str>);
 
-/// The table's column titles.
-const HEADER: [&str; 8] = [
-    "PROGRAM",
-    "INDEX",
-    "PID",
-    "STATE",
-    "UPTIME",
-    "RESTARTS",
-    "LAST EXIT",
-    "STATUS",
-];
+/// The table's column titles; HEALTH only when some instance has a health check.
+fn header(health: bool) -> Vec<String> {
+    let mut h = vec!["PROGRAM", "INDEX", "PID", "STATE"];
+    if health {
+        h.push("HEALTH");
+    }
+    h.extend(["UPTIME", "RESTARTS", "LAST EXIT", "STATUS"]);
+    h.into_iter().map(str::to_string).collect()
+}
 
 fn print_table(report: &StatusReport) {
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
@@ -569,14 +567,16 @@ fn print_table(report: &StatusReport) {
         println!("no programs");
         return;
     }
-    let rows = table_rows(report);
-    let mut widths = HEADER.map(str::len);
+    let health = report.instances.iter().any(|i| i.health.is_some());
+    let rows = table_rows(report, health);
+    let header = header(health);
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
     for (r, _) in &rows {
         for (w, cell) in widths.iter_mut().zip(r.iter()) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    println!("{}", table_line(&HEADER.map(str::to_string), &widths, None));
+    println!("{}", table_line(&header, &widths, None));
     for (r, state) in &rows {
         let c = colour.then_some(state_colour(state.unwrap_or("")));
         println!("{}", table_line(r, &widths, c));
@@ -585,23 +585,23 @@ fn print_table(report: &StatusReport) {
 
 /// One row per instance, programs in configuration order; a program scaled to 0 instances gets
 /// one row saying so. (An older daemon sends no program list: instances only.)
-fn table_rows(report: &StatusReport) -> Vec<Row<'_>> {
+fn table_rows(report: &StatusReport, health: bool) -> Vec<Row<'_>> {
     let mut rows: Vec<Row<'_>> = Vec::new();
     if report.programs.is_empty() {
         rows.extend(
             report
                 .instances
                 .iter()
-                .map(|i| (row(i), Some(i.state.as_str()))),
+                .map(|i| (row(i, health), Some(i.state.as_str()))),
         );
     }
     for p in &report.programs {
         let before = rows.len();
         for i in report.instances.iter().filter(|i| i.program == p.program) {
-            rows.push((row(i), Some(i.state.as_str())));
+            rows.push((row(i, health), Some(i.state.as_str())));
         }
         if rows.len() == before {
-            rows.push((empty_row(&p.program, p.instances), None));
+            rows.push((empty_row(&p.program, p.instances, health), None));
         }
     }
     rows
@@ -618,7 +618,7 @@ fn state_colour(state: &str) -> &'static str {
 }
 
 /// `cells` padded to `widths` two spaces apart, the STATE cell in `state_colour` if given.
-fn table_line(cells: &[String; 8], widths: &[usize; 8], state_colour: Option<&str>) -> String {
+fn table_line(cells: &[String], widths: &[usize], state_colour: Option<&str>) -> String {
     let mut out = String::new();
     for (i, cell) in cells.iter().enumerate() {
         let pad = widths[i] - cell.chars().count();
@@ -635,33 +635,48 @@ fn table_line(cells: &[String; 8], widths: &[usize; 8], state_colour: Option<&st
 }
 
 /// The row of a program without instances (scaled to 0).
-fn empty_row(program: &str, instances: u32) -> [String; 8] {
-    let mut r: [String; 8] = std::array::from_fn(|_| "-".to_string());
+fn empty_row(program: &str, instances: u32, health: bool) -> Vec<String> {
+    let mut r: Vec<String> = header(health).iter().map(|_| "-".to_string()).collect();
     r[0] = program.to_string();
-    r[7] = format!("{instances} instances");
+    if let Some(last) = r.last_mut() {
+        *last = format!("{instances} instances");
+    }
     r
 }
 
-fn row(i: &InstanceInfo) -> [String; 8] {
-    [
+fn row(i: &InstanceInfo, health: bool) -> Vec<String> {
+    let mut r = vec![
         i.program.clone(),
         i.index.to_string(),
         i.pid.map_or_else(|| "-".into(), |p| p.to_string()),
         i.state_text(),
+    ];
+    if health {
+        r.push(i.health.as_ref().map_or_else(|| "-".into(), |h| h.text()));
+    }
+    r.extend([
         i.uptime_secs.map_or_else(|| "-".into(), fmt_uptime),
         i.restarts.to_string(),
-        match &i.last_exit {
-            None => "-".into(),
-            Some(LastExit::Code { code }) => format!("exit {code}"),
-            Some(LastExit::Signal {
-                name,
-                core_dumped: true,
-                ..
-            }) => format!("{name} (core)"),
-            Some(LastExit::Signal { name, .. }) => name.clone(),
-        },
+        last_exit_text(i.last_exit.as_ref()),
         i.status.clone().unwrap_or_else(|| "-".into()),
-    ]
+    ]);
+    r
+}
+
+/// The LAST EXIT column: `exit 3`, `SIGKILL`, `SIGSEGV (core)`, or the reason warden ended it
+/// (`health`).
+fn last_exit_text(e: Option<&LastExit>) -> String {
+    match e {
+        None => "-".into(),
+        Some(e) if e.reason().is_some() => e.reason().unwrap_or_default().to_string(),
+        Some(LastExit::Code { code, .. }) => format!("exit {code}"),
+        Some(LastExit::Signal {
+            name,
+            core_dumped: true,
+            ..
+        }) => format!("{name} (core)"),
+        Some(LastExit::Signal { name, .. }) => name.clone(),
+    }
 }
 
 fn fmt_uptime(secs: f64) -> String {

@@ -312,13 +312,16 @@ pub(crate) fn order_line(levels: &[Vec<String>]) -> Option<String> {
     })
 }
 
-/// Users and groups named in `config` (daemon, programs, control group) that do not resolve on
-/// this machine, as `FILE:LINE:COLUMN: key: message` lines. The file itself cannot know: this
-/// is the check `warden start` and `reload` add before anything runs (`check` reports it with
-/// everything else).
+/// Users and groups named in `config` (daemon, programs, control group) and health-check host
+/// names that do not resolve on this machine, as `FILE:LINE:COLUMN: key: message` lines. The
+/// file itself cannot know: this is the check `warden start` and `reload` add before anything
+/// runs (`check` reports it with everything else).
 pub(crate) fn unresolvable_accounts(config: &Config) -> Vec<String> {
-    warden::config::preflight::accounts(config)
+    let accounts = warden::config::preflight::accounts(config);
+    let hosts = warden::config::preflight::hosts(config);
+    accounts
         .iter()
+        .chain(hosts.iter())
         .map(ToString::to_string)
         .collect()
 }

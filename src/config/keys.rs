@@ -63,6 +63,7 @@ pub(crate) const PROGRAM: KeyTable = KeyTable {
         "env_file",
         "clean_env",
         "limits",
+        "health",
         "after",
         "requires",
         "restart",
@@ -91,9 +92,23 @@ pub(crate) const LIMITS: KeyTable = KeyTable {
     ],
 };
 
+/// `[program.NAME.health]`.
+pub(crate) const HEALTH: KeyTable = KeyTable {
+    table: "program.NAME.health",
+    keys: &[
+        "exec",
+        "tcp",
+        "http",
+        "interval",
+        "timeout",
+        "retries",
+        "start_period",
+    ],
+};
+
 /// Every table with a fixed set of keys. `[program.NAME.env]` is free-form (any variable name)
 /// and so is not listed.
-pub const KEYS: &[KeyTable] = &[TOP, DAEMON, PROGRAM, LIMITS];
+pub const KEYS: &[KeyTable] = &[TOP, DAEMON, PROGRAM, LIMITS, HEALTH];
 
 #[cfg(test)]
 mod tests {
@@ -115,7 +130,7 @@ mod tests {
                         "env" => "{ A = \"b\" }",
                         "env_file" => "[\"-./a.env\"]",
                         "after" | "requires" => "[]",
-                        "limits" => return String::new(),
+                        "limits" | "health" => return String::new(),
                         "clean_env" => "false",
                         "restart" => "\"always\"",
                         "stop_signal" => "\"TERM\"",
@@ -148,6 +163,8 @@ mod tests {
         );
         text.push_str("[program.p.limits]\n");
         text.extend(values(&LIMITS));
+        text.push_str("[program.p.health]\n");
+        text.extend(values(&HEALTH));
         let r = crate::config::Config::parse(std::path::Path::new("/etc/warden/t.toml"), &text);
         if let Err(crate::Error::Config(d)) = &r {
             let unknown: Vec<_> = d

@@ -32,6 +32,7 @@
 
 mod env_file;
 pub(crate) mod graph;
+mod health;
 mod keys;
 pub mod preflight;
 mod program;
@@ -49,6 +50,10 @@ use toml::de::{DeTable, DeValue};
 use crate::error::diag::{self, Collector, Place};
 pub use crate::error::diag::{Diagnostic, Diagnostics};
 pub use env_file::EnvFile;
+pub use health::{
+    HealthSpec, HostPort, HttpServer, HttpTarget, MAX_HEALTH_RETRIES, Probe, parse_host_port,
+    parse_http_url,
+};
 pub use keys::{KEYS, KeyTable};
 pub use program::{
     ExecSpec, Limits, MAX_INSTANCES, MAX_LOG_KEEP, MAX_PROGRAM_NAME, MAX_RESTARTS_LIMIT,

@@ -51,6 +51,7 @@ pub fn check(path: &Path) -> Result<Report> {
     };
     let (config, mut errors) = Config::read(path, &text);
     errors.0.extend(accounts(&config).0);
+    errors.0.extend(hosts(&config).0);
     Ok(Report {
         errors: in_load_order(&config, errors),
         warnings: in_load_order(&config, warnings(&config)),
@@ -94,6 +95,37 @@ pub fn accounts(config: &Config) -> Diagnostics {
     Diagnostics(out)
 }
 
+/// The health checks named in `config` whose host name does not resolve now, each at its
+/// place: `warden start` and `reload` refuse them (they resolve names before they start
+/// checking, never while checking).
+pub fn hosts(config: &Config) -> Diagnostics {
+    let mut out = Vec::new();
+    for p in &config.programs {
+        let Some(h) = &p.health else { continue };
+        let (key, hp) = match &h.probe {
+            super::Probe::Tcp(hp) => ("tcp", hp),
+            super::Probe::Http(super::HttpTarget {
+                server: super::HttpServer::Tcp(hp),
+                ..
+            }) => ("http", hp),
+            _ => continue,
+        };
+        if hp.host.parse::<std::net::IpAddr>().is_ok() {
+            continue;
+        }
+        use std::net::ToSocketAddrs;
+        let problem = match (hp.host.as_str(), hp.port).to_socket_addrs() {
+            Ok(a) if a.len() > 0 => continue,
+            Ok(_) => format!("{:?} resolves to no address", hp.host),
+            Err(e) => format!("cannot resolve {:?}: {e}", hp.host),
+        };
+        let key = format!("program.{}.health.{key}", p.name);
+        let file = p.source.as_deref().unwrap_or(&config.path);
+        out.push(Diagnostic::new(config.place(&key), file, &key, problem));
+    }
+    Diagnostics(out)
+}
+
 /// What will fail later, though the file is valid:
 ///
 /// - the pidfile's directory is missing and so is its parent (warden creates one level only);
@@ -101,6 +133,7 @@ pub fn accounts(config: &Config) -> Diagnostics {
 ///   own unless `clean_env`, else the default search path — as a spawn looks it up), or names a
 ///   file that does not exist, is a directory or is not executable (a relative one is taken
 ///   from the program's working directory, as `execve` does after the `chdir`);
+/// - a health check's `exec` command is not found, or cannot be run, likewise;
 /// - a program's `env_file` names a required file that cannot be read, or a file with a syntax
 ///   error (each file is read now, as a spawn would; it may be created or fixed before then);
 /// - warden's own log goes nowhere: `log = "stderr"` while `[daemon] stderr` is `/dev/null`
@@ -145,6 +178,19 @@ pub fn warnings(config: &Config) -> Diagnostics {
         let file = p.source.as_deref().unwrap_or(&config.path);
         if let Some(message) = command_problem(program, p, &d.directory) {
             warn(&key, file, message);
+        }
+        if let Some(super::HealthSpec {
+            probe: super::Probe::Exec(argv),
+            ..
+        }) = &p.health
+            && let Some(message) = command_problem(&argv[0], p, &d.directory)
+        {
+            let key = format!("program.{}.health.exec", p.name);
+            warn(
+                &key,
+                file,
+                message.replace("the program will fail", "the check will fail"),
+            );
         }
         for e in p.exec.env_files.iter().filter_map(|f| f.load().err()) {
             let key = format!("program.{}.env_file", p.name);

@@ -22,6 +22,7 @@ use nix::sys::signal::Signal;
 use toml::de::{DeArray, DeTable, DeValue};
 
 use super::env_file::EnvFile;
+use super::health::HealthSpec;
 use super::parse_umask;
 use super::read::{Section, duration_value, size_value};
 use crate::error::diag::Collector;
@@ -55,7 +56,7 @@ pub struct ProgramSpec {
     /// Restart, backoff, crash-loop, stop and readiness settings, with the supervisor's
     /// defaults: `restart`, `backoff_initial`, `backoff_max`, `backoff_reset`, `max_restarts`,
     /// `restart_window`, `stop_signal`, `stop_timeout`, `ready` (→ `readiness`),
-    /// `start_timeout` (`"0"` or `"infinity"`: none; only with `ready = "notify"`) and
+    /// `start_timeout` (`"0"` or `"infinity"`: none; only with `ready = "notify"` or `"health"`) and
     /// `watchdog` (requires `ready = "notify"`).
     pub policy: Policy,
     /// `stdout`: where the program's standard output goes (default the daemon log).
@@ -76,6 +77,10 @@ pub struct ProgramSpec {
     /// `requires`: as `after`, and in addition this program is stopped (and held `waiting`)
     /// while one of these is stopped by hand or `fatal`, and started again once it is ready.
     pub requires: Vec<String>,
+    /// `[program.NAME.health]`: a check run on every instance while it is up, which restarts an
+    /// instance that fails it `retries` times in a row and, with `ready = "health"`, makes it
+    /// ready.
+    pub health: Option<HealthSpec>,
 }
 
 impl ProgramSpec {
@@ -93,6 +98,7 @@ impl ProgramSpec {
             source: None,
             after: Vec::new(),
             requires: Vec::new(),
+            health: None,
         }
     }
 }
@@ -285,8 +291,31 @@ fn read_program(
     read_process(c, &mut s, &mut p, &name_span, base);
     read_policy(c, &mut s, &mut p.policy, &name_span);
     read_outputs(c, &mut s, &mut p, &name_span, base, files);
+    read_health_table(c, &mut s, &mut p, &name_span);
     s.finish(c);
     p
+}
+
+/// `health`, and that `ready = "health"` has one.
+fn read_health_table(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    p: &mut ProgramSpec,
+    name_span: &Range<usize>,
+) {
+    let at = s.span("health").unwrap_or(name_span.clone());
+    if let Some(t) = s.table(c, "health") {
+        p.health = super::health::read_health(c, &s.key("health"), t, at);
+    } else if p.policy.readiness == Readiness::Health && !s.has("health") {
+        c.at(
+            s.span("ready").unwrap_or(name_span.clone()),
+            &s.key("ready"),
+            format!(
+                "\"health\" needs a health check: add a [{}] table",
+                s.key("health")
+            ),
+        );
+    }
 }
 
 /// What the process is: command, instances, directory, identity, umask, environment, limits.
@@ -297,7 +326,7 @@ fn read_process(
     name_span: &Range<usize>,
     base: &Path,
 ) {
-    match read_command(c, s) {
+    match read_argv(c, s, "command") {
         Some(argv) => p.exec.command = argv,
         None if !s.has("command") => c.at(
             name_span.clone(),
@@ -484,12 +513,13 @@ fn read_readiness(
     let ready_ok = ready.is_some() || !s.has("ready");
     if let Some(d) = optional_duration(c, s, "start_timeout") {
         policy.start_timeout = d;
-        if d.is_some() && ready_ok && policy.readiness != Readiness::Notify {
+        let waits = matches!(policy.readiness, Readiness::Notify | Readiness::Health);
+        if d.is_some() && ready_ok && !waits {
             c.at(
                 s.span("start_timeout").unwrap_or(name_span.clone()),
                 &s.key("start_timeout"),
-                "requires ready = \"notify\" (it bounds the wait for READY=1; other readiness \
-                 modes have no such wait)",
+                "requires ready = \"notify\" or \"health\" (it bounds the wait for READY=1 or \
+                 the first passing health check; other readiness modes have no such wait)",
             );
         }
     }
@@ -563,9 +593,14 @@ fn read_outputs(
 }
 
 /// `command`: an array of strings, or one string split into words shell-style.
-fn read_command(c: &mut Collector<'_>, s: &mut Section<'_, '_>) -> Option<Vec<String>> {
-    let key = s.key("command");
-    let v = s.raw("command")?;
+/// `command` (or a health check's `exec`): an array of strings, or a string split shell-style.
+pub(super) fn read_argv(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    name: &'static str,
+) -> Option<Vec<String>> {
+    let key = s.key(name);
+    let v = s.raw(name)?;
     let argv = match v.get_ref() {
         DeValue::String(text) => split_command(c, &key, v.span(), text)?,
         DeValue::Array(items) => command_words(c, &key, items)?,
@@ -762,19 +797,20 @@ fn limit(
     }
 }
 
-/// `ready`: `"immediate"`, `"notify"` or a duration.
+/// `ready`: `"immediate"`, `"notify"`, `"health"` or a duration.
 fn read_ready(c: &mut Collector<'_>, s: &mut Section<'_, '_>) -> Option<Readiness> {
     let key = s.key("ready");
     let v = s.raw("ready")?;
     let ready = match v.get_ref() {
         DeValue::String(text) if text == "immediate" => Ok(Readiness::Immediate),
         DeValue::String(text) if text == "notify" => Ok(Readiness::Notify),
+        DeValue::String(text) if text == "health" => Ok(Readiness::Health),
         DeValue::String(text) => match super::read::parse_duration(text) {
             Ok(d) => Ok(Readiness::After(d)),
             // A duration, but too long: say that, not that it is no duration.
             Err(e) if e.starts_with("is too long") => Err(e),
             Err(_) => Err(format!(
-                "{text:?} is not \"immediate\", \"notify\" or a duration such as \"2s\""
+                "{text:?} is not \"immediate\", \"notify\", \"health\" or a duration such as \"2s\""
             )),
         },
         other => duration_value(other).map(Readiness::After),

@@ -335,6 +335,33 @@ pub struct InstanceInfo {
     /// (`db stopped`, `db fatal`); left out of the JSON when there is none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_reason: Option<String>,
+    /// Its health check, while it is up and its program has one; `null` otherwise.
+    #[serde(default)]
+    pub health: Option<HealthInfo>,
+}
+
+/// One instance's health check in a [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthInfo {
+    /// `passing`, `failing` or `starting`.
+    pub state: String,
+    /// Failures in a row that count towards `retries`.
+    pub failures: u32,
+    /// The program's `retries`.
+    pub retries: u32,
+    /// The last failure's error, until a check passes.
+    pub last_error: Option<String>,
+}
+
+impl HealthInfo {
+    /// The HEALTH column of `warden status`: `passing`, `starting`, `failing 2/3: HTTP 500`.
+    pub fn text(&self) -> String {
+        match (self.state.as_str(), &self.last_error) {
+            ("failing", Some(e)) => format!("failing {}/{}: {e}", self.failures, self.retries),
+            ("failing", None) => format!("failing {}/{}", self.failures, self.retries),
+            (state, _) => state.to_string(),
+        }
+    }
 }
 
 impl InstanceInfo {
@@ -357,6 +384,10 @@ pub enum LastExit {
     Code {
         /// The exit code.
         code: i32,
+        /// Why warden ended it, when it did on a verdict of its own (`"health"`); left out of
+        /// the JSON otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
     /// A signal ended it.
     Signal {
@@ -366,13 +397,33 @@ pub enum LastExit {
         name: String,
         /// Whether it dumped core.
         core_dumped: bool,
+        /// Why warden ended it, when it did on a verdict of its own (`"health"`); left out of
+        /// the JSON otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
     },
+}
+
+impl LastExit {
+    /// Why warden ended the process, if it did on a verdict of its own (`health`).
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            LastExit::Code { reason, .. } | LastExit::Signal { reason, .. } => reason.as_deref(),
+        }
+    }
+
+    /// Sets [`LastExit::reason`].
+    pub fn set_reason(&mut self, new: Option<String>) {
+        match self {
+            LastExit::Code { reason, .. } | LastExit::Signal { reason, .. } => *reason = new,
+        }
+    }
 }
 
 impl From<crate::policy::ExitStatus> for LastExit {
     fn from(e: crate::policy::ExitStatus) -> Self {
         match e {
-            crate::policy::ExitStatus::Code(code) => LastExit::Code { code },
+            crate::policy::ExitStatus::Code(code) => LastExit::Code { code, reason: None },
             crate::policy::ExitStatus::Signal {
                 signal,
                 core_dumped,
@@ -382,6 +433,7 @@ impl From<crate::policy::ExitStatus> for LastExit {
                     .map(|s| s.as_str().to_string())
                     .unwrap_or_else(|_| format!("SIG{signal}")),
                 core_dumped,
+                reason: None,
             },
         }
     }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use log::Level;
 
-use crate::policy::{ExitStatus, Policy, Readiness, Restart, fmt_duration};
+use crate::policy::{ExitReason, ExitStatus, Policy, Readiness, Restart, fmt_duration};
 
 /// How long a stopping instance whose main process is gone waits, after `SIGKILL`, for the rest
 /// of its process group before it is treated as down anyway (members stuck in uninterruptible
@@ -186,6 +186,16 @@ pub enum Event {
     Ready,
     /// `WATCHDOG=1` arrived on the notify socket.
     WatchdogPing,
+    /// A health check passed: a [`Readiness::Health`] instance that is starting becomes ready.
+    HealthPassed,
+    /// The health check failed `retries` times in a row: stop the instance as failed, and
+    /// record [`ExitReason::Health`] beside its exit status. Ignored unless it is up and not
+    /// already stopping.
+    Unhealthy {
+        /// When a check last passed, if one did: an instance that had passed for
+        /// `backoff_reset` after it became ready is not counted as a crash.
+        last_pass: Option<Instant>,
+    },
     /// A deadline may have passed (the step's `now` is the current time).
     Tick,
 }
@@ -224,6 +234,9 @@ pub struct Instance {
     pub restarts: u32,
     /// How the last process ended, if one did.
     pub last_exit: Option<ExitStatus>,
+    /// Why warden ended the last process, when it did so on a verdict of its own (a failed
+    /// health check); `None` after any other end.
+    pub last_reason: Option<ExitReason>,
     /// A stop was asked; remembered until the next start or restart.
     pub manual_stop: bool,
     /// Consecutive failures; drives the backoff delay.
@@ -248,6 +261,7 @@ impl Instance {
             state: State::Exited,
             restarts: 0,
             last_exit: None,
+            last_reason: None,
             manual_stop: false,
             attempt: 0,
             recent: VecDeque::new(),
@@ -301,38 +315,11 @@ impl Instance {
                 }
             }
             Event::WatchdogPing => self.last_ping = Some(now),
+            Event::HealthPassed => self.on_health_passed(policy, now, &mut out),
+            Event::Unhealthy { last_pass } => self.on_unhealthy(policy, last_pass, now, &mut out),
             Event::Tick => self.on_tick(policy, now, jitter, &mut out),
         }
         out
-    }
-
-    /// The nearest instant at which a `Tick` could change something, or `None` when nothing is
-    /// pending. A `running` instance has none: its backoff reset is judged when it exits.
-    pub fn deadline(&self, policy: &Policy) -> Option<Instant> {
-        match self.state {
-            State::Backoff { until } => Some(until),
-            State::Starting { since, .. } => match policy.readiness {
-                Readiness::After(d) => since.checked_add(d),
-                Readiness::Notify => policy.start_timeout.and_then(|t| since.checked_add(t)),
-                Readiness::Immediate => None,
-            },
-            State::Ready { ready_at, .. } => {
-                let w = policy.watchdog?;
-                self.last_ping.unwrap_or(ready_at).checked_add(w)
-            }
-            State::Stopping {
-                killed: false,
-                kill_at,
-                ..
-            } => Some(kill_at),
-            State::Stopping {
-                killed: true,
-                reaped: true,
-                kill_at,
-                ..
-            } => Some(later(kill_at, KILL_GRACE)),
-            _ => None,
-        }
     }
 
     /// `Start`: from a down state spawn now, forgetting past failures. While stopping, the
@@ -451,7 +438,9 @@ impl Instance {
                 self.last_ping = Some(now);
                 self.state = match policy.readiness {
                     Readiness::Immediate => State::Running { pid, since: now },
-                    Readiness::Notify | Readiness::After(_) => State::Starting { pid, since: now },
+                    Readiness::Notify | Readiness::After(_) | Readiness::Health => {
+                        State::Starting { pid, since: now }
+                    }
                 };
                 log(out, Level::Info, format!("started (pid {pid})"));
             }
@@ -497,6 +486,7 @@ impl Instance {
         match self.state {
             State::Starting { .. } | State::Running { .. } | State::Ready { .. } => {
                 self.last_exit = Some(status);
+                self.last_reason = None;
                 let healthy = self.up_healthy(policy, now);
                 if healthy {
                     self.attempt = 0;
@@ -529,6 +519,7 @@ impl Instance {
         match self.state {
             State::Starting { pid, .. } | State::Running { pid, .. } | State::Ready { pid, .. } => {
                 self.last_exit = Some(status);
+                self.last_reason = None;
                 let healthy = self.up_healthy(policy, now);
                 if healthy {
                     self.attempt = 0;
@@ -564,6 +555,44 @@ impl Instance {
             }
             _ => {}
         }
+    }
+
+    /// `HealthPassed`: a starting instance whose readiness is its health check is ready.
+    fn on_health_passed(&mut self, policy: &Policy, now: Instant, out: &mut Vec<Action>) {
+        if let State::Starting { pid, since } = self.state
+            && policy.readiness == Readiness::Health
+        {
+            self.state = State::Ready {
+                pid,
+                since,
+                ready_at: now,
+            };
+            self.last_ping = Some(now);
+            log(out, Level::Info, "ready (health check passed)".to_string());
+        }
+    }
+
+    /// `Unhealthy`: a live instance that is not already stopping is stopped as failed, its
+    /// reason recorded. Healthy (not a crash) if checks passed for `backoff_reset` after it
+    /// became ready (or, without a readiness check, after it started).
+    fn on_unhealthy(
+        &mut self,
+        policy: &Policy,
+        last_pass: Option<Instant>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let from = match self.state {
+            State::Ready { ready_at, .. } => ready_at,
+            State::Running { since, .. } => since,
+            State::Starting { .. } => now,
+            _ => return,
+        };
+        let healthy =
+            last_pass.is_some_and(|t| t.saturating_duration_since(from) >= policy.backoff_reset);
+        self.begin_stop(policy, now, AfterStop::Failed { healthy }, out);
+        self.last_reason = Some(ExitReason::Health);
+        log(out, Level::Warn, format!("unhealthy ({})", policy.stop));
     }
 
     /// Whether the live process had been up (`running`) or ready for `backoff_reset` by `now`.
@@ -625,120 +654,6 @@ impl Instance {
                 }
             }
         }
-    }
-
-    /// `Tick`: act on whichever deadline has passed.
-    fn on_tick(&mut self, policy: &Policy, now: Instant, jitter: f64, out: &mut Vec<Action>) {
-        match self.state {
-            State::Backoff { until } if now >= until => self.spawn(out),
-            State::Starting { pid, since } => self.tick_starting(policy, pid, since, now, out),
-            State::Ready { ready_at, .. } => self.tick_ready(policy, ready_at, now, out),
-            State::Stopping {
-                pid,
-                since,
-                kill_at,
-                killed: false,
-                ..
-            } if now >= kill_at => self.tick_kill_due(pid, since, kill_at, out),
-            State::Stopping {
-                pid,
-                killed: true,
-                reaped: true,
-                kill_at,
-                ..
-            } if now >= later(kill_at, KILL_GRACE) => {
-                let grace = fmt_duration(KILL_GRACE);
-                log(
-                    out,
-                    Level::Warn,
-                    format!(
-                        "process group {pid} still has members {grace} after SIGKILL; \
-                         no longer waiting for them"
-                    ),
-                );
-                self.finish_stop(policy, now, jitter, out);
-            }
-            _ => {}
-        }
-    }
-
-    /// A tick while starting: ready after `Readiness::After`, or a missed `start_timeout`.
-    fn tick_starting(
-        &mut self,
-        policy: &Policy,
-        pid: i32,
-        since: Instant,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) {
-        let up = now.saturating_duration_since(since);
-        match policy.readiness {
-            Readiness::After(d) if up >= d => {
-                self.state = State::Ready {
-                    pid,
-                    since,
-                    ready_at: now,
-                };
-                self.last_ping = Some(now);
-                log(
-                    out,
-                    Level::Info,
-                    format!("ready (up for {})", fmt_duration(d)),
-                );
-            }
-            Readiness::Notify => {
-                if let Some(t) = policy.start_timeout
-                    && up >= t
-                {
-                    let what = restart_word(policy);
-                    let msg = format!("did not report READY=1 within {}; {what}", fmt_duration(t));
-                    log(out, Level::Warn, msg);
-                    let then = AfterStop::Failed { healthy: false };
-                    self.begin_stop(policy, now, then, out);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// A tick while ready: a missed watchdog ping stops the instance as failed.
-    fn tick_ready(
-        &mut self,
-        policy: &Policy,
-        ready_at: Instant,
-        now: Instant,
-        out: &mut Vec<Action>,
-    ) {
-        let last_ping = self.last_ping.unwrap_or(ready_at);
-        if let Some(w) = policy.watchdog
-            && now.saturating_duration_since(last_ping) >= w
-        {
-            let what = restart_word(policy);
-            let msg = format!(
-                "watchdog timeout (no WATCHDOG=1 for {}); {what}",
-                fmt_duration(w)
-            );
-            log(out, Level::Warn, msg);
-            // Healthy if it kept pinging for backoff_reset after it became ready: a hang after a
-            // long good run is not a crash loop, and restarts at once. Judged up to the last
-            // ping, so a worker that hangs right after READY=1 is not.
-            let healthy = last_ping.saturating_duration_since(ready_at) >= policy.backoff_reset;
-            self.begin_stop(policy, now, AfterStop::Failed { healthy }, out);
-        }
-    }
-
-    /// A tick when a stop's `kill_at` has passed: `SIGKILL`, and the stop goes on.
-    fn tick_kill_due(&mut self, pid: i32, since: Instant, kill_at: Instant, out: &mut Vec<Action>) {
-        if let State::Stopping { killed, .. } = &mut self.state {
-            *killed = true;
-        }
-        out.push(Action::Kill { pid });
-        let waited = fmt_duration(kill_at.saturating_duration_since(since));
-        log(
-            out,
-            Level::Warn,
-            format!("did not stop within {waited}; sent SIGKILL"),
-        );
     }
 
     /// The failure path: count the failure unless `healthy`, give up on a crash loop, otherwise
@@ -825,6 +740,7 @@ impl Instance {
         out: &mut Vec<Action>,
     ) {
         if let Some(pid) = self.state.pid() {
+            self.last_reason = None;
             self.state = State::Stopping {
                 pid,
                 since: now,
@@ -896,6 +812,8 @@ fn restart_word(policy: &Policy) -> &'static str {
 fn log(out: &mut Vec<Action>, level: Level, message: String) {
     out.push(Action::Log { level, message });
 }
+
+mod timers;
 
 #[cfg(test)]
 mod tests;

@@ -1340,3 +1340,146 @@ fn an_unexpected_exit_stops_the_rest_of_the_group_before_the_policy_decides() {
     assert!(has_spawn(&a));
     assert!(k.recent.is_empty(), "{:?}", k.recent);
 }
+
+// --- Health checks -------------------------------------------------------------------------
+
+fn health_policy() -> Policy {
+    Policy {
+        readiness: Readiness::Health,
+        start_timeout: Some(secs(30)),
+        ..Policy::default()
+    }
+}
+
+#[test]
+fn health_readiness_starts_and_becomes_ready_at_the_first_passing_check() {
+    let p = health_policy();
+    let t0 = Instant::now();
+    let mut i = Instance::new();
+    up(&mut i, &p, t0, 7);
+    assert!(matches!(i.state, State::Starting { pid: 7, .. }));
+    // READY=1 is not how a health-ready instance becomes ready.
+    i.step(&p, Event::Ready, t0 + ms(10), 0.5);
+    assert!(matches!(i.state, State::Starting { .. }));
+    let a = i.step(&p, Event::HealthPassed, t0 + ms(300), 0.5);
+    assert!(logged(&a, "ready (health check passed)"));
+    assert!(matches!(i.state, State::Ready { ready_at, .. } if ready_at == t0 + ms(300)));
+    // A later pass changes nothing.
+    assert!(
+        i.step(&p, Event::HealthPassed, t0 + secs(5), 0.5)
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_health_pass_does_not_make_a_notify_instance_ready() {
+    let p = Policy {
+        readiness: Readiness::Notify,
+        ..Policy::default()
+    };
+    let mut i = Instance::new();
+    up(&mut i, &p, Instant::now(), 7);
+    assert!(
+        i.step(&p, Event::HealthPassed, Instant::now(), 0.5)
+            .is_empty()
+    );
+    assert!(matches!(i.state, State::Starting { .. }));
+}
+
+#[test]
+fn health_readiness_is_bounded_by_start_timeout() {
+    let p = health_policy();
+    let t0 = Instant::now();
+    let mut i = Instance::new();
+    up(&mut i, &p, t0, 7);
+    assert_eq!(i.deadline(&p), Some(t0 + secs(30)));
+    let a = i.step(&p, Event::Tick, t0 + secs(30), 0.5);
+    assert_eq!(signals(&a), vec![(7, Sent::Stop)]);
+    assert!(logged(
+        &a,
+        "did not pass a health check within 30s; restarting"
+    ));
+}
+
+#[test]
+fn unhealthy_stops_as_a_failure_and_records_health_as_the_reason() {
+    let p = health_policy();
+    let t0 = Instant::now();
+    let mut i = Instance::new();
+    up(&mut i, &p, t0, 7);
+    i.step(&p, Event::HealthPassed, t0 + ms(100), 0.5);
+    // Passing for 500 ms only (backoff_reset 1 s): a crash.
+    let last_pass = Some(t0 + ms(600));
+    let a = i.step(&p, Event::Unhealthy { last_pass }, t0 + secs(2), 0.5);
+    assert_eq!(signals(&a), vec![(7, Sent::Stop)]);
+    assert!(logged(&a, "unhealthy (sent SIGTERM)"));
+    assert!(matches!(
+        i.state,
+        State::Stopping {
+            then: AfterStop::Failed { healthy: false },
+            ..
+        }
+    ));
+    assert_eq!(i.last_reason, Some(ExitReason::Health));
+    let status = ExitStatus::Signal {
+        signal: TERM,
+        core_dumped: false,
+    };
+    let a = i.step(&p, Event::Exited { status }, t0 + secs(3), 0.5);
+    assert!(has_spawn(&a), "first failure: restarted at once");
+    assert_eq!(i.last_exit, Some(status));
+    assert_eq!(
+        i.last_reason,
+        Some(ExitReason::Health),
+        "kept beside the status"
+    );
+    assert_eq!(i.recent.len(), 1, "counted as a failure");
+    // The next process's own exit replaces the reason.
+    i.step(&p, Event::Spawned { pid: 8 }, t0 + secs(3), 0.5);
+    exit(&mut i, &p, t0 + secs(4), 3);
+    assert_eq!(i.last_reason, None);
+}
+
+#[test]
+fn unhealthy_after_a_long_passing_run_is_not_a_crash() {
+    let p = Policy::default(); // immediate readiness: running
+    let t0 = Instant::now();
+    let mut i = Instance::new();
+    up(&mut i, &p, t0, 7);
+    let last_pass = Some(t0 + secs(60));
+    i.step(&p, Event::Unhealthy { last_pass }, t0 + secs(90), 0.5);
+    assert!(matches!(
+        i.state,
+        State::Stopping {
+            then: AfterStop::Failed { healthy: true },
+            ..
+        }
+    ));
+}
+
+#[test]
+fn unhealthy_is_ignored_unless_the_instance_is_up_and_not_stopping() {
+    let p = health_policy();
+    let t0 = Instant::now();
+    let mut i = Instance::new();
+    let ev = || Event::Unhealthy { last_pass: None };
+    assert!(i.step(&p, ev(), t0, 0.5).is_empty());
+    up(&mut i, &p, t0, 7);
+    i.step(&p, Event::Stop, t0, 0.5);
+    assert!(i.step(&p, ev(), t0, 0.5).is_empty());
+    assert_eq!(i.last_reason, None, "a stop by hand has no reason");
+}
+
+#[test]
+fn a_manual_stop_after_a_health_restart_clears_the_reason() {
+    let p = Policy::default();
+    let t0 = Instant::now();
+    let mut i = Instance::new();
+    up(&mut i, &p, t0, 7);
+    i.step(&p, Event::Unhealthy { last_pass: None }, t0, 0.5);
+    let status = ExitStatus::Code(0);
+    i.step(&p, Event::Exited { status }, t0 + ms(10), 0.5);
+    i.step(&p, Event::Spawned { pid: 8 }, t0 + ms(10), 0.5);
+    i.step(&p, Event::Stop, t0 + secs(1), 0.5);
+    assert_eq!(i.last_reason, None);
+}

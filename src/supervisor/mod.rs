@@ -36,6 +36,7 @@ mod capture;
 mod commands;
 mod deps;
 mod groups;
+mod health;
 pub(crate) mod notify;
 pub(crate) mod output;
 mod program;
@@ -74,7 +75,7 @@ pub use crate::policy::{ExitStatus, Policy, Readiness, Restart, StopWith};
 use crate::signals::{SignalEvent, Signals};
 use capture::{Capture, Stream};
 use notify::NotifySocket;
-pub use program::{InstanceState, InstanceStatus, ProgramDef, RunExit, Work};
+pub use program::{HealthStatus, InstanceState, InstanceStatus, ProgramDef, RunExit, Work};
 pub use reload::{ReloadPlan, ReloadSet, Reloader};
 use shutdown::ShutdownState;
 use sources::{Source, Sources};
@@ -119,6 +120,8 @@ pub struct Supervisor {
     plane: ControlPlane,
     /// Stops waiting for what requires their program to be down (`deps.rs`).
     deps_deferred: Vec<deps::DeferredStop>,
+    /// Health checks under way (`health/`).
+    checks: health::Checks,
 }
 
 /// The control side of the supervisor: the socket server, the requests waiting for their
@@ -183,6 +186,7 @@ impl Supervisor {
                 config_path: String::new(),
             },
             deps_deferred: Vec::new(),
+            checks: health::Checks::default(),
         })
     }
 
@@ -284,7 +288,9 @@ impl Supervisor {
             Work::Fn(_) => None,
         };
         let files = programs::open_files(&def)?;
-        let _ = self.add_prepared(def, prepared, files);
+        let checker = health::Checker::prepare(&def)?;
+        let p = self.add_prepared(def, prepared, files);
+        self.table[p].checker = checker;
         Ok(())
     }
 
@@ -384,6 +390,7 @@ impl Supervisor {
             Source::Conn(id) => self.control_event(id, ev.is_readable(), ev.is_writable()),
             Source::ExecReport => self.read_exec_report(ev.token()),
             Source::Pipe => self.read_pipe(ev.token()),
+            Source::Check => self.check_event(ev.token()),
         }
         false
     }
@@ -487,6 +494,7 @@ impl Supervisor {
                     .iter()
                     .filter_map(|s| s.inst.deadline(&p.def.policy))
             })
+            .chain(self.next_check_deadline())
             .chain(self.manager.watchdog.as_ref().map(|w| w.next))
             .chain(self.shutdown.deadline)
             .chain(
@@ -520,6 +528,8 @@ impl Supervisor {
                 }
             }
         }
+        self.expire_checks(now);
+        self.run_checks(now);
     }
 
     /// Feeds `event` to instance `pos` of program `p` and carries out the actions, including the
@@ -547,6 +557,9 @@ impl Supervisor {
             }
             let new_pid = self.table[p][pos].inst.state.pid();
             self.table.track_pid_change(p, pos, old_pid, new_pid, now);
+            if new_pid != old_pid {
+                self.reset_health(p, pos, now);
+            }
         }
         let slot = &self.table[p][pos];
         let change = Change {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::config::OutputSpec;
 use crate::lifecycle::State;
-use crate::policy::{ExitStatus, Policy};
+use crate::policy::{ExitReason, ExitStatus, Policy};
 
 use super::spawn::{ExecSpec, WorkerFn};
 
@@ -66,6 +66,12 @@ pub struct ProgramDef {
     /// [`Supervisor::run`](super::Supervisor::run) refuses, before starting anything, a name of
     /// no program and programs that wait for each other ([`Error::Invalid`](crate::Error)).
     pub requires: Vec<String>,
+    /// A health check run on each instance while it is up: `retries` failures in a row restart
+    /// it; with [`Readiness::Health`](crate::policy::Readiness::Health) its first pass makes
+    /// the instance ready. [`Supervisor::add`](super::Supervisor::add) resolves it (host
+    /// names, the exec check's user) and fails if it cannot. Not a setting that a reload
+    /// restarts for: a new check applies to the next checks.
+    pub health: Option<crate::config::HealthSpec>,
 }
 
 impl ProgramDef {
@@ -83,6 +89,7 @@ impl ProgramDef {
             source: None,
             after: Vec::new(),
             requires: Vec::new(),
+            health: None,
         }
     }
 }
@@ -104,6 +111,10 @@ pub struct InstanceStatus {
     pub restarts: u32,
     /// How the last process ended.
     pub last_exit: Option<ExitStatus>,
+    /// Why warden ended the last process, when it did on a verdict of its own (`health`).
+    pub last_reason: Option<ExitReason>,
+    /// Its health check's state, while its process is up and its program has one.
+    pub health: Option<HealthStatus>,
     /// The last `STATUS=` text it sent or, after a failed start (a missing `env_file`, a
     /// command not found), why it failed — until a start succeeds.
     pub status_text: Option<String>,
@@ -112,6 +123,34 @@ pub struct InstanceStatus {
     /// While [`InstanceState::Waiting`] because a required program was stopped by hand or went
     /// `fatal`: why (`db stopped`, `db fatal`).
     pub waiting_reason: Option<String>,
+}
+
+/// One instance's health check, as `warden status` shows it (`passing`, `failing 2/3: HTTP
+/// 500`, `starting`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthStatus {
+    /// `passing`, `failing` or `starting` (no verdict yet, or inside `start_period`).
+    pub state: &'static str,
+    /// Failures in a row that count towards `retries`.
+    pub failures: u32,
+    /// The program's `retries`.
+    pub retries: u32,
+    /// The last failure's error, until a check passes.
+    pub last_error: Option<String>,
+}
+
+impl std::fmt::Display for HealthStatus {
+    /// `passing`, `starting`, `failing 2/3: connect: ECONNREFUSED`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.state)?;
+        if self.state == "failing" {
+            write!(f, " {}/{}", self.failures, self.retries)?;
+            if let Some(e) = &self.last_error {
+                write!(f, ": {e}")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where an instance is, as `warden status` shows it: the state machine's state without its
@@ -200,6 +239,7 @@ impl ProgramDef {
             source: spec.source.clone(),
             after: spec.after.clone(),
             requires: spec.requires.clone(),
+            health: spec.health.clone(),
         }
     }
 }

@@ -56,6 +56,9 @@ impl Supervisor {
         // A worker's main process (or a process the state machine refused): its group is now
         // checked for members like any group whose leader is gone.
         self.groups.leader_reaped(pid);
+        if self.check_exited(pid, status) {
+            return;
+        }
         let Some((p, index)) = self.table.owner(pid) else {
             log::debug!("reaped orphan pid {pid} ({status})");
             return;

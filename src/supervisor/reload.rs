@@ -8,6 +8,7 @@
 
 use serde::Serialize;
 
+use super::health::Checker;
 use super::programs::open_files;
 use super::table::{InstanceIndex, ProgramId};
 use super::{ProgramDef, Supervisor, Work, output::RotatingFile, spawn::Prepared};
@@ -43,6 +44,10 @@ pub struct ReloadPlan {
     pub changed_stopped: Vec<String>,
     /// Programs whose only change is the number of instances: (name, from, to).
     pub scaled: Vec<(String, u32, u32)>,
+    /// Programs whose health check changed (and perhaps their count), but nothing they are
+    /// restarted for: the new check applies from now on, to the running instances too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub health_changed: Vec<String>,
     /// Programs left alone.
     pub unchanged: Vec<String>,
     /// Settings that take effect only when warden restarts.
@@ -85,8 +90,12 @@ impl ReloadPlan {
                 }
                 Some(r) if !same_config(r.def, def) => plan.changed.push(name),
                 Some(r) if r.def.instances != def.instances => {
+                    if r.def.health != def.health {
+                        plan.health_changed.push(name.clone());
+                    }
                     plan.scaled.push((name, r.def.instances, def.instances))
                 }
+                Some(r) if r.def.health != def.health => plan.health_changed.push(name),
                 Some(_) => plan.unchanged.push(name),
             }
         }
@@ -118,6 +127,11 @@ impl ReloadPlan {
                 .iter()
                 .map(|(n, a, b)| format!("scale {n} {a} -> {b}")),
         );
+        v.extend(
+            self.health_changed
+                .iter()
+                .map(|n| format!("update {n} (health check; restarts nothing)")),
+        );
         v.extend(self.unchanged.iter().map(|n| format!("keep {n}")));
         v.extend(self.notes.iter().cloned());
         v
@@ -136,6 +150,9 @@ pub(super) struct Running<'a> {
 /// A program of the new configuration, resolved: its settings, its prepared exec and its
 /// output files.
 type Resolved = (ProgramDef, Option<Prepared>, [Option<RotatingFile>; 2]);
+
+/// A program's new health check, resolved (`None`: it has none any more).
+type NewChecker = (String, Option<Checker>);
 
 /// A failure past the point where everything was resolved (a program that vanished): the
 /// supervisor's fault, not the configuration's.
@@ -246,6 +263,7 @@ impl Supervisor {
         plan: &ReloadPlan,
     ) -> std::result::Result<Vec<ProgramId>, (ErrorKind, String)> {
         let prepared = self.prepare_reload(&set, plan)?;
+        let checkers = self.prepare_checkers(&set)?;
         let mut touched = Vec::new();
         for name in &plan.removed {
             let p = self.table.find(name).map_err(internal)?;
@@ -285,8 +303,41 @@ impl Supervisor {
                 running.requires.clone_from(&def.requires);
             }
         }
+        for (name, checker) in checkers {
+            self.set_checker(&name, checker);
+        }
         self.scale_program = set.scale_program;
         Ok(touched)
+    }
+
+    /// Resolves the health check of every program of `set` whose check is new or changed.
+    fn prepare_checkers(
+        &self,
+        set: &ReloadSet,
+    ) -> std::result::Result<Vec<NewChecker>, (ErrorKind, String)> {
+        let mut out = Vec::new();
+        for def in &set.programs {
+            let running = self.table.find(&def.name).ok().map(|p| &self.table[p]);
+            if running.is_some_and(|r| r.def.health == def.health && !r.removed) {
+                continue;
+            }
+            let checker = Checker::prepare(def).map_err(|e| self.reload_error(&def.name, &e))?;
+            out.push((def.name.clone(), checker));
+        }
+        Ok(out)
+    }
+
+    /// Gives program `name` its new health check; its running instances' checks start over.
+    fn set_checker(&mut self, name: &str, checker: Option<Checker>) {
+        let Ok(p) = self.table.find(name) else {
+            return;
+        };
+        self.table[p].def.health = checker.as_ref().map(|c| c.spec.clone());
+        self.table[p].checker = checker;
+        let now = std::time::Instant::now();
+        for pos in self.table[p].positions() {
+            self.reset_health(p, pos, now);
+        }
     }
 
     /// Resolves users and groups and opens the output files of every program `plan` adds or
@@ -478,6 +529,35 @@ mod tests {
         new.policy.restart = Restart::Never;
         let plan = ReloadPlan::diff(&[running(&old)], &set(&[&new]));
         assert_eq!(plan.changed, names(&["web"]));
+    }
+
+    #[test]
+    fn a_changed_health_check_restarts_nothing() {
+        use crate::config::{HealthSpec, Probe, parse_host_port};
+        let old = program("web", 1, "web");
+        let mut new = old.clone();
+        new.health = Some(HealthSpec::new(Probe::Tcp(
+            parse_host_port("127.0.0.1:80").unwrap(),
+        )));
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&new]));
+        assert_eq!(plan.health_changed, names(&["web"]));
+        assert!(plan.changed.is_empty() && plan.unchanged.is_empty());
+        assert_eq!(
+            plan.lines(),
+            vec!["update web (health check; restarts nothing)"]
+        );
+        // With a new count too: scaled, and the check updated.
+        let mut more = new.clone();
+        more.instances = 3;
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&more]));
+        assert_eq!(plan.health_changed, names(&["web"]));
+        assert_eq!(plan.scaled, vec![("web".to_string(), 1, 3)]);
+        // With a changed command: one restart, which takes the new check along.
+        let mut both = new.clone();
+        both.work = Work::Exec(ExecSpec::new(vec!["web2".into()]));
+        let plan = ReloadPlan::diff(&[running(&old)], &set(&[&both]));
+        assert_eq!(plan.changed, names(&["web"]));
+        assert!(plan.health_changed.is_empty());
     }
 
     #[test]

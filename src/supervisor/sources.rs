@@ -46,6 +46,9 @@ pub(crate) enum Source {
     ExecReport,
     /// A worker's stdout or stderr pipe (the data is in [`Capture`](super::capture::Capture)).
     Pipe,
+    /// A health check's socket, or an exec check's output pipe (the data is in
+    /// [`Checks`](super::health::Checks)).
+    Check,
 }
 
 /// The token map.
@@ -79,10 +82,21 @@ impl Sources {
 
     /// Registers `fd` for reading under a new token standing for `source`.
     pub(crate) fn add(&mut self, registry: &Registry, fd: RawFd, source: Source) -> Result<Token> {
+        self.add_with(registry, fd, source, Interest::READABLE)
+    }
+
+    /// Registers `fd` for `interest` under a new token standing for `source`.
+    pub(crate) fn add_with(
+        &mut self,
+        registry: &Registry,
+        fd: RawFd,
+        source: Source,
+        interest: Interest,
+    ) -> Result<Token> {
         let token = Token(self.next);
         self.next += 1;
         registry
-            .register(&mut SourceFd(&fd), token, Interest::READABLE)
+            .register(&mut SourceFd(&fd), token, interest)
             .map_err(|e| Error::os("epoll_ctl", e))?;
         self.map.insert(token, source);
         Ok(token)

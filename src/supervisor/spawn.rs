@@ -275,6 +275,36 @@ fn fork_exec(
     })
 }
 
+/// Spawns an exec health check: `p` holds the check's argv with its program's user, directory
+/// and environment; stdout and stderr go to one pipe (returned as `stdout`).
+///
+/// Errors: as [`spawn_exec`].
+pub(crate) fn spawn_check(p: &Prepared, i: &SpawnRequest<'_>) -> Result<Started> {
+    let env = environment(p, i)?;
+    let fork = || -> io::Result<Started> {
+        let path = resolve(&p.argv[0], &env)?;
+        let plan = sys::spawn::ExecPlan::new(
+            &path,
+            &p.argv,
+            &env,
+            p.directory.as_deref(),
+            p.setup.clone(),
+        )?;
+        let null = dev_null()?;
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+        use std::os::fd::AsRawFd;
+        let fds = [null.as_raw_fd(), w.as_raw_fd(), w.as_raw_fd()];
+        let forked = sys::spawn::spawn_nowait(&plan, fds)?;
+        Ok(Started {
+            pid: forked.pid,
+            stdout: Some(File::from(r)),
+            stderr: None,
+            exec_report: Some(forked.exec_report),
+        })
+    };
+    fork().map_err(|e| Error::io("cannot execute", PathBuf::from(&p.argv[0]), e))
+}
+
 /// Forks a function worker.
 pub(crate) fn spawn_fn(f: &WorkerFn, i: &SpawnRequest<'_>) -> Result<Started> {
     let out = output_pipe(i.stdout).map_err(|e| Error::sys("pipe2", e))?;

@@ -4,9 +4,10 @@
 
 use std::time::Instant;
 
+use super::program::HealthStatus;
 use super::table::ProgramId;
 use super::{InstanceState, InstanceStatus, Supervisor};
-use crate::control::{DaemonInfo, InstanceInfo, ProgramInfo, StatusReport};
+use crate::control::{DaemonInfo, HealthInfo, InstanceInfo, LastExit, ProgramInfo, StatusReport};
 use crate::lifecycle::State;
 
 impl Supervisor {
@@ -41,6 +42,16 @@ impl Supervisor {
                 uptime: s.up_since.filter(|_| s.inst.state.is_up()).map(|t| now - t),
                 restarts: s.inst.restarts,
                 last_exit: s.inst.last_exit,
+                last_reason: s.inst.last_reason,
+                health: s.health.as_ref().map(|t| {
+                    let v = t.view();
+                    HealthStatus {
+                        state: v.state,
+                        failures: v.failures,
+                        retries: p.checker.as_ref().map_or(0, |c| c.spec.retries),
+                        last_error: v.last_error,
+                    }
+                }),
                 // Its last `STATUS=` line described a process stopped by hand since.
                 status_text: s
                     .status_text
@@ -103,7 +114,17 @@ fn instance_info(s: InstanceStatus) -> InstanceInfo {
         state: s.state.to_string(),
         uptime_secs: s.uptime.map(|d| d.as_secs_f64()),
         restarts: s.restarts,
-        last_exit: s.last_exit.map(Into::into),
+        last_exit: s.last_exit.map(|e| {
+            let mut e = LastExit::from(e);
+            e.set_reason(s.last_reason.map(|r| r.to_string()));
+            e
+        }),
+        health: s.health.map(|h| HealthInfo {
+            state: h.state.to_string(),
+            failures: h.failures,
+            retries: h.retries,
+            last_error: h.last_error,
+        }),
         status: s.status_text,
         waiting_for: s.waiting_for,
         waiting_reason: s.waiting_reason,

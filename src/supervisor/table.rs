@@ -86,6 +86,8 @@ pub(crate) struct Slot {
     pub(crate) spawn_failures: Repeated,
     /// Held down (`waiting`) until the programs it starts after are ready (`deps.rs`).
     pub(crate) hold: Option<Hold>,
+    /// The health checks of its current process, when its program has one (`health/`).
+    pub(crate) health: Option<super::health::Tracker>,
 }
 
 /// Why an instance is held down by its dependencies.
@@ -114,6 +116,7 @@ impl Slot {
             exec: ExecState::Done,
             spawn_failures: Repeated::new(SPAWN_FAILURE_SUMMARY_EVERY),
             hold: None,
+            health: None,
         }
     }
 
@@ -182,6 +185,8 @@ pub(crate) struct Program {
     pub(crate) files: [Option<RotatingFile>; 2],
     /// Removed by a reload: stopping, then kept as an empty tombstone so ids stay stable.
     pub(crate) removed: bool,
+    /// Its health check, resolved (`health/`); set by whoever adds the program.
+    pub(crate) checker: Option<super::health::Checker>,
 }
 
 impl Program {
@@ -200,6 +205,7 @@ impl Program {
             slots,
             files,
             removed: false,
+            checker: None,
         }
     }
 

@@ -36,8 +36,8 @@ fn cases(default: u32) -> u32 {
 mod config {
     use super::*;
     use warden::config::{
-        Config, DaemonSpec, EnvFile, KEYS, LogSpec, OutputSpec, ProgramSpec, Readiness, Restart,
-        SYSLOG_FACILITIES,
+        Config, DaemonSpec, EnvFile, HealthSpec, HostPort, HttpServer, HttpTarget, KEYS, LogSpec,
+        OutputSpec, Probe, ProgramSpec, Readiness, Restart, SYSLOG_FACILITIES,
     };
 
     /// The file the generated text is read as; relative paths resolve against its directory.
@@ -81,6 +81,8 @@ mod config {
         Deps(Vec<prop::sample::Index>),
         /// `after`/`requires`: program names.
         Names(Vec<String>),
+        /// `health`: its keys, the probe they mean, and whether written as a sub-table.
+        Health(Vec<(&'static str, Val)>, Probe, bool),
     }
 
     /// One resource limit.
@@ -249,6 +251,7 @@ mod config {
                     .prop_map(|(v, sub)| Val::Limits(v.into_iter().flatten().collect(), sub))
                     .boxed()
             }
+            ("program.NAME", "health") => health(),
             ("program.NAME", "restart") => {
                 proptest::sample::select(vec!["always", "on-failure", "never"])
                     .prop_map(|s| Val::Str(s.into()))
@@ -295,6 +298,58 @@ mod config {
                  tests/it/properties.rs its values"
             ),
         }
+    }
+
+    /// A `health` table: one probe, each other key present or not, in a shuffled order.
+    fn health() -> BoxedStrategy<Val> {
+        const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
+        let word = "[a-z][a-z0-9_-]{0,7}";
+        let host = prop_oneof![
+            Just("127.0.0.1".to_string()),
+            Just("::1".to_string()),
+            Just("localhost".to_string()),
+        ];
+        let hp = (host, 1u16..=65535).prop_map(|(host, port)| HostPort { host, port });
+        let url_text = |hp: &HostPort| hp.to_string();
+        let probe = prop_oneof![
+            proptest::collection::vec(word, 1..4)
+                .prop_map(|a| (("exec", Val::Argv(a.clone())), Probe::Exec(a))),
+            hp.clone()
+                .prop_map(move |hp| (("tcp", Val::Str(url_text(&hp))), Probe::Tcp(hp))),
+            (hp, "[a-z0-9/]{0,8}").prop_map(move |(hp, path)| {
+                let text = format!("http://{}/{path}", url_text(&hp));
+                let target = HttpTarget {
+                    server: HttpServer::Tcp(hp),
+                    path: format!("/{path}"),
+                };
+                (("http", Val::Str(text)), Probe::Http(target))
+            }),
+            (word, "[a-z0-9/]{0,8}").prop_map(|(sock, path)| {
+                let text = format!("http+unix:///run/{sock}.sock:/{path}");
+                let target = HttpTarget {
+                    server: HttpServer::Unix(PathBuf::from(format!("/run/{sock}.sock"))),
+                    path: format!("/{path}"),
+                };
+                (("http", Val::Str(text)), Probe::Http(target))
+            }),
+        ];
+        let opt = |k: &'static str, v: BoxedStrategy<Val>| {
+            proptest::option::of(v.prop_map(move |v| (k, v))).boxed()
+        };
+        let others = vec![
+            opt("interval", dur(1, YEAR_MS)),
+            opt("timeout", dur(1, YEAR_MS)),
+            opt("retries", (1u64..=1000).prop_map(Val::Int).boxed()),
+            opt("start_period", dur(0, YEAR_MS)),
+        ];
+        (probe, others, any::<bool>())
+            .prop_flat_map(|((first, probe), others, sub)| {
+                let mut keys: Vec<(&'static str, Val)> = others.into_iter().flatten().collect();
+                keys.push(first);
+                (Just(keys).prop_shuffle(), Just(probe), Just(sub))
+            })
+            .prop_map(|(keys, probe, sub)| Val::Health(keys, probe, sub))
+            .boxed()
     }
 
     /// An `env_file` entry as the reader takes it: `-PATH` is optional, relative to `base`.
@@ -531,8 +586,16 @@ mod config {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            Val::Health(keys, _, _) => format!(
+                "{{ {} }}",
+                keys.iter()
+                    .map(|(k, v)| format!("{k} = {}", render_val(program, v)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Val::Ready(Readiness::Immediate, _) => "\"immediate\"".into(),
             Val::Ready(Readiness::Notify, _) => "\"notify\"".into(),
+            Val::Ready(Readiness::Health, _) => "\"health\"".into(),
             Val::Ready(Readiness::After(d), style) => fmt_dur(d.as_millis() as u64, *style),
             Val::Size(n, shift) => fmt_size(*n, *shift),
             Val::Signal(name, _) => quote(name),
@@ -598,6 +661,12 @@ mod config {
                         "[program.{h}.limits]\n{}",
                         l.iter()
                             .map(|(k, v)| format!("{k} = {}\n", render_limit(v)))
+                            .collect::<String>()
+                    )),
+                    Val::Health(keys, _, true) => subtables.push(format!(
+                        "[program.{h}.health]\n{}",
+                        keys.iter()
+                            .map(|(k, v)| format!("{k} = {}\n", render_val(name, v)))
                             .collect::<String>()
                     )),
                     v => out.push_str(&format!("{k} = {}\n", render_val(name, v))),
@@ -706,6 +775,20 @@ mod config {
                                     other => panic!("limits.{other} has no expectation"),
                                 }
                             }
+                        }
+                        ("health", Val::Health(keys, probe, _)) => {
+                            let mut h = HealthSpec::new(probe.clone());
+                            for (hk, hv) in keys {
+                                match (*hk, hv) {
+                                    ("interval", v) => h.interval = dur_of(v),
+                                    ("timeout", v) => h.timeout = dur_of(v),
+                                    ("start_period", v) => h.start_period = dur_of(v),
+                                    ("retries", Val::Int(n)) => h.retries = *n as u32,
+                                    ("exec" | "tcp" | "http", _) => {}
+                                    other => panic!("health.{other:?} has no expectation"),
+                                }
+                            }
+                            p.health = Some(h);
                         }
                         ("restart", Val::Str(s)) => {
                             p.policy.restart = match s.as_str() {

@@ -441,7 +441,7 @@ scale_program = "nope"
             ("11:11: program.bad name.command: ", "unbalanced quote"),
             (
                 "12:9: program.bad name.ready: ",
-                "\"soon\" is not \"immediate\", \"notify\" or a duration",
+                "\"soon\" is not \"immediate\", \"notify\", \"health\" or a duration",
             ),
             (
                 "13:17: program.bad name.start_timeout: ",
@@ -658,5 +658,86 @@ fn start_timeout_needs_notify_and_output_files_are_not_shared() {
     assert!(
         errs[0].contains("7:10: program.b.stderr: /var/log/x.log is also program.a's output file"),
         "{errs:?}"
+    );
+}
+
+// --- [program.NAME.health] -------------------------------------------------------------------
+
+#[test]
+fn a_health_table_is_read_with_its_defaults() {
+    let p = one(
+        "[program.web]\ncommand = \"/bin/web\"\nready = \"health\"\n\
+         [program.web.health]\nhttp = \"http://127.0.0.1:8080/healthz\"\n",
+    );
+    assert_eq!(p.policy.readiness, Readiness::Health);
+    let h = p.health.expect("health");
+    assert_eq!(
+        (h.interval, h.timeout, h.retries, h.start_period),
+        (
+            Duration::from_secs(10),
+            Duration::from_secs(2),
+            3,
+            Duration::ZERO
+        )
+    );
+    assert_eq!(h.probe.to_string(), "http http://127.0.0.1:8080/healthz");
+    let p = one("[program.db]\ncommand = \"/bin/db\"\n\
+         health = { exec = \"pg_isready -q\", interval = \"1s\", timeout = \"500ms\", \
+         retries = 5, start_period = \"30s\" }\n");
+    let h = p.health.expect("health");
+    assert_eq!(
+        h.probe,
+        crate::config::Probe::Exec(argv(&["pg_isready", "-q"]))
+    );
+    assert_eq!(
+        (h.interval, h.timeout, h.retries, h.start_period),
+        (
+            Duration::from_secs(1),
+            Duration::from_millis(500),
+            5,
+            Duration::from_secs(30)
+        )
+    );
+    // start_timeout bounds the first pass too.
+    let p = one(
+        "[program.w]\ncommand = \"/bin/w\"\nready = \"health\"\nstart_timeout = \"5s\"\n\
+         health.tcp = \"[::1]:5432\"\n",
+    );
+    assert_eq!(p.policy.start_timeout, Some(Duration::from_secs(5)));
+}
+
+#[test]
+fn health_mistakes_are_reported_at_their_line_and_column() {
+    let errs = errors(
+        "[program.a]\ncommand = \"/bin/a\"\nready = \"health\"\n\
+         [program.b]\ncommand = \"/bin/b\"\n\
+         [program.b.health]\ntcp = \"127.0.0.1:1\"\nhttp = \"http://x/\"\n\
+         [program.c]\ncommand = \"/bin/c\"\n\
+         [program.c.health]\ninterval = \"0s\"\nhttp = \"https://x/\"\nretries = 0\nintervall = 1\n\
+         [program.d]\ncommand = \"/bin/d\"\nhealth = {}\n",
+    );
+    check(
+        &errs,
+        &[
+            (
+                "3:9: program.a.ready: ",
+                "needs a health check: add a [program.a.health] table",
+            ),
+            (
+                "8:8: program.b.health.http: ",
+                "only one check per program: tcp and http",
+            ),
+            (
+                "12:12: program.c.health.interval: ",
+                "must be longer than zero",
+            ),
+            ("13:8: program.c.health.http: ", "https is not supported"),
+            ("14:11: program.c.health.retries: ", "between 1 and 1000"),
+            (
+                "15:1: program.c.health.intervall: ",
+                "unknown key (did you mean \"interval\"?)",
+            ),
+            ("18:10: program.d.health: ", "needs one check"),
+        ],
     );
 }
