@@ -1,7 +1,10 @@
 //! `cargo bench --bench supervise [-- --quick | --kills N --rounds N --window SECS --settle SECS
-//! --seed S --only warden,runit,daemontools,s6,supervisord,floor --figures 1,4]`: warden against
-//! runit, daemontools, s6 and supervisord on the same work, six figures, medians and ratios
-//! (issue 4, section 5). `--quick` is a smoke run (3 kills, 1 round, 2 s window).
+//! --seed S --only warden,runit,daemontools,s6,supervisord,floor,monit --figures 1,4
+//! --stop-delay SECS --health-interval SECS --health-window SECS --probes tcp,http]`: warden
+//! against runit, daemontools, s6, supervisord and monit on the same work, eight figures,
+//! medians and ratios (issue 4, section 5; figures 7 and 8: issue 14, section 4). `--quick` is a
+//! smoke run (3 kills, 1 round, 2 s window, 4 s health window). `WARDEN_BENCH_BIN=PATH`
+//! measures another warden build.
 //!
 //! Every supervisor supervises the same tiny C child (`benches/child.c`, compiled here with
 //! `cc -O2` into a temp dir): at startup it reads CLOCK_MONOTONIC and publishes that time as the
@@ -25,8 +28,13 @@
 //!    bounded 10 s ("never" beyond).
 //! 6. SIGKILL to the supervisor → children left running: children alive 1 s after `kill(SIGKILL)`
 //!    of the main supervisor process.
+//! 7. SIGTERM → a 3-level stack of 16 programs gone, each program taking `--stop-delay` (0.2 s)
+//!    to stop: see `supervise/stack.rs`.
+//! 8. 200 programs with a health check each (tcp or http, every `--health-interval`), idle:
+//!    wake-ups and CPU time of the checker per check, against monit: see `supervise/health.rs`.
+//!    It has its own table.
 //!
-//! Figures 2–6 are measured `--rounds` (3) times per supervisor, each round in a fresh random
+//! Figures 2–8 are measured `--rounds` (3) times per supervisor, each round in a fresh random
 //! order (xorshift), each run from a clean directory; the table shows medians over the rounds.
 //!
 //! A baseline, "floor", runs in figures 1 and 4 beside the peers: `child --supervise N`, a C loop
@@ -996,7 +1004,7 @@ fn print_header(opts: &Options, ctx: &Ctx<'_>, kinds: &[Kind], subreaper: bool) 
         opts.args.join(" ")
     );
     println!(
-        "  kills {} per supervisor (child up > {:?} before each); rounds {} for figures 2-6; idle window {:?} after {:?} settle; seed {}{}",
+        "  kills {} per supervisor (child up > {:?} before each); rounds {} for figures 2-8; idle window {:?} after {:?} settle; seed {}{}",
         opts.kills,
         UP_BEFORE_KILL,
         opts.rounds,

@@ -63,20 +63,26 @@ pub fn ticks_per_second() -> u64 {
 
 /// Voluntary + nonvoluntary context switches over every thread of `pid`.
 pub fn ctx_switches(pid: i32) -> Option<u64> {
+    ctx_switches_split(pid).map(|(v, n)| v + n)
+}
+
+/// Voluntary and nonvoluntary context switches over every thread of `pid`: a voluntary one is a
+/// sleep (the thread waited for something, then woke), a nonvoluntary one a preemption (on a
+/// busy machine, other work's doing as much as the thread's).
+pub fn ctx_switches_split(pid: i32) -> Option<(u64, u64)> {
     let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut sum = 0;
+    let (mut voluntary, mut nonvoluntary) = (0, 0);
     for t in tasks.flatten() {
         let status = fs::read_to_string(t.path().join("status")).ok()?;
         for line in status.lines() {
-            if let Some(v) = line
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                sum += v.trim().parse::<u64>().ok()?;
+            if let Some(v) = line.strip_prefix("voluntary_ctxt_switches:") {
+                voluntary += v.trim().parse::<u64>().ok()?;
+            } else if let Some(v) = line.strip_prefix("nonvoluntary_ctxt_switches:") {
+                nonvoluntary += v.trim().parse::<u64>().ok()?;
             }
         }
     }
-    Some(sum)
+    Some((voluntary, nonvoluntary))
 }
 
 /// `Pss:` of `/proc/PID/smaps_rollup`, in kB.

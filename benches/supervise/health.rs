@@ -33,7 +33,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::common::percentile;
-use super::common::procs::{cpu_ns, ctx_switches};
+use super::common::procs::{cpu_ns, ctx_switches_split};
 use super::common::table::{print_rows, ratio};
 use super::{Ctx, Kind, Options, Place, Results, launch, own_pids, reported, wait_up, write};
 
@@ -66,6 +66,8 @@ pub(super) struct Sample {
     checks_per_s: f64,
     /// Context switches of the checker's own processes, per second.
     wakeups_per_s: f64,
+    /// The voluntary ones among them (sleeps, not preemptions), per second.
+    voluntary_per_s: f64,
     /// CPU time of the checker's own processes, ms per second.
     cpu_ms_per_s: f64,
 }
@@ -73,6 +75,10 @@ pub(super) struct Sample {
 impl Sample {
     fn wakeups_per_check(&self) -> f64 {
         self.wakeups_per_s / self.checks_per_s
+    }
+
+    fn voluntary_per_check(&self) -> f64 {
+        self.voluntary_per_s / self.checks_per_s
     }
 
     fn cpu_us_per_check(&self) -> f64 {
@@ -185,24 +191,28 @@ pub(super) fn health_run(
     )?;
 
     let own = own_pids(&run);
-    let read = |own: &[i32]| -> Option<(u64, u64, u64)> {
-        let mut switches = 0;
-        let mut cpu = 0;
+    // (voluntary switches, nonvoluntary switches, CPU ns, checks accepted)
+    let read = |own: &[i32]| -> Option<[u64; 4]> {
+        let mut r = [0, 0, 0, accepted(&run.out)];
         for &p in own {
-            switches += ctx_switches(p)?;
-            cpu += cpu_ns(p)?;
+            let (v, n) = ctx_switches_split(p)?;
+            r[0] += v;
+            r[1] += n;
+            r[2] += cpu_ns(p)?;
         }
-        Some((switches, cpu, accepted(&run.out)))
+        Some(r)
     };
     let before = read(&own).ok_or("a checker process vanished before the window")?;
     let w0 = Instant::now();
     ctx.sleep(opts.health_window)?;
     let after = read(&own).ok_or("a checker process vanished during the window")?;
     let secs = w0.elapsed().as_secs_f64();
+    let delta = |i: usize| after[i].saturating_sub(before[i]) as f64 / secs;
     let sample = Sample {
-        checks_per_s: after.2.saturating_sub(before.2) as f64 / secs,
-        wakeups_per_s: after.0.saturating_sub(before.0) as f64 / secs,
-        cpu_ms_per_s: after.1.saturating_sub(before.1) as f64 / 1e6 / secs,
+        checks_per_s: delta(3),
+        wakeups_per_s: delta(0) + delta(1),
+        voluntary_per_s: delta(0),
+        cpu_ms_per_s: delta(2) / 1e6,
     };
     if sample.checks_per_s <= 0.0 {
         results.note(
@@ -292,6 +302,7 @@ pub(super) fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
         "checks/s seen",
         "wake-ups/s",
         "wake-ups/check",
+        "voluntary/check",
         "CPU ms/s",
         "CPU us/check",
     ]
@@ -319,6 +330,7 @@ pub(super) fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
                 fmt(med(v, |s| s.checks_per_s), 1),
                 fmt(med(v, |s| s.wakeups_per_s), 1),
                 fmt(wpc, 2),
+                fmt(med(v, Sample::voluntary_per_check), 2),
                 fmt(med(v, |s| s.cpu_ms_per_s), 2),
                 fmt(upc, 1),
             ];
@@ -350,7 +362,7 @@ pub(super) fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
     print_rows(&rows);
     println!();
     println!(
-        "checks/s seen: connections the {PROGRAMS} servers accepted; wake-ups: voluntary + nonvoluntary context switches of the checker's own processes (every thread); CPU: their schedstat run time"
+        "checks/s seen: connections the {PROGRAMS} servers accepted; wake-ups: voluntary + nonvoluntary context switches of the checker's own processes (every thread); voluntary: the sleeps among them (the rest are preemptions); CPU: their schedstat run time"
     );
     println!("w/PEER: warden's per-check figure divided by PEER's (< 1: warden cheaper)");
     for s in &surprising {
@@ -364,8 +376,8 @@ pub(super) fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
                     .iter()
                     .map(|s| {
                         format!(
-                            "{:.1} checks/s, {:.1} wake-ups/s, {:.2} CPU ms/s",
-                            s.checks_per_s, s.wakeups_per_s, s.cpu_ms_per_s
+                            "{:.1} checks/s, {:.1} wake-ups/s ({:.1} voluntary), {:.2} CPU ms/s",
+                            s.checks_per_s, s.wakeups_per_s, s.voluntary_per_s, s.cpu_ms_per_s
                         )
                     })
                     .collect();
