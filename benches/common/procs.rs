@@ -47,10 +47,13 @@ pub fn alive(pid: i32) -> bool {
 /// utime + stime of `pid` in clock ticks (`/proc/PID/stat` fields 14 and 15): every thread,
 /// not its children.
 pub fn cpu_ticks(pid: i32) -> Option<u64> {
+    user_system_ticks(pid).map(|(u, s)| u + s)
+}
+
+/// utime and stime of `pid` in clock ticks, apart: time in the program, time in the kernel.
+pub fn user_system_ticks(pid: i32) -> Option<(u64, u64)> {
     let f = stat_fields(pid)?;
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    Some(utime + stime)
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
 }
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`), for [`cpu_ticks`].

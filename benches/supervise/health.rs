@@ -33,7 +33,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::common::percentile;
-use super::common::procs::{cpu_ns, ctx_switches_split};
+use super::common::procs::{cpu_ns, ctx_switches_split, user_system_ticks};
 use super::common::table::{print_rows, ratio};
 use super::{Ctx, Kind, Options, Place, Results, launch, own_pids, reported, wait_up, write};
 
@@ -70,6 +70,9 @@ pub(super) struct Sample {
     voluntary_per_s: f64,
     /// CPU time of the checker's own processes, ms per second.
     cpu_ms_per_s: f64,
+    /// The share of that CPU time spent in user space (utime / (utime + stime), clock ticks: a
+    /// coarse figure, ±1 tick of 10 ms over the window).
+    user_share: f64,
 }
 
 impl Sample {
@@ -191,14 +194,17 @@ pub(super) fn health_run(
     )?;
 
     let own = own_pids(&run);
-    // (voluntary switches, nonvoluntary switches, CPU ns, checks accepted)
-    let read = |own: &[i32]| -> Option<[u64; 4]> {
-        let mut r = [0, 0, 0, accepted(&run.out)];
+    // (voluntary switches, nonvoluntary switches, CPU ns, checks accepted, utime, stime)
+    let read = |own: &[i32]| -> Option<[u64; 6]> {
+        let mut r = [0, 0, 0, accepted(&run.out), 0, 0];
         for &p in own {
             let (v, n) = ctx_switches_split(p)?;
+            let (u, s) = user_system_ticks(p)?;
             r[0] += v;
             r[1] += n;
             r[2] += cpu_ns(p)?;
+            r[4] += u;
+            r[5] += s;
         }
         Some(r)
     };
@@ -213,6 +219,7 @@ pub(super) fn health_run(
         wakeups_per_s: delta(0) + delta(1),
         voluntary_per_s: delta(0),
         cpu_ms_per_s: delta(2) / 1e6,
+        user_share: delta(4) / (delta(4) + delta(5)).max(f64::MIN_POSITIVE),
     };
     if sample.checks_per_s <= 0.0 {
         results.note(
@@ -305,6 +312,7 @@ pub(super) fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
         "voluntary/check",
         "CPU ms/s",
         "CPU us/check",
+        "user %",
     ]
     .map(String::from)
     .to_vec();
@@ -333,6 +341,7 @@ pub(super) fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
                 fmt(med(v, Sample::voluntary_per_check), 2),
                 fmt(med(v, |s| s.cpu_ms_per_s), 2),
                 fmt(upc, 1),
+                fmt(med(v, |s| s.user_share * 100.0), 0),
             ];
             if let Some(p) = peer {
                 let theirs = r.health.get(&(probe, p));
@@ -362,7 +371,7 @@ pub(super) fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
     print_rows(&rows);
     println!();
     println!(
-        "checks/s seen: connections the {PROGRAMS} servers accepted; wake-ups: voluntary + nonvoluntary context switches of the checker's own processes (every thread); voluntary: the sleeps among them (the rest are preemptions); CPU: their schedstat run time"
+        "checks/s seen: connections the {PROGRAMS} servers accepted; wake-ups: voluntary + nonvoluntary context switches of the checker's own processes (every thread); voluntary: the sleeps among them (the rest are preemptions); CPU: their schedstat run time; user %: utime / (utime + stime), in clock ticks"
     );
     println!("w/PEER: warden's per-check figure divided by PEER's (< 1: warden cheaper)");
     for s in &surprising {
@@ -376,8 +385,12 @@ pub(super) fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
                     .iter()
                     .map(|s| {
                         format!(
-                            "{:.1} checks/s, {:.1} wake-ups/s ({:.1} voluntary), {:.2} CPU ms/s",
-                            s.checks_per_s, s.wakeups_per_s, s.voluntary_per_s, s.cpu_ms_per_s
+                            "{:.1} checks/s, {:.1} wake-ups/s ({:.1} voluntary), {:.2} CPU ms/s ({:.0} % user)",
+                            s.checks_per_s,
+                            s.wakeups_per_s,
+                            s.voluntary_per_s,
+                            s.cpu_ms_per_s,
+                            s.user_share * 100.0
                         )
                     })
                     .collect();
