@@ -726,6 +726,8 @@ struct Results {
     health: HashMap<(health::Probe, Kind), Vec<health::Sample>>,
     /// Figure 8: supervisors whose build refused the health configuration (skipped after that).
     health_unsupported: HashSet<Kind>,
+    /// Figure 8: the checker's own processes (last run).
+    health_own: HashMap<Kind, String>,
     /// Processes counted as the supervisor's own in figures 2 and 3 (last run).
     own: HashMap<Kind, String>,
     notes: Vec<(Kind, String)>,

@@ -104,87 +104,23 @@ pub(super) fn health_run(
 ) -> Result<(), String> {
     let place = Place::new(ctx, k, &format!("health-{}", probe.slug()))?;
     let ports = free_ports(PROGRAMS)?;
-    let child = ctx.child.display().to_string();
-    let outs = place.out.display().to_string();
-    let target = |port: u16| match probe {
-        Probe::Tcp => format!("127.0.0.1:{port}"),
-        Probe::Http => format!("http://127.0.0.1:{port}/"),
-    };
-    let mut cmd = Command::new(&ctx.tools[&k]);
-    match k {
-        Kind::Warden => {
-            let config = place.dir.join("warden.toml");
-            let mut text = place.warden_daemon_table();
-            for (i, &port) in ports.iter().enumerate() {
-                text += &format!(
-                    "\n[program.h{i:03}]\ncommand = [{child:?}, {outs:?}, {:?}, \"listen={port}\"]\n\
-                     [program.h{i:03}.health]\n{} = {:?}\ninterval = \"{}ms\"\ntimeout = \"{CHECK_TIMEOUT_S}s\"\n",
-                    place.marker,
-                    probe.slug(),
-                    target(port),
-                    opts.health_interval.as_millis(),
-                );
-            }
-            write(&config, &text)?;
-            let check = Command::new(&ctx.tools[&k])
-                .arg("-c")
-                .arg(&config)
-                .arg("check")
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| format!("cannot run warden check: {e}"))?;
-            if !check.status.success() {
-                let why = String::from_utf8_lossy(&check.stderr);
-                let first = why.lines().next().unwrap_or("(no output)");
+    let cmd = match k {
+        Kind::Warden => match warden_command(ctx, opts, &place, &ports, probe)? {
+            Ok(cmd) => cmd,
+            Err(refused) => {
                 results.health_unsupported.insert(k);
                 results.note(
                     k,
-                    format!("figure 8 skipped: this build refuses [program.NAME.health]: {first}"),
+                    format!(
+                        "figure 8 skipped: this build refuses [program.NAME.health]: {refused}"
+                    ),
                 );
                 return Ok(());
             }
-            cmd.arg("-c").arg(&config).arg("run");
-        }
-        Kind::Monit => {
-            // monit checks; it does not start these programs: the bench does.
-            for &port in &ports {
-                Command::new(&ctx.child)
-                    .arg(&place.out)
-                    .arg(&place.marker)
-                    .arg(format!("listen={port}"))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .process_group(0)
-                    .spawn()
-                    .map_err(|e| format!("cannot start a server: {e}"))?;
-            }
-            wait_reported(ctx, &place.out, PROGRAMS)?;
-            let config = place.dir.join("monitrc");
-            let secs = opts.health_interval.as_secs_f64().round().max(1.0) as u64;
-            let d = place.dir.display();
-            let mut text = format!(
-                "set daemon {secs}\nset logfile {d}/monit.log\nset pidfile {d}/monit.pid\n\
-                 set idfile {d}/monit.id\nset statefile {d}/monit.state\n"
-            );
-            for (i, &port) in ports.iter().enumerate() {
-                let test = match probe {
-                    Probe::Tcp => "type tcp".to_string(),
-                    Probe::Http => "protocol http request \"/\"".to_string(),
-                };
-                text += &format!(
-                    "check host h{i:03} with address 127.0.0.1\n  \
-                     if failed port {port} {test} timeout {CHECK_TIMEOUT_S} seconds then alert\n"
-                );
-            }
-            write(&config, &text)?;
-            // monit refuses a control file others can read.
-            fs::set_permissions(&config, fs::Permissions::from_mode(0o600))
-                .map_err(|e| format!("cannot chmod {}: {e}", config.display()))?;
-            cmd.arg("-c").arg(&config).arg("-I");
-        }
+        },
+        Kind::Monit => monit_command(ctx, opts, &place, &ports, probe)?,
         _ => return Err(format!("{} has no health checks here", k.slug())),
-    }
+    };
     let run = launch(k, place, cmd)?;
     wait_up(ctx, &run, PROGRAMS, super::START_TIMEOUT)?;
     // The first regular check of each program comes within one interval.
@@ -192,11 +128,122 @@ pub(super) fn health_run(
         opts.settle
             .max(opts.health_interval * 2 + Duration::from_secs(1)),
     )?;
-
     let own = own_pids(&run);
+    let sample = measure(ctx, opts, &own, &run.out)?;
+    if sample.checks_per_s <= 0.0 {
+        results.note(
+            k,
+            format!(
+                "health {}: no check reached the servers in the window",
+                probe.slug()
+            ),
+        );
+    }
+    results.health.entry((probe, k)).or_default().push(sample);
+    results.health_own.insert(k, super::describe(&own));
+    ctx.check()
+}
+
+/// warden's command for a run in `place`, its configuration written: `Err` inside when this
+/// build's `warden check` refuses it (the first line of what it said).
+fn warden_command(
+    ctx: &Ctx<'_>,
+    opts: &Options,
+    place: &Place,
+    ports: &[u16],
+    probe: Probe,
+) -> Result<Result<Command, String>, String> {
+    let (child, outs) = (
+        ctx.child.display().to_string(),
+        place.out.display().to_string(),
+    );
+    let config = place.dir.join("warden.toml");
+    let mut text = place.warden_daemon_table();
+    for (i, &port) in ports.iter().enumerate() {
+        let target = match probe {
+            Probe::Tcp => format!("127.0.0.1:{port}"),
+            Probe::Http => format!("http://127.0.0.1:{port}/"),
+        };
+        text += &format!(
+            "\n[program.h{i:03}]\ncommand = [{child:?}, {outs:?}, {:?}, \"listen={port}\"]\n\
+             [program.h{i:03}.health]\n{} = {target:?}\ninterval = \"{}ms\"\ntimeout = \"{CHECK_TIMEOUT_S}s\"\n",
+            place.marker,
+            probe.slug(),
+            opts.health_interval.as_millis(),
+        );
+    }
+    write(&config, &text)?;
+    let warden = &ctx.tools[&Kind::Warden];
+    let check = Command::new(warden)
+        .arg("-c")
+        .arg(&config)
+        .arg("check")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run warden check: {e}"))?;
+    if !check.status.success() {
+        let why = String::from_utf8_lossy(&check.stderr);
+        return Ok(Err(why.lines().next().unwrap_or("(no output)").to_string()));
+    }
+    let mut cmd = Command::new(warden);
+    cmd.arg("-c").arg(&config).arg("run");
+    Ok(Ok(cmd))
+}
+
+/// monit's command for a run in `place`, its control file written. monit checks; it does not
+/// start these programs: the bench starts the servers here and waits until all listen.
+fn monit_command(
+    ctx: &Ctx<'_>,
+    opts: &Options,
+    place: &Place,
+    ports: &[u16],
+    probe: Probe,
+) -> Result<Command, String> {
+    for &port in ports {
+        Command::new(&ctx.child)
+            .arg(&place.out)
+            .arg(&place.marker)
+            .arg(format!("listen={port}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("cannot start a server: {e}"))?;
+    }
+    wait_reported(ctx, &place.out, ports.len())?;
+    let config = place.dir.join("monitrc");
+    let secs = opts.health_interval.as_secs_f64().round().max(1.0) as u64;
+    let d = place.dir.display();
+    let mut text = format!(
+        "set daemon {secs}\nset logfile {d}/monit.log\nset pidfile {d}/monit.pid\n\
+         set idfile {d}/monit.id\nset statefile {d}/monit.state\n"
+    );
+    let test = match probe {
+        Probe::Tcp => "type tcp",
+        Probe::Http => "protocol http request \"/\"",
+    };
+    for (i, &port) in ports.iter().enumerate() {
+        text += &format!(
+            "check host h{i:03} with address 127.0.0.1\n  \
+             if failed port {port} {test} timeout {CHECK_TIMEOUT_S} seconds then alert\n"
+        );
+    }
+    write(&config, &text)?;
+    // monit refuses a control file others can read.
+    fs::set_permissions(&config, fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot chmod {}: {e}", config.display()))?;
+    let mut cmd = Command::new(&ctx.tools[&Kind::Monit]);
+    cmd.arg("-c").arg(&config).arg("-I");
+    Ok(cmd)
+}
+
+/// Reads the checker's own processes `own` and the servers' counts in `out` before and after
+/// the window.
+fn measure(ctx: &Ctx<'_>, opts: &Options, own: &[i32], out: &Path) -> Result<Sample, String> {
     // (voluntary switches, nonvoluntary switches, CPU ns, checks accepted, utime, stime)
-    let read = |own: &[i32]| -> Option<[u64; 6]> {
-        let mut r = [0, 0, 0, accepted(&run.out), 0, 0];
+    let read = || -> Option<[u64; 6]> {
+        let mut r = [0, 0, 0, accepted(out), 0, 0];
         for &p in own {
             let (v, n) = ctx_switches_split(p)?;
             let (u, s) = user_system_ticks(p)?;
@@ -208,34 +255,19 @@ pub(super) fn health_run(
         }
         Some(r)
     };
-    let before = read(&own).ok_or("a checker process vanished before the window")?;
+    let before = read().ok_or("a checker process vanished before the window")?;
     let w0 = Instant::now();
     ctx.sleep(opts.health_window)?;
-    let after = read(&own).ok_or("a checker process vanished during the window")?;
+    let after = read().ok_or("a checker process vanished during the window")?;
     let secs = w0.elapsed().as_secs_f64();
     let delta = |i: usize| after[i].saturating_sub(before[i]) as f64 / secs;
-    let sample = Sample {
+    Ok(Sample {
         checks_per_s: delta(3),
         wakeups_per_s: delta(0) + delta(1),
         voluntary_per_s: delta(0),
         cpu_ms_per_s: delta(2) / 1e6,
         user_share: delta(4) / (delta(4) + delta(5)).max(f64::MIN_POSITIVE),
-    };
-    if sample.checks_per_s <= 0.0 {
-        results.note(
-            k,
-            format!(
-                "health {}: no check reached the servers in the window",
-                probe.slug()
-            ),
-        );
-    }
-    results.health.entry((probe, k)).or_default().push(sample);
-    results
-        .own
-        .entry(k)
-        .or_insert_with(|| super::describe(&own));
-    ctx.check()
+    })
 }
 
 /// `n` loopback ports below the usual ephemeral range (32768-60999: the checkers' own source
@@ -401,6 +433,11 @@ pub(super) fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
                     all.join("; ")
                 );
             }
+        }
+    }
+    for &k in kinds {
+        if let Some(own) = r.health_own.get(&k) {
+            println!("  own processes (figure 8) {:<8} {own}", k.slug());
         }
     }
     println!();
