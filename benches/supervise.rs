@@ -497,6 +497,9 @@ fn run(opts: &Options, stop: &Stop, subreaper: bool) -> Result<(), String> {
         print_table(opts, &kinds, &results);
     }
     if opts.figure(8) && !healthy.is_empty() {
+        if !kinds.is_empty() && (1..=7).any(|f| opts.figure(f)) {
+            println!();
+        }
         health::print_table(opts, &healthy, &results);
     }
     print_notes(&results);
