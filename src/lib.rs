@@ -36,6 +36,7 @@
 //! | [`log`] | the `log` backend: stderr (journald-aware), syslog (reconnecting), reopenable file | run between `fork` and `exec` |
 //! | [`error`] | typed errors naming their path, errno or key; configuration diagnostics | import any warden module |
 //! | [`process`] | a `fork` that refuses to lose threads | |
+//! | [`activation`] | the program's side of socket activation: taking the sockets passed as descriptors 3, 4, … | change the environment, know about the supervisor |
 //! | `stream` | the one non-blocking read loop and line framing | poll, log |
 //! | `files` | non-blocking, type-checked opens of paths others may have planted; `PATH` lookup | create directories, lock, log |
 //! | `sys` | the only `unsafe` and raw libc, thin wrappers named after their system calls | hold state, log, allocate between `fork` and `exec` |
@@ -77,6 +78,7 @@
 //!   shutdown through the subreaper, but not after a `SIGKILL` of warden).
 //! - **One global logger per process**: [`log::init`] can be called once.
 
+pub mod activation;
 pub mod config;
 pub mod control;
 pub mod daemon;

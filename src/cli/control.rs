@@ -261,6 +261,11 @@ fn print_plan(result: &serde_json::Value, dry_run: bool) {
             );
         }
     }
+    for n in list("health_changed") {
+        let v = verb("updated (health check)", "would update (health check)");
+        println!("{v} {n}");
+    }
+    print_socket_plan(&list, dry_run);
     for n in list("unchanged") {
         println!("{} {n}", verb("unchanged", "would keep"));
     }
@@ -271,6 +276,20 @@ fn print_plan(result: &serde_json::Value, dry_run: bool) {
         serde_json::from_value(result["start_order"].clone()).unwrap_or_default();
     if let Some(line) = super::order_line(&levels) {
         println!("{line}");
+    }
+}
+
+/// The socket lines of a reload plan (`moved socket web`).
+fn print_socket_plan(list: &dyn Fn(&str) -> Vec<String>, dry_run: bool) {
+    for (key, now, would) in [
+        ("sockets_added", "added socket", "would add socket"),
+        ("sockets_removed", "removed socket", "would remove socket"),
+        ("sockets_moved", "moved socket", "would move socket"),
+        ("sockets_updated", "updated socket", "would update socket"),
+    ] {
+        for n in list(key) {
+            println!("{} {n}", if dry_run { would } else { now });
+        }
     }
 }
 

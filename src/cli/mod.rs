@@ -335,7 +335,10 @@ pub(crate) fn unresolvable_accounts(config: &Config) -> Vec<String> {
 /// privileges is not dumpable, so even its own user cannot) gets the pid unchecked: `kill(2)`
 /// then lets it signal only what it could signal by hand, and refuses the rest (exit 4). Root
 /// that cannot tell (no `CAP_SYS_PTRACE`, say) gets the permission error.
-fn running_pid(path: &std::path::Path, deadline: std::time::Instant) -> Result<Option<i32>, Error> {
+pub(crate) fn running_pid(
+    path: &std::path::Path,
+    deadline: std::time::Instant,
+) -> Result<Option<i32>, Error> {
     let deadline = deadline.min(std::time::Instant::now() + Duration::from_secs(2));
     let root = nix::unistd::geteuid().is_root();
     loop {

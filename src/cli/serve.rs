@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use warden::config::{Config, LogSpec};
 use warden::control::server::ControlServer;
 use warden::log::{LogConfig, LogHandle, Target};
+use warden::supervisor::sockets::HeldSocket;
 use warden::supervisor::{ProgramDef, ReloadSet, RunExit, Supervisor};
 use warden::{Daemon, DaemonHandle, ServiceManager, Signals, Stdio};
 
@@ -30,7 +31,17 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
         }
         return ExitCode::from(exit::CONFIG);
     }
-    let mut handle = match daemon_from(&config, foreground, manager).start() {
+    // Bound now, as whoever started warden (root can bind a port below 1024 for a program
+    // that runs unprivileged), and kept across the daemonization.
+    let held = match bind_sockets(&config) {
+        Ok(h) => h,
+        Err(e) => return exit::report(&e),
+    };
+    let mut daemon = daemon_from(&config, foreground, manager);
+    for s in &held {
+        daemon = daemon.keep_fd(s.raw_fd());
+    }
+    let mut handle = match daemon.start() {
         Ok(h) => h,
         Err(e) => return exit::report(&e),
     };
@@ -42,7 +53,7 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     };
     // Everything that can fail because of the configuration fails here, before `ready`, so that
     // `warden start` reports it and exits non-zero.
-    let mut sup = match supervisor(&config, &handle, &log) {
+    let mut sup = match supervisor(&config, &handle, &log, held) {
         Ok(s) => s,
         Err(e) => handle.fail(&e),
     };
@@ -61,6 +72,28 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     log::info!("warden stopped");
     log.flush();
     ExitCode::from(code)
+}
+
+/// Binds every `[socket.NAME]`. A socket already in use because this configuration's warden
+/// runs is reported as that, not as the address in use.
+fn bind_sockets(config: &Config) -> Result<Vec<HeldSocket>, warden::Error> {
+    let mut held = Vec::new();
+    for spec in &config.sockets {
+        match HeldSocket::bind(spec) {
+            Ok(s) => held.push(s),
+            Err(e) => {
+                let deadline = std::time::Instant::now();
+                if let Ok(Some(pid)) = super::running_pid(&config.daemon.pidfile, deadline) {
+                    return Err(warden::Error::AlreadyRunning {
+                        pid: Some(pid),
+                        path: config.daemon.pidfile.clone(),
+                    });
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(held)
 }
 
 /// The daemon `[daemon]` describes, not started yet.
@@ -128,9 +161,13 @@ fn supervisor(
     config: &Config,
     handle: &DaemonHandle,
     log: &LogHandle,
+    held: Vec<HeldSocket>,
 ) -> Result<Supervisor, String> {
     let d = &config.daemon;
     let mut sup = Supervisor::new().map_err(|e| format!("cannot start the supervisor: {e}"))?;
+    for s in held {
+        sup.hold_socket(s).map_err(|e| e.to_string())?;
+    }
     sup.set_log(log.clone());
     sup.set_kill_strays(true);
     sup.set_shutdown_timeout(d.shutdown_timeout);
@@ -172,6 +209,7 @@ fn supervisor(
         Ok(ReloadSet {
             programs: new.programs.iter().map(ProgramDef::from_spec).collect(),
             scale_program: new.daemon.scale_program.clone(),
+            sockets: Some(new.sockets.clone()),
             notes: daemon_changes(&running, &new.daemon),
         })
     }));

@@ -16,7 +16,7 @@ pub struct KeyTable {
 /// The top level of the file.
 pub(crate) const TOP: KeyTable = KeyTable {
     table: "",
-    keys: &["include", "daemon", "program"],
+    keys: &["include", "daemon", "program", "socket"],
 };
 
 /// The top level of a drop-in file read through `include`: `[program.NAME]` tables only. Not in
@@ -64,6 +64,7 @@ pub(crate) const PROGRAM: KeyTable = KeyTable {
         "clean_env",
         "limits",
         "health",
+        "sockets",
         "after",
         "requires",
         "restart",
@@ -106,9 +107,15 @@ pub(crate) const HEALTH: KeyTable = KeyTable {
     ],
 };
 
+/// `[socket.NAME]`.
+pub(crate) const SOCKET: KeyTable = KeyTable {
+    table: "socket.NAME",
+    keys: &["listen", "backlog", "mode", "user", "group"],
+};
+
 /// Every table with a fixed set of keys. `[program.NAME.env]` is free-form (any variable name)
 /// and so is not listed.
-pub const KEYS: &[KeyTable] = &[TOP, DAEMON, PROGRAM, LIMITS, HEALTH];
+pub const KEYS: &[KeyTable] = &[TOP, DAEMON, PROGRAM, LIMITS, HEALTH, SOCKET];
 
 #[cfg(test)]
 mod tests {
@@ -129,7 +136,7 @@ mod tests {
                         | "memlock" | "as" | "fsize" | "stack" | "cpu" => "1",
                         "env" => "{ A = \"b\" }",
                         "env_file" => "[\"-./a.env\"]",
-                        "after" | "requires" => "[]",
+                        "after" | "requires" | "sockets" => "[]",
                         "limits" | "health" => return String::new(),
                         "clean_env" => "false",
                         "restart" => "\"always\"",
@@ -165,6 +172,8 @@ mod tests {
         text.extend(values(&LIMITS));
         text.push_str("[program.p.health]\n");
         text.extend(values(&HEALTH));
+        text.push_str("[socket.s]\n");
+        text.extend(values(&SOCKET));
         let r = crate::config::Config::parse(std::path::Path::new("/etc/warden/t.toml"), &text);
         if let Err(crate::Error::Config(d)) = &r {
             let unknown: Vec<_> = d

@@ -58,8 +58,8 @@ pub fn check(path: &Path) -> Result<Report> {
     })
 }
 
-/// The users and groups named in `config` (`[daemon]` `user`, `group` and `control_group`, and
-/// each program's `user` and `group`) that do not resolve on this machine, each at its place.
+/// The users and groups named in `config` (`[daemon]` `user`, `group` and `control_group`, each
+/// Unix socket's and each program's `user` and `group`) that do not resolve on this machine, each at its place.
 pub fn accounts(config: &Config) -> Diagnostics {
     let mut out = Vec::new();
     let mut resolve = |key: String, file: &Path, user: Option<&str>, group: Option<&str>| {
@@ -82,6 +82,24 @@ pub fn accounts(config: &Config) -> Diagnostics {
     }
     if let Some(g) = &d.control_group {
         resolve("daemon.control_group".into(), &config.path, None, Some(g));
+    }
+    for s in &config.sockets {
+        if let Some(u) = &s.user {
+            resolve(
+                format!("socket.{}.user", s.name),
+                &config.path,
+                Some(u),
+                None,
+            );
+        }
+        if let Some(g) = &s.group {
+            resolve(
+                format!("socket.{}.group", s.name),
+                &config.path,
+                None,
+                Some(g),
+            );
+        }
     }
     for p in &config.programs {
         let file = p.source.as_deref().unwrap_or(&config.path);
@@ -171,33 +189,41 @@ pub fn warnings(config: &Config) -> Diagnostics {
         );
     }
     for p in &config.programs {
-        let Some(program) = p.exec.command.first() else {
-            continue;
-        };
-        let key = format!("program.{}.command", p.name);
-        let file = p.source.as_deref().unwrap_or(&config.path);
-        if let Some(message) = command_problem(program, p, &d.directory) {
-            warn(&key, file, message);
-        }
-        if let Some(super::HealthSpec {
-            probe: super::Probe::Exec(argv),
-            ..
-        }) = &p.health
-            && let Some(message) = command_problem(&argv[0], p, &d.directory)
-        {
-            let key = format!("program.{}.health.exec", p.name);
-            warn(
-                &key,
-                file,
-                message.replace("the program will fail", "the check will fail"),
-            );
-        }
-        for e in p.exec.env_files.iter().filter_map(|f| f.load().err()) {
-            let key = format!("program.{}.env_file", p.name);
-            warn(&key, file, format!("{e}: the program will fail to start"));
-        }
+        program_warnings(p, &d.directory, &config.path, &mut warn);
     }
     Diagnostics(out)
+}
+
+/// The warnings about one program: its command, its health check's command, its environment
+/// files.
+fn program_warnings(
+    p: &super::ProgramSpec,
+    warden_dir: &Path,
+    main_file: &Path,
+    warn: &mut impl FnMut(&str, &Path, String),
+) {
+    let Some(program) = p.exec.command.first() else {
+        return;
+    };
+    let file = p.source.as_deref().unwrap_or(main_file);
+    let key = format!("program.{}.command", p.name);
+    if let Some(message) = command_problem(program, p, warden_dir) {
+        warn(&key, file, message);
+    }
+    if let Some(super::HealthSpec {
+        probe: super::Probe::Exec(argv),
+        ..
+    }) = &p.health
+        && let Some(message) = command_problem(&argv[0], p, warden_dir)
+    {
+        let key = format!("program.{}.health.exec", p.name);
+        let message = message.replace("the program will fail", "the check will fail");
+        warn(&key, file, message);
+    }
+    for e in p.exec.env_files.iter().filter_map(|f| f.load().err()) {
+        let key = format!("program.{}.env_file", p.name);
+        warn(&key, file, format!("{e}: the program will fail to start"));
+    }
 }
 
 /// Why `program` (argv\[0\] of `spec`) will not start, if it will not.

@@ -81,6 +81,9 @@ pub struct ProgramSpec {
     /// instance that fails it `retries` times in a row and, with `ready = "health"`, makes it
     /// ready.
     pub health: Option<HealthSpec>,
+    /// `sockets`: the `[socket.NAME]` sockets each instance receives, as descriptors 3, 4, …
+    /// with `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES` (systemd's socket activation).
+    pub sockets: Vec<String>,
 }
 
 impl ProgramSpec {
@@ -99,6 +102,7 @@ impl ProgramSpec {
             after: Vec::new(),
             requires: Vec::new(),
             health: None,
+            sockets: Vec::new(),
         }
     }
 }
@@ -374,14 +378,22 @@ fn read_process(
     if let Some(l) = s.table(c, "limits") {
         p.exec.limits = read_limits(c, &s.key("limits"), l);
     }
-    p.after = read_names(c, s, "after");
-    p.requires = read_names(c, s, "requires");
+    p.after = read_names(c, s, "after", "program");
+    p.requires = read_names(c, s, "requires", "program");
+    p.sockets = read_names(c, s, "sockets", "socket");
 }
 
 /// `after` or `requires`: an array of program names, each noted at its place as
 /// `program.NAME.KEY[DEP]` for the graph check ([`super::graph::check`]), which judges the
 /// names themselves once every file is read. A name written twice is kept once.
-fn read_names(c: &mut Collector<'_>, s: &mut Section<'_, '_>, key: &'static str) -> Vec<String> {
+/// An array of names (`after`, `requires`: programs; `sockets`: sockets), each noted at its
+/// place (`program.web.after[db]`), duplicates dropped.
+fn read_names(
+    c: &mut Collector<'_>,
+    s: &mut Section<'_, '_>,
+    key: &'static str,
+    what: &str,
+) -> Vec<String> {
     let dotted = s.key(key);
     let Some(v) = s.raw(key) else {
         return Vec::new();
@@ -391,7 +403,7 @@ fn read_names(c: &mut Collector<'_>, s: &mut Section<'_, '_>, key: &'static str)
         c.at(
             v.span(),
             &dotted,
-            format!("expected an array of program names, found {found}"),
+            format!("expected an array of {what} names, found {found}"),
         );
         return Vec::new();
     };
@@ -406,7 +418,7 @@ fn read_names(c: &mut Collector<'_>, s: &mut Section<'_, '_>, key: &'static str)
             other => c.at(
                 item.span(),
                 &dotted,
-                format!("expected a program name, found {}", other.type_str()),
+                format!("expected a {what} name, found {}", other.type_str()),
             ),
         }
     }

@@ -254,6 +254,10 @@ pub struct StatusReport {
     /// Every program reported, in configuration order (empty when an older daemon left it out).
     #[serde(default)]
     pub programs: Vec<ProgramInfo>,
+    /// The listening sockets warden holds, with the programs that receive them (left out of
+    /// the JSON when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sockets: Vec<SocketInfo>,
 }
 
 /// One program in a [`StatusReport`].
@@ -338,6 +342,19 @@ pub struct InstanceInfo {
     /// Its health check, while it is up and its program has one; `null` otherwise.
     #[serde(default)]
     pub health: Option<HealthInfo>,
+}
+
+/// A listening socket warden holds (`[socket.NAME]`), in a [`StatusReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketInfo {
+    /// Its name.
+    pub name: String,
+    /// Where it listens (`127.0.0.1:8080`, `/run/web.sock`).
+    pub listen: String,
+    /// Its inode: the same for as long as warden holds it.
+    pub inode: u64,
+    /// The programs that receive it.
+    pub programs: Vec<String>,
 }
 
 /// One instance's health check in a [`StatusReport`].

@@ -46,6 +46,7 @@ mod reload;
 mod rollout;
 mod shutdown;
 mod snapshot;
+pub mod sockets;
 mod sources;
 mod spawn;
 mod status;
@@ -122,6 +123,8 @@ pub struct Supervisor {
     deps_deferred: Vec<deps::DeferredStop>,
     /// Health checks under way (`health/`).
     checks: health::Checks,
+    /// Listening sockets held for programs (`sockets.rs`).
+    sockets: Vec<sockets::HeldSocket>,
 }
 
 /// The control side of the supervisor: the socket server, the requests waiting for their
@@ -187,6 +190,7 @@ impl Supervisor {
             },
             deps_deferred: Vec::new(),
             checks: health::Checks::default(),
+            sockets: Vec::new(),
         })
     }
 
@@ -276,6 +280,8 @@ impl Supervisor {
     /// Adds a program; its instances start when [`Supervisor::run`] starts (or now, if it runs).
     ///
     /// Users, groups and output files are resolved and opened here, so mistakes surface at once.
+    /// The sockets it names must be held already ([`Supervisor::hold_socket`]), and it must be
+    /// exec'd to receive any.
     pub fn add(&mut self, def: ProgramDef) -> Result<()> {
         if self.table.find(&def.name).is_ok() {
             return Err(Error::Invalid {
@@ -283,6 +289,7 @@ impl Supervisor {
                 reason: format!("a program named {:?} already exists", def.name),
             });
         }
+        self.check_sockets(&def)?;
         let prepared = match &def.work {
             Work::Exec(spec) => Some(Prepared::exec(spec)?),
             Work::Fn(_) => None,
@@ -664,9 +671,11 @@ impl Supervisor {
             }
         };
         let notify_env = self.notify.env_value();
+        let sockets = self.sockets_of(def);
         let request = SpawnRequest {
             program: &def.name,
             index,
+            sockets: &sockets,
             notify_socket: (def.policy.readiness == Readiness::Notify)
                 .then_some(notify_env.as_str()),
             watchdog: def.policy.watchdog,

@@ -72,6 +72,10 @@ pub struct ProgramDef {
     /// names, the exec check's user) and fails if it cannot. Not a setting that a reload
     /// restarts for: a new check applies to the next checks.
     pub health: Option<crate::config::HealthSpec>,
+    /// The held sockets ([`Supervisor::hold_socket`](super::Supervisor::hold_socket)) each
+    /// instance receives as descriptors 3, 4, … in this order, with `LISTEN_FDS`, `LISTEN_PID`
+    /// and `LISTEN_FDNAMES` (systemd's socket activation). Exec'd programs only.
+    pub sockets: Vec<String>,
 }
 
 impl ProgramDef {
@@ -90,6 +94,7 @@ impl ProgramDef {
             after: Vec::new(),
             requires: Vec::new(),
             health: None,
+            sockets: Vec::new(),
         }
     }
 }
@@ -240,6 +245,7 @@ impl ProgramDef {
             after: spec.after.clone(),
             requires: spec.requires.clone(),
             health: spec.health.clone(),
+            sockets: spec.sockets.clone(),
         }
     }
 }

@@ -23,6 +23,9 @@ pub struct ReloadSet {
     pub programs: Vec<ProgramDef>,
     /// The new `scale_program`.
     pub scale_program: Option<String>,
+    /// The new `[socket.NAME]` tables; `None` leaves the held sockets as they are (a reloader
+    /// that does not manage sockets).
+    pub sockets: Option<Vec<crate::config::SocketSpec>>,
     /// Remarks about settings that cannot change while running.
     pub notes: Vec<String>,
 }
@@ -50,6 +53,18 @@ pub struct ReloadPlan {
     pub health_changed: Vec<String>,
     /// Programs left alone.
     pub unchanged: Vec<String>,
+    /// Sockets to bind and hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sockets_added: Vec<String>,
+    /// Sockets to close (the instances that have them keep their copies until they exit).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sockets_removed: Vec<String>,
+    /// Sockets whose address changed: bound anew; the programs that receive them restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sockets_moved: Vec<String>,
+    /// Sockets whose backlog, mode or owner changed: updated in place, nothing restarts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sockets_updated: Vec<String>,
     /// Settings that take effect only when warden restarts.
     pub notes: Vec<String>,
     /// The new configuration's start order, in levels (`after`, `requires`): each level's
@@ -132,6 +147,22 @@ impl ReloadPlan {
                 .iter()
                 .map(|n| format!("update {n} (health check; restarts nothing)")),
         );
+        v.extend(self.sockets_added.iter().map(|n| format!("add socket {n}")));
+        v.extend(
+            self.sockets_removed
+                .iter()
+                .map(|n| format!("remove socket {n}")),
+        );
+        v.extend(
+            self.sockets_moved
+                .iter()
+                .map(|n| format!("move socket {n} (to its new address)")),
+        );
+        v.extend(
+            self.sockets_updated
+                .iter()
+                .map(|n| format!("update socket {n} (restarts nothing)")),
+        );
         v.extend(self.unchanged.iter().map(|n| format!("keep {n}")));
         v.extend(self.notes.iter().cloned());
         v
@@ -180,6 +211,7 @@ fn same_config(a: &ProgramDef, b: &ProgramDef) -> bool {
         _ => false,
     };
     work && a.policy == b.policy
+        && a.sockets == b.sockets
         && a.stdout == b.stdout
         && a.stderr == b.stderr
         && a.log_max_bytes == b.log_max_bytes
@@ -209,7 +241,8 @@ impl Supervisor {
                 return Err((ErrorKind::InvalidConfig, e));
             }
         };
-        let plan = ReloadPlan::diff(&self.running(), &set);
+        let mut plan = ReloadPlan::diff(&self.running(), &set);
+        self.plan_sockets(&set, &mut plan);
         if dry_run {
             self.notify_manager("READY=1\nSTATUS=running");
             return Ok((plan, Vec::new()));
@@ -245,7 +278,7 @@ impl Supervisor {
 
     /// Whether every instance of program `p` was stopped by hand (`warden stop PROG`) and is
     /// kept down: a reload must not start it again.
-    fn stopped_by_hand(&self, p: ProgramId) -> bool {
+    pub(super) fn stopped_by_hand(&self, p: ProgramId) -> bool {
         all_stopped_by_hand(
             self.table[p]
                 .slots()
@@ -264,6 +297,8 @@ impl Supervisor {
     ) -> std::result::Result<Vec<ProgramId>, (ErrorKind, String)> {
         let prepared = self.prepare_reload(&set, plan)?;
         let checkers = self.prepare_checkers(&set)?;
+        let sockets = self.prepare_sockets(&set, plan)?;
+        self.install_sockets(sockets, plan);
         let mut touched = Vec::new();
         for name in &plan.removed {
             let p = self.table.find(name).map_err(internal)?;
@@ -486,6 +521,7 @@ mod tests {
 
     fn set(programs: &[&ProgramDef]) -> ReloadSet {
         ReloadSet {
+            sockets: None,
             programs: programs.iter().map(|&d| d.clone()).collect(),
             scale_program: None,
             notes: Vec::new(),

@@ -107,6 +107,11 @@ const NOT_INHERITED: &[&str] = &[
 ];
 
 impl Prepared {
+    /// The program it runs, as written (argv\[0\]).
+    pub(crate) fn program(&self) -> &str {
+        &self.argv[0]
+    }
+
     /// Resolves users, groups and limits of `spec`.
     pub(crate) fn exec(spec: &ExecSpec) -> Result<Prepared> {
         if spec.command.is_empty() {
@@ -173,6 +178,8 @@ pub(crate) struct Started {
 pub(crate) struct SpawnRequest<'a> {
     pub(crate) program: &'a str,
     pub(crate) index: InstanceIndex,
+    /// Held sockets passed as descriptors 3, 4, … with their names (socket activation).
+    pub(crate) sockets: &'a [(std::os::fd::RawFd, String)],
     pub(crate) notify_socket: Option<&'a str>,
     pub(crate) watchdog: Option<Duration>,
     pub(crate) stdout: StdioPlan,
@@ -228,6 +235,12 @@ fn environment(p: &Prepared, i: &SpawnRequest<'_>) -> Result<Vec<(OsString, OsSt
     if let Some(w) = i.watchdog {
         set("WATCHDOG_USEC".into(), w.as_micros().to_string().into());
     }
+    if !i.sockets.is_empty() {
+        // LISTEN_PID is the child's own pid, which the child writes (`sys::spawn`).
+        set("LISTEN_FDS".into(), i.sockets.len().to_string().into());
+        let names: Vec<&str> = i.sockets.iter().map(|(_, n)| n.as_str()).collect();
+        set("LISTEN_FDNAMES".into(), names.join(":").into());
+    }
     Ok(env)
 }
 
@@ -257,8 +270,11 @@ fn fork_exec(
     env: &[(OsString, OsString)],
 ) -> io::Result<Started> {
     let path = resolve(&p.argv[0], env)?;
-    let plan =
+    let mut plan =
         sys::spawn::ExecPlan::new(&path, &p.argv, env, p.directory.as_deref(), p.setup.clone())?;
+    if !i.sockets.is_empty() {
+        plan.pass_listen_fds(i.sockets.iter().map(|(fd, _)| *fd).collect())?;
+    }
     let null = dev_null()?;
     let out = output_pipe(i.stdout)?;
     let err = output_pipe(i.stderr)?;

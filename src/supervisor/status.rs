@@ -77,6 +77,7 @@ impl Supervisor {
                 .collect(),
             // A program scaled to 0 has no instance to show, but it is there all the same.
             programs: ps.iter().map(|&p| self.program_info(p)).collect(),
+            sockets: self.socket_infos(),
         }
     }
 

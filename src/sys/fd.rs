@@ -1,5 +1,6 @@
-//! File descriptors (`unistd.h`, `fcntl.h`): closing or neutralising every inherited one, and
-//! moving one onto a fixed number, in the parent or between `fork` and `exec`.
+//! File descriptors (`unistd.h`, `fcntl.h`): closing or neutralising every inherited one,
+//! moving one onto a fixed number, in the parent or between `fork` and `exec`, and taking
+//! ownership of those a launcher passed on purpose (the pool's socket, socket activation's).
 //!
 //! Like the rest of `sys`, no state and no logging; [`pre_exec_fd`] and [`move_to_fd`] run in a
 //! forked child and only make async-signal-safe system calls on integers.
@@ -233,4 +234,60 @@ pub fn claim_inherited_socket(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: the descriptor is open (fstat succeeded) and, per this function's contract, owned
     // by nothing else in this process.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Why [`claim_inherited_fds`] refused a descriptor.
+#[derive(Debug)]
+pub enum Unclaimable {
+    /// The descriptor is not open.
+    NotOpen,
+    /// The descriptor is close-on-exec, so it was not inherited across `exec`: this process
+    /// opened it itself (std opens everything close-on-exec), and some object may own it.
+    CloseOnExec,
+    /// `fcntl` failed otherwise.
+    Io(io::Error),
+}
+
+/// Takes ownership of the descriptors `fds`, inherited across `exec` from the process that
+/// started this one (socket activation's `3 .. 3 + LISTEN_FDS`), and sets close-on-exec on them
+/// so that the programs this process runs do not inherit them.
+///
+/// All or nothing: every descriptor is checked first — it must be open, and must not be
+/// close-on-exec, since a descriptor that survived an `exec` never is, while everything this
+/// process opened through std is — and the first one refused is returned with the reason.
+/// Checking stops there, so a huge range costs no more than the descriptors actually open.
+///
+/// The caller takes each number at most once per process (`activation` keeps the flag): the
+/// close-on-exec check also refuses a second take, but a flag says so without looking.
+pub fn claim_inherited_fds(
+    fds: std::ops::Range<RawFd>,
+) -> Result<Vec<OwnedFd>, (RawFd, Unclaimable)> {
+    for fd in fds.clone() {
+        // SAFETY: fcntl on an integer descriptor with integer arguments; no memory is passed.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags == -1 {
+            let err = io::Error::last_os_error();
+            return Err(match err.raw_os_error() {
+                Some(libc::EBADF) => (fd, Unclaimable::NotOpen),
+                _ => (fd, Unclaimable::Io(err)),
+            });
+        }
+        if flags & libc::FD_CLOEXEC != 0 {
+            return Err((fd, Unclaimable::CloseOnExec));
+        }
+    }
+    for fd in fds.clone() {
+        // SAFETY: fcntl with integer arguments.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+            return Err((fd, Unclaimable::Io(io::Error::last_os_error())));
+        }
+    }
+    Ok(fds
+        .map(|fd| {
+            // SAFETY: the descriptor is open (F_GETFD succeeded) and was inherited across exec
+            // (it was not close-on-exec), so no Rust object in this process opened it; the
+            // caller takes each inherited number at most once, so nothing else owns it.
+            unsafe { OwnedFd::from_raw_fd(fd) }
+        })
+        .collect())
 }

@@ -58,7 +58,13 @@ pub struct ExecPlan {
     cwd: Option<CString>,
     /// What the child does to itself first.
     pub setup: ChildSetup,
+    /// Descriptors the child receives as 3, 4, … (socket activation), and the index in `envp`
+    /// of the `LISTEN_PID=` entry the child fills in with its own pid.
+    listen: Option<(Vec<RawFd>, usize)>,
 }
+
+/// The most descriptors [`ExecPlan::pass_listen_fds`] passes.
+pub const MAX_LISTEN_FDS: usize = 64;
 
 fn cstring(s: &OsStr, what: &str) -> io::Result<CString> {
     CString::new(s.as_bytes()).map_err(|_| {
@@ -106,7 +112,30 @@ impl ExecPlan {
                 .map(|d| cstring(d.as_os_str(), "the directory"))
                 .transpose()?,
             setup,
+            listen: None,
         })
+    }
+
+    /// Passes `fds` to the child as descriptors 3, 4, … (open in the caller, close-on-exec or
+    /// not) and sets `LISTEN_PID` to the child's own pid, which only the child knows: systemd's
+    /// socket activation. The caller sets `LISTEN_FDS` and `LISTEN_FDNAMES`; an inherited
+    /// `LISTEN_PID` is replaced.
+    ///
+    /// Errors: more than [`MAX_LISTEN_FDS`] descriptors.
+    pub fn pass_listen_fds(&mut self, fds: Vec<RawFd>) -> io::Result<()> {
+        if fds.len() > MAX_LISTEN_FDS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("more than {MAX_LISTEN_FDS} sockets"),
+            ));
+        }
+        self.envp
+            .retain(|e| !e.as_bytes().starts_with(b"LISTEN_PID="));
+        // A placeholder: the child points this entry at one it writes on its stack.
+        self.envp
+            .push(CString::new("LISTEN_PID=0").expect("no NUL"));
+        self.listen = Some((fds, self.envp.len() - 1));
+        Ok(())
     }
 }
 
@@ -130,6 +159,7 @@ pub fn spawn_nowait(plan: &ExecPlan, stdio: [RawFd; 3]) -> io::Result<Spawned> {
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
+    let listen = plan.listen.as_ref().map(|(fds, at)| (fds.as_slice(), *at));
     let report_fd = report_w.as_raw_fd();
     // Every signal is blocked across the fork: until the child has reset the dispositions it
     // inherited (the parent's handlers), a signal sent to it must wait rather than run them.
@@ -152,7 +182,7 @@ pub fn spawn_nowait(plan: &ExecPlan, stdio: [RawFd; 3]) -> io::Result<Spawned> {
     }
     if pid == 0 {
         // SAFETY: see above; `fail` writes a fixed 5-byte record and calls _exit.
-        unsafe { child(plan, stdio, &argv, &envp, report_fd) }
+        unsafe { child(plan, stdio, &argv, &mut envp, listen, report_fd) }
     }
     drop(report_w);
     Ok(Spawned {
@@ -170,9 +200,22 @@ unsafe fn child(
     plan: &ExecPlan,
     stdio: [RawFd; 3],
     argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
+    envp: &mut [*const libc::c_char],
+    listen: Option<(&[RawFd], usize)>,
     report: RawFd,
 ) -> ! {
+    // Out of the way of descriptors 3.. that socket activation fills.
+    let report = match listen {
+        Some((fds, _)) => {
+            let above = 3 + fds.len() as libc::c_int;
+            // SAFETY: fcntl with integer arguments.
+            match unsafe { libc::fcntl(report, libc::F_DUPFD_CLOEXEC, above) } {
+                -1 => report,
+                moved => moved,
+            }
+        }
+        None => report,
+    };
     let fail = |step: ExecStep, errno: i32| -> ! {
         let b = errno.to_le_bytes();
         let rec = [b[0], b[1], b[2], b[3], step.code()];
@@ -203,6 +246,15 @@ unsafe fn child(
             fail(ExecStep::Stdio, errno());
         }
     }
+    // The stack buffer `LISTEN_PID=` points at must live until execve.
+    let mut listen_pid = [0u8; 32];
+    if let Some((fds, at)) = listen {
+        if let Err(e) = place_listen_fds(fds) {
+            fail(ExecStep::Stdio, e);
+        }
+        write_listen_pid(&mut listen_pid);
+        envp[at] = listen_pid.as_ptr().cast();
+    }
     if let Some(dir) = &plan.cwd {
         // SAFETY: `dir` is a valid C string allocated before the fork.
         if unsafe { libc::chdir(dir.as_ptr()) } == -1 {
@@ -212,6 +264,53 @@ unsafe fn child(
     // SAFETY: null-terminated arrays of pointers to C strings that live in `plan`.
     unsafe { libc::execve(plan.path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     fail(ExecStep::Exec, errno())
+}
+
+/// In the child: moves `fds` to 3, 4, … without close-on-exec. Each is first copied above the
+/// targets, so that a descriptor already in 3.. is not overwritten before it is copied.
+/// Async-signal-safe: fcntl and dup2 only, and a stack array.
+fn place_listen_fds(fds: &[RawFd]) -> Result<(), i32> {
+    let mut high = [0 as RawFd; MAX_LISTEN_FDS];
+    let above = 3 + fds.len() as libc::c_int;
+    for (slot, &fd) in high.iter_mut().zip(fds) {
+        // SAFETY: fcntl with integer arguments on a descriptor the caller keeps open.
+        let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) };
+        if copy == -1 {
+            return Err(errno());
+        }
+        *slot = copy;
+    }
+    for (i, &copy) in high[..fds.len()].iter().enumerate() {
+        // SAFETY: dup2 with integer arguments; the copy is closed at exec (close-on-exec), the
+        // target is not.
+        if unsafe { libc::dup2(copy, 3 + i as libc::c_int) } == -1 {
+            return Err(errno());
+        }
+    }
+    Ok(())
+}
+
+/// In the child: `LISTEN_PID=<own pid>` as a C string in `buf`. Async-signal-safe: getpid and
+/// arithmetic on a stack buffer.
+fn write_listen_pid(buf: &mut [u8; 32]) {
+    const KEY: &[u8] = b"LISTEN_PID=";
+    buf[..KEY.len()].copy_from_slice(KEY);
+    // SAFETY: getpid has no preconditions.
+    let mut pid = unsafe { libc::getpid() } as u32;
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (pid % 10) as u8;
+        n += 1;
+        pid /= 10;
+        if pid == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        buf[KEY.len() + i] = digits[n - 1 - i];
+    }
+    buf[KEY.len() + n] = 0;
 }
 
 /// Reads the child's exec report: `Ok(None)` for a successful exec, `Ok(Some((errno, step)))`

@@ -12,6 +12,9 @@
 #[macro_use]
 mod common;
 
+/// Socket activation from the program's side: `warden::activation` in the fixture
+/// `tests/fixtures/activated.rs`, started with hand-made `LISTEN_*` variables.
+mod activation;
 /// `--help`, the bundled example configuration run as the README says, the licence files.
 mod cli;
 /// The shipped shell completions are what `warden completions SHELL` prints.
@@ -31,6 +34,10 @@ mod env_file;
 mod fn_workers;
 /// The fuzz targets' seeds and regressions replayed on stable.
 mod fuzz_regressions;
+/// Health checks against real servers (`tests/fixtures/httpd.rs`): liveness restarts in time,
+/// HTTP/TCP/exec probes and their errors, `start_period`, `ready = "health"` in a stack, reload,
+/// the configuration errors, the example stack in `examples/stack/`.
+mod health;
 /// Exit hooks, the signal map and the notify protocol, through `tests/fixtures/lifecycle.rs`.
 mod lifecycle;
 /// Logging against real peers: logrotate, a syslog receiver, journald prefixes, reopen-logs.
@@ -39,6 +46,9 @@ mod logging;
 mod pool;
 /// Property tests (proptest) of the parsers and of the supervisor's state machine.
 mod properties;
+/// Sockets held by warden and passed to programs (socket activation), through
+/// `tests/fixtures/activated.rs`.
+mod sockets;
 /// The supervisor against real processes: restarts, backoff, stop escalation, reaping, readiness,
 /// output capture, chaos, scaling and the shutdown order.
 mod supervisor;

@@ -36,8 +36,8 @@ fn cases(default: u32) -> u32 {
 mod config {
     use super::*;
     use warden::config::{
-        Config, DaemonSpec, EnvFile, HealthSpec, HostPort, HttpServer, HttpTarget, KEYS, LogSpec,
-        OutputSpec, Probe, ProgramSpec, Readiness, Restart, SYSLOG_FACILITIES,
+        Config, DaemonSpec, EnvFile, HealthSpec, HostPort, HttpServer, HttpTarget, KEYS, Listen,
+        LogSpec, OutputSpec, Probe, ProgramSpec, Readiness, Restart, SYSLOG_FACILITIES, SocketSpec,
     };
 
     /// The file the generated text is read as; relative paths resolve against its directory.
@@ -83,6 +83,9 @@ mod config {
         Names(Vec<String>),
         /// `health`: its keys, the probe they mean, and whether written as a sub-table.
         Health(Vec<(&'static str, Val)>, Probe, bool),
+        /// `sockets` as generated: picks among the file's sockets, resolved by [`file`] into
+        /// [`Val::Names`].
+        SockPicks(Vec<prop::sample::Index>),
     }
 
     /// One resource limit.
@@ -105,11 +108,16 @@ mod config {
         File(String),
     }
 
+    /// A generated `[socket.NAME]` table: its name, its keys, and what they mean.
+    pub type GenSocket = (String, Vec<(&'static str, Val)>, SocketSpec);
+
     /// One generated file.
     #[derive(Debug, Clone)]
     pub struct File {
         pub daemon: Option<Vec<(&'static str, Val)>>,
         pub programs: Vec<(String, Vec<(&'static str, Val)>)>,
+        /// `[socket.NAME]` tables: the name, its keys, and what they mean.
+        pub sockets: Vec<GenSocket>,
     }
 
     fn text() -> impl Strategy<Value = String> {
@@ -252,6 +260,11 @@ mod config {
                     .boxed()
             }
             ("program.NAME", "health") => health(),
+            ("program.NAME", "sockets") => {
+                proptest::collection::vec(any::<prop::sample::Index>(), 0..3)
+                    .prop_map(Val::SockPicks)
+                    .boxed()
+            }
             ("program.NAME", "restart") => {
                 proptest::sample::select(vec!["always", "on-failure", "never"])
                     .prop_map(|s| Val::Str(s.into()))
@@ -298,6 +311,57 @@ mod config {
                  tests/it/properties.rs its values"
             ),
         }
+    }
+
+    /// The `[socket.NAME]` table number `i`: a Unix socket (with its optional file keys) or a
+    /// TCP one, at an address no other table of the file uses.
+    fn socket(i: usize) -> BoxedStrategy<GenSocket> {
+        let name = format!("s{i}");
+        let unix = (
+            proptest::option::of(1u64..=65_535),
+            proptest::option::of(0u32..=0o777),
+            proptest::option::of("[a-z]{1,8}"),
+            proptest::option::of("[a-z]{1,8}"),
+        )
+            .prop_map(move |(backlog, mode, user, group)| {
+                let path = format!("/run/w/s{i}.sock");
+                let mut spec = SocketSpec::new(format!("s{i}"), Listen::Unix(path.clone().into()));
+                let mut keys = vec![("listen", Val::Str(path))];
+                if let Some(b) = backlog {
+                    spec.backlog = b as u32;
+                    keys.push(("backlog", Val::Int(b)));
+                }
+                if let Some(m) = mode {
+                    spec.mode = m;
+                    keys.push(("mode", Val::Umask(format!("{m:04o}"), m)));
+                }
+                if let Some(u) = user {
+                    spec.user = Some(u.clone());
+                    keys.push(("user", Val::Str(u)));
+                }
+                if let Some(g) = group {
+                    spec.group = Some(g.clone());
+                    keys.push(("group", Val::Str(g)));
+                }
+                (keys, spec)
+            });
+        let tcp = (1u16..=65_535, proptest::option::of(1u64..=65_535)).prop_map(
+            move |(port, backlog)| {
+                let addr = format!("127.0.0.{}:{port}", i + 1);
+                let listen = Listen::Tcp(addr.parse().expect("an address"));
+                let mut spec = SocketSpec::new(format!("s{i}"), listen);
+                let mut keys = vec![("listen", Val::Str(addr))];
+                if let Some(b) = backlog {
+                    spec.backlog = b as u32;
+                    keys.push(("backlog", Val::Int(b)));
+                }
+                (keys, spec)
+            },
+        );
+        prop_oneof![unix, tcp]
+            .prop_flat_map(|(keys, spec)| (Just(keys).prop_shuffle(), Just(spec)))
+            .prop_map(move |(keys, spec)| (name.clone(), keys, spec))
+            .boxed()
     }
 
     /// A `health` table: one probe, each other key present or not, in a shuffled order.
@@ -406,22 +470,28 @@ mod config {
         // does not read (src/config/include_tests.rs covers them).
         assert_eq!(
             top.keys,
-            ["include", "daemon", "program"],
+            ["include", "daemon", "program", "socket"],
             "new top-level keys: teach tests/it/properties.rs about them"
         );
+        let sockets = (0usize..3).prop_flat_map(|n| (0..n).map(socket).collect::<Vec<_>>());
         (
             proptest::option::of(table("daemon")),
             proptest::collection::btree_set(program_name(), 0..4),
             proptest::collection::vec(table("program.NAME"), 4),
             any::<prop::sample::Index>(),
+            sockets,
         )
-            .prop_map(|(daemon, names, tables, pick)| {
+            .prop_map(|(daemon, names, tables, pick, sockets)| {
                 let names: Vec<String> = names.into_iter().collect();
+                let socket_names: Vec<String> = sockets.iter().map(|s| s.0.clone()).collect();
                 let programs: Vec<(String, Vec<(&'static str, Val)>)> = names
                     .iter()
                     .zip(tables)
                     .enumerate()
-                    .map(|(i, (name, t))| (name.clone(), resolve_deps(consistent(t), &names[..i])))
+                    .map(|(i, (name, t))| {
+                        let t = resolve_deps(consistent(t), &names[..i]);
+                        (name.clone(), resolve_sockets(t, &socket_names))
+                    })
                     .collect();
                 let daemon = daemon.map(|mut d| {
                     d.retain(|(k, _)| *k != "scale_program" || !programs.is_empty());
@@ -432,8 +502,34 @@ mod config {
                     }
                     d
                 });
-                File { daemon, programs }
+                File {
+                    daemon,
+                    programs,
+                    sockets,
+                }
             })
+    }
+
+    /// `sockets` names sockets of the file, each once, in the order picked.
+    fn resolve_sockets(
+        t: Vec<(&'static str, Val)>,
+        sockets: &[String],
+    ) -> Vec<(&'static str, Val)> {
+        t.into_iter()
+            .map(|(k, v)| match v {
+                Val::SockPicks(picks) => {
+                    let mut names: Vec<String> = Vec::new();
+                    for i in picks.iter().filter(|_| !sockets.is_empty()) {
+                        let n = &sockets[i.index(sockets.len())];
+                        if !names.contains(n) {
+                            names.push(n.clone());
+                        }
+                    }
+                    (k, Val::Names(names))
+                }
+                other => (k, other),
+            })
+            .collect()
     }
 
     /// `after`/`requires` name programs among `before` (those earlier in the file: no cycle),
@@ -611,7 +707,7 @@ mod config {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            Val::Deps(_) => unreachable!("resolved by file()"),
+            Val::Deps(_) | Val::SockPicks(_) => unreachable!("resolved by file()"),
         }
     }
 
@@ -638,6 +734,12 @@ mod config {
     /// The file as TOML text.
     pub fn render(f: &File) -> String {
         let mut out = String::from("# generated by tests/it/properties.rs\n");
+        for (name, keys, _) in &f.sockets {
+            out.push_str(&format!("[socket.{name}]\n"));
+            for (k, v) in keys {
+                out.push_str(&format!("{k} = {}\n", render_val("", v)));
+            }
+        }
         if let Some(d) = &f.daemon {
             out.push_str("[daemon]\n");
             for (k, v) in d {
@@ -760,6 +862,7 @@ mod config {
                         ("clean_env", Val::Bool(b)) => p.exec.clean_env = *b,
                         ("after", Val::Names(n)) => p.after = n.clone(),
                         ("requires", Val::Names(n)) => p.requires = n.clone(),
+                        ("sockets", Val::Names(n)) => p.sockets = n.clone(),
                         ("limits", Val::Limits(l, _)) => {
                             for (lk, lv) in l {
                                 let n = Some(limit_value(lv));
@@ -859,6 +962,8 @@ proptest! {
         let (daemon, programs) = config::expected(&f);
         prop_assert_eq!(&c.daemon, &daemon, "file:\n{}", text);
         prop_assert_eq!(&c.programs, &programs, "file:\n{}", text);
+        let sockets: Vec<_> = f.sockets.iter().map(|s| s.2.clone()).collect();
+        prop_assert_eq!(&c.sockets, &sockets, "file:\n{}", text);
         let located = warden::config::locate(Path::new(config::FILE), &text);
         prop_assert_eq!(located.pidfile, daemon.pidfile);
         prop_assert_eq!(located.control_socket, daemon.control_socket);

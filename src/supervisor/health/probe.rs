@@ -181,9 +181,9 @@ impl NetProbe {
     /// What a check that timed out was waiting for, for its error.
     pub(crate) fn waiting_for(&self) -> &'static str {
         match self.phase {
-            Phase::Connecting => "connect",
+            Phase::Connecting => "waiting for the connection",
             Phase::Sending(_) => "sending the request",
-            Phase::Receiving => "no response",
+            Phase::Receiving => "waiting for a response",
         }
     }
 }

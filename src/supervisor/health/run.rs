@@ -54,6 +54,8 @@ enum Work {
 /// An exec check's process.
 struct ExecCheck {
     pid: i32,
+    /// Its argv\[0\], for errors.
+    program: String,
     /// Its stdout and stderr; `None` once at end of file.
     output: Option<File>,
     /// The end of what it wrote.
@@ -184,6 +186,7 @@ impl Supervisor {
         let request = SpawnRequest {
             program: &self.table[p].def.name,
             index,
+            sockets: &[],
             notify_socket: None,
             watchdog: None,
             stdout: StdioPlan::Pipe,
@@ -199,6 +202,7 @@ impl Supervisor {
         );
         Ok(Work::Exec(ExecCheck {
             pid: started.pid,
+            program: prepared.program().to_string(),
             output: Some(output),
             tail: Vec::new(),
             report: started.exec_report.expect("an exec report"),
@@ -264,12 +268,12 @@ impl Supervisor {
             };
             let after = fmt_duration(r.timeout);
             let error = match &r.work {
-                Work::Net(probe) => format!("timed out after {after} ({})", probe.waiting_for()),
+                Work::Net(probe) => format!("timed out after {after} {}", probe.waiting_for()),
                 Work::Exec(e) => {
                     // Its leader is not reaped yet (the check would have ended), so the group
                     // id is still its own.
                     let _ = killpg(Pid::from_raw(e.pid), Signal::SIGKILL);
-                    format!("timed out after {after} (killed)")
+                    format!("timed out after {after}; process group killed")
                 }
             };
             self.end_check(token, Err(error));
@@ -420,7 +424,7 @@ fn exec_outcome(e: &ExecCheck, status: ExitStatus) -> Outcome {
     if let Ok(Some((errno, step))) = crate::sys::spawn::read_exec_report(&e.report) {
         let err = std::io::Error::from_raw_os_error(errno);
         return Err(match step {
-            crate::sys::spawn::ExecStep::Exec => format!("cannot execute the check: {err}"),
+            crate::sys::spawn::ExecStep::Exec => format!("cannot execute {}: {err}", e.program),
             crate::sys::spawn::ExecStep::Chdir => format!("cannot change directory: {err}"),
             _ => format!("cannot set up the check: {err}"),
         });
