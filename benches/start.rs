@@ -27,15 +27,20 @@ use std::fs::{self, File};
 use std::io::{ErrorKind, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
+
+use common::procs::{alive, our_children};
+use common::{
+    Arg, Stop, TempDir, WARDEN_BIN_VAR, XorShift, cpu_model, make_dir, percentile, read_trim,
+    warden_bin,
+};
 
 /// How long a launcher may run before the watchdog kills it.
 const LAUNCHER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,31 +59,9 @@ with daemon.DaemonContext(detach_process=True,
 ";
 
 fn main() {
-    // `cargo test --all-targets` runs benchmark binaries too, without `--bench`: a benchmark is
-    // not a test, so say so and leave.
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("this is a benchmark: run it with `cargo bench --bench NAME`");
-        return;
-    }
-    let opts = Options::from_args();
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
-            eprintln!("bench: cannot handle signal {sig}: {e}");
-        }
-    }
-    // From here on, everything we start and everything it orphans is ours to reap and kill.
-    let subreaper = nix::sys::prctl::set_child_subreaper(true);
-    let cleanup = Cleanup;
-    let code = match run(&opts, &stop, subreaper.is_ok()) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("bench: {e}");
-            1
-        }
-    };
-    drop(cleanup);
-    std::process::exit(code);
+    common::bench_main("start", None, |stop, subreaper| {
+        run(&Options::from_args(), stop, subreaper)
+    })
 }
 
 struct Options {
@@ -94,32 +77,20 @@ impl Options {
     fn from_args() -> Options {
         let mut opts = Options {
             runs: 100,
-            seed: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1,
+            seed: common::clock_seed(),
             nofile: None,
         };
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let mut i = 0;
-        while i < args.len() {
-            let (key, inline) = match args[i].split_once('=') {
-                Some((k, v)) => (k, Some(v.to_string())),
-                None => (args[i].as_str(), None),
-            };
-            if key == "--runs" || key == "--seed" || key == "--nofile" {
-                let value = inline.or_else(|| {
-                    i += 1;
-                    args.get(i).cloned()
-                });
-                match value.as_deref().map(str::parse::<u64>) {
-                    Some(Ok(n)) if n > 0 && key == "--runs" => opts.runs = n as usize,
-                    Some(Ok(n)) if key == "--seed" => opts.seed = n | 1,
-                    Some(Ok(n)) if n > 0 && key == "--nofile" => opts.nofile = Some(n),
-                    _ => eprintln!("bench: ignoring {key} without a positive number"),
-                }
+        let (args, _) = common::parse_args(&["--runs", "--seed", "--nofile"]);
+        for Arg { key, value } in args {
+            if key != "--runs" && key != "--seed" && key != "--nofile" {
+                continue;
             }
-            i += 1;
+            match value.as_deref().map(str::parse::<u64>) {
+                Some(Ok(n)) if n > 0 && key == "--runs" => opts.runs = n as usize,
+                Some(Ok(n)) if key == "--seed" => opts.seed = n | 1,
+                Some(Ok(n)) if n > 0 && key == "--nofile" => opts.nofile = Some(n),
+                _ => eprintln!("bench: ignoring {key} without a positive number"),
+            }
         }
         opts
     }
@@ -157,7 +128,7 @@ struct Sample {
     complete_at_exit: bool,
 }
 
-fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String> {
+fn run(opts: &Options, stop: &Stop, subreaper: bool) -> Result<(), String> {
     if let Some(n) = opts.nofile {
         // Soft and hard alike (raising the hard limit needs root), so every launcher and daemon
         // starts with this many possible descriptors, as under a container runtime's default.
@@ -167,7 +138,7 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
             )
         })?;
     }
-    let tmp = TempDir::new()?;
+    let tmp = TempDir::new("start", None)?;
     let mut launchers = launchers(tmp.path())?;
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     print_header(opts, nproc, &launchers, subreaper);
@@ -185,7 +156,7 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
     for round in 0..opts.runs {
         rng.shuffle(&mut order);
         for &i in &order {
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_set() {
                 return Err(format!("interrupted in round {}", round + 1));
             }
             let l = &mut launchers[i];
@@ -325,23 +296,6 @@ fn launchers(dir: &Path) -> Result<Vec<Launcher>, String> {
     Ok(out)
 }
 
-/// Names another `warden` binary to time instead of this package's release build, to compare
-/// builds (a static one, another linker, an older version) in one interleaved run.
-const WARDEN_BIN_VAR: &str = "WARDEN_BENCH_BIN";
-
-/// The `warden` binary to time: `$WARDEN_BENCH_BIN`, or this package's.
-fn warden_bin() -> PathBuf {
-    std::env::var_os(WARDEN_BIN_VAR)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_warden")))
-}
-
-fn make_dir(parent: &Path, name: &str) -> Result<PathBuf, String> {
-    let d = parent.join(name);
-    fs::create_dir(&d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
-    Ok(d)
-}
-
 /// One timed start of `l`, followed by stopping its daemon. Errors describe a failed run.
 fn run_once(l: &Launcher, watchdog: &Watchdog) -> Result<Sample, String> {
     if let Some(p) = &l.pidfile {
@@ -447,32 +401,6 @@ fn complete_pid(path: &Path) -> Option<i32> {
     (pid > 0 && alive(pid)).then_some(pid)
 }
 
-/// Whether `/proc/PID` exists and is not a zombie (or dead).
-fn alive(pid: i32) -> bool {
-    proc_stat(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
-}
-
-/// State letter and parent pid from `/proc/PID/stat`.
-fn proc_stat(pid: i32) -> Option<(char, i32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain spaces and parentheses: the fields start after the last ')'.
-    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-/// Every process whose parent is this bench (we are a subreaper: orphans land here).
-fn our_children() -> Vec<i32> {
-    let me = std::process::id() as i32;
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|&pid| proc_stat(pid).is_some_and(|(_, ppid)| ppid == me))
-        .collect()
-}
-
 /// SIGTERM, wait (bounded) for the process to go, SIGKILL if it lingers; reaps it if it is ours.
 fn terminate(pid: i32) -> Result<(), String> {
     for (signal, timeout) in [
@@ -502,28 +430,6 @@ fn terminate(pid: i32) -> Result<(), String> {
 fn gone(pid: i32) -> bool {
     let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
     !alive(pid)
-}
-
-/// Kills, by pid, every process still attached to the bench when it ends, however it ends.
-struct Cleanup;
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for pid in our_children() {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            let left: Vec<i32> = our_children().into_iter().filter(|&p| !gone(p)).collect();
-            if left.is_empty() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        for pid in our_children() {
-            let _ = gone(pid);
-        }
-    }
 }
 
 /// Kills a launcher that has run longer than [`LAUNCHER_TIMEOUT`], so that waiting for it can
@@ -564,46 +470,6 @@ impl Watchdog {
     }
 }
 
-/// A private directory under `$TMPDIR`, removed at the end.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir, String> {
-        let base = std::env::temp_dir().join(format!("warden-bench-start.{}", std::process::id()));
-        fs::create_dir(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
-        Ok(TempDir(base))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A small xorshift generator for the order of each round (no dependency needed).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-    }
-}
-
 fn print_header(opts: &Options, nproc: usize, launchers: &[Launcher], subreaper: bool) {
     println!("warden start benchmark");
     println!(
@@ -635,7 +501,7 @@ fn print_header(opts: &Options, nproc: usize, launchers: &[Launcher], subreaper:
     }
     for l in launchers {
         let version = match l.kind {
-            Kind::Warden if std::env::var_os(WARDEN_BIN_VAR).is_some() => {
+            Kind::Warden if common::warden_bin_overridden() => {
                 format!("${WARDEN_BIN_VAR}")
             }
             Kind::Warden => format!("warden {} (release build)", env!("CARGO_PKG_VERSION")),
@@ -730,42 +596,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-/// Nearest-rank percentile; `None` for no data.
-fn percentile(values: &[f64], p: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
-    Some(v[rank.clamp(1, v.len()) - 1])
-}
-
-fn cpu_model() -> String {
-    fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-fn read_trim(path: &str) -> String {
-    fs::read_to_string(path).map_or_else(|_| "?".into(), |s| s.trim().to_string())
-}
-
 fn package_version(package: &str) -> String {
-    Command::new("dpkg-query")
-        .args(["-W", "-f", "${Package} ${Version}", package])
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map_or_else(
-            || format!("{package} ?"),
-            |o| String::from_utf8_lossy(&o.stdout).into_owned(),
-        )
+    common::package_version(package).unwrap_or_else(|| format!("{package} ?"))
 }

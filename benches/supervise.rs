@@ -1,7 +1,10 @@
 //! `cargo bench --bench supervise [-- --quick | --kills N --rounds N --window SECS --settle SECS
-//! --seed S --only warden,runit,daemontools,s6,supervisord,floor --figures 1,4]`: warden against
-//! runit, daemontools, s6 and supervisord on the same work, six figures, medians and ratios
-//! (issue 4, section 5). `--quick` is a smoke run (3 kills, 1 round, 2 s window).
+//! --seed S --only warden,runit,daemontools,s6,supervisord,floor,monit --figures 1,4
+//! --stop-delay SECS --health-interval SECS --health-window SECS --probes tcp,http]`: warden
+//! against runit, daemontools, s6, supervisord and monit on the same work, eight figures,
+//! medians and ratios (issue 4, section 5; figures 7 and 8: issue 14, section 4). `--quick` is a
+//! smoke run (3 kills, 1 round, 2 s window, 4 s health window). `WARDEN_BENCH_BIN=PATH`
+//! measures another warden build.
 //!
 //! Every supervisor supervises the same tiny C child (`benches/child.c`, compiled here with
 //! `cc -O2` into a temp dir): at startup it reads CLOCK_MONOTONIC and publishes that time as the
@@ -25,8 +28,13 @@
 //!    bounded 10 s ("never" beyond).
 //! 6. SIGKILL to the supervisor → children left running: children alive 1 s after `kill(SIGKILL)`
 //!    of the main supervisor process.
+//! 7. SIGTERM → a 3-level stack of 16 programs gone, each program taking `--stop-delay` (0.2 s)
+//!    to stop: see `supervise/stack.rs`.
+//! 8. 200 programs with a health check each (tcp or http, every `--health-interval`), idle:
+//!    wake-ups and CPU time of the checker per check, against monit: see `supervise/health.rs`.
+//!    It has its own table.
 //!
-//! Figures 2–6 are measured `--rounds` (3) times per supervisor, each round in a fresh random
+//! Figures 2–8 are measured `--rounds` (3) times per supervisor, each round in a fresh random
 //! order (xorshift), each run from a clean directory; the table shows medians over the rounds.
 //!
 //! A baseline, "floor", runs in figures 1 and 4 beside the peers: `child --supervise N`, a C loop
@@ -39,22 +47,27 @@
 //! process whose argv holds the bench's marker (`wbsup-BENCHPID-`), then reaps.
 
 mod common;
+// Figures 7 and 8, each in its own file (a bench root looks for modules beside itself).
+#[path = "supervise/health.rs"]
+mod health;
+#[path = "supervise/stack.rs"]
+mod stack;
 
 use std::collections::{HashMap, HashSet};
-use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::time::{ClockId, clock_gettime};
 use nix::unistd::Pid;
+
+use common::procs::{
+    alive, ctx_switches, kill_everything, marker_pids, mono_ns, pss_kb, reap, tree_without_marked,
+};
+use common::{Arg, Stop, TempDir, XorShift, cpu_model, loadavg, percentile};
 
 /// How long a child has been up before it is killed (warden resets its backoff after 1 s up).
 const UP_BEFORE_KILL: Duration = Duration::from_millis(1200);
@@ -76,32 +89,10 @@ const POOL: usize = 16;
 const COLD: usize = 200;
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it.
-    // Minutes of benchmarking with 200-worker runs have no place in a test run.
-    if !std::env::args().any(|a| a == "--bench") {
-        println!(
-            "supervise: skipped (no --bench argument: run it with `cargo bench --bench supervise`)"
-        );
-        return;
-    }
-    let opts = Options::from_args();
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        if let Err(e) = signal_hook::flag::register(sig, Arc::clone(&stop)) {
-            eprintln!("bench: cannot handle signal {sig}: {e}");
-        }
-    }
-    let subreaper = nix::sys::prctl::set_child_subreaper(true);
-    let cleanup = Cleanup;
-    let code = match run(&opts, &stop, subreaper.is_ok()) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("bench: {e}");
-            1
-        }
-    };
-    drop(cleanup);
-    std::process::exit(code);
+    let marker = format!("wbsup-{}-", std::process::id());
+    common::bench_main("supervise", Some(marker), |stop, subreaper| {
+        run(&Options::from_args(), stop, subreaper)
+    })
 }
 
 struct Options {
@@ -114,6 +105,12 @@ struct Options {
     figures: Vec<u8>,
     quick: bool,
     args: Vec<String>,
+    /// Figure 7: how long each program of the stack takes to stop after SIGTERM.
+    stop_delay: Duration,
+    /// Figure 8: the checks' interval, the checks measured, and the idle window.
+    health_interval: Duration,
+    probes: Vec<health::Probe>,
+    health_window: Duration,
 }
 
 impl Options {
@@ -129,54 +126,43 @@ impl Options {
             rounds: 3,
             window: Duration::from_secs(10),
             settle: Duration::from_secs(2),
-            seed: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-                | 1,
+            seed: common::clock_seed(),
             only: None,
-            figures: (1..=6).collect(),
+            figures: (1..=8).collect(),
             quick: false,
             args: Vec::new(),
+            stop_delay: Duration::from_millis(200),
+            health_interval: Duration::from_secs(1),
+            probes: vec![health::Probe::Tcp, health::Probe::Http],
+            health_window: Duration::from_secs(10),
         };
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        if args.iter().any(|a| a == "--quick") {
+        const VALUED: [&str; 11] = [
+            "--kills",
+            "--rounds",
+            "--window",
+            "--settle",
+            "--seed",
+            "--only",
+            "--figures",
+            "--stop-delay",
+            "--health-interval",
+            "--health-window",
+            "--probes",
+        ];
+        let (args, given) = common::parse_args(&VALUED);
+        opts.args = given;
+        if args.iter().any(|a| a.key == "--quick") {
             opts.quick = true;
             opts.kills = 3;
             opts.rounds = 1;
             opts.window = Duration::from_secs(2);
             opts.settle = Duration::from_secs(1);
+            opts.health_window = Duration::from_secs(4);
         }
-        let mut i = 0;
-        while i < args.len() {
-            let (key, inline) = match args[i].split_once('=') {
-                Some((k, v)) => (k.to_string(), Some(v.to_string())),
-                None => (args[i].clone(), None),
-            };
-            let takes_value = [
-                "--kills",
-                "--rounds",
-                "--window",
-                "--settle",
-                "--seed",
-                "--only",
-                "--figures",
-            ]
-            .contains(&key.as_str());
-            if key != "--bench" {
-                opts.args.push(args[i].clone());
-            }
-            if !takes_value {
-                i += 1;
+        for Arg { key, value } in args {
+            if !VALUED.contains(&key.as_str()) {
                 continue;
             }
-            let value = inline.or_else(|| {
-                i += 1;
-                let v = args.get(i).cloned();
-                if let Some(v) = &v {
-                    opts.args.push(v.clone());
-                }
-                v
-            });
             let value = value.unwrap_or_default();
             let secs = value
                 .parse::<f64>()
@@ -191,6 +177,32 @@ impl Options {
                 }
                 "--settle" if secs.is_some() => {
                     opts.settle = Duration::from_secs_f64(secs.unwrap_or(1.0))
+                }
+                "--health-interval" if secs.is_some() => {
+                    opts.health_interval = Duration::from_secs_f64(secs.unwrap_or(1.0))
+                }
+                "--health-window" if secs.is_some() => {
+                    opts.health_window = Duration::from_secs_f64(secs.unwrap_or(1.0))
+                }
+                "--stop-delay" => match value.parse::<f64>() {
+                    Ok(d) if d >= 0.0 && d.is_finite() => {
+                        opts.stop_delay = Duration::from_secs_f64(d)
+                    }
+                    _ => eprintln!("bench: ignoring --stop-delay {value:?}"),
+                },
+                "--probes" => {
+                    opts.probes = value
+                        .split(',')
+                        .filter_map(|n| {
+                            let p = health::Probe::ALL
+                                .into_iter()
+                                .find(|p| p.slug() == n.trim());
+                            if p.is_none() {
+                                eprintln!("bench: --probes: no probe {n:?} (tcp, http)");
+                            }
+                            p
+                        })
+                        .collect();
                 }
                 "--seed" => match value.parse::<u64>() {
                     Ok(s) => opts.seed = s | 1,
@@ -213,9 +225,9 @@ impl Options {
                     opts.figures = value
                         .split(',')
                         .filter_map(|f| match f.trim().parse::<u8>() {
-                            Ok(n @ 1..=6) => Some(n),
+                            Ok(n @ 1..=8) => Some(n),
                             _ => {
-                                eprintln!("bench: --figures: no figure {f:?} (1 to 6)");
+                                eprintln!("bench: --figures: no figure {f:?} (1 to 8)");
                                 None
                             }
                         })
@@ -223,7 +235,6 @@ impl Options {
                 }
                 _ => eprintln!("bench: ignoring {key} {value:?}"),
             }
-            i += 1;
         }
         opts
     }
@@ -238,16 +249,19 @@ enum Kind {
     Supervisord,
     /// The baseline: `child --supervise N` (benches/child.c), fork+exec and waitpid, nothing else.
     Floor,
+    /// monit, figure 8 only: it checks, it does not supervise these children.
+    Monit,
 }
 
 impl Kind {
-    const ALL: [Kind; 6] = [
+    const ALL: [Kind; 7] = [
         Kind::Warden,
         Kind::Runit,
         Kind::Daemontools,
         Kind::S6,
         Kind::Supervisord,
         Kind::Floor,
+        Kind::Monit,
     ];
 
     fn slug(self) -> &'static str {
@@ -258,7 +272,13 @@ impl Kind {
             Kind::S6 => "s6",
             Kind::Supervisord => "supervisord",
             Kind::Floor => "floor",
+            Kind::Monit => "monit",
         }
+    }
+
+    /// In the table of figures 1-7 (monit is only a health checker: figure 8).
+    fn in_main_table(self) -> bool {
+        self != Kind::Monit
     }
 
     /// A real supervisor, with a ratio column (not the baseline).
@@ -275,6 +295,7 @@ impl Kind {
             Kind::S6 => "s6-svscan",
             Kind::Supervisord => "supervisord",
             Kind::Floor => "child",
+            Kind::Monit => "monit",
         }
     }
 
@@ -287,6 +308,7 @@ impl Kind {
             Kind::S6 => "s6",
             Kind::Supervisord => "supervisor",
             Kind::Floor => "-",
+            Kind::Monit => "monit",
         }
     }
 }
@@ -297,7 +319,7 @@ struct Ctx<'a> {
     child: PathBuf,
     tools: HashMap<Kind, PathBuf>,
     marker: String,
-    stop: &'a AtomicBool,
+    stop: &'a Stop,
     next_id: usize,
 }
 
@@ -316,11 +338,7 @@ impl Ctx<'_> {
     }
 
     fn check(&self) -> Result<(), String> {
-        if self.stop.load(Ordering::Relaxed) {
-            Err("interrupted".into())
-        } else {
-            Ok(())
-        }
+        self.stop.check()
     }
 }
 
@@ -335,14 +353,15 @@ struct Run {
     t0: i64,
 }
 
-fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String> {
-    let tmp = TempDir::new()?;
+fn run(opts: &Options, stop: &Stop, subreaper: bool) -> Result<(), String> {
+    let marker = format!("wbsup-{}-", std::process::id());
+    let tmp = TempDir::new("supervise", Some(marker.clone()))?;
     let child = common::compile_c("child", tmp.path())?;
     let mut tools = HashMap::new();
     // A private copy: other work on the tree may rebuild target/release/warden mid-run.
     let warden = tmp.path().join("warden");
-    fs::copy(env!("CARGO_BIN_EXE_warden"), &warden)
-        .map_err(|e| format!("cannot copy {}: {e}", env!("CARGO_BIN_EXE_warden")))?;
+    let source = common::warden_bin();
+    fs::copy(&source, &warden).map_err(|e| format!("cannot copy {}: {e}", source.display()))?;
     tools.insert(Kind::Warden, warden);
     tools.insert(Kind::Floor, child.clone());
     let wanted: Vec<Kind> = opts.only.clone().unwrap_or_else(|| Kind::ALL.to_vec());
@@ -362,22 +381,27 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
             ),
         }
     }
-    let kinds: Vec<Kind> = Kind::ALL
+    let measured: Vec<Kind> = Kind::ALL
         .into_iter()
         .filter(|k| wanted.contains(k) && tools.contains_key(k))
         .collect();
-    if kinds.is_empty() {
+    let kinds: Vec<Kind> = measured
+        .iter()
+        .copied()
+        .filter(|k| k.in_main_table())
+        .collect();
+    if measured.is_empty() {
         return Err("no supervisor to measure".into());
     }
     let mut ctx = Ctx {
         tmp: tmp.path().to_path_buf(),
         child,
         tools,
-        marker: format!("wbsup-{}-", std::process::id()),
+        marker,
         stop,
         next_id: 0,
     };
-    print_header(opts, &ctx, &kinds, subreaper);
+    print_header(opts, &ctx, &measured, subreaper);
     let mut rng = XorShift(opts.seed);
     let mut results = Results::default();
 
@@ -388,7 +412,7 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
             opts.kills
         );
         let r = figure_kill(&mut ctx, &kinds, opts.kills, &mut rng, &mut results);
-        kill_everything(&ctx.marker);
+        kill_everything(Some(&ctx.marker));
         r?;
     }
 
@@ -401,12 +425,23 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
         .filter(|&k| k != Kind::Floor)
         .collect();
     let pool = opts.figure(2) || opts.figure(3) || opts.figure(5);
+    let healthy: Vec<Kind> = measured
+        .iter()
+        .copied()
+        .filter(|&k| health::supports(k))
+        .collect();
+    let mut health_runs: Vec<(health::Probe, Kind)> = opts
+        .probes
+        .iter()
+        .flat_map(|&p| healthy.iter().map(move |&k| (p, k)))
+        .filter(|_| opts.figure(8))
+        .collect();
     for round in 0..opts.rounds {
-        eprintln!("bench: figures 2-6, round {}/{}", round + 1, opts.rounds);
+        eprintln!("bench: figures 2-8, round {}/{}", round + 1, opts.rounds);
         rng.shuffle(&mut peers);
         for &k in peers.iter().filter(|_| pool) {
             let r = pool_run(&mut ctx, opts, k, &mut results);
-            kill_everything(&ctx.marker);
+            kill_everything(Some(&ctx.marker));
             if let Err(e) = r {
                 ctx.check()?;
                 results.note(k, format!("round {}: 16-worker run: {e}", round + 1));
@@ -415,7 +450,7 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
         rng.shuffle(&mut peers);
         for &k in peers.iter().filter(|_| opts.figure(6)) {
             let r = kill_run(&mut ctx, k, &mut results);
-            kill_everything(&ctx.marker);
+            kill_everything(Some(&ctx.marker));
             if let Err(e) = r {
                 ctx.check()?;
                 results.note(k, format!("round {}: SIGKILL run: {e}", round + 1));
@@ -424,32 +459,91 @@ fn run(opts: &Options, stop: &AtomicBool, subreaper: bool) -> Result<(), String>
         rng.shuffle(&mut order);
         for &k in order.iter().filter(|_| opts.figure(4)) {
             let r = cold_run(&mut ctx, k, &mut results);
-            kill_everything(&ctx.marker);
+            kill_everything(Some(&ctx.marker));
             if let Err(e) = r {
                 ctx.check()?;
                 results.note(k, format!("round {}: cold start: {e}", round + 1));
             }
         }
+        rng.shuffle(&mut peers);
+        for &k in peers
+            .iter()
+            .filter(|&&k| opts.figure(7) && stack::supports(k))
+        {
+            let r = stack::stack_run(&mut ctx, opts, k, &mut results);
+            kill_everything(Some(&ctx.marker));
+            if let Err(e) = r {
+                ctx.check()?;
+                results.note(k, format!("round {}: stack stop: {e}", round + 1));
+            }
+        }
+        rng.shuffle(&mut health_runs);
+        for &(probe, k) in &health_runs {
+            if results.health_unsupported.contains(&k) {
+                continue;
+            }
+            let r = health::health_run(&mut ctx, opts, k, probe, &mut results);
+            kill_everything(Some(&ctx.marker));
+            if let Err(e) = r {
+                ctx.check()?;
+                results.note(
+                    k,
+                    format!("round {}: health {}: {e}", round + 1, probe.slug()),
+                );
+            }
+        }
     }
-    print_table(opts, &kinds, &results);
+    if !kinds.is_empty() && (1..=7).any(|f| opts.figure(f)) {
+        print_table(opts, &kinds, &results);
+    }
+    if opts.figure(8) && !healthy.is_empty() {
+        if !kinds.is_empty() && (1..=7).any(|f| opts.figure(f)) {
+            println!();
+        }
+        health::print_table(opts, &healthy, &results);
+    }
+    print_notes(&results);
     Ok(())
 }
 
-fn mono_ns() -> i64 {
-    clock_gettime(ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() * 1_000_000_000 + t.tv_nsec())
-        .unwrap_or(0)
+/// Where one run lives: a fresh directory, its `out` directory for the children's start files,
+/// and the marker its children carry in argv.
+struct Place {
+    dir: PathBuf,
+    out: PathBuf,
+    marker: String,
+}
+
+impl Place {
+    fn new(ctx: &mut Ctx<'_>, kind: Kind, label: &str) -> Result<Place, String> {
+        ctx.next_id += 1;
+        let id = ctx.next_id;
+        let dir = ctx.tmp.join(format!("{}-{label}-{id}", kind.slug()));
+        let out = dir.join("out");
+        mkdir(&dir)?;
+        mkdir(&out)?;
+        Ok(Place {
+            dir,
+            out,
+            marker: format!("{}{id}", ctx.marker),
+        })
+    }
+
+    /// The `[daemon]` table of a warden configuration living here.
+    fn warden_daemon_table(&self) -> String {
+        format!(
+            "[daemon]\npidfile = {:?}\ndirectory = {:?}\nlog = {:?}\n",
+            self.dir.join("warden.pid"),
+            self.dir,
+            self.dir.join("warden.log"),
+        )
+    }
 }
 
 /// Writes the supervisor's configuration for `n` children and starts it.
 fn start(ctx: &mut Ctx<'_>, kind: Kind, n: usize, label: &str) -> Result<Run, String> {
-    ctx.next_id += 1;
-    let id = ctx.next_id;
-    let dir = ctx.tmp.join(format!("{}-{label}-{id}", kind.slug()));
-    let out = dir.join("out");
-    mkdir(&dir)?;
-    mkdir(&out)?;
-    let marker = format!("{}{id}", ctx.marker);
+    let place = Place::new(ctx, kind, label)?;
+    let Place { dir, out, marker } = &place;
     let child = ctx.child.display().to_string();
     let outs = out.display().to_string();
     let tool = ctx.tools[&kind].clone();
@@ -458,11 +552,8 @@ fn start(ctx: &mut Ctx<'_>, kind: Kind, n: usize, label: &str) -> Result<Run, St
         Kind::Warden => {
             let config = dir.join("warden.toml");
             let text = format!(
-                "[daemon]\npidfile = {:?}\ndirectory = {:?}\nlog = {:?}\n\n\
-                 [program.child]\ncommand = [{child:?}, {outs:?}, {marker:?}]\ninstances = {n}\n",
-                dir.join("warden.pid"),
-                dir,
-                dir.join("warden.log"),
+                "{}\n[program.child]\ncommand = [{child:?}, {outs:?}, {marker:?}]\ninstances = {n}\n",
+                place.warden_daemon_table(),
             );
             write(&config, &text)?;
             cmd.arg("-c").arg(&config).arg("run");
@@ -472,20 +563,15 @@ fn start(ctx: &mut Ctx<'_>, kind: Kind, n: usize, label: &str) -> Result<Run, St
             mkdir(&scan)?;
             let script = format!("#!/bin/sh\nexec '{child}' '{outs}' '{marker}'\n");
             for i in 0..n {
-                let svc = scan.join(format!("c{i:03}"));
-                mkdir(&svc)?;
-                let run = svc.join("run");
-                write(&run, &script)?;
-                fs::set_permissions(&run, fs::Permissions::from_mode(0o755))
-                    .map_err(|e| format!("cannot chmod {}: {e}", run.display()))?;
+                write_service(&scan, &format!("c{i:03}"), &script)?;
             }
             cmd.arg(&scan);
         }
         Kind::Floor => {
             cmd.arg("--supervise")
                 .arg(n.to_string())
-                .arg(&out)
-                .arg(&marker);
+                .arg(out)
+                .arg(marker);
         }
         Kind::Supervisord => {
             let config = dir.join("supervisord.conf");
@@ -502,7 +588,16 @@ fn start(ctx: &mut Ctx<'_>, kind: Kind, n: usize, label: &str) -> Result<Run, St
             write(&config, &text)?;
             cmd.arg("-n").arg("-c").arg(&config);
         }
+        Kind::Monit => return Err("monit supervises nothing here (figure 8 only)".into()),
     }
+    launch(kind, place, cmd)
+}
+
+/// Starts `cmd`, the supervisor of a run living in `place`: in its own process group, from
+/// `place.dir`, stdout and stderr to files there, no inherited systemd variables.
+fn launch(kind: Kind, place: Place, mut cmd: Command) -> Result<Run, String> {
+    let Place { dir, out, marker } = place;
+    let tool = cmd.get_program().to_owned();
     let stdout = File::create(dir.join("stdout")).map_err(|e| format!("cannot create: {e}"))?;
     let stderr = File::create(dir.join("stderr")).map_err(|e| format!("cannot create: {e}"))?;
     cmd.current_dir(&dir)
@@ -528,6 +623,16 @@ fn start(ctx: &mut Ctx<'_>, kind: Kind, n: usize, label: &str) -> Result<Run, St
         main,
         t0,
     })
+}
+
+/// A service directory `scan/name` whose `run` script is `script` (runit, daemontools, s6).
+fn write_service(scan: &Path, name: &str, script: &str) -> Result<(), String> {
+    let svc = scan.join(name);
+    mkdir(&svc)?;
+    let run = svc.join("run");
+    write(&run, script)?;
+    fs::set_permissions(&run, fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("cannot chmod {}: {e}", run.display()))
 }
 
 fn mkdir(d: &Path) -> Result<(), String> {
@@ -618,6 +723,14 @@ struct Results {
     term_ms: HashMap<Kind, Vec<f64>>,
     /// Figure 6, children alive.
     left: HashMap<Kind, Vec<f64>>,
+    /// Figure 7, seconds; infinity for "never".
+    stack_s: HashMap<Kind, Vec<f64>>,
+    /// Figure 8, one sample per run.
+    health: HashMap<(health::Probe, Kind), Vec<health::Sample>>,
+    /// Figure 8: supervisors whose build refused the health configuration (skipped after that).
+    health_unsupported: HashSet<Kind>,
+    /// Figure 8: the checker's own processes (last run).
+    health_own: HashMap<Kind, String>,
     /// Processes counted as the supervisor's own in figures 2 and 3 (last run).
     own: HashMap<Kind, String>,
     notes: Vec<(Kind, String)>,
@@ -775,7 +888,7 @@ fn pool_run(
     results.own.insert(k, describe(&own));
 
     // Figure 5: SIGTERM to the main process, until no child is alive.
-    let mut watch: Vec<i32> = up.iter().map(|c| c.0).filter(|&p| alive(p)).collect();
+    let watch: Vec<i32> = up.iter().map(|c| c.0).filter(|&p| alive(p)).collect();
     if watch.len() != POOL {
         results.note(
             k,
@@ -787,33 +900,41 @@ fn pool_run(
     }
     let t_term = mono_ns();
     kill(Pid::from_raw(run.main), Signal::SIGTERM).map_err(|e| format!("kill -TERM: {e}"))?;
-    let deadline = Instant::now() + TERM_TIMEOUT;
-    let gone_at = loop {
-        // One /proc read per poll while a child lives (the bench must not steal the CPU the
-        // dying children need): drop children from the end as long as they are gone.
-        while watch.last().is_some_and(|&p| !alive(p)) {
-            watch.pop();
-        }
-        if watch.is_empty() {
-            let t = mono_ns();
-            // Anything the supervisor started meanwhile counts too.
-            watch = marker_pids(&run.marker);
-            if watch.is_empty() {
-                break Some(t);
-            }
-        }
-        if Instant::now() >= deadline {
-            break None;
-        }
-        reap();
-        std::thread::sleep(TERM_POLL);
-    };
+    let gone_at = wait_gone(watch, &run.marker, TERM_TIMEOUT, TERM_POLL);
     push(
         &mut results.term_ms,
         k,
         gone_at.map_or(f64::INFINITY, |t| (t - t_term) as f64 / 1e6),
     );
     ctx.check()
+}
+
+/// Polls every `poll` until none of `watch` is alive and no process holds `marker` (anything
+/// the supervisor started meanwhile counts too), bounded by `timeout`: the CLOCK_MONOTONIC time
+/// it saw them all gone, or `None`.
+///
+/// One `/proc` read per poll while a watched process lives (the bench must not steal the CPU the
+/// dying processes need): the watched ones are dropped from the end as long as they are gone;
+/// the whole process table is read only when none is left.
+fn wait_gone(mut watch: Vec<i32>, marker: &str, timeout: Duration, poll: Duration) -> Option<i64> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        while watch.last().is_some_and(|&p| !alive(p)) {
+            watch.pop();
+        }
+        if watch.is_empty() {
+            let t = mono_ns();
+            watch = marker_pids(marker);
+            if watch.is_empty() {
+                return Some(t);
+            }
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        reap();
+        std::thread::sleep(poll);
+    }
 }
 
 /// Figure 6.
@@ -852,85 +973,10 @@ fn cold_run(ctx: &mut Ctx<'_>, k: Kind, results: &mut Results) -> Result<(), Str
 // ---------------------------------------------------------------------------------------------
 // /proc
 
-struct Proc {
-    pid: i32,
-    ppid: i32,
-}
-
-/// State letter and parent pid from `/proc/PID/stat`.
-fn proc_stat(pid: i32) -> Option<(char, i32)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((state, ppid))
-}
-
-/// Whether the process exists and is neither a zombie nor dead.
-fn alive(pid: i32) -> bool {
-    proc_stat(pid).is_some_and(|(s, _)| s != 'Z' && s != 'X')
-}
-
-/// Every live process.
-fn procs() -> Vec<Proc> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let (state, ppid) = proc_stat(pid)?;
-            (state != 'Z' && state != 'X').then_some(Proc { pid, ppid })
-        })
-        .collect()
-}
-
-fn cmdline(pid: i32) -> Vec<u8> {
-    fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()
-}
-
-fn has_marker(pid: i32, marker: &str) -> bool {
-    // A marker is followed by the end of its argument (NUL), so "…-1" does not match "…-12".
-    let mut needle = marker.as_bytes().to_vec();
-    needle.push(0);
-    cmdline(pid)
-        .windows(needle.len())
-        .any(|w| w == needle.as_slice())
-}
-
-fn has_prefix(pid: i32, prefix: &str) -> bool {
-    cmdline(pid)
-        .windows(prefix.len())
-        .any(|w| w == prefix.as_bytes())
-}
-
-/// Live processes whose argv holds `marker` as a whole argument: the children of one run.
-fn marker_pids(marker: &str) -> Vec<i32> {
-    procs()
-        .into_iter()
-        .map(|p| p.pid)
-        .filter(|&p| has_marker(p, marker))
-        .collect()
-}
-
 /// The supervisor's own processes: the main one and its descendants, minus the children (argv
 /// holding the marker) and whatever runs under them (warden's guard process among them).
 fn own_pids(run: &Run) -> Vec<i32> {
-    let ps = procs();
-    let mut kids: HashMap<i32, Vec<i32>> = HashMap::new();
-    for p in &ps {
-        kids.entry(p.ppid).or_default().push(p.pid);
-    }
-    let mut own = Vec::new();
-    let mut todo = vec![run.main];
-    while let Some(p) = todo.pop() {
-        if has_marker(p, &run.marker) {
-            continue;
-        }
-        own.push(p);
-        todo.extend(kids.get(&p).into_iter().flatten());
-    }
-    own.sort_unstable();
-    own
+    tree_without_marked(run.main, &run.marker)
 }
 
 /// "3× runsv, 1× runsvdir" for the notes.
@@ -952,133 +998,6 @@ fn describe(pids: &[i32]) -> String {
         .join(" + ")
 }
 
-/// Voluntary + nonvoluntary context switches over every thread of `pid`.
-fn ctx_switches(pid: i32) -> Option<u64> {
-    let tasks = fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut sum = 0;
-    for t in tasks.flatten() {
-        let status = fs::read_to_string(t.path().join("status")).ok()?;
-        for line in status.lines() {
-            if let Some(v) = line
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                sum += v.trim().parse::<u64>().ok()?;
-            }
-        }
-    }
-    Some(sum)
-}
-
-/// `Pss:` of `/proc/PID/smaps_rollup`, in kB.
-fn pss_kb(pid: i32) -> Option<u64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("Pss:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Reaps every dead child of the bench (orphans come here: the bench is a subreaper).
-fn reap() {
-    loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
-/// SIGKILLs, by pid, every descendant of the bench and every process whose argv holds `marker`
-/// (children that escaped the tree), until none is left (bounded), reaping as it goes.
-fn kill_everything(marker: &str) {
-    let me = std::process::id() as i32;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        reap();
-        let ps = procs();
-        let mut kids: HashMap<i32, Vec<i32>> = HashMap::new();
-        for p in &ps {
-            kids.entry(p.ppid).or_default().push(p.pid);
-        }
-        let mut targets: HashSet<i32> = HashSet::new();
-        let mut todo: Vec<i32> = kids.get(&me).cloned().unwrap_or_default();
-        while let Some(p) = todo.pop() {
-            if targets.insert(p) {
-                todo.extend(kids.get(&p).into_iter().flatten());
-            }
-        }
-        targets.extend(
-            ps.iter()
-                .map(|p| p.pid)
-                .filter(|&p| p != me && has_prefix(p, marker)),
-        );
-        if targets.is_empty() {
-            return;
-        }
-        if Instant::now() >= deadline {
-            eprintln!("bench: could not kill every process: {targets:?} remain");
-            return;
-        }
-        for &p in &targets {
-            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Kills whatever the bench started when it ends, however it ends.
-struct Cleanup;
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        kill_everything(&format!("wbsup-{}-", std::process::id()));
-        reap();
-    }
-}
-
-/// A private directory under `$TMPDIR`, removed at the end.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Result<TempDir, String> {
-        let base =
-            std::env::temp_dir().join(format!("warden-bench-supervise.{}", std::process::id()));
-        fs::create_dir(&base).map_err(|e| format!("cannot create {}: {e}", base.display()))?;
-        Ok(TempDir(base))
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // Processes are gone first (Cleanup runs before): nothing writes here any more.
-        kill_everything(&format!("wbsup-{}-", std::process::id()));
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A small xorshift generator for the order of each round (no dependency needed).
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            v.swap(i, j);
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Output
 
@@ -1090,7 +1009,7 @@ fn print_header(opts: &Options, ctx: &Ctx<'_>, kinds: &[Kind], subreaper: bool) 
         opts.args.join(" ")
     );
     println!(
-        "  kills {} per supervisor (child up > {:?} before each); rounds {} for figures 2-6; idle window {:?} after {:?} settle; seed {}{}",
+        "  kills {} per supervisor (child up > {:?} before each); rounds {} for figures 2-8; idle window {:?} after {:?} settle; seed {}{}",
         opts.kills,
         UP_BEFORE_KILL,
         opts.rounds,
@@ -1111,13 +1030,19 @@ fn print_header(opts: &Options, ctx: &Ctx<'_>, kinds: &[Kind], subreaper: bool) 
     println!("  child: {} (cc -O2 benches/child.c)", ctx.child.display());
     for &k in kinds {
         let version = match k {
+            Kind::Warden if common::warden_bin_overridden() => format!(
+                "${}, copied from {}",
+                common::WARDEN_BIN_VAR,
+                common::warden_bin().display()
+            ),
             Kind::Warden => format!(
                 "warden {}, release build, copied from {}",
                 env!("CARGO_PKG_VERSION"),
                 env!("CARGO_BIN_EXE_warden")
             ),
             Kind::Floor => "benches/child.c, cc -O2".to_string(),
-            _ => package_version(k.package()),
+            _ => common::package_version(k.package())
+                .unwrap_or_else(|| format!("{} (version unknown)", k.package())),
         };
         let how = match k {
             Kind::Warden => {
@@ -1138,6 +1063,9 @@ fn print_header(opts: &Options, ctx: &Ctx<'_>, kinds: &[Kind], subreaper: bool) 
             Kind::Floor => {
                 "baseline, not a peer: child --supervise N DIR MARKER forks+execs N children and respawns on waitpid (figures 1 and 4 only)"
             }
+            Kind::Monit => {
+                "figure 8 only: monit -c DIR/monitrc -I; set daemon = the interval; per program a check host with `if failed port P type tcp` or `protocol http`"
+            }
         };
         println!("  {:<12} {} [{version}]", k.slug(), ctx.tools[&k].display());
         println!("  {:<12} {how}", "");
@@ -1146,47 +1074,6 @@ fn print_header(opts: &Options, ctx: &Ctx<'_>, kinds: &[Kind], subreaper: bool) 
         println!("  note: could not become a child subreaper; orphans go to PID 1");
     }
     println!();
-}
-
-fn package_version(pkg: &str) -> String {
-    Command::new("dpkg-query")
-        .args(["-W", "-f", "${Version}", pkg])
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| format!("{pkg} {}", String::from_utf8_lossy(&o.stdout).trim()))
-        .unwrap_or_else(|| format!("{pkg} (version unknown)"))
-}
-
-/// The three load averages of `/proc/loadavg`: other work on the machine skews every figure.
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn cpu_model() -> String {
-    fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-/// Nearest-rank percentile; `None` for no data. Infinite values sort last.
-fn percentile(values: &[f64], p: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
-    Some(v[rank.clamp(1, v.len()) - 1])
 }
 
 struct Figure<'a> {
@@ -1246,6 +1133,18 @@ fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
             fmt: |v| format!("{v:.0}"),
             target: "0",
         },
+        Figure {
+            title: "7 SIGTERM -> 3-level stack of 16 gone",
+            data: &r.stack_s,
+            fmt: |v| {
+                if v.is_finite() {
+                    format!("{v:.3} s")
+                } else {
+                    "never (>=30 s)".into()
+                }
+            },
+            target: "-",
+        },
     ];
     let median = |f: &Figure<'_>, k: Kind| f.data.get(&k).and_then(|v| percentile(v, 50.0));
     let peers: Vec<Kind> = kinds.iter().copied().filter(|&k| k.is_peer()).collect();
@@ -1270,15 +1169,18 @@ fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
                 row.push(ratio(w, median(f, p)));
             }
             row.push(f.target.into());
-            let met = w.map(|w| match i {
-                0 => w < 2.0 && median(f, Kind::Runit).is_none_or(|r| w <= r),
-                1 => w == 0.0,
-                2 => w < 2.0,
-                3 => w < 0.2,
-                4 => w < 10.0,
-                _ => w == 0.0,
+            let met = w.map(|w| {
+                Some(match i {
+                    0 => w < 2.0 && median(f, Kind::Runit).is_none_or(|r| w <= r),
+                    1 => w == 0.0,
+                    2 => w < 2.0,
+                    3 => w < 0.2,
+                    4 => w < 10.0,
+                    5 => w == 0.0,
+                    _ => return None,
+                })
             });
-            row.push(match met {
+            row.push(match met.flatten() {
                 Some(true) => "yes".into(),
                 Some(false) => "NO".into(),
                 None => "-".into(),
@@ -1286,27 +1188,11 @@ fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
         }
         rows.push(row);
     }
-    let widths: Vec<usize> = (0..rows[0].len())
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
     println!(
-        "results: medians ({} kills per supervisor for figure 1, {} round(s) for figures 2-6)",
+        "results: medians ({} kills per supervisor for figure 1, {} round(s) for figures 2-7)",
         opts.kills, opts.rounds
     );
-    for (n, row) in rows.iter().enumerate() {
-        let mut line = String::new();
-        for (c, cell) in row.iter().enumerate() {
-            if c == 0 {
-                let _ = write!(line, "{cell:<w$}", w = widths[c]);
-            } else {
-                let _ = write!(line, "  {cell:>w$}", w = widths[c]);
-            }
-        }
-        println!("{}", line.trim_end());
-        if n == 0 {
-            println!("{}", "-".repeat(line.trim_end().len()));
-        }
-    }
+    common::table::print_rows(&rows);
     println!();
     println!("w/PEER: warden's median divided by PEER's (< 1: warden lower); '-' when undefined");
     if kinds.contains(&Kind::Floor) {
@@ -1347,6 +1233,10 @@ fn print_table(opts: &Options, kinds: &[Kind], r: &Results) {
             println!("  own processes (figures 2, 3) {:<12} {own}", k.slug());
         }
     }
+}
+
+/// The notes of every figure, after the tables.
+fn print_notes(r: &Results) {
     for (k, n) in &r.notes {
         println!("  note {}: {n}", k.slug());
     }
