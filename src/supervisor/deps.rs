@@ -289,14 +289,17 @@ impl Supervisor {
         }
         self.advance_deferred_stops();
         for p in self.table.live_programs() {
-            let held = self.table[p].slots().iter().any(|s| s.hold.is_some());
+            // Most turns hold nothing: skip the edge lookups for them (this runs every turn).
+            if !self.table[p].slots().iter().any(|s| s.hold.is_some()) {
+                continue;
+            }
             // A dependency about to be stopped is no reason to start again.
             let after = self.starts_after(p);
             let stopping = self
                 .deps_deferred
                 .iter()
                 .any(|d| after.contains(&d.program));
-            if !held || stopping || !self.unready_deps(p).is_empty() {
+            if stopping || !self.unready_deps(p).is_empty() {
                 continue;
             }
             for pos in self.table[p].positions() {
