@@ -22,6 +22,9 @@ _warden() {
             warden,completions)
                 cmd="warden__subcmd__completions"
                 ;;
+            warden,healthcheck)
+                cmd="warden__subcmd__healthcheck"
+                ;;
             warden,help)
                 cmd="warden__subcmd__help"
                 ;;
@@ -54,6 +57,9 @@ _warden() {
                 ;;
             warden__subcmd__help,completions)
                 cmd="warden__subcmd__help__subcmd__completions"
+                ;;
+            warden__subcmd__help,healthcheck)
+                cmd="warden__subcmd__help__subcmd__healthcheck"
                 ;;
             warden__subcmd__help,help)
                 cmd="warden__subcmd__help__subcmd__help"
@@ -89,7 +95,7 @@ _warden() {
 
     case "${cmd}" in
         warden)
-            opts="-c -h -V --config --help --version run start stop restart status reload scale check reopen-logs completions help"
+            opts="-c -h -V --config --help --version run start stop restart status reload scale check healthcheck reopen-logs completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -154,8 +160,30 @@ _warden() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        warden__subcmd__healthcheck)
+            opts="-c -h --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         warden__subcmd__help)
-            opts="run start stop restart status reload scale check reopen-logs completions help"
+            opts="run start stop restart status reload scale check healthcheck reopen-logs completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -183,6 +211,20 @@ _warden() {
             return 0
             ;;
         warden__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        warden__subcmd__help__subcmd__healthcheck)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

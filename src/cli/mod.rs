@@ -3,6 +3,7 @@
 
 mod control;
 mod exit;
+mod healthcheck;
 #[cfg(test)]
 mod man_tests;
 mod serve;
@@ -106,6 +107,13 @@ enum Verb {
     },
     /// Validate the configuration file, printing every problem.
     Check,
+    /// Exit 0 when every instance (of PROGRAMs, or all) is up, ready and passing its health
+    /// check, else 1 with one line per reason: for Docker's HEALTHCHECK and Kubernetes' exec
+    /// probes.
+    Healthcheck {
+        /// Only these programs.
+        programs: Vec<String>,
+    },
     /// Make the daemon reopen its log files (after rotation).
     ReopenLogs,
     /// Print a shell completion script for SHELL to standard output.
@@ -181,6 +189,14 @@ fn run(verb: Verb, config: &std::path::Path) -> ExitCode {
             control::command(&c, C::Scale { program, instances }, timeout)
         }),
         Verb::Check => check(config),
+        // A probe must say 0 or 1, whatever went wrong: a file that cannot be read is unhealthy.
+        Verb::Healthcheck { programs } => match located(config) {
+            Ok(c) => healthcheck::healthcheck(&c, programs),
+            Err(e) => {
+                println!("unhealthy: {e}");
+                ExitCode::from(exit::FAILURE)
+            }
+        },
         // Like `stop`, this must work after a bad edit of the file: logrotate's postrotate does
         // not wait for someone to finish editing warden.toml.
         Verb::ReopenLogs => with_located_config(config, |c| reopen_logs(&c)),

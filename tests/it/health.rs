@@ -1106,3 +1106,49 @@ fn the_example_stack_runs_comes_up_in_order_and_passes_its_checks() {
         "left behind: {pids:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// `warden healthcheck`: one exit status for a container runtime's probe.
+
+#[test]
+fn healthcheck_exits_0_when_all_is_ready_and_1_with_the_reasons_otherwise() {
+    let test = this_test!();
+    // A port nobody listens on: its check fails.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut sb = test.supervisor_sandbox(
+        "",
+        &format!(
+            "[program.up]\ncommand = [\"SANDBOX/sleep\", \"100\"]\n\
+             [program.sick]\ncommand = [\"SANDBOX/sleep\", \"100\"]\n\
+             health = {{ tcp = \"{closed}\", interval = \"200ms\", retries = 1000 }}\n"
+        ),
+    );
+    // Not running yet: unhealthy, exit 1 (never another status: a probe knows 0 and 1).
+    let out = sb.run(&["healthcheck"]);
+    assert_exit(&out, 1);
+    assert!(
+        stdout_of(&out).starts_with("unhealthy: warden does not answer"),
+        "{}",
+        stdout_of(&out)
+    );
+    sb.start();
+    let mut last = String::new();
+    let ok = wait_until(TIMEOUT, || {
+        let out = sb.run(&["healthcheck"]);
+        last = stdout_of(&out);
+        exit_code(&out) == Some(1)
+            && last.contains("unhealthy: sick[0]: health failing ")
+            && last.contains("connect: ECONNREFUSED")
+    });
+    assert!(
+        ok,
+        "healthcheck never named the failing check; last:\n{last}"
+    );
+    assert!(!last.contains("up[0]"), "{last}");
+    let out = sb.run(&["healthcheck", "up"]);
+    assert_exit(&out, 0);
+    assert_eq!(stdout_of(&out).trim(), "healthy: 1 instance(s) ready");
+}
