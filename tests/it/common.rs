@@ -720,3 +720,32 @@ pub fn expect(sb: &mut Sandbox, args: &[&str], want: i32) -> String {
     );
     stdout_of(&out)
 }
+
+/// `warden status --json`, parsed (`null` if it printed no JSON, for callers that poll).
+pub fn status_json(sb: &mut Sandbox) -> serde_json::Value {
+    let out = sb.run(&["status", "--json"]);
+    serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+/// Polls `warden status` (table and JSON: two requests) until `pred` holds on both; returns
+/// them.
+pub fn wait_status(
+    sb: &mut Sandbox,
+    what: &str,
+    pred: impl Fn(&str, &serde_json::Value) -> bool,
+) -> (String, serde_json::Value) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let text = stdout_of(&sb.run(&["status"]));
+        let v = status_json(sb);
+        if pred(&text, &v) {
+            return (text, v);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "status never showed {what}; last:\n{text}\n{v:#}\nlog:\n{}",
+            log(sb)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -107,11 +107,6 @@ fn stack_program(py: &str, name: &str, ready: f64, stop: f64, extra: &str) -> St
     )
 }
 
-fn status_json(sb: &mut Sandbox) -> Value {
-    let out = sb.run(&["status", "--json"]);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON: {e}"))
-}
-
 /// The JSON of every instance of `program`.
 fn insts(v: &Value, program: &str) -> Vec<Value> {
     v["instances"]
@@ -121,28 +116,6 @@ fn insts(v: &Value, program: &str) -> Vec<Value> {
         .filter(|i| i["program"] == program)
         .cloned()
         .collect()
-}
-
-/// Polls `warden status` (text and JSON) until `pred` holds on them; returns them.
-fn wait_status(
-    sb: &mut Sandbox,
-    what: &str,
-    pred: impl Fn(&str, &Value) -> bool,
-) -> (String, Value) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let text = stdout_of(&sb.run(&["status"]));
-        let v = status_json(sb);
-        if pred(&text, &v) {
-            return (text, v);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "status never showed {what}; last:\n{text}\n{v:#}\nlog:\n{}",
-            log(sb)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The STATE column of the status table's row for `tag` (`web[0]` → row `web  0 …`).

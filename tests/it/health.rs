@@ -92,11 +92,6 @@ fn wait_stamps(sb: &Sandbox, name: &str, what: &str, n: usize) -> Vec<Stamp> {
     stamped(sb, name, what)
 }
 
-fn status_json(sb: &mut Sandbox) -> Value {
-    let out = sb.run(&["status", "--json"]);
-    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-}
-
 /// The JSON of instance `index` of `program` (null when absent).
 fn inst(v: &Value, program: &str, index: u64) -> Value {
     v["instances"]
@@ -131,28 +126,6 @@ fn cell(text: &str, program: &str, index: usize, title: &str) -> Option<String> 
             .trim()
             .to_string(),
     )
-}
-
-/// Polls `warden status` (table and JSON, two requests) until `pred` holds on both; returns them.
-fn wait_status(
-    sb: &mut Sandbox,
-    what: &str,
-    pred: impl Fn(&str, &Value) -> bool,
-) -> (String, Value) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let text = stdout_of(&sb.run(&["status"]));
-        let v = status_json(sb);
-        if pred(&text, &v) {
-            return (text, v);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "status never showed {what}; last:\n{text}\n{v:#}\nlog:\n{}",
-            log(sb)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// The error of an HTTP check that timed out after `after` (`500ms`, `1s`) waiting for the

@@ -50,11 +50,6 @@ fn fd_line(info: &str, fd: i32) -> Option<(String, u64)> {
     Some((word("name")?, word("inode")?.parse().ok()?))
 }
 
-fn status_json(sb: &mut Sandbox) -> Value {
-    let out = sb.run(&["status", "--json"]);
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON: {e}"))
-}
-
 /// The inode `status --json` gives socket `name`.
 fn held_inode(v: &Value, name: &str) -> u64 {
     v["sockets"]
