@@ -171,6 +171,7 @@ fn supervisor(
     sup.set_log(log.clone());
     sup.set_kill_strays(true);
     sup.set_shutdown_timeout(d.shutdown_timeout);
+    sup.set_exit_on_fatal(d.exit_on_fatal);
     sup.set_scale_program(d.scale_program.clone());
     sup.set_config_path(config.path.display().to_string());
     let manager = handle.service_manager();
@@ -274,7 +275,8 @@ fn log_config(config: &Config, foreground: bool) -> LogConfig {
 fn event_loop(sup: &mut Supervisor, signals: &mut Signals) -> u8 {
     loop {
         match sup.run(signals) {
-            Ok(RunExit::Shutdown) => return exit::OK,
+            // Under exit_on_fatal, a program's failure ended it: exit as that program did.
+            Ok(RunExit::Shutdown) => return sup.failure_exit().unwrap_or(exit::OK),
             // The reloader is set: SIGHUP is handled inside the loop.
             Ok(RunExit::Reload) => {}
             Err(e) => {

@@ -145,6 +145,11 @@ pub struct DaemonSpec {
     /// `shutdown_timeout`: the deadline for a whole graceful shutdown, exit hooks included
     /// (default 30 s).
     pub shutdown_timeout: Duration,
+    /// `exit_on_fatal`: when a program ends for good with a failure (it goes `fatal`, or exits
+    /// non-zero or by a signal and its `restart` policy does not start it again), stop
+    /// everything and exit with that program's exit status (128 + N for signal N): a container's
+    /// entry point that fails like its program, as tini does (default false).
+    pub exit_on_fatal: bool,
     /// `scale_program`: the program whose instance count `SIGTTIN`/`SIGTTOU` raise and lower
     /// (default none: those signals are ignored). It names a `[program.NAME]` table of the file.
     pub scale_program: Option<String>,
@@ -170,6 +175,7 @@ impl Default for DaemonSpec {
             syslog_ident: "warden".into(),
             ready_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
+            exit_on_fatal: false,
             scale_program: None,
             control_socket: PathBuf::from("/run/warden/warden.sock"),
             control_group: None,
@@ -557,6 +563,9 @@ fn read_daemon_control(
     }
     if let Some(t) = s.duration(c, "shutdown_timeout") {
         d.shutdown_timeout = t;
+    }
+    if let Some(b) = s.boolean(c, "exit_on_fatal") {
+        d.exit_on_fatal = b;
     }
     let scale = s.string(c, "scale_program");
     match s.path(c, "control_socket", base) {

@@ -583,6 +583,7 @@ impl Supervisor {
             let level = if quiet { log::Level::Debug } else { level };
             log::log!(level, "{line}");
         }
+        self.judge_end(p, pos, &change);
     }
 
     /// Carries out one action of instance `pos`; returns the event it causes, if any.

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use super::Supervisor;
 use super::table::{ProgramId, SlotPos, is_down};
+use super::{InstanceState, Supervisor};
 use crate::lifecycle::{AfterStop, Event, State};
+use crate::policy::ExitStatus;
 
 /// Which shutdown is under way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +40,38 @@ pub(crate) struct ShutdownState {
     pub(crate) deadline: Option<Instant>,
     /// Whether the end of a shutdown kills the strays ([`Supervisor::set_kill_strays`]).
     pub(crate) kill_strays: bool,
+    /// Stop everything once a program ends for good with a failure
+    /// ([`Supervisor::set_exit_on_fatal`]).
+    pub(crate) exit_on_fatal: bool,
+    /// The exit status a failure chose under `exit_on_fatal` (the first one only).
+    pub(crate) failed: Option<u8>,
+}
+
+/// Whether an instance that went from `before` to `after`, its last process having ended with
+/// `last`, has ended for good with a failure: it went `fatal`, or it was left `exited` (its
+/// restart policy does not start it again) after a non-zero exit or a signal.
+pub(crate) fn ended_badly(
+    before: InstanceState,
+    after: InstanceState,
+    last: Option<ExitStatus>,
+) -> bool {
+    match after {
+        InstanceState::Fatal => before != InstanceState::Fatal,
+        InstanceState::Exited => {
+            before != InstanceState::Exited && last.is_some_and(|s| !s.success())
+        }
+        _ => false,
+    }
+}
+
+/// The exit status a supervisor ends with for a program that ended with `last`: its exit code,
+/// 128 + N for signal N (as a shell and tini say it), 1 when it never ran.
+pub(crate) fn exit_status_of(last: Option<ExitStatus>) -> u8 {
+    match last {
+        Some(ExitStatus::Code(c)) if c != 0 => u8::try_from(c & 0xff).unwrap_or(1).max(1),
+        Some(ExitStatus::Signal { signal, .. }) => u8::try_from(128 + signal).unwrap_or(255),
+        _ => 1,
+    }
 }
 
 impl ShutdownState {
@@ -144,6 +177,42 @@ pub(crate) fn on_deadline(
 }
 
 impl Supervisor {
+    /// Whether a program that ends for good with a failure — it goes `fatal`, or exits non-zero
+    /// or by a signal and its restart policy does not start it again — stops everything (a
+    /// graceful shutdown), [`Supervisor::failure_exit`] then naming the exit status to end with
+    /// (default off: the `warden` binary's `exit_on_fatal`, for a container's entry point).
+    pub fn set_exit_on_fatal(&mut self, yes: bool) {
+        self.shutdown.exit_on_fatal = yes;
+    }
+
+    /// After [`Supervisor::run`] returned because of [`Supervisor::set_exit_on_fatal`]: the
+    /// failed program's exit status (its exit code, or 128 + N for signal N).
+    pub fn failure_exit(&self) -> Option<u8> {
+        self.shutdown.failed
+    }
+
+    /// Under `exit_on_fatal`: ends everything if `change` left instance `pos` of `p` ended for
+    /// good with a failure (not one stopped by hand or scaled away, nor during a shutdown).
+    pub(super) fn judge_end(&mut self, p: ProgramId, pos: SlotPos, change: &super::Change) {
+        if !self.shutdown.exit_on_fatal || self.shutdown.active() {
+            return;
+        }
+        let slot = &self.table[p][pos];
+        let last = slot.inst.last_exit;
+        if slot.retiring || slot.inst.manual_stop || !ended_badly(change.before, change.after, last)
+        {
+            return;
+        }
+        let code = exit_status_of(last);
+        let why = last.map_or_else(|| "it never ran".to_string(), |s| s.to_string());
+        log::error!(
+            "{}: ended for good ({why}); exit_on_fatal: stopping everything, then exiting {code}",
+            change.tag
+        );
+        self.shutdown.failed = Some(code);
+        self.shutdown(false);
+    }
+
     /// Starts a graceful shutdown (as `SIGTERM` does); [`Supervisor::run`] returns once done.
     pub fn shutdown(&mut self, fast: bool) {
         if !self.shutdown.active() {

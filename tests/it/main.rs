@@ -42,6 +42,8 @@ mod health;
 mod lifecycle;
 /// Logging against real peers: logrotate, a syslog receiver, journald prefixes, reopen-logs.
 mod logging;
+/// warden as a container's PID 1 (`unshare --pid`) and `exit_on_fatal`.
+mod pid1;
 /// The job pool from the outside, one scenario of `tests/fixtures/pool_scenarios.rs` per test.
 mod pool;
 /// Property tests (proptest) of the parsers and of the supervisor's state machine.

@@ -195,6 +195,7 @@ mod config {
                 .boxed(),
             ("daemon", "ready_timeout") => dur(1, YEAR_MS),
             ("daemon", "shutdown_timeout") => dur(0, YEAR_MS),
+            ("daemon", "exit_on_fatal") => any::<bool>().prop_map(Val::Bool).boxed(),
             // Chosen among the generated programs once they exist (see `file`).
             ("daemon", "scale_program") => Just(Val::Str(String::new())).boxed(),
             ("program.NAME", "command") => prop_oneof![
@@ -829,6 +830,7 @@ mod config {
                 "syslog_ident" => d.syslog_ident = s(),
                 "ready_timeout" => d.ready_timeout = dur_of(v),
                 "shutdown_timeout" => d.shutdown_timeout = dur_of(v),
+                "exit_on_fatal" => d.exit_on_fatal = matches!(v, Val::Bool(true)),
                 "scale_program" => d.scale_program = Some(s()),
                 "control_socket" => socket = Some(base.join(s())),
                 "control_group" => d.control_group = Some(s()),

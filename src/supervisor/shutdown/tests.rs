@@ -174,3 +174,53 @@ fn a_deadline_is_dropped_once_the_shutdown_is_fast() {
         Deadline::Drop
     );
 }
+
+// --- exit_on_fatal ---------------------------------------------------------------------------
+
+#[test]
+fn a_program_ends_badly_when_it_goes_fatal_or_stays_exited_after_a_failure() {
+    use super::{ExitStatus, InstanceState as S, ended_badly};
+    let failed = Some(ExitStatus::Code(3));
+    let ok = Some(ExitStatus::Code(0));
+    assert!(ended_badly(S::Running, S::Fatal, failed));
+    assert!(
+        ended_badly(S::Starting, S::Fatal, None),
+        "a start that cannot succeed"
+    );
+    assert!(!ended_badly(S::Fatal, S::Fatal, failed), "once");
+    assert!(ended_badly(S::Ready, S::Exited, failed));
+    let killed = Some(ExitStatus::Signal {
+        signal: 9,
+        core_dumped: false,
+    });
+    assert!(ended_badly(S::Running, S::Exited, killed));
+    assert!(
+        !ended_badly(S::Running, S::Exited, ok),
+        "a one-shot job that succeeded"
+    );
+    assert!(
+        !ended_badly(S::Running, S::Backoff, failed),
+        "it will be restarted"
+    );
+    assert!(
+        !ended_badly(S::Stopping, S::Stopped, killed),
+        "stopped by hand"
+    );
+}
+
+#[test]
+fn the_exit_status_is_the_programs_code_or_128_plus_its_signal() {
+    use super::{ExitStatus, exit_status_of};
+    assert_eq!(exit_status_of(Some(ExitStatus::Code(3))), 3);
+    assert_eq!(exit_status_of(Some(ExitStatus::Code(256))), 1, "never 0");
+    let sig = |signal| {
+        Some(ExitStatus::Signal {
+            signal,
+            core_dumped: false,
+        })
+    };
+    assert_eq!(exit_status_of(sig(9)), 137);
+    assert_eq!(exit_status_of(sig(15)), 143);
+    assert_eq!(exit_status_of(None), 1);
+    assert_eq!(exit_status_of(Some(ExitStatus::Code(0))), 1);
+}

@@ -1,0 +1,153 @@
+//! warden as a container's entry point: `warden run` as PID 1 of a PID namespace (`unshare
+//! --pid --fork --mount-proc`, as root) reaps the orphans re-parented to it and stops on
+//! `SIGTERM`; `exit_on_fatal` ends warden with the exit status of a program that ended for good
+//! with a failure.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::common::*;
+
+/// `warden run` in the foreground, its output in `run.out`; its pid (tracked).
+fn run(sb: &mut Sandbox, prefix: &[&str]) -> i32 {
+    let out = std::fs::File::create(sb.path("run.out")).unwrap();
+    let mut cmd = if prefix.is_empty() {
+        sb.warden(&["run"])
+    } else {
+        let mut c = std::process::Command::new(prefix[0]);
+        c.args(&prefix[1..])
+            .arg(warden_bin())
+            .arg("-c")
+            .arg(sb.path("warden.toml"))
+            .arg("run")
+            .stdin(Stdio::null());
+        c
+    };
+    cmd.stdout(out.try_clone().unwrap()).stderr(out);
+    sb.spawn(cmd)
+}
+
+/// Waits (bounded) for the spawned `pid` to exit; its exit code.
+fn exit_of(sb: &mut Sandbox, pid: i32) -> Option<i32> {
+    let st = sb.wait_child(pid, TIMEOUT);
+    assert!(
+        st.is_some(),
+        "warden did not exit; output:\n{}",
+        sb.read("run.out")
+    );
+    st.and_then(|s| s.code())
+}
+
+#[test]
+fn as_pid_1_warden_reaps_orphans_and_stops_on_sigterm_with_status_0() {
+    let test = this_test!();
+    if !test.require_root() || !test.require_tool("unshare", "util-linux") {
+        return;
+    }
+    // Each round leaves three orphans (sleep's parent subshell exits at once) for PID 1.
+    let mut sb = test.supervisor_sandbox(
+        "",
+        "[program.orphans]\ncommand = [\"/bin/sh\", \"-c\", \
+         \"while :; do for i in 1 2 3; do (SANDBOX/sleep 0.05 &); done; SANDBOX/sleep 0.2; done\"]\n\
+         [program.b]\ncommand = [\"SANDBOX/sleep\", \"100\"]\n",
+    );
+    let outer = run(&mut sb, &["unshare", "--pid", "--fork", "--mount-proc"]);
+    // The warden inside is unshare's child, and PID 1 of its namespace.
+    let mut warden = 0;
+    assert!(
+        wait_until(TIMEOUT, || {
+            warden = children_of(outer).first().copied().unwrap_or(0);
+            warden != 0 && children_of(warden).len() >= 3
+        }),
+        "warden never started its programs:\n{}",
+        sb.read("run.out")
+    );
+    let nspid = status(warden)["NSpid"].clone();
+    assert!(
+        nspid.ends_with(" 1") || nspid.ends_with("\t1"),
+        "NSpid {nspid:?}"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    // About 20 orphans were made by now: none is left a zombie for long.
+    let zombies: Vec<i32> = children_of(warden)
+        .into_iter()
+        .filter(|&p| is_zombie(p))
+        .collect();
+    assert!(zombies.len() <= 3, "unreaped orphans: {zombies:?}");
+    let everything: Vec<i32> = children_of(warden);
+    signal(warden, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(exit_of(&mut sb, outer), Some(0), "{}", sb.read("run.out"));
+    assert!(!alive(warden) || is_zombie(warden));
+    for p in everything {
+        assert!(!alive(p) || is_zombie(p), "pid {p} outlived warden");
+    }
+}
+
+/// A sandbox running `job` (its `[program.job]` lines) beside a long-lived program, with
+/// `exit_on_fatal = true`.
+fn fatal_sandbox(test: &Test, job: &str) -> Sandbox {
+    test.supervisor_sandbox(
+        "exit_on_fatal = true",
+        &format!("[program.job]\n{job}\n[program.other]\ncommand = [\"SANDBOX/sleep\", \"100\"]\n"),
+    )
+}
+
+#[test]
+fn exit_on_fatal_ends_warden_with_the_exit_status_of_the_program_that_failed() {
+    let test = this_test!();
+    for (job, want, why) in [
+        (
+            "command = [\"/bin/sh\", \"-c\", \"sleep 0.3; exit 3\"]\nrestart = \"never\"",
+            3,
+            "exit code 3",
+        ),
+        (
+            "command = [\"/bin/sh\", \"-c\", \"sleep 0.3; kill -9 $$\"]\nrestart = \"on-failure\"\n\
+             max_restarts = 0",
+            137,
+            "signal 9",
+        ),
+        (
+            "command = [\"/bin/sh\", \"-c\", \"exit 2\"]\nmax_restarts = 2\nbackoff_initial = \"10ms\"",
+            2,
+            "crash loop",
+        ),
+    ] {
+        let mut sb = fatal_sandbox(&test, job);
+        let pid = run(&mut sb, &[]);
+        let code = exit_of(&mut sb, pid);
+        let out = format!("{}{}", sb.read("run.out"), log(&sb));
+        assert_eq!(code, Some(want), "{why}:\n{out}");
+        assert!(
+            out.contains(&format!(
+                "exit_on_fatal: stopping everything, then exiting {want}"
+            )),
+            "{why}:\n{out}"
+        );
+        assert!(
+            out.contains("other[0]: running -> stopping"),
+            "{why}:\n{out}"
+        );
+        assert_no_process(&sb);
+    }
+}
+
+#[test]
+fn exit_on_fatal_leaves_a_successful_one_shot_and_a_requested_stop_at_status_0() {
+    let test = this_test!();
+    let mut sb = fatal_sandbox(
+        &test,
+        "command = [\"/bin/sh\", \"-c\", \"exit 0\"]\nrestart = \"on-failure\"",
+    );
+    let pid = run(&mut sb, &[]);
+    let exited = |sb: &Sandbox| log(sb).contains("job[0]: running -> exited");
+    assert!(wait_until(TIMEOUT, || exited(&sb)), "{}", log(&sb));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        alive(pid),
+        "a job that succeeded ends nothing:\n{}",
+        log(&sb)
+    );
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(exit_of(&mut sb, pid), Some(0), "{}", log(&sb));
+}
