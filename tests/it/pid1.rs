@@ -44,11 +44,12 @@ fn as_pid_1_warden_reaps_orphans_and_stops_on_sigterm_with_status_0() {
     if !test.require_root() || !test.require_tool("unshare", "util-linux") {
         return;
     }
-    // Each round leaves three orphans (sleep's parent subshell exits at once) for PID 1.
+    // 1,000 orphans: each subshell exits at once, leaving its `true` to PID 1.
     let mut sb = test.supervisor_sandbox(
         "",
         "[program.orphans]\ncommand = [\"/bin/sh\", \"-c\", \
-         \"while :; do for i in 1 2 3; do (SANDBOX/sleep 0.05 &); done; SANDBOX/sleep 0.2; done\"]\n\
+         \"i=0; while [ $i -lt 1000 ]; do (true &); i=$((i+1)); done; \
+         echo done > SANDBOX/orphans.done; exec SANDBOX/sleep 100\"]\n\
          [program.b]\ncommand = [\"SANDBOX/sleep\", \"100\"]\n",
     );
     let outer = run(&mut sb, &["unshare", "--pid", "--fork", "--mount-proc"]);
@@ -57,9 +58,9 @@ fn as_pid_1_warden_reaps_orphans_and_stops_on_sigterm_with_status_0() {
     assert!(
         wait_until(TIMEOUT, || {
             warden = children_of(outer).first().copied().unwrap_or(0);
-            warden != 0 && children_of(warden).len() >= 3
+            warden != 0 && sb.path("orphans.done").exists()
         }),
-        "warden never started its programs:\n{}",
+        "the orphans were never made:\n{}",
         sb.read("run.out")
     );
     let nspid = status(warden)["NSpid"].clone();
@@ -67,13 +68,18 @@ fn as_pid_1_warden_reaps_orphans_and_stops_on_sigterm_with_status_0() {
         nspid.ends_with(" 1") || nspid.ends_with("\t1"),
         "NSpid {nspid:?}"
     );
-    std::thread::sleep(Duration::from_millis(1500));
-    // About 20 orphans were made by now: none is left a zombie for long.
-    let zombies: Vec<i32> = children_of(warden)
-        .into_iter()
-        .filter(|&p| is_zombie(p))
-        .collect();
-    assert!(zombies.len() <= 3, "unreaped orphans: {zombies:?}");
+    // Every orphan was reaped: no zombie among PID 1's children (bounded wait).
+    let zombies = || -> Vec<i32> {
+        children_of(warden)
+            .into_iter()
+            .filter(|&p| is_zombie(p))
+            .collect()
+    };
+    assert!(
+        wait_until(TIMEOUT, || zombies().is_empty()),
+        "unreaped orphans: {:?}",
+        zombies()
+    );
     let everything: Vec<i32> = children_of(warden);
     signal(warden, nix::sys::signal::Signal::SIGTERM);
     assert_eq!(exit_of(&mut sb, outer), Some(0), "{}", sb.read("run.out"));
