@@ -284,6 +284,10 @@ pub(super) fn read_drop_in_programs(
                     "a drop-in file cannot include others: include is read in {} only",
                     main.display()
                 ),
+                "socket" => format!(
+                    "a drop-in file holds [program.NAME] tables only: [socket.NAME] belongs in {}",
+                    main.display()
+                ),
                 _ => "unknown key: a drop-in file holds [program.NAME] tables only".to_string(),
             };
             c.at(k.span(), key, message);

@@ -187,7 +187,8 @@ fn a_drop_in_holds_programs_only() {
     let d = Dir::new("only");
     d.write(
         "conf.d/bad.toml",
-        "include = [\"x/*.toml\"]\nbogus = 1\n[daemon]\nuser = \"x\"\n[program.ok]\ncommand = \"/bin/true\"\nfoo = 2\n",
+        "include = [\"x/*.toml\"]\nbogus = 1\n[daemon]\nuser = \"x\"\n[program.ok]\ncommand = \"/bin/true\"\nfoo = 2\n\
+         [socket.web]\nlisten = \"/run/web.sock\"\n",
     );
     let errs = d.errors("include = [\"conf.d/*.toml\"]\n");
     assert_eq!(
@@ -200,6 +201,8 @@ fn a_drop_in_holds_programs_only() {
             "DIR/conf.d/bad.toml:3:2: daemon: a drop-in file holds [program.NAME] tables only: \
              [daemon] belongs in DIR/warden.toml",
             "DIR/conf.d/bad.toml:7:1: program.ok.foo: unknown key",
+            "DIR/conf.d/bad.toml:8:2: socket: a drop-in file holds [program.NAME] tables only: \
+             [socket.NAME] belongs in DIR/warden.toml",
         ]
     );
 }
