@@ -125,6 +125,9 @@ struct Link {
 #[derive(Debug)]
 pub(crate) struct Groups {
     tracked: HashMap<i32, Tracked>,
+    /// How many of `tracked` have their leader reaped: only those are checked by `sweep`,
+    /// which runs on every turn and so returns at once when there are none.
+    orphaned: usize,
     link: Option<Link>,
     token: Token,
     /// Starting a guard failed, and that was logged: say so again only after a success.
@@ -136,6 +139,7 @@ impl Groups {
     pub(crate) fn new(token: Token) -> Groups {
         Groups {
             tracked: HashMap::new(),
+            orphaned: 0,
             link: None,
             token,
             guard_failed: false,
@@ -188,13 +192,18 @@ impl Groups {
 
     /// A worker leading group `pgid` was spawned for `owner`.
     pub(crate) fn add(&mut self, registry: &Registry, pgid: i32, owner: Owner) {
-        self.tracked.insert(
-            pgid,
-            Tracked {
-                owner,
-                leader_reaped: false,
-            },
-        );
+        let new = Tracked {
+            owner,
+            leader_reaped: false,
+        };
+        // A group id reused before its old group was swept: that one is gone.
+        if self
+            .tracked
+            .insert(pgid, new)
+            .is_some_and(|old| old.leader_reaped)
+        {
+            self.orphaned = self.orphaned.saturating_sub(1);
+        }
         self.send(registry, true, pgid);
     }
 
@@ -207,8 +216,9 @@ impl Groups {
     /// `pid` was reaped: if it led a tracked group, that group is now checked like the others;
     /// if it was the guard, its pid is no longer ours to signal.
     pub(crate) fn leader_reaped(&mut self, pid: i32) {
-        if let Some(t) = self.tracked.get_mut(&pid) {
+        if let Some(t) = self.tracked.get_mut(&pid).filter(|t| !t.leader_reaped) {
             t.leader_reaped = true;
+            self.orphaned += 1;
         }
         if let Some(link) = self.link.as_mut().filter(|l| l.pid == pid) {
             link.reaped = true;
@@ -234,6 +244,9 @@ impl Groups {
     /// Checks every group whose leader is gone; forgets and returns those now empty, with their
     /// owners.
     pub(crate) fn sweep(&mut self, registry: &Registry) -> Vec<(i32, Owner)> {
+        if self.orphaned == 0 {
+            return Vec::new();
+        }
         let empty: Vec<(i32, Owner)> = self
             .tracked
             .iter()
@@ -284,7 +297,10 @@ impl Groups {
     }
 
     fn forget(&mut self, registry: &Registry, pgid: i32) {
-        if self.tracked.remove(&pgid).is_some() {
+        if let Some(t) = self.tracked.remove(&pgid) {
+            if t.leader_reaped {
+                self.orphaned = self.orphaned.saturating_sub(1);
+            }
             self.send(registry, false, pgid);
         }
     }

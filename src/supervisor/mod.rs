@@ -492,16 +492,28 @@ impl Supervisor {
         }
     }
 
+    /// The nearest deadline of anything: instances (their state machine's and their health
+    /// check's, in one pass: this runs on every turn), checks under way, the manager's
+    /// watchdog, the shutdown, idle control connections.
     fn next_deadline(&self) -> Option<Instant> {
         self.table
             .programs()
             .iter()
             .flat_map(|p| {
-                p.slots()
-                    .iter()
-                    .filter_map(|s| s.inst.deadline(&p.def.policy))
+                let policy = &p.def.policy;
+                p.slots().iter().filter_map(move |s| {
+                    let check = s
+                        .health
+                        .as_ref()
+                        .filter(|_| health::checked(&s.inst.state, policy.readiness))
+                        .and_then(health::Tracker::due);
+                    match (s.inst.deadline(policy), check) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    }
+                })
             })
-            .chain(self.next_check_deadline())
+            .chain(self.checks.next_deadline())
             .chain(self.manager.watchdog.as_ref().map(|w| w.next))
             .chain(self.shutdown.deadline)
             .chain(

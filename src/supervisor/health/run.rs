@@ -98,18 +98,6 @@ impl Supervisor {
         }
     }
 
-    /// The nearest instant a check is due or times out.
-    pub(in crate::supervisor) fn next_check_deadline(&self) -> Option<Instant> {
-        let due = self.table.programs().iter().flat_map(|p| {
-            let readiness = p.def.policy.readiness;
-            p.slots()
-                .iter()
-                .filter(move |s| checked(&s.inst.state, readiness))
-                .filter_map(|s| s.health.as_ref()?.due())
-        });
-        due.chain(self.checks.next_deadline()).min()
-    }
-
     /// A new process of instance `pos` (or none): its checks start over.
     pub(in crate::supervisor) fn reset_health(&mut self, p: ProgramId, pos: SlotPos, now: Instant) {
         let jitter = self.jitter.next_unit();
