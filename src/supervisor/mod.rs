@@ -719,7 +719,7 @@ impl Supervisor {
         let exec = match report {
             Ok(None) => ExecState::Done,
             Ok(Some((errno, step))) => {
-                let why = exec_failure(&self.table[p].def.work, step, errno);
+                let why = spawn::exec_failure(&self.table[p].def.work, step, errno);
                 log::error!("{}[{index}]: {why}", self.table[p].def.name);
                 ExecState::Failed(why)
             }
@@ -816,25 +816,6 @@ struct ManagerWatchdog {
     notifier: crate::daemon::Notifier,
     interval: Duration,
     next: Instant,
-}
-
-/// Why a worker's exec (or the set-up before it) failed, from its report: the failed `step` and
-/// its `errno`.
-fn exec_failure(work: &Work, step: crate::sys::spawn::ExecStep, errno: i32) -> String {
-    use crate::sys::spawn::ExecStep;
-    let what = match (work, step) {
-        (Work::Exec(spec), ExecStep::Exec) => format!("cannot execute {}", spec.command[0]),
-        (Work::Exec(spec), ExecStep::Chdir) => format!(
-            "cannot change directory to {}",
-            spec.directory
-                .as_deref()
-                .unwrap_or(std::path::Path::new("?"))
-                .display()
-        ),
-        (_, ExecStep::Stdio) => "cannot set up stdio".to_string(),
-        _ => "cannot set up the process (limits, credentials, process group)".to_string(),
-    };
-    format!("{what}: {}", std::io::Error::from_raw_os_error(errno))
 }
 
 /// One instance's change across an `apply`.

@@ -321,6 +321,29 @@ pub(crate) fn spawn_check(p: &Prepared, i: &SpawnRequest<'_>) -> Result<Started>
     fork().map_err(|e| Error::io("cannot execute", PathBuf::from(&p.argv[0]), e))
 }
 
+/// Why a worker's exec (or the set-up before it) failed, from its report: the failed `step` and
+/// its `errno`.
+pub(crate) fn exec_failure(
+    work: &super::Work,
+    step: crate::sys::spawn::ExecStep,
+    errno: i32,
+) -> String {
+    use crate::sys::spawn::ExecStep;
+    let what = match (work, step) {
+        (super::Work::Exec(spec), ExecStep::Exec) => format!("cannot execute {}", spec.command[0]),
+        (super::Work::Exec(spec), ExecStep::Chdir) => format!(
+            "cannot change directory to {}",
+            spec.directory
+                .as_deref()
+                .unwrap_or(std::path::Path::new("?"))
+                .display()
+        ),
+        (_, ExecStep::Stdio) => "cannot set up stdio".to_string(),
+        _ => "cannot set up the process (limits, credentials, process group)".to_string(),
+    };
+    format!("{what}: {}", std::io::Error::from_raw_os_error(errno))
+}
+
 /// Forks a function worker.
 pub(crate) fn spawn_fn(f: &WorkerFn, i: &SpawnRequest<'_>) -> Result<Started> {
     let out = output_pipe(i.stdout).map_err(|e| Error::sys("pipe2", e))?;
