@@ -241,3 +241,64 @@ fn socket_mistakes_are_configuration_errors_at_their_place() {
         assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
     }
 }
+
+#[test]
+fn connections_made_while_the_program_restarts_wait_in_the_held_socket_and_none_fails() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", "");
+    let fixture = path_str(&example("activated"));
+    // The new instance takes 300 ms before it accepts: every connection made meanwhile waits
+    // in the socket's queue, which warden keeps open.
+    sb.write_programs(
+        "",
+        &format!(
+            "[socket.web]\nlisten = \"SANDBOX/web.sock\"\n\
+             [program.web]\ncommand = {}\nsockets = [\"web\"]\n",
+            argv(&[&fixture, "--slow-start", "300ms"])
+        ),
+    );
+    sb.start();
+    let sock = sb.path("web.sock");
+    let first = wait_info(&sb, &sock, |i| field(i, "pid").is_some());
+    // A client that keeps asking, one request after another, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = {
+        let (stop, sock) = (stop.clone(), sock.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed, mut pids) = (0u32, 0u32, std::collections::BTreeSet::new());
+            // Bounded even if the test fails before it says stop.
+            let deadline = std::time::Instant::now() + TIMEOUT;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                match get_unix(&sock, "/") {
+                    Some(body) => {
+                        ok += 1;
+                        pids.insert(body);
+                    }
+                    None => failed += 1,
+                }
+            }
+            (ok, failed, pids)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    expect(&mut sb, &["restart", "web"], 0);
+    let _ = wait_info(&sb, &sock, |i| {
+        field(i, "pid").is_some_and(|p| Some(p) != field(&first, "pid"))
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed, pids) = client.join().expect("the client thread");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed; log:\n{}",
+        ok + failed,
+        log(&sb)
+    );
+    assert!(
+        pids.len() >= 2,
+        "served by the old and the new process: {pids:?}"
+    );
+}
