@@ -107,6 +107,24 @@ fn bracketed(host: &str) -> String {
     }
 }
 
+impl HostPort {
+    /// The socket address: the host as written when it is an address, else through the
+    /// resolver (which may block: call it when configuration is taken, not in an event loop).
+    /// The error is a message for humans naming the host.
+    pub fn resolve(&self) -> Result<std::net::SocketAddr, String> {
+        use std::net::ToSocketAddrs;
+        if let Ok(ip) = self.host.parse::<std::net::IpAddr>() {
+            return Ok(std::net::SocketAddr::new(ip, self.port));
+        }
+        let mut addrs = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {:?}: {e}", self.host))?;
+        addrs
+            .next()
+            .ok_or_else(|| format!("{:?} resolves to no address", self.host))
+    }
+}
+
 impl fmt::Display for HostPort {
     /// `HOST:PORT`, an IPv6 address in brackets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -128,15 +128,7 @@ pub fn hosts(config: &Config) -> Diagnostics {
             }) => ("http", hp),
             _ => continue,
         };
-        if hp.host.parse::<std::net::IpAddr>().is_ok() {
-            continue;
-        }
-        use std::net::ToSocketAddrs;
-        let problem = match (hp.host.as_str(), hp.port).to_socket_addrs() {
-            Ok(a) if a.len() > 0 => continue,
-            Ok(_) => format!("{:?} resolves to no address", hp.host),
-            Err(e) => format!("cannot resolve {:?}: {e}", hp.host),
-        };
+        let Err(problem) = hp.resolve() else { continue };
         let key = format!("program.{}.health.{key}", p.name);
         let file = p.source.as_deref().unwrap_or(&config.path);
         out.push(Diagnostic::new(config.place(&key), file, &key, problem));

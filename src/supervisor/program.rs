@@ -130,8 +130,8 @@ pub struct InstanceStatus {
     pub waiting_reason: Option<String>,
 }
 
-/// One instance's health check, as `warden status` shows it (`passing`, `failing 2/3: HTTP
-/// 500`, `starting`).
+/// One instance's health check, as `warden status` shows it (the text, `failing 2/3: HTTP 500`,
+/// is spelt once, by [`HealthInfo::text`](crate::control::HealthInfo::text)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthStatus {
     /// `passing`, `failing` or `starting` (no verdict yet, or inside `start_period`).
@@ -142,20 +142,6 @@ pub struct HealthStatus {
     pub retries: u32,
     /// The last failure's error, until a check passes.
     pub last_error: Option<String>,
-}
-
-impl std::fmt::Display for HealthStatus {
-    /// `passing`, `starting`, `failing 2/3: connect: ECONNREFUSED`.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.state)?;
-        if self.state == "failing" {
-            write!(f, " {}/{}", self.failures, self.retries)?;
-            if let Some(e) = &self.last_error {
-                write!(f, ": {e}")?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Where an instance is, as `warden status` shows it: the state machine's state without its

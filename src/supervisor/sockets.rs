@@ -38,13 +38,7 @@ impl HeldSocket {
     /// Errors: [`Error::Io`] naming the address, the socket and the errno (`EADDRINUSE`,
     /// `EACCES`), or an unknown user or group.
     pub fn bind(spec: &SocketSpec) -> Result<HeldSocket> {
-        let fail = |e: nix::errno::Errno| {
-            Error::io(
-                "cannot listen on",
-                format!("{} ([socket.{}], {e:?})", spec.listen, spec.name),
-                std::io::Error::from(e),
-            )
-        };
+        let fail = |e| socket_error("cannot listen on", spec, e);
         let fd = match &spec.listen {
             Listen::Tcp(addr) => bind_tcp(addr, spec.backlog).map_err(fail)?,
             Listen::Unix(path) => bind_unix(spec, path).map_err(|e| match e {
@@ -82,6 +76,12 @@ impl HeldSocket {
 }
 
 /// std's bind sets `SO_REUSEADDR` and close-on-exec; `listen` again sets the backlog.
+/// `WHAT ADDRESS ([socket.NAME], ERRNO): message`: the address, the socket and the errno.
+fn socket_error(what: &'static str, spec: &SocketSpec, e: nix::errno::Errno) -> Error {
+    let place = format!("{} ([socket.{}], {e:?})", spec.listen, spec.name);
+    Error::io(what, place, std::io::Error::from(e))
+}
+
 fn bind_tcp(addr: &std::net::SocketAddr, backlog: u32) -> nix::Result<OwnedFd> {
     let l = std::net::TcpListener::bind(addr).map_err(errno_of)?;
     let fd = OwnedFd::from(l);
@@ -225,13 +225,7 @@ impl Supervisor {
 impl HeldSocket {
     /// Applies `spec`'s backlog, mode and owner to this socket, bound at the same address.
     fn update(&mut self, spec: &SocketSpec) -> Result<()> {
-        let fail = |e: nix::errno::Errno| {
-            Error::io(
-                "cannot update",
-                format!("{} ([socket.{}], {e:?})", spec.listen, spec.name),
-                std::io::Error::from(e),
-            )
-        };
+        let fail = |e| socket_error("cannot update", spec, e);
         if spec.backlog != self.spec.backlog {
             listen(&self.fd, backlog_of(spec.backlog)).map_err(fail)?;
         }

@@ -490,8 +490,8 @@ mod config {
                     .zip(tables)
                     .enumerate()
                     .map(|(i, (name, t))| {
-                        let t = resolve_deps(consistent(t), &names[..i]);
-                        (name.clone(), resolve_sockets(t, &socket_names))
+                        let t = resolve_deps(consistent(t), &names[..i], &socket_names);
+                        (name.clone(), t)
                     })
                     .collect();
                 let daemon = daemon.map(|mut d| {
@@ -511,43 +511,27 @@ mod config {
             })
     }
 
-    /// `sockets` names sockets of the file, each once, in the order picked.
-    fn resolve_sockets(
+    /// `after`/`requires` name programs among `before` (those earlier in the file: no cycle),
+    /// and `sockets` sockets among `sockets`: each once, in the order picked.
+    fn resolve_deps(
         t: Vec<(&'static str, Val)>,
+        before: &[String],
         sockets: &[String],
     ) -> Vec<(&'static str, Val)> {
+        let pick = |picks: Vec<prop::sample::Index>, among: &[String]| {
+            let mut names: Vec<String> = Vec::new();
+            for i in picks.iter().filter(|_| !among.is_empty()) {
+                let n = &among[i.index(among.len())];
+                if !names.contains(n) {
+                    names.push(n.clone());
+                }
+            }
+            Val::Names(names)
+        };
         t.into_iter()
             .map(|(k, v)| match v {
-                Val::SockPicks(picks) => {
-                    let mut names: Vec<String> = Vec::new();
-                    for i in picks.iter().filter(|_| !sockets.is_empty()) {
-                        let n = &sockets[i.index(sockets.len())];
-                        if !names.contains(n) {
-                            names.push(n.clone());
-                        }
-                    }
-                    (k, Val::Names(names))
-                }
-                other => (k, other),
-            })
-            .collect()
-    }
-
-    /// `after`/`requires` name programs among `before` (those earlier in the file: no cycle),
-    /// each once, in the order picked.
-    fn resolve_deps(t: Vec<(&'static str, Val)>, before: &[String]) -> Vec<(&'static str, Val)> {
-        t.into_iter()
-            .map(|(k, v)| match v {
-                Val::Deps(picks) => {
-                    let mut names: Vec<String> = Vec::new();
-                    for i in picks.iter().filter(|_| !before.is_empty()) {
-                        let n = &before[i.index(before.len())];
-                        if !names.contains(n) {
-                            names.push(n.clone());
-                        }
-                    }
-                    (k, Val::Names(names))
-                }
+                Val::Deps(picks) => (k, pick(picks, before)),
+                Val::SockPicks(picks) => (k, pick(picks, sockets)),
                 other => (k, other),
             })
             .collect()

@@ -32,7 +32,7 @@ mod run;
 #[cfg(test)]
 mod tests;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -128,21 +128,12 @@ impl Checker {
     }
 }
 
-/// `HOST:PORT` as a socket address: an address as written, a name through the resolver.
+/// `HOST:PORT` as a socket address (see [`HostPort::resolve`]).
 fn resolve(hp: &HostPort) -> Result<SocketAddr> {
-    if let Ok(ip) = hp.host.parse::<std::net::IpAddr>() {
-        return Ok(SocketAddr::new(ip, hp.port));
-    }
-    let invalid = |reason: String| Error::Invalid {
+    hp.resolve().map_err(|reason| Error::Invalid {
         what: "health",
         reason,
-    };
-    let mut addrs = (hp.host.as_str(), hp.port)
-        .to_socket_addrs()
-        .map_err(|e| invalid(format!("cannot resolve {:?}: {e}", hp.host)))?;
-    addrs
-        .next()
-        .ok_or_else(|| invalid(format!("{:?} resolves to no address", hp.host)))
+    })
 }
 
 /// Whether an instance in `state` is checked: `running` and `ready` always, `starting` only
