@@ -485,13 +485,16 @@ fn status_exit(report: &StatusReport, named: bool) -> ExitCode {
     if !named {
         return ExitCode::from(exit::status::RUNNING);
     }
-    if report.instances.iter().any(|i| i.state == "fatal") {
+    // A surge replacement starting, or an instance stopping for good, is not one configured.
+    let configured = || {
+        report
+            .instances
+            .iter()
+            .filter(|i| !i.incoming && !i.retiring)
+    };
+    if configured().any(|i| i.state == "fatal") {
         ExitCode::from(exit::status::PROGRAM_FATAL)
-    } else if report
-        .instances
-        .iter()
-        .all(|i| i.state == "ready" || i.state == "running")
-    {
+    } else if configured().all(|i| i.state == "ready" || i.state == "running") {
         ExitCode::from(exit::status::RUNNING)
     } else {
         ExitCode::from(exit::status::PROGRAM_DOWN)
@@ -599,6 +602,14 @@ fn print_table(report: &StatusReport) {
     for (r, state) in &rows {
         let c = colour.then_some(state_colour(state.unwrap_or("")));
         println!("{}", table_line(r, &widths, c));
+    }
+    for p in &report.programs {
+        if let Some(why) = &p.rolled_back {
+            println!(
+                "{}: rolled back ({why}); it runs its previous settings until a reload applies",
+                p.program
+            );
+        }
     }
 }
 

@@ -83,6 +83,8 @@ pub(crate) const PROGRAM: KeyTable = KeyTable {
         "stderr",
         "log_max_bytes",
         "log_keep",
+        "update",
+        "probation",
     ],
 };
 
@@ -151,7 +153,8 @@ mod tests {
                         "log_max_bytes" => "\"1M\"",
                         "backoff_initial" | "backoff_max" | "backoff_reset" | "restart_window"
                         | "stop_timeout" | "start_timeout" | "watchdog" | "ready_timeout"
-                        | "shutdown_timeout" => "\"1s\"",
+                        | "shutdown_timeout" | "probation" => "\"1s\"",
+                        "update" => "\"surge\"",
                         "user" | "group" | "syslog_ident" | "control_group" => "\"x\"",
                         "stdout" | "stderr" => "\"./out\"",
                         _ => "\"./path\"",

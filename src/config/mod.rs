@@ -36,6 +36,7 @@ use include::{expand, read_drop_ins, read_include};
 pub(crate) mod graph;
 mod health;
 mod keys;
+mod limits;
 pub mod preflight;
 mod program;
 mod read;
@@ -58,9 +59,11 @@ pub use health::{
     parse_http_url,
 };
 pub use keys::{KEYS, KeyTable};
+pub use limits::Limits;
 pub use program::{
-    ExecSpec, Limits, MAX_INSTANCES, MAX_LOG_KEEP, MAX_PROGRAM_NAME, MAX_RESTARTS_LIMIT,
-    OutputSpec, Policy, ProgramSpec, Readiness, Restart, parse_signal, valid_program_name,
+    ExecSpec, MAX_INSTANCES, MAX_LOG_KEEP, MAX_PROGRAM_NAME, MAX_RESTARTS_LIMIT, OutputSpec,
+    Policy, ProgramSpec, Readiness, Restart, Update, UpdatePolicy, parse_signal,
+    valid_program_name,
 };
 use read::Section;
 pub use read::{MAX_DURATION, parse_duration, parse_size};

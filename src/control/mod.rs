@@ -277,6 +277,15 @@ pub struct ProgramInfo {
     /// The programs it requires (`requires`; they are started after too).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requires: Vec<String>,
+    /// How its rolling restarts replace an instance (`update`): `"surge"`; left out of the
+    /// JSON for the default, `"replace"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<String>,
+    /// Why the last reload that changed it was rolled back (`web[0] exited with status 1 after
+    /// 400ms`): it runs its previous settings until a reload applies again. Left out of the
+    /// JSON when it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<String>,
 }
 
 /// The daemon part of a [`StatusReport`].
@@ -342,6 +351,14 @@ pub struct InstanceInfo {
     /// Its health check, while it is up and its program has one; `null` otherwise.
     #[serde(default)]
     pub health: Option<HealthInfo>,
+    /// A surge replacement started beside the instance with the same index during a rolling
+    /// restart, not yet in its place (left out of the JSON when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incoming: bool,
+    /// Scaled away, or replaced by a surge replacement: stopping for good, then gone from the
+    /// report (left out of the JSON when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retiring: bool,
 }
 
 /// A listening socket warden holds (`[socket.NAME]`), in a [`StatusReport`].
@@ -388,6 +405,8 @@ impl InstanceInfo {
         match (&self.waiting_reason, self.waiting_for.is_empty()) {
             (Some(why), _) => format!("{} ({why})", self.state),
             (None, false) => format!("{} (for {})", self.state, self.waiting_for.join(", ")),
+            (None, true) if self.incoming => format!("{} (replacement)", self.state),
+            (None, true) if self.retiring => format!("{} (replaced)", self.state),
             (None, true) => self.state.clone(),
         }
     }

@@ -18,7 +18,7 @@ use mio::{Registry, Token};
 use super::Supervisor;
 use super::output::{self, RotatingFile};
 use super::sources::{Source, Sources};
-use super::table::{InstanceIndex, Owner, Program};
+use super::table::{InstanceIndex, Program, ProgramId};
 use crate::config::OutputSpec;
 use crate::error::{Error, Result};
 use crate::log::LogHandle;
@@ -40,7 +40,7 @@ pub(crate) enum Stream {
 struct OutputPipe {
     file: File,
     framer: LineFramer,
-    owner: Owner,
+    owner: (ProgramId, InstanceIndex),
     stream: Stream,
 }
 
@@ -60,7 +60,7 @@ impl Capture {
         sources: &mut Sources,
         registry: &Registry,
         file: File,
-        owner: Owner,
+        owner: (ProgramId, InstanceIndex),
         stream: Stream,
     ) -> Result<()> {
         nix::fcntl::fcntl(
@@ -92,7 +92,7 @@ impl Capture {
         sources: &mut Sources,
         registry: &Registry,
         token: Token,
-    ) -> Option<(Owner, Stream, Vec<String>)> {
+    ) -> Option<((ProgramId, InstanceIndex), Stream, Vec<String>)> {
         let pipe = self.pipes.get_mut(&token)?;
         let mut buf = [0u8; 64 * 1024];
         let mut total = 0;

@@ -80,7 +80,21 @@ impl Supervisor {
         goal: Goal,
         result: serde_json::Value,
     ) {
-        let waiter = Waiter::new(caller.conn, caller.what, programs, goal, result);
+        let since = self.plane.rollbacks;
+        self.wait_since(caller, programs, goal, result, since);
+    }
+
+    /// As [`Self::wait_for`], failing if one of `programs` is rolled back after the rollback
+    /// numbered `since` (`ControlPlane::rollbacks`, read before the request changed anything).
+    fn wait_since(
+        &mut self,
+        caller: Caller<'_>,
+        programs: Vec<ProgramId>,
+        goal: Goal,
+        result: serde_json::Value,
+        since: u64,
+    ) {
+        let waiter = Waiter::new(caller.conn, caller.what, programs, goal, result).since(since);
         self.plane.waiters.push(waiter);
         self.check_waiters();
     }
@@ -179,10 +193,12 @@ impl Supervisor {
         let Some(ps) = self.programs_named(caller, &programs) else {
             return;
         };
+        let since = self.plane.rollbacks;
         for &p in &ps {
-            self.begin_rollout(p, false);
+            self.begin_rollout(p, false, None);
         }
-        self.wait_for(caller, ps, Goal::Up, json!({ "restarted": programs }));
+        let result = json!({ "restarted": programs });
+        self.wait_since(caller, ps, Goal::Up, result, since);
     }
 
     /// `scale PROG N`: answered once the instances kept are up and the others gone.
@@ -206,13 +222,14 @@ impl Supervisor {
 
     /// `reload [--dry-run]`: answered with the plan, once it is applied.
     fn on_reload(&mut self, caller: Caller<'_>, dry_run: bool) {
+        let since = self.plane.rollbacks;
         match self.reload(dry_run) {
             Ok((plan, touched)) => {
                 let result = serde_json::to_value(&plan).unwrap_or_default();
                 if dry_run || touched.is_empty() {
                     self.reply(caller, Reply::done(result));
                 } else {
-                    self.wait_for(caller, touched, Goal::Applied, result);
+                    self.wait_since(caller, touched, Goal::Applied, result, since);
                 }
             }
             Err((kind, e)) => self.reply(caller, Reply::failed(kind, e)),

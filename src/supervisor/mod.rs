@@ -140,6 +140,9 @@ struct ControlPlane {
     started_at: Instant,
     /// The configuration file, for error messages (`FILE: program.NAME.KEY: …`); empty if none.
     config_path: String,
+    /// How many rollouts failed on probation so far: each is numbered, and a request fails
+    /// when a program it waits on is rolled back by one numbered above what it saw first.
+    rollbacks: u64,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -187,6 +190,7 @@ impl Supervisor {
                 reloader: None,
                 started_at: Instant::now(),
                 config_path: String::new(),
+                rollbacks: 0,
             },
             deps_deferred: Vec::new(),
             checks: health::Checks::default(),
@@ -420,6 +424,10 @@ impl Supervisor {
                 self.apply(p, pos, Event::Start);
             }
         } else {
+            // A surge replacement must not outlive the instance it was to replace.
+            if self.cancel_rollout(p) {
+                log::info!("{program}: rolling restart cancelled by scale");
+            }
             for &index in live.iter().filter(|i| i.0 >= target) {
                 let pos = self.table.slot_pos(p, index).expect("live slot");
                 self.table[p][pos].retiring = true;
@@ -514,6 +522,7 @@ impl Supervisor {
                 })
             })
             .chain(self.checks.next_deadline())
+            .chain(self.rollout_deadline())
             .chain(self.manager.watchdog.as_ref().map(|w| w.next))
             .chain(self.shutdown.deadline)
             .chain(
@@ -641,11 +650,11 @@ impl Supervisor {
     fn spawn(&mut self, p: ProgramId, pos: SlotPos) -> Result<i32> {
         // The guard exists before the first worker does (and again after it died).
         self.groups.ensure_guard(self.poll.registry());
-        let index = self.table[p][pos].index;
+        let (index, id) = (self.table[p][pos].index, self.table[p][pos].id);
         let started = self.start_process(p, index)?;
+        self.table[p][pos].spec_gen = self.table[p].spec_gen;
         // The worker leads a new process group (set up in the child before anything else).
-        self.groups
-            .add(self.poll.registry(), started.pid, (p, index));
+        self.groups.add(self.poll.registry(), started.pid, (p, id));
         let registry = self.poll.registry();
         for (stream, file) in [
             (Stream::Stdout, started.stdout),
@@ -661,7 +670,7 @@ impl Supervisor {
                 let token = self
                     .sources
                     .add(registry, fd.as_raw_fd(), Source::ExecReport)?;
-                let owner = (p, index);
+                let owner = (p, id);
                 let pid = started.pid;
                 self.exec_reports
                     .insert(token, ExecReport { fd, owner, pid });
@@ -694,6 +703,7 @@ impl Supervisor {
             watchdog: def.policy.watchdog,
             stdout: plan(&def.stdout),
             stderr: plan(&def.stderr),
+            checked_pid: None,
         };
         match (&def.work, &prog.prepared) {
             (Work::Exec(_), Some(prepared)) => spawn::spawn_exec(prepared, &request),
@@ -708,18 +718,21 @@ impl Supervisor {
         let Some(ExecReport { fd, owner, pid }) = self.exec_reports.remove(&token) else {
             return;
         };
-        let (p, index) = owner;
+        let p = owner.0;
         self.sources
             .remove(self.poll.registry(), token, fd.as_raw_fd());
         let report = crate::sys::spawn::read_exec_report(&fd);
         let current = self
             .table
-            .slot_pos(p, index)
+            .locate(owner)
             .filter(|&pos| self.table[p][pos].inst.state.pid() == Some(pid));
         let exec = match report {
             Ok(None) => ExecState::Done,
             Ok(Some((errno, step))) => {
                 let why = spawn::exec_failure(&self.table[p].def.work, step, errno);
+                let index = current.map_or(String::from("?"), |pos| {
+                    self.table[p][pos].index.to_string()
+                });
                 log::error!("{}[{index}]: {why}", self.table[p].def.name);
                 ExecState::Failed(why)
             }
@@ -739,7 +752,7 @@ impl Supervisor {
         if self.groups.contains(pid) {
             let _ = nix::sys::signal::killpg(Pid::from_raw(pid), sig);
         }
-        if self.table.owner(pid) == Some((p, slot.index)) {
+        if self.table.owner(pid) == Some((p, slot.id)) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
         }
         slot.signal_main(sig);

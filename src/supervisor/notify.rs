@@ -169,14 +169,15 @@ impl Supervisor {
     }
 
     fn on_notify_message(&mut self, msg: NotifyMessage) {
-        let Some((p, index)) = attribute(&self.table, msg.pid) else {
+        let Some(owner) = attribute(&self.table, msg.pid) else {
             log::debug!("notify message from pid {} ignored: not a worker", msg.pid);
             return;
         };
-        let Some(pos) = self.table.slot_pos(p, index) else {
+        let Some(pos) = self.table.locate(owner) else {
             return;
         };
-        let tag = format!("{}[{index}]", self.table[p].def.name);
+        let p = owner.0;
+        let tag = format!("{}[{}]", self.table[p].def.name, self.table[p][pos].index);
         if let Some(text) = &msg.status {
             self.table[p][pos].status_text = Some(text.clone());
         }

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::health::Checker;
 use super::programs::open_files;
+use super::rollout::Previous;
 use super::table::{InstanceIndex, ProgramId};
 use super::{ProgramDef, Supervisor, Work, output::RotatingFile, spawn::Prepared};
 use crate::control::ErrorKind;
@@ -299,6 +300,10 @@ impl Supervisor {
         let checkers = self.prepare_checkers(&set)?;
         let sockets = self.prepare_sockets(&set, plan)?;
         self.install_sockets(sockets, plan);
+        // A reload that applies ends every program's "rolled back" mark (it may set it again).
+        for p in self.table.ids() {
+            self.table[p].rolled_back = None;
+        }
         let mut touched = Vec::new();
         for name in &plan.removed {
             let p = self.table.find(name).map_err(internal)?;
@@ -336,6 +341,7 @@ impl Supervisor {
                 // Edges apply to future starts: a new edge restarts nothing.
                 running.after.clone_from(&def.after);
                 running.requires.clone_from(&def.requires);
+                running.rollout = def.rollout;
             }
         }
         for (name, checker) in checkers {
@@ -363,7 +369,7 @@ impl Supervisor {
     }
 
     /// Gives program `name` its new health check; its running instances' checks start over.
-    fn set_checker(&mut self, name: &str, checker: Option<Checker>) {
+    pub(super) fn set_checker(&mut self, name: &str, checker: Option<Checker>) {
         let Ok(p) = self.table.find(name) else {
             return;
         };
@@ -414,19 +420,24 @@ impl Supervisor {
         let p = self.table.find(&def.name).map_err(internal)?;
         let instances = def.instances;
         let name = def.name.clone();
-        {
+        let previous = {
             let prog = &mut self.table[p];
-            prog.def = def;
-            prog.prepared = prep;
+            let previous = Previous {
+                def: std::mem::replace(&mut prog.def, def),
+                prepared: std::mem::replace(&mut prog.prepared, prep),
+                spec_gen: prog.spec_gen,
+            };
             prog.files = files;
-        }
+            prog.spec_gen += 1;
+            previous
+        };
         let live = self.table[p].live_indices().len();
         // Fewer instances first, so that the rollout does not replace the ones about to go.
         if (instances as usize) < live {
             self.scale(&name, instances).map_err(internal)?;
         }
         if !stays_stopped {
-            self.begin_rollout(p, true);
+            self.begin_rollout(p, true, Some(previous));
         }
         if (instances as usize) > live && stays_stopped {
             self.add_stopped_instances(p, instances);

@@ -48,6 +48,10 @@ mod pid1;
 mod pool;
 /// Property tests (proptest) of the parsers and of the supervisor's state machine.
 mod properties;
+/// Rolling restarts with `update = "surge"` under load (no failed request), probation and the
+/// automatic rollback of a bad rollout (an exit, a readiness never reached, a failed health
+/// check), the `rolled back` mark.
+mod rollout;
 /// Sockets held by warden and passed to programs (socket activation), through
 /// `tests/fixtures/activated.rs`.
 mod sockets;

@@ -266,6 +266,10 @@ mod config {
                     .prop_map(Val::SockPicks)
                     .boxed()
             }
+            ("program.NAME", "update") => proptest::sample::select(vec!["replace", "surge"])
+                .prop_map(|s| Val::Str(s.into()))
+                .boxed(),
+            ("program.NAME", "probation") => dur(0, YEAR_MS),
             ("program.NAME", "restart") => {
                 proptest::sample::select(vec!["always", "on-failure", "never"])
                     .prop_map(|s| Val::Str(s.into()))
@@ -897,6 +901,14 @@ mod config {
                             )
                         }
                         ("stop_timeout", v) => p.policy.stop_timeout = dur_of(v),
+                        ("update", Val::Str(s)) => {
+                            p.rollout.update = if s == "surge" {
+                                warden::policy::Update::Surge
+                            } else {
+                                warden::policy::Update::Replace
+                            }
+                        }
+                        ("probation", v) => p.rollout.probation = Some(dur_of(v)),
                         ("ready", Val::Ready(r, _)) => p.policy.readiness = *r,
                         ("start_timeout", Val::OptDur(d, _)) => {
                             p.policy.start_timeout = d.map(Duration::from_millis)

@@ -24,7 +24,7 @@ use crate::policy::{ExitStatus, Restart, fmt_duration};
 use crate::supervisor::Supervisor;
 use crate::supervisor::sources::Source;
 use crate::supervisor::spawn::{self, SpawnRequest, StdioPlan};
-use crate::supervisor::table::{Owner, ProgramId, SlotPos};
+use crate::supervisor::table::{InstanceIndex, Owner, ProgramId, SlotPos};
 
 /// The most output of an exec check that is kept (its end), for the error's last line.
 const OUTPUT_TAIL: usize = 1024;
@@ -117,7 +117,7 @@ impl Supervisor {
             return;
         };
         tracker.begin(now);
-        let owner = (p, slot.index);
+        let (owner, index) = ((p, slot.id), slot.index);
         let Some(checker) = self.table[p].checker.as_ref() else {
             return;
         };
@@ -125,7 +125,7 @@ impl Supervisor {
         let started = match &checker.target {
             Target::Exec(prepared) => {
                 let prepared = prepared.clone();
-                self.start_exec_check(owner, &prepared)
+                self.start_exec_check(owner, (index, instance_pid), &prepared)
             }
             target => NetProbe::start(target).map(Work::Net),
         };
@@ -176,9 +176,10 @@ impl Supervisor {
     fn start_exec_check(
         &mut self,
         owner: Owner,
+        (index, instance_pid): (InstanceIndex, i32),
         prepared: &spawn::Prepared,
     ) -> std::result::Result<Work, String> {
-        let (p, index) = owner;
+        let (p, _) = owner;
         let request = SpawnRequest {
             program: &self.table[p].def.name,
             index,
@@ -187,6 +188,7 @@ impl Supervisor {
             watchdog: None,
             stdout: StdioPlan::Pipe,
             stderr: StdioPlan::Pipe,
+            checked_pid: Some(instance_pid),
         };
         self.groups.ensure_guard(self.poll.registry());
         let started = spawn::spawn_check(prepared, &request).map_err(|e| e.to_string())?;
@@ -308,10 +310,10 @@ impl Supervisor {
         }
     }
 
-    fn still_checked(&self, (p, index): Owner, instance_pid: i32) -> bool {
-        let prog = &self.table[p];
+    fn still_checked(&self, owner: Owner, instance_pid: i32) -> bool {
+        let prog = &self.table[owner.0];
         prog.checker.is_some()
-            && self.table.slot_pos(p, index).is_some_and(|pos| {
+            && self.table.locate(owner).is_some_and(|pos| {
                 let state = &prog[pos].inst.state;
                 state.pid() == Some(instance_pid) && checked(state, prog.def.policy.readiness)
             })
@@ -343,8 +345,8 @@ impl Supervisor {
     /// Records `outcome` for instance `owner` (if its process is still `instance_pid`) and acts
     /// on the verdict.
     fn check_done(&mut self, owner: Owner, instance_pid: i32, outcome: Outcome) {
-        let (p, index) = owner;
-        let Some(pos) = self.table.slot_pos(p, index) else {
+        let p = owner.0;
+        let Some(pos) = self.table.locate(owner) else {
             return;
         };
         if self.table[p][pos].inst.state.pid() != Some(instance_pid) {
@@ -357,7 +359,7 @@ impl Supervisor {
             return;
         };
         let restart = prog.def.policy.restart;
-        let tag = format!("{}[{index}]", prog.def.name);
+        let tag = format!("{}[{}]", prog.def.name, prog[pos].index);
         let Some(tracker) = prog[pos].health.as_mut() else {
             return;
         };
@@ -375,6 +377,7 @@ impl Supervisor {
                     Restart::Always | Restart::OnFailure => "restarting",
                 };
                 log::warn!("{tag}: health check failed {failures} times ({error}); {what}");
+                self.table[p][pos].health_error = Some(error);
                 self.apply(p, pos, crate::lifecycle::Event::Unhealthy { last_pass });
             }
         }
