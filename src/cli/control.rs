@@ -112,6 +112,7 @@ fn run(config: &Config, command: Command, timeout: Duration, quiet: bool) -> Res
     let timeout = left();
     let dry_run = matches!(command, Command::Reload { dry_run: true });
     let is_reload = matches!(command, Command::Reload { .. });
+    let is_upgrade = matches!(command, Command::Upgrade);
     let confirmation = confirmation(&command);
     let mut progress = Progress::new();
     let reply = client.request(command, timeout, |p| progress.show(p));
@@ -120,6 +121,15 @@ fn run(config: &Config, command: Command, timeout: Duration, quiet: bool) -> Res
         Ok(Reply::Done { result, .. }) => {
             if is_reload {
                 print_plan(&result, dry_run);
+            }
+            if is_upgrade {
+                let s = |k: &str| result[k].as_str().unwrap_or("?").to_string();
+                println!(
+                    "upgraded warden {} -> {} in place (pid {})",
+                    s("from"),
+                    s("to"),
+                    result["pid"]
+                );
             }
             for line in confirmation {
                 println!("{line}");
@@ -215,8 +225,8 @@ fn confirmation(command: &Command) -> Vec<String> {
             vec![format!("{program}: scaled to {instances} instances")]
         }
         Command::ReopenLogs => vec!["log files reopened".to_string()],
-        // `reload` prints its plan; `status` its report.
-        Command::Reload { .. } | Command::Status { .. } => Vec::new(),
+        // `reload` prints its plan, `status` its report, `upgrade` the versions.
+        Command::Reload { .. } | Command::Status { .. } | Command::Upgrade => Vec::new(),
     }
 }
 

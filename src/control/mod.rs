@@ -121,6 +121,9 @@ pub enum Command {
     },
     /// Reopen log files.
     ReopenLogs,
+    /// Replace the running warden with the binary now at its path, in place: same pid, every
+    /// program untouched (answered by the new image once it has taken over).
+    Upgrade,
 }
 
 impl Command {

@@ -236,6 +236,52 @@ impl ControlServer {
         })
     }
 
+    /// A server on the listening socket `fd` bound at `path` by an earlier image of this
+    /// process and handed over by `warden upgrade`; as [`ControlServer::bind`] otherwise.
+    pub fn adopt(fd: std::os::fd::OwnedFd, path: &Path, group: Option<Gid>) -> ControlServer {
+        use std::os::unix::fs::MetadataExt;
+        let listener = UnixListener::from(fd);
+        let _ = listener.set_nonblocking(true);
+        let ident = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft);
+        crate::daemon::mark_private(listener.as_raw_fd());
+        ControlServer {
+            listener,
+            path: path.to_path_buf(),
+            ident,
+            conns: HashMap::new(),
+            per_uid: HashMap::new(),
+            next: 1,
+            owner: Uid::effective(),
+            group,
+            listener_token: Token(2),
+            conn_token_base: 1 << 40,
+            limits: ConnectionLimits::for_nofile(nofile),
+            idle_timeout: IDLE_TIMEOUT,
+            sweep_at: None,
+            spare: spare_fd(),
+            refusals: Refusals::new(),
+        }
+    }
+
+    /// The listening socket's descriptor (handed over by `warden upgrade`).
+    pub fn listener_fd(&self) -> std::os::fd::RawFd {
+        self.listener.as_raw_fd()
+    }
+
+    /// Takes connection `id` out of the server, its pending output written first (blocking,
+    /// briefly): the caller answers it itself (`warden upgrade`, across the exec).
+    pub fn detach(&mut self, id: ConnId, registry: &Registry) -> Option<UnixStream> {
+        self.flush(id, registry);
+        let conn = self.conns.get(&id)?;
+        let stream = conn.stream.try_clone().ok()?;
+        self.close(id, registry);
+        Some(stream)
+    }
+
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::Read;
 use std::ops::ControlFlow;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Instant, SystemTime};
 
 use mio::{Registry, Token};
@@ -28,6 +28,9 @@ use crate::stream::{LineFramer, ReadEnd, read_nonblocking};
 const READ_BUDGET: usize = 256 * 1024;
 /// Longest captured line; longer ones are split.
 const MAX_LINE: usize = 16 * 1024;
+
+/// A pipe as `warden upgrade` hands it over: descriptor, whose, which stream, unfinished line.
+pub(crate) type HandedPipe = (RawFd, (ProgramId, InstanceIndex), Stream, Vec<u8>);
 
 /// Which of a worker's output streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +65,7 @@ impl Capture {
         file: File,
         owner: (ProgramId, InstanceIndex),
         stream: Stream,
-    ) -> Result<()> {
+    ) -> Result<Token> {
         nix::fcntl::fcntl(
             &file,
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
@@ -77,6 +80,33 @@ impl Capture {
             stream,
         };
         self.pipes.insert(token, pipe);
+        Ok(token)
+    }
+
+    /// Every pipe, for `warden upgrade`: its descriptor (kept open), whose it is, and the
+    /// unfinished line read from it so far (taken out of its framer).
+    pub(crate) fn export(&mut self) -> Vec<HandedPipe> {
+        self.pipes
+            .values_mut()
+            .map(|p| (p.file.as_raw_fd(), p.owner, p.stream, p.framer.carry()))
+            .collect()
+    }
+
+    /// Watches a pipe handed over by an earlier image of this process (`warden upgrade`),
+    /// whose unfinished line so far was `partial`.
+    pub(crate) fn adopt(
+        &mut self,
+        sources: &mut Sources,
+        registry: &Registry,
+        file: File,
+        owner: (ProgramId, InstanceIndex),
+        stream: Stream,
+        partial: &[u8],
+    ) -> Result<()> {
+        let token = self.add(sources, registry, file, owner, stream)?;
+        if let Some(pipe) = self.pipes.get_mut(&token) {
+            pipe.framer.push(partial, &mut |_| {});
+        }
         Ok(())
     }
 

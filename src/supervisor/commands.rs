@@ -129,6 +129,7 @@ impl Supervisor {
         }
         match command {
             Command::Status { programs } => self.on_status(caller, &programs),
+            Command::Upgrade => self.request_upgrade(Some(caller.conn)),
             Command::Start { programs }
             | Command::Stop { programs }
             | Command::Restart { programs }
@@ -270,5 +271,6 @@ fn describe(c: &Command) -> String {
         Command::Reload { dry_run: true } => "reload --dry-run".into(),
         Command::Reload { dry_run: false } => "reload".into(),
         Command::ReopenLogs => "reopen-logs".into(),
+        Command::Upgrade => "upgrade".into(),
     }
 }

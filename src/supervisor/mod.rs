@@ -36,6 +36,7 @@ mod capture;
 mod commands;
 mod deps;
 mod groups;
+mod handoff;
 mod health;
 pub(crate) mod notify;
 pub(crate) mod output;
@@ -75,6 +76,7 @@ use crate::policy::Jitter;
 pub use crate::policy::{ExitStatus, Policy, Readiness, Restart, StopWith};
 use crate::signals::{SignalEvent, Signals};
 use capture::{Capture, Stream};
+pub use handoff::{DaemonRec, Handoff, Inherited, STATE_FORMAT, release_signals};
 use notify::NotifySocket;
 pub use program::{HealthStatus, InstanceState, InstanceStatus, ProgramDef, RunExit, Work};
 pub use reload::{ReloadPlan, ReloadSet, Reloader};
@@ -125,6 +127,8 @@ pub struct Supervisor {
     checks: health::Checks,
     /// Listening sockets held for programs (`sockets.rs`).
     sockets: Vec<sockets::HeldSocket>,
+    /// `warden upgrade` may make `run` return (`handoff/`).
+    upgradable: bool,
 }
 
 /// The control side of the supervisor: the socket server, the requests waiting for their
@@ -143,6 +147,8 @@ struct ControlPlane {
     /// How many rollouts failed on probation so far: each is numbered, and a request fails
     /// when a program it waits on is rolled back by one numbered above what it saw first.
     rollbacks: u64,
+    /// An upgrade asked and not carried out yet (`handoff/`).
+    upgrade: handoff::UpgradeRequest,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -158,10 +164,15 @@ impl std::fmt::Debug for Supervisor {
 impl Supervisor {
     /// Creates the event loop and the notify socket and makes this process a child subreaper.
     pub fn new() -> Result<Supervisor> {
+        let notify = NotifySocket::bind().map_err(|e| Error::os("bind notify socket", e))?;
+        Supervisor::with_notify(notify)
+    }
+
+    /// As [`Supervisor::new`], on an existing notify socket.
+    fn with_notify(notify: NotifySocket) -> Result<Supervisor> {
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| Error::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))?;
         let poll = Poll::new().map_err(|e| Error::os("epoll_create", e))?;
-        let notify = NotifySocket::bind().map_err(|e| Error::os("bind notify socket", e))?;
         poll.registry()
             .register(
                 &mut SourceFd(&notify.as_raw_fd()),
@@ -191,10 +202,12 @@ impl Supervisor {
                 started_at: Instant::now(),
                 config_path: String::new(),
                 rollbacks: 0,
+                upgrade: handoff::UpgradeRequest::default(),
             },
             deps_deferred: Vec::new(),
             checks: health::Checks::default(),
             sockets: Vec::new(),
+            upgradable: false,
         })
     }
 
@@ -376,6 +389,9 @@ impl Supervisor {
             self.drain_all_pipes();
             return Some(RunExit::Shutdown);
         }
+        if std::mem::take(&mut self.plane.upgrade.asked) {
+            return Some(RunExit::Upgrade);
+        }
         (reload && !self.shutdown.active()).then_some(RunExit::Reload)
     }
 
@@ -404,82 +420,6 @@ impl Supervisor {
             Source::Check => self.check_event(ev.token()),
         }
         false
-    }
-
-    /// Sets the number of instances of `program`: new ones start, the highest indices stop.
-    pub fn scale(&mut self, program: &str, instances: u32) -> Result<()> {
-        if instances > crate::config::MAX_INSTANCES {
-            return Err(Error::Invalid {
-                what: "instances",
-                reason: format!("{instances} is more than {}", crate::config::MAX_INSTANCES),
-            });
-        }
-        let p = self.table.find(program)?;
-        let target = instances as usize;
-        let live = self.table[p].live_indices();
-        if target > live.len() {
-            for index in live.len()..target {
-                // Reuse a retiring slot with this index, if one is still stopping.
-                let pos = self.table[p].slot_for_index(InstanceIndex(index));
-                self.apply(p, pos, Event::Start);
-            }
-        } else {
-            // A surge replacement must not outlive the instance it was to replace.
-            if self.cancel_rollout(p) {
-                log::info!("{program}: rolling restart cancelled by scale");
-            }
-            for &index in live.iter().filter(|i| i.0 >= target) {
-                let pos = self.table.slot_pos(p, index).expect("live slot");
-                self.table[p][pos].retiring = true;
-                self.apply(p, pos, Event::Stop);
-            }
-            self.table[p].remove_retired();
-        }
-        self.table[p].def.instances = instances;
-        log::info!("{program}: scaled to {instances} instance(s)");
-        Ok(())
-    }
-
-    /// Starts every instance of `program` (a manual start, resetting backoff and crash loops),
-    /// and first what it requires, transitively; an instance whose dependencies are not ready
-    /// yet waits for them (`waiting`).
-    pub fn start_program(&mut self, program: &str) -> Result<()> {
-        let p = self.table.find(program)?;
-        for q in self.with_requirements(&[p]) {
-            self.cancel_stops_for(q);
-            for pos in self.table[q].positions() {
-                if !self.table[q][pos].retiring {
-                    self.apply(q, pos, Event::Start);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Stops every instance of `program` and keeps them down until started again; what
-    /// requires it (transitively) is stopped first and waits for it (`waiting`).
-    pub fn stop_program(&mut self, program: &str) -> Result<()> {
-        let p = self.table.find(program)?;
-        for pos in self.table[p].positions() {
-            self.table[p][pos].hold = None;
-        }
-        self.stop_with_requirers(p);
-        Ok(())
-    }
-
-    /// Restarts every instance of `program` at once (not counted as failures).
-    pub fn restart_program(&mut self, program: &str) -> Result<()> {
-        self.each_instance(program, || Event::Restart)
-    }
-
-    fn each_instance(&mut self, program: &str, event: impl Fn() -> Event) -> Result<()> {
-        let p = self.table.find(program)?;
-        for pos in self.table[p].positions() {
-            if !self.table[p][pos].retiring {
-                self.apply(p, pos, event());
-            }
-        }
-        Ok(())
     }
 
     fn control_event(
@@ -785,34 +725,13 @@ impl Supervisor {
                 SignalEvent::ReopenLogs => {
                     let _ = self.reopen_logs(); // each failure is logged
                 }
+                SignalEvent::Upgrade => self.request_upgrade(None),
                 SignalEvent::AddWorker => self.scale_by_signal(true),
                 SignalEvent::RemoveWorker => self.scale_by_signal(false),
                 _ => {}
             }
         }
         reload
-    }
-
-    /// `SIGTTIN` (`up`) or `SIGTTOU`: one instance more or less of the `scale_program`.
-    fn scale_by_signal(&mut self, up: bool) {
-        let Some(name) = self.scale_program.clone() else {
-            log::warn!("SIGTTIN/SIGTTOU ignored: no scale_program is configured");
-            return;
-        };
-        let n = self
-            .table
-            .programs()
-            .iter()
-            .find(|p| p.def.name == name)
-            .map_or(0, |p| p.def.instances);
-        let n = if up {
-            n.saturating_add(1)
-        } else {
-            n.saturating_sub(1)
-        };
-        if let Err(e) = self.scale(&name, n) {
-            log::error!("cannot scale {name}: {e}");
-        }
     }
 }
 

@@ -96,6 +96,20 @@ impl NotifySocket {
         Ok(NotifySocket { sock, name })
     }
 
+    /// The socket bound as `name` by an earlier image of this process, handed over by
+    /// `warden upgrade` (already non-blocking, with `SO_PASSCRED`).
+    pub fn adopt(fd: std::os::fd::OwnedFd, name: String) -> NotifySocket {
+        NotifySocket {
+            sock: UnixDatagram::from(fd),
+            name,
+        }
+    }
+
+    /// Its abstract name (without `@`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The value for `$NOTIFY_SOCKET` (`@` marks the abstract namespace).
     pub fn env_value(&self) -> String {
         format!("@{}", self.name)

@@ -224,6 +224,11 @@ pub enum RunExit {
     Shutdown,
     /// `SIGHUP`: the caller should re-read its configuration, apply it, and call `run` again.
     Reload,
+    /// `warden upgrade` or `SIGUSR2`, with [`Supervisor::set_upgradable`](super::Supervisor::set_upgradable):
+    /// the caller should check the new binary, then [`Supervisor::export`](super::Supervisor::export)
+    /// and execute it, or call [`Supervisor::upgrade_failed`](super::Supervisor::upgrade_failed)
+    /// and `run` again.
+    Upgrade,
 }
 
 impl ProgramDef {

@@ -265,6 +265,25 @@ impl Supervisor {
         }
     }
 
+    /// What a reload would change now, besides instance counts (a `scale` is carried by
+    /// `warden upgrade`): programs added, removed or changed, sockets, `[daemon]` settings.
+    /// Empty when the configuration file is what runs.
+    pub(super) fn pending_changes(&mut self) -> std::result::Result<Vec<String>, String> {
+        let Some(reloader) = self.plane.reloader.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let set = reloader()?;
+        let mut plan = ReloadPlan::diff(&self.running(), &set);
+        self.plan_sockets(&set, &mut plan);
+        let mut changes: Vec<String> = plan
+            .lines()
+            .into_iter()
+            .filter(|l| !l.starts_with("keep ") && !l.starts_with("scale "))
+            .collect();
+        changes.extend(set.notes);
+        Ok(changes)
+    }
+
     /// The live programs as [`ReloadPlan::diff`] sees them, in order.
     fn running(&self) -> Vec<Running<'_>> {
         self.table

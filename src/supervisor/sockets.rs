@@ -54,6 +54,17 @@ impl HeldSocket {
         })
     }
 
+    /// The socket `spec` describes, bound by an earlier image of this process and handed over
+    /// across `execve` (`warden upgrade`) as `fd`: the same socket, the same inode.
+    pub fn adopt(spec: &SocketSpec, fd: OwnedFd) -> HeldSocket {
+        let inode = nix::sys::stat::fstat(fd.as_fd()).map_or(0, |st| st.st_ino);
+        HeldSocket {
+            spec: spec.clone(),
+            fd,
+            inode,
+        }
+    }
+
     /// Its settings.
     pub fn spec(&self) -> &SocketSpec {
         &self.spec

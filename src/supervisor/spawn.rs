@@ -104,6 +104,10 @@ const NOT_INHERITED: &[&str] = &[
     "LISTEN_PID",
     "LISTEN_FDNAMES",
     "INVOCATION_ID",
+    // What `warden upgrade` hands the next image of warden (`handoff/exec.rs`).
+    "WARDEN_STATE_FD",
+    "WARDEN_PREVIOUS_FD",
+    "WARDEN_UPGRADE_FAILED",
 ];
 
 impl Prepared {

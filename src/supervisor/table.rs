@@ -255,6 +255,11 @@ impl Program {
         SlotPos(self.slots.len() - 1)
     }
 
+    /// The [`SlotId`] the next new slot gets.
+    pub(crate) fn next_slot_id(&self) -> u32 {
+        self.next_id
+    }
+
     /// Where the slot `id` is.
     pub(crate) fn locate(&self, id: SlotId) -> Option<SlotPos> {
         self.slots.iter().position(|s| s.id == id).map(SlotPos)
@@ -403,6 +408,21 @@ impl Table {
     /// Where instance `index` of program `p` is (see [`Program::slot_pos`]).
     pub(crate) fn slot_pos(&self, p: ProgramId, index: InstanceIndex) -> Option<SlotPos> {
         self[p].slot_pos(index)
+    }
+
+    /// Replaces program `p`'s slots with `slots` handed over by an earlier image of this
+    /// process (`warden upgrade`), new ids to start at `next_id`; the pid index learns their
+    /// processes.
+    pub(crate) fn adopt_slots(&mut self, p: ProgramId, slots: Vec<Slot>, next_id: u32) {
+        self.by_pid.retain(|_, owner| owner.0 != p);
+        for s in &slots {
+            for pid in [s.inst.state.pid(), s.main_pid].into_iter().flatten() {
+                self.by_pid.insert(pid, (p, s.id));
+            }
+        }
+        let prog = &mut self.programs[p.0];
+        prog.slots = slots;
+        prog.next_id = next_id;
     }
 
     /// Where the slot of `owner` is, if it still exists.

@@ -286,6 +286,23 @@ impl Supervisor {
         }
     }
 
+    /// Cancels every check under way (before `warden upgrade` hands the loop over): exec
+    /// checks' process groups are killed, sockets closed; each instance checks again from its
+    /// first check in the new image.
+    pub(in crate::supervisor) fn cancel_all_checks(&mut self) {
+        let all: Vec<Token> = self.checks.running.keys().copied().collect();
+        for token in all {
+            if let Some(Running {
+                work: Work::Exec(e),
+                ..
+            }) = self.checks.running.get(&token)
+            {
+                let _ = killpg(Pid::from_raw(e.pid), Signal::SIGKILL);
+            }
+            self.forget_check(token);
+        }
+    }
+
     /// Cancels the checks of instances that are no longer checked (stopping, or restarted).
     fn cancel_stale_checks(&mut self) {
         if self.checks.is_empty() {
