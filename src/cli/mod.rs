@@ -116,6 +116,13 @@ enum Verb {
     },
     /// Make the daemon reopen its log files (after rotation).
     ReopenLogs,
+    /// Print every state change as it happens (instances started, ready, exited, restarting,
+    /// stopped, fatal; health; reloads; rollbacks) until warden stops.
+    Events {
+        /// One JSON object a line (the schema in warden(8)) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script for SHELL to standard output.
     Completions {
         /// The shell: bash, zsh, fish, elvish or powershell.
@@ -200,6 +207,7 @@ fn run(verb: Verb, config: &std::path::Path) -> ExitCode {
         // Like `stop`, this must work after a bad edit of the file: logrotate's postrotate does
         // not wait for someone to finish editing warden.toml.
         Verb::ReopenLogs => with_located_config(config, |c| reopen_logs(&c)),
+        Verb::Events { json } => with_located_config(config, |c| control::events(&c, json)),
     }
 }
 

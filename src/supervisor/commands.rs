@@ -129,6 +129,7 @@ impl Supervisor {
             Command::Scale { program, instances } => self.on_scale(caller, program, instances),
             Command::Reload { dry_run } => self.on_reload(caller, dry_run),
             Command::ReopenLogs => self.on_reopen_logs(caller),
+            Command::Events => self.on_events(caller.conn),
         }
     }
 
@@ -253,5 +254,6 @@ fn describe(c: &Command) -> String {
         Command::Reload { dry_run: true } => "reload --dry-run".into(),
         Command::Reload { dry_run: false } => "reload".into(),
         Command::ReopenLogs => "reopen-logs".into(),
+        Command::Events => "events".into(),
     }
 }

@@ -35,6 +35,7 @@
 mod capture;
 mod commands;
 mod deps;
+mod events;
 mod groups;
 mod health;
 pub(crate) mod notify;
@@ -125,6 +126,8 @@ pub struct Supervisor {
     checks: health::Checks,
     /// Listening sockets held for programs (`sockets.rs`).
     sockets: Vec<sockets::HeldSocket>,
+    /// State changes waiting for `warden events` subscribers (`events.rs`).
+    events: events::EventBus,
 }
 
 /// The control side of the supervisor: the socket server, the requests waiting for their
@@ -191,6 +194,7 @@ impl Supervisor {
             deps_deferred: Vec::new(),
             checks: health::Checks::default(),
             sockets: Vec::new(),
+            events: events::EventBus::default(),
         })
     }
 
@@ -267,6 +271,7 @@ impl Supervisor {
 
     /// Stops serving the control socket and removes its file (at exit).
     pub fn close_control(&mut self) {
+        self.end_events();
         if let Some(c) = self.plane.server.take() {
             c.remove_file();
         }
@@ -367,6 +372,7 @@ impl Supervisor {
         self.check_waiters();
         self.advance_shutdown();
         self.enforce_shutdown_deadline();
+        self.deliver_events();
         if self.shutdown.active() && self.table.all_down() {
             self.finish_shutdown();
             self.drain_all_pipes();
@@ -595,6 +601,7 @@ impl Supervisor {
             let level = if quiet { log::Level::Debug } else { level };
             log::log!(level, "{line}");
         }
+        self.publish_change(p, pos, &change, &notes);
         self.judge_end(p, pos, &change);
     }
 
