@@ -134,6 +134,7 @@ fn stderr_backend_has_nothing_to_reopen_or_drop() {
     let backend = build(&LogConfig {
         target: Target::Stderr,
         level: LevelFilter::Info,
+        format: LogFormat::Text,
     })
     .unwrap();
     backend.reopen().unwrap();
@@ -146,6 +147,7 @@ fn file_config(path: &Path) -> LogConfig {
     LogConfig {
         target: Target::File(path.to_path_buf()),
         level: LevelFilter::Info,
+        format: LogFormat::Text,
     }
 }
 
@@ -280,6 +282,7 @@ fn global_logger_filters_by_level_without_being_installed() {
     let logger = GlobalLogger {
         backend: Arc::new(build(&file_config(&path)).unwrap()),
         level: LevelFilter::Info,
+        format: LogFormat::Text,
         owner: std::process::id(),
     };
     for (level, text) in [
@@ -333,6 +336,7 @@ fn syslog_backend(socket: &Path, facility: &str) -> Result<Backend> {
             socket: Some(socket.to_path_buf()),
         },
         level: LevelFilter::Trace,
+        format: LogFormat::Text,
     })
 }
 
@@ -411,6 +415,7 @@ fn syslog_unreachable_at_start_is_not_an_error() {
     // What start-up passes on to the launcher's stderr, since the log itself cannot say it.
     let handle = LogHandle {
         backend: Arc::new(syslog_backend(&path, "local7").unwrap()),
+        format: LogFormat::Text,
     };
     let warning = handle.unreachable().expect("a warning");
     assert!(
@@ -426,6 +431,7 @@ fn syslog_unreachable_at_start_is_not_an_error() {
     let syslogd = bind_syslogd(&path);
     let reached = LogHandle {
         backend: Arc::new(syslog_backend(&path, "local7").unwrap()),
+        format: LogFormat::Text,
     };
     assert_eq!(reached.unreachable(), None);
     backend.log(Level::Info, "warden", &format_args!("late"));
@@ -454,6 +460,7 @@ fn log_handle_delegates_to_its_backend() {
     let path = dir.join("warden.log");
     let handle = LogHandle {
         backend: Arc::new(build(&file_config(&path)).unwrap()),
+        format: LogFormat::Text,
     };
     let clone = handle.clone();
     clone.write_line("a");

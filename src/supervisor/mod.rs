@@ -659,8 +659,9 @@ impl Supervisor {
             (Stream::Stderr, started.stderr),
         ] {
             if let Some(file) = file {
+                let owner = ((p, index), started.pid);
                 self.capture
-                    .add(&mut self.sources, registry, file, (p, index), stream)?;
+                    .add(&mut self.sources, registry, file, owner, stream)?;
             }
         }
         self.table[p][pos].exec = match started.exec_report {

@@ -1,7 +1,8 @@
 //! The event stream and JSON logs from the outside: `warden events` following a crash in order
 //! with the right pids (text and `--json`), ending with exit 0 when warden stops and failing
 //! clearly when it is not running; a subscriber that never reads, cut off while programs
-//! crash-loop and `status` keeps answering.
+//! crash-loop and `status` keeps answering; `log_format = "json"` for warden's own lines, for
+//! captured output in its log and in a program's output file, and a bad value's error.
 //!
 //! `warden events` runs as a child whose stdout is a file in the sandbox, read with bounded
 //! polls; programs run `SANDBOX/sleep` so that their command lines name the sandbox.
@@ -201,4 +202,85 @@ fn a_subscriber_that_never_reads_is_cut_off_while_status_answers() {
     );
     let out = sb.run(&["status", "flap"]);
     assert!(matches!(exit_code(&out), Some(0 | 150)), "{out:?}");
+}
+
+#[test]
+fn json_logs_carry_warden_s_lines_and_program_output_in_the_log_and_output_files() {
+    let test = this_test!();
+    let programs = "[program.talk]\n\
+                    command = [\"/bin/sh\", \"-c\", \"echo hello; echo oops >&2; exec SANDBOX/sleep 100\"]\n\
+                    [program.tofile]\n\
+                    command = [\"/bin/sh\", \"-c\", \"echo to file; exec SANDBOX/sleep 100\"]\n\
+                    stdout = \"SANDBOX/tofile.out\"\n";
+    let mut sb = test.supervisor_sandbox("log_format = \"json\"", programs);
+    sb.start();
+    let talk = wait_status(&mut sb, "talk up", |_, v| {
+        v["instances"]
+            .as_array()
+            .is_some_and(|i| i.iter().all(|i| i["pid"].is_i64()))
+    })
+    .1["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["program"] == "talk")
+        .unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    let parsed = |text: String| -> Vec<Value> {
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+            .collect()
+    };
+    assert!(
+        wait_until(TIMEOUT, || {
+            let text = log(&sb);
+            text.contains("\"oops\"") && text.contains("\"hello\"")
+        }),
+        "log:\n{}",
+        log(&sb)
+    );
+    let lines = parsed(log(&sb));
+    for l in &lines {
+        for key in [
+            "timestamp",
+            "level",
+            "program",
+            "instance",
+            "pid",
+            "message",
+        ] {
+            assert!(l.get(key).is_some(), "{key} missing: {l}");
+        }
+    }
+    let own = lines
+        .iter()
+        .find(|l| l["message"].as_str().unwrap().contains("started (pid"))
+        .expect("warden's own line");
+    assert_eq!(own["level"], "info");
+    assert_eq!(own["program"], Value::Null);
+    assert_eq!(own["pid"], Value::Null);
+    let out = |msg: &str| lines.iter().find(|l| l["message"] == msg).unwrap().clone();
+    let hello = out("hello");
+    assert_eq!(hello["program"], "talk");
+    assert_eq!(hello["instance"], 0);
+    assert_eq!(hello["pid"], talk);
+    assert_eq!(hello["stream"], "stdout");
+    assert_eq!(out("oops")["stream"], "stderr");
+    // A program's own output file follows the format too.
+    assert!(wait_until(TIMEOUT, || !sb.read("tofile.out").is_empty()));
+    let file = parsed(sb.read("tofile.out"));
+    assert_eq!(file[0]["program"], "tofile");
+    assert_eq!(file[0]["message"], "to file");
+    assert!(file[0]["pid"].is_i64() && file[0]["timestamp"].is_string());
+    assert_exit(&sb.run(&["stop"]), 0);
+
+    // A value that is neither: its place and key.
+    sb.write_programs("log_format = \"xml\"", "");
+    let out = sb.run(&["check"]);
+    assert_exit(&out, 1);
+    assert_stderr_has(
+        &out,
+        "warden.toml:5:14: daemon.log_format: \"xml\" is not one of \"text\", \"json\"",
+    );
 }
