@@ -202,6 +202,10 @@ impl Supervisor {
 
     /// Hands the events published since the last turn to the control server's subscribers.
     pub(super) fn deliver_events(&mut self) {
+        if !self.events.listening {
+            // Nothing was kept, and nobody to tell: the usual turn costs this test only.
+            return;
+        }
         let Some(server) = self.plane.server.as_mut() else {
             self.events.pending.clear();
             self.events.listening = false;
