@@ -1,7 +1,8 @@
 //! The event stream and JSON logs from the outside: `warden events` following a crash in order
 //! with the right pids (text and `--json`), ending with exit 0 when warden stops and failing
 //! clearly when it is not running; a subscriber that never reads, cut off while programs
-//! crash-loop and `status` keeps answering; `log_format = "json"` for warden's own lines, for
+//! crash-loop and `status` keeps answering; a read-only client following it; a reload and a
+//! health check turning failing then passing told as events; `log_format = "json"` for warden's own lines, for
 //! captured output in its log and in a program's output file, and a bad value's error.
 //!
 //! `warden events` runs as a child whose stdout is a file in the sandbox, read with bounded
@@ -330,4 +331,42 @@ fn json_logs_carry_warden_s_lines_and_program_output_in_the_log_and_output_files
         &out,
         "warden.toml:5:14: daemon.log_format: \"xml\" is not one of \"text\", \"json\"",
     );
+}
+
+#[test]
+fn a_health_check_turning_failing_then_passing_is_told_with_its_error() {
+    let test = this_test!();
+    let programs = "[program.w]\ncommand = [\"SANDBOX/sleep\", \"100\"]\n\
+                    [program.w.health]\nexec = [\"/bin/sh\", \"-c\", \"test -e SANDBOX/ok\"]\n\
+                    interval = \"200ms\"\nretries = 1000\n";
+    let mut sb = test.supervisor_sandbox("", programs);
+    sb.start();
+    let client = spawn_events(&mut sb, &["--json"], "events.txt");
+    let parsed = |lines: &[String]| -> Vec<Value> {
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let health = |lines: &[String], state: &str| {
+        parsed(lines)
+            .into_iter()
+            .find(|e| e["event"] == "health" && e["state"] == state)
+    };
+    let lines = wait_lines(&sb, "events.txt", "a failing check", |l| {
+        health(l, "failing").is_some()
+    });
+    let failing = health(&lines, "failing").unwrap();
+    assert_eq!(failing["program"], "w");
+    assert_eq!(failing["failures"], 1);
+    assert!(failing["error"].is_string(), "{failing}");
+    let pid = failing["pid"].as_i64().expect("the instance's pid");
+    std::fs::write(sb.path("ok"), "").unwrap();
+    let lines = wait_lines(&sb, "events.txt", "a passing check", |l| {
+        health(l, "passing").is_some()
+    });
+    let passing = health(&lines, "passing").unwrap();
+    assert_eq!(passing["pid"], pid);
+    assert_eq!(passing["error"], Value::Null);
+    stop_and_expect_stream_end(&mut sb, client);
 }
