@@ -2,8 +2,9 @@
 //! with the right pids (text and `--json`), ending with exit 0 when warden stops and failing
 //! clearly when it is not running; a subscriber that never reads, cut off while programs
 //! crash-loop and `status` keeps answering; a read-only client following it; a reload and a
-//! health check turning failing then passing told as events; `log_format = "json"` for warden's own lines, for
-//! captured output in its log and in a program's output file, and a bad value's error.
+//! health check turning failing then passing told as events; `log_format = "json"` for
+//! warden's own lines, for captured output in its log and in a program's output file, and a bad
+//! value's error.
 //!
 //! `warden events` runs as a child whose stdout is a file in the sandbox, read with bounded
 //! polls; programs run `SANDBOX/sleep` so that their command lines name the sandbox.
