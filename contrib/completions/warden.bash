@@ -22,6 +22,9 @@ _warden() {
             warden,completions)
                 cmd="warden__subcmd__completions"
                 ;;
+            warden,events)
+                cmd="warden__subcmd__events"
+                ;;
             warden,healthcheck)
                 cmd="warden__subcmd__healthcheck"
                 ;;
@@ -57,6 +60,9 @@ _warden() {
                 ;;
             warden__subcmd__help,completions)
                 cmd="warden__subcmd__help__subcmd__completions"
+                ;;
+            warden__subcmd__help,events)
+                cmd="warden__subcmd__help__subcmd__events"
                 ;;
             warden__subcmd__help,healthcheck)
                 cmd="warden__subcmd__help__subcmd__healthcheck"
@@ -95,7 +101,7 @@ _warden() {
 
     case "${cmd}" in
         warden)
-            opts="-c -h -V --config --help --version run start stop restart status reload scale check healthcheck reopen-logs completions help"
+            opts="-c -h -V --config --help --version run start stop restart status reload scale check healthcheck reopen-logs events completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -160,6 +166,28 @@ _warden() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        warden__subcmd__events)
+            opts="-c -h --json --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         warden__subcmd__healthcheck)
             opts="-c -h --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -183,7 +211,7 @@ _warden() {
             return 0
             ;;
         warden__subcmd__help)
-            opts="run start stop restart status reload scale check healthcheck reopen-logs completions help"
+            opts="run start stop restart status reload scale check healthcheck reopen-logs events completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -211,6 +239,20 @@ _warden() {
             return 0
             ;;
         warden__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        warden__subcmd__help__subcmd__events)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -48,7 +48,9 @@ fn fetch(config: &Config, programs: Vec<String>) -> Result<StatusReport, String>
             serde_json::from_value(result).map_err(|e| format!("unexpected status reply: {e}"))
         }
         Ok(Reply::Failed { error, .. }) => Err(error),
-        Ok(Reply::Progress { .. }) => Err("unexpected progress reply".to_string()),
+        Ok(Reply::Progress { .. } | Reply::Event { .. }) => {
+            Err("unexpected progress reply".to_string())
+        }
         Err(e) => Err(format!("warden does not answer: {e}")),
     }
 }

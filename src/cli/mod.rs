@@ -132,6 +132,13 @@ enum Verb {
         #[arg(long)]
         formats: bool,
     },
+    /// Print every state change as it happens (instances started, ready, exited, restarting,
+    /// stopped, fatal; health; reloads; rollbacks) until warden stops.
+    Events {
+        /// One JSON object a line (the schema in warden(8)) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script for SHELL to standard output.
     Completions {
         /// The shell: bash, zsh, fish, elvish or powershell.
@@ -219,11 +226,8 @@ fn run(verb: Verb, config: &std::path::Path) -> ExitCode {
         Verb::Upgrade { timeout } => {
             with_located_config(config, |c| control::command(&c, C::Upgrade, timeout))
         }
-        Verb::Resume { formats: true } => {
-            println!("{}", warden::supervisor::STATE_FORMAT);
-            ExitCode::from(exit::OK)
-        }
-        Verb::Resume { formats: false } => upgrade::resume(config),
+        Verb::Resume { formats } => upgrade::resume(config, formats),
+        Verb::Events { json } => with_located_config(config, |c| control::events(&c, json)),
     }
 }
 

@@ -295,6 +295,7 @@ fn daemon_changes(
         stderr,
         log,
         log_level,
+        log_format,
         syslog_facility,
         syslog_ident,
         ready_timeout,
@@ -324,6 +325,7 @@ pub(super) fn log_config(config: &Config, foreground: bool) -> LogConfig {
     LogConfig {
         target,
         level: d.log_level,
+        format: d.log_format,
     }
 }
 

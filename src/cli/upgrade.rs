@@ -185,8 +185,13 @@ fn run(path: &Path, args: &[&std::ffi::OsStr]) -> Result<std::process::Output, S
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// `warden resume`: the image `upgrade` executed takes the daemon over, or goes back.
-pub fn resume(config_path: &Path) -> ExitCode {
+/// `warden resume`: the image `upgrade` executed takes the daemon over, or goes back; with
+/// `formats`, prints the state formats this binary reads.
+pub fn resume(config_path: &Path, formats: bool) -> ExitCode {
+    if formats {
+        println!("{STATE_FORMAT}");
+        return ExitCode::from(exit::OK);
+    }
     let Some(inherited) = Handoff::inherited() else {
         eprintln!("warden: resume is what `warden upgrade` runs; it needs a handed-over state");
         return ExitCode::from(exit::USAGE);

@@ -138,6 +138,9 @@ pub struct DaemonSpec {
     pub log: LogSpec,
     /// `log_level`: `off`, `error`, `warn`, `info` (default), `debug` or `trace`.
     pub log_level: log::LevelFilter,
+    /// `log_format`: `text` (default) or `json`, for warden's log and programs' captured output
+    /// alike (see [`crate::log::json`]).
+    pub log_format: crate::log::LogFormat,
     /// `syslog_facility` (default `daemon`).
     pub syslog_facility: String,
     /// `syslog_ident`: the tag in syslog lines (default `warden`).
@@ -174,6 +177,7 @@ impl Default for DaemonSpec {
             stderr: PathBuf::from("/dev/null"),
             log: LogSpec::Auto,
             log_level: log::LevelFilter::Info,
+            log_format: crate::log::LogFormat::Text,
             syslog_facility: "daemon".into(),
             syslog_ident: "warden".into(),
             ready_timeout: Duration::from_secs(30),
@@ -514,7 +518,7 @@ fn read_daemon_process(
     }
 }
 
-/// `[daemon]`'s logging: `log`, `log_level` and the syslog settings.
+/// `[daemon]`'s logging: `log`, `log_level`, `log_format` and the syslog settings.
 fn read_daemon_logging(
     c: &mut Collector<'_>,
     s: &mut Section<'_, '_>,
@@ -537,6 +541,12 @@ fn read_daemon_logging(
         &["off", "error", "warn", "info", "debug", "trace"],
     ) {
         d.log_level = level.parse().unwrap_or(log::LevelFilter::Info);
+    }
+    if let Some(f) = s.choice(c, "log_format", &["text", "json"]) {
+        d.log_format = match f {
+            "json" => crate::log::LogFormat::Json,
+            _ => crate::log::LogFormat::Text,
+        };
     }
     if let Some(f) = s.choice(c, "syslog_facility", SYSLOG_FACILITIES) {
         d.syslog_facility = f.to_string();
@@ -741,6 +751,7 @@ stdout = "/var/log/w.out"
 stderr = "/var/log/w.err"
 log = "/var/log/warden.log"
 log_level = "debug"
+log_format = "json"
 syslog_facility = "local3"
 syslog_ident = "w"
 ready_timeout = "5s"
@@ -755,6 +766,7 @@ shutdown_timeout = 7
         assert_eq!(d.user.as_deref(), Some("nobody"));
         assert_eq!(d.log, LogSpec::File("/var/log/warden.log".into()));
         assert_eq!(d.log_level, log::LevelFilter::Debug);
+        assert_eq!(d.log_format, crate::log::LogFormat::Json);
         assert_eq!(d.syslog_facility, "local3");
         assert_eq!(d.ready_timeout, Duration::from_secs(5));
         assert_eq!(d.shutdown_timeout, Duration::from_secs(7));

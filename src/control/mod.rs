@@ -18,6 +18,7 @@
 //! | `scale` | `program`, `instances` | write |
 //! | `reload` | `dry_run` (bool, optional) | write |
 //! | `reopen-logs` | — | write |
+//! | `events` | — | read |
 //!
 //! The server answers each request with zero or more progress lines `{"v":1,"progress":"…"}`
 //! followed by exactly one final line: `{"v":1,"ok":true,"result":…}` or
@@ -30,6 +31,16 @@
 //! [`admission`]): a connection over a limit gets one `busy` error line and is closed.
 //!
 //! `status` results have the stable schema documented on [`StatusReport`].
+//!
+//! # The event stream
+//!
+//! `events` turns the connection into a stream: every state change from then on comes as a line
+//! `{"v":1,"event":{…}}` (an [`events::EventRecord`], schema in [`events`]), until warden stops,
+//! when the final line `{"v":1,"ok":true,"result":{"stopped":true}}` ends it. Nothing else may be
+//! asked on that connection (a request is answered `bad-request`). A subscriber that does not read
+//! is cut off: once [`server::EVENTS_MAX_OUTPUT`] bytes wait for it, its connection is closed
+//! (and the log says whose it was), so that a stream ending without the final line means the
+//! client was cut off or warden was killed.
 //!
 //! # `warden status --json`
 //!
@@ -59,6 +70,7 @@
 
 pub mod admission;
 pub mod client;
+pub mod events;
 mod request;
 pub mod server;
 mod socket_file;
@@ -124,12 +136,14 @@ pub enum Command {
     /// Replace the running warden with the binary now at its path, in place: same pid, every
     /// program untouched (answered by the new image once it has taken over).
     Upgrade,
+    /// Stream every state change from now on (see [the event stream](self#the-event-stream)).
+    Events,
 }
 
 impl Command {
     /// Whether the command changes anything (and so needs write access).
     pub fn writes(&self) -> bool {
-        !matches!(self, Command::Status { .. })
+        !matches!(self, Command::Status { .. } | Command::Events)
     }
 }
 
@@ -187,6 +201,13 @@ pub enum Reply {
         /// A kind for scripts.
         kind: ErrorKind,
     },
+    /// One event of an `events` stream.
+    Event {
+        /// The protocol version.
+        v: u32,
+        /// What happened (boxed: a reply is mostly something smaller).
+        event: Box<events::EventRecord>,
+    },
 }
 
 impl Reply {
@@ -214,6 +235,14 @@ impl Reply {
         Reply::Progress {
             v: VERSION,
             progress: text.into(),
+        }
+    }
+
+    /// An event of an `events` stream.
+    pub fn event(event: events::EventRecord) -> Reply {
+        Reply::Event {
+            v: VERSION,
+            event: Box::new(event),
         }
     }
 

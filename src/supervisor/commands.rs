@@ -144,6 +144,7 @@ impl Supervisor {
             Command::Scale { program, instances } => self.on_scale(caller, program, instances),
             Command::Reload { dry_run } => self.on_reload(caller, dry_run),
             Command::ReopenLogs => self.on_reopen_logs(caller),
+            Command::Events => self.on_events(caller.conn),
         }
     }
 
@@ -272,5 +273,6 @@ fn describe(c: &Command) -> String {
         Command::Reload { dry_run: false } => "reload".into(),
         Command::ReopenLogs => "reopen-logs".into(),
         Command::Upgrade => "upgrade".into(),
+        Command::Events => "events".into(),
     }
 }

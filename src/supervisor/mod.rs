@@ -35,6 +35,7 @@
 mod capture;
 mod commands;
 mod deps;
+mod events;
 mod groups;
 mod handoff;
 mod health;
@@ -129,6 +130,8 @@ pub struct Supervisor {
     sockets: Vec<sockets::HeldSocket>,
     /// `warden upgrade` may make `run` return (`handoff/`).
     upgradable: bool,
+    /// State changes waiting for `warden events` subscribers (`events.rs`).
+    events: events::EventBus,
 }
 
 /// The control side of the supervisor: the socket server, the requests waiting for their
@@ -208,6 +211,7 @@ impl Supervisor {
             checks: health::Checks::default(),
             sockets: Vec::new(),
             upgradable: false,
+            events: events::EventBus::default(),
         })
     }
 
@@ -284,6 +288,7 @@ impl Supervisor {
 
     /// Stops serving the control socket and removes its file (at exit).
     pub fn close_control(&mut self) {
+        self.end_events();
         if let Some(c) = self.plane.server.take() {
             c.remove_file();
         }
@@ -384,6 +389,7 @@ impl Supervisor {
         self.check_waiters();
         self.advance_shutdown();
         self.enforce_shutdown_deadline();
+        self.deliver_events();
         if self.shutdown.active() && self.table.all_down() {
             self.finish_shutdown();
             self.drain_all_pipes();
@@ -544,6 +550,7 @@ impl Supervisor {
             let level = if quiet { log::Level::Debug } else { level };
             log::log!(level, "{line}");
         }
+        self.publish_change(p, pos, &change, &notes);
         self.judge_end(p, pos, &change);
     }
 
@@ -601,8 +608,9 @@ impl Supervisor {
             (Stream::Stderr, started.stderr),
         ] {
             if let Some(file) = file {
+                let owner = ((p, index), started.pid);
                 self.capture
-                    .add(&mut self.sources, registry, file, (p, index), stream)?;
+                    .add(&mut self.sources, registry, file, owner, stream)?;
             }
         }
         self.table[p][pos].exec = match started.exec_report {

@@ -256,6 +256,8 @@ impl Supervisor {
                     log::info!("reload: {line}");
                 }
                 log::info!("reload applied");
+                self.events
+                    .publish(super::events::Event::reload_applied(&plan));
                 Ok((plan, touched))
             }
             Err((kind, e)) => {

@@ -30,6 +30,9 @@ mod deps;
 /// Environment files: order under `env`, optional and missing files, edits applied by restart,
 /// a missing file reported once and in status, `check` naming a broken file's line.
 mod env_file;
+/// The event stream (`warden events`, a subscriber that does not read cut off) and JSON logs
+/// (`log_format = "json"`).
+mod events;
 /// Function workers through the library (`examples/fn_workers.rs`).
 mod fn_workers;
 /// The fuzz targets' seeds and regressions replayed on stable.

@@ -190,6 +190,9 @@ mod config {
                     .prop_map(|s| Val::Str(s.into()))
                     .boxed()
             }
+            ("daemon", "log_format") => proptest::sample::select(vec!["text", "json"])
+                .prop_map(|s| Val::Str(s.into()))
+                .boxed(),
             ("daemon", "syslog_facility") => proptest::sample::select(SYSLOG_FACILITIES.to_vec())
                 .prop_map(|s| Val::Str(s.into()))
                 .boxed(),
@@ -814,6 +817,12 @@ mod config {
                     }
                 }
                 "log_level" => d.log_level = s().parse().expect("a level"),
+                "log_format" => {
+                    d.log_format = match s().as_str() {
+                        "json" => warden::log::LogFormat::Json,
+                        _ => warden::log::LogFormat::Text,
+                    }
+                }
                 "syslog_facility" => d.syslog_facility = s(),
                 "syslog_ident" => d.syslog_ident = s(),
                 "ready_timeout" => d.ready_timeout = dur_of(v),

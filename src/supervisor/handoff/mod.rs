@@ -254,6 +254,8 @@ impl Supervisor {
     pub fn export(&mut self, daemon: DaemonRec) -> Result<Handoff, String> {
         self.cancel_all_checks();
         self.groups.flush_blocking();
+        // Event streams end as at a stop (their connections do not cross the exec).
+        self.end_events();
         let (clock, monotonic_ns) = Clock::export();
         let mut programs = Vec::new();
         for p in self.table.live_programs() {
@@ -270,10 +272,11 @@ impl Supervisor {
             .capture
             .export()
             .into_iter()
-            .map(|(fd, (p, index), stream, partial)| PipeRec {
+            .map(|(fd, ((p, index), pid), stream, partial)| PipeRec {
                 fd,
                 program: name_of(p),
                 index: index.0,
+                pid,
                 stderr: stream == Stream::Stderr,
                 partial,
             })
@@ -421,7 +424,7 @@ impl Supervisor {
                 Stream::Stdout
             };
             let file = std::fs::File::from(owned(pipe.fd)?);
-            let owner = (p, InstanceIndex(pipe.index));
+            let owner = ((p, InstanceIndex(pipe.index)), pipe.pid);
             self.capture
                 .adopt(
                     &mut self.sources,

@@ -143,6 +143,8 @@ pub(crate) struct PipeRec {
     pub(crate) fd: RawFd,
     pub(crate) program: String,
     pub(crate) index: usize,
+    /// The process whose pipe it is.
+    pub(crate) pid: i32,
     pub(crate) stderr: bool,
     /// The unfinished line read so far.
     pub(crate) partial: Vec<u8>,

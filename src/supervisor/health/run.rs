@@ -20,8 +20,10 @@ use nix::unistd::Pid;
 
 use super::probe::NetProbe;
 use super::{Outcome, Target, Tracker, Verdict, checked};
+use crate::control::events::What;
 use crate::policy::{ExitStatus, Restart, fmt_duration};
 use crate::supervisor::Supervisor;
+use crate::supervisor::events::Event;
 use crate::supervisor::sources::Source;
 use crate::supervisor::spawn::{self, SpawnRequest, StdioPlan};
 use crate::supervisor::table::{InstanceIndex, Owner, ProgramId, SlotPos};
@@ -385,6 +387,18 @@ impl Supervisor {
         let after = tracker.view();
         let last_pass = tracker.last_pass();
         log_change(&tag, &before, &after, spec.retries);
+        if before.state != after.state && after.state != "starting" {
+            self.events.publish(Event::Instance {
+                program: self.table[p].def.name.clone(),
+                instance: self.table[p][pos].index.0,
+                pid: Some(instance_pid),
+                what: What::Health {
+                    state: after.state.to_string(),
+                    failures: after.failures,
+                    error: after.last_error.clone(),
+                },
+            });
+        }
         match verdict {
             Verdict::Nothing => {}
             Verdict::FirstPass => self.apply(p, pos, crate::lifecycle::Event::HealthPassed),

@@ -181,6 +181,11 @@ impl Supervisor {
         self.plane.rollbacks += 1;
         let seq = self.plane.rollbacks;
         self.table[p].rollbacks = (seq, Some(format!("rolled back {name}: {reason}")));
+        self.events
+            .publish(crate::supervisor::events::Event::RolledBack {
+                program: name.clone(),
+                reason: reason.clone(),
+            });
         let Some(previous) = r.previous.take().filter(|_| !r.rollback) else {
             log::error!(
                 "{name}: rolling restart stopped: {reason}; the instances not replaced yet keep running"
