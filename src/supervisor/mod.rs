@@ -37,6 +37,7 @@ mod commands;
 mod deps;
 mod groups;
 mod health;
+pub mod metrics;
 pub(crate) mod notify;
 pub(crate) mod output;
 mod program;
@@ -125,6 +126,8 @@ pub struct Supervisor {
     checks: health::Checks,
     /// Listening sockets held for programs (`sockets.rs`).
     sockets: Vec<sockets::HeldSocket>,
+    /// `GET /metrics`, when served (`metrics/`).
+    metrics: Option<metrics::MetricsServer>,
 }
 
 /// The control side of the supervisor: the socket server, the requests waiting for their
@@ -191,6 +194,7 @@ impl Supervisor {
             deps_deferred: Vec::new(),
             checks: health::Checks::default(),
             sockets: Vec::new(),
+            metrics: None,
         })
     }
 
@@ -398,6 +402,7 @@ impl Supervisor {
             Source::ExecReport => self.read_exec_report(ev.token()),
             Source::Pipe => self.read_pipe(ev.token()),
             Source::Check => self.check_event(ev.token()),
+            Source::Metrics | Source::MetricsConn => self.metrics_event(ev.token()),
         }
         false
     }
@@ -516,6 +521,7 @@ impl Supervisor {
             .chain(self.checks.next_deadline())
             .chain(self.manager.watchdog.as_ref().map(|w| w.next))
             .chain(self.shutdown.deadline)
+            .chain(self.metrics_deadline())
             .chain(
                 self.plane
                     .server
@@ -548,6 +554,7 @@ impl Supervisor {
             }
         }
         self.expire_checks(now);
+        self.expire_metrics(now);
         self.run_checks(now);
     }
 
@@ -568,7 +575,9 @@ impl Supervisor {
             let now = Instant::now();
             let jitter = self.jitter.next_unit();
             let old_pid = self.table[p][pos].inst.state.pid();
+            let mark = metrics::Mark::of(&self.table[p][pos], &event);
             let actions = self.table[p].step(pos, event, now, jitter);
+            mark.count(&mut self.table[p][pos]);
             for action in actions {
                 if let Some(next) = self.carry_out(p, pos, action, &mut notes, &mut news) {
                     queue.push_back(next);

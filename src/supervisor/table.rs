@@ -88,6 +88,8 @@ pub(crate) struct Slot {
     pub(crate) hold: Option<Hold>,
     /// The health checks of its current process, when its program has one (`health/`).
     pub(crate) health: Option<super::health::Tracker>,
+    /// What `/metrics` counts for it (`metrics/`).
+    pub(crate) counters: super::metrics::Counters,
 }
 
 /// Why an instance is held down by its dependencies.
@@ -117,6 +119,7 @@ impl Slot {
             spawn_failures: Repeated::new(SPAWN_FAILURE_SUMMARY_EVERY),
             hold: None,
             health: None,
+            counters: super::metrics::Counters::default(),
         }
     }
 

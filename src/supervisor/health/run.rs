@@ -358,6 +358,9 @@ impl Supervisor {
         };
         let restart = prog.def.policy.restart;
         let tag = format!("{}[{index}]", prog.def.name);
+        if outcome.is_err() {
+            prog[pos].counters.health_failures += 1;
+        }
         let Some(tracker) = prog[pos].health.as_mut() else {
             return;
         };
