@@ -7,9 +7,9 @@
 //! # Parts
 //!
 //! - `server.rs`: the listener and connections (bounded, non-blocking, one request each).
-//! - `encode.rs`: the pure [`Scrape`](encode::Scrape) → text.
-//! - here: what the supervisor counts per instance ([`Counters`], plain data that `warden
-//!   upgrade` may carry over), why a restart happened (the pure [`restart_reason`]), and the
+//! - `encode.rs`: the pure `Scrape` → text.
+//! - here: what the supervisor counts per instance (`Counters`, plain data that `warden
+//!   upgrade` may carry over), why a restart happened (the pure `restart_reason`), and the
 //!   loop's side (accept, answer, expire, gather).
 //!
 //! # Restart reasons
