@@ -330,10 +330,12 @@ fn silent_clients_neither_stall_the_control_socket_nor_outlive_their_timeout() {
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
         let mut buf = [0u8; 16];
-        assert!(
-            matches!(extra.read(&mut buf), Ok(0) | Err(_)) && started.elapsed() < TIMEOUT,
-            "a ninth connection was kept"
-        );
+        match extra.read(&mut buf) {
+            Ok(0) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            other => panic!("a ninth connection was kept: {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
     // They are closed once their time is up (10 s), and then the endpoint answers again.
     for mut s in silent {
