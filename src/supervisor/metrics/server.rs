@@ -177,6 +177,21 @@ enum Listener {
     Unix(mio::net::UnixListener),
 }
 
+impl Listener {
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix(l) => l.as_raw_fd(),
+        }
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        crate::daemon::unmark_private(self.listener.raw_fd());
+    }
+}
+
 /// An accepted connection's stream.
 enum Stream {
     Tcp(mio::net::TcpStream),
@@ -203,6 +218,15 @@ impl Stream {
             Stream::Tcp(s) => s.write(buf),
             Stream::Unix(s) => s.write(buf),
         }
+    }
+
+    /// Ends the connection for the peer now, even if a forked function worker still holds a
+    /// copy of the descriptor.
+    fn shutdown(&self) {
+        let _ = match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        };
     }
 }
 
@@ -236,6 +260,8 @@ impl MetricsServer {
             Listener::Unix(l) => registry.register(l, token, Interest::READABLE),
         };
         r.map_err(|e| Error::os("epoll_ctl", e))?;
+        // A forked child (a function worker) must not keep the port.
+        crate::daemon::mark_private(listener.raw_fd());
         Ok(MetricsServer {
             listener,
             listen,
@@ -365,6 +391,7 @@ impl MetricsServer {
     fn close(&mut self, token: Token, registry: &Registry, sources: &mut Sources) {
         if let Some(c) = self.conns.remove(&token) {
             sources.remove(registry, token, c.stream.raw_fd());
+            c.stream.shutdown();
         }
     }
 
