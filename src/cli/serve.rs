@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use warden::config::{Config, LogSpec};
 use warden::control::server::ControlServer;
 use warden::log::{LogConfig, LogHandle, Target};
+use warden::supervisor::metrics::MetricsListener;
 use warden::supervisor::sockets::HeldSocket;
 use warden::supervisor::{ProgramDef, ReloadSet, RunExit, Supervisor};
 use warden::{Daemon, DaemonHandle, ServiceManager, Signals, Stdio};
@@ -17,13 +18,13 @@ use super::exit;
 pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     // Read systemd's variables once, before any thread exists, and keep them from children.
     let manager = ServiceManager::from_env();
-    let held = match prepare(&mut config) {
-        Ok(h) => h,
+    let bound = match prepare(&mut config) {
+        Ok(b) => b,
         Err(code) => return code,
     };
     let mut daemon = daemon_from(&config, foreground, manager);
-    for s in &held {
-        daemon = daemon.keep_fd(s.raw_fd());
+    for fd in bound.fds() {
+        daemon = daemon.keep_fd(fd);
     }
     let mut handle = match daemon.start() {
         Ok(h) => h,
@@ -40,7 +41,7 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     };
     // Everything that can fail because of the configuration fails here, before `ready`, so that
     // `warden start` reports it and exits non-zero.
-    let mut sup = match build(&config, &handle, &log, held) {
+    let mut sup = match build(&config, &handle, &log, bound) {
         Ok(s) => s,
         Err(e) => handle.fail(&e),
     };
@@ -80,7 +81,7 @@ pub(super) fn finish(
 
 /// What happens before the daemon starts: the configuration's path made absolute, its accounts
 /// checked, its sockets bound.
-fn prepare(config: &mut Config) -> Result<Vec<HeldSocket>, ExitCode> {
+fn prepare(config: &mut Config) -> Result<Bound, ExitCode> {
     // The daemon changes directory: a relative `-c` must be made absolute now, while it still
     // means what the caller meant, or `reload` and SIGHUP would look for the file elsewhere.
     if let Ok(p) = std::path::absolute(&config.path) {
@@ -100,26 +101,57 @@ fn prepare(config: &mut Config) -> Result<Vec<HeldSocket>, ExitCode> {
     bind_sockets(config).map_err(|e| exit::report(&e))
 }
 
-/// Binds every `[socket.NAME]`. A socket already in use because this configuration's warden
-/// runs is reported as that, not as the address in use.
-fn bind_sockets(config: &Config) -> Result<Vec<HeldSocket>, warden::Error> {
+/// Binds every `[socket.NAME]` and the metrics endpoint. A socket already in use because this
+/// configuration's warden runs is reported as that, not as the address in use.
+fn bind_sockets(config: &Config) -> Result<Bound, warden::Error> {
+    let running = |e: warden::Error| {
+        let deadline = std::time::Instant::now();
+        match super::running_pid(&config.daemon.pidfile, deadline) {
+            Ok(Some(pid)) => warden::Error::AlreadyRunning {
+                pid: Some(pid),
+                path: config.daemon.pidfile.clone(),
+            },
+            _ => e,
+        }
+    };
     let mut held = Vec::new();
     for spec in &config.sockets {
-        match HeldSocket::bind(spec) {
-            Ok(s) => held.push(s),
-            Err(e) => {
-                let deadline = std::time::Instant::now();
-                if let Ok(Some(pid)) = super::running_pid(&config.daemon.pidfile, deadline) {
-                    return Err(warden::Error::AlreadyRunning {
-                        pid: Some(pid),
-                        path: config.daemon.pidfile.clone(),
-                    });
-                }
-                return Err(e);
-            }
-        }
+        held.push(HeldSocket::bind(spec).map_err(running)?);
     }
-    Ok(held)
+    let metrics = match &config.daemon.metrics {
+        Some(listen) => Some(MetricsListener::bind(listen).map_err(running)?),
+        None => None,
+    };
+    Ok(Bound { held, metrics })
+}
+
+/// The sockets bound before the daemon starts: `[socket.NAME]`s and the metrics endpoint.
+pub(super) struct Bound {
+    pub(super) held: Vec<HeldSocket>,
+    pub(super) metrics: Option<MetricsListener>,
+}
+
+impl Bound {
+    /// Their descriptors, to keep across the daemonization.
+    fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        let metrics = self.metrics.as_ref().map(MetricsListener::raw_fd);
+        self.held
+            .iter()
+            .map(HeldSocket::raw_fd)
+            .chain(metrics)
+            .collect()
+    }
+
+    /// Hands them to the supervisor, which holds the sockets and serves the metrics.
+    fn hand_to(self, sup: &mut Supervisor) -> Result<(), String> {
+        for s in self.held {
+            sup.hold_socket(s).map_err(|e| e.to_string())?;
+        }
+        if let Some(m) = self.metrics {
+            sup.set_metrics(m).map_err(|e| format!("metrics: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// The daemon `[daemon]` describes, not started yet.
@@ -197,13 +229,13 @@ fn build(
     config: &Config,
     handle: &DaemonHandle,
     log: &LogHandle,
-    held: Vec<HeldSocket>,
+    bound: Bound,
 ) -> Result<Supervisor, String> {
     let sup = Supervisor::new().map_err(|e| format!("cannot start the supervisor: {e}"))?;
     let group = control_group(config)?;
     let server =
         ControlServer::bind(&config.daemon.control_socket, group).map_err(|e| e.to_string())?;
-    supervisor(sup, config, handle, log, (held, server))
+    supervisor(sup, config, handle, log, (bound, server))
 }
 
 /// The `control_group`, resolved.
@@ -227,12 +259,10 @@ pub(super) fn supervisor(
     config: &Config,
     handle: &DaemonHandle,
     log: &LogHandle,
-    (held, server): (Vec<HeldSocket>, ControlServer),
+    (bound, server): (Bound, ControlServer),
 ) -> Result<Supervisor, String> {
     let d = &config.daemon;
-    for s in held {
-        sup.hold_socket(s).map_err(|e| e.to_string())?;
-    }
+    bound.hand_to(&mut sup)?;
     sup.set_log(log.clone());
     sup.set_kill_strays(true);
     sup.set_shutdown_timeout(d.shutdown_timeout);
@@ -301,7 +331,8 @@ fn daemon_changes(
         ready_timeout,
         shutdown_timeout,
         control_socket,
-        control_group
+        control_group,
+        metrics
     );
     keys.into_iter()
         .map(|k| format!("daemon.{k} changed: takes effect when warden restarts"))

@@ -14,6 +14,7 @@ use warden::config::Config;
 use warden::control::server::ControlServer;
 use warden::daemon::{Notifier, ServiceManager};
 use warden::log::LogHandle;
+use warden::supervisor::metrics::MetricsListener;
 use warden::supervisor::sockets::HeldSocket;
 use warden::supervisor::{DaemonRec, Handoff, STATE_FORMAT, Supervisor};
 
@@ -263,6 +264,11 @@ fn take_over(h: &Handoff, after_failure: bool) -> Result<TakenOver, String> {
             .ok_or_else(|| format!("socket {} was not handed over", spec.name))?;
         held.push(HeldSocket::adopt(spec, take(fd)?));
     }
+    let metrics = match (&config.daemon.metrics, h.metrics_fd()) {
+        (Some(listen), Some(fd)) => Some(MetricsListener::adopt(listen, take(fd)?)),
+        (None, None) => None,
+        _ => return Err("daemon.metrics differs from what was handed over".into()),
+    };
     let listener = h.control_fd().ok_or("no control socket was handed over")?;
     let server = ControlServer::adopt(
         take(listener)?,
@@ -270,7 +276,8 @@ fn take_over(h: &Handoff, after_failure: bool) -> Result<TakenOver, String> {
         serve::control_group(&config)?,
     );
     let sup = Supervisor::resume(h).map_err(|e| e.to_string())?;
-    let mut sup = serve::supervisor(sup, &config, &handle, &log, (held, server))?;
+    let bound = serve::Bound { held, metrics };
+    let mut sup = serve::supervisor(sup, &config, &handle, &log, (bound, server))?;
     sup.import(h)?;
     Ok((sup, handle, log, signals, Exe::current_at(&h.daemon.exe)))
 }

@@ -48,6 +48,7 @@ pub(crate) const DAEMON: KeyTable = KeyTable {
         "scale_program",
         "control_socket",
         "control_group",
+        "metrics",
     ],
 };
 
@@ -152,6 +153,7 @@ mod tests {
                         "log_format" => "\"json\"",
                         "syslog_facility" => "\"daemon\"",
                         "scale_program" => "\"p\"",
+                        "metrics" => "\"127.0.0.1:9464\"",
                         "log_max_bytes" => "\"1M\"",
                         "backoff_initial" | "backoff_max" | "backoff_reset" | "restart_window"
                         | "stop_timeout" | "start_timeout" | "watchdog" | "ready_timeout"

@@ -163,6 +163,9 @@ pub struct DaemonSpec {
     pub control_socket: PathBuf,
     /// `control_group`: members of this group may read status through the control socket.
     pub control_group: Option<String>,
+    /// `metrics`: where `GET /metrics` is served (OpenMetrics / Prometheus text), a TCP address
+    /// or a Unix socket path; default none (off).
+    pub metrics: Option<Listen>,
 }
 
 impl Default for DaemonSpec {
@@ -186,6 +189,7 @@ impl Default for DaemonSpec {
             scale_program: None,
             control_socket: PathBuf::from("/run/warden/warden.sock"),
             control_group: None,
+            metrics: None,
         }
     }
 }
@@ -595,6 +599,12 @@ fn read_daemon_control(
             c.at(g.span(), "daemon.control_group", "must not be empty");
         } else {
             d.control_group = Some(g.into_inner());
+        }
+    }
+    if let Some(m) = s.string(c, "metrics") {
+        match parse_listen(m.get_ref()) {
+            Ok(l) => d.metrics = Some(l),
+            Err(msg) => c.at(m.span(), "daemon.metrics", msg),
         }
     }
     scale

@@ -39,6 +39,7 @@ mod events;
 mod groups;
 mod handoff;
 mod health;
+pub mod metrics;
 pub(crate) mod notify;
 pub(crate) mod output;
 mod program;
@@ -132,6 +133,8 @@ pub struct Supervisor {
     upgradable: bool,
     /// State changes waiting for `warden events` subscribers (`events.rs`).
     events: events::EventBus,
+    /// `GET /metrics`, when served (`metrics/`).
+    metrics: Option<metrics::MetricsServer>,
 }
 
 /// The control side of the supervisor: the socket server, the requests waiting for their
@@ -212,6 +215,7 @@ impl Supervisor {
             sockets: Vec::new(),
             upgradable: false,
             events: events::EventBus::default(),
+            metrics: None,
         })
     }
 
@@ -424,6 +428,7 @@ impl Supervisor {
             Source::ExecReport => self.read_exec_report(ev.token()),
             Source::Pipe => self.read_pipe(ev.token()),
             Source::Check => self.check_event(ev.token()),
+            Source::Metrics | Source::MetricsConn => self.metrics_event(ev.token()),
         }
         false
     }
@@ -471,6 +476,7 @@ impl Supervisor {
             .chain(self.rollout_deadline())
             .chain(self.manager.watchdog.as_ref().map(|w| w.next))
             .chain(self.shutdown.deadline)
+            .chain(self.metrics_deadline())
             .chain(
                 self.plane
                     .server
@@ -503,6 +509,7 @@ impl Supervisor {
             }
         }
         self.expire_checks(now);
+        self.expire_metrics(now);
         self.run_checks(now);
     }
 
@@ -523,7 +530,9 @@ impl Supervisor {
             let now = Instant::now();
             let jitter = self.jitter.next_unit();
             let old_pid = self.table[p][pos].inst.state.pid();
+            let mark = metrics::Mark::of(&self.table[p][pos], &event);
             let actions = self.table[p].step(pos, event, now, jitter);
+            mark.count(&mut self.table[p][pos]);
             for action in actions {
                 if let Some(next) = self.carry_out(p, pos, action, &mut notes, &mut news) {
                     queue.push_back(next);

@@ -219,6 +219,7 @@ impl Supervisor {
         }
         if msg.watchdog_trigger {
             log::warn!("{tag}: WATCHDOG=trigger received; restarting");
+            self.table[p][pos].counters.pending = Some(super::metrics::RestartReason::Watchdog);
             self.apply(p, pos, Event::Restart);
         }
     }

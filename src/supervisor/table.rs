@@ -106,6 +106,8 @@ pub(crate) struct Slot {
     pub(crate) health: Option<super::health::Tracker>,
     /// The error of the health check that last restarted it (a rollout's message).
     pub(crate) health_error: Option<String>,
+    /// What `/metrics` counts for it (`metrics/`).
+    pub(crate) counters: super::metrics::Counters,
 }
 
 /// Why an instance is held down by its dependencies.
@@ -139,6 +141,7 @@ impl Slot {
             hold: None,
             health: None,
             health_error: None,
+            counters: super::metrics::Counters::default(),
         }
     }
 

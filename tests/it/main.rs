@@ -45,6 +45,9 @@ mod health;
 mod lifecycle;
 /// Logging against real peers: logrotate, a syslog receiver, journald prefixes, reopen-logs.
 mod logging;
+/// `[daemon] metrics`: `GET /metrics` read by the real Python parsers, counters by restart
+/// reason, 404/405, silent clients, memory over 1,000 scrapes, no wake-ups while idle.
+mod metrics;
 /// warden as a container's PID 1 (`unshare --pid`) and `exit_on_fatal`.
 mod pid1;
 /// The job pool from the outside, one scenario of `tests/fixtures/pool_scenarios.rs` per test.

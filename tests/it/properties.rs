@@ -201,6 +201,12 @@ mod config {
             ("daemon", "exit_on_fatal") => any::<bool>().prop_map(Val::Bool).boxed(),
             // Chosen among the generated programs once they exist (see `file`).
             ("daemon", "scale_program") => Just(Val::Str(String::new())).boxed(),
+            ("daemon", "metrics") => prop_oneof![
+                (1u16..=65535).prop_map(|p| Val::Str(format!("127.0.0.1:{p}"))),
+                (1u16..=65535).prop_map(|p| Val::Str(format!("[::1]:{p}"))),
+                "[a-z]{1,8}".prop_map(|n| Val::Str(format!("/run/{n}.sock"))),
+            ]
+            .boxed(),
             ("program.NAME", "command") => prop_oneof![
                 (
                     "[a-z/][a-z0-9/._-]{0,10}",
@@ -831,6 +837,12 @@ mod config {
                 "scale_program" => d.scale_program = Some(s()),
                 "control_socket" => socket = Some(base.join(s())),
                 "control_group" => d.control_group = Some(s()),
+                "metrics" => {
+                    d.metrics = Some(match s() {
+                        p if p.starts_with('/') => Listen::Unix(PathBuf::from(p)),
+                        a => Listen::Tcp(a.parse().expect("an address")),
+                    })
+                }
                 other => panic!("daemon.{other} has no expectation"),
             }
         }

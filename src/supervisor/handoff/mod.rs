@@ -121,6 +121,11 @@ impl Handoff {
             .map(|(_, fd)| *fd)
     }
 
+    /// The `/metrics` listener, if there was one.
+    pub fn metrics_fd(&self) -> Option<RawFd> {
+        self.sup.metrics
+    }
+
     /// The control listener, if there was one.
     pub fn control_fd(&self) -> Option<RawFd> {
         self.sup.control
@@ -284,6 +289,7 @@ impl Supervisor {
         let sup = SupState {
             notify: (self.notify.as_raw_fd(), self.notify.name().to_string()),
             control: self.plane.server.as_ref().map(|s| s.listener_fd()),
+            metrics: self.metrics.as_ref().map(|m| m.listener_fd()),
             guard: self.groups.guard(),
             sockets: self
                 .sockets
@@ -329,6 +335,7 @@ impl Supervisor {
                 },
                 hold: s.hold.as_ref().map(|h| h.reason.clone()),
                 health_error: s.health_error.clone(),
+                counters: s.counters,
             });
         }
         Ok(ProgramRec {
@@ -459,6 +466,7 @@ fn slot_of(rec: &SlotRec, clock: &Clock) -> Slot {
     };
     slot.hold = rec.hold.clone().map(|reason| Hold { reason });
     slot.health_error = rec.health_error.clone();
+    slot.counters = rec.counters;
     slot
 }
 

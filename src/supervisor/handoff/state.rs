@@ -80,6 +80,9 @@ pub(crate) struct SupState {
     pub(crate) guard: Option<(i32, RawFd)>,
     /// Held sockets, by name.
     pub(crate) sockets: Vec<(String, RawFd)>,
+    /// The `/metrics` listener.
+    #[serde(default)]
+    pub(crate) metrics: Option<RawFd>,
     pub(crate) programs: Vec<ProgramRec>,
     /// Tracked process groups: group id, program, slot, whether the leader was reaped.
     pub(crate) groups: Vec<(i32, String, u32, bool)>,
@@ -99,6 +102,7 @@ impl SupState {
         fds.extend(self.control);
         fds.extend(self.guard.map(|(_, fd)| fd));
         fds.extend(self.sockets.iter().map(|(_, fd)| *fd));
+        fds.extend(self.metrics);
         fds.extend(self.pipes.iter().map(|p| p.fd));
         fds.extend(self.requester);
         fds
@@ -135,6 +139,9 @@ pub(crate) struct SlotRec {
     /// Held by its dependencies, and why.
     pub(crate) hold: Option<Option<String>>,
     pub(crate) health_error: Option<String>,
+    /// What `/metrics` counts for it.
+    #[serde(default)]
+    pub(crate) counters: crate::supervisor::metrics::Counters,
 }
 
 /// An output pipe.

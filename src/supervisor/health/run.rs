@@ -379,6 +379,9 @@ impl Supervisor {
         };
         let restart = prog.def.policy.restart;
         let tag = format!("{}[{}]", prog.def.name, prog[pos].index);
+        if outcome.is_err() {
+            prog[pos].counters.health_failures += 1;
+        }
         let Some(tracker) = prog[pos].health.as_mut() else {
             return;
         };
