@@ -40,6 +40,9 @@ _warden() {
             warden,restart)
                 cmd="warden__subcmd__restart"
                 ;;
+            warden,resume)
+                cmd="warden__subcmd__resume"
+                ;;
             warden,run)
                 cmd="warden__subcmd__run"
                 ;;
@@ -54,6 +57,9 @@ _warden() {
                 ;;
             warden,stop)
                 cmd="warden__subcmd__stop"
+                ;;
+            warden,upgrade)
+                cmd="warden__subcmd__upgrade"
                 ;;
             warden__subcmd__help,check)
                 cmd="warden__subcmd__help__subcmd__check"
@@ -79,6 +85,9 @@ _warden() {
             warden__subcmd__help,restart)
                 cmd="warden__subcmd__help__subcmd__restart"
                 ;;
+            warden__subcmd__help,resume)
+                cmd="warden__subcmd__help__subcmd__resume"
+                ;;
             warden__subcmd__help,run)
                 cmd="warden__subcmd__help__subcmd__run"
                 ;;
@@ -94,6 +103,9 @@ _warden() {
             warden__subcmd__help,stop)
                 cmd="warden__subcmd__help__subcmd__stop"
                 ;;
+            warden__subcmd__help,upgrade)
+                cmd="warden__subcmd__help__subcmd__upgrade"
+                ;;
             *)
                 ;;
         esac
@@ -101,7 +113,7 @@ _warden() {
 
     case "${cmd}" in
         warden)
-            opts="-c -h -V --config --help --version run start stop restart status reload scale check healthcheck reopen-logs events completions help"
+            opts="-c -h -V --config --help --version run start stop restart status reload scale check healthcheck reopen-logs upgrade resume events completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -211,7 +223,7 @@ _warden() {
             return 0
             ;;
         warden__subcmd__help)
-            opts="run start stop restart status reload scale check healthcheck reopen-logs events completions help"
+            opts="run start stop restart status reload scale check healthcheck reopen-logs upgrade resume events completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -336,6 +348,20 @@ _warden() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        warden__subcmd__help__subcmd__resume)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         warden__subcmd__help__subcmd__run)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -393,6 +419,20 @@ _warden() {
             return 0
             ;;
         warden__subcmd__help__subcmd__stop)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        warden__subcmd__help__subcmd__upgrade)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -465,6 +505,28 @@ _warden() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        warden__subcmd__resume)
+            opts="-c -h --formats --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -577,6 +639,32 @@ _warden() {
             return 0
             ;;
         warden__subcmd__stop)
+            opts="-c -h --timeout --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        warden__subcmd__upgrade)
             opts="-c -h --timeout --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

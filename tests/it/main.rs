@@ -64,3 +64,7 @@ mod sockets;
 /// The supervisor against real processes: restarts, backoff, stop escalation, reaping, readiness,
 /// output capture, chaos, scaling and the shutdown order.
 mod supervisor;
+/// `warden upgrade` and `SIGUSR2`: same pid, programs, counters, output, watchdog and held
+/// socket across the exec; a binary that is no warden, fails its check or reads another state
+/// format is refused; a new image that cannot take over goes back to the previous binary.
+mod upgrade;
