@@ -190,6 +190,9 @@ pub(crate) struct SpawnRequest<'a> {
     pub(crate) stderr: StdioPlan,
     /// For an exec health check: the pid of the instance it checks (`WARDEN_PID`).
     pub(crate) checked_pid: Option<i32>,
+    /// The `cgroup.procs` of the instance's own cgroup, which the child joins before anything
+    /// else (cgroup mode: [`super::cgroup`]).
+    pub(crate) cgroup_procs: Option<std::ffi::CString>,
 }
 
 /// The two ends of a close-on-exec pipe for an output stream, or none for `/dev/null`.
@@ -279,8 +282,9 @@ fn fork_exec(
     env: &[(OsString, OsString)],
 ) -> io::Result<Started> {
     let path = resolve(&p.argv[0], env)?;
-    let mut plan =
-        sys::spawn::ExecPlan::new(&path, &p.argv, env, p.directory.as_deref(), p.setup.clone())?;
+    let mut setup = p.setup.clone();
+    setup.cgroup_procs = i.cgroup_procs.clone();
+    let mut plan = sys::spawn::ExecPlan::new(&path, &p.argv, env, p.directory.as_deref(), setup)?;
     if !i.sockets.is_empty() {
         plan.pass_listen_fds(i.sockets.iter().map(|(fd, _)| *fd).collect())?;
     }
@@ -364,7 +368,8 @@ pub(crate) fn spawn_fn(f: &WorkerFn, i: &SpawnRequest<'_>) -> Result<Started> {
         notifier: i.notify_socket.map(Notifier::new),
     };
     // Taken in the parent: it names the parent (for the death-signal race check).
-    let setup = base_setup();
+    let mut setup = base_setup();
+    setup.cgroup_procs = i.cgroup_procs.clone();
     match sys::fork()? {
         sys::Fork::Parent(pid) => Ok(Started {
             pid: pid.as_raw(),

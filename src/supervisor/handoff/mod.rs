@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::exec::{Inherited, release_signals};
 pub use self::state::STATE_FORMAT;
-use self::state::{Clock, InstanceRec, PipeRec, ProgramRec, SlotRec, SupState};
+use self::state::{CgroupRec, Clock, InstanceRec, PipeRec, ProgramRec, SlotRec, SupState};
 use super::Supervisor;
 use super::capture::Stream;
 use super::table::{ExecState, Hold, InstanceIndex, ProgramId, Slot, SlotId};
@@ -298,6 +298,11 @@ impl Supervisor {
                 .collect(),
             programs,
             groups,
+            cgroup: self.groups.hierarchy().map(|h| CgroupRec {
+                parent: h.parent.clone(),
+                base: h.base.clone(),
+                groups: self.groups.tracked_cgroups(),
+            }),
             pipes,
             rollbacks: self.plane.rollbacks,
             started_at: clock.off(self.plane.started_at),
@@ -421,6 +426,8 @@ impl Supervisor {
                 self.groups.adopt(*pgid, (p, SlotId(*id)), *reaped);
             }
         }
+        self.adopt_cgroups(h.sup.cgroup.as_ref());
+        let registry = self.poll.registry();
         for pipe in &h.sup.pipes {
             let Some(&p) = ids.get(&pipe.program) else {
                 continue;
