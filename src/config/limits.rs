@@ -251,6 +251,11 @@ pub(super) fn read_cgroup_limits(c: &mut Collector<'_>, s: &mut Section<'_, '_>)
             }
         }
     };
+    for key in ["memory_max", "memory_high", "pids_max", "cpu_max"] {
+        if let Some(span) = s.span(key) {
+            c.note(&s.key(key), span);
+        }
+    }
     let mut l = CgroupLimits {
         memory_max: positive(c, s, "memory_max"),
         memory_high: positive(c, s, "memory_high"),

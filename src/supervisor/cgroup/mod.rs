@@ -56,38 +56,7 @@ pub(crate) struct Hierarchy {
     pub(crate) unavailable: Vec<(String, String)>,
 }
 
-/// The mount point of the cgroup v2 hierarchy in `mountinfo` (the text of
-/// `/proc/self/mountinfo`), if one is mounted.
-pub(crate) fn v2_mount(mountinfo: &str) -> Option<PathBuf> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        left.split_whitespace()
-            .nth(4)
-            .map(|m| PathBuf::from(unescape(m)))
-    })
-}
-
-/// `mountinfo`'s octal escapes (`\040` for a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = |d: &[u8]| d.iter().all(|c| (b'0'..=b'7').contains(c));
-        if b[i] == b'\\' && i + 4 <= b.len() && octal(&b[i + 1..i + 4]) {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+pub(crate) use crate::config::preflight::v2_mount;
 
 /// The cgroup v2 path of the process whose `/proc/PID/cgroup` is `text` (the `0::` line).
 pub(crate) fn own_path(text: &str) -> Option<String> {
@@ -352,7 +321,17 @@ pub(crate) fn remove_tree(dir: &Path) {
     let _ = fs::remove_dir(dir);
 }
 
-/// Kills and removes every `warden-PID` base in `parent` whose `PID` is not alive (not
+/// Whether process `pid` runs (exists and is not a zombie: a warden killed by `SIGKILL` stays
+/// one until its parent reaps it).
+fn lives(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// Kills and removes every `warden-PID` base in `parent` whose `PID` does not run (and is not
 /// `ours`): what a warden killed together with its guard left. Waits for the killed cgroups to
 /// empty (bounded, 1 s). Returns one line per base, for the log.
 pub(crate) fn clean_stale(parent: &Path, ours: u32) -> Vec<String> {
@@ -369,7 +348,7 @@ pub(crate) fn clean_stale(parent: &Path, ours: u32) -> Vec<String> {
         else {
             continue;
         };
-        if pid == ours || Path::new(&format!("/proc/{pid}")).exists() {
+        if pid == ours || lives(pid) {
             continue;
         }
         let base = e.path();
