@@ -216,8 +216,9 @@ fn cgroup_problems(
                 (super::CgroupMode::Off, _) => {
                     "[daemon] cgroups = \"off\": the limit will not be applied".to_string()
                 }
-                (_, None) => "no cgroup v2 hierarchy is mounted: the limit will not be applied"
-                    .to_string(),
+                (_, None) => {
+                    "no cgroup v2 hierarchy is mounted: the limit will not be applied".to_string()
+                }
                 (_, Some((mount, have))) if !have.iter().any(|c| c == controller) => format!(
                     "the {controller} controller is not available in the cgroup v2 hierarchy \
                      ({}/cgroup.controllers): the limit will not be applied",
@@ -261,8 +262,6 @@ fn unescape(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
-
-
 
 /// The warnings about one program: its command, its health check's command, its environment
 /// files.

@@ -66,9 +66,7 @@ fn grandchild(sb: &mut Sandbox) -> i32 {
 /// `status --json` once the one instance of `w` is up; `None` (and the test skipped) when
 /// warden is not in cgroup mode here.
 fn up_in_cgroup_mode(test: &Test, sb: &mut Sandbox) -> Option<Value> {
-    let (_, v) = wait_status(sb, "w up", |_, v| {
-        v["instances"][0]["state"] == "running"
-    });
+    let (_, v) = wait_status(sb, "w up", |_, v| v["instances"][0]["state"] == "running");
     if v["daemon"]["tracking"] != "cgroup" {
         let why = log(sb)
             .lines()
@@ -96,7 +94,12 @@ fn cmdline(pid: i32) -> Vec<String> {
 /// The session id of `pid` (field 6 of /proc/PID/stat).
 fn session(pid: i32) -> Option<i32> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    s.rsplit_once(')')?.1.split_whitespace().nth(3)?.parse().ok()
+    s.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
 }
 
 /// The cgroup v2 path of `pid` (`0::` line of /proc/PID/cgroup).
@@ -141,7 +144,10 @@ fn after_stop_nothing_of_a_setsid_double_forked_grandchild_is_left() {
     let t = Instant::now();
     expect(&mut sb, &["stop", "w"], 0);
     let took = t.elapsed();
-    assert!(!alive(gc) && !alive(worker), "left after stop: {gc}, {worker}");
+    assert!(
+        !alive(gc) && !alive(worker),
+        "left after stop: {gc}, {worker}"
+    );
     println!("stop w (grandchild ignores SIGTERM) -> nothing left in {took:.1?}");
     // The instance's cgroup is removed once empty.
     let base = v["daemon"]["cgroup"].as_str().unwrap().to_string();
@@ -191,7 +197,10 @@ fn an_instance_is_down_when_its_cgroup_empties_not_its_process_group() {
         v["instances"][0]["state"] == "exited"
     });
     println!("cgroup emptied -> instance down in {:.1?}", t.elapsed());
-    assert!(t.elapsed() < Duration::from_secs(30), "not the stop timeout");
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "not the stop timeout"
+    );
 }
 
 #[test]
@@ -265,7 +274,10 @@ fn after_a_sigkill_of_warden_and_its_guard_the_next_warden_kills_what_is_left() 
     // The grandchild outlives both (nothing of this warden is left to act); another test's
     // warden starting meanwhile in the same parent may already have killed it, so that is
     // printed, not asserted.
-    println!("grandchild alive after warden and guard died: {}", alive(gc));
+    println!(
+        "grandchild alive after warden and guard died: {}",
+        alive(gc)
+    );
     // The next warden started in the same cgroup finds the base of a dead warden and kills it.
     let t = Instant::now();
     let second = sb.start();
@@ -275,11 +287,17 @@ fn after_a_sigkill_of_warden_and_its_guard_the_next_warden_kills_what_is_left() 
         "the next warden left it; log:\n{}",
         log(&sb)
     );
-    println!("next warden start -> grandchild of the dead warden gone in {:.1?}", t.elapsed());
+    println!(
+        "next warden start -> grandchild of the dead warden gone in {:.1?}",
+        t.elapsed()
+    );
     // Its base is gone too. (Any warden started in the same parent cleans up: another test's
     // may have been first, so the log line is not asserted here; the unit tests check it.)
     let base = v["daemon"]["cgroup"].as_str().unwrap().to_string();
-    assert!(wait_until(TIMEOUT, || !std::path::Path::new(&base).exists()), "{base} left");
+    assert!(
+        wait_until(TIMEOUT, || !std::path::Path::new(&base).exists()),
+        "{base} left"
+    );
 }
 
 #[test]
