@@ -235,7 +235,10 @@ fn build(
     let group = control_group(config)?;
     let server =
         ControlServer::bind(&config.daemon.control_socket, group).map_err(|e| e.to_string())?;
-    supervisor(sup, config, handle, log, (bound, server))
+    let mut sup = supervisor(sup, config, handle, log, (bound, server))?;
+    // cgroup mode is set up before readiness (not across an upgrade: `import` adopts it).
+    sup.decide_tracking();
+    Ok(sup)
 }
 
 /// The `control_group`, resolved.

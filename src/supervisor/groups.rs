@@ -385,13 +385,14 @@ impl Groups {
         Ok(Some(((dir, base), failed)))
     }
 
-    /// cgroup mode: `signal` to every process of group `pgid`'s cgroup, whatever its process
-    /// group or session (`SIGKILL` through `cgroup.kill`).
+    /// cgroup mode: `signal` to every process of group `pgid`'s cgroup outside that group
+    /// (which the caller signals), whatever its process group or session (`SIGKILL` to all
+    /// through `cgroup.kill`).
     pub(crate) fn signal_cgroup(&self, pgid: i32, signal: Signal) {
         if let Some(c) = self.tracked.get(&pgid).and_then(|t| t.cgroup.as_ref()) {
             match signal {
                 Signal::SIGKILL => cgroup::kill(&c.dir),
-                _ => cgroup::signal(&c.dir, signal),
+                _ => cgroup::signal(&c.dir, pgid, signal),
             }
         }
     }

@@ -272,15 +272,20 @@ pub(crate) fn kill(dir: &Path) {
     }
 }
 
-/// Sends `signal` to every process of cgroup `dir` (a leaf: its `cgroup.procs`). A process
-/// listed there is a live member (or a zombie not reaped yet, which holds its pid), so its pid
-/// is not someone else's.
-pub(crate) fn signal(dir: &Path, signal: nix::sys::signal::Signal) {
+/// Sends `signal` to every process of cgroup `dir` (a leaf: its `cgroup.procs`) outside process
+/// group `pgid`, which the caller signals as a group (so that no process gets it twice: a
+/// second `SIGINT` or `SIGTERM` means "hurry" to some programs). A process listed there is a
+/// live member (or a zombie not reaped yet, which holds its pid), so its pid is no one else's.
+pub(crate) fn signal(dir: &Path, pgid: i32, signal: nix::sys::signal::Signal) {
+    use nix::unistd::{Pid, getpgid};
     let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) else {
         return;
     };
     for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        let pid = Pid::from_raw(pid);
+        if getpgid(Some(pid)).is_ok_and(|g| g.as_raw() != pgid) {
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
     }
 }
 

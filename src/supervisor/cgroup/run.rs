@@ -19,6 +19,8 @@ use crate::supervisor::table::{ProgramId, SlotPos};
 pub(crate) struct CgroupState {
     /// What was asked ([`Supervisor::set_cgroups`]); the library's default is off.
     pub(crate) asked: Option<CgroupMode>,
+    /// The mode was decided ([`Supervisor::decide_tracking`]).
+    pub(crate) decided: bool,
     /// Why process groups are in force, when they are (for the log and `status`).
     pub(crate) why_not: Option<String>,
     /// Limits already said not to be applied, by program and key: said once per program.
@@ -43,11 +45,15 @@ impl Supervisor {
         self.cgroup.asked = Some(mode);
     }
 
-    /// At the first start: enters cgroup mode if asked and possible; logs the mode in force.
-    pub(in crate::supervisor) fn decide_tracking(&mut self) {
-        if self.groups.hierarchy().is_some() {
+    /// Decides the tracking mode now, as [`set_cgroups`](Self::set_cgroups) asked: enters
+    /// cgroup mode if asked and possible (moving this process into its leaf cgroup), and logs
+    /// the mode in force. [`run`](Self::run) does it before it first starts programs if it was
+    /// not done; the `warden` binary does it before it reports readiness. Once only.
+    pub fn decide_tracking(&mut self) {
+        if self.groups.hierarchy().is_some() || self.cgroup.decided {
             return;
         }
+        self.cgroup.decided = true;
         let why = match self.cgroup.asked {
             None => return,
             Some(CgroupMode::Off) => "cgroups = \"off\"".to_string(),
