@@ -12,11 +12,12 @@
 //! Function workers are forked without exec, which is only sound while the supervisor is
 //! single-threaded: `sys::fork` checks and refuses otherwise.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -285,6 +286,15 @@ fn fork_exec(
     let mut setup = p.setup.clone();
     setup.cgroup_procs = i.cgroup_procs.clone();
     let mut plan = sys::spawn::ExecPlan::new(&path, &p.argv, env, p.directory.as_deref(), setup)?;
+    // Created in its cgroup (no migration to pay for); the child joins it itself otherwise.
+    if let Some(dir) = i
+        .cgroup_procs
+        .as_ref()
+        .and_then(|procs| Path::new(OsStr::from_bytes(procs.as_bytes())).parent())
+        .and_then(|dir| File::open(dir).ok())
+    {
+        plan.create_in_cgroup(OwnedFd::from(dir));
+    }
     if !i.sockets.is_empty() {
         plan.pass_listen_fds(i.sockets.iter().map(|(fd, _)| *fd).collect())?;
     }

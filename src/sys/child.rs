@@ -64,6 +64,12 @@ pub fn child_setup(setup: &ChildSetup) -> io::Result<()> {
     if let Some(procs) = &setup.cgroup_procs {
         child_join_cgroup(procs)?;
     }
+    child_setup_in_cgroup(setup)
+}
+
+/// [`child_setup`] without its first step, for a child created in its cgroup already
+/// (`clone3` with `CLONE_INTO_CGROUP`, `sys::spawn`).
+pub(crate) fn child_setup_in_cgroup(setup: &ChildSetup) -> io::Result<()> {
     // Dispositions first, mask second: a signal arriving in between must find the default
     // action, not the copy of the parent's handler (which would swallow it).
     child_default_dispositions(setup.reset_signals.as_deref());
@@ -116,7 +122,8 @@ fn child_default_dispositions(list: Option<&[i32]>) {
 
 /// Moves the calling process into the cgroup whose `cgroup.procs` is `procs` (writing `0` names
 /// the writer), then closes the file. `open`, `write` and `close` only, on a C string prepared
-/// in the parent.
+/// in the parent. (A migration costs the kernel an RCU grace period, milliseconds: `sys::spawn`
+/// creates its children in their cgroup instead, and this is its fallback.)
 fn child_join_cgroup(procs: &std::ffi::CStr) -> io::Result<()> {
     // SAFETY: `procs` is a valid C string allocated before the fork and only read.
     let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
