@@ -394,3 +394,33 @@ fn an_upgrade_keeps_cgroup_mode_and_what_it_tracks() {
     signal(warden, Signal::SIGKILL);
     assert!(wait_until(TIMEOUT, || !alive(gc2)), "left after SIGKILL");
 }
+
+#[test]
+fn an_instance_the_oom_killer_kills_records_oom() {
+    let test = this_test!();
+    if !test.require_root() {
+        return;
+    }
+    // Takes 256 MiB, 1 MiB at a time, in a cgroup of 32 MiB.
+    let mut sb = test.supervisor_sandbox(
+        "",
+        "[program.hog]\ncommand = [\"PYTHON\", \"-c\", \"import time\\nb = []\\nwhile True:\\n    b.append(bytearray(1 << 20))\\n    time.sleep(0.001)\\n    if len(b) > 256: time.sleep(1000)\\n\"]\nmemory_max = \"32M\"\nrestart = \"never\"\n",
+    );
+    sb.start();
+    let (_, v) = wait_status(&mut sb, "hog started", |_, v| {
+        v["instances"][0]["state"] != "new"
+    });
+    let memory = v["daemon"]["cgroup"].as_str().is_some_and(|b| {
+        std::fs::read_to_string(format!("{b}/programs/cgroup.subtree_control"))
+            .is_ok_and(|s| s.split_whitespace().any(|w| w == "memory"))
+    });
+    if !memory {
+        test.skip("no memory controller for warden's cgroups here (cgroup v2 without it)");
+        return;
+    }
+    let (_, v) = wait_status(&mut sb, "hog killed by the OOM killer", |_, v| {
+        v["instances"][0]["state"] == "exited"
+    });
+    assert_eq!(v["instances"][0]["last_exit"]["reason"], "oom", "{v:#}");
+    assert!(log(&sb).contains("hog[0]") && log(&sb).contains("killed by the OOM killer"));
+}
