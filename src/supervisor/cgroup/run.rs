@@ -93,7 +93,15 @@ impl Supervisor {
 
     /// Takes cgroup mode over from an earlier image (`warden upgrade`), if it was in force.
     pub(in crate::supervisor) fn adopt_cgroups(&mut self, rec: Option<&CgroupRec>) {
-        let Some(rec) = rec else { return };
+        self.cgroup.decided = true;
+        let Some(rec) = rec else {
+            // The instances run where the earlier image put them: the mode cannot change now.
+            self.cgroup.why_not = Some(
+                "process-group mode carried over by warden upgrade; restart warden to change it"
+                    .into(),
+            );
+            return;
+        };
         let h = Hierarchy::adopt(rec.parent.clone(), rec.base.clone());
         let registry = self.poll.registry();
         if let Err(e) = self
