@@ -143,9 +143,12 @@ fn a_surge_restart_starts_the_new_instance_beside_the_old_and_no_request_fails()
         ok + failed,
         log(&sb)
     );
-    let now = pids(&status_json(&mut sb));
+    let v = status_json(&mut sb);
+    let now = pids(&v);
     assert_eq!(now.len(), 1, "one instance again: {now:?}");
     assert_ne!(now[0], old[0]);
+    // The same instance to an operator: restarted once.
+    assert_eq!(v["instances"][0]["restarts"], 1, "{v:#}");
     assert!(
         wait_until(TIMEOUT, || !alive(old[0] as i32)),
         "the old one stopped"
