@@ -91,12 +91,16 @@
 //! after every accepted job's outcome has been delivered, callbacks included.
 
 mod builder;
+mod cancel;
 mod claim;
 mod codec;
 mod engine;
 mod error;
 pub(crate) mod frame;
 mod handle;
+mod imap;
+mod init;
+mod map;
 mod pace;
 mod worker;
 mod zygote;
@@ -112,10 +116,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use self::builder::PoolBuilder;
+pub use self::cancel::Cancel;
 use self::codec::{codec_errors, decode_chunk, decode_one, encode_chunk, encode_exact};
-use self::engine::{Completion, Engine, Failure, Job, Raw, Shared, StopMode};
-pub use self::error::{Closed, JobError, Outcome, TrySubmitError};
-pub use self::handle::{ImapUnordered, JobHandle};
+use self::engine::{Completion, Engine, Failure, Job, NO_TICKET, Raw, Shared, StopMode};
+pub use self::error::{Closed, JobError, Outcome, PoolError, TrySubmitError};
+pub use self::handle::JobHandle;
+pub use self::imap::{Imap, ImapUnordered};
+pub use self::map::MapResult;
 pub use crate::policy::{ExitStatus, Policy};
 
 /// The environment variable that makes a process an exec-self worker of the pool it names.
@@ -192,6 +199,9 @@ pub struct PoolStats {
     /// Jobs taken back from a worker before it started them (it was busy with a longer job, or
     /// got more than its share at start-up) and sent to an idle one.
     pub moved: u64,
+    /// Jobs cancelled one by one ([`JobHandle::cancel`], [`JobHandle::cancel_and_kill`],
+    /// [`MapResult::cancel`], a [`Pool::map_timeout`] deadline); not those of `terminate`.
+    pub cancelled: u64,
     /// Each worker slot's pid, when it has a live process.
     pub worker_pids: Vec<Option<i32>>,
     /// Worker slots retired for good (see "Retired slots" in the module documentation): their
@@ -203,6 +213,9 @@ pub struct PoolStats {
     pub fork_server_pid: Option<i32>,
     /// Why the pool can no longer run jobs, if so.
     pub fatal: Option<String>,
+    /// The failure every job now fails with ([`JobError::Pool`]), if any: a failed
+    /// [initializer](PoolBuilder::initializer). `fatal` says it in words too.
+    pub failure: Option<PoolError>,
 }
 
 /// A pool of worker processes running one handler; see the module documentation.
@@ -296,8 +309,9 @@ where
         job: J,
         options: JobOptions,
     ) -> std::result::Result<JobHandle<O, E>, Closed<J>> {
-        let (handle, completion) = JobHandle::new();
-        match self.enqueue(job, options, completion, true) {
+        let ticket = self.shared.ticket();
+        let (handle, completion) = JobHandle::new(&self.shared, ticket);
+        match self.enqueue(job, options, completion, Admit::Wait, ticket) {
             Ok(()) => Ok(handle),
             Err(TrySubmitError::Closed(j) | TrySubmitError::Full(j)) => Err(Closed(j)),
         }
@@ -305,8 +319,15 @@ where
 
     /// Submits a job unless the queue is full or the pool closed, giving the job back then.
     pub fn try_submit(&self, job: J) -> std::result::Result<JobHandle<O, E>, TrySubmitError<J>> {
-        let (handle, completion) = JobHandle::new();
-        self.enqueue(job, JobOptions::default(), completion, false)?;
+        let ticket = self.shared.ticket();
+        let (handle, completion) = JobHandle::new(&self.shared, ticket);
+        self.enqueue(
+            job,
+            JobOptions::default(),
+            completion,
+            Admit::Refuse,
+            ticket,
+        )?;
         Ok(handle)
     }
 
@@ -332,7 +353,7 @@ where
         C: FnOnce(Outcome<O, E>) + Send + 'static,
     {
         let completion = Completion::new(move |raw: Raw<'_>| callback(decode_one(raw)));
-        self.enqueue(job, options, completion, true)
+        self.enqueue(job, options, completion, Admit::Wait, NO_TICKET)
             .map_err(|e| Closed(e.into_job()))
     }
 
@@ -355,7 +376,13 @@ where
                 let _ = tx.send((i, decode_one(raw)));
             });
             if self
-                .enqueue(job, JobOptions::default(), completion, true)
+                .enqueue(
+                    job,
+                    JobOptions::default(),
+                    completion,
+                    Admit::Wait,
+                    NO_TICKET,
+                )
                 .is_err()
             {
                 if sent == 0 {
@@ -416,9 +443,10 @@ where
                 items: count as u32,
                 timeout: None,
                 retries: 0,
+                ticket: NO_TICKET,
                 completion,
             };
-            if self.enqueue_job(job, true).is_err() {
+            if self.enqueue_job(job, Admit::Wait).is_err() {
                 if sent == 0 {
                     return Err(Closed(()));
                 }
@@ -434,21 +462,6 @@ where
             }
         }
         Ok(fill_missing(out, sent))
-    }
-
-    /// Runs every job and yields `(input index, outcome)` as jobs finish, keeping a bounded
-    /// number of jobs in the pool at a time (so an endless iterator is fine).
-    pub fn imap_unordered<I>(
-        &self,
-        jobs: I,
-    ) -> std::result::Result<ImapUnordered<'_, J, O, E, I::IntoIter>, Closed>
-    where
-        I: IntoIterator<Item = J>,
-    {
-        if self.shared.lock().closed {
-            return Err(Closed(()));
-        }
-        Ok(ImapUnordered::new(self, jobs.into_iter()))
     }
 
     /// Brings retired worker slots back (see "Retired slots" in the module documentation): each
@@ -556,13 +569,14 @@ where
         s
     }
 
-    /// Encodes and enqueues one job.
+    /// Encodes and enqueues one job, named by `ticket` for a cancellation.
     fn enqueue(
         &self,
         job: J,
         options: JobOptions,
         completion: Completion,
-        block: bool,
+        admit: Admit,
+        ticket: u64,
     ) -> std::result::Result<(), TrySubmitError<J>> {
         let body = match encode_exact(&job) {
             Ok(body) => body,
@@ -578,9 +592,10 @@ where
             items: 1,
             timeout: options.timeout,
             retries: options.retries,
+            ticket,
             completion,
         };
-        match self.enqueue_job(job_, block) {
+        match self.enqueue_job(job_, admit) {
             Ok(()) => Ok(()),
             Err((_, true)) => Err(TrySubmitError::Full(job)),
             Err((_, false)) => Err(TrySubmitError::Closed(job)),
@@ -589,17 +604,17 @@ where
 
     /// Puts an encoded job on the queue: `Err((job, full))` when it was not taken (its completion then
     /// defused: a refused job has no outcome, its submitter gets it back).
-    fn enqueue_job(&self, job: Job, block: bool) -> std::result::Result<(), (Job, bool)> {
-        let refused = self.try_enqueue(job, block);
+    fn enqueue_job(&self, job: Job, admit: Admit) -> std::result::Result<(), (Job, bool)> {
+        let refused = self.try_enqueue(job, admit);
         refused.map_err(|(mut job, full)| {
             job.completion.defuse();
             (job, full)
         })
     }
 
-    fn try_enqueue(&self, job: Job, block: bool) -> std::result::Result<(), (Job, bool)> {
+    fn try_enqueue(&self, job: Job, admit: Admit) -> std::result::Result<(), (Job, bool)> {
         self.start();
-        let on_io = engine::ON_IO_THREAD.with(|f| f.get());
+        let on_io = engine::ON_IO_THREAD.with(|f| f.get()) || admit == Admit::Over;
         let mut inner = self.shared.lock();
         loop {
             if inner.closed || inner.io_done {
@@ -608,7 +623,7 @@ where
             if inner.queue.len() < inner.capacity || on_io {
                 break;
             }
-            if !block {
+            if admit == Admit::Refuse {
                 return Err((job, true));
             }
             inner.blocked += 1;
@@ -650,6 +665,19 @@ impl<J, O, E> Drop for Pool<J, O, E> {
             let _ = h.join();
         }
     }
+}
+
+/// How a submission treats a full queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// Wait for room (`submit`).
+    Wait,
+    /// Give the job back (`try_submit`).
+    Refuse,
+    /// Take it over the queue's bound: for submitters that bound their jobs in flight
+    /// themselves (an async `imap` window) or hold them all anyway (`map_async`), and must not
+    /// block.
+    Over,
 }
 
 /// `Pool` is shared across threads by reference or `Arc`; handles move to other threads.

@@ -42,7 +42,8 @@ impl Engine {
             inner.queue.push_front(job);
         }
         let asked = inner.stop;
-        if let Some(f) = queue_refusal(self.fatal.as_deref(), self.stopping.or(asked)) {
+        let refusal = queue_refusal(self.fatal.as_deref(), self.stopping.or(asked));
+        if let Some(f) = refusal.map(|f| self.refusal(f)) {
             failed.extend(inner.queue.drain(..).map(|j| (j, f.clone())));
         } else {
             let n = room.min(inner.queue.len());
@@ -273,6 +274,8 @@ impl Engine {
         s.requeued = self.counters.requeued;
         s.retried = self.counters.retried;
         s.moved = self.counters.moved;
+        s.cancelled = self.counters.cancelled;
+        s.failure.clone_from(&self.failure);
         s.fatal.clone_from(&self.fatal);
     }
 
