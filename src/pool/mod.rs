@@ -21,9 +21,14 @@
 //!         .start_method(StartMethod::Fork)
 //!         .build()?;
 //!     let h = pool.submit(3).expect("open");
-//!     assert_eq!(h.wait(), Ok(9));
+//!     assert_eq!(h.wait(), Ok(9)); // or `h.await` in async code
 //!     let all = pool.map(0..1000u64).expect("open");
 //!     assert!(all.iter().enumerate().all(|(i, r)| *r == Ok((i * i) as u64)));
+//!     for (i, r) in pool.imap(0..1000u64).expect("open").enumerate() {
+//!         assert_eq!(r, Ok((i * i) as u64)); // in input order, a bounded window in flight
+//!     }
+//!     let within = pool.map_timeout(0..10u64, Duration::from_secs(1)).expect("open");
+//!     assert_eq!(within.len(), 10); // what was unfinished at 1 s is Err(Cancelled)
 //!     pool.close();
 //!     pool.join();
 //!     Ok(())
@@ -37,10 +42,56 @@
 //! job), [`JobError::WorkerDied`] when the worker died while running it (the pool replaces the
 //! worker; the other jobs it held had not started — each worker marks a job started in memory
 //! shared with the pool before running it — and are sent again, first),
-//! [`JobError::TimedOut`], [`JobError::Cancelled`] after [`Pool::terminate`], or
+//! [`JobError::TimedOut`], [`JobError::Cancelled`] (the job was cancelled, see below, or
+//! [`Pool::terminate`] came first), [`JobError::Pool`] when a worker's
+//! [initializer](PoolBuilder::initializer) failed ([`PoolError::Initializer`]), or
 //! [`JobError::Fatal`] when the pool can no longer run anything (every worker in a crash loop,
 //! the fork server gone). Jobs marked idempotent ([`JobOptions::retries`]) are retried after a
 //! death or a timeout instead.
+//!
+//! # Waiting, awaiting, cancelling
+//!
+//! A [`JobHandle`] is waited for ([`JobHandle::wait`], [`JobHandle::wait_timeout`]) or awaited:
+//! it is a [`Future`], woken by the I/O thread when the outcome arrives —
+//! no thread per wait and no runtime dependency, so it works under tokio, async-std or smol.
+//! [`Pool::map_async`] gives a [`MapResult`]: `get(timeout)` as in Python (on timeout the
+//! result comes back and the jobs go on), `.await`, or cancel what is left;
+//! [`Pool::map_timeout`] cancels whatever is unfinished at its deadline. [`Pool::imap`] (input
+//! order) and [`Pool::imap_unordered`] stream outcomes with a bounded window of jobs in the pool
+//! (an endless input is fine), as iterators or as streams ([`Imap::next_async`],
+//! `futures_core::Stream`).
+//!
+//! [`JobHandle::cancel`] removes a job that has not started — from the queue, or from the
+//! worker it was sent to, through the same claim word that lets an idle worker take jobs over —
+//! and leaves a running one; [`JobHandle::cancel_and_kill`] also cancels a running job by
+//! killing its worker, which is replaced (a restart the pool asked for: not a death, not part
+//! of a crash loop) while the jobs it held and had not started run elsewhere. Either way the
+//! job's outcome is [`JobError::Cancelled`], and [`Cancel`] says what was done.
+//!
+//! # Per-worker initializer
+//!
+//! [`PoolBuilder::initializer`] runs once in each worker process before its first job (also in
+//! every replacement and recycled worker, under both start methods): load a model, open a
+//! connection, keep it in a `static`. If it fails, the pool says so once in the log and fails
+//! every job not yet sent with [`PoolError::Initializer`] instead of restarting the worker
+//! over and over; [`Pool::revive`] tries again.
+//!
+//! # Compared with Python's pools
+//!
+//! | | `multiprocessing.Pool` | `ProcessPoolExecutor` | `warden::pool` |
+//! |---|---|---|---|
+//! | a worker dies mid-job | that job hangs for ever | every pending future fails (`BrokenProcessPool`), the pool is unusable | that job fails (`WorkerDied`), the worker is replaced, the jobs it held are sent again |
+//! | job timeout | none (only `get(timeout)` on the caller's side) | none | per job: the worker is killed and replaced |
+//! | one result | `apply_async().get(t)` | `submit().result(t)` | [`Pool::submit`]: [`JobHandle::wait_timeout`], or `.await` |
+//! | async | no | `asyncio.wrap_future` (a thread hop) | `JobHandle`, `MapResult` are futures; `imap` is a stream |
+//! | `map` | `map`, `map_async().get(t)`, `chunksize` | `map(timeout, chunksize)` | [`Pool::map`], [`Pool::map_async`] + [`MapResult::get`], [`Pool::map_timeout`], [`Pool::map_chunked`] |
+//! | streamed | `imap` (ordered), `imap_unordered`: both read the whole input ahead (unbounded) | `as_completed`, `map` (also submit every job first) | [`Pool::imap`], [`Pool::imap_unordered`]: bounded window, endless input |
+//! | cancel one job | no | `Future.cancel()`, only if not running | [`JobHandle::cancel`] (not started), [`JobHandle::cancel_and_kill`] (running: its worker replaced) |
+//! | initializer | `initializer=`; a failing one restarts workers for ever | `initializer=`; a failure breaks the pool | [`PoolBuilder::initializer`]: failure reported once, jobs fail with it, [`Pool::revive`] |
+//! | recycling | `maxtasksperchild` | `max_tasks_per_child` | [`PoolBuilder::max_jobs_per_worker`], [`PoolBuilder::max_rss_bytes`] |
+//! | backpressure | none (unbounded queue) | none | bounded queue: `submit` blocks, `try_submit` gives the job back |
+//! | messages from a job | a `Manager().Queue()` | the same | not yet |
+//! | start | fork, spawn, forkserver | the same | [`StartMethod::Fork`] (a fork server), [`StartMethod::ExecSelf`] |
 //!
 //! # Start methods
 //!
