@@ -258,3 +258,70 @@ impl<O, E> Future for JobHandle<O, E> {
         Poll::Pending
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    use super::*;
+    use crate::pool::JobError;
+    use crate::pool::engine::Failure;
+
+    /// A waker that counts its wakes: an executor of no runtime in particular.
+    #[derive(Default)]
+    pub(crate) struct Count(pub(crate) AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn shared() -> Arc<Shared> {
+        let poll = mio::Poll::new().expect("epoll");
+        Arc::new(Shared::new(&poll, 4).expect("eventfd"))
+    }
+
+    #[test]
+    fn a_pending_handle_is_woken_once_by_its_completion_and_then_ready() {
+        let shared = shared();
+        let (mut handle, completion) = JobHandle::<u64, String>::new(&shared, 1);
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut handle).poll(&mut cx).is_pending());
+        assert!(Pin::new(&mut handle).poll(&mut cx).is_pending());
+        completion.call(Raw::Failed(Failure::Cancelled));
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            Pin::new(&mut handle).poll(&mut cx),
+            Poll::Ready(Err(JobError::Cancelled))
+        );
+    }
+
+    #[test]
+    fn a_completion_dropped_unrun_still_wakes_the_task_with_an_outcome() {
+        let shared = shared();
+        let (mut handle, completion) = JobHandle::<u64, String>::new(&shared, 1);
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut handle).poll(&mut cx).is_pending());
+        drop(completion);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            Pin::new(&mut handle).poll(&mut cx),
+            Poll::Ready(Err(JobError::Fatal(_)))
+        ));
+    }
+
+    #[test]
+    fn a_finished_handle_is_not_cancelled() {
+        let shared = shared();
+        let (handle, completion) = JobHandle::<u64, String>::new(&shared, 1);
+        completion.call(Raw::Failed(Failure::TimedOut));
+        assert_eq!(handle.cancel(), Cancel::Finished);
+        assert_eq!(handle.wait(), Err(JobError::TimedOut));
+    }
+}

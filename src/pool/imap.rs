@@ -444,3 +444,28 @@ where
         Imap::poll_next(self.get_mut(), cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::pool::handle::tests::Count;
+
+    #[test]
+    fn an_inbox_wakes_its_reader_per_item_and_at_its_end() {
+        let inbox = Inbox::<u32>::new();
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(Arc::clone(&count));
+        let mut cx = Context::from_waker(&waker);
+        assert!(inbox.poll_recv(&mut cx).is_pending());
+        inbox.push(7);
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(inbox.poll_recv(&mut cx), Poll::Ready(Some(7)));
+        assert!(inbox.poll_recv(&mut cx).is_pending());
+        inbox.end();
+        assert_eq!(count.0.load(Ordering::SeqCst), 2);
+        assert_eq!(inbox.poll_recv(&mut cx), Poll::Ready(None));
+        assert_eq!(inbox.recv(), None);
+    }
+}

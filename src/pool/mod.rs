@@ -737,6 +737,9 @@ const _: () = {
     const fn send<T: Send>() {}
     send_sync::<Pool<u64, u64, String>>();
     send::<JobHandle<u64, String>>();
+    send::<MapResult<u64, String>>();
+    send::<Imap<'static, u64, u64, String, std::ops::Range<u64>>>();
+    send::<ImapUnordered<'static, u64, u64, String, std::ops::Range<u64>>>();
 };
 
 fn assert_not_io_thread(what: &str) {
