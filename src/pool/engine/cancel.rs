@@ -7,6 +7,8 @@
 //! timeout (`Killed { expected: true }` then the state machine's `Restart`), and `finalize`
 //! completes the job `Cancelled` and sends the worker's other jobs again.
 
+use std::sync::atomic::Ordering;
+
 use super::phase::Phase;
 use super::shared::{Failure, Job, Raw};
 use super::{Engine, SlotIndex};
@@ -17,13 +19,13 @@ use crate::pool::claim;
 impl Engine {
     /// Carries out the cancellations asked for since the last turn, and answers them.
     pub(super) fn take_cancels(&mut self) {
-        let requests = {
-            let mut inner = self.shared.lock();
-            if inner.cancels.is_empty() {
-                return;
-            }
-            std::mem::take(&mut inner.cancels)
-        };
+        // One load per turn on the hot path; the lock only when a request came.
+        if !self.shared.cancel_pending.load(Ordering::Acquire)
+            || !self.shared.cancel_pending.swap(false, Ordering::AcqRel)
+        {
+            return;
+        }
+        let requests = std::mem::take(&mut self.shared.lock().cancels);
         for req in requests {
             let answers: Vec<Cancel> = req
                 .tickets

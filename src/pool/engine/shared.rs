@@ -134,6 +134,8 @@ pub(crate) struct Shared {
     pub(crate) revive: AtomicBool,
     /// The last ticket handed out (see [`Job::ticket`]).
     tickets: AtomicU64,
+    /// `Inner::cancels` may hold requests: read by the I/O thread without the lock.
+    pub(crate) cancel_pending: AtomicBool,
 }
 
 /// The shared state under [`Shared`]'s mutex.
@@ -190,6 +192,7 @@ impl Shared {
             wake_pending: AtomicBool::new(false),
             revive: AtomicBool::new(false),
             tickets: AtomicU64::new(NO_TICKET),
+            cancel_pending: AtomicBool::new(false),
         })
     }
 
@@ -274,6 +277,7 @@ impl Shared {
                 kill,
                 reply,
             });
+            self.cancel_pending.store(true, Ordering::Release);
         }
         self.wake();
         answer.recv().unwrap_or_else(|_| vec![Cancel::Finished; n])
