@@ -39,13 +39,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        // One job per task: `submit` returns at once unless the pool's queue is full (1024
-        // jobs by default); the handle is awaited.
+        // One job per task: `submit_async` waits (without blocking the thread) while the
+        // pool's queue is full (1024 jobs by default); the handle is awaited.
         let tasks: Vec<_> = (0..20u64)
             .map(|x| {
                 let pool = Arc::clone(&pool);
                 tokio::spawn(async move {
-                    match pool.submit(x) {
+                    match pool.submit_async(x).await {
                         Ok(handle) => (x, handle.await),
                         Err(_) => (x, Err(JobError::Cancelled)),
                     }

@@ -53,7 +53,8 @@
 //!
 //! A [`JobHandle`] is waited for ([`JobHandle::wait`], [`JobHandle::wait_timeout`]) or awaited:
 //! it is a [`Future`], woken by the I/O thread when the outcome arrives —
-//! no thread per wait and no runtime dependency, so it works under tokio, async-std or smol.
+//! no thread per wait and no runtime dependency, so it works under tokio, async-std or smol;
+//! [`Pool::submit_async`] waits for room in a full queue without blocking the thread.
 //! [`Pool::map_async`] gives a [`MapResult`]: `get(timeout)` as in Python (on timeout the
 //! result comes back and the jobs go on), `.await`, or cancel what is left;
 //! [`Pool::map_timeout`] cancels whatever is unfinished at its deadline. [`Pool::imap`] (input
@@ -153,6 +154,7 @@ mod imap;
 mod init;
 mod map;
 mod pace;
+mod submit;
 mod worker;
 mod zygote;
 
@@ -535,7 +537,7 @@ where
         let mut inner = self.shared.lock();
         inner.closed = true;
         drop(inner);
-        self.shared.not_full.notify_all();
+        self.shared.wake_submitters();
     }
 
     /// Waits until every job accepted so far has its outcome delivered (callbacks included).
@@ -573,7 +575,7 @@ where
         inner.closed = true;
         inner.stop = Some(StopMode::Terminate);
         drop(inner);
-        self.shared.not_full.notify_all();
+        self.shared.wake_submitters();
         self.shared.wake();
         self.wait_io_done();
     }
@@ -699,7 +701,7 @@ impl<J, O, E> Drop for Pool<J, O, E> {
         inner.closed = true;
         inner.stop = Some(StopMode::Terminate);
         drop(inner);
-        self.shared.not_full.notify_all();
+        self.shared.wake_submitters();
         self.shared.wake();
         let unstarted = self
             .engine

@@ -443,11 +443,14 @@ fn pool_inside_a_warden_daemon() {
 }
 
 /// Job handles, `map_async` and both imaps awaited under a tokio runtime: every outcome right,
-/// and no thread started to wait (200 handles pending at once on a current-thread runtime).
+/// no thread started to wait (200 handles pending at once on a current-thread runtime), and
+/// `submit_async` on a full queue waits as a future, not blocking the runtime's thread.
 #[test]
 fn handles_and_streams_are_awaited_under_tokio_without_a_thread_per_wait() {
     let _test = this_test!();
     let r = scenario("async_await");
+    assert_eq!(r.get("submit_async_pending"), "true");
+    assert_eq!(r.get("submit_async"), "Ok(10)");
     assert_eq!(r.num("handles_ok"), 200);
     assert_eq!(r.num("threads_during"), r.num("threads_base"));
     assert_eq!(r.num("map_async_ok"), 500);

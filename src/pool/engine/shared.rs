@@ -146,6 +146,8 @@ pub(crate) struct Inner {
     pub(crate) capacity: usize,
     /// Submitters waiting on `not_full`.
     pub(crate) blocked: usize,
+    /// Async submitters waiting for room (`submit_async`): woken with `not_full`.
+    pub(crate) room_wakers: Vec<std::task::Waker>,
     /// Threads waiting on `changed`.
     pub(crate) waiting: usize,
     /// No new jobs are accepted.
@@ -175,6 +177,7 @@ impl Shared {
                 queue: VecDeque::new(),
                 capacity,
                 blocked: 0,
+                room_wakers: Vec::new(),
                 waiting: 0,
                 closed: false,
                 stop: None,
@@ -209,7 +212,7 @@ impl Shared {
         drop(cancels);
         if first {
             self.changed.notify_all();
-            self.not_full.notify_all();
+            self.wake_submitters();
         }
         for (_, wake) in wakers {
             wake();
@@ -255,6 +258,14 @@ impl Shared {
     /// Unregisters a waker that is no longer needed.
     pub(crate) fn forget_io_done(&self, id: u64) {
         self.lock().io_done_wakers.retain(|(i, _)| *i != id);
+    }
+
+    /// Wakes every submitter waiting for room, blocked or async (the pool closed, or its queue
+    /// drained).
+    pub(crate) fn wake_submitters(&self) {
+        self.not_full.notify_all();
+        let wakers = std::mem::take(&mut self.lock().room_wakers);
+        wakers.into_iter().for_each(std::task::Waker::wake);
     }
 
     /// A new job ticket (see [`Job::ticket`]).
