@@ -25,7 +25,9 @@ pub enum JobError<E> {
     /// The job ran longer than its timeout; its worker was killed and replaced.
     TimedOut,
     /// The job was cancelled before it finished: by
-    /// [`JobHandle::cancel`](super::JobHandle::cancel) (and its variants), by a
+    /// [`JobHandle::cancel`](super::JobHandle::cancel) (not started yet),
+    /// [`JobHandle::cancel_and_kill`](super::JobHandle::cancel_and_kill),
+    /// [`MapResult::cancel`](super::MapResult::cancel) and its kind, by a
     /// [`Pool::map_timeout`](super::Pool::map_timeout) deadline, or because
     /// [`Pool::terminate`](super::Pool::terminate) was called.
     Cancelled,

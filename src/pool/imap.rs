@@ -255,7 +255,8 @@ impl<J, O, E, I> Drop for Feed<'_, J, O, E, I> {
 /// Outcomes as jobs finish, with their input index; from [`Pool::imap_unordered`].
 ///
 /// An [`Iterator`] (blocking) and a stream: [`ImapUnordered::poll_next`],
-/// [`futures_core::Stream`], [`ImapUnordered::next_async`].
+/// [`futures_core::Stream`], [`ImapUnordered::next_async`]. Dropping it stops reading the
+/// input; the jobs already submitted (at most [`ImapUnordered::window`]) still run.
 pub struct ImapUnordered<'p, J, O, E, I>(Feed<'p, J, O, E, I>);
 
 impl<J, O, E, I> fmt::Debug for ImapUnordered<'_, J, O, E, I> {
@@ -334,7 +335,8 @@ where
 /// Outcomes in input order; from [`Pool::imap`].
 ///
 /// An [`Iterator`] (blocking) and a stream: [`Imap::poll_next`], [`futures_core::Stream`],
-/// [`Imap::next_async`].
+/// [`Imap::next_async`]. Dropping it stops reading the input; the jobs already submitted (at
+/// most [`Imap::window`]) still run, their outcomes dropped.
 pub struct Imap<'p, J, O, E, I> {
     feed: Feed<'p, J, O, E, I>,
     /// The outcomes from the next one to yield on, as far as submitted: `None` until it arrives.

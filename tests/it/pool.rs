@@ -484,6 +484,13 @@ fn a_queued_job_is_cancelled_and_a_running_one_only_with_kill() {
     assert_eq!(r.get("replaced"), "true");
     assert_eq!(r.num("cancelled"), 2);
     assert_eq!(r.num("worker_deaths"), 0);
+    if r.num("held_by_worker") == 4 {
+        assert_eq!(
+            r.num("requeued"),
+            2,
+            "the killed worker's jobs were not sent again"
+        );
+    }
 }
 
 /// Ordered `imap` over an endless input: input order, and never more than its window of jobs
