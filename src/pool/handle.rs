@@ -64,8 +64,10 @@ where
     O: DeserializeOwned + Send + 'static,
     E: DeserializeOwned + Send + 'static,
 {
-    /// A handle and the completion that fills it; cancellable through `shared` by `ticket`.
-    pub(super) fn new(shared: &Arc<Shared>, ticket: u64) -> (JobHandle<O, E>, Completion) {
+    /// A handle, the completion that fills it, and the job's ticket, by which the handle
+    /// cancels it through `shared`: the address of the slot they share, unique among the jobs
+    /// alive (a slot outlives both its job and its handle), and never 0 (`NO_TICKET`).
+    pub(super) fn new(shared: &Arc<Shared>) -> (JobHandle<O, E>, Completion, u64) {
         let slot = Arc::new(HandleSlot {
             state: Mutex::new(HandleState {
                 outcome: None,
@@ -74,13 +76,17 @@ where
             }),
             cv: Condvar::new(),
         });
+        let ticket = Arc::as_ptr(&slot) as usize as u64;
         let theirs = Arc::clone(&slot);
         let completion = Completion::new(move |raw: Raw<'_>| theirs.fill(decode_one(raw)));
-        let ticket = Some(Ticket {
-            shared: Arc::downgrade(shared),
-            ticket,
-        });
-        (JobHandle { slot, ticket }, completion)
+        let handle = JobHandle {
+            slot,
+            ticket: Some(Ticket {
+                shared: Arc::downgrade(shared),
+                ticket,
+            }),
+        };
+        (handle, completion, ticket)
     }
 }
 
@@ -105,16 +111,21 @@ impl<O, E> HandleSlot<O, E> {
     }
 
     /// Waits until the outcome is there or `deadline` passes (with `None`, for as long as it
-    /// takes); whether it is there. Leaves it in place.
-    fn ready_by(&self, deadline: Option<Instant>) -> bool {
+    /// takes); takes it if `take`, else leaves it in place. `Err(())` once the deadline passed
+    /// without it, `Ok(None)` when it is there and left.
+    fn wait_until(
+        &self,
+        deadline: Option<Instant>,
+        take: bool,
+    ) -> std::result::Result<Option<Outcome<O, E>>, ()> {
         let mut st = self.lock();
         loop {
             if st.outcome.is_some() {
-                return true;
+                return Ok(if take { st.outcome.take() } else { None });
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {
-                return false;
+                return Err(());
             }
             st.waiting = true;
             st = match left {
@@ -159,17 +170,18 @@ impl<O, E> JobHandle<O, E> {
 
     /// Waits for the outcome.
     pub fn wait(self) -> Outcome<O, E> {
-        self.slot.ready_by(None);
-        self.take()
-            .expect("a wait without a deadline ends only with the outcome")
+        match self.slot.wait_until(None, true) {
+            Ok(Some(o)) => o,
+            _ => unreachable!("a wait without a deadline ends only with the outcome"),
+        }
     }
 
     /// Waits at most `timeout`; gives the handle back if the outcome is not there yet.
     pub fn wait_timeout(self, timeout: Duration) -> std::result::Result<Outcome<O, E>, Self> {
-        if self.slot.ready_by(Some(Instant::now() + timeout)) {
-            return self.try_get();
+        match self.slot.wait_until(Some(Instant::now() + timeout), true) {
+            Ok(Some(o)) => Ok(o),
+            _ => Err(self),
         }
-        Err(self)
     }
 
     /// The outcome if it is there, else the handle back.
@@ -232,7 +244,7 @@ impl<O, E> JobHandle<O, E> {
 
     /// Waits until the outcome is there or `deadline` passes; whether it is there.
     pub(super) fn ready_by(&self, deadline: Instant) -> bool {
-        self.slot.ready_by(Some(deadline))
+        self.slot.wait_until(Some(deadline), false).is_ok()
     }
 
     /// Whether the outcome is there; if not, `cx`'s task is woken when it comes.
@@ -286,7 +298,7 @@ pub(crate) mod tests {
     #[test]
     fn a_pending_handle_is_woken_once_by_its_completion_and_then_ready() {
         let shared = shared();
-        let (mut handle, completion) = JobHandle::<u64, String>::new(&shared, 1);
+        let (mut handle, completion, _) = JobHandle::<u64, String>::new(&shared);
         let count = Arc::new(Count::default());
         let waker = Waker::from(Arc::clone(&count));
         let mut cx = Context::from_waker(&waker);
@@ -303,7 +315,7 @@ pub(crate) mod tests {
     #[test]
     fn a_completion_dropped_unrun_still_wakes_the_task_with_an_outcome() {
         let shared = shared();
-        let (mut handle, completion) = JobHandle::<u64, String>::new(&shared, 1);
+        let (mut handle, completion, _) = JobHandle::<u64, String>::new(&shared);
         let count = Arc::new(Count::default());
         let waker = Waker::from(Arc::clone(&count));
         let mut cx = Context::from_waker(&waker);
@@ -319,7 +331,7 @@ pub(crate) mod tests {
     #[test]
     fn a_finished_handle_is_not_cancelled() {
         let shared = shared();
-        let (handle, completion) = JobHandle::<u64, String>::new(&shared, 1);
+        let (handle, completion, _) = JobHandle::<u64, String>::new(&shared);
         completion.call(Raw::Failed(Failure::TimedOut));
         assert_eq!(handle.cancel(), Cancel::Finished);
         assert_eq!(handle.wait(), Err(JobError::TimedOut));

@@ -44,8 +44,7 @@ where
                 handles.push(JobHandle::resolved(Err(JobError::Cancelled)));
                 continue;
             }
-            let ticket = self.shared.ticket();
-            let (handle, completion) = JobHandle::new(&self.shared, ticket);
+            let (handle, completion, ticket) = JobHandle::new(&self.shared);
             let options = JobOptions::default();
             if self
                 .enqueue(job, options, completion, Admit::Over, ticket)

@@ -362,8 +362,7 @@ where
         job: J,
         options: JobOptions,
     ) -> std::result::Result<JobHandle<O, E>, Closed<J>> {
-        let ticket = self.shared.ticket();
-        let (handle, completion) = JobHandle::new(&self.shared, ticket);
+        let (handle, completion, ticket) = JobHandle::new(&self.shared);
         match self.enqueue(job, options, completion, Admit::Wait, ticket) {
             Ok(()) => Ok(handle),
             Err(TrySubmitError::Closed(j) | TrySubmitError::Full(j)) => Err(Closed(j)),
@@ -372,8 +371,7 @@ where
 
     /// Submits a job unless the queue is full or the pool closed, giving the job back then.
     pub fn try_submit(&self, job: J) -> std::result::Result<JobHandle<O, E>, TrySubmitError<J>> {
-        let ticket = self.shared.ticket();
-        let (handle, completion) = JobHandle::new(&self.shared, ticket);
+        let (handle, completion, ticket) = JobHandle::new(&self.shared);
         self.enqueue(
             job,
             JobOptions::default(),

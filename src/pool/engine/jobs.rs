@@ -51,19 +51,19 @@ impl Engine {
         }
         self.queue_empty = inner.queue.is_empty();
         let took_any = !self.intake.is_empty() || !failed.is_empty();
-        let mut room = Vec::new();
-        if wake_submitters(
+        let room = wake_submitters(
             inner.blocked + inner.room_wakers.len(),
             inner.queue.len(),
             inner.capacity,
             inner.closed,
             took_any,
-        ) {
-            self.shared.not_full.notify_all();
-            room = std::mem::take(&mut inner.room_wakers);
-        }
+        )
+        .then(|| std::mem::take(&mut inner.room_wakers));
         drop(inner);
-        room.into_iter().for_each(std::task::Waker::wake);
+        if let Some(room) = room {
+            self.shared.not_full.notify_all();
+            room.into_iter().for_each(std::task::Waker::wake);
+        }
         for (job, f) in failed {
             self.complete(job.completion, Raw::Failed(f));
         }

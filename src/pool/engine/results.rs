@@ -173,6 +173,7 @@ impl Engine {
 /// The next result frame in a worker's buffer (`None` until one is whole); an `INIT_FAILED`
 /// frame before it is recorded and consumed: the worker's initializer failed and it exits now,
 /// as the pool expects (not a death). An error for a corrupt stream or any other kind.
+#[inline(always)]
 fn next_result(p: &mut Proc) -> Result<Option<frame::Frame>, String> {
     loop {
         let Some(f) = frame::parse(p.inbuf.data()).map_err(|c| c.0)? else {

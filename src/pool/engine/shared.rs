@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -132,8 +132,6 @@ pub(crate) struct Shared {
     wake_pending: AtomicBool,
     /// [`crate::pool::Pool::revive`] was called: restart the retired worker slots.
     pub(crate) revive: AtomicBool,
-    /// The last ticket handed out (see [`Job::ticket`]).
-    tickets: AtomicU64,
     /// `Inner::cancels` may hold requests: read by the I/O thread without the lock.
     pub(crate) cancel_pending: AtomicBool,
 }
@@ -194,7 +192,6 @@ impl Shared {
             waker: Waker::new(poll.registry(), WAKER)?,
             wake_pending: AtomicBool::new(false),
             revive: AtomicBool::new(false),
-            tickets: AtomicU64::new(NO_TICKET),
             cancel_pending: AtomicBool::new(false),
         })
     }
@@ -266,11 +263,6 @@ impl Shared {
         self.not_full.notify_all();
         let wakers = std::mem::take(&mut self.lock().room_wakers);
         wakers.into_iter().for_each(std::task::Waker::wake);
-    }
-
-    /// A new job ticket (see [`Job::ticket`]).
-    pub(crate) fn ticket(&self) -> u64 {
-        self.tickets.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Asks the I/O thread to cancel the jobs of `tickets` and waits for its answer (one turn of
