@@ -214,6 +214,9 @@ impl<O, E> JobHandle<O, E> {
     /// [`JobError::Cancelled`](super::JobError::Cancelled) ([`Cancel::Killed`]), and the other
     /// jobs that worker held, which had not started, are sent again (they do not fail).
     ///
+    /// Waits for the pool's I/O thread to carry it out (one turn of its loop); the job's outcome
+    /// comes once the killed worker is reaped.
+    ///
     /// # Panics
     ///
     /// When called from a pool callback (it would wait for the thread running it).
