@@ -28,6 +28,9 @@ pub(crate) const SHUTDOWN: u8 = 3;
 pub(crate) const RESULT: u8 = 4;
 /// Worker → pool: the outcomes of a chunk; body = id, postcard(Vec<Wire<O, E>>).
 pub(crate) const CHUNK_RESULT: u8 = 5;
+/// Worker → pool, before any result: its initializer failed and it exits; body = the reason
+/// (UTF-8). A number apart from the job kinds: see `init`.
+pub(crate) const INIT_FAILED: u8 = 32;
 
 /// What a worker reports for one job: the handler's value or error, a caught panic, or a
 /// (de)serialization failure on the worker's side.
@@ -166,7 +169,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Frame>, Corrupt> {
         return Err(Corrupt(format!("frame of {len} bytes")));
     }
     let kind = head[4];
-    if !(JOB..=CHUNK_RESULT).contains(&kind) {
+    if !(JOB..=CHUNK_RESULT).contains(&kind) && kind != INIT_FAILED {
         return Err(Corrupt(format!("unknown frame kind {kind}")));
     }
     Ok((buf.len() >= HEADER + len).then_some(Frame { kind, len }))

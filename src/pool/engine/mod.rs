@@ -13,6 +13,8 @@
 //! except through the `Engine` methods named here.
 //! - `shared`: the hand-off with the API threads ([`Shared`], [`Job`], [`Completion`]).
 //! - `jobs`: scheduling — take, assign, rebalance, write jobs, publish stats.
+//! - `cancel`: cancelling one job, wherever it waits or runs.
+//! - `refuse`: refusing jobs after a worker's initializer failed.
 //! - `results`: reading a worker's socket and completing its jobs; recycling checks.
 //! - `workers`: spawn, attach, timers, kill, reap, finalize.
 //! - `phase`: a live worker's [`Phase`](phase::Phase) and its pure transitions.
@@ -52,9 +54,11 @@
 //! - `terminate` cancels every unfinished job at once (completions called with `Cancelled`)
 //!   before the workers are killed, so results that still arrive find no job and are dropped.
 
+mod cancel;
 mod jobs;
 mod output;
 mod phase;
+mod refuse;
 mod results;
 mod shared;
 mod workers;
@@ -73,13 +77,14 @@ use mio::{Events, Interest, Poll, Token};
 
 use self::output::OutputPipe;
 use self::phase::Phase;
-pub(crate) use self::shared::{Completion, Failure, Job, Raw, Shared, StopMode};
+pub(crate) use self::shared::{Completion, Failure, Job, NO_TICKET, Raw, Shared, StopMode};
 pub(crate) use self::zygote_link::Pending;
 use super::frame::InBuf;
 use super::pace::Pace;
 use super::zygote::{ToZygote, Zygote};
 use crate::lifecycle::{Action, Event, Instance, State};
 use crate::policy::{Jitter, Policy};
+use crate::pool::PoolError;
 use crate::sys::memfd::SharedWords;
 
 /// The frozen settings of the loop.
@@ -171,6 +176,10 @@ struct Proc {
     phase: Phase,
     /// The id of the job whose timeout killed it.
     timed_out: Option<u64>,
+    /// The id of the running job whose cancellation killed it.
+    cancelled: Option<u64>,
+    /// Its initializer failed: the reason it sent.
+    init_failed: Option<String>,
 }
 
 /// How a worker's exit status comes.
@@ -230,6 +239,7 @@ struct Counters {
     requeued: u64,
     retried: u64,
     moved: u64,
+    cancelled: u64,
 }
 
 /// The I/O thread's state. See the module documentation.
@@ -254,6 +264,8 @@ pub(crate) struct Engine {
     fatal: Option<String>,
     /// `fatal` is set only because every slot is retired: [`Engine::revive`] may clear it.
     fatal_from_slots: bool,
+    /// The failure jobs are refused with (an initializer's); `fatal` says it in words.
+    failure: Option<PoolError>,
     stopping: Option<StopMode>,
     stop_deadline: Option<Instant>,
     /// Spreads restart delays.
@@ -306,6 +318,7 @@ impl Engine {
             counters: Counters::default(),
             fatal,
             fatal_from_slots: false,
+            failure: None,
             stopping: None,
             stop_deadline: None,
             jitter: Jitter::from_entropy(),
@@ -362,6 +375,7 @@ impl Engine {
         loop {
             self.now = Instant::now();
             self.take_jobs();
+            self.take_cancels();
             self.assign();
             self.flush_all();
             self.check_timers();
@@ -503,6 +517,7 @@ impl Engine {
         if self.stopping.is_some() {
             return;
         }
+        self.revive_after_initializer();
         if self.fatal_from_slots {
             log::info!("pool {}: revived; accepting jobs again", self.settings.name);
             self.fatal = None;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::phase::Phase;
 use super::shared::Raw;
-use super::{Engine, SlotIndex, call_completion};
+use super::{Engine, Proc, SlotIndex, call_completion};
 use crate::lifecycle::Event;
 use crate::pool::frame;
 use crate::stream::{ReadEnd, read_nonblocking};
@@ -75,18 +75,14 @@ impl Engine {
         let mut done = 0u64;
         let mut bad = None;
         loop {
-            let f = match frame::parse(p.inbuf.data()) {
+            let f = match next_result(p) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
-                Err(c) => {
-                    bad = Some(c.0);
+                Err(why) => {
+                    bad = Some(why);
                     break;
                 }
             };
-            if f.kind != frame::RESULT && f.kind != frame::CHUNK_RESULT {
-                bad = Some(format!("unexpected frame kind {}", f.kind));
-                break;
-            }
             let body = &p.inbuf.data()[frame::HEADER..frame::HEADER + f.len];
             let id = frame::read_id(body);
             if id.is_some() && p.inflight.is_empty() {
@@ -170,6 +166,28 @@ impl Engine {
             {
                 self.send_shutdown(slot);
             }
+        }
+    }
+}
+
+/// The next result frame in a worker's buffer (`None` until one is whole); an `INIT_FAILED`
+/// frame before it is recorded and consumed: the worker's initializer failed and it exits now,
+/// as the pool expects (not a death). An error for a corrupt stream or any other kind.
+#[inline(always)]
+fn next_result(p: &mut Proc) -> Result<Option<frame::Frame>, String> {
+    loop {
+        let Some(f) = frame::parse(p.inbuf.data()).map_err(|c| c.0)? else {
+            return Ok(None);
+        };
+        match f.kind {
+            frame::RESULT | frame::CHUNK_RESULT => return Ok(Some(f)),
+            frame::INIT_FAILED => {
+                let reason = &p.inbuf.data()[frame::HEADER..frame::HEADER + f.len];
+                p.init_failed = Some(String::from_utf8_lossy(reason).into_owned());
+                p.phase = p.phase.stop();
+                p.inbuf.consume(frame::HEADER + f.len);
+            }
+            k => return Err(format!("unexpected frame kind {k}")),
         }
     }
 }
