@@ -40,9 +40,9 @@
 //! the tables show medians over `--rounds` (5) and ratios against `surge`, then the failures of
 //! each round.
 //!
-//! Not measured yet: `warden upgrade` (the time to the new image answering, and the longest gap
-//! in the control socket's answers; issue 15, section 5), which is not built yet; its place is
-//! the "`warden upgrade`: not measured yet" section of benches/README.md.
+//! The setup `upgrade` runs `warden upgrade` instead of a restart (the time to the new image
+//! answering); during every warden run a second thread asks `status` over the control socket in
+//! a loop, and the longest gap between two answers is printed (issue 15, section 5).
 //!
 //! Cleanup: each run's supervisor gets SIGTERM, then 3 s later the bench SIGKILLs by pid every
 //! process still below it (the bench is a child subreaper, so nothing escapes its tree); the same
@@ -203,15 +203,18 @@ enum Kind {
     OwnPort,
     Supervisord,
     Runit,
+    /// Not a restart of the service: `warden upgrade` (to the same binary) while it serves.
+    Upgrade,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [
+    const ALL: [Kind; 6] = [
         Kind::Surge,
         Kind::Replace,
         Kind::OwnPort,
         Kind::Supervisord,
         Kind::Runit,
+        Kind::Upgrade,
     ];
 
     fn slug(self) -> &'static str {
@@ -221,6 +224,7 @@ impl Kind {
             Kind::OwnPort => "own-port",
             Kind::Supervisord => "supervisord",
             Kind::Runit => "runit",
+            Kind::Upgrade => "upgrade",
         }
     }
 
@@ -231,13 +235,14 @@ impl Kind {
             Kind::OwnPort => "warden replace, own port",
             Kind::Supervisord => "supervisorctl restart",
             Kind::Runit => "runit sv restart",
+            Kind::Upgrade => "warden upgrade (no restart)",
         }
     }
 
     /// The tools the setup needs, and the Debian package that has them.
     fn tools(self) -> (&'static [&'static str], &'static str) {
         match self {
-            Kind::Surge | Kind::Replace | Kind::OwnPort => (&[], ""),
+            Kind::Surge | Kind::Replace | Kind::OwnPort | Kind::Upgrade => (&[], ""),
             Kind::Supervisord => (&["supervisord", "supervisorctl"], "supervisor"),
             Kind::Runit => (&["runsvdir", "sv"], "runit"),
         }
@@ -275,6 +280,9 @@ struct Figures {
     new_pid: bool,
     /// The restart command's failure, if it failed.
     error: Option<String>,
+    /// `warden upgrade` only: the longest time between two answers of the control socket
+    /// (asked `status` over and over), ms.
+    control_gap_ms: Option<f64>,
 }
 
 impl Figures {
@@ -442,13 +450,18 @@ fn start(ctx: &mut Ctx<'_>, kind: Kind, addr: SocketAddr) -> Result<Service, Str
     let server = ctx.server.display().to_string();
     let slow = format!("{}ms", ctx.opts.slow_start.as_millis());
     let (mut cmd, restart) = match kind {
-        Kind::Surge | Kind::Replace | Kind::OwnPort => {
+        Kind::Surge | Kind::Replace | Kind::OwnPort | Kind::Upgrade => {
             let config = dir.join("warden.toml");
             write(&config, &warden_config(ctx, kind, &dir, addr))?;
             let mut cmd = Command::new(&ctx.warden);
             cmd.arg("-c").arg(&config).arg("run");
             let mut restart = Command::new(&ctx.warden);
-            restart.arg("-c").arg(&config).args(["restart", "web"]);
+            restart.arg("-c").arg(&config);
+            if kind == Kind::Upgrade {
+                restart.arg("upgrade");
+            } else {
+                restart.args(["restart", "web"]);
+            }
             (cmd, restart)
         }
         Kind::Supervisord => {
@@ -507,8 +520,8 @@ fn warden_config(ctx: &Ctx<'_>, kind: Kind, dir: &Path, addr: SocketAddr) -> Str
         dir.join("warden.log"),
     );
     let program = match kind {
-        Kind::Surge | Kind::Replace => {
-            let update = if kind == Kind::Surge {
+        Kind::Surge | Kind::Replace | Kind::Upgrade => {
+            let update = if kind != Kind::Replace {
                 format!(
                     "update = \"surge\"\nprobation = \"{}ms\"\n",
                     ctx.opts.probation.as_millis()
@@ -596,6 +609,8 @@ fn wait_up(ctx: &Ctx<'_>, service: &Service, addr: SocketAddr) -> Result<(), Str
 fn measure(ctx: &Ctx<'_>, service: &mut Service, addr: SocketAddr) -> Result<Figures, String> {
     let opts = ctx.opts;
     let load = Load::start(addr, opts.rate, opts.connections);
+    let control = (service.dir.join("warden.sock").exists())
+        .then(|| load::ControlLoad::start(service.dir.join("warden.sock")));
     std::thread::sleep(opts.lead);
     let restarted = restart(ctx, service);
     let Ok((t_restart, t_return, error)) = restarted else {
@@ -607,6 +622,7 @@ fn measure(ctx: &Ctx<'_>, service: &mut Service, addr: SocketAddr) -> Result<Fig
         std::thread::sleep(Duration::from_millis(10));
     }
     let records = load.finish();
+    let control_gap_ms = control.map(load::ControlLoad::finish);
     if let Some(dir) = &opts.records {
         let name = service.dir.file_name().unwrap_or_default();
         let path = dir.join(name).with_extension("tsv");
@@ -615,6 +631,7 @@ fn measure(ctx: &Ctx<'_>, service: &mut Service, addr: SocketAddr) -> Result<Fig
     let mut f = figures(&records, t_restart, opts.window);
     f.restart_ms = (t_return - t_restart) as f64 / 1e6;
     f.error = error;
+    f.control_gap_ms = control_gap_ms.flatten();
     Ok(f)
 }
 
@@ -872,11 +889,30 @@ fn print_table(opts: &Options, kinds: &[Kind], results: &[(Kind, Figures)]) {
         if let Some(e) = &f.error {
             println!("note: {}: {e}", k.label());
         }
-        if !f.new_pid {
+        if !f.new_pid && *k != Kind::Upgrade {
             println!("note: {}: no new pid answered after the restart", k.label());
         }
     }
     print_failures(kinds, results);
+    print_control_gaps(kinds, results);
+}
+
+/// The longest gap in the control socket's answers per warden setup (for `upgrade`: the exec).
+fn print_control_gaps(kinds: &[Kind], results: &[(Kind, Figures)]) {
+    for &k in kinds {
+        let each: Vec<f64> = results
+            .iter()
+            .filter(|(r, _)| *r == k)
+            .filter_map(|(_, f)| f.control_gap_ms)
+            .collect();
+        if let Some(m) = percentile(&each, 50.0) {
+            let max = each.iter().copied().fold(0.0, f64::max);
+            println!(
+                "longest gap between two control-socket answers, {}: median {m:.1} ms, max {max:.1} ms",
+                k.label()
+            );
+        }
+    }
 }
 
 /// Failed requests per round, so that medians hide nothing.

@@ -164,3 +164,54 @@ pub fn tsv(records: &[Record], t_restart: i64, t_return: i64) -> String {
     }
     out
 }
+
+/// A client asking warden's control socket for `status` over and over, one connection per
+/// request, recording when each answer came; [`ControlLoad::finish`] gives the longest time
+/// between two answers.
+pub struct ControlLoad {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<i64>>,
+}
+
+impl ControlLoad {
+    /// Starts asking `sock`.
+    pub fn start(sock: std::path::PathBuf) -> ControlLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !flag.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                if ask_status(&sock) {
+                    answers.push(mono_ns());
+                }
+            }
+            answers
+        });
+        ControlLoad { stop, thread }
+    }
+
+    /// Stops; the longest time between two answers, ms (`None` without two answers).
+    pub fn finish(self) -> Option<f64> {
+        self.stop.store(true, Ordering::Relaxed);
+        let answers = self.thread.join().ok()?;
+        answers
+            .windows(2)
+            .map(|w| (w[1] - w[0]) as f64 / 1e6)
+            .reduce(f64::max)
+    }
+}
+
+/// One `status` request; whether a reply line came back (within 5 s).
+fn ask_status(sock: &std::path::Path) -> bool {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(mut s) = std::os::unix::net::UnixStream::connect(sock) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    if s.write_all(b"{\"v\":1,\"cmd\":\"status\"}\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).is_ok() && line.contains("\"ok\":true")
+}
