@@ -331,3 +331,30 @@ fn instances_already_replaced_are_rolled_back_too() {
     });
     assert_eq!(old.len(), 2);
 }
+
+#[test]
+fn a_replace_restart_under_the_same_load_is_counted_and_reported() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", "");
+    // The same program as the surge test, stopped then started: what it costs is counted and
+    // printed (requests wait in the held socket's queue while nothing accepts), not hidden.
+    web(&sb, 1, &["--slow-start", "300ms"], "update = \"replace\"");
+    let sock = sb.path("web.sock");
+    let old = started(&mut sb, &sock);
+    let load = Load::start(sock.clone());
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    expect(&mut sb, &["restart", "web"], 0);
+    let took = t0.elapsed();
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, failed, answered) = load.finish();
+    let now = pids(&status_json(&mut sb));
+    assert_eq!(now.len(), 1);
+    assert_ne!(now[0], old[0], "restarted");
+    assert!(answered.len() >= 2, "both answered: {answered:?}");
+    println!(
+        "[replace] {failed} of {} requests failed during a stop-then-start restart of {took:?} \
+         (the figures side by side with surge: cargo bench --bench deploy)",
+        ok + failed
+    );
+}
