@@ -28,6 +28,15 @@ pub(crate) const SHUTDOWN: u8 = 3;
 pub(crate) const RESULT: u8 = 4;
 /// Worker → pool: the outcomes of a chunk; body = id, postcard(Vec<Wire<O, E>>).
 pub(crate) const CHUNK_RESULT: u8 = 5;
+/// Pool → worker: one job whose messages someone receives; body = id, the initial message
+/// credit (`u32` LE), postcard(J). See `context`.
+pub(crate) const JOB_M: u8 = 6;
+/// Worker → pool: a message from the job it runs, sent before that job's result; body = id,
+/// postcard(M).
+pub(crate) const MESSAGE: u8 = 7;
+/// Pool → worker: more message credit for a job; body = id, count (`u32` LE). A worker finds it
+/// wherever it is in its buffer (behind pipelined jobs), so no job waits for another's credit.
+pub(crate) const CREDIT: u8 = 8;
 
 /// What a worker reports for one job: the handler's value or error, a caught panic, or a
 /// (de)serialization failure on the worker's side.
@@ -166,7 +175,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Frame>, Corrupt> {
         return Err(Corrupt(format!("frame of {len} bytes")));
     }
     let kind = head[4];
-    if !(JOB..=CHUNK_RESULT).contains(&kind) {
+    if !(JOB..=CREDIT).contains(&kind) {
         return Err(Corrupt(format!("unknown frame kind {kind}")));
     }
     Ok((buf.len() >= HEADER + len).then_some(Frame { kind, len }))
@@ -244,6 +253,12 @@ impl InBuf {
     pub(crate) fn consume(&mut self, n: usize) {
         self.start += n;
         debug_assert!(self.start <= self.end);
+    }
+
+    /// The bytes not parsed yet, writable (the worker neutralises a credit frame it took from
+    /// behind pipelined jobs).
+    pub(crate) fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.end]
     }
 
     /// Whether unparsed bytes remain.
@@ -331,7 +346,7 @@ mod tests {
             }))
         );
         assert!(parse(&frame(0, b"")).is_err());
-        assert!(parse(&frame(9, b"")).is_err());
+        assert!(parse(&frame(CREDIT + 1, b"")).is_err());
         let mut huge = Vec::new();
         put_header(&mut huge, JOB, MAX_BODY + 1);
         assert!(parse(&huge).is_err());

@@ -83,6 +83,26 @@
 //! run jobs again: for example after the cause (a bad input, memory pressure) is gone. Jobs
 //! that failed meanwhile are not re-run.
 //!
+//! # Messages from a running job
+//!
+//! What a Python program does with a `multiprocessing.Queue` handed to its workers — report
+//! progress or partial results while a job runs — a handler built with
+//! [`Pool::builder_with_context`] does through its [`JobContext`]: `ctx.send(&message)`. The
+//! receiver, and the message type `M`, are chosen per submission:
+//! [`Pool::submit_with_messages`] (a blocking [`Messages`] stream beside the handle),
+//! [`Pool::apply_async_with_messages`] (a callback on the I/O thread) or
+//! [`Pool::map_with_messages`] (a callback on the calling thread, e.g. a progress bar:
+//! `examples/pool_progress.rs`). A job's messages arrive in the order sent and all before its
+//! outcome. Each receiver has a bound: the worker blocks in `send` while that many of the job's
+//! messages are unconsumed, so memory stays bounded however chatty the job (credit travels back
+//! on the worker's socket; see `context`). Messages are lost only with the worker: when it dies
+//! or is killed on a timeout mid-job, those it had not written are missing — its outcome is
+//! [`JobError::WorkerDied`] or [`JobError::TimedOut`], and [`Messages::status`] says
+//! [`MessageStatus::Incomplete`]. A retried job (see [`JobOptions::retries`]) sends its messages
+//! again. Plain `Fn(J)` handlers are unchanged; a job submitted without a receiver, or in a
+//! `map_chunked` chunk, has nobody listening ([`JobContext::listened`]) and its sends return at
+//! once.
+//!
 //! # Threads and ordering
 //!
 //! [`Pool`] is `Send + Sync`: share it by reference or `Arc`. Callbacks ([`Pool::apply_async`]) run
@@ -93,10 +113,12 @@
 mod builder;
 mod claim;
 mod codec;
+mod context;
 mod engine;
 mod error;
 pub(crate) mod frame;
 mod handle;
+mod messages;
 mod pace;
 mod worker;
 mod zygote;
@@ -113,9 +135,11 @@ use serde::de::DeserializeOwned;
 
 pub use self::builder::PoolBuilder;
 use self::codec::{codec_errors, decode_chunk, decode_one, encode_chunk, encode_exact};
+pub use self::context::{Handler, JobContext, SendError, WithContext};
 use self::engine::{Completion, Engine, Failure, Job, Raw, Shared, StopMode};
 pub use self::error::{Closed, JobError, Outcome, TrySubmitError};
 pub use self::handle::{ImapUnordered, JobHandle};
+pub use self::messages::{MessageError, MessageStatus, Messages, WithMessages};
 pub use crate::policy::{ExitStatus, Policy};
 
 /// The environment variable that makes a process an exec-self worker of the pool it names.

@@ -12,6 +12,7 @@
 //! stop; it must not hold the pieces below, and they must not call each other's internals
 //! except through the `Engine` methods named here.
 //! - `shared`: the hand-off with the API threads ([`Shared`], [`Job`], [`Completion`]).
+//! - `credit`: a job's message receiver and the credit given back as it consumes.
 //! - `jobs`: scheduling — take, assign, rebalance, write jobs, publish stats.
 //! - `results`: reading a worker's socket and completing its jobs; recycling checks.
 //! - `workers`: spawn, attach, timers, kill, reap, finalize.
@@ -52,6 +53,7 @@
 //! - `terminate` cancels every unfinished job at once (completions called with `Cancelled`)
 //!   before the workers are killed, so results that still arrive find no job and are dropped.
 
+mod credit;
 mod jobs;
 mod output;
 mod phase;
@@ -71,6 +73,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+pub(crate) use self::credit::{MessageSink, SinkState};
 use self::output::OutputPipe;
 use self::phase::Phase;
 pub(crate) use self::shared::{Completion, Failure, Job, Raw, Shared, StopMode};
@@ -363,6 +366,7 @@ impl Engine {
             self.now = Instant::now();
             self.take_jobs();
             self.assign();
+            self.grant_credits();
             self.flush_all();
             self.check_timers();
             self.publish();

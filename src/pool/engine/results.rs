@@ -83,37 +83,38 @@ impl Engine {
                     break;
                 }
             };
-            if f.kind != frame::RESULT && f.kind != frame::CHUNK_RESULT {
-                bad = Some(format!("unexpected frame kind {}", f.kind));
-                break;
-            }
             let body = &p.inbuf.data()[frame::HEADER..frame::HEADER + f.len];
-            let id = frame::read_id(body);
-            if id.is_some() && p.inflight.is_empty() {
-                // The result of a job cancelled by terminate() while the worker ran it: dropped,
-                // as the module says — not a protocol error.
-                p.inbuf.consume(frame::HEADER + f.len);
-                continue;
+            let front = p.inflight.front_mut();
+            match classify(f.kind, frame::read_id(body), front.as_ref().map(|s| s.id)) {
+                Incoming::Bad(why) => {
+                    bad = Some(why);
+                    break;
+                }
+                Incoming::Stale => {}
+                Incoming::Message => {
+                    let sink = front.and_then(|s| s.job.completion.messages());
+                    if let Some(sink) = sink {
+                        sink.deliver(name, &body[8..]);
+                    }
+                }
+                Incoming::Result => {
+                    let sent = p.inflight.pop_front().expect("classified");
+                    p.free_words.push(sent.word);
+                    if sent.behind {
+                        self.pace
+                            .gap(now.saturating_duration_since(p.running_since));
+                    } else {
+                        self.pace.turn(now.saturating_duration_since(sent.sent_at));
+                    }
+                    self.counters.completed += u64::from(sent.job.items);
+                    call_completion(name, sent.job.completion, Raw::Done(&body[8..]));
+                    done += 1;
+                    p.jobs_done += 1;
+                    p.results_since_rss += 1;
+                    p.running_since = now;
+                }
             }
-            if id.is_none() || p.inflight.front().map(|s| s.id) != id {
-                bad = Some(format!("result for job {id:?} out of order"));
-                break;
-            }
-            let sent = p.inflight.pop_front().expect("checked above");
-            p.free_words.push(sent.word);
-            if sent.behind {
-                self.pace
-                    .gap(now.saturating_duration_since(p.running_since));
-            } else {
-                self.pace.turn(now.saturating_duration_since(sent.sent_at));
-            }
-            self.counters.completed += u64::from(sent.job.items);
-            call_completion(name, sent.job.completion, Raw::Done(&body[8..]));
-            done += 1;
             p.inbuf.consume(frame::HEADER + f.len);
-            p.jobs_done += 1;
-            p.results_since_rss += 1;
-            p.running_since = now;
         }
         self.counters.finished_delta += done;
         if let Some(why) = bad {
@@ -174,9 +175,74 @@ impl Engine {
     }
 }
 
+/// What a frame from a worker is, given the id of the first job the worker holds.
+#[derive(Debug, PartialEq, Eq)]
+enum Incoming {
+    /// For a job cancelled by `terminate()` while the worker ran it: dropped, as the engine's
+    /// module says — not a protocol error.
+    Stale,
+    /// A message from the running job, before its result: to its receiver, if it has one.
+    Message,
+    /// The running job's result.
+    Result,
+    /// A protocol error.
+    Bad(String),
+}
+
+fn classify(kind: u8, id: Option<u64>, front: Option<u64>) -> Incoming {
+    if !matches!(kind, frame::RESULT | frame::CHUNK_RESULT | frame::MESSAGE) {
+        return Incoming::Bad(format!("unexpected frame kind {kind}"));
+    }
+    match (id, front) {
+        (Some(_), None) => Incoming::Stale,
+        (Some(id), Some(first)) if id == first && kind == frame::MESSAGE => Incoming::Message,
+        (Some(id), Some(first)) if id == first => Incoming::Result,
+        _ => Incoming::Bad(format!("result for job {id:?} out of order")),
+    }
+}
+
 /// Resident set size of `pid` from `/proc/PID/statm` (its second field, in pages).
 fn rss_bytes(pid: i32, page: u64) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
     let pages: u64 = text.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * page)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_and_messages_count_only_for_the_first_job_held() {
+        assert_eq!(classify(frame::RESULT, Some(7), Some(7)), Incoming::Result);
+        assert_eq!(
+            classify(frame::MESSAGE, Some(7), Some(7)),
+            Incoming::Message
+        );
+        assert!(matches!(
+            classify(frame::RESULT, Some(8), Some(7)),
+            Incoming::Bad(_)
+        ));
+        assert!(matches!(
+            classify(frame::MESSAGE, Some(8), Some(7)),
+            Incoming::Bad(_)
+        ));
+        assert!(matches!(
+            classify(frame::RESULT, None, Some(7)),
+            Incoming::Bad(_)
+        ));
+    }
+
+    #[test]
+    fn a_frame_for_a_cancelled_job_is_dropped_but_a_job_frame_is_a_protocol_error() {
+        assert_eq!(classify(frame::MESSAGE, Some(7), None), Incoming::Stale);
+        assert_eq!(
+            classify(frame::CHUNK_RESULT, Some(7), None),
+            Incoming::Stale
+        );
+        assert!(matches!(
+            classify(frame::JOB, Some(7), Some(7)),
+            Incoming::Bad(_)
+        ));
+    }
 }
