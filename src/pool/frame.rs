@@ -37,6 +37,9 @@ pub(crate) const MESSAGE: u8 = 7;
 /// Pool → worker: more message credit for a job; body = id, count (`u32` LE). A worker finds it
 /// wherever it is in its buffer (behind pipelined jobs), so no job waits for another's credit.
 pub(crate) const CREDIT: u8 = 8;
+/// Worker → pool: a result is waiting in a result slot (see `claim`) and the pool said it was
+/// going to sleep; empty body.
+pub(crate) const NOTIFY: u8 = 9;
 
 /// What a worker reports for one job: the handler's value or error, a caught panic, or a
 /// (de)serialization failure on the worker's side.
@@ -175,7 +178,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Frame>, Corrupt> {
         return Err(Corrupt(format!("frame of {len} bytes")));
     }
     let kind = head[4];
-    if !(JOB..=CREDIT).contains(&kind) {
+    if !(JOB..=NOTIFY).contains(&kind) {
         return Err(Corrupt(format!("unknown frame kind {kind}")));
     }
     Ok((buf.len() >= HEADER + len).then_some(Frame { kind, len }))
@@ -346,7 +349,7 @@ mod tests {
             }))
         );
         assert!(parse(&frame(0, b"")).is_err());
-        assert!(parse(&frame(CREDIT + 1, b"")).is_err());
+        assert!(parse(&frame(NOTIFY + 1, b"")).is_err());
         let mut huge = Vec::new();
         put_header(&mut huge, JOB, MAX_BODY + 1);
         assert!(parse(&huge).is_err());

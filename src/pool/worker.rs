@@ -12,7 +12,9 @@
 //! starts. So at any moment the pool knows: a received result means done, the first unanswered job
 //! is the one running, and later ones have not started. A worker must never batch results across
 //! jobs: a death would then look like the wrong job's. A job's messages (see `context`) are
-//! written while it runs, before its result.
+//! written while it runs, before its result. A result small enough is written to the job's
+//! result slot in shared memory instead (see `claim`), which survives the worker: the same rule
+//! holds, without a system call.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -78,6 +80,11 @@ where
                     }
                 }
                 Step::Skipped => {}
+                Step::InSlot { notify } => {
+                    if notify && let Err(e) = send_all(fd, &NOTIFY_FRAME) {
+                        return Stop::Broken(format!("cannot send a result: {e}"));
+                    }
+                }
                 Step::Stop(stop) => return stop,
             }
         }
@@ -105,6 +112,9 @@ enum Step {
     /// The pool revoked the job (sent it to another worker), or a credit frame came too late to
     /// matter: skipped without an answer.
     Skipped,
+    /// The job ran and its result is in its result slot (see `claim`); `notify`: the pool is
+    /// asleep and must be woken.
+    InSlot { notify: bool },
     /// Stop serving.
     Stop(Stop),
 }
@@ -204,9 +214,18 @@ where
     out.resize(frame::HEADER, 0);
     out.extend_from_slice(&id.to_le_bytes());
     put_wire(out, &wire);
+    let result = &out[frame::HEADER + 8..];
+    if !listened && result.len() <= claim::SLOT_BYTES {
+        // Messages travel on the socket, so a listened job's result must follow them there.
+        let notify = claim::finish(io.words, frame::word_of(id), id, result);
+        return Step::InSlot { notify };
+    }
     frame::patch_header(out, 0, frame::RESULT);
     Step::Answered
 }
+
+/// The `NOTIFY` frame: a header with an empty body.
+const NOTIFY_FRAME: [u8; frame::HEADER] = [0, 0, 0, 0, frame::NOTIFY];
 
 /// Reads more jobs into `inbuf`: without blocking first; only when nothing is there, sleeps in
 /// poll(POLLIN) rather than in read(2): a unix socket wakes a reader sleeping in read(2) every

@@ -226,6 +226,18 @@ fn a_worker_killed_mid_job_ends_its_message_stream_as_incomplete() {
     );
 }
 
+/// Small results are left in shared memory (result slots), not sent: a worker that dies right
+/// after answering five jobs that way still has them all counted, each run once (issue 17,
+/// section 5).
+#[test]
+fn results_left_in_shared_memory_survive_the_worker_and_count_once() {
+    let _test = this_test!();
+    let r = scenario("slot_results_survive_death");
+    assert_eq!(r.num("lost"), 0);
+    assert_eq!(r.num("ran_twice"), 0);
+    assert_eq!(r.num("ran"), 100);
+}
+
 #[test]
 fn a_panicking_handler_fails_its_job_and_the_worker_serves_the_next() {
     let _test = this_test!();

@@ -25,6 +25,11 @@
 //! - Each job's completion is called exactly once, on this thread: it is moved out of the job
 //!   when called, and a job is always in exactly one place — the shared queue, a worker's in-flight
 //!   list, or the requeue list.
+//! - Results come as frames on the socket or, when small, in the job's result slot in the memory
+//!   shared with the worker (`claim`, "Result slots"): slot results are taken at the start of each
+//!   turn, before each frame read, and when the worker is finalized; before sleeping this thread
+//!   marks itself asleep in every worker's memory and looks once more, so a slot result is never
+//!   left waiting (the worker wakes it with a `NOTIFY` frame).
 //! - A worker's in-flight list is in send order; results must arrive in that order (the worker
 //!   runs jobs one at a time, see `worker`), so the first unanswered job is the running one, and
 //!   its running time starts when its predecessor's result arrives (or when it was sent to an
@@ -364,6 +369,7 @@ impl Engine {
         let mut events = Events::with_capacity(256);
         loop {
             self.now = Instant::now();
+            self.drain_slots();
             self.take_jobs();
             self.assign();
             self.grant_credits();
@@ -373,20 +379,7 @@ impl Engine {
             if self.finished() {
                 break;
             }
-            let timeout = if self.pipe_backlog.is_empty() {
-                self.next_deadline()
-                    .map(|d| d.saturating_duration_since(Instant::now()))
-            } else {
-                Some(Duration::ZERO)
-            };
-            if let Err(e) = self.poll.poll(&mut events, timeout)
-                && e.kind() != ErrorKind::Interrupted
-            {
-                log::error!("pool {}: epoll_wait failed: {e}", self.settings.name);
-                self.fatal
-                    .get_or_insert_with(|| format!("epoll_wait failed: {e}"));
-                self.stopping = Some(StopMode::Terminate);
-            }
+            self.wait(&mut events);
             self.now = Instant::now();
             for ev in events.iter() {
                 self.dispatch(ev);
@@ -395,6 +388,34 @@ impl Engine {
         }
         self.cleanup();
         self.publish();
+    }
+
+    /// Waits for events until the next deadline (not at all while output is backlogged, or a
+    /// result already waits in a slot).
+    fn wait(&mut self, events: &mut Events) {
+        let mut timeout = if self.pipe_backlog.is_empty() {
+            self.next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()))
+        } else {
+            Some(Duration::ZERO)
+        };
+        // Results left in slots from now on wake this thread (see `claim`).
+        let asleep = timeout != Some(Duration::ZERO);
+        if asleep && self.set_asleep(true) {
+            timeout = Some(Duration::ZERO);
+        }
+        let polled = self.poll.poll(events, timeout);
+        if asleep {
+            self.set_asleep(false);
+        }
+        if let Err(e) = polled
+            && e.kind() != ErrorKind::Interrupted
+        {
+            log::error!("pool {}: epoll_wait failed: {e}", self.settings.name);
+            self.fatal
+                .get_or_insert_with(|| format!("epoll_wait failed: {e}"));
+            self.stopping = Some(StopMode::Terminate);
+        }
     }
 
     fn complete(&mut self, completion: Completion, raw: Raw<'_>) {

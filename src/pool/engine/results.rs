@@ -6,13 +6,15 @@
 use std::cell::Cell;
 use std::io::Read;
 use std::ops::ControlFlow;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::phase::Phase;
-use super::shared::Raw;
-use super::{Engine, SlotIndex, call_completion};
+use super::shared::{Completion, Raw};
+use super::{Counters, Engine, Proc, Sent, SlotIndex, call_completion};
 use crate::lifecycle::Event;
+use crate::pool::claim::{self, Claim};
 use crate::pool::frame;
+use crate::pool::pace::Pace;
 use crate::stream::{ReadEnd, read_nonblocking};
 
 /// RSS is read at most this often per worker…
@@ -83,6 +85,12 @@ impl Engine {
                     break;
                 }
             };
+            // Results the worker left in slots come before whatever it wrote after them.
+            done += take_slot_results(p, &mut self.pace, &mut self.counters, name, now);
+            if f.kind == frame::NOTIFY {
+                p.inbuf.consume(frame::HEADER + f.len);
+                continue;
+            }
             let body = &p.inbuf.data()[frame::HEADER..frame::HEADER + f.len];
             let front = p.inflight.front_mut();
             match classify(f.kind, frame::read_id(body), front.as_ref().map(|s| s.id)) {
@@ -99,23 +107,16 @@ impl Engine {
                 }
                 Incoming::Result => {
                     let sent = p.inflight.pop_front().expect("classified");
-                    p.free_words.push(sent.word);
-                    if sent.behind {
-                        self.pace
-                            .gap(now.saturating_duration_since(p.running_since));
-                    } else {
-                        self.pace.turn(now.saturating_duration_since(sent.sent_at));
-                    }
-                    self.counters.completed += u64::from(sent.job.items);
-                    call_completion(name, sent.job.completion, Raw::Done(&body[8..]));
+                    let completion =
+                        account_first(p, sent, &mut self.pace, &mut self.counters, now);
+                    let body = &p.inbuf.data()[frame::HEADER + 8..frame::HEADER + f.len];
+                    call_completion(name, completion, Raw::Done(body));
                     done += 1;
-                    p.jobs_done += 1;
-                    p.results_since_rss += 1;
-                    p.running_since = now;
                 }
             }
             p.inbuf.consume(frame::HEADER + f.len);
         }
+        done += take_slot_results(p, &mut self.pace, &mut self.counters, name, now);
         self.counters.finished_delta += done;
         if let Some(why) = bad {
             log::error!(
@@ -127,6 +128,42 @@ impl Engine {
             return false;
         }
         true
+    }
+
+    /// Completes the jobs finished in result slots by every worker (see `claim`), then runs the
+    /// checks that follow results.
+    pub(super) fn drain_slots(&mut self) {
+        for i in SlotIndex::all(self.slots.len()) {
+            if self.drain_slot(i) > 0 {
+                self.after_results(i);
+            }
+        }
+    }
+
+    /// Completes the jobs one worker finished in its result slots; how many.
+    pub(super) fn drain_slot(&mut self, slot: SlotIndex) -> u64 {
+        let name = &self.settings.name;
+        let Some(p) = self.slots[slot].proc.as_mut() else {
+            return 0;
+        };
+        let n = take_slot_results(p, &mut self.pace, &mut self.counters, name, self.now);
+        self.counters.finished_delta += n;
+        n
+    }
+
+    /// Tells every worker that this thread is going to sleep (`true`: a result left in a slot
+    /// must wake it) or is awake. Going to sleep, `true` if a result is already waiting, in which
+    /// case the caller must not sleep.
+    pub(super) fn set_asleep(&self, asleep: bool) -> bool {
+        let mut waiting = false;
+        for p in self.slots.iter().filter_map(|s| s.proc.as_ref()) {
+            let words = p.claims.words();
+            claim::set_sleeping(words, asleep);
+            if asleep && let Some(front) = p.inflight.front() {
+                waiting |= claim::state(words, front.word as usize, front.id) == Claim::Done;
+            }
+        }
+        waiting
     }
 
     /// Recycling checks and graceful stops once results came in.
@@ -173,6 +210,51 @@ impl Engine {
             }
         }
     }
+}
+
+/// The bookkeeping of `sent`, the first job `p` held, now answered: its claim word freed, the
+/// pace and counters fed. Returns its completion, for the caller to call with the result.
+fn account_first(
+    p: &mut Proc,
+    sent: Sent,
+    pace: &mut Pace,
+    counters: &mut Counters,
+    now: Instant,
+) -> Completion {
+    p.free_words.push(sent.word);
+    if sent.behind {
+        pace.gap(now.saturating_duration_since(p.running_since));
+    } else {
+        pace.turn(now.saturating_duration_since(sent.sent_at));
+    }
+    counters.completed += u64::from(sent.job.items);
+    p.jobs_done += 1;
+    p.results_since_rss += 1;
+    p.running_since = now;
+    sent.job.completion
+}
+
+/// Completes the first jobs `p` holds that the worker finished in their result slots; how many.
+fn take_slot_results(
+    p: &mut Proc,
+    pace: &mut Pace,
+    counters: &mut Counters,
+    name: &str,
+    now: Instant,
+) -> u64 {
+    let mut buf = [0u8; claim::SLOT_BYTES];
+    let mut n = 0;
+    while let Some(front) = p.inflight.front() {
+        let words = p.claims.words();
+        let Some(len) = claim::take_result(words, front.word as usize, front.id, &mut buf) else {
+            break;
+        };
+        let sent = p.inflight.pop_front().expect("checked above");
+        let completion = account_first(p, sent, pace, counters, now);
+        call_completion(name, completion, Raw::Done(&buf[..len]));
+        n += 1;
+    }
+    n
 }
 
 /// What a frame from a worker is, given the id of the first job the worker holds.
