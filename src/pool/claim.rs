@@ -26,7 +26,8 @@
 //! ([`SLOT_WORDS`] words: the length, then up to [`SLOT_BYTES`] bytes). A worker whose encoded
 //! result fits *finishes* the job there — slot written, then started → done — instead of
 //! sending a result frame: no system call, no wake-up. It sends a (bodiless) `NOTIFY` frame only
-//! if the pool said it was going to sleep. Both sides use sequentially consistent accesses for
+//! if the pool said it was going to sleep (and takes that word back: one wake-up per sleep). Both
+//! sides use sequentially consistent accesses for
 //! the done word and the sleeping word (a store, then a load of the other's word), so at least one
 //! of them sees the other: either the pool sees the result before it sleeps, or the worker sees
 //! it sleeping and wakes it. A done word outlives the worker, so a job finished there just before
@@ -109,7 +110,7 @@ pub(crate) fn claim_count(len: usize) -> usize {
 
 /// The worker: job `id` of word `i` ran and its encoded result is `bytes` (at most
 /// [`SLOT_BYTES`]); writes the slot, then marks the job done. `true` if the pool is (about to
-/// be) asleep: the worker must then wake it (a `NOTIFY` frame).
+/// be) asleep and no result woke it yet: the worker must then wake it (a `NOTIFY` frame).
 pub(crate) fn finish(words: &[AtomicU64], i: usize, id: u64, bytes: &[u8]) -> bool {
     let n = claim_count(words.len());
     let slot = &words[n + 1 + i * SLOT_WORDS..n + 1 + (i + 1) * SLOT_WORDS];
@@ -120,7 +121,8 @@ pub(crate) fn finish(words: &[AtomicU64], i: usize, id: u64, bytes: &[u8]) -> bo
         w.store(u64::from_le_bytes(b), Ordering::Relaxed);
     }
     words[i].store(word(id, DONE), Ordering::SeqCst);
-    words[n].load(Ordering::SeqCst) != 0
+    // Taken, not just read: one wake-up per sleep is enough, the pool drains every slot.
+    words[n].swap(0, Ordering::SeqCst) != 0
 }
 
 /// The pool: the result of job `id` of word `i` if the worker finished it in its slot, copied
@@ -227,6 +229,9 @@ mod tests {
         queue(&w, 0, 5);
         assert!(start(&w, 0, 5));
         assert!(finish(&w, 0, 5, b"x"));
+        queue(&w, 0, 7);
+        assert!(start(&w, 0, 7));
+        assert!(!finish(&w, 0, 7, b"z"), "woken once per sleep");
         set_sleeping(&w, false);
         queue(&w, 0, 6);
         assert!(start(&w, 0, 6));
