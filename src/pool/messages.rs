@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -197,6 +198,14 @@ impl<M> Drop for Messages<M> {
     }
 }
 
+/// What `map_with_messages`'s jobs report to its calling thread.
+enum Event<O, E> {
+    /// A message body of job `.0`, and its receiver's accounting.
+    Message(usize, Vec<u8>, Arc<SinkState>),
+    /// Job `.0`'s outcome.
+    Done(usize, Outcome<O, E>),
+}
+
 /// A job's handle and its message stream; from [`Pool::submit_with_messages`].
 pub type WithMessages<O, E, M> = (JobHandle<O, E>, Messages<M>);
 
@@ -300,7 +309,9 @@ where
     /// [`Pool::map`] whose jobs' messages go, decoded as `M`, to `on_message(input index,
     /// message)` on the calling thread while the jobs run (each job's in order; a progress bar,
     /// say). Each job may run at most `bound` messages ahead of `on_message`. Jobs are
-    /// submitted from a helper thread meanwhile, so a full queue never stops messages.
+    /// submitted from a helper thread meanwhile, so a full queue never stops messages. If
+    /// `on_message` panics, it is not called again; the jobs run to the end, then the panic
+    /// goes on.
     pub fn map_with_messages<M, I, G>(
         &self,
         jobs: I,
@@ -312,38 +323,22 @@ where
         I: IntoIterator<Item = J>,
         G: FnMut(usize, Result<M, MessageError>),
     {
-        enum Event<O, E> {
-            Message(usize, Vec<u8>, Arc<SinkState>),
-            Done(usize, Outcome<O, E>),
-        }
         let jobs: Vec<J> = jobs.into_iter().collect();
         let total = jobs.len();
         let (tx, rx) = mpsc::channel::<Event<O, E>>();
         let mut out: Vec<Option<Outcome<O, E>>> = (0..total).map(|_| None).collect();
+        let mut panicked = None;
         let sent = std::thread::scope(|scope| {
-            let submitter = scope.spawn(move || {
-                let mut sent = 0;
-                for (i, job) in jobs.into_iter().enumerate() {
-                    let sink = Arc::new(SinkState::new(bound_of(bound), Arc::clone(&self.shared)));
-                    let (done, msgs, state) = (tx.clone(), tx.clone(), Arc::clone(&sink));
-                    let deliver = move |body: &[u8]| {
-                        let _ = msgs.send(Event::Message(i, body.to_vec(), Arc::clone(&state)));
-                    };
-                    let completion = Completion::new(move |raw: Raw<'_>| {
-                        let _ = done.send(Event::Done(i, decode_one(raw)));
-                    })
-                    .with_messages(MessageSink::new(sink, deliver));
-                    if self.enqueue_listened(job, completion, true).is_err() {
-                        break;
-                    }
-                    sent += 1;
-                }
-                sent
-            });
+            let submitter = scope.spawn(move || self.submit_mapped(jobs, bound, tx));
             for event in rx.iter() {
                 match event {
                     Event::Message(i, body, sink) => {
-                        on_message(i, decode(&body));
+                        // A panicking callback is not called again, but messages are still
+                        // consumed to the end: the workers must not wait for it for ever.
+                        if panicked.is_none() {
+                            let call = AssertUnwindSafe(|| on_message(i, decode(&body)));
+                            panicked = catch_unwind(call).err();
+                        }
                         sink.consume(1);
                     }
                     Event::Done(i, outcome) => out[i] = Some(outcome),
@@ -351,10 +346,35 @@ where
             }
             submitter.join().unwrap_or(0)
         });
+        if let Some(payload) = panicked {
+            resume_unwind(payload);
+        }
         if sent == 0 && total > 0 {
             return Err(Closed(()));
         }
         Ok(super::fill_missing(out, sent))
+    }
+
+    /// `map_with_messages`'s submitting thread: each job with its messages and outcome sent as
+    /// [`Event`]s; how many jobs were accepted.
+    fn submit_mapped(&self, jobs: Vec<J>, bound: usize, tx: mpsc::Sender<Event<O, E>>) -> usize {
+        let mut sent = 0;
+        for (i, job) in jobs.into_iter().enumerate() {
+            let sink = Arc::new(SinkState::new(bound_of(bound), Arc::clone(&self.shared)));
+            let (done, msgs, state) = (tx.clone(), tx.clone(), Arc::clone(&sink));
+            let deliver = move |body: &[u8]| {
+                let _ = msgs.send(Event::Message(i, body.to_vec(), Arc::clone(&state)));
+            };
+            let completion = Completion::new(move |raw: Raw<'_>| {
+                let _ = done.send(Event::Done(i, decode_one(raw)));
+            })
+            .with_messages(MessageSink::new(sink, deliver));
+            if self.enqueue_listened(job, completion, true).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        sent
     }
 
     /// Encodes a job whose messages someone receives (its frame carries the initial credit) and

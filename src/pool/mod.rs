@@ -99,7 +99,7 @@
 //! or is killed on a timeout mid-job, those it had not written are missing — its outcome is
 //! [`JobError::WorkerDied`] or [`JobError::TimedOut`], and [`Messages::status`] says
 //! [`MessageStatus::Incomplete`]. A retried job (see [`JobOptions::retries`]) sends its messages
-//! again. Plain `Fn(J)` handlers are unchanged; a job submitted without a receiver, or in a
+//! again. Time a job spends waiting in `send` for its receiver counts towards its timeout. Plain `Fn(J)` handlers are unchanged; a job submitted without a receiver, or in a
 //! `map_chunked` chunk, has nobody listening ([`JobContext::listened`]) and its sends return at
 //! once.
 //!
