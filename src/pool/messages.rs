@@ -243,7 +243,8 @@ where
     /// Submits a job whose messages ([`JobContext::send`]) come, decoded as `M`, through the
     /// returned [`Messages`] stream, in order and all before the outcome. At most `bound` (at
     /// least 1) messages wait unread: the worker blocks in `send` while the stream is that far
-    /// behind. Blocks while the queue is full.
+    /// behind — so read the stream, or drop it (the rest is then discarded), or the job waits.
+    /// Blocks while the queue is full.
     pub fn submit_with_messages<M>(
         &self,
         job: J,
