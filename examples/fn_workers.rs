@@ -53,6 +53,7 @@ fn main() -> Result<(), warden::Error> {
     let log = warden::log::init(&LogConfig {
         target: Target::File(dir.join("app.log")),
         level: log::LevelFilter::Info,
+        format: warden::log::LogFormat::Text,
     })?;
     let mut signals = Signals::new()?;
     if args.thread {

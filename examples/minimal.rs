@@ -29,6 +29,7 @@ fn run() -> Result<(), warden::Error> {
     let log = match warden::log::init(&LogConfig {
         target,
         level: log::LevelFilter::Info,
+        format: warden::log::LogFormat::Text,
     }) {
         Ok(log) => log,
         Err(e) => daemon.fail(&format!("cannot log: {e}")),

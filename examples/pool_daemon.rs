@@ -34,6 +34,7 @@ fn main() -> Result<(), warden::Error> {
     let log = warden::log::init(&LogConfig {
         target: Target::File(dir.join("app.log")),
         level: log::LevelFilter::Info,
+        format: warden::log::LogFormat::Text,
     });
     if let Err(e) = log {
         daemon.fail(&format!("cannot log: {e}"));

@@ -170,6 +170,54 @@ impl fmt::Display for ExitReason {
     }
 }
 
+/// How a rolling restart replaces each instance (`update`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Update {
+    /// `"replace"`: stop the instance, then start its replacement (the default).
+    #[default]
+    Replace,
+    /// `"surge"`: start the replacement beside the instance, and stop the instance once the
+    /// replacement is ready: behind a held socket, no connection is refused.
+    Surge,
+}
+
+impl Update {
+    /// The name written in the configuration and shown by status.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Update::Replace => "replace",
+            Update::Surge => "surge",
+        }
+    }
+}
+
+/// How a program's rolling restarts go (`update`, `probation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct UpdatePolicy {
+    /// `update`: replace or surge.
+    pub update: Update,
+    /// `probation`: how long a new instance must live, and be ready, for a rollout to count it
+    /// good; one that exits, goes `fatal`, misses its readiness or fails its health check within
+    /// it stops the rollout and rolls it back. `None`: the default, 10 s with `surge` and none
+    /// with `replace` (a rollout then stops at the first replacement that does not come back,
+    /// as it always did).
+    pub probation: Option<Duration>,
+}
+
+/// The default `probation` of a surge rollout.
+pub const DEFAULT_PROBATION: Duration = Duration::from_secs(10);
+
+impl UpdatePolicy {
+    /// The probation in force (zero: none).
+    pub fn probation(&self) -> Duration {
+        self.probation.unwrap_or(match self.update {
+            Update::Surge => DEFAULT_PROBATION,
+            Update::Replace => Duration::ZERO,
+        })
+    }
+}
+
 /// Formats a duration compactly for log lines: `0s`, `250µs`, `100ms`, `1.6s`, `30s`, `1m30s`,
 /// `2h`, `1h5m`. Milliseconds are rounded, seconds shown with at most one decimal below a
 /// minute, whole seconds from a minute on, whole minutes from an hour on.

@@ -52,6 +52,9 @@ pub enum SignalEvent {
     RemoveWorker,
     /// A child changed state: reap.
     ChildExited,
+    /// Replace the running image with the binary now at its path, in place (`SIGUSR2`; see
+    /// `warden upgrade`).
+    Upgrade,
     /// A signal mapped to nothing in particular, delivered as is.
     Other(i32),
 }
@@ -73,7 +76,7 @@ pub struct SignalMap {
 
 impl Default for SignalMap {
     /// TERM, INT → graceful shutdown (a second one → fast); QUIT → fast shutdown; HUP → reload;
-    /// USR1 → reopen logs; TTIN/TTOU → one worker more/less; CHLD → reap; PIPE ignored.
+    /// USR1 → reopen logs; USR2 → upgrade in place; TTIN/TTOU → one worker more/less; CHLD → reap; PIPE ignored.
     fn default() -> Self {
         use SignalAction::*;
         use SignalEvent::*;
@@ -83,6 +86,7 @@ impl Default for SignalMap {
             (SIGQUIT, Event(FastShutdown)),
             (SIGHUP, Event(Reload)),
             (SIGUSR1, Event(ReopenLogs)),
+            (SIGUSR2, Event(Upgrade)),
             (SIGTTIN, Event(AddWorker)),
             (SIGTTOU, Event(RemoveWorker)),
             (SIGCHLD, Event(ChildExited)),

@@ -125,6 +125,16 @@ impl LineFramer {
         }
     }
 
+    /// The unfinished line as bytes (with a held `'\r'`), leaving the framer empty: pushed into
+    /// a new framer, they make it continue where this one stopped (`warden upgrade`).
+    pub fn carry(&mut self) -> Vec<u8> {
+        let mut out = std::mem::take(&mut self.buf);
+        if std::mem::take(&mut self.cr) {
+            out.push(b'\r');
+        }
+        out
+    }
+
     /// Bytes of an unfinished line held in memory: never more than `max_line`.
     ///
     /// A `'\r'` that may end the line is held as a flag, not counted here, until the next byte

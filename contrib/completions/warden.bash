@@ -22,6 +22,9 @@ _warden() {
             warden,completions)
                 cmd="warden__subcmd__completions"
                 ;;
+            warden,events)
+                cmd="warden__subcmd__events"
+                ;;
             warden,healthcheck)
                 cmd="warden__subcmd__healthcheck"
                 ;;
@@ -36,6 +39,9 @@ _warden() {
                 ;;
             warden,restart)
                 cmd="warden__subcmd__restart"
+                ;;
+            warden,resume)
+                cmd="warden__subcmd__resume"
                 ;;
             warden,run)
                 cmd="warden__subcmd__run"
@@ -52,11 +58,17 @@ _warden() {
             warden,stop)
                 cmd="warden__subcmd__stop"
                 ;;
+            warden,upgrade)
+                cmd="warden__subcmd__upgrade"
+                ;;
             warden__subcmd__help,check)
                 cmd="warden__subcmd__help__subcmd__check"
                 ;;
             warden__subcmd__help,completions)
                 cmd="warden__subcmd__help__subcmd__completions"
+                ;;
+            warden__subcmd__help,events)
+                cmd="warden__subcmd__help__subcmd__events"
                 ;;
             warden__subcmd__help,healthcheck)
                 cmd="warden__subcmd__help__subcmd__healthcheck"
@@ -73,6 +85,9 @@ _warden() {
             warden__subcmd__help,restart)
                 cmd="warden__subcmd__help__subcmd__restart"
                 ;;
+            warden__subcmd__help,resume)
+                cmd="warden__subcmd__help__subcmd__resume"
+                ;;
             warden__subcmd__help,run)
                 cmd="warden__subcmd__help__subcmd__run"
                 ;;
@@ -88,6 +103,9 @@ _warden() {
             warden__subcmd__help,stop)
                 cmd="warden__subcmd__help__subcmd__stop"
                 ;;
+            warden__subcmd__help,upgrade)
+                cmd="warden__subcmd__help__subcmd__upgrade"
+                ;;
             *)
                 ;;
         esac
@@ -95,7 +113,7 @@ _warden() {
 
     case "${cmd}" in
         warden)
-            opts="-c -h -V --config --help --version run start stop restart status reload scale check healthcheck reopen-logs completions help"
+            opts="-c -h -V --config --help --version run start stop restart status reload scale check healthcheck reopen-logs upgrade resume events completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -160,6 +178,28 @@ _warden() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        warden__subcmd__events)
+            opts="-c -h --json --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         warden__subcmd__healthcheck)
             opts="-c -h --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -183,7 +223,7 @@ _warden() {
             return 0
             ;;
         warden__subcmd__help)
-            opts="run start stop restart status reload scale check healthcheck reopen-logs completions help"
+            opts="run start stop restart status reload scale check healthcheck reopen-logs upgrade resume events completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -211,6 +251,20 @@ _warden() {
             return 0
             ;;
         warden__subcmd__help__subcmd__completions)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        warden__subcmd__help__subcmd__events)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -294,6 +348,20 @@ _warden() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        warden__subcmd__help__subcmd__resume)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         warden__subcmd__help__subcmd__run)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -351,6 +419,20 @@ _warden() {
             return 0
             ;;
         warden__subcmd__help__subcmd__stop)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        warden__subcmd__help__subcmd__upgrade)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -423,6 +505,28 @@ _warden() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        warden__subcmd__resume)
+            opts="-c -h --formats --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -535,6 +639,32 @@ _warden() {
             return 0
             ;;
         warden__subcmd__stop)
+            opts="-c -h --timeout --config --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --timeout)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        warden__subcmd__upgrade)
             opts="-c -h --timeout --config --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

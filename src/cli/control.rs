@@ -112,6 +112,7 @@ fn run(config: &Config, command: Command, timeout: Duration, quiet: bool) -> Res
     let timeout = left();
     let dry_run = matches!(command, Command::Reload { dry_run: true });
     let is_reload = matches!(command, Command::Reload { .. });
+    let is_upgrade = matches!(command, Command::Upgrade);
     let confirmation = confirmation(&command);
     let mut progress = Progress::new();
     let reply = client.request(command, timeout, |p| progress.show(p));
@@ -120,6 +121,9 @@ fn run(config: &Config, command: Command, timeout: Duration, quiet: bool) -> Res
         Ok(Reply::Done { result, .. }) => {
             if is_reload {
                 print_plan(&result, dry_run);
+            }
+            if is_upgrade {
+                print_upgraded(&result);
             }
             for line in confirmation {
                 println!("{line}");
@@ -132,7 +136,9 @@ fn run(config: &Config, command: Command, timeout: Duration, quiet: bool) -> Res
             }
             Ok(ExitCode::from(kind_code(kind)))
         }
-        Ok(Reply::Progress { .. }) => unreachable!("the client returns final replies only"),
+        Ok(Reply::Progress { .. } | Reply::Event { .. }) => {
+            unreachable!("the client returns final replies only")
+        }
         // Said with the `--timeout` the operator gave, not what was left of it for this step.
         Err(ClientError::Timeout { waiting, .. }) => {
             let e = ClientError::Timeout {
@@ -145,6 +151,42 @@ fn run(config: &Config, command: Command, timeout: Duration, quiet: bool) -> Res
         Err(e) => {
             eprintln!("warden: {e}");
             Ok(ExitCode::from(exit::FAILURE))
+        }
+    }
+}
+
+/// `warden events [--json]`: every event on stdout, one line each, until warden stops (exit 0).
+/// A stream that ends without warden's final line (it was killed, or cut this client off for
+/// reading too slowly) is an error (exit 1); a daemon that cannot be reached says so as every
+/// control command does (exit 7 when not running).
+pub fn events(config: &Config, json: bool) -> ExitCode {
+    let mut client = match connect(config, false, Duration::from_secs(10)) {
+        Ok(c) => c,
+        Err(code) => return ExitCode::from(code),
+    };
+    let outcome = client.events(|event| {
+        if json {
+            println!("{}", serde_json::to_string(&event).unwrap_or_default());
+        } else {
+            println!("{}", event.human());
+        }
+    });
+    match outcome {
+        Ok(Reply::Failed { error, kind, .. }) => {
+            eprintln!("warden: {error}");
+            ExitCode::from(kind_code(kind))
+        }
+        Ok(_) => ExitCode::from(exit::OK),
+        Err(e) if e.is_dropped_unanswered() => {
+            eprintln!(
+                "warden: the event stream ended before warden stopped: warden was killed, or cut \
+                 this client off for reading too slowly"
+            );
+            ExitCode::from(exit::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("warden: {e}");
+            ExitCode::from(exit::FAILURE)
         }
     }
 }
@@ -165,7 +207,9 @@ fn same_file(client: &mut Client, config: &Config, timeout: Duration) -> Result<
             eprintln!("warden: {error}");
             return Err(kind_code(kind));
         }
-        Ok(Reply::Progress { .. }) => Err("unexpected progress reply".to_string()),
+        Ok(Reply::Progress { .. } | Reply::Event { .. }) => {
+            Err("unexpected progress reply".to_string())
+        }
         Err(e) => Err(e.to_string()),
     };
     let running = match running {
@@ -215,9 +259,23 @@ fn confirmation(command: &Command) -> Vec<String> {
             vec![format!("{program}: scaled to {instances} instances")]
         }
         Command::ReopenLogs => vec!["log files reopened".to_string()],
-        // `reload` prints its plan; `status` its report.
-        Command::Reload { .. } | Command::Status { .. } => Vec::new(),
+        // `reload` prints its plan, `status` its report, `upgrade` the versions, `events` the
+        // stream.
+        Command::Reload { .. } | Command::Status { .. } | Command::Upgrade | Command::Events => {
+            Vec::new()
+        }
     }
+}
+
+/// `upgraded warden 0.1.0 -> 0.2.0 in place (pid 812)`.
+fn print_upgraded(result: &serde_json::Value) {
+    let s = |k: &str| result[k].as_str().unwrap_or("?").to_string();
+    println!(
+        "upgraded warden {} -> {} in place (pid {})",
+        s("from"),
+        s("to"),
+        result["pid"]
+    );
 }
 
 fn print_plan(result: &serde_json::Value, dry_run: bool) {
@@ -485,13 +543,16 @@ fn status_exit(report: &StatusReport, named: bool) -> ExitCode {
     if !named {
         return ExitCode::from(exit::status::RUNNING);
     }
-    if report.instances.iter().any(|i| i.state == "fatal") {
+    // A surge replacement starting, or an instance stopping for good, is not one configured.
+    let configured = || {
+        report
+            .instances
+            .iter()
+            .filter(|i| !i.incoming && !i.retiring)
+    };
+    if configured().any(|i| i.state == "fatal") {
         ExitCode::from(exit::status::PROGRAM_FATAL)
-    } else if report
-        .instances
-        .iter()
-        .all(|i| i.state == "ready" || i.state == "running")
-    {
+    } else if configured().all(|i| i.state == "ready" || i.state == "running") {
         ExitCode::from(exit::status::RUNNING)
     } else {
         ExitCode::from(exit::status::PROGRAM_DOWN)
@@ -557,7 +618,9 @@ fn decode_status(
             Err(ExitCode::from(exit::status::NO_SUCH_PROGRAM))
         }
         Reply::Failed { error, .. } => Err(unknown(error)),
-        Reply::Progress { .. } => Err(unknown("unexpected progress reply".to_string())),
+        Reply::Progress { .. } | Reply::Event { .. } => {
+            Err(unknown("unexpected progress reply".to_string()))
+        }
     }
 }
 
@@ -599,6 +662,14 @@ fn print_table(report: &StatusReport) {
     for (r, state) in &rows {
         let c = colour.then_some(state_colour(state.unwrap_or("")));
         println!("{}", table_line(r, &widths, c));
+    }
+    for p in &report.programs {
+        if let Some(why) = &p.rolled_back {
+            println!(
+                "{}: rolled back ({why}); it runs its previous settings until a reload applies",
+                p.program
+            );
+        }
     }
 }
 

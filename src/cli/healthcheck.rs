@@ -48,7 +48,9 @@ fn fetch(config: &Config, programs: Vec<String>) -> Result<StatusReport, String>
             serde_json::from_value(result).map_err(|e| format!("unexpected status reply: {e}"))
         }
         Ok(Reply::Failed { error, .. }) => Err(error),
-        Ok(Reply::Progress { .. }) => Err("unexpected progress reply".to_string()),
+        Ok(Reply::Progress { .. } | Reply::Event { .. }) => {
+            Err("unexpected progress reply".to_string())
+        }
         Err(e) => Err(format!("warden does not answer: {e}")),
     }
 }
@@ -61,6 +63,9 @@ pub(super) fn problems(report: &StatusReport) -> Vec<String> {
     report
         .instances
         .iter()
+        // A surge replacement starting, or an instance stopping for good, is no problem: the
+        // instance with that index that stays is judged.
+        .filter(|i| !i.incoming && !i.retiring)
         .filter_map(|i| {
             let tag = format!("{}[{}]", i.program, i.index);
             if i.state != "ready" && i.state != "running" {
@@ -91,6 +96,8 @@ mod tests {
             status: None,
             waiting_for: Vec::new(),
             waiting_reason: None,
+            incoming: false,
+            retiring: false,
             health: health.map(|(state, failures)| HealthInfo {
                 state: state.into(),
                 failures,
@@ -114,6 +121,16 @@ mod tests {
             programs: Vec::new(),
             sockets: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_surge_replacement_starting_and_the_instance_it_replaced_stopping_are_no_problem() {
+        let mut new = inst("web", "starting", None);
+        new.incoming = true;
+        let mut old = inst("web", "stopping", None);
+        old.retiring = true;
+        let r = report(vec![inst("web", "ready", None), new, old]);
+        assert_eq!(problems(&r), Vec::<String>::new());
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod healthcheck;
 #[cfg(test)]
 mod man_tests;
 mod serve;
+mod upgrade;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -116,6 +117,28 @@ enum Verb {
     },
     /// Make the daemon reopen its log files (after rotation).
     ReopenLogs,
+    /// Replace the running daemon with the binary now at its path (after a package upgrade), in
+    /// place: same pid, every program untouched. The new binary is checked first; if it cannot
+    /// take over, the previous one runs on. Prints the old and new versions.
+    Upgrade {
+        /// How long to wait for the new image to answer.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Internal: what `upgrade` executes (the new image taking over the daemon's state).
+    #[command(hide = true)]
+    Resume {
+        /// Print the state formats this binary reads, and exit.
+        #[arg(long)]
+        formats: bool,
+    },
+    /// Print every state change as it happens (instances started, ready, exited, restarting,
+    /// stopped, fatal; health; reloads; rollbacks) until warden stops.
+    Events {
+        /// One JSON object a line (the schema in warden(8)) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a shell completion script for SHELL to standard output.
     Completions {
         /// The shell: bash, zsh, fish, elvish or powershell.
@@ -142,7 +165,7 @@ pub fn main() -> ExitCode {
     // catches SIGPIPE.
     if !matches!(
         cli.verb,
-        Verb::Run | Verb::Start { .. } | Verb::Restart { .. }
+        Verb::Run | Verb::Start { .. } | Verb::Restart { .. } | Verb::Resume { .. }
     ) {
         warden::signals::default_sigpipe();
     }
@@ -200,6 +223,11 @@ fn run(verb: Verb, config: &std::path::Path) -> ExitCode {
         // Like `stop`, this must work after a bad edit of the file: logrotate's postrotate does
         // not wait for someone to finish editing warden.toml.
         Verb::ReopenLogs => with_located_config(config, |c| reopen_logs(&c)),
+        Verb::Upgrade { timeout } => {
+            with_located_config(config, |c| control::command(&c, C::Upgrade, timeout))
+        }
+        Verb::Resume { formats } => upgrade::resume(config, formats),
+        Verb::Events { json } => with_located_config(config, |c| control::events(&c, json)),
     }
 }
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use warden::config::{Config, LogSpec};
 use warden::control::server::ControlServer;
 use warden::log::{LogConfig, LogHandle, Target};
+use warden::supervisor::metrics::MetricsListener;
 use warden::supervisor::sockets::HeldSocket;
 use warden::supervisor::{ProgramDef, ReloadSet, RunExit, Supervisor};
 use warden::{Daemon, DaemonHandle, ServiceManager, Signals, Stdio};
@@ -17,34 +18,21 @@ use super::exit;
 pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     // Read systemd's variables once, before any thread exists, and keep them from children.
     let manager = ServiceManager::from_env();
-    // The daemon changes directory: a relative `-c` must be made absolute now, while it still
-    // means what the caller meant, or `reload` and SIGHUP would look for the file elsewhere.
-    if let Ok(p) = std::path::absolute(&config.path) {
-        config.path = p;
-    }
-    // Accounts named in the file must exist before anything starts (exit 6, like any other
-    // configuration error), not fail a program later inside the daemon.
-    let problems = super::unresolvable_accounts(&config);
-    if !problems.is_empty() {
-        for p in problems {
-            eprintln!("warden: {p}");
-        }
-        return ExitCode::from(exit::CONFIG);
-    }
-    // Bound now, as whoever started warden (root can bind a port below 1024 for a program
-    // that runs unprivileged), and kept across the daemonization.
-    let held = match bind_sockets(&config) {
-        Ok(h) => h,
-        Err(e) => return exit::report(&e),
+    let bound = match prepare(&mut config) {
+        Ok(b) => b,
+        Err(code) => return code,
     };
     let mut daemon = daemon_from(&config, foreground, manager);
-    for s in &held {
-        daemon = daemon.keep_fd(s.raw_fd());
+    for fd in bound.fds() {
+        daemon = daemon.keep_fd(fd);
     }
     let mut handle = match daemon.start() {
         Ok(h) => h,
         Err(e) => return exit::report(&e),
     };
+    // What `warden upgrade` executes, and the binary running now, to go back to (opened in the
+    // daemon: the daemonization closes what it does not know).
+    let exe = super::upgrade::Exe::current();
     // From here on we are the daemon: everything that fails is reported through the handle,
     // which carries it back to the launcher.
     let (log, mut signals) = match after_fork(&config, &mut handle, foreground) {
@@ -53,7 +41,7 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     };
     // Everything that can fail because of the configuration fails here, before `ready`, so that
     // `warden start` reports it and exits non-zero.
-    let mut sup = match supervisor(&config, &handle, &log, held) {
+    let mut sup = match build(&config, &handle, &log, bound) {
         Ok(s) => s,
         Err(e) => handle.fail(&e),
     };
@@ -65,7 +53,24 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
         std::process::id(),
         config.path.display()
     );
-    let code = event_loop(&mut sup, &mut signals);
+    let upgrade = super::upgrade::Context {
+        exe,
+        config: &config,
+        handle: &handle,
+        log: &log,
+    };
+    let code = event_loop(&mut sup, &mut signals, &upgrade);
+    finish(sup, handle, &log, code)
+}
+
+/// After the loop: tells the service manager, closes the control socket, runs the exit hooks
+/// (the pidfile last), exits with `code`.
+pub(super) fn finish(
+    mut sup: Supervisor,
+    handle: DaemonHandle,
+    log: &LogHandle,
+    code: u8,
+) -> ExitCode {
     let _ = handle.notify("STOPPING=1\nSTATUS=stopping");
     sup.close_control();
     drop(handle); // exit hooks, the pidfile last
@@ -74,26 +79,79 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Binds every `[socket.NAME]`. A socket already in use because this configuration's warden
-/// runs is reported as that, not as the address in use.
-fn bind_sockets(config: &Config) -> Result<Vec<HeldSocket>, warden::Error> {
+/// What happens before the daemon starts: the configuration's path made absolute, its accounts
+/// checked, its sockets bound.
+fn prepare(config: &mut Config) -> Result<Bound, ExitCode> {
+    // The daemon changes directory: a relative `-c` must be made absolute now, while it still
+    // means what the caller meant, or `reload` and SIGHUP would look for the file elsewhere.
+    if let Ok(p) = std::path::absolute(&config.path) {
+        config.path = p;
+    }
+    // Accounts named in the file must exist before anything starts (exit 6, like any other
+    // configuration error), not fail a program later inside the daemon.
+    let problems = super::unresolvable_accounts(config);
+    if !problems.is_empty() {
+        for p in problems {
+            eprintln!("warden: {p}");
+        }
+        return Err(ExitCode::from(exit::CONFIG));
+    }
+    // Bound now, as whoever started warden (root can bind a port below 1024 for a program
+    // that runs unprivileged), and kept across the daemonization.
+    bind_sockets(config).map_err(|e| exit::report(&e))
+}
+
+/// Binds every `[socket.NAME]` and the metrics endpoint. A socket already in use because this
+/// configuration's warden runs is reported as that, not as the address in use.
+fn bind_sockets(config: &Config) -> Result<Bound, warden::Error> {
+    let running = |e: warden::Error| {
+        let deadline = std::time::Instant::now();
+        match super::running_pid(&config.daemon.pidfile, deadline) {
+            Ok(Some(pid)) => warden::Error::AlreadyRunning {
+                pid: Some(pid),
+                path: config.daemon.pidfile.clone(),
+            },
+            _ => e,
+        }
+    };
     let mut held = Vec::new();
     for spec in &config.sockets {
-        match HeldSocket::bind(spec) {
-            Ok(s) => held.push(s),
-            Err(e) => {
-                let deadline = std::time::Instant::now();
-                if let Ok(Some(pid)) = super::running_pid(&config.daemon.pidfile, deadline) {
-                    return Err(warden::Error::AlreadyRunning {
-                        pid: Some(pid),
-                        path: config.daemon.pidfile.clone(),
-                    });
-                }
-                return Err(e);
-            }
-        }
+        held.push(HeldSocket::bind(spec).map_err(running)?);
     }
-    Ok(held)
+    let metrics = match &config.daemon.metrics {
+        Some(listen) => Some(MetricsListener::bind(listen).map_err(running)?),
+        None => None,
+    };
+    Ok(Bound { held, metrics })
+}
+
+/// The sockets bound before the daemon starts: `[socket.NAME]`s and the metrics endpoint.
+pub(super) struct Bound {
+    pub(super) held: Vec<HeldSocket>,
+    pub(super) metrics: Option<MetricsListener>,
+}
+
+impl Bound {
+    /// Their descriptors, to keep across the daemonization.
+    fn fds(&self) -> Vec<std::os::fd::RawFd> {
+        let metrics = self.metrics.as_ref().map(MetricsListener::raw_fd);
+        self.held
+            .iter()
+            .map(HeldSocket::raw_fd)
+            .chain(metrics)
+            .collect()
+    }
+
+    /// Hands them to the supervisor, which holds the sockets and serves the metrics.
+    fn hand_to(self, sup: &mut Supervisor) -> Result<(), String> {
+        for s in self.held {
+            sup.hold_socket(s).map_err(|e| e.to_string())?;
+        }
+        if let Some(m) = self.metrics {
+            sup.set_metrics(m).map_err(|e| format!("metrics: {e}"))?;
+        }
+        Ok(())
+    }
 }
 
 /// The daemon `[daemon]` describes, not started yet.
@@ -137,14 +195,24 @@ fn after_fork(
     handle: &mut DaemonHandle,
     foreground: bool,
 ) -> Result<(LogHandle, Signals), String> {
+    let (log, signals) = set_up_process(config, foreground)?;
+    if let Some(w) = log.unreachable() {
+        handle.warn(&w);
+    }
+    Ok((log, signals))
+}
+
+/// What every image of the daemon sets up first (also the one `warden upgrade` executes): the
+/// shutdown deadline, logging, the descriptor limit, signal handlers.
+pub(super) fn set_up_process(
+    config: &Config,
+    foreground: bool,
+) -> Result<(LogHandle, Signals), String> {
     warden::hooks::set_total_deadline(config.daemon.shutdown_timeout);
     let log = match warden::log::init(&log_config(config, foreground)) {
         Ok(l) => l,
         Err(e) => return Err(format!("cannot start logging: {e}")),
     };
-    if let Some(w) = log.unreachable() {
-        handle.warn(&w);
-    }
     // An epoll daemon is not bound by select(2)'s 1024 descriptors (systemd.exec(5),
     // LimitNOFILE=): the soft limit goes up to the hard one; workers keep the original.
     match warden::daemon::raise_nofile() {
@@ -156,18 +224,45 @@ fn after_fork(
     Ok((log, signals))
 }
 
-/// Builds the supervisor: programs, control socket, reloader, service-manager links.
-fn supervisor(
+/// A new supervisor on a control socket bound now, set up by [`supervisor`].
+fn build(
     config: &Config,
     handle: &DaemonHandle,
     log: &LogHandle,
-    held: Vec<HeldSocket>,
+    bound: Bound,
+) -> Result<Supervisor, String> {
+    let sup = Supervisor::new().map_err(|e| format!("cannot start the supervisor: {e}"))?;
+    let group = control_group(config)?;
+    let server =
+        ControlServer::bind(&config.daemon.control_socket, group).map_err(|e| e.to_string())?;
+    supervisor(sup, config, handle, log, (bound, server))
+}
+
+/// The `control_group`, resolved.
+pub(super) fn control_group(config: &Config) -> Result<Option<nix::unistd::Gid>, String> {
+    Ok(match &config.daemon.control_group {
+        None => None,
+        // Resolved like every other group name (names or numeric ids), in one place.
+        Some(name) => Some(
+            warden::Credentials::resolve(None, Some(name))
+                .map_err(|e| format!("control_group: {e}"))?
+                .map(|c| c.gid)
+                .expect("a group was given"),
+        ),
+    })
+}
+
+/// Sets up the supervisor `sup`: its held sockets and control server (bound now, or handed
+/// over by `warden upgrade`), programs, reloader, service-manager links.
+pub(super) fn supervisor(
+    mut sup: Supervisor,
+    config: &Config,
+    handle: &DaemonHandle,
+    log: &LogHandle,
+    (bound, server): (Bound, ControlServer),
 ) -> Result<Supervisor, String> {
     let d = &config.daemon;
-    let mut sup = Supervisor::new().map_err(|e| format!("cannot start the supervisor: {e}"))?;
-    for s in held {
-        sup.hold_socket(s).map_err(|e| e.to_string())?;
-    }
+    bound.hand_to(&mut sup)?;
     sup.set_log(log.clone());
     sup.set_kill_strays(true);
     sup.set_shutdown_timeout(d.shutdown_timeout);
@@ -181,18 +276,8 @@ fn supervisor(
             sup.set_service_watchdog(n.clone(), w / 2);
         }
     }
-    let group = match &d.control_group {
-        None => None,
-        // Resolved like every other group name (names or numeric ids), in one place.
-        Some(name) => Some(
-            warden::Credentials::resolve(None, Some(name))
-                .map_err(|e| format!("control_group: {e}"))?
-                .map(|c| c.gid)
-                .expect("a group was given"),
-        ),
-    };
-    let server = ControlServer::bind(&d.control_socket, group).map_err(|e| e.to_string())?;
     sup.set_control(server).map_err(|e| e.to_string())?;
+    sup.set_upgradable(true);
     for spec in &config.programs {
         sup.add(ProgramDef::from_spec(spec))
             .map_err(|e| format!("program {}: {e}", spec.name))?;
@@ -240,19 +325,21 @@ fn daemon_changes(
         stderr,
         log,
         log_level,
+        log_format,
         syslog_facility,
         syslog_ident,
         ready_timeout,
         shutdown_timeout,
         control_socket,
-        control_group
+        control_group,
+        metrics
     );
     keys.into_iter()
         .map(|k| format!("daemon.{k} changed: takes effect when warden restarts"))
         .collect()
 }
 
-fn log_config(config: &Config, foreground: bool) -> LogConfig {
+pub(super) fn log_config(config: &Config, foreground: bool) -> LogConfig {
     let d = &config.daemon;
     let syslog = || Target::Syslog {
         facility: d.syslog_facility.clone(),
@@ -269,12 +356,19 @@ fn log_config(config: &Config, foreground: bool) -> LogConfig {
     LogConfig {
         target,
         level: d.log_level,
+        format: d.log_format,
     }
 }
 
-fn event_loop(sup: &mut Supervisor, signals: &mut Signals) -> u8 {
+pub(super) fn event_loop(
+    sup: &mut Supervisor,
+    signals: &mut Signals,
+    upgrade: &super::upgrade::Context<'_>,
+) -> u8 {
     loop {
         match sup.run(signals) {
+            // Returns only if the new binary did not take over: this image runs on.
+            Ok(RunExit::Upgrade) => super::upgrade::perform(sup, upgrade),
             // Under exit_on_fatal, a program's failure ended it: exit as that program did.
             Ok(RunExit::Shutdown) => return sup.failure_exit().unwrap_or(exit::OK),
             // The reloader is set: SIGHUP is handled inside the loop.

@@ -39,6 +39,7 @@ pub(crate) const DAEMON: KeyTable = KeyTable {
         "stderr",
         "log",
         "log_level",
+        "log_format",
         "syslog_facility",
         "syslog_ident",
         "ready_timeout",
@@ -47,6 +48,7 @@ pub(crate) const DAEMON: KeyTable = KeyTable {
         "scale_program",
         "control_socket",
         "control_group",
+        "metrics",
     ],
 };
 
@@ -83,6 +85,8 @@ pub(crate) const PROGRAM: KeyTable = KeyTable {
         "stderr",
         "log_max_bytes",
         "log_keep",
+        "update",
+        "probation",
     ],
 };
 
@@ -146,12 +150,15 @@ mod tests {
                         "umask" => "\"022\"",
                         "log" => "\"stderr\"",
                         "log_level" => "\"info\"",
+                        "log_format" => "\"json\"",
                         "syslog_facility" => "\"daemon\"",
                         "scale_program" => "\"p\"",
+                        "metrics" => "\"127.0.0.1:9464\"",
                         "log_max_bytes" => "\"1M\"",
                         "backoff_initial" | "backoff_max" | "backoff_reset" | "restart_window"
                         | "stop_timeout" | "start_timeout" | "watchdog" | "ready_timeout"
-                        | "shutdown_timeout" => "\"1s\"",
+                        | "shutdown_timeout" | "probation" => "\"1s\"",
+                        "update" => "\"surge\"",
                         "user" | "group" | "syslog_ident" | "control_group" => "\"x\"",
                         "stdout" | "stderr" => "\"./out\"",
                         _ => "\"./path\"",

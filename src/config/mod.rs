@@ -36,6 +36,7 @@ use include::{expand, read_drop_ins, read_include};
 pub(crate) mod graph;
 mod health;
 mod keys;
+mod limits;
 pub mod preflight;
 mod program;
 mod read;
@@ -58,9 +59,11 @@ pub use health::{
     parse_http_url,
 };
 pub use keys::{KEYS, KeyTable};
+pub use limits::Limits;
 pub use program::{
-    ExecSpec, Limits, MAX_INSTANCES, MAX_LOG_KEEP, MAX_PROGRAM_NAME, MAX_RESTARTS_LIMIT,
-    OutputSpec, Policy, ProgramSpec, Readiness, Restart, parse_signal, valid_program_name,
+    ExecSpec, MAX_INSTANCES, MAX_LOG_KEEP, MAX_PROGRAM_NAME, MAX_RESTARTS_LIMIT, OutputSpec,
+    Policy, ProgramSpec, Readiness, Restart, Update, UpdatePolicy, parse_signal,
+    valid_program_name,
 };
 use read::Section;
 pub use read::{MAX_DURATION, parse_duration, parse_size};
@@ -135,6 +138,9 @@ pub struct DaemonSpec {
     pub log: LogSpec,
     /// `log_level`: `off`, `error`, `warn`, `info` (default), `debug` or `trace`.
     pub log_level: log::LevelFilter,
+    /// `log_format`: `text` (default) or `json`, for warden's log and programs' captured output
+    /// alike (see [`crate::log::json`]).
+    pub log_format: crate::log::LogFormat,
     /// `syslog_facility` (default `daemon`).
     pub syslog_facility: String,
     /// `syslog_ident`: the tag in syslog lines (default `warden`).
@@ -157,6 +163,9 @@ pub struct DaemonSpec {
     pub control_socket: PathBuf,
     /// `control_group`: members of this group may read status through the control socket.
     pub control_group: Option<String>,
+    /// `metrics`: where `GET /metrics` is served (OpenMetrics / Prometheus text), a TCP address
+    /// or a Unix socket path; default none (off).
+    pub metrics: Option<Listen>,
 }
 
 impl Default for DaemonSpec {
@@ -171,6 +180,7 @@ impl Default for DaemonSpec {
             stderr: PathBuf::from("/dev/null"),
             log: LogSpec::Auto,
             log_level: log::LevelFilter::Info,
+            log_format: crate::log::LogFormat::Text,
             syslog_facility: "daemon".into(),
             syslog_ident: "warden".into(),
             ready_timeout: Duration::from_secs(30),
@@ -179,6 +189,7 @@ impl Default for DaemonSpec {
             scale_program: None,
             control_socket: PathBuf::from("/run/warden/warden.sock"),
             control_group: None,
+            metrics: None,
         }
     }
 }
@@ -511,7 +522,7 @@ fn read_daemon_process(
     }
 }
 
-/// `[daemon]`'s logging: `log`, `log_level` and the syslog settings.
+/// `[daemon]`'s logging: `log`, `log_level`, `log_format` and the syslog settings.
 fn read_daemon_logging(
     c: &mut Collector<'_>,
     s: &mut Section<'_, '_>,
@@ -534,6 +545,12 @@ fn read_daemon_logging(
         &["off", "error", "warn", "info", "debug", "trace"],
     ) {
         d.log_level = level.parse().unwrap_or(log::LevelFilter::Info);
+    }
+    if let Some(f) = s.choice(c, "log_format", &["text", "json"]) {
+        d.log_format = match f {
+            "json" => crate::log::LogFormat::Json,
+            _ => crate::log::LogFormat::Text,
+        };
     }
     if let Some(f) = s.choice(c, "syslog_facility", SYSLOG_FACILITIES) {
         d.syslog_facility = f.to_string();
@@ -582,6 +599,12 @@ fn read_daemon_control(
             c.at(g.span(), "daemon.control_group", "must not be empty");
         } else {
             d.control_group = Some(g.into_inner());
+        }
+    }
+    if let Some(m) = s.string(c, "metrics") {
+        match parse_listen(m.get_ref()) {
+            Ok(l) => d.metrics = Some(l),
+            Err(msg) => c.at(m.span(), "daemon.metrics", msg),
         }
     }
     scale
@@ -738,6 +761,7 @@ stdout = "/var/log/w.out"
 stderr = "/var/log/w.err"
 log = "/var/log/warden.log"
 log_level = "debug"
+log_format = "json"
 syslog_facility = "local3"
 syslog_ident = "w"
 ready_timeout = "5s"
@@ -752,6 +776,7 @@ shutdown_timeout = 7
         assert_eq!(d.user.as_deref(), Some("nobody"));
         assert_eq!(d.log, LogSpec::File("/var/log/warden.log".into()));
         assert_eq!(d.log_level, log::LevelFilter::Debug);
+        assert_eq!(d.log_format, crate::log::LogFormat::Json);
         assert_eq!(d.syslog_facility, "local3");
         assert_eq!(d.ready_timeout, Duration::from_secs(5));
         assert_eq!(d.shutdown_timeout, Duration::from_secs(7));

@@ -17,17 +17,17 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use nix::sys::resource::Resource;
 use nix::sys::signal::Signal;
 use toml::de::{DeArray, DeTable, DeValue};
 
 use super::env_file::EnvFile;
 use super::health::HealthSpec;
+use super::limits::{Limits, read_limits};
 use super::parse_umask;
-use super::read::{Section, duration_value, size_value};
+use super::read::{Section, duration_value};
 use crate::error::diag::Collector;
 
-pub use crate::policy::{Policy, Readiness, Restart, StopWith};
+pub use crate::policy::{Policy, Readiness, Restart, StopWith, Update, UpdatePolicy};
 
 /// The longest program name accepted.
 pub const MAX_PROGRAM_NAME: usize = 64;
@@ -84,6 +84,9 @@ pub struct ProgramSpec {
     /// `sockets`: the `[socket.NAME]` sockets each instance receives, as descriptors 3, 4, …
     /// with `LISTEN_FDS`, `LISTEN_PID` and `LISTEN_FDNAMES` (systemd's socket activation).
     pub sockets: Vec<String>,
+    /// `update` and `probation`: how a rolling restart replaces each instance, and how long a
+    /// new one is on probation before the rollout counts it good.
+    pub rollout: UpdatePolicy,
 }
 
 impl ProgramSpec {
@@ -103,6 +106,7 @@ impl ProgramSpec {
             requires: Vec::new(),
             health: None,
             sockets: Vec::new(),
+            rollout: UpdatePolicy::default(),
         }
     }
 }
@@ -162,55 +166,6 @@ pub enum OutputSpec {
     /// A file path: lines appended by warden, rotated by size. In the file it must contain a
     /// `/` (`"./web.out"`): a bare word is taken for a misspelt `"log"` or `"null"`.
     File(PathBuf),
-}
-
-/// Resource limits (`limits = { nofile = 4096, core = 0 }`), each `None` when not set.
-///
-/// A value is a number, or `"unlimited"` (also `"infinity"`), stored as `u64::MAX`, which is
-/// `RLIM_INFINITY`. The byte-valued limits (`core`, `memlock`, `as`, `fsize`, `stack`) also
-/// accept sizes such as `"64M"`; `cpu` counts seconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Limits {
-    /// `nofile` (`RLIMIT_NOFILE`): open file descriptors.
-    pub nofile: Option<u64>,
-    /// `core` (`RLIMIT_CORE`): core dump size in bytes.
-    pub core: Option<u64>,
-    /// `nproc` (`RLIMIT_NPROC`): processes of the user.
-    pub nproc: Option<u64>,
-    /// `memlock` (`RLIMIT_MEMLOCK`): locked memory in bytes.
-    pub memlock: Option<u64>,
-    /// `as` (`RLIMIT_AS`): address space in bytes.
-    pub address_space: Option<u64>,
-    /// `fsize` (`RLIMIT_FSIZE`): largest file created, in bytes.
-    pub fsize: Option<u64>,
-    /// `stack` (`RLIMIT_STACK`): stack size in bytes.
-    pub stack: Option<u64>,
-    /// `cpu` (`RLIMIT_CPU`): CPU time in seconds.
-    pub cpu: Option<u64>,
-}
-
-impl Limits {
-    /// The limits that are set, with their resource, in a fixed order.
-    pub fn iter(&self) -> impl Iterator<Item = (Resource, u64)> + use<> {
-        [
-            (Resource::RLIMIT_NOFILE, self.nofile),
-            (Resource::RLIMIT_CORE, self.core),
-            (Resource::RLIMIT_NPROC, self.nproc),
-            (Resource::RLIMIT_MEMLOCK, self.memlock),
-            (Resource::RLIMIT_AS, self.address_space),
-            (Resource::RLIMIT_FSIZE, self.fsize),
-            (Resource::RLIMIT_STACK, self.stack),
-            (Resource::RLIMIT_CPU, self.cpu),
-        ]
-        .into_iter()
-        .filter_map(|(r, v)| v.map(|v| (r, v)))
-    }
-
-    /// True when no limit is set.
-    pub fn is_empty(&self) -> bool {
-        self.iter().next().is_none()
-    }
 }
 
 /// Parses a signal name as `stop_signal` accepts it: `"TERM"` or `"SIGTERM"`, any case, any
@@ -296,8 +251,23 @@ fn read_program(
     read_policy(c, &mut s, &mut p.policy, &name_span);
     read_outputs(c, &mut s, &mut p, &name_span, base, files);
     read_health_table(c, &mut s, &mut p, &name_span);
+    read_update(c, &mut s, &mut p.rollout);
     s.finish(c);
     p
+}
+
+/// `update` and `probation`.
+fn read_update(c: &mut Collector<'_>, s: &mut Section<'_, '_>, rollout: &mut UpdatePolicy) {
+    if let Some(u) = s.choice(c, "update", &["replace", "surge"]) {
+        rollout.update = if u == "surge" {
+            Update::Surge
+        } else {
+            Update::Replace
+        };
+    }
+    if let Some(d) = s.duration(c, "probation") {
+        rollout.probation = Some(d);
+    }
 }
 
 /// `health`, and that `ready = "health"` has one.
@@ -760,53 +730,6 @@ fn read_env_files(
         }
     }
     (files.len() == entries.len()).then_some(files)
-}
-
-/// `limits`: a table of resource limits.
-fn read_limits(c: &mut Collector<'_>, prefix: &str, t: &DeTable<'_>) -> Limits {
-    let mut s = Section::new(prefix, t, super::keys::LIMITS);
-    let limits = Limits {
-        nofile: limit(c, &mut s, "nofile", false),
-        core: limit(c, &mut s, "core", true),
-        nproc: limit(c, &mut s, "nproc", false),
-        memlock: limit(c, &mut s, "memlock", true),
-        address_space: limit(c, &mut s, "as", true),
-        fsize: limit(c, &mut s, "fsize", true),
-        stack: limit(c, &mut s, "stack", true),
-        cpu: limit(c, &mut s, "cpu", false),
-    };
-    s.finish(c);
-    limits
-}
-
-/// One resource limit: a non-negative integer, `"unlimited"`/`"infinity"`, or (for a byte-valued
-/// limit) a size such as `"64M"`.
-fn limit(
-    c: &mut Collector<'_>,
-    s: &mut Section<'_, '_>,
-    key: &'static str,
-    bytes: bool,
-) -> Option<u64> {
-    let name = s.key(key);
-    let v = s.raw(key)?;
-    let result = match v.get_ref() {
-        DeValue::String(text) if text == "unlimited" || text == "infinity" => Ok(u64::MAX),
-        DeValue::String(_) if bytes => size_value(v.get_ref()),
-        DeValue::Integer(i) => u64::from_str_radix(i.as_str(), i.radix())
-            .map_err(|_| "must not be negative".to_string()),
-        DeValue::String(text) => Err(format!("{text:?} is not a number or \"unlimited\"")),
-        other => Err(format!(
-            "expected an integer or \"unlimited\", found {}",
-            other.type_str()
-        )),
-    };
-    match result {
-        Ok(n) => Some(n),
-        Err(msg) => {
-            c.at(v.span(), &name, msg);
-            None
-        }
-    }
 }
 
 /// `ready`: `"immediate"`, `"notify"`, `"health"` or a duration.

@@ -199,7 +199,42 @@ impl Client {
                     progress(&p);
                     last = Some(p);
                 }
+                // Only an `events` request is answered with events: see `Client::events`.
+                Reply::Event { .. } => return Err(ClientError::Protocol(buf.trim().to_string())),
                 other => return Ok(other),
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Sends `events` and hands every event to `each` as it comes, for as long as the stream
+    /// lasts: returns the final reply (`Done` when warden stopped; `Failed` when the request was
+    /// refused), or [`ClientError::Closed`] when the connection ended without one — warden was
+    /// killed, or cut this client off for reading too slowly. Waits without a timeout.
+    pub fn events(
+        &mut self,
+        mut each: impl FnMut(super::events::EventRecord),
+    ) -> Result<Reply, ClientError> {
+        let mut line = serde_json::to_string(&Request {
+            v: VERSION,
+            command: Command::Events,
+        })
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        line.push('\n');
+        self.reader.get_mut().write_all(line.as_bytes())?;
+        self.reader.get_mut().set_read_timeout(None)?;
+        let mut buf = String::new();
+        loop {
+            buf.clear();
+            if self.reader.read_line(&mut buf)? == 0 {
+                return Err(ClientError::Closed);
+            }
+            match serde_json::from_str(buf.trim()) {
+                Ok(Reply::Event { event, .. }) => each(*event),
+                Ok(Reply::Progress { .. }) => {}
+                Ok(other) => return Ok(other),
+                Err(_) => return Err(ClientError::Protocol(buf.trim().to_string())),
             }
         }
     }

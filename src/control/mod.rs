@@ -18,6 +18,7 @@
 //! | `scale` | `program`, `instances` | write |
 //! | `reload` | `dry_run` (bool, optional) | write |
 //! | `reopen-logs` | — | write |
+//! | `events` | — | read |
 //!
 //! The server answers each request with zero or more progress lines `{"v":1,"progress":"…"}`
 //! followed by exactly one final line: `{"v":1,"ok":true,"result":…}` or
@@ -30,6 +31,16 @@
 //! [`admission`]): a connection over a limit gets one `busy` error line and is closed.
 //!
 //! `status` results have the stable schema documented on [`StatusReport`].
+//!
+//! # The event stream
+//!
+//! `events` turns the connection into a stream: every state change from then on comes as a line
+//! `{"v":1,"event":{…}}` (an [`events::EventRecord`], schema in [`events`]), until warden stops,
+//! when the final line `{"v":1,"ok":true,"result":{"stopped":true}}` ends it. Nothing else may be
+//! asked on that connection (a request is answered `bad-request`). A subscriber that does not read
+//! is cut off: once [`server::EVENTS_MAX_OUTPUT`] bytes wait for it, its connection is closed
+//! (and the log says whose it was), so that a stream ending without the final line means the
+//! client was cut off or warden was killed.
 //!
 //! # `warden status --json`
 //!
@@ -59,6 +70,7 @@
 
 pub mod admission;
 pub mod client;
+pub mod events;
 mod request;
 pub mod server;
 mod socket_file;
@@ -121,12 +133,17 @@ pub enum Command {
     },
     /// Reopen log files.
     ReopenLogs,
+    /// Replace the running warden with the binary now at its path, in place: same pid, every
+    /// program untouched (answered by the new image once it has taken over).
+    Upgrade,
+    /// Stream every state change from now on (see [the event stream](self#the-event-stream)).
+    Events,
 }
 
 impl Command {
     /// Whether the command changes anything (and so needs write access).
     pub fn writes(&self) -> bool {
-        !matches!(self, Command::Status { .. })
+        !matches!(self, Command::Status { .. } | Command::Events)
     }
 }
 
@@ -184,6 +201,13 @@ pub enum Reply {
         /// A kind for scripts.
         kind: ErrorKind,
     },
+    /// One event of an `events` stream.
+    Event {
+        /// The protocol version.
+        v: u32,
+        /// What happened (boxed: a reply is mostly something smaller).
+        event: Box<events::EventRecord>,
+    },
 }
 
 impl Reply {
@@ -211,6 +235,14 @@ impl Reply {
         Reply::Progress {
             v: VERSION,
             progress: text.into(),
+        }
+    }
+
+    /// An event of an `events` stream.
+    pub fn event(event: events::EventRecord) -> Reply {
+        Reply::Event {
+            v: VERSION,
+            event: Box::new(event),
         }
     }
 
@@ -277,6 +309,15 @@ pub struct ProgramInfo {
     /// The programs it requires (`requires`; they are started after too).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub requires: Vec<String>,
+    /// How its rolling restarts replace an instance (`update`): `"surge"`; left out of the
+    /// JSON for the default, `"replace"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<String>,
+    /// Why the last reload that changed it was rolled back (`web[0] exited with status 1 after
+    /// 400ms`): it runs its previous settings until a reload applies again. Left out of the
+    /// JSON when it was not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back: Option<String>,
 }
 
 /// The daemon part of a [`StatusReport`].
@@ -342,6 +383,14 @@ pub struct InstanceInfo {
     /// Its health check, while it is up and its program has one; `null` otherwise.
     #[serde(default)]
     pub health: Option<HealthInfo>,
+    /// A surge replacement started beside the instance with the same index during a rolling
+    /// restart, not yet in its place (left out of the JSON when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incoming: bool,
+    /// Scaled away, or replaced by a surge replacement: stopping for good, then gone from the
+    /// report (left out of the JSON when false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retiring: bool,
 }
 
 /// A listening socket warden holds (`[socket.NAME]`), in a [`StatusReport`].
@@ -388,6 +437,8 @@ impl InstanceInfo {
         match (&self.waiting_reason, self.waiting_for.is_empty()) {
             (Some(why), _) => format!("{} ({why})", self.state),
             (None, false) => format!("{} (for {})", self.state, self.waiting_for.join(", ")),
+            (None, true) if self.incoming => format!("{} (replacement)", self.state),
+            (None, true) if self.retiring => format!("{} (replaced)", self.state),
             (None, true) => self.state.clone(),
         }
     }

@@ -13,6 +13,16 @@
 //! Who may connect, and how many, is [`super::admission`]'s; the socket file (directory checks,
 //! stale sockets, removal at exit) is `socket_file`'s.
 //!
+//! # Event streams
+//!
+//! A connection that asked for `events` is a subscriber: [`ControlServer::broadcast`] queues
+//! every event line to it, within [`EVENTS_MAX_OUTPUT`]; a subscriber that lets more than that
+//! wait is cut off at once — its buffer dropped, its connection closed, its uid and pid logged —
+//! so that warden never waits for, nor grows memory for, a client that does not read. It never
+//! expires idle (its request is in progress for as long as it lasts), asks nothing more (a
+//! request on it is refused), and is closed as soon as its peer closes its side.
+//! [`ControlServer::end_streams`] sends the final line when warden stops.
+//!
 //! # Idle connections
 //!
 //! A connection with nothing in progress for [`IDLE_TIMEOUT`] (no request line received, no
@@ -43,6 +53,10 @@ use crate::stream::{ReadEnd, read_nonblocking};
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// At most this many bytes wait to be sent to one client.
 pub const MAX_OUTPUT: usize = 4 << 20;
+/// At most this many bytes of events wait to be sent to one subscriber: about seven thousand
+/// events, enough for a burst (a reload restarting hundreds of instances); a subscriber that
+/// lets more wait is cut off.
+pub const EVENTS_MAX_OUTPUT: usize = 1 << 20;
 /// At most this many bytes are read from one connection per wake-up; the rest waits for the next
 /// turn of the loop, so a client that writes as fast as we read holds neither the loop nor memory.
 pub const READ_BUDGET: usize = 64 * 1024;
@@ -62,6 +76,8 @@ pub(super) struct Conn {
     close_after_flush: bool,
     /// Requests being worked on for this connection.
     pending: usize,
+    /// It asked for `events`: it receives every event line until warden stops.
+    subscribed: bool,
     /// The last complete request line received, reply finished or bytes sent: the idle clock.
     last_active: Instant,
 }
@@ -236,6 +252,52 @@ impl ControlServer {
         })
     }
 
+    /// A server on the listening socket `fd` bound at `path` by an earlier image of this
+    /// process and handed over by `warden upgrade`; as [`ControlServer::bind`] otherwise.
+    pub fn adopt(fd: std::os::fd::OwnedFd, path: &Path, group: Option<Gid>) -> ControlServer {
+        use std::os::unix::fs::MetadataExt;
+        let listener = UnixListener::from(fd);
+        let _ = listener.set_nonblocking(true);
+        let ident = std::fs::symlink_metadata(path)
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or(1024, |(soft, _)| soft);
+        crate::daemon::mark_private(listener.as_raw_fd());
+        ControlServer {
+            listener,
+            path: path.to_path_buf(),
+            ident,
+            conns: HashMap::new(),
+            per_uid: HashMap::new(),
+            next: 1,
+            owner: Uid::effective(),
+            group,
+            listener_token: Token(2),
+            conn_token_base: 1 << 40,
+            limits: ConnectionLimits::for_nofile(nofile),
+            idle_timeout: IDLE_TIMEOUT,
+            sweep_at: None,
+            spare: spare_fd(),
+            refusals: Refusals::new(),
+        }
+    }
+
+    /// The listening socket's descriptor (handed over by `warden upgrade`).
+    pub fn listener_fd(&self) -> std::os::fd::RawFd {
+        self.listener.as_raw_fd()
+    }
+
+    /// Takes connection `id` out of the server, its pending output written first (blocking,
+    /// briefly): the caller answers it itself (`warden upgrade`, across the exec).
+    pub fn detach(&mut self, id: ConnId, registry: &Registry) -> Option<UnixStream> {
+        self.flush(id, registry);
+        let conn = self.conns.get(&id)?;
+        let stream = conn.stream.try_clone().ok()?;
+        self.close(id, registry);
+        Some(stream)
+    }
+
     /// The socket's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -307,6 +369,7 @@ impl ControlServer {
                 read_closed: false,
                 close_after_flush: false,
                 pending: 0,
+                subscribed: false,
                 last_active: now,
             },
         );
@@ -370,7 +433,17 @@ impl ControlServer {
         };
         let more = conn.fill_input();
         let peer = conn.peer;
-        let lines = conn.take_lines();
+        let subscribed = conn.subscribed;
+        let mut lines = conn.take_lines();
+        if subscribed {
+            // The stream's lines would be taken for the answer: nothing else is asked here.
+            for l in lines.iter_mut().filter(|l| l.is_ok()) {
+                *l = Err(Reply::failed(
+                    ErrorKind::BadRequest,
+                    "this connection streams events: open another one for requests",
+                ));
+            }
+        }
         let (mut out, mut replies) = (Vec::new(), Vec::new());
         for line in lines {
             match line.and_then(|request| self.authorise(peer, request)) {
@@ -517,10 +590,84 @@ impl ControlServer {
                 }
             }
         }
-        let done = conn.output.is_empty()
-            && (conn.close_after_flush || (conn.read_closed && conn.pending == 0));
+        let done = (conn.output.is_empty()
+            && (conn.close_after_flush || (conn.read_closed && conn.pending == 0)))
+            // A subscriber that left needs nothing more, and waits for no reply.
+            || (conn.subscribed && conn.read_closed);
         if done {
             self.close(id, registry);
+        }
+    }
+
+    /// Makes connection `id` (whose `events` request stays in progress) a subscriber.
+    pub fn subscribe(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.subscribed = true;
+            log::debug!(
+                "control: uid {} (pid {}) subscribed to events",
+                conn.peer.uid,
+                conn.peer.pid
+            );
+        }
+    }
+
+    /// How many connections receive events.
+    pub fn subscribers(&self) -> usize {
+        self.conns.values().filter(|c| c.subscribed).count()
+    }
+
+    /// Queues `lines` (each one event's line, newline included) to every subscriber and sends
+    /// what each will take now. A subscriber with more than [`EVENTS_MAX_OUTPUT`] bytes waiting
+    /// is cut off: closed at once, and logged with its uid and pid.
+    pub fn broadcast(&mut self, lines: &[String], registry: &Registry) {
+        if lines.is_empty() {
+            return;
+        }
+        let size: usize = lines.iter().map(String::len).sum();
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.subscribed)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            if conn.output.len() + size > EVENTS_MAX_OUTPUT {
+                log::warn!(
+                    "control: cut off the event stream of uid {} (pid {}): it left {} bytes \
+                     unread (at most {EVENTS_MAX_OUTPUT} may wait)",
+                    conn.peer.uid,
+                    conn.peer.pid,
+                    conn.output.len()
+                );
+                self.close(id, registry);
+                continue;
+            }
+            for line in lines {
+                conn.output.extend_from_slice(line.as_bytes());
+            }
+            self.flush(id, registry);
+        }
+    }
+
+    /// Ends every event stream (warden stops): the final reply, then what can be sent without
+    /// waiting; the connections close when the server is dropped.
+    pub fn end_streams(&mut self) {
+        let last = Reply::done(serde_json::json!({ "stopped": true })).to_line();
+        for conn in self.conns.values_mut().filter(|c| c.subscribed) {
+            conn.output.extend_from_slice(last.as_bytes());
+            let mut sent = 0;
+            while sent < conn.output.len() {
+                match conn.stream.write(&conn.output[sent..]) {
+                    Ok(0) => break,
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == IoKind::Interrupted => {}
+                    Err(_) => break,
+                }
+            }
+            conn.output.clear();
         }
     }
 

@@ -558,6 +558,8 @@ fn holders_of(dev: u64, ino: u64) -> Vec<i32> {
 #[must_use = "dropping the DaemonHandle runs the exit hooks and removes the pidfile"]
 pub struct DaemonHandle {
     pidfile_path: Option<PathBuf>,
+    /// The locked pidfile's descriptor (never closed before exit).
+    pidfile_fd: Option<RawFd>,
     ready_writer: Option<ReadyWriter>,
     manager: ServiceManager,
     foreground: bool,
@@ -568,6 +570,7 @@ pub struct DaemonHandle {
 impl DaemonHandle {
     fn new(pidfile: Option<Pidfile>, manager: ServiceManager, foreground: bool) -> DaemonHandle {
         let pidfile_path = pidfile.as_ref().map(|p| p.path().to_path_buf());
+        let pidfile_fd = pidfile.as_ref().map(Pidfile::raw_fd);
         if let Some(p) = pidfile {
             // Never closed (see the hook), so the number stays ours for the life of the process.
             mark_private(p.raw_fd());
@@ -579,11 +582,29 @@ impl DaemonHandle {
         }
         DaemonHandle {
             pidfile_path,
+            pidfile_fd,
             ready_writer: None,
             manager,
             foreground,
             held: None,
         }
+    }
+
+    /// The handle of a daemon that an earlier image of this process started and handed over
+    /// across `execve` (`warden upgrade`): its locked pidfile (descriptor and path), removed at
+    /// exit as by [`Daemon::start`]'s handle; no launcher waits.
+    pub fn resumed(
+        pidfile: Option<(std::os::fd::OwnedFd, PathBuf)>,
+        manager: ServiceManager,
+        foreground: bool,
+    ) -> DaemonHandle {
+        let pidfile = pidfile.map(|(fd, path)| Pidfile::adopt(fd, &path));
+        DaemonHandle::new(pidfile, manager, foreground)
+    }
+
+    /// The locked pidfile's descriptor, to hand over across `execve`.
+    pub fn pidfile_fd(&self) -> Option<RawFd> {
+        self.pidfile_fd
     }
 
     /// Reports readiness: the launcher exits 0; under systemd `READY=1` is sent. Idempotent.

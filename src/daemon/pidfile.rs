@@ -235,6 +235,17 @@ impl Pidfile {
         &self.path
     }
 
+    /// The pidfile an earlier image of this process locked at `path` and handed over across
+    /// `execve` (`warden upgrade`): the lock is the open file description's, so it is held
+    /// still; the file names this process already.
+    pub fn adopt(fd: std::os::fd::OwnedFd, path: &Path) -> Pidfile {
+        Pidfile {
+            file: File::from(fd),
+            path: path.to_path_buf(),
+            owner: std::process::id(),
+        }
+    }
+
     /// The locked descriptor, to keep open across the daemon's fd clean-up.
     pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
         use std::os::fd::AsRawFd;

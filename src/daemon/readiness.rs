@@ -159,6 +159,11 @@ impl Notifier {
         Notifier { path: path.into() }
     }
 
+    /// The socket's path (`@name` for the abstract namespace).
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
     /// Sends one datagram of newline-separated `KEY=VALUE` assignments, e.g. `"READY=1"`.
     pub fn notify(&self, state: &str) -> std::io::Result<()> {
         use std::os::unix::ffi::OsStrExt;

@@ -247,6 +247,27 @@ pub struct Instance {
     last_ping: Option<Instant>,
 }
 
+/// All of an [`Instance`], its private counters included (see [`Instance::saved`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Saved {
+    /// The state.
+    pub state: State,
+    /// Respawns so far.
+    pub restarts: u32,
+    /// How the last process ended.
+    pub last_exit: Option<ExitStatus>,
+    /// Why warden ended it, on a verdict of its own.
+    pub last_reason: Option<ExitReason>,
+    /// A stop was asked.
+    pub manual_stop: bool,
+    /// Consecutive failures (the backoff's exponent).
+    pub attempt: u32,
+    /// Unhealthy restarts inside the restart window, oldest first.
+    pub recent: Vec<Instant>,
+    /// The last `WATCHDOG=1` (or spawn/ready instant).
+    pub last_ping: Option<Instant>,
+}
+
 impl Default for Instance {
     /// The same as [`Instance::new`].
     fn default() -> Instance {
@@ -266,6 +287,35 @@ impl Instance {
             attempt: 0,
             recent: VecDeque::new(),
             last_ping: None,
+        }
+    }
+
+    /// Everything the instance knows, to hand it to another process image (`warden upgrade`)
+    /// and rebuild it there with [`Instance::from_saved`].
+    pub fn saved(&self) -> Saved {
+        Saved {
+            state: self.state.clone(),
+            restarts: self.restarts,
+            last_exit: self.last_exit,
+            last_reason: self.last_reason,
+            manual_stop: self.manual_stop,
+            attempt: self.attempt,
+            recent: self.recent.iter().copied().collect(),
+            last_ping: self.last_ping,
+        }
+    }
+
+    /// The instance [`Instance::saved`] described.
+    pub fn from_saved(s: Saved) -> Instance {
+        Instance {
+            state: s.state,
+            restarts: s.restarts,
+            last_exit: s.last_exit,
+            last_reason: s.last_reason,
+            manual_stop: s.manual_stop,
+            attempt: s.attempt,
+            recent: s.recent.into(),
+            last_ping: s.last_ping,
         }
     }
 

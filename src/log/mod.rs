@@ -5,9 +5,17 @@
 //! the journal), syslog (RFC 3164 over a Unix socket, reconnecting after a syslog daemon
 //! restart) and a file (appended to, reopened on request after logrotate moved it). It also
 //! writes already-formatted child output lines to the same destination through
-//! [`LogHandle::write_line`]. It knows nothing about configuration files, signals or programs:
+//! [`LogHandle::write_line`] and [`LogHandle::write_output`]. It knows nothing about configuration files, signals or programs:
 //! the caller chooses a [`Target`] and calls [`LogHandle::reopen`] when it sees `SIGUSR1` (from
 //! the event loop, never from a signal handler).
+//!
+//! # Formats
+//!
+//! [`LogFormat::Text`] (the default) writes `TIMESTAMP LEVEL message` lines;
+//! [`LogFormat::Json`] one JSON object a line ([`json`] has the schema), on every destination:
+//! a file gets the object alone, stderr under journald keeps its `<N>` priority prefix before
+//! the object (journald strips it and records the priority), and syslog sends the object as the
+//! message (the RFC 3164 header keeps severity, facility and tag).
 //!
 //! # Ordering
 //!
@@ -24,6 +32,7 @@
 //! up to `PIPE_BUF` on a pipe) by another process writing to the same stderr.
 
 mod file;
+pub mod json;
 pub(crate) mod repeat;
 mod stderr;
 mod syslog;
@@ -37,6 +46,8 @@ use std::time::SystemTime;
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::error::{Error, Result};
+
+pub use self::json::{LogFormat, OutputSource};
 
 use self::file::FileSink;
 use self::stderr::StderrSink;
@@ -75,6 +86,8 @@ pub struct LogConfig {
     pub target: Target,
     /// The most verbose level that is written; more verbose records are discarded.
     pub level: LevelFilter,
+    /// How lines are written: text or JSON (`log_format`).
+    pub format: LogFormat,
 }
 
 /// Installs the global logger described by `cfg` and returns a handle on it.
@@ -91,6 +104,7 @@ pub fn init(cfg: &LogConfig) -> Result<LogHandle> {
     let logger = GlobalLogger {
         backend: Arc::clone(&backend),
         level: cfg.level,
+        format: cfg.format,
         owner: std::process::id(),
     };
     log::set_boxed_logger(Box::new(logger)).map_err(|_| Error::Invalid {
@@ -99,7 +113,10 @@ pub fn init(cfg: &LogConfig) -> Result<LogHandle> {
             .to_string(),
     })?;
     log::set_max_level(cfg.level);
-    Ok(LogHandle { backend })
+    Ok(LogHandle {
+        backend,
+        format: cfg.format,
+    })
 }
 
 /// A handle on the installed logger's destination, for the event loop and the output capture.
@@ -108,6 +125,7 @@ pub fn init(cfg: &LogConfig) -> Result<LogHandle> {
 #[derive(Clone)]
 pub struct LogHandle {
     backend: Arc<Backend>,
+    format: LogFormat,
 }
 
 impl LogHandle {
@@ -149,6 +167,25 @@ impl LogHandle {
     /// on syslog it is sent at info severity. A trailing newline in `line` is ignored.
     pub fn write_line(&self, line: &str) {
         self.backend.write_line(line);
+    }
+
+    /// Writes one line of a program's output, in the log's format: as
+    /// [`LogHandle::write_line`] of `NAME[INDEX] line` in text, as a JSON object naming the
+    /// program, instance, pid and stream in JSON.
+    pub fn write_output(&self, source: &OutputSource<'_>, line: &str) {
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        match self.format {
+            LogFormat::Text => self.backend.write_line(&format!("{} {line}", source.tag())),
+            LogFormat::Json => {
+                let record = json::record(SystemTime::now(), Level::Info, Some(source), line);
+                self.backend.write_json(Level::Info, &record);
+            }
+        }
+    }
+
+    /// The format lines are written in (programs' output files follow it too).
+    pub fn format(&self) -> LogFormat {
+        self.format
     }
 }
 
@@ -221,6 +258,22 @@ impl Backend {
         }
     }
 
+    /// Writes one JSON record (without its newline) at `level`: alone on its line in a file or
+    /// on stderr, after the priority prefix under journald, as the message on syslog.
+    pub(crate) fn write_json(&self, level: Level, record: &str) {
+        match self {
+            Backend::Stderr(sink) => {
+                let line = match sink.style() {
+                    LineStyle::Journal => format!("<{}>{record}\n", journal_priority(level)),
+                    LineStyle::Timestamped => format!("{record}\n"),
+                };
+                sink.write(line.as_bytes());
+            }
+            Backend::File(sink) => sink.write(format!("{record}\n").as_bytes()),
+            Backend::Syslog(sink) => sink.send(syslog::severity(level), record),
+        }
+    }
+
     /// Writes one already-formatted line without a level.
     pub(crate) fn write_line(&self, line: &str) {
         let line = line.strip_suffix('\n').unwrap_or(line);
@@ -266,6 +319,7 @@ impl Backend {
 struct GlobalLogger {
     backend: Arc<Backend>,
     level: LevelFilter,
+    format: LogFormat,
     /// The process that installed the logger. A child forked from it (a function worker) writes
     /// its records to its own stderr instead — which the supervisor captures — rather than into
     /// descriptors it inherited and must not use.
@@ -286,8 +340,17 @@ impl Log for GlobalLogger {
             let _ = std::io::stderr().write_all(line.as_bytes());
             return;
         }
-        self.backend
-            .log(record.level(), record.target(), record.args());
+        match self.format {
+            LogFormat::Text => self
+                .backend
+                .log(record.level(), record.target(), record.args()),
+            LogFormat::Json => {
+                let mut msg = String::with_capacity(96);
+                write_message(&mut msg, record.level(), record.target(), record.args());
+                let json = json::record(SystemTime::now(), record.level(), None, &msg);
+                self.backend.write_json(record.level(), &json);
+            }
+        }
     }
 
     fn flush(&self) {

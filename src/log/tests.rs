@@ -134,6 +134,7 @@ fn stderr_backend_has_nothing_to_reopen_or_drop() {
     let backend = build(&LogConfig {
         target: Target::Stderr,
         level: LevelFilter::Info,
+        format: LogFormat::Text,
     })
     .unwrap();
     backend.reopen().unwrap();
@@ -146,6 +147,7 @@ fn file_config(path: &Path) -> LogConfig {
     LogConfig {
         target: Target::File(path.to_path_buf()),
         level: LevelFilter::Info,
+        format: LogFormat::Text,
     }
 }
 
@@ -280,6 +282,7 @@ fn global_logger_filters_by_level_without_being_installed() {
     let logger = GlobalLogger {
         backend: Arc::new(build(&file_config(&path)).unwrap()),
         level: LevelFilter::Info,
+        format: LogFormat::Text,
         owner: std::process::id(),
     };
     for (level, text) in [
@@ -333,6 +336,7 @@ fn syslog_backend(socket: &Path, facility: &str) -> Result<Backend> {
             socket: Some(socket.to_path_buf()),
         },
         level: LevelFilter::Trace,
+        format: LogFormat::Text,
     })
 }
 
@@ -411,6 +415,7 @@ fn syslog_unreachable_at_start_is_not_an_error() {
     // What start-up passes on to the launcher's stderr, since the log itself cannot say it.
     let handle = LogHandle {
         backend: Arc::new(syslog_backend(&path, "local7").unwrap()),
+        format: LogFormat::Text,
     };
     let warning = handle.unreachable().expect("a warning");
     assert!(
@@ -426,6 +431,7 @@ fn syslog_unreachable_at_start_is_not_an_error() {
     let syslogd = bind_syslogd(&path);
     let reached = LogHandle {
         backend: Arc::new(syslog_backend(&path, "local7").unwrap()),
+        format: LogFormat::Text,
     };
     assert_eq!(reached.unreachable(), None);
     backend.log(Level::Info, "warden", &format_args!("late"));
@@ -454,6 +460,7 @@ fn log_handle_delegates_to_its_backend() {
     let path = dir.join("warden.log");
     let handle = LogHandle {
         backend: Arc::new(build(&file_config(&path)).unwrap()),
+        format: LogFormat::Text,
     };
     let clone = handle.clone();
     clone.write_line("a");
@@ -555,4 +562,70 @@ fn syslog_stream_with_a_full_backlog_never_blocks_the_caller() {
         start.elapsed()
     );
     assert_eq!(backend.dropped(), 50);
+}
+
+/// `log_format = "json"`: to syslog the object is the message, at the record's severity, after
+/// the usual header; a program's output line names its program, instance, pid and stream.
+#[test]
+fn json_records_go_to_syslog_as_the_message() {
+    let dir = TempDir::new("log-json-syslog");
+    let path = dir.join("log.sock");
+    let syslogd = bind_syslogd(&path);
+    let handle = LogHandle {
+        backend: Arc::new(syslog_backend(&path, "daemon").unwrap()),
+        format: LogFormat::Json,
+    };
+    let own = json::record(SystemTime::now(), Level::Warn, None, "careful");
+    handle.backend.write_json(Level::Warn, &own);
+    let msg = recv(&syslogd);
+    assert_syslog(&msg, 3 * 8 + 4, &own);
+    let src = OutputSource {
+        program: "web",
+        instance: 1,
+        pid: Some(42),
+        stream: "stdout",
+    };
+    handle.write_output(&src, "hello\n");
+    let msg = recv(&syslogd);
+    let object = msg.split_once("]: ").unwrap().1;
+    let v: serde_json::Value = serde_json::from_str(object).unwrap();
+    assert_eq!(
+        (
+            &v["program"],
+            &v["instance"],
+            &v["pid"],
+            &v["stream"],
+            &v["message"]
+        ),
+        (
+            &serde_json::json!("web"),
+            &serde_json::json!(1),
+            &serde_json::json!(42),
+            &serde_json::json!("stdout"),
+            &serde_json::json!("hello")
+        )
+    );
+}
+
+/// `log_format = "json"` to a file: the object alone on its line, no text timestamp before it.
+#[test]
+fn json_records_in_a_file_are_one_object_a_line() {
+    let dir = TempDir::new("log-json-file");
+    let path = dir.join("w.log");
+    let handle = LogHandle {
+        backend: Arc::new(build(&file_config(&path)).unwrap()),
+        format: LogFormat::Json,
+    };
+    let src = OutputSource {
+        program: "web",
+        instance: 0,
+        pid: None,
+        stream: "stderr",
+    };
+    handle.write_output(&src, "two\nlines");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+    assert_eq!(v["message"], "two\nlines");
+    assert_eq!(v["pid"], serde_json::Value::Null);
 }

@@ -40,6 +40,9 @@ pub(crate) const CREDIT: u8 = 8;
 /// Worker → pool: a result is waiting in a result slot (see `claim`) and the pool said it was
 /// going to sleep; empty body.
 pub(crate) const NOTIFY: u8 = 9;
+/// Worker → pool, before any result: its initializer failed and it exits; body = the reason
+/// (UTF-8). A number apart from the job kinds: see `init`.
+pub(crate) const INIT_FAILED: u8 = 32;
 
 /// What a worker reports for one job: the handler's value or error, a caught panic, or a
 /// (de)serialization failure on the worker's side.
@@ -178,7 +181,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Frame>, Corrupt> {
         return Err(Corrupt(format!("frame of {len} bytes")));
     }
     let kind = head[4];
-    if !(JOB..=NOTIFY).contains(&kind) {
+    if !(JOB..=NOTIFY).contains(&kind) && kind != INIT_FAILED {
         return Err(Corrupt(format!("unknown frame kind {kind}")));
     }
     Ok((buf.len() >= HEADER + len).then_some(Frame { kind, len }))

@@ -21,7 +21,7 @@ use serde::de::DeserializeOwned;
 
 use super::codec::{decode_one, encode_exact};
 use super::context::{JobContext, WithContext};
-use super::engine::{Completion, Job, MessageSink, Raw, SinkState};
+use super::engine::{Completion, Job, MessageSink, NO_TICKET, Raw, SinkState};
 use super::{Closed, JobHandle, JobOptions, Outcome, Pool, PoolBuilder, TrySubmitError, frame};
 
 /// A message that could not be decoded as the receiver's type.
@@ -264,14 +264,14 @@ where
             cv: Condvar::new(),
             sink: Arc::clone(&sink),
         });
-        let (handle, inner) = JobHandle::new();
+        let (handle, inner, ticket) = JobHandle::new(&self.shared);
         let (ours, theirs) = (Arc::clone(&queue), Arc::clone(&queue));
         let completion = Completion::new(move |raw: Raw<'_>| {
             ours.finish(status_of(&raw));
             inner.call(raw);
         })
         .with_messages(MessageSink::new(sink, move |body| theirs.push(body)));
-        self.enqueue_listened(job, completion, true)
+        self.enqueue_listened(job, completion, ticket)
             .map_err(|e| Closed(e.into_job()))?;
         let messages = Messages {
             queue,
@@ -303,7 +303,7 @@ where
         };
         let completion = Completion::new(move |raw: Raw<'_>| on_outcome(decode_one(raw)))
             .with_messages(MessageSink::new(sink, deliver));
-        self.enqueue_listened(job, completion, true)
+        self.enqueue_listened(job, completion, NO_TICKET)
             .map_err(|e| Closed(e.into_job()))
     }
 
@@ -370,7 +370,7 @@ where
                 let _ = done.send(Event::Done(i, decode_one(raw)));
             })
             .with_messages(MessageSink::new(sink, deliver));
-            if self.enqueue_listened(job, completion, true).is_err() {
+            if self.enqueue_listened(job, completion, NO_TICKET).is_err() {
                 break;
             }
             sent += 1;
@@ -384,7 +384,7 @@ where
         &self,
         job: J,
         mut completion: Completion,
-        block: bool,
+        ticket: u64,
     ) -> std::result::Result<(), TrySubmitError<J>> {
         let bound = completion.messages().map_or(1, |s| s.state().bound());
         let encoded = match encode_exact(&job) {
@@ -405,8 +405,9 @@ where
             timeout: options.timeout,
             retries: options.retries,
             completion,
+            ticket,
         };
-        match self.enqueue_job(queued, block) {
+        match self.enqueue_job(queued, super::Admit::Wait) {
             Ok(()) => Ok(()),
             Err((_, true)) => Err(TrySubmitError::Full(job)),
             Err((_, false)) => Err(TrySubmitError::Closed(job)),

@@ -1,5 +1,7 @@
 //! Output capture: reading workers' stdout and stderr pipes and writing their lines where the
-//! program's [`OutputSpec`] says (the log, a rotated file, nowhere).
+//! program's [`OutputSpec`] says (the log, a rotated file, nowhere), in the log's format (text,
+//! or with `log_format = "json"` one JSON object a line naming the program, instance, pid and
+//! stream: [`crate::log::json`]; output files follow the log handle's format).
 //!
 //! [`Capture`] owns the pipes and their framers, the read backlog and the log handle; the line
 //! format and the rotated file are [`super::output`]'s. Each wake-up reads at most
@@ -10,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::Read;
 use std::ops::ControlFlow;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Instant, SystemTime};
 
 use mio::{Registry, Token};
@@ -18,16 +20,22 @@ use mio::{Registry, Token};
 use super::Supervisor;
 use super::output::{self, RotatingFile};
 use super::sources::{Source, Sources};
-use super::table::{InstanceIndex, Owner, Program};
+use super::table::{InstanceIndex, Program, ProgramId};
 use crate::config::OutputSpec;
 use crate::error::{Error, Result};
-use crate::log::LogHandle;
+use crate::log::{LogFormat, LogHandle, OutputSource};
 use crate::stream::{LineFramer, ReadEnd, read_nonblocking};
 
 /// Bytes read from one pipe per wake-up before serving the others.
 const READ_BUDGET: usize = 256 * 1024;
 /// Longest captured line; longer ones are split.
 const MAX_LINE: usize = 16 * 1024;
+
+/// Whose lines a pipe carries: the program and the instance's index.
+pub(crate) type Label = (ProgramId, InstanceIndex);
+
+/// A pipe as `warden upgrade` hands it over: descriptor, whose, which stream, unfinished line.
+pub(crate) type HandedPipe = (RawFd, (Label, i32), Stream, Vec<u8>);
 
 /// Which of a worker's output streams.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,11 +44,23 @@ pub(crate) enum Stream {
     Stderr,
 }
 
+impl Stream {
+    /// `stdout` or `stderr`.
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
 /// The read end of one worker's stdout or stderr pipe.
 struct OutputPipe {
     file: File,
     framer: LineFramer,
-    owner: Owner,
+    owner: Label,
+    /// The process whose pipe it is.
+    pid: i32,
     stream: Stream,
 }
 
@@ -60,9 +80,9 @@ impl Capture {
         sources: &mut Sources,
         registry: &Registry,
         file: File,
-        owner: Owner,
+        (owner, pid): (Label, i32),
         stream: Stream,
-    ) -> Result<()> {
+    ) -> Result<Token> {
         nix::fcntl::fcntl(
             &file,
             nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
@@ -74,9 +94,44 @@ impl Capture {
             file,
             framer,
             owner,
+            pid,
             stream,
         };
         self.pipes.insert(token, pipe);
+        Ok(token)
+    }
+
+    /// Every pipe, for `warden upgrade`: its descriptor (kept open), whose it is, and the
+    /// unfinished line read from it so far (taken out of its framer).
+    pub(crate) fn export(&mut self) -> Vec<HandedPipe> {
+        self.pipes
+            .values_mut()
+            .map(|p| {
+                (
+                    p.file.as_raw_fd(),
+                    (p.owner, p.pid),
+                    p.stream,
+                    p.framer.carry(),
+                )
+            })
+            .collect()
+    }
+
+    /// Watches a pipe handed over by an earlier image of this process (`warden upgrade`),
+    /// whose unfinished line so far was `partial`.
+    pub(crate) fn adopt(
+        &mut self,
+        sources: &mut Sources,
+        registry: &Registry,
+        file: File,
+        owner: (Label, i32),
+        stream: Stream,
+        partial: &[u8],
+    ) -> Result<()> {
+        let token = self.add(sources, registry, file, owner, stream)?;
+        if let Some(pipe) = self.pipes.get_mut(&token) {
+            pipe.framer.push(partial, &mut |_| {});
+        }
         Ok(())
     }
 
@@ -92,7 +147,7 @@ impl Capture {
         sources: &mut Sources,
         registry: &Registry,
         token: Token,
-    ) -> Option<(Owner, Stream, Vec<String>)> {
+    ) -> Option<(Label, i32, Stream, Vec<String>)> {
         let pipe = self.pipes.get_mut(&token)?;
         let mut buf = [0u8; 64 * 1024];
         let mut total = 0;
@@ -116,13 +171,13 @@ impl Capture {
             ReadEnd::Paused => self.backlog.push_back(token),
             ReadEnd::Drained => {}
         }
-        let (owner, stream) = (pipe.owner, pipe.stream);
+        let (owner, pid, stream) = (pipe.owner, pipe.pid, pipe.stream);
         if end == ReadEnd::Closed
             && let Some(pipe) = self.pipes.remove(&token)
         {
             sources.remove(registry, token, pipe.file.as_raw_fd());
         }
-        Some((owner, stream, lines))
+        Some((owner, pid, stream, lines))
     }
 }
 
@@ -130,14 +185,14 @@ impl Supervisor {
     /// Reads a worker's pipe and writes the lines.
     pub(super) fn read_pipe(&mut self, token: Token) {
         let registry = self.poll.registry();
-        let Some(((p, index), stream, lines)) =
+        let Some(((p, index), pid, stream, lines)) =
             self.capture.read(&mut self.sources, registry, token)
         else {
             return;
         };
         write_lines(
             &mut self.table[p],
-            index,
+            (index, pid),
             stream,
             &lines,
             self.capture.log.as_ref(),
@@ -189,10 +244,11 @@ impl Supervisor {
     }
 }
 
-/// Writes `lines` of instance `index`'s `stream` where `prog` sends that stream.
+/// Writes `lines` of instance `index`'s `stream` (its process `pid`'s) where `prog` sends that
+/// stream, in the log's format.
 fn write_lines(
     prog: &mut Program,
-    index: InstanceIndex,
+    (index, pid): (InstanceIndex, i32),
     stream: Stream,
     lines: &[String],
     log: Option<&LogHandle>,
@@ -201,6 +257,13 @@ fn write_lines(
         return;
     }
     let tag = format!("{}[{index}]", prog.def.name);
+    let source = OutputSource {
+        program: &prog.def.name,
+        instance: index.0,
+        pid: Some(pid),
+        stream: stream.name(),
+    };
+    let format = log.map_or(LogFormat::Text, LogHandle::format);
     let target = match stream {
         Stream::Stdout => &prog.def.stdout,
         Stream::Stderr => &prog.def.stderr,
@@ -210,7 +273,7 @@ fn write_lines(
         OutputSpec::Log => {
             for line in lines {
                 match log {
-                    Some(log) => log.write_line(&format!("{tag} {line}")),
+                    Some(log) => log.write_output(&source, line),
                     None => log::info!(target: "warden::output", "{tag} {line}"),
                 }
             }
@@ -226,7 +289,11 @@ fn write_lines(
                 let now = SystemTime::now();
                 let mut failed = None;
                 for (i, line) in lines.iter().enumerate() {
-                    if let Err(e) = file.write_line(&output::format_line(&tag, line, now)) {
+                    let line = match format {
+                        LogFormat::Text => output::format_line(&tag, line, now),
+                        LogFormat::Json => output::json_line(&source, line, now),
+                    };
+                    if let Err(e) = file.write_line(&line) {
                         // The rest of the batch would fail the same way: dropped with it.
                         failed = Some((e, lines.len() - i));
                         break;

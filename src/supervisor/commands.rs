@@ -80,7 +80,21 @@ impl Supervisor {
         goal: Goal,
         result: serde_json::Value,
     ) {
-        let waiter = Waiter::new(caller.conn, caller.what, programs, goal, result);
+        let since = self.plane.rollbacks;
+        self.wait_since(caller, programs, goal, result, since);
+    }
+
+    /// As [`Self::wait_for`], failing if one of `programs` is rolled back after the rollback
+    /// numbered `since` (`ControlPlane::rollbacks`, read before the request changed anything).
+    fn wait_since(
+        &mut self,
+        caller: Caller<'_>,
+        programs: Vec<ProgramId>,
+        goal: Goal,
+        result: serde_json::Value,
+        since: u64,
+    ) {
+        let waiter = Waiter::new(caller.conn, caller.what, programs, goal, result).since(since);
         self.plane.waiters.push(waiter);
         self.check_waiters();
     }
@@ -115,6 +129,7 @@ impl Supervisor {
         }
         match command {
             Command::Status { programs } => self.on_status(caller, &programs),
+            Command::Upgrade => self.request_upgrade(Some(caller.conn)),
             Command::Start { programs }
             | Command::Stop { programs }
             | Command::Restart { programs }
@@ -129,6 +144,7 @@ impl Supervisor {
             Command::Scale { program, instances } => self.on_scale(caller, program, instances),
             Command::Reload { dry_run } => self.on_reload(caller, dry_run),
             Command::ReopenLogs => self.on_reopen_logs(caller),
+            Command::Events => self.on_events(caller.conn),
         }
     }
 
@@ -179,10 +195,12 @@ impl Supervisor {
         let Some(ps) = self.programs_named(caller, &programs) else {
             return;
         };
+        let since = self.plane.rollbacks;
         for &p in &ps {
-            self.begin_rollout(p, false);
+            self.begin_rollout(p, false, None);
         }
-        self.wait_for(caller, ps, Goal::Up, json!({ "restarted": programs }));
+        let result = json!({ "restarted": programs });
+        self.wait_since(caller, ps, Goal::Up, result, since);
     }
 
     /// `scale PROG N`: answered once the instances kept are up and the others gone.
@@ -206,13 +224,14 @@ impl Supervisor {
 
     /// `reload [--dry-run]`: answered with the plan, once it is applied.
     fn on_reload(&mut self, caller: Caller<'_>, dry_run: bool) {
+        let since = self.plane.rollbacks;
         match self.reload(dry_run) {
             Ok((plan, touched)) => {
                 let result = serde_json::to_value(&plan).unwrap_or_default();
                 if dry_run || touched.is_empty() {
                     self.reply(caller, Reply::done(result));
                 } else {
-                    self.wait_for(caller, touched, Goal::Applied, result);
+                    self.wait_since(caller, touched, Goal::Applied, result, since);
                 }
             }
             Err((kind, e)) => self.reply(caller, Reply::failed(kind, e)),
@@ -253,5 +272,7 @@ fn describe(c: &Command) -> String {
         Command::Reload { dry_run: true } => "reload --dry-run".into(),
         Command::Reload { dry_run: false } => "reload".into(),
         Command::ReopenLogs => "reopen-logs".into(),
+        Command::Upgrade => "upgrade".into(),
+        Command::Events => "events".into(),
     }
 }

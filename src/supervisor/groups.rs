@@ -388,6 +388,88 @@ impl Groups {
         }
     }
 
+    /// Writes every record still pending to the guard, waiting for it (bounded, 2 s): before
+    /// `warden upgrade` hands the guard over, it must know every group.
+    pub(crate) fn flush_blocking(&mut self) {
+        let Some(link) = &mut self.link else { return };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let _ = link.sock.set_nonblocking(false);
+        let _ = link
+            .sock
+            .set_write_timeout(Some(std::time::Duration::from_secs(2)));
+        while let Some((add, pgid)) = link.pending.pop_front() {
+            let op = if add { '+' } else { '-' };
+            link.out
+                .extend_from_slice(format!("{op}{pgid}\n").as_bytes());
+        }
+        while !link.out.is_empty() && std::time::Instant::now() < deadline {
+            match link.sock.write(&link.out) {
+                Ok(n) => {
+                    link.out.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        let _ = link.sock.set_nonblocking(true);
+    }
+
+    /// Every tracked group: its id, owner, and whether its leader was reaped.
+    pub(crate) fn tracked(&self) -> Vec<(i32, Owner, bool)> {
+        self.tracked
+            .iter()
+            .map(|(&pgid, t)| (pgid, t.owner, t.leader_reaped))
+            .collect()
+    }
+
+    /// The guard's pid and our end of its socket pair, if one runs.
+    pub(crate) fn guard(&self) -> Option<(i32, std::os::fd::RawFd)> {
+        let link = self.link.as_ref().filter(|l| !l.reaped)?;
+        Some((link.pid, link.sock.as_raw_fd()))
+    }
+
+    /// Takes over the guard an earlier image of this process started (`warden upgrade`): our
+    /// child `pid`, reached through `sock`; it knows every group already.
+    pub(crate) fn adopt_guard(&mut self, registry: &Registry, pid: i32, sock: OwnedFd) {
+        let sock = UnixStream::from(sock);
+        let _ = sock.set_nonblocking(true);
+        if registry
+            .register(
+                &mut SourceFd(&sock.as_raw_fd()),
+                self.token,
+                Interest::READABLE,
+            )
+            .is_err()
+        {
+            return;
+        }
+        crate::daemon::mark_private(sock.as_raw_fd());
+        self.link = Some(Link {
+            pid,
+            pidfd: crate::sys::pidfd::pidfd_open(pid).ok(),
+            reaped: false,
+            sock,
+            pending: VecDeque::new(),
+            out: Vec::new(),
+            writable: false,
+        });
+    }
+
+    /// Tracks group `pgid` of `owner` again (handed over by `warden upgrade`; the guard knows
+    /// it already).
+    pub(crate) fn adopt(&mut self, pgid: i32, owner: Owner, leader_reaped: bool) {
+        self.tracked.insert(
+            pgid,
+            Tracked {
+                owner,
+                leader_reaped,
+            },
+        );
+        if leader_reaped {
+            self.orphaned += 1;
+        }
+    }
+
     /// Closes the link (the guard reads end of file) and reaps the guard, killing it first if
     /// `kill_it` (bounded: a guard that has not left within a second is killed too).
     fn end_guard(&mut self, registry: Option<&Registry>, kill_it: bool) {

@@ -35,8 +35,11 @@
 mod capture;
 mod commands;
 mod deps;
+mod events;
 mod groups;
+mod handoff;
 mod health;
+pub mod metrics;
 pub(crate) mod notify;
 pub(crate) mod output;
 mod program;
@@ -75,6 +78,7 @@ use crate::policy::Jitter;
 pub use crate::policy::{ExitStatus, Policy, Readiness, Restart, StopWith};
 use crate::signals::{SignalEvent, Signals};
 use capture::{Capture, Stream};
+pub use handoff::{DaemonRec, Handoff, Inherited, STATE_FORMAT, release_signals};
 use notify::NotifySocket;
 pub use program::{HealthStatus, InstanceState, InstanceStatus, ProgramDef, RunExit, Work};
 pub use reload::{ReloadPlan, ReloadSet, Reloader};
@@ -125,6 +129,12 @@ pub struct Supervisor {
     checks: health::Checks,
     /// Listening sockets held for programs (`sockets.rs`).
     sockets: Vec<sockets::HeldSocket>,
+    /// `warden upgrade` may make `run` return (`handoff/`).
+    upgradable: bool,
+    /// State changes waiting for `warden events` subscribers (`events.rs`).
+    events: events::EventBus,
+    /// `GET /metrics`, when served (`metrics/`).
+    metrics: Option<metrics::MetricsServer>,
 }
 
 /// The control side of the supervisor: the socket server, the requests waiting for their
@@ -140,6 +150,11 @@ struct ControlPlane {
     started_at: Instant,
     /// The configuration file, for error messages (`FILE: program.NAME.KEY: …`); empty if none.
     config_path: String,
+    /// How many rollouts failed on probation so far: each is numbered, and a request fails
+    /// when a program it waits on is rolled back by one numbered above what it saw first.
+    rollbacks: u64,
+    /// An upgrade asked and not carried out yet (`handoff/`).
+    upgrade: handoff::UpgradeRequest,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -155,10 +170,15 @@ impl std::fmt::Debug for Supervisor {
 impl Supervisor {
     /// Creates the event loop and the notify socket and makes this process a child subreaper.
     pub fn new() -> Result<Supervisor> {
+        let notify = NotifySocket::bind().map_err(|e| Error::os("bind notify socket", e))?;
+        Supervisor::with_notify(notify)
+    }
+
+    /// As [`Supervisor::new`], on an existing notify socket.
+    fn with_notify(notify: NotifySocket) -> Result<Supervisor> {
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| Error::sys("prctl(PR_SET_CHILD_SUBREAPER)", e))?;
         let poll = Poll::new().map_err(|e| Error::os("epoll_create", e))?;
-        let notify = NotifySocket::bind().map_err(|e| Error::os("bind notify socket", e))?;
         poll.registry()
             .register(
                 &mut SourceFd(&notify.as_raw_fd()),
@@ -187,10 +207,15 @@ impl Supervisor {
                 reloader: None,
                 started_at: Instant::now(),
                 config_path: String::new(),
+                rollbacks: 0,
+                upgrade: handoff::UpgradeRequest::default(),
             },
             deps_deferred: Vec::new(),
             checks: health::Checks::default(),
             sockets: Vec::new(),
+            upgradable: false,
+            events: events::EventBus::default(),
+            metrics: None,
         })
     }
 
@@ -267,6 +292,7 @@ impl Supervisor {
 
     /// Stops serving the control socket and removes its file (at exit).
     pub fn close_control(&mut self) {
+        self.end_events();
         if let Some(c) = self.plane.server.take() {
             c.remove_file();
         }
@@ -367,10 +393,14 @@ impl Supervisor {
         self.check_waiters();
         self.advance_shutdown();
         self.enforce_shutdown_deadline();
+        self.deliver_events();
         if self.shutdown.active() && self.table.all_down() {
             self.finish_shutdown();
             self.drain_all_pipes();
             return Some(RunExit::Shutdown);
+        }
+        if std::mem::take(&mut self.plane.upgrade.asked) {
+            return Some(RunExit::Upgrade);
         }
         (reload && !self.shutdown.active()).then_some(RunExit::Reload)
     }
@@ -398,80 +428,9 @@ impl Supervisor {
             Source::ExecReport => self.read_exec_report(ev.token()),
             Source::Pipe => self.read_pipe(ev.token()),
             Source::Check => self.check_event(ev.token()),
+            Source::Metrics | Source::MetricsConn => self.metrics_event(ev.token()),
         }
         false
-    }
-
-    /// Sets the number of instances of `program`: new ones start, the highest indices stop.
-    pub fn scale(&mut self, program: &str, instances: u32) -> Result<()> {
-        if instances > crate::config::MAX_INSTANCES {
-            return Err(Error::Invalid {
-                what: "instances",
-                reason: format!("{instances} is more than {}", crate::config::MAX_INSTANCES),
-            });
-        }
-        let p = self.table.find(program)?;
-        let target = instances as usize;
-        let live = self.table[p].live_indices();
-        if target > live.len() {
-            for index in live.len()..target {
-                // Reuse a retiring slot with this index, if one is still stopping.
-                let pos = self.table[p].slot_for_index(InstanceIndex(index));
-                self.apply(p, pos, Event::Start);
-            }
-        } else {
-            for &index in live.iter().filter(|i| i.0 >= target) {
-                let pos = self.table.slot_pos(p, index).expect("live slot");
-                self.table[p][pos].retiring = true;
-                self.apply(p, pos, Event::Stop);
-            }
-            self.table[p].remove_retired();
-        }
-        self.table[p].def.instances = instances;
-        log::info!("{program}: scaled to {instances} instance(s)");
-        Ok(())
-    }
-
-    /// Starts every instance of `program` (a manual start, resetting backoff and crash loops),
-    /// and first what it requires, transitively; an instance whose dependencies are not ready
-    /// yet waits for them (`waiting`).
-    pub fn start_program(&mut self, program: &str) -> Result<()> {
-        let p = self.table.find(program)?;
-        for q in self.with_requirements(&[p]) {
-            self.cancel_stops_for(q);
-            for pos in self.table[q].positions() {
-                if !self.table[q][pos].retiring {
-                    self.apply(q, pos, Event::Start);
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Stops every instance of `program` and keeps them down until started again; what
-    /// requires it (transitively) is stopped first and waits for it (`waiting`).
-    pub fn stop_program(&mut self, program: &str) -> Result<()> {
-        let p = self.table.find(program)?;
-        for pos in self.table[p].positions() {
-            self.table[p][pos].hold = None;
-        }
-        self.stop_with_requirers(p);
-        Ok(())
-    }
-
-    /// Restarts every instance of `program` at once (not counted as failures).
-    pub fn restart_program(&mut self, program: &str) -> Result<()> {
-        self.each_instance(program, || Event::Restart)
-    }
-
-    fn each_instance(&mut self, program: &str, event: impl Fn() -> Event) -> Result<()> {
-        let p = self.table.find(program)?;
-        for pos in self.table[p].positions() {
-            if !self.table[p][pos].retiring {
-                self.apply(p, pos, event());
-            }
-        }
-        Ok(())
     }
 
     fn control_event(
@@ -514,8 +473,10 @@ impl Supervisor {
                 })
             })
             .chain(self.checks.next_deadline())
+            .chain(self.rollout_deadline())
             .chain(self.manager.watchdog.as_ref().map(|w| w.next))
             .chain(self.shutdown.deadline)
+            .chain(self.metrics_deadline())
             .chain(
                 self.plane
                     .server
@@ -548,6 +509,7 @@ impl Supervisor {
             }
         }
         self.expire_checks(now);
+        self.expire_metrics(now);
         self.run_checks(now);
     }
 
@@ -568,7 +530,9 @@ impl Supervisor {
             let now = Instant::now();
             let jitter = self.jitter.next_unit();
             let old_pid = self.table[p][pos].inst.state.pid();
+            let mark = metrics::Mark::of(&self.table[p][pos], &event);
             let actions = self.table[p].step(pos, event, now, jitter);
+            mark.count(&mut self.table[p][pos]);
             for action in actions {
                 if let Some(next) = self.carry_out(p, pos, action, &mut notes, &mut news) {
                     queue.push_back(next);
@@ -595,6 +559,7 @@ impl Supervisor {
             let level = if quiet { log::Level::Debug } else { level };
             log::log!(level, "{line}");
         }
+        self.publish_change(p, pos, &change, &notes);
         self.judge_end(p, pos, &change);
     }
 
@@ -641,19 +606,20 @@ impl Supervisor {
     fn spawn(&mut self, p: ProgramId, pos: SlotPos) -> Result<i32> {
         // The guard exists before the first worker does (and again after it died).
         self.groups.ensure_guard(self.poll.registry());
-        let index = self.table[p][pos].index;
+        let (index, id) = (self.table[p][pos].index, self.table[p][pos].id);
         let started = self.start_process(p, index)?;
+        self.table[p][pos].spec_gen = self.table[p].spec_gen;
         // The worker leads a new process group (set up in the child before anything else).
-        self.groups
-            .add(self.poll.registry(), started.pid, (p, index));
+        self.groups.add(self.poll.registry(), started.pid, (p, id));
         let registry = self.poll.registry();
         for (stream, file) in [
             (Stream::Stdout, started.stdout),
             (Stream::Stderr, started.stderr),
         ] {
             if let Some(file) = file {
+                let owner = ((p, index), started.pid);
                 self.capture
-                    .add(&mut self.sources, registry, file, (p, index), stream)?;
+                    .add(&mut self.sources, registry, file, owner, stream)?;
             }
         }
         self.table[p][pos].exec = match started.exec_report {
@@ -661,7 +627,7 @@ impl Supervisor {
                 let token = self
                     .sources
                     .add(registry, fd.as_raw_fd(), Source::ExecReport)?;
-                let owner = (p, index);
+                let owner = (p, id);
                 let pid = started.pid;
                 self.exec_reports
                     .insert(token, ExecReport { fd, owner, pid });
@@ -694,6 +660,7 @@ impl Supervisor {
             watchdog: def.policy.watchdog,
             stdout: plan(&def.stdout),
             stderr: plan(&def.stderr),
+            checked_pid: None,
         };
         match (&def.work, &prog.prepared) {
             (Work::Exec(_), Some(prepared)) => spawn::spawn_exec(prepared, &request),
@@ -708,18 +675,21 @@ impl Supervisor {
         let Some(ExecReport { fd, owner, pid }) = self.exec_reports.remove(&token) else {
             return;
         };
-        let (p, index) = owner;
+        let p = owner.0;
         self.sources
             .remove(self.poll.registry(), token, fd.as_raw_fd());
         let report = crate::sys::spawn::read_exec_report(&fd);
         let current = self
             .table
-            .slot_pos(p, index)
+            .locate(owner)
             .filter(|&pos| self.table[p][pos].inst.state.pid() == Some(pid));
         let exec = match report {
             Ok(None) => ExecState::Done,
             Ok(Some((errno, step))) => {
                 let why = spawn::exec_failure(&self.table[p].def.work, step, errno);
+                let index = current.map_or(String::from("?"), |pos| {
+                    self.table[p][pos].index.to_string()
+                });
                 log::error!("{}[{index}]: {why}", self.table[p].def.name);
                 ExecState::Failed(why)
             }
@@ -739,7 +709,7 @@ impl Supervisor {
         if self.groups.contains(pid) {
             let _ = nix::sys::signal::killpg(Pid::from_raw(pid), sig);
         }
-        if self.table.owner(pid) == Some((p, slot.index)) {
+        if self.table.owner(pid) == Some((p, slot.id)) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
         }
         slot.signal_main(sig);
@@ -772,34 +742,13 @@ impl Supervisor {
                 SignalEvent::ReopenLogs => {
                     let _ = self.reopen_logs(); // each failure is logged
                 }
+                SignalEvent::Upgrade => self.request_upgrade(None),
                 SignalEvent::AddWorker => self.scale_by_signal(true),
                 SignalEvent::RemoveWorker => self.scale_by_signal(false),
                 _ => {}
             }
         }
         reload
-    }
-
-    /// `SIGTTIN` (`up`) or `SIGTTOU`: one instance more or less of the `scale_program`.
-    fn scale_by_signal(&mut self, up: bool) {
-        let Some(name) = self.scale_program.clone() else {
-            log::warn!("SIGTTIN/SIGTTOU ignored: no scale_program is configured");
-            return;
-        };
-        let n = self
-            .table
-            .programs()
-            .iter()
-            .find(|p| p.def.name == name)
-            .map_or(0, |p| p.def.instances);
-        let n = if up {
-            n.saturating_add(1)
-        } else {
-            n.saturating_sub(1)
-        };
-        if let Err(e) = self.scale(&name, n) {
-            log::error!("cannot scale {name}: {e}");
-        }
     }
 }
 

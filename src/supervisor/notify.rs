@@ -96,6 +96,20 @@ impl NotifySocket {
         Ok(NotifySocket { sock, name })
     }
 
+    /// The socket bound as `name` by an earlier image of this process, handed over by
+    /// `warden upgrade` (already non-blocking, with `SO_PASSCRED`).
+    pub fn adopt(fd: std::os::fd::OwnedFd, name: String) -> NotifySocket {
+        NotifySocket {
+            sock: UnixDatagram::from(fd),
+            name,
+        }
+    }
+
+    /// Its abstract name (without `@`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// The value for `$NOTIFY_SOCKET` (`@` marks the abstract namespace).
     pub fn env_value(&self) -> String {
         format!("@{}", self.name)
@@ -169,14 +183,15 @@ impl Supervisor {
     }
 
     fn on_notify_message(&mut self, msg: NotifyMessage) {
-        let Some((p, index)) = attribute(&self.table, msg.pid) else {
+        let Some(owner) = attribute(&self.table, msg.pid) else {
             log::debug!("notify message from pid {} ignored: not a worker", msg.pid);
             return;
         };
-        let Some(pos) = self.table.slot_pos(p, index) else {
+        let Some(pos) = self.table.locate(owner) else {
             return;
         };
-        let tag = format!("{}[{index}]", self.table[p].def.name);
+        let p = owner.0;
+        let tag = format!("{}[{}]", self.table[p].def.name, self.table[p][pos].index);
         if let Some(text) = &msg.status {
             self.table[p][pos].status_text = Some(text.clone());
         }
@@ -204,6 +219,7 @@ impl Supervisor {
         }
         if msg.watchdog_trigger {
             log::warn!("{tag}: WATCHDOG=trigger received; restarting");
+            self.table[p][pos].counters.pending = Some(super::metrics::RestartReason::Watchdog);
             self.apply(p, pos, Event::Restart);
         }
     }

@@ -28,6 +28,14 @@ pub fn format_line(tag: &str, line: &str, now: SystemTime) -> String {
     format!("{} {tag} {line}\n", humantime::format_rfc3339_millis(now))
 }
 
+/// Formats one captured line for an output file as a JSON object and its newline
+/// (`log_format = "json"`: [`crate::log::json`]).
+pub fn json_line(source: &crate::log::OutputSource<'_>, line: &str, now: SystemTime) -> String {
+    let mut s = crate::log::json::record(now, log::Level::Info, Some(source), line);
+    s.push('\n');
+    s
+}
+
 /// How often lines dropped by a failing output file are summarised in warden's log, at most.
 pub(crate) const FAILURE_SUMMARY_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 

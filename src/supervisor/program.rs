@@ -76,6 +76,11 @@ pub struct ProgramDef {
     /// instance receives as descriptors 3, 4, … in this order, with `LISTEN_FDS`, `LISTEN_PID`
     /// and `LISTEN_FDNAMES` (systemd's socket activation). Exec'd programs only.
     pub sockets: Vec<String>,
+    /// How a rolling restart replaces each instance (`update`: stop then start, or start the
+    /// new one beside the old and stop the old once the new is ready) and the new instances'
+    /// `probation`, within which a failure rolls the rollout back. Not a setting that a reload
+    /// restarts for: it applies to the next rollout (including the one the reload starts).
+    pub rollout: crate::policy::UpdatePolicy,
 }
 
 impl ProgramDef {
@@ -95,6 +100,7 @@ impl ProgramDef {
             requires: Vec::new(),
             health: None,
             sockets: Vec::new(),
+            rollout: crate::policy::UpdatePolicy::default(),
         }
     }
 }
@@ -128,6 +134,11 @@ pub struct InstanceStatus {
     /// While [`InstanceState::Waiting`] because a required program was stopped by hand or went
     /// `fatal`: why (`db stopped`, `db fatal`).
     pub waiting_reason: Option<String>,
+    /// A surge replacement started beside the instance with the same index during a rolling
+    /// restart, not yet in its place.
+    pub incoming: bool,
+    /// Scaled away or replaced: stopping for good.
+    pub retiring: bool,
 }
 
 /// One instance's health check, as `warden status` shows it (the text, `failing 2/3: HTTP 500`,
@@ -213,6 +224,11 @@ pub enum RunExit {
     Shutdown,
     /// `SIGHUP`: the caller should re-read its configuration, apply it, and call `run` again.
     Reload,
+    /// `warden upgrade` or `SIGUSR2`, with [`Supervisor::set_upgradable`](super::Supervisor::set_upgradable):
+    /// the caller should check the new binary, then [`Supervisor::export`](super::Supervisor::export)
+    /// and execute it, or call [`Supervisor::upgrade_failed`](super::Supervisor::upgrade_failed)
+    /// and `run` again.
+    Upgrade,
 }
 
 impl ProgramDef {
@@ -232,6 +248,7 @@ impl ProgramDef {
             requires: spec.requires.clone(),
             health: spec.health.clone(),
             sockets: spec.sockets.clone(),
+            rollout: spec.rollout,
         }
     }
 }

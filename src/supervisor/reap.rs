@@ -59,11 +59,12 @@ impl Supervisor {
         if self.check_exited(pid, status) {
             return;
         }
-        let Some((p, index)) = self.table.owner(pid) else {
+        let Some(owner) = self.table.owner(pid) else {
             log::debug!("reaped orphan pid {pid} ({status})");
             return;
         };
-        let Some(pos) = self.table.slot_pos(p, index) else {
+        let p = owner.0;
+        let Some(pos) = self.table.locate(owner) else {
             self.table.forget_pid(pid);
             return;
         };
@@ -72,8 +73,9 @@ impl Supervisor {
             Reaped::MainWhileLauncherRuns => return,
             Reaped::LauncherOfLiveMain => {
                 log::debug!(
-                    "{}[{index}]: launcher pid {pid} exited ({status}); main pid lives on",
-                    self.table[p].def.name
+                    "{}[{}]: launcher pid {pid} exited ({status}); main pid lives on",
+                    self.table[p].def.name,
+                    self.table[p][pos].index
                 );
                 return;
             }
@@ -98,8 +100,9 @@ impl Supervisor {
 
     /// Forgets the groups whose members are all gone, and tells the instances waiting for them.
     pub(super) fn sweep_groups(&mut self) {
-        for (pgid, (p, index)) in self.groups.sweep(self.poll.registry()) {
-            let Some(pos) = self.table.slot_pos(p, index) else {
+        for (pgid, owner) in self.groups.sweep(self.poll.registry()) {
+            let p = owner.0;
+            let Some(pos) = self.table.locate(owner) else {
                 continue;
             };
             if matches!(

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::health::Checker;
 use super::programs::open_files;
+use super::rollout::Previous;
 use super::table::{InstanceIndex, ProgramId};
 use super::{ProgramDef, Supervisor, Work, output::RotatingFile, spawn::Prepared};
 use crate::control::ErrorKind;
@@ -255,6 +256,8 @@ impl Supervisor {
                     log::info!("reload: {line}");
                 }
                 log::info!("reload applied");
+                self.events
+                    .publish(super::events::Event::reload_applied(&plan));
                 Ok((plan, touched))
             }
             Err((kind, e)) => {
@@ -262,6 +265,25 @@ impl Supervisor {
                 Err((kind, e))
             }
         }
+    }
+
+    /// What a reload would change now, besides instance counts (a `scale` is carried by
+    /// `warden upgrade`): programs added, removed or changed, sockets, `[daemon]` settings.
+    /// Empty when the configuration file is what runs.
+    pub(super) fn pending_changes(&mut self) -> std::result::Result<Vec<String>, String> {
+        let Some(reloader) = self.plane.reloader.as_mut() else {
+            return Ok(Vec::new());
+        };
+        let set = reloader()?;
+        let mut plan = ReloadPlan::diff(&self.running(), &set);
+        self.plan_sockets(&set, &mut plan);
+        let mut changes: Vec<String> = plan
+            .lines()
+            .into_iter()
+            .filter(|l| !l.starts_with("keep ") && !l.starts_with("scale "))
+            .collect();
+        changes.extend(set.notes);
+        Ok(changes)
     }
 
     /// The live programs as [`ReloadPlan::diff`] sees them, in order.
@@ -299,6 +321,10 @@ impl Supervisor {
         let checkers = self.prepare_checkers(&set)?;
         let sockets = self.prepare_sockets(&set, plan)?;
         self.install_sockets(sockets, plan);
+        // A reload that applies ends every program's "rolled back" mark (it may set it again).
+        for p in self.table.ids() {
+            self.table[p].rolled_back = None;
+        }
         let mut touched = Vec::new();
         for name in &plan.removed {
             let p = self.table.find(name).map_err(internal)?;
@@ -336,6 +362,7 @@ impl Supervisor {
                 // Edges apply to future starts: a new edge restarts nothing.
                 running.after.clone_from(&def.after);
                 running.requires.clone_from(&def.requires);
+                running.rollout = def.rollout;
             }
         }
         for (name, checker) in checkers {
@@ -363,7 +390,7 @@ impl Supervisor {
     }
 
     /// Gives program `name` its new health check; its running instances' checks start over.
-    fn set_checker(&mut self, name: &str, checker: Option<Checker>) {
+    pub(super) fn set_checker(&mut self, name: &str, checker: Option<Checker>) {
         let Ok(p) = self.table.find(name) else {
             return;
         };
@@ -414,19 +441,24 @@ impl Supervisor {
         let p = self.table.find(&def.name).map_err(internal)?;
         let instances = def.instances;
         let name = def.name.clone();
-        {
+        let previous = {
             let prog = &mut self.table[p];
-            prog.def = def;
-            prog.prepared = prep;
+            let previous = Previous {
+                def: std::mem::replace(&mut prog.def, def),
+                prepared: std::mem::replace(&mut prog.prepared, prep),
+                spec_gen: prog.spec_gen,
+            };
             prog.files = files;
-        }
+            prog.spec_gen += 1;
+            previous
+        };
         let live = self.table[p].live_indices().len();
         // Fewer instances first, so that the rollout does not replace the ones about to go.
         if (instances as usize) < live {
             self.scale(&name, instances).map_err(internal)?;
         }
         if !stays_stopped {
-            self.begin_rollout(p, true);
+            self.begin_rollout(p, true, Some(previous));
         }
         if (instances as usize) > live && stays_stopped {
             self.add_stopped_instances(p, instances);

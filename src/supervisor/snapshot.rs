@@ -5,9 +5,12 @@
 //! so that they can be tested without a supervisor. This file builds snapshots and answers
 //! questions about them; it must not change anything.
 
-use super::table::{InstanceIndex, ProgramId};
+use std::time::Duration;
+
+use super::table::{InstanceIndex, ProgramId, SlotId};
 use super::{ExecState, Readiness, Supervisor};
 use crate::lifecycle::State;
+use crate::policy::{ExitReason, ExitStatus};
 
 /// A program as the loop-level policy sees it.
 #[derive(Debug, Clone)]
@@ -16,8 +19,13 @@ pub(super) struct ProgramView<'a> {
     pub name: &'a str,
     /// When its instances count as serving (see [`serving`]).
     pub readiness: Readiness,
+    /// How long a notify or health readiness may take (`start_timeout`).
+    pub start_timeout: Option<Duration>,
     /// A rolling restart of it is under way (always `false` while rollouts advance).
     pub rolling: bool,
+    /// The sequence number of its last rollout that failed on probation (0: none), and the
+    /// message a request waiting on it fails with.
+    pub rolled_back: (u64, Option<&'a str>),
     /// Its instances, in slot order (a retiring one may share an index with none other).
     pub instances: Vec<InstanceView<'a>>,
 }
@@ -25,8 +33,20 @@ pub(super) struct ProgramView<'a> {
 /// One instance as the loop-level policy sees it.
 #[derive(Debug, Clone)]
 pub(super) struct InstanceView<'a> {
+    /// Its slot.
+    pub id: SlotId,
     /// Its index (`web[2]`).
     pub index: InstanceIndex,
+    /// A surge replacement that has not taken over yet.
+    pub incoming: bool,
+    /// How its last process ended.
+    pub last_exit: Option<ExitStatus>,
+    /// Why warden ended its last process, when on a verdict of its own.
+    pub last_reason: Option<ExitReason>,
+    /// The health check's error that last restarted it.
+    pub health_error: Option<&'a str>,
+    /// Its current process passed a health check (always `true` without one).
+    pub health_passed: bool,
     /// Its state.
     pub state: &'a State,
     /// Whether its current process has exec'd.
@@ -40,9 +60,18 @@ pub(super) struct InstanceView<'a> {
 }
 
 impl ProgramView<'_> {
-    /// The instance with `index`, if the program still has one.
+    /// The instance with `index`, if the program still has one (not a surge replacement
+    /// beside it).
     pub fn instance(&self, index: InstanceIndex) -> Option<&InstanceView<'_>> {
-        self.instances.iter().find(|i| i.index == index)
+        self.instances
+            .iter()
+            .filter(|i| i.index == index && !i.incoming)
+            .min_by_key(|i| i.retiring)
+    }
+
+    /// The instance in slot `id`, if it still exists.
+    pub fn by_id(&self, id: SlotId) -> Option<&InstanceView<'_>> {
+        self.instances.iter().find(|i| i.id == id)
     }
 }
 
@@ -50,6 +79,11 @@ impl InstanceView<'_> {
     /// Whether the instance serves and its process has exec'd: a replacement is in place.
     pub fn serves(&self, readiness: Readiness) -> bool {
         serving(self.state, readiness) && *self.exec == ExecState::Done
+    }
+
+    /// Whether nothing of it runs.
+    pub fn is_down(&self) -> bool {
+        super::table::is_down(self.state)
     }
 }
 
@@ -70,12 +104,21 @@ impl Supervisor {
         ProgramView {
             name: &prog.def.name,
             readiness: prog.def.policy.readiness,
+            start_timeout: prog.def.policy.start_timeout,
             rolling: self.rolling(p),
+            rolled_back: (prog.rollbacks.0, prog.rollbacks.1.as_deref()),
             instances: prog
                 .slots()
                 .iter()
                 .map(|s| InstanceView {
+                    id: s.id,
                     index: s.index,
+                    incoming: s.incoming,
+                    last_exit: s.inst.last_exit,
+                    last_reason: s.inst.last_reason,
+                    health_error: s.health_error.as_deref(),
+                    health_passed: prog.checker.is_none()
+                        || s.health.as_ref().is_some_and(|t| t.last_pass().is_some()),
                     state: &s.inst.state,
                     exec: &s.exec,
                     retiring: s.retiring,
@@ -92,13 +135,20 @@ impl Supervisor {
 pub(super) mod fake {
     use std::time::Instant;
 
-    use super::{ExecState, InstanceIndex, InstanceView, ProgramView, Readiness};
+    use super::{ExecState, InstanceIndex, InstanceView, ProgramView, Readiness, SlotId};
     use crate::lifecycle::{AfterStop, State};
+    use crate::policy::{ExitReason, ExitStatus};
 
     /// An instance: what [`InstanceView`] borrows.
     #[derive(Debug, Clone)]
     pub struct Instance {
+        pub id: u32,
         pub index: usize,
+        pub incoming: bool,
+        pub last_exit: Option<ExitStatus>,
+        pub last_reason: Option<ExitReason>,
+        pub health_error: Option<String>,
+        pub health_passed: bool,
         pub state: State,
         pub exec: ExecState,
         pub retiring: bool,
@@ -112,6 +162,7 @@ pub(super) mod fake {
         pub name: String,
         pub readiness: Readiness,
         pub rolling: bool,
+        pub rolled_back: (u64, Option<String>),
         pub instances: Vec<Instance>,
     }
 
@@ -122,9 +173,16 @@ pub(super) mod fake {
                 name: name.to_string(),
                 readiness: Readiness::Notify,
                 rolling: false,
+                rolled_back: (0, None),
                 instances: (0..n)
                     .map(|index| Instance {
+                        id: index as u32,
                         index,
+                        incoming: false,
+                        last_exit: None,
+                        last_reason: None,
+                        health_error: None,
+                        health_passed: true,
                         state: state.clone(),
                         exec: ExecState::Done,
                         retiring: false,
@@ -139,12 +197,20 @@ pub(super) mod fake {
             ProgramView {
                 name: &self.name,
                 readiness: self.readiness,
+                start_timeout: None,
                 rolling: self.rolling,
+                rolled_back: (self.rolled_back.0, self.rolled_back.1.as_deref()),
                 instances: self
                     .instances
                     .iter()
                     .map(|i| InstanceView {
+                        id: SlotId(i.id),
                         index: InstanceIndex(i.index),
+                        incoming: i.incoming,
+                        last_exit: i.last_exit,
+                        last_reason: i.last_reason,
+                        health_error: i.health_error.as_deref(),
+                        health_passed: i.health_passed,
                         state: &i.state,
                         exec: &i.exec,
                         retiring: i.retiring,
@@ -155,12 +221,30 @@ pub(super) mod fake {
             }
         }
 
-        /// The instance with `index`.
+        /// The instance with `index` (not a surge replacement).
         pub fn at(&mut self, index: usize) -> &mut Instance {
             self.instances
                 .iter_mut()
-                .find(|i| i.index == index)
+                .find(|i| i.index == index && !i.incoming)
                 .expect("no such instance")
+        }
+
+        /// The instance in slot `id`.
+        pub fn slot(&mut self, id: u32) -> &mut Instance {
+            self.instances
+                .iter_mut()
+                .find(|i| i.id == id)
+                .expect("no such slot")
+        }
+
+        /// Adds a surge replacement for `index` in slot `id`, starting.
+        pub fn add_incoming(&mut self, index: usize, id: u32, state: State) {
+            let mut i = self.at(index).clone();
+            i.id = id;
+            i.incoming = true;
+            i.state = state;
+            i.last_exit = None;
+            self.instances.push(i);
         }
     }
 

@@ -38,7 +38,12 @@ impl HeldSocket {
     /// Errors: [`Error::Io`] naming the address, the socket and the errno (`EADDRINUSE`,
     /// `EACCES`), or an unknown user or group.
     pub fn bind(spec: &SocketSpec) -> Result<HeldSocket> {
-        let fail = |e| socket_error("cannot listen on", spec, e);
+        HeldSocket::bind_as(spec, &format!("[socket.{}]", spec.name))
+    }
+
+    /// [`HeldSocket::bind`], its errors naming `owner` (`[socket.NAME]`, `daemon.metrics`).
+    pub(crate) fn bind_as(spec: &SocketSpec, owner: &str) -> Result<HeldSocket> {
+        let fail = |e| socket_error("cannot listen on", spec, owner, e);
         let fd = match &spec.listen {
             Listen::Tcp(addr) => bind_tcp(addr, spec.backlog).map_err(fail)?,
             Listen::Unix(path) => bind_unix(spec, path).map_err(|e| match e {
@@ -52,6 +57,17 @@ impl HeldSocket {
             fd,
             inode,
         })
+    }
+
+    /// The socket `spec` describes, bound by an earlier image of this process and handed over
+    /// across `execve` (`warden upgrade`) as `fd`: the same socket, the same inode.
+    pub fn adopt(spec: &SocketSpec, fd: OwnedFd) -> HeldSocket {
+        let inode = nix::sys::stat::fstat(fd.as_fd()).map_or(0, |st| st.st_ino);
+        HeldSocket {
+            spec: spec.clone(),
+            fd,
+            inode,
+        }
     }
 
     /// Its settings.
@@ -73,12 +89,17 @@ impl HeldSocket {
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+
+    /// The descriptor, taken out.
+    pub(crate) fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
 }
 
 /// std's bind sets `SO_REUSEADDR` and close-on-exec; `listen` again sets the backlog.
-/// `WHAT ADDRESS ([socket.NAME], ERRNO): message`: the address, the socket and the errno.
-fn socket_error(what: &'static str, spec: &SocketSpec, e: nix::errno::Errno) -> Error {
-    let place = format!("{} ([socket.{}], {e:?})", spec.listen, spec.name);
+/// `WHAT ADDRESS (OWNER, ERRNO): message`: the address, whose socket it is and the errno.
+fn socket_error(what: &'static str, spec: &SocketSpec, owner: &str, e: nix::errno::Errno) -> Error {
+    let place = format!("{} ({owner}, {e:?})", spec.listen);
     Error::io(what, place, std::io::Error::from(e))
 }
 
@@ -225,7 +246,8 @@ impl Supervisor {
 impl HeldSocket {
     /// Applies `spec`'s backlog, mode and owner to this socket, bound at the same address.
     fn update(&mut self, spec: &SocketSpec) -> Result<()> {
-        let fail = |e| socket_error("cannot update", spec, e);
+        let owner = format!("[socket.{}]", spec.name);
+        let fail = |e| socket_error("cannot update", spec, &owner, e);
         if spec.backlog != self.spec.backlog {
             listen(&self.fd, backlog_of(spec.backlog)).map_err(fail)?;
         }

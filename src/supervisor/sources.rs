@@ -24,6 +24,8 @@ pub(crate) const NOTIFY: Token = Token(1);
 pub(crate) const CONTROL: Token = Token(2);
 /// The guard process's socket.
 pub(crate) const GUARD: Token = Token(3);
+/// The metrics endpoint's listener.
+pub(crate) const METRICS: Token = Token(4);
 /// Control connections get tokens from here up (numbered by the control server).
 pub(crate) const FIRST_CONN: usize = 1 << 40;
 /// The first token [`Sources::add`] hands out.
@@ -49,6 +51,10 @@ pub(crate) enum Source {
     /// A health check's socket, or an exec check's output pipe (the data is in
     /// [`Checks`](super::health::Checks)).
     Check,
+    /// The metrics endpoint's listener.
+    Metrics,
+    /// A metrics connection (the data is in the metrics server).
+    MetricsConn,
 }
 
 /// The token map.
@@ -65,6 +71,7 @@ impl Sources {
             (NOTIFY, Source::Notify),
             (CONTROL, Source::Control),
             (GUARD, Source::Guard),
+            (METRICS, Source::Metrics),
         ]);
         Sources {
             map,

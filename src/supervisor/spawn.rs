@@ -104,6 +104,10 @@ const NOT_INHERITED: &[&str] = &[
     "LISTEN_PID",
     "LISTEN_FDNAMES",
     "INVOCATION_ID",
+    // What `warden upgrade` hands the next image of warden (`handoff/exec.rs`).
+    "WARDEN_STATE_FD",
+    "WARDEN_PREVIOUS_FD",
+    "WARDEN_UPGRADE_FAILED",
 ];
 
 impl Prepared {
@@ -184,6 +188,8 @@ pub(crate) struct SpawnRequest<'a> {
     pub(crate) watchdog: Option<Duration>,
     pub(crate) stdout: StdioPlan,
     pub(crate) stderr: StdioPlan,
+    /// For an exec health check: the pid of the instance it checks (`WARDEN_PID`).
+    pub(crate) checked_pid: Option<i32>,
 }
 
 /// The two ends of a close-on-exec pipe for an output stream, or none for `/dev/null`.
@@ -229,6 +235,9 @@ fn environment(p: &Prepared, i: &SpawnRequest<'_>) -> Result<Vec<(OsString, OsSt
     }
     set("WARDEN_PROGRAM".into(), i.program.into());
     set("WARDEN_INSTANCE".into(), i.index.to_string().into());
+    if let Some(pid) = i.checked_pid {
+        set("WARDEN_PID".into(), pid.to_string().into());
+    }
     if let Some(s) = i.notify_socket {
         set("NOTIFY_SOCKET".into(), s.into());
     }

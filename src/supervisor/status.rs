@@ -39,6 +39,8 @@ impl Supervisor {
                     .as_ref()
                     .and_then(|_| s.hold.as_ref()?.reason.clone()),
                 waiting_for: waiting.unwrap_or_default(),
+                incoming: s.incoming,
+                retiring: s.retiring,
                 uptime: s.up_since.filter(|_| s.inst.state.is_up()).map(|t| now - t),
                 restarts: s.inst.restarts,
                 last_exit: s.inst.last_exit,
@@ -102,6 +104,9 @@ impl Supervisor {
             file: def.source.as_ref().map(|f| f.display().to_string()),
             after: def.after.clone(),
             requires: def.requires.clone(),
+            update: (def.rollout.update != crate::policy::Update::Replace)
+                .then(|| def.rollout.update.name().to_string()),
+            rolled_back: self.table[p].rolled_back.clone(),
         }
     }
 }
@@ -129,5 +134,7 @@ fn instance_info(s: InstanceStatus) -> InstanceInfo {
         status: s.status_text,
         waiting_for: s.waiting_for,
         waiting_reason: s.waiting_reason,
+        incoming: s.incoming,
+        retiring: s.retiring,
     }
 }

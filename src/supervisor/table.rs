@@ -48,8 +48,15 @@ impl fmt::Display for InstanceIndex {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct SlotPos(pub(crate) usize);
 
-/// Who a pid belongs to.
-pub(crate) type Owner = (ProgramId, InstanceIndex);
+/// A slot's identity within its program, never reused: two slots may share an
+/// [`InstanceIndex`] while a surge replacement runs beside the instance it replaces, but never
+/// an id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct SlotId(pub(crate) u32);
+
+/// Who a pid (a process group, an output pipe, a check) belongs to: a program and one of its
+/// slots.
+pub(crate) type Owner = (ProgramId, SlotId);
 
 /// What is known of the current process's `exec`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,7 +71,16 @@ pub(crate) enum ExecState {
 
 /// One instance of a program: its state machine and what the loop knows of its processes.
 pub(crate) struct Slot {
+    /// Its identity (see [`SlotId`]).
+    pub(crate) id: SlotId,
     pub(crate) index: InstanceIndex,
+    /// A surge replacement started beside the instance with the same index (`rollout.rs`):
+    /// not counted as one of the program's instances until it serves and takes over.
+    pub(crate) incoming: bool,
+    /// The program's [`Program::spec_gen`] when its current process was spawned: which
+    /// settings it runs (a rollback replaces the instances whose generation is not the one
+    /// restored).
+    pub(crate) spec_gen: u64,
     pub(crate) inst: Instance,
     pub(crate) up_since: Option<Instant>,
     pub(crate) status_text: Option<String>,
@@ -88,6 +104,10 @@ pub(crate) struct Slot {
     pub(crate) hold: Option<Hold>,
     /// The health checks of its current process, when its program has one (`health/`).
     pub(crate) health: Option<super::health::Tracker>,
+    /// The error of the health check that last restarted it (a rollout's message).
+    pub(crate) health_error: Option<String>,
+    /// What `/metrics` counts for it (`metrics/`).
+    pub(crate) counters: super::metrics::Counters,
 }
 
 /// Why an instance is held down by its dependencies.
@@ -103,9 +123,12 @@ const SPAWN_FAILURE_SUMMARY_EVERY: Duration = Duration::from_secs(600);
 
 impl Slot {
     /// A fresh slot, never started.
-    pub(crate) fn new(index: InstanceIndex) -> Slot {
+    pub(crate) fn new(id: SlotId, index: InstanceIndex) -> Slot {
         Slot {
+            id,
             index,
+            incoming: false,
+            spec_gen: 0,
             inst: Instance::new(),
             up_since: None,
             status_text: None,
@@ -117,6 +140,8 @@ impl Slot {
             spawn_failures: Repeated::new(SPAWN_FAILURE_SUMMARY_EVERY),
             hold: None,
             health: None,
+            health_error: None,
+            counters: super::metrics::Counters::default(),
         }
     }
 
@@ -187,6 +212,17 @@ pub(crate) struct Program {
     pub(crate) removed: bool,
     /// Its health check, resolved (`health/`); set by whoever adds the program.
     pub(crate) checker: Option<super::health::Checker>,
+    /// The generation of its settings: a reload that changes them counts up, a rollback puts
+    /// the previous one back (see [`Slot::spec_gen`]).
+    pub(crate) spec_gen: u64,
+    /// Its last rollout that failed on probation: its sequence number (0: none; see
+    /// `ControlPlane::rollbacks`) and the message the requests waiting on it fail with.
+    pub(crate) rollbacks: (u64, Option<String>),
+    /// Rolled back by the last reload that changed it, and why: `status` says so until a reload
+    /// applies again.
+    pub(crate) rolled_back: Option<String>,
+    /// The next [`SlotId`].
+    next_id: u32,
 }
 
 impl Program {
@@ -196,8 +232,9 @@ impl Program {
         prepared: Option<Prepared>,
         files: [Option<RotatingFile>; 2],
     ) -> Program {
-        let slots = (0..def.instances as usize)
-            .map(|i| Slot::new(InstanceIndex(i)))
+        let n = def.instances;
+        let slots = (0..n)
+            .map(|i| Slot::new(SlotId(i), InstanceIndex(i as usize)))
             .collect();
         Program {
             def,
@@ -206,7 +243,29 @@ impl Program {
             files,
             removed: false,
             checker: None,
+            spec_gen: 0,
+            rollbacks: (0, None),
+            rolled_back: None,
+            next_id: n,
         }
+    }
+
+    /// Adds a fresh slot for instance `index` (never started); returns its position.
+    pub(crate) fn push_slot(&mut self, index: InstanceIndex) -> SlotPos {
+        let id = SlotId(self.next_id);
+        self.next_id += 1;
+        self.slots.push(Slot::new(id, index));
+        SlotPos(self.slots.len() - 1)
+    }
+
+    /// The [`SlotId`] the next new slot gets.
+    pub(crate) fn next_slot_id(&self) -> u32 {
+        self.next_id
+    }
+
+    /// Where the slot `id` is.
+    pub(crate) fn locate(&self, id: SlotId) -> Option<SlotPos> {
+        self.slots.iter().position(|s| s.id == id).map(SlotPos)
     }
 
     /// Every slot, in position order.
@@ -219,19 +278,27 @@ impl Program {
         (0..self.slots.len()).map(SlotPos)
     }
 
-    /// Where the slot of instance `index` is.
+    /// Where the slot of instance `index` is: the instance itself, not a surge replacement
+    /// beside it, and one that stays rather than one stopping for good.
     pub(crate) fn slot_pos(&self, index: InstanceIndex) -> Option<SlotPos> {
-        self.slots
-            .iter()
-            .position(|s| s.index == index)
-            .map(SlotPos)
+        let with_index = || {
+            self.slots
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.index == index)
+        };
+        with_index()
+            .filter(|(_, s)| !s.incoming)
+            .min_by_key(|(_, s)| s.retiring)
+            .or_else(|| with_index().next())
+            .map(|(pos, _)| SlotPos(pos))
     }
 
-    /// The indices of the slots not being scaled away.
+    /// The indices of the slots not being scaled away (surge replacements not counted).
     pub(crate) fn live_indices(&self) -> Vec<InstanceIndex> {
         self.slots
             .iter()
-            .filter(|s| !s.retiring)
+            .filter(|s| !s.retiring && !s.incoming)
             .map(|s| s.index)
             .collect()
     }
@@ -239,15 +306,12 @@ impl Program {
     /// The slot for instance `index`: a retiring one with that index is kept (no longer
     /// retiring), otherwise a fresh one is added.
     pub(crate) fn slot_for_index(&mut self, index: InstanceIndex) -> SlotPos {
-        match self.slot_pos(index) {
+        match self.slot_pos(index).filter(|&pos| !self[pos].incoming) {
             Some(pos) => {
                 self[pos].retiring = false;
                 pos
             }
-            None => {
-                self.slots.push(Slot::new(index));
-                SlotPos(self.slots.len() - 1)
-            }
+            None => self.push_slot(index),
         }
     }
 
@@ -344,9 +408,29 @@ impl Table {
             })
     }
 
-    /// Where instance `index` of program `p` is.
+    /// Where instance `index` of program `p` is (see [`Program::slot_pos`]).
     pub(crate) fn slot_pos(&self, p: ProgramId, index: InstanceIndex) -> Option<SlotPos> {
         self[p].slot_pos(index)
+    }
+
+    /// Replaces program `p`'s slots with `slots` handed over by an earlier image of this
+    /// process (`warden upgrade`), new ids to start at `next_id`; the pid index learns their
+    /// processes.
+    pub(crate) fn adopt_slots(&mut self, p: ProgramId, slots: Vec<Slot>, next_id: u32) {
+        self.by_pid.retain(|_, owner| owner.0 != p);
+        for s in &slots {
+            for pid in [s.inst.state.pid(), s.main_pid].into_iter().flatten() {
+                self.by_pid.insert(pid, (p, s.id));
+            }
+        }
+        let prog = &mut self.programs[p.0];
+        prog.slots = slots;
+        prog.next_id = next_id;
+    }
+
+    /// Where the slot of `owner` is, if it still exists.
+    pub(crate) fn locate(&self, (p, id): Owner) -> Option<SlotPos> {
+        self.programs.get(p.0)?.locate(id)
     }
 
     /// Whether every instance of every program is down.
@@ -383,7 +467,7 @@ impl Table {
         }
         let Some(pid) = new else { return };
         let slot = &mut self.programs[p.0].slots[pos.0];
-        let key = (p, slot.index);
+        let key = (p, slot.id);
         if let Some(main) = slot.main_pid.take()
             && self.by_pid.get(&main) == Some(&key)
         {
@@ -408,7 +492,7 @@ impl Table {
         pidfd: Option<OwnedFd>,
     ) {
         let slot = &mut self.programs[p.0].slots[pos.0];
-        let key = (p, slot.index);
+        let key = (p, slot.id);
         let worker = slot.inst.state.pid();
         if let Some(old) = slot.main_pid.replace(main)
             && old != main

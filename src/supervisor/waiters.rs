@@ -37,6 +37,8 @@ pub(super) struct Waiter {
     result: serde_json::Value,
     /// The progress line sent last.
     last_progress: String,
+    /// Rollbacks numbered above this fail it (see [`Waiter::since`]).
+    since: u64,
 }
 
 /// Where a waiter's client stands.
@@ -106,6 +108,18 @@ pub(super) fn evaluate(goal: Goal, programs: &[ProgramView<'_>]) -> Verdict {
     }
 }
 
+/// The verdict for a request waiting on `programs` since rollback `since`, if one of them was
+/// rolled back after it: pending while the rollback runs, then failed with why.
+fn rolled_back(programs: &[ProgramView<'_>], since: u64) -> Option<Verdict> {
+    let program = programs.iter().find(|p| p.rolled_back.0 > since)?;
+    Some(if program.rolling {
+        Verdict::Pending(format!("waiting for {} (rolling back)", program.name))
+    } else {
+        let why = program.rolled_back.1.unwrap_or("rolled back");
+        Verdict::Failed(why.to_string())
+    })
+}
+
 /// Where `instance` of `program` stands with respect to `goal`.
 fn standing(goal: Goal, program: &ProgramView<'_>, instance: &InstanceView<'_>) -> Standing {
     let tag = format!("{}[{}]", program.name, instance.index);
@@ -158,7 +172,16 @@ impl Waiter {
             goal,
             result,
             last_progress: String::new(),
+            since: u64::MAX,
         }
+    }
+
+    /// Fails once one of its programs is rolled back by a rollout numbered above `since`
+    /// (answered once the rollback is over): `rolled back web: web[0] exited with status 1
+    /// after 0.4s`.
+    pub fn since(mut self, since: u64) -> Waiter {
+        self.since = since;
+        self
     }
 
     /// What to do now that its client stands at `link` and its programs look like `programs`:
@@ -169,7 +192,11 @@ impl Waiter {
             Link::Gone => return Decision::Close,
             Link::Open => {}
         }
-        match evaluate(self.goal, programs) {
+        let verdict = match rolled_back(programs, self.since) {
+            Some(verdict) => verdict,
+            None => evaluate(self.goal, programs),
+        };
+        match verdict {
             Verdict::Met => Decision::Answer(Reply::done(self.result.clone())),
             Verdict::Failed(why) => Decision::Answer(Reply::failed(ErrorKind::Failed, why)),
             Verdict::Pending(line) if line != self.last_progress => {

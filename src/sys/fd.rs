@@ -291,3 +291,50 @@ pub fn claim_inherited_fds(
         })
         .collect())
 }
+
+/// Takes ownership of descriptor `fd`, inherited across the `execve` of `warden upgrade` (the
+/// previous image of this process named it in the state it handed over), and sets close-on-exec
+/// on it again.
+///
+/// Refused like [`claim_inherited_fds`]: a descriptor that is not open, or that is close-on-exec
+/// (so it was not handed over: this image opened it, and some object may own it). The caller
+/// takes each number at most once: the state names each descriptor once.
+pub fn adopt_handed_over(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl with integer arguments.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags == -1 {
+        return Err(io::Error::other(format!("descriptor {fd} is not open")));
+    }
+    if flags & libc::FD_CLOEXEC != 0 {
+        return Err(io::Error::other(format!(
+            "descriptor {fd} is close-on-exec: it was not handed over"
+        )));
+    }
+    // SAFETY: fcntl with integer arguments.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the descriptor is open and was not close-on-exec, so no object of this image
+    // opened it (std opens everything close-on-exec); the caller takes it once.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets (`true`) or clears the close-on-exec flag of `fd`, which the caller keeps open: cleared
+/// on the descriptors `warden upgrade` hands to the next image, set again if the exec fails.
+pub fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl with integer arguments on a descriptor the caller keeps open.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let new = if on {
+        flags | libc::FD_CLOEXEC
+    } else {
+        flags & !libc::FD_CLOEXEC
+    };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, new) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

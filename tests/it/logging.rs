@@ -1,7 +1,8 @@
 //! Logging against real peers: a real `logrotate` run while the lifecycle fixture writes a line
 //! every millisecond (no line lost, duplicated or split), a datagram syslog receiver that is
-//! restarted under the daemon, journald's `<N>` prefixes when `JOURNAL_STREAM` names stderr, and
-//! `warden reopen-logs` on the `warden` binary.
+//! restarted under the daemon, journald's `<N>` prefixes when `JOURNAL_STREAM` names stderr (in
+//! text and before each JSON object of `log_format = "json"`), and `warden reopen-logs` on the
+//! `warden` binary.
 //!
 //! Every process is started through the [`Sandbox`], which kills it by pid when the test ends,
 //! also on failure; every wait is bounded.
@@ -513,5 +514,30 @@ fn warden_reopen_logs_moves_logging_to_the_new_file() {
         Some(7),
         "warden reopen-logs with no daemon: {}",
         stderr_of(&out)
+    );
+}
+
+/// `log_format = "json"` under journald: each JSON object keeps its `<N>` priority prefix
+/// (journald strips it and records the priority), and nothing else is added.
+#[test]
+fn json_lines_under_journald_keep_the_priority_prefix() {
+    let test = this_test!();
+    let mut sb = test.sandbox("log = \"stderr\"\nlog_format = \"json\"");
+    let journal = run_foreground(&mut sb, "journal.err", |m| {
+        format!("{}:{}", m.dev(), m.ino())
+    });
+    assert!(journal.lines().count() >= 2, "{journal}");
+    for line in journal.lines() {
+        let object = line
+            .strip_prefix("<6>")
+            .unwrap_or_else(|| panic!("no info prefix under journald: {line:?}"));
+        let v: serde_json::Value =
+            serde_json::from_str(object).unwrap_or_else(|e| panic!("{object}: {e}"));
+        assert_eq!(v["level"], "info", "{line}");
+        assert_eq!(v["program"], serde_json::Value::Null, "{line}");
+    }
+    assert!(
+        journal.contains("\"message\":\"warden stopped\""),
+        "{journal}"
     );
 }

@@ -30,6 +30,9 @@ mod deps;
 /// Environment files: order under `env`, optional and missing files, edits applied by restart,
 /// a missing file reported once and in status, `check` naming a broken file's line.
 mod env_file;
+/// The event stream (`warden events`, a subscriber that does not read cut off) and JSON logs
+/// (`log_format = "json"`).
+mod events;
 /// Function workers through the library (`examples/fn_workers.rs`).
 mod fn_workers;
 /// The fuzz targets' seeds and regressions replayed on stable.
@@ -42,15 +45,26 @@ mod health;
 mod lifecycle;
 /// Logging against real peers: logrotate, a syslog receiver, journald prefixes, reopen-logs.
 mod logging;
+/// `[daemon] metrics`: `GET /metrics` read by the real Python parsers, counters by restart
+/// reason, 404/405, silent clients, memory over 1,000 scrapes, no wake-ups while idle.
+mod metrics;
 /// warden as a container's PID 1 (`unshare --pid`) and `exit_on_fatal`.
 mod pid1;
 /// The job pool from the outside, one scenario of `tests/fixtures/pool_scenarios.rs` per test.
 mod pool;
 /// Property tests (proptest) of the parsers and of the supervisor's state machine.
 mod properties;
+/// Rolling restarts with `update = "surge"` under load (no failed request), probation and the
+/// automatic rollback of a bad rollout (an exit, a readiness never reached, a failed health
+/// check), the `rolled back` mark.
+mod rollout;
 /// Sockets held by warden and passed to programs (socket activation), through
 /// `tests/fixtures/activated.rs`.
 mod sockets;
 /// The supervisor against real processes: restarts, backoff, stop escalation, reaping, readiness,
 /// output capture, chaos, scaling and the shutdown order.
 mod supervisor;
+/// `warden upgrade` and `SIGUSR2`: same pid, programs, counters, output, watchdog and held
+/// socket across the exec; a binary that is no warden, fails its check or reads another state
+/// format is refused; a new image that cannot take over goes back to the previous binary.
+mod upgrade;

@@ -488,3 +488,98 @@ fn pool_inside_a_warden_daemon() {
     }
     assert!(!sb.path("app.pid").exists(), "pidfile removed");
 }
+
+/// Job handles, `map_async` and both imaps awaited under a tokio runtime: every outcome right,
+/// no thread started to wait (200 handles pending at once on a current-thread runtime), and
+/// `submit_async` on a full queue waits as a future, not blocking the runtime's thread.
+#[test]
+fn handles_and_streams_are_awaited_under_tokio_without_a_thread_per_wait() {
+    let _test = this_test!();
+    let r = scenario("async_await");
+    assert_eq!(r.get("submit_async_pending"), "true");
+    assert_eq!(r.get("submit_async"), "Ok(10)");
+    assert_eq!(r.num("handles_ok"), 200);
+    assert_eq!(r.num("threads_during"), r.num("threads_base"));
+    assert_eq!(r.num("map_async_ok"), 500);
+    assert_eq!(r.num("imap_in_order"), 3000);
+    assert_eq!(r.num("imap_unordered_ok"), 3000);
+}
+
+/// `map_timeout` cancels what is unfinished at its deadline, killing and replacing the workers
+/// that ran it; `map_async().get(t)` gives the result back on timeout with the jobs running.
+#[test]
+fn map_timeout_cancels_the_unfinished_jobs_and_get_gives_the_result_back() {
+    let _test = this_test!();
+    let r = scenario("map_timeout");
+    assert_eq!(r.num("ok"), 4);
+    assert_eq!(r.num("cancelled"), 6);
+    assert_eq!(r.get("workers_replaced"), "true");
+    assert_eq!(r.num("worker_deaths"), 0);
+    assert_eq!(r.get("get_timed_out"), "true");
+}
+
+/// Cancelling one job: a queued one is removed, a running one is left to run by `cancel()` and
+/// killed by `cancel_and_kill()` — its worker replaced, the jobs it held sent again.
+#[test]
+fn a_queued_job_is_cancelled_and_a_running_one_only_with_kill() {
+    let _test = this_test!();
+    let r = scenario("cancel");
+    assert_eq!(r.get("cancel_queued"), "Removed");
+    assert_eq!(r.get("cancel_running"), "Running");
+    assert_eq!(r.get("cancel_in_worker"), "Removed");
+    assert_eq!(r.get("cancel_kill"), "Killed");
+    assert_eq!(r.get("replaced"), "true");
+    assert_eq!(r.num("cancelled"), 2);
+    assert_eq!(r.num("worker_deaths"), 0);
+    if r.num("held_by_worker") == 4 {
+        assert_eq!(
+            r.num("requeued"),
+            2,
+            "the killed worker's jobs were not sent again"
+        );
+    }
+}
+
+/// Ordered `imap` over an endless input: input order, and never more than its window of jobs
+/// pulled and not yet yielded.
+#[test]
+fn ordered_imap_over_an_endless_input_keeps_order_within_its_window() {
+    let _test = this_test!();
+    let r = scenario("imap_ordered");
+    assert_eq!(r.num("yielded"), 20_000);
+    assert_eq!(r.num("out_of_order"), 0);
+    assert!(r.num("max_ahead") <= r.num("window"));
+    assert!(r.num("pulled") <= 20_000 + r.num("window"));
+}
+
+/// The initializer runs once in every worker before its first job, recycled ones included,
+/// under both start methods.
+#[test]
+fn the_initializer_runs_once_in_each_worker_under_both_start_methods() {
+    let _test = this_test!();
+    for s in ["init_fork", "init_exec"] {
+        let r = scenario(s);
+        assert!(r.num("workers_served") >= 8, "{s}");
+        assert!(r.num("initialized") >= r.num("workers_served"), "{s}");
+    }
+}
+
+/// A failing initializer is reported once, fails the jobs with `PoolError::Initializer`,
+/// restarts no worker, and `revive()` recovers once its cause is gone.
+#[test]
+fn a_failing_initializer_is_reported_once_without_a_restart_loop() {
+    let _test = this_test!();
+    for s in ["init_fail_fork", "init_fail_exec"] {
+        let r = scenario(s);
+        assert_eq!(r.num("failed_with_initializer"), 10, "{s}");
+        assert_eq!(r.num("init_attempts"), 2, "{s}");
+        assert_eq!(r.num("worker_deaths"), 0, "{s}");
+        let reports = r
+            .stderr
+            .lines()
+            .filter(|l| l.contains("the initializer failed in worker"))
+            .count();
+        assert_eq!(reports, 1, "{s}: reported {reports} times:\n{}", r.stderr);
+        assert!(r.get("after_revive").starts_with("Ok("), "{s}");
+    }
+}

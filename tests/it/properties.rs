@@ -190,6 +190,9 @@ mod config {
                     .prop_map(|s| Val::Str(s.into()))
                     .boxed()
             }
+            ("daemon", "log_format") => proptest::sample::select(vec!["text", "json"])
+                .prop_map(|s| Val::Str(s.into()))
+                .boxed(),
             ("daemon", "syslog_facility") => proptest::sample::select(SYSLOG_FACILITIES.to_vec())
                 .prop_map(|s| Val::Str(s.into()))
                 .boxed(),
@@ -198,6 +201,12 @@ mod config {
             ("daemon", "exit_on_fatal") => any::<bool>().prop_map(Val::Bool).boxed(),
             // Chosen among the generated programs once they exist (see `file`).
             ("daemon", "scale_program") => Just(Val::Str(String::new())).boxed(),
+            ("daemon", "metrics") => prop_oneof![
+                (1u16..=65535).prop_map(|p| Val::Str(format!("127.0.0.1:{p}"))),
+                (1u16..=65535).prop_map(|p| Val::Str(format!("[::1]:{p}"))),
+                "[a-z]{1,8}".prop_map(|n| Val::Str(format!("/run/{n}.sock"))),
+            ]
+            .boxed(),
             ("program.NAME", "command") => prop_oneof![
                 (
                     "[a-z/][a-z0-9/._-]{0,10}",
@@ -266,6 +275,10 @@ mod config {
                     .prop_map(Val::SockPicks)
                     .boxed()
             }
+            ("program.NAME", "update") => proptest::sample::select(vec!["replace", "surge"])
+                .prop_map(|s| Val::Str(s.into()))
+                .boxed(),
+            ("program.NAME", "probation") => dur(0, YEAR_MS),
             ("program.NAME", "restart") => {
                 proptest::sample::select(vec!["always", "on-failure", "never"])
                     .prop_map(|s| Val::Str(s.into()))
@@ -810,6 +823,12 @@ mod config {
                     }
                 }
                 "log_level" => d.log_level = s().parse().expect("a level"),
+                "log_format" => {
+                    d.log_format = match s().as_str() {
+                        "json" => warden::log::LogFormat::Json,
+                        _ => warden::log::LogFormat::Text,
+                    }
+                }
                 "syslog_facility" => d.syslog_facility = s(),
                 "syslog_ident" => d.syslog_ident = s(),
                 "ready_timeout" => d.ready_timeout = dur_of(v),
@@ -818,6 +837,12 @@ mod config {
                 "scale_program" => d.scale_program = Some(s()),
                 "control_socket" => socket = Some(base.join(s())),
                 "control_group" => d.control_group = Some(s()),
+                "metrics" => {
+                    d.metrics = Some(match s() {
+                        p if p.starts_with('/') => Listen::Unix(PathBuf::from(p)),
+                        a => Listen::Tcp(a.parse().expect("an address")),
+                    })
+                }
                 other => panic!("daemon.{other} has no expectation"),
             }
         }
@@ -897,6 +922,14 @@ mod config {
                             )
                         }
                         ("stop_timeout", v) => p.policy.stop_timeout = dur_of(v),
+                        ("update", Val::Str(s)) => {
+                            p.rollout.update = if s == "surge" {
+                                warden::policy::Update::Surge
+                            } else {
+                                warden::policy::Update::Replace
+                            }
+                        }
+                        ("probation", v) => p.rollout.probation = Some(dur_of(v)),
                         ("ready", Val::Ready(r, _)) => p.policy.readiness = *r,
                         ("start_timeout", Val::OptDur(d, _)) => {
                             p.policy.start_timeout = d.map(Duration::from_millis)

@@ -11,7 +11,7 @@ use crate::common::*;
 use serde_json::Value;
 
 /// `GET PATH` over the Unix socket at `path` (bounded); the response's body.
-fn get_unix(path: &std::path::Path, what: &str) -> Option<String> {
+pub(crate) fn get_unix(path: &std::path::Path, what: &str) -> Option<String> {
     let mut s = UnixStream::connect(path).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     body(&mut s, what)
@@ -34,7 +34,7 @@ fn body(s: &mut (impl Read + Write), what: &str) -> Option<String> {
 }
 
 /// The value of `key=` in an `/info` body (the first line that has it).
-fn field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
+pub(crate) fn field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("{key}=")))
 }
@@ -60,7 +60,11 @@ fn held_inode(v: &Value, name: &str) -> u64 {
 }
 
 /// Polls `/info` over the Unix socket at `path` until `pred` holds (bounded).
-fn wait_info(sb: &Sandbox, path: &std::path::Path, pred: impl Fn(&str) -> bool) -> String {
+pub(crate) fn wait_info(
+    sb: &Sandbox,
+    path: &std::path::Path,
+    pred: impl Fn(&str) -> bool,
+) -> String {
     let mut last = String::new();
     let ok = wait_until(TIMEOUT, || {
         last = get_unix(path, "/info").unwrap_or_default();

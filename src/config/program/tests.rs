@@ -8,6 +8,7 @@ use nix::sys::signal::Signal;
 use super::*;
 use crate::config::Config;
 use crate::error::Error;
+use nix::sys::resource::Resource;
 
 const FILE: &str = "/etc/warden/warden.toml";
 

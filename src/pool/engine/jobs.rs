@@ -42,7 +42,8 @@ impl Engine {
             inner.queue.push_front(job);
         }
         let asked = inner.stop;
-        if let Some(f) = queue_refusal(self.fatal.as_deref(), self.stopping.or(asked)) {
+        let refusal = queue_refusal(self.fatal.as_deref(), self.stopping.or(asked));
+        if let Some(f) = refusal.map(|f| self.refusal(f)) {
             failed.extend(inner.queue.drain(..).map(|j| (j, f.clone())));
         } else {
             let n = room.min(inner.queue.len());
@@ -50,16 +51,19 @@ impl Engine {
         }
         self.queue_empty = inner.queue.is_empty();
         let took_any = !self.intake.is_empty() || !failed.is_empty();
-        if wake_submitters(
-            inner.blocked,
+        let room = wake_submitters(
+            inner.blocked + inner.room_wakers.len(),
             inner.queue.len(),
             inner.capacity,
             inner.closed,
             took_any,
-        ) {
-            self.shared.not_full.notify_all();
-        }
+        )
+        .then(|| std::mem::take(&mut inner.room_wakers));
         drop(inner);
+        if let Some(room) = room {
+            self.shared.not_full.notify_all();
+            room.into_iter().for_each(std::task::Waker::wake);
+        }
         for (job, f) in failed {
             self.complete(job.completion, Raw::Failed(f));
         }
@@ -302,6 +306,8 @@ impl Engine {
         s.requeued = self.counters.requeued;
         s.retried = self.counters.retried;
         s.moved = self.counters.moved;
+        s.cancelled = self.counters.cancelled;
+        s.failure.clone_from(&self.failure);
         s.fatal.clone_from(&self.fatal);
     }
 

@@ -14,6 +14,8 @@
 //! - `shared`: the hand-off with the API threads ([`Shared`], [`Job`], [`Completion`]).
 //! - `credit`: a job's message receiver and the credit given back as it consumes.
 //! - `jobs`: scheduling — take, assign, rebalance, write jobs, publish stats.
+//! - `cancel`: cancelling one job, wherever it waits or runs.
+//! - `refuse`: refusing jobs after a worker's initializer failed.
 //! - `results`: reading a worker's socket and completing its jobs; recycling checks.
 //! - `workers`: spawn, attach, timers, kill, reap, finalize.
 //! - `phase`: a live worker's [`Phase`](phase::Phase) and its pure transitions.
@@ -58,10 +60,12 @@
 //! - `terminate` cancels every unfinished job at once (completions called with `Cancelled`)
 //!   before the workers are killed, so results that still arrive find no job and are dropped.
 
+mod cancel;
 mod credit;
 mod jobs;
 mod output;
 mod phase;
+mod refuse;
 mod results;
 mod shared;
 mod workers;
@@ -81,13 +85,14 @@ use mio::{Events, Interest, Poll, Token};
 pub(crate) use self::credit::{MessageSink, SinkState};
 use self::output::OutputPipe;
 use self::phase::Phase;
-pub(crate) use self::shared::{Completion, Failure, Job, Raw, Shared, StopMode};
+pub(crate) use self::shared::{Completion, Failure, Job, NO_TICKET, Raw, Shared, StopMode};
 pub(crate) use self::zygote_link::Pending;
 use super::frame::InBuf;
 use super::pace::Pace;
 use super::zygote::{ToZygote, Zygote};
 use crate::lifecycle::{Action, Event, Instance, State};
 use crate::policy::{Jitter, Policy};
+use crate::pool::PoolError;
 use crate::sys::memfd::SharedWords;
 
 /// The frozen settings of the loop.
@@ -179,6 +184,10 @@ struct Proc {
     phase: Phase,
     /// The id of the job whose timeout killed it.
     timed_out: Option<u64>,
+    /// The id of the running job whose cancellation killed it.
+    cancelled: Option<u64>,
+    /// Its initializer failed: the reason it sent.
+    init_failed: Option<String>,
 }
 
 /// How a worker's exit status comes.
@@ -238,6 +247,7 @@ struct Counters {
     requeued: u64,
     retried: u64,
     moved: u64,
+    cancelled: u64,
 }
 
 /// The I/O thread's state. See the module documentation.
@@ -262,6 +272,8 @@ pub(crate) struct Engine {
     fatal: Option<String>,
     /// `fatal` is set only because every slot is retired: [`Engine::revive`] may clear it.
     fatal_from_slots: bool,
+    /// The failure jobs are refused with (an initializer's); `fatal` says it in words.
+    failure: Option<PoolError>,
     stopping: Option<StopMode>,
     stop_deadline: Option<Instant>,
     /// Spreads restart delays.
@@ -314,6 +326,7 @@ impl Engine {
             counters: Counters::default(),
             fatal,
             fatal_from_slots: false,
+            failure: None,
             stopping: None,
             stop_deadline: None,
             jitter: Jitter::from_entropy(),
@@ -371,6 +384,7 @@ impl Engine {
             self.now = Instant::now();
             self.drain_slots();
             self.take_jobs();
+            self.take_cancels();
             self.assign();
             self.grant_credits();
             self.flush_all();
@@ -528,6 +542,7 @@ impl Engine {
         if self.stopping.is_some() {
             return;
         }
+        self.revive_after_initializer();
         if self.fatal_from_slots {
             log::info!("pool {}: revived; accepting jobs again", self.settings.name);
             self.fatal = None;

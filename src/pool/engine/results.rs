@@ -87,8 +87,7 @@ impl Engine {
             };
             // Results the worker left in slots come before whatever it wrote after them.
             done += take_slot_results(p, &mut self.pace, &mut self.counters, name, now);
-            if f.kind == frame::NOTIFY {
-                p.inbuf.consume(frame::HEADER + f.len);
+            if took_control_frame(p, &f) {
                 continue;
             }
             let body = &p.inbuf.data()[frame::HEADER..frame::HEADER + f.len];
@@ -255,6 +254,23 @@ fn take_slot_results(
         n += 1;
     }
     n
+}
+
+/// Takes a frame that is not about a job, if `f` is one: a wake-up (`NOTIFY`: its results are
+/// in slots), or `INIT_FAILED` (its initializer failed and it exits now, as the pool expects:
+/// not a death). Whether it took it.
+fn took_control_frame(p: &mut Proc, f: &frame::Frame) -> bool {
+    match f.kind {
+        frame::NOTIFY => {}
+        frame::INIT_FAILED => {
+            let reason = &p.inbuf.data()[frame::HEADER..frame::HEADER + f.len];
+            p.init_failed = Some(String::from_utf8_lossy(reason).into_owned());
+            p.phase = p.phase.stop();
+        }
+        _ => return false,
+    }
+    p.inbuf.consume(frame::HEADER + f.len);
+    true
 }
 
 /// What a frame from a worker is, given the id of the first job the worker holds.

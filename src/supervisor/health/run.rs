@@ -20,11 +20,13 @@ use nix::unistd::Pid;
 
 use super::probe::NetProbe;
 use super::{Outcome, Target, Tracker, Verdict, checked};
+use crate::control::events::What;
 use crate::policy::{ExitStatus, Restart, fmt_duration};
 use crate::supervisor::Supervisor;
+use crate::supervisor::events::Event;
 use crate::supervisor::sources::Source;
 use crate::supervisor::spawn::{self, SpawnRequest, StdioPlan};
-use crate::supervisor::table::{Owner, ProgramId, SlotPos};
+use crate::supervisor::table::{InstanceIndex, Owner, ProgramId, SlotPos};
 
 /// The most output of an exec check that is kept (its end), for the error's last line.
 const OUTPUT_TAIL: usize = 1024;
@@ -117,7 +119,7 @@ impl Supervisor {
             return;
         };
         tracker.begin(now);
-        let owner = (p, slot.index);
+        let (owner, index) = ((p, slot.id), slot.index);
         let Some(checker) = self.table[p].checker.as_ref() else {
             return;
         };
@@ -125,7 +127,7 @@ impl Supervisor {
         let started = match &checker.target {
             Target::Exec(prepared) => {
                 let prepared = prepared.clone();
-                self.start_exec_check(owner, &prepared)
+                self.start_exec_check(owner, (index, instance_pid), &prepared)
             }
             target => NetProbe::start(target).map(Work::Net),
         };
@@ -176,9 +178,10 @@ impl Supervisor {
     fn start_exec_check(
         &mut self,
         owner: Owner,
+        (index, instance_pid): (InstanceIndex, i32),
         prepared: &spawn::Prepared,
     ) -> std::result::Result<Work, String> {
-        let (p, index) = owner;
+        let (p, _) = owner;
         let request = SpawnRequest {
             program: &self.table[p].def.name,
             index,
@@ -187,6 +190,7 @@ impl Supervisor {
             watchdog: None,
             stdout: StdioPlan::Pipe,
             stderr: StdioPlan::Pipe,
+            checked_pid: Some(instance_pid),
         };
         self.groups.ensure_guard(self.poll.registry());
         let started = spawn::spawn_check(prepared, &request).map_err(|e| e.to_string())?;
@@ -284,6 +288,23 @@ impl Supervisor {
         }
     }
 
+    /// Cancels every check under way (before `warden upgrade` hands the loop over): exec
+    /// checks' process groups are killed, sockets closed; each instance checks again from its
+    /// first check in the new image.
+    pub(in crate::supervisor) fn cancel_all_checks(&mut self) {
+        let all: Vec<Token> = self.checks.running.keys().copied().collect();
+        for token in all {
+            if let Some(Running {
+                work: Work::Exec(e),
+                ..
+            }) = self.checks.running.get(&token)
+            {
+                let _ = killpg(Pid::from_raw(e.pid), Signal::SIGKILL);
+            }
+            self.forget_check(token);
+        }
+    }
+
     /// Cancels the checks of instances that are no longer checked (stopping, or restarted).
     fn cancel_stale_checks(&mut self) {
         if self.checks.is_empty() {
@@ -308,10 +329,10 @@ impl Supervisor {
         }
     }
 
-    fn still_checked(&self, (p, index): Owner, instance_pid: i32) -> bool {
-        let prog = &self.table[p];
+    fn still_checked(&self, owner: Owner, instance_pid: i32) -> bool {
+        let prog = &self.table[owner.0];
         prog.checker.is_some()
-            && self.table.slot_pos(p, index).is_some_and(|pos| {
+            && self.table.locate(owner).is_some_and(|pos| {
                 let state = &prog[pos].inst.state;
                 state.pid() == Some(instance_pid) && checked(state, prog.def.policy.readiness)
             })
@@ -343,8 +364,8 @@ impl Supervisor {
     /// Records `outcome` for instance `owner` (if its process is still `instance_pid`) and acts
     /// on the verdict.
     fn check_done(&mut self, owner: Owner, instance_pid: i32, outcome: Outcome) {
-        let (p, index) = owner;
-        let Some(pos) = self.table.slot_pos(p, index) else {
+        let p = owner.0;
+        let Some(pos) = self.table.locate(owner) else {
             return;
         };
         if self.table[p][pos].inst.state.pid() != Some(instance_pid) {
@@ -357,7 +378,10 @@ impl Supervisor {
             return;
         };
         let restart = prog.def.policy.restart;
-        let tag = format!("{}[{index}]", prog.def.name);
+        let tag = format!("{}[{}]", prog.def.name, prog[pos].index);
+        if outcome.is_err() {
+            prog[pos].counters.health_failures += 1;
+        }
         let Some(tracker) = prog[pos].health.as_mut() else {
             return;
         };
@@ -366,6 +390,18 @@ impl Supervisor {
         let after = tracker.view();
         let last_pass = tracker.last_pass();
         log_change(&tag, &before, &after, spec.retries);
+        if before.state != after.state && after.state != "starting" {
+            self.events.publish(Event::Instance {
+                program: self.table[p].def.name.clone(),
+                instance: self.table[p][pos].index.0,
+                pid: Some(instance_pid),
+                what: What::Health {
+                    state: after.state.to_string(),
+                    failures: after.failures,
+                    error: after.last_error.clone(),
+                },
+            });
+        }
         match verdict {
             Verdict::Nothing => {}
             Verdict::FirstPass => self.apply(p, pos, crate::lifecycle::Event::HealthPassed),
@@ -375,6 +411,7 @@ impl Supervisor {
                     Restart::Always | Restart::OnFailure => "restarting",
                 };
                 log::warn!("{tag}: health check failed {failures} times ({error}); {what}");
+                self.table[p][pos].health_error = Some(error);
                 self.apply(p, pos, crate::lifecycle::Event::Unhealthy { last_pass });
             }
         }

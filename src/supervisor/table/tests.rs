@@ -81,11 +81,11 @@ fn a_new_pid_replaces_the_old_one_in_the_index() {
     let (mut t, p) = table_with(2);
     let now = Instant::now();
     t.track_pid_change(p, SlotPos(1), None, Some(100), now);
-    assert_eq!(t.owner(100), Some((p, InstanceIndex(1))));
+    assert_eq!(t.owner(100), Some((p, SlotId(1))));
     assert_eq!(t[p][SlotPos(1)].up_since, Some(now));
     t.track_pid_change(p, SlotPos(1), Some(100), Some(200), now);
     assert_eq!(t.owner(100), None);
-    assert_eq!(t.owner(200), Some((p, InstanceIndex(1))));
+    assert_eq!(t.owner(200), Some((p, SlotId(1))));
     t.track_pid_change(p, SlotPos(1), Some(200), None, now);
     assert_eq!(t.owner(200), None);
 }
@@ -99,7 +99,7 @@ fn a_new_process_starts_without_the_previous_main_pid_or_status() {
     run(&mut t, p, pos, 100);
     t.set_main_pid(p, pos, 150, None);
     t[p][pos].status_text = Some("busy".into());
-    assert_eq!(t.owner(150), Some((p, InstanceIndex(0))));
+    assert_eq!(t.owner(150), Some((p, SlotId(0))));
     t.track_pid_change(p, pos, Some(100), Some(300), now);
     assert_eq!(t.owner(150), None);
     assert_eq!(t[p][pos].main_pid, None);
@@ -115,11 +115,11 @@ fn a_second_main_pid_replaces_the_first() {
     t.set_main_pid(p, pos, 150, None);
     t.set_main_pid(p, pos, 160, None);
     assert_eq!(t.owner(150), None);
-    assert_eq!(t.owner(160), Some((p, InstanceIndex(0))));
+    assert_eq!(t.owner(160), Some((p, SlotId(0))));
     // The worker itself named as MAINPID stays indexed when replaced.
     t.set_main_pid(p, pos, 100, None);
     t.set_main_pid(p, pos, 170, None);
-    assert_eq!(t.owner(100), Some((p, InstanceIndex(0))));
+    assert_eq!(t.owner(100), Some((p, SlotId(0))));
 }
 
 #[test]
@@ -142,7 +142,7 @@ fn the_main_pid_reaped_while_its_launcher_runs_waits_for_the_launcher() {
     assert_eq!(t.reaped(p, pos, 150), Reaped::MainWhileLauncherRuns);
     assert_eq!(t[p][pos].main_pid, None);
     assert_eq!(t.owner(150), None);
-    assert_eq!(t.owner(100), Some((p, InstanceIndex(0))));
+    assert_eq!(t.owner(100), Some((p, SlotId(0))));
     assert_eq!(t.reaped(p, pos, 100), Reaped::End);
 }
 

@@ -1,0 +1,356 @@
+//! `warden upgrade` (and `SIGUSR2`): warden replaced in place by the binary now at its path.
+//! warden runs from a copy in the sandbox (`bin/warden`), which each test replaces the way a
+//! package upgrade does (a new file renamed over it); processes are checked through `/proc`,
+//! the pidfile, status and the log.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::*;
+use crate::sockets::{field, get_unix, wait_info};
+
+/// A program printing a numbered line every 20 ms (`tick N`), and one sending `WATCHDOG=1`
+/// every 100 ms under a 1 s watchdog.
+const PROGRAMS: &str = r#"[program.tick]
+command = ["/bin/sh", "-c", "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.02; done"]
+[program.dog]
+command = ["PYTHON", "-c", "import os,socket,time\na=os.environ['NOTIFY_SOCKET']\na='\\0'+a[1:] if a.startswith('@') else a\ns=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM)\ns.sendto(b'READY=1',a)\nwhile True:\n  time.sleep(0.1)\n  s.sendto(b'WATCHDOG=1',a)"]
+ready = "notify"
+watchdog = "1s"
+"#;
+
+/// warden's binary copied to `bin/warden` in the sandbox.
+fn copy_of_warden(sb: &Sandbox) -> PathBuf {
+    let bin = sb.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let exe = bin.join("warden");
+    std::fs::copy(warden_bin(), &exe).unwrap();
+    exe
+}
+
+/// Replaces the file at `exe` with `with` as a package manager does: a new file renamed over
+/// it (the running binary keeps its own inode).
+fn replace(exe: &Path, with: &Path) {
+    let new = exe.with_extension("new");
+    std::fs::copy(with, &new).unwrap();
+    std::fs::rename(&new, exe).unwrap();
+}
+
+/// A shell script at `path`, executable.
+fn shell(path: &Path, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_path_buf()
+}
+
+/// `warden start` from `exe`; the daemon's pid (tracked).
+fn start_from(sb: &mut Sandbox, exe: &Path, env: &[(&str, &str)]) -> i32 {
+    let mut cmd = sb.warden(&["start"]);
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let mut from = Command::new(exe);
+    from.args(args).stdin(std::process::Stdio::null());
+    from.env_remove("NOTIFY_SOCKET");
+    for (k, v) in env {
+        from.env(k, v);
+    }
+    let _ = &mut cmd;
+    let out = sb.output(from);
+    assert_eq!(exit_code(&out), Some(0), "start: {}", stderr_of(&out));
+    let pid = sb.pidfile_pid().expect("a pidfile");
+    sb.track(pid);
+    pid
+}
+
+/// Every instance's (program, index, pid, restarts), in order.
+fn instances(v: &Value) -> Vec<(String, i64, i64, i64)> {
+    v["instances"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|i| {
+                    (
+                        i["program"].as_str().unwrap_or("").to_string(),
+                        i["index"].as_i64().unwrap_or(-1),
+                        i["pid"].as_i64().unwrap_or(-1),
+                        i["restarts"].as_i64().unwrap_or(-1),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until every instance is up (running or ready).
+fn all_up(sb: &mut Sandbox) -> Value {
+    wait_status(sb, "every instance up", |_, v| {
+        v["instances"].as_array().is_some_and(|a| {
+            !a.is_empty()
+                && a.iter()
+                    .all(|i| i["state"] == "running" || i["state"] == "ready")
+        })
+    })
+    .1
+}
+
+/// The numbers of the `tick N` lines in the log, in order.
+fn ticks(sb: &Sandbox) -> Vec<u64> {
+    log(sb)
+        .lines()
+        .filter_map(|l| l.split("tick[0] tick ").nth(1)?.trim().parse().ok())
+        .collect()
+}
+
+#[test]
+fn an_upgrade_keeps_the_pid_the_programs_their_counters_and_every_output_line() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", PROGRAMS);
+    let exe = copy_of_warden(&sb);
+    let warden = start_from(&mut sb, &exe, &[]);
+    let before = all_up(&mut sb);
+    // A restart counted before, to see it kept.
+    expect(&mut sb, &["restart", "tick"], 0);
+    let before = {
+        let _ = before;
+        all_up(&mut sb)
+    };
+    let uptime_before = before["daemon"]["uptime_secs"].as_f64().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    replace(&exe, &warden_bin());
+    let out = expect(&mut sb, &["upgrade"], 0);
+    assert!(
+        out.contains(&format!("in place (pid {warden})")) && out.contains("upgraded warden"),
+        "{out}"
+    );
+    // Same warden, same programs, same counters; the uptime goes on.
+    let after = status_json(&mut sb);
+    assert_eq!(after["daemon"]["pid"].as_i64(), Some(warden as i64));
+    assert_eq!(instances(&after), instances(&before), "{after:#}");
+    assert!(after["daemon"]["uptime_secs"].as_f64().unwrap() >= uptime_before);
+    assert_eq!(sb.pidfile_pid(), Some(warden));
+    // The new image is the new file: /proc/PID/exe names it (not "(deleted)").
+    let exe_link = std::fs::read_link(format!("/proc/{warden}/exe")).unwrap();
+    assert!(
+        !exe_link.to_string_lossy().contains("deleted"),
+        "{exe_link:?}"
+    );
+    // Output written before, during and after the upgrade: every line, in order.
+    std::thread::sleep(Duration::from_millis(1500));
+    // The lines of the process that runs now (the restart above started it at 0).
+    let all = ticks(&sb);
+    let from = all.iter().rposition(|&n| n == 0).unwrap_or(0);
+    let seen = &all[from..];
+    assert!(seen.len() > 50, "{seen:?}");
+    let first = seen[0];
+    let gaps: Vec<_> = seen
+        .iter()
+        .zip(first..)
+        .filter(|(a, b)| **a != *b)
+        .take(3)
+        .collect();
+    assert!(
+        gaps.is_empty(),
+        "lines lost or repeated: {gaps:?}\n{}",
+        log(&sb)
+    );
+    // Watchdog pings still reach it: 1.5 s after the upgrade dog[0] was not killed.
+    let now = status_json(&mut sb);
+    assert_eq!(instances(&now), instances(&before), "{}", log(&sb));
+    assert!(!log(&sb).contains("watchdog timeout"), "{}", log(&sb));
+    // And it is a working warden: a restart, then a clean stop.
+    expect(&mut sb, &["restart", "dog"], 0);
+    expect(&mut sb, &["stop"], 0);
+    assert!(wait_until(TIMEOUT, || !alive(warden)));
+    assert_no_process(&sb);
+}
+
+#[test]
+fn sigusr2_upgrades_too() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", PROGRAMS);
+    let exe = copy_of_warden(&sb);
+    let warden = start_from(&mut sb, &exe, &[]);
+    let before = all_up(&mut sb);
+    replace(&exe, &warden_bin());
+    signal(warden, nix::sys::signal::Signal::SIGUSR2);
+    assert!(
+        wait_until(TIMEOUT, || log(&sb).contains("upgraded in place")),
+        "{}",
+        log(&sb)
+    );
+    let after = status_json(&mut sb);
+    assert_eq!(after["daemon"]["pid"].as_i64(), Some(warden as i64));
+    assert_eq!(instances(&after), instances(&before));
+}
+
+/// Starts warden from a copy, replaces the copy with `bad`, runs `upgrade`: it must fail with
+/// `needle` while warden runs on, untouched.
+fn refused(test: &Test, bad: impl FnOnce(&Sandbox) -> PathBuf, env: &[(&str, &str)], needle: &str) {
+    let mut sb = test.supervisor_sandbox("", PROGRAMS);
+    let exe = copy_of_warden(&sb);
+    let warden = start_from(&mut sb, &exe, env);
+    let before = all_up(&mut sb);
+    let bad = bad(&sb);
+    replace(&exe, &bad);
+    let out = sb.run(&["upgrade"]);
+    assert_eq!(
+        exit_code(&out),
+        Some(1),
+        "{}\n{}",
+        stderr_of(&out),
+        log(&sb)
+    );
+    assert!(
+        stderr_of(&out).contains(needle),
+        "missing {needle:?}: {}\n{}",
+        stderr_of(&out),
+        log(&sb)
+    );
+    let after = status_json(&mut sb);
+    assert_eq!(
+        after["daemon"]["pid"].as_i64(),
+        Some(warden as i64),
+        "{}",
+        log(&sb)
+    );
+    assert_eq!(instances(&after), instances(&before));
+    assert!(log(&sb).contains("upgrade failed"));
+    expect(&mut sb, &["stop"], 0);
+}
+
+#[test]
+fn an_upgrade_to_a_script_that_exits_1_is_refused() {
+    let test = this_test!();
+    refused(
+        &test,
+        |sb| shell(&sb.path("bad"), "exit 1"),
+        &[],
+        "--version: not a warden (exit status 1)",
+    );
+}
+
+#[test]
+fn an_upgrade_to_a_binary_that_fails_its_check_is_refused() {
+    let test = this_test!();
+    let real = path_str(&warden_bin());
+    refused(
+        &test,
+        |sb| {
+            shell(
+                &sb.path("bad"),
+                &format!(
+                    "case \"$*\" in *check*) echo 'warden.toml:3:1: broken' >&2; exit 6;; esac\nexec {real} \"$@\""
+                ),
+            )
+        },
+        &[],
+        "check failed: exit status 6: warden.toml:3:1: broken",
+    );
+}
+
+#[test]
+fn an_upgrade_to_a_build_that_does_not_read_this_state_is_refused() {
+    let test = this_test!();
+    let real = path_str(&warden_bin());
+    refused(
+        &test,
+        |sb| {
+            shell(
+                &sb.path("bad"),
+                &format!("case \"$*\" in *--formats*) echo 99; exit 0;; esac\nexec {real} \"$@\""),
+            )
+        },
+        &[],
+        "does not read state format 1",
+    );
+}
+
+#[test]
+fn a_new_image_that_cannot_take_over_goes_back_to_the_previous_binary() {
+    let test = this_test!();
+    // The new image fails before it confirms (the testing switch): the previous binary, kept
+    // open, is executed again with the same state.
+    refused(
+        &test,
+        |_| warden_bin(),
+        &[("WARDEN_TEST_FAIL_TAKEOVER", "1")],
+        "upgrade failed: WARDEN_TEST_FAIL_TAKEOVER is set",
+    );
+}
+
+#[test]
+fn an_upgrade_is_refused_while_the_configuration_file_has_changes_not_applied() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", PROGRAMS);
+    let exe = copy_of_warden(&sb);
+    let warden = start_from(&mut sb, &exe, &[]);
+    all_up(&mut sb);
+    sb.write_programs("", &PROGRAMS.replace("0.02", "0.03"));
+    let out = sb.run(&["upgrade"]);
+    assert_eq!(exit_code(&out), Some(1));
+    assert!(
+        stderr_of(&out).contains("run `warden reload` first") && stderr_of(&out).contains("tick"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(sb.pidfile_pid(), Some(warden));
+}
+
+#[test]
+fn requests_over_a_held_socket_never_fail_across_an_upgrade() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", "");
+    let fixture = path_str(&example("activated"));
+    sb.write_programs(
+        "",
+        &format!(
+            "[socket.web]\nlisten = \"SANDBOX/web.sock\"\n\
+             [program.web]\ncommand = {}\nsockets = [\"web\"]\n",
+            argv(&[&fixture])
+        ),
+    );
+    let exe = copy_of_warden(&sb);
+    let warden = start_from(&mut sb, &exe, &[]);
+    let sock = sb.path("web.sock");
+    let info = wait_info(&sb, &sock, |i| field(i, "pid").is_some());
+    let inode = |v: &Value| v["sockets"][0]["inode"].as_u64();
+    let before = status_json(&mut sb);
+    let load = {
+        let sock = sock.clone();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let t = std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            let deadline = std::time::Instant::now() + TIMEOUT;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < deadline
+            {
+                match get_unix(&sock, "/") {
+                    Some(_) => ok += 1,
+                    None => failed += 1,
+                }
+            }
+            (ok, failed)
+        });
+        (stop, t)
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    replace(&exe, &warden_bin());
+    expect(&mut sb, &["upgrade"], 0);
+    std::thread::sleep(Duration::from_millis(200));
+    load.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.1.join().unwrap();
+    assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
+    let after = status_json(&mut sb);
+    assert_eq!(inode(&after), inode(&before), "the same socket");
+    assert_eq!(after["daemon"]["pid"].as_i64(), Some(warden as i64));
+    let info_after = get_unix(&sock, "/info").unwrap_or_default();
+    assert_eq!(
+        field(&info_after, "pid"),
+        field(&info, "pid"),
+        "the same program"
+    );
+}
