@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::context::Handler;
 use super::engine::{self, Engine, Shared, Spawner};
 use super::init::{self, Initializer};
 use super::{Policy, Pool, StartMethod, WORKER_ENV, frame, worker, zygote};
@@ -54,7 +55,7 @@ where
     J: Serialize + DeserializeOwned + Send + 'static,
     O: Serialize + DeserializeOwned + Send + 'static,
     E: Serialize + DeserializeOwned + Send + 'static,
-    F: Fn(J) -> std::result::Result<O, E> + Send + Sync + 'static,
+    F: Handler<J, O, E>,
 {
     /// The defaults, for [`Pool::builder`].
     pub(super) fn new(name: String, handler: F) -> Self {

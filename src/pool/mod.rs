@@ -91,7 +91,7 @@
 //! | initializer | `initializer=`; a failing one restarts workers for ever | `initializer=`; a failure breaks the pool | [`PoolBuilder::initializer`]: failure reported once, jobs fail with it, [`Pool::revive`] |
 //! | recycling | `maxtasksperchild` | `max_tasks_per_child` | [`PoolBuilder::max_jobs_per_worker`], [`PoolBuilder::max_rss_bytes`] |
 //! | backpressure | none (unbounded queue) | none | bounded queue: `submit` blocks, `try_submit` gives the job back |
-//! | messages from a job | a `Manager().Queue()` | the same | not yet |
+//! | messages from a job | a `Manager().Queue()` (a server process, unbounded, lost silently with its worker) | the same | [`JobContext::send`] through [`Pool::builder_with_context`]: typed, in order, bounded per job (the worker waits), `Incomplete` if its worker died; received on a [`Messages`] stream, a callback, or [`Pool::map_with_messages`] |
 //! | start | fork, spawn, forkserver | the same | [`StartMethod::Fork`] (a fork server), [`StartMethod::ExecSelf`] |
 //!
 //! # Start methods
@@ -135,6 +135,26 @@
 //! run jobs again: for example after the cause (a bad input, memory pressure) is gone. Jobs
 //! that failed meanwhile are not re-run.
 //!
+//! # Messages from a running job
+//!
+//! What a Python program does with a `multiprocessing.Queue` handed to its workers — report
+//! progress or partial results while a job runs — a handler built with
+//! [`Pool::builder_with_context`] does through its [`JobContext`]: `ctx.send(&message)`. The
+//! receiver, and the message type `M`, are chosen per submission:
+//! [`Pool::submit_with_messages`] (a blocking [`Messages`] stream beside the handle),
+//! [`Pool::apply_async_with_messages`] (a callback on the I/O thread) or
+//! [`Pool::map_with_messages`] (a callback on the calling thread, e.g. a progress bar:
+//! `examples/pool_progress.rs`). A job's messages arrive in the order sent and all before its
+//! outcome. Each receiver has a bound: the worker blocks in `send` while that many of the job's
+//! messages are unconsumed, so memory stays bounded however chatty the job (credit travels back
+//! on the worker's socket; see `context`). Messages are lost only with the worker: when it dies
+//! or is killed on a timeout mid-job, those it had not written are missing — its outcome is
+//! [`JobError::WorkerDied`] or [`JobError::TimedOut`], and [`Messages::status`] says
+//! [`MessageStatus::Incomplete`]. A retried job (see [`JobOptions::retries`]) sends its messages
+//! again. Time a job spends waiting in `send` for its receiver counts towards its timeout. Plain `Fn(J)` handlers are unchanged; a job submitted without a receiver, or in a
+//! `map_chunked` chunk, has nobody listening ([`JobContext::listened`]) and its sends return at
+//! once.
+//!
 //! # Threads and ordering
 //!
 //! [`Pool`] is `Send + Sync`: share it by reference or `Arc`. Callbacks ([`Pool::apply_async`]) run
@@ -146,6 +166,7 @@ mod builder;
 mod cancel;
 mod claim;
 mod codec;
+mod context;
 mod engine;
 mod error;
 pub(crate) mod frame;
@@ -153,6 +174,7 @@ mod handle;
 mod imap;
 mod init;
 mod map;
+mod messages;
 mod pace;
 mod submit;
 mod worker;
@@ -171,11 +193,13 @@ use serde::de::DeserializeOwned;
 pub use self::builder::PoolBuilder;
 pub use self::cancel::Cancel;
 use self::codec::{codec_errors, decode_chunk, decode_one, encode_chunk, encode_exact};
+pub use self::context::{Handler, JobContext, SendError, WithContext};
 use self::engine::{Completion, Engine, Failure, Job, NO_TICKET, Raw, Shared, StopMode};
 pub use self::error::{Closed, JobError, Outcome, PoolError, TrySubmitError};
 pub use self::handle::JobHandle;
 pub use self::imap::{Imap, ImapUnordered};
 pub use self::map::MapResult;
+pub use self::messages::{MessageError, MessageStatus, Messages, WithMessages};
 pub use crate::policy::{ExitStatus, Policy};
 
 /// The environment variable that makes a process an exec-self worker of the pool it names.

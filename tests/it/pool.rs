@@ -191,6 +191,53 @@ fn a_burst_right_after_build_is_shared_by_the_workers() {
     assert_eq!(r.num("unbalanced"), 0);
 }
 
+/// A job's messages (issue 17, section 4) arrive in order and before its outcome, through a
+/// stream, a callback on the I/O thread, and `map_with_messages`.
+#[test]
+fn messages_from_a_job_arrive_in_order_before_its_outcome() {
+    let _test = this_test!();
+    let r = scenario("messages_order");
+    assert_eq!(r.num("stream_count"), 1000);
+    assert_eq!(r.get("callback_at_outcome"), "Some(500)");
+    assert_eq!(r.num("map_messages"), 1000);
+}
+
+/// A slow consumer (bound 4): the worker, which records how many messages it has sent, is never
+/// more than 4 ahead of what was consumed — and does run ahead.
+#[test]
+fn a_slow_message_consumer_holds_the_worker_within_the_bound() {
+    let _test = this_test!();
+    let r = scenario("messages_backpressure");
+    assert_eq!(r.num("consumed"), 40);
+    assert!(r.num("ahead_max") <= 4, "ran {} ahead", r.num("ahead_max"));
+}
+
+/// SIGKILL mid-job: the messages written before arrive, the stream ends `Incomplete`, the outcome
+/// is `WorkerDied`.
+#[test]
+fn a_worker_killed_mid_job_ends_its_message_stream_as_incomplete() {
+    let _test = this_test!();
+    let r = scenario("messages_worker_death");
+    assert_eq!(r.get("status"), "Incomplete");
+    assert!(
+        r.get("outcome").contains("WorkerDied"),
+        "{}",
+        r.get("outcome")
+    );
+}
+
+/// Small results are left in shared memory (result slots), not sent: a worker that dies right
+/// after answering five jobs that way still has them all counted, each run once (issue 17,
+/// section 5).
+#[test]
+fn results_left_in_shared_memory_survive_the_worker_and_count_once() {
+    let _test = this_test!();
+    let r = scenario("slot_results_survive_death");
+    assert_eq!(r.num("lost"), 0);
+    assert_eq!(r.num("ran_twice"), 0);
+    assert_eq!(r.num("ran"), 100);
+}
+
 #[test]
 fn a_panicking_handler_fails_its_job_and_the_worker_serves_the_next() {
     let _test = this_test!();

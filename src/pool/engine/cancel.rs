@@ -68,6 +68,10 @@ impl Engine {
                 self.cancelled(sent.job);
                 return Cancel::Removed;
             }
+            // Finished in its result slot, not drained yet: its outcome is on its way.
+            if claim::state(p.claims.words(), s.word as usize, s.id) == claim::Claim::Done {
+                return Cancel::Finished;
+            }
             if !kill {
                 return Cancel::Running;
             }

@@ -176,6 +176,11 @@ impl Engine {
             .expect("a free claim word per job in flight");
         let id = frame::job_id(seq, word);
         claim::queue(p.claims.words(), word as usize, id);
+        let mut job = job;
+        if let Some(sink) = job.completion.messages() {
+            // This attempt starts with the full credit carried in its frame.
+            sink.state().restart();
+        }
         frame::put_header(&mut p.out, job.kind, 8 + job.body.len());
         p.out.extend_from_slice(&id.to_le_bytes());
         p.out.extend_from_slice(&job.body);
@@ -205,6 +210,30 @@ impl Engine {
                 p.pid,
                 p.jobs_sent
             );
+        }
+    }
+
+    /// Gives message credit back to each worker whose running job's receiver has consumed a
+    /// batch (see `credit`). Only the first job a worker holds can be sending messages.
+    pub(super) fn grant_credits(&mut self) {
+        for slot in &mut self.slots {
+            let Some(p) = slot.proc.as_mut() else {
+                continue;
+            };
+            let Some(front) = p.inflight.front_mut() else {
+                continue;
+            };
+            let id = front.id;
+            if let Some(n) = front
+                .job
+                .completion
+                .messages()
+                .and_then(|s| s.state().due())
+            {
+                frame::put_header(&mut p.out, frame::CREDIT, 12);
+                p.out.extend_from_slice(&id.to_le_bytes());
+                p.out.extend_from_slice(&n.to_le_bytes());
+            }
         }
     }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use mio::{Poll, Waker};
 
 use super::WAKER;
+use super::credit::MessageSink;
 use crate::policy::ExitStatus;
 use crate::pool::{Cancel, PoolError, PoolStats};
 
@@ -21,7 +22,11 @@ use crate::pool::{Cancel, PoolError, PoolStats};
 ///
 /// A completion dropped without being called (a job lost to a bug, e.g. a panic of the I/O thread)
 /// delivers [`Failure::Fatal`] from its destructor, so that a waiter never waits forever.
-pub(crate) struct Completion(Option<Deliver>);
+pub(crate) struct Completion {
+    deliver: Option<Deliver>,
+    /// Where the job's messages go, if someone receives them (see `credit`).
+    messages: Option<MessageSink>,
+}
 
 /// The boxed completion inside a [`Completion`].
 type Deliver = Box<dyn FnOnce(Raw<'_>) + Send>;
@@ -29,17 +34,31 @@ type Deliver = Box<dyn FnOnce(Raw<'_>) + Send>;
 impl Completion {
     /// A completion running `f` with the outcome.
     pub(crate) fn new(f: impl FnOnce(Raw<'_>) + Send + 'static) -> Completion {
-        Completion(Some(Box::new(f)))
+        Completion {
+            deliver: Some(Box::new(f)),
+            messages: None,
+        }
+    }
+
+    /// The same completion, for a job whose messages go to `sink`.
+    pub(crate) fn with_messages(mut self, sink: MessageSink) -> Completion {
+        self.messages = Some(sink);
+        self
+    }
+
+    /// The job's message receiver, if any.
+    pub(crate) fn messages(&mut self) -> Option<&mut MessageSink> {
+        self.messages.as_mut()
     }
 
     /// For a job that was refused (its submitter gets it back): it will never have an outcome.
     pub(crate) fn defuse(&mut self) {
-        self.0 = None;
+        self.deliver = None;
     }
 
     /// Delivers the outcome.
     pub(crate) fn call(mut self, raw: Raw<'_>) {
-        if let Some(f) = self.0.take() {
+        if let Some(f) = self.deliver.take() {
             f(raw);
         }
     }
@@ -47,7 +66,7 @@ impl Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
+        if let Some(f) = self.deliver.take() {
             let why = "the pool stopped before this job had an outcome".to_string();
             // May run while unwinding: a second panic must not abort the process.
             let _ = catch_unwind(AssertUnwindSafe(|| f(Raw::Failed(Failure::Fatal(why)))));

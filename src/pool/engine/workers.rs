@@ -90,6 +90,8 @@ impl Engine {
             // Results written just before the exit are still in the socket.
             let _ = self.drain_sock(slot, false);
         }
+        // Results finished in slots survive the worker.
+        self.drain_slot(slot);
         let Some(mut p) = self.slots[slot].proc.take() else {
             return;
         };
@@ -458,7 +460,7 @@ fn worker_ends(slot: SlotIndex, pipeline: usize) -> std::io::Result<(Pending, Th
     ours.set_nonblocking(true)?;
     let (out_r, out_w) = output_pipe()?;
     let (err_r, err_w) = output_pipe()?;
-    let (claims, claims_fd) = SharedWords::create(pipeline)?;
+    let (claims, claims_fd) = SharedWords::create(crate::pool::claim::layout_len(pipeline))?;
     let ours = Pending {
         slot,
         claims,
