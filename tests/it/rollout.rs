@@ -33,13 +33,13 @@ fn web(sb: &Sandbox, instances: u32, args: &[&str], extra: &str) {
 
 /// A client asking `GET /` over and over until stopped (bounded by [`TIMEOUT`]): how many
 /// requests succeeded and failed, and which pids answered.
-struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<(u32, u32, BTreeSet<String>)>,
 }
 
 impl Load {
-    fn start(sock: PathBuf) -> Load {
+    pub(crate) fn start(sock: PathBuf) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -59,7 +59,7 @@ impl Load {
         Load { stop, thread }
     }
 
-    fn finish(self) -> (u32, u32, BTreeSet<String>) {
+    pub(crate) fn finish(self) -> (u32, u32, BTreeSet<String>) {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().expect("the client thread")
     }
