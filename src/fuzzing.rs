@@ -400,7 +400,11 @@ pub mod pool {
         );
         for f in &got.frames {
             assert!(f.body.len() <= MAX_BODY);
-            assert!((JOB..=CHUNK_RESULT).contains(&f.kind), "kind {}", f.kind);
+            assert!(
+                (JOB..=frame::NOTIFY).contains(&f.kind) || f.kind == frame::INIT_FAILED,
+                "kind {}",
+                f.kind
+            );
             round_trip(f);
         }
     }

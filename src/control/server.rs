@@ -227,29 +227,7 @@ impl ControlServer {
     /// [`crate::daemon::raise_nofile`]).
     pub fn bind(path: &Path, group: Option<Gid>) -> Result<ControlServer> {
         let (listener, ident) = socket_file::bind(path, group)?;
-        let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-            .map_or(1024, |(soft, _)| soft);
-        // A child forked without exec (`warden::fork`) that outlived us would hold the listening
-        // socket open: clients would hang in its backlog, and the next daemon would find the
-        // socket in use. Such a child points it at /dev/null instead.
-        crate::daemon::mark_private(listener.as_raw_fd());
-        Ok(ControlServer {
-            listener,
-            path: path.to_path_buf(),
-            ident,
-            conns: HashMap::new(),
-            per_uid: HashMap::new(),
-            next: 1,
-            owner: Uid::effective(),
-            group,
-            listener_token: Token(2),
-            conn_token_base: 1 << 40,
-            limits: ConnectionLimits::for_nofile(nofile),
-            idle_timeout: IDLE_TIMEOUT,
-            sweep_at: None,
-            spare: spare_fd(),
-            refusals: Refusals::new(),
-        })
+        Ok(ControlServer::on(listener, path, ident, group))
     }
 
     /// A server on the listening socket `fd` bound at `path` by an earlier image of this
@@ -261,8 +239,21 @@ impl ControlServer {
         let ident = std::fs::symlink_metadata(path)
             .ok()
             .map(|m| (m.dev(), m.ino()));
+        ControlServer::on(listener, path, ident, group)
+    }
+
+    /// A server on `listener`, bound at `path` (the file `ident`).
+    fn on(
+        listener: UnixListener,
+        path: &Path,
+        ident: Option<FileIdent>,
+        group: Option<Gid>,
+    ) -> ControlServer {
         let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map_or(1024, |(soft, _)| soft);
+        // A child forked without exec (`warden::fork`) that outlived us would hold the listening
+        // socket open: clients would hang in its backlog, and the next daemon would find the
+        // socket in use. Such a child points it at /dev/null instead.
         crate::daemon::mark_private(listener.as_raw_fd());
         ControlServer {
             listener,

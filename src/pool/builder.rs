@@ -11,7 +11,9 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::context::Handler;
 use super::engine::{self, Engine, Shared, Spawner};
+use super::init::{self, Initializer};
 use super::{Policy, Pool, StartMethod, WORKER_ENV, frame, worker, zygote};
 use crate::error::{Error, Result};
 
@@ -27,6 +29,7 @@ pub struct PoolBuilder<J, O, E, F> {
     max_rss_bytes: Option<u64>,
     start_method: StartMethod,
     policy: Policy,
+    initializer: Option<Initializer>,
     _types: PhantomData<fn(J) -> (O, E)>,
 }
 
@@ -42,6 +45,7 @@ impl<J, O, E, F> fmt::Debug for PoolBuilder<J, O, E, F> {
             .field("max_rss_bytes", &self.max_rss_bytes)
             .field("start_method", &self.start_method)
             .field("policy", &self.policy)
+            .field("initializer", &self.initializer.is_some())
             .finish()
     }
 }
@@ -51,7 +55,7 @@ where
     J: Serialize + DeserializeOwned + Send + 'static,
     O: Serialize + DeserializeOwned + Send + 'static,
     E: Serialize + DeserializeOwned + Send + 'static,
-    F: Fn(J) -> std::result::Result<O, E> + Send + Sync + 'static,
+    F: Handler<J, O, E>,
 {
     /// The defaults, for [`Pool::builder`].
     pub(super) fn new(name: String, handler: F) -> Self {
@@ -66,6 +70,7 @@ where
             max_rss_bytes: None,
             start_method: StartMethod::Fork,
             policy: Policy::default(),
+            initializer: None,
             _types: PhantomData,
         }
     }
@@ -125,6 +130,29 @@ where
     /// immediate and there is no watchdog for pool workers).
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// Runs `init` once in each worker process before its first job — to load a model or open
+    /// a database connection once per worker, kept in a `static` (a `OnceLock`) the handler
+    /// reads — under both start methods. A worker that replaces another (after a death, a
+    /// timeout, a cancellation, or recycling) runs it again.
+    ///
+    /// If it fails (returns an error or panics), the pool refuses jobs from then on: the
+    /// failure is logged once, the jobs queued or submitted since fail with
+    /// [`JobError::Pool`](super::JobError::Pool)`(`[`PoolError::Initializer`](super::PoolError::Initializer)`)`
+    /// naming the worker and the reason, no worker is restarted (no crash loop of identical
+    /// restarts), and [`PoolStats::failure`](super::PoolStats::failure) says so. Jobs already
+    /// running on other workers finish. [`Pool::revive`] accepts jobs again and restarts the
+    /// stopped workers, which run the initializer again.
+    pub fn initializer<I, R>(mut self, init: I) -> Self
+    where
+        I: Fn() -> std::result::Result<(), R> + Send + Sync + 'static,
+        R: fmt::Display,
+    {
+        self.initializer = Some(std::sync::Arc::new(move || {
+            init().map_err(|e| e.to_string())
+        }));
         self
     }
 
@@ -253,8 +281,12 @@ where
             other => other?,
         }
         let handler = &self.handler;
+        let initializer = self.initializer.as_ref();
         let entry =
             move |sock: std::os::fd::OwnedFd, claims: crate::sys::memfd::SharedWords| -> i32 {
+                if let Err(code) = init::run(initializer, &sock) {
+                    return code;
+                }
                 let stop = worker::serve::<J, O, E, F>(&sock, &claims, handler);
                 if let worker::Stop::Broken(why) = &stop {
                     eprintln!("warden pool worker: {why}");
@@ -287,7 +319,10 @@ where
         let inherited = crate::sys::fd::claim_inherited_socket(3)
             .and_then(|sock| Ok((sock, crate::sys::memfd::SharedWords::map_inherited(4)?)));
         let code = match inherited {
-            Ok((sock, claims)) => {
+            Ok((sock, claims)) => 'serve: {
+                if let Err(code) = init::run(self.initializer.as_ref(), &sock) {
+                    break 'serve code;
+                }
                 let stop = worker::serve::<J, O, E, F>(&sock, &claims, &self.handler);
                 if let worker::Stop::Broken(why) = &stop {
                     eprintln!("warden pool {} worker: {why}", self.name);

@@ -1,5 +1,6 @@
 //! What a job or a submission can fail with: [`Outcome`] and [`JobError`] for a job,
-//! [`Closed`] and [`TrySubmitError`] for a submission the pool refused.
+//! [`PoolError`] for the pool as a whole, [`Closed`] and [`TrySubmitError`] for a submission
+//! the pool refused.
 //!
 //! Plain data and its `Display`: nothing here runs jobs or talks to the I/O thread.
 
@@ -23,10 +24,17 @@ pub enum JobError<E> {
     WorkerDied(ExitStatus),
     /// The job ran longer than its timeout; its worker was killed and replaced.
     TimedOut,
-    /// [`Pool::terminate`](super::Pool::terminate) was called before the job finished.
+    /// The job was cancelled before it finished: by
+    /// [`JobHandle::cancel`](super::JobHandle::cancel) (not started yet),
+    /// [`JobHandle::cancel_and_kill`](super::JobHandle::cancel_and_kill),
+    /// [`MapResult::cancel`](super::MapResult::cancel) and its kind, by a
+    /// [`Pool::map_timeout`](super::Pool::map_timeout) deadline, or because
+    /// [`Pool::terminate`](super::Pool::terminate) was called.
     Cancelled,
     /// The pool cannot run jobs any more; the reason.
     Fatal(String),
+    /// The pool refuses jobs because of this failure (see [`PoolError`]).
+    Pool(PoolError),
     /// The job or its result could not be (de)serialized.
     Codec(String),
 }
@@ -38,8 +46,9 @@ impl<E: fmt::Display> fmt::Display for JobError<E> {
             JobError::Panicked(m) => write!(f, "the job panicked: {m}"),
             JobError::WorkerDied(s) => write!(f, "the worker died running the job ({s})"),
             JobError::TimedOut => f.write_str("the job timed out; its worker was killed"),
-            JobError::Cancelled => f.write_str("the job was cancelled (pool terminated)"),
+            JobError::Cancelled => f.write_str("the job was cancelled"),
             JobError::Fatal(m) => write!(f, "the pool cannot run jobs: {m}"),
+            JobError::Pool(e) => write!(f, "the pool refuses jobs: {e}"),
             JobError::Codec(m) => write!(f, "serialization failed: {m}"),
         }
     }
@@ -54,9 +63,40 @@ impl<E> From<Failure> for JobError<E> {
             Failure::TimedOut => JobError::TimedOut,
             Failure::Cancelled => JobError::Cancelled,
             Failure::Fatal(m) => JobError::Fatal(m),
+            Failure::Pool(e) => JobError::Pool(e),
         }
     }
 }
+
+/// A failure of the pool as a whole, that every job after it fails with
+/// ([`JobError::Pool`]); also in [`PoolStats::failure`](super::PoolStats::failure).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PoolError {
+    /// The [initializer](super::PoolBuilder::initializer) failed (returned an error or
+    /// panicked) in worker slot `worker`, so the pool refuses jobs: the slot is not restarted,
+    /// the jobs queued and submitted since fail with this error, and the log says so once. Jobs
+    /// already running on other workers finish; [`Pool::revive`](super::Pool::revive) clears
+    /// it and starts the stopped workers again (for example once the database is back).
+    Initializer {
+        /// The worker slot (the `N` of `NAME[N]` in the log) whose initializer failed first.
+        worker: usize,
+        /// Its error (`Display`) or panic message.
+        reason: String,
+    },
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolError::Initializer { worker, reason } => {
+                write!(f, "the initializer failed in worker {worker}: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for PoolError {}
 
 /// The pool no longer accepts jobs ([`Pool::close`](super::Pool::close) or
 /// [`Pool::terminate`](super::Pool::terminate) was called); the job is given back.

@@ -28,6 +28,21 @@ pub(crate) const SHUTDOWN: u8 = 3;
 pub(crate) const RESULT: u8 = 4;
 /// Worker → pool: the outcomes of a chunk; body = id, postcard(Vec<Wire<O, E>>).
 pub(crate) const CHUNK_RESULT: u8 = 5;
+/// Pool → worker: one job whose messages someone receives; body = id, the initial message
+/// credit (`u32` LE), postcard(J). See `context`.
+pub(crate) const JOB_M: u8 = 6;
+/// Worker → pool: a message from the job it runs, sent before that job's result; body = id,
+/// postcard(M).
+pub(crate) const MESSAGE: u8 = 7;
+/// Pool → worker: more message credit for a job; body = id, count (`u32` LE). A worker finds it
+/// wherever it is in its buffer (behind pipelined jobs), so no job waits for another's credit.
+pub(crate) const CREDIT: u8 = 8;
+/// Worker → pool: a result is waiting in a result slot (see `claim`) and the pool said it was
+/// going to sleep; empty body.
+pub(crate) const NOTIFY: u8 = 9;
+/// Worker → pool, before any result: its initializer failed and it exits; body = the reason
+/// (UTF-8). A number apart from the job kinds: see `init`.
+pub(crate) const INIT_FAILED: u8 = 32;
 
 /// What a worker reports for one job: the handler's value or error, a caught panic, or a
 /// (de)serialization failure on the worker's side.
@@ -166,7 +181,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<Frame>, Corrupt> {
         return Err(Corrupt(format!("frame of {len} bytes")));
     }
     let kind = head[4];
-    if !(JOB..=CHUNK_RESULT).contains(&kind) {
+    if !(JOB..=NOTIFY).contains(&kind) && kind != INIT_FAILED {
         return Err(Corrupt(format!("unknown frame kind {kind}")));
     }
     Ok((buf.len() >= HEADER + len).then_some(Frame { kind, len }))
@@ -244,6 +259,12 @@ impl InBuf {
     pub(crate) fn consume(&mut self, n: usize) {
         self.start += n;
         debug_assert!(self.start <= self.end);
+    }
+
+    /// The bytes not parsed yet, writable (the worker neutralises a credit frame it took from
+    /// behind pipelined jobs).
+    pub(crate) fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.end]
     }
 
     /// Whether unparsed bytes remain.
@@ -331,7 +352,7 @@ mod tests {
             }))
         );
         assert!(parse(&frame(0, b"")).is_err());
-        assert!(parse(&frame(9, b"")).is_err());
+        assert!(parse(&frame(NOTIFY + 1, b"")).is_err());
         let mut huge = Vec::new();
         put_header(&mut huge, JOB, MAX_BODY + 1);
         assert!(parse(&huge).is_err());

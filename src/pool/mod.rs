@@ -21,9 +21,14 @@
 //!         .start_method(StartMethod::Fork)
 //!         .build()?;
 //!     let h = pool.submit(3).expect("open");
-//!     assert_eq!(h.wait(), Ok(9));
+//!     assert_eq!(h.wait(), Ok(9)); // or `h.await` in async code
 //!     let all = pool.map(0..1000u64).expect("open");
 //!     assert!(all.iter().enumerate().all(|(i, r)| *r == Ok((i * i) as u64)));
+//!     for (i, r) in pool.imap(0..1000u64).expect("open").enumerate() {
+//!         assert_eq!(r, Ok((i * i) as u64)); // in input order, a bounded window in flight
+//!     }
+//!     let within = pool.map_timeout(0..10u64, Duration::from_secs(1)).expect("open");
+//!     assert_eq!(within.len(), 10); // what was unfinished at 1 s is Err(Cancelled)
 //!     pool.close();
 //!     pool.join();
 //!     Ok(())
@@ -37,10 +42,57 @@
 //! job), [`JobError::WorkerDied`] when the worker died while running it (the pool replaces the
 //! worker; the other jobs it held had not started — each worker marks a job started in memory
 //! shared with the pool before running it — and are sent again, first),
-//! [`JobError::TimedOut`], [`JobError::Cancelled`] after [`Pool::terminate`], or
+//! [`JobError::TimedOut`], [`JobError::Cancelled`] (the job was cancelled, see below, or
+//! [`Pool::terminate`] came first), [`JobError::Pool`] when a worker's
+//! [initializer](PoolBuilder::initializer) failed ([`PoolError::Initializer`]), or
 //! [`JobError::Fatal`] when the pool can no longer run anything (every worker in a crash loop,
 //! the fork server gone). Jobs marked idempotent ([`JobOptions::retries`]) are retried after a
 //! death or a timeout instead.
+//!
+//! # Waiting, awaiting, cancelling
+//!
+//! A [`JobHandle`] is waited for ([`JobHandle::wait`], [`JobHandle::wait_timeout`]) or awaited:
+//! it is a [`Future`], woken by the I/O thread when the outcome arrives —
+//! no thread per wait and no runtime dependency, so it works under tokio, async-std or smol;
+//! [`Pool::submit_async`] waits for room in a full queue without blocking the thread.
+//! [`Pool::map_async`] gives a [`MapResult`]: `get(timeout)` as in Python (on timeout the
+//! result comes back and the jobs go on), `.await`, or cancel what is left;
+//! [`Pool::map_timeout`] cancels whatever is unfinished at its deadline. [`Pool::imap`] (input
+//! order) and [`Pool::imap_unordered`] stream outcomes with a bounded window of jobs in the pool
+//! (an endless input is fine), as iterators or as streams ([`Imap::next_async`],
+//! `futures_core::Stream`).
+//!
+//! [`JobHandle::cancel`] removes a job that has not started — from the queue, or from the
+//! worker it was sent to, through the same claim word that lets an idle worker take jobs over —
+//! and leaves a running one; [`JobHandle::cancel_and_kill`] also cancels a running job by
+//! killing its worker, which is replaced (a restart the pool asked for: not a death, not part
+//! of a crash loop) while the jobs it held and had not started run elsewhere. Either way the
+//! job's outcome is [`JobError::Cancelled`], and [`Cancel`] says what was done.
+//!
+//! # Per-worker initializer
+//!
+//! [`PoolBuilder::initializer`] runs once in each worker process before its first job (also in
+//! every replacement and recycled worker, under both start methods): load a model, open a
+//! connection, keep it in a `static`. If it fails, the pool says so once in the log and fails
+//! every job not yet sent with [`PoolError::Initializer`] instead of restarting the worker
+//! over and over; [`Pool::revive`] tries again.
+//!
+//! # Compared with Python's pools
+//!
+//! | | `multiprocessing.Pool` | `ProcessPoolExecutor` | `warden::pool` |
+//! |---|---|---|---|
+//! | a worker dies mid-job | that job hangs for ever | every pending future fails (`BrokenProcessPool`), the pool is unusable | that job fails (`WorkerDied`), the worker is replaced, the jobs it held are sent again |
+//! | job timeout | none (only `get(timeout)` on the caller's side) | none | per job: the worker is killed and replaced |
+//! | one result | `apply_async().get(t)` | `submit().result(t)` | [`Pool::submit`]: [`JobHandle::wait_timeout`], or `.await` |
+//! | async | no | `asyncio.wrap_future` (a thread hop) | `JobHandle`, `MapResult` are futures; `imap` is a stream |
+//! | `map` | `map`, `map_async().get(t)`, `chunksize` | `map(timeout, chunksize)` | [`Pool::map`], [`Pool::map_async`] + [`MapResult::get`], [`Pool::map_timeout`], [`Pool::map_chunked`] |
+//! | streamed | `imap` (ordered), `imap_unordered`: both read the whole input ahead (unbounded) | `as_completed`, `map` (also submit every job first) | [`Pool::imap`], [`Pool::imap_unordered`]: bounded window, endless input |
+//! | cancel one job | no | `Future.cancel()`, only if not running | [`JobHandle::cancel`] (not started), [`JobHandle::cancel_and_kill`] (running: its worker replaced) |
+//! | initializer | `initializer=`; a failing one restarts workers for ever | `initializer=`; a failure breaks the pool | [`PoolBuilder::initializer`]: failure reported once, jobs fail with it, [`Pool::revive`] |
+//! | recycling | `maxtasksperchild` | `max_tasks_per_child` | [`PoolBuilder::max_jobs_per_worker`], [`PoolBuilder::max_rss_bytes`] |
+//! | backpressure | none (unbounded queue) | none | bounded queue: `submit` blocks, `try_submit` gives the job back |
+//! | messages from a job | a `Manager().Queue()` (a server process, unbounded, lost silently with its worker) | the same | [`JobContext::send`] through [`Pool::builder_with_context`]: typed, in order, bounded per job (the worker waits), `Incomplete` if its worker died; received on a [`Messages`] stream, a callback, or [`Pool::map_with_messages`] |
+//! | start | fork, spawn, forkserver | the same | [`StartMethod::Fork`] (a fork server), [`StartMethod::ExecSelf`] |
 //!
 //! # Start methods
 //!
@@ -83,6 +135,26 @@
 //! run jobs again: for example after the cause (a bad input, memory pressure) is gone. Jobs
 //! that failed meanwhile are not re-run.
 //!
+//! # Messages from a running job
+//!
+//! What a Python program does with a `multiprocessing.Queue` handed to its workers — report
+//! progress or partial results while a job runs — a handler built with
+//! [`Pool::builder_with_context`] does through its [`JobContext`]: `ctx.send(&message)`. The
+//! receiver, and the message type `M`, are chosen per submission:
+//! [`Pool::submit_with_messages`] (a blocking [`Messages`] stream beside the handle),
+//! [`Pool::apply_async_with_messages`] (a callback on the I/O thread) or
+//! [`Pool::map_with_messages`] (a callback on the calling thread, e.g. a progress bar:
+//! `examples/pool_progress.rs`). A job's messages arrive in the order sent and all before its
+//! outcome. Each receiver has a bound: the worker blocks in `send` while that many of the job's
+//! messages are unconsumed, so memory stays bounded however chatty the job (credit travels back
+//! on the worker's socket; see `context`). Messages are lost only with the worker: when it dies
+//! or is killed on a timeout mid-job, those it had not written are missing — its outcome is
+//! [`JobError::WorkerDied`] or [`JobError::TimedOut`], and [`Messages::status`] says
+//! [`MessageStatus::Incomplete`]. A retried job (see [`JobOptions::retries`]) sends its messages
+//! again. Time a job spends waiting in `send` for its receiver counts towards its timeout. Plain `Fn(J)` handlers are unchanged; a job submitted without a receiver, or in a
+//! `map_chunked` chunk, has nobody listening ([`JobContext::listened`]) and its sends return at
+//! once.
+//!
 //! # Threads and ordering
 //!
 //! [`Pool`] is `Send + Sync`: share it by reference or `Arc`. Callbacks ([`Pool::apply_async`]) run
@@ -91,13 +163,20 @@
 //! after every accepted job's outcome has been delivered, callbacks included.
 
 mod builder;
+mod cancel;
 mod claim;
 mod codec;
+mod context;
 mod engine;
 mod error;
 pub(crate) mod frame;
 mod handle;
+mod imap;
+mod init;
+mod map;
+mod messages;
 mod pace;
+mod submit;
 mod worker;
 mod zygote;
 
@@ -112,10 +191,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use self::builder::PoolBuilder;
+pub use self::cancel::Cancel;
 use self::codec::{codec_errors, decode_chunk, decode_one, encode_chunk, encode_exact};
-use self::engine::{Completion, Engine, Failure, Job, Raw, Shared, StopMode};
-pub use self::error::{Closed, JobError, Outcome, TrySubmitError};
-pub use self::handle::{ImapUnordered, JobHandle};
+pub use self::context::{Handler, JobContext, SendError, WithContext};
+use self::engine::{Completion, Engine, Failure, Job, NO_TICKET, Raw, Shared, StopMode};
+pub use self::error::{Closed, JobError, Outcome, PoolError, TrySubmitError};
+pub use self::handle::JobHandle;
+pub use self::imap::{Imap, ImapUnordered};
+pub use self::map::MapResult;
+pub use self::messages::{MessageError, MessageStatus, Messages, WithMessages};
 pub use crate::policy::{ExitStatus, Policy};
 
 /// The environment variable that makes a process an exec-self worker of the pool it names.
@@ -192,6 +276,9 @@ pub struct PoolStats {
     /// Jobs taken back from a worker before it started them (it was busy with a longer job, or
     /// got more than its share at start-up) and sent to an idle one.
     pub moved: u64,
+    /// Jobs cancelled one by one ([`JobHandle::cancel`], [`JobHandle::cancel_and_kill`],
+    /// [`MapResult::cancel`], a [`Pool::map_timeout`] deadline); not those of `terminate`.
+    pub cancelled: u64,
     /// Each worker slot's pid, when it has a live process.
     pub worker_pids: Vec<Option<i32>>,
     /// Worker slots retired for good (see "Retired slots" in the module documentation): their
@@ -203,6 +290,9 @@ pub struct PoolStats {
     pub fork_server_pid: Option<i32>,
     /// Why the pool can no longer run jobs, if so.
     pub fatal: Option<String>,
+    /// The failure every job now fails with ([`JobError::Pool`]), if any: a failed
+    /// [initializer](PoolBuilder::initializer). `fatal` says it in words too.
+    pub failure: Option<PoolError>,
 }
 
 /// A pool of worker processes running one handler; see the module documentation.
@@ -296,8 +386,8 @@ where
         job: J,
         options: JobOptions,
     ) -> std::result::Result<JobHandle<O, E>, Closed<J>> {
-        let (handle, completion) = JobHandle::new();
-        match self.enqueue(job, options, completion, true) {
+        let (handle, completion, ticket) = JobHandle::new(&self.shared);
+        match self.enqueue(job, options, completion, Admit::Wait, ticket) {
             Ok(()) => Ok(handle),
             Err(TrySubmitError::Closed(j) | TrySubmitError::Full(j)) => Err(Closed(j)),
         }
@@ -305,8 +395,14 @@ where
 
     /// Submits a job unless the queue is full or the pool closed, giving the job back then.
     pub fn try_submit(&self, job: J) -> std::result::Result<JobHandle<O, E>, TrySubmitError<J>> {
-        let (handle, completion) = JobHandle::new();
-        self.enqueue(job, JobOptions::default(), completion, false)?;
+        let (handle, completion, ticket) = JobHandle::new(&self.shared);
+        self.enqueue(
+            job,
+            JobOptions::default(),
+            completion,
+            Admit::Refuse,
+            ticket,
+        )?;
         Ok(handle)
     }
 
@@ -332,7 +428,7 @@ where
         C: FnOnce(Outcome<O, E>) + Send + 'static,
     {
         let completion = Completion::new(move |raw: Raw<'_>| callback(decode_one(raw)));
-        self.enqueue(job, options, completion, true)
+        self.enqueue(job, options, completion, Admit::Wait, NO_TICKET)
             .map_err(|e| Closed(e.into_job()))
     }
 
@@ -355,7 +451,13 @@ where
                 let _ = tx.send((i, decode_one(raw)));
             });
             if self
-                .enqueue(job, JobOptions::default(), completion, true)
+                .enqueue(
+                    job,
+                    JobOptions::default(),
+                    completion,
+                    Admit::Wait,
+                    NO_TICKET,
+                )
                 .is_err()
             {
                 if sent == 0 {
@@ -416,9 +518,10 @@ where
                 items: count as u32,
                 timeout: None,
                 retries: 0,
+                ticket: NO_TICKET,
                 completion,
             };
-            if self.enqueue_job(job, true).is_err() {
+            if self.enqueue_job(job, Admit::Wait).is_err() {
                 if sent == 0 {
                     return Err(Closed(()));
                 }
@@ -434,21 +537,6 @@ where
             }
         }
         Ok(fill_missing(out, sent))
-    }
-
-    /// Runs every job and yields `(input index, outcome)` as jobs finish, keeping a bounded
-    /// number of jobs in the pool at a time (so an endless iterator is fine).
-    pub fn imap_unordered<I>(
-        &self,
-        jobs: I,
-    ) -> std::result::Result<ImapUnordered<'_, J, O, E, I::IntoIter>, Closed>
-    where
-        I: IntoIterator<Item = J>,
-    {
-        if self.shared.lock().closed {
-            return Err(Closed(()));
-        }
-        Ok(ImapUnordered::new(self, jobs.into_iter()))
     }
 
     /// Brings retired worker slots back (see "Retired slots" in the module documentation): each
@@ -471,7 +559,7 @@ where
         let mut inner = self.shared.lock();
         inner.closed = true;
         drop(inner);
-        self.shared.not_full.notify_all();
+        self.shared.wake_submitters();
     }
 
     /// Waits until every job accepted so far has its outcome delivered (callbacks included).
@@ -509,7 +597,7 @@ where
         inner.closed = true;
         inner.stop = Some(StopMode::Terminate);
         drop(inner);
-        self.shared.not_full.notify_all();
+        self.shared.wake_submitters();
         self.shared.wake();
         self.wait_io_done();
     }
@@ -556,13 +644,14 @@ where
         s
     }
 
-    /// Encodes and enqueues one job.
+    /// Encodes and enqueues one job, named by `ticket` for a cancellation.
     fn enqueue(
         &self,
         job: J,
         options: JobOptions,
         completion: Completion,
-        block: bool,
+        admit: Admit,
+        ticket: u64,
     ) -> std::result::Result<(), TrySubmitError<J>> {
         let body = match encode_exact(&job) {
             Ok(body) => body,
@@ -578,9 +667,10 @@ where
             items: 1,
             timeout: options.timeout,
             retries: options.retries,
+            ticket,
             completion,
         };
-        match self.enqueue_job(job_, block) {
+        match self.enqueue_job(job_, admit) {
             Ok(()) => Ok(()),
             Err((_, true)) => Err(TrySubmitError::Full(job)),
             Err((_, false)) => Err(TrySubmitError::Closed(job)),
@@ -589,17 +679,17 @@ where
 
     /// Puts an encoded job on the queue: `Err((job, full))` when it was not taken (its completion then
     /// defused: a refused job has no outcome, its submitter gets it back).
-    fn enqueue_job(&self, job: Job, block: bool) -> std::result::Result<(), (Job, bool)> {
-        let refused = self.try_enqueue(job, block);
+    fn enqueue_job(&self, job: Job, admit: Admit) -> std::result::Result<(), (Job, bool)> {
+        let refused = self.try_enqueue(job, admit);
         refused.map_err(|(mut job, full)| {
             job.completion.defuse();
             (job, full)
         })
     }
 
-    fn try_enqueue(&self, job: Job, block: bool) -> std::result::Result<(), (Job, bool)> {
+    fn try_enqueue(&self, job: Job, admit: Admit) -> std::result::Result<(), (Job, bool)> {
         self.start();
-        let on_io = engine::ON_IO_THREAD.with(|f| f.get());
+        let on_io = engine::ON_IO_THREAD.with(|f| f.get()) || admit == Admit::Over;
         let mut inner = self.shared.lock();
         loop {
             if inner.closed || inner.io_done {
@@ -608,7 +698,7 @@ where
             if inner.queue.len() < inner.capacity || on_io {
                 break;
             }
-            if !block {
+            if admit == Admit::Refuse {
                 return Err((job, true));
             }
             inner.blocked += 1;
@@ -633,7 +723,7 @@ impl<J, O, E> Drop for Pool<J, O, E> {
         inner.closed = true;
         inner.stop = Some(StopMode::Terminate);
         drop(inner);
-        self.shared.not_full.notify_all();
+        self.shared.wake_submitters();
         self.shared.wake();
         let unstarted = self
             .engine
@@ -652,12 +742,28 @@ impl<J, O, E> Drop for Pool<J, O, E> {
     }
 }
 
+/// How a submission treats a full queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admit {
+    /// Wait for room (`submit`).
+    Wait,
+    /// Give the job back (`try_submit`).
+    Refuse,
+    /// Take it over the queue's bound: for submitters that bound their jobs in flight
+    /// themselves (an async `imap` window) or hold them all anyway (`map_async`), and must not
+    /// block.
+    Over,
+}
+
 /// `Pool` is shared across threads by reference or `Arc`; handles move to other threads.
 const _: () = {
     const fn send_sync<T: Send + Sync>() {}
     const fn send<T: Send>() {}
     send_sync::<Pool<u64, u64, String>>();
     send::<JobHandle<u64, String>>();
+    send::<MapResult<u64, String>>();
+    send::<Imap<'static, u64, u64, String, std::ops::Range<u64>>>();
+    send::<ImapUnordered<'static, u64, u64, String, std::ops::Range<u64>>>();
 };
 
 fn assert_not_io_thread(what: &str) {

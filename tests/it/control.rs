@@ -1307,6 +1307,14 @@ fn rolling_restart_leaves_instances_scaled_away_mid_rollout_down() {
     let mut sb = test.supervisor_sandbox("", &slow_stopper("w", 4, 2));
     let warden = sb.start();
     let before = wait_up(&mut sb, "w", 4);
+    // Each shell has started its `sleep 1000` (a SIGTERM that came before would leave that
+    // child to outlive the shell, and its stop to wait for stop_timeout): then it is as written.
+    let forked = wait_until(TIMEOUT, || {
+        before
+            .iter()
+            .all(|i| i.pid.is_some_and(|p| !children_of(p).is_empty()))
+    });
+    assert!(forked, "the workers never started their sleep: {before:?}");
 
     let mut cmd = sb.warden(&["restart", "w", "--timeout", "15s"]);
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());

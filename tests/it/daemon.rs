@@ -360,7 +360,9 @@ fn assert_only_its_own_descriptors(sb: &Sandbox, pid: i32, leaked: &BTreeSet<Str
     );
     let pidfile = std::fs::canonicalize(sb.pidfile()).unwrap();
     let logfile = std::fs::canonicalize(sb.path("warden.log")).unwrap();
-    let (mut n_pidfile, mut n_log) = (0, 0);
+    // Its own binary, opened by the daemon itself: what `warden upgrade` goes back to.
+    let binary = std::fs::canonicalize(warden_bin()).unwrap();
+    let (mut n_pidfile, mut n_log, mut n_binary) = (0, 0, 0);
     for (fd, target) in f.iter().filter(|(fd, _)| *fd > 2) {
         let t = path_str(target);
         assert!(
@@ -373,6 +375,8 @@ fn assert_only_its_own_descriptors(sb: &Sandbox, pid: i32, leaked: &BTreeSet<Str
             // The binary it runs, kept open for `warden upgrade` to go back to.
         } else if *target == logfile {
             n_log += 1;
+        } else if *target == binary {
+            n_binary += 1;
         } else {
             assert!(
                 t.starts_with("socket:[") || DAEMON_ANON_INODES.contains(&t.as_str()),
@@ -382,16 +386,17 @@ fn assert_only_its_own_descriptors(sb: &Sandbox, pid: i32, leaked: &BTreeSet<Str
         }
     }
     assert_eq!(
-        (n_pidfile, n_log),
-        (1, 1),
-        "pidfile and log file open once each: {f:?}"
+        (n_pidfile, n_log, n_binary),
+        (1, 1, 1),
+        "pidfile, log file and its own binary open once each: {f:?}"
     );
 }
 
 /// A launcher that leaks descriptors, blocks SIGUSR1, ignores SIGUSR2 and has umask 077: the
 /// daemon gets none of it. Its cwd and umask are the configured ones, fds 0/1/2 are /dev/null
 /// and the configured stdout/stderr files, and every other descriptor is one of its own: the
-/// locked pidfile, its log file, its event loop, and sockets that are not the launcher's.
+/// locked pidfile, its log file, its own binary (kept for `upgrade`), its event loop, and
+/// sockets that are not the launcher's.
 #[test]
 fn daemon_inherits_no_descriptor_signal_state_or_umask_from_its_launcher() {
     let test = this_test!();

@@ -191,6 +191,53 @@ fn a_burst_right_after_build_is_shared_by_the_workers() {
     assert_eq!(r.num("unbalanced"), 0);
 }
 
+/// A job's messages (issue 17, section 4) arrive in order and before its outcome, through a
+/// stream, a callback on the I/O thread, and `map_with_messages`.
+#[test]
+fn messages_from_a_job_arrive_in_order_before_its_outcome() {
+    let _test = this_test!();
+    let r = scenario("messages_order");
+    assert_eq!(r.num("stream_count"), 1000);
+    assert_eq!(r.get("callback_at_outcome"), "Some(500)");
+    assert_eq!(r.num("map_messages"), 1000);
+}
+
+/// A slow consumer (bound 4): the worker, which records how many messages it has sent, is never
+/// more than 4 ahead of what was consumed — and does run ahead.
+#[test]
+fn a_slow_message_consumer_holds_the_worker_within_the_bound() {
+    let _test = this_test!();
+    let r = scenario("messages_backpressure");
+    assert_eq!(r.num("consumed"), 40);
+    assert!(r.num("ahead_max") <= 4, "ran {} ahead", r.num("ahead_max"));
+}
+
+/// SIGKILL mid-job: the messages written before arrive, the stream ends `Incomplete`, the outcome
+/// is `WorkerDied`.
+#[test]
+fn a_worker_killed_mid_job_ends_its_message_stream_as_incomplete() {
+    let _test = this_test!();
+    let r = scenario("messages_worker_death");
+    assert_eq!(r.get("status"), "Incomplete");
+    assert!(
+        r.get("outcome").contains("WorkerDied"),
+        "{}",
+        r.get("outcome")
+    );
+}
+
+/// Small results are left in shared memory (result slots), not sent: a worker that dies right
+/// after answering five jobs that way still has them all counted, each run once (issue 17,
+/// section 5).
+#[test]
+fn results_left_in_shared_memory_survive_the_worker_and_count_once() {
+    let _test = this_test!();
+    let r = scenario("slot_results_survive_death");
+    assert_eq!(r.num("lost"), 0);
+    assert_eq!(r.num("ran_twice"), 0);
+    assert_eq!(r.num("ran"), 100);
+}
+
 #[test]
 fn a_panicking_handler_fails_its_job_and_the_worker_serves_the_next() {
     let _test = this_test!();
@@ -440,4 +487,99 @@ fn pool_inside_a_warden_daemon() {
         );
     }
     assert!(!sb.path("app.pid").exists(), "pidfile removed");
+}
+
+/// Job handles, `map_async` and both imaps awaited under a tokio runtime: every outcome right,
+/// no thread started to wait (200 handles pending at once on a current-thread runtime), and
+/// `submit_async` on a full queue waits as a future, not blocking the runtime's thread.
+#[test]
+fn handles_and_streams_are_awaited_under_tokio_without_a_thread_per_wait() {
+    let _test = this_test!();
+    let r = scenario("async_await");
+    assert_eq!(r.get("submit_async_pending"), "true");
+    assert_eq!(r.get("submit_async"), "Ok(10)");
+    assert_eq!(r.num("handles_ok"), 200);
+    assert_eq!(r.num("threads_during"), r.num("threads_base"));
+    assert_eq!(r.num("map_async_ok"), 500);
+    assert_eq!(r.num("imap_in_order"), 3000);
+    assert_eq!(r.num("imap_unordered_ok"), 3000);
+}
+
+/// `map_timeout` cancels what is unfinished at its deadline, killing and replacing the workers
+/// that ran it; `map_async().get(t)` gives the result back on timeout with the jobs running.
+#[test]
+fn map_timeout_cancels_the_unfinished_jobs_and_get_gives_the_result_back() {
+    let _test = this_test!();
+    let r = scenario("map_timeout");
+    assert_eq!(r.num("ok"), 4);
+    assert_eq!(r.num("cancelled"), 6);
+    assert_eq!(r.get("workers_replaced"), "true");
+    assert_eq!(r.num("worker_deaths"), 0);
+    assert_eq!(r.get("get_timed_out"), "true");
+}
+
+/// Cancelling one job: a queued one is removed, a running one is left to run by `cancel()` and
+/// killed by `cancel_and_kill()` — its worker replaced, the jobs it held sent again.
+#[test]
+fn a_queued_job_is_cancelled_and_a_running_one_only_with_kill() {
+    let _test = this_test!();
+    let r = scenario("cancel");
+    assert_eq!(r.get("cancel_queued"), "Removed");
+    assert_eq!(r.get("cancel_running"), "Running");
+    assert_eq!(r.get("cancel_in_worker"), "Removed");
+    assert_eq!(r.get("cancel_kill"), "Killed");
+    assert_eq!(r.get("replaced"), "true");
+    assert_eq!(r.num("cancelled"), 2);
+    assert_eq!(r.num("worker_deaths"), 0);
+    if r.num("held_by_worker") == 4 {
+        assert_eq!(
+            r.num("requeued"),
+            2,
+            "the killed worker's jobs were not sent again"
+        );
+    }
+}
+
+/// Ordered `imap` over an endless input: input order, and never more than its window of jobs
+/// pulled and not yet yielded.
+#[test]
+fn ordered_imap_over_an_endless_input_keeps_order_within_its_window() {
+    let _test = this_test!();
+    let r = scenario("imap_ordered");
+    assert_eq!(r.num("yielded"), 20_000);
+    assert_eq!(r.num("out_of_order"), 0);
+    assert!(r.num("max_ahead") <= r.num("window"));
+    assert!(r.num("pulled") <= 20_000 + r.num("window"));
+}
+
+/// The initializer runs once in every worker before its first job, recycled ones included,
+/// under both start methods.
+#[test]
+fn the_initializer_runs_once_in_each_worker_under_both_start_methods() {
+    let _test = this_test!();
+    for s in ["init_fork", "init_exec"] {
+        let r = scenario(s);
+        assert!(r.num("workers_served") >= 8, "{s}");
+        assert!(r.num("initialized") >= r.num("workers_served"), "{s}");
+    }
+}
+
+/// A failing initializer is reported once, fails the jobs with `PoolError::Initializer`,
+/// restarts no worker, and `revive()` recovers once its cause is gone.
+#[test]
+fn a_failing_initializer_is_reported_once_without_a_restart_loop() {
+    let _test = this_test!();
+    for s in ["init_fail_fork", "init_fail_exec"] {
+        let r = scenario(s);
+        assert_eq!(r.num("failed_with_initializer"), 10, "{s}");
+        assert_eq!(r.num("init_attempts"), 2, "{s}");
+        assert_eq!(r.num("worker_deaths"), 0, "{s}");
+        let reports = r
+            .stderr
+            .lines()
+            .filter(|l| l.contains("the initializer failed in worker"))
+            .count();
+        assert_eq!(reports, 1, "{s}: reported {reports} times:\n{}", r.stderr);
+        assert!(r.get("after_revive").starts_with("Ok("), "{s}");
+    }
 }

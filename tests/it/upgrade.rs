@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::*;
+use crate::rollout::Load;
 use crate::sockets::{field, get_unix, wait_info};
 
 /// A program printing a numbered line every 20 ms (`tick N`), and one sending `WATCHDOG=1`
@@ -318,31 +319,12 @@ fn requests_over_a_held_socket_never_fail_across_an_upgrade() {
     let info = wait_info(&sb, &sock, |i| field(i, "pid").is_some());
     let inode = |v: &Value| v["sockets"][0]["inode"].as_u64();
     let before = status_json(&mut sb);
-    let load = {
-        let sock = sock.clone();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = stop.clone();
-        let t = std::thread::spawn(move || {
-            let (mut ok, mut failed) = (0u32, 0u32);
-            let deadline = std::time::Instant::now() + TIMEOUT;
-            while !flag.load(std::sync::atomic::Ordering::Relaxed)
-                && std::time::Instant::now() < deadline
-            {
-                match get_unix(&sock, "/") {
-                    Some(_) => ok += 1,
-                    None => failed += 1,
-                }
-            }
-            (ok, failed)
-        });
-        (stop, t)
-    };
+    let load = Load::start(sock.clone());
     std::thread::sleep(Duration::from_millis(200));
     replace(&exe, &warden_bin());
     expect(&mut sb, &["upgrade"], 0);
     std::thread::sleep(Duration::from_millis(200));
-    load.0.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (ok, failed) = load.1.join().unwrap();
+    let (ok, failed, _) = load.finish();
     assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
     let after = status_json(&mut sb);
     assert_eq!(inode(&after), inode(&before), "the same socket");

@@ -42,7 +42,8 @@ impl Engine {
             inner.queue.push_front(job);
         }
         let asked = inner.stop;
-        if let Some(f) = queue_refusal(self.fatal.as_deref(), self.stopping.or(asked)) {
+        let refusal = queue_refusal(self.fatal.as_deref(), self.stopping.or(asked));
+        if let Some(f) = refusal.map(|f| self.refusal(f)) {
             failed.extend(inner.queue.drain(..).map(|j| (j, f.clone())));
         } else {
             let n = room.min(inner.queue.len());
@@ -50,16 +51,19 @@ impl Engine {
         }
         self.queue_empty = inner.queue.is_empty();
         let took_any = !self.intake.is_empty() || !failed.is_empty();
-        if wake_submitters(
-            inner.blocked,
+        let room = wake_submitters(
+            inner.blocked + inner.room_wakers.len(),
             inner.queue.len(),
             inner.capacity,
             inner.closed,
             took_any,
-        ) {
-            self.shared.not_full.notify_all();
-        }
+        )
+        .then(|| std::mem::take(&mut inner.room_wakers));
         drop(inner);
+        if let Some(room) = room {
+            self.shared.not_full.notify_all();
+            room.into_iter().for_each(std::task::Waker::wake);
+        }
         for (job, f) in failed {
             self.complete(job.completion, Raw::Failed(f));
         }
@@ -172,6 +176,11 @@ impl Engine {
             .expect("a free claim word per job in flight");
         let id = frame::job_id(seq, word);
         claim::queue(p.claims.words(), word as usize, id);
+        let mut job = job;
+        if let Some(sink) = job.completion.messages() {
+            // This attempt starts with the full credit carried in its frame.
+            sink.state().restart();
+        }
         frame::put_header(&mut p.out, job.kind, 8 + job.body.len());
         p.out.extend_from_slice(&id.to_le_bytes());
         p.out.extend_from_slice(&job.body);
@@ -201,6 +210,30 @@ impl Engine {
                 p.pid,
                 p.jobs_sent
             );
+        }
+    }
+
+    /// Gives message credit back to each worker whose running job's receiver has consumed a
+    /// batch (see `credit`). Only the first job a worker holds can be sending messages.
+    pub(super) fn grant_credits(&mut self) {
+        for slot in &mut self.slots {
+            let Some(p) = slot.proc.as_mut() else {
+                continue;
+            };
+            let Some(front) = p.inflight.front_mut() else {
+                continue;
+            };
+            let id = front.id;
+            if let Some(n) = front
+                .job
+                .completion
+                .messages()
+                .and_then(|s| s.state().due())
+            {
+                frame::put_header(&mut p.out, frame::CREDIT, 12);
+                p.out.extend_from_slice(&id.to_le_bytes());
+                p.out.extend_from_slice(&n.to_le_bytes());
+            }
         }
     }
 
@@ -273,6 +306,8 @@ impl Engine {
         s.requeued = self.counters.requeued;
         s.retried = self.counters.retried;
         s.moved = self.counters.moved;
+        s.cancelled = self.counters.cancelled;
+        s.failure.clone_from(&self.failure);
         s.fatal.clone_from(&self.fatal);
     }
 

@@ -12,7 +12,10 @@
 //! stop; it must not hold the pieces below, and they must not call each other's internals
 //! except through the `Engine` methods named here.
 //! - `shared`: the hand-off with the API threads ([`Shared`], [`Job`], [`Completion`]).
+//! - `credit`: a job's message receiver and the credit given back as it consumes.
 //! - `jobs`: scheduling — take, assign, rebalance, write jobs, publish stats.
+//! - `cancel`: cancelling one job, wherever it waits or runs.
+//! - `refuse`: refusing jobs after a worker's initializer failed.
 //! - `results`: reading a worker's socket and completing its jobs; recycling checks.
 //! - `workers`: spawn, attach, timers, kill, reap, finalize.
 //! - `phase`: a live worker's [`Phase`](phase::Phase) and its pure transitions.
@@ -24,6 +27,11 @@
 //! - Each job's completion is called exactly once, on this thread: it is moved out of the job
 //!   when called, and a job is always in exactly one place — the shared queue, a worker's in-flight
 //!   list, or the requeue list.
+//! - Results come as frames on the socket or, when small, in the job's result slot in the memory
+//!   shared with the worker (`claim`, "Result slots"): slot results are taken at the start of each
+//!   turn, before each frame read, and when the worker is finalized; before sleeping this thread
+//!   marks itself asleep in every worker's memory and looks once more, so a slot result is never
+//!   left waiting (the worker wakes it with a `NOTIFY` frame).
 //! - A worker's in-flight list is in send order; results must arrive in that order (the worker
 //!   runs jobs one at a time, see `worker`), so the first unanswered job is the running one, and
 //!   its running time starts when its predecessor's result arrives (or when it was sent to an
@@ -52,9 +60,12 @@
 //! - `terminate` cancels every unfinished job at once (completions called with `Cancelled`)
 //!   before the workers are killed, so results that still arrive find no job and are dropped.
 
+mod cancel;
+mod credit;
 mod jobs;
 mod output;
 mod phase;
+mod refuse;
 mod results;
 mod shared;
 mod workers;
@@ -71,15 +82,17 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
+pub(crate) use self::credit::{MessageSink, SinkState};
 use self::output::OutputPipe;
 use self::phase::Phase;
-pub(crate) use self::shared::{Completion, Failure, Job, Raw, Shared, StopMode};
+pub(crate) use self::shared::{Completion, Failure, Job, NO_TICKET, Raw, Shared, StopMode};
 pub(crate) use self::zygote_link::Pending;
 use super::frame::InBuf;
 use super::pace::Pace;
 use super::zygote::{ToZygote, Zygote};
 use crate::lifecycle::{Action, Event, Instance, State};
 use crate::policy::{Jitter, Policy};
+use crate::pool::PoolError;
 use crate::sys::memfd::SharedWords;
 
 /// The frozen settings of the loop.
@@ -171,6 +184,10 @@ struct Proc {
     phase: Phase,
     /// The id of the job whose timeout killed it.
     timed_out: Option<u64>,
+    /// The id of the running job whose cancellation killed it.
+    cancelled: Option<u64>,
+    /// Its initializer failed: the reason it sent.
+    init_failed: Option<String>,
 }
 
 /// How a worker's exit status comes.
@@ -230,6 +247,7 @@ struct Counters {
     requeued: u64,
     retried: u64,
     moved: u64,
+    cancelled: u64,
 }
 
 /// The I/O thread's state. See the module documentation.
@@ -254,6 +272,8 @@ pub(crate) struct Engine {
     fatal: Option<String>,
     /// `fatal` is set only because every slot is retired: [`Engine::revive`] may clear it.
     fatal_from_slots: bool,
+    /// The failure jobs are refused with (an initializer's); `fatal` says it in words.
+    failure: Option<PoolError>,
     stopping: Option<StopMode>,
     stop_deadline: Option<Instant>,
     /// Spreads restart delays.
@@ -306,6 +326,7 @@ impl Engine {
             counters: Counters::default(),
             fatal,
             fatal_from_slots: false,
+            failure: None,
             stopping: None,
             stop_deadline: None,
             jitter: Jitter::from_entropy(),
@@ -361,28 +382,18 @@ impl Engine {
         let mut events = Events::with_capacity(256);
         loop {
             self.now = Instant::now();
+            self.drain_slots();
             self.take_jobs();
+            self.take_cancels();
             self.assign();
+            self.grant_credits();
             self.flush_all();
             self.check_timers();
             self.publish();
             if self.finished() {
                 break;
             }
-            let timeout = if self.pipe_backlog.is_empty() {
-                self.next_deadline()
-                    .map(|d| d.saturating_duration_since(Instant::now()))
-            } else {
-                Some(Duration::ZERO)
-            };
-            if let Err(e) = self.poll.poll(&mut events, timeout)
-                && e.kind() != ErrorKind::Interrupted
-            {
-                log::error!("pool {}: epoll_wait failed: {e}", self.settings.name);
-                self.fatal
-                    .get_or_insert_with(|| format!("epoll_wait failed: {e}"));
-                self.stopping = Some(StopMode::Terminate);
-            }
+            self.wait(&mut events);
             self.now = Instant::now();
             for ev in events.iter() {
                 self.dispatch(ev);
@@ -391,6 +402,34 @@ impl Engine {
         }
         self.cleanup();
         self.publish();
+    }
+
+    /// Waits for events until the next deadline (not at all while output is backlogged, or a
+    /// result already waits in a slot).
+    fn wait(&mut self, events: &mut Events) {
+        let mut timeout = if self.pipe_backlog.is_empty() {
+            self.next_deadline()
+                .map(|d| d.saturating_duration_since(Instant::now()))
+        } else {
+            Some(Duration::ZERO)
+        };
+        // Results left in slots from now on wake this thread (see `claim`).
+        let asleep = timeout != Some(Duration::ZERO);
+        if asleep && self.set_asleep(true) {
+            timeout = Some(Duration::ZERO);
+        }
+        let polled = self.poll.poll(events, timeout);
+        if asleep {
+            self.set_asleep(false);
+        }
+        if let Err(e) = polled
+            && e.kind() != ErrorKind::Interrupted
+        {
+            log::error!("pool {}: epoll_wait failed: {e}", self.settings.name);
+            self.fatal
+                .get_or_insert_with(|| format!("epoll_wait failed: {e}"));
+            self.stopping = Some(StopMode::Terminate);
+        }
     }
 
     fn complete(&mut self, completion: Completion, raw: Raw<'_>) {
@@ -503,6 +542,7 @@ impl Engine {
         if self.stopping.is_some() {
             return;
         }
+        self.revive_after_initializer();
         if self.fatal_from_slots {
             log::info!("pool {}: revived; accepting jobs again", self.settings.name);
             self.fatal = None;

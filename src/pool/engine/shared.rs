@@ -7,20 +7,26 @@
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use mio::{Poll, Waker};
 
 use super::WAKER;
+use super::credit::MessageSink;
 use crate::policy::ExitStatus;
-use crate::pool::PoolStats;
+use crate::pool::{Cancel, PoolError, PoolStats};
 
 /// Where a job's outcome goes; called exactly once, on the I/O thread.
 ///
 /// A completion dropped without being called (a job lost to a bug, e.g. a panic of the I/O thread)
 /// delivers [`Failure::Fatal`] from its destructor, so that a waiter never waits forever.
-pub(crate) struct Completion(Option<Deliver>);
+pub(crate) struct Completion {
+    deliver: Option<Deliver>,
+    /// Where the job's messages go, if someone receives them (see `credit`).
+    messages: Option<MessageSink>,
+}
 
 /// The boxed completion inside a [`Completion`].
 type Deliver = Box<dyn FnOnce(Raw<'_>) + Send>;
@@ -28,17 +34,31 @@ type Deliver = Box<dyn FnOnce(Raw<'_>) + Send>;
 impl Completion {
     /// A completion running `f` with the outcome.
     pub(crate) fn new(f: impl FnOnce(Raw<'_>) + Send + 'static) -> Completion {
-        Completion(Some(Box::new(f)))
+        Completion {
+            deliver: Some(Box::new(f)),
+            messages: None,
+        }
+    }
+
+    /// The same completion, for a job whose messages go to `sink`.
+    pub(crate) fn with_messages(mut self, sink: MessageSink) -> Completion {
+        self.messages = Some(sink);
+        self
+    }
+
+    /// The job's message receiver, if any.
+    pub(crate) fn messages(&mut self) -> Option<&mut MessageSink> {
+        self.messages.as_mut()
     }
 
     /// For a job that was refused (its submitter gets it back): it will never have an outcome.
     pub(crate) fn defuse(&mut self) {
-        self.0 = None;
+        self.deliver = None;
     }
 
     /// Delivers the outcome.
     pub(crate) fn call(mut self, raw: Raw<'_>) {
-        if let Some(f) = self.0.take() {
+        if let Some(f) = self.deliver.take() {
             f(raw);
         }
     }
@@ -46,7 +66,7 @@ impl Completion {
 
 impl Drop for Completion {
     fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
+        if let Some(f) = self.deliver.take() {
             let why = "the pool stopped before this job had an outcome".to_string();
             // May run while unwinding: a second panic must not abort the process.
             let _ = catch_unwind(AssertUnwindSafe(|| f(Raw::Failed(Failure::Fatal(why)))));
@@ -75,6 +95,8 @@ pub(crate) enum Failure {
     Cancelled,
     /// The pool cannot run jobs any more; why.
     Fatal(String),
+    /// The pool refuses jobs for this reason (a failed initializer).
+    Pool(PoolError),
 }
 
 /// One job (or chunk), encoded, with its completion.
@@ -89,8 +111,24 @@ pub(crate) struct Job {
     pub(crate) timeout: Option<Option<Duration>>,
     /// Retries left after a worker death or timeout.
     pub(crate) retries: u32,
+    /// What a [`CancelRequest`] names the job by; [`NO_TICKET`] for jobs that cannot be
+    /// cancelled one by one (chunks, callbacks).
+    pub(crate) ticket: u64,
     /// The completion.
     pub(crate) completion: Completion,
+}
+
+/// The ticket of a job that is never cancelled one by one.
+pub(crate) const NO_TICKET: u64 = 0;
+
+/// A request to cancel jobs, by ticket, answered on `reply` (one [`Cancel`] per ticket, in
+/// order) by the I/O thread; dropped unanswered when it ends (the waiter then knows the jobs are
+/// finished).
+pub(crate) struct CancelRequest {
+    pub(crate) tickets: Vec<u64>,
+    /// Kill the workers running any of them.
+    pub(crate) kill: bool,
+    pub(crate) reply: SyncSender<Vec<Cancel>>,
 }
 
 /// How the I/O thread is asked to stop.
@@ -113,6 +151,8 @@ pub(crate) struct Shared {
     wake_pending: AtomicBool,
     /// [`crate::pool::Pool::revive`] was called: restart the retired worker slots.
     pub(crate) revive: AtomicBool,
+    /// `Inner::cancels` may hold requests: read by the I/O thread without the lock.
+    pub(crate) cancel_pending: AtomicBool,
 }
 
 /// The shared state under [`Shared`]'s mutex.
@@ -123,6 +163,8 @@ pub(crate) struct Inner {
     pub(crate) capacity: usize,
     /// Submitters waiting on `not_full`.
     pub(crate) blocked: usize,
+    /// Async submitters waiting for room (`submit_async`): woken with `not_full`.
+    pub(crate) room_wakers: Vec<std::task::Waker>,
     /// Threads waiting on `changed`.
     pub(crate) waiting: usize,
     /// No new jobs are accepted.
@@ -137,6 +179,8 @@ pub(crate) struct Inner {
     pub(crate) io_done: bool,
     /// The latest snapshot, published by the I/O thread.
     pub(crate) stats: PoolStats,
+    /// Cancellations asked for and not yet carried out by the I/O thread.
+    pub(crate) cancels: Vec<CancelRequest>,
     /// Run once when the I/O thread ends (see [`Shared::on_io_done`]), by id.
     io_done_wakers: Vec<(u64, Box<dyn FnOnce() + Send>)>,
     next_waker: u64,
@@ -150,6 +194,7 @@ impl Shared {
                 queue: VecDeque::new(),
                 capacity,
                 blocked: 0,
+                room_wakers: Vec::new(),
                 waiting: 0,
                 closed: false,
                 stop: None,
@@ -157,6 +202,7 @@ impl Shared {
                 finished: 0,
                 io_done: false,
                 stats: PoolStats::default(),
+                cancels: Vec::new(),
                 io_done_wakers: Vec::new(),
                 next_waker: 0,
             }),
@@ -165,6 +211,7 @@ impl Shared {
             waker: Waker::new(poll.registry(), WAKER)?,
             wake_pending: AtomicBool::new(false),
             revive: AtomicBool::new(false),
+            cancel_pending: AtomicBool::new(false),
         })
     }
 
@@ -175,10 +222,13 @@ impl Shared {
         let first = !inner.io_done;
         inner.io_done = true;
         let wakers = std::mem::take(&mut inner.io_done_wakers);
+        // Unanswered: their waiters learn that every job has its outcome now.
+        let cancels = std::mem::take(&mut inner.cancels);
         drop(inner);
+        drop(cancels);
         if first {
             self.changed.notify_all();
-            self.not_full.notify_all();
+            self.wake_submitters();
         }
         for (_, wake) in wakers {
             wake();
@@ -224,6 +274,35 @@ impl Shared {
     /// Unregisters a waker that is no longer needed.
     pub(crate) fn forget_io_done(&self, id: u64) {
         self.lock().io_done_wakers.retain(|(i, _)| *i != id);
+    }
+
+    /// Wakes every submitter waiting for room, blocked or async (the pool closed, or its queue
+    /// drained).
+    pub(crate) fn wake_submitters(&self) {
+        self.not_full.notify_all();
+        let wakers = std::mem::take(&mut self.lock().room_wakers);
+        wakers.into_iter().for_each(std::task::Waker::wake);
+    }
+
+    /// Asks the I/O thread to cancel the jobs of `tickets` and waits for its answer (one turn of
+    /// its loop); every job counts as [`Cancel::Finished`] once the I/O thread has ended.
+    pub(crate) fn cancel(&self, tickets: Vec<u64>, kill: bool) -> Vec<Cancel> {
+        let n = tickets.len();
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        {
+            let mut inner = self.lock();
+            if inner.io_done {
+                return vec![Cancel::Finished; n];
+            }
+            inner.cancels.push(CancelRequest {
+                tickets,
+                kill,
+                reply,
+            });
+            self.cancel_pending.store(true, Ordering::Release);
+        }
+        self.wake();
+        answer.recv().unwrap_or_else(|_| vec![Cancel::Finished; n])
     }
 
     /// Locks the shared state (a panic elsewhere does not poison the pool).

@@ -90,6 +90,8 @@ impl Engine {
             // Results written just before the exit are still in the socket.
             let _ = self.drain_sock(slot, false);
         }
+        // Results finished in slots survive the worker.
+        self.drain_slot(slot);
         let Some(mut p) = self.slots[slot].proc.take() else {
             return;
         };
@@ -109,6 +111,10 @@ impl Engine {
             self.counters.worker_deaths += 1;
         }
         self.resolve_jobs(slot, &mut p, status);
+        let init_failed = p.init_failed.take();
+        if let Some(reason) = init_failed {
+            self.initializer_failed(slot, p.pid, reason);
+        }
         drop(p);
         self.apply(slot, Event::Exited { status });
     }
@@ -125,9 +131,10 @@ impl Engine {
         });
         if let Some(front) = running.and_then(|i| jobs.remove(i)) {
             let timed_out = p.timed_out == Some(front.id);
-            let failure = running_job_failure(terminating, timed_out, status);
+            let cancelled = terminating || p.cancelled == Some(front.id);
+            let failure = running_job_failure(cancelled, timed_out, status);
             let retry = failure != Failure::Cancelled && front.job.retries > 0;
-            if failure != Failure::TimedOut {
+            if failure != Failure::TimedOut && p.cancelled != Some(front.id) {
                 log::warn!(
                     "{}[{slot}]: worker (pid {}) died ({status}) while running a job{}",
                     self.settings.name,
@@ -391,6 +398,8 @@ impl Engine {
             rss_checked: self.now,
             phase: Phase::attached(self.stopping.is_some()),
             timed_out: None,
+            cancelled: None,
+            init_failed: None,
         });
         self.pids_dirty = true;
     }
@@ -451,7 +460,7 @@ fn worker_ends(slot: SlotIndex, pipeline: usize) -> std::io::Result<(Pending, Th
     ours.set_nonblocking(true)?;
     let (out_r, out_w) = output_pipe()?;
     let (err_r, err_w) = output_pipe()?;
-    let (claims, claims_fd) = SharedWords::create(pipeline)?;
+    let (claims, claims_fd) = SharedWords::create(crate::pool::claim::layout_len(pipeline))?;
     let ours = Pending {
         slot,
         claims,
@@ -556,10 +565,11 @@ pub(super) fn reap_child(
     }
 }
 
-/// Why the job a worker was running when it died has no answer: cancelled while the pool
-/// terminates, else timed out if its timeout killed the worker, else the worker's death.
-fn running_job_failure(terminating: bool, timed_out: bool, status: ExitStatus) -> Failure {
-    if terminating {
+/// Why the job a worker was running when it died has no answer: cancelled (the pool terminates,
+/// or its cancellation killed the worker), else timed out if its timeout killed the worker,
+/// else the worker's death.
+fn running_job_failure(cancelled: bool, timed_out: bool, status: ExitStatus) -> Failure {
+    if cancelled {
         Failure::Cancelled
     } else if timed_out {
         Failure::TimedOut

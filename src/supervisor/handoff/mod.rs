@@ -145,6 +145,9 @@ pub(super) struct UpgradeRequest {
     /// The connection that asked (none for `SIGUSR2`), taken out of the control server so that
     /// it survives the exec and the new image answers it.
     pub(super) conn: Option<UnixStream>,
+    /// The state was exported (checks under way were cancelled then): if this image runs on,
+    /// its health checks start over.
+    pub(super) exported: bool,
 }
 
 impl Supervisor {
@@ -179,6 +182,7 @@ impl Supervisor {
         self.plane.upgrade = UpgradeRequest {
             asked: true,
             conn: stream,
+            exported: false,
         };
     }
 
@@ -228,6 +232,14 @@ impl Supervisor {
             env!("CARGO_PKG_VERSION")
         );
         let request = std::mem::take(&mut self.plane.upgrade);
+        if request.exported {
+            let now = Instant::now();
+            for p in self.table.ids() {
+                for pos in self.table[p].positions() {
+                    self.reset_health(p, pos, now);
+                }
+            }
+        }
         if let Some(conn) = request.conn {
             answer(
                 conn,
@@ -258,6 +270,7 @@ impl Supervisor {
     /// Errors: an instance in a state that cannot be handed over (never in a quiet moment).
     pub fn export(&mut self, daemon: DaemonRec) -> Result<Handoff, String> {
         self.cancel_all_checks();
+        self.plane.upgrade.exported = true;
         self.groups.flush_blocking();
         // Event streams end as at a stop (their connections do not cross the exec).
         self.end_events();

@@ -361,10 +361,12 @@ fn judge(
     if w.pid.is_none() && pid.is_some() && pid != w.not_pid && !stopping {
         w.pid = pid;
     }
-    let gone = matches!(
-        i.state,
-        State::Fatal | State::Exited | State::Stopped | State::Backoff { .. }
-    );
+    // Held by its dependencies (`waiting`), it has not started: probation judges that.
+    let gone = !i.held
+        && matches!(
+            i.state,
+            State::Fatal | State::Exited | State::Stopped | State::Backoff { .. }
+        );
     let ended = gone || (w.pid.is_some() && pid != w.pid);
     let ending = matches!(
         i.state,

@@ -148,10 +148,26 @@ impl Supervisor {
     }
 
     /// The replacement in slot `new` serves: it takes the place of slot `old`, which stops for
-    /// good.
+    /// good. To an operator it is the same instance restarted: it carries on the old one's
+    /// restart count (plus this one, `manual`) and counters.
     fn retire(&mut self, p: ProgramId, old: SlotId, new: SlotId) {
+        let carried = self.table[p].locate(old).map(|pos| {
+            (
+                self.table[p][pos].inst.restarts,
+                self.table[p][pos].counters,
+            )
+        });
         if let Some(pos) = self.table[p].locate(new) {
-            self.table[p][pos].incoming = false;
+            let slot = &mut self.table[p][pos];
+            slot.incoming = false;
+            if let Some((restarts, mut counters)) = carried {
+                slot.inst.restarts = restarts.saturating_add(1);
+                counters
+                    .restarts
+                    .add(crate::supervisor::metrics::RestartReason::Manual);
+                counters.health_failures += slot.counters.health_failures;
+                slot.counters = counters;
+            }
         }
         if let Some(pos) = self.table[p].locate(old) {
             self.table[p][pos].retiring = true;

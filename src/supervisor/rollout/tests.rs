@@ -464,3 +464,19 @@ fn a_surge_replacement_with_a_health_check_takes_over_only_once_it_passed() {
     web.slot(7).health_passed = true;
     assert!(matches!(r.next(&web.view(), t0), Next::Retire { .. }));
 }
+
+#[test]
+fn a_replacement_waiting_for_its_dependencies_is_judged_at_the_end_of_its_probation() {
+    let mut web = Program::new("web", 1, fake::ready());
+    let t0 = now();
+    let mut r = surge(&web, Duration::from_secs(10));
+    r.next(&web.view(), t0);
+    web.add_incoming(0, 7, State::Exited);
+    web.slot(7).held = true;
+    r.surged(SlotId(7), t0);
+    assert_eq!(r.next(&web.view(), t0 + Duration::from_secs(1)), Next::Wait);
+    assert!(matches!(
+        r.next(&web.view(), t0 + Duration::from_secs(10)),
+        Next::RollBack { reason } if reason.contains("did not become ready")
+    ));
+}
