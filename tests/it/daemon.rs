@@ -371,8 +371,6 @@ fn assert_only_its_own_descriptors(sb: &Sandbox, pid: i32, leaked: &BTreeSet<Str
         );
         if *target == pidfile {
             n_pidfile += 1;
-        } else if std::fs::canonicalize(warden_bin()).is_ok_and(|b| *target == b) {
-            // The binary it runs, kept open for `warden upgrade` to go back to.
         } else if *target == logfile {
             n_log += 1;
         } else if *target == binary {
