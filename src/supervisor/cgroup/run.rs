@@ -91,6 +91,15 @@ impl Supervisor {
         self.cgroup.why_not = Some(why);
     }
 
+    /// cgroup mode as `warden upgrade` hands it over, if in force.
+    pub(in crate::supervisor) fn cgroup_rec(&self) -> Option<CgroupRec> {
+        self.groups.hierarchy().map(|h| CgroupRec {
+            parent: h.parent.clone(),
+            base: h.base.clone(),
+            groups: self.groups.tracked_cgroups(),
+        })
+    }
+
     /// Takes cgroup mode over from an earlier image (`warden upgrade`), if it was in force.
     pub(in crate::supervisor) fn adopt_cgroups(&mut self, rec: Option<&CgroupRec>) {
         self.cgroup.decided = true;

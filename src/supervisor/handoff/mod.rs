@@ -39,7 +39,7 @@ use serde::{Deserialize, Serialize};
 
 pub use self::exec::{Inherited, release_signals};
 pub use self::state::STATE_FORMAT;
-use self::state::{CgroupRec, Clock, InstanceRec, PipeRec, ProgramRec, SlotRec, SupState};
+use self::state::{Clock, InstanceRec, PipeRec, ProgramRec, SlotRec, SupState};
 use super::Supervisor;
 use super::capture::Stream;
 use super::table::{ExecState, Hold, InstanceIndex, ProgramId, Slot, SlotId};
@@ -311,11 +311,7 @@ impl Supervisor {
                 .collect(),
             programs,
             groups,
-            cgroup: self.groups.hierarchy().map(|h| CgroupRec {
-                parent: h.parent.clone(),
-                base: h.base.clone(),
-                groups: self.groups.tracked_cgroups(),
-            }),
+            cgroup: self.cgroup_rec(),
             pipes,
             rollbacks: self.plane.rollbacks,
             started_at: clock.off(self.plane.started_at),
