@@ -4,7 +4,9 @@
 //! against runit, daemontools, s6, supervisord and monit on the same work, eight figures,
 //! medians and ratios (issue 4, section 5; figures 7 and 8: issue 14, section 4). `--quick` is a
 //! smoke run (3 kills, 1 round, 2 s window, 4 s health window). `WARDEN_BENCH_BIN=PATH`
-//! measures another warden build.
+//! measures another warden build. `WARDEN_BENCH_CGROUPS=off` (or `auto`) sets warden's
+//! `[daemon] cgroups`: as root warden runs in cgroup mode by default, so two runs with `--only
+//! warden,floor` compare the modes.
 //!
 //! Every supervisor supervises the same tiny C child (`benches/child.c`, compiled here with
 //! `cc -O2` into a temp dir): at startup it reads CLOCK_MONOTONIC and publishes that time as the
@@ -531,8 +533,11 @@ impl Place {
 
     /// The `[daemon]` table of a warden configuration living here.
     fn warden_daemon_table(&self) -> String {
+        let cgroups = std::env::var("WARDEN_BENCH_CGROUPS")
+            .map(|v| format!("cgroups = {v:?}\n"))
+            .unwrap_or_default();
         format!(
-            "[daemon]\npidfile = {:?}\ndirectory = {:?}\nlog = {:?}\n",
+            "[daemon]\npidfile = {:?}\ndirectory = {:?}\nlog = {:?}\n{cgroups}",
             self.dir.join("warden.pid"),
             self.dir,
             self.dir.join("warden.log"),

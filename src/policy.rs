@@ -153,13 +153,16 @@ impl fmt::Display for ExitStatus {
 pub enum ExitReason {
     /// Its health check failed `retries` times in a row.
     Health,
+    /// The kernel's OOM killer struck its cgroup (`oom_kill` in `memory.events`; cgroup mode).
+    Oom,
 }
 
 impl ExitReason {
-    /// The name status shows: `health`.
+    /// The name status shows: `health` or `oom`.
     pub fn name(&self) -> &'static str {
         match self {
             ExitReason::Health => "health",
+            ExitReason::Oom => "oom",
         }
     }
 }

@@ -639,8 +639,13 @@ fn header(health: bool) -> Vec<String> {
 
 fn print_table(report: &StatusReport) {
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let tracking = match (&report.daemon.tracking, &report.daemon.cgroup) {
+        (Some(t), Some(c)) => format!(", tracking: {t} {c}"),
+        (Some(t), None) => format!(", tracking: {t}"),
+        _ => String::new(),
+    };
     println!(
-        "warden {} running (pid {}, up {})",
+        "warden {} running (pid {}, up {}{tracking})",
         report.daemon.version,
         report.daemon.pid,
         fmt_uptime(report.daemon.uptime_secs)

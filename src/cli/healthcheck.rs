@@ -116,6 +116,8 @@ mod tests {
                 version: "0".into(),
                 uptime_secs: 0.0,
                 config: String::new(),
+                tracking: None,
+                cgroup: None,
             },
             instances,
             programs: Vec::new(),

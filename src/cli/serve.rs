@@ -235,7 +235,10 @@ fn build(
     let group = control_group(config)?;
     let server =
         ControlServer::bind(&config.daemon.control_socket, group).map_err(|e| e.to_string())?;
-    supervisor(sup, config, handle, log, (bound, server))
+    let mut sup = supervisor(sup, config, handle, log, (bound, server))?;
+    // cgroup mode is set up before readiness (not across an upgrade: `import` adopts it).
+    sup.decide_tracking();
+    Ok(sup)
 }
 
 /// The `control_group`, resolved.
@@ -268,6 +271,7 @@ pub(super) fn supervisor(
     sup.set_shutdown_timeout(d.shutdown_timeout);
     sup.set_exit_on_fatal(d.exit_on_fatal);
     sup.set_scale_program(d.scale_program.clone());
+    sup.set_cgroups(d.cgroups);
     sup.set_config_path(config.path.display().to_string());
     let manager = handle.service_manager();
     if let Some(n) = &manager.notifier {
@@ -332,7 +336,8 @@ fn daemon_changes(
         shutdown_timeout,
         control_socket,
         control_group,
-        metrics
+        metrics,
+        cgroups
     );
     keys.into_iter()
         .map(|k| format!("daemon.{k} changed: takes effect when warden restarts"))

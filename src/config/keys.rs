@@ -49,6 +49,7 @@ pub(crate) const DAEMON: KeyTable = KeyTable {
         "control_socket",
         "control_group",
         "metrics",
+        "cgroups",
     ],
 };
 
@@ -66,6 +67,10 @@ pub(crate) const PROGRAM: KeyTable = KeyTable {
         "env_file",
         "clean_env",
         "limits",
+        "memory_max",
+        "memory_high",
+        "pids_max",
+        "cpu_max",
         "health",
         "sockets",
         "after",
@@ -159,6 +164,11 @@ mod tests {
                         | "stop_timeout" | "start_timeout" | "watchdog" | "ready_timeout"
                         | "shutdown_timeout" | "probation" => "\"1s\"",
                         "update" => "\"surge\"",
+                        "cgroups" => "\"auto\"",
+                        "memory_max" => "\"64M\"",
+                        "memory_high" => "\"32M\"",
+                        "pids_max" => "64",
+                        "cpu_max" => "\"50%\"",
                         "user" | "group" | "syslog_ident" | "control_group" => "\"x\"",
                         "stdout" | "stderr" => "\"./out\"",
                         _ => "\"./path\"",

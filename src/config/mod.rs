@@ -59,7 +59,7 @@ pub use health::{
     parse_http_url,
 };
 pub use keys::{KEYS, KeyTable};
-pub use limits::Limits;
+pub use limits::{CgroupLimits, CgroupMode, CpuMax, Limits, parse_cpu_max};
 pub use program::{
     ExecSpec, MAX_INSTANCES, MAX_LOG_KEEP, MAX_PROGRAM_NAME, MAX_RESTARTS_LIMIT, OutputSpec,
     Policy, ProgramSpec, Readiness, Restart, Update, UpdatePolicy, parse_signal,
@@ -166,6 +166,9 @@ pub struct DaemonSpec {
     /// `metrics`: where `GET /metrics` is served (OpenMetrics / Prometheus text), a TCP address
     /// or a Unix socket path; default none (off).
     pub metrics: Option<Listen>,
+    /// `cgroups`: `"auto"` (default) runs each instance in a cgroup v2 of its own where warden
+    /// may create one, `"off"` keeps to process groups and the guard.
+    pub cgroups: CgroupMode,
 }
 
 impl Default for DaemonSpec {
@@ -190,6 +193,7 @@ impl Default for DaemonSpec {
             control_socket: PathBuf::from("/run/warden/warden.sock"),
             control_group: None,
             metrics: None,
+            cgroups: CgroupMode::Auto,
         }
     }
 }
@@ -606,6 +610,12 @@ fn read_daemon_control(
             Ok(l) => d.metrics = Some(l),
             Err(msg) => c.at(m.span(), "daemon.metrics", msg),
         }
+    }
+    if let Some(m) = s.choice(c, "cgroups", &["auto", "off"]) {
+        d.cgroups = match m {
+            "off" => CgroupMode::Off,
+            _ => CgroupMode::Auto,
+        };
     }
     scale
 }

@@ -183,7 +183,84 @@ pub fn warnings(config: &Config) -> Diagnostics {
     for p in &config.programs {
         program_warnings(p, &d.directory, &config.path, &mut warn);
     }
+    let controllers = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| v2_mount(&m))
+        .map(|m| {
+            let text = std::fs::read_to_string(m.join("cgroup.controllers")).unwrap_or_default();
+            (m, text.split_whitespace().map(String::from).collect())
+        });
+    for p in &config.programs {
+        let file = p.source.as_deref().unwrap_or(&config.path);
+        for (key, message) in cgroup_problems(p, d.cgroups, controllers.as_ref()) {
+            warn(&format!("program.{}.{key}", p.name), file, message);
+        }
+    }
     Diagnostics(out)
+}
+
+/// The cgroup limits of `p` that cannot be applied: cgroups off, no cgroup v2 hierarchy, or
+/// its controller not in the hierarchy (`controllers`: its mount point and the root's
+/// `cgroup.controllers`). Whether warden may create cgroups is known only when it starts
+/// (`warden start` says then which limit it could not apply).
+fn cgroup_problems(
+    p: &super::ProgramSpec,
+    mode: super::CgroupMode,
+    controllers: Option<&(PathBuf, Vec<String>)>,
+) -> Vec<(&'static str, String)> {
+    p.cgroup
+        .files()
+        .into_iter()
+        .filter_map(|(key, _, controller, _)| {
+            let why = match (mode, controllers) {
+                (super::CgroupMode::Off, _) => {
+                    "[daemon] cgroups = \"off\": the limit will not be applied".to_string()
+                }
+                (_, None) => {
+                    "no cgroup v2 hierarchy is mounted: the limit will not be applied".to_string()
+                }
+                (_, Some((mount, have))) if !have.iter().any(|c| c == controller) => format!(
+                    "the {controller} controller is not available in the cgroup v2 hierarchy \
+                     ({}/cgroup.controllers): the limit will not be applied",
+                    mount.display()
+                ),
+                _ => return None,
+            };
+            Some((key, why))
+        })
+        .collect()
+}
+/// The mount point of the cgroup v2 hierarchy in `mountinfo` (the text of
+/// `/proc/self/mountinfo`), if one is mounted.
+pub(crate) fn v2_mount(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        left.split_whitespace()
+            .nth(4)
+            .map(|m| PathBuf::from(unescape(m)))
+    })
+}
+
+/// `mountinfo`'s octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = |d: &[u8]| d.iter().all(|c| (b'0'..=b'7').contains(c));
+        if b[i] == b'\\' && i + 4 <= b.len() && octal(&b[i + 1..i + 4]) {
+            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The warnings about one program: its command, its health check's command, its environment

@@ -22,7 +22,7 @@ use toml::de::{DeArray, DeTable, DeValue};
 
 use super::env_file::EnvFile;
 use super::health::HealthSpec;
-use super::limits::{Limits, read_limits};
+use super::limits::{CgroupLimits, Limits, read_cgroup_limits, read_limits};
 use super::parse_umask;
 use super::read::{Section, duration_value};
 use crate::error::diag::Collector;
@@ -87,6 +87,9 @@ pub struct ProgramSpec {
     /// `update` and `probation`: how a rolling restart replaces each instance, and how long a
     /// new one is on probation before the rollout counts it good.
     pub rollout: UpdatePolicy,
+    /// `memory_max`, `memory_high`, `pids_max`, `cpu_max`: limits of each instance's cgroup
+    /// (cgroup mode only; see [`CgroupLimits`]).
+    pub cgroup: CgroupLimits,
 }
 
 impl ProgramSpec {
@@ -107,6 +110,7 @@ impl ProgramSpec {
             health: None,
             sockets: Vec::new(),
             rollout: UpdatePolicy::default(),
+            cgroup: CgroupLimits::default(),
         }
     }
 }
@@ -348,6 +352,7 @@ fn read_process(
     if let Some(l) = s.table(c, "limits") {
         p.exec.limits = read_limits(c, &s.key("limits"), l);
     }
+    p.cgroup = read_cgroup_limits(c, s);
     p.after = read_names(c, s, "after", "program");
     p.requires = read_names(c, s, "requires", "program");
     p.sockets = read_names(c, s, "sockets", "socket");

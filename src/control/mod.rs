@@ -339,6 +339,13 @@ pub struct DaemonInfo {
     pub uptime_secs: f64,
     /// The configuration file.
     pub config: String,
+    /// How instances are tracked: `"cgroup"` (each in a cgroup v2 of its own) or
+    /// `"process-group"` (process groups and the guard); absent from an older daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracking: Option<String>,
+    /// In cgroup mode, warden's base cgroup (the instances' cgroups are under its `programs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
 }
 
 impl DaemonInfo {

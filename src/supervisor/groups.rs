@@ -32,25 +32,41 @@
 //! killed (it is our child, not yet reaped, so its pid is still its own) and, if needed, replaced
 //! — a guard never acts on a table that lags behind the supervisor's.
 //!
+//! # cgroup mode
+//!
+//! Where warden runs each instance in a cgroup v2 of its own ([`super::cgroup`]), a group's
+//! record also holds the instance's cgroup, and the cgroup decides: the group is empty when
+//! the cgroup is (`populated 0` in `cgroup.events`, watched through an inotify descriptor in
+//! the loop, so that the change is an event, not a poll), `SIGKILL` goes to the whole cgroup
+//! (`cgroup.kill`) besides the group, and the guard, given the cgroup that holds every
+//! instance's, kills it all when the supervisor dies. An emptied cgroup is removed, after its
+//! `memory.events` told whether the OOM killer struck it.
+//!
 //! # Limit
 //!
-//! A descendant that leaves its worker's process group (`setsid`, `setpgid`) is in no
-//! registered group and survives a `SIGKILL` of the supervisor.
+//! In process-group mode, a descendant that leaves its worker's process group (`setsid`,
+//! `setpgid`) is in no registered group and survives a `SIGKILL` of the supervisor. In cgroup
+//! mode it does not; only a `SIGKILL` of warden and its guard together leaves such a
+//! descendant running, until the next warden started in the same parent cgroup kills it
+//! ([`super::cgroup::clean_stale`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::errno::Errno;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
+use super::cgroup::{self, Hierarchy};
 use super::table::Owner;
 
 /// The guard's program, for `/bin/sh -c` (POSIX shell; builtins only, so it forks nothing). It
@@ -83,6 +99,9 @@ while read -r r; do
     n=0
   fi
 done
+if [ -n "${WARDEN_GUARD_CGROUP-}" ]; then
+  echo 1 2>/dev/null >"$WARDEN_GUARD_CGROUP/cgroup.kill"
+fi
 for id in $ids; do
   eval "if [ -n \"\${h$id-}\" ]; then unset h$id; kill -s KILL -- -$id 2>/dev/null; fi"
 done
@@ -92,12 +111,35 @@ done
 const MAX_PENDING: usize = 4096;
 
 /// One tracked process group.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Tracked {
     /// The instance it belongs to: (program position, instance index).
     owner: Owner,
     /// Whether its leader (the worker's main process) was reaped.
     leader_reaped: bool,
+    /// cgroup mode: the instance's cgroup, which decides whether the group is empty.
+    cgroup: Option<TrackedCgroup>,
+}
+
+/// The cgroup of a tracked group.
+#[derive(Debug, Clone)]
+struct TrackedCgroup {
+    dir: PathBuf,
+    /// The inotify watch on its `cgroup.events`.
+    watch: Option<WatchDescriptor>,
+    /// `oom_kill` of its `memory.events` when the spawn joined it.
+    oom_base: u64,
+}
+
+/// A spawn's new cgroup: its directory and its `oom_kill` count so far.
+pub(crate) type NewCgroup = (PathBuf, u64);
+
+/// cgroup mode, as the loop holds it.
+#[derive(Debug)]
+struct CgroupMode {
+    hierarchy: Hierarchy,
+    /// Watches every tracked cgroup's `cgroup.events` (`IN_MODIFY`), registered in the loop.
+    inotify: Inotify,
 }
 
 /// The guard, as far as the loop is concerned.
@@ -129,6 +171,10 @@ pub(crate) struct Groups {
     /// which runs on every turn and so returns at once when there are none.
     orphaned: usize,
     link: Option<Link>,
+    /// cgroup mode, when in force.
+    cgroups: Option<CgroupMode>,
+    /// Instances whose last emptied cgroup the OOM killer struck, until asked.
+    oom: HashSet<Owner>,
     token: Token,
     /// Starting a guard failed, and that was logged: say so again only after a success.
     guard_failed: bool,
@@ -141,6 +187,8 @@ impl Groups {
             tracked: HashMap::new(),
             orphaned: 0,
             link: None,
+            cgroups: None,
+            oom: HashSet::new(),
             token,
             guard_failed: false,
         }
@@ -152,7 +200,8 @@ impl Groups {
         if self.link.is_some() {
             return;
         }
-        let link = match spawn_guard() {
+        let cgroup = self.cgroups.as_ref().map(|c| c.hierarchy.programs());
+        let link = match spawn_guard(cgroup) {
             Ok(l) => l,
             Err(e) => {
                 if !self.guard_failed {
@@ -192,9 +241,27 @@ impl Groups {
 
     /// A worker leading group `pgid` was spawned for `owner`.
     pub(crate) fn add(&mut self, registry: &Registry, pgid: i32, owner: Owner) {
+        self.add_in(registry, pgid, owner, None);
+    }
+
+    /// As [`add`](Self::add), the worker in cgroup `dir` (cgroup mode; see
+    /// [`cgroup_for`](Self::cgroup_for)).
+    pub(crate) fn add_in(
+        &mut self,
+        registry: &Registry,
+        pgid: i32,
+        owner: Owner,
+        dir: Option<(PathBuf, u64)>,
+    ) {
+        let cgroup = dir.map(|(dir, oom_base)| TrackedCgroup {
+            watch: self.watch(&dir),
+            dir,
+            oom_base,
+        });
         let new = Tracked {
             owner,
             leader_reaped: false,
+            cgroup,
         };
         // A group id reused before its old group was swept: that one is gone.
         if self
@@ -230,8 +297,8 @@ impl Groups {
         match self.tracked.get(&pgid) {
             None => false,
             Some(t) if !t.leader_reaped => true,
-            Some(_) => {
-                if group_exists(pgid) {
+            Some(t) => {
+                if alive(pgid, t) {
                     true
                 } else {
                     self.forget(registry, pgid);
@@ -250,7 +317,7 @@ impl Groups {
         let empty: Vec<(i32, Owner)> = self
             .tracked
             .iter()
-            .filter(|(pgid, t)| t.leader_reaped && !group_exists(**pgid))
+            .filter(|(pgid, t)| t.leader_reaped && !alive(**pgid, t))
             .map(|(&pgid, t)| (pgid, t.owner))
             .collect();
         for &(pgid, _) in &empty {
@@ -259,12 +326,136 @@ impl Groups {
         empty
     }
 
-    /// Sends `signal` to every tracked group; returns how many there were.
+    /// Sends `signal` to every tracked group (`SIGKILL`: to their whole cgroups too); returns
+    /// how many there were.
     pub(crate) fn signal_all(&self, signal: Signal) -> usize {
-        for &pgid in self.tracked.keys() {
+        for (&pgid, t) in &self.tracked {
             let _ = killpg(Pid::from_raw(pgid), signal);
+            if let (Signal::SIGKILL, Some(c)) = (signal, &t.cgroup) {
+                cgroup::kill(&c.dir);
+            }
         }
         self.tracked.len()
+    }
+
+    /// Enters cgroup mode on `hierarchy`: its inotify descriptor is registered under `token`.
+    /// A guard already running was started without the cgroup: it is replaced, unless
+    /// `adopted` (`warden upgrade`: the guard was started in cgroup mode by the earlier image).
+    ///
+    /// Errors: inotify or epoll failed (the caller stays in process-group mode).
+    pub(crate) fn enter_cgroup_mode(
+        &mut self,
+        registry: &Registry,
+        token: Token,
+        hierarchy: Hierarchy,
+        adopted: bool,
+    ) -> std::io::Result<()> {
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
+        let fd = inotify.as_fd().as_raw_fd();
+        registry.register(&mut SourceFd(&fd), token, Interest::READABLE)?;
+        crate::daemon::mark_private(fd);
+        self.cgroups = Some(CgroupMode { hierarchy, inotify });
+        if self.link.is_some() && !adopted {
+            self.end_guard(Some(registry), false);
+            self.ensure_guard(registry);
+        }
+        Ok(())
+    }
+
+    /// The hierarchy, in cgroup mode.
+    pub(crate) fn hierarchy(&self) -> Option<&Hierarchy> {
+        self.cgroups.as_ref().map(|c| &c.hierarchy)
+    }
+
+    /// cgroup mode: the cgroup for a new spawn of `owner`'s slot, named `name` (made now, with
+    /// `limits` written), as its directory and its `oom_kill` count so far, and the limits not
+    /// applied (`KEY: reason`). `None` in process-group mode.
+    ///
+    /// Errors: the cgroup cannot be made (the spawn fails: it would run untracked otherwise).
+    pub(crate) fn cgroup_for(
+        &self,
+        name: &str,
+        limits: &crate::config::CgroupLimits,
+    ) -> std::io::Result<Option<(NewCgroup, Vec<String>)>> {
+        let Some(c) = &self.cgroups else {
+            return Ok(None);
+        };
+        let (dir, failed) = c.hierarchy.instance(name, limits)?;
+        let base = cgroup::oom_kills(&dir);
+        Ok(Some(((dir, base), failed)))
+    }
+
+    /// cgroup mode: `signal` to every process of group `pgid`'s cgroup outside that group
+    /// (which the caller signals), whatever its process group or session (`SIGKILL` to all
+    /// through `cgroup.kill`).
+    pub(crate) fn signal_cgroup(&self, pgid: i32, signal: Signal) {
+        if let Some(c) = self.tracked.get(&pgid).and_then(|t| t.cgroup.as_ref()) {
+            match signal {
+                Signal::SIGKILL => cgroup::kill(&c.dir),
+                _ => cgroup::signal(&c.dir, pgid, signal),
+            }
+        }
+    }
+
+    /// The inotify descriptor is readable: drains it (what changed is read by the next sweep).
+    pub(crate) fn cgroup_event(&mut self) {
+        if let Some(c) = &self.cgroups {
+            while matches!(c.inotify.read_events(), Ok(v) if !v.is_empty()) {}
+        }
+    }
+
+    /// Whether the OOM killer struck `owner`'s last emptied cgroup; asked once.
+    pub(crate) fn take_oom(&mut self, owner: Owner) -> bool {
+        self.oom.remove(&owner)
+    }
+
+    /// Every tracked group's cgroup (pgid, directory, `oom_kill` base), for `warden upgrade`.
+    pub(crate) fn tracked_cgroups(&self) -> Vec<(i32, PathBuf, u64)> {
+        self.tracked
+            .iter()
+            .filter_map(|(&pgid, t)| {
+                let c = t.cgroup.as_ref()?;
+                Some((pgid, c.dir.clone(), c.oom_base))
+            })
+            .collect()
+    }
+
+    /// Gives group `pgid`, adopted already, its cgroup again (`warden upgrade`).
+    pub(crate) fn adopt_cgroup(&mut self, pgid: i32, dir: PathBuf, oom_base: u64) {
+        let watch = self.watch(&dir);
+        if let Some(t) = self.tracked.get_mut(&pgid) {
+            t.cgroup = Some(TrackedCgroup {
+                dir,
+                watch,
+                oom_base,
+            });
+        }
+    }
+
+    /// Watches `dir`'s `cgroup.events`.
+    fn watch(&self, dir: &std::path::Path) -> Option<WatchDescriptor> {
+        let c = self.cgroups.as_ref()?;
+        match c
+            .inotify
+            .add_watch(&dir.join("cgroup.events"), AddWatchFlags::IN_MODIFY)
+        {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::warn!("cannot watch {}/cgroup.events: {e}", dir.display());
+                None
+            }
+        }
+    }
+
+    /// A forgotten group's cgroup: was it struck by the OOM killer; then unwatched and removed.
+    fn drop_cgroup(&mut self, owner: Owner, c: TrackedCgroup) {
+        if cgroup::oom_kills(&c.dir) > c.oom_base {
+            self.oom.insert(owner);
+        }
+        if let (Some(w), Some(m)) = (c.watch, &self.cgroups) {
+            let _ = m.inotify.rm_watch(w);
+        }
+        let _ = std::fs::remove_dir(&c.dir);
     }
 
     /// The guard's socket is ready: flush waiting records, or replace a guard that is gone.
@@ -300,6 +491,9 @@ impl Groups {
         if let Some(t) = self.tracked.remove(&pgid) {
             if t.leader_reaped {
                 self.orphaned = self.orphaned.saturating_sub(1);
+            }
+            if let Some(c) = t.cgroup {
+                self.drop_cgroup(t.owner, c);
             }
             self.send(registry, false, pgid);
         }
@@ -422,6 +616,14 @@ impl Groups {
             .collect()
     }
 
+    /// At the end of a completed shutdown (the guard let go): leaves cgroup mode, removing
+    /// warden's cgroups.
+    pub(crate) fn leave_cgroup_mode(&mut self) {
+        if let Some(c) = self.cgroups.take() {
+            c.hierarchy.tear_down();
+        }
+    }
+
     /// The guard's pid and our end of its socket pair, if one runs.
     pub(crate) fn guard(&self) -> Option<(i32, std::os::fd::RawFd)> {
         let link = self.link.as_ref().filter(|l| !l.reaped)?;
@@ -463,6 +665,7 @@ impl Groups {
             Tracked {
                 owner,
                 leader_reaped,
+                cgroup: None,
             },
         );
         if leader_reaped {
@@ -514,17 +717,21 @@ impl Drop for Groups {
 }
 
 /// Spawns the guard (see the module documentation).
-fn spawn_guard() -> std::io::Result<Link> {
+fn spawn_guard(cgroup: Option<PathBuf>) -> std::io::Result<Link> {
     let (ours, theirs) = UnixStream::pair()?;
     ours.set_nonblocking(true)?;
-    let child = std::process::Command::new("/bin/sh")
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.env_clear();
+    if let Some(dir) = cgroup {
+        cmd.env("WARDEN_GUARD_CGROUP", dir);
+    }
+    let child = cmd
         .arg0("warden-guard")
         // Through the environment, so that `ps` shows a short command line.
         .args(["-c", "eval \"$WARDEN_GUARD_SCRIPT\""])
         .stdin(std::process::Stdio::from(OwnedFd::from(theirs)))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .env_clear()
         .env("LC_ALL", "C")
         .env("WARDEN_GUARD_SCRIPT", GUARD_SCRIPT)
         .current_dir("/")
@@ -560,6 +767,15 @@ fn kill_guard(pid: i32, pidfd: Option<&OwnedFd>) {
 fn guard_gone(sock: &mut UnixStream) -> bool {
     let mut b = [0u8; 16];
     !matches!(sock.read(&mut b), Err(e) if e.kind() == ErrorKind::WouldBlock)
+}
+
+/// Whether group `pgid`, its leader reaped, is not empty yet: its cgroup is populated, or (in
+/// process-group mode) the group has a member.
+fn alive(pgid: i32, t: &Tracked) -> bool {
+    match &t.cgroup {
+        Some(c) => cgroup::populated(&c.dir),
+        None => group_exists(pgid),
+    }
 }
 
 /// Whether process group `pgid` has any member (zombies included). `EPERM` means it has one we

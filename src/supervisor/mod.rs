@@ -33,6 +33,7 @@
 //! starts another.
 
 mod capture;
+mod cgroup;
 mod commands;
 mod deps;
 mod events;
@@ -135,6 +136,8 @@ pub struct Supervisor {
     events: events::EventBus,
     /// `GET /metrics`, when served (`metrics/`).
     metrics: Option<metrics::MetricsServer>,
+    /// cgroup mode: what was asked, why it is not in force (`cgroup/`).
+    cgroup: cgroup::CgroupState,
 }
 
 /// The control side of the supervisor: the socket server, the requests waiting for their
@@ -216,6 +219,7 @@ impl Supervisor {
             upgradable: false,
             events: events::EventBus::default(),
             metrics: None,
+            cgroup: cgroup::CgroupState::default(),
         })
     }
 
@@ -333,6 +337,7 @@ impl Supervisor {
         self.register_signals(signals)?;
         if !self.started {
             self.check_edges()?;
+            self.decide_tracking();
             self.started = true;
             for p in self.table.ids() {
                 for i in self.table[p].positions() {
@@ -429,6 +434,10 @@ impl Supervisor {
             Source::Pipe => self.read_pipe(ev.token()),
             Source::Check => self.check_event(ev.token()),
             Source::Metrics | Source::MetricsConn => self.metrics_event(ev.token()),
+            Source::Cgroups => {
+                self.groups.cgroup_event();
+                self.sweep_groups();
+            }
         }
         false
     }
@@ -531,7 +540,11 @@ impl Supervisor {
             let jitter = self.jitter.next_unit();
             let old_pid = self.table[p][pos].inst.state.pid();
             let mark = metrics::Mark::of(&self.table[p][pos], &event);
+            let ended = cgroup::ends(&event);
             let actions = self.table[p].step(pos, event, now, jitter);
+            if let Some(line) = self.note_oom(p, pos, ended) {
+                notes.push((log::Level::Warn, line));
+            }
             mark.count(&mut self.table[p][pos]);
             for action in actions {
                 if let Some(next) = self.carry_out(p, pos, action, &mut notes, &mut news) {
@@ -607,10 +620,14 @@ impl Supervisor {
         // The guard exists before the first worker does (and again after it died).
         self.groups.ensure_guard(self.poll.registry());
         let (index, id) = (self.table[p][pos].index, self.table[p][pos].id);
-        let started = self.start_process(p, index)?;
+        let cgroup = self.spawn_cgroup(p, pos)?;
+        let (procs, dir) = cgroup.unzip();
+        let started = self.start_process(p, index, procs)?;
         self.table[p][pos].spec_gen = self.table[p].spec_gen;
-        // The worker leads a new process group (set up in the child before anything else).
-        self.groups.add(self.poll.registry(), started.pid, (p, id));
+        // The worker leads a new process group (set up in the child before anything else), in
+        // its own cgroup in cgroup mode (joined first).
+        self.groups
+            .add_in(self.poll.registry(), started.pid, (p, id), dir);
         let registry = self.poll.registry();
         for (stream, file) in [
             (Stream::Stdout, started.stdout),
@@ -639,7 +656,12 @@ impl Supervisor {
     }
 
     /// Forks (and, for an exec'd program, execs) instance `index` of program `p`.
-    fn start_process(&self, p: ProgramId, index: InstanceIndex) -> Result<spawn::Started> {
+    fn start_process(
+        &self,
+        p: ProgramId,
+        index: InstanceIndex,
+        cgroup_procs: Option<std::ffi::CString>,
+    ) -> Result<spawn::Started> {
         let prog = &self.table[p];
         let def = &prog.def;
         let plan = |o: &OutputSpec| {
@@ -661,6 +683,7 @@ impl Supervisor {
             stdout: plan(&def.stdout),
             stderr: plan(&def.stderr),
             checked_pid: None,
+            cgroup_procs,
         };
         match (&def.work, &prog.prepared) {
             (Work::Exec(_), Some(prepared)) => spawn::spawn_exec(prepared, &request),
@@ -708,6 +731,9 @@ impl Supervisor {
         // a forking service. A reaped pid is free for reuse and is never signalled.
         if self.groups.contains(pid) {
             let _ = nix::sys::signal::killpg(Pid::from_raw(pid), sig);
+            // cgroup mode: the signal reaches every process of the instance, in its group or
+            // not (as systemd's KillMode=control-group).
+            self.groups.signal_cgroup(pid, sig);
         }
         if self.table.owner(pid) == Some((p, slot.id)) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);

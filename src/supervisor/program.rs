@@ -81,6 +81,10 @@ pub struct ProgramDef {
     /// `probation`, within which a failure rolls the rollout back. Not a setting that a reload
     /// restarts for: it applies to the next rollout (including the one the reload starts).
     pub rollout: crate::policy::UpdatePolicy,
+    /// The limits of each instance's cgroup (`memory_max`, `memory_high`, `pids_max`,
+    /// `cpu_max`), applied in cgroup mode where the controller is enabled; a limit that cannot
+    /// be applied is logged at the instance's first start, never ignored silently.
+    pub cgroup: crate::config::CgroupLimits,
 }
 
 impl ProgramDef {
@@ -101,6 +105,7 @@ impl ProgramDef {
             health: None,
             sockets: Vec::new(),
             rollout: crate::policy::UpdatePolicy::default(),
+            cgroup: crate::config::CgroupLimits::default(),
         }
     }
 }
@@ -249,6 +254,7 @@ impl ProgramDef {
             health: spec.health.clone(),
             sockets: spec.sockets.clone(),
             rollout: spec.rollout,
+            cgroup: spec.cgroup,
         }
     }
 }

@@ -217,6 +217,7 @@ fn same_config(a: &ProgramDef, b: &ProgramDef) -> bool {
         && a.stderr == b.stderr
         && a.log_max_bytes == b.log_max_bytes
         && a.log_keep == b.log_keep
+        && a.cgroup == b.cgroup
 }
 
 impl Supervisor {

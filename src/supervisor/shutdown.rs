@@ -309,6 +309,7 @@ impl Supervisor {
         if self.shutdown.kill_strays {
             self.kill_strays();
         }
+        self.groups.leave_cgroup_mode();
         if let (Some(total), Some(began)) = (self.shutdown.timeout, self.shutdown.began) {
             crate::hooks::set_total_deadline(total.saturating_sub(began.elapsed()));
         }

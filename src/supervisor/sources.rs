@@ -26,6 +26,8 @@ pub(crate) const CONTROL: Token = Token(2);
 pub(crate) const GUARD: Token = Token(3);
 /// The metrics endpoint's listener.
 pub(crate) const METRICS: Token = Token(4);
+/// The inotify descriptor that watches instances' `cgroup.events` (cgroup mode).
+pub(crate) const CGROUPS: Token = Token(5);
 /// Control connections get tokens from here up (numbered by the control server).
 pub(crate) const FIRST_CONN: usize = 1 << 40;
 /// The first token [`Sources::add`] hands out.
@@ -55,6 +57,8 @@ pub(crate) enum Source {
     Metrics,
     /// A metrics connection (the data is in the metrics server).
     MetricsConn,
+    /// The inotify descriptor of the instances' cgroups (in [`Groups`](super::groups::Groups)).
+    Cgroups,
 }
 
 /// The token map.
@@ -72,6 +76,7 @@ impl Sources {
             (CONTROL, Source::Control),
             (GUARD, Source::Guard),
             (METRICS, Source::Metrics),
+            (CGROUPS, Source::Cgroups),
         ]);
         Sources {
             map,

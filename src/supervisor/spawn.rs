@@ -12,11 +12,12 @@
 //! Function workers are forked without exec, which is only sound while the supervisor is
 //! single-threaded: `sys::fork` checks and refuses otherwise.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -190,6 +191,9 @@ pub(crate) struct SpawnRequest<'a> {
     pub(crate) stderr: StdioPlan,
     /// For an exec health check: the pid of the instance it checks (`WARDEN_PID`).
     pub(crate) checked_pid: Option<i32>,
+    /// The `cgroup.procs` of the instance's own cgroup, which the child joins before anything
+    /// else (cgroup mode: [`super::cgroup`]).
+    pub(crate) cgroup_procs: Option<std::ffi::CString>,
 }
 
 /// The two ends of a close-on-exec pipe for an output stream, or none for `/dev/null`.
@@ -279,8 +283,18 @@ fn fork_exec(
     env: &[(OsString, OsString)],
 ) -> io::Result<Started> {
     let path = resolve(&p.argv[0], env)?;
-    let mut plan =
-        sys::spawn::ExecPlan::new(&path, &p.argv, env, p.directory.as_deref(), p.setup.clone())?;
+    let mut setup = p.setup.clone();
+    setup.cgroup_procs = i.cgroup_procs.clone();
+    let mut plan = sys::spawn::ExecPlan::new(&path, &p.argv, env, p.directory.as_deref(), setup)?;
+    // Created in its cgroup (no migration to pay for); the child joins it itself otherwise.
+    if let Some(dir) = i
+        .cgroup_procs
+        .as_ref()
+        .and_then(|procs| Path::new(OsStr::from_bytes(procs.as_bytes())).parent())
+        .and_then(|dir| File::open(dir).ok())
+    {
+        plan.create_in_cgroup(OwnedFd::from(dir));
+    }
     if !i.sockets.is_empty() {
         plan.pass_listen_fds(i.sockets.iter().map(|(fd, _)| *fd).collect())?;
     }
@@ -364,7 +378,8 @@ pub(crate) fn spawn_fn(f: &WorkerFn, i: &SpawnRequest<'_>) -> Result<Started> {
         notifier: i.notify_socket.map(Notifier::new),
     };
     // Taken in the parent: it names the parent (for the death-signal race check).
-    let setup = base_setup();
+    let mut setup = base_setup();
+    setup.cgroup_procs = i.cgroup_procs.clone();
     match sys::fork()? {
         sys::Fork::Parent(pid) => Ok(Started {
             pid: pid.as_raw(),

@@ -92,6 +92,8 @@ impl Supervisor {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_secs: self.plane.started_at.elapsed().as_secs_f64(),
             config: self.plane.config_path.clone(),
+            tracking: Some(self.tracking().0),
+            cgroup: self.tracking().1,
         }
     }
 

@@ -34,11 +34,15 @@ pub struct ChildSetup {
     /// The signals to set back to `SIG_DFL`; `None`: every one. Before an `exec` only ignored
     /// signals matter (the kernel resets caught ones), so the parent lists those.
     pub reset_signals: Option<Vec<i32>>,
+    /// The `cgroup.procs` file of the cgroup v2 the child joins first (it writes `0`: itself),
+    /// so that nothing it forks afterwards escapes the cgroup.
+    pub cgroup_procs: Option<std::ffi::CString>,
 }
 
 /// Arranges for `setup` to run in the child of `cmd` between `fork` and `exec`.
 ///
-/// In order: empty signal mask and default dispositions (an ignored signal would survive
+/// In order: the cgroup (joined before anything else, so that the child never runs outside
+/// it), empty signal mask and default dispositions (an ignored signal would survive
 /// `exec`), the parent-death signal with the `getppid` race check, umask, resource limits,
 /// groups/gid/uid, and `CLOEXEC` on every descriptor above 2 so that nothing but stdio is
 /// inherited, whatever the parent left open.
@@ -46,7 +50,7 @@ pub fn pre_exec(cmd: &mut std::process::Command, setup: ChildSetup) {
     use std::os::unix::process::CommandExt;
     let hook = move || -> io::Result<()> { child_setup(&setup) };
     // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
-    // system calls (sigprocmask, sigaction, prctl, getppid, umask, setrlimit, setgroups, setgid,
+    // system calls (open, write, close, sigprocmask, sigaction, prctl, getppid, umask, setrlimit, setgroups, setgid,
     // setuid, close_range) on values prepared before the fork; it allocates nothing (the groups
     // vector was allocated in the parent and is only read) and takes no lock.
     unsafe {
@@ -57,6 +61,15 @@ pub fn pre_exec(cmd: &mut std::process::Command, setup: ChildSetup) {
 /// The child side of [`pre_exec`], also used by forked function workers: a linear list of
 /// async-signal-safe steps, in the order the module documentation gives.
 pub fn child_setup(setup: &ChildSetup) -> io::Result<()> {
+    if let Some(procs) = &setup.cgroup_procs {
+        child_join_cgroup(procs)?;
+    }
+    child_setup_in_cgroup(setup)
+}
+
+/// [`child_setup`] without its first step, for a child created in its cgroup already
+/// (`clone3` with `CLONE_INTO_CGROUP`, `sys::spawn`).
+pub(crate) fn child_setup_in_cgroup(setup: &ChildSetup) -> io::Result<()> {
     // Dispositions first, mask second: a signal arriving in between must find the default
     // action, not the copy of the parent's handler (which would swallow it).
     child_default_dispositions(setup.reset_signals.as_deref());
@@ -104,6 +117,25 @@ fn child_default_dispositions(list: Option<&[i32]>) {
         None => (1..libc::SIGRTMIN())
             .filter(|&signo| signo != libc::SIGKILL && signo != libc::SIGSTOP)
             .for_each(set_default),
+    }
+}
+
+/// Moves the calling process into the cgroup whose `cgroup.procs` is `procs` (writing `0` names
+/// the writer), then closes the file. `open`, `write` and `close` only, on a C string prepared
+/// in the parent. (A migration costs the kernel an RCU grace period, milliseconds: `sys::spawn`
+/// creates its children in their cgroup instead, and this is its fallback.)
+fn child_join_cgroup(procs: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: `procs` is a valid C string allocated before the fork and only read.
+    let fd = unsafe { libc::open(procs.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) };
+    check(fd)?;
+    // SAFETY: write reads one byte of a static buffer; fd is the descriptor opened above.
+    let n = unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) };
+    let err = (n != 1).then(io::Error::last_os_error);
+    // SAFETY: closes the descriptor opened above, once.
+    unsafe { libc::close(fd) };
+    match err {
+        Some(e) => Err(e),
+        None => Ok(()),
     }
 }
 

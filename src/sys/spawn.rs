@@ -58,6 +58,9 @@ pub struct ExecPlan {
     cwd: Option<CString>,
     /// What the child does to itself first.
     pub setup: ChildSetup,
+    /// The cgroup to create the child in (`clone3` with `CLONE_INTO_CGROUP`): its directory,
+    /// opened. When that fails, the child joins `setup.cgroup_procs` itself.
+    cgroup: Option<OwnedFd>,
     /// Descriptors the child receives as 3, 4, … (socket activation), and the index in `envp`
     /// of the `LISTEN_PID=` entry the child fills in with its own pid.
     listen: Option<(Vec<RawFd>, usize)>,
@@ -112,8 +115,16 @@ impl ExecPlan {
                 .map(|d| cstring(d.as_os_str(), "the directory"))
                 .transpose()?,
             setup,
+            cgroup: None,
             listen: None,
         })
+    }
+
+    /// Creates the child in the cgroup whose directory is `dir` (`clone3` with
+    /// `CLONE_INTO_CGROUP`, Linux 5.7): it never runs outside it, and no migration is paid for.
+    /// Where `clone3` refuses, the child is forked and joins `setup.cgroup_procs` itself.
+    pub fn create_in_cgroup(&mut self, dir: OwnedFd) {
+        self.cgroup = Some(dir);
     }
 
     /// Passes `fds` to the child as descriptors 3, 4, … (open in the caller, close-on-exec or
@@ -167,11 +178,21 @@ pub fn spawn_nowait(plan: &ExecPlan, stdio: [RawFd; 3]) -> io::Result<Spawned> {
     let mut old = filled_sigset();
     // SAFETY: pthread_sigmask with pointers to initialised sigsets on the stack.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) };
-    // SAFETY: after fork the child runs only async-signal-safe system calls (setpgid,
-    // child_setup's calls, dup2, fcntl, chdir, execve, write, _exit) on memory allocated before
-    // the fork (`plan`, `argv`, `envp`, the stack); it never returns into Rust code that could
-    // allocate or lock, leaving only through execve or _exit.
-    let pid = unsafe { libc::fork() };
+    // In its cgroup from the start when one is given and clone3 takes it; forked otherwise.
+    let (pid, in_cgroup) = match plan
+        .cgroup
+        .as_ref()
+        .map(|d| clone_into_cgroup(d.as_raw_fd()))
+    {
+        Some(pid) if pid != -1 => (pid, true),
+        _ => {
+            // SAFETY: after fork the child runs only async-signal-safe system calls (setpgid,
+            // child_setup's calls, dup2, fcntl, chdir, execve, write, _exit) on memory
+            // allocated before the fork (`plan`, `argv`, `envp`, the stack); it never returns
+            // into Rust code that could allocate or lock, leaving only through execve or _exit.
+            (unsafe { libc::fork() }, false)
+        }
+    };
     let fork_error = (pid == -1).then(io::Error::last_os_error);
     if pid != 0 {
         // SAFETY: restores the mask saved above, from a valid sigset.
@@ -182,13 +203,63 @@ pub fn spawn_nowait(plan: &ExecPlan, stdio: [RawFd; 3]) -> io::Result<Spawned> {
     }
     if pid == 0 {
         // SAFETY: see above; `fail` writes a fixed 5-byte record and calls _exit.
-        unsafe { child(plan, stdio, &argv, &mut envp, listen, report_fd) }
+        unsafe {
+            child(
+                plan,
+                stdio,
+                &argv,
+                &mut envp,
+                (listen, in_cgroup),
+                report_fd,
+            )
+        }
     }
     drop(report_w);
     Ok(Spawned {
         pid,
         exec_report: report_r,
     })
+}
+
+/// `clone3(CLONE_INTO_CGROUP)` as a fork (no new stack: the child runs on a copy of this one,
+/// `SIGCHLD` at its end): the child's pid in the parent, 0 in the child, -1 when the kernel
+/// refuses (before Linux 5.7, a seccomp filter, a cgroup that cannot take it).
+fn clone_into_cgroup(dir: RawFd) -> libc::pid_t {
+    /// `struct clone_args` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`, 88 bytes).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let args = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: dir as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 reads `args` (a valid, initialised struct of the size passed) during the
+    // call. Without CLONE_VM and with no stack given, the child gets a copy of this address
+    // space and stack, as after fork(2): the caller treats a 0 return exactly as fork's child
+    // (async-signal-safe calls only, then execve or _exit).
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    rc as libc::pid_t
 }
 
 /// The child side. Never returns.
@@ -201,7 +272,7 @@ unsafe fn child(
     stdio: [RawFd; 3],
     argv: &[*const libc::c_char],
     envp: &mut [*const libc::c_char],
-    listen: Option<(&[RawFd], usize)>,
+    (listen, in_cgroup): (Option<(&[RawFd], usize)>, bool),
     report: RawFd,
 ) -> ! {
     // Out of the way of descriptors 3.. that socket activation fills.
@@ -229,7 +300,12 @@ unsafe fn child(
     if unsafe { libc::setpgid(0, 0) } == -1 {
         fail(ExecStep::Setup, errno());
     }
-    if let Err(e) = super::child_setup(&plan.setup) {
+    let setup = if in_cgroup {
+        super::child::child_setup_in_cgroup(&plan.setup)
+    } else {
+        super::child_setup(&plan.setup)
+    };
+    if let Err(e) = setup {
         fail(ExecStep::Setup, e.raw_os_error().unwrap_or(libc::EINVAL));
     }
     for (target, &fd) in stdio.iter().enumerate() {

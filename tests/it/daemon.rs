@@ -281,7 +281,12 @@ fn manifest(path: &Path) -> BTreeSet<String> {
 /// The anonymous descriptors a running warden opens for itself: the supervisor's epoll instance
 /// and a mio waker. (Its sockets — the signal self-pipe pair, the children's notify socket — are
 /// told from the launcher's by their inode, in the manifest.)
-const DAEMON_ANON_INODES: &[&str] = &["anon_inode:[eventpoll]", "anon_inode:[eventfd]"];
+const DAEMON_ANON_INODES: &[&str] = &[
+    "anon_inode:[eventpoll]",
+    "anon_inode:[eventfd]",
+    // cgroup mode: the watch on instances' cgroup.events.
+    "anon_inode:inotify",
+];
 
 /// The control for the launcher test: a program exec'd by the dirty launcher does inherit all of
 /// it: SIGUSR1 blocked, SIGUSR2 ignored, umask 077 and the leaked descriptors. (Not a shell: dash

@@ -15,6 +15,10 @@ mod common;
 /// Socket activation from the program's side: `warden::activation` in the fixture
 /// `tests/fixtures/activated.rs`, started with hand-made `LISTEN_*` variables.
 mod activation;
+/// cgroup v2 per instance: a `setsid`/double-forked grandchild left by nothing (stop, SIGKILL of
+/// warden, of warden and its guard), down when the cgroup empties, the mode in status, `off`,
+/// limits that cannot be applied named by `check` and `start`, across `warden upgrade`.
+mod cgroup;
 /// `--help`, the bundled example configuration run as the README says, the licence files.
 mod cli;
 /// The shipped shell completions are what `warden completions SHELL` prints.

@@ -275,6 +275,25 @@ mod config {
                     .prop_map(Val::SockPicks)
                     .boxed()
             }
+            // memory_high is drawn below every memory_max (a higher one is an error).
+            ("program.NAME", "memory_max") => (1u64..5000, prop_oneof![Just(30u8)])
+                .prop_map(|(n, shift)| Val::Size(n, shift))
+                .boxed(),
+            ("program.NAME", "memory_high") => {
+                (1u64..1024, prop_oneof![Just(0u8), Just(10), Just(20)])
+                    .prop_map(|(n, shift)| Val::Size(n, shift))
+                    .boxed()
+            }
+            ("program.NAME", "pids_max") => (1u64..=4_194_304).prop_map(Val::Int).boxed(),
+            ("program.NAME", "cpu_max") => prop_oneof![
+                (1u64..=6400).prop_map(|p| Val::Str(format!("{p}%"))),
+                (1000u64..=2_000_000, 1000u64..=1_000_000)
+                    .prop_map(|(q, p)| Val::Str(format!("{q} {p}"))),
+            ]
+            .boxed(),
+            ("daemon", "cgroups") => proptest::sample::select(vec!["auto", "off"])
+                .prop_map(|s| Val::Str(s.into()))
+                .boxed(),
             ("program.NAME", "update") => proptest::sample::select(vec!["replace", "surge"])
                 .prop_map(|s| Val::Str(s.into()))
                 .boxed(),
@@ -843,6 +862,12 @@ mod config {
                         a => Listen::Tcp(a.parse().expect("an address")),
                     })
                 }
+                "cgroups" => {
+                    d.cgroups = match s().as_str() {
+                        "off" => warden::config::CgroupMode::Off,
+                        _ => warden::config::CgroupMode::Auto,
+                    }
+                }
                 other => panic!("daemon.{other} has no expectation"),
             }
         }
@@ -930,6 +955,16 @@ mod config {
                             }
                         }
                         ("probation", v) => p.rollout.probation = Some(dur_of(v)),
+                        ("memory_max", Val::Size(n, shift)) => {
+                            p.cgroup.memory_max = Some(n << shift)
+                        }
+                        ("memory_high", Val::Size(n, shift)) => {
+                            p.cgroup.memory_high = Some(n << shift)
+                        }
+                        ("pids_max", Val::Int(n)) => p.cgroup.pids_max = Some(*n),
+                        ("cpu_max", Val::Str(s)) => {
+                            p.cgroup.cpu_max = Some(warden::config::parse_cpu_max(s).unwrap())
+                        }
                         ("ready", Val::Ready(r, _)) => p.policy.readiness = *r,
                         ("start_timeout", Val::OptDur(d, _)) => {
                             p.policy.start_timeout = d.map(Duration::from_millis)

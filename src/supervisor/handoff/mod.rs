@@ -311,6 +311,7 @@ impl Supervisor {
                 .collect(),
             programs,
             groups,
+            cgroup: self.cgroup_rec(),
             pipes,
             rollbacks: self.plane.rollbacks,
             started_at: clock.off(self.plane.started_at),
@@ -434,6 +435,8 @@ impl Supervisor {
                 self.groups.adopt(*pgid, (p, SlotId(*id)), *reaped);
             }
         }
+        self.adopt_cgroups(h.sup.cgroup.as_ref());
+        let registry = self.poll.registry();
         for pipe in &h.sup.pipes {
             let Some(&p) = ids.get(&pipe.program) else {
                 continue;

@@ -86,6 +86,9 @@ pub(crate) struct SupState {
     pub(crate) programs: Vec<ProgramRec>,
     /// Tracked process groups: group id, program, slot, whether the leader was reaped.
     pub(crate) groups: Vec<(i32, String, u32, bool)>,
+    /// cgroup mode, when in force: warden's hierarchy and each tracked group's cgroup.
+    #[serde(default)]
+    pub(crate) cgroup: Option<CgroupRec>,
     pub(crate) pipes: Vec<PipeRec>,
     /// Rollbacks so far (`ControlPlane::rollbacks`).
     pub(crate) rollbacks: u64,
@@ -107,6 +110,18 @@ impl SupState {
         fds.extend(self.requester);
         fds
     }
+}
+
+/// cgroup mode as handed over: the hierarchy (the inotify descriptor is made again) and the
+/// cgroup of each tracked group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CgroupRec {
+    /// The cgroup warden was started in.
+    pub(crate) parent: std::path::PathBuf,
+    /// warden's base cgroup (`PARENT/warden-PID`).
+    pub(crate) base: std::path::PathBuf,
+    /// Each tracked group's cgroup: group id, directory, `oom_kill` count at its spawn.
+    pub(crate) groups: Vec<(i32, std::path::PathBuf, u64)>,
 }
 
 /// One program.
@@ -164,6 +179,9 @@ pub(crate) struct InstanceRec {
     restarts: u32,
     last_exit: Option<ExitRec>,
     health_reason: bool,
+    /// The last exit was the OOM killer's (cgroup mode).
+    #[serde(default)]
+    oom_reason: bool,
     manual_stop: bool,
     attempt: u32,
     recent: Vec<i64>,
@@ -235,6 +253,7 @@ impl InstanceRec {
                 },
             }),
             health_reason: s.last_reason == Some(ExitReason::Health),
+            oom_reason: s.last_reason == Some(ExitReason::Oom),
             manual_stop: s.manual_stop,
             attempt: s.attempt,
             recent: s.recent.iter().map(|&t| o(t)).collect(),
@@ -259,7 +278,11 @@ impl InstanceRec {
                     core_dumped,
                 },
             }),
-            last_reason: self.health_reason.then_some(ExitReason::Health),
+            last_reason: if self.oom_reason {
+                Some(ExitReason::Oom)
+            } else {
+                self.health_reason.then_some(ExitReason::Health)
+            },
             manual_stop: self.manual_stop,
             attempt: self.attempt,
             recent: self.recent.iter().map(|&t| at(t)).collect(),

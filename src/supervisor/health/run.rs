@@ -191,6 +191,7 @@ impl Supervisor {
             stdout: StdioPlan::Pipe,
             stderr: StdioPlan::Pipe,
             checked_pid: Some(instance_pid),
+            cgroup_procs: None,
         };
         self.groups.ensure_guard(self.poll.registry());
         let started = spawn::spawn_check(prepared, &request).map_err(|e| e.to_string())?;

@@ -52,7 +52,7 @@ pub(crate) enum RestartReason {
     Health,
     /// It hung: a missed `WATCHDOG=1` or `start_timeout`, or `WATCHDOG=trigger`.
     Watchdog,
-    /// The OOM killer (reserved: not attributed yet).
+    /// The OOM killer struck its cgroup (cgroup mode, with the memory controller).
     Oom,
     /// `warden restart`, a rolling restart, a reload.
     Manual,
@@ -150,6 +150,7 @@ pub(crate) fn restart_reason(before: &State, manual: bool, after: &Instance) -> 
             then: AfterStop::Failed { .. },
             ..
         } => RestartReason::Watchdog,
+        _ if after.last_reason == Some(ExitReason::Oom) => RestartReason::Oom,
         _ => match after.last_exit {
             Some(ExitStatus::Signal { .. }) => RestartReason::Signal,
             _ => RestartReason::Exit,
@@ -375,6 +376,28 @@ mod tests {
         let restarting = stopping(AfterStop::Restart);
         assert_eq!(
             restart_reason(&restarting, false, &sig),
+            RestartReason::Manual
+        );
+    }
+
+    #[test]
+    fn an_exit_the_oom_killer_caused_counts_as_oom() {
+        let kill = ExitStatus::Signal {
+            signal: 9,
+            core_dumped: false,
+        };
+        let oom = after(Some(kill), Some(ExitReason::Oom));
+        assert_eq!(
+            restart_reason(&State::Exited, false, &oom),
+            RestartReason::Oom
+        );
+        let plain = after(Some(kill), None);
+        assert_eq!(
+            restart_reason(&State::Exited, false, &plain),
+            RestartReason::Signal
+        );
+        assert_eq!(
+            restart_reason(&State::Exited, true, &oom),
             RestartReason::Manual
         );
     }

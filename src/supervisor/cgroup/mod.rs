@@ -1,0 +1,386 @@
+//! cgroup v2 per instance: the hierarchy warden makes for itself, and the files of one
+//! instance's cgroup (`cgroup.events`, `cgroup.kill`, `memory.events`, the limits).
+//!
+//! # Layout
+//!
+//! warden finds the cgroup v2 mount in `/proc/self/mountinfo` (file system type `cgroup2`) and
+//! its own cgroup in `/proc/self/cgroup` (the `0::/PATH` line); that cgroup is the *parent*.
+//! Under systemd with `Delegate=yes` it is the unit's cgroup, which warden may write; as root
+//! anywhere else it is wherever warden was started (the root of the hierarchy in a container
+//! or a plain boot). In it warden makes, for its pid `PID`:
+//!
+//! ```text
+//! PARENT/warden-PID/              warden's base
+//!                   supervisor/   warden itself (and its guard, its exec health checks): a
+//!                                 process may not sit in a cgroup that has children
+//!                   programs/     one cgroup per instance, NAME@INDEX.SLOT
+//! ```
+//!
+//! Each spawn of an instance joins `programs/NAME@INDEX.SLOT` in the child, before anything
+//! else (`sys::child`), so nothing it forks can leave it (a process may move itself only where
+//! it may write, and no worker may write warden's tree unless it runs as root and tries).
+//!
+//! A base whose `PID` is no longer alive was left by a warden killed together with its guard:
+//! the next warden to start in the same parent kills what is left in it (`cgroup.kill`) and
+//! removes it.
+//!
+//! Mode detection never guesses: cgroup mode needs the mount, write access to the parent,
+//! `cgroup.kill` (Linux 5.14) and moving warden into its leaf; anything missing means process
+//! groups and the guard, with the reason in the log. Every function takes its paths as
+//! arguments, so unit tests run against a fake tree in a temporary directory.
+
+use std::fs;
+use std::io::{self, ErrorKind};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::CgroupLimits;
+
+mod run;
+pub(crate) use run::{CgroupState, ends};
+
+/// The controllers warden enables for instances when the parent offers them.
+const CONTROLLERS: [&str; 3] = ["memory", "pids", "cpu"];
+
+/// warden's subtree of a cgroup v2 hierarchy. See the module documentation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Hierarchy {
+    /// The cgroup warden was started in.
+    pub(crate) parent: PathBuf,
+    /// `PARENT/warden-PID`.
+    pub(crate) base: PathBuf,
+    /// The controllers enabled for instances (`programs/cgroup.subtree_control`).
+    pub(crate) controllers: Vec<String>,
+    /// Why each of [`CONTROLLERS`] that is not enabled is not (for the messages of limits that
+    /// cannot be applied).
+    pub(crate) unavailable: Vec<(String, String)>,
+}
+
+pub(crate) use crate::config::preflight::v2_mount;
+
+/// The cgroup v2 path of the process whose `/proc/PID/cgroup` is `text` (the `0::` line).
+pub(crate) fn own_path(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim_end().to_string())
+        .filter(|p| p.starts_with('/') && !p.ends_with(" (deleted)"))
+}
+
+/// The directory of cgroup `path` (as `own_path` gives it) under `mount`.
+pub(crate) fn dir_of(mount: &Path, path: &str) -> PathBuf {
+    match path.trim_start_matches('/') {
+        "" => mount.to_path_buf(),
+        rel => mount.join(rel),
+    }
+}
+
+/// The cgroup directory name of one instance's slot: `NAME@INDEX.SLOT` (`@` is not in program
+/// names, so two slots never share a name).
+pub(crate) fn instance_name(program: &str, index: usize, slot: u32) -> String {
+    format!("{program}@{index}.{slot}")
+}
+
+impl Hierarchy {
+    /// Finds the hierarchy from `/proc/self` and makes warden's subtree in it, moving this
+    /// process into its leaf. `Err` is the reason cgroup mode is not possible, for the log.
+    pub(crate) fn set_up_here() -> Result<(Hierarchy, Vec<String>), String> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
+        let mount = v2_mount(&mountinfo).ok_or("no cgroup2 file system is mounted")?;
+        let own = fs::read_to_string("/proc/self/cgroup")
+            .ok()
+            .and_then(|t| own_path(&t))
+            .ok_or("/proc/self/cgroup names no cgroup v2 path")?;
+        Hierarchy::set_up(&dir_of(&mount, &own), std::process::id())
+    }
+
+    /// Makes `PARENT/warden-PID` with its `supervisor` and `programs` children, moves process
+    /// `pid` into `supervisor`, enables what it can of [`CONTROLLERS`] for `programs`, after
+    /// killing and removing what a dead warden left in `parent`. Returns the hierarchy and the
+    /// lines to log about what was cleaned up.
+    pub(crate) fn set_up(parent: &Path, pid: u32) -> Result<(Hierarchy, Vec<String>), String> {
+        let cleaned = clean_stale(parent, pid);
+        let base = parent.join(format!("warden-{pid}"));
+        let at = |p: &Path, e: io::Error| format!("{}: {e}", p.display());
+        for dir in [base.clone(), base.join("supervisor"), base.join("programs")] {
+            match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    remove_tree(&base);
+                    return Err(format!("cannot create {}", at(&dir, e)));
+                }
+            }
+        }
+        if !base.join("programs/cgroup.kill").exists() {
+            remove_tree(&base);
+            return Err(format!(
+                "{} has no cgroup.kill (Linux 5.14 or later is needed)",
+                base.join("programs").display()
+            ));
+        }
+        let procs = base.join("supervisor/cgroup.procs");
+        if let Err(e) = fs::write(&procs, pid.to_string()) {
+            remove_tree(&base);
+            return Err(format!("cannot move warden into {}", at(&procs, e)));
+        }
+        let mut h = Hierarchy {
+            parent: parent.to_path_buf(),
+            base,
+            controllers: Vec::new(),
+            unavailable: Vec::new(),
+        };
+        h.enable_controllers();
+        Ok((h, cleaned))
+    }
+
+    /// The hierarchy an earlier image of this process made (`warden upgrade`).
+    pub(crate) fn adopt(parent: PathBuf, base: PathBuf) -> Hierarchy {
+        let mut h = Hierarchy {
+            parent,
+            base,
+            controllers: Vec::new(),
+            unavailable: Vec::new(),
+        };
+        h.read_controllers();
+        h
+    }
+
+    /// `programs`: where the instances' cgroups are.
+    pub(crate) fn programs(&self) -> PathBuf {
+        self.base.join("programs")
+    }
+
+    /// Enables each of [`CONTROLLERS`] the parent offers down to `programs`, and records why
+    /// the others are not.
+    fn enable_controllers(&mut self) {
+        let offered = read_words(&self.parent.join("cgroup.controllers"));
+        let chain = [
+            self.parent.clone(),
+            self.base.clone(),
+            self.base.join("programs"),
+        ];
+        for c in CONTROLLERS {
+            if !offered.iter().any(|o| o == c) {
+                continue;
+            }
+            for dir in &chain {
+                let file = dir.join("cgroup.subtree_control");
+                if read_words(&file).iter().any(|w| w == c) {
+                    continue;
+                }
+                if let Err(e) = fs::write(&file, format!("+{c}")) {
+                    log::debug!("cannot enable {c} in {}: {e}", file.display());
+                    break;
+                }
+            }
+        }
+        self.read_controllers();
+    }
+
+    /// Reads which controllers `programs` has, and why the others are missing.
+    fn read_controllers(&mut self) {
+        let programs = self.base.join("programs");
+        self.controllers = read_words(&programs.join("cgroup.subtree_control"));
+        let offered = read_words(&self.parent.join("cgroup.controllers"));
+        self.unavailable = CONTROLLERS
+            .iter()
+            .filter(|c| !self.controllers.iter().any(|e| e == *c))
+            .map(|c| {
+                let why = if offered.iter().any(|o| o == c) {
+                    format!(
+                        "warden could not enable the {c} controller for {} (is {} holding other processes?)",
+                        programs.display(),
+                        self.parent.display()
+                    )
+                } else {
+                    format!(
+                        "the {c} controller is not enabled for {} (not in its cgroup.controllers: enable it in the parent's cgroup.subtree_control, or with Delegate=yes under systemd)",
+                        self.parent.display()
+                    )
+                };
+                (c.to_string(), why)
+            })
+            .collect();
+    }
+
+    /// Creates (or reuses) the cgroup `name` under `programs` and writes `limits` into it;
+    /// returns its directory and, for each limit not applied, `KEY: reason`.
+    pub(crate) fn instance(
+        &self,
+        name: &str,
+        limits: &CgroupLimits,
+    ) -> io::Result<(PathBuf, Vec<String>)> {
+        let dir = self.programs().join(name);
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        Ok((dir.clone(), apply_limits(&dir, limits, &self.unavailable)))
+    }
+
+    /// At the end of a shutdown, every instance down: moves this process back to the parent
+    /// and removes the subtree (what cannot be removed now, a later warden removes).
+    pub(crate) fn tear_down(&self) {
+        let _ = fs::write(
+            self.parent.join("cgroup.procs"),
+            std::process::id().to_string(),
+        );
+        remove_tree(&self.base);
+    }
+}
+
+/// Writes each limit of `limits` into cgroup `dir`; returns `KEY: reason` for each one not
+/// applied: its controller `unavailable` (with the reason given there), or the write failed.
+pub(crate) fn apply_limits(
+    dir: &Path,
+    limits: &CgroupLimits,
+    unavailable: &[(String, String)],
+) -> Vec<String> {
+    let mut failed = Vec::new();
+    for (key, file, controller, value) in limits.files() {
+        if let Some((_, why)) = unavailable.iter().find(|(c, _)| c == controller) {
+            failed.push(format!("{key}: {why}"));
+            continue;
+        }
+        if let Err(e) = fs::write(dir.join(file), &value) {
+            failed.push(format!(
+                "{key}: cannot write {value:?} to {}: {e}",
+                dir.join(file).display()
+            ));
+        }
+    }
+    failed
+}
+
+/// Whether cgroup `dir` (or a descendant) has a process: `populated 1` in its
+/// `cgroup.events`. A cgroup that is gone has none.
+pub(crate) fn populated(dir: &Path) -> bool {
+    match fs::read_to_string(dir.join("cgroup.events")) {
+        Ok(text) => key_value(&text, "populated") == Some(1),
+        Err(e) => e.kind() != ErrorKind::NotFound && e.raw_os_error() != Some(libc::ENODEV),
+    }
+}
+
+/// `SIGKILL`s every process of cgroup `dir` and its descendants (`cgroup.kill`), `setsid` and
+/// double forks notwithstanding.
+pub(crate) fn kill(dir: &Path) {
+    if let Err(e) = fs::write(dir.join("cgroup.kill"), "1")
+        && e.kind() != ErrorKind::NotFound
+    {
+        log::warn!("cannot kill cgroup {}: {e}", dir.display());
+    }
+}
+
+/// Sends `signal` to every process of cgroup `dir` (a leaf: its `cgroup.procs`) outside process
+/// group `pgid`, which the caller signals as a group (so that no process gets it twice: a
+/// second `SIGINT` or `SIGTERM` means "hurry" to some programs). A process listed there is a
+/// live member (or a zombie not reaped yet, which holds its pid), so its pid is no one else's.
+pub(crate) fn signal(dir: &Path, pgid: i32, signal: nix::sys::signal::Signal) {
+    use nix::unistd::{Pid, getpgid};
+    let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) else {
+        return;
+    };
+    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+        let pid = Pid::from_raw(pid);
+        if getpgid(Some(pid)).is_ok_and(|g| g.as_raw() != pgid) {
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    }
+}
+
+/// How many processes of cgroup `dir` the OOM killer killed (`oom_kill` in `memory.events`);
+/// 0 without the memory controller.
+pub(crate) fn oom_kills(dir: &Path) -> u64 {
+    fs::read_to_string(dir.join("memory.events"))
+        .ok()
+        .and_then(|t| key_value(&t, "oom_kill"))
+        .unwrap_or(0)
+}
+
+/// The value of `key` in a flat-keyed cgroup file (`KEY VALUE` lines).
+fn key_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// The space-separated words of a file (`cgroup.controllers`); none if it cannot be read.
+fn read_words(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .map(|t| t.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
+}
+
+/// Removes cgroup `dir` and its descendants, deepest first (a cgroup directory is removed with
+/// `rmdir` once it has no process and no child; its files go with it).
+pub(crate) fn remove_tree(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+/// Whether process `pid` runs (exists and is not a zombie: a warden killed by `SIGKILL` stays
+/// one until its parent reaps it).
+fn lives(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
+/// Kills and removes every `warden-PID` base in `parent` whose `PID` does not run (and is not
+/// `ours`): what a warden killed together with its guard left. Waits for the killed cgroups to
+/// empty (bounded, 1 s). Returns one line per base, for the log.
+pub(crate) fn clean_stale(parent: &Path, ours: u32) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(parent) else {
+        return Vec::new();
+    };
+    let mut lines = Vec::new();
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("warden-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == ours || lives(pid) {
+            continue;
+        }
+        let base = e.path();
+        let programs = base.join("programs");
+        let left = populated(&programs);
+        if left {
+            kill(&programs);
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while populated(&programs) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        remove_tree(&base);
+        lines.push(if left {
+            format!(
+                "killed what a warden that is gone (pid {pid}) left in {} and removed it",
+                base.display()
+            )
+        } else {
+            format!(
+                "removed {} (its warden, pid {pid}, is gone)",
+                base.display()
+            )
+        });
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+//! cgroup mode, the loop's side: entering it at the first `run`, the cgroup of each spawn and
+//! its limits, OOM attribution, and what `status` says.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use super::{Hierarchy, instance_name};
+use crate::config::CgroupMode;
+use crate::lifecycle::Event;
+use crate::policy::ExitReason;
+use crate::supervisor::Supervisor;
+use crate::supervisor::handoff::state::CgroupRec;
+use crate::supervisor::sources;
+use crate::supervisor::table::{ProgramId, SlotPos};
+
+/// What the supervisor knows of cgroup mode besides the groups' part.
+#[derive(Debug, Default)]
+pub(crate) struct CgroupState {
+    /// What was asked ([`Supervisor::set_cgroups`]); the library's default is off.
+    pub(crate) asked: Option<CgroupMode>,
+    /// The mode was decided ([`Supervisor::decide_tracking`]).
+    pub(crate) decided: bool,
+    /// Why process groups are in force, when they are (for the log and `status`).
+    pub(crate) why_not: Option<String>,
+    /// Limits already said not to be applied, by program and key: said once per program.
+    pub(crate) told: std::collections::HashSet<(String, &'static str)>,
+}
+
+/// Whether `event` says an instance's processes are all gone (when its cgroup was emptied).
+pub(crate) fn ends(event: &Event) -> bool {
+    matches!(event, Event::Exited { .. } | Event::GroupEmpty)
+}
+
+/// A spawn's cgroup: what the child joins, and what the groups record.
+type SpawnCgroup = Option<(CString, (PathBuf, u64))>;
+
+impl Supervisor {
+    /// Whether to run each instance in a cgroup v2 of its own: [`CgroupMode::Auto`] where
+    /// warden may create cgroups (a delegated subtree, or as root), with process groups and
+    /// the guard as the fallback; [`CgroupMode::Off`] (the library's default) keeps to process
+    /// groups. Decided when [`run`](Self::run) first starts programs; cgroup mode moves this
+    /// process into a leaf cgroup of its own (see the `cgroup` module of the supervisor).
+    pub fn set_cgroups(&mut self, mode: CgroupMode) {
+        self.cgroup.asked = Some(mode);
+    }
+
+    /// Decides the tracking mode now, as [`set_cgroups`](Self::set_cgroups) asked: enters
+    /// cgroup mode if asked and possible (moving this process into its leaf cgroup), and logs
+    /// the mode in force. [`run`](Self::run) does it before it first starts programs if it was
+    /// not done; the `warden` binary does it before it reports readiness. Once only.
+    pub fn decide_tracking(&mut self) {
+        if self.groups.hierarchy().is_some() || self.cgroup.decided {
+            return;
+        }
+        self.cgroup.decided = true;
+        let why = match self.cgroup.asked {
+            None => return,
+            Some(CgroupMode::Off) => "cgroups = \"off\"".to_string(),
+            Some(CgroupMode::Auto) => match Hierarchy::set_up_here() {
+                Ok((h, cleaned)) => {
+                    for line in cleaned {
+                        log::warn!("{line}");
+                    }
+                    let base = h.base.display().to_string();
+                    let controllers = h.controllers.join(" ");
+                    match self.groups.enter_cgroup_mode(
+                        self.poll.registry(),
+                        sources::CGROUPS,
+                        h,
+                        false,
+                    ) {
+                        Ok(()) => {
+                            log::info!(
+                                "tracking: cgroup (each instance in a cgroup of its own under {base}; controllers: {})",
+                                if controllers.is_empty() {
+                                    "none"
+                                } else {
+                                    &controllers
+                                }
+                            );
+                            return;
+                        }
+                        Err(e) => format!("inotify: {e}"),
+                    }
+                }
+                Err(why) => why,
+            },
+        };
+        log::info!("tracking: process groups and the guard ({why})");
+        self.cgroup.why_not = Some(why);
+    }
+
+    /// cgroup mode as `warden upgrade` hands it over, if in force.
+    pub(in crate::supervisor) fn cgroup_rec(&self) -> Option<CgroupRec> {
+        self.groups.hierarchy().map(|h| CgroupRec {
+            parent: h.parent.clone(),
+            base: h.base.clone(),
+            groups: self.groups.tracked_cgroups(),
+        })
+    }
+
+    /// Takes cgroup mode over from an earlier image (`warden upgrade`), if it was in force.
+    pub(in crate::supervisor) fn adopt_cgroups(&mut self, rec: Option<&CgroupRec>) {
+        self.cgroup.decided = true;
+        let Some(rec) = rec else {
+            // The instances run where the earlier image put them: the mode cannot change now.
+            self.cgroup.why_not = Some(
+                "process-group mode carried over by warden upgrade; restart warden to change it"
+                    .into(),
+            );
+            return;
+        };
+        let h = Hierarchy::adopt(rec.parent.clone(), rec.base.clone());
+        let registry = self.poll.registry();
+        if let Err(e) = self
+            .groups
+            .enter_cgroup_mode(registry, sources::CGROUPS, h, true)
+        {
+            // The cgroups still hold the instances; without the watch, emptied cgroups are
+            // found at the next reap or deadline instead.
+            log::error!("cannot watch the instances' cgroups after the upgrade: inotify: {e}");
+            return;
+        }
+        for (pgid, dir, base) in &rec.groups {
+            self.groups.adopt_cgroup(*pgid, dir.clone(), *base);
+        }
+    }
+
+    /// The tracking mode `status` shows: `"cgroup"` or `"process-group"`, and the base cgroup.
+    pub(in crate::supervisor) fn tracking(&self) -> (String, Option<String>) {
+        match self.groups.hierarchy() {
+            Some(h) => ("cgroup".into(), Some(h.base.display().to_string())),
+            None => ("process-group".into(), None),
+        }
+    }
+
+    /// The cgroup of the next spawn of slot `pos` of program `p` (cgroup mode), made now with
+    /// its limits; logs once per program each limit that cannot be applied.
+    ///
+    /// Errors: the cgroup cannot be made.
+    pub(in crate::supervisor) fn spawn_cgroup(
+        &mut self,
+        p: ProgramId,
+        pos: SlotPos,
+    ) -> crate::Result<SpawnCgroup> {
+        let prog = &self.table[p];
+        let (def, slot) = (&prog.def, &prog[pos]);
+        let name = instance_name(&def.name, slot.index.0, slot.id.0);
+        let made = self
+            .groups
+            .cgroup_for(&name, &def.cgroup)
+            .map_err(|e| crate::Error::os("cannot create the instance's cgroup", e))?;
+        let Some(((dir, base), failed)) = made else {
+            if !def.cgroup.is_empty() {
+                let why = self.cgroup.why_not.clone().unwrap_or_default();
+                let failed: Vec<String> = def
+                    .cgroup
+                    .files()
+                    .into_iter()
+                    .map(|(key, ..)| format!("{key}: warden runs without cgroups ({why})"))
+                    .collect();
+                self.tell_unapplied(p, failed);
+            }
+            return Ok(None);
+        };
+        self.tell_unapplied(p, failed);
+        let procs =
+            CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).map_err(|_| {
+                crate::Error::os("cgroup path", std::io::ErrorKind::InvalidInput.into())
+            })?;
+        Ok(Some((procs, (dir, base))))
+    }
+
+    /// Logs each of `failed` (`KEY: reason`) not told yet for program `p`.
+    fn tell_unapplied(&mut self, p: ProgramId, failed: Vec<String>) {
+        let name = self.table[p].def.name.clone();
+        for line in failed {
+            let key = ["memory_max", "memory_high", "pids_max", "cpu_max"]
+                .into_iter()
+                .find(|k| line.starts_with(k))
+                .unwrap_or("");
+            if self.cgroup.told.insert((name.clone(), key)) {
+                log::warn!("{name}: limit not applied: {line}");
+            }
+        }
+    }
+
+    /// After a step on an event that `ended` the instance's processes ([`ends`]): an instance whose cgroup emptied after the OOM killer struck it
+    /// records [`ExitReason::Oom`] as the reason of its last exit; returns the line to log.
+    pub(in crate::supervisor) fn note_oom(
+        &mut self,
+        p: ProgramId,
+        pos: SlotPos,
+        ended: bool,
+    ) -> Option<String> {
+        if !ended {
+            return None;
+        }
+        let slot = &mut self.table[p][pos];
+        if !self.groups.take_oom((p, slot.id)) {
+            return None;
+        }
+        slot.inst.last_reason = Some(ExitReason::Oom);
+        Some("killed by the OOM killer (oom_kill in its cgroup's memory.events)".into())
+    }
+}
