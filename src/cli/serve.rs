@@ -45,6 +45,10 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
         Ok(s) => s,
         Err(e) => handle.fail(&e),
     };
+    // Limits that cannot be applied are said where warden was started (and logged at spawn).
+    for line in sup.unapplicable_limits() {
+        handle.warn(&line);
+    }
     handle.ready();
     let _ = handle.notify("STATUS=running");
     log::info!(

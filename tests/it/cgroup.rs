@@ -328,7 +328,10 @@ fn a_limit_that_cannot_be_applied_is_named_by_check_and_start() {
     let test = this_test!();
     let mut sb = sandbox(&test, "", "memory_max = \"64M\"\npids_max = 32");
     let check = sb.run(&["check"]);
-    let warden = sb.start();
+    let started = sb.run(&["start"]);
+    assert_eq!(exit_code(&started), Some(0), "{}", stderr_of(&started));
+    let warden = sb.pidfile_pid().expect("a pidfile");
+    sb.track(warden);
     let (_, v) = wait_status(&mut sb, "w up", |_, v| {
         v["instances"][0]["state"] == "running"
     });
@@ -352,6 +355,11 @@ fn a_limit_that_cannot_be_applied_is_named_by_check_and_start() {
             assert!(
                 text.contains(&format!("w: limit not applied: {key}: ")),
                 "{key} not named:\n{text}"
+            );
+            assert!(
+                stderr_of(&started).contains(&format!("warning: w: {key} cannot be applied: ")),
+                "start does not say {key} cannot be applied:\n{}",
+                stderr_of(&started)
             );
             assert!(
                 stderr_of(&check).contains(&format!("program.w.{key}: ")),

@@ -172,6 +172,35 @@ impl Supervisor {
         Ok(Some((procs, (dir, base))))
     }
 
+    /// Every limit of a live program that cannot be applied in the tracking mode in force
+    /// (`web: memory_max: the memory controller is not enabled for …`), once the mode is
+    /// decided: the `warden` binary passes them to `warden start` before readiness, so that an
+    /// operator sees them where they started warden, not only in the log.
+    pub fn unapplicable_limits(&self) -> Vec<String> {
+        let hierarchy = self.groups.hierarchy();
+        let mut out = Vec::new();
+        for p in self.table.live_programs() {
+            let def = &self.table[p].def;
+            for (key, _, controller, _) in def.cgroup.files() {
+                let why = match hierarchy {
+                    Some(h) => h
+                        .unavailable
+                        .iter()
+                        .find(|(c, _)| c == controller)
+                        .map(|(_, why)| why.clone()),
+                    None => Some(format!(
+                        "warden runs without cgroups ({})",
+                        self.cgroup.why_not.clone().unwrap_or_default()
+                    )),
+                };
+                if let Some(why) = why {
+                    out.push(format!("{}: {key} cannot be applied: {why}", def.name));
+                }
+            }
+        }
+        out
+    }
+
     /// Logs each of `failed` (`KEY: reason`) not told yet for program `p`.
     fn tell_unapplied(&mut self, p: ProgramId, failed: Vec<String>) {
         let name = self.table[p].def.name.clone();
