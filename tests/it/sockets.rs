@@ -11,6 +11,22 @@ use crate::common::*;
 use serde_json::Value;
 
 /// `GET PATH` over the Unix socket at `path` (bounded); the response's body.
+/// `[socket.web]` at `SANDBOX/web.sock` and `[program.web]` running the `activated` fixture
+/// with `args`, receiving it.
+pub(crate) fn held_web(sb: &Sandbox, args: &[&str]) {
+    let fixture = path_str(&example("activated"));
+    let mut parts = vec![fixture.as_str()];
+    parts.extend_from_slice(args);
+    sb.write_programs(
+        "",
+        &format!(
+            "[socket.web]\nlisten = \"SANDBOX/web.sock\"\n\
+             [program.web]\ncommand = {}\nsockets = [\"web\"]\n",
+            argv(&parts)
+        ),
+    );
+}
+
 pub(crate) fn get_unix(path: &std::path::Path, what: &str) -> Option<String> {
     let mut s = UnixStream::connect(path).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -250,17 +266,9 @@ fn socket_mistakes_are_configuration_errors_at_their_place() {
 fn connections_made_while_the_program_restarts_wait_in_the_held_socket_and_none_fails() {
     let test = this_test!();
     let mut sb = test.supervisor_sandbox("", "");
-    let fixture = path_str(&example("activated"));
     // The new instance takes 300 ms before it accepts: every connection made meanwhile waits
     // in the socket's queue, which warden keeps open.
-    sb.write_programs(
-        "",
-        &format!(
-            "[socket.web]\nlisten = \"SANDBOX/web.sock\"\n\
-             [program.web]\ncommand = {}\nsockets = [\"web\"]\n",
-            argv(&[&fixture, "--slow-start", "300ms"])
-        ),
-    );
+    held_web(&sb, &["--slow-start", "300ms"]);
     sb.start();
     let sock = sb.path("web.sock");
     let first = wait_info(&sb, &sock, |i| field(i, "pid").is_some());

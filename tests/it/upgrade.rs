@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::common::*;
 use crate::rollout::Load;
-use crate::sockets::{field, get_unix, wait_info};
+use crate::sockets::{field, get_unix, held_web, wait_info};
 
 /// A program printing a numbered line every 20 ms (`tick N`), and one sending `WATCHDOG=1`
 /// every 100 ms under a 1 s watchdog.
@@ -304,15 +304,7 @@ fn an_upgrade_is_refused_while_the_configuration_file_has_changes_not_applied() 
 fn requests_over_a_held_socket_never_fail_across_an_upgrade() {
     let test = this_test!();
     let mut sb = test.supervisor_sandbox("", "");
-    let fixture = path_str(&example("activated"));
-    sb.write_programs(
-        "",
-        &format!(
-            "[socket.web]\nlisten = \"SANDBOX/web.sock\"\n\
-             [program.web]\ncommand = {}\nsockets = [\"web\"]\n",
-            argv(&[&fixture])
-        ),
-    );
+    held_web(&sb, &[]);
     let exe = copy_of_warden(&sb);
     let warden = start_from(&mut sb, &exe, &[]);
     let sock = sb.path("web.sock");
