@@ -73,9 +73,15 @@
 //!   [`DaemonHandle`], a signal-initiated shutdown that ends in one of those); nothing can run
 //!   them on `SIGKILL`, `abort()`, a crash, or with `panic = "abort"` (the pidfile's lock dies
 //!   with the process, and the next start takes the stale file over).
-//! - **Cgroups are not used yet**: a worker's process group and the guard process contain it; a
-//!   grandchild that calls `setsid` leaves its worker's group (it is still killed at warden's
-//!   shutdown through the subreaper, but not after a `SIGKILL` of warden).
+//! - **Containment needs cgroup v2 to be complete.** In cgroup mode
+//!   ([`supervisor::Supervisor::set_cgroups`], the `warden` binary's default where it may create
+//!   cgroups) nothing of an instance escapes its cgroup, and the guard process kills every
+//!   instance's cgroup if warden dies. Without cgroups, a worker's process group and the guard
+//!   contain it, and a grandchild that calls `setsid` leaves its group (it is still killed at
+//!   warden's shutdown through the subreaper, but not after a `SIGKILL` of warden). In both
+//!   modes, a `SIGKILL` that takes warden *and* its guard together leaves escaped descendants
+//!   running until the next warden starts in the same cgroup (or, under systemd, until the
+//!   unit's own kill).
 //! - **One global logger per process**: [`log::init`] can be called once.
 
 pub mod activation;
