@@ -216,6 +216,12 @@ impl Supervisor {
     /// Starts a graceful shutdown (as `SIGTERM` does); [`Supervisor::run`] returns once done.
     pub fn shutdown(&mut self, fast: bool) {
         if !self.shutdown.active() {
+            // Rolling restarts end here: a stop is no failure to roll back, and nothing may
+            // start again.
+            let rolling: Vec<_> = self.table.ids().filter(|&p| self.rolling(p)).collect();
+            for p in rolling {
+                self.cancel_rollout(p);
+            }
             let now = Instant::now();
             self.shutdown.began = Some(now);
             self.shutdown.deadline = deadline_for(now, self.shutdown.timeout, fast);

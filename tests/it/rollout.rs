@@ -358,3 +358,33 @@ fn a_replace_restart_under_the_same_load_is_counted_and_reported() {
         ok + failed
     );
 }
+
+#[test]
+fn stopping_warden_during_a_probation_rolls_nothing_back_and_starts_nothing() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", "");
+    web(&sb, 1, &[], "update = \"surge\"\nprobation = \"30s\"");
+    let sock = sb.path("web.sock");
+    let warden = started(&mut sb, &sock)[0];
+    let _ = warden;
+    // The restart waits for the 30 s probation: stop warden meanwhile.
+    let mut restart = sb.warden(&["restart", "web", "--timeout", "60s"]);
+    let mut restart = restart
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("warden restart");
+    wait_status(&mut sb, "the replacement in place", |_, v| {
+        v["instances"]
+            .as_array()
+            .is_some_and(|a| a.len() == 1 && a[0]["state"] == "ready" && a[0]["restarts"] == 1)
+    });
+    let daemon = sb.pidfile_pid().expect("a pidfile");
+    expect(&mut sb, &["stop"], 0);
+    let _ = wait_output_of(&mut restart);
+    assert!(wait_until(TIMEOUT, || !alive(daemon)));
+    let text = log(&sb);
+    assert!(!text.contains("rolling back"), "{text}");
+    assert!(!text.contains("rolled back"), "{text}");
+    assert_no_process(&sb);
+}

@@ -275,6 +275,10 @@ impl Rollout {
             // Gone, or scaled away while being replaced: nothing left to wait for.
             return None;
         };
+        // Stopped by hand (or by a requirement's stop) meanwhile: it stays down.
+        if new.manual_stop && new_id != step.old {
+            return None;
+        }
         if self.probation.is_zero() {
             if let ExecState::Failed(why) = new.exec {
                 let reason = why.clone();
@@ -327,6 +331,10 @@ impl Rollout {
             let Some(i) = program.by_id(w.slot).filter(|i| !i.retiring) else {
                 return false;
             };
+            // Stopped by hand (or by a requirement's stop): no verdict on the new settings.
+            if i.manual_stop {
+                return false;
+            }
             match judge(w, i, program, (probation, needs_pass), now) {
                 Judged::Watching => true,
                 Judged::Passed => false,

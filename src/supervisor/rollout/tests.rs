@@ -480,3 +480,20 @@ fn a_replacement_waiting_for_its_dependencies_is_judged_at_the_end_of_its_probat
         Next::RollBack { reason } if reason.contains("did not become ready")
     ));
 }
+
+#[test]
+fn a_replacement_stopped_by_hand_is_no_verdict_on_the_new_settings() {
+    let mut web = Program::new("web", 1, fake::ready());
+    let t0 = now();
+    let mut r = surge(&web, Duration::from_secs(10));
+    r.next(&web.view(), t0);
+    web.add_incoming(0, 7, fake::ready());
+    r.surged(SlotId(7), t0);
+    r.next(&web.view(), t0);
+    web.instances.retain(|i| i.id != 0);
+    let i = web.slot(7);
+    i.incoming = false;
+    i.state = State::Stopped;
+    i.manual_stop = true;
+    assert_eq!(r.next(&web.view(), t0 + Duration::from_secs(1)), Next::Done);
+}
