@@ -282,7 +282,7 @@ impl ControlServer {
     /// Authorises and counts one accepted connection: served, or answered and closed. A
     /// connection that cannot be served for a local reason (no credentials, no registration)
     /// counts as [`Admission::Denied`].
-    fn admit(&mut self, stream: UnixStream, registry: &Registry) -> Admission {
+    pub(super) fn admit(&mut self, stream: UnixStream, registry: &Registry) -> Admission {
         let _ = stream.set_nonblocking(true);
         let Some(peer) = self.peer_of(&stream) else {
             return Admission::Denied;

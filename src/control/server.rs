@@ -274,6 +274,39 @@ impl ControlServer {
         }
     }
 
+    /// The open connections to hand to the next image (`warden upgrade`): each one's descriptor
+    /// (kept open here) and what it sent that is not a whole request yet, its answers written
+    /// first (bounded: a client that does not read within a second loses what is left).
+    /// Subscribers to events are not handed over: their streams end as at a stop.
+    pub fn handover(&mut self, registry: &Registry) -> Vec<(std::os::fd::RawFd, Vec<u8>)> {
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for &id in &ids {
+            if let Some(conn) = self.conns.get_mut(&id).filter(|c| !c.output.is_empty()) {
+                let _ = conn.stream.set_nonblocking(false);
+                let _ = conn.stream.set_write_timeout(Some(Duration::from_secs(1)));
+                let _ = conn.stream.write_all(&conn.output);
+                conn.output.clear();
+                let _ = conn.stream.set_nonblocking(true);
+            }
+            self.flush(id, registry);
+        }
+        self.conns
+            .values()
+            .filter(|c| !c.subscribed && !c.read_closed && !c.close_after_flush)
+            .map(|c| (c.stream.as_raw_fd(), c.input.clone()))
+            .collect()
+    }
+
+    /// Serves a connection an earlier image of this process handed over (`warden upgrade`),
+    /// admitted again from its credentials, with `input` (a request not yet whole) already read.
+    pub fn adopt_conn(&mut self, stream: UnixStream, input: Vec<u8>, registry: &Registry) {
+        if self.admit(stream, registry) == super::admission::Admission::Serve
+            && let Some(conn) = self.conns.get_mut(&(self.next - 1))
+        {
+            conn.input = input;
+        }
+    }
+
     /// The listening socket's descriptor (handed over by `warden upgrade`).
     pub fn listener_fd(&self) -> std::os::fd::RawFd {
         self.listener.as_raw_fd()

@@ -23,12 +23,20 @@ ready = "notify"
 watchdog = "1s"
 "#;
 
+/// Copies `from` to `to` with cp(1): an executable written through a descriptor of this
+/// multi-threaded process could be held open for writing by a child another test forks in that
+/// instant, and its exec then fails with ETXTBSY.
+fn cp(from: &Path, to: &Path) {
+    let st = Command::new("cp").arg(from).arg(to).status().unwrap();
+    assert!(st.success(), "cp {} {}", from.display(), to.display());
+}
+
 /// warden's binary copied to `bin/warden` in the sandbox.
 fn copy_of_warden(sb: &Sandbox) -> PathBuf {
     let bin = sb.path("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let exe = bin.join("warden");
-    std::fs::copy(warden_bin(), &exe).unwrap();
+    cp(&warden_bin(), &exe);
     exe
 }
 
@@ -36,15 +44,23 @@ fn copy_of_warden(sb: &Sandbox) -> PathBuf {
 /// it (the running binary keeps its own inode).
 fn replace(exe: &Path, with: &Path) {
     let new = exe.with_extension("new");
-    std::fs::copy(with, &new).unwrap();
+    cp(with, &new);
     std::fs::rename(&new, exe).unwrap();
 }
 
-/// A shell script at `path`, executable.
+/// A shell script at `path`, executable (written by sh(1), not through a descriptor of this
+/// process: see [`cp`]).
 fn shell(path: &Path, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = format!("#!/bin/sh\n{body}\n");
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg("printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\"")
+        .arg("sh")
+        .arg(&script)
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success());
     path.to_path_buf()
 }
 
@@ -327,4 +343,55 @@ fn requests_over_a_held_socket_never_fail_across_an_upgrade() {
         field(&info, "pid"),
         "the same program"
     );
+}
+
+#[test]
+fn control_requests_made_during_upgrades_are_all_answered() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", PROGRAMS);
+    let exe = copy_of_warden(&sb);
+    start_from(&mut sb, &exe, &[]);
+    all_up(&mut sb);
+    // A client asking for status over and over, one connection each, while warden is upgraded
+    // five times: connections open at an exec are handed over too, and answered by the new image.
+    let sock = sb.path("warden.sock");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let client = std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let (mut ok, mut failed) = (0u32, Vec::new());
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while !flag.load(std::sync::atomic::Ordering::Relaxed)
+            && std::time::Instant::now() < deadline
+        {
+            let answer = (|| -> std::io::Result<String> {
+                let mut s = std::os::unix::net::UnixStream::connect(&sock)?;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(b"{\"v\":1,\"cmd\":\"status\"}\n")?;
+                let mut line = String::new();
+                BufReader::new(s).read_line(&mut line)?;
+                Ok(line)
+            })();
+            match answer {
+                Ok(l) if l.contains("\"ok\":true") => ok += 1,
+                Ok(l) => failed.push(l),
+                Err(e) => failed.push(e.to_string()),
+            }
+        }
+        (ok, failed)
+    });
+    for _ in 0..5 {
+        replace(&exe, &warden_bin());
+        expect(&mut sb, &["upgrade"], 0);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = client.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {failed:?}",
+        failed.len(),
+        ok as usize + failed.len()
+    );
+    assert!(ok > 0);
+    expect(&mut sb, &["stop"], 0);
 }

@@ -299,6 +299,11 @@ impl Supervisor {
                 partial,
             })
             .collect();
+        let registry = self.poll.registry();
+        let conns = match self.plane.server.as_mut() {
+            Some(server) => server.handover(registry),
+            None => Vec::new(),
+        };
         let sup = SupState {
             notify: (self.notify.as_raw_fd(), self.notify.name().to_string()),
             control: self.plane.server.as_ref().map(|s| s.listener_fd()),
@@ -316,6 +321,7 @@ impl Supervisor {
             rollbacks: self.plane.rollbacks,
             started_at: clock.off(self.plane.started_at),
             requester: self.plane.upgrade.conn.as_ref().map(AsRawFd::as_raw_fd),
+            conns,
         };
         Ok(Handoff {
             format: STATE_FORMAT,
@@ -407,6 +413,13 @@ impl Supervisor {
         self.plane.started_at = clock.at(h.sup.started_at);
         if let Some(fd) = h.sup.requester {
             self.plane.upgrade.conn = Some(UnixStream::from(owned(fd)?));
+        }
+        let registry = self.poll.registry();
+        for (fd, input) in &h.sup.conns {
+            let stream = UnixStream::from(owned(*fd)?);
+            if let Some(server) = self.plane.server.as_mut() {
+                server.adopt_conn(stream, input.clone(), registry);
+            }
         }
         self.started = true;
         let now = Instant::now();

@@ -96,6 +96,9 @@ pub(crate) struct SupState {
     pub(crate) started_at: i64,
     /// The connection that asked for the upgrade, to answer once the new image has taken over.
     pub(crate) requester: Option<RawFd>,
+    /// The other open control connections, with what they sent that is not a whole request.
+    #[serde(default)]
+    pub(crate) conns: Vec<(RawFd, Vec<u8>)>,
 }
 
 impl SupState {
@@ -108,6 +111,7 @@ impl SupState {
         fds.extend(self.metrics);
         fds.extend(self.pipes.iter().map(|p| p.fd));
         fds.extend(self.requester);
+        fds.extend(self.conns.iter().map(|(fd, _)| *fd));
         fds
     }
 }
