@@ -286,19 +286,7 @@ impl Supervisor {
             .into_iter()
             .map(|(pgid, (p, id), reaped)| (pgid, name_of(p), id.0, reaped))
             .collect();
-        let pipes = self
-            .capture
-            .export()
-            .into_iter()
-            .map(|(fd, ((p, index), pid), stream, partial)| PipeRec {
-                fd,
-                program: name_of(p),
-                index: index.0,
-                pid,
-                stderr: stream == Stream::Stderr,
-                partial,
-            })
-            .collect();
+        let pipes = self.pipe_recs();
         let registry = self.poll.registry();
         let conns = match self.plane.server.as_mut() {
             Some(server) => server.handover(registry),
@@ -330,6 +318,22 @@ impl Supervisor {
             sup,
             daemon,
         })
+    }
+
+    /// Every output pipe, as handed over.
+    fn pipe_recs(&mut self) -> Vec<PipeRec> {
+        let pipes = self.capture.export();
+        pipes
+            .into_iter()
+            .map(|(fd, ((p, index), pid), stream, partial)| PipeRec {
+                fd,
+                program: self.table[p].def.name.clone(),
+                index: index.0,
+                pid,
+                stderr: stream == Stream::Stderr,
+                partial,
+            })
+            .collect()
     }
 
     fn program_rec(&self, p: ProgramId, clock: &Clock) -> Result<ProgramRec, String> {
