@@ -544,12 +544,7 @@ fn status_exit(report: &StatusReport, named: bool) -> ExitCode {
         return ExitCode::from(exit::status::RUNNING);
     }
     // A surge replacement starting, or an instance stopping for good, is not one configured.
-    let configured = || {
-        report
-            .instances
-            .iter()
-            .filter(|i| !i.incoming && !i.retiring)
-    };
+    let configured = || report.instances.iter().filter(|i| i.is_configured());
     if configured().any(|i| i.state == "fatal") {
         ExitCode::from(exit::status::PROGRAM_FATAL)
     } else if configured().all(|i| i.state == "ready" || i.state == "running") {

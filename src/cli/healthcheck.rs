@@ -65,7 +65,7 @@ pub(super) fn problems(report: &StatusReport) -> Vec<String> {
         .iter()
         // A surge replacement starting, or an instance stopping for good, is no problem: the
         // instance with that index that stays is judged.
-        .filter(|i| !i.incoming && !i.retiring)
+        .filter(|i| i.is_configured())
         .filter_map(|i| {
             let tag = format!("{}[{}]", i.program, i.index);
             if i.state != "ready" && i.state != "running" {

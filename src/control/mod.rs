@@ -438,6 +438,13 @@ impl HealthInfo {
 }
 
 impl InstanceInfo {
+    /// Whether it is one of the instances its program is configured to run: not a surge
+    /// replacement still starting, nor an instance stopping for good (scaled away or replaced).
+    /// Only those count in `status PROGRAM`'s exit status and in `healthcheck`.
+    pub fn is_configured(&self) -> bool {
+        !self.incoming && !self.retiring
+    }
+
     /// The STATE column of `warden status`: the state, and for a `waiting` instance what it
     /// waits for (`waiting (for db)`) or why (`waiting (db stopped)`).
     pub fn state_text(&self) -> String {

@@ -79,6 +79,19 @@ fn up_in_cgroup_mode(test: &Test, sb: &mut Sandbox) -> Option<Value> {
     Some(v)
 }
 
+/// As root, warden started with `w` (`extra` lines in its table) and its first instance up in
+/// cgroup mode: the sandbox, warden's pid and the status; `None` (the test skipped, saying why)
+/// otherwise.
+fn started_in_cgroup_mode(test: &Test, extra: &str) -> Option<(Sandbox, i32, Value)> {
+    if !test.require_root() {
+        return None;
+    }
+    let mut sb = sandbox(test, "", extra);
+    let warden = sb.start();
+    let v = up_in_cgroup_mode(test, &mut sb)?;
+    Some((sb, warden, v))
+}
+
 /// The argv of `pid`.
 fn cmdline(pid: i32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
@@ -128,12 +141,7 @@ fn assert_escaped(worker: i32, gc: i32) {
 #[test]
 fn after_stop_nothing_of_a_setsid_double_forked_grandchild_is_left() {
     let test = this_test!();
-    if !test.require_root() {
-        return;
-    }
-    let mut sb = sandbox(&test, "", "");
-    let warden = sb.start();
-    let Some(v) = up_in_cgroup_mode(&test, &mut sb) else {
+    let Some((mut sb, warden, v)) = started_in_cgroup_mode(&test, "") else {
         return;
     };
     let worker = v["instances"][0]["pid"].as_i64().unwrap() as i32;
@@ -206,12 +214,7 @@ fn an_instance_is_down_when_its_cgroup_empties_not_its_process_group() {
 #[test]
 fn after_a_sigkill_of_warden_nothing_of_an_instance_is_left() {
     let test = this_test!();
-    if !test.require_root() {
-        return;
-    }
-    let mut sb = sandbox(&test, "", "instances = 3");
-    let warden = sb.start();
-    let Some(v) = up_in_cgroup_mode(&test, &mut sb) else {
+    let Some((mut sb, warden, v)) = started_in_cgroup_mode(&test, "instances = 3") else {
         return;
     };
     wait_status(&mut sb, "3 up", |_, v| {
@@ -253,12 +256,7 @@ fn after_a_sigkill_of_warden_nothing_of_an_instance_is_left() {
 #[test]
 fn after_a_sigkill_of_warden_and_its_guard_the_next_warden_kills_what_is_left() {
     let test = this_test!();
-    if !test.require_root() {
-        return;
-    }
-    let mut sb = sandbox(&test, "", "");
-    let warden = sb.start();
-    let Some(v) = up_in_cgroup_mode(&test, &mut sb) else {
+    let Some((mut sb, warden, v)) = started_in_cgroup_mode(&test, "") else {
         return;
     };
     let worker = v["instances"][0]["pid"].as_i64().unwrap() as i32;
@@ -376,12 +374,7 @@ fn a_limit_that_cannot_be_applied_is_named_by_check_and_start() {
 #[test]
 fn an_upgrade_keeps_cgroup_mode_and_what_it_tracks() {
     let test = this_test!();
-    if !test.require_root() {
-        return;
-    }
-    let mut sb = sandbox(&test, "", "");
-    let warden = sb.start();
-    let Some(v) = up_in_cgroup_mode(&test, &mut sb) else {
+    let Some((mut sb, warden, v)) = started_in_cgroup_mode(&test, "") else {
         return;
     };
     let gc = grandchild(&mut sb);

@@ -109,7 +109,7 @@ fn a_surge_restart_starts_the_new_instance_beside_the_old_and_no_request_fails()
     let load = Load::start(sock.clone());
     std::thread::sleep(Duration::from_millis(200));
     let mut restart = sb.warden(&["restart", "web"]);
-    let mut restart = restart
+    let restart = restart
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -127,7 +127,7 @@ fn a_surge_restart_starts_the_new_instance_beside_the_old_and_no_request_fails()
     let both = pids(&v);
     assert!(both.contains(&old[0]), "the old instance runs on: {v:#}");
     assert!(both.iter().all(|&p| alive(p as i32)), "{both:?}");
-    let out = wait_output_of(&mut restart);
+    let out = wait_output(restart, TIMEOUT);
     assert_eq!(
         exit_code(&out),
         Some(0),
@@ -155,27 +155,6 @@ fn a_surge_restart_starts_the_new_instance_beside_the_old_and_no_request_fails()
     );
     assert!(answered.len() >= 2, "both answered: {answered:?}");
     assert!(log(&sb).contains("web[0]: starting its replacement beside it (surge)"));
-}
-
-/// Waits (bounded) for a spawned `warden` command and returns its output.
-fn wait_output_of(child: &mut std::process::Child) -> std::process::Output {
-    let ok = wait_until(TIMEOUT, || matches!(child.try_wait(), Ok(Some(_))));
-    if !ok {
-        let _ = child.kill();
-    }
-    let mut out = std::process::Output {
-        status: child.wait().expect("wait"),
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-    };
-    use std::io::Read;
-    if let Some(mut s) = child.stdout.take() {
-        let _ = s.read_to_end(&mut out.stdout);
-    }
-    if let Some(mut s) = child.stderr.take() {
-        let _ = s.read_to_end(&mut out.stderr);
-    }
-    out
 }
 
 #[test]
@@ -369,7 +348,7 @@ fn stopping_warden_during_a_probation_rolls_nothing_back_and_starts_nothing() {
     let _ = warden;
     // The restart waits for the 30 s probation: stop warden meanwhile.
     let mut restart = sb.warden(&["restart", "web", "--timeout", "60s"]);
-    let mut restart = restart
+    let restart = restart
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -381,7 +360,7 @@ fn stopping_warden_during_a_probation_rolls_nothing_back_and_starts_nothing() {
     });
     let daemon = sb.pidfile_pid().expect("a pidfile");
     expect(&mut sb, &["stop"], 0);
-    let _ = wait_output_of(&mut restart);
+    let _ = wait_output(restart, TIMEOUT);
     assert!(wait_until(TIMEOUT, || !alive(daemon)));
     let text = log(&sb);
     assert!(!text.contains("rolling back"), "{text}");

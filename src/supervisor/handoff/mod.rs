@@ -233,12 +233,7 @@ impl Supervisor {
         );
         let request = std::mem::take(&mut self.plane.upgrade);
         if request.exported {
-            let now = Instant::now();
-            for p in self.table.ids() {
-                for pos in self.table[p].positions() {
-                    self.reset_health(p, pos, now);
-                }
-            }
+            self.restart_all_health(Instant::now());
         }
         if let Some(conn) = request.conn {
             answer(
@@ -426,12 +421,7 @@ impl Supervisor {
             }
         }
         self.started = true;
-        let now = Instant::now();
-        for p in self.table.ids() {
-            for pos in self.table[p].positions() {
-                self.reset_health(p, pos, now);
-            }
-        }
+        self.restart_all_health(Instant::now());
         // Children that ended during the exec: no SIGCHLD will tell.
         self.reap();
         Ok(())

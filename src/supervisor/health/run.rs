@@ -100,6 +100,16 @@ impl Supervisor {
         }
     }
 
+    /// Every instance's checks start over (an upgrade's new image, or an image that runs on
+    /// after its checks under way were cancelled for one).
+    pub(in crate::supervisor) fn restart_all_health(&mut self, now: Instant) {
+        for p in self.table.ids() {
+            for pos in self.table[p].positions() {
+                self.reset_health(p, pos, now);
+            }
+        }
+    }
+
     /// A new process of instance `pos` (or none): its checks start over.
     pub(in crate::supervisor) fn reset_health(&mut self, p: ProgramId, pos: SlotPos, now: Instant) {
         let jitter = self.jitter.next_unit();
