@@ -67,9 +67,12 @@ impl Pidfile {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => {
                     let pid = read_pid(&file);
+                    // A zombie is no daemon: the lock it held is held by something else for
+                    // an instant (a child it forked, about to exec).
                     let live = pid.is_some_and(|p| {
                         nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
                             != Err(nix::errno::Errno::ESRCH)
+                            && !is_zombie(p)
                     });
                     if live || std::time::Instant::now() >= patience {
                         return Err(Error::AlreadyRunning {
@@ -367,6 +370,14 @@ fn fd_table_has(pid: i32, dev: u64, ino: u64) -> std::io::Result<bool> {
         }
     }
     unknown.map_or(Ok(false), Err)
+}
+
+/// Whether `pid` is a zombie (state `Z` in `/proc/PID/stat`): dead, not reaped yet.
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
 }
 
 #[cfg(test)]

@@ -266,8 +266,7 @@ fn after_a_sigkill_of_warden_and_its_guard_the_next_warden_kills_what_is_left() 
         .find(|&p| is_guard(p) && stat(p).is_some_and(|s| s.ppid == warden))
         .expect("a guard");
     // Both at once: nothing of warden's runs to act.
-    signal(guard, Signal::SIGKILL);
-    signal(warden, Signal::SIGKILL);
+    kill_together(warden, guard);
     assert!(wait_until(TIMEOUT, || !alive(warden)), "warden killed");
     assert!(wait_until(TIMEOUT, || !alive(worker)), "death signal");
     // The grandchild outlives both (nothing of this warden is left to act); another test's

@@ -537,6 +537,15 @@ pub fn live_children(pid: i32) -> BTreeSet<i32> {
     children_of(pid).into_iter().filter(|&c| alive(c)).collect()
 }
 
+/// `SIGKILL`s warden and its guard together, as one event: warden is stopped first, so that it
+/// cannot act on its guard's death (start another) before its own.
+pub fn kill_together(warden: i32, guard: i32) {
+    use nix::sys::signal::Signal;
+    signal(warden, Signal::SIGSTOP);
+    signal(guard, Signal::SIGKILL);
+    signal(warden, Signal::SIGKILL);
+}
+
 /// Sends `sig` to `pid`.
 pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
