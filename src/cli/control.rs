@@ -634,11 +634,14 @@ fn header(health: bool) -> Vec<String> {
 
 fn print_table(report: &StatusReport) {
     let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let tracking = match (&report.daemon.tracking, &report.daemon.cgroup) {
+    let mut tracking = match (&report.daemon.tracking, &report.daemon.cgroup) {
         (Some(t), Some(c)) => format!(", tracking: {t} {c}"),
         (Some(t), None) => format!(", tracking: {t}"),
         _ => String::new(),
     };
+    if let Some(ns) = &report.daemon.pid_namespace {
+        tracking.push_str(&format!(", pid namespace {ns}"));
+    }
     println!(
         "warden {} running (pid {}, up {}{tracking})",
         report.daemon.version,

@@ -118,6 +118,7 @@ mod tests {
                 config: String::new(),
                 tracking: None,
                 cgroup: None,
+                pid_namespace: None,
             },
             instances,
             programs: Vec::new(),

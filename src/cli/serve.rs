@@ -276,6 +276,7 @@ pub(super) fn supervisor(
     sup.set_exit_on_fatal(d.exit_on_fatal);
     sup.set_scale_program(d.scale_program.clone());
     sup.set_cgroups(d.cgroups);
+    sup.set_pid_namespace(d.pid_namespace);
     sup.set_config_path(config.path.display().to_string());
     let manager = handle.service_manager();
     if let Some(n) = &manager.notifier {
@@ -341,7 +342,8 @@ fn daemon_changes(
         control_socket,
         control_group,
         metrics,
-        cgroups
+        cgroups,
+        pid_namespace
     );
     keys.into_iter()
         .map(|k| format!("daemon.{k} changed: takes effect when warden restarts"))

@@ -50,6 +50,7 @@ pub(crate) const DAEMON: KeyTable = KeyTable {
         "control_group",
         "metrics",
         "cgroups",
+        "pid_namespace",
     ],
 };
 
@@ -149,6 +150,7 @@ mod tests {
                         "after" | "requires" | "sockets" => "[]",
                         "limits" | "health" => return String::new(),
                         "clean_env" | "exit_on_fatal" => "false",
+                        "pid_namespace" => "true",
                         "restart" => "\"always\"",
                         "stop_signal" => "\"TERM\"",
                         "ready" => "\"notify\"",

@@ -169,6 +169,10 @@ pub struct DaemonSpec {
     /// `cgroups`: `"auto"` (default) runs each instance in a cgroup v2 of its own where warden
     /// may create one, `"off"` keeps to process groups and the guard.
     pub cgroups: CgroupMode,
+    /// `pid_namespace`: create every instance in a PID namespace whose init is warden's guard,
+    /// so that the kernel kills them all when the guard dies, even when warden and the guard
+    /// are killed together (default false: programs would see that namespace's pids).
+    pub pid_namespace: bool,
 }
 
 impl Default for DaemonSpec {
@@ -194,6 +198,7 @@ impl Default for DaemonSpec {
             control_group: None,
             metrics: None,
             cgroups: CgroupMode::Auto,
+            pid_namespace: false,
         }
     }
 }
@@ -584,6 +589,9 @@ fn read_daemon_control(
     }
     if let Some(t) = s.duration(c, "shutdown_timeout") {
         d.shutdown_timeout = t;
+    }
+    if let Some(b) = s.boolean(c, "pid_namespace") {
+        d.pid_namespace = b;
     }
     if let Some(b) = s.boolean(c, "exit_on_fatal") {
         d.exit_on_fatal = b;

@@ -147,7 +147,8 @@ pub fn hosts(config: &Config) -> Diagnostics {
 /// - a program's `env_file` names a required file that cannot be read, or a file with a syntax
 ///   error (each file is read now, as a spawn would; it may be created or fixed before then);
 /// - warden's own log goes nowhere: `log = "stderr"` while `[daemon] stderr` is `/dev/null`
-///   (the default), which loses every line once `warden start` has detached.
+///   (the default), which loses every line once `warden start` has detached;
+/// - `pid_namespace = true` while `check` runs without root, which could not create one.
 pub fn warnings(config: &Config) -> Diagnostics {
     let mut out = Vec::new();
     let d = &config.daemon;
@@ -180,6 +181,9 @@ pub fn warnings(config: &Config) -> Diagnostics {
                 .into(),
         );
     }
+    if let Some(message) = pid_namespace_problem(d) {
+        warn("daemon.pid_namespace", &config.path, message);
+    }
     for p in &config.programs {
         program_warnings(p, &d.directory, &config.path, &mut warn);
     }
@@ -197,6 +201,18 @@ pub fn warnings(config: &Config) -> Diagnostics {
         }
     }
     Diagnostics(out)
+}
+
+/// `pid_namespace = true` asked by a user who cannot create a PID namespace (not root).
+fn pid_namespace_problem(d: &super::DaemonSpec) -> Option<String> {
+    let uid = nix::unistd::geteuid();
+    (d.pid_namespace && !uid.is_root()).then(|| {
+        format!(
+            "creating a PID namespace needs CAP_SYS_ADMIN, which uid {uid} does not have: \
+             started by this user, warden runs every instance in its own PID namespace (and \
+             `warden start` says so)"
+        )
+    })
 }
 
 /// The cgroup limits of `p` that cannot be applied: cgroups off, no cgroup v2 hierarchy, or

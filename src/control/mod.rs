@@ -346,6 +346,10 @@ pub struct DaemonInfo {
     /// In cgroup mode, warden's base cgroup (the instances' cgroups are under its `programs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
+    /// In PID-namespace mode (`[daemon] pid_namespace`), the namespace every instance is
+    /// created in, as `/proc/PID/ns/pid` names it: `pid:[4026532123]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_namespace: Option<String>,
 }
 
 impl DaemonInfo {

@@ -17,7 +17,7 @@
 //!
 //! # The guard
 //!
-//! The guard is `/bin/sh` running [`GUARD_SCRIPT`] (`argv[0]` `warden-guard`), spawned with
+//! The guard is `/bin/sh` running [`GUARD_SCRIPT`](super::guard::GUARD_SCRIPT) (`argv[0]` `warden-guard`), spawned with
 //! `exec` — so it holds none of the supervisor's memory — as the supervisor's child, in a process
 //! group of its own, with every catchable signal ignored. Its standard input is one end of a
 //! stream socket pair whose other end only the supervisor holds (close-on-exec; a child forked
@@ -42,19 +42,25 @@
 //! instance's, kills it all when the supervisor dies. An emptied cgroup is removed, after its
 //! `memory.events` told whether the OOM killer struck it.
 //!
+//! # PID-namespace mode
+//!
+//! With [`PidNamespace`] in force, the guard is instead the init of a PID namespace that every
+//! instance is created in ([`super::pidns`]): its death, by warden's end of file or by any
+//! signal, makes the kernel kill every process in it. It is sent no records, and a guard that
+//! is gone took every instance with it.
+//!
 //! # Limit
 //!
 //! In process-group mode, a descendant that leaves its worker's process group (`setsid`,
 //! `setpgid`) is in no registered group and survives a `SIGKILL` of the supervisor. In cgroup
 //! mode it does not; only a `SIGKILL` of warden and its guard together leaves such a
 //! descendant running, until the next warden started in the same parent cgroup kills it
-//! ([`super::cgroup::clean_stale`]).
+//! ([`super::cgroup::clean_stale`]). In PID-namespace mode nothing survives either.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{ErrorKind, Read, Write};
+use std::collections::{HashMap, HashSet};
+use std::io::{ErrorKind, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -62,50 +68,14 @@ use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::cgroup::{self, Hierarchy};
+use super::guard::{Link, guard_gone, kill_guard, link, spawn_guard};
+use super::pidns::PidNamespace;
 use super::table::Owner;
-
-/// The guard's program, for `/bin/sh -c` (POSIX shell; builtins only, so it forks nothing). It
-/// ignores every signal it may (all but `KILL` and `STOP`, and the C library's 32 and 33). A
-/// registered group `PGID` is the variable `hPGID`, so adding and removing cost the same
-/// whatever the table's size; `ids` lists the groups for the final kill (entries of removed
-/// groups are skipped then, and compacted away every 4096 additions).
-pub(crate) const GUARD_SCRIPT: &str = r#"s=1
-while [ $s -le 64 ]; do
-  case $s in 9|19|32|33) ;; *) trap '' $s 2>/dev/null ;; esac
-  s=$((s + 1))
-done
-set -f
-ids=''
-n=0
-while read -r r; do
-  id=${r#?}
-  case $id in ''|*[!0-9]*) continue ;; esac
-  case $r in
-    +*) eval "case \${h$id-} in '') h$id=1; ids=\"\$ids \$id\"; n=\$((n + 1)) ;; esac" ;;
-    -*) unset "h$id" ;;
-  esac
-  if [ $n -ge 4096 ]; then
-    new=''
-    for x in $ids; do
-      eval "if [ -n \"\${h$x-}\" ] && [ -z \"\${s$x-}\" ]; then s$x=1; new=\"\$new \$x\"; fi"
-    done
-    for x in $new; do unset "s$x"; done
-    ids=$new
-    n=0
-  fi
-done
-if [ -n "${WARDEN_GUARD_CGROUP-}" ]; then
-  echo 1 2>/dev/null >"$WARDEN_GUARD_CGROUP/cgroup.kill"
-fi
-for id in $ids; do
-  eval "if [ -n \"\${h$id-}\" ]; then unset h$id; kill -s KILL -- -$id 2>/dev/null; fi"
-done
-"#;
 
 /// How many records may wait for a guard that does not read before it is replaced.
 const MAX_PENDING: usize = 4096;
@@ -142,27 +112,6 @@ struct CgroupMode {
     inotify: Inotify,
 }
 
-/// The guard, as far as the loop is concerned.
-#[derive(Debug)]
-struct Link {
-    /// The guard's pid: our child; never signalled once `reaped`.
-    pid: i32,
-    /// A pidfd for it (Linux 5.3), so that a host program's `waitpid(-1)` reaping it behind our
-    /// back cannot make us signal a recycled pid.
-    pidfd: Option<OwnedFd>,
-    reaped: bool,
-    /// Our end of the socket pair (non-blocking, close-on-exec).
-    sock: UnixStream,
-    /// Records not written yet: `(true, pgid)` adds, `(false, pgid)` removes.
-    pending: VecDeque<(bool, i32)>,
-    /// Bytes of records taken from `pending` that the socket has not accepted yet (written in
-    /// batches, so the kernel holds many records per buffer, and a partial write keeps its
-    /// tail here).
-    out: Vec<u8>,
-    /// Registered with `WRITABLE` interest too (while `pending` is not empty).
-    writable: bool,
-}
-
 /// The tracked worker process groups and their guard. See the module documentation.
 #[derive(Debug)]
 pub(crate) struct Groups {
@@ -178,6 +127,10 @@ pub(crate) struct Groups {
     token: Token,
     /// Starting a guard failed, and that was logged: say so again only after a success.
     guard_failed: bool,
+    /// PID-namespace mode, when in force.
+    pid_namespace: Option<PidNamespace>,
+    /// Why the last guard could not be started as a namespace's init.
+    ns_failure: Option<String>,
 }
 
 impl Groups {
@@ -191,6 +144,8 @@ impl Groups {
             oom: HashSet::new(),
             token,
             guard_failed: false,
+            pid_namespace: None,
+            ns_failure: None,
         }
     }
 
@@ -200,8 +155,7 @@ impl Groups {
         if self.link.is_some() {
             return;
         }
-        let cgroup = self.cgroups.as_ref().map(|c| c.hierarchy.programs());
-        let link = match spawn_guard(cgroup) {
+        let link = match self.spawn_guard() {
             Ok(l) => l,
             Err(e) => {
                 if !self.guard_failed {
@@ -230,13 +184,75 @@ impl Groups {
         self.guard_failed = false;
         let pid = link.pid;
         let mut link = link;
-        link.pending
-            .extend(self.tracked.keys().map(|&pgid| (true, pgid)));
+        if let Some(name) = link.ns.as_ref().and_then(super::pidns::name) {
+            log::info!(
+                "guard process started (pid {pid}) as the init of PID namespace {name}, where \
+                 every instance is created: if warden or the guard dies, the kernel kills them all"
+            );
+        } else {
+            link.pending
+                .extend(self.tracked.keys().map(|&pgid| (true, pgid)));
+            log::info!(
+                "guard process started (pid {pid}): it kills every worker process group if warden \
+                 dies"
+            );
+        }
         self.link = Some(link);
         self.flush(registry);
-        log::info!(
-            "guard process started (pid {pid}): it kills every worker process group if warden dies"
-        );
+    }
+
+    /// Starts a guard for the mode in force: as a namespace's init in PID-namespace mode, and
+    /// when that fails (logged), leaving the mode for an ordinary guard.
+    fn spawn_guard(&mut self) -> std::io::Result<Link> {
+        let cgroup = self.cgroups.as_ref().map(|c| c.hierarchy.programs());
+        let in_ns = self.pid_namespace.is_some();
+        match spawn_guard(cgroup.clone(), in_ns) {
+            Err(e) if in_ns => {
+                log::error!(
+                    "cannot start the guard as the init of a PID namespace: {e}; instances run \
+                     in warden's own PID namespace"
+                );
+                self.pid_namespace = None;
+                self.ns_failure = Some(e.to_string());
+                spawn_guard(cgroup, false)
+            }
+            r => r,
+        }
+    }
+
+    /// Enters PID-namespace mode ([`super::pidns`]): replaces the guard (there are no groups
+    /// yet) by one started as the init of a new PID namespace.
+    ///
+    /// Errors: why it cannot be (the namespace cannot be made: `EPERM` without
+    /// `CAP_SYS_ADMIN`); the guard and the instances then stay in warden's own namespace.
+    pub(crate) fn enter_pid_namespace_mode(&mut self, registry: &Registry) -> Result<(), String> {
+        let ns = PidNamespace::new().map_err(|e| format!("/proc/self/ns/pid: {e}"))?;
+        self.end_guard(Some(registry), false);
+        self.pid_namespace = Some(ns);
+        self.ensure_guard(registry);
+        if self.namespace().is_some() {
+            return Ok(());
+        }
+        self.pid_namespace = None;
+        Err(self
+            .ns_failure
+            .take()
+            .unwrap_or_else(|| "the guard process could not be started".into()))
+    }
+
+    /// The PID namespace the instances are created in (PID-namespace mode, its guard running).
+    pub(crate) fn namespace(&self) -> Option<&OwnedFd> {
+        self.pid_namespace.as_ref()?;
+        self.link.as_ref().filter(|l| !l.reaped)?.ns.as_ref()
+    }
+
+    /// Runs `f` (a spawn) with the loop thread's children created in the instances' PID
+    /// namespace when PID-namespace mode is in force; `f` is told whether they are.
+    pub(crate) fn spawn_in_namespace<T>(&self, f: impl FnOnce(bool) -> T) -> T {
+        match (&self.pid_namespace, self.namespace()) {
+            (Some(mode), Some(ns)) => mode.spawn_in(ns, f),
+            _ => f(false),
+        }
     }
 
     /// A worker leading group `pgid` was spawned for `owner`.
@@ -462,10 +478,26 @@ impl Groups {
     pub(crate) fn guard_event(&mut self, registry: &Registry, readable: bool, writable: bool) {
         let Some(link) = &mut self.link else { return };
         if readable && guard_gone(&mut link.sock) {
-            log::warn!(
-                "the guard process (pid {}) is gone; starting another",
-                link.pid
-            );
+            if link.ns.is_some() {
+                log::error!(
+                    "the guard process (pid {}) is gone, and with it, killed by the kernel, \
+                     every instance in its PID namespace; starting another",
+                    link.pid
+                );
+                // A namespace's init is not reaped before every process of the namespace is:
+                // the instances, our children, first. The loop reaps it afterwards.
+                if let Some(link) = self.link.take() {
+                    let _ = registry.deregister(&mut SourceFd(&link.sock.as_raw_fd()));
+                    crate::daemon::unmark_private(link.sock.as_raw_fd());
+                }
+                self.ensure_guard(registry);
+                return;
+            } else {
+                log::warn!(
+                    "the guard process (pid {}) is gone; starting another",
+                    link.pid
+                );
+            }
             self.end_guard(Some(registry), false);
             self.ensure_guard(registry);
             return;
@@ -500,7 +532,9 @@ impl Groups {
     }
 
     fn send(&mut self, registry: &Registry, add: bool, pgid: i32) {
-        let Some(link) = &mut self.link else { return };
+        let Some(link) = self.link.as_mut().filter(|l| l.ns.is_none()) else {
+            return;
+        };
         // A removal cancels an addition the guard has not been sent yet.
         let unsent_add = (!add)
             .then(|| link.pending.iter().rposition(|&r| r == (true, pgid)))
@@ -624,6 +658,14 @@ impl Groups {
         }
     }
 
+    /// The pids of the processes in the cgroup of group `pgid` (cgroup mode), as warden sees
+    /// them.
+    pub(crate) fn cgroup_members(&self, pgid: i32) -> Option<Vec<i32>> {
+        let dir = &self.tracked.get(&pgid)?.cgroup.as_ref()?.dir;
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
+        Some(procs.lines().filter_map(|l| l.parse().ok()).collect())
+    }
+
     /// The guard's pid and our end of its socket pair, if one runs.
     pub(crate) fn guard(&self) -> Option<(i32, std::os::fd::RawFd)> {
         let link = self.link.as_ref().filter(|l| !l.reaped)?;
@@ -646,15 +688,16 @@ impl Groups {
             return;
         }
         crate::daemon::mark_private(sock.as_raw_fd());
-        self.link = Some(Link {
-            pid,
-            pidfd: crate::sys::pidfd::pidfd_open(pid).ok(),
-            reaped: false,
-            sock,
-            pending: VecDeque::new(),
-            out: Vec::new(),
-            writable: false,
-        });
+        let mut link = link(pid, sock, None);
+        // Started as the init of a namespace of its own: PID-namespace mode goes on.
+        let adopted = (PidNamespace::new(), crate::sys::pidns::of(&pid.to_string()));
+        if let (Ok(mode), Ok(ns)) = adopted
+            && mode.is_other(&ns)
+        {
+            link.ns = Some(ns);
+            self.pid_namespace = Some(mode);
+        }
+        self.link = Some(link);
     }
 
     /// Tracks group `pgid` of `owner` again (handed over by `warden upgrade`; the guard knows
@@ -697,7 +740,11 @@ impl Groups {
                 }
                 Ok(WaitStatus::StillAlive) => {
                     kill_guard(link.pid, link.pidfd.as_ref());
-                    let _ = waitpid(pid, None);
+                    // A namespace's init waits for every process of its namespace to be
+                    // reaped, by us among others: never wait for it here.
+                    if link.ns.is_none() {
+                        let _ = waitpid(pid, None);
+                    }
                     return;
                 }
                 Err(Errno::EINTR) => {}
@@ -714,59 +761,6 @@ impl Drop for Groups {
     fn drop(&mut self) {
         self.end_guard(None, false);
     }
-}
-
-/// Spawns the guard (see the module documentation).
-fn spawn_guard(cgroup: Option<PathBuf>) -> std::io::Result<Link> {
-    let (ours, theirs) = UnixStream::pair()?;
-    ours.set_nonblocking(true)?;
-    let mut cmd = std::process::Command::new("/bin/sh");
-    cmd.env_clear();
-    if let Some(dir) = cgroup {
-        cmd.env("WARDEN_GUARD_CGROUP", dir);
-    }
-    let child = cmd
-        .arg0("warden-guard")
-        // Through the environment, so that `ps` shows a short command line.
-        .args(["-c", "eval \"$WARDEN_GUARD_SCRIPT\""])
-        .stdin(std::process::Stdio::from(OwnedFd::from(theirs)))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .env("LC_ALL", "C")
-        .env("WARDEN_GUARD_SCRIPT", GUARD_SCRIPT)
-        .current_dir("/")
-        .process_group(0)
-        .spawn()?;
-    let pid = child.id() as i32;
-    Ok(Link {
-        pid,
-        pidfd: crate::sys::pidfd::pidfd_open(pid).ok(),
-        reaped: false,
-        sock: ours,
-        pending: VecDeque::new(),
-        out: Vec::new(),
-        writable: false,
-    })
-}
-
-/// `SIGKILL` to the guard: through its pidfd, or by pid (it is our child, not known reaped).
-fn kill_guard(pid: i32, pidfd: Option<&OwnedFd>) {
-    use std::os::fd::AsFd;
-    match pidfd {
-        Some(fd) => {
-            let _ = crate::sys::pidfd::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
-        }
-        None => {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
-    }
-}
-
-/// Whether the guard's end of the socket pair reached end of file (or failed): it is gone. It
-/// never writes, so anything readable is the end.
-fn guard_gone(sock: &mut UnixStream) -> bool {
-    let mut b = [0u8; 16];
-    !matches!(sock.read(&mut b), Err(e) if e.kind() == ErrorKind::WouldBlock)
 }
 
 /// Whether group `pgid`, its leader reaped, is not empty yet: its cgroup is populated, or (in

@@ -38,11 +38,13 @@ mod commands;
 mod deps;
 mod events;
 mod groups;
+mod guard;
 mod handoff;
 mod health;
 pub mod metrics;
 pub(crate) mod notify;
 pub(crate) mod output;
+mod pidns;
 mod program;
 mod programs;
 mod reap;
@@ -684,12 +686,20 @@ impl Supervisor {
             stderr: plan(&def.stderr),
             checked_pid: None,
             cgroup_procs,
+            in_pid_namespace: false,
         };
-        match (&def.work, &prog.prepared) {
-            (Work::Exec(_), Some(prepared)) => spawn::spawn_exec(prepared, &request),
-            (Work::Fn(f), _) => spawn::spawn_fn(f, &request),
-            (Work::Exec(_), None) => unreachable!("exec programs are prepared when added"),
-        }
+        // PID-namespace mode: created in the guard's namespace (see `pidns`).
+        self.groups.spawn_in_namespace(|in_pid_namespace| {
+            let request = SpawnRequest {
+                in_pid_namespace,
+                ..request
+            };
+            match (&def.work, &prog.prepared) {
+                (Work::Exec(_), Some(prepared)) => spawn::spawn_exec(prepared, &request),
+                (Work::Fn(f), _) => spawn::spawn_fn(f, &request),
+                (Work::Exec(_), None) => unreachable!("exec programs are prepared when added"),
+            }
+        })
     }
 
     /// A worker's exec happened (nothing to do) or failed: say why. The child then exits 127,

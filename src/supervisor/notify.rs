@@ -195,17 +195,20 @@ impl Supervisor {
         if let Some(text) = &msg.status {
             self.table[p][pos].status_text = Some(text.clone());
         }
-        if let Some(main) = msg.main_pid {
+        if let Some(given) = msg.main_pid {
             let worker = self.table[p][pos].inst.state.pid();
-            if worker.is_some_and(|w| w == main || descends_from(main, w)) {
-                // Taken before the checks' result can go stale for long; a kernel without
-                // pidfd_open (before 5.3) falls back to the pid.
-                let fd = crate::sys::pidfd::pidfd_open(main).ok();
-                self.table.set_main_pid(p, pos, main, fd);
-            } else {
-                log::warn!(
-                    "{tag}: MAINPID={main} ignored: not the worker or one of its descendants"
-                );
+            // As the worker sees it: in PID-namespace mode, that namespace's pid.
+            let here = worker.zip(worker.and_then(|w| self.main_pid_here(w, given)));
+            match here {
+                Some((w, main)) if w == main || descends_from(main, w) => {
+                    // Taken before the checks' result can go stale for long; a kernel without
+                    // pidfd_open (before 5.3) falls back to the pid.
+                    let fd = crate::sys::pidfd::pidfd_open(main).ok();
+                    self.table.set_main_pid(p, pos, main, fd);
+                }
+                _ => log::warn!(
+                    "{tag}: MAINPID={given} ignored: not the worker or one of its descendants"
+                ),
             }
         }
         if msg.watchdog {

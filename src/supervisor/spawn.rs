@@ -194,6 +194,9 @@ pub(crate) struct SpawnRequest<'a> {
     /// The `cgroup.procs` of the instance's own cgroup, which the child joins before anything
     /// else (cgroup mode: [`super::cgroup`]).
     pub(crate) cgroup_procs: Option<std::ffi::CString>,
+    /// Created in the instances' PID namespace ([`super::pidns`]): its parent, outside it, is
+    /// pid 0 to it, and the death-signal race check expects that.
+    pub(crate) in_pid_namespace: bool,
 }
 
 /// The two ends of a close-on-exec pipe for an output stream, or none for `/dev/null`.
@@ -285,6 +288,9 @@ fn fork_exec(
     let path = resolve(&p.argv[0], env)?;
     let mut setup = p.setup.clone();
     setup.cgroup_procs = i.cgroup_procs.clone();
+    if i.in_pid_namespace {
+        setup.parent = 0;
+    }
     let mut plan = sys::spawn::ExecPlan::new(&path, &p.argv, env, p.directory.as_deref(), setup)?;
     // Created in its cgroup (no migration to pay for); the child joins it itself otherwise.
     if let Some(dir) = i
@@ -380,6 +386,9 @@ pub(crate) fn spawn_fn(f: &WorkerFn, i: &SpawnRequest<'_>) -> Result<Started> {
     // Taken in the parent: it names the parent (for the death-signal race check).
     let mut setup = base_setup();
     setup.cgroup_procs = i.cgroup_procs.clone();
+    if i.in_pid_namespace {
+        setup.parent = 0;
+    }
     match sys::fork()? {
         sys::Fork::Parent(pid) => Ok(Started {
             pid: pid.as_raw(),

@@ -94,6 +94,7 @@ impl Supervisor {
             config: self.plane.config_path.clone(),
             tracking: Some(self.tracking().0),
             cgroup: self.tracking().1,
+            pid_namespace: self.namespace_name(),
         }
     }
 

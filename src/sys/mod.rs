@@ -9,8 +9,9 @@
 //!
 //! `signal` (dispositions and mask), `fd` (closing, neutralising, moving descriptors), `env`,
 //! `child` (a child's own set-up before `exec`), `socket` (peer groups, `SCM_RIGHTS`), `pidfd`,
-//! `memfd` (the pool's claim words), `spawn` (fork + exec without waiting), `detach` (the
-//! daemon's double fork). This file holds `fork`, `_exit` and the single-thread check.
+//! `pidns` (PID namespaces: a namespace's init, `setns`), `memfd` (the pool's claim words),
+//! `spawn` (fork + exec without waiting), `detach` (the daemon's double fork). This file holds
+//! `fork`, `_exit` and the single-thread check.
 //!
 //! # Forking
 //!
@@ -28,6 +29,7 @@ mod env;
 pub(crate) mod fd;
 pub(crate) mod memfd;
 pub(crate) mod pidfd;
+pub(crate) mod pidns;
 mod signal;
 mod socket;
 pub(crate) mod spawn;

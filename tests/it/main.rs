@@ -54,6 +54,9 @@ mod logging;
 mod metrics;
 /// warden as a container's PID 1 (`unshare --pid`) and `exit_on_fatal`.
 mod pid1;
+/// `pid_namespace = true`: nothing left after a SIGKILL of warden and its guard together; the
+/// pids programs see and `status` shows; the guard's signals and death; no `CAP_SYS_ADMIN`.
+mod pidns;
 /// The job pool from the outside, one scenario of `tests/fixtures/pool_scenarios.rs` per test.
 mod pool;
 /// Property tests (proptest) of the parsers and of the supervisor's state machine.

@@ -199,6 +199,7 @@ mod config {
             ("daemon", "ready_timeout") => dur(1, YEAR_MS),
             ("daemon", "shutdown_timeout") => dur(0, YEAR_MS),
             ("daemon", "exit_on_fatal") => any::<bool>().prop_map(Val::Bool).boxed(),
+            ("daemon", "pid_namespace") => any::<bool>().prop_map(Val::Bool).boxed(),
             // Chosen among the generated programs once they exist (see `file`).
             ("daemon", "scale_program") => Just(Val::Str(String::new())).boxed(),
             ("daemon", "metrics") => prop_oneof![
@@ -853,6 +854,7 @@ mod config {
                 "ready_timeout" => d.ready_timeout = dur_of(v),
                 "shutdown_timeout" => d.shutdown_timeout = dur_of(v),
                 "exit_on_fatal" => d.exit_on_fatal = matches!(v, Val::Bool(true)),
+                "pid_namespace" => d.pid_namespace = matches!(v, Val::Bool(true)),
                 "scale_program" => d.scale_program = Some(s()),
                 "control_socket" => socket = Some(base.join(s())),
                 "control_group" => d.control_group = Some(s()),

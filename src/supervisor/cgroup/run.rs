@@ -25,6 +25,10 @@ pub(crate) struct CgroupState {
     pub(crate) why_not: Option<String>,
     /// Limits already said not to be applied, by program and key: said once per program.
     pub(crate) told: std::collections::HashSet<(String, &'static str)>,
+    /// PID-namespace mode was asked ([`Supervisor::set_pid_namespace`]).
+    pub(crate) pid_namespace: bool,
+    /// Why it is not in force although asked.
+    pub(crate) ns_why_not: Option<String>,
 }
 
 /// Whether `event` says an instance's processes are all gone (when its cgroup was emptied).
@@ -45,15 +49,23 @@ impl Supervisor {
         self.cgroup.asked = Some(mode);
     }
 
-    /// Decides the tracking mode now, as [`set_cgroups`](Self::set_cgroups) asked: enters
-    /// cgroup mode if asked and possible (moving this process into its leaf cgroup), and logs
-    /// the mode in force. [`run`](Self::run) does it before it first starts programs if it was
+    /// Decides the tracking mode now, as [`set_cgroups`](Self::set_cgroups) and
+    /// [`set_pid_namespace`](Self::set_pid_namespace) asked: enters cgroup mode if asked and
+    /// possible (moving this process into its leaf cgroup), then PID-namespace mode, and logs
+    /// the modes in force. [`run`](Self::run) does it before it first starts programs if it was
     /// not done; the `warden` binary does it before it reports readiness. Once only.
     pub fn decide_tracking(&mut self) {
         if self.groups.hierarchy().is_some() || self.cgroup.decided {
             return;
         }
         self.cgroup.decided = true;
+        self.decide_cgroups();
+        // After the cgroups: entering cgroup mode replaces a guard already running.
+        self.decide_pid_namespace();
+    }
+
+    /// The cgroup half of [`decide_tracking`](Self::decide_tracking).
+    fn decide_cgroups(&mut self) {
         let why = match self.cgroup.asked {
             None => return,
             Some(CgroupMode::Off) => "cgroups = \"off\"".to_string(),
@@ -175,10 +187,11 @@ impl Supervisor {
     /// Every limit of a live program that cannot be applied in the tracking mode in force
     /// (`web: memory_max: the memory controller is not enabled for …`), once the mode is
     /// decided: the `warden` binary passes them to `warden start` before readiness, so that an
-    /// operator sees them where they started warden, not only in the log.
+    /// operator sees them where they started warden, not only in the log. A `pid_namespace`
+    /// asked and not in force comes first (`pid_namespace cannot be applied: …`).
     pub fn unapplicable_limits(&self) -> Vec<String> {
         let hierarchy = self.groups.hierarchy();
-        let mut out = Vec::new();
+        let mut out: Vec<String> = self.pid_namespace_problem().into_iter().collect();
         for p in self.table.live_programs() {
             let def = &self.table[p].def;
             for (key, _, controller, _) in def.cgroup.files() {

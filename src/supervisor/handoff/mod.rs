@@ -443,6 +443,7 @@ impl Supervisor {
             }
         }
         self.adopt_cgroups(h.sup.cgroup.as_ref());
+        self.adopted_pid_namespace();
         let registry = self.poll.registry();
         for pipe in &h.sup.pipes {
             let Some(&p) = ids.get(&pipe.program) else {
