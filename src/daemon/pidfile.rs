@@ -419,6 +419,33 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
     }
 
+    /// A locked pidfile naming a zombie (a daemon killed, not reaped yet, whose lock a child
+    /// forked just before still holds for an instant) is waited out like a dead pid.
+    #[test]
+    fn a_zombie_named_in_a_locked_file_is_waited_out() {
+        let path = std::env::temp_dir().join(format!("warden-zombie-{}.pid", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        let pid = zombie.id() as i32;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !is_zombie(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(is_zombie(pid), "{pid} never became a zombie");
+        std::fs::write(&path, format!("{pid}\n")).unwrap();
+        let holder = File::open(&path).unwrap();
+        holder.lock().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(holder);
+        });
+        let taken = Pidfile::acquire(&path);
+        release.join().unwrap();
+        zombie.wait().unwrap();
+        taken.expect("taken over once the lock was let go");
+        std::fs::remove_file(&path).unwrap();
+    }
+
     /// `held_by` tells the holder from a process that does not hold the file and from no
     /// process at all. (Cannot tell — another user's process — is covered by the integration
     /// test that runs `warden stop` under another uid.)
