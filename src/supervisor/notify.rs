@@ -76,19 +76,36 @@ pub struct NotifySocket {
 }
 
 impl NotifySocket {
-    /// Binds `@warden/<pid>/<n>/notify` in the abstract namespace, non-blocking, with
-    /// `SO_PASSCRED`.
+    /// Binds `@warden/<pid>/<pid namespace inode>/<n>/notify` in the abstract namespace,
+    /// non-blocking, with `SO_PASSCRED`.
     pub fn bind() -> io::Result<NotifySocket> {
         use std::os::linux::net::SocketAddrExt;
         use std::sync::atomic::{AtomicU32, Ordering};
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "warden/{}/{}/notify",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
-        let sock = UnixDatagram::bind_addr(&addr)?;
+        // Abstract names are per network namespace, pids per PID namespace: two wardens that
+        // are both pid 1 of their containers may share a network namespace (a pod). The PID
+        // namespace's inode tells them apart; a name taken all the same is skipped.
+        let ns = std::fs::read_link("/proc/self/ns/pid")
+            .ok()
+            .and_then(|l| {
+                let l = l.to_string_lossy().into_owned();
+                l.strip_prefix("pid:[")?.strip_suffix(']').map(String::from)
+            })
+            .unwrap_or_default();
+        let mut tries = 0;
+        let (sock, name) = loop {
+            let name = format!(
+                "warden/{}/{ns}/{}/notify",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            );
+            let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
+            match UnixDatagram::bind_addr(&addr) {
+                Ok(sock) => break (sock, name),
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 16 => tries += 1,
+                Err(e) => return Err(e),
+            }
+        };
         sock.set_nonblocking(true)?;
         setsockopt(&sock, sockopt::PassCred, &true).map_err(io::Error::from)?;
         // Room for bursts from many workers without losing READY=1.

@@ -157,3 +157,70 @@ fn exit_on_fatal_leaves_a_successful_one_shot_and_a_requested_stop_at_status_0()
     signal(pid, nix::sys::signal::Signal::SIGTERM);
     assert_eq!(exit_of(&mut sb, pid), Some(0), "{}", log(&sb));
 }
+
+/// The instance pids `warden status --json` lists for sandbox `sb`, once every instance is
+/// `running` (pids as that warden sees them).
+fn running_pids(sb: &mut Sandbox) -> (Vec<i64>, serde_json::Value) {
+    let (_, v) = wait_status(sb, "every instance running", |_, v| {
+        v["instances"]
+            .as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|i| i["state"] == "running"))
+    });
+    let pids = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["pid"].as_i64().unwrap())
+        .collect();
+    (pids, v)
+}
+
+#[test]
+fn wardens_that_are_each_pid_1_of_their_namespace_share_the_network_and_cgroups_without_harm() {
+    let test = this_test!();
+    if !test.require_root() || !test.require_tool("unshare", "util-linux") {
+        return;
+    }
+    let program = "[program.s]\ncommand = [\"SANDBOX/sleep\", \"100\"]\ninstances = 2\n";
+    // One warden in this PID namespace, then two that are both pid 1 of namespaces of their
+    // own: the same network namespace (abstract notify socket names), the same parent cgroup
+    // (each its own base; none taking the others' for a dead warden's).
+    let mut host = test.supervisor_sandbox("", program);
+    host.start();
+    let (before, v) = running_pids(&mut host);
+    let mut inner: Vec<Sandbox> = (0..2)
+        .map(|_| test.supervisor_sandbox("", program))
+        .collect();
+    let mut outers = Vec::new();
+    for sb in &mut inner {
+        outers.push(run(sb, &["unshare", "--pid", "--fork", "--mount-proc"]));
+    }
+    let mut bases = vec![v["daemon"]["cgroup"].clone()];
+    for sb in &mut inner {
+        let (pids, v) = running_pids(sb);
+        assert_eq!(v["daemon"]["pid"], 1, "pid 1 of its namespace: {v:#}");
+        assert!(pids.iter().all(|&p| p > 1), "{pids:?}");
+        bases.push(v["daemon"]["cgroup"].clone());
+    }
+    // The first warden's instances were left alone while the others started.
+    let (after, v) = running_pids(&mut host);
+    assert_eq!(after, before, "log:\n{}", log(&host));
+    assert!(
+        !log(&host).contains("warden that is gone"),
+        "{}",
+        log(&host)
+    );
+    if v["daemon"]["tracking"] == "cgroup" {
+        bases.sort_by_key(|b| b.to_string());
+        bases.dedup();
+        assert_eq!(bases.len(), 3, "one base each: {bases:?}");
+    }
+    // Stopping one of the namespaced wardens leaves the other, and the first, running.
+    expect(&mut inner[0], &["stop"], 0);
+    assert_eq!(exit_of(&mut inner[0], outers[0]), Some(0));
+    let (still, _) = running_pids(&mut inner[1]);
+    assert_eq!(still.len(), 2);
+    assert_eq!(running_pids(&mut host).0, before);
+    expect(&mut inner[1], &["stop"], 0);
+    expect(&mut host, &["stop"], 0);
+}

@@ -20,9 +20,11 @@
 //! else (`sys::child`), so nothing it forks can leave it (a process may move itself only where
 //! it may write, and no worker may write warden's tree unless it runs as root and tries).
 //!
-//! A base whose `PID` is no longer alive was left by a warden killed together with its guard:
-//! the next warden to start in the same parent kills what is left in it (`cgroup.kill`) and
-//! removes it.
+//! A base whose `supervisor` leaf holds no process (and that is older than a second) was left
+//! by a warden killed together with its guard: the next warden to start in the same parent
+//! kills what is left in it (`cgroup.kill`) and removes it. The leaf decides, not the pid in the
+//! name: wardens in other PID namespaces (containers, `unshare --pid`) may share the parent, and
+//! their pids mean nothing here — two may even have the same one, hence `warden-PID-2`, ….
 //!
 //! Mode detection never guesses: cgroup mode needs the mount, write access to the parent,
 //! `cgroup.kill` (Linux 5.14) and moving warden into its leaf; anything missing means process
@@ -99,11 +101,25 @@ impl Hierarchy {
     /// killing and removing what a dead warden left in `parent`. Returns the hierarchy and the
     /// lines to log about what was cleaned up.
     pub(crate) fn set_up(parent: &Path, pid: u32) -> Result<(Hierarchy, Vec<String>), String> {
-        let cleaned = clean_stale(parent, pid);
-        let base = parent.join(format!("warden-{pid}"));
+        Hierarchy::set_up_with(parent, pid, &|d| fs::create_dir(d))
+    }
+
+    /// [`set_up`](Self::set_up), making directories with `mkdir`.
+    pub(crate) fn set_up_with(
+        parent: &Path,
+        pid: u32,
+        mkdir: MakeDir<'_>,
+    ) -> Result<(Hierarchy, Vec<String>), String> {
+        let cleaned = clean_stale(parent);
         let at = |p: &Path, e: io::Error| format!("{}: {e}", p.display());
-        for dir in [base.clone(), base.join("supervisor"), base.join("programs")] {
-            match fs::create_dir(&dir) {
+        let base = make_base(parent, pid, mkdir).map_err(|e| {
+            format!(
+                "cannot create {}",
+                at(&parent.join(format!("warden-{pid}")), e)
+            )
+        })?;
+        for dir in [base.join("supervisor"), base.join("programs")] {
+            match mkdir(&dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
                 Err(e) => {
@@ -326,37 +342,47 @@ pub(crate) fn remove_tree(dir: &Path) {
     let _ = fs::remove_dir(dir);
 }
 
-/// Whether process `pid` runs (exists and is not a zombie: a warden killed by `SIGKILL` stays
-/// one until its parent reaps it).
-fn lives(pid: u32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
+/// How old a base must be before it may be judged stale: a younger one may be one that a warden
+/// (in another PID namespace, where its pid means nothing to us) is still setting up.
+const SETTING_UP: Duration = Duration::from_secs(1);
+
+/// The pid a base's name `warden-PID` or `warden-PID-N` holds (as its warden saw itself), if it
+/// is one.
+fn base_pid(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("warden-")?;
+    let (pid, n) = rest.split_once('-').unwrap_or((rest, "2"));
+    n.parse::<u32>().ok()?;
+    pid.parse().ok()
 }
 
-/// Kills and removes every `warden-PID` base in `parent` whose `PID` does not run (and is not
-/// `ours`): what a warden killed together with its guard left. Waits for the killed cgroups to
-/// empty (bounded, 1 s). Returns one line per base, for the log.
-pub(crate) fn clean_stale(parent: &Path, ours: u32) -> Vec<String> {
+/// Whether `base` is a warden's base that no warden uses any more: it has `programs`, its
+/// `supervisor` leaf holds no process (a live warden is in it, with its guard, whatever PID
+/// namespace it sees from), and it is older than [`SETTING_UP`].
+fn stale(base: &Path) -> bool {
+    base.join("programs").is_dir()
+        && !populated(&base.join("supervisor"))
+        && fs::metadata(base)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= SETTING_UP))
+}
+
+/// Kills and removes every `warden-PID` base in `parent` that no warden uses ([`stale`]): what
+/// a warden killed together with its guard left. Judged by the cgroups, not by the pid in the
+/// name, which another PID namespace's warden may share. Waits for the killed cgroups to empty
+/// (bounded, 1 s). Returns one line per base, for the log.
+pub(crate) fn clean_stale(parent: &Path) -> Vec<String> {
     let Ok(entries) = fs::read_dir(parent) else {
         return Vec::new();
     };
     let mut lines = Vec::new();
     for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("warden-"))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+        let Some(pid) = e.file_name().to_str().and_then(base_pid) else {
             continue;
         };
-        if pid == ours || lives(pid) {
+        let base = e.path();
+        if !stale(&base) {
             continue;
         }
-        let base = e.path();
         let programs = base.join("programs");
         let left = populated(&programs);
         if left {
@@ -381,6 +407,29 @@ pub(crate) fn clean_stale(parent: &Path, ours: u32) -> Vec<String> {
     }
     lines
 }
+
+/// Makes (with `mkdir`) warden's base in `parent`: `warden-PID`, or `warden-PID-2`, … when
+/// that name exists — a warden of another PID namespace with the same pid, or one left too
+/// recently to be judged stale. Making the directory is the claim: two wardens never share a
+/// base.
+fn make_base(parent: &Path, pid: u32, mkdir: MakeDir<'_>) -> io::Result<PathBuf> {
+    for n in 1..=64 {
+        let base = match n {
+            1 => parent.join(format!("warden-{pid}")),
+            n => parent.join(format!("warden-{pid}-{n}")),
+        };
+        match mkdir(&base) {
+            Ok(()) => return Ok(base),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::from(ErrorKind::AlreadyExists))
+}
+
+/// How cgroup directories are made: `fs::create_dir`, or in unit tests a fake that also makes
+/// the interface files the kernel would.
+pub(crate) type MakeDir<'a> = &'a dyn Fn(&Path) -> io::Result<()>;
 
 #[cfg(test)]
 mod tests;

@@ -136,10 +136,7 @@ fn set_up_makes_the_base_moves_warden_and_enables_what_the_parent_offers() {
     put(&parent, "cgroup.controllers", "memory pids\n");
     put(&parent, "cgroup.subtree_control", "");
     let base = parent.join("warden-42");
-    // A fake tree has no kernel to make the interface files: they are made beforehand.
-    put(&base.join("programs"), "cgroup.kill", "");
-    put(&base.join("supervisor"), "cgroup.procs", "");
-    let (h, cleaned) = Hierarchy::set_up(&parent, 42).unwrap();
+    let (h, cleaned) = Hierarchy::set_up_with(&parent, 42, &fake_mkdir).unwrap();
     assert!(cleaned.is_empty());
     assert_eq!(h.base, base);
     assert_eq!(
@@ -158,35 +155,91 @@ fn set_up_makes_the_base_moves_warden_and_enables_what_the_parent_offers() {
     // Without cgroup.kill (before Linux 5.14), no cgroup mode, and nothing is left behind.
     let other = t.join("old");
     put(&other, "cgroup.controllers", "");
-    let err = Hierarchy::set_up(&other, 43).unwrap_err();
+    let err = Hierarchy::set_up_with(&other, 43, &|d| fs::create_dir(d)).unwrap_err();
     assert!(err.contains("no cgroup.kill"), "{err}");
     assert!(!other.join("warden-43").exists());
+}
+
+/// `mkdir` as the kernel does it in a cgroup file system: the directory with its interface
+/// files (`cgroup.kill`, `cgroup.procs`, `cgroup.events`).
+fn fake_mkdir(dir: &Path) -> std::io::Result<()> {
+    fs::create_dir(dir)?;
+    for (file, text) in [
+        ("cgroup.kill", ""),
+        ("cgroup.procs", ""),
+        ("cgroup.events", "populated 0\n"),
+    ] {
+        fs::write(dir.join(file), text)?;
+    }
+    Ok(())
+}
+
+/// Sets the modification time of directory `dir` `secs` seconds back.
+fn age(dir: &Path, secs: u64) {
+    let then = std::time::SystemTime::now() - std::time::Duration::from_secs(secs);
+    fs::File::open(dir).unwrap().set_modified(then).unwrap();
 }
 
 #[test]
 fn a_base_left_by_a_dead_warden_is_killed_and_removed_a_live_one_is_not() {
     let t = TempDir::new("cg-stale");
     let parent = t.join("parent");
-    // pid 1 lives; a pid above pid_max never does.
-    let dead = parent.join("warden-4194305");
-    let live = parent.join("warden-1");
+    // Judged by the supervisor leaf, whatever the pid says (pid 1 lives here; another PID
+    // namespace's warden may be pid 4194305 there).
+    let dead = parent.join("warden-1");
+    let live = parent.join("warden-4194305");
+    let twin = parent.join("warden-4194305-2");
+    let young = parent.join("warden-5");
     put(&dead.join("programs"), "cgroup.events", "populated 1\n");
     put(&dead.join("programs"), "cgroup.kill", "");
-    put(&live.join("programs"), "cgroup.events", "populated 1\n");
+    put(&dead.join("supervisor"), "cgroup.events", "populated 0\n");
+    for l in [&live, &twin] {
+        put(&l.join("programs"), "cgroup.events", "populated 1\n");
+        put(&l.join("supervisor"), "cgroup.events", "populated 1\n");
+    }
+    // Being set up: no process in its leaf yet.
+    put(&young.join("programs"), "cgroup.kill", "");
+    // Not warden's: no `programs`, or not its name.
+    fs::create_dir_all(parent.join("warden-77/other")).unwrap();
+    fs::create_dir_all(parent.join("warden-web/programs")).unwrap();
     fs::create_dir_all(parent.join("unrelated")).unwrap();
-    let lines = clean_stale(&parent, 7);
+    for d in [&dead, &live, &twin] {
+        age(d, 5);
+    }
+    age(&parent.join("warden-77"), 5);
+    age(&parent.join("warden-web"), 5);
+    let lines = clean_stale(&parent);
     assert_eq!(lines.len(), 1, "{lines:?}");
-    assert!(lines[0].contains("pid 4194305"), "{lines:?}");
+    assert!(lines[0].contains("pid 1)"), "{lines:?}");
     // The kill was asked; a fake tree's files keep the directories from being removed.
     assert_eq!(
         fs::read_to_string(dead.join("programs/cgroup.kill")).unwrap(),
         "1"
     );
     assert_eq!(
-        fs::read_to_string(live.join("programs/cgroup.events")).unwrap(),
-        "populated 1\n"
+        fs::read_to_string(young.join("programs/cgroup.kill")).unwrap(),
+        ""
     );
-    assert!(parent.join("unrelated").exists());
+    for d in ["warden-77", "warden-web", "unrelated"] {
+        assert!(parent.join(d).exists(), "{d}");
+    }
+}
+
+#[test]
+fn a_base_name_in_use_by_a_warden_of_another_pid_namespace_is_not_shared() {
+    let t = TempDir::new("cg-twin");
+    let parent = t.join("parent");
+    put(&parent, "cgroup.controllers", "");
+    // Another PID namespace's warden, pid 1 there, lives in warden-1.
+    let other = parent.join("warden-1");
+    put(&other.join("supervisor"), "cgroup.events", "populated 1\n");
+    put(&other.join("programs"), "cgroup.kill", "");
+    let (h, _) = Hierarchy::set_up_with(&parent, 1, &fake_mkdir).unwrap();
+    assert_eq!(h.base, parent.join("warden-1-2"));
+    assert_eq!(
+        fs::read_to_string(parent.join("warden-1-2/supervisor/cgroup.procs")).unwrap(),
+        "1"
+    );
 }
 
 #[test]
