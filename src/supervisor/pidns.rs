@@ -4,9 +4,10 @@
 //! The kernel kills every process of a PID namespace when its init dies. With the guard as that
 //! init, a `SIGKILL` of warden and its guard together leaves nothing behind, `setsid` and
 //! double forks notwithstanding, where cgroup mode alone leaves escaped descendants for the
-//! next warden to kill. The cost is that programs see that namespace's pids: a worker's own
-//! pid (`$$`, `getpid`) and its children's are not the ones `ps` and `status` show, and its
-//! parent is pid 0. Hence opt-in.
+//! next warden to kill. The cost is that programs see that namespace's pids. A worker's main
+//! process is created with the same pid in both (`clone3` `set_tid`, where the kernel allows),
+//! but what it forks gets the namespace's own pids, which name other processes outside, and
+//! its parent is pid 0 to it. Hence opt-in.
 //!
 //! Only instances are created in it (the loop thread switches its `pid_for_children` around
 //! each spawn): health checks and hooks run in warden's namespace, where `WARDEN_PID` means

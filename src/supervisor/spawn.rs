@@ -304,6 +304,10 @@ fn fork_exec(
     if !i.sockets.is_empty() {
         plan.pass_listen_fds(i.sockets.iter().map(|(fd, _)| *fd).collect())?;
     }
+    // In the instances' PID namespace, the worker's own pid is the one status shows.
+    if i.in_pid_namespace {
+        plan.keep_pid_in_namespace();
+    }
     let null = dev_null()?;
     let out = output_pipe(i.stdout)?;
     let err = output_pipe(i.stderr)?;

@@ -64,6 +64,8 @@ pub struct ExecPlan {
     /// Descriptors the child receives as 3, 4, … (socket activation), and the index in `envp`
     /// of the `LISTEN_PID=` entry the child fills in with its own pid.
     listen: Option<(Vec<RawFd>, usize)>,
+    /// The child is created in a PID namespace below ours: give it the same pid in both.
+    same_pid: bool,
 }
 
 /// The most descriptors [`ExecPlan::pass_listen_fds`] passes.
@@ -117,7 +119,16 @@ impl ExecPlan {
             setup,
             cgroup: None,
             listen: None,
+            same_pid: false,
         })
+    }
+
+    /// For a child created in a PID namespace one level below this process's (the calling
+    /// thread's `pid_for_children`): asks for the same pid in both (`clone3` with `set_tid`,
+    /// Linux 5.5, `CAP_SYS_ADMIN` over both), so that the pid it sees of itself is the one this
+    /// process sees. Where the kernel refuses, it gets whatever pids come.
+    pub fn keep_pid_in_namespace(&mut self) {
+        self.same_pid = true;
     }
 
     /// Creates the child in the cgroup whose directory is `dir` (`clone3` with
@@ -178,13 +189,15 @@ pub fn spawn_nowait(plan: &ExecPlan, stdio: [RawFd; 3]) -> io::Result<Spawned> {
     let mut old = filled_sigset();
     // SAFETY: pthread_sigmask with pointers to initialised sigsets on the stack.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) };
+    // Read before the fork: the next free pids, for `same_pid`.
+    let wanted = if plan.same_pid {
+        next_pids()
+    } else {
+        Vec::new()
+    };
     // In its cgroup from the start when one is given and clone3 takes it; forked otherwise.
-    let (pid, in_cgroup) = match plan
-        .cgroup
-        .as_ref()
-        .map(|d| clone_into_cgroup(d.as_raw_fd()))
-    {
-        Some(pid) if pid != -1 => (pid, true),
+    let (pid, in_cgroup) = match clone3_for(plan.cgroup.as_ref().map(|d| d.as_raw_fd()), &wanted) {
+        Some(pid) if pid != -1 => (pid, plan.cgroup.is_some()),
         _ => {
             // SAFETY: after fork the child runs only async-signal-safe system calls (setpgid,
             // child_setup's calls, dup2, fcntl, chdir, execve, write, _exit) on memory
@@ -221,10 +234,42 @@ pub fn spawn_nowait(plan: &ExecPlan, stdio: [RawFd; 3]) -> io::Result<Spawned> {
     })
 }
 
-/// `clone3(CLONE_INTO_CGROUP)` as a fork (no new stack: the child runs on a copy of this one,
-/// `SIGCHLD` at its end): the child's pid in the parent, 0 in the child, -1 when the kernel
-/// refuses (before Linux 5.7, a seccomp filter, a cgroup that cannot take it).
-fn clone_into_cgroup(dir: RawFd) -> libc::pid_t {
+/// The child by `clone3`, when it is needed: into cgroup `dir`, and with each pid of `wanted`
+/// in turn as its pid in both namespaces until one is free (then without). `None` when a plain
+/// fork does as well; `Some(-1)` when the kernel refuses.
+fn clone3_for(dir: Option<RawFd>, wanted: &[libc::pid_t]) -> Option<libc::pid_t> {
+    for &want in wanted {
+        let pid = clone3(dir, Some(want));
+        if pid != -1 || errno() != libc::EEXIST {
+            if pid != -1 {
+                return Some(pid);
+            }
+            break;
+        }
+    }
+    dir.map(|d| clone3(Some(d), None))
+}
+
+/// The pids after the last one this PID namespace gave (`/proc/sys/kernel/ns_last_pid`), below
+/// `pid_max`: candidates for [`ExecPlan::keep_pid_in_namespace`].
+fn next_pids() -> Vec<libc::pid_t> {
+    let read =
+        |p: &str| -> Option<libc::pid_t> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let (Some(last), Some(max)) = (
+        read("/proc/sys/kernel/ns_last_pid"),
+        read("/proc/sys/kernel/pid_max"),
+    ) else {
+        return Vec::new();
+    };
+    (1..=16).map(|i| last + i).filter(|&p| p < max).collect()
+}
+
+/// `clone3` as a fork (no new stack: the child runs on a copy of this one, `SIGCHLD` at its
+/// end), with `CLONE_INTO_CGROUP` into `dir` and `set_tid` = `[want, want]` (its pid in the
+/// PID namespace it is created in and in ours) when given: the child's pid in the parent, 0
+/// in the child, -1 when the kernel refuses (before Linux 5.7, a seccomp filter, a cgroup that
+/// cannot take it, a pid taken: `EEXIST`).
+fn clone3(dir: Option<RawFd>, want: Option<libc::pid_t>) -> libc::pid_t {
     /// `struct clone_args` up to `cgroup` (`CLONE_ARGS_SIZE_VER2`, 88 bytes).
     #[repr(C)]
     #[derive(Default)]
@@ -242,13 +287,17 @@ fn clone_into_cgroup(dir: RawFd) -> libc::pid_t {
         cgroup: u64,
     }
     const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let set_tid = want.map(|p| [p, p]);
     let args = CloneArgs {
-        flags: CLONE_INTO_CGROUP,
+        flags: if dir.is_some() { CLONE_INTO_CGROUP } else { 0 },
         exit_signal: libc::SIGCHLD as u64,
-        cgroup: dir as u64,
+        cgroup: dir.unwrap_or(0) as u64,
+        set_tid: set_tid.as_ref().map_or(0, |t| t.as_ptr() as u64),
+        set_tid_size: set_tid.map_or(0, |t| t.len() as u64),
         ..CloneArgs::default()
     };
-    // SAFETY: clone3 reads `args` (a valid, initialised struct of the size passed) during the
+    // SAFETY: clone3 reads `args` (a valid, initialised struct of the size passed) and the
+    // `set_tid` array it points at (on this stack, alive until the call returns) during the
     // call. Without CLONE_VM and with no stack given, the child gets a copy of this address
     // space and stack, as after fork(2): the caller treats a 0 return exactly as fork's child
     // (async-signal-safe calls only, then execve or _exit).

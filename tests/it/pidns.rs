@@ -1,10 +1,10 @@
 //! PID-namespace mode (`[daemon] pid_namespace = true`), from outside: a `SIGKILL` of warden and
 //! its guard together leaves nothing of a worker whose grandchild `setsid`s and double-forks
-//! (in cgroup mode, and with `cgroups = "off"` after a `SIGKILL` of warden alone); programs see
-//! the namespace's pids while `status` shows warden's, `MAINPID=` included; the guard ignores
-//! every signal but `SIGKILL`, and its death takes every instance, which warden starts again in
-//! a new namespace; without `CAP_SYS_ADMIN`, `start` says the mode cannot be applied; an
-//! upgrade keeps the namespace.
+//! (in cgroup mode, and with `cgroups = "off"` after a `SIGKILL` of warden alone); a worker's
+//! main process has the same pid in the namespace as in warden's, its children pids of the
+//! namespace's own, and `MAINPID=` is translated; the guard ignores every signal but `SIGKILL`,
+//! and its death takes every instance, which warden starts again in a new namespace; without
+//! `CAP_SYS_ADMIN`, `start` says the mode cannot be applied; an upgrade keeps the namespace.
 //!
 //! Root is needed (creating a PID namespace needs `CAP_SYS_ADMIN`): each test is skipped, with
 //! the reason, without it. Checked by pid through `/proc`; every wait is bounded.
@@ -218,19 +218,20 @@ child.wait()
 "#;
 
 #[test]
-fn programs_see_the_namespace_s_pids_and_status_shows_warden_s() {
+fn a_worker_keeps_its_pid_in_the_namespace_its_children_do_not_and_mainpid_is_translated() {
     let test = this_test!();
     let forking = format!(
         "[program.f]\ncommand = {}\nready = \"notify\"\n",
         argv(&[&python(), "-c", FORKING, "SANDBOX"])
     );
-    let Some((mut sb, _warden, v)) = started(&test, "", &forking) else {
+    let Some((mut sb, warden, v)) = started(&test, "", &forking) else {
         return;
     };
     let ns = v["daemon"]["pid_namespace"].as_str().unwrap().to_string();
     let text = stdout_of(&sb.run(&["status"]));
     assert!(text.contains(&format!("pid namespace {ns}")), "{text}");
-    // w: its pid as it sees it is its pid in the namespace; its parent is outside (0).
+    // w: created with the same pid in the namespace as in warden's (clone3 set_tid), so what
+    // it sees of itself is what status shows; its parent is outside (0).
     let w = v["instances"]
         .as_array()
         .unwrap()
@@ -245,10 +246,13 @@ fn programs_see_the_namespace_s_pids_and_status_shows_warden_s() {
         .split_whitespace()
         .filter_map(|x| x.parse().ok())
         .collect();
-    let ids = ns_pids(w);
-    assert_eq!(ids.len(), 2, "NSpid of {w}: {ids:?}");
-    assert_eq!(ids[0], w);
-    assert_eq!(seen, vec![ids[1], 0], "what w saw of itself ($$ $PPID)");
+    assert_eq!(ns_pids(w), vec![w, w], "NSpid of {w}");
+    assert_eq!(seen, vec![w, 0], "what w saw of itself ($$ $PPID)");
+    // Its grandchild, forked inside, has a pid of the namespace's own.
+    let gc = grandchildren(&mut sb, warden, 1, &ns)[0];
+    let ids = ns_pids(gc);
+    assert_eq!(ids.len(), 2, "NSpid of {gc}: {ids:?}");
+    assert_ne!(ids[0], ids[1], "the grandchild's pids differ: {ids:?}");
     // f: MAINPID= names its child as f sees it; status shows the child's pid in warden's.
     let (_, v) = wait_status(&mut sb, "f ready with its MAINPID=", |_, v| {
         v["instances"].as_array().is_some_and(|a| {
