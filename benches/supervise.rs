@@ -6,7 +6,7 @@
 //! smoke run (3 kills, 1 round, 2 s window, 4 s health window). `WARDEN_BENCH_BIN=PATH`
 //! measures another warden build. `WARDEN_BENCH_CGROUPS=off` (or `auto`) sets warden's
 //! `[daemon] cgroups`: as root warden runs in cgroup mode by default, so two runs with `--only
-//! warden,floor` compare the modes.
+//! warden,floor` compare the modes; `WARDEN_BENCH_PIDNS=1` sets `pid_namespace = true`.
 //!
 //! Every supervisor supervises the same tiny C child (`benches/child.c`, compiled here with
 //! `cc -O2` into a temp dir): at startup it reads CLOCK_MONOTONIC and publishes that time as the
@@ -536,8 +536,11 @@ impl Place {
         let cgroups = std::env::var("WARDEN_BENCH_CGROUPS")
             .map(|v| format!("cgroups = {v:?}\n"))
             .unwrap_or_default();
+        let pidns = std::env::var_os("WARDEN_BENCH_PIDNS")
+            .map(|_| "pid_namespace = true\n")
+            .unwrap_or_default();
         format!(
-            "[daemon]\npidfile = {:?}\ndirectory = {:?}\nlog = {:?}\n{cgroups}",
+            "[daemon]\npidfile = {:?}\ndirectory = {:?}\nlog = {:?}\n{cgroups}{pidns}",
             self.dir.join("warden.pid"),
             self.dir,
             self.dir.join("warden.log"),
