@@ -403,13 +403,18 @@ impl Groups {
 
     /// cgroup mode: `signal` to every process of group `pgid`'s cgroup outside that group
     /// (which the caller signals), whatever its process group or session (`SIGKILL` to all
-    /// through `cgroup.kill`).
-    pub(crate) fn signal_cgroup(&self, pgid: i32, signal: Signal) {
-        if let Some(c) = self.tracked.get(&pgid).and_then(|t| t.cgroup.as_ref()) {
-            match signal {
-                Signal::SIGKILL => cgroup::kill(&c.dir),
-                _ => cgroup::signal(&c.dir, pgid, signal),
+    /// through `cgroup.kill`). Returns the pids the cgroup listed (none for `SIGKILL`): reached
+    /// by this signal or by the group's.
+    pub(crate) fn signal_cgroup(&self, pgid: i32, signal: Signal) -> Vec<i32> {
+        let Some(c) = self.tracked.get(&pgid).and_then(|t| t.cgroup.as_ref()) else {
+            return Vec::new();
+        };
+        match signal {
+            Signal::SIGKILL => {
+                cgroup::kill(&c.dir);
+                Vec::new()
             }
+            _ => cgroup::signal(&c.dir, pgid, signal),
         }
     }
 

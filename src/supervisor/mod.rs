@@ -738,17 +738,28 @@ impl Supervisor {
         // The worker leads its own process group: signal the group while it is known to exist
         // (its id cannot be reused while members remain, even after the leader was reaped), then
         // the process itself until it is reaped, in case it left the group, and the MAINPID= of
-        // a forking service. A reaped pid is free for reuse and is never signalled.
-        if self.groups.contains(pid) {
+        // a forking service. A reaped pid is free for reuse and is never signalled. No process
+        // gets the signal twice: a second SIGTERM or SIGINT means "hurry" to many programs.
+        let in_group = self.groups.contains(pid);
+        let mut reached = Vec::new();
+        if in_group {
             let _ = nix::sys::signal::killpg(Pid::from_raw(pid), sig);
             // cgroup mode: the signal reaches every process of the instance, in its group or
             // not (as systemd's KillMode=control-group).
-            self.groups.signal_cgroup(pid, sig);
+            reached = self.groups.signal_cgroup(pid, sig);
         }
-        if self.table.owner(pid) == Some((p, slot.id)) {
+        let reached = |x: i32| {
+            reached.contains(&x)
+                || (in_group
+                    && nix::unistd::getpgid(Some(Pid::from_raw(x)))
+                        .is_ok_and(|g| g.as_raw() == pid))
+        };
+        if self.table.owner(pid) == Some((p, slot.id)) && !reached(pid) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
         }
-        slot.signal_main(sig);
+        if slot.main_pid.is_none_or(|m| !reached(m)) {
+            slot.signal_main(sig);
+        }
     }
 
     /// Handles pending signal events; returns whether a reload was asked.

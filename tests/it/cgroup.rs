@@ -424,3 +424,85 @@ fn an_instance_the_oom_killer_kills_records_oom() {
     assert_eq!(v["instances"][0]["last_exit"]["reason"], "oom", "{v:#}");
     assert!(log(&sb).contains("hog[0]") && log(&sb).contains("killed by the OOM killer"));
 }
+
+/// Counts the `SIGTERM`s it gets in `SANDBOX/count`, one line each, then exits; a child of its
+/// group waits with it.
+const COUNTER: &str = r#"[program.t]
+command = ["/bin/sh", "-c", "trap 'echo TERM >> SANDBOX/count; exit 0' TERM; SANDBOX/sleep 1000 & wait"]
+stop_timeout = "30s"
+"#;
+
+#[test]
+fn each_process_of_an_instance_gets_the_stop_signal_once() {
+    let test = this_test!();
+    // In cgroup mode (as root) and in process-group mode.
+    for daemon in ["", "cgroups = \"off\""] {
+        let mut sb = test.supervisor_sandbox(daemon, COUNTER);
+        sb.start();
+        for round in 1..=5 {
+            wait_status(&mut sb, "t running", |_, v| {
+                v["instances"][0]["state"] == "running"
+            });
+            // The trap is set once the shell waits: its child runs.
+            assert!(
+                wait_until(TIMEOUT, || sb
+                    .processes()
+                    .iter()
+                    .any(|&p| cmdline(p).last().map(String::as_str) == Some("1000"))),
+                "no child"
+            );
+            expect(&mut sb, &["stop", "t"], 0);
+            let count = sb.read("count").lines().count();
+            assert_eq!(
+                count, round,
+                "{daemon:?}: SIGTERMs seen after {round} stops"
+            );
+            expect(&mut sb, &["start", "t"], 0);
+        }
+        expect(&mut sb, &["stop"], 0);
+    }
+}
+
+#[test]
+fn processes_in_cgroups_an_instance_made_below_its_own_get_the_stop_signal() {
+    let test = this_test!();
+    // The worker makes `inner` below its cgroup and moves a setsid'd child there, which says
+    // when SIGTERM reaches it (SIGKILL, through cgroup.kill, would say nothing).
+    let inner = r#"#!/bin/sh
+mount=$(awk '$3 == "cgroup2" { print $2; exit }' /proc/mounts)
+own=$mount$(sed -n 's/^0:://p' /proc/self/cgroup)
+mkdir "$own/inner"
+setsid sh -c 'echo $$ > "$1/inner/cgroup.procs"; trap "echo TERM > $2/inner.term; exit 0" TERM; while :; do sleep 0.05; done' sh "$own" "$2" &
+until grep -q . "$own/inner/cgroup.procs"; do sleep 0.01; done
+echo moved > "$2/inner.moved"
+exec "$2/sleep" 1000
+"#;
+    if !test.require_root() {
+        return;
+    }
+    let mut sb = test.supervisor_sandbox("", "");
+    let w = script(&sb, "inner.sh", inner);
+    sb.write_programs(
+        "",
+        &format!(
+            "[program.w]\ncommand = [\"/bin/sh\", {}, \"x\", \"SANDBOX\"]\nstop_timeout = \"30s\"\n",
+            toml_str(&w)
+        ),
+    );
+    sb.start();
+    if up_in_cgroup_mode(&test, &mut sb).is_none() {
+        return;
+    }
+    assert!(
+        wait_until(TIMEOUT, || sb.path("inner.moved").exists()),
+        "the worker never made its inner cgroup; log:\n{}",
+        log(&sb)
+    );
+    expect(&mut sb, &["stop", "w"], 0);
+    assert_eq!(
+        sb.read("inner.term").trim(),
+        "TERM",
+        "the process in the inner cgroup got no SIGTERM; log:\n{}",
+        log(&sb)
+    );
+}

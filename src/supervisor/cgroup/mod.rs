@@ -288,19 +288,44 @@ pub(crate) fn kill(dir: &Path) {
     }
 }
 
-/// Sends `signal` to every process of cgroup `dir` (a leaf: its `cgroup.procs`) outside process
-/// group `pgid`, which the caller signals as a group (so that no process gets it twice: a
+/// Sends `signal` to every process of cgroup `dir` outside process group `pgid`, which the caller signals as a group (so that no process gets it twice: a
 /// second `SIGINT` or `SIGTERM` means "hurry" to some programs). A process listed there is a
 /// live member (or a zombie not reaped yet, which holds its pid), so its pid is no one else's.
-pub(crate) fn signal(dir: &Path, pgid: i32, signal: nix::sys::signal::Signal) {
+///
+/// The cgroups a program made below its own are walked too (`cgroup.kill` is recursive; the
+/// stop signal must be as well). Returns every pid listed, reached by this signal or by the
+/// group's, so that the caller signals none of them again.
+pub(crate) fn signal(dir: &Path, pgid: i32, signal: nix::sys::signal::Signal) -> Vec<i32> {
     use nix::unistd::{Pid, getpgid};
-    let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) else {
+    let mut listed = Vec::new();
+    members(dir, &mut listed, 0);
+    for &pid in &listed {
+        if getpgid(Some(Pid::from_raw(pid))).is_ok_and(|g| g.as_raw() != pgid) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+        }
+    }
+    listed
+}
+
+/// The processes of cgroup `dir` and of the cgroups below it (to a depth of 16), as this
+/// process's PID namespace numbers them. A process of a PID namespace this one cannot see is
+/// listed as 0 by the kernel: left out, since `kill(0, …)` would signal our own group.
+fn members(dir: &Path, out: &mut Vec<i32>, depth: usize) {
+    if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(
+            text.lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok())
+                .filter(|&p| p > 0),
+        );
+    }
+    if depth >= 16 {
         return;
-    };
-    for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-        let pid = Pid::from_raw(pid);
-        if getpgid(Some(pid)).is_ok_and(|g| g.as_raw() != pgid) {
-            let _ = nix::sys::signal::kill(pid, signal);
+    }
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                members(&e.path(), out, depth + 1);
+            }
         }
     }
 }
