@@ -247,11 +247,15 @@ impl Groups {
     }
 
     /// Runs `f` (a spawn) with the loop thread's children created in the instances' PID
-    /// namespace when PID-namespace mode is in force; `f` is told whether they are.
-    pub(crate) fn spawn_in_namespace<T>(&self, f: impl FnOnce(bool) -> T) -> T {
+    /// namespace when PID-namespace mode is in force; `f` is told whether they are, with the
+    /// pid its child's must be above (see [`PidNamespace::spawn_in`]).
+    pub(crate) fn spawn_in_namespace(
+        &self,
+        f: impl FnOnce(Option<i32>) -> crate::Result<super::spawn::Started>,
+    ) -> crate::Result<super::spawn::Started> {
         match (&self.pid_namespace, self.namespace()) {
             (Some(mode), Some(ns)) => mode.spawn_in(ns, f),
-            _ => f(false),
+            _ => f(None),
         }
     }
 

@@ -686,12 +686,12 @@ impl Supervisor {
             stderr: plan(&def.stderr),
             checked_pid: None,
             cgroup_procs,
-            in_pid_namespace: false,
+            pid_namespace: None,
         };
         // PID-namespace mode: created in the guard's namespace (see `pidns`).
-        self.groups.spawn_in_namespace(|in_pid_namespace| {
+        self.groups.spawn_in_namespace(|pid_namespace| {
             let request = SpawnRequest {
-                in_pid_namespace,
+                pid_namespace,
                 ..request
             };
             match (&def.work, &prog.prepared) {

@@ -17,6 +17,7 @@
 //! alone kills every instance; warden starts another guard, in a new namespace, and restarts
 //! them as after any `SIGKILL`.
 
+use std::cell::Cell;
 use std::os::fd::{AsFd, OwnedFd};
 
 use crate::sys;
@@ -26,6 +27,10 @@ use crate::sys;
 pub(crate) struct PidNamespace {
     /// warden's own namespace, where the loop thread's children are created between spawns.
     home: OwnedFd,
+    /// The last pid an instance was created with. An instance is given the same pid in both
+    /// namespaces, chosen above the kernel's last and this one: choosing it does not move the
+    /// kernel's cursor, so without this the next instance could get a pid just freed.
+    last: Cell<i32>,
 }
 
 impl PidNamespace {
@@ -35,20 +40,29 @@ impl PidNamespace {
     pub(crate) fn new() -> std::io::Result<PidNamespace> {
         Ok(PidNamespace {
             home: sys::pidns::own()?,
+            last: Cell::new(0),
         })
     }
 
-    /// Runs `f` with the loop thread's next children created in namespace `ns` (the guard's),
-    /// then back in warden's own. `f` is told whether the switch took place; when it did not
-    /// (logged), its children are created in warden's namespace.
-    pub(crate) fn spawn_in<T>(&self, ns: &OwnedFd, f: impl FnOnce(bool) -> T) -> T {
+    /// Runs `f` (a spawn) with the loop thread's next children created in namespace `ns` (the
+    /// guard's), then back in warden's own. `f` is given the pid its child's must be above
+    /// (`None` when the switch failed, logged: its child is then created in warden's
+    /// namespace).
+    pub(crate) fn spawn_in(
+        &self,
+        ns: &OwnedFd,
+        f: impl FnOnce(Option<i32>) -> crate::Result<crate::supervisor::spawn::Started>,
+    ) -> crate::Result<crate::supervisor::spawn::Started> {
         if let Err(e) = sys::pidns::children_in(ns.as_fd()) {
             log::error!("cannot create the instance in the guard's PID namespace: setns: {e}");
-            return f(false);
+            return f(None);
         }
-        let r = f(true);
+        let r = f(Some(self.last.get()));
         if let Err(e) = sys::pidns::children_in(self.home.as_fd()) {
             log::error!("cannot return to warden's own PID namespace: setns: {e}");
+        }
+        if let Ok(started) = &r {
+            self.last.set(started.pid);
         }
         r
     }

@@ -194,9 +194,10 @@ pub(crate) struct SpawnRequest<'a> {
     /// The `cgroup.procs` of the instance's own cgroup, which the child joins before anything
     /// else (cgroup mode: [`super::cgroup`]).
     pub(crate) cgroup_procs: Option<std::ffi::CString>,
-    /// Created in the instances' PID namespace ([`super::pidns`]): its parent, outside it, is
-    /// pid 0 to it, and the death-signal race check expects that.
-    pub(crate) in_pid_namespace: bool,
+    /// Created in the instances' PID namespace ([`super::pidns`]), with a pid above this one
+    /// (the last it gave): its parent, outside it, is pid 0 to it, and the death-signal race
+    /// check expects that.
+    pub(crate) pid_namespace: Option<i32>,
 }
 
 /// The two ends of a close-on-exec pipe for an output stream, or none for `/dev/null`.
@@ -288,7 +289,7 @@ fn fork_exec(
     let path = resolve(&p.argv[0], env)?;
     let mut setup = p.setup.clone();
     setup.cgroup_procs = i.cgroup_procs.clone();
-    if i.in_pid_namespace {
+    if i.pid_namespace.is_some() {
         setup.parent = 0;
     }
     let mut plan = sys::spawn::ExecPlan::new(&path, &p.argv, env, p.directory.as_deref(), setup)?;
@@ -305,8 +306,8 @@ fn fork_exec(
         plan.pass_listen_fds(i.sockets.iter().map(|(fd, _)| *fd).collect())?;
     }
     // In the instances' PID namespace, the worker's own pid is the one status shows.
-    if i.in_pid_namespace {
-        plan.keep_pid_in_namespace();
+    if let Some(after) = i.pid_namespace {
+        plan.keep_pid_in_namespace(after);
     }
     let null = dev_null()?;
     let out = output_pipe(i.stdout)?;
@@ -390,7 +391,7 @@ pub(crate) fn spawn_fn(f: &WorkerFn, i: &SpawnRequest<'_>) -> Result<Started> {
     // Taken in the parent: it names the parent (for the death-signal race check).
     let mut setup = base_setup();
     setup.cgroup_procs = i.cgroup_procs.clone();
-    if i.in_pid_namespace {
+    if i.pid_namespace.is_some() {
         setup.parent = 0;
     }
     match sys::fork()? {

@@ -64,8 +64,9 @@ pub struct ExecPlan {
     /// Descriptors the child receives as 3, 4, … (socket activation), and the index in `envp`
     /// of the `LISTEN_PID=` entry the child fills in with its own pid.
     listen: Option<(Vec<RawFd>, usize)>,
-    /// The child is created in a PID namespace below ours: give it the same pid in both.
-    same_pid: bool,
+    /// The child is created in a PID namespace below ours: give it the same pid in both, above
+    /// this one.
+    same_pid: Option<libc::pid_t>,
 }
 
 /// The most descriptors [`ExecPlan::pass_listen_fds`] passes.
@@ -119,16 +120,19 @@ impl ExecPlan {
             setup,
             cgroup: None,
             listen: None,
-            same_pid: false,
+            same_pid: None,
         })
     }
 
     /// For a child created in a PID namespace one level below this process's (the calling
     /// thread's `pid_for_children`): asks for the same pid in both (`clone3` with `set_tid`,
     /// Linux 5.5, `CAP_SYS_ADMIN` over both), so that the pid it sees of itself is the one this
-    /// process sees. Where the kernel refuses, it gets whatever pids come.
-    pub fn keep_pid_in_namespace(&mut self) {
-        self.same_pid = true;
+    /// process sees. Where the kernel refuses, it gets whatever pids come. The pid is chosen
+    /// above the namespace's last (`ns_last_pid`) and above `after`, which the caller keeps:
+    /// choosing a pid does not move the kernel's cursor, and a pid just freed must not come
+    /// back at once.
+    pub fn keep_pid_in_namespace(&mut self, after: libc::pid_t) {
+        self.same_pid = Some(after);
     }
 
     /// Creates the child in the cgroup whose directory is `dir` (`clone3` with
@@ -183,18 +187,14 @@ pub fn spawn_nowait(plan: &ExecPlan, stdio: [RawFd; 3]) -> io::Result<Spawned> {
     envp.push(std::ptr::null());
     let listen = plan.listen.as_ref().map(|(fds, at)| (fds.as_slice(), *at));
     let report_fd = report_w.as_raw_fd();
+    // Read before the fork: the next free pids, for `same_pid`.
+    let wanted = plan.same_pid.map(next_pids).unwrap_or_default();
     // Every signal is blocked across the fork: until the child has reset the dispositions it
     // inherited (the parent's handlers), a signal sent to it must wait rather than run them.
     let all = filled_sigset();
     let mut old = filled_sigset();
     // SAFETY: pthread_sigmask with pointers to initialised sigsets on the stack.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old) };
-    // Read before the fork: the next free pids, for `same_pid`.
-    let wanted = if plan.same_pid {
-        next_pids()
-    } else {
-        Vec::new()
-    };
     // In its cgroup from the start when one is given and clone3 takes it; forked otherwise.
     let (pid, in_cgroup) = match clone3_for(plan.cgroup.as_ref().map(|d| d.as_raw_fd()), &wanted) {
         Some(pid) if pid != -1 => (pid, plan.cgroup.is_some()),
@@ -250,9 +250,10 @@ fn clone3_for(dir: Option<RawFd>, wanted: &[libc::pid_t]) -> Option<libc::pid_t>
     dir.map(|d| clone3(Some(d), None))
 }
 
-/// The pids after the last one this PID namespace gave (`/proc/sys/kernel/ns_last_pid`), below
-/// `pid_max`: candidates for [`ExecPlan::keep_pid_in_namespace`].
-fn next_pids() -> Vec<libc::pid_t> {
+/// The pids after the last one this PID namespace gave (`/proc/sys/kernel/ns_last_pid`) and
+/// after `after`, below `pid_max` (from 300, as the kernel, once past it): candidates for
+/// [`ExecPlan::keep_pid_in_namespace`].
+fn next_pids(after: libc::pid_t) -> Vec<libc::pid_t> {
     let read =
         |p: &str| -> Option<libc::pid_t> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
     let (Some(last), Some(max)) = (
@@ -261,7 +262,11 @@ fn next_pids() -> Vec<libc::pid_t> {
     ) else {
         return Vec::new();
     };
-    (1..=16).map(|i| last + i).filter(|&p| p < max).collect()
+    let from = match last.max(after) + 1 {
+        p if p + 16 >= max => 300,
+        p => p,
+    };
+    (from..from + 16).collect()
 }
 
 /// `clone3` as a fork (no new stack: the child runs on a copy of this one, `SIGCHLD` at its

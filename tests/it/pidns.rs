@@ -413,3 +413,28 @@ fn an_upgrade_keeps_the_namespace() {
     );
     assert!(!alive(gcs[0]));
 }
+
+#[test]
+fn a_restarted_instance_never_gets_back_the_pid_just_freed() {
+    let test = this_test!();
+    // Each run writes its pid and ends soon; warden starts it again, with no fork of this test
+    // in between to move the kernel's last pid (the pid is chosen, so the kernel's cursor does
+    // not move by itself).
+    let again = "[program.again]\ncommand = [\"/bin/sh\", \"-c\", \"echo $$ >> SANDBOX/pids; exec SANDBOX/sleep 0.2\"]\n\
+                 backoff_initial = \"10ms\"\nmax_restarts = 1000\n";
+    let Some((sb, _warden, _v)) = started(&test, "", again) else {
+        return;
+    };
+    let pids = || -> Vec<String> { sb.read("pids").lines().map(String::from).collect() };
+    assert!(
+        wait_until(TIMEOUT, || pids().len() >= 8),
+        "runs: {:?}; log:\n{}",
+        pids(),
+        log(&sb)
+    );
+    let all = pids();
+    let mut unique = all.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), all.len(), "a pid came back: {all:?}");
+}

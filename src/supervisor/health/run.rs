@@ -202,7 +202,7 @@ impl Supervisor {
             stderr: StdioPlan::Pipe,
             checked_pid: Some(instance_pid),
             cgroup_procs: None,
-            in_pid_namespace: false,
+            pid_namespace: None,
         };
         self.groups.ensure_guard(self.poll.registry());
         let started = spawn::spawn_check(prepared, &request).map_err(|e| e.to_string())?;
