@@ -506,3 +506,60 @@ exec "$2/sleep" 1000
         log(&sb)
     );
 }
+
+#[test]
+fn a_program_added_again_while_its_old_instance_stops_gets_a_cgroup_of_its_own() {
+    let test = this_test!();
+    if !test.require_root() {
+        return;
+    }
+    let p = "[program.w]\ncommand = [\"/bin/sh\", \"-c\", \"trap '' TERM; exec SANDBOX/sleep 1000\"]\n\
+             stop_timeout = \"5s\"\n";
+    let keep = "[program.k]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n";
+    let mut sb = test.supervisor_sandbox("", &format!("{p}{keep}"));
+    sb.start();
+    let Some(v) = up_in_cgroup_mode(&test, &mut sb) else {
+        return;
+    };
+    let old = v["instances"][0]["pid"].as_i64().unwrap() as i32;
+    sb.write_programs("", keep);
+    expect(&mut sb, &["reload"], 0);
+    // Removed, it is stopping: it ignores SIGTERM until its stop timeout.
+    assert!(alive(old), "w[0] still stopping");
+    sb.write_programs("", &format!("{p}{keep}"));
+    expect(&mut sb, &["reload"], 0);
+    let (_, v) = wait_status(&mut sb, "w again", |_, v| {
+        v["instances"].as_array().is_some_and(|a| {
+            a.iter().any(|i| {
+                i["program"] == "w" && i["state"] == "running" && i["pid"].as_i64() != Some(old as i64)
+            })
+        })
+    });
+    let new = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["program"] == "w" && i["pid"].as_i64() != Some(old as i64))
+        .unwrap()["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    assert_ne!(cgroup_of(new), cgroup_of(old), "one cgroup each");
+    // The old one is killed at its stop timeout; the new one lives on, untouched.
+    assert!(wait_until(TIMEOUT, || !alive(old)), "old instance left");
+    let (_, v) = wait_status(&mut sb, "w settled", |_, v| {
+        v["instances"]
+            .as_array()
+            .is_some_and(|a| a.iter().filter(|i| i["program"] == "w").count() == 1)
+    });
+    let w = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["program"] == "w")
+        .unwrap()
+        .clone();
+    assert_eq!(w["pid"], new, "{w:#}\nlog:\n{}", log(&sb));
+    assert_eq!(w["restarts"], 0, "{w:#}");
+    assert!(alive(new));
+    expect(&mut sb, &["stop"], 0);
+}

@@ -227,12 +227,9 @@ impl Hierarchy {
         name: &str,
         limits: &CgroupLimits,
     ) -> io::Result<(PathBuf, Vec<String>)> {
-        let dir = self.programs().join(name);
-        match fs::create_dir(&dir) {
-            Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
-        }
-        Ok((dir.clone(), apply_limits(&dir, limits, &self.unavailable)))
+        let dir = new_cgroup(&self.programs(), name)?;
+        let failed = apply_limits(&dir, limits, &self.unavailable);
+        Ok((dir, failed))
     }
 
     /// At the end of a shutdown, every instance down: moves this process back to the parent
@@ -244,6 +241,29 @@ impl Hierarchy {
         );
         remove_tree(&self.base);
     }
+}
+
+/// Makes cgroup `name` in `parent`, never reusing one: an empty one left behind is removed and
+/// made anew (a cgroup keeps what was done to it, limits and a `cgroup.kill` under way); one
+/// that still holds processes — an instance of a program removed and added again while it
+/// stops — leaves the name to `NAME-2`, ….
+fn new_cgroup(parent: &Path, name: &str) -> io::Result<PathBuf> {
+    for n in 1..=64 {
+        let dir = match n {
+            1 => parent.join(name),
+            n => parent.join(format!("{name}-{n}")),
+        };
+        match fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {
+                if fs::remove_dir(&dir).is_ok() && fs::create_dir(&dir).is_ok() {
+                    return Ok(dir);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::from(ErrorKind::AlreadyExists))
 }
 
 /// Writes each limit of `limits` into cgroup `dir`; returns `KEY: reason` for each one not
