@@ -235,11 +235,23 @@ fn cgroup_problems(
                 (_, None) => {
                     "no cgroup v2 hierarchy is mounted: the limit will not be applied".to_string()
                 }
-                (_, Some((mount, have))) if !have.iter().any(|c| c == controller) => format!(
-                    "the {controller} controller is not available in the cgroup v2 hierarchy \
-                     ({}/cgroup.controllers): the limit will not be applied",
-                    mount.display()
-                ),
+                (_, Some((mount, have))) if !have.iter().any(|c| c == controller) => {
+                    let v1 = std::fs::read_to_string("/proc/self/mountinfo")
+                        .ok()
+                        .and_then(|m| v1_mount_of(&m, controller))
+                        .map(|m| {
+                            format!(
+                                ", which it cannot be while the cgroup v1 hierarchy at {} holds it",
+                                m.display()
+                            )
+                        })
+                        .unwrap_or_default();
+                    format!(
+                        "the {controller} controller is not available in the cgroup v2 hierarchy \
+                         ({}/cgroup.controllers{v1}): the limit will not be applied",
+                        mount.display()
+                    )
+                }
                 _ => return None,
             };
             Some((key, why))
@@ -258,6 +270,47 @@ pub(crate) fn v2_mount(mountinfo: &str) -> Option<PathBuf> {
             .nth(4)
             .map(|m| PathBuf::from(unescape(m)))
     })
+}
+
+/// The mount point of the cgroup v1 hierarchy that `controller` is bound to in `mountinfo`, if
+/// any: a controller serves one hierarchy only, so cgroup v2 cannot have it then.
+pub(crate) fn v1_mount_of(mountinfo: &str, controller: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut r = right.split_whitespace();
+        if r.next()? != "cgroup" {
+            return None;
+        }
+        let options = r.nth(1)?;
+        if !options.split(',').any(|o| o == controller) {
+            return None;
+        }
+        left.split_whitespace()
+            .nth(4)
+            .map(|m| PathBuf::from(unescape(m)))
+    })
+}
+
+/// Why `controller` is missing from the cgroup v2 hierarchy whose root or delegated cgroup is
+/// `at`: bound to a v1 hierarchy, or not enabled above.
+pub(crate) fn missing_controller(controller: &str, at: &Path) -> String {
+    let v1 = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()
+        .and_then(|m| v1_mount_of(&m, controller));
+    match v1 {
+        Some(m) => format!(
+            "the {controller} controller is bound to the cgroup v1 hierarchy at {} (a controller \
+             serves one hierarchy only; cgroup v2 gets it when no v1 hierarchy holds it, e.g. \
+             booted with systemd.unified_cgroup_hierarchy=1)",
+            m.display()
+        ),
+        None => format!(
+            "the {controller} controller is not enabled for {} (not in its cgroup.controllers: \
+             enable it in the parent's cgroup.subtree_control, or with Delegate=yes under \
+             systemd)",
+            at.display()
+        ),
+    }
 }
 
 /// `mountinfo`'s octal escapes (`\040` for a space).

@@ -192,10 +192,12 @@ impl Groups {
         } else {
             link.pending
                 .extend(self.tracked.keys().map(|&pgid| (true, pgid)));
-            log::info!(
-                "guard process started (pid {pid}): it kills every worker process group if warden \
-                 dies"
-            );
+            let what = if self.cgroups.is_some() {
+                "the instances' cgroups"
+            } else {
+                "every worker process group"
+            };
+            log::info!("guard process started (pid {pid}): it kills {what} if warden dies");
         }
         self.link = Some(link);
         self.flush(registry);
@@ -665,6 +667,27 @@ impl Groups {
         if let Some(c) = self.cgroups.take() {
             c.hierarchy.tear_down();
         }
+    }
+
+    /// cgroup mode: the instance whose cgroup (or a cgroup it made below it) holds process
+    /// `pid`, from `/proc/PID/cgroup`.
+    pub(crate) fn owner_by_cgroup(&self, pid: i32) -> Option<Owner> {
+        self.cgroups.as_ref()?;
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+        let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+        let mut at = Some(std::path::Path::new(path.trim_end()));
+        while let Some(p) = at.filter(|p| p.components().count() > 1) {
+            let found = self.tracked.values().find(|t| {
+                t.cgroup
+                    .as_ref()
+                    .is_some_and(|c| c.dir.ends_with(p.strip_prefix("/").unwrap_or(p)))
+            });
+            if let Some(t) = found {
+                return Some(t.owner);
+            }
+            at = p.parent();
+        }
+        None
     }
 
     /// The pids of the processes in the cgroup of group `pgid` (cgroup mode), as warden sees

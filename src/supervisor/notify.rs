@@ -14,6 +14,7 @@
 //! status text and its accepted `MAINPID=` (checked to descend from the worker; recorded by
 //! [`Table::set_main_pid`](super::table::Table::set_main_pid)). It never signals or spawns.
 
+use std::collections::HashSet;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -73,44 +74,46 @@ impl NotifyMessage {
 pub struct NotifySocket {
     sock: UnixDatagram,
     name: String,
+    /// Senders whose messages were attributed to no instance, already logged.
+    refused: HashSet<i32>,
 }
 
 impl NotifySocket {
-    /// Binds `@warden/<pid>/<pid namespace inode>/<n>/notify` in the abstract namespace,
-    /// non-blocking, with `SO_PASSCRED`.
+    /// Binds `@warden/<pid>/<random>/notify` in the abstract namespace, non-blocking, with
+    /// `SO_PASSCRED`.
+    ///
+    /// Abstract names are per network namespace and have no permissions, while pids are per PID
+    /// namespace: two wardens that are both pid 1 of their containers may share a network
+    /// namespace (a pod), and any local user could take a name known in advance. Hence 64
+    /// random bits (a name taken all the same is skipped).
+    ///
+    /// Errors: the socket cannot be made or bound (naming the address).
     pub fn bind() -> io::Result<NotifySocket> {
+        use std::hash::{BuildHasher, Hasher};
         use std::os::linux::net::SocketAddrExt;
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static N: AtomicU32 = AtomicU32::new(0);
-        // Abstract names are per network namespace, pids per PID namespace: two wardens that
-        // are both pid 1 of their containers may share a network namespace (a pod). The PID
-        // namespace's inode tells them apart; a name taken all the same is skipped.
-        let ns = std::fs::read_link("/proc/self/ns/pid")
-            .ok()
-            .and_then(|l| {
-                let l = l.to_string_lossy().into_owned();
-                l.strip_prefix("pid:[")?.strip_suffix(']').map(String::from)
-            })
-            .unwrap_or_default();
         let mut tries = 0;
         let (sock, name) = loop {
-            let name = format!(
-                "warden/{}/{ns}/{}/notify",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            );
+            // Seeded from the system's randomness, as the standard library's hash maps are.
+            let random = std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish();
+            let name = format!("warden/{}/{random:016x}/notify", std::process::id());
             let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
             match UnixDatagram::bind_addr(&addr) {
                 Ok(sock) => break (sock, name),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse && tries < 16 => tries += 1,
-                Err(e) => return Err(e),
+                Err(e) => return Err(io::Error::new(e.kind(), format!("@{name}: {e}"))),
             }
         };
         sock.set_nonblocking(true)?;
         setsockopt(&sock, sockopt::PassCred, &true).map_err(io::Error::from)?;
         // Room for bursts from many workers without losing READY=1.
         let _ = setsockopt(&sock, sockopt::RcvBuf, &(1 << 20));
-        Ok(NotifySocket { sock, name })
+        Ok(NotifySocket {
+            sock,
+            name,
+            refused: HashSet::new(),
+        })
     }
 
     /// The socket bound as `name` by an earlier image of this process, handed over by
@@ -119,7 +122,17 @@ impl NotifySocket {
         NotifySocket {
             sock: UnixDatagram::from(fd),
             name,
+            refused: HashSet::new(),
         }
+    }
+
+    /// Whether a message from `pid`, attributed to no instance, is the first such from it (to
+    /// log once per sender; the memory is bounded).
+    pub(crate) fn first_refusal(&mut self, pid: i32) -> bool {
+        if self.refused.len() >= 1024 {
+            self.refused.clear();
+        }
+        self.refused.insert(pid)
     }
 
     /// Its abstract name (without `@`).
@@ -200,8 +213,19 @@ impl Supervisor {
     }
 
     fn on_notify_message(&mut self, msg: NotifyMessage) {
-        let Some(owner) = attribute(&self.table, msg.pid) else {
-            log::debug!("notify message from pid {} ignored: not a worker", msg.pid);
+        // cgroup mode: any process of an instance's cgroup speaks for it, whatever its
+        // process group or parent (a daemon that double-forked before READY=1).
+        let owner =
+            attribute(&self.table, msg.pid).or_else(|| self.groups.owner_by_cgroup(msg.pid));
+        let Some(owner) = owner else {
+            // Said once per sender: a detached helper pinging the watchdog would flood the log.
+            if self.notify.first_refusal(msg.pid) {
+                log::warn!(
+                    "notify message from pid {} ignored: not a worker, nor in a worker's process \
+                     group, cgroup or descendants",
+                    msg.pid
+                );
+            }
             return;
         };
         let Some(pos) = self.table.locate(owner) else {

@@ -531,7 +531,9 @@ fn a_program_added_again_while_its_old_instance_stops_gets_a_cgroup_of_its_own()
     let (_, v) = wait_status(&mut sb, "w again", |_, v| {
         v["instances"].as_array().is_some_and(|a| {
             a.iter().any(|i| {
-                i["program"] == "w" && i["state"] == "running" && i["pid"].as_i64() != Some(old as i64)
+                i["program"] == "w"
+                    && i["state"] == "running"
+                    && i["pid"].as_i64() != Some(old as i64)
             })
         })
     });
@@ -562,4 +564,64 @@ fn a_program_added_again_while_its_old_instance_stops_gets_a_cgroup_of_its_own()
     assert_eq!(w["restarts"], 0, "{w:#}");
     assert!(alive(new));
     expect(&mut sb, &["stop"], 0);
+}
+
+/// Sends `READY=1` to `NOTIFY_SOCKET` (argv[1]: a file it writes its pid to first).
+const NOTIFY_READY: &str = r#"import os, socket, sys
+with open(sys.argv[1], "w") as f:
+    f.write(str(os.getpid()))
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", addr)
+import time
+time.sleep(1000)
+"#;
+
+#[test]
+fn in_cgroup_mode_a_double_forked_member_of_an_instance_may_report_ready() {
+    let test = this_test!();
+    if !test.require_root() {
+        return;
+    }
+    let mut sb = test.supervisor_sandbox("", "");
+    let py = script(&sb, "ready.py", NOTIFY_READY);
+    // The classic forking daemon: the launcher double-forks (setsid), the daemon reports.
+    let w = script(
+        &sb,
+        "w.sh",
+        &format!(
+            "#!/bin/sh\nsetsid sh -c '{} {} \"$0/daemon.pid\" & exit 0' \"$1\"\nexec \"$1/sleep\" 1000\n",
+            python(),
+            py
+        ),
+    );
+    sb.write_programs(
+        "",
+        &format!(
+            "[program.w]\ncommand = [\"/bin/sh\", {}, \"SANDBOX\"]\nready = \"notify\"\nstart_timeout = \"60s\"\n",
+            toml_str(&w)
+        ),
+    );
+    sb.start();
+    let (_, v) = wait_status(&mut sb, "w up", |_, v| {
+        matches!(
+            v["instances"][0]["state"].as_str(),
+            Some("starting" | "ready")
+        )
+    });
+    if v["daemon"]["tracking"] != "cgroup" {
+        test.skip("no cgroup mode here");
+        return;
+    }
+    let (_, v) = wait_status(&mut sb, "w ready", |_, v| {
+        v["instances"][0]["state"] == "ready"
+    });
+    let daemon: i32 = sb.read("daemon.pid").trim().parse().unwrap();
+    sb.track(daemon);
+    assert_ne!(
+        stat(daemon).map(|s| s.session),
+        stat(v["instances"][0]["pid"].as_i64().unwrap() as i32).map(|s| s.session),
+        "the reporter left the worker's session"
+    );
 }

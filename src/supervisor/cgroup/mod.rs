@@ -210,10 +210,7 @@ impl Hierarchy {
                         self.parent.display()
                     )
                 } else {
-                    format!(
-                        "the {c} controller is not enabled for {} (not in its cgroup.controllers: enable it in the parent's cgroup.subtree_control, or with Delegate=yes under systemd)",
-                        self.parent.display()
-                    )
+                    crate::config::preflight::missing_controller(c, &self.parent)
                 };
                 (c.to_string(), why)
             })
@@ -260,10 +257,13 @@ fn new_cgroup(parent: &Path, name: &str) -> io::Result<PathBuf> {
                     return Ok(dir);
                 }
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
         }
     }
-    Err(io::Error::from(ErrorKind::AlreadyExists))
+    Err(io::Error::new(
+        ErrorKind::AlreadyExists,
+        format!("{}: 64 names taken", parent.join(name).display()),
+    ))
 }
 
 /// Writes each limit of `limits` into cgroup `dir`; returns `KEY: reason` for each one not

@@ -162,7 +162,7 @@ impl Supervisor {
         let made = self
             .groups
             .cgroup_for(&name, &def.cgroup)
-            .map_err(|e| crate::Error::os("cannot create the instance's cgroup", e))?;
+            .map_err(|e| crate::Error::os("mkdir of the instance's cgroup", e))?;
         let Some(((dir, base), failed)) = made else {
             if !def.cgroup.is_empty() {
                 let why = self.cgroup.why_not.clone().unwrap_or_default();
