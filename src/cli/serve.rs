@@ -277,6 +277,10 @@ pub(super) fn supervisor(
     sup.set_scale_program(d.scale_program.clone());
     sup.set_cgroups(d.cgroups);
     sup.set_pid_namespace(d.pid_namespace);
+    // Started as root to become `user`: cgroup mode was to be had.
+    if d.user.is_some() {
+        sup.expect_cgroup_mode();
+    }
     sup.set_config_path(config.path.display().to_string());
     let manager = handle.service_manager();
     if let Some(n) = &manager.notifier {

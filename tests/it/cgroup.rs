@@ -625,3 +625,35 @@ fn in_cgroup_mode_a_double_forked_member_of_an_instance_may_report_ready() {
         "the reporter left the worker's session"
     );
 }
+
+#[test]
+fn started_as_root_to_run_as_another_user_start_says_cgroup_mode_is_not_in_force() {
+    let test = this_test!();
+    if !test.require_root() {
+        return;
+    }
+    // warden creates its cgroups once it runs as `user`: outside a delegated subtree it cannot,
+    // which as root it could — `start` says so rather than only the log.
+    let mut sb = test.supervisor_sandbox(
+        "user = \"nobody\"\ngroup = \"nogroup\"",
+        "[program.s]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n",
+    );
+    let out = sb.run(&["start"]);
+    if let Some(pid) = sb.pidfile_pid() {
+        sb.track(pid);
+    }
+    assert_exit(&out, 0);
+    let (_, v) = wait_status(&mut sb, "s up", |_, v| v["instances"][0]["state"] == "running");
+    if v["daemon"]["tracking"] == "cgroup" {
+        // A hierarchy delegated to nobody: nothing to say.
+        assert!(!stderr_of(&out).contains("without cgroups"), "{}", stderr_of(&out));
+    } else {
+        assert_stderr_has(&out, "warning: cgroups = \"auto\": warden runs without cgroups");
+        assert!(
+            log(&sb).contains("WARN  tracking: process groups and the guard"),
+            "{}",
+            log(&sb)
+        );
+    }
+    expect(&mut sb, &["stop"], 0);
+}

@@ -29,6 +29,10 @@ pub(crate) struct CgroupState {
     pub(crate) pid_namespace: bool,
     /// Why it is not in force although asked.
     pub(crate) ns_why_not: Option<String>,
+    /// cgroup mode is expected ([`Supervisor::expect_cgroup_mode`]): falling back is a warning.
+    pub(crate) expected: bool,
+    /// cgroup mode asked and expected, and not in force: why (for `warden start`).
+    pub(crate) fallback: Option<String>,
 }
 
 /// Whether `event` says an instance's processes are all gone (when its cgroup was emptied).
@@ -99,8 +103,22 @@ impl Supervisor {
                 Err(why) => why,
             },
         };
-        log::info!("tracking: process groups and the guard ({why})");
+        let expected = self.cgroup.expected || nix::unistd::geteuid().is_root();
+        if self.cgroup.asked == Some(CgroupMode::Auto) && expected {
+            log::warn!("tracking: process groups and the guard ({why})");
+            self.cgroup.fallback = Some(why.clone());
+        } else {
+            log::info!("tracking: process groups and the guard ({why})");
+        }
         self.cgroup.why_not = Some(why);
+    }
+
+    /// Says that cgroup mode is expected to be possible — warden was started as root and has
+    /// since dropped its privileges (`[daemon] user`) —, so that falling back to process groups
+    /// is logged as a warning and said by [`unapplicable_limits`](Self::unapplicable_limits),
+    /// as it is when this process runs as root.
+    pub fn expect_cgroup_mode(&mut self) {
+        self.cgroup.expected = true;
     }
 
     /// cgroup mode as `warden upgrade` hands it over, if in force.
@@ -188,10 +206,18 @@ impl Supervisor {
     /// (`web: memory_max: the memory controller is not enabled for …`), once the mode is
     /// decided: the `warden` binary passes them to `warden start` before readiness, so that an
     /// operator sees them where they started warden, not only in the log. A `pid_namespace`
-    /// asked and not in force comes first (`pid_namespace cannot be applied: …`).
+    /// asked and not in force comes first (`pid_namespace cannot be applied: …`), then cgroup
+    /// mode not in force where it was expected (as root, or see
+    /// [`expect_cgroup_mode`](Self::expect_cgroup_mode)).
     pub fn unapplicable_limits(&self) -> Vec<String> {
         let hierarchy = self.groups.hierarchy();
         let mut out: Vec<String> = self.pid_namespace_problem().into_iter().collect();
+        if let Some(why) = &self.cgroup.fallback {
+            out.push(format!(
+                "cgroups = \"auto\": warden runs without cgroups, with process groups and the \
+                 guard ({why})"
+            ));
+        }
         for p in self.table.live_programs() {
             let def = &self.table[p].def;
             for (key, _, controller, _) in def.cgroup.files() {
