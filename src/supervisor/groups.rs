@@ -690,6 +690,14 @@ impl Groups {
         None
     }
 
+    /// The `cgroup.procs` of group `pgid`'s cgroup (cgroup mode): where an exec health check of
+    /// that instance runs.
+    pub(crate) fn cgroup_procs(&self, pgid: i32) -> Option<std::ffi::CString> {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = &self.tracked.get(&pgid)?.cgroup.as_ref()?.dir;
+        std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()
+    }
+
     /// The pids of the processes in the cgroup of group `pgid` (cgroup mode), as warden sees
     /// them.
     pub(crate) fn cgroup_members(&self, pgid: i32) -> Option<Vec<i32>> {

@@ -294,13 +294,8 @@ fn fork_exec(
     }
     let mut plan = sys::spawn::ExecPlan::new(&path, &p.argv, env, p.directory.as_deref(), setup)?;
     // Created in its cgroup (no migration to pay for); the child joins it itself otherwise.
-    if let Some(dir) = i
-        .cgroup_procs
-        .as_ref()
-        .and_then(|procs| Path::new(OsStr::from_bytes(procs.as_bytes())).parent())
-        .and_then(|dir| File::open(dir).ok())
-    {
-        plan.create_in_cgroup(OwnedFd::from(dir));
+    if let Some(dir) = cgroup_dir(i) {
+        plan.create_in_cgroup(dir);
     }
     if !i.sockets.is_empty() {
         plan.pass_listen_fds(i.sockets.iter().map(|(fd, _)| *fd).collect())?;
@@ -325,6 +320,13 @@ fn fork_exec(
     })
 }
 
+/// The directory of the cgroup `i` joins, opened (for `clone3`'s `CLONE_INTO_CGROUP`).
+fn cgroup_dir(i: &SpawnRequest<'_>) -> Option<OwnedFd> {
+    let procs = i.cgroup_procs.as_ref()?;
+    let dir = Path::new(OsStr::from_bytes(procs.as_bytes())).parent()?;
+    File::open(dir).ok().map(OwnedFd::from)
+}
+
 /// Spawns an exec health check: `p` holds the check's argv with its program's user, directory
 /// and environment; stdout and stderr go to one pipe (returned as `stdout`).
 ///
@@ -333,13 +335,13 @@ pub(crate) fn spawn_check(p: &Prepared, i: &SpawnRequest<'_>) -> Result<Started>
     let env = environment(p, i)?;
     let fork = || -> io::Result<Started> {
         let path = resolve(&p.argv[0], &env)?;
-        let plan = sys::spawn::ExecPlan::new(
-            &path,
-            &p.argv,
-            &env,
-            p.directory.as_deref(),
-            p.setup.clone(),
-        )?;
+        let mut setup = p.setup.clone();
+        setup.cgroup_procs = i.cgroup_procs.clone();
+        let mut plan =
+            sys::spawn::ExecPlan::new(&path, &p.argv, &env, p.directory.as_deref(), setup)?;
+        if let Some(dir) = cgroup_dir(i) {
+            plan.create_in_cgroup(dir);
+        }
         let null = dev_null()?;
         let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         use std::os::fd::AsRawFd;

@@ -66,7 +66,14 @@ fn grandchild(sb: &mut Sandbox) -> i32 {
 /// `status --json` once the one instance of `w` is up; `None` (and the test skipped) when
 /// warden is not in cgroup mode here.
 fn up_in_cgroup_mode(test: &Test, sb: &mut Sandbox) -> Option<Value> {
-    let (_, v) = wait_status(sb, "w up", |_, v| v["instances"][0]["state"] == "running");
+    up_in_cgroup_mode_of(test, sb, "w")
+}
+
+/// As [`up_in_cgroup_mode`], for the one instance of program `name`.
+fn up_in_cgroup_mode_of(test: &Test, sb: &mut Sandbox, name: &str) -> Option<Value> {
+    let (_, v) = wait_status(sb, &format!("{name} up"), |_, v| {
+        v["instances"][0]["state"] == "running"
+    });
     if v["daemon"]["tracking"] != "cgroup" {
         let why = log(sb)
             .lines()
@@ -643,12 +650,21 @@ fn started_as_root_to_run_as_another_user_start_says_cgroup_mode_is_not_in_force
         sb.track(pid);
     }
     assert_exit(&out, 0);
-    let (_, v) = wait_status(&mut sb, "s up", |_, v| v["instances"][0]["state"] == "running");
+    let (_, v) = wait_status(&mut sb, "s up", |_, v| {
+        v["instances"][0]["state"] == "running"
+    });
     if v["daemon"]["tracking"] == "cgroup" {
         // A hierarchy delegated to nobody: nothing to say.
-        assert!(!stderr_of(&out).contains("without cgroups"), "{}", stderr_of(&out));
+        assert!(
+            !stderr_of(&out).contains("without cgroups"),
+            "{}",
+            stderr_of(&out)
+        );
     } else {
-        assert_stderr_has(&out, "warning: cgroups = \"auto\": warden runs without cgroups");
+        assert_stderr_has(
+            &out,
+            "warning: cgroups = \"auto\": warden runs without cgroups",
+        );
         assert!(
             log(&sb).contains("WARN  tracking: process groups and the guard"),
             "{}",
@@ -656,4 +672,45 @@ fn started_as_root_to_run_as_another_user_start_says_cgroup_mode_is_not_in_force
         );
     }
     expect(&mut sb, &["stop"], 0);
+}
+
+#[test]
+fn what_an_exec_health_check_leaves_behind_goes_with_its_instance() {
+    let test = this_test!();
+    if !test.require_root() {
+        return;
+    }
+    // Each check leaves a setsid'd `sleep 1002` behind, and passes.
+    let mut sb = test.supervisor_sandbox(
+        "",
+        "[program.s]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n\
+         [program.s.health]\nexec = [\"/bin/sh\", \"-c\", \"setsid SANDBOX/sleep 1002 & exit 0\"]\n\
+         interval = \"1s\"\n",
+    );
+    sb.start();
+    let Some(v) = up_in_cgroup_mode_of(&test, &mut sb, "s") else {
+        return;
+    };
+    let instance = v["instances"][0]["pid"].as_i64().unwrap() as i32;
+    let mut left = Vec::new();
+    assert!(
+        wait_until(TIMEOUT, || {
+            left = sb
+                .processes()
+                .into_iter()
+                .filter(|&p| cmdline(p).last().map(String::as_str) == Some("1002"))
+                .collect();
+            !left.is_empty()
+        }),
+        "no check ran; log:\n{}",
+        log(&sb)
+    );
+    for &p in &left {
+        sb.track(p);
+        assert_eq!(cgroup_of(p), cgroup_of(instance), "in the instance's cgroup");
+    }
+    expect(&mut sb, &["stop", "s"], 0);
+    for p in left {
+        assert!(wait_until(TIMEOUT, || !alive(p)), "check leftover {p} outlived its instance");
+    }
 }

@@ -11,9 +11,11 @@
 //!
 //! ```text
 //! PARENT/warden-PID/              warden's base
-//!                   supervisor/   warden itself (and its guard, its exec health checks): a
-//!                                 process may not sit in a cgroup that has children
-//!                   programs/     one cgroup per instance, NAME@INDEX.SLOT
+//!                   supervisor/   warden itself (and its guard): a process may not sit in a
+//!                                 cgroup that has children
+//!                   programs/     one cgroup per instance, NAME@INDEX.SLOT (NAME@INDEX.SLOT-2,
+//!                                 … while an old one with that name still holds processes),
+//!                                 which holds the instance's exec health checks too
 //! ```
 //!
 //! Each spawn of an instance joins `programs/NAME@INDEX.SLOT` in the child, before anything

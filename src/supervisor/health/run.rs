@@ -201,7 +201,9 @@ impl Supervisor {
             stdout: StdioPlan::Pipe,
             stderr: StdioPlan::Pipe,
             checked_pid: Some(instance_pid),
-            cgroup_procs: None,
+            // cgroup mode: in the instance's cgroup, so that what a check leaves behind (a
+            // `setsid` child) is the instance's and is killed with it.
+            cgroup_procs: self.groups.cgroup_procs(instance_pid),
             pid_namespace: None,
         };
         self.groups.ensure_guard(self.poll.registry());
