@@ -223,7 +223,13 @@ impl Supervisor {
                 .find(|k| line.starts_with(k))
                 .unwrap_or("");
             if self.cgroup.told.insert((name.clone(), key)) {
-                log::warn!("{name}: limit not applied: {line}");
+                crate::log::about!(
+                    log::Level::Warn,
+                    &name,
+                    None,
+                    None,
+                    "{name}: limit not applied: {line}"
+                );
             }
         }
     }
