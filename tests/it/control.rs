@@ -2538,3 +2538,50 @@ fn a_stopped_daemon_with_a_full_backlog_cannot_hang_a_command() {
     assert_exit(&status, 4);
     stop(&mut sb);
 }
+
+/// A reload says what it cannot apply: a change of `[daemon] exit_on_fatal` (a note, as for
+/// every other daemon key), and the limits of the programs it adds or changes that cannot be
+/// applied (a warning each, as `warden start` gives; here cgroups are off, so none can), not
+/// those of a program it leaves alone.
+#[test]
+fn reload_notes_a_changed_exit_on_fatal_and_warns_of_limits_it_cannot_apply() {
+    let test = this_test!();
+    let sleeper = |name: &str, extra: &str| {
+        format!("[program.{name}]\ncommand = [\"SANDBOX/sleep\", \"100\"]\n{extra}")
+    };
+    let old = format!(
+        "{}{}",
+        sleeper("s", ""),
+        sleeper("u", "memory_max = \"64M\"\n")
+    );
+    let mut sb = test.supervisor_sandbox("cgroups = \"off\"", &old);
+    sb.start();
+    wait_up(&mut sb, "s", 1);
+    wait_up(&mut sb, "u", 1);
+    let new = format!(
+        "{}{}{}",
+        sleeper("s", "pids_max = 5\n"),
+        sleeper("u", "memory_max = \"64M\"\n"),
+        sleeper("t", "cpu_max = \"20%\"\n")
+    );
+    sb.write_programs("cgroups = \"off\"\nexit_on_fatal = true", &new);
+    for args in [&["reload", "--dry-run"][..], &["reload"]] {
+        let out = sb.run(args);
+        assert_exit(&out, 0);
+        let (stdout, stderr) = (stdout_of(&out), stderr_of(&out));
+        assert_has_line(
+            &stdout,
+            "note: daemon.exit_on_fatal changed: takes effect when warden restarts",
+        );
+        for (name, key) in [("s", "pids_max"), ("t", "cpu_max")] {
+            let want =
+                format!("warning: {name}: {key} cannot be applied: warden runs without cgroups");
+            assert!(
+                stderr.lines().any(|l| l.starts_with(&want)),
+                "{args:?}: no {want:?}:\n{stderr}"
+            );
+        }
+        assert!(!stderr.contains("warning: u:"), "{args:?}: {stderr}");
+    }
+    assert_exit(&sb.run(&["stop"]), 0);
+}
