@@ -383,7 +383,7 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
     assert_exit(&out, 0);
     let out = as_nobody(&mut sb, &["stop", "w"]);
     assert_exit(&out, 4);
-    assert_stderr_has(&out, "may only read status");
+    assert_stderr_has(&out, "may only read status and follow events");
     let out = as_nobody(&mut sb, &["reload"]);
     assert_exit(&out, 4);
     // Membership is the connecting process's own groups, as the kernel recorded them at
@@ -394,7 +394,7 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
     assert_exit(&out, 0);
     let out = as_user(&mut sb, &daemon, &["stop", "w"]);
     assert_exit(&out, 4);
-    assert_stderr_has(&out, "may only read status");
+    assert_stderr_has(&out, "may only read status and follow events");
     let refused = || {
         log(&sb)
             .lines()
@@ -415,7 +415,11 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
         assert_eq!(exit_code(&out), Some(4));
     }
     let l = log(&sb);
-    assert_eq!(l.matches("may only read status").count(), 1, "{l}");
+    assert_eq!(
+        l.matches("may only read status and follow events").count(),
+        1,
+        "{l}"
+    );
     // Untouched by the refused requests.
     let (_, v) = status_json(&mut sb, &["w"]);
     assert_eq!(of(&v, "w"), w2);

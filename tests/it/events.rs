@@ -238,6 +238,18 @@ fn a_subscriber_that_never_reads_is_cut_off_while_status_answers() {
         "names the client: {}",
         said[0]
     );
+    // The bytes that would have waited: more than the limit it names.
+    let total: usize = said[0]
+        .split_once(&format!("(pid {}): ", std::process::id()))
+        .and_then(|(_, rest)| rest.split_once(" bytes would wait unread"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count: {}", said[0]));
+    assert!(total > 1 << 20, "{}", said[0]);
+    assert!(
+        said[0].ends_with("more than the 1048576 that may"),
+        "{}",
+        said[0]
+    );
     // The connection is closed: what was sent before can be read, then the end.
     stuck.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut rest = Vec::new();
