@@ -2589,3 +2589,51 @@ fn reload_notes_a_changed_exit_on_fatal_and_warns_of_limits_it_cannot_apply() {
     }
     assert_exit(&sb.run(&["stop"]), 0);
 }
+
+/// `warden stop p` still waiting (p ignores SIGTERM) when another client starts p again: the
+/// stop is answered at once that p was started again (status 1), not at the end of its timeout.
+#[test]
+fn a_stop_superseded_by_a_start_is_answered_at_once() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
+        "",
+        "[program.p]\ncommand = [\"/bin/sh\", \"-c\", \"trap '' TERM; exec SANDBOX/sleep 100\"]\n\
+         stop_timeout = \"1h\"\n",
+    );
+    sb.start();
+    let old = pids(&wait_up(&mut sb, "p", 1))[0];
+    let client = |sb: &mut Sandbox, args: &[&str], out: &str| {
+        let mut cmd = sb.warden(args);
+        cmd.stdout(std::fs::File::create(sb.path(&format!("{out}.out"))).unwrap())
+            .stderr(std::fs::File::create(sb.path(&format!("{out}.err"))).unwrap());
+        sb.spawn(cmd)
+    };
+    let stopper = client(&mut sb, &["stop", "--timeout", "1h", "p"], "stop");
+    wait_status(&mut sb, "p stopping", |v| {
+        v["instances"][0]["state"] == "stopping"
+    });
+    // The start waits for the old process to be gone before it starts a new one.
+    let starter = client(&mut sb, &["start", "--timeout", "1h", "p"], "start");
+    let status = sb
+        .wait_child(stopper, TIMEOUT)
+        .expect("the stop is answered before its timeout");
+    assert_eq!(status.code(), Some(1), "{}", sb.read("stop.err"));
+    assert_has_line(
+        &sb.read("stop.err"),
+        "warden: p was started again by another request",
+    );
+    // Its process ignores SIGTERM and stop_timeout is an hour: end it, and the start goes on.
+    signal(old, Signal::SIGKILL);
+    let status = sb
+        .wait_child(starter, TIMEOUT)
+        .expect("the start is answered");
+    assert_eq!(status.code(), Some(0), "{}", sb.read("start.err"));
+    let v = wait_status(&mut sb, "p up again", |v| {
+        v["instances"][0]["state"] == "running"
+    });
+    assert_ne!(v["instances"][0]["pid"], old);
+    for pid in pids(&of(&v, "p")) {
+        signal(pid, Signal::SIGKILL);
+    }
+    let _ = sb.run(&["stop", "--timeout", "1s", "p"]);
+}
