@@ -290,23 +290,19 @@ fn print_plan(result: &serde_json::Value, dry_run: bool) {
             .unwrap_or_default()
     };
     let verb = |now: &'static str, would: &'static str| if dry_run { would } else { now };
-    for n in list("added") {
-        println!("{} {n}", verb("added", "would add"));
-    }
-    for n in list("removed") {
-        println!("{} {n}", verb("removed", "would remove"));
-    }
-    for n in list("changed") {
-        println!(
-            "{} {n}",
-            verb("restarted (changed)", "would restart (changed)")
-        );
-    }
-    for n in list("changed_stopped") {
-        println!(
-            "{} {n}",
-            verb("changed (stays stopped)", "would change (stays stopped)")
-        );
+    for (key, now, would) in [
+        ("added", "added", "would add"),
+        ("removed", "removed", "would remove"),
+        ("changed", "restarted (changed)", "would restart (changed)"),
+        (
+            "changed_stopped",
+            "changed (stays stopped)",
+            "would change (stays stopped)",
+        ),
+    ] {
+        for n in list(key) {
+            println!("{} {n}", verb(now, would));
+        }
     }
     if let Some(scaled) = result["scaled"].as_array() {
         for s in scaled {
@@ -329,6 +325,10 @@ fn print_plan(result: &serde_json::Value, dry_run: bool) {
     }
     for n in list("notes") {
         println!("note: {n}");
+    }
+    // As `warden start` warns of them, on stderr.
+    for w in list("warnings") {
+        eprintln!("warning: {w}");
     }
     let levels: Vec<Vec<String>> =
         serde_json::from_value(result["start_order"].clone()).unwrap_or_default();

@@ -1,13 +1,14 @@
 //! `warden healthcheck`: one exit status for a container runtime's probe (Docker's
 //! `HEALTHCHECK`, a Kubernetes exec probe): 0 when every instance is up and ready and passes its
-//! health check, 1 otherwise — also when no daemon answers — with one line per reason.
+//! health check, 1 otherwise — also when no daemon answers — with one line per reason. A
+//! one-shot job that has done its work (`exited` with code 0, not restarted) is healthy.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use warden::config::Config;
-use warden::control::client::Client;
-use warden::control::{Command, Reply, StatusReport};
+use warden::control::client::{Client, ClientError};
+use warden::control::{Command, InstanceInfo, LastExit, Reply, StatusReport};
 
 use super::exit;
 
@@ -26,7 +27,14 @@ pub fn healthcheck(config: &Config, programs: Vec<String>) -> ExitCode {
     };
     let problems = problems(&report);
     if problems.is_empty() {
-        println!("healthy: {} instance(s) ready", report.instances.len());
+        let done = report.instances.iter().filter(|i| finished(i)).count();
+        let up = report.instances.len() - done;
+        let done = if done > 0 {
+            format!(", {done} one-shot job(s) done")
+        } else {
+            String::new()
+        };
+        println!("healthy: {up} instance(s) ready{done}");
         ExitCode::from(exit::OK)
     } else {
         for p in &problems {
@@ -51,6 +59,11 @@ fn fetch(config: &Config, programs: Vec<String>) -> Result<StatusReport, String>
         Ok(Reply::Progress { .. } | Reply::Event { .. }) => {
             Err("unexpected progress reply".to_string())
         }
+        // The time left is a hair under the probe's: say the probe's, rounded.
+        Err(ClientError::Timeout { .. }) => Err(format!(
+            "warden does not answer: timed out after {}",
+            warden::policy::fmt_duration(PROBE_TIMEOUT)
+        )),
         Err(e) => Err(format!("warden does not answer: {e}")),
     }
 }
@@ -58,7 +71,8 @@ fn fetch(config: &Config, programs: Vec<String>) -> Result<StatusReport, String>
 /// Why the instances of `report` are not all healthy, one line each (`web[1]: starting`,
 /// `db[0]: health failing 2/3: connect: ECONNREFUSED`); empty when they are. An instance is
 /// healthy when it is `ready`, or `running` (a program without a readiness check), and its
-/// health check, if it has one, is not failing. A program scaled to 0 has nothing to be.
+/// health check, if it has one, is not failing; or when it is a one-shot job that is done
+/// ([`finished`]). A program scaled to 0 has nothing to be.
 pub(super) fn problems(report: &StatusReport) -> Vec<String> {
     report
         .instances
@@ -68,6 +82,9 @@ pub(super) fn problems(report: &StatusReport) -> Vec<String> {
         .filter(|i| i.is_configured())
         .filter_map(|i| {
             let tag = format!("{}[{}]", i.program, i.index);
+            if finished(i) {
+                return None;
+            }
             if i.state != "ready" && i.state != "running" {
                 return Some(format!("{tag}: {}", i.state_text()));
             }
@@ -77,6 +94,20 @@ pub(super) fn problems(report: &StatusReport) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// A one-shot job that did its work: `exited` (not restarted by its `restart` policy) with
+/// code 0, and not ended by warden (a failing health check). `exited` after a failure, and a
+/// program never started, are not.
+fn finished(i: &InstanceInfo) -> bool {
+    i.state == "exited"
+        && matches!(
+            i.last_exit,
+            Some(LastExit::Code {
+                code: 0,
+                reason: None
+            })
+        )
 }
 
 #[cfg(test)]
@@ -145,6 +176,34 @@ mod tests {
         ]);
         assert!(problems(&r).is_empty());
         assert!(problems(&report(Vec::new())).is_empty());
+    }
+
+    #[test]
+    fn a_one_shot_job_done_is_healthy_but_not_one_that_failed_or_never_ran() {
+        let exited = |last_exit| InstanceInfo {
+            last_exit,
+            ..inst("j", "exited", None)
+        };
+        let code = |code, reason: Option<&str>| {
+            Some(LastExit::Code {
+                code,
+                reason: reason.map(String::from),
+            })
+        };
+        assert!(problems(&report(vec![exited(code(0, None))])).is_empty());
+        for bad in [
+            code(3, None),
+            code(0, Some("health")),
+            Some(LastExit::Signal {
+                signal: 9,
+                name: "SIGKILL".into(),
+                core_dumped: false,
+                reason: None,
+            }),
+            None,
+        ] {
+            assert_eq!(problems(&report(vec![exited(bad)])), ["j[0]: exited"]);
+        }
     }
 
     #[test]

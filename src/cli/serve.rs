@@ -343,6 +343,7 @@ fn daemon_changes(
         syslog_ident,
         ready_timeout,
         shutdown_timeout,
+        exit_on_fatal,
         control_socket,
         control_group,
         metrics,

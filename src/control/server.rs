@@ -502,7 +502,7 @@ impl ControlServer {
             1,
             || {
                 format!(
-                    "control: uid {} (pid {}) may only read status; refused {:?}",
+                    "control: uid {} (pid {}) may only read status and follow events; refused {:?}",
                     peer.uid, peer.pid, request.command
                 )
             },
@@ -510,7 +510,7 @@ impl ControlServer {
         );
         Err(Reply::failed(
             ErrorKind::Denied,
-            format!("uid {} may only read status", peer.uid),
+            format!("uid {} may only read status and follow events", peer.uid),
         ))
     }
 
@@ -658,13 +658,14 @@ impl ControlServer {
             let Some(conn) = self.conns.get_mut(&id) else {
                 continue;
             };
-            if conn.output.len() + size > EVENTS_MAX_OUTPUT {
+            let (left, total) = (conn.output.len(), conn.output.len() + size);
+            if total > EVENTS_MAX_OUTPUT {
                 log::warn!(
-                    "control: cut off the event stream of uid {} (pid {}): it left {} bytes \
-                     unread (at most {EVENTS_MAX_OUTPUT} may wait)",
+                    "control: cut off the event stream of uid {} (pid {}): {total} bytes would \
+                     wait unread ({left} not read yet, {size} new), more than the \
+                     {EVENTS_MAX_OUTPUT} that may",
                     conn.peer.uid,
                     conn.peer.pid,
-                    conn.output.len()
                 );
                 self.close(id, registry);
                 continue;

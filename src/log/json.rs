@@ -2,8 +2,10 @@
 //! own messages and for its programs' output, for log shippers.
 //!
 //! ```json
-//! {"timestamp":"2026-12-05T05:50:01.123Z","level":"info","program":null,"instance":null,
-//!  "pid":null,"stream":null,"message":"web[0]: starting -> ready (pid 4711)"}
+//! {"timestamp":"2026-12-05T05:50:01.100Z","level":"info","program":null,"instance":null,
+//!  "pid":null,"stream":null,"message":"reload applied"}
+//! {"timestamp":"2026-12-05T05:50:01.123Z","level":"info","program":"web","instance":0,
+//!  "pid":4711,"stream":null,"message":"web[0]: starting -> ready (pid 4711)"}
 //! {"timestamp":"2026-12-05T05:50:01.200Z","level":"info","program":"web","instance":0,
 //!  "pid":4711,"stream":"stdout","message":"listening on :8080"}
 //! ```
@@ -11,9 +13,12 @@
 //! Every key is always present. `timestamp` is RFC 3339 in UTC with milliseconds; `level` is
 //! `error`, `warn`, `info`, `debug` or `trace` (a program's output is `info`, whichever stream
 //! it came from); `program`, `instance`, `pid` and `stream` (`stdout` or `stderr`) say whose
-//! output a line is, and are `null` on warden's own messages. `message` is the text, newlines
-//! and all (escaped: a record is always one line). This file only formats: where the line goes
-//! is the destination's business.
+//! output a line is. On warden's own messages `stream` is `null`, and `program`, `instance` and
+//! `pid` say whom the message is about ([`Subject`], taken from the record's key-values
+//! `program`, `instance` and `pid`): all three for a message about an
+//! instance and its process, `program` alone for one about a whole program, `null` otherwise.
+//! `message` is the text, newlines and all (escaped: a record is always one line). This file
+//! only formats: where the line goes is the destination's business.
 
 use std::time::SystemTime;
 
@@ -50,6 +55,44 @@ impl OutputSource<'_> {
     }
 }
 
+/// Whom one of warden's own messages is about: read from a record's key-values `program` (a
+/// string), `instance` and `pid` (integers); each `None` when absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Subject {
+    /// The program.
+    pub program: Option<String>,
+    /// The instance's index.
+    pub instance: Option<usize>,
+    /// The instance's process.
+    pub pid: Option<i32>,
+}
+
+impl Subject {
+    /// The subject named by `record`'s key-values (all `None` for a record without them).
+    pub fn of(record: &log::Record<'_>) -> Subject {
+        let mut subject = Subject::default();
+        // The visitor never fails; a source that stops early leaves the rest `None`.
+        let _ = record.key_values().visit(&mut subject);
+        subject
+    }
+}
+
+impl<'kvs> log::kv::VisitSource<'kvs> for Subject {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        match key.as_str() {
+            "program" => self.program = Some(value.to_string()),
+            "instance" => self.instance = value.to_u64().and_then(|i| usize::try_from(i).ok()),
+            "pid" => self.pid = value.to_i64().and_then(|p| i32::try_from(p).ok()),
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
 #[derive(Serialize)]
 struct Line<'a> {
     timestamp: String,
@@ -79,6 +122,21 @@ pub fn record(
         message,
     };
     // Strings, numbers and nulls: serialising cannot fail.
+    serde_json::to_string(&line).unwrap_or_default()
+}
+
+/// One of warden's own records as a JSON object, without its newline: `subject` fills
+/// `program`, `instance` and `pid`; `stream` is `null`.
+pub fn own_record(now: SystemTime, level: Level, subject: &Subject, message: &str) -> String {
+    let line = Line {
+        timestamp: humantime::format_rfc3339_millis(now).to_string(),
+        level: level_name(level),
+        program: subject.program.as_deref(),
+        instance: subject.instance,
+        pid: subject.pid,
+        stream: None,
+        message,
+    };
     serde_json::to_string(&line).unwrap_or_default()
 }
 
@@ -124,5 +182,38 @@ mod tests {
         assert_eq!(out["stream"], "stderr");
         assert_eq!(out["level"], "info");
         assert_eq!(src.tag(), "web[2]");
+    }
+
+    #[test]
+    fn warden_s_own_lines_name_the_instance_their_key_values_give() {
+        let kvs: &[(&str, log::kv::Value<'_>)] = &[
+            ("program", log::kv::Value::from("web")),
+            ("instance", log::kv::Value::from(3usize)),
+            ("pid", log::kv::Value::from(4711i32)),
+        ];
+        let record = log::Record::builder()
+            .args(format_args!("web[3]: running -> backoff"))
+            .key_values(&kvs)
+            .build();
+        let subject = Subject::of(&record);
+        assert_eq!(subject.program.as_deref(), Some("web"));
+        let t = SystemTime::UNIX_EPOCH;
+        let line: serde_json::Value =
+            serde_json::from_str(&own_record(t, Level::Error, &subject, "m")).unwrap();
+        assert_eq!(line["program"], "web");
+        assert_eq!(line["instance"], 3);
+        assert_eq!(line["pid"], 4711);
+        assert_eq!(line["stream"], serde_json::Value::Null);
+        // A program alone (a `None` instance and pid are nulls); none at all.
+        let unit = log::kv::Value::null();
+        let kvs: &[(&str, log::kv::Value<'_>)] = &[("program", "db".into()), ("pid", unit)];
+        let record = log::Record::builder().key_values(&kvs).build();
+        let expected = Subject {
+            program: Some("db".into()),
+            ..Subject::default()
+        };
+        assert_eq!(Subject::of(&record), expected);
+        let plain = log::Record::builder().build();
+        assert_eq!(Subject::of(&plain), Subject::default());
     }
 }

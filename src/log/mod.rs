@@ -315,6 +315,19 @@ impl Backend {
     }
 }
 
+/// Logs one of warden's own messages about `program`, its instance `instance` and that
+/// instance's process `pid` (both `Option`s): `about!(level, program, instance, pid, "format",
+/// args…)`. The text is that of `log::log!(level, "format", args…)`; in JSON the line's
+/// `program`, `instance` and `pid` keys name them (see [`json::Subject`]).
+macro_rules! about {
+    ($level:expr, $program:expr, $instance:expr, $pid:expr, $($arg:tt)+) => {{
+        let (program, instance, pid): (&str, Option<usize>, Option<i32>) =
+            ($program, $instance, $pid);
+        ::log::log!($level, program = program, instance = instance, pid = pid; $($arg)+)
+    }};
+}
+pub(crate) use about;
+
 /// The object given to `log::set_boxed_logger`.
 struct GlobalLogger {
     backend: Arc<Backend>,
@@ -347,7 +360,8 @@ impl Log for GlobalLogger {
             LogFormat::Json => {
                 let mut msg = String::with_capacity(96);
                 write_message(&mut msg, record.level(), record.target(), record.args());
-                let json = json::record(SystemTime::now(), record.level(), None, &msg);
+                let subject = json::Subject::of(record);
+                let json = json::own_record(SystemTime::now(), record.level(), &subject, &msg);
                 self.backend.write_json(record.level(), &json);
             }
         }

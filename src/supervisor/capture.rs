@@ -299,7 +299,7 @@ fn write_lines(
                         break;
                     }
                 }
-                report_output_write(&tag, file, failed);
+                report_output_write(&source, &tag, file, failed);
             }
         }
     }
@@ -312,15 +312,24 @@ fn write_lines(
 ///
 /// [`Repeated`]: crate::log::repeat::Repeated
 fn report_output_write(
+    source: &crate::log::OutputSource<'_>,
     tag: &str,
     file: &mut RotatingFile,
     failed: Option<(std::io::Error, usize)>,
 ) {
     use crate::log::repeat::Verdict;
+    use log::Level::{Error, Info};
+    let about = |level: log::Level, line: std::fmt::Arguments<'_>| {
+        let (instance, pid) = (Some(source.instance), source.pid);
+        crate::log::about!(level, source.program, instance, pid, "{line}");
+    };
     let path = file.path().display().to_string();
     let Some((e, dropped)) = failed else {
         if let Some(untold) = file.failures.succeeded() {
-            log::info!("{tag}: writing {path} again ({untold} more line(s) were dropped)");
+            about(
+                Info,
+                format_args!("{tag}: writing {path} again ({untold} more line(s) were dropped)"),
+            );
         }
         return;
     };
@@ -335,14 +344,20 @@ fn report_output_write(
             } else {
                 String::new()
             };
-            log::error!(
-                "{tag}: cannot write {path}: {e}; dropping its output until it can be written \
-                 (summarised every {}s){before}",
-                output::FAILURE_SUMMARY_EVERY.as_secs()
+            about(
+                Error,
+                format_args!(
+                    "{tag}: cannot write {path}: {e}; dropping its output until it can be \
+                     written (summarised every {}s){before}",
+                    output::FAILURE_SUMMARY_EVERY.as_secs()
+                ),
             );
         }
         Verdict::Summary { count } => {
-            log::error!("{count} more line(s) dropped for {tag}: cannot write {path}: {kind}");
+            about(
+                Error,
+                format_args!("{count} more line(s) dropped for {tag}: cannot write {path}: {kind}"),
+            );
         }
         Verdict::Quiet => {}
     }

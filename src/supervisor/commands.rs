@@ -169,6 +169,8 @@ impl Supervisor {
         }
         // What they require is started too: a requirement that cannot come up fails the start.
         let ps = self.with_requirements(&ps);
+        // A `stop` of them still waiting will not end: it is told so.
+        self.started_again(&ps);
         self.wait_for(caller, ps, Goal::Up, json!({ "started": programs }));
     }
 

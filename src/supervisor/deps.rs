@@ -198,8 +198,15 @@ impl Supervisor {
         let slot = &mut self.table[p][pos];
         if slot.hold.is_none() {
             slot.hold = Some(Hold { reason: None });
-            let tag = format!("{}[{}]", self.table[p].def.name, self.table[p][pos].index);
-            log::info!("{tag}: waiting for {}", unready.join(", "));
+            let (name, index) = (&self.table[p].def.name, self.table[p][pos].index);
+            crate::log::about!(
+                log::Level::Info,
+                name,
+                Some(index.0),
+                None,
+                "{name}[{index}]: waiting for {}",
+                unready.join(", ")
+            );
         }
         true
     }

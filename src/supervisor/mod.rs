@@ -570,9 +570,11 @@ impl Supervisor {
         };
         // Only a spawn failure the log has already told: said at debug, unless it gives up.
         let quiet = news == FailureNews::Repeated && change.after != InstanceState::Fatal;
+        let (name, index) = (self.table[p].def.name.as_str(), slot.index);
+        let pid = change.pid_after.or(change.pid_before);
         for (level, line) in transition_line(&change, &notes) {
             let level = if quiet { log::Level::Debug } else { level };
-            log::log!(level, "{line}");
+            crate::log::about!(level, name, Some(index.0), pid, "{line}");
         }
         self.publish_change(p, pos, &change, &notes);
         self.judge_end(p, pos, &change);
@@ -720,10 +722,16 @@ impl Supervisor {
             Ok(None) => ExecState::Done,
             Ok(Some((errno, step))) => {
                 let why = spawn::exec_failure(&self.table[p].def.work, step, errno);
-                let index = current.map_or(String::from("?"), |pos| {
-                    self.table[p][pos].index.to_string()
-                });
-                log::error!("{}[{index}]: {why}", self.table[p].def.name);
+                let index = current.map(|pos| self.table[p][pos].index.0);
+                let shown = index.map_or(String::from("?"), |i| i.to_string());
+                let name = self.table[p].def.name.as_str();
+                crate::log::about!(
+                    log::Level::Error,
+                    name,
+                    index,
+                    Some(pid),
+                    "{name}[{shown}]: {why}"
+                );
                 ExecState::Failed(why)
             }
             Err(_) => return,

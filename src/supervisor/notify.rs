@@ -233,6 +233,11 @@ impl Supervisor {
         };
         let p = owner.0;
         let tag = format!("{}[{}]", self.table[p].def.name, self.table[p][pos].index);
+        let (name, index) = (self.table[p].def.name.clone(), self.table[p][pos].index.0);
+        let pid = self.table[p][pos].inst.state.pid();
+        let about = |level: log::Level, line: std::fmt::Arguments<'_>| {
+            crate::log::about!(level, &name, Some(index), pid, "{line}");
+        };
         if let Some(text) = &msg.status {
             self.table[p][pos].status_text = Some(text.clone());
         }
@@ -247,8 +252,11 @@ impl Supervisor {
                     let fd = crate::sys::pidfd::pidfd_open(main).ok();
                     self.table.set_main_pid(p, pos, main, fd);
                 }
-                _ => log::warn!(
-                    "{tag}: MAINPID={given} ignored: not the worker or one of its descendants"
+                _ => about(
+                    log::Level::Warn,
+                    format_args!(
+                        "{tag}: MAINPID={given} ignored: not the worker or one of its descendants"
+                    ),
                 ),
             }
         }
@@ -259,10 +267,13 @@ impl Supervisor {
             self.apply(p, pos, Event::Ready);
         }
         if msg.stopping {
-            log::info!("{tag}: reports STOPPING=1");
+            about(log::Level::Info, format_args!("{tag}: reports STOPPING=1"));
         }
         if msg.watchdog_trigger {
-            log::warn!("{tag}: WATCHDOG=trigger received; restarting");
+            about(
+                log::Level::Warn,
+                format_args!("{tag}: WATCHDOG=trigger received; restarting"),
+            );
             self.table[p][pos].counters.pending = Some(super::metrics::RestartReason::Watchdog);
             self.apply(p, pos, Event::Restart);
         }

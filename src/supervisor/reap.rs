@@ -72,10 +72,14 @@ impl Supervisor {
             // The launcher is still ours to reap; its exit ends the instance.
             Reaped::MainWhileLauncherRuns => return,
             Reaped::LauncherOfLiveMain => {
-                log::debug!(
-                    "{}[{}]: launcher pid {pid} exited ({status}); main pid lives on",
-                    self.table[p].def.name,
-                    self.table[p][pos].index
+                let (name, index) = (&self.table[p].def.name, self.table[p][pos].index);
+                let main = self.table[p][pos].inst.state.pid();
+                crate::log::about!(
+                    log::Level::Debug,
+                    name,
+                    Some(index.0),
+                    main,
+                    "{name}[{index}]: launcher pid {pid} exited ({status}); main pid lives on"
                 );
                 return;
             }

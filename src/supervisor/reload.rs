@@ -68,6 +68,10 @@ pub struct ReloadPlan {
     pub sockets_updated: Vec<String>,
     /// Settings that take effect only when warden restarts.
     pub notes: Vec<String>,
+    /// Limits of the programs added or changed that cannot be applied (`web: memory_max cannot
+    /// be applied: …`), as `warden start` warns of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// The new configuration's start order, in levels (`after`, `requires`): each level's
     /// programs start in parallel once the levels before are ready. Edges are not settings a
     /// program restarts for: they apply to future starts.
@@ -245,6 +249,7 @@ impl Supervisor {
         };
         let mut plan = ReloadPlan::diff(&self.running(), &set);
         self.plan_sockets(&set, &mut plan);
+        plan.warnings = self.reload_warnings(&set, &plan);
         if dry_run {
             self.notify_manager("READY=1\nSTATUS=running");
             return Ok((plan, Vec::new()));
@@ -266,6 +271,21 @@ impl Supervisor {
                 Err((kind, e))
             }
         }
+    }
+
+    /// The limits of the programs `plan` adds or changes that cannot be applied (those of the
+    /// others were said when they started).
+    fn reload_warnings(&self, set: &ReloadSet, plan: &ReloadPlan) -> Vec<String> {
+        let new = |name: &String| {
+            plan.added.contains(name)
+                || plan.changed.contains(name)
+                || plan.changed_stopped.contains(name)
+        };
+        set.programs
+            .iter()
+            .filter(|def| new(&def.name))
+            .flat_map(|def| self.limits_unapplicable_to(def))
+            .collect()
     }
 
     /// What a reload would change now, besides instance counts (a `scale` is carried by

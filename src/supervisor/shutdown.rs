@@ -205,7 +205,11 @@ impl Supervisor {
         }
         let code = exit_status_of(last);
         let why = last.map_or_else(|| "it never ran".to_string(), |s| s.to_string());
-        log::error!(
+        crate::log::about!(
+            log::Level::Error,
+            &self.table[p].def.name,
+            Some(slot.index.0),
+            change.pid_after.or(change.pid_before),
             "{}: ended for good ({why}); exit_on_fatal: stopping everything, then exiting {code}",
             change.tag
         );

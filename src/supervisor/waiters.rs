@@ -39,6 +39,9 @@ pub(super) struct Waiter {
     last_progress: String,
     /// Rollbacks numbered above this fail it (see [`Waiter::since`]).
     since: u64,
+    /// Why it is answered at once: a `Down` goal one of whose programs another request
+    /// started again ([`Waiter::started_again`]).
+    superseded: Option<String>,
 }
 
 /// Where a waiter's client stands.
@@ -173,6 +176,15 @@ impl Waiter {
             result,
             last_progress: String::new(),
             since: u64::MAX,
+            superseded: None,
+        }
+    }
+
+    /// Another request started program `p` (named `name`) again: a wait for it to go down
+    /// will not end, and fails at its next check (`web was started again by another request`).
+    pub fn started_again(&mut self, p: ProgramId, name: &str) {
+        if self.goal == Goal::Down && self.programs.contains(&p) && self.superseded.is_none() {
+            self.superseded = Some(format!("{name} was started again by another request"));
         }
     }
 
@@ -192,6 +204,9 @@ impl Waiter {
             Link::Gone => return Decision::Close,
             Link::Open => {}
         }
+        if let Some(why) = &self.superseded {
+            return Decision::Answer(Reply::failed(ErrorKind::Failed, why.clone()));
+        }
         let verdict = match rolled_back(programs, self.since) {
             Some(verdict) => verdict,
             None => evaluate(self.goal, programs),
@@ -209,6 +224,17 @@ impl Waiter {
 }
 
 impl Supervisor {
+    /// A request started `programs` again: the requests waiting for them to stop are answered
+    /// that they were (at the next check of the waiters).
+    pub(super) fn started_again(&mut self, programs: &[ProgramId]) {
+        for &p in programs {
+            let name = self.table[p].def.name.clone();
+            for w in &mut self.plane.waiters {
+                w.started_again(p, &name);
+            }
+        }
+    }
+
     /// Answers the waiters whose goal is reached, and reports progress to the others.
     pub(super) fn check_waiters(&mut self) {
         let mut waiters = std::mem::take(&mut self.plane.waiters);
@@ -487,6 +513,36 @@ mod tests {
             w.check(Link::Open, &[web.view()]),
             Decision::Progress(line.into())
         );
+    }
+
+    #[test]
+    fn a_stop_whose_program_is_started_again_fails_at_once_and_no_other_wait_does() {
+        let mut web = Program::new("web", 1, fake::stopping(AfterStop::Restart));
+        web.at(0).manual_stop = false;
+        let mut stop = waiter(Goal::Down);
+        let mut start = waiter(Goal::Up);
+        let mut other = waiter(Goal::Down);
+        for w in [&mut stop, &mut start] {
+            w.started_again(ProgramId(0), "web");
+        }
+        other.started_again(ProgramId(1), "api");
+        let reply = Reply::failed(
+            ErrorKind::Failed,
+            "web was started again by another request",
+        );
+        assert_eq!(
+            stop.check(Link::Open, &[web.view()]),
+            Decision::Answer(reply)
+        );
+        let line = "waiting for web[0] (stopping)";
+        for w in [&mut start, &mut other] {
+            assert_eq!(
+                w.check(Link::Open, &[web.view()]),
+                Decision::Progress(line.into())
+            );
+        }
+        // A client that gave up is closed all the same.
+        assert_eq!(stop.check(Link::Gone, &[web.view()]), Decision::Close);
     }
 
     #[test]

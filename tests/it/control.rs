@@ -383,7 +383,7 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
     assert_exit(&out, 0);
     let out = as_nobody(&mut sb, &["stop", "w"]);
     assert_exit(&out, 4);
-    assert_stderr_has(&out, "may only read status");
+    assert_stderr_has(&out, "may only read status and follow events");
     let out = as_nobody(&mut sb, &["reload"]);
     assert_exit(&out, 4);
     // Membership is the connecting process's own groups, as the kernel recorded them at
@@ -394,7 +394,7 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
     assert_exit(&out, 0);
     let out = as_user(&mut sb, &daemon, &["stop", "w"]);
     assert_exit(&out, 4);
-    assert_stderr_has(&out, "may only read status");
+    assert_stderr_has(&out, "may only read status and follow events");
     let refused = || {
         log(&sb)
             .lines()
@@ -415,7 +415,11 @@ fn unauthorised_uid_is_refused_and_control_group_reads_only() {
         assert_eq!(exit_code(&out), Some(4));
     }
     let l = log(&sb);
-    assert_eq!(l.matches("may only read status").count(), 1, "{l}");
+    assert_eq!(
+        l.matches("may only read status and follow events").count(),
+        1,
+        "{l}"
+    );
     // Untouched by the refused requests.
     let (_, v) = status_json(&mut sb, &["w"]);
     assert_eq!(of(&v, "w"), w2);
@@ -2537,4 +2541,99 @@ fn a_stopped_daemon_with_a_full_backlog_cannot_hang_a_command() {
     assert_stderr_has(&reload, "accepts no connection");
     assert_exit(&status, 4);
     stop(&mut sb);
+}
+
+/// A reload says what it cannot apply: a change of `[daemon] exit_on_fatal` (a note, as for
+/// every other daemon key), and the limits of the programs it adds or changes that cannot be
+/// applied (a warning each, as `warden start` gives; here cgroups are off, so none can), not
+/// those of a program it leaves alone.
+#[test]
+fn reload_notes_a_changed_exit_on_fatal_and_warns_of_limits_it_cannot_apply() {
+    let test = this_test!();
+    let sleeper = |name: &str, extra: &str| {
+        format!("[program.{name}]\ncommand = [\"SANDBOX/sleep\", \"100\"]\n{extra}")
+    };
+    let old = format!(
+        "{}{}",
+        sleeper("s", ""),
+        sleeper("u", "memory_max = \"64M\"\n")
+    );
+    let mut sb = test.supervisor_sandbox("cgroups = \"off\"", &old);
+    sb.start();
+    wait_up(&mut sb, "s", 1);
+    wait_up(&mut sb, "u", 1);
+    let new = format!(
+        "{}{}{}",
+        sleeper("s", "pids_max = 5\n"),
+        sleeper("u", "memory_max = \"64M\"\n"),
+        sleeper("t", "cpu_max = \"20%\"\n")
+    );
+    sb.write_programs("cgroups = \"off\"\nexit_on_fatal = true", &new);
+    for args in [&["reload", "--dry-run"][..], &["reload"]] {
+        let out = sb.run(args);
+        assert_exit(&out, 0);
+        let (stdout, stderr) = (stdout_of(&out), stderr_of(&out));
+        assert_has_line(
+            &stdout,
+            "note: daemon.exit_on_fatal changed: takes effect when warden restarts",
+        );
+        for (name, key) in [("s", "pids_max"), ("t", "cpu_max")] {
+            let want =
+                format!("warning: {name}: {key} cannot be applied: warden runs without cgroups");
+            assert!(
+                stderr.lines().any(|l| l.starts_with(&want)),
+                "{args:?}: no {want:?}:\n{stderr}"
+            );
+        }
+        assert!(!stderr.contains("warning: u:"), "{args:?}: {stderr}");
+    }
+    assert_exit(&sb.run(&["stop"]), 0);
+}
+
+/// `warden stop p` still waiting (p ignores SIGTERM) when another client starts p again: the
+/// stop is answered at once that p was started again (status 1), not at the end of its timeout.
+#[test]
+fn a_stop_superseded_by_a_start_is_answered_at_once() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
+        "",
+        "[program.p]\ncommand = [\"/bin/sh\", \"-c\", \"trap '' TERM; exec SANDBOX/sleep 100\"]\n\
+         stop_timeout = \"1h\"\n",
+    );
+    sb.start();
+    let old = pids(&wait_up(&mut sb, "p", 1))[0];
+    let client = |sb: &mut Sandbox, args: &[&str], out: &str| {
+        let mut cmd = sb.warden(args);
+        cmd.stdout(std::fs::File::create(sb.path(&format!("{out}.out"))).unwrap())
+            .stderr(std::fs::File::create(sb.path(&format!("{out}.err"))).unwrap());
+        sb.spawn(cmd)
+    };
+    let stopper = client(&mut sb, &["stop", "--timeout", "1h", "p"], "stop");
+    wait_status(&mut sb, "p stopping", |v| {
+        v["instances"][0]["state"] == "stopping"
+    });
+    // The start waits for the old process to be gone before it starts a new one.
+    let starter = client(&mut sb, &["start", "--timeout", "1h", "p"], "start");
+    let status = sb
+        .wait_child(stopper, TIMEOUT)
+        .expect("the stop is answered before its timeout");
+    assert_eq!(status.code(), Some(1), "{}", sb.read("stop.err"));
+    assert_has_line(
+        &sb.read("stop.err"),
+        "warden: p was started again by another request",
+    );
+    // Its process ignores SIGTERM and stop_timeout is an hour: end it, and the start goes on.
+    signal(old, Signal::SIGKILL);
+    let status = sb
+        .wait_child(starter, TIMEOUT)
+        .expect("the start is answered");
+    assert_eq!(status.code(), Some(0), "{}", sb.read("start.err"));
+    let v = wait_status(&mut sb, "p up again", |v| {
+        v["instances"][0]["state"] == "running"
+    });
+    assert_ne!(v["instances"][0]["pid"], old);
+    for pid in pids(&of(&v, "p")) {
+        signal(pid, Signal::SIGKILL);
+    }
+    let _ = sb.run(&["stop", "--timeout", "1s", "p"]);
 }

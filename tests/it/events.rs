@@ -238,6 +238,18 @@ fn a_subscriber_that_never_reads_is_cut_off_while_status_answers() {
         "names the client: {}",
         said[0]
     );
+    // The bytes that would have waited: more than the limit it names.
+    let total: usize = said[0]
+        .split_once(&format!("(pid {}): ", std::process::id()))
+        .and_then(|(_, rest)| rest.split_once(" bytes would wait unread"))
+        .and_then(|(n, _)| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count: {}", said[0]));
+    assert!(total > 1 << 20, "{}", said[0]);
+    assert!(
+        said[0].ends_with("more than the 1048576 that may"),
+        "{}",
+        said[0]
+    );
     // The connection is closed: what was sent before can be read, then the end.
     stuck.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut rest = Vec::new();
@@ -304,8 +316,8 @@ fn json_logs_carry_warden_s_lines_and_program_output_in_the_log_and_output_files
     }
     let own = lines
         .iter()
-        .find(|l| l["message"].as_str().unwrap().contains("started (pid"))
-        .expect("warden's own line");
+        .find(|l| l["message"].as_str().unwrap().starts_with("warden "))
+        .expect("warden's own line about no program");
     assert_eq!(own["level"], "info");
     assert_eq!(own["program"], Value::Null);
     assert_eq!(own["pid"], Value::Null);
@@ -370,4 +382,87 @@ fn a_health_check_turning_failing_then_passing_is_told_with_its_error() {
     assert_eq!(passing["pid"], pid);
     assert_eq!(passing["error"], Value::Null);
     stop_and_expect_stream_end(&mut sb, client);
+}
+
+/// `log_format = "json"`: warden's own lines about an instance (its start, a crash and backoff,
+/// a SIGKILL after stop_timeout) name its program, instance and pid, as its output does; the
+/// text is the same as in the text format, and `stream` stays null.
+#[test]
+fn json_logs_name_the_instance_warden_s_own_lines_are_about() {
+    let test = this_test!();
+    let programs = "[program.flap]\n\
+                    command = [\"/bin/sh\", \"-c\", \"exit 3\"]\n\
+                    backoff_initial = \"30s\"\n\
+                    [program.stubborn]\n\
+                    command = [\"/bin/sh\", \"-c\", \"trap '' TERM; exec SANDBOX/sleep 100\"]\n\
+                    stop_timeout = \"200ms\"\n";
+    let mut sb = test.supervisor_sandbox("log_format = \"json\"", programs);
+    sb.start();
+    let (_, v) = wait_status(&mut sb, "stubborn up, flap in backoff", |_, v| {
+        let of = |name: &str| {
+            v["instances"]
+                .as_array()
+                .and_then(|i| i.iter().find(|i| i["program"] == name).cloned())
+                .unwrap_or(Value::Null)
+        };
+        of("stubborn")["pid"].is_i64() && of("flap")["state"] == "backoff"
+    });
+    let stubborn = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["program"] == "stubborn")
+        .unwrap()["pid"]
+        .as_i64()
+        .unwrap();
+    assert_exit(&sb.run(&["stop", "stubborn"]), 0);
+    let lines = || -> Vec<Value> {
+        log(&sb)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+            .collect()
+    };
+    let find = |lines: &[Value], text: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"].as_str().unwrap().contains(text))
+            .cloned()
+    };
+    assert!(
+        wait_until(TIMEOUT, || find(&lines(), "sent SIGKILL").is_some()),
+        "log:\n{}",
+        log(&sb)
+    );
+    let lines = lines();
+    let killed = find(&lines, "did not stop within 200ms; sent SIGKILL").unwrap();
+    assert_eq!(killed["program"], "stubborn", "{killed}");
+    assert_eq!(killed["instance"], 0, "{killed}");
+    assert_eq!(killed["pid"], stubborn, "{killed}");
+    assert_eq!(killed["stream"], Value::Null, "{killed}");
+    assert_eq!(killed["level"], "warn", "{killed}");
+    let started = find(
+        &lines,
+        &format!("stubborn[0]: new -> running (pid {stubborn})"),
+    )
+    .unwrap();
+    assert_eq!(started["program"], "stubborn", "{started}");
+    assert_eq!(started["pid"], stubborn, "{started}");
+    let crashed = find(&lines, "flap[0]: running -> backoff").unwrap();
+    assert_eq!(crashed["program"], "flap", "{crashed}");
+    assert_eq!(crashed["instance"], 0, "{crashed}");
+    assert!(crashed["pid"].is_i64(), "{crashed}");
+    // Every line about an instance names it; the others name none.
+    for l in &lines {
+        let message = l["message"].as_str().unwrap();
+        for name in ["flap", "stubborn"] {
+            if message.starts_with(&format!("{name}[0]")) {
+                assert_eq!(l["program"], name, "{l}");
+                assert_eq!(l["instance"], 0, "{l}");
+            }
+        }
+        if message.starts_with("warden ") {
+            assert_eq!(l["program"], Value::Null, "{l}");
+        }
+    }
+    assert_exit(&sb.run(&["stop"]), 0);
 }

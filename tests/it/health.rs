@@ -1125,3 +1125,48 @@ fn healthcheck_exits_0_when_all_is_ready_and_1_with_the_reasons_otherwise() {
     assert_exit(&out, 0);
     assert_eq!(stdout_of(&out).trim(), "healthy: 1 instance(s) ready");
 }
+
+/// A one-shot job that did its work (`exited`, code 0, not restarted) is healthy; one that
+/// exited with a failure is not.
+#[test]
+fn healthcheck_counts_a_finished_one_shot_job_healthy_and_a_failed_one_not() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
+        "",
+        "[program.oneshot]\ncommand = [\"true\"]\nrestart = \"on-failure\"\n\
+         [program.failed]\ncommand = [\"/bin/sh\", \"-c\", \"exit 3\"]\nrestart = \"never\"\n\
+         [program.up]\ncommand = [\"SANDBOX/sleep\", \"100\"]\n",
+    );
+    sb.start();
+    wait_status(&mut sb, "both jobs exited", |_, v| {
+        v["instances"].as_array().is_some_and(|i| {
+            i.iter()
+                .filter(|i| i["program"] != "up")
+                .all(|i| i["state"] == "exited" && i["last_exit"].is_object())
+        })
+    });
+    let out = sb.run(&["healthcheck", "oneshot", "up"]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        stdout_of(&out).trim(),
+        "healthy: 1 instance(s) ready, 1 one-shot job(s) done"
+    );
+    let out = sb.run(&["healthcheck"]);
+    assert_exit(&out, 1);
+    assert_eq!(stdout_of(&out).trim(), "unhealthy: failed[0]: exited");
+}
+
+/// A daemon that accepts but never answers: unhealthy after the probe's 5 s, said rounded.
+#[test]
+fn healthcheck_of_a_daemon_that_does_not_answer_says_the_timeout_rounded() {
+    let test = this_test!();
+    let sb = test.supervisor_sandbox("control_socket = \"SANDBOX/ctl.sock\"", "");
+    // Connections wait in the backlog, never accepted: no answer.
+    let _mute = std::os::unix::net::UnixListener::bind(sb.path("ctl.sock")).unwrap();
+    let out = sb.warden(&["healthcheck"]).output().unwrap();
+    assert_exit(&out, 1);
+    assert_eq!(
+        stdout_of(&out).trim(),
+        "unhealthy: warden does not answer: timed out after 5s"
+    );
+}

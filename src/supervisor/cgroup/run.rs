@@ -11,6 +11,7 @@ use crate::lifecycle::Event;
 use crate::policy::ExitReason;
 use crate::supervisor::Supervisor;
 use crate::supervisor::handoff::state::CgroupRec;
+use crate::supervisor::program::ProgramDef;
 use crate::supervisor::sources;
 use crate::supervisor::table::{ProgramId, SlotPos};
 
@@ -210,7 +211,6 @@ impl Supervisor {
     /// mode not in force where it was expected (as root, or see
     /// [`expect_cgroup_mode`](Self::expect_cgroup_mode)).
     pub fn unapplicable_limits(&self) -> Vec<String> {
-        let hierarchy = self.groups.hierarchy();
         let mut out: Vec<String> = self.pid_namespace_problem().into_iter().collect();
         if let Some(why) = &self.cgroup.fallback {
             out.push(format!(
@@ -219,22 +219,31 @@ impl Supervisor {
             ));
         }
         for p in self.table.live_programs() {
-            let def = &self.table[p].def;
-            for (key, _, controller, _) in def.cgroup.files() {
-                let why = match hierarchy {
-                    Some(h) => h
-                        .unavailable
-                        .iter()
-                        .find(|(c, _)| c == controller)
-                        .map(|(_, why)| why.clone()),
-                    None => Some(format!(
-                        "warden runs without cgroups ({})",
-                        self.cgroup.why_not.clone().unwrap_or_default()
-                    )),
-                };
-                if let Some(why) = why {
-                    out.push(format!("{}: {key} cannot be applied: {why}", def.name));
-                }
+            out.extend(self.limits_unapplicable_to(&self.table[p].def));
+        }
+        out
+    }
+
+    /// The limits of `def` that cannot be applied in the tracking mode in force, as
+    /// [`unapplicable_limits`](Self::unapplicable_limits) says them (`web: memory_max cannot be
+    /// applied: …`): also for a program a reload is about to add or change.
+    pub(crate) fn limits_unapplicable_to(&self, def: &ProgramDef) -> Vec<String> {
+        let hierarchy = self.groups.hierarchy();
+        let mut out = Vec::new();
+        for (key, _, controller, _) in def.cgroup.files() {
+            let why = match hierarchy {
+                Some(h) => h
+                    .unavailable
+                    .iter()
+                    .find(|(c, _)| c == controller)
+                    .map(|(_, why)| why.clone()),
+                None => Some(format!(
+                    "warden runs without cgroups ({})",
+                    self.cgroup.why_not.clone().unwrap_or_default()
+                )),
+            };
+            if let Some(why) = why {
+                out.push(format!("{}: {key} cannot be applied: {why}", def.name));
             }
         }
         out
@@ -249,7 +258,13 @@ impl Supervisor {
                 .find(|k| line.starts_with(k))
                 .unwrap_or("");
             if self.cgroup.told.insert((name.clone(), key)) {
-                log::warn!("{name}: limit not applied: {line}");
+                crate::log::about!(
+                    log::Level::Warn,
+                    &name,
+                    None,
+                    None,
+                    "{name}: limit not applied: {line}"
+                );
             }
         }
     }

@@ -392,7 +392,8 @@ impl Supervisor {
             return;
         };
         let restart = prog.def.policy.restart;
-        let tag = format!("{}[{}]", prog.def.name, prog[pos].index);
+        let (index, name) = (prog[pos].index.0, prog.def.name.clone());
+        let subject = (name.as_str(), Some(index), Some(instance_pid));
         if outcome.is_err() {
             prog[pos].counters.health_failures += 1;
         }
@@ -403,11 +404,11 @@ impl Supervisor {
         let verdict = tracker.finish(&spec, outcome, now, jitter);
         let after = tracker.view();
         let last_pass = tracker.last_pass();
-        log_change(&tag, &before, &after, spec.retries);
+        log_change(subject, &before, &after, spec.retries);
         if before.state != after.state && after.state != "starting" {
             self.events.publish(Event::Instance {
-                program: self.table[p].def.name.clone(),
-                instance: self.table[p][pos].index.0,
+                program: name.clone(),
+                instance: index,
                 pid: Some(instance_pid),
                 what: What::Health {
                     state: after.state.to_string(),
@@ -424,7 +425,8 @@ impl Supervisor {
                     Restart::Never => "stopping (restart = never)",
                     Restart::Always | Restart::OnFailure => "restarting",
                 };
-                log::warn!("{tag}: health check failed {failures} times ({error}); {what}");
+                let line = format!("health check failed {failures} times ({error}); {what}");
+                say(subject, log::Level::Warn, &line);
                 self.table[p][pos].health_error = Some(error);
                 self.apply(p, pos, crate::lifecycle::Event::Unhealthy { last_pass });
             }
@@ -432,21 +434,39 @@ impl Supervisor {
     }
 }
 
+/// Logs `NAME[INDEX]: line` about `subject` (program, instance, process).
+fn say(subject: (&str, Option<usize>, Option<i32>), level: log::Level, line: &str) {
+    let (name, index, pid) = subject;
+    let shown = index.unwrap_or_default();
+    crate::log::about!(level, name, index, pid, "{name}[{shown}]: {line}");
+}
+
 /// Logs a change of a check's run: the first failure of a run (info), each further one (debug),
 /// and a pass after failures (info). `Unhealthy` is logged by the caller.
-fn log_change(tag: &str, before: &super::HealthView, after: &super::HealthView, retries: u32) {
+/// `subject`: the program, instance and process the lines are about.
+fn log_change(
+    subject: (&str, Option<usize>, Option<i32>),
+    before: &super::HealthView,
+    after: &super::HealthView,
+    retries: u32,
+) {
+    use log::Level::{Debug, Info};
     let error = after.last_error.as_deref().unwrap_or("");
     match (before.state, after.state) {
         (_, "failing") if after.failures >= retries => {}
-        ("failing", "failing") => log::debug!(
-            "{tag}: health check failed ({error}); {} of {retries}",
-            after.failures
-        ),
-        (_, "failing") => log::info!(
-            "{tag}: health check failed ({error}); {} of {retries}",
-            after.failures
-        ),
-        ("failing", "passing") => log::info!("{tag}: health check passing again"),
+        (_, "failing") => {
+            let level = if before.state == "failing" {
+                Debug
+            } else {
+                Info
+            };
+            let line = format!(
+                "health check failed ({error}); {} of {retries}",
+                after.failures
+            );
+            say(subject, level, &line);
+        }
+        ("failing", "passing") => say(subject, Info, "health check passing again"),
         _ => {}
     }
 }

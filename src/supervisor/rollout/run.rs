@@ -115,7 +115,11 @@ impl Supervisor {
                     r.surged(id, Instant::now());
                 }
                 Next::Retire { old, new } => self.retire(p, old, new),
-                Next::LeaveStopped(index) => log::info!(
+                Next::LeaveStopped(index) => crate::log::about!(
+                    log::Level::Info,
+                    &name,
+                    Some(index.0),
+                    None,
                     "{name}[{index}]: stopped by hand; stays stopped (new settings apply at its next start)"
                 ),
                 Next::Wait => return true,
@@ -124,7 +128,13 @@ impl Supervisor {
                     return false;
                 }
                 Next::Failed { index, reason } => {
-                    log::error!("{name}[{index}]: {what} stopped: {reason}");
+                    crate::log::about!(
+                        log::Level::Error,
+                        &name,
+                        Some(index.0),
+                        None,
+                        "{name}[{index}]: {what} stopped: {reason}"
+                    );
                     self.drop_incoming(r);
                     return false;
                 }
@@ -142,7 +152,13 @@ impl Supervisor {
         self.table[p][pos].incoming = true;
         let id = self.table[p][pos].id;
         let name = &self.table[p].def.name;
-        log::info!("{name}[{index}]: starting its replacement beside it (surge)");
+        crate::log::about!(
+            log::Level::Info,
+            name,
+            Some(index.0),
+            None,
+            "{name}[{index}]: starting its replacement beside it (surge)"
+        );
         self.apply(p, pos, Event::Start);
         id
     }
