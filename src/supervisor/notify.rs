@@ -212,20 +212,23 @@ impl Supervisor {
         }
     }
 
-    fn on_notify_message(&mut self, msg: NotifyMessage) {
+    /// The instance a notify message from `pid` speaks for; a message attributed to nothing is
+    /// logged, once per sender (a detached helper pinging the watchdog would flood the log).
+    fn sender_owner(&mut self, pid: i32) -> Option<Owner> {
         // cgroup mode: any process of an instance's cgroup speaks for it, whatever its
         // process group or parent (a daemon that double-forked before READY=1).
-        let owner =
-            attribute(&self.table, msg.pid).or_else(|| self.groups.owner_by_cgroup(msg.pid));
-        let Some(owner) = owner else {
-            // Said once per sender: a detached helper pinging the watchdog would flood the log.
-            if self.notify.first_refusal(msg.pid) {
-                log::warn!(
-                    "notify message from pid {} ignored: not a worker, nor in a worker's process \
-                     group, cgroup or descendants",
-                    msg.pid
-                );
-            }
+        let owner = attribute(&self.table, pid).or_else(|| self.groups.owner_by_cgroup(pid));
+        if owner.is_none() && self.notify.first_refusal(pid) {
+            log::warn!(
+                "notify message from pid {pid} ignored: not a worker, nor in a worker's process \
+                 group, cgroup or descendants"
+            );
+        }
+        owner
+    }
+
+    fn on_notify_message(&mut self, msg: NotifyMessage) {
+        let Some(owner) = self.sender_owner(msg.pid) else {
             return;
         };
         let Some(pos) = self.table.locate(owner) else {

@@ -707,10 +707,17 @@ fn what_an_exec_health_check_leaves_behind_goes_with_its_instance() {
     );
     for &p in &left {
         sb.track(p);
-        assert_eq!(cgroup_of(p), cgroup_of(instance), "in the instance's cgroup");
+        assert_eq!(
+            cgroup_of(p),
+            cgroup_of(instance),
+            "in the instance's cgroup"
+        );
     }
     expect(&mut sb, &["stop", "s"], 0);
     for p in left {
-        assert!(wait_until(TIMEOUT, || !alive(p)), "check leftover {p} outlived its instance");
+        assert!(
+            wait_until(TIMEOUT, || !alive(p)),
+            "check leftover {p} outlived its instance"
+        );
     }
 }
