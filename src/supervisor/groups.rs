@@ -658,6 +658,11 @@ impl Groups {
         }
     }
 
+    /// The cgroup of group `pgid` (cgroup mode).
+    pub(crate) fn cgroup_of(&self, pgid: i32) -> Option<&std::path::Path> {
+        Some(&self.tracked.get(&pgid)?.cgroup.as_ref()?.dir)
+    }
+
     /// The pids of the processes in the cgroup of group `pgid` (cgroup mode), as warden sees
     /// them.
     pub(crate) fn cgroup_members(&self, pgid: i32) -> Option<Vec<i32>> {
