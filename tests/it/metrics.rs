@@ -1,9 +1,12 @@
 //! `[daemon] metrics` against a running warden: `GET /metrics` read by the Python
 //! `prometheus_client` parsers (Debian's python3-prometheus-client, installed by scripts/test) in
 //! both formats, its counters moving as programs crash, fail their checks, hang and are
-//! restarted by hand; 404 and 405; silent clients that neither stall the control socket nor
-//! outlive their timeout; memory flat over 1,000 scrapes; no wake-ups while nobody scrapes;
-//! bind errors, `check` and `reload`.
+//! restarted by hand; 404 and 405; Accept q-values; silent clients that neither stall the
+//! control socket nor outlive their timeout, and a 503 for a connection beyond the limit;
+//! memory flat over 1,000 scrapes; no wake-ups while nobody scrapes; bind errors, `check` and
+//! `reload`; one series per instance during a surge rollout; `up` while stopping; the memory
+//! gauges absent where the cgroup has no memory files; the Unix socket file kept across
+//! `upgrade` and removed at a stop.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -308,6 +311,21 @@ fn only_get_metrics_is_served_and_nothing_there_changes_anything() {
     let v = status_json(&mut sb);
     assert_eq!(v["instances"][0]["pid"], pid_before, "{v:#}");
     assert_eq!(v["instances"][0]["restarts"], 0, "{v:#}");
+    // q-values: OpenMetrics refused (q=0) or less wanted than text/plain is not served.
+    for accept in [
+        "application/openmetrics-text;q=0, text/plain",
+        "text/plain;q=1, application/openmetrics-text;q=0.5",
+    ] {
+        let raw = format!("GET /metrics HTTP/1.1\r\nAccept: {accept}\r\n\r\n");
+        let (code, body) = request(&addr, &raw).expect("an answer");
+        assert_eq!(code, 200, "{accept}");
+        assert!(
+            !body.contains("# EOF"),
+            "OpenMetrics for {accept:?}:\n{body}"
+        );
+    }
+    let raw = format!("GET /metrics HTTP/1.1\r\nAccept: {OPENMETRICS}\r\n\r\n");
+    assert!(request(&addr, &raw).is_some_and(|(_, b)| b.ends_with("# EOF\n")));
     // A clean stop removes the socket file, as it does the control socket's.
     expect(&mut sb, &["stop"], 0);
     assert!(!sb.path(sock).exists(), "{sock} left behind");
@@ -699,4 +717,28 @@ fn memory_gauges_are_there_only_where_the_cgroup_has_the_files() {
         assert_eq!(memory, None, "{text}");
         assert!(!text.contains("warden_instance_memory"), "{text}");
     }
+}
+
+#[test]
+fn the_socket_file_outlives_an_upgrade_and_goes_at_the_stop() {
+    let test = this_test!();
+    let sock = "m.sock";
+    let mut sb = test.supervisor_sandbox(
+        &format!("metrics = \"SANDBOX/{sock}\""),
+        "[program.svc]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n",
+    );
+    sb.start();
+    let addr = Addr::Unix(sb.path(sock));
+    assert!(scrape(&addr, false).is_some(), "log:\n{}", log(&sb));
+    // The listener is handed over, its file kept.
+    expect(&mut sb, &["upgrade"], 0);
+    assert!(sb.path(sock).exists(), "log:\n{}", log(&sb));
+    assert!(scrape(&addr, false).is_some(), "log:\n{}", log(&sb));
+    // A stop after the upgrade removes it all the same.
+    expect(&mut sb, &["stop"], 0);
+    assert!(
+        !sb.path(sock).exists(),
+        "{sock} left behind\nlog:\n{}",
+        log(&sb)
+    );
 }

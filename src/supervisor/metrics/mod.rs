@@ -31,6 +31,7 @@
 mod encode;
 mod server;
 
+use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use mio::Token;
@@ -40,7 +41,7 @@ pub use server::{
     CONNECTION_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_REQUEST, MetricsListener,
 };
 
-use super::table::{Slot, SlotPos};
+use super::table::{InstanceIndex, Slot, SlotPos};
 use super::{InstanceState, InstanceStatus, Supervisor, cgroup, sources};
 use crate::error::Result;
 use crate::lifecycle::{AfterStop, Event, Instance, State};
@@ -254,7 +255,11 @@ impl Supervisor {
             .status()
             .into_iter()
             .zip(self.exported_slots())
-            .filter_map(|(s, slot)| Some(self.instance_facts(s, slot?, now, unix_now)))
+            .filter_map(|(s, slot)| {
+                let slot = slot?;
+                debug_assert_eq!(s.index, slot.index.0, "status and slots in one order");
+                Some(self.instance_facts(s, slot, now, unix_now))
+            })
             .collect();
         Scrape {
             warden: WardenFacts {
@@ -287,8 +292,16 @@ impl Supervisor {
             .into_iter()
             .flat_map(|id| {
                 let p = &table[id];
+                let mut shared: HashMap<InstanceIndex, usize> = HashMap::new();
+                for s in p.slots() {
+                    *shared.entry(s.index).or_default() += 1;
+                }
+                // Only an index shared by several slots costs a search.
+                let exported = move |pos: usize, s: &Slot| {
+                    shared[&s.index] == 1 || p.slot_pos(s.index) == Some(SlotPos(pos))
+                };
                 let slots = p.slots().iter().enumerate();
-                slots.map(move |(pos, s)| (p.slot_pos(s.index) == Some(SlotPos(pos))).then_some(s))
+                slots.map(move |(pos, s)| exported(pos, s).then_some(s))
             })
             .collect()
     }
