@@ -519,16 +519,20 @@ fn an_address_in_use_fails_start_naming_it_and_check_and_reload_know_the_key() {
     assert!(scrape(&Addr::Tcp(format!("127.0.0.1:{port}")), false).is_some());
 }
 
-/// A notify worker that reports `READY=1` once the file named by its argument exists.
-const GATED_WORKER: &str = r#"import os, socket, sys, time
-while not os.path.exists(sys.argv[1]):
+/// A notify worker that reports `READY=1` once the file named by its first argument exists,
+/// and ends after `SIGTERM` once the file named by its second does not.
+const GATED_WORKER: &str = r#"import os, signal, socket, sys, time
+gate, hold = sys.argv[1], sys.argv[2]
+term = []
+signal.signal(signal.SIGTERM, lambda *_: term.append(1))
+while not os.path.exists(gate):
     time.sleep(0.02)
 addr = os.environ["NOTIFY_SOCKET"]
 if addr.startswith("@"):
     addr = "\0" + addr[1:]
 socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", addr)
-while True:
-    time.sleep(1000)
+while not (term and not os.path.exists(hold)):
+    time.sleep(0.02)
 "#;
 
 /// Every label set of `samples` that has more than one sample.
@@ -561,8 +565,10 @@ fn a_surge_rollout_exports_each_instance_once_and_its_counters_never_go_down() {
     std::fs::write(sb.path("go"), "").unwrap();
     sb.write_programs(
         &format!("metrics = \"SANDBOX/{sock}\""),
-        "[program.web]\ncommand = [\"PYTHON\", \"SANDBOX/gated.py\", \"SANDBOX/go\"]\n\
-         ready = \"notify\"\nupdate = \"surge\"\ninstances = 2\n",
+        "[program.web]\n\
+         command = [\"PYTHON\", \"SANDBOX/gated.py\", \"SANDBOX/go\", \"SANDBOX/hold\"]\n\
+         ready = \"notify\"\nupdate = \"surge\"\nprobation = \"200ms\"\ninstances = 2\n\
+         stop_timeout = \"60s\"\n",
     );
     sb.start();
     let addr = Addr::Unix(sb.path(sock));
@@ -573,7 +579,9 @@ fn a_surge_rollout_exports_each_instance_once_and_its_counters_never_go_down() {
     let started = "warden_instance_start_time_seconds";
     let old_start = value(&before, started, &web_labels("0")).expect("a start time");
 
-    // The replacement of web[0] cannot be ready until `go` exists again.
+    // The replacement of web[0] cannot be ready until `go` exists again, and the instances it
+    // replaces do not end while `hold` exists.
+    std::fs::write(sb.path("hold"), "").unwrap();
     std::fs::remove_file(sb.path("go")).unwrap();
     let mut restart = sb.warden(&["restart", "web"]);
     let restart = restart
@@ -602,8 +610,26 @@ fn a_surge_rollout_exports_each_instance_once_and_its_counters_never_go_down() {
     assert_eq!(value(&during, "warden_instance_state", &serving), Some(1.0));
     assert_eq!(restarts(&during, "web", "manual"), 0.0);
 
-    // Once it takes over, the replacement is web[0], restarted once.
+    // Once it takes over, the replacement is web[0], while the old one is still stopping.
     std::fs::write(sb.path("go"), "").unwrap();
+    wait_status(
+        &mut sb,
+        "the old web[0] stopping beside its replacement",
+        |_, v| {
+            v["instances"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|i| i["index"] == 0 && i["retiring"] == true && i["state"] == "stopping")
+            })
+        },
+    );
+    let om = scrape(&addr, true).expect("an OpenMetrics scrape");
+    let taken_over = parse(&om, true);
+    assert_eq!(duplicates(&taken_over), Vec::<String>::new(), "{om}");
+    assert_eq!(ready(&taken_over, "0"), Some(1.0), "{om}");
+    assert_eq!(restarts(&taken_over, "web", "manual"), 1.0, "{om}");
+    std::fs::remove_file(sb.path("hold")).unwrap();
+
+    // Restarted once each, and nothing went down on the way.
     let out = wait_output(restart, TIMEOUT);
     assert_eq!(
         exit_code(&out),
@@ -620,7 +646,11 @@ fn a_surge_rollout_exports_each_instance_once_and_its_counters_never_go_down() {
         manual("0") == Some(1.0) && manual("1") == Some(1.0)
     });
     assert_eq!(duplicates(&after), Vec::<String>::new(), "{after:#?}");
-    for c in during.iter().filter(|c| c["type"] == "counter") {
+    for c in during
+        .iter()
+        .chain(&taken_over)
+        .filter(|c| c["type"] == "counter")
+    {
         let later = after
             .iter()
             .find(|a| a["name"] == c["name"] && a["labels"] == c["labels"])
