@@ -694,14 +694,19 @@ impl Groups {
     /// that instance runs.
     pub(crate) fn cgroup_procs(&self, pgid: i32) -> Option<std::ffi::CString> {
         use std::os::unix::ffi::OsStrExt;
-        let dir = &self.tracked.get(&pgid)?.cgroup.as_ref()?.dir;
+        let dir = self.cgroup_of(pgid)?;
         std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()
+    }
+
+    /// The cgroup of group `pgid` (cgroup mode).
+    pub(crate) fn cgroup_of(&self, pgid: i32) -> Option<&std::path::Path> {
+        Some(&self.tracked.get(&pgid)?.cgroup.as_ref()?.dir)
     }
 
     /// The pids of the processes in the cgroup of group `pgid` (cgroup mode), as warden sees
     /// them.
     pub(crate) fn cgroup_members(&self, pgid: i32) -> Option<Vec<i32>> {
-        let dir = &self.tracked.get(&pgid)?.cgroup.as_ref()?.dir;
+        let dir = self.cgroup_of(pgid)?;
         let procs = std::fs::read_to_string(dir.join("cgroup.procs")).ok()?;
         Some(procs.lines().filter_map(|l| l.parse().ok()).collect())
     }

@@ -296,11 +296,15 @@ impl Supervisor {
         self.shutdown.timeout = Some(total);
     }
 
-    /// Stops serving the control socket and removes its file (at exit).
+    /// Stops serving the control socket and `/metrics`, and removes their socket files (at
+    /// exit; not at `warden upgrade`, which hands them over).
     pub fn close_control(&mut self) {
         self.end_events();
         if let Some(c) = self.plane.server.take() {
             c.remove_file();
+        }
+        if let Some(m) = self.metrics.take() {
+            m.remove_file();
         }
     }
 

@@ -1,9 +1,12 @@
 //! `[daemon] metrics` against a running warden: `GET /metrics` read by the Python
 //! `prometheus_client` parsers (Debian's python3-prometheus-client, installed by scripts/test) in
 //! both formats, its counters moving as programs crash, fail their checks, hang and are
-//! restarted by hand; 404 and 405; silent clients that neither stall the control socket nor
-//! outlive their timeout; memory flat over 1,000 scrapes; no wake-ups while nobody scrapes;
-//! bind errors, `check` and `reload`.
+//! restarted by hand; 404 and 405; Accept q-values; silent clients that neither stall the
+//! control socket nor outlive their timeout, and a 503 for a connection beyond the limit;
+//! memory flat over 1,000 scrapes; no wake-ups while nobody scrapes; bind errors, `check` and
+//! `reload`; one series per instance during a surge rollout; `up` while stopping; the memory
+//! gauges absent where the cgroup has no memory files; the Unix socket file kept across
+//! `upgrade` and removed at a stop.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -308,6 +311,24 @@ fn only_get_metrics_is_served_and_nothing_there_changes_anything() {
     let v = status_json(&mut sb);
     assert_eq!(v["instances"][0]["pid"], pid_before, "{v:#}");
     assert_eq!(v["instances"][0]["restarts"], 0, "{v:#}");
+    // q-values: OpenMetrics refused (q=0) or less wanted than text/plain is not served.
+    for accept in [
+        "application/openmetrics-text;q=0, text/plain",
+        "text/plain;q=1, application/openmetrics-text;q=0.5",
+    ] {
+        let raw = format!("GET /metrics HTTP/1.1\r\nAccept: {accept}\r\n\r\n");
+        let (code, body) = request(&addr, &raw).expect("an answer");
+        assert_eq!(code, 200, "{accept}");
+        assert!(
+            !body.contains("# EOF"),
+            "OpenMetrics for {accept:?}:\n{body}"
+        );
+    }
+    let raw = format!("GET /metrics HTTP/1.1\r\nAccept: {OPENMETRICS}\r\n\r\n");
+    assert!(request(&addr, &raw).is_some_and(|(_, b)| b.ends_with("# EOF\n")));
+    // A clean stop removes the socket file, as it does the control socket's.
+    expect(&mut sb, &["stop"], 0);
+    assert!(!sb.path(sock).exists(), "{sock} left behind");
 }
 
 #[test]
@@ -320,24 +341,27 @@ fn silent_clients_neither_stall_the_control_socket_nor_outlive_their_timeout() {
     );
     sb.start();
     let a = format!("127.0.0.1:{port}");
-    // Eight silent clients fill every slot; the next ones are closed at once.
+    // Eight silent clients fill every slot; the next ones are told so (503) and closed at once,
+    // a scrape as well as a client that sends nothing.
     let silent: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(&a).unwrap()).collect();
     let started = Instant::now();
     expect(&mut sb, &["status"], 0);
-    for _ in 0..2 {
+    for sends in ["GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n", ""] {
         let mut extra = TcpStream::connect(&a).unwrap();
         extra
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
-        let mut buf = [0u8; 16];
-        match extra.read(&mut buf) {
-            Ok(0) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-            other => panic!("a ninth connection was kept: {other:?}"),
-        }
+        extra.write_all(sends.as_bytes()).unwrap();
+        let mut answer = String::new();
+        let read = extra.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n")
+                && answer.contains("\r\nRetry-After: 1\r\n"),
+            "a ninth connection ({sends:?}): {read:?} {answer:?}"
+        );
         assert!(started.elapsed() < Duration::from_secs(5));
     }
-    // They are closed once their time is up (10 s), and then the endpoint answers again.
+    // They are closed once their time is up, and then the endpoint answers again.
     for mut s in silent {
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut buf = [0u8; 16];
@@ -493,4 +517,260 @@ fn an_address_in_use_fails_start_naming_it_and_check_and_reload_know_the_key() {
         "{out}"
     );
     assert!(scrape(&Addr::Tcp(format!("127.0.0.1:{port}")), false).is_some());
+}
+
+/// A notify worker that reports `READY=1` once the file named by its first argument exists,
+/// and ends after `SIGTERM` once the file named by its second does not.
+const GATED_WORKER: &str = r#"import os, signal, socket, sys, time
+gate, hold = sys.argv[1], sys.argv[2]
+term = []
+signal.signal(signal.SIGTERM, lambda *_: term.append(1))
+while not os.path.exists(gate):
+    time.sleep(0.02)
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"READY=1", addr)
+while not (term and not os.path.exists(hold)):
+    time.sleep(0.02)
+"#;
+
+/// Every label set of `samples` that has more than one sample.
+fn duplicates(samples: &[Value]) -> Vec<String> {
+    let mut seen = BTreeMap::new();
+    for s in samples {
+        let key = format!("{}{}", s["name"], s["labels"]);
+        *seen.entry(key).or_insert(0) += 1;
+    }
+    seen.into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(k, _)| k)
+        .collect()
+}
+
+/// `web[i]`'s labels.
+fn web_labels(i: &str) -> [(&str, &str); 2] {
+    [("program", "web"), ("instance", i)]
+}
+
+#[test]
+fn a_surge_rollout_exports_each_instance_once_and_its_counters_never_go_down() {
+    let test = this_test!();
+    if !have_parser(&test) {
+        return;
+    }
+    let sock = "m.sock";
+    let mut sb = test.supervisor_sandbox(&format!("metrics = \"SANDBOX/{sock}\""), "");
+    std::fs::write(sb.path("gated.py"), GATED_WORKER).unwrap();
+    std::fs::write(sb.path("go"), "").unwrap();
+    sb.write_programs(
+        &format!("metrics = \"SANDBOX/{sock}\""),
+        "[program.web]\n\
+         command = [\"PYTHON\", \"SANDBOX/gated.py\", \"SANDBOX/go\", \"SANDBOX/hold\"]\n\
+         ready = \"notify\"\nupdate = \"surge\"\nprobation = \"60s\"\ninstances = 2\n\
+         stop_timeout = \"60s\"\n",
+    );
+    sb.start();
+    let addr = Addr::Unix(sb.path(sock));
+    let ready = |s: &[Value], i: &str| value(s, "warden_instance_ready", &web_labels(i));
+    let before = wait_metrics(&sb, &addr, "both instances ready", |s| {
+        ready(s, "0") == Some(1.0) && ready(s, "1") == Some(1.0)
+    });
+    let started = "warden_instance_start_time_seconds";
+    let old_start = value(&before, started, &web_labels("0")).expect("a start time");
+
+    // The replacement of web[0] cannot be ready until `go` exists again, and the instances it
+    // replaces do not end while `hold` exists.
+    std::fs::write(sb.path("hold"), "").unwrap();
+    std::fs::remove_file(sb.path("go")).unwrap();
+    let mut restart = sb.warden(&["restart", "web"]);
+    // Its probation, the time a replacement has to become ready, outlasts the test.
+    let restart = restart
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("warden restart");
+    wait_status(&mut sb, "web[0]'s replacement beside it", |_, v| {
+        v["instances"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i["incoming"] == true && i["pid"].is_i64()))
+    });
+    // OpenMetrics: the strict parser refuses a label set seen twice.
+    let om = scrape(&addr, true).expect("an OpenMetrics scrape");
+    let during = parse(&om, true);
+    assert_eq!(duplicates(&during), Vec::<String>::new(), "{om}");
+    let text = scrape(&addr, false).expect("a scrape");
+    assert_eq!(
+        duplicates(&parse(&text, false)),
+        Vec::<String>::new(),
+        "{text}"
+    );
+    // web[0] is still the instance in service, not its replacement.
+    assert_eq!(ready(&during, "0"), Some(1.0), "{om}");
+    let serving = [("program", "web"), ("instance", "0"), ("state", "ready")];
+    assert_eq!(value(&during, "warden_instance_state", &serving), Some(1.0));
+    assert_eq!(restarts(&during, "web", "manual"), 0.0);
+
+    // Once it takes over, the replacement is web[0], while the old one is still stopping.
+    std::fs::write(sb.path("go"), "").unwrap();
+    wait_status(
+        &mut sb,
+        "the old web[0] stopping beside its replacement",
+        |_, v| {
+            v["instances"].as_array().is_some_and(|a| {
+                a.iter()
+                    .any(|i| i["index"] == 0 && i["retiring"] == true && i["state"] == "stopping")
+            })
+        },
+    );
+    let om = scrape(&addr, true).expect("an OpenMetrics scrape");
+    let taken_over = parse(&om, true);
+    assert_eq!(duplicates(&taken_over), Vec::<String>::new(), "{om}");
+    assert_eq!(ready(&taken_over, "0"), Some(1.0), "{om}");
+    assert_eq!(restarts(&taken_over, "web", "manual"), 1.0, "{om}");
+    std::fs::remove_file(sb.path("hold")).unwrap();
+
+    // Restarted once each, and nothing went down on the way. (The rollout then waits out the
+    // last replacement's probation: its client is not waited for.)
+    let after = wait_metrics(&sb, &addr, "both restarted", |s| {
+        let manual = |i| {
+            let l = [("program", "web"), ("instance", i), ("reason", "manual")];
+            value(s, "warden_instance_restarts_total", &l)
+        };
+        manual("0") == Some(1.0) && manual("1") == Some(1.0)
+    });
+    assert_eq!(duplicates(&after), Vec::<String>::new(), "{after:#?}");
+    for c in during
+        .iter()
+        .chain(&taken_over)
+        .filter(|c| c["type"] == "counter")
+    {
+        let later = after
+            .iter()
+            .find(|a| a["name"] == c["name"] && a["labels"] == c["labels"])
+            .and_then(|a| a["value"].as_f64());
+        assert!(
+            later >= c["value"].as_f64(),
+            "{} {} went from {} to {later:?}",
+            c["name"],
+            c["labels"],
+            c["value"]
+        );
+    }
+    assert!(value(&after, started, &web_labels("0")).is_some_and(|t| t > old_start));
+    parse(&scrape(&addr, true).expect("an OpenMetrics scrape"), true);
+    assert!(
+        !log(&sb).contains("rolling restart stopped"),
+        "{}",
+        log(&sb)
+    );
+    let mut restart = restart;
+    let _ = restart.kill();
+    let _ = restart.wait();
+}
+
+#[test]
+fn a_stopping_instance_whose_process_runs_is_up() {
+    let test = this_test!();
+    let sock = "m.sock";
+    let mut sb = test.supervisor_sandbox(
+        &format!("metrics = \"SANDBOX/{sock}\""),
+        "[program.stubborn]\n\
+         command = [\"/bin/sh\", \"-c\", \"trap '' TERM; while :; do SANDBOX/sleep 1; done\"]\n\
+         stop_timeout = \"60s\"\n",
+    );
+    sb.start();
+    let addr = Addr::Unix(sb.path(sock));
+    let labels = [("program", "stubborn"), ("instance", "0")];
+    wait_metrics(&sb, &addr, "stubborn up", |s| {
+        value(s, "warden_instance_up", &labels) == Some(1.0)
+    });
+    // It ignores SIGTERM: it stays `stopping` until SIGKILL, 60 s on.
+    let stop = sb.warden(&["stop", "stubborn"]);
+    sb.spawn(stop);
+    let stopping = [
+        ("program", "stubborn"),
+        ("instance", "0"),
+        ("state", "stopping"),
+    ];
+    let s = wait_metrics(&sb, &addr, "stubborn stopping", |s| {
+        value(s, "warden_instance_state", &stopping) == Some(1.0)
+    });
+    assert_eq!(
+        value(&s, "warden_instance_up", &labels),
+        Some(1.0),
+        "{s:#?}"
+    );
+    assert_eq!(value(&s, "warden_instance_ready", &labels), Some(0.0));
+}
+
+/// Where cgroup v2 is mounted (`/proc/self/mountinfo`).
+fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next() == Some("cgroup2"))
+            .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))?
+    })
+}
+
+#[test]
+fn memory_gauges_are_there_only_where_the_cgroup_has_the_files() {
+    let test = this_test!();
+    if !have_parser(&test) {
+        return;
+    }
+    let sock = "m.sock";
+    let mut sb = test.supervisor_sandbox(
+        &format!("metrics = \"SANDBOX/{sock}\""),
+        "[program.svc]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n",
+    );
+    sb.start();
+    let (_, v) = wait_status(&mut sb, "svc running", |_, v| {
+        v["instances"][0]["state"] == "running"
+    });
+    let pid = v["instances"][0]["pid"].as_i64().expect("a pid") as i32;
+    // The instance's own cgroup, in cgroup mode; where it has `memory.current`, the gauge.
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let dir = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .zip(cgroup2_mount())
+        .map(|(path, mount)| mount.join(path.trim_start_matches('/')));
+    let has_memory = v["daemon"]["tracking"] == "cgroup"
+        && dir.is_some_and(|d| d.join("memory.current").exists());
+    let text = scrape(&Addr::Unix(sb.path(sock)), true).expect("a scrape");
+    let s = parse(&text, true);
+    let memory = value(&s, "warden_instance_memory_bytes", &[("program", "svc")]);
+    if has_memory {
+        assert!(memory.is_some_and(|m| m > 0.0), "{text}");
+    } else {
+        println!("[note] no memory controller for the instance here: the gauges must be absent");
+        assert_eq!(memory, None, "{text}");
+        assert!(!text.contains("warden_instance_memory"), "{text}");
+    }
+}
+
+#[test]
+fn the_socket_file_outlives_an_upgrade_and_goes_at_the_stop() {
+    let test = this_test!();
+    let sock = "m.sock";
+    let mut sb = test.supervisor_sandbox(
+        &format!("metrics = \"SANDBOX/{sock}\""),
+        "[program.svc]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n",
+    );
+    sb.start();
+    let addr = Addr::Unix(sb.path(sock));
+    assert!(scrape(&addr, false).is_some(), "log:\n{}", log(&sb));
+    // The listener is handed over, its file kept.
+    expect(&mut sb, &["upgrade"], 0);
+    assert!(sb.path(sock).exists(), "log:\n{}", log(&sb));
+    assert!(scrape(&addr, false).is_some(), "log:\n{}", log(&sb));
+    // A stop after the upgrade removes it all the same.
+    expect(&mut sb, &["stop"], 0);
+    assert!(
+        !sb.path(sock).exists(),
+        "{sock} left behind\nlog:\n{}",
+        log(&sb)
+    );
 }

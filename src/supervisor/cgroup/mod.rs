@@ -478,5 +478,25 @@ fn make_base(parent: &Path, pid: u32, mkdir: MakeDir<'_>) -> io::Result<PathBuf>
 /// the interface files the kernel would.
 pub(crate) type MakeDir<'a> = &'a dyn Fn(&Path) -> io::Result<()>;
 
+/// A cgroup's memory use, in bytes (the `/metrics` gauges).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Memory {
+    /// `memory.current`.
+    pub(crate) current: Option<u64>,
+    /// `memory.peak` (Linux 5.19).
+    pub(crate) peak: Option<u64>,
+}
+
+/// Cgroup `dir`'s memory use now and at its peak, each `None` where its file is absent (no
+/// memory controller; `memory.peak` before Linux 5.19) or holds no number. Read when asked:
+/// nothing polls it.
+pub(crate) fn memory(dir: &Path) -> Memory {
+    let read = |file: &str| fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok();
+    Memory {
+        current: read("memory.current"),
+        peak: read("memory.peak"),
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -81,6 +81,10 @@ pub(crate) struct InstanceFacts {
     pub(crate) backoff: f64,
     /// Failed health checks.
     pub(crate) health_failures: u64,
+    /// Its cgroup's `memory.current`, in bytes, where warden can read it.
+    pub(crate) memory: Option<u64>,
+    /// Its cgroup's `memory.peak`, in bytes, where warden can read it.
+    pub(crate) memory_peak: Option<u64>,
 }
 
 /// Which text to write.
@@ -93,19 +97,19 @@ pub(crate) enum Format {
 }
 
 impl Format {
-    /// The format a client asks for in its `Accept` header: OpenMetrics when it names
-    /// `application/openmetrics-text` (as Prometheus does), else Prometheus text.
+    /// The format a client asks for in its `Accept` header, q-values honoured: the acceptable
+    /// one with the higher q (`q=0`: not acceptable), OpenMetrics on a tie only when the client
+    /// names `application/openmetrics-text` itself (as Prometheus does); Prometheus text
+    /// otherwise — without the header, for `*/*`, and when neither is acceptable.
     pub(crate) fn from_accept(accept: Option<&[u8]>) -> Format {
-        let asks = accept.is_some_and(|a| {
-            String::from_utf8_lossy(a)
-                .split(',')
-                .filter_map(|part| part.split(';').next())
-                .any(|t| {
-                    t.trim()
-                        .eq_ignore_ascii_case("application/openmetrics-text")
-                })
-        });
-        if asks {
+        let Some(accept) = accept else {
+            return Format::Prometheus;
+        };
+        let accept = String::from_utf8_lossy(accept);
+        let ranges: Vec<(&str, f32)> = accept.split(',').filter_map(media_range).collect();
+        let (om, named) = quality(&ranges, "application", "openmetrics-text");
+        let (text, _) = quality(&ranges, "text", "plain");
+        if om > text || (om > 0.0 && om == text && named) {
             Format::OpenMetrics
         } else {
             Format::Prometheus
@@ -118,6 +122,49 @@ impl Format {
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
             Format::Prometheus => prometheus_text::CONTENT_TYPE,
         }
+    }
+}
+
+/// One range of an `Accept` header: its media type (lower case) and its q-value (1 unless
+/// given; one that does not parse counts as 1, as if absent).
+fn media_range(part: &str) -> Option<(&str, f32)> {
+    let mut it = part.split(';');
+    let media = it.next()?.trim();
+    if media.is_empty() {
+        return None;
+    }
+    let q = it
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+        .and_then(|(_, v)| v.trim().parse::<f32>().ok())
+        .map_or(1.0, |q| q.clamp(0.0, 1.0));
+    Some((media, q))
+}
+
+/// The q-value `ranges` give `kind/sub` — that of its most specific matching range (`kind/sub`,
+/// then `kind/*`, then `*/*`; the highest among equals), 0 when none matches — and whether a
+/// range names it exactly.
+fn quality(ranges: &[(&str, f32)], kind: &str, sub: &str) -> (f32, bool) {
+    let specificity = |media: &str| {
+        let (k, s) = media.split_once('/')?;
+        let (k, s) = (k.trim(), s.trim());
+        if k.eq_ignore_ascii_case(kind) && s.eq_ignore_ascii_case(sub) {
+            Some(2)
+        } else if k.eq_ignore_ascii_case(kind) && s == "*" {
+            Some(1)
+        } else if k == "*" && s == "*" {
+            Some(0)
+        } else {
+            None
+        }
+    };
+    let best = ranges
+        .iter()
+        .filter_map(|&(m, q)| Some((specificity(m)?, q)))
+        .max_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    match best {
+        Some((spec, q)) => (q, spec == 2),
+        None => (0.0, false),
     }
 }
 
@@ -236,7 +283,8 @@ impl Instances {
 impl Collector for Instances {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         self.encode_now(&mut enc)?;
-        self.encode_history(&mut enc)
+        self.encode_history(&mut enc)?;
+        self.encode_memory(&mut enc)
     }
 }
 
@@ -244,7 +292,7 @@ impl Instances {
     /// Where each instance is: up, ready, state.
     fn encode_now(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
         use MetricType::Gauge;
-        let help = "1 while a process of the instance runs (starting, running or ready).";
+        let help = "1 while a process of the instance runs (starting, running, ready or stopping).";
         self.family(enc, ("warden_instance_up", help, None, Gauge), |i| {
             vec![(labels(i), Sample::Int(i64::from(i.up)))]
         })?;
@@ -322,6 +370,37 @@ impl Instances {
     }
 }
 
+impl Instances {
+    /// What each instance's cgroup uses: families written only when some instance has a
+    /// figure (cgroup mode with the memory controller), samples only for those that have.
+    fn encode_memory(&self, enc: &mut DescriptorEncoder) -> std::fmt::Result {
+        use MetricType::Gauge;
+        let bytes = |v: u64| Sample::Int(i64::try_from(v).unwrap_or(i64::MAX));
+        if self.0.iter().any(|i| i.memory.is_some()) {
+            let help = "Memory the instance's cgroup uses now (memory.current).";
+            let d = ("warden_instance_memory", help, Some(Unit::Bytes), Gauge);
+            self.family(enc, d, |i| {
+                i.memory
+                    .map(|m| (labels(i), bytes(m)))
+                    .into_iter()
+                    .collect()
+            })?;
+        }
+        if self.0.iter().any(|i| i.memory_peak.is_some()) {
+            let help = "The most memory the instance's cgroup has used (memory.peak).";
+            let d = (
+                "warden_instance_memory_peak",
+                help,
+                Some(Unit::Bytes),
+                Gauge,
+            );
+            let f = |i: &InstanceFacts| i.memory_peak.map(|m| (labels(i), bytes(m)));
+            self.family(enc, d, |i| f(i).into_iter().collect())?;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -351,6 +430,8 @@ mod tests {
                 start_time: Some(1_700_000_010.0),
                 backoff: 0.0,
                 health_failures: 4,
+                memory: None,
+                memory_peak: None,
             }],
         }
     }
@@ -439,5 +520,77 @@ mod tests {
         assert_eq!(Format::from_accept(Some(b"text/plain")), Format::Prometheus);
         assert_eq!(Format::from_accept(Some(b"*/*")), Format::Prometheus);
         assert_eq!(Format::from_accept(None), Format::Prometheus);
+        let both = b"text/plain, application/openmetrics-text";
+        assert_eq!(Format::from_accept(Some(both)), Format::OpenMetrics);
+    }
+
+    #[test]
+    fn accept_honours_q_values() {
+        let pick = |a: &str| Format::from_accept(Some(a.as_bytes()));
+        // q=0: not acceptable.
+        let refused = "application/openmetrics-text;q=0, text/plain";
+        assert_eq!(pick(refused), Format::Prometheus);
+        assert_eq!(
+            pick("application/openmetrics-text; q=0"),
+            Format::Prometheus
+        );
+        // The higher q wins, whatever the order.
+        let prefers_text = "text/plain;q=1,application/openmetrics-text;q=0.5";
+        assert_eq!(pick(prefers_text), Format::Prometheus);
+        let prefers_om = "text/plain;q=0.3, application/openmetrics-text;version=1.0.0;q=0.5";
+        assert_eq!(pick(prefers_om), Format::OpenMetrics);
+        // Prometheus 2.x and 3.x.
+        let prom3 = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,\
+                     application/openmetrics-text;version=0.0.1;q=0.5,\
+                     text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert_eq!(pick(prom3), Format::OpenMetrics);
+        // The most specific range decides: text/plain refused, OpenMetrics through */*.
+        assert_eq!(pick("text/plain;q=0, */*;q=0.1"), Format::OpenMetrics);
+        assert_eq!(
+            pick("application/*;q=0.9, text/*;q=0.8"),
+            Format::OpenMetrics
+        );
+        assert_eq!(
+            pick("*/*;q=0.5, application/openmetrics-text;q=0"),
+            Format::Prometheus
+        );
+        // A q that does not parse counts as 1.
+        assert_eq!(
+            pick("text/plain;q=x, application/openmetrics-text;q=0.9"),
+            Format::Prometheus
+        );
+    }
+
+    #[test]
+    fn memory_gauges_are_written_only_for_instances_that_have_them() {
+        let mut s = facts();
+        let mut other = s.instances[0].clone();
+        other.instance = 1;
+        s.instances[0].memory = Some(1_048_576);
+        s.instances[0].memory_peak = Some(4_194_304);
+        s.instances.push(other);
+        let text = encode(s, Format::OpenMetrics);
+        let l = lines(&text);
+        assert!(
+            l.contains(&"# UNIT warden_instance_memory_bytes bytes"),
+            "{text}"
+        );
+        assert!(
+            l.contains(&"warden_instance_memory_bytes{program=\"web\",instance=\"0\"} 1048576"),
+            "{text}"
+        );
+        assert!(
+            l.contains(
+                &"warden_instance_memory_peak_bytes{program=\"web\",instance=\"0\"} 4194304"
+            ),
+            "{text}"
+        );
+        assert!(
+            !text.contains("memory_bytes{program=\"web\",instance=\"1\"}"),
+            "{text}"
+        );
+        // Where no instance has a figure (no memory controller), no family at all.
+        let text = encode(facts(), Format::OpenMetrics);
+        assert!(!text.contains("warden_instance_memory"), "{text}");
     }
 }

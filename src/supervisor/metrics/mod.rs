@@ -18,21 +18,31 @@
 //! what ended the process: `manual` for `warden restart`, a rolling restart or a reload that
 //! restarts it; `health` after failed health checks; `watchdog` after a missed `WATCHDOG=1`, a
 //! missed `start_timeout` or `WATCHDOG=trigger`; otherwise `signal` when the process was killed
-//! by a signal, and `exit` (a non-zero exit, or a spawn that failed). `oom` is registered and
-//! stays 0 until warden attributes exits to the OOM killer.
+//! by a signal, `oom` when the OOM killer struck its cgroup (cgroup mode, with the memory
+//! controller), and `exit` (a non-zero exit, or a spawn that failed).
+//!
+//! # One series per instance
+//!
+//! During a surge rollout a replacement runs beside the instance it replaces, with the same
+//! index: until it takes over, the instance exported is the one in service; once it has, it
+//! is the replacement, which carries on the old one's counters (so they never go down), and
+//! the old one, stopping for good, is no longer exported.
 
 mod encode;
 mod server;
 
+use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use mio::Token;
 use serde::{Deserialize, Serialize};
 
-pub use server::{CONNECTION_TIMEOUT, MAX_CONNECTIONS, MAX_REQUEST, MetricsListener};
+pub use server::{
+    CONNECTION_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_REQUEST, MetricsListener,
+};
 
-use super::table::{InstanceIndex, Slot};
-use super::{InstanceState, Supervisor, sources};
+use super::table::{InstanceIndex, Slot, SlotPos};
+use super::{InstanceState, InstanceStatus, Supervisor, cgroup, sources};
 use crate::error::Result;
 use crate::lifecycle::{AfterStop, Event, Instance, State};
 use crate::policy::{ExitReason, ExitStatus};
@@ -244,32 +254,11 @@ impl Supervisor {
         let instances = self
             .status()
             .into_iter()
-            .map(|s| {
-                let slot = self.table.find(&s.program).ok().and_then(|p| {
-                    let pos = self.table.slot_pos(p, InstanceIndex(s.index))?;
-                    Some(&self.table[p][pos])
-                });
-                let counters = slot.map(|s| s.counters).unwrap_or_default();
-                let backoff = match slot.map(|s| &s.inst.state) {
-                    Some(State::Backoff { until }) => until.saturating_duration_since(now),
-                    _ => std::time::Duration::ZERO,
-                };
-                let running = matches!(
-                    s.state,
-                    InstanceState::Starting | InstanceState::Running | InstanceState::Ready
-                );
-                InstanceFacts {
-                    up: running && s.pid.is_some(),
-                    ready: matches!(s.state, InstanceState::Running | InstanceState::Ready),
-                    state: s.state,
-                    restarts: counters.restarts,
-                    last_exit_code: s.last_exit.map(exit_code),
-                    start_time: s.uptime.map(|u| unix_now - u.as_secs_f64()),
-                    backoff: backoff.as_secs_f64(),
-                    health_failures: counters.health_failures,
-                    program: s.program,
-                    instance: s.index,
-                }
+            .zip(self.exported_slots())
+            .filter_map(|(s, slot)| {
+                let slot = slot?;
+                debug_assert_eq!(s.index, slot.index.0, "status and slots in one order");
+                Some(self.instance_facts(s, slot, now, unix_now))
             })
             .collect();
         Scrape {
@@ -290,6 +279,79 @@ impl Supervisor {
             instances,
         }
     }
+
+    /// Every slot in [`Supervisor::status`] order, `None` for one that is not the instance: of
+    /// the slots that share an index — a surge replacement beside the instance it is to
+    /// replace, or the replacement that took over beside the one retiring — only the one
+    /// [`Program::slot_pos`](super::table::Program::slot_pos) names is exported (the one
+    /// serving), so that every label set is one series.
+    fn exported_slots(&self) -> Vec<Option<&Slot>> {
+        let table = &self.table;
+        table
+            .live_programs()
+            .into_iter()
+            .flat_map(|id| {
+                let p = &table[id];
+                let mut shared: HashMap<InstanceIndex, usize> = HashMap::new();
+                for s in p.slots() {
+                    *shared.entry(s.index).or_default() += 1;
+                }
+                // Only an index shared by several slots costs a search.
+                let exported = move |pos: usize, s: &Slot| {
+                    shared[&s.index] == 1 || p.slot_pos(s.index) == Some(SlotPos(pos))
+                };
+                let slots = p.slots().iter().enumerate();
+                slots.map(move |(pos, s)| exported(pos, s).then_some(s))
+            })
+            .collect()
+    }
+
+    /// The figures of instance `s`, in `slot`.
+    fn instance_facts(
+        &self,
+        s: InstanceStatus,
+        slot: &Slot,
+        now: Instant,
+        unix_now: f64,
+    ) -> InstanceFacts {
+        let backoff = match &slot.inst.state {
+            State::Backoff { until } => until.saturating_duration_since(now),
+            _ => std::time::Duration::ZERO,
+        };
+        let memory = slot
+            .inst
+            .state
+            .pid()
+            .and_then(|pgid| self.groups.cgroup_of(pgid))
+            .map(cgroup::memory)
+            .unwrap_or_default();
+        InstanceFacts {
+            up: is_up(s.state) && s.pid.is_some(),
+            ready: matches!(s.state, InstanceState::Running | InstanceState::Ready),
+            state: s.state,
+            restarts: slot.counters.restarts,
+            last_exit_code: s.last_exit.map(exit_code),
+            start_time: s.uptime.map(|u| unix_now - u.as_secs_f64()),
+            backoff: backoff.as_secs_f64(),
+            health_failures: slot.counters.health_failures,
+            memory: memory.current,
+            memory_peak: memory.peak,
+            program: s.program,
+            instance: s.index,
+        }
+    }
+}
+
+/// Whether a process of an instance in `state` runs: starting, running, ready, or stopping
+/// (its process has been asked to end, and has not yet).
+fn is_up(state: InstanceState) -> bool {
+    matches!(
+        state,
+        InstanceState::Starting
+            | InstanceState::Running
+            | InstanceState::Ready
+            | InstanceState::Stopping
+    )
 }
 
 /// An exit as a number: its code, or 128 + N after signal N (as a shell shows it).
@@ -432,6 +494,32 @@ mod tests {
         assert_eq!(c.restarts.get(RestartReason::Oom), 0);
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<Counters>(&json).unwrap(), c);
+    }
+
+    #[test]
+    fn a_stopping_instance_is_up_and_a_stopped_one_is_not() {
+        assert!(is_up(InstanceState::Stopping));
+        assert!(is_up(InstanceState::Starting));
+        assert!(!is_up(InstanceState::Stopped));
+        assert!(!is_up(InstanceState::Backoff));
+    }
+
+    #[test]
+    fn memory_is_read_from_the_cgroup_files_that_exist() {
+        let t = crate::test_support::TempDir::new("metrics-memory");
+        let dir = t.join("web@0.1");
+        std::fs::create_dir_all(&dir).unwrap();
+        // No memory controller: no file, no figure.
+        assert_eq!(cgroup::memory(&dir), cgroup::Memory::default());
+        std::fs::write(dir.join("memory.current"), "8388608\n").unwrap();
+        let m = cgroup::memory(&dir);
+        assert_eq!((m.current, m.peak), (Some(8_388_608), None));
+        std::fs::write(dir.join("memory.peak"), "16777216\n").unwrap();
+        assert_eq!(cgroup::memory(&dir).peak, Some(16_777_216));
+        std::fs::write(dir.join("memory.peak"), "garbage\n").unwrap();
+        assert_eq!(cgroup::memory(&dir).peak, None);
+        // A cgroup removed meanwhile.
+        assert_eq!(cgroup::memory(&t.join("gone")), cgroup::Memory::default());
     }
 
     #[test]

@@ -4,11 +4,18 @@
 //!
 //! # Bounds
 //!
-//! A request head may be [`MAX_REQUEST`] bytes at most (else `431`), and a connection lives
-//! [`CONNECTION_TIMEOUT`] at most from its accept, request and response included: the deadline
-//! is part of the supervisor's poll timeout, and there is none while no connection is open. A
-//! connection beyond the limit is accepted and closed at once. Nothing here reads a clock
-//! except at an accept.
+//! A request head may be [`MAX_REQUEST`] bytes at most (else `431`) and must be complete
+//! [`HEADER_TIMEOUT`] after the accept; a connection lives [`CONNECTION_TIMEOUT`] at most from
+//! its accept, request and response included: the deadline is part of the supervisor's poll
+//! timeout, and there is none while no connection is open. A connection beyond the limit is
+//! accepted, answered `503` with `Retry-After: 1` in one non-blocking write (what it sent so
+//! far read and dropped first, so that the close does not reset the answer away), and closed
+//! at once. Nothing here reads a clock except at an accept.
+//!
+//! # The socket file
+//!
+//! A Unix socket's file is removed at exit ([`MetricsServer::remove_file`]) if it is still the
+//! one bound (same device and inode), not when the listener is handed over (`warden upgrade`).
 //!
 //! # Read-only
 //!
@@ -36,12 +43,18 @@ pub const MAX_CONNECTIONS: usize = 8;
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// How long a connection may stay open, from its accept.
 pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long after its accept a connection's request head must be complete. A scraper writes
+/// its head at once; 5 s still allows for two lost segments (TCP's first retransmissions
+/// come after 1 s and 3 s), and halves the time a client that sends nothing holds a slot.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The metrics endpoint's listening socket (`[daemon] metrics`), bound but not yet served.
 #[derive(Debug)]
 pub struct MetricsListener {
     listen: Listen,
     fd: OwnedFd,
+    /// A Unix socket's file as bound (device, inode), to remove at exit only if still ours.
+    file: Option<(u64, u64)>,
 }
 
 impl MetricsListener {
@@ -59,8 +72,9 @@ impl MetricsListener {
             Listen::Unix(_) => nonblocking(std::os::unix::net::UnixListener::from(fd)),
         };
         let fd = fd.map_err(|e| Error::io("cannot listen on", listen.to_string(), e))?;
+        let file = file_ident(listen);
         let listen = listen.clone();
-        Ok(MetricsListener { listen, fd })
+        Ok(MetricsListener { listen, fd, file })
     }
 
     /// Where it listens.
@@ -70,6 +84,7 @@ impl MetricsListener {
         MetricsListener {
             listen: listen.clone(),
             fd,
+            file: file_ident(listen),
         }
     }
 
@@ -82,6 +97,16 @@ impl MetricsListener {
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
+}
+
+/// The device and inode of the file of a Unix socket at `listen`.
+fn file_ident(listen: &Listen) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let Listen::Unix(path) = listen else {
+        return None;
+    };
+    let m = std::fs::symlink_metadata(path).ok()?;
+    Some((m.dev(), m.ino()))
 }
 
 /// A std listener made non-blocking, back as its descriptor.
@@ -148,6 +173,17 @@ pub(crate) fn route(buf: &[u8]) -> Option<Route> {
             Some(Route::Metrics(Format::from_accept(accept)))
         }
     }
+}
+
+/// The answer to a connection beyond [`MAX_CONNECTIONS`].
+pub(crate) fn busy_response() -> Vec<u8> {
+    let body = b"busy: too many metrics connections open; retry\n";
+    response(
+        "503 Service Unavailable",
+        "Retry-After: 1\r\n",
+        "text/plain; charset=utf-8",
+        body,
+    )
 }
 
 /// The response to a route other than [`Route::Metrics`]: status line and body.
@@ -247,20 +283,35 @@ struct Conn {
     output: Vec<u8>,
     /// A response is queued: the input no longer matters.
     answered: bool,
-    deadline: Instant,
+    accepted: Instant,
+}
+
+impl Conn {
+    /// When it is closed anyway: [`HEADER_TIMEOUT`] after its accept until it is answered,
+    /// [`CONNECTION_TIMEOUT`] after it then.
+    fn deadline(&self) -> Instant {
+        let limit = if self.answered {
+            CONNECTION_TIMEOUT
+        } else {
+            HEADER_TIMEOUT
+        };
+        self.accepted + limit
+    }
 }
 
 /// The endpoint being served: the listener and its connections (registered in [`Sources`]).
 pub(crate) struct MetricsServer {
     listener: Listener,
     listen: Listen,
+    /// The Unix socket's file as bound (see [`MetricsServer::remove_file`]).
+    file: Option<(u64, u64)>,
     conns: HashMap<Token, Conn>,
 }
 
 impl MetricsServer {
     /// Serves `l`, its listener registered under `token`.
     pub(crate) fn new(l: MetricsListener, registry: &Registry, token: Token) -> Result<Self> {
-        let MetricsListener { listen, fd } = l;
+        let MetricsListener { listen, fd, file } = l;
         let mut listener = match listen {
             Listen::Tcp(_) => Listener::Tcp(mio::net::TcpListener::from_std(fd.into())),
             Listen::Unix(_) => Listener::Unix(mio::net::UnixListener::from_std(fd.into())),
@@ -275,8 +326,26 @@ impl MetricsServer {
         Ok(MetricsServer {
             listener,
             listen,
+            file,
             conns: HashMap::new(),
         })
+    }
+
+    /// Removes a Unix socket's file (at exit) if it is still the one bound: another daemon may
+    /// have replaced a socket it found stale, or an operator removed ours.
+    pub(crate) fn remove_file(&self) {
+        let Listen::Unix(path) = &self.listen else {
+            return;
+        };
+        let current = file_ident(&self.listen);
+        if current.is_some() && current == self.file {
+            let _ = std::fs::remove_file(path);
+        } else if current.is_some() {
+            log::info!(
+                "metrics: {} is no longer the socket warden bound; left in place",
+                path.display()
+            );
+        }
     }
 
     /// The listener's descriptor (handed over by `warden upgrade`).
@@ -284,7 +353,8 @@ impl MetricsServer {
         self.listener.raw_fd()
     }
 
-    /// Accepts every pending connection; beyond [`MAX_CONNECTIONS`] each is closed at once.
+    /// Accepts every pending connection; beyond [`MAX_CONNECTIONS`] each is answered `503` and
+    /// closed at once.
     pub(crate) fn accept(&mut self, registry: &Registry, sources: &mut Sources) {
         loop {
             let accepted = match &self.listener {
@@ -301,7 +371,8 @@ impl MetricsServer {
                 }
             };
             if self.conns.len() >= MAX_CONNECTIONS {
-                log::debug!("metrics: {MAX_CONNECTIONS} connections open; closing a new one");
+                log::debug!("metrics: {MAX_CONNECTIONS} connections open; a new one is busy");
+                turn_away(stream);
                 continue;
             }
             let interest = Interest::READABLE | Interest::WRITABLE;
@@ -315,7 +386,7 @@ impl MetricsServer {
                 input: Vec::new(),
                 output: Vec::new(),
                 answered: false,
-                deadline: Instant::now() + CONNECTION_TIMEOUT,
+                accepted: Instant::now(),
             };
             self.conns.insert(token, conn);
         }
@@ -412,7 +483,7 @@ impl MetricsServer {
 
     /// When the oldest connection must be closed; `None` without connections.
     pub(crate) fn next_deadline(&self) -> Option<Instant> {
-        self.conns.values().map(|c| c.deadline).min()
+        self.conns.values().map(Conn::deadline).min()
     }
 
     /// Closes the connections whose time is up by `now`.
@@ -420,14 +491,29 @@ impl MetricsServer {
         let due: Vec<Token> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.deadline <= now)
+            .filter(|(_, c)| c.deadline() <= now)
             .map(|(t, _)| *t)
             .collect();
         for token in due {
-            log::debug!("metrics: closing a connection open for {CONNECTION_TIMEOUT:?}");
+            log::debug!("metrics: closing a connection whose time is up");
             self.close(token, registry, sources);
         }
     }
+}
+
+/// Answers a connection beyond the limit `503` and closes it, never waiting: what it sent so
+/// far is read and dropped (bounded), so that the close sends no reset ahead of the answer, and
+/// the answer, far smaller than an empty socket buffer, is written once, whatever comes of it.
+fn turn_away(mut stream: Stream) {
+    let mut sink = [0u8; 1024];
+    for _ in 0..MAX_REQUEST / sink.len() {
+        match stream.read(&mut sink) {
+            Ok(n) if n > 0 => {}
+            _ => break,
+        }
+    }
+    let _ = stream.write(&busy_response());
+    stream.shutdown();
 }
 
 #[cfg(test)]
@@ -469,6 +555,14 @@ mod tests {
             route(b"\x16\x03\x01 not http\r\n\r\n"),
             Some(Route::BadRequest)
         );
+    }
+
+    #[test]
+    fn a_busy_endpoint_says_so_and_when_to_retry() {
+        let r = String::from_utf8(busy_response()).unwrap();
+        assert!(r.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{r}");
+        assert!(r.contains("\r\nRetry-After: 1\r\n"), "{r}");
+        assert!(r.contains("\r\nConnection: close\r\n"), "{r}");
     }
 
     #[test]
