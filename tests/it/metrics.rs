@@ -166,6 +166,18 @@ fn restarts(samples: &[Value], program: &str, reason: &str) -> f64 {
     value(samples, "warden_instance_restarts_total", &labels).unwrap_or(-1.0)
 }
 
+/// One `sleep` program, `svc`.
+const SVC: &str = "[program.svc]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n";
+
+/// A warden started with `tables`, serving metrics on the Unix socket `SANDBOX/m.sock`: the
+/// sandbox, warden's pid and the endpoint's address.
+fn on_unix_socket(test: &Test, tables: &str) -> (Sandbox, i32, Addr) {
+    let mut sb = test.supervisor_sandbox("metrics = \"SANDBOX/m.sock\"", tables);
+    let pid = sb.start();
+    let addr = Addr::Unix(sb.path("m.sock"));
+    (sb, pid, addr)
+}
+
 #[test]
 fn metrics_parse_in_both_formats_and_restarts_are_counted_by_reason() {
     let test = this_test!();
@@ -277,13 +289,8 @@ fn metrics_parse_in_both_formats_and_restarts_are_counted_by_reason() {
 #[test]
 fn only_get_metrics_is_served_and_nothing_there_changes_anything() {
     let test = this_test!();
+    let (mut sb, _, addr) = on_unix_socket(&test, SVC);
     let sock = "m.sock";
-    let mut sb = test.supervisor_sandbox(
-        &format!("metrics = \"SANDBOX/{sock}\""),
-        "[program.svc]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n",
-    );
-    sb.start();
-    let addr = Addr::Unix(sb.path(sock));
     let pid_before = status_json(&mut sb)["instances"][0]["pid"].clone();
     for (raw, want) in [
         ("GET / HTTP/1.1\r\n\r\n", 404),
@@ -388,13 +395,7 @@ fn rss_kib(pid: i32) -> u64 {
 #[test]
 fn a_thousand_scrapes_leave_memory_flat() {
     let test = this_test!();
-    let sock = "m.sock";
-    let mut sb = test.supervisor_sandbox(
-        &format!("metrics = \"SANDBOX/{sock}\""),
-        "[program.svc]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\ninstances = 20\n",
-    );
-    let pid = sb.start();
-    let addr = Addr::Unix(sb.path(sock));
+    let (_sb, pid, addr) = on_unix_socket(&test, &format!("{SVC}instances = 20\n"));
     // Warm up: allocator arenas and buffers reach their working size.
     for _ in 0..100 {
         scrape(&addr, false).expect("a scrape");
@@ -672,15 +673,12 @@ fn a_surge_rollout_exports_each_instance_once_and_its_counters_never_go_down() {
 #[test]
 fn a_stopping_instance_whose_process_runs_is_up() {
     let test = this_test!();
-    let sock = "m.sock";
-    let mut sb = test.supervisor_sandbox(
-        &format!("metrics = \"SANDBOX/{sock}\""),
+    let (mut sb, _, addr) = on_unix_socket(
+        &test,
         "[program.stubborn]\n\
          command = [\"/bin/sh\", \"-c\", \"trap '' TERM; while :; do SANDBOX/sleep 1; done\"]\n\
          stop_timeout = \"60s\"\n",
     );
-    sb.start();
-    let addr = Addr::Unix(sb.path(sock));
     let labels = [("program", "stubborn"), ("instance", "0")];
     wait_metrics(&sb, &addr, "stubborn up", |s| {
         value(s, "warden_instance_up", &labels) == Some(1.0)
@@ -754,13 +752,8 @@ fn memory_gauges_are_there_only_where_the_cgroup_has_the_files() {
 #[test]
 fn the_socket_file_outlives_an_upgrade_and_goes_at_the_stop() {
     let test = this_test!();
+    let (mut sb, _, addr) = on_unix_socket(&test, SVC);
     let sock = "m.sock";
-    let mut sb = test.supervisor_sandbox(
-        &format!("metrics = \"SANDBOX/{sock}\""),
-        "[program.svc]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n",
-    );
-    sb.start();
-    let addr = Addr::Unix(sb.path(sock));
     assert!(scrape(&addr, false).is_some(), "log:\n{}", log(&sb));
     // The listener is handed over, its file kept.
     expect(&mut sb, &["upgrade"], 0);
