@@ -175,6 +175,17 @@ pub struct DaemonSpec {
     pub pid_namespace: bool,
 }
 
+/// `shutdown_timeout`'s default: 30 s, or 8 s in a process that is PID 1 (a container's entry
+/// point), so that a graceful shutdown fits `docker stop`'s 10 s grace period (and Kubernetes'
+/// 30 s) before the runtime's `SIGKILL`.
+fn default_shutdown_timeout() -> Duration {
+    if std::process::id() == 1 {
+        Duration::from_secs(8)
+    } else {
+        Duration::from_secs(30)
+    }
+}
+
 impl Default for DaemonSpec {
     fn default() -> Self {
         DaemonSpec {
@@ -191,7 +202,7 @@ impl Default for DaemonSpec {
             syslog_facility: "daemon".into(),
             syslog_ident: "warden".into(),
             ready_timeout: Duration::from_secs(30),
-            shutdown_timeout: Duration::from_secs(30),
+            shutdown_timeout: default_shutdown_timeout(),
             exit_on_fatal: false,
             scale_program: None,
             control_socket: PathBuf::from("/run/warden/warden.sock"),

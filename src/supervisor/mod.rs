@@ -781,7 +781,14 @@ impl Supervisor {
             match event {
                 SignalEvent::ChildExited => self.reap(),
                 SignalEvent::GracefulShutdown => {
-                    log::info!("graceful shutdown: stopping programs in reverse dependency order");
+                    let deadline = self
+                        .shutdown
+                        .timeout
+                        .map(|t| format!(" (deadline {t:?})"))
+                        .unwrap_or_default();
+                    log::info!(
+                        "graceful shutdown: stopping programs in reverse dependency order{deadline}"
+                    );
                     self.shutdown(false);
                 }
                 SignalEvent::FastShutdown => {

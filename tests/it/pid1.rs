@@ -83,6 +83,12 @@ fn as_pid_1_warden_reaps_orphans_and_stops_on_sigterm_with_status_0() {
     let everything: Vec<i32> = children_of(warden);
     signal(warden, nix::sys::signal::Signal::SIGTERM);
     assert_eq!(exit_of(&mut sb, outer), Some(0), "{}", sb.read("run.out"));
+    // As PID 1, shutdown_timeout (not set here) defaults to 8 s: within docker stop's 10 s.
+    assert!(
+        log(&sb).contains("reverse dependency order (deadline 8s)"),
+        "{}",
+        log(&sb)
+    );
     assert!(!alive(warden) || is_zombie(warden));
     for p in everything {
         assert!(!alive(p) || is_zombie(p), "pid {p} outlived warden");
