@@ -99,18 +99,6 @@ fn started_in_cgroup_mode(test: &Test, extra: &str) -> Option<(Sandbox, i32, Val
     Some((sb, warden, v))
 }
 
-/// The argv of `pid`.
-fn cmdline(pid: i32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
-            c.split(|&b| b == 0)
-                .filter(|s| !s.is_empty())
-                .map(|s| String::from_utf8_lossy(s).into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The session id of `pid` (field 6 of /proc/PID/stat).
 fn session(pid: i32) -> Option<i32> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -442,6 +442,16 @@ pub fn all_pids() -> Vec<i32> {
         .collect()
 }
 
+/// The argv of `pid` (empty when it is gone).
+pub fn cmdline(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|&b| b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
 /// Whether `pid` exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
     std::fs::metadata(format!("/proc/{pid}")).is_ok() && !is_zombie(pid)

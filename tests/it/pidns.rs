@@ -99,16 +99,7 @@ fn guard_of(warden: i32) -> i32 {
 
 /// The last argument of `pid`'s command line.
 fn last_arg(pid: i32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
-            let c = String::from_utf8_lossy(&c).into_owned();
-            c.trim_end_matches('\0')
-                .rsplit('\0')
-                .next()
-                .unwrap_or_default()
-                .to_string()
-        })
-        .unwrap_or_default()
+    cmdline(pid).pop().unwrap_or_default()
 }
 
 /// The `n` escaped grandchildren (`sleep 1001`), once all run (tracked for clean-up), each in

@@ -143,16 +143,6 @@ fn instance_of(pid: i32) -> Option<usize> {
     environ(pid).get("WARDEN_INSTANCE")?.parse().ok()
 }
 
-/// The argv of `pid`.
-fn cmdline(pid: i32) -> Vec<String> {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .unwrap_or_default()
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect()
-}
-
 /// The live process of this sandbox whose argv is exactly `args`.
 fn find_process(sb: &Sandbox, args: &[&str]) -> Option<i32> {
     sb.processes().into_iter().find(|&p| cmdline(p) == args)
