@@ -423,9 +423,11 @@ pub(crate) fn clean_stale(parent: &Path) -> Vec<String> {
     };
     let mut lines = Vec::new();
     for e in entries.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(base_pid) else {
+        // A warden's base by its name (the pid in it is the one its warden saw itself as, which
+        // may be anyone's here): judged by its cgroups below.
+        if e.file_name().to_str().and_then(base_pid).is_none() {
             continue;
-        };
+        }
         let base = e.path();
         if !stale(&base) {
             continue;
@@ -442,12 +444,13 @@ pub(crate) fn clean_stale(parent: &Path) -> Vec<String> {
         remove_tree(&base);
         lines.push(if left {
             format!(
-                "killed what a warden that is gone (pid {pid}) left in {} and removed it",
+                "killed what a warden that is gone left in {} (its supervisor cgroup holds no \
+                 process) and removed it",
                 base.display()
             )
         } else {
             format!(
-                "removed {} (its warden, pid {pid}, is gone)",
+                "removed {}: its warden is gone (its supervisor cgroup holds no process)",
                 base.display()
             )
         });
