@@ -146,7 +146,14 @@ fn standing(goal: Goal, program: &ProgramView<'_>, instance: &InstanceView<'_>) 
 fn standing_up(program: &ProgramView<'_>, instance: &InstanceView<'_>, tag: String) -> Standing {
     let state = instance.state;
     match (state, instance.exec) {
-        (State::Fatal, _) => Standing::Failed(format!("{tag} is fatal")),
+        // Why, where it is known: the exec that failed, or the last exit.
+        (State::Fatal, ExecState::Failed(why)) => {
+            Standing::Failed(format!("{tag} is fatal: {why}"))
+        }
+        (State::Fatal, _) => Standing::Failed(match instance.last_exit {
+            Some(exit) => format!("{tag} is fatal (last exit: {exit})"),
+            None => format!("{tag} is fatal"),
+        }),
         (State::Stopped, _) => Standing::Failed(format!("{tag} is stopped")),
         (_, ExecState::Failed(why)) => Standing::Failed(format!("{tag}: {why}")),
         (State::Exited, _) => Standing::Failed(format!("{tag} exited")),
@@ -354,6 +361,17 @@ mod tests {
         let mut web = Program::new("web", 2, fake::ready());
         web.at(0).state = State::Fatal;
         assert_eq!(verdict(Goal::Up, &[&web]), failed("web[0] is fatal"));
+        // With why, where it is known.
+        web.at(0).last_exit = Some(crate::policy::ExitStatus::Code(127));
+        assert_eq!(
+            verdict(Goal::Up, &[&web]),
+            failed("web[0] is fatal (last exit: exit code 127)")
+        );
+        web.at(0).exec = ExecState::Failed("cannot execute /nope: No such file".into());
+        assert_eq!(
+            verdict(Goal::Up, &[&web]),
+            failed("web[0] is fatal: cannot execute /nope: No such file")
+        );
     }
 
     #[test]
