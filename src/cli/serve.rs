@@ -8,7 +8,7 @@ use warden::control::server::ControlServer;
 use warden::log::{LogConfig, LogHandle, Target};
 use warden::supervisor::metrics::MetricsListener;
 use warden::supervisor::sockets::HeldSocket;
-use warden::supervisor::{ProgramDef, ReloadSet, RunExit, Supervisor};
+use warden::supervisor::{DelegatedCgroups, ProgramDef, ReloadSet, RunExit, Supervisor};
 use warden::{Daemon, DaemonHandle, ServiceManager, Signals, Stdio};
 
 use super::exit;
@@ -22,6 +22,8 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
         Ok(b) => b,
         Err(code) => return code,
     };
+    // Made while still root, for a warden that will run as `[daemon] user`.
+    let delegated = delegated_cgroups(&config);
     let mut daemon = daemon_from(&config, foreground, manager);
     for fd in bound.fds() {
         daemon = daemon.keep_fd(fd);
@@ -41,7 +43,7 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     };
     // Everything that can fail because of the configuration fails here, before `ready`, so that
     // `warden start` reports it and exits non-zero.
-    let mut sup = match build(&config, &handle, &log, bound) {
+    let mut sup = match build(&config, &handle, &log, (bound, delegated)) {
         Ok(s) => s,
         Err(e) => handle.fail(&e),
     };
@@ -233,16 +235,37 @@ fn build(
     config: &Config,
     handle: &DaemonHandle,
     log: &LogHandle,
-    bound: Bound,
+    (bound, delegated): (Bound, Option<DelegatedCgroups>),
 ) -> Result<Supervisor, String> {
     let sup = Supervisor::new().map_err(|e| format!("cannot start the supervisor: {e}"))?;
     let group = control_group(config)?;
     let server =
         ControlServer::bind(&config.daemon.control_socket, group).map_err(|e| e.to_string())?;
     let mut sup = supervisor(sup, config, handle, log, (bound, server))?;
+    if let Some(tree) = delegated {
+        sup.use_delegated_cgroups(tree);
+    }
     // cgroup mode is set up before readiness (not across an upgrade: `import` adopts it).
     sup.decide_tracking();
     Ok(sup)
+}
+
+/// warden's cgroup tree, made now as root and delegated to `[daemon] user`, which could not
+/// make it once warden runs as that user; `None` when there is no such user, cgroups are off,
+/// this is not root, or the tree cannot be made (the daemon then says why when it decides).
+fn delegated_cgroups(config: &Config) -> Option<DelegatedCgroups> {
+    let d = &config.daemon;
+    if d.user.is_none()
+        || d.cgroups != warden::config::CgroupMode::Auto
+        || !nix::unistd::geteuid().is_root()
+    {
+        return None;
+    }
+    let creds = warden::Credentials::resolve(d.user.as_deref(), d.group.as_deref())
+        .ok()
+        .flatten()?;
+    let uid = creds.user.as_ref()?.1.as_raw();
+    DelegatedCgroups::make(uid, creds.gid.as_raw()).ok()
 }
 
 /// The `control_group`, resolved.

@@ -81,6 +81,7 @@ use crate::policy::Jitter;
 pub use crate::policy::{ExitStatus, Policy, Readiness, Restart, StopWith};
 use crate::signals::{SignalEvent, Signals};
 use capture::{Capture, Stream};
+pub use cgroup::DelegatedCgroups;
 pub use handoff::{DaemonRec, Handoff, Inherited, STATE_FORMAT, release_signals};
 use notify::NotifySocket;
 pub use program::{HealthStatus, InstanceState, InstanceStatus, ProgramDef, RunExit, Work};

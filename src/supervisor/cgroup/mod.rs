@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use crate::config::CgroupLimits;
 
 mod run;
+pub use run::DelegatedCgroups;
 pub(crate) use run::{CgroupState, ends};
 
 /// The controllers warden enables for instances when the parent offers them.
@@ -150,6 +151,35 @@ impl Hierarchy {
         };
         h.enable_controllers();
         Ok((h, cleaned))
+    }
+
+    /// Delegates the tree to `uid`:`gid`, as systemd's `Delegate=yes` does: the base, its leaf
+    /// and `programs` (which it creates cgroups in), with the files a delegate writes
+    /// (`cgroup.procs`, `cgroup.subtree_control`, and `programs`' `cgroup.kill`).
+    ///
+    /// Errors: a `chown` that failed, naming the path.
+    pub(crate) fn delegate(&self, uid: u32, gid: u32) -> Result<(), String> {
+        let (supervisor, programs) = (self.base.join("supervisor"), self.programs());
+        let paths = [
+            self.base.clone(),
+            self.base.join("cgroup.procs"),
+            self.base.join("cgroup.subtree_control"),
+            supervisor.join("cgroup.procs"),
+            supervisor,
+            programs.join("cgroup.procs"),
+            programs.join("cgroup.subtree_control"),
+            programs.join("cgroup.kill"),
+            programs,
+        ];
+        let owner = (
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        );
+        for p in paths {
+            nix::unistd::chown(&p, owner.0, owner.1)
+                .map_err(|e| format!("cannot delegate {} to uid {uid}: chown: {e}", p.display()))?;
+        }
+        Ok(())
     }
 
     /// The hierarchy an earlier image of this process made (`warden upgrade`).

@@ -34,6 +34,8 @@ pub(crate) struct CgroupState {
     pub(crate) expected: bool,
     /// cgroup mode asked and expected, and not in force: why (for `warden start`).
     pub(crate) fallback: Option<String>,
+    /// A tree made as root for this process, now another user ([`DelegatedCgroups`]).
+    pub(crate) delegated: Option<DelegatedCgroups>,
 }
 
 /// Whether `event` says an instance's processes are all gone (when its cgroup was emptied).
@@ -74,7 +76,12 @@ impl Supervisor {
         let why = match self.cgroup.asked {
             None => return,
             Some(CgroupMode::Off) => "cgroups = \"off\"".to_string(),
-            Some(CgroupMode::Auto) => match Hierarchy::set_up_here() {
+            Some(CgroupMode::Auto) => match self
+                .cgroup
+                .delegated
+                .take()
+                .map_or_else(Hierarchy::set_up_here, |d| Ok((d.hierarchy, d.cleaned)))
+            {
                 Ok((h, cleaned)) => {
                     for line in cleaned {
                         log::warn!("{line}");
@@ -286,5 +293,39 @@ impl Supervisor {
         }
         slot.inst.last_reason = Some(ExitReason::Oom);
         Some("killed by the OOM killer (oom_kill in its cgroup's memory.events)".into())
+    }
+}
+
+/// warden's cgroup tree made while still root, for a warden that then runs as another user
+/// (`[daemon] user`): the calling process moved into its `supervisor` leaf (its children, the
+/// daemon among them, are born there), and the tree delegated to that user as systemd's
+/// `Delegate=yes` does, so that it can make, fill and kill the instances' cgroups. Given to
+/// [`Supervisor::use_delegated_cgroups`] in the process that runs as the user.
+#[derive(Debug)]
+pub struct DelegatedCgroups {
+    hierarchy: Hierarchy,
+    cleaned: Vec<String>,
+}
+
+impl DelegatedCgroups {
+    /// Makes the tree in this process's cgroup and delegates it to `uid`:`gid`.
+    ///
+    /// Errors: why cgroup mode cannot be had (as [`Supervisor::decide_tracking`] would say),
+    /// or a `chown` that failed (the tree is then removed).
+    pub fn make(uid: u32, gid: u32) -> Result<DelegatedCgroups, String> {
+        let (hierarchy, cleaned) = Hierarchy::set_up_here()?;
+        if let Err(e) = hierarchy.delegate(uid, gid) {
+            hierarchy.tear_down();
+            return Err(e);
+        }
+        Ok(DelegatedCgroups { hierarchy, cleaned })
+    }
+}
+
+impl Supervisor {
+    /// Uses `tree`, made by [`DelegatedCgroups::make`] before this process dropped its
+    /// privileges, when [`decide_tracking`](Self::decide_tracking) enters cgroup mode.
+    pub fn use_delegated_cgroups(&mut self, tree: DelegatedCgroups) {
+        self.cgroup.delegated = Some(tree);
     }
 }
