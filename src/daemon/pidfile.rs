@@ -68,10 +68,13 @@ impl Pidfile {
                 Err(TryLockError::WouldBlock) => {
                     let pid = read_pid(&file);
                     // A zombie is no daemon: the lock it held is held by something else for
-                    // an instant (a child it forked, about to exec).
+                    // an instant (a child it forked, about to exec). Nor is this process: a
+                    // container's PID 1 restarted at once finds its predecessor's pid, 1, its
+                    // own, while the old one is still going.
                     let live = pid.is_some_and(|p| {
-                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
-                            != Err(nix::errno::Errno::ESRCH)
+                        p != std::process::id() as i32
+                            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None)
+                                != Err(nix::errno::Errno::ESRCH)
                             && !is_zombie(p)
                     });
                     if live || std::time::Instant::now() >= patience {
@@ -406,11 +409,17 @@ mod tests {
         let taken = taken.expect("stale file taken over once the probe let go");
         drop(taken);
 
-        // Locked by a process that is alive (this one): refused without waiting.
-        std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
+        // Locked, naming a process that is alive (a child of this one): refused.
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        std::fs::write(&path, format!("{}\n", live.id())).unwrap();
         let holder = File::open(&path).unwrap();
         holder.lock_shared().unwrap();
         let refused = Pidfile::acquire(&path);
+        let _ = live.kill();
+        let _ = live.wait();
         assert!(
             matches!(refused, Err(Error::AlreadyRunning { .. })),
             "{refused:?}"
@@ -442,6 +451,25 @@ mod tests {
         let taken = Pidfile::acquire(&path);
         release.join().unwrap();
         zombie.wait().unwrap();
+        taken.expect("taken over once the lock was let go");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    /// A locked pidfile naming this very process (a container's PID 1 restarted while its
+    /// predecessor, pid 1 too, still exits) is waited out like a dead pid.
+    #[test]
+    fn our_own_pid_named_in_a_locked_file_is_waited_out() {
+        let path = std::env::temp_dir().join(format!("warden-own-{}.pid", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
+        let holder = File::open(&path).unwrap();
+        holder.lock().unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(holder);
+        });
+        let taken = Pidfile::acquire(&path);
+        release.join().unwrap();
         taken.expect("taken over once the lock was let go");
         std::fs::remove_file(&path).unwrap();
     }
