@@ -428,19 +428,11 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
     }
 
-    /// A locked pidfile naming a zombie (a daemon killed, not reaped yet, whose lock a child
-    /// forked just before still holds for an instant) is waited out like a dead pid.
-    #[test]
-    fn a_zombie_named_in_a_locked_file_is_waited_out() {
-        let path = std::env::temp_dir().join(format!("warden-zombie-{}.pid", std::process::id()));
+    /// Whether `acquire` takes over a pidfile that names `pid` while another descriptor holds its
+    /// lock for 50 ms (`name` tells the test's files apart).
+    fn taken_over_once_let_go(name: &str, pid: i32) -> Result<Pidfile> {
+        let path = std::env::temp_dir().join(format!("warden-{name}-{}.pid", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let mut zombie = std::process::Command::new("true").spawn().unwrap();
-        let pid = zombie.id() as i32;
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !is_zombie(pid) && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        assert!(is_zombie(pid), "{pid} never became a zombie");
         std::fs::write(&path, format!("{pid}\n")).unwrap();
         let holder = File::open(&path).unwrap();
         holder.lock().unwrap();
@@ -450,28 +442,32 @@ mod tests {
         });
         let taken = Pidfile::acquire(&path);
         release.join().unwrap();
+        std::fs::remove_file(&path).unwrap();
+        taken
+    }
+
+    /// A locked pidfile naming a zombie (a daemon killed, not reaped yet, whose lock a child
+    /// forked just before still holds for an instant) is waited out like a dead pid.
+    #[test]
+    fn a_zombie_named_in_a_locked_file_is_waited_out() {
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        let pid = zombie.id() as i32;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !is_zombie(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(is_zombie(pid), "{pid} never became a zombie");
+        let taken = taken_over_once_let_go("zombie", pid);
         zombie.wait().unwrap();
         taken.expect("taken over once the lock was let go");
-        std::fs::remove_file(&path).unwrap();
     }
 
     /// A locked pidfile naming this very process (a container's PID 1 restarted while its
     /// predecessor, pid 1 too, still exits) is waited out like a dead pid.
     #[test]
     fn our_own_pid_named_in_a_locked_file_is_waited_out() {
-        let path = std::env::temp_dir().join(format!("warden-own-{}.pid", std::process::id()));
-        let _ = std::fs::remove_file(&path);
-        std::fs::write(&path, format!("{}\n", std::process::id())).unwrap();
-        let holder = File::open(&path).unwrap();
-        holder.lock().unwrap();
-        let release = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            drop(holder);
-        });
-        let taken = Pidfile::acquire(&path);
-        release.join().unwrap();
-        taken.expect("taken over once the lock was let go");
-        std::fs::remove_file(&path).unwrap();
+        taken_over_once_let_go("own", std::process::id() as i32)
+            .expect("taken over once the lock was let go");
     }
 
     /// `held_by` tells the holder from a process that does not hold the file and from no
