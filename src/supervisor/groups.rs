@@ -17,14 +17,15 @@
 //!
 //! # The guard
 //!
-//! The guard is `/bin/sh` running [`GUARD_SCRIPT`](super::guard::GUARD_SCRIPT) (`argv[0]` `warden-guard`), spawned with
-//! `exec` — so it holds none of the supervisor's memory — as the supervisor's child, in a process
-//! group of its own, with every catchable signal ignored. Its standard input is one end of a
-//! stream socket pair whose other end only the supervisor holds (close-on-exec; a child forked
-//! without `exec` points it at `/dev/null`). Records are lines, `+PGID` when a worker group
-//! appears and `-PGID` once it is known to be empty. At end of file — the supervisor is gone —
-//! the guard kills every group it still holds and exits. The supervisor in turn sees the guard
-//! die as end of file on its end, and starts another that it tells every tracked group.
+//! The guard is `/bin/sh` running [`GUARD_SCRIPT`](super::guard::GUARD_SCRIPT) (`argv[0]`
+//! `warden-guard`), spawned with `exec` — so it holds none of the supervisor's memory — as the
+//! supervisor's child, in a process group of its own, with every catchable signal ignored. Its
+//! standard input is one end of a stream socket pair whose other end only the supervisor holds
+//! (close-on-exec; a child forked without `exec` points it at `/dev/null`). Records are lines,
+//! `+PGID` when a worker group appears and `-PGID` once it is known to be empty. At end of file —
+//! the supervisor is gone — the guard kills every group it still holds and exits. The supervisor in
+//! turn sees the guard die as end of file on its end, and starts another that it tells every
+//! tracked group.
 //!
 //! A guard that stops reading (stopped by `SIGSTOP`) never blocks the loop: records wait in
 //! memory, a `+` and a later `-` of the same group cancelling out; past [`MAX_PENDING`] waiting
@@ -693,9 +694,7 @@ impl Groups {
     /// The `cgroup.procs` of group `pgid`'s cgroup (cgroup mode): where an exec health check of
     /// that instance runs.
     pub(crate) fn cgroup_procs(&self, pgid: i32) -> Option<std::ffi::CString> {
-        use std::os::unix::ffi::OsStrExt;
-        let dir = self.cgroup_of(pgid)?;
-        std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()
+        cgroup::procs_of(self.cgroup_of(pgid)?)
     }
 
     /// The cgroup of group `pgid` (cgroup mode).

@@ -634,10 +634,7 @@ fn started_as_root_to_run_as_another_user_warden_keeps_cgroup_mode() {
         "[program.w]\ncommand = [\"/bin/sh\", \"-c\", \"setsid SANDBOX/sleep 1001 & exec SANDBOX/sleep 1000\"]\n\
          stop_timeout = \"1s\"\n",
     );
-    let out = sb.run(&["start"]);
-    if let Some(pid) = sb.pidfile_pid() {
-        sb.track(pid);
-    }
+    let out = sb.start_under(&[]);
     assert_exit(&out, 0);
     assert!(
         !stderr_of(&out).contains("without cgroups"),
@@ -695,18 +692,18 @@ fn where_cgroup_mode_was_to_be_had_and_is_not_start_says_so() {
     // As root, in a mount namespace without the hierarchy: no cgroup mode.
     let mut sb =
         test.supervisor_sandbox("", "[program.s]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n");
-    let start = sb.warden(&["start"]);
-    let mut cmd = std::process::Command::new("unshare");
-    cmd.args(["--mount", "--propagation", "private", "sh", "-c"])
-        .arg(format!("umount -l {mount} && exec \"$@\""))
-        .arg("sh")
-        .arg(start.get_program())
-        .args(start.get_args())
-        .stdin(std::process::Stdio::null());
-    let out = sb.output(cmd);
-    if let Some(pid) = sb.pidfile_pid() {
-        sb.track(pid);
-    }
+    let umount = format!("umount -l {mount} && exec \"$@\"");
+    let unshare = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &umount,
+        "sh",
+    ];
+    let out = sb.start_under(&unshare);
     assert_exit(&out, 0);
     assert_stderr_has(
         &out,

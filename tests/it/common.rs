@@ -271,6 +271,26 @@ impl Sandbox {
         pid
     }
 
+    /// `PREFIX… warden -c CONFIG start` to completion (a wrapper such as `setpriv` or
+    /// `unshare` in front), the daemon it started tracked for clean-up; its output.
+    pub fn start_under(&mut self, prefix: &[&str]) -> Output {
+        let start = self.warden(&["start"]);
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(start.get_program()).args(start.get_args());
+                c
+            }
+            None => start,
+        };
+        cmd.stdin(Stdio::null());
+        let out = self.output(cmd);
+        if let Some(pid) = self.pidfile_pid() {
+            self.track(pid);
+        }
+        out
+    }
+
     /// Spawns a long-running process (e.g. `warden run`), tracked for clean-up.
     pub fn spawn(&mut self, mut cmd: Command) -> i32 {
         let child = cmd.spawn().expect("spawn");

@@ -341,22 +341,15 @@ fn without_cap_sys_admin_start_says_pid_namespace_cannot_be_applied() {
         daemon,
         "[program.s]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n",
     );
-    let start = sb.warden(&["start"]);
-    let mut cmd = std::process::Command::new("setpriv");
-    cmd.args([
+    let setpriv = [
+        "setpriv",
         "--bounding-set",
         "-sys_admin",
         "--inh-caps",
         "-sys_admin",
         "--",
-    ])
-    .arg(start.get_program())
-    .args(start.get_args())
-    .stdin(std::process::Stdio::null());
-    let out = sb.output(cmd);
-    if let Some(pid) = sb.pidfile_pid() {
-        sb.track(pid);
-    }
+    ];
+    let out = sb.start_under(&setpriv);
     assert_exit(&out, 0);
     assert_stderr_has(&out, "warning: pid_namespace cannot be applied: ");
     assert!(

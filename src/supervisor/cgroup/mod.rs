@@ -272,6 +272,13 @@ impl Hierarchy {
     }
 }
 
+/// The `cgroup.procs` of cgroup `dir` as a C string, for a child that joins it itself before
+/// `exec`; `None` for a path with a NUL byte.
+pub(crate) fn procs_of(dir: &Path) -> Option<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).ok()
+}
+
 /// Makes cgroup `name` in `parent`, never reusing one: an empty one left behind is removed and
 /// made anew (a cgroup keeps what was done to it, limits and a `cgroup.kill` under way); one
 /// that still holds processes — an instance of a program removed and added again while it

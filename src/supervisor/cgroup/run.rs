@@ -2,7 +2,6 @@
 //! its limits, OOM attribution, and what `status` says.
 
 use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
 use super::{Hierarchy, instance_name};
@@ -203,10 +202,9 @@ impl Supervisor {
             return Ok(None);
         };
         self.tell_unapplied(p, failed);
-        let procs =
-            CString::new(dir.join("cgroup.procs").as_os_str().as_bytes()).map_err(|_| {
-                crate::Error::os("cgroup path", std::io::ErrorKind::InvalidInput.into())
-            })?;
+        let procs = super::procs_of(&dir).ok_or_else(|| {
+            crate::Error::os("cgroup path", std::io::ErrorKind::InvalidInput.into())
+        })?;
         Ok(Some((procs, (dir, base))))
     }
 
