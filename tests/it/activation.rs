@@ -373,7 +373,7 @@ fn notify_health_and_exit_after_behave_as_documented() {
     cmd.env("NOTIFY_SOCKET", &notify_path).stdout(Stdio::null());
     let pid = sb.spawn(cmd);
     let mut buf = [0u8; 64];
-    let n = notify.recv(&mut buf).expect("READY=1 within the bound");
+    let n = uninterrupted(|| notify.recv(&mut buf)).expect("READY=1 within the bound");
     assert_eq!(&buf[..n], b"READY=1");
     let addr = sb.read("launch.out");
     let addr = addr

@@ -576,6 +576,19 @@ pub fn kill_together(warden: i32, guard: i32) {
     signal(warden, Signal::SIGKILL);
 }
 
+/// `op` again for as long as it fails with `EINTR`. A blocking socket call with a timeout
+/// (`SO_RCVTIMEO`) fails so, even without a signal handler, when the process was stopped and
+/// continued (a job-control stop, a CPU throttler, a freezer): a test must not take that for
+/// the peer's answer.
+pub fn uninterrupted<T>(mut op: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    loop {
+        match op() {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
 /// Sends `sig` to `pid`.
 pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);

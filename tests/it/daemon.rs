@@ -1135,7 +1135,7 @@ fn run_stays_in_the_foreground_and_exits_0_on_sigterm() {
 
     // Readiness: handlers are installed by then, so SIGTERM is handled, not fatal.
     let mut buf = [0u8; 512];
-    let n = sock.recv(&mut buf).unwrap_or_else(|e| {
+    let n = uninterrupted(|| sock.recv(&mut buf)).unwrap_or_else(|e| {
         panic!(
             "no READY=1 within {TIMEOUT:?}: {e}; stderr: {}",
             sb.read("run.err")

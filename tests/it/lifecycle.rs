@@ -325,9 +325,7 @@ fn sd_notify_messages_arrive_in_order() {
     let pid = sb.spawn(cmd);
     let mut buf = [0u8; 4096];
     let mut recv = || {
-        let n = sock
-            .recv(&mut buf)
-            .expect("a notify message within the timeout");
+        let n = uninterrupted(|| sock.recv(&mut buf)).expect("a notify message within the timeout");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
     let first = recv();

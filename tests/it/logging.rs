@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Sandbox, TIMEOUT, Test, alive, signal, start_lifecycle, stderr_of, wait_until,
+    Sandbox, TIMEOUT, Test, alive, signal, start_lifecycle, stderr_of, uninterrupted, wait_until,
 };
 use nix::sys::signal::Signal;
 
@@ -257,7 +257,7 @@ fn logrotate_loses_and_splits_no_line_across_three_rotations() {
 /// One syslog datagram, as text.
 fn recv_text(sock: &UnixDatagram) -> Option<String> {
     let mut buf = [0u8; 8192];
-    match sock.recv(&mut buf) {
+    match uninterrupted(|| sock.recv(&mut buf)) {
         Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
         Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => None,
         Err(e) => panic!("recv on the syslog socket: {e}"),
