@@ -435,17 +435,7 @@ fn each_process_of_an_instance_gets_the_stop_signal_once() {
         let mut sb = test.supervisor_sandbox(daemon, COUNTER);
         sb.start();
         for round in 1..=5 {
-            wait_status(&mut sb, "t running", |_, v| {
-                v["instances"][0]["state"] == "running"
-            });
-            // The trap is set once the shell waits: its child runs.
-            assert!(
-                wait_until(TIMEOUT, || sb
-                    .processes()
-                    .iter()
-                    .any(|&p| cmdline(p).last().map(String::as_str) == Some("1000"))),
-                "no child"
-            );
+            wait_counter_child(&mut sb);
             expect(&mut sb, &["stop", "t"], 0);
             let count = sb.read("count").lines().count();
             assert_eq!(
@@ -454,8 +444,26 @@ fn each_process_of_an_instance_gets_the_stop_signal_once() {
             );
             expect(&mut sb, &["start", "t"], 0);
         }
+        // Not before: a child forked but not yet executed runs the shell's trap, and the
+        // SIGTERM is lost to it (then only the stop timeout ends it).
+        wait_counter_child(&mut sb);
         expect(&mut sb, &["stop"], 0);
     }
+}
+
+/// Waits until `COUNTER`'s instance runs and its shell's child has executed `sleep 1000` (the
+/// shell's trap is set by then).
+fn wait_counter_child(sb: &mut Sandbox) {
+    wait_status(sb, "t running", |_, v| {
+        v["instances"][0]["state"] == "running"
+    });
+    assert!(
+        wait_until(TIMEOUT, || sb
+            .processes()
+            .iter()
+            .any(|&p| cmdline(p).last().map(String::as_str) == Some("1000"))),
+        "no child"
+    );
 }
 
 #[test]
