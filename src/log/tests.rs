@@ -316,7 +316,13 @@ fn bind_syslogd(path: &Path) -> UnixDatagram {
 
 fn recv(sock: &UnixDatagram) -> String {
     let mut buf = vec![0; 8192];
-    let n = sock.recv(&mut buf).expect("no syslog message within 5 s");
+    // A stop and continue of the test process makes a read with a timeout fail with EINTR.
+    let n = loop {
+        match sock.recv(&mut buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            r => break r.expect("no syslog message within 5 s"),
+        }
+    };
     String::from_utf8(buf[..n].to_vec()).unwrap()
 }
 
