@@ -269,6 +269,7 @@ mod tests {
                     What::Health { .. } => "health",
                     What::ReloadApplied { .. } => "reload-applied",
                     What::RolledBack { .. } => "rolled-back",
+                    What::Other { .. } => "other",
                 };
                 (*pid, name)
             })
