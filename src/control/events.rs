@@ -15,7 +15,7 @@
 //! ```
 //!
 //! `time` is RFC 3339 in UTC with milliseconds; `program`, `instance` and `pid` are present in
-//! every event and `null` where they do not apply (`reload-applied` has no program;
+//! every event and `null` where they do not apply (`reload-applied` and `upgraded` have no program;
 //! `rolled-back` names a program but no instance; `pid` is the instance's process, the one that
 //! started or exited, `null` when none is up). `event` is one of:
 //!
@@ -31,6 +31,7 @@
 //! | `health` | `state` (`passing` or `failing`), `failures` (in a row), `error` (the last failure's, or `null`) |
 //! | `reload-applied` | `changes`: what the reload did, one string each (`add web`, `restart db (changed)`) |
 //! | `rolled-back` | `reason` |
+//! | `upgraded` | `from`, `to`: the versions, as `warden upgrade` prints them (the new image took over; streams go on across an upgrade) |
 //!
 //! Events and fields may be added within version 1; none will be removed or change meaning. A
 //! client reads an event it does not know as [`What::Other`] (its name and fields as they
@@ -104,6 +105,13 @@ pub enum What {
     RolledBack {
         /// Why.
         reason: String,
+    },
+    /// warden was upgraded in place (`warden upgrade`): the new image has taken over.
+    Upgraded {
+        /// The version that handed over.
+        from: String,
+        /// The version that runs now.
+        to: String,
     },
     /// An event this build does not know (a newer warden's), with all its own fields: read,
     /// never published.
@@ -205,6 +213,7 @@ impl What {
             }
             What::ReloadApplied { changes } => ("reload applied", Some(changes.join("; "))),
             What::RolledBack { reason } => ("rolled back", Some(reason.clone())),
+            What::Upgraded { from, to } => ("upgraded", Some(format!("{from} -> {to}"))),
             What::Other { .. } => ("", None),
         }
     }
@@ -315,6 +324,31 @@ mod tests {
             )),
             "1970-01-01T00:00:01.500Z warden: reload applied: add a; remove b"
         );
+    }
+
+    #[test]
+    fn upgraded_names_both_versions() {
+        let e = at_epoch(
+            None,
+            None,
+            None,
+            What::Upgraded {
+                from: "0.1.0".into(),
+                to: "0.2.0".into(),
+            },
+        );
+        assert_eq!(
+            e.human(),
+            "1970-01-01T00:00:01.500Z warden: upgraded: 0.1.0 -> 0.2.0"
+        );
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"time": "1970-01-01T00:00:01.500Z", "program": null,
+                "instance": null, "pid": null, "event": "upgraded", "from": "0.1.0",
+                "to": "0.2.0"})
+        );
+        assert_eq!(serde_json::from_value::<EventRecord>(v).unwrap(), e);
     }
 
     #[test]
