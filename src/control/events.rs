@@ -15,7 +15,7 @@
 //! ```
 //!
 //! `time` is RFC 3339 in UTC with milliseconds; `program`, `instance` and `pid` are present in
-//! every event and `null` where they do not apply (`reload-applied` has no program;
+//! every event and `null` where they do not apply (`reload-applied` and `upgraded` have no program;
 //! `rolled-back` names a program but no instance; `pid` is the instance's process, the one that
 //! started or exited, `null` when none is up). `event` is one of:
 //!
@@ -31,8 +31,11 @@
 //! | `health` | `state` (`passing` or `failing`), `failures` (in a row), `error` (the last failure's, or `null`) |
 //! | `reload-applied` | `changes`: what the reload did, one string each (`add web`, `restart db (changed)`) |
 //! | `rolled-back` | `reason` |
+//! | `upgraded` | `from`, `to`: the versions, as `warden upgrade` prints them (the new image took over; streams go on across an upgrade) |
 //!
-//! Events and fields may be added within version 1; none will be removed or change meaning.
+//! Events and fields may be added within version 1; none will be removed or change meaning. A
+//! client reads an event it does not know as [`What::Other`] (its name and fields as they
+//! came), and ignores a field it does not know in an event it knows.
 
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime};
@@ -103,6 +106,23 @@ pub enum What {
         /// Why.
         reason: String,
     },
+    /// warden was upgraded in place (`warden upgrade`): the new image has taken over.
+    Upgraded {
+        /// The version that handed over.
+        from: String,
+        /// The version that runs now.
+        to: String,
+    },
+    /// An event this build does not know (a newer warden's), with all its own fields: read,
+    /// never published.
+    #[serde(untagged)]
+    Other {
+        /// Its name (`event` in the JSON).
+        event: String,
+        /// Its fields, as they came.
+        #[serde(flatten)]
+        fields: serde_json::Map<String, serde_json::Value>,
+    },
 }
 
 impl EventRecord {
@@ -144,6 +164,9 @@ impl What {
         if let What::Restarting { delay_ms } = self {
             let delay = crate::policy::fmt_duration(Duration::from_millis(*delay_ms));
             return (format!("restarting in {delay}"), None);
+        }
+        if let What::Other { event, .. } = self {
+            return (event.clone(), None);
         }
         let (name, detail) = self.parts();
         (name.to_string(), detail)
@@ -190,6 +213,8 @@ impl What {
             }
             What::ReloadApplied { changes } => ("reload applied", Some(changes.join("; "))),
             What::RolledBack { reason } => ("rolled back", Some(reason.clone())),
+            What::Upgraded { from, to } => ("upgraded", Some(format!("{from} -> {to}"))),
+            What::Other { .. } => ("", None),
         }
     }
 }
@@ -299,5 +324,77 @@ mod tests {
             )),
             "1970-01-01T00:00:01.500Z warden: reload applied: add a; remove b"
         );
+    }
+
+    #[test]
+    fn upgraded_names_both_versions() {
+        let e = at_epoch(
+            None,
+            None,
+            None,
+            What::Upgraded {
+                from: "0.1.0".into(),
+                to: "0.2.0".into(),
+            },
+        );
+        assert_eq!(
+            e.human(),
+            "1970-01-01T00:00:01.500Z warden: upgraded: 0.1.0 -> 0.2.0"
+        );
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"time": "1970-01-01T00:00:01.500Z", "program": null,
+                "instance": null, "pid": null, "event": "upgraded", "from": "0.1.0",
+                "to": "0.2.0"})
+        );
+        assert_eq!(serde_json::from_value::<EventRecord>(v).unwrap(), e);
+    }
+
+    #[test]
+    fn an_event_of_a_newer_warden_is_read_with_all_its_fields() {
+        let line = r#"{"v":1,"event":{"time":"1970-01-01T00:00:01.500Z","program":"web",
+            "instance":0,"pid":7,"event":"quaked","magnitude":7,"where":{"x":[1,2]}}}"#;
+        let Ok(crate::control::Reply::Event { event, .. }) = serde_json::from_str(line) else {
+            panic!("not read as an event: {line}");
+        };
+        let mut fields = serde_json::Map::new();
+        fields.insert("magnitude".into(), serde_json::json!(7));
+        fields.insert("where".into(), serde_json::json!({"x": [1, 2]}));
+        assert_eq!(
+            event.what,
+            What::Other {
+                event: "quaked".into(),
+                fields
+            }
+        );
+        assert_eq!(
+            event.human(),
+            "1970-01-01T00:00:01.500Z web[0]: quaked (pid 7)"
+        );
+        // Printed again (`warden events --json`), nothing is lost.
+        let inner: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(serde_json::to_value(&*event).unwrap(), inner["event"]);
+    }
+
+    #[test]
+    fn a_field_this_build_does_not_know_is_ignored() {
+        let line = r#"{"v":1,"event":{"time":"1970-01-01T00:00:01.500Z","program":"web",
+            "instance":0,"pid":7,"event":"exited","code":1,"signal":null,"reason":null,
+            "cgroup":"/sys/fs/cgroup/web","core":{"path":"/var/core/7"}}}"#;
+        let Ok(crate::control::Reply::Event { event, .. }) = serde_json::from_str(line) else {
+            panic!("not read as an event: {line}");
+        };
+        assert_eq!(
+            event.what,
+            What::Exited {
+                code: Some(1),
+                signal: None,
+                reason: None
+            }
+        );
+        // An event without a name is no event.
+        let nameless = r#"{"time":"t","program":null,"instance":null,"pid":null,"x":1}"#;
+        assert!(serde_json::from_str::<EventRecord>(nameless).is_err());
     }
 }

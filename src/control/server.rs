@@ -21,7 +21,8 @@
 //! so that warden never waits for, nor grows memory for, a client that does not read. It never
 //! expires idle (its request is in progress for as long as it lasts), asks nothing more (a
 //! request on it is refused), and is closed as soon as its peer closes its side.
-//! [`ControlServer::end_streams`] sends the final line when warden stops.
+//! [`ControlServer::end_streams`] sends the final line when warden stops; across `warden
+//! upgrade` the stream goes on ([`ControlServer::handover`], [`ControlServer::adopt_subscriber`]).
 //!
 //! # Idle connections
 //!
@@ -63,6 +64,16 @@ pub const READ_BUDGET: usize = 64 * 1024;
 
 /// Identifies one connection.
 pub type ConnId = u64;
+
+/// The connections handed to the next image by `warden upgrade` ([`ControlServer::handover`]):
+/// descriptors kept open across the exec.
+#[derive(Debug, Default)]
+pub struct Handover {
+    /// Connections with what each sent that is not a whole request yet.
+    pub conns: Vec<(std::os::fd::RawFd, Vec<u8>)>,
+    /// Subscribers to events.
+    pub subscribers: Vec<std::os::fd::RawFd>,
+}
 
 /// One open connection.
 pub(super) struct Conn {
@@ -274,37 +285,68 @@ impl ControlServer {
         }
     }
 
-    /// The open connections to hand to the next image (`warden upgrade`): each one's descriptor
-    /// (kept open here) and what it sent that is not a whole request yet, its answers written
-    /// first (bounded: a client that does not read within a second loses what is left).
-    /// Subscribers to events are not handed over: their streams end as at a stop.
-    pub fn handover(&mut self, registry: &Registry) -> Vec<(std::os::fd::RawFd, Vec<u8>)> {
+    /// The open connections to hand to the next image (`warden upgrade`), kept open here: each
+    /// one's descriptor and what it sent that is not a whole request yet, and the subscribers to
+    /// events, whose streams go on in the next image. What is waiting for each is written first
+    /// (bounded: a client that does not read within a second is not handed over, and its
+    /// connection ends with this image).
+    pub fn handover(&mut self, registry: &Registry) -> Handover {
         let ids: Vec<ConnId> = self.conns.keys().copied().collect();
         for &id in &ids {
             if let Some(conn) = self.conns.get_mut(&id).filter(|c| !c.output.is_empty()) {
                 let _ = conn.stream.set_nonblocking(false);
                 let _ = conn.stream.set_write_timeout(Some(Duration::from_secs(1)));
-                let _ = conn.stream.write_all(&conn.output);
+                if conn.stream.write_all(&conn.output).is_err() {
+                    // Part of a line may have gone: whatever follows would not read.
+                    conn.read_closed = true;
+                    conn.close_after_flush = true;
+                }
                 conn.output.clear();
                 let _ = conn.stream.set_nonblocking(true);
             }
             self.flush(id, registry);
         }
-        self.conns
+        let live = self
+            .conns
             .values()
-            .filter(|c| !c.subscribed && !c.read_closed && !c.close_after_flush)
-            .map(|c| (c.stream.as_raw_fd(), c.input.clone()))
-            .collect()
+            .filter(|c| !c.read_closed && !c.close_after_flush);
+        let (subscribers, others): (Vec<&Conn>, Vec<&Conn>) = live.partition(|c| c.subscribed);
+        Handover {
+            conns: others
+                .iter()
+                .map(|c| (c.stream.as_raw_fd(), c.input.clone()))
+                .collect(),
+            subscribers: subscribers.iter().map(|c| c.stream.as_raw_fd()).collect(),
+        }
     }
 
     /// Serves a connection an earlier image of this process handed over (`warden upgrade`),
     /// admitted again from its credentials, with `input` (a request not yet whole) already read.
     pub fn adopt_conn(&mut self, stream: UnixStream, input: Vec<u8>, registry: &Registry) {
-        if self.admit(stream, registry) == super::admission::Admission::Serve
-            && let Some(conn) = self.conns.get_mut(&(self.next - 1))
-        {
+        if let Some(conn) = self.admit_handed_over(stream, registry) {
             conn.input = input;
         }
+    }
+
+    /// Serves a subscriber to events an earlier image of this process handed over (`warden
+    /// upgrade`), admitted again from its credentials: its stream goes on. Returns whether it
+    /// was admitted.
+    pub fn adopt_subscriber(&mut self, stream: UnixStream, registry: &Registry) -> bool {
+        let Some(conn) = self.admit_handed_over(stream, registry) else {
+            return false;
+        };
+        // Its `events` request is in progress, as in the image it came from.
+        conn.pending = 1;
+        conn.subscribed = true;
+        true
+    }
+
+    /// Admits a handed-over connection: the new one, when served.
+    fn admit_handed_over(&mut self, stream: UnixStream, registry: &Registry) -> Option<&mut Conn> {
+        if self.admit(stream, registry) != super::admission::Admission::Serve {
+            return None;
+        }
+        self.conns.get_mut(&(self.next - 1))
     }
 
     /// The listening socket's descriptor (handed over by `warden upgrade`).
@@ -812,6 +854,42 @@ mod tests {
         UnixStream::connect(&path).expect("the new listener answers");
         third.remove_file();
         assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_handed_over_subscriber_streams_on_and_never_expires() {
+        let dir = temp_dir("handover");
+        let poll = mio::Poll::new().unwrap();
+        let mut old = ControlServer::bind(&dir.join("old.sock"), None).unwrap();
+        old.register(poll.registry(), Token(1), 1 << 20).unwrap();
+        let subscriber = UnixStream::connect(dir.join("old.sock")).unwrap();
+        let plain = UnixStream::connect(dir.join("old.sock")).unwrap();
+        old.accept(poll.registry());
+        let (sub_id, plain_id) = (1, 2);
+        old.subscribe(sub_id);
+        old.broadcast(&["before\n".to_string()], poll.registry());
+        let handed = old.handover(poll.registry());
+        let fd_of = |id: ConnId| old.conns[&id].stream.as_raw_fd();
+        assert_eq!(handed.subscribers, [fd_of(sub_id)]);
+        assert_eq!(handed.conns, [(fd_of(plain_id), Vec::new())]);
+        // The next image, on its own listener: both admitted again.
+        let mut new = ControlServer::bind(&dir.join("new.sock"), None).unwrap();
+        new.register(poll.registry(), Token(2), 1 << 30).unwrap();
+        let dup = |id: ConnId| old.conns[&id].stream.try_clone().unwrap();
+        assert!(new.adopt_subscriber(dup(sub_id), poll.registry()));
+        new.adopt_conn(dup(plain_id), Vec::new(), poll.registry());
+        drop(old);
+        assert_eq!((new.connections(), new.subscribers()), (2, 1));
+        // Idle for ever: the plain connection expires, the stream does not.
+        let later = Instant::now() + Duration::from_secs(3600);
+        new.expire_idle(later, poll.registry());
+        assert_eq!((new.connections(), new.subscribers()), (1, 1));
+        new.broadcast(&["after\n".to_string()], poll.registry());
+        let mut lines = std::io::BufReader::new(&subscriber).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "before");
+        assert_eq!(lines.next().unwrap().unwrap(), "after");
+        drop(plain);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -37,6 +37,8 @@ pub(crate) enum Event {
     /// A rollout of `program` was rolled back.
     // Published by rollouts' rollback (`rollout/run.rs`).
     RolledBack { program: String, reason: String },
+    /// This image took over from version `from` (`warden upgrade`).
+    Upgraded { from: String, to: String },
 }
 
 impl Event {
@@ -65,6 +67,9 @@ impl Event {
             }
             Event::RolledBack { program, reason } => {
                 EventRecord::new(time, Some(program), None, None, What::RolledBack { reason })
+            }
+            Event::Upgraded { from, to } => {
+                EventRecord::new(time, None, None, None, What::Upgraded { from, to })
             }
         }
     }
@@ -229,6 +234,16 @@ impl Supervisor {
         }
     }
 
+    /// Serves a subscriber an earlier image handed over (`warden upgrade`): its stream goes on.
+    pub(super) fn adopt_subscriber(&mut self, stream: std::os::unix::net::UnixStream) {
+        let registry = self.poll.registry();
+        if let Some(server) = self.plane.server.as_mut()
+            && server.adopt_subscriber(stream, registry)
+        {
+            self.events.listening = true;
+        }
+    }
+
     /// Ends the event streams as warden stops: what is left to deliver, then the final line.
     pub(super) fn end_events(&mut self) {
         self.deliver_events();
@@ -269,6 +284,8 @@ mod tests {
                     What::Health { .. } => "health",
                     What::ReloadApplied { .. } => "reload-applied",
                     What::RolledBack { .. } => "rolled-back",
+                    What::Upgraded { .. } => "upgraded",
+                    What::Other { .. } => "other",
                 };
                 (*pid, name)
             })

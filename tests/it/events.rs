@@ -21,7 +21,7 @@ const CRASH: &str = "[program.crash]\ncommand = [\"/bin/sh\", \"-c\", \"SANDBOX/
                      backoff_initial = \"200ms\"\n";
 
 /// Spawns `warden events ARGS…` with its stdout in `SANDBOX/OUT`; returns its pid.
-fn spawn_events(sb: &mut Sandbox, args: &[&str], out: &str) -> i32 {
+pub(crate) fn spawn_events(sb: &mut Sandbox, args: &[&str], out: &str) -> i32 {
     let mut cmd = sb.warden(&["events"]);
     cmd.args(args)
         .stdout(std::fs::File::create(sb.path(out)).unwrap())
@@ -30,7 +30,7 @@ fn spawn_events(sb: &mut Sandbox, args: &[&str], out: &str) -> i32 {
 }
 
 /// Waits until `SANDBOX/OUT` has a line for which `pred` holds; returns its lines.
-fn wait_lines(
+pub(crate) fn wait_lines(
     sb: &Sandbox,
     out: &str,
     what: &str,
@@ -465,4 +465,61 @@ fn json_logs_name_the_instance_warden_s_own_lines_are_about() {
         }
     }
     assert_exit(&sb.run(&["stop"]), 0);
+}
+
+/// What a newer warden may send within protocol version 1: an event this build does not know,
+/// and a known event with a field it does not know, then the final line.
+const NEWER_STREAM: &str = concat!(
+    r#"{"v":1,"event":{"time":"2026-12-05T05:50:01.123Z","program":"web","instance":0,"#,
+    r#""pid":7,"event":"quaked","magnitude":7,"where":{"x":[1,2]}}}"#,
+    "\n",
+    r#"{"v":1,"event":{"time":"2026-12-05T05:50:01.124Z","program":"web","instance":0,"#,
+    r#""pid":7,"event":"exited","code":1,"signal":null,"reason":null,"core":"/var/core/7"}}"#,
+    "\n",
+    r#"{"v":1,"ok":true,"result":{"stopped":true}}"#,
+    "\n",
+);
+
+/// Serves `NEWER_STREAM` once on `SANDBOX/ctl.sock`, as a newer warden would to `events`.
+fn newer_daemon(sb: &Sandbox) -> std::thread::JoinHandle<String> {
+    let _ = std::fs::remove_file(sb.path("ctl.sock"));
+    let listener = std::os::unix::net::UnixListener::bind(sb.path("ctl.sock")).unwrap();
+    std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut request = String::new();
+        let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+        conn.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let _ = uninterrupted(|| std::io::BufRead::read_line(&mut reader, &mut request));
+        conn.write_all(NEWER_STREAM.as_bytes()).unwrap();
+        request
+    })
+}
+
+#[test]
+fn an_event_of_a_newer_warden_is_printed_and_a_field_it_added_is_no_error() {
+    let test = this_test!();
+    let sb = test.supervisor_sandbox("control_socket = \"SANDBOX/ctl.sock\"", "");
+    let daemon = newer_daemon(&sb);
+    let out = sb.warden(&["events", "--json"]).output().unwrap();
+    assert!(daemon.join().unwrap().contains("\"events\""));
+    assert_exit(&out, 0);
+    let lines: Vec<Value> = stdout_of(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    let sent: Value = serde_json::from_str(NEWER_STREAM.lines().next().unwrap()).unwrap();
+    // Printed with every field, as it came.
+    assert_eq!(lines[0], sent["event"]);
+    assert_eq!(lines[1]["event"], "exited");
+    assert_eq!(lines[1]["code"], 1);
+    let daemon = newer_daemon(&sb);
+    let out = sb.warden(&["events"]).output().unwrap();
+    daemon.join().unwrap();
+    assert_exit(&out, 0);
+    assert_eq!(
+        stdout_of(&out),
+        "2026-12-05T05:50:01.123Z web[0]: quaked (pid 7)\n\
+         2026-12-05T05:50:01.124Z web[0]: exited (pid 7): code 1\n"
+    );
 }

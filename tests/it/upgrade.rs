@@ -1,7 +1,8 @@
 //! `warden upgrade` (and `SIGUSR2`): warden replaced in place by the binary now at its path.
 //! warden runs from a copy in the sandbox (`bin/warden`), which each test replaces the way a
 //! package upgrade does (a new file renamed over it); processes are checked through `/proc`,
-//! the pidfile, status and the log.
+//! the pidfile, status and the log. `warden events` clients (text and `--json`) started before
+//! an upgrade keep their streams: `upgraded`, then what follows, until warden stops.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::*;
+use crate::events::{spawn_events, wait_lines};
 use crate::rollout::Load;
 use crate::sockets::{field, get_unix, held_web, wait_info};
 
@@ -394,4 +396,138 @@ fn control_requests_made_during_upgrades_are_all_answered() {
     );
     assert!(ok > 0);
     expect(&mut sb, &["stop"], 0);
+}
+
+/// One program that sleeps: its events come only from `restart`.
+const SLEEPER: &str = "[program.web]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n";
+
+/// The `--json` events in `SANDBOX/OUT` so far.
+fn json_events(sb: &Sandbox, out: &str) -> Vec<Value> {
+    sb.read(out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{out}: {l}: {e}")))
+        .collect()
+}
+
+/// `warden events` (`--json` to `events.json`, text to `events.txt`), both seen subscribed: a
+/// `restart web` (again until both tell of it) is streamed to each. Returns their pids.
+fn subscribe_both(sb: &mut Sandbox) -> (i32, i32) {
+    let json = spawn_events(sb, &["--json"], "events.json");
+    let text = spawn_events(sb, &[], "events.txt");
+    let told = wait_until(TIMEOUT, || {
+        expect(sb, &["restart", "web"], 0);
+        sb.read("events.json").contains(r#""event":"started""#)
+            && sb.read("events.txt").contains("web[0]: started")
+    });
+    assert!(told, "the clients never subscribed:\n{}", log(sb));
+    (json, text)
+}
+
+/// Stops warden; `warden events` `client` (stderr in `OUT.err`) then exits 0.
+fn stream_ends_at_the_stop(sb: &mut Sandbox, clients: &[(i32, &str)]) {
+    expect(sb, &["stop"], 0);
+    for &(pid, out) in clients {
+        let status = sb.wait_child(pid, TIMEOUT).expect("warden events ended");
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "warden events ({out}): {status:?}; stderr: {}",
+            sb.read(&format!("{out}.err"))
+        );
+    }
+}
+
+#[test]
+fn event_streams_go_on_across_an_upgrade_which_is_one_more_event() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", SLEEPER);
+    let exe = copy_of_warden(&sb);
+    start_from(&mut sb, &exe, &[]);
+    all_up(&mut sb);
+    let (json, text) = subscribe_both(&mut sb);
+    replace(&exe, &warden_bin());
+    expect(&mut sb, &["upgrade"], 0);
+    let version = env!("CARGO_PKG_VERSION");
+    let upgraded = format!("warden: upgraded: {version} -> {version}");
+    wait_lines(&sb, "events.txt", "the upgrade", |l| {
+        l.iter().any(|l| l.ends_with(&upgraded))
+    });
+    // Events caused after the upgrade reach both, after `upgraded`.
+    expect(&mut sb, &["restart", "web"], 0);
+    let lines = wait_lines(&sb, "events.txt", "a restart after the upgrade", |l| {
+        l.iter()
+            .skip_while(|l| !l.ends_with(&upgraded))
+            .any(|l| l.contains("web[0]: started (pid "))
+    });
+    let after: Vec<&String> = lines
+        .iter()
+        .skip_while(|l| !l.ends_with(&upgraded))
+        .collect();
+    assert!(after[0].starts_with("20"), "{lines:#?}");
+    for what in [
+        "web[0]: stopping (pid ",
+        "web[0]: exited (pid ",
+        "web[0]: started (pid ",
+    ] {
+        assert!(after.iter().any(|l| l.contains(what)), "{what}: {lines:#?}");
+    }
+    wait_lines(&sb, "events.json", "the restart after the upgrade", |l| {
+        l.iter()
+            .skip_while(|l| !l.contains(r#""event":"upgraded""#))
+            .any(|l| l.contains(r#""event":"started""#))
+    });
+    let events = json_events(&sb, "events.json");
+    let at = events
+        .iter()
+        .position(|e| e["event"] == "upgraded")
+        .expect("an upgraded event");
+    let e = &events[at];
+    assert_eq!(
+        (&e["from"], &e["to"]),
+        (&Value::from(version), &Value::from(version))
+    );
+    for key in ["program", "instance", "pid"] {
+        assert_eq!(e[key], Value::Null, "{e}");
+    }
+    let names: Vec<&str> = events[at + 1..]
+        .iter()
+        .filter(|e| e["program"] == "web")
+        .map(|e| e["event"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(names[0], "stopping", "{names:?}");
+    assert!(
+        names.contains(&"exited") && names.contains(&"started"),
+        "{names:?}"
+    );
+    stream_ends_at_the_stop(&mut sb, &[(json, "events.json"), (text, "events.txt")]);
+}
+
+#[test]
+fn event_streams_go_on_when_the_new_image_cannot_take_over() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", SLEEPER);
+    let exe = copy_of_warden(&sb);
+    start_from(&mut sb, &exe, &[("WARDEN_TEST_FAIL_TAKEOVER", "1")]);
+    all_up(&mut sb);
+    let (json, text) = subscribe_both(&mut sb);
+    replace(&exe, &warden_bin());
+    expect(&mut sb, &["upgrade"], 1);
+    let before = json_events(&sb, "events.json").len();
+    expect(&mut sb, &["restart", "web"], 0);
+    wait_lines(
+        &sb,
+        "events.json",
+        "a restart after the failed upgrade",
+        |l| {
+            l[before..]
+                .iter()
+                .any(|l| l.contains(r#""event":"started""#))
+        },
+    );
+    let events = json_events(&sb, "events.json");
+    assert!(
+        events.iter().all(|e| e["event"] != "upgraded"),
+        "{events:#?}"
+    );
+    stream_ends_at_the_stop(&mut sb, &[(json, "events.json"), (text, "events.txt")]);
 }

@@ -5,7 +5,9 @@
 //!
 //! The pid stays, so every child stays ours; what the new image needs is the state and the
 //! descriptors: the notify socket, the control listener, the guard's socket pair, the held
-//! sockets, every output pipe (with the line it was reading), and the connection that asked.
+//! sockets, every output pipe (with the line it was reading), the connection that asked, the
+//! other control connections, and the subscribers to events, whose streams go on (the new image
+//! publishes `upgraded` to them once it has taken over).
 //! [`Supervisor::export`] writes them as a versioned [`Handoff`] (the descriptors by number; the
 //! caller keeps them open across the exec), and [`Supervisor::import`] rebuilds the table from it
 //! in the new image, whose programs were added from the same configuration. Instants are carried
@@ -251,6 +253,10 @@ impl Supervisor {
             "upgraded in place: warden {from} -> {to} (pid {})",
             std::process::id()
         );
+        self.events.publish(super::events::Event::Upgraded {
+            from: from.to_string(),
+            to: to.to_string(),
+        });
         let request = std::mem::take(&mut self.plane.upgrade);
         if let Some(conn) = request.conn {
             let result = serde_json::json!({ "from": from, "to": to, "pid": std::process::id() });
@@ -267,8 +273,9 @@ impl Supervisor {
         self.cancel_all_checks();
         self.plane.upgrade.exported = true;
         self.groups.flush_blocking();
-        // Event streams end as at a stop (their connections do not cross the exec).
-        self.end_events();
+        // What was published goes out before the handover writes what waits for each
+        // subscriber; their streams go on in the next image (or here, if the exec fails).
+        self.deliver_events();
         let (clock, monotonic_ns) = Clock::export();
         let mut programs = Vec::new();
         for p in self.table.live_programs() {
@@ -283,9 +290,9 @@ impl Supervisor {
             .collect();
         let pipes = self.pipe_recs();
         let registry = self.poll.registry();
-        let conns = match self.plane.server.as_mut() {
+        let handover = match self.plane.server.as_mut() {
             Some(server) => server.handover(registry),
-            None => Vec::new(),
+            None => Default::default(),
         };
         let sup = SupState {
             notify: (self.notify.as_raw_fd(), self.notify.name().to_string()),
@@ -304,7 +311,8 @@ impl Supervisor {
             rollbacks: self.plane.rollbacks,
             started_at: clock.off(self.plane.started_at),
             requester: self.plane.upgrade.conn.as_ref().map(AsRawFd::as_raw_fd),
-            conns,
+            conns: handover.conns,
+            subscribers: handover.subscribers,
         };
         Ok(Handoff {
             format: STATE_FORMAT,
@@ -419,6 +427,9 @@ impl Supervisor {
             if let Some(server) = self.plane.server.as_mut() {
                 server.adopt_conn(stream, input.clone(), registry);
             }
+        }
+        for fd in &h.sup.subscribers {
+            self.adopt_subscriber(UnixStream::from(owned(*fd)?));
         }
         self.started = true;
         self.restart_all_health(Instant::now());

@@ -99,6 +99,9 @@ pub(crate) struct SupState {
     /// The other open control connections, with what they sent that is not a whole request.
     #[serde(default)]
     pub(crate) conns: Vec<(RawFd, Vec<u8>)>,
+    /// The subscribers to events (`warden events`), whose streams go on.
+    #[serde(default)]
+    pub(crate) subscribers: Vec<RawFd>,
 }
 
 impl SupState {
@@ -112,6 +115,7 @@ impl SupState {
         fds.extend(self.pipes.iter().map(|p| p.fd));
         fds.extend(self.requester);
         fds.extend(self.conns.iter().map(|(fd, _)| *fd));
+        fds.extend(&self.subscribers);
         fds
     }
 }
@@ -469,5 +473,21 @@ mod tests {
             last_ping: None,
         };
         assert!(InstanceRec::of(&spawning, &clock).is_none());
+    }
+
+    #[test]
+    fn subscribers_cross_the_exec_and_an_older_state_without_them_reads() {
+        let older = r#"{"notify":[3,"n"],"control":4,"guard":null,"sockets":[],"programs":[],
+            "groups":[],"pipes":[],"rollbacks":0,"started_at":0,"requester":null,
+            "conns":[[5,[]]]}"#;
+        let mut state: SupState = serde_json::from_str(older).unwrap();
+        assert!(state.subscribers.is_empty());
+        assert_eq!(state.fds(), [3, 4, 5]);
+        state.subscribers = vec![6, 7];
+        assert_eq!(state.fds(), [3, 4, 5, 6, 7]);
+        let json = serde_json::to_value(&state).unwrap();
+        // The connections keep the format older images read.
+        assert_eq!(json["conns"], serde_json::json!([[5, []]]));
+        assert_eq!(json["subscribers"], serde_json::json!([6, 7]));
     }
 }
