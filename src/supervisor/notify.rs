@@ -11,7 +11,8 @@
 //!
 //! [`Supervisor::handle_notify`] attributes each message (through the table's pid index and
 //! `/proc`) and turns it into the instance's events (`Ready`, `WatchdogPing`, `Restart`), its
-//! status text and its accepted `MAINPID=` (checked to descend from the worker; recorded by
+//! status text and its accepted `MAINPID=` (checked to descend from the worker or, in cgroup
+//! mode, to be in its cgroup; recorded by
 //! [`Table::set_main_pid`](super::table::Table::set_main_pid)). It never signals or spawns.
 
 use std::collections::HashSet;
@@ -22,7 +23,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg, setsockopt, sockopt};
 
 use super::Supervisor;
-use super::table::{Owner, Table};
+use super::table::{Owner, ProgramId, SlotPos, Table};
 use crate::lifecycle::Event;
 
 /// One parsed notify message.
@@ -244,24 +245,13 @@ impl Supervisor {
         if let Some(text) = &msg.status {
             self.table[p][pos].status_text = Some(text.clone());
         }
-        if let Some(given) = msg.main_pid {
-            let worker = self.table[p][pos].inst.state.pid();
-            // As the worker sees it: in PID-namespace mode, that namespace's pid.
-            let here = worker.zip(worker.and_then(|w| self.main_pid_here(w, given)));
-            match here {
-                Some((w, main)) if w == main || descends_from(main, w) => {
-                    // Taken before the checks' result can go stale for long; a kernel without
-                    // pidfd_open (before 5.3) falls back to the pid.
-                    let fd = crate::sys::pidfd::pidfd_open(main).ok();
-                    self.table.set_main_pid(p, pos, main, fd);
-                }
-                _ => about(
-                    log::Level::Warn,
-                    format_args!(
-                        "{tag}: MAINPID={given} ignored: not the worker or one of its descendants"
-                    ),
-                ),
-            }
+        if let Some(given) = msg.main_pid
+            && let Err(why) = self.accept_main_pid(p, pos, given)
+        {
+            about(
+                log::Level::Warn,
+                format_args!("{tag}: MAINPID={given} ignored: {why}"),
+            );
         }
         if msg.watchdog {
             self.apply(p, pos, Event::WatchdogPing);
@@ -280,6 +270,39 @@ impl Supervisor {
             self.table[p][pos].counters.pending = Some(super::metrics::RestartReason::Watchdog);
             self.apply(p, pos, Event::Restart);
         }
+    }
+}
+
+impl Supervisor {
+    /// Records `MAINPID=given` (as the worker sees it) for instance `pos` of `p`, or says why
+    /// not: it must be the worker, one of its descendants or, in cgroup mode, a process of its
+    /// cgroup (a daemon that double-forked is the subreaper's child, no longer the worker's).
+    fn accept_main_pid(&mut self, p: ProgramId, pos: SlotPos, given: i32) -> Result<(), String> {
+        let worker = self.table[p][pos]
+            .inst
+            .state
+            .pid()
+            .ok_or("no process runs")?;
+        // As the worker sees it: in PID-namespace mode, that namespace's pid.
+        let main = self
+            .main_pid_here(worker, given)
+            .ok_or("no such process of the instance")?;
+        if main == worker {
+            return self.record_main_pid(p, pos, main);
+        }
+        let in_cgroup = || (self.groups.cgroup_members(worker)).is_some_and(|m| m.contains(&main));
+        if descends_from(main, worker) || in_cgroup() {
+            return self.record_main_pid(p, pos, main);
+        }
+        Err("not the worker, one of its descendants or a process of its cgroup".into())
+    }
+
+    fn record_main_pid(&mut self, p: ProgramId, pos: SlotPos, main: i32) -> Result<(), String> {
+        // Taken before the checks' result can go stale for long; a kernel without pidfd_open
+        // (before 5.3) falls back to the pid.
+        let fd = crate::sys::pidfd::pidfd_open(main).ok();
+        self.table.set_main_pid(p, pos, main, fd);
+        Ok(())
     }
 }
 

@@ -71,6 +71,9 @@ impl Supervisor {
         match self.table.reaped(p, pos, pid) {
             // The launcher is still ours to reap; its exit ends the instance.
             Reaped::MainWhileLauncherRuns => return,
+            Reaped::LauncherOfLiveMain if self.groups.namespace().is_some() => {
+                self.launcher_gone_in_namespace(p, pos, pid, status);
+            }
             Reaped::LauncherOfLiveMain => {
                 let (name, index) = (&self.table[p].def.name, self.table[p][pos].index);
                 let main = self.table[p][pos].inst.state.pid();
@@ -87,6 +90,30 @@ impl Supervisor {
             Reaped::Stale => {}
         }
         self.table[p].remove_retired();
+    }
+
+    /// PID-namespace mode: the launcher `pid` of a forking service exited before its
+    /// `MAINPID=` process, which is now the namespace's init's child: warden would never learn
+    /// when, or how, it ends. The launcher's exit ends the instance, as without `MAINPID=`.
+    fn launcher_gone_in_namespace(
+        &mut self,
+        p: ProgramId,
+        pos: SlotPos,
+        pid: i32,
+        status: ExitStatus,
+    ) {
+        let (name, index) = (&self.table[p].def.name, self.table[p][pos].index);
+        let main = self.table[p][pos].main_pid;
+        crate::log::about!(
+            log::Level::Warn,
+            name,
+            Some(index.0),
+            main,
+            "{name}[{index}]: launcher pid {pid} exited ({status}) before its MAINPID= process, \
+             which warden cannot watch in a PID namespace (pid_namespace = true): the instance \
+             ends with its launcher"
+        );
+        self.main_exited(p, pos, status);
     }
 
     /// The worker's main process ended: the instance is down if nothing else is left of its

@@ -481,7 +481,7 @@ impl Table {
         slot.spawn_failures.succeeded();
     }
 
-    /// Records an accepted `MAINPID=` (already checked to be the worker or a descendant), with
+    /// Records an accepted `MAINPID=` (already checked to be the worker, a descendant or in its cgroup), with
     /// its pidfd when one could be taken; a previous `MAINPID=` other than the worker is
     /// forgotten.
     pub(crate) fn set_main_pid(

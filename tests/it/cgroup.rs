@@ -72,7 +72,10 @@ fn up_in_cgroup_mode(test: &Test, sb: &mut Sandbox) -> Option<Value> {
 /// As [`up_in_cgroup_mode`], for the one instance of program `name`.
 fn up_in_cgroup_mode_of(test: &Test, sb: &mut Sandbox, name: &str) -> Option<Value> {
     let (_, v) = wait_status(sb, &format!("{name} up"), |_, v| {
-        v["instances"][0]["state"] == "running"
+        matches!(
+            v["instances"][0]["state"].as_str(),
+            Some("running" | "ready")
+        )
     });
     if v["daemon"]["tracking"] != "cgroup" {
         let why = log(sb)
@@ -771,4 +774,61 @@ fn what_an_exec_health_check_leaves_behind_goes_with_its_instance() {
             "check leftover {p} outlived its instance"
         );
     }
+}
+
+#[test]
+fn in_cgroup_mode_a_double_forked_daemon_named_by_mainpid_is_the_instance() {
+    let test = this_test!();
+    if !test.require_root() {
+        return;
+    }
+    let mut sb = test.supervisor_sandbox("", "");
+    sb.write_programs(
+        "",
+        &format!(
+            "[program.d]\ncommand = {}\nready = \"notify\"\nstart_timeout = \"60s\"\n\
+             [program.d.health]\nexec = [\"/bin/sh\", \"-c\", \"echo $WARDEN_PID > SANDBOX/checked\"]\n\
+             interval = \"200ms\"\n",
+            argv(&[&python(), "-c", FORKING_DAEMON, "SANDBOX"])
+        ),
+    );
+    sb.start();
+    if up_in_cgroup_mode_of(&test, &mut sb, "d").is_none() {
+        return;
+    }
+    assert!(
+        wait_until(TIMEOUT, || sb.path("daemon.pid").exists()),
+        "no daemon"
+    );
+    let launcher: i32 = sb.read("launcher.pid").trim().parse().unwrap();
+    let daemon: i32 = sb.read("daemon.pid").trim().parse().unwrap();
+    sb.track(daemon);
+    // Reparented to warden (the subreaper), no descendant of the launcher any more: its
+    // MAINPID= is taken for being in the instance's cgroup.
+    wait_status(&mut sb, "d's main pid is the daemon", |_, v| {
+        v["instances"][0]["pid"] == daemon && v["instances"][0]["state"] == "ready"
+    });
+    std::fs::write(sb.path("go"), "").unwrap();
+    assert!(
+        wait_until(TIMEOUT, || !alive(launcher)),
+        "the launcher lives"
+    );
+    // Health checks see the daemon as the instance's pid.
+    assert!(
+        wait_until(TIMEOUT, || sb.read("checked").trim() == daemon.to_string()),
+        "WARDEN_PID of the checks: {:?}",
+        sb.read("checked")
+    );
+    let (_, v) = wait_status(&mut sb, "d ready", |_, v| {
+        v["instances"][0]["state"] == "ready"
+    });
+    assert_eq!(v["instances"][0]["pid"], daemon, "{v}");
+    assert_eq!(v["instances"][0]["restarts"], 0, "{v}");
+    assert!(alive(daemon), "the daemon was stopped with its launcher");
+    assert!(!log(&sb).contains("ignored"), "{}", log(&sb));
+    expect(&mut sb, &["stop", "d"], 0);
+    assert!(
+        wait_until(TIMEOUT, || !alive(daemon)),
+        "the daemon outlived stop"
+    );
 }

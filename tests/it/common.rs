@@ -589,6 +589,32 @@ pub fn uninterrupted<T>(mut op: impl FnMut() -> std::io::Result<T>) -> std::io::
     }
 }
 
+/// A forking daemon, the kind `MAINPID=` exists for (`python3 -c FORKING_DAEMON SANDBOX`): the
+/// launcher forks, the child leaves the session (`setsid`) and forks the daemon, which sends
+/// `MAINPID=<its pid>` and `READY=1`, writes its pid (as it sees it) to `daemon.pid` and becomes
+/// `SANDBOX/sleep 1000`. The launcher writes its pid to `launcher.pid` first, and exits 0 once the
+/// file `go` exists.
+pub const FORKING_DAEMON: &str = r#"import os, socket, sys, time
+d = sys.argv[1]
+with open(os.path.join(d, "launcher.pid"), "w") as f:
+    f.write(str(os.getpid()))
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        addr = os.environ["NOTIFY_SOCKET"]
+        if addr.startswith("@"):
+            addr = "\0" + addr[1:]
+        msg = "MAINPID=%d\nREADY=1" % os.getpid()
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(msg.encode(), addr)
+        with open(os.path.join(d, "daemon.tmp"), "w") as f:
+            f.write(str(os.getpid()))
+        os.rename(os.path.join(d, "daemon.tmp"), os.path.join(d, "daemon.pid"))
+        os.execv(os.path.join(d, "sleep"), ["sleep", "1000"])
+    os._exit(0)
+while not os.path.exists(os.path.join(d, "go")):
+    time.sleep(0.01)
+"#;
+
 /// Sends `sig` to `pid`.
 pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);

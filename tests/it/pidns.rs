@@ -422,3 +422,49 @@ fn a_restarted_instance_never_gets_back_the_pid_just_freed() {
     unique.dedup();
     assert_eq!(unique.len(), all.len(), "a pid came back: {all:?}");
 }
+
+#[test]
+fn a_launcher_that_exits_before_its_mainpid_ends_the_instance_with_a_warning_not_a_hang() {
+    let test = this_test!();
+    let forking = format!(
+        "[program.d]\ncommand = {}\nready = \"notify\"\nstop_timeout = \"1s\"\n",
+        argv(&[&python(), "-c", FORKING_DAEMON, "SANDBOX"])
+    );
+    let Some((mut sb, _warden, _)) = started(&test, "", &forking) else {
+        return;
+    };
+    // The daemon's MAINPID= (a namespace pid) is taken while its launcher runs.
+    let (_, v) = wait_status(&mut sb, "d's main pid is the daemon", |_, v| {
+        v["instances"].as_array().is_some_and(|a| {
+            a.iter().any(|i| {
+                i["program"] == "d"
+                    && i["state"] == "ready"
+                    && i["pid"]
+                        .as_i64()
+                        .is_some_and(|p| last_arg(p as i32) == "1000")
+            })
+        })
+    });
+    let first = v["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["program"] == "d")
+        .unwrap()["pid"]
+        .clone();
+    // Then the launcher exits: the daemon is the namespace's init's child now, which warden
+    // cannot reap; the instance ends with its launcher instead of never ending.
+    std::fs::write(sb.path("go"), "").unwrap();
+    assert!(
+        wait_until(TIMEOUT, || log(&sb).contains("before its MAINPID= process")),
+        "no warning; log:\n{}",
+        log(&sb)
+    );
+    wait_status(&mut sb, "d restarted", |_, v| {
+        v["instances"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|i| i["program"] == "d" && i["pid"] != first && i["restarts"] != 0)
+        })
+    });
+    expect(&mut sb, &["stop"], 0);
+}

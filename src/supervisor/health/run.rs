@@ -192,6 +192,10 @@ impl Supervisor {
         prepared: &spawn::Prepared,
     ) -> std::result::Result<Work, String> {
         let (p, _) = owner;
+        // The process `status` shows: the instance's `MAINPID=` once it gave one.
+        let checked = (self.table.locate(owner))
+            .and_then(|pos| self.table[p][pos].main_pid)
+            .unwrap_or(instance_pid);
         let request = SpawnRequest {
             program: &self.table[p].def.name,
             index,
@@ -200,7 +204,7 @@ impl Supervisor {
             watchdog: None,
             stdout: StdioPlan::Pipe,
             stderr: StdioPlan::Pipe,
-            checked_pid: Some(instance_pid),
+            checked_pid: Some(checked),
             // cgroup mode: in the instance's cgroup, so that what a check leaves behind (a
             // `setsid` child) is the instance's and is killed with it.
             cgroup_procs: self.groups.cgroup_procs(instance_pid),
