@@ -155,14 +155,20 @@ pub enum ExitReason {
     Health,
     /// The kernel's OOM killer struck its cgroup (`oom_kill` in `memory.events`; cgroup mode).
     Oom,
+    /// It did not become ready within `start_timeout`.
+    StartTimeout,
+    /// It stopped sending `WATCHDOG=1` for longer than its `watchdog`.
+    Watchdog,
 }
 
 impl ExitReason {
-    /// The name status shows: `health` or `oom`.
+    /// The name status shows: `health`, `oom`, `start_timeout` or `watchdog`.
     pub fn name(&self) -> &'static str {
         match self {
             ExitReason::Health => "health",
             ExitReason::Oom => "oom",
+            ExitReason::StartTimeout => "start_timeout",
+            ExitReason::Watchdog => "watchdog",
         }
     }
 }

@@ -24,7 +24,7 @@
 //! | `started` | — (`pid` is the new process) |
 //! | `ready` | — |
 //! | `stopping` | — (warden sent the stop signal) |
-//! | `exited` | `code` (or `null`), `signal` (its name, or `null`), `reason` (`"health"` when warden ended it on a failed health check, else `null`) |
+//! | `exited` | `code` (or `null`), `signal` (its name, or `null`), `reason` (`"health"`, `"start_timeout"` or `"watchdog"` when warden ended it for that failure, `"oom"` when the OOM killer did, else `null`) |
 //! | `restarting` | `delay_ms`: the backoff before the next start |
 //! | `stopped` | — (down by hand, kept down) |
 //! | `fatal` | `reason`: why warden gave up (or `null`) |

@@ -235,7 +235,8 @@ pub struct Instance {
     /// How the last process ended, if one did.
     pub last_exit: Option<ExitStatus>,
     /// Why warden ended the last process, when it did so on a verdict of its own (a failed
-    /// health check); `None` after any other end.
+    /// health check, a start or watchdog timeout), or the OOM killer did; `None` after any
+    /// other end. Such an end is a failure whatever the exit status.
     pub last_reason: Option<ExitReason>,
     /// A stop was asked; remembered until the next start or restart.
     pub manual_stop: bool,

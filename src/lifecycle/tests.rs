@@ -617,6 +617,11 @@ fn notify_start_timeout_restarts_as_failure() {
     ));
     assert!(!i.manual_stop);
     let a = exit(&mut i, &p, t0 + secs(6), 0);
+    assert_eq!(
+        i.last_reason,
+        Some(ExitReason::StartTimeout),
+        "a failure, although it exited 0"
+    );
     assert!(has_spawn(&a), "first failure: immediate");
     assert_eq!(i.recent.len(), 1);
     assert_eq!(i.attempt, 1);
@@ -667,6 +672,7 @@ fn watchdog_timeout_restarts_as_failure() {
         core_dumped: false,
     };
     let a = i.step(&p, Event::Exited { status }, t0 + secs(6), 0.5);
+    assert_eq!(i.last_reason, Some(ExitReason::Watchdog));
     assert!(has_spawn(&a));
     assert_eq!(i.recent.len(), 1, "counted towards the crash loop");
     assert_eq!(i.restarts, 1);

@@ -7,7 +7,7 @@ use std::time::Instant;
 use log::Level;
 
 use super::{Action, AfterStop, Instance, KILL_GRACE, State, later, log, restart_word};
-use crate::policy::{Policy, Readiness, fmt_duration};
+use crate::policy::{ExitReason, Policy, Readiness, fmt_duration};
 
 impl Instance {
     /// The nearest instant at which a `Tick` could change something, or `None` when nothing is
@@ -120,6 +120,7 @@ impl Instance {
                     log(out, Level::Warn, msg);
                     let then = AfterStop::Failed { healthy: false };
                     self.begin_stop(policy, now, then, out);
+                    self.last_reason = Some(ExitReason::StartTimeout);
                 }
             }
             _ => {}
@@ -149,6 +150,7 @@ impl Instance {
             // ping, so a worker that hangs right after READY=1 is not.
             let healthy = last_ping.saturating_duration_since(ready_at) >= policy.backoff_reset;
             self.begin_stop(policy, now, AfterStop::Failed { healthy }, out);
+            self.last_reason = Some(ExitReason::Watchdog);
         }
     }
 

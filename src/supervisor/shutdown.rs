@@ -16,7 +16,7 @@ use nix::sys::signal::Signal;
 use super::table::{ProgramId, SlotPos, is_down};
 use super::{InstanceState, Supervisor};
 use crate::lifecycle::{AfterStop, Event, State};
-use crate::policy::ExitStatus;
+use crate::policy::{ExitReason, ExitStatus};
 
 /// Which shutdown is under way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,16 +49,21 @@ pub(crate) struct ShutdownState {
 
 /// Whether an instance that went from `before` to `after`, its last process having ended with
 /// `last`, has ended for good with a failure: it went `fatal`, or it was left `exited` (its
-/// restart policy does not start it again) after a non-zero exit or a signal.
+/// restart policy does not start it again) after a non-zero exit, a signal, or a stop for a
+/// failure of warden's verdict (`reason`).
 pub(crate) fn ended_badly(
     before: InstanceState,
     after: InstanceState,
     last: Option<ExitStatus>,
+    reason: Option<ExitReason>,
 ) -> bool {
     match after {
         InstanceState::Fatal => before != InstanceState::Fatal,
+        // Ended by warden on a verdict of its own (a start or watchdog timeout, a failing health
+        // check, the OOM killer): a failure whatever the status it exited with.
         InstanceState::Exited => {
-            before != InstanceState::Exited && last.is_some_and(|s| !s.success())
+            before != InstanceState::Exited
+                && (reason.is_some() || last.is_some_and(|s| !s.success()))
         }
         _ => false,
     }
@@ -199,7 +204,10 @@ impl Supervisor {
         }
         let slot = &self.table[p][pos];
         let last = slot.inst.last_exit;
-        if slot.retiring || slot.inst.manual_stop || !ended_badly(change.before, change.after, last)
+        let reason = slot.inst.last_reason;
+        if slot.retiring
+            || slot.inst.manual_stop
+            || !ended_badly(change.before, change.after, last, reason)
         {
             return;
         }

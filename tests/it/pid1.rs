@@ -124,6 +124,21 @@ fn exit_on_fatal_ends_warden_with_the_exit_status_of_the_program_that_failed() {
             2,
             "crash loop",
         ),
+        // Stopped by warden for a failure (here its start timeout, then its health check),
+        // not restarted, and exiting 0 on SIGTERM as most programs do: a failure all the same.
+        (
+            "command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while :; do sleep 0.05; done\"]\n\
+             restart = \"never\"\nready = \"notify\"\nstart_timeout = \"300ms\"",
+            1,
+            "a start timeout",
+        ),
+        (
+            "command = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while :; do sleep 0.05; done\"]\n\
+             restart = \"never\"\n\
+             health = { exec = [\"false\"], interval = \"100ms\", retries = 1 }",
+            1,
+            "a failing health check",
+        ),
     ] {
         let mut sb = fatal_sandbox(&test, job);
         let pid = run(&mut sb, &[]);
@@ -229,4 +244,31 @@ fn wardens_that_are_each_pid_1_of_their_namespace_share_the_network_and_cgroups_
     assert_eq!(running_pids(&mut host).0, before);
     expect(&mut inner[1], &["stop"], 0);
     expect(&mut host, &["stop"], 0);
+}
+
+#[test]
+fn a_program_stopped_for_a_missed_start_timeout_is_no_finished_job_to_healthcheck() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
+        "",
+        "[program.job]\ncommand = [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while :; do sleep 0.05; done\"]\n\
+         restart = \"never\"\nready = \"notify\"\nstart_timeout = \"300ms\"\n",
+    );
+    sb.start();
+    let (_, v) = wait_status(&mut sb, "job exited", |_, v| {
+        v["instances"][0]["state"] == "exited"
+    });
+    assert_eq!(
+        v["instances"][0]["last_exit"],
+        serde_json::json!({"code": 0, "reason": "start_timeout"}),
+        "{v}"
+    );
+    let out = sb.run(&["healthcheck"]);
+    assert_exit(&out, 1);
+    assert!(
+        stdout_of(&out).contains("unhealthy: job[0]: exited"),
+        "{}",
+        stdout_of(&out)
+    );
+    expect(&mut sb, &["stop"], 0);
 }

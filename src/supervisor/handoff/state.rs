@@ -190,10 +190,20 @@ pub(crate) struct InstanceRec {
     /// The last exit was the OOM killer's (cgroup mode).
     #[serde(default)]
     oom_reason: bool,
+    /// The last process was ended for not becoming ready in time, or by its watchdog (its
+    /// `ExitReason` then; absent in an older image's state).
+    #[serde(default)]
+    timeout_reason: Option<TimeoutRec>,
     manual_stop: bool,
     attempt: u32,
     recent: Vec<i64>,
     last_ping: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+enum TimeoutRec {
+    StartTimeout,
+    Watchdog,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -262,6 +272,11 @@ impl InstanceRec {
             }),
             health_reason: s.last_reason == Some(ExitReason::Health),
             oom_reason: s.last_reason == Some(ExitReason::Oom),
+            timeout_reason: match s.last_reason {
+                Some(ExitReason::StartTimeout) => Some(TimeoutRec::StartTimeout),
+                Some(ExitReason::Watchdog) => Some(TimeoutRec::Watchdog),
+                _ => None,
+            },
             manual_stop: s.manual_stop,
             attempt: s.attempt,
             recent: s.recent.iter().map(|&t| o(t)).collect(),
@@ -286,10 +301,12 @@ impl InstanceRec {
                     core_dumped,
                 },
             }),
-            last_reason: if self.oom_reason {
-                Some(ExitReason::Oom)
-            } else {
-                self.health_reason.then_some(ExitReason::Health)
+            last_reason: match (self.oom_reason, self.health_reason, self.timeout_reason) {
+                (true, _, _) => Some(ExitReason::Oom),
+                (_, true, _) => Some(ExitReason::Health),
+                (_, _, Some(TimeoutRec::StartTimeout)) => Some(ExitReason::StartTimeout),
+                (_, _, Some(TimeoutRec::Watchdog)) => Some(ExitReason::Watchdog),
+                _ => None,
             },
             manual_stop: self.manual_stop,
             attempt: self.attempt,

@@ -179,33 +179,46 @@ fn a_deadline_is_dropped_once_the_shutdown_is_fast() {
 
 #[test]
 fn a_program_ends_badly_when_it_goes_fatal_or_stays_exited_after_a_failure() {
-    use super::{ExitStatus, InstanceState as S, ended_badly};
+    use super::{ExitReason, ExitStatus, InstanceState as S, ended_badly};
     let failed = Some(ExitStatus::Code(3));
     let ok = Some(ExitStatus::Code(0));
-    assert!(ended_badly(S::Running, S::Fatal, failed));
+    assert!(ended_badly(S::Running, S::Fatal, failed, None));
     assert!(
-        ended_badly(S::Starting, S::Fatal, None),
+        ended_badly(S::Starting, S::Fatal, None, None),
         "a start that cannot succeed"
     );
-    assert!(!ended_badly(S::Fatal, S::Fatal, failed), "once");
-    assert!(ended_badly(S::Ready, S::Exited, failed));
+    assert!(!ended_badly(S::Fatal, S::Fatal, failed, None), "once");
+    assert!(ended_badly(S::Ready, S::Exited, failed, None));
     let killed = Some(ExitStatus::Signal {
         signal: 9,
         core_dumped: false,
     });
-    assert!(ended_badly(S::Running, S::Exited, killed));
+    assert!(ended_badly(S::Running, S::Exited, killed, None));
     assert!(
-        !ended_badly(S::Running, S::Exited, ok),
+        !ended_badly(S::Running, S::Exited, ok, None),
         "a one-shot job that succeeded"
     );
     assert!(
-        !ended_badly(S::Running, S::Backoff, failed),
+        !ended_badly(S::Running, S::Backoff, failed, None),
         "it will be restarted"
     );
     assert!(
-        !ended_badly(S::Stopping, S::Stopped, killed),
+        !ended_badly(S::Stopping, S::Stopped, killed, None),
         "stopped by hand"
     );
+    // Stopped by warden for a failure of its own verdict, then not restarted (`restart =
+    // "never"`): a failure although the program exited 0 on SIGTERM.
+    for reason in [
+        ExitReason::StartTimeout,
+        ExitReason::Watchdog,
+        ExitReason::Health,
+        ExitReason::Oom,
+    ] {
+        assert!(
+            ended_badly(S::Stopping, S::Exited, ok, Some(reason)),
+            "{reason}"
+        );
+    }
 }
 
 #[test]
