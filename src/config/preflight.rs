@@ -272,6 +272,23 @@ pub(crate) fn v2_mount(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
+/// The mount point of the cgroup v2 hierarchy in `mountinfo` with its root: the cgroup (as
+/// `/proc/self/cgroup` names them) that the mount point shows. It is `/` for the whole
+/// hierarchy, a path for a bind mount of a subtree, and starts with `/..` when the file system
+/// was mounted outside this process's cgroup namespace (its root is above the namespace's).
+pub(crate) fn v2_mount_root(mountinfo: &str) -> Option<(PathBuf, String)> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let mut fields = left.split_whitespace().skip(3);
+        let root = unescape(fields.next()?);
+        let mount = PathBuf::from(unescape(fields.next()?));
+        Some((mount, root))
+    })
+}
+
 /// The mount point of the cgroup v1 hierarchy that `controller` is bound to in `mountinfo`, if
 /// any: a controller serves one hierarchy only, so cgroup v2 cannot have it then.
 pub(crate) fn v1_mount_of(mountinfo: &str, controller: &str) -> Option<PathBuf> {

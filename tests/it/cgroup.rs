@@ -832,3 +832,72 @@ fn in_cgroup_mode_a_double_forked_daemon_named_by_mainpid_is_the_instance() {
         "the daemon outlived stop"
     );
 }
+
+/// A cgroup the test made, removed (once its processes are gone) when dropped.
+struct MadeCgroup(std::path::PathBuf);
+
+impl Drop for MadeCgroup {
+    fn drop(&mut self) {
+        wait_until(TIMEOUT, || {
+            std::fs::remove_dir(&self.0).is_ok() || !self.0.exists()
+        });
+    }
+}
+
+#[test]
+fn in_a_cgroup_namespace_without_a_cgroupfs_of_its_own_warden_stays_in_its_cgroup() {
+    let test = this_test!();
+    if !test.require_root() || !test.require_tool("unshare", "util-linux") {
+        return;
+    }
+    let Some(mount) = cgroup2_mount() else {
+        test.skip("no cgroup2 file system");
+        return;
+    };
+    // warden in cgroup `outer`, in a cgroup namespace rooted there, with the host's cgroupfs
+    // mount: `/proc/self/cgroup` says `/`, which the mount shows as its root, not as `outer`.
+    let name = format!("wtest-cgns-{}", std::process::id());
+    let made = MadeCgroup(mount.join(&name));
+    std::fs::create_dir(&made.0).unwrap();
+    let mut sb =
+        test.supervisor_sandbox("", "[program.s]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n");
+    let outer = path_str(&made.0);
+    let enter = [
+        "sh",
+        "-c",
+        "echo $$ > \"$0/cgroup.procs\" && exec \"$@\"",
+        &outer,
+    ];
+    let prefix: Vec<&str> = enter
+        .iter()
+        .copied()
+        .chain(["unshare", "--cgroup"])
+        .collect();
+    let out = sb.start_under(&prefix);
+    assert_exit(&out, 0);
+    let (_, v) = wait_status(&mut sb, "s up", |_, v| {
+        v["instances"][0]["state"] == "running"
+    });
+    let host_view = |pid: i32| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let v2 = text.lines().find_map(|l| l.strip_prefix("0::"));
+        v2.unwrap_or_default().to_string()
+    };
+    let warden = v["daemon"]["pid"].as_i64().unwrap() as i32;
+    let worker = v["instances"][0]["pid"].as_i64().unwrap() as i32;
+    for pid in [warden, worker] {
+        assert_eq!(
+            host_view(pid),
+            format!("/{name}"),
+            "pid {pid}; log:\n{}",
+            log(&sb)
+        );
+    }
+    assert_eq!(v["daemon"]["tracking"], "process-group", "{v:#}");
+    assert!(
+        log(&sb).contains("is not under the cgroup2 mount"),
+        "{}",
+        log(&sb)
+    );
+    expect(&mut sb, &["stop"], 0);
+}

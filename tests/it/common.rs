@@ -615,6 +615,16 @@ while not os.path.exists(os.path.join(d, "go")):
     time.sleep(0.01)
 "#;
 
+/// Where cgroup v2 is mounted (`/proc/self/mountinfo`).
+pub fn cgroup2_mount() -> Option<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        (right.split_whitespace().next() == Some("cgroup2"))
+            .then(|| left.split_whitespace().nth(4).map(PathBuf::from))?
+    })
+}
+
 /// Sends `sig` to `pid`.
 pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);

@@ -702,16 +702,6 @@ fn a_stopping_instance_whose_process_runs_is_up() {
     assert_eq!(value(&s, "warden_instance_ready", &labels), Some(0.0));
 }
 
-/// Where cgroup v2 is mounted (`/proc/self/mountinfo`).
-fn cgroup2_mount() -> Option<std::path::PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|l| {
-        let (left, right) = l.split_once(" - ")?;
-        (right.split_whitespace().next() == Some("cgroup2"))
-            .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))?
-    })
-}
-
 #[test]
 fn memory_gauges_are_there_only_where_the_cgroup_has_the_files() {
     let test = this_test!();

@@ -61,7 +61,9 @@ pub(crate) struct Hierarchy {
     pub(crate) unavailable: Vec<(String, String)>,
 }
 
+#[cfg(test)]
 pub(crate) use crate::config::preflight::v2_mount;
+pub(crate) use crate::config::preflight::v2_mount_root;
 
 /// The cgroup v2 path of the process whose `/proc/PID/cgroup` is `text` (the `0::` line).
 pub(crate) fn own_path(text: &str) -> Option<String> {
@@ -79,6 +81,25 @@ pub(crate) fn dir_of(mount: &Path, path: &str) -> PathBuf {
     }
 }
 
+/// The directory of this process's cgroup `own` (as `/proc/self/cgroup` names it) under the
+/// cgroup2 mount point `mount`, which shows cgroup `root` (see [`v2_mount_root`]); `Err` when
+/// the mount does not show it — a file system mounted outside this cgroup namespace (root
+/// `/..`), or a bind mount of another subtree.
+pub(crate) fn own_dir(mount: &Path, root: &str, own: &str) -> Result<PathBuf, String> {
+    let rel = Path::new(own).strip_prefix(root).map_err(|_| {
+        format!(
+            "warden's cgroup {own} is not under the cgroup2 mount {} (which shows {root}{})",
+            mount.display(),
+            if root.starts_with("/..") {
+                ": a cgroup namespace whose cgroup file system was mounted outside it"
+            } else {
+                ""
+            }
+        )
+    })?;
+    Ok(dir_of(mount, &rel.to_string_lossy()))
+}
+
 /// The cgroup directory name of one instance's slot: `NAME@INDEX.SLOT` (`@` is not in program
 /// names, so two slots never share a name).
 pub(crate) fn instance_name(program: &str, index: usize, slot: u32) -> String {
@@ -91,12 +112,24 @@ impl Hierarchy {
     pub(crate) fn set_up_here() -> Result<(Hierarchy, Vec<String>), String> {
         let mountinfo = fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| format!("cannot read /proc/self/mountinfo: {e}"))?;
-        let mount = v2_mount(&mountinfo).ok_or("no cgroup2 file system is mounted")?;
+        let (mount, root) = v2_mount_root(&mountinfo).ok_or("no cgroup2 file system is mounted")?;
         let own = fs::read_to_string("/proc/self/cgroup")
             .ok()
             .and_then(|t| own_path(&t))
             .ok_or("/proc/self/cgroup names no cgroup v2 path")?;
-        Hierarchy::set_up(&dir_of(&mount, &own), std::process::id())
+        let pid = std::process::id();
+        let dir = own_dir(&mount, &root, &own)?;
+        // A last check before anything moves: warden is in the directory found.
+        let procs = fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        if !procs.lines().any(|l| l.trim() == pid.to_string()) {
+            return Err(format!(
+                "{} does not list warden (pid {pid}): its own cgroup {own} is not where \
+                 {} shows it",
+                dir.join("cgroup.procs").display(),
+                mount.display()
+            ));
+        }
+        Hierarchy::set_up(&dir, pid)
     }
 
     /// Makes `PARENT/warden-PID` with its `supervisor` and `programs` children, moves process

@@ -36,6 +36,34 @@ fn the_v2_mount_is_found_by_its_file_system_type() {
 }
 
 #[test]
+fn warden_finds_its_own_cgroup_only_where_the_mount_shows_it() {
+    let (mount, root) = v2_mount_root(MOUNTINFO).unwrap();
+    assert_eq!(
+        (mount.as_path(), root.as_str()),
+        (Path::new("/sys/fs/cgroup/unified"), "/")
+    );
+    assert_eq!(
+        own_dir(&mount, &root, "/a9box.1/x").unwrap(),
+        PathBuf::from("/sys/fs/cgroup/unified/a9box.1/x")
+    );
+    assert_eq!(own_dir(&mount, &root, "/").unwrap(), mount);
+    // A bind mount of a subtree (a container's own cgroup at /sys/fs/cgroup).
+    let bound = "29 23 0:26 /docker/c1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+    let (mount, root) = v2_mount_root(bound).unwrap();
+    assert_eq!(root, "/docker/c1");
+    assert_eq!(
+        own_dir(&mount, &root, "/docker/c1/app").unwrap(),
+        PathBuf::from("/sys/fs/cgroup/app")
+    );
+    assert!(own_dir(&mount, &root, "/docker/c2").is_err());
+    // `unshare --cgroup` without a new mount: the host's mount, seen from the namespace.
+    let outside = "41 31 0:38 /.. /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n";
+    let (mount, root) = v2_mount_root(outside).unwrap();
+    let e = own_dir(&mount, &root, "/").unwrap_err();
+    assert!(e.contains("mounted outside it"), "{e}");
+}
+
+#[test]
 fn a_controller_bound_to_a_v1_hierarchy_is_found() {
     use crate::config::preflight::v1_mount_of;
     assert_eq!(
