@@ -205,14 +205,24 @@ pub fn warnings(config: &Config) -> Diagnostics {
 
 /// `pid_namespace = true` asked by a user who cannot create a PID namespace (not root).
 fn pid_namespace_problem(d: &super::DaemonSpec) -> Option<String> {
+    if !d.pid_namespace {
+        return None;
+    }
     let uid = nix::unistd::geteuid();
-    (d.pid_namespace && !uid.is_root()).then(|| {
-        format!(
+    if !uid.is_root() {
+        return Some(format!(
             "creating a PID namespace needs CAP_SYS_ADMIN, which uid {uid} does not have: \
              started by this user, warden runs every instance in its own PID namespace (and \
              `warden start` says so)"
-        )
-    })
+        ));
+    }
+    // The guard, the namespace's init, is started after the privilege drop.
+    let user = d.user.as_deref().filter(|u| *u != "root" && *u != "0")?;
+    Some(format!(
+        "with daemon.user = \"{user}\", warden runs without CAP_SYS_ADMIN and cannot create \
+         a PID namespace: it runs every instance in its own PID namespace (and `warden start` \
+         says so)"
+    ))
 }
 
 /// The cgroup limits of `p` that cannot be applied: cgroups off, no cgroup v2 hierarchy, or

@@ -130,6 +130,15 @@ impl crate::supervisor::Supervisor {
         match self.groups.enter_pid_namespace_mode(self.poll.registry()) {
             Ok(()) => {}
             Err(why) => {
+                let uid = nix::unistd::geteuid();
+                let why = if uid.is_root() {
+                    why
+                } else {
+                    format!(
+                        "warden runs as uid {uid} (after [daemon] user, or started so), without \
+                         the CAP_SYS_ADMIN a PID namespace needs: {why}"
+                    )
+                };
                 log::error!("pid_namespace cannot be applied: {why}");
                 self.cgroup.ns_why_not = Some(why);
             }

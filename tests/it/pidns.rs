@@ -468,3 +468,27 @@ fn a_launcher_that_exits_before_its_mainpid_ends_the_instance_with_a_warning_not
     });
     expect(&mut sb, &["stop"], 0);
 }
+
+#[test]
+fn with_daemon_user_check_warns_and_start_says_why_pid_namespace_cannot_be_applied() {
+    let test = this_test!();
+    if !test.require_root() {
+        return;
+    }
+    // The guard, the namespace's init, starts after the privilege drop: no CAP_SYS_ADMIN then.
+    let mut sb = test.supervisor_sandbox(
+        "pid_namespace = true\nuser = \"nobody\"\ngroup = \"nogroup\"",
+        "[program.s]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n",
+    );
+    let check = sb.run(&["check"]);
+    assert_exit(&check, 0);
+    assert_stderr_has(&check, "daemon.pid_namespace");
+    assert_stderr_has(&check, "daemon.user = \"nobody\"");
+    let out = sb.start_under(&[]);
+    assert_exit(&out, 0);
+    assert_stderr_has(
+        &out,
+        "warning: pid_namespace cannot be applied: warden runs as uid 65534",
+    );
+    expect(&mut sb, &["stop"], 0);
+}
