@@ -125,6 +125,21 @@ impl ExitStatus {
     pub fn success(&self) -> bool {
         *self == ExitStatus::Code(0)
     }
+
+    /// The end a raw `waitpid(2)` status says, any signal number kept (real-time ones too);
+    /// `None` for a stop or a continue, which are no end.
+    pub fn from_wait_status(status: i32) -> Option<ExitStatus> {
+        if libc::WIFEXITED(status) {
+            Some(ExitStatus::Code(libc::WEXITSTATUS(status)))
+        } else if libc::WIFSIGNALED(status) {
+            Some(ExitStatus::Signal {
+                signal: libc::WTERMSIG(status),
+                core_dumped: libc::WCOREDUMP(status),
+            })
+        } else {
+            None
+        }
+    }
 }
 
 impl fmt::Display for ExitStatus {
@@ -137,10 +152,10 @@ impl fmt::Display for ExitStatus {
                 core_dumped,
             } => {
                 let core = if core_dumped { ", core dumped" } else { "" };
-                match Signal::try_from(signal) {
-                    Ok(sig) => write!(f, "signal {signal} ({}{core})", sig.as_str()),
-                    Err(_) if core_dumped => write!(f, "signal {signal} (core dumped)"),
-                    Err(_) => write!(f, "signal {signal}"),
+                match known_signal_name(signal) {
+                    Some(name) => write!(f, "signal {signal} ({name}{core})"),
+                    None if core_dumped => write!(f, "signal {signal} (core dumped)"),
+                    None => write!(f, "signal {signal}"),
                 }
             }
         }
@@ -291,12 +306,23 @@ impl fmt::Display for StopWith {
     }
 }
 
-/// The name of a signal number: `SIGTERM` for 15, `signal 99` for one the system does not know.
+/// The name of a signal number: `SIGTERM` for 15, `SIGRTMIN+2` for a real-time signal,
+/// `signal 99` for one the system does not know.
 pub fn signal_name(signal: i32) -> String {
-    match Signal::try_from(signal) {
-        Ok(sig) => sig.as_str().to_string(),
-        Err(_) => format!("signal {signal}"),
+    known_signal_name(signal).unwrap_or_else(|| format!("signal {signal}"))
+}
+
+/// The name of a signal the system knows: `SIGTERM`, `SIGRTMIN+2` (real-time signals are
+/// named from `SIGRTMIN`, as `kill -l` does).
+pub fn known_signal_name(signal: i32) -> Option<String> {
+    if let Ok(sig) = Signal::try_from(signal) {
+        return Some(sig.as_str().to_string());
     }
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    (min..=max).contains(&signal).then(|| match signal - min {
+        0 => "SIGRTMIN".to_string(),
+        k => format!("SIGRTMIN+{k}"),
+    })
 }
 
 /// The pseudo-random numbers that spread restart delays (xorshift64*, Vigna 2016): fast, no

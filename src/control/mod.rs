@@ -515,9 +515,8 @@ impl From<crate::policy::ExitStatus> for LastExit {
                 core_dumped,
             } => LastExit::Signal {
                 signal,
-                name: nix::sys::signal::Signal::try_from(signal)
-                    .map(|s| s.as_str().to_string())
-                    .unwrap_or_else(|_| format!("SIG{signal}")),
+                name: crate::policy::known_signal_name(signal)
+                    .unwrap_or_else(|| format!("SIG{signal}")),
                 core_dumped,
                 reason: None,
             },

@@ -35,7 +35,6 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, socketpair,
 };
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
@@ -389,28 +388,16 @@ fn reply_to(ctl: &OwnedFd, reply: FromZygote) -> std::result::Result<(), String>
 /// Reaps every exited worker and reports it.
 fn reap(ctl: &OwnedFd, live: &mut HashSet<i32>) -> std::result::Result<(), String> {
     loop {
-        let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Code(code)),
-            Ok(WaitStatus::Signaled(pid, sig, core)) => (
-                pid,
-                ExitStatus::Signal {
-                    signal: sig as i32,
-                    core_dumped: core,
-                },
-            ),
-            Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => return Ok(()),
-            Ok(_) => continue,
-            Err(Errno::EINTR) => continue,
+        let (pid, status) = match crate::sys::wait::waitpid_nohang(-1) {
+            Ok(Some((pid, raw))) => match ExitStatus::from_wait_status(raw) {
+                Some(status) => (pid, status),
+                None => continue,
+            },
+            Ok(None) | Err(Errno::ECHILD) => return Ok(()),
             Err(e) => return Err(format!("waitpid: {e}")),
         };
-        live.remove(&pid.as_raw());
-        reply_to(
-            ctl,
-            FromZygote::Exited {
-                pid: pid.as_raw(),
-                status,
-            },
-        )?;
+        live.remove(&pid);
+        reply_to(ctl, FromZygote::Exited { pid, status })?;
     }
 }
 
@@ -421,7 +408,7 @@ fn shutdown(live: &mut HashSet<i32>) {
         let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
     for pid in live.drain() {
-        while let Err(Errno::EINTR) = waitpid(Pid::from_raw(pid), None) {}
+        let _ = crate::sys::wait::waitpid_blocking(pid);
     }
 }
 

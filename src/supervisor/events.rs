@@ -152,8 +152,7 @@ fn exit_event(status: Option<ExitStatus>, reason: Option<ExitReason>) -> What {
         Some(ExitStatus::Signal { signal, .. }) => (
             None,
             Some(
-                nix::sys::signal::Signal::try_from(signal)
-                    .map_or_else(|_| format!("SIG{signal}"), |s| s.as_str().to_string()),
+                crate::policy::known_signal_name(signal).unwrap_or_else(|| format!("SIG{signal}")),
             ),
         ),
         None => (None, None),

@@ -70,7 +70,6 @@ use mio::{Interest, Registry, Token};
 use nix::errno::Errno;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::signal::{Signal, killpg};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::cgroup::{self, Hierarchy};
@@ -778,20 +777,19 @@ impl Groups {
         drop(link.sock);
         let deadline = Instant::now() + Duration::from_secs(1);
         loop {
-            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+            match crate::sys::wait::waitpid_nohang(pid.as_raw()) {
+                Ok(None) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(1));
                 }
-                Ok(WaitStatus::StillAlive) => {
+                Ok(None) => {
                     kill_guard(link.pid, link.pidfd.as_ref());
                     // A namespace's init waits for every process of its namespace to be
                     // reaped, by us among others: never wait for it here.
                     if link.ns.is_none() {
-                        let _ = waitpid(pid, None);
+                        let _ = crate::sys::wait::waitpid_blocking(pid.as_raw());
                     }
                     return;
                 }
-                Err(Errno::EINTR) => {}
                 // Reaped (or reaped already by someone's `waitpid(-1)`: then it is gone too).
                 _ => return,
             }

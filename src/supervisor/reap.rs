@@ -11,7 +11,6 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::Supervisor;
@@ -23,17 +22,12 @@ use crate::policy::ExitStatus;
 /// The next exited child, if any (`waitpid(-1, WNOHANG)`); `None` when none is left to reap now.
 fn next_exit() -> Option<(i32, ExitStatus)> {
     loop {
-        return match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => Some((pid.as_raw(), ExitStatus::Code(code))),
-            Ok(WaitStatus::Signaled(pid, sig, core)) => Some((
-                pid.as_raw(),
-                ExitStatus::Signal {
-                    signal: sig as i32,
-                    core_dumped: core,
-                },
-            )),
-            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => None,
-            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+        return match crate::sys::wait::waitpid_nohang(-1) {
+            Ok(Some((pid, raw))) => match ExitStatus::from_wait_status(raw) {
+                Some(status) => Some((pid, status)),
+                None => continue,
+            },
+            Ok(None) | Err(nix::errno::Errno::ECHILD) => None,
             Err(e) => {
                 log::error!("waitpid: {e}");
                 None
@@ -186,10 +180,10 @@ impl Supervisor {
 /// `waitpid` failed).
 fn reap_all_quietly() -> bool {
     loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) => return true,
+        match crate::sys::wait::waitpid_nohang(-1) {
+            Ok(None) => return true,
             Err(nix::errno::Errno::ECHILD) => return false,
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Ok(Some(_)) => {}
             Err(e) => {
                 log::error!("waitpid: {e}");
                 return false;

@@ -10,7 +10,8 @@
 //! `signal` (dispositions and mask), `fd` (closing, neutralising, moving descriptors), `env`,
 //! `child` (a child's own set-up before `exec`), `socket` (peer groups, `SCM_RIGHTS`), `pidfd`,
 //! `pidns` (PID namespaces: a namespace's init, `setns`), `memfd` (the pool's claim words),
-//! `spawn` (fork + exec without waiting), `detach` (the daemon's double fork). This file holds
+//! `spawn` (fork + exec without waiting), `wait` (`waitpid` with the raw status: real-time
+//! signals included), `detach` (the daemon's double fork). This file holds
 //! `fork`, `_exit` and the single-thread check.
 //!
 //! # Forking
@@ -33,6 +34,7 @@ pub(crate) mod pidns;
 mod signal;
 mod socket;
 pub(crate) mod spawn;
+pub(crate) mod wait;
 
 pub(crate) use child::{ChildSetup, child_setup, pre_exec};
 pub(crate) use detach::{Detached, detach};

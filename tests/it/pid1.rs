@@ -124,6 +124,12 @@ fn exit_on_fatal_ends_warden_with_the_exit_status_of_the_program_that_failed() {
             2,
             "crash loop",
         ),
+        (
+            "command = [\"python3\", \"-c\", \"import os, signal; os.kill(os.getpid(), signal.SIGRTMIN + 2)\"]\n\
+             restart = \"never\"",
+            128 + 36,
+            "a real-time signal (SIGRTMIN+2, 36 with glibc)",
+        ),
         // Stopped by warden for a failure (here its start timeout, then its health check),
         // not restarted, and exiting 0 on SIGTERM as most programs do: a failure all the same.
         (

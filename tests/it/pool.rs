@@ -471,6 +471,27 @@ fn pool_inside_a_warden_daemon() {
         !second["pids"].split(',').any(|p| p == victim.to_string()),
         "{second:?}"
     );
+    // A worker killed by a real-time signal (which nix's wait status cannot name) is seen to
+    // die and replaced too: the fork server does not lose its exit, nor fail on it.
+    let victim: i32 = second["pids"].split(',').next().unwrap().parse().unwrap();
+    let rt = format!("-{}", libc::SIGRTMIN() + 2);
+    let killed = Command::new("kill")
+        .args([&rt, &victim.to_string()])
+        .status();
+    assert!(killed.is_ok_and(|s| s.success()), "kill {rt} {victim}");
+    assert!(
+        wait_until(crate::common::TIMEOUT, || !alive(victim)
+            && children_of(fork_server)
+                .iter()
+                .filter(|&&c| alive(c))
+                .count()
+                == 2),
+        "worker {victim} not replaced; the fork server's children: {:?}",
+        children_of(fork_server)
+    );
+    let third = run(&sb);
+    assert_eq!(third["sum"], expected.to_string(), "{third:?}");
+    assert_eq!(third["errors"], "0");
     signal(pid, Signal::SIGTERM);
     assert!(
         wait_until(crate::common::TIMEOUT, || !alive(pid)),

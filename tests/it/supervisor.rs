@@ -1626,3 +1626,57 @@ fn per_program_limits_umask_directory_environment_and_user_apply() {
     assert_eq!(status(w)["SigBlk"], "0000000000000000");
     assert_eq!(status(w)["SigIgn"], "0000000000000000");
 }
+
+/// Forks a child that forks 20 grandchildren and exits (they are re-parented to warden), each
+/// of which dies of `SIGRTMIN+2`; a second later the main process dies of it too.
+const RT_DEATHS: &str = r#"import os, signal, time
+rt = signal.SIGRTMIN + 2
+if os.fork() == 0:
+    for _ in range(20):
+        if os.fork() == 0:
+            time.sleep(0.3)
+            os.kill(os.getpid(), rt)
+            os._exit(1)
+    os._exit(0)
+time.sleep(1)
+os.kill(os.getpid(), rt)
+"#;
+
+#[test]
+fn a_death_by_a_real_time_signal_is_seen_and_orphans_dying_so_are_reaped() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox(
+        "",
+        &format!(
+            "[program.rt]\ncommand = {}\nrestart = \"on-failure\"\nbackoff_initial = \"10s\"\n",
+            argv(&[&python(), "-c", RT_DEATHS])
+        ),
+    );
+    let warden = sb.start();
+    // warden sees the main process end (nix's waitpid once reaped it, failed to name the
+    // signal, and lost the exit: the instance stayed `running` for ever).
+    let (_, v) = wait_status(&mut sb, "rt's death seen", |_, v| {
+        v["instances"][0]["last_exit"]["signal"].is_number()
+    });
+    let last = &v["instances"][0]["last_exit"];
+    assert_eq!(last["name"], "SIGRTMIN+2", "{v:#}");
+    assert_eq!(
+        last["signal"].as_i64(),
+        Some(i64::from(libc::SIGRTMIN() + 2)),
+        "{v:#}"
+    );
+    assert!(!log(&sb).contains("waitpid"), "{}", log(&sb));
+    // Every orphan that died so was reaped.
+    let zombies = || {
+        children_of(warden)
+            .into_iter()
+            .filter(|&p| is_zombie(p))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(TIMEOUT, || zombies().is_empty()),
+        "zombies left: {:?}",
+        zombies()
+    );
+    expect(&mut sb, &["stop"], 0);
+}

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Interest, Token};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::output::{MAX_LINE, OutputPipe, output_pipe};
@@ -60,11 +59,10 @@ impl Engine {
         let Some(p) = self.slots[slot].proc.as_ref() else {
             return;
         };
-        let status = match waitpid(Pid::from_raw(p.pid), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
-            Ok(WaitStatus::Signaled(_, sig, core)) => ExitStatus::Signal {
-                signal: sig as i32,
-                core_dumped: core,
+        let status = match crate::sys::wait::waitpid_nohang(p.pid) {
+            Ok(Some((_, raw))) => match ExitStatus::from_wait_status(raw) {
+                Some(status) => status,
+                None => return,
             },
             Err(nix::errno::Errno::ECHILD) => {
                 // Someone else (the host's own `waitpid(-1)`) reaped it.
@@ -538,17 +536,14 @@ pub(super) fn reap_child(
 ) -> Option<ExitStatus> {
     let until = Instant::now() + wait;
     loop {
-        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => return Some(ExitStatus::Code(code)),
-            Ok(WaitStatus::Signaled(_, sig, core)) => {
-                return Some(ExitStatus::Signal {
-                    signal: sig as i32,
-                    core_dumped: core,
-                });
+        match crate::sys::wait::waitpid_nohang(pid) {
+            Ok(Some((_, raw))) => {
+                if let Some(status) = ExitStatus::from_wait_status(raw) {
+                    return Some(status);
+                }
             }
-            Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return None,
-            Ok(_) => {}
+            Ok(None) => {}
         }
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {

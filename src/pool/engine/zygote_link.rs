@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use mio::Interest;
 use mio::unix::SourceFd;
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use super::workers::reap_child;
@@ -190,10 +189,7 @@ impl Engine {
                 "pool {}: fork server (pid {pid}) reaped ({status})",
                 self.settings.name
             );
-        } else if matches!(
-            waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)),
-            Ok(WaitStatus::StillAlive)
-        ) {
+        } else if matches!(crate::sys::wait::waitpid_nohang(pid), Ok(None)) {
             return; // not exited yet: its pidfd (or the timers) will say when
         }
         if let Some(fd) = pidfd {
