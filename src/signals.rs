@@ -207,6 +207,20 @@ impl Signals {
         events
     }
 
+    /// Raises again, at the calling thread, every signal that arrived and has not been read
+    /// yet; returns their numbers. For a caller about to `execve` with those signals blocked: a
+    /// pending signal survives the exec, and the new image handles it once it unblocks them,
+    /// instead of it dying with this image's self-pipe.
+    pub fn raise_pending_again(&mut self) -> Vec<i32> {
+        let signals: Vec<i32> = self.delivery.pending().collect();
+        for &signo in &signals {
+            if let Ok(sig) = nix::sys::signal::Signal::try_from(signo) {
+                let _ = nix::sys::signal::raise(sig);
+            }
+        }
+        signals
+    }
+
     /// Blocks until at least one event arrives or `timeout` passes (`None`: forever).
     pub fn wait(&mut self, timeout: Option<Duration>) -> Vec<SignalEvent> {
         let deadline = timeout.map(|t| Instant::now() + t);

@@ -407,7 +407,7 @@ pub(super) fn event_loop(
     loop {
         match sup.run(signals) {
             // Returns only if the new binary did not take over: this image runs on.
-            Ok(RunExit::Upgrade) => super::upgrade::perform(sup, upgrade),
+            Ok(RunExit::Upgrade) => super::upgrade::perform(sup, upgrade, signals),
             // Under exit_on_fatal, a program's failure ended it: exit as that program did.
             Ok(RunExit::Shutdown) => return sup.failure_exit().unwrap_or(exit::OK),
             // The reloader is set: SIGHUP is handled inside the loop.

@@ -14,6 +14,7 @@ use warden::config::Config;
 use warden::control::server::ControlServer;
 use warden::daemon::{Notifier, ServiceManager};
 use warden::log::LogHandle;
+use warden::signals::Signals;
 use warden::supervisor::metrics::MetricsListener;
 use warden::supervisor::sockets::HeldSocket;
 use warden::supervisor::{DaemonRec, Handoff, STATE_FORMAT, Supervisor};
@@ -56,15 +57,19 @@ pub struct Context<'a> {
 
 /// Carries out an upgrade the supervisor asked for: returns only if the new binary did not take
 /// over (after telling whoever asked why); this image then runs on.
-pub fn perform(sup: &mut Supervisor, cx: &Context<'_>) {
-    let reason = match hand_over(sup, cx) {
+pub fn perform(sup: &mut Supervisor, cx: &Context<'_>, signals: &mut Signals) {
+    let reason = match hand_over(sup, cx, signals) {
         Err(reason) => reason,
         Ok(never) => match never {},
     };
     sup.upgrade_failed(&reason);
 }
 
-fn hand_over(sup: &mut Supervisor, cx: &Context<'_>) -> Result<std::convert::Infallible, String> {
+fn hand_over(
+    sup: &mut Supervisor,
+    cx: &Context<'_>,
+    signals: &mut Signals,
+) -> Result<std::convert::Infallible, String> {
     let path = &cx.exe.path;
     let Some(previous) = cx.exe.fd.as_ref() else {
         return Err(
@@ -97,7 +102,12 @@ fn hand_over(sup: &mut Supervisor, cx: &Context<'_>) -> Result<std::convert::Inf
         std::process::id()
     );
     cx.log.flush();
-    let err = handoff.exec(path, &resume_args(&cx.config.path), previous.as_raw_fd());
+    let err = handoff.exec(
+        path,
+        &resume_args(&cx.config.path),
+        previous.as_raw_fd(),
+        signals,
+    );
     Err(format!("cannot execute {}: {err}", path.display()))
 }
 

@@ -531,3 +531,36 @@ fn event_streams_go_on_when_the_new_image_cannot_take_over() {
     );
     stream_ends_at_the_stop(&mut sb, &[(json, "events.json"), (text, "events.txt")]);
 }
+
+#[test]
+fn a_sigterm_that_arrives_during_the_hand_over_is_handled_by_the_new_image() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", PROGRAMS);
+    let exe = copy_of_warden(&sb);
+    let warden = start_from(&mut sb, &exe, &[]);
+    all_up(&mut sb);
+    // The new binary's `check` says when it runs, then takes its time: the SIGTERM surely
+    // arrives while the old image hands over, after its loop last read its signals.
+    let real = path_str(&warden_bin());
+    let flag = path_str(&sb.path("checking"));
+    let slow = shell(
+        &sb.path("slow"),
+        &format!("case \"$*\" in *check*) touch {flag}; sleep 1;; esac\nexec {real} \"$@\""),
+    );
+    replace(&exe, &slow);
+    signal(warden, nix::sys::signal::Signal::SIGUSR2);
+    assert!(
+        wait_until(TIMEOUT, || sb.path("checking").exists()),
+        "{}",
+        log(&sb)
+    );
+    signal(warden, nix::sys::signal::Signal::SIGTERM);
+    assert!(
+        wait_until(TIMEOUT, || !alive(warden) || is_zombie(warden)),
+        "warden ran on after a SIGTERM sent during its upgrade:\n{}",
+        log(&sb)
+    );
+    let log = log(&sb);
+    assert!(log.contains("upgraded in place"), "{log}");
+    assert!(log.contains("graceful shutdown"), "{log}");
+}

@@ -65,13 +65,22 @@ pub struct Inherited {
 
 impl Handoff {
     /// Executes `exe` with `args` (argv\[1..\]) in this process, handing this state over.
-    /// Returns only if the exec failed, with every descriptor as it was.
-    pub fn exec(&self, exe: &Path, args: &[OsString], previous: RawFd) -> io::Error {
-        let run = || -> io::Result<std::convert::Infallible> {
+    /// The operator's signals are held (blocked) from just before the exec, and those `signals`
+    /// received but not handled yet are raised again, to be handled by the new image. Returns
+    /// only if the exec failed, with every descriptor (and signal) as it was.
+    pub fn exec(
+        &self,
+        exe: &Path,
+        args: &[OsString],
+        previous: RawFd,
+        signals: &mut crate::signals::Signals,
+    ) -> io::Error {
+        let mut run = || -> io::Result<std::convert::Infallible> {
             let state = self.write_memfd()?;
             let env = env(state.as_raw_fd(), previous, None);
             let path = cstring(exe.as_os_str())?;
             cross(self.fds(), &state, previous, || {
+                signals.raise_pending_again();
                 let argv = argv(exe.as_os_str(), args)?;
                 nix::unistd::execve(&path, &argv, &envp(&env)?).map_err(io::Error::from)
             })
