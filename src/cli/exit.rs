@@ -19,6 +19,7 @@
 //! statuses.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use warden::Error;
 
@@ -57,15 +58,40 @@ pub mod status {
     }
 }
 
+/// Whether errors and warnings go to standard error as JSON lines (`warden run` with
+/// `log_format = "json"`: the stream a log shipper reads), rather than `warden: …`.
+static JSON: AtomicBool = AtomicBool::new(false);
+
+/// From now on, errors and warnings are printed as JSON lines (see [`JSON`]).
+pub fn print_as_json() {
+    JSON.store(true, Ordering::Relaxed);
+}
+
+/// Prints one error: `warden: MESSAGE`, or a JSON line.
+pub fn say_error(message: &dyn std::fmt::Display) {
+    eprintln!("{}", error_text(&message.to_string()));
+}
+
+/// What [`say_error`] prints.
+fn error_text(message: &str) -> String {
+    json_or(log::Level::Error, message).unwrap_or_else(|| format!("warden: {message}"))
+}
+
+/// `message` as a JSON line at `level` when errors are printed so, else `None`.
+pub fn json_or(level: log::Level, message: &str) -> Option<String> {
+    JSON.load(Ordering::Relaxed)
+        .then(|| warden::log::json_line(level, message))
+}
+
 /// Prints `err` (each configuration problem on its own line) and returns its exit status.
 pub fn report(err: &Error) -> ExitCode {
     match err {
         Error::Config(diags) => {
             for d in diags.iter() {
-                eprintln!("warden: {d}");
+                say_error(d);
             }
         }
-        other => eprintln!("warden: {other}"),
+        other => say_error(other),
     }
     ExitCode::from(code(err))
 }

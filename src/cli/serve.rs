@@ -16,6 +16,10 @@ use super::exit;
 /// Becomes the daemon (or stays in the foreground) and runs its event loop: build the daemon,
 /// start it, set up what the daemon process needs, build the supervisor, run until stopped.
 pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
+    // `warden run` logging JSON: its own errors on standard error must be JSON too.
+    if foreground && config.daemon.log_format == warden::log::LogFormat::Json {
+        exit::print_as_json();
+    }
     // Read systemd's variables once, before any thread exists, and keep them from children.
     let manager = ServiceManager::from_env();
     let bound = match prepare(&mut config) {
@@ -39,17 +43,17 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     // which carries it back to the launcher.
     let (log, mut signals) = match after_fork(&config, &mut handle, foreground) {
         Ok(set_up) => set_up,
-        Err(e) => handle.fail(&e),
+        Err(e) => fail(handle, &e),
     };
     // Everything that can fail because of the configuration fails here, before `ready`, so that
     // `warden start` reports it and exits non-zero.
     let mut sup = match build(&config, &handle, &log, (bound, delegated)) {
         Ok(s) => s,
-        Err(e) => handle.fail(&e),
+        Err(e) => fail(handle, &e),
     };
     // Limits that cannot be applied are said where warden was started (and logged at spawn).
     for line in sup.unapplicable_limits() {
-        handle.warn(&line);
+        warn(&mut handle, &line);
     }
     handle.ready();
     let _ = handle.notify("STATUS=running");
@@ -67,6 +71,22 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     };
     let code = event_loop(&mut sup, &mut signals, &upgrade);
     finish(sup, handle, &log, code)
+}
+
+/// Ends a start that failed: `reason` to the launcher, or printed (a JSON line when errors are).
+fn fail(handle: DaemonHandle, reason: &str) -> ! {
+    match exit::json_or(log::Level::Error, reason) {
+        Some(line) => handle.fail(&line),
+        None => handle.fail(reason),
+    }
+}
+
+/// A warning for whoever started warden (a JSON line when errors are printed so).
+fn warn(handle: &mut DaemonHandle, text: &str) {
+    match exit::json_or(log::Level::Warn, text) {
+        Some(line) => eprintln!("{line}"),
+        None => handle.warn(text),
+    }
 }
 
 /// After the loop: tells the service manager, closes the control socket, runs the exit hooks
@@ -98,7 +118,7 @@ fn prepare(config: &mut Config) -> Result<Bound, ExitCode> {
     let problems = super::unresolvable_accounts(config);
     if !problems.is_empty() {
         for p in problems {
-            eprintln!("warden: {p}");
+            exit::say_error(&p);
         }
         return Err(ExitCode::from(exit::CONFIG));
     }
@@ -203,7 +223,7 @@ fn after_fork(
 ) -> Result<(LogHandle, Signals), String> {
     let (log, signals) = set_up_process(config, foreground)?;
     if let Some(w) = log.unreachable() {
-        handle.warn(&w);
+        warn(handle, &w);
     }
     Ok((log, signals))
 }

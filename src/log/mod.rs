@@ -49,6 +49,13 @@ use crate::error::{Error, Result};
 
 pub use self::json::{LogFormat, OutputSource};
 
+/// One of warden's own messages as a `log_format = "json"` line (without its newline), about
+/// nothing in particular: for what a program prints before, or instead of, its logger — a fatal
+/// start-up error of `warden run`, which a log shipper must be able to read too.
+pub fn json_line(level: Level, message: &str) -> String {
+    json::own_record(SystemTime::now(), level, &json::Subject::default(), message)
+}
+
 use self::file::FileSink;
 use self::stderr::StderrSink;
 use self::syslog::SyslogSink;

@@ -541,3 +541,41 @@ fn json_lines_under_journald_keep_the_priority_prefix() {
         "{journal}"
     );
 }
+
+/// `warden run` with `log_format = "json"`: the error it dies of at start is a JSON line too
+/// (the one line a log shipper most needs); `warden start`, at a terminal, says it in words.
+#[test]
+fn a_fatal_start_error_of_warden_run_is_a_json_line_when_the_log_is_json() {
+    let test = this_test!();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let mut sb = test.sandbox(&format!(
+        "log_format = \"json\"\nmetrics = \"127.0.0.1:{port}\""
+    ));
+    let mut run = sb.warden(&["run"]);
+    run.stdin(Stdio::null());
+    let out = sb.output(run);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty(), "nothing said");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(v["level"], "error", "{line}");
+        assert!(
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("cannot listen on")),
+            "{line}"
+        );
+    }
+    let start = sb.run(&["start"]);
+    assert_ne!(start.status.code(), Some(0));
+    assert!(
+        stderr_of(&start).starts_with("warden: cannot listen on"),
+        "{}",
+        stderr_of(&start)
+    );
+    drop(taken);
+}
