@@ -27,6 +27,7 @@
 //! | `exited` | `code` (or `null`), `signal` (its name, or `null`), `reason` (`"health"`, `"start_timeout"` or `"watchdog"` when warden ended it for that failure, `"oom"` when the OOM killer did, else `null`) |
 //! | `restarting` | `delay_ms`: the backoff before the next start |
 //! | `stopped` | — (down by hand, kept down) |
+//! | `waiting` | `waiting_for`: the programs it waits for (`after`, `requires`), `reason`: why it is held down (`"db stopped"`, `"db fatal"`: a required program was stopped by hand or gave up, and warden stopped it for that), or `null` when it has simply not started yet; it starts again by itself once they are ready (then `started`) |
 //! | `fatal` | `reason`: why warden gave up (or `null`) |
 //! | `health` | `state` (`passing` or `failing`), `failures` (in a row), `error` (the last failure's, or `null`) |
 //! | `reload-applied` | `changes`: what the reload did, one string each (`add web`, `restart db (changed)`) |
@@ -82,6 +83,16 @@ pub enum What {
     },
     /// The instance was stopped by hand and is kept down.
     Stopped,
+    /// The instance is held down until the programs it starts after are ready: it has not
+    /// started yet, or warden stopped it because a program it requires was stopped or gave up.
+    /// It starts by itself once they are ready.
+    Waiting {
+        /// The programs it waits for.
+        waiting_for: Vec<String>,
+        /// Why it was stopped (`db stopped`, `db fatal`), or `None` when it has not started
+        /// yet.
+        reason: Option<String>,
+    },
     /// warden gave up restarting the instance.
     Fatal {
         /// Why (the crash-loop limit, a start that cannot succeed).
@@ -168,6 +179,20 @@ impl What {
         if let What::Other { event, .. } = self {
             return (event.clone(), None);
         }
+        if let What::Waiting {
+            waiting_for,
+            reason,
+        } = self
+        {
+            // As `status` shows it: `waiting (db stopped)`, or `waiting (for db)`.
+            let why = match (reason, waiting_for.is_empty()) {
+                (Some(why), true) => Some(why.clone()),
+                (Some(why), false) => Some(format!("for {} ({why})", waiting_for.join(", "))),
+                (None, false) => Some(format!("for {}", waiting_for.join(", "))),
+                (None, true) => None,
+            };
+            return ("waiting".to_string(), why);
+        }
         let (name, detail) = self.parts();
         (name.to_string(), detail)
     }
@@ -196,6 +221,7 @@ impl What {
                 ("exited", Some(format!("{how}{why}")))
             }
             What::Restarting { .. } => ("restarting", None),
+            What::Waiting { .. } => ("waiting", None),
             What::Fatal { reason } => ("fatal", reason.clone()),
             What::Health {
                 state,
@@ -323,6 +349,44 @@ mod tests {
                 }
             )),
             "1970-01-01T00:00:01.500Z warden: reload applied: add a; remove b"
+        );
+    }
+
+    #[test]
+    fn waiting_names_what_it_waits_for_and_why() {
+        let e = at_epoch(
+            Some("web"),
+            Some(0),
+            None,
+            What::Waiting {
+                waiting_for: vec!["db".into()],
+                reason: Some("db stopped".into()),
+            },
+        );
+        assert_eq!(
+            e.human(),
+            "1970-01-01T00:00:01.500Z web[0]: waiting: for db (db stopped)"
+        );
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"time": "1970-01-01T00:00:01.500Z", "program": "web",
+                "instance": 0, "pid": null, "event": "waiting", "waiting_for": ["db"],
+                "reason": "db stopped"})
+        );
+        assert_eq!(serde_json::from_value::<EventRecord>(v).unwrap(), e);
+        let not_yet = at_epoch(
+            Some("web"),
+            Some(1),
+            None,
+            What::Waiting {
+                waiting_for: vec!["db".into(), "cache".into()],
+                reason: None,
+            },
+        );
+        assert_eq!(
+            not_yet.human(),
+            "1970-01-01T00:00:01.500Z web[1]: waiting: for db, cache"
         );
     }
 

@@ -175,6 +175,19 @@ impl Supervisor {
         unready(&views).into_iter().map(str::to_string).collect()
     }
 
+    /// What an instance of `p` held down waits for: the programs it starts after that are not
+    /// ready, or about to be stopped (a stop waiting for `p` to be down first), by name.
+    pub(super) fn waiting_for(&self, p: ProgramId) -> Vec<String> {
+        self.starts_after(p)
+            .into_iter()
+            .filter(|&q| {
+                self.deps_deferred.iter().any(|d| d.program == q)
+                    || !unready(&[self.program_view(q)]).is_empty()
+            })
+            .map(|q| self.table[q].def.name.clone())
+            .collect()
+    }
+
     /// `ps` and what they require, transitively.
     pub(super) fn with_requirements(&self, ps: &[ProgramId]) -> Vec<ProgramId> {
         let start: Vec<usize> = ps.iter().map(|p| p.0).collect();
@@ -207,6 +220,11 @@ impl Supervisor {
                 "{name}[{index}]: waiting for {}",
                 unready.join(", ")
             );
+            let held = super::events::Held {
+                waiting_for: unready,
+                reason: None,
+            };
+            self.publish_about(p, pos, held.event());
         }
         true
     }

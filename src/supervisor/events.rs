@@ -98,16 +98,28 @@ impl EventBus {
     }
 }
 
+/// Why an instance that went down is held (`deps.rs`), as its `waiting` event tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Held {
+    /// The programs it waits for.
+    pub(crate) waiting_for: Vec<String>,
+    /// Why it was stopped (`db stopped`), or `None` when it has not started yet.
+    pub(crate) reason: Option<String>,
+}
+
 /// What one instance's change across an `apply` tells subscribers, in the order it happened:
 /// the old process's exit, then the backoff, a stop or giving up, then the new process's
 /// start and readiness. `delay`: the backoff left, when the instance is in backoff;
-/// `fatal_reason`: the notes of the change, said when it gave up.
+/// `fatal_reason`: the notes of the change, said when it gave up; `held`: why it is held down
+/// by its dependencies, when it is — a stop is then `waiting`, not `stopped` (which is a stop
+/// by hand, kept down).
 pub(crate) fn events_of(
     change: &Change,
     last_exit: Option<ExitStatus>,
     last_reason: Option<ExitReason>,
     delay: Option<Duration>,
     fatal_reason: Option<String>,
+    held: Option<Held>,
 ) -> Vec<(Option<i32>, What)> {
     let (before, after) = (change.before, change.after);
     let new_pid = change.pid_after.filter(|&p| change.pid_before != Some(p));
@@ -126,7 +138,7 @@ pub(crate) fn events_of(
         out.push((change.pid_after, What::Stopping));
     }
     if after == InstanceState::Stopped && before != InstanceState::Stopped {
-        out.push((None, What::Stopped));
+        out.push((None, held.map_or(What::Stopped, Held::event)));
     }
     if after == InstanceState::Fatal && before != InstanceState::Fatal {
         out.push((
@@ -143,6 +155,16 @@ pub(crate) fn events_of(
         out.push((change.pid_after, What::Ready));
     }
     out
+}
+
+impl Held {
+    /// The `waiting` event.
+    pub(crate) fn event(self) -> What {
+        What::Waiting {
+            waiting_for: self.waiting_for,
+            reason: self.reason,
+        }
+    }
 }
 
 /// The `exited` event of a process that ended with `status` (for `reason`, if warden ended it).
@@ -185,12 +207,17 @@ impl Supervisor {
         };
         let why: Vec<&str> = notes.iter().map(|(_, m)| m.as_str()).collect();
         let fatal_reason = (!why.is_empty()).then(|| why.join("; "));
+        let held = slot.hold.as_ref().filter(|_| slot.is_down()).map(|h| Held {
+            waiting_for: self.waiting_for(p),
+            reason: h.reason.clone(),
+        });
         let happened = events_of(
             change,
             slot.inst.last_exit,
             slot.inst.last_reason,
             delay,
             fatal_reason,
+            held,
         );
         let (program, instance) = (prog.def.name.clone(), slot.index.0);
         for (pid, what) in happened {
@@ -201,6 +228,22 @@ impl Supervisor {
                 what,
             });
         }
+    }
+
+    /// Publishes `what` about instance `pos` of program `p`, with no process, for what is not
+    /// a change of its state: a start held before it began is `waiting`, a stop by hand of an
+    /// instance held down (`stopped` already) is `stopped` (`deps.rs`, `programs.rs`).
+    pub(super) fn publish_about(&mut self, p: ProgramId, pos: SlotPos, what: What) {
+        if !self.events.listening() {
+            return;
+        }
+        let (program, instance) = (self.table[p].def.name.clone(), self.table[p][pos].index.0);
+        self.events.publish(Event::Instance {
+            program,
+            instance,
+            pid: None,
+            what,
+        });
     }
 
     /// Hands the events published since the last turn to the control server's subscribers.
@@ -284,6 +327,7 @@ mod tests {
                     What::ReloadApplied { .. } => "reload-applied",
                     What::RolledBack { .. } => "rolled-back",
                     What::Upgraded { .. } => "upgraded",
+                    What::Waiting { .. } => "waiting",
                     What::Other { .. } => "other",
                 };
                 (*pid, name)
@@ -299,6 +343,7 @@ mod tests {
             Some(ExitStatus::Code(3)),
             None,
             Some(Duration::from_millis(1_250)),
+            None,
             None,
         );
         assert_eq!(names(&e), [(Some(10), "exited"), (None, "restarting")]);
@@ -316,7 +361,7 @@ mod tests {
     #[test]
     fn a_respawn_at_once_is_an_exit_a_restart_without_delay_then_a_start() {
         let c = change(S::Running, S::Running, Some(10), Some(11));
-        let e = events_of(&c, Some(ExitStatus::Code(0)), None, None, None);
+        let e = events_of(&c, Some(ExitStatus::Code(0)), None, None, None, None);
         assert_eq!(
             names(&e),
             [
@@ -332,12 +377,12 @@ mod tests {
     fn a_first_start_ready_at_once_is_started_then_ready() {
         let c = change(S::Exited, S::Ready, None, Some(12));
         assert_eq!(
-            names(&events_of(&c, None, None, None, None)),
+            names(&events_of(&c, None, None, None, None, None)),
             [(Some(12), "started"), (Some(12), "ready")]
         );
         let c = change(S::Starting, S::Ready, Some(12), Some(12));
         assert_eq!(
-            names(&events_of(&c, None, None, None, None)),
+            names(&events_of(&c, None, None, None, None, None)),
             [(Some(12), "ready")]
         );
     }
@@ -349,7 +394,7 @@ mod tests {
             signal: 9,
             core_dumped: false,
         };
-        let e = events_of(&c, Some(killed), Some(ExitReason::Health), None, None);
+        let e = events_of(&c, Some(killed), Some(ExitReason::Health), None, None, None);
         assert_eq!(
             e[0].1,
             What::Exited {
@@ -365,7 +410,7 @@ mod tests {
     fn a_stop_by_hand_is_stopping_then_exited_and_stopped() {
         let c = change(S::Ready, S::Stopping, Some(10), Some(10));
         assert_eq!(
-            names(&events_of(&c, None, None, None, None)),
+            names(&events_of(&c, None, None, None, None, None)),
             [(Some(10), "stopping")]
         );
         let c = change(S::Stopping, S::Stopped, Some(10), None);
@@ -374,16 +419,42 @@ mod tests {
             core_dumped: false,
         };
         assert_eq!(
-            names(&events_of(&c, Some(term), None, None, None)),
+            names(&events_of(&c, Some(term), None, None, None, None)),
             [(Some(10), "exited"), (None, "stopped")]
         );
+    }
+
+    #[test]
+    fn a_stop_for_a_required_program_is_waiting_with_what_for_and_why_not_stopped() {
+        let held = Held {
+            waiting_for: vec!["db".into()],
+            reason: Some("db stopped".into()),
+        };
+        let c = change(S::Stopping, S::Stopped, Some(10), None);
+        let term = ExitStatus::Signal {
+            signal: 15,
+            core_dumped: false,
+        };
+        let e = events_of(&c, Some(term), None, None, None, Some(held.clone()));
+        assert_eq!(names(&e), [(Some(10), "exited"), (None, "waiting")]);
+        assert_eq!(
+            e[1].1,
+            What::Waiting {
+                waiting_for: vec!["db".into()],
+                reason: Some("db stopped".into())
+            }
+        );
+        // Down already (in backoff): held at once.
+        let c = change(S::Backoff, S::Stopped, None, None);
+        let e = events_of(&c, None, None, None, None, Some(held));
+        assert_eq!(names(&e), [(None, "waiting")]);
     }
 
     #[test]
     fn giving_up_is_fatal_with_the_reason() {
         let c = change(S::Running, S::Fatal, Some(10), None);
         let why = Some("crash loop: 5 exits in 10s".to_string());
-        let e = events_of(&c, Some(ExitStatus::Code(1)), None, None, why.clone());
+        let e = events_of(&c, Some(ExitStatus::Code(1)), None, None, why.clone(), None);
         assert_eq!(names(&e), [(Some(10), "exited"), (None, "fatal")]);
         assert_eq!(e[1].1, What::Fatal { reason: why });
     }
@@ -391,8 +462,8 @@ mod tests {
     #[test]
     fn no_change_no_event() {
         let c = change(S::Ready, S::Ready, Some(10), Some(10));
-        assert!(events_of(&c, None, None, None, None).is_empty());
+        assert!(events_of(&c, None, None, None, None, None).is_empty());
         let c = change(S::Backoff, S::Backoff, None, None);
-        assert!(events_of(&c, None, None, None, None).is_empty());
+        assert!(events_of(&c, None, None, None, None, None).is_empty());
     }
 }

@@ -50,6 +50,16 @@ for id in $ids; do
 done
 "#;
 
+/// The shell the guard runs [`GUARD_SCRIPT`] with: a requirement of warden (a minimal container
+/// image must have it).
+const SHELL: &str = "/bin/sh";
+
+/// `err`, of a spawn of `program`, naming it (`/bin/sh: Permission denied (os error 13)`): a
+/// file the guard needs, which a minimal image may lack or not let run.
+fn naming(program: &str, err: std::io::Error) -> std::io::Error {
+    std::io::Error::new(err.kind(), format!("{program}: {err}"))
+}
+
 /// The guard, as far as the loop is concerned.
 #[derive(Debug)]
 pub(super) struct Link {
@@ -80,7 +90,7 @@ pub(super) fn spawn_guard(cgroup: Option<PathBuf>, in_ns: bool) -> std::io::Resu
     if in_ns {
         return spawn_namespace_guard(ours, theirs);
     }
-    let mut cmd = std::process::Command::new("/bin/sh");
+    let mut cmd = std::process::Command::new(SHELL);
     cmd.env_clear();
     if let Some(dir) = cgroup {
         cmd.env("WARDEN_GUARD_CGROUP", dir);
@@ -96,7 +106,8 @@ pub(super) fn spawn_guard(cgroup: Option<PathBuf>, in_ns: bool) -> std::io::Resu
         .env("WARDEN_GUARD_SCRIPT", GUARD_SCRIPT)
         .current_dir("/")
         .process_group(0)
-        .spawn()?;
+        .spawn()
+        .map_err(|e| naming(SHELL, e))?;
     Ok(link(child.id() as i32, ours, None))
 }
 

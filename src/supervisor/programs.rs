@@ -111,7 +111,12 @@ impl Supervisor {
     pub fn stop_program(&mut self, program: &str) -> Result<()> {
         let p = self.table.find(program)?;
         for pos in self.table[p].positions() {
-            self.table[p][pos].hold = None;
+            let slot = &mut self.table[p][pos];
+            // Held down and stopped already: no change of state tells it, the event does.
+            let was_waiting = slot.hold.take().is_some() && slot.inst.state == State::Stopped;
+            if was_waiting {
+                self.publish_about(p, pos, crate::control::events::What::Stopped);
+            }
         }
         self.stop_with_requirers(p);
         Ok(())

@@ -19,7 +19,7 @@ impl Supervisor {
             .into_iter()
             .flat_map(|id| {
                 let p = &self.table[id];
-                let unready = self.unready_deps(id);
+                let unready = self.waiting_for(id);
                 p.slots().iter().map(move |s| {
                     let waiting = s.hold.is_some() && s.is_down();
                     let state = if waiting {

@@ -46,14 +46,18 @@ pub fn children_in(ns: BorrowedFd<'_>) -> io::Result<()> {
 /// (or its own exit) ends it and the namespace with it. Returns the child and its namespace.
 ///
 /// This thread's next children are created in its own namespace again afterwards, whatever
-/// happened. Needs `CAP_SYS_ADMIN` (`EPERM` otherwise).
+/// happened. Needs `CAP_SYS_ADMIN` (`EPERM` otherwise). A command that cannot be executed is
+/// named in the error (`/bin/cat: No such file or directory (os error 2)`).
 pub fn spawn_init(cmd: &mut Command) -> io::Result<(Child, OwnedFd)> {
     let home = own()?;
     unshare(CloneFlags::CLONE_NEWPID).map_err(io::Error::from)?;
     // SAFETY: the closure runs in the forked child before exec and only calls sigaction, which
     // is async-signal-safe, on a stack value; it allocates nothing and takes no lock.
     unsafe { cmd.pre_exec(ignore_all_signals) };
-    let spawned = cmd.spawn();
+    let spawned = cmd.spawn().map_err(|e| {
+        let program = std::path::Path::new(cmd.get_program()).display();
+        io::Error::new(e.kind(), format!("{program}: {e}"))
+    });
     let back = children_in(home.as_fd());
     let mut child = spawned?;
     let ns = back.and_then(|()| of(&child.id().to_string()));

@@ -2,7 +2,8 @@
 //! with the right pids (text and `--json`), ending with exit 0 when warden stops and failing
 //! clearly when it is not running; a subscriber that never reads, cut off while programs
 //! crash-loop and `status` keeps answering; a read-only client following it; a reload and a
-//! health check turning failing then passing told as events; `log_format = "json"` for
+//! health check turning failing then passing told as events; a program stopped for its
+//! requirement told as `waiting`, not `stopped`; `log_format = "json"` for
 //! warden's own lines, for captured output in its log and in a program's output file, and a bad
 //! value's error.
 //!
@@ -381,6 +382,70 @@ fn a_health_check_turning_failing_then_passing_is_told_with_its_error() {
     let passing = health(&lines, "passing").unwrap();
     assert_eq!(passing["pid"], pid);
     assert_eq!(passing["error"], Value::Null);
+    stop_and_expect_stream_end(&mut sb, client);
+}
+
+/// A program warden stops because a program it `requires` was stopped is `waiting` (what for,
+/// and why), not `stopped` (a stop by hand, kept down); a stop by hand of it, waiting, is
+/// `stopped`; a start by hand held for its requirement is `waiting` with no reason, then
+/// `started` once the requirement is up.
+#[test]
+fn a_program_stopped_for_its_requirement_is_waiting_with_the_reason_not_stopped() {
+    let test = this_test!();
+    let programs = "[program.db]\ncommand = [\"SANDBOX/sleep\", \"100\"]\n\
+                    [program.web]\ncommand = [\"SANDBOX/sleep\", \"100\"]\n\
+                    requires = [\"db\"]\n";
+    let mut sb = test.supervisor_sandbox("", programs);
+    sb.start();
+    let client = spawn_events(&mut sb, &["--json"], "events.txt");
+    let told = wait_until(TIMEOUT, || {
+        expect(&mut sb, &["restart", "web"], 0);
+        sb.read("events.txt").contains(r#""event":"started""#)
+    });
+    assert!(told, "the client never subscribed:\n{}", log(&sb));
+    let of = |lines: &[String], program: &str| -> Vec<Value> {
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["program"] == program)
+            .collect()
+    };
+    let named = |evs: &[Value], name: &str| evs.iter().filter(|e| e["event"] == name).count();
+
+    expect(&mut sb, &["stop", "db"], 0);
+    let lines = wait_lines(&sb, "events.txt", "db stopped", |l| {
+        named(&of(l, "db"), "stopped") == 1
+    });
+    let web = of(&lines, "web");
+    assert_eq!(
+        named(&web, "stopped"),
+        0,
+        "web was not stopped by hand: {web:#?}"
+    );
+    let waiting: Vec<&Value> = web.iter().filter(|e| e["event"] == "waiting").collect();
+    assert_eq!(waiting.len(), 1, "{web:#?}");
+    assert_eq!(waiting[0]["waiting_for"], serde_json::json!(["db"]));
+    assert_eq!(waiting[0]["reason"], "db stopped");
+    assert_eq!(waiting[0]["instance"], 0);
+    assert_eq!(waiting[0]["pid"], Value::Null);
+
+    // Stopped by hand while waiting: now it is `stopped`.
+    expect(&mut sb, &["stop", "web"], 0);
+    let lines = wait_lines(&sb, "events.txt", "web stopped", |l| {
+        named(&of(l, "web"), "stopped") == 1
+    });
+    assert_eq!(named(&of(&lines, "web"), "waiting"), 1);
+
+    // Started by hand: it waits for db (no reason: nothing stopped it), then starts.
+    expect(&mut sb, &["start", "web"], 0);
+    let lines = wait_lines(&sb, "events.txt", "web started again", |l| {
+        let web = of(l, "web");
+        web.last().is_some_and(|e| e["event"] == "started") && named(&web, "waiting") == 2
+    });
+    let web = of(&lines, "web");
+    let again = web.iter().rfind(|e| e["event"] == "waiting").unwrap();
+    assert_eq!(again["waiting_for"], serde_json::json!(["db"]), "{again}");
+    assert_eq!(again["reason"], Value::Null, "{again}");
     stop_and_expect_stream_end(&mut sb, client);
 }
 

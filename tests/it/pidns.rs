@@ -4,7 +4,8 @@
 //! main process has the same pid in the namespace as in warden's, its children pids of the
 //! namespace's own, and `MAINPID=` is translated; the guard ignores every signal but `SIGKILL`,
 //! and its death takes every instance, which warden starts again in a new namespace; without
-//! `CAP_SYS_ADMIN`, `start` says the mode cannot be applied; an upgrade keeps the namespace.
+//! `CAP_SYS_ADMIN`, `start` says the mode cannot be applied; without an executable `/bin/sh`
+//! and `cat` (a minimal image), the errors name them; an upgrade keeps the namespace.
 //!
 //! Root is needed (creating a PID namespace needs `CAP_SYS_ADMIN`): each test is skipped, with
 //! the reason, without it. Checked by pid through `/proc`; every wait is bounded.
@@ -366,6 +367,67 @@ fn without_cap_sys_admin_start_says_pid_namespace_cannot_be_applied() {
         ns_of(s),
         ns_of(std::process::id() as i32),
         "in warden's own namespace"
+    );
+    expect(&mut sb, &["stop"], 0);
+}
+
+/// As a minimal container image would have it: in a mount namespace where `/bin/sh` and `cat`
+/// (what they resolve to) are an empty file that cannot be executed, the errors name the file
+/// the guard could not run — `cat` for PID-namespace mode, then `/bin/sh` for the ordinary
+/// guard — and the program runs all the same.
+#[test]
+fn without_an_executable_shell_and_cat_the_errors_name_them() {
+    let test = this_test!();
+    if !test.require_root() || !test.require_tool("unshare", "util-linux") {
+        return;
+    }
+    let mut sb = test.supervisor_sandbox(
+        "pid_namespace = true\n",
+        "[program.s]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n",
+    );
+    std::fs::write(sb.path("empty"), "").unwrap();
+    let hide = format!(
+        "for f in /bin/sh /bin/cat /usr/bin/cat; do \
+           if [ -e \"$f\" ]; then mount --bind {} \"$(readlink -f \"$f\")\" || exit 1; fi; \
+         done; exec \"$@\"",
+        sb.path("empty").display()
+    );
+    let unshare = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &hide,
+        "sh",
+    ];
+    let out = sb.start_under(&unshare);
+    assert_exit(&out, 0);
+    let err = stderr_of(&out);
+    let Some(ns) = err
+        .lines()
+        .find(|l| l.contains("pid_namespace cannot be applied"))
+    else {
+        panic!("start says PID-namespace mode cannot be applied: {err}");
+    };
+    if ns.contains("not permitted") {
+        test.skip(&format!("no PID namespace here: {ns}"));
+        expect(&mut sb, &["stop"], 0);
+        return;
+    }
+    assert!(
+        ns.contains("pid_namespace cannot be applied: /bin/cat: Permission denied"),
+        "names cat: {err}"
+    );
+    let (_, v) = wait_status(&mut sb, "s up", |_, v| {
+        v["instances"][0]["state"] == "running"
+    });
+    assert!(v["daemon"]["pid_namespace"].is_null(), "{v:#}");
+    let log = log(&sb);
+    assert!(
+        log.contains("cannot start the guard process: /bin/sh: Permission denied"),
+        "names the shell:\n{log}"
     );
     expect(&mut sb, &["stop"], 0);
 }
