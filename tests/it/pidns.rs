@@ -468,3 +468,45 @@ fn a_launcher_that_exits_before_its_mainpid_ends_the_instance_with_a_warning_not
     });
     expect(&mut sb, &["stop"], 0);
 }
+
+/// With `cgroups = "off"`, the end of a process group whose leader exited is seen when its
+/// last member exits, not at `stop_timeout`: the member, re-parented to the guard (the
+/// namespace's init, which reaps it), brings warden no `SIGCHLD`.
+#[test]
+fn with_cgroups_off_the_end_of_a_group_whose_leader_exited_is_seen_before_stop_timeout() {
+    let test = this_test!();
+    // The main process exits; a member of its group ignores SIGTERM, closes its output (as a
+    // daemon does, so no end of file tells anything either) and exits by itself a second
+    // later, noting when.
+    let lingering = "[program.p]\ncommand = [\"/bin/sh\", \"-c\", \"(trap '' TERM; exec >/dev/null 2>&1; \
+                     SANDBOX/sleep 1.5; : > SANDBOX/gone) & SANDBOX/sleep 0.5; exit 0\"]\n\
+                     stop_timeout = \"30s\"\nrestart = \"never\"\n";
+    if !test.require_root() {
+        return;
+    }
+    let daemon = "pid_namespace = true\ncgroups = \"off\"";
+    let mut sb = test.supervisor_sandbox(daemon, lingering);
+    sb.start();
+    let v = status_json(&mut sb);
+    if v["daemon"]["pid_namespace"].is_null() {
+        test.skip("no PID namespace here");
+        return;
+    }
+    assert!(
+        wait_until(TIMEOUT, || sb.path("gone").exists()),
+        "the member never exited; log:\n{}",
+        log(&sb)
+    );
+    let gone = Instant::now();
+    // Well before the 30 s stop_timeout (bounded wait: it fails at 15 s).
+    let seen = wait_until(std::time::Duration::from_secs(15), || {
+        log(&sb).contains("its process group gone")
+    });
+    assert!(
+        seen,
+        "group end not seen {:?} after its last member exited; log:\n{}",
+        gone.elapsed(),
+        log(&sb)
+    );
+    expect(&mut sb, &["stop"], 0);
+}
