@@ -152,7 +152,7 @@ pub fn hosts(config: &Config) -> Diagnostics {
 /// - a program's `stop_timeout` is at least `shutdown_timeout` while it starts after other
 ///   programs (`after`, `requires`): a graceful shutdown stops those only once it is down, so
 ///   if it takes its time they are asked to stop only when the order gives way, near the
-///   deadline ([`order_problems`]).
+///   deadline.
 pub fn warnings(config: &Config) -> Diagnostics {
     let mut out = Vec::new();
     let d = &config.daemon;
