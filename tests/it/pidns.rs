@@ -486,7 +486,7 @@ fn with_cgroups_off_the_end_of_a_group_whose_leader_exited_is_seen_before_stop_t
     }
     let daemon = "pid_namespace = true\ncgroups = \"off\"";
     let mut sb = test.supervisor_sandbox(daemon, lingering);
-    sb.start();
+    let warden = sb.start();
     let v = status_json(&mut sb);
     if v["daemon"]["pid_namespace"].is_null() {
         test.skip("no PID namespace here");
@@ -508,5 +508,30 @@ fn with_cgroups_off_the_end_of_a_group_whose_leader_exited_is_seen_before_stop_t
         gone.elapsed(),
         log(&sb)
     );
+    // And the timer that saw it is gone with the group: warden idles without wake-ups.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let woke = voluntary_switches(warden, std::time::Duration::from_secs(1));
+    assert!(woke <= 2, "{woke} wake-ups over 1 s of idling");
     expect(&mut sb, &["stop"], 0);
+}
+
+/// Voluntary context switches of `pid` (every thread) over `window`.
+fn voluntary_switches(pid: i32, window: std::time::Duration) -> u64 {
+    let count = || -> u64 {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+                    .filter_map(|s| {
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let before = count();
+    std::thread::sleep(window);
+    count().saturating_sub(before)
 }
