@@ -148,7 +148,11 @@ pub fn hosts(config: &Config) -> Diagnostics {
 ///   error (each file is read now, as a spawn would; it may be created or fixed before then);
 /// - warden's own log goes nowhere: `log = "stderr"` while `[daemon] stderr` is `/dev/null`
 ///   (the default), which loses every line once `warden start` has detached;
-/// - `pid_namespace = true` while `check` runs without root, which could not create one.
+/// - `pid_namespace = true` while `check` runs without root, which could not create one;
+/// - a program's `stop_timeout` is at least `shutdown_timeout` while it starts after other
+///   programs (`after`, `requires`): a graceful shutdown stops those only once it is down, so
+///   if it takes its time they are asked to stop only when the order gives way, near the
+///   deadline.
 pub fn warnings(config: &Config) -> Diagnostics {
     let mut out = Vec::new();
     let d = &config.daemon;
@@ -200,7 +204,53 @@ pub fn warnings(config: &Config) -> Diagnostics {
             warn(&format!("program.{}.{key}", p.name), file, message);
         }
     }
+    out.extend(order_problems(config));
     Diagnostics(out)
+}
+
+/// The programs whose `stop_timeout` is at least `shutdown_timeout` while they start after
+/// others: each warned about at its `stop_timeout` (or, where that is the default, at its first
+/// `after`/`requires` edge), naming the programs it holds back in a graceful shutdown.
+fn order_problems(config: &Config) -> Vec<Diagnostic> {
+    let total = config.daemon.shutdown_timeout;
+    let fmt = crate::policy::fmt_duration;
+    let mut out = Vec::new();
+    for p in config
+        .programs
+        .iter()
+        .filter(|p| p.policy.stop_timeout >= total)
+    {
+        let mut deps: Vec<&str> = Vec::new();
+        for d in p.requires.iter().chain(&p.after) {
+            if !deps.contains(&d.as_str()) {
+                deps.push(d);
+            }
+        }
+        let Some(first) = deps.first() else { continue };
+        let key = format!("program.{}.stop_timeout", p.name);
+        let edge = |k: &str| config.place(&format!("program.{}.{k}[{first}]", p.name));
+        let place = config
+            .place(&key)
+            .or_else(|| edge("requires"))
+            .or_else(|| edge("after"));
+        let (them, are, gets) = match deps.len() {
+            1 => (deps.join(""), "is", "gets its"),
+            _ => (deps.join(", "), "are", "get their"),
+        };
+        let message = format!(
+            "stop_timeout ({}) is at least shutdown_timeout ({}) while {name} starts after \
+             {them}: in a graceful shutdown {them} {are} asked to stop only once {name} is down, \
+             so if {name} takes its stop_timeout, {them} {gets} stop signal only when the \
+             dependency order gives way, in the last quarter of shutdown_timeout, shortly \
+             before SIGKILL",
+            fmt(p.policy.stop_timeout),
+            fmt(total),
+            name = p.name,
+        );
+        let file = p.source.as_deref().unwrap_or(&config.path);
+        out.push(Diagnostic::new(place, file, &key, message));
+    }
+    out
 }
 
 /// `pid_namespace = true` asked by a user who cannot create a PID namespace (not root).

@@ -322,7 +322,7 @@ fn read_process(
     p.exec.user = non_empty(c, s, "user");
     p.exec.group = non_empty(c, s, "group");
     // What only the running system can judge (`warden check`): where it was written.
-    for key in ["command", "user", "group"] {
+    for key in ["command", "user", "group", "stop_timeout"] {
         if let Some(span) = s.span(key) {
             c.note(&s.key(key), span);
         }

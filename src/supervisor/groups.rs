@@ -48,7 +48,10 @@
 //! With [`PidNamespace`] in force, the guard is instead the init of a PID namespace that every
 //! instance is created in ([`super::pidns`]): its death, by warden's end of file or by any
 //! signal, makes the kernel kill every process in it. It is sent no records, and a guard that
-//! is gone took every instance with it.
+//! is gone took every instance with it. Without cgroups, the end of a group whose leader was
+//! reaped is no event there (its orphans are re-parented to the guard, which reaps them, not to
+//! warden): while such a group has members, the loop sweeps on a short timer of its own
+//! ([`Groups::next_sweep`]: 10 ms, doubling up to 200 ms), and never otherwise.
 //!
 //! # Limit
 //!
@@ -131,7 +134,15 @@ pub(crate) struct Groups {
     pid_namespace: Option<PidNamespace>,
     /// Why the last guard could not be started as a namespace's init.
     ns_failure: Option<String>,
+    /// When to sweep again for the groups whose end no event reports (see
+    /// [`next_sweep`](Self::next_sweep)), and the delay after that.
+    recheck: Option<(Instant, Duration)>,
 }
+
+/// The first delay of a sweep that no event brings, doubled up to [`RECHECK_MAX`].
+const RECHECK_MIN: Duration = Duration::from_millis(10);
+/// The longest delay between two sweeps that no event brings.
+const RECHECK_MAX: Duration = Duration::from_millis(200);
 
 impl Groups {
     /// No groups yet; the guard, once started, is registered in the loop under `token`.
@@ -146,6 +157,7 @@ impl Groups {
             guard_failed: false,
             pid_namespace: None,
             ns_failure: None,
+            recheck: None,
         }
     }
 
@@ -308,6 +320,9 @@ impl Groups {
         if let Some(t) = self.tracked.get_mut(&pid).filter(|t| !t.leader_reaped) {
             t.leader_reaped = true;
             self.orphaned += 1;
+            if t.cgroup.is_none() && self.pid_namespace.is_some() {
+                self.recheck = Some((Instant::now() + RECHECK_MIN, RECHECK_MIN));
+            }
         }
         if let Some(link) = self.link.as_mut().filter(|l| l.pid == pid) {
             link.reaped = true;
@@ -334,6 +349,7 @@ impl Groups {
     /// owners.
     pub(crate) fn sweep(&mut self, registry: &Registry) -> Vec<(i32, Owner)> {
         if self.orphaned == 0 {
+            self.recheck = None;
             return Vec::new();
         }
         let empty: Vec<(i32, Owner)> = self
@@ -345,7 +361,37 @@ impl Groups {
         for &(pgid, _) in &empty {
             self.forget(registry, pgid);
         }
+        self.plan_recheck(Instant::now());
         empty
+    }
+
+    /// When the loop must sweep again by itself (its poll timeout): in PID-namespace mode
+    /// without cgroups, while a group whose leader was reaped still has members. Their end
+    /// brings no event there: a member orphaned by its parent is re-parented to the namespace's
+    /// init (the guard, which reaps it), not to warden, so no `SIGCHLD` tells warden that the
+    /// group emptied, and no `cgroup.events` either. `None` otherwise: an idle loop never wakes.
+    pub(crate) fn next_sweep(&self) -> Option<Instant> {
+        self.recheck.map(|(at, _)| at)
+    }
+
+    /// After a sweep at `now`: the next one that no event brings, [`RECHECK_MIN`] after a
+    /// leader was reaped and then twice as late each time up to [`RECHECK_MAX`], while a group
+    /// that only such a sweep sees empty is left; none once there is none.
+    fn plan_recheck(&mut self, now: Instant) {
+        let pending = self.pid_namespace.is_some()
+            && self
+                .tracked
+                .values()
+                .any(|t| t.leader_reaped && t.cgroup.is_none());
+        self.recheck = match self.recheck {
+            _ if !pending => None,
+            None => Some((now + RECHECK_MIN, RECHECK_MIN)),
+            Some((at, delay)) if at <= now => {
+                let delay = (delay * 2).min(RECHECK_MAX);
+                Some((now + delay, delay))
+            }
+            kept => kept,
+        };
     }
 
     /// Sends `signal` to every tracked group (`SIGKILL`: to their whole cgroups too); returns

@@ -441,10 +441,7 @@ impl Supervisor {
             Source::Pipe => self.read_pipe(ev.token()),
             Source::Check => self.check_event(ev.token()),
             Source::Metrics | Source::MetricsConn => self.metrics_event(ev.token()),
-            Source::Cgroups => {
-                self.groups.cgroup_event();
-                self.sweep_groups();
-            }
+            Source::Cgroups => self.cgroup_event(),
         }
         false
     }
@@ -491,7 +488,8 @@ impl Supervisor {
             .chain(self.checks.next_deadline())
             .chain(self.rollout_deadline())
             .chain(self.manager.watchdog.as_ref().map(|w| w.next))
-            .chain(self.shutdown.deadline)
+            .chain(self.shutdown.next_deadline())
+            .chain(self.groups.next_sweep())
             .chain(self.metrics_deadline())
             .chain(
                 self.plane

@@ -123,6 +123,12 @@ impl Supervisor {
         self.apply(p, pos, event);
     }
 
+    /// The cgroups' inotify descriptor is readable: a cgroup may have emptied.
+    pub(super) fn cgroup_event(&mut self) {
+        self.groups.cgroup_event();
+        self.sweep_groups();
+    }
+
     /// Forgets the groups whose members are all gone, and tells the instances waiting for them.
     pub(super) fn sweep_groups(&mut self) {
         for (pgid, owner) in self.groups.sweep(self.poll.registry()) {

@@ -5,9 +5,19 @@
 //! # Policy and execution
 //!
 //! The order and the deadline are pure functions of a snapshot of the instances' states and
-//! `now` ([`graceful_step`], [`on_deadline`], [`deadline_for`]), unit-tested in
+//! `now` ([`graceful_step`], [`held_back`], [`order_grace`], [`on_deadline`],
+//! [`deadline_for`]), unit-tested in
 //! `shutdown/tests.rs`; the `impl Supervisor` here only feeds them and carries out their answer
 //! through `apply`. It owns [`ShutdownState`]; it does not step instances by itself or reap.
+//!
+//! # The order gives way before the deadline
+//!
+//! A dependent whose stop takes longer than `shutdown_timeout` would otherwise starve what it
+//! depends on of any stop signal: those programs would get `SIGKILL` at the deadline without
+//! ever being asked to stop. So once only [`order_grace`] of `shutdown_timeout` is left (its
+//! last quarter, and at least its last second unless that is more than half of it), the order
+//! is abandoned: every instance not yet stopping gets its stop signal at once (logged, naming
+//! each program held back and what it waited for), and `SIGKILL` follows at the deadline.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +48,11 @@ pub(crate) struct ShutdownState {
     began: Option<Instant>,
     /// When a graceful shutdown escalates to SIGKILL.
     pub(crate) deadline: Option<Instant>,
+    /// When a graceful shutdown abandons the dependency order ([`order_grace`] before the
+    /// deadline).
+    order_until: Option<Instant>,
+    /// Whether the dependency order was abandoned.
+    abandoned: bool,
     /// Whether the end of a shutdown kills the strays ([`Supervisor::set_kill_strays`]).
     pub(crate) kill_strays: bool,
     /// Stop everything once a program ends for good with a failure
@@ -84,6 +99,14 @@ impl ShutdownState {
     pub(crate) fn active(&self) -> bool {
         self.mode.is_some()
     }
+
+    /// When the shutdown needs the loop next: the abandonment of the order, then the deadline.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let order = self
+            .order_until
+            .filter(|_| !self.abandoned && self.mode == Some(Shutdown::Graceful));
+        order.into_iter().chain(self.deadline).min()
+    }
 }
 
 /// What a graceful shutdown does next.
@@ -123,9 +146,9 @@ pub(crate) fn needs_stop(state: &State) -> bool {
 
 /// The next step of a graceful shutdown. `programs`: every program (indices are
 /// [`ProgramId`]s): each program with an instance that needs a stop gets it once every program
-/// that starts after it is down, all such programs at once; otherwise what is not yet down is
-/// waited for.
-pub(crate) fn graceful_step(programs: &[Stopping]) -> Step {
+/// that starts after it is down (or at once when not `in_order`: the order was abandoned), all
+/// such programs at once; otherwise what is not yet down is waited for.
+pub(crate) fn graceful_step(programs: &[Stopping], in_order: bool) -> Step {
     let down = |i: usize| programs[i].states.iter().all(is_down);
     let mut stops = Vec::new();
     for (p, prog) in programs.iter().enumerate() {
@@ -133,7 +156,7 @@ pub(crate) fn graceful_step(programs: &[Stopping]) -> Step {
             .filter(|&i| needs_stop(&prog.states[i]))
             .map(SlotPos)
             .collect();
-        if !slots.is_empty() && prog.dependents.iter().all(|&d| down(d)) {
+        if !slots.is_empty() && (!in_order || prog.dependents.iter().all(|&d| down(d))) {
             stops.push((ProgramId(p), slots));
         }
     }
@@ -144,6 +167,29 @@ pub(crate) fn graceful_step(programs: &[Stopping]) -> Step {
     } else {
         Step::Wait
     }
+}
+
+/// The programs that still wait their turn: an instance of theirs needs a stop, and programs
+/// that start after them are not down yet (those, each program's list, in order).
+pub(crate) fn held_back(programs: &[Stopping]) -> Vec<(ProgramId, Vec<ProgramId>)> {
+    let down = |i: usize| programs[i].states.iter().all(is_down);
+    programs
+        .iter()
+        .enumerate()
+        .filter(|(_, prog)| prog.states.iter().any(needs_stop))
+        .map(|(p, prog)| {
+            let up = prog.dependents.iter().filter(|&&d| !down(d));
+            (ProgramId(p), up.map(|&d| ProgramId(d)).collect::<Vec<_>>())
+        })
+        .filter(|(_, up)| !up.is_empty())
+        .collect()
+}
+
+/// How long before the deadline of a graceful shutdown bounded by `timeout` the dependency
+/// order is abandoned: the last quarter of `timeout`, and at least its last second — unless that
+/// is more than half of it (a `timeout` under 2 s: its second half).
+pub(crate) fn order_grace(timeout: Duration) -> Duration {
+    (timeout / 4).max(Duration::from_secs(1).min(timeout / 2))
 }
 
 /// When a shutdown beginning at `now` escalates to SIGKILL: `timeout` after, for a graceful one.
@@ -237,6 +283,12 @@ impl Supervisor {
             let now = Instant::now();
             self.shutdown.began = Some(now);
             self.shutdown.deadline = deadline_for(now, self.shutdown.timeout, fast);
+            self.shutdown.order_until = self
+                .shutdown
+                .deadline
+                .zip(self.shutdown.timeout)
+                .and_then(|(d, t)| d.checked_sub(order_grace(t)));
+            self.shutdown.abandoned = false;
         }
         if fast {
             self.shutdown.mode = Some(Shutdown::Fast);
@@ -253,21 +305,14 @@ impl Supervisor {
     /// Moves a graceful shutdown on: stops what [`graceful_step`] says, as far as it goes
     /// (each program's stops are sent once per turn).
     pub(super) fn advance_shutdown(&mut self) {
+        if self.shutdown.mode != Some(Shutdown::Graceful) {
+            return;
+        }
+        self.abandon_order_if_due();
         let mut stopped: Vec<ProgramId> = Vec::new();
         while self.shutdown.mode == Some(Shutdown::Graceful) {
-            let snapshot: Vec<Stopping> = self
-                .table
-                .ids()
-                .map(|p| Stopping {
-                    states: self.table[p]
-                        .slots()
-                        .iter()
-                        .map(|s| s.inst.state.clone())
-                        .collect(),
-                    dependents: self.dependents(p).into_iter().map(|d| d.0).collect(),
-                })
-                .collect();
-            let Step::Stop(stops) = graceful_step(&snapshot) else {
+            let snapshot = self.stopping_snapshot();
+            let Step::Stop(stops) = graceful_step(&snapshot, !self.shutdown.abandoned) else {
                 return;
             };
             let fresh: Vec<_> = stops
@@ -284,6 +329,55 @@ impl Supervisor {
                 stopped.push(p);
             }
         }
+    }
+
+    /// Every program as [`graceful_step`] sees it.
+    fn stopping_snapshot(&self) -> Vec<Stopping> {
+        self.table
+            .ids()
+            .map(|p| Stopping {
+                states: self.table[p]
+                    .slots()
+                    .iter()
+                    .map(|s| s.inst.state.clone())
+                    .collect(),
+                dependents: self.dependents(p).into_iter().map(|d| d.0).collect(),
+            })
+            .collect()
+    }
+
+    /// Once only [`order_grace`] of `shutdown_timeout` is left: abandons the dependency order,
+    /// saying which programs were still waiting their turn, and for what.
+    fn abandon_order_if_due(&mut self) {
+        let due = self
+            .shutdown
+            .order_until
+            .is_some_and(|t| Instant::now() >= t);
+        if self.shutdown.abandoned || !due {
+            return;
+        }
+        self.shutdown.abandoned = true;
+        let held = held_back(&self.stopping_snapshot());
+        if held.is_empty() {
+            return;
+        }
+        let name = |p: ProgramId| self.table[p].def.name.as_str();
+        let list: Vec<String> = held
+            .iter()
+            .map(|(p, up)| {
+                let up: Vec<&str> = up.iter().map(|&d| name(d)).collect();
+                format!("{} (after {})", name(*p), up.join(", "))
+            })
+            .collect();
+        let timeout = self.shutdown.timeout.unwrap_or_default();
+        log::warn!(
+            "graceful shutdown: {} of shutdown_timeout ({}) left: dependency order abandoned, \
+             stopping now what still waited for its dependents to stop: {}; SIGKILL at the \
+             deadline",
+            crate::policy::fmt_duration(order_grace(timeout)),
+            crate::policy::fmt_duration(timeout),
+            list.join(", ")
+        );
     }
 
     /// A graceful shutdown that ran out of `shutdown_timeout` becomes a fast one: SIGKILL to

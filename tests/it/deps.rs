@@ -431,3 +431,49 @@ fn shutdown_stops_in_reverse_dependency_order_and_independent_programs_in_parall
     assert!(took < Duration::from_millis(1800), "took {took:?}");
     assert_no_process(&sb);
 }
+
+/// A dependent whose stop outlasts `shutdown_timeout` (it ignores `SIGTERM`, `stop_timeout =
+/// "30s"`) does not starve what it depends on: once the order gives way (in the last quarter of
+/// `shutdown_timeout`), `db` is asked to stop and stops cleanly before the deadline's SIGKILL.
+/// And `check` warns about the combination, naming both programs.
+#[test]
+fn a_dependent_slower_than_shutdown_timeout_does_not_starve_its_dependencies_of_their_stop() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", "");
+    let py = script(&sb, "stack.py", STACK);
+    let tables = [
+        stack_program(&py, "db", 0.0, 0.1, ""),
+        format!(
+            "[program.web]\ncommand = [\"/bin/sh\", \"-c\", \"trap '' TERM; while :; do {}/sleep 1; done\"]\n\
+             requires = [\"db\"]\nstop_timeout = \"30s\"\n",
+            dir(&sb)
+        ),
+    ];
+    sb.write_config(&format!(
+        "shutdown_timeout = \"3s\"\n#TABLES\n{}",
+        tables.concat()
+    ));
+    let out = sb.run(&["check"]);
+    assert_exit(&out, 0);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("program.web.stop_timeout: stop_timeout (30s) is at least shutdown_timeout (3s) while web starts after db"),
+        "no warning naming web and db:\n{err}"
+    );
+    sb.start();
+    wait_events(&sb, "ready", "db", 1);
+    wait_status(&mut sb, "web running", |_, v| {
+        insts(v, "web").iter().any(|i| i["state"] == "running")
+    });
+    expect(&mut sb, &["stop"], 0);
+    let evs = events(&sb);
+    // db got its stop signal and stopped by itself (it would be SIGKILLed without a `term`).
+    first(&evs, "term", "db");
+    first(&evs, "exit", "db");
+    let log = log(&sb);
+    assert!(
+        log.contains("dependency order abandoned") && log.contains("db (after web)"),
+        "no line saying the order was abandoned:\n{log}"
+    );
+    assert_no_process(&sb);
+}

@@ -554,3 +554,70 @@ fn with_daemon_user_check_warns_and_start_says_why_pid_namespace_cannot_be_appli
     );
     expect(&mut sb, &["stop"], 0);
 }
+
+/// With `cgroups = "off"`, the end of a process group whose leader exited is seen when its
+/// last member exits, not at `stop_timeout`: the member, re-parented to the guard (the
+/// namespace's init, which reaps it), brings warden no `SIGCHLD`.
+#[test]
+fn with_cgroups_off_the_end_of_a_group_whose_leader_exited_is_seen_before_stop_timeout() {
+    let test = this_test!();
+    // The main process exits; a member of its group ignores SIGTERM, closes its output (as a
+    // daemon does, so no end of file tells anything either) and exits by itself a second
+    // later, noting when.
+    let lingering = "[program.p]\ncommand = [\"/bin/sh\", \"-c\", \"(trap '' TERM; exec >/dev/null 2>&1; \
+                     SANDBOX/sleep 1.5; : > SANDBOX/gone) & SANDBOX/sleep 0.5; exit 0\"]\n\
+                     stop_timeout = \"30s\"\nrestart = \"never\"\n";
+    if !test.require_root() {
+        return;
+    }
+    let daemon = "pid_namespace = true\ncgroups = \"off\"";
+    let mut sb = test.supervisor_sandbox(daemon, lingering);
+    let warden = sb.start();
+    let v = status_json(&mut sb);
+    if v["daemon"]["pid_namespace"].is_null() {
+        test.skip("no PID namespace here");
+        return;
+    }
+    assert!(
+        wait_until(TIMEOUT, || sb.path("gone").exists()),
+        "the member never exited; log:\n{}",
+        log(&sb)
+    );
+    let gone = Instant::now();
+    // Well before the 30 s stop_timeout (bounded wait: it fails at 15 s).
+    let seen = wait_until(std::time::Duration::from_secs(15), || {
+        log(&sb).contains("its process group gone")
+    });
+    assert!(
+        seen,
+        "group end not seen {:?} after its last member exited; log:\n{}",
+        gone.elapsed(),
+        log(&sb)
+    );
+    // And the timer that saw it is gone with the group: warden idles without wake-ups.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let woke = voluntary_switches(warden, std::time::Duration::from_secs(1));
+    assert!(woke <= 2, "{woke} wake-ups over 1 s of idling");
+    expect(&mut sb, &["stop"], 0);
+}
+
+/// Voluntary context switches of `pid` (every thread) over `window`.
+fn voluntary_switches(pid: i32, window: std::time::Duration) -> u64 {
+    let count = || -> u64 {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+                    .filter_map(|s| {
+                        s.lines()
+                            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                    })
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let before = count();
+    std::thread::sleep(window);
+    count().saturating_sub(before)
+}

@@ -66,7 +66,7 @@ fn independent_programs_are_stopped_all_at_once() {
         vec![running(20, now), running(21, now)],
     ]);
     assert_eq!(
-        graceful_step(&programs),
+        graceful_step(&programs, true),
         Step::Stop(vec![
             (ProgramId(0), vec![SlotPos(0)]),
             (ProgramId(1), vec![SlotPos(0), SlotPos(1)])
@@ -87,7 +87,7 @@ fn a_program_is_stopped_only_once_its_dependents_are_down() {
     programs[0].dependents = vec![1];
     programs[1].dependents = vec![2];
     assert_eq!(
-        graceful_step(&programs),
+        graceful_step(&programs, true),
         Step::Stop(vec![
             (ProgramId(2), vec![SlotPos(0)]),
             (ProgramId(3), vec![SlotPos(0)])
@@ -95,12 +95,81 @@ fn a_program_is_stopped_only_once_its_dependents_are_down() {
     );
     programs[2].states = vec![stopping(30, now, AfterStop::Stay)];
     programs[3].states = vec![stopping(40, now, AfterStop::Stay)];
-    assert_eq!(graceful_step(&programs), Step::Wait);
+    assert_eq!(graceful_step(&programs, true), Step::Wait);
     programs[2].states = vec![State::Stopped];
     assert_eq!(
-        graceful_step(&programs),
+        graceful_step(&programs, true),
         Step::Stop(vec![(ProgramId(1), vec![SlotPos(0)])])
     );
+}
+
+#[test]
+fn once_the_order_is_abandoned_every_program_not_yet_stopping_is_stopped_at_once() {
+    let now = Instant::now();
+    // 0 <- 1 (1, a slow dependent, is stopping and holds 0 back), 2 down.
+    let mut programs = independent(vec![
+        vec![running(10, now), running(11, now)],
+        vec![stopping(20, now, AfterStop::Stay)],
+        vec![State::Stopped],
+    ]);
+    programs[0].dependents = vec![1, 2];
+    assert_eq!(graceful_step(&programs, true), Step::Wait);
+    assert_eq!(
+        held_back(&programs),
+        vec![(ProgramId(0), vec![ProgramId(1)])]
+    );
+    assert_eq!(
+        graceful_step(&programs, false),
+        Step::Stop(vec![(ProgramId(0), vec![SlotPos(0), SlotPos(1)])])
+    );
+    // Once stopping, nothing is held back and nothing is stopped again.
+    programs[0].states = vec![
+        stopping(10, now, AfterStop::Stay),
+        stopping(11, now, AfterStop::Stay),
+    ];
+    assert_eq!(held_back(&programs), vec![]);
+    assert_eq!(graceful_step(&programs, false), Step::Wait);
+}
+
+#[test]
+fn a_program_whose_dependents_are_down_is_not_held_back() {
+    let now = Instant::now();
+    let mut programs = independent(vec![vec![running(10, now)], vec![State::Exited]]);
+    programs[0].dependents = vec![1];
+    assert_eq!(held_back(&programs), vec![]);
+}
+
+#[test]
+fn the_order_gives_way_in_the_last_quarter_and_at_least_the_last_second() {
+    let s = Duration::from_secs;
+    let ms = Duration::from_millis;
+    assert_eq!(order_grace(s(30)), ms(7500));
+    assert_eq!(order_grace(s(8)), s(2));
+    assert_eq!(order_grace(s(4)), s(1));
+    // At least a second...
+    assert_eq!(order_grace(s(3)), s(1));
+    assert_eq!(order_grace(s(2)), s(1));
+    // ...but never more than half of the timeout.
+    assert_eq!(order_grace(s(1)), ms(500));
+    assert_eq!(order_grace(Duration::ZERO), Duration::ZERO);
+}
+
+#[test]
+fn the_loop_wakes_for_the_abandonment_then_for_the_deadline() {
+    let now = Instant::now();
+    let mut st = ShutdownState {
+        mode: Some(Shutdown::Graceful),
+        deadline: Some(now + Duration::from_secs(4)),
+        order_until: Some(now + Duration::from_secs(3)),
+        ..ShutdownState::default()
+    };
+    assert_eq!(st.next_deadline(), Some(now + Duration::from_secs(3)));
+    st.abandoned = true;
+    assert_eq!(st.next_deadline(), Some(now + Duration::from_secs(4)));
+    st.abandoned = false;
+    st.mode = Some(Shutdown::Fast);
+    st.deadline = None;
+    assert_eq!(st.next_deadline(), None);
 }
 
 #[test]
@@ -109,7 +178,7 @@ fn a_dependent_that_never_started_does_not_hold_the_stop() {
     let mut programs = independent(vec![vec![running(10, now)], vec![State::Exited]]);
     programs[0].dependents = vec![1];
     assert_eq!(
-        graceful_step(&programs),
+        graceful_step(&programs, true),
         Step::Stop(vec![(ProgramId(0), vec![SlotPos(0)])])
     );
 }
@@ -123,7 +192,7 @@ fn only_the_instances_that_need_it_are_stopped() {
         stopping(21, now, AfterStop::Stay),
     ]]);
     assert_eq!(
-        graceful_step(&programs),
+        graceful_step(&programs, true),
         Step::Stop(vec![(ProgramId(0), vec![SlotPos(1)])])
     );
 }
@@ -135,14 +204,14 @@ fn programs_still_stopping_are_waited_for() {
         vec![State::Stopped],
         vec![stopping(20, now, AfterStop::Stay)],
     ]);
-    assert_eq!(graceful_step(&programs), Step::Wait);
+    assert_eq!(graceful_step(&programs, true), Step::Wait);
 }
 
 #[test]
 fn the_shutdown_is_done_when_every_program_is_down() {
     let programs = independent(vec![vec![State::Stopped], vec![], vec![State::Exited]]);
-    assert_eq!(graceful_step(&programs), Step::Done);
-    assert_eq!(graceful_step(&[]), Step::Done);
+    assert_eq!(graceful_step(&programs, true), Step::Done);
+    assert_eq!(graceful_step(&[], true), Step::Done);
 }
 
 #[test]
