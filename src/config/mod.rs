@@ -316,9 +316,9 @@ impl Config {
         places.extend(c.take_places());
         let mut diags = c.finish();
         diags.0.extend(drop_in_diags);
-        diags
-            .0
-            .extend(cross_checks(&programs, &socket_names, &places, path));
+        let read = (&daemon, &programs[..], &files);
+        let cross = cross_checks(read, (&socket_names, &sockets), &places, path);
+        diags.0.extend(cross);
         let config = Config {
             path: path.to_path_buf(),
             daemon,
@@ -349,16 +349,20 @@ impl Config {
     }
 }
 
-/// What can be judged only once every file is read: the dependency graph and the names of
-/// the sockets programs receive.
+/// What can be judged only once every file is read: the dependency graph, the names of the
+/// sockets programs receive, and `[daemon] metrics` against every file warden uses.
 fn cross_checks(
-    programs: &[ProgramSpec],
-    sockets: &[String],
+    (daemon, programs, outputs): (&DaemonSpec, &[ProgramSpec], &HashMap<PathBuf, String>),
+    (names, sockets): (&[String], &[SocketSpec]),
     places: &BTreeMap<String, Place>,
     path: &Path,
 ) -> Vec<diag::Diagnostic> {
     let mut out = graph::check(programs, places, path);
-    out.extend(socket::check_names(programs, sockets, places, path));
+    out.extend(socket::check_names(programs, names, places, path));
+    if let Some(msg) = socket::metrics_clash(daemon, sockets, outputs) {
+        let place = places.get("daemon.metrics");
+        out.push(diag::Diagnostic::new(place, path, "daemon.metrics", msg));
+    }
     out
 }
 
@@ -488,7 +492,16 @@ fn read_daemon(
     read_daemon_logging(c, &mut s, &mut d, base);
     let scale = read_daemon_control(c, &mut s, &mut d, base);
     // What only the running system can judge (`warden check`): where it was written.
-    for key in ["user", "group", "control_group", "pidfile", "log", "stderr"] {
+    // `metrics`: for the check against the files warden uses once every file is read.
+    for key in [
+        "user",
+        "group",
+        "control_group",
+        "pidfile",
+        "log",
+        "stderr",
+        "metrics",
+    ] {
         if let Some(span) = s.span(key) {
             c.note(&s.key(key), span);
         }
