@@ -342,17 +342,22 @@ pub(super) fn supervisor(
             programs: new.programs.iter().map(ProgramDef::from_spec).collect(),
             scale_program: new.daemon.scale_program.clone(),
             sockets: Some(new.sockets.clone()),
-            notes: daemon_changes(&running, &new.daemon),
+            notes: daemon_changes(&running, &new.daemon)
+                .into_iter()
+                .map(|k| format!("daemon.{k} changed: takes effect when warden restarts"))
+                .collect(),
+            upgrade_blockers: super::upgrade::blockers(&running, &new.daemon),
         })
     }));
     Ok(sup)
 }
 
-/// The `[daemon]` settings a reload cannot apply to a running daemon.
-fn daemon_changes(
+/// The `[daemon]` settings a reload cannot apply to a running daemon that differ between `old`
+/// and `new`: their keys.
+pub(super) fn daemon_changes(
     old: &warden::config::DaemonSpec,
     new: &warden::config::DaemonSpec,
-) -> Vec<String> {
+) -> Vec<&'static str> {
     let mut keys = Vec::new();
     macro_rules! cmp {
         ($($field:ident),*) => {$(
@@ -383,9 +388,7 @@ fn daemon_changes(
         cgroups,
         pid_namespace
     );
-    keys.into_iter()
-        .map(|k| format!("daemon.{k} changed: takes effect when warden restarts"))
-        .collect()
+    keys
 }
 
 pub(super) fn log_config(config: &Config, foreground: bool) -> LogConfig {
