@@ -738,6 +738,34 @@ mod tests {
     }
 
     #[test]
+    fn metrics_on_an_output_file_or_a_held_address_is_an_error_at_its_place() {
+        let errs = errors(
+            "[daemon]\nmetrics = \"/var/log/web.out\"\n\
+             [program.web]\ncommand = \"x\"\nstdout = \"/var/log/web.out\"\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                "/etc/warden/warden.toml:2:11: daemon.metrics: /var/log/web.out is also an output \
+              file of [program.web]: give the metrics endpoint a socket path of its own"
+            ]
+        );
+        let errs = errors(
+            "[daemon]\nmetrics = \"127.0.0.1:9464\"\n[socket.web]\nlisten = \"127.0.0.1:9464\"\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                "/etc/warden/warden.toml:2:11: daemon.metrics: 127.0.0.1:9464 is already the \
+              address of [socket.web]"
+            ]
+        );
+        // Beside them, on paths of its own, it is fine.
+        let ok = "[daemon]\nmetrics = \"/run/m.sock\"\n[socket.web]\nlisten = \"/run/w.sock\"\n";
+        assert!(parse(ok).is_ok());
+    }
+
+    #[test]
     fn a_dependency_cycle_names_every_member_at_its_edge() {
         let errs = errors(
             "[program.a]\ncommand = \"x\"\nafter = [\"c\"]\n\

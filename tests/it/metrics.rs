@@ -769,8 +769,8 @@ fn the_socket_file_outlives_an_upgrade_and_goes_at_the_stop() {
 }
 
 /// `metrics` on a file warden uses for something else (its control socket, pidfile, log, a
-/// `[socket.NAME]`'s path) is a configuration error `check` and `start` report at its place,
-/// before anything is bound: no socket file is made there.
+/// `[socket.NAME]`'s path) is a configuration error `check`, `start` and `reload` report at its
+/// place, before anything is bound: no socket file is made there.
 #[test]
 fn a_metrics_path_on_a_file_warden_uses_is_refused_before_anything_is_bound() {
     let test = this_test!();
@@ -806,6 +806,16 @@ fn a_metrics_path_on_a_file_warden_uses_is_refused_before_anything_is_bound() {
         assert_stderr_has(&out, &want);
         assert!(!sb.path(file).exists(), "{file}: made by a refused start");
         assert_no_process(&sb);
+        if file == "warden.pid" {
+            // A reload to such a file is refused the same way, and changes nothing.
+            sb.write_programs("metrics = \"SANDBOX/m.sock\"", SVC);
+            sb.start();
+            sb.write_programs(&format!("metrics = \"SANDBOX/{file}\""), SVC);
+            let out = sb.run(&["reload"]);
+            assert_exit(&out, 6);
+            assert_stderr_has(&out, &want);
+            assert!(sb.path("m.sock").exists());
+        }
     }
 }
 
