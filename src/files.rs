@@ -70,9 +70,12 @@ fn open(o: &OpenOptions, path: &Path, flags: i32, allow: Allow) -> io::Result<Fi
         .open(path)
     {
         Ok(f) => f,
-        // A FIFO opened for writing with nobody reading it.
+        // A FIFO opened for writing with nobody reading it, or a Unix socket's file (which no
+        // `open` takes): said as what it is.
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-            return Err(not_allowed("a FIFO", allow));
+            let socket = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket());
+            let kind = if socket { "a socket" } else { "a FIFO" };
+            return Err(not_allowed(kind, allow));
         }
         Err(e) => return Err(e),
     };
@@ -160,6 +163,21 @@ mod tests {
         assert!(e.to_string().contains("it is a FIFO"), "{e}");
         let e = read_regular(&p).unwrap_err();
         assert!(e.to_string().contains("it is a FIFO"), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_socket_is_named_a_socket() {
+        let d = dir("socket");
+        let p = d.join("s");
+        let _l = std::os::unix::net::UnixListener::bind(&p).unwrap();
+        let e = open_read_nofollow(&p).unwrap_err();
+        assert!(
+            e.to_string().contains("it is a socket, not a regular file"),
+            "{e}"
+        );
+        let e = open_append(&p, 0o644, Allow::Regular).unwrap_err();
+        assert!(e.to_string().contains("it is a socket"), "{e}");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

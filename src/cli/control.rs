@@ -276,6 +276,10 @@ fn print_upgraded(result: &serde_json::Value) {
         s("to"),
         result["pid"]
     );
+    // What became of the `[daemon]` settings changed in the file.
+    for n in result["notes"].as_array().into_iter().flatten() {
+        println!("note: {}", n.as_str().unwrap_or_default());
+    }
 }
 
 fn print_plan(result: &serde_json::Value, dry_run: bool) {

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use warden::config::{Config, LogSpec};
 use warden::control::server::ControlServer;
 use warden::log::{LogConfig, LogHandle, Target};
-use warden::supervisor::metrics::MetricsListener;
+use warden::supervisor::metrics::{BoundFile, MetricsListener};
 use warden::supervisor::sockets::HeldSocket;
 use warden::supervisor::{DelegatedCgroups, ProgramDef, ReloadSet, RunExit, Supervisor};
 use warden::{Daemon, DaemonHandle, ServiceManager, Signals, Stdio};
@@ -32,9 +32,12 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     for fd in bound.fds() {
         daemon = daemon.keep_fd(fd);
     }
+    // A start that fails after the bind leaves no metrics socket file behind: removed by the
+    // launcher, or by the daemon before it reports why (only if still the file it bound).
+    let made = bound.metrics.as_ref().and_then(MetricsListener::bound_file);
     let mut handle = match daemon.start() {
         Ok(h) => h,
-        Err(e) => return exit::report(&e),
+        Err(e) => return undo(&made, exit::report(&e)),
     };
     // What `warden upgrade` executes, and the binary running now, to go back to (opened in the
     // daemon: the daemonization closes what it does not know).
@@ -43,13 +46,13 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     // which carries it back to the launcher.
     let (log, mut signals) = match after_fork(&config, &mut handle, foreground) {
         Ok(set_up) => set_up,
-        Err(e) => fail(handle, &e),
+        Err(e) => fail(handle, undo(&made, &e)),
     };
     // Everything that can fail because of the configuration fails here, before `ready`, so that
     // `warden start` reports it and exits non-zero.
     let mut sup = match build(&config, &handle, &log, (bound, delegated)) {
         Ok(s) => s,
-        Err(e) => fail(handle, &e),
+        Err(e) => fail(handle, undo(&made, &e)),
     };
     // Limits that cannot be applied are said where warden was started (and logged at spawn).
     for line in sup.unapplicable_limits() {
@@ -87,6 +90,13 @@ fn warn(handle: &mut DaemonHandle, text: &str) {
         Some(line) => eprintln!("{line}"),
         None => handle.warn(text),
     }
+}
+
+/// Removes the metrics socket file `made` by a start that fails (if still the file bound), then
+/// gives back `result`.
+fn undo<T>(made: &Option<BoundFile>, result: T) -> T {
+    made.iter().for_each(BoundFile::remove);
+    result
 }
 
 /// After the loop: tells the service manager, closes the control socket, runs the exit hooks
@@ -352,17 +362,22 @@ pub(super) fn supervisor(
             programs: new.programs.iter().map(ProgramDef::from_spec).collect(),
             scale_program: new.daemon.scale_program.clone(),
             sockets: Some(new.sockets.clone()),
-            notes: daemon_changes(&running, &new.daemon),
+            notes: daemon_changes(&running, &new.daemon)
+                .into_iter()
+                .map(|k| format!("daemon.{k} changed: takes effect when warden restarts"))
+                .collect(),
+            upgrade_blockers: super::upgrade::blockers(&running, &new.daemon),
         })
     }));
     Ok(sup)
 }
 
-/// The `[daemon]` settings a reload cannot apply to a running daemon.
-fn daemon_changes(
+/// The `[daemon]` settings a reload cannot apply to a running daemon that differ between `old`
+/// and `new`: their keys.
+pub(super) fn daemon_changes(
     old: &warden::config::DaemonSpec,
     new: &warden::config::DaemonSpec,
-) -> Vec<String> {
+) -> Vec<&'static str> {
     let mut keys = Vec::new();
     macro_rules! cmp {
         ($($field:ident),*) => {$(
@@ -393,9 +408,7 @@ fn daemon_changes(
         cgroups,
         pid_namespace
     );
-    keys.into_iter()
-        .map(|k| format!("daemon.{k} changed: takes effect when warden restarts"))
-        .collect()
+    keys
 }
 
 pub(super) fn log_config(config: &Config, foreground: bool) -> LogConfig {

@@ -10,14 +10,14 @@ use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use warden::DaemonHandle;
-use warden::config::Config;
+use warden::config::{CgroupMode, Config, DaemonSpec};
 use warden::control::server::ControlServer;
 use warden::daemon::{Notifier, ServiceManager};
 use warden::log::LogHandle;
 use warden::signals::Signals;
 use warden::supervisor::metrics::MetricsListener;
 use warden::supervisor::sockets::HeldSocket;
-use warden::supervisor::{DaemonRec, Handoff, STATE_FORMAT, Supervisor};
+use warden::supervisor::{DaemonRec, Handoff, KeptDaemon, STATE_FORMAT, Supervisor};
 
 use super::{exit, serve};
 
@@ -53,6 +53,56 @@ pub struct Context<'a> {
     pub config: &'a Config,
     pub handle: &'a DaemonHandle,
     pub log: &'a LogHandle,
+}
+
+/// The `[daemon]` keys the image `warden upgrade` executes applies: it reads them from the file
+/// (logging, timeouts, `exit_on_fatal`).
+const APPLIED: &[&str] = &[
+    "log",
+    "log_level",
+    "log_format",
+    "syslog_facility",
+    "syslog_ident",
+    "ready_timeout",
+    "shutdown_timeout",
+    "exit_on_fatal",
+];
+
+/// The `[daemon]` keys the new image keeps as they run whatever the file says: the instances
+/// run where the earlier image put them (their cgroups, their PID namespace).
+const KEPT: &[&str] = &["cgroups", "pid_namespace"];
+
+/// The `[daemon]` settings changed from `running` to `file` that an upgrade cannot carry over
+/// (the pidfile, the control socket, the identity, the directory, the metrics endpoint, …):
+/// one message each, for the supervisor's refusal.
+pub fn blockers(running: &DaemonSpec, file: &DaemonSpec) -> Vec<String> {
+    serve::daemon_changes(running, file)
+        .into_iter()
+        .filter(|k| !APPLIED.contains(k) && !KEPT.contains(k))
+        .map(|k| {
+            format!(
+                "daemon.{k} changed, which only a restart of warden applies (`warden upgrade` \
+                 cannot): restart warden (`warden restart`), or revert it"
+            )
+        })
+        .collect()
+}
+
+/// What the upgrade says of the `[daemon]` settings changed from `running` to `file` that it
+/// carries over: applied by the new image, or kept as they run.
+fn daemon_notes(running: &DaemonSpec, file: &DaemonSpec) -> Vec<String> {
+    let changed = serve::daemon_changes(running, file);
+    let applied = changed.iter().filter(|k| APPLIED.contains(k));
+    let kept = changed.iter().filter(|k| KEPT.contains(k));
+    applied
+        .map(|k| format!("daemon.{k} changed: applied by the upgrade"))
+        .chain(kept.map(|k| {
+            format!(
+                "daemon.{k} changed: kept as it runs (the instances stay where they are); takes \
+                 effect when warden restarts (`warden restart`)"
+            )
+        }))
+        .collect()
 }
 
 /// Carries out an upgrade the supervisor asked for: returns only if the new binary did not take
@@ -93,6 +143,13 @@ fn hand_over(
         exe: path.clone(),
         old_exe: previous.as_raw_fd(),
         config: cx.config.path.clone(),
+        notes: Config::load(&cx.config.path)
+            .map(|file| daemon_notes(&cx.config.daemon, &file.daemon))
+            .unwrap_or_default(),
+        kept: Some(KeptDaemon {
+            cgroups_off: cx.config.daemon.cgroups == CgroupMode::Off,
+            pid_namespace: cx.config.daemon.pid_namespace,
+        }),
     };
     let handoff = sup.export(daemon)?;
     log::info!(
@@ -221,11 +278,12 @@ pub fn resume(config_path: &Path, formats: bool) -> ExitCode {
             let mut sup = sup;
             match &inherited.failed {
                 Some(reason) => sup.upgrade_failed(reason),
-                None => sup.upgrade_done(&handoff.version),
+                None => sup.upgrade_done(&handoff.version, &handoff.daemon.notes),
             }
+            let kept = handoff.daemon.kept;
             // The previous binary is not needed any more: this one is what runs.
             drop(inherited);
-            let config = match Config::load(config_path) {
+            let config = match running_config(config_path, kept) {
                 Ok(c) => c,
                 Err(_) => return ExitCode::from(exit::FAILURE),
             };
@@ -254,7 +312,7 @@ fn take_over(h: &Handoff, after_failure: bool) -> Result<TakenOver, String> {
     if !after_failure && std::env::var_os(FAIL_TAKEOVER_ENV).is_some() {
         return Err(format!("{FAIL_TAKEOVER_ENV} is set"));
     }
-    let config = Config::load(&h.daemon.config).map_err(|e| e.to_string())?;
+    let config = running_config(&h.daemon.config, h.daemon.kept).map_err(|e| e.to_string())?;
     let (log, signals) = serve::set_up_process(&config, h.daemon.foreground)?;
     warden::supervisor::release_signals();
     let manager = ServiceManager {
@@ -290,6 +348,22 @@ fn take_over(h: &Handoff, after_failure: bool) -> Result<TakenOver, String> {
     let mut sup = serve::supervisor(sup, &config, &handle, &log, (bound, server))?;
     sup.import(h)?;
     Ok((sup, handle, log, signals, Exe::current_at(&h.daemon.exe)))
+}
+
+/// The configuration file at `path` as this image runs it: the settings the earlier image
+/// handed over as kept ([`KeptDaemon`]) are the running ones, whatever the file says (so that a
+/// reload still says they take a restart).
+fn running_config(path: &Path, kept: Option<KeptDaemon>) -> warden::Result<Config> {
+    let mut config = Config::load(path)?;
+    if let Some(kept) = kept {
+        config.daemon.cgroups = if kept.cgroups_off {
+            CgroupMode::Off
+        } else {
+            CgroupMode::Auto
+        };
+        config.daemon.pid_namespace = kept.pid_namespace;
+    }
+    Ok(config)
 }
 
 impl Exe {

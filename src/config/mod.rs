@@ -316,9 +316,9 @@ impl Config {
         places.extend(c.take_places());
         let mut diags = c.finish();
         diags.0.extend(drop_in_diags);
-        diags
-            .0
-            .extend(cross_checks(&programs, &socket_names, &places, path));
+        let read = (&daemon, &programs[..], &files);
+        let cross = cross_checks(read, (&socket_names, &sockets), &places, path);
+        diags.0.extend(cross);
         let config = Config {
             path: path.to_path_buf(),
             daemon,
@@ -349,16 +349,20 @@ impl Config {
     }
 }
 
-/// What can be judged only once every file is read: the dependency graph and the names of
-/// the sockets programs receive.
+/// What can be judged only once every file is read: the dependency graph, the names of the
+/// sockets programs receive, and `[daemon] metrics` against every file warden uses.
 fn cross_checks(
-    programs: &[ProgramSpec],
-    sockets: &[String],
+    (daemon, programs, outputs): (&DaemonSpec, &[ProgramSpec], &HashMap<PathBuf, String>),
+    (names, sockets): (&[String], &[SocketSpec]),
     places: &BTreeMap<String, Place>,
     path: &Path,
 ) -> Vec<diag::Diagnostic> {
     let mut out = graph::check(programs, places, path);
-    out.extend(socket::check_names(programs, sockets, places, path));
+    out.extend(socket::check_names(programs, names, places, path));
+    if let Some(msg) = socket::metrics_clash(daemon, sockets, outputs) {
+        let place = places.get("daemon.metrics");
+        out.push(diag::Diagnostic::new(place, path, "daemon.metrics", msg));
+    }
     out
 }
 
@@ -488,7 +492,16 @@ fn read_daemon(
     read_daemon_logging(c, &mut s, &mut d, base);
     let scale = read_daemon_control(c, &mut s, &mut d, base);
     // What only the running system can judge (`warden check`): where it was written.
-    for key in ["user", "group", "control_group", "pidfile", "log", "stderr"] {
+    // `metrics`: for the check against the files warden uses once every file is read.
+    for key in [
+        "user",
+        "group",
+        "control_group",
+        "pidfile",
+        "log",
+        "stderr",
+        "metrics",
+    ] {
         if let Some(span) = s.span(key) {
             c.note(&s.key(key), span);
         }
@@ -722,6 +735,34 @@ mod tests {
             Err(Error::Config(d)) => d.iter().map(ToString::to_string).collect(),
             other => panic!("expected config errors, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn metrics_on_an_output_file_or_a_held_address_is_an_error_at_its_place() {
+        let errs = errors(
+            "[daemon]\nmetrics = \"/var/log/web.out\"\n\
+             [program.web]\ncommand = \"x\"\nstdout = \"/var/log/web.out\"\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                "/etc/warden/warden.toml:2:11: daemon.metrics: /var/log/web.out is also an output \
+              file of [program.web]: give the metrics endpoint a socket path of its own"
+            ]
+        );
+        let errs = errors(
+            "[daemon]\nmetrics = \"127.0.0.1:9464\"\n[socket.web]\nlisten = \"127.0.0.1:9464\"\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                "/etc/warden/warden.toml:2:11: daemon.metrics: 127.0.0.1:9464 is already the \
+              address of [socket.web]"
+            ]
+        );
+        // Beside them, on paths of its own, it is fine.
+        let ok = "[daemon]\nmetrics = \"/run/m.sock\"\n[socket.web]\nlisten = \"/run/w.sock\"\n";
+        assert!(parse(ok).is_ok());
     }
 
     #[test]

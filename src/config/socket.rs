@@ -217,6 +217,52 @@ fn read_file_owner(c: &mut Collector<'_>, s: &mut Section<'_, '_>, spec: &mut So
     ok
 }
 
+/// `[daemon] metrics` on an address or file warden already uses for something else: the control
+/// socket, the pidfile, the log, warden's stdout or stderr, a `[socket.NAME]`, a program's output
+/// file. Binding there would fail, or replace that file with a socket. The message, or `None`.
+pub(super) fn metrics_clash(
+    d: &super::DaemonSpec,
+    sockets: &[SocketSpec],
+    outputs: &std::collections::HashMap<PathBuf, String>,
+) -> Option<String> {
+    let metrics = d.metrics.as_ref()?;
+    if let Some(s) = sockets.iter().find(|s| s.listen == *metrics) {
+        return Some(format!(
+            "{metrics} is already the address of [socket.{}]",
+            s.name
+        ));
+    }
+    let Listen::Unix(path) = metrics else {
+        return None;
+    };
+    let log = match &d.log {
+        super::LogSpec::File(f) => Some(f.as_path()),
+        _ => None,
+    };
+    let owners = [
+        (
+            Some(d.control_socket.as_path()),
+            "the control socket (daemon.control_socket)",
+        ),
+        (Some(d.pidfile.as_path()), "the pidfile (daemon.pidfile)"),
+        (log, "the log file (daemon.log)"),
+        (Some(d.stdout.as_path()), "warden's stdout (daemon.stdout)"),
+        (Some(d.stderr.as_path()), "warden's stderr (daemon.stderr)"),
+    ];
+    let clash = |what: &str| {
+        format!(
+            "{} is also {what}: give the metrics endpoint a socket path of its own",
+            path.display()
+        )
+    };
+    if let Some((_, what)) = owners.iter().find(|(p, _)| *p == Some(path.as_path())) {
+        return Some(clash(what));
+    }
+    outputs
+        .get(path)
+        .map(|name| clash(&format!("an output file of [program.{name}]")))
+}
+
 /// Every name a program's `sockets` lists that has no `[socket.NAME]` table, at its place.
 pub(super) fn check_names(
     programs: &[ProgramSpec],

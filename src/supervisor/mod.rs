@@ -82,7 +82,7 @@ pub use crate::policy::{ExitStatus, Policy, Readiness, Restart, StopWith};
 use crate::signals::{SignalEvent, Signals};
 use capture::{Capture, Stream};
 pub use cgroup::DelegatedCgroups;
-pub use handoff::{DaemonRec, Handoff, Inherited, STATE_FORMAT, release_signals};
+pub use handoff::{DaemonRec, Handoff, Inherited, KeptDaemon, STATE_FORMAT, release_signals};
 use notify::NotifySocket;
 pub use program::{HealthStatus, InstanceState, InstanceStatus, ProgramDef, RunExit, Work};
 pub use reload::{ReloadPlan, ReloadSet, Reloader};

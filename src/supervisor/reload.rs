@@ -29,6 +29,10 @@ pub struct ReloadSet {
     pub sockets: Option<Vec<crate::config::SocketSpec>>,
     /// Remarks about settings that cannot change while running.
     pub notes: Vec<String>,
+    /// Changed settings that `warden upgrade` cannot carry over either (each a message saying
+    /// so): the upgrade is refused while there are any. Settings a reload cannot apply but the
+    /// new image of an upgrade can (or keeps as they run, saying so) are not among them.
+    pub upgrade_blockers: Vec<String>,
 }
 
 /// Re-reads the configuration: `Ok(set)`, or every problem found as one message.
@@ -174,6 +178,16 @@ impl ReloadPlan {
     }
 }
 
+/// What the configuration file holds that `warden upgrade` cannot carry over (see
+/// [`Supervisor::pending_changes`]).
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    /// What `warden reload` would apply first, one line each.
+    pub(super) reload: Vec<String>,
+    /// `[daemon]` settings only a restart of warden applies, one message each.
+    pub(super) daemon: Vec<String>,
+}
+
 /// A program of the running configuration, as [`ReloadPlan::diff`] sees it.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Running<'a> {
@@ -288,23 +302,28 @@ impl Supervisor {
             .collect()
     }
 
-    /// What a reload would change now, besides instance counts (a `scale` is carried by
-    /// `warden upgrade`): programs added, removed or changed, sockets, `[daemon]` settings.
-    /// Empty when the configuration file is what runs.
-    pub(super) fn pending_changes(&mut self) -> std::result::Result<Vec<String>, String> {
+    /// What keeps `warden upgrade` from carrying the configuration file over as it is: what a
+    /// reload would change now besides instance counts (a `scale` is carried) — programs added,
+    /// removed or changed, sockets —, and the changed `[daemon]` settings the upgrade cannot
+    /// apply ([`ReloadSet::upgrade_blockers`]). Both empty when it can.
+    pub(super) fn pending_changes(&mut self) -> std::result::Result<Pending, String> {
         let Some(reloader) = self.plane.reloader.as_mut() else {
-            return Ok(Vec::new());
+            return Ok(Pending::default());
         };
         let set = reloader()?;
         let mut plan = ReloadPlan::diff(&self.running(), &set);
         self.plan_sockets(&set, &mut plan);
-        let mut changes: Vec<String> = plan
+        // The `[daemon]` notes are not changes a reload applies: the blockers say which count.
+        plan.notes.clear();
+        let reload = plan
             .lines()
             .into_iter()
             .filter(|l| !l.starts_with("keep ") && !l.starts_with("scale "))
             .collect();
-        changes.extend(set.notes);
-        Ok(changes)
+        Ok(Pending {
+            reload,
+            daemon: set.upgrade_blockers,
+        })
     }
 
     /// The live programs as [`ReloadPlan::diff`] sees them, in order.
@@ -578,6 +597,7 @@ mod tests {
             programs: programs.iter().map(|&d| d.clone()).collect(),
             scale_program: None,
             notes: Vec::new(),
+            upgrade_blockers: Vec::new(),
         }
     }
 

@@ -1238,7 +1238,7 @@ fn stop_and_status_work_through_the_pidfile_without_the_socket() {
 }
 
 /// `status` and `stop` with a pidfile that lies: deleted under a running daemon, or a FIFO planted
-/// at its path (with and without a daemon). Nothing may say "not running" while the daemon
+/// at its path (with and without a daemon), or a socket. Nothing may say "not running" while the daemon
 /// answers on its socket, and nothing may hang.
 #[test]
 fn stop_and_status_see_through_a_deleted_or_planted_pidfile() {
@@ -1290,6 +1290,16 @@ fn stop_and_status_see_through_a_deleted_or_planted_pidfile() {
     assert_stderr_has(&out, "FIFO");
     assert!(!stdout_of(&out).contains("not running"));
     assert_no_process(&sb);
+
+    // A Unix socket's file where the pidfile should be (which `open` refuses with the FIFO's
+    // errno) is named as what it is.
+    std::fs::remove_file(sb.pidfile()).unwrap();
+    let _socket = std::os::unix::net::UnixListener::bind(sb.pidfile()).unwrap();
+    for args in [&["status"][..], &["stop", "--timeout", "3s"]] {
+        let out = sb.run(args);
+        assert_stderr_has(&out, "it is a socket, not a regular file");
+        assert!(!stderr_of(&out).contains("FIFO"), "{}", stderr_of(&out));
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -757,3 +757,81 @@ fn the_socket_file_outlives_an_upgrade_and_goes_at_the_stop() {
         log(&sb)
     );
 }
+
+/// `metrics` on a file warden uses for something else (its control socket, pidfile, log, a
+/// `[socket.NAME]`'s path) is a configuration error `check`, `start` and `reload` report at its
+/// place, before anything is bound: no socket file is made there.
+#[test]
+fn a_metrics_path_on_a_file_warden_uses_is_refused_before_anything_is_bound() {
+    let test = this_test!();
+    let cases = [
+        (
+            "warden.sock",
+            "",
+            "is also the control socket (daemon.control_socket)",
+        ),
+        ("warden.pid", "", "is also the pidfile (daemon.pidfile)"),
+        ("warden.log", "", "is also the log file (daemon.log)"),
+        (
+            "app.sock",
+            "[socket.app]\nlisten = \"SANDBOX/app.sock\"\n",
+            "is already the address of [socket.app]",
+        ),
+    ];
+    for (file, tables, what) in cases {
+        let mut sb = test.supervisor_sandbox(
+            &format!("metrics = \"SANDBOX/{file}\""),
+            &format!("{SVC}{tables}"),
+        );
+        let want = format!(
+            "warden.toml:5:11: daemon.metrics: {} {what}",
+            sb.path(file).display()
+        );
+        let out = sb.run(&["check"]);
+        assert_exit(&out, 1);
+        let said = stderr_of(&out) + &stdout_of(&out);
+        assert!(said.contains(&want), "{file}: want {want:?} in\n{said}");
+        let out = sb.run(&["start"]);
+        assert_exit(&out, 6);
+        assert_stderr_has(&out, &want);
+        assert!(!sb.path(file).exists(), "{file}: made by a refused start");
+        assert_no_process(&sb);
+        if file == "warden.pid" {
+            // A reload to such a file is refused the same way, and changes nothing.
+            sb.write_programs("metrics = \"SANDBOX/m.sock\"", SVC);
+            sb.start();
+            sb.write_programs(&format!("metrics = \"SANDBOX/{file}\""), SVC);
+            let out = sb.run(&["reload"]);
+            assert_exit(&out, 6);
+            assert_stderr_has(&out, &want);
+            assert!(sb.path("m.sock").exists());
+        }
+    }
+}
+
+/// A `start` that fails after the metrics socket was bound removes the socket file it made:
+/// in the daemon (the control socket's directory is missing) and in the launcher (the pidfile
+/// cannot be opened).
+#[test]
+fn a_start_that_fails_after_the_bind_leaves_no_metrics_socket_behind() {
+    let test = this_test!();
+    let daemon_side = "control_socket = \"SANDBOX/nodir/x/c.sock\"";
+    let launcher_side = "pidfile = \"SANDBOX/adir\"\ncontrol_socket = \"SANDBOX/c.sock\"";
+    for (extra, said) in [
+        (daemon_side, "cannot use control socket directory"),
+        (launcher_side, "adir"),
+    ] {
+        let mut sb =
+            test.supervisor_sandbox(&format!("metrics = \"SANDBOX/m.sock\"\n{extra}"), SVC);
+        std::fs::create_dir(sb.path("adir")).unwrap();
+        let out = sb.run(&["start"]);
+        assert_exit(&out, 1);
+        assert_stderr_has(&out, said);
+        assert!(
+            !sb.path("m.sock").exists(),
+            "m.sock left behind by a failed start ({said})\n{}",
+            stderr_of(&out)
+        );
+        assert_no_process(&sb);
+    }
+}

@@ -318,6 +318,80 @@ fn an_upgrade_is_refused_while_the_configuration_file_has_changes_not_applied() 
     assert_eq!(sb.pidfile_pid(), Some(warden));
 }
 
+/// How many times `needle` occurs in `text`.
+fn count(text: &str, needle: &str) -> usize {
+    text.matches(needle).count()
+}
+
+/// `[daemon]` settings a reload cannot apply do not refuse an upgrade when the new image can
+/// take them (`log_format`, `shutdown_timeout`: applied) or keeps them as they run
+/// (`pid_namespace`: the instances stay where they are), and the upgrade says which is which,
+/// once each. A setting an upgrade cannot apply (`metrics`) refuses it, saying that it takes a
+/// restart of warden, not a reload.
+#[test]
+fn restart_only_daemon_settings_are_applied_or_kept_by_an_upgrade_and_said_once() {
+    let test = this_test!();
+    let mut sb = test.supervisor_sandbox("", PROGRAMS);
+    let exe = copy_of_warden(&sb);
+    let warden = start_from(&mut sb, &exe, &[]);
+    let before = instances(&all_up(&mut sb));
+    let changed = "log_format = \"json\"\nshutdown_timeout = \"7s\"\npid_namespace = true";
+    sb.write_programs(changed, PROGRAMS);
+    expect(&mut sb, &["reload"], 0);
+    let out = expect(&mut sb, &["upgrade"], 0);
+    for note in [
+        "note: daemon.log_format changed: applied by the upgrade",
+        "note: daemon.shutdown_timeout changed: applied by the upgrade",
+        "note: daemon.pid_namespace changed: kept as it runs",
+    ] {
+        assert_eq!(count(&out, note), 1, "{note:?} once in\n{out}");
+    }
+    assert_eq!(sb.pidfile_pid(), Some(warden));
+    assert_eq!(
+        instances(&all_up(&mut sb)),
+        before,
+        "the programs are untouched"
+    );
+    assert!(
+        wait_until(TIMEOUT, || log(&sb)
+            .lines()
+            .any(|l| l.starts_with('{') && l.contains("upgraded in place"))),
+        "the new image logs in JSON:\n{}",
+        log(&sb)
+    );
+    // The kept setting still differs from what runs; the applied ones do not.
+    let out = expect(&mut sb, &["reload"], 0);
+    assert_eq!(
+        count(
+            &out,
+            "daemon.pid_namespace changed: takes effect when warden restarts"
+        ),
+        1,
+        "{out}"
+    );
+    assert!(
+        !out.contains("log_format") && !out.contains("shutdown_timeout"),
+        "{out}"
+    );
+
+    sb.write_programs(
+        &format!("{changed}\nmetrics = \"SANDBOX/m.sock\""),
+        PROGRAMS,
+    );
+    expect(&mut sb, &["reload"], 0);
+    let out = sb.run(&["upgrade"]);
+    assert_exit(&out, 1);
+    let err = stderr_of(&out);
+    let want = "daemon.metrics changed, which only a restart of warden applies (`warden upgrade` \
+                cannot): restart warden (`warden restart`), or revert it";
+    assert_eq!(count(&err, want), 1, "{err}");
+    assert!(
+        !err.contains("reload") && !err.contains("pid_namespace"),
+        "{err}"
+    );
+    assert_eq!(sb.pidfile_pid(), Some(warden));
+}
+
 #[test]
 fn requests_over_a_held_socket_never_fail_across_an_upgrade() {
     let test = this_test!();

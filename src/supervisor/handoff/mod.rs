@@ -78,6 +78,23 @@ pub struct DaemonRec {
     pub old_exe: RawFd,
     /// The configuration file.
     pub config: PathBuf,
+    /// What the upgrade says of the `[daemon]` settings changed in the file since the running
+    /// image read it: applied by the new image, or kept as they run (see `kept`).
+    #[serde(default)]
+    pub notes: Vec<String>,
+    /// The running `[daemon]` settings the new image keeps whatever the file says, since the
+    /// instances run where the earlier image put them: `cgroups = "off"`, `pid_namespace`.
+    #[serde(default)]
+    pub kept: Option<KeptDaemon>,
+}
+
+/// `[daemon]` settings carried over by `warden upgrade` as they run (see [`DaemonRec::kept`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeptDaemon {
+    /// `cgroups = "off"`.
+    pub cgroups_off: bool,
+    /// `pid_namespace`.
+    pub pid_namespace: bool,
 }
 
 impl Handoff {
@@ -215,11 +232,16 @@ impl Supervisor {
             why.push("a removed program is still stopping".to_string());
         }
         match self.pending_changes() {
-            Ok(changes) if changes.is_empty() => {}
-            Ok(changes) => why.push(format!(
-                "the configuration file differs from what runs ({}): run `warden reload` first",
-                changes.join(", ")
-            )),
+            Ok(pending) => {
+                if !pending.reload.is_empty() {
+                    why.push(format!(
+                        "the configuration file differs from what runs ({}): run `warden \
+                         reload` first",
+                        pending.reload.join(", ")
+                    ));
+                }
+                why.extend(pending.daemon);
+            }
             Err(e) => why.push(format!("the configuration file cannot be read: {e}")),
         }
         why
@@ -247,19 +269,26 @@ impl Supervisor {
 
     /// Answers the connection that asked for the upgrade that it is done: `from` is the version
     /// that handed over.
-    pub fn upgrade_done(&mut self, from: &str) {
+    /// `notes` say what became of the `[daemon]` settings changed in the file (applied by this
+    /// image, or kept as they run until warden restarts): logged, and in the answer.
+    pub fn upgrade_done(&mut self, from: &str, notes: &[String]) {
         let to = env!("CARGO_PKG_VERSION");
         log::info!(
             "upgraded in place: warden {from} -> {to} (pid {})",
             std::process::id()
         );
+        for note in notes {
+            log::info!("upgrade: {note}");
+        }
         self.events.publish(super::events::Event::Upgraded {
             from: from.to_string(),
             to: to.to_string(),
         });
         let request = std::mem::take(&mut self.plane.upgrade);
         if let Some(conn) = request.conn {
-            let result = serde_json::json!({ "from": from, "to": to, "pid": std::process::id() });
+            let result = serde_json::json!({
+                "from": from, "to": to, "pid": std::process::id(), "notes": notes,
+            });
             answer(conn, &Reply::done(result));
         }
     }

@@ -38,7 +38,7 @@ use mio::Token;
 use serde::{Deserialize, Serialize};
 
 pub use server::{
-    CONNECTION_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_REQUEST, MetricsListener,
+    BoundFile, CONNECTION_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS, MAX_REQUEST, MetricsListener,
 };
 
 use super::table::{InstanceIndex, Slot, SlotPos};

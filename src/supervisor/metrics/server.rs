@@ -77,7 +77,18 @@ impl MetricsListener {
         Ok(MetricsListener { listen, fd, file })
     }
 
-    /// Where it listens.
+    /// Its Unix socket's file as bound, to remove if warden does not get to serve it (a start
+    /// that fails after the bind); `None` for a TCP address.
+    pub fn bound_file(&self) -> Option<BoundFile> {
+        match (&self.listen, self.file) {
+            (Listen::Unix(path), Some(ident)) => Some(BoundFile {
+                path: path.clone(),
+                ident,
+            }),
+            _ => None,
+        }
+    }
+
     /// The endpoint `listen` bound by an earlier image of this process and handed over across
     /// `execve` as `fd` (`warden upgrade`).
     pub fn adopt(listen: &Listen, fd: OwnedFd) -> MetricsListener {
@@ -96,6 +107,23 @@ impl MetricsListener {
     /// The descriptor (for [`Daemon::keep_fd`](crate::Daemon::keep_fd)).
     pub fn raw_fd(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+/// A Unix socket's file as a [`MetricsListener`] bound it.
+#[derive(Debug, Clone)]
+pub struct BoundFile {
+    path: std::path::PathBuf,
+    ident: (u64, u64),
+}
+
+impl BoundFile {
+    /// Removes the file if it is still the one bound (same device and inode).
+    pub fn remove(&self) {
+        let listen = Listen::Unix(self.path.clone());
+        if file_ident(&listen) == Some(self.ident) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
