@@ -717,15 +717,15 @@ impl Supervisor {
         self.sources
             .remove(self.poll.registry(), token, fd.as_raw_fd());
         let report = crate::sys::spawn::read_exec_report(&fd);
-        let current = self
-            .table
-            .locate(owner)
-            .filter(|&pos| self.table[p][pos].inst.state.pid() == Some(pid));
+        // The slot keeps its index across respawns: the exit 127 may be reaped (and the
+        // instance started again) before this report is read.
+        let slot = self.table.locate(owner);
+        let current = slot.filter(|&pos| self.table[p][pos].inst.state.pid() == Some(pid));
         let exec = match report {
             Ok(None) => ExecState::Done,
             Ok(Some((errno, step))) => {
                 let why = spawn::exec_failure(&self.table[p].def.work, step, errno);
-                let index = current.map(|pos| self.table[p][pos].index.0);
+                let index = slot.map(|pos| self.table[p][pos].index.0);
                 let shown = index.map_or(String::from("?"), |i| i.to_string());
                 let name = self.table[p].def.name.as_str();
                 crate::log::about!(
