@@ -130,10 +130,61 @@ impl From<nix::errno::Errno> for UnixError {
 }
 
 fn bind_unix(spec: &SocketSpec, path: &Path) -> std::result::Result<OwnedFd, UnixError> {
+    check_dir(spec, path).map_err(UnixError::Other)?;
     remove_stale(path)?;
     let fd = OwnedFd::from(std::os::unix::net::UnixListener::bind(path).map_err(errno_of)?);
+    set_mode_and_owner(spec, path)?;
+    listen(&fd, backlog_of(spec.backlog))?;
+    Ok(fd)
+}
+
+/// Refuses a socket path whose directory everyone may write without the sticky bit: anyone
+/// could rename the socket away and bind their own in its place (as for the control socket).
+fn check_dir(spec: &SocketSpec, path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let Ok(meta) = std::fs::metadata(dir) else {
+        // Missing: bind says so, with its errno.
+        return Ok(());
+    };
+    let mode = meta.permissions().mode();
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(Error::Invalid {
+            what: "socket",
+            reason: format!(
+                "{} ({}): its directory {} is writable by everyone and not sticky: anyone could \
+                 replace the socket",
+                spec.listen,
+                spec.name,
+                dir.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Sets the mode and owner of the socket file just bound at `path` without following a
+/// symbolic link put there in between: through a descriptor of the file itself (`O_PATH |
+/// O_NOFOLLOW`), checked to be a socket.
+fn set_mode_and_owner(spec: &SocketSpec, path: &Path) -> std::result::Result<(), UnixError> {
+    use nix::fcntl::{OFlag, open};
+    use nix::sys::stat::{Mode, SFlag, fstat};
+    let flags = OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let file = open(path, flags, Mode::empty())?;
+    let st = fstat(&file)?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+        return Err(UnixError::Other(Error::Invalid {
+            what: "socket",
+            reason: format!("{} was replaced while warden bound it", path.display()),
+        }));
+    }
+    // The descriptor's own name: the socket itself, whatever the path names by now.
+    let own = std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
     std::fs::set_permissions(
-        path,
+        &own,
         std::os::unix::fs::PermissionsExt::from_mode(spec.mode),
     )
     .map_err(|e| UnixError::Other(Error::io("cannot set the mode of", path, e)))?;
@@ -142,11 +193,10 @@ fn bind_unix(spec: &SocketSpec, path: &Path) -> std::result::Result<OwnedFd, Uni
             .map_err(UnixError::Other)?;
         if let Some(c) = creds {
             let uid = spec.user.as_ref().map(|_| c.uid());
-            nix::unistd::chown(path, uid, Some(c.gid))?;
+            nix::unistd::chown(&own, uid, Some(c.gid))?;
         }
     }
-    listen(&fd, backlog_of(spec.backlog))?;
-    Ok(fd)
+    Ok(())
 }
 
 /// Removes a socket file at `path` that nobody listens on any more (a previous warden's); a

@@ -835,3 +835,43 @@ fn a_start_that_fails_after_the_bind_leaves_no_metrics_socket_behind() {
         assert_no_process(&sb);
     }
 }
+
+/// A metrics socket (or a held one) in a directory everyone may write without the sticky bit is
+/// refused, as the control socket is: anyone could put their own in its place. Sticky, it is
+/// fine, and its mode is set on the socket itself.
+#[test]
+fn a_socket_in_a_directory_anyone_may_write_is_refused_unless_sticky() {
+    use std::os::unix::fs::PermissionsExt;
+    let test = this_test!();
+    for (tables, what) in [
+        ("", "metrics"),
+        ("[socket.app]\nlisten = \"SANDBOX/pub/app.sock\"\n", "app"),
+    ] {
+        let metrics = if tables.is_empty() {
+            "metrics = \"SANDBOX/pub/m.sock\""
+        } else {
+            ""
+        };
+        let mut sb = test.supervisor_sandbox(metrics, &format!("{SVC}{tables}"));
+        let public = sb.path("pub");
+        std::fs::create_dir(&public).unwrap();
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let out = sb.run(&["start"]);
+        assert_ne!(exit_code(&out), Some(0), "{what}: started");
+        assert_stderr_has(&out, "is writable by everyone and not sticky");
+        assert_no_process(&sb);
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        sb.start();
+        let file = if tables.is_empty() {
+            "pub/m.sock"
+        } else {
+            "pub/app.sock"
+        };
+        let mode = std::fs::symlink_metadata(sb.path(file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o666, "{what}: mode {mode:o}");
+        expect(&mut sb, &["stop"], 0);
+    }
+}
