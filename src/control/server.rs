@@ -58,6 +58,10 @@ pub const MAX_OUTPUT: usize = 4 << 20;
 /// events, enough for a burst (a reload restarting hundreds of instances); a subscriber that
 /// lets more wait is cut off.
 pub const EVENTS_MAX_OUTPUT: usize = 1 << 20;
+/// At most this many bytes of events wait for all subscribers together: beyond, the streams
+/// with the most waiting are cut off first. Without it, a user allowed hundreds of connections
+/// could make warden hold hundreds of megabytes for streams it never reads.
+pub const EVENTS_MAX_OUTPUT_ALL: usize = 32 << 20;
 /// At most this many bytes are read from one connection per wake-up; the rest waits for the next
 /// turn of the loop, so a client that writes as fast as we read holds neither the loop nor memory.
 pub const READ_BUDGET: usize = 64 * 1024;
@@ -717,6 +721,28 @@ impl ControlServer {
             }
             self.flush(id, registry);
         }
+        self.cut_off_over(EVENTS_MAX_OUTPUT_ALL, registry);
+    }
+
+    /// Cuts off the subscribers with the most bytes waiting until all of them together have at
+    /// most `cap` waiting ([`EVENTS_MAX_OUTPUT_ALL`]).
+    fn cut_off_over(&mut self, cap: usize, registry: &Registry) {
+        let waiting = |c: &Conn| if c.subscribed { c.output.len() } else { 0 };
+        let mut all: usize = self.conns.values().map(waiting).sum();
+        while all > cap {
+            let Some((&id, conn)) = self.conns.iter().max_by_key(|(_, c)| waiting(c)) else {
+                return;
+            };
+            let left = waiting(conn);
+            log::warn!(
+                "control: cut off the event stream of uid {} (pid {}): {left} bytes wait unread \
+                 there, and {all} for every stream together, more than the {cap} that may",
+                conn.peer.uid,
+                conn.peer.pid,
+            );
+            self.close(id, registry);
+            all -= left;
+        }
     }
 
     /// Ends every event stream (warden stops): the final reply, then what can be sent without
@@ -854,6 +880,41 @@ mod tests {
         UnixStream::connect(&path).expect("the new listener answers");
         third.remove_file();
         assert!(!path.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_streams_with_the_most_waiting_are_cut_off_beyond_the_bound_for_all() {
+        let dir = temp_dir("all-streams");
+        let poll = mio::Poll::new().unwrap();
+        let mut server = ControlServer::bind(&dir.join("c.sock"), None).unwrap();
+        server.register(poll.registry(), Token(1), 1 << 20).unwrap();
+        // Three subscribers that never read: each holds its socket's buffer, then waits.
+        let clients: Vec<UnixStream> = (0..3)
+            .map(|_| UnixStream::connect(dir.join("c.sock")).unwrap())
+            .collect();
+        server.accept(poll.registry());
+        for id in 1..=3 {
+            server.subscribe(id);
+        }
+        let line = format!("{}\n", "x".repeat(1000));
+        while server.conns.values().any(|c| c.output.len() < 100_000) {
+            server.broadcast(std::slice::from_ref(&line), poll.registry());
+        }
+        // One more line for the first only: it has the most waiting, and goes first.
+        server
+            .conns
+            .get_mut(&1)
+            .unwrap()
+            .output
+            .extend_from_slice(line.as_bytes());
+        let all: usize = server.conns.values().map(|c| c.output.len()).sum();
+        server.cut_off_over(all - 1, poll.registry());
+        assert_eq!(server.subscribers(), 2);
+        assert!(!server.conns.contains_key(&1));
+        server.cut_off_over(0, poll.registry());
+        assert_eq!(server.subscribers(), 0);
+        drop(clients);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
