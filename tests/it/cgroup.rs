@@ -683,7 +683,22 @@ fn started_as_root_to_run_as_another_user_warden_keeps_cgroup_mode() {
     assert_eq!(cgroup_of(child), cgroup_of(worker));
     expect(&mut sb, &["stop", "w"], 0);
     assert!(wait_until(TIMEOUT, || !alive(child)), "setsid'd child left");
+    let base = std::path::PathBuf::from(v["daemon"]["cgroup"].as_str().unwrap());
     expect(&mut sb, &["stop"], 0);
+    // As the user, it could not move itself out of its leaf to remove its base: the next
+    // warden in that cgroup does, once it is old enough to be judged (1 s).
+    assert!(base.join("supervisor").exists(), "{}", base.display());
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut next =
+        test.supervisor_sandbox("", "[program.s]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n");
+    next.start();
+    assert!(
+        !base.exists(),
+        "{} left; log:\n{}",
+        base.display(),
+        log(&next)
+    );
+    expect(&mut next, &["stop"], 0);
 }
 
 #[test]

@@ -476,8 +476,19 @@ fn base_pid(name: &str) -> Option<u32> {
 /// `supervisor` leaf holds no process (a live warden is in it, with its guard, whatever PID
 /// namespace it sees from), and it is older than [`SETTING_UP`].
 fn stale(base: &Path) -> bool {
-    base.join("programs").is_dir()
-        && !populated(&base.join("supervisor"))
+    let supervisor = base.join("supervisor");
+    // A warden's shape: its two children; or its leaf alone, as a warden that ran as
+    // `[daemon] user` leaves it at its stop (it may not move itself out to remove it).
+    let shaped = base.join("programs").is_dir()
+        || (supervisor.is_dir()
+            && fs::read_dir(base).is_ok_and(|d| {
+                d.flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .count()
+                    == 1
+            }));
+    shaped
+        && !populated(&supervisor)
         && fs::metadata(base)
             .and_then(|m| m.modified())
             .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= SETTING_UP))

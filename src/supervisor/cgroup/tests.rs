@@ -242,6 +242,10 @@ fn a_base_left_by_a_dead_warden_is_killed_and_removed_a_live_one_is_not() {
     }
     // Being set up: no process in its leaf yet.
     put(&young.join("programs"), "cgroup.kill", "");
+    // What a warden that ran as `[daemon] user` leaves at its stop: its empty leaf alone.
+    let left = parent.join("warden-9");
+    put(&left.join("supervisor"), "cgroup.events", "populated 0\n");
+    age(&left, 5);
     // Not warden's: no `programs`, or not its name.
     fs::create_dir_all(parent.join("warden-77/other")).unwrap();
     fs::create_dir_all(parent.join("warden-web/programs")).unwrap();
@@ -251,9 +255,11 @@ fn a_base_left_by_a_dead_warden_is_killed_and_removed_a_live_one_is_not() {
     }
     age(&parent.join("warden-77"), 5);
     age(&parent.join("warden-web"), 5);
-    let lines = clean_stale(&parent);
-    assert_eq!(lines.len(), 1, "{lines:?}");
+    let mut lines = clean_stale(&parent);
+    lines.sort();
+    assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(lines[0].contains("/warden-1 "), "{lines:?}");
+    assert!(lines[1].contains("/warden-9:"), "{lines:?}");
     // The kill was asked; a fake tree's files keep the directories from being removed.
     assert_eq!(
         fs::read_to_string(dead.join("programs/cgroup.kill")).unwrap(),
