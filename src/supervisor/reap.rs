@@ -63,8 +63,9 @@ impl Supervisor {
             return;
         };
         match self.table.reaped(p, pos, pid) {
-            // The launcher is still ours to reap; its exit ends the instance.
-            Reaped::MainWhileLauncherRuns => return,
+            // The process to watch ended: so did the instance, with its status (as systemd's
+            // main PID); the launcher and the rest of it are stopped.
+            Reaped::MainWhileLauncherRuns => self.main_exited(p, pos, status),
             Reaped::LauncherOfLiveMain if self.groups.namespace().is_some() => {
                 self.launcher_gone_in_namespace(p, pos, pid, status);
             }
@@ -115,10 +116,12 @@ impl Supervisor {
     fn main_exited(&mut self, p: ProgramId, pos: SlotPos, status: ExitStatus) {
         let pgid = self.table[p][pos].inst.state.pid();
         let members = pgid.is_some_and(|g| self.groups.has_members(self.poll.registry(), g));
-        let event = if members {
-            Event::LeaderExited { status }
-        } else {
-            Event::Exited { status }
+        let event = match self.table[p][pos].inst.state {
+            _ if members => Event::LeaderExited { status },
+            // Its `MAINPID=` process ended first (its status is the instance's), and this was
+            // the launcher, the last of the group, which `has_members` has just forgotten.
+            State::Stopping { reaped: true, .. } => Event::GroupEmpty,
+            _ => Event::Exited { status },
         };
         self.apply(p, pos, event);
     }

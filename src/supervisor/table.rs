@@ -538,7 +538,8 @@ impl Table {
 pub(crate) enum Reaped {
     /// The instance's process ended (its worker, or its `MAINPID=` once the launcher is gone).
     End,
-    /// The `MAINPID=` process ended while the launcher still runs: the launcher's exit ends it.
+    /// The `MAINPID=` process ended while the launcher still runs: the instance ends with its
+    /// status, and the launcher is stopped with the rest.
     MainWhileLauncherRuns,
     /// A forking service's launcher exited after naming its main pid, which lives on.
     LauncherOfLiveMain,

@@ -133,7 +133,7 @@ fn the_worker_reaped_without_a_main_pid_ends_the_instance() {
 }
 
 #[test]
-fn the_main_pid_reaped_while_its_launcher_runs_waits_for_the_launcher() {
+fn the_main_pid_reaped_while_its_launcher_runs_is_told_apart() {
     let (mut t, p) = table_with(1);
     let pos = SlotPos(0);
     t.track_pid_change(p, pos, None, Some(100), Instant::now());
