@@ -458,6 +458,11 @@ impl Unreached {
                 ),
                 warning: None,
             },
+            Ok(PidfileState::Absent)
+                if let Some(pid) = super::elsewhere::daemon_running(&config.path) =>
+            {
+                Unreached::unknown(super::elsewhere::hint(&config.path, pid))
+            }
             Ok(PidfileState::Absent) => Unreached {
                 code: exit::status::NOT_RUNNING,
                 state: "not running",

@@ -2,6 +2,7 @@
 //! that a library user could want lives in the library, not here.
 
 mod control;
+mod elsewhere;
 mod exit;
 mod healthcheck;
 #[cfg(test)]
@@ -477,6 +478,21 @@ fn stop(config: &Config, timeout: Duration) -> ExitCode {
 /// this process may not inspect): the control socket decides. A daemon that answers there is
 /// stopped through a pidfd on the peer of that connection — a pid from the kernel, not from a
 /// file — and the pidfile's problem is shown as a warning; with nobody answering, the daemon is
+/// `stop` found no daemon where the file says: "not running" (0), unless a daemon of this very
+/// file runs elsewhere (its pidfile moved in the file since), which is named (1).
+fn not_running_here(config: &Config) -> ExitCode {
+    match elsewhere::daemon_running(&config.path) {
+        Some(pid) => {
+            exit::say_error(&elsewhere::hint(&config.path, pid));
+            ExitCode::from(exit::FAILURE)
+        }
+        None => {
+            println!("not running");
+            ExitCode::from(exit::OK)
+        }
+    }
+}
+
 /// not running, unless the pidfile had a problem, which is then the error.
 fn stop_through_socket(
     config: &Config,
@@ -488,10 +504,7 @@ fn stop_through_socket(
         Ok(None) => {
             return match pidfile_error {
                 Some(e) => exit::report(&e),
-                None => {
-                    println!("not running");
-                    ExitCode::from(exit::OK)
-                }
+                None => not_running_here(config),
             };
         }
         Err(code) => return code,

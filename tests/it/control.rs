@@ -2647,3 +2647,35 @@ fn a_stop_superseded_by_a_start_is_answered_at_once() {
     }
     let _ = sb.run(&["stop", "--timeout", "1s", "p"]);
 }
+
+/// The pidfile moved in the file since the daemon started (the control socket follows it): no
+/// command may take the daemon for gone. `start` and `restart` do not start a second one beside
+/// it, `status` and `stop` name it, by its pid.
+#[test]
+fn a_daemon_whose_pidfile_moved_in_its_file_is_named_and_never_started_twice() {
+    let test = this_test!();
+    let programs = "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n";
+    let mut sb = test.supervisor_sandbox("", programs);
+    let warden = sb.start();
+    std::fs::create_dir(sb.path("other")).unwrap();
+    sb.write_programs("pidfile = \"SANDBOX/other/w.pid\"", programs);
+    let named = format!("warden (pid {warden}) runs");
+    let said = |o: &std::process::Output| stderr_of(o) + &stdout_of(o);
+    for verb in ["start", "restart", "stop"] {
+        let out = sb.run(&[verb]);
+        assert_exit(&out, 1);
+        assert!(said(&out).contains(&named), "{verb}: {}", said(&out));
+    }
+    let out = sb.run(&["status"]);
+    assert_exit(&out, 4);
+    assert!(said(&out).contains(&named), "status: {}", said(&out));
+    let wardens: Vec<i32> = sb
+        .processes()
+        .into_iter()
+        .filter(|&p| cmdline(p).iter().any(|a| a == "start"))
+        .collect();
+    assert_eq!(wardens, vec![warden], "a second daemon");
+    // Back as it was: found again, and stopped.
+    sb.write_programs("", programs);
+    expect(&mut sb, &["stop"], 0);
+}
