@@ -43,6 +43,9 @@ pub struct NotifyMessage {
     pub status: Option<String>,
     /// `MAINPID=…`.
     pub main_pid: Option<i32>,
+    /// A `MAINPID=` that names no process warden could watch (`0`, `1`, negative, not a
+    /// number), as given (at most 32 characters): said, then ignored.
+    pub bad_main_pid: Option<String>,
 }
 
 impl NotifyMessage {
@@ -62,7 +65,10 @@ impl NotifyMessage {
                 "WATCHDOG" if value == "1" => m.watchdog = true,
                 "WATCHDOG" if value == "trigger" => m.watchdog_trigger = true,
                 "STATUS" => m.status = Some(value.chars().take(256).collect()),
-                "MAINPID" => m.main_pid = value.parse().ok().filter(|&p: &i32| p > 1),
+                "MAINPID" => match value.parse::<i32>() {
+                    Ok(p) if p > 1 => m.main_pid = Some(p),
+                    _ => m.bad_main_pid = Some(value.chars().take(32).collect()),
+                },
                 _ => {}
             }
         }
@@ -245,6 +251,12 @@ impl Supervisor {
         if let Some(text) = &msg.status {
             self.table[p][pos].status_text = Some(text.clone());
         }
+        if let Some(given) = &msg.bad_main_pid {
+            about(
+                log::Level::Warn,
+                format_args!("{tag}: MAINPID={given} ignored: not the pid of a process"),
+            );
+        }
         if let Some(given) = msg.main_pid
             && let Err(why) = self.accept_main_pid(p, pos, given)
         {
@@ -358,6 +370,11 @@ mod tests {
         assert_eq!(m.main_pid, Some(42));
         assert!(NotifyMessage::parse(1, b"WATCHDOG=trigger").watchdog_trigger);
         assert!(!NotifyMessage::parse(1, b"READY=0").ready);
+        assert_eq!(m.bad_main_pid, None);
+        for bad in ["0", "1", "-5", "abc", ""] {
+            let m = NotifyMessage::parse(1, format!("MAINPID={bad}").as_bytes());
+            assert_eq!((m.main_pid, m.bad_main_pid.as_deref()), (None, Some(bad)));
+        }
     }
 
     #[test]

@@ -1680,3 +1680,34 @@ fn a_death_by_a_real_time_signal_is_seen_and_orphans_dying_so_are_reaped() {
     );
     expect(&mut sb, &["stop"], 0);
 }
+
+#[test]
+fn a_mainpid_that_is_no_pid_is_said_and_ignored() {
+    let test = this_test!();
+    let send = r#"import os, socket, time
+addr = os.environ["NOTIFY_SOCKET"]
+if addr.startswith("@"):
+    addr = "\0" + addr[1:]
+socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"MAINPID=1\nREADY=1", addr)
+time.sleep(1000)
+"#;
+    let mut sb = test.supervisor_sandbox(
+        "",
+        &format!(
+            "[program.n]\ncommand = {}\nready = \"notify\"\n",
+            argv(&[&python(), "-c", send])
+        ),
+    );
+    sb.start();
+    let (_, v) = wait_status(&mut sb, "n ready", |_, v| {
+        v["instances"][0]["state"] == "ready"
+    });
+    let worker = v["instances"][0]["pid"].as_i64().unwrap();
+    assert_ne!(worker, 1, "{v}");
+    assert!(
+        log(&sb).contains("n[0]: MAINPID=1 ignored: not the pid of a process"),
+        "{}",
+        log(&sb)
+    );
+    expect(&mut sb, &["stop"], 0);
+}
