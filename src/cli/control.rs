@@ -38,6 +38,19 @@ fn connect(config: &Config, quiet: bool, timeout: Duration) -> Result<Client, u8
             Err(exit::NO_PERMISSION)
         }
         Err(e) => {
+            // Its pidfile says it runs: the control socket moved in the file since it started.
+            if let Ok(PidfileState::Running(pid)) = Pidfile::probe(&config.daemon.pidfile) {
+                if !quiet {
+                    let pid = pid.map_or_else(|| "unknown".into(), |p| p.to_string());
+                    eprintln!(
+                        "warden: warden runs (pid {pid}) but does not answer on {} ({e}): was \
+                         control_socket changed since it started? Revert the change, or restart \
+                         warden (`warden restart`)",
+                        config.daemon.control_socket.display()
+                    );
+                }
+                return Err(exit::FAILURE);
+            }
             if !quiet {
                 eprintln!("warden: not running ({e})");
             }

@@ -8,7 +8,7 @@
 //! | 4 | permission denied (control socket, another user's `/proc/PID/fd`, a log file) |
 //! | 5 | no such program |
 //! | 6 | the configuration is missing or invalid: no such file, a directory, not UTF-8, errors in it (`reload`: the new file is invalid; the daemon keeps the old one) |
-//! | 7 | the daemon is not running (commands that need it: `reload`, `scale`, program `start`/`stop`/`restart`, `reopen-logs`) |
+//! | 7 | the daemon is not running (commands that need it: `reload`, `scale`, program `start`/`stop`/`restart`, `reopen-logs`); one its pidfile says runs but not answering on the socket the file names is 1 |
 //!
 //! `status` answers with LSB codes instead: 0 running, 1 dead but the pidfile remains, 3 not
 //! running, 4 unknown (e.g. no permission, or no configuration file to find the daemon by). With

@@ -2679,3 +2679,25 @@ fn a_daemon_whose_pidfile_moved_in_its_file_is_named_and_never_started_twice() {
     sb.write_programs("", programs);
     expect(&mut sb, &["stop"], 0);
 }
+
+/// The control socket moved in the file since the daemon started: commands that need it say
+/// that warden runs but does not answer there, not "not running".
+#[test]
+fn a_control_socket_moved_in_the_file_is_said_not_taken_for_a_stopped_daemon() {
+    let test = this_test!();
+    let programs = "[program.w]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n";
+    let mut sb = test.supervisor_sandbox("", programs);
+    let warden = sb.start();
+    sb.write_programs("control_socket = \"SANDBOX/moved.sock\"", programs);
+    for verb in [&["reload"][..], &["upgrade"], &["scale", "w", "2"]] {
+        let out = sb.run(verb);
+        assert_exit(&out, 1);
+        assert_stderr_has(
+            &out,
+            &format!("warden runs (pid {warden}) but does not answer on"),
+        );
+        assert_stderr_has(&out, "was control_socket changed since it started?");
+    }
+    sb.write_programs("", programs);
+    expect(&mut sb, &["stop"], 0);
+}
