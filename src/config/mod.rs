@@ -363,6 +363,18 @@ fn cross_checks(
         let place = places.get("daemon.metrics");
         out.push(diag::Diagnostic::new(place, path, "daemon.metrics", msg));
     }
+    for p in programs {
+        for (key, spec) in [("stdout", &p.stdout), ("stderr", &p.stderr)] {
+            let program::OutputSpec::File(file) = spec else {
+                continue;
+            };
+            if let Some(msg) = socket::output_clash(daemon, file) {
+                let key = format!("program.{}.{key}", p.name);
+                let file = p.source.as_deref().unwrap_or(path);
+                out.push(diag::Diagnostic::new(places.get(&key), file, &key, msg));
+            }
+        }
+    }
     out
 }
 

@@ -263,6 +263,33 @@ pub(super) fn metrics_clash(
         .map(|name| clash(&format!("an output file of [program.{name}]")))
 }
 
+/// A program's output file (`stdout` or `stderr`, as `key` names it) on a file warden itself
+/// uses: the control socket, the pidfile or the log. Its lines would be written into the pidfile
+/// (which `stop` reads), or interleave with warden's log and be rotated by two writers. The
+/// message, or `None`.
+pub(super) fn output_clash(d: &super::DaemonSpec, path: &Path) -> Option<String> {
+    let log = match &d.log {
+        super::LogSpec::File(f) => Some(f.as_path()),
+        _ => None,
+    };
+    [
+        (
+            Some(d.control_socket.as_path()),
+            "the control socket (daemon.control_socket)",
+        ),
+        (Some(d.pidfile.as_path()), "the pidfile (daemon.pidfile)"),
+        (log, "the log file (daemon.log)"),
+    ]
+    .into_iter()
+    .find(|(p, _)| *p == Some(path))
+    .map(|(_, what)| {
+        format!(
+            "{} is also {what}: give the program's output a file of its own",
+            path.display()
+        )
+    })
+}
+
 /// Every name a program's `sockets` lists that has no `[socket.NAME]` table, at its place.
 pub(super) fn check_names(
     programs: &[ProgramSpec],

@@ -875,3 +875,32 @@ fn a_socket_in_a_directory_anyone_may_write_is_refused_unless_sticky() {
         expect(&mut sb, &["stop"], 0);
     }
 }
+
+/// A program's output file on the pidfile, warden's log or the control socket is refused at its
+/// place, as the metrics path is: its lines would go into the pidfile `stop` reads.
+#[test]
+fn an_output_file_on_a_file_warden_uses_is_refused_at_its_place() {
+    let test = this_test!();
+    for (file, what) in [
+        ("warden.pid", "is also the pidfile (daemon.pidfile)"),
+        ("warden.log", "is also the log file (daemon.log)"),
+        (
+            "warden.sock",
+            "is also the control socket (daemon.control_socket)",
+        ),
+    ] {
+        let mut sb = test.supervisor_sandbox(
+            "",
+            &format!("[program.a]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\nstdout = \"SANDBOX/{file}\"\n"),
+        );
+        let want = format!("program.a.stdout: {} {what}", sb.path(file).display());
+        let out = sb.run(&["check"]);
+        assert_exit(&out, 1);
+        let said = stderr_of(&out) + &stdout_of(&out);
+        assert!(said.contains(&want), "{file}: want {want:?} in\n{said}");
+        assert!(said.contains("warden.toml:"), "{said}");
+        let out = sb.run(&["start"]);
+        assert_exit(&out, 6);
+        assert_no_process(&sb);
+    }
+}
