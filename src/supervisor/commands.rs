@@ -207,10 +207,18 @@ impl Supervisor {
 
     /// `scale PROG N`: answered once the instances kept are up and the others gone.
     fn on_scale(&mut self, caller: Caller<'_>, program: String, instances: u32) {
+        let before = self
+            .table
+            .find(&program)
+            .map(|p| self.table[p].live_indices().len());
         match self.scale(&program, instances) {
             Ok(()) => {
                 let p = self.table.find(&program).expect("just scaled");
                 let result = json!({ "program": program, "instances": instances });
+                // No new instance to wait for: those left are as they were (maybe `waiting`).
+                if before.is_ok_and(|b| instances as usize <= b) {
+                    return self.reply(caller, Reply::done(result));
+                }
                 self.wait_for(caller, vec![p], Goal::Up, result);
             }
             // `scale` fails for an unknown name or a count beyond the limit (a bad request).

@@ -80,7 +80,13 @@ impl Supervisor {
             }
             for &index in live.iter().filter(|i| i.0 >= target) {
                 let pos = self.table.slot_pos(p, index).expect("live slot");
-                self.table[p][pos].retiring = true;
+                let slot = &mut self.table[p][pos];
+                slot.retiring = true;
+                // Held down (`waiting`) with no process: no change of state tells that it is
+                // gone, the event does.
+                if slot.hold.take().is_some() && slot.inst.state == State::Stopped {
+                    self.publish_about(p, pos, crate::control::events::What::Stopped);
+                }
                 self.apply(p, pos, Event::Stop);
             }
             self.table[p].remove_retired();

@@ -588,3 +588,42 @@ fn an_event_of_a_newer_warden_is_printed_and_a_field_it_added_is_no_error() {
          2026-12-05T05:50:01.124Z web[0]: exited (pid 7): code 1\n"
     );
 }
+
+/// Instances that wait for a stopped requirement and are scaled away are told `stopped` (no
+/// change of state says it), and a scale down answers at once: it starts nothing to wait for.
+#[test]
+fn waiting_instances_scaled_away_are_told_stopped_and_the_scale_answers() {
+    let test = this_test!();
+    let programs = "[program.db]\ncommand = [\"SANDBOX/sleep\", \"100\"]\n\
+                    [program.web]\ncommand = [\"SANDBOX/sleep\", \"100\"]\n\
+                    requires = [\"db\"]\ninstances = 3\n";
+    let mut sb = test.supervisor_sandbox("", programs);
+    sb.start();
+    let client = spawn_events(&mut sb, &["--json"], "events.txt");
+    let told = wait_until(TIMEOUT, || {
+        expect(&mut sb, &["restart", "db"], 0);
+        sb.read("events.txt").contains(r#""event":"started""#)
+    });
+    assert!(told, "the client never subscribed:\n{}", log(&sb));
+    let web = |lines: &[String], event: &str| -> Vec<i64> {
+        lines
+            .iter()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["program"] == "web" && e["event"] == event)
+            .filter_map(|e| e["instance"].as_i64())
+            .collect()
+    };
+    expect(&mut sb, &["stop", "db"], 0);
+    wait_lines(&sb, "events.txt", "web waiting", |l| {
+        web(l, "waiting").len() >= 3
+    });
+    let out = sb.run(&["scale", "--timeout", "5s", "web", "1"]);
+    assert_exit(&out, 0);
+    let lines = wait_lines(&sb, "events.txt", "web[1], web[2] stopped", |l| {
+        let mut s = web(l, "stopped");
+        s.sort();
+        s == [1, 2]
+    });
+    assert!(!web(&lines, "stopped").contains(&0), "{lines:#?}");
+    stop_and_expect_stream_end(&mut sb, client);
+}
