@@ -52,6 +52,7 @@ pub fn check(path: &Path) -> Result<Report> {
     let (config, mut errors) = Config::read(path, &text);
     errors.0.extend(accounts(&config).0);
     errors.0.extend(hosts(&config).0);
+    errors.0.extend(socket_dirs(&config).0);
     Ok(Report {
         errors: in_load_order(&config, errors),
         warnings: in_load_order(&config, warnings(&config)),
@@ -108,6 +109,48 @@ pub fn accounts(config: &Config) -> Diagnostics {
         }
         if let Some(g) = &p.exec.group {
             resolve(format!("program.{}.group", p.name), file, None, Some(g));
+        }
+    }
+    Diagnostics(out)
+}
+
+/// The Unix sockets of `config` (`[socket.NAME]`, `[daemon] metrics`) in a directory everyone
+/// may write without the sticky bit, each at its place: `start` and `reload` refuse to bind
+/// there (anyone could put their own socket in its place).
+pub fn socket_dirs(config: &Config) -> Diagnostics {
+    use std::os::unix::fs::PermissionsExt;
+    let unsafe_dir = |path: &Path| {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty())?;
+        let mode = std::fs::metadata(dir).ok()?.permissions().mode();
+        (mode & 0o002 != 0 && mode & 0o1000 == 0).then(|| {
+            format!(
+                "{}: its directory {} is writable by everyone and not sticky: anyone could \
+                 replace the socket",
+                path.display(),
+                dir.display()
+            )
+        })
+    };
+    let mut out = Vec::new();
+    let metrics = config
+        .daemon
+        .metrics
+        .iter()
+        .map(|m| ("daemon.metrics".to_string(), m));
+    let held = config
+        .sockets
+        .iter()
+        .map(|s| (format!("socket.{}.listen", s.name), &s.listen));
+    for (key, listen) in metrics.chain(held) {
+        if let super::Listen::Unix(path) = listen
+            && let Some(message) = unsafe_dir(path)
+        {
+            out.push(Diagnostic::new(
+                config.place(&key),
+                &config.path,
+                &key,
+                message,
+            ));
         }
     }
     Diagnostics(out)

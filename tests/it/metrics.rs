@@ -856,11 +856,19 @@ fn a_socket_in_a_directory_anyone_may_write_is_refused_unless_sticky() {
         let public = sb.path("pub");
         std::fs::create_dir(&public).unwrap();
         std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let out = sb.run(&["check"]);
+        assert_exit(&out, 1);
+        let said = stderr_of(&out) + &stdout_of(&out);
+        assert!(
+            said.contains("is writable by everyone and not sticky"),
+            "{what}: {said}"
+        );
         let out = sb.run(&["start"]);
         assert_ne!(exit_code(&out), Some(0), "{what}: started");
         assert_stderr_has(&out, "is writable by everyone and not sticky");
         assert_no_process(&sb);
         std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        expect(&mut sb, &["check"], 0);
         sb.start();
         let file = if tables.is_empty() {
             "pub/m.sock"
