@@ -255,12 +255,26 @@ pub(super) fn metrics_clash(
             path.display()
         )
     };
-    if let Some((_, what)) = owners.iter().find(|(p, _)| *p == Some(path.as_path())) {
+    if let Some((_, what)) = owners
+        .iter()
+        .find(|(p, _)| p.is_some_and(|p| same_file(p, path)))
+    {
         return Some(clash(what));
     }
     outputs
-        .get(path)
-        .map(|name| clash(&format!("an output file of [program.{name}]")))
+        .iter()
+        .find(|(out, _)| same_file(out, path))
+        .map(|(_, name)| clash(&format!("an output file of [program.{name}]")))
+}
+
+/// Whether paths `a` and `b` name the same file: equal, or equal once their directories are
+/// resolved (`..`, symbolic links), when those exist.
+fn same_file(a: &Path, b: &Path) -> bool {
+    let resolved = |p: &Path| {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty())?;
+        Some(std::fs::canonicalize(dir).ok()?.join(p.file_name()?))
+    };
+    a == b || resolved(a).is_some_and(|r| Some(r) == resolved(b))
 }
 
 /// A program's output file (`stdout` or `stderr`, as `key` names it) on a file warden itself
@@ -281,7 +295,7 @@ pub(super) fn output_clash(d: &super::DaemonSpec, path: &Path) -> Option<String>
         (log, "the log file (daemon.log)"),
     ]
     .into_iter()
-    .find(|(p, _)| *p == Some(path))
+    .find(|(p, _)| p.is_some_and(|p| same_file(p, path)))
     .map(|(_, what)| {
         format!(
             "{} is also {what}: give the program's output a file of its own",

@@ -912,3 +912,25 @@ fn an_output_file_on_a_file_warden_uses_is_refused_at_its_place() {
         assert_no_process(&sb);
     }
 }
+
+/// The same file through a symbolic link to its directory, or with `..` in the path, is the same
+/// file: refused as the literal path is.
+#[test]
+fn a_metrics_path_through_a_link_or_dot_dot_is_still_the_pidfile() {
+    let test = this_test!();
+    for alias in ["lnk/warden.pid", "real/../warden.pid"] {
+        let mut sb = test.supervisor_sandbox(&format!("metrics = \"SANDBOX/{alias}\""), SVC);
+        std::fs::create_dir(sb.path("real")).unwrap();
+        std::os::unix::fs::symlink(&sb.dir, sb.path("lnk")).unwrap();
+        let out = sb.run(&["check"]);
+        assert_exit(&out, 1);
+        let said = stderr_of(&out) + &stdout_of(&out);
+        assert!(
+            said.contains("is also the pidfile (daemon.pidfile)"),
+            "{alias}: {said}"
+        );
+        let out = sb.run(&["start"]);
+        assert_exit(&out, 6);
+        assert_no_process(&sb);
+    }
+}
