@@ -178,7 +178,14 @@ fn run(verb: Verb, config: &std::path::Path) -> ExitCode {
     use warden::control::Command as C;
     match verb {
         Verb::Completions { shell } => completions(shell),
-        Verb::Run => with_config(config, |c| serve::serve(c, true)),
+        Verb::Run => {
+            // Its errors go where its log goes: as JSON lines when the file asks for them,
+            // also those of a file that is not valid otherwise.
+            if asks_for_json_logs(config) {
+                exit::print_as_json();
+            }
+            with_config(config, |c| serve::serve(c, true))
+        }
         Verb::Start { programs, .. } if programs.is_empty() => with_config(config, |c| {
             // Under systemd Type=notify the service manager already detached us (DESIGN.md).
             serve::serve(c, under_notify_manager())
@@ -310,6 +317,22 @@ fn with_located_config(path: &std::path::Path, f: impl FnOnce(Config) -> ExitCod
         Ok(c) => f(c),
         Err(e) => exit::report(&e),
     }
+}
+
+/// Whether the file at `path` is TOML with `[daemon] log_format = "json"`, whatever else is
+/// wrong in it.
+fn asks_for_json_logs(path: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return false;
+    };
+    table
+        .get("daemon")
+        .and_then(|d| d.get("log_format"))
+        .and_then(toml::Value::as_str)
+        == Some("json")
 }
 
 fn with_config(path: &std::path::Path, f: impl FnOnce(Config) -> ExitCode) -> ExitCode {

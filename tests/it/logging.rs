@@ -578,4 +578,22 @@ fn a_fatal_start_error_of_warden_run_is_a_json_line_when_the_log_is_json() {
         stderr_of(&start)
     );
     drop(taken);
+    // A file with an error elsewhere still asks for JSON: its errors are JSON lines (status 6).
+    sb.write_config("log_format = \"json\"\nbogus = 1");
+    let mut run = sb.warden(&["run"]);
+    run.stdin(Stdio::null());
+    let out = sb.output(run);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    for line in err.lines().filter(|l| !l.is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(v["level"], "error", "{line}");
+        assert!(
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("daemon.bogus")),
+            "{line}"
+        );
+    }
 }
