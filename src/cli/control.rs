@@ -472,7 +472,7 @@ impl Unreached {
                 warning: None,
             },
             Ok(PidfileState::Absent)
-                if let Some(pid) = super::elsewhere::daemon_running(&config.path) =>
+                if let Some(pid) = super::elsewhere::daemon_running(&config.path, path) =>
             {
                 Unreached::unknown(super::elsewhere::hint(&config.path, pid))
             }

@@ -6,21 +6,26 @@
 //! A process is such a daemon when its name is `warden`, its command line names this file
 //! (`-c FILE`, `--config FILE`, or none for the default path; a relative path is taken from its
 //! working directory, which a daemon has changed: those are missed) with a verb that serves
-//! (`start`, `run`, `restart`, `resume`), and it has a locked file open (`/proc/locks`): a
-//! daemon, its pidfile; a command has none.
+//! (`start`, `run`, `restart`, `resume`), and it has a locked file open (`/proc/locks`) that is
+//! not the pidfile the file names: a daemon, its old pidfile; a command has none.
 
 use std::path::{Path, PathBuf};
 
 use warden::config::DEFAULT_PATH;
 
-/// The pid of a warden daemon, other than this process, that runs the file at `config`.
-pub fn daemon_running(config: &Path) -> Option<i32> {
+/// The pid of a warden daemon, other than this process, that runs the file at `config` with
+/// a pidfile other than `pidfile` (a daemon, or a start, holding that one is the ordinary case:
+/// `already running`).
+pub fn daemon_running(config: &Path, pidfile: &Path) -> Option<i32> {
+    use std::os::unix::fs::MetadataExt;
     let want = std::fs::canonicalize(config).ok()?;
     let me = std::process::id() as i32;
     // Locked files, by inode (`/proc/locks` names the locker, which for a daemon is the
-    // launcher it forked from: its descriptors tell whose lock it is now).
-    let locked: Vec<u64> = std::fs::read_to_string("/proc/locks")
-        .unwrap_or_default()
+    // launcher it forked from: its descriptors tell whose lock it is now). Read before the
+    // pidfile is looked at: a lock listed was taken on a file that existed by then.
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    let ours = std::fs::metadata(pidfile).ok().map(|m| m.ino());
+    let locked: Vec<u64> = locks
         .lines()
         .filter_map(|l| {
             l.split_whitespace()
@@ -30,9 +35,9 @@ pub fn daemon_running(config: &Path) -> Option<i32> {
                 .parse()
                 .ok()
         })
+        .filter(|&ino| Some(ino) != ours)
         .collect();
     let holds_lock = |pid: i32| {
-        use std::os::unix::fs::MetadataExt;
         std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
             fds.flatten()
                 .filter_map(|fd| std::fs::metadata(fd.path()).ok())

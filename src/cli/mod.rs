@@ -504,7 +504,7 @@ fn stop(config: &Config, timeout: Duration) -> ExitCode {
 /// `stop` found no daemon where the file says: "not running" (0), unless a daemon of this very
 /// file runs elsewhere (its pidfile moved in the file since), which is named (1).
 fn not_running_here(config: &Config) -> ExitCode {
-    match elsewhere::daemon_running(&config.path) {
+    match elsewhere::daemon_running(&config.path, &config.daemon.pidfile) {
         Some(pid) => {
             exit::say_error(&elsewhere::hint(&config.path, pid));
             ExitCode::from(exit::FAILURE)

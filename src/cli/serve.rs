@@ -76,12 +76,6 @@ pub fn serve(mut config: Config, foreground: bool) -> ExitCode {
     finish(sup, handle, &log, code)
 }
 
-/// Whether the pidfile at `path` names `pid` (the ordinary "already running" case, reported
-/// by the daemon's own start).
-fn pidfile_names(path: &std::path::Path, pid: i32) -> bool {
-    std::fs::read_to_string(path).is_ok_and(|t| t.trim() == pid.to_string())
-}
-
 /// Ends a start that failed: `reason` to the launcher, or printed (a JSON line when errors are).
 fn fail(handle: DaemonHandle, reason: &str) -> ! {
     match exit::json_or(log::Level::Error, reason) {
@@ -131,9 +125,7 @@ fn prepare(config: &mut Config) -> Result<Bound, ExitCode> {
     }
     // A daemon of this very file, not where the file now puts its pidfile (edited since): a
     // second one beside it would run every program twice.
-    if let Some(pid) = super::elsewhere::daemon_running(&config.path)
-        && !pidfile_names(&config.daemon.pidfile, pid)
-    {
+    if let Some(pid) = super::elsewhere::daemon_running(&config.path, &config.daemon.pidfile) {
         exit::say_error(&super::elsewhere::hint(&config.path, pid));
         return Err(ExitCode::from(exit::FAILURE));
     }
