@@ -917,30 +917,6 @@ fn in_a_cgroup_namespace_without_a_cgroupfs_of_its_own_warden_stays_in_its_cgrou
     expect(&mut sb, &["stop"], 0);
 }
 
-/// A launcher that stays (a wrapper): it forks, the child leaves the session and forks the
-/// daemon, which gives itself as `MAINPID=` with `READY=1`, writes its pid to `daemon.pid`, and
-/// exits 3 once the file `die` exists.
-const WRAPPED_DAEMON: &str = r#"import os, socket, sys, time
-d = sys.argv[1]
-with open(os.path.join(d, "launcher.pid"), "w") as f:
-    f.write(str(os.getpid()))
-if os.fork() == 0:
-    os.setsid()
-    if os.fork() == 0:
-        addr = os.environ["NOTIFY_SOCKET"]
-        if addr.startswith("@"):
-            addr = "\0" + addr[1:]
-        msg = "MAINPID=%d\nREADY=1" % os.getpid()
-        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(msg.encode(), addr)
-        with open(os.path.join(d, "daemon.pid"), "w") as f:
-            f.write(str(os.getpid()))
-        while not os.path.exists(os.path.join(d, "die")):
-            time.sleep(0.01)
-        os._exit(3)
-    os._exit(0)
-time.sleep(1000)
-"#;
-
 #[test]
 fn when_the_mainpid_process_ends_the_instance_ends_with_its_status_though_its_launcher_runs() {
     let test = this_test!();
@@ -953,7 +929,7 @@ fn when_the_mainpid_process_ends_the_instance_ends_with_its_status_though_its_la
         &format!(
             "[program.d]\ncommand = {}\nready = \"notify\"\nrestart = \"on-failure\"\n\
              backoff_initial = \"30s\"\nstop_timeout = \"2s\"\n",
-            argv(&[&python(), "-c", WRAPPED_DAEMON, "SANDBOX"])
+            argv(&[&python(), "-c", FORKING_DAEMON, "SANDBOX", "stay"])
         ),
     );
     sb.start();

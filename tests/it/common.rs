@@ -589,14 +589,17 @@ pub fn uninterrupted<T>(mut op: impl FnMut() -> std::io::Result<T>) -> std::io::
     }
 }
 
-/// A forking daemon, the kind `MAINPID=` exists for (`python3 -c FORKING_DAEMON SANDBOX`): the
-/// launcher forks, the child leaves the session (`setsid`) and forks the daemon, which sends
-/// `MAINPID=<its pid>` and `READY=1`, writes its pid (as it sees it) to `daemon.pid` and becomes
-/// `SANDBOX/sleep 1000`. The launcher writes its pid to `launcher.pid` first, and exits 0 once the
-/// file `go` exists.
+/// A forking daemon, the kind `MAINPID=` exists for (`python3 -c FORKING_DAEMON SANDBOX
+/// [stay]`): the launcher writes its pid to `launcher.pid` and forks; the child leaves the
+/// session (`setsid`) and forks the daemon, which sends `MAINPID=<its pid>` and `READY=1` and
+/// writes its pid (as it sees it) to `daemon.pid`. Then the daemon becomes `SANDBOX/sleep 1000`
+/// and the launcher exits 0 once the file `go` exists; or, with `stay`, the launcher stays (a
+/// wrapper) and the daemon exits 3 once the file `die` exists.
 pub const FORKING_DAEMON: &str = r#"import os, socket, sys, time
 d = sys.argv[1]
-with open(os.path.join(d, "launcher.pid"), "w") as f:
+stay = sys.argv[2:] == ["stay"]
+at = lambda name: os.path.join(d, name)
+with open(at("launcher.pid"), "w") as f:
     f.write(str(os.getpid()))
 if os.fork() == 0:
     os.setsid()
@@ -606,12 +609,16 @@ if os.fork() == 0:
             addr = "\0" + addr[1:]
         msg = "MAINPID=%d\nREADY=1" % os.getpid()
         socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(msg.encode(), addr)
-        with open(os.path.join(d, "daemon.tmp"), "w") as f:
+        with open(at("daemon.tmp"), "w") as f:
             f.write(str(os.getpid()))
-        os.rename(os.path.join(d, "daemon.tmp"), os.path.join(d, "daemon.pid"))
-        os.execv(os.path.join(d, "sleep"), ["sleep", "1000"])
+        os.rename(at("daemon.tmp"), at("daemon.pid"))
+        if not stay:
+            os.execv(at("sleep"), ["sleep", "1000"])
+        while not os.path.exists(at("die")):
+            time.sleep(0.01)
+        os._exit(3)
     os._exit(0)
-while not os.path.exists(os.path.join(d, "go")):
+while stay or not os.path.exists(at("go")):
     time.sleep(0.01)
 "#;
 

@@ -542,6 +542,27 @@ fn json_lines_under_journald_keep_the_priority_prefix() {
     );
 }
 
+/// `warden run` in `sb`: its exit status, and that every line it printed on stderr is a JSON
+/// error line whose message says `says` (and that there is one).
+fn run_dies_in_json(sb: &mut Sandbox, says: &str) -> Option<i32> {
+    let mut run = sb.warden(&["run"]);
+    run.stdin(Stdio::null());
+    let out = sb.output(run);
+    let err = stderr_of(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty(), "nothing said");
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert_eq!(v["level"], "error", "{line}");
+        assert!(
+            v["message"].as_str().is_some_and(|m| m.contains(says)),
+            "{line}"
+        );
+    }
+    out.status.code()
+}
+
 /// `warden run` with `log_format = "json"`: the error it dies of at start is a JSON line too
 /// (the one line a log shipper most needs); `warden start`, at a terminal, says it in words.
 #[test]
@@ -552,24 +573,7 @@ fn a_fatal_start_error_of_warden_run_is_a_json_line_when_the_log_is_json() {
     let mut sb = test.sandbox(&format!(
         "log_format = \"json\"\nmetrics = \"127.0.0.1:{port}\""
     ));
-    let mut run = sb.warden(&["run"]);
-    run.stdin(Stdio::null());
-    let out = sb.output(run);
-    assert_ne!(out.status.code(), Some(0), "{}", stderr_of(&out));
-    let err = stderr_of(&out);
-    let lines: Vec<&str> = err.lines().filter(|l| !l.is_empty()).collect();
-    assert!(!lines.is_empty(), "nothing said");
-    for line in &lines {
-        let v: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        assert_eq!(v["level"], "error", "{line}");
-        assert!(
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("cannot listen on")),
-            "{line}"
-        );
-    }
+    assert_ne!(run_dies_in_json(&mut sb, "cannot listen on"), Some(0));
     let start = sb.run(&["start"]);
     assert_ne!(start.status.code(), Some(0));
     assert!(
@@ -580,20 +584,5 @@ fn a_fatal_start_error_of_warden_run_is_a_json_line_when_the_log_is_json() {
     drop(taken);
     // A file with an error elsewhere still asks for JSON: its errors are JSON lines (status 6).
     sb.write_config("log_format = \"json\"\nbogus = 1");
-    let mut run = sb.warden(&["run"]);
-    run.stdin(Stdio::null());
-    let out = sb.output(run);
-    assert_eq!(out.status.code(), Some(6), "{}", stderr_of(&out));
-    let err = stderr_of(&out);
-    for line in err.lines().filter(|l| !l.is_empty()) {
-        let v: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        assert_eq!(v["level"], "error", "{line}");
-        assert!(
-            v["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("daemon.bogus")),
-            "{line}"
-        );
-    }
+    assert_eq!(run_dies_in_json(&mut sb, "daemon.bogus"), Some(6));
 }
