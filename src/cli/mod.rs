@@ -178,14 +178,7 @@ fn run(verb: Verb, config: &std::path::Path) -> ExitCode {
     use warden::control::Command as C;
     match verb {
         Verb::Completions { shell } => completions(shell),
-        Verb::Run => {
-            // Its errors go where its log goes: as JSON lines when the file asks for them,
-            // also those of a file that is not valid otherwise.
-            if asks_for_json_logs(config) {
-                exit::print_as_json();
-            }
-            with_config(config, |c| serve::serve(c, true))
-        }
+        Verb::Run => run_in_foreground(config),
         Verb::Start { programs, .. } if programs.is_empty() => with_config(config, |c| {
             // Under systemd Type=notify the service manager already detached us (DESIGN.md).
             serve::serve(c, under_notify_manager())
@@ -317,6 +310,15 @@ fn with_located_config(path: &std::path::Path, f: impl FnOnce(Config) -> ExitCod
         Ok(c) => f(c),
         Err(e) => exit::report(&e),
     }
+}
+
+/// `warden run`. Its errors go where its log goes: as JSON lines when the file asks for them,
+/// also those of a file that is not valid otherwise.
+fn run_in_foreground(config: &std::path::Path) -> ExitCode {
+    if asks_for_json_logs(config) {
+        exit::print_as_json();
+    }
+    with_config(config, |c| serve::serve(c, true))
 }
 
 /// Whether the file at `path` is TOML with `[daemon] log_format = "json"`, whatever else is
