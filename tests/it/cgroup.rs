@@ -707,29 +707,14 @@ fn where_cgroup_mode_was_to_be_had_and_is_not_start_says_so() {
     if !test.require_root() || !test.require_tool("unshare", "util-linux") {
         return;
     }
-    let Some(mount) = std::fs::read_to_string("/proc/mounts").ok().and_then(|m| {
-        m.lines()
-            .find(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
-            .and_then(|l| l.split_whitespace().nth(1).map(String::from))
-    }) else {
+    let Some(mount) = cgroup2_mount() else {
         test.skip("no cgroup2 mount");
         return;
     };
     // As root, in a mount namespace without the hierarchy: no cgroup mode.
     let mut sb =
         test.supervisor_sandbox("", "[program.s]\ncommand = [\"SANDBOX/sleep\", \"1000\"]\n");
-    let umount = format!("umount -l {mount} && exec \"$@\"");
-    let unshare = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &umount,
-        "sh",
-    ];
-    let out = sb.start_under(&unshare);
+    let out = sb.start_in_mount_namespace(&format!("umount -l {}", mount.display()));
     assert_exit(&out, 0);
     assert_stderr_has(
         &out,

@@ -271,6 +271,23 @@ impl Sandbox {
         pid
     }
 
+    /// `warden start` in a private mount namespace of its own (`unshare --mount`), after the
+    /// shell commands `setup` (mounts that only warden then sees); its output.
+    pub fn start_in_mount_namespace(&mut self, setup: &str) -> Output {
+        let script = format!("{setup} && exec \"$@\"");
+        let unshare = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ];
+        self.start_under(&unshare)
+    }
+
     /// `PREFIX… warden -c CONFIG start` to completion (a wrapper such as `setpriv` or
     /// `unshare` in front), the daemon it started tracked for clean-up; its output.
     pub fn start_under(&mut self, prefix: &[&str]) -> Output {

@@ -389,20 +389,10 @@ fn without_an_executable_shell_and_cat_the_errors_name_them() {
     let hide = format!(
         "for f in /bin/sh /bin/cat /usr/bin/cat; do \
            if [ -e \"$f\" ]; then mount --bind {} \"$(readlink -f \"$f\")\" || exit 1; fi; \
-         done; exec \"$@\"",
+         done",
         sb.path("empty").display()
     );
-    let unshare = [
-        "unshare",
-        "--mount",
-        "--propagation",
-        "private",
-        "sh",
-        "-c",
-        &hide,
-        "sh",
-    ];
-    let out = sb.start_under(&unshare);
+    let out = sb.start_in_mount_namespace(&hide);
     assert_exit(&out, 0);
     let err = stderr_of(&out);
     let Some(ns) = err
